@@ -1,0 +1,328 @@
+"""Causal softmax attention with RoPE and QK-norm: ``full_attention`` and ``swa``.
+
+Backends of the same math (``AttentionConfig.backend``):
+
+- ``torch``: the reference, a masked softmax over the whole score matrix.
+- ``sdpa``: PyTorch's fused ``scaled_dot_product_attention``; sliding windows run it on
+  query chunks against only the keys they can see, so memory stays O(T * (chunk + W)).
+- ``flex``: FlexAttention with a sliding-window block mask (a real windowed kernel; GPU).
+
+``auto`` picks flex for windows on CUDA when it imports, otherwise sdpa.
+
+Decode keeps a KV cache: a growing buffer for full attention, a ring buffer of the last W
+positions for swa, so swa's decode memory and time do not grow with context.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.backbone import BackboneLM, RMSNorm
+from harness.errors import BackendUnavailableError, ConfigError, check_choice
+from harness.interface import ModelConfig
+from harness.registry import register_model
+
+ATTENTION_BACKENDS = ("auto", "torch", "sdpa", "flex")
+QUERY_CHUNK = 1024  # query block of the chunked sdpa path for sliding windows
+
+
+@dataclass
+class AttentionConfig(ModelConfig):
+    n_kv_heads: int = 0  # 0 = same as n_heads; fewer gives grouped-query attention
+    window: int = 0  # sliding window in tokens (keys a query sees, itself included); 0 = full
+    qk_norm: bool = True  # RMSNorm over each head's q and k before RoPE (TTT-E2E's code)
+    rope_theta: float = 500000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("attention backend", self.backend, ATTENTION_BACKENDS)
+        kv = self.kv_heads
+        if kv <= 0 or self.n_heads % kv:
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        if self.window < 0:
+            raise ConfigError(f"window={self.window} must be >= 0 (0 means full attention)")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE
+
+
+@lru_cache(maxsize=32)
+def _inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim))
+
+
+def apply_rope(x: torch.Tensor, start_pos: int, theta: float) -> torch.Tensor:
+    """Rotate ``x [B, H, T, Dh]`` for positions start_pos.. (Llama's half-split layout)."""
+    T, Dh = x.size(-2), x.size(-1)
+    pos = torch.arange(start_pos, start_pos + T, device=x.device, dtype=torch.float64)
+    angles = torch.outer(pos, _inv_freq(Dh, theta, x.device))
+    cos = torch.cat([angles.cos(), angles.cos()], -1).to(x.dtype)
+    sin = torch.cat([angles.sin(), angles.sin()], -1).to(x.dtype)
+    x1, x2 = x[..., : Dh // 2], x[..., Dh // 2 :]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+# ---------------------------------------------------------------------------------------------
+# The attention op: queries at positions q_start.., keys at k_start.. (contiguous).
+
+
+def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """[Tq, Tk] bool: key j is visible to query i iff j <= i and i - j < window (0 = no window)."""
+    diff = q_pos[:, None] - k_pos[None, :]
+    mask = diff >= 0
+    if window:
+        mask &= diff < window
+    return mask
+
+
+def attention_reference(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
+    """Masked softmax over the whole score matrix, computed in fp32."""
+    q_pos = torch.arange(q_start, q_start + q.size(-2), device=q.device)
+    k_pos = torch.arange(k_start, k_start + k.size(-2), device=q.device)
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.size(-1))
+    scores = scores.masked_fill(~visible(q_pos, k_pos, window), float("-inf"))
+    return (scores.softmax(-1) @ v.float()).to(q.dtype)
+
+
+def attention_sdpa(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
+    Tq, Tk = q.size(-2), k.size(-2)
+    if not window and q_start == k_start and Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if not window or Tq <= QUERY_CHUNK:
+        q_pos = torch.arange(q_start, q_start + Tq, device=q.device)
+        k_pos = torch.arange(k_start, k_start + Tk, device=q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible(q_pos, k_pos, window))
+    outputs = []
+    for qs in range(0, Tq, QUERY_CHUNK):
+        qe = min(qs + QUERY_CHUNK, Tq)
+        # keys this chunk can see: positions [q_start+qs-window+1, q_start+qe)
+        ks = max(0, q_start + qs - window + 1 - k_start)
+        ke = q_start + qe - k_start
+        outputs.append(attention_sdpa(q[..., qs:qe, :], k[..., ks:ke, :], v[..., ks:ke, :], q_start + qs, k_start + ks, window))
+    return torch.cat(outputs, dim=-2)
+
+
+def flex_available(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=64)
+def _flex_block_mask(q_len: int, k_len: int, offset: int, window: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        diff = q_idx + offset - kv_idx
+        keep = diff >= 0
+        return keep & (diff < window) if window else keep
+
+    return create_block_mask(mask_mod, None, None, q_len, k_len, device=device)
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attention_flex(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
+    if not flex_available(q.device):
+        raise BackendUnavailableError(
+            f"attention backend 'flex' needs CUDA and torch.nn.attention.flex_attention (device: {q.device}); "
+            "use backend='sdpa' or 'auto'"
+        )
+    mask = _flex_block_mask(q.size(-2), k.size(-2), q_start - k_start, window, str(q.device))
+    return _compiled_flex()(q, k, v, block_mask=mask)
+
+
+ATTENTION_OPS = {"torch": attention_reference, "sdpa": attention_sdpa, "flex": attention_flex}
+
+
+def resolve_backend(backend: str, window: int, device: torch.device) -> str:
+    if backend != "auto":
+        return backend
+    return "flex" if window and flex_available(device) else "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------
+# KV caches
+
+
+class KVCache:
+    """Full attention: keys/values of every past position, in a buffer that doubles when full."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v, self.length = k, v, k.size(-2)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        need = self.length + k.size(-2)
+        if need > self.k.size(-2):
+            capacity = max(need, 2 * self.k.size(-2))
+            self.k, self.v = (self._grow(t, capacity) for t in (self.k, self.v))
+        self.k[..., self.length : need, :] = k
+        self.v[..., self.length : need, :] = v
+        self.length = need
+
+    def _grow(self, t: torch.Tensor, capacity: int) -> torch.Tensor:
+        new = t.new_empty(*t.shape[:-2], capacity, t.size(-1))
+        new[..., : self.length, :] = t[..., : self.length, :]
+        return new
+
+    def keys_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[..., : self.length, :], self.v[..., : self.length, :]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.k, self.v]
+
+
+class RingKVCache:
+    """Sliding window: the last ``window`` positions; position p lives in slot p % window."""
+
+    def __init__(self, window: int, k: torch.Tensor, v: torch.Tensor, end_pos: int):
+        B, H, _, Dh = k.shape
+        self.window, self.end_pos = window, end_pos - k.size(-2)
+        self.k = k.new_zeros(B, H, window, Dh)
+        self.v = v.new_zeros(B, H, window, Dh)
+        self.append(k, v)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        T = k.size(-2)
+        if T > self.window:
+            self.end_pos += T - self.window
+            k, v, T = k[..., -self.window :, :], v[..., -self.window :, :], self.window
+        slots = torch.arange(self.end_pos, self.end_pos + T, device=k.device) % self.window
+        self.k[..., slots, :] = k
+        self.v[..., slots, :] = v
+        self.end_pos += T
+
+    def keys_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached keys in position order (the oldest first)."""
+        n = min(self.end_pos, self.window)
+        start = self.end_pos - n
+        slots = torch.arange(start, self.end_pos, device=self.k.device) % self.window
+        return self.k[..., slots, :], self.v[..., slots, :]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.k, self.v]
+
+
+# ---------------------------------------------------------------------------------------------
+# The mixer
+
+
+class Attention(nn.Module):
+    """Llama-style attention (q/k/v/o_proj), optional QK-norm, RoPE, optional sliding window."""
+
+    def __init__(self, config: AttentionConfig):
+        super().__init__()
+        self.config = config
+        D, H, KV, Dh = config.d_model, config.n_heads, config.kv_heads, config.head_dim
+        self.q_proj = nn.Linear(D, H * Dh, bias=False)
+        self.k_proj = nn.Linear(D, KV * Dh, bias=False)
+        self.v_proj = nn.Linear(D, KV * Dh, bias=False)
+        self.o_proj = nn.Linear(H * Dh, D, bias=False)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(Dh, config.norm_eps)
+            self.k_norm = RMSNorm(Dh, config.norm_eps)
+
+    def project(self, x: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, H, T, Dh], and k, v [B, KV, T, Dh] with norm and RoPE applied."""
+        c = self.config
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, c.n_heads, c.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, start_pos, c.rope_theta), apply_rope(k, start_pos, c.rope_theta), v
+
+    def forward(self, x: torch.Tensor, cache: Any, start_pos: int, need_cache: bool) -> tuple[torch.Tensor, Any]:
+        c = self.config
+        q, k, v = self.project(x, start_pos)
+        T = x.size(1)
+        if cache is None:
+            keys, values, k_start = k, v, start_pos
+            if need_cache:
+                cache = RingKVCache(c.window, k, v, start_pos + T) if c.window else KVCache(k, v)
+        else:
+            past_k, past_v = cache.keys_values()
+            keys, values = torch.cat([past_k, k], -2), torch.cat([past_v, v], -2)
+            k_start = start_pos - past_k.size(-2)
+            cache.append(k, v)
+        if c.kv_heads != c.n_heads:
+            rep = c.n_heads // c.kv_heads
+            keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
+        op = ATTENTION_OPS[resolve_backend(c.backend, c.window, x.device)]
+        out = op(q, keys, values, start_pos, k_start, c.window)
+        return self.o_proj(out.transpose(1, 2).reshape(x.size(0), T, -1)), (cache if need_cache else None)
+
+
+class AttentionLM(BackboneLM):
+    config_class = AttentionConfig
+
+    def make_mixer(self, layer_idx: int) -> nn.Module:
+        return Attention(self.config)
+
+
+# Sizes follow the official TTT-E2E configs (layers / hidden / heads / MLP width); vocab is the
+# Llama-3 tokenizer's at paper scale and bytes at tiny scale.
+PAPER_SIZES: dict[str, dict[str, Any]] = {
+    "125m": dict(n_layers=12, d_model=768, n_heads=12, mlp_hidden=2048),
+    "350m": dict(n_layers=24, d_model=1024, n_heads=16, mlp_hidden=2816),
+    "760m": dict(n_layers=24, d_model=1536, n_heads=16, mlp_hidden=4096),
+    "1.3b": dict(n_layers=24, d_model=2048, n_heads=32, mlp_hidden=5376),
+}
+LLAMA3_VOCAB = 128256
+
+
+def paper_presets(tiny: dict[str, Any], **extra: Any) -> dict[str, dict[str, Any]]:
+    presets = {"tiny": {**tiny}}
+    for name, size in PAPER_SIZES.items():
+        presets[name] = {**size, "vocab_size": LLAMA3_VOCAB, **extra}
+    return presets
+
+
+TINY = dict(n_layers=4, d_model=128, n_heads=4, mlp_hidden=384, vocab_size=256, rope_theta=10000.0)
+
+
+@register_model("full_attention")
+class FullAttentionLM(AttentionLM):
+    """Llama-style transformer with causal softmax attention over the whole context."""
+
+    presets = paper_presets(TINY)
+
+    def __init__(self, config: AttentionConfig):
+        if config.window:
+            raise ConfigError(f"full_attention has no window (got window={config.window}); use arch 'swa'")
+        super().__init__(config)
+
+
+@register_model("swa")
+class SlidingWindowLM(AttentionLM):
+    """The same transformer with sliding-window attention: TTT-E2E's backbone with TTT off."""
+
+    presets = paper_presets({**TINY, "window": 256}, window=8192)
+
+    def __init__(self, config: AttentionConfig):
+        if not config.window:
+            raise ConfigError("swa needs a window > 0 (tokens each query sees); use arch 'full_attention' for none")
+        super().__init__(config)

@@ -1,0 +1,156 @@
+"""The backbone every architecture shares: embedding -> blocks -> final norm -> LM head.
+
+A block is ``x += PostNorm(Mixer(PreNorm(x)))`` then ``x += PostNorm(MLP(PreNorm(x)))``
+("sandwich" norms, as in the official TTT-E2E code; ``sandwich_norm=False`` gives plain
+pre-norm). Architectures differ only in the mixer they put in the slot, so a comparison
+between them differs in exactly that.
+
+Mixer contract (an ``nn.Module``)::
+
+    mixer(x [B, T, D], cache, start_pos: int, need_cache: bool) -> (y [B, T, D], cache)
+
+``cache`` is None at the start of a sequence, otherwise what the previous call returned;
+``start_pos`` is the absolute position of ``x[:, 0]``. A call with T > 1 continues the
+sequence exactly as T single-token calls would, so prefill, decode and streamed evaluation
+all use one code path. With ``need_cache=False`` a mixer may return None instead.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.interface import LCModel, ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32: bf16 sums of squares lose too much precision at large width.
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """Llama MLP: down(silu(gate(x)) * up(x)); names match transformers' LlamaMLP."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def make_norm(config: ModelConfig, post: bool = False) -> nn.Module:
+    """A pre-norm always; a post-norm only with sandwich norms."""
+    if post and not config.sandwich_norm:
+        return nn.Identity()
+    return RMSNorm(config.d_model, config.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, mixer: nn.Module):
+        super().__init__()
+        self.mixer_norm = make_norm(config)
+        self.mixer = mixer
+        self.mixer_post_norm = make_norm(config, post=True)
+        self.mlp_norm = make_norm(config)
+        self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
+        self.mlp_post_norm = make_norm(config, post=True)
+
+    def forward(self, x: torch.Tensor, cache: Any, start_pos: int, need_cache: bool) -> tuple[torch.Tensor, Any]:
+        h, cache = self.mixer(self.mixer_norm(x), cache, start_pos, need_cache)
+        x = x + self.mixer_post_norm(h)
+        x = x + self.mlp_post_norm(self.mlp(self.mlp_norm(x)))
+        return x, cache
+
+
+@dataclass
+class BackboneState:
+    """Generation state: the position of the next token and one cache per block."""
+
+    pos: int
+    layers: list[Any] = field(default_factory=list)
+
+
+def clone_state(state: Any) -> Any:
+    """A copy that decoding can update without touching the original (for branching)."""
+    return copy.deepcopy(state)
+
+
+class BackboneLM(LCModel):
+    """An LM on the shared backbone. Subclasses implement ``make_mixer(layer_idx)``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(self.make_block(i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.apply(self._init_weights)
+        self.reset_mixer_parameters()
+
+    def make_mixer(self, layer_idx: int) -> nn.Module:
+        raise NotImplementedError
+
+    def make_block(self, layer_idx: int) -> nn.Module:
+        return Block(self.config, self.make_mixer(layer_idx))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def reset_mixer_parameters(self) -> None:
+        """Mixers with special initialisations (decay rates, dt biases) set them here."""
+        for block in self.blocks:
+            reset = getattr(block.mixer, "reset_special_parameters", None)
+            if reset is not None:
+                reset()
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.embed.weight] if self.config.tie_embeddings else [self.embed.weight, self.lm_head.weight]
+
+    def hidden_states(
+        self, tokens: torch.Tensor, state: BackboneState | None = None, need_state: bool = False
+    ) -> tuple[torch.Tensor, BackboneState | None]:
+        """Final-normed hidden states ``[B, T, D]`` of ``tokens``, continuing from ``state``."""
+        start = 0 if state is None else state.pos
+        caches = [None] * len(self.blocks) if state is None else state.layers
+        x = self.embed(tokens)
+        new_caches = []
+        for block, cache in zip(self.blocks, caches):
+            x, cache = block(x, cache, start, need_state)
+            new_caches.append(cache)
+        x = self.norm(x)
+        return x, (BackboneState(start + tokens.size(1), new_caches) if need_state else None)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(tokens)[0])
+
+    def forward_chunk(self, tokens: torch.Tensor, state: BackboneState | None) -> tuple[torch.Tensor, BackboneState]:
+        """Logits of a chunk that continues ``state``: streamed evaluation of long documents."""
+        x, state = self.hidden_states(tokens, state, need_state=True)
+        return self.lm_head(x), state
+
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, BackboneState]:
+        x, state = self.hidden_states(tokens, None, need_state=True)
+        return self.lm_head(x[:, -1]), state
+
+    def decode_step(self, state: BackboneState, token: torch.Tensor) -> tuple[torch.Tensor, BackboneState]:
+        x, state = self.hidden_states(token.view(-1, 1), state, need_state=True)
+        return self.lm_head(x[:, -1]), state

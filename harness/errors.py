@@ -1,0 +1,51 @@
+"""Errors a user can act on: each names the bad value, the valid choices and the close match."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LcbenchError(Exception):
+    """Base class for errors that the CLI prints without a traceback."""
+
+
+class UnknownNameError(LcbenchError, KeyError):
+    def __init__(self, kind: str, name: str, choices: Iterable[str]):
+        self.kind, self.name, self.choices = kind, name, sorted(choices)
+        super().__init__(unknown_message(kind, name, self.choices))
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class ConfigError(LcbenchError, ValueError):
+    """A configuration value is out of range or inconsistent with another."""
+
+
+class CheckpointError(LcbenchError):
+    """A checkpoint is missing, corrupted or does not match the model."""
+
+
+class BackendUnavailableError(LcbenchError, RuntimeError):
+    """A kernel backend was forced but cannot run here."""
+
+
+def close_match(name: str, choices: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def unknown_message(kind: str, name: str, choices: Iterable[str]) -> str:
+    choices = sorted(choices)
+    msg = f"unknown {kind} {name!r}; valid: {', '.join(choices) if choices else '(none registered)'}"
+    suggestion = close_match(name, choices)
+    if suggestion is not None:
+        msg += f". Did you mean {suggestion!r}?"
+    return msg
+
+
+def check_choice(kind: str, value: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(unknown_message(kind, value, choices))
+    return value
