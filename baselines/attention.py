@@ -89,12 +89,13 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tens
 
 
 def attention_reference(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
-    """Masked softmax over the whole score matrix, computed in fp32."""
+    """Masked softmax over the whole score matrix, computed in fp32 (fp64 stays fp64)."""
     q_pos = torch.arange(q_start, q_start + q.size(-2), device=q.device)
     k_pos = torch.arange(k_start, k_start + k.size(-2), device=q.device)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.size(-1))
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) / math.sqrt(q.size(-1))
     scores = scores.masked_fill(~visible(q_pos, k_pos, window), float("-inf"))
-    return (scores.softmax(-1) @ v.float()).to(q.dtype)
+    return (scores.softmax(-1) @ v.to(dtype)).to(q.dtype)
 
 
 def attention_sdpa(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:

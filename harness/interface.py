@@ -117,8 +117,9 @@ class LCModel(nn.Module):
 
     def token_losses(self, tokens: torch.Tensor) -> torch.Tensor:
         logits = self(tokens)[:, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
         return F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none"
+            logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none"
         ).view(tokens.size(0), -1)
 
     def state_bytes(self, state: Any) -> int:

@@ -1,0 +1,37 @@
+"""Shared fixtures: small configs of every registered architecture."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from harness import registry
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Small enough that each invariant runs in well under a second, with windows, chunks and
+# mini-batches short enough that test sequences cross several of their boundaries.
+SMALL = dict(d_model=64, n_heads=4, mlp_hidden=128)
+ARCH_FIELDS = dict(window=16, mini_batch_size=16, chunk_size=16)
+
+
+def small_config(arch: str, **overrides):
+    fields = {f.name for f in dataclasses.fields(registry.get_model_class(arch).config_class)}
+    small = {k: v for k, v in {**SMALL, **ARCH_FIELDS}.items() if k in fields}
+    if arch == "full_attention":
+        small.pop("window", None)
+    return registry.make_config(arch, "tiny", **{**small, **overrides})
+
+
+def small_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    torch.manual_seed(seed)
+    return registry.build_model(small_config(arch, **overrides)).to(dtype).eval()
+
+
+ARCHS = registry.model_names()
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param

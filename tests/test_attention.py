@@ -1,0 +1,117 @@
+"""full_attention / swa specifics: backends agree, windows behave, caches stay bounded."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines import attention
+from harness.errors import BackendUnavailableError, ConfigError
+from tests.conftest import small_model
+
+x = torch.randint(0, 256, (2, 80), generator=torch.Generator().manual_seed(0))
+
+
+def qkv(T: int, Tk: int | None = None, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    Tk = Tk or T
+    return (torch.randn(2, 3, T, 8, generator=g, dtype=torch.float64),
+            torch.randn(2, 3, Tk, 8, generator=g, dtype=torch.float64),
+            torch.randn(2, 3, Tk, 8, generator=g, dtype=torch.float64))
+
+
+def naive_attention(q, k, v, q_start, k_start, window):
+    """Each query on its own: softmax over exactly the keys it may see."""
+    out = torch.zeros_like(q)
+    for i in range(q.size(-2)):
+        pos = q_start + i
+        keys = [j for j in range(k.size(-2)) if k_start + j <= pos and (not window or pos - (k_start + j) < window)]
+        s = (q[..., i : i + 1, :] @ k[..., keys, :].transpose(-1, -2)) / q.size(-1) ** 0.5
+        out[..., i : i + 1, :] = s.softmax(-1) @ v[..., keys, :]
+    return out
+
+
+@pytest.mark.parametrize("window", [0, 1, 5, 64])
+@pytest.mark.parametrize("op", ["torch", "sdpa"])
+def test_attention_ops_equal_per_query_reading(op, window, monkeypatch):
+    monkeypatch.setattr(attention, "QUERY_CHUNK", 7)  # force the chunked sdpa path
+    q, k, v = qkv(30)
+    expected = naive_attention(q, k, v, 0, 0, window)
+    torch.testing.assert_close(attention.ATTENTION_OPS[op](q, k, v, 0, 0, window), expected)
+    # a continuation chunk: queries at 40.., keys at 25..
+    q2, k2, v2 = qkv(20, 35, seed=1)
+    expected = naive_attention(q2, k2, v2, 40, 25, window)
+    torch.testing.assert_close(attention.ATTENTION_OPS[op](q2, k2, v2, 40, 25, window), expected)
+
+
+@torch.no_grad()
+def test_swa_equals_full_attention_when_window_covers_sequence():
+    full = small_model("full_attention", dtype=torch.float64)
+    swa = small_model("swa", dtype=torch.float64, window=x.size(1))
+    swa.load_state_dict(full.state_dict())
+    torch.testing.assert_close(swa(x), full(x), rtol=1e-12, atol=1e-12)
+    narrow = small_model("swa", dtype=torch.float64, window=8)
+    narrow.load_state_dict(full.state_dict())
+    assert not torch.allclose(narrow(x)[:, 20:], full(x)[:, 20:])
+    torch.testing.assert_close(narrow(x)[:, :8], full(x)[:, :8])  # identical while the window covers all
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["full_attention", "swa"])
+def test_backends_agree_in_the_model(arch):
+    models = {b: small_model(arch, dtype=torch.float64, backend=b) for b in ("torch", "sdpa")}
+    torch.testing.assert_close(models["sdpa"](x), models["torch"](x), rtol=1e-10, atol=1e-10)
+
+
+@torch.no_grad()
+def test_grouped_query_attention_decodes_like_forward():
+    model = small_model("full_attention", dtype=torch.float64, n_kv_heads=2)
+    assert model.blocks[0].mixer.k_proj.out_features == 2 * model.config.head_dim
+    full = model(x)
+    logits, state = model.prefill(x[:, :10])
+    for t in range(10, 20):
+        logits, state = model.decode_step(state, x[:, t])
+        torch.testing.assert_close(logits, full[:, t])
+
+
+@torch.no_grad()
+def test_swa_state_is_bounded_and_full_attention_grows():
+    swa, full = small_model("swa"), small_model("full_attention")
+    sizes = {name: [m.state_bytes(m.prefill(x[:, :n])[1]) for n in (20, 40, 80)] for name, m in (("swa", swa), ("full", full))}
+    assert sizes["swa"][0] == sizes["swa"][1] == sizes["swa"][2]
+    assert sizes["full"][0] < sizes["full"][1] < sizes["full"][2]
+    window = swa.config.window
+    per_token = 2 * swa.config.n_layers * swa.config.kv_heads * swa.config.head_dim * 4  # k and v, fp32
+    assert sizes["swa"][0] == per_token * window * x.size(0)
+
+
+def test_bad_attention_configs_are_clear():
+    with pytest.raises(ConfigError, match="use arch 'swa'"):
+        small_model("full_attention", window=8)
+    with pytest.raises(ConfigError, match="window > 0"):
+        small_model("swa", window=0)
+    with pytest.raises(ConfigError, match="n_kv_heads=3 must divide n_heads=4"):
+        small_model("full_attention", n_kv_heads=3)
+    with pytest.raises(ConfigError, match="Did you mean 'sdpa'"):
+        small_model("swa", backend="sdp")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
+def test_forcing_flex_without_cuda_is_a_clear_error():
+    model = small_model("swa", backend="flex")
+    with pytest.raises(BackendUnavailableError, match="needs CUDA"):
+        model(x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("arch", ["full_attention", "swa"])
+def test_gpu_backends_equal_reference(arch, backend):
+    ref = small_model(arch, backend="torch").cuda()
+    fast = small_model(arch, backend=backend).cuda()
+    xs = torch.randint(0, 256, (2, 512), device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(fast(xs), ref(xs), rtol=2e-3, atol=2e-3)
+    for dtype, tol in ((torch.bfloat16, 5e-2),):
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+            torch.testing.assert_close(fast(xs).float(), ref(xs).float(), rtol=tol, atol=tol)

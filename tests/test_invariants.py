@@ -1,0 +1,112 @@
+"""Invariants every registered architecture holds; a new architecture inherits all of them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import checkpoint, registry
+from harness.interface import LCModel
+from tests.conftest import small_config, small_model
+
+T = 48  # crosses the small configs' windows, chunks and mini-batches (16) several times
+
+
+def tokens(batch: int = 2, length: int = T, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_is_lcmodel_with_tiny_preset(arch):
+    model = small_model(arch)
+    assert isinstance(model, LCModel)
+    assert "tiny" in registry.preset_names(arch)
+    assert model.num_params(non_embedding=True) < model.num_params(non_embedding=False)
+
+
+def test_config_json_round_trip(arch):
+    config = small_config(arch)
+    assert registry.config_from_dict(json.loads(config.to_json())) == config
+    for preset in registry.preset_names(arch):
+        config = registry.make_config(arch, preset)
+        assert registry.config_from_dict(json.loads(config.to_json())) == config
+
+
+@torch.no_grad()
+def test_prefill_decode_reproduce_forward(arch):
+    model = small_model(arch, dtype=torch.float64)
+    x = tokens()
+    full = model(x)
+    prompt = 21  # not a multiple of any chunk, window or mini-batch size
+    logits, state = model.prefill(x[:, :prompt])
+    torch.testing.assert_close(logits, full[:, prompt - 1], rtol=1e-9, atol=1e-9)
+    for t in range(prompt, T):
+        logits, state = model.decode_step(state, x[:, t])
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-9, atol=1e-9, msg=f"position {t}")
+    assert model.state_bytes(state) > 0
+
+
+@torch.no_grad()
+def test_outputs_are_causal(arch):
+    model = small_model(arch, dtype=torch.float64)
+    x = tokens()
+    base = model(x)
+    for t in (5, 16, 31, T - 1):  # inside and at the edges of chunks / mini-batches
+        changed = x.clone()
+        changed[:, t] = (changed[:, t] + 1) % 256
+        out = model(changed)
+        torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=1e-12, msg=f"changing token {t}")
+        assert not torch.allclose(out[:, t], base[:, t]), "the changed token must change its own output"
+
+
+@torch.no_grad()
+def test_token_losses_match_forward(arch):
+    model = small_model(arch, dtype=torch.float64)
+    x = tokens()
+    logits = model(x)
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="none")
+    losses = model.token_losses(x)
+    assert losses.shape == (2, T - 1)
+    torch.testing.assert_close(losses, expected.view(2, -1), rtol=1e-9, atol=1e-9)
+
+
+@torch.no_grad()
+def test_same_seed_same_numbers(arch):
+    x = tokens()
+    a, b = small_model(arch, seed=3)(x), small_model(arch, seed=3)(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, small_model(arch, seed=4)(x))
+
+
+@torch.no_grad()
+def test_checkpoint_round_trip_is_exact(arch, tmp_path):
+    model = small_model(arch)
+    checkpoint.save_checkpoint(tmp_path / "ckpt", model)
+    loaded = checkpoint.load_model(tmp_path / "ckpt").eval()
+    assert loaded.config == model.config
+    x = tokens()
+    assert torch.equal(loaded(x), model(x))
+    for (name, p), (name2, q) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert name == name2 and torch.equal(p, q)
+
+
+@torch.no_grad()
+def test_streamed_chunks_equal_forward(arch):
+    model = small_model(arch, dtype=torch.float64)
+    if not hasattr(model, "forward_chunk"):
+        pytest.skip(f"{arch} has no forward_chunk (streaming is optional)")
+    x = tokens()
+    full = model(x)
+    state, outs = None, []
+    for piece in x.split([7, 16, 25], dim=1):
+        logits, state = model.forward_chunk(piece, state)
+        outs.append(logits)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_gradients_reach_every_parameter(arch):
+    model = small_model(arch).train()
+    model.token_losses(tokens()).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing, f"parameters without gradient: {missing}"

@@ -1,0 +1,95 @@
+"""Registry lookups, clear errors, and third-party plugins found through entry points."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from harness import registry
+from harness.errors import ConfigError, UnknownNameError
+
+
+def test_builtin_architectures_are_registered():
+    assert {"full_attention", "swa"} <= set(registry.model_names())
+
+
+def test_unknown_architecture_lists_choices_and_suggests():
+    with pytest.raises(UnknownNameError) as info:
+        registry.get_model_class("full_atention")
+    message = str(info.value)
+    assert "'full_atention'" in message and "swa" in message and "Did you mean 'full_attention'?" in message
+
+
+def test_unknown_task_is_clear():
+    with pytest.raises(UnknownNameError, match="unknown task 'nope'"):
+        registry.get_task("nope")
+
+
+def test_unknown_preset_and_field_are_clear():
+    with pytest.raises(UnknownNameError, match="Did you mean '125m'"):
+        registry.make_config("swa", "125M")
+    with pytest.raises(ConfigError, match="Did you mean 'window'"):
+        registry.make_config("swa", "tiny", windw=8)
+    with pytest.raises(ConfigError, match="not divisible by n_heads=5"):
+        registry.make_config("full_attention", "tiny", n_heads=5)
+    with pytest.raises(ConfigError, match="n_layers must be a positive integer"):
+        registry.make_config("full_attention", "tiny", n_layers=0)
+    with pytest.raises(ConfigError, match="no 'arch' field"):
+        registry.config_from_dict({"d_model": 8})
+
+
+PLUGIN = '''
+from dataclasses import dataclass
+from baselines.attention import AttentionConfig, AttentionLM
+from harness.registry import register_model, register_task
+
+@register_model("toy_plugin_model")
+class ToyModel(AttentionLM):
+    """A third-party architecture living outside lcbench."""
+    presets = {"tiny": dict(d_model=32, n_heads=2, n_layers=1, mlp_hidden=64)}
+
+@register_task("toy_plugin_task")
+def toy_task(model, **options):
+    return []
+'''
+
+
+def test_plugin_registered_through_an_entry_point_is_found(tmp_path, monkeypatch):
+    (tmp_path / "toy_lcbench_plugin.py").write_text(PLUGIN)
+    dist = tmp_path / "toy_lcbench_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-lcbench-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent("""
+        [lcbench.models]
+        toy_plugin_model = toy_lcbench_plugin
+        [lcbench.tasks]
+        toy_plugin_task = toy_lcbench_plugin
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.reload_plugins()
+    try:
+        assert "toy_plugin_model" in registry.model_names()
+        assert "toy_plugin_task" in registry.task_names()
+        model = registry.create_model("toy_plugin_model")
+        assert model.num_params() > 0
+    finally:
+        registry._MODELS.pop("toy_plugin_model", None)
+        registry._TASKS.pop("toy_plugin_task", None)
+        sys.modules.pop("toy_lcbench_plugin", None)
+        registry.reload_plugins()
+
+
+def test_a_broken_plugin_warns_and_does_not_hide_others(tmp_path, monkeypatch):
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[lcbench.models]\nbroken = no_such_module_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.reload_plugins()
+    try:
+        with pytest.warns(UserWarning, match="could not load lcbench.models plugin 'broken'"):
+            names = registry.model_names()
+        assert "full_attention" in names
+    finally:
+        registry.reload_plugins()
