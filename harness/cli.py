@@ -95,6 +95,23 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
     )
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="runs/quick", show_default=True)
+@click.option("--arch", "archs", multiple=True, help="Only these architectures (repeatable; default: all).")
+@click.option("--steps", type=int, default=None, help="Training steps per model.")
+@friendly_errors
+def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
+    """The quick benchmark on the embedded corpus (tiny models, CPU-sized)."""
+    import dataclasses
+
+    from harness.quick import QUICK_TRAIN, run_quick
+
+    cfg = QUICK_TRAIN if steps is None else dataclasses.replace(QUICK_TRAIN, steps=steps)
+    result = run_quick(out, list(archs) or None, cfg)
+    click.echo(result.table.to_string(index=False, float_format=lambda v: f"{v:,.4f}"))
+    click.echo(f"checkpoints in {result.out_dir}/")
+
+
 @main.command("data-report")
 @click.option("--corpus", default=None, help="Local corpus (default: embedded stdlib corpus).")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")

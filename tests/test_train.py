@@ -1,0 +1,101 @@
+"""The trainer: learns on the embedded corpus, resumes bit-for-bit, rejects bad settings."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import harness.train as train_mod
+from harness import checkpoint
+from harness.errors import ConfigError
+from harness.train import TrainConfig, lr_at, prepare_data, train, validation_loss
+from tests.conftest import small_config
+
+FAST = dict(batch_size=4, seq_len=64, eval_every=0, eval_batches=4, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def fast_data():
+    return prepare_data(TrainConfig(**FAST))
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(steps=100, lr=1e-2, min_lr=1e-4, warmup_frac=0.1)
+    assert lr_at(0, cfg) == pytest.approx(1e-3)
+    assert lr_at(9, cfg) == pytest.approx(1e-2)
+    assert lr_at(99, cfg) == pytest.approx(1e-4, rel=0.05)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
+
+
+def test_token_budget_sets_steps():
+    assert TrainConfig(tokens=10 * 4 * 64, batch_size=4, seq_len=64).total_steps == 10
+
+
+def test_training_loss_goes_down(arch, fast_data):
+    cfg = TrainConfig(steps=30, **FAST)
+    torch.manual_seed(cfg.seed)
+    config = small_config(arch)
+    from harness.registry import build_model
+
+    before = validation_loss(build_model(config), fast_data.val, cfg, torch.device("cpu"))
+    result = train(config, cfg, progress=False, training_data=fast_data)
+    assert math.isfinite(result.val_loss)
+    assert result.val_loss < before - 0.5, f"{arch}: val loss {before:.3f} -> {result.val_loss:.3f}"
+    assert result.history[-1]["val_loss"] == result.val_loss
+
+
+def test_resume_after_crash_is_bit_for_bit(tmp_path, monkeypatch, fast_data):
+    cfg = TrainConfig(steps=6, save_every=3, **FAST)
+    config = small_config("swa")
+    straight = train(config, cfg, out_dir=tmp_path / "straight", progress=False, training_data=fast_data)
+
+    real_save = train_mod._save
+
+    def crash_after_first_save(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt("simulated crash right after the step-3 checkpoint")
+
+    monkeypatch.setattr(train_mod, "_save", crash_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, cfg, out_dir=tmp_path / "resumed", progress=False, training_data=fast_data)
+    monkeypatch.setattr(train_mod, "_save", real_save)
+    assert checkpoint.load_trainer_state(tmp_path / "resumed")[0]["step"] == 3
+    resumed = train(config, cfg, out_dir=tmp_path / "resumed", resume=True, progress=False, training_data=fast_data)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, fast_data):
+    cfg = TrainConfig(steps=1, **FAST)
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+    with pytest.raises(checkpoint.CheckpointError, match="window: 16 vs 32"):
+        train(small_config("swa", window=32), cfg, out_dir=tmp_path / "c", resume=True, progress=False,
+              training_data=fast_data)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(steps=0), "steps must be positive"),
+        (dict(warmup_frac=1.5), "warmup_frac"),
+        (dict(lr=1e-5, min_lr=1e-3), "min_lr <= lr"),
+        (dict(device="tpu"), "Did you mean 'cpu'"),
+        (dict(dtype="fp16"), "unknown dtype 'fp16'"),
+    ],
+)
+def test_bad_train_configs_are_clear(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_without_cuda_is_clear(fast_data):
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train(small_config("swa"), TrainConfig(steps=1, device="cuda", **FAST), progress=False, training_data=fast_data)
+
+
+def test_vocab_smaller_than_tokenizer_is_refused(fast_data):
+    with pytest.raises(ConfigError, match="vocab_size=100 is smaller than the tokenizer's 256"):
+        train(small_config("swa", vocab_size=100), TrainConfig(steps=1, **FAST), progress=False, training_data=fast_data)
