@@ -1,0 +1,59 @@
+"""The CLI is thin: each command reaches the library and turns its errors into one clear line."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from harness.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_list_shows_architectures_presets_and_counts():
+    result = run("list")
+    assert result.exit_code == 0, result.output
+    for name in ("full_attention", "swa", "tiny", "125m", "1.3b"):
+        assert name in result.output
+    assert re.search(r"full_attention\s+125m\s+12\s+768\s+128256\s+84\.97M", result.output)
+
+
+def test_data_report_counts_long_documents():
+    result = run("data-report")
+    assert result.exit_code == 0, result.output
+    assert "documents" in result.output and ">=  128K tokens" in result.output
+
+
+def test_train_writes_a_checkpoint_and_resumes(tmp_path):
+    out = tmp_path / "ckpt"
+    args = ["train", "swa", "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--set", "window=8", "--out", str(out)]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "val_loss" in result.output and (out / "model.safetensors").is_file()
+    result = run(*args[:2], "--steps", "3", *args[4:], "--resume")
+    assert result.exit_code == 0, result.output
+    assert "after 3 steps" in result.output
+
+
+def test_bad_names_give_one_clear_line():
+    result = run("train", "swaa")
+    assert result.exit_code != 0
+    assert "Did you mean 'swa'?" in result.output and "Traceback" not in result.output
+    result = run("train", "swa", "--set", "windw=3")
+    assert "Did you mean 'window'?" in result.output
+    result = run("data-report", "--corpus", "/no/such/corpus")
+    assert result.exit_code != 0 and "/no/such/corpus" in result.output
+
+
+def test_readme_commands_match_ci():
+    """The README's test command is exactly what .ci/run runs."""
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    readme = (ROOT / "README.md").read_text()
+    assert ci in readme
+    setup = ci.split(" && python -m pytest")[0]
+    assert f"{setup} && lcbench quick" in readme
