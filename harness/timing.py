@@ -1,0 +1,168 @@
+"""Timers, peak memory and out-of-memory handling for measurements.
+
+- :func:`measure` runs a function after warm-up runs and returns one wall time per repeat:
+  CUDA events around the call (with synchronisation) on a GPU, ``time.perf_counter`` on CPU.
+- :class:`PeakMemory` reports the peak memory of a block: ``torch.cuda.max_memory_allocated``
+  on a GPU; on CPU the process's peak resident set size, reset at the start of the block
+  (Linux ``/proc/self/clear_refs``) or, where that is not allowed, sampled by a thread.
+- :func:`is_oom` recognises out-of-memory errors of either device; :func:`free_memory`
+  releases what can be released so that a sweep can go on to its next cell.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: int = 5, warmup: int = 1,
+            setup: Callable[[], Any] | None = None) -> list[float]:
+    """Seconds per call of ``fn`` over ``repeats`` timed calls after ``warmup`` untimed ones.
+
+    ``setup`` (untimed) runs before every call and its result is passed to ``fn`` when given
+    (e.g. a fresh copy of a decoding state)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    times = []
+    for i in range(warmup + repeats):
+        arg = setup() if setup is not None else None
+        call = (lambda: fn(arg)) if setup is not None else fn
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            call()
+            end.record()
+            torch.cuda.synchronize(device)
+            elapsed = start.elapsed_time(end) / 1000.0
+        else:
+            t0 = time.perf_counter()
+            call()
+            elapsed = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(elapsed)
+        del arg
+    return times
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_bytes() -> int:
+    kib = _status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size since start (or since the last reset)."""
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if os.uname().sysname == "Darwin" else peak * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where it is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory (bytes) of the block it guards: ``with PeakMemory(device) as pm: ...; pm.peak``.
+
+    GPU: ``torch.cuda.max_memory_allocated`` (tensors only, the allocator's cache excluded).
+    CPU: the process's peak resident set size, so it includes the weights, the interpreter and
+    anything else alive; ``pm.baseline`` is the resident size when the block started."""
+
+    def __init__(self, device: torch.device | str = "cpu", sample_interval: float = 0.001):
+        self.device = torch.device(device)
+        self.sample_interval = sample_interval
+        self.peak = 0
+        self.baseline = 0
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._sampled = 0
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss"
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+        else:
+            self.baseline = current_rss_bytes()
+            if not _reset_peak_rss():
+                self._sampled = self.baseline
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        assert self._stop is not None
+        while not self._stop.is_set():
+            self._sampled = max(self._sampled, current_rss_bytes())
+            self._stop.wait(self.sample_interval)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        elif self._thread is not None:
+            assert self._stop is not None
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._sampled, current_rss_bytes())
+        else:
+            self.peak = peak_rss_bytes()
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error (CUDA allocator, host allocator)."""
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None), MemoryError) if t is not None)
+    if isinstance(exc, oom_types):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "not enough memory" in text)
+
+
+def free_memory(device: torch.device | str | None = None) -> None:
+    """Collect garbage and return cached GPU blocks, after an OOM or between cells."""
+    gc.collect()
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.empty_cache()

@@ -1,0 +1,139 @@
+"""``latency``: prefill time for T tokens and decode time per token after a T-token prefix.
+
+For each prefix length T of the grid (``eval_ctx``), on random tokens of ``batch_size``
+sequences:
+
+- ``prefill_s``: seconds for ``prefill`` of the [batch_size, T] prefix; ``prefill_tok_s`` is
+  batch_size * T / prefill_s;
+- ``decode_s``: seconds per ``decode_step`` (one token for each sequence) after the prefix,
+  timed over ``decode_tokens`` greedy steps from a fresh copy of the prefilled state;
+  ``decode_tok_s`` is batch_size / decode_s;
+- ``state_bytes``: the size of the state after the prefix (``state_bytes``);
+- ``prefill_peak_bytes`` / ``decode_peak_bytes``: peak memory while prefilling / decoding:
+  ``torch.cuda.max_memory_allocated`` on a GPU (weights included), the process's peak
+  resident set size on CPU (everything in the process included).
+
+Each timing runs ``warmup`` untimed calls, then ``repeats`` timed ones: the value is the
+median, the interval a bootstrap interval of the median over repeats (``n`` = repeats), and
+``samples.jsonl`` keeps every single time. CUDA events with synchronisation time GPU work;
+``time.perf_counter`` times CPU work. An out-of-memory error at one T becomes ``oom`` rows
+for what that T could not measure, memory is freed, and the sweep goes on with the next T
+(any other error becomes ``error`` rows with its message).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness import stats
+from harness.errors import ConfigError, unknown_message
+from harness.registry import register_task
+from harness.results import make_row, status_rows
+from harness.task import Task, check_positive, clone_state, option
+from harness.timing import PeakMemory, free_memory, is_oom, measure
+
+PHASES = ("prefill", "decode")
+METRICS = {
+    "prefill": ("prefill_s", "prefill_tok_s", "prefill_peak_bytes"),
+    "state": ("state_bytes",),
+    "decode": ("decode_s", "decode_tok_s", "decode_peak_bytes"),
+}
+
+
+@dataclass
+class LatencyOptions:
+    contexts: list[int] = option([256, 512, 1024, 2048, 4096], "prefix lengths T in tokens")
+    batch_size: int = option(1, "sequences per call")
+    warmup: int = option(1, "untimed calls before timing")
+    repeats: int = option(5, "timed calls per measurement")
+    decode_tokens: int = option(16, "decode steps per timed decode call")
+    phases: list[str] = option(list(PHASES), f"what to time: {', '.join(PHASES)}")
+    resamples: int = option(2000, "bootstrap resamples for confidence intervals")
+
+    def __post_init__(self) -> None:
+        check_positive("contexts", self.contexts)
+        check_positive("batch_size", [self.batch_size])
+        check_positive("warmup", [self.warmup], allow_zero=True)
+        check_positive("repeats", [self.repeats])
+        check_positive("decode_tokens", [self.decode_tokens])
+        check_positive("resamples", [self.resamples])
+        if not self.phases:
+            raise ConfigError(f"option 'phases' must name at least one of {', '.join(PHASES)}")
+        for p in self.phases:
+            if p not in PHASES:
+                raise ConfigError(unknown_message("latency phase", p, PHASES))
+        self.contexts = sorted(set(self.contexts))
+
+
+@register_task("latency")
+class Latency(Task):
+    """Prefill and per-token decode time, peak memory and state size vs prefix length."""
+
+    name = "latency"
+    Options = LatencyOptions
+
+    def run(self, model, options: LatencyOptions, ctx):
+        rows = []
+        device = ctx.device
+        B = options.batch_size
+        wanted = [m for phase in ("prefill", "state", "decode")
+                  if phase == "state" or phase in options.phases for m in METRICS[phase]]
+        for T in ctx.bar(options.contexts, desc="latency", unit="T"):
+            where = dict(eval_ctx=T, batch_size=B)
+            done: list[str] = []
+            try:
+                g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + T)
+                tokens = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
+                if "prefill" in options.phases:
+                    with PeakMemory(device) as peak:
+                        times = measure(lambda: model.prefill(tokens), device, options.repeats, options.warmup)
+                    rows += self._timing_rows("prefill", times, B * T, options, ctx, **where)
+                    rows.append(make_row("prefill_peak_bytes", peak.peak, n=1, **where))
+                    ctx.record(kind="timing", phase="prefill", eval_ctx=T, batch_size=B, seconds=times,
+                               peak_bytes=peak.peak, memory=peak.kind)
+                    done += METRICS["prefill"]
+                logits, state = model.prefill(tokens)
+                rows.append(make_row("state_bytes", model.state_bytes(state), n=1, **where))
+                done += METRICS["state"]
+                if "decode" in options.phases:
+                    first = logits.argmax(-1)
+                    steps = options.decode_tokens
+
+                    def decode(s):
+                        token = first
+                        for _ in range(steps):
+                            out, s = model.decode_step(s, token)
+                            token = out.argmax(-1)
+                        return s
+
+                    times = measure(decode, device, options.repeats, options.warmup, setup=lambda: clone_state(state))
+                    per_token = [t / steps for t in times]
+                    rows += self._timing_rows("decode", per_token, B, options, ctx, **where)
+                    with PeakMemory(device) as peak:
+                        decode(state)  # the last use of this state: no copy inflates the peak
+                    rows.append(make_row("decode_peak_bytes", peak.peak, n=1, **where))
+                    ctx.record(kind="timing", phase="decode", eval_ctx=T, batch_size=B, seconds_per_token=per_token,
+                               decode_tokens=steps, peak_bytes=peak.peak, memory=peak.kind)
+                    done += METRICS["decode"]
+                del state, logits, tokens
+            except Exception as exc:  # noqa: BLE001 - record the failed cell and go on
+                status = "oom" if is_oom(exc) else "error"
+                message = f"{type(exc).__name__} at T={T}, batch_size={B}: {exc}"[:500]
+                rows += status_rows([m for m in wanted if m not in done], status, message, **where)
+                ctx.record(kind="failure", eval_ctx=T, batch_size=B, status=status, message=message)
+            finally:
+                free_memory(device)
+        return rows
+
+    @staticmethod
+    def _timing_rows(phase: str, times: list[float], tokens: int, options: LatencyOptions, ctx, **where):
+        est = stats.bootstrap_median(times, options.resamples, seed=[ctx.seed, where["eval_ctx"], PHASES.index(phase)])
+        rate = {"value": tokens / est.value,
+                "ci_low": tokens / est.ci_high if est.ci_high > 0 else float("nan"),
+                "ci_high": tokens / est.ci_low if est.ci_low > 0 else float("nan")}
+        return [
+            make_row(f"{phase}_s", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n, **where),
+            make_row(f"{phase}_tok_s", rate["value"], ci_low=rate["ci_low"], ci_high=rate["ci_high"], n=est.n,
+                     **where),
+        ]

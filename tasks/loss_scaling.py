@@ -1,0 +1,173 @@
+"""``loss_scaling``: next-token loss against evaluation context length, and by token position.
+
+For each context length L of the grid, windows of exactly L tokens are cut from held-out
+documents at least L tokens long (never padded): a document with m = len // L whole windows
+gives up to m of them, evenly spread over it, and the windows of one length are shared out
+evenly between the documents until ``tokens_per_context`` tokens are reached. The selection
+depends only on the data and the options, so every model is measured on the same windows and
+the gap to full attention at each length is a paired comparison.
+
+Rows, per length L (``eval_ctx``):
+
+- ``loss``, all positions: the mean NLL (nats/token) of targets 1..L-1 of every window;
+- ``loss`` per position bin ``[pos_start, pos_end)`` (log-spaced: ``bins_per_octave`` bins per
+  doubling): the mean NLL of targets at those positions, i.e. predicted from that many tokens
+  of context. The bins partition 1..L-1, so their token-weighted mean is the overall loss.
+
+``n`` is the number of documents and ``n_tokens`` the number of target tokens behind a value;
+the confidence interval is a bootstrap over documents (the cluster bootstrap: a document's
+windows are resampled together). Long windows are read in pieces of ``chunk`` tokens through the
+model's ``forward_chunk`` when it has one, so memory stays bounded by the piece (plus the
+model's state). Per-window and per-document losses go to ``samples.jsonl``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness import stats
+from harness.errors import ConfigError
+from harness.registry import register_task
+from harness.results import make_row, status_rows
+from harness.task import DataOptions, Task, check_positive, option, stream_token_losses
+from harness.timing import free_memory, is_oom
+
+
+@dataclass
+class LossScalingOptions(DataOptions):
+    contexts: list[int] = option([256, 512, 1024, 2048, 4096], "evaluation context lengths (tokens)")
+    tokens_per_context: int = option(65536, "target tokens evaluated per context length (windows = this // length, at least 1)")
+    batch_size: int = option(4, "windows per forward pass")
+    chunk: int = option(2048, "read long windows in pieces of this many tokens (0: whole window at once)")
+    bins_per_octave: int = option(1, "position bins per doubling of position")
+    resamples: int = option(2000, "bootstrap resamples for confidence intervals")
+
+    def __post_init__(self) -> None:
+        check_positive("contexts", self.contexts)
+        if any(c < 2 for c in self.contexts):
+            raise ConfigError(f"every context length must be at least 2 tokens, got {self.contexts}")
+        check_positive("tokens_per_context", [self.tokens_per_context])
+        check_positive("batch_size", [self.batch_size])
+        check_positive("chunk", [self.chunk], allow_zero=True)
+        check_positive("bins_per_octave", [self.bins_per_octave])
+        check_positive("resamples", [self.resamples])
+        self.contexts = sorted(set(self.contexts))
+
+
+def position_bins(length: int, bins_per_octave: int = 1) -> list[tuple[int, int]]:
+    """Log-spaced bins ``[start, end)`` partitioning target positions 1..length-1."""
+    top = math.log2(length)
+    edges = {1, length}
+    k = 1
+    while k / bins_per_octave < top:
+        edges.add(int(round(2 ** (k / bins_per_octave))))
+        k += 1
+    edges = sorted(e for e in edges if 1 <= e <= length)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def select_windows(lengths: list[int], length: int, budget_tokens: int) -> list[tuple[int, int]]:
+    """(document index, start) of the windows of ``length`` tokens: at most ``budget // length``
+    (at least one), shared out evenly between the documents that hold a whole window, each
+    document's windows evenly spread over it."""
+    slots = {i: n // length for i, n in enumerate(lengths) if n >= length}
+    wanted = max(1, budget_tokens // length)
+    counts = dict.fromkeys(slots, 0)
+    total = 0
+    while total < wanted:
+        grew = False
+        for i in slots:
+            if counts[i] < slots[i] and total < wanted:
+                counts[i] += 1
+                total += 1
+                grew = True
+        if not grew:
+            break
+    windows = []
+    for i, k in counts.items():
+        m = slots[i]
+        windows += [(i, (j * m // k) * length) for j in range(k)]
+    return windows
+
+
+@register_task("loss_scaling")
+class LossScaling(Task):
+    """Mean next-token loss vs evaluation context length, and loss by token position."""
+
+    name = "loss_scaling"
+    Options = LossScalingOptions
+
+    def run(self, model, options: LossScalingOptions, ctx):
+        tokenizer, docs = ctx.heldout(options, model)
+        from harness.data import tokenize_documents
+
+        token_docs = tokenize_documents(docs, tokenizer)
+        lengths = [t.numel() for t in token_docs]
+        plan = {L: select_windows(lengths, L, options.tokens_per_context) for L in options.contexts}
+        rows = []
+        bar = ctx.bar(total=sum(len(w) for w in plan.values()), desc="loss_scaling", unit="window")
+        for L, windows in plan.items():
+            bar.set_postfix(ctx=L)
+            if not windows:
+                rows.append(make_row("loss", None, eval_ctx=L, status="error",
+                                     message=f"no held-out document has {L} tokens (longest: {max(lengths)})"))
+                continue
+            try:
+                losses = self._evaluate(model, token_docs, windows, L, options, ctx, bar)
+            except Exception as exc:  # noqa: BLE001 - one length failing must not lose the others
+                if not is_oom(exc):
+                    raise
+                free_memory(ctx.device)
+                rows += status_rows(["loss"], "oom", f"out of memory at {L} tokens: {exc}"[:500], eval_ctx=L)
+                continue
+            rows += self._rows(L, windows, losses, docs, options, ctx)
+        bar.close()
+        return rows
+
+    def _evaluate(self, model, token_docs, windows, L, options, ctx, bar) -> np.ndarray:
+        """[windows, L-1] per-token losses."""
+        out = []
+        for b in range(0, len(windows), options.batch_size):
+            batch = torch.stack([token_docs[i][s : s + L] for i, s in windows[b : b + options.batch_size]])
+            losses = stream_token_losses(model, batch.to(ctx.device), options.chunk)
+            out.append(losses.double().cpu().numpy())
+            bar.update(batch.size(0))
+        return np.concatenate(out, 0)
+
+    def _rows(self, L, windows, losses, docs, options, ctx):
+        doc_ids = sorted({i for i, _ in windows})
+        which = np.array([doc_ids.index(i) for i, _ in windows])
+        positions = np.arange(1, L)  # target position of each loss column
+
+        def estimate(columns: np.ndarray, bin_index: int) -> tuple[stats.Estimate, int]:
+            per_window = losses[:, columns].sum(1)
+            sums = np.bincount(which, weights=per_window, minlength=len(doc_ids))
+            counts = np.bincount(which, minlength=len(doc_ids)) * columns.sum()
+            est = stats.bootstrap_ratio(sums, counts, options.resamples, seed=[ctx.seed, L, bin_index])
+            return est, int(counts.sum())
+
+        everything = np.ones(L - 1, dtype=bool)
+        est, n_tokens = estimate(everything, 0)
+        rows = [make_row("loss", est.value, eval_ctx=L, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n,
+                         n_tokens=n_tokens)]
+        bins = position_bins(L, options.bins_per_octave)
+        bin_means = []
+        for k, (lo, hi) in enumerate(bins, start=1):
+            columns = (positions >= lo) & (positions < hi)
+            est, n_tokens = estimate(columns, k)
+            rows.append(make_row("loss", est.value, eval_ctx=L, pos_start=lo, pos_end=hi, ci_low=est.ci_low,
+                                 ci_high=est.ci_high, n=est.n, n_tokens=n_tokens))
+            bin_means.append(losses[:, columns].mean(1))
+        bin_means = np.stack(bin_means, 1)
+        for w, (i, start) in enumerate(windows):
+            ctx.record(kind="window", eval_ctx=L, doc=docs[i].name, start=int(start), n_tokens=L - 1,
+                       loss=float(losses[w].mean()), bins=[[lo, hi] for lo, hi in bins],
+                       bin_loss=[float(x) for x in bin_means[w]])
+        for d, i in enumerate(doc_ids):
+            mine = which == d
+            ctx.record(kind="document", eval_ctx=L, doc=docs[i].name, windows=int(mine.sum()),
+                       n_tokens=int(mine.sum()) * (L - 1), loss=float(losses[mine].mean()))
+        return rows

@@ -1,0 +1,422 @@
+"""``niah``: needle in a haystack, RULER-style, scored by generation and by candidate ranking.
+
+A prompt is a header, a haystack with needles in it, a question and the start of the answer::
+
+    Magic numbers are hidden in the text below. Remember them for a question after the text.
+    ...haystack...
+    One magic number for quiet-harbor is: 4821937.
+    ...haystack...
+    What is the magic number for quiet-harbor?
+    One magic number for quiet-harbor is:
+
+The answer starts exactly like the needle, so a model that can copy from its context (an
+induction head) can answer without following instructions. Haystacks: ``text`` (held-out
+documents of the corpus, from a random offset) and ``noise`` (one repeated line). Needles go
+at the start of a haystack line, at a grid of depths (0 = right after the header, 1 = right
+before the question) for a grid of context lengths (the whole prompt, question and answer
+start included, is ``eval_ctx`` tokens). Variants, as in RULER:
+
+- ``single``: one needle;
+- ``multikey``: the needle plus ``distractors`` needles of other keys;
+- ``multivalue``: ``values`` needles of the same key; the answer lists all of them;
+- ``multiquery``: ``queries`` needles of different keys, all asked for at once.
+
+The first (asked-for) needle sits at the cell's depth, the others at random depths.
+
+Two scorings, so that small models that cannot yet generate are still measured:
+
+- ``gen_match``: greedy generation (``prefill`` + ``decode_step``) after the answer start;
+  the fraction of expected values found in the generated text (RULER's string_match_all; for
+  one value, whether it was generated);
+- ``cand_acc`` and ``value_logprob``: for each expected (key, value), the answer start for that
+  key is followed by each of ``candidates`` continuations: the value and distractors (values of
+  other keys in the same haystack first, then random values of the same kind; never another
+  correct value). ``cand_acc`` is 1 when the correct value has the highest log-probability
+  (ties share the credit, so chance is 1/candidates); ``value_logprob`` is the correct value's
+  mean log-probability per token.
+
+Prompts are a deterministic function of (seed, variant, haystack, length, depth, sample
+index). Rows give each metric per (variant, haystack, eval_ctx, depth) cell and pooled over
+depths (depth NA), with a bootstrap interval over prompts; ``samples.jsonl`` keeps every
+prompt's needles, expected values, generated text and candidate log-probabilities.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness import stats
+from harness.errors import ConfigError, check_choice
+from harness.registry import register_task
+from harness.results import make_row, status_rows
+from harness.task import DataOptions, Task, check_positive, clone_state, continue_state, option
+from harness.timing import free_memory, is_oom
+
+VARIANTS = ("single", "multikey", "multivalue", "multiquery")
+HAYSTACKS = ("text", "noise")
+VALUE_KINDS = ("number", "word", "uuid")
+METRICS = ("gen_match", "cand_acc", "value_logprob")
+
+HEADER = "Magic {kinds} are hidden in the text below. Remember them for a question after the text.\n"
+NEEDLE = "One magic {kind} for {key} is: {value}.\n"
+QUESTION_ONE = "\nWhat is the magic {kind} for {key}?\n"
+QUESTION_ALL = "\nWhat are all the magic {kinds} for {keys}?\n"
+ANSWER_ONE = "One magic {kind} for {key} is:"
+ANSWER_ALL = "The magic {kinds} for {keys} are:"
+NOISE_LINE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+
+ADJECTIVES = (
+    "amber brave calm dusty eager faint gentle hollow icy jolly keen lucky misty noble odd pale quiet rapid "
+    "silent tidy urban vivid warm young zesty bold crisp dark early fuzzy grand happy ivory jagged kind lazy "
+    "merry narrow olive proud royal shy tall upper vast wild yellow bright cold deep fresh green hidden light "
+    "mellow neat plain round sharp soft sweet thin wide"
+).split()
+NOUNS = (
+    "anchor badger canyon dagger ember falcon garden harbor island jacket kettle lantern meadow needle orchard "
+    "pepper quarry river saddle thimble umbrella valley walnut yarn zebra acorn beacon candle dolphin engine "
+    "feather glacier hammer igloo jungle kitten ladder magnet nectar otter pebble quill rocket spindle tunnel "
+    "violin window willow basket cactus drum forest goblet helmet lagoon mirror nickel oyster parrot ribbon"
+).split()
+
+
+def _plural(kind: str) -> str:
+    return kind + "s"
+
+
+@dataclass
+class NIAHOptions(DataOptions):
+    contexts: list[int] = option([512, 1024, 2048], "prompt lengths in tokens")
+    depths: list[float] = option([0.0, 0.25, 0.5, 0.75, 1.0], "needle depths in [0, 1]")
+    variants: list[str] = option(list(VARIANTS), f"variants: {', '.join(VARIANTS)}")
+    haystacks: list[str] = option(list(HAYSTACKS), f"haystacks: {', '.join(HAYSTACKS)}")
+    samples: int = option(4, "prompts per (variant, haystack, length, depth) cell")
+    value_kind: str = option("number", f"kind of value: {', '.join(VALUE_KINDS)}")
+    distractors: int = option(3, "multikey: needles of other keys")
+    values: int = option(4, "multivalue: values of the asked key")
+    queries: int = option(4, "multiquery: keys asked at once")
+    candidates: int = option(10, "candidates ranked per expected value, the correct one included")
+    generate: bool = option(True, "score greedy generation")
+    rank: bool = option(True, "score candidate log-probabilities")
+    max_new_tokens: int = option(0, "generation length (0: the expected answer's length + 8)")
+    resamples: int = option(2000, "bootstrap resamples for confidence intervals")
+
+    def __post_init__(self) -> None:
+        check_positive("contexts", self.contexts)
+        for d in self.depths:
+            if not 0.0 <= d <= 1.0:
+                raise ConfigError(f"option 'depths' must lie in [0, 1], got {d!r}")
+        for v in self.variants:
+            check_choice("NIAH variant", v, VARIANTS)
+        for h in self.haystacks:
+            check_choice("NIAH haystack", h, HAYSTACKS)
+        check_choice("NIAH value kind", self.value_kind, VALUE_KINDS)
+        check_positive("samples", [self.samples])
+        check_positive("distractors", [self.distractors], allow_zero=True)
+        check_positive("values", [self.values])
+        check_positive("queries", [self.queries])
+        check_positive("resamples", [self.resamples])
+        check_positive("max_new_tokens", [self.max_new_tokens], allow_zero=True)
+        if self.candidates < 2:
+            raise ConfigError(f"option 'candidates' must be at least 2 (the value and a distractor), got {self.candidates}")
+        if not (self.generate or self.rank):
+            raise ConfigError("at least one of 'generate' and 'rank' must be true")
+        self.contexts = sorted(set(self.contexts))
+        self.depths = sorted(set(self.depths))
+
+
+@dataclass
+class Needle:
+    key: str
+    value: str
+    depth: float
+    position: int = -1  # token offset of the needle in the prompt
+
+
+@dataclass
+class Prompt:
+    prompt_id: str
+    variant: str
+    haystack: str
+    eval_ctx: int
+    depth: float
+    needles: list[Needle]
+    asked: list[str]  # keys the question asks for, in order
+    shared: list[int] = field(default_factory=list)  # header + haystack + question
+    answer: list[int] = field(default_factory=list)  # answer start of the generation prompt
+
+    def expected(self) -> list[tuple[str, str]]:
+        """(key, value) pairs the answer should contain, in question order."""
+        return [(n.key, n.value) for k in self.asked for n in self.needles if n.key == k]
+
+
+class PromptBuilder:
+    """Builds NIAH prompts of exact token lengths from a tokenizer and a text haystack."""
+
+    def __init__(self, tokenizer, haystack_text_ids: torch.Tensor, options: NIAHOptions, seed: int):
+        self.tok = tokenizer
+        self.opts = options
+        self.seed = seed
+        self.text_ids = haystack_text_ids.tolist()
+        self.noise_ids = tokenizer.encode(NOISE_LINE)
+        newline = {t for t in set(self.text_ids) | set(self.noise_ids) if tokenizer.decode([t]).endswith("\n")}
+        self.newline = newline
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text))
+
+    def _value(self, rng: np.random.Generator) -> str:
+        kind = self.opts.value_kind
+        if kind == "number":
+            return str(int(rng.integers(1_000_000, 10_000_000)))
+        if kind == "word":
+            return str(rng.choice(NOUNS)) + "-" + str(rng.choice(NOUNS))
+        h = "".join(f"{b:02x}" for b in rng.integers(0, 256, 16))
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def _keys(self, rng: np.random.Generator, n: int) -> list[str]:
+        keys: list[str] = []
+        while len(keys) < n:
+            key = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+            if key not in keys:
+                keys.append(key)
+        return keys
+
+    def random_values(self, rng: np.random.Generator, n: int, exclude: set[str]) -> list[str]:
+        out: list[str] = []
+        while len(out) < n:
+            v = self._value(rng)
+            if v not in exclude and v not in out:
+                out.append(v)
+        return out
+
+    def needles(self, variant: str, depth: float, rng: np.random.Generator) -> tuple[list[Needle], list[str]]:
+        o = self.opts
+        if variant == "single":
+            keys, per_key, asked = self._keys(rng, 1), 1, 1
+        elif variant == "multikey":
+            keys, per_key, asked = self._keys(rng, 1 + o.distractors), 1, 1
+        elif variant == "multivalue":
+            keys, per_key, asked = self._keys(rng, 1), o.values, 1
+        else:
+            keys, per_key, asked = self._keys(rng, o.queries), 1, o.queries
+        values = self.random_values(rng, len(keys) * per_key, set())
+        needles = [Needle(k, values[i * per_key + j], depth if i == 0 and j == 0 else float(rng.random()))
+                   for i, k in enumerate(keys) for j in range(per_key)]
+        return needles, keys[:asked]
+
+    def texts(self, needles: list[Needle], asked: list[str]) -> tuple[str, list[str], str, str]:
+        kind, kinds = self.opts.value_kind, _plural(self.opts.value_kind)
+        header = HEADER.format(kinds=kinds)
+        needle_texts = [NEEDLE.format(kind=kind, key=n.key, value=n.value) for n in needles]
+        if len(asked) == 1 and sum(n.key == asked[0] for n in needles) == 1:
+            question = QUESTION_ONE.format(kind=kind, key=asked[0])
+            answer = ANSWER_ONE.format(kind=kind, key=asked[0])
+        else:
+            keys = join_keys(asked)
+            question = QUESTION_ALL.format(kinds=kinds, keys=keys)
+            answer = ANSWER_ALL.format(kinds=kinds, keys=keys)
+        return header, needle_texts, question, answer
+
+    def probe_answer(self, key: str) -> list[int]:
+        return self.encode(ANSWER_ONE.format(kind=self.opts.value_kind, key=key))
+
+    def build(self, variant: str, haystack: str, length: int, depth: float, index: int) -> Prompt:
+        rng = np.random.default_rng([self.seed, VARIANTS.index(variant), HAYSTACKS.index(haystack), length,
+                                     int(round(depth * 10_000)), index])
+        needles, asked = self.needles(variant, depth, rng)
+        header, needle_texts, question, answer = self.texts(needles, asked)
+        header_ids, question_ids, answer_ids = self.encode(header), self.encode(question), self.encode(answer)
+        needle_ids = [self.encode(t) for t in needle_texts]
+        budget = length - len(header_ids) - len(question_ids) - len(answer_ids) - sum(map(len, needle_ids))
+        if budget < 0:
+            raise PromptTooLong(f"{length} tokens is too short for a {variant} prompt: it needs "
+                                f"{length - budget} tokens without any haystack")
+        hay = self._haystack(haystack, budget, rng)
+        starts = [0] + [i + 1 for i, t in enumerate(hay) if t in self.newline]
+        if starts[-1] != len(hay):
+            starts.append(len(hay))
+        starts = np.array(starts)
+        cut = []
+        for n in needles:  # snap each needle to the start of the line that holds its depth
+            target = round(n.depth * len(hay))
+            cut.append(int(starts[np.searchsorted(starts, target, side="right") - 1]))
+        order = sorted(range(len(needles)), key=lambda i: (cut[i], i))
+        ids = list(header_ids)
+        prev = 0
+        for i in order:
+            ids += hay[prev:cut[i]]
+            needles[i].position = len(ids)
+            ids += needle_ids[i]
+            prev = cut[i]
+        ids += hay[prev:]
+        ids += question_ids
+        prompt_id = f"{variant}/{haystack}/{length}/{depth:g}/{index}"
+        prompt = Prompt(prompt_id, variant, haystack, length, depth, needles, asked, ids, answer_ids)
+        assert len(prompt.shared) + len(prompt.answer) == length
+        return prompt
+
+    def _haystack(self, kind: str, budget: int, rng: np.random.Generator) -> list[int]:
+        """``budget`` tokens: the noise line repeated, or held-out text from a random offset
+        (wrapping around to the start of the text if it runs out)."""
+        source = self.noise_ids if kind == "noise" else self.text_ids
+        pos = 0 if kind == "noise" else int(rng.integers(0, len(source)))
+        out: list[int] = []
+        while len(out) < budget:
+            out += source[pos : pos + budget - len(out)]
+            pos = 0
+        return out
+
+
+class PromptTooLong(ConfigError):
+    pass
+
+
+def join_keys(keys: list[str]) -> str:
+    return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+
+
+def tie_aware_top1(correct: float, others: list[float]) -> float:
+    """1 if ``correct`` beats every other score, 1/(k+1) if it ties k of the best, else 0."""
+    tol = 1e-6 * max(1.0, abs(correct))
+    if any(o > correct + tol for o in others):
+        return 0.0
+    ties = sum(abs(o - correct) <= tol for o in others)
+    return 1.0 / (ties + 1)
+
+
+@register_task("niah")
+class NIAH(Task):
+    """Needle in a haystack (single, multi-key, multi-value, multi-query; text and noise)."""
+
+    name = "niah"
+    Options = NIAHOptions
+
+    def run(self, model, options: NIAHOptions, ctx):
+        tokenizer, docs = ctx.heldout(options, model)
+        from harness.data import tokenize_documents
+
+        sep = torch.tensor(tokenizer.encode("\n\n"), dtype=torch.int64)
+        parts = []
+        for ids in tokenize_documents(docs, tokenizer):
+            parts += [ids, sep]
+        builder = PromptBuilder(tokenizer, torch.cat(parts), options, ctx.seed)
+        cells = [(v, h, L) for v in options.variants for h in options.haystacks for L in options.contexts]
+        rows: list[dict[str, Any]] = []
+        bar = ctx.bar(total=len(cells) * len(options.depths) * options.samples, desc="niah", unit="prompt")
+        for variant, haystack, L in cells:
+            where = dict(variant=variant, haystack=haystack, eval_ctx=L)
+            metrics = self._metrics(options)
+            bar.set_postfix(variant=variant, haystack=haystack, ctx=L)
+            scores: dict[float, list[dict[str, float]]] = {}
+            try:
+                for d in options.depths:
+                    scores[d] = []
+                    for i in range(options.samples):
+                        prompt = builder.build(variant, haystack, L, d, i)
+                        scores[d].append(self._score(model, prompt, builder, options, ctx))
+                        bar.update(1)
+            except PromptTooLong as exc:
+                rows += status_rows(metrics, "error", str(exc), **where)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one cell failing must not lose the others
+                if not is_oom(exc):
+                    raise
+                free_memory(ctx.device)
+                rows += status_rows(metrics, "oom", f"out of memory at {L} tokens: {exc}"[:500], **where)
+                continue
+            for metric in metrics:
+                for d, sample_scores in scores.items():
+                    rows.append(self._row(metric, [s[metric] for s in sample_scores], options, ctx, depth=d, **where))
+                pooled = [s[metric] for sample_scores in scores.values() for s in sample_scores]
+                rows.append(self._row(metric, pooled, options, ctx, **where))
+        bar.close()
+        return rows
+
+    @staticmethod
+    def _metrics(options: NIAHOptions) -> list[str]:
+        return [m for m in METRICS if (m == "gen_match" and options.generate) or (m != "gen_match" and options.rank)]
+
+    @staticmethod
+    def _row(metric: str, values: list[float], options: NIAHOptions, ctx, **where) -> dict[str, Any]:
+        seed = [ctx.seed, zlib.crc32(repr(sorted(where.items())).encode()), METRICS.index(metric)]
+        est = stats.bootstrap_mean(values, options.resamples, seed=seed)
+        return make_row(metric, est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n, **where)
+
+    def _score(self, model, prompt: Prompt, builder: PromptBuilder, options: NIAHOptions, ctx) -> dict[str, float]:
+        device = ctx.device
+        shared = torch.tensor([prompt.shared], dtype=torch.int64, device=device)
+        _, state = model.prefill(shared)
+        expected = prompt.expected()
+        record: dict[str, Any] = {
+            "kind": "prompt", "prompt_id": prompt.prompt_id, "variant": prompt.variant, "haystack": prompt.haystack,
+            "eval_ctx": prompt.eval_ctx, "depth": prompt.depth,
+            "needles": [{"key": n.key, "value": n.value, "depth": n.depth, "position": n.position} for n in prompt.needles],
+            "asked": prompt.asked, "expected": [v for _, v in expected],
+            "question_and_answer": builder.tok.decode(prompt.shared[-64:] + prompt.answer)[-200:],
+        }
+        scores: dict[str, float] = {}
+        answer_states: dict[tuple[int, ...], tuple[torch.Tensor, Any]] = {}
+
+        def after(answer: list[int]) -> tuple[torch.Tensor, Any]:
+            """(logits for the token after ``answer``, state) with ``answer`` fed after the shared part."""
+            key = tuple(answer)
+            if key not in answer_states:
+                logits, s = continue_state(model, clone_state(state), torch.tensor([answer], device=device))
+                answer_states[key] = (logits[:, -1], s)
+            return answer_states[key]
+
+        if options.generate:
+            logits, s = after(prompt.answer)
+            s = clone_state(s)
+            expected_text = " " + ", ".join(v for _, v in expected) + "."
+            budget = options.max_new_tokens or len(builder.encode(expected_text)) + 8
+            generated: list[int] = []
+            for _ in range(budget):
+                token = logits.argmax(-1)
+                generated.append(int(token[0]))
+                if builder.tok.decode(generated).strip() and int(token[0]) in builder.newline:
+                    break
+                if len(generated) == budget:
+                    break
+                logits, s = model.decode_step(s, token)
+            text = builder.tok.decode(generated)
+            found = [v.lower() in text.lower() for _, v in expected]
+            scores["gen_match"] = sum(found) / len(found)
+            record.update(generated=text, gen_found=found, gen_match=scores["gen_match"])
+        if options.rank:
+            rng = np.random.default_rng([ctx.seed, zlib.crc32(prompt.prompt_id.encode())])
+            probes, accs, logprobs = [], [], []
+            for key, value in expected:
+                correct = {v for k, v in expected if k == key} | {n.value for n in prompt.needles if n.key == key}
+                others = [n.value for n in prompt.needles if n.key != key and n.value not in correct]
+                others = list(dict.fromkeys(others))[: options.candidates - 1]
+                others += builder.random_values(rng, options.candidates - 1 - len(others), correct | set(others))
+                candidates = [value] + others
+                logits, s = after(builder.probe_answer(key))
+                scored = [self._logprob(model, logits, s, builder.encode(" " + c), device) for c in candidates]
+                lp = [total for total, _ in scored]
+                acc = tie_aware_top1(lp[0], lp[1:])
+                rank = sum(x > lp[0] for x in lp[1:])
+                accs.append(acc)
+                logprobs.append(scored[0][0] / scored[0][1])
+                probes.append({"key": key, "value": value, "candidates": candidates, "logprobs": lp,
+                               "rank": rank, "acc": acc})
+            scores["cand_acc"] = float(np.mean(accs))
+            scores["value_logprob"] = float(np.mean(logprobs))
+            record.update(probes=probes, cand_acc=scores["cand_acc"], value_logprob=scores["value_logprob"])
+        ctx.record(**record)
+        return scores
+
+    @staticmethod
+    def _logprob(model, logits: torch.Tensor, state: Any, ids: list[int], device) -> tuple[float, int]:
+        """(total log-probability of ``ids`` after a state whose next-token logits are ``logits``, len)."""
+        total = torch.log_softmax(logits.float(), -1)[0, ids[0]].item()
+        if len(ids) > 1:
+            more, _ = continue_state(model, clone_state(state), torch.tensor([ids[:-1]], device=device))
+            targets = torch.tensor(ids[1:], device=more.device)
+            total += torch.log_softmax(more[0].float(), -1).gather(-1, targets[:, None]).sum().item()
+        return total, len(ids)

@@ -1,0 +1,177 @@
+"""The result schema, its validation and storage; bootstrap intervals; timers; option parsing."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harness import results, stats, timing
+from harness.errors import ConfigError
+from harness.task import option, parse_options
+
+
+def rows(n=3, **extra):
+    base = dict(run="r", model="m", arch="swa", task="loss_scaling", params=10)
+    return [results.make_row("loss", 1.0 + i, eval_ctx=256 * (i + 1), n=4, **base, **extra) for i in range(n)]
+
+
+def test_make_row_marks_non_finite_values_and_refuses_unknown_columns():
+    assert results.make_row("loss", float("nan"), run="r")["status"] == "nan"
+    assert results.make_row("loss", float("inf"), run="r")["message"]
+    oom = results.make_row("loss", 3.0, status="oom", message="out of memory")
+    assert math.isnan(oom["value"])
+    with pytest.raises(results.SchemaError, match="did you mean 'eval_ctx'"):
+        results.make_row("loss", 1.0, eval_cxt=3)
+
+
+def test_validate_returns_schema_columns_and_dtypes():
+    df = results.validate(rows())
+    assert list(df.columns) == results.COLUMNS
+    assert str(df["eval_ctx"].dtype) == "Int64" and str(df["value"].dtype) == "float64"
+    assert df["depth"].isna().all() and (df["message"] == "").all()
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (dict(status="fine"), "unknown status"),
+        (dict(metric=None), "no 'metric'"),
+        (dict(status="oom", message=""), "have no message"),
+        (dict(ci_low=5.0, ci_high=6.0), "outside"),
+        (dict(n=-1), "negative 'n'"),
+        (dict(pos_start=8, pos_end=4), "position bin"),
+        (dict(depth=1.5), "depth outside"),
+    ],
+)
+def test_validate_names_each_problem(change, problem):
+    bad = rows(1)
+    bad[0].update(change)
+    with pytest.raises(results.SchemaError, match=problem):
+        results.validate(bad)
+
+
+def test_validate_refuses_ok_rows_with_nan_and_duplicate_keys():
+    bad = rows(1)
+    bad[0]["value"] = float("nan")
+    with pytest.raises(results.SchemaError, match="non-finite"):
+        results.validate(bad)
+    with pytest.raises(results.SchemaError, match="share their identifying columns"):
+        results.validate(rows(1) + rows(1))
+    with pytest.raises(results.SchemaError, match="unknown result column"):
+        results.validate([{**rows(1)[0], "colour": "red"}])
+
+
+def test_table_round_trips_through_parquet_and_csv(tmp_path):
+    table = rows(2) + [results.make_row("loss", None, run="r", model="m", arch="swa", task="t", eval_ctx=9,
+                                        status="oom", message="CUDA out of memory, at 9")]
+    written = results.write_table(tmp_path, table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.parquet"]
+    from_parquet = results.read_table(tmp_path)
+    pd.testing.assert_frame_equal(from_parquet, written)
+    os.remove(tmp_path / "results.parquet")
+    from_csv = results.read_table(tmp_path)
+    pd.testing.assert_frame_equal(from_csv, written)
+
+
+def test_append_refuses_replaces_or_skips_duplicates(tmp_path):
+    results.append_rows(tmp_path, rows(2))  # creates the table
+    results.append_rows(tmp_path, rows(3)[2:])
+    assert len(results.read_table(tmp_path)) == 3
+    with pytest.raises(results.SchemaError, match="already in"):
+        results.append_rows(tmp_path, rows(1))
+    changed = rows(1)
+    changed[0]["value"] = 42.0
+    results.append_rows(tmp_path, changed, on_duplicate="skip")
+    assert results.read_table(tmp_path)["value"].tolist() == [1.0, 2.0, 3.0]
+    results.append_rows(tmp_path, changed, on_duplicate="replace")
+    table = results.read_table(tmp_path)
+    assert len(table) == 3 and 42.0 in table["value"].tolist()
+    assert results.has_rows(table, eval_ctx=256, metric="loss") and not results.has_rows(table, eval_ctx=7)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "x.txt"
+    results.atomic_write(path, lambda f: f.write("old"))
+
+    def broken(f):
+        f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        results.atomic_write(path, broken)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_jsonl_and_run_metadata(tmp_path):
+    results.write_jsonl(tmp_path / "s.jsonl", [{"a": np.int64(1), "t": torch.tensor([1.5])}, {"b": None}])
+    assert results.read_jsonl(tmp_path / "s.jsonl") == [{"a": 1, "t": [1.5]}, {"b": None}]
+    meta = results.run_metadata(seed=3, command=["lcbench", "eval", "x"], device="cpu", task="x", options={"k": 1})
+    results.write_run_json(tmp_path, meta)
+    back = json.loads((tmp_path / "run.json").read_text())
+    assert back["seed"] == 3 and back["command"] == "lcbench eval x" and "torch" in back["packages"]
+    assert set(back["git"]) == {"commit", "dirty"} and back["device"]["name"] == "cpu"
+    assert back["config_hash"] == results.run_metadata(seed=3, task="x", options={"k": 1})["config_hash"]
+
+
+def test_bootstrap_intervals():
+    rng = np.random.default_rng(0)
+    values = rng.normal(2.0, 1.0, 200)
+    est = stats.bootstrap_mean(values, seed=1)
+    assert est.ci_low < values.mean() < est.ci_high and est.n == 200
+    assert est.ci_high - est.ci_low == pytest.approx(2 * 1.96 / math.sqrt(200), rel=0.25)
+    assert stats.bootstrap_mean(values, seed=1) == est  # deterministic
+    one = stats.bootstrap_mean([3.0])
+    assert one.value == 3.0 and math.isnan(one.ci_low) and one.n == 1
+    # token-weighted: documents with more tokens count more
+    ratio = stats.bootstrap_ratio([10.0, 1.0], [10, 1])
+    assert ratio.value == pytest.approx(1.0) and ratio.ci_low <= 1.0 <= ratio.ci_high
+    med = stats.bootstrap_median([1.0, 2.0, 100.0])
+    assert med.value == 2.0 and med.ci_low <= 2.0 <= med.ci_high
+
+
+def test_measure_and_peak_memory_on_cpu():
+    calls = []
+    times = timing.measure(lambda: calls.append(1), "cpu", repeats=3, warmup=2)
+    assert len(times) == 3 and len(calls) == 5 and all(t >= 0 for t in times)
+    seen = []
+    timing.measure(lambda s: seen.append(s), "cpu", repeats=2, warmup=0, setup=lambda: "fresh")
+    assert seen == ["fresh", "fresh"]
+    with timing.PeakMemory("cpu") as pm:
+        block = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+        block += 1
+    assert pm.peak >= pm.baseline + 32 * 1024 * 1024
+    del block
+
+
+def test_is_oom_recognises_allocator_errors():
+    assert timing.is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert timing.is_oom(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"))
+    assert timing.is_oom(MemoryError())
+    assert not timing.is_oom(RuntimeError("shape mismatch"))
+
+
+@dataclass
+class Opts:
+    contexts: list[int] = option([256], "lengths")
+    depth: float = option(0.5)
+    flag: bool = option(True)
+    name: str | None = option(None)
+
+
+def test_parse_options_converts_strings_and_names_bad_keys():
+    o = parse_options(Opts, {"contexts": "1K, 2k,4096", "depth": "0.25", "flag": "no", "name": "none"})
+    assert o == Opts([1024, 2048, 4096], 0.25, False, None)
+    assert parse_options(Opts, {"contexts": [8, "16"]}).contexts == [8, 16]
+    with pytest.raises(ConfigError, match=r"unknown option of task 't' 'context'.*Did you mean 'contexts'"):
+        parse_options(Opts, {"context": "1"}, "t")
+    with pytest.raises(ConfigError, match="must be an integer"):
+        parse_options(Opts, {"contexts": "1.5K3"})
+    with pytest.raises(ConfigError, match="true or false"):
+        parse_options(Opts, {"flag": "maybe"})

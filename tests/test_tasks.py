@@ -1,0 +1,334 @@
+"""The task runners on tiny models: valid rows, the scores they must give, failures as rows."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ARCHS, small_model
+from harness import registry, results
+from harness.data import ByteTokenizer
+from harness.errors import CheckpointError, ConfigError, UnknownNameError
+from harness.evaluate import resolve_model, run_eval, task_options
+from harness.interface import LCModel, ModelConfig
+from harness.task import stream_token_losses
+from tasks import niah as niah_task
+from tasks.loss_scaling import position_bins, select_windows
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    """A small corpus of real text (stdlib sources), so tests do not read the whole stdlib."""
+    import difflib, json.decoder, json.encoder, string, textwrap  # noqa: E401 - sources of text
+
+    folder = tmp_path_factory.mktemp("corpus")
+    for i, module in enumerate((difflib, json.decoder, textwrap, json.encoder, re, string)):
+        text = Path(module.__file__).read_text()
+        (folder / f"doc{i}.txt").write_text(text[: 1500 + 700 * i])
+    return str(folder)
+
+
+def data_options(corpus: str) -> dict:
+    return {"corpus": corpus, "val_fraction": 0.5}
+
+
+# ---------------------------------------------------------------------------------------------
+# Test models reached through the interface only
+
+
+class UniformLM(LCModel):
+    """Every next token equally likely: no forward_chunk, so runners use the plain interface."""
+
+    def __init__(self, vocab_size: int = 256):
+        super().__init__(ModelConfig(arch="uniform", vocab_size=vocab_size))
+
+    def forward(self, tokens):
+        return torch.zeros(*tokens.shape, self.config.vocab_size)
+
+    def prefill(self, tokens):
+        return torch.zeros(tokens.size(0), self.config.vocab_size), {"pos": tokens.size(1)}
+
+    def decode_step(self, state, token):
+        return torch.zeros(token.size(0), self.config.vocab_size), {"pos": state["pos"] + 1}
+
+
+NEEDLE_RE = re.compile(r"One magic \w+ for (\S+) is: ([^\n]+)\.\n")
+ANSWER_RE = re.compile(r"\n(?:One magic \w+ for (\S+) is:|The magic \w+ for (.+) are:)")
+
+
+class CopierLM(LCModel):
+    """Answers NIAH prompts by looking the needles up in its own prompt, one byte at a time.
+
+    The state is the text read so far. After the question's answer start, the next byte is the
+    next byte of an answer consistent with what was read: one value of the key ("One magic
+    number for K is:") or the list of the asked keys' values ("The magic numbers for K1 and K2
+    are:"). Elsewhere it predicts a newline."""
+
+    def __init__(self):
+        super().__init__(ModelConfig(arch="copier", vocab_size=256))
+
+    def _logits(self, text: str) -> torch.Tensor:
+        logits = torch.full((1, 256), -30.0)
+        nexts = {ord("\n")}
+        question = text.rfind("\nWhat ")
+        match = None if question < 0 else ANSWER_RE.search(text, question + 1)
+        if match is not None:
+            values: dict[str, list[str]] = {}
+            for key, value in NEEDLE_RE.findall(text[:question]):
+                values.setdefault(key, []).append(value)
+            if match.group(1):
+                answers = [f" {v}." for v in values.get(match.group(1), [])]
+            else:
+                keys = re.split(r", | and ", match.group(2))
+                answers = [" " + ", ".join(v for k in keys for v in values.get(k, [])) + "."]
+            so_far = text[match.end():]
+            consistent = {a[len(so_far)] for a in answers if a.startswith(so_far) and len(a) > len(so_far)}
+            nexts = {ord(c) for c in consistent} or nexts
+        logits[0, sorted(nexts)] = 0.0
+        return logits
+
+    def prefill(self, tokens):
+        text = bytes(tokens[0].tolist()).decode("utf-8", "replace")
+        return self._logits(text), {"text": text}
+
+    def decode_step(self, state, token):
+        text = state["text"] + chr(int(token[0]))
+        return self._logits(text), {"text": text}
+
+
+class OOMAbove(LCModel):
+    """Wraps a model; its prefill raises an out-of-memory error for prefixes of ``limit`` tokens or more."""
+
+    def __init__(self, inner: LCModel, limit: int):
+        super().__init__(inner.config)
+        self.inner, self.limit = inner, limit
+
+    def prefill(self, tokens):
+        if tokens.size(1) >= self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {tokens.size(1)} GiB (injected)")
+        return self.inner.prefill(tokens)
+
+    def decode_step(self, state, token):
+        return self.inner.decode_step(state, token)
+
+
+# ---------------------------------------------------------------------------------------------
+# run_eval: specs, names, files
+
+
+def test_tasks_are_registered_with_options():
+    assert {"loss_scaling", "niah", "latency"} <= set(registry.task_names())
+    names = {o["name"] for o in task_options("niah")}
+    assert {"contexts", "depths", "variants", "haystacks", "candidates"} <= names
+
+
+def test_bad_names_give_clear_errors(tmp_path):
+    with pytest.raises(UnknownNameError, match="Did you mean 'niah'"):
+        run_eval("nah", "swa", None)
+    with pytest.raises(ConfigError, match="Did you mean 'contexts'"):
+        run_eval("latency", "swa", None, {"context": "8"})
+    with pytest.raises(ConfigError, match="neither a checkpoint folder nor a registered architecture.*Did you mean 'swa'"):
+        run_eval("latency", "sva", None)
+    with pytest.raises(UnknownNameError, match="preset"):
+        resolve_model("swa:huge")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_eval("latency", str(tmp_path / "missing"), None)
+    with pytest.raises(ConfigError, match="variant"):
+        run_eval("niah", "swa", None, {"variants": "singel"})
+
+
+def test_run_eval_writes_a_complete_run_folder(tmp_path):
+    out = tmp_path / "run1"
+    result = run_eval("latency", "swa", out, {"contexts": "16,32", "repeats": 2, "decode_tokens": 2},
+                      progress=False, command="lcbench eval latency --model swa")
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.parquet", "run.json", "samples.jsonl"]
+    table = results.read_table(out)
+    assert len(table) == len(result.table) == 2 * 7
+    assert set(table["run"]) == {"run1"} and set(table["model"]) == {"swa:tiny"} and set(table["device"]) == {"cpu"}
+    meta = results.read_run_json(out)
+    assert meta["command"] == "lcbench eval latency --model swa" and meta["options"]["contexts"] == [16, 32]
+    assert meta["model"]["config"]["arch"] == "swa" and meta["seed"] == 0
+    assert len(results.read_jsonl(out / "samples.jsonl")) == 4
+
+
+def test_checkpoint_spec_carries_training_context(tmp_path, corpus):
+    from harness.checkpoint import save_checkpoint
+
+    model = small_model("swa")
+    save_checkpoint(tmp_path / "ck", model, trainer_state={"train_config": {"seq_len": 64, "corpus": corpus,
+                                                                              "val_fraction": 0.5, "seed": 0}})
+    result = run_eval("loss_scaling", tmp_path / "ck", None, {"contexts": "32", "tokens_per_context": 64},
+                      progress=False)
+    assert set(result.table["train_ctx"]) == {64} and set(result.table["model"]) == {"ck"}
+    assert result.meta["model"]["source"] == "checkpoint"
+
+
+# ---------------------------------------------------------------------------------------------
+# loss_scaling
+
+
+def test_position_bins_partition_positions():
+    for L, per_octave in ((256, 1), (1000, 2), (2, 1), (3, 3)):
+        bins = position_bins(L, per_octave)
+        assert bins[0][0] == 1 and bins[-1][1] == L
+        assert all(a[1] == b[0] for a, b in zip(bins, bins[1:])) and all(lo < hi for lo, hi in bins)
+    assert position_bins(16) == [(1, 2), (2, 4), (4, 8), (8, 16)]
+
+
+def test_window_selection_is_even_and_never_pads():
+    windows = select_windows([100, 1000, 50], 64, budget_tokens=64 * 8)
+    per_doc = {i: [s for d, s in windows if d == i] for i in range(3)}
+    assert per_doc[2] == [] and len(per_doc[0]) == 1 and len(per_doc[1]) == 7  # 1000 // 64 = 15 slots
+    assert all(s + 64 <= (100, 1000)[d] for d, s in windows)
+    assert select_windows([10], 64, 1000) == []
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_loss_scaling_rows_are_valid_and_bins_add_up(arch, corpus):
+    model = small_model(arch)
+    result = run_eval("loss_scaling", model, None,
+                      {**data_options(corpus), "contexts": "32,64,100000", "tokens_per_context": 256, "chunk": 24},
+                      progress=False, model_name=arch)
+    table = result.table
+    assert table["status"].tolist().count("error") == 1  # no held-out document has 100000 tokens
+    assert "100000 tokens" in table.loc[table["status"] == "error", "message"].iloc[0]
+    ok = table[table["status"] == "ok"]
+    for L in (32, 64):
+        rows = ok[ok["eval_ctx"] == L]
+        overall = rows[rows["pos_start"].isna()].iloc[0]
+        bins = rows[rows["pos_start"].notna()]
+        assert bins["n_tokens"].sum() == overall["n_tokens"]
+        weighted = (bins["value"] * bins["n_tokens"]).sum() / bins["n_tokens"].sum()
+        assert weighted == pytest.approx(overall["value"], rel=1e-9)
+        windows = [s for s in result.samples if s["kind"] == "window" and s["eval_ctx"] == L]
+        assert overall["n_tokens"] == len(windows) * (L - 1)
+        assert overall["n"] == len({w["doc"] for w in windows})
+        assert overall["ci_low"] <= overall["value"] <= overall["ci_high"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_streamed_losses_equal_whole_sequence_losses(arch):
+    model = small_model(arch)
+    tokens = torch.randint(0, 256, (2, 80), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model.token_losses(tokens).float()
+        streamed = stream_token_losses(model, tokens, chunk=24)
+    torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_uniform_model_loss_is_log_vocab(corpus):
+    result = run_eval("loss_scaling", UniformLM(), None, {**data_options(corpus), "contexts": "16,48"},
+                      progress=False, model_name="uniform")
+    assert np.allclose(result.table["value"], math.log(256))
+
+
+# ---------------------------------------------------------------------------------------------
+# niah
+
+NIAH_SMALL = {"contexts": "512", "depths": "0,0.5,1", "samples": 2, "candidates": 5}
+
+
+def test_niah_copier_scores_one_everywhere(corpus):
+    result = run_eval("niah", CopierLM(), None, {**data_options(corpus), **NIAH_SMALL}, progress=False,
+                      model_name="copier")
+    table = result.table
+    assert (table["status"] == "ok").all()
+    assert set(table["variant"]) == set(niah_task.VARIANTS) and set(table["haystack"]) == set(niah_task.HAYSTACKS)
+    for metric in ("gen_match", "cand_acc"):
+        assert (table.loc[table["metric"] == metric, "value"] == 1.0).all(), metric
+    pooled = table[table["depth"].isna()]
+    assert (pooled["n"] == 6).all() and (table[table["depth"].notna()]["n"] == 2).all()
+    sample = next(s for s in result.samples if s["variant"] == "multivalue")
+    assert len(sample["expected"]) == 4 and all(v in sample["generated"] for v in sample["expected"])
+    assert len(sample["probes"]) == 4 and all(len(p["candidates"]) == 5 for p in sample["probes"])
+
+
+def test_niah_uniform_model_scores_chance(corpus):
+    result = run_eval("niah", UniformLM(), None, {**data_options(corpus), **NIAH_SMALL, "variants": "single,multikey"},
+                      progress=False, model_name="uniform")
+    table = result.table
+    assert np.allclose(table.loc[table["metric"] == "cand_acc", "value"], 1 / 5)
+    assert (table.loc[table["metric"] == "gen_match", "value"] == 0.0).all()
+    assert np.allclose(table.loc[table["metric"] == "value_logprob", "value"], -math.log(256))
+
+
+def test_niah_prompts_are_exact_length_deterministic_and_placed_by_depth(corpus):
+    from harness.data import load_corpus, tokenize_documents
+
+    tok = ByteTokenizer()
+    ids = torch.cat(tokenize_documents(load_corpus(corpus), tok))
+    opts = niah_task.NIAHOptions()
+    build = niah_task.PromptBuilder(tok, ids, opts, seed=0)
+    for variant in niah_task.VARIANTS:
+        for haystack in niah_task.HAYSTACKS:
+            a = build.build(variant, haystack, 700, 0.0, 0)
+            assert len(a.shared) + len(a.answer) == 700
+            assert a.shared == build.build(variant, haystack, 700, 0.0, 0).shared
+    other = niah_task.PromptBuilder(tok, ids, opts, seed=1).build("single", "text", 700, 0.0, 0)
+    assert other.shared != build.build("single", "text", 700, 0.0, 0).shared
+    start = build.build("single", "noise", 700, 0.0, 0)
+    header = len(tok.encode(niah_task.HEADER.format(kinds="numbers")))
+    assert start.needles[0].position == header
+    end = build.build("single", "noise", 700, 1.0, 0)
+    needle = niah_task.NEEDLE.format(kind="number", key=end.needles[0].key, value=end.needles[0].value)
+    question = niah_task.QUESTION_ONE.format(kind="number", key=end.needles[0].key)
+    assert tok.decode(end.shared).endswith(needle + question)
+    with pytest.raises(niah_task.PromptTooLong):
+        build.build("multiquery", "text", 200, 0.5, 0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_niah_rows_are_valid_on_tiny_models(arch, corpus):
+    result = run_eval("niah", small_model(arch), None,
+                      {**data_options(corpus), "contexts": "256,300", "depths": "0,1", "samples": 1, "candidates": 3,
+                       "variants": "single", "haystacks": "noise"}, progress=False, model_name=arch)
+    table = results.validate(result.table)
+    assert len(table) == 2 * 3 * 3 and (table["status"] == "ok").all()
+    assert table.loc[table["metric"] == "cand_acc", "value"].between(0, 1).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# latency
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_latency_rows_for_every_grid_point(arch):
+    result = run_eval("latency", small_model(arch), None, {"contexts": "8,24", "repeats": 2, "decode_tokens": 2,
+                                                            "batch_size": 2}, progress=False, model_name=arch)
+    table = result.table
+    metrics = {"prefill_s", "prefill_tok_s", "prefill_peak_bytes", "state_bytes", "decode_s", "decode_tok_s",
+               "decode_peak_bytes"}
+    for T in (8, 24):
+        cell = table[table["eval_ctx"] == T]
+        assert set(cell["metric"]) == metrics and (cell["status"] == "ok").all()
+        assert (cell["batch_size"] == 2).all() and (cell["value"] > 0).all()
+        prefill = cell.set_index("metric")["value"]
+        assert prefill["prefill_tok_s"] == pytest.approx(2 * T / prefill["prefill_s"])
+
+
+def test_latency_state_of_swa_stays_flat_while_full_attention_grows():
+    def state(arch, **kw):
+        r = run_eval("latency", small_model(arch, **kw), None, {"contexts": "32,128", "repeats": 1, "warmup": 0,
+                                                                 "phases": "prefill"}, progress=False)
+        return r.table[r.table["metric"] == "state_bytes"].set_index("eval_ctx")["value"]
+
+    full, swa = state("full_attention"), state("swa", window=16)
+    assert full[128] == 4 * full[32] and swa[128] == swa[32]
+
+
+def test_latency_out_of_memory_becomes_a_status_row_and_the_sweep_goes_on():
+    model = OOMAbove(small_model("swa"), limit=20)
+    result = run_eval("latency", model, None, {"contexts": "8,16,24,32", "repeats": 1, "decode_tokens": 1},
+                      progress=False, model_name="oom")
+    table = result.table
+    for T in (8, 16):
+        assert (table.loc[table["eval_ctx"] == T, "status"] == "ok").all()
+    for T in (24, 32):
+        cell = table[table["eval_ctx"] == T]
+        assert (cell["status"] == "oom").all() and len(cell) == 7
+        assert cell["message"].str.contains("out of memory").all()
+    assert any(s["kind"] == "failure" for s in result.samples)
