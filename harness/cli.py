@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -110,6 +111,77 @@ def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
     result = run_quick(out, list(archs) or None, cfg)
     click.echo(result.table.to_string(index=False, float_format=lambda v: f"{v:,.4f}"))
     click.echo(f"checkpoints in {result.out_dir}/")
+
+
+@main.command("eval")
+@click.argument("task")
+@click.option("--model", "model_spec", required=True, help="Checkpoint folder, or ARCH[:PRESET] (untrained).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/eval/TASK-MODEL).")
+@click.option("--option", "-o", "options", multiple=True, help="Task option key=value (repeatable), e.g. -o contexts=1K,4K.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--backend", default=None, help="Override the model's mixer backend.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--list-options", is_flag=True, help="Show the task's options and exit.")
+@friendly_errors
+def eval_cmd(task: str, model_spec: str, out: str | None, options: tuple[str, ...], device: str, dtype: str,
+             backend: str | None, seed: int, list_options: bool) -> None:
+    """Run TASK on a model and write a tidy result table."""
+    from harness.evaluate import run_eval, task_options
+
+    if list_options:
+        for opt in task_options(task):
+            click.echo(f"  {opt['name']:<20} {opt['type']:<12} default {opt['default']!r:<24} {opt['help']}")
+        return
+    if out is None:
+        out = f"runs/eval/{task}-{Path(model_spec).name.replace(':', '-')}"
+    result = run_eval(task, model_spec, out, _parse_overrides(options), device=device, dtype=dtype, backend=backend,
+                      seed=seed, command=sys.argv)
+    _echo_table(result.table)
+    click.echo(f"{len(result.table)} rows in {out}/")
+
+
+def _echo_table(table) -> None:
+    cols = [c for c in table.columns if table[c].notna().any() and c not in ("run", "message", "device", "seed")]
+    click.echo(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep folder (default runs/SPEC_NAME).")
+@click.option("--retry-failed", is_flag=True, help="Run again the cells that failed before.")
+@friendly_errors
+def sweep(spec: str, out: str | None, retry_failed: bool) -> None:
+    """Run every cell of a sweep SPEC (YAML/TOML); reruns skip finished cells."""
+    from harness.sweep import describe_failures, load_spec, run_sweep
+
+    parsed = load_spec(spec)
+    out = out or f"runs/{parsed.name}"
+    result = run_sweep(parsed, out, retry_failed=retry_failed)
+    click.echo(f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed; table in {out}/")
+    for line in describe_failures(out):
+        click.echo(f"  failed: {line}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--reference", type=click.Path(dir_okay=False), required=True, help="Reference CSV (results/reference/NAME.csv).")
+@click.option("--update", is_flag=True, help="Rewrite the reference from this run (on purpose only).")
+@click.option("--all", "show_all", is_flag=True, help="Show every score, not only those that moved.")
+@friendly_errors
+def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
+    """Compare RUN_DIR's scores with a reference; exit 1 on a regression or a missing cell."""
+    from harness import check as checks
+    from harness.results import read_table
+
+    if update:
+        path = checks.write_reference(read_table(run_dir), reference)
+        click.echo(f"reference written: {path}")
+        return
+    result = checks.check_run(run_dir, reference)
+    click.echo(checks.format_report(result, show_all))
+    if not result.passed:
+        sys.exit(1)
 
 
 @main.command("data-report")

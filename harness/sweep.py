@@ -1,0 +1,307 @@
+"""Sweeps: whole comparisons from one spec file, into one resumable tidy table.
+
+A spec (YAML or TOML) lists models (architecture, preset, config overrides, training budget or
+a given checkpoint), seeds and tasks with their options and grids::
+
+    name: quick
+    train: {steps: 150, batch_size: 8, seq_len: 256}
+    seeds: [0]
+    models:
+      - {arch: full_attention}
+      - {arch: swa, set: {window: 128}}
+    tasks:
+      - {task: loss_scaling, options: {contexts: [256, 1024]}}
+      - {task: niah, grid: {variant: [single, multikey]}}
+
+Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
+it. A cell's rows are appended to the table when it finishes and the cell is then marked done in
+``cells.jsonl``: a rerun skips finished cells, a killed one is redone (its rows replace any that
+reached the table), and a failing cell is recorded as a status row while the sweep goes on.
+Training is a cell too: its checkpoint lives under ``checkpoints/`` and resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from harness import checkpoint, registry, results
+from harness.errors import ConfigError, unknown_message
+from harness.evaluate import resolve_device, resolve_dtype, resolve_model, run_task
+from harness.timing import free_memory, is_oom
+from harness.train import TrainConfig, train
+
+CELLS_FILE = "cells.jsonl"
+SPEC_FILE = "spec.json"
+SAMPLES_DIR = "samples"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a spec dataclass, naming unknown keys with the close match."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}: " + unknown_message("key", key, known))
+    return cls(**data)
+
+
+@dataclass
+class ModelEntry:
+    arch: str
+    preset: str = "tiny"
+    set: dict[str, Any] = field(default_factory=dict)  # model config overrides
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
+    checkpoint: str | None = None  # evaluate this checkpoint instead of training
+    name: str | None = None  # label in the table (default arch:preset, plus overrides)
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.set.items()) if k != "vocab_size")
+        return f"{self.arch}:{self.preset}" + (f"[{extra}]" if extra else "")
+
+
+@dataclass
+class TaskEntry:
+    task: str
+    options: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # one cell per combination
+
+    def option_sets(self) -> list[dict[str, Any]]:
+        names = list(self.grid)
+        for name in names:
+            if not isinstance(self.grid[name], list) or not self.grid[name]:
+                raise ConfigError(f"task {self.task!r}: grid.{name} must be a non-empty list, got {self.grid[name]!r}")
+        return [{**self.options, **dict(zip(names, combo))} for combo in itertools.product(*self.grid.values())]
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    models: list[ModelEntry]
+    tasks: list[TaskEntry]
+    train: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.models = [m if isinstance(m, ModelEntry) else _from_dict(ModelEntry, m, f"models[{i}]")
+                       for i, m in enumerate(self.models)]
+        self.tasks = [t if isinstance(t, TaskEntry) else _from_dict(TaskEntry, t, f"tasks[{i}]")
+                      for i, t in enumerate(self.tasks)]
+        if not self.models or not self.tasks:
+            raise ConfigError(f"sweep {self.name!r} needs at least one model and one task")
+        for entry in self.models:  # fail on bad names before anything runs
+            if entry.checkpoint is None:
+                registry.make_config(entry.arch, entry.preset, **entry.set)
+            self.train_config(entry)
+        for entry in self.tasks:
+            registry.get_task(entry.task)
+            entry.option_sets()
+        labels = [m.label for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"two models share a label in {labels}; give them distinct 'name's")
+
+    def train_config(self, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
+        fields = {**self.train, **entry.train}
+        if seed is not None:
+            fields["seed"] = seed
+        return _from_dict(TrainConfig, fields, f"train settings of {entry.label}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no sweep spec at {str(path)!r}")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    data.setdefault("name", path.stem)
+    return _from_dict(SweepSpec, data, str(path))
+
+
+@dataclass
+class Cell:
+    key: str
+    model: ModelEntry
+    seed: int
+    task: str
+    options: dict[str, Any]
+
+
+@dataclass
+class SweepResult:
+    table: pd.DataFrame
+    out_dir: Path
+    ran: int
+    skipped: int
+    failed: int
+
+
+def plan(spec: SweepSpec) -> list[Cell]:
+    """Every evaluation cell of the spec, in run order (grouped by model, so each trains once)."""
+    cells = []
+    for entry, seed in itertools.product(spec.models, spec.seeds):
+        model_id = _model_identity(spec, entry, seed)
+        for task in spec.tasks:
+            for options in task.option_sets():
+                key = results.config_hash({"model": model_id, "task": task.task, "options": options,
+                                           "device": spec.device, "dtype": spec.dtype})
+                cells.append(Cell(key, entry, seed, task.task, options))
+    return cells
+
+
+def _model_identity(spec: SweepSpec, entry: ModelEntry, seed: int) -> dict[str, Any]:
+    if entry.checkpoint is not None:
+        return {"checkpoint": str(Path(entry.checkpoint).resolve()), "seed": seed}
+    config = _model_config(spec, entry, seed)
+    return {"config": config.to_dict(), "train": spec.train_config(entry, seed).to_dict()}
+
+
+def _model_config(spec: SweepSpec, entry: ModelEntry, seed: int):
+    from harness import data
+
+    overrides = dict(entry.set)
+    overrides.setdefault("vocab_size", data.load_tokenizer(spec.train_config(entry, seed).tokenizer).vocab_size)
+    return registry.make_config(entry.arch, entry.preset, **overrides)
+
+
+def finished_cells(out_dir: Path) -> dict[str, dict[str, Any]]:
+    path = out_dir / CELLS_FILE
+    if not path.is_file():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill: that cell is redone
+            continue
+        done[record["key"]] = record
+    return done
+
+
+def _mark_done(out_dir: Path, record: dict[str, Any]) -> None:
+    with open(out_dir / CELLS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _checkpoint_dir(out_dir: Path, spec: SweepSpec, entry: ModelEntry, seed: int) -> Path:
+    if entry.checkpoint is not None:
+        return Path(entry.checkpoint)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry.label)
+    return out_dir / CHECKPOINTS_DIR / f"{safe}-s{seed}-{results.config_hash(_model_identity(spec, entry, seed))[:8]}"
+
+
+def _trained(ckpt: Path, total_steps: int) -> bool:
+    if not checkpoint.is_checkpoint(ckpt):
+        return False
+    try:
+        return checkpoint.load_trainer_state(ckpt)[0].get("step", 0) >= total_steps
+    except checkpoint.CheckpointError:
+        return False
+
+
+def _failure_rows(cell: Cell, spec: SweepSpec, exc: BaseException, label: str) -> list[dict[str, Any]]:
+    status = "oom" if is_oom(exc) else "nan" if isinstance(exc, FloatingPointError) else "error"
+    message = f"{type(exc).__name__}: {exc} (options {cell.options})"
+    return results.status_rows(["cell_failed"], status, message, run=spec.name, model=label, arch=cell.model.arch,
+                               task=cell.task, variant=cell.key, seed=cell.seed)
+
+
+def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True,
+              retry_failed: bool = False) -> SweepResult:
+    """Run every cell of ``spec`` not yet finished in ``out_dir`` (and, with ``retry_failed``,
+    the ones that failed before)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
+    cells = plan(spec)
+    done = finished_cells(out_dir)
+    pending = [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    ran = failed = 0
+    started = time.time()
+    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
+               disable=not progress)
+    by_model = itertools.groupby(pending, key=lambda c: (id(c.model), c.seed))
+    for _, group in by_model:
+        group = list(group)
+        entry, seed = group[0].model, group[0].seed
+        bar.set_postfix_str(f"{entry.label} seed {seed}")
+        try:
+            model, info = _prepare_model(spec, entry, seed, out_dir, device, dtype, progress)
+            model_error = None
+        except Exception as exc:  # a model that cannot be trained or loaded fails all its cells
+            model_error = exc
+            free_memory(device)
+        for cell in group:
+            if model_error is not None:
+                table, samples = results.to_frame(_failure_rows(cell, spec, model_error, entry.label)), []
+            else:
+                try:
+                    table, samples, _ = run_task(cell.task, model, info, cell.options, device=device, dtype=dtype,
+                                                 seed=cell.seed, run=spec.name, progress=False)
+                except Exception as exc:
+                    table, samples = results.to_frame(_failure_rows(cell, spec, exc, info.name)), []
+                    free_memory(device)
+            status = "ok" if (table["status"] == "ok").all() else "failed"
+            failed += status != "ok"
+            results.append_rows(out_dir, table, on_duplicate="replace")
+            if samples:
+                results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
+            _mark_done(out_dir, {"key": cell.key, "model": entry.label, "seed": cell.seed, "task": cell.task,
+                                 "options": cell.options, "status": status, "rows": len(table),
+                                 "message": "" if status == "ok" else str(table["message"].iloc[0])[:500]})
+            ran += 1
+            bar.update(1)
+        free_memory(device)
+    bar.close()
+    meta = results.run_metadata(seed=None, device=str(device), spec=spec.to_dict(), run=spec.name)
+    meta.update(cells=len(cells), ran=ran, skipped=len(cells) - len(pending), failed=failed,
+                elapsed_s=round(time.time() - started, 3))
+    results.write_run_json(out_dir, meta)
+    table = results.read_table(out_dir) if (out_dir / results.TABLE_PARQUET).is_file() else results.to_frame([])
+    return SweepResult(table, out_dir, ran, len(cells) - len(pending), failed)
+
+
+def _prepare_model(spec: SweepSpec, entry: ModelEntry, seed: int, out_dir: Path, device: torch.device,
+                   dtype: torch.dtype, progress: bool):
+    ckpt = _checkpoint_dir(out_dir, spec, entry, seed)
+    if entry.checkpoint is None:
+        cfg = spec.train_config(entry, seed)
+        if not _trained(ckpt, cfg.total_steps):
+            if cfg.save_every == 0:  # so a killed sweep resumes training part-way
+                cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
+            train(_model_config(spec, entry, seed), cfg, out_dir=ckpt, resume=True, progress=progress)
+    return resolve_model(ckpt, device=device, dtype=dtype, name=entry.label)
+
+
+def describe_failures(out_dir: str | os.PathLike) -> list[str]:
+    """One line per failed cell of a sweep folder."""
+    return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}"
+            for r in finished_cells(Path(out_dir)).values() if r["status"] != "ok"]
+

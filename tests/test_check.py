@@ -1,0 +1,66 @@
+"""lcbench check: passes on identical scores, fails on a degraded one and on a missing cell."""
+from __future__ import annotations
+
+import pandas as pd
+from click.testing import CliRunner
+
+from harness import check, results
+from harness.cli import main
+
+
+def run_table(loss_2k: float = 2.0, acc: float = 1.0, with_niah: bool = True) -> pd.DataFrame:
+    ident = dict(run="r", model="swa:tiny", arch="swa", device="cpu", dtype="float32", seed=0)
+    rows = [
+        results.make_row("loss", 2.5, task="loss_scaling", eval_ctx=1024, ci_low=2.4, ci_high=2.6, n=4, **ident),
+        results.make_row("loss", loss_2k, task="loss_scaling", eval_ctx=2048, ci_low=loss_2k - 0.1,
+                         ci_high=loss_2k + 0.1, n=4, **ident),
+        results.make_row("prefill_s", 0.5, task="latency", eval_ctx=1024, **ident),
+        results.make_row("state_bytes", 4096, task="latency", eval_ctx=1024, **ident),
+    ]
+    if with_niah:
+        rows.append(results.make_row("cand_acc", acc, task="niah", eval_ctx=512, variant="single", haystack="text",
+                                     ci_low=max(0.0, acc - 0.25), ci_high=1.0, n=8, **ident))
+    return results.validate(rows)
+
+
+def test_identical_scores_pass_and_timings_are_not_scores(tmp_path):
+    ref_path = check.write_reference(run_table(), tmp_path / "ref.csv")
+    reference = check.read_reference(ref_path)
+    assert "prefill_s" not in set(reference["metric"]) and "state_bytes" in set(reference["metric"])
+    result = check.compare(run_table(), reference)
+    assert result.passed and set(result.table["verdict"]) == {"same"}
+
+
+def test_a_degraded_score_fails_and_noise_within_the_interval_passes(tmp_path):
+    reference = check.read_reference(check.write_reference(run_table(), tmp_path / "ref.csv"))
+    within = check.compare(run_table(loss_2k=2.0 + 0.1 + 0.015), reference)  # CI half-width 0.1 + tolerance 0.02
+    assert within.passed
+    worse = check.compare(run_table(loss_2k=2.0 + 0.1 + 0.03), reference)
+    assert not worse.passed and worse.regressions == 1
+    assert "regressed" in check.format_report(worse)
+    better = check.compare(run_table(loss_2k=1.5), reference)
+    assert better.passed and "improved" in set(better.table["verdict"])
+    assert not check.compare(run_table(acc=0.5), reference).passed  # accuracy drop beyond its interval
+
+
+def test_a_missing_or_failed_cell_fails(tmp_path):
+    reference = check.read_reference(check.write_reference(run_table(), tmp_path / "ref.csv"))
+    missing = check.compare(run_table(with_niah=False), reference)
+    assert not missing.passed and missing.missing == 1
+    failed_table = run_table()
+    failed_table.loc[failed_table["metric"] == "cand_acc", ["status", "message", "value"]] = ["oom", "out of memory", float("nan")]
+    assert check.compare(failed_table, reference).missing == 1
+
+
+def test_cli_check_exit_codes(tmp_path):
+    results.write_table(tmp_path / "good", run_table())
+    results.write_table(tmp_path / "bad", run_table(loss_2k=3.0))
+    ref = str(tmp_path / "ref.csv")
+    runner = CliRunner()
+    assert runner.invoke(main, ["check", str(tmp_path / "good"), "--reference", ref, "--update"]).exit_code == 0
+    good = runner.invoke(main, ["check", str(tmp_path / "good"), "--reference", ref])
+    assert good.exit_code == 0 and "PASS" in good.output
+    bad = runner.invoke(main, ["check", str(tmp_path / "bad"), "--reference", ref])
+    assert bad.exit_code == 1 and "FAIL" in bad.output and "regressed" in bad.output
+    missing_ref = runner.invoke(main, ["check", str(tmp_path / "good"), "--reference", str(tmp_path / "nope.csv")])
+    assert missing_ref.exit_code != 0 and "--update" in missing_ref.output

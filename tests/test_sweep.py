@@ -1,0 +1,127 @@
+"""Sweeps: specs parse with clear errors, cells resume after a crash, failures are recorded."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import harness.sweep as sweep_mod
+from harness import checkpoint, registry, results
+from harness.errors import ConfigError
+from harness.sweep import load_spec, plan, run_sweep
+from tests.conftest import small_model
+
+
+@registry.register_task("test_sweep_probe")
+def probe_task(model, contexts=(8,), boom: bool = False):
+    """A cheap task: the model's mean loss on a fixed sequence, one row per context."""
+    import torch
+
+    if boom:
+        raise RuntimeError("this cell fails on purpose")
+    rows = []
+    for length in ([contexts] if isinstance(contexts, int) else contexts):
+        x = torch.arange(length).remainder(256).view(1, -1)
+        rows.append(results.make_row("loss", model.token_losses(x).mean().item(), eval_ctx=length))
+    return rows
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    ckpts = {}
+    for arch in ("full_attention", "swa"):
+        ckpts[arch] = str(checkpoint.save_checkpoint(tmp_path / arch, small_model(arch)))
+    spec = {
+        "name": "probe",
+        "models": [{"arch": a, "checkpoint": p} for a, p in ckpts.items()],
+        "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [8, 16, 32]}}],
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_plan_has_one_cell_per_model_and_grid_point(spec_file):
+    cells = plan(load_spec(spec_file))
+    assert len(cells) == 6 and len({c.key for c in cells}) == 6
+
+
+def test_rerun_skips_finished_cells_and_never_duplicates(spec_file, tmp_path):
+    first = run_sweep(load_spec(spec_file), tmp_path / "out", progress=False)
+    assert (first.ran, first.skipped, first.failed) == (6, 0, 0)
+    again = run_sweep(load_spec(spec_file), tmp_path / "out", progress=False)
+    assert (again.ran, again.skipped) == (0, 6)
+    assert len(again.table) == 6 and again.table.equals(first.table)
+
+
+def test_crash_mid_sweep_resumes_with_nothing_lost(spec_file, tmp_path, monkeypatch):
+    straight = run_sweep(load_spec(spec_file), tmp_path / "straight", progress=False).table
+    real = sweep_mod.run_task
+    calls = {"n": 0}
+
+    def crash_on_fourth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated kill mid-cell")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "run_task", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(load_spec(spec_file), tmp_path / "crashed", progress=False)
+    assert len(results.read_table(tmp_path / "crashed")) == 3
+    monkeypatch.setattr(sweep_mod, "run_task", real)
+    resumed = run_sweep(load_spec(spec_file), tmp_path / "crashed", progress=False)
+    assert (resumed.ran, resumed.skipped) == (3, 3)
+    cols = ["model", "eval_ctx", "metric", "value"]
+    a = resumed.table[cols].sort_values(cols[:2]).reset_index(drop=True)
+    b = straight[cols].sort_values(cols[:2]).reset_index(drop=True)
+    assert a.equals(b)
+
+
+def test_a_failing_cell_is_recorded_and_the_rest_complete(spec_file, tmp_path):
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["tasks"].append({"task": "test_sweep_probe", "options": {"boom": True}})
+    spec_file.write_text(yaml.safe_dump(spec))
+    result = run_sweep(load_spec(spec_file), tmp_path / "out", progress=False)
+    assert result.failed == 2 and result.ran == 8
+    failed = result.table[result.table["status"] != "ok"]
+    assert len(failed) == 2 and failed["message"].str.contains("fails on purpose").all()
+    assert (result.table["status"] == "ok").sum() == 6
+    assert len(sweep_mod.describe_failures(tmp_path / "out")) == 2
+
+
+def test_sweep_trains_models_it_is_not_given(tmp_path):
+    spec = {"name": "t", "train": {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_batches": 1},
+            "models": [{"arch": "swa", "set": {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64}}],
+            "tasks": [{"task": "test_sweep_probe"}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    assert result.failed == 0 and len(result.table) == 1
+    ckpts = list((tmp_path / "out" / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and checkpoint.load_trainer_state(ckpts[0])[0]["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ({"models": [{"arch": "swaa"}], "tasks": [{"task": "test_sweep_probe"}]}, "Did you mean 'swa'"),
+        ({"models": [{"arch": "swa", "presett": "tiny"}], "tasks": [{"task": "test_sweep_probe"}]}, "Did you mean 'preset'"),
+        ({"models": [{"arch": "swa"}], "tasks": [{"task": "loss_scalin"}]}, "Did you mean 'loss_scaling'"),
+        ({"models": [{"arch": "swa"}], "tasks": [{"task": "test_sweep_probe"}], "train": {"step": 3}}, "Did you mean 'steps'"),
+        ({"models": [{"arch": "swa"}, {"arch": "swa"}], "tasks": [{"task": "test_sweep_probe"}]}, "share a label"),
+        ({"models": [], "tasks": [{"task": "test_sweep_probe"}]}, "at least one model"),
+    ],
+)
+def test_bad_specs_are_clear(tmp_path, spec, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", **spec}))
+    with pytest.raises(Exception, match=match):
+        load_spec(path)
+
+
+def test_toml_specs_load(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "t"\n[[models]]\narch = "swa"\n[[tasks]]\ntask = "test_sweep_probe"\n')
+    assert load_spec(path).models[0].arch == "swa"
+    with pytest.raises(ConfigError, match="no sweep spec"):
+        load_spec(tmp_path / "missing.yaml")
