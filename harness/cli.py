@@ -99,18 +99,22 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/quick", show_default=True)
 @click.option("--arch", "archs", multiple=True, help="Only these architectures (repeatable; default: all).")
-@click.option("--steps", type=int, default=None, help="Training steps per model.")
+@click.option("--steps", type=int, default=None, help="Training steps per model (default: the spec's).")
 @friendly_errors
 def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
-    """The quick benchmark on the embedded corpus (tiny models, CPU-sized)."""
-    import dataclasses
+    """The quick benchmark on the embedded corpus: results/specs/quick.yaml, then its figures."""
+    from harness.quick import run_quick
 
-    from harness.quick import QUICK_TRAIN, run_quick
+    result = run_quick(out, list(archs) or None, steps)
+    _summarise(result, out)
 
-    cfg = QUICK_TRAIN if steps is None else dataclasses.replace(QUICK_TRAIN, steps=steps)
-    result = run_quick(out, list(archs) or None, cfg)
-    click.echo(result.table.to_string(index=False, float_format=lambda v: f"{v:,.4f}"))
-    click.echo(f"checkpoints in {result.out_dir}/")
+
+def _summarise(result, out: str) -> None:
+    from harness.sweep import describe_failures
+
+    click.echo(f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed; table in {out}/")
+    for line in describe_failures(out):
+        click.echo(f"  failed: {line}")
 
 
 @main.command("eval")
@@ -153,14 +157,11 @@ def _echo_table(table) -> None:
 @friendly_errors
 def sweep(spec: str, out: str | None, retry_failed: bool) -> None:
     """Run every cell of a sweep SPEC (YAML/TOML); reruns skip finished cells."""
-    from harness.sweep import describe_failures, load_spec, run_sweep
+    from harness.sweep import load_spec, run_sweep
 
     parsed = load_spec(spec)
     out = out or f"runs/{parsed.name}"
-    result = run_sweep(parsed, out, retry_failed=retry_failed)
-    click.echo(f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed; table in {out}/")
-    for line in describe_failures(out):
-        click.echo(f"  failed: {line}")
+    _summarise(run_sweep(parsed, out, retry_failed=retry_failed), out)
 
 
 @main.command()
