@@ -1,0 +1,223 @@
+"""lm-evaluation-harness on our models: the tokenizer folder, the three request types checked
+against the model's own outputs, and real lm-eval runs offline (a RULER NIAH task, local
+loglikelihood tasks, lm-eval's command line).
+
+Needs the ``lm-eval`` extra (lm-eval with RULER's packages, transformers); skipped without it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+# Nothing may be downloaded: set before lm-eval imports `datasets` / `huggingface_hub`.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytest.importorskip("lm_eval")
+pytest.importorskip("transformers")
+pytest.importorskip("wonderwords")
+
+import torch  # noqa: E402
+from lm_eval import utils as lm_utils  # noqa: E402
+
+from harness import checkpoint, results  # noqa: E402
+from harness.data import ByteTokenizer  # noqa: E402
+from harness.hf_tokenizer import export_tokenizer  # noqa: E402
+from harness.lm_eval_adapter import LcbenchLM, main, run_lm_eval  # noqa: E402
+from harness.train import TrainConfig, train  # noqa: E402
+from tests.conftest import small_config, small_model  # noqa: E402
+
+RULER_DIR = Path(__import__("lm_eval").__file__).parent / "tasks" / "ruler"
+
+
+def requests(*args):
+    return [SimpleNamespace(args=a) for a in args]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A full-attention model trained for 40 steps on the embedded corpus (about 10 s)."""
+    out = tmp_path_factory.mktemp("ckpt") / "tiny-fa"
+    config = small_config("full_attention", n_layers=2)
+    train(config, TrainConfig(steps=40, batch_size=8, seq_len=128, eval_every=0), out_dir=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_tasks(tmp_path_factory) -> Path:
+    """lm-eval task YAMLs over JSONL files written here: nothing comes from the hub."""
+    root = tmp_path_factory.mktemp("tasks")
+    mc = [  # Python-looking continuation first, bytes the corpus never has second
+        ("import o", ["s", "\x07"]), ("def __init__(self", [")", "\x1b"]), ("    return sel", ["f", "\x02"]),
+        ("class Foo(object", [")", "\x7f"]), ("for i in ra", ["nge(", "\x10\x11("]), ("# This is a comm", ["ent", "\x03\x04\x05"]),
+    ]
+    (root / "mc.jsonl").write_text("".join(json.dumps({"question": q, "choices": c, "answer": 0}) + "\n" for q, c in mc))
+    docs = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n", "class A:\n    pass\n"]
+    (root / "ppl.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    common = "test_split: test\nmetadata:\n  version: 1.0\n"
+    (root / "mc.yaml").write_text(
+        f"task: lcbench_test_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root / 'mc.jsonl'}\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: '{{answer}}'\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n" + common
+    )
+    (root / "ppl.yaml").write_text(
+        f"task: lcbench_test_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root / 'ppl.jsonl'}\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n" + common
+    )
+    (root / "broken.yaml").write_text(
+        f"task: lcbench_test_broken\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {root / 'missing.jsonl'}\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\n"
+        "doc_to_target: '{{text}}'\n" + common
+    )
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer folder
+
+
+def test_byte_tokenizer_folder_encodes_and_decodes_like_bytes(tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = export_tokenizer("byte", tmp_path / "tok")
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    rng = random.Random(0)
+    texts = ["", " leading and  double spaces ", "tabs\tand\nnewlines\r\n", "wörld 日本 \x00 😀"]
+    texts += ["".join(chr(rng.choice([rng.randrange(0, 128), rng.randrange(128, 0xD000), rng.randrange(0x10000, 0x10400)]))
+                      for _ in range(rng.randrange(1, 40))) for _ in range(100)]
+    for text in texts:
+        ids = hf(text).input_ids
+        assert ids == ByteTokenizer().encode(text), repr(text)
+        assert hf.decode(ids) == text
+    assert len(hf) == 256
+    assert export_tokenizer("byte", folder) == folder  # an existing export is reused
+
+
+# ---------------------------------------------------------------------------------------------
+# The three requests against the model's own outputs
+
+
+def reference_logprob(model, ids: list[int], n: int) -> float:
+    with torch.no_grad():
+        return -model.token_losses(torch.tensor([ids]))[0, -n:].sum().item()
+
+
+def reference_greedy(model, ids: list[int], steps: int) -> list[int]:
+    ids, out = list(ids), []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(torch.tensor([ids]))[0, -1].argmax())
+            out.append(token)
+            ids.append(token)
+    return out
+
+
+def saved(tmp_path: Path, arch: str) -> Path:
+    model = small_model(arch, seed=1)
+    return checkpoint.save_checkpoint(tmp_path / arch, model)
+
+
+def test_requests_reproduce_model_outputs_on_every_architecture(arch, tmp_path):
+    lm = LcbenchLM(checkpoint=str(saved(tmp_path, arch)), device="cpu")
+    model, tok = lm.model, ByteTokenizer()
+    pairs = [("def f(x):", " return x"), ("import", " os"), ("a", "bcdefghijklmnopqrstuvwxyz" * 3), ("", "hello")]
+    got = lm.loglikelihood(requests(*pairs), disable_tqdm=True)
+    for (ctx, cont), (ll, _) in zip(pairs, got):
+        ids = tok.encode(ctx) if ctx else [lm.prefix_token_id]
+        assert ll == pytest.approx(reference_logprob(model, ids + tok.encode(cont), len(tok.encode(cont))), abs=1e-4)
+    text = "a document that is scored as a whole, from the prefix token on"
+    (rolled,) = lm.loglikelihood_rolling(requests((text,)), disable_tqdm=True)
+    assert rolled == pytest.approx(reference_logprob(model, [lm.prefix_token_id] + tok.encode(text), len(text)), abs=1e-4)
+    (generated,) = lm.generate_until(requests(("def main(", {"until": [], "max_gen_toks": 12})), disable_tqdm=True)
+    assert generated == tok.decode(reference_greedy(model, tok.encode("def main("), 12))
+
+
+def test_batching_windows_and_stop_strings(trained):
+    lm1 = LcbenchLM(checkpoint=str(trained), device="cpu", batch_size=1)
+    lm4 = LcbenchLM(checkpoint=str(trained), device="cpu", batch_size=4)
+    pairs = [("x" * n, " = 1\n") for n in (1, 7, 30, 3, 12)] + [("import", " sys")]
+    single, batched = lm1.loglikelihood(requests(*pairs), True), lm4.loglikelihood(requests(*pairs), True)
+    for (a, ga), (b, gb) in zip(single, batched):  # right padding never leaks into the scores
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+    # rolling windows of max_length tokens: each window is scored on exactly its own tokens
+    text = "def add(a, b):\n    return a + b\n" * 3
+    ids = list(text.encode())
+    windows = map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(ids, 10, 32, 1))
+    expected = sum(reference_logprob(lm1.model, ctx + cont, len(cont)) for ctx, cont in windows)
+    windowed = LcbenchLM(checkpoint=str(trained), device="cpu", max_length=32).loglikelihood_rolling(requests((text,)), True)
+    assert windowed[0] == pytest.approx(expected, abs=1e-3)
+    assert lm1.loglikelihood_rolling(requests((text,)), True)[0] == pytest.approx(
+        reference_logprob(lm1.model, [10] + ids, len(ids)), abs=1e-3)
+    # a stop string cuts the text before it, and greedy decoding stops there
+    free = lm1.generate_until(requests(("class A:\n", {"until": [], "max_gen_toks": 40})), True)[0]
+    stop = free[5:7]
+    cut = lm1.generate_until(requests(("class A:\n", {"until": [stop], "max_gen_toks": 40})), True)[0]
+    assert cut == free[: free.index(stop)]
+
+
+def test_bad_settings_fail_clearly(trained):
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint="):
+        LcbenchLM()
+    with pytest.raises(ConfigError, match="max_length"):
+        LcbenchLM(checkpoint=str(trained), max_length="zero")
+
+
+# ---------------------------------------------------------------------------------------------
+# Real lm-eval runs, offline
+
+
+def test_ruler_niah_end_to_end(trained, tmp_path):
+    out = tmp_path / "ruler"
+    # RULER's own folder as include path: the task is found without indexing all of lm-eval's tasks
+    table = run_lm_eval(trained, ["niah_single_1"], limit=2, max_seq_lengths=[512, 768], out_dir=out,
+                        include_path=RULER_DIR)
+    scores = table[table.metric == "score"].sort_values("eval_ctx")
+    assert scores.eval_ctx.tolist() == [512, 768]
+    assert scores.n.tolist() == [2, 2]  # the limit applies to each length
+    assert (scores.status == "ok").all() and scores.value.between(0, 1).all()
+    assert set(table.task) == {"lm_eval:niah_single_1"} and set(table.arch) == {"full_attention"}
+    assert table.train_ctx.tolist() == [128] * len(table) and table.model.iloc[0] == "tiny-fa"
+    reread = results.read_table(out)
+    assert len(reread) == len(table)
+    samples = results.read_jsonl(out / results.SAMPLES_JSONL)
+    assert sorted(s["eval_ctx"] for s in samples) == [512, 512, 768, 768]
+    assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
+    assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "run.json").is_file()
+
+
+def test_loglikelihood_tasks_end_to_end(trained, local_tasks, tmp_path):
+    table = run_lm_eval(trained, "lcbench_test_mc,lcbench_test_ppl,lcbench_test_broken", include_path=local_tasks,
+                        out_dir=tmp_path / "ll")
+    value = {(r.task.removeprefix("lm_eval:"), r.metric): r for r in table.itertuples()}
+    acc = value["lcbench_test_mc", "acc"]
+    assert acc.n == 6 and acc.value >= 5 / 6  # 40 steps on Python source tell code from control bytes
+    assert acc.ci_low <= acc.value <= acc.ci_high  # value ± 1.96 stderr (0 when every answer is right)
+    # bits per byte from lm-eval equals the model's own mean loss over the documents (from "\n")
+    lm = LcbenchLM(checkpoint=str(trained), device="cpu")
+    docs = [json.loads(line)["text"] for line in (local_tasks / "ppl.jsonl").read_text().splitlines()]
+    nll = sum(-reference_logprob(lm.model, [10] + list(d.encode()), len(d.encode())) for d in docs)
+    bpb = value["lcbench_test_ppl", "bits_per_byte"]
+    assert bpb.value == pytest.approx(nll / sum(len(d.encode()) for d in docs) / math.log(2), rel=1e-4)
+    assert 0 < bpb.value < 8
+    broken = value["lcbench_test_broken", "score"]
+    assert broken.status == "error" and "missing.jsonl" in broken.message
+
+
+def test_lm_eval_command_line_finds_lcbench(trained, local_tasks, tmp_path, monkeypatch):
+    """lm-eval's own command line (all its tasks indexed), with --model lcbench."""
+    out = tmp_path / "cli"
+    main(["--model", "lcbench", "--model_args", f"checkpoint={trained}", "--batch_size", "2", "--device", "cpu",
+          "--tasks", "lcbench_test_mc", "--include_path", str(local_tasks), "--limit", "4",
+          "--output_path", str(out)])
+    (written,) = out.rglob("results_*.json")
+    res = json.loads(written.read_text())["results"]["lcbench_test_mc"]
+    assert 0.5 <= res["acc,none"] <= 1
