@@ -18,7 +18,7 @@ see ``lcbench``. Run lm-eval's own command line through this module instead, wit
 
 Model args: ``checkpoint`` (a checkpoint folder, or ``arch[:preset]`` for untrained weights;
 ``pretrained`` is an alias), ``tokenizer`` (``byte`` or a local Hugging Face tokenizer folder/file;
-default: the checkpoint's training tokenizer, else bytes), ``device``, ``dtype`` (``auto``: bf16 on
+default: the checkpoint's training tokenizer, else an imported checkpoint's ``tokenizer/``, else bytes), ``device``, ``dtype`` (``auto``: bf16 on
 CUDA, fp32 on CPU), ``backend`` (mixer backend override), ``batch_size``, ``max_length`` (context
 cap in tokens; unset: no cap), ``max_gen_toks`` (default 256), ``prefix_token`` (the token an empty
 context or a rolling document starts from; default: the tokenizer's end token, else the id of
@@ -56,6 +56,7 @@ from harness import data, results
 from harness.errors import ConfigError
 from harness.evaluate import _identity, dtype_name, resolve_device, resolve_dtype, resolve_model
 from harness.hf_tokenizer import export_tokenizer
+from harness.importers.common import TOKENIZER_DIR
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,16 @@ def _int_or_none(value: Any, name: str) -> int | None:
     if out <= 0:
         raise ConfigError(f"lcbench model arg {name}={value!r} must be positive")
     return out
+
+
+def default_tokenizer(info: Any) -> str | None:
+    """The tokenizer a checkpoint was trained with, else the one an import copied beside it
+    (``tokenizer/``), else None (bytes)."""
+    trained = (info.train_config or {}).get("tokenizer")
+    if trained is not None:
+        return trained
+    beside = Path(info.path) / TOKENIZER_DIR if info.path else None
+    return str(beside) if beside is not None and beside.is_dir() else None
 
 
 class LcbenchLM(TemplateLM):
@@ -109,8 +120,7 @@ class LcbenchLM(TemplateLM):
         self._device = resolve_device(device or "auto")
         self._dtype = resolve_dtype(dtype, self._device)
         self.model, self.info = resolve_model(spec, device=self._device, dtype=self._dtype, backend=backend)
-        train_tok = (self.info.train_config or {}).get("tokenizer")
-        self.tokenizer_spec = tokenizer if tokenizer is not None else train_tok
+        self.tokenizer_spec = tokenizer if tokenizer is not None else default_tokenizer(self.info)
         self.tok = data.load_tokenizer(self.tokenizer_spec)
         if self.tok.vocab_size > self.model.config.vocab_size:
             raise ConfigError(
