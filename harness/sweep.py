@@ -66,6 +66,7 @@ class ModelEntry:
     set: dict[str, Any] = field(default_factory=dict)  # model config overrides
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
     checkpoint: str | None = None  # evaluate this checkpoint instead of training
+    untrained: bool = False  # evaluate seeded random weights (latency and memory need no training)
     name: str | None = None  # label in the table (default arch:preset, plus overrides)
 
     @property
@@ -108,6 +109,8 @@ class SweepSpec:
         if not self.models or not self.tasks:
             raise ConfigError(f"sweep {self.name!r} needs at least one model and one task")
         for entry in self.models:  # fail on bad names before anything runs
+            if entry.untrained and entry.checkpoint is not None:
+                raise ConfigError(f"model {entry.label!r} has both a checkpoint and untrained: true; choose one")
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
@@ -176,6 +179,8 @@ def _model_identity(spec: SweepSpec, entry: ModelEntry, seed: int) -> dict[str, 
     if entry.checkpoint is not None:
         return {"checkpoint": str(Path(entry.checkpoint).resolve()), "seed": seed}
     config = _model_config(spec, entry, seed)
+    if entry.untrained:
+        return {"config": config.to_dict(), "untrained": True, "seed": seed}
     return {"config": config.to_dict(), "train": spec.train_config(entry, seed).to_dict()}
 
 
@@ -183,7 +188,8 @@ def _model_config(spec: SweepSpec, entry: ModelEntry, seed: int):
     from harness import data
 
     overrides = dict(entry.set)
-    overrides.setdefault("vocab_size", data.load_tokenizer(spec.train_config(entry, seed).tokenizer).vocab_size)
+    if not entry.untrained:  # trained models take the tokenizer's vocabulary, untrained ones the preset's
+        overrides.setdefault("vocab_size", data.load_tokenizer(spec.train_config(entry, seed).tokenizer).vocab_size)
     return registry.make_config(entry.arch, entry.preset, **overrides)
 
 
@@ -290,6 +296,11 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
 
 def _prepare_model(spec: SweepSpec, entry: ModelEntry, seed: int, out_dir: Path, device: torch.device,
                    dtype: torch.dtype, progress: bool):
+    if entry.untrained:
+        torch.manual_seed(seed)
+        with torch.device(device):  # paper-sized models are built where they run
+            model = registry.build_model(_model_config(spec, entry, seed))
+        return resolve_model(model, device=device, dtype=dtype, name=entry.label)
     ckpt = _checkpoint_dir(out_dir, spec, entry, seed)
     if entry.checkpoint is None:
         cfg = spec.train_config(entry, seed)

@@ -125,3 +125,14 @@ def test_toml_specs_load(tmp_path):
     assert load_spec(path).models[0].arch == "swa"
     with pytest.raises(ConfigError, match="no sweep spec"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_untrained_models_are_evaluated_without_training(tmp_path):
+    spec = {"name": "u", "models": [{"arch": "swa", "untrained": True, "set": {"window": 8, "d_model": 32, "n_heads": 2}}],
+            "tasks": [{"task": "test_sweep_probe"}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    first = run_sweep(load_spec(path), tmp_path / "a", progress=False).table
+    second = run_sweep(load_spec(path), tmp_path / "b", progress=False).table
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    assert first["value"].equals(second["value"])  # seeded: the same weights every time
