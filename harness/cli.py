@@ -107,6 +107,7 @@ def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
 
     result = run_quick(out, list(archs) or None, steps)
     _summarise(result, out)
+    _figures_and_tables(out)
 
 
 def _summarise(result, out: str) -> None:
@@ -115,6 +116,57 @@ def _summarise(result, out: str) -> None:
     click.echo(f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed; table in {out}/")
     for line in describe_failures(out):
         click.echo(f"  failed: {line}")
+
+
+def _figures_and_tables(run_dir: str) -> None:
+    from harness.plots import make_figures
+    from harness.results import read_table
+    from harness.tables import format_tables, summary_tables, write_tables
+
+    tables = summary_tables(read_table(run_dir))
+    click.echo(format_tables(tables, "md"))
+    write_tables(tables, Path(run_dir) / "tables")
+    figures = make_figures(run_dir)
+    click.echo(f"{len(figures)} figure files in {run_dir}/figures/, tables in {run_dir}/tables/")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/figures.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]), default=("png", "pdf"),
+              show_default=True)
+@click.option("--only", multiple=True, help="Only these figures (repeatable).")
+@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]))
+@friendly_errors
+def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[str, ...],
+         niah_metrics: tuple[str, ...]) -> None:
+    """Paper figures (PNG + PDF) from a run or sweep folder."""
+    import logging
+
+    from harness.plots import make_figures
+
+    logging.basicConfig(level=logging.INFO, format="  %(message)s")
+    for path in make_figures(run_dir, out, formats, only=list(only) or None, niah_metrics=list(niah_metrics) or None):
+        click.echo(str(path))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/tables.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "tex"]), default="md", show_default=True)
+@click.option("--save/--no-save", default=True, show_default=True, help="Also write md, csv and tex files.")
+@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]))
+@friendly_errors
+def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tuple[str, ...]) -> None:
+    """Summary tables (loss, gaps, NIAH, latency, speed-ups, memory) of a run folder."""
+    from harness.results import read_table
+    from harness.tables import format_tables, summary_tables, write_tables
+
+    tables = summary_tables(read_table(run_dir), list(niah_metrics) or None)
+    click.echo(format_tables(tables, fmt))
+    if save:
+        for path in write_tables(tables, out or Path(run_dir) / "tables"):
+            click.echo(str(path))
 
 
 @main.command("eval")

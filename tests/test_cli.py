@@ -57,3 +57,19 @@ def test_readme_commands_match_ci():
     assert ci in readme
     setup = ci.split(" && python -m pytest")[0]
     assert f"{setup} && lcbench quick" in readme
+
+
+def test_eval_table_and_plot_commands(tmp_path):
+    out = tmp_path / "lat"
+    result = run("eval", "latency", "--model", "swa", "-o", "contexts=16,32", "-o", "repeats=1", "-o", "resamples=50",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "prefill_s" in result.output
+    result = run("table", str(out))
+    assert result.exit_code == 0 and "State size" in result.output
+    assert (out / "tables").is_dir()
+    result = run("plot", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "figures" / "latency.png").is_file() and (out / "figures" / "latency.pdf").is_file()
+    result = run("eval", "latency", "--model", "swa", "-o", "contextz=16")
+    assert result.exit_code != 0 and "contexts" in result.output
