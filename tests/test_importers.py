@@ -3,9 +3,12 @@ architectures and give the same logits; anything that does not fit is named."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors.numpy
 import safetensors.torch
 import torch
 
@@ -222,3 +225,203 @@ def test_unsupported_settings_are_refused_by_name(tmp_path):
 
     with pytest.raises(ConfigError, match="cannot import model_type 'qwen3'; supported: llama"):
         import_pretrained(tmp_path / "biased")
+
+
+# ---------------------------------------------------------------------------------------------
+# The official TTT-E2E code's parameter tree (JAX/Equinox names and shapes; random values)
+
+V, D, L, S, H, F = 256, 64, 4, 1, 4, 96  # vocab, width, blocks, suffix blocks, heads, MLP width
+OFFICIAL = {"model": {"rope_theta": 10000.0, "sliding_window_size": 16, "mini_batch_size": 64, "rms_norm_eps": 1e-6},
+            "training": {"spec_inner": ["language_model.**.suffix_blocks.feed_forward_prime.**"], "ilr_init": 1.0,
+                         "optimizer_inner": {"optimizer_type": "sgd", "lr": 1.0, "clip_gradient": 1.0}}}
+
+
+def official_tree(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
+    """What ``MetaModel.weights()`` holds under ``language_model``, flattened (ttt/model/*.py):
+    NormalLinear weights are [in, out]; blocks are stacked on axis 0; prime MLPs live in
+    ``prime_storage``; the SWA KV-cache's initial state is an (all-zero) array too."""
+    rng = np.random.default_rng(seed)
+    n = lambda *shape, std=0.05: (rng.standard_normal(shape) * std).astype(np.float32)  # noqa: E731
+    g = lambda *shape: (1 + 0.3 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    a, f, p = "model.h.blocks.seq_modeling_block.", "model.h.blocks.feed_forward.", "model.h.prime_storage."
+    tree = {"model.wte.weight": n(V, D, std=0.5), "model.ln_f.weight": g(D)}
+    for w in ("wq", "wk", "wv", "wo"):
+        tree[a + f"{w}.weight"] = n(L, D, D, std=0.2)
+    for w in ("q_norm", "k_norm"):
+        tree[a + f"{w}.weight"] = g(L, D // H)
+    tree[a + "kv_cache_index.init.0"] = np.zeros((L, 16, D), np.float32)
+    tree[a + "kv_cache_index.init.1"] = np.zeros((L, 16, D), np.float32)
+    tree[f + "w1.weight"], tree[f + "w3.weight"], tree[f + "w2.weight"] = n(L, D, F), n(L, D, F), n(L, F, D)
+    for norm in ("seq_norm", "ffn_norm", "seq_post_norm", "ffn_post_norm"):
+        tree[f"model.h.blocks.{norm}.weight"] = g(L, D)
+    for w, shape in (("w1", (S, D, F)), ("w3", (S, D, F)), ("w2", (S, F, D))):
+        tree[p + f"feed_forward_prime.{w}.weight"] = n(*shape)
+    tree[p + "ffn_prime_norm.weight"], tree[p + "ffn_prime_post_norm.weight"] = g(S, D), g(S, D)
+    if not tied:
+        tree["lm_head.weight"] = n(D, V)
+    return tree
+
+
+def official_static_forward(tree: dict[str, np.ndarray], tokens: torch.Tensor, W: int = 16) -> torch.Tensor:
+    """The official model's outputs for one sequence read before any inner update, written from
+    ttt/model/transformer.py and attention.py (interleaved-pair RoPE, QK-norm, sandwich norms,
+    prime MLP after attention in suffix blocks, sliding window of W keys including itself)."""
+    t = {k: torch.from_numpy(v).double() for k, v in tree.items()}
+    eps, theta, Dh = 1e-6, 10000.0, D // H
+    n_suffix = len(t.get("model.h.prime_storage.ffn_prime_norm.weight", ()))
+    rms = lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w  # noqa: E731
+    swiglu = lambda x, w1, w3, w2: (torch.nn.functional.silu(x @ w1) * (x @ w3)) @ w2  # noqa: E731
+
+    def rope(x):  # apply_rotary_emb: pairs (x[2i], x[2i+1]) as complex numbers, times e^{i pos freq_i}
+        T = x.shape[0]
+        freqs = 1.0 / theta ** (torch.arange(0, Dh, 2, dtype=torch.float64) / Dh)
+        angle = torch.outer(torch.arange(T, dtype=torch.float64), freqs)
+        pairs = torch.view_as_complex(x.reshape(T, H, Dh // 2, 2).contiguous())
+        return torch.view_as_real(pairs * torch.polar(torch.ones_like(angle), angle)[:, None]).reshape(T, H, Dh)
+
+    a, f, p = "model.h.blocks.seq_modeling_block.", "model.h.blocks.feed_forward.", "model.h.prime_storage."
+    h = t["model.wte.weight"][tokens]
+    T = h.shape[0]
+    diff = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    visible = (diff >= 0) & (diff < W)
+    for i in range(L):
+        x = rms(h, t["model.h.blocks.seq_norm.weight"][i])
+        q, k, v = (x @ t[a + f"{w}.weight"][i] for w in ("wq", "wk", "wv"))
+        q = rope(rms(q.view(T, H, Dh), t[a + "q_norm.weight"][i]))
+        k = rope(rms(k.view(T, H, Dh), t[a + "k_norm.weight"][i]))
+        scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(Dh)
+        attn = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        out = torch.einsum("hts,shd->thd", attn, v.view(T, H, Dh)).reshape(T, D) @ t[a + "wo.weight"][i]
+        h = h + rms(out, t["model.h.blocks.seq_post_norm.weight"][i])
+        if i >= L - n_suffix:
+            s = i - (L - n_suffix)
+            y = swiglu(rms(h, t[p + "ffn_prime_norm.weight"][s]), *(t[p + f"feed_forward_prime.{w}.weight"][s]
+                                                                     for w in ("w1", "w3", "w2")))
+            h = h + rms(y, t[p + "ffn_prime_post_norm.weight"][s])
+        y = swiglu(rms(h, t["model.h.blocks.ffn_norm.weight"][i]), *(t[f + f"{w}.weight"][i] for w in ("w1", "w3", "w2")))
+        h = h + rms(y, t["model.h.blocks.ffn_post_norm.weight"][i])
+    h = rms(h, t["model.ln_f.weight"])
+    return h @ (t["lm_head.weight"] if "lm_head.weight" in t else t["model.wte.weight"].T)
+
+
+def hand_mapped(tree: dict[str, np.ndarray]):
+    """Our ttt_e2e with the official arrays assigned one by one (transposed; q/k rows and QK-norm
+    gains reordered from interleaved to half-split RoPE pairs)."""
+    from harness.registry import create_model
+
+    model = create_model("ttt_e2e", "tiny", d_model=D, n_heads=H, n_layers=L, mlp_hidden=F, suffix_blocks=S,
+                         window=16, mini_batch_size=64, rope_theta=10000.0, norm_eps=1e-6, inner_lr_init=1.0,
+                         tie_embeddings="lm_head.weight" not in tree)
+    Dh = D // H
+    order = torch.cat([torch.arange(0, Dh, 2), torch.arange(1, Dh, 2)])
+    a, f, p = "model.h.blocks.seq_modeling_block.", "model.h.blocks.feed_forward.", "model.h.prime_storage."
+    T = lambda x: torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
+    with torch.no_grad():
+        model.embed.weight.copy_(T(tree["model.wte.weight"]))
+        model.norm.weight.copy_(T(tree["model.ln_f.weight"]))
+        if "lm_head.weight" in tree:
+            model.lm_head.weight.copy_(T(tree["lm_head.weight"]).T)
+        for i, block in enumerate(model.blocks):
+            for ours, theirs in (("q_proj", "wq"), ("k_proj", "wk")):
+                w = T(tree[a + f"{theirs}.weight"][i]).T.reshape(H, Dh, D)[:, order].reshape(D, D)
+                getattr(block.mixer, ours).weight.copy_(w)
+            block.mixer.v_proj.weight.copy_(T(tree[a + "wv.weight"][i]).T)
+            block.mixer.o_proj.weight.copy_(T(tree[a + "wo.weight"][i]).T)
+            block.mixer.q_norm.weight.copy_(T(tree[a + "q_norm.weight"][i])[order])
+            block.mixer.k_norm.weight.copy_(T(tree[a + "k_norm.weight"][i])[order])
+            for ours, theirs in (("mixer_norm", "seq_norm"), ("mixer_post_norm", "seq_post_norm"),
+                                 ("mlp_norm", "ffn_norm"), ("mlp_post_norm", "ffn_post_norm")):
+                getattr(block, ours).weight.copy_(T(tree[f"model.h.blocks.{theirs}.weight"][i]))
+            for ours, theirs in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
+                getattr(block.mlp, ours).weight.copy_(T(tree[f + f"{theirs}.weight"][i]).T)
+            if i >= L - S:
+                s = i - (L - S)
+                block.prime_norm.weight.copy_(T(tree[p + "ffn_prime_norm.weight"][s]))
+                block.prime_post_norm.weight.copy_(T(tree[p + "ffn_prime_post_norm.weight"][s]))
+                for ours, theirs in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
+                    getattr(block.prime, ours).weight.copy_(T(tree[p + f"feed_forward_prime.{theirs}.weight"][s]).T)
+    return model.eval()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_ttt_e2e_official_tree_imports(tmp_path, tied):
+    from harness.importers import import_ttt_e2e
+
+    tree = official_tree(tied=tied)
+    np.savez(tmp_path / "official.npz", **tree)
+    model = import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=OFFICIAL)
+    c = model.config
+    assert (c.arch, c.n_layers, c.n_suffix, c.n_heads, c.mlp_hidden, c.window, c.mini_batch_size, c.qk_norm,
+            c.sandwich_norm, c.tie_embeddings, c.fast_weights) == ("ttt_e2e", L, S, H, F, 16, 64, True, True, tied, "prime")
+    reference = hand_mapped(tree)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    x = tokens(V, 40)[:1]
+    with torch.no_grad():
+        # 40 tokens < one mini-batch of 64: the outputs come before any inner step, i.e. the static
+        # model, which the official code's math (written out above) must reproduce
+        torch.testing.assert_close(model(x)[0].double(), official_static_forward(tree, x[0]), atol=2e-4, rtol=2e-4)
+        # longer than a mini-batch: the inner loop runs, on exactly the hand-mapped weights
+        y = tokens(V, 150)
+        torch.testing.assert_close(model(y), reference(y), atol=0, rtol=0)
+    record = json.loads((tmp_path / "ours" / IMPORT_FILE).read_text())
+    assert "model.sliding_window_size" not in record["config_defaults_used"]
+    assert "model.qk_norm" in record["config_defaults_used"]  # not given: the official default (True)
+    assert torch.equal(checkpoint.load_model(tmp_path / "ours").state_dict()["blocks.3.prime.up_proj.weight"],
+                       model.state_dict()["blocks.3.prime.up_proj.weight"])
+
+
+def test_official_full_attention_twin_imports(tmp_path):
+    """The twin runs (``*-fa-*`` configs: self_attention, no prime MLPs) become full_attention."""
+    from harness.importers import import_ttt_e2e
+
+    tree = {k: v for k, v in official_tree(seed=2).items() if "prime_storage" not in k and "kv_cache" not in k}
+    safetensors.numpy.save_file(tree, str(tmp_path / "fa.safetensors"))
+    twin = {"model": {**OFFICIAL["model"], "seq_modeling_block": "self_attention"}}
+    model = import_ttt_e2e(tmp_path / "fa.safetensors", config=twin)
+    assert (model.config.arch, model.config.qk_norm, model.config.sandwich_norm) == ("full_attention", True, True)
+    x = tokens(V, 40)[:1]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0].double(), official_static_forward(tree, x[0], W=10**9), atol=2e-4, rtol=2e-4)
+
+
+def test_ttt_e2e_orbax_checkpoint_imports(tmp_path):
+    """The official trainer's own format: an orbax CheckpointManager folder <step>/model_weights."""
+    ocp = pytest.importorskip("orbax.checkpoint")
+    from harness.importers import import_ttt_e2e
+
+    flat = official_tree(seed=3)
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested.setdefault("language_model", {})
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    seq = nested["language_model"]["model"]["h"]["blocks"]["seq_modeling_block"]
+    seq["kv_cache_index"]["init"] = [seq["kv_cache_index"]["init"]["0"], seq["kv_cache_index"]["init"]["1"]]
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "run" / "4800" / "model_weights", nested)
+    checkpointer.wait_until_finished()
+    model = import_ttt_e2e(tmp_path / "run", config=OFFICIAL)
+    for name, value in hand_mapped(flat).state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_ttt_e2e_unknown_missing_and_misshapen_tensors_are_named(tmp_path):
+    from harness.importers import import_ttt_e2e
+
+    tree = official_tree()
+    del tree["model.h.prime_storage.ffn_prime_post_norm.weight"]
+    tree["model.h.blocks.feed_forward.w2.weight"] = tree["model.h.blocks.feed_forward.w2.weight"][:, :-1]
+    tree["model.h.blocks.seq_modeling_block.wq.bias"] = np.zeros((L, D), np.float32)
+    np.savez(tmp_path / "bad.npz", **tree)
+    with pytest.raises(ImportMismatchError) as err:
+        import_ttt_e2e(tmp_path / "bad.npz", config=OFFICIAL)
+    msg = str(err.value)
+    assert "model.h.prime_storage.ffn_prime_post_norm.weight (for blocks.3.prime_post_norm.weight [64])" in msg
+    assert f"model.h.blocks.feed_forward.w2.weight layer 0: [{D}, {F - 1}] in the source, [{D}, {F}] expected" in msg
+    assert "model.h.blocks.seq_modeling_block.wq.bias [4, 64]" in msg
+    with pytest.raises(ImportMismatchError, match="inner optimizer 'adamw'"):
+        bad = {"training": {**OFFICIAL["training"], "optimizer_inner": {"optimizer_type": "adamw"}}, "model": OFFICIAL["model"]}
+        import_ttt_e2e(tmp_path / "bad.npz", config=bad)

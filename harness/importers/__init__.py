@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from harness.importers.common import ImportMismatchError, assign_weights, save_imported
 from harness.importers.hf import FORMATS, detect_format, import_pretrained
+from harness.importers.ttt_e2e import import_ttt_e2e
 
 __all__ = ["FORMATS", "ImportMismatchError", "assign_weights", "detect_format", "import_pretrained",
-           "save_imported"]
+           "import_ttt_e2e", "save_imported"]
