@@ -1,0 +1,457 @@
+"""TTT-E2E: end-to-end test-time training for long context (arXiv 2512.23675).
+
+A sliding-window transformer whose last quarter of blocks (the *suffix*) each carry an extra
+"prime" SwiGLU MLP, between attention and the block's own MLP::
+
+    h = h + PostNorm(Attn(PreNorm(h)))        # sliding window
+    h = h + PostNorm(PrimeMLP(PreNorm(h)))    # fast weights: trained while reading
+    h = h + PostNorm(MLP(PreNorm(h)))
+
+Reading a sequence (``forward``, ``token_losses``, ``prefill``, ``decode_step`` all do this):
+
+1. embed, and run the prefix blocks once over the whole sequence;
+2. cut it into mini-batches of ``mini_batch_size`` tokens; for each, in order:
+   a. run the suffix with the current fast weights: these outputs are the model's outputs;
+   b. if a later mini-batch exists, take one inner step on the fast weights of every sequence
+      separately: the mini-batch's mean next-token loss (its last target is the first token of
+      the next mini-batch, as in the official code, where targets are the inputs shifted by one),
+      its gradient with respect to the fast weights only, clipped to a global norm per sequence,
+      times the inner learning rate. No output ever sees its own mini-batch's update.
+   The suffix's window of keys/values carries from one mini-batch to the next.
+
+Training differentiates the loss through the whole inner loop (second order by default), so the
+initial fast weights and everything else are meta-learned; each mini-batch step is recomputed in
+the backward pass (``torch.utils.checkpoint``), so activations do not pile up per mini-batch.
+
+Decoding feeds one token at a time; when a token starts a new mini-batch, the finished one is
+re-read once (its suffix inputs are kept in the state) to take its inner step, then the token is
+read with the new weights: prefill + decode reproduce ``forward``.
+
+The GPU path is the same code: per-sequence fast weights ``[B, ...]`` with batched matmuls, the
+inner loop's clipping and update in tensor ops, nothing read back to the host per mini-batch.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
+
+from baselines.attention import (
+    ATTENTION_OPS,
+    PAPER_SIZES,
+    TINY,
+    Attention,
+    AttentionConfig,
+    AttentionLM,
+    RingKVCache,
+    paper_presets,
+    resolve_backend,
+)
+from baselines.backbone import Block, SwiGLU, make_norm
+from harness.errors import ConfigError, check_choice
+from harness.registry import register_model
+
+INNER_MODES = ("second_order", "first_order", "off_in_training")
+FAST_WEIGHTS = {"prime": ("prime",), "mlp": ("mlp",), "prime+mlp": ("prime", "mlp")}
+PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class TTTConfig(AttentionConfig):
+    window: int = 256
+    suffix_fraction: float = 0.25  # the last quarter of the blocks carry fast weights
+    suffix_blocks: int = 0  # > 0: exactly this many last blocks (overrides suffix_fraction)
+    prime_mlp: bool = True  # the extra SwiGLU MLP in every suffix block
+    fast_weights: str = "prime"  # which suffix MLPs learn at test time: prime | mlp | prime+mlp
+    mini_batch_size: int = 1024
+    inner_lr: float = 1.0
+    inner_lr_init: float = 0.1  # inner lr at the first outer step, warming up to inner_lr
+    inner_lr_warmup: float = 0.1  # fraction of outer steps to warm up over; 0 = none (extension)
+    inner_clip: float = 1.0  # global gradient-norm clip per sequence; 0 = none
+    inner_mode: str = "second_order"  # second_order | first_order | off_in_training
+    checkpoint_inner: bool = True  # recompute each mini-batch step in the backward pass
+    compile_inner: bool = False  # torch.compile the suffix MLPs (inference: no outer backward)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("inner_mode", self.inner_mode, INNER_MODES)
+        check_choice("fast_weights", self.fast_weights, FAST_WEIGHTS)
+        if self.window <= 0:
+            raise ConfigError(f"ttt_e2e needs a sliding window > 0, got window={self.window}")
+        if self.mini_batch_size <= 0:
+            raise ConfigError(f"mini_batch_size must be positive, got {self.mini_batch_size}")
+        if not 0 < self.suffix_fraction <= 1:
+            raise ConfigError(f"suffix_fraction must be in (0, 1], got {self.suffix_fraction}")
+        if not 0 <= self.suffix_blocks <= self.n_layers:
+            raise ConfigError(f"suffix_blocks={self.suffix_blocks} must be in [0, n_layers={self.n_layers}]")
+        if "prime" in FAST_WEIGHTS[self.fast_weights] and not self.prime_mlp:
+            raise ConfigError(f"fast_weights={self.fast_weights!r} needs prime_mlp=True")
+        if self.inner_lr < 0 or self.inner_lr_init < 0 or self.inner_clip < 0:
+            raise ConfigError("inner_lr, inner_lr_init and inner_clip must be >= 0")
+        if not 0 <= self.inner_lr_warmup <= 1:
+            raise ConfigError(f"inner_lr_warmup is a fraction of the outer steps, got {self.inner_lr_warmup}")
+
+    @property
+    def n_suffix(self) -> int:
+        return self.suffix_blocks or max(1, round(self.n_layers * self.suffix_fraction))
+
+    def inner_lr_at(self, step: int, total_steps: int) -> float:
+        """The official warm-up: linear from inner_lr_init to inner_lr over the first steps."""
+        warmup = round(self.inner_lr_warmup * total_steps)
+        if warmup <= 0:
+            return self.inner_lr
+        progress = min(1.0, (step + 1) / warmup)
+        return self.inner_lr_init + (self.inner_lr - self.inner_lr_init) * progress
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the inner loop
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` with a shared weight ``[out, in]`` or one per sequence ``[B, out, in]``."""
+    return F.linear(x, w) if w.dim() == 2 else torch.bmm(x, w.transpose(1, 2))
+
+
+def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    return linear(F.silu(linear(x, gate)) * linear(x, up), down)
+
+
+def clip_per_sequence(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """Scale each sequence's gradients (dim 0) to global norm <= max_norm, as optax's
+    clip_by_global_norm does for one sequence; tensor ops only (no host sync)."""
+    if max_norm <= 0:
+        return grads
+    wide = torch.promote_types(grads[0].dtype, torch.float32)
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1, dtype=wide) for g in grads])
+    scale = max_norm / torch.linalg.vector_norm(norms, dim=0).clamp(min=max_norm)  # [B]
+    return [g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype) for g in grads]
+
+
+def _tail(t: torch.Tensor, n: int) -> torch.Tensor:
+    """The last n positions (dim -2) of ``t``; all of them when there are fewer."""
+    return t[..., max(t.size(-2) - n, 0) :, :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+
+
+class SuffixAttention(Attention):
+    """Attention that takes its past keys/values as tensors and returns the new ones, so the
+    inner loop can re-read a mini-batch against the exact context it saw."""
+
+    def attend(self, x, past_k, past_v, start_pos: int, backend: str):
+        c = self.config
+        q, k, v = self.project(x, start_pos)
+        keys = k if past_k is None else torch.cat([past_k, k], -2)
+        values = v if past_v is None else torch.cat([past_v, v], -2)
+        if c.kv_heads != c.n_heads:
+            rep = c.n_heads // c.kv_heads
+            keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
+        out = ATTENTION_OPS[backend](q, keys, values, start_pos, start_pos + k.size(-2) - keys.size(-2), c.window)
+        return self.o_proj(out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)), k, v
+
+
+class PrimeBlock(Block):
+    """A suffix block: attention, then the prime MLP (with its own pre/post norms), then the MLP.
+    ``forward`` uses the static weights (the plain swa+prime model); ``forward_chunk`` takes
+    per-sequence fast weights for some of its MLPs."""
+
+    def __init__(self, config: TTTConfig, mixer: nn.Module):
+        super().__init__(config, mixer)
+        self.mlp_names = ("prime", "mlp") if config.prime_mlp else ("mlp",)
+        if config.prime_mlp:
+            self.prime_norm = make_norm(config)
+            self.prime = SwiGLU(config.d_model, config.mlp_hidden)
+            self.prime_post_norm = make_norm(config, post=True)
+        self._compiled_mlps = None
+
+    def mlps(self, x: torch.Tensor, fast: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
+        for name in self.mlp_names:
+            norm, mlp, post = getattr(self, f"{name}_norm"), getattr(self, name), getattr(self, f"{name}_post_norm")
+            weights = fast.get(name) if fast else None
+            x = x + post(swiglu(norm(x), *weights) if weights else mlp(norm(x)))
+        return x
+
+    def forward(self, x, cache, start_pos: int, need_cache: bool):
+        h, cache = self.mixer(self.mixer_norm(x), cache, start_pos, need_cache)
+        return self.mlps(x + self.mixer_post_norm(h)), cache
+
+    def forward_chunk(self, x, past_k, past_v, start_pos: int, fast: dict[str, list[torch.Tensor]], backend: str,
+                      compiled: bool = False):
+        h, k, v = self.mixer.attend(self.mixer_norm(x), past_k, past_v, start_pos, backend)
+        mlps = self.mlps
+        if compiled:  # the norms + batched SwiGLUs fused; attention keeps its own kernels
+            if self._compiled_mlps is None:
+                self._compiled_mlps = torch.compile(self.mlps)
+            mlps = self._compiled_mlps
+        return mlps(x + self.mixer_post_norm(h), fast), k, v
+
+
+@dataclass
+class TTTState:
+    """Generation state. The current mini-batch (the one holding position ``pos - 1``) has read
+    ``pending_x.size(1)`` tokens; its suffix inputs and tokens are kept for its inner step."""
+
+    pos: int
+    prefix: list[Any]  # the prefix blocks' window caches
+    suffix: list[RingKVCache]  # per suffix block: keys/values of the last window-1+mini_batch positions
+    fast: list[torch.Tensor]  # the current mini-batch's fast weights, [B, ...] each
+    pending_x: torch.Tensor  # [B, L, D] suffix inputs of the current mini-batch so far
+    pending_tokens: torch.Tensor  # [B, L]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+# Normal-MLP widths of the official TTT-E2E configs: narrower than the baselines' so that the
+# prime MLPs keep the parameter count matched (notes/ttt_e2e.md).
+TTT_MLP_HIDDEN = {"125m": 1664, "350m": 2304, "760m": 3328, "1.3b": 4352}
+assert set(TTT_MLP_HIDDEN) == set(PAPER_SIZES)
+
+
+def _presets() -> dict[str, dict[str, Any]]:
+    # tiny: 4 blocks (1 suffix) with 5 MLPs of width 304 ~ 4 MLPs of 384 in full_attention's tiny.
+    presets = paper_presets({**TINY, "window": 256, "mlp_hidden": 304, "mini_batch_size": 64},
+                            window=8192, mini_batch_size=1024)
+    for name, width in TTT_MLP_HIDDEN.items():
+        presets[name]["mlp_hidden"] = width
+    return presets
+
+
+@register_model("ttt_e2e")
+class TTTE2ELM(AttentionLM):
+    """Sliding-window transformer whose suffix blocks' prime MLPs learn at test time."""
+
+    config_class = TTTConfig
+    presets = _presets()
+
+    def __init__(self, config: TTTConfig):
+        if not isinstance(config, TTTConfig):
+            raise ConfigError(f"ttt_e2e needs a TTTConfig, got {type(config).__name__}")
+        self.n_prefix = config.n_layers - config.n_suffix
+        super().__init__(config)
+        # (suffix block, MLP name) of every fast MLP, in the order of the flat fast-weight list
+        self.fast_layout = [(s, name) for s in range(config.n_suffix) for name in FAST_WEIGHTS[config.fast_weights]]
+        self.inner_lr_now = config.inner_lr  # set from the outer step by on_train_step
+
+    def make_mixer(self, layer_idx: int) -> nn.Module:
+        return SuffixAttention(self.config) if layer_idx >= self.n_prefix else Attention(self.config)
+
+    def make_block(self, layer_idx: int) -> nn.Module:
+        if layer_idx >= self.n_prefix:
+            return PrimeBlock(self.config, self.make_mixer(layer_idx))
+        return super().make_block(layer_idx)
+
+    @property
+    def prefix_blocks(self) -> nn.ModuleList:
+        return self.blocks[: self.n_prefix]
+
+    @property
+    def suffix_blocks(self) -> nn.ModuleList:
+        return self.blocks[self.n_prefix :]
+
+    # -- fast weights ------------------------------------------------------------------------
+
+    def fast_parameter_names(self) -> list[str]:
+        """The parameters the inner loop trains (their values are the meta-learned initialisation)."""
+        return [f"blocks.{self.n_prefix + s}.{name}.{proj}.weight"
+                for s, name in self.fast_layout for proj in PROJECTIONS]
+
+    def fast_parameters(self) -> list[nn.Parameter]:
+        return [getattr(getattr(self.suffix_blocks[s], name), proj).weight
+                for s, name in self.fast_layout for proj in PROJECTIONS]
+
+    def initial_fast_weights(self, batch: int) -> list[torch.Tensor]:
+        """One copy per sequence (an expanded view: gradients flow back to the parameters)."""
+        return [p.unsqueeze(0).expand(batch, *p.shape) for p in self.fast_parameters()]
+
+    def _by_block(self, fast: list[torch.Tensor]) -> list[dict[str, list[torch.Tensor]]]:
+        blocks: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(self.config.n_suffix)]
+        for i, (s, name) in enumerate(self.fast_layout):
+            blocks[s][name] = fast[3 * i : 3 * i + 3]
+        return blocks
+
+    def on_train_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before each outer step: the inner-lr warm-up (derived, not saved)."""
+        self.inner_lr_now = self.config.inner_lr_at(step, total_steps)
+
+    # -- the interface -----------------------------------------------------------------------
+
+    def _static(self) -> bool:
+        return self.training and self.config.inner_mode == "off_in_training"
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._static():
+            return self.forward_static(tokens)
+        return self._read(tokens, tokens.size(1), "logits")[0]
+
+    def forward_static(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The plain swa+prime model: no updates (what ``off_in_training`` trains)."""
+        return super().forward(tokens)
+
+    def token_losses(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._static():
+            return super().token_losses(tokens)
+        return self._read(tokens, tokens.size(1) - 1, "nll")[0]
+
+    def forward_chunk(self, tokens: torch.Tensor, state: TTTState | None) -> tuple[torch.Tensor, TTTState]:
+        return self._read(tokens, tokens.size(1), "logits", state, need_state=True)
+
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, TTTState]:
+        return self._read(tokens, tokens.size(1), "last", need_state=True)
+
+    def decode_step(self, state: TTTState, token: torch.Tensor) -> tuple[torch.Tensor, TTTState]:
+        return self._read(token.view(-1, 1), 1, "last", state, need_state=True)
+
+    # -- reading a sequence ------------------------------------------------------------------
+
+    def _read(self, tokens, n_in: int, out: str, state: TTTState | None = None, need_state: bool = False):
+        """Read ``tokens[:, :n_in]`` (continuing ``state``), updating the fast weights as it goes;
+        a token past ``n_in`` serves only as the last target. ``out``: "logits" [B, n_in, V],
+        "nll" [B, n_in] (needs that extra token), "last" [B, V]."""
+        c, b = self.config, self.config.mini_batch_size
+        B = tokens.size(0)
+        p0 = 0 if state is None else state.pos
+        p_end = p0 + n_in
+        if n_in <= 0:
+            raise ConfigError(f"nothing to read: {tokens.size(1)} tokens, {n_in} inputs")
+
+        # 1. the prefix, once over all new tokens
+        x = self.embed(tokens[:, :n_in])
+        prefix_caches = [None] * self.n_prefix if state is None else state.prefix
+        new_prefix = []
+        for block, cache in zip(self.prefix_blocks, prefix_caches):
+            x, cache = block(x, cache, p0, need_state)
+            new_prefix.append(cache)
+
+        # 2. the suffix, mini-batch by mini-batch. The timeline starts at the current mini-batch:
+        # its tokens read earlier (pending, from the state) then the new ones.
+        if state is None:
+            base, fast = p0, self.initial_fast_weights(B)
+            hist_k: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
+            hist_v: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
+            all_x, all_tokens = x, tokens
+        else:
+            base, fast = p0 - state.pending_x.size(1), state.fast
+            kv = [ring.keys_values() for ring in state.suffix]
+            hist_k, hist_v = [[k] for k, _ in kv], [[v] for _, v in kv]
+            all_x = torch.cat([state.pending_x, x], 1)
+            all_tokens = torch.cat([state.pending_tokens, tokens], 1)
+        new_k: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
+        new_v: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
+        keep = c.window - 1 + b  # keys a later re-read of the current mini-batch may need
+        lr = self.inner_lr_now  # a Python float: nothing to copy to the device
+        track = torch.is_grad_enabled()  # is an outer backward coming?
+        create_graph = track and c.inner_mode == "second_order"
+        step = self._step
+        if track and c.checkpoint_inner:
+            step = lambda *args: checkpoint(self._step, *args, use_reentrant=False)  # noqa: E731
+        outs, last = [], None
+        for ms in range(base, p_end, b):  # base is a mini-batch start
+            me = min(ms + b, p_end)
+            update = me == ms + b and me < p_end  # full, and a later mini-batch needs its update
+            # read from the mini-batch start when it updates (re-reading pending tokens), else
+            # only the new tokens
+            cs = ms if update else max(ms, p0)
+            # positions read before this call: already in hist (hidden from the step's context),
+            # and their outputs are not reported again
+            skip = max(p0 - cs, 0)
+            want_logits = out == "logits" or (out == "last" and me == p_end)
+            targets = all_tokens[:, cs - base + 1 : me - base + 1] if update or out == "nll" else None
+            # (copies of hist: a checkpoint re-runs the step with these very arguments later)
+            logits, nll, new_fast, ks, vs = step(
+                all_x[:, cs - base : me - base], targets, cs, [list(h) for h in hist_k], [list(h) for h in hist_v],
+                skip, fast, lr, update, create_graph, want_logits,
+            )
+            if out == "logits" and me > cs + skip:
+                outs.append(logits[:, skip:])
+            elif out == "nll":
+                outs.append(nll[:, skip:])
+            elif want_logits:
+                last = logits[:, -1]
+            for s in range(len(self.suffix_blocks)):
+                for hist, new, t in ((hist_k[s], new_k[s], ks[s]), (hist_v[s], new_v[s], vs[s])):
+                    if t.size(-2) > skip:
+                        hist.append(t[..., skip:, :])
+                        new.append(t[..., skip:, :])
+                    while len(hist) > 1 and sum(h.size(-2) for h in hist[1:]) >= keep:
+                        hist.pop(0)
+            if update:
+                fast = new_fast
+        result = last if out == "last" else torch.cat(outs, 1)
+        if not need_state:
+            return result, None
+
+        m_last = (p_end - 1) // b * b  # start of the mini-batch holding the last position
+        if state is None:
+            rings = [
+                RingKVCache(keep, torch.cat(hk, -2), torch.cat(hv, -2), p_end) for hk, hv in zip(hist_k, hist_v)
+            ]
+        else:
+            rings = state.suffix
+            for ring, nk, nv in zip(rings, new_k, new_v):
+                ring.append(torch.cat(nk, -2), torch.cat(nv, -2))
+        pending_x = all_x[:, m_last - base : p_end - base]
+        pending_tokens = all_tokens[:, m_last - base : p_end - base]
+        return result, TTTState(p_end, new_prefix, rings, fast, pending_x, pending_tokens)
+
+    def _step(self, x, targets, start: int, hist_k, hist_v, drop: int, fast, lr, update: bool,
+              create_graph: bool, want_logits: bool):
+        """One mini-batch (or part of one): suffix outputs with the given fast weights, then, if
+        ``update``, one inner SGD step. Returns (logits | None, nll | None, fast weights after,
+        per-block keys, per-block values)."""
+        track = torch.is_grad_enabled()
+        if track:
+            weights = [w if w.requires_grad else w.detach().requires_grad_() for w in fast]
+        else:
+            weights = [w.detach().requires_grad_(update) for w in fast]
+        # sdpa's fused kernels and flex have no double backward; its math kernel has
+        backend = resolve_backend(self.config.backend, self.config.window, x.device)
+        if create_graph and backend != "torch":
+            backend = "sdpa"
+        kernels = sdpa_kernel([SDPBackend.MATH]) if create_graph else nullcontext()
+        with torch.enable_grad() if update else nullcontext(), kernels:
+            # inference only: compiled backward graphs allow neither double backward nor the
+            # retained graph an outer backward needs
+            compiled = self.config.compile_inner and not track
+            h, ks, vs = self._suffix(x, start, hist_k, hist_v, drop, weights, backend, compiled)
+            logits = self.lm_head(h)
+            nll = None
+            if targets is not None:
+                wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
+                nll = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+            new_fast = fast
+            if update:
+                # sum over sequences of each one's mean loss: each sequence gets its own gradient
+                grads = torch.autograd.grad(nll.mean(1).sum(), weights, create_graph=create_graph, retain_graph=track)
+                grads = clip_per_sequence(list(grads), self.config.inner_clip)
+                with torch.set_grad_enabled(track):
+                    new_fast = [w - lr * g for w, g in zip(weights, grads)]
+        if not track:
+            logits, nll = logits.detach(), None if nll is None else nll.detach()
+            ks, vs = [k.detach() for k in ks], [v.detach() for v in vs]
+        return (logits if want_logits else None), nll, new_fast, ks, vs
+
+    def _suffix(self, x, start: int, hist_k, hist_v, drop: int, weights, backend: str, compiled: bool = False):
+        """Final-normed suffix outputs of ``x`` (positions start..), attending to the last
+        window-1 keys in ``hist`` before its last ``drop`` positions."""
+        ks, vs = [], []
+        for block, fast, hk, hv in zip(self.suffix_blocks, self._by_block(weights), hist_k, hist_v):
+            past_k = past_v = None
+            if hk:
+                past_k, past_v = (torch.cat(h, -2) if len(h) > 1 else h[0] for h in (hk, hv))
+                end = past_k.size(-2) - drop
+                past_k = _tail(past_k[..., :end, :], self.config.window - 1)
+                past_v = _tail(past_v[..., :end, :], self.config.window - 1)
+            x, k, v = block.forward_chunk(x, past_k, past_v, start, fast, backend, compiled)
+            ks.append(k)
+            vs.append(v)
+        return self.norm(x), ks, vs

@@ -1,0 +1,387 @@
+"""TTT-E2E against a naive reading of the algorithm, finite differences, and its own invariants.
+
+The generic invariants (prefill + decode == forward, causality, determinism, checkpoints,
+gradients) run for ttt_e2e in tests/test_invariants.py; these are the ones specific to it.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from baselines import backbone
+from baselines.ttt_e2e import TTTE2ELM, clip_per_sequence
+from harness import registry
+from tests.conftest import small_model
+
+B = 3
+T = 70  # 4 full mini-batches of 16 and a partial one; crosses the window (16) too
+INNER = dict(inner_lr=3.0, inner_clip=1.0)  # a large step, so updates matter; clipping active
+
+
+@pytest.fixture(autouse=True)
+def float64_norms(monkeypatch):
+    """backbone.RMSNorm normalises in float32 even for float64 inputs (x.float()), which caps
+    these float64 comparisons at float32 precision; normalise in the input's precision instead.
+    Drop this once the backbone promotes rather than casts."""
+
+    def forward(self, x):
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+    monkeypatch.setattr(backbone.RMSNorm, "forward", forward)
+
+
+def tokens(batch: int = B, length: int = T, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def model64(seed: int = 0, **overrides) -> TTTE2ELM:
+    return small_model("ttt_e2e", seed=seed, dtype=torch.float64, **{**INNER, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# A naive reading: one sequence at a time, a Python loop over mini-batches, the suffix blocks'
+# ordinary forward with their window KV caches, autograd on a copy of the fast weights.
+
+
+def naive_read(model: TTTE2ELM, seq: torch.Tensor, n_in: int, order: str | None = None):
+    """Logits [n_in, V] and NLL of the positions that have a target. ``order`` None: inference
+    (fast weights are copies, updated without a graph); "first"/"second": keeps the graph of an
+    outer loss, with the inner gradient differentiated ("second") or taken as a constant."""
+    c = model.config
+    names = model.fast_parameter_names()
+    weights = [p if order else p.detach().clone() for p in model.fast_parameters()]
+    x = model.embed(seq[None, :n_in])
+    for block in model.prefix_blocks:
+        x, _ = block(x, None, 0, False)
+    caches = [None] * len(model.suffix_blocks)
+    logits_out, nll_out = [], []
+    for s in range(0, n_in, c.mini_batch_size):
+        e = min(s + c.mini_batch_size, n_in)
+        # sdpa's math kernel: the only one with a double backward
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+            if order is None:
+                weights = [w.detach().requires_grad_() for w in weights]
+            h = x[:, s:e]
+            for j, block in enumerate(model.suffix_blocks):
+                prefix = f"blocks.{model.n_prefix + j}."
+                params = {n[len(prefix) :]: w for n, w in zip(names, weights) if n.startswith(prefix)}
+                h, caches[j] = functional_call(block, params, (h, caches[j], s, True))
+            logits = model.lm_head(model.norm(h))[0]
+            targets = seq[s + 1 : e + 1]
+            nll = F.cross_entropy(logits[: len(targets)], targets, reduction="none")
+            if e < n_in:  # a later mini-batch exists: one clipped SGD step on this one's loss
+                grads = torch.autograd.grad(nll.mean(), weights, create_graph=order == "second",
+                                            retain_graph=order is not None)
+                norm = torch.sqrt(sum((g**2).sum() for g in grads))
+                scale = torch.clamp(c.inner_clip / norm, max=1.0) if c.inner_clip > 0 else 1.0
+                weights = [w - c.inner_lr * scale * g for w, g in zip(weights, grads)]
+        if order is None:
+            logits, nll = logits.detach(), nll.detach()
+            for cache in caches:
+                cache.k, cache.v = cache.k.detach(), cache.v.detach()
+        logits_out.append(logits)
+        nll_out.append(nll)
+    return torch.cat(logits_out), torch.cat(nll_out)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"suffix_blocks": 2},  # inner gradients through a suffix block's attention
+        {"fast_weights": "prime+mlp", "suffix_blocks": 2},
+        {"prime_mlp": False, "fast_weights": "mlp"},
+        {"inner_clip": 0.0, "window": 40, "mini_batch_size": 8},
+    ],
+    ids=["default", "two_suffix", "prime+mlp", "mlp_only", "noclip_wide_window"],
+)
+@torch.no_grad()
+def test_matches_naive_reading(overrides):
+    model = model64(**overrides)
+    x = tokens()
+    logits, losses = model(x), model.token_losses(x)
+    for i in range(B):
+        ref_logits, _ = naive_read(model, x[i], T)
+        torch.testing.assert_close(logits[i], ref_logits, rtol=1e-10, atol=1e-10)
+        _, ref_nll = naive_read(model, x[i], T - 1)
+        torch.testing.assert_close(losses[i], ref_nll, rtol=1e-10, atol=1e-10)
+    # the updates matter: the static model reads these tokens differently
+    assert (logits - model.forward_static(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("order", ["second", "first"])
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_meta_gradient_matches_naive(order, checkpointed):
+    model = model64(suffix_blocks=2, inner_mode=f"{order}_order", checkpoint_inner=checkpointed).train()
+    x = tokens()
+    ours = torch.autograd.grad(model.token_losses(x).mean(), list(model.parameters()))
+    naive = sum(naive_read(model, x[i], T - 1, order)[1].sum() for i in range(B)) / (B * (T - 1))
+    ref = torch.autograd.grad(naive, list(model.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12, msg=name)
+
+
+def test_meta_gradient_matches_finite_differences():
+    model = model64(suffix_blocks=2).train()
+    x = tokens(batch=2, length=50)
+    params = dict(model.named_parameters())
+    grads = dict(zip(params, torch.autograd.grad(model.token_losses(x).mean(), list(params.values()))))
+    first_order = model64(suffix_blocks=2, inner_mode="first_order").train()
+    grads1 = dict(zip(params, torch.autograd.grad(first_order.token_losses(x).mean(), list(first_order.parameters()))))
+    suffix = [n for n in params if n.startswith("blocks.") and int(n.split(".")[1]) >= model.n_prefix]
+    groups = {  # lists, not sets: the random directions must not depend on hash order
+        "fast init": model.fast_parameter_names(),
+        "suffix attention": [n for n in suffix if ".mixer." in n],
+        "prefix + embedding": [n for n in params if n == "embed.weight" or n.startswith("blocks.0.")],
+        "suffix norms": [n for n in suffix if "norm" in n],
+    }
+    gen = torch.Generator().manual_seed(0)
+
+    def central_difference(direction, eps):
+        losses = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                for n, d in direction.items():
+                    params[n].add_(sign * eps * d)
+                losses.append(model.token_losses(x).mean().item())
+                for n, d in direction.items():
+                    params[n].sub_(sign * eps * d)
+        return (losses[0] - losses[1]) / (2 * eps)
+
+    for group, names in groups.items():
+        direction = {n: torch.randn(params[n].shape, generator=gen, dtype=torch.float64) for n in names}
+        analytic = sum((grads[n] * d).sum() for n, d in direction.items()).item()
+        analytic1 = sum((grads1[n] * d).sum() for n, d in direction.items()).item()
+        # Richardson extrapolation cancels the eps^2 term (the inner steps make the loss curved)
+        numeric = (4 * central_difference(direction, 1e-6) - central_difference(direction, 2e-6)) / 3
+        assert math.isclose(analytic, numeric, rel_tol=1e-7, abs_tol=1e-10), (group, analytic, numeric)
+        # the second-order terms are far larger than the test's error: it would catch their loss
+        assert abs(analytic1 - numeric) > 1e3 * abs(analytic - numeric), (group, analytic1, numeric)
+
+
+@torch.no_grad()
+def test_inner_lr_zero_is_the_static_model():
+    x = tokens()
+    model = model64(inner_lr=0.0)
+    torch.testing.assert_close(model(x), model.forward_static(x), rtol=1e-12, atol=1e-12)
+    model = model64()
+    model.inner_lr_now = 0.0  # what the warm-up hook sets
+    torch.testing.assert_close(model(x), model.forward_static(x), rtol=1e-12, atol=1e-12)
+
+
+@torch.no_grad()
+def test_one_mini_batch_covering_the_sequence_is_the_static_model():
+    x = tokens()
+    model = model64(mini_batch_size=T)
+    torch.testing.assert_close(model(x), model.forward_static(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.token_losses(x), F.cross_entropy(
+        model.forward_static(x)[:, :-1].transpose(1, 2), x[:, 1:], reduction="none"), rtol=1e-12, atol=1e-12)
+
+
+@torch.no_grad()
+def test_no_token_sees_its_own_mini_batch_update():
+    model = model64()
+    x = tokens()
+    full = model(x)
+    for t in (15, 16, 17, 31, 32, 63, 64):  # last/first tokens of mini-batches
+        changed = x.clone()
+        changed[:, t] = (changed[:, t] + 1) % 256
+        out = model(changed)
+        assert torch.equal(out[:, :t], full[:, :t]), f"changing token {t} changed earlier outputs"
+        assert not torch.allclose(out[:, t], full[:, t])
+    for k in (16, 17, 32, 48):  # without the tokens that follow, a mini-batch never updates
+        torch.testing.assert_close(model(x[:, :k]), full[:, :k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("prompt", [1, 15, 16, 17, 32, 45])
+@torch.no_grad()
+def test_prefill_decode_across_mini_batch_boundaries(prompt):
+    model = model64(suffix_blocks=2)
+    x = tokens()
+    full = model(x)
+    logits, state = model.prefill(x[:, :prompt])
+    torch.testing.assert_close(logits, full[:, prompt - 1], rtol=1e-10, atol=1e-10)
+    for t in range(prompt, T):
+        logits, state = model.decode_step(state, x[:, t])
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-10, atol=1e-10, msg=f"position {t}")
+    # state: window-1+mini_batch keys per suffix block, the fast weights, one mini-batch of inputs
+    c = model.config
+    assert state.suffix[0].k.size(-2) == c.window - 1 + c.mini_batch_size
+    assert state.fast[0].shape[0] == B and state.pending_x.size(1) == (T - 1) % c.mini_batch_size + 1
+
+
+@torch.no_grad()
+def test_streamed_chunks_at_any_alignment():
+    model = model64()
+    x = tokens()
+    full = model(x)
+    state, outs = None, []
+    for piece in x.split([16, 5, 11, 1, 29, 8], dim=1):
+        logits, state = model.forward_chunk(piece, state)
+        outs.append(logits)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
+
+
+@torch.no_grad()
+def test_batched_fast_weights_are_per_sequence():
+    model = model64()
+    x = tokens()
+    together = model(x)
+    for i in range(B):
+        torch.testing.assert_close(model(x[i : i + 1])[0], together[i], rtol=1e-10, atol=1e-10)
+
+
+def test_clip_per_sequence():
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(4, 3, 5, generator=gen) * s for s in (1.0, 0.1)]
+    grads[0][1] *= 1e-3  # sequence 1 stays under the limit
+    clipped = clip_per_sequence(grads, 1.0)
+    for b in range(4):
+        norm = torch.sqrt(sum((g[b] ** 2).sum() for g in grads))
+        for g, c in zip(grads, clipped):
+            torch.testing.assert_close(c[b], g[b] * min(1.0, 1.0 / norm.item()))
+    assert clip_per_sequence(grads, 0.0) is grads
+
+
+def test_off_in_training_trains_the_static_model():
+    model = model64(inner_mode="off_in_training")
+    x = tokens()
+    model.train()
+    torch.testing.assert_close(model(x), model.forward_static(x), rtol=0, atol=0)
+    model.eval()
+    with torch.no_grad():
+        assert (model(x) - model.forward_static(x)).abs().max() > 1e-3  # TTT at test time
+
+
+def test_inner_lr_warm_up_follows_the_outer_step():
+    model = registry.create_model("ttt_e2e", "tiny")
+    assert model.inner_lr_now == 1.0  # no hook called (evaluation): the full inner lr
+    model.on_train_step(0, 100)
+    assert model.inner_lr_now == pytest.approx(0.1 + 0.9 * 1 / 10)
+    model.on_train_step(4, 100)
+    assert model.inner_lr_now == pytest.approx(0.1 + 0.9 * 5 / 10)
+    model.on_train_step(9, 100)
+    assert model.inner_lr_now == 1.0
+    assert "inner_lr_now" not in str(model.state_dict().keys())  # derived, never saved
+    extension = registry.create_model("ttt_e2e", "tiny", inner_lr_warmup=0.0)
+    extension.on_train_step(0, 100)
+    assert extension.inner_lr_now == 1.0
+
+
+def test_checkpointing_bounds_saved_activations():
+    def saved_bytes(checkpointed: bool) -> int:
+        model = model64(checkpoint_inner=checkpointed).train()
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.token_losses(tokens(length=257))
+        return sum(storages.values())
+
+    assert saved_bytes(True) < saved_bytes(False) / 2
+
+
+def test_parameters_match_the_baselines():
+    """The narrower MLPs of the official configs pay for the prime MLPs."""
+    for preset in registry.preset_names("ttt_e2e"):
+        with torch.device("meta"):
+            counts = {arch: registry.create_model(arch, preset).num_params()
+                      for arch in ("ttt_e2e", "full_attention", "swa")}
+        assert counts["swa"] == counts["full_attention"]
+        assert abs(counts["ttt_e2e"] / counts["full_attention"] - 1) < 0.02, (preset, counts)
+    config = registry.make_config("ttt_e2e", "125m")
+    assert (config.n_suffix, config.mlp_hidden, config.window, config.mini_batch_size) == (3, 1664, 8192, 1024)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: test-time updates help a meta-trained model on later tokens of long documents
+
+
+@pytest.mark.slow
+def test_meta_trained_model_gains_from_test_time_training():
+    from harness import data
+    from harness.train import TrainConfig, prepare_data, train
+
+    seq_len = 256
+    cfg = TrainConfig(steps=50, batch_size=8, seq_len=seq_len, eval_every=0, device="cpu")
+    # window 64 < sequence: past the window only the fast weights carry what was read
+    model_config = registry.make_config("ttt_e2e", "tiny", window=64, mini_batch_size=32)
+    model = train(model_config, cfg, progress=False, training_data=prepare_data(cfg)).model.eval()
+
+    _, val_docs = data.split_documents(data.load_corpus(None), cfg.val_fraction, cfg.seed)
+    long_docs = data.long_documents(data.tokenize_documents(val_docs, data.load_tokenizer(None)), 4 * seq_len + 1)
+    batch = torch.stack([d[: 4 * seq_len + 1] for d in long_docs[:8]])
+    with torch.no_grad():
+        with_updates = model.token_losses(batch)
+        model.inner_lr_now = 0.0
+        without = model.token_losses(batch)
+    b = model_config.mini_batch_size
+    assert torch.equal(with_updates[:, : b], without[:, : b])  # nothing to learn from yet
+    late = slice(3 * seq_len, None)
+    assert with_updates.mean() < without.mean()
+    assert with_updates[:, late].mean() < without[:, late].mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: the device path (batched fast weights, fused/windowed kernels, no host syncs) equals the
+# CPU reference.
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("backend", ["auto", "sdpa"])
+def test_gpu_matches_cpu_reference(backend):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    ref = model64(suffix_blocks=2)
+    gpu = small_model("ttt_e2e", dtype=torch.float32, **INNER, suffix_blocks=2, backend=backend).cuda()
+    gpu.load_state_dict(ref.state_dict())
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(gpu(x.cuda()).cpu().double(), ref(x), rtol=2e-4, atol=2e-4)
+        torch.testing.assert_close(gpu.token_losses(x.cuda()).cpu().double(), ref.token_losses(x), rtol=2e-4, atol=2e-4)
+        logits, state = gpu.prefill(x[:, :17].cuda())
+        for t in range(17, T):
+            logits, state = gpu.decode_step(state, x[:, t].cuda())
+        torch.testing.assert_close(logits.cpu().double(), ref(x)[:, -1], rtol=2e-4, atol=2e-4)
+    ref.train(), gpu.train()
+    ref_grads = torch.autograd.grad(ref.token_losses(x).mean(), list(ref.parameters()))
+    gpu_grads = torch.autograd.grad(gpu.token_losses(x.cuda()).mean(), list(gpu.parameters()))
+    for (name, _), a, b in zip(ref.named_parameters(), gpu_grads, ref_grads):
+        torch.testing.assert_close(a.cpu().double(), b, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_compiled_inner_loop_matches_eager():
+    eager = small_model("ttt_e2e", **INNER).cuda()
+    compiled = small_model("ttt_e2e", **INNER, compile_inner=True).cuda()
+    compiled.load_state_dict(eager.state_dict())
+    x = tokens().cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_inner_loop_has_no_host_sync():
+    model = small_model("ttt_e2e", **INNER).cuda()
+    x = tokens(length=16 * 8).cuda()
+    with torch.no_grad():
+        model(x)  # warm-up
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
