@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from baselines import backbone
 from baselines.ttt_e2e import TTTE2ELM, clip_per_sequence
 from harness import registry
 from tests.conftest import small_model
@@ -21,19 +20,6 @@ from tests.conftest import small_model
 B = 3
 T = 70  # 4 full mini-batches of 16 and a partial one; crosses the window (16) too
 INNER = dict(inner_lr=3.0, inner_clip=1.0)  # a large step, so updates matter; clipping active
-
-
-@pytest.fixture(autouse=True)
-def float64_norms(monkeypatch):
-    """backbone.RMSNorm normalises in float32 even for float64 inputs (x.float()), which caps
-    these float64 comparisons at float32 precision; normalise in the input's precision instead.
-    Drop this once the backbone promotes rather than casts."""
-
-    def forward(self, x):
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-    monkeypatch.setattr(backbone.RMSNorm, "forward", forward)
 
 
 def tokens(batch: int = B, length: int = T, seed: int = 1) -> torch.Tensor:
