@@ -259,22 +259,26 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cache: Any, start_pos: int, need_cache: bool) -> tuple[torch.Tensor, Any]:
         c = self.config
         q, k, v = self.project(x, start_pos)
-        T = x.size(1)
         if cache is None:
             keys, values, k_start = k, v, start_pos
             if need_cache:
-                cache = RingKVCache(c.window, k, v, start_pos + T) if c.window else KVCache(k, v)
+                cache = RingKVCache(c.window, k, v, start_pos + x.size(1)) if c.window else KVCache(k, v)
         else:
             past_k, past_v = cache.keys_values()
             keys, values = torch.cat([past_k, k], -2), torch.cat([past_v, v], -2)
             k_start = start_pos - past_k.size(-2)
             cache.append(k, v)
+        backend = resolve_backend(c.backend, c.window, x.device)
+        return self.mix(q, keys, values, start_pos, k_start, backend), (cache if need_cache else None)
+
+    def mix(self, q, keys, values, start_pos: int, k_start: int, backend: str) -> torch.Tensor:
+        """Attend queries (positions start_pos..) to keys/values (k_start..); project out."""
+        c = self.config
         if c.kv_heads != c.n_heads:
             rep = c.n_heads // c.kv_heads
             keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
-        op = ATTENTION_OPS[resolve_backend(c.backend, c.window, x.device)]
-        out = op(q, keys, values, start_pos, k_start, c.window)
-        return self.o_proj(out.transpose(1, 2).reshape(x.size(0), T, -1)), (cache if need_cache else None)
+        out = ATTENTION_OPS[backend](q, keys, values, start_pos, k_start, c.window)
+        return self.o_proj(out.transpose(1, 2).reshape(q.size(0), q.size(2), -1))
 
 
 class AttentionLM(BackboneLM):

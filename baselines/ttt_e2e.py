@@ -43,7 +43,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from baselines.attention import (
-    ATTENTION_OPS,
     PAPER_SIZES,
     TINY,
     Attention,
@@ -148,15 +147,10 @@ class SuffixAttention(Attention):
     inner loop can re-read a mini-batch against the exact context it saw."""
 
     def attend(self, x, past_k, past_v, start_pos: int, backend: str):
-        c = self.config
         q, k, v = self.project(x, start_pos)
         keys = k if past_k is None else torch.cat([past_k, k], -2)
         values = v if past_v is None else torch.cat([past_v, v], -2)
-        if c.kv_heads != c.n_heads:
-            rep = c.n_heads // c.kv_heads
-            keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
-        out = ATTENTION_OPS[backend](q, keys, values, start_pos, start_pos + k.size(-2) - keys.size(-2), c.window)
-        return self.o_proj(out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)), k, v
+        return self.mix(q, keys, values, start_pos, start_pos + k.size(-2) - keys.size(-2), backend), k, v
 
 
 class PrimeBlock(Block):
