@@ -144,11 +144,11 @@ class FineTuner:
         self.params = tuned_parameters(self.work, options.tune, options.last_blocks)
 
     def tune(self, windows: torch.Tensor) -> LCModel:
-        """The copy after ``steps`` steps on ``windows [k, L]`` (the original model when k,
-        steps or lr is 0), in eval mode."""
+        """The copy after ``steps`` steps on ``windows [k, L]`` (the original weights when k or
+        steps is 0; lr 0 runs the steps and must change nothing), in eval mode."""
         work, o = self.work, self.options
         work.load_state_dict(self.original)
-        if len(windows) and o.steps and o.lr:
+        if len(windows) and o.steps:
             wanted = {id(p) for p in self.params}
             for p in work.parameters():
                 p.requires_grad_(id(p) in wanted)

@@ -1,0 +1,153 @@
+"""ttt_neighbors and harness.retrieval: no-op settings change nothing, planted clusters are
+retrieved, neighbour fine-tuning beats random fine-tuning, the cache and the figure."""
+from __future__ import annotations
+
+import importlib.util
+import random
+import string
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import tasks.ttt_neighbors as ttt  # registers the task
+from harness import retrieval
+from harness.errors import BackendUnavailableError, ConfigError
+from harness.evaluate import resolve_model, run_task
+from tests.conftest import small_model
+
+CLUSTERS = 4
+CONTEXT = 32
+
+
+@pytest.fixture(scope="module")
+def clustered_corpus(tmp_path_factory) -> str:
+    """Documents from 4 disjoint 6-letter alphabets (random words); the cluster is the name prefix."""
+    root = tmp_path_factory.mktemp("clusters")
+    rng = random.Random(0)
+    for c in range(CLUSTERS):
+        letters = string.ascii_lowercase[6 * c : 6 * c + 6]
+        vocabulary = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 6))) for _ in range(12)]
+        for d in range(6):
+            (root / f"c{c}_{d}.txt").write_text(" ".join(rng.choice(vocabulary) for _ in range(120)))
+    return str(root)
+
+
+def run(model, corpus, tmp_path, **options):
+    model, info = resolve_model(model, device="cpu", dtype="float32")
+    options = {"corpus": corpus, "val_fraction": 0.25, "context": CONTEXT, "test_windows": 8, "train_windows": 0,
+               "k": 4, "steps": 2, "batch_size": 4, "resamples": 200, "cache_dir": str(tmp_path / "cache"), **options}
+    table, samples, _ = run_task("ttt_neighbors", model, info, options, device=torch.device("cpu"),
+                                 dtype=torch.float32, progress=False)
+    return table, samples
+
+
+def value(table: pd.DataFrame, metric: str, variant: str | None = None) -> pd.Series:
+    rows = table[(table["metric"] == metric) & (table["variant"].isna() if variant is None else table["variant"] == variant)]
+    assert len(rows) == 1, (metric, variant, table)
+    return rows.iloc[0]
+
+
+@pytest.mark.parametrize("setting", [{"k": 0}, {"lr": 0.0}, {"steps": 0}])
+def test_no_op_settings_leave_the_loss_unchanged(setting, clustered_corpus, tmp_path):
+    table, samples = run(small_model("full_attention"), clustered_corpus, tmp_path, **setting)
+    for variant in ("neighbors", "random"):
+        assert value(table, "loss_after", variant)["value"] == value(table, "loss_before")["value"]
+        assert value(table, "gain", variant)["value"] == 0.0
+    assert all(s["loss"]["after_neighbors"] == s["loss"]["before"] for s in samples)
+
+
+def test_every_architecture(arch, clustered_corpus, tmp_path):
+    """Fine-tuning runs for every registered architecture; ttt_e2e also gets its in-context gain,
+    and lr 0 (the steps run, the weights must not move) changes nothing."""
+    table, _ = run(small_model(arch), clustered_corpus, tmp_path, test_windows=2, lr=0.0, steps=1)
+    assert (table["status"] == "ok").all()
+    assert value(table, "gain", "neighbors")["value"] == 0.0
+    has_inner = ttt.without_inner_updates(small_model(arch)) is not None
+    assert ("in_context" in set(table["variant"].dropna())) == has_inner
+    assert has_inner == (arch == "ttt_e2e")
+
+
+def test_inner_lr_zero_changes_ttt_e2e_only(clustered_corpus, tmp_path):
+    table, _ = run(small_model("ttt_e2e"), clustered_corpus, tmp_path, test_windows=2, k=0)
+    before, no_inner = value(table, "loss_before")["value"], value(table, "loss_no_inner")["value"]
+    assert no_inner != before  # a 32-token window crosses the 16-token mini-batches: updates happen
+    assert value(table, "gain", "in_context")["value"] == pytest.approx(no_inner - before)
+
+
+@pytest.mark.parametrize("embedder", ["hidden", "logprobs", "bytes"])
+def test_neighbours_come_from_the_test_window_cluster(embedder, clustered_corpus, tmp_path):
+    _, samples = run(small_model("full_attention"), clustered_corpus, tmp_path, embedder=embedder, steps=0)
+    assert samples
+    for s in samples:
+        cluster = s["doc"].split("_")[0]
+        assert [doc.split("_")[0] for doc, _ in s["neighbor_windows"]] == [cluster] * 4, s
+        assert s["similarity"] == sorted(s["similarity"], reverse=True)
+
+
+@pytest.mark.slow
+def test_neighbour_fine_tuning_beats_random(clustered_corpus, tmp_path):
+    table, _ = run(small_model("full_attention"), clustered_corpus, tmp_path, k=8, steps=4, lr=3e-3, batch_size=8)
+    assert value(table, "gain", "neighbors")["value"] > 0
+    assert value(table, "gain_over_random")["ci_low"] > 0
+
+
+def test_embedding_cache(tmp_path):
+    model = small_model("full_attention")
+    windows = torch.randint(0, 256, (5, 16))
+    calls = []
+    counting = retrieval.Embedder("hidden", lambda m, t: calls.append(len(t)) or retrieval._hidden(m, t))
+    first = retrieval.embed_windows(model, windows, counting, batch_size=2, cache_dir=tmp_path)
+    again = retrieval.embed_windows(model, windows, counting, batch_size=2, cache_dir=tmp_path)
+    assert calls == [2, 2, 1] and torch.equal(first, again)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    other = small_model("full_attention", seed=1)
+    bag = retrieval.get_embedder("bytes", model)
+    assert retrieval.cache_key(model, windows, counting) != retrieval.cache_key(other, windows, counting)
+    assert retrieval.cache_key(model, windows, bag) == retrieval.cache_key(other, windows, bag)  # ignores the model
+    assert retrieval.cache_key(model, windows, bag) != retrieval.cache_key(model, windows[:, :8], bag)
+
+
+def test_exact_nearest_neighbours():
+    keys = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    sims, idx = retrieval.nearest(torch.tensor([[3.0, 0.1]]), keys, 2)
+    assert idx.tolist() == [[0, 2]]
+    assert sims[0, 0] == pytest.approx(3.0 / np.hypot(3.0, 0.1))
+    with pytest.raises(ConfigError, match="k=4"):
+        retrieval.nearest(keys, keys, 4)
+
+
+def test_faiss_index():
+    keys = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    if importlib.util.find_spec("faiss") is None:
+        with pytest.raises(BackendUnavailableError, match="faiss"):
+            retrieval.nearest(keys[:3], keys, 5, index="faiss")
+    else:
+        assert torch.equal(retrieval.nearest(keys[:3], keys, 5, index="faiss")[1],
+                           retrieval.nearest(keys[:3], keys, 5)[1])
+
+
+def test_tuned_parameters():
+    model = small_model("ttt_e2e")
+    last = model.blocks[-1]
+    mlps = ttt.tuned_parameters(model, "last_mlps")
+    assert {id(p) for p in mlps} == {id(p) for p in [*last.mlp.parameters(), *last.prime.parameters()]}
+    assert len(ttt.tuned_parameters(model, "last_blocks", 2)) == len(list(model.blocks[-2:].parameters()))
+    assert len(ttt.tuned_parameters(model, "all")) == len(list(model.parameters()))
+    with pytest.raises(ConfigError, match="last_mlps"):
+        ttt.TTTNeighborsOptions(tune="last_mlp")
+    with pytest.raises(ConfigError, match="blocks"):
+        ttt.tuned_parameters(model, "last_blocks", 99)
+
+
+def test_gain_vs_size_figure(tmp_path):
+    rows = [dict(run="r", model=f"{arch}:{w}", arch=arch, params=p, task="ttt_neighbors", metric="gain",
+                 variant=variant, value=g, ci_low=g - 0.01, ci_high=g + 0.01, status="ok")
+            for arch in ("full_attention", "ttt_e2e") for w, p, g in ((64, 1e5, 0.3), (128, 4e5, 0.2))
+            for variant in ("neighbors", "random", *(["in_context"] if arch == "ttt_e2e" else []))]
+    paths = ttt.gain_vs_size_figure(pd.DataFrame(rows), tmp_path / "gain_vs_size")
+    assert sorted(p.name for p in paths) == ["gain_vs_size.pdf", "gain_vs_size.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(ConfigError, match="no ok 'gain' rows"):
+        ttt.gain_vs_size_figure(pd.DataFrame(rows).assign(task="niah"), tmp_path / "x")
