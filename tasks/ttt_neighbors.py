@@ -23,18 +23,18 @@ in-context gain sits next to the neighbour gain in one table.
 Rows (``eval_ctx`` = ``context``; values in nats/token, gains = loss before - loss after, so
 positive is better):
 
-==============  =============  ==================================================================
-metric          variant        value
-==============  =============  ==================================================================
-loss_before     (none)         mean loss of the test windows under the original model
-loss_after      neighbors      ... after fine-tuning on the k nearest training windows
-loss_after      random         ... after fine-tuning on k random training windows
-gain            neighbors      loss_before - loss_after (neighbors)
-gain            random         loss_before - loss_after (random)
-gain_over_random (none)        gain (neighbors) - gain (random)
-loss_no_inner   (none)         loss with the inner lr set to 0 (ttt_e2e only)
-gain            in_context     loss_no_inner - loss_before (ttt_e2e only)
-==============  =============  ==================================================================
+================  ==========  ================================================================
+metric            variant     value
+================  ==========  ================================================================
+loss_before                   mean loss of the test windows under the original model
+loss_after        neighbors   ... after fine-tuning on the k nearest training windows
+loss_after        random      ... after fine-tuning on k random training windows
+gain              neighbors   loss_before - loss_after (neighbors)
+gain              random      loss_before - loss_after (random)
+gain_over_random              gain (neighbors) - gain (random)
+loss_no_inner                 loss with the inner lr set to 0 (ttt_e2e only)
+gain              in_context  loss_no_inner - loss_before (ttt_e2e only)
+================  ==========  ================================================================
 
 Confidence intervals are a cluster bootstrap over held-out documents (a document's windows are
 resampled together; ``n`` is the number of documents). Per-window losses, the neighbours and
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -64,8 +63,6 @@ from harness.results import make_row
 from harness.task import DataOptions, RunContext, Task, check_positive, option
 from tasks.loss_scaling import select_windows
 
-log = logging.getLogger(__name__)
-
 TUNE = ("all", "last_blocks", "last_mlps")
 MLP_MODULES = ("mlp", "prime")  # a block's MLPs: its own, and TTT-E2E's prime MLP
 NO_CACHE = ("off", "none", "")
@@ -82,7 +79,8 @@ class TTTNeighborsOptions(DataOptions):
     batch_size: int = option(8, "windows per fine-tuning step (the k windows are cycled through)")
     tune: str = option("all", "parameters fine-tuned: all | last_blocks | last_mlps")
     last_blocks: int = option(1, "how many last blocks tune=last_blocks/last_mlps trains")
-    embedder: str = option("model", "retrieval embedding: model (hidden states, else log-probs) | hidden | logprobs | bytes")
+    embedder: str = option("model", "retrieval embedding: model (hidden states, else log-probs) | hidden | "
+                                    "logprobs | bytes")
     index: str = option("exact", "nearest-neighbour search: exact (torch, cosine) | faiss (if installed)")
     cache_dir: str | None = option(None, "embedding cache folder (default ~/.cache/lcbench/embeddings; 'off': none)")
     inner_gain: bool = option(True, "models with an inner lr (ttt_e2e): also measure the loss with it set to 0")
@@ -189,7 +187,8 @@ def without_inner_updates(model: LCModel) -> LCModel | None:
 # The task
 
 
-def cut_windows(token_docs: Sequence[torch.Tensor], length: int, count: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+def cut_windows(token_docs: Sequence[torch.Tensor], length: int,
+                count: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """(windows ``[N, length]``, their (document, start)); ``count`` 0: every whole window."""
     lengths = [t.numel() for t in token_docs]
     budget = count * length if count else sum(lengths)
@@ -232,29 +231,25 @@ class TTTNeighbors(Task):
             window = tests[w].to(ctx.device)
             randoms = torch.from_numpy(rng.choice(len(pool), size=o.k, replace=False))
             row = {"before": window_loss(model, window),
-                   "neighbors": window_loss(tuner.tune(pool_dev[neighbours[w]]), window),
-                   "random": window_loss(tuner.tune(pool_dev[randoms]), window)}
+                   "after_neighbors": window_loss(tuner.tune(pool_dev[neighbours[w]]), window),
+                   "after_random": window_loss(tuner.tune(pool_dev[randoms]), window)}
             if no_inner is not None:
                 row["no_inner"] = window_loss(no_inner, window)
             losses.append(row)
             doc, start = test_where[w]
-            ctx.record(kind="window", doc=test_docs[doc].name, start=int(start), eval_ctx=o.context,
-                       loss={f"after_{k}" if k in ("neighbors", "random") else k: v for k, v in row.items()},
-                       neighbor_windows=[[train_docs[pool_where[j][0]].name, int(pool_where[j][1])] for j in neighbours[w]],
-                       similarity=[round(float(s), 4) for s in sims[w]])
-        return self._rows(pd.DataFrame(losses), [d for d, _ in test_where], o, ctx, embedder.name)
+            ctx.record(kind="window", doc=test_docs[doc].name, start=int(start), eval_ctx=o.context, loss=row,
+                       embedder=embedder.name, similarity=[round(float(s), 4) for s in sims[w]],
+                       neighbor_windows=[[train_docs[pool_where[j][0]].name, int(pool_where[j][1])]
+                                         for j in neighbours[w].tolist()])
+        return self._rows(pd.DataFrame(losses), [d for d, _ in test_where], o, ctx)
 
-    def _rows(self, losses: pd.DataFrame, docs: list[int], o: TTTNeighborsOptions, ctx: RunContext,
-              embedder: str) -> list[dict]:
+    def _rows(self, losses: pd.DataFrame, docs: list[int], o: TTTNeighborsOptions, ctx: RunContext) -> list[dict]:
         which = np.unique(docs, return_inverse=True)[1]
         per_doc = np.bincount(which)
-        before = losses["before"].to_numpy()
-        series = {("loss_before", None): before,
-                  ("loss_after", "neighbors"): losses["neighbors"].to_numpy(),
-                  ("loss_after", "random"): losses["random"].to_numpy(),
-                  ("gain", "neighbors"): before - losses["neighbors"].to_numpy(),
-                  ("gain", "random"): before - losses["random"].to_numpy(),
-                  ("gain_over_random", None): losses["random"].to_numpy() - losses["neighbors"].to_numpy()}
+        before, near, rand = (losses[c].to_numpy() for c in ("before", "after_neighbors", "after_random"))
+        series = {("loss_before", None): before, ("loss_after", "neighbors"): near, ("loss_after", "random"): rand,
+                  ("gain", "neighbors"): before - near, ("gain", "random"): before - rand,
+                  ("gain_over_random", None): rand - near}
         if "no_inner" in losses:
             series[("loss_no_inner", None)] = losses["no_inner"].to_numpy()
             series[("gain", "in_context")] = losses["no_inner"].to_numpy() - before
@@ -264,7 +259,6 @@ class TTTNeighbors(Task):
                                         seed=[ctx.seed, o.context, i])
             rows.append(make_row(metric, est.value, variant=variant, eval_ctx=o.context, ci_low=est.ci_low,
                                  ci_high=est.ci_high, n=est.n, n_tokens=len(values) * (o.context - 1)))
-        log.info("ttt_neighbors: %d test windows, k=%d, embedder %s", len(before), o.k, embedder)
         return rows
 
 

@@ -44,7 +44,8 @@ def run(model, corpus, tmp_path, **options):
 
 
 def value(table: pd.DataFrame, metric: str, variant: str | None = None) -> pd.Series:
-    rows = table[(table["metric"] == metric) & (table["variant"].isna() if variant is None else table["variant"] == variant)]
+    same_variant = table["variant"].isna() if variant is None else table["variant"] == variant
+    rows = table[(table["metric"] == metric) & same_variant]
     assert len(rows) == 1, (metric, variant, table)
     return rows.iloc[0]
 
