@@ -72,11 +72,14 @@ def export_tokenizer(tokenizer: Tokenizer | str | None, out_dir: str | os.PathLi
         return out
     if isinstance(tokenizer, ByteTokenizer):
         fast = _fast_tokenizer(byte_level_tokenizer(), model_max_length=int(1e30))
-    elif isinstance(tokenizer, HFTokenizer):
-        if tokenizer._hf is not None:  # loaded by transformers: save it as it is
-            fast = tokenizer._hf
-        else:
-            fast = _fast_tokenizer(tokenizer._tk)
+    elif isinstance(tokenizer, HFTokenizer) and tokenizer.path.is_dir():  # already a folder: copy it
+        from transformers import AutoTokenizer
+
+        fast = AutoTokenizer.from_pretrained(str(tokenizer.path), local_files_only=True)
+    elif isinstance(tokenizer, HFTokenizer):  # a tokenizer.json file
+        from tokenizers import Tokenizer as RustTokenizer
+
+        fast = _fast_tokenizer(RustTokenizer.from_file(str(tokenizer.path)))
     else:
         raise ConfigError(
             f"cannot export {tokenizer!r} as a Hugging Face tokenizer: only the byte tokenizer and "

@@ -459,7 +459,9 @@ def task_manager(tasks: Sequence[str], include: list[str] | None, meta: dict[str
 
 def _sample_record(run: str, model: str, task: str, sample: Mapping[str, Any]) -> dict[str, Any]:
     keep = {k: sample[k] for k in ("doc_id", "target", "filtered_resps", "resps") if k in sample}
-    scores = {k: v for k, v in sample.items() if isinstance(v, (int, float)) and k != "doc_id"}
+    # numeric fields are the sample's scores; RULER marks the lengths a sample is not of with -1
+    scores = {k: v for k, v in sample.items()
+              if isinstance(v, (int, float)) and k != "doc_id" and not (k.isdigit() and v == -1)}
     doc = sample.get("doc") or {}
     return {"run": run, "model": model, "task": TABLE_TASK_PREFIX + task, **keep, "scores": scores,
             **({"eval_ctx": doc["max_length"]} if isinstance(doc.get("max_length"), int) else {})}

@@ -119,7 +119,7 @@ def assign_weights(
         raise ImportMismatchError("\n".join(parts))
     with torch.no_grad():
         for ours, value in values.items():
-            targets[ours].copy_(value.to(dtype=targets[ours].dtype, device=targets[ours].device))
+            targets[ours].copy_(torch.as_tensor(value).to(dtype=targets[ours].dtype, device=targets[ours].device))
     return origin
 
 
