@@ -82,7 +82,8 @@ class TTTNeighborsOptions(DataOptions):
     embedder: str = option("model", "retrieval embedding: model (hidden states, else log-probs) | hidden | "
                                     "logprobs | bytes")
     index: str = option("exact", "nearest-neighbour search: exact (torch, cosine) | faiss (if installed)")
-    cache_dir: str | None = option(None, "embedding cache folder (default ~/.cache/lcbench/embeddings; 'off': none)")
+    cache_dir: str | None = option(None, "embedding cache folder (default $LCBENCH_CACHE/embeddings, else "
+                                          "~/.cache/lcbench/embeddings; 'off': none)")
     inner_gain: bool = option(True, "models with an inner lr (ttt_e2e): also measure the loss with it set to 0")
     resamples: int = option(2000, "bootstrap resamples for confidence intervals")
 
@@ -272,6 +273,7 @@ def gain_vs_size_figure(table: pd.DataFrame | str | os.PathLike, out_path: str |
     with bootstrap error bars. Writes ``out_path`` as PNG and PDF; returns the paths."""
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     from harness.plots import RC, _save, arch_style, load
 
@@ -282,7 +284,7 @@ def gain_vs_size_figure(table: pd.DataFrame | str | os.PathLike, out_path: str |
     styles = {"neighbors": ("-", "TTT on neighbours"), "random": ("--", "TTT on random windows"),
               "in_context": (":", "TTT-E2E in-context")}
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(5.6, 3.8), layout="constrained")
+        fig = Figure(figsize=(6.0, 4.4), layout="constrained")
         ax = fig.subplots()
         for (arch, variant), pts in df.groupby(["arch", "variant"], sort=True):
             pts = pts.sort_values("params")
@@ -292,9 +294,13 @@ def gain_vs_size_figure(table: pd.DataFrame | str | os.PathLike, out_path: str |
                         color=color, marker=marker, linestyle=line, capsize=2, label=f"{arch}: {what}")
         ax.axhline(0.0, color="0.5", linewidth=0.8)
         ax.set_xscale("log")
+        sizes = sorted(df["params"].unique())
+        ax.xaxis.set_major_locator(FixedLocator(sizes))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:.2g}M"))
         ax.set_xlabel("Non-embedding parameters")
         ax.set_ylabel("Loss gain (nats/token)")
         ax.set_title("Test-time training gain vs model size")
-        fig.legend(loc="outside right center", frameon=False, fontsize=7)
+        fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=7)
         stem = Path(out_path)
         return _save(fig, stem.with_suffix("") if stem.suffix in (".png", ".pdf") else stem, ("png", "pdf"))
