@@ -147,6 +147,8 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
              progress: bool = True) -> tuple[pd.DataFrame, list[dict[str, Any]], Any]:
     """Run a registered task on a resolved model: (validated table, samples, parsed options)."""
     task = registry.get_task(task_name)
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     ctx = RunContext(model_info=info, device=device, dtype=dtype, seed=seed, progress=progress)
     torch.manual_seed(seed)
     if isinstance(task, type) and issubclass(task, Task):

@@ -162,8 +162,9 @@ class PromptBuilder:
         self.seed = seed
         self.text_ids = haystack_text_ids.tolist()
         self.noise_ids = tokenizer.encode(NOISE_LINE)
-        newline = {t for t in set(self.text_ids) | set(self.noise_ids) if tokenizer.decode([t]).endswith("\n")}
-        self.newline = newline
+        self.newline = {t for t in set(self.text_ids) | set(self.noise_ids) if tokenizer.decode([t]).endswith("\n")}
+        line_end = tokenizer.encode("\n")
+        self.line_end = line_end[0] if len(line_end) == 1 else None
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text))
@@ -236,6 +237,8 @@ class PromptBuilder:
             raise PromptTooLong(f"{length} tokens is too short for a {variant} prompt: it needs "
                                 f"{length - budget} tokens without any haystack")
         hay = self._haystack(haystack, budget, rng)
+        if hay and hay[-1] not in self.newline and self.line_end is not None:
+            hay[-1] = self.line_end  # end on a whole line: a needle at depth 1 starts its own line
         starts = [0] + [i + 1 for i, t in enumerate(hay) if t in self.newline]
         if starts[-1] != len(hay):
             starts.append(len(hay))
