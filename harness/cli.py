@@ -237,6 +237,72 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
         sys.exit(1)
 
 
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@main.command("lm-eval")
+@click.argument("model_spec")
+@click.option("--tasks", required=True, help="Comma-separated lm-eval task names.")
+@click.option("--lengths", default=None, help="RULER max_seq_lengths, comma-separated (e.g. 4096,8192).")
+@click.option("--limit", type=float, default=None, help="Examples per task (or per RULER length).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/lm_eval/MODEL).")
+@click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
+@click.option("--include-path", multiple=True, help="Folders of extra task YAMLs (repeatable).")
+@click.option("--num-fewshot", type=int, default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float | None, out: str | None,
+                tokenizer: str | None, include_path: tuple[str, ...], num_fewshot: int | None, device: str,
+                dtype: str, batch_size: int, seed: int) -> None:
+    """Run lm-evaluation-harness tasks on MODEL_SPEC (checkpoint or ARCH[:PRESET]) into a tidy table."""
+    from harness.lm_eval_adapter import run_lm_eval
+
+    out = out or f"runs/lm_eval/{Path(model_spec).name.replace(':', '-')}"
+    table = run_lm_eval(model_spec, _csv_list(tasks), limit=limit, out_dir=out,
+                        max_seq_lengths=[int(v) for v in _csv_list(lengths) or []] or None, tokenizer=tokenizer,
+                        include_path=list(include_path) or None, num_fewshot=num_fewshot, device=device, dtype=dtype,
+                        batch_size=batch_size, seed=seed, command=sys.argv)
+    _echo_table(table)
+    click.echo(f"{len(table)} rows in {out}/")
+
+
+@main.command("import")
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help="auto, or one of harness.importers.FORMATS (llama, gated_deltanet, mamba2, mamba_ssm, ...).")
+@click.option("--dtype", default=None)
+@click.option("--backend", default=None)
+@friendly_errors
+def import_cmd(source: str, out: str, fmt: str, dtype: str | None, backend: str | None) -> None:
+    """Import a local Hugging Face-format checkpoint (Llama, fla GDN/Mamba 2, mamba-ssm) into OUT."""
+    from harness.importers import import_pretrained
+
+    model = import_pretrained(source, out, format=fmt, dtype=dtype, backend=backend)
+    click.echo(f"{model.config.arch}: {model.num_params():,} non-embedding params -> {out}")
+
+
+@main.command("import-ttt-e2e")
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The run's Hydra YAML (RoPE theta, window, mini-batch, inner optimiser).")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--backend", default=None)
+@friendly_errors
+def import_ttt_e2e_cmd(source: str, out: str, config_path: str | None, tokenizer: str | None,
+                       backend: str | None) -> None:
+    """Convert an official TTT-E2E (JAX) checkpoint into an lcbench ttt_e2e checkpoint in OUT."""
+    from harness.importers import import_ttt_e2e
+
+    model = import_ttt_e2e(source, out, config=config_path, tokenizer=tokenizer, backend=backend)
+    click.echo(f"{model.config.arch}: {model.num_params():,} non-embedding params -> {out}")
+
+
 @main.command("data-report")
 @click.option("--corpus", default=None, help="Local corpus (default: embedded stdlib corpus).")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")

@@ -4,9 +4,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import yaml
 from click.testing import CliRunner
 
+from harness.checkpoint import load_model
 from harness.cli import main
+from tests.conftest import small_model
+from tests.test_importers import OFFICIAL, fla_gdn_folder, official_tree, perturb_
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +60,9 @@ def test_readme_commands_match_ci():
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     readme = (ROOT / "README.md").read_text()
     assert ci in readme
-    setup = ci.split(" && python -m pytest")[0]
-    assert f"{setup} && lcbench quick" in readme
+    venv_and_torch = ci.split(" && pip install -q -e")[0]
+    quick = [line for line in readme.splitlines() if line.endswith("&& lcbench quick")]
+    assert len(quick) == 1 and quick[0].startswith(venv_and_torch)
 
 
 def test_eval_table_and_plot_commands(tmp_path):
@@ -73,3 +79,21 @@ def test_eval_table_and_plot_commands(tmp_path):
     assert (out / "figures" / "latency.png").is_file() and (out / "figures" / "latency.pdf").is_file()
     result = run("eval", "latency", "--model", "swa", "-o", "contextz=16")
     assert result.exit_code != 0 and "contexts" in result.output
+
+
+def test_import_commands(tmp_path):
+    source = fla_gdn_folder(perturb_(small_model("gated_deltanet", sandwich_norm=False, tie_embeddings=False)),
+                            tmp_path / "fla")
+    result = run("import", str(source), str(tmp_path / "gdn"))
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "gdn").config.arch == "gated_deltanet"
+    np.savez(tmp_path / "official.npz", **official_tree())
+    (tmp_path / "official.yaml").write_text(yaml.safe_dump(OFFICIAL))
+    result = run("import-ttt-e2e", str(tmp_path / "official.npz"), str(tmp_path / "ttt"),
+                 "--config", str(tmp_path / "official.yaml"))
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "ttt").config.arch == "ttt_e2e"
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, nonsense=np.zeros(3))
+    result = run("import-ttt-e2e", str(bad), str(tmp_path / "x"))
+    assert result.exit_code != 0 and "Traceback" not in result.output and "nonsense" in result.output
