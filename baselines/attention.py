@@ -41,6 +41,11 @@ class AttentionConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                f"choose n_heads among {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0]}"
+            )
         check_choice("attention backend", self.backend, ATTENTION_BACKENDS)
         kv = self.kv_heads
         if kv <= 0 or self.n_heads % kv:
@@ -49,6 +54,10 @@ class AttentionConfig(ModelConfig):
             raise ConfigError(f"window={self.window} must be >= 0 (0 means full attention)")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
 
     @property
     def kv_heads(self) -> int:

@@ -70,11 +70,8 @@ class GatedDeltaNetConfig(ModelConfig):
     chunk_size: int = 64  # the torch backend's chunk (fastest of 32/64/128 on CPU); fla uses its own, 64
 
     def __post_init__(self) -> None:
-        # ModelConfig's d_model % n_heads check is attention's: here heads have their own head_dim.
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "head_dim", "conv_size", "chunk_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+        super().__post_init__()
+        self.check_positive_ints("head_dim", "conv_size", "chunk_size")
         check_choice("gated_deltanet backend", self.backend, GDN_BACKENDS)
         if self.num_v_heads < 0 or self.v_heads % self.n_heads:
             raise ConfigError(f"num_v_heads={self.num_v_heads} must be 0 or a multiple of n_heads={self.n_heads}")

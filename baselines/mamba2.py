@@ -78,10 +78,7 @@ class Mamba2Config(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("mamba2 backend", self.backend, MAMBA2_BACKENDS)
-        for name in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+        self.check_positive_ints("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
         if self.d_inner % self.headdim:
             raise ConfigError(f"expand * d_model = {self.d_inner} is not divisible by headdim={self.headdim}")
         if self.nheads % self.ngroups:

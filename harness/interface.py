@@ -42,19 +42,13 @@ class ModelConfig:
     backend: str = "auto"  # mixer implementation; "auto" picks the fastest that runs here
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden"):
+        self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
+
+    def check_positive_ints(self, *names: str) -> None:
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                f"choose n_heads among {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0]}"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
