@@ -294,10 +294,11 @@ def gain_vs_size_figure(table: pd.DataFrame | str | os.PathLike, out_path: str |
                         color=color, marker=marker, linestyle=line, capsize=2, label=f"{arch}: {what}")
         ax.axhline(0.0, color="0.5", linewidth=0.8)
         ax.set_xscale("log")
-        sizes = sorted(df["params"].unique())
-        ax.xaxis.set_major_locator(FixedLocator(sizes))
+        label = lambda v, _=None: f"{v / 1e6:.2g}M"  # noqa: E731
+        ticks = {label(v): v for v in sorted(df["params"].unique(), reverse=True)}  # matched sizes: one tick
+        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks.values())))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:.2g}M"))
+        ax.xaxis.set_major_formatter(FuncFormatter(label))
         ax.set_xlabel("Non-embedding parameters")
         ax.set_ylabel("Loss gain (nats/token)")
         ax.set_title("Test-time training gain vs model size")
