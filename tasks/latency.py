@@ -51,6 +51,7 @@ class LatencyOptions:
     decode_tokens: int = option(16, "decode steps per timed decode call")
     phases: list[str] = option(list(PHASES), f"what to time: {', '.join(PHASES)}")
     resamples: int = option(2000, "bootstrap resamples for confidence intervals")
+    threads: int = option(0, "CPU threads for torch while timing (0: leave as set); 1 is steadiest on a shared machine")
 
     def __post_init__(self) -> None:
         check_positive("contexts", self.contexts)
@@ -59,6 +60,7 @@ class LatencyOptions:
         check_positive("repeats", [self.repeats])
         check_positive("decode_tokens", [self.decode_tokens])
         check_positive("resamples", [self.resamples])
+        check_positive("threads", [self.threads], allow_zero=True)
         if not self.phases:
             raise ConfigError(f"option 'phases' must name at least one of {', '.join(PHASES)}")
         for p in self.phases:
@@ -75,6 +77,15 @@ class Latency(Task):
     Options = LatencyOptions
 
     def run(self, model, options: LatencyOptions, ctx):
+        threads = torch.get_num_threads()
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        try:
+            return self._sweep(model, options, ctx)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _sweep(self, model, options: LatencyOptions, ctx):
         rows = []
         device = ctx.device
         B = options.batch_size
@@ -91,8 +102,8 @@ class Latency(Task):
                         times = measure(lambda: model.prefill(tokens), device, options.repeats, options.warmup)
                     rows += self._timing_rows("prefill", times, B * T, options, ctx, **where)
                     rows.append(make_row("prefill_peak_bytes", peak.peak, n=1, **where))
-                    ctx.record(kind="timing", phase="prefill", eval_ctx=T, batch_size=B, seconds=times,
-                               peak_bytes=peak.peak, memory=peak.kind)
+                    ctx.record(kind="timing", phase="prefill", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
+                               seconds=times, peak_bytes=peak.peak, memory=peak.kind)
                     done += METRICS["prefill"]
                 logits, state = model.prefill(tokens)
                 rows.append(make_row("state_bytes", model.state_bytes(state), n=1, **where))
@@ -117,8 +128,8 @@ class Latency(Task):
                     with PeakMemory(device) as peak:
                         decode(state)  # the last use of this state: no copy inflates the peak
                     rows.append(make_row("decode_peak_bytes", peak.peak, n=1, **where))
-                    ctx.record(kind="timing", phase="decode", eval_ctx=T, batch_size=B, seconds_per_token=per_token,
-                               decode_tokens=steps, peak_bytes=peak.peak, memory=peak.kind)
+                    ctx.record(kind="timing", phase="decode", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
+                               seconds_per_token=per_token, decode_tokens=steps, peak_bytes=peak.peak, memory=peak.kind)
                     done += METRICS["decode"]
                 del state, logits, tokens
             except Exception as exc:  # noqa: BLE001 - record the failed cell and go on

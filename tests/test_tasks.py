@@ -332,3 +332,11 @@ def test_latency_out_of_memory_becomes_a_status_row_and_the_sweep_goes_on():
         assert (cell["status"] == "oom").all() and len(cell) == 7
         assert cell["message"].str.contains("out of memory").all()
     assert any(s["kind"] == "failure" for s in result.samples)
+
+
+def test_latency_threads_option_is_restored():
+    before = torch.get_num_threads()
+    result = run_eval("latency", small_model("swa"), None, {"contexts": "8", "repeats": 1, "warmup": 0,
+                                                            "decode_tokens": 1, "threads": before + 1}, progress=False)
+    assert torch.get_num_threads() == before
+    assert {s["threads"] for s in result.samples if s["kind"] == "timing"} == {before + 1}
