@@ -162,13 +162,11 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
     else:
         raise ConfigError(f"task {task_name!r} is registered as a {type(task).__name__}, not a Task class or function")
     identity = _identity(info, task_name, run, model, device, dtype, seed)
-    filled = []
-    for row in rows or []:
-        unknown = [k for k in row if k not in results.SCHEMA]
-        if unknown:
-            raise results.SchemaError(f"task {task_name!r}: " + results._unknown_columns(unknown))
-        filled.append({**identity, **{k: v for k, v in row.items() if v is not None}})
-    table = results.validate(filled) if filled else results.to_frame([])
+    filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows or []]
+    try:
+        table = results.validate(filled)
+    except results.SchemaError as exc:
+        raise results.SchemaError(f"task {task_name!r} returned rows that break the schema: {exc}") from exc
     samples = [{"run": run, "model": info.name, "task": task_name, **s} for s in ctx.samples]
     return table, samples, parsed
 
