@@ -171,7 +171,7 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
 
 @main.command("eval")
 @click.argument("task")
-@click.option("--model", "model_spec", required=True, help="Checkpoint folder, or ARCH[:PRESET] (untrained).")
+@click.option("--model", "model_spec", default=None, help="Checkpoint folder, or ARCH[:PRESET] (untrained).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/eval/TASK-MODEL).")
 @click.option("--option", "-o", "options", multiple=True, help="Task option key=value (repeatable), e.g. -o contexts=1K,4K.")
 @click.option("--device", default="auto", show_default=True)
@@ -180,7 +180,7 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--list-options", is_flag=True, help="Show the task's options and exit.")
 @friendly_errors
-def eval_cmd(task: str, model_spec: str, out: str | None, options: tuple[str, ...], device: str, dtype: str,
+def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[str, ...], device: str, dtype: str,
              backend: str | None, seed: int, list_options: bool) -> None:
     """Run TASK on a model and write a tidy result table."""
     from harness.evaluate import run_eval, task_options
@@ -189,6 +189,8 @@ def eval_cmd(task: str, model_spec: str, out: str | None, options: tuple[str, ..
         for opt in task_options(task):
             click.echo(f"  {opt['name']:<20} {opt['type']:<12} default {opt['default']!r:<24} {opt['help']}")
         return
+    if model_spec is None:
+        raise click.UsageError("--model is required (a checkpoint folder, or ARCH[:PRESET])")
     if out is None:
         out = f"runs/eval/{task}-{Path(model_spec).name.replace(':', '-')}"
     result = run_eval(task, model_spec, out, _parse_overrides(options), device=device, dtype=dtype, backend=backend,

@@ -265,6 +265,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
             model_error = exc
             free_memory(device)
         for cell in group:
+            cell_started = time.time()
             if model_error is not None:
                 table, samples = results.to_frame(_failure_rows(cell, spec, model_error, entry.label)), []
             else:
@@ -281,6 +282,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
                 results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
             _mark_done(out_dir, {"key": cell.key, "model": entry.label, "seed": cell.seed, "task": cell.task,
                                  "options": cell.options, "status": status, "rows": len(table),
+                                 "seconds": round(time.time() - cell_started, 2),
                                  "message": "" if status == "ok" else str(table["message"].iloc[0])[:500]})
             ran += 1
             bar.update(1)
