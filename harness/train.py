@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import checkpoint, data
+from harness.evaluate import resolve_device
 from harness.errors import ConfigError, check_choice
 from harness.interface import LCModel, ModelConfig
 from harness.registry import build_model
@@ -92,14 +93,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use 'cpu' or 'auto'")
-    return torch.device(name)
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
