@@ -16,7 +16,6 @@ all use one code path. With ``need_cache=False`` a mixer may return None instead
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,11 +81,6 @@ class BackboneState:
 
     pos: int
     layers: list[Any] = field(default_factory=list)
-
-
-def clone_state(state: Any) -> Any:
-    """A copy that decoding can update without touching the original (for branching)."""
-    return copy.deepcopy(state)
 
 
 class BackboneLM(LCModel):

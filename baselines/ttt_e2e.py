@@ -54,6 +54,7 @@ from baselines.attention import (
 )
 from baselines.backbone import Block, SwiGLU, make_norm
 from harness.errors import ConfigError, check_choice
+from harness.interface import next_token_nll
 from harness.registry import register_model
 
 INNER_MODES = ("second_order", "first_order", "off_in_training")
@@ -420,8 +421,7 @@ class TTTE2ELM(AttentionLM):
             logits = self.lm_head(h)
             nll = None
             if targets is not None:
-                wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
-                nll = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+                nll = next_token_nll(logits, targets)
             new_fast = fast
             if update:
                 # sum over sequences of each one's mean loss: each sequence gets its own gradient

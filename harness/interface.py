@@ -13,6 +13,7 @@ Tasks reach models only through this contract, so a plugin is measured like a bu
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -87,6 +88,19 @@ def state_bytes(state: Any) -> int:
     return 0
 
 
+def clone_state(state: Any) -> Any:
+    """A copy of a decoding state to advance without touching the original: ``decode_step``
+    may update caches in place, so branching generations (several queries after one prefix,
+    repeated timings) clone first."""
+    return copy.deepcopy(state)
+
+
+def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy ``[B, T]`` of ``logits [B, T, V]``, computed in fp32 (fp64 stays)."""
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(wide.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
 class LCModel(nn.Module):
     """Base class of every architecture. Subclasses set ``config_class`` and implement
     ``forward``, ``prefill`` and ``decode_step``; the rest is derived from them."""
@@ -110,11 +124,7 @@ class LCModel(nn.Module):
         raise NotImplementedError
 
     def token_losses(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits = self(tokens)[:, :-1]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none"
-        ).view(tokens.size(0), -1)
+        return next_token_nll(self(tokens)[:, :-1], tokens[:, 1:])
 
     def state_bytes(self, state: Any) -> int:
         return state_bytes(state)

@@ -252,11 +252,6 @@ def has_chunks(model: LCModel) -> bool:
     return callable(getattr(model, "forward_chunk", None))
 
 
-def clone_state(state: Any) -> Any:
-    """A copy of a decoding state that can be advanced without touching the original."""
-    return copy.deepcopy(state)
-
-
 def continue_state(model: LCModel, state: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """Feed ``tokens [B, k]`` after ``state``: (logits ``[B, k, V]`` for the positions after each
     token, new state). One ``forward_chunk`` call when the model has it, else ``decode_step``s."""

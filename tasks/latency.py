@@ -29,9 +29,10 @@ import torch
 
 from harness import stats
 from harness.errors import ConfigError, unknown_message
+from harness.interface import clone_state
 from harness.registry import register_task
 from harness.results import make_row, status_rows
-from harness.task import Task, check_positive, clone_state, option
+from harness.task import Task, check_positive, option
 from harness.timing import PeakMemory, free_memory, is_oom, measure
 
 PHASES = ("prefill", "decode")

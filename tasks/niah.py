@@ -51,9 +51,10 @@ import torch
 
 from harness import stats
 from harness.errors import ConfigError, check_choice
+from harness.interface import clone_state
 from harness.registry import register_task
 from harness.results import make_row, status_rows
-from harness.task import DataOptions, Task, check_positive, clone_state, continue_state, option
+from harness.task import DataOptions, Task, check_positive, continue_state, option
 from harness.timing import free_memory, is_oom
 
 VARIANTS = ("single", "multikey", "multivalue", "multiquery")
