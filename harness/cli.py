@@ -239,6 +239,35 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="runs/gate", show_default=True)
+@click.option("--layer", "layers", multiple=True, type=click.Choice(["eval", "train"]),
+              help="Run only this layer (repeatable; default both).")
+@click.option("--model", "models", multiple=True, help="Only this model of the gate (repeatable).")
+@click.option("--task", "tasks", multiple=True, help="Only this task of the gate (repeatable).")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads (0: leave as set).")
+@click.option("--update", is_flag=True, help="Remake every reference, checkpoints included, from this code (on purpose only).")
+@click.option("--all", "show_all", is_flag=True, help="Show every score, not only those that moved.")
+@friendly_errors
+def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tuple[str, ...], threads: int,
+         update: bool, show_all: bool) -> None:
+    """CI's score gate: committed checkpoints evaluated by every task (tight, two-sided tolerances) and
+    models retrained with several seeds (seed-aggregated scores within a multiple of their spread).
+
+    Exit codes: 0 passed, 1 a score moved beyond its allowance or a cell failed, 2 bad input,
+    3 the references were made on other data and cannot judge this run."""
+    from harness import gate as gates
+
+    if update:
+        made = gates.update_gate(out, threads=threads)
+        click.echo(f"references remade in {gates.GATE_DIR}: {made['scores']} scores, data {made['data_fingerprint']}")
+        return
+    layer_results = gates.run_gate(out, tuple(layers) or gates.LAYERS, list(models) or None, list(tasks) or None,
+                                   threads=threads)
+    click.echo(gates.format_gate(layer_results, show_all))
+    sys.exit(gates.exit_code(layer_results))
+
+
 def _csv_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 

@@ -214,7 +214,7 @@ def _mark_done(out_dir: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _checkpoint_dir(out_dir: Path, spec: SweepSpec, entry: ModelEntry, seed: int) -> Path:
+def checkpoint_dir(out_dir: Path, spec: SweepSpec, entry: ModelEntry, seed: int) -> Path:
     if entry.checkpoint is not None:
         return Path(entry.checkpoint)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry.label)
@@ -303,7 +303,7 @@ def _prepare_model(spec: SweepSpec, entry: ModelEntry, seed: int, out_dir: Path,
         with torch.device(device):  # paper-sized models are built where they run
             model = registry.build_model(_model_config(spec, entry, seed))
         return resolve_model(model, device=device, dtype=dtype, name=entry.label)
-    ckpt = _checkpoint_dir(out_dir, spec, entry, seed)
+    ckpt = checkpoint_dir(out_dir, spec, entry, seed)
     if entry.checkpoint is None:
         cfg = spec.train_config(entry, seed)
         if not _trained(ckpt, cfg.total_steps):

@@ -61,7 +61,7 @@ class DataOptions:
     corpus: str | None = option(None, "corpus (default: the checkpoint's training corpus, else the embedded stdlib)")
     tokenizer: str | None = option(None, "tokenizer (default: the checkpoint's, else bytes)")
     val_fraction: float | None = option(None, "held-out fraction of documents (default: the checkpoint's, else 0.1)")
-    split_seed: int | None = option(None, "seed of the train/val split (default: the checkpoint's training seed, else 0)")
+    split_seed: int | None = option(None, "seed of the train/val split (default: the checkpoint's split seed or training seed, else 0)")
 
 
 @dataclass
@@ -112,7 +112,10 @@ class RunContext:
                 f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
             )
         docs = data.load_corpus(pick("corpus", "corpus", None))
-        _, val = data.split_documents(docs, pick("val_fraction", "val_fraction", 0.1), pick("split_seed", "seed", 0))
+        split_seed = options.split_seed if options.split_seed is not None else train.get("split_seed")
+        if split_seed is None:  # checkpoints made before split_seed existed split by their training seed
+            split_seed = train.get("seed", 0)
+        _, val = data.split_documents(docs, pick("val_fraction", "val_fraction", 0.1), split_seed)
         if not val:
             raise ConfigError("the held-out split is empty; raise val_fraction or use a corpus with more documents")
         return tokenizer, val

@@ -46,6 +46,7 @@ class TrainConfig:
     corpus: str | None = None  # None: the embedded standard-library corpus
     tokenizer: str | None = None  # None: bytes
     val_fraction: float = 0.1
+    split_seed: int | None = None  # seed of the train/val document split; None: the training seed
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
 
@@ -61,6 +62,10 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_choice("dtype", self.dtype, ("auto", "fp32", "bf16"))
+
+    @property
+    def data_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def total_steps(self) -> int:
@@ -118,7 +123,7 @@ class TrainingData:
 
 def prepare_data(cfg: TrainConfig) -> TrainingData:
     tokenizer = data.load_tokenizer(cfg.tokenizer)
-    train_docs, val_docs = data.split_documents(data.load_corpus(cfg.corpus), cfg.val_fraction, cfg.seed)
+    train_docs, val_docs = data.split_documents(data.load_corpus(cfg.corpus), cfg.val_fraction, cfg.data_split_seed)
     train = data.pack_sequences(data.tokenize_documents(train_docs, tokenizer), cfg.seq_len)
     val = data.pack_sequences(data.tokenize_documents(val_docs, tokenizer), cfg.seq_len)
     if len(train) == 0 or len(val) == 0:

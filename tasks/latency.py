@@ -33,7 +33,7 @@ from harness.interface import clone_state
 from harness.registry import register_task
 from harness.results import make_row, status_rows
 from harness.task import Task, check_positive, option
-from harness.timing import PeakMemory, free_memory, is_oom, measure
+from harness.timing import PeakMemory, free_memory, is_oom, measure, torch_threads
 
 PHASES = ("prefill", "decode")
 METRICS = {
@@ -78,13 +78,8 @@ class Latency(Task):
     Options = LatencyOptions
 
     def run(self, model, options: LatencyOptions, ctx):
-        threads = torch.get_num_threads()
-        if options.threads:
-            torch.set_num_threads(options.threads)
-        try:
+        with torch_threads(options.threads):
             return self._sweep(model, options, ctx)
-        finally:
-            torch.set_num_threads(threads)
 
     def _sweep(self, model, options: LatencyOptions, ctx):
         rows = []
