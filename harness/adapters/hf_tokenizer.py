@@ -16,8 +16,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from harness.api.errors import ConfigError
 from harness.data import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
-from harness.errors import ConfigError
 
 MARKER_FILE = "lcbench_tokenizer.json"  # what was exported, so a later export can be reused
 

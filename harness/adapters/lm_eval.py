@@ -13,7 +13,7 @@ implements lm-eval's three requests through our model interface:
 lm-eval 0.4 finds models only in its own registry (no entry points), so its console script does not
 see ``lcbench``. Run lm-eval's own command line through this module instead, with the same options::
 
-    python -m harness.lm_eval_adapter --model lcbench --model_args checkpoint=runs/quick/swa,tokenizer=TOKDIR \\
+    python -m harness.adapters.lm_eval --model lcbench --model_args checkpoint=runs/quick/swa,tokenizer=TOKDIR \\
         --tasks niah_single_1 --metadata '{"max_seq_lengths": [1024]}' --limit 10
 
 Model args: ``checkpoint`` (a checkpoint folder, or ``arch[:preset]`` for untrained weights;
@@ -26,7 +26,7 @@ context or a rolling document starts from; default: the tokenizer's end token, e
 
 RULER's synthetic tasks size their prompts with ``AutoTokenizer.from_pretrained(tokenizer)``, where
 ``tokenizer`` comes from the model args: export ours with
-:func:`harness.hf_tokenizer.export_tokenizer` and pass the folder. :func:`run_lm_eval` (behind
+:func:`harness.adapters.hf_tokenizer.export_tokenizer` and pass the folder. :func:`run_lm_eval` (behind
 ``lcbench lm-eval``) does that itself and writes the scores as rows of our result table.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -52,11 +53,16 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences
 from tqdm.auto import tqdm
 
-from harness import data, results
-from harness.errors import ConfigError
-from harness.evaluate import _identity, dtype_name, resolve_device, resolve_dtype, resolve_model
-from harness.hf_tokenizer import export_tokenizer
-from harness.importers.common import TOKENIZER_DIR
+from harness.adapters.hf_tokenizer import export_tokenizer
+from harness.adapters.importers.common import TOKENIZER_DIR
+from harness.api import results
+from harness.api.decoding import greedy_decode
+from harness.api.device import dtype_name, resolve_device, resolve_dtype
+from harness.api.errors import ConfigError
+from harness.api.failures import FailureGuard
+from harness.data.tokenizers import load_tokenizer
+from harness.runs.evaluate import identity_columns, resolve_model
+from harness.runs.provenance import run_metadata, write_run_json
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,7 @@ class LcbenchLM(TemplateLM):
         self._dtype = resolve_dtype(dtype, self._device)
         self.model, self.info = resolve_model(spec, device=self._device, dtype=self._dtype, backend=backend)
         self.tokenizer_spec = tokenizer if tokenizer is not None else default_tokenizer(self.info)
-        self.tok = data.load_tokenizer(self.tokenizer_spec)
+        self.tok = load_tokenizer(self.tokenizer_spec)
         if self.tok.vocab_size > self.model.config.vocab_size:
             raise ConfigError(
                 f"tokenizer {self.tok.name!r} has {self.tok.vocab_size} tokens but the model's vocab_size is "
@@ -138,6 +144,10 @@ class LcbenchLM(TemplateLM):
         else:
             self._prefix = self.tok.encode("\n")[-1]
         self._warned_sampling = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
 
     # -- what TemplateLM needs ---------------------------------------------------------------
 
@@ -161,7 +171,7 @@ class LcbenchLM(TemplateLM):
 
     def get_model_info(self) -> dict[str, Any]:
         return {"lcbench_model": self.info.name, "lcbench_arch": self.info.arch, "lcbench_params": self.info.params,
-                "lcbench_tokenizer": self.tok.name, "lcbench_dtype": dtype_name(self._dtype)}
+                "lcbench_tokenizer": self.tok.name, "lcbench_dtype": dtype_name(self.dtype)}
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -173,7 +183,7 @@ class LcbenchLM(TemplateLM):
         inp = torch.zeros(len(seqs), width, dtype=torch.long)
         for i, s in enumerate(seqs):
             inp[i, : lengths[i]] = torch.tensor(s[:-1], dtype=torch.long)
-        logits = self.model(inp.to(self._device))
+        logits = self.model(inp.to(self.device))
         out = []
         for i, (s, n) in enumerate(zip(seqs, n_targets)):
             L = lengths[i]
@@ -238,20 +248,10 @@ class LcbenchLM(TemplateLM):
     def greedy_generate(self, context: list[int], max_new: int, stop: Sequence[str] = ()) -> str:
         """Greedy continuation of ``context`` (prefill once, then one decode_step per token),
         cut before the first stop string."""
-        eos = self.tok.eos_id
-        logits, state = self.model.prefill(torch.tensor([context], dtype=torch.long, device=self._device))
-        generated: list[int] = []
-        text = ""
-        for step in range(max_new):
-            token = int(logits.reshape(-1, logits.size(-1))[0].argmax())
-            if eos is not None and token == eos:
-                break
-            generated.append(token)
-            text = self.tok_decode(generated)
-            if any(s and s in text for s in stop):
-                break
-            if step + 1 < max_new:
-                logits, state = self.model.decode_step(state, torch.tensor([token], device=self._device))
+        logits, state = self.model.prefill(torch.tensor([context], dtype=torch.long, device=self.device))
+        generated = greedy_decode(self.model, logits, state, max_new, eos=self.tok.eos_id,
+                                  stop=lambda ids: any(s and s in self.tok_decode(ids) for s in stop))
+        text = self.tok_decode(generated)
         cut = min((text.index(s) for s in stop if s and s in text), default=len(text))
         return text[:cut]
 
@@ -353,10 +353,10 @@ def run_lm_eval(
 
     ``max_seq_lengths`` (RULER): each length is evaluated on its own, so ``limit`` applies per
     length; tasks without per-length metrics run once. A task that fails gives an ``error`` row
-    (``oom`` for CUDA out-of-memory) and the others go on. ``out_dir`` also receives lm-eval's raw
+    (``oom`` for out-of-memory, CPU or CUDA) and the others go on. ``out_dir`` also receives lm-eval's raw
     results (``lm_eval_results.json``), per-sample records and the exported tokenizer.
     """
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # lm-eval's evaluator takes seconds to import; only running tasks needs it
 
     task_list = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     if not task_list:
@@ -370,7 +370,7 @@ def run_lm_eval(
         include_path = [include_path]
     include = [str(p) for p in include_path] if include_path else None
     run = run_name or (Path(out_dir).name if out_dir is not None else "run")
-    identity = _identity(lm.info, "lm_eval", run, lm.model, lm._device, lm._dtype, seed)  # rows set their task
+    identity = identity_columns(lm.info, "lm_eval", run, lm.model, lm.device, lm.dtype, seed)  # rows set their task
 
     rows: list[dict[str, Any]] = []
     raw: dict[str, Any] = {}
@@ -387,17 +387,17 @@ def run_lm_eval(
         length_aware = []
         for task in pending:
             label = task if length is None else f"{task}@{length}"
-            try:
+            # One failed task is recorded (oom, error) and the others go on.
+            with FailureGuard(["score"], lm.device, **{**identity, "task": TABLE_TASK_PREFIX + task,
+                                                       "eval_ctx": length}) as guard:
                 res = simple_evaluate(
                     model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                     log_samples=True, bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
                     torch_random_seed=seed, fewshot_random_seed=seed, verbosity="WARNING",
                 )
-            except Exception as exc:  # noqa: BLE001 - one failed task is recorded, the others go on
-                oom = isinstance(exc, torch.cuda.OutOfMemoryError)
-                log.warning("lm-eval task %s failed: %s", label, exc)
-                rows += results.status_rows(["score"], "oom" if oom else "error", f"{type(exc).__name__}: {exc}",
-                                            **{**identity, "task": TABLE_TASK_PREFIX + task, "eval_ctx": length})
+            if guard.failed:
+                log.warning("lm-eval task %s failed: %s", label, guard.error)
+                rows += guard.rows
                 continue
             samples = res.pop("samples", {}) or {}
             raw[label] = res
@@ -418,18 +418,18 @@ def run_lm_eval(
                              lambda f: f.write(json.dumps(raw, indent=2, default=str) + "\n"))
         results.write_jsonl(out / results.SAMPLES_JSONL, samples_out)
         results.write_table(out, table)
-        meta = results.run_metadata(
-            seed=seed, command=command, device=str(lm._device), task="lm_eval", run=run,
+        meta = run_metadata(
+            seed=seed, command=command, device=str(lm.device), task="lm_eval", run=run,
             options={"tasks": task_list, "limit": limit, "max_seq_lengths": list(max_seq_lengths or []),
                      "num_fewshot": num_fewshot, "max_length": max_length, "max_gen_toks": max_gen_toks,
                      "tokenizer": lm.tok.name, "include_path": include},
             model={"spec": str(checkpoint), "name": lm.info.name, "path": lm.info.path,
                    "config": lm.model.config.to_dict(), "train_config": lm.info.train_config},
-            dtype=dtype_name(lm._dtype),
+            dtype=dtype_name(lm.dtype),
         )
         meta["elapsed_s"] = round(time.time() - started, 3)
         meta["rows"] = len(table)
-        results.write_run_json(out, meta)
+        write_run_json(out, meta)
     return table
 
 
@@ -439,7 +439,7 @@ def task_manager(tasks: Sequence[str], include: list[str] | None, meta: dict[str
     Indexing lm-eval's ~10k built-in task files takes about 30 s on 2 cores, so it is skipped when
     every task is found in ``include``, and an index already built (``base``) is reused with new
     metadata."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # loads with the evaluator (see run_lm_eval)
 
     if base is not None:
         try:
@@ -469,9 +469,7 @@ def _sample_record(run: str, model: str, task: str, sample: Mapping[str, Any]) -
 
 def main(argv: Sequence[str] | None = None) -> None:
     """lm-eval's own command line, with ``--model lcbench`` registered."""
-    import sys
-
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.__main__ import cli_evaluate  # lm-eval's command line, loaded only to run it
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
@@ -479,6 +477,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from harness.lm_eval_adapter import main as _main  # the importable copy registers the model
+    from harness.adapters.lm_eval import main as _main  # the importable copy registers the model
 
     _main()

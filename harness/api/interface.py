@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import ConfigError, unknown_message
+from harness.api.errors import ConfigError, unknown_message
 
 
 @dataclass

@@ -12,8 +12,8 @@ import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
 
-from harness.errors import ConfigError, UnknownNameError
-from harness.interface import LCModel, ModelConfig
+from harness.api.errors import ConfigError, UnknownNameError
+from harness.api.interface import LCModel, ModelConfig
 
 MODEL_GROUP = "lcbench.models"
 TASK_GROUP = "lcbench.tasks"
@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _register(table: dict[str, Any], kind: str, name: str) -> Callable[[T], T]:
+def register_in(table: dict[str, Any], kind: str, name: str) -> Callable[[T], T]:
+    """A decorator putting its object in ``table`` under ``name``; re-registering the same object
+    (a module imported twice) is fine, another object under a taken name an error."""
     def decorator(obj: T) -> T:
         existing = table.get(name)
         if existing is not None and existing is not obj and _qualname(existing) != _qualname(obj):
@@ -46,13 +48,13 @@ def register_model(name: str) -> Callable[[type[LCModel]], type[LCModel]]:
         if "tiny" not in cls.presets:
             raise ValueError(f"architecture {name!r} must define a 'tiny' preset")
         cls.arch_name = name
-        return _register(_MODELS, "model", name)(cls)
+        return register_in(_MODELS, "model", name)(cls)
 
     return decorator
 
 
 def register_task(name: str) -> Callable[[T], T]:
-    return _register(_TASKS, "task", name)
+    return register_in(_TASKS, "task", name)
 
 
 def load_plugins(group: str) -> None:

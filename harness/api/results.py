@@ -34,7 +34,8 @@ message  str       why a row is not ok (empty when it is)
 ======== ========= ==========================================================================
 
 A run folder holds ``results.parquet`` and ``results.csv`` (the same table), ``run.json``
-(provenance: git commit, package versions, device, command line, seed, options) and
+(provenance, written by :mod:`harness.runs.provenance`: git commit, package versions, device,
+command line, seed, options) and
 ``samples.jsonl`` (per-sample records, so a surprising number can be traced to its samples).
 Every file is written to a temporary sibling and renamed into place, so a reader never sees a
 half-written file. :func:`append_rows` adds rows to an existing table, refusing (or replacing)
@@ -42,24 +43,18 @@ rows whose identifying columns are already there: a sweep can resume without dup
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
-import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
-from importlib import metadata
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from harness.errors import ConfigError, LcbenchError, close_match
+from harness.api.errors import ConfigError, LcbenchError, close_match
 
 # name -> pandas dtype. Nullable dtypes, so a missing integer stays an integer column.
 SCHEMA: dict[str, str] = {
@@ -322,7 +317,8 @@ def has_rows(table: pd.DataFrame, **columns: Any) -> bool:
 # Per-sample records
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """JSON for what records hold besides plain values: numpy and torch numbers and arrays, paths."""
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):
@@ -341,7 +337,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
 
     def write(f):
         for record in records:
-            f.write(json.dumps(record, default=_json_default, allow_nan=True) + "\n")
+            f.write(json.dumps(record, default=json_default, allow_nan=True) + "\n")
 
     return atomic_write(path, write)
 
@@ -349,87 +345,3 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-# ---------------------------------------------------------------------------------------------
-# Provenance
-
-
-def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """{'commit': sha or None, 'dirty': bool or None} of the repository holding ``path``."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=10)
-        return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-PACKAGES = ("lcbench", "torch", "numpy", "pandas", "pyarrow", "safetensors", "triton",
-            "flash-linear-attention", "mamba-ssm", "transformers", "tokenizers")
-
-
-def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in packages:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def device_info(device: str | None = None) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        index = torch.device(device).index if device and str(device).startswith("cuda") else None
-        index = torch.cuda.current_device() if index is None else index
-        props = torch.cuda.get_device_properties(index)
-        info.update(gpu=props.name, gpu_memory_bytes=int(props.total_memory), cuda=torch.version.cuda,
-                    gpu_count=torch.cuda.device_count())
-    return info
-
-
-def config_hash(obj: Any) -> str:
-    """A short stable hash of a JSON-able object (the settings that define a run)."""
-    text = json.dumps(obj, sort_keys=True, default=_json_default)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def run_metadata(seed: int | None = None, command: Sequence[str] | str | None = None, device: str | None = None,
-                 **extra: Any) -> dict[str, Any]:
-    """Provenance for ``run.json``: git commit, package versions, device, command line, seed,
-    time, and whatever else is given (task, options, model config); ``config_hash`` hashes
-    the seed and the extra settings."""
-    if command is None:
-        command = sys.argv
-    settings = {"seed": seed, **extra}
-    return {
-        **settings,
-        "config_hash": config_hash(settings),
-        "command": command if isinstance(command, str) else " ".join(map(str, command)),
-        "git": git_commit(),
-        "packages": package_versions(),
-        "device": {"name": device, **device_info(device)},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def write_run_json(run_dir: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
-    return atomic_write(Path(run_dir) / RUN_JSON,
-                        lambda f: f.write(json.dumps(meta, indent=2, default=_json_default, sort_keys=False) + "\n"))
-
-
-def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / RUN_JSON).read_text(encoding="utf-8"))

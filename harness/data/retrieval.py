@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.errors import BackendUnavailableError, ConfigError, check_choice
-from harness.interface import LCModel
+from harness.api.errors import BackendUnavailableError, ConfigError, check_choice
+from harness.api.interface import LCModel
 
 EMBEDDERS = ("model", "hidden", "logprobs", "bytes")
 INDEXES = ("exact", "faiss")

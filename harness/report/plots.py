@@ -20,7 +20,9 @@ Lines join ``ok`` points, with bands (error bars in the Pareto view) from ``ci_l
 a failed cell (``oom``, ``error``, ``nan``) is drawn as a cross labelled with its status where
 the line would have gone on. A figure whose data the table lacks is skipped with a logged
 reason. Figures are built on :class:`matplotlib.figure.Figure` directly: no pyplot, no display,
-no global state (PNG is drawn by Agg).
+no global state (PNG is drawn by Agg). Each is registered by name (:mod:`harness.report.figures`),
+as tasks register theirs; tasks draw in the same style with :data:`PAPER_RC`, :func:`arch_style`
+and :func:`save_figure`.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +42,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from harness import results
-from harness.errors import check_choice
-from harness.tables import (
+from harness.api import results
+from harness.api.errors import check_choice
+from harness.report.figures import FIGURE_TASKS, FIGURES, SkipFigure, figure_names, register_figure
+from harness.report.tables import (
     FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, Prepared, context_label,
     niah_metric_names, prepare,
 )
@@ -62,7 +65,7 @@ ARCH_STYLES = {
 EXTRA_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 EXTRA_MARKERS = ("v", "P", "X", "h", "<", ">", "p")
 LINESTYLES = ("-", "--", ":", "-.")  # several series of one architecture (sizes, backends)
-RC = {
+PAPER_RC = {
     "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8.5, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "figure.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6,
     "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.6, "lines.markersize": 5,
@@ -73,10 +76,6 @@ COST_NAMES = {"prefill_s": "Prefill time", "decode_s": "Decode time per token",
               "prefill_peak_bytes": "Peak memory (prefill)"}
 MEMORY_NAMES = {"prefill_peak_bytes": "Peak memory while prefilling", "decode_peak_bytes": "Peak memory while decoding",
                 "state_bytes": "State size after the prefix"}
-
-
-class SkipFigure(Exception):
-    """The table lacks what a figure needs (the message says what)."""
 
 
 @dataclass(frozen=True)
@@ -288,11 +287,12 @@ def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str
     _lines(ax, pts, "eval_ctx", ctx, band=band)
     _context_axis(ax, pts["eval_ctx"])
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=RC["figure.titlesize"])
+    ax.set_title(title, fontsize=PAPER_RC["figure.titlesize"])
     _legend(fig, pts["series"], ctx, _any_failed(pts), side=True)
     return fig
 
 
+@register_figure("loss_vs_context")
 def fig_loss_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
     _need(ctx.prep, *LOSS, "run the loss_scaling task")
     pts = ctx.prep.points(*LOSS, pos_start=None)
@@ -311,6 +311,7 @@ def _gap(ctx: Context, pts: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return gap
 
 
+@register_figure("loss_gap")
 def fig_loss_gap(ctx: Context) -> Iterator[tuple[str, Figure]]:
     _need(ctx.prep, *LOSS, "run the loss_scaling task")
     gap = _gap(ctx, ctx.prep.points(*LOSS, pos_start=None), ["eval_ctx"])
@@ -365,11 +366,13 @@ def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title
     return fig
 
 
+@register_figure("loss_by_position")
 def fig_loss_by_position(ctx: Context) -> Iterator[tuple[str, Figure]]:
     pts, contexts = _position_points(ctx)
     yield "loss_by_position", _position_figure(ctx, pts, contexts, "Loss by token position", "Loss (nats/token)")
 
 
+@register_figure("loss_gap_by_position")
 def fig_loss_gap_by_position(ctx: Context) -> Iterator[tuple[str, Figure]]:
     pts, contexts = _position_points(ctx)
     gap = _gap(ctx, pts, ["eval_ctx", "pos_start", "pos_end"])
@@ -383,6 +386,7 @@ def _niah_needed(ctx: Context) -> None:
         raise SkipFigure(f"no measured NIAH accuracy rows ({', '.join(NIAH_NAMES)}) of task {NIAH_TASK!r} in the table")
 
 
+@register_figure("niah_heatmap")
 def fig_niah_heatmaps(ctx: Context) -> Iterator[tuple[str, Figure]]:
     _niah_needed(ctx)
     for metric in ctx.niah_metrics:
@@ -439,6 +443,7 @@ def _heatmap_figure(ctx: Context, cells: pd.DataFrame, metric: str, haystack: st
     return fig
 
 
+@register_figure("niah_vs_context")
 def fig_niah_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
     _niah_needed(ctx)
     for metric in ctx.niah_metrics:
@@ -474,6 +479,7 @@ def _stem(name: str, batch, several: bool) -> str:
     return f"{name}_bs{batch}" if several and pd.notna(batch) else name
 
 
+@register_figure("latency")
 def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
     metrics = [m for m in TIMES if ctx.prep.has(LATENCY_TASK, m, ok=True)]
     if not metrics:
@@ -518,6 +524,7 @@ def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> None:
     ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the ratio labels
 
 
+@register_figure("memory")
 def fig_memory(ctx: Context) -> Iterator[tuple[str, Figure]]:
     metrics = [m for m in MEMORY if ctx.prep.has(LATENCY_TASK, m, ok=True)]
     if not metrics:
@@ -540,6 +547,7 @@ def fig_memory(ctx: Context) -> Iterator[tuple[str, Figure]]:
         yield _stem("memory", batch, len(batches) > 1), fig
 
 
+@register_figure("pareto")
 def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
     prep = ctx.prep
     quality: dict[str, tuple[pd.DataFrame, str, str]] = {}  # name -> (points, axis label, better)
@@ -614,17 +622,6 @@ def _err(value: float, low: float, high: float) -> list[list[float]] | None:
     return [[max(value - low, 0.0)], [max(high - value, 0.0)]]
 
 
-FIGURES: dict[str, Callable[[Context], Iterator[tuple[str, Figure]]]] = {
-    "loss_vs_context": fig_loss_vs_context,
-    "loss_gap": fig_loss_gap,
-    "loss_by_position": fig_loss_by_position,
-    "loss_gap_by_position": fig_loss_gap_by_position,
-    "niah_heatmap": fig_niah_heatmaps,
-    "niah_vs_context": fig_niah_vs_context,
-    "latency": fig_latency,
-    "memory": fig_memory,
-    "pareto": fig_pareto,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,13 +638,14 @@ def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
                  niah_metrics: Sequence[str] | None = None) -> list[Path]:
     """Write the paper figures of a result table (a DataFrame, a run folder or a results file)
     to ``out_dir`` (default: ``<run folder>/figures``), one file per figure and format; return
-    the paths written. ``only`` picks figures by name (see :data:`FIGURES`); ``niah_metrics``
-    the NIAH accuracies shown (default: those in the table). Figures the table has no data for
-    are skipped and logged."""
+    the paths written. ``only`` picks figures by name (the paper figures above and those tasks
+    register, see :mod:`harness.report.figures`); ``niah_metrics`` the NIAH accuracies shown
+    (default: those in the table). Figures the table has no data for are skipped and logged."""
     for fmt in formats:
         check_choice("figure format", fmt, FIGURE_FORMATS)
+    names = figure_names()
     for name in only or ():
-        check_choice("figure", name, FIGURES)
+        check_choice("figure", name, names)
     if out_dir is None:
         if isinstance(source, pd.DataFrame):
             raise ValueError("make_figures needs out_dir when given a DataFrame")
@@ -658,20 +656,23 @@ def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
     niah = [m for m in niah_metric_names(prep, niah_metrics) if prep.has(NIAH_TASK, m, ok=True)]
     ctx = Context(prep, series_styles(prep), niah)
     paths: list[Path] = []
-    with matplotlib.rc_context(RC):
-        for name in only or FIGURES:
+    with matplotlib.rc_context(PAPER_RC):
+        for name in only or names:
             if prep.rows.empty:
                 log.info("skipped figure %s: the table is empty", name)
                 continue
+            if only is None and name in FIGURE_TASKS and not (prep.rows["task"] == FIGURE_TASKS[name]).any():
+                continue  # a task's own figure, and the table has nothing of that task
             try:
                 for stem, fig in FIGURES[name](ctx):
-                    paths += _save(fig, out_dir / stem, formats)
+                    paths += save_figure(fig, out_dir / stem, formats)
             except SkipFigure as why:
                 log.info("skipped figure %s: %s", name, why)
     return paths
 
 
-def _save(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write ``fig`` to ``stem.<format>`` for each format (atomically); return the paths."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from harness import registry
+from harness.api import registry
 
 
 def count_params(arch: str, preset: str) -> tuple[int, int]:

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import results
-from harness.errors import check_choice
+from harness.api import results
+from harness.api.errors import check_choice
 
 REFERENCE_ARCH = "full_attention"
 # Paper order: the reference first, the method last; other architectures follow by name.

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import results
-from harness.errors import ConfigError
+from harness.api import results
+from harness.api.errors import ConfigError
 
 # metric -> (direction, default tolerance). "lower"/"higher": which way is better.
 SCORES: dict[str, tuple[str, float]] = {

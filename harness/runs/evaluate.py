@@ -7,13 +7,14 @@
    latency);
 2. parses the task's options (unknown names and bad values fail with the valid choices);
 3. runs the task under ``torch.no_grad()``, fills the columns that identify model and run, and
-   validates the rows against the schema (:mod:`harness.results`);
+   validates the rows against the schema (:mod:`harness.api.results`);
 4. writes ``results.parquet``, ``results.csv``, ``samples.jsonl`` and ``run.json`` atomically.
 
-The core imports no task and no architecture: both are found through the registry.
+It imports no task and no architecture: both are found through the registry.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -24,14 +25,15 @@ from typing import Any
 import pandas as pd
 import torch
 
-from harness import registry, results
-from harness.errors import ConfigError, UnknownNameError, close_match
-from harness.interface import LCModel
-from harness.task import ModelInfo, RunContext, Task, describe_options, function_task, parse_options
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
+from harness.api import registry, results
+from harness.api.device import dtype_name, resolve_device, resolve_dtype
+from harness.api.errors import ConfigError, close_match
+from harness.api.interface import LCModel
+from harness.api.options import describe_options, parse_options
+from harness.api.task import ModelInfo, RunContext, Task, function_task
+from harness.data.heldout import heldout_documents
+from harness.runs.provenance import run_metadata, write_run_json
+from harness.train import checkpoint
 
 @dataclass
 class EvalResult:
@@ -39,32 +41,6 @@ class EvalResult:
     samples: list[dict[str, Any]]
     out_dir: Path | None
     meta: dict[str, Any]
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use 'cpu' or 'auto'")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {str(name)!r}; valid: auto, cpu, cuda")
-    return device
-
-
-def resolve_dtype(name: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
-    """``auto``: bfloat16 on CUDA, float32 on CPU."""
-    if isinstance(name, torch.dtype):
-        return name
-    if name == "auto":
-        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise UnknownNameError("dtype", name, ["auto", *DTYPES])
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -84,8 +60,6 @@ def resolve_model(
     ``spec``: a checkpoint folder; an architecture name, optionally ``arch:preset`` (``preset``
     defaults to ``tiny``); or an already built model. ``backend`` overrides the config's mixer
     backend (the model is rebuilt from its config with the same weights)."""
-    from harness import checkpoint  # core module; imported here to keep start-up light
-
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     train_config, path, source = None, None, "preset"
@@ -135,8 +109,9 @@ def task_options(task_name: str) -> list[dict[str, Any]]:
     return describe_options(options_class) if options_class is not None else []
 
 
-def _identity(info: ModelInfo, task: str, run: str, model: LCModel, device: torch.device,
-              dtype: torch.dtype, seed: int) -> dict[str, Any]:
+def identity_columns(info: ModelInfo, task: str, run: str, model: LCModel, device: torch.device,
+                     dtype: torch.dtype, seed: int) -> dict[str, Any]:
+    """The columns that identify the model and the run in every row of a table."""
     return {"run": run, "model": info.name, "arch": info.arch, "params": info.params, "train_ctx": info.train_ctx,
             "task": task, "backend": model.config.backend, "device": device.type, "dtype": dtype_name(dtype),
             "seed": seed}
@@ -149,7 +124,8 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
     task = registry.get_task(task_name)
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    ctx = RunContext(model_info=info, device=device, dtype=dtype, seed=seed, progress=progress)
+    ctx = RunContext(model_info=info, device=device, dtype=dtype, seed=seed, progress=progress,
+                     heldout_source=heldout_documents)
     torch.manual_seed(seed)
     if isinstance(task, type) and issubclass(task, Task):
         parsed = parse_options(task.Options, options, task_name)
@@ -161,7 +137,7 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
             rows = function_task(task, model, parsed, ctx, task_name)
     else:
         raise ConfigError(f"task {task_name!r} is registered as a {type(task).__name__}, not a Task class or function")
-    identity = _identity(info, task_name, run, model, device, dtype, seed)
+    identity = identity_columns(info, task_name, run, model, device, dtype, seed)
     filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows or []]
     try:
         table = results.validate(filled)
@@ -199,7 +175,7 @@ def run_eval(
     table, samples, parsed = run_task(task_name, model, info, options, device=device_t, dtype=dtype_t, seed=seed,
                                       run=run, progress=progress)
     options_dict = parsed if isinstance(parsed, dict) else _asdict(parsed)
-    meta = results.run_metadata(
+    meta = run_metadata(
         seed=seed, command=command, device=str(device_t), task=task_name, options=options_dict,
         model={"spec": str(model_spec) if not isinstance(model_spec, LCModel) else info.name, "name": info.name,
                "source": info.source, "path": info.path, "config": model.config.to_dict(),
@@ -216,11 +192,9 @@ def run_eval(
         out.mkdir(parents=True, exist_ok=True)
         results.write_jsonl(out / results.SAMPLES_JSONL, samples)
         results.write_table(out, table)
-        results.write_run_json(out, meta)  # last: its presence marks a complete run folder
+        write_run_json(out, meta)  # last: its presence marks a complete run folder
     return EvalResult(table, samples, out, meta)
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
-    import dataclasses
-
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(vars(obj))

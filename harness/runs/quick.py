@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import ConfigError, unknown_message
-from harness.sweep import SweepResult, load_spec, run_sweep
+from harness.api.errors import ConfigError, unknown_message
+from harness.runs.sweep import SweepResult, load_spec, run_sweep
 
-QUICK_SPEC = Path(__file__).resolve().parent.parent / "results" / "specs" / "quick.yaml"
-QUICK_REFERENCE = QUICK_SPEC.parent.parent / "reference" / "quick.csv"
+QUICK_SPEC = Path(__file__).resolve().parents[2] / "results" / "specs" / "quick.yaml"
 
 
 def run_quick(out_dir: str | Path = "runs/quick", archs: list[str] | None = None, steps: int | None = None,

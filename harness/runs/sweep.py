@@ -36,11 +36,18 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from harness import checkpoint, registry, results
-from harness.errors import ConfigError, unknown_message
-from harness.evaluate import resolve_device, resolve_dtype, resolve_model, run_task
-from harness.timing import free_memory, is_oom
-from harness.train import TrainConfig, train
+from harness.api import registry, results
+from harness.api.device import resolve_device, resolve_dtype
+from harness.api.errors import ConfigError, unknown_message
+from harness.api.failures import FailureGuard, failure_rows
+from harness.api.interface import LCModel, ModelConfig
+from harness.api.task import ModelInfo
+from harness.api.timing import free_memory
+from harness.data.tokenizers import load_tokenizer
+from harness.runs.evaluate import resolve_model, run_task
+from harness.runs.provenance import config_hash, run_metadata, write_run_json
+from harness.train import checkpoint
+from harness.train.trainer import TrainConfig, train
 
 CELLS_FILE = "cells.jsonl"
 SPEC_FILE = "spec.json"
@@ -144,13 +151,72 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     return _from_dict(SweepSpec, data, str(path))
 
 
+@dataclass(eq=False)
+class SeededModel:
+    """One model entry of a spec with one seed: what is trained (or loaded) once and then
+    evaluated by every task of the spec."""
+
+    spec: SweepSpec
+    entry: ModelEntry
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return self.entry.label
+
+    def train_config(self) -> TrainConfig:
+        return self.spec.train_config(self.entry, self.seed)
+
+    def model_config(self) -> ModelConfig:
+        overrides = dict(self.entry.set)
+        if not self.entry.untrained:  # trained models take the tokenizer's vocabulary, untrained ones the preset's
+            overrides.setdefault("vocab_size", load_tokenizer(self.train_config().tokenizer).vocab_size)
+        return registry.make_config(self.entry.arch, self.entry.preset, **overrides)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the model's weights (hashed into cell keys and checkpoint names)."""
+        if self.entry.checkpoint is not None:
+            return {"checkpoint": str(Path(self.entry.checkpoint).resolve()), "seed": self.seed}
+        config = self.model_config()
+        if self.entry.untrained:
+            return {"config": config.to_dict(), "untrained": True, "seed": self.seed}
+        return {"config": config.to_dict(), "train": self.train_config().to_dict()}
+
+    def checkpoint_dir(self, out_dir: Path) -> Path:
+        if self.entry.checkpoint is not None:
+            return Path(self.entry.checkpoint)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.label)
+        return out_dir / CHECKPOINTS_DIR / f"{safe}-s{self.seed}-{config_hash(self.identity())[:8]}"
+
+    def prepare(self, out_dir: Path, device: torch.device, dtype: torch.dtype,
+                progress: bool) -> tuple[LCModel, ModelInfo]:
+        """The model on ``device``: seeded random weights, a given checkpoint, or trained (resuming
+        a checkpoint of an earlier, killed sweep)."""
+        if self.entry.untrained:
+            torch.manual_seed(self.seed)
+            with torch.device(device):  # paper-sized models are built where they run
+                model = registry.build_model(self.model_config())
+            return resolve_model(model, device=device, dtype=dtype, name=self.label)
+        ckpt = self.checkpoint_dir(out_dir)
+        if self.entry.checkpoint is None:
+            cfg = self.train_config()
+            if not _trained(ckpt, cfg.total_steps):
+                if cfg.save_every == 0:  # so a killed sweep resumes training part-way
+                    cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
+                train(self.model_config(), cfg, out_dir=ckpt, resume=True, progress=progress)
+        return resolve_model(ckpt, device=device, dtype=dtype, name=self.label)
+
+
 @dataclass
 class Cell:
     key: str
-    model: ModelEntry
-    seed: int
+    model: SeededModel
     task: str
     options: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return self.model.seed
 
 
 @dataclass
@@ -166,31 +232,14 @@ def plan(spec: SweepSpec) -> list[Cell]:
     """Every evaluation cell of the spec, in run order (grouped by model, so each trains once)."""
     cells = []
     for entry, seed in itertools.product(spec.models, spec.seeds):
-        model_id = _model_identity(spec, entry, seed)
+        model = SeededModel(spec, entry, seed)
+        model_id = model.identity()
         for task in spec.tasks:
             for options in task.option_sets():
-                key = results.config_hash({"model": model_id, "task": task.task, "options": options,
-                                           "device": spec.device, "dtype": spec.dtype})
-                cells.append(Cell(key, entry, seed, task.task, options))
+                key = config_hash({"model": model_id, "task": task.task, "options": options,
+                                   "device": spec.device, "dtype": spec.dtype})
+                cells.append(Cell(key, model, task.task, options))
     return cells
-
-
-def _model_identity(spec: SweepSpec, entry: ModelEntry, seed: int) -> dict[str, Any]:
-    if entry.checkpoint is not None:
-        return {"checkpoint": str(Path(entry.checkpoint).resolve()), "seed": seed}
-    config = _model_config(spec, entry, seed)
-    if entry.untrained:
-        return {"config": config.to_dict(), "untrained": True, "seed": seed}
-    return {"config": config.to_dict(), "train": spec.train_config(entry, seed).to_dict()}
-
-
-def _model_config(spec: SweepSpec, entry: ModelEntry, seed: int):
-    from harness import data
-
-    overrides = dict(entry.set)
-    if not entry.untrained:  # trained models take the tokenizer's vocabulary, untrained ones the preset's
-        overrides.setdefault("vocab_size", data.load_tokenizer(spec.train_config(entry, seed).tokenizer).vocab_size)
-    return registry.make_config(entry.arch, entry.preset, **overrides)
 
 
 def finished_cells(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -214,13 +263,6 @@ def _mark_done(out_dir: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _checkpoint_dir(out_dir: Path, spec: SweepSpec, entry: ModelEntry, seed: int) -> Path:
-    if entry.checkpoint is not None:
-        return Path(entry.checkpoint)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry.label)
-    return out_dir / CHECKPOINTS_DIR / f"{safe}-s{seed}-{results.config_hash(_model_identity(spec, entry, seed))[:8]}"
-
-
 def _trained(ckpt: Path, total_steps: int) -> bool:
     if not checkpoint.is_checkpoint(ckpt):
         return False
@@ -230,11 +272,9 @@ def _trained(ckpt: Path, total_steps: int) -> bool:
         return False
 
 
-def _failure_rows(cell: Cell, spec: SweepSpec, exc: BaseException, label: str) -> list[dict[str, Any]]:
-    status = "oom" if is_oom(exc) else "nan" if isinstance(exc, FloatingPointError) else "error"
-    message = f"{type(exc).__name__}: {exc} (options {cell.options})"
-    return results.status_rows(["cell_failed"], status, message, run=spec.name, model=label, arch=cell.model.arch,
-                               task=cell.task, variant=cell.key, seed=cell.seed)
+def _failure_rows(cell: Cell, exc: BaseException, label: str) -> list[dict[str, Any]]:
+    return failure_rows(exc, ["cell_failed"], f"(options {cell.options})", run=cell.model.spec.name, model=label,
+                        arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True,
@@ -253,34 +293,29 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
     started = time.time()
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
                disable=not progress)
-    by_model = itertools.groupby(pending, key=lambda c: (id(c.model), c.seed))
-    for _, group in by_model:
+    for _, group in itertools.groupby(pending, key=lambda c: id(c.model)):
         group = list(group)
-        entry, seed = group[0].model, group[0].seed
-        bar.set_postfix_str(f"{entry.label} seed {seed}")
-        try:
-            model, info = _prepare_model(spec, entry, seed, out_dir, device, dtype, progress)
-            model_error = None
-        except Exception as exc:  # a model that cannot be trained or loaded fails all its cells
-            model_error = exc
-            free_memory(device)
+        seeded = group[0].model
+        bar.set_postfix_str(f"{seeded.label} seed {seeded.seed}")
+        # a model that cannot be trained or loaded fails all its cells
+        with FailureGuard([], device) as preparing:
+            model, info = seeded.prepare(out_dir, device, dtype, progress)
         for cell in group:
             cell_started = time.time()
-            if model_error is not None:
-                table, samples = results.to_frame(_failure_rows(cell, spec, model_error, entry.label)), []
+            if preparing.failed:
+                table, samples = results.to_frame(_failure_rows(cell, preparing.error, seeded.label)), []
             else:
-                try:
+                with FailureGuard([], device) as running:
                     table, samples, _ = run_task(cell.task, model, info, cell.options, device=device, dtype=dtype,
                                                  seed=cell.seed, run=spec.name, progress=False)
-                except Exception as exc:
-                    table, samples = results.to_frame(_failure_rows(cell, spec, exc, info.name)), []
-                    free_memory(device)
+                if running.failed:
+                    table, samples = results.to_frame(_failure_rows(cell, running.error, info.name)), []
             status = "ok" if (table["status"] == "ok").all() else "failed"
             failed += status != "ok"
             results.append_rows(out_dir, table, on_duplicate="replace")
             if samples:
                 results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
-            _mark_done(out_dir, {"key": cell.key, "model": entry.label, "seed": cell.seed, "task": cell.task,
+            _mark_done(out_dir, {"key": cell.key, "model": seeded.label, "seed": cell.seed, "task": cell.task,
                                  "options": cell.options, "status": status, "rows": len(table),
                                  "seconds": round(time.time() - cell_started, 2),
                                  "message": "" if status == "ok" else str(table["message"].iloc[0])[:500]})
@@ -288,29 +323,12 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
             bar.update(1)
         free_memory(device)
     bar.close()
-    meta = results.run_metadata(seed=None, device=str(device), spec=spec.to_dict(), run=spec.name)
+    meta = run_metadata(seed=None, device=str(device), spec=spec.to_dict(), run=spec.name)
     meta.update(cells=len(cells), ran=ran, skipped=len(cells) - len(pending), failed=failed,
                 elapsed_s=round(time.time() - started, 3))
-    results.write_run_json(out_dir, meta)
+    write_run_json(out_dir, meta)
     table = results.read_table(out_dir) if (out_dir / results.TABLE_PARQUET).is_file() else results.to_frame([])
     return SweepResult(table, out_dir, ran, len(cells) - len(pending), failed)
-
-
-def _prepare_model(spec: SweepSpec, entry: ModelEntry, seed: int, out_dir: Path, device: torch.device,
-                   dtype: torch.dtype, progress: bool):
-    if entry.untrained:
-        torch.manual_seed(seed)
-        with torch.device(device):  # paper-sized models are built where they run
-            model = registry.build_model(_model_config(spec, entry, seed))
-        return resolve_model(model, device=device, dtype=dtype, name=entry.label)
-    ckpt = _checkpoint_dir(out_dir, spec, entry, seed)
-    if entry.checkpoint is None:
-        cfg = spec.train_config(entry, seed)
-        if not _trained(ckpt, cfg.total_steps):
-            if cfg.save_every == 0:  # so a killed sweep resumes training part-way
-                cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
-            train(_model_config(spec, entry, seed), cfg, out_dir=ckpt, resume=True, progress=progress)
-    return resolve_model(ckpt, device=device, dtype=dtype, name=entry.label)
 
 
 def describe_failures(out_dir: str | os.PathLike) -> list[str]:

@@ -16,9 +16,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from harness.errors import CheckpointError, LcbenchError
-from harness.interface import LCModel
-from harness.registry import build_model, config_from_dict
+from harness.api.errors import CheckpointError, LcbenchError
+from harness.api.interface import LCModel
+from harness.api.registry import build_model, config_from_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

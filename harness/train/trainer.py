@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness import checkpoint, data
-from harness.evaluate import resolve_device
-from harness.errors import ConfigError, check_choice
-from harness.interface import LCModel, ModelConfig
-from harness.registry import build_model
+from harness import data
+from harness.api.device import resolve_device
+from harness.api.errors import ConfigError, check_choice
+from harness.api.interface import LCModel, ModelConfig
+from harness.api.registry import build_model
+from harness.train import checkpoint
 
 
 @dataclass

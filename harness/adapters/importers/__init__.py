@@ -12,9 +12,9 @@ source's tokenizer under ``tokenizer/`` and ``import.json`` (what was imported f
 """
 from __future__ import annotations
 
-from harness.importers.common import ImportMismatchError, assign_weights, save_imported
-from harness.importers.hf import FORMATS, detect_format, import_pretrained
-from harness.importers.ttt_e2e import import_ttt_e2e
+from harness.adapters.importers.common import ImportMismatchError, assign_weights, save_imported
+from harness.adapters.importers.hf import FORMATS, detect_format, import_pretrained
+from harness.adapters.importers.ttt_e2e import import_ttt_e2e
 
 __all__ = ["FORMATS", "ImportMismatchError", "assign_weights", "detect_format", "import_pretrained",
            "import_ttt_e2e", "save_imported"]

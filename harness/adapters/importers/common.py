@@ -12,9 +12,9 @@ from typing import Any, Union
 
 import torch
 
-from harness.checkpoint import save_checkpoint
-from harness.errors import CheckpointError
-from harness.interface import LCModel
+from harness.api.errors import CheckpointError
+from harness.api.interface import LCModel
+from harness.train.checkpoint import save_checkpoint
 
 IMPORT_FILE = "import.json"
 TOKENIZER_DIR = "tokenizer"

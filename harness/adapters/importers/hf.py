@@ -28,13 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 
-from harness.errors import CheckpointError, ConfigError, close_match
-from harness.importers.common import (
+from harness.adapters.importers.common import (
     Fill,
-    From,
-    ImportMismatchError,
     Source,
     assign_weights,
     check,
@@ -42,8 +40,10 @@ from harness.importers.common import (
     require_values,
     save_imported,
 )
-from harness.interface import LCModel
-from harness.registry import build_model, config_from_dict
+from harness.api.device import resolve_dtype
+from harness.api.errors import CheckpointError, ConfigError, close_match
+from harness.api.interface import LCModel
+from harness.api.registry import build_model, config_from_dict
 
 # ---------------------------------------------------------------------------------------------
 # Reading a folder
@@ -52,8 +52,6 @@ from harness.registry import build_model, config_from_dict
 def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face folder: ``model.safetensors``, sharded safetensors (with
     their index), or ``pytorch_model.bin`` (loaded with ``weights_only=True``)."""
-    import safetensors.torch
-
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if single.is_file():
@@ -332,8 +330,6 @@ def import_pretrained(
         fields["backend"] = backend
     model = build_model(config_from_dict(fields))
     if dtype is not None:
-        from harness.evaluate import resolve_dtype
-
         model = model.to(resolve_dtype(dtype))
     tied = bool(fields.get("tie_embeddings"))
     ignore = llama_ignore(tied) if name == "llama" else (lambda n: tied and n == "lm_head.weight")

@@ -42,12 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 import torch
+import yaml
 
-from harness.errors import CheckpointError, ConfigError
-from harness.importers.common import From, ImportMismatchError, Source, assign_weights, check, save_imported
-from harness.interface import LCModel
-from harness.registry import build_model, config_from_dict
+from harness.adapters.importers.common import From, ImportMismatchError, Source, assign_weights, check, save_imported
+from harness.api.errors import CheckpointError, ConfigError
+from harness.api.interface import LCModel
+from harness.api.registry import build_model, config_from_dict
 
 # What the official experiment configs set (configs/experiment/*/…-e2e-*.yaml, configs/model/*.yaml).
 OFFICIAL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -127,8 +129,6 @@ def read_tree(source: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path) as npz:
             tree = {k.replace("/", "."): npz[k] for k in npz.files}
     elif path.suffix == ".safetensors":
-        import safetensors.numpy
-
         tree = safetensors.numpy.load_file(str(path))
     else:
         raise CheckpointError(f"{path}: expected an orbax checkpoint folder, a .npz or a .safetensors file")
@@ -159,8 +159,6 @@ def load_official_config(config: str | os.PathLike | Mapping[str, Any] | None) -
     elif isinstance(config, Mapping):
         given = dict(config)
     else:
-        import yaml
-
         try:
             given = yaml.safe_load(Path(config).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
