@@ -286,9 +286,9 @@ def gain_vs_size_figure(table: pd.DataFrame | str | os.PathLike, out_path: str |
     """Gain (nats/token) against non-embedding parameters, one colour per architecture: TTT on
     neighbours (solid), on random windows (dashed), and TTT-E2E's in-context gain (dotted),
     with bootstrap error bars. Writes ``out_path`` as PNG and PDF; returns the paths."""
-    import matplotlib
+    import matplotlib  # matplotlib loads only to draw a figure
 
-    from harness.report.plots import PAPER_RC, load, save_figure  # matplotlib loads only to draw a figure
+    from harness.report.plots import PAPER_RC, load, save_figure
 
     stem = Path(out_path)
     with matplotlib.rc_context(PAPER_RC):

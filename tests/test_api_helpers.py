@@ -68,7 +68,10 @@ def test_guard_drops_the_failed_frames_so_their_memory_is_freed():
         nonlocal ref
         activations = torch.ones(1 << 16)
         ref = weakref.ref(activations)
-        raise MemoryError("out of host memory")
+        try:
+            raise RuntimeError("CUDA error: out of memory")
+        except RuntimeError as first:  # a chained exception holds the same frame
+            raise MemoryError("out of host memory") from first
 
     with FailureGuard(["loss"], CPU) as guard:
         allocate_and_fail()
@@ -139,10 +142,17 @@ def reference_greedy(model, prompt: torch.Tensor, n: int) -> list[int]:
     return ids[prompt.size(1):]
 
 
-def test_greedy_decode_matches_reading_the_whole_sequence_each_step():
+@pytest.fixture(scope="module")
+def greedy_case():
+    """(model, prompt, its first 12 greedy tokens read off full forward passes)."""
     model = small_model("swa")
     prompt = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
-    expected = reference_greedy(model, prompt, 12)
+    with torch.no_grad():
+        return model, prompt, reference_greedy(model, prompt, 12)
+
+
+def test_greedy_decode_matches_reading_the_whole_sequence_each_step(greedy_case):
+    model, prompt, expected = greedy_case
     with torch.no_grad():
         logits, state = model.prefill(prompt)
         counting = CountingSteps(model)
@@ -150,13 +160,11 @@ def test_greedy_decode_matches_reading_the_whole_sequence_each_step():
     assert counting.steps == 11  # none after the last token
 
 
-def test_greedy_decode_stops_before_eos_and_after_stop():
-    model = small_model("swa")
-    prompt = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
-    expected = reference_greedy(model, prompt, 12)
+def test_greedy_decode_stops_before_eos_and_after_stop(greedy_case):
+    model, prompt, expected = greedy_case
     with torch.no_grad():
         logits, state = model.prefill(prompt)
-        assert greedy_decode(model, logits, model.prefill(prompt)[1], 12, eos=expected[5]) == \
-            expected[: expected.index(expected[5])]
+        assert greedy_decode(model, logits, state, 12, eos=expected[5]) == expected[: expected.index(expected[5])]
+        logits, state = model.prefill(prompt)  # decode_step may update a cache in place: a fresh state
         assert greedy_decode(model, logits, state, 12, stop=lambda ids: len(ids) == 3) == expected[:3]
         assert greedy_decode(model, logits, state, 0) == []

@@ -107,6 +107,13 @@ def test_the_rule_sees_late_relative_and_package_imports():
     assert wrong_imports("harness.train.trainer", [(1, "harness.data"), (2, "harness.api.registry")]) == []
 
 
+def test_every_folder_of_modules_is_a_package():
+    """setuptools packs only folders with an __init__.py: a folder without one would be missing
+    from a wheel while every test run from the checkout still passed."""
+    folders = {p.parent for p in library_files()}
+    assert not [str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()]
+
+
 @pytest.mark.parametrize("old", sorted(moved.MOVED))
 def test_old_module_paths_import_the_moved_modules(old):
     new = importlib.import_module(moved.MOVED[old])

@@ -73,11 +73,11 @@ def export_tokenizer(tokenizer: Tokenizer | str | None, out_dir: str | os.PathLi
     if isinstance(tokenizer, ByteTokenizer):
         fast = _fast_tokenizer(byte_level_tokenizer(), model_max_length=int(1e30))
     elif isinstance(tokenizer, HFTokenizer) and tokenizer.path.is_dir():  # already a folder: copy it
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # optional; HFTokenizer loaded this folder with it
 
         fast = AutoTokenizer.from_pretrained(str(tokenizer.path), local_files_only=True)
     elif isinstance(tokenizer, HFTokenizer):  # a tokenizer.json file
-        from tokenizers import Tokenizer as RustTokenizer
+        from tokenizers import Tokenizer as RustTokenizer  # optional; HFTokenizer loaded this file with it
 
         fast = _fast_tokenizer(RustTokenizer.from_file(str(tokenizer.path)))
     else:

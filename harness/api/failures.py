@@ -47,7 +47,8 @@ class FailureGuard:
 
     def __init__(self, metrics: Iterable[str], device: torch.device | str | None = None, *, where: str = "",
                  only_oom: bool = False, **columns: Any):
-        self.metrics, self.device, self.where, self.only_oom, self.columns = list(metrics), device, where, only_oom, columns
+        self.metrics, self.device, self.where = list(metrics), device, where
+        self.only_oom, self.columns = only_oom, columns
         self.error: BaseException | None = None
         self.rows: list[dict[str, Any]] = []
 
@@ -62,9 +63,19 @@ class FailureGuard:
         if exc is None or not isinstance(exc, Exception) or (self.only_oom and not is_oom(exc)):
             return False
         self.rows = failure_rows(exc, self.metrics, self.where, **self.columns)
-        # The traceback holds the failed frames and, through them, their tensors: drop it first,
-        # or nothing is freed.
-        self.error = exc.with_traceback(None)
+        self.error = exc
+        drop_tracebacks(exc)
         del exc, tb
         free_memory(self.device)
         return True
+
+
+def drop_tracebacks(exc: BaseException) -> None:
+    """Forget the tracebacks of ``exc`` and the exceptions chained to it: they hold the failed
+    frames and, through them, their tensors, so memory cannot be freed while they live."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__

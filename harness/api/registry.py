@@ -1,7 +1,7 @@
 """Name -> architecture and name -> task registries.
 
 Architectures and tasks register themselves with ``@register_model(name)`` /
-``@register_task(name)``. The core imports none of them: built-ins and third-party plugins
+``@register_task(name)``. Nothing in harness imports them: built-ins and third-party plugins
 alike are found through the entry-point groups ``lcbench.models`` and ``lcbench.tasks``,
 loaded once, here, on the first lookup.
 """

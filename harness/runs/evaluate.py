@@ -35,6 +35,7 @@ from harness.data.heldout import heldout_documents
 from harness.runs.provenance import run_metadata, write_run_json
 from harness.train import checkpoint
 
+
 @dataclass
 class EvalResult:
     table: pd.DataFrame
