@@ -42,10 +42,10 @@ def test_a_long_message_is_cut():
 
 
 def test_guard_turns_a_failure_into_rows_and_the_code_after_it_goes_on():
-    with FailureGuard(["loss"], CPU, where="at 8 tokens", eval_ctx=8) as guard:
+    with FailureGuard(["loss"], CPU, where="at 8 tokens", eval_ctx=8, device="cuda") as guard:  # device: a column too
         raise torch.OutOfMemoryError("CUDA out of memory")
     assert guard.failed and isinstance(guard.error, torch.OutOfMemoryError)
-    assert [(r["metric"], r["status"], r["eval_ctx"]) for r in guard.rows] == [("loss", "oom", 8)]
+    assert [(r["metric"], r["status"], r["eval_ctx"], r["device"]) for r in guard.rows] == [("loss", "oom", 8, "cuda")]
     with FailureGuard(["loss"], CPU) as fine:
         pass
     assert not fine.failed and fine.rows == []

@@ -32,8 +32,9 @@ def failure_message(exc: BaseException, where: str = "") -> str:
     return f"{type(exc).__name__}{' ' + where if where else ''}: {exc}"[:MESSAGE_LIMIT]
 
 
-def failure_rows(exc: BaseException, metrics: Iterable[str], where: str = "", **columns: Any) -> list[dict[str, Any]]:
-    """One status row per metric that ``exc`` kept from being measured."""
+def failure_rows(exc: BaseException, metrics: Iterable[str], where: str = "", /,
+                 **columns: Any) -> list[dict[str, Any]]:
+    """One status row per metric that ``exc`` kept from being measured; ``columns`` identify them."""
     return status_rows(metrics, failure_status(exc), failure_message(exc, where), **columns)
 
 
@@ -45,8 +46,8 @@ class FailureGuard:
     ``only_oom``: catch out-of-memory errors only and let every other exception through (a task
     whose other failures are bugs to surface, not cells to record)."""
 
-    def __init__(self, metrics: Iterable[str], device: torch.device | str | None = None, *, where: str = "",
-                 only_oom: bool = False, **columns: Any):
+    def __init__(self, metrics: Iterable[str], device: torch.device | str | None = None, /, *, where: str = "",
+                 only_oom: bool = False, **columns: Any):  # positional-only: ``device`` is a column too
         self.metrics, self.device, self.where = list(metrics), device, where
         self.only_oom, self.columns = only_oom, columns
         self.error: BaseException | None = None
