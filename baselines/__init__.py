@@ -1,1 +1,1 @@
-"""Architectures on the shared backbone; each module registers itself with harness.registry."""
+"""Architectures on the shared backbone; each module registers itself with harness.api.registry."""

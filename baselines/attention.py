@@ -15,6 +15,7 @@ positions for swa, so swa's decode memory and time do not grow with context.
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -24,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.backbone import BackboneLM, RMSNorm
-from harness.errors import BackendUnavailableError, ConfigError, check_choice
-from harness.interface import ModelConfig
-from harness.registry import register_model
+from harness.api.errors import ConfigError, check_choice
+from harness.api.interface import ModelConfig
+from harness.api.kernels import Kernel, pick_backend
+from harness.api.registry import register_model
 
 ATTENTION_BACKENDS = ("auto", "torch", "sdpa", "flex")
 QUERY_CHUNK = 1024  # query block of the chunked sdpa path for sliding windows
@@ -125,41 +127,32 @@ def attention_sdpa(q, k, v, q_start: int, k_start: int, window: int) -> torch.Te
     return torch.cat(outputs, dim=-2)
 
 
-def flex_available(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _import_flex() -> Any:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    return types.SimpleNamespace(create_block_mask=create_block_mask, flex_attention=flex_attention)
+
+
+FLEX = Kernel("attention", "flex", _import_flex, install="PyTorch >= 2.5 with CUDA", fallback="sdpa")
 
 
 @lru_cache(maxsize=64)
 def _flex_block_mask(q_len: int, k_len: int, offset: int, window: int, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def mask_mod(b, h, q_idx, kv_idx):
         diff = q_idx + offset - kv_idx
         keep = diff >= 0
         return keep & (diff < window) if window else keep
 
-    return create_block_mask(mask_mod, None, None, q_len, k_len, device=device)
+    return FLEX.ops(torch.device(device)).create_block_mask(mask_mod, None, None, q_len, k_len, device=device)
 
 
 @lru_cache(maxsize=1)
 def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(FLEX.imported()[0].flex_attention, dynamic=False)
 
 
 def attention_flex(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
-    if not flex_available(q.device):
-        raise BackendUnavailableError(
-            f"attention backend 'flex' needs CUDA and torch.nn.attention.flex_attention (device: {q.device}); "
-            "use backend='sdpa' or 'auto'"
-        )
+    FLEX.ops(q.device)  # raises, saying why, where flex cannot run
     mask = _flex_block_mask(q.size(-2), k.size(-2), q_start - k_start, window, str(q.device))
     return _compiled_flex()(q, k, v, block_mask=mask)
 
@@ -168,9 +161,7 @@ ATTENTION_OPS = {"torch": attention_reference, "sdpa": attention_sdpa, "flex": a
 
 
 def resolve_backend(backend: str, window: int, device: torch.device) -> str:
-    if backend != "auto":
-        return backend
-    return "flex" if window and flex_available(device) else "sdpa"
+    return pick_backend(backend, [FLEX] if window else [], device, fallback="sdpa")
 
 
 # ---------------------------------------------------------------------------------------------

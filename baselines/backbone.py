@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.interface import LCModel, ModelConfig
+from harness.api.interface import LCModel, ModelConfig
 
 
 class RMSNorm(nn.Module):

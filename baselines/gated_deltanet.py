@@ -41,8 +41,8 @@ head size) then gives 3/4/6/8 heads at 125m/350m/760m/1.3b; ``tiny`` uses 2 head
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -52,9 +52,10 @@ from torch import nn
 from baselines.attention import LLAMA3_VOCAB, PAPER_SIZES
 from baselines.backbone import BackboneLM, RMSNorm
 from baselines.short_conv import ShortConv
-from harness.errors import BackendUnavailableError, ConfigError, check_choice
-from harness.interface import ModelConfig
-from harness.registry import register_model
+from harness.api.errors import ConfigError, check_choice
+from harness.api.interface import ModelConfig
+from harness.api.kernels import Kernel, pick_backend
+from harness.api.registry import register_model
 
 GDN_BACKENDS = ("auto", "torch", "fla")
 L2NORM_EPS = 1e-6  # fla's l2norm: x / sqrt(sum x^2 + eps)
@@ -182,38 +183,19 @@ def torch_gated_delta_rule(q, k, v, g, beta, state, chunk_size: int):
     return chunk_gated_delta_rule(q, k, v, g, beta, state, chunk_size)
 
 
-@lru_cache(maxsize=1)
-def _fla_ops() -> tuple[Any, Any, str]:
-    """fla's two kernels, or the reason they do not import (a failed import is never a crash)."""
-    try:
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
-        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fla_recurrent
-    except Exception as exc:  # ImportError, or triton failing to initialise
-        return None, None, f"{type(exc).__name__}: {exc}"
-    return fla_chunk, fla_recurrent, ""
+def _import_fla() -> Any:
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+    return types.SimpleNamespace(chunk=chunk_gated_delta_rule, recurrent=fused_recurrent_gated_delta_rule)
 
 
-def fla_unavailable_reason(device: torch.device) -> str:
-    """What the fla backend lacks on ``device``; empty when it can run there."""
-    if device.type != "cuda":
-        return f"CUDA (the input is on {device})"
-    return _fla_ops()[2]
-
-
-def fla_available(device: torch.device) -> bool:
-    return not fla_unavailable_reason(device)
+FLA = Kernel("gated_deltanet", "fla", _import_fla, install="pip install fla-core triton", fallback="torch")
 
 
 def fla_gated_delta_rule(q, k, v, g, beta, state, chunk_size: int):
-    missing = fla_unavailable_reason(q.device)
-    if missing:
-        raise BackendUnavailableError(
-            f"gated_deltanet backend 'fla' needs CUDA, triton and flash-linear-attention (fla-core); missing: {missing}. "
-            "Use backend='torch' (runs anywhere) or 'auto' (fla when it can run, else torch)"
-        )
-    chunk_op, recurrent_op, _ = _fla_ops()
+    ops = FLA.ops(q.device)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, beta, state) if t is not None)
-    op = chunk_op if needs_grad or q.size(1) > 64 else recurrent_op  # fused_recurrent has no backward
+    op = ops.chunk if needs_grad or q.size(1) > 64 else ops.recurrent  # fused_recurrent has no backward
     if state is not None:
         state = state.float().contiguous()
     o, state = op(
@@ -227,9 +209,7 @@ GDN_OPS = {"torch": torch_gated_delta_rule, "fla": fla_gated_delta_rule}
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend != "auto":
-        return backend
-    return "fla" if fla_available(device) else "torch"
+    return pick_backend(backend, [FLA], device, fallback="torch")
 
 
 # ---------------------------------------------------------------------------------------------

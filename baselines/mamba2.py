@@ -37,7 +37,6 @@ import math
 import sys
 import types
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Callable
 
 import torch
@@ -48,12 +47,12 @@ from baselines.attention import LLAMA3_VOCAB, PAPER_SIZES
 from baselines.backbone import BackboneLM
 from baselines.short_conv import ShortConv
 from baselines.ssd_reference import ssd_chunked, ssd_step, upcast
-from harness.errors import BackendUnavailableError, ConfigError, check_choice
-from harness.interface import ModelConfig
-from harness.registry import register_model
+from harness.api.errors import ConfigError, check_choice
+from harness.api.interface import ModelConfig
+from harness.api.kernels import Kernel, pick_backend
+from harness.api.registry import register_model
 
 MAMBA2_BACKENDS = ("auto", "torch", "mamba_ssm", "fla")
-KERNEL_BACKENDS = ("mamba_ssm", "fla")  # in the order "auto" prefers them
 GATED_NORM_EPS = 1e-5  # mamba-ssm's RMSNormGated
 
 
@@ -118,7 +117,7 @@ def step_torch(state, x, dt, A, B, C, D, dt_bias):
 
 
 def ssd_mamba_ssm(x, dt, A, B, C, D, dt_bias, chunk_size, initial_state, need_state):
-    ops = _kernel_ops("mamba_ssm")
+    ops = MAMBA_SSM.ops(x.device)
     out = ops.mamba_chunk_scan_combined(
         x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_state,
         dt_softplus=True, return_final_states=need_state,
@@ -133,7 +132,7 @@ def step_mamba_ssm(state, x, dt, A, B, C, D, dt_bias):
         y, state = ssd_mamba_ssm(x[:, None], dt[:, None], A, B[:, None], C[:, None], D, dt_bias, 64, state, True)
         return y[:, 0], state
     H, P, N = state.shape[1:]
-    y = _kernel_ops("mamba_ssm").selective_state_update(
+    y = MAMBA_SSM.ops(x.device).selective_state_update(
         state, x, dt[..., None].expand(-1, -1, P), A[:, None, None].expand(H, P, N), B, C,
         D=D[:, None].expand(H, P), dt_bias=dt_bias[:, None].expand(H, P), dt_softplus=True,
     )
@@ -150,7 +149,7 @@ def _as_gla(x, dt, A, B, C, dt_bias):
 
 def ssd_fla(x, dt, A, B, C, D, dt_bias, chunk_size, initial_state, need_state):
     q, k, v, g = _as_gla(x, dt, A, B, C, dt_bias)
-    y, state = _kernel_ops("fla").chunk_simple_gla(
+    y, state = FLA.ops(x.device).chunk_simple_gla(
         q, k, v, g=g, scale=1.0, initial_state=initial_state, output_final_state=need_state, state_v_first=True
     )
     return _add_skip(y, x, D), state
@@ -158,7 +157,7 @@ def ssd_fla(x, dt, A, B, C, D, dt_bias, chunk_size, initial_state, need_state):
 
 def step_fla(state, x, dt, A, B, C, D, dt_bias):
     q, k, v, g = _as_gla(x[:, None], dt[:, None], A, B[:, None], C[:, None], dt_bias)
-    y, state = _kernel_ops("fla").fused_recurrent_simple_gla(
+    y, state = FLA.ops(x.device).fused_recurrent_simple_gla(
         q, k, v, g=g, scale=1.0, initial_state=state, output_final_state=True, state_v_first=True
     )
     return _add_skip(y[:, 0], x, D), state
@@ -187,7 +186,7 @@ def _import_fla() -> Any:
 
     for fn in (chunk_simple_gla, fused_recurrent_simple_gla):  # older releases would ignore it in **kwargs
         if "state_v_first" not in inspect.signature(fn).parameters:
-            raise ImportError(f"fla.ops.simple_gla.{fn.__name__} takes no state_v_first; flash-linear-attention >= 0.6 is needed")
+            raise ImportError(f"fla.ops.simple_gla.{fn.__name__} takes no state_v_first; fla-core >= 0.6 is needed")
     return types.SimpleNamespace(chunk_simple_gla=chunk_simple_gla, fused_recurrent_simple_gla=fused_recurrent_simple_gla)
 
 
@@ -204,67 +203,34 @@ def _selective_scan_placeholder() -> types.ModuleType:
     return module
 
 
-def _try(importer: Callable[[], Any]) -> tuple[Any, str | None]:
+def _import_mamba_ssm_with_placeholder() -> Any:
+    """mamba-ssm <= 2.3.2 imports its compiled Mamba-1 scan from the package __init__, even for
+    the pure-Triton SSD kernels; a build without it (MAMBA_SKIP_CUDA_BUILD) then cannot import
+    them. A placeholder module stands in for the extension Mamba 2 never uses."""
     try:
-        return importer(), None
-    except Exception as exc:  # any failure (missing package, Triton, CUDA libraries) = unavailable
-        return None, f"{type(exc).__name__}: {exc}"
+        return _import_mamba_ssm()
+    except ModuleNotFoundError as exc:
+        if exc.name != "selective_scan_cuda" or "selective_scan_cuda" in sys.modules:
+            raise
+    sys.modules["selective_scan_cuda"] = _selective_scan_placeholder()
+    try:
+        return _import_mamba_ssm()
+    except BaseException:
+        del sys.modules["selective_scan_cuda"]
+        raise
 
 
-@lru_cache(maxsize=None)
-def _load_kernel(name: str) -> tuple[Any, str | None]:
-    """(ops namespace, None) or (None, why not). Imported once, on first use on a CUDA device."""
-    if name == "fla":
-        return _try(_import_fla)
-    ops, error = _try(_import_mamba_ssm)
-    if ops is None and "No module named 'selective_scan_cuda'" in (error or "") and "selective_scan_cuda" not in sys.modules:
-        # mamba-ssm <= 2.3.2 imports its compiled Mamba-1 scan from the package __init__, even
-        # for the pure-Triton SSD kernels; a build without it (MAMBA_SKIP_CUDA_BUILD) then
-        # cannot import them. A placeholder module stands in for the extension Mamba 2 never uses.
-        sys.modules["selective_scan_cuda"] = _selective_scan_placeholder()
-        ops, error = _try(_import_mamba_ssm)
-        if ops is None:
-            del sys.modules["selective_scan_cuda"]
-    return ops, error
-
-
-INSTALL_HINTS = {
-    "mamba_ssm": "MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm",
-    "fla": "pip install flash-linear-attention triton",
-}
-
-
-def backend_unavailable_reason(name: str, device: torch.device) -> str | None:
-    """Why kernel backend ``name`` cannot run on ``device``, or None if it can."""
-    if device.type != "cuda":
-        return f"it needs a CUDA device (the input is on {device.type})"
-    error = _load_kernel(name)[1]
-    return None if error is None else f"importing it failed ({error}); install it with `{INSTALL_HINTS[name]}`"
-
-
-def _kernel_ops(name: str) -> Any:
-    ops, error = _load_kernel(name)
-    if ops is None:
-        raise BackendUnavailableError(f"mamba2 backend {name!r} could not be imported: {error}")
-    return ops
+MAMBA_SSM = Kernel(
+    "mamba2", "mamba_ssm", _import_mamba_ssm_with_placeholder, fallback="torch",
+    install="MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm",
+)
+FLA = Kernel("mamba2", "fla", _import_fla, install="pip install fla-core triton", fallback="torch")
+KERNELS = (MAMBA_SSM, FLA)  # in the order "auto" prefers them
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that runs: ``auto`` -> the first kernel backend that works here, else torch;
-    a forced kernel backend that cannot run raises BackendUnavailableError."""
-    if backend == "torch":
-        return backend
-    if backend == "auto":
-        return next((k for k in KERNEL_BACKENDS if backend_unavailable_reason(k, device) is None), "torch")
-    reason = backend_unavailable_reason(backend, device)
-    if reason is not None:
-        others = [k for k in KERNEL_BACKENDS if k != backend and backend_unavailable_reason(k, device) is None]
-        raise BackendUnavailableError(
-            f"mamba2 backend {backend!r} is unavailable: {reason}. Alternatives here: "
-            + ", ".join(repr(b) for b in ["torch", *others, "auto"])
-            + " ('torch' runs anywhere; 'auto' picks the fastest that runs)"
-        )
-    return backend
+    """The backend that runs: ``auto`` -> the first kernel backend that works here, else torch."""
+    return pick_backend(backend, KERNELS, device, fallback="torch")
 
 
 # ---------------------------------------------------------------------------------------------

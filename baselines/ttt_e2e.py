@@ -53,9 +53,9 @@ from baselines.attention import (
     resolve_backend,
 )
 from baselines.backbone import Block, SwiGLU, make_norm
-from harness.errors import ConfigError, check_choice
-from harness.interface import next_token_nll
-from harness.registry import register_model
+from harness.api.errors import ConfigError, check_choice
+from harness.api.interface import next_token_nll
+from harness.api.registry import register_model
 
 INNER_MODES = ("second_order", "first_order", "off_in_training")
 FAST_WEIGHTS = {"prime": ("prime",), "mlp": ("mlp",), "prime+mlp": ("prime", "mlp")}

@@ -1,16 +1,21 @@
-"""The ``lcbench`` command line: a thin layer over the library (logic lives, and is tested, there)."""
+"""The ``lcbench`` command line: a thin layer over the library (logic lives, and is tested, there).
+
+Each command imports what it runs inside its body, so that ``lcbench --help`` and light commands
+do not load matplotlib, the sweep machinery or lm-eval (seconds each on a small machine).
+"""
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from harness import registry
-from harness.errors import LcbenchError
+from harness.api import registry
+from harness.api.errors import LcbenchError
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -37,7 +42,7 @@ def main() -> None:
 @friendly_errors
 def list_cmd(presets: bool) -> None:
     """Registered architectures (with presets and parameter counts) and tasks."""
-    from harness.summary import preset_table
+    from harness.report.presets import preset_table
 
     click.echo("architectures:")
     if presets:
@@ -82,7 +87,7 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, **train_opts: Any) -> None:
     """Train ARCH on a corpus and print its validation loss."""
     from harness import data
-    from harness.train import TrainConfig, train as run_training
+    from harness.train.trainer import TrainConfig, train as run_training
 
     cfg = TrainConfig(**{k: v for k, v in train_opts.items() if v is not None})
     overrides = _parse_overrides(model_set)
@@ -103,7 +108,7 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 @friendly_errors
 def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
     """The quick benchmark on the embedded corpus: results/specs/quick.yaml, then its figures."""
-    from harness.quick import run_quick
+    from harness.runs.quick import run_quick
 
     result = run_quick(out, list(archs) or None, steps)
     _summarise(result, out)
@@ -111,7 +116,7 @@ def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
 
 
 def _summarise(result, out: str) -> None:
-    from harness.sweep import describe_failures
+    from harness.runs.sweep import describe_failures
 
     click.echo(f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed; table in {out}/")
     for line in describe_failures(out):
@@ -119,9 +124,9 @@ def _summarise(result, out: str) -> None:
 
 
 def _figures_and_tables(run_dir: str) -> None:
-    from harness.plots import make_figures
-    from harness.results import read_table
-    from harness.tables import format_tables, summary_tables, write_tables
+    from harness.report.plots import make_figures
+    from harness.api.results import read_table
+    from harness.report.tables import format_tables, summary_tables, write_tables
 
     tables = summary_tables(read_table(run_dir))
     click.echo(format_tables(tables, "md"))
@@ -141,9 +146,7 @@ def _figures_and_tables(run_dir: str) -> None:
 def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[str, ...],
          niah_metrics: tuple[str, ...]) -> None:
     """Paper figures (PNG + PDF) from a run or sweep folder."""
-    import logging
-
-    from harness.plots import make_figures
+    from harness.report.plots import make_figures
 
     logging.basicConfig(level=logging.INFO, format="  %(message)s")
     for path in make_figures(run_dir, out, formats, only=list(only) or None, niah_metrics=list(niah_metrics) or None):
@@ -159,8 +162,8 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
 @friendly_errors
 def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tuple[str, ...]) -> None:
     """Summary tables (loss, gaps, NIAH, latency, speed-ups, memory) of a run folder."""
-    from harness.results import read_table
-    from harness.tables import format_tables, summary_tables, write_tables
+    from harness.api.results import read_table
+    from harness.report.tables import format_tables, summary_tables, write_tables
 
     tables = summary_tables(read_table(run_dir), list(niah_metrics) or None)
     click.echo(format_tables(tables, fmt))
@@ -183,7 +186,7 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
 def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[str, ...], device: str, dtype: str,
              backend: str | None, seed: int, list_options: bool) -> None:
     """Run TASK on a model and write a tidy result table."""
-    from harness.evaluate import run_eval, task_options
+    from harness.runs.evaluate import run_eval, task_options
 
     if list_options:
         for opt in task_options(task):
@@ -211,7 +214,7 @@ def _echo_table(table) -> None:
 @friendly_errors
 def sweep(spec: str, out: str | None, retry_failed: bool) -> None:
     """Run every cell of a sweep SPEC (YAML/TOML); reruns skip finished cells."""
-    from harness.sweep import load_spec, run_sweep
+    from harness.runs.sweep import load_spec, run_sweep
 
     parsed = load_spec(spec)
     out = out or f"runs/{parsed.name}"
@@ -226,8 +229,8 @@ def sweep(spec: str, out: str | None, retry_failed: bool) -> None:
 @friendly_errors
 def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
     """Compare RUN_DIR's scores with a reference; exit 1 on a regression or a missing cell."""
-    from harness import check as checks
-    from harness.results import read_table
+    from harness.runs import check as checks
+    from harness.api.results import read_table
 
     if update:
         path = checks.write_reference(read_table(run_dir), reference)
@@ -256,7 +259,7 @@ def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tupl
 
     Exit codes: 0 passed, 1 a score moved beyond its allowance or a cell failed, 2 bad input,
     3 the references were made on other data and cannot judge this run."""
-    from harness import gate as gates
+    from harness.runs import gate as gates
 
     if update:
         made = gates.update_gate(out, threads=threads)
@@ -290,7 +293,7 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
                 tokenizer: str | None, include_path: tuple[str, ...], num_fewshot: int | None, device: str,
                 dtype: str, batch_size: int, seed: int) -> None:
     """Run lm-evaluation-harness tasks on MODEL_SPEC (checkpoint or ARCH[:PRESET]) into a tidy table."""
-    from harness.lm_eval_adapter import run_lm_eval
+    from harness.adapters.lm_eval import run_lm_eval
 
     out = out or f"runs/lm_eval/{Path(model_spec).name.replace(':', '-')}"
     table = run_lm_eval(model_spec, _csv_list(tasks), limit=limit, out_dir=out,
@@ -305,13 +308,13 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", default="auto", show_default=True,
-              help="auto, or one of harness.importers.FORMATS (llama, gated_deltanet, mamba2, mamba_ssm, ...).")
+              help="auto, or one of harness.adapters.importers.FORMATS (llama, gated_deltanet, mamba2, mamba_ssm, ...).")
 @click.option("--dtype", default=None)
 @click.option("--backend", default=None)
 @friendly_errors
 def import_cmd(source: str, out: str, fmt: str, dtype: str | None, backend: str | None) -> None:
     """Import a local Hugging Face-format checkpoint (Llama, fla GDN/Mamba 2, mamba-ssm) into OUT."""
-    from harness.importers import import_pretrained
+    from harness.adapters.importers import import_pretrained
 
     model = import_pretrained(source, out, format=fmt, dtype=dtype, backend=backend)
     click.echo(f"{model.config.arch}: {model.num_params():,} non-embedding params -> {out}")
@@ -328,7 +331,7 @@ def import_cmd(source: str, out: str, fmt: str, dtype: str | None, backend: str 
 def import_ttt_e2e_cmd(source: str, out: str, config_path: str | None, tokenizer: str | None,
                        backend: str | None) -> None:
     """Convert an official TTT-E2E (JAX) checkpoint into an lcbench ttt_e2e checkpoint in OUT."""
-    from harness.importers import import_ttt_e2e
+    from harness.adapters.importers import import_ttt_e2e
 
     model = import_ttt_e2e(source, out, config=config_path, tokenizer=tokenizer, backend=backend)
     click.echo(f"{model.config.arch}: {model.num_params():,} non-embedding params -> {out}")

@@ -27,13 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import stats
-from harness.errors import ConfigError, unknown_message
-from harness.interface import clone_state
-from harness.registry import register_task
-from harness.results import make_row, status_rows
-from harness.task import Task, check_positive, option
-from harness.timing import PeakMemory, free_memory, is_oom, measure, torch_threads
+from harness.api import stats
+from harness.api.errors import ConfigError, unknown_message
+from harness.api.failures import FailureGuard
+from harness.api.interface import clone_state
+from harness.api.registry import register_task
+from harness.api.results import make_row
+from harness.api.task import Task, check_positive, option
+from harness.api.timing import PeakMemory, free_memory, measure, torch_threads
 
 PHASES = ("prefill", "decode")
 METRICS = {
@@ -89,53 +90,57 @@ class Latency(Task):
                   if phase == "state" or phase in options.phases for m in METRICS[phase]]
         for T in ctx.bar(options.contexts, desc="latency", unit="T"):
             where = dict(eval_ctx=T, batch_size=B)
-            done: list[str] = []
-            try:
-                g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + T)
-                tokens = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
-                if "prefill" in options.phases:
-                    with PeakMemory(device) as peak:
-                        times = measure(lambda: model.prefill(tokens), device, options.repeats, options.warmup)
-                    rows += self._timing_rows("prefill", times, B * T, options, ctx, **where)
-                    rows.append(make_row("prefill_peak_bytes", peak.peak, n=1, **where))
-                    ctx.record(kind="timing", phase="prefill", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
-                               seconds=times, peak_bytes=peak.peak, memory=peak.kind)
-                    done += METRICS["prefill"]
-                logits, state = model.prefill(tokens)
-                rows.append(make_row("state_bytes", model.state_bytes(state), n=1, **where))
-                done += METRICS["state"]
-                if "decode" in options.phases:
-                    # One untimed step first: a cache that grows by doubling (full attention's)
-                    # grows on the first step after prefill; timing the steady state leaves that out.
-                    logits, state = model.decode_step(state, logits.argmax(-1))
-                    first = logits.argmax(-1)
-                    steps = options.decode_tokens
-
-                    def decode(s):
-                        token = first
-                        for _ in range(steps):
-                            out, s = model.decode_step(s, token)
-                            token = out.argmax(-1)
-                        return s
-
-                    times = measure(decode, device, options.repeats, options.warmup, setup=lambda: clone_state(state))
-                    per_token = [t / steps for t in times]
-                    rows += self._timing_rows("decode", per_token, B, options, ctx, **where)
-                    with PeakMemory(device) as peak:
-                        decode(state)  # the last use of this state: no copy inflates the peak
-                    rows.append(make_row("decode_peak_bytes", peak.peak, n=1, **where))
-                    ctx.record(kind="timing", phase="decode", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
-                               seconds_per_token=per_token, decode_tokens=steps, peak_bytes=peak.peak, memory=peak.kind)
-                    done += METRICS["decode"]
-                del state, logits, tokens
-            except Exception as exc:  # noqa: BLE001 - record the failed cell and go on
-                status = "oom" if is_oom(exc) else "error"
-                message = f"{type(exc).__name__} at T={T}, batch_size={B}: {exc}"[:500]
-                rows += status_rows([m for m in wanted if m not in done], status, message, **where)
-                ctx.record(kind="failure", eval_ctx=T, batch_size=B, status=status, message=message)
-            finally:
-                free_memory(device)
+            measured: list[dict] = []
+            # Any failure at one T (out of memory above all) is recorded for what it left unmeasured;
+            # the tensors of that T die with _measure's frame, so the guard can free them.
+            with FailureGuard(wanted, device, where=f"at T={T}, batch_size={B}", **where) as guard:
+                self._measure(model, T, options, ctx, measured)
+            rows += measured
+            if guard.failed:
+                got = {r["metric"] for r in measured}
+                rows += [r for r in guard.rows if r["metric"] not in got]
+                first = guard.rows[0]
+                ctx.record(kind="failure", eval_ctx=T, batch_size=B, status=first["status"], message=first["message"])
+            free_memory(device)
         return rows
+
+    def _measure(self, model, T: int, options: LatencyOptions, ctx, rows: list[dict]) -> None:
+        """Append the rows of prefix length ``T`` to ``rows`` as they are measured."""
+        device, B = ctx.device, options.batch_size
+        where = dict(eval_ctx=T, batch_size=B)
+        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + T)
+        tokens = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
+        if "prefill" in options.phases:
+            with PeakMemory(device) as peak:
+                times = measure(lambda: model.prefill(tokens), device, options.repeats, options.warmup)
+            rows += self._timing_rows("prefill", times, B * T, options, ctx, **where)
+            rows.append(make_row("prefill_peak_bytes", peak.peak, n=1, **where))
+            ctx.record(kind="timing", phase="prefill", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
+                       seconds=times, peak_bytes=peak.peak, memory=peak.kind)
+        logits, state = model.prefill(tokens)
+        rows.append(make_row("state_bytes", model.state_bytes(state), n=1, **where))
+        if "decode" in options.phases:
+            # One untimed step first: a cache that grows by doubling (full attention's)
+            # grows on the first step after prefill; timing the steady state leaves that out.
+            logits, state = model.decode_step(state, logits.argmax(-1))
+            first = logits.argmax(-1)
+            steps = options.decode_tokens
+
+            def decode(s):
+                token = first
+                for _ in range(steps):
+                    out, s = model.decode_step(s, token)
+                    token = out.argmax(-1)
+                return s
+
+            times = measure(decode, device, options.repeats, options.warmup, setup=lambda: clone_state(state))
+            per_token = [t / steps for t in times]
+            rows += self._timing_rows("decode", per_token, B, options, ctx, **where)
+            with PeakMemory(device) as peak:
+                decode(state)  # the last use of this state: no copy inflates the peak
+            rows.append(make_row("decode_peak_bytes", peak.peak, n=1, **where))
+            ctx.record(kind="timing", phase="decode", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
+                       seconds_per_token=per_token, decode_tokens=steps, peak_bytes=peak.peak, memory=peak.kind)
 
     @staticmethod
     def _timing_rows(phase: str, times: list[float], tokens: int, options: LatencyOptions, ctx, **where):
@@ -144,7 +149,7 @@ class Latency(Task):
                 "ci_low": tokens / est.ci_high if est.ci_high > 0 else float("nan"),
                 "ci_high": tokens / est.ci_low if est.ci_low > 0 else float("nan")}
         return [
-            make_row(f"{phase}_s", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n, **where),
+            make_row(f"{phase}_s", **est.as_columns(), **where),
             make_row(f"{phase}_tok_s", rate["value"], ci_low=rate["ci_low"], ci_high=rate["ci_high"], n=est.n,
                      **where),
         ]

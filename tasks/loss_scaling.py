@@ -28,12 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness import stats
-from harness.errors import ConfigError
-from harness.registry import register_task
-from harness.results import make_row, status_rows
-from harness.task import DataOptions, Task, check_positive, option, stream_token_losses
-from harness.timing import free_memory, is_oom
+from harness.api import stats
+from harness.api.errors import ConfigError
+from harness.api.failures import FailureGuard
+from harness.api.registry import register_task
+from harness.api.results import make_row
+from harness.api.task import DataOptions, Task, check_positive, option, stream_token_losses
+from harness.data.packing import select_windows, tokenize_documents
 
 
 @dataclass
@@ -69,30 +70,6 @@ def position_bins(length: int, bins_per_octave: int = 1) -> list[tuple[int, int]
     return list(zip(edges[:-1], edges[1:]))
 
 
-def select_windows(lengths: list[int], length: int, budget_tokens: int) -> list[tuple[int, int]]:
-    """(document index, start) of the windows of ``length`` tokens: at most ``budget // length``
-    (at least one), shared out evenly between the documents that hold a whole window, each
-    document's windows evenly spread over it."""
-    slots = {i: n // length for i, n in enumerate(lengths) if n >= length}
-    wanted = max(1, budget_tokens // length)
-    counts = dict.fromkeys(slots, 0)
-    total = 0
-    while total < wanted:
-        grew = False
-        for i in slots:
-            if counts[i] < slots[i] and total < wanted:
-                counts[i] += 1
-                total += 1
-                grew = True
-        if not grew:
-            break
-    windows = []
-    for i, k in counts.items():
-        m = slots[i]
-        windows += [(i, (j * m // k) * length) for j in range(k)]
-    return windows
-
-
 @register_task("loss_scaling")
 class LossScaling(Task):
     """Mean next-token loss vs evaluation context length, and loss by token position."""
@@ -102,8 +79,6 @@ class LossScaling(Task):
 
     def run(self, model, options: LossScalingOptions, ctx):
         tokenizer, docs = ctx.heldout(options, model)
-        from harness.data import tokenize_documents
-
         token_docs = tokenize_documents(docs, tokenizer)
         lengths = [t.numel() for t in token_docs]
         plan = {L: select_windows(lengths, L, options.tokens_per_context) for L in options.contexts}
@@ -115,15 +90,10 @@ class LossScaling(Task):
                 rows.append(make_row("loss", None, eval_ctx=L, status="error",
                                      message=f"no held-out document has {L} tokens (longest: {max(lengths)})"))
                 continue
-            try:
+            # One length running out of memory must not lose the others.
+            with FailureGuard(["loss"], ctx.device, where=f"at {L} tokens", only_oom=True, eval_ctx=L) as guard:
                 losses = self._evaluate(model, token_docs, windows, L, options, ctx, bar)
-            except Exception as exc:  # noqa: BLE001 - one length failing must not lose the others
-                if not is_oom(exc):
-                    raise
-                free_memory(ctx.device)
-                rows += status_rows(["loss"], "oom", f"out of memory at {L} tokens: {exc}"[:500], eval_ctx=L)
-                continue
-            rows += self._rows(L, windows, losses, docs, options, ctx)
+            rows += guard.rows if guard.failed else self._rows(L, windows, losses, docs, options, ctx)
         bar.close()
         return rows
 
@@ -151,15 +121,13 @@ class LossScaling(Task):
 
         everything = np.ones(L - 1, dtype=bool)
         est, n_tokens = estimate(everything, 0)
-        rows = [make_row("loss", est.value, eval_ctx=L, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n,
-                         n_tokens=n_tokens)]
+        rows = [make_row("loss", **est.as_columns(), eval_ctx=L, n_tokens=n_tokens)]
         bins = position_bins(L, options.bins_per_octave)
         bin_means = []
         for k, (lo, hi) in enumerate(bins, start=1):
             columns = (positions >= lo) & (positions < hi)
             est, n_tokens = estimate(columns, k)
-            rows.append(make_row("loss", est.value, eval_ctx=L, pos_start=lo, pos_end=hi, ci_low=est.ci_low,
-                                 ci_high=est.ci_high, n=est.n, n_tokens=n_tokens))
+            rows.append(make_row("loss", **est.as_columns(), eval_ctx=L, pos_start=lo, pos_end=hi, n_tokens=n_tokens))
             bin_means.append(losses[:, columns].mean(1))
         bin_means = np.stack(bin_means, 1)
         for w, (i, start) in enumerate(windows):

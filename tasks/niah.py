@@ -49,13 +49,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import stats
-from harness.errors import ConfigError, check_choice
-from harness.interface import clone_state
-from harness.registry import register_task
-from harness.results import make_row, status_rows
-from harness.task import DataOptions, Task, check_positive, continue_state, option
-from harness.timing import free_memory, is_oom
+from harness.api import stats
+from harness.api.decoding import greedy_decode
+from harness.api.errors import ConfigError, check_choice
+from harness.api.failures import FailureGuard
+from harness.api.interface import clone_state
+from harness.api.registry import register_task
+from harness.api.results import make_row, status_rows
+from harness.api.task import DataOptions, Task, check_positive, continue_state, option
+from harness.data.packing import tokenize_documents
 
 VARIANTS = ("single", "multikey", "multivalue", "multiquery")
 HAYSTACKS = ("text", "noise")
@@ -301,8 +303,6 @@ class NIAH(Task):
 
     def run(self, model, options: NIAHOptions, ctx):
         tokenizer, docs = ctx.heldout(options, model)
-        from harness.data import tokenize_documents
-
         sep = torch.tensor(tokenizer.encode("\n\n"), dtype=torch.int64)
         parts = []
         for ids in tokenize_documents(docs, tokenizer):
@@ -316,21 +316,20 @@ class NIAH(Task):
             metrics = self._metrics(options)
             bar.set_postfix(variant=variant, haystack=haystack, ctx=L)
             scores: dict[float, list[dict[str, float]]] = {}
+            # One cell running out of memory must not lose the others.
             try:
-                for d in options.depths:
-                    scores[d] = []
-                    for i in range(options.samples):
-                        prompt = builder.build(variant, haystack, L, d, i)
-                        scores[d].append(self._score(model, prompt, builder, options, ctx))
-                        bar.update(1)
+                with FailureGuard(metrics, ctx.device, where=f"at {L} tokens", only_oom=True, **where) as guard:
+                    for d in options.depths:
+                        scores[d] = []
+                        for i in range(options.samples):
+                            prompt = builder.build(variant, haystack, L, d, i)
+                            scores[d].append(self._score(model, prompt, builder, options, ctx))
+                            bar.update(1)
             except PromptTooLong as exc:
                 rows += status_rows(metrics, "error", str(exc), **where)
                 continue
-            except Exception as exc:  # noqa: BLE001 - one cell failing must not lose the others
-                if not is_oom(exc):
-                    raise
-                free_memory(ctx.device)
-                rows += status_rows(metrics, "oom", f"out of memory at {L} tokens: {exc}"[:500], **where)
+            if guard.failed:
+                rows += guard.rows
                 continue
             for metric in metrics:
                 for d, sample_scores in scores.items():
@@ -348,7 +347,7 @@ class NIAH(Task):
     def _row(metric: str, values: list[float], options: NIAHOptions, ctx, **where) -> dict[str, Any]:
         seed = [ctx.seed, zlib.crc32(repr(sorted(where.items())).encode()), METRICS.index(metric)]
         est = stats.bootstrap_mean(values, options.resamples, seed=seed)
-        return make_row(metric, est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n, **where)
+        return make_row(metric, **est.as_columns(), **where)
 
     def _score(self, model, prompt: Prompt, builder: PromptBuilder, options: NIAHOptions, ctx) -> dict[str, float]:
         device = ctx.device
@@ -378,15 +377,9 @@ class NIAH(Task):
             s = clone_state(s)
             expected_text = " " + ", ".join(v for _, v in expected) + "."
             budget = options.max_new_tokens or len(builder.encode(expected_text)) + 8
-            generated: list[int] = []
-            for _ in range(budget):
-                token = logits.argmax(-1)
-                generated.append(int(token[0]))
-                if builder.tok.decode(generated).strip() and int(token[0]) in builder.newline:
-                    break
-                if len(generated) == budget:
-                    break
-                logits, s = model.decode_step(s, token)
+            # the answer ends with its line: stop after a newline that follows some text
+            generated = greedy_decode(model, logits, s, budget, stop=lambda ids: ids[-1] in builder.newline
+                                      and bool(builder.tok.decode(ids).strip()))
             text = builder.tok.decode(generated)
             found = [v.lower() in text.lower() for _, v in expected]
             scores["gen_match"] = sum(found) / len(found)

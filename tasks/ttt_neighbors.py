@@ -6,10 +6,10 @@ fine-tunes on ``k`` random training windows instead. The paper finds the gain la
 model is under-parameterised for its data, shrinking as models grow.
 
 - Test windows: ``test_windows`` windows of ``context`` tokens from the held-out documents,
-  evenly spread over them (as :func:`tasks.loss_scaling.select_windows` picks them).
+  evenly spread over them (as :func:`harness.data.packing.select_windows` picks them).
 - Candidates: ``train_windows`` windows of the same length from the training documents (the
   checkpoint's training split), evenly spread; ``0`` takes every whole window.
-- Retrieval: exact cosine k-NN over embeddings from ``embedder`` (:mod:`harness.retrieval`;
+- Retrieval: exact cosine k-NN over embeddings from ``embedder`` (:mod:`harness.data.retrieval`;
   by default the model's mean-pooled hidden states), cached on disk.
 - Fine-tuning: a copy of the model in training mode, AdamW without weight decay at constant
   ``lr``, ``steps`` steps on batches of ``batch_size`` of the k windows (cycling through them),
@@ -46,22 +46,31 @@ import copy
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from harness import data, retrieval, stats
-from harness.errors import ConfigError, check_choice
-from harness.interface import LCModel
-from harness.registry import register_task
-from harness.results import make_row
-from harness.task import DataOptions, RunContext, Task, check_positive, option
-from tasks.loss_scaling import select_windows
+from harness.api import stats
+from harness.api.errors import ConfigError, check_choice
+from harness.api.interface import LCModel
+from harness.api.registry import register_task
+from harness.api.results import make_row
+from harness.api.task import DataOptions, RunContext, Task, check_positive, option
+from harness.data import retrieval
+from harness.data.corpora import load_corpus
+from harness.data.packing import select_windows, tokenize_documents
+from harness.report.figures import SkipFigure, register_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from harness.report.plots import Context
 
 TUNE = ("all", "last_blocks", "last_mlps")
 MLP_MODULES = ("mlp", "prime")  # a block's MLPs: its own, and TTT-E2E's prime MLP
@@ -210,10 +219,10 @@ class TTTNeighbors(Task):
         o = options
         tokenizer, test_docs = ctx.heldout(o, model)
         held = {d.name for d in test_docs}
-        train_docs = [d for d in data.load_corpus(o.corpus or (ctx.model_info.train_config or {}).get("corpus"))
+        train_docs = [d for d in load_corpus(o.corpus or (ctx.model_info.train_config or {}).get("corpus"))
                       if d.name not in held]
-        tests, test_where = cut_windows(data.tokenize_documents(test_docs, tokenizer), o.context, o.test_windows)
-        pool, pool_where = cut_windows(data.tokenize_documents(train_docs, tokenizer), o.context, o.train_windows)
+        tests, test_where = cut_windows(tokenize_documents(test_docs, tokenizer), o.context, o.test_windows)
+        pool, pool_where = cut_windows(tokenize_documents(train_docs, tokenizer), o.context, o.train_windows)
         if not len(tests):
             raise ConfigError(f"no held-out document has {o.context} tokens; lower 'context'")
         if len(pool) < o.k:
@@ -258,8 +267,8 @@ class TTTNeighbors(Task):
         for i, ((metric, variant), values) in enumerate(series.items()):
             est = stats.bootstrap_ratio(np.bincount(which, weights=values), per_doc, o.resamples,
                                         seed=[ctx.seed, o.context, i])
-            rows.append(make_row(metric, est.value, variant=variant, eval_ctx=o.context, ci_low=est.ci_low,
-                                 ci_high=est.ci_high, n=est.n, n_tokens=len(values) * (o.context - 1)))
+            rows.append(make_row(metric, **est.as_columns(), variant=variant, eval_ctx=o.context,
+                                 n_tokens=len(values) * (o.context - 1)))
         return rows
 
 
@@ -267,41 +276,54 @@ class TTTNeighbors(Task):
 # Figure
 
 
+@register_figure("gain_vs_size", task="ttt_neighbors")
+def gain_vs_size(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    """``lcbench plot``'s figure of a table with ttt_neighbors rows (see :func:`gain_vs_size_figure`)."""
+    yield "gain_vs_size", _gain_vs_size(ctx.prep.rows)
+
+
 def gain_vs_size_figure(table: pd.DataFrame | str | os.PathLike, out_path: str | os.PathLike) -> list[Path]:
     """Gain (nats/token) against non-embedding parameters, one colour per architecture: TTT on
     neighbours (solid), on random windows (dashed), and TTT-E2E's in-context gain (dotted),
     with bootstrap error bars. Writes ``out_path`` as PNG and PDF; returns the paths."""
-    import matplotlib
-    from matplotlib.figure import Figure
+    import matplotlib  # matplotlib loads only to draw a figure
+
+    from harness.report.plots import PAPER_RC, load, save_figure
+
+    stem = Path(out_path)
+    with matplotlib.rc_context(PAPER_RC):
+        fig = _gain_vs_size(load(table))
+        return save_figure(fig, stem.with_suffix("") if stem.suffix in (".png", ".pdf") else stem, ("png", "pdf"))
+
+
+def _gain_vs_size(table: pd.DataFrame) -> Figure:
+    from matplotlib.figure import Figure  # matplotlib loads only to draw a figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    from harness.plots import RC, _save, arch_style, load
+    from harness.report.plots import arch_style
 
-    df = load(table)
-    df = df[(df["task"] == "ttt_neighbors") & (df["metric"] == "gain") & (df["status"] == "ok")]
+    df = table[(table["task"] == "ttt_neighbors") & (table["metric"] == "gain") & (table["status"] == "ok")]
     if df.empty:
-        raise ConfigError("the table has no ok 'gain' rows of task ttt_neighbors")
+        raise SkipFigure("the table has no ok 'gain' rows of task ttt_neighbors")
     styles = {"neighbors": ("-", "TTT on neighbours"), "random": ("--", "TTT on random windows"),
               "in_context": (":", "TTT-E2E in-context")}
-    with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(6.0, 4.4), layout="constrained")
-        ax = fig.subplots()
-        for (arch, variant), pts in df.groupby(["arch", "variant"], sort=True):
-            pts = pts.sort_values("params")
-            color, marker = arch_style(arch)
-            line, what = styles.get(variant, ("-.", variant))
-            ax.errorbar(pts["params"], pts["value"], yerr=[pts["value"] - pts["ci_low"], pts["ci_high"] - pts["value"]],
-                        color=color, marker=marker, linestyle=line, capsize=2, label=f"{arch}: {what}")
-        ax.axhline(0.0, color="0.5", linewidth=0.8)
-        ax.set_xscale("log")
-        label = lambda v, _=None: f"{v / 1e6:.2g}M"  # noqa: E731
-        ticks = {label(v): v for v in sorted(df["params"].unique(), reverse=True)}  # matched sizes: one tick
-        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks.values())))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(FuncFormatter(label))
-        ax.set_xlabel("Non-embedding parameters")
-        ax.set_ylabel("Loss gain (nats/token)")
-        ax.set_title("Test-time training gain vs model size")
-        fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=7)
-        stem = Path(out_path)
-        return _save(fig, stem.with_suffix("") if stem.suffix in (".png", ".pdf") else stem, ("png", "pdf"))
+    fig = Figure(figsize=(6.0, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for (arch, variant), pts in df.groupby(["arch", "variant"], sort=True):
+        pts = pts.sort_values("params")
+        color, marker = arch_style(arch)
+        line, what = styles.get(variant, ("-.", variant))
+        ax.errorbar(pts["params"], pts["value"], yerr=[pts["value"] - pts["ci_low"], pts["ci_high"] - pts["value"]],
+                    color=color, marker=marker, linestyle=line, capsize=2, label=f"{arch}: {what}")
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.set_xscale("log")
+    label = lambda v, _=None: f"{v / 1e6:.2g}M"  # noqa: E731
+    ticks = {label(v): v for v in sorted(df["params"].unique(), reverse=True)}  # matched sizes: one tick
+    ax.xaxis.set_major_locator(FixedLocator(sorted(ticks.values())))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(label))
+    ax.set_xlabel("Non-embedding parameters")
+    ax.set_ylabel("Loss gain (nats/token)")
+    ax.set_title("Test-time training gain vs model size")
+    fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=7)
+    return fig

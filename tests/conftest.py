@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from harness import registry
+from harness.api import registry
 
 # Tiny models gain nothing from intra-op threads, and threads spin badly when cores are shared.
 torch.set_num_threads(1)

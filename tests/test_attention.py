@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines import attention
-from harness.errors import BackendUnavailableError, ConfigError
+from harness.api.errors import BackendUnavailableError, ConfigError
 from tests.conftest import small_model
 
 x = torch.randint(0, 256, (2, 80), generator=torch.Generator().manual_seed(0))
@@ -98,7 +98,7 @@ def test_bad_attention_configs_are_clear():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
 def test_forcing_flex_without_cuda_is_a_clear_error():
     model = small_model("swa", backend="flex")
-    with pytest.raises(BackendUnavailableError, match="needs CUDA"):
+    with pytest.raises(BackendUnavailableError, match="'flex' is unavailable: it needs a CUDA device.*'sdpa'"):
         model(x)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pandas as pd
 from click.testing import CliRunner
 
-from harness import check, results
+from harness.api import results
 from harness.cli import main
+from harness.runs import check
 
 
 def run_table(loss_2k: float = 2.0, acc: float = 1.0, with_niah: bool = True) -> pd.DataFrame:

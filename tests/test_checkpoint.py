@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from harness import checkpoint
-from harness.errors import CheckpointError
+from harness.api.errors import CheckpointError
+from harness.train import checkpoint
 from tests.conftest import small_model
 
 

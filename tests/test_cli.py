@@ -8,8 +8,8 @@ import numpy as np
 import yaml
 from click.testing import CliRunner
 
-from harness.checkpoint import load_model
 from harness.cli import main
+from harness.train.checkpoint import load_model
 from tests.conftest import small_model
 from tests.test_importers import OFFICIAL, fla_gdn_folder, official_tree, perturb_
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from harness import data
+from harness.api.errors import ConfigError, LcbenchError
 from harness.data import Document
-from harness.errors import ConfigError, LcbenchError
 
 
 # -- tokenizers ---------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ import torch
 import baselines.attention as attention
 import baselines.gated_deltanet as gated_deltanet
 from baselines.ttt_e2e import TTTE2ELM
-from harness import check, data, gate
-from harness import train as trainer
-from harness.interface import clone_state
-from harness.task import continue_state
+from harness.api.decoding import continue_state
+from harness.api.interface import clone_state
+from harness.data import heldout
+from harness.runs import check, gate
+from harness.train import trainer
 from tasks.niah import NIAH
 
 
@@ -88,8 +89,8 @@ def test_decay_sign_flipped_fails(tmp_path, monkeypatch):
 
 
 def test_changed_corpus_split_fails(tmp_path, monkeypatch):
-    split = data.split_documents
-    monkeypatch.setattr(data, "split_documents", lambda docs, fraction=0.1, seed=0: split(docs, fraction, seed + 1))
+    split = heldout.split_documents
+    monkeypatch.setattr(heldout, "split_documents", lambda docs, fraction=0.1, seed=0: split(docs, fraction, seed + 1))
     result = _eval_gate(tmp_path, "swa", "loss_scaling")
     assert not result.passed and len(_moved(result)) > 10
 

@@ -9,8 +9,8 @@ import torch
 
 from baselines import gated_deltanet as gdn
 from baselines.attention import FullAttentionLM
-from harness import registry
-from harness.errors import BackendUnavailableError, ConfigError
+from harness.api import registry
+from harness.api.errors import BackendUnavailableError, ConfigError
 from tests.conftest import small_model
 
 x = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(0))
@@ -190,7 +190,7 @@ def test_bad_configs_are_clear():
 def test_forcing_fla_without_cuda_is_a_clear_error():
     assert gdn.resolve_backend("auto", torch.device("cpu")) == "torch"
     model = small_model("gated_deltanet", backend="fla")
-    with pytest.raises(BackendUnavailableError, match="needs CUDA.*backend='torch'"):
+    with pytest.raises(BackendUnavailableError, match="'fla' is unavailable: it needs a CUDA device.*backend='torch'"):
         model(x)
 
 
@@ -204,14 +204,14 @@ def test_a_failed_fla_import_means_unavailable(monkeypatch):
             raise RuntimeError("triton: no usable driver")
         return real_import(name, *args, **kwargs)
 
-    gdn._fla_ops.cache_clear()
+    gdn.FLA.forget()
     monkeypatch.setattr(builtins, "__import__", broken)
     try:
-        assert not gdn.fla_available(torch.device("cuda"))
-        assert "RuntimeError: triton: no usable driver" in gdn.fla_unavailable_reason(torch.device("cuda"))
+        assert not gdn.FLA.available(torch.device("cuda"))
+        assert "RuntimeError: triton: no usable driver" in gdn.FLA.unavailable_reason(torch.device("cuda"))
     finally:
         monkeypatch.undo()
-        gdn._fla_ops.cache_clear()
+        gdn.FLA.forget()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +261,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def require_fla():
-    if not gdn.fla_available(torch.device("cuda")):
-        pytest.skip(f"fla kernels unavailable: {gdn._fla_ops()[2]}")
+    reason = gdn.FLA.unavailable_reason(torch.device("cuda"))
+    if reason is not None:
+        pytest.skip(f"fla kernels unavailable: {reason}")
 
 
 # fp32 kernels use TF32 matmuls; bf16 inputs are rounded to 8 bits of mantissa

@@ -12,9 +12,9 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
-from harness import checkpoint
-from harness.importers import ImportMismatchError, import_pretrained
-from harness.importers.common import IMPORT_FILE
+from harness.adapters.importers import ImportMismatchError, import_pretrained
+from harness.adapters.importers.common import IMPORT_FILE
+from harness.train import checkpoint
 from tests.conftest import small_model
 
 
@@ -54,7 +54,7 @@ def test_llama_import_reproduces_transformers_logits(tmp_path, tied):
                                       rope_theta=1234.0, tie_word_embeddings=tied)
     hf = perturb_(transformers.LlamaForCausalLM(config))
     hf.save_pretrained(tmp_path / "hf")
-    from harness.hf_tokenizer import export_tokenizer
+    from harness.adapters.hf_tokenizer import export_tokenizer
 
     export_tokenizer("byte", tmp_path / "hf")  # a tokenizer in the folder travels with the import
     model = import_pretrained(tmp_path / "hf", tmp_path / "ours")
@@ -71,7 +71,7 @@ def test_llama_import_reproduces_transformers_logits(tmp_path, tied):
     assert record["format"] == "llama" and record["tokenizer"] == "tokenizer"
     assert record["tensors"]["blocks.1.mixer.k_proj.weight"] == "model.layers.1.self_attn.k_proj.weight"
     pytest.importorskip("lm_eval")
-    from harness.lm_eval_adapter import LcbenchLM
+    from harness.adapters.lm_eval import LcbenchLM
 
     assert LcbenchLM(checkpoint=str(tmp_path / "ours"), device="cpu").tok.name.endswith("ours/tokenizer")
 
@@ -221,7 +221,7 @@ def test_unsupported_settings_are_refused_by_name(tmp_path):
         import_pretrained(tmp_path / "biased")
     cfg.update(model_type="qwen3")
     (tmp_path / "biased" / "config.json").write_text(json.dumps(cfg))
-    from harness.errors import ConfigError
+    from harness.api.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot import model_type 'qwen3'; supported: llama"):
         import_pretrained(tmp_path / "biased")
@@ -307,7 +307,7 @@ def official_static_forward(tree: dict[str, np.ndarray], tokens: torch.Tensor, W
 def hand_mapped(tree: dict[str, np.ndarray]):
     """Our ttt_e2e with the official arrays assigned one by one (transposed; q/k rows and QK-norm
     gains reordered from interleaved to half-split RoPE pairs)."""
-    from harness.registry import create_model
+    from harness.api.registry import create_model
 
     model = create_model("ttt_e2e", "tiny", d_model=D, n_heads=H, n_layers=L, mlp_hidden=F, suffix_blocks=S,
                          window=16, mini_batch_size=64, rope_theta=10000.0, norm_eps=1e-6, inner_lr_init=1.0,
@@ -345,7 +345,7 @@ def hand_mapped(tree: dict[str, np.ndarray]):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_ttt_e2e_official_tree_imports(tmp_path, tied):
-    from harness.importers import import_ttt_e2e
+    from harness.adapters.importers import import_ttt_e2e
 
     tree = official_tree(tied=tied)
     np.savez(tmp_path / "official.npz", **tree)
@@ -373,7 +373,7 @@ def test_ttt_e2e_official_tree_imports(tmp_path, tied):
 
 def test_official_full_attention_twin_imports(tmp_path):
     """The twin runs (``*-fa-*`` configs: self_attention, no prime MLPs) become full_attention."""
-    from harness.importers import import_ttt_e2e
+    from harness.adapters.importers import import_ttt_e2e
 
     tree = {k: v for k, v in official_tree(seed=2).items() if "prime_storage" not in k and "kv_cache" not in k}
     safetensors.numpy.save_file(tree, str(tmp_path / "fa.safetensors"))
@@ -388,7 +388,7 @@ def test_official_full_attention_twin_imports(tmp_path):
 def test_ttt_e2e_orbax_checkpoint_imports(tmp_path):
     """The official trainer's own format: an orbax CheckpointManager folder <step>/model_weights."""
     ocp = pytest.importorskip("orbax.checkpoint")
-    from harness.importers import import_ttt_e2e
+    from harness.adapters.importers import import_ttt_e2e
 
     flat = official_tree(seed=3)
     nested: dict = {}
@@ -409,7 +409,7 @@ def test_ttt_e2e_orbax_checkpoint_imports(tmp_path):
 
 
 def test_ttt_e2e_unknown_missing_and_misshapen_tensors_are_named(tmp_path):
-    from harness.importers import import_ttt_e2e
+    from harness.adapters.importers import import_ttt_e2e
 
     tree = official_tree()
     del tree["model.h.prime_storage.ffn_prime_post_norm.weight"]

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import checkpoint, registry
-from harness.interface import LCModel
+from harness.api import registry
+from harness.api.interface import LCModel
+from harness.train import checkpoint
 from tests.conftest import small_config, small_model
 
 T = 48  # crosses the small configs' windows, chunks and mini-batches (16) several times

@@ -26,11 +26,11 @@ pytest.importorskip("wonderwords")
 import torch  # noqa: E402
 from lm_eval import utils as lm_utils  # noqa: E402
 
-from harness import checkpoint, results  # noqa: E402
-from harness.data import ByteTokenizer  # noqa: E402
-from harness.hf_tokenizer import export_tokenizer  # noqa: E402
-from harness.lm_eval_adapter import LcbenchLM, main, run_lm_eval  # noqa: E402
-from harness.train import TrainConfig, train  # noqa: E402
+from harness.adapters.hf_tokenizer import export_tokenizer  # noqa: E402
+from harness.adapters.lm_eval import LcbenchLM, main, run_lm_eval  # noqa: E402
+from harness.api import results  # noqa: E402
+from harness.data.tokenizers import ByteTokenizer  # noqa: E402
+from harness.train import TrainConfig, checkpoint, train  # noqa: E402
 from tests.conftest import small_config, small_model  # noqa: E402
 
 RULER_DIR = Path(__import__("lm_eval").__file__).parent / "tasks" / "ruler"
@@ -163,7 +163,7 @@ def test_batching_windows_and_stop_strings(trained):
 
 
 def test_bad_settings_fail_clearly(trained):
-    from harness.errors import ConfigError
+    from harness.api.errors import ConfigError
 
     with pytest.raises(ConfigError, match="checkpoint="):
         LcbenchLM()

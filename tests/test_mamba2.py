@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from baselines import mamba2
 from baselines.ssd_reference import ssd_chunked, ssd_step
-from harness import registry
-from harness.errors import BackendUnavailableError, ConfigError
+from harness.api import registry
+from harness.api.errors import BackendUnavailableError, ConfigError
+
+KERNELS = {kernel.name: kernel for kernel in mamba2.KERNELS}
 
 
 def inputs(b, T, H, P, G, N, dtype=torch.float64, device="cpu", seed=0, state=True):
@@ -213,7 +215,7 @@ def test_bad_configs_are_clear():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
-@pytest.mark.parametrize("backend", mamba2.KERNEL_BACKENDS)
+@pytest.mark.parametrize("backend", KERNELS)
 def test_forcing_a_kernel_without_cuda_is_a_clear_error(backend):
     mixer = small_mixer(backend=backend)
     with pytest.raises(BackendUnavailableError, match=rf"'{backend}' is unavailable: it needs a CUDA device.*'torch'"):
@@ -225,7 +227,8 @@ def test_forcing_a_kernel_without_cuda_is_a_clear_error(backend):
 def fake_mamba_ssm(tmp_path, monkeypatch):
     """A stand-in mamba_ssm package on sys.path; restores sys.modules and the import cache."""
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in ("mamba_ssm", "selective_scan_cuda")}
-    mamba2._load_kernel.cache_clear()
+    for kernel in mamba2.KERNELS:
+        kernel.forget()
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def write(init_source: str) -> None:
@@ -241,13 +244,14 @@ def fake_mamba_ssm(tmp_path, monkeypatch):
     for k in [k for k in sys.modules if k.split(".")[0] in ("mamba_ssm", "selective_scan_cuda")]:
         del sys.modules[k]
     sys.modules.update(saved)
-    mamba2._load_kernel.cache_clear()
+    for kernel in mamba2.KERNELS:
+        kernel.forget()
 
 
 def test_mamba_ssm_without_its_cuda_extension_still_imports(fake_mamba_ssm):
     """mamba-ssm 2.3.x's __init__ imports the Mamba-1 extension; its Triton SSD must load anyway."""
     fake_mamba_ssm("import selective_scan_cuda\n")
-    ops, error = mamba2._load_kernel("mamba_ssm")
+    ops, error = mamba2.MAMBA_SSM.imported()
     assert error is None and ops.mamba_chunk_scan_combined() == "scan" and ops.selective_state_update() == "step"
     with pytest.raises(AttributeError, match="not built"):
         sys.modules["selective_scan_cuda"].fwd
@@ -255,11 +259,11 @@ def test_mamba_ssm_without_its_cuda_extension_still_imports(fake_mamba_ssm):
 
 def test_a_broken_kernel_package_means_unavailable(fake_mamba_ssm):
     fake_mamba_ssm("raise RuntimeError('CUDA driver too old')\n")
-    ops, error = mamba2._load_kernel("mamba_ssm")
+    ops, error = mamba2.MAMBA_SSM.imported()
     assert ops is None and "CUDA driver too old" in error
     assert "selective_scan_cuda" not in sys.modules
     with pytest.raises(BackendUnavailableError, match="CUDA driver too old"):
-        mamba2._kernel_ops("mamba_ssm")
+        mamba2.MAMBA_SSM.ops(torch.device("cuda"))
 
 
 def test_gla_mapping_equals_fla_naive_reference():
@@ -294,7 +298,7 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def require(backend: str) -> None:
-    reason = mamba2.backend_unavailable_reason(backend, torch.device("cuda"))
+    reason = KERNELS[backend].unavailable_reason(torch.device("cuda"))
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
 
@@ -314,7 +318,7 @@ def kernel_inputs(dtype, b=2, T=300, H=8, P=32, G=2, N=64):
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("backend", mamba2.KERNEL_BACKENDS)
+@pytest.mark.parametrize("backend", KERNELS)
 def test_kernel_equals_reference_forward_and_backward(backend, dtype):
     require(backend)
     x, dt, A, B, C, D, dt_bias, s0 = kernel_inputs(dtype)
@@ -334,7 +338,7 @@ def test_kernel_equals_reference_forward_and_backward(backend, dtype):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("backend", mamba2.KERNEL_BACKENDS)
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("grad", [False, True])  # mamba_ssm's decode kernel has no backward: with grad it falls back
 def test_kernel_step_equals_reference_step(backend, grad):
     require(backend)
@@ -347,7 +351,7 @@ def test_kernel_step_equals_reference_step(backend, grad):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("backend", mamba2.KERNEL_BACKENDS)
+@pytest.mark.parametrize("backend", KERNELS)
 def test_kernel_backend_in_the_model(backend):
     """Forward, gradients and prefill + decode of a whole model against the torch backend."""
     require(backend)
@@ -371,5 +375,5 @@ def test_kernel_backend_in_the_model(backend):
             steps.append(last)
         assert rel_err(torch.stack(steps, 1), logits_ref[:, 149:199]) < 5e-3
     assert mamba2.resolve_backend("auto", torch.device("cuda")) == next(
-        k for k in mamba2.KERNEL_BACKENDS if mamba2.backend_unavailable_reason(k, torch.device("cuda")) is None
+        k.name for k in mamba2.KERNELS if k.available(torch.device("cuda"))
     )

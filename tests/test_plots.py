@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import plots, results, tables
+from harness.api import results
+from harness.report import plots, tables
 
 # Few grid points: every figure is drawn twice (PNG, PDF) and drawing dominates the test's time.
 LOSS_CTX = [1024, 4096, 16384]
@@ -105,7 +106,7 @@ def _stems(paths) -> set[str]:
 
 
 def test_every_figure_is_written_as_png_and_pdf(table, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="harness.plots"):
+    with caplog.at_level(logging.INFO, logger="harness.report.plots"):
         # One NIAH metric: the other draws the same code again, and drawing is the test's cost.
         paths = plots.make_figures(table, tmp_path, niah_metrics=["cand_acc"])
     assert not [r for r in caplog.records if "skipped" in r.getMessage()]
@@ -129,7 +130,7 @@ def test_a_run_folder_gets_its_figures_in_figures(table, tmp_path):
 
 def test_missing_data_skips_a_figure_with_a_reason(table, tmp_path, caplog):
     only_latency = table[table["task"] == "latency"]
-    with caplog.at_level(logging.INFO, logger="harness.plots"):
+    with caplog.at_level(logging.INFO, logger="harness.report.plots"):
         paths = plots.make_figures(only_latency, tmp_path, formats=("png",))
     assert _stems(paths) == {"latency", "memory"}
     messages = " ".join(r.getMessage() for r in caplog.records)
@@ -141,7 +142,7 @@ def test_missing_data_skips_a_figure_with_a_reason(table, tmp_path, caplog):
 
 def test_without_full_attention_gap_is_skipped_and_latency_has_no_ratio_panel(table, tmp_path, caplog):
     no_fa = table[table["arch"] != "full_attention"]
-    with caplog.at_level(logging.INFO, logger="harness.plots"):
+    with caplog.at_level(logging.INFO, logger="harness.report.plots"):
         paths = plots.make_figures(no_fa, tmp_path, formats=("png",), only=["loss_gap", "latency"])
     assert _stems(paths) == {"latency"}
     assert "no full_attention model" in caplog.text
@@ -149,7 +150,7 @@ def test_without_full_attention_gap_is_skipped_and_latency_has_no_ratio_panel(ta
 
 def test_a_metric_whose_every_cell_failed_is_skipped_but_tabled(table, tmp_path, caplog):
     failed = table[(table["task"] == "latency") & (table["status"] != "ok")]
-    with caplog.at_level(logging.INFO, logger="harness.plots"):
+    with caplog.at_level(logging.INFO, logger="harness.report.plots"):
         assert plots.make_figures(failed, tmp_path, formats=("png",)) == []
     assert "skipped figure latency: no measured" in caplog.text
     assert tables.summary_tables(failed)["prefill_ms"].loc[("full_attention:small", "full_attention"), 32768] == "OOM"

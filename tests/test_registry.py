@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from harness import registry
-from harness.errors import ConfigError, UnknownNameError
+from harness.api import registry
+from harness.api.errors import ConfigError, UnknownNameError
 
 
 def test_builtin_architectures_are_registered():
@@ -42,7 +42,7 @@ def test_unknown_preset_and_field_are_clear():
 PLUGIN = '''
 from dataclasses import dataclass
 from baselines.attention import AttentionConfig, AttentionLM
-from harness.registry import register_model, register_task
+from harness.api.registry import register_model, register_task
 
 @register_model("toy_plugin_model")
 class ToyModel(AttentionLM):

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import results, stats, timing
-from harness.errors import ConfigError
-from harness.task import option, parse_options
+from harness.api import results, stats, timing
+from harness.api.errors import ConfigError
+from harness.api.options import option, parse_options
+from harness.runs import provenance
 
 
 def rows(n=3, **extra):
@@ -112,12 +113,12 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 def test_jsonl_and_run_metadata(tmp_path):
     results.write_jsonl(tmp_path / "s.jsonl", [{"a": np.int64(1), "t": torch.tensor([1.5])}, {"b": None}])
     assert results.read_jsonl(tmp_path / "s.jsonl") == [{"a": 1, "t": [1.5]}, {"b": None}]
-    meta = results.run_metadata(seed=3, command=["lcbench", "eval", "x"], device="cpu", task="x", options={"k": 1})
-    results.write_run_json(tmp_path, meta)
+    meta = provenance.run_metadata(seed=3, command=["lcbench", "eval", "x"], device="cpu", task="x", options={"k": 1})
+    provenance.write_run_json(tmp_path, meta)
     back = json.loads((tmp_path / "run.json").read_text())
     assert back["seed"] == 3 and back["command"] == "lcbench eval x" and "torch" in back["packages"]
     assert set(back["git"]) == {"commit", "dirty"} and back["device"]["name"] == "cpu"
-    assert back["config_hash"] == results.run_metadata(seed=3, task="x", options={"k": 1})["config_hash"]
+    assert back["config_hash"] == provenance.run_metadata(seed=3, task="x", options={"k": 1})["config_hash"]
 
 
 def test_bootstrap_intervals():

@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-import harness.sweep as sweep_mod
-from harness import checkpoint, registry, results
-from harness.errors import ConfigError
-from harness.sweep import load_spec, plan, run_sweep
+from harness.api import registry, results
+from harness.api.errors import ConfigError
+import harness.runs.sweep as sweep_mod
+from harness.runs.sweep import load_spec, plan, run_sweep
+from harness.train import checkpoint
 from tests.conftest import small_model
 
 

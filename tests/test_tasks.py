@@ -10,14 +10,16 @@ import pytest
 import torch
 
 from conftest import ARCHS, small_model
-from harness import registry, results
-from harness.data import ByteTokenizer
-from harness.errors import CheckpointError, ConfigError, UnknownNameError
-from harness.evaluate import resolve_model, run_eval, task_options
-from harness.interface import LCModel, ModelConfig
-from harness.task import stream_token_losses
+from harness.api import registry, results
+from harness.api.decoding import stream_token_losses
+from harness.api.errors import CheckpointError, ConfigError, UnknownNameError
+from harness.api.interface import LCModel, ModelConfig
+from harness.data.packing import select_windows
+from harness.data.tokenizers import ByteTokenizer
+from harness.runs import provenance
+from harness.runs.evaluate import resolve_model, run_eval, task_options
 from tasks import niah as niah_task
-from tasks.loss_scaling import position_bins, select_windows
+from tasks.loss_scaling import position_bins
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +151,14 @@ def test_run_eval_writes_a_complete_run_folder(tmp_path):
     table = results.read_table(out)
     assert len(table) == len(result.table) == 2 * 7
     assert set(table["run"]) == {"run1"} and set(table["model"]) == {"swa:tiny"} and set(table["device"]) == {"cpu"}
-    meta = results.read_run_json(out)
+    meta = provenance.read_run_json(out)
     assert meta["command"] == "lcbench eval latency --model swa" and meta["options"]["contexts"] == [16, 32]
     assert meta["model"]["config"]["arch"] == "swa" and meta["seed"] == 0
     assert len(results.read_jsonl(out / "samples.jsonl")) == 4
 
 
 def test_checkpoint_spec_carries_training_context(tmp_path, corpus):
-    from harness.checkpoint import save_checkpoint
+    from harness.train.checkpoint import save_checkpoint
 
     model = small_model("swa")
     save_checkpoint(tmp_path / "ck", model, trainer_state={"train_config": {"seq_len": 64, "corpus": corpus,

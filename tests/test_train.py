@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-import harness.train as train_mod
-from harness import checkpoint
-from harness.errors import ConfigError
-from harness.train import TrainConfig, lr_at, prepare_data, train, validation_loss
+from harness.api.errors import ConfigError
+from harness.train import checkpoint
+import harness.train.trainer as train_mod
+from harness.train.trainer import TrainConfig, lr_at, prepare_data, train, validation_loss
 from tests.conftest import small_config
 
 FAST = dict(batch_size=4, seq_len=64, eval_every=0, eval_batches=4, lr=3e-3)
@@ -36,7 +36,7 @@ def test_training_loss_goes_down(arch, fast_data):
     cfg = TrainConfig(steps=30, **FAST)
     torch.manual_seed(cfg.seed)
     config = small_config(arch)
-    from harness.registry import build_model
+    from harness.api.registry import build_model
 
     before = validation_loss(build_model(config), fast_data.val, cfg, torch.device("cpu"))
     result = train(config, cfg, progress=False, training_data=fast_data)

@@ -14,7 +14,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from baselines.ttt_e2e import TTTE2ELM, clip_per_sequence
-from harness import registry
+from harness.api import registry
 from tests.conftest import small_model
 
 B = 3

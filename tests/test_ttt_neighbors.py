@@ -1,4 +1,4 @@
-"""ttt_neighbors and harness.retrieval: no-op settings change nothing, planted clusters are
+"""ttt_neighbors and harness.data.retrieval: no-op settings change nothing, planted clusters are
 retrieved, neighbour fine-tuning beats random fine-tuning, the cache and the figure."""
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
+from harness.api.errors import BackendUnavailableError, ConfigError
+from harness.data import retrieval
+from harness.report import plots
+from harness.runs.evaluate import resolve_model, run_task
 import tasks.ttt_neighbors as ttt  # registers the task
-from harness import retrieval
-from harness.errors import BackendUnavailableError, ConfigError
-from harness.evaluate import resolve_model, run_task
 from tests.conftest import small_model
 
 CLUSTERS = 4
@@ -152,3 +153,9 @@ def test_gain_vs_size_figure(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     with pytest.raises(ConfigError, match="no ok 'gain' rows"):
         ttt.gain_vs_size_figure(pd.DataFrame(rows).assign(task="niah"), tmp_path / "x")
+    # registered: lcbench plot draws it for a table with ttt_neighbors rows, and only then
+    assert plots.make_figures(pd.DataFrame(rows), tmp_path / "plot", formats=("png",)) == [
+        tmp_path / "plot" / "gain_vs_size.png"]
+    loss_only = pd.DataFrame([dict(run="r", model="m", arch="swa", task="loss_scaling", metric="loss", value=1.0,
+                                   eval_ctx=256, status="ok")])
+    assert "gain_vs_size" not in {p.stem for p in plots.make_figures(loss_only, tmp_path / "none", formats=("png",))}

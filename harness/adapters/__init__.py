@@ -1,0 +1,1 @@
+"""Other ecosystems: lm-evaluation-harness, Hugging Face tokenizers, checkpoint importers."""

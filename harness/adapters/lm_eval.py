@@ -1,0 +1,482 @@
+"""lm-evaluation-harness on any registered architecture.
+
+Importing this module registers the lm-eval model ``lcbench`` (:class:`LcbenchLM`), which
+implements lm-eval's three requests through our model interface:
+
+- ``loglikelihood``: one forward pass over context + continuation (batched, right-padded: every
+  architecture is causal, so padding after a sequence does not change its logits);
+- ``loglikelihood_rolling``: the document scored in windows of ``max_length`` tokens (one window
+  when ``max_length`` is unset: our models have no position limit);
+- ``generate_until``: greedy decoding with ``prefill`` + ``decode_step``, stopping at any ``until``
+  string, the tokenizer's end token or ``max_gen_toks``.
+
+lm-eval 0.4 finds models only in its own registry (no entry points), so its console script does not
+see ``lcbench``. Run lm-eval's own command line through this module instead, with the same options::
+
+    python -m harness.adapters.lm_eval --model lcbench --model_args checkpoint=runs/quick/swa,tokenizer=TOKDIR \\
+        --tasks niah_single_1 --metadata '{"max_seq_lengths": [1024]}' --limit 10
+
+Model args: ``checkpoint`` (a checkpoint folder, or ``arch[:preset]`` for untrained weights;
+``pretrained`` is an alias), ``tokenizer`` (``byte`` or a local Hugging Face tokenizer folder/file;
+default: the checkpoint's training tokenizer, else an imported checkpoint's ``tokenizer/``, else bytes), ``device``, ``dtype`` (``auto``: bf16 on
+CUDA, fp32 on CPU), ``backend`` (mixer backend override), ``batch_size``, ``max_length`` (context
+cap in tokens; unset: no cap), ``max_gen_toks`` (default 256), ``prefix_token`` (the token an empty
+context or a rolling document starts from; default: the tokenizer's end token, else the id of
+``"\\n"`` — byte-level models have no BOS).
+
+RULER's synthetic tasks size their prompts with ``AutoTokenizer.from_pretrained(tokenizer)``, where
+``tokenizer`` comes from the model args: export ours with
+:func:`harness.adapters.hf_tokenizer.export_tokenizer` and pass the folder. :func:`run_lm_eval` (behind
+``lcbench lm-eval``) does that itself and writes the scores as rows of our result table.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences
+from tqdm.auto import tqdm
+
+from harness.adapters.hf_tokenizer import export_tokenizer
+from harness.adapters.importers.common import TOKENIZER_DIR
+from harness.api import results
+from harness.api.decoding import greedy_decode
+from harness.api.device import dtype_name, resolve_device, resolve_dtype
+from harness.api.errors import ConfigError
+from harness.api.failures import FailureGuard
+from harness.data.tokenizers import load_tokenizer
+from harness.runs.evaluate import identity_columns, resolve_model
+from harness.runs.provenance import run_metadata, write_run_json
+
+log = logging.getLogger(__name__)
+
+NAME = "lcbench"
+TABLE_TASK_PREFIX = "lm_eval:"  # rows' task column: lm_eval:<lm-eval task name>
+Z95 = 1.959964
+
+
+def _int_or_none(value: Any, name: str) -> int | None:
+    if value is None or value == "" or value == "None":
+        return None
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"lcbench model arg {name}={value!r} must be an integer") from None
+    if out <= 0:
+        raise ConfigError(f"lcbench model arg {name}={value!r} must be positive")
+    return out
+
+
+def default_tokenizer(info: Any) -> str | None:
+    """The tokenizer a checkpoint was trained with, else the one an import copied beside it
+    (``tokenizer/``), else None (bytes)."""
+    trained = (info.train_config or {}).get("tokenizer")
+    if trained is not None:
+        return trained
+    beside = Path(info.path) / TOKENIZER_DIR if info.path else None
+    return str(beside) if beside is not None and beside.is_dir() else None
+
+
+class LcbenchLM(TemplateLM):
+    """An lcbench model (checkpoint folder or ``arch[:preset]``) behind lm-eval's model contract."""
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        tokenizer: str | None = None,
+        device: str | None = "auto",
+        dtype: str = "auto",
+        backend: str | None = None,
+        batch_size: int | str | None = 1,
+        max_length: int | str | None = None,
+        max_gen_toks: int | str = 256,
+        prefix_token: int | str | None = None,
+        pretrained: str | os.PathLike | None = None,
+        max_batch_size: Any = None,  # lm-eval passes it; batch sizes are fixed here
+        **unknown: Any,
+    ):
+        super().__init__()
+        if unknown:
+            # lm-eval also hands model args to tasks as metadata, so task settings may arrive here.
+            warnings.warn(f"lcbench model ignores args {sorted(unknown)} (they still reach tasks as metadata)",
+                          stacklevel=2)
+        spec = checkpoint if checkpoint is not None else pretrained
+        if spec is None:
+            raise ConfigError("lcbench model needs checkpoint=<checkpoint folder or arch[:preset]>")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's command line asks for cuda:0 unless told otherwise
+            warnings.warn(f"device {device!r} asked for but CUDA is not available; running on cpu", stacklevel=2)
+            device = "cpu"
+        self._device = resolve_device(device or "auto")
+        self._dtype = resolve_dtype(dtype, self._device)
+        self.model, self.info = resolve_model(spec, device=self._device, dtype=self._dtype, backend=backend)
+        self.tokenizer_spec = tokenizer if tokenizer is not None else default_tokenizer(self.info)
+        self.tok = load_tokenizer(self.tokenizer_spec)
+        if self.tok.vocab_size > self.model.config.vocab_size:
+            raise ConfigError(
+                f"tokenizer {self.tok.name!r} has {self.tok.vocab_size} tokens but the model's vocab_size is "
+                f"{self.model.config.vocab_size}; pass the tokenizer the model was trained with (tokenizer=...)"
+            )
+        self.batch_size = 1 if batch_size is None or str(batch_size).startswith("auto") else \
+            _int_or_none(batch_size, "batch_size")
+        self.max_length = _int_or_none(max_length, "max_length")
+        self.max_gen_toks = _int_or_none(max_gen_toks, "max_gen_toks")
+        if prefix_token is not None and prefix_token != "":
+            self._prefix = int(prefix_token)
+        elif self.tok.eos_id is not None:
+            self._prefix = int(self.tok.eos_id)
+        else:
+            self._prefix = self.tok.encode("\n")[-1]
+        self._warned_sampling = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    # -- what TemplateLM needs ---------------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id if self.tok.eos_id is not None else self._prefix
+
+    @property
+    def prefix_token_id(self) -> int:
+        return self._prefix
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tok.name
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        return list(self.tok.encode(string))
+
+    def tok_decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids))
+
+    def get_model_info(self) -> dict[str, Any]:
+        return {"lcbench_model": self.info.name, "lcbench_arch": self.info.arch, "lcbench_params": self.info.params,
+                "lcbench_tokenizer": self.tok.name, "lcbench_dtype": dtype_name(self.dtype)}
+
+    # -- scoring --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _score(self, seqs: list[list[int]], n_targets: list[int]) -> list[tuple[float, bool]]:
+        """For each token sequence, (sum of log-probs of its last ``n`` tokens, all of them greedy)."""
+        lengths = [len(s) - 1 for s in seqs]
+        width = max(lengths)
+        inp = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            inp[i, : lengths[i]] = torch.tensor(s[:-1], dtype=torch.long)
+        logits = self.model(inp.to(self.device))
+        out = []
+        for i, (s, n) in enumerate(zip(seqs, n_targets)):
+            L = lengths[i]
+            logp = F.log_softmax(logits[i, L - n : L].float(), dim=-1)
+            target = torch.tensor(s[-n:], dtype=torch.long, device=logp.device)
+            total = logp.gather(-1, target[:, None]).sum().item()
+            greedy = bool((logp.argmax(-1) == target).all().item())
+            out.append((total, greedy))
+        return out
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+        seqs, n_targets = [], []
+        for _, context_enc, continuation_enc in requests:
+            if not continuation_enc:
+                raise ConfigError("lm-eval asked for the log-likelihood of an empty continuation")
+            whole = list(context_enc) + list(continuation_enc)
+            if self.max_length is not None:
+                if len(continuation_enc) > self.max_length:
+                    raise ConfigError(
+                        f"a continuation of {len(continuation_enc)} tokens does not fit max_length={self.max_length}"
+                    )
+                whole = whole[-(self.max_length + 1) :]
+            seqs.append(whole)
+            n_targets.append(len(continuation_enc))
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # similar lengths share a batch
+        answers: list[tuple[float, bool] | None] = [None] * len(seqs)
+        bar = tqdm(total=len(seqs), disable=disable_tqdm, desc="lcbench loglikelihood", leave=False)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            for i, ans in zip(batch, self._score([seqs[i] for i in batch], [n_targets[i] for i in batch])):
+                answers[i] = ans
+                request = requests[i][0]
+                if request is not None:
+                    self.cache_hook.add_partial("loglikelihood", request, ans)
+            bar.update(len(batch))
+        bar.close()
+        return answers  # type: ignore[return-value]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        out = []
+        for (string,) in tqdm([r.args for r in requests], disable=disable_tqdm, desc="lcbench rolling", leave=False):
+            tokens = self.tok_encode(string)
+            if not tokens:
+                out.append(0.0)
+                continue
+            window = self.max_length or len(tokens)
+            windows = [
+                (None, ctx, cont)
+                for ctx, cont in map(
+                    lm_utils.make_disjoint_window,
+                    lm_utils.get_rolling_token_windows(tokens, self.prefix_token_id, window, context_len=1),
+                )
+            ]
+            total = sum(ll for ll, _ in self._loglikelihood_tokens(windows, disable_tqdm=True))
+            self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+            out.append(total)
+        return out
+
+    # -- generation -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def greedy_generate(self, context: list[int], max_new: int, stop: Sequence[str] = ()) -> str:
+        """Greedy continuation of ``context`` (prefill once, then one decode_step per token),
+        cut before the first stop string."""
+        logits, state = self.model.prefill(torch.tensor([context], dtype=torch.long, device=self.device))
+        generated = greedy_decode(self.model, logits, state, max_new, eos=self.tok.eos_id,
+                                  stop=lambda ids: any(s and s in self.tok_decode(ids) for s in stop))
+        text = self.tok_decode(generated)
+        cut = min((text.index(s) for s in stop if s and s in text), default=len(text))
+        return text[:cut]
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        out = []
+        for context, gen_kwargs in tqdm([r.args for r in requests], disable=disable_tqdm,
+                                        desc="lcbench generate", leave=False):
+            kwargs = copy.deepcopy(gen_kwargs or {})
+            eos_text = self.tok_decode([self.tok.eos_id]) if self.tok.eos_id is not None else None
+            until = handle_stop_sequences(kwargs.pop("until", None), eos_text)
+            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            if kwargs.get("do_sample") and not self._warned_sampling:
+                warnings.warn("lcbench decodes greedily; do_sample/temperature are ignored", stacklevel=2)
+                self._warned_sampling = True
+            ids = self.tok_encode(context) or [self.prefix_token_id]
+            if self.max_length is not None:
+                ids = ids[-max(1, self.max_length - max_new) :]
+            text = self.greedy_generate(ids, max_new, until)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out
+
+
+if __name__ != "__main__":  # under ``python -m`` the module registers once, when main() imports it by name
+    register_model(NAME)(LcbenchLM)
+
+
+# ---------------------------------------------------------------------------------------------
+# lcbench lm-eval: run tasks, write rows of our result table
+
+
+def tokenizer_folder(lm: LcbenchLM, out_dir: str | os.PathLike | None) -> str:
+    """A folder ``AutoTokenizer`` loads for ``lm``'s tokenizer: the tokenizer's own folder, else an
+    export under ``out_dir/tokenizer`` (or a temporary folder)."""
+    tok = lm.tok
+    path = getattr(tok, "path", None)
+    if path is not None and Path(path).is_dir():
+        return str(path)
+    target = Path(out_dir) / "tokenizer" if out_dir is not None else Path(tempfile.mkdtemp(prefix="lcbench-tok-"))
+    return str(export_tokenizer(tok, target))
+
+
+def _metric_rows(task: str, metrics: Mapping[str, Any], n_samples: int | None,
+                 per_length_n: Mapping[int, int]) -> list[dict[str, Any]]:
+    rows = []
+    for key, value in metrics.items():
+        # metric keys are "name,filter"; others (alias, sample_len) are bookkeeping
+        if "," not in key or "_stderr," in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        name, _, filt = key.partition(",")
+        stderr = metrics.get(f"{name}_stderr,{filt}")
+        row: dict[str, Any] = {"task": TABLE_TASK_PREFIX + task}
+        if name.isdigit():  # RULER: one metric per context length; -1 marks a length with no samples
+            if value == -1:
+                continue
+            row.update(metric="score", eval_ctx=int(name), n=per_length_n.get(int(name), n_samples))
+        else:
+            row.update(metric=name if filt in ("", "none") else f"{name}/{filt}", n=n_samples)
+        if isinstance(stderr, (int, float)) and math.isfinite(stderr):
+            row.update(ci_low=value - Z95 * stderr, ci_high=value + Z95 * stderr)
+        rows.append(results.make_row(row.pop("metric"), value, **row))
+    return rows
+
+
+def _per_length_counts(samples: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for s in samples:
+        length = (s.get("doc") or {}).get("max_length")
+        if isinstance(length, int):
+            counts[length] = counts.get(length, 0) + 1
+    return counts
+
+
+def run_lm_eval(
+    checkpoint: str | os.PathLike,
+    tasks: Sequence[str] | str,
+    *,
+    limit: int | float | None = None,
+    out_dir: str | os.PathLike | None = None,
+    max_seq_lengths: Sequence[int] | None = None,
+    tokenizer: str | None = None,
+    include_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    num_fewshot: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    backend: str | None = None,
+    batch_size: int = 1,
+    max_length: int | None = None,
+    max_gen_toks: int = 256,
+    seed: int = 0,
+    run_name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    bootstrap_iters: int = 1000,
+    command: Sequence[str] | str | None = None,
+) -> pd.DataFrame:
+    """Evaluate a checkpoint (or ``arch[:preset]``) on lm-eval tasks; return (and with ``out_dir``
+    write) the scores as tidy rows: task ``lm_eval:<task>``, metric, value, ci_low/ci_high (value
+    ± 1.96 stderr, where lm-eval gives a stderr), n (samples).
+
+    ``max_seq_lengths`` (RULER): each length is evaluated on its own, so ``limit`` applies per
+    length; tasks without per-length metrics run once. A task that fails gives an ``error`` row
+    (``oom`` for out-of-memory, CPU or CUDA) and the others go on. ``out_dir`` also receives lm-eval's raw
+    results (``lm_eval_results.json``), per-sample records and the exported tokenizer.
+    """
+    from lm_eval import simple_evaluate  # lm-eval's evaluator takes seconds to import; only running tasks needs it
+
+    task_list = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not task_list:
+        raise ConfigError("no lm-eval task given")
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    lm = LcbenchLM(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, backend=backend,
+                   batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks)
+    tok_dir = tokenizer_folder(lm, out_dir)
+    if isinstance(include_path, (str, os.PathLike)):
+        include_path = [include_path]
+    include = [str(p) for p in include_path] if include_path else None
+    run = run_name or (Path(out_dir).name if out_dir is not None else "run")
+    identity = identity_columns(lm.info, "lm_eval", run, lm.model, lm.device, lm.dtype, seed)  # rows set their task
+
+    rows: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {}
+    samples_out: list[dict[str, Any]] = []
+    lengths: list[int | None] = list(max_seq_lengths) if max_seq_lengths else [None]
+    pending = list(task_list)
+    started = time.time()
+    manager = None
+    for li, length in enumerate(lengths):
+        meta = {"tokenizer": tok_dir, **(metadata or {})}
+        if length is not None:
+            meta["max_seq_lengths"] = [int(length)]
+        manager = task_manager(pending, include, meta, manager)
+        length_aware = []
+        for task in pending:
+            label = task if length is None else f"{task}@{length}"
+            # One failed task is recorded (oom, error) and the others go on.
+            with FailureGuard(["score"], lm.device, **{**identity, "task": TABLE_TASK_PREFIX + task,
+                                                       "eval_ctx": length}) as guard:
+                res = simple_evaluate(
+                    model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+                    log_samples=True, bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
+                    torch_random_seed=seed, fewshot_random_seed=seed, verbosity="WARNING",
+                )
+            if guard.failed:
+                log.warning("lm-eval task %s failed: %s", label, guard.error)
+                rows += guard.rows
+                continue
+            samples = res.pop("samples", {}) or {}
+            raw[label] = res
+            for name, metrics in res.get("results", {}).items():
+                n = (res.get("n-samples", {}).get(name) or {}).get("effective")
+                task_samples = samples.get(name, [])
+                new = _metric_rows(name, metrics, n, _per_length_counts(task_samples))
+                rows += [{**identity, **r} for r in new]
+                if any(r.get("eval_ctx") is not None for r in new) and task not in length_aware:
+                    length_aware.append(task)
+                samples_out += [_sample_record(run, lm.info.name, name, s) for s in task_samples]
+        if li == 0:
+            pending = length_aware  # only tasks with per-length metrics run at the other lengths
+    table = results.validate(rows) if rows else results.to_frame([])
+    if out_dir is not None:
+        out = Path(out_dir)
+        results.atomic_write(out / "lm_eval_results.json",
+                             lambda f: f.write(json.dumps(raw, indent=2, default=str) + "\n"))
+        results.write_jsonl(out / results.SAMPLES_JSONL, samples_out)
+        results.write_table(out, table)
+        meta = run_metadata(
+            seed=seed, command=command, device=str(lm.device), task="lm_eval", run=run,
+            options={"tasks": task_list, "limit": limit, "max_seq_lengths": list(max_seq_lengths or []),
+                     "num_fewshot": num_fewshot, "max_length": max_length, "max_gen_toks": max_gen_toks,
+                     "tokenizer": lm.tok.name, "include_path": include},
+            model={"spec": str(checkpoint), "name": lm.info.name, "path": lm.info.path,
+                   "config": lm.model.config.to_dict(), "train_config": lm.info.train_config},
+            dtype=dtype_name(lm.dtype),
+        )
+        meta["elapsed_s"] = round(time.time() - started, 3)
+        meta["rows"] = len(table)
+        write_run_json(out, meta)
+    return table
+
+
+def task_manager(tasks: Sequence[str], include: list[str] | None, meta: dict[str, Any], base: Any = None) -> Any:
+    """An lm-eval TaskManager whose tasks get ``meta`` as metadata.
+
+    Indexing lm-eval's ~10k built-in task files takes about 30 s on 2 cores, so it is skipped when
+    every task is found in ``include``, and an index already built (``base``) is reused with new
+    metadata."""
+    from lm_eval.tasks import TaskManager  # loads with the evaluator (see run_lm_eval)
+
+    if base is not None:
+        try:
+            from lm_eval.tasks._factory import TaskFactory
+
+            manager = copy.copy(base)
+            manager.metadata, manager._factory = meta, TaskFactory(meta=meta)
+            return manager
+        except (ImportError, AttributeError):  # another lm-eval layout: index again
+            pass
+    if include:
+        manager = TaskManager(include_path=include, include_defaults=False, metadata=meta)
+        if all(t in manager.all_tasks for t in tasks):
+            return manager
+    return TaskManager(include_path=include, metadata=meta)
+
+
+def _sample_record(run: str, model: str, task: str, sample: Mapping[str, Any]) -> dict[str, Any]:
+    keep = {k: sample[k] for k in ("doc_id", "target", "filtered_resps", "resps") if k in sample}
+    # numeric fields are the sample's scores; RULER marks the lengths a sample is not of with -1
+    scores = {k: v for k, v in sample.items()
+              if isinstance(v, (int, float)) and k != "doc_id" and not (k.isdigit() and v == -1)}
+    doc = sample.get("doc") or {}
+    return {"run": run, "model": model, "task": TABLE_TASK_PREFIX + task, **keep, "scores": scores,
+            **({"eval_ctx": doc["max_length"]} if isinstance(doc.get("max_length"), int) else {})}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """lm-eval's own command line, with ``--model lcbench`` registered."""
+    from lm_eval.__main__ import cli_evaluate  # lm-eval's command line, loaded only to run it
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    from harness.adapters.lm_eval import main as _main  # the importable copy registers the model
+
+    _main()

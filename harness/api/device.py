@@ -1,0 +1,35 @@
+"""Where and in what precision a model runs: ``auto``, ``cpu`` or ``cuda``; float32, bfloat16, float16."""
+from __future__ import annotations
+
+import torch
+
+from harness.api.errors import ConfigError, UnknownNameError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use 'cpu' or 'auto'")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {str(name)!r}; valid: auto, cpu, cuda")
+    return device
+
+
+def resolve_dtype(name: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA, float32 on CPU."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise UnknownNameError("dtype", name, ["auto", *DTYPES])
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

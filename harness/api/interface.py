@@ -1,0 +1,141 @@
+"""The contract every architecture implements, and the config dataclass it is built from.
+
+An architecture is a ``torch.nn.Module`` subclassing :class:`LCModel`:
+
+- ``forward(tokens) -> logits`` reads ``[B, T]`` tokens the way the model reads them at
+  inference; the output at position t depends only on tokens <= t.
+- ``token_losses(tokens) -> [B, T-1]`` per-token negative log-likelihood.
+- ``prefill(tokens) -> (logits_last, state)`` and ``decode_step(state, token) -> (logits, state)``
+  generate without re-reading the prefix; ``state_bytes(state)`` is the state's size.
+- ``config`` rebuilds the model (``type(model)(config)``) and serialises to JSON.
+
+Tasks reach models only through this contract, so a plugin is measured like a built-in.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.api.errors import ConfigError, unknown_message
+
+
+@dataclass
+class ModelConfig:
+    """Fields every architecture shares; architectures subclass it to add their own."""
+
+    arch: str = ""
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_hidden: int = 192
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    sandwich_norm: bool = True  # pre- and post-norm around every sublayer, as in TTT-E2E's code
+    init_std: float = 0.02
+    backend: str = "auto"  # mixer implementation; "auto" picks the fastest that runs here
+
+    def __post_init__(self) -> None:
+        self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
+
+    def check_positive_ints(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(unknown_message(f"{cls.__name__} field", key, known))
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in known:
+                raise ConfigError(unknown_message(f"{type(self).__name__} field", key, known))
+        return dataclasses.replace(self, **changes)
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes held by the tensors inside a nested state (lists, tuples, dicts, dataclasses)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return sum(state_bytes(getattr(state, f.name)) for f in dataclasses.fields(state))
+    if hasattr(state, "tensors"):
+        return sum(state_bytes(t) for t in state.tensors())
+    return 0
+
+
+def clone_state(state: Any) -> Any:
+    """A copy of a decoding state to advance without touching the original: ``decode_step``
+    may update caches in place, so branching generations (several queries after one prefix,
+    repeated timings) clone first."""
+    return copy.deepcopy(state)
+
+
+def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy ``[B, T]`` of ``logits [B, T, V]``, computed in fp32 (fp64 stays)."""
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(wide.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+class LCModel(nn.Module):
+    """Base class of every architecture. Subclasses set ``config_class`` and implement
+    ``forward``, ``prefill`` and ``decode_step``; the rest is derived from them."""
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # Presets: name -> field overrides of config_class's defaults. "tiny" must exist.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, V]
+        raise NotImplementedError
+
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def decode_step(self, state: Any, token: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """``token`` is ``[B]``; returns logits ``[B, V]`` for the next position and the new state."""
+        raise NotImplementedError
+
+    def token_losses(self, tokens: torch.Tensor) -> torch.Tensor:
+        return next_token_nll(self(tokens)[:, :-1], tokens[:, 1:])
+
+    def state_bytes(self, state: Any) -> int:
+        return state_bytes(state)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Parameters that count as 'embedding' (token embedding and an untied LM head)."""
+        return []
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        params = {id(p): p for p in self.parameters()}
+        if non_embedding:
+            for p in self.embedding_parameters():
+                params.pop(id(p), None)
+        return sum(p.numel() for p in params.values())

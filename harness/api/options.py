@@ -1,0 +1,123 @@
+"""Task options: a dataclass of settings per task, parsed from CLI strings or Python values.
+
+``option(default, help)`` declares a field with its one-line help; :func:`parse_options` builds
+the dataclass from raw values, converting strings to the field's type (``"1024,2K,4K"`` ->
+``[1024, 2048, 4096]``) and naming unknown options with the close match;
+:func:`describe_options` lists them for the CLI.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import field
+from typing import Any
+
+from harness.api.errors import ConfigError, unknown_message
+
+
+def option(default: Any, help: str = "") -> Any:
+    """A task option: its default and a one-line description (shown by the CLI)."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], name) if len(inner) == 1 else value
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        item = args[0] if args else str
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_convert(v, item, name) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ConfigError(f"option {name!r} must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"option {name!r} must be a number, got {value!r}")
+        try:
+            number = float(value) if hint is float else _to_int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option {name!r} must be {'an integer' if hint is int else 'a number'}, got {value!r}") from None
+        return number
+    if hint is str:
+        return str(value)
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        scale = 1
+        if text.endswith("k"):
+            text, scale = text[:-1], 1024
+        elif text.endswith("m"):
+            text, scale = text[:-1], 1024 * 1024
+        number = float(text) * scale
+    else:
+        number = float(value)
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError(value)
+    return int(number)
+
+
+def parse_options(options_class: type, raw: Mapping[str, Any] | None, task: str = "task") -> Any:
+    """An ``options_class`` instance from ``raw`` (CLI strings or Python values).
+
+    Unknown names raise a :class:`ConfigError` listing the valid ones with the close match;
+    strings are converted to the field's type (``"1024,2K,4K"`` -> ``[1024, 2048, 4096]``)."""
+    raw = dict(raw or {})
+    fields = {f.name: f for f in dataclasses.fields(options_class)}
+    hints = typing.get_type_hints(options_class)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(unknown_message(f"option of task {task!r}", key, fields))
+    values = {key: _convert(value, hints[key], key) for key, value in raw.items()}
+    try:
+        return options_class(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for task {task!r}: {exc}") from exc
+
+
+def describe_options(options_class: type) -> list[dict[str, Any]]:
+    """name, type, default and help of every option (for the CLI and the docs)."""
+    hints = typing.get_type_hints(options_class)
+    out = []
+    for f in dataclasses.fields(options_class):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default,
+                    "help": f.metadata.get("help", "")})
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_positive(name: str, values: Iterable[int | float], allow_zero: bool = False) -> None:
+    for v in values:
+        if v < 0 or (v == 0 and not allow_zero):
+            raise ConfigError(f"option {name!r} must hold {'non-negative' if allow_zero else 'positive'} values, got {v!r}")

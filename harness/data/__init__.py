@@ -1,0 +1,42 @@
+"""Text for training and evaluation: tokenizers, corpora, splits, packing, held-out documents,
+window retrieval. Nothing here downloads anything: tokenizers and corpora come from local paths,
+and the default corpus is text every machine already has.
+
+Modules: :mod:`~harness.data.tokenizers`, :mod:`~harness.data.corpora`,
+:mod:`~harness.data.packing` (splits, token tensors, training rows and batches, evaluation
+windows), :mod:`~harness.data.report` (a corpus in numbers), :mod:`~harness.data.heldout` (what
+tasks evaluate on), :mod:`~harness.data.retrieval` (window embeddings and nearest neighbours).
+The names below are re-exported so that ``from harness import data; data.load_corpus()`` reads
+as before the split.
+"""
+from __future__ import annotations
+
+from harness.data.corpora import Document, embedded_corpus, load_corpus
+from harness.data.packing import (
+    long_documents,
+    pack_sequences,
+    sample_batch,
+    select_windows,
+    split_documents,
+    tokenize_documents,
+)
+from harness.data.report import CorpusReport, corpus_report
+from harness.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+
+__all__ = [
+    "Tokenizer",
+    "ByteTokenizer",
+    "HFTokenizer",
+    "load_tokenizer",
+    "Document",
+    "embedded_corpus",
+    "load_corpus",
+    "split_documents",
+    "tokenize_documents",
+    "pack_sequences",
+    "sample_batch",
+    "long_documents",
+    "select_windows",
+    "CorpusReport",
+    "corpus_report",
+]

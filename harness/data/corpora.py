@@ -1,0 +1,252 @@
+"""Corpora: documents of text from the embedded default or from local files.
+
+- :func:`embedded_corpus`: the running interpreter's standard library, one document per package;
+- :func:`load_corpus`: user text files, folders, JSONL, Parquet and local ``datasets`` folders.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from harness.api.errors import ConfigError, close_match
+from harness.data.local import missing_package, missing_path_error
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    text: str
+
+
+# -- the embedded default corpus --------------------------------------------------------------
+
+# The stdlib's own test suite (``test``) is left out: it is over half of the stdlib's bytes, so as
+# one document it would dominate whichever side of the split it fell on; it holds deliberately
+# odd files (non-UTF-8 encodings, bad syntax); and distributions often ship it separately or not
+# at all (Debian's libpython3-testsuite, slim images), so keeping it would make the default corpus
+# differ more between machines than it must.
+_EXCLUDED_PACKAGES = frozenset({"test", "site-packages"})
+STDLIB_SOURCE = "stdlib"
+
+
+def _stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_description() -> str:
+    return f"stdlib (Python {sys.version.split()[0]}, {_stdlib_dir()})"
+
+
+def _read_text(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _concat_files(root: Path, files: list[Path]) -> str:
+    parts = []
+    for file in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
+        text = _read_text(file)
+        if text and not text.endswith("\n"):
+            text += "\n"
+        parts.append(f"# file: {file.relative_to(root).as_posix()}\n{text}")
+    return "".join(parts)
+
+
+@lru_cache(maxsize=1)
+def _embedded() -> tuple[Document, ...]:
+    root = _stdlib_dir()
+    if not root.is_dir():
+        raise ConfigError(f"the standard library folder {str(root)!r} does not exist; pass a corpus path instead")
+    docs: list[tuple[str, str]] = []
+    groups: dict[str, list[Path]] = {}
+    for entry in root.iterdir():
+        if entry.is_file() and entry.suffix == ".py":
+            # Top-level modules, grouped by first letter (leading underscores ignored), so that
+            # e.g. `typing.py`, `tarfile.py` and `threading.py` form the document "toplevel/t".
+            groups.setdefault(entry.name.lstrip("_")[:1].lower() or "_", []).append(entry)
+        elif entry.is_dir() and entry.name not in _EXCLUDED_PACKAGES and (entry / "__init__.py").is_file():
+            # A package: every .py below it (subpackages included), skipping __pycache__.
+            files = [f for f in entry.rglob("*.py") if "__pycache__" not in f.parts and f.is_file()]
+            docs.append((entry.name, _concat_files(root, files)))
+    docs += [(f"toplevel/{letter}", _concat_files(root, files)) for letter, files in groups.items()]
+    return tuple(Document(name, text) for name, text in sorted(docs))
+
+
+def embedded_corpus() -> list[Document]:
+    """The default corpus: this interpreter's standard library source, read once per process.
+
+    One document per top-level package (its ``.py`` files, subpackages included, concatenated in
+    sorted path order, each preceded by a ``# file: relative/path.py`` line). Top-level
+    single-file modules are grouped by their first letter (leading ``_`` ignored) into documents
+    named ``toplevel/a`` ... ``toplevel/z``: one document per module would make hundreds of tiny
+    ones, and one for all of them a single outsized one. Skipped: ``site-packages``,
+    ``__pycache__``, non-``.py`` files, folders that are not packages (``lib-dynload``,
+    ``config-*``), and the ``test`` package (see ``_EXCLUDED_PACKAGES``). Sorted by name.
+    The corpus depends on the interpreter: :func:`corpus_report` names the version and folder.
+    """
+    return list(_embedded())
+
+
+def describe_documents(docs: Sequence[Document]) -> str:
+    """Where ``docs`` came from, as far as can be told: the interpreter and folder of the embedded
+    corpus, else ``(given documents)``."""
+    is_stdlib = _embedded.cache_info().currsize > 0 and tuple(docs) == _embedded()
+    return _stdlib_description() if is_stdlib else "(given documents)"
+
+
+# -- user corpora -----------------------------------------------------------------------------
+
+_TEXT_SUFFIXES = (".txt", ".md")
+_RECORD_SUFFIXES = (".jsonl", ".parquet")
+_CORPUS_VALID = (
+    f"{STDLIB_SOURCE!r}, a .txt/.md file, a .jsonl or .parquet file, "
+    "a folder of text files, or a `datasets` save_to_disk folder"
+)
+
+
+def _field_error(field: str, where: str, present: Sequence[str]) -> ConfigError:
+    msg = f"text field {field!r} not found in {where}; fields there: {', '.join(map(str, present)) or '(none)'}"
+    suggestion = close_match(field, [str(p) for p in present])
+    if suggestion is not None:
+        msg += f". Did you mean text field {suggestion!r}?"
+    return ConfigError(msg)
+
+
+def _documents(prefix: str, texts: Sequence[Any], where: str, field: str) -> list[Document]:
+    """One document per non-null value of a record column, named ``prefix + row``."""
+    docs = []
+    for row, text in enumerate(texts):
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise ConfigError(f"{where} row {row}: field {field!r} is not a string but {type(text).__name__}")
+        docs.append(Document(f"{prefix}{row}", text))
+    return docs
+
+
+def _load_jsonl(path: Path, field: str, prefix: str) -> list[Document]:
+    docs = []
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise ConfigError(f"{str(path)!r} line {lineno} is not valid JSON: {exc}") from exc
+            if not isinstance(record, dict):
+                raise ConfigError(f"{str(path)!r} line {lineno} is a JSON {type(record).__name__}, not an object")
+            if field not in record:
+                raise _field_error(field, f"{str(path)!r} line {lineno}", list(record))
+            text = record[field]
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise ConfigError(
+                    f"{str(path)!r} line {lineno}: field {field!r} is not a string but {type(text).__name__}"
+                )
+            docs.append(Document(f"{prefix}:{lineno}", text))
+    return docs
+
+
+def _load_parquet(path: Path, field: str, prefix: str) -> list[Document]:
+    import pyarrow.parquet as pq  # slow to import; only Parquet corpora need it
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{str(path)!r} is not a readable Parquet file: {exc}") from exc
+    if field not in names:
+        raise _field_error(field, f"{str(path)!r}", names)
+    column = pq.read_table(path, columns=[field]).column(field).to_pylist()
+    return _documents(f"{prefix}:", column, repr(str(path)), field)
+
+
+def _is_datasets_folder(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "dataset_info.json").is_file() and (path / "state.json").is_file()
+    )
+
+
+def _load_datasets_folder(path: Path, field: str) -> list[Document]:
+    try:
+        import datasets  # optional: only `datasets` folders need it
+    except ImportError:
+        raise missing_package("datasets", f"corpus {str(path)!r} (a `datasets` save_to_disk folder)") from None
+    loaded = datasets.load_from_disk(str(path))
+    # A DatasetDict contributes every split, in sorted order; lcbench makes its own split.
+    splits = sorted(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
+    docs = []
+    for split, ds in splits:
+        if field not in ds.column_names:
+            raise _field_error(field, f"{str(path)!r}" + (f" split {split!r}" if split else ""), ds.column_names)
+        docs += _documents(f"{split}:" if split else "", ds[field], f"{str(path)!r}", field)
+    return docs
+
+
+def _looks_binary(path: Path) -> bool:
+    with path.open("rb") as f:
+        return b"\0" in f.read(8192)
+
+
+def _load_folder(root: Path, field: str) -> list[Document]:
+    files = sorted(
+        (p for p in root.rglob("*") if p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    docs = []
+    for file in files:
+        rel = file.relative_to(root)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        name = rel.as_posix()
+        if file.suffix == ".jsonl":
+            docs += _load_jsonl(file, field, name)
+        elif file.suffix == ".parquet":
+            docs += _load_parquet(file, field, name)
+        elif not _looks_binary(file):
+            docs.append(Document(name, _read_text(file)))
+    return docs
+
+
+def load_corpus(source: str | None = None, text_field: str = "text") -> list[Document]:
+    """Documents from ``source``; ``None`` or ``"stdlib"`` is :func:`embedded_corpus`.
+
+    - a ``.txt`` or ``.md`` file: one document, named after the file;
+    - a ``.jsonl`` file: one document per line, from its ``text_field`` (``file:LINE``);
+    - a ``.parquet`` file: one document per row of column ``text_field`` (``file:ROW``);
+    - a ``datasets`` ``save_to_disk`` folder (needs ``datasets``): one per row of ``text_field``;
+    - any other folder: recursively, in sorted path order, each text file one document named by
+      its relative path (``.jsonl``/``.parquet`` files inside are read as records, as above);
+      hidden files and folders, ``__pycache__`` and binary files (a NUL byte in the first 8 KiB)
+      are skipped.
+
+    Text is read as UTF-8 (bad bytes become U+FFFD); empty and null texts are dropped.
+    """
+    if source is None or source == STDLIB_SOURCE:
+        return embedded_corpus()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise missing_path_error("corpus", path, _CORPUS_VALID)
+    if path.is_dir():
+        docs = _load_datasets_folder(path, text_field) if _is_datasets_folder(path) else _load_folder(path, text_field)
+    elif path.suffix == ".jsonl":
+        docs = _load_jsonl(path, text_field, path.name)
+    elif path.suffix == ".parquet":
+        docs = _load_parquet(path, text_field, path.name)
+    elif path.suffix in _TEXT_SUFFIXES:
+        docs = [Document(path.name, _read_text(path))]
+    else:
+        raise ConfigError(
+            f"corpus file {str(path)!r} has an unsupported extension {path.suffix!r}; valid: "
+            f"{', '.join(_TEXT_SUFFIXES + _RECORD_SUFFIXES)} files, or a folder"
+        )
+    docs = [d for d in docs if d.text]
+    if not docs:
+        raise ConfigError(f"corpus {str(path)!r} holds no non-empty text documents")
+    return docs

@@ -1,0 +1,41 @@
+"""The held-out text a task evaluates on: the documents training did not see.
+
+Runners hand :func:`heldout_documents` to tasks as ``RunContext.heldout``. Unset data options
+take the checkpoint's training settings (corpus, tokenizer, validation fraction, split seed), so a
+checkpoint is evaluated on its own validation documents.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from harness.api.errors import ConfigError
+from harness.api.interface import LCModel
+from harness.api.task import DataOptions, ModelInfo
+from harness.data.corpora import Document, load_corpus
+from harness.data.packing import split_documents
+from harness.data.tokenizers import Tokenizer, load_tokenizer
+
+
+def heldout_documents(options: DataOptions, info: ModelInfo,
+                      model: LCModel | None = None) -> tuple[Tokenizer, list[Document]]:
+    """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
+    train = info.train_config or {}
+
+    def pick(name: str, key: str, default: Any) -> Any:
+        value = getattr(options, name)
+        return value if value is not None else train.get(key, default)
+
+    tokenizer = load_tokenizer(pick("tokenizer", "tokenizer", None))
+    if model is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise ConfigError(
+            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
+        )
+    docs = load_corpus(pick("corpus", "corpus", None))
+    split_seed = options.split_seed if options.split_seed is not None else train.get("split_seed")
+    if split_seed is None:  # checkpoints made before split_seed existed split by their training seed
+        split_seed = train.get("seed", 0)
+    _, val = split_documents(docs, pick("val_fraction", "val_fraction", 0.1), split_seed)
+    if not val:
+        raise ConfigError("the held-out split is empty; raise val_fraction or use a corpus with more documents")
+    return tokenizer, val

@@ -1,0 +1,39 @@
+"""Clear errors about local inputs: nothing is downloaded, so a wrong path or a missing optional
+package is the usual failure, and the message shows what is there instead."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.api.errors import ConfigError, close_match
+
+
+def missing_package(package: str, what: str) -> ConfigError:
+    return ConfigError(f"{what} needs the {package!r} package, which is not installed; pip install {package}")
+
+
+def listing(folder: Path, limit: int = 20) -> str:
+    try:
+        names = sorted(e.name + ("/" if e.is_dir() else "") for e in folder.iterdir())
+    except OSError:
+        return "(cannot be listed)"
+    if not names:
+        return "(empty)"
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def missing_path_error(kind: str, path: Path, valid: str) -> ConfigError:
+    msg = f"{kind} {str(path)!r} does not exist; valid: {valid}"
+    parent = path.parent
+    if not parent.is_dir():
+        while not parent.is_dir() and parent != parent.parent:
+            parent = parent.parent
+        return ConfigError(f"{msg}. Its folder does not exist either; the nearest that does is {str(parent)!r}")
+    msg += f". {str(parent)!r} holds: {listing(parent)}"
+    try:
+        suggestion = close_match(path.name, [e.name for e in parent.iterdir()])
+    except OSError:
+        suggestion = None
+    if suggestion is not None:
+        msg += f". Did you mean {str(parent / suggestion)!r}?"
+    return ConfigError(msg)

@@ -1,0 +1,178 @@
+"""Tokenizers: bytes by default, or any Hugging Face tokenizer from a local path.
+
+- :class:`ByteTokenizer`: UTF-8 bytes, vocabulary 256, no files;
+- :class:`HFTokenizer`: a Hugging Face tokenizer from a local folder or ``tokenizer.json``;
+- :func:`load_tokenizer` picks one from a CLI-style spec.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from harness.api.errors import ConfigError
+from harness.data.local import listing, missing_package, missing_path_error
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the harness needs from a tokenizer. ``name`` identifies it (and keys the caches)."""
+
+    name: str
+    vocab_size: int
+    eos_id: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+# Optional fast paths that tokenize_documents uses when a tokenizer has them:
+# ``encode_tensor(text) -> 1-D int64 tensor`` and ``encode_batch(texts) -> list[list[int]]``.
+
+
+def _as_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
+    return ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: vocabulary 256, no special tokens, no files."""
+
+    name = "byte"
+    vocab_size = 256
+    eos_id: int | None = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_tensor(self, text: str) -> torch.Tensor:
+        """The same ids as :meth:`encode`, as a 1-D int64 tensor, without a Python list."""
+        return torch.from_numpy(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # Ids outside 0..255 (a model with a larger vocabulary) decode as U+FFFD, like bad bytes.
+        data = bytes(i if 0 <= i < 256 else 0xFF for i in _as_list(ids))
+        return data.decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer()"
+
+
+_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eos|>", "[SEP]")
+
+
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer from a local path; nothing is downloaded.
+
+    - a ``.json`` file: loaded with ``tokenizers.Tokenizer.from_file``;
+    - a folder: ``transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)``; when
+      ``transformers`` is not installed and the folder has a ``tokenizer.json``, that file is
+      loaded with ``tokenizers`` instead (``eos_token`` then comes from ``tokenizer_config.json``).
+
+    Text is encoded without special tokens (no BOS/EOS added); ``eos_id`` is the tokenizer's end
+    token, if it has one, for use as a document separator.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise missing_path_error(
+                "tokenizer path", p, "'byte', or a local folder or tokenizer.json (hub names are not downloaded)"
+            )
+        self.path = p.resolve()
+        self.name = f"hf:{self.path}"
+        self._hf: Any = None  # transformers tokenizer
+        self._tk: Any = None  # tokenizers.Tokenizer
+        if p.is_dir():
+            try:
+                import transformers
+            except ImportError:
+                transformers = None
+            if transformers is not None:
+                try:
+                    self._hf = transformers.AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+                    # Whole documents are encoded at once; the limit only matters to the model.
+                    self._hf.model_max_length = sys.maxsize
+                except Exception as exc:  # noqa: BLE001 - any load failure becomes a user error
+                    raise ConfigError(
+                        f"could not load a tokenizer from folder {str(p)!r} with transformers: {exc}; "
+                        f"the folder holds: {listing(p)}"
+                    ) from exc
+            elif (p / "tokenizer.json").is_file():
+                self._load_json(p / "tokenizer.json")
+            else:
+                raise missing_package(
+                    "transformers", f"tokenizer folder {str(p)!r} (it has no tokenizer.json: {listing(p)})"
+                )
+        else:
+            self._load_json(p)
+        if self._hf is not None:
+            self.vocab_size = int(len(self._hf))
+            eos = getattr(self._hf, "eos_token_id", None)
+            self.eos_id = None if eos is None else int(eos)
+        else:
+            self.vocab_size = int(self._tk.get_vocab_size(with_added_tokens=True))
+            self.eos_id = self._find_eos()
+
+    def _load_json(self, file: Path) -> None:
+        try:
+            import tokenizers
+        except ImportError:
+            raise missing_package("tokenizers", f"tokenizer file {str(file)!r}") from None
+        try:
+            self._tk = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"{str(file)!r} is not a Hugging Face tokenizer.json: {exc}") from exc
+        self._config_file = file.with_name("tokenizer_config.json")
+
+    def _find_eos(self) -> int | None:
+        names = list(_EOS_CANDIDATES)
+        if self._config_file.is_file():
+            try:
+                token = json.loads(self._config_file.read_text(encoding="utf-8")).get("eos_token")
+            except (OSError, ValueError, AttributeError):
+                token = None
+            if isinstance(token, dict):
+                token = token.get("content")
+            if isinstance(token, str):
+                names.insert(0, token)
+        for token in names:
+            tid = self._tk.token_to_id(token)
+            if tid is not None:
+                return int(tid)
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        if self._hf is not None:
+            return list(self._hf.encode(text, add_special_tokens=False))
+        return list(self._tk.encode(text, add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Several texts at once (in parallel inside the Rust tokenizer)."""
+        if self._hf is not None:
+            return [list(ids) for ids in self._hf(texts, add_special_tokens=False)["input_ids"]]
+        return [list(enc.ids) for enc in self._tk.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = _as_list(ids)
+        if self._hf is not None:
+            return self._hf.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self._tk.decode(ids, skip_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({str(self.path)!r})"
+
+
+def load_tokenizer(spec: str | None = None) -> Tokenizer:
+    """``None`` or ``"byte"``: :class:`ByteTokenizer`; anything else: a local path for :class:`HFTokenizer`."""
+    if spec is None or spec == "byte":
+        return ByteTokenizer()
+    return HFTokenizer(spec)

@@ -1,0 +1,684 @@
+"""Paper figures from a result table, as PNG and PDF.
+
+Each figure follows the long-context papers (TTT-E2E, arXiv 2512.23675, and the works it
+compares with), one fixed colour and marker per architecture throughout:
+
+- ``loss_vs_context``: loss against evaluation context length;
+- ``loss_gap``: loss minus full attention's, against context length;
+- ``loss_by_position``: loss against token position, one panel per context length;
+- ``loss_gap_by_position``: the same, minus full attention's loss at each position bin;
+- ``niah_heatmap_<metric>_<haystack>``: NIAH accuracy by needle depth x context length, one
+  panel per model (columns) and variant (rows);
+- ``niah_vs_context_<metric>_<haystack>``: NIAH accuracy pooled over depths against context;
+- ``latency``: prefill time and decode time per token against context (log-log), and below
+  them the speed-up over full attention, annotated at the longest context;
+- ``memory``: peak memory (prefill, decode) and state size against context (log-log);
+- ``pareto_<ctx>``: quality (loss, NIAH accuracy) against cost (prefill time, decode time, peak
+  memory) at one context length, with the Pareto front.
+
+Lines join ``ok`` points, with bands (error bars in the Pareto view) from ``ci_low``/``ci_high``;
+a failed cell (``oom``, ``error``, ``nan``) is drawn as a cross labelled with its status where
+the line would have gone on. A figure whose data the table lacks is skipped with a logged
+reason. Figures are built on :class:`matplotlib.figure.Figure` directly: no pyplot, no display,
+no global state (PNG is drawn by Agg). Each is registered by name (:mod:`harness.report.figures`),
+as tasks register theirs; tasks draw in the same style with :data:`PAPER_RC`, :func:`arch_style`
+and :func:`save_figure`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from harness.api import results
+from harness.api.errors import check_choice
+from harness.report.figures import FIGURE_TASKS, FIGURES, SkipFigure, figure_names, register_figure
+from harness.report.tables import (
+    FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, Prepared, context_label,
+    niah_metric_names, prepare,
+)
+
+log = logging.getLogger(__name__)
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+FIGURES_DIR = "figures"
+# Fixed per architecture; others take a colour and marker from these cycles, by a hash of the name.
+ARCH_STYLES = {
+    "full_attention": ("#222222", "o"),
+    "swa": ("#1f77b4", "s"),
+    "mamba2": ("#2ca02c", "^"),
+    "gated_deltanet": ("#9467bd", "D"),
+    "ttt_e2e": ("#d62728", "*"),
+}
+EXTRA_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+EXTRA_MARKERS = ("v", "P", "X", "h", "<", ">", "p")
+LINESTYLES = ("-", "--", ":", "-.")  # several series of one architecture (sizes, backends)
+PAPER_RC = {
+    "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8.5, "xtick.labelsize": 8,
+    "ytick.labelsize": 8, "figure.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6,
+    "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.6, "lines.markersize": 5,
+    "savefig.dpi": 200, "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs: editable text
+}
+FAIL_MARKER = "X"
+COST_NAMES = {"prefill_s": "Prefill time", "decode_s": "Decode time per token",
+              "prefill_peak_bytes": "Peak memory (prefill)"}
+MEMORY_NAMES = {"prefill_peak_bytes": "Peak memory while prefilling", "decode_peak_bytes": "Peak memory while decoding",
+                "state_bytes": "State size after the prefix"}
+
+
+@dataclass(frozen=True)
+class Style:
+    color: str
+    marker: str
+    linestyle: str
+    label: str
+
+    def line(self) -> dict:
+        return dict(color=self.color, marker=self.marker, linestyle=self.linestyle, label=self.label)
+
+
+def arch_style(arch: str) -> tuple[str, str]:
+    """(colour, marker) of an architecture: fixed for the built-in ones, stable by name otherwise."""
+    if arch in ARCH_STYLES:
+        return ARCH_STYLES[arch]
+    h = zlib.crc32(arch.encode())
+    return EXTRA_COLORS[h % len(EXTRA_COLORS)], EXTRA_MARKERS[h // len(EXTRA_COLORS) % len(EXTRA_MARKERS)]
+
+
+def series_styles(prep: Prepared) -> dict[str, Style]:
+    """Each series' style: its architecture's colour and marker; a line style per series of one
+    architecture, in paper order (smallest first)."""
+    styles = {}
+    for arch, group in prep.series.groupby("arch", sort=False):
+        color, marker = arch_style(arch)
+        for i, row in enumerate(group.itertuples(index=False)):
+            styles[row.series] = Style(color, marker, LINESTYLES[i % len(LINESTYLES)], row.label)
+    return styles
+
+
+@dataclass
+class Context:
+    """What every figure builder reads: the prepared table, the styles, the NIAH metrics to show."""
+
+    prep: Prepared
+    styles: dict[str, Style]
+    niah_metrics: list[str]
+
+    def setting(self, batch: object = None) -> str:
+        """'cuda, bfloat16, batch 1': what the latency measurements ran on, for a title."""
+        rows = self.prep.rows[self.prep.rows["task"] == LATENCY_TASK]
+        parts = [", ".join(sorted(rows[c].dropna().unique())) for c in ("device", "dtype")]
+        if batch is not None and pd.notna(batch):
+            parts.append(f"batch {batch}")
+        return ", ".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Axes helpers
+
+
+def _context_axis(ax: Axes, values: Sequence[float], label: str = "Context length (tokens)") -> None:
+    """Log2 x axis with a tick at every context length (thinned past 10), labelled 1K, 4K, 128K."""
+    ticks = sorted(set(int(v) for v in values))
+    if len(ticks) > 10:
+        ticks = ticks[:: math.ceil(len(ticks) / 10)]
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: context_label(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(label)
+
+
+def _seconds(v: float, _=None) -> str:
+    for scale, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if v >= scale * 0.999:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v * 1e9:.3g} ns"
+
+
+def _bytes(v: float, _=None) -> str:
+    for power, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if v >= 2**power:
+            return f"{v / 2**power:.3g} {unit}"
+    return f"{v:.3g} B"
+
+
+def _times(v: float, _=None) -> str:
+    return f"{v:.3g}×"
+
+
+UNITS = {"seconds": _seconds, "bytes": _bytes, "ratio": _times, "tokens": lambda v, _=None: context_label(v)}
+
+
+def _log_ticks(lo: float, hi: float, unit: str, most: int = 7) -> list[float]:
+    """Round ticks in [lo, hi] on a log axis: powers of 2 for bytes and tokens, 1-2-5 otherwise."""
+    if unit in ("bytes", "tokens"):
+        powers = range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)
+        return [2.0**k for k in powers][:: max(1, math.ceil(len(powers) / most))]
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [m * 10.0**e for e in decades for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 3 or mantissas[-1] == 7:
+            return ticks[:: max(1, math.ceil(len(ticks) / most))]
+    return ticks
+
+
+def _log_axis(ax: Axes, which: str, unit: str) -> None:
+    """Log scale on ``which`` axis ('x' or 'y') with round ticks labelled in ``unit``; call it
+    after plotting (the ticks follow the data's limits)."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    ax.autoscale_view()
+    lo, hi = sorted(axis.get_view_interval())
+    if not (lo > 0 and hi > lo):  # nothing positive drawn (only failure marks): no log scale
+        (ax.set_xscale if which == "x" else ax.set_yscale)("linear")
+        return
+    if hi / lo < 4:  # one point or a narrow range: widen it so that round ticks fall inside
+        centre = math.sqrt(lo * hi)
+        lo, hi = centre / 2, centre * 2
+        (ax.set_xlim if which == "x" else ax.set_ylim)(lo, hi)
+    axis.set_major_locator(FixedLocator(_log_ticks(lo, hi, unit)))
+    axis.set_major_formatter(FuncFormatter(UNITS[unit]))
+    axis.set_minor_locator(NullLocator())
+
+
+def _lines(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True) -> None:
+    """One line per series through its ok points, a band from its interval, crosses at failures."""
+    for series, g in pts.groupby("series", sort=False):
+        style = ctx.styles[series]
+        ok = g[(g["status"] == "ok") & g["value"].notna()].sort_values(x)
+        if ok.empty:
+            continue
+        ax.plot(ok[x].astype(float), ok["value"], **style.line())
+        has_ci = ok["ci_low"].notna() & ok["ci_high"].notna()
+        if band and has_ci.any():
+            ax.fill_between(ok.loc[has_ci, x].astype(float), ok.loc[has_ci, "ci_low"], ok.loc[has_ci, "ci_high"],
+                            color=style.color, alpha=0.15, linewidth=0)
+    _failures(ax, pts, x, ctx)
+
+
+def _failures(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context) -> None:
+    """A cross labelled OOM / error / NaN at each failed cell, at the height of the series'
+    nearest ok point (so it reads as where the line stopped), or at the axes' bottom without one."""
+    for row in pts[(pts["status"] != "ok") & pts[x].notna()].itertuples(index=False):
+        style = ctx.styles[row.series]
+        xv = float(getattr(row, x))
+        ok = pts[(pts["series"] == row.series) & (pts["status"] == "ok") & pts["value"].notna()]
+        if ok.empty:
+            ax.plot(xv, 0.03, marker=FAIL_MARKER, color=style.color, markersize=7, linestyle="none",
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+            continue
+        nearest = ok.iloc[int(np.argmin(np.abs(np.log(ok[x].astype(float).to_numpy() / xv))))]
+        y = float(nearest["value"])
+        ax.plot([float(nearest[x]), xv], [y, y], color=style.color, linestyle=":", linewidth=1)
+        ax.plot(xv, y, marker=FAIL_MARKER, color=style.color, markersize=7, linestyle="none")
+        ax.annotate(FAILURE_LABELS.get(row.status, row.status), (xv, y), xytext=(0, 5), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7, color=style.color)
+
+
+def _legend(fig: Figure, series: Iterable[str], ctx: Context, failures: bool = False, side: bool = False) -> None:
+    """One legend for the figure, outside the axes (so it never covers data): below them in
+    balanced rows, or at the right (``side``)."""
+    wanted = set(series)
+    handles = [Line2D([], [], **ctx.styles[s].line()) for s in ctx.prep.order if s in wanted]
+    if failures:
+        handles.append(Line2D([], [], color="0.3", marker=FAIL_MARKER, linestyle="none", label="failed (OOM, error)"))
+    if not handles:
+        return
+    if side:
+        fig.legend(handles=handles, loc="outside right center", frameon=False)
+        return
+    per_row = max(1, int(fig.get_figwidth() / 1.9))
+    rows = math.ceil(len(handles) / per_row)
+    fig.legend(handles=handles, loc="outside lower center", ncols=math.ceil(len(handles) / rows), frameon=False)
+
+
+def _figure(ncols: int = 1, nrows: int = 1, panel: tuple[float, float] = (4.2, 3.0),
+            **kwargs) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(panel[0] * ncols + 0.4, panel[1] * nrows + 0.9), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+
+
+def _hide_unused(axes: np.ndarray, used: int) -> None:
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+
+
+def _any_failed(*frames: pd.DataFrame) -> bool:
+    return any((f["status"] != "ok").any() for f in frames)
+
+
+def _need(prep: Prepared, task: str, metric: str, what: str) -> None:
+    if not prep.has(task, metric):
+        raise SkipFigure(f"no {metric!r} rows of task {task!r} in the table ({what})")
+    if not prep.has(task, metric, ok=True):
+        raise SkipFigure(f"every {metric!r} cell of task {task!r} failed (see the tables for which and why)")
+
+
+def _order(prep: Prepared, column: str, values: Iterable) -> list:
+    """``values`` in the order the table first lists them (the task's own order, e.g. NIAH variants)."""
+    seen = list(dict.fromkeys(prep.rows[column].dropna()))
+    wanted = set(values)
+    return [v for v in seen if v in wanted]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures: each yields (file stem, figure), or raises SkipFigure
+
+
+def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str, band: bool = True,
+                        zero: float | None = None) -> Figure:
+    fig, axes = _figure(panel=(4.8, 3.4))
+    ax = axes[0, 0]
+    if zero is not None:
+        ax.axhline(zero, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8, zorder=1)
+    _lines(ax, pts, "eval_ctx", ctx, band=band)
+    _context_axis(ax, pts["eval_ctx"])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=PAPER_RC["figure.titlesize"])
+    _legend(fig, pts["series"], ctx, _any_failed(pts), side=True)
+    return fig
+
+
+@register_figure("loss_vs_context")
+def fig_loss_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    _need(ctx.prep, *LOSS, "run the loss_scaling task")
+    pts = ctx.prep.points(*LOSS, pos_start=None)
+    yield "loss_vs_context", _single_line_figure(ctx, pts, "Loss vs. context length", "Loss (nats/token)")
+
+
+def _gap(ctx: Context, pts: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    archs = set(ctx.prep.series["arch"])
+    if REFERENCE_ARCH not in archs:
+        raise SkipFigure(f"no {REFERENCE_ARCH} model in the table to take the gap to")
+    if archs == {REFERENCE_ARCH}:
+        raise SkipFigure(f"only {REFERENCE_ARCH} models in the table: no gap to show")
+    gap = ctx.prep.relative(pts, by, "gap")
+    if not ((gap["arch"] != REFERENCE_ARCH) & gap["value"].notna()).any():
+        raise SkipFigure(f"no model has a loss where its {REFERENCE_ARCH} reference has one")
+    return gap
+
+
+@register_figure("loss_gap")
+def fig_loss_gap(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    _need(ctx.prep, *LOSS, "run the loss_scaling task")
+    gap = _gap(ctx, ctx.prep.points(*LOSS, pos_start=None), ["eval_ctx"])
+    yield "loss_gap", _single_line_figure(ctx, gap, "Loss gap to full attention (below 0: better)",
+                                          "Loss − full-attention loss (nats/token)", band=False, zero=0.0)
+
+
+MAX_POSITION_PANELS = 6
+
+
+def _position_points(ctx: Context) -> tuple[pd.DataFrame, list[int]]:
+    """Per-bin loss points (x = the bin's geometric centre) and the context lengths to show."""
+    _need(ctx.prep, *LOSS, "run the loss_scaling task")
+    pts = ctx.prep.points(*LOSS, by=("eval_ctx", "pos_start", "pos_end"))
+    pts = pts[pts["pos_start"].notna()]
+    if pts.empty:
+        raise SkipFigure("the loss rows have no position bins (pos_start/pos_end)")
+    pts = pts.assign(position=np.sqrt(pts["pos_start"].astype(float) * pts["pos_end"].astype(float)))
+    contexts = sorted(int(c) for c in pts["eval_ctx"].unique())
+    if len(contexts) > MAX_POSITION_PANELS:
+        log.info("loss by position: showing the %d longest of %d context lengths", MAX_POSITION_PANELS, len(contexts))
+        contexts = contexts[-MAX_POSITION_PANELS:]
+    return pts, contexts
+
+
+def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title: str, ylabel: str,
+                     band: bool = True, zero: float | None = None) -> Figure:
+    """One panel per context length: ``pts`` against token position, failures of the whole
+    length listed in the panel."""
+    overall = ctx.prep.points(*LOSS, pos_start=None)
+    ncols = min(len(contexts), 3)
+    fig, axes = _figure(ncols, math.ceil(len(contexts) / ncols), panel=(3.3, 2.6), sharey=True)
+    _hide_unused(axes, len(contexts))
+    for ax, L in zip(axes.flat, contexts):
+        if zero is not None:
+            ax.axhline(zero, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8, zorder=1)
+        _lines(ax, pts[pts["eval_ctx"] == L], "position", ctx, band=band)
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(1, L)
+        _log_axis(ax, "x", "tokens")
+        ax.set_xlabel("Token position")
+        ax.set_title(f"Context {context_label(L)}")
+        failed = overall[(overall["eval_ctx"] == L) & (overall["status"] != "ok")]
+        if len(failed):
+            text = "\n".join(f"{ctx.styles[r.series].label}: {FAILURE_LABELS.get(r.status, r.status)}"
+                             for r in failed.itertuples())
+            ax.text(0.03, 0.04, text, transform=ax.transAxes, fontsize=7, va="bottom", color="0.25")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    _legend(fig, pts["series"], ctx)
+    return fig
+
+
+@register_figure("loss_by_position")
+def fig_loss_by_position(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    pts, contexts = _position_points(ctx)
+    yield "loss_by_position", _position_figure(ctx, pts, contexts, "Loss by token position", "Loss (nats/token)")
+
+
+@register_figure("loss_gap_by_position")
+def fig_loss_gap_by_position(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    pts, contexts = _position_points(ctx)
+    gap = _gap(ctx, pts, ["eval_ctx", "pos_start", "pos_end"])
+    yield "loss_gap_by_position", _position_figure(
+        ctx, gap, contexts, "Loss gap to full attention by token position (below 0: better)",
+        "Loss − full attn. (nats/token)", band=False, zero=0.0)
+
+
+def _niah_needed(ctx: Context) -> None:
+    if not ctx.niah_metrics:
+        raise SkipFigure(f"no measured NIAH accuracy rows ({', '.join(NIAH_NAMES)}) of task {NIAH_TASK!r} in the table")
+
+
+@register_figure("niah_heatmap")
+def fig_niah_heatmaps(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    _niah_needed(ctx)
+    for metric in ctx.niah_metrics:
+        cells = ctx.prep.points(NIAH_TASK, metric, by=("variant", "haystack", "eval_ctx", "depth"))
+        for haystack in _order(ctx.prep, "haystack", cells["haystack"]):
+            here = cells[cells["haystack"] == haystack]
+            if here["depth"].isna().all():
+                log.info("NIAH heatmap %s/%s: no per-depth rows", metric, haystack)
+                continue
+            yield f"niah_heatmap_{metric}_{haystack}", _heatmap_figure(ctx, here, metric, haystack)
+
+
+def _heatmap_figure(ctx: Context, cells: pd.DataFrame, metric: str, haystack: str) -> Figure:
+    """Rows: variants; columns: series; each panel depth (y) x context (x), failed lengths hatched."""
+    variants = _order(ctx.prep, "variant", cells["variant"])
+    series = [s for s in ctx.prep.order if s in set(cells["series"])]
+    contexts = sorted(int(c) for c in cells["eval_ctx"].unique())
+    depths = sorted(cells["depth"].dropna().unique())
+    fig, axes = _figure(len(series), len(variants), panel=(1.9, 1.8), sharex=True, sharey=True)
+    image = None
+    for r, variant in enumerate(variants):
+        for c, s in enumerate(series):
+            ax = axes[r, c]
+            mine = cells[(cells["variant"] == variant) & (cells["series"] == s)]
+            grid = np.full((len(depths), len(contexts)), np.nan)
+            for row in mine[mine["depth"].notna() & (mine["status"] == "ok")].itertuples():
+                grid[depths.index(row.depth), contexts.index(int(row.eval_ctx))] = row.value
+            image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+            if grid.size <= 120:
+                for (i, j), v in np.ndenumerate(grid):
+                    if np.isfinite(v):
+                        ax.text(j, i, "1" if v >= 0.995 else f"{v:.2f}".removeprefix("0"), ha="center", va="center",
+                                fontsize=6.5, color="black" if 0.25 < v < 0.8 else "white")
+            for row in mine[mine["status"] != "ok"].drop_duplicates("eval_ctx").itertuples():
+                j = contexts.index(int(row.eval_ctx))
+                ax.axvspan(j - 0.5, j + 0.5, facecolor="0.93", edgecolor="0.6", hatch="///", linewidth=0)
+                ax.text(j, (len(depths) - 1) / 2, FAILURE_LABELS.get(row.status, row.status), rotation=90,
+                        ha="center", va="center", fontsize=7, color="0.2",
+                        bbox=dict(facecolor="0.93", edgecolor="none", pad=1))
+            ax.grid(False)
+            ax.tick_params(length=0)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            ax.set_xticks(range(len(contexts)), [context_label(L) for L in contexts])
+            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+            if r == 0:
+                ax.set_title(ctx.styles[s].label, color=ctx.styles[s].color)
+            if c == 0:
+                ax.set_ylabel(f"{variant}\nneedle depth" if len(variants) > 1 else "Needle depth")
+            if r == len(variants) - 1:
+                ax.set_xlabel("Context length")
+    fig.colorbar(image, ax=axes, shrink=min(0.9, 0.45 + 0.2 * len(variants)), aspect=25, label="Accuracy")
+    fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} by needle depth and context length ({haystack} haystack)")
+    return fig
+
+
+@register_figure("niah_vs_context")
+def fig_niah_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    _niah_needed(ctx)
+    for metric in ctx.niah_metrics:
+        pts = ctx.prep.points(NIAH_TASK, metric, by=("variant", "haystack", "eval_ctx"), depth=None)
+        for haystack in _order(ctx.prep, "haystack", pts["haystack"]):
+            here = pts[pts["haystack"] == haystack]
+            variants = _order(ctx.prep, "variant", here["variant"])
+            ncols = min(len(variants), 4)
+            fig, axes = _figure(ncols, math.ceil(len(variants) / ncols), panel=(3.0, 2.5), sharey=True)
+            _hide_unused(axes, len(variants))
+            for ax, variant in zip(axes.flat, variants):
+                _lines(ax, here[here["variant"] == variant], "eval_ctx", ctx)
+                _context_axis(ax, here["eval_ctx"])
+                ax.set_ylim(-0.04, 1.06)
+                ax.set_title(variant)
+            for ax in axes[:, 0]:
+                ax.set_ylabel("Accuracy")
+            fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} vs. context length ({haystack} haystack, all depths)")
+            _legend(fig, here["series"], ctx, _any_failed(here))
+            yield f"niah_vs_context_{metric}_{haystack}", fig
+
+
+def _batch_sizes(prep: Prepared, metrics: Sequence[str]) -> list:
+    rows = prep.rows[(prep.rows["task"] == LATENCY_TASK) & prep.rows["metric"].isin(metrics)]
+    return sorted(rows["batch_size"].unique(), key=lambda b: (pd.isna(b), 0 if pd.isna(b) else b))
+
+
+def _batch_filter(batch) -> dict:
+    return {"batch_size": None if pd.isna(batch) else int(batch)}
+
+
+def _stem(name: str, batch, several: bool) -> str:
+    return f"{name}_bs{batch}" if several and pd.notna(batch) else name
+
+
+@register_figure("latency")
+def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    metrics = [m for m in TIMES if ctx.prep.has(LATENCY_TASK, m, ok=True)]
+    if not metrics:
+        raise SkipFigure(f"no measured {' or '.join(TIMES)} rows of task {LATENCY_TASK!r} (run the latency task)")
+    batches = _batch_sizes(ctx.prep, metrics)
+    for batch in batches:
+        pts = {m: ctx.prep.points(LATENCY_TASK, m, **_batch_filter(batch)) for m in metrics}
+        ratios = {m: ctx.prep.relative(p, ["eval_ctx"], "speedup") for m, p in pts.items()}
+        with_ratio = any(((r["arch"] != REFERENCE_ARCH) & r["value"].notna()).any() for r in ratios.values())
+        fig, axes = _figure(len(metrics), 2 if with_ratio else 1, panel=(3.8, 2.5 if with_ratio else 3.2),
+                            sharex="col", height_ratios=[1.5, 1] if with_ratio else None)
+        for c, m in enumerate(metrics):
+            ax = axes[0, c]
+            _lines(ax, pts[m], "eval_ctx", ctx)
+            _context_axis(ax, pts[m]["eval_ctx"], label="" if with_ratio else "Context length (tokens)")
+            _log_axis(ax, "y", "seconds")
+            ax.set_ylabel(f"{COST_NAMES[m]} (log scale)")
+            ax.set_title("Prefill" if m == "prefill_s" else "Decode (per token)")
+            if with_ratio:
+                _speedup_panel(axes[1, c], ratios[m], ctx)
+        fig.suptitle(f"Latency vs. context length ({ctx.setting(batch=batch)})")
+        _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
+        yield _stem("latency", batch, len(batches) > 1), fig
+
+
+def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> None:
+    """Speed-up over full attention (its time / the model's), the last ratio written out."""
+    others = ratio[(ratio["arch"] != REFERENCE_ARCH) & (ratio["status"] == "ok")]
+    ax.axhline(1, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8)
+    _lines(ax, others, "eval_ctx", ctx, band=False)
+    for series, g in others[others["value"].notna()].groupby("series", sort=False):
+        last = g.sort_values("eval_ctx").iloc[-1]
+        ax.annotate(_times(last["value"]), (float(last["eval_ctx"]), last["value"]), xytext=(5, 0),
+                    textcoords="offset points", va="center", fontsize=7, color=ctx.styles[series].color)
+    values = others["value"].dropna()
+    if len(values) and max(values.max(), 1) / min(values.min(), 1) > 4:
+        _log_axis(ax, "y", "ratio")
+    else:
+        ax.yaxis.set_major_formatter(FuncFormatter(_times))
+    ax.set_ylabel("Speed-up vs. full attn.")
+    _context_axis(ax, ratio["eval_ctx"])
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the ratio labels
+
+
+@register_figure("memory")
+def fig_memory(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    metrics = [m for m in MEMORY if ctx.prep.has(LATENCY_TASK, m, ok=True)]
+    if not metrics:
+        raise SkipFigure(f"no measured memory rows ({', '.join(MEMORY)}) of task {LATENCY_TASK!r} "
+                         "(run the latency task)")
+    batches = _batch_sizes(ctx.prep, metrics)
+    cpu_only = set(ctx.prep.rows.loc[ctx.prep.rows["task"] == LATENCY_TASK, "device"].dropna()) == {"cpu"}
+    for batch in batches:
+        pts = {m: ctx.prep.points(LATENCY_TASK, m, **_batch_filter(batch)) for m in metrics}
+        fig, axes = _figure(len(metrics), panel=(3.4, 3.0))
+        for ax, m in zip(axes[0], metrics):
+            _lines(ax, pts[m], "eval_ctx", ctx)
+            _context_axis(ax, pts[m]["eval_ctx"])
+            _log_axis(ax, "y", "bytes")
+            ax.set_title(MEMORY_NAMES[m])
+            # On a CPU the peak is the process's resident set: weights and everything else included.
+            ax.set_ylabel("State size" if m == "state_bytes" else "Peak process RSS" if cpu_only else "Peak GPU memory")
+        fig.suptitle(f"Memory vs. context length ({ctx.setting(batch=batch)})")
+        _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
+        yield _stem("memory", batch, len(batches) > 1), fig
+
+
+@register_figure("pareto")
+def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
+    prep = ctx.prep
+    quality: dict[str, tuple[pd.DataFrame, str, str]] = {}  # name -> (points, axis label, better)
+    if prep.has(*LOSS, ok=True):
+        quality["loss"] = (prep.points(*LOSS, pos_start=None), "Loss (nats/token)", "lower")
+    for metric in ctx.niah_metrics[:1]:
+        # Pooled over depths, then averaged over variants and haystacks.
+        quality[metric] = (prep.points(NIAH_TASK, metric, depth=None), NIAH_NAMES[metric], "higher")
+    costs = [m for m in COST_NAMES if prep.has(LATENCY_TASK, m, ok=True)]
+    if not quality or not costs:
+        raise SkipFigure(f"needs a quality task ({LOSS[0]} or {NIAH_TASK}) and the {LATENCY_TASK} task in the table")
+    batch = _batch_sizes(prep, costs)[0]
+    cost_pts = {m: prep.points(LATENCY_TASK, m, **_batch_filter(batch)) for m in costs}
+    contexts = sorted({int(L) for q, _, _ in quality.values() for L in q["eval_ctx"].dropna()}
+                      & {int(L) for p in cost_pts.values() for L in p["eval_ctx"].dropna()})
+    if not contexts:
+        raise SkipFigure(f"the quality tasks and the {LATENCY_TASK} task share no context length")
+    for L in contexts:
+        here = {name: v for name, v in quality.items() if (v[0]["eval_ctx"] == L).any()}
+        fig, axes = _figure(len(costs), len(here), panel=(3.0, 2.6))
+        shown, failed = set(), {}
+        for r, (q, q_label, better) in enumerate(here.values()):
+            for c, m in enumerate(costs):
+                ax = axes[r, c]
+                joined = q[q["eval_ctx"] == L].merge(cost_pts[m][cost_pts[m]["eval_ctx"] == L], on="series",
+                                                     suffixes=("_q", "_c"))
+                good = (joined["status_q"] == "ok") & (joined["status_c"] == "ok")
+                for row in joined[~good].itertuples(index=False):
+                    failed[row.series] = row.status_q if row.status_q != "ok" else row.status_c
+                _pareto_panel(ax, joined[good], better, ctx)
+                shown |= set(joined.loc[good, "series"])
+                _log_axis(ax, "x", "bytes" if m.endswith("_bytes") else "seconds")
+                if r == len(here) - 1:
+                    ax.set_xlabel(f"{COST_NAMES[m]} (log scale)")
+                if c == 0:
+                    ax.set_ylabel(f"{q_label} {'↓' if better == 'lower' else '↑'}")
+        if not shown:
+            log.info("pareto at %s: no model has both a quality and a cost there", context_label(L))
+            continue
+        if failed:
+            text = "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({FAILURE_LABELS.get(st, st)})"
+                                             for s, st in failed.items())
+            fig.supxlabel(text, fontsize=7.5, color="0.3")  # laid out below the axes, unlike fig.text
+        fig.suptitle(f"Quality vs. cost at context {context_label(L)} ({ctx.setting(batch=batch)}); "
+                     "dashed: Pareto front")
+        _legend(fig, shown, ctx, side=True)
+        yield f"pareto_{context_label(L)}", fig
+
+
+def _pareto_panel(ax: Axes, ok: pd.DataFrame, better: str, ctx: Context) -> None:
+    """Points with error bars both ways, and the Pareto front (no point is cheaper and better)."""
+    for row in ok.itertuples(index=False):
+        style = ctx.styles[row.series]
+        ax.errorbar(row.value_c, row.value_q, xerr=_err(row.value_c, row.ci_low_c, row.ci_high_c),
+                    yerr=_err(row.value_q, row.ci_low_q, row.ci_high_q), color=style.color, marker=style.marker,
+                    markersize=8 if style.marker == "*" else 6, linestyle="none", elinewidth=0.8, zorder=3)
+    sign = 1 if better == "lower" else -1
+    best, xs, ys = math.inf, [], []
+    for row in ok.sort_values(["value_c", "value_q"], ascending=[True, better == "lower"]).itertuples(index=False):
+        if sign * row.value_q < best:
+            best = sign * row.value_q
+            xs.append(row.value_c)
+            ys.append(row.value_q)
+    if len(xs) > 1:
+        ax.step(xs, ys, where="post", color="0.55", linestyle="--", linewidth=1, zorder=2)
+    ax.margins(0.12)
+
+
+def _err(value: float, low: float, high: float) -> list[list[float]] | None:
+    if pd.isna(low) or pd.isna(high):
+        return None
+    return [[max(value - low, 0.0)], [max(high - value, 0.0)]]
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def load(source: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    """A result table from a DataFrame, a run folder or a results file."""
+    return results.to_frame(source) if isinstance(source, pd.DataFrame) else results.read_table(source)
+
+
+def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 formats: Sequence[str] = ("png", "pdf"), only: Sequence[str] | None = None,
+                 niah_metrics: Sequence[str] | None = None) -> list[Path]:
+    """Write the paper figures of a result table (a DataFrame, a run folder or a results file)
+    to ``out_dir`` (default: ``<run folder>/figures``), one file per figure and format; return
+    the paths written. ``only`` picks figures by name (the paper figures above and those tasks
+    register, see :mod:`harness.report.figures`); ``niah_metrics`` the NIAH accuracies shown
+    (default: those in the table). Figures the table has no data for are skipped and logged."""
+    for fmt in formats:
+        check_choice("figure format", fmt, FIGURE_FORMATS)
+    names = figure_names()
+    for name in only or ():
+        check_choice("figure", name, names)
+    if out_dir is None:
+        if isinstance(source, pd.DataFrame):
+            raise ValueError("make_figures needs out_dir when given a DataFrame")
+        base = Path(source)
+        out_dir = (base if base.is_dir() else base.parent) / FIGURES_DIR
+    out_dir = Path(out_dir)
+    prep = prepare(load(source))
+    niah = [m for m in niah_metric_names(prep, niah_metrics) if prep.has(NIAH_TASK, m, ok=True)]
+    ctx = Context(prep, series_styles(prep), niah)
+    paths: list[Path] = []
+    with matplotlib.rc_context(PAPER_RC):
+        for name in only or names:
+            if prep.rows.empty:
+                log.info("skipped figure %s: the table is empty", name)
+                continue
+            if only is None and name in FIGURE_TASKS and not (prep.rows["task"] == FIGURE_TASKS[name]).any():
+                continue  # a task's own figure, and the table has nothing of that task
+            try:
+                for stem, fig in FIGURES[name](ctx):
+                    paths += save_figure(fig, out_dir / stem, formats)
+            except SkipFigure as why:
+                log.info("skipped figure %s: %s", name, why)
+    return paths
+
+
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write ``fig`` to ``stem.<format>`` for each format (atomically); return the paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        # No creation date in PDFs: the same table gives the same file.
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
+        results.atomic_write(path, lambda f: fig.savefig(f, format=fmt, metadata=metadata), binary=True)
+        paths.append(path)
+    return paths

@@ -1,0 +1,410 @@
+"""Summary tables from a result table, and the data preparation the figures share.
+
+A result table is long (one row per measurement); papers show wide tables: one row per model,
+one column per context length. :func:`prepare` reads the long table once into *series* (what a
+figure draws as one line: a model, split further by train_ctx, backend, dtype or device when
+those vary within it) and *points* (one value per series and grid cell), and pairs every series
+with its full-attention reference (for the loss gap and the speed-up).
+
+How several rows of one cell become one point: the mean of the ``ok`` values (seeds, runs,
+NIAH variants when pooled); the confidence interval is kept only when the point rests on a
+single row (an average of intervals is not an interval). A cell with no ``ok`` row is a failure
+point carrying its status (``oom``, ``error``, ``nan``): tables print it (``OOM``), figures mark
+it. Derived values (gap, speed-up) carry no interval.
+
+:func:`summary_tables` gives the paper's tables as DataFrames (index: model, arch and the facets
+that vary; columns: ``eval_ctx``; cells: a float, or the failure's label), with a title, a
+number format and the interval half-widths in ``DataFrame.attrs``; :func:`render_markdown`,
+:func:`render_latex`, :func:`format_tables` and :func:`write_tables` print and save them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.api import results
+from harness.api.errors import check_choice
+
+REFERENCE_ARCH = "full_attention"
+# Paper order: the reference first, the method last; other architectures follow by name.
+ARCH_ORDER = ("full_attention", "swa", "mamba2", "gated_deltanet", "ttt_e2e")
+ARCH_NAMES = {
+    "full_attention": "Full attention",
+    "swa": "SWA",
+    "mamba2": "Mamba 2",
+    "gated_deltanet": "Gated DeltaNet",
+    "ttt_e2e": "TTT-E2E",
+}
+# (task, metric) of what the tables and figures read.
+LOSS = ("loss_scaling", "loss")
+NIAH_TASK = "niah"
+NIAH_ACCURACY = ("gen_match", "cand_acc")  # in order of preference
+NIAH_NAMES = {"gen_match": "NIAH accuracy (generation)", "cand_acc": "NIAH accuracy (candidate ranking)"}
+LATENCY_TASK = "latency"
+TIMES = ("prefill_s", "decode_s")
+MEMORY = ("prefill_peak_bytes", "decode_peak_bytes", "state_bytes")
+FAILURE_LABELS = {"oom": "OOM", "error": "error", "nan": "NaN"}
+# Columns that split one model into several series when they vary within it.
+SERIES_SPLIT = ("train_ctx", "backend", "dtype", "device")
+POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message")
+TABLE_FORMATS = ("md", "csv", "tex")
+MIB = 2**20
+
+
+def context_label(n: float) -> str:
+    """1024 -> '1K', 131072 -> '128K', 1536 -> '1.5K', 1048576 -> '1M', 500 -> '500'."""
+    n = int(n)
+    for size, suffix in ((2**20, "M"), (2**10, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return str(n)
+
+
+def arch_name(arch: str) -> str:
+    return ARCH_NAMES.get(arch, arch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Series and points
+
+
+@dataclass
+class Prepared:
+    """A result table read into series: ``rows`` (the table with a ``series`` column), ``series``
+    (one row per series, in paper order: series, model, arch, params, label, and the split
+    columns) and ``reference`` (series -> its full-attention series, or None)."""
+
+    rows: pd.DataFrame
+    series: pd.DataFrame
+    reference: dict[str, str | None]
+
+    @property
+    def order(self) -> list[str]:
+        return list(self.series["series"])
+
+    def has(self, task: str, metric: str, ok: bool = False) -> bool:
+        """Whether the table has rows of ``metric`` from ``task`` (``ok``: rows with a value)."""
+        mask = (self.rows["task"] == task) & (self.rows["metric"] == metric)
+        if ok:
+            mask &= self.rows["status"] == "ok"
+        return bool(mask.any())
+
+    def points(self, task: str, metric: str, by: Sequence[str] = ("eval_ctx",), **where: Any) -> pd.DataFrame:
+        """One row per (series, *by) of ``metric`` from ``task``: POINT_COLUMNS and ``by``.
+        ``where`` filters columns (``None`` selects NA: ``depth=None`` = pooled over depths)."""
+        df = self.rows[(self.rows["task"] == task) & (self.rows["metric"] == metric)]
+        for col, value in where.items():
+            df = df[df[col].isna()] if value is None else df[(df[col] == value).fillna(False)]
+        keys = ["series", *by]
+        ok = df["status"] == "ok"
+        # Ok rows give the value (their mean) and, alone, the interval; without any, the first failure.
+        work = df.assign(v=df["value"].where(ok), lo=df["ci_low"].where(ok), hi=df["ci_high"].where(ok),
+                         n_ok=ok.astype(int), failed=df["status"].where(~ok), why=df["message"].where(~ok))
+        out = work.groupby(keys, dropna=False, sort=False).agg(
+            arch=("arch", "first"), value=("v", "mean"), ci_low=("lo", "first"), ci_high=("hi", "first"),
+            n_ok=("n_ok", "sum"), failed=("failed", "first"), why=("why", "first")).reset_index()
+        single = out["n_ok"] == 1
+        out["ci_low"] = out["ci_low"].where(single)
+        out["ci_high"] = out["ci_high"].where(single)
+        out["status"] = out["failed"].where(out["n_ok"] == 0, "ok").astype(object)
+        out["message"] = out["why"].where(out["n_ok"] == 0, "").fillna("").astype(object)
+        return self._sorted(out[[*keys, *POINT_COLUMNS[1:]]], list(by))
+
+    def relative(self, points: pd.DataFrame, by: Sequence[str], kind: str) -> pd.DataFrame:
+        """Each point against its series' reference at the same ``by`` cell: ``kind`` is
+        ``"gap"`` (value - reference) or ``"speedup"`` (reference / value). A failed point keeps
+        its status; a point whose reference is missing or failed gets NaN."""
+        check_choice("relative kind", kind, ("gap", "speedup"))
+        ok = points[points["status"] == "ok"]
+        ref_values = {tuple(k): v for k, v in zip(ok[["series", *by]].itertuples(index=False), ok["value"])}
+        out = points.copy()
+        values = []
+        for row in points.itertuples(index=False):
+            cell = tuple(getattr(row, c) for c in by)
+            ref = self.reference.get(row.series)
+            ref_value = ref_values.get((ref, *cell), math.nan) if ref is not None else math.nan
+            if row.status != "ok":
+                values.append(math.nan)
+            elif kind == "gap":
+                values.append(row.value - ref_value)
+            else:
+                values.append(ref_value / row.value if row.value > 0 else math.nan)
+        out["value"] = values
+        out["ci_low"] = out["ci_high"] = math.nan
+        return out
+
+    def _sorted(self, df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+        rank = {s: i for i, s in enumerate(self.order)}
+        df = df.assign(_rank=df["series"].map(rank))
+        df = df.sort_values(["_rank", *by], na_position="first", kind="stable")
+        return df.drop(columns="_rank").reset_index(drop=True)
+
+
+def prepare(table: pd.DataFrame) -> Prepared:
+    """Series, labels and references of a result table (in schema form)."""
+    rows = results.to_frame(table)
+    split = [c for c in SERIES_SPLIT if (rows.groupby("model", dropna=False)[c].nunique(dropna=False) > 1).any()]
+
+    extras = [[(f"{c}={v}" if c == "train_ctx" else str(v)) if pd.notna(v) else "" for v in rows[c]] for c in split]
+    rows["series"] = pd.array([model + (f" [{', '.join(e for e in extra if e)}]" if any(extra) else "")
+                               for model, *extra in zip(rows["model"].astype(str), *extras)], dtype="string")
+    info = rows.groupby("series", sort=False).first().reset_index()
+    info = info[["series", "model", "arch", "params", *SERIES_SPLIT]]
+    known = {a: i for i, a in enumerate(ARCH_ORDER)}
+    info = info.assign(_a=info["arch"].map(lambda a: (known.get(a, len(known)), a)),
+                       _p=info["params"].astype("float64").fillna(0))
+    info = info.sort_values(["_a", "_p", "series"], kind="stable").drop(columns=["_a", "_p"]).reset_index(drop=True)
+    per_arch = info["arch"].value_counts()
+    # One series per architecture: the architecture's name; several (sizes, backends): the series'.
+    info["label"] = [arch_name(a) if per_arch[a] == 1 else s for s, a in zip(info["series"], info["arch"])]
+    return Prepared(rows, info, _references(info))
+
+
+def _references(info: pd.DataFrame) -> dict[str, str | None]:
+    """Each series' full-attention reference: the same device and dtype if possible, then the
+    same training length, then the nearest size, then by name."""
+    refs = info[info["arch"] == REFERENCE_ARCH]
+    out: dict[str, str | None] = {}
+    for row in info.itertuples(index=False):
+        if row.arch == REFERENCE_ARCH:
+            out[row.series] = row.series
+            continue
+        if refs.empty:
+            out[row.series] = None
+            continue
+
+        def distance(ref) -> tuple:
+            differ = [not _same(getattr(ref, c), getattr(row, c)) for c in ("device", "dtype", "train_ctx")]
+            sizes = [ref.params, row.params]
+            size = abs(math.log(sizes[0] / sizes[1])) if all(pd.notna(p) and p > 0 for p in sizes) else math.inf
+            return (*differ, size, ref.series)
+
+        out[row.series] = min(refs.itertuples(index=False), key=distance).series
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return (pd.isna(a) and pd.isna(b)) or (not pd.isna(a) and not pd.isna(b) and a == b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _pivot(points: pd.DataFrame, facets: Sequence[str], title: str, fmt: str,
+           scale: float = 1.0) -> pd.DataFrame:
+    """A wide table: index (model, arch, *facets), columns eval_ctx; attrs: title, fmt, halfwidth."""
+    pts = points.assign(model=points["series"])  # the series name: the model, and its split if any
+    index = ["model", "arch", *facets]
+    cells = pts["value"].astype(object) / scale
+    cells[pts["status"] != "ok"] = pts.loc[pts["status"] != "ok", "status"].map(lambda s: FAILURE_LABELS.get(s, s))
+    halfwidth = (pts["ci_high"] - pts["ci_low"]) / 2 / scale
+    wide = pts.assign(cell=cells, hw=halfwidth).set_index([*index, "eval_ctx"])
+    table = wide["cell"].unstack("eval_ctx")
+    order = list(dict.fromkeys(pts[index].itertuples(index=False, name=None)))
+    table = table.reindex(pd.MultiIndex.from_tuples(order, names=index))
+    # Context lengths in order, then 'all' (a score without one)
+    columns = sorted(table.columns, key=lambda c: (isinstance(c, str), 0 if isinstance(c, str) else c))
+    table = table.reindex(columns=columns)
+    table.columns.name = "eval_ctx"
+    table.attrs.update(title=title, fmt=fmt,
+                       halfwidth=wide["hw"].unstack("eval_ctx").reindex(index=table.index, columns=table.columns))
+    return table
+
+
+def _facets(points: pd.DataFrame, candidates: Sequence[str]) -> list[str]:
+    """The candidate columns that vary (a constant batch size is no column of its own)."""
+    return [c for c in candidates if points[c].nunique(dropna=False) > 1]
+
+
+def summary_tables(table: pd.DataFrame | Prepared,
+                   niah_metrics: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The summary tables the table's data allows, by name:
+
+    ``loss`` and ``loss_gap`` (to full attention), ``niah_<metric>`` (pooled over depths, per
+    variant and haystack), ``prefill_ms`` / ``decode_ms`` with ``prefill_speedup`` /
+    ``decode_speedup`` (full attention's time / the model's), ``prefill_peak_mib``,
+    ``decode_peak_mib``, ``state_mib``; and ``<task>_<metric>`` for every other score (a plugin
+    task's, lm-eval's). Tables whose data is absent are left out."""
+    prep = table if isinstance(table, Prepared) else prepare(table)
+    out: dict[str, pd.DataFrame] = {}
+    if prep.has(*LOSS):
+        loss = prep.points(*LOSS, pos_start=None)
+        out["loss"] = _pivot(loss, [], "Loss (nats/token) by evaluation context length", ".3f")
+        if _has_reference(prep, loss):
+            out["loss_gap"] = _pivot(prep.relative(loss, ["eval_ctx"], "gap"), [],
+                                     "Loss gap to full attention (nats/token; negative: better)", "+.3f")
+    for metric in niah_metric_names(prep, niah_metrics):
+        pts = prep.points(NIAH_TASK, metric, by=("variant", "haystack", "eval_ctx"), depth=None)
+        out[f"niah_{metric}"] = _pivot(pts, ["variant", "haystack"],
+                                       f"{NIAH_NAMES.get(metric, metric)}, pooled over needle depths", ".2f")
+    for metric in TIMES:
+        if not prep.has(LATENCY_TASK, metric):
+            continue
+        pts = prep.points(LATENCY_TASK, metric, by=("batch_size", "eval_ctx"))
+        facets = _facets(pts, ["batch_size"])
+        phase = metric.removesuffix("_s")
+        what = "decode time per token" if phase == "decode" else "prefill time"
+        out[f"{phase}_ms"] = _pivot(pts, facets, f"{what.capitalize()} (ms) by context length", "sig", scale=1e-3)
+        if _has_reference(prep, pts):
+            out[f"{phase}_speedup"] = _pivot(prep.relative(pts, ["batch_size", "eval_ctx"], "speedup"), facets,
+                                             f"{phase.capitalize()} speed-up over full attention (×)", ".2f")
+    for metric, name, what in (("prefill_peak_bytes", "prefill_peak_mib", "Peak memory while prefilling"),
+                               ("decode_peak_bytes", "decode_peak_mib", "Peak memory while decoding"),
+                               ("state_bytes", "state_mib", "State size after the prefix")):
+        if prep.has(LATENCY_TASK, metric):
+            pts = prep.points(LATENCY_TASK, metric, by=("batch_size", "eval_ctx"))
+            out[name] = _pivot(pts, _facets(pts, ["batch_size"]), f"{what} (MiB) by context length", "sig",
+                               scale=MIB)
+    for task, metric, facets, pts in _other_scores(prep):
+        name = re.sub(r"\W+", "_", f"{task}_{metric}").strip("_")
+        out[name] = _pivot(pts, facets, f"{task}: {metric}", ".4g")
+    return out
+
+
+# (task, metric) pairs that the tables above show, or leave out on purpose (rates mirror times).
+_SHOWN = {LOSS, *((NIAH_TASK, m) for m in (*NIAH_ACCURACY, "value_logprob")),
+          *((LATENCY_TASK, m) for m in (*TIMES, *MEMORY, "prefill_tok_s", "decode_tok_s"))}
+
+
+def _other_scores(prep: Prepared) -> Iterator[tuple[str, str, list[str], pd.DataFrame]]:
+    """(task, metric, facets, points) of every other score, e.g. a plugin task's or lm-eval's:
+    by context length where it has one (``all`` where not), the varying key columns as facets."""
+    for task, metric in prep.rows[["task", "metric"]].drop_duplicates().itertuples(index=False, name=None):
+        if (task, metric) in _SHOWN:
+            continue
+        rows = prep.rows[(prep.rows["task"] == task) & (prep.rows["metric"] == metric)]
+        facets = [c for c in ("variant", "haystack", "depth", "batch_size") if rows[c].nunique() > 1]
+        pts = prep.points(task, metric, by=(*facets, "eval_ctx"))
+        pts["eval_ctx"] = pts["eval_ctx"].astype(object).where(pts["eval_ctx"].notna(), "all")
+        yield task, metric, facets, pts
+
+
+def niah_metric_names(prep: Prepared, wanted: Sequence[str] | None = None) -> list[str]:
+    """The NIAH accuracy metrics to show: ``wanted`` (checked) or those in the table."""
+    if wanted is not None:
+        for metric in wanted:
+            check_choice("NIAH metric", metric, NIAH_ACCURACY)
+    return [m for m in (wanted or NIAH_ACCURACY) if prep.has(NIAH_TASK, m)]
+
+
+def _has_reference(prep: Prepared, points: pd.DataFrame) -> bool:
+    """Whether some non-reference series has a reference among these points."""
+    present = set(points["series"])
+    return any(ref in present and ref != s for s, ref in prep.reference.items() if s in present)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _cell_text(value: Any, halfwidth: Any, fmt: str) -> str:
+    """A cell as text: a failure's label as is; a number in ``fmt`` (a format spec, or ``"sig"``:
+    three significant digits without exponent), with ± its interval's half-width in as many
+    decimals."""
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return ""
+    value = float(value)
+    if fmt == "sig":
+        decimals = max(0, 2 - math.floor(math.log10(abs(value)))) if value else 0
+        fmt = f".{decimals}f"
+    text = format(value, fmt)
+    if halfwidth is not None and pd.notna(halfwidth) and halfwidth > 0:
+        text += " ± " + format(float(halfwidth), fmt.lstrip("+"))
+    return text
+
+
+def _text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a summary table as text: index columns, then one per context length."""
+    fmt = df.attrs.get("fmt", ".4g")
+    hw = df.attrs.get("halfwidth")
+    header = [*df.index.names, *(context_label(c) if isinstance(c, (int, np.integer)) else str(c) for c in df.columns)]
+    rows = []
+    for i, (key, values) in enumerate(df.iterrows()):
+        key = key if isinstance(key, tuple) else (key,)
+        index_text = [arch_name(k) if name == "arch" else ("" if pd.isna(k) else str(k))
+                      for name, k in zip(df.index.names, key)]
+        cells = [_cell_text(v, hw.iat[i, j] if hw is not None else None, fmt) for j, v in enumerate(values)]
+        rows.append(index_text + cells)
+    return header, rows
+
+
+def render_markdown(df: pd.DataFrame, title: bool = True) -> str:
+    """A GitHub-flavoured Markdown table (with its title as a bold line, unless ``title=False``)."""
+    header, rows = _text_rows(df)
+    n_index = df.index.nlevels
+
+    def line(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [line(header), "|" + "|".join(":---" if i < n_index else "---:" for i in range(len(header))) + "|"]
+    lines += [line(r) for r in rows]
+    if title and df.attrs.get("title"):
+        lines = [f"**{df.attrs['title']}**", ""] + lines
+    return "\n".join(lines)
+
+
+_LATEX_ESCAPES = {"±": r"$\pm$", "×": r"$\times$", "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%",
+                  "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def render_latex(df: pd.DataFrame) -> str:
+    """A booktabs ``table`` environment with the title as caption."""
+    header, rows = _text_rows(df)
+    n_index = df.index.nlevels
+
+    def line(cells: Iterable[str]) -> str:
+        return " & ".join(_latex_escape(c) for c in cells) + r" \\"
+
+    body = [r"\begin{table}[t]", r"\centering", r"\small"]
+    if df.attrs.get("title"):
+        body.append(rf"\caption{{{_latex_escape(df.attrs['title'])}}}")
+    body += [r"\begin{tabular}{" + "l" * n_index + "r" * (len(header) - n_index) + "}", r"\toprule", line(header),
+             r"\midrule", *(line(r) for r in rows), r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(body)
+
+
+def render_csv(df: pd.DataFrame) -> str:
+    """Plain values (no intervals), one column per context length in tokens."""
+    return df.reset_index().to_csv(index=False)
+
+
+_RENDERERS = {"md": render_markdown, "csv": render_csv, "tex": render_latex}
+
+
+def format_tables(tables: Mapping[str, pd.DataFrame], fmt: str = "md") -> str:
+    """Every table in one text (Markdown for printing, by default)."""
+    check_choice("table format", fmt, TABLE_FORMATS)
+    if fmt == "csv":
+        return "\n".join(f"# {name}\n{render_csv(df)}" for name, df in tables.items())
+    return "\n\n".join(_RENDERERS[fmt](df) for df in tables.values()) + "\n"
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike,
+                 formats: Sequence[str] = TABLE_FORMATS) -> list[Path]:
+    """``<out_dir>/<name>.<format>`` for every table and format (atomically); the paths written."""
+    for fmt in formats:
+        check_choice("table format", fmt, TABLE_FORMATS)
+    out_dir = Path(out_dir)
+    paths = []
+    for name, df in tables.items():
+        for fmt in formats:
+            text = _RENDERERS[fmt](df)
+            path = out_dir / f"{name}.{fmt}"
+            paths.append(results.atomic_write(path, lambda f, t=text: f.write(t.rstrip("\n") + "\n")))
+    return paths

@@ -1,0 +1,229 @@
+"""Regression check of a run's scores against a committed reference table.
+
+The reference is a result table (CSV) with one extra column, ``tolerance``. A score regresses
+when it moves in its bad direction by more than the reference's confidence half-width on that
+side plus the tolerance; a reference cell missing from the run (or failed in it) is a failure
+too. Metrics marked exact (deterministic sizes) must match to the bit. Timings are not scores:
+they depend on the machine and are never checked.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.api import results
+from harness.api.errors import ConfigError
+
+# metric -> (direction, default tolerance). "lower"/"higher": which way is better.
+SCORES: dict[str, tuple[str, float]] = {
+    "loss": ("lower", 0.02),
+    "gen_match": ("higher", 0.0),
+    "cand_acc": ("higher", 0.0),
+    "value_logprob": ("higher", 0.05),
+    "state_bytes": ("exact", 0.0),
+}
+# Columns that identify a score across runs (the run's own name and the message do not).
+MATCH_COLUMNS = [c for c in results.KEY_COLUMNS if c != "run"]
+TOLERANCE = "tolerance"
+
+
+@dataclass
+class CheckResult:
+    table: pd.DataFrame  # one row per reference score: reference, run, delta, allowed, verdict
+    regressions: int
+    missing: int
+
+    @property
+    def passed(self) -> bool:
+        return self.regressions == 0 and self.missing == 0
+
+
+FAILING = ("regressed", "changed")  # verdicts that fail a check (besides missing and failed)
+
+
+def read_reference(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no reference table at {str(path)!r}; create one with `lcbench check RUN --update`")
+    raw = pd.read_csv(path, dtype={c: "string" for c, t in results.SCHEMA.items() if t == "string"},
+                      keep_default_na=False, na_values={c: [""] for c in raw_columns(path) if c != "message"})
+    if TOLERANCE not in raw.columns:
+        raise ConfigError(f"{path} has no {TOLERANCE!r} column; is it a reference written by `lcbench check --update`?")
+    table = results.validate(raw.drop(columns=[TOLERANCE]))
+    table[TOLERANCE] = raw[TOLERANCE].astype(float).to_numpy()
+    return table
+
+
+def raw_columns(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return f.readline().strip().split(",")
+
+
+def reference_from_run(table: pd.DataFrame) -> pd.DataFrame:
+    """The scores of a run as a reference: ok rows of score metrics, with default tolerances."""
+    scores = table[table["metric"].isin(list(SCORES)) & (table["status"] == "ok")].copy()
+    scores[TOLERANCE] = [SCORES[m][1] for m in scores["metric"]]
+    return scores.reset_index(drop=True)
+
+
+def write_reference(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    reference = reference_from_run(table)
+    if reference.empty:
+        raise ConfigError(f"the run has no ok rows of score metrics ({', '.join(SCORES)}) to make a reference from")
+    return results.atomic_write(path, lambda f: reference.to_csv(f, index=False))
+
+
+def _key(frame: pd.DataFrame) -> pd.Series:
+    parts = frame[MATCH_COLUMNS].astype("object").where(frame[MATCH_COLUMNS].notna(), None)
+    return parts.apply(lambda row: tuple(row), axis=1)
+
+
+def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two_sided: bool = False) -> CheckResult:
+    """Each reference score against the run's. ``use_ci``: the reference's confidence half-width
+    widens the allowed move (scores of a retrained model); without it only the tolerance does
+    (fixed weights, where only rounding moves a score). ``two_sided``: a move beyond the allowance
+    in the good direction fails too ("changed"), since it can come from a bug such as a future-token leak."""
+    by_key = {key: row for key, row in zip(_key(run), run.to_dict("records"))}
+    rows = []
+    for key, ref in zip(_key(reference), reference.itertuples(index=False)):
+        direction, _ = SCORES.get(ref.metric, ("exact", 0.0))
+        got = by_key.get(key)
+        value = float(got["value"]) if got is not None and got["status"] == "ok" else math.nan
+        verdict, allowed = _verdict(direction, ref, value, use_ci)
+        if two_sided and verdict == "improved":
+            verdict = "changed"
+        rows.append({**{c: getattr(ref, c) for c in MATCH_COLUMNS if not _is_na(getattr(ref, c))},
+                     "reference": ref.value, "run": value, "delta": value - ref.value, "allowed": allowed,
+                     "verdict": "missing" if got is None else ("failed" if math.isnan(value) else verdict)})
+    return _result(pd.DataFrame(rows))
+
+
+def _result(table: pd.DataFrame) -> CheckResult:
+    verdicts = table["verdict"] if len(table) else pd.Series(dtype=str)
+    return CheckResult(table, int(verdicts.isin(FAILING).sum()), int(verdicts.isin(["missing", "failed"]).sum()))
+
+
+def _is_na(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
+def _verdict(direction: str, ref, value: float, use_ci: bool = True) -> tuple[str, float]:
+    tol = float(getattr(ref, TOLERANCE))
+    if direction == "exact":
+        return ("same" if value == ref.value else "regressed"), 0.0
+    if direction == "lower":  # worse means higher
+        half_width = ref.ci_high - ref.value if use_ci and not _is_na(ref.ci_high) else 0.0
+        worse, better = value - ref.value, ref.value - value
+    else:
+        half_width = ref.value - ref.ci_low if use_ci and not _is_na(ref.ci_low) else 0.0
+        worse, better = ref.value - value, value - ref.value
+    slack = half_width + tol
+    if worse > slack:
+        return "regressed", slack
+    if better > slack:
+        return "improved", slack
+    return ("same" if value == ref.value else "within"), slack
+
+
+def check_run(run_dir: str | os.PathLike, reference_path: str | os.PathLike) -> CheckResult:
+    return compare(results.read_table(run_dir), read_reference(reference_path))
+
+
+def format_report(result: CheckResult, show_all: bool = False) -> str:
+    table = result.table
+    moved = table if show_all else table[table["verdict"] != "same"]
+    summary = table["verdict"].value_counts().to_dict() if len(table) else {}
+    head = (f"{'PASS' if result.passed else 'FAIL'}: {len(table)} reference scores; "
+            + ", ".join(f"{n} {v}" for v, n in sorted(summary.items())))
+    if moved.empty:
+        return head + "\nno score moved."
+    cols = [c for c in ("model", "task", "variant", "haystack", "eval_ctx", "depth", "pos_start", "metric",
+                        "reference", "run", "delta", "allowed", "verdict") if c in moved.columns]
+    return head + "\n" + moved[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
+
+
+# --- The seed-aggregate check (models retrained with several seeds) -------------------------
+# Training amplifies rounding differences between CPUs much as a change of seed does, so single
+# cells of retrained models are not comparable across machines. Scores are first pooled within
+# each seed (over NIAH depths and haystacks, weighted by samples; position bins are left out),
+# then averaged over seeds, and a mean may move by BAND_SIGMAS standard errors of a difference
+# of two such means, estimated from the seed-to-seed spread.
+AGGREGATE_KEYS = ["model", "arch", "task", "metric", "eval_ctx", "variant"]
+BAND_SIGMAS = 4.0
+AGGREGATE_COLUMNS = AGGREGATE_KEYS + ["value", "seed_sd", "pooled_sd", "n_seeds", "band"]
+
+
+def _per_seed(table: pd.DataFrame) -> pd.DataFrame:
+    directions = {m: d for m, (d, _) in SCORES.items() if d != "exact"}
+    rows = table[(table["status"] == "ok") & table["metric"].isin(list(directions)) & table["pos_start"].isna()]
+    if rows.empty:
+        raise ConfigError(f"the run has no ok rows of seed-aggregated scores ({', '.join(directions)})")
+    rows = rows.assign(weight=rows["n"].astype("float64").fillna(1.0), variant=rows["variant"].fillna(""))
+    rows = rows.assign(weighted=rows["value"] * rows["weight"])
+    pooled = rows.groupby(AGGREGATE_KEYS + ["seed"], dropna=False)[["weighted", "weight"]].sum().reset_index()
+    return pooled.assign(value=pooled["weighted"] / pooled["weight"])
+
+
+def seed_aggregates(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, metric, context, variant): the mean over seeds of each seed's pooled score,
+    the seed-to-seed standard deviation and the number of seeds."""
+    per_seed = _per_seed(table)
+    grouped = per_seed.groupby(AGGREGATE_KEYS, dropna=False)["value"]
+    out = grouped.agg(value="mean", seed_sd="std", n_seeds="count").reset_index()
+    return out.assign(seed_sd=out["seed_sd"].fillna(0.0))
+
+
+def aggregate_reference(table: pd.DataFrame, sigmas: float = BAND_SIGMAS) -> pd.DataFrame:
+    """A seed-aggregate reference from a run of at least 3 seeds: each score's band is
+    ``sigmas * pooled_sd * sqrt(2 / n_seeds)``, the spread pooled over the contexts and variants of
+    one (model, task, metric) so that a band rests on more than 2 degrees of freedom. Scores
+    with no spread at all are left out."""
+    agg = seed_aggregates(table)
+    if agg["n_seeds"].min() < 3:
+        raise ConfigError(f"a seed-aggregate reference needs at least 3 seeds per score, got {int(agg['n_seeds'].min())}")
+    pooled = agg.groupby(["model", "task", "metric"])["seed_sd"].transform(lambda sd: math.sqrt(float((sd ** 2).mean())))
+    agg = agg.assign(pooled_sd=pooled)
+    agg["band"] = sigmas * agg["pooled_sd"] * np.sqrt(2.0 / agg["n_seeds"])
+    # A score that no seed moved (NIAH generation is 0 for every tiny model) has no measured
+    # spread to set a band from; it is left to the checks on fixed weights.
+    return agg[agg["pooled_sd"] > 0][AGGREGATE_COLUMNS].reset_index(drop=True)
+
+
+def read_aggregate_reference(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no seed-aggregate reference at {str(path)!r}")
+    table = pd.read_csv(path, keep_default_na=False, na_values={"eval_ctx": [""]})
+    missing = [c for c in AGGREGATE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{path} lacks the columns {missing}; is it a seed-aggregate reference?")
+    return table.assign(eval_ctx=table["eval_ctx"].astype("Int64"), variant=table["variant"].astype(str))
+
+
+def compare_aggregates(run: pd.DataFrame, reference: pd.DataFrame) -> CheckResult:
+    """The run's seed aggregates against the reference's, two-sided: a mean that moves beyond its
+    band either way fails ("regressed" the bad way, "changed" the good way)."""
+    got = seed_aggregates(run)
+    by_key = {tuple(r[k] for k in AGGREGATE_KEYS): r for r in got.to_dict("records")}
+    rows = []
+    for ref in reference.to_dict("records"):
+        hit = by_key.get(tuple(ref[k] for k in AGGREGATE_KEYS))
+        value = float(hit["value"]) if hit is not None else math.nan
+        delta = value - ref["value"]
+        worse = delta if SCORES[ref["metric"]][0] == "lower" else -delta
+        if hit is None:
+            verdict = "missing"
+        elif hit["n_seeds"] != ref["n_seeds"]:  # a seed's cell failed (or the run used other seeds)
+            verdict = "failed"
+        elif abs(delta) <= ref["band"]:
+            verdict = "same" if delta == 0 else "within"
+        else:
+            verdict = "regressed" if worse > 0 else "changed"
+        rows.append({**{k: ref[k] for k in AGGREGATE_KEYS}, "reference": ref["value"], "run": value, "delta": delta,
+                     "allowed": ref["band"], "verdict": verdict})
+    return _result(pd.DataFrame(rows))

@@ -1,0 +1,201 @@
+"""Evaluate one model on one registered task and write the run folder.
+
+``run_eval("loss_scaling", "runs/quick/swa", "runs/eval/swa-loss", {"contexts": "1K,2K"})``:
+
+1. resolves the model spec: a checkpoint folder (``config.json`` + ``model.safetensors``), or an
+   architecture name with an optional preset (``swa``, ``swa:125m``; untrained weights, fine for
+   latency);
+2. parses the task's options (unknown names and bad values fail with the valid choices);
+3. runs the task under ``torch.no_grad()``, fills the columns that identify model and run, and
+   validates the rows against the schema (:mod:`harness.api.results`);
+4. writes ``results.parquet``, ``results.csv``, ``samples.jsonl`` and ``run.json`` atomically.
+
+It imports no task and no architecture: both are found through the registry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from harness.api import registry, results
+from harness.api.device import dtype_name, resolve_device, resolve_dtype
+from harness.api.errors import ConfigError, close_match
+from harness.api.interface import LCModel
+from harness.api.options import describe_options, parse_options
+from harness.api.task import ModelInfo, RunContext, Task, function_task
+from harness.data.heldout import heldout_documents
+from harness.runs.provenance import run_metadata, write_run_json
+from harness.train import checkpoint
+
+
+@dataclass
+class EvalResult:
+    table: pd.DataFrame
+    samples: list[dict[str, Any]]
+    out_dir: Path | None
+    meta: dict[str, Any]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return os.sep in spec or "/" in spec or spec.startswith(".") or Path(spec).exists()
+
+
+def resolve_model(
+    spec: str | os.PathLike | LCModel,
+    preset: str | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    backend: str | None = None,
+    name: str | None = None,
+) -> tuple[LCModel, ModelInfo]:
+    """(model in eval mode on device/dtype, its identifying info) for a model spec.
+
+    ``spec``: a checkpoint folder; an architecture name, optionally ``arch:preset`` (``preset``
+    defaults to ``tiny``); or an already built model. ``backend`` overrides the config's mixer
+    backend (the model is rebuilt from its config with the same weights)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    train_config, path, source = None, None, "preset"
+    if isinstance(spec, LCModel):
+        model = spec
+        label = name or f"{model.config.arch}:custom"
+        source = "object"
+    else:
+        spec = str(spec)
+        arch, _, spec_preset = spec.partition(":")
+        if checkpoint.is_checkpoint(spec) or (_looks_like_path(spec) and arch not in registry.model_names()):
+            model = checkpoint.load_model(spec)  # raises a clear CheckpointError for a bad folder
+            path, source = str(Path(spec).resolve()), "checkpoint"
+            label = name or Path(spec).resolve().name
+            try:
+                state, _ = checkpoint.load_trainer_state(spec)
+                train_config = state.get("train_config")
+            except Exception:  # noqa: BLE001 - a weights-only checkpoint has no training state
+                train_config = None
+        else:
+            if arch not in registry.model_names():
+                choices = registry.model_names()
+                msg = (f"model {spec!r} is neither a checkpoint folder nor a registered architecture; "
+                       f"valid architectures: {', '.join(choices)}")
+                hint = close_match(arch, choices)
+                raise ConfigError(msg + (f". Did you mean {hint!r}?" if hint else ""))
+            preset = spec_preset or preset or "tiny"
+            torch.manual_seed(0)  # untrained weights: the same on every run
+            model = registry.create_model(arch, preset)
+            label = name or f"{arch}:{preset}"
+    if backend is not None and backend != model.config.backend:
+        state = model.state_dict()
+        model = type(model)(model.config.replace(backend=backend))
+        model.load_state_dict(state)
+    model = model.to(device=device, dtype=dtype).eval()
+    train_ctx = (train_config or {}).get("seq_len")
+    info = ModelInfo(name=label, arch=model.config.arch, params=int(model.num_params(non_embedding=True)),
+                     train_ctx=int(train_ctx) if train_ctx else None, train_config=train_config,
+                     source=source, path=path)
+    return model, info
+
+
+def task_options(task_name: str) -> list[dict[str, Any]]:
+    """The options of a registered task (name, type, default, help)."""
+    task = registry.get_task(task_name)
+    options_class = getattr(task, "Options", None)
+    return describe_options(options_class) if options_class is not None else []
+
+
+def identity_columns(info: ModelInfo, task: str, run: str, model: LCModel, device: torch.device,
+                     dtype: torch.dtype, seed: int) -> dict[str, Any]:
+    """The columns that identify the model and the run in every row of a table."""
+    return {"run": run, "model": info.name, "arch": info.arch, "params": info.params, "train_ctx": info.train_ctx,
+            "task": task, "backend": model.config.backend, "device": device.type, "dtype": dtype_name(dtype),
+            "seed": seed}
+
+
+def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[str, Any] | None = None, *,
+             device: torch.device, dtype: torch.dtype, seed: int = 0, run: str = "run",
+             progress: bool = True) -> tuple[pd.DataFrame, list[dict[str, Any]], Any]:
+    """Run a registered task on a resolved model: (validated table, samples, parsed options)."""
+    task = registry.get_task(task_name)
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    ctx = RunContext(model_info=info, device=device, dtype=dtype, seed=seed, progress=progress,
+                     heldout_source=heldout_documents)
+    torch.manual_seed(seed)
+    if isinstance(task, type) and issubclass(task, Task):
+        parsed = parse_options(task.Options, options, task_name)
+        with torch.no_grad():
+            rows = task().run(model, parsed, ctx)
+    elif callable(task):
+        parsed = dict(options or {})
+        with torch.no_grad():
+            rows = function_task(task, model, parsed, ctx, task_name)
+    else:
+        raise ConfigError(f"task {task_name!r} is registered as a {type(task).__name__}, not a Task class or function")
+    identity = identity_columns(info, task_name, run, model, device, dtype, seed)
+    filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows or []]
+    try:
+        table = results.validate(filled)
+    except results.SchemaError as exc:
+        raise results.SchemaError(f"task {task_name!r} returned rows that break the schema: {exc}") from exc
+    samples = [{"run": run, "model": info.name, "task": task_name, **s} for s in ctx.samples]
+    return table, samples, parsed
+
+
+def run_eval(
+    task_name: str,
+    model_spec: str | os.PathLike | LCModel,
+    out_dir: str | os.PathLike | None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    preset: str | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    backend: str | None = None,
+    seed: int = 0,
+    run_name: str | None = None,
+    model_name: str | None = None,
+    command: Sequence[str] | str | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model_spec`` on task ``task_name`` and write the run folder ``out_dir``
+    (``None``: write nothing, return the table). See the module docstring."""
+    registry.get_task(task_name)  # a bad task name fails before any model is loaded
+    device_t = resolve_device(device)
+    dtype_t = resolve_dtype(dtype, device_t)
+    model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
+                                name=model_name)
+    run = run_name or (Path(out_dir).name if out_dir is not None else "run")
+    started = time.time()
+    table, samples, parsed = run_task(task_name, model, info, options, device=device_t, dtype=dtype_t, seed=seed,
+                                      run=run, progress=progress)
+    options_dict = parsed if isinstance(parsed, dict) else _asdict(parsed)
+    meta = run_metadata(
+        seed=seed, command=command, device=str(device_t), task=task_name, options=options_dict,
+        model={"spec": str(model_spec) if not isinstance(model_spec, LCModel) else info.name, "name": info.name,
+               "source": info.source, "path": info.path, "config": model.config.to_dict(),
+               "params_non_embedding": info.params, "params_total": int(model.num_params(non_embedding=False)),
+               "train_config": info.train_config},
+        dtype=dtype_name(dtype_t), run=run,
+    )
+    meta["elapsed_s"] = round(time.time() - started, 3)
+    meta["rows"] = len(table)
+    meta["status_counts"] = {k: int(v) for k, v in table["status"].value_counts().items()}
+    out = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        results.write_jsonl(out / results.SAMPLES_JSONL, samples)
+        results.write_table(out, table)
+        write_run_json(out, meta)  # last: its presence marks a complete run folder
+    return EvalResult(table, samples, out, meta)
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(vars(obj))

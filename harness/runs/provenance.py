@@ -1,0 +1,99 @@
+"""Run provenance for ``run.json``: git commit, package versions, device, command line, and a
+hash of the settings that define a run."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.api.results import RUN_JSON, atomic_write, json_default
+
+
+def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """{'commit': sha or None, 'dirty': bool or None} of the repository holding ``path``."""
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, timeout=10)
+        return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+# Distribution names, as metadata.version knows them. fla's kernels ship as ``fla-core`` (what the
+# extras install); ``flash-linear-attention`` (fla-core plus fla's model zoo) is recorded when present.
+PACKAGES = ("lcbench", "torch", "numpy", "pandas", "pyarrow", "safetensors", "triton",
+            "fla-core", "flash-linear-attention", "mamba-ssm", "transformers", "tokenizers")
+
+
+def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def device_info(device: str | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        index = torch.device(device).index if device and str(device).startswith("cuda") else None
+        index = torch.cuda.current_device() if index is None else index
+        props = torch.cuda.get_device_properties(index)
+        info.update(gpu=props.name, gpu_memory_bytes=int(props.total_memory), cuda=torch.version.cuda,
+                    gpu_count=torch.cuda.device_count())
+    return info
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (the settings that define a run)."""
+    text = json.dumps(obj, sort_keys=True, default=json_default)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def run_metadata(seed: int | None = None, command: Sequence[str] | str | None = None, device: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """Provenance for ``run.json``: git commit, package versions, device, command line, seed,
+    time, and whatever else is given (task, options, model config); ``config_hash`` hashes
+    the seed and the extra settings."""
+    if command is None:
+        command = sys.argv
+    settings = {"seed": seed, **extra}
+    return {
+        **settings,
+        "config_hash": config_hash(settings),
+        "command": command if isinstance(command, str) else " ".join(map(str, command)),
+        "git": git_commit(),
+        "packages": package_versions(),
+        "device": {"name": device, **device_info(device)},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_run_json(run_dir: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
+    return atomic_write(Path(run_dir) / RUN_JSON,
+                        lambda f: f.write(json.dumps(meta, indent=2, default=json_default, sort_keys=False) + "\n"))
+
+
+def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / RUN_JSON).read_text(encoding="utf-8"))

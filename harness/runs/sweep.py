@@ -1,0 +1,338 @@
+"""Sweeps: whole comparisons from one spec file, into one resumable tidy table.
+
+A spec (YAML or TOML) lists models (architecture, preset, config overrides, training budget or
+a given checkpoint), seeds and tasks with their options and grids::
+
+    name: quick
+    train: {steps: 150, batch_size: 8, seq_len: 256}
+    seeds: [0]
+    models:
+      - {arch: full_attention}
+      - {arch: swa, set: {window: 128}}
+    tasks:
+      - {task: loss_scaling, options: {contexts: [256, 1024]}}
+      - {task: niah, grid: {variant: [single, multikey]}}
+
+Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
+it. A cell's rows are appended to the table when it finishes and the cell is then marked done in
+``cells.jsonl``: a rerun skips finished cells, a killed one is redone (its rows replace any that
+reached the table), and a failing cell is recorded as a status row while the sweep goes on.
+Training is a cell too: its checkpoint lives under ``checkpoints/`` and resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from harness.api import registry, results
+from harness.api.device import resolve_device, resolve_dtype
+from harness.api.errors import ConfigError, unknown_message
+from harness.api.failures import FailureGuard, failure_rows
+from harness.api.interface import LCModel, ModelConfig
+from harness.api.task import ModelInfo
+from harness.api.timing import free_memory
+from harness.data.tokenizers import load_tokenizer
+from harness.runs.evaluate import resolve_model, run_task
+from harness.runs.provenance import config_hash, run_metadata, write_run_json
+from harness.train import checkpoint
+from harness.train.trainer import TrainConfig, train
+
+CELLS_FILE = "cells.jsonl"
+SPEC_FILE = "spec.json"
+SAMPLES_DIR = "samples"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a spec dataclass, naming unknown keys with the close match."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}: " + unknown_message("key", key, known))
+    return cls(**data)
+
+
+@dataclass
+class ModelEntry:
+    arch: str
+    preset: str = "tiny"
+    set: dict[str, Any] = field(default_factory=dict)  # model config overrides
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
+    checkpoint: str | None = None  # evaluate this checkpoint instead of training
+    untrained: bool = False  # evaluate seeded random weights (latency and memory need no training)
+    name: str | None = None  # label in the table (default arch:preset, plus overrides)
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.set.items()) if k != "vocab_size")
+        return f"{self.arch}:{self.preset}" + (f"[{extra}]" if extra else "")
+
+
+@dataclass
+class TaskEntry:
+    task: str
+    options: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # one cell per combination
+
+    def option_sets(self) -> list[dict[str, Any]]:
+        names = list(self.grid)
+        for name in names:
+            if not isinstance(self.grid[name], list) or not self.grid[name]:
+                raise ConfigError(f"task {self.task!r}: grid.{name} must be a non-empty list, got {self.grid[name]!r}")
+        return [{**self.options, **dict(zip(names, combo))} for combo in itertools.product(*self.grid.values())]
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    models: list[ModelEntry]
+    tasks: list[TaskEntry]
+    train: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.models = [m if isinstance(m, ModelEntry) else _from_dict(ModelEntry, m, f"models[{i}]")
+                       for i, m in enumerate(self.models)]
+        self.tasks = [t if isinstance(t, TaskEntry) else _from_dict(TaskEntry, t, f"tasks[{i}]")
+                      for i, t in enumerate(self.tasks)]
+        if not self.models or not self.tasks:
+            raise ConfigError(f"sweep {self.name!r} needs at least one model and one task")
+        for entry in self.models:  # fail on bad names before anything runs
+            if entry.untrained and entry.checkpoint is not None:
+                raise ConfigError(f"model {entry.label!r} has both a checkpoint and untrained: true; choose one")
+            if entry.checkpoint is None:
+                registry.make_config(entry.arch, entry.preset, **entry.set)
+            self.train_config(entry)
+        for entry in self.tasks:
+            registry.get_task(entry.task)
+            entry.option_sets()
+        labels = [m.label for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"two models share a label in {labels}; give them distinct 'name's")
+
+    def train_config(self, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
+        fields = {**self.train, **entry.train}
+        if seed is not None:
+            fields["seed"] = seed
+        return _from_dict(TrainConfig, fields, f"train settings of {entry.label}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no sweep spec at {str(path)!r}")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    data.setdefault("name", path.stem)
+    return _from_dict(SweepSpec, data, str(path))
+
+
+@dataclass(eq=False)
+class SeededModel:
+    """One model entry of a spec with one seed: what is trained (or loaded) once and then
+    evaluated by every task of the spec."""
+
+    spec: SweepSpec
+    entry: ModelEntry
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return self.entry.label
+
+    def train_config(self) -> TrainConfig:
+        return self.spec.train_config(self.entry, self.seed)
+
+    def model_config(self) -> ModelConfig:
+        overrides = dict(self.entry.set)
+        if not self.entry.untrained:  # trained models take the tokenizer's vocabulary, untrained ones the preset's
+            overrides.setdefault("vocab_size", load_tokenizer(self.train_config().tokenizer).vocab_size)
+        return registry.make_config(self.entry.arch, self.entry.preset, **overrides)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the model's weights (hashed into cell keys and checkpoint names)."""
+        if self.entry.checkpoint is not None:
+            return {"checkpoint": str(Path(self.entry.checkpoint).resolve()), "seed": self.seed}
+        config = self.model_config()
+        if self.entry.untrained:
+            return {"config": config.to_dict(), "untrained": True, "seed": self.seed}
+        return {"config": config.to_dict(), "train": self.train_config().to_dict()}
+
+    def checkpoint_dir(self, out_dir: Path) -> Path:
+        if self.entry.checkpoint is not None:
+            return Path(self.entry.checkpoint)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.label)
+        return out_dir / CHECKPOINTS_DIR / f"{safe}-s{self.seed}-{config_hash(self.identity())[:8]}"
+
+    def prepare(self, out_dir: Path, device: torch.device, dtype: torch.dtype,
+                progress: bool) -> tuple[LCModel, ModelInfo]:
+        """The model on ``device``: seeded random weights, a given checkpoint, or trained (resuming
+        a checkpoint of an earlier, killed sweep)."""
+        if self.entry.untrained:
+            torch.manual_seed(self.seed)
+            with torch.device(device):  # paper-sized models are built where they run
+                model = registry.build_model(self.model_config())
+            return resolve_model(model, device=device, dtype=dtype, name=self.label)
+        ckpt = self.checkpoint_dir(out_dir)
+        if self.entry.checkpoint is None:
+            cfg = self.train_config()
+            if not _trained(ckpt, cfg.total_steps):
+                if cfg.save_every == 0:  # so a killed sweep resumes training part-way
+                    cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
+                train(self.model_config(), cfg, out_dir=ckpt, resume=True, progress=progress)
+        return resolve_model(ckpt, device=device, dtype=dtype, name=self.label)
+
+
+@dataclass
+class Cell:
+    key: str
+    model: SeededModel
+    task: str
+    options: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return self.model.seed
+
+
+@dataclass
+class SweepResult:
+    table: pd.DataFrame
+    out_dir: Path
+    ran: int
+    skipped: int
+    failed: int
+
+
+def plan(spec: SweepSpec) -> list[Cell]:
+    """Every evaluation cell of the spec, in run order (grouped by model, so each trains once)."""
+    cells = []
+    for entry, seed in itertools.product(spec.models, spec.seeds):
+        model = SeededModel(spec, entry, seed)
+        model_id = model.identity()
+        for task in spec.tasks:
+            for options in task.option_sets():
+                key = config_hash({"model": model_id, "task": task.task, "options": options,
+                                   "device": spec.device, "dtype": spec.dtype})
+                cells.append(Cell(key, model, task.task, options))
+    return cells
+
+
+def finished_cells(out_dir: Path) -> dict[str, dict[str, Any]]:
+    path = out_dir / CELLS_FILE
+    if not path.is_file():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill: that cell is redone
+            continue
+        done[record["key"]] = record
+    return done
+
+
+def _mark_done(out_dir: Path, record: dict[str, Any]) -> None:
+    with open(out_dir / CELLS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _trained(ckpt: Path, total_steps: int) -> bool:
+    if not checkpoint.is_checkpoint(ckpt):
+        return False
+    try:
+        return checkpoint.load_trainer_state(ckpt)[0].get("step", 0) >= total_steps
+    except checkpoint.CheckpointError:
+        return False
+
+
+def _failure_rows(cell: Cell, exc: BaseException, label: str) -> list[dict[str, Any]]:
+    return failure_rows(exc, ["cell_failed"], f"(options {cell.options})", run=cell.model.spec.name, model=label,
+                        arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
+
+
+def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True,
+              retry_failed: bool = False) -> SweepResult:
+    """Run every cell of ``spec`` not yet finished in ``out_dir`` (and, with ``retry_failed``,
+    the ones that failed before)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
+    cells = plan(spec)
+    done = finished_cells(out_dir)
+    pending = [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    ran = failed = 0
+    started = time.time()
+    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
+               disable=not progress)
+    for _, group in itertools.groupby(pending, key=lambda c: id(c.model)):
+        group = list(group)
+        seeded = group[0].model
+        bar.set_postfix_str(f"{seeded.label} seed {seeded.seed}")
+        # a model that cannot be trained or loaded fails all its cells
+        with FailureGuard([], device) as preparing:
+            model, info = seeded.prepare(out_dir, device, dtype, progress)
+        for cell in group:
+            cell_started = time.time()
+            if preparing.failed:
+                table, samples = results.to_frame(_failure_rows(cell, preparing.error, seeded.label)), []
+            else:
+                with FailureGuard([], device) as running:
+                    table, samples, _ = run_task(cell.task, model, info, cell.options, device=device, dtype=dtype,
+                                                 seed=cell.seed, run=spec.name, progress=False)
+                if running.failed:
+                    table, samples = results.to_frame(_failure_rows(cell, running.error, info.name)), []
+            status = "ok" if (table["status"] == "ok").all() else "failed"
+            failed += status != "ok"
+            results.append_rows(out_dir, table, on_duplicate="replace")
+            if samples:
+                results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
+            _mark_done(out_dir, {"key": cell.key, "model": seeded.label, "seed": cell.seed, "task": cell.task,
+                                 "options": cell.options, "status": status, "rows": len(table),
+                                 "seconds": round(time.time() - cell_started, 2),
+                                 "message": "" if status == "ok" else str(table["message"].iloc[0])[:500]})
+            ran += 1
+            bar.update(1)
+        free_memory(device)
+    bar.close()
+    meta = run_metadata(seed=None, device=str(device), spec=spec.to_dict(), run=spec.name)
+    meta.update(cells=len(cells), ran=ran, skipped=len(cells) - len(pending), failed=failed,
+                elapsed_s=round(time.time() - started, 3))
+    write_run_json(out_dir, meta)
+    table = results.read_table(out_dir) if (out_dir / results.TABLE_PARQUET).is_file() else results.to_frame([])
+    return SweepResult(table, out_dir, ran, len(cells) - len(pending), failed)
+
+
+def describe_failures(out_dir: str | os.PathLike) -> list[str]:
+    """One line per failed cell of a sweep folder."""
+    return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}"
+            for r in finished_cells(Path(out_dir)).values() if r["status"] != "ok"]
+

@@ -1,0 +1,118 @@
+"""Checkpoints: a folder with ``config.json`` (the model config), ``model.safetensors`` (weights)
+and, for training runs, ``trainer.json`` (step, train config, history) + ``optimizer.pt``.
+
+Writes are atomic: everything goes to a temporary sibling folder that replaces the old one by
+rename, so an interrupted save leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from harness.api.errors import CheckpointError, LcbenchError
+from harness.api.interface import LCModel
+from harness.api.registry import build_model, config_from_dict
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: LCModel,
+    optimizer: torch.optim.Optimizer | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(model.config.to_json())
+        safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"arch": model.config.arch})
+        if trainer_state is not None:
+            (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=2))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_config(path: str | os.PathLike):
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}: the folder does not exist")
+    if not is_checkpoint(path):
+        present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        raise CheckpointError(
+            f"{str(path)!r} is not an lcbench checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}, found {present}"
+        )
+    try:
+        data = json.loads((path / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({exc}); the checkpoint is corrupted") from exc
+    try:
+        return config_from_dict(data)
+    except LcbenchError as exc:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {exc}") from exc
+
+
+def load_weights(path: str | os.PathLike, model: LCModel) -> None:
+    """Load ``model.safetensors`` into ``model``, naming every missing or unexpected tensor."""
+    file = Path(path) / WEIGHTS_FILE
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"{file} does not fit a {model.config.arch} model with this config: {exc}") from exc
+    except Exception as exc:  # safetensors raises its own error types on a damaged file
+        raise CheckpointError(f"{file} cannot be read ({type(exc).__name__}: {exc}); the file is corrupted") from exc
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file} does not match the {model.config.arch} model: "
+            f"missing tensors {sorted(missing)}, unexpected tensors {sorted(unexpected)}"
+        )
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LCModel:
+    """Rebuild a model from its checkpoint folder."""
+    model = build_model(read_config(path))
+    load_weights(path, model)
+    return model.to(device)
+
+
+def load_trainer_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(trainer.json contents, optimizer state dict or None) of a training checkpoint."""
+    path = Path(path)
+    if not (path / TRAINER_FILE).is_file():
+        raise CheckpointError(f"{str(path)!r} has no {TRAINER_FILE}: it is a weights-only checkpoint and cannot resume training")
+    try:
+        state = json.loads((path / TRAINER_FILE).read_text())
+        optim = torch.load(path / OPTIMIZER_FILE, weights_only=True) if (path / OPTIMIZER_FILE).is_file() else None
+    except Exception as exc:
+        raise CheckpointError(f"training state in {str(path)!r} cannot be read ({exc}); the checkpoint is corrupted") from exc
+    return state, optim

@@ -1,0 +1,235 @@
+"""One trainer for every registered architecture.
+
+AdamW with linear warm-up and cosine decay, gradient clipping and accumulation, bf16 autocast on
+GPU, a fixed token budget, periodic validation loss and atomic checkpoints. A run resumes
+bit-for-bit on CPU: batches are a pure function of (seed, step) and the optimizer state is saved.
+Models that need to know training progress (TTT-E2E's inner-lr warm-up) define
+``on_train_step(step, total_steps)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness import data
+from harness.api.device import resolve_device
+from harness.api.errors import ConfigError, check_choice
+from harness.api.interface import LCModel, ModelConfig
+from harness.api.registry import build_model
+from harness.train import checkpoint
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    tokens: int = 0  # token budget; when > 0 it sets steps = tokens // (batch_size * seq_len * grad_accum)
+    batch_size: int = 8
+    seq_len: int = 256
+    grad_accum: int = 1
+    lr: float = 3e-3  # official TTT-E2E 125m pretraining recipe: 3e-3 peak, cosine to 1e-5
+    min_lr: float = 1e-5
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 50  # validation loss every N steps (0: only at the end)
+    eval_batches: int = 4
+    save_every: int = 0  # checkpoint every N steps when out_dir is given (0: only at the end)
+    corpus: str | None = None  # None: the embedded standard-library corpus
+    tokenizer: str | None = None  # None: bytes
+    val_fraction: float = 0.1
+    split_seed: int | None = None  # seed of the train/val document split; None: the training seed
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.tokens < 0:
+            raise ConfigError(f"TrainConfig.tokens must be >= 0, got {self.tokens}")
+        if not 0 <= self.warmup_frac < 1:
+            raise ConfigError(f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("dtype", self.dtype, ("auto", "fp32", "bf16"))
+
+    @property
+    def data_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
+    def total_steps(self) -> int:
+        if self.tokens:
+            return max(1, self.tokens // (self.batch_size * self.seq_len * self.grad_accum))
+        return self.steps
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: LCModel
+    step: int
+    val_loss: float
+    tokens_per_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to lr, then cosine decay to min_lr (step counts from 0)."""
+    total = cfg.total_steps
+    warmup = int(cfg.warmup_frac * total)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "bf16" or (name == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def make_optimizer(model: LCModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Decay matrices only; norms' gains and biases (vectors) are not decayed.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+@dataclass
+class TrainingData:
+    train: torch.Tensor  # [N, seq_len] packed rows
+    val: torch.Tensor
+    vocab_size: int
+
+
+def prepare_data(cfg: TrainConfig) -> TrainingData:
+    tokenizer = data.load_tokenizer(cfg.tokenizer)
+    train_docs, val_docs = data.split_documents(data.load_corpus(cfg.corpus), cfg.val_fraction, cfg.data_split_seed)
+    train = data.pack_sequences(data.tokenize_documents(train_docs, tokenizer), cfg.seq_len)
+    val = data.pack_sequences(data.tokenize_documents(val_docs, tokenizer), cfg.seq_len)
+    if len(train) == 0 or len(val) == 0:
+        raise ConfigError(
+            f"the corpus is too small for seq_len={cfg.seq_len}: {len(train)} training and {len(val)} validation rows"
+        )
+    return TrainingData(train, val, tokenizer.vocab_size)
+
+
+@torch.no_grad()
+def validation_loss(model: LCModel, val: torch.Tensor, cfg: TrainConfig, device: torch.device) -> float:
+    was_training = model.training
+    model.eval()
+    rows = val[: cfg.eval_batches * cfg.batch_size]
+    losses = []
+    for i in range(0, len(rows), cfg.batch_size):
+        batch = rows[i : i + cfg.batch_size].to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype(cfg.dtype, device) or torch.float32,
+                            enabled=autocast_dtype(cfg.dtype, device) is not None):
+            losses.append(model.token_losses(batch).float().mean().item() * len(batch))
+    model.train(was_training)
+    return sum(losses) / len(rows)
+
+
+def train(
+    model_config: ModelConfig,
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    training_data: TrainingData | None = None,
+) -> TrainResult:
+    """Train a fresh model (or resume the checkpoint in ``out_dir``) for ``cfg.total_steps``."""
+    device = resolve_device(cfg.device)
+    training_data = training_data or prepare_data(cfg)
+    if model_config.vocab_size < training_data.vocab_size:
+        raise ConfigError(
+            f"model vocab_size={model_config.vocab_size} is smaller than the tokenizer's {training_data.vocab_size}"
+        )
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_config).to(device)
+    optimizer = make_optimizer(model, cfg)
+    start_step, history = 0, []
+    if resume and out_dir is not None and checkpoint.is_checkpoint(out_dir):
+        start_step, history = _restore(out_dir, model, optimizer, cfg)
+    amp_dtype = autocast_dtype(cfg.dtype, device)
+    total = cfg.total_steps
+    on_step = getattr(model, "on_train_step", None)
+    model.train()
+    bar = tqdm(range(start_step, total), desc=f"train {model_config.arch}", disable=not progress, unit="step")
+    t0, tokens_done, val_loss = time.perf_counter(), 0, float("nan")
+    for step in bar:
+        if on_step is not None:
+            on_step(step, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = data.sample_batch(training_data.train, cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+            batch = batch.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = model.token_losses(batch).float().mean() / cfg.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss is {loss_sum} at step {step}; lower lr (now {lr_at(step, cfg):g})")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_done += cfg.tokens_per_step
+        tok_s = tokens_done / (time.perf_counter() - t0)
+        record = {"step": step + 1, "loss": loss_sum, "lr": lr_at(step, cfg), "tokens_per_s": tok_s}
+        last = step + 1 == total
+        if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
+            val_loss = validation_loss(model, training_data.val, cfg, device)
+            record["val_loss"] = val_loss
+        history.append(record)
+        bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{val_loss:.3f}")
+        if out_dir is not None and (last or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
+            _save(out_dir, model, optimizer, cfg, step + 1, history)
+    if start_step >= total:  # nothing left to train: report the checkpoint as it is
+        val_loss = validation_loss(model, training_data.val, cfg, device)
+    elapsed = time.perf_counter() - t0
+    return TrainResult(model, total, val_loss, tokens_done / elapsed if tokens_done else 0.0, history)
+
+
+def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list) -> None:
+    state = {"step": step, "train_config": cfg.to_dict(), "history": history, "rng": torch.get_rng_state().tolist()}
+    checkpoint.save_checkpoint(out_dir, model, optimizer, state)
+
+
+def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig) -> tuple[int, list]:
+    saved_config = checkpoint.read_config(out_dir)
+    if saved_config != model.config:
+        raise checkpoint.CheckpointError(
+            f"cannot resume {str(out_dir)!r}: its model config differs from the requested one "
+            f"({_config_diff(saved_config.to_dict(), model.config.to_dict())})"
+        )
+    state, optim_state = checkpoint.load_trainer_state(out_dir)
+    checkpoint.load_weights(out_dir, model)
+    if optim_state is not None:
+        optimizer.load_state_dict(optim_state)
+    torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+    return state["step"], state["history"]
+
+
+def _config_diff(a: dict, b: dict) -> str:
+    return ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))

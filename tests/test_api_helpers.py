@@ -1,0 +1,170 @@
+"""The contract's shared helpers: the failure guard (OOM / NaN / error -> status rows, memory
+freed), the kernel-backend availability helper, and the one greedy decoding loop."""
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+
+from harness.api.decoding import greedy_decode
+from harness.api.errors import BackendUnavailableError
+from harness.api.failures import MESSAGE_LIMIT, FailureGuard, failure_rows, failure_status
+from harness.api.kernels import Kernel, pick_backend
+from harness.api.results import validate
+from tests.conftest import small_model
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+# ---------------------------------------------------------------------------------------------
+# Failures
+
+
+@pytest.mark.parametrize("exc, status", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"), "oom"),
+    (MemoryError(), "oom"),
+    (FloatingPointError("training loss is nan at step 3"), "nan"),
+    (ValueError("shape mismatch"), "error"),
+])
+def test_failure_status_and_rows(exc, status):
+    assert failure_status(exc) == status
+    rows = failure_rows(exc, ["loss", "gen_match"], "at 4096 tokens", eval_ctx=4096)
+    assert [r["metric"] for r in rows] == ["loss", "gen_match"]
+    assert all(r["status"] == status and r["eval_ctx"] == 4096 for r in rows)
+    assert rows[0]["message"].startswith(f"{type(exc).__name__} at 4096 tokens: ")
+    validate([{**r, "run": "r", "model": "m", "arch": "a", "task": "t"} for r in rows])
+
+
+def test_a_long_message_is_cut():
+    rows = failure_rows(RuntimeError("x" * 10_000), ["loss"])
+    assert len(rows[0]["message"]) == MESSAGE_LIMIT
+
+
+def test_guard_turns_a_failure_into_rows_and_the_code_after_it_goes_on():
+    with FailureGuard(["loss"], CPU, where="at 8 tokens", eval_ctx=8, device="cuda") as guard:  # device: a column too
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    assert guard.failed and isinstance(guard.error, torch.OutOfMemoryError)
+    assert [(r["metric"], r["status"], r["eval_ctx"], r["device"]) for r in guard.rows] == [("loss", "oom", 8, "cuda")]
+    with FailureGuard(["loss"], CPU) as fine:
+        pass
+    assert not fine.failed and fine.rows == []
+
+
+def test_guard_only_oom_lets_other_errors_through():
+    with pytest.raises(ValueError, match="a bug"):
+        with FailureGuard(["loss"], CPU, only_oom=True):
+            raise ValueError("a bug")
+    with FailureGuard(["loss"], CPU, only_oom=True) as guard:
+        raise MemoryError()
+    assert guard.rows[0]["status"] == "oom"
+
+
+def test_guard_drops_the_failed_frames_so_their_memory_is_freed():
+    """A kept traceback keeps the failed call's frames, and their tensors, alive."""
+    ref = None
+
+    def allocate_and_fail():
+        nonlocal ref
+        activations = torch.ones(1 << 16)
+        ref = weakref.ref(activations)
+        try:
+            raise RuntimeError("CUDA error: out of memory")
+        except RuntimeError as first:  # a chained exception holds the same frame
+            raise MemoryError("out of host memory") from first
+
+    with FailureGuard(["loss"], CPU) as guard:
+        allocate_and_fail()
+    assert guard.failed and guard.error.__traceback__ is None
+    assert ref() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+def test_a_kernel_needs_cuda_and_says_so():
+    kernel = Kernel("mixer", "fast", lambda: "ops", install="pip install fast", fallback="torch")
+    assert kernel.unavailable_reason(CPU) == "it needs a CUDA device (the input is on cpu)"
+    assert not kernel.available(CPU) and kernel.available(CUDA)  # the import works; only the device is wrong
+    with pytest.raises(BackendUnavailableError, match="mixer backend 'fast' is unavailable: it needs a CUDA device.*"
+                                                      "backend='torch'"):
+        kernel.ops(CPU)
+    assert kernel.ops(CUDA) == "ops"
+
+
+def test_a_failed_import_is_unavailable_with_its_reason_and_is_tried_once():
+    calls = []
+
+    def load():
+        calls.append(1)
+        raise RuntimeError("triton: no usable driver")
+
+    kernel = Kernel("mixer", "fast", load, install="pip install fast", fallback="torch")
+    reason = kernel.unavailable_reason(CUDA)
+    assert "RuntimeError: triton: no usable driver" in reason and "pip install fast" in reason
+    with pytest.raises(BackendUnavailableError, match="no usable driver"):
+        kernel.ops(CUDA)
+    assert len(calls) == 1
+    kernel.forget()
+    kernel.imported()
+    assert len(calls) == 2
+
+
+def test_pick_backend():
+    works = Kernel("m", "works", lambda: "ops", install="-", fallback="torch", needs_cuda=False)
+    broken = Kernel("m", "broken", lambda: 1 / 0, install="-", fallback="torch", needs_cuda=False)
+    assert pick_backend("auto", [broken, works], CPU, fallback="torch") == "works"
+    assert pick_backend("auto", [broken], CPU, fallback="torch") == "torch"
+    assert pick_backend("broken", [broken, works], CPU, fallback="torch") == "broken"  # its call raises, saying why
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy decoding
+
+
+class CountingSteps:
+    """A model whose decode_step calls are counted."""
+
+    def __init__(self, model):
+        self.model, self.steps = model, 0
+
+    def decode_step(self, state, token):
+        self.steps += 1
+        return self.model.decode_step(state, token)
+
+
+def reference_greedy(model, prompt: torch.Tensor, n: int) -> list[int]:
+    """Greedy generation read off full forward passes over the growing sequence."""
+    ids = prompt[0].tolist()
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[prompt.size(1):]
+
+
+@pytest.fixture(scope="module")
+def greedy_case():
+    """(model, prompt, its first 12 greedy tokens read off full forward passes)."""
+    model = small_model("swa")
+    prompt = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model, prompt, reference_greedy(model, prompt, 12)
+
+
+def test_greedy_decode_matches_reading_the_whole_sequence_each_step(greedy_case):
+    model, prompt, expected = greedy_case
+    with torch.no_grad():
+        logits, state = model.prefill(prompt)
+        counting = CountingSteps(model)
+        assert greedy_decode(counting, logits, state, 12) == expected
+    assert counting.steps == 11  # none after the last token
+
+
+def test_greedy_decode_stops_before_eos_and_after_stop(greedy_case):
+    model, prompt, expected = greedy_case
+    with torch.no_grad():
+        logits, state = model.prefill(prompt)
+        assert greedy_decode(model, logits, state, 12, eos=expected[5]) == expected[: expected.index(expected[5])]
+        logits, state = model.prefill(prompt)  # decode_step may update a cache in place: a fresh state
+        assert greedy_decode(model, logits, state, 12, stop=lambda ids: len(ids) == 3) == expected[:3]
+        assert greedy_decode(model, logits, state, 0) == []
