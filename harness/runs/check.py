@@ -26,6 +26,12 @@ SCORES: dict[str, tuple[str, float]] = {
     "cand_acc": ("higher", 0.0),
     "value_logprob": ("higher", 0.05),
     "state_bytes": ("exact", 0.0),
+    # ttt_neighbors: losses of held-out windows before and after fine-tuning, and the gains
+    "loss_before": ("lower", 0.02),
+    "loss_after": ("lower", 0.02),
+    "loss_no_inner": ("lower", 0.02),
+    "gain": ("higher", 0.02),
+    "gain_over_random": ("higher", 0.02),
 }
 # Columns that identify a score across runs (the run's own name and the message do not).
 MATCH_COLUMNS = [c for c in results.KEY_COLUMNS if c != "run"]

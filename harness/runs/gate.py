@@ -61,6 +61,7 @@ EVAL_TOLERANCES: dict[str, float] = {
     "loss_after": 1e-4,
     "gain": 1e-4,
     "gain_over_random": 1e-4,
+    "loss_no_inner": 1e-4,
 }
 # Exit codes of `lcbench gate`: passed, a score failed, the references cannot judge this data.
 EXIT_PASSED, EXIT_FAILED, EXIT_UNJUDGED = 0, 1, 3
