@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -314,8 +315,8 @@ class TTTE2ELM(AttentionLM):
         "nll" [B, n_in] (needs that extra token), "last" [B, V]."""
         c, b = self.config, self.config.mini_batch_size
         B = tokens.size(0)
-        p0 = 0 if state is None else state.pos
-        p_end = p0 + n_in
+        read_start = 0 if state is None else state.pos  # position of tokens[:, 0]
+        read_end = read_start + n_in
         if n_in <= 0:
             raise ConfigError(f"nothing to read: {tokens.size(1)} tokens, {n_in} inputs")
 
@@ -324,18 +325,18 @@ class TTTE2ELM(AttentionLM):
         prefix_caches = [None] * self.n_prefix if state is None else state.prefix
         new_prefix = []
         for block, cache in zip(self.prefix_blocks, prefix_caches):
-            x, cache = block(x, cache, p0, need_state)
+            x, cache = block(x, cache, read_start, need_state)
             new_prefix.append(cache)
 
-        # 2. the suffix, mini-batch by mini-batch. The timeline starts at the current mini-batch:
-        # its tokens read earlier (pending, from the state) then the new ones.
+        # 2. the suffix, mini-batch by mini-batch. The timeline starts at the current mini-batch
+        # (position timeline_start): its tokens read earlier (pending, from the state), then the new ones.
         if state is None:
-            base, fast = p0, self.initial_fast_weights(B)
+            timeline_start, fast = read_start, self.initial_fast_weights(B)
             hist_k: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
             hist_v: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
             all_x, all_tokens = x, tokens
         else:
-            base, fast = p0 - state.pending_x.size(1), state.fast
+            timeline_start, fast = read_start - state.pending_x.size(1), state.fast
             kv = [ring.keys_values() for ring in state.suffix]
             hist_k, hist_v = [[k] for k, _ in kv], [[v] for _, v in kv]
             all_x = torch.cat([state.pending_x, x], 1)
@@ -348,35 +349,37 @@ class TTTE2ELM(AttentionLM):
         create_graph = track and c.inner_mode == "second_order"
         step = self._step
         if track and c.checkpoint_inner:
-            step = lambda *args: checkpoint(self._step, *args, use_reentrant=False)  # noqa: E731
+            step = partial(checkpoint, self._step, use_reentrant=False)
         outs, last = [], None
-        for ms in range(base, p_end, b):  # base is a mini-batch start
-            me = min(ms + b, p_end)
-            update = me == ms + b and me < p_end  # full, and a later mini-batch needs its update
-            # read from the mini-batch start when it updates (re-reading pending tokens), else
-            # only the new tokens
-            cs = ms if update else max(ms, p0)
-            # positions read before this call: already in hist (hidden from the step's context),
-            # and their outputs are not reported again
-            skip = max(p0 - cs, 0)
-            want_logits = out == "logits" or (out == "last" and me == p_end)
-            targets = all_tokens[:, cs - base + 1 : me - base + 1] if update or out == "nll" else None
-            # (copies of hist: a checkpoint re-runs the step with these very arguments later)
+        for mb_start in range(timeline_start, read_end, b):  # timeline_start is a mini-batch start
+            mb_end = min(mb_start + b, read_end)
+            update = mb_end == mb_start + b and mb_end < read_end  # full, and a later mini-batch needs its update
+            # the step reads from the mini-batch start when it updates (re-reading the pending
+            # tokens), else only the new tokens
+            step_start = mb_start if update else max(mb_start, read_start)
+            # the step's first positions that an earlier call read: already in hist (hidden from
+            # the step's context), and their outputs are not reported again
+            already_read = max(read_start - step_start, 0)
+            want_logits = out == "logits" or (out == "last" and mb_end == read_end)
+            lo, hi = step_start - timeline_start, mb_end - timeline_start  # the step's slice of the timeline
+            targets = all_tokens[:, lo + 1 : hi + 1] if update or out == "nll" else None
             logits, nll, new_fast, ks, vs = step(
-                all_x[:, cs - base : me - base], targets, cs, [list(h) for h in hist_k], [list(h) for h in hist_v],
-                skip, fast, lr, update, create_graph, want_logits,
+                x=all_x[:, lo:hi], targets=targets, start_pos=step_start,
+                # copies of hist: a checkpoint re-runs the step with these very arguments later
+                hist_k=[list(h) for h in hist_k], hist_v=[list(h) for h in hist_v], already_read=already_read,
+                fast=fast, lr=lr, update=update, create_graph=create_graph, want_logits=want_logits,
             )
-            if out == "logits" and me > cs + skip:
-                outs.append(logits[:, skip:])
+            if out == "logits" and mb_end > step_start + already_read:
+                outs.append(logits[:, already_read:])
             elif out == "nll":
-                outs.append(nll[:, skip:])
+                outs.append(nll[:, already_read:])
             elif want_logits:
                 last = logits[:, -1]
             for s in range(len(self.suffix_blocks)):
                 for hist, new, t in ((hist_k[s], new_k[s], ks[s]), (hist_v[s], new_v[s], vs[s])):
-                    if t.size(-2) > skip:
-                        hist.append(t[..., skip:, :])
-                        new.append(t[..., skip:, :])
+                    if t.size(-2) > already_read:
+                        hist.append(t[..., already_read:, :])
+                        new.append(t[..., already_read:, :])
                     while len(hist) > 1 and sum(h.size(-2) for h in hist[1:]) >= keep:
                         hist.pop(0)
             if update:
@@ -385,24 +388,25 @@ class TTTE2ELM(AttentionLM):
         if not need_state:
             return result, None
 
-        m_last = (p_end - 1) // b * b  # start of the mini-batch holding the last position
+        last_mb_start = (read_end - 1) // b * b  # start of the mini-batch holding the last position
         if state is None:
             rings = [
-                RingKVCache(keep, torch.cat(hk, -2), torch.cat(hv, -2), p_end) for hk, hv in zip(hist_k, hist_v)
+                RingKVCache(keep, torch.cat(hk, -2), torch.cat(hv, -2), read_end) for hk, hv in zip(hist_k, hist_v)
             ]
         else:
             rings = state.suffix
             for ring, nk, nv in zip(rings, new_k, new_v):
                 ring.append(torch.cat(nk, -2), torch.cat(nv, -2))
-        pending_x = all_x[:, m_last - base : p_end - base]
-        pending_tokens = all_tokens[:, m_last - base : p_end - base]
-        return result, TTTState(p_end, new_prefix, rings, fast, pending_x, pending_tokens)
+        pending_x = all_x[:, last_mb_start - timeline_start : read_end - timeline_start]
+        pending_tokens = all_tokens[:, last_mb_start - timeline_start : read_end - timeline_start]
+        return result, TTTState(read_end, new_prefix, rings, fast, pending_x, pending_tokens)
 
-    def _step(self, x, targets, start: int, hist_k, hist_v, drop: int, fast, lr, update: bool,
+    def _step(self, x, targets, start_pos: int, hist_k, hist_v, already_read: int, fast, lr, update: bool,
               create_graph: bool, want_logits: bool):
-        """One mini-batch (or part of one): suffix outputs with the given fast weights, then, if
-        ``update``, one inner SGD step. Returns (logits | None, nll | None, fast weights after,
-        per-block keys, per-block values)."""
+        """One mini-batch (or part of one) at positions start_pos..: suffix outputs with the given
+        fast weights, then, if ``update``, one inner SGD step. Its first ``already_read``
+        positions were read by an earlier call (their keys are the last ones in ``hist``).
+        Returns (logits | None, nll | None, fast weights after, per-block keys, per-block values)."""
         track = torch.is_grad_enabled()
         if track:
             weights = [w if w.requires_grad else w.detach().requires_grad_() for w in fast]
@@ -417,7 +421,7 @@ class TTTE2ELM(AttentionLM):
             # inference only: compiled backward graphs allow neither double backward nor the
             # retained graph an outer backward needs
             compiled = self.config.compile_inner and not track
-            h, ks, vs = self._suffix(x, start, hist_k, hist_v, drop, weights, backend, compiled)
+            h, ks, vs = self._suffix(x, start_pos, hist_k, hist_v, already_read, weights, backend, compiled)
             logits = self.lm_head(h)
             nll = None
             if targets is not None:
@@ -434,18 +438,19 @@ class TTTE2ELM(AttentionLM):
             ks, vs = [k.detach() for k in ks], [v.detach() for v in vs]
         return (logits if want_logits else None), nll, new_fast, ks, vs
 
-    def _suffix(self, x, start: int, hist_k, hist_v, drop: int, weights, backend: str, compiled: bool = False):
-        """Final-normed suffix outputs of ``x`` (positions start..), attending to the last
-        window-1 keys in ``hist`` before its last ``drop`` positions."""
+    def _suffix(self, x, start_pos: int, hist_k, hist_v, already_read: int, weights, backend: str,
+                compiled: bool = False):
+        """Final-normed suffix outputs of ``x`` (positions start_pos..), attending to the last
+        window-1 keys in ``hist`` before its last ``already_read`` positions."""
         ks, vs = [], []
         for block, fast, hk, hv in zip(self.suffix_blocks, self._by_block(weights), hist_k, hist_v):
             past_k = past_v = None
             if hk:
                 past_k, past_v = (torch.cat(h, -2) if len(h) > 1 else h[0] for h in (hk, hv))
-                end = past_k.size(-2) - drop
+                end = past_k.size(-2) - already_read
                 past_k = _tail(past_k[..., :end, :], self.config.window - 1)
                 past_v = _tail(past_v[..., :end, :], self.config.window - 1)
-            x, k, v = block.forward_chunk(x, past_k, past_v, start, fast, backend, compiled)
+            x, k, v = block.forward_chunk(x, past_k, past_v, start_pos, fast, backend, compiled)
             ks.append(k)
             vs.append(v)
         return self.norm(x), ks, vs
