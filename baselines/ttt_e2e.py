@@ -78,6 +78,10 @@ class TTTConfig(AttentionConfig):
     inner_mode: str = "second_order"  # second_order | first_order | off_in_training
     checkpoint_inner: bool = True  # recompute each mini-batch step in the backward pass
     compile_inner: bool = False  # torch.compile the suffix MLPs (inference: no outer backward)
+    # Targets equal to this token leave the inner and the outer loss (masked means), as in the
+    # official code, which trains on packed documents that each start with BOS; -1: none (the
+    # byte tokenizer has no BOS). Reported per-token losses keep every target.
+    bos_token_id: int = -1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +101,9 @@ class TTTConfig(AttentionConfig):
             raise ConfigError("inner_lr, inner_lr_init and inner_clip must be >= 0")
         if not 0 <= self.inner_lr_warmup <= 1:
             raise ConfigError(f"inner_lr_warmup is a fraction of the outer steps, got {self.inner_lr_warmup}")
+        if not -1 <= self.bos_token_id < self.vocab_size:
+            raise ConfigError(f"bos_token_id={self.bos_token_id} must be a token id below vocab_size={self.vocab_size}, "
+                              "or -1 for none")
 
     @property
     def n_suffix(self) -> int:
@@ -133,6 +140,14 @@ def clip_per_sequence(grads: list[torch.Tensor], max_norm: float) -> list[torch.
     norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1, dtype=wide) for g in grads])
     scale = max_norm / torch.linalg.vector_norm(norms, dim=0).clamp(min=max_norm)  # [B]
     return [g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype) for g in grads]
+
+
+def masked_mean(nll: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Each sequence's mean of ``nll [B, T]`` over its valid targets ``[B, T]`` (all when None);
+    0 where none is valid, as the official loss (loss.py) gives."""
+    if valid is None:
+        return nll.mean(1)
+    return torch.where(valid, nll, 0).sum(1) / valid.sum(1).clamp(min=1)
 
 
 def _tail(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -275,6 +290,10 @@ class TTTE2ELM(AttentionLM):
             blocks[s][name] = fast[3 * i : 3 * i + 3]
         return blocks
 
+    def loss_mask(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """Which targets count in the inner and outer losses (None: all)."""
+        return None if self.config.bos_token_id < 0 else targets != self.config.bos_token_id
+
     def on_train_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each outer step: the inner-lr warm-up (derived, not saved)."""
         self.inner_lr_now = self.config.inner_lr_at(step, total_steps)
@@ -297,6 +316,17 @@ class TTTE2ELM(AttentionLM):
         if self._static():
             return super().token_losses(tokens)
         return self._read(tokens, tokens.size(1) - 1, "nll")[0]
+
+    def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The official outer loss: the mean over sequences and mini-batches of each mini-batch's
+        masked mean (the plain mean when nothing is masked)."""
+        valid = self.loss_mask(tokens[:, 1:])
+        if valid is None:
+            return super().training_loss(tokens)
+        nll = self.token_losses(tokens)
+        nll = nll.to(torch.promote_types(nll.dtype, torch.float32))
+        b = self.config.mini_batch_size
+        return torch.stack([masked_mean(n, v) for n, v in zip(nll.split(b, 1), valid.split(b, 1))], 1).mean()
 
     def forward_chunk(self, tokens: torch.Tensor, state: TTTState | None) -> tuple[torch.Tensor, TTTState]:
         return self._read(tokens, tokens.size(1), "logits", state, need_state=True)
@@ -429,7 +459,8 @@ class TTTE2ELM(AttentionLM):
             new_fast = fast
             if update:
                 # sum over sequences of each one's mean loss: each sequence gets its own gradient
-                grads = torch.autograd.grad(nll.mean(1).sum(), weights, create_graph=create_graph, retain_graph=track)
+                loss = masked_mean(nll, self.loss_mask(targets)).sum()
+                grads = torch.autograd.grad(loss, weights, create_graph=create_graph, retain_graph=track)
                 grads = clip_per_sequence(list(grads), self.config.inner_clip)
                 with torch.set_grad_enabled(track):
                     new_fast = [w - lr * g for w, g in zip(weights, grads)]

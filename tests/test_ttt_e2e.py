@@ -62,7 +62,9 @@ def naive_read(model: TTTE2ELM, seq: torch.Tensor, n_in: int, order: str | None 
             targets = seq[s + 1 : e + 1]
             nll = F.cross_entropy(logits[: len(targets)], targets, reduction="none")
             if e < n_in:  # a later mini-batch exists: one clipped SGD step on this one's loss
-                grads = torch.autograd.grad(nll.mean(), weights, create_graph=order == "second",
+                counted = nll[targets != c.bos_token_id]  # targets equal to BOS leave the loss (none at -1)
+                inner_loss = counted.mean() if len(counted) else nll.sum() * 0
+                grads = torch.autograd.grad(inner_loss, weights, create_graph=order == "second",
                                             retain_graph=order is not None)
                 norm = torch.sqrt(sum((g**2).sum() for g in grads))
                 scale = torch.clamp(c.inner_clip / norm, max=1.0) if c.inner_clip > 0 else 1.0
@@ -99,6 +101,84 @@ def test_matches_naive_reading(overrides):
         torch.testing.assert_close(losses[i], ref_nll, rtol=1e-10, atol=1e-10)
     # the updates matter: the static model reads these tokens differently
     assert (logits - model.forward_static(x)).abs().max() > 1e-3
+
+
+BOS = 7
+
+
+def with_documents(x: torch.Tensor, bos_only_mini_batch: bool = True) -> torch.Tensor:
+    """``x`` as packed documents that each start with BOS; optionally sequence 0's first
+    mini-batch of targets (positions 1..16) is BOS only: its inner loss has nothing to count."""
+    x = x.clone()
+    x[x == BOS] = BOS + 1
+    x[:, ::11] = BOS
+    if bos_only_mini_batch:
+        x[0, 1:17] = BOS
+    return x
+
+
+def naive_outer_loss(model: TTTE2ELM, x: torch.Tensor, order: str | None = None) -> torch.Tensor:
+    """The official outer loss read plainly: per sequence and mini-batch, the mean NLL of the
+    targets that are not BOS (0 if none are), then the mean of all of those."""
+    b, losses = model.config.mini_batch_size, []
+    for seq in x:
+        nll = naive_read(model, seq, len(seq) - 1, order)[1]
+        for s in range(0, len(nll), b):
+            counted = nll[s : s + b][seq[s + 1 : s + b + 1] != BOS]
+            losses.append(counted.mean() if len(counted) else nll.sum() * 0)
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def test_bos_targets_leave_the_inner_loss():
+    x = with_documents(tokens())
+    model = model64(bos_token_id=BOS)
+    logits, losses = model(x), model.token_losses(x)
+    for i in range(B):
+        ref_logits, ref_nll = naive_read(model, x[i], T - 1)
+        torch.testing.assert_close(logits[i, :-1], ref_logits, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(losses[i], ref_nll, rtol=1e-10, atol=1e-10)  # every target reported
+    # the mask matters: the same weights read without it differ after the first update
+    unmasked = model64()(x)
+    assert torch.equal(unmasked[:, :16], logits[:, :16])
+    assert (unmasked[:, 16:] - logits[:, 16:]).abs().max() > 1e-3
+    # sequence 0's first mini-batch had no target to learn from: no update, as with inner_lr=0
+    torch.testing.assert_close(logits[0, 16:32], model64(inner_lr=0.0)(x[:1, :32])[0, 16:], rtol=1e-12, atol=1e-12)
+
+
+def test_bos_targets_leave_the_outer_loss():
+    # (no BOS-only mini-batch: the naive reading's sqrt has no derivative at a zero gradient)
+    x = with_documents(tokens(), bos_only_mini_batch=False)
+    model = model64(suffix_blocks=2, bos_token_id=BOS).train()
+    loss = model.training_loss(x)
+    ours = torch.autograd.grad(loss, list(model.parameters()))
+    naive = naive_outer_loss(model, x, "second")
+    torch.testing.assert_close(loss, naive, rtol=1e-12, atol=1e-12)
+    ref = torch.autograd.grad(naive, list(model.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12, msg=name)
+    assert not torch.isclose(loss, model.token_losses(x).mean())  # the mask matters
+
+
+def test_without_bos_the_outer_loss_is_the_plain_mean():
+    x = with_documents(tokens())
+    model = model64().train()
+    assert torch.equal(model.training_loss(x), model.token_losses(x).float().mean())  # as every architecture's
+
+
+def test_bos_token_id_is_checked_and_imported(tmp_path):
+    import numpy as np
+
+    from harness.errors import ConfigError
+    from harness.importers import import_ttt_e2e
+    from tests.test_importers import OFFICIAL, official_tree
+
+    with pytest.raises(ConfigError, match="bos_token_id=256"):
+        registry.make_config("ttt_e2e", "tiny", bos_token_id=256)
+    np.savez(tmp_path / "official.npz", **official_tree())
+    config = {**OFFICIAL, "model": {**OFFICIAL["model"], "bos_token_id": BOS}}
+    assert import_ttt_e2e(tmp_path / "official.npz", tmp_path / "a", config=config).config.bos_token_id == BOS
+    assert import_ttt_e2e(tmp_path / "official.npz", tmp_path / "b", config=OFFICIAL).config.bos_token_id == -1
 
 
 @pytest.mark.parametrize("order", ["second", "first"])
