@@ -29,6 +29,24 @@ read with the new weights: prefill + decode reproduce ``forward``.
 
 The GPU path is the same code: per-sequence fast weights ``[B, ...]`` with batched matmuls, the
 inner loop's clipping and update in tensor ops, nothing read back to the host per mini-batch.
+
+Fast paths at inference (issue 17), each its own config field so a benchmark can measure each
+alone and all together; every one is tested against the reference step (``_step``):
+
+- ``inner_loss``: the LM head + cross-entropy of the inner step and its gradient w.r.t. the
+  suffix output only (no LM-head weight gradient): ``reference`` (autograd over the full logits),
+  ``chunked`` (baselines/linear_cross_entropy.py), ``liger`` (Liger Kernel, when installed);
+- ``inner_step``: the steady-state step (full mini-batch, full window of context) run as one
+  function of tensors, gradient by ``torch.func.vjp``: ``eager``, ``compile`` (torch.compile,
+  compiled once), ``cudagraph`` (captured once, replayed), ``compile+cudagraph``;
+- ``fast_weight_dtype``: ``float32`` keeps the fast weights (and their update) in fp32 while the
+  matmuls run in the model's dtype (bf16), as the official code's fp32 state and bf16 compute;
+- ``prefix_backend``: the prefix blocks' attention kernel (``flex``: one FlexAttention call per
+  block over the whole sequence), apart from the suffix's.
+
+Any of the first two off the reference runs the inner step as one function (``_inference_step``)
+whose suffix attention uses sdpa; training always runs the reference step, which must
+differentiate through the inner loop.
 """
 from __future__ import annotations
 
@@ -44,6 +62,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from baselines.attention import (
+    ATTENTION_BACKENDS,
     PAPER_SIZES,
     TINY,
     Attention,
@@ -54,13 +73,20 @@ from baselines.attention import (
     resolve_backend,
 )
 from baselines.backbone import Block, SwiGLU, make_norm
-from harness.errors import ConfigError, check_choice
+from baselines.cuda_graph import CapturedFunction
+from baselines.linear_cross_entropy import linear_cross_entropy, liger_grad
+from harness.errors import BackendUnavailableError, ConfigError, check_choice
 from harness.interface import next_token_nll
 from harness.registry import register_model
 
 INNER_MODES = ("second_order", "first_order", "off_in_training")
 FAST_WEIGHTS = {"prime": ("prime",), "mlp": ("mlp",), "prime+mlp": ("prime", "mlp")}
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+INNER_LOSSES = ("auto", "reference", "chunked", "liger")
+INNER_STEPS = ("eager", "compile", "cudagraph", "compile+cudagraph")
+FAST_WEIGHT_DTYPES = ("auto", "model", "float32")
+PREFIX_BACKENDS = ("same", *ATTENTION_BACKENDS)
+COMPILE_OPTIONS: dict[str, Any] = {"dynamic": False}  # torch.compile's, for the steady-state inner step
 
 
 @dataclass
@@ -77,7 +103,11 @@ class TTTConfig(AttentionConfig):
     inner_clip: float = 1.0  # global gradient-norm clip per sequence; 0 = none
     inner_mode: str = "second_order"  # second_order | first_order | off_in_training
     checkpoint_inner: bool = True  # recompute each mini-batch step in the backward pass
-    compile_inner: bool = False  # torch.compile the suffix MLPs (inference: no outer backward)
+    # Inference fast paths (see the module docstring); "auto" picks the fast one on CUDA only.
+    inner_loss: str = "auto"  # reference | chunked | liger; auto: chunked on CUDA
+    inner_step: str = "eager"  # eager | compile | cudagraph | compile+cudagraph
+    fast_weight_dtype: str = "auto"  # model | float32; auto: float32 on CUDA
+    prefix_backend: str = "same"  # the prefix blocks' attention backend; same: ``backend``
     # Targets equal to this token leave the inner and the outer loss (masked means), as in the
     # official code, which trains on packed documents that each start with BOS; -1: none (the
     # byte tokenizer has no BOS). Reported per-token losses keep every target.
@@ -87,6 +117,10 @@ class TTTConfig(AttentionConfig):
         super().__post_init__()
         check_choice("inner_mode", self.inner_mode, INNER_MODES)
         check_choice("fast_weights", self.fast_weights, FAST_WEIGHTS)
+        check_choice("inner_loss", self.inner_loss, INNER_LOSSES)
+        check_choice("inner_step", self.inner_step, INNER_STEPS)
+        check_choice("fast_weight_dtype", self.fast_weight_dtype, FAST_WEIGHT_DTYPES)
+        check_choice("prefix_backend", self.prefix_backend, PREFIX_BACKENDS)
         if self.window <= 0:
             raise ConfigError(f"ttt_e2e needs a sliding window > 0, got window={self.window}")
         if self.mini_batch_size <= 0:
@@ -123,7 +157,9 @@ class TTTConfig(AttentionConfig):
 
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T`` with a shared weight ``[out, in]`` or one per sequence ``[B, out, in]``."""
+    """``x @ w.T`` in x's dtype (fp32 fast weights, bf16 compute) with a shared weight
+    ``[out, in]`` or one per sequence ``[B, out, in]``."""
+    w = w.to(x.dtype)
     return F.linear(x, w) if w.dim() == 2 else torch.bmm(x, w.transpose(1, 2))
 
 
@@ -163,11 +199,12 @@ class SuffixAttention(Attention):
     """Attention that takes its past keys/values as tensors and returns the new ones, so the
     inner loop can re-read a mini-batch against the exact context it saw."""
 
-    def attend(self, x, past_k, past_v, start_pos: int, backend: str):
+    def attend(self, x, past_k, past_v, start_pos: int | torch.Tensor, backend: str):
         q, k, v = self.project(x, start_pos)
         keys = k if past_k is None else torch.cat([past_k, k], -2)
         values = v if past_v is None else torch.cat([past_v, v], -2)
-        return self.mix(q, keys, values, start_pos, start_pos + k.size(-2) - keys.size(-2), backend), k, v
+        # the mask depends on relative positions only: count them from the first key
+        return self.mix(q, keys, values, keys.size(-2) - k.size(-2), 0, backend), k, v
 
 
 class PrimeBlock(Block):
@@ -182,7 +219,6 @@ class PrimeBlock(Block):
             self.prime_norm = make_norm(config)
             self.prime = SwiGLU(config.d_model, config.mlp_hidden)
             self.prime_post_norm = make_norm(config, post=True)
-        self._compiled_mlps = None
 
     def mlps(self, x: torch.Tensor, fast: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
         for name in self.mlp_names:
@@ -195,15 +231,10 @@ class PrimeBlock(Block):
         h, cache = self.mixer(self.mixer_norm(x), cache, start_pos, need_cache)
         return self.mlps(x + self.mixer_post_norm(h)), cache
 
-    def forward_chunk(self, x, past_k, past_v, start_pos: int, fast: dict[str, list[torch.Tensor]], backend: str,
-                      compiled: bool = False):
+    def forward_chunk(self, x, past_k, past_v, start_pos: int | torch.Tensor, fast: dict[str, list[torch.Tensor]],
+                      backend: str):
         h, k, v = self.mixer.attend(self.mixer_norm(x), past_k, past_v, start_pos, backend)
-        mlps = self.mlps
-        if compiled:  # the norms + batched SwiGLUs fused; attention keeps its own kernels
-            if self._compiled_mlps is None:
-                self._compiled_mlps = torch.compile(self.mlps)
-            mlps = self._compiled_mlps
-        return mlps(x + self.mixer_post_norm(h), fast), k, v
+        return self.mlps(x + self.mixer_post_norm(h), fast), k, v
 
 
 @dataclass
@@ -252,9 +283,13 @@ class TTTE2ELM(AttentionLM):
         # (suffix block, MLP name) of every fast MLP, in the order of the flat fast-weight list
         self.fast_layout = [(s, name) for s in range(config.n_suffix) for name in FAST_WEIGHTS[config.fast_weights]]
         self.inner_lr_now = config.inner_lr  # set from the outer step by on_train_step
+        self._steady_steps: dict[str, Any] = {}  # inner_step -> the compiled or captured step
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
-        return SuffixAttention(self.config) if layer_idx >= self.n_prefix else Attention(self.config)
+        c = self.config
+        if layer_idx >= self.n_prefix:
+            return SuffixAttention(c)
+        return Attention(c if c.prefix_backend == "same" else c.replace(backend=c.prefix_backend))
 
     def make_block(self, layer_idx: int) -> nn.Module:
         if layer_idx >= self.n_prefix:
@@ -281,8 +316,20 @@ class TTTE2ELM(AttentionLM):
                 for s, name in self.fast_layout for proj in PROJECTIONS]
 
     def initial_fast_weights(self, batch: int) -> list[torch.Tensor]:
-        """One copy per sequence (an expanded view: gradients flow back to the parameters)."""
-        return [p.unsqueeze(0).expand(batch, *p.shape) for p in self.fast_parameters()]
+        """One copy per sequence (an expanded view: gradients flow back to the parameters), in
+        the fast-weight dtype."""
+        return [p.to(self.fast_dtype(p)).unsqueeze(0).expand(batch, *p.shape) for p in self.fast_parameters()]
+
+    def fast_dtype(self, param: torch.Tensor) -> torch.dtype:
+        choice = self.config.fast_weight_dtype
+        if choice == "auto":
+            choice = "float32" if param.device.type == "cuda" else "model"
+        return torch.promote_types(param.dtype, torch.float32) if choice == "float32" else param.dtype
+
+    def inner_loss_method(self, device: torch.device) -> str:
+        if self.config.inner_loss == "auto":
+            return "chunked" if device.type == "cuda" else "reference"
+        return self.config.inner_loss
 
     def _by_block(self, fast: list[torch.Tensor]) -> list[dict[str, list[torch.Tensor]]]:
         blocks: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(self.config.n_suffix)]
@@ -293,6 +340,13 @@ class TTTE2ELM(AttentionLM):
     def loss_mask(self, targets: torch.Tensor) -> torch.Tensor | None:
         """Which targets count in the inner and outer losses (None: all)."""
         return None if self.config.bos_token_id < 0 else targets != self.config.bos_token_id
+
+    def inner_loss_weights(self, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """d(inner loss)/d(each target's NLL): the inner loss sums each sequence's masked mean."""
+        valid = self.loss_mask(targets)
+        if valid is None:
+            return torch.full(targets.shape, 1 / targets.size(1), dtype=dtype, device=targets.device)
+        return valid.to(dtype) / valid.sum(1, keepdim=True).clamp(min=1)
 
     def on_train_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each outer step: the inner-lr warm-up (derived, not saved)."""
@@ -376,10 +430,12 @@ class TTTE2ELM(AttentionLM):
         keep = c.window - 1 + b  # keys a later re-read of the current mini-batch may need
         lr = self.inner_lr_now  # a Python float: nothing to copy to the device
         track = torch.is_grad_enabled()  # is an outer backward coming?
-        create_graph = track and c.inner_mode == "second_order"
-        step = self._step
-        if track and c.checkpoint_inner:
-            step = partial(checkpoint, self._step, use_reentrant=False)
+        if not track and (self.inner_loss_method(x.device) != "reference" or c.inner_step != "eager"):
+            step = partial(self._fast_step, want_nll=out == "nll", last_only=out == "last")
+        elif track and c.checkpoint_inner:
+            step = partial(checkpoint, self._step, create_graph=c.inner_mode == "second_order", use_reentrant=False)
+        else:
+            step = partial(self._step, create_graph=track and c.inner_mode == "second_order")
         outs, last = [], None
         for mb_start in range(timeline_start, read_end, b):  # timeline_start is a mini-batch start
             mb_end = min(mb_start + b, read_end)
@@ -397,7 +453,7 @@ class TTTE2ELM(AttentionLM):
                 x=all_x[:, lo:hi], targets=targets, start_pos=step_start,
                 # copies of hist: a checkpoint re-runs the step with these very arguments later
                 hist_k=[list(h) for h in hist_k], hist_v=[list(h) for h in hist_v], already_read=already_read,
-                fast=fast, lr=lr, update=update, create_graph=create_graph, want_logits=want_logits,
+                fast=fast, lr=lr, update=update, want_logits=want_logits,
             )
             if out == "logits" and mb_end > step_start + already_read:
                 outs.append(logits[:, already_read:])
@@ -448,10 +504,9 @@ class TTTE2ELM(AttentionLM):
             backend = "sdpa"
         kernels = sdpa_kernel([SDPBackend.MATH]) if create_graph else nullcontext()
         with torch.enable_grad() if update else nullcontext(), kernels:
-            # inference only: compiled backward graphs allow neither double backward nor the
-            # retained graph an outer backward needs
-            compiled = self.config.compile_inner and not track
-            h, ks, vs = self._suffix(x, start_pos, hist_k, hist_v, already_read, weights, backend, compiled)
+            past_k = [self._context(h, already_read) for h in hist_k]
+            past_v = [self._context(h, already_read) for h in hist_v]
+            h, ks, vs = self._suffix(x, start_pos, past_k, past_v, weights, backend)
             logits = self.lm_head(h)
             nll = None
             if targets is not None:
@@ -469,19 +524,100 @@ class TTTE2ELM(AttentionLM):
             ks, vs = [k.detach() for k in ks], [v.detach() for v in vs]
         return (logits if want_logits else None), nll, new_fast, ks, vs
 
-    def _suffix(self, x, start_pos: int, hist_k, hist_v, already_read: int, weights, backend: str,
-                compiled: bool = False):
-        """Final-normed suffix outputs of ``x`` (positions start_pos..), attending to the last
-        window-1 keys in ``hist`` before its last ``already_read`` positions."""
+    def _fast_step(self, x, targets, start_pos: int, hist_k, hist_v, already_read: int, fast, lr: float,
+                   update: bool, want_logits: bool, want_nll: bool, last_only: bool):
+        """The reference step's inputs and outputs, at inference, by ``_inference_step``: compiled
+        or captured (``inner_step``) in the steady state, where every step has the same shapes,
+        eager before it (the window filling up) and at the ends of a read."""
+        past_k = [self._context(h, already_read) for h in hist_k]
+        past_v = [self._context(h, already_read) for h in hist_v]
+        logits = "none" if not want_logits else "last" if last_only else "all"
+        steady = update and already_read == 0 and all(p is not None and p.size(-2) == self.config.window - 1
+                                                      for p in past_k)
+        run = self._inference_step
+        if steady:  # one compiled or captured step serves them all: same shapes and strides, position on the device
+            run = self._steady_step()
+            x, targets = x.contiguous(), targets.contiguous()
+            past_k, past_v = [p.contiguous() for p in past_k], [p.contiguous() for p in past_v]
+            start_pos = torch.full((), start_pos, dtype=torch.long, device=x.device)
+        return run(x=x, targets=targets, start_pos=start_pos, past_k=past_k, past_v=past_v, fast=fast, lr=lr,
+                   update=update, logits=logits, want_nll=want_nll)
+
+    def _steady_step(self):
+        mode = self.config.inner_step
+        if mode not in self._steady_steps:
+            step = self._inference_step
+            if "compile" in mode:
+                step = torch.compile(step, **COMPILE_OPTIONS)
+            if "cudagraph" in mode:
+                step = CapturedFunction(step)
+            self._steady_steps[mode] = step
+        return self._steady_steps[mode]
+
+    def _inference_step(self, x, targets, start_pos: int | torch.Tensor, past_k, past_v, fast, lr: float,
+                        update: bool, logits: str, want_nll: bool):
+        """One inner step at inference as a function of tensors (for torch.compile and CUDA
+        graphs): the suffix with the given fast weights, its outputs (``logits``: "all", "last"
+        or "none"), and, if ``update``, one inner SGD step whose gradient w.r.t. the fast weights
+        comes from ``torch.func.vjp`` and the head's gradient w.r.t. the suffix output from
+        ``inner_loss``. Returns what ``_step`` returns (nll only if ``want_nll``)."""
+        backend = "torch" if self.config.backend == "torch" else "sdpa"  # FlexAttention has no torch.func rules
+
+        def suffix(weights):
+            h, ks, vs = self._suffix(x, start_pos, past_k, past_v, weights, backend)
+            return h, (ks, vs)
+
+        if update:
+            h, pullback, (ks, vs) = torch.func.vjp(suffix, fast, has_aux=True)
+        else:
+            h, (ks, vs) = suffix(fast)
+        nll = grad_h = all_logits = None
+        if targets is not None:
+            nll, grad_h, all_logits = self._head_loss(h, targets, update, want_nll, keep_logits=logits == "all")
+        new_fast = fast
+        if update:
+            (grads,) = pullback(grad_h)
+            grads = clip_per_sequence(list(grads), self.config.inner_clip)
+            new_fast = [w - lr * g for w, g in zip(fast, grads)]
+        if logits == "all" and all_logits is None:
+            all_logits = self.lm_head(h)
+        out = all_logits if logits == "all" else self.lm_head(h[:, -1:]) if logits == "last" else None
+        return out, nll if want_nll else None, new_fast, ks, vs
+
+    def _head_loss(self, h, targets, update: bool, want_nll: bool, keep_logits: bool):
+        """(per-token NLL, the inner loss's gradient w.r.t. ``h`` if ``update``, logits if
+        ``keep_logits``) of the LM head over the suffix output ``h``, by ``inner_loss``."""
+        weight, method = self.lm_head.weight, self.inner_loss_method(h.device)
+        coef = self.inner_loss_weights(targets, torch.promote_types(h.dtype, torch.float32)) if update else None
+        if method == "chunked":
+            return linear_cross_entropy(h, weight, targets, coef, keep_logits)
+        if method == "liger" and update:
+            grad_h = liger_grad(h, weight, targets, self.loss_mask(targets))
+            nll = logits = None
+            if want_nll or keep_logits:  # Liger returns neither: one more pass over the head
+                nll, _, logits = linear_cross_entropy(h, weight, targets, keep_logits=keep_logits)
+            return nll, grad_h, logits
+        # the reference: autograd over the whole [tokens, vocab] logits
+        logits = self.lm_head(h)
+        if not update:
+            return next_token_nll(logits, targets), None, logits
+        nll, pullback = torch.func.vjp(lambda h_: next_token_nll(self.lm_head(h_), targets), h)
+        return nll, pullback(coef.to(nll.dtype))[0], logits if keep_logits else None
+
+    def _context(self, hist: list[torch.Tensor], already_read: int) -> torch.Tensor | None:
+        """What a step's queries see before its own positions: the last window-1 keys (or
+        values) of ``hist`` before its first ``already_read`` positions (the last ones in hist)."""
+        if not hist:
+            return None
+        past = torch.cat(hist, -2) if len(hist) > 1 else hist[0]
+        return _tail(past[..., : past.size(-2) - already_read, :], self.config.window - 1)
+
+    def _suffix(self, x, start_pos: int | torch.Tensor, past_k, past_v, weights, backend: str):
+        """Final-normed suffix outputs of ``x`` (positions start_pos..) attending to each block's
+        ``past`` keys/values first, and each block's keys/values of ``x``."""
         ks, vs = [], []
-        for block, fast, hk, hv in zip(self.suffix_blocks, self._by_block(weights), hist_k, hist_v):
-            past_k = past_v = None
-            if hk:
-                past_k, past_v = (torch.cat(h, -2) if len(h) > 1 else h[0] for h in (hk, hv))
-                end = past_k.size(-2) - already_read
-                past_k = _tail(past_k[..., :end, :], self.config.window - 1)
-                past_v = _tail(past_v[..., :end, :], self.config.window - 1)
-            x, k, v = block.forward_chunk(x, past_k, past_v, start_pos, fast, backend, compiled)
+        for block, fast, pk, pv in zip(self.suffix_blocks, self._by_block(weights), past_k, past_v):
+            x, k, v = block.forward_chunk(x, pk, pv, start_pos, fast, backend)
             ks.append(k)
             vs.append(v)
         return self.norm(x), ks, vs
