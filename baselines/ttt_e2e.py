@@ -44,9 +44,9 @@ alone and all together; every one is tested against the reference step (``_step`
 - ``prefix_backend``: the prefix blocks' attention kernel (``flex``: one FlexAttention call per
   block over the whole sequence), apart from the suffix's.
 
-Any of the first two off the reference runs the inner step as one function (``_inference_step``)
-whose suffix attention uses sdpa; training always runs the reference step, which must
-differentiate through the inner loop.
+With ``inner_loss`` or ``inner_step`` off the reference, inference runs every step through one
+function of tensors (``_inference_step``, its suffix attention on sdpa); training always runs the
+reference step, which the outer loss differentiates through.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ from baselines.attention import (
 from baselines.backbone import Block, SwiGLU, make_norm
 from baselines.cuda_graph import CapturedFunction
 from baselines.linear_cross_entropy import linear_cross_entropy, liger_grad
-from harness.errors import BackendUnavailableError, ConfigError, check_choice
+from harness.errors import ConfigError, check_choice
 from harness.interface import next_token_nll
 from harness.registry import register_model
 
@@ -136,8 +136,8 @@ class TTTConfig(AttentionConfig):
         if not 0 <= self.inner_lr_warmup <= 1:
             raise ConfigError(f"inner_lr_warmup is a fraction of the outer steps, got {self.inner_lr_warmup}")
         if not -1 <= self.bos_token_id < self.vocab_size:
-            raise ConfigError(f"bos_token_id={self.bos_token_id} must be a token id below vocab_size={self.vocab_size}, "
-                              "or -1 for none")
+            raise ConfigError(f"bos_token_id={self.bos_token_id} must be a token id below "
+                              f"vocab_size={self.vocab_size}, or -1 for none")
 
     @property
     def n_suffix(self) -> int:
@@ -429,13 +429,7 @@ class TTTE2ELM(AttentionLM):
         new_v: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
         keep = c.window - 1 + b  # keys a later re-read of the current mini-batch may need
         lr = self.inner_lr_now  # a Python float: nothing to copy to the device
-        track = torch.is_grad_enabled()  # is an outer backward coming?
-        if not track and (self.inner_loss_method(x.device) != "reference" or c.inner_step != "eager"):
-            step = partial(self._fast_step, want_nll=out == "nll", last_only=out == "last")
-        elif track and c.checkpoint_inner:
-            step = partial(checkpoint, self._step, create_graph=c.inner_mode == "second_order", use_reentrant=False)
-        else:
-            step = partial(self._step, create_graph=track and c.inner_mode == "second_order")
+        step = self._step_function(out, x.device)
         outs, last = [], None
         for mb_start in range(timeline_start, read_end, b):  # timeline_start is a mini-batch start
             mb_end = min(mb_start + b, read_end)
@@ -487,6 +481,20 @@ class TTTE2ELM(AttentionLM):
         pending_tokens = all_tokens[:, last_mb_start - timeline_start : read_end - timeline_start]
         return result, TTTState(read_end, new_prefix, rings, fast, pending_x, pending_tokens)
 
+    def _step_function(self, out: str, device: torch.device):
+        """What ``_read`` calls per mini-batch: the reference step (recomputed in the backward
+        pass if an outer backward is coming and checkpoint_inner), or, at inference with any fast
+        path on, ``_fast_step``."""
+        c = self.config
+        if not torch.is_grad_enabled():
+            if self.inner_loss_method(device) != "reference" or c.inner_step != "eager":
+                return partial(self._fast_step, want_nll=out == "nll", last_only=out == "last")
+            return partial(self._step, create_graph=False)
+        create_graph = c.inner_mode == "second_order"
+        if c.checkpoint_inner:
+            return partial(checkpoint, self._step, create_graph=create_graph, use_reentrant=False)
+        return partial(self._step, create_graph=create_graph)
+
     def _step(self, x, targets, start_pos: int, hist_k, hist_v, already_read: int, fast, lr, update: bool,
               create_graph: bool, want_logits: bool):
         """One mini-batch (or part of one) at positions start_pos..: suffix outputs with the given
@@ -535,7 +543,7 @@ class TTTE2ELM(AttentionLM):
         steady = update and already_read == 0 and all(p is not None and p.size(-2) == self.config.window - 1
                                                       for p in past_k)
         run = self._inference_step
-        if steady:  # one compiled or captured step serves them all: same shapes and strides, position on the device
+        if steady:  # one compiled or captured step serves all: same shapes and strides, position on the device
             run = self._steady_step()
             x, targets = x.contiguous(), targets.contiguous()
             past_k, past_v = [p.contiguous() for p in past_k], [p.contiguous() for p in past_v]
@@ -561,7 +569,7 @@ class TTTE2ELM(AttentionLM):
         or "none"), and, if ``update``, one inner SGD step whose gradient w.r.t. the fast weights
         comes from ``torch.func.vjp`` and the head's gradient w.r.t. the suffix output from
         ``inner_loss``. Returns what ``_step`` returns (nll only if ``want_nll``)."""
-        backend = "torch" if self.config.backend == "torch" else "sdpa"  # FlexAttention has no torch.func rules
+        backend = "torch" if self.config.backend == "torch" else "sdpa"  # flex has no torch.func rules
 
         def suffix(weights):
             h, ks, vs = self._suffix(x, start_pos, past_k, past_v, weights, backend)
@@ -598,11 +606,16 @@ class TTTE2ELM(AttentionLM):
                 nll, _, logits = linear_cross_entropy(h, weight, targets, keep_logits=keep_logits)
             return nll, grad_h, logits
         # the reference: autograd over the whole [tokens, vocab] logits
-        logits = self.lm_head(h)
-        if not update:
-            return next_token_nll(logits, targets), None, logits
-        nll, pullback = torch.func.vjp(lambda h_: next_token_nll(self.lm_head(h_), targets), h)
-        return nll, pullback(coef.to(nll.dtype))[0], logits if keep_logits else None
+
+        def head(h_):
+            logits = self.lm_head(h_)
+            return next_token_nll(logits, targets), logits
+
+        if update:
+            nll, pullback, logits = torch.func.vjp(head, h, has_aux=True)
+            return nll, pullback(coef)[0], logits if keep_logits else None
+        nll, logits = head(h)
+        return nll, None, logits if keep_logits else None
 
     def _context(self, hist: list[torch.Tensor], already_read: int) -> torch.Tensor | None:
         """What a step's queries see before its own positions: the last window-1 keys (or

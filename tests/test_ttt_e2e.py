@@ -548,7 +548,8 @@ GPU_LEVERS = {
     "cudagraph": dict(inner_loss="reference", inner_step="cudagraph"),
     "fp32_fast_weights": dict(inner_loss="reference", fast_weight_dtype="float32"),
     "prefix_flex": dict(inner_loss="reference", backend="sdpa", prefix_backend="flex"),
-    "all_compiled": dict(inner_loss="chunked", inner_step="compile", fast_weight_dtype="float32", prefix_backend="flex"),
+    "all_compiled": dict(inner_loss="chunked", inner_step="compile", fast_weight_dtype="float32",
+                         prefix_backend="flex"),
     "all_captured": dict(inner_loss="chunked", inner_step="compile+cudagraph", fast_weight_dtype="float32",
                          prefix_backend="flex"),
 }
