@@ -75,10 +75,11 @@ def _inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim))
 
 
-def apply_rope(x: torch.Tensor, start_pos: int, theta: float) -> torch.Tensor:
-    """Rotate ``x [B, H, T, Dh]`` for positions start_pos.. (Llama's half-split layout)."""
+def apply_rope(x: torch.Tensor, start_pos: int | torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate ``x [B, H, T, Dh]`` for positions start_pos.. (Llama's half-split layout). A 0-d
+    tensor ``start_pos`` keeps the position on the device (a compiled or captured step)."""
     T, Dh = x.size(-2), x.size(-1)
-    pos = torch.arange(start_pos, start_pos + T, device=x.device, dtype=torch.float64)
+    pos = torch.arange(T, device=x.device, dtype=torch.float64) + start_pos
     angles = torch.outer(pos, _inv_freq(Dh, theta, x.device))
     cos = torch.cat([angles.cos(), angles.cos()], -1).to(x.dtype)
     sin = torch.cat([angles.sin(), angles.sin()], -1).to(x.dtype)

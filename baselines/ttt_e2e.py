@@ -29,11 +29,30 @@ read with the new weights: prefill + decode reproduce ``forward``.
 
 The GPU path is the same code: per-sequence fast weights ``[B, ...]`` with batched matmuls, the
 inner loop's clipping and update in tensor ops, nothing read back to the host per mini-batch.
+
+Fast paths at inference (issue 17), each its own config field so a benchmark can measure each
+alone and all together; every one is tested against the reference step (``_step``):
+
+- ``inner_loss``: the LM head + cross-entropy of the inner step and its gradient w.r.t. the
+  suffix output only (no LM-head weight gradient): ``reference`` (autograd over the full logits),
+  ``chunked`` (baselines/linear_cross_entropy.py), ``liger`` (Liger Kernel, when installed);
+- ``inner_step``: the steady-state step (full mini-batch, full window of context) run as one
+  function of tensors, gradient by ``torch.func.vjp``: ``eager``, ``compile`` (torch.compile,
+  compiled once), ``cudagraph`` (captured once, replayed), ``compile+cudagraph``;
+- ``fast_weight_dtype``: ``float32`` keeps the fast weights (and their update) in fp32 while the
+  matmuls run in the model's dtype (bf16), as the official code's fp32 state and bf16 compute;
+- ``prefix_backend``: the prefix blocks' attention kernel (``flex``: one FlexAttention call per
+  block over the whole sequence), apart from the suffix's.
+
+With ``inner_loss`` or ``inner_step`` off the reference, inference runs every step through one
+function of tensors (``_inference_step``, its suffix attention on sdpa); training always runs the
+reference step, which the outer loss differentiates through.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -43,6 +62,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from baselines.attention import (
+    ATTENTION_BACKENDS,
     PAPER_SIZES,
     TINY,
     Attention,
@@ -53,6 +73,8 @@ from baselines.attention import (
     resolve_backend,
 )
 from baselines.backbone import Block, SwiGLU, make_norm
+from baselines.cuda_graph import CapturedFunction
+from baselines.linear_cross_entropy import linear_cross_entropy, liger_grad
 from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import next_token_nll
 from harness.api.registry import register_model
@@ -60,6 +82,11 @@ from harness.api.registry import register_model
 INNER_MODES = ("second_order", "first_order", "off_in_training")
 FAST_WEIGHTS = {"prime": ("prime",), "mlp": ("mlp",), "prime+mlp": ("prime", "mlp")}
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+INNER_LOSSES = ("auto", "reference", "chunked", "liger")
+INNER_STEPS = ("eager", "compile", "cudagraph", "compile+cudagraph")
+FAST_WEIGHT_DTYPES = ("auto", "model", "float32")
+PREFIX_BACKENDS = ("same", *ATTENTION_BACKENDS)
+COMPILE_OPTIONS: dict[str, Any] = {"dynamic": False}  # torch.compile's, for the steady-state inner step
 
 
 @dataclass
@@ -76,12 +103,24 @@ class TTTConfig(AttentionConfig):
     inner_clip: float = 1.0  # global gradient-norm clip per sequence; 0 = none
     inner_mode: str = "second_order"  # second_order | first_order | off_in_training
     checkpoint_inner: bool = True  # recompute each mini-batch step in the backward pass
-    compile_inner: bool = False  # torch.compile the suffix MLPs (inference: no outer backward)
+    # Inference fast paths (see the module docstring); "auto" picks the fast one on CUDA only.
+    inner_loss: str = "auto"  # reference | chunked | liger; auto: chunked on CUDA
+    inner_step: str = "eager"  # eager | compile | cudagraph | compile+cudagraph
+    fast_weight_dtype: str = "auto"  # model | float32; auto: float32 on CUDA
+    prefix_backend: str = "same"  # the prefix blocks' attention backend; same: ``backend``
+    # Targets equal to this token leave the inner and the outer loss (masked means), as in the
+    # official code, which trains on packed documents that each start with BOS; -1: none (the
+    # byte tokenizer has no BOS). Reported per-token losses keep every target.
+    bos_token_id: int = -1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("inner_mode", self.inner_mode, INNER_MODES)
         check_choice("fast_weights", self.fast_weights, FAST_WEIGHTS)
+        check_choice("inner_loss", self.inner_loss, INNER_LOSSES)
+        check_choice("inner_step", self.inner_step, INNER_STEPS)
+        check_choice("fast_weight_dtype", self.fast_weight_dtype, FAST_WEIGHT_DTYPES)
+        check_choice("prefix_backend", self.prefix_backend, PREFIX_BACKENDS)
         if self.window <= 0:
             raise ConfigError(f"ttt_e2e needs a sliding window > 0, got window={self.window}")
         if self.mini_batch_size <= 0:
@@ -96,6 +135,9 @@ class TTTConfig(AttentionConfig):
             raise ConfigError("inner_lr, inner_lr_init and inner_clip must be >= 0")
         if not 0 <= self.inner_lr_warmup <= 1:
             raise ConfigError(f"inner_lr_warmup is a fraction of the outer steps, got {self.inner_lr_warmup}")
+        if not -1 <= self.bos_token_id < self.vocab_size:
+            raise ConfigError(f"bos_token_id={self.bos_token_id} must be a token id below "
+                              f"vocab_size={self.vocab_size}, or -1 for none")
 
     @property
     def n_suffix(self) -> int:
@@ -115,7 +157,9 @@ class TTTConfig(AttentionConfig):
 
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T`` with a shared weight ``[out, in]`` or one per sequence ``[B, out, in]``."""
+    """``x @ w.T`` in x's dtype (fp32 fast weights, bf16 compute) with a shared weight
+    ``[out, in]`` or one per sequence ``[B, out, in]``."""
+    w = w.to(x.dtype)
     return F.linear(x, w) if w.dim() == 2 else torch.bmm(x, w.transpose(1, 2))
 
 
@@ -134,6 +178,14 @@ def clip_per_sequence(grads: list[torch.Tensor], max_norm: float) -> list[torch.
     return [g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype) for g in grads]
 
 
+def masked_mean(nll: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Each sequence's mean of ``nll [B, T]`` over its valid targets ``[B, T]`` (all when None);
+    0 where none is valid, as the official loss (loss.py) gives."""
+    if valid is None:
+        return nll.mean(1)
+    return torch.where(valid, nll, 0).sum(1) / valid.sum(1).clamp(min=1)
+
+
 def _tail(t: torch.Tensor, n: int) -> torch.Tensor:
     """The last n positions (dim -2) of ``t``; all of them when there are fewer."""
     return t[..., max(t.size(-2) - n, 0) :, :]
@@ -147,11 +199,12 @@ class SuffixAttention(Attention):
     """Attention that takes its past keys/values as tensors and returns the new ones, so the
     inner loop can re-read a mini-batch against the exact context it saw."""
 
-    def attend(self, x, past_k, past_v, start_pos: int, backend: str):
+    def attend(self, x, past_k, past_v, start_pos: int | torch.Tensor, backend: str):
         q, k, v = self.project(x, start_pos)
         keys = k if past_k is None else torch.cat([past_k, k], -2)
         values = v if past_v is None else torch.cat([past_v, v], -2)
-        return self.mix(q, keys, values, start_pos, start_pos + k.size(-2) - keys.size(-2), backend), k, v
+        # the mask depends on relative positions only: count them from the first key
+        return self.mix(q, keys, values, keys.size(-2) - k.size(-2), 0, backend), k, v
 
 
 class PrimeBlock(Block):
@@ -166,7 +219,6 @@ class PrimeBlock(Block):
             self.prime_norm = make_norm(config)
             self.prime = SwiGLU(config.d_model, config.mlp_hidden)
             self.prime_post_norm = make_norm(config, post=True)
-        self._compiled_mlps = None
 
     def mlps(self, x: torch.Tensor, fast: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
         for name in self.mlp_names:
@@ -179,15 +231,10 @@ class PrimeBlock(Block):
         h, cache = self.mixer(self.mixer_norm(x), cache, start_pos, need_cache)
         return self.mlps(x + self.mixer_post_norm(h)), cache
 
-    def forward_chunk(self, x, past_k, past_v, start_pos: int, fast: dict[str, list[torch.Tensor]], backend: str,
-                      compiled: bool = False):
+    def forward_chunk(self, x, past_k, past_v, start_pos: int | torch.Tensor, fast: dict[str, list[torch.Tensor]],
+                      backend: str):
         h, k, v = self.mixer.attend(self.mixer_norm(x), past_k, past_v, start_pos, backend)
-        mlps = self.mlps
-        if compiled:  # the norms + batched SwiGLUs fused; attention keeps its own kernels
-            if self._compiled_mlps is None:
-                self._compiled_mlps = torch.compile(self.mlps)
-            mlps = self._compiled_mlps
-        return mlps(x + self.mixer_post_norm(h), fast), k, v
+        return self.mlps(x + self.mixer_post_norm(h), fast), k, v
 
 
 @dataclass
@@ -236,9 +283,13 @@ class TTTE2ELM(AttentionLM):
         # (suffix block, MLP name) of every fast MLP, in the order of the flat fast-weight list
         self.fast_layout = [(s, name) for s in range(config.n_suffix) for name in FAST_WEIGHTS[config.fast_weights]]
         self.inner_lr_now = config.inner_lr  # set from the outer step by on_train_step
+        self._steady_steps: dict[str, Any] = {}  # inner_step -> the compiled or captured step
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
-        return SuffixAttention(self.config) if layer_idx >= self.n_prefix else Attention(self.config)
+        c = self.config
+        if layer_idx >= self.n_prefix:
+            return SuffixAttention(c)
+        return Attention(c if c.prefix_backend == "same" else c.replace(backend=c.prefix_backend))
 
     def make_block(self, layer_idx: int) -> nn.Module:
         if layer_idx >= self.n_prefix:
@@ -265,14 +316,37 @@ class TTTE2ELM(AttentionLM):
                 for s, name in self.fast_layout for proj in PROJECTIONS]
 
     def initial_fast_weights(self, batch: int) -> list[torch.Tensor]:
-        """One copy per sequence (an expanded view: gradients flow back to the parameters)."""
-        return [p.unsqueeze(0).expand(batch, *p.shape) for p in self.fast_parameters()]
+        """One copy per sequence (an expanded view: gradients flow back to the parameters), in
+        the fast-weight dtype."""
+        return [p.to(self.fast_dtype(p)).unsqueeze(0).expand(batch, *p.shape) for p in self.fast_parameters()]
+
+    def fast_dtype(self, param: torch.Tensor) -> torch.dtype:
+        choice = self.config.fast_weight_dtype
+        if choice == "auto":
+            choice = "float32" if param.device.type == "cuda" else "model"
+        return torch.promote_types(param.dtype, torch.float32) if choice == "float32" else param.dtype
+
+    def inner_loss_method(self, device: torch.device) -> str:
+        if self.config.inner_loss == "auto":
+            return "chunked" if device.type == "cuda" else "reference"
+        return self.config.inner_loss
 
     def _by_block(self, fast: list[torch.Tensor]) -> list[dict[str, list[torch.Tensor]]]:
         blocks: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(self.config.n_suffix)]
         for i, (s, name) in enumerate(self.fast_layout):
             blocks[s][name] = fast[3 * i : 3 * i + 3]
         return blocks
+
+    def loss_mask(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """Which targets count in the inner and outer losses (None: all)."""
+        return None if self.config.bos_token_id < 0 else targets != self.config.bos_token_id
+
+    def inner_loss_weights(self, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """d(inner loss)/d(each target's NLL): the inner loss sums each sequence's masked mean."""
+        valid = self.loss_mask(targets)
+        if valid is None:
+            return torch.full(targets.shape, 1 / targets.size(1), dtype=dtype, device=targets.device)
+        return valid.to(dtype) / valid.sum(1, keepdim=True).clamp(min=1)
 
     def on_train_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each outer step: the inner-lr warm-up (derived, not saved)."""
@@ -297,6 +371,17 @@ class TTTE2ELM(AttentionLM):
             return super().token_losses(tokens)
         return self._read(tokens, tokens.size(1) - 1, "nll")[0]
 
+    def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The official outer loss: the mean over sequences and mini-batches of each mini-batch's
+        masked mean (the plain mean when nothing is masked)."""
+        valid = self.loss_mask(tokens[:, 1:])
+        if valid is None:
+            return super().training_loss(tokens)
+        nll = self.token_losses(tokens)
+        nll = nll.to(torch.promote_types(nll.dtype, torch.float32))
+        b = self.config.mini_batch_size
+        return torch.stack([masked_mean(n, v) for n, v in zip(nll.split(b, 1), valid.split(b, 1))], 1).mean()
+
     def forward_chunk(self, tokens: torch.Tensor, state: TTTState | None) -> tuple[torch.Tensor, TTTState]:
         return self._read(tokens, tokens.size(1), "logits", state, need_state=True)
 
@@ -314,8 +399,8 @@ class TTTE2ELM(AttentionLM):
         "nll" [B, n_in] (needs that extra token), "last" [B, V]."""
         c, b = self.config, self.config.mini_batch_size
         B = tokens.size(0)
-        p0 = 0 if state is None else state.pos
-        p_end = p0 + n_in
+        read_start = 0 if state is None else state.pos  # position of tokens[:, 0]
+        read_end = read_start + n_in
         if n_in <= 0:
             raise ConfigError(f"nothing to read: {tokens.size(1)} tokens, {n_in} inputs")
 
@@ -324,18 +409,18 @@ class TTTE2ELM(AttentionLM):
         prefix_caches = [None] * self.n_prefix if state is None else state.prefix
         new_prefix = []
         for block, cache in zip(self.prefix_blocks, prefix_caches):
-            x, cache = block(x, cache, p0, need_state)
+            x, cache = block(x, cache, read_start, need_state)
             new_prefix.append(cache)
 
-        # 2. the suffix, mini-batch by mini-batch. The timeline starts at the current mini-batch:
-        # its tokens read earlier (pending, from the state) then the new ones.
+        # 2. the suffix, mini-batch by mini-batch. The timeline starts at the current mini-batch
+        # (position timeline_start): its tokens read earlier (pending, from the state), then the new ones.
         if state is None:
-            base, fast = p0, self.initial_fast_weights(B)
+            timeline_start, fast = read_start, self.initial_fast_weights(B)
             hist_k: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
             hist_v: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
             all_x, all_tokens = x, tokens
         else:
-            base, fast = p0 - state.pending_x.size(1), state.fast
+            timeline_start, fast = read_start - state.pending_x.size(1), state.fast
             kv = [ring.keys_values() for ring in state.suffix]
             hist_k, hist_v = [[k] for k, _ in kv], [[v] for _, v in kv]
             all_x = torch.cat([state.pending_x, x], 1)
@@ -344,39 +429,37 @@ class TTTE2ELM(AttentionLM):
         new_v: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
         keep = c.window - 1 + b  # keys a later re-read of the current mini-batch may need
         lr = self.inner_lr_now  # a Python float: nothing to copy to the device
-        track = torch.is_grad_enabled()  # is an outer backward coming?
-        create_graph = track and c.inner_mode == "second_order"
-        step = self._step
-        if track and c.checkpoint_inner:
-            step = lambda *args: checkpoint(self._step, *args, use_reentrant=False)  # noqa: E731
+        step = self._step_function(out, x.device)
         outs, last = [], None
-        for ms in range(base, p_end, b):  # base is a mini-batch start
-            me = min(ms + b, p_end)
-            update = me == ms + b and me < p_end  # full, and a later mini-batch needs its update
-            # read from the mini-batch start when it updates (re-reading pending tokens), else
-            # only the new tokens
-            cs = ms if update else max(ms, p0)
-            # positions read before this call: already in hist (hidden from the step's context),
-            # and their outputs are not reported again
-            skip = max(p0 - cs, 0)
-            want_logits = out == "logits" or (out == "last" and me == p_end)
-            targets = all_tokens[:, cs - base + 1 : me - base + 1] if update or out == "nll" else None
-            # (copies of hist: a checkpoint re-runs the step with these very arguments later)
+        for mb_start in range(timeline_start, read_end, b):  # timeline_start is a mini-batch start
+            mb_end = min(mb_start + b, read_end)
+            update = mb_end == mb_start + b and mb_end < read_end  # full, and a later mini-batch needs its update
+            # the step reads from the mini-batch start when it updates (re-reading the pending
+            # tokens), else only the new tokens
+            step_start = mb_start if update else max(mb_start, read_start)
+            # the step's first positions that an earlier call read: already in hist (hidden from
+            # the step's context), and their outputs are not reported again
+            already_read = max(read_start - step_start, 0)
+            want_logits = out == "logits" or (out == "last" and mb_end == read_end)
+            lo, hi = step_start - timeline_start, mb_end - timeline_start  # the step's slice of the timeline
+            targets = all_tokens[:, lo + 1 : hi + 1] if update or out == "nll" else None
             logits, nll, new_fast, ks, vs = step(
-                all_x[:, cs - base : me - base], targets, cs, [list(h) for h in hist_k], [list(h) for h in hist_v],
-                skip, fast, lr, update, create_graph, want_logits,
+                x=all_x[:, lo:hi], targets=targets, start_pos=step_start,
+                # copies of hist: a checkpoint re-runs the step with these very arguments later
+                hist_k=[list(h) for h in hist_k], hist_v=[list(h) for h in hist_v], already_read=already_read,
+                fast=fast, lr=lr, update=update, want_logits=want_logits,
             )
-            if out == "logits" and me > cs + skip:
-                outs.append(logits[:, skip:])
+            if out == "logits" and mb_end > step_start + already_read:
+                outs.append(logits[:, already_read:])
             elif out == "nll":
-                outs.append(nll[:, skip:])
+                outs.append(nll[:, already_read:])
             elif want_logits:
                 last = logits[:, -1]
             for s in range(len(self.suffix_blocks)):
                 for hist, new, t in ((hist_k[s], new_k[s], ks[s]), (hist_v[s], new_v[s], vs[s])):
-                    if t.size(-2) > skip:
-                        hist.append(t[..., skip:, :])
-                        new.append(t[..., skip:, :])
+                    if t.size(-2) > already_read:
+                        hist.append(t[..., already_read:, :])
+                        new.append(t[..., already_read:, :])
                     while len(hist) > 1 and sum(h.size(-2) for h in hist[1:]) >= keep:
                         hist.pop(0)
             if update:
@@ -385,24 +468,39 @@ class TTTE2ELM(AttentionLM):
         if not need_state:
             return result, None
 
-        m_last = (p_end - 1) // b * b  # start of the mini-batch holding the last position
+        last_mb_start = (read_end - 1) // b * b  # start of the mini-batch holding the last position
         if state is None:
             rings = [
-                RingKVCache(keep, torch.cat(hk, -2), torch.cat(hv, -2), p_end) for hk, hv in zip(hist_k, hist_v)
+                RingKVCache(keep, torch.cat(hk, -2), torch.cat(hv, -2), read_end) for hk, hv in zip(hist_k, hist_v)
             ]
         else:
             rings = state.suffix
             for ring, nk, nv in zip(rings, new_k, new_v):
                 ring.append(torch.cat(nk, -2), torch.cat(nv, -2))
-        pending_x = all_x[:, m_last - base : p_end - base]
-        pending_tokens = all_tokens[:, m_last - base : p_end - base]
-        return result, TTTState(p_end, new_prefix, rings, fast, pending_x, pending_tokens)
+        pending_x = all_x[:, last_mb_start - timeline_start : read_end - timeline_start]
+        pending_tokens = all_tokens[:, last_mb_start - timeline_start : read_end - timeline_start]
+        return result, TTTState(read_end, new_prefix, rings, fast, pending_x, pending_tokens)
 
-    def _step(self, x, targets, start: int, hist_k, hist_v, drop: int, fast, lr, update: bool,
+    def _step_function(self, out: str, device: torch.device):
+        """What ``_read`` calls per mini-batch: the reference step (recomputed in the backward
+        pass if an outer backward is coming and checkpoint_inner), or, at inference with any fast
+        path on, ``_fast_step``."""
+        c = self.config
+        if not torch.is_grad_enabled():
+            if self.inner_loss_method(device) != "reference" or c.inner_step != "eager":
+                return partial(self._fast_step, want_nll=out == "nll", last_only=out == "last")
+            return partial(self._step, create_graph=False)
+        create_graph = c.inner_mode == "second_order"
+        if c.checkpoint_inner:
+            return partial(checkpoint, self._step, create_graph=create_graph, use_reentrant=False)
+        return partial(self._step, create_graph=create_graph)
+
+    def _step(self, x, targets, start_pos: int, hist_k, hist_v, already_read: int, fast, lr, update: bool,
               create_graph: bool, want_logits: bool):
-        """One mini-batch (or part of one): suffix outputs with the given fast weights, then, if
-        ``update``, one inner SGD step. Returns (logits | None, nll | None, fast weights after,
-        per-block keys, per-block values)."""
+        """One mini-batch (or part of one) at positions start_pos..: suffix outputs with the given
+        fast weights, then, if ``update``, one inner SGD step. Its first ``already_read``
+        positions were read by an earlier call (their keys are the last ones in ``hist``).
+        Returns (logits | None, nll | None, fast weights after, per-block keys, per-block values)."""
         track = torch.is_grad_enabled()
         if track:
             weights = [w if w.requires_grad else w.detach().requires_grad_() for w in fast]
@@ -414,10 +512,9 @@ class TTTE2ELM(AttentionLM):
             backend = "sdpa"
         kernels = sdpa_kernel([SDPBackend.MATH]) if create_graph else nullcontext()
         with torch.enable_grad() if update else nullcontext(), kernels:
-            # inference only: compiled backward graphs allow neither double backward nor the
-            # retained graph an outer backward needs
-            compiled = self.config.compile_inner and not track
-            h, ks, vs = self._suffix(x, start, hist_k, hist_v, drop, weights, backend, compiled)
+            past_k = [self._context(h, already_read) for h in hist_k]
+            past_v = [self._context(h, already_read) for h in hist_v]
+            h, ks, vs = self._suffix(x, start_pos, past_k, past_v, weights, backend)
             logits = self.lm_head(h)
             nll = None
             if targets is not None:
@@ -425,7 +522,8 @@ class TTTE2ELM(AttentionLM):
             new_fast = fast
             if update:
                 # sum over sequences of each one's mean loss: each sequence gets its own gradient
-                grads = torch.autograd.grad(nll.mean(1).sum(), weights, create_graph=create_graph, retain_graph=track)
+                loss = masked_mean(nll, self.loss_mask(targets)).sum()
+                grads = torch.autograd.grad(loss, weights, create_graph=create_graph, retain_graph=track)
                 grads = clip_per_sequence(list(grads), self.config.inner_clip)
                 with torch.set_grad_enabled(track):
                     new_fast = [w - lr * g for w, g in zip(weights, grads)]
@@ -434,18 +532,105 @@ class TTTE2ELM(AttentionLM):
             ks, vs = [k.detach() for k in ks], [v.detach() for v in vs]
         return (logits if want_logits else None), nll, new_fast, ks, vs
 
-    def _suffix(self, x, start: int, hist_k, hist_v, drop: int, weights, backend: str, compiled: bool = False):
-        """Final-normed suffix outputs of ``x`` (positions start..), attending to the last
-        window-1 keys in ``hist`` before its last ``drop`` positions."""
+    def _fast_step(self, x, targets, start_pos: int, hist_k, hist_v, already_read: int, fast, lr: float,
+                   update: bool, want_logits: bool, want_nll: bool, last_only: bool):
+        """The reference step's inputs and outputs, at inference, by ``_inference_step``: compiled
+        or captured (``inner_step``) in the steady state, where every step has the same shapes,
+        eager before it (the window filling up) and at the ends of a read."""
+        past_k = [self._context(h, already_read) for h in hist_k]
+        past_v = [self._context(h, already_read) for h in hist_v]
+        logits = "none" if not want_logits else "last" if last_only else "all"
+        steady = update and already_read == 0 and all(p is not None and p.size(-2) == self.config.window - 1
+                                                      for p in past_k)
+        run = self._inference_step
+        if steady:  # one compiled or captured step serves all: same shapes and strides, position on the device
+            run = self._steady_step()
+            x, targets = x.contiguous(), targets.contiguous()
+            past_k, past_v = [p.contiguous() for p in past_k], [p.contiguous() for p in past_v]
+            start_pos = torch.full((), start_pos, dtype=torch.long, device=x.device)
+        return run(x=x, targets=targets, start_pos=start_pos, past_k=past_k, past_v=past_v, fast=fast, lr=lr,
+                   update=update, logits=logits, want_nll=want_nll)
+
+    def _steady_step(self):
+        mode = self.config.inner_step
+        if mode not in self._steady_steps:
+            step = self._inference_step
+            if "compile" in mode:
+                step = torch.compile(step, **COMPILE_OPTIONS)
+            if "cudagraph" in mode:
+                step = CapturedFunction(step)
+            self._steady_steps[mode] = step
+        return self._steady_steps[mode]
+
+    def _inference_step(self, x, targets, start_pos: int | torch.Tensor, past_k, past_v, fast, lr: float,
+                        update: bool, logits: str, want_nll: bool):
+        """One inner step at inference as a function of tensors (for torch.compile and CUDA
+        graphs): the suffix with the given fast weights, its outputs (``logits``: "all", "last"
+        or "none"), and, if ``update``, one inner SGD step whose gradient w.r.t. the fast weights
+        comes from ``torch.func.vjp`` and the head's gradient w.r.t. the suffix output from
+        ``inner_loss``. Returns what ``_step`` returns (nll only if ``want_nll``)."""
+        backend = "torch" if self.config.backend == "torch" else "sdpa"  # flex has no torch.func rules
+
+        def suffix(weights):
+            h, ks, vs = self._suffix(x, start_pos, past_k, past_v, weights, backend)
+            return h, (ks, vs)
+
+        if update:
+            h, pullback, (ks, vs) = torch.func.vjp(suffix, fast, has_aux=True)
+        else:
+            h, (ks, vs) = suffix(fast)
+        nll = grad_h = all_logits = None
+        if targets is not None:
+            nll, grad_h, all_logits = self._head_loss(h, targets, update, want_nll, keep_logits=logits == "all")
+        new_fast = fast
+        if update:
+            (grads,) = pullback(grad_h)
+            grads = clip_per_sequence(list(grads), self.config.inner_clip)
+            new_fast = [w - lr * g for w, g in zip(fast, grads)]
+        if logits == "all" and all_logits is None:
+            all_logits = self.lm_head(h)
+        out = all_logits if logits == "all" else self.lm_head(h[:, -1:]) if logits == "last" else None
+        return out, nll if want_nll else None, new_fast, ks, vs
+
+    def _head_loss(self, h, targets, update: bool, want_nll: bool, keep_logits: bool):
+        """(per-token NLL, the inner loss's gradient w.r.t. ``h`` if ``update``, logits if
+        ``keep_logits``) of the LM head over the suffix output ``h``, by ``inner_loss``."""
+        weight, method = self.lm_head.weight, self.inner_loss_method(h.device)
+        coef = self.inner_loss_weights(targets, torch.promote_types(h.dtype, torch.float32)) if update else None
+        if method == "chunked":
+            return linear_cross_entropy(h, weight, targets, coef, keep_logits)
+        if method == "liger" and update:
+            grad_h = liger_grad(h, weight, targets, self.loss_mask(targets))
+            nll = logits = None
+            if want_nll or keep_logits:  # Liger returns neither: one more pass over the head
+                nll, _, logits = linear_cross_entropy(h, weight, targets, keep_logits=keep_logits)
+            return nll, grad_h, logits
+        # the reference: autograd over the whole [tokens, vocab] logits
+
+        def head(h_):
+            logits = self.lm_head(h_)
+            return next_token_nll(logits, targets), logits
+
+        if update:
+            nll, pullback, logits = torch.func.vjp(head, h, has_aux=True)
+            return nll, pullback(coef)[0], logits if keep_logits else None
+        nll, logits = head(h)
+        return nll, None, logits if keep_logits else None
+
+    def _context(self, hist: list[torch.Tensor], already_read: int) -> torch.Tensor | None:
+        """What a step's queries see before its own positions: the last window-1 keys (or
+        values) of ``hist`` before its first ``already_read`` positions (the last ones in hist)."""
+        if not hist:
+            return None
+        past = torch.cat(hist, -2) if len(hist) > 1 else hist[0]
+        return _tail(past[..., : past.size(-2) - already_read, :], self.config.window - 1)
+
+    def _suffix(self, x, start_pos: int | torch.Tensor, past_k, past_v, weights, backend: str):
+        """Final-normed suffix outputs of ``x`` (positions start_pos..) attending to each block's
+        ``past`` keys/values first, and each block's keys/values of ``x``."""
         ks, vs = [], []
-        for block, fast, hk, hv in zip(self.suffix_blocks, self._by_block(weights), hist_k, hist_v):
-            past_k = past_v = None
-            if hk:
-                past_k, past_v = (torch.cat(h, -2) if len(h) > 1 else h[0] for h in (hk, hv))
-                end = past_k.size(-2) - drop
-                past_k = _tail(past_k[..., :end, :], self.config.window - 1)
-                past_v = _tail(past_v[..., :end, :], self.config.window - 1)
-            x, k, v = block.forward_chunk(x, past_k, past_v, start, fast, backend, compiled)
+        for block, fast, pk, pv in zip(self.suffix_blocks, self._by_block(weights), past_k, past_v):
+            x, k, v = block.forward_chunk(x, pk, pv, start_pos, fast, backend)
             ks.append(k)
             vs.append(v)
         return self.norm(x), ks, vs

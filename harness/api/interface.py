@@ -126,6 +126,11 @@ class LCModel(nn.Module):
     def token_losses(self, tokens: torch.Tensor) -> torch.Tensor:
         return next_token_nll(self(tokens)[:, :-1], tokens[:, 1:])
 
+    def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The scalar the trainer minimises: the mean next-token loss (an architecture whose
+        reference code weights or masks targets differently overrides this)."""
+        return self.token_losses(tokens).float().mean()
+
     def state_bytes(self, state: Any) -> int:
         return state_bytes(state)
 

@@ -186,7 +186,7 @@ def train(
             batch = data.sample_batch(training_data.train, cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
             batch = batch.to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = model.token_losses(batch).float().mean() / cfg.grad_accum
+                loss = model.training_loss(batch) / cfg.grad_accum
             loss.backward()
             loss_sum += loss.item()
         if not math.isfinite(loss_sum):

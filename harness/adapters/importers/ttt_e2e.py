@@ -217,7 +217,8 @@ def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: 
                     fast_weights=_fast_weights(list(training["spec_inner"]), where),
                     inner_lr=float(opt.get("lr", 1.0)), inner_clip=float(opt.get("clip_gradient") or 0.0),
                     inner_lr_init=float(training.get("ilr_init", opt.get("lr", 1.0))),
-                    inner_lr_warmup=min(1.0, warmup / max(total, 1)))
+                    inner_lr_warmup=min(1.0, warmup / max(total, 1)),
+                    bos_token_id=int(model.get("bos_token_id", -1)))  # its targets leave the losses
     if block == "self_attention":
         return dict(arch="full_attention", **fields)
     return dict(arch="swa", **fields, window=int(model["sliding_window_size"]))

@@ -1,0 +1,56 @@
+"""bench.gpu.ttt_speed on CPU: the GPU script's own code path, shrunk (tiny models, no kernels)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bench.gpu import ttt_speed
+
+
+@pytest.mark.slow
+def test_dry_run_measures_every_cell(tmp_path):
+    table = ttt_speed.run(tmp_path, budget_s=600, dry_run=True)
+    cells = list(ttt_speed.plan(ttt_speed.DRY_RUN))
+    assert set(table["status"]) == {"ok"}, table[table["status"] != "ok"][["model", "variant", "message"]]
+    measured = table[["task", "model", "variant", "eval_ctx"]].drop_duplicates()
+    assert len(measured) == len(cells)  # each cell once
+    assert (table["value"] > 0).all() and table["value"].map(math.isfinite).all()
+    prefill = table[table["metric"] == "prefill_s"]
+    assert set(prefill["variant"]) == set(ttt_speed.VARIANTS) | set(ttt_speed.BASELINES)
+    assert set(table["metric"]) >= {"first_call_s", "prefill_s", "prefill_tok_s", "decode_s", "train_s_per_token"}
+    # kernels off on CPU, and the table says so
+    assert not table["fields"].str.contains("flex|compile|cudagraph").any()
+    assert pd.read_csv(tmp_path / ttt_speed.TABLE).shape == table.shape
+    summary = (tmp_path / ttt_speed.SUMMARY).read_text()
+    assert "Dry run on CPU" in summary and "faster than full attention" in summary and "TTT-E2E / SWA" in summary
+
+
+def test_no_budget_records_every_cell_as_skipped(tmp_path):
+    result = CliRunner().invoke(ttt_speed.main, ["--out", str(tmp_path), "--dry-run", "--budget-s", "0"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / ttt_speed.TABLE)
+    assert len(table) == len(list(ttt_speed.plan(ttt_speed.DRY_RUN)))
+    assert set(table["status"]) == {"skipped"} and table["message"].str.startswith("expected to take").all()
+    assert "0 measurements" in result.output
+
+
+def test_a_failed_cell_is_a_row_and_its_model_is_not_retried(tmp_path, monkeypatch):
+    # liger cannot run on CPU: a real failure of the same code path
+    monkeypatch.setitem(ttt_speed.VARIANTS, "chunked_loss", {**ttt_speed.REFERENCE, "inner_loss": "liger"})
+    cells = [ttt_speed.Cell("prefill", "ttt_e2e", v, "125m", "v128k", ctx)
+             for ctx in (128, 256) for v in ("chunked_loss", "reference")]
+    monkeypatch.setattr(ttt_speed, "plan", lambda s: iter(cells))
+    table = ttt_speed.run(tmp_path, budget_s=600, dry_run=True)
+    failing = table[table["variant"] == "chunked_loss"]
+    assert list(failing["status"]) == ["error", "skipped"]
+    assert "liger" in failing["message"].iloc[0] and failing["message"].iloc[1].startswith("an earlier cell failed")
+    assert set(table[table["variant"] == "reference"]["status"]) == {"ok"}
+
+
+def test_gpu_run_needs_cuda(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ttt_speed.ConfigError, match="dry_run=True"):
+        ttt_speed.run(tmp_path, budget_s=10)
