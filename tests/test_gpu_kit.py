@@ -17,12 +17,13 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.gpu import bundle, fill_wheels, flops, ledger
+from bench.gpu import bundle, fill_wheels, flops, latency, ledger
 from bench.gpu.clock import Clock, step_seconds
-from bench.gpu.config import LEDGER_FILE, STEPS, KitConfig
+from bench.gpu.config import LEDGER_FILE, ROOT, STEPS, KitConfig
 from bench.gpu.run import Kit, main
 from harness import registry
 from harness.errors import ConfigError
+from harness.sweep import load_spec
 
 TRANSFER_LIMIT = 16 * 2**20  # what the device tool brings back per file (at most 8 files)
 
@@ -129,6 +130,29 @@ def test_wheel_folder_check(tmp_path):
     assert "einops-0.8.0-cp311-cp311-manylinux_2_17_aarch64.whl does not install" in problems
     assert "over the 1 MiB limit" in problems
     assert fill_wheels.runs_on_gpu_machine("x-1.0-cp312-cp312-manylinux_2_28_x86_64.whl")
+
+
+def test_the_gpu_run_measures_what_the_issue_asks_from_the_latency_spec():
+    cfg = KitConfig.gpu()
+    spec = load_spec(ROOT / cfg.latency_spec)
+    cells = latency.spec_cells(spec, cfg.size, cfg.contexts, cfg.archs)
+    assert {(c, e.arch, e.preset) for c, e in cells} == {(c, a, "125m") for c in (8192, 32768, 131072) for a in cfg.archs}
+    assert [c for c, _ in cells] == sorted(c for c, _ in cells)  # shortest first: what does not fit is the longest
+    large = latency.spec_cells(spec, cfg.large_size, cfg.large_contexts, cfg.archs)
+    assert {(c, e.arch, e.preset) for c, e in large} == {(131072, a, "760m") for a in cfg.archs}
+    one = latency.cell_spec(spec, cells[-1][1], 131072, cfg)
+    assert (one.device, one.dtype, one.tasks[0].options["contexts"], one.tasks[0].options["batch_size"]) == \
+        ("cuda", "bf16", [131072], 1)
+    config = registry.make_config(one.models[0].arch, one.models[0].preset, **one.models[0].set)
+    assert config.vocab_size == 128256  # Llama-3's
+    with pytest.raises(ConfigError, match="no 1b models"):
+        latency.spec_cells(spec, "1b", [8192], cfg.archs)
+
+
+def test_expected_seconds_scale_from_the_longest_shorter_context():
+    assert latency.expected_seconds({}, 8192) == 0
+    assert latency.expected_seconds({8192: 2.0}, 8192) == 2.0
+    assert latency.expected_seconds({8192: 2.0, 32768: 4.0}, 131072) == 16.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ ARCHS = ("full_attention", "swa", "mamba2", "gated_deltanet", "ttt_e2e")
 # Run order. A step's time limit is its weight's share of the time still left when it starts,
 # so time a fast step leaves over goes to the later ones; the last step gets all that is left.
 STEP_WEIGHTS = {
-    "install": 0.5,          # GPU extras from the wheel folder, and this checkout
-    "environment": 0.25,     # nvidia-smi, package versions, which kernel each architecture picks
-    "gpu_tests": 3.0,        # pytest -m gpu
+    "install": 1.0,          # GPU extras from the wheel folder, and this checkout
+    "environment": 1.0,      # nvidia-smi, package versions, which kernel each architecture picks
+    "gpu_tests": 4.0,        # pytest -m gpu: correctness first
     "latency": 3.0,          # five architectures at the base size on the latency grid
     "throughput": 2.0,       # training tokens/s and MFU at the base size
     "ttt_speed": 1.5,        # bench.gpu.ttt_speed, where present
@@ -50,13 +50,14 @@ class KitConfig:
     run_preset: str | None = None  # build the selected models at this preset instead (dry run: tiny)
     contexts: list[int] = field(default_factory=lambda: [8192, 32768, 131072])
     large_contexts: list[int] = field(default_factory=lambda: [131072])
-    latency_options: dict[str, Any] = field(default_factory=dict)  # over the spec's task options
+    # over the spec's task options: one warm-up call (it compiles) and 3 timed ones leave time for 128K
+    latency_options: dict[str, Any] = field(default_factory=lambda: {"warmup": 1, "repeats": 3})
     train_seq_len: int = 8192
     train_batch_size: int = 1
     train_warmup_steps: int = 2  # untimed: kernel compilation and autotuning happen here
     train_steps: int = 5
     peak_tflops: float | None = None  # None: from the GPU's name (see bench.gpu.flops)
-    torch_threads: int = 0  # torch's CPU threads in every step (0: leave as set); 1 on a shared CPU
+    torch_threads: int = 0  # torch's CPU threads in every step (OMP_NUM_THREADS; 0: leave as set)
     test_timeout_s: int = 180  # per GPU test, where pytest-timeout is installed
     min_test_s: float = 20.0  # a GPU test starts only with this much of the step's time left
     min_item_s: float = 5.0  # a measurement starts only with this much left (before any estimate)

@@ -35,8 +35,10 @@ def nvidia_smi() -> str:
 
 
 def versions() -> str:
+    commit = git_commit()
     lines = [f"python {platform.python_version()} ({sys.executable})", f"platform {platform.platform()}",
-             f"git {git_commit()}", f"torch.version.cuda {torch.version.cuda}",
+             f"git commit {commit['commit']}, uncommitted changes: {commit['dirty']}",
+             f"torch.version.cuda {torch.version.cuda}",
              f"cudnn {torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}"]
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -33,12 +33,16 @@ def spec_cells(spec: SweepSpec, size: str, contexts: list[int], archs: list[str]
     return [(ctx, entry) for ctx in sorted(contexts) for entry in entries]
 
 
+def task_options(spec: SweepSpec, cfg: KitConfig) -> dict:
+    """The spec's latency options with the kit's over them."""
+    return {**next(t for t in spec.tasks if t.task == TASK).options, **cfg.latency_options}
+
+
 def cell_spec(spec: SweepSpec, entry: ModelEntry, ctx: int, cfg: KitConfig) -> SweepSpec:
-    """A one-cell sweep: the spec's latency options at one context, on the kit's device and dtype."""
-    task = next(t for t in spec.tasks if t.task == TASK)
+    """A one-cell sweep: the latency options at one context, on the kit's device and dtype."""
     model = dataclasses.replace(entry, preset=cfg.run_preset or entry.preset,
                                 set={**entry.set, **({"backend": cfg.backend} if cfg.backend else {})})
-    options = {**task.options, **cfg.latency_options, "contexts": [ctx]}
+    options = {**task_options(spec, cfg), "contexts": [ctx]}
     return SweepSpec(name=spec.name, models=[model], tasks=[TaskEntry(TASK, options=options)], seeds=spec.seeds[:1],
                      device=cfg.device, dtype=cfg.dtype)
 

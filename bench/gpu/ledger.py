@@ -15,9 +15,10 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATUSES = ("planned", "ok", "failed", "skipped", "timeout")
 COLUMNS = ("step", "item", "status", "seconds", "message")
@@ -59,8 +60,10 @@ class Ledger:
         return result
 
 
-def read(path: Path) -> pd.DataFrame:
+def read(path: Path) -> "pd.DataFrame":
     """The last record of every (step, item), in the order items were first seen."""
+    import pandas as pd  # here, not above: a worker only writes, and starts faster without pandas
+
     path = Path(path)
     records: dict[tuple[str, str], dict[str, Any]] = {}
     if path.is_file():

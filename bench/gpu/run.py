@@ -85,6 +85,8 @@ class Kit:
         deadline = time.time() + limit
         command = [sys.executable, "-m", "bench.gpu.worker", step, "--work", str(self.work), "--deadline", repr(deadline)]
         env = {**os.environ, "PYTHONPATH": python_path(self.work), "PYTHONUNBUFFERED": "1"}
+        if self.cfg.torch_threads:
+            env["OMP_NUM_THREADS"] = str(self.cfg.torch_threads)  # torch's CPU threads, from its start
         self.say(f"{step}: started, limit {limit:.0f} s")
         started = time.time()
         with open(bundle.log_path(self.work, step), "w", encoding="utf-8") as log:
@@ -139,7 +141,8 @@ def last_line(path: Path) -> str:
 @click.option("--wheels", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of .whl files to install offline (fla-core, flash-linear-attention, mamba-ssm).")
 @click.option("--dry-run", is_flag=True, help="The same steps on a CPU in seconds: tiny models, reference kernels.")
-@click.option("--only", "only", multiple=True, help=f"Run only these steps (repeatable): {', '.join(STEPS)}.")
+@click.option("--only", "only", multiple=True,
+              help=f"Run only these steps (repeatable), after the install: {', '.join(STEPS[1:])}.")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for everything else (sweep folders, logs, installed wheels); default: a new temporary one.")
 @click.option("--peak-tflops", type=float, default=None, help="The GPU's dense bf16 peak for MFU (default: by its name).")
@@ -150,7 +153,7 @@ def main(out: Path, budget_s: float, wheels: Path | None, dry_run: bool, only: t
     if wheels is not None and not wheels.is_dir():
         raise ConfigError(f"--wheels {str(wheels)!r} is not a folder; fill one with `python -m bench.gpu.fill_wheels`")
     settings = dict(budget_s=budget_s, wheels=str(wheels.resolve()) if wheels else None, peak_tflops=peak_tflops,
-                    **({"steps": list(only)} if only else {}))
+                    **({"steps": ["install", *only]} if only else {}))  # a fresh machine has nothing installed
     cfg = KitConfig.dry(**settings) if dry_run else KitConfig.gpu(**settings)
     work = (work or Path(tempfile.mkdtemp(prefix="lcbench-gpu-kit-"))).resolve()
     Kit(cfg, out.resolve(), work).run()

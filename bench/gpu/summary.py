@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.gpu import environment, flops, ttt_speed_step
-from bench.gpu.config import LEDGER_FILE, KitConfig
+from bench.gpu import environment, flops, latency, ttt_speed_step
+from bench.gpu.config import LEDGER_FILE, ROOT, KitConfig
 from bench.gpu.ledger import STEP_ITEM, read
 from bench.gpu.throughput import PEAK_FILE
 from harness import results
+from harness.sweep import load_spec
 from harness.tables import ARCH_ORDER, render_markdown, summary_tables
 
 LATENCY_TABLES = ("prefill_ms", "prefill_speedup", "decode_ms", "decode_speedup", "prefill_peak_mib",
@@ -59,6 +60,13 @@ def tests_section(steps: pd.DataFrame) -> str | None:
     skipped = tests[tests["status"] == "skipped"]["message"].value_counts()
     lines += [f"- skipped ({n}): {reason}" for reason, n in skipped.items()]
     return "\n".join(lines)
+
+
+def latency_heading(cfg: KitConfig, size: str) -> str:
+    options = latency.task_options(load_spec(ROOT / cfg.latency_spec), cfg)
+    return (f"Latency, {cfg.run_preset or size} models ({cfg.dtype}, batch {options.get('batch_size', 1)}; "
+            f"{options.get('warmup', '?')} warm-up and {options.get('repeats', '?')} timed calls, "
+            f"{options.get('decode_tokens', '?')} decode steps per call)")
 
 
 def latency_section(folder: Path, heading: str) -> str | None:
@@ -124,8 +132,8 @@ def render(work: Path, cfg: KitConfig, elapsed_s: float, final: bool = True) -> 
     steps = read(work / LEDGER_FILE)
     parts = [title(work, cfg, elapsed_s), steps_section(steps, cfg), tests_section(steps)]
     if final:
-        parts += [latency_section(work / "latency", f"Latency, {cfg.run_preset or cfg.size} models, batch 1"),
-                  latency_section(work / "latency_large", f"Latency, {cfg.run_preset or cfg.large_size} models, batch 1"),
+        parts += [latency_section(work / "latency", latency_heading(cfg, cfg.size)),
+                  latency_section(work / "latency_large", latency_heading(cfg, cfg.large_size)),
                   throughput_section(work), ttt_section(work, steps)]
     else:
         parts.append("*Interim summary: the run had not finished. The tables so far are in latency.csv and "

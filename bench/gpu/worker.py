@@ -39,10 +39,6 @@ TIMEOUT_EXIT = 124  # the step ran out of its time (as timeout(1) exits)
 @click.option("--deadline", type=float, required=True, help="Seconds since the epoch by which the step must end.")
 def main(step: str, work: Path, deadline: float) -> None:
     cfg = KitConfig.load(work / CONFIG_FILE)
-    if cfg.torch_threads:
-        import torch  # only here: the install step needs no torch
-
-        torch.set_num_threads(cfg.torch_threads)
     module, function = RUNNERS[step].split(":")
     runner = getattr(importlib.import_module(module), function)
     try:
