@@ -74,7 +74,8 @@ class Kit:
                 self.say(f"{step}: skipped, no time left")
             else:
                 self.run_step(step, limit)
-            self.write_output(final=False)
+            if i + 1 < len(steps):
+                self.write_output(final=False)
         text = self.write_output(final=True)
         self.say(f"done: {self.out}")
         print(text, flush=True)
@@ -111,11 +112,16 @@ class Kit:
         self.say(f"{step}: {status} in {seconds:.1f} s ({why})")
 
     def write_output(self, final: bool) -> str:
+        # whatever fails here, what can be written is: the results must reach the output folder
+        try:
+            files = bundle.collect(self.work)
+        except Exception:  # noqa: BLE001
+            files = {bundle.LOGS: f"collecting the output failed:\n{traceback.format_exc()}"}
         try:
             text = summary.render(self.work, self.cfg, time.time() - self.started, final)
-        except Exception:  # noqa: BLE001 - the results must reach the output folder all the same
+        except Exception:  # noqa: BLE001
             text = f"# lcbench GPU kit: the summary failed\n\n```\n{traceback.format_exc()}```\n"
-        bundle.write(self.out, {**bundle.collect(self.work), bundle.SUMMARY: text})
+        bundle.write(self.out, {**files, bundle.SUMMARY: text})
         return text
 
 
