@@ -149,6 +149,26 @@ def validation_loss(model: LCModel, val: torch.Tensor, cfg: TrainConfig, device:
     return sum(losses) / len(rows)
 
 
+def training_step(model: LCModel, optimizer: torch.optim.Optimizer, batches: list[torch.Tensor], grad_clip: float,
+                  amp_dtype: torch.dtype | None) -> float:
+    """One optimizer step: forward, next-token loss and backward over each micro-batch (gradients
+    accumulate), gradient clipping, the update; the loss summed over micro-batches. The caller sets
+    the learning rate. (The GPU kit's throughput measurement times exactly this.)"""
+    loss_sum = 0.0
+    for batch in batches:
+        with torch.autocast(batch.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = model.training_loss(batch) / len(batches)
+        loss.backward()
+        loss_sum += loss.item()
+    if not math.isfinite(loss_sum):
+        lr = optimizer.param_groups[0]["lr"]
+        raise FloatingPointError(f"training loss is {loss_sum}; lower lr (now {lr:g})")
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
 def train(
     model_config: ModelConfig,
     cfg: TrainConfig,
@@ -181,19 +201,12 @@ def train(
             on_step(step, total)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            batch = data.sample_batch(training_data.train, cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
-            batch = batch.to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = model.training_loss(batch) / cfg.grad_accum
-            loss.backward()
-            loss_sum += loss.item()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss is {loss_sum} at step {step}; lower lr (now {lr_at(step, cfg):g})")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        batches = [data.sample_batch(training_data.train, cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+                   .to(device) for micro in range(cfg.grad_accum)]
+        try:
+            loss_sum = training_step(model, optimizer, batches, cfg.grad_clip, amp_dtype)
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"{exc} at step {step}") from None
         tokens_done += cfg.tokens_per_step
         tok_s = tokens_done / (time.perf_counter() - t0)
         record = {"step": step + 1, "loss": loss_sum, "lr": lr_at(step, cfg), "tokens_per_s": tok_s}

@@ -1,0 +1,96 @@
+"""Step ``environment``: what the numbers ran on, as one text file: nvidia-smi, Python, the
+package versions, the git commit, and which backend ``auto`` picks for each architecture here."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from bench.gpu.clock import Clock
+from bench.gpu.config import CONFIG_FILE, KitConfig
+from bench.gpu.ledger import Ledger
+from harness.runs.provenance import git_commit
+
+FILE = "environment.txt"
+FACTS_FILE = "environment.json"  # the few facts the summary's title needs
+PACKAGES = ("lcbench", "torch", "triton", "fla-core", "flash-linear-attention", "mamba-ssm", "einops",
+            "transformers", "numpy", "pandas", "pyarrow", "pytest", "pytest-timeout")
+
+
+def nvidia_smi() -> str:
+    try:
+        full = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30)
+        query = subprocess.run(["nvidia-smi", "--format=csv", "--query-gpu=name,memory.total,driver_version,"
+                                "clocks.max.sm,clocks.max.mem,power.limit,pstate,temperature.gpu"],
+                               capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        return "nvidia-smi not found: no NVIDIA driver on this machine"
+    return full.stdout + full.stderr + "\n" + query.stdout + query.stderr
+
+
+def versions() -> str:
+    commit = git_commit()
+    lines = [f"python {platform.python_version()} ({sys.executable})", f"platform {platform.platform()}",
+             f"git commit {commit['commit']}, uncommitted changes: {commit['dirty']}",
+             f"torch.version.cuda {torch.version.cuda}",
+             f"cudnn {torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}"]
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"gpu {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability "
+                     f"{props.major}.{props.minor}, {props.multi_processor_count} SMs")
+    for name in PACKAGES:
+        try:
+            dist = metadata.distribution(name)
+            lines.append(f"{name} {dist.version} ({dist.locate_file('')})")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{name} (not installed)")
+    return "\n".join(lines)
+
+
+def backends(device: torch.device) -> str:
+    from baselines import attention, gated_deltanet, mamba2  # torch-only imports; kernels load lazily
+
+    mamba_kernels = "; ".join(f"{name}: {mamba2.backend_unavailable_reason(name, device) or 'runs'}"
+                              for name in mamba2.KERNEL_BACKENDS)
+    return "\n".join([
+        f"device {device}",
+        f"full_attention: auto -> {attention.resolve_backend('auto', 0, device)}",
+        f"swa, ttt_e2e (window): auto -> {attention.resolve_backend('auto', 8192, device)}",
+        f"gated_deltanet: auto -> {gated_deltanet.resolve_backend('auto', device)} "
+        f"(fla: {gated_deltanet.fla_unavailable_reason(device) or 'runs'})",
+        f"mamba2: auto -> {mamba2.resolve_backend('auto', device)} ({mamba_kernels})",
+    ])
+
+
+def pip_list() -> str:
+    done = subprocess.run([sys.executable, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout
+
+
+def facts(device: torch.device) -> dict[str, str]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    commit = git_commit()
+    return {"device": name, "torch": torch.__version__, "cuda": str(torch.version.cuda),
+            "git": (commit["commit"] or "unknown (no git here)")[:12] + (" (uncommitted changes)" if commit["dirty"] else "")}
+
+
+def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
+    device = torch.device(cfg.device if cfg.device != "cuda" or torch.cuda.is_available() else "cpu")
+    sections: list[tuple[str, Callable[[], str]]] = [
+        ("nvidia-smi", nvidia_smi), ("versions", versions), ("backends", lambda: backends(device)),
+        ("pip list", pip_list), ("kit config", lambda: (work / CONFIG_FILE).read_text()),
+    ]
+    ledger.plan(name for name, _ in sections)
+    parts = []
+    for name, describe in sections:
+        text = ledger.run(name, describe)
+        parts.append(f"## {name}\n\n{text if text is not None else '(failed: see logs.txt)'}\n")
+    (work / FILE).write_text("\n".join(parts))
+    (work / FACTS_FILE).write_text(json.dumps(facts(device)))

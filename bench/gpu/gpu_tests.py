@@ -1,0 +1,52 @@
+"""Step ``gpu_tests``: ``pytest -m gpu``, every test's outcome streamed to the kit's ledger (by
+:mod:`bench.gpu.pytest_plugin`) and a JUnit XML report beside it. Tests run one after another
+(one GPU; compiled kernels are cached for the steps that follow), each with a time limit where
+pytest-timeout is installed; a test is skipped, and says so, when too little of the step's time
+is left for it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from bench.gpu import pytest_plugin
+from bench.gpu.clock import Clock
+from bench.gpu.config import ROOT, KitConfig
+from bench.gpu.ledger import Ledger
+
+JUNIT = "gpu_tests.xml"
+PYTEST_ALL_PASSED, PYTEST_SOME_FAILED = 0, 1
+
+
+def has_pytest_timeout() -> bool:
+    try:
+        metadata.version("pytest-timeout")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def gpu_test_files(tests: Path = ROOT / "tests") -> list[str]:
+    """The test files that mark any test ``gpu``: collecting only these spares importing the
+    others (lm-eval's, for one), seconds of the budget; ``-m gpu`` then selects within them."""
+    return [str(f) for f in sorted(tests.glob("test_*.py")) if "mark.gpu" in f.read_text(encoding="utf-8")]
+
+
+def command(cfg: KitConfig, work: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider",
+           "-p", pytest_plugin.__name__, f"--junitxml={work / JUNIT}", *gpu_test_files()]
+    if has_pytest_timeout():
+        cmd.append(f"--timeout={cfg.test_timeout_s}")
+    return cmd
+
+
+def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
+    env = {**os.environ, pytest_plugin.LEDGER_ENV: str(ledger.path), pytest_plugin.DEADLINE_ENV: repr(clock.deadline),
+           pytest_plugin.MIN_TEST_ENV: str(cfg.min_test_s)}
+    cmd = command(cfg, work)
+    print("$", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=max(1.0, clock.left()))
+    if done.returncode not in (PYTEST_ALL_PASSED, PYTEST_SOME_FAILED):  # interrupted, usage error, nothing collected
+        raise RuntimeError(f"pytest exited with status {done.returncode} (see the gpu_tests log)")

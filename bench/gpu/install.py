@@ -1,0 +1,54 @@
+"""Step ``install``: the GPU extras from a local wheel folder, and this checkout, into one folder.
+
+The GPU machine has no network: fla-core, flash-linear-attention and mamba-ssm arrive as wheels
+(``bench/gpu/fill_wheels.py`` fills the folder). Both installs go into ``<work>/site`` with
+``--no-index --no-deps``, never into the machine's own packages; later steps run with
+``PYTHONPATH=<checkout>:<work>/site``. This checkout is installed too, because architectures and
+tasks register through its entry points; the checkout itself stays first on the path, so the
+code that runs is the code in the tree.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.gpu.clock import Clock
+from bench.gpu.config import ROOT, KitConfig
+from bench.gpu.ledger import Ledger
+
+
+def site_dir(work: Path) -> Path:
+    return work / "site"
+
+
+def python_path(work: Path) -> str:
+    """PYTHONPATH for the steps after this one: the checkout, then the installed extras."""
+    parts = [str(ROOT)]
+    if site_dir(work).is_dir():
+        parts.append(str(site_dir(work)))
+    if os.environ.get("PYTHONPATH"):
+        parts.append(os.environ["PYTHONPATH"])
+    return os.pathsep.join(parts)
+
+
+def pip_install(args: list[str], target: Path, clock: Clock) -> None:
+    command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir",
+               "--disable-pip-version-check", "--upgrade", "--target", str(target), *args]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, timeout=max(1.0, clock.left()))
+
+
+def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
+    site = site_dir(work)
+    ledger.plan(["wheels", "lcbench"])
+    if cfg.wheels is None:
+        ledger.record("wheels", "skipped", message="no wheel folder given (--wheels): kernels only if already installed")
+    else:
+        wheels = sorted(Path(cfg.wheels).glob("*.whl"))
+        if wheels:
+            ledger.run("wheels", lambda: pip_install(["--no-compile", *map(str, wheels)], site, clock))
+        else:
+            ledger.record("wheels", "failed", message=f"no .whl files in {cfg.wheels}")
+    ledger.run("lcbench", lambda: pip_install(["--no-build-isolation", str(ROOT)], site, clock))

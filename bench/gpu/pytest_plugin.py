@@ -1,0 +1,56 @@
+"""pytest plugin of the GPU kit (``-p bench.gpu.pytest_plugin``, loaded by the ``gpu_tests`` step).
+
+Every selected test is planned in the kit's ledger and its outcome recorded as soon as it is
+known, so a run stopped part-way still says which tests passed, failed or never ran. A test that
+would start with less than the kit's per-test minimum left before the step's deadline is skipped
+with that reason. Outside the kit (no ledger in the environment) it does nothing.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.gpu.ledger import Ledger
+
+LEDGER_ENV = "LCBENCH_KIT_LEDGER"
+DEADLINE_ENV = "LCBENCH_KIT_DEADLINE"
+MIN_TEST_ENV = "LCBENCH_KIT_MIN_TEST_S"
+STEP = "gpu_tests"
+
+
+def _ledger() -> Ledger | None:
+    path = os.environ.get(LEDGER_ENV)
+    return Ledger(Path(path), STEP) if path else None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    ledger = _ledger()
+    if ledger is not None:
+        ledger.plan(item.nodeid for item in session.items)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    left = float(os.environ.get(DEADLINE_ENV, "inf")) - time.time()
+    need = float(os.environ.get(MIN_TEST_ENV, "0"))
+    if left < need:
+        pytest.skip(f"GPU kit: {max(left, 0):.0f} s left of this step's time, a test is given {need:.0f} s")
+
+
+def _reason(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    lines = report.longreprtext.splitlines()
+    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+    return " | ".join(errors[:3]) if errors else (lines[-1] if lines else "")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    ledger = _ledger()
+    decisive = report.when == "call" or (report.when == "setup" and not report.passed) or report.failed
+    if ledger is None or not decisive:
+        return
+    status = "ok" if report.passed else "skipped" if report.skipped else "failed"
+    ledger.record(report.nodeid, status, report.duration, "" if report.passed else _reason(report))

@@ -1,0 +1,261 @@
+"""The GPU kit (bench/gpu): its parts, and a dry run of the whole kit on this CPU, so that a broken
+kit is found before a GPU is held."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.gpu import bundle, fill_wheels, flops, latency, ledger
+from bench.gpu.clock import Clock, step_seconds
+from bench.gpu.config import LEDGER_FILE, ROOT, STEPS, KitConfig
+from bench.gpu.run import Kit, main
+from harness.api import registry
+from harness.api.errors import ConfigError
+from harness.runs.sweep import load_spec
+
+TRANSFER_LIMIT = 16 * 2**20  # what the device tool brings back per file (at most 8 files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts
+
+
+def test_step_shares_pass_leftover_time_on_and_the_last_step_takes_all():
+    assert step_seconds(100, 1, [1, 2]) == pytest.approx(25)
+    assert step_seconds(100, 3, []) == 100
+    assert step_seconds(-5, 1, [1]) == 0
+    assert Clock.after(10).fits(5) and not Clock.after(1).fits(5)
+
+
+def test_config_names_bad_steps_and_round_trips(tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean 'latency'"):
+        KitConfig(steps=["latncy"])
+    with pytest.raises(ConfigError, match="budget_s"):
+        KitConfig(budget_s=10)
+    cfg = KitConfig.dry(steps=["latency", "install"])
+    assert cfg.steps == ["install", "latency"]  # always in run order
+    cfg.save(tmp_path / "kit.json")
+    assert KitConfig.load(tmp_path / "kit.json") == cfg
+
+
+def test_ledger_keeps_the_last_record_and_closes_what_was_left_open(tmp_path):
+    path = tmp_path / LEDGER_FILE
+    book = ledger.Ledger(path, "latency")
+    book.plan(["a", "b", "c"])
+    book.record("a", "ok", 1.5)
+    assert book.run("b", lambda: 1 / 0) is None
+    with open(path, "a") as f:
+        f.write('{"step": "latency", "item": "c", "sta')  # a line cut short by a kill
+    assert ledger.close_unfinished(path, "latency", "timeout", "stopped") == 1
+    table = ledger.read(path).set_index("item")
+    assert list(table["status"]) == ["ok", "failed", "timeout"]
+    assert "ZeroDivisionError" in table.loc["b", "message"]
+
+
+def test_fit_keeps_head_and_tail_under_the_limit():
+    text = "head\n" + "x" * 10_000 + "\ntail"
+    cut = bundle.fit(text, 1000)
+    assert len(cut.encode()) <= 1000 and cut.startswith("head") and cut.endswith("tail") and "left out" in cut
+    assert bundle.fit("short", 1000) == "short"
+
+
+def test_output_folder_takes_only_the_kits_files(tmp_path):
+    with pytest.raises(ValueError, match="not an output file"):
+        bundle.write(tmp_path, {"extra.txt": "x"})
+    assert len(bundle.FILES) <= 8
+
+
+def test_mean_keys_is_the_mean_number_of_visible_keys():
+    for T, W in ((100, 0), (100, 30), (100, 100), (100, 200), (1, 5)):
+        visible = [min(t, W) if W else t for t in range(1, T + 1)]
+        assert flops.mean_keys(T, W) == pytest.approx(sum(visible) / T)
+
+
+@pytest.mark.parametrize("arch", ["full_attention", "swa"])
+def test_flop_formula_matches_counted_matmuls(arch):
+    """6 N + 12 L d k against torch's FLOP counter over a training forward and backward. The torch
+    reference computes the whole (masked) score matrix, so it does T keys per query, not the causal
+    mean; vector parameters (norm gains) are in N but do no matmul: those are the only differences."""
+    torch.manual_seed(0)
+    model = registry.create_model(arch, "tiny", backend="torch")
+    T = 96
+    with FlopCounterMode(display=False) as counter:
+        model.token_losses(torch.randint(0, 256, (1, T))).mean().backward()
+    layers, _ = flops.attention_layers(model.config)
+    vectors = sum(p.numel() for p in model.parameters() if p.dim() < 2)
+    dense = 6 * T * (flops.matmul_params(model) - vectors) + 12 * layers * model.config.d_model * T * T
+    assert counter.get_total_flops() == dense
+    causal = flops.train_flops_per_token(model, T) * T
+    assert causal < dense + 6 * T * vectors  # the formula counts causal keys only
+
+
+def test_recurrent_mixers_have_no_attention_term():
+    model = registry.create_model("mamba2", "tiny")
+    assert flops.attention_layers(model.config) == (0, 0)
+    assert flops.train_flops_per_token(model, 1024) == 6 * flops.matmul_params(model)
+
+
+def test_peak_flops_by_gpu_name():
+    assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert flops.peak_flops("NVIDIA H200") == 989e12
+    assert flops.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert flops.peak_flops("cpu") is None
+
+
+def test_wheel_folder_check(tmp_path):
+    def touch(name, size=10):
+        (tmp_path / name).write_bytes(b"0" * size)
+
+    touch("fla_core-0.6.0-py3-none-any.whl")
+    touch("flash_linear_attention-0.6.0-py3-none-any.whl")
+    assert any("mamba-ssm==2.3.2.post1 is missing" in p for p in fill_wheels.check_folder(tmp_path, fill_wheels.PINS, 1))
+    touch("mamba_ssm-2.3.2.post1-py3-none-any.whl")
+    assert fill_wheels.check_folder(tmp_path, fill_wheels.PINS, 1) == []
+    touch("fla_core-0.5.0-py3-none-any.whl")
+    touch("einops-0.8.0-cp311-cp311-manylinux_2_17_aarch64.whl", 2 * 2**20)
+    problems = " | ".join(fill_wheels.check_folder(tmp_path, fill_wheels.PINS, 1))
+    assert "fla-core is there in 2 versions" in problems
+    assert "einops-0.8.0-cp311-cp311-manylinux_2_17_aarch64.whl does not install" in problems
+    assert "over the 1 MiB limit" in problems
+    assert fill_wheels.runs_on_gpu_machine("x-1.0-cp312-cp312-manylinux_2_28_x86_64.whl")
+
+
+def test_the_gpu_run_measures_what_the_issue_asks_from_the_latency_spec():
+    cfg = KitConfig.gpu()
+    spec = load_spec(ROOT / cfg.latency_spec)
+    cells = latency.spec_cells(spec, cfg.size, cfg.contexts, cfg.archs)
+    assert {(c, e.arch, e.preset) for c, e in cells} == {(c, a, "125m") for c in (8192, 32768, 131072) for a in cfg.archs}
+    assert [c for c, _ in cells] == sorted(c for c, _ in cells)  # shortest first: what does not fit is the longest
+    large = latency.spec_cells(spec, cfg.large_size, cfg.large_contexts, cfg.archs)
+    assert {(c, e.arch, e.preset) for c, e in large} == {(131072, a, "760m") for a in cfg.archs}
+    one = latency.cell_spec(spec, cells[-1][1], 131072, cfg)
+    assert (one.device, one.dtype, one.tasks[0].options["contexts"], one.tasks[0].options["batch_size"]) == \
+        ("cuda", "bf16", [131072], 1)
+    config = registry.make_config(one.models[0].arch, one.models[0].preset, **one.models[0].set)
+    assert config.vocab_size == 128256  # Llama-3's
+    with pytest.raises(ConfigError, match="no 1b models"):
+        latency.spec_cells(spec, "1b", [8192], cfg.archs)
+
+
+def test_expected_seconds_scale_from_the_longest_shorter_context():
+    assert latency.expected_seconds({}, 8192) == 0
+    assert latency.expected_seconds({8192: 2.0}, 8192) == 2.0
+    assert latency.expected_seconds({8192: 2.0, 32768: 4.0}, 131072) == 16.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole kit, dry
+
+
+def probe_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel, so the dry run installs a real wheel offline."""
+    files = {"kit_probe/__init__.py": b"VALUE = 1\n",
+             "kit_probe-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: kit-probe\nVersion: 0.1\n",
+             "kit_probe-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for name, data in files.items()) + "kit_probe-0.1.dist-info/RECORD,,\n"
+    path = folder / "kit_probe-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in {**files, "kit_probe-0.1.dist-info/RECORD": record.encode()}.items():
+            wheel.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kit")
+    (root / "wheels").mkdir()
+    probe_wheel(root / "wheels")
+    started = time.time()
+    result = CliRunner().invoke(main, ["--dry-run", "--out", str(root / "out"), "--work", str(root / "work"),
+                                       "--wheels", str(root / "wheels")])
+    assert result.exit_code == 0, result.output
+    return root / "out", root / "work", time.time() - started
+
+
+def test_dry_run_fills_an_output_folder_that_comes_back_whole(dry_run):
+    out, _, seconds = dry_run
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert 1 <= len(files) <= 8 and {p.name for p in files} <= set(bundle.FILES)
+    assert all(p.parent == out and re.fullmatch(r"[A-Za-z0-9._-]+", p.name) for p in files)
+    assert all(p.stat().st_size < TRANSFER_LIMIT for p in files)
+    assert {"summary.md", "steps.csv", "latency.csv", "throughput.csv", "logs.txt", "environment.txt",
+            "gpu_tests.xml"} <= {p.name for p in files}
+    assert seconds < KitConfig.dry().budget_s
+
+
+def test_dry_run_runs_every_step(dry_run):
+    out, _, _ = dry_run
+    steps = pd.read_csv(out / "steps.csv", keep_default_na=False)
+    whole = steps[steps["item"] == ledger.STEP_ITEM].set_index("step")
+    assert list(whole.index) == list(STEPS)
+    assert (whole["status"] == "ok").all(), whole
+    assert not steps["status"].isin(["planned", "timeout", "failed"]).any(), steps[steps["status"] != "ok"]
+    tests = steps[(steps["step"] == "gpu_tests") & (steps["item"] != ledger.STEP_ITEM)]
+    assert len(tests) > 10 and tests["item"].str.startswith("tests/").all()
+    if not torch.cuda.is_available():
+        assert (tests["status"] == "skipped").all() and tests["message"].str.contains("CUDA").all()
+    speed = steps[steps["step"] == "ttt_speed"].set_index("item")
+    if importlib.util.find_spec("bench.gpu.ttt_speed") is None:
+        assert speed.loc["bench.gpu.ttt_speed", "status"] == "skipped"
+        assert "module absent" in speed.loc["bench.gpu.ttt_speed", "message"]
+    else:
+        assert speed.loc["bench.gpu.ttt_speed", "status"] == "ok" and (out / "ttt_speed.csv").is_file()
+
+
+def test_dry_run_installs_the_wheels_for_the_later_steps(dry_run):
+    out, work, _ = dry_run
+    assert (work / "site" / "kit_probe" / "__init__.py").is_file()
+    environment = (out / "environment.txt").read_text()
+    assert "kit-probe==0.1" in environment.replace("_", "-")  # pip list in a later step sees the wheel
+    assert "mamba2: auto -> torch" in environment  # no CUDA: the reference
+
+
+def test_dry_run_measures_latency_and_throughput_of_every_architecture(dry_run):
+    out, _, _ = dry_run
+    cfg = KitConfig.dry()
+    latency = pd.read_csv(out / "latency.csv")
+    prefill = latency[latency["metric"] == "prefill_s"]
+    assert (prefill["status"] == "ok").all() and (prefill["value"] > 0).all()
+    assert set(zip(prefill["arch"], prefill["eval_ctx"])) == {(a, c) for a in cfg.archs for c in cfg.contexts}
+    assert set(latency["metric"]) >= {"prefill_s", "decode_s", "state_bytes", "prefill_peak_bytes"}
+    throughput = pd.read_csv(out / "throughput.csv").set_index(["arch", "metric"])["value"]
+    for arch in cfg.archs:
+        assert throughput[arch, "train_tok_s"] > 0
+        assert throughput[arch, "train_flops_per_token"] >= 6 * registry.create_model(arch, "tiny").num_params()
+    summary = (out / "summary.md").read_text()
+    assert "DRY RUN" in summary and "Prefill speed-up over full attention" in summary
+    assert "Gated DeltaNet" in summary and "No MFU" in summary
+
+
+def test_items_that_do_not_fit_are_recorded_as_skipped(tmp_path):
+    cfg = KitConfig.dry(steps=["throughput"], min_item_s=1e6)
+    Kit(cfg, tmp_path / "out", tmp_path / "work").run()
+    steps = pd.read_csv(tmp_path / "out" / "steps.csv", keep_default_na=False)
+    items = steps[steps["item"] != ledger.STEP_ITEM]
+    assert list(items["item"]) == cfg.archs and (items["status"] == "skipped").all()
+    assert items["message"].str.contains("s left").all()
+
+
+def test_a_step_past_its_limit_is_stopped_and_reported(tmp_path):
+    cfg = KitConfig.dry(steps=["gpu_tests"], budget_s=KitConfig.reserve_s + 2)
+    started = time.time()
+    Kit(cfg, tmp_path / "out", tmp_path / "work").run()
+    assert time.time() - started < cfg.budget_s + 10
+    steps = pd.read_csv(tmp_path / "out" / "steps.csv", keep_default_na=False)
+    whole = steps[steps["item"] == ledger.STEP_ITEM].iloc[0]
+    assert whole["status"] == "timeout" and "stopped at its limit" in whole["message"]
+    assert not (steps["status"] == "planned").any()
+    assert "| gpu_tests | timeout |" in (tmp_path / "out" / "summary.md").read_text()
