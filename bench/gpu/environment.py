@@ -56,14 +56,14 @@ def versions() -> str:
 def backends(device: torch.device) -> str:
     from baselines import attention, gated_deltanet, mamba2  # torch-only imports; kernels load lazily
 
-    mamba_kernels = "; ".join(f"{name}: {mamba2.backend_unavailable_reason(name, device) or 'runs'}"
-                              for name in mamba2.KERNEL_BACKENDS)
+    mamba_kernels = "; ".join(f"{kernel.name}: {kernel.unavailable_reason(device) or 'runs'}"
+                              for kernel in mamba2.KERNELS)
     return "\n".join([
         f"device {device}",
         f"full_attention: auto -> {attention.resolve_backend('auto', 0, device)}",
         f"swa, ttt_e2e (window): auto -> {attention.resolve_backend('auto', 8192, device)}",
         f"gated_deltanet: auto -> {gated_deltanet.resolve_backend('auto', device)} "
-        f"(fla: {gated_deltanet.fla_unavailable_reason(device) or 'runs'})",
+        f"(fla: {gated_deltanet.FLA.unavailable_reason(device) or 'runs'})",
         f"mamba2: auto -> {mamba2.resolve_backend('auto', device)} ({mamba_kernels})",
     ])
 
