@@ -106,6 +106,8 @@ class TTTConfig(AttentionConfig):
     # Inference fast paths (see the module docstring); "auto" picks the fast one on CUDA only.
     inner_loss: str = "auto"  # reference | chunked | liger; auto: chunked on CUDA
     inner_step: str = "eager"  # eager | compile | cudagraph | compile+cudagraph
+    # compile_inner (a bool until inner_step replaced it) torch-compiled the inference step.
+    retired_fields = {"compile_inner": lambda on: {"inner_step": "compile" if on else "eager"}}
     fast_weight_dtype: str = "auto"  # model | float32; auto: float32 on CUDA
     prefix_backend: str = "same"  # the prefix blocks' attention backend; same: ``backend``
     # Targets equal to this token leave the inner and the outer loss (masked means), as in the

@@ -607,3 +607,11 @@ def test_gpu_inner_loop_has_no_host_sync(levers):
             model(x)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_configs_saved_before_inner_step_still_load():
+    """compile_inner (a bool, replaced by inner_step) in a saved config means the same thing."""
+    saved = registry.make_config("ttt_e2e", "tiny").to_dict()
+    del saved["inner_step"]
+    assert registry.config_from_dict({**saved, "compile_inner": False}).inner_step == "eager"
+    assert registry.config_from_dict({**saved, "compile_inner": True}).inner_step == "compile"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,6 +42,8 @@ class ModelConfig:
     sandwich_norm: bool = True  # pre- and post-norm around every sublayer, as in TTT-E2E's code
     init_std: float = 0.02
     backend: str = "auto"  # mixer implementation; "auto" picks the fastest that runs here
+    # A field an earlier release saved and this one replaced: old name -> its value in new fields.
+    retired_fields: ClassVar[dict[str, Callable[[Any], dict[str, Any]]]] = {}
 
     def __post_init__(self) -> None:
         self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
@@ -59,6 +62,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        for old, translate in cls.retired_fields.items():  # configs saved by earlier releases still load
+            if old in data:
+                for key, value in translate(data.pop(old)).items():
+                    data.setdefault(key, value)
         known = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             if key not in known:
