@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api.errors import ConfigError, unknown_message
+from harness.api.fieldtypes import check_fields
 
 
 @dataclass
@@ -43,6 +44,7 @@ class ModelConfig:
     backend: str = "auto"  # mixer implementation; "auto" picks the fastest that runs here
 
     def __post_init__(self) -> None:
+        check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, type(self).__name__)
         self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
 
     def check_positive_ints(self, *names: str) -> None:

@@ -39,30 +39,37 @@ from tqdm.auto import tqdm
 from harness.api import registry, results
 from harness.api.device import resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, unknown_message
+from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.task import ModelInfo
 from harness.api.timing import free_memory
 from harness.data.tokenizers import load_tokenizer
-from harness.runs.evaluate import resolve_model, run_task
+from harness.runs.evaluate import check_task_options, resolve_model, run_task
 from harness.runs.provenance import config_hash, run_metadata, write_run_json
+from harness.runs.store import CELLS_FILE, ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
 
-CELLS_FILE = "cells.jsonl"
 SPEC_FILE = "spec.json"
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build a spec dataclass, naming unknown keys with the close match."""
+    """Build a spec dataclass, naming unknown or missing keys and values of the wrong type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {str(data)[:80]!r}")
+    fields = dataclasses.fields(cls)
+    known = {f.name for f in fields}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: " + unknown_message("key", key, known))
+    missing = [f.name for f in fields if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where} has no {', '.join(repr(m) for m in missing)}; it needs {', '.join(missing)}")
+    check_fields(cls, data, where)
     return cls(**data)
 
 
@@ -121,9 +128,11 @@ class SweepSpec:
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
-        for entry in self.tasks:
-            registry.get_task(entry.task)
-            entry.option_sets()
+        for entry in self.tasks:  # every task's options, so no model is trained for a spec that cannot finish
+            for options in entry.option_sets():
+                check_task_options(entry.task, options)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ConfigError(f"seeds must be distinct non-negative integers, got {self.seeds}")
         labels = [m.label for m in self.models]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"two models share a label in {labels}; give them distinct 'name's")
@@ -142,11 +151,17 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no sweep spec at {str(path)!r}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a text file ({exc})") from exc
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping (name, models, tasks, ...) at the top, "
+                          f"got {'nothing' if data is None else type(data).__name__}")
     data.setdefault("name", path.stem)
     return _from_dict(SweepSpec, data, str(path))
 
@@ -175,8 +190,8 @@ class SeededModel:
 
     def identity(self) -> dict[str, Any]:
         """Everything that determines the model's weights (hashed into cell keys and checkpoint names)."""
-        if self.entry.checkpoint is not None:
-            return {"checkpoint": str(Path(self.entry.checkpoint).resolve()), "seed": self.seed}
+        if self.entry.checkpoint is not None:  # its content, not its path: a replaced checkpoint is a new model
+            return {"checkpoint": checkpoint.content_hash(self.entry.checkpoint), "seed": self.seed}
         config = self.model_config()
         if self.entry.untrained:
             return {"config": config.to_dict(), "untrained": True, "seed": self.seed}
@@ -203,7 +218,7 @@ class SeededModel:
             if not _trained(ckpt, cfg.total_steps):
                 if cfg.save_every == 0:  # so a killed sweep resumes training part-way
                     cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
-                train(self.model_config(), cfg, out_dir=ckpt, resume=True, progress=progress)
+                train(self.model_config(), cfg, out_dir=ckpt, resume=checkpoint.is_checkpoint(ckpt), progress=progress)
         return resolve_model(ckpt, device=device, dtype=dtype, name=self.label)
 
 
@@ -236,31 +251,14 @@ def plan(spec: SweepSpec) -> list[Cell]:
         model_id = model.identity()
         for task in spec.tasks:
             for options in task.option_sets():
-                key = config_hash({"model": model_id, "task": task.task, "options": options,
+                key = config_hash({"run": spec.name, "model": model_id, "task": task.task, "options": options,
                                    "device": spec.device, "dtype": spec.dtype})
                 cells.append(Cell(key, model, task.task, options))
     return cells
 
 
 def finished_cells(out_dir: Path) -> dict[str, dict[str, Any]]:
-    path = out_dir / CELLS_FILE
-    if not path.is_file():
-        return {}
-    done = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill: that cell is redone
-            continue
-        done[record["key"]] = record
-    return done
-
-
-def _mark_done(out_dir: Path, record: dict[str, Any]) -> None:
-    with open(out_dir / CELLS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    return ResultStore(out_dir).finished()
 
 
 def _trained(ckpt: Path, total_steps: int) -> bool:
@@ -285,7 +283,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
     out_dir.mkdir(parents=True, exist_ok=True)
     results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
     cells = plan(spec)
-    done = finished_cells(out_dir)
+    store = ResultStore(out_dir)
+    done = store.finished()
     pending = [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -310,25 +309,33 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
                                                  seed=cell.seed, run=spec.name, progress=False)
                 if running.failed:
                     table, samples = results.to_frame(_failure_rows(cell, running.error, info.name)), []
-            status = "ok" if (table["status"] == "ok").all() else "failed"
-            failed += status != "ok"
-            results.append_rows(out_dir, table, on_duplicate="replace")
+            not_ok = table[table["status"] != "ok"]
+            failed += len(not_ok) > 0
             if samples:
                 results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
-            _mark_done(out_dir, {"key": cell.key, "model": seeded.label, "seed": cell.seed, "task": cell.task,
-                                 "options": cell.options, "status": status, "rows": len(table),
-                                 "seconds": round(time.time() - cell_started, 2),
-                                 "message": "" if status == "ok" else str(table["message"].iloc[0])[:500]})
+            store.record_cell(cell.key, table, {
+                "model": seeded.label, "seed": cell.seed, "task": cell.task, "options": cell.options,
+                "status": "failed" if len(not_ok) else "ok", "rows": len(table),
+                "seconds": round(time.time() - cell_started, 2),
+                "message": _failure_summary(not_ok)})
             ran += 1
             bar.update(1)
         free_memory(device)
     bar.close()
+    table = store.show_cells(c.key for c in cells)  # cells finished earlier show their own rows
     meta = run_metadata(seed=None, device=str(device), spec=spec.to_dict(), run=spec.name)
     meta.update(cells=len(cells), ran=ran, skipped=len(cells) - len(pending), failed=failed,
                 elapsed_s=round(time.time() - started, 3))
     write_run_json(out_dir, meta)
-    table = results.read_table(out_dir) if (out_dir / results.TABLE_PARQUET).is_file() else results.to_frame([])
     return SweepResult(table, out_dir, ran, len(cells) - len(pending), failed)
+
+
+def _failure_summary(not_ok: pd.DataFrame) -> str:
+    """Why a cell's rows are not all ok: the first message, and how many rows failed of which status."""
+    if not len(not_ok):
+        return ""
+    counts = ", ".join(f"{n} {status}" for status, n in not_ok["status"].value_counts().items())
+    return f"{counts} row(s): {not_ok['message'].iloc[0]}"[:500]
 
 
 def describe_failures(out_dir: str | os.PathLike) -> list[str]:

@@ -1,11 +1,17 @@
 """Checkpoints: a folder with ``config.json`` (the model config), ``model.safetensors`` (weights)
-and, for training runs, ``trainer.json`` (step, train config, history) + ``optimizer.pt``.
+and, for training runs, ``trainer.json`` (step, train config, history) + ``optimizer.pt``;
+``checksums.json`` holds the sha256 of each of them.
 
 Writes are atomic: everything goes to a temporary sibling folder that replaces the old one by
-rename, so an interrupted save leaves the previous checkpoint intact.
+rename, so an interrupted save leaves the previous checkpoint intact. A save replaces only a
+folder that lcbench wrote (it has ``checksums.json``, or holds nothing but checkpoint files) or
+an empty one: a user's folder is never deleted. Loads verify the checksums, so a damaged file
+gives a :class:`CheckpointError` instead of silently wrong weights (checkpoints written before
+checksums existed, or by hand, load unverified).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +30,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.json"
 OPTIMIZER_FILE = "optimizer.pt"
+CHECKSUMS_FILE = "checksums.json"
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_FILE, OPTIMIZER_FILE, CHECKSUMS_FILE)
+_HASH_CHUNK = 1 << 22
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -38,6 +47,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
 ) -> Path:
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -47,11 +57,59 @@ def save_checkpoint(
             (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=2))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is absent, an empty folder, or a checkpoint
+    lcbench wrote: saving replaces the whole folder, and a user's files must never go with it."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise CheckpointError(f"cannot save a checkpoint to {str(path)!r}: it is a file, not a folder")
+    names = {p.name for p in path.iterdir()}
+    if names and CHECKSUMS_FILE not in names and not (is_checkpoint(path) and names <= set(CHECKPOINT_FILES)):
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise CheckpointError(f"cannot save a checkpoint to {str(path)!r}: the folder holds files lcbench did not "
+                              f"write ({shown}); choose another folder")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: str | os.PathLike, name: str) -> None:
+    """Raise :class:`CheckpointError` if file ``name`` of checkpoint ``path`` does not match the
+    sha256 recorded at save (nothing to check when the checkpoint has no checksums)."""
+    path = Path(path)
+    sums_file = path / CHECKSUMS_FILE
+    if not sums_file.is_file():
+        return
+    try:
+        expected = json.loads(sums_file.read_text()).get(name)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{sums_file} is damaged ({exc}); the checkpoint cannot be verified") from exc
+    if expected is not None and (path / name).is_file() and file_sha256(path / name) != expected:
+        raise CheckpointError(f"{path / name} does not match the checksum recorded when it was saved; "
+                              "the file is damaged or was replaced")
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """A sha256 of a checkpoint's config and weights: what identifies the model it holds,
+    wherever the folder is (a checkpoint replaced at the same path gets a new hash)."""
+    read_config(path)  # a clear error for a folder that is not a checkpoint
+    path = Path(path)
+    return hashlib.sha256("".join(file_sha256(path / n) for n in (CONFIG_FILE, WEIGHTS_FILE)).encode()).hexdigest()
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -72,9 +130,10 @@ def read_config(path: str | os.PathLike):
         raise CheckpointError(
             f"{str(path)!r} is not an lcbench checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}, found {present}"
         )
+    verify(path, CONFIG_FILE)
     try:
         data = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({exc}); the checkpoint is corrupted") from exc
     try:
         return config_from_dict(data)
@@ -85,6 +144,7 @@ def read_config(path: str | os.PathLike):
 def load_weights(path: str | os.PathLike, model: LCModel) -> None:
     """Load ``model.safetensors`` into ``model``, naming every missing or unexpected tensor."""
     file = Path(path) / WEIGHTS_FILE
+    verify(path, WEIGHTS_FILE)
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
     except RuntimeError as exc:  # shape mismatch
@@ -110,6 +170,8 @@ def load_trainer_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     path = Path(path)
     if not (path / TRAINER_FILE).is_file():
         raise CheckpointError(f"{str(path)!r} has no {TRAINER_FILE}: it is a weights-only checkpoint and cannot resume training")
+    verify(path, TRAINER_FILE)
+    verify(path, OPTIMIZER_FILE)
     try:
         state = json.loads((path / TRAINER_FILE).read_text())
         optim = torch.load(path / OPTIMIZER_FILE, weights_only=True) if (path / OPTIMIZER_FILE).is_file() else None
