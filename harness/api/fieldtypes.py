@@ -25,7 +25,7 @@ def type_problem(value: Any, hint: Any) -> str | None:
         return None
     if origin in (typing.Union, types.UnionType):
         problems = [type_problem(value, a) for a in args]
-        return None if any(p is None for p in problems) else " or ".join(_name(a) for a in args)
+        return None if any(p is None for p in problems) else " or ".join(str(p) for p in problems)
     if hint is type(None):
         return None if value is None else "None"
     if origin is typing.Literal:

@@ -1,6 +1,7 @@
 """Checkpoints: a folder with ``config.json`` (the model config), ``model.safetensors`` (weights)
 and, for training runs, ``trainer.json`` (step, train config, history) + ``optimizer.pt``;
-``checksums.json`` holds the sha256 of each of them.
+``checksums.json`` holds the sha256 of the binary files (weights, optimizer state). The JSON
+files are left unchecksummed: people edit them by hand, and their parsing reports damage.
 
 Writes are atomic: everything goes to a temporary sibling folder that replaces the old one by
 rename, so an interrupted save leaves the previous checkpoint intact. A save replaces only a
@@ -31,6 +32,7 @@ WEIGHTS_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.json"
 OPTIMIZER_FILE = "optimizer.pt"
 CHECKSUMS_FILE = "checksums.json"
+CHECKSUMMED = (WEIGHTS_FILE, OPTIMIZER_FILE)
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_FILE, OPTIMIZER_FILE, CHECKSUMS_FILE)
 _HASH_CHUNK = 1 << 22
 
@@ -57,7 +59,7 @@ def save_checkpoint(
             (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=2))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+        sums = {name: file_sha256(tmp / name) for name in CHECKSUMMED if (tmp / name).is_file()}
         (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
         _replace_dir(tmp, path)
     except BaseException:
@@ -105,11 +107,18 @@ def verify(path: str | os.PathLike, name: str) -> None:
 
 
 def content_hash(path: str | os.PathLike) -> str:
-    """A sha256 of a checkpoint's config and weights: what identifies the model it holds,
+    """A sha256 of a checkpoint's config and tensors: what identifies the model it holds,
     wherever the folder is (a checkpoint replaced at the same path gets a new hash)."""
-    read_config(path)  # a clear error for a folder that is not a checkpoint
-    path = Path(path)
-    return hashlib.sha256("".join(file_sha256(path / n) for n in (CONFIG_FILE, WEIGHTS_FILE)).encode()).hexdigest()
+    config = read_config(path)  # a clear error for a folder that is not a checkpoint
+    verify(path, WEIGHTS_FILE)
+    digest = hashlib.sha256(config.to_json().encode())
+    # The tensors, not the file's bytes: safetensors writes its metadata in no fixed order.
+    with safetensors.safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f:
+        for name in sorted(f.keys()):
+            tensor = f.get_tensor(name)
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -130,7 +139,6 @@ def read_config(path: str | os.PathLike):
         raise CheckpointError(
             f"{str(path)!r} is not an lcbench checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}, found {present}"
         )
-    verify(path, CONFIG_FILE)
     try:
         data = json.loads((path / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -170,7 +178,6 @@ def load_trainer_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     path = Path(path)
     if not (path / TRAINER_FILE).is_file():
         raise CheckpointError(f"{str(path)!r} has no {TRAINER_FILE}: it is a weights-only checkpoint and cannot resume training")
-    verify(path, TRAINER_FILE)
     verify(path, OPTIMIZER_FILE)
     try:
         state = json.loads((path / TRAINER_FILE).read_text())
