@@ -16,6 +16,7 @@ import click
 
 from harness.api import registry
 from harness.api.errors import LcbenchError
+from harness.api.timing import is_oom
 
 
 EXIT_OK = 0
@@ -43,6 +44,10 @@ def friendly_errors(fn: Callable) -> Callable:
             raise UserError(str(exc)) from exc
         except (FloatingPointError, MemoryError, OSError) as exc:
             raise FailedWork(f"{type(exc).__name__}: {exc}") from exc
+        except RuntimeError as exc:
+            if not is_oom(exc):  # anything else is a bug: its traceback is what helps
+                raise
+            raise FailedWork(f"out of memory: {str(exc).splitlines()[0]}; try a shorter context or batch") from exc
 
     return wrapper
 
@@ -103,7 +108,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--grad-accum", type=int, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--eval-every", type=int, default=None)
-@click.option("--save-every", type=int, default=None, help="Checkpoint every N steps into --out (default: only at the end).")
+@click.option("--save-every", type=int, default=None,
+              help="Checkpoint every N steps into --out, so a killed run resumes (default: only at the end).")
 @click.option("--corpus", default=None, help="Local text file, folder, .jsonl or .parquet (default: embedded stdlib corpus).")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")
 @click.option("--device", default=None, help="auto | cpu | cuda")

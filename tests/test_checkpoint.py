@@ -146,3 +146,13 @@ def test_content_hash_follows_content_not_path(tmp_path):
     assert before == checkpoint.content_hash(b)
     checkpoint.save_checkpoint(a, small_model("swa", seed=2))
     assert checkpoint.content_hash(a) != before
+
+
+def test_a_save_leaves_folders_beside_the_checkpoint_alone(tmp_path):
+    neighbour = tmp_path / ".c.old"  # the name an older save used for the replaced checkpoint
+    neighbour.mkdir()
+    (neighbour / "keep.txt").write_text("mine")
+    checkpoint.save_checkpoint(tmp_path / "c", small_model("swa", seed=1))
+    checkpoint.save_checkpoint(tmp_path / "c", small_model("swa", seed=2))
+    assert (neighbour / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.old", "c"]

@@ -100,6 +100,7 @@ MEASURE_COLUMNS = ("value", "ci_low", "ci_high", "n", "n_tokens", "status", "mes
 KEY_COLUMNS: list[str] = [c for c in COLUMNS if c not in MEASURE_COLUMNS]
 REQUIRED_COLUMNS = ("run", "model", "arch", "task", "metric", "status")
 STATUSES = ("ok", "oom", "nan", "error")
+TEXT_COLUMNS = ("message", "flag")  # free text where "" means none, not a missing value
 
 TABLE_PARQUET = "results.parquet"
 TABLE_CSV = "results.csv"
@@ -171,8 +172,8 @@ def to_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
         except (ValueError, TypeError) as exc:
             raise SchemaError(f"column {col!r} must hold {dtype} values: {exc}") from exc
     frame = pd.DataFrame(out)
-    frame["message"] = frame["message"].fillna("")
-    frame["flag"] = frame["flag"].fillna("")
+    for col in TEXT_COLUMNS:
+        frame[col] = frame[col].fillna("")
     return frame.reset_index(drop=True)
 
 
@@ -281,7 +282,7 @@ def read_table(location: str | os.PathLike, validate_schema: bool = True) -> pd.
         else:
             df = pd.read_csv(csv, dtype={c: "string" for c, t in SCHEMA.items() if t == "string"},
                              keep_default_na=False,
-                             na_values={c: [""] for c, t in SCHEMA.items() if t != "string" or c not in ("message", "flag")})
+                             na_values={c: [""] for c, t in SCHEMA.items() if t != "string" or c not in TEXT_COLUMNS})
     except Exception as exc:  # pyarrow and pandas raise many kinds on a damaged or foreign file
         raise SchemaError(f"{path} cannot be read as a result table ({type(exc).__name__}: {exc}); "
                           "it is damaged or not an lcbench table") from exc

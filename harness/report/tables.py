@@ -374,8 +374,8 @@ def render_markdown(df: pd.DataFrame, title: bool = True) -> str:
     return "\n".join(lines)
 
 
-_LATEX_ESCAPES = {"±": r"$\pm$", UNSTABLE_MARK: r"$^\dagger$", "×": r"$\times$", "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%",
-                  "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+_LATEX_ESCAPES = {UNSTABLE_MARK: r"$^\dagger$", "±": r"$\pm$", "×": r"$\times$", "\\": r"\textbackslash{}",
+                  "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}"}
 
 

@@ -49,7 +49,7 @@ def read_reference(path: str | os.PathLike) -> pd.DataFrame:
         raise ConfigError(f"no reference table at {str(path)!r}; create one with `lcbench check RUN --update`")
     try:
         raw = pd.read_csv(path, dtype={c: "string" for c, t in results.SCHEMA.items() if t == "string"},
-                          keep_default_na=False, na_values={c: [""] for c in raw_columns(path) if c != "message"})
+                          keep_default_na=False, na_values={c: [""] for c in raw_columns(path) if c not in results.TEXT_COLUMNS})
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise ConfigError(f"{path} is not a reference table (a CSV written by `lcbench check --update`): "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc

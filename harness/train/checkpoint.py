@@ -122,8 +122,7 @@ def content_hash(path: str | os.PathLike) -> str:
 
 
 def _replace_dir(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    old = new.with_name(f"{new.name}.old")  # unique like ``new``: no one else's folder can bear this name
     if target.exists():
         os.replace(target, old)
     os.replace(new, target)
