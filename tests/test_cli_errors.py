@@ -12,7 +12,7 @@ import harness.train.checkpoint as checkpoint
 from harness.api import results
 from harness.cli import EXIT_FAILED_WORK, EXIT_USER_ERROR, main
 from tests.conftest import small_model
-from tests.test_sweep import probe_task  # noqa: F401 - registers test_sweep_probe
+from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
 
 TRAIN = ["train", "swa", "--steps", "1", "--batch-size", "2", "--seq-len", "32", "--set", "window=8"]
 

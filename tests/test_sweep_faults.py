@@ -15,32 +15,17 @@ import pytest
 import torch
 import yaml
 
-from harness.api import registry, results
+from harness.api import results
 from harness.api.errors import ConfigError
 from harness.runs.store import ResultStore
 from harness.runs.sweep import load_spec, run_sweep
 from harness.train import checkpoint
 from tests.conftest import small_model
-from tests.test_sweep import probe_task  # noqa: F401 - registers test_sweep_probe
+from tests.probe_tasks import FLAKY
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64}
 TRAIN = {"batch_size": 2, "seq_len": 32, "eval_batches": 1, "eval_every": 0}
-FLAKY = {"fail": True}
-
-
-@registry.register_task("test_flaky")
-def flaky_task(model):
-    if FLAKY["fail"]:
-        raise RuntimeError("flaky failure")
-    return [results.make_row("loss", 1.0)]
-
-
-@registry.register_task("test_half_fails")
-def half_fails_task(model):
-    return [results.make_row("loss", 1.0), *results.status_rows(["other"], "error", "the second part broke")]
-
-
 def write_spec(path: Path, spec: dict) -> Path:
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -53,7 +38,7 @@ def untrained_spec(name: str, contexts: list[int]) -> dict:
 
 SWEEPER = textwrap.dedent("""
     import sys
-    import tests.test_sweep  # registers the probe task
+    import tests.probe_tasks  # registers the probe task
     from harness.runs.sweep import load_spec, run_sweep
     run_sweep(load_spec(sys.argv[1]), sys.argv[2], progress=False)
 """)
@@ -120,14 +105,6 @@ def test_a_partly_failed_cell_reports_why(tmp_path):
     assert "the second part broke" in record["message"] and "1 error" in record["message"]
 
 
-KILLED_SWEEP = textwrap.dedent("""
-    import sys
-    import tests.test_sweep  # registers the probe task
-    from harness.runs.sweep import load_spec, run_sweep
-    run_sweep(load_spec(sys.argv[1]), sys.argv[2], progress=False)
-""")
-
-
 def _checkpoint_step(out: Path) -> int:
     for trainer in (out / "checkpoints").glob("[!.]*/trainer.json"):  # not a killed save's temporary folder
         try:
@@ -146,7 +123,7 @@ def test_kill_9_during_training_then_rerun_trains_to_the_end(tmp_path):
     path = write_spec(tmp_path / "s.yaml", spec)
     straight = run_sweep(load_spec(path), tmp_path / "straight", progress=False).table
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SWEEP, str(path), str(out)], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", SWEEPER, str(path), str(out)], cwd=ROOT)
     deadline = time.time() + 300
     while not 0 < _checkpoint_step(out) < steps and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)

@@ -14,10 +14,17 @@ a given checkpoint), seeds and tasks with their options and grids::
       - {task: niah, grid: {variant: [single, multikey]}}
 
 Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
-it. A cell's rows are appended to the table when it finishes and the cell is then marked done in
-``cells.jsonl``: a rerun skips finished cells, a killed one is redone (its rows replace any that
-reached the table), and a failing cell is recorded as a status row while the sweep goes on.
-Training is a cell too: its checkpoint lives under ``checkpoints/`` and resumes.
+its numbers: the spec's name, the model's config and training settings (or a given checkpoint's
+content, not its path), the task, its options, device and dtype. The whole spec, task options
+included, is checked when it loads, before any model trains. A finished cell is recorded in the
+folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record into
+``cells.jsonl``, under a lock): a rerun skips finished cells, a killed one is redone, a failing
+cell is recorded as status rows while the sweep goes on, and a spec edited and reverted shows
+its own numbers again. Training is part of a model's first cell: its checkpoint lives under
+``checkpoints/``, is saved periodically and resumes; it counts as trained only at its last step.
+
+Executors that run cells elsewhere (one job per model, on a cluster) call
+:func:`pending_cells` and :func:`run_model_cells`; every job may write into the same folder.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -47,7 +54,7 @@ from harness.api.timing import free_memory
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
 from harness.runs.provenance import config_hash, run_metadata, write_run_json
-from harness.runs.store import CELLS_FILE, ResultStore
+from harness.runs.store import ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
 
@@ -257,10 +264,6 @@ def plan(spec: SweepSpec) -> list[Cell]:
     return cells
 
 
-def finished_cells(out_dir: Path) -> dict[str, dict[str, Any]]:
-    return ResultStore(out_dir).finished()
-
-
 def _trained(ckpt: Path, total_steps: int) -> bool:
     if not checkpoint.is_checkpoint(ckpt):
         return False
@@ -275,59 +278,78 @@ def _failure_rows(cell: Cell, exc: BaseException, label: str) -> list[dict[str, 
                         arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
 
 
+def pending_cells(spec: SweepSpec, out_dir: str | os.PathLike,
+                  retry_failed: bool = False) -> tuple[list[Cell], list[Cell]]:
+    """(every cell of ``spec``, those not finished in ``out_dir`` yet — with ``retry_failed``,
+    also those that failed), each list in run order."""
+    cells = plan(spec)
+    done = ResultStore(out_dir).finished()
+    return cells, [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+
+
+def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch.device, dtype: torch.dtype,
+                    progress: bool = False, on_cell: Callable[[Cell], None] | None = None) -> int:
+    """Train or load the model that ``cells`` share (one :class:`SeededModel`) once, run each cell
+    and record it in the store of ``out_dir``; returns how many failed. What one job of a cluster
+    executor runs: any number of them may write into one folder at once."""
+    out_dir = Path(out_dir)
+    seeded = cells[0].model
+    if any(c.model is not seeded for c in cells):
+        raise ConfigError("run_model_cells takes the cells of one model and seed; group them with plan()'s order")
+    store = ResultStore(out_dir)
+    failed = 0
+    # a model that cannot be trained or loaded fails all its cells
+    with FailureGuard([], device) as preparing:
+        model, info = seeded.prepare(out_dir, device, dtype, progress)
+    for cell in cells:
+        cell_started = time.time()
+        if preparing.failed:
+            table, samples = results.to_frame(_failure_rows(cell, preparing.error, seeded.label)), []
+        else:
+            with FailureGuard([], device) as running:
+                table, samples, _ = run_task(cell.task, model, info, cell.options, device=device, dtype=dtype,
+                                             seed=cell.seed, run=seeded.spec.name, progress=False)
+            if running.failed:
+                table, samples = results.to_frame(_failure_rows(cell, running.error, info.name)), []
+        not_ok = table[table["status"] != "ok"]
+        failed += len(not_ok) > 0
+        if samples:
+            results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
+        store.record_cell(cell.key, table, {
+            "model": seeded.label, "seed": cell.seed, "task": cell.task, "options": cell.options,
+            "status": "failed" if len(not_ok) else "ok", "rows": len(table),
+            "seconds": round(time.time() - cell_started, 2), "message": _failure_summary(not_ok)})
+        if on_cell is not None:
+            on_cell(cell)
+    free_memory(device)
+    return failed
+
+
 def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True,
               retry_failed: bool = False) -> SweepResult:
     """Run every cell of ``spec`` not yet finished in ``out_dir`` (and, with ``retry_failed``,
-    the ones that failed before)."""
+    the ones that failed before), one model at a time, in this process."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
-    cells = plan(spec)
-    store = ResultStore(out_dir)
-    done = store.finished()
-    pending = [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+    cells, pending = pending_cells(spec, out_dir, retry_failed)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    ran = failed = 0
+    failed = 0
     started = time.time()
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
                disable=not progress)
     for _, group in itertools.groupby(pending, key=lambda c: id(c.model)):
         group = list(group)
-        seeded = group[0].model
-        bar.set_postfix_str(f"{seeded.label} seed {seeded.seed}")
-        # a model that cannot be trained or loaded fails all its cells
-        with FailureGuard([], device) as preparing:
-            model, info = seeded.prepare(out_dir, device, dtype, progress)
-        for cell in group:
-            cell_started = time.time()
-            if preparing.failed:
-                table, samples = results.to_frame(_failure_rows(cell, preparing.error, seeded.label)), []
-            else:
-                with FailureGuard([], device) as running:
-                    table, samples, _ = run_task(cell.task, model, info, cell.options, device=device, dtype=dtype,
-                                                 seed=cell.seed, run=spec.name, progress=False)
-                if running.failed:
-                    table, samples = results.to_frame(_failure_rows(cell, running.error, info.name)), []
-            not_ok = table[table["status"] != "ok"]
-            failed += len(not_ok) > 0
-            if samples:
-                results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
-            store.record_cell(cell.key, table, {
-                "model": seeded.label, "seed": cell.seed, "task": cell.task, "options": cell.options,
-                "status": "failed" if len(not_ok) else "ok", "rows": len(table),
-                "seconds": round(time.time() - cell_started, 2),
-                "message": _failure_summary(not_ok)})
-            ran += 1
-            bar.update(1)
-        free_memory(device)
+        bar.set_postfix_str(f"{group[0].model.label} seed {group[0].seed}")
+        failed += run_model_cells(group, out_dir, device, dtype, progress, on_cell=lambda _: bar.update(1))
     bar.close()
-    table = store.show_cells(c.key for c in cells)  # cells finished earlier show their own rows
+    table = ResultStore(out_dir).show_cells(c.key for c in cells)  # cells finished earlier show their own rows
     meta = run_metadata(seed=None, device=str(device), spec=spec.to_dict(), run=spec.name)
-    meta.update(cells=len(cells), ran=ran, skipped=len(cells) - len(pending), failed=failed,
+    meta.update(cells=len(cells), ran=len(pending), skipped=len(cells) - len(pending), failed=failed,
                 elapsed_s=round(time.time() - started, 3))
     write_run_json(out_dir, meta)
-    return SweepResult(table, out_dir, ran, len(cells) - len(pending), failed)
+    return SweepResult(table, out_dir, len(pending), len(cells) - len(pending), failed)
 
 
 def _failure_summary(not_ok: pd.DataFrame) -> str:
@@ -341,5 +363,5 @@ def _failure_summary(not_ok: pd.DataFrame) -> str:
 def describe_failures(out_dir: str | os.PathLike) -> list[str]:
     """One line per failed cell of a sweep folder."""
     return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}"
-            for r in finished_cells(Path(out_dir)).values() if r["status"] != "ok"]
+            for r in ResultStore(out_dir).finished().values() if r["status"] != "ok"]
 
