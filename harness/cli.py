@@ -16,22 +16,53 @@ import click
 
 from harness.api import registry
 from harness.api.errors import LcbenchError
+from harness.api.timing import is_oom
+
+
+EXIT_OK = 0
+EXIT_FAILED_WORK = 1  # the input was fine but work failed: a cell or row not ok, a regression, divergence, I/O
+EXIT_USER_ERROR = 2  # bad input: a name, value, config, spec, folder or file that lcbench cannot use
+
+
+class UserError(click.ClickException):
+    exit_code = EXIT_USER_ERROR
+
+
+class FailedWork(click.ClickException):
+    exit_code = EXIT_FAILED_WORK
 
 
 def friendly_errors(fn: Callable) -> Callable:
-    """Print lcbench's own errors as one clear line (exit 2) instead of a traceback."""
+    """One clear line instead of a traceback: lcbench's own errors (bad input) exit 2; a run that
+    diverged, ran out of memory or could not write its files exits 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except LcbenchError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise UserError(str(exc)) from exc
+        except (FloatingPointError, MemoryError, OSError) as exc:
+            raise FailedWork(f"{type(exc).__name__}: {exc}") from exc
+        except RuntimeError as exc:
+            if not is_oom(exc):  # anything else is a bug: its traceback is what helps
+                raise
+            raise FailedWork(f"out of memory: {str(exc).splitlines()[0]}; try a shorter context or batch") from exc
 
     return wrapper
 
 
-@click.group()
+def exit_if_failed(failed: int, what: str) -> None:
+    """Exit 1 after a command's output when some of its work failed."""
+    if failed:
+        click.echo(f"{failed} {what} failed", err=True)
+        sys.exit(EXIT_FAILED_WORK)
+
+
+@click.group(epilog="Exit codes: 0 everything worked; 1 work failed (a sweep cell or an eval row is not ok, "
+                    "a check found a regression, training diverged, a file could not be written); "
+                    "2 bad input (an unknown name, a bad value, config, spec, folder or file), "
+                    "reported in one line.")
 @click.version_option(package_name="lcbench")
 def main() -> None:
     """lcbench: compare long-context LM architectures on one interface."""
@@ -61,7 +92,7 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON (nor NaN or Infinity): a string
             out[key] = value
     return out
 
@@ -77,12 +108,15 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--grad-accum", type=int, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--eval-every", type=int, default=None)
+@click.option("--save-every", type=int, default=None,
+              help="Checkpoint every N steps into --out, so a killed run resumes (default: only at the end).")
 @click.option("--corpus", default=None, help="Local text file, folder, .jsonl or .parquet (default: embedded stdlib corpus).")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")
 @click.option("--device", default=None, help="auto | cpu | cuda")
 @click.option("--set", "model_set", multiple=True, help="Model config override key=value (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Checkpoint folder.")
-@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out (same settings; more steps allowed). "
+              "Without it, --out must be new or empty.")
 @friendly_errors
 def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, **train_opts: Any) -> None:
     """Train ARCH on a corpus and print its validation loss."""
@@ -113,6 +147,7 @@ def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
     result = run_quick(out, list(archs) or None, steps)
     _summarise(result, out)
     _figures_and_tables(out)
+    exit_if_failed(result.failed, "cell(s)")
 
 
 def _summarise(result, out: str) -> None:
@@ -200,6 +235,7 @@ def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[
                       seed=seed, command=sys.argv)
     _echo_table(result.table)
     click.echo(f"{len(result.table)} rows in {out}/")
+    exit_if_failed(int((result.table["status"] != "ok").sum()), "row(s)")
 
 
 def _echo_table(table) -> None:
@@ -218,7 +254,9 @@ def sweep(spec: str, out: str | None, retry_failed: bool) -> None:
 
     parsed = load_spec(spec)
     out = out or f"runs/{parsed.name}"
-    _summarise(run_sweep(parsed, out, retry_failed=retry_failed), out)
+    result = run_sweep(parsed, out, retry_failed=retry_failed)
+    _summarise(result, out)
+    exit_if_failed(result.failed, "cell(s)")
 
 
 @main.command()
@@ -239,7 +277,7 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
     result = checks.check_run(run_dir, reference)
     click.echo(checks.format_report(result, show_all))
     if not result.passed:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED_WORK)
 
 
 @main.command()
@@ -302,6 +340,7 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
                         batch_size=batch_size, seed=seed, command=sys.argv)
     _echo_table(table)
     click.echo(f"{len(table)} rows in {out}/")
+    exit_if_failed(int((table["status"] != "ok").sum()), "row(s)")
 
 
 @main.command("import")

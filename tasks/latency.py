@@ -11,12 +11,15 @@ sequences:
   ``decode_tok_s`` is batch_size / decode_s;
 - ``state_bytes``: the size of the state after the prefix (``state_bytes``);
 - ``prefill_peak_bytes`` / ``decode_peak_bytes``: peak memory while prefilling / decoding:
-  ``torch.cuda.max_memory_allocated`` on a GPU (weights included), the process's peak
-  resident set size on CPU (everything in the process included).
+  ``torch.cuda.max_memory_allocated`` on a GPU (weights included); on CPU, how far the
+  process's resident set rose above its size before the work (what the work added; the
+  interpreter, libraries and weights already resident are not counted).
 
 Each timing runs ``warmup`` untimed calls, then ``repeats`` timed ones: the value is the
 median, the interval a bootstrap interval of the median over repeats (``n`` = repeats), and
-``samples.jsonl`` keeps every single time. CUDA events with synchronisation time GPU work;
+``samples.jsonl`` keeps every single time. A timing whose repeats spread too far, or that was
+taken on a CPU machine busier than its cores, carries an ``unstable: ...`` flag (see
+:func:`harness.api.timing.timing_flag`), shown in tables and figures. CUDA events with synchronisation time GPU work;
 ``time.perf_counter`` times CPU work. An out-of-memory error at one T becomes ``oom`` rows
 for what that T could not measure, memory is freed, and the sweep goes on with the next T
 (any other error becomes ``error`` rows with its message).
@@ -34,7 +37,7 @@ from harness.api.interface import clone_state
 from harness.api.registry import register_task
 from harness.api.results import make_row
 from harness.api.task import Task, check_positive, option
-from harness.api.timing import PeakMemory, free_memory, measure, torch_threads
+from harness.api.timing import PeakMemory, free_memory, machine_load, measure, timing_flag, torch_threads
 
 PHASES = ("prefill", "decode")
 METRICS = {
@@ -111,10 +114,11 @@ class Latency(Task):
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + T)
         tokens = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
         if "prefill" in options.phases:
+            load = machine_load()
             with PeakMemory(device) as peak:
                 times = measure(lambda: model.prefill(tokens), device, options.repeats, options.warmup)
-            rows += self._timing_rows("prefill", times, B * T, options, ctx, **where)
-            rows.append(make_row("prefill_peak_bytes", peak.peak, n=1, **where))
+            rows += self._timing_rows("prefill", times, B * T, options, ctx, timing_flag(times, device, load), **where)
+            rows.append(make_row("prefill_peak_bytes", _peak(peak), n=1, **where))
             ctx.record(kind="timing", phase="prefill", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
                        seconds=times, peak_bytes=peak.peak, memory=peak.kind)
         logits, state = model.prefill(tokens)
@@ -133,23 +137,30 @@ class Latency(Task):
                     token = out.argmax(-1)
                 return s
 
+            load = machine_load()
             times = measure(decode, device, options.repeats, options.warmup, setup=lambda: clone_state(state))
             per_token = [t / steps for t in times]
-            rows += self._timing_rows("decode", per_token, B, options, ctx, **where)
+            rows += self._timing_rows("decode", per_token, B, options, ctx, timing_flag(per_token, device, load),
+                                      **where)
             with PeakMemory(device) as peak:
                 decode(state)  # the last use of this state: no copy inflates the peak
-            rows.append(make_row("decode_peak_bytes", peak.peak, n=1, **where))
+            rows.append(make_row("decode_peak_bytes", _peak(peak), n=1, **where))
             ctx.record(kind="timing", phase="decode", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
                        seconds_per_token=per_token, decode_tokens=steps, peak_bytes=peak.peak, memory=peak.kind)
 
     @staticmethod
-    def _timing_rows(phase: str, times: list[float], tokens: int, options: LatencyOptions, ctx, **where):
+    def _timing_rows(phase: str, times: list[float], tokens: int, options: LatencyOptions, ctx, flag: str, **where):
         est = stats.bootstrap_median(times, options.resamples, seed=[ctx.seed, where["eval_ctx"], PHASES.index(phase)])
         rate = {"value": tokens / est.value,
                 "ci_low": tokens / est.ci_high if est.ci_high > 0 else float("nan"),
                 "ci_high": tokens / est.ci_low if est.ci_low > 0 else float("nan")}
         return [
-            make_row(f"{phase}_s", **est.as_columns(), **where),
+            make_row(f"{phase}_s", **est.as_columns(), flag=flag, **where),
             make_row(f"{phase}_tok_s", rate["value"], ci_low=rate["ci_low"], ci_high=rate["ci_high"], n=est.n,
-                     **where),
+                     flag=flag, **where),
         ]
+
+
+def _peak(peak: PeakMemory) -> int:
+    """What a peak-memory row reports: the allocator's peak on a GPU, the added RSS on CPU."""
+    return peak.peak if peak.device.type == "cuda" else peak.added

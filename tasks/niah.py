@@ -42,6 +42,7 @@ prompt's needles, expected values, generated text and candidate log-probabilitie
 """
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,7 @@ import torch
 from harness.api import stats
 from harness.api.decoding import greedy_decode
 from harness.api.errors import ConfigError, check_choice
-from harness.api.failures import FailureGuard
+from harness.api.failures import FailureGuard, require_finite
 from harness.api.interface import clone_state
 from harness.api.registry import register_task
 from harness.api.results import make_row, status_rows
@@ -286,7 +287,10 @@ def join_keys(keys: list[str]) -> str:
 
 
 def tie_aware_top1(correct: float, others: list[float]) -> float:
-    """1 if ``correct`` beats every other score, 1/(k+1) if it ties k of the best, else 0."""
+    """1 if ``correct`` beats every other score, 1/(k+1) if it ties k of the best, else 0; NaN
+    if any score is NaN (a comparison with NaN is always false, which would read as a win)."""
+    if math.isnan(correct) or any(math.isnan(o) for o in others):
+        return math.nan
     tol = 1e-6 * max(1.0, abs(correct))
     if any(o > correct + tol for o in others):
         return 0.0
@@ -369,6 +373,7 @@ class NIAH(Task):
             key = tuple(answer)
             if key not in answer_states:
                 logits, s = continue_state(model, clone_state(state), torch.tensor([answer], device=device))
+                require_finite(logits, f"{model.config.arch}'s logits at {prompt.eval_ctx} tokens")
                 answer_states[key] = (logits[:, -1], s)
             return answer_states[key]
 

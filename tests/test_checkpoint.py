@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import safetensors.torch
+import torch
 
 from harness.api.errors import CheckpointError
 from harness.train import checkpoint
@@ -68,3 +70,89 @@ def test_weights_only_checkpoint_cannot_resume(tmp_path):
     path = checkpoint.save_checkpoint(tmp_path / "c", small_model("swa"))
     with pytest.raises(CheckpointError, match="cannot resume"):
         checkpoint.load_trainer_state(path)
+
+
+def _flip_byte(file, offset_from_end: int = 16) -> None:
+    data = bytearray(file.read_bytes())
+    data[-offset_from_end] ^= 0xFF  # inside the tensor data, past the header
+    file.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_the_weights_is_caught(tmp_path):
+    path = checkpoint.save_checkpoint(tmp_path / "c", small_model("swa"))
+    _flip_byte(path / checkpoint.WEIGHTS_FILE)
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        checkpoint.load_model(path)
+
+
+def test_a_changed_optimizer_state_is_caught(tmp_path):
+    model = small_model("swa")
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = checkpoint.save_checkpoint(tmp_path / "c", model, optimizer, {"step": 1})
+    _flip_byte(path / checkpoint.OPTIMIZER_FILE, 3)
+    with pytest.raises(CheckpointError, match="optimizer.pt does not match"):
+        checkpoint.load_trainer_state(path)
+
+
+def test_checkpoints_without_checksums_still_load(tmp_path):
+    """Checkpoints saved before checksums (or assembled by hand) load, unverified."""
+    path = checkpoint.save_checkpoint(tmp_path / "c", small_model("swa"))
+    (path / checkpoint.CHECKSUMS_FILE).unlink()
+    checkpoint.load_model(path)
+
+
+def test_a_save_never_deletes_a_folder_lcbench_did_not_write(tmp_path):
+    users = tmp_path / "myproj"
+    users.mkdir()
+    (users / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointError, match="files lcbench did not write \\(notes.txt\\)"):
+        checkpoint.save_checkpoint(users, small_model("swa"))
+    assert (users / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["myproj"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="it is a file"):
+        checkpoint.save_checkpoint(tmp_path / "afile", small_model("swa"))
+
+
+def test_an_interrupted_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    """A save that dies while writing the weights must leave the old checkpoint as it was: its own
+    config with its own weights (a save straight into the folder would pair the new config with
+    the old or half-written weights)."""
+    path = tmp_path / "c"
+    old = small_model("swa", seed=1)
+    checkpoint.save_checkpoint(path, old)
+    real = safetensors.torch.save_model
+
+    def die_half_way(model, filename, *args, **kwargs):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise KeyboardInterrupt("killed while writing the weights")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", die_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, small_model("swa", seed=2, window=32))
+    monkeypatch.setattr(safetensors.torch, "save_model", real)
+    loaded = checkpoint.load_model(path)
+    assert loaded.config == old.config
+    for (name, a), b in zip(old.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_content_hash_follows_content_not_path(tmp_path):
+    a = checkpoint.save_checkpoint(tmp_path / "a", small_model("swa", seed=1))
+    b = checkpoint.save_checkpoint(tmp_path / "b", small_model("swa", seed=1))
+    before = checkpoint.content_hash(a)
+    assert before == checkpoint.content_hash(b)
+    checkpoint.save_checkpoint(a, small_model("swa", seed=2))
+    assert checkpoint.content_hash(a) != before
+
+
+def test_a_save_leaves_folders_beside_the_checkpoint_alone(tmp_path):
+    neighbour = tmp_path / ".c.old"  # the name an older save used for the replaced checkpoint
+    neighbour.mkdir()
+    (neighbour / "keep.txt").write_text("mine")
+    checkpoint.save_checkpoint(tmp_path / "c", small_model("swa", seed=1))
+    checkpoint.save_checkpoint(tmp_path / "c", small_model("swa", seed=2))
+    assert (neighbour / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.old", "c"]

@@ -4,26 +4,13 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from harness.api import registry, results
+from harness.api import results
 from harness.api.errors import ConfigError
 import harness.runs.sweep as sweep_mod
 from harness.runs.sweep import load_spec, plan, run_sweep
 from harness.train import checkpoint
+from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
 from tests.conftest import small_model
-
-
-@registry.register_task("test_sweep_probe")
-def probe_task(model, contexts=(8,), boom: bool = False):
-    """A cheap task: the model's mean loss on a fixed sequence, one row per context."""
-    import torch
-
-    if boom:
-        raise RuntimeError("this cell fails on purpose")
-    rows = []
-    for length in ([contexts] if isinstance(contexts, int) else contexts):
-        x = torch.arange(length).remainder(256).view(1, -1)
-        rows.append(results.make_row("loss", model.token_losses(x).mean().item(), eval_ctx=length))
-    return rows
 
 
 @pytest.fixture

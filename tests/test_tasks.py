@@ -307,7 +307,10 @@ def test_latency_rows_for_every_grid_point(arch):
     for T in (8, 24):
         cell = table[table["eval_ctx"] == T]
         assert set(cell["metric"]) == metrics and (cell["status"] == "ok").all()
-        assert (cell["batch_size"] == 2).all() and (cell["value"] > 0).all()
+        assert (cell["batch_size"] == 2).all()
+        peaks = cell["metric"].str.endswith("_peak_bytes")
+        assert (cell.loc[~peaks, "value"] > 0).all()
+        assert (cell.loc[peaks, "value"] >= 0).all()  # on CPU, what the work added: may be nothing new
         prefill = cell.set_index("metric")["value"]
         assert prefill["prefill_tok_s"] == pytest.approx(2 * T / prefill["prefill_s"])
 

@@ -99,3 +99,59 @@ def test_cuda_without_cuda_is_clear(fast_data):
 def test_vocab_smaller_than_tokenizer_is_refused(fast_data):
     with pytest.raises(ConfigError, match="vocab_size=100 is smaller than the tokenizer's 256"):
         train(small_config("swa", vocab_size=100), TrainConfig(steps=1, **FAST), progress=False, training_data=fast_data)
+
+
+def test_training_into_someone_elses_folder_is_refused_before_any_work(tmp_path, fast_data):
+    users = tmp_path / "myproj"
+    users.mkdir()
+    (users / "thesis.tex").write_text("precious")
+    cfg = TrainConfig(steps=1, **FAST)
+    for resume, error, match in ((False, ConfigError, "holds other files"), (True, checkpoint.CheckpointError,
+                                                                           "nothing to resume")):
+        with pytest.raises(error, match=match):
+            train(small_config("swa"), cfg, out_dir=users, resume=resume, progress=False, training_data=fast_data)
+    assert sorted(p.name for p in users.iterdir()) == ["thesis.tex"]
+
+
+def test_an_existing_checkpoint_is_not_overwritten_without_resume(tmp_path, fast_data):
+    cfg = TrainConfig(steps=1, **FAST)
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+
+
+def test_resume_without_weights_is_refused_not_restarted(tmp_path, fast_data):
+    cfg = TrainConfig(steps=1, **FAST)
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+    (tmp_path / "c" / checkpoint.WEIGHTS_FILE).unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="nothing to resume.*model.safetensors"):
+        train(small_config("swa"), cfg, out_dir=tmp_path / "c", resume=True, progress=False, training_data=fast_data)
+
+
+@pytest.mark.parametrize("change", [dict(batch_size=2), dict(seq_len=32), dict(lr=1e-3)])
+def test_resume_with_other_training_settings_is_refused(tmp_path, fast_data, change):
+    train(small_config("swa"), TrainConfig(steps=1, **FAST), out_dir=tmp_path / "c", progress=False,
+          training_data=fast_data)
+    name = next(iter(change))
+    with pytest.raises(checkpoint.CheckpointError, match=f"{name} {FAST[name]!r} -> {change[name]!r}"):
+        train(small_config("swa"), TrainConfig(steps=2, **{**FAST, **change}), out_dir=tmp_path / "c", resume=True,
+              progress=False, training_data=fast_data)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(lr=float("nan")), "lr must be a finite number"),
+    (dict(lr=float("inf")), "lr must be a finite number"),
+    (dict(steps="five"), "steps must be an integer, got 'five'"),
+    (dict(steps=2.5), "steps must be an integer"),
+    (dict(seq_len=1), "seq_len must be at least 2"),
+    (dict(corpus=3), "corpus must be a string or None"),
+])
+def test_bad_train_values_are_clear(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**bad)
+
+
+def test_divergence_names_the_step_and_the_remedy(fast_data):
+    with pytest.raises(FloatingPointError, match=r"training diverged: the loss is nan at step \d of 2 .*lower --lr"):
+        train(small_config("swa", init_std=1e30), TrainConfig(steps=2, **FAST), progress=False,
+              training_data=fast_data)

@@ -294,6 +294,14 @@ def tokenizer_folder(lm: LcbenchLM, out_dir: str | os.PathLike | None) -> str:
     return str(export_tokenizer(tok, target))
 
 
+PROPORTION_METRICS = ("acc", "acc_norm", "exact_match", "em", "f1", "contains", "mc1", "mc2")
+
+
+def is_proportion(metric: str) -> bool:
+    """Whether an lm-eval metric is a rate in [0, 1] (accuracy and the like), by its base name."""
+    return metric.split("/")[0].split(",")[0] in PROPORTION_METRICS
+
+
 def _metric_rows(task: str, metrics: Mapping[str, Any], n_samples: int | None,
                  per_length_n: Mapping[int, int]) -> list[dict[str, Any]]:
     rows = []
@@ -311,7 +319,10 @@ def _metric_rows(task: str, metrics: Mapping[str, Any], n_samples: int | None,
         else:
             row.update(metric=name if filt in ("", "none") else f"{name}/{filt}", n=n_samples)
         if isinstance(stderr, (int, float)) and math.isfinite(stderr):
-            row.update(ci_low=value - Z95 * stderr, ci_high=value + Z95 * stderr)
+            low, high = value - Z95 * stderr, value + Z95 * stderr
+            if is_proportion(name) and 0 <= value <= 1:  # a normal interval can overshoot what a rate can be
+                low, high = max(low, 0.0), min(high, 1.0)
+            row.update(ci_low=low, ci_high=high)
         rows.append(results.make_row(row.pop("metric"), value, **row))
     return rows
 

@@ -71,6 +71,21 @@ class FailureGuard:
         return True
 
 
+def require_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise ``FloatingPointError`` (-> ``nan`` status rows) if ``tensor`` holds NaN or infinity."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise FloatingPointError(f"{what} hold NaN or infinity")
+
+
+def require_finite_weights(model: torch.nn.Module) -> None:
+    """Raise ``FloatingPointError`` if any floating parameter or buffer of ``model`` is not finite:
+    every score of such a model is meaningless (and some, like a rank against NaN, look perfect)."""
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FloatingPointError(f"{len(bad)} weight tensor(s) hold NaN or infinity, e.g. {bad[0]!r}")
+
+
 def drop_tracebacks(exc: BaseException) -> None:
     """Forget the tracebacks of ``exc`` and the exceptions chained to it: they hold the failed
     frames and, through them, their tensors, so memory cannot be freed while they live."""

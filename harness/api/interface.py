@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api.errors import ConfigError, unknown_message
+from harness.api.fieldtypes import check_fields
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ModelConfig:
     retired_fields: ClassVar[dict[str, Callable[[Any], dict[str, Any]]]] = {}
 
     def __post_init__(self) -> None:
+        check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, type(self).__name__)
         self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
 
     def check_positive_ints(self, *names: str) -> None:

@@ -31,7 +31,16 @@ n        int       independent units the value rests on (documents, samples, rep
 n_tokens int       tokens the value rests on, where that is meaningful
 status   str       ok | oom | nan | error
 message  str       why a row is not ok (empty when it is)
+flag     str       a warning on an ok value (empty when none): ``unstable: ...`` for a timing
+                   whose repeats spread beyond :data:`harness.api.timing.UNSTABLE_SPREAD` or
+                   that was taken on a busy machine (see :func:`harness.api.timing.timing_flag`)
 ======== ========= ==========================================================================
+
+Peak-memory metrics (``*_peak_bytes``) mean, per device: on a GPU,
+``torch.cuda.max_memory_allocated`` during the measured work (tensors only, the weights and the
+inputs included, the allocator's cache excluded); on CPU, how far the process's resident set
+rose above its size when the measured work started (what the work added: activations, caches,
+temporaries; not the interpreter, libraries or weights already resident).
 
 A run folder holds ``results.parquet`` and ``results.csv`` (the same table), ``run.json``
 (provenance, written by :mod:`harness.runs.provenance`: git commit, package versions, device,
@@ -83,13 +92,15 @@ SCHEMA: dict[str, str] = {
     "n_tokens": "Int64",
     "status": "string",
     "message": "string",
+    "flag": "string",
 }
 COLUMNS: list[str] = list(SCHEMA)
-MEASURE_COLUMNS = ("value", "ci_low", "ci_high", "n", "n_tokens", "status", "message")
+MEASURE_COLUMNS = ("value", "ci_low", "ci_high", "n", "n_tokens", "status", "message", "flag")
 # A measurement is identified by every other column: no two rows of a table share them.
 KEY_COLUMNS: list[str] = [c for c in COLUMNS if c not in MEASURE_COLUMNS]
 REQUIRED_COLUMNS = ("run", "model", "arch", "task", "metric", "status")
 STATUSES = ("ok", "oom", "nan", "error")
+TEXT_COLUMNS = ("message", "flag")  # free text where "" means none, not a missing value
 
 TABLE_PARQUET = "results.parquet"
 TABLE_CSV = "results.csv"
@@ -161,7 +172,8 @@ def to_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
         except (ValueError, TypeError) as exc:
             raise SchemaError(f"column {col!r} must hold {dtype} values: {exc}") from exc
     frame = pd.DataFrame(out)
-    frame["message"] = frame["message"].fillna("")
+    for col in TEXT_COLUMNS:
+        frame[col] = frame[col].fillna("")
     return frame.reset_index(drop=True)
 
 
@@ -261,13 +273,19 @@ def write_table(location: str | os.PathLike, table: Iterable[Mapping[str, Any]] 
 def read_table(location: str | os.PathLike, validate_schema: bool = True) -> pd.DataFrame:
     """The table of a run folder (or a ``.parquet``/``.csv`` file), in schema form."""
     parquet, csv = _table_paths(location)
-    if parquet.is_file():
-        df = pd.read_parquet(parquet)
-    elif csv.is_file():
-        df = pd.read_csv(csv, dtype={c: "string" for c, t in SCHEMA.items() if t == "string"}, keep_default_na=False,
-                         na_values={c: [""] for c, t in SCHEMA.items() if t != "string" or c != "message"})
-    else:
+    if not parquet.is_file() and not csv.is_file():
         raise ConfigError(f"no result table at {str(location)!r}: expected {parquet.name} or {csv.name} there")
+    path = parquet if parquet.is_file() else csv
+    try:
+        if path is parquet:
+            df = pd.read_parquet(parquet)
+        else:
+            df = pd.read_csv(csv, dtype={c: "string" for c, t in SCHEMA.items() if t == "string"},
+                             keep_default_na=False,
+                             na_values={c: [""] for c, t in SCHEMA.items() if t != "string" or c not in TEXT_COLUMNS})
+    except Exception as exc:  # pyarrow and pandas raise many kinds on a damaged or foreign file
+        raise SchemaError(f"{path} cannot be read as a result table ({type(exc).__name__}: {exc}); "
+                          "it is damaged or not an lcbench table") from exc
     return validate(df) if validate_schema else to_frame(df)
 
 
@@ -284,8 +302,7 @@ def append_rows(location: str | os.PathLike, rows: Iterable[Mapping[str, Any]] |
     parquet, csv = _table_paths(location)
     old = read_table(location) if (parquet.is_file() or csv.is_file()) else to_frame([])
     if len(old):
-        old_keys = pd.MultiIndex.from_frame(old[KEY_COLUMNS].astype("object").where(old[KEY_COLUMNS].notna(), None))
-        new_keys = pd.MultiIndex.from_frame(new[KEY_COLUMNS].astype("object").where(new[KEY_COLUMNS].notna(), None))
+        old_keys, new_keys = key_index(old), key_index(new)
         clash_new = new_keys.isin(old_keys)
         if clash_new.any():
             if on_duplicate == "error":
@@ -301,6 +318,11 @@ def append_rows(location: str | os.PathLike, rows: Iterable[Mapping[str, Any]] |
     frames = [f for f in (old, new) if len(f)]
     combined = pd.concat(frames, ignore_index=True) if frames else to_frame([])
     return write_table(location, combined)
+
+
+def key_index(table: pd.DataFrame) -> pd.MultiIndex:
+    """The identifying columns of every row (NA as None, so that missing values compare equal)."""
+    return pd.MultiIndex.from_frame(table[KEY_COLUMNS].astype("object").where(table[KEY_COLUMNS].notna(), None))
 
 
 def has_rows(table: pd.DataFrame, **columns: Any) -> bool:

@@ -5,6 +5,8 @@
 - :class:`PeakMemory` reports the peak memory of a block: ``torch.cuda.max_memory_allocated``
   on a GPU; on CPU the process's peak resident set size, reset at the start of the block
   (Linux ``/proc/self/clear_refs``) or, where that is not allowed, sampled by a thread.
+- :func:`timing_flag` says when timings cannot be trusted as they are: repeats that spread
+  beyond :data:`UNSTABLE_SPREAD`, or (on CPU) a machine already busier than its cores;
 - :func:`is_oom` recognises out-of-memory errors of either device; :func:`free_memory`
   releases what can be released so that a sweep can go on to its next cell.
 """
@@ -57,6 +59,49 @@ def measure(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: 
     return times
 
 
+# Repeats whose median absolute deviation exceeds this fraction of their median are flagged: on
+# a quiet machine the latency task's repeats stay within a few percent, so 10% means interference
+# (other processes, frequency scaling), not the model.
+UNSTABLE_SPREAD = 0.10
+# A 1-minute load average above this many runnable processes per core flags CPU timings.
+BUSY_LOAD_PER_CORE = 1.0
+
+
+def relative_spread(times: list[float]) -> float:
+    """Median absolute deviation of ``times`` over their median (0 for fewer than two)."""
+    if len(times) < 2:
+        return 0.0
+    ordered = sorted(times)
+    median = _median(ordered)
+    return _median(sorted(abs(t - median) for t in ordered)) / median if median > 0 else 0.0
+
+
+def _median(ordered: list[float]) -> float:
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def machine_load() -> float | None:
+    """The 1-minute load average per CPU core (None where the OS does not tell)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return None
+
+
+def timing_flag(times: list[float], device: torch.device | str, load: float | None = None) -> str:
+    """``""`` for timings that can be trusted, else ``"unstable: ..."`` naming why: the repeats'
+    relative spread above :data:`UNSTABLE_SPREAD`, or (CPU) ``load`` (per core, measured before
+    timing) above :data:`BUSY_LOAD_PER_CORE`."""
+    reasons = []
+    spread = relative_spread(times)
+    if spread > UNSTABLE_SPREAD:
+        reasons.append(f"repeats spread {spread:.0%} (median absolute deviation / median > {UNSTABLE_SPREAD:.0%})")
+    if torch.device(device).type == "cpu" and load is not None and load > BUSY_LOAD_PER_CORE:
+        reasons.append(f"machine busy (load {load:.2f} per core > {BUSY_LOAD_PER_CORE:g})")
+    return "unstable: " + "; ".join(reasons) if reasons else ""
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory
 
@@ -103,7 +148,8 @@ class PeakMemory:
 
     GPU: ``torch.cuda.max_memory_allocated`` (tensors only, the allocator's cache excluded).
     CPU: the process's peak resident set size, so it includes the weights, the interpreter and
-    anything else alive; ``pm.baseline`` is the resident size when the block started."""
+    anything else alive; ``pm.baseline`` is the resident size when the block started, and
+    ``pm.added`` what the block added above it (what a CPU measurement should report)."""
 
     def __init__(self, device: torch.device | str = "cpu", sample_interval: float = 0.001):
         self.device = torch.device(device)
@@ -113,6 +159,11 @@ class PeakMemory:
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
         self._sampled = 0
+
+    @property
+    def added(self) -> int:
+        """Bytes the block added above the memory in use when it started (never negative)."""
+        return max(0, self.peak - self.baseline)
 
     @property
     def kind(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ def _stdlib_dir() -> Path:
 
 def _stdlib_description() -> str:
     return f"stdlib (Python {sys.version.split()[0]}, {_stdlib_dir()})"
+
+
+_REPLACEMENT = "\ufffd"
 
 
 def _read_text(path: Path) -> str:
@@ -199,7 +203,7 @@ def _load_folder(root: Path, field: str) -> list[Document]:
         (p for p in root.rglob("*") if p.is_file()),
         key=lambda p: p.relative_to(root).as_posix(),
     )
-    docs = []
+    docs, binary = [], []
     for file in files:
         rel = file.relative_to(root)
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
@@ -209,9 +213,28 @@ def _load_folder(root: Path, field: str) -> list[Document]:
             docs += _load_jsonl(file, field, name)
         elif file.suffix == ".parquet":
             docs += _load_parquet(file, field, name)
-        elif not _looks_binary(file):
+        elif _looks_binary(file):
+            binary.append(name)
+        else:
             docs.append(Document(name, _read_text(file)))
+    if binary:
+        warnings.warn(f"corpus {str(root)!r}: skipped {len(binary)} binary file(s) (a NUL byte in the first "
+                      f"8 KiB), e.g. {binary[0]!r}", CorpusWarning, stacklevel=3)
     return docs
+
+
+class CorpusWarning(UserWarning):
+    """A user corpus loaded, but not all of it as text: binary files skipped, bytes not UTF-8."""
+
+
+def warn_undecodable(docs: Sequence[Document], source: str) -> None:
+    """Warn, with counts, when documents hold U+FFFD: bytes that were not UTF-8 became it."""
+    bad = [d for d in docs if _REPLACEMENT in d.text]
+    if bad:
+        chars = sum(d.text.count(_REPLACEMENT) for d in bad)
+        warnings.warn(f"corpus {source!r}: {len(bad)} of {len(docs)} document(s) hold {chars} character(s) that "
+                      f"were not valid UTF-8 and read as U+FFFD, e.g. {bad[0].name!r}; convert the files to UTF-8 "
+                      "or leave them out", CorpusWarning, stacklevel=3)
 
 
 def load_corpus(source: str | None = None, text_field: str = "text") -> list[Document]:
@@ -226,7 +249,8 @@ def load_corpus(source: str | None = None, text_field: str = "text") -> list[Doc
       hidden files and folders, ``__pycache__`` and binary files (a NUL byte in the first 8 KiB)
       are skipped.
 
-    Text is read as UTF-8 (bad bytes become U+FFFD); empty and null texts are dropped.
+    Text is read as UTF-8; bad bytes become U+FFFD and a :class:`CorpusWarning` counts them (as
+    it counts skipped binary files); empty and null texts are dropped.
     """
     if source is None or source == STDLIB_SOURCE:
         return embedded_corpus()
@@ -249,4 +273,5 @@ def load_corpus(source: str | None = None, text_field: str = "text") -> list[Doc
     docs = [d for d in docs if d.text]
     if not docs:
         raise ConfigError(f"corpus {str(path)!r} holds no non-empty text documents")
+    warn_undecodable(docs, str(path))
     return docs

@@ -46,8 +46,8 @@ from harness.api import results
 from harness.api.errors import check_choice
 from harness.report.figures import FIGURE_TASKS, FIGURES, SkipFigure, figure_names, register_figure
 from harness.report.tables import (
-    FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, Prepared, context_label,
-    niah_metric_names, prepare,
+    FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, UNSTABLE_MARK, Prepared,
+    context_label, niah_metric_names, prepare,
 )
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,17 @@ def _lines(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True)
         if band and has_ci.any():
             ax.fill_between(ok.loc[has_ci, x].astype(float), ok.loc[has_ci, "ci_low"], ok.loc[has_ci, "ci_high"],
                             color=style.color, alpha=0.15, linewidth=0)
+        _unstable(ax, ok, x, style.color)
     _failures(ax, pts, x, ctx)
+
+
+def _unstable(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
+    """A ring and a dagger at each flagged point (an unstable timing): seen, not trusted."""
+    flagged = ok[ok["flag"].fillna("") != ""] if "flag" in ok else ok.iloc[:0]
+    for row in flagged.itertuples(index=False):
+        xv, y = float(getattr(row, x)), float(row.value)
+        ax.plot(xv, y, marker="o", markersize=10, markerfacecolor="none", markeredgecolor=color, linestyle="none")
+        ax.annotate(UNSTABLE_MARK, (xv, y), xytext=(6, 4), textcoords="offset points", fontsize=8, color=color)
 
 
 def _failures(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context) -> None:

@@ -54,7 +54,8 @@ MEMORY = ("prefill_peak_bytes", "decode_peak_bytes", "state_bytes")
 FAILURE_LABELS = {"oom": "OOM", "error": "error", "nan": "NaN"}
 # Columns that split one model into several series when they vary within it.
 SERIES_SPLIT = ("train_ctx", "backend", "dtype", "device")
-POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message")
+POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message", "flag")
+UNSTABLE_MARK = "†"  # after a table cell whose value carries a flag (an unstable timing)
 TABLE_FORMATS = ("md", "csv", "tex")
 MIB = 2**20
 
@@ -107,10 +108,13 @@ class Prepared:
         ok = df["status"] == "ok"
         # Ok rows give the value (their mean) and, alone, the interval; without any, the first failure.
         work = df.assign(v=df["value"].where(ok), lo=df["ci_low"].where(ok), hi=df["ci_high"].where(ok),
-                         n_ok=ok.astype(int), failed=df["status"].where(~ok), why=df["message"].where(~ok))
+                         n_ok=ok.astype(int), failed=df["status"].where(~ok), why=df["message"].where(~ok),
+                         fl=df["flag"].where(ok & (df["flag"] != "")))
         out = work.groupby(keys, dropna=False, sort=False).agg(
             arch=("arch", "first"), value=("v", "mean"), ci_low=("lo", "first"), ci_high=("hi", "first"),
-            n_ok=("n_ok", "sum"), failed=("failed", "first"), why=("why", "first")).reset_index()
+            n_ok=("n_ok", "sum"), failed=("failed", "first"), why=("why", "first"),
+            flag=("fl", "first")).reset_index()
+        out["flag"] = out["flag"].fillna("").astype(object)
         single = out["n_ok"] == 1
         out["ci_low"] = out["ci_low"].where(single)
         out["ci_high"] = out["ci_high"].where(single)
@@ -207,7 +211,8 @@ def _pivot(points: pd.DataFrame, facets: Sequence[str], title: str, fmt: str,
     cells = pts["value"].astype(object) / scale
     cells[pts["status"] != "ok"] = pts.loc[pts["status"] != "ok", "status"].map(lambda s: FAILURE_LABELS.get(s, s))
     halfwidth = (pts["ci_high"] - pts["ci_low"]) / 2 / scale
-    wide = pts.assign(cell=cells, hw=halfwidth).set_index([*index, "eval_ctx"])
+    flags = pts["flag"] if "flag" in pts else pd.Series("", index=pts.index)
+    wide = pts.assign(cell=cells, hw=halfwidth, fl=flags.fillna("")).set_index([*index, "eval_ctx"])
     table = wide["cell"].unstack("eval_ctx")
     order = list(dict.fromkeys(pts[index].itertuples(index=False, name=None)))
     table = table.reindex(pd.MultiIndex.from_tuples(order, names=index))
@@ -216,7 +221,8 @@ def _pivot(points: pd.DataFrame, facets: Sequence[str], title: str, fmt: str,
     table = table.reindex(columns=columns)
     table.columns.name = "eval_ctx"
     table.attrs.update(title=title, fmt=fmt,
-                       halfwidth=wide["hw"].unstack("eval_ctx").reindex(index=table.index, columns=table.columns))
+                       halfwidth=wide["hw"].unstack("eval_ctx").reindex(index=table.index, columns=table.columns),
+                       flags=wide["fl"].unstack("eval_ctx").reindex(index=table.index, columns=table.columns))
     return table
 
 
@@ -328,15 +334,27 @@ def _text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of a summary table as text: index columns, then one per context length."""
     fmt = df.attrs.get("fmt", ".4g")
     hw = df.attrs.get("halfwidth")
+    flags = df.attrs.get("flags")
     header = [*df.index.names, *(context_label(c) if isinstance(c, (int, np.integer)) else str(c) for c in df.columns)]
     rows = []
     for i, (key, values) in enumerate(df.iterrows()):
         key = key if isinstance(key, tuple) else (key,)
         index_text = [arch_name(k) if name == "arch" else ("" if pd.isna(k) else str(k))
                       for name, k in zip(df.index.names, key)]
-        cells = [_cell_text(v, hw.iat[i, j] if hw is not None else None, fmt) for j, v in enumerate(values)]
+        cells = [_cell_text(v, hw.iat[i, j] if hw is not None else None, fmt)
+                 + (UNSTABLE_MARK if flags is not None and isinstance(flags.iat[i, j], str) and flags.iat[i, j] else "")
+                 for j, v in enumerate(values)]
         rows.append(index_text + cells)
     return header, rows
+
+
+def flag_note(df: pd.DataFrame) -> str:
+    """The footnote of a table with flagged cells ("" without): the mark and the first reason."""
+    flags = df.attrs.get("flags")
+    if flags is None:
+        return ""
+    found = [f for f in flags.to_numpy().ravel() if isinstance(f, str) and f]
+    return f"{UNSTABLE_MARK} {len(found)} value(s) flagged, e.g. {found[0]}" if found else ""
 
 
 def render_markdown(df: pd.DataFrame, title: bool = True) -> str:
@@ -349,13 +367,15 @@ def render_markdown(df: pd.DataFrame, title: bool = True) -> str:
 
     lines = [line(header), "|" + "|".join(":---" if i < n_index else "---:" for i in range(len(header))) + "|"]
     lines += [line(r) for r in rows]
+    if flag_note(df):
+        lines += ["", flag_note(df)]
     if title and df.attrs.get("title"):
         lines = [f"**{df.attrs['title']}**", ""] + lines
     return "\n".join(lines)
 
 
-_LATEX_ESCAPES = {"±": r"$\pm$", "×": r"$\times$", "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%",
-                  "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+_LATEX_ESCAPES = {UNSTABLE_MARK: r"$^\dagger$", "±": r"$\pm$", "×": r"$\times$", "\\": r"\textbackslash{}",
+                  "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}"}
 
 
@@ -375,7 +395,10 @@ def render_latex(df: pd.DataFrame) -> str:
     if df.attrs.get("title"):
         body.append(rf"\caption{{{_latex_escape(df.attrs['title'])}}}")
     body += [r"\begin{tabular}{" + "l" * n_index + "r" * (len(header) - n_index) + "}", r"\toprule", line(header),
-             r"\midrule", *(line(r) for r in rows), r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+             r"\midrule", *(line(r) for r in rows), r"\bottomrule", r"\end{tabular}"]
+    if flag_note(df):
+        body.append(r"\par\footnotesize " + _latex_escape(flag_note(df)))
+    body.append(r"\end{table}")
     return "\n".join(body)
 
 

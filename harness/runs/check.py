@@ -56,12 +56,19 @@ def read_reference(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no reference table at {str(path)!r}; create one with `lcbench check RUN --update`")
-    raw = pd.read_csv(path, dtype={c: "string" for c, t in results.SCHEMA.items() if t == "string"},
-                      keep_default_na=False, na_values={c: [""] for c in raw_columns(path) if c != "message"})
+    try:
+        raw = pd.read_csv(path, dtype={c: "string" for c, t in results.SCHEMA.items() if t == "string"},
+                          keep_default_na=False, na_values={c: [""] for c in raw_columns(path) if c not in results.TEXT_COLUMNS})
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a reference table (a CSV written by `lcbench check --update`): "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if TOLERANCE not in raw.columns:
         raise ConfigError(f"{path} has no {TOLERANCE!r} column; is it a reference written by `lcbench check --update`?")
     table = results.validate(raw.drop(columns=[TOLERANCE]))
-    table[TOLERANCE] = raw[TOLERANCE].astype(float).to_numpy()
+    try:
+        table[TOLERANCE] = raw[TOLERANCE].astype(float).to_numpy()
+    except ValueError as exc:
+        raise ConfigError(f"{path}: column {TOLERANCE!r} must hold numbers ({exc})") from exc
     return table
 
 

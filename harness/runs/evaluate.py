@@ -29,11 +29,15 @@ from harness.api import registry, results
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, close_match
 from harness.api.interface import LCModel
+from harness.api.failures import failure_rows, require_finite_weights
 from harness.api.options import describe_options, parse_options
 from harness.api.task import ModelInfo, RunContext, Task, function_task
 from harness.data.heldout import heldout_documents
 from harness.runs.provenance import run_metadata, write_run_json
 from harness.train import checkpoint
+
+
+NONFINITE_METRIC = "task_failed"  # the metric of the status row a non-finite model or output gives
 
 
 @dataclass
@@ -118,6 +122,13 @@ def identity_columns(info: ModelInfo, task: str, run: str, model: LCModel, devic
             "seed": seed}
 
 
+def check_task_options(task_name: str, options: Mapping[str, Any] | None) -> None:
+    """Raise :class:`ConfigError` if ``options`` are not valid for the task (before any work)."""
+    task = registry.get_task(task_name)
+    if isinstance(task, type) and issubclass(task, Task):
+        parse_options(task.Options, options, task_name)
+
+
 def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[str, Any] | None = None, *,
              device: torch.device, dtype: torch.dtype, seed: int = 0, run: str = "run",
              progress: bool = True) -> tuple[pd.DataFrame, list[dict[str, Any]], Any]:
@@ -128,16 +139,18 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
     ctx = RunContext(model_info=info, device=device, dtype=dtype, seed=seed, progress=progress,
                      heldout_source=heldout_documents)
     torch.manual_seed(seed)
-    if isinstance(task, type) and issubclass(task, Task):
-        parsed = parse_options(task.Options, options, task_name)
-        with torch.no_grad():
-            rows = task().run(model, parsed, ctx)
-    elif callable(task):
-        parsed = dict(options or {})
-        with torch.no_grad():
-            rows = function_task(task, model, parsed, ctx, task_name)
-    else:
+    is_class = isinstance(task, type) and issubclass(task, Task)
+    if not is_class and not callable(task):
         raise ConfigError(f"task {task_name!r} is registered as a {type(task).__name__}, not a Task class or function")
+    parsed = parse_options(task.Options, options, task_name) if is_class else dict(options or {})
+    # One guard for every task, plugins included: a model with non-finite weights, or a task that
+    # meets non-finite outputs, gives ``nan`` status rows instead of scores that look valid.
+    try:
+        require_finite_weights(model)
+        with torch.no_grad():
+            rows = task().run(model, parsed, ctx) if is_class else function_task(task, model, parsed, ctx, task_name)
+    except FloatingPointError as exc:
+        rows = failure_rows(exc, [NONFINITE_METRIC], f"in task {task_name!r}")
     identity = identity_columns(info, task_name, run, model, device, dtype, seed)
     filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows or []]
     try:
@@ -166,7 +179,7 @@ def run_eval(
 ) -> EvalResult:
     """Evaluate ``model_spec`` on task ``task_name`` and write the run folder ``out_dir``
     (``None``: write nothing, return the table). See the module docstring."""
-    registry.get_task(task_name)  # a bad task name fails before any model is loaded
+    check_task_options(task_name, options)  # a bad task name or option fails before any model is loaded
     device_t = resolve_device(device)
     dtype_t = resolve_dtype(dtype, device_t)
     model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,

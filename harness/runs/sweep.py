@@ -14,10 +14,17 @@ a given checkpoint), seeds and tasks with their options and grids::
       - {task: niah, grid: {variant: [single, multikey]}}
 
 Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
-it. A cell's rows are appended to the table when it finishes and the cell is then marked done in
-``cells.jsonl``: a rerun skips finished cells, a killed one is redone (its rows replace any that
-reached the table), and a failing cell is recorded as a status row while the sweep goes on.
-Training is a cell too: its checkpoint lives under ``checkpoints/`` and resumes.
+its numbers: the spec's name, the model's config and training settings (or a given checkpoint's
+content, not its path), the task, its options, device and dtype. The whole spec, task options
+included, is checked when it loads, before any model trains. A finished cell is recorded in the
+folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record into
+``cells.jsonl``, under a lock): a rerun skips finished cells, a killed one is redone, a failing
+cell is recorded as status rows while the sweep goes on, and a spec edited and reverted shows
+its own numbers again. Training is part of a model's first cell: its checkpoint lives under
+``checkpoints/``, is saved periodically and resumes; it counts as trained only at its last step.
+
+Executors that run cells elsewhere (one job per model, on a cluster) call
+:func:`pending_cells` and :func:`run_model_cells`; every job may write into the same folder.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -39,30 +46,37 @@ from tqdm.auto import tqdm
 from harness.api import registry, results
 from harness.api.device import resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, unknown_message
+from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.task import ModelInfo
 from harness.api.timing import free_memory
 from harness.data.tokenizers import load_tokenizer
-from harness.runs.evaluate import resolve_model, run_task
+from harness.runs.evaluate import check_task_options, resolve_model, run_task
 from harness.runs.provenance import config_hash, run_metadata, write_run_json
+from harness.runs.store import ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
 
-CELLS_FILE = "cells.jsonl"
 SPEC_FILE = "spec.json"
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build a spec dataclass, naming unknown keys with the close match."""
+    """Build a spec dataclass, naming unknown or missing keys and values of the wrong type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {str(data)[:80]!r}")
+    fields = dataclasses.fields(cls)
+    known = {f.name for f in fields}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: " + unknown_message("key", key, known))
+    missing = [f.name for f in fields if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where} has no {', '.join(repr(m) for m in missing)}; it needs {', '.join(missing)}")
+    check_fields(cls, data, where)
     return cls(**data)
 
 
@@ -121,9 +135,11 @@ class SweepSpec:
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
-        for entry in self.tasks:
-            registry.get_task(entry.task)
-            entry.option_sets()
+        for entry in self.tasks:  # every task's options, so no model is trained for a spec that cannot finish
+            for options in entry.option_sets():
+                check_task_options(entry.task, options)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ConfigError(f"seeds must be distinct non-negative integers, got {self.seeds}")
         labels = [m.label for m in self.models]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"two models share a label in {labels}; give them distinct 'name's")
@@ -142,11 +158,17 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no sweep spec at {str(path)!r}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a text file ({exc})") from exc
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping (name, models, tasks, ...) at the top, "
+                          f"got {'nothing' if data is None else type(data).__name__}")
     data.setdefault("name", path.stem)
     return _from_dict(SweepSpec, data, str(path))
 
@@ -175,8 +197,8 @@ class SeededModel:
 
     def identity(self) -> dict[str, Any]:
         """Everything that determines the model's weights (hashed into cell keys and checkpoint names)."""
-        if self.entry.checkpoint is not None:
-            return {"checkpoint": str(Path(self.entry.checkpoint).resolve()), "seed": self.seed}
+        if self.entry.checkpoint is not None:  # its content, not its path: a replaced checkpoint is a new model
+            return {"checkpoint": checkpoint.content_hash(self.entry.checkpoint), "seed": self.seed}
         config = self.model_config()
         if self.entry.untrained:
             return {"config": config.to_dict(), "untrained": True, "seed": self.seed}
@@ -203,7 +225,7 @@ class SeededModel:
             if not _trained(ckpt, cfg.total_steps):
                 if cfg.save_every == 0:  # so a killed sweep resumes training part-way
                     cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
-                train(self.model_config(), cfg, out_dir=ckpt, resume=True, progress=progress)
+                train(self.model_config(), cfg, out_dir=ckpt, resume=checkpoint.is_checkpoint(ckpt), progress=progress)
         return resolve_model(ckpt, device=device, dtype=dtype, name=self.label)
 
 
@@ -236,31 +258,10 @@ def plan(spec: SweepSpec) -> list[Cell]:
         model_id = model.identity()
         for task in spec.tasks:
             for options in task.option_sets():
-                key = config_hash({"model": model_id, "task": task.task, "options": options,
+                key = config_hash({"run": spec.name, "model": model_id, "task": task.task, "options": options,
                                    "device": spec.device, "dtype": spec.dtype})
                 cells.append(Cell(key, model, task.task, options))
     return cells
-
-
-def finished_cells(out_dir: Path) -> dict[str, dict[str, Any]]:
-    path = out_dir / CELLS_FILE
-    if not path.is_file():
-        return {}
-    done = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill: that cell is redone
-            continue
-        done[record["key"]] = record
-    return done
-
-
-def _mark_done(out_dir: Path, record: dict[str, Any]) -> None:
-    with open(out_dir / CELLS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _trained(ckpt: Path, total_steps: int) -> bool:
@@ -277,62 +278,90 @@ def _failure_rows(cell: Cell, exc: BaseException, label: str) -> list[dict[str, 
                         arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
 
 
+def pending_cells(spec: SweepSpec, out_dir: str | os.PathLike,
+                  retry_failed: bool = False) -> tuple[list[Cell], list[Cell]]:
+    """(every cell of ``spec``, those not finished in ``out_dir`` yet — with ``retry_failed``,
+    also those that failed), each list in run order."""
+    cells = plan(spec)
+    done = ResultStore(out_dir).finished()
+    return cells, [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+
+
+def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch.device, dtype: torch.dtype,
+                    progress: bool = False, on_cell: Callable[[Cell], None] | None = None) -> int:
+    """Train or load the model that ``cells`` share (one :class:`SeededModel`) once, run each cell
+    and record it in the store of ``out_dir``; returns how many failed. What one job of a cluster
+    executor runs: any number of them may write into one folder at once."""
+    out_dir = Path(out_dir)
+    seeded = cells[0].model
+    if any(c.model is not seeded for c in cells):
+        raise ConfigError("run_model_cells takes the cells of one model and seed; group them with plan()'s order")
+    store = ResultStore(out_dir)
+    failed = 0
+    # a model that cannot be trained or loaded fails all its cells
+    with FailureGuard([], device) as preparing:
+        model, info = seeded.prepare(out_dir, device, dtype, progress)
+    for cell in cells:
+        cell_started = time.time()
+        if preparing.failed:
+            table, samples = results.to_frame(_failure_rows(cell, preparing.error, seeded.label)), []
+        else:
+            with FailureGuard([], device) as running:
+                table, samples, _ = run_task(cell.task, model, info, cell.options, device=device, dtype=dtype,
+                                             seed=cell.seed, run=seeded.spec.name, progress=False)
+            if running.failed:
+                table, samples = results.to_frame(_failure_rows(cell, running.error, info.name)), []
+        not_ok = table[table["status"] != "ok"]
+        failed += len(not_ok) > 0
+        if samples:
+            results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
+        store.record_cell(cell.key, table, {
+            "model": seeded.label, "seed": cell.seed, "task": cell.task, "options": cell.options,
+            "status": "failed" if len(not_ok) else "ok", "rows": len(table),
+            "seconds": round(time.time() - cell_started, 2), "message": _failure_summary(not_ok)})
+        if on_cell is not None:
+            on_cell(cell)
+    free_memory(device)
+    return failed
+
+
 def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True,
               retry_failed: bool = False) -> SweepResult:
     """Run every cell of ``spec`` not yet finished in ``out_dir`` (and, with ``retry_failed``,
-    the ones that failed before)."""
+    the ones that failed before), one model at a time, in this process."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
-    cells = plan(spec)
-    done = finished_cells(out_dir)
-    pending = [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+    cells, pending = pending_cells(spec, out_dir, retry_failed)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    ran = failed = 0
+    failed = 0
     started = time.time()
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
                disable=not progress)
     for _, group in itertools.groupby(pending, key=lambda c: id(c.model)):
         group = list(group)
-        seeded = group[0].model
-        bar.set_postfix_str(f"{seeded.label} seed {seeded.seed}")
-        # a model that cannot be trained or loaded fails all its cells
-        with FailureGuard([], device) as preparing:
-            model, info = seeded.prepare(out_dir, device, dtype, progress)
-        for cell in group:
-            cell_started = time.time()
-            if preparing.failed:
-                table, samples = results.to_frame(_failure_rows(cell, preparing.error, seeded.label)), []
-            else:
-                with FailureGuard([], device) as running:
-                    table, samples, _ = run_task(cell.task, model, info, cell.options, device=device, dtype=dtype,
-                                                 seed=cell.seed, run=spec.name, progress=False)
-                if running.failed:
-                    table, samples = results.to_frame(_failure_rows(cell, running.error, info.name)), []
-            status = "ok" if (table["status"] == "ok").all() else "failed"
-            failed += status != "ok"
-            results.append_rows(out_dir, table, on_duplicate="replace")
-            if samples:
-                results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
-            _mark_done(out_dir, {"key": cell.key, "model": seeded.label, "seed": cell.seed, "task": cell.task,
-                                 "options": cell.options, "status": status, "rows": len(table),
-                                 "seconds": round(time.time() - cell_started, 2),
-                                 "message": "" if status == "ok" else str(table["message"].iloc[0])[:500]})
-            ran += 1
-            bar.update(1)
-        free_memory(device)
+        bar.set_postfix_str(f"{group[0].model.label} seed {group[0].seed}")
+        failed += run_model_cells(group, out_dir, device, dtype, progress, on_cell=lambda _: bar.update(1))
     bar.close()
+    table = ResultStore(out_dir).show_cells(c.key for c in cells)  # cells finished earlier show their own rows
     meta = run_metadata(seed=None, device=str(device), spec=spec.to_dict(), run=spec.name)
-    meta.update(cells=len(cells), ran=ran, skipped=len(cells) - len(pending), failed=failed,
+    meta.update(cells=len(cells), ran=len(pending), skipped=len(cells) - len(pending), failed=failed,
                 elapsed_s=round(time.time() - started, 3))
     write_run_json(out_dir, meta)
-    table = results.read_table(out_dir) if (out_dir / results.TABLE_PARQUET).is_file() else results.to_frame([])
-    return SweepResult(table, out_dir, ran, len(cells) - len(pending), failed)
+    return SweepResult(table, out_dir, len(pending), len(cells) - len(pending), failed)
+
+
+def _failure_summary(not_ok: pd.DataFrame) -> str:
+    """Why a cell's rows are not all ok: the first message, and how many rows failed of which status."""
+    if not len(not_ok):
+        return ""
+    counts = ", ".join(f"{n} {status}" for status, n in not_ok["status"].value_counts().items())
+    return f"{counts} row(s): {not_ok['message'].iloc[0]}"[:500]
 
 
 def describe_failures(out_dir: str | os.PathLike) -> list[str]:
     """One line per failed cell of a sweep folder."""
     return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}"
-            for r in finished_cells(Path(out_dir)).values() if r["status"] != "ok"]
+            for r in ResultStore(out_dir).finished().values() if r["status"] != "ok"]
 

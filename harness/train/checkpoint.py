@@ -1,11 +1,18 @@
 """Checkpoints: a folder with ``config.json`` (the model config), ``model.safetensors`` (weights)
-and, for training runs, ``trainer.json`` (step, train config, history) + ``optimizer.pt``.
+and, for training runs, ``trainer.json`` (step, train config, history) + ``optimizer.pt``;
+``checksums.json`` holds the sha256 of the binary files (weights, optimizer state). The JSON
+files are left unchecksummed: people edit them by hand, and their parsing reports damage.
 
 Writes are atomic: everything goes to a temporary sibling folder that replaces the old one by
-rename, so an interrupted save leaves the previous checkpoint intact.
+rename, so an interrupted save leaves the previous checkpoint intact. A save replaces only a
+folder that lcbench wrote (it has ``checksums.json``, or holds nothing but checkpoint files) or
+an empty one: a user's folder is never deleted. Loads verify the checksums, so a damaged file
+gives a :class:`CheckpointError` instead of silently wrong weights (checkpoints written before
+checksums existed, or by hand, load unverified).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +31,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.json"
 OPTIMIZER_FILE = "optimizer.pt"
+CHECKSUMS_FILE = "checksums.json"
+CHECKSUMMED = (WEIGHTS_FILE, OPTIMIZER_FILE)
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_FILE, OPTIMIZER_FILE, CHECKSUMS_FILE)
+_HASH_CHUNK = 1 << 22
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -38,6 +49,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
 ) -> Path:
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -47,6 +59,8 @@ def save_checkpoint(
             (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=2))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        sums = {name: file_sha256(tmp / name) for name in CHECKSUMMED if (tmp / name).is_file()}
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -54,9 +68,61 @@ def save_checkpoint(
     return path
 
 
+def check_replaceable(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is absent, an empty folder, or a checkpoint
+    lcbench wrote: saving replaces the whole folder, and a user's files must never go with it."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise CheckpointError(f"cannot save a checkpoint to {str(path)!r}: it is a file, not a folder")
+    names = {p.name for p in path.iterdir()}
+    if names and CHECKSUMS_FILE not in names and not (is_checkpoint(path) and names <= set(CHECKPOINT_FILES)):
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise CheckpointError(f"cannot save a checkpoint to {str(path)!r}: the folder holds files lcbench did not "
+                              f"write ({shown}); choose another folder")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: str | os.PathLike, name: str) -> None:
+    """Raise :class:`CheckpointError` if file ``name`` of checkpoint ``path`` does not match the
+    sha256 recorded at save (nothing to check when the checkpoint has no checksums)."""
+    path = Path(path)
+    sums_file = path / CHECKSUMS_FILE
+    if not sums_file.is_file():
+        return
+    try:
+        expected = json.loads(sums_file.read_text()).get(name)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{sums_file} is damaged ({exc}); the checkpoint cannot be verified") from exc
+    if expected is not None and (path / name).is_file() and file_sha256(path / name) != expected:
+        raise CheckpointError(f"{path / name} does not match the checksum recorded when it was saved; "
+                              "the file is damaged or was replaced")
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """A sha256 of a checkpoint's config and tensors: what identifies the model it holds,
+    wherever the folder is (a checkpoint replaced at the same path gets a new hash)."""
+    config = read_config(path)  # a clear error for a folder that is not a checkpoint
+    verify(path, WEIGHTS_FILE)
+    digest = hashlib.sha256(config.to_json().encode())
+    # The tensors, not the file's bytes: safetensors writes its metadata in no fixed order.
+    with safetensors.safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f:
+        for name in sorted(f.keys()):
+            tensor = f.get_tensor(name)
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _replace_dir(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    old = new.with_name(f"{new.name}.old")  # unique like ``new``: no one else's folder can bear this name
     if target.exists():
         os.replace(target, old)
     os.replace(new, target)
@@ -74,7 +140,7 @@ def read_config(path: str | os.PathLike):
         )
     try:
         data = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({exc}); the checkpoint is corrupted") from exc
     try:
         return config_from_dict(data)
@@ -85,6 +151,7 @@ def read_config(path: str | os.PathLike):
 def load_weights(path: str | os.PathLike, model: LCModel) -> None:
     """Load ``model.safetensors`` into ``model``, naming every missing or unexpected tensor."""
     file = Path(path) / WEIGHTS_FILE
+    verify(path, WEIGHTS_FILE)
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
     except RuntimeError as exc:  # shape mismatch
@@ -110,6 +177,7 @@ def load_trainer_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     path = Path(path)
     if not (path / TRAINER_FILE).is_file():
         raise CheckpointError(f"{str(path)!r} has no {TRAINER_FILE}: it is a weights-only checkpoint and cannot resume training")
+    verify(path, OPTIMIZER_FILE)
     try:
         state = json.loads((path / TRAINER_FILE).read_text())
         optim = torch.load(path / OPTIMIZER_FILE, weights_only=True) if (path / OPTIMIZER_FILE).is_file() else None

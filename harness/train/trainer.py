@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from harness import data
 from harness.api.device import resolve_device
 from harness.api.errors import ConfigError, check_choice
+from harness.api.fieldtypes import check_fields
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.registry import build_model
 from harness.train import checkpoint
@@ -52,6 +54,9 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
 
     def __post_init__(self) -> None:
+        check_fields(TrainConfig, self.to_dict(), "TrainConfig")
+        if self.seq_len < 2:
+            raise ConfigError(f"TrainConfig.seq_len must be at least 2 (a token and its successor), got {self.seq_len}")
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
@@ -161,8 +166,7 @@ def training_step(model: LCModel, optimizer: torch.optim.Optimizer, batches: lis
         loss.backward()
         loss_sum += loss.item()
     if not math.isfinite(loss_sum):
-        lr = optimizer.param_groups[0]["lr"]
-        raise FloatingPointError(f"training loss is {loss_sum}; lower lr (now {lr:g})")
+        raise FloatingPointError(f"the loss is {loss_sum}")
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -178,6 +182,8 @@ def train(
     training_data: TrainingData | None = None,
 ) -> TrainResult:
     """Train a fresh model (or resume the checkpoint in ``out_dir``) for ``cfg.total_steps``."""
+    if out_dir is not None:  # before any work: a bad folder would otherwise fail only at the first save
+        check_out_dir(Path(out_dir), resume)
     device = resolve_device(cfg.device)
     training_data = training_data or prepare_data(cfg)
     if model_config.vocab_size < training_data.vocab_size:
@@ -188,7 +194,7 @@ def train(
     model = build_model(model_config).to(device)
     optimizer = make_optimizer(model, cfg)
     start_step, history = 0, []
-    if resume and out_dir is not None and checkpoint.is_checkpoint(out_dir):
+    if resume and out_dir is not None:
         start_step, history = _restore(out_dir, model, optimizer, cfg)
     amp_dtype = autocast_dtype(cfg.dtype, device)
     total = cfg.total_steps
@@ -206,7 +212,8 @@ def train(
         try:
             loss_sum = training_step(model, optimizer, batches, cfg.grad_clip, amp_dtype)
         except FloatingPointError as exc:
-            raise FloatingPointError(f"{exc} at step {step}") from None
+            raise FloatingPointError(f"training diverged: {exc} at step {step + 1} of {total} "
+                                     f"(lr {lr_at(step, cfg):g}); try a lower --lr") from None
         tokens_done += cfg.tokens_per_step
         tok_s = tokens_done / (time.perf_counter() - t0)
         record = {"step": step + 1, "loss": loss_sum, "lr": lr_at(step, cfg), "tokens_per_s": tok_s}
@@ -224,6 +231,30 @@ def train(
     return TrainResult(model, total, val_loss, tokens_done / elapsed if tokens_done else 0.0, history)
 
 
+# Settings a run may change when it resumes: they do not alter the trajectory of the steps
+# already taken (the step budget may grow; evaluation, saving and the device are bookkeeping).
+RESUMABLE_CHANGES = frozenset({"steps", "tokens", "eval_every", "eval_batches", "save_every", "device"})
+
+
+def check_out_dir(out_dir: Path, resume: bool) -> None:
+    """Raise unless ``out_dir`` can take this run: ``resume`` needs a checkpoint there; a fresh
+    run needs an absent or empty folder (never someone's files, nor a checkpoint it would
+    silently overwrite) whose parent is writable."""
+    if resume:
+        if not checkpoint.is_checkpoint(out_dir):
+            found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else "no such folder"
+            raise checkpoint.CheckpointError(
+                f"nothing to resume in {str(out_dir)!r}: it needs {checkpoint.CONFIG_FILE} and "
+                f"{checkpoint.WEIGHTS_FILE} (found: {found}); drop --resume to start a new run")
+        return
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        what = "a checkpoint; pass --resume to continue it" if checkpoint.is_checkpoint(out_dir) else "other files"
+        raise ConfigError(f"output folder {str(out_dir)!r} already exists and holds {what}, or choose another folder")
+    parent = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the checkpoint to {str(out_dir)!r}: {str(parent)!r} is not writable")
+
+
 def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list) -> None:
     state = {"step": step, "train_config": cfg.to_dict(), "history": history, "rng": torch.get_rng_state().tolist()}
     checkpoint.save_checkpoint(out_dir, model, optimizer, state)
@@ -237,9 +268,18 @@ def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig) -> tuple[int,
             f"({_config_diff(saved_config.to_dict(), model.config.to_dict())})"
         )
     state, optim_state = checkpoint.load_trainer_state(out_dir)
+    saved = state.get("train_config") or {}
+    changed = {k: (saved[k], v) for k, v in cfg.to_dict().items()
+               if k in saved and k not in RESUMABLE_CHANGES and saved[k] != v}
+    if changed:
+        raise checkpoint.CheckpointError(
+            f"cannot resume {str(out_dir)!r} with other training settings than it was started with: "
+            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            + "; keep them, or start a new run in another folder")
+    if optim_state is None:
+        raise checkpoint.CheckpointError(f"cannot resume {str(out_dir)!r}: it has no {checkpoint.OPTIMIZER_FILE}")
     checkpoint.load_weights(out_dir, model)
-    if optim_state is not None:
-        optimizer.load_state_dict(optim_state)
+    optimizer.load_state_dict(optim_state)
     torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
     return state["step"], state["history"]
 

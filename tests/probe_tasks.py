@@ -1,0 +1,34 @@
+"""Cheap tasks for sweep and CLI tests, registered once: test modules import this module under
+one name (``tests.probe_tasks``), as do the subprocesses that tests start."""
+from __future__ import annotations
+
+import torch
+
+from harness.api import registry, results
+
+FLAKY = {"fail": True}  # test_flaky fails while this is set
+
+
+@registry.register_task("test_sweep_probe")
+def probe_task(model, contexts=(8,), boom: bool = False):
+    """The model's mean loss on a fixed sequence, one row per context."""
+    if boom:
+        raise RuntimeError("this cell fails on purpose")
+    rows = []
+    for length in ([contexts] if isinstance(contexts, int) else contexts):
+        x = torch.arange(length).remainder(256).view(1, -1)
+        rows.append(results.make_row("loss", model.token_losses(x).mean().item(), eval_ctx=length))
+    return rows
+
+
+@registry.register_task("test_flaky")
+def flaky_task(model):
+    if FLAKY["fail"]:
+        raise RuntimeError("flaky failure")
+    return [results.make_row("loss", 1.0)]
+
+
+@registry.register_task("test_half_fails")
+def half_fails_task(model):
+    """One ok row and one error row: a cell that fails in part."""
+    return [results.make_row("loss", 1.0), *results.status_rows(["other"], "error", "the second part broke")]

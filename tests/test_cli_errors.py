@@ -1,0 +1,107 @@
+"""Exit codes (0 ok, 1 failed work, 2 bad input) and one-line errors for bad input to every command."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import harness.train.checkpoint as checkpoint
+from harness.api import results
+from harness.cli import EXIT_FAILED_WORK, EXIT_USER_ERROR, main
+from tests.conftest import small_model
+from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
+
+TRAIN = ["train", "swa", "--steps", "1", "--batch-size", "2", "--seq-len", "32", "--set", "window=8"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in error_lines[0], result.output
+
+
+def test_help_documents_the_exit_codes():
+    result = run("--help")
+    assert "Exit codes: 0" in result.output and "1 work failed" in result.output and "2 bad input" in result.output
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "swaa"], ["Did you mean 'swa'"]),
+    ([*TRAIN, "--set", "window=abc"], ["window must be an integer, got 'abc'"]),
+    ([*TRAIN, "--set", "window=1.5"], ["window must be an integer, got 1.5"]),
+    ([*TRAIN, "--lr", "nan"], ["lr must be a finite number"]),
+    ([*TRAIN, "--lr", "inf"], ["lr must be a finite number"]),
+    ([*TRAIN, "--seq-len", "1"], ["seq_len must be at least 2"]),
+])
+def test_bad_train_input_exits_2_with_one_line(args, fragments):
+    one_line_error(run(*args), EXIT_USER_ERROR, *fragments)
+
+
+def test_train_never_replaces_a_users_folder(tmp_path):
+    users = tmp_path / "myproj"
+    users.mkdir()
+    (users / "data.csv").write_text("1,2\n")
+    one_line_error(run(*TRAIN, "--out", str(users)), EXIT_USER_ERROR, "holds other files")
+    assert (users / "data.csv").read_text() == "1,2\n"
+
+
+def test_a_full_disk_is_failed_work_in_one_line(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", full)
+    one_line_error(run(*TRAIN, "--out", str(tmp_path / "c")), EXIT_FAILED_WORK, "No space left on device")
+
+
+def test_periodic_checkpoints(tmp_path):
+    out = tmp_path / "c"
+    result = run("train", "swa", "--steps", "4", "--batch-size", "2", "--seq-len", "32", "--set", "window=8",
+                 "--save-every", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load_trainer_state(out)[0]["train_config"]["save_every"] == 2
+
+
+def test_eval_of_a_nan_model_exits_1_with_nan_rows(tmp_path):
+    model = small_model("swa")
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    ckpt = checkpoint.save_checkpoint(tmp_path / "nan", model)
+    result = run("eval", "test_sweep_probe", "--model", str(ckpt), "--out", str(tmp_path / "e"), "--device", "cpu")
+    assert result.exit_code == EXIT_FAILED_WORK, result.output
+    table = results.read_table(tmp_path / "e")
+    assert (table["status"] == "nan").all() and len(table)
+
+
+def test_a_sweep_whose_cells_all_fail_exits_1(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "f", "models": [{"arch": "swa", "untrained": True,
+                                                             "set": {"window": 8, "d_model": 32, "n_heads": 2}}],
+                                    "tasks": [{"task": "test_sweep_probe", "options": {"boom": True}}]}))
+    result = run("sweep", str(spec), "--out", str(tmp_path / "out"))
+    assert result.exit_code == EXIT_FAILED_WORK, result.output
+    assert "fails on purpose" in result.output
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01\xff\xfe binary", b"model,metric\nm,loss\n"])
+def test_check_with_a_bad_reference_exits_2(tmp_path, content):
+    run_dir = tmp_path / "run"
+    results.write_table(run_dir, [results.make_row("loss", 1.0, run="r", model="m", arch="swa", task="t")])
+    ref = tmp_path / "ref.csv"
+    ref.write_bytes(content)
+    one_line_error(run("check", str(run_dir), "--reference", str(ref)), EXIT_USER_ERROR, str(ref))
+
+
+def test_table_on_a_corrupt_parquet_exits_2(tmp_path):
+    (tmp_path / results.TABLE_PARQUET).write_bytes(b"PAR1 this is not parquet")
+    one_line_error(run("table", str(tmp_path), "--no-save"), EXIT_USER_ERROR, "cannot be read as a result table")

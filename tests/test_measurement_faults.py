@@ -1,0 +1,134 @@
+"""Measurements that must not mislead: NaN models give nan rows in every task, timings are
+medians and carry a flag when unstable (in rows, tables and figures), CPU peak memory is what the
+work added, rate intervals stay in [0, 1], and undecodable corpus bytes are counted aloud."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.adapters.lm_eval import Z95, _metric_rows
+from harness.api import results
+from harness.api.timing import PeakMemory, UNSTABLE_SPREAD, relative_spread, timing_flag
+from harness.data.corpora import CorpusWarning, load_corpus
+from harness.report.plots import make_figures
+from harness.report.tables import UNSTABLE_MARK, render_markdown, summary_tables
+from harness.runs.evaluate import run_eval
+from tasks.latency import Latency, LatencyOptions
+from tasks.niah import tie_aware_top1
+from tests.conftest import small_model
+from tests.test_tasks import NIAH_SMALL, UniformLM, corpus, data_options  # noqa: F401 - corpus is a fixture
+
+
+class NaNLogitsLM(UniformLM):
+    """Finite (no) weights, NaN outputs: what an overflow in a real model gives."""
+
+    def prefill(self, tokens):
+        logits, state = super().prefill(tokens)
+        return logits + math.nan, state
+
+    def decode_step(self, state, token):
+        logits, state = super().decode_step(state, token)
+        return logits + math.nan, state
+
+
+def nan_weight_model():
+    model = small_model("swa")
+    with torch.no_grad():
+        model.blocks[0].mixer.q_proj.weight[0, 0] = math.nan
+    return model
+
+
+@pytest.mark.parametrize("task, options", [
+    ("niah", NIAH_SMALL), ("loss_scaling", {"contexts": "64"}),
+    ("latency", {"contexts": "8", "repeats": 1, "decode_tokens": 1}),
+])
+def test_every_task_gives_nan_rows_for_a_model_with_a_nan_weight(task, options, corpus):
+    opts = {**options, **(data_options(corpus) if task != "latency" else {})}
+    table = run_eval(task, nan_weight_model(), None, opts, progress=False, model_name="nan").table
+    assert len(table) and (table["status"] == "nan").all(), table[["metric", "status"]]
+    assert table["message"].str.contains("NaN or infinity").all()
+
+
+def test_niah_with_nan_outputs_gives_nan_rows_not_perfect_scores(corpus):
+    table = run_eval("niah", NaNLogitsLM(), None, {**data_options(corpus), **NIAH_SMALL}, progress=False,
+                     model_name="nan").table
+    assert not (table["status"] == "ok").any()
+    assert (table["status"] == "nan").all()
+
+
+def test_a_rank_against_nan_is_nan_not_a_win():
+    assert math.isnan(tie_aware_top1(math.nan, [1.0, 2.0]))
+    assert math.isnan(tie_aware_top1(3.0, [math.nan, 2.0]))
+    assert tie_aware_top1(3.0, [1.0, 2.0]) == 1.0
+
+
+def test_latency_reports_the_median_not_the_mean_of_known_timings():
+    times = [0.010, 0.011, 0.012, 0.013, 0.500]  # one slow outlier
+    rows = Latency._timing_rows("prefill", times, 100, LatencyOptions(), _Ctx(), "", eval_ctx=8, batch_size=1)
+    by_metric = {r["metric"]: r for r in rows}
+    assert by_metric["prefill_s"]["value"] == pytest.approx(0.012)
+    assert by_metric["prefill_tok_s"]["value"] == pytest.approx(100 / 0.012)
+    assert by_metric["prefill_s"]["ci_low"] <= 0.012 <= by_metric["prefill_s"]["ci_high"]
+
+
+class _Ctx:
+    seed = 0
+
+
+def test_unstable_timings_are_flagged_with_the_reason():
+    steady = [1.00, 1.01, 0.99, 1.00, 1.02]
+    assert relative_spread(steady) < UNSTABLE_SPREAD and timing_flag(steady, "cpu", load=0.5) == ""
+    noisy = [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert "repeats spread 25%" in timing_flag(noisy, "cpu", load=0.5)
+    assert "machine busy (load 3.00" in timing_flag(steady, "cpu", load=3.0)
+    assert timing_flag(steady, "cuda", load=3.0) == ""  # host load does not time GPU kernels
+
+
+def _latency_table(flag: str):
+    rows = []
+    for arch in ("full_attention", "swa"):
+        for T in (8, 16):
+            rows.append(results.make_row("decode_s", 0.001 * T, run="r", model=arch, arch=arch, task="latency",
+                                         eval_ctx=T, batch_size=1, flag=flag if (arch, T) == ("swa", 16) else ""))
+    return results.to_frame(rows)
+
+
+def test_flags_reach_tables_and_figures(tmp_path):
+    table = _latency_table("unstable: repeats spread 40%")
+    text = render_markdown(summary_tables(table)["decode_ms"])
+    assert f"16.0{UNSTABLE_MARK}" in text or f"16{UNSTABLE_MARK}" in text, text
+    assert "1 value(s) flagged, e.g. unstable: repeats spread 40%" in text
+    assert UNSTABLE_MARK not in render_markdown(summary_tables(_latency_table(""))["decode_ms"])
+    results.write_table(tmp_path, table)
+    assert make_figures(tmp_path, formats=("png",))  # flagged points are drawn, not dropped
+
+
+def test_cpu_peak_memory_is_what_the_work_added():
+    with PeakMemory("cpu") as pm:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        block += 1
+    assert pm.added >= 48 * 2**20
+    assert pm.added < pm.peak  # the interpreter and libraries are not counted
+    del block
+
+
+def test_rate_intervals_are_clipped_to_0_1_and_others_are_not():
+    rows = _metric_rows("t", {"acc,none": 0.99, "acc_stderr,none": 0.05, "perplexity,none": 3.0,
+                              "perplexity_stderr,none": 2.0}, 100, {})
+    by_metric = {r["metric"]: r for r in rows}
+    assert by_metric["acc"]["ci_high"] == 1.0 and by_metric["acc"]["ci_low"] == pytest.approx(0.99 - Z95 * 0.05)
+    assert by_metric["perplexity"]["ci_low"] < 0  # not a rate: left as computed
+
+
+def test_undecodable_and_binary_corpus_files_are_counted(tmp_path):
+    (tmp_path / "good.txt").write_text("plain text " * 20)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me ".encode("latin-1") * 10)
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02" * 100)
+    with pytest.warns(CorpusWarning) as caught:
+        docs = load_corpus(str(tmp_path))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "skipped 1 binary file(s)" in messages and "'blob.bin'" in messages
+    assert "1 of 2 document(s) hold 20 character(s) that were not valid UTF-8" in messages
+    assert sorted(d.name for d in docs) == ["good.txt", "latin1.txt"]

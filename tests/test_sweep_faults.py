@@ -1,0 +1,179 @@
+"""Sweeps under faults: concurrent sweeps into one folder, edited specs, replaced checkpoints,
+retried failures, a kill -9 during training, and bad spec files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness.api import results
+from harness.api.errors import ConfigError
+from harness.runs.store import ResultStore
+from harness.runs.sweep import load_spec, run_sweep
+from harness.train import checkpoint
+from tests.conftest import small_model
+from tests.probe_tasks import FLAKY
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64}
+TRAIN = {"batch_size": 2, "seq_len": 32, "eval_batches": 1, "eval_every": 0}
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def untrained_spec(name: str, contexts: list[int]) -> dict:
+    return {"name": name, "models": [{"arch": "swa", "untrained": True, "set": TINY}],
+            "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": contexts}}]}
+
+
+SWEEPER = textwrap.dedent("""
+    import sys
+    import tests.probe_tasks  # registers the probe task
+    from harness.runs.sweep import load_spec, run_sweep
+    run_sweep(load_spec(sys.argv[1]), sys.argv[2], progress=False)
+""")
+
+
+def test_two_sweeps_into_one_folder_lose_no_cell(tmp_path):
+    out = tmp_path / "out"
+    specs = [write_spec(tmp_path / f"{name}.yaml", untrained_spec(name, list(range(4, 4 + 8))))
+             for name in ("first", "second")]
+    procs = [subprocess.Popen([sys.executable, "-c", SWEEPER, str(s), str(out)], cwd=ROOT) for s in specs]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    table = results.read_table(out)
+    assert table.groupby("run").size().to_dict() == {"first": 8, "second": 8}
+    assert len(ResultStore(out).finished()) == 16
+    again = run_sweep(load_spec(specs[0]), out, progress=False)
+    assert (again.ran, again.skipped) == (0, 8)
+
+
+def test_an_edited_then_reverted_spec_shows_its_own_numbers(tmp_path):
+    spec = {"name": "e", "train": {"steps": 3, **TRAIN}, "models": [{"arch": "swa", "set": TINY}],
+            "tasks": [{"task": "test_sweep_probe"}]}
+    path = write_spec(tmp_path / "s.yaml", spec)
+    first = run_sweep(load_spec(path), tmp_path / "out", progress=False).table
+    spec["train"]["steps"] = 1
+    edited = run_sweep(load_spec(write_spec(path, spec)), tmp_path / "out", progress=False)
+    assert edited.ran == 1 and edited.table["value"].tolist() != first["value"].tolist()
+    spec["train"]["steps"] = 3
+    reverted = run_sweep(load_spec(write_spec(path, spec)), tmp_path / "out", progress=False)
+    assert reverted.ran == 0
+    assert reverted.table["value"].tolist() == first["value"].tolist()
+    assert results.read_table(tmp_path / "out")["value"].tolist() == first["value"].tolist()
+
+
+def test_a_checkpoint_replaced_at_the_same_path_is_scored_again(tmp_path):
+    ckpt = tmp_path / "ck"
+    checkpoint.save_checkpoint(ckpt, small_model("swa", seed=1))
+    path = write_spec(tmp_path / "s.yaml", {"name": "r", "models": [{"arch": "swa", "checkpoint": str(ckpt)}],
+                                            "tasks": [{"task": "test_sweep_probe"}]})
+    first = run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    checkpoint.save_checkpoint(ckpt, small_model("swa", seed=2))
+    second = run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    assert second.ran == 1
+    assert second.table["value"].tolist() != first.table["value"].tolist()
+
+
+def test_retry_failed_leaves_no_old_failure_rows(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", {"name": "f", "models": [{"arch": "swa", "untrained": True, "set": TINY}],
+                                            "tasks": [{"task": "test_flaky"}]})
+    FLAKY["fail"] = True
+    assert run_sweep(load_spec(path), tmp_path / "out", progress=False).failed == 1
+    FLAKY["fail"] = False
+    retried = run_sweep(load_spec(path), tmp_path / "out", progress=False, retry_failed=True)
+    assert retried.failed == 0
+    assert retried.table["status"].tolist() == ["ok"]
+    assert results.read_table(tmp_path / "out")["metric"].tolist() == ["loss"]
+
+
+def test_a_partly_failed_cell_reports_why(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", {"name": "h", "models": [{"arch": "swa", "untrained": True, "set": TINY}],
+                                            "tasks": [{"task": "test_half_fails"}]})
+    result = run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    assert result.failed == 1
+    (record,) = ResultStore(tmp_path / "out").finished().values()
+    assert "the second part broke" in record["message"] and "1 error" in record["message"]
+
+
+def _checkpoint_step(out: Path) -> int:
+    for trainer in (out / "checkpoints").glob("[!.]*/trainer.json"):  # not a killed save's temporary folder
+        try:
+            return json.loads(trainer.read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            return -1
+    return -1
+
+
+def test_kill_9_during_training_then_rerun_trains_to_the_end(tmp_path):
+    """A sweep killed after a mid-training checkpoint must finish training before it evaluates:
+    a resumed sweep that took any checkpoint as trained would score a half-trained model."""
+    steps = 24
+    spec = {"name": "k", "train": {"steps": steps, **TRAIN}, "models": [{"arch": "swa", "set": TINY}],
+            "tasks": [{"task": "test_sweep_probe"}]}
+    path = write_spec(tmp_path / "s.yaml", spec)
+    straight = run_sweep(load_spec(path), tmp_path / "straight", progress=False).table
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", SWEEPER, str(path), str(out)], cwd=ROOT)
+    deadline = time.time() + 300
+    while not 0 < _checkpoint_step(out) < steps and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    part = _checkpoint_step(out)
+    if not 0 < part < steps:
+        pytest.skip(f"the kill did not land mid-training (checkpoint step {part})")
+    resumed = run_sweep(load_spec(path), out, progress=False)
+    assert resumed.ran == 1 and _checkpoint_step(out) == steps
+    assert resumed.table["value"].tolist() == straight["value"].tolist()
+
+
+@pytest.mark.parametrize("text, suffix, match", [
+    ("", ".yaml", "must hold a mapping"),
+    ("- a\n- b\n", ".yaml", "got list"),
+    ("42\n", ".yaml", "got int"),
+    ('name = "t"\n[[models]]\narch = "swa"\n', ".toml", "has no 'tasks'"),
+    ("models: [{arch: swa}]\ntasks: [{task: test_sweep_probe}]\ntrain: {steps: five}\n", ".yaml",
+     "steps must be an integer, got 'five'"),
+    ("models: [{arch: swa}]\ntasks: [{task: test_sweep_probe}]\nseeds: 0\n", ".yaml", "seeds must be a list"),
+    ("models: [{arch: swa}]\ntasks: [{task: test_sweep_probe}]\nseeds: []\n", ".yaml", "seeds must be distinct"),
+    ("models: [{arch: swa, set: {window: abc}}]\ntasks: [{task: test_sweep_probe}]\n", ".yaml",
+     "window must be an integer, got 'abc'"),
+    ("models: [{arch: swa}]\ntasks: [{task: loss_scaling, options: {contexts: [abc]}}]\n", ".yaml",
+     "contexts"),
+    ("models: [{arch: swa}]\ntasks: [{task: niah, options: {variantz: [single]}}]\n", ".yaml", "Did you mean"),
+])
+def test_bad_spec_files_are_one_clear_error_before_any_work(tmp_path, text, suffix, match):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_spec(path)
+
+
+def test_a_binary_spec_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"\xff\xfe\x00\x01binary")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_spec(path)
+
+
+def test_a_model_with_a_nan_weight_gives_nan_rows_not_scores(tmp_path):
+    model = small_model("swa")
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    ckpt = checkpoint.save_checkpoint(tmp_path / "nan", model)
+    path = write_spec(tmp_path / "s.yaml", {"name": "n", "models": [{"arch": "swa", "checkpoint": str(ckpt)}],
+                                            "tasks": [{"task": "test_sweep_probe"}]})
+    result = run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    assert result.failed == 1
+    assert result.table["status"].tolist() == ["nan"]
+    assert "NaN" in result.table["message"].iloc[0]
