@@ -22,7 +22,7 @@ from harness.api.errors import ConfigError
 from harness.data.heldout import checkpoint_tokenizer
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.evaluate import resolve_model
-from harness.train.checkpoint import WEIGHTS_FILE
+from harness.train.checkpoint import HF_PREFIX, WEIGHTS_FILE
 
 MODELING_FILE = "modeling_lcbench.py"
 EXPORT_FILE = "lcbench_export.json"  # what was exported, from where
@@ -50,7 +50,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, toke
                            dtype="float32", **special)
     config.save_pretrained(str(out))
     # every name, tied ones included, so that no tensor of the model is left to be initialised
-    tensors = {f"model.{name}": t.detach().contiguous().clone() for name, t in model.state_dict().items()}
+    tensors = {HF_PREFIX + name: t.detach().contiguous().clone() for name, t in model.state_dict().items()}
     safetensors.torch.save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     (out / MODELING_FILE).write_text(MODELING_SOURCE)
     (out / EXPORT_FILE).write_text(json.dumps({"source": str(checkpoint), "model": info.name, "arch": info.arch,

@@ -24,15 +24,14 @@ from transformers.utils import ModelOutput
 
 from harness.api.errors import ConfigError
 from harness.api.registry import build_model, config_from_dict
-
-MODEL_TYPE = "lcbench"
+from harness.train.checkpoint import HF_MODEL_TYPE
 
 
 class LcbenchConfig(PretrainedConfig):
     """transformers' config holding the lcbench model config (``lcbench``, the checkpoint's
     ``config.json``) beside the fields transformers reads."""
 
-    model_type = MODEL_TYPE
+    model_type = HF_MODEL_TYPE
 
     def __init__(self, lcbench: dict[str, Any] | None = None, **kwargs: Any):
         self.lcbench = dict(lcbench or {})
@@ -63,7 +62,7 @@ class LcbenchOutput(ModelOutput):
 
 class LcbenchForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = LcbenchConfig
-    base_model_prefix = "model"
+    base_model_prefix = "model"  # the tensors' prefix in the export, harness.train.checkpoint.HF_PREFIX
     _is_stateful = True  # no assisted decoding: a state cannot be rewound
 
     def __init__(self, config: LcbenchConfig):

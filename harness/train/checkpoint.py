@@ -1,6 +1,9 @@
 """Checkpoints: a folder with ``config.json`` (the model config), ``model.safetensors`` (weights)
 and, for training runs, ``trainer.json`` (step, train config, history) + ``optimizer.pt``.
 
+A Hugging Face export (``lcbench export-hf``) loads as a checkpoint too: its ``config.json``
+holds the model config under ``lcbench`` and its tensors are named ``model.<our name>``.
+
 Writes are atomic: everything goes to a temporary sibling folder that replaces the old one by
 rename, so an interrupted save leaves the previous checkpoint intact.
 """
@@ -13,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -24,6 +28,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.json"
 OPTIMIZER_FILE = "optimizer.pt"
+HF_MODEL_TYPE = "lcbench"  # an export's config.json: {"model_type": "lcbench", "lcbench": {our config}, ...}
+HF_PREFIX = "model."  # an export's tensor names: the model is the ``model`` attribute of transformers' class
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -76,6 +82,8 @@ def read_config(path: str | os.PathLike):
         data = json.loads((path / CONFIG_FILE).read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({exc}); the checkpoint is corrupted") from exc
+    if data.get("model_type") == HF_MODEL_TYPE and isinstance(data.get(HF_MODEL_TYPE), dict):
+        data = data[HF_MODEL_TYPE]
     try:
         return config_from_dict(data)
     except LcbenchError as exc:
@@ -86,7 +94,13 @@ def load_weights(path: str | os.PathLike, model: LCModel) -> None:
     """Load ``model.safetensors`` into ``model``, naming every missing or unexpected tensor."""
     file = Path(path) / WEIGHTS_FILE
     try:
-        missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            exported = all(name.startswith(HF_PREFIX) for name in f.keys())
+        if exported:
+            tensors = {k.removeprefix(HF_PREFIX): v for k, v in safetensors.torch.load_file(str(file)).items()}
+            missing, unexpected = model.load_state_dict(tensors, strict=False)
+        else:
+            missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
     except RuntimeError as exc:  # shape mismatch
         raise CheckpointError(f"{file} does not fit a {model.config.arch} model with this config: {exc}") from exc
     except Exception as exc:  # safetensors raises its own error types on a damaged file
