@@ -46,10 +46,10 @@ import sys
 import tempfile
 import time
 import warnings
-from unittest import mock
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
 import torch
@@ -150,14 +150,12 @@ class LcbenchLM(TemplateLM):
         # else the end token, as the prefix of an empty context or a rolling document
         self.add_bos = self.tok.bos_id is not None if add_bos_token in (None, "") else _bool(add_bos_token,
                                                                                              "add_bos_token")
+        # the end of text: the tokenizer's, else "\n" (the byte tokenizer's, also its BOS/EOS in an export)
+        self._eot = int(self.tok.eos_id) if self.tok.eos_id is not None else self.tok.encode("\n")[-1]
         if prefix_token is not None and prefix_token != "":
             self._prefix = int(prefix_token)
-        elif self.tok.bos_id is not None:
-            self._prefix = int(self.tok.bos_id)
-        elif self.tok.eos_id is not None:
-            self._prefix = int(self.tok.eos_id)
         else:
-            self._prefix = self.tok.encode("\n")[-1]
+            self._prefix = int(self.tok.bos_id) if self.tok.bos_id is not None else self._eot
         self._warned_sampling = False
 
     @property
@@ -168,7 +166,7 @@ class LcbenchLM(TemplateLM):
 
     @property
     def eot_token_id(self) -> int:
-        return self.tok.eos_id if self.tok.eos_id is not None else self._prefix
+        return self._eot
 
     @property
     def prefix_token_id(self) -> int:
