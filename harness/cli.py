@@ -207,6 +207,17 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
             click.echo(str(path))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default RUN_DIR/report.html.")
+@friendly_errors
+def report(run_dir: str, out: str | None) -> None:
+    """One self-contained HTML page of a run or sweep: figures, tables, failures, spec, metadata."""
+    from harness.report.html import write_report
+
+    click.echo(str(write_report(run_dir, out)))
+
+
 @main.command("eval")
 @click.argument("task")
 @click.option("--model", "model_spec", default=None, help="Checkpoint folder, or ARCH[:PRESET] (untrained).")
@@ -325,11 +336,18 @@ def _csv_list(value: str | None) -> list[str] | None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--max-length", type=int, default=None,
+              help="Context cap in tokens (default: none; lm-eval's hf model uses 2048 without max_position_embeddings).")
+@click.option("--add-bos/--no-add-bos", default=None,
+              help="Start every text with the tokenizer's BOS (default: when the tokenizer adds one, as lm-eval's hf).")
+@click.option("--prefix-token", type=int, default=None,
+              help="Token id an empty context or a rolling document starts from (default: BOS, else EOS, else '\\n').")
 @click.option("--seed", type=int, default=0, show_default=True)
 @friendly_errors
 def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float | None, out: str | None,
                 tokenizer: str | None, include_path: tuple[str, ...], num_fewshot: int | None, device: str,
-                dtype: str, batch_size: int, seed: int) -> None:
+                dtype: str, batch_size: int, max_length: int | None, add_bos: bool | None, prefix_token: int | None,
+                seed: int) -> None:
     """Run lm-evaluation-harness tasks on MODEL_SPEC (checkpoint or ARCH[:PRESET]) into a tidy table."""
     from harness.adapters.lm_eval import run_lm_eval
 
@@ -337,7 +355,8 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
     table = run_lm_eval(model_spec, _csv_list(tasks), limit=limit, out_dir=out,
                         max_seq_lengths=[int(v) for v in _csv_list(lengths) or []] or None, tokenizer=tokenizer,
                         include_path=list(include_path) or None, num_fewshot=num_fewshot, device=device, dtype=dtype,
-                        batch_size=batch_size, seed=seed, command=sys.argv)
+                        batch_size=batch_size, max_length=max_length, add_bos_token=add_bos, prefix_token=prefix_token,
+                        seed=seed, command=sys.argv)
     _echo_table(table)
     click.echo(f"{len(table)} rows in {out}/")
     exit_if_failed(int((table["status"] != "ok").sum()), "row(s)")
@@ -357,6 +376,19 @@ def import_cmd(source: str, out: str, fmt: str, dtype: str | None, backend: str 
 
     model = import_pretrained(source, out, format=fmt, dtype=dtype, backend=backend)
     click.echo(f"{model.config.arch}: {model.num_params():,} non-embedding params -> {out}")
+
+
+@main.command("export-hf")
+@click.argument("checkpoint")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
+@friendly_errors
+def export_hf_cmd(checkpoint: str, out: str, tokenizer: str | None) -> None:
+    """Write CHECKPOINT as a Hugging Face model folder OUT (AutoModelForCausalLM, trust_remote_code=True)."""
+    from harness.adapters.hf_export import export_hf
+
+    click.echo(f"{export_hf(checkpoint, out, tokenizer=tokenizer)}: load it with AutoModelForCausalLM.from_pretrained"
+               "(..., trust_remote_code=True) or lm_eval --model hf --model_args pretrained=...,trust_remote_code=True")
 
 
 @main.command("import-ttt-e2e")

@@ -83,8 +83,8 @@ def test_hf_tokenizer_folder_uses_transformers(tmp_path, monkeypatch):
             return 10
 
         def encode(self, text, add_special_tokens=True):
-            assert add_special_tokens is False
-            return [ord(c) % 10 for c in text]
+            # with special tokens only to learn the start token it adds (1, like Llama's <s>)
+            return [1] * add_special_tokens + [ord(c) % 10 for c in text]
 
         def decode(self, ids, **kwargs):
             return "".join(map(str, ids))
@@ -93,6 +93,7 @@ def test_hf_tokenizer_folder_uses_transformers(tmp_path, monkeypatch):
     tok = data.load_tokenizer(str(tmp_path))
     assert calls == [(str(tmp_path.resolve()), {"local_files_only": True})]
     assert (tok.vocab_size, tok.eos_id, tok.encode("ab"), tok.decode([1, 2])) == (10, 2, [7, 8], "12")
+    assert tok.bos_id == 1
 
 
 def test_unknown_tokenizer_path_is_a_clear_error(tmp_path):

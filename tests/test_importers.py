@@ -227,6 +227,23 @@ def test_unsupported_settings_are_refused_by_name(tmp_path):
         import_pretrained(tmp_path / "biased")
 
 
+@pytest.mark.parametrize("fmt", ["llama", "gated_deltanet", "mamba2", "mamba_ssm"])
+def test_a_sliding_window_is_refused_under_every_format(tmp_path, fmt):
+    """A Mistral folder (sliding_window 16) imported as Llama was read as full attention, silently."""
+    from harness.adapters.importers.hf import FORMATS
+
+    assert set(FORMATS) == {"llama", "gated_deltanet", "mamba2", "mamba_ssm"}  # a new format joins this test
+    folder = write_folder(tmp_path / "mistral", {"model_type": "mistral", "sliding_window": 16,
+                                                 "hidden_size": 32, "num_attention_heads": 2}, {})
+    with pytest.raises(ImportMismatchError, match=r"sliding_window=16 \(supported: None"):
+        import_pretrained(folder, format=fmt)
+    # a window that is switched off (Qwen2's use_sliding_window=false) is not a window
+    from harness.adapters.importers.hf import refuse_sliding_window
+
+    refuse_sliding_window({"sliding_window": 16, "use_sliding_window": False}, "here")
+    refuse_sliding_window({"sliding_window": None}, "here")
+
+
 # ---------------------------------------------------------------------------------------------
 # The official TTT-E2E code's parameter tree (JAX/Equinox names and shapes; random values)
 

@@ -5,7 +5,9 @@ that way).
 The byte tokenizer becomes a ``tokenizers`` BPE model over the 256-symbol ByteLevel alphabet with
 no merges, a ByteLevel pre-tokenizer (no prefix space) and a ByteLevel decoder. Its vocabulary is
 ordered by byte value, so token ids equal UTF-8 bytes: ``AutoTokenizer`` on the folder encodes any
-text exactly as :class:`harness.data.ByteTokenizer` does, and decodes it back.
+text exactly as :class:`harness.data.ByteTokenizer` does, and decodes it back. Its BOS and EOS
+token is the newline byte, the token lcbench's byte-level models start a document from; tools
+that need both (lm-eval's hf model) then work, and nothing is added when text is encoded.
 
 Needs the ``tokenizers`` and ``transformers`` packages (the ``lm-eval`` extra).
 """
@@ -67,11 +69,12 @@ def export_tokenizer(tokenizer: Tokenizer | str | None, out_dir: str | os.PathLi
     if not isinstance(tokenizer, (ByteTokenizer, HFTokenizer)):
         tokenizer = load_tokenizer(tokenizer) if tokenizer is None or isinstance(tokenizer, str) else tokenizer
     out = Path(out_dir)
-    marker = {"tokenizer": tokenizer.name, "format": 1}
+    marker = {"tokenizer": tokenizer.name, "format": 2}
     if (out / MARKER_FILE).is_file() and _read_json(out / MARKER_FILE) == marker:
         return out
     if isinstance(tokenizer, ByteTokenizer):
-        fast = _fast_tokenizer(byte_level_tokenizer(), model_max_length=int(1e30))
+        newline = bytes_to_unicode()[ord("\n")]
+        fast = _fast_tokenizer(byte_level_tokenizer(), model_max_length=int(1e30), bos_token=newline, eos_token=newline)
     elif isinstance(tokenizer, HFTokenizer) and tokenizer.path.is_dir():  # already a folder: copy it
         from transformers import AutoTokenizer  # optional; HFTokenizer loaded this folder with it
 

@@ -13,24 +13,30 @@ implements lm-eval's three requests through our model interface:
 lm-eval 0.4 finds models only in its own registry (no entry points), so its console script does not
 see ``lcbench``. Run lm-eval's own command line through this module instead, with the same options::
 
-    python -m harness.adapters.lm_eval --model lcbench --model_args checkpoint=runs/quick/swa,tokenizer=TOKDIR \\
+    lcbench export-hf runs/quick/swa runs/quick/swa-hf   # a tokenizer folder RULER's tasks can load
+    python -m harness.adapters.lm_eval --model lcbench --model_args checkpoint=runs/quick/swa,tokenizer=runs/quick/swa-hf \\
         --tasks niah_single_1 --metadata '{"max_seq_lengths": [1024]}' --limit 10
 
-Model args: ``checkpoint`` (a checkpoint folder, or ``arch[:preset]`` for untrained weights;
-``pretrained`` is an alias), ``tokenizer`` (``byte`` or a local Hugging Face tokenizer folder/file;
-default: the checkpoint's training tokenizer, else an imported checkpoint's ``tokenizer/``, else bytes), ``device``, ``dtype`` (``auto``: bf16 on
-CUDA, fp32 on CPU), ``backend`` (mixer backend override), ``batch_size``, ``max_length`` (context
-cap in tokens; unset: no cap), ``max_gen_toks`` (default 256), ``prefix_token`` (the token an empty
-context or a rolling document starts from; default: the tokenizer's end token, else the id of
-``"\\n"`` — byte-level models have no BOS).
+Model args (``batch_size`` and ``device`` here win over lm-eval's own options): ``checkpoint``
+(a checkpoint folder, or ``arch[:preset]`` for untrained weights; ``pretrained`` is an alias),
+``tokenizer`` (``byte`` or a local Hugging Face tokenizer folder/file; default: the checkpoint's
+own, see :func:`harness.data.heldout.checkpoint_tokenizer`), ``device``, ``dtype`` (``auto``: bf16
+on CUDA, fp32 on CPU), ``backend`` (mixer backend override), ``batch_size``, ``max_length``
+(context cap in tokens; unset: no cap), ``max_gen_toks`` (default 256), and lm-eval's hf model's
+conventions: ``add_bos_token`` (default: when the tokenizer adds a start token by default, as
+Llama's adds ``<s>``, it starts every text), ``prefix_token`` (the token an empty context or a
+rolling document starts from; default: the tokenizer's BOS, else its end token, else the id of
+``"\\n"``, the byte tokenizer's). The end-of-text token's text also stops generation.
 
 RULER's synthetic tasks size their prompts with ``AutoTokenizer.from_pretrained(tokenizer)``, where
-``tokenizer`` comes from the model args: export ours with
-:func:`harness.adapters.hf_tokenizer.export_tokenizer` and pass the folder. :func:`run_lm_eval` (behind
-``lcbench lm-eval``) does that itself and writes the scores as rows of our result table.
+``tokenizer`` comes from the model args (lm-eval hands them to tasks), so on lm-eval's own command
+line give ``tokenizer=`` a folder that holds a Hugging Face tokenizer: an exported model
+(``lcbench export-hf``) or an imported checkpoint's ``tokenizer/``. :func:`run_lm_eval` (behind
+``lcbench lm-eval``) exports one itself and writes the scores as rows of our result table.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -40,9 +46,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
 import torch
@@ -54,21 +61,32 @@ from lm_eval.models.utils import handle_stop_sequences
 from tqdm.auto import tqdm
 
 from harness.adapters.hf_tokenizer import export_tokenizer
-from harness.adapters.importers.common import TOKENIZER_DIR
 from harness.api import results
 from harness.api.decoding import greedy_decode
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError
 from harness.api.failures import FailureGuard
+from harness.data.heldout import checkpoint_tokenizer
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.evaluate import identity_columns, resolve_model
-from harness.runs.provenance import run_metadata, write_run_json
+from harness.runs.provenance import git_commit, run_metadata, write_run_json
 
 log = logging.getLogger(__name__)
 
 NAME = "lcbench"
 TABLE_TASK_PREFIX = "lm_eval:"  # rows' task column: lm_eval:<lm-eval task name>
 Z95 = 1.959964
+
+
+def _bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"lcbench model arg {name}={value!r} must be true or false")
 
 
 def _int_or_none(value: Any, name: str) -> int | None:
@@ -81,16 +99,6 @@ def _int_or_none(value: Any, name: str) -> int | None:
     if out <= 0:
         raise ConfigError(f"lcbench model arg {name}={value!r} must be positive")
     return out
-
-
-def default_tokenizer(info: Any) -> str | None:
-    """The tokenizer a checkpoint was trained with, else the one an import copied beside it
-    (``tokenizer/``), else None (bytes)."""
-    trained = (info.train_config or {}).get("tokenizer")
-    if trained is not None:
-        return trained
-    beside = Path(info.path) / TOKENIZER_DIR if info.path else None
-    return str(beside) if beside is not None and beside.is_dir() else None
 
 
 class LcbenchLM(TemplateLM):
@@ -107,6 +115,7 @@ class LcbenchLM(TemplateLM):
         max_length: int | str | None = None,
         max_gen_toks: int | str = 256,
         prefix_token: int | str | None = None,
+        add_bos_token: bool | str | None = None,
         pretrained: str | os.PathLike | None = None,
         max_batch_size: Any = None,  # lm-eval passes it; batch sizes are fixed here
         **unknown: Any,
@@ -126,7 +135,7 @@ class LcbenchLM(TemplateLM):
         self._device = resolve_device(device or "auto")
         self._dtype = resolve_dtype(dtype, self._device)
         self.model, self.info = resolve_model(spec, device=self._device, dtype=self._dtype, backend=backend)
-        self.tokenizer_spec = tokenizer if tokenizer is not None else default_tokenizer(self.info)
+        self.tokenizer_spec = tokenizer if tokenizer is not None else checkpoint_tokenizer(self.info)
         self.tok = load_tokenizer(self.tokenizer_spec)
         if self.tok.vocab_size > self.model.config.vocab_size:
             raise ConfigError(
@@ -137,12 +146,16 @@ class LcbenchLM(TemplateLM):
             _int_or_none(batch_size, "batch_size")
         self.max_length = _int_or_none(max_length, "max_length")
         self.max_gen_toks = _int_or_none(max_gen_toks, "max_gen_toks")
+        # lm-eval's hf model: the tokenizer's default start token (BOS) before every text, and BOS,
+        # else the end token, as the prefix of an empty context or a rolling document
+        self.add_bos = self.tok.bos_id is not None if add_bos_token in (None, "") else _bool(add_bos_token,
+                                                                                             "add_bos_token")
+        # the end of text: the tokenizer's, else "\n" (the byte tokenizer's, also its BOS/EOS in an export)
+        self._eot = int(self.tok.eos_id) if self.tok.eos_id is not None else self.tok.encode("\n")[-1]
         if prefix_token is not None and prefix_token != "":
             self._prefix = int(prefix_token)
-        elif self.tok.eos_id is not None:
-            self._prefix = int(self.tok.eos_id)
         else:
-            self._prefix = self.tok.encode("\n")[-1]
+            self._prefix = int(self.tok.bos_id) if self.tok.bos_id is not None else self._eot
         self._warned_sampling = False
 
     @property
@@ -153,7 +166,7 @@ class LcbenchLM(TemplateLM):
 
     @property
     def eot_token_id(self) -> int:
-        return self.tok.eos_id if self.tok.eos_id is not None else self._prefix
+        return self._eot
 
     @property
     def prefix_token_id(self) -> int:
@@ -163,8 +176,25 @@ class LcbenchLM(TemplateLM):
     def tokenizer_name(self) -> str:
         return self.tok.name
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "LcbenchLM":
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> "LcbenchLM":
+        """As lm-eval's, but an arg in ``--model_args`` (``batch_size=4``) wins over lm-eval's own
+        option of the same name instead of colliding with it, and lm-eval's default device
+        (``cuda:0``, given even when nobody asked for it) becomes ``auto`` on a machine without CUDA."""
+        given = dict(arg_dict)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in given}
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            log.info("lm-eval's device %s is not available here; lcbench picks one", extra.pop("device"))
+        return cls(**given, **extra)
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        return list(self.tok.encode(string))
+        ids = list(self.tok.encode(string))
+        add = self.add_bos if add_special_tokens is None else add_special_tokens
+        return [self.tok.bos_id, *ids] if add and self.tok.bos_id is not None else ids
 
     def tok_decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids))
@@ -225,7 +255,7 @@ class LcbenchLM(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
         for (string,) in tqdm([r.args for r in requests], disable=disable_tqdm, desc="lcbench rolling", leave=False):
-            tokens = self.tok_encode(string)
+            tokens = self.tok_encode(string)  # with BOS where the tokenizer adds one, as lm-eval's hf model
             if not tokens:
                 out.append(0.0)
                 continue
@@ -260,8 +290,8 @@ class LcbenchLM(TemplateLM):
         for context, gen_kwargs in tqdm([r.args for r in requests], disable=disable_tqdm,
                                         desc="lcbench generate", leave=False):
             kwargs = copy.deepcopy(gen_kwargs or {})
-            eos_text = self.tok_decode([self.tok.eos_id]) if self.tok.eos_id is not None else None
-            until = handle_stop_sequences(kwargs.pop("until", None), eos_text)
+            # as lm-eval's hf model: the end-of-text token's text also stops generation
+            until = handle_stop_sequences(kwargs.pop("until", None), self.tok_decode([self.eot_token_id]))
             max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
             if kwargs.get("do_sample") and not self._warned_sampling:
                 warnings.warn("lcbench decodes greedily; do_sample/temperature are ignored", stacklevel=2)
@@ -352,6 +382,8 @@ def run_lm_eval(
     batch_size: int = 1,
     max_length: int | None = None,
     max_gen_toks: int = 256,
+    add_bos_token: bool | None = None,
+    prefix_token: int | None = None,
     seed: int = 0,
     run_name: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -375,7 +407,8 @@ def run_lm_eval(
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     lm = LcbenchLM(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, backend=backend,
-                   batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks)
+                   batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks,
+                   add_bos_token=add_bos_token, prefix_token=prefix_token)
     tok_dir = tokenizer_folder(lm, out_dir)
     if isinstance(include_path, (str, os.PathLike)):
         include_path = [include_path]
@@ -400,7 +433,7 @@ def run_lm_eval(
             label = task if length is None else f"{task}@{length}"
             # One failed task is recorded (oom, error) and the others go on.
             with FailureGuard(["score"], lm.device, **{**identity, "task": TABLE_TASK_PREFIX + task,
-                                                       "eval_ctx": length}) as guard:
+                                                       "eval_ctx": length}) as guard, quiet_git_hash():
                 res = simple_evaluate(
                     model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                     log_samples=True, bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
@@ -433,6 +466,7 @@ def run_lm_eval(
             seed=seed, command=command, device=str(lm.device), task="lm_eval", run=run,
             options={"tasks": task_list, "limit": limit, "max_seq_lengths": list(max_seq_lengths or []),
                      "num_fewshot": num_fewshot, "max_length": max_length, "max_gen_toks": max_gen_toks,
+                     "add_bos_token": lm.add_bos, "prefix_token": lm.prefix_token_id,
                      "tokenizer": lm.tok.name, "include_path": include},
             model={"spec": str(checkpoint), "name": lm.info.name, "path": lm.info.path,
                    "config": lm.model.config.to_dict(), "train_config": lm.info.train_config},
@@ -442,6 +476,20 @@ def run_lm_eval(
         meta["rows"] = len(table)
         write_run_json(out, meta)
     return table
+
+
+@contextlib.contextmanager
+def quiet_git_hash() -> Iterator[None]:
+    """lm-eval records the commit of the working folder by running ``git describe`` with its
+    stderr on the terminal, so outside a repository every run prints "fatal: not a git
+    repository". Record it quietly instead ("unknown" outside git)."""
+    from lm_eval import evaluator  # loads with the evaluator (see run_lm_eval)
+
+    def commit() -> str:
+        return git_commit(Path.cwd())["commit"] or "unknown"
+
+    with mock.patch.object(evaluator, "get_git_commit_hash", commit):
+        yield
 
 
 def task_manager(tasks: Sequence[str], include: list[str] | None, meta: dict[str, Any], base: Any = None) -> Any:
@@ -484,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    with quiet_git_hash():
+        cli_evaluate()
 
 
 if __name__ == "__main__":

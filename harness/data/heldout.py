@@ -6,6 +6,7 @@ checkpoint is evaluated on its own validation documents.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from harness.api.errors import ConfigError
@@ -13,13 +14,30 @@ from harness.api.interface import LCModel
 from harness.api.task import DataOptions, ModelInfo
 from harness.data.corpora import Document, load_corpus
 from harness.data.packing import split_documents
-from harness.data.tokenizers import Tokenizer, load_tokenizer
+from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer
+
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"  # marks a folder AutoTokenizer loads
+
+
+def checkpoint_tokenizer(info: ModelInfo) -> str | None:
+    """The tokenizer that belongs to a checkpoint: the one it was trained with, else the folder an
+    import copied beside it (``tokenizer/``), else the checkpoint folder itself when it holds one
+    (a Hugging Face export), else None (bytes)."""
+    trained = (info.train_config or {}).get("tokenizer")
+    if trained is not None:
+        return trained
+    if info.path is None:
+        return None
+    for folder in (Path(info.path) / TOKENIZER_DIR, Path(info.path)):
+        if (folder / HF_TOKENIZER_CONFIG).is_file():
+            return str(folder)
+    return None
 
 
 def heldout_documents(options: DataOptions, info: ModelInfo,
                       model: LCModel | None = None) -> tuple[Tokenizer, list[Document]]:
     """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
-    train = info.train_config or {}
+    train = {**(info.train_config or {}), "tokenizer": checkpoint_tokenizer(info)}
 
     def pick(name: str, key: str, default: Any) -> Any:
         value = getattr(options, name)

@@ -20,6 +20,9 @@ from harness.api.errors import ConfigError
 from harness.data.local import listing, missing_package, missing_path_error
 
 
+TOKENIZER_DIR = "tokenizer"  # a checkpoint's own tokenizer folder (an import copies the source's there)
+
+
 @runtime_checkable
 class Tokenizer(Protocol):
     """What the harness needs from a tokenizer. ``name`` identifies it (and keys the caches)."""
@@ -27,6 +30,7 @@ class Tokenizer(Protocol):
     name: str
     vocab_size: int
     eos_id: int | None
+    bos_id: int | None  # the start token the tokenizer adds by default (None: it adds none)
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -47,6 +51,7 @@ class ByteTokenizer:
     name = "byte"
     vocab_size = 256
     eos_id: int | None = None
+    bos_id: int | None = None
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -78,7 +83,8 @@ class HFTokenizer:
       loaded with ``tokenizers`` instead (``eos_token`` then comes from ``tokenizer_config.json``).
 
     Text is encoded without special tokens (no BOS/EOS added); ``eos_id`` is the tokenizer's end
-    token, if it has one, for use as a document separator.
+    token, if it has one, for use as a document separator; ``bos_id`` is the start token the
+    tokenizer adds by default (as a Llama tokenizer adds ``<s>``), else None.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -118,9 +124,17 @@ class HFTokenizer:
             self.vocab_size = int(len(self._hf))
             eos = getattr(self._hf, "eos_token_id", None)
             self.eos_id = None if eos is None else int(eos)
+            self.bos_id = self._added_start(self._hf.encode("a", add_special_tokens=True), self.encode("a"))
         else:
             self.vocab_size = int(self._tk.get_vocab_size(with_added_tokens=True))
             self.eos_id = self._find_eos()
+            self.bos_id = self._added_start(self._tk.encode("a").ids, self.encode("a"))
+
+    @staticmethod
+    def _added_start(with_special: Sequence[int], plain: Sequence[int]) -> int | None:
+        """The token encoding with special tokens puts before the text, if any."""
+        extra = len(with_special) - len(plain)
+        return int(with_special[0]) if extra > 0 and list(with_special[1 : 1 + len(plain)]) == list(plain) else None
 
     def _load_json(self, file: Path) -> None:
         try:

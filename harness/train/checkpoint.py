@@ -3,6 +3,9 @@ and, for training runs, ``trainer.json`` (step, train config, history) + ``optim
 ``checksums.json`` holds the sha256 of the binary files (weights, optimizer state). The JSON
 files are left unchecksummed: people edit them by hand, and their parsing reports damage.
 
+A Hugging Face export (``lcbench export-hf``) loads as a checkpoint too: its ``config.json``
+holds the model config under ``lcbench`` and its tensors are named ``model.<our name>``.
+
 Writes are atomic: everything goes to a temporary sibling folder that replaces the old one by
 rename, so an interrupted save leaves the previous checkpoint intact. A save replaces only a
 folder that lcbench wrote (it has ``checksums.json``, or holds nothing but checkpoint files) or
@@ -20,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -35,6 +39,8 @@ CHECKSUMS_FILE = "checksums.json"
 CHECKSUMMED = (WEIGHTS_FILE, OPTIMIZER_FILE)
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_FILE, OPTIMIZER_FILE, CHECKSUMS_FILE)
 _HASH_CHUNK = 1 << 22
+HF_MODEL_TYPE = "lcbench"  # an export's config.json: {"model_type": "lcbench", "lcbench": {our config}, ...}
+HF_PREFIX = "model."  # an export's tensor names: the model is the ``model`` attribute of transformers' class
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -142,6 +148,8 @@ def read_config(path: str | os.PathLike):
         data = json.loads((path / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({exc}); the checkpoint is corrupted") from exc
+    if data.get("model_type") == HF_MODEL_TYPE and isinstance(data.get(HF_MODEL_TYPE), dict):
+        data = data[HF_MODEL_TYPE]
     try:
         return config_from_dict(data)
     except LcbenchError as exc:
@@ -153,7 +161,13 @@ def load_weights(path: str | os.PathLike, model: LCModel) -> None:
     file = Path(path) / WEIGHTS_FILE
     verify(path, WEIGHTS_FILE)
     try:
-        missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            exported = all(name.startswith(HF_PREFIX) for name in f.keys())
+        if exported:
+            tensors = {k.removeprefix(HF_PREFIX): v for k, v in safetensors.torch.load_file(str(file)).items()}
+            missing, unexpected = model.load_state_dict(tensors, strict=False)
+        else:
+            missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
     except RuntimeError as exc:  # shape mismatch
         raise CheckpointError(f"{file} does not fit a {model.config.arch} model with this config: {exc}") from exc
     except Exception as exc:  # safetensors raises its own error types on a damaged file

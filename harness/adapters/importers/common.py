@@ -14,10 +14,10 @@ import torch
 
 from harness.api.errors import CheckpointError
 from harness.api.interface import LCModel
+from harness.data.tokenizers import TOKENIZER_DIR
 from harness.train.checkpoint import save_checkpoint
 
 IMPORT_FILE = "import.json"
-TOKENIZER_DIR = "tokenizer"
 # Files that make up a Hugging Face tokenizer (copied next to an imported checkpoint).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")

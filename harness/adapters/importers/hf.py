@@ -33,6 +33,7 @@ import torch
 
 from harness.adapters.importers.common import (
     Fill,
+    ImportMismatchError,
     Source,
     assign_weights,
     check,
@@ -287,6 +288,16 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def refuse_sliding_window(hf: Mapping[str, Any], where: str) -> None:
+    """A config that limits attention to a window (Mistral's ``sliding_window``) cannot be read as
+    any of our formats, whose attention sees the whole context: refuse it by name, whatever the format."""
+    window = hf.get("sliding_window")
+    if window is not None and hf.get("use_sliding_window", True):
+        raise ImportMismatchError(
+            f"{where} uses settings our architecture does not implement:\n  - sliding_window={window!r} "
+            "(supported: None; importing it as full attention would change every logit past the window)")
+
+
 def detect_format(config: Mapping[str, Any]) -> str:
     """The format of a folder from its ``config.json``: ``model_type``, or mamba-ssm's fields."""
     model_type = config.get("model_type")
@@ -323,8 +334,9 @@ def import_pretrained(
     if name not in FORMATS:
         raise ConfigError(f"unknown import format {name!r}; valid: auto, {', '.join(FORMATS)}")
     fmt = FORMATS[name]
-    tensors = read_tensors(folder)
     where = f"{folder} ({fmt.describe})"
+    refuse_sliding_window(hf, where)
+    tensors = read_tensors(folder)
     fields = fmt.config(hf, tensors, where)
     if backend is not None:
         fields["backend"] = backend

@@ -1,0 +1,118 @@
+"""``lcbench export-hf``: every architecture as a Hugging Face folder that transformers loads
+(trust_remote_code) with lcbench's own logits, greedy and sampled generation through lcbench's
+prefill/decode state; and lm-eval's own hf model on the export scoring as ``lcbench lm-eval``
+does on the original checkpoint (multiple choice, rolling, RULER niah_single_1), offline.
+
+Needs the ``lm-eval`` extra (transformers, lm-eval, accelerate); skipped without it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+transformers = pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+
+from harness.adapters.hf_export import MODELING_FILE, export_hf  # noqa: E402
+from harness.api.decoding import greedy_decode  # noqa: E402
+from harness.train import checkpoint  # noqa: E402
+from tests.conftest import ARCHS, small_model  # noqa: E402
+
+
+def load_export(folder: Path):
+    return transformers.AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True).eval()
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def exported(request, tmp_path_factory):
+    """(lcbench model, its export loaded by transformers) for each architecture."""
+    root = tmp_path_factory.mktemp(f"export-{request.param}")
+    model = small_model(request.param, seed=3)
+    with torch.no_grad():  # norm gains and biases away from 1/0, so a tensor left at its initial value shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    ckpt = checkpoint.save_checkpoint(root / "ckpt", model)
+    return model, load_export(export_hf(ckpt, root / "hf"))
+
+
+def prompt(T: int = 37, B: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(T))
+
+
+def test_the_folder_holds_what_transformers_needs(tmp_path):
+    folder = export_hf(checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa")), tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_lcbench.LcbenchForCausalLM"
+    assert config["lcbench"]["arch"] == "swa" and config["model_type"] == "lcbench"
+    assert (folder / MODELING_FILE).is_file() and (folder / "model.safetensors").is_file()
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    # the byte tokenizer's BOS and EOS are "\n", lcbench's prefix token; text is encoded as bytes, nothing added
+    assert (tok.bos_token_id, tok.eos_token_id) == (10, 10) == (config["bos_token_id"], config["eos_token_id"])
+    assert tok("héllo\nworld").input_ids == list("héllo\nworld".encode())
+
+
+def test_logits_equal_lcbench_own(exported):
+    model, hf = exported
+    tokens = prompt(B=2)
+    with torch.no_grad():
+        ours, theirs = model(tokens), hf(tokens).logits
+    assert theirs.dtype == torch.float32
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=0)  # the same module on the same weights
+    loss = hf(tokens, labels=tokens).loss
+    torch.testing.assert_close(loss, model.token_losses(tokens).mean())
+
+
+def test_greedy_generate_follows_lcbench_decoding(exported):
+    """generate() runs on prefill + decode_step: TTT-E2E's prime MLPs keep learning across the
+    mini-batch boundaries the 40 new tokens cross, exactly as in lcbench's own decoding."""
+    model, hf = exported
+    tokens = prompt()
+    with torch.no_grad():
+        logits, state = model.prefill(tokens)
+        expected = greedy_decode(model, logits, state, 40)
+        out = hf.generate(tokens, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert out[0, : tokens.shape[1]].tolist() == tokens[0].tolist()
+    assert out[0, tokens.shape[1] :].tolist() == expected
+
+
+def test_sampling_draws_from_lcbench_next_token_distribution(exported):
+    model, hf = exported
+    tokens = prompt(21)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        out = hf.generate(tokens, max_new_tokens=12, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                          eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(7)  # the same draws by hand: softmax of lcbench's logits, one multinomial per token
+    expected = []
+    with torch.no_grad():
+        logits, state = model.prefill(tokens)
+        for _ in range(12):
+            token = torch.multinomial(torch.softmax(logits.float(), -1), 1)[:, 0]
+            expected.append(int(token[0]))
+            logits, state = model.decode_step(state, token)
+    assert out[0, tokens.shape[1] :].tolist() == expected
+
+
+def test_padding_is_refused_and_the_export_loads_in_a_plain_process(tmp_path):
+    from harness.api.errors import ConfigError
+
+    folder = export_hf(checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("mamba2")), tmp_path / "hf")
+    hf = load_export(folder)
+    with pytest.raises(ConfigError, match="without padding"):
+        hf(prompt(5, B=2), attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]))
+    script = ("import sys, torch, transformers; m = transformers.AutoModelForCausalLM.from_pretrained("
+              "sys.argv[1], trust_remote_code=True); print(m(torch.tensor([[1, 2, 3]])).logits.shape)")
+    done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("torch.Size([1, 3, 256])")

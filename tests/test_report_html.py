@@ -1,0 +1,92 @@
+"""``lcbench report``: one self-contained HTML page (figures embedded, tables, failures, spec,
+metadata) that opens from disk; rendered in headless Chromium where it is installed."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.api import results
+from harness.cli import main
+from harness.report.html import REPORT_FILE, SPEC_FILE, write_report
+from harness.report.tables import context_label
+from tests.test_plots import LOSS_CTX, synthetic_table
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")
+                 if shutil.which(n)), None)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A sweep-like folder: the plots' synthetic table (with oom and error rows; one NIAH metric,
+    since drawing is the test's cost), run.json and spec.json."""
+    out = tmp_path_factory.mktemp("sweep")
+    table = synthetic_table()
+    results.write_table(out, table[table.metric != "cand_acc"])
+    (out / results.RUN_JSON).write_text(json.dumps({"git": {"commit": None}, "command": ["lcbench", "sweep", "x.yaml"],
+                                                    "created": "2026-01-01T00:00:00"}))
+    (out / SPEC_FILE).write_text(json.dumps({"models": [{"arch": "swa", "preset": "tiny"}], "tasks": ["niah"]}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(run_dir) -> Path:
+    result = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(run_dir / REPORT_FILE)
+    return run_dir / REPORT_FILE
+
+
+def test_every_figure_is_embedded_and_nothing_is_fetched(page):
+    text = page.read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', text)
+    expected = {"loss_vs_context", "loss_gap", "loss_by_position", "loss_gap_by_position", "niah_heatmap_gen_match_text",
+                "niah_vs_context_gen_match_text", "latency", "memory", *(f"pareto_{context_label(L)}" for L in LOSS_CTX)}
+    assert set(re.findall(r"<figcaption>([^<]+)</figcaption>", text)) == expected
+    assert len(images) == len(expected)
+    assert all(base64.b64decode(b).startswith(b"\x89PNG\r\n\x1a\n") for b in images)
+    assert not re.findall(r'(?:src|href)="(?!data:)', text)  # no file, server or network reference
+    assert "<script" not in text
+
+
+def test_tables_failures_spec_and_metadata_are_on_the_page(page):
+    text = html.unescape(page.read_text())
+    assert "<h3>loss</h3>" in text and "<h3>niah_gen_match</h3>" in text and "<h3>prefill_speedup</h3>" in text
+    assert "out of memory at 16384 tokens" in text and "prompt too long" in text and "CUDA out of memory" in text
+    assert '"tasks": [\n    "niah"\n  ]' in text  # the spec
+    assert "lcbench sweep x.yaml" in text and "unknown" in text  # the command; no commit recorded
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed")
+def test_chromium_loads_every_figure_without_script_errors(page, tmp_path):
+    """The page as a browser opens it from disk: every image decoded, no error event."""
+    probe = ("<script>window.__errors=[];window.addEventListener('error',e=>window.__errors.push("
+             "String(e.message||(e.target&&e.target.tagName)||e.type)),true);</script>")
+    report = ("<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.setAttribute("
+              "'data-check',JSON.stringify({n:i.length,ok:i.filter(x=>x.complete&&x.naturalWidth>0).length,"
+              "errors:window.__errors}))});</script>")
+    text = page.read_text().replace("<head>", "<head>" + probe, 1).replace("</body>", report + "</body>", 1)
+    probed = tmp_path / "probed.html"
+    probed.write_text(text)
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                           "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'data-check="([^"]+)"', done.stdout)
+    assert found, done.stdout[-2000:]
+    check = json.loads(html.unescape(found.group(1)))
+    assert check["n"] == page.read_text().count("<img ") and check["ok"] == check["n"] > 3
+    assert check["errors"] == []
+
+
+def test_a_folder_without_a_table_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code != 0 and "no result table" in result.output
+    with pytest.raises(Exception, match="no result table"):
+        write_report(tmp_path, tmp_path / "elsewhere.html")
