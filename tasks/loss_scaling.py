@@ -59,7 +59,8 @@ class LossScalingOptions(DataOptions):
                                   "fixed end positions) or per_length (each length its own windows, every target)")
     target_tokens: int = option(0, "targets=same: targets scored at the end of each window (0: half the shortest length)")
     contexts: list[int] = option([256, 512, 1024, 2048, 4096], "evaluation context lengths (tokens)")
-    tokens_per_context: int = option(65536, "target tokens evaluated per context length (windows = this // length, at least 1)")
+    tokens_per_context: int = option(65536, "tokens read per context length: windows = this // length (targets=same: "
+                                             "// the longest length, the same end positions for all), at least 1")
     batch_size: int = option(4, "windows per forward pass")
     chunk: int = option(2048, "read long windows in pieces of this many tokens (0: whole window at once)")
     bins_per_octave: int = option(1, "position bins per doubling of position")

@@ -148,10 +148,13 @@ class MQAR(Task):
     def _train(self, model: LCModel, options: MQAROptions, generator: torch.Generator, ctx) -> list[float]:
         points = options.points()
         optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=0.1)
+        on_step = getattr(model, "on_train_step", None)  # training progress, as the trainer gives it (TTT-E2E)
         model.train()
         losses = []
         with torch.enable_grad():  # tasks run under no_grad
             for step in ctx.bar(range(options.steps), desc="mqar train", unit="step"):
+                if on_step is not None:
+                    on_step(step, options.steps)
                 length, pairs = points[step % len(points)]
                 inputs, labels = mqar_batch(options.batch_size, length, pairs, options.vocab_size, generator,
                                             options.power_a, options.random_non_queries)
