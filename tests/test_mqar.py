@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import small_model
+from conftest import ARCHS, small_model
 from harness.api import results
 from harness.api.errors import ConfigError
 from harness.api.interface import LCModel, ModelConfig
@@ -98,6 +98,14 @@ def test_task_trains_a_fresh_model_and_scores_each_point():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the given weights are untouched
     again = run_eval("mqar", model, None, options, progress=False, model_name="fa").table
     assert again["value"].tolist() == table["value"].tolist()  # seeded: the same fresh model and data
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_architecture_trains_and_is_scored(arch):
+    options = {"contexts": "32", "pairs": "4", "vocab_size": V, "steps": 2, "batch_size": 2, "test_sequences": 4,
+               "resamples": 20}
+    table = run_eval("mqar", small_model(arch), None, options, progress=False, model_name=arch).table
+    assert (table["status"] == "ok").all() and table["value"].notna().all() and len(table) == 2
 
 
 @pytest.mark.parametrize("options, match", [
