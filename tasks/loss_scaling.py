@@ -1,18 +1,31 @@
 """``loss_scaling``: next-token loss against evaluation context length, and by token position.
 
-For each context length L of the grid, windows of exactly L tokens are cut from held-out
-documents at least L tokens long (never padded): a document with m = len // L whole windows
-gives up to m of them, evenly spread over it, and the windows of one length are shared out
-evenly between the documents until ``tokens_per_context`` tokens are reached. The selection
-depends only on the data and the options, so every model is measured on the same windows and
-the gap to full attention at each length is a paired comparison.
+Windows of exactly L tokens (never padded) are cut from held-out documents, in one of two modes
+(option ``targets``):
+
+- ``same`` (the default): every context length scores the same target tokens. End positions are
+  fixed once, as the ends of windows of the longest length L_max (``tokens_per_context // L_max``
+  of them, shared out evenly between the documents at least L_max tokens long); for each length
+  L the window is the L tokens that end there, and the overall loss is the mean NLL of its last
+  ``target_tokens`` targets (default: half the shortest length). Those targets are the same tokens
+  at every length, so a difference between lengths comes from context alone.
+- ``per_length``: each length draws its own windows: a document with m = len // L whole windows
+  gives up to m of them, evenly spread over it, shared out evenly between the documents until
+  ``tokens_per_context`` tokens are reached; the overall loss is over every target of a window.
+  Lengths are then measured on different text (and different documents), which can hide or
+  invert the effect of context.
+
+Either way the selection depends only on the data and the options, so every model is measured on
+the same windows and the gap to full attention at each length is a paired comparison.
 
 Rows, per length L (``eval_ctx``):
 
-- ``loss``, all positions: the mean NLL (nats/token) of targets 1..L-1 of every window;
+- ``loss``, all positions: the mean NLL (nats/token) of the scored targets (``same``: the last
+  ``target_tokens`` of every window; ``per_length``: targets 1..L-1 of every window);
 - ``loss`` per position bin ``[pos_start, pos_end)`` (log-spaced: ``bins_per_octave`` bins per
   doubling): the mean NLL of targets at those positions, i.e. predicted from that many tokens
-  of context. The bins partition 1..L-1, so their token-weighted mean is the overall loss.
+  of context, over every target of the window in both modes. The bins partition 1..L-1, so in
+  ``per_length`` mode their token-weighted mean is the overall loss.
 
 ``n`` is the number of documents and ``n_tokens`` the number of target tokens behind a value;
 the confidence interval is a bootstrap over documents (the cluster bootstrap: a document's
@@ -29,7 +42,7 @@ import numpy as np
 import torch
 
 from harness.api import stats
-from harness.api.errors import ConfigError
+from harness.api.errors import ConfigError, check_choice
 from harness.api.failures import FailureGuard
 from harness.api.registry import register_task
 from harness.api.results import make_row
@@ -37,10 +50,17 @@ from harness.api.task import DataOptions, Task, check_positive, option, stream_t
 from harness.data.packing import select_windows, tokenize_documents
 
 
+TARGET_MODES = ("same", "per_length")
+
+
 @dataclass
 class LossScalingOptions(DataOptions):
+    targets: str = option("same", "which targets each length scores: same (the same tokens at every length, for "
+                                  "fixed end positions) or per_length (each length its own windows, every target)")
+    target_tokens: int = option(0, "targets=same: targets scored at the end of each window (0: half the shortest length)")
     contexts: list[int] = option([256, 512, 1024, 2048, 4096], "evaluation context lengths (tokens)")
-    tokens_per_context: int = option(65536, "target tokens evaluated per context length (windows = this // length, at least 1)")
+    tokens_per_context: int = option(65536, "tokens read per context length: windows = this // length (targets=same: "
+                                             "// the longest length, the same end positions for all), at least 1")
     batch_size: int = option(4, "windows per forward pass")
     chunk: int = option(2048, "read long windows in pieces of this many tokens (0: whole window at once)")
     bins_per_octave: int = option(1, "position bins per doubling of position")
@@ -56,6 +76,28 @@ class LossScalingOptions(DataOptions):
         check_positive("bins_per_octave", [self.bins_per_octave])
         check_positive("resamples", [self.resamples])
         self.contexts = sorted(set(self.contexts))
+        check_choice("targets mode", self.targets, TARGET_MODES)
+        check_positive("target_tokens", [self.target_tokens], allow_zero=True)
+        if self.target_tokens >= self.contexts[0]:
+            raise ConfigError(f"target_tokens must be below the shortest context length {self.contexts[0]}, "
+                              f"got {self.target_tokens}")
+        if self.targets == "same" and self.target_tokens == 0:
+            self.target_tokens = max(1, self.contexts[0] // 2)
+
+    def plan(self, lengths: list[int]) -> dict[int, list[tuple[int, int]]]:
+        """(document index, start) of the windows of each context length."""
+        if self.targets == "per_length":
+            return {L: select_windows(lengths, L, self.tokens_per_context) for L in self.contexts}
+        longest = self.contexts[-1]
+        ends = [(i, start + longest) for i, start in select_windows(lengths, longest, self.tokens_per_context)]
+        return {L: [(i, end - L) for i, end in ends] for L in self.contexts}
+
+    def scored(self, length: int) -> np.ndarray:
+        """Mask over targets 1..length-1 of a window: those the overall loss averages."""
+        mask = np.ones(length - 1, dtype=bool)
+        if self.targets == "same":
+            mask[: length - 1 - self.target_tokens] = False
+        return mask
 
 
 def position_bins(length: int, bins_per_octave: int = 1) -> list[tuple[int, int]]:
@@ -81,14 +123,15 @@ class LossScaling(Task):
         tokenizer, docs = ctx.heldout(options, model)
         token_docs = tokenize_documents(docs, tokenizer)
         lengths = [t.numel() for t in token_docs]
-        plan = {L: select_windows(lengths, L, options.tokens_per_context) for L in options.contexts}
+        plan = options.plan(lengths)
         rows = []
         bar = ctx.bar(total=sum(len(w) for w in plan.values()), desc="loss_scaling", unit="window")
         for L, windows in plan.items():
             bar.set_postfix(ctx=L)
             if not windows:
+                need = L if options.targets == "per_length" else options.contexts[-1]
                 rows.append(make_row("loss", None, eval_ctx=L, status="error",
-                                     message=f"no held-out document has {L} tokens (longest: {max(lengths)})"))
+                                     message=f"no held-out document has {need} tokens (longest: {max(lengths)})"))
                 continue
             # One length running out of memory must not lose the others.
             with FailureGuard(["loss"], ctx.device, where=f"at {L} tokens", only_oom=True, eval_ctx=L) as guard:
@@ -119,8 +162,7 @@ class LossScaling(Task):
             est = stats.bootstrap_ratio(sums, counts, options.resamples, seed=[ctx.seed, L, bin_index])
             return est, int(counts.sum())
 
-        everything = np.ones(L - 1, dtype=bool)
-        est, n_tokens = estimate(everything, 0)
+        est, n_tokens = estimate(options.scored(L), 0)
         rows = [make_row("loss", **est.as_columns(), eval_ctx=L, n_tokens=n_tokens)]
         bins = position_bins(L, options.bins_per_octave)
         bin_means = []

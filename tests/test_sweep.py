@@ -89,6 +89,23 @@ def test_sweep_trains_models_it_is_not_given(tmp_path):
     assert len(ckpts) == 1 and checkpoint.load_trainer_state(ckpts[0])[0]["step"] == 2
 
 
+def test_train_length_sweep_trains_one_model_per_length_and_ties_the_context(tmp_path):
+    spec = {"name": "t", "train": {"steps": 1, "batch_size": 2, "seq_len": 64, "eval_batches": 1},
+            "train_lengths": [16, 32],
+            "models": [{"arch": "swa", "name": "swa", "set": {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64}}],
+            "tasks": [{"task": "test_sweep_probe", "tie": ["contexts"]}, {"task": "test_sweep_probe", "options": {"contexts": 8}}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cells = plan(load_spec(path))
+    assert [(c.model.label, c.options) for c in cells] == [
+        ("swa@16", {"contexts": [16]}), ("swa@16", {"contexts": 8}), ("swa@32", {"contexts": [32]}), ("swa@32", {"contexts": 8})]
+    assert [c.model.train_config().seq_len for c in cells[::2]] == [16, 32]
+    table = run_sweep(load_spec(path), tmp_path / "out", progress=False).table
+    assert sorted(zip(table["model"], table["train_ctx"], table["eval_ctx"])) == [
+        ("swa@16", 16, 8), ("swa@16", 16, 16), ("swa@32", 32, 8), ("swa@32", 32, 32)]
+    assert len(list((tmp_path / "out" / "checkpoints").iterdir())) == 2
+
+
 @pytest.mark.parametrize(
     "spec, match",
     [
@@ -98,6 +115,10 @@ def test_sweep_trains_models_it_is_not_given(tmp_path):
         ({"models": [{"arch": "swa"}], "tasks": [{"task": "test_sweep_probe"}], "train": {"step": 3}}, "Did you mean 'steps'"),
         ({"models": [{"arch": "swa"}, {"arch": "swa"}], "tasks": [{"task": "test_sweep_probe"}]}, "share a label"),
         ({"models": [], "tasks": [{"task": "test_sweep_probe"}]}, "at least one model"),
+        ({"models": [{"arch": "swa"}], "tasks": [{"task": "test_sweep_probe", "tie": ["contexts"]}]}, "no train_lengths"),
+        ({"models": [{"arch": "swa"}], "train_lengths": [64], "tasks": [{"task": "test_sweep_probe", "tie": ["context"]}]},
+         "Did you mean 'contexts'"),
+        ({"models": [{"arch": "swa"}], "train_lengths": [1], "tasks": [{"task": "test_sweep_probe"}]}, "train_lengths"),
     ],
 )
 def test_bad_specs_are_clear(tmp_path, spec, match):

@@ -193,7 +193,8 @@ def test_window_selection_is_even_and_never_pads():
 def test_loss_scaling_rows_are_valid_and_bins_add_up(arch, corpus):
     model = small_model(arch)
     result = run_eval("loss_scaling", model, None,
-                      {**data_options(corpus), "contexts": "32,64,100000", "tokens_per_context": 256, "chunk": 24},
+                      {**data_options(corpus), "contexts": "32,64,100000", "tokens_per_context": 256, "chunk": 24,
+                       "targets": "per_length"},
                       progress=False, model_name=arch)
     table = result.table
     assert table["status"].tolist().count("error") == 1  # no held-out document has 100000 tokens
@@ -220,6 +221,45 @@ def test_streamed_losses_equal_whole_sequence_losses(arch):
         whole = model.token_losses(tokens).float()
         streamed = stream_token_losses(model, tokens, chunk=24)
     torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-4)
+
+
+class ContextFreeLM(UniformLM):
+    """The same (non-uniform) next-token distribution at every position: its loss on a target
+    depends on the target token alone, never on the context."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.randn(256, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, tokens):
+        return self.logits.expand(*tokens.shape, 256)
+
+
+def test_same_targets_mode_scores_the_same_tokens_at_every_length(corpus):
+    options = {**data_options(corpus), "contexts": "16,48,96", "tokens_per_context": 96 * 6, "target_tokens": 8}
+    result = run_eval("loss_scaling", ContextFreeLM(), None, options, progress=False, model_name="context_free")
+    overall = result.table[result.table["pos_start"].isna()].set_index("eval_ctx")
+    assert (overall["status"] == "ok").all() and len(overall) == 3
+    # the same targets: a model blind to context scores them identically at every length
+    assert overall["value"].nunique() == 1 and overall["n_tokens"].nunique() == 1
+    windows = [s for s in result.samples if s["kind"] == "window"]
+    ends = {L: [(w["doc"], w["start"] + L) for w in windows if w["eval_ctx"] == L] for L in (16, 48, 96)}
+    assert ends[16] == ends[48] == ends[96] and len(ends[96]) == 6
+    assert overall.loc[16, "n_tokens"] == 6 * 8
+    # the position bins still cover every target of each window
+    bins = result.table[result.table["pos_start"].notna() & (result.table["eval_ctx"] == 96)]
+    assert bins["n_tokens"].sum() == 6 * 95
+
+
+def test_same_targets_mode_needs_the_longest_length_and_checks_its_options(corpus):
+    result = run_eval("loss_scaling", UniformLM(), None, {**data_options(corpus), "contexts": "16,100000"},
+                      progress=False, model_name="uniform")
+    assert (result.table["status"] == "error").all()
+    assert all("100000 tokens" in m for m in result.table["message"])
+    with pytest.raises(ConfigError, match="per_length"):
+        run_eval("loss_scaling", UniformLM(), None, {"targets": "per_lenght"}, progress=False)
+    with pytest.raises(ConfigError, match="target_tokens"):
+        run_eval("loss_scaling", UniformLM(), None, {"contexts": "16,32", "target_tokens": 16}, progress=False)
 
 
 def test_uniform_model_loss_is_log_vocab(corpus):

@@ -13,6 +13,12 @@ a given checkpoint), seeds and tasks with their options and grids::
       - {task: loss_scaling, options: {contexts: [256, 1024]}}
       - {task: niah, grid: {variant: [single, multikey]}}
 
+Train-at-length sweeps (one model per context length, as the TTT-E2E paper trains them):
+``train_lengths: [512, 1024, 2048]`` trains every model entry once per length (``seq_len`` set
+to it, label ``name@length``), and a task's ``tie: [contexts]`` sets those options to the
+model's training length (``[L]`` for a list option), so each model is evaluated at the length it
+was trained at. Entries with a checkpoint or ``untrained: true`` are not expanded.
+
 Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
 its numbers: the spec's name, the model's config and training settings (or a given checkpoint's
 content, not its path), the task, its options, device and dtype. The whole spec, task options
@@ -29,6 +35,7 @@ Executors that run cells elsewhere (one job per model, on a cluster) call
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import json
 import os
@@ -103,13 +110,28 @@ class TaskEntry:
     task: str
     options: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)  # one cell per combination
+    tie: list[str] = field(default_factory=list)  # options set to the model's training length
 
-    def option_sets(self) -> list[dict[str, Any]]:
+    def option_sets(self, train_length: int | None = None) -> list[dict[str, Any]]:
         names = list(self.grid)
         for name in names:
             if not isinstance(self.grid[name], list) or not self.grid[name]:
                 raise ConfigError(f"task {self.task!r}: grid.{name} must be a non-empty list, got {self.grid[name]!r}")
-        return [{**self.options, **dict(zip(names, combo))} for combo in itertools.product(*self.grid.values())]
+        tied = {} if train_length is None else {name: self._tied_value(name, train_length) for name in self.tie}
+        return [{**self.options, **dict(zip(names, combo)), **tied} for combo in itertools.product(*self.grid.values())]
+
+    def _tied_value(self, name: str, length: int) -> int | list[int]:
+        """``length`` in the option's form: ``[length]`` where the option takes a list."""
+        task = registry.get_task(self.task)
+        options = getattr(task, "Options", None)
+        if dataclasses.is_dataclass(options):  # a Task class; a list option has a default_factory
+            defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                        for f in dataclasses.fields(options)}
+        else:  # a function task
+            defaults = {n: p.default for n, p in inspect.signature(task).parameters.items() if n not in ("model", "ctx")}
+        if name not in defaults:
+            raise ConfigError(f"task {self.task!r}: tie names an " + unknown_message("option", name, defaults))
+        return [length] if isinstance(self.options.get(name, defaults[name]), (list, tuple)) else length
 
 
 @dataclass
@@ -119,6 +141,7 @@ class SweepSpec:
     tasks: list[TaskEntry]
     train: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
+    train_lengths: list[int] = field(default_factory=list)  # one model per training length (see above)
     device: str = "auto"
     dtype: str = "auto"
 
@@ -135,8 +158,13 @@ class SweepSpec:
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
+            raise ConfigError(f"train_lengths must be integers >= 2, got {self.train_lengths}")
         for entry in self.tasks:  # every task's options, so no model is trained for a spec that cannot finish
-            for options in entry.option_sets():
+            if entry.tie and not self.train_lengths:
+                raise ConfigError(f"task {entry.task!r} ties {entry.tie} to the training length, but the spec "
+                                  "has no train_lengths")
+            for options in entry.option_sets(self.train_lengths[0] if self.train_lengths else None):
                 check_task_options(entry.task, options)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ConfigError(f"seeds must be distinct non-negative integers, got {self.seeds}")
@@ -152,6 +180,19 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def expanded_models(self) -> list[tuple[ModelEntry, int | None]]:
+        """(model entry, training length it is tied to): with ``train_lengths``, each trained
+        entry once per length, its ``seq_len`` set to it."""
+        out = []
+        for entry in self.models:
+            if not self.train_lengths or entry.checkpoint is not None or entry.untrained:
+                out.append((entry, None))
+                continue
+            for length in self.train_lengths:
+                out.append((dataclasses.replace(entry, train={**entry.train, "seq_len": length},
+                                                name=f"{entry.label}@{length}"), length))
+        return out
 
 
 def load_spec(path: str | os.PathLike) -> SweepSpec:
@@ -253,11 +294,11 @@ class SweepResult:
 def plan(spec: SweepSpec) -> list[Cell]:
     """Every evaluation cell of the spec, in run order (grouped by model, so each trains once)."""
     cells = []
-    for entry, seed in itertools.product(spec.models, spec.seeds):
+    for (entry, length), seed in itertools.product(spec.expanded_models(), spec.seeds):
         model = SeededModel(spec, entry, seed)
         model_id = model.identity()
         for task in spec.tasks:
-            for options in task.option_sets():
+            for options in task.option_sets(length):
                 key = config_hash({"run": spec.name, "model": model_id, "task": task.task, "options": options,
                                    "device": spec.device, "dtype": spec.dtype})
                 cells.append(Cell(key, model, task.task, options))
