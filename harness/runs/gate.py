@@ -19,20 +19,18 @@ import hashlib
 import json
 import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from harness.api import results
 from harness.api.errors import ConfigError, unknown_message
 from harness.api.timing import torch_threads
 from harness.data import load_tokenizer
 from harness.runs import check
-from harness.runs.provenance import git_commit, package_versions
+from harness.runs.provenance import device_info, git_commit, package_versions
 from harness.runs.sweep import SPEC_FILE, SeededModel, SweepSpec, load_spec, run_sweep
 from harness.train import checkpoint
 
@@ -215,8 +213,7 @@ def write_references(trained: pd.DataFrame, evaluated: pd.DataFrame) -> dict:
         "made_by": "lcbench gate --update",
         "date": time.strftime("%Y-%m-%d"),
         "git": git_commit(REPO),
-        "machine": {"processor": _cpu_name(), "python": platform.python_version(), "platform": platform.platform(),
-                    "torch_threads": torch.get_num_threads()},
+        "machine": {"python": platform.python_version(), **device_info("cpu")},
         "packages": package_versions(),
         "data_fingerprint": data_fingerprint(),
         "seeds": sorted(int(s) for s in trained["seed"].dropna().unique()),
@@ -245,13 +242,3 @@ def _keep_reference_checkpoints(train_spec: SweepSpec, train_dir: Path) -> None:
         target.mkdir(parents=True)
         for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE):
             shutil.copy2(source / name, target / name)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or sys.platform

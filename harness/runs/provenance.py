@@ -49,10 +49,21 @@ def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
     return out
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo; platform.processor() is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info(device: str | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
