@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -179,8 +180,10 @@ def _log_axis(ax: Axes, which: str, unit: str) -> None:
     """Log scale on ``which`` axis ('x' or 'y') with round ticks labelled in ``unit``; call it
     after plotting (the ticks follow the data's limits)."""
     axis = ax.xaxis if which == "x" else ax.yaxis
-    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-    ax.autoscale_view()
+    with warnings.catch_warnings():  # all-zero data (CPU peak memory can be 0) falls back to linear below
+        warnings.simplefilter("ignore", UserWarning)
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+        ax.autoscale_view()
     lo, hi = sorted(axis.get_view_interval())
     if not (lo > 0 and hi > lo):  # nothing positive drawn (only failure marks): no log scale
         (ax.set_xscale if which == "x" else ax.set_yscale)("linear")
