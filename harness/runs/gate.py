@@ -150,9 +150,9 @@ def run_layer(layer: str, out_dir: str | Path, models: list[str] | None = None, 
 
 
 def _fresh(out_dir: Path, name: str) -> Path:
-    """A gate never reuses cells: its sweep is keyed by checkpoint path and spec, not by the code
-    under test, so a folder left by an earlier gate run of the same spec is cleared first. Any
-    other non-empty folder is refused rather than deleted."""
+    """A gate never reuses cells: a sweep's cell keys cover the spec and the checkpoints, not the
+    code under test, so a folder left by an earlier gate run of the same spec is cleared first.
+    Any other non-empty folder is refused rather than deleted."""
     if out_dir.exists() and any(out_dir.iterdir()):
         spec_file = out_dir / SPEC_FILE
         written_by_gate = spec_file.is_file() and json.loads(spec_file.read_text()).get("name") == name
