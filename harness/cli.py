@@ -209,6 +209,20 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default RUN_DIR/claims.md.")
+@friendly_errors
+def claims(run_dir: str, out: str | None) -> None:
+    """Judge the TTT-E2E paper's three claims (context, position, recall) on a run or sweep folder."""
+    from harness.api.results import atomic_write
+    from harness.report.claims import judge, render_markdown
+
+    text = render_markdown(judge(run_dir))
+    click.echo(text, nl=False)
+    atomic_write(Path(out or Path(run_dir) / "claims.md"), lambda f: f.write(text))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default RUN_DIR/report.html.")
 @friendly_errors
 def report(run_dir: str, out: str | None) -> None:

@@ -172,9 +172,10 @@ class LossScaling(Task):
             rows.append(make_row("loss", **est.as_columns(), eval_ctx=L, pos_start=lo, pos_end=hi, n_tokens=n_tokens))
             bin_means.append(losses[:, columns].mean(1))
         bin_means = np.stack(bin_means, 1)
+        scored = losses[:, options.scored(L)].mean(1)  # what the overall row averages: pairs windows across lengths
         for w, (i, start) in enumerate(windows):
             ctx.record(kind="window", eval_ctx=L, doc=docs[i].name, start=int(start), n_tokens=L - 1,
-                       loss=float(losses[w].mean()), bins=[[lo, hi] for lo, hi in bins],
+                       loss=float(losses[w].mean()), targets=options.targets, scored_loss=float(scored[w]), bins=[[lo, hi] for lo, hi in bins],
                        bin_loss=[float(x) for x in bin_means[w]])
         for d, i in enumerate(doc_ids):
             mine = which == d

@@ -1,0 +1,250 @@
+"""The TTT-E2E paper's three claims, judged on a run or sweep folder.
+
+Each claim gets a verdict from the folder's own numbers, with the comparison behind it and a
+bootstrap interval over documents (or test sequences), paired wherever the models were scored
+on the same windows:
+
+1. ``context``: TTT-E2E's loss keeps falling with context like full attention's, while SWA,
+   Mamba 2 and Gated DeltaNet level off. Read from ``loss_scaling`` run with ``targets: same``
+   (the same targets at every length): a model *keeps falling* when its loss at the longest
+   context is lower than at half of it (paired by window, interval above 0).
+2. ``position``: TTT-E2E's gain over SWA grows with token position. At the longest context, the
+   gain (SWA's loss minus TTT-E2E's, paired by window) in the last position bin
+   (the second half of the window) minus the gain before position L/8.
+3. ``recall``: TTT-E2E is far worse than full attention at recall. Read from ``mqar`` accuracy
+   (paired by test sequence, over every point of the grid) and, alongside, NIAH ``cand_acc``.
+
+Verdicts: ``holds``, ``contradicted``, ``partly`` (some of the claim's comparisons hold) or
+``undecided``, which also says why: a model the claim needs is missing, or the reference itself
+does not show the effect (full attention does not gain from context, or does not recall), so the
+run cannot tell the architectures apart. An interval is a 95% bootstrap percentile interval.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.api import stats
+from harness.api.results import SAMPLES_JSONL, read_jsonl, read_table
+
+FIXED_STATE = ("swa", "mamba2", "gated_deltanet")
+RECALL_FLOOR = 0.5  # full attention must answer at least half the queries before recall can separate models
+RESAMPLES = 2000
+
+
+@dataclass
+class Claim:
+    name: str
+    statement: str
+    verdict: str  # holds | contradicted | partly | undecided
+    why: str
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # one row per comparison
+
+
+@dataclass
+class RunData:
+    table: pd.DataFrame
+    samples: list[dict[str, Any]]
+
+    def model_of(self, arch: str) -> str | None:
+        """The first model of architecture ``arch`` in the table."""
+        names = self.table.loc[self.table["arch"] == arch, "model"].drop_duplicates()
+        return None if names.empty else str(names.iloc[0])
+
+    def windows(self, model: str) -> list[dict[str, Any]]:
+        return [s for s in self.samples
+                if s.get("model") == model and s.get("task") == "loss_scaling" and s.get("kind") == "window"]
+
+
+def load_run(run_dir: str | os.PathLike) -> RunData:
+    """A run folder's table and every sample record (an eval's samples.jsonl, a sweep's samples/)."""
+    run_dir = Path(run_dir)
+    files = sorted((run_dir / "samples").glob("*.jsonl")) + [p for p in [run_dir / SAMPLES_JSONL] if p.exists()]
+    samples = [record for path in files for record in read_jsonl(path)]
+    return RunData(read_table(run_dir), samples)
+
+
+def _paired(pairs: Iterable[tuple[str, float]], seed: int) -> stats.Estimate:
+    """Mean of per-unit differences, with an interval that resamples whole documents."""
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for doc, diff in pairs:
+        sums[doc] += diff
+        counts[doc] += 1
+    keys = sorted(sums)
+    return stats.bootstrap_ratio([sums[k] for k in keys], [counts[k] for k in keys], RESAMPLES, seed=seed)
+
+
+def _sign(est: stats.Estimate) -> int:
+    """+1 when the interval lies above 0, -1 below, 0 when it holds 0 (or is undefined)."""
+    if not np.isfinite(est.ci_low) or not np.isfinite(est.ci_high):
+        return 0
+    return 1 if est.ci_low > 0 else -1 if est.ci_high < 0 else 0
+
+
+def _row(what: str, est: stats.Estimate, **extra: Any) -> dict[str, Any]:
+    return {"comparison": what, "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n, **extra}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. loss against context
+
+
+def last_doubling_gain(run: RunData, model: str) -> tuple[stats.Estimate, int] | None:
+    """Loss at half the longest context minus loss at the longest, paired by window end; None
+    without same-target windows at two lengths a doubling apart."""
+    by_length: dict[int, dict[tuple[str, int], float]] = defaultdict(dict)
+    for w in run.windows(model):
+        if w.get("targets") == "same":  # per_length windows of two lengths score different targets
+            by_length[int(w["eval_ctx"])][(w["doc"], int(w["start"]) + int(w["eval_ctx"]))] = float(w["scored_loss"])
+    longest = max(by_length, default=0)
+    half = by_length.get(longest // 2, {})
+    shared = sorted(set(half) & set(by_length.get(longest, {})))
+    if not shared:
+        return None
+    return _paired(((doc, half[(doc, end)] - by_length[longest][(doc, end)]) for doc, end in shared), seed=1), longest
+
+
+def context_claim(run: RunData) -> Claim:
+    statement = ("TTT-E2E's loss keeps falling with context like full attention's, while SWA, Mamba 2 and "
+                 "Gated DeltaNet level off")
+    gains = {}
+    evidence = []
+    for arch in ("full_attention", "ttt_e2e", *FIXED_STATE):
+        model = run.model_of(arch)
+        found = last_doubling_gain(run, model) if model else None
+        if found is not None:
+            gains[arch] = found[0]
+            evidence.append(_row(f"{model}: loss({found[1] // 2}) - loss({found[1]}), same targets", found[0],
+                                 arch=arch))
+    missing = [a for a in ("full_attention", "ttt_e2e") if a not in gains]
+    if missing or not any(a in gains for a in FIXED_STATE):
+        need = missing or ["one of " + ", ".join(FIXED_STATE)]
+        return Claim("context", statement, "undecided",
+                     f"no same-target loss_scaling windows for {', '.join(need)} (run loss_scaling with "
+                     "targets: same and two lengths a doubling apart)", evidence)
+    if _sign(gains["full_attention"]) <= 0:
+        return Claim("context", statement, "undecided",
+                     "full attention itself does not gain from the last doubling of context, so the run cannot "
+                     "show which architectures keep up with it", evidence)
+    ttt_keeps = _sign(gains["ttt_e2e"]) > 0
+    still_falling = [a for a in FIXED_STATE if a in gains and _sign(gains[a]) > 0]
+    if ttt_keeps and not still_falling:
+        return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
+                     "the fixed-state models do not", evidence)
+    if not ttt_keeps and len(still_falling) == len([a for a in FIXED_STATE if a in gains]):
+        return Claim("context", statement, "contradicted", "TTT-E2E levels off while every fixed-state model "
+                     "still gains", evidence)
+    if not ttt_keeps:
+        return Claim("context", statement, "contradicted", "TTT-E2E does not gain from the last doubling of "
+                     "context, full attention does", evidence)
+    return Claim("context", statement, "partly", "TTT-E2E still gains like full attention, but so does "
+                 + ", ".join(still_falling), evidence)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. gain over SWA by position
+
+
+def position_claim(run: RunData) -> Claim:
+    statement = "TTT-E2E's gain over SWA grows with token position"
+    ttt, swa = run.model_of("ttt_e2e"), run.model_of("swa")
+    if ttt is None or swa is None:
+        return Claim("position", statement, "undecided", "needs loss_scaling windows of both TTT-E2E and SWA")
+    mine = {(w["eval_ctx"], w["doc"], w["start"]): w for w in run.windows(ttt)}
+    theirs = {(w["eval_ctx"], w["doc"], w["start"]): w for w in run.windows(swa)}
+    shared = set(mine) & set(theirs)
+    if not shared:
+        return Claim("position", statement, "undecided", "TTT-E2E and SWA were not scored on the same windows")
+    longest = max(k[0] for k in shared)
+    keys = sorted(k for k in shared if k[0] == longest)
+    bins = [tuple(b) for b in mine[keys[0]]["bins"]]
+    early = [i for i, (lo, hi) in enumerate(bins) if hi <= longest // 8]
+    if not early or len(bins) < 2:
+        return Claim("position", statement, "undecided", f"too few position bins at context {longest}")
+    weights = np.array([hi - lo for lo, hi in bins], dtype=float)
+
+    def gain(key: tuple, which: list[int]) -> float:
+        diff = np.asarray(theirs[key]["bin_loss"]) - np.asarray(mine[key]["bin_loss"])
+        return float(np.average(diff[which], weights=weights[which]))
+
+    last = [len(bins) - 1]
+    early_gain = _paired(((k[1], gain(k, early)) for k in keys), seed=2)
+    late_gain = _paired(((k[1], gain(k, last)) for k in keys), seed=3)
+    growth = _paired(((k[1], gain(k, last) - gain(k, early)) for k in keys), seed=4)
+    lo, hi = bins[last[0]]
+    evidence = [_row(f"gain over SWA, positions < {longest // 8}", early_gain),
+                _row(f"gain over SWA, positions {lo}-{hi}", late_gain),
+                _row("growth (late - early)", growth)]
+    verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(growth)]
+    why = {"holds": "the gain is larger late in the window than early",
+           "contradicted": "the gain shrinks with position",
+           "undecided": "the growth's interval holds 0"}[verdict]
+    return Claim("position", statement, verdict, why, evidence)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. recall
+
+
+def _mqar_points(run: RunData, model: str) -> dict[tuple[int, int], list[float]]:
+    return {(int(s["eval_ctx"]), int(s["pairs"])): list(s["per_sequence"]) for s in run.samples
+            if s.get("model") == model and s.get("task") == "mqar" and s.get("kind") == "point"}
+
+
+def recall_claim(run: RunData) -> Claim:
+    statement = "TTT-E2E is far worse than full attention at recall"
+    full, ttt = run.model_of("full_attention"), run.model_of("ttt_e2e")
+    evidence = []
+    niah = run.table[(run.table["task"] == "niah") & (run.table["metric"] == "cand_acc") & (run.table["status"] == "ok")]
+    for model in (full, ttt):
+        mine = niah[niah["model"] == model]["value"]
+        if model and len(mine):
+            evidence.append({"comparison": f"{model}: NIAH cand_acc, mean of {len(mine)} cells",
+                             "value": float(mine.mean()), "ci_low": np.nan, "ci_high": np.nan, "n": len(mine)})
+    if full is None or ttt is None:
+        return Claim("recall", statement, "undecided", "needs both full attention and TTT-E2E", evidence)
+    a, b = _mqar_points(run, full), _mqar_points(run, ttt)
+    points = sorted(set(a) & set(b))
+    if not points:
+        return Claim("recall", statement, "undecided", "no mqar points shared by full attention and TTT-E2E", evidence)
+    # units: test sequences (the same sequences for both models), pooled over the grid's points
+    units = [(f"{p}/{i}", x, y) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
+    full_acc = _paired(((u, x) for u, x, _ in units), seed=5)
+    ttt_acc = _paired(((u, y) for u, _, y in units), seed=6)
+    gap = _paired(((u, x - y) for u, x, y in units), seed=7)
+    evidence = [_row(f"{full}: MQAR accuracy", full_acc), _row(f"{ttt}: MQAR accuracy", ttt_acc),
+                _row("full attention - TTT-E2E (MQAR)", gap), *evidence]
+    if full_acc.value < RECALL_FLOOR:
+        return Claim("recall", statement, "undecided",
+                     f"full attention answers {full_acc.value:.2f} of MQAR queries (below {RECALL_FLOOR}): it has "
+                     "not learned recall, so recall cannot separate the models", evidence)
+    verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(gap)]
+    why = {"holds": "full attention answers more MQAR queries than TTT-E2E",
+           "contradicted": "TTT-E2E answers more MQAR queries than full attention",
+           "undecided": "the accuracy gap's interval holds 0"}[verdict]
+    return Claim("recall", statement, verdict, why, evidence)
+
+
+def judge(run_dir: str | os.PathLike) -> list[Claim]:
+    run = load_run(run_dir)
+    return [context_claim(run), position_claim(run), recall_claim(run)]
+
+
+def render_markdown(claims: list[Claim]) -> str:
+    lines = ["| claim | verdict | why |", "|---|---|---|"]
+    lines += [f"| {c.statement} | **{c.verdict}** | {c.why} |" for c in claims]
+    for c in claims:
+        if c.evidence:
+            lines += ["", f"`{c.name}`:", "", "| comparison | value | 95% interval | n |", "|---|---|---|---|"]
+            for e in c.evidence:
+                ci = "" if not np.isfinite(e["ci_low"]) else f"[{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
+                lines.append(f"| {e['comparison']} | {e['value']:+.4f} | {ci} | {e['n']} |")
+    return "\n".join(lines) + "\n"

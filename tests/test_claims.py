@@ -1,0 +1,107 @@
+"""The paper's claims judged on synthetic runs whose answer is known: each verdict, and undecided
+where the reference itself shows no effect."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from click.testing import CliRunner
+
+from harness.api import results
+from harness.cli import main
+from harness.report import claims
+
+ARCHS = ("full_attention", "ttt_e2e", "swa", "mamba2", "gated_deltanet")
+BINS = [[1, 2], [2, 4], [4, 8], [8, 16], [16, 32], [32, 64], [64, 128], [128, 256], [256, 512], [512, 1024]]
+
+
+def _windows(model: str, gain_512_to_1k: float, position_gain: np.ndarray, rng: np.random.Generator) -> list[dict]:
+    """Same-target windows at 512 and 1024 ending at shared positions, 6 documents x 4 ends."""
+    out = []
+    for d in range(6):
+        for e in range(4):
+            end = 2048 + 512 * e
+            noise = rng.normal(0, 0.01)
+            base = 2.0 + 0.1 * d + noise  # documents differ far more than the paired differences
+            for L, loss in ((512, base), (1024, base - gain_512_to_1k + rng.normal(0, 0.002))):
+                bins = BINS[: int(np.log2(L))]
+                out.append({"model": model, "task": "loss_scaling", "kind": "window", "eval_ctx": L, "doc": f"d{d}",
+                            "start": end - L, "targets": "same", "scored_loss": loss, "bins": bins,
+                            "bin_loss": list(base - position_gain[: len(bins)] + rng.normal(0, 0.002, len(bins)))})
+    return out
+
+
+def _mqar(model: str, accuracy: float, rng: np.random.Generator) -> list[dict]:
+    return [{"model": model, "task": "mqar", "kind": "point", "eval_ctx": 64, "pairs": p,
+             "per_sequence": list((rng.random(40) < accuracy).astype(float))} for p in (4, 8)]
+
+
+def _run(gains: dict[str, float], ttt_position_gain: np.ndarray, recall: dict[str, float]) -> claims.RunData:
+    rng = np.random.default_rng(0)
+    samples = []
+    for arch in ARCHS:
+        position_gain = ttt_position_gain if arch == "ttt_e2e" else np.zeros(len(BINS))
+        samples += _windows(arch, gains[arch], position_gain, rng)
+        samples += _mqar(arch, recall.get(arch, 0.1), rng)
+    table = pd.DataFrame({"model": list(ARCHS), "arch": list(ARCHS), "task": "loss_scaling", "metric": "loss",
+                          "status": "ok", "value": 2.0})
+    return claims.RunData(table, samples)
+
+
+PAPER = {"full_attention": 0.05, "ttt_e2e": 0.04, "swa": 0.0, "mamba2": 0.0, "gated_deltanet": 0.0}
+GROWING = np.linspace(0.0, 0.1, len(BINS))  # TTT-E2E's advantage grows with position
+
+
+def test_a_run_shaped_like_the_paper_upholds_every_claim():
+    run = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
+    verdicts = {c.name: c.verdict for c in [claims.context_claim(run), claims.position_claim(run),
+                                             claims.recall_claim(run)]}
+    assert verdicts == {"context": "holds", "position": "holds", "recall": "holds"}
+
+
+def test_contradictions_are_reported_as_such():
+    run = _run({**PAPER, "ttt_e2e": 0.0}, -GROWING, {"full_attention": 0.6, "ttt_e2e": 0.95})
+    assert claims.context_claim(run).verdict == "contradicted"
+    assert claims.position_claim(run).verdict == "contradicted"
+    assert claims.recall_claim(run).verdict == "contradicted"
+
+
+def test_a_fixed_state_model_that_keeps_up_makes_the_context_claim_partial():
+    claim = claims.context_claim(_run({**PAPER, "mamba2": 0.05}, GROWING, {}))
+    assert claim.verdict == "partly" and "mamba2" in claim.why
+
+
+def test_undecided_when_the_reference_shows_no_effect():
+    run = _run({**PAPER, "full_attention": 0.0}, np.zeros(len(BINS)), {"full_attention": 0.2, "ttt_e2e": 0.1})
+    context, position, recall = claims.context_claim(run), claims.position_claim(run), claims.recall_claim(run)
+    assert context.verdict == "undecided" and "full attention itself" in context.why
+    assert position.verdict == "undecided"
+    assert recall.verdict == "undecided" and "not learned recall" in recall.why
+
+
+def test_per_length_windows_are_never_paired_across_lengths():
+    run = _run(PAPER, GROWING, {})
+    for s in run.samples:
+        s["targets"] = "per_length"
+    claim = claims.context_claim(run)
+    assert claim.verdict == "undecided" and "targets: same" in claim.why
+
+
+def test_the_context_comparison_is_paired_by_window():
+    """Documents differ by 0.5 nats, far more than the 0.05 gain: an unpaired interval would hold 0."""
+    est, longest = claims.last_doubling_gain(_run(PAPER, GROWING, {}), "full_attention")
+    assert longest == 1024 and abs(est.value - 0.05) < 0.005 and est.ci_low > 0.04
+
+
+def test_cli_writes_the_verdicts_of_a_run_folder(tmp_path):
+    run = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
+    rows = [results.make_row("loss", 2.0, run="r", model=a, arch=a, task="loss_scaling", eval_ctx=1024, seed=0)
+            for a in ARCHS]
+    results.write_table(tmp_path, results.validate(rows))
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "all.jsonl").write_text("".join(json.dumps(s) + "\n" for s in run.samples))
+    out = CliRunner().invoke(main, ["claims", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("**holds**") == 3
+    assert (tmp_path / "claims.md").read_text() == out.output
