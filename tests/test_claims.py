@@ -105,3 +105,11 @@ def test_cli_writes_the_verdicts_of_a_run_folder(tmp_path):
     assert out.exit_code == 0, out.output
     assert out.output.count("**holds**") == 3
     assert (tmp_path / "claims.md").read_text() == out.output
+
+
+def test_a_trace_of_context_too_small_to_matter_is_not_a_gain():
+    """Recurrent states keep 1e-6-sized traces that paired intervals call significant."""
+    from harness.api.stats import Estimate
+
+    assert not claims._gains(Estimate(1e-4, 0.9e-4, 1.1e-4, 9))
+    assert claims._gains(Estimate(0.05, 0.04, 0.06, 9))
