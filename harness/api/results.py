@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 
 from harness.api.errors import ConfigError, LcbenchError, close_match
+from harness.api.staging import temp_prefix
 
 # name -> pandas dtype. Nullable dtypes, so a missing integer stays an integer column.
 SCHEMA: dict[str, str] = {
@@ -229,7 +230,7 @@ def atomic_write(path: str | os.PathLike, write: Any, binary: bool = False) -> P
     ``binary``), then rename it into place: readers see the old file or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
             write(f)

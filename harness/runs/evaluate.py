@@ -32,6 +32,7 @@ from harness.api.interface import LCModel
 from harness.api.failures import failure_rows, require_finite_weights
 from harness.api.options import describe_options, parse_options
 from harness.api.task import ModelInfo, RunContext, Task, function_task
+from harness.api.staging import prepare_output
 from harness.data.heldout import heldout_documents
 from harness.runs.provenance import run_metadata, write_run_json
 from harness.train import checkpoint
@@ -180,6 +181,8 @@ def run_eval(
     """Evaluate ``model_spec`` on task ``task_name`` and write the run folder ``out_dir``
     (``None``: write nothing, return the table). See the module docstring."""
     check_task_options(task_name, options)  # a bad task name or option fails before any model is loaded
+    if out_dir is not None:
+        prepare_output(out_dir, "run folder")  # an unwritable folder fails before the work, too
     device_t = resolve_device(device)
     dtype_t = resolve_dtype(dtype, device_t)
     model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
@@ -203,7 +206,6 @@ def run_eval(
     out = None
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         results.write_jsonl(out / results.SAMPLES_JSONL, samples)
         results.write_table(out, table)
         write_run_json(out, meta)  # last: its presence marks a complete run folder

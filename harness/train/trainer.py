@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from harness.api.errors import ConfigError, check_choice
 from harness.api.fieldtypes import check_fields
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.registry import build_model
+from harness.api.staging import ensure_writable
 from harness.train import checkpoint
 
 
@@ -250,9 +250,7 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         what = "a checkpoint; pass --resume to continue it" if checkpoint.is_checkpoint(out_dir) else "other files"
         raise ConfigError(f"output folder {str(out_dir)!r} already exists and holds {what}, or choose another folder")
-    parent = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the checkpoint to {str(out_dir)!r}: {str(parent)!r} is not writable")
+    ensure_writable(out_dir.parent, "checkpoint's folder")
 
 
 def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list) -> None:
