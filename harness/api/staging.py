@@ -59,16 +59,22 @@ def ensure_writable(folder: str | os.PathLike, what: str = "output folder") -> P
     """Create ``folder`` (and its parents) and prove a file can be written in it, else raise a
     one-line :class:`ConfigError`. A real write, not a permission check: root passes every
     permission check yet cannot write below a regular file, on a read-only or full file system."""
-    folder = Path(folder)
-    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ConfigError(f"cannot write the {what} {str(folder)!r}: {str(blocker)!r} is a file, not a folder")
+    folder = check_not_under_file(folder, what)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
         raise ConfigError(f"cannot write the {what} {str(folder)!r}: {exc.strerror or exc}") from exc
+    return folder
+
+
+def check_not_under_file(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """``folder``, unless it or a folder above it is a regular file: a one-line :class:`ConfigError`."""
+    folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"cannot write the {what} {str(folder)!r}: {str(blocker)!r} is a file, not a folder")
     return folder
 
 

@@ -161,6 +161,10 @@ class SweepSpec:
                        for i, m in enumerate(self.models)]
         self.tasks = [t if isinstance(t, TaskEntry) else _from_dict(TaskEntry, t, f"tasks[{i}]")
                       for i, t in enumerate(self.tasks)]
+        if not self.name.strip() or self.name.strip(".") == "" or any(c in self.name for c in "/\\\0"):
+            raise ConfigError(f"sweep name {self.name!r} must be a non-empty name without '/' or '\\' (it names "
+                              f"the default folder runs/NAME and every result row), e.g. "
+                              f"{_safe_name(self.name).strip('._') or 'my_sweep'!r}")
         if not self.models or not self.tasks:
             raise ConfigError(f"sweep {self.name!r} needs at least one model and one task")
         for entry in self.models:  # fail on bad names before anything runs
