@@ -338,6 +338,13 @@ def _csv_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _int_list(value: str | None, option: str) -> list[int] | None:
+    try:
+        return [int(v) for v in _csv_list(value) or []] or None
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, got {value!r}") from None
+
+
 @main.command("lm-eval")
 @click.argument("model_spec")
 @click.option("--tasks", required=True, help="Comma-separated lm-eval task names.")
@@ -367,7 +374,7 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
 
     out = out or f"runs/lm_eval/{Path(model_spec).name.replace(':', '-')}"
     table = run_lm_eval(model_spec, _csv_list(tasks), limit=limit, out_dir=out,
-                        max_seq_lengths=[int(v) for v in _csv_list(lengths) or []] or None, tokenizer=tokenizer,
+                        max_seq_lengths=_int_list(lengths, "--lengths"), tokenizer=tokenizer,
                         include_path=list(include_path) or None, num_fewshot=num_fewshot, device=device, dtype=dtype,
                         batch_size=batch_size, max_length=max_length, add_bos_token=add_bos, prefix_token=prefix_token,
                         seed=seed, command=sys.argv)

@@ -32,3 +32,11 @@ def flaky_task(model):
 def half_fails_task(model):
     """One ok row and one error row: a cell that fails in part."""
     return [results.make_row("loss", 1.0), *results.status_rows(["other"], "error", "the second part broke")]
+
+
+@registry.register_task("test_corpus_probe")
+def corpus_probe_task(model, corpus: str = "stdlib"):
+    """The corpus's length in characters: a cell whose numbers depend only on its data."""
+    from harness.data import load_corpus
+
+    return [results.make_row("chars", float(sum(len(d.text) for d in load_corpus(corpus))))]

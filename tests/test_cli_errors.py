@@ -105,3 +105,55 @@ def test_check_with_a_bad_reference_exits_2(tmp_path, content):
 def test_table_on_a_corrupt_parquet_exits_2(tmp_path):
     (tmp_path / results.TABLE_PARQUET).write_bytes(b"PAR1 this is not parquet")
     one_line_error(run("table", str(tmp_path), "--no-save"), EXIT_USER_ERROR, "cannot be read as a result table")
+
+
+# -- the bad-input campaign of issue 15's second round: one case per class of input --------------
+
+@pytest.mark.parametrize("args, fragments", [
+    ([*TRAIN, "--resume"], ["resuming needs the folder"]),  # trained from scratch without a word
+    ([*TRAIN, "--seed", "-1"], ["seed must be >= 0, got -1"]),
+    ([*TRAIN, "--save-every", "-1"], ["save_every must be >= 0"]),
+    ([*TRAIN, "--eval-every", "-1"], ["eval_every must be >= 0"]),
+    (["eval", "test_sweep_probe", "--model", "swa", "--device", "tpu"], ["unknown device 'tpu'"]),  # traceback
+    (["gate", "--layer", "eval", "--threads", "-1"], ["threads must be an integer >= 0"]),  # traceback
+    (["lm-eval", "swa", "--tasks", ""], ["no lm-eval task given"]),  # traceback
+    (["lm-eval", "swa", "--tasks", "x", "--lengths", "4k"], ["--lengths takes comma-separated integers"]),
+    (["lm-eval", "swa", "--tasks", "x", "--limit", "nan"], ["limit must be a positive number"]),
+    (["lm-eval", "swa", "--tasks", "x", "--batch-size", "0"], ["batch_size must be an integer >= 1"]),
+])
+def test_campaign_bad_values_exit_2_in_one_line(args, fragments):
+    one_line_error(run(*args), EXIT_USER_ERROR, *fragments)
+
+
+def test_an_eval_that_measures_nothing_is_not_ok(tmp_path):
+    result = run("eval", "test_sweep_probe", "--model", "swa", "--out", str(tmp_path / "e"), "-o", "contexts=[]")
+    assert result.exit_code == EXIT_FAILED_WORK, result.output  # was: "0 rows", exit 0
+    table = results.read_table(tmp_path / "e")
+    assert table["status"].tolist() == ["error"] and "returned no rows" in table["message"].iloc[0]
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"name": ""}, ["sweep name ''"]),  # failed after the first cell, on a row without a run
+    ({"name": "../../escape"}, ["without '/'"]),  # its default folder runs/NAME escaped runs/
+    ({"tasks": [{"task": "test_sweep_probe", "grid": {"ctx": [1]}}]}, ["unknown option", "'ctx'"]),  # after work
+])
+def test_bad_specs_fail_before_any_work(tmp_path, change, fragments):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "models": [{"arch": "swa", "untrained": True}],
+                                    "tasks": [{"task": "test_sweep_probe"}], **change}))
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_below_a_file_and_users_folders_are_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    results.write_table(run_dir, [results.make_row("loss", 1.0, run="r", model="m", arch="swa", task="t")])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    one_line_error(run("check", str(run_dir), "--reference", str(blocker / "ref.csv"), "--update"),
+                   EXIT_USER_ERROR, "is a file, not a folder")  # was exit 1, FileExistsError
+    ckpt = checkpoint.save_checkpoint(tmp_path / "ck", small_model("swa"))
+    one_line_error(run("export-hf", str(ckpt), str(blocker / "hf")), EXIT_USER_ERROR, "is a file, not a folder")
+    before = sorted(p.name for p in run_dir.iterdir())
+    one_line_error(run("export-hf", str(ckpt), str(run_dir)), EXIT_USER_ERROR, "holds files lcbench did not export")
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # was: exported into the user's folder

@@ -86,13 +86,22 @@ def test_unstable_timings_are_flagged_with_the_reason():
     assert timing_flag(steady, "cuda", load=3.0) == ""  # host load does not time GPU kernels
 
 
-def _latency_table(flag: str):
+def _latency_table(flag: str, flagged_arch: str = "swa"):
     rows = []
     for arch in ("full_attention", "swa"):
         for T in (8, 16):
             rows.append(results.make_row("decode_s", 0.001 * T, run="r", model=arch, arch=arch, task="latency",
-                                         eval_ctx=T, batch_size=1, flag=flag if (arch, T) == ("swa", 16) else ""))
+                                         eval_ctx=T, batch_size=1, flag=flag if (arch, T) == (flagged_arch, 16) else ""))
     return results.to_frame(rows)
+
+
+def test_a_speedup_over_an_unstable_reference_is_flagged():
+    tables = summary_tables(_latency_table("unstable: machine busy", flagged_arch="full_attention"))
+    speedup = render_markdown(tables["decode_speedup"])
+    swa_row = next(line for line in speedup.splitlines() if line.startswith("| swa "))
+    assert swa_row.count(UNSTABLE_MARK) == 1 and swa_row.endswith(f"{UNSTABLE_MARK} |"), speedup  # only at 16
+    assert "2 value(s) flagged" in speedup
+    assert UNSTABLE_MARK not in render_markdown(summary_tables(_latency_table(""))["decode_speedup"])
 
 
 def test_flags_reach_tables_and_figures(tmp_path):

@@ -177,3 +177,56 @@ def test_a_model_with_a_nan_weight_gives_nan_rows_not_scores(tmp_path):
     assert result.failed == 1
     assert result.table["status"].tolist() == ["nan"]
     assert "NaN" in result.table["message"].iloc[0]
+
+
+def corpus_spec(name: str, corpus: Path) -> dict:
+    return {"name": name, "models": [{"arch": "swa", "untrained": True, "set": TINY}],
+            "tasks": [{"task": "test_corpus_probe", "options": {"corpus": str(corpus)}}]}
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_a_corpus_changed_at_the_same_path_is_scored_again(tmp_path, as_folder):
+    corpus = tmp_path / "corpus"
+    text_file = corpus / "a.txt" if as_folder else tmp_path / "corpus.txt"
+    text_file.parent.mkdir(exist_ok=True)
+    text_file.write_text("abc\n")
+    spec = load_spec(write_spec(tmp_path / "s.yaml", corpus_spec("c", corpus if as_folder else text_file)))
+    assert run_sweep(spec, tmp_path / "out", progress=False).table["value"].tolist() == [4.0]
+    text_file.write_text("abcdefgh\n")  # same path, same size of name: only the bytes changed
+    again = run_sweep(spec, tmp_path / "out", progress=False)
+    assert again.ran == 1 and again.table["value"].tolist() == [9.0]
+
+
+def test_a_changed_training_corpus_is_a_new_model_and_each_corpus_is_hashed_once(tmp_path, monkeypatch):
+    from harness.runs import sweep
+
+    text = tmp_path / "train.txt"
+    text.write_text("first text\n")
+    spec = load_spec(write_spec(tmp_path / "s.yaml", {
+        "name": "t", "seeds": [0, 1, 2], "train": {"steps": 1, "corpus": str(text), **TRAIN},
+        "models": [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": {"d_model": 32, "n_heads": 2}}],
+        "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [4, 8]}}]}))
+    calls = []
+    monkeypatch.setattr(sweep, "corpus_fingerprint", lambda source: calls.append(source) or f"fp{len(calls)}")
+    before = sweep.plan(spec)
+    assert len(before) == 12 and calls == [str(text)]  # 12 cells, the corpus read once
+    text.write_text("other text\n")
+    monkeypatch.undo()
+    after_keys = {c.key for c in sweep.plan(spec)}
+    assert not after_keys & {c.key for c in before}
+    assert before[0].model.checkpoint_dir(tmp_path) != sweep.plan(spec)[0].model.checkpoint_dir(tmp_path)
+
+
+def test_every_spec_that_wrote_into_a_folder_is_kept_and_named_by_its_cells(tmp_path):
+    out = tmp_path / "out"
+    specs = [load_spec(write_spec(tmp_path / f"{n}.yaml", untrained_spec(n, contexts))) for n, contexts in
+             (("first", [4, 5]), ("second", [6]), ("first", [4, 7]))]  # the last: "first" edited
+    for spec in specs:
+        run_sweep(spec, out, progress=False)
+    kept = {p.stem: json.loads(p.read_text()) for p in (out / "specs").glob("*.json")}
+    assert sorted(kept) == sorted(s.spec_id for s in specs) and len(kept) == 3
+    assert json.loads((out / "spec.json").read_text()) == specs[-1].to_dict()  # the one that ran last
+    records = ResultStore(out).finished().values()
+    assert len(records) == 4  # first's context 4 is one cell, run once
+    for record in records:
+        assert kept[record["spec"]]["tasks"][0]["grid"]["contexts"].count(record["options"]["contexts"]) == 1

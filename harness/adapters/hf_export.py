@@ -19,6 +19,7 @@ import safetensors.torch
 from harness.adapters.hf_model import LcbenchConfig
 from harness.adapters.hf_tokenizer import export_tokenizer
 from harness.api.errors import ConfigError
+from harness.api.staging import prepare_output
 from harness.data.heldout import checkpoint_tokenizer
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.evaluate import resolve_model
@@ -43,8 +44,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, toke
     if tok.vocab_size > model.config.vocab_size:
         raise ConfigError(f"tokenizer {tok.name!r} has {tok.vocab_size} tokens but the model's vocab_size is "
                           f"{model.config.vocab_size}; pass the tokenizer the model was trained with")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _export_folder(Path(out_dir))
     special = _special_tokens(export_tokenizer(tok, out))
     config = LcbenchConfig(lcbench=model.config.to_dict(), architectures=["LcbenchForCausalLM"], auto_map=AUTO_MAP,
                            dtype="float32", **special)
@@ -56,6 +56,15 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, toke
     (out / EXPORT_FILE).write_text(json.dumps({"source": str(checkpoint), "model": info.name, "arch": info.arch,
                                                "tokenizer": tok.name}, indent=2) + "\n")
     return out
+
+
+def _export_folder(out: Path) -> Path:
+    """``out`` made ready for an export: absent, empty or an earlier export, never someone's files."""
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ConfigError(f"cannot export to {str(out)!r}: the folder holds files lcbench did not export ({shown}); "
+                          "choose another folder")
+    return prepare_output(out, "export folder")
 
 
 def _special_tokens(folder: Path) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from harness.api.decoding import greedy_decode
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError
 from harness.api.failures import FailureGuard
+from harness.api.staging import prepare_output
 from harness.data.heldout import checkpoint_tokenizer
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.evaluate import identity_columns, resolve_model
@@ -366,6 +367,23 @@ def _per_length_counts(samples: Sequence[Mapping[str, Any]]) -> dict[int, int]:
     return counts
 
 
+# the least value of each count (None: lm-eval's default); limit may be a fraction of a task
+_COUNT_MINIMA = {"batch_size": 1, "max_length": 1, "max_gen_toks": 1, "num_fewshot": 0, "prefix_token": 0, "seed": 0,
+                 "bootstrap_iters": 0}
+
+
+def _check_counts(limit: float | None, max_seq_lengths: Sequence[Any] | None, **counts: Any) -> None:
+    """One line for a bad number before any model is loaded or task indexed."""
+    for name, value in counts.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < _COUNT_MINIMA[name]):
+            raise ConfigError(f"{name} must be an integer >= {_COUNT_MINIMA[name]}, got {value!r}")
+    if limit is not None and not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
+        raise ConfigError(f"limit must be a positive number (a count, or a fraction below 1), got {limit!r}")
+    for length in max_seq_lengths or []:
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise ConfigError(f"RULER lengths must be positive integers, got {length!r} in {list(max_seq_lengths)}")
+
+
 def run_lm_eval(
     checkpoint: str | os.PathLike,
     tasks: Sequence[str] | str,
@@ -401,11 +419,17 @@ def run_lm_eval(
     """
     from lm_eval import simple_evaluate  # lm-eval's evaluator takes seconds to import; only running tasks needs it
 
-    task_list = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    task_list = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks or []) if t.strip()]
     if not task_list:
-        raise ConfigError("no lm-eval task given")
+        raise ConfigError("no lm-eval task given; name one or more, e.g. --tasks hellaswag,ruler")
+    _check_counts(limit=limit, batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks,
+                  num_fewshot=num_fewshot, prefix_token=prefix_token, seed=seed, bootstrap_iters=bootstrap_iters,
+                  max_seq_lengths=max_seq_lengths)
+    for folder in [include_path] if isinstance(include_path, (str, os.PathLike)) else include_path or []:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"include path {str(folder)!r} is not a folder of task YAMLs")
     if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        prepare_output(out_dir, "run folder")
     lm = LcbenchLM(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, backend=backend,
                    batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks,
                    add_bos_token=add_bos_token, prefix_token=prefix_token)

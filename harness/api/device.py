@@ -12,7 +12,10 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's own message is a multi-line list of every backend it knows
+        raise UnknownNameError("device", str(name), ["auto", "cpu", "cuda"]) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use 'cpu' or 'auto'")
     if device.type not in ("cpu", "cuda"):

@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 
 from harness.api.errors import ConfigError, LcbenchError, close_match
+from harness.api.staging import check_not_under_file, temp_prefix
 
 # name -> pandas dtype. Nullable dtypes, so a missing integer stays an integer column.
 SCHEMA: dict[str, str] = {
@@ -228,8 +229,8 @@ def atomic_write(path: str | os.PathLike, write: Any, binary: bool = False) -> P
     """Call ``write(file_object)`` on a temporary sibling of ``path`` (text, UTF-8, unless
     ``binary``), then rename it into place: readers see the old file or the new, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_not_under_file(path.parent, f"folder of {path.name}").mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
             write(f)

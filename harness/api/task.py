@@ -37,8 +37,8 @@ from harness.api.options import check_positive, describe_options, option, parse_
 
 # A task author finds the whole task contract here: options and the decoding helpers are
 # re-exported from their modules (this also keeps ``from harness.api.task import ...`` working).
-__all__ = ["DataOptions", "ModelInfo", "NoOptions", "RunContext", "Task", "check_positive", "continue_state",
-           "describe_options", "function_task", "has_chunks", "option", "parse_options", "stream_token_losses"]
+__all__ = ["DataOptions", "ModelInfo", "NoOptions", "RunContext", "Task", "check_function_options", "check_positive",
+           "continue_state", "describe_options", "function_task", "has_chunks", "option", "parse_options", "stream_token_losses"]
 
 
 @dataclass
@@ -110,6 +110,14 @@ class Task:
 
 def function_task(fn: Callable, model: LCModel, raw: Mapping[str, Any] | None, ctx: RunContext, task: str) -> Any:
     """Run a task registered as a plain function ``fn(model, [ctx,] **options)``."""
+    raw = check_function_options(fn, raw, task)
+    if "ctx" in inspect.signature(fn).parameters:
+        raw["ctx"] = ctx
+    return fn(model, **raw)
+
+
+def check_function_options(fn: Callable, raw: Mapping[str, Any] | None, task: str) -> dict[str, Any]:
+    """``raw`` as a dict, after checking that ``fn`` (a function task) takes every option it names."""
     params = inspect.signature(fn).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     valid = [n for n, p in params.items() if n not in ("model", "ctx") and p.kind is not inspect.Parameter.VAR_KEYWORD]
@@ -118,6 +126,4 @@ def function_task(fn: Callable, model: LCModel, raw: Mapping[str, Any] | None, c
         for key in raw:
             if key not in valid:
                 raise ConfigError(unknown_message(f"option of task {task!r}", key, valid))
-    if "ctx" in params:
-        raw["ctx"] = ctx
-    return fn(model, **raw)
+    return raw

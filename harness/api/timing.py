@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from harness.api.errors import ConfigError
+
 
 def synchronize(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
@@ -223,6 +225,8 @@ def free_memory(device: torch.device | str | None = None) -> None:
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """Run a block with ``threads`` torch CPU threads (0: leave as set), restored afterwards."""
+    if not isinstance(threads, int) or threads < 0:
+        raise ConfigError(f"threads must be an integer >= 0 (0: leave as set), got {threads!r}")
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

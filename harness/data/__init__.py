@@ -11,7 +11,7 @@ as before the split.
 """
 from __future__ import annotations
 
-from harness.data.corpora import Document, embedded_corpus, load_corpus
+from harness.data.corpora import Document, corpus_fingerprint, embedded_corpus, hash_files, load_corpus
 from harness.data.packing import (
     long_documents,
     pack_sequences,
@@ -31,6 +31,8 @@ __all__ = [
     "Document",
     "embedded_corpus",
     "load_corpus",
+    "corpus_fingerprint",
+    "hash_files",
     "split_documents",
     "tokenize_documents",
     "pack_sequences",

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import warnings
@@ -235,6 +236,38 @@ def warn_undecodable(docs: Sequence[Document], source: str) -> None:
         warnings.warn(f"corpus {source!r}: {len(bad)} of {len(docs)} document(s) hold {chars} character(s) that "
                       f"were not valid UTF-8 and read as U+FFFD, e.g. {bad[0].name!r}; convert the files to UTF-8 "
                       "or leave them out", CorpusWarning, stacklevel=3)
+
+
+def hash_files(root: Path, digest: Any) -> None:
+    """Feed every file under ``root`` (its relative name, a NUL, its bytes), in sorted path
+    order, into ``digest`` (a :mod:`hashlib` object)."""
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        _hash_file(digest, str(file.relative_to(root)), file)
+
+
+def _hash_file(digest: Any, name: str, file: Path) -> None:
+    digest.update(name.encode() + b"\0")
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 22):  # large corpora are hashed without being held in memory
+            digest.update(chunk)
+
+
+def corpus_fingerprint(source: str | None) -> str:
+    """A short hash of what corpus ``source`` holds (file names and bytes), so results keyed on it
+    change when its files change at the same path. The embedded corpus is named by its
+    interpreter's version and folder; a path that does not exist is ``absent:PATH`` (loading it
+    then fails with its own clear error)."""
+    if source is None or source == STDLIB_SOURCE:
+        return _stdlib_description()
+    path = Path(source).expanduser()
+    if not path.exists():
+        return f"absent:{path}"
+    digest = hashlib.sha256()
+    if path.is_dir():
+        hash_files(path, digest)
+    else:
+        _hash_file(digest, path.name, path)
+    return digest.hexdigest()[:16]
 
 
 def load_corpus(source: str | None = None, text_field: str = "text") -> list[Document]:

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from harness.api import results
+from harness.api.staging import prepare_output
 from harness.report.plots import make_figures
 from harness.report.tables import summary_tables
 
@@ -42,7 +43,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     run_dir = Path(run_dir)
     page = render_report(run_dir)
     path = Path(out) if out is not None else run_dir / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_output(path.parent, "report's folder")
     results.atomic_write(path, lambda f: f.write(page))
     return path
 

@@ -45,6 +45,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from harness.api import results
 from harness.api.errors import check_choice
+from harness.api.staging import prepare_output
 from harness.report.figures import FIGURE_TASKS, FIGURES, SkipFigure, figure_names, register_figure
 from harness.report.tables import (
     FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, UNSTABLE_MARK, Prepared,
@@ -664,8 +665,8 @@ def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
             raise ValueError("make_figures needs out_dir when given a DataFrame")
         base = Path(source)
         out_dir = (base if base.is_dir() else base.parent) / FIGURES_DIR
-    out_dir = Path(out_dir)
     prep = prepare(load(source))
+    out_dir = prepare_output(out_dir, "figures folder")
     niah = [m for m in niah_metric_names(prep, niah_metrics) if prep.has(NIAH_TASK, m, ok=True)]
     ctx = Context(prep, series_styles(prep), niah)
     paths: list[Path] = []

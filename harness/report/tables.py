@@ -32,6 +32,7 @@ import pandas as pd
 
 from harness.api import results
 from harness.api.errors import check_choice
+from harness.api.staging import prepare_output
 
 REFERENCE_ARCH = "full_attention"
 # Paper order: the reference first, the method last; other architectures follow by name.
@@ -125,16 +126,23 @@ class Prepared:
     def relative(self, points: pd.DataFrame, by: Sequence[str], kind: str) -> pd.DataFrame:
         """Each point against its series' reference at the same ``by`` cell: ``kind`` is
         ``"gap"`` (value - reference) or ``"speedup"`` (reference / value). A failed point keeps
-        its status; a point whose reference is missing or failed gets NaN."""
+        its status; a point whose reference is missing or failed gets NaN. A point is flagged (an
+        unstable timing) when it or its reference is."""
         check_choice("relative kind", kind, ("gap", "speedup"))
         ok = points[points["status"] == "ok"]
-        ref_values = {tuple(k): v for k, v in zip(ok[["series", *by]].itertuples(index=False), ok["value"])}
+        ok_keys = [tuple(k) for k in ok[["series", *by]].itertuples(index=False)]
+        ref_values = dict(zip(ok_keys, ok["value"]))
+        ref_flags = dict(zip(ok_keys, ok["flag"].fillna("")))
         out = points.copy()
-        values = []
+        values, flags = [], []
         for row in points.itertuples(index=False):
             cell = tuple(getattr(row, c) for c in by)
             ref = self.reference.get(row.series)
             ref_value = ref_values.get((ref, *cell), math.nan) if ref is not None else math.nan
+            # a ratio is as unstable as either side: the point's own flag, else its reference's
+            ref_flag = ref_flags.get((ref, *cell), "") if ref is not None else ""
+            own = row.flag if isinstance(row.flag, str) else ""
+            flags.append(own or (f"reference {ref}: {ref_flag}" if ref_flag and row.status == "ok" else ""))
             if row.status != "ok":
                 values.append(math.nan)
             elif kind == "gap":
@@ -142,6 +150,7 @@ class Prepared:
             else:
                 values.append(ref_value / row.value if row.value > 0 else math.nan)
         out["value"] = values
+        out["flag"] = pd.Series(flags, index=out.index, dtype=object)
         out["ci_low"] = out["ci_high"] = math.nan
         return out
 
@@ -423,7 +432,7 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike,
     """``<out_dir>/<name>.<format>`` for every table and format (atomically); the paths written."""
     for fmt in formats:
         check_choice("table format", fmt, TABLE_FORMATS)
-    out_dir = Path(out_dir)
+    out_dir = prepare_output(out_dir, "tables folder")
     paths = []
     for name, df in tables.items():
         for fmt in formats:

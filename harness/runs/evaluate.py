@@ -31,7 +31,8 @@ from harness.api.errors import ConfigError, close_match
 from harness.api.interface import LCModel
 from harness.api.failures import failure_rows, require_finite_weights
 from harness.api.options import describe_options, parse_options
-from harness.api.task import ModelInfo, RunContext, Task, function_task
+from harness.api.task import ModelInfo, RunContext, Task, check_function_options, function_task
+from harness.api.staging import prepare_output
 from harness.data.heldout import heldout_documents
 from harness.runs.provenance import run_metadata, write_run_json
 from harness.train import checkpoint
@@ -122,11 +123,16 @@ def identity_columns(info: ModelInfo, task: str, run: str, model: LCModel, devic
             "seed": seed}
 
 
+NO_ROWS_METRIC = "no_rows"
+
+
 def check_task_options(task_name: str, options: Mapping[str, Any] | None) -> None:
     """Raise :class:`ConfigError` if ``options`` are not valid for the task (before any work)."""
     task = registry.get_task(task_name)
     if isinstance(task, type) and issubclass(task, Task):
         parse_options(task.Options, options, task_name)
+    elif callable(task):
+        check_function_options(task, options, task_name)
 
 
 def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[str, Any] | None = None, *,
@@ -151,6 +157,9 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
             rows = task().run(model, parsed, ctx) if is_class else function_task(task, model, parsed, ctx, task_name)
     except FloatingPointError as exc:
         rows = failure_rows(exc, [NONFINITE_METRIC], f"in task {task_name!r}")
+    if not rows:  # nothing measured must not read as a clean run (e.g. an empty list of contexts)
+        rows = results.status_rows([NO_ROWS_METRIC], "error",
+                                   f"task {task_name!r} returned no rows for options {dict(options or {})}")
     identity = identity_columns(info, task_name, run, model, device, dtype, seed)
     filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows or []]
     try:
@@ -180,6 +189,8 @@ def run_eval(
     """Evaluate ``model_spec`` on task ``task_name`` and write the run folder ``out_dir``
     (``None``: write nothing, return the table). See the module docstring."""
     check_task_options(task_name, options)  # a bad task name or option fails before any model is loaded
+    if out_dir is not None:
+        prepare_output(out_dir, "run folder")  # an unwritable folder fails before the work, too
     device_t = resolve_device(device)
     dtype_t = resolve_dtype(dtype, device_t)
     model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
@@ -203,7 +214,6 @@ def run_eval(
     out = None
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         results.write_jsonl(out / results.SAMPLES_JSONL, samples)
         results.write_table(out, table)
         write_run_json(out, meta)  # last: its presence marks a complete run folder

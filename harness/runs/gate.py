@@ -28,7 +28,7 @@ import pandas as pd
 from harness.api import results
 from harness.api.errors import ConfigError, unknown_message
 from harness.api.timing import torch_threads
-from harness.data import load_tokenizer
+from harness.data import hash_files, load_tokenizer
 from harness.runs import check
 from harness.runs.provenance import device_info, git_commit, package_versions
 from harness.runs.sweep import SPEC_FILE, SeededModel, SweepSpec, load_spec, run_sweep
@@ -114,8 +114,7 @@ def data_fingerprint(corpus: Path | None = None, tokenizer: str | None = None) -
     if not corpus.is_dir():
         raise ConfigError(f"the gate's pinned corpus is missing at {corpus}; run the gate from a checkout of lcbench")
     digest = hashlib.sha256(load_tokenizer(tokenizer).name.encode())
-    for file in sorted(p for p in corpus.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(corpus)).encode() + b"\0" + file.read_bytes())
+    hash_files(corpus, digest)
     return digest.hexdigest()[:16]
 
 

@@ -21,13 +21,17 @@ was trained at. Entries with a checkpoint or ``untrained: true`` are not expande
 
 Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
 its numbers: the spec's name, the model's config and training settings (or a given checkpoint's
-content, not its path), the task, its options, device and dtype. The whole spec, task options
-included, is checked when it loads, before any model trains. A finished cell is recorded in the
-folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record into
-``cells.jsonl``, under a lock): a rerun skips finished cells, a killed one is redone, a failing
-cell is recorded as status rows while the sweep goes on, and a spec edited and reverted shows
-its own numbers again. Training is part of a model's first cell: its checkpoint lives under
-``checkpoints/``, is saved periodically and resumes; it counts as trained only at its last step.
+content, not its path), the content of the corpora it is trained and evaluated on (file names
+and bytes, hashed once per sweep), the task, its options, device and dtype. The whole spec, task
+options included, is checked when it loads, before any model trains. A finished cell is recorded
+in the folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record
+into ``cells.jsonl``, under a lock). Every spec that writes into a folder is kept there as
+``specs/NAME-HASH.json`` and named by its cells' records (``spec.json`` is the one that ran
+last), so two specs, or edits of one, can share a folder. A rerun skips finished cells, a killed
+one is redone, a failing cell is recorded as status rows while the sweep goes on, and a spec
+edited and reverted shows its own numbers again. Training is part of a model's first cell: its
+checkpoint lives under ``checkpoints/``, is saved periodically and resumes; it counts as trained
+only at its last step.
 
 Executors that run cells elsewhere (one job per model, on a cluster) call
 :func:`pending_cells` and :func:`run_model_cells`; every job may write into the same folder.
@@ -57,7 +61,9 @@ from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.task import ModelInfo
+from harness.api.staging import prepare_output
 from harness.api.timing import free_memory
+from harness.data.corpora import corpus_fingerprint
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
 from harness.runs.provenance import config_hash, run_metadata, write_run_json
@@ -65,9 +71,14 @@ from harness.runs.store import ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
 
-SPEC_FILE = "spec.json"
+SPEC_FILE = "spec.json"  # the spec that ran last
+SPECS_DIR = "specs"  # every spec that wrote into the folder, as NAME-HASH.json
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -150,6 +161,10 @@ class SweepSpec:
                        for i, m in enumerate(self.models)]
         self.tasks = [t if isinstance(t, TaskEntry) else _from_dict(TaskEntry, t, f"tasks[{i}]")
                       for i, t in enumerate(self.tasks)]
+        if not self.name.strip() or self.name.strip(".") == "" or any(c in self.name for c in "/\\\0"):
+            raise ConfigError(f"sweep name {self.name!r} must be a non-empty name without '/' or '\\' (it names "
+                              f"the default folder runs/NAME and every result row), e.g. "
+                              f"{_safe_name(self.name).strip('._') or 'my_sweep'!r}")
         if not self.models or not self.tasks:
             raise ConfigError(f"sweep {self.name!r} needs at least one model and one task")
         for entry in self.models:  # fail on bad names before anything runs
@@ -180,6 +195,11 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def spec_id(self) -> str:
+        """``NAME-HASH``: names this spec's file under ``specs/`` and its cells' records."""
+        return f"{_safe_name(self.name)}-{config_hash(self.to_dict())[:8]}"
 
     def expanded_models(self) -> list[tuple[ModelEntry, int | None]]:
         """(model entry, training length it is tied to): with ``train_lengths``, each trained
@@ -222,6 +242,8 @@ class SeededModel:
     spec: SweepSpec
     entry: ModelEntry
     seed: int
+    # corpus source -> content fingerprint, shared by a plan's models: each corpus is read once per sweep
+    fingerprints: dict[str | None, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -243,13 +265,30 @@ class SeededModel:
         config = self.model_config()
         if self.entry.untrained:
             return {"config": config.to_dict(), "untrained": True, "seed": self.seed}
-        return {"config": config.to_dict(), "train": self.train_config().to_dict()}
+        train_config = self.train_config()
+        return {"config": config.to_dict(), "train": train_config.to_dict(),
+                "corpus": self.corpus_fingerprint(train_config.corpus)}
+
+    def corpus_fingerprint(self, source: str | None) -> str:
+        if source not in self.fingerprints:
+            self.fingerprints[source] = corpus_fingerprint(source)
+        return self.fingerprints[source]
+
+    def training_corpus(self) -> str | None:
+        """The corpus the model was trained on (a task's default corpus); None: the embedded one."""
+        if self.entry.untrained:
+            return None
+        if self.entry.checkpoint is None:
+            return self.train_config().corpus
+        try:
+            return (checkpoint.load_trainer_state(self.entry.checkpoint)[0].get("train_config") or {}).get("corpus")
+        except checkpoint.CheckpointError:  # weights only: tasks read the embedded corpus
+            return None
 
     def checkpoint_dir(self, out_dir: Path) -> Path:
         if self.entry.checkpoint is not None:
             return Path(self.entry.checkpoint)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.label)
-        return out_dir / CHECKPOINTS_DIR / f"{safe}-s{self.seed}-{config_hash(self.identity())[:8]}"
+        return out_dir / CHECKPOINTS_DIR / f"{_safe_name(self.label)}-s{self.seed}-{config_hash(self.identity())[:8]}"
 
     def prepare(self, out_dir: Path, device: torch.device, dtype: torch.dtype,
                 progress: bool) -> tuple[LCModel, ModelInfo]:
@@ -294,13 +333,15 @@ class SweepResult:
 def plan(spec: SweepSpec) -> list[Cell]:
     """Every evaluation cell of the spec, in run order (grouped by model, so each trains once)."""
     cells = []
+    fingerprints: dict[str | None, str] = {}
     for (entry, length), seed in itertools.product(spec.expanded_models(), spec.seeds):
-        model = SeededModel(spec, entry, seed)
-        model_id = model.identity()
+        model = SeededModel(spec, entry, seed, fingerprints)
+        model_id, trained_on = model.identity(), model.training_corpus()
         for task in spec.tasks:
             for options in task.option_sets(length):
+                data = model.corpus_fingerprint(options.get("corpus") or trained_on)
                 key = config_hash({"run": spec.name, "model": model_id, "task": task.task, "options": options,
-                                   "device": spec.device, "dtype": spec.dtype})
+                                   "data": data, "device": spec.device, "dtype": spec.dtype})
                 cells.append(Cell(key, model, task.task, options))
     return cells
 
@@ -338,6 +379,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
     if any(c.model is not seeded for c in cells):
         raise ConfigError("run_model_cells takes the cells of one model and seed; group them with plan()'s order")
     store = ResultStore(out_dir)
+    record_spec(seeded.spec, out_dir)
     failed = 0
     # a model that cannot be trained or loaded fails all its cells
     with FailureGuard([], device) as preparing:
@@ -357,7 +399,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
         if samples:
             results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
         store.record_cell(cell.key, table, {
-            "model": seeded.label, "seed": cell.seed, "task": cell.task, "options": cell.options,
+            "spec": seeded.spec.spec_id, "model": seeded.label, "seed": cell.seed, "task": cell.task, "options": cell.options,
             "status": "failed" if len(not_ok) else "ok", "rows": len(table),
             "seconds": round(time.time() - cell_started, 2), "message": _failure_summary(not_ok)})
         if on_cell is not None:
@@ -370,8 +412,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
               retry_failed: bool = False) -> SweepResult:
     """Run every cell of ``spec`` not yet finished in ``out_dir`` (and, with ``retry_failed``,
     the ones that failed before), one model at a time, in this process."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output(out_dir, "sweep folder")
+    record_spec(spec, out_dir)
     results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
     cells, pending = pending_cells(spec, out_dir, retry_failed)
     device = resolve_device(spec.device)
@@ -391,6 +433,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
                 elapsed_s=round(time.time() - started, 3))
     write_run_json(out_dir, meta)
     return SweepResult(table, out_dir, len(pending), len(cells) - len(pending), failed)
+
+
+def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
+    """Keep ``spec`` as ``specs/NAME-HASH.json`` in ``out_dir``: a folder that several specs
+    (or edits of one) write into keeps them all, and each cell record names its spec."""
+    path = out_dir / SPECS_DIR / f"{spec.spec_id}.json"
+    if not path.is_file():
+        results.atomic_write(path, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
+    return path
 
 
 def _failure_summary(not_ok: pd.DataFrame) -> str:

@@ -30,6 +30,7 @@ import torch
 from harness.api.errors import CheckpointError, LcbenchError
 from harness.api.interface import LCModel
 from harness.api.registry import build_model, config_from_dict
+from harness.api.staging import clear_stale, temp_prefix
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -57,7 +58,8 @@ def save_checkpoint(
     path = Path(path)
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clear_stale(path.parent)  # what a save killed earlier left beside this one
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         (tmp / CONFIG_FILE).write_text(model.config.to_json())
         safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"arch": model.config.arch})

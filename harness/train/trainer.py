@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from harness.api.errors import ConfigError, check_choice
 from harness.api.fieldtypes import check_fields
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.registry import build_model
+from harness.api.staging import ensure_writable
 from harness.train import checkpoint
 
 
@@ -60,10 +60,12 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.tokens < 0:
-            raise ConfigError(f"TrainConfig.tokens must be >= 0, got {self.tokens}")
-        if not 0 <= self.warmup_frac < 1:
-            raise ConfigError(f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        for name in ("tokens", "seed", "eval_every", "save_every", "split_seed", "weight_decay", "grad_clip"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("warmup_frac", "beta1", "beta2", "val_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -184,6 +186,8 @@ def train(
     """Train a fresh model (or resume the checkpoint in ``out_dir``) for ``cfg.total_steps``."""
     if out_dir is not None:  # before any work: a bad folder would otherwise fail only at the first save
         check_out_dir(Path(out_dir), resume)
+    elif resume:
+        raise ConfigError("resuming needs the folder of the checkpoint to continue (--out); none was given")
     device = resolve_device(cfg.device)
     training_data = training_data or prepare_data(cfg)
     if model_config.vocab_size < training_data.vocab_size:
@@ -250,9 +254,7 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         what = "a checkpoint; pass --resume to continue it" if checkpoint.is_checkpoint(out_dir) else "other files"
         raise ConfigError(f"output folder {str(out_dir)!r} already exists and holds {what}, or choose another folder")
-    parent = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the checkpoint to {str(out_dir)!r}: {str(parent)!r} is not writable")
+    ensure_writable(out_dir.parent, "checkpoint's folder")
 
 
 def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list) -> None:

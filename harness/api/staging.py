@@ -1,0 +1,87 @@
+"""Output folders: checked for writing before work starts, and cleared of what killed saves left.
+
+Every atomic save (a checkpoint folder, a table, a JSON file) writes a temporary sibling named
+``.NAME.tmp-PID@HOST-XXXXXXXX`` and renames it into place. A kill -9 leaves that sibling behind;
+:func:`clear_stale` removes the ones whose owner process is gone. Only this host's are judged (a
+process on another machine sharing the folder cannot be checked) and never one of a live process.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+from harness.api.errors import ConfigError
+
+_HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+# mkdtemp/mkstemp add 8 characters of [a-z0-9_]; a replaced checkpoint is first renamed to NAME.old
+_STAGED = re.compile(r"^\..*\.tmp-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]{8}(\.old)?$")
+
+
+def temp_prefix(target: Path) -> str:
+    """The prefix of a temporary sibling of ``target``: it names its owner (process and host)."""
+    return f".{target.name}.tmp-{os.getpid()}@{_HOST}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clear_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings in ``folder`` that a process of this host, now gone, left
+    (files or folders); returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        found = _STAGED.match(entry.name)
+        if not found or found["host"] != _HOST or _alive(int(found["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def ensure_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` (and its parents) and prove a file can be written in it, else raise a
+    one-line :class:`ConfigError`. A real write, not a permission check: root passes every
+    permission check yet cannot write below a regular file, on a read-only or full file system."""
+    folder = check_not_under_file(folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write the {what} {str(folder)!r}: {exc.strerror or exc}") from exc
+    return folder
+
+
+def check_not_under_file(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """``folder``, unless it or a folder above it is a regular file: a one-line :class:`ConfigError`."""
+    folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"cannot write the {what} {str(folder)!r}: {str(blocker)!r} is a file, not a folder")
+    return folder
+
+
+def prepare_output(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """:func:`ensure_writable`, then :func:`clear_stale` in ``folder`` and its subfolders (a
+    run's tables, cells and checkpoints): where every command that writes results starts."""
+    folder = ensure_writable(folder, what)
+    for sub in (folder, *(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))):
+        clear_stale(sub)
+    return folder

@@ -1,0 +1,136 @@
+"""Output folders: what a save killed with kill -9 leaves is cleared by the next save or run (never
+what a live process is writing), and an unwritable output fails before any work, even as root."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from harness.api import results
+from harness.api.errors import ConfigError
+from harness.api.staging import clear_stale, ensure_writable, prepare_output
+from harness.cli import EXIT_USER_ERROR, main
+from harness.runs.sweep import load_spec, run_sweep
+from harness.train import checkpoint
+from tests.conftest import small_model
+from tests.test_cli_errors import TRAIN, one_line_error
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Starts a save that stops half-way (the weights written, then the writer hangs) and says so.
+HANGING_SAVE = textwrap.dedent("""
+    import sys, time
+    import safetensors.torch
+    from harness.api import results
+    from harness.train import checkpoint
+    from tests.conftest import small_model
+
+    def hang(*args, **kwargs):
+        print("saving", flush=True)
+        time.sleep(600)
+
+    target = sys.argv[2]
+    if sys.argv[1] == "checkpoint":
+        real = safetensors.torch.save_model
+        safetensors.torch.save_model = lambda *a, **k: (real(*a, **k), hang())
+        checkpoint.save_checkpoint(target, small_model("swa"))
+    else:
+        results.atomic_write(target, lambda f: (f.write("half"), f.flush(), hang()))
+""")
+
+
+def start_hanging_saves(kind: str, *targets: Path) -> list[subprocess.Popen]:
+    procs = [subprocess.Popen([sys.executable, "-c", HANGING_SAVE, kind, str(target)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for target in targets]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "saving"
+    return procs
+
+
+def staged(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+def kill_9(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_a_checkpoint_save_killed_mid_way_is_cleared_by_the_next_save(tmp_path):
+    target = tmp_path / "ck"
+    [proc] = start_hanging_saves("checkpoint", target)
+    kill_9(proc)
+    left = staged(tmp_path)
+    assert len(left) == 1 and left[0].startswith(f".ck.tmp-{proc.pid}@")  # the fault: a half-written folder
+    checkpoint.save_checkpoint(tmp_path / "other", small_model("swa"))  # any save in the folder clears it
+    assert staged(tmp_path) == [] and checkpoint.is_checkpoint(tmp_path / "other") and not target.exists()
+
+
+def test_a_live_processs_save_is_never_cleared(tmp_path):
+    [proc] = start_hanging_saves("checkpoint", tmp_path / "ck")
+    try:
+        left = staged(tmp_path)
+        assert clear_stale(tmp_path) == [] and staged(tmp_path) == left and len(left) == 1
+        checkpoint.save_checkpoint(tmp_path / "other", small_model("swa"))
+        assert staged(tmp_path) == left
+    finally:
+        kill_9(proc)
+    assert clear_stale(tmp_path) == [tmp_path / left[0]]
+
+
+def test_a_sweep_run_clears_table_writes_killed_mid_way(tmp_path):
+    out = tmp_path / "out"
+    (out / "cells").mkdir(parents=True)
+    for proc in start_hanging_saves("file", out / results.TABLE_PARQUET, out / "cells" / "abc.parquet"):
+        kill_9(proc)
+    assert len(staged(out)) == 1 and len(staged(out / "cells")) == 1
+    spec = {"name": "k", "models": [{"arch": "swa", "untrained": True, "set": {"window": 8, "d_model": 32,
+                                                                               "n_heads": 2}}],
+            "tasks": [{"task": "test_sweep_probe"}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    run_sweep(load_spec(tmp_path / "s.yaml"), out, progress=False)
+    assert staged(out) == [] and staged(out / "cells") == []
+
+
+def test_other_hidden_files_are_left_alone(tmp_path):
+    keep = [".notes.tmp-12@elsewhere-abcdefgh", ".x.tmp-1@host-short", ".lcbench.lock", ".cache"]
+    for name in keep:
+        (tmp_path / name).write_text("")
+    prepare_output(tmp_path)  # another host's, a name that is not ours, other hidden files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+@pytest.fixture
+def unwritable(tmp_path) -> list[Path]:
+    """Outputs no one can write, root included: below a regular file, and in sysfs."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    return [blocker / "out", Path("/sys/lcbench-out")]
+
+
+def test_an_unwritable_output_is_one_clear_error_even_as_root(unwritable):
+    for folder in unwritable:
+        with pytest.raises(ConfigError, match="cannot write the sweep folder") as caught:
+            ensure_writable(folder, "sweep folder")
+        assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_every_command_refuses_an_unwritable_out_before_work(tmp_path, unwritable):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "u", "models": [{"arch": "swa", "untrained": True}],
+                                    "tasks": [{"task": "test_sweep_probe"}]}))
+    run_dir = tmp_path / "run"
+    results.write_table(run_dir, [results.make_row("loss", 1.0, run="r", model="m", arch="swa", task="t")])
+    for out in map(str, unwritable):
+        for args in ([*TRAIN, "--out", f"{out}/ck"], ["sweep", str(spec), "--out", out],
+                     ["eval", "test_sweep_probe", "--model", "swa", "--out", out],
+                     ["table", str(run_dir), "--out", out], ["plot", str(run_dir), "--out", out],
+                     ["report", str(run_dir), "--out", f"{out}/r.html"]):
+            one_line_error(CliRunner().invoke(main, args), EXIT_USER_ERROR, "cannot write")
