@@ -105,3 +105,18 @@ def test_check_with_a_bad_reference_exits_2(tmp_path, content):
 def test_table_on_a_corrupt_parquet_exits_2(tmp_path):
     (tmp_path / results.TABLE_PARQUET).write_bytes(b"PAR1 this is not parquet")
     one_line_error(run("table", str(tmp_path), "--no-save"), EXIT_USER_ERROR, "cannot be read as a result table")
+
+
+def test_scale_out_commands_off_the_cluster_exit_2_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    one_line_error(run(*TRAIN, "--parallel", "fsdp"), EXIT_USER_ERROR, "torchrun --nproc_per_node")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"models": [{"arch": "swa"}], "tasks": [{"task": "loss_scaling"}]}))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "slurm", "--partition", "gpu"),
+                   EXIT_USER_ERROR, "sbatch")
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "local", "--workers", "0"),
+                   EXIT_USER_ERROR, "workers must be positive")
+    spec.write_text(yaml.safe_dump({"models": [{"arch": "swa"}], "tasks": [{"task": "loss_scaling"}],
+                                    "cluster": {"partiton": "gpu"}}))
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, "Did you mean 'partition'")

@@ -179,3 +179,20 @@ def test_parallel_training_outside_torchrun_is_a_clear_error(monkeypatch):
     assert start("auto", "cpu").world_size == 1
     with pytest.raises(Exception, match="Did you mean 'fsdp'"):
         start("fsd", "cpu")
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_is_checksummed_and_hashed_by_content(killed_run, tmp_path):
+    _, out = killed_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    recorded = json.loads((copy / checkpoint.CHECKSUMS_FILE).read_text())
+    shards = sorted(p.relative_to(copy).as_posix() for p in (copy / checkpoint.SHARDED_DIR).iterdir())
+    assert sorted(recorded) == shards and len(shards) >= 3  # metadata and one file per rank
+    assert checkpoint.content_hash(copy) == checkpoint.content_hash(out)  # the content, not the folder
+    rank_file = copy / next(name for name in shards if name.endswith(".distcp"))
+    data = bytearray(rank_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rank_file.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="does not match the checksum"):
+        checkpoint.load_model(copy)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,9 @@ def load(path: str | os.PathLike, model: LCModel, optimizer: torch.optim.Optimiz
 
 def _read(shards: Path, state: dict[str, Any]) -> None:
     try:
-        dcp.load(state, checkpoint_id=str(shards), no_dist=not dist.is_initialized())
+        with warnings.catch_warnings():  # a load in one process is what we ask for, not a fallback
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(state, checkpoint_id=str(shards), no_dist=not dist.is_initialized())
     except Exception as exc:  # DCP wraps reader errors of every rank in its own types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"sharded checkpoint {str(shards)!r} cannot be loaded into this model: {first}") from exc
