@@ -119,6 +119,9 @@ class BackboneLM(LCModel):
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [self.embed.weight] if self.config.tie_embeddings else [self.embed.weight, self.lm_head.weight]
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def hidden_states(
         self, tokens: torch.Tensor, state: BackboneState | None = None, need_state: bool = False
     ) -> tuple[torch.Tensor, BackboneState | None]:

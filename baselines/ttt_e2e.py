@@ -306,6 +306,11 @@ class TTTE2ELM(AttentionLM):
     def suffix_blocks(self) -> nn.ModuleList:
         return self.blocks[self.n_prefix :]
 
+    def shard_units(self) -> list[nn.Module]:
+        # suffix blocks run through forward_chunk and their fast weights are read by the model
+        # itself: they stay in the model's own unit, gathered for its whole forward
+        return list(self.prefix_blocks)
+
     # -- fast weights ------------------------------------------------------------------------
 
     def fast_parameter_names(self) -> list[str]:

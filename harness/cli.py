@@ -15,7 +15,7 @@ from typing import Any, Callable
 import click
 
 from harness.api import registry
-from harness.api.errors import LcbenchError
+from harness.api.errors import DistributedError, LcbenchError
 from harness.api.timing import is_oom
 
 
@@ -42,7 +42,7 @@ def friendly_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except LcbenchError as exc:
             raise UserError(str(exc)) from exc
-        except (FloatingPointError, MemoryError, OSError) as exc:
+        except (FloatingPointError, MemoryError, OSError, DistributedError) as exc:
             raise FailedWork(f"{type(exc).__name__}: {exc}") from exc
         except RuntimeError as exc:
             if not is_oom(exc):  # anything else is a bug: its traceback is what helps
@@ -115,19 +115,30 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--device", default=None, help="auto | cpu | cuda")
 @click.option("--set", "model_set", multiple=True, help="Model config override key=value (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Checkpoint folder.")
+@click.option("--parallel", type=click.Choice(["auto", "none", "fsdp", "ddp"]), default="auto", show_default=True,
+              help="Under torchrun: FSDP2 (auto) or DDP across the processes; --batch-size stays the global batch.")
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out (same settings; more steps allowed). "
               "Without it, --out must be new or empty.")
 @friendly_errors
-def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, **train_opts: Any) -> None:
-    """Train ARCH on a corpus and print its validation loss."""
+def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, parallel: str,
+          **train_opts: Any) -> None:
+    """Train ARCH on a corpus and print its validation loss.
+
+    On several GPUs: torchrun --nproc_per_node=N --no-python lcbench train ARCH ..."""
     from harness import data
+    from harness.train.distributed import is_main_process, shutdown
     from harness.train.trainer import TrainConfig, train as run_training
 
     cfg = TrainConfig(**{k: v for k, v in train_opts.items() if v is not None})
     overrides = _parse_overrides(model_set)
     overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
     model_config = registry.make_config(arch, preset, **overrides)
-    result = run_training(model_config, cfg, out_dir=out, resume=resume)
+    try:
+        result = run_training(model_config, cfg, out_dir=out, resume=resume, parallel=parallel)
+    finally:
+        shutdown()
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return
     click.echo(
         f"{arch} ({preset}, {result.model.num_params():,} non-embedding params): "
         f"val_loss {result.val_loss:.4f} after {result.step} steps, {result.tokens_per_s:,.0f} tokens/s"
@@ -272,14 +283,36 @@ def _echo_table(table) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep folder (default runs/SPEC_NAME).")
 @click.option("--retry-failed", is_flag=True, help="Run again the cells that failed before.")
+@click.option("--executor", type=click.Choice(["inline", "local", "slurm"]), default="inline", show_default=True,
+              help="inline: one cell after another in this process; local: submitit processes; slurm: Slurm jobs.")
+@click.option("--jobs", type=click.Choice(["model", "cell"]), default=None, help="One job per model (default) or per cell.")
+@click.option("--workers", type=int, default=None, help="Jobs running at once (default 4).")
+@click.option("--partition", default=None, help="Slurm partition.")
+@click.option("--gpus-per-job", type=int, default=None)
+@click.option("--cpus-per-job", type=int, default=None)
+@click.option("--mem-gb", type=int, default=None, help="Slurm memory per job.")
+@click.option("--time-min", type=int, default=None, help="Each job's time limit in minutes (default 60).")
+@click.option("--account", default=None, help="Slurm account.")
+@click.option("--qos", default=None, help="Slurm QOS.")
+@click.option("--constraint", default=None, help="Slurm constraint (node features).")
+@click.option("--slurm-opt", "slurm_opts", multiple=True, help="Any other sbatch option key=value (repeatable).")
 @friendly_errors
-def sweep(spec: str, out: str | None, retry_failed: bool) -> None:
-    """Run every cell of a sweep SPEC (YAML/TOML); reruns skip finished cells."""
+def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_opts: tuple[str, ...],
+          **cluster: Any) -> None:
+    """Run every cell of a sweep SPEC (YAML/TOML); reruns skip finished cells. Cluster settings
+    come from the spec's `cluster:` mapping; the options here override them."""
     from harness.runs.sweep import load_spec, run_sweep
 
     parsed = load_spec(spec)
     out = out or f"runs/{parsed.name}"
-    result = run_sweep(parsed, out, retry_failed=retry_failed)
+    if executor == "inline":
+        result = run_sweep(parsed, out, retry_failed=retry_failed)
+    else:
+        from harness.runs.jobs import run_sweep_jobs  # imports submitit (the cluster extra)
+
+        if slurm_opts:
+            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **_parse_overrides(slurm_opts)}
+        result = run_sweep_jobs(parsed, out, executor, retry_failed=retry_failed, **cluster)
     _summarise(result, out)
     exit_if_failed(result.failed, "cell(s)")
 

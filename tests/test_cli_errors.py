@@ -157,3 +157,18 @@ def test_outputs_below_a_file_and_users_folders_are_refused(tmp_path):
     before = sorted(p.name for p in run_dir.iterdir())
     one_line_error(run("export-hf", str(ckpt), str(run_dir)), EXIT_USER_ERROR, "holds files lcbench did not export")
     assert sorted(p.name for p in run_dir.iterdir()) == before  # was: exported into the user's folder
+
+
+def test_scale_out_commands_off_the_cluster_exit_2_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    one_line_error(run(*TRAIN, "--parallel", "fsdp"), EXIT_USER_ERROR, "torchrun --nproc_per_node")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"models": [{"arch": "swa"}], "tasks": [{"task": "loss_scaling"}]}))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "slurm", "--partition", "gpu"),
+                   EXIT_USER_ERROR, "sbatch")
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "local", "--workers", "0"),
+                   EXIT_USER_ERROR, "workers must be positive")
+    spec.write_text(yaml.safe_dump({"models": [{"arch": "swa"}], "tasks": [{"task": "loss_scaling"}],
+                                    "cluster": {"partiton": "gpu"}}))
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, "Did you mean 'partition'")

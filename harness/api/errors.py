@@ -30,6 +30,10 @@ class BackendUnavailableError(LcbenchError, RuntimeError):
     """A kernel backend was forced but cannot run here."""
 
 
+class DistributedError(RuntimeError):
+    """A run on many processes cannot go on: another rank died (failed work, not bad input)."""
+
+
 def close_match(name: str, choices: Iterable[str]) -> str | None:
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return matches[0] if matches else None

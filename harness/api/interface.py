@@ -148,6 +148,12 @@ class LCModel(nn.Module):
         """Parameters that count as 'embedding' (token embedding and an untied LM head)."""
         return []
 
+    def shard_units(self) -> list[nn.Module]:
+        """Submodules that FSDP may shard as units of their own (gathered for their ``forward``,
+        freed after): only modules the model calls through ``forward``. Empty: the whole model
+        is one unit, which is always correct."""
+        return []
+
     def num_params(self, non_embedding: bool = True) -> int:
         params = {id(p): p for p in self.parameters()}
         if non_embedding:

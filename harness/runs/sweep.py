@@ -33,8 +33,9 @@ edited and reverted shows its own numbers again. Training is part of a model's f
 checkpoint lives under ``checkpoints/``, is saved periodically and resumes; it counts as trained
 only at its last step.
 
-Executors that run cells elsewhere (one job per model, on a cluster) call
-:func:`pending_cells` and :func:`run_model_cells`; every job may write into the same folder.
+Executors that run cells elsewhere (submitit jobs, :mod:`harness.runs.jobs`, set by the spec's
+``cluster:`` mapping) call :func:`pending_cells` and :func:`run_model_cells`; every job may write
+into the same folder.
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ from harness.api.staging import prepare_output
 from harness.api.timing import free_memory
 from harness.data.corpora import corpus_fingerprint
 from harness.data.tokenizers import load_tokenizer
+from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
 from harness.runs.provenance import config_hash, run_metadata, write_run_json
 from harness.runs.store import ResultStore
@@ -155,6 +157,7 @@ class SweepSpec:
     train_lengths: list[int] = field(default_factory=list)  # one model per training length (see above)
     device: str = "auto"
     dtype: str = "auto"
+    cluster: dict[str, Any] = field(default_factory=dict)  # how submitit jobs run: ClusterOptions' fields
 
     def __post_init__(self) -> None:
         self.models = [m if isinstance(m, ModelEntry) else _from_dict(ModelEntry, m, f"models[{i}]")
@@ -186,12 +189,23 @@ class SweepSpec:
         labels = [m.label for m in self.models]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"two models share a label in {labels}; give them distinct 'name's")
+        self.cluster_options()
 
     def train_config(self, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
         fields = {**self.train, **entry.train}
         if seed is not None:
             fields["seed"] = seed
         return _from_dict(TrainConfig, fields, f"train settings of {entry.label}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "sweep spec") -> SweepSpec:
+        """The spec :meth:`to_dict` gave (how a job receives it), checked as a spec file is."""
+        return _from_dict(cls, data, where)
+
+    def cluster_options(self, **overrides: Any) -> ClusterOptions:
+        """The spec's ``cluster:`` settings with ``overrides`` (None: keep the spec's) on top."""
+        fields = {**self.cluster, **{k: v for k, v in overrides.items() if v is not None}}
+        return _from_dict(ClusterOptions, fields, f"cluster settings of sweep {self.name!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -299,14 +313,23 @@ class SeededModel:
             with torch.device(device):  # paper-sized models are built where they run
                 model = registry.build_model(self.model_config())
             return resolve_model(model, device=device, dtype=dtype, name=self.label)
+        self.train_once(out_dir, progress)
+        return resolve_model(self.checkpoint_dir(out_dir), device=device, dtype=dtype, name=self.label)
+
+    def needs_training(self, out_dir: Path) -> bool:
+        return (self.entry.checkpoint is None and not self.entry.untrained
+                and not _trained(self.checkpoint_dir(out_dir), self.train_config().total_steps))
+
+    def train_once(self, out_dir: Path, progress: bool = False) -> None:
+        """Train the model into its checkpoint folder unless done (resuming a killed run's)."""
+        if not self.needs_training(out_dir):
+            return
+        cfg = self.train_config()
+        if cfg.save_every == 0:  # so a killed sweep resumes training part-way
+            cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
         ckpt = self.checkpoint_dir(out_dir)
-        if self.entry.checkpoint is None:
-            cfg = self.train_config()
-            if not _trained(ckpt, cfg.total_steps):
-                if cfg.save_every == 0:  # so a killed sweep resumes training part-way
-                    cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
-                train(self.model_config(), cfg, out_dir=ckpt, resume=checkpoint.is_checkpoint(ckpt), progress=progress)
-        return resolve_model(ckpt, device=device, dtype=dtype, name=self.label)
+        train(self.model_config(), cfg, out_dir=ckpt, resume=checkpoint.is_checkpoint(ckpt), progress=progress,
+              parallel="none")
 
 
 @dataclass
@@ -355,7 +378,7 @@ def _trained(ckpt: Path, total_steps: int) -> bool:
         return False
 
 
-def _failure_rows(cell: Cell, exc: BaseException, label: str) -> list[dict[str, Any]]:
+def failure_rows_of(cell: Cell, exc: BaseException, label: str) -> list[dict[str, Any]]:
     return failure_rows(exc, ["cell_failed"], f"(options {cell.options})", run=cell.model.spec.name, model=label,
                         arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
 
@@ -387,21 +410,17 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
     for cell in cells:
         cell_started = time.time()
         if preparing.failed:
-            table, samples = results.to_frame(_failure_rows(cell, preparing.error, seeded.label)), []
+            table, samples = results.to_frame(failure_rows_of(cell, preparing.error, seeded.label)), []
         else:
             with FailureGuard([], device) as running:
                 table, samples, _ = run_task(cell.task, model, info, cell.options, device=device, dtype=dtype,
                                              seed=cell.seed, run=seeded.spec.name, progress=False)
             if running.failed:
-                table, samples = results.to_frame(_failure_rows(cell, running.error, info.name)), []
-        not_ok = table[table["status"] != "ok"]
-        failed += len(not_ok) > 0
+                table, samples = results.to_frame(failure_rows_of(cell, running.error, info.name)), []
+        failed += bool((table["status"] != "ok").any())
         if samples:
             results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
-        store.record_cell(cell.key, table, {
-            "spec": seeded.spec.spec_id, "model": seeded.label, "seed": cell.seed, "task": cell.task, "options": cell.options,
-            "status": "failed" if len(not_ok) else "ok", "rows": len(table),
-            "seconds": round(time.time() - cell_started, 2), "message": _failure_summary(not_ok)})
+        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started))
         if on_cell is not None:
             on_cell(cell)
     free_memory(device)
@@ -412,9 +431,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
               retry_failed: bool = False) -> SweepResult:
     """Run every cell of ``spec`` not yet finished in ``out_dir`` (and, with ``retry_failed``,
     the ones that failed before), one model at a time, in this process."""
-    out_dir = prepare_output(out_dir, "sweep folder")
-    record_spec(spec, out_dir)
-    results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
+    out_dir = start_sweep(spec, out_dir)
     cells, pending = pending_cells(spec, out_dir, retry_failed)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -427,12 +444,27 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
         bar.set_postfix_str(f"{group[0].model.label} seed {group[0].seed}")
         failed += run_model_cells(group, out_dir, device, dtype, progress, on_cell=lambda _: bar.update(1))
     bar.close()
+    return finish_sweep(spec, out_dir, cells, len(pending), failed, started, device=str(device))
+
+
+def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike) -> Path:
+    """Create the sweep folder (clearing stale staged writes) and record the spec in it: kept
+    under ``specs/`` with every spec that wrote there, and as ``spec.json``, the last to run."""
+    out_dir = prepare_output(out_dir, "sweep folder")
+    record_spec(spec, out_dir)
+    results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
+    return out_dir
+
+
+def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, failed: int, started: float,
+                 device: str, **extra: Any) -> SweepResult:
+    """Write run.json (``extra`` added to it) and return the table of ``cells``."""
     table = ResultStore(out_dir).show_cells(c.key for c in cells)  # cells finished earlier show their own rows
-    meta = run_metadata(seed=None, device=str(device), spec=spec.to_dict(), run=spec.name)
-    meta.update(cells=len(cells), ran=len(pending), skipped=len(cells) - len(pending), failed=failed,
-                elapsed_s=round(time.time() - started, 3))
+    meta = run_metadata(seed=None, device=device, spec=spec.to_dict(), run=spec.name)
+    meta.update(cells=len(cells), ran=ran, skipped=len(cells) - ran, failed=failed,
+                elapsed_s=round(time.time() - started, 3), **extra)
     write_run_json(out_dir, meta)
-    return SweepResult(table, out_dir, len(pending), len(cells) - len(pending), failed)
+    return SweepResult(table, out_dir, ran, len(cells) - ran, failed)
 
 
 def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
@@ -444,7 +476,16 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
     return path
 
 
-def _failure_summary(not_ok: pd.DataFrame) -> str:
+def cell_record(cell: Cell, table: pd.DataFrame, seconds: float) -> dict[str, Any]:
+    """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``."""
+    not_ok = table[table["status"] != "ok"]
+    return {"spec": cell.model.spec.spec_id, "model": cell.model.label, "seed": cell.seed, "task": cell.task,
+            "options": cell.options,
+            "status": "failed" if len(not_ok) else "ok", "rows": len(table), "seconds": round(seconds, 2),
+            "message": failure_summary(not_ok)}
+
+
+def failure_summary(not_ok: pd.DataFrame) -> str:
     """Why a cell's rows are not all ok: the first message, and how many rows failed of which status."""
     if not len(not_ok):
         return ""

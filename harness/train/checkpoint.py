@@ -2,6 +2,8 @@
 and, for training runs, ``trainer.json`` (step, train config, history) + ``optimizer.pt``;
 ``checksums.json`` holds the sha256 of the binary files (weights, optimizer state). The JSON
 files are left unchecksummed: people edit them by hand, and their parsing reports damage.
+Runs on many processes write the weights and optimizer state as shards in ``sharded/`` instead
+(:mod:`harness.train.sharded`, every shard checksummed); every reader here accepts both.
 
 A Hugging Face export (``lcbench export-hf``) loads as a checkpoint too: its ``config.json``
 holds the model config under ``lcbench`` and its tensors are named ``model.<our name>``.
@@ -39,14 +41,20 @@ OPTIMIZER_FILE = "optimizer.pt"
 CHECKSUMS_FILE = "checksums.json"
 CHECKSUMMED = (WEIGHTS_FILE, OPTIMIZER_FILE)
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_FILE, OPTIMIZER_FILE, CHECKSUMS_FILE)
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint's folder: weights and optimizer state of every rank
 _HASH_CHUNK = 1 << 22
 HF_MODEL_TYPE = "lcbench"  # an export's config.json: {"model_type": "lcbench", "lcbench": {our config}, ...}
 HF_PREFIX = "model."  # an export's tensor names: the model is the ``model`` attribute of transformers' class
 
 
+def is_sharded(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / SHARDED_DIR / ".metadata").is_file()
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
     path = Path(path)
-    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+    return ((path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()) or is_sharded(path)
 
 
 def save_checkpoint(
@@ -67,9 +75,8 @@ def save_checkpoint(
             (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=2))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        sums = {name: file_sha256(tmp / name) for name in CHECKSUMMED if (tmp / name).is_file()}
-        (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
-        _replace_dir(tmp, path)
+        write_checksums(tmp, [name for name in CHECKSUMMED if (tmp / name).is_file()])
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -90,6 +97,11 @@ def check_replaceable(path: Path) -> None:
                               f"write ({shown}); choose another folder")
 
 
+def write_checksums(folder: Path, names: list[str]) -> None:
+    """``checksums.json`` of ``folder``: the sha256 of each of its files ``names`` (relative paths)."""
+    (folder / CHECKSUMS_FILE).write_text(json.dumps({name: file_sha256(folder / name) for name in names}, indent=2))
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -101,14 +113,30 @@ def file_sha256(path: str | os.PathLike) -> str:
 def verify(path: str | os.PathLike, name: str) -> None:
     """Raise :class:`CheckpointError` if file ``name`` of checkpoint ``path`` does not match the
     sha256 recorded at save (nothing to check when the checkpoint has no checksums)."""
-    path = Path(path)
+    _check_file(Path(path), name, _recorded_checksums(Path(path)).get(name))
+
+
+def verify_shards(path: str | os.PathLike) -> None:
+    """:func:`verify` every shard file a sharded checkpoint recorded a checksum for."""
+    for name, expected in _recorded_checksums(Path(path)).items():
+        if name.startswith(f"{SHARDED_DIR}/"):
+            _check_file(Path(path), name, expected)
+
+
+def _recorded_checksums(path: Path) -> dict[str, str]:
     sums_file = path / CHECKSUMS_FILE
     if not sums_file.is_file():
-        return
+        return {}
     try:
-        expected = json.loads(sums_file.read_text()).get(name)
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        sums = json.loads(sums_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{sums_file} is damaged ({exc}); the checkpoint cannot be verified") from exc
+    if not isinstance(sums, dict):
+        raise CheckpointError(f"{sums_file} is damaged (not a mapping); the checkpoint cannot be verified")
+    return sums
+
+
+def _check_file(path: Path, name: str, expected: str | None) -> None:
     if expected is not None and (path / name).is_file() and file_sha256(path / name) != expected:
         raise CheckpointError(f"{path / name} does not match the checksum recorded when it was saved; "
                               "the file is damaged or was replaced")
@@ -118,18 +146,30 @@ def content_hash(path: str | os.PathLike) -> str:
     """A sha256 of a checkpoint's config and tensors: what identifies the model it holds,
     wherever the folder is (a checkpoint replaced at the same path gets a new hash)."""
     config = read_config(path)  # a clear error for a folder that is not a checkpoint
-    verify(path, WEIGHTS_FILE)
     digest = hashlib.sha256(config.to_json().encode())
-    # The tensors, not the file's bytes: safetensors writes its metadata in no fixed order.
-    with safetensors.safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f:
-        for name in sorted(f.keys()):
-            tensor = f.get_tensor(name)
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, tensor in sorted(_tensors(path, config).items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def _tensors(path: str | os.PathLike, config) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors by name (the tensors, not the files' bytes: safetensors writes its
+    metadata in no fixed order, and shards depend on the number of processes that wrote them)."""
+    if _sharded_only(path):
+        model = build_model(config)
+        load_weights(path, model)
+        return model.state_dict()
+    verify(path, WEIGHTS_FILE)
+    with safetensors.safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def _sharded_only(path: str | os.PathLike) -> bool:
+    return is_sharded(path) and not (Path(path) / WEIGHTS_FILE).is_file()
+
+
+def replace_dir(new: Path, target: Path) -> None:
     old = new.with_name(f"{new.name}.old")  # unique like ``new``: no one else's folder can bear this name
     if target.exists():
         os.replace(target, old)
@@ -144,7 +184,8 @@ def read_config(path: str | os.PathLike):
     if not is_checkpoint(path):
         present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
         raise CheckpointError(
-            f"{str(path)!r} is not an lcbench checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}, found {present}"
+            f"{str(path)!r} is not an lcbench checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE} "
+            f"(or {SHARDED_DIR}/), found {present}"
         )
     try:
         data = json.loads((path / CONFIG_FILE).read_text())
@@ -159,7 +200,12 @@ def read_config(path: str | os.PathLike):
 
 
 def load_weights(path: str | os.PathLike, model: LCModel) -> None:
-    """Load ``model.safetensors`` into ``model``, naming every missing or unexpected tensor."""
+    """Load ``model.safetensors`` (or the shards) into ``model``, naming every missing or unexpected tensor."""
+    if _sharded_only(path):
+        from harness.train import sharded  # late: sharded builds on this module
+
+        sharded.load(path, model)
+        return
     file = Path(path) / WEIGHTS_FILE
     verify(path, WEIGHTS_FILE)
     try:

@@ -3,6 +3,8 @@
 AdamW with linear warm-up and cosine decay, gradient clipping and accumulation, bf16 autocast on
 GPU, a fixed token budget, periodic validation loss and atomic checkpoints. A run resumes
 bit-for-bit on CPU: batches are a pure function of (seed, step) and the optimizer state is saved.
+Under torchrun the same loop runs data-parallel (FSDP2 or DDP, :mod:`harness.train.distributed`)
+with the same global batch, rank 0 logging, and sharded checkpoints.
 Models that need to know training progress (TTT-E2E's inner-lr warm-up) define
 ``on_train_step(step, total_steps)``.
 """
@@ -13,19 +15,19 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from harness import data
-from harness.api.device import resolve_device
-from harness.api.errors import ConfigError, check_choice
+from harness.api.errors import ConfigError, DistributedError, check_choice
 from harness.api.fieldtypes import check_fields
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.registry import build_model
 from harness.api.staging import ensure_writable
-from harness.train import checkpoint
+from harness.train import checkpoint, sharded
+from harness.train.distributed import Replicas, share_of, start
 
 
 @dataclass
@@ -142,31 +144,41 @@ def prepare_data(cfg: TrainConfig) -> TrainingData:
 
 
 @torch.no_grad()
-def validation_loss(model: LCModel, val: torch.Tensor, cfg: TrainConfig, device: torch.device) -> float:
+def validation_loss(model: LCModel, val: torch.Tensor, cfg: TrainConfig, device: torch.device,
+                    replicas: Replicas | None = None) -> float:
+    """Mean loss of the first ``eval_batches`` validation batches (each rank its share of each)."""
+    replicas = replicas or Replicas()
     was_training = model.training
     model.eval()
     rows = val[: cfg.eval_batches * cfg.batch_size]
-    losses = []
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(rows), cfg.batch_size):
-        batch = rows[i : i + cfg.batch_size].to(device)
+        share = share_of(replicas, rows[i : i + cfg.batch_size].to(device))
         with torch.autocast(device.type, dtype=autocast_dtype(cfg.dtype, device) or torch.float32,
                             enabled=autocast_dtype(cfg.dtype, device) is not None):
-            losses.append(model.token_losses(batch).float().mean().item() * len(batch))
+            total += model.token_losses(share.rows).float().mean().double() * share.weight
     model.train(was_training)
-    return sum(losses) / len(rows)
+    return replicas.sum(total).item() / len(rows)
 
 
 def training_step(model: LCModel, optimizer: torch.optim.Optimizer, batches: list[torch.Tensor], grad_clip: float,
-                  amp_dtype: torch.dtype | None) -> float:
+                  amp_dtype: torch.dtype | None, replicas: Replicas | None = None,
+                  loss_of: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """One optimizer step: forward, next-token loss and backward over each micro-batch (gradients
-    accumulate), gradient clipping, the update; the loss summed over micro-batches. The caller sets
-    the learning rate. (The GPU kit's throughput measurement times exactly this.)"""
+    accumulate; across ranks they synchronise on the last only), gradient clipping, the update;
+    the loss summed over micro-batches (averaged over ranks). The caller sets the learning rate
+    and gives each rank its share of the batches; ``loss_of`` is what ``replicas.wrap`` returned.
+    (The GPU kit's throughput measurement times exactly this.)"""
+    replicas = replicas or Replicas()
+    loss_of = loss_of or model.training_loss
     loss_sum = 0.0
-    for batch in batches:
-        with torch.autocast(batch.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = model.training_loss(batch) / len(batches)
-        loss.backward()
+    for micro, batch in enumerate(batches):
+        with replicas.no_grad_sync(loss_of, skip=micro < len(batches) - 1):
+            with torch.autocast(batch.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = loss_of(batch) / len(batches)
+            loss.backward()
         loss_sum += loss.item()
+    loss_sum = replicas.mean(loss_sum)
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"the loss is {loss_sum}")
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -182,13 +194,16 @@ def train(
     resume: bool = False,
     progress: bool = True,
     training_data: TrainingData | None = None,
+    parallel: str = "auto",
 ) -> TrainResult:
-    """Train a fresh model (or resume the checkpoint in ``out_dir``) for ``cfg.total_steps``."""
+    """Train a fresh model (or resume the checkpoint in ``out_dir``) for ``cfg.total_steps``.
+    ``parallel``: none, fsdp or ddp (the last two under torchrun); auto picks fsdp there."""
     if out_dir is not None:  # before any work: a bad folder would otherwise fail only at the first save
         check_out_dir(Path(out_dir), resume)
     elif resume:
         raise ConfigError("resuming needs the folder of the checkpoint to continue (--out); none was given")
-    device = resolve_device(cfg.device)
+    replicas = start(parallel, cfg.device)
+    device = replicas.device
     training_data = training_data or prepare_data(cfg)
     if model_config.vocab_size < training_data.vocab_size:
         raise ConfigError(
@@ -196,41 +211,47 @@ def train(
         )
     torch.manual_seed(cfg.seed)
     model = build_model(model_config).to(device)
+    loss_of = replicas.wrap(model)  # FSDP2 shards the parameters: the optimizer comes after
     optimizer = make_optimizer(model, cfg)
     start_step, history = 0, []
     if resume and out_dir is not None:
-        start_step, history = _restore(out_dir, model, optimizer, cfg)
+        start_step, history = _restore(out_dir, model, optimizer, cfg, replicas)
     amp_dtype = autocast_dtype(cfg.dtype, device)
     total = cfg.total_steps
     on_step = getattr(model, "on_train_step", None)
     model.train()
-    bar = tqdm(range(start_step, total), desc=f"train {model_config.arch}", disable=not progress, unit="step")
+    bar = tqdm(range(start_step, total), desc=f"train {model_config.arch}", disable=not (progress and replicas.is_main),
+               unit="step")
     t0, tokens_done, val_loss = time.perf_counter(), 0, float("nan")
+    saved_step = start_step
     for step in bar:
         if on_step is not None:
             on_step(step, total)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batches = [data.sample_batch(training_data.train, cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
-                   .to(device) for micro in range(cfg.grad_accum)]
+        batches = [replicas.shard(data.sample_batch(training_data.train, cfg.batch_size, step * cfg.grad_accum + micro,
+                                                    cfg.seed)).to(device) for micro in range(cfg.grad_accum)]
         try:
-            loss_sum = training_step(model, optimizer, batches, cfg.grad_clip, amp_dtype)
+            loss_sum = training_step(model, optimizer, batches, cfg.grad_clip, amp_dtype, replicas, loss_of)
         except FloatingPointError as exc:
             raise FloatingPointError(f"training diverged: {exc} at step {step + 1} of {total} "
                                      f"(lr {lr_at(step, cfg):g}); try a lower --lr") from None
+        except torch.distributed.DistError as exc:
+            raise lost_rank_error(exc, replicas, step, out_dir, saved_step) from exc
         tokens_done += cfg.tokens_per_step
         tok_s = tokens_done / (time.perf_counter() - t0)
         record = {"step": step + 1, "loss": loss_sum, "lr": lr_at(step, cfg), "tokens_per_s": tok_s}
         last = step + 1 == total
         if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
-            val_loss = validation_loss(model, training_data.val, cfg, device)
+            val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
             record["val_loss"] = val_loss
         history.append(record)
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{val_loss:.3f}")
         if out_dir is not None and (last or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
-            _save(out_dir, model, optimizer, cfg, step + 1, history)
+            _save(out_dir, model, optimizer, cfg, step + 1, history, replicas)
+            saved_step = step + 1
     if start_step >= total:  # nothing left to train: report the checkpoint as it is
-        val_loss = validation_loss(model, training_data.val, cfg, device)
+        val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
     elapsed = time.perf_counter() - t0
     return TrainResult(model, total, val_loss, tokens_done / elapsed if tokens_done else 0.0, history)
 
@@ -249,7 +270,7 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
             found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else "no such folder"
             raise checkpoint.CheckpointError(
                 f"nothing to resume in {str(out_dir)!r}: it needs {checkpoint.CONFIG_FILE} and "
-                f"{checkpoint.WEIGHTS_FILE} (found: {found}); drop --resume to start a new run")
+                f"{checkpoint.WEIGHTS_FILE} or {checkpoint.SHARDED_DIR}/ (found: {found}); drop --resume to start a new run")
         return
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         what = "a checkpoint; pass --resume to continue it" if checkpoint.is_checkpoint(out_dir) else "other files"
@@ -257,12 +278,25 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
     ensure_writable(out_dir.parent, "checkpoint's folder")
 
 
-def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list) -> None:
+def lost_rank_error(exc: torch.distributed.DistError, replicas: Replicas, step: int, out_dir,
+                    saved_step: int) -> DistributedError:
+    """A collective that fails in a multi-process run means another rank is gone: say so, and
+    where the run can resume from."""
+    where = (f"the last checkpoint in {str(out_dir)!r} (step {saved_step}) is intact; rerun with --resume"
+             if out_dir is not None and saved_step else "no checkpoint was written yet")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DistributedError(f"rank {replicas.rank}: lost another process at step {step + 1} ({first}); {where}")
+
+
+def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list, replicas: Replicas) -> None:
     state = {"step": step, "train_config": cfg.to_dict(), "history": history, "rng": torch.get_rng_state().tolist()}
-    checkpoint.save_checkpoint(out_dir, model, optimizer, state)
+    if replicas.in_process_group:
+        sharded.save(out_dir, model, optimizer, {**state, "world_size": replicas.world_size})
+    else:
+        checkpoint.save_checkpoint(out_dir, model, optimizer, state)
 
 
-def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig) -> tuple[int, list]:
+def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Replicas) -> tuple[int, list]:
     saved_config = checkpoint.read_config(out_dir)
     if saved_config != model.config:
         raise checkpoint.CheckpointError(
@@ -278,10 +312,17 @@ def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig) -> tuple[int,
             f"cannot resume {str(out_dir)!r} with other training settings than it was started with: "
             + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
             + "; keep them, or start a new run in another folder")
-    if optim_state is None:
+    if checkpoint.is_sharded(out_dir):  # written by N processes: DCP reshards it for this run
+        sharded.load(out_dir, model, optimizer)
+    elif replicas.in_process_group:
+        raise checkpoint.CheckpointError(
+            f"cannot resume {str(out_dir)!r} on {replicas.world_size} processes: it was written by one process "
+            f"({checkpoint.WEIGHTS_FILE}); resume it in one process, or start the multi-process run afresh")
+    elif optim_state is None:
         raise checkpoint.CheckpointError(f"cannot resume {str(out_dir)!r}: it has no {checkpoint.OPTIMIZER_FILE}")
-    checkpoint.load_weights(out_dir, model)
-    optimizer.load_state_dict(optim_state)
+    else:
+        checkpoint.load_weights(out_dir, model)
+        optimizer.load_state_dict(optim_state)
     torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
     return state["step"], state["history"]
 

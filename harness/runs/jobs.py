@@ -1,0 +1,142 @@
+"""Sweeps as jobs on submitit: local processes (``--executor local``) or a Slurm cluster
+(``--executor slurm``), several running at once, each running :func:`run_model_cells` into the
+sweep folder's :class:`~harness.runs.store.ResultStore` (safe for concurrent writers).
+
+One job per model (it trains the model, then runs its tasks) or one per cell (the models are
+trained first, one job each, then every cell is a job). A job that Slurm pre-empts or times
+out is requeued by submitit and skips the cells it had finished; a job that dies is recorded
+as status rows of its unfinished cells with the path of its log, and ``--retry-failed`` runs
+them again. Rerunning the sweep submits only the cells not yet done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+from tqdm.auto import tqdm
+
+from harness.api import results
+from harness.api.device import resolve_device, resolve_dtype
+from harness.api.errors import ConfigError, check_choice
+from harness.runs.cluster import ClusterOptions
+from harness.runs.store import ResultStore
+from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cell_record, failure_rows_of,
+                                finish_sweep, pending_cells, plan, run_model_cells, start_sweep)
+
+EXECUTORS = ("local", "slurm")
+JOBS_DIR = "jobs"
+
+
+class SweepJob(submitit.helpers.Checkpointable):
+    """What a worker runs: the spec's cells with the given keys not yet done, model by model.
+    Everything lives in the sweep folder, so a requeued job (pre-empted, timed out) just runs
+    again."""
+
+    def __call__(self, spec: dict[str, Any], out_dir: str, keys: list[str], train_only: bool = False) -> int:
+        spec_obj = SweepSpec.from_dict(spec)
+        done = ResultStore(out_dir).finished()
+        wanted = set(keys)
+        cells = [c for c in plan(spec_obj) if c.key in wanted and c.key not in done]
+        if train_only:  # train (or resume) each model once; its cells are other jobs
+            for model in {id(c.model): c.model for c in cells}.values():
+                model.train_once(Path(out_dir))
+            return 0
+        device = resolve_device(spec_obj.device)
+        dtype = resolve_dtype(spec_obj.dtype, device)
+        return sum(run_model_cells(list(group), out_dir, device, dtype)
+                   for _, group in itertools.groupby(cells, key=lambda c: id(c.model)))
+
+
+@dataclass
+class Submitted:
+    job: Any  # submitit.Job
+    cells: list[Cell]
+
+
+def make_executor(kind: str, options: ClusterOptions, log_dir: Path) -> submitit.Executor:
+    check_choice("executor", kind, EXECUTORS)
+    if kind == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("--executor slurm needs Slurm's sbatch on PATH: run the sweep on the cluster's login node "
+                          "(or use --executor local)")
+    executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster=kind)
+    executor.update_parameters(name="lcbench-sweep", **options.executor_parameters(kind))
+    return executor
+
+
+def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry_failed: bool = False,
+                   progress: bool = True, **overrides: Any) -> SweepResult:
+    """Run the pending cells of ``spec`` as submitit jobs and wait for them. ``overrides``:
+    :class:`~harness.runs.cluster.ClusterOptions` fields on top of the spec's ``cluster:``."""
+    options = spec.cluster_options(**overrides)
+    out = start_sweep(spec, out_dir)
+    cells, pending = pending_cells(spec, out, retry_failed)
+    runner = make_executor(executor, options, out / JOBS_DIR)
+    started = time.time()
+    groups = _by_model(pending)
+    if options.jobs == "cell":
+        to_train = [g for g in groups if g[0].model.needs_training(out)]
+        _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress)
+        groups = [[c] for c in pending]
+    submitted = _submit(runner, executor, spec, out, groups, options.workers)
+    failed = _collect(submitted, out, progress)
+    return finish_sweep(spec, out, cells, len(pending), failed, started, device=spec.device, executor=executor,
+                        cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in submitted])
+
+
+def _by_model(cells: list[Cell]) -> list[list[Cell]]:
+    groups: dict[int, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(id(cell.model), []).append(cell)
+    return list(groups.values())
+
+
+def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, groups: list[list[Cell]],
+            workers: int, train_only: bool = False) -> list[Submitted]:
+    """One job per group. Slurm runs them as one array, at most ``workers`` at once; locally at
+    most ``workers`` processes run at once (submitit's local executor starts every job)."""
+    args = [(spec.to_dict(), str(out), [c.key for c in group], train_only) for group in groups]
+    if kind == "slurm":
+        with runner.batch():
+            jobs = [runner.submit(SweepJob(), *a) for a in args]
+        return [Submitted(job, group) for job, group in zip(jobs, groups)]
+    submitted: list[Submitted] = []
+    for a, group in zip(args, groups):
+        while sum(not s.job.done() for s in submitted) >= workers:
+            time.sleep(0.2)
+        submitted.append(Submitted(runner.submit(SweepJob(), *a), group))
+    return submitted
+
+
+def _collect(submitted: list[Submitted], out: Path, progress: bool) -> int:
+    """Wait for every job; a job that died leaves status rows for its unfinished cells.
+    Returns how many of the jobs' cells failed."""
+    bar = tqdm(total=len(submitted), desc="jobs", unit="job", disable=not progress)
+    for item in submitted:
+        try:
+            item.job.result()
+        except Exception as exc:  # noqa: BLE001 - submitit reports a dead job as any of several errors
+            record_dead_job(out, item, exc)
+        bar.update(1)
+    bar.close()
+    done = ResultStore(out).finished()
+    return sum(done[c.key]["status"] != "ok" for s in submitted for c in s.cells if c.key in done)
+
+
+def record_dead_job(out: Path, item: Submitted, exc: BaseException) -> None:
+    """Status rows (and failed ``cells.jsonl`` records) for the cells a dead job left unfinished."""
+    store = ResultStore(out)
+    done = store.finished()
+    log = item.job.paths.stderr
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for cell in item.cells:
+        if cell.key in done:
+            continue
+        lost = RuntimeError(f"job {item.job.job_id} died ({reason}); log: {log}")
+        table = results.to_frame(failure_rows_of(cell, lost, cell.model.label))
+        store.record_cell(cell.key, table, cell_record(cell, table, 0.0))

@@ -1,0 +1,100 @@
+"""Sharded training checkpoints (torch.distributed.checkpoint) for runs on many processes.
+
+A sharded checkpoint is the ordinary checkpoint folder (``config.json``, ``trainer.json``,
+``checksums.json``) with the weights and optimizer state in ``sharded/`` instead of
+``model.safetensors`` + ``optimizer.pt``: every rank writes its own shards, and the metadata
+records each tensor's global shape, so the folder resumes on any number of processes (DCP
+reshards on load) and loads in a plain single process for evaluation. Every shard file is
+checksummed like the one-process files, and verified before a load.
+
+Saves are atomic as the one-process ones are: all ranks write into one temporary sibling folder
+that rank 0 renames into place after every rank has finished, so a rank that dies mid-save
+leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from harness.api.errors import CheckpointError
+from harness.api.interface import LCModel
+from harness.train import checkpoint
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _shared_temp_folder(path: Path) -> Path:
+    """A fresh sibling of ``path`` made by rank 0 under a unique name every rank receives."""
+    name = [None]
+    if _is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        name[0] = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    if dist.is_initialized():
+        dist.broadcast_object_list(name, src=0)
+    return Path(name[0])
+
+
+def save(path: str | os.PathLike, model: LCModel, optimizer: torch.optim.Optimizer,
+         trainer_state: dict[str, Any]) -> Path:
+    """Collective: every rank calls it with its (sharded or replicated) model and optimizer."""
+    path = Path(path)
+    checkpoint.check_replaceable(path)
+    tmp = _shared_temp_folder(path)
+    try:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / checkpoint.SHARDED_DIR))
+        if _is_main():  # dcp.save returns on every rank once all shards and the metadata are written
+            (tmp / checkpoint.CONFIG_FILE).write_text(model.config.to_json())
+            (tmp / checkpoint.TRAINER_FILE).write_text(json.dumps(trainer_state, indent=2))
+            shards = sorted(f.relative_to(tmp).as_posix() for f in (tmp / checkpoint.SHARDED_DIR).iterdir())
+            checkpoint.write_checksums(tmp, shards)
+            checkpoint.replace_dir(tmp, path)
+    except BaseException:
+        if _is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _barrier()  # no rank goes on (or exits) before the checkpoint is in place
+    return path
+
+
+def load(path: str | os.PathLike, model: LCModel, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load weights (and optimizer state) into ``model`` as it is now laid out: sharded by
+    FSDP2 across this process group, replicated, or whole in one process."""
+    checkpoint.verify_shards(path)
+    shards = Path(path) / checkpoint.SHARDED_DIR
+    if optimizer is None:
+        state = {"model": model.state_dict()}
+        _read(shards, state)
+        model.load_state_dict(state["model"])
+        return
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    _read(shards, state)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _read(shards: Path, state: dict[str, Any]) -> None:
+    try:
+        with warnings.catch_warnings():  # a load in one process is what we ask for, not a fallback
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(state, checkpoint_id=str(shards), no_dist=not dist.is_initialized())
+    except Exception as exc:  # DCP wraps reader errors of every rank in its own types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"sharded checkpoint {str(shards)!r} cannot be loaded into this model: {first}") from exc

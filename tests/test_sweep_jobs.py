@@ -1,0 +1,123 @@
+"""Sweeps as submitit jobs: concurrent workers give the serial run's table; dead jobs are
+recorded with their log; cluster settings are checked. (Concurrent writers of the store itself:
+tests/test_store.py.)"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+pytest.importorskip("submitit")
+
+from harness.api import results  # noqa: E402
+from harness.api.errors import ConfigError  # noqa: E402
+from harness.runs import jobs  # noqa: E402
+from harness.runs.store import ResultStore  # noqa: E402
+from harness.runs.sweep import describe_failures, load_spec, plan, run_sweep  # noqa: E402
+
+SMALL = {"d_model": 32, "n_heads": 2, "mlp_hidden": 64, "n_layers": 2}
+
+
+@pytest.fixture
+def spec_path(tmp_path) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("json", "csv", "textwrap", "string"):
+        (corpus / f"{name}.txt").write_text(Path(__import__(name).__file__).read_text()[:4000])
+    spec = {
+        "name": "jobs",
+        "train": {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_batches": 1, "corpus": str(corpus)},
+        "models": [{"arch": "swa", "set": {**SMALL, "window": 8}}, {"arch": "full_attention", "set": SMALL}],
+        "tasks": [{"task": "loss_scaling", "options": {"tokens_per_context": 64, "resamples": 20, "chunk": 0},
+                   "grid": {"contexts": [[16], [32]]}}],
+        "cluster": {"workers": 2, "time_min": 10},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sorted_table(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values(results.KEY_COLUMNS).reset_index(drop=True)
+
+
+@pytest.fixture
+def serial(spec_path, tmp_path):
+    result = run_sweep(load_spec(spec_path), tmp_path / "serial", progress=False)
+    assert result.failed == 0 and len(result.table)
+    return result
+
+
+@pytest.mark.slow
+def test_concurrent_local_jobs_give_the_serial_table(spec_path, serial, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # workers reduce in the same order as this process
+    spec = load_spec(spec_path)  # 2 models, one job each, both running at once (workers: 2)
+    out = tmp_path / "jobs"
+    result = jobs.run_sweep_jobs(spec, str(out), "local", progress=False)
+    assert result.failed == 0 and result.ran == len(plan(spec))
+    pd.testing.assert_frame_equal(sorted_table(result.table), sorted_table(serial.table))
+    assert sum(p.name.isdigit() for p in (out / jobs.JOBS_DIR).iterdir()) == 2  # each job's log folder
+    rerun = jobs.run_sweep_jobs(spec, str(out), "local", progress=False)
+    assert rerun.ran == 0 and rerun.skipped == len(plan(spec))
+
+
+def test_one_job_per_cell_trains_each_model_once_first(spec_path, serial, tmp_path, monkeypatch):
+    import submitit
+
+    # submitit's in-process executor: the same jobs and calls as --executor local, without the
+    # start-up of a process per job (the concurrent path is the test above)
+    submitted = []
+
+    def in_process(kind, options, log_dir):
+        executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="debug")
+        real_submit = executor.submit
+        executor.submit = lambda fn, *args: submitted.append(args) or real_submit(fn, *args)
+        return executor
+
+    monkeypatch.setattr(jobs, "make_executor", in_process)
+    spec = load_spec(spec_path)
+    result = jobs.run_sweep_jobs(spec, str(tmp_path / "cells"), "local", progress=False, jobs="cell")
+    pd.testing.assert_frame_equal(sorted_table(result.table), sorted_table(serial.table))
+    train_jobs = [a for a in submitted if a[3]]
+    assert len(train_jobs) == 2 and len(submitted) == 2 + len(plan(spec))
+    assert all(len(a[2]) == 1 for a in submitted if not a[3])
+
+
+def test_a_dead_job_leaves_status_rows_with_its_log(spec_path, tmp_path):
+    spec = load_spec(spec_path)
+    out = tmp_path / "out"
+    cells = plan(spec)[:2]
+    job = SimpleNamespace(job_id="4242", paths=SimpleNamespace(stderr=tmp_path / "4242_0_log.err"))
+    jobs.record_dead_job(out, jobs.Submitted(job, cells), RuntimeError("Job 4242 was OOM-killed\nmore"))
+    table = results.read_table(out)
+    assert set(table["status"]) == {"error"} and len(table) == 2
+    assert all("job 4242 died (Job 4242 was OOM-killed); log: " in m and "4242_0_log.err" in m for m in table["message"])
+    assert {r["status"] for r in ResultStore(out).finished().values()} == {"failed"}
+    assert len(describe_failures(out)) == 2
+
+
+def test_cluster_settings_are_checked_and_mapped_to_submitit(spec_path):
+    spec = load_spec(spec_path)
+    with pytest.raises(ConfigError, match="Did you mean 'partition'"):
+        spec.cluster_options(partitio="gpu")
+    with pytest.raises(ConfigError, match="Did you mean 'cell'"):
+        spec.cluster_options(jobs="cells")
+    options = spec.cluster_options(partition="gpu", gpus_per_job=8, time_min=120, slurm={"exclusive": True})
+    params = options.executor_parameters("slurm")
+    assert params["slurm_partition"] == "gpu" and params["gpus_per_node"] == 8 and params["timeout_min"] == 120
+    assert params["slurm_array_parallelism"] == 2 and params["slurm_additional_parameters"] == {"exclusive": True}
+    assert not any(k.startswith("slurm_") for k in options.executor_parameters("local"))
+    bad = yaml.safe_load(spec_path.read_text())
+    bad["cluster"]["workerz"] = 3
+    spec_path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="Did you mean 'workers'"):
+        load_spec(spec_path)
+
+
+def test_slurm_without_sbatch_is_a_clear_error(spec_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="sbatch"):
+        jobs.run_sweep_jobs(load_spec(spec_path), str(tmp_path / "out"), "slurm", progress=False)
