@@ -226,8 +226,9 @@ def claims(run_dir: str, out: str | None) -> None:
     """Judge the TTT-E2E paper's three claims (context, position, recall) on a run or sweep folder."""
     from harness.api.results import atomic_write
     from harness.report.claims import judge, render_markdown
+    from harness.runs.sweep import current_sample_files
 
-    text = render_markdown(judge(run_dir))
+    text = render_markdown(judge(run_dir, current_sample_files(run_dir)))
     click.echo(text, nl=False)
     atomic_write(Path(out or Path(run_dir) / "claims.md"), lambda f: f.write(text))
 

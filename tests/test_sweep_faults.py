@@ -230,3 +230,20 @@ def test_every_spec_that_wrote_into_a_folder_is_kept_and_named_by_its_cells(tmp_
     assert len(records) == 4  # first's context 4 is one cell, run once
     for record in records:
         assert kept[record["spec"]]["tasks"][0]["grid"]["contexts"].count(record["options"]["contexts"]) == 1
+
+
+def test_readers_take_the_samples_of_the_last_specs_cells_only(tmp_path):
+    """An edited spec's replaced cells keep their sample files; claims must not pool them."""
+    from harness.runs.sweep import current_sample_files, plan
+
+    out = tmp_path / "out"
+    assert current_sample_files(out) is None
+    first, edited = (load_spec(write_spec(tmp_path / f"{i}.yaml", untrained_spec("s", contexts)))
+                     for i, contexts in ((0, [4, 5]), (1, [4, 6])))
+    run_sweep(first, out, progress=False)
+    for key in ResultStore(out).finished():  # the probe task records no samples: give each cell one
+        results.write_jsonl(out / "samples" / f"{key}.jsonl", [{"cell": key}])
+    run_sweep(edited, out, progress=False)
+    shared = {c.key for c in plan(first)} & {c.key for c in plan(edited)}
+    assert len(shared) == 1  # context 4; context 5's cell was replaced by context 6's (no samples)
+    assert {p.stem for p in current_sample_files(out)} == shared

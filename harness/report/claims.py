@@ -67,10 +67,12 @@ class RunData:
                 if s.get("model") == model and s.get("task") == "loss_scaling" and s.get("kind") == "window"]
 
 
-def load_run(run_dir: str | os.PathLike) -> RunData:
-    """A run folder's table and every sample record (an eval's samples.jsonl, a sweep's samples/)."""
+def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None) -> RunData:
+    """A run folder's table and its sample records: ``sample_files`` (a sweep's current cells,
+    from harness.runs.sweep.current_sample_files) or else every file (samples.jsonl, samples/)."""
     run_dir = Path(run_dir)
-    files = sorted((run_dir / "samples").glob("*.jsonl")) + [p for p in [run_dir / SAMPLES_JSONL] if p.exists()]
+    files = sample_files if sample_files is not None else (
+        sorted((run_dir / "samples").glob("*.jsonl")) + [p for p in [run_dir / SAMPLES_JSONL] if p.exists()])
     samples = [record for path in files for record in read_jsonl(path)]
     return RunData(read_table(run_dir), samples)
 
@@ -244,8 +246,8 @@ def recall_claim(run: RunData) -> Claim:
     return Claim("recall", statement, verdict, why, evidence)
 
 
-def judge(run_dir: str | os.PathLike) -> list[Claim]:
-    run = load_run(run_dir)
+def judge(run_dir: str | os.PathLike, sample_files: list[Path] | None = None) -> list[Claim]:
+    run = load_run(run_dir, sample_files)
     return [context_claim(run), position_claim(run), recall_claim(run)]
 
 

@@ -493,6 +493,23 @@ def failure_summary(not_ok: pd.DataFrame) -> str:
     return f"{counts} row(s): {not_ok['message'].iloc[0]}"[:500]
 
 
+def current_sample_files(out_dir: str | os.PathLike) -> list[Path] | None:
+    """The sample files of the cells of the folder's last spec (``spec.json``), so readers skip
+    samples of cells that an edited spec replaced; None when the folder is not a sweep, or its spec
+    no longer loads or names none of its cells here (then every sample file counts)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / SPEC_FILE).is_file():
+        return None
+    try:
+        spec = SweepSpec.from_dict(json.loads((out_dir / SPEC_FILE).read_text()), str(out_dir / SPEC_FILE))
+    except (ConfigError, ValueError):
+        return None
+    keys = [cell.key for cell in plan(spec)]
+    if not set(keys) & ResultStore(out_dir).finished().keys():  # cells keyed by another lcbench version
+        return None
+    return [path for key in keys for path in [out_dir / SAMPLES_DIR / f"{key}.jsonl"] if path.is_file()]
+
+
 def describe_failures(out_dir: str | os.PathLike) -> list[str]:
     """One line per failed cell of a sweep folder."""
     return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}"
