@@ -9,6 +9,10 @@ Mixer contract (an ``nn.Module``)::
 
     mixer(x [B, T, D], cache, start_pos: int, need_cache: bool) -> (y [B, T, D], cache)
 
+With ``input_conv = K > 0``, a short causal depthwise convolution over the embeddings is added
+to them before the first block (Zoology's layer-0 convolution: every block then sees the K-1
+preceding tokens); its state is the last K-1 embeddings.
+
 ``cache`` is None at the start of a sequence, otherwise what the previous call returned;
 ``start_pos`` is the absolute position of ``x[:, 0]``. A call with T > 1 continues the
 sequence exactly as T single-token calls would, so prefill, decode and streamed evaluation
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.short_conv import ShortConv
 from harness.api.interface import LCModel, ModelConfig
 
 
@@ -77,10 +82,12 @@ class Block(nn.Module):
 
 @dataclass
 class BackboneState:
-    """Generation state: the position of the next token and one cache per block."""
+    """Generation state: the position of the next token, one cache per block, and the input
+    convolution's last inputs (None without one)."""
 
     pos: int
     layers: list[Any] = field(default_factory=list)
+    conv_tail: torch.Tensor | None = None
 
 
 class BackboneLM(LCModel):
@@ -89,6 +96,9 @@ class BackboneLM(LCModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        # Conv1d's own init, U(+-1/sqrt(K)), not init_std's normal: the convolution starts about
+        # as strong as the embedding it adds to, so the preceding tokens are visible from step 0.
+        self.input_conv = ShortConv(config.d_model, config.input_conv, activation=False) if config.input_conv else None
         self.blocks = nn.ModuleList(self.make_block(i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -122,19 +132,28 @@ class BackboneLM(LCModel):
     def shard_units(self) -> list[nn.Module]:
         return list(self.blocks)
 
+    def embed_tokens(self, tokens: torch.Tensor, conv_tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings ``[B, T, D]`` plus the input convolution's output (continuing from
+        ``conv_tail``, the previous call's last inputs), and the new tail."""
+        x = self.embed(tokens)
+        if self.input_conv is None:
+            return x, None
+        y, conv_tail = self.input_conv(x, conv_tail)
+        return x + y, conv_tail
+
     def hidden_states(
         self, tokens: torch.Tensor, state: BackboneState | None = None, need_state: bool = False
     ) -> tuple[torch.Tensor, BackboneState | None]:
         """Final-normed hidden states ``[B, T, D]`` of ``tokens``, continuing from ``state``."""
         start = 0 if state is None else state.pos
         caches = [None] * len(self.blocks) if state is None else state.layers
-        x = self.embed(tokens)
+        x, conv_tail = self.embed_tokens(tokens, None if state is None else state.conv_tail)
         new_caches = []
         for block, cache in zip(self.blocks, caches):
             x, cache = block(x, cache, start, need_state)
             new_caches.append(cache)
         x = self.norm(x)
-        return x, (BackboneState(start + tokens.size(1), new_caches) if need_state else None)
+        return x, (BackboneState(start + tokens.size(1), new_caches, conv_tail) if need_state else None)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.hidden_states(tokens)[0])

@@ -250,6 +250,7 @@ class TTTState:
     fast: list[torch.Tensor]  # the current mini-batch's fast weights, [B, ...] each
     pending_x: torch.Tensor  # [B, L, D] suffix inputs of the current mini-batch so far
     pending_tokens: torch.Tensor  # [B, L]
+    conv_tail: torch.Tensor | None = None  # the input convolution's last inputs (None without one)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +413,7 @@ class TTTE2ELM(AttentionLM):
             raise ConfigError(f"nothing to read: {tokens.size(1)} tokens, {n_in} inputs")
 
         # 1. the prefix, once over all new tokens
-        x = self.embed(tokens[:, :n_in])
+        x, conv_tail = self.embed_tokens(tokens[:, :n_in], None if state is None else state.conv_tail)
         prefix_caches = [None] * self.n_prefix if state is None else state.prefix
         new_prefix = []
         for block, cache in zip(self.prefix_blocks, prefix_caches):
@@ -486,7 +487,7 @@ class TTTE2ELM(AttentionLM):
                 ring.append(torch.cat(nk, -2), torch.cat(nv, -2))
         pending_x = all_x[:, last_mb_start - timeline_start : read_end - timeline_start]
         pending_tokens = all_tokens[:, last_mb_start - timeline_start : read_end - timeline_start]
-        return result, TTTState(read_end, new_prefix, rings, fast, pending_x, pending_tokens)
+        return result, TTTState(read_end, new_prefix, rings, fast, pending_x, pending_tokens, conv_tail)
 
     def _step_function(self, out: str, device: torch.device):
         """What ``_read`` calls per mini-batch: the reference step (recomputed in the backward

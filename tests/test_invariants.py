@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import registry
+from harness.api.errors import ConfigError
 from harness.api.interface import LCModel
 from harness.train import checkpoint
 from tests.conftest import small_config, small_model
@@ -34,9 +35,10 @@ def test_config_json_round_trip(arch):
         assert registry.config_from_dict(json.loads(config.to_json())) == config
 
 
+@pytest.mark.parametrize("input_conv", [0, 3], ids=["no_conv", "input_conv"])
 @torch.no_grad()
-def test_prefill_decode_reproduce_forward(arch):
-    model = small_model(arch, dtype=torch.float64)
+def test_prefill_decode_reproduce_forward(arch, input_conv):
+    model = small_model(arch, dtype=torch.float64, input_conv=input_conv)
     x = tokens()
     full = model(x)
     prompt = 21  # not a multiple of any chunk, window or mini-batch size
@@ -48,9 +50,10 @@ def test_prefill_decode_reproduce_forward(arch):
     assert model.state_bytes(state) > 0
 
 
+@pytest.mark.parametrize("input_conv", [0, 3], ids=["no_conv", "input_conv"])
 @torch.no_grad()
-def test_outputs_are_causal(arch):
-    model = small_model(arch, dtype=torch.float64)
+def test_outputs_are_causal(arch, input_conv):
+    model = small_model(arch, dtype=torch.float64, input_conv=input_conv)
     x = tokens()
     base = model(x)
     for t in (5, 16, 31, T - 1):  # inside and at the edges of chunks / mini-batches
@@ -92,9 +95,10 @@ def test_checkpoint_round_trip_is_exact(arch, tmp_path):
         assert name == name2 and torch.equal(p, q)
 
 
+@pytest.mark.parametrize("input_conv", [0, 3], ids=["no_conv", "input_conv"])
 @torch.no_grad()
-def test_streamed_chunks_equal_forward(arch):
-    model = small_model(arch, dtype=torch.float64)
+def test_streamed_chunks_equal_forward(arch, input_conv):
+    model = small_model(arch, dtype=torch.float64, input_conv=input_conv)
     if not hasattr(model, "forward_chunk"):
         pytest.skip(f"{arch} has no forward_chunk (streaming is optional)")
     x = tokens()
@@ -106,8 +110,33 @@ def test_streamed_chunks_equal_forward(arch):
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-9, atol=1e-9)
 
 
-def test_gradients_reach_every_parameter(arch):
-    model = small_model(arch).train()
+@pytest.mark.parametrize("input_conv", [0, 3], ids=["no_conv", "input_conv"])
+def test_gradients_reach_every_parameter(arch, input_conv):
+    model = small_model(arch, input_conv=input_conv).train()
     model.token_losses(tokens()).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing, f"parameters without gradient: {missing}"
+
+
+@torch.no_grad()
+def test_input_conv_is_the_direct_sum_over_preceding_embeddings(arch):
+    """embed_tokens with input_conv=K: e_t + sum_j w[:, j] * e_{t-K+1+j} (zeros before the start),
+    read off the equation one position at a time, and continued exactly across calls."""
+    K = 3
+    model = small_model(arch, dtype=torch.float64, input_conv=K)
+    x = tokens()
+    e = model.embed(x)
+    w = model.input_conv.weight[:, 0, :]  # [D, K]; tap K-1 multiplies the current position
+    expected = torch.stack([e[:, t] + sum(w[:, j] * e[:, t - K + 1 + j] for j in range(K) if t - K + 1 + j >= 0)
+                            for t in range(T)], 1)
+    got, _ = model.embed_tokens(x, None)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    first, tail = model.embed_tokens(x[:, :20], None)
+    rest, _ = model.embed_tokens(x[:, 20:], tail)
+    torch.testing.assert_close(torch.cat([first, rest], 1), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-1, 1])
+def test_input_conv_rejects_kernels_that_are_not_convolutions(bad):
+    with pytest.raises(ConfigError, match=f"input_conv={bad}"):
+        small_config("swa", input_conv=bad)

@@ -42,7 +42,7 @@ def naive_read(model: TTTE2ELM, seq: torch.Tensor, n_in: int, order: str | None 
     c = model.config
     names = model.fast_parameter_names()
     weights = [p if order else p.detach().clone() for p in model.fast_parameters()]
-    x = model.embed(seq[None, :n_in])
+    x = model.embed_tokens(seq[None, :n_in], None)[0]
     for block in model.prefix_blocks:
         x, _ = block(x, None, 0, False)
     caches = [None] * len(model.suffix_blocks)

@@ -42,6 +42,10 @@ class ModelConfig:
     norm_eps: float = 1e-6
     sandwich_norm: bool = True  # pre- and post-norm around every sublayer, as in TTT-E2E's code
     init_std: float = 0.02
+    # Kernel of a short causal depthwise convolution added to the token embeddings (0 = none):
+    # Zoology's layer-0 convolution, which lets tiny attention models learn recall in hundreds of
+    # steps instead of thousands (the same for every architecture: it sits in the shared backbone).
+    input_conv: int = 0
     backend: str = "auto"  # mixer implementation; "auto" picks the fastest that runs here
     # A field an earlier release saved and this one replaced: old name -> its value in new fields.
     retired_fields: ClassVar[dict[str, Callable[[Any], dict[str, Any]]]] = {}
@@ -49,6 +53,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, type(self).__name__)
         self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
+        if self.input_conv < 0 or self.input_conv == 1:
+            raise ConfigError(f"input_conv={self.input_conv} is a convolution kernel size: 0 (none) or >= 2")
 
     def check_positive_ints(self, *names: str) -> None:
         for name in names:
