@@ -80,6 +80,20 @@ def test_undecided_when_the_reference_shows_no_effect():
     assert recall.verdict == "undecided" and "not learned recall" in recall.why
 
 
+def test_the_repeat_task_shows_whether_each_model_copies_from_that_far_back():
+    run = _run({**PAPER, "full_attention": 0.0}, GROWING, {})
+    rows = [results.make_row("copy_gain", gain, ci_low=gain - 0.01, ci_high=gain + 0.01, n=6, run="t", model=arch,
+                             arch=arch, task="repeat", eval_ctx=L)
+            for arch, gain in (("full_attention", 0.002), ("ttt_e2e", 0.3)) for L in (512, 1024)]
+    rows[0]["value"] = 0.5  # a shorter distance: not the one shown
+    run.table = pd.concat([run.table, results.to_frame(rows)], ignore_index=True)
+    claim = claims.context_claim(run)
+    assert claim.verdict == "undecided" and "its copy gain at that length is +0.002" in claim.why
+    shown = {e["comparison"]: e["value"] for e in claim.evidence if "copy gain" in e["comparison"]}
+    assert shown == {"full_attention: copy gain at context 1024 (repeat task)": 0.002,
+                     "ttt_e2e: copy gain at context 1024 (repeat task)": 0.3}
+
+
 def test_per_length_windows_are_never_paired_across_lengths():
     run = _run(PAPER, GROWING, {})
     for s in run.samples:

@@ -8,6 +8,8 @@ on the same windows:
    Mamba 2 and Gated DeltaNet level off. Read from ``loss_scaling`` run with ``targets: same``
    (the same targets at every length): a model *keeps falling* when its loss at the longest
    context is lower than at half of it (paired by window, interval above ``MIN_CONTEXT_GAIN``).
+   Where the run has the ``repeat`` task, each model's copy gain at its longest length is shown
+   alongside: whether it copies from that far back at all.
 2. ``position``: TTT-E2E's gain over SWA grows with token position. At the longest context, the
    gain (SWA's loss minus TTT-E2E's, paired by window) in the last position bin
    (the second half of the window) minus the gain before position L/8.
@@ -122,6 +124,18 @@ def last_doubling_gain(run: RunData, model: str) -> tuple[stats.Estimate, int] |
     return _paired(((doc, half[(doc, end)] - by_length[longest][(doc, end)]) for doc, end in shared), seed=1), longest
 
 
+def copy_gain(run: RunData, model: str) -> dict[str, Any] | None:
+    """The ``repeat`` task's copy gain of ``model`` at its longest length, as an evidence row."""
+    t = run.table
+    rows = t[(t["model"] == model) & (t["task"] == "repeat") & (t["metric"] == "copy_gain") & (t["status"] == "ok")]
+    if rows.empty:
+        return None
+    row = rows.loc[rows["eval_ctx"].idxmax()]
+    return {"comparison": f"{model}: copy gain at context {int(row['eval_ctx'])} (repeat task)",
+            "value": float(row["value"]), "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
+            "n": int(row["n"])}
+
+
 def context_claim(run: RunData) -> Claim:
     statement = ("TTT-E2E's loss keeps falling with context like full attention's, while SWA, Mamba 2 and "
                  "Gated DeltaNet level off")
@@ -134,6 +148,9 @@ def context_claim(run: RunData) -> Claim:
             gains[arch] = found[0]
             evidence.append(_row(f"{model}: loss({found[1] // 2}) - loss({found[1]}), same targets", found[0],
                                  arch=arch))
+    copying = {arch: copy_gain(run, m) for arch in ("full_attention", "ttt_e2e", *FIXED_STATE)
+               if (m := run.model_of(arch)) is not None}
+    evidence += [row for row in copying.values() if row is not None]
     missing = [a for a in ("full_attention", "ttt_e2e") if a not in gains]
     if missing or not any(a in gains for a in FIXED_STATE):
         need = missing or ["one of " + ", ".join(FIXED_STATE)]
@@ -144,9 +161,12 @@ def context_claim(run: RunData) -> Claim:
     ttt_keeps = _gains(gains["ttt_e2e"])
     if not _gains(gains["full_attention"]):
         others = ", ".join((["ttt_e2e"] if ttt_keeps else []) + still_falling) or "none of the others"
+        full_copy = copying.get("full_attention")
+        copies = "" if full_copy is None else (
+            f"; its copy gain at that length is {full_copy['value']:+.3f} nats/token (repeat task)")
         return Claim("context", statement, "undecided",
                      "full attention itself does not gain from the last doubling of context, so the run cannot "
-                     f"show which architectures keep up with it (still gaining: {others})", evidence)
+                     f"show which architectures keep up with it (still gaining: {others}){copies}", evidence)
     if ttt_keeps and not still_falling:
         return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
                      "the fixed-state models do not", evidence)
