@@ -257,7 +257,18 @@ def test_other_tasks_get_a_table_each():
     assert list(t["lm_eval_ruler_score"].columns) == [1024, 4096]
     assert t["lm_eval_ruler_score"].loc[("m2", "mamba2"), 4096] == pytest.approx(0.6)
     assert t["lm_eval_hellaswag_acc"].loc[("fa", "full_attention"), "all"] == pytest.approx(0.7)
-    assert "| fa | Full attention | 0.7 |" in tables.render_markdown(t["lm_eval_hellaswag_acc"])
+    assert "| fa | Full attention | 0.7000 |" in tables.render_markdown(t["lm_eval_hellaswag_acc"])
+
+
+@pytest.mark.parametrize("values, fmt", [
+    ([0.7598, 0.0072, 0.0], ".4f"),  # columns line up on the largest value's 4 significant digits
+    ([2.312, -0.5], ".3f"),
+    ([1234.5, 3.0], ".1f"),  # at least one decimal
+    ([3e-9, 1e-9], ".6f"),  # at most six
+    ([float("nan"), 0.0], ".3f"),  # nothing to go by
+])
+def test_other_scores_share_one_fixed_point_format(values, fmt):
+    assert tables.shared_decimals(pd.Series(values)) == fmt
 
 
 def test_rendering_markdown_latex_csv(tmp_path):

@@ -281,8 +281,17 @@ def summary_tables(table: pd.DataFrame | Prepared,
                                scale=MIB)
     for task, metric, facets, pts in _other_scores(prep):
         name = re.sub(r"\W+", "_", f"{task}_{metric}").strip("_")
-        out[name] = _pivot(pts, facets, f"{task}: {metric}", ".4g")
+        out[name] = _pivot(pts, facets, f"{task}: {metric}", shared_decimals(pts["value"]))
     return out
+
+
+def shared_decimals(values: pd.Series, digits: int = 4) -> str:
+    """A fixed-point format for a whole table: ``digits`` significant digits of its largest
+    magnitude, 1 to 6 decimals, so its columns line up (0.7598, 0.0072, 0.0000)."""
+    finite = pd.to_numeric(values, errors="coerce").abs()
+    top = finite[np.isfinite(finite) & (finite > 0)].max()
+    decimals = 3 if pd.isna(top) else min(6, max(1, digits - 1 - math.floor(math.log10(top))))
+    return f".{decimals}f"
 
 
 # (task, metric) pairs that the tables above show, or leave out on purpose (rates mirror times).
