@@ -47,7 +47,7 @@ from harness.api.failures import FailureGuard
 from harness.api.registry import register_task
 from harness.api.results import make_row
 from harness.api.task import DataOptions, Task, check_positive, option, stream_token_losses
-from harness.data.packing import select_windows, tokenize_documents
+from harness.data.packing import select_windows, tokenize_documents, window_ends
 
 
 TARGET_MODES = ("same", "per_length")
@@ -88,8 +88,7 @@ class LossScalingOptions(DataOptions):
         """(document index, start) of the windows of each context length."""
         if self.targets == "per_length":
             return {L: select_windows(lengths, L, self.tokens_per_context) for L in self.contexts}
-        longest = self.contexts[-1]
-        ends = [(i, start + longest) for i, start in select_windows(lengths, longest, self.tokens_per_context)]
+        ends = window_ends(lengths, self.contexts[-1], self.tokens_per_context)
         return {L: [(i, end - L) for i, end in ends] for L in self.contexts}
 
     def scored(self, length: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from harness.api.failures import FailureGuard
 from harness.api.registry import register_task
 from harness.api.results import make_row
 from harness.api.task import DataOptions, Task, check_positive, option, stream_token_losses
-from harness.data.packing import select_windows, tokenize_documents
+from harness.data.packing import tokenize_documents, window_ends
 from harness.report.figures import SkipFigure, register_figure
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class Repeat(Task):
         token_docs = tokenize_documents(docs, tokenizer)
         lengths = [t.numel() for t in token_docs]
         longest = options.contexts[-1]
-        ends = [(i, start + longest) for i, start in select_windows(lengths, longest, options.windows * longest)]
+        ends = window_ends(lengths, longest, options.windows * longest)
         if not ends:
             return [make_row(m, None, eval_ctx=L, status="error",
                              message=f"no held-out document has {longest} tokens (longest: {max(lengths, default=0)})")

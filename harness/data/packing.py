@@ -172,3 +172,10 @@ def select_windows(lengths: list[int], length: int, budget_tokens: int) -> list[
         m = slots[i]
         windows += [(i, (j * m // k) * length) for j in range(k)]
     return windows
+
+
+def window_ends(lengths: list[int], length: int, budget_tokens: int) -> list[tuple[int, int]]:
+    """(document index, end) of the windows :func:`select_windows` picks: end positions that
+    windows of any shorter length can share, so every length scores the same targets."""
+    return [(i, start + length) for i, start in select_windows(lengths, length, budget_tokens)]
+
