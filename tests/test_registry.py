@@ -93,3 +93,40 @@ def test_a_broken_plugin_warns_and_does_not_hide_others(tmp_path, monkeypatch):
         assert "full_attention" in names
     finally:
         registry.reload_plugins()
+
+
+def _typed_task(model, contexts: list[int] = (8,), scale: float = 1.0, flag=False, steps=3, note=None):
+    """A function task whose options have annotations (contexts, scale) or only defaults (flag, steps)."""
+    from harness.api import results
+
+    return [results.make_row("echo", scale * steps, eval_ctx=L, variant=f"{flag!r}/{note!r}") for L in contexts]
+
+
+@pytest.fixture
+def typed_task():
+    registry.register_task("test_typed_function_task")(_typed_task)
+    yield "test_typed_function_task"
+    registry._TASKS.pop("test_typed_function_task", None)
+
+
+def test_function_task_options_are_converted_to_their_types(typed_task):
+    from conftest import small_model
+    from harness.runs.evaluate import run_eval
+
+    options = {"contexts": "1K,2K", "scale": "0.5", "flag": "yes", "steps": "4", "note": "as is"}
+    table = run_eval(typed_task, small_model("swa"), None, options, progress=False).table
+    assert table["eval_ctx"].tolist() == [1024, 2048]
+    assert table["value"].tolist() == [2.0, 2.0] and set(table["variant"]) == {"True/'as is'"}
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"scale": "half"}, "option 'scale' must be a number, got 'half'"),
+    ({"steps": "2.5"}, "option 'steps' must be an integer, got '2.5'"),
+    ({"flag": "maybe"}, "option 'flag' must be true or false"),
+])
+def test_a_bad_function_task_value_names_the_option(typed_task, options, match):
+    from conftest import small_model
+    from harness.runs.evaluate import run_eval
+
+    with pytest.raises(ConfigError, match=match):
+        run_eval(typed_task, small_model("swa"), None, options, progress=False)

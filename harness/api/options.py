@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -30,7 +31,9 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _convert(value: Any, hint: Any, name: str) -> Any:
+def convert_value(value: Any, hint: Any, name: str) -> Any:
+    """``value`` (a CLI string or a Python value) as type ``hint``; a bad value is a ConfigError
+    naming the option."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -38,14 +41,14 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], name) if len(inner) == 1 else value
+        return convert_value(value, inner[0], name) if len(inner) == 1 else value
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         item = args[0] if args else str
         if isinstance(value, str):
             value = [v for v in (p.strip() for p in value.split(",")) if v]
         elif not isinstance(value, (list, tuple)):
             value = [value]
-        return [_convert(v, item, name) for v in value]
+        return [convert_value(v, item, name) for v in value]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -95,11 +98,38 @@ def parse_options(options_class: type, raw: Mapping[str, Any] | None, task: str 
     for key in raw:
         if key not in fields:
             raise ConfigError(unknown_message(f"option of task {task!r}", key, fields))
-    values = {key: _convert(value, hints[key], key) for key, value in raw.items()}
+    values = {key: convert_value(value, hints[key], key) for key, value in raw.items()}
     try:
         return options_class(**values)
     except TypeError as exc:
         raise ConfigError(f"bad options for task {task!r}: {exc}") from exc
+
+
+def function_hints(fn: Any) -> dict[str, Any]:
+    """The types of a function task's options: its annotations, else the type of its defaults
+    (``scale=1.0`` is a float, ``contexts=(8, 16)`` a list of ints); options of no known type
+    are passed on as given."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve: fall back on the defaults
+        hints = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if name not in hints and param.default is not inspect.Parameter.empty:
+            hint = _hint_of(param.default)
+            if hint is not None:
+                hints[name] = hint
+    return hints
+
+
+def _hint_of(default: Any) -> Any:
+    for kind in (bool, int, float, str):  # bool first: True is an int too
+        if isinstance(default, kind):
+            return kind
+    if isinstance(default, (list, tuple)) and default:
+        kinds = {_hint_of(item) for item in default}
+        if len(kinds) == 1 and None not in kinds:
+            return list[kinds.pop()]
+    return None
 
 
 def describe_options(options_class: type) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from harness.api.decoding import continue_state, has_chunks, stream_token_losses
 from harness.api.errors import ConfigError, unknown_message
 from harness.api.interface import LCModel
-from harness.api.options import check_positive, describe_options, option, parse_options
+from harness.api.options import check_positive, convert_value, describe_options, function_hints, option, parse_options
 
 # A task author finds the whole task contract here: options and the decoding helpers are
 # re-exported from their modules (this also keeps ``from harness.api.task import ...`` working).
@@ -117,7 +117,8 @@ def function_task(fn: Callable, model: LCModel, raw: Mapping[str, Any] | None, c
 
 
 def check_function_options(fn: Callable, raw: Mapping[str, Any] | None, task: str) -> dict[str, Any]:
-    """``raw`` as a dict, after checking that ``fn`` (a function task) takes every option it names."""
+    """``raw`` as a dict, after checking that ``fn`` (a function task) takes every option it names,
+    each value converted to the option's type (:func:`harness.api.options.function_hints`)."""
     params = inspect.signature(fn).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     valid = [n for n, p in params.items() if n not in ("model", "ctx") and p.kind is not inspect.Parameter.VAR_KEYWORD]
@@ -126,4 +127,6 @@ def check_function_options(fn: Callable, raw: Mapping[str, Any] | None, task: st
         for key in raw:
             if key not in valid:
                 raise ConfigError(unknown_message(f"option of task {task!r}", key, valid))
-    return raw
+    hints = function_hints(fn)
+    return {key: convert_value(value, hints[key], key) if key in hints and key in valid else value
+            for key, value in raw.items()}
