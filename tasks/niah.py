@@ -53,7 +53,7 @@ import torch
 from harness.api import stats
 from harness.api.decoding import greedy_decode
 from harness.api.errors import ConfigError, check_choice
-from harness.api.failures import FailureGuard, require_finite
+from harness.api.failures import FailureGuard, require_finite, require_host_memory
 from harness.api.interface import clone_state
 from harness.api.registry import register_task
 from harness.api.results import make_row, status_rows
@@ -64,6 +64,9 @@ VARIANTS = ("single", "multikey", "multivalue", "multiquery")
 HAYSTACKS = ("text", "noise")
 VALUE_KINDS = ("number", "word", "uuid")
 METRICS = ("gen_match", "cand_acc", "value_logprob")
+# Host memory a prompt takes per token before the model sees it: the haystack and prompt token
+# lists (8-byte pointers each, with growth slack) and the int64 tensor made from them.
+PROMPT_BYTES_PER_TOKEN = 48
 
 HEADER = "Magic {kinds} are hidden in the text below. Remember them for a question after the text.\n"
 NEEDLE = "One magic {kind} for {key} is: {value}.\n"
@@ -323,6 +326,7 @@ class NIAH(Task):
             # One cell running out of memory must not lose the others.
             try:
                 with FailureGuard(metrics, ctx.device, where=f"at {L} tokens", only_oom=True, **where) as guard:
+                    require_host_memory(L * PROMPT_BYTES_PER_TOKEN, f"a {L}-token prompt (its token lists alone)")
                     for d in options.depths:
                         scores[d] = []
                         for i in range(options.samples):

@@ -323,6 +323,20 @@ def test_niah_prompts_are_exact_length_deterministic_and_placed_by_depth(corpus)
         build.build("multiquery", "text", 200, 0.5, 0)
 
 
+def test_a_niah_context_too_long_for_host_memory_is_an_oom_row_and_the_others_run(corpus, monkeypatch):
+    from harness.api import failures
+
+    # memory for a 512-token prompt, not for a 1024-token one
+    monkeypatch.setattr(failures, "available_host_bytes", lambda: 600 * niah_task.PROMPT_BYTES_PER_TOKEN)
+    result = run_eval("niah", CopierLM(), None, {**data_options(corpus), **NIAH_SMALL, "contexts": "512,1024",
+                                                  "variants": "single", "haystacks": "noise"}, progress=False)
+    table = result.table
+    short, long = table[table["eval_ctx"] == 512], table[table["eval_ctx"] == 1024]
+    assert (short["status"] == "ok").all() and (short.loc[short["metric"] == "gen_match", "value"] == 1.0).all()
+    assert (long["status"] == "oom").all() and len(long) == 3
+    assert long["message"].str.contains("1024-token prompt .* GiB of host memory, .* GiB is available").all()
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_niah_rows_are_valid_on_tiny_models(arch, corpus):
     result = run_eval("niah", small_model(arch), None,

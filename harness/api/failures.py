@@ -71,6 +71,27 @@ class FailureGuard:
         return True
 
 
+def available_host_bytes() -> int | None:
+    """Memory the host can still give (Linux ``MemAvailable``); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def require_host_memory(nbytes: int, what: str) -> None:
+    """Raise ``MemoryError`` (-> ``oom`` status rows) when ``what`` needs more host memory than
+    is available: a clear row instead of the kernel killing the process, results and all."""
+    available = available_host_bytes()
+    if available is not None and nbytes > available:
+        raise MemoryError(f"{what} needs about {nbytes / 2**30:.1f} GiB of host memory, "
+                          f"{available / 2**30:.1f} GiB is available")
+
+
 def require_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise ``FloatingPointError`` (-> ``nan`` status rows) if ``tensor`` holds NaN or infinity."""
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
