@@ -34,7 +34,7 @@ from harness.api import stats
 from harness.api.errors import ConfigError
 from harness.api.failures import FailureGuard
 from harness.api.registry import register_task
-from harness.api.results import make_row
+from harness.api.results import make_row, status_rows
 from harness.api.task import DataOptions, Task, check_positive, option, stream_token_losses
 from harness.data.packing import tokenize_documents, window_ends
 from harness.report.figures import SkipFigure, register_figure
@@ -100,9 +100,8 @@ class Repeat(Task):
         longest = options.contexts[-1]
         ends = window_ends(lengths, longest, options.windows * longest)
         if not ends:
-            return [make_row(m, None, eval_ctx=L, status="error",
-                             message=f"no held-out document has {longest} tokens (longest: {max(lengths, default=0)})")
-                    for L in options.contexts for m in METRICS]
+            message = f"no held-out document has {longest} tokens (longest: {max(lengths, default=0)})"
+            return [row for L in options.contexts for row in status_rows(METRICS, "error", message, eval_ctx=L)]
         rows = []
         bar = ctx.bar(total=len(ends) * len(options.contexts), desc="repeat", unit="window")
         for L in options.contexts:

@@ -114,3 +114,9 @@ def test_repeat_figure_draws_gain_and_losses(tmp_path):
                                              arch=arch, params=1000, task="repeat", eval_ctx=L, seed=0))
     written = plots.make_figures(results.to_frame(rows), tmp_path, only=["repeat"], formats=("png",))
     assert [p.name for p in written] == ["repeat.png"] and written[0].stat().st_size > 0
+
+
+def test_a_length_no_held_out_document_reaches_gives_error_rows_naming_it():
+    table = run_eval("repeat", small_model("swa"), None, {**OPTIONS, "contexts": "64,10M"}, progress=False).table
+    assert (table["status"] == "error").all() and len(table) == 2 * 3
+    assert table["message"].str.contains(f"no held-out document has {10 * 2**20} tokens").all()
