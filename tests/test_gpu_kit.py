@@ -122,6 +122,7 @@ def test_wheel_folder_check(tmp_path):
     touch("flash_linear_attention-0.6.0-py3-none-any.whl")
     assert any("mamba-ssm==2.3.2.post1 is missing" in p for p in fill_wheels.check_folder(tmp_path, fill_wheels.PINS, 1))
     touch("mamba_ssm-2.3.2.post1-py3-none-any.whl")
+    touch("liger_kernel-0.8.5-py3-none-any.whl")
     assert fill_wheels.check_folder(tmp_path, fill_wheels.PINS, 1) == []
     touch("fla_core-0.5.0-py3-none-any.whl")
     touch("einops-0.8.0-cp311-cp311-manylinux_2_17_aarch64.whl", 2 * 2**20)

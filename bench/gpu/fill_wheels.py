@@ -5,8 +5,8 @@
 Run it on a CPU machine with network, in this project's environment (mamba-ssm's build imports
 torch). It
 
-- downloads fla-core and flash-linear-attention, pure-Python wheels, for CPython 3.12 on x86-64
-  Linux (what the GPU machine runs);
+- downloads fla-core, flash-linear-attention and liger-kernel (TTT-E2E's ``inner_loss="liger"``),
+  pure-Python wheels, for CPython 3.12 on x86-64 Linux (what the GPU machine runs);
 - builds mamba-ssm as a pure-Python wheel without its CUDA extension (``MAMBA_FORCE_BUILD=TRUE
   MAMBA_SKIP_CUDA_BUILD=TRUE``): lcbench uses only its Triton SSD kernels, and
   ``baselines/mamba2.py`` stands in for the missing Mamba-1 extension at import;
@@ -30,7 +30,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from bench.gpu.config import ROOT
 
-PINS = {"fla-core": "0.6.0", "flash-linear-attention": "0.6.0", "mamba-ssm": "2.3.2.post1"}
+PINS = {"fla-core": "0.6.0", "flash-linear-attention": "0.6.0", "mamba-ssm": "2.3.2.post1", "liger-kernel": "0.8.5"}
 BUILT_HERE = ("mamba-ssm",)  # the rest are downloaded as they are
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 INTERPRETERS, ABIS = {"py3", "py312", "cp312"}, {"none", "abi3", "cp312"}

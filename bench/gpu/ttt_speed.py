@@ -25,7 +25,8 @@ otherwise it is recorded as ``skipped``, as are the later cells of a model whose
 failed. The table (``ttt_speed.csv``, one row per measurement) is rewritten after every cell, so
 a run cut short keeps what it measured; ``summary.md`` lays it out against the issue's goals.
 ``dry_run=True`` runs the same code on CPU: tiny models, short contexts, fp32, no FlexAttention,
-no compilation or CUDA graphs (those variants run eager): seconds, and numbers that mean nothing.
+no compilation, CUDA graphs or Liger (those variants run eager, Liger's with the chunked loss):
+seconds, and numbers that mean nothing.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ FAST = dict(inner_loss="chunked", fast_weight_dtype="float32", prefix_backend="f
 VARIANTS: dict[str, dict[str, Any]] = {
     "reference": REFERENCE,
     "chunked_loss": {**REFERENCE, "inner_loss": "chunked"},
+    "liger_loss": {**REFERENCE, "inner_loss": "liger"},
     "fp32_fast_weights": {**REFERENCE, "fast_weight_dtype": "float32"},
     "prefix_flex": {**REFERENCE, "prefix_backend": "flex"},
     "cudagraph": {**REFERENCE, "inner_step": "cudagraph"},
@@ -148,6 +150,8 @@ def model_fields(cell: Cell, s: Setting) -> dict[str, Any]:
         fields.update({k: "sdpa" for k in ("backend", "prefix_backend") if fields.get(k) == "flex"})
         if fields.get("inner_step", "eager") != "eager":
             fields["inner_step"] = "eager"
+        if fields.get("inner_loss") == "liger":  # Liger's kernels are Triton: the chunked loss stands in
+            fields["inner_loss"] = "chunked"
     return fields
 
 
