@@ -19,8 +19,8 @@ from harness.runs.provenance import git_commit
 
 FILE = "environment.txt"
 FACTS_FILE = "environment.json"  # the few facts the summary's title needs
-PACKAGES = ("lcbench", "torch", "triton", "fla-core", "flash-linear-attention", "mamba-ssm", "einops",
-            "transformers", "numpy", "pandas", "pyarrow", "pytest", "pytest-timeout")
+PACKAGES = ("lcbench", "torch", "triton", "fla-core", "flash-linear-attention", "mamba-ssm", "liger-kernel",
+            "einops", "transformers", "numpy", "pandas", "pyarrow", "pytest", "pytest-timeout")
 
 
 def nvidia_smi() -> str:

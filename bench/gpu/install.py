@@ -1,7 +1,7 @@
 """Step ``install``: the GPU extras from a local wheel folder, and this checkout, into one folder.
 
-The GPU machine has no network: fla-core, flash-linear-attention and mamba-ssm arrive as wheels
-(``bench/gpu/fill_wheels.py`` fills the folder). Both installs go into ``<work>/site`` with
+The GPU machine has no network: fla-core, flash-linear-attention, mamba-ssm and liger-kernel arrive
+as wheels (``bench/gpu/fill_wheels.py`` fills the folder). Both installs go into ``<work>/site`` with
 ``--no-index --no-deps``, never into the machine's own packages; later steps run with
 ``PYTHONPATH=<checkout>:<work>/site``. This checkout is installed too, because architectures and
 tasks register through its entry points; the checkout itself stays first on the path, so the

@@ -145,7 +145,7 @@ def last_line(path: Path) -> str:
 @click.option("--budget-s", type=float, default=KitConfig.budget_s, show_default=True,
               help="Seconds for the whole run, the output folder included.")
 @click.option("--wheels", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of .whl files to install offline (fla-core, flash-linear-attention, mamba-ssm).")
+              help="Folder of .whl files to install offline (bench.gpu.fill_wheels fills it).")
 @click.option("--dry-run", is_flag=True, help="The same steps on a CPU in seconds: tiny models, reference kernels.")
 @click.option("--only", "only", multiple=True,
               help=f"Run only these steps (repeatable), after the install: {', '.join(STEPS[1:])}.")
