@@ -176,3 +176,15 @@ def test_parse_options_converts_strings_and_names_bad_keys():
         parse_options(Opts, {"contexts": "1.5K3"})
     with pytest.raises(ConfigError, match="true or false"):
         parse_options(Opts, {"flag": "maybe"})
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_check_positive_refuses_non_finite_values(value):
+    # NaN passes both "< 0" and "== 0", so a learning rate of nan used to train a diverged model
+    from harness.api.options import check_positive
+
+    with pytest.raises(ConfigError, match=f"'lr' must hold finite positive values, got {value}"):
+        check_positive("lr", [value])
+    with pytest.raises(ConfigError, match="'lr' must hold finite non-negative values"):
+        check_positive("lr", [value], allow_zero=True)
+    check_positive("lr", [1e-3])

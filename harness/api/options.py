@@ -149,5 +149,7 @@ def _type_name(hint: Any) -> str:
 
 def check_positive(name: str, values: Iterable[int | float], allow_zero: bool = False) -> None:
     for v in values:
-        if v < 0 or (v == 0 and not allow_zero):
-            raise ConfigError(f"option {name!r} must hold {'non-negative' if allow_zero else 'positive'} values, got {v!r}")
+        # NaN passes both comparisons below; infinity is no count or rate either
+        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+            raise ConfigError(f"option {name!r} must hold finite {'non-negative' if allow_zero else 'positive'} "
+                              f"values, got {v!r}")
