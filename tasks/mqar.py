@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from harness.api import registry, stats
 from harness.api.errors import ConfigError
+from harness.api.failures import require_finite
 from harness.api.interface import LCModel
 from harness.api.registry import register_task
 from harness.api.results import make_row
@@ -176,7 +177,10 @@ class MQAR(Task):
         out = []
         for b in range(0, len(inputs), batch):
             x, y = inputs[b : b + batch].to(ctx.device), labels[b : b + batch].to(ctx.device)
-            predicted = model(x).argmax(-1)
+            logits = model(x)
+            # NaN logits have argmax 0, never a value: a diverged model would score 0 as if measured
+            require_finite(logits, f"the logits of the {model.config.arch} model trained on MQAR")
+            predicted = logits.argmax(-1)
             asked = y != IGNORE
             out.append((predicted[asked] == y[asked]).view(len(x), -1).cpu().numpy())
         return np.concatenate(out, 0)

@@ -108,6 +108,15 @@ def test_every_architecture_trains_and_is_scored(arch):
     assert (table["status"] == "ok").all() and table["value"].notna().all() and len(table) == 2
 
 
+def test_a_fresh_model_that_diverges_gives_no_ok_accuracy():
+    # a diverged model's NaN logits have argmax 0, never a value: accuracy 0.0 used to read as ok
+    options = {"contexts": "32", "pairs": "4", "vocab_size": V, "steps": 6, "batch_size": 4, "test_sequences": 8,
+               "resamples": 20, "lr": 1e6}
+    table = run_eval("mqar", small_model("full_attention"), None, options, progress=False, model_name="fa").table
+    assert not (table["status"] == "ok").any()
+    assert (table["status"] == "nan").all() and table["message"].str.contains("NaN or infinity").all()
+
+
 @pytest.mark.parametrize("options, match", [
     ({"contexts": "33"}, "even"),
     ({"contexts": "16", "pairs": "8"}, "no \\(length, pairs\\) point fits"),
