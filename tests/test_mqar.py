@@ -118,6 +118,7 @@ def test_a_fresh_model_that_diverges_gives_no_ok_accuracy():
 
 
 @pytest.mark.parametrize("options, match", [
+    ({"pairs": ""}, "'pairs' must hold at least one value"),  # was: ValueError from max()
     ({"contexts": "33"}, "even"),
     ({"contexts": "16", "pairs": "8"}, "no \\(length, pairs\\) point fits"),
     ({"pairs": "200"}, "distinct keys"),

@@ -94,6 +94,7 @@ def test_windows_end_at_the_same_positions_at_every_length():
 
 
 @pytest.mark.parametrize("options, match", [
+    ({"contexts": ""}, "'contexts' must hold at least one value"),  # was: IndexError
     ({"contexts": "40", "span": 32}, "at least 2 x span = 64"),
     ({"span": 8, "prefix": 8}, "prefix=8 leaves nothing"),
     ({"span": 0}, "span"),

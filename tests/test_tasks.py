@@ -262,6 +262,13 @@ def test_same_targets_mode_needs_the_longest_length_and_checks_its_options(corpu
         run_eval("loss_scaling", UniformLM(), None, {"contexts": "16,32", "target_tokens": 16}, progress=False)
 
 
+@pytest.mark.parametrize("task", ["loss_scaling", "niah", "latency"])
+def test_an_empty_list_of_contexts_is_a_clear_error(task):
+    # loss_scaling raised a bare IndexError; niah and latency ran and recorded a "no rows" error
+    with pytest.raises(ConfigError, match="option 'contexts' must hold at least one value"):
+        run_eval(task, UniformLM(), None, {"contexts": ""}, progress=False)
+
+
 def test_uniform_model_loss_is_log_vocab(corpus):
     result = run_eval("loss_scaling", UniformLM(), None, {**data_options(corpus), "contexts": "16,48"},
                       progress=False, model_name="uniform")

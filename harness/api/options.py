@@ -148,6 +148,9 @@ def _type_name(hint: Any) -> str:
 
 
 def check_positive(name: str, values: Iterable[int | float], allow_zero: bool = False) -> None:
+    values = list(values)
+    if not values:  # an empty grid measures nothing; later code indexes its first and last
+        raise ConfigError(f"option {name!r} must hold at least one value, got none")
     for v in values:
         # NaN passes both comparisons below; infinity is no count or rate either
         if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
