@@ -113,6 +113,11 @@ class NIAHOptions(DataOptions):
 
     def __post_init__(self) -> None:
         check_positive("contexts", self.contexts)
+        if not self.depths:  # else every cell pools zero prompts: NaN rows that read as a diverged model
+            raise ConfigError("option 'depths' must hold at least one depth in [0, 1]")
+        for name, choices in (("variants", VARIANTS), ("haystacks", HAYSTACKS)):
+            if not getattr(self, name):
+                raise ConfigError(f"option {name!r} must name at least one of {', '.join(choices)}")
         for d in self.depths:
             if not 0.0 <= d <= 1.0:
                 raise ConfigError(f"option 'depths' must lie in [0, 1], got {d!r}")

@@ -305,6 +305,16 @@ def test_niah_uniform_model_scores_chance(corpus):
     assert np.allclose(table.loc[table["metric"] == "value_logprob", "value"], -math.log(256))
 
 
+@pytest.mark.parametrize("option, match", [
+    ("depths", "'depths' must hold at least one depth in \\[0, 1\\]"),  # was: status nan rows, "gen_match is nan"
+    ("variants", "'variants' must name at least one of single, multikey, multivalue, multiquery"),
+    ("haystacks", "'haystacks' must name at least one of text, noise"),
+])
+def test_niah_empty_grids_are_clear_errors(option, match):
+    with pytest.raises(ConfigError, match=match):
+        run_eval("niah", UniformLM(), None, {option: ""}, progress=False)
+
+
 def test_niah_prompts_are_exact_length_deterministic_and_placed_by_depth(corpus):
     from harness.data import load_corpus, tokenize_documents
 
