@@ -78,6 +78,9 @@ class LossScalingOptions(DataOptions):
         self.contexts = sorted(set(self.contexts))
         check_choice("targets mode", self.targets, TARGET_MODES)
         check_positive("target_tokens", [self.target_tokens], allow_zero=True)
+        if self.targets == "per_length" and self.target_tokens:
+            raise ConfigError(f"target_tokens={self.target_tokens} applies to targets=same only; "
+                              "targets=per_length scores every target of a window")
         if self.target_tokens >= self.contexts[0]:
             raise ConfigError(f"target_tokens must be below the shortest context length {self.contexts[0]}, "
                               f"got {self.target_tokens}")

@@ -260,6 +260,9 @@ def test_same_targets_mode_needs_the_longest_length_and_checks_its_options(corpu
         run_eval("loss_scaling", UniformLM(), None, {"targets": "per_lenght"}, progress=False)
     with pytest.raises(ConfigError, match="target_tokens"):
         run_eval("loss_scaling", UniformLM(), None, {"contexts": "16,32", "target_tokens": 16}, progress=False)
+    # per_length scores every target: a target_tokens given with it was silently ignored
+    with pytest.raises(ConfigError, match="target_tokens=8 applies to targets=same only"):
+        run_eval("loss_scaling", UniformLM(), None, {"targets": "per_length", "target_tokens": 8}, progress=False)
 
 
 @pytest.mark.parametrize("task", ["loss_scaling", "niah", "latency"])
