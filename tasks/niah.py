@@ -138,6 +138,9 @@ class NIAHOptions(DataOptions):
             raise ConfigError("at least one of 'generate' and 'rank' must be true")
         self.contexts = sorted(set(self.contexts))
         self.depths = sorted(set(self.depths))
+        # a cell named twice would be measured twice and its rows would clash
+        self.variants = list(dict.fromkeys(self.variants))
+        self.haystacks = list(dict.fromkeys(self.haystacks))
 
 
 @dataclass

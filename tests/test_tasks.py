@@ -318,6 +318,15 @@ def test_niah_empty_grids_are_clear_errors(option, match):
         run_eval("niah", UniformLM(), None, {option: ""}, progress=False)
 
 
+def test_niah_repeated_variants_and_haystacks_are_measured_once():
+    # contexts and depths were deduplicated, these two not: every cell ran twice, then the
+    # duplicate rows failed the schema check and nothing was kept
+    options = {"contexts": "256", "depths": "0", "samples": 1, "variants": "single,single", "haystacks": "noise,noise"}
+    table = run_eval("niah", UniformLM(), None, options, progress=False).table
+    assert (table["status"] == "ok").all() and len(table) == 3 * 2  # 3 metrics, at depth 0 and pooled
+    assert set(zip(table["variant"], table["haystack"])) == {("single", "noise")}
+
+
 def test_niah_prompts_are_exact_length_deterministic_and_placed_by_depth(corpus):
     from harness.data import load_corpus, tokenize_documents
 
