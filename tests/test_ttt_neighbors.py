@@ -111,6 +111,16 @@ def test_embedding_cache(tmp_path):
     assert retrieval.cache_key(model, windows, bag) != retrieval.cache_key(model, windows[:, :8], bag)
 
 
+def test_bag_of_tokens_cache_is_kept_apart_by_vocabulary_size(tmp_path):
+    # the bag's width is the model's vocab_size: a cached bag of another width came back stale,
+    # and nearest() then failed on a shape mismatch against fresh embeddings
+    windows = torch.randint(0, 256, (3, 16))
+    small, large = small_model("full_attention"), small_model("full_attention", vocab_size=300)
+    bag = retrieval.get_embedder("bytes", small)
+    assert retrieval.embed_windows(small, windows, bag, cache_dir=tmp_path).shape == (3, 256)
+    assert retrieval.embed_windows(large, windows, bag, cache_dir=tmp_path).shape == (3, 300)
+
+
 def test_exact_nearest_neighbours():
     keys = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     sims, idx = retrieval.nearest(torch.tensor([[3.0, 0.1]]), keys, 2)

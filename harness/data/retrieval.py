@@ -11,7 +11,8 @@ An *embedder* maps token windows ``[N, L]`` to vectors ``[N, D]``:
 
 :func:`embed_windows` caches embeddings as ``.pt`` files keyed by a hash of everything they
 depend on: the embedder, the window tokens themselves (so corpus, tokenizer, split and window
-settings are all covered) and, for model embedders, the model's config and weights.
+settings are all covered) and, for model embedders, the model's config and weights (for ``bytes``,
+only its vocabulary size, the width of the bag).
 :func:`nearest` is exact cosine k-NN in torch (blocks of queries, so memory stays bounded), or a
 faiss flat inner-product index when faiss is installed and asked for.
 """
@@ -91,6 +92,8 @@ def cache_key(model: LCModel, windows: torch.Tensor, embedder: Embedder) -> str:
     h.update(windows.to(torch.int64).cpu().contiguous().numpy().tobytes())
     if embedder.uses_model:
         h.update(model_fingerprint(model).encode())
+    else:  # the bag of tokens ignores the weights, not the width: one count per vocabulary entry
+        h.update(f"|vocab={model.config.vocab_size}".encode())
     return h.hexdigest()
 
 
