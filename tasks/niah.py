@@ -90,6 +90,10 @@ NOUNS = (
 ).split()
 
 
+KEY_POOL = len(ADJECTIVES) * len(NOUNS)  # keys are "adjective-noun"
+VALUE_POOLS = {"number": 9_000_000, "word": len(NOUNS) ** 2, "uuid": 2**128}  # distinct values of each kind
+
+
 def _plural(kind: str) -> str:
     return kind + "s"
 
@@ -136,11 +140,30 @@ class NIAHOptions(DataOptions):
             raise ConfigError(f"option 'candidates' must be at least 2 (the value and a distractor), got {self.candidates}")
         if not (self.generate or self.rank):
             raise ConfigError("at least one of 'generate' and 'rank' must be true")
+        self.check_pools()
         self.contexts = sorted(set(self.contexts))
         self.depths = sorted(set(self.depths))
         # a cell named twice would be measured twice and its rows would clash
         self.variants = list(dict.fromkeys(self.variants))
         self.haystacks = list(dict.fromkeys(self.haystacks))
+
+    def check_pools(self) -> None:
+        """Keys and values are drawn distinct from finite pools: asking for more than a pool holds
+        would draw forever."""
+        keys = {"single": 1, "multikey": 1 + self.distractors, "multivalue": 1, "multiquery": self.queries}
+        values = {"single": 1, "multikey": 1 + self.distractors, "multivalue": self.values, "multiquery": self.queries}
+        asked_values = {"multivalue": self.values}  # the asked key's own values, beside which candidates are drawn
+        need_keys = max(keys[v] for v in self.variants)
+        need_values = max(max(values[v], asked_values.get(v, 1) + (self.candidates - 1 if self.rank else 0))
+                          for v in self.variants)
+        if need_keys > KEY_POOL:
+            raise ConfigError(f"NIAH draws distinct keys from {KEY_POOL}; the options ask for {need_keys} per prompt "
+                              "(distractors + 1 or queries): lower them")
+        pool = VALUE_POOLS[self.value_kind]
+        if need_values > pool:
+            raise ConfigError(f"NIAH value_kind {self.value_kind!r} has {pool} distinct values; the options ask for "
+                              f"{need_values} per prompt (values, queries, distractors + 1, or candidates beside the "
+                              f"asked values): lower them or use value_kind 'number' or 'uuid'")
 
 
 @dataclass

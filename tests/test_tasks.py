@@ -318,6 +318,22 @@ def test_niah_empty_grids_are_clear_errors(option, match):
         run_eval("niah", UniformLM(), None, {option: ""}, progress=False)
 
 
+@pytest.mark.parametrize("options, match", [
+    ({"value_kind": "word", "variants": "single", "candidates": 3601}, "'word' has 3600 distinct values; the options ask for 3601"),
+    ({"value_kind": "word", "variants": "multivalue", "values": 3601, "rank": False}, "ask for 3601"),
+    ({"variants": "multikey", "distractors": 3780}, "distinct keys from 3780; the options ask for 3781"),
+])
+def test_niah_asking_more_than_a_pool_holds_is_a_clear_error(options, match):
+    # keys and values are drawn distinct from finite pools: these options used to draw forever
+    with pytest.raises(ConfigError, match=match):
+        run_eval("niah", UniformLM(), None, {"contexts": "256", "samples": 1, **options}, progress=False)
+
+
+def test_niah_candidates_may_use_the_whole_word_pool():
+    pool = niah_task.VALUE_POOLS["word"]
+    assert niah_task.NIAHOptions(value_kind="word", variants=["single"], candidates=pool).candidates == pool
+
+
 def test_niah_repeated_variants_and_haystacks_are_measured_once():
     # contexts and depths were deduplicated, these two not: every cell ran twice, then the
     # duplicate rows failed the schema check and nothing was kept

@@ -11,7 +11,7 @@ a given checkpoint), seeds and tasks with their options and grids::
       - {arch: swa, set: {window: 128}}
     tasks:
       - {task: loss_scaling, options: {contexts: [256, 1024]}}
-      - {task: niah, grid: {variant: [single, multikey]}}
+      - {task: niah, grid: {variants: [single, multikey]}}
 
 Train-at-length sweeps (one model per context length, as the TTT-E2E paper trains them):
 ``train_lengths: [512, 1024, 2048]`` trains every model entry once per length (``seq_len`` set
