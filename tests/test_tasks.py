@@ -169,6 +169,22 @@ def test_checkpoint_spec_carries_training_context(tmp_path, corpus):
     assert result.meta["model"]["source"] == "checkpoint"
 
 
+def test_an_overridden_split_that_holds_training_documents_is_refused(tmp_path, corpus):
+    from harness.train.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "ck", small_model("swa"), trainer_state={"train_config": {
+        "seq_len": 64, "corpus": corpus, "val_fraction": 0.5, "seed": 0}})
+    options = {"contexts": "32", "tokens_per_context": 64}
+    with pytest.raises(ConfigError, match=r"split_seed=1\) holds \d+ of its \d+ documents that the checkpoint trained on"):
+        run_eval("loss_scaling", tmp_path / "ck", None, {**options, "split_seed": 1}, progress=False)
+    with pytest.raises(ConfigError, match="trained on"):
+        run_eval("loss_scaling", tmp_path / "ck", None, {**options, "val_fraction": 0.9}, progress=False)
+    # a smaller fraction with the checkpoint's seed keeps to its held-out documents (a document's side
+    # depends on its own hash alone)
+    assert run_eval("loss_scaling", tmp_path / "ck", None, {**options, "val_fraction": 0.3},
+                    progress=False).table["status"].eq("ok").all()
+
+
 # ---------------------------------------------------------------------------------------------
 # loss_scaling
 

@@ -50,10 +50,21 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
             f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
         )
     docs = load_corpus(pick("corpus", "corpus", None))
-    split_seed = options.split_seed if options.split_seed is not None else train.get("split_seed")
-    if split_seed is None:  # checkpoints made before split_seed existed split by their training seed
-        split_seed = train.get("seed", 0)
-    _, val = split_documents(docs, pick("val_fraction", "val_fraction", 0.1), split_seed)
+    trained_seed = train.get("split_seed")
+    if trained_seed is None:  # checkpoints made before split_seed existed split by their training seed
+        trained_seed = train.get("seed", 0)
+    split_seed = options.split_seed if options.split_seed is not None else trained_seed
+    val_fraction = pick("val_fraction", "val_fraction", 0.1)
+    _, val = split_documents(docs, val_fraction, split_seed)
     if not val:
         raise ConfigError("the held-out split is empty; raise val_fraction or use a corpus with more documents")
+    if info.train_config is not None and options.corpus in (None, train.get("corpus")):
+        trained_on, _ = split_documents(docs, train.get("val_fraction", 0.1), trained_seed)
+        seen = {d.name for d in trained_on} & {d.name for d in val}
+        if seen:  # an overridden split can hand the model its own training text as held-out
+            raise ConfigError(
+                f"the held-out split (val_fraction={val_fraction}, split_seed={split_seed}) holds {len(seen)} of "
+                f"its {len(val)} documents that the checkpoint trained on (its split: val_fraction="
+                f"{train.get('val_fraction', 0.1)}, split_seed={trained_seed}), e.g. {sorted(seen)[0]!r}; leave "
+                "val_fraction and split_seed unset to evaluate on the checkpoint's own held-out documents")
     return tokenizer, val
