@@ -110,6 +110,13 @@ def mqar_batch(batch: int, length: int, pairs: int, vocab_size: int, generator: 
     return inputs, labels
 
 
+def mixed_precision(ctx) -> torch.autocast:
+    """The run's dtype for the fresh model's compute, its parameters in fp32, as the trainer runs
+    (bf16 autocast): its rows carry the run's dtype, which is then what it computed in."""
+    low = ctx.dtype in (torch.bfloat16, torch.float16)
+    return torch.autocast(ctx.device.type, dtype=ctx.dtype if low else torch.float32, enabled=low)
+
+
 def _lr_at(step: int, steps: int, peak: float) -> float:
     warmup = max(1, steps // 10)
     if step < warmup:
@@ -159,7 +166,8 @@ class MQAR(Task):
                 length, pairs = points[step % len(points)]
                 inputs, labels = mqar_batch(options.batch_size, length, pairs, options.vocab_size, generator,
                                             options.power_a, options.random_non_queries)
-                logits = model(inputs.to(ctx.device))
+                with mixed_precision(ctx):
+                    logits = model(inputs.to(ctx.device))
                 loss = F.cross_entropy(logits.float().flatten(0, 1), labels.to(ctx.device).flatten(),
                                        ignore_index=IGNORE)
                 for group in optimizer.param_groups:
@@ -177,7 +185,8 @@ class MQAR(Task):
         out = []
         for b in range(0, len(inputs), batch):
             x, y = inputs[b : b + batch].to(ctx.device), labels[b : b + batch].to(ctx.device)
-            logits = model(x)
+            with mixed_precision(ctx):
+                logits = model(x)
             # NaN logits have argmax 0, never a value: a diverged model would score 0 as if measured
             require_finite(logits, f"the logits of the {model.config.arch} model trained on MQAR")
             predicted = logits.argmax(-1)

@@ -72,7 +72,7 @@ class RecallOracle(LCModel):
 
 def test_accuracy_counts_every_query_and_a_perfect_recaller_scores_one():
     inputs, labels = mqar_batch(40, 64, 8, V, torch.Generator().manual_seed(1), random_non_queries=False)
-    ctx = type("Ctx", (), {"device": torch.device("cpu")})()
+    ctx = type("Ctx", (), {"device": torch.device("cpu"), "dtype": torch.float32})()
     correct = MQAR._correct(RecallOracle(), inputs, labels, ctx, batch=16)
     assert correct.shape == (40, 8) and correct.all()
     shifted = labels.clone()
@@ -106,6 +106,24 @@ def test_every_architecture_trains_and_is_scored(arch):
                "resamples": 20}
     table = run_eval("mqar", small_model(arch), None, options, progress=False, model_name=arch).table
     assert (table["status"] == "ok").all() and table["value"].notna().all() and len(table) == 2
+
+
+@pytest.mark.parametrize("dtype, autocast", [("float32", None), ("bfloat16", torch.bfloat16)])
+def test_the_fresh_model_computes_in_the_dtype_its_rows_carry(dtype, autocast, monkeypatch):
+    # it trained and answered in fp32 whatever the run's dtype, under rows labelled bfloat16 (on CUDA: auto)
+    model = small_model("full_attention")
+    seen, forward = [], type(model).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    options = {"contexts": "32", "pairs": "4", "vocab_size": V, "steps": 2, "batch_size": 2, "test_sequences": 4,
+               "resamples": 20}
+    table = run_eval("mqar", model, None, options, progress=False, model_name="fa", dtype=dtype).table
+    assert (table["status"] == "ok").all() and set(table["dtype"]) == {dtype}
+    assert len(seen) == 3 and set(seen) == {autocast}  # 2 training steps, 1 test batch
 
 
 def test_a_fresh_model_that_diverges_gives_no_ok_accuracy():
