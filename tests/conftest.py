@@ -33,6 +33,13 @@ def small_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, **
 ARCHS = registry.model_names()
 
 
+def close_ratio(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> float:
+    """How much of ``torch.testing.assert_close``'s allowance the worst element uses (passes at
+    <= 1): GPU tests record it, so the kit's summary shows each tolerance's measured margin."""
+    a, e = actual.double(), expected.double().to(actual.device)
+    return ((a - e).abs() / (atol + rtol * e.abs())).max().item()
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param

@@ -11,7 +11,7 @@ from baselines import gated_deltanet as gdn
 from baselines.attention import FullAttentionLM
 from harness.api import registry
 from harness.api.errors import BackendUnavailableError, ConfigError
-from tests.conftest import small_model
+from tests.conftest import close_ratio, small_model
 
 x = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(0))
 
@@ -274,7 +274,7 @@ TOLERANCES = {torch.float32: 5e-3, torch.bfloat16: 5e-2}
 @pytest.mark.parametrize("B, T, H, HV, K, V", [(2, 300, 2, 2, 64, 128), (1, 1000, 2, 4, 128, 128), (2, 130, 3, 3, 32, 64)])
 @pytest.mark.gpu
 @needs_cuda
-def test_fla_equals_reference_forward_and_backward(dtype, B, T, H, HV, K, V):
+def test_fla_equals_reference_forward_and_backward(dtype, B, T, H, HV, K, V, record_property):
     require_fla()
     q, k, v, g, beta, s0 = inputs(B, T, H, HV, K, V, dtype=dtype, device="cuda")
     leaves = [t.requires_grad_() for t in (q, k, v, g, beta, s0)]
@@ -286,8 +286,10 @@ def test_fla_equals_reference_forward_and_backward(dtype, B, T, H, HV, K, V):
         results.append([o.float(), state.float(), *torch.autograd.grad(loss, leaves)])
     tol = TOLERANCES[dtype]
     names = ["o", "state", "dq", "dk", "dv", "dg", "dbeta", "dstate0"]
-    for name, fast, ref in zip(names, *results):
-        scale = ref.abs().max().item()
+    scales = [ref.abs().max().item() for ref in results[1]]
+    record_property("worst error / allowance", max(close_ratio(fast.float(), ref.float(), tol, tol * scale)
+                                                  for fast, ref, scale in zip(*results, scales)))
+    for name, fast, ref, scale in zip(names, *results, scales):
         torch.testing.assert_close(fast.float(), ref.float(), rtol=tol, atol=tol * scale, msg=f"{name} ({dtype})")
 
 

@@ -6,7 +6,10 @@ import base64
 import hashlib
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -17,7 +20,7 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.gpu import bundle, fill_wheels, flops, latency, ledger
+from bench.gpu import bundle, fill_wheels, flops, latency, ledger, pytest_plugin, summary
 from bench.gpu.clock import Clock, step_seconds
 from bench.gpu.config import LEDGER_FILE, ROOT, STEPS, KitConfig
 from bench.gpu.run import Kit, main
@@ -62,6 +65,32 @@ def test_ledger_keeps_the_last_record_and_closes_what_was_left_open(tmp_path):
     table = ledger.read(path).set_index("item")
     assert list(table["status"]) == ["ok", "failed", "timeout"]
     assert "ZeroDivisionError" in table.loc["b", "message"]
+
+
+def test_what_gpu_tests_measure_reaches_the_summary(tmp_path):
+    """The pytest plugin records a test's ``record_property`` values as its ledger message, and the
+    summary lists them, so a GPU run reports each tolerance's measured margin."""
+    (tmp_path / "test_fake_gpu.py").write_text(
+        "def test_within(record_property):\n"
+        "    record_property('worst error / bound', 0.25)\n"
+        "def test_beyond(record_property):\n"
+        "    record_property('worst error / bound', 1.5)\n"
+        "    assert 1.5 <= 1, 'too far'\n"
+        "def test_plain():\n"
+        "    pass\n")
+    path = tmp_path / "ledger.jsonl"
+    env = {**os.environ, pytest_plugin.LEDGER_ENV: str(path)}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", pytest_plugin.__name__, "-p", "no:cacheprovider",
+                    str(tmp_path / "test_fake_gpu.py")], cwd=ROOT, env=env, capture_output=True, check=False)
+    steps = ledger.read(path).set_index("item")
+    within, beyond, plain = (steps.filter(like=name, axis=0).iloc[0] for name in ("within", "beyond", "plain"))
+    assert (within["status"], within["message"]) == ("ok", "worst error / bound 0.25")
+    assert beyond["status"] == "failed" and "too far" in beyond["message"]
+    assert beyond["message"].endswith("worst error / bound 1.5")
+    assert (plain["status"], plain["message"]) == ("ok", "")
+    text = summary.tests_section(steps.reset_index())
+    assert "2 passed, 1 failed" in text and "test_within`: worst error / bound 0.25" in text
+    assert "test_plain" not in text
 
 
 def test_fit_keeps_head_and_tail_under_the_limit():

@@ -1,7 +1,8 @@
 """pytest plugin of the GPU kit (``-p bench.gpu.pytest_plugin``, loaded by the ``gpu_tests`` step).
 
 Every selected test is planned in the kit's ledger and its outcome recorded as soon as it is
-known, so a run stopped part-way still says which tests passed, failed or never ran. A test that
+known, so a run stopped part-way still says which tests passed, failed or never ran. What a test
+measured (``record_property``, e.g. an error beside its tolerance) is that record's message. A test that
 would start with less than the kit's per-test minimum left before the step's deadline is skipped
 with that reason. Outside the kit (no ledger in the environment) it does nothing.
 """
@@ -47,10 +48,15 @@ def _reason(report: pytest.TestReport) -> str:
     return " | ".join(errors[:3]) if errors else (lines[-1] if lines else "")
 
 
+def _measured(report: pytest.TestReport) -> str:
+    return "; ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.user_properties)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     ledger = _ledger()
     decisive = report.when == "call" or (report.when == "setup" and not report.passed) or report.failed
     if ledger is None or not decisive:
         return
     status = "ok" if report.passed else "skipped" if report.skipped else "failed"
-    ledger.record(report.nodeid, status, report.duration, "" if report.passed else _reason(report))
+    message = _measured(report) if report.passed else " | ".join(filter(None, [_reason(report), _measured(report)]))
+    ledger.record(report.nodeid, status, report.duration, message)

@@ -59,6 +59,10 @@ def tests_section(steps: pd.DataFrame) -> str | None:
         lines.append(f"- {row.status.upper()} `{row.item}`: {row.message}")
     skipped = tests[tests["status"] == "skipped"]["message"].value_counts()
     lines += [f"- skipped ({n}): {reason}" for reason, n in skipped.items()]
+    measured = tests[(tests["status"] == "ok") & (tests["message"] != "")]
+    if len(measured):
+        lines += ["", "Measured by the passing tests (beside their tolerances):", ""]
+        lines += [f"- `{row.item}`: {row.message}" for row in measured.itertuples()]
     return "\n".join(lines)
 
 
