@@ -69,6 +69,12 @@ def read_reference(path: str | os.PathLike) -> pd.DataFrame:
         table[TOLERANCE] = raw[TOLERANCE].astype(float).to_numpy()
     except ValueError as exc:
         raise ConfigError(f"{path}: column {TOLERANCE!r} must hold numbers ({exc})") from exc
+    # a blank (NaN) tolerance makes every comparison false, so any move would read as "within"
+    bad = table[~(np.isfinite(table[TOLERANCE]) & (table[TOLERANCE] >= 0))]
+    if len(bad):
+        row = bad.iloc[0]
+        raise ConfigError(f"{path}: {len(bad)} row(s) have a {TOLERANCE!r} that is not a finite number >= 0, e.g. "
+                          f"{row[TOLERANCE]!r} for {row['model']} / {row['task']} / {row['metric']}")
     return table
 
 
