@@ -84,8 +84,8 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
         _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress)
         groups = [[c] for c in pending]
     submitted = _submit(runner, executor, spec, out, groups, options.workers)
-    failed = _collect(submitted, out, progress)
-    return finish_sweep(spec, out, cells, len(pending), failed, started, device=spec.device, executor=executor,
+    _collect(submitted, out, progress)
+    return finish_sweep(spec, out, cells, len(pending), started, device=spec.device, executor=executor,
                         cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in submitted])
 
 
@@ -113,9 +113,8 @@ def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, gr
     return submitted
 
 
-def _collect(submitted: list[Submitted], out: Path, progress: bool) -> int:
-    """Wait for every job; a job that died leaves status rows for its unfinished cells.
-    Returns how many of the jobs' cells failed."""
+def _collect(submitted: list[Submitted], out: Path, progress: bool) -> None:
+    """Wait for every job; a job that died leaves status rows for its unfinished cells."""
     bar = tqdm(total=len(submitted), desc="jobs", unit="job", disable=not progress)
     for item in submitted:
         try:
@@ -124,8 +123,6 @@ def _collect(submitted: list[Submitted], out: Path, progress: bool) -> int:
             record_dead_job(out, item, exc)
         bar.update(1)
     bar.close()
-    done = ResultStore(out).finished()
-    return sum(done[c.key]["status"] != "ok" for s in submitted for c in s.cells if c.key in done)
 
 
 def record_dead_job(out: Path, item: Submitted, exc: BaseException) -> None:
