@@ -173,6 +173,10 @@ class SweepSpec:
         for entry in self.models:  # fail on bad names before anything runs
             if entry.untrained and entry.checkpoint is not None:
                 raise ConfigError(f"model {entry.label!r} has both a checkpoint and untrained: true; choose one")
+            ignored = [key for key in ("set", "train") if entry.checkpoint is not None and getattr(entry, key)]
+            if ignored:  # a checkpoint is evaluated as saved: these would only relabel it
+                raise ConfigError(f"model {entry.label!r} is a given checkpoint; its {ignored[0]!r} settings "
+                                  f"{getattr(entry, ignored[0])} would not apply to it; remove them")
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
