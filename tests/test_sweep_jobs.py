@@ -121,3 +121,20 @@ def test_slurm_without_sbatch_is_a_clear_error(spec_path, tmp_path, monkeypatch)
     monkeypatch.setattr(jobs.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="sbatch"):
         jobs.run_sweep_jobs(load_spec(spec_path), str(tmp_path / "out"), "slurm", progress=False)
+
+
+def test_retry_failed_runs_the_cells_of_a_dead_job_again(spec_path, tmp_path, monkeypatch):
+    """Each job skipped every cell with a record, failed ones too: --retry-failed ran nothing."""
+    import submitit
+
+    monkeypatch.setattr(jobs, "make_executor", lambda kind, options, log_dir: submitit.AutoExecutor(
+        folder=str(log_dir / "%j"), cluster="debug"))  # in process: the jobs and calls of --executor local
+    spec = load_spec(spec_path)
+    out = tmp_path / "out"
+    lost = plan(spec)[:2]  # the first model's cells
+    job = SimpleNamespace(job_id="4242", paths=SimpleNamespace(stderr=tmp_path / "4242_0_log.err"))
+    jobs.record_dead_job(out, jobs.Submitted(job, lost), RuntimeError("Job 4242 was OOM-killed"))
+    result = jobs.run_sweep_jobs(spec, str(out), "local", retry_failed=True, progress=False)
+    assert result.failed == 0 and result.ran == len(plan(spec))
+    assert {ResultStore(out).finished()[c.key]["status"] for c in lost} == {"ok"}
+    assert set(result.table["status"]) == {"ok"}

@@ -34,15 +34,15 @@ JOBS_DIR = "jobs"
 
 
 class SweepJob(submitit.helpers.Checkpointable):
-    """What a worker runs: the spec's cells with the given keys not yet done, model by model.
+    """What a worker runs: the spec's cells with the given keys not yet done ok, model by model.
     Everything lives in the sweep folder, so a requeued job (pre-empted, timed out) just runs
-    again."""
+    again. A failed cell among ``keys`` is one that ``--retry-failed`` submitted: it runs again."""
 
     def __call__(self, spec: dict[str, Any], out_dir: str, keys: list[str], train_only: bool = False) -> int:
         spec_obj = SweepSpec.from_dict(spec)
         done = ResultStore(out_dir).finished()
         wanted = set(keys)
-        cells = [c for c in plan(spec_obj) if c.key in wanted and c.key not in done]
+        cells = [c for c in plan(spec_obj) if c.key in wanted and done.get(c.key, {}).get("status") != "ok"]
         if train_only:  # train (or resume) each model once; its cells are other jobs
             for model in {id(c.model): c.model for c in cells}.values():
                 model.train_once(Path(out_dir))
