@@ -109,6 +109,19 @@ def test_ttt_inner_learning_rate_ignored_fails(tmp_path, monkeypatch):
     assert (_moved(result)["metric"] == "loss").all()
 
 
+def test_a_failure_no_reference_score_covers_fails(tmp_path, monkeypatch):
+    """A broken decode step leaves latency's only score (state_bytes, measured after prefill)
+    intact; its failed decode rows must still fail the gate."""
+    def broken(self, state, token):
+        raise RuntimeError("decode step broke")
+
+    monkeypatch.setattr(attention.SlidingWindowLM, "decode_step", broken)
+    result = _eval_gate(tmp_path, "swa", "latency")
+    assert set(result.result.table["verdict"]) == {"same"}  # every reference score is unmoved
+    assert not result.passed and gate.exit_code([result]) == gate.EXIT_FAILED
+    assert "decode step broke" in gate.format_gate([result])
+
+
 @pytest.mark.slow
 def test_training_regression_fails_the_training_gate(tmp_path, monkeypatch):
     """A learning-rate schedule stuck at its floor: every seed learns less, beyond the band."""
