@@ -169,6 +169,11 @@ def test_scale_out_commands_off_the_cluster_exit_2_with_one_line(tmp_path, monke
                    EXIT_USER_ERROR, "sbatch")
     one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "local", "--workers", "0"),
                    EXIT_USER_ERROR, "workers must be positive")
+    # cluster options without a cluster executor ran inline, the option silently dropped
+    for option in (["--workers", "0"], ["--jobs", "cell"], ["--slurm-opt", "exclusive=true"]):
+        one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out"), *option), EXIT_USER_ERROR,
+                       option[0], "--executor local or slurm")
+    assert not (tmp_path / "out" / "cells.jsonl").exists()
     spec.write_text(yaml.safe_dump({"models": [{"arch": "swa"}], "tasks": [{"task": "loss_scaling"}],
                                     "cluster": {"partiton": "gpu"}}))
     one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, "Did you mean 'partition'")
