@@ -3,7 +3,7 @@
 sweep folder's :class:`~harness.runs.store.ResultStore` (safe for concurrent writers).
 
 One job per model (it trains the model, then runs its tasks) or one per cell (the models are
-trained first, one job each, then every cell is a job). A job that Slurm pre-empts or times
+trained first, one job each, then every cell of a trained model is a job). A job that Slurm pre-empts or times
 out is requeued by submitit and skips the cells it had finished; a job that dies is recorded
 as status rows of its unfinished cells with the path of its log, and ``--retry-failed`` runs
 them again. Rerunning the sweep submits only the cells not yet done.
@@ -82,7 +82,8 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     if options.jobs == "cell":
         to_train = [g for g in groups if g[0].model.needs_training(out)]
         _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress)
-        groups = [[c] for c in pending]
+        # a model whose training job died has its cells recorded failed: a job each would train it again, at once
+        groups = [[c] for c in pending if not c.model.needs_training(out)]
     submitted = _submit(runner, executor, spec, out, groups, options.workers)
     _collect(submitted, out, progress)
     return finish_sweep(spec, out, cells, len(pending), started, device=spec.device, executor=executor,
