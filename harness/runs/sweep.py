@@ -487,8 +487,8 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
 def cell_record(cell: Cell, table: pd.DataFrame, seconds: float) -> dict[str, Any]:
     """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``."""
     not_ok = table[table["status"] != "ok"]
-    return {"spec": cell.model.spec.spec_id, "model": cell.model.label, "seed": cell.seed, "task": cell.task,
-            "options": cell.options,
+    return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
+            "seed": cell.seed, "task": cell.task, "options": cell.options,
             "status": "failed" if len(not_ok) else "ok", "rows": len(table), "seconds": round(seconds, 2),
             "message": failure_summary(not_ok)}
 
