@@ -184,6 +184,15 @@ def test_a_failed_seed_fails_its_aggregates():
     assert not result.passed
 
 
+def test_a_run_whose_every_cell_failed_fails_the_training_gate():
+    """It raised ConfigError (no ok rows), which `lcbench gate` reports as bad input, exit 2."""
+    values = {(seed, ctx): 2.0 + 0.01 * seed for seed in range(3) for ctx in (128, 256)}
+    reference = check.aggregate_reference(_seed_table(values))
+    run = _seed_table(values).assign(value=np.nan, status="nan", message="training diverged")
+    result = check.compare_aggregates(run, reference)
+    assert not result.passed and set(result.table["verdict"]) == {"missing"}
+
+
 def test_scores_no_seed_moved_are_left_out_of_the_training_gate():
     values = {(seed, ctx): 2.0 + 0.01 * seed for seed in range(3) for ctx in (128, 256)}
     flat = _seed_table({k: 0.0 for k in values}, metric="gen_match")
