@@ -304,6 +304,10 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
     come from the spec's `cluster:` mapping; the options here override them."""
     from harness.runs.sweep import load_spec, run_sweep
 
+    given = [f"--{name.replace('_', '-')}" for name, value in cluster.items() if value is not None]
+    if executor == "inline" and (given or slurm_opts):  # the inline executor would drop them unread
+        raise UserError(f"{', '.join(given + ['--slurm-opt'] * bool(slurm_opts))} set how jobs run; they need "
+                        "--executor local or slurm (the default, inline, runs every cell in this process)")
     parsed = load_spec(spec)
     out = out or f"runs/{parsed.name}"
     if executor == "inline":

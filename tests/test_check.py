@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from harness.api import results
+from harness.api.errors import ConfigError
 from harness.cli import main
 from harness.runs import check
 
@@ -65,3 +67,14 @@ def test_cli_check_exit_codes(tmp_path):
     assert bad.exit_code == 1 and "FAIL" in bad.output and "regressed" in bad.output
     missing_ref = runner.invoke(main, ["check", str(tmp_path / "good"), "--reference", str(tmp_path / "nope.csv")])
     assert missing_ref.exit_code != 0 and "--update" in missing_ref.output
+
+
+def test_a_reference_tolerance_that_is_blank_or_negative_is_bad_input(tmp_path):
+    """A blank tolerance made every comparison NaN-false ("within"): loss 2 -> 9 passed."""
+    path = check.write_reference(run_table(), tmp_path / "ref.csv")
+    for bad in ("", "nan", "-0.5"):
+        edited = pd.read_csv(path, dtype=str, keep_default_na=False)
+        edited.loc[1, check.TOLERANCE] = bad
+        edited.to_csv(path, index=False)
+        with pytest.raises(ConfigError, match="tolerance"):
+            check.read_reference(path)

@@ -102,6 +102,20 @@ def test_per_length_windows_are_never_paired_across_lengths():
     assert claim.verdict == "undecided" and "targets: same" in claim.why
 
 
+def test_every_model_is_judged_at_the_same_doubling():
+    """Full attention measured up to 512 only (an OOM at 1024, say) gained from 256 -> 512, and
+    that was set against the others' 512 -> 1024: "holds", with no full-attention number at 1024."""
+    run = _run(PAPER, GROWING, {})
+    for s in run.samples:
+        if s["model"] == "full_attention" and s["task"] == "loss_scaling":
+            end = s["start"] + s["eval_ctx"]
+            s["eval_ctx"] //= 2
+            s["start"] = end - s["eval_ctx"]
+    claim = claims.context_claim(run)
+    assert claim.verdict == "undecided" and "full_attention" in claim.why and "1024" in claim.why
+    assert not any(e["comparison"].startswith("full_attention: loss(") for e in claim.evidence)
+
+
 def test_the_context_comparison_is_paired_by_window():
     """Documents differ by 0.5 nats, far more than the 0.05 gain: an unpaired interval would hold 0."""
     est, longest = claims.last_doubling_gain(_run(PAPER, GROWING, {}), "full_attention")

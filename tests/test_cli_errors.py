@@ -169,6 +169,24 @@ def test_scale_out_commands_off_the_cluster_exit_2_with_one_line(tmp_path, monke
                    EXIT_USER_ERROR, "sbatch")
     one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "local", "--workers", "0"),
                    EXIT_USER_ERROR, "workers must be positive")
+    # cluster options without a cluster executor ran inline, the option silently dropped
+    for option in (["--workers", "0"], ["--jobs", "cell"], ["--slurm-opt", "exclusive=true"]):
+        one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out"), *option), EXIT_USER_ERROR,
+                       option[0], "--executor local or slurm")
+    assert not (tmp_path / "out" / "cells.jsonl").exists()
     spec.write_text(yaml.safe_dump({"models": [{"arch": "swa"}], "tasks": [{"task": "loss_scaling"}],
                                     "cluster": {"partiton": "gpu"}}))
     one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, "Did you mean 'partition'")
+
+
+def test_a_rerun_that_skips_failed_cells_still_exits_1(tmp_path):
+    """The cells stay failed in the folder; a rerun without --retry-failed must not read as success."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "f", "models": [{"arch": "swa", "untrained": True,
+                                                             "set": {"window": 8, "d_model": 32, "n_heads": 2}}],
+                                    "tasks": [{"task": "test_sweep_probe"},
+                                              {"task": "test_sweep_probe", "options": {"boom": True}}]}))
+    assert run("sweep", str(spec), "--out", str(tmp_path / "out")).exit_code == EXIT_FAILED_WORK
+    again = run("sweep", str(spec), "--out", str(tmp_path / "out"))
+    assert again.exit_code == EXIT_FAILED_WORK, again.output
+    assert "0 cells run, 2 already done, 1 failed" in again.output

@@ -109,6 +109,19 @@ def test_ttt_inner_learning_rate_ignored_fails(tmp_path, monkeypatch):
     assert (_moved(result)["metric"] == "loss").all()
 
 
+def test_a_failure_no_reference_score_covers_fails(tmp_path, monkeypatch):
+    """A broken decode step leaves latency's only score (state_bytes, measured after prefill)
+    intact; its failed decode rows must still fail the gate."""
+    def broken(self, state, token):
+        raise RuntimeError("decode step broke")
+
+    monkeypatch.setattr(attention.SlidingWindowLM, "decode_step", broken)
+    result = _eval_gate(tmp_path, "swa", "latency")
+    assert set(result.result.table["verdict"]) == {"same"}  # every reference score is unmoved
+    assert not result.passed and gate.exit_code([result]) == gate.EXIT_FAILED
+    assert "decode step broke" in gate.format_gate([result])
+
+
 @pytest.mark.slow
 def test_training_regression_fails_the_training_gate(tmp_path, monkeypatch):
     """A learning-rate schedule stuck at its floor: every seed learns less, beyond the band."""
@@ -169,6 +182,15 @@ def test_a_failed_seed_fails_its_aggregates():
     result = check.compare_aggregates(run, reference)
     assert result.table.set_index("eval_ctx")["verdict"].to_dict() == {128: "same", 256: "failed"}
     assert not result.passed
+
+
+def test_a_run_whose_every_cell_failed_fails_the_training_gate():
+    """It raised ConfigError (no ok rows), which `lcbench gate` reports as bad input, exit 2."""
+    values = {(seed, ctx): 2.0 + 0.01 * seed for seed in range(3) for ctx in (128, 256)}
+    reference = check.aggregate_reference(_seed_table(values))
+    run = _seed_table(values).assign(value=np.nan, status="nan", message="training diverged")
+    result = check.compare_aggregates(run, reference)
+    assert not result.passed and set(result.table["verdict"]) == {"missing"}
 
 
 def test_scores_no_seed_moved_are_left_out_of_the_training_gate():

@@ -128,6 +128,17 @@ def test_bad_specs_are_clear(tmp_path, spec, match):
         load_spec(path)
 
 
+def test_settings_a_given_checkpoint_would_ignore_are_refused(spec_file):
+    """A checkpoint is evaluated as saved: ``set`` (e.g. a window) or ``train`` beside it changed
+    the model's label but not the model, so its rows named settings it never ran with."""
+    original = yaml.safe_load(spec_file.read_text())
+    for key, value in (("set", {"window": 4}), ("train", {"steps": 3})):
+        spec = {**original, "models": [original["models"][0], {**original["models"][1], key: value}]}
+        spec_file.write_text(yaml.safe_dump(spec))
+        with pytest.raises(ConfigError, match=f"checkpoint.*'{key}'"):
+            load_spec(spec_file)
+
+
 def test_toml_specs_load(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('name = "t"\n[[models]]\narch = "swa"\n[[tasks]]\ntask = "test_sweep_probe"\n')

@@ -72,6 +72,25 @@ def test_an_edited_then_reverted_spec_shows_its_own_numbers(tmp_path):
     assert results.read_table(tmp_path / "out")["value"].tolist() == first["value"].tolist()
 
 
+def test_an_edit_whose_cell_fails_shows_no_stale_numbers(tmp_path):
+    """The failed cell's status rows clash with none of the old cell's, which stayed in the table
+    as ok: tables, figures and `lcbench check` read the numbers of a model no longer in the spec."""
+    spec = {"name": "s", "models": [{"arch": "swa", "name": "m", "untrained": True, "set": TINY}],
+            "tasks": [{"task": "test_flaky"}]}
+    path = write_spec(tmp_path / "s.yaml", spec)
+    FLAKY["fail"] = False
+    run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    FLAKY["fail"] = True
+    spec["models"][0]["set"] = {**TINY, "window": 4}
+    edited = run_sweep(load_spec(write_spec(path, spec)), tmp_path / "out", progress=False)
+    assert edited.failed == 1
+    assert results.read_table(tmp_path / "out")["status"].tolist() == ["error"]
+    spec["models"][0]["set"] = TINY  # reverted: its own numbers, not the edit's failure
+    reverted = run_sweep(load_spec(write_spec(path, spec)), tmp_path / "out", progress=False)
+    assert (reverted.ran, reverted.failed) == (0, 0)
+    assert results.read_table(tmp_path / "out")[["metric", "status"]].values.tolist() == [["loss", "ok"]]
+
+
 def test_a_checkpoint_replaced_at_the_same_path_is_scored_again(tmp_path):
     ckpt = tmp_path / "ck"
     checkpoint.save_checkpoint(ckpt, small_model("swa", seed=1))

@@ -121,3 +121,41 @@ def test_slurm_without_sbatch_is_a_clear_error(spec_path, tmp_path, monkeypatch)
     monkeypatch.setattr(jobs.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="sbatch"):
         jobs.run_sweep_jobs(load_spec(spec_path), str(tmp_path / "out"), "slurm", progress=False)
+
+
+def test_retry_failed_runs_the_cells_of_a_dead_job_again(spec_path, tmp_path, monkeypatch):
+    """Each job skipped every cell with a record, failed ones too: --retry-failed ran nothing."""
+    import submitit
+
+    monkeypatch.setattr(jobs, "make_executor", lambda kind, options, log_dir: submitit.AutoExecutor(
+        folder=str(log_dir / "%j"), cluster="debug"))  # in process: the jobs and calls of --executor local
+    spec = load_spec(spec_path)
+    out = tmp_path / "out"
+    lost = plan(spec)[:2]  # the first model's cells
+    job = SimpleNamespace(job_id="4242", paths=SimpleNamespace(stderr=tmp_path / "4242_0_log.err"))
+    jobs.record_dead_job(out, jobs.Submitted(job, lost), RuntimeError("Job 4242 was OOM-killed"))
+    result = jobs.run_sweep_jobs(spec, str(out), "local", retry_failed=True, progress=False)
+    assert result.failed == 0 and result.ran == len(plan(spec))
+    assert {ResultStore(out).finished()[c.key]["status"] for c in lost} == {"ok"}
+    assert set(result.table["status"]) == {"ok"}
+
+
+def test_one_job_per_cell_runs_no_cell_whose_model_failed_to_train(spec_path, tmp_path, monkeypatch):
+    """The dead training jobs' cells are recorded failed; a cell job for each would train the
+    model again, all of them at once into one checkpoint folder."""
+    dead = SimpleNamespace(job_id="7", paths=SimpleNamespace(stderr=tmp_path / "7.err"), done=lambda: True,
+                           result=lambda: (_ for _ in ()).throw(RuntimeError("training node lost")))
+    cell_jobs = []
+
+    def submit(runner, kind, spec, out, groups, workers, train_only=False):
+        if train_only:
+            return [jobs.Submitted(dead, group) for group in groups]
+        cell_jobs.extend(groups)
+        return []
+
+    monkeypatch.setattr(jobs, "make_executor", lambda kind, options, log_dir: None)
+    monkeypatch.setattr(jobs, "_submit", submit)
+    spec = load_spec(spec_path)
+    result = jobs.run_sweep_jobs(spec, str(tmp_path / "out"), "local", progress=False, jobs="cell")
+    assert cell_jobs == [] and result.failed == len(plan(spec))
+    assert all("died (training node lost)" in r["message"] for r in ResultStore(tmp_path / "out").finished().values())

@@ -109,14 +109,19 @@ def _row(what: str, est: stats.Estimate, **extra: Any) -> dict[str, Any]:
 # 1. loss against context
 
 
-def last_doubling_gain(run: RunData, model: str) -> tuple[stats.Estimate, int] | None:
-    """Loss at half the longest context minus loss at the longest, paired by window end; None
-    without same-target windows at two lengths a doubling apart."""
+def _same_target_lengths(run: RunData, model: str) -> list[int]:
+    # per_length windows of two lengths score different targets
+    return [int(w["eval_ctx"]) for w in run.windows(model) if w.get("targets") == "same"]
+
+
+def last_doubling_gain(run: RunData, model: str, longest: int | None = None) -> tuple[stats.Estimate, int] | None:
+    """Loss at half of context ``longest`` (default: the model's longest) minus loss at
+    ``longest``, paired by window end; None without same-target windows at both lengths."""
     by_length: dict[int, dict[tuple[str, int], float]] = defaultdict(dict)
     for w in run.windows(model):
-        if w.get("targets") == "same":  # per_length windows of two lengths score different targets
+        if w.get("targets") == "same":
             by_length[int(w["eval_ctx"])][(w["doc"], int(w["start"]) + int(w["eval_ctx"]))] = float(w["scored_loss"])
-    longest = max(by_length, default=0)
+    longest = max(by_length, default=0) if longest is None else longest
     half = by_length.get(longest // 2, {})
     shared = sorted(set(half) & set(by_length.get(longest, {})))
     if not shared:
@@ -141,21 +146,24 @@ def context_claim(run: RunData) -> Claim:
                  "Gated DeltaNet level off")
     gains = {}
     evidence = []
-    for arch in ("full_attention", "ttt_e2e", *FIXED_STATE):
-        model = run.model_of(arch)
-        found = last_doubling_gain(run, model) if model else None
+    models = {arch: m for arch in ("full_attention", "ttt_e2e", *FIXED_STATE) if (m := run.model_of(arch))}
+    # one doubling for all: a model short of the longest context (an OOM there) is missing, not
+    # judged on an earlier doubling than the others
+    longest = max((L for m in models.values() for L in _same_target_lengths(run, m)), default=None)
+    for arch, model in models.items():
+        found = last_doubling_gain(run, model, longest) if longest else None
         if found is not None:
             gains[arch] = found[0]
             evidence.append(_row(f"{model}: loss({found[1] // 2}) - loss({found[1]}), same targets", found[0],
                                  arch=arch))
-    copying = {arch: copy_gain(run, m) for arch in ("full_attention", "ttt_e2e", *FIXED_STATE)
-               if (m := run.model_of(arch)) is not None}
+    copying = {arch: copy_gain(run, m) for arch, m in models.items()}
     evidence += [row for row in copying.values() if row is not None]
     missing = [a for a in ("full_attention", "ttt_e2e") if a not in gains]
     if missing or not any(a in gains for a in FIXED_STATE):
         need = missing or ["one of " + ", ".join(FIXED_STATE)]
+        at = f" at contexts {longest // 2} and {longest}" if longest else ""
         return Claim("context", statement, "undecided",
-                     f"no same-target loss_scaling windows for {', '.join(need)} (run loss_scaling with "
+                     f"no same-target loss_scaling windows{at} for {', '.join(need)} (run loss_scaling with "
                      "targets: same and two lengths a doubling apart)", evidence)
     still_falling = [a for a in FIXED_STATE if a in gains and _gains(gains[a])]
     ttt_keeps = _gains(gains["ttt_e2e"])

@@ -69,6 +69,12 @@ def read_reference(path: str | os.PathLike) -> pd.DataFrame:
         table[TOLERANCE] = raw[TOLERANCE].astype(float).to_numpy()
     except ValueError as exc:
         raise ConfigError(f"{path}: column {TOLERANCE!r} must hold numbers ({exc})") from exc
+    # a blank (NaN) tolerance makes every comparison false, so any move would read as "within"
+    bad = table[~(np.isfinite(table[TOLERANCE]) & (table[TOLERANCE] >= 0))]
+    if len(bad):
+        row = bad.iloc[0]
+        raise ConfigError(f"{path}: {len(bad)} row(s) have a {TOLERANCE!r} that is not a finite number >= 0, e.g. "
+                          f"{row[TOLERANCE]!r} for {row['model']} / {row['task']} / {row['metric']}")
     return table
 
 
@@ -174,8 +180,6 @@ AGGREGATE_COLUMNS = AGGREGATE_KEYS + ["value", "seed_sd", "pooled_sd", "n_seeds"
 def _per_seed(table: pd.DataFrame) -> pd.DataFrame:
     directions = {m: d for m, (d, _) in SCORES.items() if d != "exact"}
     rows = table[(table["status"] == "ok") & table["metric"].isin(list(directions)) & table["pos_start"].isna()]
-    if rows.empty:
-        raise ConfigError(f"the run has no ok rows of seed-aggregated scores ({', '.join(directions)})")
     rows = rows.assign(weight=rows["n"].astype("float64").fillna(1.0), variant=rows["variant"].fillna(""))
     rows = rows.assign(weighted=rows["value"] * rows["weight"])
     pooled = rows.groupby(AGGREGATE_KEYS + ["seed"], dropna=False)[["weighted", "weight"]].sum().reset_index()
@@ -197,6 +201,9 @@ def aggregate_reference(table: pd.DataFrame, sigmas: float = BAND_SIGMAS) -> pd.
     one (model, task, metric) so that a band rests on more than 2 degrees of freedom. Scores
     with no spread at all are left out."""
     agg = seed_aggregates(table)
+    if agg.empty:  # a run compared with a reference has its scores missing instead: failed work, not bad input
+        raise ConfigError("the run has no ok rows of seed-aggregated scores "
+                          f"({', '.join(m for m, (d, _) in SCORES.items() if d != 'exact')})")
     if agg["n_seeds"].min() < 3:
         raise ConfigError(f"a seed-aggregate reference needs at least 3 seeds per score, got {int(agg['n_seeds'].min())}")
     pooled = agg.groupby(["model", "task", "metric"])["seed_sd"].transform(lambda sd: math.sqrt(float((sd ** 2).mean())))

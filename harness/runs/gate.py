@@ -70,10 +70,13 @@ class LayerResult:
     layer: str
     result: check.CheckResult | None  # None: not judged (see `unjudged`)
     unjudged: str = ""
+    # the run's rows that are not ok: references come from clean runs only, so any failure fails
+    # the gate, also one no reference score covers (a broken decode step leaves state_bytes intact)
+    failures: pd.DataFrame | None = None
 
     @property
     def passed(self) -> bool:
-        return self.result is not None and self.result.passed
+        return self.result is not None and self.result.passed and (self.failures is None or self.failures.empty)
 
 
 def _anchor(path: str | None) -> str | None:
@@ -141,11 +144,12 @@ def run_layer(layer: str, out_dir: str | Path, models: list[str] | None = None, 
                                         f"this checkout reads {reading}; remake them with `lcbench gate --update`")
     spec = gate_spec(layer, models, tasks)
     run = run_sweep(spec, _fresh(Path(out_dir), spec.name), progress=progress).table
+    failures = run[run["status"] != "ok"]
     if layer == "eval":
         reference = _filtered(check.read_reference(EVAL_REFERENCE), spec)
-        return LayerResult(layer, check.compare(run, reference, use_ci=False, two_sided=True))
+        return LayerResult(layer, check.compare(run, reference, use_ci=False, two_sided=True), failures=failures)
     reference = _filtered(check.read_aggregate_reference(TRAIN_REFERENCE), spec)
-    return LayerResult(layer, check.compare_aggregates(run, reference))
+    return LayerResult(layer, check.compare_aggregates(run, reference), failures=failures)
 
 
 def _fresh(out_dir: Path, name: str) -> Path:
@@ -179,7 +183,15 @@ def format_gate(layer_results: list[LayerResult], show_all: bool = False) -> str
     parts = []
     for r in layer_results:
         parts.append(f"== {r.layer} gate ==\n" + (r.unjudged if r.result is None else check.format_report(r.result, show_all)))
+        if r.result is not None and r.failures is not None and len(r.failures):
+            parts.append(_format_failures(r.failures))
     return "\n".join(parts)
+
+
+def _format_failures(failures: pd.DataFrame) -> str:
+    first = failures.iloc[0]
+    return (f"FAIL: {len(failures)} row(s) of the run are not ok, e.g. {first['model']} / {first['task']} / "
+            f"{first['metric']} ({first['status']}): {first['message']}")
 
 
 def update_gate(out_dir: str | Path = "runs/gate-update", progress: bool = True, threads: int = 1) -> dict:

@@ -3,7 +3,7 @@
 sweep folder's :class:`~harness.runs.store.ResultStore` (safe for concurrent writers).
 
 One job per model (it trains the model, then runs its tasks) or one per cell (the models are
-trained first, one job each, then every cell is a job). A job that Slurm pre-empts or times
+trained first, one job each, then every cell of a trained model is a job). A job that Slurm pre-empts or times
 out is requeued by submitit and skips the cells it had finished; a job that dies is recorded
 as status rows of its unfinished cells with the path of its log, and ``--retry-failed`` runs
 them again. Rerunning the sweep submits only the cells not yet done.
@@ -34,15 +34,15 @@ JOBS_DIR = "jobs"
 
 
 class SweepJob(submitit.helpers.Checkpointable):
-    """What a worker runs: the spec's cells with the given keys not yet done, model by model.
+    """What a worker runs: the spec's cells with the given keys not yet done ok, model by model.
     Everything lives in the sweep folder, so a requeued job (pre-empted, timed out) just runs
-    again."""
+    again. A failed cell among ``keys`` is one that ``--retry-failed`` submitted: it runs again."""
 
     def __call__(self, spec: dict[str, Any], out_dir: str, keys: list[str], train_only: bool = False) -> int:
         spec_obj = SweepSpec.from_dict(spec)
         done = ResultStore(out_dir).finished()
         wanted = set(keys)
-        cells = [c for c in plan(spec_obj) if c.key in wanted and c.key not in done]
+        cells = [c for c in plan(spec_obj) if c.key in wanted and done.get(c.key, {}).get("status") != "ok"]
         if train_only:  # train (or resume) each model once; its cells are other jobs
             for model in {id(c.model): c.model for c in cells}.values():
                 model.train_once(Path(out_dir))
@@ -82,10 +82,11 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     if options.jobs == "cell":
         to_train = [g for g in groups if g[0].model.needs_training(out)]
         _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress)
-        groups = [[c] for c in pending]
+        # a model whose training job died has its cells recorded failed: a job each would train it again, at once
+        groups = [[c] for c in pending if not c.model.needs_training(out)]
     submitted = _submit(runner, executor, spec, out, groups, options.workers)
-    failed = _collect(submitted, out, progress)
-    return finish_sweep(spec, out, cells, len(pending), failed, started, device=spec.device, executor=executor,
+    _collect(submitted, out, progress)
+    return finish_sweep(spec, out, cells, len(pending), started, device=spec.device, executor=executor,
                         cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in submitted])
 
 
@@ -113,9 +114,8 @@ def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, gr
     return submitted
 
 
-def _collect(submitted: list[Submitted], out: Path, progress: bool) -> int:
-    """Wait for every job; a job that died leaves status rows for its unfinished cells.
-    Returns how many of the jobs' cells failed."""
+def _collect(submitted: list[Submitted], out: Path, progress: bool) -> None:
+    """Wait for every job; a job that died leaves status rows for its unfinished cells."""
     bar = tqdm(total=len(submitted), desc="jobs", unit="job", disable=not progress)
     for item in submitted:
         try:
@@ -124,8 +124,6 @@ def _collect(submitted: list[Submitted], out: Path, progress: bool) -> int:
             record_dead_job(out, item, exc)
         bar.update(1)
     bar.close()
-    done = ResultStore(out).finished()
-    return sum(done[c.key]["status"] != "ok" for s in submitted for c in s.cells if c.key in done)
 
 
 def record_dead_job(out: Path, item: Submitted, exc: BaseException) -> None:

@@ -8,10 +8,12 @@ two sweeps into one folder, or one job per cell from a cluster executor — can 
 :meth:`ResultStore.record_cell` at once without losing rows.
 
 A cell's rows are the truth; the table is the view of them. Recording a cell replaces the rows it
-wrote before (a retried failure leaves no stale failure rows) and any other cell's rows with the
-same identifying columns (the newest measurement is shown). :meth:`ResultStore.show_cells` puts
-back the rows of cells that are finished but were displaced, e.g. when a spec is edited and then
-reverted: the table then shows exactly the numbers of the spec that ran last, without rerunning.
+wrote before (a retried failure leaves no stale failure rows), those of the cells it supersedes
+(earlier records of the same run, model, seed, task and options under another key: an edit of
+the spec, whose numbers must not outlive it when the edited cell fails) and any other cell's rows
+with the same identifying columns (the newest measurement is shown). :meth:`ResultStore.show_cells`
+puts back the rows of cells that are finished but were displaced, e.g. when a spec is edited and
+then reverted: the table then shows exactly the numbers of the spec that ran last, without rerunning.
 
 A kill can cut the last line of ``cells.jsonl``: such a line is ignored when read (the cell is
 redone), and the next append starts on a fresh line so that it is not glued to the torn one.
@@ -80,10 +82,9 @@ class ResultStore:
         them, and ``record`` (with ``key``) is appended to ``cells.jsonl``. Returns the table."""
         rows = results.validate(rows)
         with self.locked():
-            previous = self.cell_rows(key)
             table = self._read_table()
-            if previous is not None:
-                table = _drop_keys(table, previous)
+            for old in [key, *self._superseded({key: record})]:
+                table = self._without_rows_of(table, old)
             table = pd.concat([f for f in (_drop_keys(table, rows), rows) if len(f)] or [results.to_frame([])],
                               ignore_index=True)
             results.write_table(self._rows_path(key), rows)
@@ -95,15 +96,29 @@ class ResultStore:
         """Make the table show the stored rows of the finished cells ``keys`` (rows of other
         cells that clash with them are replaced). Cells recorded before rows were kept per cell
         are left as the table has them. Returns the table."""
+        keys = list(keys)
         with self.locked():
             stored = [rows for rows in (self.cell_rows(k) for k in keys) if rows is not None and len(rows)]
             table = self._read_table()
             if not stored:
                 return table
+            records = self.finished()
+            for old in self._superseded({k: records[k] for k in keys if k in records}):
+                table = self._without_rows_of(table, old)
             wanted = pd.concat(stored, ignore_index=True)
             wanted = wanted[~wanted.duplicated(results.KEY_COLUMNS, keep="last")]
             kept = _drop_keys(table, wanted)
             return results.write_table(self.root, pd.concat([f for f in (kept, wanted) if len(f)], ignore_index=True))
+
+    def _superseded(self, cells: dict[str, dict[str, Any]]) -> list[str]:
+        """The keys of the recorded cells that ``cells`` (key -> record) supersede: the same slot
+        (see :func:`_slot`) under another key."""
+        slots = {_slot(record) for record in cells.values()} - {None}
+        return [k for k, record in self.finished().items() if k not in cells and _slot(record) in slots]
+
+    def _without_rows_of(self, table: pd.DataFrame, key: str) -> pd.DataFrame:
+        rows = self.cell_rows(key)
+        return table if rows is None else _drop_keys(table, rows)
 
     def _read_table(self) -> pd.DataFrame:
         parquet, csv = self.root / results.TABLE_PARQUET, self.root / results.TABLE_CSV
@@ -119,6 +134,15 @@ class ResultStore:
             f.write((b"\n" if torn else b"") + (json.dumps(record) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
+
+
+def _slot(record: dict[str, Any]) -> str | None:
+    """What a cell measures, whatever the settings its key hashes: cells of one run with the same
+    model, seed, task and options are edits of one cell (None for records that do not say)."""
+    if "run" not in record:
+        return None
+    return json.dumps([record["run"], record.get("model"), record.get("seed"), record.get("task"),
+                       record.get("options")], sort_keys=True, default=str)
 
 
 def _last_byte(path: Path) -> bytes:

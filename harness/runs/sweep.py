@@ -173,6 +173,10 @@ class SweepSpec:
         for entry in self.models:  # fail on bad names before anything runs
             if entry.untrained and entry.checkpoint is not None:
                 raise ConfigError(f"model {entry.label!r} has both a checkpoint and untrained: true; choose one")
+            ignored = [key for key in ("set", "train") if entry.checkpoint is not None and getattr(entry, key)]
+            if ignored:  # a checkpoint is evaluated as saved: these would only relabel it
+                raise ConfigError(f"model {entry.label!r} is a given checkpoint; its {ignored[0]!r} settings "
+                                  f"{getattr(entry, ignored[0])} would not apply to it; remove them")
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
@@ -435,16 +439,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
     cells, pending = pending_cells(spec, out_dir, retry_failed)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    failed = 0
     started = time.time()
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
                disable=not progress)
     for _, group in itertools.groupby(pending, key=lambda c: id(c.model)):
         group = list(group)
         bar.set_postfix_str(f"{group[0].model.label} seed {group[0].seed}")
-        failed += run_model_cells(group, out_dir, device, dtype, progress, on_cell=lambda _: bar.update(1))
+        run_model_cells(group, out_dir, device, dtype, progress, on_cell=lambda _: bar.update(1))
     bar.close()
-    return finish_sweep(spec, out_dir, cells, len(pending), failed, started, device=str(device))
+    return finish_sweep(spec, out_dir, cells, len(pending), started, device=str(device))
 
 
 def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike) -> Path:
@@ -456,10 +459,15 @@ def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
-def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, failed: int, started: float,
+def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, started: float,
                  device: str, **extra: Any) -> SweepResult:
-    """Write run.json (``extra`` added to it) and return the table of ``cells``."""
-    table = ResultStore(out_dir).show_cells(c.key for c in cells)  # cells finished earlier show their own rows
+    """Write run.json (``extra`` added to it) and return the table of ``cells``. ``failed``
+    counts every cell of the spec not ok in the folder, the ones skipped as done included: a
+    rerun that does not retry them has not produced the spec's results either."""
+    store = ResultStore(out_dir)
+    table = store.show_cells(c.key for c in cells)  # cells finished earlier show their own rows
+    done = store.finished()
+    failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
     meta = run_metadata(seed=None, device=device, spec=spec.to_dict(), run=spec.name)
     meta.update(cells=len(cells), ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra)
@@ -479,8 +487,8 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
 def cell_record(cell: Cell, table: pd.DataFrame, seconds: float) -> dict[str, Any]:
     """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``."""
     not_ok = table[table["status"] != "ok"]
-    return {"spec": cell.model.spec.spec_id, "model": cell.model.label, "seed": cell.seed, "task": cell.task,
-            "options": cell.options,
+    return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
+            "seed": cell.seed, "task": cell.task, "options": cell.options,
             "status": "failed" if len(not_ok) else "ok", "rows": len(table), "seconds": round(seconds, 2),
             "message": failure_summary(not_ok)}
 
