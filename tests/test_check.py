@@ -78,3 +78,13 @@ def test_a_reference_tolerance_that_is_blank_or_negative_is_bad_input(tmp_path):
         edited.to_csv(path, index=False)
         with pytest.raises(ConfigError, match="tolerance"):
             check.read_reference(path)
+
+
+def test_a_reference_is_not_made_from_a_run_with_failed_rows(tmp_path):
+    # it was written without the failed scores, so later runs were never checked on them
+    failed = run_table()
+    failed.loc[failed["metric"] == "cand_acc", ["status", "message", "value"]] = ["oom", "out of memory", float("nan")]
+    results.write_table(tmp_path / "run", failed)
+    ref = tmp_path / "ref.csv"
+    out = CliRunner().invoke(main, ["check", str(tmp_path / "run"), "--reference", str(ref), "--update"])
+    assert out.exit_code == 2 and "1 failed rows, e.g. 'out of memory'" in out.output and not ref.exists()

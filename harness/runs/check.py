@@ -90,7 +90,17 @@ def reference_from_run(table: pd.DataFrame) -> pd.DataFrame:
     return scores.reset_index(drop=True)
 
 
+def require_clean_run(table: pd.DataFrame, what: str) -> None:
+    """References are made only from runs without failed rows: a reference that leaves out the
+    scores a failure lost would never check them."""
+    failed = table[table["status"] != "ok"]
+    if len(failed):
+        raise ConfigError(f"{what} has {len(failed)} failed rows, e.g. {failed['message'].iloc[0]!r}; "
+                          "references are made only from a clean run")
+
+
 def write_reference(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    require_clean_run(table, "the run")
     reference = reference_from_run(table)
     if reference.empty:
         raise ConfigError(f"the run has no ok rows of score metrics ({', '.join(SCORES)}) to make a reference from")
