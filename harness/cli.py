@@ -59,6 +59,14 @@ def exit_if_failed(failed: int, what: str) -> None:
         sys.exit(EXIT_FAILED_WORK)
 
 
+def exit_if_sweep_failed(result) -> None:
+    """Exit 1 when a cell failed or two cells' rows clashed in the table."""
+    exit_if_failed(result.failed, "cell(s)")
+    if result.clashes:
+        click.echo(f"{len(result.clashes)} pair(s) of cells gave rows the table cannot tell apart", err=True)
+        sys.exit(EXIT_FAILED_WORK)
+
+
 @click.group(epilog="Exit codes: 0 everything worked; 1 work failed (a sweep cell or an eval row is not ok, "
                     "a check found a regression, training diverged, a file could not be written); "
                     "2 bad input (an unknown name, a bad value, config, spec, folder or file), "
@@ -158,7 +166,7 @@ def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
     result = run_quick(out, list(archs) or None, steps)
     _summarise(result, out)
     _figures_and_tables(out)
-    exit_if_failed(result.failed, "cell(s)")
+    exit_if_sweep_failed(result)
 
 
 def _summarise(result, out: str) -> None:
@@ -167,6 +175,8 @@ def _summarise(result, out: str) -> None:
     click.echo(f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed; table in {out}/")
     for line in describe_failures(out):
         click.echo(f"  failed: {line}")
+    for line in result.clashes:
+        click.echo(f"  clash: {line}", err=True)
 
 
 def _figures_and_tables(run_dir: str) -> None:
@@ -319,7 +329,7 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
             cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **_parse_overrides(slurm_opts)}
         result = run_sweep_jobs(parsed, out, executor, retry_failed=retry_failed, **cluster)
     _summarise(result, out)
-    exit_if_failed(result.failed, "cell(s)")
+    exit_if_sweep_failed(result)
 
 
 @main.command()

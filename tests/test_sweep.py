@@ -77,6 +77,33 @@ def test_a_failing_cell_is_recorded_and_the_rest_complete(spec_file, tmp_path):
     assert len(sweep_mod.describe_failures(tmp_path / "out")) == 2
 
 
+def test_grid_points_the_table_cannot_tell_apart_are_reported_and_fail_the_sweep(spec_file, tmp_path):
+    # a grid over an option no result column records: the second cell's rows replaced the first's
+    # in the table, silently
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    corpus = tmp_path / "tiny_corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("a small document\n" * 4)
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["models"] = spec["models"][:1]
+    spec["tasks"] = [{"task": "test_corpus_probe", "grid": {"corpus": ["stdlib", str(corpus)]}}]
+    spec_file.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = run_sweep(load_spec(spec_file), out, progress=False)
+    assert result.failed == 0 and len(result.table) == 1  # one row shown of the two measured
+    assert len(result.clashes) == 1 and "differ in corpus='stdlib' vs" in result.clashes[0]
+    assert len(list((out / "cells").glob("*.parquet"))) == 2  # nothing lost
+    cli = CliRunner().invoke(main, ["sweep", str(spec_file), "--out", str(out)])
+    assert cli.exit_code == 1 and "clash: test_corpus_probe cells of" in cli.output
+    assert "1 pair(s) of cells gave rows the table cannot tell apart" in cli.output
+    spec["tasks"] = [{"task": "test_sweep_probe", "grid": {"contexts": [8, 16]}}]  # eval_ctx tells these apart
+    spec_file.write_text(yaml.safe_dump(spec))
+    assert run_sweep(load_spec(spec_file), tmp_path / "told_apart", progress=False).clashes == []
+
+
 def test_sweep_trains_models_it_is_not_given(tmp_path):
     spec = {"name": "t", "train": {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_batches": 1},
             "models": [{"arch": "swa", "set": {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64}}],

@@ -29,7 +29,8 @@ into ``cells.jsonl``, under a lock). Every spec that writes into a folder is kep
 ``specs/NAME-HASH.json`` and named by its cells' records (``spec.json`` is the one that ran
 last), so two specs, or edits of one, can share a folder. A rerun skips finished cells, a killed
 one is redone, a failing cell is recorded as status rows while the sweep goes on, and a spec
-edited and reverted shows its own numbers again. Training is part of a model's first cell: its
+edited and reverted shows its own numbers again. Grid points whose rows no result column tells
+apart (a grid over ``corpus``) are reported as clashes and fail the sweep. Training is part of a model's first cell: its
 checkpoint lives under ``checkpoints/``, is saved periodically and resumes; it counts as trained
 only at its last step.
 
@@ -355,6 +356,7 @@ class SweepResult:
     ran: int
     skipped: int
     failed: int
+    clashes: list[str] = field(default_factory=list)  # see :func:`clashing_cells`
 
 
 def plan(spec: SweepSpec) -> list[Cell]:
@@ -468,11 +470,36 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     table = store.show_cells(c.key for c in cells)  # cells finished earlier show their own rows
     done = store.finished()
     failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
+    clashes = clashing_cells(store, cells)
     meta = run_metadata(seed=None, device=device, spec=spec.to_dict(), run=spec.name)
     meta.update(cells=len(cells), ran=ran, skipped=len(cells) - ran, failed=failed,
-                elapsed_s=round(time.time() - started, 3), **extra)
+                elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
-    return SweepResult(table, out_dir, ran, len(cells) - ran, failed)
+    return SweepResult(table, out_dir, ran, len(cells) - ran, failed, clashes)
+
+
+def clashing_cells(store: ResultStore, cells: list[Cell]) -> list[str]:
+    """One line per pair of the spec's cells whose rows the table cannot tell apart: the same
+    model, seed and task with options that differ only where no result column says so (a grid
+    over ``corpus``, or over mqar's ``lr``). The table keeps one cell's rows; each cell's own stay
+    in ``cells/``."""
+    owner: dict[Any, Cell] = {}
+    pairs: dict[tuple[str, str], tuple[Cell, Cell]] = {}
+    for cell in cells:
+        rows = store.cell_rows(cell.key)
+        for ident in set(results.key_index(rows)) if rows is not None and len(rows) else ():
+            first = owner.setdefault(ident, cell)
+            if first is not cell:
+                pairs.setdefault((first.key, cell.key), (first, cell))
+    lines = []
+    for first, second in pairs.values():
+        differ = sorted(k for k in first.options.keys() | second.options.keys()
+                        if first.options.get(k) != second.options.get(k))
+        shown = ", ".join(f"{k}={first.options.get(k)!r} vs {second.options.get(k)!r}" for k in differ)
+        lines.append(f"{second.task} cells of {second.model.label} (seed {second.seed}) that differ in {shown or 'nothing'} "
+                     "give rows no result column tells apart: the table shows the last one's (every cell's rows are "
+                     "in cells/); give such grid points separate run folders or model entries")
+    return lines
 
 
 def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
