@@ -231,14 +231,21 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default RUN_DIR/claims.md.")
+@click.option("--model", "picks", multiple=True, metavar="ARCH=NAME",
+              help="The model judged for an architecture that has several in the run (default: the first).")
 @friendly_errors
-def claims(run_dir: str, out: str | None) -> None:
+def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
     """Judge the TTT-E2E paper's three claims (context, position, recall) on a run or sweep folder."""
     from harness.api.results import atomic_write
-    from harness.report.claims import judge, render_markdown
+    from harness.report.claims import judge, load_run, render_markdown
     from harness.runs.sweep import current_sample_files
 
-    text = render_markdown(judge(run_dir, current_sample_files(run_dir)))
+    bad = [p for p in picks if "=" not in p]
+    if bad:
+        raise UserError(f"--model takes ARCH=NAME, got {bad[0]!r}")
+    run = load_run(run_dir, current_sample_files(run_dir))
+    run.pick(dict(p.split("=", 1) for p in picks))
+    text = render_markdown(judge(run), run.judged_note())
     click.echo(text, nl=False)
     atomic_write(Path(out or Path(run_dir) / "claims.md"), lambda f: f.write(text))
 

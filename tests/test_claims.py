@@ -141,3 +141,30 @@ def test_a_trace_of_context_too_small_to_matter_is_not_a_gain():
 
     assert not claims._gains(Estimate(1e-4, 0.9e-4, 1.1e-4, 9))
     assert claims._gains(Estimate(0.05, 0.04, 0.06, 9))
+
+
+def test_a_run_with_several_models_of_an_architecture_says_which_is_judged_and_takes_a_pick(tmp_path):
+    # the first model of each architecture was judged, silently, e.g. in a train_lengths sweep
+    run = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
+    flat = _run({**PAPER, "ttt_e2e": 0.0}, np.zeros(len(BINS)), {"full_attention": 0.95, "ttt_e2e": 0.2})
+    samples = run.samples + [{**s, "model": "ttt_e2e@short"} for s in flat.samples if s["model"] == "ttt_e2e"]
+    rows = [results.make_row("loss", 2.0, run="r", model=a, arch=a, task="loss_scaling", eval_ctx=1024, seed=0)
+            for a in ARCHS]
+    rows.append(results.make_row("loss", 2.0, run="r", model="ttt_e2e@short", arch="ttt_e2e", task="loss_scaling",
+                                 eval_ctx=1024, seed=0))
+    results.write_table(tmp_path, results.validate(rows))
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "all.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    first = CliRunner().invoke(main, ["claims", str(tmp_path)])
+    assert first.exit_code == 0, first.output
+    assert "- ttt_e2e: `ttt_e2e` (also in the run: `ttt_e2e@short`; pick one with `--model ttt_e2e=NAME`)" in first.output
+    assert first.output.count("**holds**") == 3
+    picked = CliRunner().invoke(main, ["claims", str(tmp_path), "--model", "ttt_e2e=ttt_e2e@short"])
+    assert picked.exit_code == 0, picked.output
+    assert "- ttt_e2e: `ttt_e2e@short` (also in the run: `ttt_e2e`;" in picked.output
+    run = claims.load_run(tmp_path)
+    run.pick({"ttt_e2e": "ttt_e2e@short"})
+    assert claims.context_claim(run).verdict == "contradicted"  # the picked model gains nothing from context
+    bad = CliRunner().invoke(main, ["claims", str(tmp_path), "--model", "ttt_e2e=ttt_e2e@shrot"])
+    assert bad.exit_code == 2 and "Did you mean 'ttt_e2e@short'" in bad.output
+    assert CliRunner().invoke(main, ["claims", str(tmp_path), "--model", "ttt"]).exit_code == 2

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from harness.api import stats
+from harness.api.errors import ConfigError, unknown_message
 from harness.api.results import SAMPLES_JSONL, read_jsonl, read_table
 
 FIXED_STATE = ("swa", "mamba2", "gated_deltanet")
@@ -58,11 +59,37 @@ class Claim:
 class RunData:
     table: pd.DataFrame
     samples: list[dict[str, Any]]
+    picks: dict[str, str] = field(default_factory=dict)  # arch -> the model judged for it
+
+    def models(self, arch: str) -> list[str]:
+        """The models of architecture ``arch`` in the table, in table order."""
+        return [str(m) for m in self.table.loc[self.table["arch"] == arch, "model"].drop_duplicates()]
 
     def model_of(self, arch: str) -> str | None:
-        """The first model of architecture ``arch`` in the table."""
-        names = self.table.loc[self.table["arch"] == arch, "model"].drop_duplicates()
-        return None if names.empty else str(names.iloc[0])
+        """The model judged for ``arch``: the one picked, else the first in the table."""
+        return self.picks.get(arch) or next(iter(self.models(arch)), None)
+
+    def pick(self, picks: dict[str, str]) -> None:
+        """Judge these models (arch -> model name) where an architecture has several."""
+        for arch, model in picks.items():
+            names = self.models(arch)
+            if not names:
+                present = sorted(self.table["arch"].dropna().unique())
+                raise ConfigError(unknown_message("architecture of the run", arch, present))
+            if model not in names:
+                raise ConfigError(unknown_message(f"{arch} model of the run", model, names))
+        self.picks = dict(picks)
+
+    def judged_note(self) -> str:
+        """Which model stands for each architecture that has several ("" when none has)."""
+        lines = []
+        for arch in ("full_attention", "ttt_e2e", *FIXED_STATE):
+            judged = self.model_of(arch)
+            others = [m for m in self.models(arch) if m != judged]
+            if others:
+                lines.append(f"- {arch}: `{judged}` (also in the run: {', '.join(f'`{m}`' for m in others)}; "
+                             f"pick one with `--model {arch}=NAME`)")
+        return "Judged models:\n\n" + "\n".join(lines) + "\n\n" if lines else ""
 
     def windows(self, model: str) -> list[dict[str, Any]]:
         return [s for s in self.samples
@@ -274,13 +301,13 @@ def recall_claim(run: RunData) -> Claim:
     return Claim("recall", statement, verdict, why, evidence)
 
 
-def judge(run_dir: str | os.PathLike, sample_files: list[Path] | None = None) -> list[Claim]:
-    run = load_run(run_dir, sample_files)
+def judge(run: RunData) -> list[Claim]:
     return [context_claim(run), position_claim(run), recall_claim(run)]
 
 
-def render_markdown(claims: list[Claim]) -> str:
-    lines = ["| claim | verdict | why |", "|---|---|---|"]
+def render_markdown(claims: list[Claim], note: str = "") -> str:
+    """The verdicts as Markdown, after ``note`` (e.g. :meth:`RunData.judged_note`)."""
+    lines = [note + "| claim | verdict | why |", "|---|---|---|"]
     lines += [f"| {c.statement} | **{c.verdict}** | {c.why} |" for c in claims]
     for c in claims:
         if c.evidence:
