@@ -173,7 +173,7 @@ def _summarise(result, out: str) -> None:
     from harness.runs.sweep import describe_failures
 
     click.echo(f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed; table in {out}/")
-    for line in describe_failures(out):
+    for line in describe_failures(out, result.keys):
         click.echo(f"  failed: {line}")
     for line in result.clashes:
         click.echo(f"  clash: {line}", err=True)

@@ -18,7 +18,7 @@ import yaml
 from harness.api import results
 from harness.api.errors import ConfigError
 from harness.runs.store import ResultStore
-from harness.runs.sweep import load_spec, run_sweep
+from harness.runs.sweep import describe_failures, load_spec, run_sweep
 from harness.train import checkpoint
 from tests.conftest import small_model
 from tests.probe_tasks import FLAKY
@@ -89,6 +89,9 @@ def test_an_edit_whose_cell_fails_shows_no_stale_numbers(tmp_path):
     reverted = run_sweep(load_spec(write_spec(path, spec)), tmp_path / "out", progress=False)
     assert (reverted.ran, reverted.failed) == (0, 0)
     assert results.read_table(tmp_path / "out")[["metric", "status"]].values.tolist() == [["loss", "ok"]]
+    # the summary's failure lines are the spec's: the superseded edit's failure is the folder's only
+    assert describe_failures(tmp_path / "out", reverted.keys) == []
+    assert len(describe_failures(tmp_path / "out")) == 1
 
 
 def test_a_checkpoint_replaced_at_the_same_path_is_scored_again(tmp_path):

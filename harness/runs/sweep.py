@@ -49,7 +49,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import torch
@@ -357,6 +357,7 @@ class SweepResult:
     skipped: int
     failed: int
     clashes: list[str] = field(default_factory=list)  # see :func:`clashing_cells`
+    keys: list[str] = field(default_factory=list)  # the spec's cells
 
 
 def plan(spec: SweepSpec) -> list[Cell]:
@@ -475,7 +476,7 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     meta.update(cells=len(cells), ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
-    return SweepResult(table, out_dir, ran, len(cells) - ran, failed, clashes)
+    return SweepResult(table, out_dir, ran, len(cells) - ran, failed, clashes, [c.key for c in cells])
 
 
 def clashing_cells(store: ResultStore, cells: list[Cell]) -> list[str]:
@@ -545,8 +546,10 @@ def current_sample_files(out_dir: str | os.PathLike) -> list[Path] | None:
     return [path for key in keys for path in [out_dir / SAMPLES_DIR / f"{key}.jsonl"] if path.is_file()]
 
 
-def describe_failures(out_dir: str | os.PathLike) -> list[str]:
-    """One line per failed cell of a sweep folder."""
-    return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}"
-            for r in ResultStore(out_dir).finished().values() if r["status"] != "ok"]
+def describe_failures(out_dir: str | os.PathLike, keys: Iterable[str] | None = None) -> list[str]:
+    """One line per failed cell of a sweep folder: of the cells ``keys`` (a spec's), else of all
+    (superseded edits of a spec included)."""
+    records = ResultStore(out_dir).finished()
+    wanted = records if keys is None else {k: records[k] for k in keys if k in records}
+    return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}" for r in wanted.values() if r["status"] != "ok"]
 
