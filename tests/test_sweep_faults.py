@@ -254,6 +254,22 @@ def test_every_spec_that_wrote_into_a_folder_is_kept_and_named_by_its_cells(tmp_
         assert kept[record["spec"]]["tasks"][0]["grid"]["contexts"].count(record["options"]["contexts"]) == 1
 
 
+def test_readers_find_the_last_specs_cells_after_a_given_checkpoint_moved(tmp_path):
+    # planning the spec again hashes its checkpoints: a moved one made `lcbench claims` exit 2
+    from harness.runs.sweep import current_sample_files
+
+    ckpt = checkpoint.save_checkpoint(tmp_path / "ck", small_model("swa"))
+    spec = {"name": "s", "models": [{"arch": "swa", "checkpoint": str(ckpt)}],
+            "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [4, 5]}}]}
+    out = tmp_path / "out"
+    run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, progress=False)
+    keys = set(ResultStore(out).finished())
+    for key in keys:
+        results.write_jsonl(out / "samples" / f"{key}.jsonl", [{"cell": key}])
+    ckpt.rename(tmp_path / "moved")
+    assert {p.stem for p in current_sample_files(out)} == keys and len(keys) == 2
+
+
 def test_readers_take_the_samples_of_the_last_specs_cells_only(tmp_path):
     """An edited spec's replaced cells keep their sample files; claims must not pool them."""
     from harness.runs.sweep import current_sample_files, plan

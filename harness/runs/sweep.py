@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from harness.api import registry, results
 from harness.api.device import resolve_device, resolve_dtype
-from harness.api.errors import ConfigError, unknown_message
+from harness.api.errors import CheckpointError, ConfigError, unknown_message
 from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
@@ -69,7 +69,7 @@ from harness.data.corpora import corpus_fingerprint
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
-from harness.runs.provenance import config_hash, run_metadata, write_run_json
+from harness.runs.provenance import config_hash, read_run_json, run_metadata, write_run_json
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
@@ -473,7 +473,7 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
     clashes = clashing_cells(store, cells)
     meta = run_metadata(seed=None, device=device, spec=spec.to_dict(), run=spec.name)
-    meta.update(cells=len(cells), ran=ran, skipped=len(cells) - ran, failed=failed,
+    meta.update(cells=len(cells), cell_keys=[c.key for c in cells], ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
     return SweepResult(table, out_dir, ran, len(cells) - ran, failed, clashes, [c.key for c in cells])
@@ -537,13 +537,24 @@ def current_sample_files(out_dir: str | os.PathLike) -> list[Path] | None:
     if not (out_dir / SPEC_FILE).is_file():
         return None
     try:
-        spec = SweepSpec.from_dict(json.loads((out_dir / SPEC_FILE).read_text()), str(out_dir / SPEC_FILE))
-    except (ConfigError, ValueError):
+        raw = json.loads((out_dir / SPEC_FILE).read_text())
+        keys = finished_spec_keys(out_dir, raw)
+        if keys is None:  # the spec did not finish here: plan it (this hashes its checkpoints and corpora)
+            keys = [cell.key for cell in plan(SweepSpec.from_dict(raw, str(out_dir / SPEC_FILE)))]
+    except (ConfigError, CheckpointError, ValueError):  # e.g. a given checkpoint moved away since
         return None
-    keys = [cell.key for cell in plan(spec)]
     if not set(keys) & ResultStore(out_dir).finished().keys():  # cells keyed by another lcbench version
         return None
     return [path for key in keys for path in [out_dir / SAMPLES_DIR / f"{key}.jsonl"] if path.is_file()]
+
+
+def finished_spec_keys(out_dir: Path, spec: dict[str, Any]) -> list[str] | None:
+    """The cell keys ``run.json`` lists when the sweep that wrote it ran ``spec`` (else None)."""
+    try:
+        meta = read_run_json(out_dir)
+    except (OSError, ValueError):
+        return None
+    return meta.get("cell_keys") if meta.get("spec") == spec else None
 
 
 def describe_failures(out_dir: str | os.PathLike, keys: Iterable[str] | None = None) -> list[str]:
