@@ -260,6 +260,15 @@ def test_other_tasks_get_a_table_each():
     assert "| fa | Full attention | 0.7000 |" in tables.render_markdown(t["lm_eval_hellaswag_acc"])
 
 
+def test_other_scores_keep_rows_without_a_variant_apart_from_a_variants_rows():
+    # a variant column set in some rows only was no facet: 0.2 and 0.8 came out as their mean
+    rows = [results.make_row("score", 0.2, run="r", model="fa", arch="full_attention", task="plug", eval_ctx=1024),
+            results.make_row("score", 0.8, run="r", model="fa", arch="full_attention", task="plug", eval_ctx=1024,
+                             variant="hard")]
+    table = tables.summary_tables(results.validate(rows))["plug_score"]
+    assert sorted(table[1024].tolist()) == [pytest.approx(0.2), pytest.approx(0.8)]
+
+
 @pytest.mark.parametrize("values, fmt", [
     ([0.7598, 0.0072, 0.0], ".4f"),  # columns line up on the largest value's 4 significant digits
     ([2.312, -0.5], ".3f"),

@@ -306,7 +306,7 @@ def _other_scores(prep: Prepared) -> Iterator[tuple[str, str, list[str], pd.Data
         if (task, metric) in _SHOWN:
             continue
         rows = prep.rows[(prep.rows["task"] == task) & (prep.rows["metric"] == metric)]
-        facets = [c for c in ("variant", "haystack", "depth", "batch_size") if rows[c].nunique() > 1]
+        facets = [c for c in ("variant", "haystack", "depth", "batch_size") if rows[c].nunique(dropna=False) > 1]
         pts = prep.points(task, metric, by=(*facets, "eval_ctx"))
         pts["eval_ctx"] = pts["eval_ctx"].astype(object).where(pts["eval_ctx"].notna(), "all")
         yield task, metric, facets, pts
