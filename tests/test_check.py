@@ -88,3 +88,13 @@ def test_a_reference_is_not_made_from_a_run_with_failed_rows(tmp_path):
     ref = tmp_path / "ref.csv"
     out = CliRunner().invoke(main, ["check", str(tmp_path / "run"), "--reference", str(ref), "--update"])
     assert out.exit_code == 2 and "1 failed rows, e.g. 'out of memory'" in out.output and not ref.exists()
+
+
+def test_a_reference_row_that_is_not_ok_is_bad_input(tmp_path):
+    # a hand-edited row with status oom was never compared: no score to compare with
+    path = check.write_reference(run_table(), tmp_path / "ref.csv")
+    edited = pd.read_csv(path, dtype={"message": object})
+    edited.loc[edited["metric"] == "cand_acc", ["status", "message"]] = ["oom", "out of memory"]
+    edited.to_csv(path, index=False)
+    with pytest.raises(ConfigError, match=r"1 row\(s\) are not ok, e.g. swa:tiny / niah / cand_acc \(oom\)"):
+        check.read_reference(path)

@@ -69,6 +69,11 @@ def read_reference(path: str | os.PathLike) -> pd.DataFrame:
         table[TOLERANCE] = raw[TOLERANCE].astype(float).to_numpy()
     except ValueError as exc:
         raise ConfigError(f"{path}: column {TOLERANCE!r} must hold numbers ({exc})") from exc
+    not_ok = table[table["status"] != "ok"]
+    if len(not_ok):  # a reference holds measured scores only: such a row would never be checked
+        row = not_ok.iloc[0]
+        raise ConfigError(f"{path}: {len(not_ok)} row(s) are not ok, e.g. {row['model']} / {row['task']} / "
+                          f"{row['metric']} ({row['status']}); a reference holds the scores of a clean run only")
     # a blank (NaN) tolerance makes every comparison false, so any move would read as "within"
     bad = table[~(np.isfinite(table[TOLERANCE]) & (table[TOLERANCE] >= 0))]
     if len(bad):
