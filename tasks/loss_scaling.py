@@ -74,6 +74,9 @@ class LossScalingOptions(DataOptions):
         check_positive("batch_size", [self.batch_size])
         check_positive("chunk", [self.chunk], allow_zero=True)
         check_positive("bins_per_octave", [self.bins_per_octave])
+        if self.bins_per_octave > MAX_BINS_PER_OCTAVE:  # position_bins steps through every candidate edge
+            raise ConfigError(f"bins_per_octave must be at most {MAX_BINS_PER_OCTAVE} (bins a few tokens wide at "
+                              f"positions in the thousands), got {self.bins_per_octave}")
         check_positive("resamples", [self.resamples])
         self.contexts = sorted(set(self.contexts))
         check_choice("targets mode", self.targets, TARGET_MODES)
@@ -100,6 +103,9 @@ class LossScalingOptions(DataOptions):
         if self.targets == "same":
             mask[: length - 1 - self.target_tokens] = False
         return mask
+
+
+MAX_BINS_PER_OCTAVE = 64
 
 
 def position_bins(length: int, bins_per_octave: int = 1) -> list[tuple[int, int]]:

@@ -279,6 +279,9 @@ def test_same_targets_mode_needs_the_longest_length_and_checks_its_options(corpu
     # per_length scores every target: a target_tokens given with it was silently ignored
     with pytest.raises(ConfigError, match="target_tokens=8 applies to targets=same only"):
         run_eval("loss_scaling", UniformLM(), None, {"targets": "per_length", "target_tokens": 8}, progress=False)
+    # a bin count per doubling in the millions stepped through every candidate edge: a hang
+    with pytest.raises(ConfigError, match="bins_per_octave must be at most 64.*got 1000000000"):
+        run_eval("loss_scaling", UniformLM(), None, {"bins_per_octave": 10**9}, progress=False)
 
 
 @pytest.mark.parametrize("task", ["loss_scaling", "niah", "latency"])
