@@ -155,3 +155,16 @@ def test_divergence_names_the_step_and_the_remedy(fast_data):
     with pytest.raises(FloatingPointError, match=r"training diverged: the loss is nan at step \d of 2 .*lower --lr"):
         train(small_config("swa", init_std=1e30), TrainConfig(steps=2, **FAST), progress=False,
               training_data=fast_data)
+
+
+def test_grad_clip_zero_means_no_clipping(fast_data):
+    # clip_grad_norm_(max_norm=0) scales every gradient to zero: the model would not learn at all
+    batch = [fast_data.train[:4]]
+    after = {}
+    for clip in (0.0, 1e30):  # 1e30: far above any gradient norm, so nothing is clipped
+        torch.manual_seed(0)
+        model = train_mod.build_model(small_config("swa"))
+        train_mod.training_step(model, train_mod.make_optimizer(model, TrainConfig()), batch, clip, None)
+        after[clip] = model.state_dict()
+    for name, value in after[0.0].items():
+        assert torch.equal(value, after[1e30][name]), name

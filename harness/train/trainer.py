@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
     seed: int = 0
     eval_every: int = 50  # validation loss every N steps (0: only at the end)
     eval_batches: int = 4
@@ -165,7 +165,8 @@ def training_step(model: LCModel, optimizer: torch.optim.Optimizer, batches: lis
                   amp_dtype: torch.dtype | None, replicas: Replicas | None = None,
                   loss_of: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """One optimizer step: forward, next-token loss and backward over each micro-batch (gradients
-    accumulate; across ranks they synchronise on the last only), gradient clipping, the update;
+    accumulate; across ranks they synchronise on the last only), gradient clipping (none when
+    ``grad_clip`` is 0), the update;
     the loss summed over micro-batches (averaged over ranks). The caller sets the learning rate
     and gives each rank its share of the batches; ``loss_of`` is what ``replicas.wrap`` returned.
     (The GPU kit's throughput measurement times exactly this.)"""
@@ -181,7 +182,8 @@ def training_step(model: LCModel, optimizer: torch.optim.Optimizer, batches: lis
     loss_sum = replicas.mean(loss_sum)
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"the loss is {loss_sum}")
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if grad_clip > 0:  # a max norm of 0 would scale every gradient to zero
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum
