@@ -168,3 +168,11 @@ def test_grad_clip_zero_means_no_clipping(fast_data):
         after[clip] = model.state_dict()
     for name, value in after[0.0].items():
         assert torch.equal(value, after[1e30][name]), name
+
+
+def test_resuming_a_checkpoint_past_the_budget_reports_its_own_step(tmp_path, fast_data):
+    train(small_config("swa"), TrainConfig(steps=3, **FAST), out_dir=tmp_path / "c", progress=False,
+          training_data=fast_data)
+    result = train(small_config("swa"), TrainConfig(steps=1, **FAST), out_dir=tmp_path / "c", resume=True,
+                   progress=False, training_data=fast_data)
+    assert result.step == len(result.history) == 3  # the model trained 3 steps, not the 1 asked for

@@ -255,7 +255,8 @@ def train(
     if start_step >= total:  # nothing left to train: report the checkpoint as it is
         val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
     elapsed = time.perf_counter() - t0
-    return TrainResult(model, total, val_loss, tokens_done / elapsed if tokens_done else 0.0, history)
+    # a checkpoint resumed with a smaller budget stays at its own step: report that one
+    return TrainResult(model, max(total, start_step), val_loss, tokens_done / elapsed if tokens_done else 0.0, history)
 
 
 # Settings a run may change when it resumes: they do not alter the trajectory of the steps
