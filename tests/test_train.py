@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from harness import data
 from harness.api.errors import ConfigError
 from harness.train import checkpoint
 import harness.train.trainer as train_mod
@@ -176,3 +177,23 @@ def test_resuming_a_checkpoint_past_the_budget_reports_its_own_step(tmp_path, fa
     result = train(small_config("swa"), TrainConfig(steps=1, **FAST), out_dir=tmp_path / "c", resume=True,
                    progress=False, training_data=fast_data)
     assert result.step == len(result.history) == 3  # the model trained 3 steps, not the 1 asked for
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(val_fraction=0.0), r"\(val_fraction=0\.0\) leaves no validation documents"),
+    (dict(corpus="one.txt"), r"corpus's 1 document\(s\).*leaves no (training|validation) documents"),
+])
+def test_a_split_with_an_empty_side_is_clear(tmp_path, change, match):
+    (tmp_path / "one.txt").write_text("the one document of this corpus\n" * 200)
+    if "corpus" in change:
+        change = dict(corpus=str(tmp_path / change["corpus"]))
+    with pytest.raises(ConfigError, match=match):
+        prepare_data(TrainConfig(**{**FAST, **change}))
+
+
+def test_a_split_side_too_short_for_one_row_is_named(tmp_path):
+    for i in range(20):
+        (tmp_path / f"doc{i}.txt").write_text("x" * 100)
+    seq_len = 100 * len(data.split_documents(data.load_corpus(str(tmp_path)), 0.1, 0)[0])  # the training side's size
+    with pytest.raises(ConfigError, match=r"the validation split \(\d+ documents\): the documents hold \d+ tokens"):
+        prepare_data(TrainConfig(**{**FAST, "seq_len": seq_len, "corpus": str(tmp_path)}))

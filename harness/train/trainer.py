@@ -133,14 +133,24 @@ class TrainingData:
 
 def prepare_data(cfg: TrainConfig) -> TrainingData:
     tokenizer = data.load_tokenizer(cfg.tokenizer)
-    train_docs, val_docs = data.split_documents(data.load_corpus(cfg.corpus), cfg.val_fraction, cfg.data_split_seed)
-    train = data.pack_sequences(data.tokenize_documents(train_docs, tokenizer), cfg.seq_len)
-    val = data.pack_sequences(data.tokenize_documents(val_docs, tokenizer), cfg.seq_len)
-    if len(train) == 0 or len(val) == 0:
-        raise ConfigError(
-            f"the corpus is too small for seq_len={cfg.seq_len}: {len(train)} training and {len(val)} validation rows"
-        )
+    docs = data.load_corpus(cfg.corpus)
+    train_docs, val_docs = data.split_documents(docs, cfg.val_fraction, cfg.data_split_seed)
+    for side, side_docs in (("training", train_docs), ("validation", val_docs)):
+        if not side_docs:  # packing would blame the sequence length for what the split did
+            raise ConfigError(
+                f"the train/val split of the corpus's {len(docs)} document(s) (val_fraction={cfg.val_fraction}) "
+                f"leaves no {side} documents; it splits whole documents: use a val_fraction above 0 and a corpus "
+                "of at least two documents")
+    train = _pack("training", train_docs, tokenizer, cfg.seq_len)
+    val = _pack("validation", val_docs, tokenizer, cfg.seq_len)
     return TrainingData(train, val, tokenizer.vocab_size)
+
+
+def _pack(side: str, docs: list[data.Document], tokenizer: data.Tokenizer, seq_len: int) -> torch.Tensor:
+    try:
+        return data.pack_sequences(data.tokenize_documents(docs, tokenizer), seq_len)
+    except ConfigError as exc:  # name the side that is too short
+        raise ConfigError(f"the {side} split ({len(docs)} documents): {exc}") from None
 
 
 @torch.no_grad()
