@@ -197,3 +197,20 @@ def test_a_split_side_too_short_for_one_row_is_named(tmp_path):
     seq_len = 100 * len(data.split_documents(data.load_corpus(str(tmp_path)), 0.1, 0)[0])  # the training side's size
     with pytest.raises(ConfigError, match=r"the validation split \(\d+ documents\): the documents hold \d+ tokens"):
         prepare_data(TrainConfig(**{**FAST, "seq_len": seq_len, "corpus": str(tmp_path)}))
+
+
+def test_documents_are_separated_by_the_tokenizers_end_token(tmp_path):
+    from tests.test_data import _write_tokenizer_json
+
+    _write_tokenizer_json(tmp_path / "tokenizer.json")
+    tok = data.load_tokenizer(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "corpus").mkdir()
+    for i in range(6):
+        (tmp_path / "corpus" / f"d{i}.txt").write_text(f"the quick brown fox {i} " * (i + 3))
+    cfg = TrainConfig(**{**FAST, "seq_len": 4, "val_fraction": 0.5, "corpus": str(tmp_path / "corpus"),
+                         "tokenizer": str(tmp_path / "tokenizer.json")})
+    prepared = prepare_data(cfg)
+    for rows, docs in zip((prepared.train, prepared.val),
+                          data.split_documents(data.load_corpus(cfg.corpus), 0.5, cfg.data_split_seed)):
+        laid_out = torch.tensor([t for d in docs for t in tok.encode(d.text) + [tok.eos_id]])
+        assert torch.equal(rows.flatten(), laid_out[: rows.numel()])  # each document ends with EOS

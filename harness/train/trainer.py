@@ -147,8 +147,10 @@ def prepare_data(cfg: TrainConfig) -> TrainingData:
 
 
 def _pack(side: str, docs: list[data.Document], tokenizer: data.Tokenizer, seq_len: int) -> torch.Tensor:
+    """Rows of ``docs`` laid end to end, each followed by the tokenizer's end token if it has one
+    (bytes have none): a row crossing into the next document shows where it starts."""
     try:
-        return data.pack_sequences(data.tokenize_documents(docs, tokenizer), seq_len)
+        return data.pack_sequences(data.tokenize_documents(docs, tokenizer), seq_len, separator=tokenizer.eos_id)
     except ConfigError as exc:  # name the side that is too short
         raise ConfigError(f"the {side} split ({len(docs)} documents): {exc}") from None
 
