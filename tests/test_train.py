@@ -214,3 +214,18 @@ def test_documents_are_separated_by_the_tokenizers_end_token(tmp_path):
                           data.split_documents(data.load_corpus(cfg.corpus), 0.5, cfg.data_split_seed)):
         laid_out = torch.tensor([t for d in docs for t in tok.encode(d.text) + [tok.eos_id]])
         assert torch.equal(rows.flatten(), laid_out[: rows.numel()])  # each document ends with EOS
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda state: [state], r"trainer\.json is damaged \(a JSON list, not an object\)"),
+    (lambda state: {k: v for k, v in state.items() if k != "rng"}, r"trainer\.json is damaged: it lacks 'rng'"),
+])
+def test_resume_from_a_damaged_trainer_json_is_clear(tmp_path, fast_data, edit, match):
+    import json
+
+    cfg = TrainConfig(steps=1, **FAST)
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+    file = tmp_path / "c" / checkpoint.TRAINER_FILE
+    file.write_text(json.dumps(edit(json.loads(file.read_text()))))
+    with pytest.raises(checkpoint.CheckpointError, match=match):
+        train(small_config("swa"), cfg, out_dir=tmp_path / "c", resume=True, progress=False, training_data=fast_data)

@@ -245,4 +245,6 @@ def load_trainer_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
         optim = torch.load(path / OPTIMIZER_FILE, weights_only=True) if (path / OPTIMIZER_FILE).is_file() else None
     except Exception as exc:
         raise CheckpointError(f"training state in {str(path)!r} cannot be read ({exc}); the checkpoint is corrupted") from exc
+    if not isinstance(state, dict):  # hand-edited: readers would fail on .get with a bare error
+        raise CheckpointError(f"{path / TRAINER_FILE} is damaged (a JSON {type(state).__name__}, not an object)")
     return state, optim

@@ -319,6 +319,10 @@ def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Rep
             f"({_config_diff(saved_config.to_dict(), model.config.to_dict())})"
         )
     state, optim_state = checkpoint.load_trainer_state(out_dir)
+    missing = [key for key in ("step", "history", "rng") if key not in state]
+    if missing:  # trainer.json is not checksummed: people edit it
+        raise checkpoint.CheckpointError(f"{Path(out_dir) / checkpoint.TRAINER_FILE} is damaged: it lacks "
+                                         f"{', '.join(map(repr, missing))}; the run cannot resume from it")
     saved = state.get("train_config") or {}
     changed = {k: (saved[k], v) for k, v in cfg.to_dict().items()
                if k in saved and k not in RESUMABLE_CHANGES and saved[k] != v}
