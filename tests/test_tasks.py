@@ -179,6 +179,11 @@ def test_an_overridden_split_that_holds_training_documents_is_refused(tmp_path, 
         run_eval("loss_scaling", tmp_path / "ck", None, {**options, "split_seed": 1}, progress=False)
     with pytest.raises(ConfigError, match="trained on"):
         run_eval("loss_scaling", tmp_path / "ck", None, {**options, "val_fraction": 0.9}, progress=False)
+    # the training corpus named another way is still the training corpus
+    for same in (f"{corpus}/.", f"{corpus}/../{Path(corpus).name}"):
+        with pytest.raises(ConfigError, match="trained on"):
+            run_eval("loss_scaling", tmp_path / "ck", None, {**options, "split_seed": 1, "corpus": same},
+                     progress=False)
     # a smaller fraction with the checkpoint's seed keeps to its held-out documents (a document's side
     # depends on its own hash alone)
     assert run_eval("loss_scaling", tmp_path / "ck", None, {**options, "val_fraction": 0.3},

@@ -12,7 +12,7 @@ from typing import Any
 from harness.api.errors import ConfigError
 from harness.api.interface import LCModel
 from harness.api.task import DataOptions, ModelInfo
-from harness.data.corpora import Document, load_corpus
+from harness.data.corpora import Document, corpus_fingerprint, load_corpus
 from harness.data.packing import split_documents
 from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer
 
@@ -32,6 +32,12 @@ def checkpoint_tokenizer(info: ModelInfo) -> str | None:
         if (folder / HF_TOKENIZER_CONFIG).is_file():
             return str(folder)
     return None
+
+
+def _same_corpus(given: str | None, trained: str | None) -> bool:
+    """Whether ``given`` (None: the training corpus) is the training corpus, however it is spelled
+    ("stdlib" for the default, another path to the same files)."""
+    return given is None or given == trained or corpus_fingerprint(given) == corpus_fingerprint(trained)
 
 
 def heldout_documents(options: DataOptions, info: ModelInfo,
@@ -58,7 +64,7 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
     _, val = split_documents(docs, val_fraction, split_seed)
     if not val:
         raise ConfigError("the held-out split is empty; raise val_fraction or use a corpus with more documents")
-    if info.train_config is not None and options.corpus in (None, train.get("corpus")):
+    if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
         trained_on, _ = split_documents(docs, train.get("val_fraction", 0.1), trained_seed)
         seen = {d.name for d in trained_on} & {d.name for d in val}
         if seen:  # an overridden split can hand the model its own training text as held-out
