@@ -125,7 +125,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Checkpoint folder.")
 @click.option("--parallel", type=click.Choice(["auto", "none", "fsdp", "ddp"]), default="auto", show_default=True,
               help="Under torchrun: FSDP2 (auto) or DDP across the processes; --batch-size stays the global batch.")
-@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out (same settings; more steps allowed). "
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings (options given "
+              "here replace them: more --steps, another --save-every). "
               "Without it, --out must be new or empty.")
 @friendly_errors
 def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, parallel: str,
@@ -135,9 +136,10 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
     On several GPUs: torchrun --nproc_per_node=N --no-python lcbench train ARCH ..."""
     from harness import data
     from harness.train.distributed import is_main_process, shutdown
-    from harness.train.trainer import TrainConfig, train as run_training
+    from harness.train.trainer import TrainConfig, resume_config, train as run_training
 
-    cfg = TrainConfig(**{k: v for k, v in train_opts.items() if v is not None})
+    given = {k: v for k, v in train_opts.items() if v is not None}
+    cfg = resume_config(out, given) if resume and out else TrainConfig(**given)
     overrides = _parse_overrides(model_set)
     overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
     model_config = registry.make_config(arch, preset, **overrides)

@@ -1,6 +1,7 @@
 """The CLI is thin: each command reaches the library and turns its errors into one clear line."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -43,6 +44,21 @@ def test_train_writes_a_checkpoint_and_resumes(tmp_path):
     result = run(*args[:2], "--steps", "3", *args[4:], "--resume")
     assert result.exit_code == 0, result.output
     assert "after 3 steps" in result.output
+
+
+
+def test_resume_keeps_the_saved_settings_it_is_not_given(tmp_path):
+    # left out on resume, steps fell back to the default 200 and lr to 3e-3 (refused as a change)
+    out = tmp_path / "ckpt"
+    args = ["train", "swa", "--batch-size", "2", "--seq-len", "32", "--set", "window=8", "--out", str(out)]
+    assert run(*args, "--steps", "2", "--lr", "1e-3", "--save-every", "1").exit_code == 0
+    again = run(*args, "--resume")  # nothing left: the saved 2 steps
+    assert again.exit_code == 0 and "after 2 steps" in again.output, again.output
+    more = run(*args, "--steps", "3", "--resume")
+    assert more.exit_code == 0 and "after 3 steps" in more.output, more.output
+    saved = json.loads((out / "trainer.json").read_text())["train_config"]
+    assert (saved["steps"], saved["lr"], saved["save_every"]) == (3, 1e-3, 1)
+    assert "other training settings" in run(*args, "--lr", "2e-3", "--resume").output  # a real change still is refused
 
 
 def test_bad_names_give_one_clear_line():

@@ -11,8 +11,11 @@ Models that need to know training progress (TTT-E2E's inner-lr warm-up) define
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -274,6 +277,23 @@ def train(
 # Settings a run may change when it resumes: they do not alter the trajectory of the steps
 # already taken (the step budget may grow; evaluation, saving and the device are bookkeeping).
 RESUMABLE_CHANGES = frozenset({"steps", "tokens", "eval_every", "eval_batches", "save_every", "device"})
+
+
+def resume_config(out_dir: str | os.PathLike, given: Mapping[str, Any]) -> TrainConfig:
+    """The settings a resumed run continues with: the checkpoint's, with the ``given`` ones on top.
+    One left out keeps its saved value, not the default: a 5000-step run resumed without its
+    ``steps`` would stop at the default 200, and one started with another ``lr`` was refused."""
+    saved: dict[str, Any] = {}
+    try:
+        state = json.loads((Path(out_dir) / checkpoint.TRAINER_FILE).read_text())
+        saved = state.get("train_config") or {}
+    except (OSError, ValueError, AttributeError):  # none there, or damaged: train() says which
+        pass
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {k: v for k, v in saved.items() if k in known}
+    if "steps" in given and "tokens" not in given:  # a step budget replaces a saved token budget
+        settings["tokens"] = 0
+    return TrainConfig(**{**settings, **given})
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:
