@@ -160,6 +160,18 @@ def test_bos_targets_leave_the_outer_loss():
     assert not torch.isclose(loss, model.token_losses(x).mean())  # the mask matters
 
 
+@torch.no_grad()
+def test_validation_loss_leaves_bos_targets_out_as_training_does():
+    # it averaged every target while training left BOS targets out: the two did not compare
+    from harness.train.trainer import TrainConfig, validation_loss
+
+    x = with_documents(tokens(), bos_only_mini_batch=False)
+    model = model64(suffix_blocks=2, bos_token_id=BOS)
+    val = validation_loss(model, x, TrainConfig(batch_size=len(x), eval_batches=1), torch.device("cpu"))
+    assert val == pytest.approx(model.training_loss(x).item(), rel=1e-12)
+    assert abs(val - model.token_losses(x).mean().item()) > 1e-3
+
+
 def test_without_bos_the_outer_loss_is_the_plain_mean():
     x = with_documents(tokens())
     model = model64().train()

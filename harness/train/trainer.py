@@ -161,7 +161,9 @@ def _pack(side: str, docs: list[data.Document], tokenizer: data.Tokenizer, seq_l
 @torch.no_grad()
 def validation_loss(model: LCModel, val: torch.Tensor, cfg: TrainConfig, device: torch.device,
                     replicas: Replicas | None = None) -> float:
-    """Mean loss of the first ``eval_batches`` validation batches (each rank its share of each)."""
+    """Mean loss of the first ``eval_batches`` validation batches (each rank its share of each): the
+    loss training minimises (``LCModel.training_loss``: TTT-E2E with ``bos_token_id`` leaves BOS
+    targets out of it), so the two are comparable."""
     replicas = replicas or Replicas()
     was_training = model.training
     model.eval()
@@ -171,7 +173,7 @@ def validation_loss(model: LCModel, val: torch.Tensor, cfg: TrainConfig, device:
         share = share_of(replicas, rows[i : i + cfg.batch_size].to(device))
         with torch.autocast(device.type, dtype=autocast_dtype(cfg.dtype, device) or torch.float32,
                             enabled=autocast_dtype(cfg.dtype, device) is not None):
-            total += model.token_losses(share.rows).float().mean().double() * share.weight
+            total += model.training_loss(share.rows).double() * share.weight
     model.train(was_training)
     return replicas.sum(total).item() / len(rows)
 
