@@ -129,6 +129,22 @@ def test_resume_without_weights_is_refused_not_restarted(tmp_path, fast_data):
         train(small_config("swa"), cfg, out_dir=tmp_path / "c", resume=True, progress=False, training_data=fast_data)
 
 
+def test_resume_on_a_corpus_whose_files_changed_is_refused(tmp_path):
+    # the corpus was recorded by path only: a resumed run trained on whatever the path held now
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc{i}.txt").write_text(f"document {i} " * 100)
+    cfg = TrainConfig(steps=1, corpus=str(corpus), val_fraction=0.5, **FAST)
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False)
+    resumed = TrainConfig(**{**cfg.to_dict(), "steps": 2})
+    (corpus / "doc0.txt").write_text("other text " * 100)
+    with pytest.raises(checkpoint.CheckpointError, match="holds other text than when the checkpoint was saved"):
+        train(small_config("swa"), resumed, out_dir=tmp_path / "c", resume=True, progress=False)
+    (corpus / "doc0.txt").write_text("document 0 " * 100)  # restored: it resumes
+    assert train(small_config("swa"), resumed, out_dir=tmp_path / "c", resume=True, progress=False).step == 2
+
+
 @pytest.mark.parametrize("change", [dict(batch_size=2), dict(seq_len=32), dict(lr=1e-3)])
 def test_resume_with_other_training_settings_is_refused(tmp_path, fast_data, change):
     train(small_config("swa"), TrainConfig(steps=1, **FAST), out_dir=tmp_path / "c", progress=False,

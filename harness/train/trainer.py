@@ -233,8 +233,9 @@ def train(
     loss_of = replicas.wrap(model)  # FSDP2 shards the parameters: the optimizer comes after
     optimizer = make_optimizer(model, cfg)
     start_step, history = 0, []
+    corpus = data.corpus_fingerprint(cfg.corpus)  # what the files hold: a checkpoint resumes on the same text
     if resume and out_dir is not None:
-        start_step, history = _restore(out_dir, model, optimizer, cfg, replicas)
+        start_step, history = _restore(out_dir, model, optimizer, cfg, replicas, corpus)
     amp_dtype = autocast_dtype(cfg.dtype, device)
     total = cfg.total_steps
     on_step = getattr(model, "on_train_step", None)
@@ -267,7 +268,7 @@ def train(
         history.append(record)
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{val_loss:.3f}")
         if out_dir is not None and (last or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
-            _save(out_dir, model, optimizer, cfg, step + 1, history, replicas)
+            _save(out_dir, model, optimizer, cfg, step + 1, history, replicas, corpus)
             saved_step = step + 1
     if start_step >= total:  # nothing left to train: report the checkpoint as it is
         val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
@@ -325,15 +326,18 @@ def lost_rank_error(exc: torch.distributed.DistError, replicas: Replicas, step: 
     return DistributedError(f"rank {replicas.rank}: lost another process at step {step + 1} ({first}); {where}")
 
 
-def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list, replicas: Replicas) -> None:
-    state = {"step": step, "train_config": cfg.to_dict(), "history": history, "rng": torch.get_rng_state().tolist()}
+def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list, replicas: Replicas,
+          corpus: str) -> None:
+    state = {"step": step, "train_config": cfg.to_dict(), "history": history, "rng": torch.get_rng_state().tolist(),
+             "corpus_fingerprint": corpus}
     if replicas.in_process_group:
         sharded.save(out_dir, model, optimizer, {**state, "world_size": replicas.world_size})
     else:
         checkpoint.save_checkpoint(out_dir, model, optimizer, state)
 
 
-def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Replicas) -> tuple[int, list]:
+def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Replicas,
+             corpus: str) -> tuple[int, list]:
     saved_config = checkpoint.read_config(out_dir)
     if saved_config != model.config:
         raise checkpoint.CheckpointError(
@@ -353,6 +357,11 @@ def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Rep
             f"cannot resume {str(out_dir)!r} with other training settings than it was started with: "
             + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
             + "; keep them, or start a new run in another folder")
+    if state.get("corpus_fingerprint", corpus) != corpus:  # the same path, other files
+        raise checkpoint.CheckpointError(
+            f"cannot resume {str(out_dir)!r}: the corpus {cfg.corpus or 'stdlib'!r} holds other text than when the "
+            f"checkpoint was saved (fingerprint {state['corpus_fingerprint']} -> {corpus}); the rest of the run "
+            "would train on other data: restore the corpus, or start a new run in another folder")
     if checkpoint.is_sharded(out_dir):  # written by N processes: DCP reshards it for this run
         sharded.load(out_dir, model, optimizer)
     elif replicas.in_process_group:
