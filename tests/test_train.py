@@ -129,6 +129,23 @@ def test_resume_without_weights_is_refused_not_restarted(tmp_path, fast_data):
         train(small_config("swa"), cfg, out_dir=tmp_path / "c", resume=True, progress=False, training_data=fast_data)
 
 
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_a_finite_loss_with_non_finite_gradients_is_divergence(tmp_path, fast_data, monkeypatch, grad_clip):
+    # only the loss was checked: inf gradients turned the weights to NaN, saved as a finished checkpoint
+    real = train_mod.build_model
+
+    def build_poisoned(config):
+        model = real(config)
+        next(model.parameters()).register_hook(lambda g: g * math.inf)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build_poisoned)
+    cfg = TrainConfig(steps=2, grad_clip=grad_clip, **FAST)
+    with pytest.raises(FloatingPointError, match="training diverged: the gradient norm is not finite at step 1"):
+        train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+    assert not (tmp_path / "c" / checkpoint.WEIGHTS_FILE).exists()
+
+
 def test_resume_on_a_corpus_whose_files_changed_is_refused(tmp_path):
     # the corpus was recorded by path only: a resumed run trained on whatever the path held now
     corpus = tmp_path / "corpus"
@@ -169,7 +186,9 @@ def test_bad_train_values_are_clear(bad, match):
 
 
 def test_divergence_names_the_step_and_the_remedy(fast_data):
-    with pytest.raises(FloatingPointError, match=r"training diverged: the loss is nan at step \d of 2 .*lower --lr"):
+    # weights of 1e30 give a finite first loss but overflowing gradients: caught before they reach the weights
+    with pytest.raises(FloatingPointError, match=r"training diverged: the gradient norm is not finite at step 1 of 2 "
+                                                 r".*lower --lr"):
         train(small_config("swa", init_std=1e30), TrainConfig(steps=2, **FAST), progress=False,
               training_data=fast_data)
 

@@ -199,8 +199,13 @@ def training_step(model: LCModel, optimizer: torch.optim.Optimizer, batches: lis
     loss_sum = replicas.mean(loss_sum)
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"the loss is {loss_sum}")
-    if grad_clip > 0:  # a max norm of 0 would scale every gradient to zero
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    try:  # no clipping at 0 (a max norm of 0 would zero every gradient); the norm is checked either way
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf,
+                                       error_if_nonfinite=True)
+    except RuntimeError as exc:  # a finite loss can still give inf/nan gradients: the step would poison the weights
+        if "non-finite" not in str(exc):
+            raise
+        raise FloatingPointError("the gradient norm is not finite") from None
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum
