@@ -137,6 +137,16 @@ def _import_flex() -> Any:
 FLEX = Kernel("attention", "flex", _import_flex, install="PyTorch >= 2.5 with CUDA", fallback="sdpa")
 
 
+# Query x key positions above which the block mask is built by a compiled create_block_mask: the
+# eager one materialises the whole [q_len, k_len] mask and its int64 intermediates (137 GB at 128K).
+DENSE_MASK_LIMIT = 1 << 24
+
+
+@lru_cache(maxsize=1)
+def _compiled_create_block_mask():
+    return torch.compile(FLEX.imported()[0].create_block_mask, dynamic=False)  # static, as flex_attention's
+
+
 @lru_cache(maxsize=64)
 def _flex_block_mask(q_len: int, k_len: int, offset: int, window: int, device: str):
     def mask_mod(b, h, q_idx, kv_idx):
@@ -144,7 +154,10 @@ def _flex_block_mask(q_len: int, k_len: int, offset: int, window: int, device: s
         keep = diff >= 0
         return keep & (diff < window) if window else keep
 
-    return FLEX.ops(torch.device(device)).create_block_mask(mask_mod, None, None, q_len, k_len, device=device)
+    create = FLEX.ops(torch.device(device)).create_block_mask
+    if q_len * k_len > DENSE_MASK_LIMIT:
+        create = _compiled_create_block_mask()
+    return create(mask_mod, None, None, q_len, k_len, device=device)
 
 
 @lru_cache(maxsize=1)

@@ -103,6 +103,58 @@ def test_forcing_flex_without_cuda_is_a_clear_error():
         model(x)
 
 
+def band_mask(offset: int, window: int):
+    def mask_mod(b, h, q_idx, kv_idx):
+        diff = q_idx + offset - kv_idx
+        return (diff >= 0) & (diff < window)
+
+    return mask_mod
+
+
+def same_blocks(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in ((a.kv_num_blocks, b.kv_num_blocks),
+                                              (a.full_kv_num_blocks, b.full_kv_num_blocks), (a.to_dense(), b.to_dense())))
+
+
+def test_long_flex_masks_are_never_built_dense(monkeypatch):
+    """Eager create_block_mask materialises the [q_len, k_len] mask (137 GB of int64 at 128K, an
+    OOM for swa and ttt_e2e there): past DENSE_MASK_LIMIT the compiled builder makes it."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    built = []
+
+    def compiled_stand_in():
+        def create(mask_mod, B, H, q_len, k_len, device):
+            built.append((q_len, k_len))
+            return create_block_mask(mask_mod, B, H, q_len, k_len, device=device)
+
+        return create
+
+    monkeypatch.setattr(attention.FLEX, "needs_cuda", False)
+    monkeypatch.setattr(attention, "_compiled_create_block_mask", compiled_stand_in)
+    monkeypatch.setattr(attention, "DENSE_MASK_LIMIT", 300 * 300)
+    attention._flex_block_mask.cache_clear()
+    try:
+        short = attention._flex_block_mask(300, 300, 0, 64, "cpu")
+        long = attention._flex_block_mask(301, 300, 0, 64, "cpu")
+    finally:
+        attention._flex_block_mask.cache_clear()
+    assert built == [(301, 300)]
+    assert same_blocks(short, create_block_mask(band_mask(0, 64), None, None, 300, 300, device="cpu"))
+    assert same_blocks(long, create_block_mask(band_mask(0, 64), None, None, 301, 300, device="cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_flex_block_mask_equals_the_dense_one():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    q_len, k_len, offset, window = 4500, 8300, 3800, 1000  # not block multiples, queries after keys
+    assert q_len * k_len > attention.DENSE_MASK_LIMIT
+    ours = attention._flex_block_mask(q_len, k_len, offset, window, "cuda")
+    assert same_blocks(ours, create_block_mask(band_mask(offset, window), None, None, q_len, k_len, device="cuda"))
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU: each kernel backend against the torch reference, forward and backward. Errors are
 # ||x - x64|| / ||x64|| against the reference model in float64. A kernel computes the same sums in
