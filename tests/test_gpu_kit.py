@@ -20,11 +20,11 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.gpu import bundle, fill_wheels, flops, latency, ledger, pytest_plugin, summary
+from bench.gpu import bundle, fill_wheels, flops, latency, ledger, pytest_plugin, summary, throughput
 from bench.gpu.clock import Clock, step_seconds
 from bench.gpu.config import LEDGER_FILE, ROOT, STEPS, KitConfig
 from bench.gpu.run import Kit, main
-from harness.api import registry
+from harness.api import registry, results
 from harness.api.errors import ConfigError
 from harness.runs.sweep import load_spec
 
@@ -278,6 +278,40 @@ def test_items_that_do_not_fit_are_recorded_as_skipped(tmp_path):
     items = steps[steps["item"] != ledger.STEP_ITEM]
     assert list(items["item"]) == cfg.archs and (items["status"] == "skipped").all()
     assert items["message"].str.contains("s left").all()
+
+
+class Stopped(BaseException):
+    """The step stopped at its limit (SIGKILL): nothing after this point runs."""
+
+
+def stop_at_second_call(module, name: str, monkeypatch) -> None:
+    real, calls = getattr(module, name), []
+
+    def first_only(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 1:
+            raise Stopped
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, first_only)
+
+
+def test_latency_keeps_the_cells_finished_before_the_step_is_stopped(tmp_path, monkeypatch):
+    stop_at_second_call(latency, "run_sweep", monkeypatch)
+    cfg = KitConfig.dry(archs=["swa", "mamba2"], contexts=[64])
+    with pytest.raises(Stopped):
+        latency.run(cfg, tmp_path, Clock.after(600), ledger.Ledger(tmp_path / LEDGER_FILE, "latency"))
+    table = results.read_table(tmp_path / "latency")
+    assert set(table["arch"]) == {"swa"} and (table["status"] == "ok").all()
+
+
+def test_throughput_keeps_the_architectures_finished_before_the_step_is_stopped(tmp_path, monkeypatch):
+    stop_at_second_call(throughput, "measure_arch", monkeypatch)
+    cfg = KitConfig.dry(archs=["swa", "mamba2"])
+    with pytest.raises(Stopped):
+        throughput.run(cfg, tmp_path, Clock.after(600), ledger.Ledger(tmp_path / LEDGER_FILE, "throughput"))
+    table = results.read_table(tmp_path / "throughput")
+    assert set(table["arch"]) == {"swa"} and (table["status"] == "ok").all()
 
 
 def test_a_step_past_its_limit_is_stopped_and_reported(tmp_path):

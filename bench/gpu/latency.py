@@ -60,7 +60,8 @@ def run_cells(cfg: KitConfig, size: str, contexts: list[int], out: Path, clock: 
     names = [f"{entry.label}@{ctx}" for ctx, entry in cells]
     ledger.plan(names)
     slowest: dict[int, float] = {}
-    folders = []
+    folders: list[Path] = []
+    write_cells(out, folders)
     for name, (ctx, entry) in zip(names, cells):
         need = max(expected_seconds(slowest, ctx), cfg.min_item_s)
         if not clock.fits(need):
@@ -72,9 +73,15 @@ def run_cells(cfg: KitConfig, size: str, contexts: list[int], out: Path, clock: 
         seconds = time.time() - started
         slowest[ctx] = max(slowest.get(ctx, 0.0), seconds)
         folders.append(folder)
+        write_cells(out, folders)
         bad = result.table[result.table["status"] != "ok"]
         ledger.record(name, "failed" if len(bad) else "ok", seconds,
                       f"{bad['status'].iloc[0]}: {bad['message'].iloc[0]}" if len(bad) else "")
+
+
+def write_cells(out: Path, folders: list[Path]) -> None:
+    """The cells' tables as one, rewritten after every cell: a step stopped at its limit keeps
+    what its finished cells measured (the bundle reads only this table)."""
     tables = [results.read_table(f) for f in folders if (f / results.TABLE_PARQUET).is_file()]
     results.write_table(out, pd.concat(tables, ignore_index=True) if tables else results.to_frame([]))
 

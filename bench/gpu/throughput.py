@@ -89,6 +89,10 @@ def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
     device = torch.device(cfg.device)
     name, peak = device_peak(cfg, device)
     print(f"device {name}; dense bf16 peak {f'{peak / 1e12:g} TFLOP/s' if peak else 'unknown: no MFU'}", flush=True)
+    out = work / "throughput"
+    # the table is rewritten after every architecture: a step stopped at its limit keeps what was measured
+    results.write_table(out, results.validate([]))
+    (out / PEAK_FILE).write_text(json.dumps({"device": name, "peak_flops": peak}))
     ledger.plan(cfg.archs)
     rows, slowest = [], 0.0
     for arch in cfg.archs:
@@ -103,5 +107,4 @@ def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
         ledger.record(arch, "failed" if failed else "ok", seconds,
                       f"{failed[0]['status']}: {failed[0]['message']}" if failed else "")
         rows += arch_rows
-    results.write_table(work / "throughput", results.validate(rows))
-    (work / "throughput" / PEAK_FILE).write_text(json.dumps({"device": name, "peak_flops": peak}))
+        results.write_table(out, results.validate(rows))
