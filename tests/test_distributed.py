@@ -47,13 +47,26 @@ def corpus(tmp_path_factory) -> str:
     return str(folder)
 
 
+def worker_env() -> dict[str, str]:
+    """The ranks' environment: this checkout first on the path, then the caller's (the GPU kit's
+    installed lcbench, whose entry points register the architectures, and its kernel packages)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 def torchrun(nproc: int, jobs: list[dict], tmp: Path, timeout: int = 240) -> subprocess.CompletedProcess:
     jobs_file = tmp / f"jobs-{len(list(tmp.glob('jobs-*')))}.json"
     jobs_file.write_text(json.dumps(jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(REPO / "tests" / "distributed_worker.py"), str(jobs_file)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp)
+    return subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=timeout, cwd=tmp)
+
+
+def test_ranks_keep_the_callers_python_path(monkeypatch):
+    """The GPU kit installs lcbench into a folder of its own on PYTHONPATH: ranks that lost it
+    found no entry points, so no architecture ('swa' is not a registered architecture)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/kit/site", "/more"]))
+    assert worker_env()["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/kit/site", "/more"]
 
 
 def job(arch: str, corpus: str, out: Path, parallel: str = "fsdp", **train_fields) -> dict:
