@@ -167,6 +167,13 @@ def _compiled_flex():
 
 def attention_flex(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
     FLEX.ops(q.device)  # raises, saying why, where flex cannot run
+    device_type = q.device.type
+    if torch.is_autocast_enabled(device_type):
+        # as autocast does for sdpa (flex_attention is no autocast op in every release): under
+        # fp32 parameters, QK-norm's weights leave q and k in fp32 beside a bf16 v, which flex
+        # rejects or runs in fp32
+        dtype = torch.get_autocast_dtype(device_type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     mask = _flex_block_mask(q.size(-2), k.size(-2), q_start - k_start, window, str(q.device))
     return _compiled_flex()(q, k, v, block_mask=mask)
 

@@ -144,6 +144,22 @@ def test_long_flex_masks_are_never_built_dense(monkeypatch):
     assert same_blocks(long, create_block_mask(band_mask(0, 64), None, None, 301, 300, device="cpu"))
 
 
+def test_flex_gets_the_autocast_dtype_under_autocast(monkeypatch):
+    """fp32 parameters under bf16 autocast: QK-norm's fp32 weights promote q and k to fp32 while v
+    stays bf16; flex_attention (unlike sdpa) is no autocast op in every release and rejects the mix."""
+    seen = []
+    monkeypatch.setattr(attention.FLEX, "needs_cuda", False)
+    monkeypatch.setattr(attention, "_compiled_flex", lambda: lambda q, k, v, block_mask: seen.append(
+        (q.dtype, k.dtype, v.dtype)) or v)
+    model = small_model("swa", backend="flex")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert seen and set(seen) == {(torch.bfloat16,) * 3}
+    seen.clear()
+    model(x)  # no autocast: as they are
+    assert set(seen) == {(torch.float32,) * 3}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_flex_block_mask_equals_the_dense_one():
