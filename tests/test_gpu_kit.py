@@ -67,6 +67,22 @@ def test_ledger_keeps_the_last_record_and_closes_what_was_left_open(tmp_path):
     assert "ZeroDivisionError" in table.loc["b", "message"]
 
 
+def test_gpu_tests_run_the_kernel_checks_first_and_the_torchrun_tests_last(tmp_path):
+    # in name order the flex-compiling attention and torchrun tests came first and used up the
+    # step's time before the kernel equivalence tests ran
+    from bench.gpu import gpu_tests
+
+    names = [Path(f).name for f in gpu_tests.gpu_test_files()]
+    assert names[0] == "test_timing.py" and names[-1] == "test_distributed.py"
+    assert set(names) == {f.name for f in (ROOT / "tests").glob("test_*.py") if gpu_tests.GPU_MARK.search(f.read_text())}
+    assert "test_gpu_kit.py" not in names  # it mentions the mark in strings only
+    for name in ("test_new_kernel.py", "test_attention.py", "test_aardvark.py"):
+        (tmp_path / name).write_text("import pytest\n@pytest.mark.gpu\ndef test_x(): pass\n")
+    (tmp_path / "test_cpu_only.py").write_text("def test_y(): pass\n")
+    assert [Path(f).name for f in gpu_tests.gpu_test_files(tmp_path)] == [
+        "test_attention.py", "test_aardvark.py", "test_new_kernel.py"]
+
+
 def test_what_gpu_tests_measure_reaches_the_summary(tmp_path):
     """The pytest plugin records a test's ``record_property`` values as its ledger message, and the
     summary lists them, so a GPU run reports each tolerance's measured margin."""

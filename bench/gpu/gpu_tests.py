@@ -6,6 +6,7 @@ is left for it."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -28,10 +29,21 @@ def has_pytest_timeout() -> bool:
     return True
 
 
+GPU_MARK = re.compile(r"^\s*@pytest\.mark\.gpu\b", re.MULTILINE)  # a decorator line, not a mention
+# GPU test files in the order they run: the step's time may end before the last, so the kernel
+# equivalence tests (seconds each) come first, then TTT-E2E's fast paths, then what compiles flex
+# attention, then the torchrun tests (slowest); files not named here follow, in name order.
+TEST_FILE_ORDER = ("test_timing.py", "test_gated_deltanet.py", "test_mamba2.py", "test_linear_cross_entropy.py",
+                   "test_ttt_e2e.py", "test_attention.py", "test_distributed.py")
+
+
 def gpu_test_files(tests: Path = ROOT / "tests") -> list[str]:
-    """The test files that mark any test ``gpu``: collecting only these spares importing the
-    others (lm-eval's, for one), seconds of the budget; ``-m gpu`` then selects within them."""
-    return [str(f) for f in sorted(tests.glob("test_*.py")) if "mark.gpu" in f.read_text(encoding="utf-8")]
+    """The test files that mark any test ``gpu`` (:data:`TEST_FILE_ORDER` first): collecting only
+    these spares importing the others (lm-eval's, for one), seconds of the budget; ``-m gpu``
+    then selects within them."""
+    files = [f for f in sorted(tests.glob("test_*.py")) if GPU_MARK.search(f.read_text(encoding="utf-8"))]
+    rank = {name: i for i, name in enumerate(TEST_FILE_ORDER)}
+    return [str(f) for f in sorted(files, key=lambda f: rank.get(f.name, len(rank)))]
 
 
 def command(cfg: KitConfig, work: Path) -> list[str]:
