@@ -485,8 +485,10 @@ class TTTE2ELM(AttentionLM):
             rings = state.suffix
             for ring, nk, nv in zip(rings, new_k, new_v):
                 ring.append(torch.cat(nk, -2), torch.cat(nv, -2))
-        pending_x = all_x[:, last_mb_start - timeline_start : read_end - timeline_start]
-        pending_tokens = all_tokens[:, last_mb_start - timeline_start : read_end - timeline_start]
+        # copies, not views: a view keeps the whole prefill's [B, T, D] alive in the state (192 MiB
+        # at 125M/128K), which state_bytes does not see and clone_state copies whole
+        pending_x = all_x[:, last_mb_start - timeline_start : read_end - timeline_start].clone()
+        pending_tokens = all_tokens[:, last_mb_start - timeline_start : read_end - timeline_start].clone()
         return result, TTTState(read_end, new_prefix, rings, fast, pending_x, pending_tokens, conv_tail)
 
     def _step_function(self, out: str, device: torch.device):

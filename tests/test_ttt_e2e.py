@@ -172,6 +172,16 @@ def test_validation_loss_leaves_bos_targets_out_as_training_does():
     assert abs(val - model.token_losses(x).mean().item()) > 1e-3
 
 
+@torch.no_grad()
+def test_the_state_holds_only_the_current_mini_batch_not_the_whole_prefill():
+    model = small_model("ttt_e2e")
+    _, state = model.prefill(tokens(length=16 * 4 + 5))  # 4 full mini-batches of 16 and 5 tokens
+    for pending in (state.pending_x, state.pending_tokens):
+        assert pending.size(1) == 5
+        # a view of the prefill kept all of it alive, unseen by state_bytes
+        assert pending.untyped_storage().nbytes() == pending.numel() * pending.element_size()
+
+
 def test_without_bos_the_outer_loss_is_the_plain_mean():
     x = with_documents(tokens())
     model = model64().train()
