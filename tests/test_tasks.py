@@ -420,6 +420,35 @@ def test_niah_rows_are_valid_on_tiny_models(arch, corpus):
 # latency
 
 
+def test_latency_peak_memory_leaves_the_warm_up_calls_out(monkeypatch):
+    # the prefill peak covered the warm-up too: one-off compilation and autotuning buffers counted
+    import tasks.latency as latency_task
+    from harness.api.timing import PeakMemory
+
+    guarded = {"on": False}
+    calls = {"inside": 0, "outside": 0}
+
+    class Spy(PeakMemory):
+        def __enter__(self):
+            guarded["on"] = True
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            guarded["on"] = False
+            return super().__exit__(*exc)
+
+    class Counting(UniformLM):
+        def prefill(self, tokens):
+            calls["inside" if guarded["on"] else "outside"] += 1
+            return super().prefill(tokens)
+
+    monkeypatch.setattr(latency_task, "PeakMemory", Spy)
+    options = {"contexts": "16", "warmup": 2, "repeats": 3, "phases": "prefill"}
+    table = run_eval("latency", Counting(), None, options, progress=False).table
+    assert (table["status"] == "ok").all()
+    assert calls == {"inside": 3, "outside": 2 + 1}  # the warm-ups, and the prefill the state comes from
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_latency_rows_for_every_grid_point(arch):
     result = run_eval("latency", small_model(arch), None, {"contexts": "8,24", "repeats": 2, "decode_tokens": 2,
