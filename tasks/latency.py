@@ -10,7 +10,8 @@ sequences:
   the prefix and one untimed decode step (so a cache's one-off growth is not timed);
   ``decode_tok_s`` is batch_size / decode_s;
 - ``state_bytes``: the size of the state after the prefix (``state_bytes``);
-- ``prefill_peak_bytes`` / ``decode_peak_bytes``: peak memory while prefilling / decoding:
+- ``prefill_peak_bytes`` / ``decode_peak_bytes``: peak memory while prefilling / decoding (the
+  timed calls, after the warm-up):
   ``torch.cuda.max_memory_allocated`` on a GPU (weights included); on CPU, how far the
   process's resident set rose above its size before the work (what the work added; the
   interpreter, libraries and weights already resident are not counted).
@@ -115,7 +116,8 @@ class Latency(Task):
         tokens = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
         if "prefill" in options.phases:
             load = machine_load()
-            # warm-up outside the peak: what compiles and autotunes once (Triton's benchmark buffers) is no prefill's memory
+            # warm-up outside the peak: what compiles and autotunes once (Triton's benchmark
+            # buffers) is no prefill's memory
             measure(lambda: model.prefill(tokens), device, repeats=0, warmup=options.warmup)
             with PeakMemory(device) as peak:
                 times = measure(lambda: model.prefill(tokens), device, options.repeats, warmup=0)
