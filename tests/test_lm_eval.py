@@ -172,6 +172,17 @@ def test_bad_settings_fail_clearly(trained):
         LcbenchLM(checkpoint=str(trained), max_length="zero")
 
 
+@pytest.mark.parametrize("value", ["abc", -1, 256, "300"])
+def test_a_prefix_token_outside_the_vocabulary_is_one_clear_error(value):
+    """prefix_token=300 on a 256-token model reached the embedding: a bare IndexError (a device
+    assert on CUDA) at the first empty context; prefix_token=abc a bare ValueError."""
+    from harness.api.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"prefix_token={value!r} must be a token id from 0 to 255"):
+        LcbenchLM(checkpoint="full_attention:tiny", device="cpu", prefix_token=value)
+    assert LcbenchLM(checkpoint="full_attention:tiny", device="cpu", prefix_token="255").prefix_token_id == 255
+
+
 # ---------------------------------------------------------------------------------------------
 # Real lm-eval runs, offline
 

@@ -102,6 +102,17 @@ def _int_or_none(value: Any, name: str) -> int | None:
     return out
 
 
+def _token_id(value: Any, name: str, vocab_size: int) -> int:
+    """A token id the model can embed (an id past the embedding fails deep in the forward pass)."""
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        out = -1
+    if not 0 <= out < vocab_size:
+        raise ConfigError(f"lcbench model arg {name}={value!r} must be a token id from 0 to {vocab_size - 1}")
+    return out
+
+
 class LcbenchLM(TemplateLM):
     """An lcbench model (checkpoint folder or ``arch[:preset]``) behind lm-eval's model contract."""
 
@@ -154,7 +165,7 @@ class LcbenchLM(TemplateLM):
         # the end of text: the tokenizer's, else "\n" (the byte tokenizer's, also its BOS/EOS in an export)
         self._eot = int(self.tok.eos_id) if self.tok.eos_id is not None else self.tok.encode("\n")[-1]
         if prefix_token is not None and prefix_token != "":
-            self._prefix = int(prefix_token)
+            self._prefix = _token_id(prefix_token, "prefix_token", self.model.config.vocab_size)
         else:
             self._prefix = int(self.tok.bos_id) if self.tok.bos_id is not None else self._eot
         self._warned_sampling = False
