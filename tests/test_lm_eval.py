@@ -183,6 +183,22 @@ def test_a_prefix_token_outside_the_vocabulary_is_one_clear_error(value):
     assert LcbenchLM(checkpoint="full_attention:tiny", device="cpu", prefix_token="255").prefix_token_id == 255
 
 
+def test_a_context_cut_to_max_length_is_warned_about():
+    """A context longer than max_length was cut from the left and scored, or generated from,
+    without a word (lm-eval's hf model warns when it cuts a generation's context)."""
+    import warnings
+
+    lm = LcbenchLM(checkpoint="full_attention:tiny", device="cpu", max_length=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # what fits is not warned about
+        lm.loglikelihood(requests(("abc", "de")), True)
+        lm.generate_until(requests(("abc", {"until": [], "max_gen_toks": 2})), True)
+    with pytest.warns(UserWarning, match=r"1 of 2 loglikelihood requests do not fit max_length=8: the longest has 21 tokens"):
+        lm.loglikelihood(requests(("a" * 20, "b"), ("abc", "de")), True)
+    with pytest.warns(UserWarning, match=r"1 of 1 generate_until requests do not fit max_length=8: the longest has 20 tokens"):
+        lm.generate_until(requests(("a" * 20, {"until": [], "max_gen_toks": 2})), True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Real lm-eval runs, offline
 

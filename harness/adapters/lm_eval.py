@@ -113,6 +113,13 @@ def _token_id(value: Any, name: str, vocab_size: int) -> int:
     return out
 
 
+def _warn_cut(kind: str, lengths: list[int], total: int, max_length: int | None) -> None:
+    """One warning for the requests whose context was cut to ``max_length`` (``lengths``: theirs)."""
+    if lengths:
+        warnings.warn(f"{len(lengths)} of {total} {kind} requests do not fit max_length={max_length}: the longest "
+                      f"has {max(lengths)} tokens; their contexts were cut from the left", stacklevel=3)
+
+
 class LcbenchLM(TemplateLM):
     """An lcbench model (checkpoint folder or ``arch[:preset]``) behind lm-eval's model contract."""
 
@@ -237,7 +244,7 @@ class LcbenchLM(TemplateLM):
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
-        seqs, n_targets = [], []
+        seqs, n_targets, cut = [], [], []
         for _, context_enc, continuation_enc in requests:
             if not continuation_enc:
                 raise ConfigError("lm-eval asked for the log-likelihood of an empty continuation")
@@ -247,9 +254,12 @@ class LcbenchLM(TemplateLM):
                     raise ConfigError(
                         f"a continuation of {len(continuation_enc)} tokens does not fit max_length={self.max_length}"
                     )
+                if len(whole) > self.max_length + 1:
+                    cut.append(len(whole))
                 whole = whole[-(self.max_length + 1) :]
             seqs.append(whole)
             n_targets.append(len(continuation_enc))
+        _warn_cut("loglikelihood", cut, len(requests), self.max_length)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # similar lengths share a batch
         answers: list[tuple[float, bool] | None] = [None] * len(seqs)
         bar = tqdm(total=len(seqs), disable=disable_tqdm, desc="lcbench loglikelihood", leave=False)
@@ -298,7 +308,7 @@ class LcbenchLM(TemplateLM):
         return text[:cut]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        out = []
+        out, cut = [], []
         for context, gen_kwargs in tqdm([r.args for r in requests], disable=disable_tqdm,
                                         desc="lcbench generate", leave=False):
             kwargs = copy.deepcopy(gen_kwargs or {})
@@ -310,10 +320,14 @@ class LcbenchLM(TemplateLM):
                 self._warned_sampling = True
             ids = self.tok_encode(context) or [self.prefix_token_id]
             if self.max_length is not None:
-                ids = ids[-max(1, self.max_length - max_new) :]
+                keep = max(1, self.max_length - max_new)
+                if len(ids) > keep:
+                    cut.append(len(ids))
+                ids = ids[-keep:]
             text = self.greedy_generate(ids, max_new, until)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
+        _warn_cut("generate_until", cut, len(requests), self.max_length)
         return out
 
 
