@@ -222,6 +222,27 @@ def test_ruler_niah_end_to_end(trained, tmp_path):
     assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "run.json").is_file()
 
 
+def test_a_task_that_fails_at_the_first_length_still_runs_at_the_others(tmp_path, monkeypatch):
+    """--lengths 768,512 where 768 ran out of memory: 512 never ran (only tasks that gave per-length
+    metrics at the first length went on), so the table lacked it without a row saying so."""
+    import lm_eval
+
+    real, calls = lm_eval.simple_evaluate, []
+
+    def oom_first(**kwargs):
+        calls.append(kwargs["task_manager"].metadata["max_seq_lengths"])
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(**kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", oom_first)
+    table = run_lm_eval("full_attention:tiny", ["niah_single_1"], limit=1, max_seq_lengths=[768, 512],
+                        include_path=RULER_DIR, device="cpu")
+    assert calls == [[768], [512]]
+    status = {r.eval_ctx: r.status for r in table[table.metric == "score"].itertuples()}
+    assert status == {768: "oom", 512: "ok"}
+
+
 def test_loglikelihood_tasks_end_to_end(trained, local_tasks, tmp_path):
     table = run_lm_eval(trained, "lcbench_test_mc,lcbench_test_ppl,lcbench_test_broken", include_path=local_tasks,
                         out_dir=tmp_path / "ll")

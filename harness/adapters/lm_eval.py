@@ -439,7 +439,8 @@ def run_lm_eval(
 
     ``max_seq_lengths`` (RULER): each length is evaluated on its own, so ``limit`` applies per
     length; tasks without per-length metrics run once. A task that fails gives an ``error`` row
-    (``oom`` for out-of-memory, CPU or CUDA) and the others go on. ``out_dir`` also receives lm-eval's raw
+    (``oom`` for out-of-memory, CPU or CUDA) and the others go on; one that fails at the first
+    length is still run at the others. ``out_dir`` also receives lm-eval's raw
     results (``lm_eval_results.json``), per-sample records and the exported tokenizer.
     """
     from lm_eval import simple_evaluate  # lm-eval's evaluator takes seconds to import; only running tasks needs it
@@ -491,6 +492,8 @@ def run_lm_eval(
             if guard.failed:
                 log.warning("lm-eval task %s failed: %s", label, guard.error)
                 rows += guard.rows
+                if task not in length_aware:  # its metrics are unknown: another length may fit
+                    length_aware.append(task)
                 continue
             samples = res.pop("samples", {}) or {}
             raw[label] = res
