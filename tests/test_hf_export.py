@@ -116,3 +116,25 @@ def test_padding_is_refused_and_the_export_loads_in_a_plain_process(tmp_path):
                           cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("torch.Size([1, 3, 256])")
+
+
+def test_a_tokenizer_json_file_keeps_its_start_and_end_tokens(tmp_path):
+    """--tokenizer tok.json (a tokenizers file with <s>/</s>, whose ids lcbench reads): the export
+    dropped both, then refused the tokenizer as having no end token."""
+    from tokenizers import processors
+
+    from harness.adapters.hf_tokenizer import byte_level_tokenizer
+    from harness.data.tokenizers import load_tokenizer
+
+    rust = byte_level_tokenizer()
+    rust.add_special_tokens(["<s>", "</s>"])
+    rust.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])
+    rust.save(str(tmp_path / "tok.json"))
+    ours = load_tokenizer(str(tmp_path / "tok.json"))
+    assert (ours.bos_id, ours.eos_id) == (256, 257)
+    ckpt = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa", vocab_size=264))
+    folder = export_hf(ckpt, tmp_path / "hf", tokenizer=str(tmp_path / "tok.json"))
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    assert (tok.bos_token_id, tok.eos_token_id) == (256, 257) == (config["bos_token_id"], config["eos_token_id"])
+    assert tok("ab").input_ids == [256, *ours.encode("ab")]  # the start token once, as lcbench's tokenizer adds it
