@@ -227,6 +227,15 @@ def test_unsupported_settings_are_refused_by_name(tmp_path):
         import_pretrained(tmp_path / "biased")
 
 
+def test_a_misspelt_format_suggests_the_close_match(tmp_path):
+    from harness.api.errors import ConfigError
+
+    folder = write_folder(tmp_path / "llama", {"model_type": "llama"}, {})
+    with pytest.raises(ConfigError, match=r"unknown import format 'lama'; valid: auto, gated_deltanet, llama, "
+                                          r"mamba2, mamba_ssm\. Did you mean 'llama'\?"):
+        import_pretrained(folder, format="lama")
+
+
 @pytest.mark.parametrize("fmt", ["llama", "gated_deltanet", "mamba2", "mamba_ssm"])
 def test_a_sliding_window_is_refused_under_every_format(tmp_path, fmt):
     """A Mistral folder (sliding_window 16) imported as Llama was read as full attention, silently."""
