@@ -451,3 +451,17 @@ def test_ttt_e2e_unknown_missing_and_misshapen_tensors_are_named(tmp_path):
     with pytest.raises(ImportMismatchError, match="inner optimizer 'adamw'"):
         bad = {"training": {**OFFICIAL["training"], "optimizer_inner": {"optimizer_type": "adamw"}}, "model": OFFICIAL["model"]}
         import_ttt_e2e(tmp_path / "bad.npz", config=bad)
+
+
+@pytest.mark.parametrize("text, what", [("just some text\n", "the official config .* holds a str"),
+                                        ("model:\n  - rope_theta\n", "its model section is a list")])
+def test_ttt_e2e_config_that_is_not_settings_is_one_clear_error(tmp_path, text, what):
+    """A YAML that is not a mapping of settings (a wrong file given to --config) gave a bare
+    AttributeError ('str' object has no attribute 'items')."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.api.errors import ConfigError
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    (tmp_path / "run.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=what):
+        import_ttt_e2e(tmp_path / "official.npz", config=tmp_path / "run.yaml")
