@@ -138,3 +138,18 @@ def test_a_tokenizer_json_file_keeps_its_start_and_end_tokens(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert (tok.bos_token_id, tok.eos_token_id) == (256, 257) == (config["bos_token_id"], config["eos_token_id"])
     assert tok("ab").input_ids == [256, *ours.encode("ab")]  # the start token once, as lcbench's tokenizer adds it
+
+
+def test_loading_an_exports_tokenizer_never_asks_to_run_its_model_code(tmp_path, monkeypatch):
+    """The export's config.json names modeling_lcbench.py (auto_map), and AutoTokenizer reads the
+    config: lcbench's own tokenizer loads (tokenizer=EXPORT as README shows, a re-export) stopped at
+    "Do you wish to run the custom code? [y/N]", for 15 s on a terminal, to load a tokenizer."""
+    from harness.data.tokenizers import load_tokenizer
+
+    folder = export_hf(checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa")), tmp_path / "hf")
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "n")
+    assert load_tokenizer(str(folder)).encode("ab") == [97, 98]
+    export_hf(tmp_path / "ckpt", folder)  # again, over the earlier export and its config.json
+    export_hf(folder, tmp_path / "hf2")  # the export as a checkpoint, with its tokenizer
+    assert asked == []

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.api.errors import ConfigError
 from harness.data import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from harness.data.tokenizers import auto_tokenizer
 
 MARKER_FILE = "lcbench_tokenizer.json"  # what was exported, so a later export can be reused
 
@@ -76,9 +77,7 @@ def export_tokenizer(tokenizer: Tokenizer | str | None, out_dir: str | os.PathLi
         newline = bytes_to_unicode()[ord("\n")]
         fast = _fast_tokenizer(byte_level_tokenizer(), model_max_length=int(1e30), bos_token=newline, eos_token=newline)
     elif isinstance(tokenizer, HFTokenizer) and tokenizer.path.is_dir():  # already a folder: copy it
-        from transformers import AutoTokenizer  # optional; HFTokenizer loaded this folder with it
-
-        fast = AutoTokenizer.from_pretrained(str(tokenizer.path), local_files_only=True)
+        fast = auto_tokenizer(tokenizer.path)
     elif isinstance(tokenizer, HFTokenizer):  # a tokenizer.json file
         from tokenizers import Tokenizer as RustTokenizer  # optional; HFTokenizer loaded this file with it
 
