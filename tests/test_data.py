@@ -91,7 +91,8 @@ def test_hf_tokenizer_folder_uses_transformers(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(AutoTokenizer=FakeAuto))
     tok = data.load_tokenizer(str(tmp_path))
-    assert calls == [(str(tmp_path.resolve()), {"local_files_only": True})]
+    # offline, and no model code run for a tokenizer (an lcbench export's config.json names some)
+    assert calls == [(str(tmp_path.resolve()), {"local_files_only": True, "trust_remote_code": False})]
     assert (tok.vocab_size, tok.eos_id, tok.encode("ab"), tok.decode([1, 2])) == (10, 2, [7, 8], "12")
     assert tok.bos_id == 1
 

@@ -116,3 +116,40 @@ def test_padding_is_refused_and_the_export_loads_in_a_plain_process(tmp_path):
                           cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("torch.Size([1, 3, 256])")
+
+
+def test_a_tokenizer_json_file_keeps_its_start_and_end_tokens(tmp_path):
+    """--tokenizer tok.json (a tokenizers file with <s>/</s>, whose ids lcbench reads): the export
+    dropped both, then refused the tokenizer as having no end token."""
+    from tokenizers import processors
+
+    from harness.adapters.hf_tokenizer import byte_level_tokenizer
+    from harness.data.tokenizers import load_tokenizer
+
+    rust = byte_level_tokenizer()
+    rust.add_special_tokens(["<s>", "</s>"])
+    rust.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])
+    rust.save(str(tmp_path / "tok.json"))
+    ours = load_tokenizer(str(tmp_path / "tok.json"))
+    assert (ours.bos_id, ours.eos_id) == (256, 257)
+    ckpt = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa", vocab_size=264))
+    folder = export_hf(ckpt, tmp_path / "hf", tokenizer=str(tmp_path / "tok.json"))
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    assert (tok.bos_token_id, tok.eos_token_id) == (256, 257) == (config["bos_token_id"], config["eos_token_id"])
+    assert tok("ab").input_ids == [256, *ours.encode("ab")]  # the start token once, as lcbench's tokenizer adds it
+
+
+def test_loading_an_exports_tokenizer_never_asks_to_run_its_model_code(tmp_path, monkeypatch):
+    """The export's config.json names modeling_lcbench.py (auto_map), and AutoTokenizer reads the
+    config: lcbench's own tokenizer loads (tokenizer=EXPORT as README shows, a re-export) stopped at
+    "Do you wish to run the custom code? [y/N]", for 15 s on a terminal, to load a tokenizer."""
+    from harness.data.tokenizers import load_tokenizer
+
+    folder = export_hf(checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa")), tmp_path / "hf")
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "n")
+    assert load_tokenizer(str(folder)).encode("ab") == [97, 98]
+    export_hf(tmp_path / "ckpt", folder)  # again, over the earlier export and its config.json
+    export_hf(folder, tmp_path / "hf2")  # the export as a checkpoint, with its tokenizer
+    assert asked == []

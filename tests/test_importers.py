@@ -227,6 +227,15 @@ def test_unsupported_settings_are_refused_by_name(tmp_path):
         import_pretrained(tmp_path / "biased")
 
 
+def test_a_misspelt_format_suggests_the_close_match(tmp_path):
+    from harness.api.errors import ConfigError
+
+    folder = write_folder(tmp_path / "llama", {"model_type": "llama"}, {})
+    with pytest.raises(ConfigError, match=r"unknown import format 'lama'; valid: auto, gated_deltanet, llama, "
+                                          r"mamba2, mamba_ssm\. Did you mean 'llama'\?"):
+        import_pretrained(folder, format="lama")
+
+
 @pytest.mark.parametrize("fmt", ["llama", "gated_deltanet", "mamba2", "mamba_ssm"])
 def test_a_sliding_window_is_refused_under_every_format(tmp_path, fmt):
     """A Mistral folder (sliding_window 16) imported as Llama was read as full attention, silently."""
@@ -442,3 +451,17 @@ def test_ttt_e2e_unknown_missing_and_misshapen_tensors_are_named(tmp_path):
     with pytest.raises(ImportMismatchError, match="inner optimizer 'adamw'"):
         bad = {"training": {**OFFICIAL["training"], "optimizer_inner": {"optimizer_type": "adamw"}}, "model": OFFICIAL["model"]}
         import_ttt_e2e(tmp_path / "bad.npz", config=bad)
+
+
+@pytest.mark.parametrize("text, what", [("just some text\n", "the official config .* holds a str"),
+                                        ("model:\n  - rope_theta\n", "its model section is a list")])
+def test_ttt_e2e_config_that_is_not_settings_is_one_clear_error(tmp_path, text, what):
+    """A YAML that is not a mapping of settings (a wrong file given to --config) gave a bare
+    AttributeError ('str' object has no attribute 'items')."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.api.errors import ConfigError
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    (tmp_path / "run.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=what):
+        import_ttt_e2e(tmp_path / "official.npz", config=tmp_path / "run.yaml")

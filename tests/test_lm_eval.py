@@ -172,6 +172,33 @@ def test_bad_settings_fail_clearly(trained):
         LcbenchLM(checkpoint=str(trained), max_length="zero")
 
 
+@pytest.mark.parametrize("value", ["abc", -1, 256, "300"])
+def test_a_prefix_token_outside_the_vocabulary_is_one_clear_error(value):
+    """prefix_token=300 on a 256-token model reached the embedding: a bare IndexError (a device
+    assert on CUDA) at the first empty context; prefix_token=abc a bare ValueError."""
+    from harness.api.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"prefix_token={value!r} must be a token id from 0 to 255"):
+        LcbenchLM(checkpoint="full_attention:tiny", device="cpu", prefix_token=value)
+    assert LcbenchLM(checkpoint="full_attention:tiny", device="cpu", prefix_token="255").prefix_token_id == 255
+
+
+def test_a_context_cut_to_max_length_is_warned_about():
+    """A context longer than max_length was cut from the left and scored, or generated from,
+    without a word (lm-eval's hf model warns when it cuts a generation's context)."""
+    import warnings
+
+    lm = LcbenchLM(checkpoint="full_attention:tiny", device="cpu", max_length=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # what fits is not warned about
+        lm.loglikelihood(requests(("abc", "de")), True)
+        lm.generate_until(requests(("abc", {"until": [], "max_gen_toks": 2})), True)
+    with pytest.warns(UserWarning, match=r"1 of 2 loglikelihood requests do not fit max_length=8: the longest has 21 tokens"):
+        lm.loglikelihood(requests(("a" * 20, "b"), ("abc", "de")), True)
+    with pytest.warns(UserWarning, match=r"1 of 1 generate_until requests do not fit max_length=8: the longest has 20 tokens"):
+        lm.generate_until(requests(("a" * 20, {"until": [], "max_gen_toks": 2})), True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Real lm-eval runs, offline
 
@@ -193,6 +220,27 @@ def test_ruler_niah_end_to_end(trained, tmp_path):
     assert sorted(s["eval_ctx"] for s in samples) == [512, 512, 768, 768]
     assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
     assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "run.json").is_file()
+
+
+def test_a_task_that_fails_at_the_first_length_still_runs_at_the_others(tmp_path, monkeypatch):
+    """--lengths 768,512 where 768 ran out of memory: 512 never ran (only tasks that gave per-length
+    metrics at the first length went on), so the table lacked it without a row saying so."""
+    import lm_eval
+
+    real, calls = lm_eval.simple_evaluate, []
+
+    def oom_first(**kwargs):
+        calls.append(kwargs["task_manager"].metadata["max_seq_lengths"])
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(**kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", oom_first)
+    table = run_lm_eval("full_attention:tiny", ["niah_single_1"], limit=1, max_seq_lengths=[768, 512],
+                        include_path=RULER_DIR, device="cpu")
+    assert calls == [[768], [512]]
+    status = {r.eval_ctx: r.status for r in table[table.metric == "score"].itertuples()}
+    assert status == {768: "oom", 512: "ok"}
 
 
 def test_loglikelihood_tasks_end_to_end(trained, local_tasks, tmp_path):

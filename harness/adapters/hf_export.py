@@ -21,7 +21,7 @@ from harness.adapters.hf_tokenizer import export_tokenizer
 from harness.api.errors import ConfigError
 from harness.api.staging import prepare_output
 from harness.data.heldout import checkpoint_tokenizer
-from harness.data.tokenizers import load_tokenizer
+from harness.data.tokenizers import auto_tokenizer, load_tokenizer
 from harness.runs.evaluate import resolve_model
 from harness.train.checkpoint import HF_PREFIX, WEIGHTS_FILE
 
@@ -68,9 +68,7 @@ def _export_folder(out: Path) -> Path:
 
 
 def _special_tokens(folder: Path) -> dict[str, Any]:
-    from transformers import AutoTokenizer  # the lm-eval extra; export_tokenizer needed it already
-
-    hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    hf = auto_tokenizer(folder)
     if hf.eos_token_id is None:
         raise ConfigError(f"the tokenizer in {str(folder)!r} has no end token (eos_token): lm-eval's hf model "
                           "needs one; give a tokenizer that defines it")

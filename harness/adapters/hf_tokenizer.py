@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.api.errors import ConfigError
 from harness.data import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from harness.data.tokenizers import auto_tokenizer
 
 MARKER_FILE = "lcbench_tokenizer.json"  # what was exported, so a later export can be reused
 
@@ -69,20 +70,22 @@ def export_tokenizer(tokenizer: Tokenizer | str | None, out_dir: str | os.PathLi
     if not isinstance(tokenizer, (ByteTokenizer, HFTokenizer)):
         tokenizer = load_tokenizer(tokenizer) if tokenizer is None or isinstance(tokenizer, str) else tokenizer
     out = Path(out_dir)
-    marker = {"tokenizer": tokenizer.name, "format": 2}
+    marker = {"tokenizer": tokenizer.name, "format": 3}  # 3: a tokenizer.json's BOS/EOS are kept
     if (out / MARKER_FILE).is_file() and _read_json(out / MARKER_FILE) == marker:
         return out
     if isinstance(tokenizer, ByteTokenizer):
         newline = bytes_to_unicode()[ord("\n")]
         fast = _fast_tokenizer(byte_level_tokenizer(), model_max_length=int(1e30), bos_token=newline, eos_token=newline)
     elif isinstance(tokenizer, HFTokenizer) and tokenizer.path.is_dir():  # already a folder: copy it
-        from transformers import AutoTokenizer  # optional; HFTokenizer loaded this folder with it
-
-        fast = AutoTokenizer.from_pretrained(str(tokenizer.path), local_files_only=True)
+        fast = auto_tokenizer(tokenizer.path)
     elif isinstance(tokenizer, HFTokenizer):  # a tokenizer.json file
         from tokenizers import Tokenizer as RustTokenizer  # optional; HFTokenizer loaded this file with it
 
-        fast = _fast_tokenizer(RustTokenizer.from_file(str(tokenizer.path)))
+        rust = RustTokenizer.from_file(str(tokenizer.path))
+        # the file does not name its start and end tokens; lcbench found them (post-processor, eos candidates)
+        special = {f"{kind}_token": rust.id_to_token(tid)
+                   for kind, tid in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id)) if tid is not None}
+        fast = _fast_tokenizer(rust, **special)
     else:
         raise ConfigError(
             f"cannot export {tokenizer!r} as a Hugging Face tokenizer: only the byte tokenizer and "

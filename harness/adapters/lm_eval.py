@@ -102,6 +102,24 @@ def _int_or_none(value: Any, name: str) -> int | None:
     return out
 
 
+def _token_id(value: Any, name: str, vocab_size: int) -> int:
+    """A token id the model can embed (an id past the embedding fails deep in the forward pass)."""
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        out = -1
+    if not 0 <= out < vocab_size:
+        raise ConfigError(f"lcbench model arg {name}={value!r} must be a token id from 0 to {vocab_size - 1}")
+    return out
+
+
+def _warn_cut(kind: str, lengths: list[int], total: int, max_length: int | None) -> None:
+    """One warning for the requests whose context was cut to ``max_length`` (``lengths``: theirs)."""
+    if lengths:
+        warnings.warn(f"{len(lengths)} of {total} {kind} requests do not fit max_length={max_length}: the longest "
+                      f"has {max(lengths)} tokens; their contexts were cut from the left", stacklevel=3)
+
+
 class LcbenchLM(TemplateLM):
     """An lcbench model (checkpoint folder or ``arch[:preset]``) behind lm-eval's model contract."""
 
@@ -154,7 +172,7 @@ class LcbenchLM(TemplateLM):
         # the end of text: the tokenizer's, else "\n" (the byte tokenizer's, also its BOS/EOS in an export)
         self._eot = int(self.tok.eos_id) if self.tok.eos_id is not None else self.tok.encode("\n")[-1]
         if prefix_token is not None and prefix_token != "":
-            self._prefix = int(prefix_token)
+            self._prefix = _token_id(prefix_token, "prefix_token", self.model.config.vocab_size)
         else:
             self._prefix = int(self.tok.bos_id) if self.tok.bos_id is not None else self._eot
         self._warned_sampling = False
@@ -226,7 +244,7 @@ class LcbenchLM(TemplateLM):
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
-        seqs, n_targets = [], []
+        seqs, n_targets, cut = [], [], []
         for _, context_enc, continuation_enc in requests:
             if not continuation_enc:
                 raise ConfigError("lm-eval asked for the log-likelihood of an empty continuation")
@@ -236,9 +254,12 @@ class LcbenchLM(TemplateLM):
                     raise ConfigError(
                         f"a continuation of {len(continuation_enc)} tokens does not fit max_length={self.max_length}"
                     )
+                if len(whole) > self.max_length + 1:
+                    cut.append(len(whole))
                 whole = whole[-(self.max_length + 1) :]
             seqs.append(whole)
             n_targets.append(len(continuation_enc))
+        _warn_cut("loglikelihood", cut, len(requests), self.max_length)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # similar lengths share a batch
         answers: list[tuple[float, bool] | None] = [None] * len(seqs)
         bar = tqdm(total=len(seqs), disable=disable_tqdm, desc="lcbench loglikelihood", leave=False)
@@ -287,7 +308,7 @@ class LcbenchLM(TemplateLM):
         return text[:cut]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        out = []
+        out, cut = [], []
         for context, gen_kwargs in tqdm([r.args for r in requests], disable=disable_tqdm,
                                         desc="lcbench generate", leave=False):
             kwargs = copy.deepcopy(gen_kwargs or {})
@@ -299,10 +320,14 @@ class LcbenchLM(TemplateLM):
                 self._warned_sampling = True
             ids = self.tok_encode(context) or [self.prefix_token_id]
             if self.max_length is not None:
-                ids = ids[-max(1, self.max_length - max_new) :]
+                keep = max(1, self.max_length - max_new)
+                if len(ids) > keep:
+                    cut.append(len(ids))
+                ids = ids[-keep:]
             text = self.greedy_generate(ids, max_new, until)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
+        _warn_cut("generate_until", cut, len(requests), self.max_length)
         return out
 
 
@@ -414,7 +439,8 @@ def run_lm_eval(
 
     ``max_seq_lengths`` (RULER): each length is evaluated on its own, so ``limit`` applies per
     length; tasks without per-length metrics run once. A task that fails gives an ``error`` row
-    (``oom`` for out-of-memory, CPU or CUDA) and the others go on. ``out_dir`` also receives lm-eval's raw
+    (``oom`` for out-of-memory, CPU or CUDA) and the others go on; one that fails at the first
+    length is still run at the others. ``out_dir`` also receives lm-eval's raw
     results (``lm_eval_results.json``), per-sample records and the exported tokenizer.
     """
     from lm_eval import simple_evaluate  # lm-eval's evaluator takes seconds to import; only running tasks needs it
@@ -466,6 +492,8 @@ def run_lm_eval(
             if guard.failed:
                 log.warning("lm-eval task %s failed: %s", label, guard.error)
                 rows += guard.rows
+                if task not in length_aware:  # its metrics are unknown: another length may fit
+                    length_aware.append(task)
                 continue
             samples = res.pop("samples", {}) or {}
             raw[label] = res

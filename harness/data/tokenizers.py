@@ -74,6 +74,22 @@ _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eos|>
 
 
 
+def auto_tokenizer(folder: str | os.PathLike[str]) -> Any:
+    """``transformers.AutoTokenizer`` on a local folder, offline. AutoTokenizer also reads the
+    folder's config.json, whose ``auto_map`` (an lcbench export's modeling_lcbench.py) made
+    transformers stop to ask whether to run that code (15 s on a terminal); a tokenizer needs
+    none of it. A tokenizer that is itself custom code (its own ``auto_map``) is still asked about."""
+    import transformers  # optional: callers say what is missing without it
+
+    config = Path(folder) / "tokenizer_config.json"
+    try:
+        custom = "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        custom = False
+    kwargs = {} if custom else {"trust_remote_code": False}
+    return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **kwargs)
+
+
 class HFTokenizer:
     """A Hugging Face tokenizer from a local path; nothing is downloaded.
 
@@ -104,7 +120,7 @@ class HFTokenizer:
                 transformers = None
             if transformers is not None:
                 try:
-                    self._hf = transformers.AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+                    self._hf = auto_tokenizer(self.path)
                     # Whole documents are encoded at once; the limit only matters to the model.
                     self._hf.model_max_length = sys.maxsize
                 except Exception as exc:  # noqa: BLE001 - any load failure becomes a user error

@@ -42,7 +42,7 @@ from harness.adapters.importers.common import (
     save_imported,
 )
 from harness.api.device import resolve_dtype
-from harness.api.errors import CheckpointError, ConfigError, close_match
+from harness.api.errors import CheckpointError, ConfigError, close_match, unknown_message
 from harness.api.interface import LCModel
 from harness.api.registry import build_model, config_from_dict
 
@@ -332,7 +332,7 @@ def import_pretrained(
     hf = read_json(folder / "config.json")
     name = detect_format(hf) if format == "auto" else format
     if name not in FORMATS:
-        raise ConfigError(f"unknown import format {name!r}; valid: auto, {', '.join(FORMATS)}")
+        raise ConfigError(unknown_message("import format", name, ["auto", *FORMATS]))
     fmt = FORMATS[name]
     where = f"{folder} ({fmt.describe})"
     refuse_sliding_window(hf, where)

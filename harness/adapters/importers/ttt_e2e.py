@@ -163,8 +163,15 @@ def load_official_config(config: str | os.PathLike | Mapping[str, Any] | None) -
             given = yaml.safe_load(Path(config).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read the official config {str(config)!r}: {exc}") from exc
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"the official config {str(config)!r} holds a {type(given).__name__}, not settings "
+                          "(give the run's .hydra/config.yaml or a mapping with model / training sections)")
     if not ({"model", "training"} & set(given)):
         given = {"model": given}  # a bare model section
+    for section in OFFICIAL_DEFAULTS:
+        if not isinstance(given.get(section) or {}, Mapping):
+            raise ConfigError(f"the official config {str(config)!r}: its {section} section is a "
+                              f"{type(given[section]).__name__}, not a mapping of settings")
     defaulted = [f"{section}.{key}" for section, values in OFFICIAL_DEFAULTS.items() for key in values
                  if key not in (given.get(section) or {})]
     merged = {s: _deep_merge(OFFICIAL_DEFAULTS[s], given.get(s) or {}) for s in OFFICIAL_DEFAULTS}
