@@ -465,3 +465,18 @@ def test_ttt_e2e_config_that_is_not_settings_is_one_clear_error(tmp_path, text, 
     (tmp_path / "run.yaml").write_text(text)
     with pytest.raises(ConfigError, match=what):
         import_ttt_e2e(tmp_path / "official.npz", config=tmp_path / "run.yaml")
+
+
+def test_ttt_e2e_tokenizer_folder_without_a_tokenizer_is_refused(tmp_path):
+    """--tokenizer pointing at a folder with no tokenizer files was skipped without a word: the
+    checkpoint then had no tokenizer, and tasks fell back to bytes on a model of another vocabulary."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.api.errors import ConfigError
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    (tmp_path / "llama3").mkdir()
+    (tmp_path / "llama3" / "README.md").write_text("weights only\n")
+    with pytest.raises(ConfigError, match=r"llama3' holds no tokenizer \(none of tokenizer.json, .*\); it holds "
+                                          r"README.md"):
+        import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=OFFICIAL, tokenizer=tmp_path / "llama3")
+    assert not (tmp_path / "ours").exists()

@@ -46,7 +46,15 @@ import safetensors.numpy
 import torch
 import yaml
 
-from harness.adapters.importers.common import From, ImportMismatchError, Source, assign_weights, check, save_imported
+from harness.adapters.importers.common import (
+    From,
+    ImportMismatchError,
+    Source,
+    assign_weights,
+    check,
+    check_tokenizer_folder,
+    save_imported,
+)
 from harness.api.errors import CheckpointError, ConfigError
 from harness.api.interface import LCModel
 from harness.api.registry import build_model, config_from_dict
@@ -335,6 +343,8 @@ def import_ttt_e2e(
     ``.safetensors`` of the flattened tree) and its Hydra config; see the module docstring.
     ``tokenizer``: a local Hugging Face tokenizer folder (the official runs use Llama 3's) to copy
     beside the checkpoint. Raises :class:`ImportMismatchError` naming every tensor that does not fit."""
+    if tokenizer is not None:
+        check_tokenizer_folder(tokenizer)
     tree = read_tree(source)
     official, defaulted = load_official_config(config)
     where = f"{source} (official TTT-E2E)"
