@@ -227,6 +227,16 @@ def test_unsupported_settings_are_refused_by_name(tmp_path):
         import_pretrained(tmp_path / "biased")
 
 
+@pytest.mark.parametrize("fmt, key", [("llama", "num_attention_heads"), ("gated_deltanet", "num_heads"),
+                                      ("mamba2", "head_dim")])
+def test_a_format_whose_fields_the_config_lacks_is_named(tmp_path, fmt, key):
+    """--format llama on a Mamba 2 folder gave a bare KeyError: 'num_attention_heads'."""
+    folder = write_folder(tmp_path / "other", {"model_type": "other", "hidden_size": 64, "num_hidden_layers": 2,
+                                               "vocab_size": 300, "intermediate_size": 96}, {})
+    with pytest.raises(ImportMismatchError, match=rf"config.json has no {key!r}, .* model_type is 'other'"):
+        import_pretrained(folder, format=fmt)
+
+
 def test_a_misspelt_format_suggests_the_close_match(tmp_path):
     from harness.api.errors import ConfigError
 
