@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -490,3 +491,22 @@ def test_ttt_e2e_tokenizer_folder_without_a_tokenizer_is_refused(tmp_path):
                                           r"README.md"):
         import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=OFFICIAL, tokenizer=tmp_path / "llama3")
     assert not (tmp_path / "ours").exists()
+
+
+@pytest.mark.parametrize("section, key, value", [("model", "rope_theta", "${model.base_theta}"),
+                                                 ("model", "bos_token_id", "<s>"),
+                                                 ("training", "ilr_warmup_steps", "ten")])
+def test_ttt_e2e_config_value_that_is_not_a_number_is_named(tmp_path, section, key, value):
+    """A Hydra interpolation left unresolved (rope_theta: ${...}) gave a bare ValueError ("could
+    not convert string to float"); bos_token_id: null a bare TypeError (it now means none)."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.adapters.importers.ttt_e2e import OFFICIAL_DEFAULTS
+    from harness.api.errors import ConfigError
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    config = {s: dict(v) for s, v in OFFICIAL.items()}
+    config[section][key] = value
+    with pytest.raises(ConfigError, match=rf"official config {section}\.{key}={re.escape(repr(value))} is not a number"):
+        import_ttt_e2e(tmp_path / "official.npz", config=config)
+    config[section][key] = None if key == "bos_token_id" else OFFICIAL_DEFAULTS[section].get(key, 0)
+    assert import_ttt_e2e(tmp_path / "official.npz", config=config).config.bos_token_id == -1
