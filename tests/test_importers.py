@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,16 @@ def test_unsupported_settings_are_refused_by_name(tmp_path):
 
     with pytest.raises(ConfigError, match="cannot import model_type 'qwen3'; supported: llama"):
         import_pretrained(tmp_path / "biased")
+
+
+@pytest.mark.parametrize("fmt, key", [("llama", "num_attention_heads"), ("gated_deltanet", "num_heads"),
+                                      ("mamba2", "head_dim")])
+def test_a_format_whose_fields_the_config_lacks_is_named(tmp_path, fmt, key):
+    """--format llama on a Mamba 2 folder gave a bare KeyError: 'num_attention_heads'."""
+    folder = write_folder(tmp_path / "other", {"model_type": "other", "hidden_size": 64, "num_hidden_layers": 2,
+                                               "vocab_size": 300, "intermediate_size": 96}, {})
+    with pytest.raises(ImportMismatchError, match=rf"config.json has no {key!r}, .* model_type is 'other'"):
+        import_pretrained(folder, format=fmt)
 
 
 def test_a_misspelt_format_suggests_the_close_match(tmp_path):
@@ -465,3 +476,37 @@ def test_ttt_e2e_config_that_is_not_settings_is_one_clear_error(tmp_path, text, 
     (tmp_path / "run.yaml").write_text(text)
     with pytest.raises(ConfigError, match=what):
         import_ttt_e2e(tmp_path / "official.npz", config=tmp_path / "run.yaml")
+
+
+def test_ttt_e2e_tokenizer_folder_without_a_tokenizer_is_refused(tmp_path):
+    """--tokenizer pointing at a folder with no tokenizer files was skipped without a word: the
+    checkpoint then had no tokenizer, and tasks fell back to bytes on a model of another vocabulary."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.api.errors import ConfigError
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    (tmp_path / "llama3").mkdir()
+    (tmp_path / "llama3" / "README.md").write_text("weights only\n")
+    with pytest.raises(ConfigError, match=r"llama3' holds no tokenizer \(none of tokenizer.json, .*\); it holds "
+                                          r"README.md"):
+        import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=OFFICIAL, tokenizer=tmp_path / "llama3")
+    assert not (tmp_path / "ours").exists()
+
+
+@pytest.mark.parametrize("section, key, value", [("model", "rope_theta", "${model.base_theta}"),
+                                                 ("model", "bos_token_id", "<s>"),
+                                                 ("training", "ilr_warmup_steps", "ten")])
+def test_ttt_e2e_config_value_that_is_not_a_number_is_named(tmp_path, section, key, value):
+    """A Hydra interpolation left unresolved (rope_theta: ${...}) gave a bare ValueError ("could
+    not convert string to float"); bos_token_id: null a bare TypeError (it now means none)."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.adapters.importers.ttt_e2e import OFFICIAL_DEFAULTS
+    from harness.api.errors import ConfigError
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    config = {s: dict(v) for s, v in OFFICIAL.items()}
+    config[section][key] = value
+    with pytest.raises(ConfigError, match=rf"official config {section}\.{key}={re.escape(repr(value))} is not a number"):
+        import_ttt_e2e(tmp_path / "official.npz", config=config)
+    config[section][key] = None if key == "bos_token_id" else OFFICIAL_DEFAULTS[section].get(key, 0)
+    assert import_ttt_e2e(tmp_path / "official.npz", config=config).config.bos_token_id == -1

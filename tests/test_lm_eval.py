@@ -261,6 +261,16 @@ def test_loglikelihood_tasks_end_to_end(trained, local_tasks, tmp_path):
     assert broken.status == "error" and "missing.jsonl" in broken.message
 
 
+def test_a_misspelt_task_is_bad_input_naming_the_close_match(local_tasks):
+    """--tasks lcbench_test_mx became an error row (KeyError "Spec ... is not a registered
+    task/group/tag name") after the model loaded: work that failed, exit 1, no suggestion."""
+    from harness.api.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown lm-eval task 'lcbench_test_mx'; did you mean 'lcbench_test_mc'\?"):
+        run_lm_eval("full_attention:tiny", ["lcbench_test_mc", "lcbench_test_mx"], include_path=local_tasks,
+                    device="cpu")
+
+
 def test_lm_eval_command_line_finds_lcbench(trained, local_tasks, tmp_path, monkeypatch):
     """lm-eval's own command line (all its tasks indexed), with --model lcbench."""
     out = tmp_path / "cli"

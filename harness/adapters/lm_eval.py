@@ -64,7 +64,7 @@ from harness.adapters.hf_tokenizer import export_tokenizer
 from harness.api import results
 from harness.api.decoding import greedy_decode
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
-from harness.api.errors import ConfigError
+from harness.api.errors import ConfigError, close_match
 from harness.api.failures import FailureGuard
 from harness.api.staging import prepare_output
 from harness.data.heldout import checkpoint_tokenizer
@@ -478,6 +478,8 @@ def run_lm_eval(
         if length is not None:
             meta["max_seq_lengths"] = [int(length)]
         manager = task_manager(pending, include, meta, manager)
+        if li == 0:
+            check_task_names(pending, manager)
         length_aware = []
         for task in pending:
             label = task if length is None else f"{task}@{length}"
@@ -566,6 +568,17 @@ def task_manager(tasks: Sequence[str], include: list[str] | None, meta: dict[str
         if all(t in manager.all_tasks for t in tasks):
             return manager
     return TaskManager(include_path=include, metadata=meta)
+
+
+def check_task_names(tasks: Sequence[str], manager: Any) -> None:
+    """A task name lm-eval does not know is bad input, not a task that failed."""
+    known = manager.all_tasks
+    for task in tasks:
+        if task not in known and not Path(task).is_file():  # lm-eval also takes a YAML file's path
+            hint = close_match(task, known)
+            raise ConfigError(f"unknown lm-eval task {task!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                              + f" (`lm-eval ls tasks` lists the {len(known)} known; --include-path adds "
+                              "folders of task YAMLs)")
 
 
 def _sample_record(run: str, model: str, task: str, sample: Mapping[str, Any]) -> dict[str, Any]:

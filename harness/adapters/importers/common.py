@@ -12,8 +12,9 @@ from typing import Any, Union
 
 import torch
 
-from harness.api.errors import CheckpointError
+from harness.api.errors import CheckpointError, ConfigError
 from harness.api.interface import LCModel
+from harness.data.local import listing
 from harness.data.tokenizers import TOKENIZER_DIR
 from harness.train.checkpoint import save_checkpoint
 
@@ -130,6 +131,15 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def check_tokenizer_folder(folder: str | os.PathLike) -> None:
+    """A tokenizer folder given on purpose must hold one (:func:`copy_tokenizer` skips a folder
+    without, and the checkpoint would then be read with bytes)."""
+    path = Path(folder)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"tokenizer folder {str(path)!r} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                          f"it holds {listing(path)}")
 
 
 def copy_tokenizer(source: Path, out_dir: Path) -> Path | None:

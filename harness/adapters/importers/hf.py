@@ -337,7 +337,11 @@ def import_pretrained(
     where = f"{folder} ({fmt.describe})"
     refuse_sliding_window(hf, where)
     tensors = read_tensors(folder)
-    fields = fmt.config(hf, tensors, where)
+    try:
+        fields = fmt.config(hf, tensors, where)
+    except KeyError as exc:  # a field every config of this format has: the folder is another format
+        raise ImportMismatchError(f"{where}: config.json has no {exc.args[0]!r}, which every {fmt.describe} config "
+                                  f"has; its model_type is {hf.get('model_type')!r} (--format auto reads it)") from None
     if backend is not None:
         fields["backend"] = backend
     model = build_model(config_from_dict(fields))

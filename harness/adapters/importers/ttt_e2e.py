@@ -46,7 +46,15 @@ import safetensors.numpy
 import torch
 import yaml
 
-from harness.adapters.importers.common import From, ImportMismatchError, Source, assign_weights, check, save_imported
+from harness.adapters.importers.common import (
+    From,
+    ImportMismatchError,
+    Source,
+    assign_weights,
+    check,
+    check_tokenizer_folder,
+    save_imported,
+)
 from harness.api.errors import CheckpointError, ConfigError
 from harness.api.interface import LCModel
 from harness.api.registry import build_model, config_from_dict
@@ -178,6 +186,23 @@ def load_official_config(config: str | os.PathLike | Mapping[str, Any] | None) -
     return merged, defaulted
 
 
+def _number(official: Mapping[str, Any], name: str, kind: type = float, default: Any = None) -> Any:
+    """The setting at dotted path ``name`` (``training.optimizer_inner.lr``) as ``kind``; absent or
+    null: ``default`` where there is one."""
+    *parents, key = name.split(".")
+    section: Any = official
+    for part in parents:
+        section = section.get(part) or {}
+    value = section.get(key)
+    if value is None and default is not None:
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        hint = " (an unresolved Hydra interpolation: give the resolved config)" if "${" in str(value) else ""
+        raise ConfigError(f"official config {name}={value!r} is not a number{hint}") from None
+
+
 def _fast_weights(spec_inner: list[str], where: str) -> str:
     names = set()
     for spec in spec_inner:
@@ -209,26 +234,28 @@ def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: 
     prime = P + "feed_forward_prime.w1.weight" in tree
     block = model["seq_modeling_block"]
     fields = dict(vocab_size=int(vocab), d_model=int(d), n_layers=int(layers), n_heads=int(heads),
-                  mlp_hidden=int(mlp_hidden), norm_eps=float(model["rms_norm_eps"]),
-                  rope_theta=float(model["rope_theta"]), qk_norm=bool(model["qk_norm"]),
+                  mlp_hidden=int(mlp_hidden), norm_eps=_number(official, "model.rms_norm_eps"),
+                  rope_theta=_number(official, "model.rope_theta"), qk_norm=bool(model["qk_norm"]),
                   sandwich_norm=bool(model["post_norm"]), tie_embeddings="lm_head.weight" not in tree)
     if prime:
         check(block == "SWA", where, f"prime MLPs with seq_modeling_block={block!r}: our ttt_e2e is SWA-based")
         opt = training["optimizer_inner"]
         check(opt.get("optimizer_type", "sgd") == "sgd", where,
               f"inner optimizer {opt.get('optimizer_type')!r}: our inner loop is SGD")
-        warmup, total = int(training.get("ilr_warmup_steps") or 0), int(training.get("total_steps") or 1)
-        return dict(arch="ttt_e2e", **fields, window=int(model["sliding_window_size"]),
+        warmup = _number(official, "training.ilr_warmup_steps", int, 0)
+        total = _number(official, "training.total_steps", int, 1)
+        lr = _number(official, "training.optimizer_inner.lr", float, 1.0)
+        return dict(arch="ttt_e2e", **fields, window=_number(official, "model.sliding_window_size", int),
                     suffix_blocks=int(tree[P + "feed_forward_prime.w1.weight"].shape[0]),
-                    mini_batch_size=int(model["mini_batch_size"]), prime_mlp=True,
+                    mini_batch_size=_number(official, "model.mini_batch_size", int), prime_mlp=True,
                     fast_weights=_fast_weights(list(training["spec_inner"]), where),
-                    inner_lr=float(opt.get("lr", 1.0)), inner_clip=float(opt.get("clip_gradient") or 0.0),
-                    inner_lr_init=float(training.get("ilr_init", opt.get("lr", 1.0))),
+                    inner_lr=lr, inner_clip=_number(official, "training.optimizer_inner.clip_gradient", float, 0.0),
+                    inner_lr_init=_number(official, "training.ilr_init", float, lr),
                     inner_lr_warmup=min(1.0, warmup / max(total, 1)),
-                    bos_token_id=int(model.get("bos_token_id", -1)))  # its targets leave the losses
+                    bos_token_id=_number(official, "model.bos_token_id", int, -1))  # its targets leave the losses
     if block == "self_attention":
         return dict(arch="full_attention", **fields)
-    return dict(arch="swa", **fields, window=int(model["sliding_window_size"]))
+    return dict(arch="swa", **fields, window=_number(official, "model.sliding_window_size", int))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +362,8 @@ def import_ttt_e2e(
     ``.safetensors`` of the flattened tree) and its Hydra config; see the module docstring.
     ``tokenizer``: a local Hugging Face tokenizer folder (the official runs use Llama 3's) to copy
     beside the checkpoint. Raises :class:`ImportMismatchError` naming every tensor that does not fit."""
+    if tokenizer is not None:
+        check_tokenizer_folder(tokenizer)
     tree = read_tree(source)
     official, defaulted = load_official_config(config)
     where = f"{source} (official TTT-E2E)"
