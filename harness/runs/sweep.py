@@ -30,9 +30,9 @@ into ``cells.jsonl``, under a lock). Every spec that writes into a folder is kep
 last), so two specs, or edits of one, can share a folder. A rerun skips finished cells, a killed
 one is redone, a failing cell is recorded as status rows while the sweep goes on, and a spec
 edited and reverted shows its own numbers again. Grid points whose rows no result column tells
-apart (a grid over ``corpus``) are reported as clashes and fail the sweep. Training is part of a model's first cell: its
-checkpoint lives under ``checkpoints/``, is saved periodically and resumes; it counts as trained
-only at its last step.
+apart (a grid over ``corpus``) are reported as clashes and fail the sweep. Training is part of a
+model's first cell: its checkpoint lives under ``checkpoints/``, is saved periodically and
+resumes; it counts as trained only at its last step.
 
 Executors that run cells elsewhere (submitit jobs, :mod:`harness.runs.jobs`, set by the spec's
 ``cluster:`` mapping) call :func:`pending_cells` and :func:`run_model_cells`; every job may write
@@ -473,10 +473,11 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
     clashes = clashing_cells(store, cells)
     meta = run_metadata(seed=None, device=device, spec=spec.to_dict(), run=spec.name)
-    meta.update(cells=len(cells), cell_keys=[c.key for c in cells], ran=ran, skipped=len(cells) - ran, failed=failed,
+    keys = [c.key for c in cells]
+    meta.update(cells=len(cells), cell_keys=keys, ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
-    return SweepResult(table, out_dir, ran, len(cells) - ran, failed, clashes, [c.key for c in cells])
+    return SweepResult(table, out_dir, ran, len(cells) - ran, failed, clashes, keys)
 
 
 def clashing_cells(store: ResultStore, cells: list[Cell]) -> list[str]:
