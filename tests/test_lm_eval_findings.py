@@ -69,6 +69,9 @@ def test_a_tokenizer_that_adds_bos_scores_as_lm_eval_hf(bos_model, local_tasks, 
     lm = LcbenchLM(checkpoint=str(ckpt), tokenizer=str(tok), device="cpu")
     assert (lm.tok.bos_id, lm.prefix_token_id, lm.add_bos) == (256, 256, True)
     assert lm.tok_encode("ab") == [256, 97, 98]
+    # a text that starts with <s> gets no second one, as in lm-eval's hf model; asked for, it does
+    assert lm.tok_encode("<s>ab") == [256, 97, 98]
+    assert lm.tok_encode("<s>ab", add_special_tokens=True) == [256, 256, 97, 98]
     plain = LcbenchLM(checkpoint=str(ckpt), tokenizer=str(tok), device="cpu", add_bos_token="false", prefix_token=257)
     assert (plain.tok_encode("ab"), plain.prefix_token_id) == ([97, 98], 257)
 

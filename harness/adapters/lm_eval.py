@@ -213,6 +213,11 @@ class LcbenchLM(TemplateLM):
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         ids = list(self.tok.encode(string))
         add = self.add_bos if add_special_tokens is None else add_special_tokens
+        if add and add_special_tokens is None and self.tok.bos_id is not None:
+            # As lm-eval's hf model: a text that already starts with the start token (a chat
+            # template's "<s>...") gets no second one.
+            bos_text = self.tok.decode([self.tok.bos_id])
+            add = not (bos_text and string.startswith(bos_text))
         return [self.tok.bos_id, *ids] if add and self.tok.bos_id is not None else ids
 
     def tok_decode(self, ids: Sequence[int]) -> str:
