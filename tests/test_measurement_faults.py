@@ -129,6 +129,9 @@ def test_rate_intervals_are_clipped_to_0_1_and_others_are_not():
     by_metric = {r["metric"]: r for r in rows}
     assert by_metric["acc"]["ci_high"] == 1.0 and by_metric["acc"]["ci_low"] == pytest.approx(0.99 - Z95 * 0.05)
     assert by_metric["perplexity"]["ci_low"] < 0  # not a rate: left as computed
+    # RULER's per-length score is a rate too (a share of the expected answers found)
+    (ruler,) = _metric_rows("ruler", {"4096,none": 0.95, "4096_stderr,none": 0.1}, 10, {4096: 10})
+    assert (ruler["eval_ctx"], ruler["ci_high"]) == (4096, 1.0)
 
 
 def test_undecodable_and_binary_corpus_files_are_counted(tmp_path):

@@ -381,7 +381,8 @@ def _metric_rows(task: str, metrics: Mapping[str, Any], n_samples: int | None,
             row.update(metric=name if filt in ("", "none") else f"{name}/{filt}", n=n_samples)
         if isinstance(stderr, (int, float)) and math.isfinite(stderr):
             low, high = value - Z95 * stderr, value + Z95 * stderr
-            if is_proportion(name) and 0 <= value <= 1:  # a normal interval can overshoot what a rate can be
+            # a normal interval can overshoot what a rate can be (RULER's per-length scores are rates)
+            if (is_proportion(name) or name.isdigit()) and 0 <= value <= 1:
                 low, high = max(low, 0.0), min(high, 1.0)
             row.update(ci_low=low, ci_high=high)
         rows.append(results.make_row(row.pop("metric"), value, **row))
