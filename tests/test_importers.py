@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,13 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
-from harness.adapters.importers import ImportMismatchError, import_pretrained
+from harness.adapters.importers import ImportedCheckpointWarning, ImportMismatchError, import_pretrained
 from harness.adapters.importers.common import IMPORT_FILE
 from harness.train import checkpoint
 from tests.conftest import small_model
+
+# The fixtures here leave settings and tokenizers out on purpose; one test checks the warning.
+pytestmark = pytest.mark.filterwarnings("ignore::harness.adapters.importers.ImportedCheckpointWarning")
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -58,7 +62,9 @@ def test_llama_import_reproduces_transformers_logits(tmp_path, tied):
     from harness.adapters.hf_tokenizer import export_tokenizer
 
     export_tokenizer("byte", tmp_path / "hf")  # a tokenizer in the folder travels with the import
-    model = import_pretrained(tmp_path / "hf", tmp_path / "ours")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImportedCheckpointWarning)  # nothing filled in: no warning
+        model = import_pretrained(tmp_path / "hf", tmp_path / "ours")
     c = model.config
     assert (c.arch, c.qk_norm, c.sandwich_norm, c.n_kv_heads, c.rope_theta, c.norm_eps, c.tie_embeddings) == \
         ("full_attention", False, False, 2, 1234.0, 1e-5, tied)
@@ -386,7 +392,11 @@ def test_ttt_e2e_official_tree_imports(tmp_path, tied):
 
     tree = official_tree(tied=tied)
     np.savez(tmp_path / "official.npz", **tree)
-    model = import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=OFFICIAL)
+    with pytest.warns(ImportedCheckpointWarning) as caught:  # what the import filled in is said, not just kept
+        model = import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=OFFICIAL)
+    said = " ".join(str(w.message) for w in caught)
+    assert "the given config lacks them" in said and "model.qk_norm" in said and "model.sliding_window_size" not in said
+    assert "no tokenizer given" in said and "as bytes" in said
     c = model.config
     assert (c.arch, c.n_layers, c.n_suffix, c.n_heads, c.mlp_hidden, c.window, c.mini_batch_size, c.qk_norm,
             c.sandwich_norm, c.tie_embeddings, c.fast_weights) == ("ttt_e2e", L, S, H, F, 16, 64, True, True, tied, "prime")

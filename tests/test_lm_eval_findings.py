@@ -150,3 +150,9 @@ def test_tasks_pick_up_an_exported_or_imported_checkpoint_tokenizer(tmp_path):
         (ckpt / "tokenizer" / f.name).write_bytes(f.read_bytes())
     _, info = resolve_model(str(ckpt), device="cpu")
     assert checkpoint_tokenizer(info) == str(ckpt / "tokenizer")
+    # a source with only tokenizer.json: found too (it was read as bytes)
+    for f in (ckpt / "tokenizer").iterdir():
+        if f.name != "tokenizer.json":
+            f.unlink()
+    assert checkpoint_tokenizer(info) == str(ckpt / "tokenizer")
+    assert heldout_documents(DataOptions(), info, model)[0].vocab_size == 258

@@ -16,7 +16,8 @@ from harness.data.corpora import Document, corpus_fingerprint, load_corpus
 from harness.data.packing import split_documents
 from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer
 
-HF_TOKENIZER_CONFIG = "tokenizer_config.json"  # marks a folder AutoTokenizer loads
+# Either file marks a folder AutoTokenizer loads (tokenizer.json alone loads as a fast tokenizer).
+HF_TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")
 
 
 def checkpoint_tokenizer(info: ModelInfo) -> str | None:
@@ -29,7 +30,7 @@ def checkpoint_tokenizer(info: ModelInfo) -> str | None:
     if info.path is None:
         return None
     for folder in (Path(info.path) / TOKENIZER_DIR, Path(info.path)):
-        if (folder / HF_TOKENIZER_CONFIG).is_file():
+        if any((folder / marker).is_file() for marker in HF_TOKENIZER_MARKERS):
             return str(folder)
     return None
 

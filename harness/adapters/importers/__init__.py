@@ -12,9 +12,14 @@ source's tokenizer under ``tokenizer/`` and ``import.json`` (what was imported f
 """
 from __future__ import annotations
 
-from harness.adapters.importers.common import ImportMismatchError, assign_weights, save_imported
+from harness.adapters.importers.common import (
+    ImportedCheckpointWarning,
+    ImportMismatchError,
+    assign_weights,
+    save_imported,
+)
 from harness.adapters.importers.hf import FORMATS, detect_format, import_pretrained
 from harness.adapters.importers.ttt_e2e import import_ttt_e2e
 
-__all__ = ["FORMATS", "ImportMismatchError", "assign_weights", "detect_format", "import_pretrained",
-           "import_ttt_e2e", "save_imported"]
+__all__ = ["FORMATS", "ImportedCheckpointWarning", "ImportMismatchError", "assign_weights", "detect_format",
+           "import_pretrained", "import_ttt_e2e", "save_imported"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 class ImportMismatchError(CheckpointError):
     """The source's tensors do not fit the model built from its config."""
+
+
+class ImportedCheckpointWarning(UserWarning):
+    """An import filled something in that the user may not expect (bytes for a tokenizer,
+    official defaults for settings the config lacks)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,12 @@ def save_imported(model: LCModel, out_dir: str | os.PathLike, record: Mapping[st
     ``tokenizer/``, and ``import.json`` (``record``: source, format, tensor origins)."""
     out = save_checkpoint(out_dir, model)
     tokenizer = copy_tokenizer(Path(tokenizer_from), out) if tokenizer_from is not None else None
+    if tokenizer is None:  # every later command would read the checkpoint's text as bytes
+        where = f"in {str(tokenizer_from)!r}" if tokenizer_from is not None else "given"
+        warnings.warn(f"{str(out)!r}: no tokenizer {where}, so lcbench reads this checkpoint's text as bytes, "
+                      f"which fits only a model trained on bytes (its vocabulary: {model.config.vocab_size}); copy "
+                      f"the model's tokenizer files into {str(out / TOKENIZER_DIR)!r} or pass --tokenizer to each "
+                      "command", ImportedCheckpointWarning, stacklevel=3)
     record = {**record, "tokenizer": str(tokenizer.relative_to(out)) if tokenizer else None}
     (out / IMPORT_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return out

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ import yaml
 
 from harness.adapters.importers.common import (
     From,
+    ImportedCheckpointWarning,
     ImportMismatchError,
     Source,
     assign_weights,
@@ -366,6 +368,11 @@ def import_ttt_e2e(
         check_tokenizer_folder(tokenizer)
     tree = read_tree(source)
     official, defaulted = load_official_config(config)
+    if defaulted:
+        given = "no official config given" if config is None else (
+            "the given config lacks them" if isinstance(config, Mapping) else f"{str(config)!r} lacks them")
+        warnings.warn(f"{given}: took the official experiments' values for {', '.join(defaulted)}; a run that "
+                      "changed them needs its .hydra/config.yaml (--config)", ImportedCheckpointWarning, stacklevel=2)
     where = f"{source} (official TTT-E2E)"
     fields = our_config(tree, official, where)
     if backend is not None:
