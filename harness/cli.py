@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,6 +75,14 @@ def exit_if_sweep_failed(result) -> None:
 @click.version_option(package_name="lcbench")
 def main() -> None:
     """lcbench: compare long-context LM architectures on one interface."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A library warning (a skipped corpus file, a checkpoint read as bytes) as one line, without
+    the file, line number and source line of lcbench's code that Python's own format adds."""
+    click.echo(f"warning: {message}", err=True)
 
 
 @main.command("list")

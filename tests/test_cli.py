@@ -35,6 +35,16 @@ def test_data_report_counts_long_documents():
     assert "documents" in result.output and ">=  128K tokens" in result.output
 
 
+def test_library_warnings_print_as_one_line(tmp_path):
+    (tmp_path / "a.txt").write_text("plain text " * 20)
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01" * 50)
+    result = run("data-report", "--corpus", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    warned = [ln for ln in result.output.splitlines() if "blob.bin" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: corpus"), result.output
+    assert "CorpusWarning" not in result.output and "cli.py" not in result.output
+
+
 def test_train_writes_a_checkpoint_and_resumes(tmp_path):
     out = tmp_path / "ckpt"
     args = ["train", "swa", "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--set", "window=8", "--out", str(out)]
