@@ -348,8 +348,9 @@ def _cell_text(value: Any, halfwidth: Any, fmt: str) -> str:
     return text
 
 
-def _text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a summary table as text: index columns, then one per context length."""
+def text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a summary table as text: index columns, then one per context length (what
+    every renderer shows, the HTML report included)."""
     fmt = df.attrs.get("fmt", ".4g")
     hw = df.attrs.get("halfwidth")
     flags = df.attrs.get("flags")
@@ -377,7 +378,7 @@ def flag_note(df: pd.DataFrame) -> str:
 
 def render_markdown(df: pd.DataFrame, title: bool = True) -> str:
     """A GitHub-flavoured Markdown table (with its title as a bold line, unless ``title=False``)."""
-    header, rows = _text_rows(df)
+    header, rows = text_rows(df)
     n_index = df.index.nlevels
 
     def line(cells: Iterable[str]) -> str:
@@ -403,7 +404,7 @@ def _latex_escape(text: str) -> str:
 
 def render_latex(df: pd.DataFrame) -> str:
     """A booktabs ``table`` environment with the title as caption."""
-    header, rows = _text_rows(df)
+    header, rows = text_rows(df)
     n_index = df.index.nlevels
 
     def line(cells: Iterable[str]) -> str:
