@@ -269,6 +269,17 @@ def test_other_scores_keep_rows_without_a_variant_apart_from_a_variants_rows():
     assert sorted(table[1024].tolist()) == [pytest.approx(0.2), pytest.approx(0.8)]
 
 
+def test_other_scores_keep_position_bins_apart():
+    # a plugin's per-position rows were no facet: the overall score and its bins came out as one mean
+    base = dict(run="r", model="fa", arch="full_attention", task="plug", eval_ctx=1024)
+    rows = [results.make_row("score", 0.5, **base),
+            results.make_row("score", 0.1, pos_start=1, pos_end=512, **base),
+            results.make_row("score", 0.3, pos_start=512, pos_end=1024, **base)]
+    table = tables.summary_tables(results.validate(rows))["plug_score"]
+    assert list(table.index.names) == ["model", "arch", "pos_start", "pos_end"]
+    assert sorted(table[1024].tolist()) == [pytest.approx(0.1), pytest.approx(0.3), pytest.approx(0.5)]
+
+
 @pytest.mark.parametrize("values, fmt", [
     ([0.7598, 0.0072, 0.0], ".4f"),  # columns line up on the largest value's 4 significant digits
     ([2.312, -0.5], ".3f"),

@@ -53,6 +53,9 @@ LATENCY_TASK = "latency"
 TIMES = ("prefill_s", "decode_s")
 MEMORY = ("prefill_peak_bytes", "decode_peak_bytes", "state_bytes")
 FAILURE_LABELS = {"oom": "OOM", "error": "error", "nan": "NaN"}
+# Key columns that split another task's score into rows of its table when they vary (the rest
+# name the series, or are pooled: run, seed).
+OTHER_FACETS = ("variant", "haystack", "depth", "pos_start", "pos_end", "batch_size")
 # Columns that split one model into several series when they vary within it.
 SERIES_SPLIT = ("train_ctx", "backend", "dtype", "device")
 POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message", "flag")
@@ -306,7 +309,7 @@ def _other_scores(prep: Prepared) -> Iterator[tuple[str, str, list[str], pd.Data
         if (task, metric) in _SHOWN:
             continue
         rows = prep.rows[(prep.rows["task"] == task) & (prep.rows["metric"] == metric)]
-        facets = [c for c in ("variant", "haystack", "depth", "batch_size") if rows[c].nunique(dropna=False) > 1]
+        facets = [c for c in OTHER_FACETS if rows[c].nunique(dropna=False) > 1]
         pts = prep.points(task, metric, by=(*facets, "eval_ctx"))
         pts["eval_ctx"] = pts["eval_ctx"].astype(object).where(pts["eval_ctx"].notna(), "all")
         yield task, metric, facets, pts
