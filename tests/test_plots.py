@@ -156,6 +156,18 @@ def test_a_metric_whose_every_cell_failed_is_skipped_but_tabled(table, tmp_path,
     assert tables.summary_tables(failed)["prefill_ms"].loc[("full_attention:small", "full_attention"), 32768] == "OOM"
 
 
+def test_pareto_does_not_score_a_model_on_the_variants_that_did_not_fail(table, tmp_path, monkeypatch):
+    # mamba2's multikey cell at 4K errors: its NIAH point was the mean of 'single' alone, set beside
+    # the others' mean over single and multikey (harder), and drawn as if complete
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, stem, formats: drawn.setdefault(stem.name, fig) and [])
+    niah_and_latency = table[table["task"].isin(["niah", "latency"])]
+    plots.make_figures(niah_and_latency, tmp_path, only=["pareto"], niah_metrics=["gen_match"])
+    assert set(drawn) == {"pareto_1K", "pareto_4K"}
+    assert "Mamba 2 (error)" in drawn["pareto_4K"]._supxlabel.get_text()
+    assert drawn["pareto_1K"]._supxlabel is None  # every variant measured: nothing left out
+
+
 def test_empty_table_and_bad_names(tmp_path):
     assert plots.make_figures(results.to_frame([]), tmp_path) == []
     with pytest.raises(Exception, match="Did you mean 'latency'"):
