@@ -176,6 +176,17 @@ def test_corpus_errors(tmp_path):
         data.load_corpus(str(tmp_path / "x.csv"))
 
 
+@pytest.mark.parametrize("load, typo, name", [(data.load_corpus, "stdlb", "stdlib"),
+                                               (data.load_corpus, "Stdlib", "stdlib"),
+                                               (data.load_tokenizer, "bytes", "byte")])
+def test_a_misspelt_source_name_suggests_it(tmp_path, monkeypatch, load, typo, name):
+    # a misspelt name was read as a path: no suggestion, or a file of the folder ('sub' for 'stdlb')
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ConfigError, match=f"Did you mean {name!r}\\?$"):
+        load(typo)
+
+
 def test_datasets_folder(tmp_path):
     try:
         import datasets

@@ -156,6 +156,18 @@ def test_a_metric_whose_every_cell_failed_is_skipped_but_tabled(table, tmp_path,
     assert tables.summary_tables(failed)["prefill_ms"].loc[("full_attention:small", "full_attention"), 32768] == "OOM"
 
 
+def test_pareto_does_not_score_a_model_on_the_variants_that_did_not_fail(table, tmp_path, monkeypatch):
+    # mamba2's multikey cell at 4K errors: its NIAH point was the mean of 'single' alone, set beside
+    # the others' mean over single and multikey (harder), and drawn as if complete
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, stem, formats: drawn.setdefault(stem.name, fig) and [])
+    niah_and_latency = table[table["task"].isin(["niah", "latency"])]
+    plots.make_figures(niah_and_latency, tmp_path, only=["pareto"], niah_metrics=["gen_match"])
+    assert set(drawn) == {"pareto_1K", "pareto_4K"}
+    assert "Mamba 2 (error)" in drawn["pareto_4K"]._supxlabel.get_text()
+    assert drawn["pareto_1K"]._supxlabel is None  # every variant measured: nothing left out
+
+
 def test_empty_table_and_bad_names(tmp_path):
     assert plots.make_figures(results.to_frame([]), tmp_path) == []
     with pytest.raises(Exception, match="Did you mean 'latency'"):
@@ -267,6 +279,17 @@ def test_other_scores_keep_rows_without_a_variant_apart_from_a_variants_rows():
                              variant="hard")]
     table = tables.summary_tables(results.validate(rows))["plug_score"]
     assert sorted(table[1024].tolist()) == [pytest.approx(0.2), pytest.approx(0.8)]
+
+
+def test_other_scores_keep_position_bins_apart():
+    # a plugin's per-position rows were no facet: the overall score and its bins came out as one mean
+    base = dict(run="r", model="fa", arch="full_attention", task="plug", eval_ctx=1024)
+    rows = [results.make_row("score", 0.5, **base),
+            results.make_row("score", 0.1, pos_start=1, pos_end=512, **base),
+            results.make_row("score", 0.3, pos_start=512, pos_end=1024, **base)]
+    table = tables.summary_tables(results.validate(rows))["plug_score"]
+    assert list(table.index.names) == ["model", "arch", "pos_start", "pos_end"]
+    assert sorted(table[1024].tolist()) == [pytest.approx(0.1), pytest.approx(0.3), pytest.approx(0.5)]
 
 
 @pytest.mark.parametrize("values, fmt", [

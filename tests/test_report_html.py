@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from harness.api import results
 from harness.cli import main
-from harness.report.html import REPORT_FILE, SPEC_FILE, write_report
+from harness.report.html import REPORT_FILE, SPEC_FILE, render_report, write_report
 from harness.report.tables import context_label
 from tests.test_plots import LOSS_CTX, synthetic_table
 
@@ -90,3 +90,42 @@ def test_a_folder_without_a_table_is_one_clear_error(tmp_path):
     assert result.exit_code != 0 and "no result table" in result.output
     with pytest.raises(Exception, match="no result table"):
         write_report(tmp_path, tmp_path / "elsewhere.html")
+
+
+def _flagged_run(tmp_path: Path) -> Path:
+    """Loss with intervals (a gap table) and a prefill timing flagged unstable."""
+    rows = []
+    for model, arch, loss, prefill in (("fa", "full_attention", 3.0, 2.0), ("m2", "mamba2", 3.1, 0.5)):
+        base = dict(run="r", model=model, arch=arch, params=100)
+        rows.append(results.make_row("loss", loss, task="loss_scaling", eval_ctx=1024, ci_low=loss - 0.02,
+                                     ci_high=loss + 0.02, **base))
+        rows.append(results.make_row("prefill_s", prefill, task="latency", eval_ctx=1024, batch_size=1,
+                                     flag="unstable: spread 30%" if arch == "mamba2" else "", **base))
+    results.write_table(tmp_path, results.validate(rows))
+    return tmp_path
+
+
+def test_summary_tables_on_the_page_read_as_the_printed_tables(tmp_path):
+    """The page showed raw values (``.4g``: no ±, no † on an unstable timing, 1024 for 1K, gap 0.1
+    for +0.100): numbers that differ from ``lcbench table``'s."""
+    text = html.unescape(render_report(_flagged_run(tmp_path)))
+    for cells in (["fa", "Full attention", "3.000 ± 0.020"], ["m2", "Mamba 2", "+0.100"],
+                  ["m2", "Mamba 2", "500†"], ["m2", "Mamba 2", "4.00†"]):
+        assert "".join(f'<td class="text">{c}</td>' if i < 2 else f"<td>{c}</td>" for i, c in enumerate(cells)) \
+            in text, cells
+    assert "<th>1K</th>" in text and "<th>1024</th>" not in text
+    assert "Loss gap to full attention" in text  # the table's title
+    assert "† 1 value(s) flagged, e.g. unstable: spread 30%" in text
+
+
+def test_failed_rows_name_the_cell_that_failed(tmp_path):
+    """Two NIAH variants failing alike showed as one row without a variant: which cell failed was lost."""
+    base = dict(run="r", model="m2", arch="mamba2", task="niah", haystack="text", eval_ctx=4096)
+    rows = [results.make_row("gen_match", 1.0, variant="single", **{**base, "eval_ctx": 1024})]
+    rows += results.status_rows(["gen_match"], "error", "prompt too long", variant="single", **base)
+    rows += results.status_rows(["gen_match"], "error", "prompt too long", variant="multikey", **base)
+    results.write_table(tmp_path, results.validate(rows))
+    text = html.unescape(render_report(tmp_path))
+    failed = text[text.index("<h2>Failed (2 rows)</h2>"):]
+    assert "<th class=\"text\">variant</th>" in failed
+    assert failed.count("prompt too long") == 2 and "multikey" in failed and "single" in failed

@@ -289,7 +289,7 @@ def load_corpus(source: str | None = None, text_field: str = "text") -> list[Doc
         return embedded_corpus()
     path = Path(source).expanduser()
     if not path.exists():
-        raise missing_path_error("corpus", path, _CORPUS_VALID)
+        raise missing_path_error("corpus", path, _CORPUS_VALID, names=(STDLIB_SOURCE,))
     if path.is_dir():
         docs = _load_datasets_folder(path, text_field) if _is_datasets_folder(path) else _load_folder(path, text_field)
     elif path.suffix == ".jsonl":

@@ -2,6 +2,7 @@
 package is the usual failure, and the message shows what is there instead."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.api.errors import ConfigError, close_match
@@ -22,7 +23,9 @@ def listing(folder: Path, limit: int = 20) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def missing_path_error(kind: str, path: Path, valid: str) -> ConfigError:
+def missing_path_error(kind: str, path: Path, valid: str, names: Sequence[str] = ()) -> ConfigError:
+    """``path`` is not there: what is valid, what its folder holds, and the close match, first
+    among ``names`` (sources given by name, e.g. 'stdlib': a bare misspelt name reads as a path)."""
     msg = f"{kind} {str(path)!r} does not exist; valid: {valid}"
     parent = path.parent
     if not parent.is_dir():
@@ -30,6 +33,9 @@ def missing_path_error(kind: str, path: Path, valid: str) -> ConfigError:
             parent = parent.parent
         return ConfigError(f"{msg}. Its folder does not exist either; the nearest that does is {str(parent)!r}")
     msg += f". {str(parent)!r} holds: {listing(parent)}"
+    named = close_match(str(path), names) if len(path.parts) == 1 else None
+    if named is not None:
+        return ConfigError(f"{msg}. Did you mean {named!r}?")
     try:
         suggestion = close_match(path.name, [e.name for e in parent.iterdir()])
     except OSError:

@@ -107,7 +107,8 @@ class HFTokenizer:
         p = Path(path).expanduser()
         if not p.exists():
             raise missing_path_error(
-                "tokenizer path", p, "'byte', or a local folder or tokenizer.json (hub names are not downloaded)"
+                "tokenizer path", p, "'byte', or a local folder or tokenizer.json (hub names are not downloaded)",
+                names=(ByteTokenizer.name,),
             )
         self.path = p.resolve()
         self.name = f"hf:{self.path}"

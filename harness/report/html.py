@@ -20,11 +20,14 @@ import pandas as pd
 from harness.api import results
 from harness.api.staging import prepare_output
 from harness.report.plots import make_figures
-from harness.report.tables import summary_tables
+from harness.report.tables import flag_note, summary_tables, text_rows
 
 REPORT_FILE = "report.html"
 SPEC_FILE = "spec.json"  # what a sweep folder keeps of its spec (harness.runs.sweep writes it)
-FAILURE_COLUMNS = ["model", "task", "metric", "eval_ctx", "status", "message"]
+# What names a failed cell; the task's columns (variant ... batch_size) shown where a failed row has one.
+FAILURE_COLUMNS = ["model", "task", "metric", "variant", "haystack", "eval_ctx", "depth", "batch_size", "status",
+                   "message"]
+FAILURE_OPTIONAL = ("variant", "haystack", "depth", "batch_size")
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -32,7 +35,7 @@ table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f4f4f4; } td.text, th.text { text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: .9em; color: #555; }
+figcaption, caption { font-size: .9em; color: #555; } caption { text-align: left; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: .85em; }
 .failed td { background: #fff3f3; }
 """
@@ -62,7 +65,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
         _overview(table, meta),
         "<h2>Figures</h2>" + ("".join(_figure(stem, uri) for stem, uri in figures) or "<p>No figure: the table "
                                                                                    "has no data any figure draws.</p>"),
-        "<h2>Summary tables</h2>" + ("".join(f"<h3>{html.escape(name)}</h3>{_table(df)}"
+        "<h2>Summary tables</h2>" + ("".join(f"<h3>{html.escape(name)}</h3>{_summary_table(df)}"
                                              for name, df in summary_tables(table).items())
                                      or "<p>No summary table for this run's tasks.</p>"),
         f"<h2>Failed ({len(failed)} rows)</h2>" + (_table(_failures(failed), css="failed") if len(failed)
@@ -95,13 +98,29 @@ def _overview(table: pd.DataFrame, meta: Mapping[str, Any] | None) -> str:
 
 
 def _failures(failed: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in FAILURE_COLUMNS if c in failed.columns]
+    cols = [c for c in FAILURE_COLUMNS if c in failed.columns
+            and (c not in FAILURE_OPTIONAL or failed[c].notna().any())]
     return failed[cols].drop_duplicates().reset_index(drop=True)
 
 
+def _summary_table(df: pd.DataFrame) -> str:
+    """A summary table as ``lcbench table`` prints it (the same text: format, ± interval, † on a
+    flagged value, context labels), with its title and flag note."""
+    header, rows = text_rows(df)
+    n_index = df.index.nlevels
+    text = ' class="text"'
+
+    def cells(tag: str, values: list[str]) -> str:
+        return "".join(f"<{tag}{text if i < n_index else ''}>{html.escape(v)}</{tag}>" for i, v in enumerate(values))
+
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    title = df.attrs.get("title")
+    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+    note = f"<p>{html.escape(flag_note(df))}</p>" if flag_note(df) else ""
+    return f"<table>{caption}<thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
 def _table(df: pd.DataFrame, css: str = "") -> str:
-    if not isinstance(df.index, pd.RangeIndex):  # a named index (summary tables are pivots): a first column
-        df = df.reset_index()
     head = "".join(f"<th{_cls(df[c])}>{html.escape(str(c))}</th>" for c in df.columns)
     body = "".join(
         "<tr>" + "".join(f"<td{_cls(df[c])}>{html.escape(_cell(v))}</td>" for c, v in zip(df.columns, row)) + "</tr>"

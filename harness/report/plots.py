@@ -568,8 +568,7 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
     if prep.has(*LOSS, ok=True):
         quality["loss"] = (prep.points(*LOSS, pos_start=None), "Loss (nats/token)", "lower")
     for metric in ctx.niah_metrics[:1]:
-        # Pooled over depths, then averaged over variants and haystacks.
-        quality[metric] = (prep.points(NIAH_TASK, metric, depth=None), NIAH_NAMES[metric], "higher")
+        quality[metric] = (_niah_quality(prep, metric), NIAH_NAMES[metric], "higher")
     costs = [m for m in COST_NAMES if prep.has(LATENCY_TASK, m, ok=True)]
     if not quality or not costs:
         raise SkipFigure(f"needs a quality task ({LOSS[0]} or {NIAH_TASK}) and the {LATENCY_TASK} task in the table")
@@ -609,6 +608,19 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                      "dashed: Pareto front")
         _legend(fig, shown, ctx, side=True)
         yield f"pareto_{context_label(L)}", fig
+
+
+def _niah_quality(prep: Prepared, metric: str) -> pd.DataFrame:
+    """NIAH accuracy per series and context, pooled over depths, then averaged over variants and
+    haystacks. A context where one of them failed is that failure: the mean of the others would
+    score the model on easier prompts than the models measured on all of them."""
+    pooled = prep.points(NIAH_TASK, metric, depth=None)
+    cells = prep.points(NIAH_TASK, metric, by=("variant", "haystack", "eval_ctx"), depth=None)
+    for row in cells[cells["status"] != "ok"].drop_duplicates(["series", "eval_ctx"]).itertuples(index=False):
+        at = (pooled["series"] == row.series) & (pooled["eval_ctx"] == row.eval_ctx)
+        pooled.loc[at, ["value", "ci_low", "ci_high"]] = math.nan
+        pooled.loc[at, ["status", "message"]] = [row.status, row.message]
+    return pooled
 
 
 def _pareto_panel(ax: Axes, ok: pd.DataFrame, better: str, ctx: Context) -> None:

@@ -53,6 +53,9 @@ LATENCY_TASK = "latency"
 TIMES = ("prefill_s", "decode_s")
 MEMORY = ("prefill_peak_bytes", "decode_peak_bytes", "state_bytes")
 FAILURE_LABELS = {"oom": "OOM", "error": "error", "nan": "NaN"}
+# Key columns that split another task's score into rows of its table when they vary (the rest
+# name the series, or are pooled: run, seed).
+OTHER_FACETS = ("variant", "haystack", "depth", "pos_start", "pos_end", "batch_size")
 # Columns that split one model into several series when they vary within it.
 SERIES_SPLIT = ("train_ctx", "backend", "dtype", "device")
 POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message", "flag")
@@ -306,7 +309,7 @@ def _other_scores(prep: Prepared) -> Iterator[tuple[str, str, list[str], pd.Data
         if (task, metric) in _SHOWN:
             continue
         rows = prep.rows[(prep.rows["task"] == task) & (prep.rows["metric"] == metric)]
-        facets = [c for c in ("variant", "haystack", "depth", "batch_size") if rows[c].nunique(dropna=False) > 1]
+        facets = [c for c in OTHER_FACETS if rows[c].nunique(dropna=False) > 1]
         pts = prep.points(task, metric, by=(*facets, "eval_ctx"))
         pts["eval_ctx"] = pts["eval_ctx"].astype(object).where(pts["eval_ctx"].notna(), "all")
         yield task, metric, facets, pts
@@ -348,8 +351,9 @@ def _cell_text(value: Any, halfwidth: Any, fmt: str) -> str:
     return text
 
 
-def _text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a summary table as text: index columns, then one per context length."""
+def text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a summary table as text: index columns, then one per context length (what
+    every renderer shows, the HTML report included)."""
     fmt = df.attrs.get("fmt", ".4g")
     hw = df.attrs.get("halfwidth")
     flags = df.attrs.get("flags")
@@ -377,7 +381,7 @@ def flag_note(df: pd.DataFrame) -> str:
 
 def render_markdown(df: pd.DataFrame, title: bool = True) -> str:
     """A GitHub-flavoured Markdown table (with its title as a bold line, unless ``title=False``)."""
-    header, rows = _text_rows(df)
+    header, rows = text_rows(df)
     n_index = df.index.nlevels
 
     def line(cells: Iterable[str]) -> str:
@@ -403,7 +407,7 @@ def _latex_escape(text: str) -> str:
 
 def render_latex(df: pd.DataFrame) -> str:
     """A booktabs ``table`` environment with the title as caption."""
-    header, rows = _text_rows(df)
+    header, rows = text_rows(df)
     n_index = df.index.nlevels
 
     def line(cells: Iterable[str]) -> str:
