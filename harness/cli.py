@@ -234,9 +234,9 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
 
     tables = summary_tables(read_table(run_dir), list(niah_metrics) or None)
     click.echo(format_tables(tables, fmt))
-    if save:
-        for path in write_tables(tables, out or Path(run_dir) / "tables"):
-            click.echo(str(path))
+    if save:  # on stderr, so that stdout (`lcbench table RUN > tables.md`) holds the tables alone
+        folder = out or Path(run_dir) / "tables"
+        click.echo(f"wrote {len(write_tables(tables, folder))} files to {folder}", err=True)
 
 
 @main.command()
