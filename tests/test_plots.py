@@ -140,6 +140,21 @@ def test_missing_data_skips_a_figure_with_a_reason(table, tmp_path, caplog):
     assert "loss_scaling" in messages  # the reason says what to run
 
 
+def test_a_rerun_removes_the_figures_it_no_longer_draws_and_keeps_others(table, tmp_path):
+    latency = table[table["task"] == "latency"]
+    plots.make_figures(latency, tmp_path, formats=("png", "pdf"))
+    (tmp_path / "mine.png").write_bytes(b"a user's file")
+    # the latency task is gone from the table: its figures would stay and look current
+    paths = plots.make_figures(table[table["task"] == "loss_scaling"], tmp_path, formats=("png",),
+                               only=["loss_vs_context", "latency"])
+    assert _stems(paths) == {"loss_vs_context"}
+    assert not (tmp_path / "latency.png").exists() and not (tmp_path / "latency.pdf").exists()
+    assert (tmp_path / "memory.png").is_file()  # a figure this call did not draw is not its to remove
+    assert (tmp_path / "mine.png").read_bytes() == b"a user's file"
+    plots.make_figures(latency, tmp_path, formats=("png",), only=["memory"])
+    assert not (tmp_path / "memory.pdf").exists() and (tmp_path / "memory.png").is_file()  # the old PDF, too
+
+
 def test_without_full_attention_gap_is_skipped_and_latency_has_no_ratio_panel(table, tmp_path, caplog):
     no_fa = table[table["arch"] != "full_attention"]
     with caplog.at_level(logging.INFO, logger="harness.report.plots"):
@@ -320,3 +335,7 @@ def test_rendering_markdown_latex_csv(tmp_path):
     assert "Prefill speed-up" in tables.format_tables(t)
     with pytest.raises(Exception, match="valid: csv, md, tex"):
         tables.write_tables(t, tmp_path, formats=("html",))
+    # a rerun whose results no longer give a table removes the old one (it would look current)
+    (tmp_path / "notes.md").write_text("mine")
+    tables.write_tables({"loss": t["loss"]}, tmp_path, formats=("md",))
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["loss.md", "notes.md"]

@@ -51,6 +51,7 @@ from harness.report.tables import (
     FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, UNSTABLE_MARK, Prepared,
     context_label, niah_metric_names, prepare,
 )
+from harness.report.written import replace_written
 
 log = logging.getLogger(__name__)
 
@@ -681,9 +682,10 @@ def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
     out_dir = prepare_output(out_dir, "figures folder")
     niah = [m for m in niah_metric_names(prep, niah_metrics) if prep.has(NIAH_TASK, m, ok=True)]
     ctx = Context(prep, series_styles(prep), niah)
-    paths: list[Path] = []
+    written: dict[str, list[Path]] = {}  # by figure name, the files of a skipped figure being none
     with matplotlib.rc_context(PAPER_RC):
         for name in only or names:
+            files = written.setdefault(name, [])
             if prep.rows.empty:
                 log.info("skipped figure %s: the table is empty", name)
                 continue
@@ -691,10 +693,11 @@ def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
                 continue  # a task's own figure, and the table has nothing of that task
             try:
                 for stem, fig in FIGURES[name](ctx):
-                    paths += save_figure(fig, out_dir / stem, formats)
+                    files += save_figure(fig, out_dir / stem, formats)
             except SkipFigure as why:
                 log.info("skipped figure %s: %s", name, why)
-    return paths
+    replace_written(out_dir, written)
+    return [path for files in written.values() for path in files]
 
 
 def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:

@@ -33,6 +33,7 @@ import pandas as pd
 from harness.api import results
 from harness.api.errors import check_choice
 from harness.api.staging import prepare_output
+from harness.report.written import replace_written
 
 REFERENCE_ARCH = "full_attention"
 # Paper order: the reference first, the method last; other architectures follow by name.
@@ -452,4 +453,5 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike,
             text = _RENDERERS[fmt](df)
             path = out_dir / f"{name}.{fmt}"
             paths.append(results.atomic_write(path, lambda f, t=text: f.write(t.rstrip("\n") + "\n")))
+    replace_written(out_dir, {"tables": paths})  # a table this run no longer gives is not left looking current
     return paths
