@@ -285,6 +285,11 @@ def test_other_tasks_get_a_table_each():
     assert t["lm_eval_ruler_score"].loc[("m2", "mamba2"), 4096] == pytest.approx(0.6)
     assert t["lm_eval_hellaswag_acc"].loc[("fa", "full_attention"), "all"] == pytest.approx(0.7)
     assert "| fa | Full attention | 0.7000 |" in tables.render_markdown(t["lm_eval_hellaswag_acc"])
+    # two scores whose names read alike as file names each keep a table (one overwrote the other)
+    rows += [results.make_row("acc", 0.1, run="r", model="fa", arch="full_attention", task="lm_eval_hellaswag")]
+    t = tables.summary_tables(results.validate(rows))
+    assert sorted(t[k].loc[("fa", "full_attention"), "all"] for k in ("lm_eval_hellaswag_acc", "lm_eval_hellaswag_acc_2")) \
+        == [pytest.approx(0.1), pytest.approx(0.7)]
 
 
 def test_other_scores_keep_rows_without_a_variant_apart_from_a_variants_rows():

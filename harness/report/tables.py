@@ -19,6 +19,7 @@ number format and the interval half-widths in ``DataFrame.attrs``; :func:`render
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -284,7 +285,11 @@ def summary_tables(table: pd.DataFrame | Prepared,
             out[name] = _pivot(pts, _facets(pts, ["batch_size"]), f"{what} (MiB) by context length", "sig",
                                scale=MIB)
     for task, metric, facets, pts in _other_scores(prep):
-        name = re.sub(r"\W+", "_", f"{task}_{metric}").strip("_")
+        name = base = re.sub(r"\W+", "_", f"{task}_{metric}").strip("_")
+        for n in itertools.count(2):  # "lm_eval:x" + "acc" and "lm_eval_x" + "acc" must not overwrite each other
+            if name not in out:
+                break
+            name = f"{base}_{n}"
         out[name] = _pivot(pts, facets, f"{task}: {metric}", shared_decimals(pts["value"]))
     return out
 
