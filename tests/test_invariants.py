@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from harness.api import registry
 from harness.api.errors import ConfigError
-from harness.api.interface import LCModel
+from harness.api.interface import LCModel, state_tensors
 from harness.train import checkpoint
 from tests.conftest import small_config, small_model
 
@@ -48,6 +48,18 @@ def test_prefill_decode_reproduce_forward(arch, input_conv):
         logits, state = model.decode_step(state, x[:, t])
         torch.testing.assert_close(logits, full[:, t], rtol=1e-9, atol=1e-9, msg=f"position {t}")
     assert model.state_bytes(state) > 0
+
+
+@pytest.mark.parametrize("input_conv", [0, 3], ids=["no_conv", "input_conv"])
+@torch.no_grad()
+def test_the_state_holds_no_more_memory_than_state_bytes_counts(arch, input_conv):
+    """A state tensor that is a view of a prefill-sized buffer keeps all of it alive, unseen by
+    state_bytes and copied whole by clone_state: decode memory then grows with the prompt."""
+    model = small_model(arch, input_conv=input_conv)
+    _, state = model.prefill(tokens(length=3 * T))
+    for t in state_tensors(state):
+        held, counted = t.untyped_storage().nbytes(), t.numel() * t.element_size()
+        assert held <= counted, f"a {tuple(t.shape)} state tensor keeps {held} bytes alive, counted {counted}"
 
 
 @pytest.mark.parametrize("input_conv", [0, 3], ids=["no_conv", "input_conv"])

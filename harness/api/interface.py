@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -89,19 +89,28 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def state_tensors(state: Any) -> Iterator[torch.Tensor]:
+    """The tensors inside a nested state (lists, tuples, dicts, dataclasses, objects with
+    ``tensors()``)."""
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from state_tensors(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from state_tensors(value)
+    elif dataclasses.is_dataclass(state) and not isinstance(state, type):
+        for f in dataclasses.fields(state):
+            yield from state_tensors(getattr(state, f.name))
+    elif hasattr(state, "tensors"):
+        for t in state.tensors():
+            yield from state_tensors(t)
+
+
 def state_bytes(state: Any) -> int:
     """Bytes held by the tensors inside a nested state (lists, tuples, dicts, dataclasses)."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(state_bytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(v) for v in state)
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return sum(state_bytes(getattr(state, f.name)) for f in dataclasses.fields(state))
-    if hasattr(state, "tensors"):
-        return sum(state_bytes(t) for t in state.tensors())
-    return 0
+    return sum(t.numel() * t.element_size() for t in state_tensors(state))
 
 
 def clone_state(state: Any) -> Any:
