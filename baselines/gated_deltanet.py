@@ -40,10 +40,8 @@ head size) then gives 3/4/6/8 heads at 125m/350m/760m/1.3b; ``tiny`` uses 2 head
 """
 from __future__ import annotations
 
-import functools
 import math
 import types
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.attention import LLAMA3_VOCAB, PAPER_SIZES
-from baselines.backbone import BackboneLM, RMSNorm
+from baselines.backbone import BackboneLM, RMSNorm, without_autocast
 from baselines.short_conv import ShortConv
 from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import ModelConfig
@@ -105,18 +103,6 @@ def gdn_gate(a: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor) -> tor
     return -A_log.to(dtype).exp() * F.softplus(a.to(dtype) + dt_bias.to(dtype))
 
 
-def _without_autocast(op: Callable) -> Callable:
-    """Run a reference form with autocast off: autocast would run its matmuls, the state's read
-    and update among them, in bf16, where the form promises fp32 (as ssd_reference does)."""
-
-    @functools.wraps(op)
-    def run(q, *args, **kwargs):
-        with torch.autocast(q.device.type, enabled=False):
-            return op(q, *args, **kwargs)
-
-    return run
-
-
 def _prepare(q, k, v, g, beta):
     """Normalised, scaled, head-expanded inputs as [B, HV, T, *] in the compute dtype."""
     dtype = torch.promote_types(v.dtype, torch.float32)
@@ -128,7 +114,7 @@ def _prepare(q, k, v, g, beta):
     return [t.transpose(1, 2) for t in (q, k, v.to(dtype), g.to(dtype), beta.to(dtype))]
 
 
-@_without_autocast
+@without_autocast
 def recurrent_gated_delta_rule(q, k, v, g, beta, state=None):
     """One token at a time: the recurrence as written. Returns (o [B, T, HV, V], state)."""
     out_dtype = v.dtype
@@ -144,7 +130,7 @@ def recurrent_gated_delta_rule(q, k, v, g, beta, state=None):
     return torch.stack(outs, 1).to(out_dtype), S
 
 
-@_without_autocast
+@without_autocast
 def chunk_gated_delta_rule(q, k, v, g, beta, state=None, chunk_size: int = 64):
     """The chunked (WY/UT) form: parallel inside chunks, the state carried across them.
 
