@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.short_conv import ShortConv
-from harness.api.interface import LCModel, ModelConfig
+from harness.api.interface import LCModel, ModelConfig, check_tokens
 
 
 def without_autocast(op: Callable) -> Callable:
@@ -159,6 +159,7 @@ class BackboneLM(LCModel):
         self, tokens: torch.Tensor, state: BackboneState | None = None, need_state: bool = False
     ) -> tuple[torch.Tensor, BackboneState | None]:
         """Final-normed hidden states ``[B, T, D]`` of ``tokens``, continuing from ``state``."""
+        check_tokens(tokens)
         start = 0 if state is None else state.pos
         caches = [None] * len(self.blocks) if state is None else state.layers
         x, conv_tail = self.embed_tokens(tokens, None if state is None else state.conv_tail)

@@ -76,6 +76,23 @@ def test_outputs_are_causal(arch, input_conv):
         assert not torch.allclose(out[:, t], base[:, t]), "the changed token must change its own output"
 
 
+BAD_TOKENS = {
+    "empty": (torch.zeros(2, 0, dtype=torch.long), r"at least one token.*\(2, 0\)"),
+    "one_dimensional": (torch.zeros(5, dtype=torch.long), r"\[batch, length\].*\(5,\)"),
+    "float": (torch.zeros(2, 5), r"integer token ids.*torch.float32"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_TOKENS, ids=BAD_TOKENS)
+@torch.no_grad()
+def test_bad_token_tensors_are_named_not_a_traceback_from_a_mixer(arch, bad):
+    model = small_model(arch)
+    x, message = BAD_TOKENS[bad]
+    for read in (model, model.prefill):
+        with pytest.raises(ConfigError, match=message):
+            read(x)
+
+
 @torch.no_grad()
 def test_token_losses_match_forward(arch):
     model = small_model(arch, dtype=torch.float64)
