@@ -310,11 +310,12 @@ def test_fla_equals_reference_forward_and_backward(dtype, B, T, H, HV, K, V, rec
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("T", [1, 37])  # one decode step; a short chunk (a prompt, a streamed piece)
 @torch.no_grad()
-def test_fla_decode_equals_reference():
+def test_fla_decode_equals_reference(T):
     require_fla()
-    q, k, v, g, beta, s0 = inputs(2, 1, 2, 4, 64, 128, dtype=torch.float32, device="cuda")
-    o_fast, s_fast = gdn.fla_gated_delta_rule(q, k, v, g, beta, s0, 64)  # fused_recurrent
+    q, k, v, g, beta, s0 = inputs(2, T, 2, 4, 64, 128, dtype=torch.float32, device="cuda")
+    o_fast, s_fast = gdn.fla_gated_delta_rule(q, k, v, g, beta, s0, 64)  # fused_recurrent: no grad, T <= 64
     o_ref, s_ref = gdn.torch_gated_delta_rule(q, k, v, g, beta, s0, 64)
     torch.testing.assert_close(o_fast, o_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(s_fast, s_ref, rtol=1e-4, atol=1e-4)
