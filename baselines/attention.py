@@ -56,6 +56,8 @@ class AttentionConfig(ModelConfig):
             raise ConfigError(f"window={self.window} must be >= 0 (0 means full attention)")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.rope_theta <= 0:  # inf rotation frequencies: NaN logits
+            raise ConfigError(f"rope_theta={self.rope_theta} must be > 0")
 
     @property
     def head_dim(self) -> int:

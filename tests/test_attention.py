@@ -94,6 +94,8 @@ def test_bad_attention_configs_are_clear():
         small_model("full_attention", n_kv_heads=3)
     with pytest.raises(ConfigError, match="Did you mean 'sdpa'"):
         small_model("swa", backend="sdp")
+    with pytest.raises(ConfigError, match="rope_theta=0.0 must be > 0"):  # inf frequencies: NaN logits
+        small_model("swa", rope_theta=0.0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")

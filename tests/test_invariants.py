@@ -169,3 +169,10 @@ def test_input_conv_is_the_direct_sum_over_preceding_embeddings(arch):
 def test_input_conv_rejects_kernels_that_are_not_convolutions(bad):
     with pytest.raises(ConfigError, match=f"input_conv={bad}"):
         small_config("swa", input_conv=bad)
+
+
+@pytest.mark.parametrize("field, bad", [("norm_eps", -1e-6), ("init_std", -0.02)])
+def test_negative_norm_eps_or_init_std_is_refused(arch, field, bad):
+    """A negative eps gives NaN (rsqrt of a negative) from a model that builds without a word."""
+    with pytest.raises(ConfigError, match=f"{field}={bad}"):
+        small_config(arch, **{field: bad})

@@ -53,6 +53,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, type(self).__name__)
         self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
+        for name in ("norm_eps", "init_std"):  # a negative eps gives NaN; a negative std no init
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.input_conv < 0 or self.input_conv == 1:
             raise ConfigError(f"input_conv={self.input_conv} is a convolution kernel size: 0 (none) or >= 2")
 
