@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.backbone import BackboneLM, RMSNorm
+from baselines.backbone import BackboneLM, RMSNorm, without_autocast
 from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import ModelConfig
 from harness.api.kernels import Kernel, pick_backend
@@ -56,6 +56,8 @@ class AttentionConfig(ModelConfig):
             raise ConfigError(f"window={self.window} must be >= 0 (0 means full attention)")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.rope_theta <= 0:  # inf rotation frequencies: NaN logits
+            raise ConfigError(f"rope_theta={self.rope_theta} must be > 0")
 
     @property
     def head_dim(self) -> int:
@@ -100,6 +102,7 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tens
     return mask
 
 
+@without_autocast
 def attention_reference(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
     """Masked softmax over the whole score matrix, computed in fp32 (fp64 stays fp64)."""
     q_pos = torch.arange(q_start, q_start + q.size(-2), device=q.device)

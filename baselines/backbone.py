@@ -20,6 +20,8 @@ all use one code path. With ``need_cache=False`` a mixer may return None instead
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +30,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.short_conv import ShortConv
-from harness.api.interface import LCModel, ModelConfig
+from harness.api.interface import LCModel, ModelConfig, check_tokens
+
+
+def without_autocast(op: Callable) -> Callable:
+    """Run a reference op with autocast off on its first argument's device: autocast would run
+    its matmuls in bf16 where the op promises fp32 (fp64 stays fp64), as ssd_reference does."""
+
+    @functools.wraps(op)
+    def run(first: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(first.device.type, enabled=False):
+            return op(first, *args, **kwargs)
+
+    return run
 
 
 class RMSNorm(nn.Module):
@@ -145,6 +159,7 @@ class BackboneLM(LCModel):
         self, tokens: torch.Tensor, state: BackboneState | None = None, need_state: bool = False
     ) -> tuple[torch.Tensor, BackboneState | None]:
         """Final-normed hidden states ``[B, T, D]`` of ``tokens``, continuing from ``state``."""
+        check_tokens(tokens)
         start = 0 if state is None else state.pos
         caches = [None] * len(self.blocks) if state is None else state.layers
         x, conv_tail = self.embed_tokens(tokens, None if state is None else state.conv_tail)

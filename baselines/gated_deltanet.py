@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.attention import LLAMA3_VOCAB, PAPER_SIZES
-from baselines.backbone import BackboneLM, RMSNorm
+from baselines.backbone import BackboneLM, RMSNorm, without_autocast
 from baselines.short_conv import ShortConv
 from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import ModelConfig
@@ -114,6 +114,7 @@ def _prepare(q, k, v, g, beta):
     return [t.transpose(1, 2) for t in (q, k, v.to(dtype), g.to(dtype), beta.to(dtype))]
 
 
+@without_autocast
 def recurrent_gated_delta_rule(q, k, v, g, beta, state=None):
     """One token at a time: the recurrence as written. Returns (o [B, T, HV, V], state)."""
     out_dtype = v.dtype
@@ -129,6 +130,7 @@ def recurrent_gated_delta_rule(q, k, v, g, beta, state=None):
     return torch.stack(outs, 1).to(out_dtype), S
 
 
+@without_autocast
 def chunk_gated_delta_rule(q, k, v, g, beta, state=None, chunk_size: int = 64):
     """The chunked (WY/UT) form: parallel inside chunks, the state carried across them.
 

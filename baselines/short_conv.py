@@ -26,4 +26,6 @@ class ShortConv(nn.Conv1d):
         y = F.conv1d(full.transpose(1, 2), self.weight, self.bias, groups=self.groups).transpose(1, 2)
         if self.activation:
             y = F.silu(y)
-        return y, full[:, full.size(1) - (K - 1) :]
+        # a copy, not a view: a view keeps the whole [B, T + K - 1, C] input alive in a decode
+        # state (GiBs after a 128K prefill), unseen by state_bytes and copied whole by clone_state
+        return y, full[:, full.size(1) - (K - 1) :].clone()

@@ -76,7 +76,7 @@ from baselines.backbone import Block, SwiGLU, make_norm
 from baselines.cuda_graph import CapturedFunction
 from baselines.linear_cross_entropy import linear_cross_entropy, liger_grad
 from harness.api.errors import ConfigError, check_choice
-from harness.api.interface import next_token_nll
+from harness.api.interface import check_tokens, next_token_nll
 from harness.api.registry import register_model
 
 INNER_MODES = ("second_order", "first_order", "off_in_training")
@@ -368,7 +368,7 @@ class TTTE2ELM(AttentionLM):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self._static():
             return self.forward_static(tokens)
-        return self._read(tokens, tokens.size(1), "logits")[0]
+        return self._read(tokens, "logits")[0]
 
     def forward_static(self, tokens: torch.Tensor) -> torch.Tensor:
         """The plain swa+prime model: no updates (what ``off_in_training`` trains)."""
@@ -377,7 +377,7 @@ class TTTE2ELM(AttentionLM):
     def token_losses(self, tokens: torch.Tensor) -> torch.Tensor:
         if self._static():
             return super().token_losses(tokens)
-        return self._read(tokens, tokens.size(1) - 1, "nll")[0]
+        return self._read(tokens, "nll")[0]
 
     def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """The official outer loss: the mean over sequences and mini-batches of each mini-batch's
@@ -391,26 +391,28 @@ class TTTE2ELM(AttentionLM):
         return torch.stack([masked_mean(n, v) for n, v in zip(nll.split(b, 1), valid.split(b, 1))], 1).mean()
 
     def forward_chunk(self, tokens: torch.Tensor, state: TTTState | None) -> tuple[torch.Tensor, TTTState]:
-        return self._read(tokens, tokens.size(1), "logits", state, need_state=True)
+        return self._read(tokens, "logits", state, need_state=True)
 
     def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, TTTState]:
-        return self._read(tokens, tokens.size(1), "last", need_state=True)
+        return self._read(tokens, "last", need_state=True)
 
     def decode_step(self, state: TTTState, token: torch.Tensor) -> tuple[torch.Tensor, TTTState]:
-        return self._read(token.view(-1, 1), 1, "last", state, need_state=True)
+        return self._read(token.view(-1, 1), "last", state, need_state=True)
 
     # -- reading a sequence ------------------------------------------------------------------
 
-    def _read(self, tokens, n_in: int, out: str, state: TTTState | None = None, need_state: bool = False):
-        """Read ``tokens[:, :n_in]`` (continuing ``state``), updating the fast weights as it goes;
-        a token past ``n_in`` serves only as the last target. ``out``: "logits" [B, n_in, V],
-        "nll" [B, n_in] (needs that extra token), "last" [B, V]."""
+    def _read(self, tokens, out: str, state: TTTState | None = None, need_state: bool = False):
+        """Read ``tokens`` (continuing ``state``), updating the fast weights as it goes. ``out``:
+        "logits" [B, T, V], "last" [B, V], or "nll" [B, T - 1], for which the last token serves
+        only as the last target (the first ``n_in`` = T - 1 tokens are read)."""
+        check_tokens(tokens)
         c, b = self.config, self.config.mini_batch_size
-        B = tokens.size(0)
+        B, n_in = tokens.size(0), tokens.size(1) - (out == "nll")
         read_start = 0 if state is None else state.pos  # position of tokens[:, 0]
         read_end = read_start + n_in
         if n_in <= 0:
-            raise ConfigError(f"nothing to read: {tokens.size(1)} tokens, {n_in} inputs")
+            raise ConfigError(f"per-token losses need at least 2 tokens per sequence (the last is only a target), "
+                              f"got shape {tuple(tokens.shape)}")
 
         # 1. the prefix, once over all new tokens
         x, conv_tail = self.embed_tokens(tokens[:, :n_in], None if state is None else state.conv_tail)

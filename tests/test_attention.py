@@ -94,6 +94,8 @@ def test_bad_attention_configs_are_clear():
         small_model("full_attention", n_kv_heads=3)
     with pytest.raises(ConfigError, match="Did you mean 'sdpa'"):
         small_model("swa", backend="sdp")
+    with pytest.raises(ConfigError, match="rope_theta=0.0 must be > 0"):  # inf frequencies: NaN logits
+        small_model("swa", rope_theta=0.0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
@@ -142,6 +144,18 @@ def test_long_flex_masks_are_never_built_dense(monkeypatch):
     assert built == [(301, 300)]
     assert same_blocks(short, create_block_mask(band_mask(0, 64), None, None, 300, 300, device="cpu"))
     assert same_blocks(long, create_block_mask(band_mask(0, 64), None, None, 301, 300, device="cpu"))
+
+
+@pytest.mark.parametrize("window", [0, 5])
+def test_reference_computes_in_fp32_under_autocast(window):
+    """The reference's score and value matmuls stay fp32 under bf16 autocast (its promise), so
+    forcing backend='torch' gives a reference to judge the kernels by in a mixed-precision run."""
+    q, k, v = (t.float() for t in qkv(30))
+    expected = attention.attention_reference(q, k, v, 0, 0, window)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention.attention_reference(q, k, v, 0, 0, window)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_flex_gets_the_autocast_dtype_under_autocast(monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import pytest
 import torch
@@ -86,6 +87,20 @@ def test_chunked_gradients_equal_recurrent_gradients():
         grads.append(torch.autograd.grad((o * weight_o).sum() + (state * weight_s).sum(), leaves))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("form", ["chunk", "recurrent"])
+def test_torch_forms_compute_in_fp32_under_autocast(form):
+    """Autocast must not turn the reference's matmuls (the state read and written every chunk or
+    token) into bf16 ones: as ssd_reference, it computes in fp32 whatever the autocast."""
+    q, k, v, g, beta, s0 = inputs(2, 40, 2, 2, 8, 8, dtype=torch.float32)
+    op = partial(gdn.chunk_gated_delta_rule, chunk_size=16) if form == "chunk" else gdn.recurrent_gated_delta_rule
+    expected = op(q, k, v, g, beta, s0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = op(q, k, v, g, beta, s0)
+    for ours, theirs in zip(got, expected):
+        assert ours.dtype == theirs.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
 def test_chunked_form_survives_strong_decay():
@@ -295,11 +310,12 @@ def test_fla_equals_reference_forward_and_backward(dtype, B, T, H, HV, K, V, rec
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("T", [1, 37])  # one decode step; a short chunk (a prompt, a streamed piece)
 @torch.no_grad()
-def test_fla_decode_equals_reference():
+def test_fla_decode_equals_reference(T):
     require_fla()
-    q, k, v, g, beta, s0 = inputs(2, 1, 2, 4, 64, 128, dtype=torch.float32, device="cuda")
-    o_fast, s_fast = gdn.fla_gated_delta_rule(q, k, v, g, beta, s0, 64)  # fused_recurrent
+    q, k, v, g, beta, s0 = inputs(2, T, 2, 4, 64, 128, dtype=torch.float32, device="cuda")
+    o_fast, s_fast = gdn.fla_gated_delta_rule(q, k, v, g, beta, s0, 64)  # fused_recurrent: no grad, T <= 64
     o_ref, s_ref = gdn.torch_gated_delta_rule(q, k, v, g, beta, s0, 64)
     torch.testing.assert_close(o_fast, o_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(s_fast, s_ref, rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from harness.api import registry
 from harness.api.errors import ConfigError
-from harness.api.interface import LCModel
+from harness.api.interface import LCModel, state_tensors
 from harness.train import checkpoint
 from tests.conftest import small_config, small_model
 
@@ -52,6 +52,18 @@ def test_prefill_decode_reproduce_forward(arch, input_conv):
 
 @pytest.mark.parametrize("input_conv", [0, 3], ids=["no_conv", "input_conv"])
 @torch.no_grad()
+def test_the_state_holds_no_more_memory_than_state_bytes_counts(arch, input_conv):
+    """A state tensor that is a view of a prefill-sized buffer keeps all of it alive, unseen by
+    state_bytes and copied whole by clone_state: decode memory then grows with the prompt."""
+    model = small_model(arch, input_conv=input_conv)
+    _, state = model.prefill(tokens(length=3 * T))
+    for t in state_tensors(state):
+        held, counted = t.untyped_storage().nbytes(), t.numel() * t.element_size()
+        assert held <= counted, f"a {tuple(t.shape)} state tensor keeps {held} bytes alive, counted {counted}"
+
+
+@pytest.mark.parametrize("input_conv", [0, 3], ids=["no_conv", "input_conv"])
+@torch.no_grad()
 def test_outputs_are_causal(arch, input_conv):
     model = small_model(arch, dtype=torch.float64, input_conv=input_conv)
     x = tokens()
@@ -62,6 +74,23 @@ def test_outputs_are_causal(arch, input_conv):
         out = model(changed)
         torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=1e-12, msg=f"changing token {t}")
         assert not torch.allclose(out[:, t], base[:, t]), "the changed token must change its own output"
+
+
+BAD_TOKENS = {
+    "empty": (torch.zeros(2, 0, dtype=torch.long), r"at least one token.*\(2, 0\)"),
+    "one_dimensional": (torch.zeros(5, dtype=torch.long), r"\[batch, length\].*\(5,\)"),
+    "float": (torch.zeros(2, 5), r"integer token ids.*torch.float32"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_TOKENS, ids=BAD_TOKENS)
+@torch.no_grad()
+def test_bad_token_tensors_are_named_not_a_traceback_from_a_mixer(arch, bad):
+    model = small_model(arch)
+    x, message = BAD_TOKENS[bad]
+    for read in (model, model.prefill):
+        with pytest.raises(ConfigError, match=message):
+            read(x)
 
 
 @torch.no_grad()
@@ -140,3 +169,10 @@ def test_input_conv_is_the_direct_sum_over_preceding_embeddings(arch):
 def test_input_conv_rejects_kernels_that_are_not_convolutions(bad):
     with pytest.raises(ConfigError, match=f"input_conv={bad}"):
         small_config("swa", input_conv=bad)
+
+
+@pytest.mark.parametrize("field, bad", [("norm_eps", -1e-6), ("init_std", -0.02)])
+def test_negative_norm_eps_or_init_std_is_refused(arch, field, bad):
+    """A negative eps gives NaN (rsqrt of a negative) from a model that builds without a word."""
+    with pytest.raises(ConfigError, match=f"{field}={bad}"):
+        small_config(arch, **{field: bad})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,6 +53,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, type(self).__name__)
         self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
+        for name in ("norm_eps", "init_std"):  # a negative eps gives NaN; a negative std no init
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.input_conv < 0 or self.input_conv == 1:
             raise ConfigError(f"input_conv={self.input_conv} is a convolution kernel size: 0 (none) or >= 2")
 
@@ -89,19 +92,28 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def state_tensors(state: Any) -> Iterator[torch.Tensor]:
+    """The tensors inside a nested state (lists, tuples, dicts, dataclasses, objects with
+    ``tensors()``)."""
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from state_tensors(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from state_tensors(value)
+    elif dataclasses.is_dataclass(state) and not isinstance(state, type):
+        for f in dataclasses.fields(state):
+            yield from state_tensors(getattr(state, f.name))
+    elif hasattr(state, "tensors"):
+        for t in state.tensors():
+            yield from state_tensors(t)
+
+
 def state_bytes(state: Any) -> int:
     """Bytes held by the tensors inside a nested state (lists, tuples, dicts, dataclasses)."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(state_bytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(v) for v in state)
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return sum(state_bytes(getattr(state, f.name)) for f in dataclasses.fields(state))
-    if hasattr(state, "tensors"):
-        return sum(state_bytes(t) for t in state.tensors())
-    return 0
+    return sum(t.numel() * t.element_size() for t in state_tensors(state))
 
 
 def clone_state(state: Any) -> Any:
@@ -109,6 +121,17 @@ def clone_state(state: Any) -> Any:
     may update caches in place, so branching generations (several queries after one prefix,
     repeated timings) clone first."""
     return copy.deepcopy(state)
+
+
+def check_tokens(tokens: torch.Tensor) -> None:
+    """Token ids ``[batch, length]`` with at least one token: anything else is named here rather
+    than failing as a shape or dtype error deep inside a mixer (metadata only, no device sync)."""
+    if tokens.dim() != 2:
+        raise ConfigError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
+    if tokens.dtype not in (torch.int64, torch.int32):  # what an embedding looks up
+        raise ConfigError(f"tokens must be integer token ids (int64 or int32), got {tokens.dtype}")
+    if tokens.size(1) == 0:
+        raise ConfigError(f"tokens must hold at least one token per sequence, got shape {tuple(tokens.shape)}")
 
 
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
