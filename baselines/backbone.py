@@ -102,6 +102,7 @@ class BackboneState:
     pos: int
     layers: list[Any] = field(default_factory=list)
     conv_tail: torch.Tensor | None = None
+    batch: int | None = None  # sequences it holds: a continuation must bring as many
 
 
 class BackboneLM(LCModel):
@@ -159,7 +160,7 @@ class BackboneLM(LCModel):
         self, tokens: torch.Tensor, state: BackboneState | None = None, need_state: bool = False
     ) -> tuple[torch.Tensor, BackboneState | None]:
         """Final-normed hidden states ``[B, T, D]`` of ``tokens``, continuing from ``state``."""
-        check_tokens(tokens)
+        check_tokens(tokens, None if state is None else state.batch)
         start = 0 if state is None else state.pos
         caches = [None] * len(self.blocks) if state is None else state.layers
         x, conv_tail = self.embed_tokens(tokens, None if state is None else state.conv_tail)
@@ -168,7 +169,8 @@ class BackboneLM(LCModel):
             x, cache = block(x, cache, start, need_state)
             new_caches.append(cache)
         x = self.norm(x)
-        return x, (BackboneState(start + tokens.size(1), new_caches, conv_tail) if need_state else None)
+        return x, (BackboneState(start + tokens.size(1), new_caches, conv_tail, tokens.size(0))
+                   if need_state else None)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.hidden_states(tokens)[0])

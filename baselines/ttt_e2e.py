@@ -405,7 +405,7 @@ class TTTE2ELM(AttentionLM):
         """Read ``tokens`` (continuing ``state``), updating the fast weights as it goes. ``out``:
         "logits" [B, T, V], "last" [B, V], or "nll" [B, T - 1], for which the last token serves
         only as the last target (the first ``n_in`` = T - 1 tokens are read)."""
-        check_tokens(tokens)
+        check_tokens(tokens, None if state is None else state.pending_tokens.size(0))
         c, b = self.config, self.config.mini_batch_size
         B, n_in = tokens.size(0), tokens.size(1) - (out == "nll")
         read_start = 0 if state is None else state.pos  # position of tokens[:, 0]

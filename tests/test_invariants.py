@@ -94,6 +94,15 @@ def test_bad_token_tensors_are_named_not_a_traceback_from_a_mixer(arch, bad):
 
 
 @torch.no_grad()
+def test_a_continuation_of_another_batch_is_named(arch):
+    model = small_model(arch)
+    _, state = model.prefill(tokens()[:, :5])  # two sequences
+    with pytest.raises(ConfigError, match="tokens hold 3 sequence.* the state they continue holds 2"):
+        model.decode_step(state, torch.zeros(3, dtype=torch.long))
+    assert model.decode_step(state, torch.zeros(2, dtype=torch.long))[0].shape[0] == 2
+
+
+@torch.no_grad()
 def test_token_losses_match_forward(arch):
     model = small_model(arch, dtype=torch.float64)
     x = tokens()

@@ -123,15 +123,18 @@ def clone_state(state: Any) -> Any:
     return copy.deepcopy(state)
 
 
-def check_tokens(tokens: torch.Tensor) -> None:
-    """Token ids ``[batch, length]`` with at least one token: anything else is named here rather
-    than failing as a shape or dtype error deep inside a mixer (metadata only, no device sync)."""
+def check_tokens(tokens: torch.Tensor, state_batch: int | None = None) -> None:
+    """Token ids ``[batch, length]`` with at least one token, as many sequences as the state being
+    continued holds (``state_batch``): anything else is named here rather than failing as a shape
+    or dtype error deep inside a mixer (metadata only, no device sync)."""
     if tokens.dim() != 2:
         raise ConfigError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
     if tokens.dtype not in (torch.int64, torch.int32):  # what an embedding looks up
         raise ConfigError(f"tokens must be integer token ids (int64 or int32), got {tokens.dtype}")
     if tokens.size(1) == 0:
         raise ConfigError(f"tokens must hold at least one token per sequence, got shape {tuple(tokens.shape)}")
+    if state_batch is not None and tokens.size(0) != state_batch:
+        raise ConfigError(f"tokens hold {tokens.size(0)} sequence(s) but the state they continue holds {state_batch}")
 
 
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
