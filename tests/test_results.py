@@ -188,3 +188,9 @@ def test_check_positive_refuses_non_finite_values(value):
     with pytest.raises(ConfigError, match="'lr' must hold finite non-negative values"):
         check_positive("lr", [value], allow_zero=True)
     check_positive("lr", [1e-3])
+
+
+def test_a_median_that_is_nan_has_no_interval():
+    # The resamples that happen to miss the NaN unit gave a finite interval around a NaN value
+    est = stats.bootstrap_median([1.0, 2.0, math.nan, 3.0, 4.0])
+    assert math.isnan(est.value) and math.isnan(est.ci_low) and math.isnan(est.ci_high) and est.n == 5
