@@ -48,6 +48,7 @@ def test_validate_returns_schema_columns_and_dtypes():
         (dict(n=-1), "negative 'n'"),
         (dict(pos_start=8, pos_end=4), "position bin"),
         (dict(depth=1.5), "depth outside"),
+        (dict(status="oom", message="out of memory"), "not ok have a value"),
     ],
 )
 def test_validate_names_each_problem(change, problem):

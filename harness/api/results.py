@@ -193,6 +193,9 @@ def validate(table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     nonfinite = ok & ~np.isfinite(df["value"].to_numpy(dtype=float))
     if nonfinite.any():
         problems.append(f"{int(nonfinite.sum())} 'ok' row(s) have a non-finite value (their status should be 'nan')")
+    failed_with_value = ~ok & df["value"].notna()
+    if failed_with_value.any():
+        problems.append(f"{int(failed_with_value.sum())} row(s) that are not ok have a value (it should be NaN)")
     quiet_failures = ~ok & (df["message"] == "")
     if quiet_failures.any():
         problems.append(f"{int(quiet_failures.sum())} row(s) that are not ok have no message")
