@@ -195,3 +195,14 @@ def test_a_median_that_is_nan_has_no_interval():
     # The resamples that happen to miss the NaN unit gave a finite interval around a NaN value
     est = stats.bootstrap_median([1.0, 2.0, math.nan, 3.0, 4.0])
     assert math.isnan(est.value) and math.isnan(est.ci_low) and math.isnan(est.ci_high) and est.n == 5
+
+
+@pytest.mark.parametrize("column", ["eval_ctx", "depth", "value", "n"])
+def test_validate_refuses_true_and_false_as_numbers(column):
+    # eval_ctx=True was stored as the context length 1
+    bad = rows(1)
+    bad[0][column] = True
+    with pytest.raises(results.SchemaError, match=f"column '{column}'.*true/false"):
+        results.validate(bad)
+    with pytest.raises(results.SchemaError, match=f"column '{column}'"):
+        results.validate(pd.DataFrame(bad).astype({column: bool}))

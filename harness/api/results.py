@@ -161,6 +161,8 @@ def to_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     for col, dtype in SCHEMA.items():
         series = df[col]
         try:
+            if dtype != "string" and _holds_bools(series):
+                raise ValueError("true/false is not a number")
             if dtype == "float64":
                 out[col] = pd.to_numeric(series.astype("object").where(series.notna(), np.nan), errors="raise").astype("float64")
             elif dtype == "Int64":
@@ -176,6 +178,13 @@ def to_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     for col in TEXT_COLUMNS:
         frame[col] = frame[col].fillna("")
     return frame.reset_index(drop=True)
+
+
+def _holds_bools(series: pd.Series) -> bool:
+    """Whether ``series`` holds True/False, which pandas would silently store as 1/0."""
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return bool(series.notna().any())
+    return series.dtype == object and bool(series.map(lambda v: isinstance(v, (bool, np.bool_))).any())
 
 
 def validate(table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
