@@ -206,3 +206,20 @@ def test_validate_refuses_true_and_false_as_numbers(column):
         results.validate(bad)
     with pytest.raises(results.SchemaError, match=f"column '{column}'"):
         results.validate(pd.DataFrame(bad).astype({column: bool}))
+
+
+@pytest.mark.parametrize("raw, expected", [("12345678901234567891", 12345678901234567891), (2**60 + 1, 2**60 + 1),
+                                           ("1.5K", 1536), ("1e3", 1000), ("2m", 2 * 1024 * 1024)])
+def test_integer_options_are_exact(raw, expected):
+    # through a float, a large seed came back as another number (12345678901234567168)
+    from harness.api.options import convert_value
+
+    assert convert_value(raw, int, "seed") == expected
+
+
+@pytest.mark.parametrize("raw", ["0.3K", "1KiB", "inf", "1e400", "9" * 5000, 1.5])
+def test_integer_options_that_are_not_whole_are_refused(raw):
+    from harness.api.options import convert_value
+
+    with pytest.raises(ConfigError, match="'seed' must be an integer"):
+        convert_value(raw, int, "seed")

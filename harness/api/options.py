@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import inspect
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -72,6 +73,10 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
 
 
 def _to_int(value: Any) -> int:
+    """``value`` as a whole number (``"2K"``: 2048), else ValueError. Whole numbers are taken
+    exactly: through a float, a large seed came back as another number."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
     if isinstance(value, str):
         text = value.strip().lower()
         scale = 1
@@ -79,7 +84,10 @@ def _to_int(value: Any) -> int:
             text, scale = text[:-1], 1024
         elif text.endswith("m"):
             text, scale = text[:-1], 1024 * 1024
-        number = float(text) * scale
+        try:
+            return int(text) * scale
+        except ValueError:  # "1.5K", "1e3": a whole number only after scaling or in float notation
+            number = float(text) * scale
     else:
         number = float(value)
     if not math.isfinite(number) or number != int(number):
