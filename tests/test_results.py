@@ -223,3 +223,10 @@ def test_integer_options_that_are_not_whole_are_refused(raw):
 
     with pytest.raises(ConfigError, match="'seed' must be an integer"):
         convert_value(raw, int, "seed")
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", math.nan])
+def test_float_options_must_be_finite(raw):
+    # as config fields (harness.api.fieldtypes): NaN or infinity is never a setting
+    with pytest.raises(ConfigError, match="'depth' must be a finite number"):
+        parse_options(Opts, {"depth": raw})

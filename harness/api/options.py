@@ -66,6 +66,8 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
             number = float(value) if hint is float else _to_int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"option {name!r} must be {'an integer' if hint is int else 'a number'}, got {value!r}") from None
+        if not math.isfinite(number):  # as for config fields: NaN or infinity is never a setting
+            raise ConfigError(f"option {name!r} must be a finite number, got {value!r}")
         return number
     if hint is str:
         return str(value)
