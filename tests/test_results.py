@@ -5,6 +5,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -230,3 +231,22 @@ def test_float_options_must_be_finite(raw):
     # as config fields (harness.api.fieldtypes): NaN or infinity is never a setting
     with pytest.raises(ConfigError, match="'depth' must be a finite number"):
         parse_options(Opts, {"depth": raw})
+
+
+@dataclass
+class Modes:
+    mode: Literal["same", "per_length"] = option("same")
+    modes: list[Literal["same", "per_length"]] = option(["same"])
+    order: Literal[1, 2] = option(1)
+
+
+def test_literal_options_take_only_their_values():
+    # a plugin's Literal option took any string, e.g. a typo, and ran with it
+    assert parse_options(Modes, {"mode": "per_length", "modes": "same,per_length", "order": "2"}) == \
+        Modes("per_length", ["same", "per_length"], 2)
+    with pytest.raises(ConfigError, match=r"'per-length'.*valid: per_length, same. Did you mean 'per_length'"):
+        parse_options(Modes, {"mode": "per-length"})
+    with pytest.raises(ConfigError, match="option 'modes'.*'all'"):
+        parse_options(Modes, {"modes": "same,all"})
+    with pytest.raises(ConfigError, match="option 'order'.*valid: 1, 2"):
+        parse_options(Modes, {"order": 3})

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import field
 from typing import Any
 
-from harness.api.errors import ConfigError, unknown_message
+from harness.api.errors import ConfigError, check_choice, unknown_message
 
 
 def option(default: Any, help: str = "") -> Any:
@@ -43,6 +43,8 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
                 return None
         inner = [a for a in args if a is not type(None)]
         return convert_value(value, inner[0], name) if len(inner) == 1 else value
+    if origin is typing.Literal:
+        return _literal(value, args, name)
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         item = args[0] if args else str
         if isinstance(value, str):
@@ -72,6 +74,12 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
     if hint is str:
         return str(value)
     return value
+
+
+def _literal(value: Any, choices: tuple[Any, ...], name: str) -> Any:
+    """The one of a ``Literal``'s ``choices`` that ``value`` spells (``"2"`` is ``Literal[1, 2]``'s 2)."""
+    spelled = {str(c): c for c in choices}
+    return spelled[check_choice(f"value of option {name!r}", str(value).strip(), spelled)]
 
 
 def _to_int(value: Any) -> int:
