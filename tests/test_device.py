@@ -30,3 +30,9 @@ def test_unknown_devices_and_dtypes_are_named():
     with pytest.raises(UnknownNameError, match="Did you mean 'bf16'"):
         resolve_dtype("bf61")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_a_name_that_is_not_a_string_is_named_too():
+    # difflib's close-match search raised a bare TypeError ("'int' object is not iterable")
+    with pytest.raises(UnknownNameError, match="unknown dtype 16; valid: auto, bf16"):
+        resolve_dtype(16)
