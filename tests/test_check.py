@@ -94,7 +94,12 @@ def test_a_reference_row_that_is_not_ok_is_bad_input(tmp_path):
     # a hand-edited row with status oom was never compared: no score to compare with
     path = check.write_reference(run_table(), tmp_path / "ref.csv")
     edited = pd.read_csv(path, dtype={"message": object})
-    edited.loc[edited["metric"] == "cand_acc", ["status", "message"]] = ["oom", "out of memory"]
+    cand_acc = edited["metric"] == "cand_acc"
+    edited.loc[cand_acc, ["status", "message"]] = ["oom", "out of memory"]
+    edited.to_csv(path, index=False)
+    with pytest.raises(results.SchemaError, match="not ok have a value"):  # its score was left in place
+        check.read_reference(path)
+    edited.loc[cand_acc, "value"] = float("nan")
     edited.to_csv(path, index=False)
     with pytest.raises(ConfigError, match=r"1 row\(s\) are not ok, e.g. swa:tiny / niah / cand_acc \(oom\)"):
         check.read_reference(path)

@@ -5,6 +5,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,7 @@ def test_validate_returns_schema_columns_and_dtypes():
         (dict(n=-1), "negative 'n'"),
         (dict(pos_start=8, pos_end=4), "position bin"),
         (dict(depth=1.5), "depth outside"),
+        (dict(status="oom", message="out of memory"), "not ok have a value"),
     ],
 )
 def test_validate_names_each_problem(change, problem):
@@ -188,3 +190,63 @@ def test_check_positive_refuses_non_finite_values(value):
     with pytest.raises(ConfigError, match="'lr' must hold finite non-negative values"):
         check_positive("lr", [value], allow_zero=True)
     check_positive("lr", [1e-3])
+
+
+def test_a_median_that_is_nan_has_no_interval():
+    # The resamples that happen to miss the NaN unit gave a finite interval around a NaN value
+    est = stats.bootstrap_median([1.0, 2.0, math.nan, 3.0, 4.0])
+    assert math.isnan(est.value) and math.isnan(est.ci_low) and math.isnan(est.ci_high) and est.n == 5
+
+
+@pytest.mark.parametrize("column", ["eval_ctx", "depth", "value", "n"])
+def test_validate_refuses_true_and_false_as_numbers(column):
+    # eval_ctx=True was stored as the context length 1
+    bad = rows(1)
+    bad[0][column] = True
+    with pytest.raises(results.SchemaError, match=f"column '{column}'.*true/false"):
+        results.validate(bad)
+    with pytest.raises(results.SchemaError, match=f"column '{column}'"):
+        results.validate(pd.DataFrame(bad).astype({column: bool}))
+
+
+@pytest.mark.parametrize("raw, expected", [("12345678901234567891", 12345678901234567891), (2**60 + 1, 2**60 + 1),
+                                           ("1.5K", 1536), ("1e3", 1000), ("2m", 2 * 1024 * 1024)])
+def test_integer_options_are_exact(raw, expected):
+    # through a float, a large seed came back as another number (12345678901234567168)
+    from harness.api.options import convert_value
+
+    assert convert_value(raw, int, "seed") == expected
+
+
+@pytest.mark.parametrize("raw", ["0.3K", "1KiB", "inf", "1e400", "9" * 5000, 1.5])
+def test_integer_options_that_are_not_whole_are_refused(raw):
+    from harness.api.options import convert_value
+
+    with pytest.raises(ConfigError, match="'seed' must be an integer"):
+        convert_value(raw, int, "seed")
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", math.nan])
+def test_float_options_must_be_finite(raw):
+    # as config fields (harness.api.fieldtypes): NaN or infinity is never a setting
+    with pytest.raises(ConfigError, match="'depth' must be a finite number"):
+        parse_options(Opts, {"depth": raw})
+
+
+@dataclass
+class Modes:
+    mode: Literal["same", "per_length"] = option("same")
+    modes: list[Literal["same", "per_length"]] = option(["same"])
+    order: Literal[1, 2] = option(1)
+
+
+def test_literal_options_take_only_their_values():
+    # a plugin's Literal option took any string, e.g. a typo, and ran with it
+    assert parse_options(Modes, {"mode": "per_length", "modes": "same,per_length", "order": "2"}) == \
+        Modes("per_length", ["same", "per_length"], 2)
+    with pytest.raises(ConfigError, match=r"'per-length'.*valid: per_length, same. Did you mean 'per_length'"):
+        parse_options(Modes, {"mode": "per-length"})
+    with pytest.raises(ConfigError, match="option 'modes'.*'all'"):
+        parse_options(Modes, {"modes": "same,all"})
+    with pytest.raises(ConfigError, match="option 'order'.*valid: 1, 2"):
+        parse_options(Modes, {"order": 3})

@@ -20,6 +20,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use 'cpu' or 'auto'")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {str(name)!r}; valid: auto, cpu, cuda")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        # caught here, not later as CUDA's "invalid device ordinal" from deep inside a model
+        count = torch.cuda.device_count()
+        valid = ", ".join(["cuda", *(f"cuda:{i}" for i in range(count))])
+        raise ConfigError(f"device {str(name)!r} is not here: this machine has {count} GPU(s); valid: {valid}")
     return device
 
 

@@ -35,7 +35,8 @@ class DistributedError(RuntimeError):
 
 
 def close_match(name: str, choices: Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    # str(): a name from Python or a parsed file may be a number, which difflib cannot compare
+    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
     return matches[0] if matches else None
 
 

@@ -11,13 +11,14 @@ import copy
 import dataclasses
 import inspect
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import field
 from typing import Any
 
-from harness.api.errors import ConfigError, unknown_message
+from harness.api.errors import ConfigError, check_choice, unknown_message
 
 
 def option(default: Any, help: str = "") -> Any:
@@ -42,6 +43,8 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
                 return None
         inner = [a for a in args if a is not type(None)]
         return convert_value(value, inner[0], name) if len(inner) == 1 else value
+    if origin is typing.Literal:
+        return _literal(value, args, name)
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         item = args[0] if args else str
         if isinstance(value, str):
@@ -65,13 +68,25 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
             number = float(value) if hint is float else _to_int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"option {name!r} must be {'an integer' if hint is int else 'a number'}, got {value!r}") from None
+        if not math.isfinite(number):  # as for config fields: NaN or infinity is never a setting
+            raise ConfigError(f"option {name!r} must be a finite number, got {value!r}")
         return number
     if hint is str:
         return str(value)
     return value
 
 
+def _literal(value: Any, choices: tuple[Any, ...], name: str) -> Any:
+    """The one of a ``Literal``'s ``choices`` that ``value`` spells (``"2"`` is ``Literal[1, 2]``'s 2)."""
+    spelled = {str(c): c for c in choices}
+    return spelled[check_choice(f"value of option {name!r}", str(value).strip(), spelled)]
+
+
 def _to_int(value: Any) -> int:
+    """``value`` as a whole number (``"2K"``: 2048), else ValueError. Whole numbers are taken
+    exactly: through a float, a large seed came back as another number."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
     if isinstance(value, str):
         text = value.strip().lower()
         scale = 1
@@ -79,7 +94,10 @@ def _to_int(value: Any) -> int:
             text, scale = text[:-1], 1024
         elif text.endswith("m"):
             text, scale = text[:-1], 1024 * 1024
-        number = float(text) * scale
+        try:
+            return int(text) * scale
+        except ValueError:  # "1.5K", "1e3": a whole number only after scaling or in float notation
+            number = float(text) * scale
     else:
         number = float(value)
     if not math.isfinite(number) or number != int(number):

@@ -161,6 +161,8 @@ def to_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     for col, dtype in SCHEMA.items():
         series = df[col]
         try:
+            if dtype != "string" and _holds_bools(series):
+                raise ValueError("true/false is not a number")
             if dtype == "float64":
                 out[col] = pd.to_numeric(series.astype("object").where(series.notna(), np.nan), errors="raise").astype("float64")
             elif dtype == "Int64":
@@ -178,6 +180,13 @@ def to_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def _holds_bools(series: pd.Series) -> bool:
+    """Whether ``series`` holds True/False, which pandas would silently store as 1/0."""
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return bool(series.notna().any())
+    return series.dtype == object and bool(series.map(lambda v: isinstance(v, (bool, np.bool_))).any())
+
+
 def validate(table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     """The table in schema form, or :class:`SchemaError` naming every problem found."""
     df = to_frame(table)
@@ -193,6 +202,9 @@ def validate(table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     nonfinite = ok & ~np.isfinite(df["value"].to_numpy(dtype=float))
     if nonfinite.any():
         problems.append(f"{int(nonfinite.sum())} 'ok' row(s) have a non-finite value (their status should be 'nan')")
+    failed_with_value = ~ok & df["value"].notna()
+    if failed_with_value.any():
+        problems.append(f"{int(failed_with_value.sum())} row(s) that are not ok have a value (it should be NaN)")
     quiet_failures = ~ok & (df["message"] == "")
     if quiet_failures.any():
         problems.append(f"{int(quiet_failures.sum())} row(s) that are not ok have no message")

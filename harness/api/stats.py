@@ -89,11 +89,13 @@ def bootstrap_median(
     level: float = DEFAULT_LEVEL,
     seed: int | Sequence[int] = 0,
 ) -> Estimate:
-    """The median of ``values`` with a bootstrap interval (timings: robust to a slow outlier)."""
+    """The median of ``values`` with a bootstrap interval (timings: robust to a slow outlier).
+
+    A NaN among the values makes the median NaN, and then the interval too, as for the mean."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     n = int(values.size)
     value = float(np.median(values)) if n else math.nan
-    if n < 2:
+    if n < 2 or not math.isfinite(value):
         return Estimate(value, math.nan, math.nan, n)
     idx = _rng(seed).integers(0, n, size=(resamples, n))
     low, high = _interval(np.median(values[idx], axis=1), value, level)

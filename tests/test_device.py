@@ -1,0 +1,38 @@
+"""Device and dtype names: what a user types becomes a torch device, or an error naming the choices."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.api.device import resolve_device, resolve_dtype
+from harness.api.errors import ConfigError, UnknownNameError
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_a_cuda_index_past_the_last_gpu_is_named(one_gpu):
+    # cuda:3 on a one-GPU machine passed and failed later, deep inside, as "invalid device ordinal"
+    with pytest.raises(ConfigError, match=r"'cuda:3'.*1 GPU.*valid: cuda, cuda:0"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_unknown_devices_and_dtypes_are_named():
+    with pytest.raises(UnknownNameError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    with pytest.raises(ConfigError, match="unsupported device 'meta'"):
+        resolve_device("meta")
+    with pytest.raises(UnknownNameError, match="Did you mean 'bf16'"):
+        resolve_dtype("bf61")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_a_name_that_is_not_a_string_is_named_too():
+    # difflib's close-match search raised a bare TypeError ("'int' object is not iterable")
+    with pytest.raises(UnknownNameError, match="unknown dtype 16; valid: auto, bf16"):
+        resolve_dtype(16)
