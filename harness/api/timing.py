@@ -45,10 +45,13 @@ def measure(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: 
         call = (lambda: fn(arg)) if setup is not None else fn
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            # on the measured device's stream: the current device's (record()'s default) is another
+            # GPU's for cuda:1, whose events would time nothing
+            stream = torch.cuda.current_stream(device)
             torch.cuda.synchronize(device)
-            start.record()
+            start.record(stream)
             call()
-            end.record()
+            end.record(stream)
             torch.cuda.synchronize(device)
             elapsed = start.elapsed_time(end) / 1000.0
         else:
