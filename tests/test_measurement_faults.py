@@ -123,6 +123,20 @@ def test_cpu_peak_memory_is_what_the_work_added():
     del block
 
 
+def test_a_peak_reset_that_does_not_take_falls_back_to_sampling(monkeypatch):
+    """A kernel that accepts the reset and ignores it would count an earlier, larger peak."""
+    from harness.api import timing
+
+    earlier = timing.current_rss_bytes() + 2**30  # a 1 GiB peak from before the block
+    monkeypatch.setattr(timing, "peak_rss_bytes", lambda: earlier)
+    assert not timing._reset_peak_rss()
+    with PeakMemory("cpu") as pm:
+        block = torch.ones(16 * 2**20 // 4)  # 16 MiB
+        block += 1
+    assert pm.added < 2**29  # sampled: the block's own, not the earlier gigabyte
+    del block
+
+
 def test_rate_intervals_are_clipped_to_0_1_and_others_are_not():
     rows = _metric_rows("t", {"acc,none": 0.99, "acc_stderr,none": 0.05, "perplexity,none": 3.0,
                               "perplexity_stderr,none": 2.0}, 100, {})

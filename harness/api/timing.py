@@ -138,14 +138,19 @@ def peak_rss_bytes() -> int:
     return peak if os.uname().sysname == "Darwin" else peak * 1024
 
 
+# What resident memory may grow by between the reset and the check that it took (other threads).
+_RESET_SLACK = 16 * 2**20
+
+
 def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where it is not allowed."""
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where it is not allowed or did
+    not take (a kernel that accepts the write and ignores it would leave earlier peaks counted)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return True
     except OSError:
         return False
+    return peak_rss_bytes() <= current_rss_bytes() + _RESET_SLACK
 
 
 class PeakMemory:
