@@ -26,8 +26,10 @@ def rows(n=3, **extra):
 def test_make_row_marks_non_finite_values_and_refuses_unknown_columns():
     assert results.make_row("loss", float("nan"), run="r")["status"] == "nan"
     assert results.make_row("loss", float("inf"), run="r")["message"]
-    oom = results.make_row("loss", 3.0, status="oom", message="out of memory")
-    assert math.isnan(oom["value"])
+    oom = results.make_row("loss", 3.0, status="oom", message="out of memory", ci_low=2.0, ci_high=4.0)
+    assert math.isnan(oom["value"]) and math.isnan(oom["ci_low"]) and math.isnan(oom["ci_high"])
+    diverged = results.make_row("loss", float("inf"), ci_low=1.0, ci_high=float("inf"))
+    assert diverged["status"] == "nan" and math.isnan(diverged["ci_low"])
     with pytest.raises(results.SchemaError, match="did you mean 'eval_ctx'"):
         results.make_row("loss", 1.0, eval_cxt=3)
 

@@ -119,7 +119,7 @@ class SchemaError(LcbenchError, ValueError):
 
 def make_row(metric: str, value: float | None, **columns: Any) -> dict[str, Any]:
     """One measurement. A non-finite value of an ``ok`` row becomes status ``nan``; a row that
-    is not ok carries NaN as its value. Unknown column names are refused."""
+    is not ok carries NaN as its value and interval. Unknown column names are refused."""
     row = {"metric": metric, "value": math.nan if value is None else float(value), **columns}
     unknown = [k for k in row if k not in SCHEMA]
     if unknown:
@@ -128,8 +128,9 @@ def make_row(metric: str, value: float | None, **columns: Any) -> dict[str, Any]
     if row["status"] == "ok" and not math.isfinite(row["value"]):
         row["status"] = "nan"
         row.setdefault("message", f"{metric} is {row['value']}")
-    if row["status"] != "ok":
+    if row["status"] != "ok":  # no number of a failed measurement survives, interval included
         row["value"] = math.nan
+        row.update({k: math.nan for k in ("ci_low", "ci_high") if k in row})
     return row
 
 
