@@ -20,17 +20,26 @@ from harness.api.results import RUN_JSON, atomic_write, json_default
 
 
 def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """{'commit': sha or None, 'dirty': bool or None} of the repository holding ``path``."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    """{'commit': sha or None, 'dirty': bool or None} of the repository holding ``path`` (a folder,
+    or a file that must be tracked there); by default this module's own file, so a copy installed
+    into an ignored folder of a checkout (its .venv) is not credited with that checkout's HEAD."""
+    target = Path(path if path is not None else __file__).resolve()
+    cwd = target if target.is_dir() else target.parent
+    unknown: dict[str, Any] = {"commit": None, "dirty": None}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
-            return {"commit": None, "dirty": None}
+            return unknown
+        if not target.is_dir():
+            tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", target.name], cwd=cwd,
+                                     capture_output=True, text=True, timeout=10)
+            if tracked.returncode != 0:
+                return unknown
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                 capture_output=True, text=True, timeout=10)
         return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return unknown
 
 
 # Distribution names, as metadata.version knows them. fla's kernels ship as ``fla-core`` (what the

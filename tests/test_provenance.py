@@ -1,0 +1,53 @@
+"""run.json provenance: the commit recorded is the one that holds the code that ran."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.runs import provenance
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    git(tmp_path, "init", "-q")
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    return tmp_path
+
+
+def test_git_commit_of_a_tracked_file_and_its_folder(repo: Path) -> None:
+    head = git(repo, "rev-parse", "HEAD")
+    assert provenance.git_commit(repo / "code.py") == {"commit": head, "dirty": False}
+    (repo / "code.py").write_text("x = 2\n")
+    assert provenance.git_commit(repo) == {"commit": head, "dirty": True}
+
+
+def test_git_commit_of_an_installed_copy_in_an_ignored_folder_is_unknown(repo: Path, monkeypatch) -> None:
+    # lcbench installed (not editable) into the checkout's own .venv: the checkout's HEAD, clean,
+    # is not the code that ran
+    copy = repo / ".venv" / "site-packages" / "harness" / "runs" / "provenance.py"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("x = 3\n")
+    assert provenance.git_commit(copy) == {"commit": None, "dirty": None}
+    monkeypatch.setattr(provenance, "__file__", str(copy))  # the default: this module's own file
+    assert provenance.git_commit() == {"commit": None, "dirty": None}
+
+
+def test_run_metadata_names_the_commit_of_this_checkout() -> None:
+    here = Path(provenance.__file__).resolve()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here.parent, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("lcbench is not running from a git checkout")
+    assert provenance.run_metadata(command="x")["git"]["commit"] == head.stdout.strip()
