@@ -1,6 +1,7 @@
 """run.json provenance: the commit recorded is the one that holds the code that ran."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -51,3 +52,14 @@ def test_run_metadata_names_the_commit_of_this_checkout() -> None:
     if head.returncode != 0:
         pytest.skip("lcbench is not running from a git checkout")
     assert provenance.run_metadata(command="x")["git"]["commit"] == head.stdout.strip()
+
+
+def test_every_kernel_and_evaluation_package_is_recorded() -> None:
+    # the extras that run kernels (gpu, ref) or score with another harness (lm-eval) decide numbers:
+    # each must land in run.json's versions when installed
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    wanted = {re.match(r"[A-Za-z0-9._-]+", req).group(0).lower() for extra in ("gpu", "ref", "lm-eval")
+              for req in extras[extra]}
+    assert wanted - set(provenance.PACKAGES) == set()

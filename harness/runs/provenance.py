@@ -42,10 +42,13 @@ def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
         return unknown
 
 
-# Distribution names, as metadata.version knows them. fla's kernels ship as ``fla-core`` (what the
-# extras install); ``flash-linear-attention`` (fla-core plus fla's model zoo) is recorded when present.
+# Distribution names, as metadata.version knows them: every package of the kernel and lm-eval
+# extras (they decide numbers), and faiss (ttt_neighbors' index=faiss). fla's kernels ship as
+# ``fla-core`` (what the extras install); ``flash-linear-attention`` (fla-core plus fla's model zoo)
+# is recorded when present.
 PACKAGES = ("lcbench", "torch", "numpy", "pandas", "pyarrow", "safetensors", "triton",
-            "fla-core", "flash-linear-attention", "mamba-ssm", "transformers", "tokenizers")
+            "fla-core", "flash-linear-attention", "mamba-ssm", "einops", "liger-kernel",
+            "lm-eval", "transformers", "tokenizers", "accelerate", "faiss-cpu", "faiss-gpu")
 
 
 def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
