@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -63,3 +64,10 @@ def test_every_kernel_and_evaluation_package_is_recorded() -> None:
     wanted = {re.match(r"[A-Za-z0-9._-]+", req).group(0).lower() for extra in ("gpu", "ref", "lm-eval")
               for req in extras[extra]}
     assert wanted - set(provenance.PACKAGES) == set()
+
+
+def test_command_line_is_recorded_so_that_it_splits_back_into_the_same_arguments() -> None:
+    argv = ["lcbench", "eval", "repeat", "my runs/swa", "-o", "contexts=128,256", ""]
+    command = provenance.run_metadata(command=argv)["command"]
+    assert shlex.split(command) == argv
+    assert provenance.run_metadata(command="lcbench quick")["command"] == "lcbench quick"  # a string as given

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -105,7 +106,8 @@ def run_metadata(seed: int | None = None, command: Sequence[str] | str | None = 
     return {
         **settings,
         "config_hash": config_hash(settings),
-        "command": command if isinstance(command, str) else " ".join(map(str, command)),
+        # quoted as a shell would need it: a path with a space must read back as one argument
+        "command": command if isinstance(command, str) else shlex.join(map(str, command)),
         "git": git_commit(),
         "packages": package_versions(),
         "device": {"name": device, **device_info(device)},
