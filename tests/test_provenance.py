@@ -6,8 +6,10 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from harness.runs import provenance
 
@@ -71,3 +73,14 @@ def test_command_line_is_recorded_so_that_it_splits_back_into_the_same_arguments
     command = provenance.run_metadata(command=argv)["command"]
     assert shlex.split(command) == argv
     assert provenance.run_metadata(command="lcbench quick")["command"] == "lcbench quick"  # a string as given
+
+
+def test_a_cpu_run_on_a_machine_with_a_gpu_does_not_record_the_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(name=f"GPU{i}", total_memory=1 << 30))
+    assert "gpu" not in provenance.run_metadata(command="x", device="cpu")["device"]
+    assert provenance.device_info("cuda:1")["gpu"] == "GPU1"
+    assert provenance.device_info("cuda")["gpu"] == provenance.device_info(None)["gpu"] == "GPU0"

@@ -80,8 +80,11 @@ def device_info(device: str | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
-    if torch.cuda.is_available():
-        index = torch.device(device).index if device and str(device).startswith("cuda") else None
+    cuda = device is not None and str(device).startswith("cuda")
+    # the GPU the run used ("auto" or None: the one it would pick); none for a CPU run, even on a
+    # machine that has one
+    if (cuda or device is None or str(device) == "auto") and torch.cuda.is_available():
+        index = torch.device(device).index if cuda else None
         index = torch.cuda.current_device() if index is None else index
         props = torch.cuda.get_device_properties(index)
         info.update(gpu=props.name, gpu_memory_bytes=int(props.total_memory), cuda=torch.version.cuda,
