@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.runs import provenance
+from harness.api import registry, results
+from harness.runs import evaluate, provenance
+from tests.conftest import small_model
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -84,3 +86,18 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_does_not_record_the_gpu(monkeypatch) 
     assert "gpu" not in provenance.run_metadata(command="x", device="cpu")["device"]
     assert provenance.device_info("cuda:1")["gpu"] == "GPU1"
     assert provenance.device_info("cuda")["gpu"] == provenance.device_info(None)["gpu"] == "GPU0"
+
+
+def test_run_eval_records_the_commit_the_run_started_from(monkeypatch) -> None:
+    # a commit or an edit made while a long evaluation runs must not be credited with its numbers
+    head = {"commit": "a" * 40, "dirty": False}
+    for module in (provenance, evaluate):
+        monkeypatch.setattr(module, "git_commit", lambda path=None: dict(head), raising=False)
+
+    def commit_during_the_run(model):
+        head.update(commit="b" * 40, dirty=True)
+        return [results.make_row("loss", 1.0)]
+
+    monkeypatch.setitem(registry._TASKS, "test_commit_during_run", commit_during_the_run)
+    meta = evaluate.run_eval("test_commit_during_run", small_model("swa"), None, device="cpu", progress=False).meta
+    assert meta["git"] == {"commit": "a" * 40, "dirty": False}

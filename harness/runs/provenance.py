@@ -99,10 +99,11 @@ def config_hash(obj: Any) -> str:
 
 
 def run_metadata(seed: int | None = None, command: Sequence[str] | str | None = None, device: str | None = None,
-                 **extra: Any) -> dict[str, Any]:
+                 git: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Provenance for ``run.json``: git commit, package versions, device, command line, seed,
     time, and whatever else is given (task, options, model config); ``config_hash`` hashes
-    the seed and the extra settings."""
+    the seed and the extra settings. ``git``: :func:`git_commit` read when the run started
+    (default: now)."""
     if command is None:
         command = sys.argv
     settings = {"seed": seed, **extra}
@@ -111,7 +112,7 @@ def run_metadata(seed: int | None = None, command: Sequence[str] | str | None = 
         "config_hash": config_hash(settings),
         # quoted as a shell would need it: a path with a space must read back as one argument
         "command": command if isinstance(command, str) else shlex.join(map(str, command)),
-        "git": git_commit(),
+        "git": dict(git) if git is not None else git_commit(),
         "packages": package_versions(),
         "device": {"name": device, **device_info(device)},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
