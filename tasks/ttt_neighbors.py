@@ -61,6 +61,7 @@ from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import LCModel
 from harness.api.registry import register_task
 from harness.api.results import make_row
+from harness.api.staging import ensure_writable
 from harness.api.task import DataOptions, RunContext, Task, check_positive, option
 from harness.data import retrieval
 from harness.data.heldout import training_documents
@@ -225,6 +226,8 @@ class TTTNeighbors(Task):
             raise ConfigError(f"no held-out document has {o.context} tokens; lower 'context'")
         if len(pool) < o.k:
             raise ConfigError(f"k={o.k} but only {len(pool)} training windows of {o.context} tokens exist")
+        if o.cache_path is not None:  # fail before the embedding work, not with an OSError after it
+            ensure_writable(o.cache_path.expanduser(), "embedding cache folder")
 
         embedder = retrieval.get_embedder(o.embedder, model)
         keys = retrieval.embed_windows(model, pool, embedder, cache_dir=o.cache_path)

@@ -190,3 +190,10 @@ def test_candidates_are_the_checkpoint_training_documents_when_the_held_out_spli
     _, samples, _ = run_task("ttt_neighbors", model, info, options, device=torch.device("cpu"),
                              dtype=torch.float32, progress=False)
     assert samples and all(doc in trained_on for s in samples for doc, _ in s["neighbor_windows"])
+
+
+def test_a_cache_dir_that_is_a_file_is_a_clear_error(clustered_corpus, tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="embedding cache folder .* is a file"):
+        run(small_model("full_attention"), clustered_corpus, tmp_path, cache_dir=str(blocker / "embeddings"))
