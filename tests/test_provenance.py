@@ -1,4 +1,5 @@
-"""run.json provenance: the commit recorded is the one that holds the code that ran."""
+"""run.json provenance: the commit that holds the code that ran, as it was when the run started;
+the versions of every package that decides numbers; the device used; a command line that reruns."""
 from __future__ import annotations
 
 import re
@@ -15,7 +16,7 @@ from harness.api import registry, results
 from harness.runs import evaluate, provenance
 from tests.conftest import small_model
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -33,6 +34,7 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@needs_git
 def test_git_commit_of_a_tracked_file_and_its_folder(repo: Path) -> None:
     head = git(repo, "rev-parse", "HEAD")
     assert provenance.git_commit(repo / "code.py") == {"commit": head, "dirty": False}
@@ -40,6 +42,7 @@ def test_git_commit_of_a_tracked_file_and_its_folder(repo: Path) -> None:
     assert provenance.git_commit(repo) == {"commit": head, "dirty": True}
 
 
+@needs_git
 def test_git_commit_of_an_installed_copy_in_an_ignored_folder_is_unknown(repo: Path, monkeypatch) -> None:
     # lcbench installed (not editable) into the checkout's own .venv: the checkout's HEAD, clean,
     # is not the code that ran
@@ -51,6 +54,7 @@ def test_git_commit_of_an_installed_copy_in_an_ignored_folder_is_unknown(repo: P
     assert provenance.git_commit() == {"commit": None, "dirty": None}
 
 
+@needs_git
 def test_run_metadata_names_the_commit_of_this_checkout() -> None:
     here = Path(provenance.__file__).resolve()
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here.parent, capture_output=True, text=True)
