@@ -61,9 +61,10 @@ from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import LCModel
 from harness.api.registry import register_task
 from harness.api.results import make_row
+from harness.api.staging import ensure_writable
 from harness.api.task import DataOptions, RunContext, Task, check_positive, option
 from harness.data import retrieval
-from harness.data.corpora import load_corpus
+from harness.data.heldout import training_documents
 from harness.data.packing import select_windows, tokenize_documents
 from harness.report.figures import SkipFigure, register_figure
 
@@ -218,15 +219,15 @@ class TTTNeighbors(Task):
     def run(self, model: LCModel, options: TTTNeighborsOptions, ctx: RunContext):
         o = options
         tokenizer, test_docs = ctx.heldout(o, model)
-        held = {d.name for d in test_docs}
-        train_docs = [d for d in load_corpus(o.corpus or (ctx.model_info.train_config or {}).get("corpus"))
-                      if d.name not in held]
+        train_docs = training_documents(o, ctx.model_info, test_docs)
         tests, test_where = cut_windows(tokenize_documents(test_docs, tokenizer), o.context, o.test_windows)
         pool, pool_where = cut_windows(tokenize_documents(train_docs, tokenizer), o.context, o.train_windows)
         if not len(tests):
             raise ConfigError(f"no held-out document has {o.context} tokens; lower 'context'")
         if len(pool) < o.k:
             raise ConfigError(f"k={o.k} but only {len(pool)} training windows of {o.context} tokens exist")
+        if o.cache_path is not None:  # fail before the embedding work, not with an OSError after it
+            ensure_writable(o.cache_path.expanduser(), "embedding cache folder")
 
         embedder = retrieval.get_embedder(o.embedder, model)
         keys = retrieval.embed_windows(model, pool, embedder, cache_dir=o.cache_path)

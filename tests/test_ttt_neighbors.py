@@ -2,6 +2,7 @@
 retrieved, neighbour fine-tuning beats random fine-tuning, the cache and the figure."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import random
 import string
@@ -13,6 +14,9 @@ import torch
 
 from harness.api.errors import BackendUnavailableError, ConfigError
 from harness.data import retrieval
+from harness.data.corpora import load_corpus
+from harness.data.packing import split_documents, tokenize_documents
+from harness.data.tokenizers import ByteTokenizer
 from harness.report import plots
 from harness.runs.evaluate import resolve_model, run_task
 import tasks.ttt_neighbors as ttt  # registers the task
@@ -169,3 +173,27 @@ def test_gain_vs_size_figure(tmp_path):
     loss_only = pd.DataFrame([dict(run="r", model="m", arch="swa", task="loss_scaling", metric="loss", value=1.0,
                                    eval_ctx=256, status="ok")])
     assert "gain_vs_size" not in {p.stem for p in plots.make_figures(loss_only, tmp_path / "none", formats=("png",))}
+
+
+def test_candidates_are_the_checkpoint_training_documents_when_the_held_out_split_is_narrowed(
+        clustered_corpus, tmp_path):
+    """A smaller val_fraction than the checkpoint's holds out fewer documents; the rest of the
+    checkpoint's validation split is still text it never trained on, not a training candidate."""
+    model, info = resolve_model(small_model("full_attention"), device="cpu", dtype="float32")
+    info = dataclasses.replace(info, train_config={"corpus": clustered_corpus, "val_fraction": 0.5, "split_seed": 0})
+    trained_on = {d.name for d in split_documents(load_corpus(clustered_corpus), 0.5, 0)[0]}
+    candidates = len(ttt.cut_windows(tokenize_documents([d for d in load_corpus(clustered_corpus)
+                                                          if d.name in trained_on], ByteTokenizer()), CONTEXT, 0)[0])
+    options = {"corpus": clustered_corpus, "val_fraction": 0.25, "context": CONTEXT, "test_windows": 4,
+               "train_windows": 0, "k": candidates, "steps": 0, "embedder": "bytes", "cache_dir": "off",
+               "resamples": 10}
+    _, samples, _ = run_task("ttt_neighbors", model, info, options, device=torch.device("cpu"),
+                             dtype=torch.float32, progress=False)
+    assert samples and all(doc in trained_on for s in samples for doc, _ in s["neighbor_windows"])
+
+
+def test_a_cache_dir_that_is_a_file_is_a_clear_error(clustered_corpus, tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="embedding cache folder .* is a file"):
+        run(small_model("full_attention"), clustered_corpus, tmp_path, cache_dir=str(blocker / "embeddings"))

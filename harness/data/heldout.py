@@ -6,6 +6,7 @@ checkpoint is evaluated on its own validation documents.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,25 @@ def _same_corpus(given: str | None, trained: str | None) -> bool:
     return given is None or given == trained or corpus_fingerprint(given) == corpus_fingerprint(trained)
 
 
+def trained_split(train_config: Mapping[str, Any]) -> tuple[float, int]:
+    """(val_fraction, split seed) of a checkpoint's own train/validation split."""
+    seed = train_config.get("split_seed")
+    if seed is None:  # checkpoints made before split_seed existed split by their training seed
+        seed = train_config.get("seed", 0)
+    return train_config.get("val_fraction", 0.1), seed
+
+
+def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[Document]) -> list[Document]:
+    """The documents outside ``heldout`` that count as training text: on the checkpoint's own
+    corpus, only its training split (a narrowed held-out split leaves documents it never saw)."""
+    train = info.train_config or {}
+    docs = load_corpus(options.corpus if options.corpus is not None else train.get("corpus"))
+    if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
+        docs, _ = split_documents(docs, *trained_split(train))
+    held = {d.name for d in heldout}
+    return [d for d in docs if d.name not in held]
+
+
 def heldout_documents(options: DataOptions, info: ModelInfo,
                       model: LCModel | None = None) -> tuple[Tokenizer, list[Document]]:
     """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
@@ -57,21 +77,19 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
             f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
         )
     docs = load_corpus(pick("corpus", "corpus", None))
-    trained_seed = train.get("split_seed")
-    if trained_seed is None:  # checkpoints made before split_seed existed split by their training seed
-        trained_seed = train.get("seed", 0)
+    trained_fraction, trained_seed = trained_split(train)
     split_seed = options.split_seed if options.split_seed is not None else trained_seed
     val_fraction = pick("val_fraction", "val_fraction", 0.1)
     _, val = split_documents(docs, val_fraction, split_seed)
     if not val:
         raise ConfigError("the held-out split is empty; raise val_fraction or use a corpus with more documents")
     if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
-        trained_on, _ = split_documents(docs, train.get("val_fraction", 0.1), trained_seed)
+        trained_on, _ = split_documents(docs, trained_fraction, trained_seed)
         seen = {d.name for d in trained_on} & {d.name for d in val}
         if seen:  # an overridden split can hand the model its own training text as held-out
             raise ConfigError(
                 f"the held-out split (val_fraction={val_fraction}, split_seed={split_seed}) holds {len(seen)} of "
                 f"its {len(val)} documents that the checkpoint trained on (its split: val_fraction="
-                f"{train.get('val_fraction', 0.1)}, split_seed={trained_seed}), e.g. {sorted(seen)[0]!r}; leave "
+                f"{trained_fraction}, split_seed={trained_seed}), e.g. {sorted(seen)[0]!r}; leave "
                 "val_fraction and split_seed unset to evaluate on the checkpoint's own held-out documents")
     return tokenizer, val

@@ -34,7 +34,7 @@ from harness.api.options import describe_options, parse_options
 from harness.api.task import ModelInfo, RunContext, Task, check_function_options, function_task
 from harness.api.staging import prepare_output
 from harness.data.heldout import heldout_documents
-from harness.runs.provenance import run_metadata, write_run_json
+from harness.runs.provenance import git_commit, run_metadata, write_run_json
 from harness.train import checkpoint
 
 
@@ -196,6 +196,7 @@ def run_eval(
     model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
                                 name=model_name)
     run = run_name or (Path(out_dir).name if out_dir is not None else "run")
+    git = git_commit()  # before the work: a commit or an edit during a long run is not what ran
     started = time.time()
     table, samples, parsed = run_task(task_name, model, info, options, device=device_t, dtype=dtype_t, seed=seed,
                                       run=run, progress=progress)
@@ -206,7 +207,7 @@ def run_eval(
                "source": info.source, "path": info.path, "config": model.config.to_dict(),
                "params_non_embedding": info.params, "params_total": int(model.num_params(non_embedding=False)),
                "train_config": info.train_config},
-        dtype=dtype_name(dtype_t), run=run,
+        dtype=dtype_name(dtype_t), run=run, git=git,
     )
     meta["elapsed_s"] = round(time.time() - started, 3)
     meta["rows"] = len(table)

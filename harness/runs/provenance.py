@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,23 +21,35 @@ from harness.api.results import RUN_JSON, atomic_write, json_default
 
 
 def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """{'commit': sha or None, 'dirty': bool or None} of the repository holding ``path``."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    """{'commit': sha or None, 'dirty': bool or None} of the repository holding ``path`` (a folder,
+    or a file that must be tracked there); by default this module's own file, so a copy installed
+    into an ignored folder of a checkout (its .venv) is not credited with that checkout's HEAD."""
+    target = Path(path if path is not None else __file__).resolve()
+    cwd = target if target.is_dir() else target.parent
+    unknown: dict[str, Any] = {"commit": None, "dirty": None}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
-            return {"commit": None, "dirty": None}
+            return unknown
+        if not target.is_dir():
+            tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", target.name], cwd=cwd,
+                                     capture_output=True, text=True, timeout=10)
+            if tracked.returncode != 0:
+                return unknown
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                 capture_output=True, text=True, timeout=10)
         return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return unknown
 
 
-# Distribution names, as metadata.version knows them. fla's kernels ship as ``fla-core`` (what the
-# extras install); ``flash-linear-attention`` (fla-core plus fla's model zoo) is recorded when present.
+# Distribution names, as metadata.version knows them: every package of the kernel and lm-eval
+# extras (they decide numbers), and faiss (ttt_neighbors' index=faiss). fla's kernels ship as
+# ``fla-core`` (what the extras install); ``flash-linear-attention`` (fla-core plus fla's model zoo)
+# is recorded when present.
 PACKAGES = ("lcbench", "torch", "numpy", "pandas", "pyarrow", "safetensors", "triton",
-            "fla-core", "flash-linear-attention", "mamba-ssm", "transformers", "tokenizers")
+            "fla-core", "flash-linear-attention", "mamba-ssm", "einops", "liger-kernel",
+            "lm-eval", "transformers", "tokenizers", "accelerate", "faiss-cpu", "faiss-gpu")
 
 
 def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
@@ -67,8 +80,11 @@ def device_info(device: str | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
-    if torch.cuda.is_available():
-        index = torch.device(device).index if device and str(device).startswith("cuda") else None
+    cuda = device is not None and str(device).startswith("cuda")
+    # the GPU the run used ("auto" or None: the one it would pick); none for a CPU run, even on a
+    # machine that has one
+    if (cuda or device is None or str(device) == "auto") and torch.cuda.is_available():
+        index = torch.device(device).index if cuda else None
         index = torch.cuda.current_device() if index is None else index
         props = torch.cuda.get_device_properties(index)
         info.update(gpu=props.name, gpu_memory_bytes=int(props.total_memory), cuda=torch.version.cuda,
@@ -83,18 +99,20 @@ def config_hash(obj: Any) -> str:
 
 
 def run_metadata(seed: int | None = None, command: Sequence[str] | str | None = None, device: str | None = None,
-                 **extra: Any) -> dict[str, Any]:
+                 git: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Provenance for ``run.json``: git commit, package versions, device, command line, seed,
     time, and whatever else is given (task, options, model config); ``config_hash`` hashes
-    the seed and the extra settings."""
+    the seed and the extra settings. ``git``: :func:`git_commit` read when the run started
+    (default: now)."""
     if command is None:
         command = sys.argv
     settings = {"seed": seed, **extra}
     return {
         **settings,
         "config_hash": config_hash(settings),
-        "command": command if isinstance(command, str) else " ".join(map(str, command)),
-        "git": git_commit(),
+        # quoted as a shell would need it: a path with a space must read back as one argument
+        "command": command if isinstance(command, str) else shlex.join(map(str, command)),
+        "git": dict(git) if git is not None else git_commit(),
         "packages": package_versions(),
         "device": {"name": device, **device_info(device)},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

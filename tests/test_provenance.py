@@ -1,0 +1,107 @@
+"""run.json provenance: the commit that holds the code that ran, as it was when the run started;
+the versions of every package that decides numbers; the device used; a command line that reruns."""
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from harness.api import registry, results
+from harness.runs import evaluate, provenance
+from tests.conftest import small_model
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    git(tmp_path, "init", "-q")
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    return tmp_path
+
+
+@needs_git
+def test_git_commit_of_a_tracked_file_and_its_folder(repo: Path) -> None:
+    head = git(repo, "rev-parse", "HEAD")
+    assert provenance.git_commit(repo / "code.py") == {"commit": head, "dirty": False}
+    (repo / "code.py").write_text("x = 2\n")
+    assert provenance.git_commit(repo) == {"commit": head, "dirty": True}
+
+
+@needs_git
+def test_git_commit_of_an_installed_copy_in_an_ignored_folder_is_unknown(repo: Path, monkeypatch) -> None:
+    # lcbench installed (not editable) into the checkout's own .venv: the checkout's HEAD, clean,
+    # is not the code that ran
+    copy = repo / ".venv" / "site-packages" / "harness" / "runs" / "provenance.py"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("x = 3\n")
+    assert provenance.git_commit(copy) == {"commit": None, "dirty": None}
+    monkeypatch.setattr(provenance, "__file__", str(copy))  # the default: this module's own file
+    assert provenance.git_commit() == {"commit": None, "dirty": None}
+
+
+@needs_git
+def test_run_metadata_names_the_commit_of_this_checkout() -> None:
+    here = Path(provenance.__file__).resolve()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here.parent, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("lcbench is not running from a git checkout")
+    assert provenance.run_metadata(command="x")["git"]["commit"] == head.stdout.strip()
+
+
+def test_every_kernel_and_evaluation_package_is_recorded() -> None:
+    # the extras that run kernels (gpu, ref) or score with another harness (lm-eval) decide numbers:
+    # each must land in run.json's versions when installed
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    wanted = {re.match(r"[A-Za-z0-9._-]+", req).group(0).lower() for extra in ("gpu", "ref", "lm-eval")
+              for req in extras[extra]}
+    assert wanted - set(provenance.PACKAGES) == set()
+
+
+def test_command_line_is_recorded_so_that_it_splits_back_into_the_same_arguments() -> None:
+    argv = ["lcbench", "eval", "repeat", "my runs/swa", "-o", "contexts=128,256", ""]
+    command = provenance.run_metadata(command=argv)["command"]
+    assert shlex.split(command) == argv
+    assert provenance.run_metadata(command="lcbench quick")["command"] == "lcbench quick"  # a string as given
+
+
+def test_a_cpu_run_on_a_machine_with_a_gpu_does_not_record_the_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(name=f"GPU{i}", total_memory=1 << 30))
+    assert "gpu" not in provenance.run_metadata(command="x", device="cpu")["device"]
+    assert provenance.device_info("cuda:1")["gpu"] == "GPU1"
+    assert provenance.device_info("cuda")["gpu"] == provenance.device_info(None)["gpu"] == "GPU0"
+
+
+def test_run_eval_records_the_commit_the_run_started_from(monkeypatch) -> None:
+    # a commit or an edit made while a long evaluation runs must not be credited with its numbers
+    head = {"commit": "a" * 40, "dirty": False}
+    for module in (provenance, evaluate):
+        monkeypatch.setattr(module, "git_commit", lambda path=None: dict(head), raising=False)
+
+    def commit_during_the_run(model):
+        head.update(commit="b" * 40, dirty=True)
+        return [results.make_row("loss", 1.0)]
+
+    monkeypatch.setitem(registry._TASKS, "test_commit_during_run", commit_during_the_run)
+    meta = evaluate.run_eval("test_commit_during_run", small_model("swa"), None, device="cpu", progress=False).meta
+    assert meta["git"] == {"commit": "a" * 40, "dirty": False}
