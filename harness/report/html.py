@@ -116,7 +116,8 @@ def _summary_table(df: pd.DataFrame) -> str:
     body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
     title = df.attrs.get("title")
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
-    note = f"<p>{html.escape(flag_note(df))}</p>" if flag_note(df) else ""
+    flags = flag_note(df)
+    note = f"<p>{html.escape(flags)}</p>" if flags else ""
     return f"<table>{caption}<thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
