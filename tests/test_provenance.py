@@ -105,3 +105,39 @@ def test_run_eval_records_the_commit_the_run_started_from(monkeypatch) -> None:
     monkeypatch.setitem(registry._TASKS, "test_commit_during_run", commit_during_the_run)
     meta = evaluate.run_eval("test_commit_during_run", small_model("swa"), None, device="cpu", progress=False).meta
     assert meta["git"] == {"commit": "a" * 40, "dirty": False}
+
+
+def test_a_sweep_records_the_commit_it_started_from_and_each_cell_its_own(monkeypatch, tmp_path) -> None:
+    # a resumed sweep mixes cells of two commits: run.json says so, and each cell names its commit
+    import yaml
+    from harness.runs import sweep
+    from harness.train import checkpoint
+
+    head = {"commit": "a" * 40, "dirty": False}
+    for module in (provenance, sweep):
+        monkeypatch.setattr(module, "git_commit", lambda path=None: dict(head), raising=False)
+
+    def commit_during_the_run(model, n: int = 0):
+        head.update(commit="b" * 40, dirty=True)
+        return [results.make_row("loss", float(n))]
+
+    monkeypatch.setitem(registry._TASKS, "test_commit_during_sweep", commit_during_the_run)
+    ckpt = checkpoint.save_checkpoint(tmp_path / "swa", small_model("swa"))
+    spec_file = tmp_path / "spec.yaml"
+    spec = {"name": "p", "models": [{"arch": "swa", "checkpoint": str(ckpt)}],
+            "tasks": [{"task": "test_commit_during_sweep", "grid": {"n": [1]}}]}
+    spec_file.write_text(yaml.safe_dump(spec))
+    first = sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)
+    meta = provenance.read_run_json(first.out_dir)
+    assert meta["git"] == {"commit": "a" * 40, "dirty": False}  # read before the work
+    assert meta["cell_commits"] == {"a" * 40: 1}
+
+    spec["tasks"][0]["grid"]["n"] = [1, 2]  # the resumed sweep runs one more cell, under commit b
+    spec_file.write_text(yaml.safe_dump(spec))
+    with pytest.warns(UserWarning, match=r"made by different code \(1 by aaaaaaaaaaaa, 1 by bbbbbbbbbbbb\+dirty\)"):
+        sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)
+    meta = provenance.read_run_json(tmp_path / "out")
+    assert meta["git"] == {"commit": "b" * 40, "dirty": True}
+    assert meta["cell_commits"] == {"a" * 40: 1, "b" * 40 + "+dirty": 1}
+    records = [r["git"]["commit"] for r in sweep.ResultStore(tmp_path / "out").finished().values()]
+    assert sorted(records) == ["a" * 40, "b" * 40]

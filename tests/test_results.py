@@ -52,6 +52,8 @@ def test_validate_returns_schema_columns_and_dtypes():
         (dict(pos_start=8, pos_end=4), "position bin"),
         (dict(depth=1.5), "depth outside"),
         (dict(status="oom", message="out of memory"), "not ok have a value"),
+        (dict(ci_low=0.5, ci_high=None), "only one end of their interval"),
+        (dict(n=0), "n=0"),
     ],
 )
 def test_validate_names_each_problem(change, problem):
@@ -209,6 +211,13 @@ def test_validate_refuses_true_and_false_as_numbers(column):
         results.validate(bad)
     with pytest.raises(results.SchemaError, match=f"column '{column}'"):
         results.validate(pd.DataFrame(bad).astype({column: bool}))
+
+
+@pytest.mark.parametrize("flag", [True, np.bool_(False)])
+def test_make_row_refuses_a_boolean_value(flag):
+    # float(True) recorded a hit flag as the number 1.0, silently
+    with pytest.raises(results.SchemaError, match="boolean"):
+        results.make_row("hit", flag)
 
 
 @pytest.mark.parametrize("raw, expected", [("12345678901234567891", 12345678901234567891), (2**60 + 1, 2**60 + 1),

@@ -20,6 +20,8 @@ from harness.runs.sweep import describe_failures, load_spec, plan, run_sweep  # 
 
 SMALL = {"d_model": 32, "n_heads": 2, "mlp_hidden": 64, "n_layers": 2}
 
+NO_GIT = {"commit": None, "dirty": None}  # what a dead job's records name when git cannot be read
+
 
 @pytest.fixture
 def spec_path(tmp_path) -> Path:
@@ -91,7 +93,7 @@ def test_a_dead_job_leaves_status_rows_with_its_log(spec_path, tmp_path):
     out = tmp_path / "out"
     cells = plan(spec)[:2]
     job = SimpleNamespace(job_id="4242", paths=SimpleNamespace(stderr=tmp_path / "4242_0_log.err"))
-    jobs.record_dead_job(out, jobs.Submitted(job, cells), RuntimeError("Job 4242 was OOM-killed\nmore"))
+    jobs.record_dead_job(out, jobs.Submitted(job, cells), RuntimeError("Job 4242 was OOM-killed\nmore"), NO_GIT)
     table = results.read_table(out)
     assert set(table["status"]) == {"error"} and len(table) == 2
     assert all("job 4242 died (Job 4242 was OOM-killed); log: " in m and "4242_0_log.err" in m for m in table["message"])
@@ -133,7 +135,7 @@ def test_retry_failed_runs_the_cells_of_a_dead_job_again(spec_path, tmp_path, mo
     out = tmp_path / "out"
     lost = plan(spec)[:2]  # the first model's cells
     job = SimpleNamespace(job_id="4242", paths=SimpleNamespace(stderr=tmp_path / "4242_0_log.err"))
-    jobs.record_dead_job(out, jobs.Submitted(job, lost), RuntimeError("Job 4242 was OOM-killed"))
+    jobs.record_dead_job(out, jobs.Submitted(job, lost), RuntimeError("Job 4242 was OOM-killed"), NO_GIT)
     result = jobs.run_sweep_jobs(spec, str(out), "local", retry_failed=True, progress=False)
     assert result.failed == 0 and result.ran == len(plan(spec))
     assert {ResultStore(out).finished()[c.key]["status"] for c in lost} == {"ok"}

@@ -120,6 +120,8 @@ class SchemaError(LcbenchError, ValueError):
 def make_row(metric: str, value: float | None, **columns: Any) -> dict[str, Any]:
     """One measurement. A non-finite value of an ``ok`` row becomes status ``nan``; a row that
     is not ok carries NaN as its value and interval. Unknown column names are refused."""
+    if isinstance(value, (bool, np.bool_)):  # float(True) would record a flag as the number 1
+        raise SchemaError(f"the value of {metric!r} is the boolean {value}; record a number (e.g. 1.0 for a hit)")
     row = {"metric": metric, "value": math.nan if value is None else float(value), **columns}
     unknown = [k for k in row if k not in SCHEMA]
     if unknown:
@@ -214,6 +216,13 @@ def validate(table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     outside = has_ci & ((df["ci_low"] > df["value"] + tol) | (df["ci_high"] < df["value"] - tol))
     if outside.any():
         problems.append(f"{int(outside.sum())} row(s) have a value outside [ci_low, ci_high]")
+    one_ended = ok & (df["ci_low"].isna() != df["ci_high"].isna())
+    if one_ended.any():
+        problems.append(f"{int(one_ended.sum())} 'ok' row(s) have only one end of their interval (give both or neither)")
+    no_samples = ok & (df["n"] == 0)
+    if no_samples.any():
+        problems.append(f"{int(no_samples.sum())} 'ok' row(s) have n=0: a value from no samples (its status should "
+                        "be 'nan' or a failure)")
     for col in ("n", "n_tokens", "params", "train_ctx", "eval_ctx", "batch_size", "pos_start"):
         negative = df[col].notna() & (df[col] < 0)
         if negative.any():

@@ -25,6 +25,7 @@ from harness.api import results
 from harness.api.device import resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, check_choice
 from harness.runs.cluster import ClusterOptions
+from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
 from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cell_record, failure_rows_of,
                                 finish_sweep, pending_cells, plan, run_model_cells, start_sweep)
@@ -77,16 +78,16 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     out = start_sweep(spec, out_dir)
     cells, pending = pending_cells(spec, out, retry_failed)
     runner = make_executor(executor, options, out / JOBS_DIR)
-    started = time.time()
+    git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
     groups = _by_model(pending)
     if options.jobs == "cell":
         to_train = [g for g in groups if g[0].model.needs_training(out)]
-        _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress)
+        _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress, git)
         # a model whose training job died has its cells recorded failed: a job each would train it again, at once
         groups = [[c] for c in pending if not c.model.needs_training(out)]
     submitted = _submit(runner, executor, spec, out, groups, options.workers)
-    _collect(submitted, out, progress)
-    return finish_sweep(spec, out, cells, len(pending), started, device=spec.device, executor=executor,
+    _collect(submitted, out, progress, git)
+    return finish_sweep(spec, out, cells, len(pending), started, git, device=spec.device, executor=executor,
                         cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in submitted])
 
 
@@ -114,19 +115,20 @@ def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, gr
     return submitted
 
 
-def _collect(submitted: list[Submitted], out: Path, progress: bool) -> None:
-    """Wait for every job; a job that died leaves status rows for its unfinished cells."""
+def _collect(submitted: list[Submitted], out: Path, progress: bool, git: dict[str, Any]) -> None:
+    """Wait for every job; a job that died leaves status rows for its unfinished cells, recorded
+    as made by ``git`` (the code the jobs were submitted with)."""
     bar = tqdm(total=len(submitted), desc="jobs", unit="job", disable=not progress)
     for item in submitted:
         try:
             item.job.result()
         except Exception as exc:  # noqa: BLE001 - submitit reports a dead job as any of several errors
-            record_dead_job(out, item, exc)
+            record_dead_job(out, item, exc, git)
         bar.update(1)
     bar.close()
 
 
-def record_dead_job(out: Path, item: Submitted, exc: BaseException) -> None:
+def record_dead_job(out: Path, item: Submitted, exc: BaseException, git: dict[str, Any]) -> None:
     """Status rows (and failed ``cells.jsonl`` records) for the cells a dead job left unfinished."""
     store = ResultStore(out)
     done = store.finished()
@@ -137,4 +139,4 @@ def record_dead_job(out: Path, item: Submitted, exc: BaseException) -> None:
             continue
         lost = RuntimeError(f"job {item.job.job_id} died ({reason}); log: {log}")
         table = results.to_frame(failure_rows_of(cell, lost, cell.model.label))
-        store.record_cell(cell.key, table, cell_record(cell, table, 0.0))
+        store.record_cell(cell.key, table, cell_record(cell, table, 0.0, git))

@@ -47,6 +47,7 @@ import json
 import os
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -69,7 +70,7 @@ from harness.data.corpora import corpus_fingerprint
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
-from harness.runs.provenance import config_hash, read_run_json, run_metadata, write_run_json
+from harness.runs.provenance import config_hash, git_commit, read_run_json, run_metadata, write_run_json
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
@@ -410,6 +411,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
         raise ConfigError("run_model_cells takes the cells of one model and seed; group them with plan()'s order")
     store = ResultStore(out_dir)
     record_spec(seeded.spec, out_dir)
+    git = git_commit()  # each record names the code that made it: a resumed sweep may mix commits
     failed = 0
     # a model that cannot be trained or loaded fails all its cells
     with FailureGuard([], device) as preparing:
@@ -427,7 +429,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
         failed += bool((table["status"] != "ok").any())
         if samples:
             results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
-        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started))
+        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git))
         if on_cell is not None:
             on_cell(cell)
     free_memory(device)
@@ -442,7 +444,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
     cells, pending = pending_cells(spec, out_dir, retry_failed)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    started = time.time()
+    git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
                disable=not progress)
     for _, group in itertools.groupby(pending, key=lambda c: id(c.model)):
@@ -450,7 +452,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
         bar.set_postfix_str(f"{group[0].model.label} seed {group[0].seed}")
         run_model_cells(group, out_dir, device, dtype, progress, on_cell=lambda _: bar.update(1))
     bar.close()
-    return finish_sweep(spec, out_dir, cells, len(pending), started, device=str(device))
+    return finish_sweep(spec, out_dir, cells, len(pending), started, git, device=str(device))
 
 
 def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike) -> Path:
@@ -463,17 +465,25 @@ def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike) -> Path:
 
 
 def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, started: float,
-                 device: str, **extra: Any) -> SweepResult:
+                 git: dict[str, Any], device: str, **extra: Any) -> SweepResult:
     """Write run.json (``extra`` added to it) and return the table of ``cells``. ``failed``
     counts every cell of the spec not ok in the folder, the ones skipped as done included: a
-    rerun that does not retry them has not produced the spec's results either."""
+    rerun that does not retry them has not produced the spec's results either. ``git``: read
+    when the sweep started; ``cell_commits`` lists the commits its cells' records name, which are
+    several when earlier runs in the folder ran other code."""
     store = ResultStore(out_dir)
     table = store.show_cells(c.key for c in cells)  # cells finished earlier show their own rows
     done = store.finished()
     failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
     clashes = clashing_cells(store, cells)
-    meta = run_metadata(seed=None, device=device, spec=spec.to_dict(), run=spec.name)
+    meta = run_metadata(seed=None, device=device, git=git, spec=spec.to_dict(), run=spec.name)
     keys = [c.key for c in cells]
+    commits = cell_commits(done.get(k) for k in keys)
+    if len(commits) > 1:
+        made = ", ".join(f"{n} by {name[:12]}{'+dirty' * name.endswith('+dirty')}" for name, n in commits.items())
+        warnings.warn(f"the cells of {spec.name} in {out_dir} were made by different code ({made}): cells finished "
+                      "earlier are not rerun; a new folder gives results of one commit", stacklevel=2)
+    meta.update(cell_commits=commits)
     meta.update(cells=len(cells), cell_keys=keys, ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
@@ -513,13 +523,28 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
     return path
 
 
-def cell_record(cell: Cell, table: pd.DataFrame, seconds: float) -> dict[str, Any]:
-    """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``."""
+def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, Any]) -> dict[str, Any]:
+    """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``, made by the code
+    of ``git`` (:func:`~harness.runs.provenance.git_commit`)."""
     not_ok = table[table["status"] != "ok"]
     return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
             "seed": cell.seed, "task": cell.task, "options": cell.options,
             "status": "failed" if len(not_ok) else "ok", "rows": len(table), "seconds": round(seconds, 2),
-            "message": failure_summary(not_ok)}
+            "message": failure_summary(not_ok), "git": git}
+
+
+def cell_commits(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
+    """How many of ``records`` (``cells.jsonl`` records; None for a cell not run) each commit made:
+    ``sha`` or ``sha+dirty`` (uncommitted edits), ``unknown`` where no commit was read, as for
+    records written before cells named theirs."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if record is None:
+            continue
+        git = record.get("git") or {}
+        name = (git.get("commit") or "unknown") + ("+dirty" if git.get("dirty") else "")
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def failure_summary(not_ok: pd.DataFrame) -> str:
