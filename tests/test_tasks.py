@@ -18,6 +18,7 @@ from harness.data.packing import select_windows
 from harness.data.tokenizers import ByteTokenizer
 from harness.runs import provenance
 from harness.runs.evaluate import resolve_model, run_eval, task_options
+from harness.train import checkpoint
 from tasks import niah as niah_task
 from tasks.loss_scaling import position_bins
 
@@ -141,6 +142,24 @@ def test_bad_names_give_clear_errors(tmp_path):
         run_eval("latency", str(tmp_path / "missing"), None)
     with pytest.raises(ConfigError, match="variant"):
         run_eval("niah", "swa", None, {"variants": "singel"})
+
+
+def test_inputs_that_would_be_ignored_are_refused(tmp_path, monkeypatch):
+    # each was accepted and dropped without a word: the run measured something else than asked
+    ckpt = checkpoint.save_checkpoint(tmp_path / "swa", small_model("swa"))
+    for spec in (str(ckpt), small_model("swa")):
+        with pytest.raises(ConfigError, match="preset 'tiny' cannot apply to a (checkpoint folder|built model)"):
+            resolve_model(spec, preset="tiny")
+    with pytest.raises(ConfigError, match="names preset '125m' and preset 'tiny' is given too"):
+        resolve_model("swa:125m", preset="tiny")
+    assert resolve_model("swa:tiny", preset="tiny")[1].name == "swa:tiny"  # the same preset twice is fine
+    with pytest.raises(ConfigError, match="seed must be a non-negative integer, got True"):
+        run_eval("latency", "swa", None, {"contexts": "16"}, seed=True)
+    from harness.runs import quick
+    asked = []
+    monkeypatch.setattr(quick, "run_sweep", lambda spec, out, progress: asked.extend(m.arch for m in spec.models))
+    quick.run_quick(tmp_path / "q", archs="swa")  # one name, not the letters s, w, a
+    assert asked == ["swa"]
 
 
 def test_run_eval_writes_a_complete_run_folder(tmp_path):

@@ -69,6 +69,10 @@ def resolve_model(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     train_config, path, source = None, None, "preset"
+    if preset is not None and (isinstance(spec, LCModel) or checkpoint.is_checkpoint(str(spec))):
+        what = "a checkpoint folder" if not isinstance(spec, LCModel) else "a built model"
+        raise ConfigError(f"preset {preset!r} cannot apply to {what}: it has its own config; give a preset only "
+                          "with an architecture name")
     if isinstance(spec, LCModel):
         model = spec
         label = name or f"{model.config.arch}:custom"
@@ -92,6 +96,9 @@ def resolve_model(
                        f"valid architectures: {', '.join(choices)}")
                 hint = close_match(arch, choices)
                 raise ConfigError(msg + (f". Did you mean {hint!r}?" if hint else ""))
+            if spec_preset and preset is not None and spec_preset != preset:
+                raise ConfigError(f"model {spec!r} names preset {spec_preset!r} and preset {preset!r} is given too; "
+                                  "give one")
             preset = spec_preset or preset or "tiny"
             torch.manual_seed(0)  # untrained weights: the same on every run
             model = registry.create_model(arch, preset)
@@ -140,7 +147,7 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
              progress: bool = True) -> tuple[pd.DataFrame, list[dict[str, Any]], Any]:
     """Run a registered task on a resolved model: (validated table, samples, parsed options)."""
     task = registry.get_task(task_name)
-    if not isinstance(seed, int) or seed < 0:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     ctx = RunContext(model_info=info, device=device, dtype=dtype, seed=seed, progress=progress,
                      heldout_source=heldout_documents)

@@ -9,9 +9,11 @@ from harness.runs.sweep import SweepResult, load_spec, run_sweep
 QUICK_SPEC = Path(__file__).resolve().parents[2] / "results" / "specs" / "quick.yaml"
 
 
-def run_quick(out_dir: str | Path = "runs/quick", archs: list[str] | None = None, steps: int | None = None,
+def run_quick(out_dir: str | Path = "runs/quick", archs: str | list[str] | None = None, steps: int | None = None,
               progress: bool = True) -> SweepResult:
     """Run the quick spec (optionally only some architectures, or another training budget)."""
+    if isinstance(archs, str):  # one name, not its letters
+        archs = [archs]
     if not QUICK_SPEC.is_file():
         raise ConfigError(f"the quick spec is missing at {QUICK_SPEC}; run lcbench quick from a checkout of lcbench")
     spec = load_spec(QUICK_SPEC)
