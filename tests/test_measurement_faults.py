@@ -123,6 +123,17 @@ def test_cpu_peak_memory_is_what_the_work_added():
     del block
 
 
+def test_peak_memory_blocks_do_not_nest():
+    # the inner block's reset would hide the outer block's earlier peak
+    with PeakMemory("cpu") as outer:
+        with pytest.raises(RuntimeError, match="cannot nest"):
+            with PeakMemory("cpu"):
+                pass
+    with PeakMemory("cpu") as after:  # a finished block frees the device for the next
+        pass
+    assert outer.peak > 0 and after.peak > 0
+
+
 def test_a_peak_reset_that_does_not_take_falls_back_to_sampling(monkeypatch):
     """A kernel that accepts the reset and ignores it would count an earlier, larger peak."""
     from harness.api import timing

@@ -161,6 +161,8 @@ class PeakMemory:
     anything else alive; ``pm.baseline`` is the resident size when the block started, and
     ``pm.added`` what the block added above it (what a CPU measurement should report)."""
 
+    _active: set[str] = set()  # devices a block is measuring now: one resets the peak another reads
+
     def __init__(self, device: torch.device | str = "cpu", sample_interval: float = 0.001):
         self.device = torch.device(device)
         self.sample_interval = sample_interval
@@ -180,6 +182,10 @@ class PeakMemory:
         return "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss"
 
     def __enter__(self) -> "PeakMemory":
+        where = self.device.type  # CPU: one resident set per process; CUDA: peaks reset together
+        if where in PeakMemory._active:
+            raise RuntimeError(f"PeakMemory blocks on {where} cannot nest: the inner one resets the peak the "
+                               "outer one reads; measure the two blocks one after the other")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -191,6 +197,7 @@ class PeakMemory:
                 self._stop = threading.Event()
                 self._thread = threading.Thread(target=self._sample, daemon=True)
                 self._thread.start()
+        PeakMemory._active.add(where)
         return self
 
     def _sample(self) -> None:
@@ -200,6 +207,7 @@ class PeakMemory:
             self._stop.wait(self.sample_interval)
 
     def __exit__(self, *exc: Any) -> None:
+        PeakMemory._active.discard(self.device.type)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
