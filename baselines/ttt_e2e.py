@@ -375,7 +375,7 @@ class TTTE2ELM(AttentionLM):
         return super().forward(tokens)
 
     def token_losses(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self._static():
+        if self._static() or (tokens.dim() == 2 and tokens.size(1) == 1):  # one token: no targets, [B, 0]
             return super().token_losses(tokens)
         return self._read(tokens, "nll")[0]
 
@@ -410,9 +410,6 @@ class TTTE2ELM(AttentionLM):
         B, n_in = tokens.size(0), tokens.size(1) - (out == "nll")
         read_start = 0 if state is None else state.pos  # position of tokens[:, 0]
         read_end = read_start + n_in
-        if n_in <= 0:
-            raise ConfigError(f"per-token losses need at least 2 tokens per sequence (the last is only a target), "
-                              f"got shape {tuple(tokens.shape)}")
 
         # 1. the prefix, once over all new tokens
         x, conv_tail = self.embed_tokens(tokens[:, :n_in], None if state is None else state.conv_tail)

@@ -111,6 +111,8 @@ def test_token_losses_match_forward(arch):
     losses = model.token_losses(x)
     assert losses.shape == (2, T - 1)
     torch.testing.assert_close(losses, expected.view(2, -1), rtol=1e-9, atol=1e-9)
+    # one token has no target: no losses, as stream_token_losses gives (TTT-E2E raised)
+    assert model.token_losses(x[:, :1]).shape == (2, 0)
 
 
 @torch.no_grad()
