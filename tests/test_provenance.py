@@ -131,6 +131,7 @@ def test_a_sweep_records_the_commit_it_started_from_and_each_cell_its_own(monkey
     meta = provenance.read_run_json(first.out_dir)
     assert meta["git"] == {"commit": "a" * 40, "dirty": False}  # read before the work
     assert meta["cell_commits"] == {"a" * 40: 1}
+    assert meta["cell_machines"] == {f"cpu: {provenance.cpu_name()}": 1}  # where the cell ran
 
     spec["tasks"][0]["grid"]["n"] = [1, 2]  # the resumed sweep runs one more cell, under commit b
     spec_file.write_text(yaml.safe_dump(spec))

@@ -139,4 +139,4 @@ def record_dead_job(out: Path, item: Submitted, exc: BaseException, git: dict[st
             continue
         lost = RuntimeError(f"job {item.job.job_id} died ({reason}); log: {log}")
         table = results.to_frame(failure_rows_of(cell, lost, cell.model.label))
-        store.record_cell(cell.key, table, cell_record(cell, table, 0.0, git))
+        store.record_cell(cell.key, table, cell_record(cell, table, 0.0, git, None))

@@ -70,7 +70,8 @@ from harness.data.corpora import corpus_fingerprint
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
-from harness.runs.provenance import config_hash, git_commit, read_run_json, run_metadata, write_run_json
+from harness.runs.provenance import (config_hash, device_info, git_commit, read_run_json, run_metadata,
+                                     write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
@@ -411,7 +412,9 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
         raise ConfigError("run_model_cells takes the cells of one model and seed; group them with plan()'s order")
     store = ResultStore(out_dir)
     record_spec(seeded.spec, out_dir)
-    git = git_commit()  # each record names the code that made it: a resumed sweep may mix commits
+    # each record names the code and the machine that made it: a resumed sweep may mix commits, and
+    # a cluster's cells run on other machines than the one that writes run.json
+    git, machine = git_commit(), {"name": str(device), **device_info(str(device))}
     failed = 0
     # a model that cannot be trained or loaded fails all its cells
     with FailureGuard([], device) as preparing:
@@ -429,7 +432,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
         failed += bool((table["status"] != "ok").any())
         if samples:
             results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
-        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git))
+        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git, machine))
         if on_cell is not None:
             on_cell(cell)
     free_memory(device)
@@ -483,7 +486,7 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
         made = ", ".join(f"{n} by {name[:12]}{'+dirty' * name.endswith('+dirty')}" for name, n in commits.items())
         warnings.warn(f"the cells of {spec.name} in {out_dir} were made by different code ({made}): cells finished "
                       "earlier are not rerun; a new folder gives results of one commit", stacklevel=2)
-    meta.update(cell_commits=commits)
+    meta.update(cell_commits=commits, cell_machines=cell_machines(done.get(k) for k in keys))
     meta.update(cells=len(cells), cell_keys=keys, ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
@@ -523,28 +526,40 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
     return path
 
 
-def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, Any]) -> dict[str, Any]:
+def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, Any],
+                machine: dict[str, Any] | None) -> dict[str, Any]:
     """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``, made by the code
-    of ``git`` (:func:`~harness.runs.provenance.git_commit`)."""
+    of ``git`` (:func:`~harness.runs.provenance.git_commit`) on ``machine`` (the device used and
+    :func:`~harness.runs.provenance.device_info`; None for a cell whose job died unseen)."""
     not_ok = table[table["status"] != "ok"]
     return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
             "seed": cell.seed, "task": cell.task, "options": cell.options,
             "status": "failed" if len(not_ok) else "ok", "rows": len(table), "seconds": round(seconds, 2),
-            "message": failure_summary(not_ok), "git": git}
+            "message": failure_summary(not_ok), "git": git, "machine": machine}
 
 
 def cell_commits(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
     """How many of ``records`` (``cells.jsonl`` records; None for a cell not run) each commit made:
     ``sha`` or ``sha+dirty`` (uncommitted edits), ``unknown`` where no commit was read, as for
     records written before cells named theirs."""
-    counts: dict[str, int] = {}
-    for record in records:
-        if record is None:
-            continue
+    def commit(record: dict[str, Any]) -> str:
         git = record.get("git") or {}
-        name = (git.get("commit") or "unknown") + ("+dirty" if git.get("dirty") else "")
-        counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
+        return (git.get("commit") or "unknown") + ("+dirty" if git.get("dirty") else "")
+    return _count(records, commit)
+
+
+def cell_machines(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
+    """How many of ``records`` ran on each machine, named ``device: GPU or CPU model``
+    (``unknown`` where the record names none)."""
+    def machine(record: dict[str, Any]) -> str:
+        m = record.get("machine")
+        return f"{m['name']}: {m.get('gpu') or m.get('cpu')}" if m else "unknown"
+    return _count(records, machine)
+
+
+def _count(records: Iterable[dict[str, Any] | None], name: Callable[[dict[str, Any]], str]) -> dict[str, int]:
+    names = [name(r) for r in records if r is not None]
+    return {n: names.count(n) for n in sorted(set(names))}
 
 
 def failure_summary(not_ok: pd.DataFrame) -> str:
