@@ -53,6 +53,25 @@ def friendly_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
+
+
+def resumes(fn: Callable) -> Callable:
+    """For a command whose rerun goes on where it stopped (sweep, quick): Ctrl-C says so, in
+    one line, instead of a traceback from wherever the work was."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("interrupted: the cells that finished are kept, and a model in training resumes from its "
+                       "last save; rerun the same command to go on", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
 def exit_if_failed(failed: int, what: str) -> None:
     """Exit 1 after a command's output when some of its work failed."""
     if failed:
@@ -170,6 +189,7 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 @click.option("--arch", "archs", multiple=True, help="Only these architectures (repeatable; default: all).")
 @click.option("--steps", type=int, default=None, help="Training steps per model (default: the spec's).")
 @friendly_errors
+@resumes
 def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
     """The quick benchmark on the embedded corpus: results/specs/quick.yaml, then its figures."""
     from harness.runs.quick import run_quick
@@ -326,6 +346,7 @@ def _echo_table(table) -> None:
 @click.option("--constraint", default=None, help="Slurm constraint (node features).")
 @click.option("--slurm-opt", "slurm_opts", multiple=True, help="Any other sbatch option key=value (repeatable).")
 @friendly_errors
+@resumes
 def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_opts: tuple[str, ...],
           **cluster: Any) -> None:
     """Run every cell of a sweep SPEC (YAML/TOML); reruns skip finished cells. Cluster settings

@@ -190,3 +190,20 @@ def test_a_rerun_that_skips_failed_cells_still_exits_1(tmp_path):
     again = run("sweep", str(spec), "--out", str(tmp_path / "out"))
     assert again.exit_code == EXIT_FAILED_WORK, again.output
     assert "0 cells run, 2 already done, 1 failed" in again.output
+
+
+def test_ctrl_c_during_a_sweep_says_how_to_go_on(tmp_path, monkeypatch):
+    """Ctrl-C left a traceback from wherever the work was; a rerun resumes, and the line says so."""
+    import harness.runs.sweep as sweep_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_mod, "run_sweep", interrupted)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "i", "models": [{"arch": "swa", "untrained": True}],
+                                    "tasks": [{"task": "test_sweep_probe"}]}))
+    result = run("sweep", str(spec), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert "interrupted: the cells that finished are kept" in result.output
+    assert "rerun the same command to go on" in result.output
