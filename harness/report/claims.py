@@ -7,7 +7,8 @@ on the same windows:
 1. ``context``: TTT-E2E's loss keeps falling with context like full attention's, while SWA,
    Mamba 2 and Gated DeltaNet level off. Read from ``loss_scaling`` run with ``targets: same``
    (the same targets at every length): a model *keeps falling* when its loss at the longest
-   context is lower than at half of it (paired by window, interval above ``MIN_CONTEXT_GAIN``).
+   context is lower than at half of it (paired by window, interval above ``MIN_CONTEXT_GAIN``),
+   and *levels off* when that interval lies below it (one that holds it decides neither).
    Where the run has the ``repeat`` task, each model's copy gain at its longest length is shown
    alongside: whether it copies from that far back at all.
 2. ``position``: TTT-E2E's gain over SWA grows with token position. At the longest context, the
@@ -124,8 +125,20 @@ def _sign(est: stats.Estimate, margin: float = 0.0) -> int:
     return 1 if est.ci_low > margin else -1 if est.ci_high < -margin else 0
 
 
-def _gains(est: stats.Estimate) -> bool:
-    return _sign(est, MIN_CONTEXT_GAIN) > 0
+def _trend(est: stats.Estimate) -> str:
+    """``gains`` (interval above MIN_CONTEXT_GAIN), ``levels`` (below it) or ``unclear`` (it holds
+    MIN_CONTEXT_GAIN, or there is no interval): an interval that cannot rule out a gain is no
+    evidence that a model levels off."""
+    if _sign(est, MIN_CONTEXT_GAIN) > 0:
+        return "gains"
+    return "levels" if est.ci_high < MIN_CONTEXT_GAIN else "unclear"  # NaN compares false
+
+
+def _unresolved(est: stats.Estimate, units: str, holds: str) -> str:
+    """Why an interval decides nothing: too few units for one, or it holds ``holds``."""
+    if not np.isfinite(est.ci_low):
+        return f"{est.n} {units}{'' if est.n == 1 else 's'}, too few for an interval"
+    return f"its interval [{est.ci_low:+.4f}, {est.ci_high:+.4f}] holds {holds}"
 
 
 def _row(what: str, est: stats.Estimate, **extra: Any) -> dict[str, Any]:
@@ -192,27 +205,37 @@ def context_claim(run: RunData) -> Claim:
         return Claim("context", statement, "undecided",
                      f"no same-target loss_scaling windows{at} for {', '.join(need)} (run loss_scaling with "
                      "targets: same and two lengths a doubling apart)", evidence)
-    still_falling = [a for a in FIXED_STATE if a in gains and _gains(gains[a])]
-    ttt_keeps = _gains(gains["ttt_e2e"])
-    if not _gains(gains["full_attention"]):
-        others = ", ".join((["ttt_e2e"] if ttt_keeps else []) + still_falling) or "none of the others"
+    trend = {arch: _trend(est) for arch, est in gains.items()}
+    fixed = [a for a in FIXED_STATE if a in trend]
+    still_falling = [a for a in fixed if trend[a] == "gains"]
+    if trend["full_attention"] == "unclear":
+        return Claim("context", statement, "undecided", "whether full attention gains from the last doubling of "
+                     f"context is not resolved ({_unresolved(gains['full_attention'], 'document', MIN_CONTEXT_GAIN)})",
+                     evidence)
+    if trend["full_attention"] == "levels":
+        others = ", ".join((["ttt_e2e"] if trend["ttt_e2e"] == "gains" else []) + still_falling) or "none of the others"
         full_copy = copying.get("full_attention")
         copies = "" if full_copy is None else (
             f"; its copy gain at that length is {full_copy['value']:+.3f} nats/token (repeat task)")
         return Claim("context", statement, "undecided",
                      "full attention itself does not gain from the last doubling of context, so the run cannot "
                      f"show which architectures keep up with it (still gaining: {others}){copies}", evidence)
-    if ttt_keeps and not still_falling:
-        return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
-                     "the fixed-state models do not", evidence)
-    if not ttt_keeps and len(still_falling) == len([a for a in FIXED_STATE if a in gains]):
-        return Claim("context", statement, "contradicted", "TTT-E2E levels off while every fixed-state model "
-                     "still gains", evidence)
-    if not ttt_keeps:
+    if trend["ttt_e2e"] == "levels":
+        if len(still_falling) == len(fixed):
+            return Claim("context", statement, "contradicted", "TTT-E2E levels off while every fixed-state model "
+                         "still gains", evidence)
         return Claim("context", statement, "contradicted", "TTT-E2E does not gain from the last doubling of "
                      "context, full attention does", evidence)
-    return Claim("context", statement, "partly", "TTT-E2E still gains like full attention, but so does "
-                 + ", ".join(still_falling), evidence)
+    if trend["ttt_e2e"] == "gains" and still_falling:
+        return Claim("context", statement, "partly", "TTT-E2E still gains like full attention, but so does "
+                     + ", ".join(still_falling), evidence)
+    unclear = [a for a in ("ttt_e2e", *fixed) if trend[a] == "unclear"]
+    if unclear:
+        return Claim("context", statement, "undecided", "whether " + ", ".join(unclear) + " still gain(s) from the "
+                     "last doubling is not resolved: " + "; ".join(
+                         f"{a}: {_unresolved(gains[a], 'document', MIN_CONTEXT_GAIN)}" for a in unclear), evidence)
+    return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
+                 "the fixed-state models do not", evidence)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +275,7 @@ def position_claim(run: RunData) -> Claim:
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(growth)]
     why = {"holds": "the gain is larger late in the window than early",
            "contradicted": "the gain shrinks with position",
-           "undecided": "the growth's interval holds 0"}[verdict]
+           "undecided": f"the growth is not resolved ({_unresolved(growth, 'document', 0)})"}[verdict]
     return Claim("position", statement, verdict, why, evidence)
 
 
@@ -297,7 +320,7 @@ def recall_claim(run: RunData) -> Claim:
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(gap)]
     why = {"holds": "full attention answers more MQAR queries than TTT-E2E",
            "contradicted": "TTT-E2E answers more MQAR queries than full attention",
-           "undecided": "the accuracy gap's interval holds 0"}[verdict]
+           "undecided": f"the accuracy gap is not resolved ({_unresolved(gap, 'test sequence', 0)})"}[verdict]
     return Claim("recall", statement, verdict, why, evidence)
 
 
