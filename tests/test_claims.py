@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from harness.api import results
@@ -191,3 +192,16 @@ def test_one_document_gives_no_interval_and_the_verdicts_say_so():
     for claim in (claims.context_claim(run), claims.position_claim(run)):
         # the reasons were "full attention itself does not gain" and "the growth's interval holds 0"
         assert claim.verdict == "undecided" and "1 document" in claim.why, claim.why
+
+
+def test_pooled_mqar_accuracy_counts_queries_like_the_mqar_rows():
+    """A 16-pair sequence asks 4x the queries of a 4-pair one; the pooled accuracy was the mean of
+    per-sequence accuracies, which weighed every sequence alike (0.75 here, not 0.6)."""
+    run = _run(PAPER, GROWING, {})
+    run.samples = [s for s in run.samples if s.get("task") != "mqar"]
+    for model, at_16 in (("full_attention", 0.5), ("ttt_e2e", 0.25)):
+        run.samples += [{"model": model, "task": "mqar", "kind": "point", "eval_ctx": 64, "pairs": p,
+                         "per_sequence": [acc] * 10} for p, acc in ((4, 1.0), (16, at_16))]
+    full, ttt, gap = claims.recall_claim(run).evidence[:3]
+    assert full["value"] == pytest.approx((4 * 1.0 + 16 * 0.5) / 20) and ttt["value"] == pytest.approx(0.4)
+    assert gap["value"] == pytest.approx(0.2) and full["n"] == 20

@@ -107,13 +107,14 @@ def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None)
     return RunData(read_table(run_dir), samples)
 
 
-def _paired(pairs: Iterable[tuple[str, float]], seed: int) -> stats.Estimate:
-    """Mean of per-unit differences, with an interval that resamples whole documents."""
+def _paired(pairs: Iterable[tuple[str, float, float]], seed: int) -> stats.Estimate:
+    """Weighted mean of (unit, difference, weight) triples (a weight: the tokens or queries behind
+    a difference), with an interval that resamples whole units (documents, test sequences)."""
     sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    for doc, diff in pairs:
-        sums[doc] += diff
-        counts[doc] += 1
+    counts: dict[str, float] = defaultdict(float)
+    for doc, diff, weight in pairs:
+        sums[doc] += diff * weight
+        counts[doc] += weight
     keys = sorted(sums)
     return stats.bootstrap_ratio([sums[k] for k in keys], [counts[k] for k in keys], RESAMPLES, seed=seed)
 
@@ -166,7 +167,8 @@ def last_doubling_gain(run: RunData, model: str, longest: int | None = None) -> 
     shared = sorted(set(half) & set(by_length.get(longest, {})))
     if not shared:
         return None
-    return _paired(((doc, half[(doc, end)] - by_length[longest][(doc, end)]) for doc, end in shared), seed=1), longest
+    return _paired(((doc, half[(doc, end)] - by_length[longest][(doc, end)], 1.0) for doc, end in shared),
+                   seed=1), longest
 
 
 def copy_gain(run: RunData, model: str) -> dict[str, Any] | None:
@@ -265,9 +267,9 @@ def position_claim(run: RunData) -> Claim:
         return float(np.average(diff[which], weights=weights[which]))
 
     last = [len(bins) - 1]
-    early_gain = _paired(((k[1], gain(k, early)) for k in keys), seed=2)
-    late_gain = _paired(((k[1], gain(k, last)) for k in keys), seed=3)
-    growth = _paired(((k[1], gain(k, last) - gain(k, early)) for k in keys), seed=4)
+    early_gain = _paired(((k[1], gain(k, early), 1.0) for k in keys), seed=2)
+    late_gain = _paired(((k[1], gain(k, last), 1.0) for k in keys), seed=3)
+    growth = _paired(((k[1], gain(k, last) - gain(k, early), 1.0) for k in keys), seed=4)
     lo, hi = bins[last[0]]
     evidence = [_row(f"gain over SWA, positions < {longest // 8}", early_gain),
                 _row(f"gain over SWA, positions {lo}-{hi}", late_gain),
@@ -306,11 +308,12 @@ def recall_claim(run: RunData) -> Claim:
     points = sorted(set(a) & set(b))
     if not points:
         return Claim("recall", statement, "undecided", "no mqar points shared by full attention and TTT-E2E", evidence)
-    # units: test sequences (the same sequences for both models), pooled over the grid's points
-    units = [(f"{p}/{i}", x, y) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
-    full_acc = _paired(((u, x) for u, x, _ in units), seed=5)
-    ttt_acc = _paired(((u, y) for u, _, y in units), seed=6)
-    gap = _paired(((u, x - y) for u, x, y in units), seed=7)
+    # units: test sequences (the same sequences for both models), pooled over the grid's points;
+    # a sequence weighs its queries (pairs), so the pooled accuracy is a share of queries as mqar's rows are
+    units = [(f"{p}/{i}", x, y, float(p[1])) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
+    full_acc = _paired(((u, x, w) for u, x, _, w in units), seed=5)
+    ttt_acc = _paired(((u, y, w) for u, _, y, w in units), seed=6)
+    gap = _paired(((u, x - y, w) for u, x, y, w in units), seed=7)
     evidence = [_row(f"{full}: MQAR accuracy", full_acc), _row(f"{ttt}: MQAR accuracy", ttt_acc),
                 _row("full attention - TTT-E2E (MQAR)", gap), *evidence]
     if full_acc.value < RECALL_FLOOR:
