@@ -37,7 +37,8 @@ Two scorings, so that small models that cannot yet generate are still measured:
 
 Prompts are a deterministic function of (seed, variant, haystack, length, depth, sample
 index). Rows give each metric per (variant, haystack, eval_ctx, depth) cell and pooled over
-depths (depth NA), with a bootstrap interval over prompts; ``samples.jsonl`` keeps every
+depths (depth NA), with an interval over prompts (the rates a Wilson score interval, see
+:func:`harness.api.stats.rate`; ``value_logprob`` a bootstrap one); ``samples.jsonl`` keeps every
 prompt's needles, expected values, generated text and candidate log-probabilities.
 """
 from __future__ import annotations
@@ -64,6 +65,7 @@ VARIANTS = ("single", "multikey", "multivalue", "multiquery")
 HAYSTACKS = ("text", "noise")
 VALUE_KINDS = ("number", "word", "uuid")
 METRICS = ("gen_match", "cand_acc", "value_logprob")
+RATES = ("gen_match", "cand_acc")
 # Host memory a prompt takes per token before the model sees it: the haystack and prompt token
 # lists (8-byte pointers each, with growth slack) and the int64 tensor made from them.
 PROMPT_BYTES_PER_TOKEN = 48
@@ -113,7 +115,7 @@ class NIAHOptions(DataOptions):
     generate: bool = option(True, "score greedy generation")
     rank: bool = option(True, "score candidate log-probabilities")
     max_new_tokens: int = option(0, "generation length (0: the expected answer's length + 8)")
-    resamples: int = option(2000, "bootstrap resamples for confidence intervals")
+    resamples: int = option(2000, "bootstrap resamples for value_logprob's confidence intervals")
 
     def __post_init__(self) -> None:
         check_positive("contexts", self.contexts)
@@ -384,8 +386,11 @@ class NIAH(Task):
 
     @staticmethod
     def _row(metric: str, values: list[float], options: NIAHOptions, ctx, **where) -> dict[str, Any]:
-        seed = [ctx.seed, zlib.crc32(repr(sorted(where.items())).encode()), METRICS.index(metric)]
-        est = stats.bootstrap_mean(values, options.resamples, seed=seed)
+        if metric in RATES:  # a few prompts, each scored in [0, 1]: a bootstrap claims certainty when all agree
+            est = stats.rate(values)
+        else:
+            seed = [ctx.seed, zlib.crc32(repr(sorted(where.items())).encode()), METRICS.index(metric)]
+            est = stats.bootstrap_mean(values, options.resamples, seed=seed)
         return make_row(metric, **est.as_columns(), **where)
 
     def _score(self, model, prompt: Prompt, builder: PromptBuilder, options: NIAHOptions, ctx) -> dict[str, float]:

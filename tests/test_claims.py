@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from harness.api import results
@@ -139,8 +140,9 @@ def test_a_trace_of_context_too_small_to_matter_is_not_a_gain():
     """Recurrent states keep 1e-6-sized traces that paired intervals call significant."""
     from harness.api.stats import Estimate
 
-    assert not claims._gains(Estimate(1e-4, 0.9e-4, 1.1e-4, 9))
-    assert claims._gains(Estimate(0.05, 0.04, 0.06, 9))
+    assert claims._trend(Estimate(1e-4, 0.9e-4, 1.1e-4, 9)) == "levels"
+    assert claims._trend(Estimate(0.05, 0.04, 0.06, 9)) == "gains"
+    assert claims._trend(Estimate(0.01, 0.001, 0.02, 9)) == "unclear"
 
 
 def test_a_run_with_several_models_of_an_architecture_says_which_is_judged_and_takes_a_pick(tmp_path):
@@ -168,3 +170,38 @@ def test_a_run_with_several_models_of_an_architecture_says_which_is_judged_and_t
     bad = CliRunner().invoke(main, ["claims", str(tmp_path), "--model", "ttt_e2e=ttt_e2e@shrot"])
     assert bad.exit_code == 2 and "Did you mean 'ttt_e2e@short'" in bad.output
     assert CliRunner().invoke(main, ["claims", str(tmp_path), "--model", "ttt"]).exit_code == 2
+
+
+def test_a_fixed_state_model_whose_gain_is_unresolved_does_not_level_off():
+    """SWA gains 0.008 nats, noisily: its interval holds MIN_CONTEXT_GAIN, so it neither keeps
+    falling nor levels off, and "holds" (the fixed-state models do not gain) was not shown."""
+    run = _run(PAPER, GROWING, {})
+    rng = np.random.default_rng(1)
+    for s in run.windows("swa"):
+        if s["eval_ctx"] == 1024:
+            s["scored_loss"] -= 0.008 + rng.normal(0, 0.04)
+    swa = claims.last_doubling_gain(run, "swa")[0]
+    assert swa.ci_low < claims.MIN_CONTEXT_GAIN < swa.ci_high  # the premise
+    claim = claims.context_claim(run)
+    assert claim.verdict == "undecided" and "swa" in claim.why and "interval" in claim.why
+
+
+def test_one_document_gives_no_interval_and_the_verdicts_say_so():
+    run = _run(PAPER, GROWING, {})
+    run.samples = [s for s in run.samples if s.get("kind") != "window" or s["doc"] == "d0"]
+    for claim in (claims.context_claim(run), claims.position_claim(run)):
+        # the reasons were "full attention itself does not gain" and "the growth's interval holds 0"
+        assert claim.verdict == "undecided" and "1 document" in claim.why, claim.why
+
+
+def test_pooled_mqar_accuracy_counts_queries_like_the_mqar_rows():
+    """A 16-pair sequence asks 4x the queries of a 4-pair one; the pooled accuracy was the mean of
+    per-sequence accuracies, which weighed every sequence alike (0.75 here, not 0.6)."""
+    run = _run(PAPER, GROWING, {})
+    run.samples = [s for s in run.samples if s.get("task") != "mqar"]
+    for model, at_16 in (("full_attention", 0.5), ("ttt_e2e", 0.25)):
+        run.samples += [{"model": model, "task": "mqar", "kind": "point", "eval_ctx": 64, "pairs": p,
+                         "per_sequence": [acc] * 10} for p, acc in ((4, 1.0), (16, at_16))]
+    full, ttt, gap = claims.recall_claim(run).evidence[:3]
+    assert full["value"] == pytest.approx((4 * 1.0 + 16 * 0.5) / 20) and ttt["value"] == pytest.approx(0.4)
+    assert gap["value"] == pytest.approx(0.2) and full["n"] == 20

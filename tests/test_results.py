@@ -261,3 +261,21 @@ def test_literal_options_take_only_their_values():
         parse_options(Modes, {"modes": "same,all"})
     with pytest.raises(ConfigError, match="option 'order'.*valid: 1, 2"):
         parse_options(Modes, {"order": 3})
+
+
+def test_a_rate_over_few_units_keeps_its_level():
+    # NIAH cells of 3 prompts all answered were reported as [1, 1], certain
+    all_right = stats.rate([1.0, 1.0, 1.0])
+    assert all_right.value == 1.0 and all_right.ci_high == 1.0 and 0.2 < all_right.ci_low < 0.6
+    assert stats.rate([0.0, 0.0, 0.0]).ci_low == 0.0 < stats.rate([0.0, 0.0, 0.0]).ci_high
+    # the exact coverage over every outcome of n Bernoulli units, at the cell sizes NIAH uses
+    # (a percentile bootstrap: 0.46 at n=3, p=0.8; 0.38 at n=9, p=0.95)
+    for n in (3, 9):
+        for p in (0.2, 0.5, 0.8, 0.95):
+            chance = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+            ends = [stats.rate([1.0] * k + [0.0] * (n - k)) for k in range(n + 1)]
+            coverage = sum(c for c, e in zip(chance, ends) if e.ci_low <= p <= e.ci_high)
+            assert coverage > 0.85, (n, p, coverage)
+    assert math.isnan(stats.rate([]).ci_low) and math.isnan(stats.rate([1.0, math.nan]).ci_high)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        stats.rate([0.5, 1.5])

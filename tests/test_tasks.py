@@ -335,6 +335,8 @@ def test_niah_copier_scores_one_everywhere(corpus):
     assert set(table["variant"]) == set(niah_task.VARIANTS) and set(table["haystack"]) == set(niah_task.HAYSTACKS)
     for metric in ("gen_match", "cand_acc"):
         assert (table.loc[table["metric"] == metric, "value"] == 1.0).all(), metric
+        # 2 (or 6) prompts all answered do not make a rate certain: the interval used to be [1, 1]
+        assert (table.loc[table["metric"] == metric, "ci_low"] < 0.7).all(), metric
     pooled = table[table["depth"].isna()]
     assert (pooled["n"] == 6).all() and (table[table["depth"].notna()]["n"] == 2).all()
     sample = next(s for s in result.samples if s["variant"] == "multivalue")

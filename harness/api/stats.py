@@ -1,7 +1,8 @@
 """Uncertainty of a score: percentile bootstrap confidence intervals over independent units.
 
 The unit is whatever was sampled independently: a document for losses (its tokens are not
-independent of each other), a prompt for NIAH, a repeat for timings. A ratio statistic
+independent of each other), a prompt for NIAH, a repeat for timings. A rate over a few units
+(NIAH's prompts) takes a Wilson score interval instead (:func:`rate`). A ratio statistic
 (``sum(numerators) / sum(denominators)``) covers token-weighted means: resampling documents and
 dividing their summed losses by their summed token counts is the cluster bootstrap of the
 per-token mean loss.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -100,3 +102,27 @@ def bootstrap_median(
     idx = _rng(seed).integers(0, n, size=(resamples, n))
     low, high = _interval(np.median(values[idx], axis=1), value, level)
     return Estimate(value, low, high, n)
+
+
+def rate(values: Sequence[float] | np.ndarray, level: float = DEFAULT_LEVEL) -> Estimate:
+    """The mean of ``values``, each one unit's rate in [0, 1] (a prompt's share of answers found),
+    with a Wilson score interval over the units.
+
+    A percentile bootstrap fails a rate over a few units: when every unit scores the same (3
+    prompts, all answered) it has width 0, and at 3 units and a true rate of 0.8 it covered the
+    rate in 46% of 2000 simulated cells, not 95%. The Wilson interval takes the variance
+    p(1 - p), the largest a unit in [0, 1] with mean p can have, so it keeps its level for
+    fractional units too (conservatively) and stays inside [0, 1]."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    n = int(values.size)
+    if ((values < 0) | (values > 1)).any():
+        raise ValueError(f"a rate's units must lie in [0, 1], got {values[(values < 0) | (values > 1)][:3]}")
+    p = float(values.mean()) if n else math.nan
+    if not math.isfinite(p):
+        return Estimate(p, math.nan, math.nan, n)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    shrink = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / shrink
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / shrink
+    # rounding must not push an end past the rate itself or out of [0, 1]
+    return Estimate(p, max(0.0, min(center - half, p)), min(1.0, max(center + half, p)), n)

@@ -7,7 +7,8 @@ on the same windows:
 1. ``context``: TTT-E2E's loss keeps falling with context like full attention's, while SWA,
    Mamba 2 and Gated DeltaNet level off. Read from ``loss_scaling`` run with ``targets: same``
    (the same targets at every length): a model *keeps falling* when its loss at the longest
-   context is lower than at half of it (paired by window, interval above ``MIN_CONTEXT_GAIN``).
+   context is lower than at half of it (paired by window, interval above ``MIN_CONTEXT_GAIN``),
+   and *levels off* when that interval lies below it (one that holds it decides neither).
    Where the run has the ``repeat`` task, each model's copy gain at its longest length is shown
    alongside: whether it copies from that far back at all.
 2. ``position``: TTT-E2E's gain over SWA grows with token position. At the longest context, the
@@ -106,13 +107,14 @@ def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None)
     return RunData(read_table(run_dir), samples)
 
 
-def _paired(pairs: Iterable[tuple[str, float]], seed: int) -> stats.Estimate:
-    """Mean of per-unit differences, with an interval that resamples whole documents."""
+def _paired(pairs: Iterable[tuple[str, float, float]], seed: int) -> stats.Estimate:
+    """Weighted mean of (unit, difference, weight) triples (a weight: the tokens or queries behind
+    a difference), with an interval that resamples whole units (documents, test sequences)."""
     sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    for doc, diff in pairs:
-        sums[doc] += diff
-        counts[doc] += 1
+    counts: dict[str, float] = defaultdict(float)
+    for doc, diff, weight in pairs:
+        sums[doc] += diff * weight
+        counts[doc] += weight
     keys = sorted(sums)
     return stats.bootstrap_ratio([sums[k] for k in keys], [counts[k] for k in keys], RESAMPLES, seed=seed)
 
@@ -124,8 +126,20 @@ def _sign(est: stats.Estimate, margin: float = 0.0) -> int:
     return 1 if est.ci_low > margin else -1 if est.ci_high < -margin else 0
 
 
-def _gains(est: stats.Estimate) -> bool:
-    return _sign(est, MIN_CONTEXT_GAIN) > 0
+def _trend(est: stats.Estimate) -> str:
+    """``gains`` (interval above MIN_CONTEXT_GAIN), ``levels`` (below it) or ``unclear`` (it holds
+    MIN_CONTEXT_GAIN, or there is no interval): an interval that cannot rule out a gain is no
+    evidence that a model levels off."""
+    if _sign(est, MIN_CONTEXT_GAIN) > 0:
+        return "gains"
+    return "levels" if est.ci_high < MIN_CONTEXT_GAIN else "unclear"  # NaN compares false
+
+
+def _unresolved(est: stats.Estimate, units: str, holds: str) -> str:
+    """Why an interval decides nothing: too few units for one, or it holds ``holds``."""
+    if not np.isfinite(est.ci_low):
+        return f"{est.n} {units}{'' if est.n == 1 else 's'}, too few for an interval"
+    return f"its interval [{est.ci_low:+.4f}, {est.ci_high:+.4f}] holds {holds}"
 
 
 def _row(what: str, est: stats.Estimate, **extra: Any) -> dict[str, Any]:
@@ -153,7 +167,8 @@ def last_doubling_gain(run: RunData, model: str, longest: int | None = None) -> 
     shared = sorted(set(half) & set(by_length.get(longest, {})))
     if not shared:
         return None
-    return _paired(((doc, half[(doc, end)] - by_length[longest][(doc, end)]) for doc, end in shared), seed=1), longest
+    return _paired(((doc, half[(doc, end)] - by_length[longest][(doc, end)], 1.0) for doc, end in shared),
+                   seed=1), longest
 
 
 def copy_gain(run: RunData, model: str) -> dict[str, Any] | None:
@@ -192,27 +207,37 @@ def context_claim(run: RunData) -> Claim:
         return Claim("context", statement, "undecided",
                      f"no same-target loss_scaling windows{at} for {', '.join(need)} (run loss_scaling with "
                      "targets: same and two lengths a doubling apart)", evidence)
-    still_falling = [a for a in FIXED_STATE if a in gains and _gains(gains[a])]
-    ttt_keeps = _gains(gains["ttt_e2e"])
-    if not _gains(gains["full_attention"]):
-        others = ", ".join((["ttt_e2e"] if ttt_keeps else []) + still_falling) or "none of the others"
+    trend = {arch: _trend(est) for arch, est in gains.items()}
+    fixed = [a for a in FIXED_STATE if a in trend]
+    still_falling = [a for a in fixed if trend[a] == "gains"]
+    if trend["full_attention"] == "unclear":
+        return Claim("context", statement, "undecided", "whether full attention gains from the last doubling of "
+                     f"context is not resolved ({_unresolved(gains['full_attention'], 'document', MIN_CONTEXT_GAIN)})",
+                     evidence)
+    if trend["full_attention"] == "levels":
+        others = ", ".join((["ttt_e2e"] if trend["ttt_e2e"] == "gains" else []) + still_falling) or "none of the others"
         full_copy = copying.get("full_attention")
         copies = "" if full_copy is None else (
             f"; its copy gain at that length is {full_copy['value']:+.3f} nats/token (repeat task)")
         return Claim("context", statement, "undecided",
                      "full attention itself does not gain from the last doubling of context, so the run cannot "
                      f"show which architectures keep up with it (still gaining: {others}){copies}", evidence)
-    if ttt_keeps and not still_falling:
-        return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
-                     "the fixed-state models do not", evidence)
-    if not ttt_keeps and len(still_falling) == len([a for a in FIXED_STATE if a in gains]):
-        return Claim("context", statement, "contradicted", "TTT-E2E levels off while every fixed-state model "
-                     "still gains", evidence)
-    if not ttt_keeps:
+    if trend["ttt_e2e"] == "levels":
+        if len(still_falling) == len(fixed):
+            return Claim("context", statement, "contradicted", "TTT-E2E levels off while every fixed-state model "
+                         "still gains", evidence)
         return Claim("context", statement, "contradicted", "TTT-E2E does not gain from the last doubling of "
                      "context, full attention does", evidence)
-    return Claim("context", statement, "partly", "TTT-E2E still gains like full attention, but so does "
-                 + ", ".join(still_falling), evidence)
+    if trend["ttt_e2e"] == "gains" and still_falling:
+        return Claim("context", statement, "partly", "TTT-E2E still gains like full attention, but so does "
+                     + ", ".join(still_falling), evidence)
+    unclear = [a for a in ("ttt_e2e", *fixed) if trend[a] == "unclear"]
+    if unclear:
+        return Claim("context", statement, "undecided", "whether " + ", ".join(unclear) + " still gain(s) from the "
+                     "last doubling is not resolved: " + "; ".join(
+                         f"{a}: {_unresolved(gains[a], 'document', MIN_CONTEXT_GAIN)}" for a in unclear), evidence)
+    return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
+                 "the fixed-state models do not", evidence)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,9 +267,9 @@ def position_claim(run: RunData) -> Claim:
         return float(np.average(diff[which], weights=weights[which]))
 
     last = [len(bins) - 1]
-    early_gain = _paired(((k[1], gain(k, early)) for k in keys), seed=2)
-    late_gain = _paired(((k[1], gain(k, last)) for k in keys), seed=3)
-    growth = _paired(((k[1], gain(k, last) - gain(k, early)) for k in keys), seed=4)
+    early_gain = _paired(((k[1], gain(k, early), 1.0) for k in keys), seed=2)
+    late_gain = _paired(((k[1], gain(k, last), 1.0) for k in keys), seed=3)
+    growth = _paired(((k[1], gain(k, last) - gain(k, early), 1.0) for k in keys), seed=4)
     lo, hi = bins[last[0]]
     evidence = [_row(f"gain over SWA, positions < {longest // 8}", early_gain),
                 _row(f"gain over SWA, positions {lo}-{hi}", late_gain),
@@ -252,7 +277,7 @@ def position_claim(run: RunData) -> Claim:
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(growth)]
     why = {"holds": "the gain is larger late in the window than early",
            "contradicted": "the gain shrinks with position",
-           "undecided": "the growth's interval holds 0"}[verdict]
+           "undecided": f"the growth is not resolved ({_unresolved(growth, 'document', 0)})"}[verdict]
     return Claim("position", statement, verdict, why, evidence)
 
 
@@ -283,11 +308,12 @@ def recall_claim(run: RunData) -> Claim:
     points = sorted(set(a) & set(b))
     if not points:
         return Claim("recall", statement, "undecided", "no mqar points shared by full attention and TTT-E2E", evidence)
-    # units: test sequences (the same sequences for both models), pooled over the grid's points
-    units = [(f"{p}/{i}", x, y) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
-    full_acc = _paired(((u, x) for u, x, _ in units), seed=5)
-    ttt_acc = _paired(((u, y) for u, _, y in units), seed=6)
-    gap = _paired(((u, x - y) for u, x, y in units), seed=7)
+    # units: test sequences (the same sequences for both models), pooled over the grid's points;
+    # a sequence weighs its queries (pairs), so the pooled accuracy is a share of queries as mqar's rows are
+    units = [(f"{p}/{i}", x, y, float(p[1])) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
+    full_acc = _paired(((u, x, w) for u, x, _, w in units), seed=5)
+    ttt_acc = _paired(((u, y, w) for u, _, y, w in units), seed=6)
+    gap = _paired(((u, x - y, w) for u, x, y, w in units), seed=7)
     evidence = [_row(f"{full}: MQAR accuracy", full_acc), _row(f"{ttt}: MQAR accuracy", ttt_acc),
                 _row("full attention - TTT-E2E (MQAR)", gap), *evidence]
     if full_acc.value < RECALL_FLOOR:
@@ -297,7 +323,7 @@ def recall_claim(run: RunData) -> Claim:
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(gap)]
     why = {"holds": "full attention answers more MQAR queries than TTT-E2E",
            "contradicted": "TTT-E2E answers more MQAR queries than full attention",
-           "undecided": "the accuracy gap's interval holds 0"}[verdict]
+           "undecided": f"the accuracy gap is not resolved ({_unresolved(gap, 'test sequence', 0)})"}[verdict]
     return Claim("recall", statement, verdict, why, evidence)
 
 
