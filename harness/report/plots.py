@@ -41,6 +41,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Annotation
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from harness.api import results
@@ -506,6 +507,7 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
         with_ratio = any(((r["arch"] != REFERENCE_ARCH) & r["value"].notna()).any() for r in ratios.values())
         fig, axes = _figure(len(metrics), 2 if with_ratio else 1, panel=(3.8, 2.5 if with_ratio else 3.2),
                             sharex="col", height_ratios=[1.5, 1] if with_ratio else None)
+        end_labels: list[Annotation] = []
         for c, m in enumerate(metrics):
             ax = axes[0, c]
             _lines(ax, pts[m], "eval_ctx", ctx)
@@ -514,21 +516,26 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
             ax.set_ylabel(f"{COST_NAMES[m]} (log scale)")
             ax.set_title("Prefill" if m == "prefill_s" else "Decode (per token)")
             if with_ratio:
-                _speedup_panel(axes[1, c], ratios[m], ctx)
+                end_labels += _speedup_panel(axes[1, c], ratios[m], ctx)
         fig.suptitle(f"Latency vs. context length ({ctx.setting(batch=batch)})")
         _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
+        _spread_labels(fig, end_labels)
         yield _stem("latency", batch, len(batches) > 1), fig
 
 
-def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> None:
-    """Speed-up over full attention (its time / the model's), the last ratio written out."""
+def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> list[Annotation]:
+    """Speed-up over full attention (its time / the model's), the last ratio written out; return
+    those labels (for :func:`_spread_labels`)."""
     others = ratio[(ratio["arch"] != REFERENCE_ARCH) & (ratio["status"] == "ok")]
     ax.axhline(1, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8)
     _lines(ax, others, "eval_ctx", ctx, band=False)
+    labels = []
     for series, g in others[others["value"].notna()].groupby("series", sort=False):
         last = g.sort_values("eval_ctx").iloc[-1]
-        ax.annotate(_times(last["value"]), (float(last["eval_ctx"]), last["value"]), xytext=(5, 0),
-                    textcoords="offset points", va="center", fontsize=7, color=ctx.styles[series].color)
+        # 13 points right: clear of the unstable ring and dagger at the point
+        labels.append(ax.annotate(_times(last["value"]), (float(last["eval_ctx"]), last["value"]), xytext=(13, 0),
+                                  textcoords="offset points", va="center", fontsize=7,
+                                  color=ctx.styles[series].color))
     values = others["value"].dropna()
     if len(values) and max(values.max(), 1) / min(values.min(), 1) > 4:
         _log_axis(ax, "y", "ratio")
@@ -536,7 +543,41 @@ def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(_times))
     ax.set_ylabel("Speed-up vs. full attn.")
     _context_axis(ax, ratio["eval_ctx"])
-    ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the ratio labels
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.6)  # room for the ratio labels
+    return labels
+
+
+def _spread_labels(fig: Figure, labels: Sequence[Annotation], gap: float = 1.5) -> None:
+    """Move each axes' labels apart vertically, in the order of their points, so that none
+    overlaps another (``gap`` points between them): labels that would collide are stacked edge to
+    edge, the stack centred on the points it labels. Call it when the figure is complete: it lays
+    the figure out to know where the points fall."""
+    if not labels:
+        return
+    fig.draw_without_rendering()
+    pad = gap * fig.dpi / 72  # display units (pixels)
+    by_axes: dict[Axes, list[Annotation]] = {}
+    for label in labels:
+        by_axes.setdefault(label.axes, []).append(label)
+
+    def bottom(stack: list) -> float:  # where the stack sits closest to its labels' own places
+        below = np.cumsum([0.0] + [box.height + pad for box, _ in stack[:-1]])
+        return float(np.mean([box.y0 for box, _ in stack] - below))
+
+    def top(stack: list) -> float:
+        return bottom(stack) + sum(box.height + pad for box, _ in stack)
+
+    for group in by_axes.values():
+        stacks: list[list] = []
+        for box, label in sorted(((t.get_window_extent(), t) for t in group), key=lambda bt: bt[0].y0):
+            stacks.append([(box, label)])
+            while len(stacks) > 1 and top(stacks[-2]) > bottom(stacks[-1]):
+                stacks[-2:] = [stacks[-2] + stacks[-1]]
+        for stack in stacks:
+            y = bottom(stack)
+            for box, label in stack:
+                label.xyann = (label.xyann[0], label.xyann[1] + (y - box.y0) * 72 / fig.dpi)
+                y += box.height + pad
 
 
 @register_figure("memory")

@@ -1,0 +1,72 @@
+"""Figures read cleanly: no text drawn over other text, nothing cut off at the figure's edge,
+axes that show every point. Each table here is small and built for the case it checks (close
+end values, zero memory on a CPU, a narrow cost range), and each figure is laid out as it is
+saved (``draw_without_rendering``) before its text boxes are measured."""
+from __future__ import annotations
+
+import itertools
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from harness.api import results
+from harness.report import plots, tables
+
+ARCHS = ("full_attention", "swa", "mamba2", "gated_deltanet", "ttt_e2e")
+CONTEXTS = (256, 1024, 4096)
+UNSTABLE = "unstable: load 1.02 per core"
+
+
+def _base(arch: str, **columns) -> dict:
+    return dict(run="layout", model=arch, arch=arch, params=1_000_000, train_ctx=1024, device="cpu",
+                dtype="float32", seed=0, backend="auto", batch_size=1, **columns)
+
+
+def latency_rows(prefill: dict[str, list[float]], memory: dict[str, list[float]] | None = None,
+                 flag: str = UNSTABLE) -> list[dict]:
+    """Prefill times per architecture at CONTEXTS (decode a hundredth of them), every timing
+    flagged; ``memory``: prefill peak bytes (decode's all zero, as a CPU's added RSS often is)."""
+    rows = []
+    for arch, times in prefill.items():
+        for i, (T, t) in enumerate(zip(CONTEXTS, times)):
+            where = _base(arch, task="latency", eval_ctx=T)
+            for metric, value in (("prefill_s", t), ("decode_s", t / 100)):
+                rows.append(results.make_row(metric, value, ci_low=value * 0.9, ci_high=value * 1.1, n=5,
+                                             flag=flag, **where))
+            if memory is not None:
+                rows.append(results.make_row("prefill_peak_bytes", memory[arch][i], n=1, **where))
+                rows.append(results.make_row("decode_peak_bytes", 0.0, n=1, **where))
+                rows.append(results.make_row("state_bytes", 2**16 * (i + 1), n=1, **where))
+    return rows
+
+
+def draw(rows: list[dict], name: str, niah_metrics: tuple[str, ...] = ()) -> dict[str, Figure]:
+    """The figures ``name`` builds from ``rows``, laid out as when saved."""
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), list(niah_metrics))
+    with matplotlib.rc_context(plots.PAPER_RC):
+        figures = dict(plots.FIGURES[name](ctx))
+        for fig in figures.values():
+            fig.draw_without_rendering()
+    return figures
+
+
+def overlapping(texts: list[Text]) -> list[tuple[str, str]]:
+    boxes = [(t.get_text(), t.get_window_extent()) for t in texts if t.get_visible() and t.get_text()]
+    return [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2) if box_a.overlaps(box_b)]
+
+
+def test_speedup_end_labels_overlap_neither_each_other_nor_the_unstable_marks():
+    # full attention 0.40 s at 4K, Mamba 2 and Gated DeltaNet 1.53x and 1.63x faster: two labels
+    # a few points apart, each beside a dagger
+    prefill = {"full_attention": [0.02, 0.07, 0.40], "swa": [0.015, 0.075, 0.26],
+               "mamba2": [0.024, 0.07, 0.40 / 1.53], "gated_deltanet": [0.04, 0.08, 0.40 / 1.63],
+               "ttt_e2e": [0.05, 0.25, 0.85]}
+    fig = draw(latency_rows(prefill), "latency")["latency"]
+    speedup = fig.axes[2]  # row 2, column 1: prefill's speed-up panel
+    labels = [t for t in speedup.texts if t.get_text().endswith("×")]
+    daggers = [t for t in speedup.texts if t.get_text() == tables.UNSTABLE_MARK]
+    assert len(labels) == 4 and daggers
+    assert overlapping(labels) == []
+    assert [pair for pair in overlapping(labels + daggers) if pair.count(tables.UNSTABLE_MARK) == 1] == []
