@@ -181,5 +181,5 @@ def repeat_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     right.set_title("Repeat (solid) and control (dotted)")
     handles, labels = left.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", frameon=False)
-    fig.suptitle("Copying from far back: loss on a span seen before")
+    fig.suptitle("Copying from far back: loss on a span seen before", wrap=True)
     yield "repeat", fig

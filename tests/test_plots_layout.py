@@ -70,3 +70,19 @@ def test_speedup_end_labels_overlap_neither_each_other_nor_the_unstable_marks():
     assert len(labels) == 4 and daggers
     assert overlapping(labels) == []
     assert [pair for pair in overlapping(labels + daggers) if pair.count(tables.UNSTABLE_MARK) == 1] == []
+
+
+def niah_rows(accuracy: dict[str, list[float]], metric: str = "cand_acc", contexts=(512, 1024)) -> list[dict]:
+    """One NIAH variant ('single', text haystack): pooled accuracy per architecture and context."""
+    return [results.make_row(metric, acc, n=9, **_base(arch, task="niah", variant="single", haystack="text",
+                                                        eval_ctx=L))
+            for arch, accs in accuracy.items() for L, acc in zip(contexts, accs)]
+
+
+def test_a_one_panel_figure_wraps_its_title_inside_the_figure():
+    accuracy = {arch: [0.1 * i, 0.1 * i + 0.05] for i, arch in enumerate(ARCHS)}
+    fig = draw(niah_rows(accuracy), "niah_vs_context", ("cand_acc",))["niah_vs_context_cand_acc_text"]
+    title = fig.get_suptitle()
+    assert "vs. context length (text haystack" in title
+    box = fig._suptitle.get_window_extent()
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)

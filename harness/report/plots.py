@@ -377,7 +377,7 @@ def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title
             ax.text(0.03, 0.04, text, transform=ax.transAxes, fontsize=7, va="bottom", color="0.25")
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    fig.suptitle(title)
+    fig.suptitle(title, wrap=True)
     _legend(fig, pts["series"], ctx)
     return fig
 
@@ -455,7 +455,8 @@ def _heatmap_figure(ctx: Context, cells: pd.DataFrame, metric: str, haystack: st
             if r == len(variants) - 1:
                 ax.set_xlabel("Context length")
     fig.colorbar(image, ax=axes, shrink=min(0.9, 0.45 + 0.2 * len(variants)), aspect=25, label="Accuracy")
-    fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} by needle depth and context length ({haystack} haystack)")
+    fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} by needle depth and context length ({haystack} haystack)",
+                 wrap=True)
     return fig
 
 
@@ -477,7 +478,8 @@ def fig_niah_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
                 ax.set_title(variant)
             for ax in axes[:, 0]:
                 ax.set_ylabel("Accuracy")
-            fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} vs. context length ({haystack} haystack, all depths)")
+            fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} vs. context length ({haystack} haystack, all depths)",
+                         wrap=True)
             _legend(fig, here["series"], ctx, _any_failed(here))
             yield f"niah_vs_context_{metric}_{haystack}", fig
 
@@ -517,7 +519,7 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
             ax.set_title("Prefill" if m == "prefill_s" else "Decode (per token)")
             if with_ratio:
                 end_labels += _speedup_panel(axes[1, c], ratios[m], ctx)
-        fig.suptitle(f"Latency vs. context length ({ctx.setting(batch=batch)})")
+        fig.suptitle(f"Latency vs. context length ({ctx.setting(batch=batch)})", wrap=True)
         _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
         _spread_labels(fig, end_labels)
         yield _stem("latency", batch, len(batches) > 1), fig
@@ -598,7 +600,7 @@ def fig_memory(ctx: Context) -> Iterator[tuple[str, Figure]]:
             ax.set_title(MEMORY_NAMES[m])
             # On a CPU the peak is the process's resident set: weights and everything else included.
             ax.set_ylabel("State size" if m == "state_bytes" else "Peak process RSS" if cpu_only else "Peak GPU memory")
-        fig.suptitle(f"Memory vs. context length ({ctx.setting(batch=batch)})")
+        fig.suptitle(f"Memory vs. context length ({ctx.setting(batch=batch)})", wrap=True)
         _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
         yield _stem("memory", batch, len(batches) > 1), fig
 
@@ -645,9 +647,9 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
         if failed:
             text = "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({FAILURE_LABELS.get(st, st)})"
                                              for s, st in failed.items())
-            fig.supxlabel(text, fontsize=7.5, color="0.3")  # laid out below the axes, unlike fig.text
+            fig.supxlabel(text, fontsize=7.5, color="0.3", wrap=True)  # laid out below the axes, unlike fig.text
         fig.suptitle(f"Quality vs. cost at context {context_label(L)} ({ctx.setting(batch=batch)}); "
-                     "dashed: Pareto front")
+                     "dashed: Pareto front", wrap=True)
         _legend(fig, shown, ctx, side=True)
         yield f"pareto_{context_label(L)}", fig
 
