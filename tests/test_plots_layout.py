@@ -86,3 +86,21 @@ def test_a_one_panel_figure_wraps_its_title_inside_the_figure():
     assert "vs. context length (text haystack" in title
     box = fig._suptitle.get_window_extent()
     assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+
+
+def test_memory_a_cpu_added_nothing_is_drawn_at_zero_not_left_off_a_log_axis():
+    # on a CPU the peak rows are the resident memory the work added: 0 for SWA and TTT-E2E here,
+    # 0 for every model while decoding
+    prefill = {arch: [0.02, 0.07, 0.4] for arch in ARCHS}
+    memory = {"full_attention": [12288] * 3, "swa": [0] * 3, "mamba2": [131072, 12288, 12288],
+              "gated_deltanet": [24576] * 3, "ttt_e2e": [0] * 3}
+    fig = draw(latency_rows(prefill, memory), "memory")["memory"]
+    prefill_ax, decode_ax, state_ax = fig.axes[:3]
+    for ax in (prefill_ax, decode_ax):
+        assert ax.get_yscale() == "linear"
+        lo, hi = ax.get_ylim()
+        assert lo < 0 < hi  # the zeros are inside the panel
+        assert "added" in ax.get_ylabel() and "log" not in ax.get_ylabel()
+    assert len([line for line in prefill_ax.lines if line.get_label() in ("SWA", "TTT-E2E")]) == 2
+    assert [t.get_text() for t in decode_ax.get_yticklabels()] == ["0 B"]
+    assert state_ax.get_yscale() == "log" and "log" in state_ax.get_ylabel()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Annotation
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MultipleLocator, NullLocator
 
 from harness.api import results
 from harness.api.errors import check_choice
@@ -128,6 +127,12 @@ class Context:
             parts.append(f"batch {batch}")
         return ", ".join(p for p in parts if p)
 
+    def peak_memory(self) -> str:
+        """What a peak-memory row measured: on a GPU the allocator's peak, weights included; on a
+        CPU how far the resident set rose above its size before the work (the latency task)."""
+        devices = set(self.prep.rows.loc[self.prep.rows["task"] == LATENCY_TASK, "device"].dropna())
+        return "Resident memory added" if devices == {"cpu"} else "Peak GPU memory"
+
 
 # ---------------------------------------------------------------------------------------------
 # Axes helpers
@@ -179,18 +184,19 @@ def _log_ticks(lo: float, hi: float, unit: str, most: int = 7) -> list[float]:
     return ticks
 
 
-def _log_axis(ax: Axes, which: str, unit: str) -> None:
+def _log_axis(ax: Axes, which: str, unit: str) -> bool:
     """Log scale on ``which`` axis ('x' or 'y') with round ticks labelled in ``unit``; call it
-    after plotting (the ticks follow the data's limits)."""
+    after plotting (the ticks follow the data's limits). Return whether the axis is logarithmic:
+    data at or below zero (a CPU's memory rises by whole pages, often by none) keeps it linear,
+    from zero, where a log axis would leave those points off without a trace."""
     axis = ax.xaxis if which == "x" else ax.yaxis
-    with warnings.catch_warnings():  # all-zero data (CPU peak memory can be 0) falls back to linear below
-        warnings.simplefilter("ignore", UserWarning)
-        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-        ax.autoscale_view()
+    data = ax.dataLim.intervalx if which == "x" else ax.dataLim.intervaly
+    if not min(data) > 0:  # also nothing drawn at all (only failure marks): a null interval
+        _linear_axis(ax, which, unit, max(data))
+        return False
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    ax.autoscale_view()
     lo, hi = sorted(axis.get_view_interval())
-    if not (lo > 0 and hi > lo):  # nothing positive drawn (only failure marks): no log scale
-        (ax.set_xscale if which == "x" else ax.set_yscale)("linear")
-        return
     if hi / lo < 4:  # one point or a narrow range: widen it so that round ticks fall inside
         centre = math.sqrt(lo * hi)
         lo, hi = centre / 2, centre * 2
@@ -198,6 +204,23 @@ def _log_axis(ax: Axes, which: str, unit: str) -> None:
     axis.set_major_locator(FixedLocator(_log_ticks(lo, hi, unit)))
     axis.set_major_formatter(FuncFormatter(UNITS[unit]))
     axis.set_minor_locator(NullLocator())
+    return True
+
+
+def _linear_axis(ax: Axes, which: str, unit: str, top: float) -> None:
+    """A linear axis labelled in ``unit`` whose data reach ``top``: ticks at multiples of a power
+    of two for bytes; nothing above zero (every value 0) is one tick at 0."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(FuncFormatter(UNITS[unit]))
+    if not top > 0:
+        (ax.set_xlim if which == "x" else ax.set_ylim)(-1, 1)
+        axis.set_major_locator(FixedLocator([0]))
+    elif unit == "bytes":
+        axis.set_major_locator(MultipleLocator(2.0 ** math.floor(math.log2(top / 2))))
+
+
+def _scale_label(label: str, log: bool) -> str:
+    return f"{label} (log scale)" if log else label
 
 
 def _lines(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True) -> None:
@@ -514,8 +537,7 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
             ax = axes[0, c]
             _lines(ax, pts[m], "eval_ctx", ctx)
             _context_axis(ax, pts[m]["eval_ctx"], label="" if with_ratio else "Context length (tokens)")
-            _log_axis(ax, "y", "seconds")
-            ax.set_ylabel(f"{COST_NAMES[m]} (log scale)")
+            ax.set_ylabel(_scale_label(COST_NAMES[m], _log_axis(ax, "y", "seconds")))
             ax.set_title("Prefill" if m == "prefill_s" else "Decode (per token)")
             if with_ratio:
                 end_labels += _speedup_panel(axes[1, c], ratios[m], ctx)
@@ -589,17 +611,15 @@ def fig_memory(ctx: Context) -> Iterator[tuple[str, Figure]]:
         raise SkipFigure(f"no measured memory rows ({', '.join(MEMORY)}) of task {LATENCY_TASK!r} "
                          "(run the latency task)")
     batches = _batch_sizes(ctx.prep, metrics)
-    cpu_only = set(ctx.prep.rows.loc[ctx.prep.rows["task"] == LATENCY_TASK, "device"].dropna()) == {"cpu"}
     for batch in batches:
         pts = {m: ctx.prep.points(LATENCY_TASK, m, **_batch_filter(batch)) for m in metrics}
         fig, axes = _figure(len(metrics), panel=(3.4, 3.0))
         for ax, m in zip(axes[0], metrics):
             _lines(ax, pts[m], "eval_ctx", ctx)
             _context_axis(ax, pts[m]["eval_ctx"])
-            _log_axis(ax, "y", "bytes")
+            log_scale = _log_axis(ax, "y", "bytes")
             ax.set_title(MEMORY_NAMES[m])
-            # On a CPU the peak is the process's resident set: weights and everything else included.
-            ax.set_ylabel("State size" if m == "state_bytes" else "Peak process RSS" if cpu_only else "Peak GPU memory")
+            ax.set_ylabel(_scale_label("State size" if m == "state_bytes" else ctx.peak_memory(), log_scale))
         fig.suptitle(f"Memory vs. context length ({ctx.setting(batch=batch)})", wrap=True)
         _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
         yield _stem("memory", batch, len(batches) > 1), fig
@@ -636,9 +656,10 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                     failed[row.series] = row.status_q if row.status_q != "ok" else row.status_c
                 _pareto_panel(ax, joined[good], better, ctx)
                 shown |= set(joined.loc[good, "series"])
-                _log_axis(ax, "x", "bytes" if m.endswith("_bytes") else "seconds")
+                log_scale = _log_axis(ax, "x", "bytes" if m.endswith("_bytes") else "seconds")
                 if r == len(here) - 1:
-                    ax.set_xlabel(f"{COST_NAMES[m]} (log scale)")
+                    name = f"{ctx.peak_memory()} (prefill)" if m == "prefill_peak_bytes" else COST_NAMES[m]
+                    ax.set_xlabel(_scale_label(name, log_scale))
                 if c == 0:
                     ax.set_ylabel(f"{q_label} {'↓' if better == 'lower' else '↑'}")
         if not shown:
