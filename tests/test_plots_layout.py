@@ -104,3 +104,23 @@ def test_memory_a_cpu_added_nothing_is_drawn_at_zero_not_left_off_a_log_axis():
     assert len([line for line in prefill_ax.lines if line.get_label() in ("SWA", "TTT-E2E")]) == 2
     assert [t.get_text() for t in decode_ax.get_yticklabels()] == ["0 B"]
     assert state_ax.get_yscale() == "log" and "log" in state_ax.get_ylabel()
+
+
+def loss_rows(loss: dict[str, float], context: int = 1024) -> list[dict]:
+    return [results.make_row("loss", value, ci_low=value - 0.08, ci_high=value + 0.08, n=9,
+                             **_base(arch, task="loss_scaling", eval_ctx=context)) for arch, value in loss.items()]
+
+
+def test_pareto_tick_labels_do_not_run_into_each_other_and_accuracy_spans_0_to_1():
+    # prefill 70-300 ms at 1K: a narrow log range whose finest round ticks (70, 100, 150, 200,
+    # 300 ms) ran together; every model's NIAH accuracy 0, which zoomed the axis to +-0.06
+    prefill = {"full_attention": [0.02, 0.070, 0.4], "swa": [0.015, 0.075, 0.26], "mamba2": [0.024, 0.072, 0.26],
+               "gated_deltanet": [0.04, 0.080, 0.25], "ttt_e2e": [0.05, 0.255, 0.8]}
+    loss = dict(zip(ARCHS, (2.29, 2.21, 1.61, 1.75, 1.33)))
+    rows = latency_rows(prefill) + loss_rows(loss) + niah_rows({arch: [0.0, 0.0] for arch in ARCHS}, "gen_match")
+    fig = draw(rows, "pareto", ("gen_match",))["pareto_1K"]
+    for ax in fig.axes:
+        assert overlapping(ax.get_xticklabels()) == [], ax.get_xlabel()
+    accuracy = [ax for ax in fig.axes if "NIAH" in ax.get_ylabel()][0]
+    lo, hi = accuracy.get_ylim()
+    assert lo <= 0 and hi >= 1

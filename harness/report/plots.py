@@ -75,6 +75,7 @@ PAPER_RC = {
     "savefig.dpi": 200, "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs: editable text
 }
 FAIL_MARKER = "X"
+ACCURACY_LIMITS = (-0.04, 1.06)  # the whole 0-1 range, markers at 0 and 1 clear of the frame
 COST_NAMES = {"prefill_s": "Prefill time", "decode_s": "Decode time per token",
               "prefill_peak_bytes": "Peak memory (prefill)"}
 MEMORY_NAMES = {"prefill_peak_bytes": "Peak memory while prefilling", "decode_peak_bytes": "Peak memory while decoding",
@@ -177,7 +178,8 @@ def _log_ticks(lo: float, hi: float, unit: str, most: int = 7) -> list[float]:
         powers = range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)
         return [2.0**k for k in powers][:: max(1, math.ceil(len(powers) / most))]
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+    # (1, 2, 3, 5) before the finest: 70, 100, 150, 200, 300 ms run together in a narrow panel
+    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 5, 7)):
         ticks = [m * 10.0**e for e in decades for m in mantissas if lo <= m * 10.0**e <= hi]
         if len(ticks) >= 3 or mantissas[-1] == 7:
             return ticks[:: max(1, math.ceil(len(ticks) / most))]
@@ -497,7 +499,7 @@ def fig_niah_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
             for ax, variant in zip(axes.flat, variants):
                 _lines(ax, here[here["variant"] == variant], "eval_ctx", ctx)
                 _context_axis(ax, here["eval_ctx"])
-                ax.set_ylim(-0.04, 1.06)
+                ax.set_ylim(*ACCURACY_LIMITS)
                 ax.set_title(variant)
             for ax in axes[:, 0]:
                 ax.set_ylabel("Accuracy")
@@ -646,7 +648,7 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
         here = {name: v for name, v in quality.items() if (v[0]["eval_ctx"] == L).any()}
         fig, axes = _figure(len(costs), len(here), panel=(3.0, 2.6))
         shown, failed = set(), {}
-        for r, (q, q_label, better) in enumerate(here.values()):
+        for r, (name, (q, q_label, better)) in enumerate(here.items()):
             for c, m in enumerate(costs):
                 ax = axes[r, c]
                 joined = q[q["eval_ctx"] == L].merge(cost_pts[m][cost_pts[m]["eval_ctx"] == L], on="series",
@@ -655,6 +657,8 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                 for row in joined[~good].itertuples(index=False):
                     failed[row.series] = row.status_q if row.status_q != "ok" else row.status_c
                 _pareto_panel(ax, joined[good], better, ctx)
+                if name != "loss":  # an accuracy: its whole range, however close the models are
+                    ax.set_ylim(*ACCURACY_LIMITS)
                 shown |= set(joined.loc[good, "series"])
                 log_scale = _log_axis(ax, "x", "bytes" if m.endswith("_bytes") else "seconds")
                 if r == len(here) - 1:
