@@ -12,6 +12,7 @@ from matplotlib.text import Text
 
 from harness.api import results
 from harness.report import figures, plots, tables
+from tests.test_plots import synthetic_table
 
 ARCHS = ("full_attention", "swa", "mamba2", "gated_deltanet", "ttt_e2e")
 CONTEXTS = (256, 1024, 4096)
@@ -158,3 +159,22 @@ def test_repeat_axis_labels_of_the_two_panels_do_not_run_into_each_other():
     fig = draw(rows, "repeat")["repeat"]
     assert overlapping(frame_texts(fig)) == []
     assert "span" in " ".join(t.get_text() for t in frame_texts(fig))  # what the x axis means is still said
+
+
+def test_no_paper_figure_draws_its_labels_over_each_other():
+    # every paper figure of the many-series synthetic run (two sizes of one architecture, a
+    # plugin architecture, failed cells), drawn once
+    table = synthetic_table()
+    prep = tables.prepare(table)
+    ctx = plots.Context(prep, plots.series_styles(prep), ["cand_acc"])
+    drawn = []
+    with matplotlib.rc_context(plots.PAPER_RC):
+        for name in figures.figure_names():
+            if name in figures.FIGURE_TASKS:
+                continue  # a task's figure: the synthetic run has none of those tasks
+            for stem, fig in plots.FIGURES[name](ctx):
+                fig.draw_without_rendering()
+                labels = frame_texts(fig) + (fig.legends[0].get_texts() if fig.legends else [])
+                assert overlapping(labels) == [], stem
+                drawn.append(stem)
+    assert "latency" in drawn and "pareto_4K" in drawn
