@@ -169,7 +169,7 @@ def repeat_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
         for metric, dash in (("control_loss", ":"), ("repeat_loss", "-")):
             pts = losses[metric]
             pts = pts[(pts["series"] == series) & (pts["status"] == "ok")].sort_values("eval_ctx")
-            right.plot(pts["eval_ctx"], pts["value"], color=style.color, marker=style.marker, linestyle=dash)
+            right.plot(pts["eval_ctx"], pts["value"], **{**style.line(), "linestyle": dash, "label": None})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ticks = sorted(int(L) for L in gain["eval_ctx"].unique())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 import matplotlib
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
@@ -178,3 +179,15 @@ def test_no_paper_figure_draws_its_labels_over_each_other():
                 assert overlapping(labels) == [], stem
                 drawn.append(stem)
     assert "latency" in drawn and "pareto_4K" in drawn
+
+
+def test_two_sizes_of_one_architecture_are_told_apart_in_the_pareto_scatter():
+    # the same colour and marker, and a scatter has no line style: one size's markers are hollow
+    table = synthetic_table()
+    tiny_and_small = table[table["arch"].isin(["full_attention", "ttt_e2e"])]
+    fig = draw(tiny_and_small.to_dict("records"), "pareto", ("cand_acc",))["pareto_4K"]
+    stars = [line for line in fig.axes[0].lines if line.get_marker() == "*"]
+    assert len(stars) == 2
+    assert len({to_hex(line.get_markerfacecolor()) for line in stars}) == 2
+    legend = {t.get_text(): h for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    assert legend["ttt_e2e:tiny"].get_markerfacecolor() != legend["ttt_e2e:small"].get_markerfacecolor()

@@ -88,9 +88,11 @@ class Style:
     marker: str
     linestyle: str
     label: str
+    face: str  # the marker's fill: hollow for every other series of one architecture
 
     def line(self) -> dict:
-        return dict(color=self.color, marker=self.marker, linestyle=self.linestyle, label=self.label)
+        return dict(color=self.color, marker=self.marker, linestyle=self.linestyle, label=self.label,
+                    markerfacecolor=self.face)
 
 
 def arch_style(arch: str) -> tuple[str, str]:
@@ -103,12 +105,14 @@ def arch_style(arch: str) -> tuple[str, str]:
 
 def series_styles(prep: Prepared) -> dict[str, Style]:
     """Each series' style: its architecture's colour and marker; a line style per series of one
-    architecture, in paper order (smallest first)."""
+    architecture, in paper order (smallest first), and every other one's markers hollow (a
+    scatter, the Pareto view, has no line to tell them apart)."""
     styles = {}
     for arch, group in prep.series.groupby("arch", sort=False):
         color, marker = arch_style(arch)
         for i, row in enumerate(group.itertuples(index=False)):
-            styles[row.series] = Style(color, marker, LINESTYLES[i % len(LINESTYLES)], row.label)
+            styles[row.series] = Style(color, marker, LINESTYLES[i % len(LINESTYLES)], row.label,
+                                       color if i % 2 == 0 else "white")
     return styles
 
 
@@ -698,7 +702,8 @@ def _pareto_panel(ax: Axes, ok: pd.DataFrame, better: str, ctx: Context) -> None
         style = ctx.styles[row.series]
         ax.errorbar(row.value_c, row.value_q, xerr=_err(row.value_c, row.ci_low_c, row.ci_high_c),
                     yerr=_err(row.value_q, row.ci_low_q, row.ci_high_q), color=style.color, marker=style.marker,
-                    markersize=8 if style.marker == "*" else 6, linestyle="none", elinewidth=0.8, zorder=3)
+                    markerfacecolor=style.face, markersize=8 if style.marker == "*" else 6, linestyle="none",
+                    elinewidth=0.8, zorder=3)
     sign = 1 if better == "lower" else -1
     best, xs, ys = math.inf, [], []
     for row in ok.sort_values(["value_c", "value_q"], ascending=[True, better == "lower"]).itertuples(index=False):
