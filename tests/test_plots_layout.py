@@ -119,13 +119,22 @@ def test_pareto_tick_labels_do_not_run_into_each_other_and_accuracy_spans_0_to_1
     prefill = {"full_attention": [0.02, 0.070, 0.4], "swa": [0.015, 0.075, 0.26], "mamba2": [0.024, 0.072, 0.26],
                "gated_deltanet": [0.04, 0.080, 0.25], "ttt_e2e": [0.05, 0.255, 0.8]}
     loss = dict(zip(ARCHS, (2.29, 2.21, 1.61, 1.75, 1.33)))
-    rows = latency_rows(prefill) + loss_rows(loss) + niah_rows({arch: [0.0, 0.0] for arch in ARCHS}, "gen_match")
-    fig = draw(rows, "pareto", ("gen_match",))["pareto_1K"]
+    rows = (latency_rows(prefill) + loss_rows(loss) + loss_rows(loss, context=256)
+            + niah_rows({arch: [0.0, 0.0] for arch in ARCHS}, "gen_match"))
+    drawn = draw(rows, "pareto", ("gen_match",))
+    fig = drawn["pareto_1K"]
     for ax in fig.axes:
         assert overlapping(ax.get_xticklabels()) == [], ax.get_xlabel()
-    accuracy = [ax for ax in fig.axes if "NIAH" in ax.get_ylabel()][0]
-    lo, hi = accuracy.get_ylim()
-    assert lo <= 0 and hi >= 1
+    loss_row, accuracy_row = fig.axes[:2], fig.axes[2:]  # costs: prefill and decode time
+    for ax in loss_row:
+        lo, hi = ax.get_ylim()
+        assert lo < 1.33 and 2.29 < hi < 3
+    for ax in accuracy_row:
+        lo, hi = ax.get_ylim()
+        assert lo <= 0 and hi >= 1
+    for ax in drawn["pareto_256"].axes:  # loss alone (no NIAH at 256): a loss range in every column
+        lo, hi = ax.get_ylim()
+        assert lo < 1.33 and 2.29 < hi < 3
 
 
 def frame_texts(fig: Figure) -> list[Text]:

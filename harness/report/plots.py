@@ -666,8 +666,8 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                 shown |= set(joined.loc[good, "series"])
                 log_scale = _log_axis(ax, "x", "bytes" if m.endswith("_bytes") else "seconds")
                 if r == len(here) - 1:
-                    name = f"{ctx.peak_memory()} (prefill)" if m == "prefill_peak_bytes" else COST_NAMES[m]
-                    ax.set_xlabel(_scale_label(name, log_scale))
+                    cost = f"{ctx.peak_memory()} (prefill)" if m == "prefill_peak_bytes" else COST_NAMES[m]
+                    ax.set_xlabel(_scale_label(cost, log_scale))
                 if c == 0:
                     ax.set_ylabel(f"{q_label} {'↓' if better == 'lower' else '↑'}")
         if not shown:
