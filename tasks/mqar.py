@@ -228,5 +228,5 @@ def mqar_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     axes[0].set_ylabel("MQAR accuracy")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", frameon=False)
-    fig.suptitle("Multi-query associative recall (trained from scratch)")
+    fig.suptitle("Multi-query associative recall (trained from scratch)", wrap=True)
     yield "mqar", fig

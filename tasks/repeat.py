@@ -38,6 +38,7 @@ from harness.api.results import make_row, status_rows
 from harness.api.task import DataOptions, Task, check_positive, option, stream_token_losses
 from harness.data.packing import tokenize_documents, window_ends
 from harness.report.figures import SkipFigure, register_figure
+from harness.report.tables import context_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -168,18 +169,19 @@ def repeat_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
         for metric, dash in (("control_loss", ":"), ("repeat_loss", "-")):
             pts = losses[metric]
             pts = pts[(pts["series"] == series) & (pts["status"] == "ok")].sort_values("eval_ctx")
-            right.plot(pts["eval_ctx"], pts["value"], color=style.color, marker=style.marker, linestyle=dash)
+            right.plot(pts["eval_ctx"], pts["value"], **{**style.line(), "linestyle": dash, "label": None})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ticks = sorted(int(L) for L in gain["eval_ctx"].unique())
-        ax.set_xticks(ticks, [f"{L // 1024}K" if L >= 1024 and L % 1024 == 0 else str(L) for L in ticks])
+        ax.set_xticks(ticks, [context_label(L) for L in ticks])
         ax.minorticks_off()
-        ax.set_xlabel("Context length L (the span appeared L - span tokens back)")
+    # one label under both panels: two of this length ran into each other
+    fig.supxlabel("Context length L (the span appeared L - span tokens back)", fontsize="medium")
     left.set_ylabel("Copy gain (nats/token)")
     left.set_title("Control loss - repeat loss")
     right.set_ylabel("Loss on the span (nats/token)")
     right.set_title("Repeat (solid) and control (dotted)")
     handles, labels = left.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", frameon=False)
-    fig.suptitle("Copying from far back: loss on a span seen before")
+    fig.suptitle("Copying from far back: loss on a span seen before", wrap=True)
     yield "repeat", fig

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.text import Annotation
+from matplotlib.ticker import FixedLocator, FuncFormatter, MultipleLocator, NullLocator
 
 from harness.api import results
 from harness.api.errors import check_choice
@@ -75,6 +75,7 @@ PAPER_RC = {
     "savefig.dpi": 200, "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs: editable text
 }
 FAIL_MARKER = "X"
+ACCURACY_LIMITS = (-0.04, 1.06)  # the whole 0-1 range, markers at 0 and 1 clear of the frame
 COST_NAMES = {"prefill_s": "Prefill time", "decode_s": "Decode time per token",
               "prefill_peak_bytes": "Peak memory (prefill)"}
 MEMORY_NAMES = {"prefill_peak_bytes": "Peak memory while prefilling", "decode_peak_bytes": "Peak memory while decoding",
@@ -87,9 +88,11 @@ class Style:
     marker: str
     linestyle: str
     label: str
+    face: str  # the marker's fill: hollow for every other series of one architecture
 
     def line(self) -> dict:
-        return dict(color=self.color, marker=self.marker, linestyle=self.linestyle, label=self.label)
+        return dict(color=self.color, marker=self.marker, linestyle=self.linestyle, label=self.label,
+                    markerfacecolor=self.face)
 
 
 def arch_style(arch: str) -> tuple[str, str]:
@@ -102,12 +105,14 @@ def arch_style(arch: str) -> tuple[str, str]:
 
 def series_styles(prep: Prepared) -> dict[str, Style]:
     """Each series' style: its architecture's colour and marker; a line style per series of one
-    architecture, in paper order (smallest first)."""
+    architecture, in paper order (smallest first), and every other one's markers hollow (a
+    scatter, the Pareto view, has no line to tell them apart)."""
     styles = {}
     for arch, group in prep.series.groupby("arch", sort=False):
         color, marker = arch_style(arch)
         for i, row in enumerate(group.itertuples(index=False)):
-            styles[row.series] = Style(color, marker, LINESTYLES[i % len(LINESTYLES)], row.label)
+            styles[row.series] = Style(color, marker, LINESTYLES[i % len(LINESTYLES)], row.label,
+                                       color if i % 2 == 0 else "white")
     return styles
 
 
@@ -126,6 +131,12 @@ class Context:
         if batch is not None and pd.notna(batch):
             parts.append(f"batch {batch}")
         return ", ".join(p for p in parts if p)
+
+    def peak_memory(self) -> str:
+        """What a peak-memory row measured: on a GPU the allocator's peak, weights included; on a
+        CPU how far the resident set rose above its size before the work (the latency task)."""
+        devices = set(self.prep.rows.loc[self.prep.rows["task"] == LATENCY_TASK, "device"].dropna())
+        return "Resident memory added" if devices == {"cpu"} else "Peak GPU memory"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,25 +182,27 @@ def _log_ticks(lo: float, hi: float, unit: str, most: int = 7) -> list[float]:
         powers = range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)
         return [2.0**k for k in powers][:: max(1, math.ceil(len(powers) / most))]
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+    # (1, 2, 3, 5) before the finest: 70, 100, 150, 200, 300 ms run together in a narrow panel
+    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 5, 7)):
         ticks = [m * 10.0**e for e in decades for m in mantissas if lo <= m * 10.0**e <= hi]
         if len(ticks) >= 3 or mantissas[-1] == 7:
             return ticks[:: max(1, math.ceil(len(ticks) / most))]
     return ticks
 
 
-def _log_axis(ax: Axes, which: str, unit: str) -> None:
+def _log_axis(ax: Axes, which: str, unit: str) -> bool:
     """Log scale on ``which`` axis ('x' or 'y') with round ticks labelled in ``unit``; call it
-    after plotting (the ticks follow the data's limits)."""
+    after plotting (the ticks follow the data's limits). Return whether the axis is logarithmic:
+    data at or below zero (a CPU's memory rises by whole pages, often by none) keeps it linear,
+    from zero, where a log axis would leave those points off without a trace."""
     axis = ax.xaxis if which == "x" else ax.yaxis
-    with warnings.catch_warnings():  # all-zero data (CPU peak memory can be 0) falls back to linear below
-        warnings.simplefilter("ignore", UserWarning)
-        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-        ax.autoscale_view()
+    data = ax.dataLim.intervalx if which == "x" else ax.dataLim.intervaly
+    if not min(data) > 0:  # also nothing drawn at all (only failure marks): a null interval
+        _linear_axis(ax, which, unit, max(data))
+        return False
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    ax.autoscale_view()
     lo, hi = sorted(axis.get_view_interval())
-    if not (lo > 0 and hi > lo):  # nothing positive drawn (only failure marks): no log scale
-        (ax.set_xscale if which == "x" else ax.set_yscale)("linear")
-        return
     if hi / lo < 4:  # one point or a narrow range: widen it so that round ticks fall inside
         centre = math.sqrt(lo * hi)
         lo, hi = centre / 2, centre * 2
@@ -197,6 +210,23 @@ def _log_axis(ax: Axes, which: str, unit: str) -> None:
     axis.set_major_locator(FixedLocator(_log_ticks(lo, hi, unit)))
     axis.set_major_formatter(FuncFormatter(UNITS[unit]))
     axis.set_minor_locator(NullLocator())
+    return True
+
+
+def _linear_axis(ax: Axes, which: str, unit: str, top: float) -> None:
+    """A linear axis labelled in ``unit`` whose data reach ``top``: ticks at multiples of a power
+    of two for bytes; nothing above zero (every value 0) is one tick at 0."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(FuncFormatter(UNITS[unit]))
+    if not top > 0:
+        (ax.set_xlim if which == "x" else ax.set_ylim)(-1, 1)
+        axis.set_major_locator(FixedLocator([0]))
+    elif unit == "bytes":
+        axis.set_major_locator(MultipleLocator(2.0 ** math.floor(math.log2(top / 2))))
+
+
+def _scale_label(label: str, log: bool) -> str:
+    return f"{label} (log scale)" if log else label
 
 
 def _lines(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True) -> None:
@@ -376,7 +406,7 @@ def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title
             ax.text(0.03, 0.04, text, transform=ax.transAxes, fontsize=7, va="bottom", color="0.25")
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    fig.suptitle(title)
+    fig.suptitle(title, wrap=True)
     _legend(fig, pts["series"], ctx)
     return fig
 
@@ -454,7 +484,8 @@ def _heatmap_figure(ctx: Context, cells: pd.DataFrame, metric: str, haystack: st
             if r == len(variants) - 1:
                 ax.set_xlabel("Context length")
     fig.colorbar(image, ax=axes, shrink=min(0.9, 0.45 + 0.2 * len(variants)), aspect=25, label="Accuracy")
-    fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} by needle depth and context length ({haystack} haystack)")
+    fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} by needle depth and context length ({haystack} haystack)",
+                 wrap=True)
     return fig
 
 
@@ -472,11 +503,12 @@ def fig_niah_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
             for ax, variant in zip(axes.flat, variants):
                 _lines(ax, here[here["variant"] == variant], "eval_ctx", ctx)
                 _context_axis(ax, here["eval_ctx"])
-                ax.set_ylim(-0.04, 1.06)
+                ax.set_ylim(*ACCURACY_LIMITS)
                 ax.set_title(variant)
             for ax in axes[:, 0]:
                 ax.set_ylabel("Accuracy")
-            fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} vs. context length ({haystack} haystack, all depths)")
+            fig.suptitle(f"{NIAH_NAMES.get(metric, metric)} vs. context length ({haystack} haystack, all depths)",
+                         wrap=True)
             _legend(fig, here["series"], ctx, _any_failed(here))
             yield f"niah_vs_context_{metric}_{haystack}", fig
 
@@ -506,29 +538,34 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
         with_ratio = any(((r["arch"] != REFERENCE_ARCH) & r["value"].notna()).any() for r in ratios.values())
         fig, axes = _figure(len(metrics), 2 if with_ratio else 1, panel=(3.8, 2.5 if with_ratio else 3.2),
                             sharex="col", height_ratios=[1.5, 1] if with_ratio else None)
+        end_labels: list[Annotation] = []
         for c, m in enumerate(metrics):
             ax = axes[0, c]
             _lines(ax, pts[m], "eval_ctx", ctx)
             _context_axis(ax, pts[m]["eval_ctx"], label="" if with_ratio else "Context length (tokens)")
-            _log_axis(ax, "y", "seconds")
-            ax.set_ylabel(f"{COST_NAMES[m]} (log scale)")
+            ax.set_ylabel(_scale_label(COST_NAMES[m], _log_axis(ax, "y", "seconds")))
             ax.set_title("Prefill" if m == "prefill_s" else "Decode (per token)")
             if with_ratio:
-                _speedup_panel(axes[1, c], ratios[m], ctx)
-        fig.suptitle(f"Latency vs. context length ({ctx.setting(batch=batch)})")
+                end_labels += _speedup_panel(axes[1, c], ratios[m], ctx)
+        fig.suptitle(f"Latency vs. context length ({ctx.setting(batch=batch)})", wrap=True)
         _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
+        _spread_labels(fig, end_labels)
         yield _stem("latency", batch, len(batches) > 1), fig
 
 
-def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> None:
-    """Speed-up over full attention (its time / the model's), the last ratio written out."""
+def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> list[Annotation]:
+    """Speed-up over full attention (its time / the model's), the last ratio written out; return
+    those labels (for :func:`_spread_labels`)."""
     others = ratio[(ratio["arch"] != REFERENCE_ARCH) & (ratio["status"] == "ok")]
     ax.axhline(1, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8)
     _lines(ax, others, "eval_ctx", ctx, band=False)
+    labels = []
     for series, g in others[others["value"].notna()].groupby("series", sort=False):
         last = g.sort_values("eval_ctx").iloc[-1]
-        ax.annotate(_times(last["value"]), (float(last["eval_ctx"]), last["value"]), xytext=(5, 0),
-                    textcoords="offset points", va="center", fontsize=7, color=ctx.styles[series].color)
+        # 13 points right: clear of the unstable ring and dagger at the point
+        labels.append(ax.annotate(_times(last["value"]), (float(last["eval_ctx"]), last["value"]), xytext=(13, 0),
+                                  textcoords="offset points", va="center", fontsize=7,
+                                  color=ctx.styles[series].color))
     values = others["value"].dropna()
     if len(values) and max(values.max(), 1) / min(values.min(), 1) > 4:
         _log_axis(ax, "y", "ratio")
@@ -536,7 +573,41 @@ def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(_times))
     ax.set_ylabel("Speed-up vs. full attn.")
     _context_axis(ax, ratio["eval_ctx"])
-    ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the ratio labels
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.6)  # room for the ratio labels
+    return labels
+
+
+def _spread_labels(fig: Figure, labels: Sequence[Annotation], gap: float = 1.5) -> None:
+    """Move each axes' labels apart vertically, in the order of their points, so that none
+    overlaps another (``gap`` points between them): labels that would collide are stacked edge to
+    edge, the stack centred on the points it labels. Call it when the figure is complete: it lays
+    the figure out to know where the points fall."""
+    if not labels:
+        return
+    fig.draw_without_rendering()
+    pad = gap * fig.dpi / 72  # display units (pixels)
+    by_axes: dict[Axes, list[Annotation]] = {}
+    for label in labels:
+        by_axes.setdefault(label.axes, []).append(label)
+
+    def bottom(stack: list) -> float:  # where the stack sits closest to its labels' own places
+        below = np.cumsum([0.0] + [box.height + pad for box, _ in stack[:-1]])
+        return float(np.mean([box.y0 for box, _ in stack] - below))
+
+    def top(stack: list) -> float:
+        return bottom(stack) + sum(box.height + pad for box, _ in stack)
+
+    for group in by_axes.values():
+        stacks: list[list] = []
+        for box, label in sorted(((t.get_window_extent(), t) for t in group), key=lambda bt: bt[0].y0):
+            stacks.append([(box, label)])
+            while len(stacks) > 1 and top(stacks[-2]) > bottom(stacks[-1]):
+                stacks[-2:] = [stacks[-2] + stacks[-1]]
+        for stack in stacks:
+            y = bottom(stack)
+            for box, label in stack:
+                label.xyann = (label.xyann[0], label.xyann[1] + (y - box.y0) * 72 / fig.dpi)
+                y += box.height + pad
 
 
 @register_figure("memory")
@@ -546,18 +617,16 @@ def fig_memory(ctx: Context) -> Iterator[tuple[str, Figure]]:
         raise SkipFigure(f"no measured memory rows ({', '.join(MEMORY)}) of task {LATENCY_TASK!r} "
                          "(run the latency task)")
     batches = _batch_sizes(ctx.prep, metrics)
-    cpu_only = set(ctx.prep.rows.loc[ctx.prep.rows["task"] == LATENCY_TASK, "device"].dropna()) == {"cpu"}
     for batch in batches:
         pts = {m: ctx.prep.points(LATENCY_TASK, m, **_batch_filter(batch)) for m in metrics}
         fig, axes = _figure(len(metrics), panel=(3.4, 3.0))
         for ax, m in zip(axes[0], metrics):
             _lines(ax, pts[m], "eval_ctx", ctx)
             _context_axis(ax, pts[m]["eval_ctx"])
-            _log_axis(ax, "y", "bytes")
+            log_scale = _log_axis(ax, "y", "bytes")
             ax.set_title(MEMORY_NAMES[m])
-            # On a CPU the peak is the process's resident set: weights and everything else included.
-            ax.set_ylabel("State size" if m == "state_bytes" else "Peak process RSS" if cpu_only else "Peak GPU memory")
-        fig.suptitle(f"Memory vs. context length ({ctx.setting(batch=batch)})")
+            ax.set_ylabel(_scale_label("State size" if m == "state_bytes" else ctx.peak_memory(), log_scale))
+        fig.suptitle(f"Memory vs. context length ({ctx.setting(batch=batch)})", wrap=True)
         _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
         yield _stem("memory", batch, len(batches) > 1), fig
 
@@ -583,7 +652,7 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
         here = {name: v for name, v in quality.items() if (v[0]["eval_ctx"] == L).any()}
         fig, axes = _figure(len(costs), len(here), panel=(3.0, 2.6))
         shown, failed = set(), {}
-        for r, (q, q_label, better) in enumerate(here.values()):
+        for r, (name, (q, q_label, better)) in enumerate(here.items()):
             for c, m in enumerate(costs):
                 ax = axes[r, c]
                 joined = q[q["eval_ctx"] == L].merge(cost_pts[m][cost_pts[m]["eval_ctx"] == L], on="series",
@@ -592,10 +661,13 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                 for row in joined[~good].itertuples(index=False):
                     failed[row.series] = row.status_q if row.status_q != "ok" else row.status_c
                 _pareto_panel(ax, joined[good], better, ctx)
+                if name != "loss":  # an accuracy: its whole range, however close the models are
+                    ax.set_ylim(*ACCURACY_LIMITS)
                 shown |= set(joined.loc[good, "series"])
-                _log_axis(ax, "x", "bytes" if m.endswith("_bytes") else "seconds")
+                log_scale = _log_axis(ax, "x", "bytes" if m.endswith("_bytes") else "seconds")
                 if r == len(here) - 1:
-                    ax.set_xlabel(f"{COST_NAMES[m]} (log scale)")
+                    cost = f"{ctx.peak_memory()} (prefill)" if m == "prefill_peak_bytes" else COST_NAMES[m]
+                    ax.set_xlabel(_scale_label(cost, log_scale))
                 if c == 0:
                     ax.set_ylabel(f"{q_label} {'↓' if better == 'lower' else '↑'}")
         if not shown:
@@ -604,9 +676,9 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
         if failed:
             text = "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({FAILURE_LABELS.get(st, st)})"
                                              for s, st in failed.items())
-            fig.supxlabel(text, fontsize=7.5, color="0.3")  # laid out below the axes, unlike fig.text
+            fig.supxlabel(text, fontsize=7.5, color="0.3", wrap=True)  # laid out below the axes, unlike fig.text
         fig.suptitle(f"Quality vs. cost at context {context_label(L)} ({ctx.setting(batch=batch)}); "
-                     "dashed: Pareto front")
+                     "dashed: Pareto front", wrap=True)
         _legend(fig, shown, ctx, side=True)
         yield f"pareto_{context_label(L)}", fig
 
@@ -630,7 +702,8 @@ def _pareto_panel(ax: Axes, ok: pd.DataFrame, better: str, ctx: Context) -> None
         style = ctx.styles[row.series]
         ax.errorbar(row.value_c, row.value_q, xerr=_err(row.value_c, row.ci_low_c, row.ci_high_c),
                     yerr=_err(row.value_q, row.ci_low_q, row.ci_high_q), color=style.color, marker=style.marker,
-                    markersize=8 if style.marker == "*" else 6, linestyle="none", elinewidth=0.8, zorder=3)
+                    markerfacecolor=style.face, markersize=8 if style.marker == "*" else 6, linestyle="none",
+                    elinewidth=0.8, zorder=3)
     sign = 1 if better == "lower" else -1
     best, xs, ys = math.inf, [], []
     for row in ok.sort_values(["value_c", "value_q"], ascending=[True, better == "lower"]).itertuples(index=False):
