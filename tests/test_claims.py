@@ -205,3 +205,22 @@ def test_pooled_mqar_accuracy_counts_queries_like_the_mqar_rows():
     full, ttt, gap = claims.recall_claim(run).evidence[:3]
     assert full["value"] == pytest.approx((4 * 1.0 + 16 * 0.5) / 20) and ttt["value"] == pytest.approx(0.4)
     assert gap["value"] == pytest.approx(0.2) and full["n"] == 20
+
+
+def test_every_seed_of_a_multi_seed_run_is_judged_not_only_the_last():
+    # sample records had no seed, so each window or point kept only the last seed's record
+    rng = np.random.default_rng(1)
+    samples = []
+    for seed, ttt_gain in ((0, 0.0), (1, 0.08)):  # seed 0's TTT-E2E gains nothing, seed 1's 0.08
+        for arch in ARCHS:
+            gain = ttt_gain if arch == "ttt_e2e" else PAPER[arch]
+            samples += [{**w, "seed": seed} for w in _windows(arch, gain, np.zeros(len(BINS)), rng)]
+            samples += [{**p, "seed": seed} for p in _mqar(arch, 0.9 if arch == "full_attention" else 0.1 * seed, rng)]
+    table = pd.DataFrame({"model": list(ARCHS), "arch": list(ARCHS), "task": "loss_scaling", "metric": "loss",
+                          "status": "ok", "value": 2.0})
+    run = claims.RunData(table, samples)
+    est, _ = claims.last_doubling_gain(run, "ttt_e2e")
+    assert est.value == pytest.approx(0.04, abs=0.005)  # the mean over both seeds, not seed 1's 0.08
+    recall = claims.recall_claim(run)
+    ttt_row = next(r for r in recall.evidence if r["comparison"] == "ttt_e2e: MQAR accuracy")
+    assert ttt_row["n"] == 2 * 2 * 40 and ttt_row["value"] == pytest.approx(0.05, abs=0.03)

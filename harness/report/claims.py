@@ -161,14 +161,14 @@ def last_doubling_gain(run: RunData, model: str, longest: int | None = None) -> 
     by_length: dict[int, dict[tuple[str, int], float]] = defaultdict(dict)
     for w in run.windows(model):
         if w.get("targets") == "same":
-            by_length[int(w["eval_ctx"])][(w["doc"], int(w["start"]) + int(w["eval_ctx"]))] = float(w["scored_loss"])
+            end = int(w["start"]) + int(w["eval_ctx"])
+            by_length[int(w["eval_ctx"])][(w.get("seed"), w["doc"], end)] = float(w["scored_loss"])
     longest = max(by_length, default=0) if longest is None else longest
     half = by_length.get(longest // 2, {})
-    shared = sorted(set(half) & set(by_length.get(longest, {})))
+    shared = sorted(set(half) & set(by_length.get(longest, {})), key=str)  # a seed may be None
     if not shared:
         return None
-    return _paired(((doc, half[(doc, end)] - by_length[longest][(doc, end)], 1.0) for doc, end in shared),
-                   seed=1), longest
+    return _paired(((k[1], half[k] - by_length[longest][k], 1.0) for k in shared), seed=1), longest
 
 
 def copy_gain(run: RunData, model: str) -> dict[str, Any] | None:
@@ -244,18 +244,23 @@ def context_claim(run: RunData) -> Claim:
 # 2. gain over SWA by position
 
 
+def _window_key(w: dict[str, Any]) -> tuple:
+    """(eval_ctx, doc, start, seed): the seed last, so a key's second item is the resampled unit."""
+    return w["eval_ctx"], w["doc"], w["start"], w.get("seed")
+
+
 def position_claim(run: RunData) -> Claim:
     statement = "TTT-E2E's gain over SWA grows with token position"
     ttt, swa = run.model_of("ttt_e2e"), run.model_of("swa")
     if ttt is None or swa is None:
         return Claim("position", statement, "undecided", "needs loss_scaling windows of both TTT-E2E and SWA")
-    mine = {(w["eval_ctx"], w["doc"], w["start"]): w for w in run.windows(ttt)}
-    theirs = {(w["eval_ctx"], w["doc"], w["start"]): w for w in run.windows(swa)}
+    mine = {_window_key(w): w for w in run.windows(ttt)}
+    theirs = {_window_key(w): w for w in run.windows(swa)}
     shared = set(mine) & set(theirs)
     if not shared:
         return Claim("position", statement, "undecided", "TTT-E2E and SWA were not scored on the same windows")
     longest = max(k[0] for k in shared)
-    keys = sorted(k for k in shared if k[0] == longest)
+    keys = sorted((k for k in shared if k[0] == longest), key=str)  # a seed may be None (older records)
     bins = [tuple(b) for b in mine[keys[0]]["bins"]]
     early = [i for i, (lo, hi) in enumerate(bins) if hi <= longest // 8]
     if not early or len(bins) < 2:
@@ -285,8 +290,9 @@ def position_claim(run: RunData) -> Claim:
 # 3. recall
 
 
-def _mqar_points(run: RunData, model: str) -> dict[tuple[int, int], list[float]]:
-    return {(int(s["eval_ctx"]), int(s["pairs"])): list(s["per_sequence"]) for s in run.samples
+def _mqar_points(run: RunData, model: str) -> dict[tuple[int, int, Any], list[float]]:
+    """(length, pairs, seed) -> each test sequence's accuracy: every seed's point, not the last."""
+    return {(int(s["eval_ctx"]), int(s["pairs"]), s.get("seed")): list(s["per_sequence"]) for s in run.samples
             if s.get("model") == model and s.get("task") == "mqar" and s.get("kind") == "point"}
 
 
@@ -305,7 +311,7 @@ def recall_claim(run: RunData) -> Claim:
     if full is None or ttt is None:
         return Claim("recall", statement, "undecided", "needs both full attention and TTT-E2E", evidence)
     a, b = _mqar_points(run, full), _mqar_points(run, ttt)
-    points = sorted(set(a) & set(b))
+    points = sorted(set(a) & set(b), key=str)
     if not points:
         return Claim("recall", statement, "undecided", "no mqar points shared by full attention and TTT-E2E", evidence)
     # units: test sequences (the same sequences for both models), pooled over the grid's points;

@@ -173,7 +173,8 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
         table = results.validate(filled)
     except results.SchemaError as exc:
         raise results.SchemaError(f"task {task_name!r} returned rows that break the schema: {exc}") from exc
-    samples = [{"run": run, "model": info.name, "task": task_name, **s} for s in ctx.samples]
+    # the seed too: a sweep over seeds writes one record per seed of each window, sequence or point
+    samples = [{"run": run, "model": info.name, "task": task_name, "seed": seed, **s} for s in ctx.samples]
     return table, samples, parsed
 
 
