@@ -114,6 +114,19 @@ def test_flags_reach_tables_and_figures(tmp_path):
     assert make_figures(tmp_path, formats=("png",))  # flagged points are drawn, not dropped
 
 
+def test_a_mean_over_the_seeds_that_worked_is_flagged_partial():
+    # seed 1 ran out of memory: the table showed seed 0's loss alone as the cell's, unmarked
+    rows = [results.make_row("loss", 2.0, run="r", model="swa", arch="swa", task="loss_scaling", eval_ctx=16, seed=0),
+            results.make_row("loss", 2.5, run="r", model="swa", arch="swa", task="loss_scaling", eval_ctx=32, seed=0),
+            results.make_row("loss", 2.4, run="r", model="swa", arch="swa", task="loss_scaling", eval_ctx=32, seed=1),
+            results.make_row("loss", None, run="r", model="swa", arch="swa", task="loss_scaling", eval_ctx=16, seed=1,
+                             status="oom", message="out of memory")]
+    text = render_markdown(summary_tables(results.to_frame(rows))["loss"])
+    swa_row = next(line for line in text.splitlines() if line.startswith("| swa "))
+    assert swa_row.count(UNSTABLE_MARK) == 1 and f"2{UNSTABLE_MARK}" in swa_row.replace(".000", ""), text
+    assert "1 value(s) flagged, e.g. partial: 1 of 2 rows ok, the others oom" in text
+
+
 def test_cpu_peak_memory_is_what_the_work_added():
     with PeakMemory("cpu") as pm:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB

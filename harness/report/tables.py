@@ -8,7 +8,8 @@ with its full-attention reference (for the loss gap and the speed-up).
 
 How several rows of one cell become one point: the mean of the ``ok`` values (seeds, runs,
 NIAH variants when pooled); the confidence interval is kept only when the point rests on a
-single row (an average of intervals is not an interval). A cell with no ``ok`` row is a failure
+single row (an average of intervals is not an interval). A point that some of its rows failed
+(one seed out of memory) is flagged ``partial``, as an unstable timing is: shown, marked. A cell with no ``ok`` row is a failure
 point carrying its status (``oom``, ``error``, ``nan``): tables print it (``OOM``), figures mark
 it. Derived values (gap, speed-up) carry no interval.
 
@@ -61,7 +62,7 @@ OTHER_FACETS = ("variant", "haystack", "depth", "pos_start", "pos_end", "batch_s
 # Columns that split one model into several series when they vary within it.
 SERIES_SPLIT = ("train_ctx", "backend", "dtype", "device")
 POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message", "flag")
-UNSTABLE_MARK = "†"  # after a table cell whose value carries a flag (an unstable timing)
+UNSTABLE_MARK = "†"  # after a table cell whose value carries a flag (an unstable timing, a partial mean)
 TABLE_FORMATS = ("md", "csv", "tex")
 MIB = 2**20
 
@@ -121,6 +122,13 @@ class Prepared:
             n_ok=("n_ok", "sum"), failed=("failed", "first"), why=("why", "first"),
             flag=("fl", "first")).reset_index()
         out["flag"] = out["flag"].fillna("").astype(object)
+        # a mean over the seeds (or runs) that worked is not the cell's result: flag what failed
+        n_rows = work.groupby(keys, dropna=False, sort=False).size().to_numpy()
+        partial = (out["n_ok"] > 0) & (out["n_ok"] < n_rows)
+        out.loc[partial, "flag"] = [
+            f"partial: {ok_n} of {total} rows ok, the others {failed}" + (f"; {flag}" if flag else "")
+            for ok_n, total, failed, flag in zip(out.loc[partial, "n_ok"], n_rows[partial.to_numpy()],
+                                                  out.loc[partial, "failed"], out.loc[partial, "flag"])]
         single = out["n_ok"] == 1
         out["ci_low"] = out["ci_low"].where(single)
         out["ci_high"] = out["ci_high"].where(single)
