@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.adapters.lm_eval import Z95, _metric_rows
-from harness.api import results
+from harness.api import results, stats
 from harness.api.timing import PeakMemory, UNSTABLE_SPREAD, relative_spread, timing_flag
 from harness.data.corpora import CorpusWarning, load_corpus
 from harness.report.plots import make_figures
@@ -161,15 +161,23 @@ def test_a_peak_reset_that_does_not_take_falls_back_to_sampling(monkeypatch):
     del block
 
 
-def test_rate_intervals_are_clipped_to_0_1_and_others_are_not():
+def test_rate_intervals_stay_in_0_1_and_others_are_left_as_computed():
     rows = _metric_rows("t", {"acc,none": 0.99, "acc_stderr,none": 0.05, "perplexity,none": 3.0,
                               "perplexity_stderr,none": 2.0}, 100, {})
     by_metric = {r["metric"]: r for r in rows}
-    assert by_metric["acc"]["ci_high"] == 1.0 and by_metric["acc"]["ci_low"] == pytest.approx(0.99 - Z95 * 0.05)
-    assert by_metric["perplexity"]["ci_low"] < 0  # not a rate: left as computed
+    acc = stats.wilson(0.99, 100)  # a rate over a known count: Wilson, inside [0, 1]
+    assert (by_metric["acc"]["ci_low"], by_metric["acc"]["ci_high"]) == (acc.ci_low, acc.ci_high)
+    assert 0.9 < acc.ci_low < 0.99 < acc.ci_high < 1
+    assert by_metric["perplexity"]["ci_low"] == pytest.approx(3.0 - Z95 * 2.0)  # not a rate: left as computed
     # RULER's per-length score is a rate too (a share of the expected answers found)
     (ruler,) = _metric_rows("ruler", {"4096,none": 0.95, "4096_stderr,none": 0.1}, 10, {4096: 10})
-    assert (ruler["eval_ctx"], ruler["ci_high"]) == (4096, 1.0)
+    assert ruler["eval_ctx"] == 4096 and 0 < ruler["ci_low"] < 0.95 < ruler["ci_high"] <= 1
+    # every answer right: lm-eval's stderr is 0, and +- 1.96 x 0 read as a certain [1, 1]
+    (perfect,) = _metric_rows("t", {"acc,none": 1.0, "acc_stderr,none": 0.0}, 4, {})
+    assert perfect["ci_high"] == 1.0 and perfect["ci_low"] < 0.6
+    # no count known: the normal interval, clipped
+    (unknown,) = _metric_rows("t", {"acc,none": 0.99, "acc_stderr,none": 0.05}, None, {})
+    assert unknown["ci_high"] == 1.0 and unknown["ci_low"] == pytest.approx(0.99 - Z95 * 0.05)
 
 
 def test_undecodable_and_binary_corpus_files_are_counted(tmp_path):

@@ -61,7 +61,7 @@ from lm_eval.models.utils import handle_stop_sequences
 from tqdm.auto import tqdm
 
 from harness.adapters.hf_tokenizer import export_tokenizer
-from harness.api import results
+from harness.api import results, stats
 from harness.api.decoding import greedy_decode
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, close_match
@@ -379,10 +379,15 @@ def _metric_rows(task: str, metrics: Mapping[str, Any], n_samples: int | None,
             row.update(metric="score", eval_ctx=int(name), n=per_length_n.get(int(name), n_samples))
         else:
             row.update(metric=name if filt in ("", "none") else f"{name}/{filt}", n=n_samples)
-        if isinstance(stderr, (int, float)) and math.isfinite(stderr):
+        rate = (is_proportion(name) or name.isdigit()) and 0 <= value <= 1  # RULER's per-length scores are rates
+        if rate and isinstance(row["n"], int) and row["n"] >= 1:
+            # a rate over a known count takes a Wilson interval, as NIAH's do: stderr +- 1.96 gave a
+            # certain [1, 1] when every answer was right, and overshot [0, 1] near its ends
+            est = stats.wilson(float(value), row["n"])
+            row.update(ci_low=est.ci_low, ci_high=est.ci_high)
+        elif isinstance(stderr, (int, float)) and math.isfinite(stderr):
             low, high = value - Z95 * stderr, value + Z95 * stderr
-            # a normal interval can overshoot what a rate can be (RULER's per-length scores are rates)
-            if (is_proportion(name) or name.isdigit()) and 0 <= value <= 1:
+            if rate:  # a normal interval can overshoot what a rate can be
                 low, high = max(low, 0.0), min(high, 1.0)
             row.update(ci_low=low, ci_high=high)
         rows.append(results.make_row(row.pop("metric"), value, **row))

@@ -117,8 +117,13 @@ def rate(values: Sequence[float] | np.ndarray, level: float = DEFAULT_LEVEL) -> 
     n = int(values.size)
     if ((values < 0) | (values > 1)).any():
         raise ValueError(f"a rate's units must lie in [0, 1], got {values[(values < 0) | (values > 1)][:3]}")
-    p = float(values.mean()) if n else math.nan
-    if not math.isfinite(p):
+    return wilson(float(values.mean()) if n else math.nan, n, level)
+
+
+def wilson(p: float, n: int, level: float = DEFAULT_LEVEL) -> Estimate:
+    """A rate ``p`` over ``n`` units in [0, 1] with its Wilson score interval (see :func:`rate`);
+    for a rate whose units are gone, such as lm-eval's aggregated accuracies."""
+    if not (math.isfinite(p) and n >= 1):
         return Estimate(p, math.nan, math.nan, n)
     z = NormalDist().inv_cdf(0.5 + level / 2)
     shrink = 1 + z * z / n
