@@ -2,7 +2,6 @@
 task trains a fresh model and gives one accuracy per (length, pairs) point, and its figure draws."""
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 

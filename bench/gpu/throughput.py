@@ -66,7 +66,7 @@ def measure_arch(arch: str, cfg: KitConfig, device: torch.device, peak: float | 
         status = "oom" if is_oom(exc) else "error"
         return status_rows(METRICS, status, f"{type(exc).__name__}: {exc}"[:500], **where)
     finally:
-        del model
+        model = None  # the last reference: free_memory can return its memory
         free_memory(device)
     return throughput_rows(times, cfg.train_batch_size * cfg.train_seq_len, flops, peak, memory.peak, where)
 

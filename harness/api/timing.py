@@ -60,7 +60,7 @@ def measure(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: 
             elapsed = time.perf_counter() - t0
         if i >= warmup:
             times.append(elapsed)
-        del arg
+        arg = None  # free this call's copy before the next setup makes another
     return times
 
 
