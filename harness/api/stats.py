@@ -1,5 +1,8 @@
 """Uncertainty of a score: percentile bootstrap confidence intervals over independent units.
 
+Means and ratios take the expanded percentile interval (:func:`expanded_level`), which keeps its
+level over the few units a small run has (9 documents, 4 cells); medians the plain one.
+
 The unit is whatever was sampled independently: a document for losses (its tokens are not
 independent of each other), a prompt for NIAH, a repeat for timings. A rate over a few units
 (NIAH's prompts) takes a Wilson score interval instead (:func:`rate`). A ratio statistic
@@ -9,6 +12,7 @@ per-token mean loss.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +39,36 @@ class Estimate:
 
 def _rng(seed: int | Sequence[int]) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def t_quantile(q: float, df: int) -> float:
+    """Student's t quantile (0.5 < q < 1) with ``df`` degrees of freedom: its CDF integrated
+    numerically and inverted by bisection (numpy only; accurate to about 1e-7)."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:  # 0.5 + the density's integral over [0, x] (Simpson's rule)
+        t = np.linspace(0.0, x, 4001)
+        f = np.exp(log_norm - (df + 1) / 2 * np.log1p(t * t / df))
+        return 0.5 + float((f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()) * (t[1] - t[0]) / 3)
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < q:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+@functools.lru_cache(maxsize=None)
+def expanded_level(level: float, n: int) -> float:
+    """The level whose percentile interval has ``level``'s coverage at ``n`` units (Hesterberg's
+    expanded percentile interval): the plain percentile bootstrap is too narrow for few units (it
+    divides the variance by n, and takes normal quantiles where t's apply), covering 0.89 instead
+    of 0.95 at 9 documents and 0.79 at 4. Its normal quantile becomes sqrt(n / (n - 1)) times
+    t's with n - 1 degrees of freedom."""
+    z = math.sqrt(n / (n - 1)) * t_quantile(0.5 + level / 2, n - 1)
+    return 2 * NormalDist().cdf(z) - 1
 
 
 def _interval(stats: np.ndarray, value: float, level: float) -> tuple[float, float]:
@@ -70,7 +104,7 @@ def bootstrap_ratio(
     idx = _rng(seed).integers(0, n, size=(resamples, n))
     with np.errstate(invalid="ignore", divide="ignore"):
         stats = num[idx].sum(1) / den[idx].sum(1)
-    low, high = _interval(stats, value, level)
+    low, high = _interval(stats, value, expanded_level(level, n))
     return Estimate(value, low, high, n)
 
 
