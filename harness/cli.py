@@ -116,15 +116,17 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 @main.command()
 @click.argument("arch")
-@click.option("--preset", default="tiny", show_default=True)
-@click.option("--steps", type=int, default=None, help="Optimizer steps (default: TrainConfig's).")
+@click.option("--preset", default="tiny", show_default=True, help="Model size (`lcbench list` shows each ARCH's).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
 @click.option("--tokens", type=int, default=None, help="Token budget; overrides --steps.")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--seq-len", type=int, default=None)
-@click.option("--lr", type=float, default=None)
-@click.option("--grad-accum", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--eval-every", type=int, default=None)
+@click.option("--batch-size", type=int, default=None, help="Sequences per optimizer step, over all processes (default 8).")
+@click.option("--seq-len", type=int, default=None, help="Tokens per training sequence (default 256).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate, warm-up then cosine decay (default 0.003).")
+@click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step (default 1).")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the weights, the data order and the train/val split (default 0).")
+@click.option("--eval-every", type=int, default=None,
+              help="Validation loss every N steps; 0: only at the end (default 50).")
 @click.option("--save-every", type=int, default=None,
               help="Checkpoint every N steps into --out, so a killed run resumes (default: only at the end).")
 @click.option("--corpus", default=None, help="Local text file, folder, .jsonl or .parquet (default: embedded stdlib corpus).")

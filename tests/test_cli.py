@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from harness.cli import main
 from harness.train.checkpoint import load_model
+from harness.train.trainer import TrainConfig
 from tests.conftest import small_model
 from tests.test_importers import OFFICIAL, fla_gdn_folder, official_tree, perturb_
 
@@ -44,6 +45,14 @@ def test_library_warnings_print_as_one_line(tmp_path):
     warned = [ln for ln in result.output.splitlines() if "blob.bin" in ln]
     assert len(warned) == 1 and warned[0].startswith("warning: corpus"), result.output
     assert "CorpusWarning" not in result.output and "cli.py" not in result.output
+
+
+def test_train_help_states_train_config_defaults():
+    """Every training option whose default comes from TrainConfig says that default in --help."""
+    params = {p.name: p for p in main.commands["train"].params}
+    defaults = TrainConfig()
+    for name in ("steps", "batch_size", "seq_len", "lr", "grad_accum", "seed", "eval_every"):
+        assert f"(default {getattr(defaults, name):g})" in (params[name].help or ""), name
 
 
 def test_train_writes_a_checkpoint_and_resumes(tmp_path):
