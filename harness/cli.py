@@ -119,7 +119,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--preset", default="tiny", show_default=True, help="Model size (`lcbench list` shows each ARCH's).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
 @click.option("--tokens", type=int, default=None, help="Token budget; overrides --steps.")
-@click.option("--batch-size", type=int, default=None, help="Sequences per optimizer step, over all processes (default 8).")
+@click.option("--batch-size", type=int, default=None,
+              help="Sequences per micro-batch, over all processes; a step reads --grad-accum of them (default 8).")
 @click.option("--seq-len", type=int, default=None, help="Tokens per training sequence (default 256).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate, warm-up then cosine decay (default 0.003).")
 @click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step (default 1).")
