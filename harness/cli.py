@@ -169,7 +169,8 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="runs/quick", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/quick", show_default=True,
+              help="Sweep folder: table, checkpoints, figures/ and tables/.")
 @click.option("--arch", "archs", multiple=True, help="Only these architectures (repeatable; default: all).")
 @click.option("--steps", type=int, default=None, help="Training steps per model (default: the spec's).")
 @friendly_errors
@@ -209,9 +210,10 @@ def _figures_and_tables(run_dir: str) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/figures.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]), default=("png", "pdf"),
-              show_default=True)
+              show_default=True, help="File format of every figure (repeatable).")
 @click.option("--only", multiple=True, help="Only these figures (repeatable).")
-@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]))
+@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]),
+              help="NIAH accuracy to show (repeatable): generation (gen_match) or candidate ranking (cand_acc); default both.")
 @friendly_errors
 def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[str, ...],
          niah_metrics: tuple[str, ...]) -> None:
@@ -226,9 +228,11 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/tables.")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "tex"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "tex"]), default="md", show_default=True,
+              help="Format printed on stdout.")
 @click.option("--save/--no-save", default=True, show_default=True, help="Also write md, csv and tex files.")
-@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]))
+@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]),
+              help="NIAH accuracy to show (repeatable): generation (gen_match) or candidate ranking (cand_acc); default both.")
 @friendly_errors
 def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tuple[str, ...]) -> None:
     """Summary tables (loss, gaps, NIAH, latency, speed-ups, memory) of a run folder."""
@@ -280,10 +284,11 @@ def report(run_dir: str, out: str | None) -> None:
 @click.option("--model", "model_spec", default=None, help="Checkpoint folder, or ARCH[:PRESET] (untrained).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/eval/TASK-MODEL).")
 @click.option("--option", "-o", "options", multiple=True, help="Task option key=value (repeatable), e.g. -o contexts=1K,4K.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", default="auto", show_default=True,
+              help="auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16 (or fp32, bf16, fp16)")
 @click.option("--backend", default=None, help="Override the model's mixer backend.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the task's random draws (windows, needles).")
 @click.option("--list-options", is_flag=True, help="Show the task's options and exit.")
 @friendly_errors
 def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[str, ...], device: str, dtype: str,
@@ -320,8 +325,8 @@ def _echo_table(table) -> None:
 @click.option("--jobs", type=click.Choice(["model", "cell"]), default=None, help="One job per model (default) or per cell.")
 @click.option("--workers", type=int, default=None, help="Jobs running at once (default 4).")
 @click.option("--partition", default=None, help="Slurm partition.")
-@click.option("--gpus-per-job", type=int, default=None)
-@click.option("--cpus-per-job", type=int, default=None)
+@click.option("--gpus-per-job", type=int, default=None, help="GPUs per job (default 0).")
+@click.option("--cpus-per-job", type=int, default=None, help="CPUs per job (default: the executor's).")
 @click.option("--mem-gb", type=int, default=None, help="Slurm memory per job.")
 @click.option("--time-min", type=int, default=None, help="Each job's time limit in minutes (default 60).")
 @click.option("--account", default=None, help="Slurm account.")
@@ -375,7 +380,8 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="runs/gate", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/gate", show_default=True,
+              help="Folder for the gate's runs (one sweep folder per layer).")
 @click.option("--layer", "layers", multiple=True, type=click.Choice(["eval", "train"]),
               help="Run only this layer (repeatable; default both).")
 @click.option("--model", "models", multiple=True, help="Only this model of the gate (repeatable).")
@@ -422,17 +428,18 @@ def _int_list(value: str | None, option: str) -> list[int] | None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/lm_eval/MODEL).")
 @click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
 @click.option("--include-path", multiple=True, help="Folders of extra task YAMLs (repeatable).")
-@click.option("--num-fewshot", type=int, default=None)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--num-fewshot", type=int, default=None, help="Few-shot examples per prompt (default: each task's own).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", default="auto", show_default=True,
+              help="auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16 (or fp32, bf16, fp16)")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Requests scored per forward pass.")
 @click.option("--max-length", type=int, default=None,
               help="Context cap in tokens (default: none; lm-eval's hf model uses 2048 without max_position_embeddings).")
 @click.option("--add-bos/--no-add-bos", default=None,
               help="Start every text with the tokenizer's BOS (default: when the tokenizer adds one, as lm-eval's hf).")
 @click.option("--prefix-token", type=int, default=None,
               help="Token id an empty context or a rolling document starts from (default: BOS, else EOS, else '\\n').")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="lm-eval's random, numpy, torch and few-shot seed.")
 @friendly_errors
 def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float | None, out: str | None,
                 tokenizer: str | None, include_path: tuple[str, ...], num_fewshot: int | None, device: str,
@@ -457,8 +464,8 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", default="auto", show_default=True,
               help="auto, or one of harness.adapters.importers.FORMATS (llama, gated_deltanet, mamba2, mamba_ssm, ...).")
-@click.option("--dtype", default=None)
-@click.option("--backend", default=None)
+@click.option("--dtype", default=None, help="Parameter dtype of the imported model (default float32).")
+@click.option("--backend", default=None, help="Our mixer backend (default auto).")
 @friendly_errors
 def import_cmd(source: str, out: str, fmt: str, dtype: str | None, backend: str | None) -> None:
     """Import a local Hugging Face-format checkpoint (Llama, fla GDN/Mamba 2, mamba-ssm) into OUT."""
@@ -486,8 +493,9 @@ def export_hf_cmd(checkpoint: str, out: str, tokenizer: str | None) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The run's Hydra YAML (RoPE theta, window, mini-batch, inner optimiser).")
-@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None)
-@click.option("--backend", default=None)
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local Hugging Face tokenizer folder to copy beside the checkpoint (the official runs use Llama 3's).")
+@click.option("--backend", default=None, help="Our mixer backend (default auto).")
 @friendly_errors
 def import_ttt_e2e_cmd(source: str, out: str, config_path: str | None, tokenizer: str | None,
                        backend: str | None) -> None:

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import click
 import numpy as np
 import yaml
 from click.testing import CliRunner
@@ -53,6 +54,12 @@ def test_train_help_states_train_config_defaults():
     defaults = TrainConfig()
     for name in ("steps", "batch_size", "seq_len", "lr", "grad_accum", "seed", "eval_every"):
         assert f"(default {getattr(defaults, name):g})" in (params[name].help or ""), name
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    missing = [f"{name} {param.opts[0]}" for name, command in main.commands.items() for param in command.params
+               if isinstance(param, click.Option) and not param.help]
+    assert missing == []
 
 
 def test_train_writes_a_checkpoint_and_resumes(tmp_path):
