@@ -206,6 +206,23 @@ def _figures_and_tables(run_dir: str) -> None:
     click.echo(f"{len(figures)} figure files in {run_dir}/figures/, tables in {run_dir}/tables/")
 
 
+class _NoteHandler(logging.Handler):
+    """Writes a record as an indented line on the current stderr (looked up at each record)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"  {record.getMessage()}", err=True)
+
+
+def _show_notes() -> None:
+    """lcbench's own info lines (a figure skipped and why, stale files removed) on stderr. Only the
+    ``harness`` logger's: the root logger at INFO would also print every library's, such as
+    fontTools listing each glyph it subsets into a PDF."""
+    log = logging.getLogger("harness")
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        log.addHandler(_NoteHandler())
+    log.setLevel(logging.INFO)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/figures.")
@@ -220,7 +237,7 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
     """Paper figures (PNG + PDF) from a run or sweep folder."""
     from harness.report.plots import make_figures
 
-    logging.basicConfig(level=logging.INFO, format="  %(message)s")
+    _show_notes()
     for path in make_figures(run_dir, out, formats, only=list(only) or None, niah_metrics=list(niah_metrics) or None):
         click.echo(str(path))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -124,6 +125,24 @@ def test_eval_table_and_plot_commands(tmp_path):
     assert (out / "figures" / "latency.png").is_file() and (out / "figures" / "latency.pdf").is_file()
     result = run("eval", "latency", "--model", "swa", "-o", "contextz=16")
     assert result.exit_code != 0 and "contexts" in result.output
+
+
+def test_plot_prints_its_own_notes_not_every_library_log(tmp_path, monkeypatch):
+    """`lcbench plot` shows why a figure was skipped, but not fontTools' report of every glyph it
+    subsets into a PDF (what configuring the root logger at INFO printed)."""
+    out = tmp_path / "lat"
+    result = run("eval", "latency", "--model", "swa", "-o", "contexts=16", "-o", "repeats=1", "-o", "resamples=10",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    root, ours = logging.getLogger(), logging.getLogger("harness")
+    for logger in (root, ours):  # as in a fresh process: no handlers (pytest's own restored afterwards)
+        monkeypatch.setattr(logger, "handlers", [])
+        monkeypatch.setattr(logger, "level", logger.level)
+    result = run("plot", str(out), "--only", "latency", "--only", "mqar", "--format", "pdf")
+    assert result.exit_code == 0, result.output
+    assert (out / "figures" / "latency.pdf").is_file()
+    assert "skipped figure mqar" in result.output
+    assert "pruned" not in result.output and "glyph" not in result.output.lower(), result.output
 
 
 def test_import_commands(tmp_path):
