@@ -377,7 +377,7 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--reference", type=click.Path(dir_okay=False), required=True, help="Reference CSV (results/reference/NAME.csv).")
+@click.option("--reference", type=click.Path(dir_okay=False), required=True, help="Reference CSV, as written by --update.")
 @click.option("--update", is_flag=True, help="Rewrite the reference from this run (on purpose only).")
 @click.option("--all", "show_all", is_flag=True, help="Show every score, not only those that moved.")
 @friendly_errors
