@@ -100,12 +100,13 @@ def list_cmd(presets: bool) -> None:
     click.echo("\ntasks: " + (", ".join(registry.task_names()) or "(none)"))
 
 
-def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """--set key=value pairs; values are parsed as JSON when they can be (numbers, booleans)."""
+def _parse_overrides(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """key=value pairs given to ``option`` (--set, -o, --slurm-opt); values are parsed as JSON when
+    they can be (numbers, booleans)."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--set")
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint=option)
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -152,7 +153,7 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 
     given = {k: v for k, v in train_opts.items() if v is not None}
     cfg = resume_config(out, given) if resume and out else TrainConfig(**given)
-    overrides = _parse_overrides(model_set)
+    overrides = _parse_overrides(model_set, "--set")
     overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
     model_config = registry.make_config(arch, preset, **overrides)
     try:
@@ -321,7 +322,7 @@ def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[
         raise click.UsageError("--model is required (a checkpoint folder, or ARCH[:PRESET])")
     if out is None:
         out = f"runs/eval/{task}-{Path(model_spec).name.replace(':', '-')}"
-    result = run_eval(task, model_spec, out, _parse_overrides(options), device=device, dtype=dtype, backend=backend,
+    result = run_eval(task, model_spec, out, _parse_overrides(options, "--option"), device=device, dtype=dtype, backend=backend,
                       seed=seed, command=sys.argv)
     _echo_table(result.table)
     click.echo(f"{len(result.table)} rows in {out}/")
@@ -369,7 +370,7 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
         from harness.runs.jobs import run_sweep_jobs  # imports submitit (the cluster extra)
 
         if slurm_opts:
-            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **_parse_overrides(slurm_opts)}
+            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **_parse_overrides(slurm_opts, "--slurm-opt")}
         result = run_sweep_jobs(parsed, out, executor, retry_failed=retry_failed, **cluster)
     _summarise(result, out)
     exit_if_sweep_failed(result)

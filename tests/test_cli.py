@@ -145,6 +145,15 @@ def test_plot_prints_its_own_notes_not_every_library_log(tmp_path, monkeypatch):
     assert "pruned" not in result.output and "glyph" not in result.output.lower(), result.output
 
 
+def test_a_pair_without_equals_names_the_option_it_was_given_to():
+    for args, option in ((["eval", "loss_scaling", "--model", "swa", "-o", "contexts"], "--option"),
+                         (["train", "swa", "--set", "window"], "--set"),
+                         (["sweep", "results/specs/quick.yaml", "--executor", "local", "--slurm-opt", "exclusive"],
+                          "--slurm-opt")):
+        result = run(*args)
+        assert result.exit_code == 2 and f"Invalid value for {option}: " in result.output, result.output
+
+
 def test_import_commands(tmp_path):
     source = fla_gdn_folder(perturb_(small_model("gated_deltanet", sandwich_norm=False, tie_embeddings=False)),
                             tmp_path / "fla")
