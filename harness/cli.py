@@ -23,6 +23,7 @@ from harness.api.timing import is_oom
 EXIT_OK = 0
 EXIT_FAILED_WORK = 1  # the input was fine but work failed: a cell or row not ok, a regression, divergence, I/O
 EXIT_USER_ERROR = 2  # bad input: a name, value, config, spec, folder or file that lcbench cannot use
+MAX_REASONS = 5  # distinct failure messages shown after an eval's table
 
 
 class UserError(click.ClickException):
@@ -326,7 +327,19 @@ def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[
                       seed=seed, command=sys.argv)
     _echo_table(result.table)
     click.echo(f"{len(result.table)} rows in {out}/")
-    exit_if_failed(int((result.table["status"] != "ok").sum()), "row(s)")
+    _exit_if_rows_failed(result.table)
+
+
+def _exit_if_rows_failed(table) -> None:
+    """Exit 1 when rows are not ok, after one line per distinct failure (the printed table leaves
+    the message column out)."""
+    failed = table[table["status"] != "ok"]
+    reasons = failed.assign(message=failed["message"].fillna("")).groupby(["status", "message"], sort=False).size()
+    for (status, message), count in reasons.head(MAX_REASONS).items():
+        click.echo(f"  {status} ({count} row{'s' if count > 1 else ''}): {message or '(no message)'}", err=True)
+    if len(reasons) > MAX_REASONS:
+        click.echo(f"  ... and {len(reasons) - MAX_REASONS} other reason(s); the table's message column has them all", err=True)
+    exit_if_failed(len(failed), "row(s)")
 
 
 def _echo_table(table) -> None:
@@ -474,7 +487,7 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
                         seed=seed, command=sys.argv)
     _echo_table(table)
     click.echo(f"{len(table)} rows in {out}/")
-    exit_if_failed(int((table["status"] != "ok").sum()), "row(s)")
+    _exit_if_rows_failed(table)
 
 
 @main.command("import")

@@ -83,6 +83,12 @@ def test_eval_of_a_nan_model_exits_1_with_nan_rows(tmp_path):
     assert (table["status"] == "nan").all() and len(table)
 
 
+def test_eval_says_why_its_rows_failed(tmp_path):
+    result = run("eval", "test_half_fails", "--model", "swa", "--out", str(tmp_path / "e"), "--device", "cpu")
+    assert result.exit_code == EXIT_FAILED_WORK, result.output
+    assert "  error (1 row): the second part broke" in result.output, result.output
+
+
 def test_a_sweep_whose_cells_all_fail_exits_1(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"name": "f", "models": [{"arch": "swa", "untrained": True,
