@@ -423,7 +423,7 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
 @friendly_errors
 def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tuple[str, ...], threads: int,
          update: bool, show_all: bool) -> None:
-    """CI's score gate: committed checkpoints evaluated by every task (tight, two-sided tolerances) and
+    """CI's score gate: committed checkpoints evaluated by four tasks (tight, two-sided tolerances) and
     models retrained with several seeds (seed-aggregated scores within a multiple of their spread).
 
     Exit codes: 0 passed, 1 a score moved beyond its allowance or a cell failed, 2 bad input,
