@@ -138,7 +138,8 @@ def _parse_overrides(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
 @click.option("--set", "model_set", multiple=True, help="Model config override key=value (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Checkpoint folder.")
 @click.option("--parallel", type=click.Choice(["auto", "none", "fsdp", "ddp"]), default="auto", show_default=True,
-              help="Under torchrun: FSDP2 (auto) or DDP across the processes; --batch-size stays the global batch.")
+              help="auto: FSDP2 under torchrun with several processes, else one process; fsdp or ddp: that "
+                   "strategy (needs torchrun); none: one process. --batch-size stays the global batch.")
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings (options given "
               "here replace them: more --steps, another --save-every). "
               "Without it, --out must be new or empty.")
