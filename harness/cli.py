@@ -495,7 +495,7 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", default="auto", show_default=True,
-              help="auto, or one of harness.adapters.importers.FORMATS (llama, gated_deltanet, mamba2, mamba_ssm, ...).")
+              help="auto (from the folder's config.json), llama, gated_deltanet, mamba2 or mamba_ssm.")
 @click.option("--dtype", default=None, help="Parameter dtype of the imported model (default float32).")
 @click.option("--backend", default=None, help="Our mixer backend (default auto).")
 @friendly_errors
