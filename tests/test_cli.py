@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 from click.testing import CliRunner
 
+from harness.adapters.importers import FORMATS
 from harness.cli import main
 from harness.train.checkpoint import load_model
 from harness.train.trainer import TrainConfig
@@ -61,6 +62,11 @@ def test_every_option_of_every_command_says_what_it_does():
     missing = [f"{name} {param.opts[0]}" for name, command in main.commands.items() for param in command.params
                if isinstance(param, click.Option) and not param.help]
     assert missing == []
+
+
+def test_import_help_names_every_format():
+    help_text = {p.name: p for p in main.commands["import"].params}["fmt"].help
+    assert [name for name in FORMATS if name not in help_text] == []
 
 
 def test_train_writes_a_checkpoint_and_resumes(tmp_path):
