@@ -23,6 +23,7 @@ from harness.api.timing import is_oom
 EXIT_OK = 0
 EXIT_FAILED_WORK = 1  # the input was fine but work failed: a cell or row not ok, a regression, divergence, I/O
 EXIT_USER_ERROR = 2  # bad input: a name, value, config, spec, folder or file that lcbench cannot use
+MAX_REASONS = 5  # distinct failure messages shown after an eval's table
 
 
 class UserError(click.ClickException):
@@ -119,12 +120,13 @@ def list_cmd(presets: bool) -> None:
     click.echo("\ntasks: " + (", ".join(registry.task_names()) or "(none)"))
 
 
-def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """--set key=value pairs; values are parsed as JSON when they can be (numbers, booleans)."""
+def _parse_overrides(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """key=value pairs given to ``option`` (--set, -o, --slurm-opt); values are parsed as JSON when
+    they can be (numbers, booleans)."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--set")
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint=option)
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -135,15 +137,18 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 @main.command()
 @click.argument("arch")
-@click.option("--preset", default="tiny", show_default=True)
-@click.option("--steps", type=int, default=None, help="Optimizer steps (default: TrainConfig's).")
+@click.option("--preset", default="tiny", show_default=True, help="Model size (`lcbench list` shows each ARCH's).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
 @click.option("--tokens", type=int, default=None, help="Token budget; overrides --steps.")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--seq-len", type=int, default=None)
-@click.option("--lr", type=float, default=None)
-@click.option("--grad-accum", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--eval-every", type=int, default=None)
+@click.option("--batch-size", type=int, default=None,
+              help="Sequences per micro-batch, over all processes; a step reads --grad-accum of them (default 8).")
+@click.option("--seq-len", type=int, default=None, help="Tokens per training sequence (default 256).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate, warm-up then cosine decay (default 0.003).")
+@click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step (default 1).")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the weights, the data order and the train/val split (default 0).")
+@click.option("--eval-every", type=int, default=None,
+              help="Validation loss every N steps; 0: only at the end (default 50).")
 @click.option("--save-every", type=int, default=None,
               help="Checkpoint every N steps into --out, so a killed run resumes (default: only at the end).")
 @click.option("--corpus", default=None, help="Local text file, folder, .jsonl or .parquet (default: embedded stdlib corpus).")
@@ -152,7 +157,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--set", "model_set", multiple=True, help="Model config override key=value (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Checkpoint folder.")
 @click.option("--parallel", type=click.Choice(["auto", "none", "fsdp", "ddp"]), default="auto", show_default=True,
-              help="Under torchrun: FSDP2 (auto) or DDP across the processes; --batch-size stays the global batch.")
+              help="auto: FSDP2 under torchrun with several processes, else one process; fsdp or ddp: that "
+                   "strategy (needs torchrun); none: one process. --batch-size stays the global batch.")
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings (options given "
               "here replace them: more --steps, another --save-every). "
               "Without it, --out must be new or empty.")
@@ -168,7 +174,7 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 
     given = {k: v for k, v in train_opts.items() if v is not None}
     cfg = resume_config(out, given) if resume and out else TrainConfig(**given)
-    overrides = _parse_overrides(model_set)
+    overrides = _parse_overrides(model_set, "--set")
     overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
     model_config = registry.make_config(arch, preset, **overrides)
     try:
@@ -185,7 +191,8 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="runs/quick", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/quick", show_default=True,
+              help="Sweep folder: table, checkpoints, figures/ and tables/.")
 @click.option("--arch", "archs", multiple=True, help="Only these architectures (repeatable; default: all).")
 @click.option("--steps", type=int, default=None, help="Training steps per model (default: the spec's).")
 @friendly_errors
@@ -222,20 +229,38 @@ def _figures_and_tables(run_dir: str) -> None:
     click.echo(f"{len(figures)} figure files in {run_dir}/figures/, tables in {run_dir}/tables/")
 
 
+class _NoteHandler(logging.Handler):
+    """Writes a record as an indented line on the current stderr (looked up at each record)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"  {record.getMessage()}", err=True)
+
+
+def _show_notes() -> None:
+    """lcbench's own info lines (a figure skipped and why, stale files removed) on stderr. Only the
+    ``harness`` logger's: the root logger at INFO would also print every library's, such as
+    fontTools listing each glyph it subsets into a PDF."""
+    log = logging.getLogger("harness")
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        log.addHandler(_NoteHandler())
+    log.setLevel(logging.INFO)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/figures.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]), default=("png", "pdf"),
-              show_default=True)
+              show_default=True, help="File format of every figure (repeatable).")
 @click.option("--only", multiple=True, help="Only these figures (repeatable).")
-@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]))
+@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]),
+              help="NIAH accuracy to show (repeatable): generation (gen_match) or candidate ranking (cand_acc); default both.")
 @friendly_errors
 def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[str, ...],
          niah_metrics: tuple[str, ...]) -> None:
     """Paper figures (PNG + PDF) from a run or sweep folder."""
     from harness.report.plots import make_figures
 
-    logging.basicConfig(level=logging.INFO, format="  %(message)s")
+    _show_notes()
     for path in make_figures(run_dir, out, formats, only=list(only) or None, niah_metrics=list(niah_metrics) or None):
         click.echo(str(path))
 
@@ -243,9 +268,11 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/tables.")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "tex"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "tex"]), default="md", show_default=True,
+              help="Format printed on stdout.")
 @click.option("--save/--no-save", default=True, show_default=True, help="Also write md, csv and tex files.")
-@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]))
+@click.option("--niah-metric", "niah_metrics", multiple=True, type=click.Choice(["gen_match", "cand_acc"]),
+              help="NIAH accuracy to show (repeatable): generation (gen_match) or candidate ranking (cand_acc); default both.")
 @friendly_errors
 def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tuple[str, ...]) -> None:
     """Summary tables (loss, gaps, NIAH, latency, speed-ups, memory) of a run folder."""
@@ -297,10 +324,11 @@ def report(run_dir: str, out: str | None) -> None:
 @click.option("--model", "model_spec", default=None, help="Checkpoint folder, or ARCH[:PRESET] (untrained).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/eval/TASK-MODEL).")
 @click.option("--option", "-o", "options", multiple=True, help="Task option key=value (repeatable), e.g. -o contexts=1K,4K.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", default="auto", show_default=True,
+              help="auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16 (or fp32, bf16, fp16)")
 @click.option("--backend", default=None, help="Override the model's mixer backend.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the task's random draws (windows, needles).")
 @click.option("--list-options", is_flag=True, help="Show the task's options and exit.")
 @friendly_errors
 def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[str, ...], device: str, dtype: str,
@@ -316,11 +344,23 @@ def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[
         raise click.UsageError("--model is required (a checkpoint folder, or ARCH[:PRESET])")
     if out is None:
         out = f"runs/eval/{task}-{Path(model_spec).name.replace(':', '-')}"
-    result = run_eval(task, model_spec, out, _parse_overrides(options), device=device, dtype=dtype, backend=backend,
+    result = run_eval(task, model_spec, out, _parse_overrides(options, "--option"), device=device, dtype=dtype, backend=backend,
                       seed=seed, command=sys.argv)
     _echo_table(result.table)
     click.echo(f"{len(result.table)} rows in {out}/")
-    exit_if_failed(int((result.table["status"] != "ok").sum()), "row(s)")
+    _exit_if_rows_failed(result.table)
+
+
+def _exit_if_rows_failed(table) -> None:
+    """Exit 1 when rows are not ok, after one line per distinct failure (the printed table leaves
+    the message column out)."""
+    failed = table[table["status"] != "ok"]
+    reasons = failed.assign(message=failed["message"].fillna("")).groupby(["status", "message"], sort=False).size()
+    for (status, message), count in reasons.head(MAX_REASONS).items():
+        click.echo(f"  {status} ({count} row{'s' if count > 1 else ''}): {message or '(no message)'}", err=True)
+    if len(reasons) > MAX_REASONS:
+        click.echo(f"  ... and {len(reasons) - MAX_REASONS} other reason(s); the table's message column has them all", err=True)
+    exit_if_failed(len(failed), "row(s)")
 
 
 def _echo_table(table) -> None:
@@ -337,8 +377,8 @@ def _echo_table(table) -> None:
 @click.option("--jobs", type=click.Choice(["model", "cell"]), default=None, help="One job per model (default) or per cell.")
 @click.option("--workers", type=int, default=None, help="Jobs running at once (default 4).")
 @click.option("--partition", default=None, help="Slurm partition.")
-@click.option("--gpus-per-job", type=int, default=None)
-@click.option("--cpus-per-job", type=int, default=None)
+@click.option("--gpus-per-job", type=int, default=None, help="GPUs per job (default 0).")
+@click.option("--cpus-per-job", type=int, default=None, help="CPUs per job (default: the executor's).")
 @click.option("--mem-gb", type=int, default=None, help="Slurm memory per job.")
 @click.option("--time-min", type=int, default=None, help="Each job's time limit in minutes (default 60).")
 @click.option("--account", default=None, help="Slurm account.")
@@ -365,7 +405,7 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
         from harness.runs.jobs import run_sweep_jobs  # imports submitit (the cluster extra)
 
         if slurm_opts:
-            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **_parse_overrides(slurm_opts)}
+            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **_parse_overrides(slurm_opts, "--slurm-opt")}
         result = run_sweep_jobs(parsed, out, executor, retry_failed=retry_failed, **cluster)
     _summarise(result, out)
     exit_if_sweep_failed(result)
@@ -373,7 +413,7 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--reference", type=click.Path(dir_okay=False), required=True, help="Reference CSV (results/reference/NAME.csv).")
+@click.option("--reference", type=click.Path(dir_okay=False), required=True, help="Reference CSV, as written by --update.")
 @click.option("--update", is_flag=True, help="Rewrite the reference from this run (on purpose only).")
 @click.option("--all", "show_all", is_flag=True, help="Show every score, not only those that moved.")
 @friendly_errors
@@ -393,7 +433,8 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="runs/gate", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/gate", show_default=True,
+              help="Folder for the gate's runs (one sweep folder per layer).")
 @click.option("--layer", "layers", multiple=True, type=click.Choice(["eval", "train"]),
               help="Run only this layer (repeatable; default both).")
 @click.option("--model", "models", multiple=True, help="Only this model of the gate (repeatable).")
@@ -404,7 +445,7 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
 @friendly_errors
 def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tuple[str, ...], threads: int,
          update: bool, show_all: bool) -> None:
-    """CI's score gate: committed checkpoints evaluated by every task (tight, two-sided tolerances) and
+    """CI's score gate: committed checkpoints evaluated by four tasks (tight, two-sided tolerances) and
     models retrained with several seeds (seed-aggregated scores within a multiple of their spread).
 
     Exit codes: 0 passed, 1 a score moved beyond its allowance or a cell failed, 2 bad input,
@@ -440,17 +481,18 @@ def _int_list(value: str | None, option: str) -> list[int] | None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/lm_eval/MODEL).")
 @click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
 @click.option("--include-path", multiple=True, help="Folders of extra task YAMLs (repeatable).")
-@click.option("--num-fewshot", type=int, default=None)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--num-fewshot", type=int, default=None, help="Few-shot examples per prompt (default: each task's own).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", default="auto", show_default=True,
+              help="auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16 (or fp32, bf16, fp16)")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Requests scored per forward pass.")
 @click.option("--max-length", type=int, default=None,
               help="Context cap in tokens (default: none; lm-eval's hf model uses 2048 without max_position_embeddings).")
 @click.option("--add-bos/--no-add-bos", default=None,
               help="Start every text with the tokenizer's BOS (default: when the tokenizer adds one, as lm-eval's hf).")
 @click.option("--prefix-token", type=int, default=None,
               help="Token id an empty context or a rolling document starts from (default: BOS, else EOS, else '\\n').")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="lm-eval's random, numpy, torch and few-shot seed.")
 @friendly_errors
 def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float | None, out: str | None,
                 tokenizer: str | None, include_path: tuple[str, ...], num_fewshot: int | None, device: str,
@@ -467,16 +509,16 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
                         seed=seed, command=sys.argv)
     _echo_table(table)
     click.echo(f"{len(table)} rows in {out}/")
-    exit_if_failed(int((table["status"] != "ok").sum()), "row(s)")
+    _exit_if_rows_failed(table)
 
 
 @main.command("import")
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", default="auto", show_default=True,
-              help="auto, or one of harness.adapters.importers.FORMATS (llama, gated_deltanet, mamba2, mamba_ssm, ...).")
-@click.option("--dtype", default=None)
-@click.option("--backend", default=None)
+              help="auto (from the folder's config.json), llama, gated_deltanet, mamba2 or mamba_ssm.")
+@click.option("--dtype", default=None, help="Parameter dtype of the imported model (default float32).")
+@click.option("--backend", default=None, help="Our mixer backend (default auto).")
 @friendly_errors
 def import_cmd(source: str, out: str, fmt: str, dtype: str | None, backend: str | None) -> None:
     """Import a local Hugging Face-format checkpoint (Llama, fla GDN/Mamba 2, mamba-ssm) into OUT."""
@@ -504,8 +546,9 @@ def export_hf_cmd(checkpoint: str, out: str, tokenizer: str | None) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The run's Hydra YAML (RoPE theta, window, mini-batch, inner optimiser).")
-@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None)
-@click.option("--backend", default=None)
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local Hugging Face tokenizer folder to copy beside the checkpoint (the official runs use Llama 3's).")
+@click.option("--backend", default=None, help="Our mixer backend (default auto).")
 @friendly_errors
 def import_ttt_e2e_cmd(source: str, out: str, config_path: str | None, tokenizer: str | None,
                        backend: str | None) -> None:

@@ -69,6 +69,12 @@ def test_cli_check_exit_codes(tmp_path):
     assert missing_ref.exit_code != 0 and "--update" in missing_ref.output
 
 
+def test_a_missing_reference_names_the_command_that_makes_it(tmp_path):
+    missing = tmp_path / "ref.csv"
+    with pytest.raises(ConfigError, match=r"lcbench check RUN --reference .*ref\.csv --update`"):
+        check.read_reference(missing)
+
+
 def test_a_reference_tolerance_that_is_blank_or_negative_is_bad_input(tmp_path):
     """A blank tolerance made every comparison NaN-false ("within"): loss 2 -> 9 passed."""
     path = check.write_reference(run_table(), tmp_path / "ref.csv")

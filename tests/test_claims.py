@@ -136,6 +136,18 @@ def test_cli_writes_the_verdicts_of_a_run_folder(tmp_path):
     assert (tmp_path / "claims.md").read_text() == out.output
 
 
+def test_a_table_without_its_samples_is_refused_and_its_claims_md_kept(tmp_path):
+    """A results table copied without samples/ (results/reference/paper_small) cannot be judged:
+    every claim pairs windows, documents or test sequences. Say so, and leave claims.md alone."""
+    rows = [results.make_row("loss", 2.0, run="r", model=a, arch=a, task="loss_scaling", eval_ctx=1024, seed=0)
+            for a in ARCHS]
+    results.write_table(tmp_path, results.validate(rows))
+    (tmp_path / "claims.md").write_text("committed verdicts")
+    out = CliRunner().invoke(main, ["claims", str(tmp_path)])
+    assert out.exit_code == 2 and "no samples" in out.output and "samples/" in out.output, out.output
+    assert (tmp_path / "claims.md").read_text() == "committed verdicts"
+
+
 def test_a_trace_of_context_too_small_to_matter_is_not_a_gain():
     """Recurrent states keep 1e-6-sized traces that paired intervals call significant."""
     from harness.api.stats import Estimate

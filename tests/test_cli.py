@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 from pathlib import Path
 
+import click
 import numpy as np
 import yaml
 from click.testing import CliRunner
 
+from harness.adapters.importers import FORMATS
 from harness.cli import main
 from harness.train.checkpoint import load_model
+from harness.train.trainer import TrainConfig
 from tests.conftest import small_model
 from tests.test_importers import OFFICIAL, fla_gdn_folder, official_tree, perturb_
 
@@ -44,6 +48,25 @@ def test_library_warnings_print_as_one_line(tmp_path):
     warned = [ln for ln in result.output.splitlines() if "blob.bin" in ln]
     assert len(warned) == 1 and warned[0].startswith("warning: corpus"), result.output
     assert "CorpusWarning" not in result.output and "cli.py" not in result.output
+
+
+def test_train_help_states_train_config_defaults():
+    """Every training option whose default comes from TrainConfig says that default in --help."""
+    params = {p.name: p for p in main.commands["train"].params}
+    defaults = TrainConfig()
+    for name in ("steps", "batch_size", "seq_len", "lr", "grad_accum", "seed", "eval_every"):
+        assert f"(default {getattr(defaults, name):g})" in (params[name].help or ""), name
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    missing = [f"{name} {param.opts[0]}" for name, command in main.commands.items() for param in command.params
+               if isinstance(param, click.Option) and not param.help]
+    assert missing == []
+
+
+def test_import_help_names_every_format():
+    help_text = {p.name: p for p in main.commands["import"].params}["fmt"].help
+    assert [name for name in FORMATS if name not in help_text] == []
 
 
 def test_train_writes_a_checkpoint_and_resumes(tmp_path):
@@ -108,6 +131,33 @@ def test_eval_table_and_plot_commands(tmp_path):
     assert (out / "figures" / "latency.png").is_file() and (out / "figures" / "latency.pdf").is_file()
     result = run("eval", "latency", "--model", "swa", "-o", "contextz=16")
     assert result.exit_code != 0 and "contexts" in result.output
+
+
+def test_plot_prints_its_own_notes_not_every_library_log(tmp_path, monkeypatch):
+    """`lcbench plot` shows why a figure was skipped, but not fontTools' report of every glyph it
+    subsets into a PDF (what configuring the root logger at INFO printed)."""
+    out = tmp_path / "lat"
+    result = run("eval", "latency", "--model", "swa", "-o", "contexts=16", "-o", "repeats=1", "-o", "resamples=10",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    root, ours = logging.getLogger(), logging.getLogger("harness")
+    for logger in (root, ours):  # as in a fresh process: no handlers (pytest's own restored afterwards)
+        monkeypatch.setattr(logger, "handlers", [])
+        monkeypatch.setattr(logger, "level", logger.level)
+    result = run("plot", str(out), "--only", "latency", "--only", "mqar", "--format", "pdf")
+    assert result.exit_code == 0, result.output
+    assert (out / "figures" / "latency.pdf").is_file()
+    assert "skipped figure mqar" in result.output
+    assert "pruned" not in result.output and "glyph" not in result.output.lower(), result.output
+
+
+def test_a_pair_without_equals_names_the_option_it_was_given_to():
+    for args, option in ((["eval", "loss_scaling", "--model", "swa", "-o", "contexts"], "--option"),
+                         (["train", "swa", "--set", "window"], "--set"),
+                         (["sweep", "results/specs/quick.yaml", "--executor", "local", "--slurm-opt", "exclusive"],
+                          "--slurm-opt")):
+        result = run(*args)
+        assert result.exit_code == 2 and f"Invalid value for {option}: " in result.output, result.output
 
 
 def test_import_commands(tmp_path):

@@ -83,6 +83,19 @@ def test_eval_of_a_nan_model_exits_1_with_nan_rows(tmp_path):
     assert (table["status"] == "nan").all() and len(table)
 
 
+def test_eval_with_a_bad_device_or_dtype_leaves_no_run_folder(tmp_path):
+    for option, value in (("--device", "tpu"), ("--dtype", "float17")):
+        result = run("eval", "test_sweep_probe", "--model", "swa", option, value, "--out", str(tmp_path / "e"))
+        one_line_error(result, EXIT_USER_ERROR, f"unknown {option[2:]} {value!r}")
+        assert not (tmp_path / "e").exists()
+
+
+def test_eval_says_why_its_rows_failed(tmp_path):
+    result = run("eval", "test_half_fails", "--model", "swa", "--out", str(tmp_path / "e"), "--device", "cpu")
+    assert result.exit_code == EXIT_FAILED_WORK, result.output
+    assert "  error (1 row): the second part broke" in result.output, result.output
+
+
 def test_a_sweep_whose_cells_all_fail_exits_1(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"name": "f", "models": [{"arch": "swa", "untrained": True,

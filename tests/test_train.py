@@ -107,11 +107,19 @@ def test_training_into_someone_elses_folder_is_refused_before_any_work(tmp_path,
     users.mkdir()
     (users / "thesis.tex").write_text("precious")
     cfg = TrainConfig(steps=1, **FAST)
-    for resume, error, match in ((False, ConfigError, "holds other files"), (True, checkpoint.CheckpointError,
+    for resume, error, match in ((False, ConfigError, r"holds other files \(thesis\.tex\); move them away, or "
+                                                      "choose another folder"), (True, checkpoint.CheckpointError,
                                                                            "nothing to resume")):
         with pytest.raises(error, match=match):
             train(small_config("swa"), cfg, out_dir=users, resume=resume, progress=False, training_data=fast_data)
     assert sorted(p.name for p in users.iterdir()) == ["thesis.tex"]
+
+
+def test_training_into_a_file_is_refused_as_not_a_folder(tmp_path, fast_data):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(ConfigError, match=r"'.*out' is a file, not a folder; choose another folder"):
+        train(small_config("swa"), TrainConfig(steps=1, **FAST), out_dir=tmp_path / "out", progress=False,
+              training_data=fast_data)
 
 
 def test_an_existing_checkpoint_is_not_overwritten_without_resume(tmp_path, fast_data):

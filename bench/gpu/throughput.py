@@ -1,6 +1,6 @@
 """Step ``throughput``: training tokens/s and model FLOPs utilisation (MFU) of each architecture.
 
-A timed step is :func:`harness.train.training_step`, the trainer's own: forward, next-token loss,
+A timed step is :func:`harness.train.trainer.training_step`, the trainer's own: forward, next-token loss,
 backward, gradient clipping and an AdamW update, on random tokens (``train_batch_size`` x
 ``train_seq_len``), parameters in fp32 under bf16 autocast on a GPU. ``train_warmup_steps``
 untimed steps first (kernel compilation and autotuning happen there), then ``train_steps`` timed

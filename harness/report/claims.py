@@ -104,7 +104,11 @@ def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None)
     files = sample_files if sample_files is not None else (
         sorted((run_dir / "samples").glob("*.jsonl")) + [p for p in [run_dir / SAMPLES_JSONL] if p.exists()])
     samples = [record for path in files for record in read_jsonl(path)]
-    return RunData(read_table(run_dir), samples)
+    table = read_table(run_dir)
+    if not samples:  # e.g. a table committed without them: every verdict would be undecided, wrongly reasoned
+        raise ConfigError(f"{str(run_dir)!r} holds no samples (samples/*.jsonl or {SAMPLES_JSONL}), and every claim "
+                          "pairs scores by window, document or test sequence; judge the folder the run wrote")
+    return RunData(table, samples)
 
 
 def _paired(pairs: Iterable[tuple[str, float, float]], seed: int) -> stats.Estimate:

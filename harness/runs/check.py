@@ -55,7 +55,7 @@ FAILING = ("regressed", "changed")  # verdicts that fail a check (besides missin
 def read_reference(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no reference table at {str(path)!r}; create one with `lcbench check RUN --update`")
+        raise ConfigError(f"no reference table at {str(path)!r}; create one with `lcbench check RUN --reference {path} --update`")
     try:
         raw = pd.read_csv(path, dtype={c: "string" for c, t in results.SCHEMA.items() if t == "string"},
                           keep_default_na=False, na_values={c: [""] for c in raw_columns(path) if c not in results.TEXT_COLUMNS})

@@ -197,10 +197,10 @@ def run_eval(
     """Evaluate ``model_spec`` on task ``task_name`` and write the run folder ``out_dir``
     (``None``: write nothing, return the table). See the module docstring."""
     check_task_options(task_name, options)  # a bad task name or option fails before any model is loaded
+    device_t = resolve_device(device)  # so do a bad device and dtype, before the run folder is made
+    dtype_t = resolve_dtype(dtype, device_t)
     if out_dir is not None:
         prepare_output(out_dir, "run folder")  # an unwritable folder fails before the work, too
-    device_t = resolve_device(device)
-    dtype_t = resolve_dtype(dtype, device_t)
     model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
                                 name=model_name)
     run = run_name or (Path(out_dir).name if out_dir is not None else "run")

@@ -1,9 +1,10 @@
 """The CI score gate, in two layers that each compare only what is reproducible across machines.
 
 - ``eval``: small checkpoints of every architecture, committed under
-  ``results/reference/gate/checkpoints``, evaluated by every task on the pinned corpus. Fixed
-  weights move a score only by float rounding, so tolerances are tight and two-sided: any change
-  to a model's math, a task's scoring, the data pipeline or the tokenizer shows.
+  ``results/reference/gate/checkpoints``, evaluated by four tasks (not yet repeat or mqar) on the
+  pinned corpus. Fixed weights move a score only by float rounding, so tolerances are tight and
+  two-sided: any change to a model's math, a task's scoring, the data pipeline or the tokenizer
+  shows.
 - ``train``: the same architectures trained from scratch with several seeds. Training amplifies
   rounding (a different CPU acts much like a different seed), so only seed-aggregated scores are
   checked, each within a multiple of its seed-to-seed spread (:func:`harness.check.compare_aggregates`).

@@ -315,8 +315,14 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
                 f"nothing to resume in {str(out_dir)!r}: it needs {checkpoint.CONFIG_FILE} and "
                 f"{checkpoint.WEIGHTS_FILE} or {checkpoint.SHARDED_DIR}/ (found: {found}); drop --resume to start a new run")
         return
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        what = "a checkpoint; pass --resume to continue it" if checkpoint.is_checkpoint(out_dir) else "other files"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output folder {str(out_dir)!r} is a file, not a folder; choose another folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if checkpoint.is_checkpoint(out_dir):
+            what = "a checkpoint; pass --resume to continue it"
+        else:
+            names = sorted(p.name for p in out_dir.iterdir())
+            what = f"other files ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); move them away"
         raise ConfigError(f"output folder {str(out_dir)!r} already exists and holds {what}, or choose another folder")
     ensure_writable(out_dir.parent, "checkpoint's folder")
 
