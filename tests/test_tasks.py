@@ -153,6 +153,11 @@ def test_inputs_that_would_be_ignored_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="names preset '125m' and preset 'tiny' is given too"):
         resolve_model("swa:125m", preset="tiny")
     assert resolve_model("swa:tiny", preset="tiny")[1].name == "swa:tiny"  # the same preset twice is fine
+    with pytest.raises(ConfigError, match="names no preset after ':'; valid presets of swa: tiny"):
+        resolve_model("swa:")  # quietly meant tiny
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is a file; a checkpoint is a folder"):
+        resolve_model(str(tmp_path / "weights.bin"))  # said "found []"
     with pytest.raises(ConfigError, match="seed must be a non-negative integer, got True"):
         run_eval("latency", "swa", None, {"contexts": "16"}, seed=True)
     from harness.runs import quick

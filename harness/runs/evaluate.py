@@ -96,6 +96,9 @@ def resolve_model(
                        f"valid architectures: {', '.join(choices)}")
                 hint = close_match(arch, choices)
                 raise ConfigError(msg + (f". Did you mean {hint!r}?" if hint else ""))
+            if spec.endswith(":") and not spec_preset:
+                raise ConfigError(f"model {spec!r} names no preset after ':'; valid presets of {arch}: "
+                                  f"{', '.join(registry.preset_names(arch))}")
             if spec_preset and preset is not None and spec_preset != preset:
                 raise ConfigError(f"model {spec!r} names preset {spec_preset!r} and preset {preset!r} is given too; "
                                   "give one")

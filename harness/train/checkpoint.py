@@ -181,8 +181,11 @@ def read_config(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {str(path)!r}: the folder does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a file; a checkpoint is a folder holding {CONFIG_FILE} and "
+                              f"{WEIGHTS_FILE} (or {SHARDED_DIR}/)")
     if not is_checkpoint(path):
-        present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        present = sorted(p.name for p in path.iterdir())
         raise CheckpointError(
             f"{str(path)!r} is not an lcbench checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE} "
             f"(or {SHARDED_DIR}/), found {present}"
