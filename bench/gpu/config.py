@@ -79,7 +79,7 @@ class KitConfig:
 
     @classmethod
     def dry(cls, **changes: Any) -> "KitConfig":
-        """The same steps on a CPU in seconds: tiny models, fp32, reference kernels, short contexts."""
+        """The same steps on a CPU in about a minute: tiny models, fp32, reference kernels, short contexts."""
         small = dict(
             dry_run=True, device="cpu", dtype="fp32", backend="torch", run_preset="tiny",
             contexts=[64, 128], large_contexts=[128],

@@ -20,7 +20,7 @@ running at its limit is stopped and its unfinished items recorded as ``timeout``
 step the output folder is rewritten, so a run cut short still leaves everything done so far:
 at most 8 flat files (:mod:`bench.gpu.bundle`), ``summary.md`` the one to read first.
 
-``--dry-run`` runs the same steps on a CPU in well under two minutes (tiny models, fp32, torch
+``--dry-run`` runs the same steps on a CPU in about a minute (tiny models, fp32, torch
 reference kernels, short contexts); CI runs it (tests/test_gpu_kit.py).
 """
 from __future__ import annotations
@@ -146,7 +146,7 @@ def last_line(path: Path) -> str:
               help="Seconds for the whole run, the output folder included.")
 @click.option("--wheels", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of .whl files to install offline (bench.gpu.fill_wheels fills it).")
-@click.option("--dry-run", is_flag=True, help="The same steps on a CPU in seconds: tiny models, reference kernels.")
+@click.option("--dry-run", is_flag=True, help="The same steps on a CPU in about a minute: tiny models, reference kernels.")
 @click.option("--only", "only", multiple=True,
               help=f"Run only these steps (repeatable), after the install: {', '.join(STEPS[1:])}.")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
