@@ -266,3 +266,15 @@ def test_corpus_report_counts():
     assert "unit" in text and "95,110" in text and "128K" in text and "byte" in text
     stdlib = data.corpus_report(data.embedded_corpus(), data.ByteTokenizer())
     assert stdlib.source.startswith("stdlib (Python ") and stdlib.docs_at_least[131072] >= 5
+
+
+def test_a_document_listed_twice_is_counted_once_in_the_token_cache():
+    # each put added the tokens again: the budget looked spent and evicted other documents early
+    from harness.data import packing
+
+    doc = Document("twice.txt", "a document listed twice " * 10)
+    before = packing._token_cache_size - sum(t.numel() for t in packing._TOKEN_CACHE.values())
+    packing._TOKEN_CACHE.pop((data.ByteTokenizer().name, doc), None)
+    packing.tokenize_documents([doc, doc], data.ByteTokenizer())
+    after = packing._token_cache_size - sum(t.numel() for t in packing._TOKEN_CACHE.values())
+    assert after == before == 0

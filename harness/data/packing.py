@@ -57,6 +57,9 @@ def _cache_put(key: tuple[str, Document], ids: torch.Tensor) -> None:
     global _token_cache_size
     if ids.numel() > _TOKEN_CACHE_BUDGET:
         return
+    replaced = _TOKEN_CACHE.pop(key, None)  # a document listed twice is tokenized twice: count it once
+    if replaced is not None:
+        _token_cache_size -= replaced.numel()
     _TOKEN_CACHE[key] = ids
     _token_cache_size += ids.numel()
     while _token_cache_size > _TOKEN_CACHE_BUDGET:
