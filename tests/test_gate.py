@@ -230,3 +230,24 @@ def test_bad_gate_names_get_close_matches():
         gate.gate_spec("eval", models=["full_atention"])
     with pytest.raises(check.ConfigError, match="niah"):
         gate.gate_spec("eval", tasks=["nia"])
+
+
+def test_an_update_records_the_commit_it_started_from(monkeypatch, tmp_path):
+    # gate.json read git after writing the references into the checkout: always dirty, and a
+    # commit made during the update was credited with them
+    from types import SimpleNamespace
+
+    head = {"commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(gate, "git_commit", lambda path=None: dict(head))
+
+    def sweep_that_sees_a_commit(spec, out, progress):
+        head.update(commit="b" * 40, dirty=True)
+        return SimpleNamespace(table=None)
+
+    monkeypatch.setattr(gate, "run_sweep", sweep_that_sees_a_commit)
+    monkeypatch.setattr(gate.check, "require_clean_run", lambda table, what: None)
+    monkeypatch.setattr(gate, "_keep_reference_checkpoints", lambda spec, folder: None)
+    written = {}
+    monkeypatch.setattr(gate, "write_references", lambda trained, evaluated, git: written.update(git))
+    gate._update(tmp_path, progress=False)
+    assert written == {"commit": "a" * 40, "dirty": False}

@@ -203,17 +203,19 @@ def update_gate(out_dir: str | Path = "runs/gate-update", progress: bool = True,
 
 
 def _update(out_dir: Path, progress: bool) -> dict:
+    git = git_commit(REPO)  # before the work: the references it writes into the checkout make it dirty
     train_spec = gate_spec("train")
     trained = run_sweep(train_spec, _fresh(out_dir / "train", train_spec.name), progress=progress)
     check.require_clean_run(trained.table, "the train gate's run")
     _keep_reference_checkpoints(train_spec, out_dir / "train")
     eval_spec = gate_spec("eval")
     evaluated = run_sweep(eval_spec, _fresh(out_dir / "eval", eval_spec.name), progress=progress)
-    return write_references(trained.table, evaluated.table)
+    return write_references(trained.table, evaluated.table, git)
 
 
-def write_references(trained: pd.DataFrame, evaluated: pd.DataFrame) -> dict:
-    """``eval.csv``, ``train.csv`` and ``gate.json`` from the two layers' tables of one update."""
+def write_references(trained: pd.DataFrame, evaluated: pd.DataFrame, git: dict) -> dict:
+    """``eval.csv``, ``train.csv`` and ``gate.json`` from the two layers' tables of one update,
+    made by the code of ``git`` (read when the update started)."""
     for table, layer in ((trained, "train"), (evaluated, "eval")):
         check.require_clean_run(table, f"the {layer} gate's run")
     eval_reference = check.reference_from_run(evaluated)
@@ -224,7 +226,7 @@ def write_references(trained: pd.DataFrame, evaluated: pd.DataFrame) -> dict:
     provenance = {
         "made_by": "lcbench gate --update",
         "date": time.strftime("%Y-%m-%d"),
-        "git": git_commit(REPO),
+        "git": git,
         "machine": {"python": platform.python_version(), **device_info("cpu")},
         "packages": package_versions(),
         "data_fingerprint": data_fingerprint(),
