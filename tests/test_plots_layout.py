@@ -200,3 +200,10 @@ def test_two_sizes_of_one_architecture_are_told_apart_in_the_pareto_scatter():
     assert len({to_hex(line.get_markerfacecolor()) for line in stars}) == 2
     legend = {t.get_text(): h for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
     assert legend["ttt_e2e:tiny"].get_markerfacecolor() != legend["ttt_e2e:small"].get_markerfacecolor()
+
+
+def test_panel_grids_fill_their_rows_evenly():
+    # 4 context lengths drew a row of 3 over a row of 1, beside two empty places
+    assert plots._grid(4, 3) == (2, 2)
+    assert [plots._grid(n, 3) for n in (1, 2, 3, 5, 6, 7)] == [(1, 1), (2, 1), (3, 1), (3, 2), (3, 2), (3, 3)]
+    assert plots._grid(5, 4) == (3, 2) and plots._grid(8, 4) == (4, 2)

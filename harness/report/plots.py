@@ -290,6 +290,13 @@ def _legend(fig: Figure, series: Iterable[str], ctx: Context, failures: bool = F
     fig.legend(handles=handles, loc="outside lower center", ncols=math.ceil(len(handles) / rows), frameon=False)
 
 
+def _grid(n: int, most: int) -> tuple[int, int]:
+    """(columns, rows) for ``n`` panels, at most ``most`` a row, rows filled evenly: 4 panels
+    make 2 x 2, not a row of 3 over a row of 1 beside two empty places."""
+    rows = math.ceil(n / most)
+    return math.ceil(n / rows), rows
+
+
 def _figure(ncols: int = 1, nrows: int = 1, panel: tuple[float, float] = (4.2, 3.0),
             **kwargs) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(panel[0] * ncols + 0.4, panel[1] * nrows + 0.9), layout="constrained")
@@ -387,8 +394,7 @@ def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title
     """One panel per context length: ``pts`` against token position, failures of the whole
     length listed in the panel."""
     overall = ctx.prep.points(*LOSS, pos_start=None)
-    ncols = min(len(contexts), 3)
-    fig, axes = _figure(ncols, math.ceil(len(contexts) / ncols), panel=(3.3, 2.6), sharey=True)
+    fig, axes = _figure(*_grid(len(contexts), 3), panel=(3.3, 2.6), sharey=True)
     _hide_unused(axes, len(contexts))
     for ax, L in zip(axes.flat, contexts):
         if zero is not None:
@@ -497,8 +503,7 @@ def fig_niah_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
         for haystack in _order(ctx.prep, "haystack", pts["haystack"]):
             here = pts[pts["haystack"] == haystack]
             variants = _order(ctx.prep, "variant", here["variant"])
-            ncols = min(len(variants), 4)
-            fig, axes = _figure(ncols, math.ceil(len(variants) / ncols), panel=(3.0, 2.5), sharey=True)
+            fig, axes = _figure(*_grid(len(variants), 4), panel=(3.0, 2.5), sharey=True)
             _hide_unused(axes, len(variants))
             for ax, variant in zip(axes.flat, variants):
                 _lines(ax, here[here["variant"] == variant], "eval_ctx", ctx)
