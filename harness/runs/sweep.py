@@ -484,8 +484,9 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     commits = cell_commits(done.get(k) for k in keys)
     if len(commits) > 1:
         made = ", ".join(f"{n} by {name[:12]}{'+dirty' * name.endswith('+dirty')}" for name, n in commits.items())
-        warnings.warn(f"the cells of {spec.name} in {out_dir} were made by different code ({made}): cells finished "
-                      "earlier are not rerun; a new folder gives results of one commit", stacklevel=2)
+        warnings.warn(f"the cells of {spec.name} in {out_dir} were made by different code ({made}): a commit during "
+                      "the sweep, or cells that earlier runs finished (a rerun does not redo them); a new folder "
+                      "at one commit gives results of one code", stacklevel=2)
     meta.update(cell_commits=commits, cell_machines=cell_machines(done.get(k) for k in keys))
     meta.update(cells=len(cells), cell_keys=keys, ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
