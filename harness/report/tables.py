@@ -9,9 +9,9 @@ with its full-attention reference (for the loss gap and the speed-up).
 How several rows of one cell become one point: the mean of the ``ok`` values (seeds, runs,
 NIAH variants when pooled); the confidence interval is kept only when the point rests on a
 single row (an average of intervals is not an interval). A point that some of its rows failed
-(one seed out of memory) is flagged ``partial``, as an unstable timing is: shown, marked. A cell with no ``ok`` row is a failure
-point carrying its status (``oom``, ``error``, ``nan``): tables print it (``OOM``), figures mark
-it. Derived values (gap, speed-up) carry no interval.
+(one seed out of memory) is flagged ``partial``, as an unstable timing is: shown, marked. A cell
+with no ``ok`` row is a failure point carrying its status (``oom``, ``error``, ``nan``): tables
+print it (``OOM``), figures mark it. Derived values (gap, speed-up) carry no interval.
 
 :func:`summary_tables` gives the paper's tables as DataFrames (index: model, arch and the facets
 that vary; columns: ``eval_ctx``; cells: a float, or the failure's label), with a title, a
@@ -119,16 +119,14 @@ class Prepared:
                          fl=df["flag"].where(ok & (df["flag"] != "")))
         out = work.groupby(keys, dropna=False, sort=False).agg(
             arch=("arch", "first"), value=("v", "mean"), ci_low=("lo", "first"), ci_high=("hi", "first"),
-            n_ok=("n_ok", "sum"), failed=("failed", "first"), why=("why", "first"),
+            n_ok=("n_ok", "sum"), n_rows=("n_ok", "size"), failed=("failed", "first"), why=("why", "first"),
             flag=("fl", "first")).reset_index()
         out["flag"] = out["flag"].fillna("").astype(object)
         # a mean over the seeds (or runs) that worked is not the cell's result: flag what failed
-        n_rows = work.groupby(keys, dropna=False, sort=False).size().to_numpy()
-        partial = (out["n_ok"] > 0) & (out["n_ok"] < n_rows)
+        partial = (out["n_ok"] > 0) & (out["n_ok"] < out["n_rows"])
         out.loc[partial, "flag"] = [
-            f"partial: {ok_n} of {total} rows ok, the others {failed}" + (f"; {flag}" if flag else "")
-            for ok_n, total, failed, flag in zip(out.loc[partial, "n_ok"], n_rows[partial.to_numpy()],
-                                                  out.loc[partial, "failed"], out.loc[partial, "flag"])]
+            f"partial: {r.n_ok} of {r.n_rows} rows ok, the others {r.failed}" + (f"; {r.flag}" if r.flag else "")
+            for r in out[partial].itertuples(index=False)]
         single = out["n_ok"] == 1
         out["ci_low"] = out["ci_low"].where(single)
         out["ci_high"] = out["ci_high"].where(single)
