@@ -92,6 +92,12 @@ def device_info(device: str | None = None) -> dict[str, Any]:
     return info
 
 
+def device_record(device: str | None) -> dict[str, Any]:
+    """The device a run used, by name, with :func:`device_info` of it (what run.json and each
+    sweep cell record keep)."""
+    return {"name": device, **device_info(device)}
+
+
 def config_hash(obj: Any) -> str:
     """A short stable hash of a JSON-able object (the settings that define a run)."""
     text = json.dumps(obj, sort_keys=True, default=json_default)
@@ -114,7 +120,7 @@ def run_metadata(seed: int | None = None, command: Sequence[str] | str | None = 
         "command": command if isinstance(command, str) else shlex.join(map(str, command)),
         "git": dict(git) if git is not None else git_commit(),
         "packages": package_versions(),
-        "device": {"name": device, **device_info(device)},
+        "device": device_record(device),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -70,7 +70,7 @@ from harness.data.corpora import corpus_fingerprint
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
-from harness.runs.provenance import (config_hash, device_info, git_commit, read_run_json, run_metadata,
+from harness.runs.provenance import (config_hash, device_record, git_commit, read_run_json, run_metadata,
                                      write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
@@ -414,7 +414,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
     record_spec(seeded.spec, out_dir)
     # each record names the code and the machine that made it: a resumed sweep may mix commits, and
     # a cluster's cells run on other machines than the one that writes run.json
-    git, machine = git_commit(), {"name": str(device), **device_info(str(device))}
+    git, machine = git_commit(), device_record(str(device))
     failed = 0
     # a model that cannot be trained or loaded fails all its cells
     with FailureGuard([], device) as preparing:
@@ -531,7 +531,7 @@ def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, 
                 machine: dict[str, Any] | None) -> dict[str, Any]:
     """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``, made by the code
     of ``git`` (:func:`~harness.runs.provenance.git_commit`) on ``machine`` (the device used and
-    :func:`~harness.runs.provenance.device_info`; None for a cell whose job died unseen)."""
+    :func:`~harness.runs.provenance.device_record`; None for a cell whose job died unseen)."""
     not_ok = table[table["status"] != "ok"]
     return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
             "seed": cell.seed, "task": cell.task, "options": cell.options,
