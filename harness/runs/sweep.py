@@ -530,8 +530,8 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
 def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, Any],
                 machine: dict[str, Any] | None) -> dict[str, Any]:
     """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``, made by the code
-    of ``git`` (:func:`~harness.runs.provenance.git_commit`) on ``machine`` (the device used and
-    :func:`~harness.runs.provenance.device_record`; None for a cell whose job died unseen)."""
+    of ``git`` (:func:`~harness.runs.provenance.git_commit`) on ``machine`` (the
+    :func:`~harness.runs.provenance.device_record` of the device used; None for a cell whose job died unseen)."""
     not_ok = table[table["status"] != "ok"]
     return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
             "seed": cell.seed, "task": cell.task, "options": cell.options,
