@@ -4,7 +4,8 @@
   CUDA events around the call (with synchronisation) on a GPU, ``time.perf_counter`` on CPU.
 - :class:`PeakMemory` reports the peak memory of a block: ``torch.cuda.max_memory_allocated``
   on a GPU; on CPU the process's peak resident set size, reset at the start of the block
-  (Linux ``/proc/self/clear_refs``) or, where that is not allowed, sampled by a thread.
+  (Linux ``/proc/self/clear_refs``) or, where that is not allowed, sampled by a thread, after
+  the C allocator has handed back the memory it kept from earlier frees (glibc ``malloc_trim``).
 - :func:`timing_flag` says when timings cannot be trusted as they are: repeats that spread
   beyond :data:`UNSTABLE_SPREAD`, or (on CPU) a machine already busier than its cores;
 - :func:`is_oom` recognises out-of-memory errors of either device; :func:`free_memory`
@@ -12,6 +13,8 @@
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import gc
 import os
 import resource
@@ -153,13 +156,37 @@ def _reset_peak_rss() -> bool:
     return peak_rss_bytes() <= current_rss_bytes() + _RESET_SLACK
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Return to the system the memory the C allocator keeps after frees; False where it cannot.
+
+    glibc keeps freed blocks for reuse (in every thread's arena, not only at the top of the
+    heap), so a block measured after a warm-up that freed the same sizes reuses them and the
+    resident set does not grow: every CPU prefill peak read 0. Trimmed, the block's allocations
+    fault in fresh pages again and the peak resident set counts them."""
+    gc.collect()  # tensors held only by reference cycles are freed memory too
+    trim = _malloc_trim()
+    return bool(trim is not None and trim(0) >= 0)
+
+
 class PeakMemory:
     """Peak memory (bytes) of the block it guards: ``with PeakMemory(device) as pm: ...; pm.peak``.
 
     GPU: ``torch.cuda.max_memory_allocated`` (tensors only, the allocator's cache excluded).
     CPU: the process's peak resident set size, so it includes the weights, the interpreter and
-    anything else alive; ``pm.baseline`` is the resident size when the block started, and
-    ``pm.added`` what the block added above it (what a CPU measurement should report)."""
+    anything else alive; ``pm.baseline`` is the resident size when the block started (after
+    :func:`release_freed_memory`), and ``pm.added`` what the block added above it (what a CPU
+    measurement should report: the memory the block's work needs at its peak, as far as the
+    allocator lays it out; where the C library cannot trim, memory freed before the block and
+    reused in it is not counted)."""
 
     _active: set[str] = set()  # devices a block is measuring now: one resets the peak another reads
 
@@ -191,6 +218,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline = torch.cuda.memory_allocated(self.device)
         else:
+            release_freed_memory()
             self.baseline = current_rss_bytes()
             if not _reset_peak_rss():
                 self._sampled = self.baseline
