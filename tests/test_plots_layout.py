@@ -137,6 +137,19 @@ def test_pareto_tick_labels_do_not_run_into_each_other_and_accuracy_spans_0_to_1
         assert lo < 1.33 and 2.29 < hi < 3
 
 
+def test_pareto_ranks_by_the_niah_metric_that_tells_models_apart():
+    # paper_small: no small model generates a needle (gen_match 0 for all), candidate ranking differs
+    prefill = {arch: [0.02, 0.07, 0.3] for arch in ARCHS}
+    rows = (latency_rows(prefill) + niah_rows({arch: [0.0, 0.0] for arch in ARCHS}, "gen_match")
+            + niah_rows({arch: [0.1 * i, 0.2 * i] for i, arch in enumerate(ARCHS)}, "cand_acc"))
+    labels = {ax.get_ylabel() for ax in draw(rows, "pareto", ("gen_match", "cand_acc"))["pareto_1K"].axes} - {""}
+    assert labels == {tables.NIAH_NAMES["cand_acc"] + " ↑"}, labels
+    told = niah_rows({arch: [0.0, 0.1 * i] for i, arch in enumerate(ARCHS)}, "gen_match")  # generation differs
+    rows = latency_rows(prefill) + told + niah_rows({arch: [0.5, 0.5] for arch in ARCHS}, "cand_acc")
+    labels = {ax.get_ylabel() for ax in draw(rows, "pareto", ("gen_match", "cand_acc"))["pareto_1K"].axes} - {""}
+    assert labels == {tables.NIAH_NAMES["gen_match"] + " ↑"}, labels
+
+
 def frame_texts(fig: Figure) -> list[Text]:
     """The text around the data: titles, axis labels, tick labels, the figure's own labels."""
     texts = [t for t in (fig._suptitle, fig._supxlabel, fig._supylabel) if t is not None]

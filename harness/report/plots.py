@@ -642,7 +642,8 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
     quality: dict[str, tuple[pd.DataFrame, str, str]] = {}  # name -> (points, axis label, better)
     if prep.has(*LOSS, ok=True):
         quality["loss"] = (prep.points(*LOSS, pos_start=None), "Loss (nats/token)", "lower")
-    for metric in ctx.niah_metrics[:1]:
+    if ctx.niah_metrics:
+        metric = _telling_niah_metric(prep, ctx.niah_metrics)
         quality[metric] = (_niah_quality(prep, metric), NIAH_NAMES[metric], "higher")
     costs = [m for m in COST_NAMES if prep.has(LATENCY_TASK, m, ok=True)]
     if not quality or not costs:
@@ -686,6 +687,17 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                      "dashed: Pareto front", wrap=True)
         _legend(fig, shown, ctx, side=True)
         yield f"pareto_{context_label(L)}", fig
+
+
+def _telling_niah_metric(prep: Prepared, metrics: Sequence[str]) -> str:
+    """The first of ``metrics`` (in order of preference) whose ok values differ between models:
+    small models generate no needle (gen_match 0 for all), and a row of zeros ranks nothing."""
+    for metric in metrics:
+        values = prep.rows.loc[(prep.rows["task"] == NIAH_TASK) & (prep.rows["metric"] == metric)
+                               & (prep.rows["status"] == "ok"), "value"]
+        if values.nunique() > 1:
+            return metric
+    return metrics[0]
 
 
 def _niah_quality(prep: Prepared, metric: str) -> pd.DataFrame:
