@@ -220,3 +220,18 @@ def test_ctrl_c_during_a_sweep_says_how_to_go_on(tmp_path, monkeypatch):
     assert result.exit_code == 130 and "Traceback" not in result.output
     assert "interrupted: the cells that finished are kept" in result.output
     assert "rerun the same command to go on" in result.output
+
+
+def test_a_bad_model_leaves_no_empty_run_folder_and_keeps_an_existing_one(tmp_path):
+    new = tmp_path / "runs" / "bad"  # neither folder existed: both are made, then removed again
+    one_line_error(run("eval", "latency", "--model", "nosuch", "--out", str(new)), EXIT_USER_ERROR, "'nosuch'")
+    assert not new.exists() and not new.parent.exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    one_line_error(run("eval", "latency", "--model", "nosuch", "--out", str(kept)), EXIT_USER_ERROR, "'nosuch'")
+    assert (kept / "notes.txt").read_text() == "mine"
+    empty = tmp_path / "empty"  # an empty folder the user made stays, too
+    empty.mkdir()
+    one_line_error(run("eval", "latency", "--model", "nosuch", "--out", str(empty)), EXIT_USER_ERROR, "'nosuch'")
+    assert empty.is_dir()

@@ -12,6 +12,8 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.api.errors import ConfigError
@@ -67,6 +69,25 @@ def ensure_writable(folder: str | os.PathLike, what: str = "output folder") -> P
     except OSError as exc:
         raise ConfigError(f"cannot write the {what} {str(folder)!r}: {exc.strerror or exc}") from exc
     return folder
+
+
+@contextmanager
+def made_for_results(folder: str | os.PathLike, what: str = "output folder") -> Iterator[Path]:
+    """:func:`prepare_output` around work that writes its results at the end: if the work fails,
+    the folders made for it are removed again while still empty (a bad model name left an empty
+    run folder that looked like a run), and a folder that existed before is left as it was."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    path = prepare_output(folder, what)
+    try:
+        yield path
+    except BaseException:
+        for p in made:
+            try:
+                p.rmdir()  # only an empty folder: whatever the work wrote stays
+            except OSError:
+                break
+        raise
 
 
 def check_not_under_file(folder: str | os.PathLike, what: str = "output folder") -> Path:

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from harness.api.interface import LCModel
 from harness.api.failures import failure_rows, require_finite_weights
 from harness.api.options import describe_options, parse_options
 from harness.api.task import ModelInfo, RunContext, Task, check_function_options, function_task
-from harness.api.staging import prepare_output
+from harness.api.staging import made_for_results
 from harness.data.heldout import heldout_documents
 from harness.runs.provenance import git_commit, run_metadata, write_run_json
 from harness.train import checkpoint
@@ -202,34 +203,34 @@ def run_eval(
     check_task_options(task_name, options)  # a bad task name or option fails before any model is loaded
     device_t = resolve_device(device)  # so do a bad device and dtype, before the run folder is made
     dtype_t = resolve_dtype(dtype, device_t)
-    if out_dir is not None:
-        prepare_output(out_dir, "run folder")  # an unwritable folder fails before the work, too
-    model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
-                                name=model_name)
-    run = run_name or (Path(out_dir).name if out_dir is not None else "run")
-    git = git_commit()  # before the work: a commit or an edit during a long run is not what ran
-    started = time.time()
-    table, samples, parsed = run_task(task_name, model, info, options, device=device_t, dtype=dtype_t, seed=seed,
-                                      run=run, progress=progress)
-    options_dict = parsed if isinstance(parsed, dict) else _asdict(parsed)
-    meta = run_metadata(
-        seed=seed, command=command, device=str(device_t), task=task_name, options=options_dict,
-        model={"spec": str(model_spec) if not isinstance(model_spec, LCModel) else info.name, "name": info.name,
-               "source": info.source, "path": info.path, "config": model.config.to_dict(),
-               "params_non_embedding": info.params, "params_total": int(model.num_params(non_embedding=False)),
-               "train_config": info.train_config},
-        dtype=dtype_name(dtype_t), run=run, git=git,
-    )
-    meta["elapsed_s"] = round(time.time() - started, 3)
-    meta["rows"] = len(table)
-    meta["status_counts"] = {k: int(v) for k, v in table["status"].value_counts().items()}
-    out = None
-    if out_dir is not None:
-        out = Path(out_dir)
-        results.write_jsonl(out / results.SAMPLES_JSONL, samples)
-        results.write_table(out, table)
-        write_run_json(out, meta)  # last: its presence marks a complete run folder
-    return EvalResult(table, samples, out, meta)
+    # an unwritable folder fails before the work, too; a failed run leaves no empty folder behind
+    with made_for_results(out_dir, "run folder") if out_dir is not None else nullcontext():
+        model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
+                                    name=model_name)
+        run = run_name or (Path(out_dir).name if out_dir is not None else "run")
+        git = git_commit()  # before the work: a commit or an edit during a long run is not what ran
+        started = time.time()
+        table, samples, parsed = run_task(task_name, model, info, options, device=device_t, dtype=dtype_t, seed=seed,
+                                          run=run, progress=progress)
+        options_dict = parsed if isinstance(parsed, dict) else _asdict(parsed)
+        meta = run_metadata(
+            seed=seed, command=command, device=str(device_t), task=task_name, options=options_dict,
+            model={"spec": str(model_spec) if not isinstance(model_spec, LCModel) else info.name, "name": info.name,
+                   "source": info.source, "path": info.path, "config": model.config.to_dict(),
+                   "params_non_embedding": info.params, "params_total": int(model.num_params(non_embedding=False)),
+                   "train_config": info.train_config},
+            dtype=dtype_name(dtype_t), run=run, git=git,
+        )
+        meta["elapsed_s"] = round(time.time() - started, 3)
+        meta["rows"] = len(table)
+        meta["status_counts"] = {k: int(v) for k, v in table["status"].value_counts().items()}
+        out = None
+        if out_dir is not None:
+            out = Path(out_dir)
+            results.write_jsonl(out / results.SAMPLES_JSONL, samples)
+            results.write_table(out, table)
+            write_run_json(out, meta)  # last: its presence marks a complete run folder
+        return EvalResult(table, samples, out, meta)
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
