@@ -421,3 +421,20 @@ def test_load_run_takes_each_latency_cell_s_machine_from_the_sweep_s_records(tmp
     out = CliRunner().invoke(main, ["claims", str(tmp_path), "--out", str(tmp_path / "elsewhere.md")])
     assert out.exit_code == 0, out.output
     assert out.output.count("Timed on cuda (NVIDIA H100 80GB HBM3).") == 2 and "**holds**" in out.output
+
+
+def test_latency_claims_judge_the_smallest_batch_size_both_models_were_timed_at():
+    """Full attention timed at batches 1, 4 and 8, TTT-E2E at 4 and 8: judged at 4, where TTT-E2E is
+    faster (at 8 it is slower)."""
+    fast = _latency({"full_attention": quadratic, "ttt_e2e": linear})
+    slow = _latency({"full_attention": quadratic, "ttt_e2e": lambda T: 3 * linear(T)})
+    alone = _latency({"full_attention": quadratic})
+    run = claims.RunData(pd.concat([fast.table.assign(batch_size=4), slow.table.assign(batch_size=8), alone.table],
+                                   ignore_index=True),
+                         [{**s, "batch_size": 4} for s in fast.samples] + [{**s, "batch_size": 8} for s in slow.samples]
+                         + alone.samples, run_device=CPU)
+    claim = claims.speed_claim(run)
+    assert claim.verdict == "holds" and claim.evidence and all("(batch 4)" in e["comparison"] for e in claim.evidence)
+    ttt_at_2 = fast.table[fast.table["model"] == "ttt_e2e"].assign(batch_size=2)
+    run.table = pd.concat([alone.table, ttt_at_2], ignore_index=True)
+    assert claims.speed_claim(run).why == "full attention and TTT-E2E were timed at no common batch size ([1] vs [2])"

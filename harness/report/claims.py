@@ -428,7 +428,7 @@ def _latency_pair(run: RunData) -> tuple[str, str, int] | str:
         return f"{' and '.join(untimed)} not in the run's latency task"
     shared = sizes[full] & sizes[ttt]
     if not shared:
-        return f"full attention and TTT-E2E were timed at no common batch size ({sizes[full]} vs {sizes[ttt]})"
+        return f"full attention and TTT-E2E were timed at no common batch size ({sorted(sizes[full])} vs {sorted(sizes[ttt])})"
     return full, ttt, min(shared)
 
 
@@ -525,8 +525,8 @@ def speed_claim(run: RunData) -> Claim:
             evidence.append({"comparison": f"prefill at {ctx}: {failed} out of memory, {ran} ran (batch {batch})",
                              "value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0})
     if not faster:
-        return Claim("speed", statement, "undecided", f"full attention and TTT-E2E were timed at no common context "
-                     f"(batch {batch}). {note}", evidence)
+        return Claim("speed", statement, "undecided", f"the samples hold prefill timings of full attention and "
+                     f"TTT-E2E at no common context (batch {batch}). {note}", evidence)
     if len(set().union(*machines.values())) > 1:
         return Claim("speed", statement, "undecided", f"timings from different machines do not compare. {note}",
                      evidence)
