@@ -293,15 +293,17 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
               help="The model judged for an architecture that has several in the run (default: the first).")
 @friendly_errors
 def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
-    """Judge the TTT-E2E paper's three claims (context, position, recall) on a run or sweep folder."""
+    """Judge the TTT-E2E paper's five claims (context, position, recall, speed, constant_latency) on a run or
+    sweep folder."""
     from harness.api.results import atomic_write
     from harness.report.claims import judge, load_run, render_markdown
+    from harness.runs.store import ResultStore
     from harness.runs.sweep import current_sample_files
 
     bad = [p for p in picks if "=" not in p]
     if bad:
         raise UserError(f"--model takes ARCH=NAME, got {bad[0]!r}")
-    run = load_run(run_dir, current_sample_files(run_dir))
+    run = load_run(run_dir, current_sample_files(run_dir), ResultStore(run_dir).finished().values())
     run.pick(dict(p.split("=", 1) for p in picks))
     text = render_markdown(judge(run), run.judged_note())
     click.echo(text, nl=False)

@@ -3,6 +3,7 @@ where the reference itself shows no effect."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -236,3 +237,204 @@ def test_every_seed_of_a_multi_seed_run_is_judged_not_only_the_last():
     recall = claims.recall_claim(run)
     ttt_row = next(r for r in recall.evidence if r["comparison"] == "ttt_e2e: MQAR accuracy")
     assert ttt_row["n"] == 2 * 2 * 40 and ttt_row["value"] == pytest.approx(0.05, abs=0.03)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4-5. latency: synthetic timings whose answer is known
+
+CONTEXTS = (1024, 4096, 16384)
+CPU = {"name": "cpu", "platform": "Linux", "cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2}
+H100 = {"name": "cuda", "platform": "Linux", "cpu": "Intel Xeon", "cpu_count": 32, "torch_threads": 32,
+        "gpu": "NVIDIA H100 80GB HBM3"}
+
+
+def quadratic(T: int) -> float:
+    """Full attention's prefill: linear work per token plus attention's, which grows with T."""
+    return 1e-6 * T * (1 + T / 4096)
+
+
+def linear(T: int) -> float:
+    """A constant time per token: 2e-6 s, so slower than quadratic() below 4096, faster above."""
+    return 2e-6 * T
+
+
+def _latency(prefill: dict[str, Any], decode: dict[str, Any] | None = None, repeats: int = 8, noise: float = 0.01,
+             device: dict = CPU, oom: dict[str, set[int]] | None = None, flags: dict | None = None) -> claims.RunData:
+    """A run whose latency task timed each model's prefill (``prefill[model](T)``: seconds) and
+    decode (seconds per token) at CONTEXTS, ``repeats`` times each; ``oom``: model -> contexts
+    that ran out of memory; ``flags``: (model, phase, T) -> flag."""
+    rng = np.random.default_rng(4)
+    rows, samples = [], []
+    for phase, times in (("prefill", prefill), ("decode", decode or {})):
+        for model, seconds in times.items():
+            for T in CONTEXTS:
+                where = dict(run="t", model=model, arch=model, task="latency", eval_ctx=T, batch_size=1, seed=0,
+                             device=device["name"])
+                if T in (oom or {}).get(model, ()):
+                    rows.append(results.make_row(f"{phase}_s", None, status="oom", message="out of memory", **where))
+                    continue
+                reps = list(seconds(T) * (1 + rng.normal(0, noise, repeats)))
+                rows.append(results.make_row(f"{phase}_s", float(np.median(reps)), n=repeats,
+                                             flag=(flags or {}).get((model, phase, T), ""), **where))
+                key = "seconds" if phase == "prefill" else "seconds_per_token"
+                samples.append({"run": "t", "model": model, "task": "latency", "seed": 0, "kind": "timing",
+                                "phase": phase, "eval_ctx": T, "batch_size": 1, key: reps})
+    return claims.RunData(results.to_frame(rows), samples, run_device=device)
+
+
+FLAT_DECODE = {"full_attention": lambda T: 1e-3 * (1 + T / 4096), "ttt_e2e": lambda T: 1e-3}
+
+
+def test_a_faster_prefill_at_the_longest_context_upholds_the_speed_claim_and_names_the_crossover():
+    claim = claims.speed_claim(_latency({"full_attention": quadratic, "ttt_e2e": linear}))
+    assert claim.verdict == "holds", claim.why
+    speedups = {e["comparison"].split(":")[0]: e for e in claim.evidence}
+    at_16k = speedups["prefill at 16384"]
+    assert at_16k["value"] == pytest.approx(quadratic(16384) / linear(16384), rel=0.02) and at_16k["ci_low"] > 1
+    assert speedups["prefill at 1024"]["ci_high"] < 1  # slower at short context
+    assert "at context 16384" in claim.why and "faster from context 16384 on" in claim.why
+    everywhere = claims.speed_claim(_latency({"full_attention": quadratic, "ttt_e2e": lambda T: 0.5 * linear(T)}))
+    assert everywhere.verdict == "holds" and "faster at every context timed, from 1024 on" in everywhere.why
+
+
+def test_a_slower_or_unresolved_prefill_does_not_uphold_the_speed_claim():
+    slower = claims.speed_claim(_latency({"full_attention": quadratic, "ttt_e2e": lambda T: 3 * linear(T)}))
+    assert slower.verdict == "contradicted" and "TTT-E2E is slower" in slower.why and "no crossover" in slower.why
+    # as fast as full attention, with repeats too noisy to tell them apart
+    tied = claims.speed_claim(_latency({"full_attention": quadratic, "ttt_e2e": quadratic}, noise=0.1))
+    assert tied.verdict == "undecided" and "not resolved from 1" in tied.why, tied.why
+
+
+def test_an_out_of_memory_failure_at_long_context_counts_against_the_model_that_failed():
+    # TTT-E2E is slower wherever both ran, but full attention ran out of memory at 16384
+    run = _latency({"full_attention": quadratic, "ttt_e2e": lambda T: 3 * linear(T)}, oom={"full_attention": {16384}})
+    claim = claims.speed_claim(run)
+    assert claim.verdict == "holds" and "full attention ran out of memory where TTT-E2E ran" in claim.why
+    assert "prefill at 16384: full_attention out of memory, ttt_e2e ran (batch 1)" in [
+        e["comparison"] for e in claim.evidence]
+    assert "| prefill at 16384: full_attention out of memory, ttt_e2e ran (batch 1) | - |  | 0 |" in (
+        claims.render_markdown([claim]))
+    reverse = claims.speed_claim(_latency({"full_attention": quadratic, "ttt_e2e": linear}, oom={"ttt_e2e": {16384}}))
+    assert reverse.verdict == "contradicted" and "TTT-E2E ran out of memory where full attention ran" in reverse.why
+
+
+def test_a_constant_time_per_token_upholds_the_constant_latency_claim_with_full_attention_as_contrast():
+    claim = claims.constant_latency_claim(_latency({"full_attention": quadratic, "ttt_e2e": linear}, FLAT_DECODE))
+    assert claim.verdict == "holds", claim.why
+    ratios = {e["comparison"]: e for e in claim.evidence}
+    ttt = ratios["ttt_e2e: prefill time per token, context 16384 / 1024 (batch 1)"]
+    assert ttt["value"] == pytest.approx(1.0, abs=0.02) and 1 / claims.PREFILL_FLAT < ttt["ci_low"]
+    full = ratios["full_attention: prefill time per token, context 16384 / 1024 (batch 1)"]
+    assert full["value"] == pytest.approx(5 / 1.25, rel=0.02)  # (1 + 16384/4096) / (1 + 1024/4096)
+    assert "prefill: TTT-E2E's time per token at 16384 over at 1024 is 1.00" in claim.why
+    assert "full attention's (16384 over 1024) 4.00" in claim.why and "grows" in claim.why
+    assert "decode: TTT-E2E's" in claim.why and len(claim.evidence) == 4
+
+
+def test_a_growing_time_per_token_contradicts_the_constant_latency_claim_in_that_phase():
+    growing = {"full_attention": quadratic, "ttt_e2e": lambda T: linear(T) * (1 + T / 8192)}
+    partly = claims.constant_latency_claim(_latency(growing, FLAT_DECODE))
+    assert partly.verdict == "partly" and "grows (flat: inside [0.909, 1.10], issue 17)" in partly.why
+    assert partly.evidence[0]["value"] == pytest.approx((1 + 16384 / 8192) / (1 + 1024 / 8192), rel=0.02)
+    both = claims.constant_latency_claim(_latency(growing, {**FLAT_DECODE, "ttt_e2e": FLAT_DECODE["full_attention"]}))
+    assert both.verdict == "contradicted", both.why
+    # a 3% growth of decode time: past neither tolerance's bound, inside neither
+    unclear = claims.constant_latency_claim(_latency({"full_attention": quadratic, "ttt_e2e": linear},
+                                                     {**FLAT_DECODE, "ttt_e2e": lambda T: 1e-3 * (1 + T / 500_000)},
+                                                     noise=0.02))
+    assert unclear.verdict == "partly" and "unclear (flat: inside [0.952, 1.05], issue 17)" in unclear.why, unclear.why
+
+
+def test_noisy_timings_leave_the_constant_latency_claim_undecided():
+    claim = claims.constant_latency_claim(_latency({"full_attention": quadratic, "ttt_e2e": linear}, noise=0.2))
+    assert claim.verdict == "undecided" and "unclear" in claim.why
+    assert "decode: TTT-E2E not timed" in claim.why  # prefill alone was timed, and the why says so
+
+
+def test_latency_claims_need_the_latency_task_and_both_models():
+    no_task = _run(PAPER, GROWING, {})
+    for claim in (claims.speed_claim(no_task), claims.constant_latency_claim(no_task)):
+        assert claim.verdict == "undecided" and claim.why == "the run has no latency task"
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear})
+    run.table = run.table[run.table["model"] != "ttt_e2e"]
+    for claim in (claims.speed_claim(run), claims.constant_latency_claim(run)):
+        assert claim.verdict == "undecided" and "needs both full attention and TTT-E2E" in claim.why
+    # TTT-E2E is in the run, but not in its latency task
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear})
+    run.table = pd.concat([run.table[run.table["model"] != "ttt_e2e"], no_task.table[no_task.table["arch"] == "ttt_e2e"]],
+                          ignore_index=True)
+    assert claims.speed_claim(run).why == "ttt_e2e not in the run's latency task"
+
+
+def test_latency_claims_name_the_device_and_on_a_cpu_what_its_timings_can_test():
+    times = {"full_attention": quadratic, "ttt_e2e": linear}
+    for claim in (claims.speed_claim(_latency(times)), claims.constant_latency_claim(_latency(times, FLAT_DECODE))):
+        assert "Timed on cpu (AMD EPYC, 2 cores). The paper's claim is about an H100: CPU timings test only its " \
+               "shape, not its size." in claim.why
+    on_gpu = claims.speed_claim(_latency(times, device=H100))
+    assert "Timed on cuda (NVIDIA H100 80GB HBM3)." in on_gpu.why and "CPU" not in on_gpu.why
+    unrecorded = _latency(times)
+    unrecorded.run_device = None
+    assert "The machine is not recorded (no run.json); device: cpu. The paper's claim is about an H100" in (
+        claims.speed_claim(unrecorded).why)
+
+
+def test_times_from_different_machines_are_not_compared():
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear})
+    run.machines = {"full_attention": [CPU], "ttt_e2e": [H100]}
+    claim = claims.speed_claim(run)
+    assert claim.verdict == "undecided" and "different machines do not compare" in claim.why
+    assert "full_attention on cpu (AMD EPYC, 2 cores); ttt_e2e on cuda (NVIDIA H100 80GB HBM3)" in claim.why
+    run.machines = {"ttt_e2e": [CPU, H100]}  # TTT-E2E's own contexts timed on two machines
+    assert claims.constant_latency_claim(run).verdict == "undecided"
+
+
+def test_latency_claims_name_the_timings_flagged_unstable_and_the_spread_of_few_repeats():
+    flag = "unstable: repeats spread 14% (median absolute deviation / median > 10%)"
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear}, FLAT_DECODE, repeats=3,
+                   flags={("ttt_e2e", "prefill", 16384): flag, ("full_attention", "decode", 1024): flag})
+    speed, constant = claims.speed_claim(run), claims.constant_latency_claim(run)
+    assert f'flagged timings used here unstable (ttt_e2e prefill at 16384; e.g. "{flag}")' in speed.why
+    assert "ttt_e2e prefill at 16384; full_attention decode at 1024;" in constant.why
+    for claim in (speed, constant):
+        assert "as few as 3 timing repeats are spreads, not 95% intervals" in claim.why and "75%" in claim.why
+    steady = claims.speed_claim(_latency({"full_attention": quadratic, "ttt_e2e": linear}, repeats=6))
+    assert "unstable" not in steady.why and "spreads" not in steady.why
+
+
+def test_load_run_takes_each_latency_cell_s_machine_from_the_sweep_s_records(tmp_path):
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear})
+    results.write_table(tmp_path, results.validate(run.table))
+    (tmp_path / "samples").mkdir()
+    for model in ("full_attention", "ttt_e2e"):
+        (tmp_path / "samples" / f"key-{model}.jsonl").write_text(
+            "".join(json.dumps(s) + "\n" for s in run.samples if s["model"] == model))
+    (tmp_path / "run.json").write_text(json.dumps({"device": CPU}))  # the machine the sweep command last ran on
+    records = [{"key": f"key-{m}", "model": m, "task": "latency", "machine": H100} for m in ("full_attention", "ttt_e2e")]
+    records.append({"key": "replaced", "model": "ttt_e2e", "task": "latency", "machine": CPU})  # not a current cell
+    loaded = claims.load_run(tmp_path, sorted((tmp_path / "samples").glob("*.jsonl")), records)
+    assert loaded.machines == {"full_attention": [H100], "ttt_e2e": [H100]}
+    assert "Timed on cuda (NVIDIA H100 80GB HBM3)." in claims.speed_claim(loaded).why
+    plain = claims.load_run(tmp_path)  # a single run: run.json's device
+    assert plain.run_device == CPU and "Timed on cpu (AMD EPYC, 2 cores)." in claims.speed_claim(plain).why
+    (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
+    out = CliRunner().invoke(main, ["claims", str(tmp_path), "--out", str(tmp_path / "elsewhere.md")])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("Timed on cuda (NVIDIA H100 80GB HBM3).") == 2 and "**holds**" in out.output
+
+
+def test_latency_claims_judge_the_smallest_batch_size_both_models_were_timed_at():
+    """Full attention timed at batches 1, 4 and 8, TTT-E2E at 4 and 8: judged at 4, where TTT-E2E is
+    faster (at 8 it is slower)."""
+    fast = _latency({"full_attention": quadratic, "ttt_e2e": linear})
+    slow = _latency({"full_attention": quadratic, "ttt_e2e": lambda T: 3 * linear(T)})
+    alone = _latency({"full_attention": quadratic})
+    run = claims.RunData(pd.concat([fast.table.assign(batch_size=4), slow.table.assign(batch_size=8), alone.table],
+                                   ignore_index=True),
+                         [{**s, "batch_size": 4} for s in fast.samples] + [{**s, "batch_size": 8} for s in slow.samples]
+                         + alone.samples, run_device=CPU)
+    claim = claims.speed_claim(run)
+    assert claim.verdict == "holds" and claim.evidence and all("(batch 4)" in e["comparison"] for e in claim.evidence)
+    ttt_at_2 = fast.table[fast.table["model"] == "ttt_e2e"].assign(batch_size=2)
+    run.table = pd.concat([alone.table, ttt_at_2], ignore_index=True)
+    assert claims.speed_claim(run).why == "full attention and TTT-E2E were timed at no common batch size ([1] vs [2])"

@@ -294,3 +294,28 @@ def test_bootstrap_intervals_over_few_units_keep_their_level():
     assert 0.92 <= np.mean(covered) <= 0.98
     assert stats.expanded_level(0.95, 9) == pytest.approx(0.98555, abs=1e-4)
     assert stats.expanded_level(0.95, 10_000) == pytest.approx(0.95, abs=1e-3)  # many units: as it was
+
+
+def test_a_median_over_few_values_covers_at_most_what_their_range_does():
+    assert stats.median_max_coverage(3) == 0.75 and stats.median_max_coverage(5) == 0.9375
+    assert stats.median_max_coverage(6) > 0.95 > stats.median_max_coverage(5)  # 6 repeats: the first 95% interval
+    assert stats.median_max_coverage(1) == 0.0 == stats.median_max_coverage(0)
+
+
+def test_a_ratio_of_medians_resamples_the_two_samples_independently():
+    slow, fast = [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    est = stats.bootstrap_median_ratio(slow, fast, seed=3)
+    # repeat i of one model has nothing to do with repeat i of the other: resampled by the same
+    # index, these samples (each twice the other) would give a ratio of exactly 2 in every resample
+    assert est.value == 2.0 and est.ci_low < 1.5 and est.ci_high > 3.0 and est.n == 7
+    assert stats.bootstrap_median_ratio(slow, fast, seed=3) == est  # deterministic
+    uneven = stats.bootstrap_median_ratio([3.0, 3.0, 3.0], [1.0, 1.0, 1.0, 1.0, 1.0])
+    assert uneven.value == 3.0 and uneven.ci_low == uneven.ci_high == 3.0 and uneven.n == 3
+    for few in (stats.bootstrap_median_ratio([3.0], fast), stats.bootstrap_median_ratio(slow, [1.0, math.nan, 2.0])):
+        assert math.isnan(few.ci_low) and math.isnan(few.ci_high)
+    assert math.isnan(stats.bootstrap_median_ratio([], fast).value)
+    # 15 repeats each of lognormal timings: the interval covers the true ratio (2) about 95% of the time
+    rng = np.random.default_rng(11)
+    covered = [(e := stats.bootstrap_median_ratio(2 * rng.lognormal(0, 0.2, 15), rng.lognormal(0, 0.2, 15), 500,
+                                                  seed=i)).ci_low <= 2.0 <= e.ci_high for i in range(300)]
+    assert 0.88 <= np.mean(covered) <= 0.99

@@ -1,8 +1,8 @@
-"""The TTT-E2E paper's three claims, judged on a run or sweep folder.
+"""The TTT-E2E paper's five claims, judged on a run or sweep folder.
 
 Each claim gets a verdict from the folder's own numbers, with the comparison behind it and a
 bootstrap interval over documents (or test sequences), paired wherever the models were scored
-on the same windows:
+on the same windows, or over timing repeats (claims 4 and 5):
 
 1. ``context``: TTT-E2E's loss keeps falling with context like full attention's, while SWA,
    Mamba 2 and Gated DeltaNet level off. Read from ``loss_scaling`` run with ``targets: same``
@@ -16,14 +16,34 @@ on the same windows:
    (the second half of the window) minus the gain before position L/8.
 3. ``recall``: TTT-E2E is far worse than full attention at recall. Read from ``mqar`` accuracy
    (paired by test sequence, over every point of the grid) and, alongside, NIAH ``cand_acc``.
+4. ``speed``: TTT-E2E's prefill is faster than full attention's at long context (the paper: 2.7x
+   at 128K on an H100). From the ``latency`` task's timing repeats (samples), at the smallest
+   batch size both were timed at: full attention's median prefill time over TTT-E2E's at each
+   context, each model's repeats resampled on their own (they are not paired). The verdict is
+   the longest context's (an out-of-memory failure of one model where the other ran counts
+   against the one that failed); the why names the crossover, the shortest context from which
+   TTT-E2E is faster at every context timed.
+5. ``constant_latency``: TTT-E2E's time per token stays constant with context. Its prefill time
+   per token (and decode time per token, where timed) at its longest context over at its
+   shortest: flat inside [1 / tolerance, tolerance] (``PREFILL_FLAT``, ``DECODE_FLAT``: issue
+   17's), grows above it; full attention's ratio alongside as the contrast. ``holds`` when
+   every phase timed is flat, ``partly`` when some are, ``contradicted`` when none is and one
+   grows.
+
+Claims 4 and 5 name the machine the timings ran on (a sweep's cell records, else run.json), and
+on a CPU say that the paper timed an H100, so that CPU timings test only the claim's shape;
+they name timings the latency task flagged ``unstable``, and say when an interval rests on so
+few repeats that it is a spread rather than a 95% interval (:func:`stats.median_max_coverage`).
 
 Verdicts: ``holds``, ``contradicted``, ``partly`` (some of the claim's comparisons hold) or
 ``undecided``, which also says why: a model the claim needs is missing, or the reference itself
 does not show the effect (full attention does not gain from context, or does not recall), so the
-run cannot tell the architectures apart. An interval is a 95% bootstrap percentile interval.
+run cannot tell the architectures apart (or the timings do not compare: different machines). An
+interval is a 95% bootstrap percentile interval.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable
@@ -36,7 +56,7 @@ import pandas as pd
 
 from harness.api import stats
 from harness.api.errors import ConfigError, unknown_message
-from harness.api.results import SAMPLES_JSONL, read_jsonl, read_table
+from harness.api.results import RUN_JSON, SAMPLES_JSONL, read_jsonl, read_table
 
 FIXED_STATE = ("swa", "mamba2", "gated_deltanet")
 RECALL_FLOOR = 0.5  # full attention must answer at least half the queries before recall can separate models
@@ -61,6 +81,10 @@ class RunData:
     table: pd.DataFrame
     samples: list[dict[str, Any]]
     picks: dict[str, str] = field(default_factory=dict)  # arch -> the model judged for it
+    # the machines (run.json's device records) a model's latency cells ran on, from a sweep's cell
+    # records; else every model's timings are taken to be run_device's (run.json: a single run's)
+    machines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    run_device: dict[str, Any] | None = None
 
     def models(self, arch: str) -> list[str]:
         """The models of architecture ``arch`` in the table, in table order."""
@@ -96,10 +120,32 @@ class RunData:
         return [s for s in self.samples
                 if s.get("model") == model and s.get("task") == "loss_scaling" and s.get("kind") == "window"]
 
+    def timings(self, model: str, phase: str, batch_size: int) -> dict[int, list[float]]:
+        """Context -> every timed repeat of ``phase`` (prefill: seconds per call; decode: seconds
+        per token), pooled over seeds, from the latency task's timing records."""
+        key = "seconds" if phase == "prefill" else "seconds_per_token"
+        out: dict[int, list[float]] = defaultdict(list)
+        for s in self.samples:
+            if (s.get("model") == model and s.get("task") == "latency" and s.get("kind") == "timing"
+                    and s.get("phase") == phase and s.get("batch_size") == batch_size):
+                out[int(s["eval_ctx"])] += [float(t) for t in s[key]]
+        return dict(out)
 
-def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None) -> RunData:
+    def latency_rows(self, model: str, phase: str) -> pd.DataFrame:
+        """The table's ``{phase}_s`` rows of ``model`` (every status)."""
+        t = self.table
+        return t[(t["model"] == model) & (t["task"] == "latency") & (t["metric"] == f"{phase}_s")]
+
+    def timing_machines(self, model: str) -> list[dict[str, Any]]:
+        return self.machines.get(model) or ([self.run_device] if self.run_device else [])
+
+
+def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None,
+             cell_records: Iterable[dict[str, Any]] = ()) -> RunData:
     """A run folder's table and its sample records: ``sample_files`` (a sweep's current cells,
-    from harness.runs.sweep.current_sample_files) or else every file (samples.jsonl, samples/)."""
+    from harness.runs.sweep.current_sample_files) or else every file (samples.jsonl, samples/).
+    ``cell_records`` (a sweep's, harness.runs.store.ResultStore.finished) name the machine each
+    latency cell ran on; without them, run.json's device stands for every timing."""
     run_dir = Path(run_dir)
     files = sample_files if sample_files is not None else (
         sorted((run_dir / "samples").glob("*.jsonl")) + [p for p in [run_dir / SAMPLES_JSONL] if p.exists()])
@@ -108,7 +154,18 @@ def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None)
     if not samples:  # e.g. a table committed without them: every verdict would be undecided, wrongly reasoned
         raise ConfigError(f"{str(run_dir)!r} holds no samples (samples/*.jsonl or {SAMPLES_JSONL}), and every claim "
                           "pairs scores by window, document or test sequence; judge the folder the run wrote")
-    return RunData(table, samples)
+    current = None if sample_files is None else {p.stem for p in files}  # a sweep's sample files are named by cell key
+    machines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in cell_records:
+        machine = record.get("machine")
+        if (record.get("task") == "latency" and machine and (current is None or record.get("key") in current)
+                and machine not in machines[record["model"]]):
+            machines[record["model"]].append(machine)
+    try:
+        run_device = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8")).get("device")
+    except (OSError, ValueError, AttributeError):  # no run.json (a bare table), or not an object
+        run_device = None
+    return RunData(table, samples, machines=dict(machines), run_device=run_device)
 
 
 def _paired(pairs: Iterable[tuple[str, float, float]], seed: int) -> stats.Estimate:
@@ -123,11 +180,16 @@ def _paired(pairs: Iterable[tuple[str, float, float]], seed: int) -> stats.Estim
     return stats.bootstrap_ratio([sums[k] for k in keys], [counts[k] for k in keys], RESAMPLES, seed=seed)
 
 
-def _sign(est: stats.Estimate, margin: float = 0.0) -> int:
-    """+1 when the interval lies above ``margin``, -1 below ``-margin``, else 0 (also when undefined)."""
+def _side(est: stats.Estimate, low: float, high: float) -> int:
+    """+1 when the interval lies above ``high``, -1 below ``low``, else 0 (also when undefined)."""
     if not np.isfinite(est.ci_low) or not np.isfinite(est.ci_high):
         return 0
-    return 1 if est.ci_low > margin else -1 if est.ci_high < -margin else 0
+    return 1 if est.ci_low > high else -1 if est.ci_high < low else 0
+
+
+def _sign(est: stats.Estimate, margin: float = 0.0) -> int:
+    """+1 when the interval lies above ``margin``, -1 below ``-margin``, else 0 (also when undefined)."""
+    return _side(est, -margin, margin)
 
 
 def _trend(est: stats.Estimate) -> str:
@@ -337,8 +399,249 @@ def recall_claim(run: RunData) -> Claim:
     return Claim("recall", statement, verdict, why, evidence)
 
 
+# ---------------------------------------------------------------------------------------------
+# 4-5. latency
+
+
+# Issue 17's tolerances for "constant": TTT-E2E's prefill tokens/s flat within 10% from 8K to
+# 128K, its decode time per token within 5%. A ratio of times per token (longest context over
+# shortest) is flat when its interval lies inside [1 / tolerance, tolerance].
+PREFILL_FLAT = 1.10
+DECODE_FLAT = 1.05
+FLAT = {"prefill": PREFILL_FLAT, "decode": DECODE_FLAT}
+PAPER_DEVICE = "an H100"  # where the paper timed its latency claims
+
+
+def _latency_pair(run: RunData) -> tuple[str, str, int] | str:
+    """(full attention's model, TTT-E2E's, the batch size judged: the smallest both were timed
+    at), or why the run cannot say."""
+    t = run.table
+    latency = t[t["task"] == "latency"]
+    if latency.empty:
+        return "the run has no latency task"
+    full, ttt = run.model_of("full_attention"), run.model_of("ttt_e2e")
+    if full is None or ttt is None:
+        return "needs both full attention and TTT-E2E"
+    sizes = {m: {int(b) for b in latency.loc[latency["model"] == m, "batch_size"].dropna()} for m in (full, ttt)}
+    untimed = [m for m, b in sizes.items() if not b]
+    if untimed:
+        return f"{' and '.join(untimed)} not in the run's latency task"
+    shared = sizes[full] & sizes[ttt]
+    if not shared:
+        return f"full attention and TTT-E2E were timed at no common batch size ({sorted(sizes[full])} vs {sorted(sizes[ttt])})"
+    return full, ttt, min(shared)
+
+
+def _out_of_memory(run: RunData, model: str, phase: str, batch: int) -> set[int]:
+    rows = run.latency_rows(model, phase)
+    return {int(c) for c in rows.loc[(rows["status"] == "oom") & (rows["batch_size"] == batch), "eval_ctx"].dropna()}
+
+
+def _machine_name(machine: dict[str, Any]) -> str:
+    """``cuda (NVIDIA H100 80GB HBM3)``, ``cpu (AMD EPYC, 2 cores)``: a device record in words."""
+    cores = f"{machine['cpu_count']} cores" if machine.get("cpu_count") else ""
+    what = machine.get("gpu") or ", ".join(x for x in (machine.get("cpu"), cores) if x)
+    name = machine.get("name") or "an unnamed device"
+    return f"{name} ({what})" if what else str(name)
+
+
+def _device_note(run: RunData, models: list[str]) -> tuple[str, dict[str, set[str]]]:
+    """A sentence naming the machines ``models`` were timed on (a CPU: what its timings can
+    test), and each model's machines by name."""
+    names = {m: {_machine_name(x) for x in run.timing_machines(m)} for m in models}
+    t = run.table
+    devices = set(t.loc[(t["task"] == "latency") & t["model"].isin(models), "device"].dropna())
+    on_cpu = "cpu" in devices or any(x.get("name") == "cpu" for m in models for x in run.timing_machines(m))
+    every = set().union(*names.values())
+    if not every:
+        text = "The machine is not recorded (no run.json)" + (f"; device: {', '.join(sorted(devices))}" if devices else "")
+    elif len(every) == 1 and all(names.values()):
+        text = f"Timed on {next(iter(every))}"
+    else:
+        text = "Timed on different machines: " + "; ".join(
+            f"{m} on {', '.join(sorted(n)) or 'an unrecorded one'}" for m, n in names.items())
+    if on_cpu:
+        text += f". The paper's claim is about {PAPER_DEVICE}: CPU timings test only its shape, not its size"
+    return text + ".", names
+
+
+def _unstable(run: RunData, cells: Iterable[tuple[str, str, int]], batch: int) -> str:
+    """A sentence naming the timings among ``cells`` ((model, phase, context)) that the latency
+    task flagged unstable ("" when none)."""
+    flagged: dict[tuple[str, str], list[int]] = defaultdict(list)
+    example = ""
+    for model, phase, ctx in cells:
+        rows = run.latency_rows(model, phase)
+        rows = rows[(rows["eval_ctx"] == ctx) & (rows["batch_size"] == batch)
+                    & rows["flag"].fillna("").str.startswith("unstable")]
+        if len(rows):
+            flagged[(model, phase)].append(ctx)
+            example = example or str(rows["flag"].iloc[0])
+    if not flagged:
+        return ""
+    where = "; ".join(f"{m} {p} at {', '.join(map(str, sorted(set(c))))}" for (m, p), c in flagged.items())
+    return f" The latency task flagged timings used here unstable ({where}; e.g. \"{example}\"): read them with care."
+
+
+def _few_repeats(ests: Iterable[stats.Estimate]) -> str:
+    """A sentence saying that intervals over few repeats are spreads ("" when there are none)."""
+    n = min((e.n for e in ests if np.isfinite(e.ci_low)), default=None)
+    if n is None or stats.median_max_coverage(n) >= stats.DEFAULT_LEVEL:
+        return ""
+    return (f" Intervals over as few as {n} timing repeats are spreads, not 95% intervals (a median's interval over "
+            f"{n} values covers it at most {stats.median_max_coverage(n):.0%} of the time).")
+
+
+def _interval(est: stats.Estimate) -> str:
+    if not np.isfinite(est.ci_low):
+        return f"(no interval: {est.n} repeat{'' if est.n == 1 else 's'})"
+    return f"[{est.ci_low:.2f}, {est.ci_high:.2f}]"
+
+
+def speed_claim(run: RunData) -> Claim:
+    """Full attention's median prefill time over TTT-E2E's at each context both were timed at
+    (repeats resampled per model: they are not paired), judged at the longest; an out-of-memory
+    failure of one where the other ran counts against the one that failed."""
+    statement = ("TTT-E2E's prefill is faster than full attention at long context (the paper: 2.7x at 128K on "
+                 f"{PAPER_DEVICE})")
+    pair = _latency_pair(run)
+    if isinstance(pair, str):
+        return Claim("speed", statement, "undecided", pair)
+    full, ttt, batch = pair
+    note, machines = _device_note(run, [full, ttt])
+    theirs, mine = run.timings(full, "prefill", batch), run.timings(ttt, "prefill", batch)
+    full_oom, ttt_oom = _out_of_memory(run, full, "prefill", batch), _out_of_memory(run, ttt, "prefill", batch)
+    faster: dict[int, int] = {}  # context -> +1 TTT-E2E is faster, -1 slower, 0 not resolved
+    ests: dict[int, stats.Estimate] = {}
+    evidence = []
+    for ctx in sorted(set(theirs) | set(mine) | full_oom | ttt_oom):
+        if ctx in theirs and ctx in mine:
+            ests[ctx] = est = stats.bootstrap_median_ratio(theirs[ctx], mine[ctx], RESAMPLES, seed=[8, ctx])
+            faster[ctx] = _side(est, 1.0, 1.0)
+            evidence.append(_row(f"prefill at {ctx}: {full} time / {ttt} time (batch {batch})", est))
+        elif (ctx in mine and ctx in full_oom) or (ctx in theirs and ctx in ttt_oom):
+            failed, ran = (full, ttt) if ctx in mine else (ttt, full)
+            faster[ctx] = 1 if failed == full else -1
+            evidence.append({"comparison": f"prefill at {ctx}: {failed} out of memory, {ran} ran (batch {batch})",
+                             "value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0})
+    if not faster:
+        return Claim("speed", statement, "undecided", f"the samples hold prefill timings of full attention and "
+                     f"TTT-E2E at no common context (batch {batch}). {note}", evidence)
+    if len(set().union(*machines.values())) > 1:
+        return Claim("speed", statement, "undecided", f"timings from different machines do not compare. {note}",
+                     evidence)
+    longest = max(faster)
+    at = f"at context {longest} (the longest timed here; the paper's: 128K)"
+    if longest in ests:
+        est = ests[longest]
+        head = f"{at}, full attention's prefill takes {est.value:.2f}x TTT-E2E's time {_interval(est)}" + {
+            1: ": TTT-E2E is faster", -1: ": TTT-E2E is slower", 0: ", not resolved from 1"}[faster[longest]]
+    elif faster[longest] > 0:
+        head = f"{at}, full attention ran out of memory where TTT-E2E ran, which counts for the claim"
+    else:
+        head = f"{at}, TTT-E2E ran out of memory where full attention ran, which counts against the claim"
+    crossover = None
+    for ctx in sorted(faster, reverse=True):  # the shortest context from which TTT-E2E is faster at every one
+        if faster[ctx] != 1:
+            break
+        crossover = ctx
+    if crossover is None:
+        elsewhere = [c for c, side in faster.items() if side == 1]
+        cross = "no crossover: TTT-E2E is not faster at the longest context" + (
+            f" (it is at {', '.join(map(str, elsewhere))})" if elsewhere else "")
+    elif crossover == min(faster):
+        cross = f"TTT-E2E is faster at every context timed, from {crossover} on (the crossover lies at or below it)"
+    else:
+        cross = f"TTT-E2E is faster from context {crossover} on (the crossover)"
+    verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[faster[longest]]
+    cells = [(m, "prefill", ctx) for ctx in faster for m in (full, ttt)]
+    return Claim("speed", statement, verdict, f"{head}; {cross}. {note}{_few_repeats(ests.values())}"
+                 f"{_unstable(run, cells, batch)}", evidence)
+
+
+def per_token_growth(run: RunData, model: str, phase: str, batch: int) -> tuple[stats.Estimate, int, int] | None:
+    """``model``'s time per token of ``phase`` at its longest timed context over that at its
+    shortest, with the two contexts; None when it was timed at fewer than two."""
+    timed = run.timings(model, phase, batch)
+    if len(timed) < 2:
+        return None
+    short, long = min(timed), max(timed)
+    # prefill times a whole prefix, decode one step: per token, prefill divides by the prefix
+    tokens = (lambda ctx: batch * ctx) if phase == "prefill" else (lambda ctx: batch)
+    est = stats.bootstrap_median_ratio([t / tokens(long) for t in timed[long]], [t / tokens(short) for t in timed[short]],
+                                       RESAMPLES, seed=[9, list(FLAT).index(phase), short, long])
+    return est, short, long
+
+
+def _shape(est: stats.Estimate, tolerance: float) -> str:
+    """``flat`` (the interval inside [1 / tolerance, tolerance]), ``grows`` (above it), ``falls``
+    (below it) or ``unclear`` (it holds a bound, or there is no interval)."""
+    if np.isfinite(est.ci_low) and 1 / tolerance <= est.ci_low and est.ci_high <= tolerance:
+        return "flat"
+    return {1: "grows", -1: "falls", 0: "unclear"}[_side(est, 1 / tolerance, tolerance)]
+
+
+def constant_latency_claim(run: RunData) -> Claim:
+    """TTT-E2E's time per token at its longest context over its shortest, for prefill and decode
+    (where timed), each within its tolerance (:data:`FLAT`), with full attention's alongside.
+    Each phase is ``holds`` when flat, ``contradicted`` when it grows, else ``undecided`` (a time
+    per token that falls, fixed costs spread over more tokens, is no constant either); together:
+    ``holds`` when every phase timed holds, ``partly`` when some do, ``contradicted`` when none
+    does and one grows, else ``undecided``."""
+    statement = "TTT-E2E's time per token stays constant with context"
+    pair = _latency_pair(run)
+    if isinstance(pair, str):
+        return Claim("constant_latency", statement, "undecided", pair)
+    full, ttt, batch = pair
+    note, machines = _device_note(run, [full, ttt])
+    if len(machines[ttt]) > 1:
+        return Claim("constant_latency", statement, "undecided", f"TTT-E2E's timings at different contexts come from "
+                     f"different machines and do not compare. {note}")
+    evidence, parts, ests = [], [], []
+    judged: dict[str, str] = {}
+    cells: list[tuple[str, str, int]] = []
+    for phase, tolerance in FLAT.items():
+        mine = per_token_growth(run, ttt, phase, batch)
+        if mine is None:
+            parts.append(f"{phase}: TTT-E2E {'timed at one context only' if run.timings(ttt, phase, batch) else 'not timed'}")
+            continue
+        est, short, long = mine
+        shape = _shape(est, tolerance)
+        judged[phase] = {"flat": "holds", "grows": "contradicted"}.get(shape, "undecided")
+        ests.append(est)
+        cells += [(ttt, phase, short), (ttt, phase, long)]
+        evidence.append(_row(f"{ttt}: {phase} time per token, context {long} / {short} (batch {batch})", est))
+        text = (f"{phase}: TTT-E2E's time per token at {long} over at {short} is {est.value:.2f} {_interval(est)}, "
+                f"{shape} (flat: inside [{1 / tolerance:.3f}, {tolerance:.2f}], issue 17)")
+        oom = _out_of_memory(run, ttt, phase, batch)
+        text += f" (out of memory at {', '.join(map(str, sorted(oom)))})" if oom else ""
+        theirs = per_token_growth(run, full, phase, batch)
+        if theirs is None:
+            text += "; full attention timed at fewer than two contexts"
+        else:
+            other, a, b = theirs
+            ests.append(other)
+            cells += [(full, phase, a), (full, phase, b)]
+            evidence.append(_row(f"{full}: {phase} time per token, context {b} / {a} (batch {batch})", other))
+            contrast = _shape(other, tolerance)
+            text += f"; full attention's ({b} over {a}) {other.value:.2f} {_interval(other)}, {contrast}"
+            if contrast == "flat":
+                text += " too: at these contexts its quadratic cost does not show, so the contrast is not seen"
+        oom = _out_of_memory(run, full, phase, batch)
+        text += f" (full attention out of memory at {', '.join(map(str, sorted(oom)))})" if oom else ""
+        parts.append(text)
+    if not judged:
+        return Claim("constant_latency", statement, "undecided", f"TTT-E2E was timed at fewer than two contexts "
+                     f"(batch {batch}): {'; '.join(parts)}. {note}", evidence)
+    got = set(judged.values())
+    verdict = ("holds" if got == {"holds"} else "partly" if "holds" in got
+               else "contradicted" if "contradicted" in got else "undecided")
+    return Claim("constant_latency", statement, verdict, f"{'; '.join(parts)}. {note}{_few_repeats(ests)}"
+                 f"{_unstable(run, cells, batch)}", evidence)
+
+
 def judge(run: RunData) -> list[Claim]:
-    return [context_claim(run), position_claim(run), recall_claim(run)]
+    return [context_claim(run), position_claim(run), recall_claim(run), speed_claim(run), constant_latency_claim(run)]
 
 
 def render_markdown(claims: list[Claim], note: str = "") -> str:
@@ -350,5 +653,6 @@ def render_markdown(claims: list[Claim], note: str = "") -> str:
             lines += ["", f"`{c.name}`:", "", "| comparison | value | 95% interval | n |", "|---|---|---|---|"]
             for e in c.evidence:
                 ci = "" if not np.isfinite(e["ci_low"]) else f"[{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
-                lines.append(f"| {e['comparison']} | {e['value']:+.4f} | {ci} | {e['n']} |")
+                value = f"{e['value']:+.4f}" if np.isfinite(e["value"]) else "-"  # e.g. an out-of-memory cell
+                lines.append(f"| {e['comparison']} | {value} | {ci} | {e['n']} |")
     return "\n".join(lines) + "\n"
