@@ -1,6 +1,7 @@
 """``summary.md``: one page on a kit run, from its work folder: the device, every step's outcome
-and time, the GPU tests, the latency tables (times, speed-ups over full attention, memory, state),
-training throughput and MFU, TTT-E2E's speed, and everything that failed, was skipped or timed out."""
+and time, the GPU tests, the latency tables (times, speed-ups over full attention, memory, state)
+and the paper's latency claims judged on them, training throughput and MFU, TTT-E2E's speed, and
+everything that failed, was skipped or timed out."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ from bench.gpu.config import LEDGER_FILE, ROOT, KitConfig
 from bench.gpu.ledger import STEP_ITEM, read
 from bench.gpu.throughput import PEAK_FILE
 from harness.api import results
-from harness.runs.sweep import load_spec
+from harness.api.errors import ConfigError
+from harness.runs.store import ResultStore
+from harness.runs.sweep import current_sample_files, load_spec
+from harness.report import claims
 from harness.report.tables import ARCH_ORDER, render_markdown, summary_tables
 
 LATENCY_TABLES = ("prefill_ms", "prefill_speedup", "decode_ms", "decode_speedup", "prefill_peak_mib",
@@ -79,7 +83,33 @@ def latency_section(folder: Path, heading: str) -> str | None:
     table = results.read_table(folder)
     tables = summary_tables(table) if len(table) else {}
     shown = [render_markdown(tables[name]) for name in LATENCY_TABLES if name in tables]
+    if shown:
+        try:
+            judged = latency_claims(folder, table)
+        except Exception as exc:  # noqa: BLE001 - one GPU slot: the tables above must still come back
+            judged = f"The latency claims could not be judged: {type(exc).__name__}: {exc}"
+        shown += [judged] if judged else []
     return f"## {heading}\n\n" + "\n\n".join(shown) if shown else None
+
+
+def latency_claims(folder: Path, table: pd.DataFrame) -> str | None:
+    """The paper's latency claims (``speed``, ``constant_latency``: :mod:`harness.report.claims`)
+    judged on the step's table and the timings of its cells (each a one-cell sweep folder)."""
+    runs = []
+    for cell in sorted(p for p in (folder / "cells").glob("*") if (p / results.TABLE_PARQUET).is_file()):
+        try:
+            runs.append(claims.load_run(cell, current_sample_files(cell), ResultStore(cell).finished().values()))
+        except ConfigError:  # no samples: a cell that failed before any timing (its rows still count)
+            continue
+    if not runs:
+        return None
+    machines: dict[str, list[dict]] = {}
+    for run in runs:
+        for model, found in run.machines.items():
+            machines.setdefault(model, []).extend(m for m in found if m not in machines.get(model, []))
+    run = claims.RunData(table, [s for r in runs for s in r.samples], machines=machines, run_device=runs[0].run_device)
+    judged = claims.render_markdown([claims.speed_claim(run), claims.constant_latency_claim(run)])
+    return "The paper's latency claims, judged on these timings (as `lcbench claims` does):\n\n" + judged
 
 
 def throughput_section(work: Path) -> str | None:
