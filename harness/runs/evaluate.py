@@ -27,6 +27,7 @@ import torch
 
 from harness.api import registry, results
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
+from harness.api.contract import check_outputs
 from harness.api.errors import ConfigError, close_match
 from harness.api.interface import LCModel
 from harness.api.failures import failure_rows, require_finite_weights
@@ -163,6 +164,8 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
     # meets non-finite outputs, gives ``nan`` status rows instead of scores that look valid.
     try:
         require_finite_weights(model)
+        if info.source != "object":  # an object built in Python may be a partial double; check_model is its check
+            check_outputs(model)  # a model breaking the contract's shapes fails here, not deep inside the task
         with torch.no_grad():
             rows = task().run(model, parsed, ctx) if is_class else function_task(task, model, parsed, ctx, task_name)
     except FloatingPointError as exc:
