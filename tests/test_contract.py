@@ -10,6 +10,7 @@ from torch import nn
 from harness.api import registry
 from harness.api.contract import ContractError, check_model, check_outputs
 from harness.api.interface import LCModel, ModelConfig, check_tokens
+from harness.api.results import SchemaError, make_row
 from harness.runs.evaluate import run_eval
 from tests.conftest import small_model
 
@@ -113,3 +114,15 @@ def test_the_runner_refuses_a_model_that_breaks_the_cheap_rules(arch, rule):
         run_eval("loss_scaling", arch, None, {"contexts": [16], "tokens_per_context": 64}, progress=False)
     check_outputs(registry.create_model("toy_mean"))  # the well-behaved twin passes
 
+
+@pytest.mark.parametrize("returned, named", [
+    ("loss 3.2", "a str"), ({"metric": "loss", "value": 1.0}, "a dict"), ([make_row("loss", 1.0), 3.2], "a list whose item 1 is a float"),
+])
+def test_a_task_returning_something_other_than_rows_is_named(returned, named):
+    """Before: AttributeError: 'str' object has no attribute 'items', from the runner's own line."""
+    registry.register_task("toy_returns")(lambda model: returned)
+    try:
+        with pytest.raises(SchemaError, match=rf"task 'toy_returns' must return a list of rows .*, got {named}"):
+            run_eval("toy_returns", "toy_mean", None, progress=False)
+    finally:
+        registry._TASKS.pop("toy_returns")

@@ -146,6 +146,20 @@ def check_task_options(task_name: str, options: Mapping[str, Any] | None) -> Non
         check_function_options(task, options, task_name)
 
 
+def check_rows_returned(rows: Any, task_name: str) -> None:
+    """A task returns a list of rows (mappings, e.g. ``make_row``'s), or nothing: anything else is
+    named here rather than failing on the runner's first look inside a row."""
+    if rows is None:
+        return
+    if not isinstance(rows, (list, tuple)):
+        raise results.SchemaError(f"task {task_name!r} must return a list of rows (harness.api.results.make_row), "
+                                  f"got a {type(rows).__name__}: {str(rows)[:80]!r}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise results.SchemaError(f"task {task_name!r} must return a list of rows (harness.api.results.make_row), "
+                                      f"got a list whose item {i} is a {type(row).__name__}: {str(row)[:80]!r}")
+
+
 def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[str, Any] | None = None, *,
              device: torch.device, dtype: torch.dtype, seed: int = 0, run: str = "run",
              progress: bool = True) -> tuple[pd.DataFrame, list[dict[str, Any]], Any]:
@@ -170,11 +184,12 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
             rows = task().run(model, parsed, ctx) if is_class else function_task(task, model, parsed, ctx, task_name)
     except FloatingPointError as exc:
         rows = failure_rows(exc, [NONFINITE_METRIC], f"in task {task_name!r}")
+    check_rows_returned(rows, task_name)
     if not rows:  # nothing measured must not read as a clean run (e.g. an empty list of contexts)
         rows = results.status_rows([NO_ROWS_METRIC], "error",
                                    f"task {task_name!r} returned no rows for options {dict(options or {})}")
     identity = identity_columns(info, task_name, run, model, device, dtype, seed)
-    filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows or []]
+    filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows]
     try:
         table = results.validate(filled)
     except results.SchemaError as exc:
