@@ -96,7 +96,8 @@ def resolve_model(
                 msg = (f"model {spec!r} is neither a checkpoint folder nor a registered architecture; "
                        f"valid architectures: {', '.join(choices)}")
                 hint = close_match(arch, choices)
-                raise ConfigError(msg + (f". Did you mean {hint!r}?" if hint else ""))
+                note = registry.broken_plugin(registry.MODEL_GROUP, arch)
+                raise ConfigError(msg + (f". Did you mean {hint!r}?" if hint else "") + (f"; {note}" if note else ""))
             if spec.endswith(":") and not spec_preset:
                 raise ConfigError(f"model {spec!r} names no preset after ':'; valid presets of {arch}: "
                                   f"{', '.join(registry.preset_names(arch))}")
