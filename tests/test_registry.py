@@ -121,9 +121,9 @@ def test_function_task_options_are_converted_to_their_types(typed_task):
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"scale": "half"}, "option 'scale' must be a number, got 'half'"),
-    ({"steps": "2.5"}, "option 'steps' must be an integer, got '2.5'"),
-    ({"flag": "maybe"}, "option 'flag' must be true or false"),
+    ({"scale": "half"}, "task 'test_typed_function_task': option 'scale' must be a number, got 'half'"),
+    ({"steps": "2.5"}, "task 'test_typed_function_task': option 'steps' must be an integer, got '2.5'"),
+    ({"flag": "maybe"}, "task 'test_typed_function_task': option 'flag' must be true or false"),
 ])
 def test_a_bad_function_task_value_names_the_option(typed_task, options, match):
     from conftest import small_model
@@ -131,6 +131,14 @@ def test_a_bad_function_task_value_names_the_option(typed_task, options, match):
 
     with pytest.raises(ConfigError, match=match):
         run_eval(typed_task, small_model("swa"), None, options, progress=False)
+
+
+def test_a_bad_task_option_value_names_the_task():
+    """In a spec of several tasks, 'option 'span' must be an integer' left the reader to find which."""
+    from harness.runs.evaluate import check_task_options
+
+    with pytest.raises(ConfigError, match="task 'repeat': option 'span' must be an integer, got 'four'"):
+        check_task_options("repeat", {"span": "four"})
 
 
 def test_a_name_whose_plugin_failed_to_load_says_why(tmp_path, monkeypatch):
