@@ -126,3 +126,25 @@ def test_a_task_returning_something_other_than_rows_is_named(returned, named):
             run_eval("toy_returns", "toy_mean", None, progress=False)
     finally:
         registry._TASKS.pop("toy_returns")
+
+
+def test_the_runner_checks_registered_plugins_only(monkeypatch):
+    """The built-ins are proven by test_invariants and measured exactly as before the check; a
+    plugin is checked whether the sweep built it (an untrained entry is an object) or a name did."""
+    import harness.runs.evaluate as evaluate
+
+    def refuse(model):
+        raise ContractError("checked")
+
+    monkeypatch.setattr(evaluate, "check_outputs", refuse)
+    options = {"contexts": [16], "tokens_per_context": 64}
+    assert (run_eval("loss_scaling", "swa", None, options, progress=False).table["status"] == "ok").all()
+    for model in ("toy_mean", registry.create_model("toy_mean")):
+        with pytest.raises(ContractError, match="checked"):
+            run_eval("loss_scaling", model, None, options, progress=False)
+
+    class Unregistered(RunningMean):  # a test's double: its author's to check
+        pass
+
+    assert (run_eval("loss_scaling", Unregistered(ToyConfig(arch="toy_double")), None, options, progress=False)
+            .table["status"] == "ok").all()

@@ -8,8 +8,8 @@ backbone's)::
     from harness.api.contract import check_model
     check_model(create_model("my_arch", "tiny"))   # raises ContractError naming every broken rule
 
-``check_outputs(model)`` is the cheap part the runner applies before every task on a model it
-resolved from a name or a checkpoint (output shapes, no memory carried from one call to the next),
+``check_outputs(model)`` is the cheap part the runner applies before every task on a registered
+plugin architecture (output shapes, no memory carried from one call to the next),
 so a model that breaks them fails its cell with the rule it broke rather than with a shape error
 deep inside a task.
 """
