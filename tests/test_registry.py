@@ -8,6 +8,7 @@ import pytest
 
 from harness.api import registry
 from harness.api.errors import ConfigError, UnknownNameError
+from harness.runs.evaluate import resolve_model
 
 
 def test_builtin_architectures_are_registered():
@@ -120,9 +121,9 @@ def test_function_task_options_are_converted_to_their_types(typed_task):
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"scale": "half"}, "option 'scale' must be a number, got 'half'"),
-    ({"steps": "2.5"}, "option 'steps' must be an integer, got '2.5'"),
-    ({"flag": "maybe"}, "option 'flag' must be true or false"),
+    ({"scale": "half"}, "task 'test_typed_function_task': option 'scale' must be a number, got 'half'"),
+    ({"steps": "2.5"}, "task 'test_typed_function_task': option 'steps' must be an integer, got '2.5'"),
+    ({"flag": "maybe"}, "task 'test_typed_function_task': option 'flag' must be true or false"),
 ])
 def test_a_bad_function_task_value_names_the_option(typed_task, options, match):
     from conftest import small_model
@@ -130,3 +131,34 @@ def test_a_bad_function_task_value_names_the_option(typed_task, options, match):
 
     with pytest.raises(ConfigError, match=match):
         run_eval(typed_task, small_model("swa"), None, options, progress=False)
+
+
+def test_a_bad_task_option_value_names_the_task():
+    """In a spec of several tasks, 'option 'span' must be an integer' left the reader to find which."""
+    from harness.runs.evaluate import check_task_options
+
+    with pytest.raises(ConfigError, match="task 'repeat': option 'span' must be an integer, got 'four'"):
+        check_task_options("repeat", {"span": "four"})
+
+
+def test_a_name_whose_plugin_failed_to_load_says_why(tmp_path, monkeypatch):
+    """Before: 'unknown architecture 'broken'; valid: ...', the import error only in a warning
+    that a sweep's output had long scrolled past."""
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[lcbench.models]\nbroken = no_such_module_xyz\n"
+                                           "[lcbench.tasks]\nbroken_task = no_such_module_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.reload_plugins()
+    why = r"plugin no_such_module_xyz, which failed to load \(ModuleNotFoundError: No module named 'no_such_module_xyz'\)"
+    try:
+        with pytest.warns(UserWarning):
+            with pytest.raises(ConfigError, match=rf"architecture 'broken' comes from {why}"):
+                registry.get_model_class("broken")
+            with pytest.raises(ConfigError, match=rf"task 'broken_task' comes from {why}"):
+                registry.get_task("broken_task")
+            with pytest.raises(ConfigError, match=rf"model 'broken' is neither .*; architecture 'broken' comes from {why}"):
+                resolve_model("broken")
+    finally:
+        registry.reload_plugins()

@@ -116,11 +116,20 @@ def parse_options(options_class: type, raw: Mapping[str, Any] | None, task: str 
     for key in raw:
         if key not in fields:
             raise ConfigError(unknown_message(f"option of task {task!r}", key, fields))
-    values = {key: convert_value(value, hints[key], key) for key, value in raw.items()}
+    values = convert_options(raw, hints, task)
     try:
         return options_class(**values)
     except TypeError as exc:
         raise ConfigError(f"bad options for task {task!r}: {exc}") from exc
+
+
+def convert_options(raw: Mapping[str, Any], hints: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """``raw`` with each value of a known type (``hints``) converted to it; a bad value names the
+    task as well as the option (a spec holds several tasks)."""
+    try:
+        return {key: convert_value(value, hints[key], key) if key in hints else value for key, value in raw.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"task {task!r}: {exc}") from None
 
 
 def function_hints(fn: Any) -> dict[str, Any]:

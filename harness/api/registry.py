@@ -21,6 +21,8 @@ TASK_GROUP = "lcbench.tasks"
 _MODELS: dict[str, type[LCModel]] = {}
 _TASKS: dict[str, Any] = {}
 _loaded_groups: set[str] = set()
+# group -> entry-point name -> why its module failed to import: a lookup of that name says so
+_broken: dict[str, dict[str, str]] = {}
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -66,12 +68,28 @@ def load_plugins(group: str) -> None:
         try:
             ep.load()
         except Exception as exc:  # a broken plugin must not hide the others
+            _broken.setdefault(group, {})[ep.name] = (f"plugin {ep.value}, which failed to load "
+                                                      f"({type(exc).__name__}: {exc})")
             warnings.warn(f"could not load {group} plugin {ep.name!r} ({ep.value}): {exc}", stacklevel=2)
 
 
 def reload_plugins() -> None:
     """Forget which groups were loaded (tests install plugins at run time)."""
     _loaded_groups.clear()
+    _broken.clear()
+
+
+def broken_plugin(group: str, name: str) -> str | None:
+    """Why ``name`` is missing, when a plugin advertised it under ``group`` and failed to load."""
+    load_plugins(group)
+    reason = _broken.get(group, {}).get(name)
+    kind = "architecture" if group == MODEL_GROUP else "task"
+    return None if reason is None else f"{kind} {name!r} comes from {reason}; fix or uninstall the plugin"
+
+
+def _unknown(group: str, kind: str, name: str, table: dict[str, Any]) -> Exception:
+    note = broken_plugin(group, name)
+    return ConfigError(note) if note else UnknownNameError(kind, name, table)
 
 
 def model_names() -> list[str]:
@@ -87,14 +105,14 @@ def task_names() -> list[str]:
 def get_model_class(name: str) -> type[LCModel]:
     load_plugins(MODEL_GROUP)
     if name not in _MODELS:
-        raise UnknownNameError("architecture", name, _MODELS)
+        raise _unknown(MODEL_GROUP, "architecture", name, _MODELS)
     return _MODELS[name]
 
 
 def get_task(name: str) -> Any:
     load_plugins(TASK_GROUP)
     if name not in _TASKS:
-        raise UnknownNameError("task", name, _TASKS)
+        raise _unknown(TASK_GROUP, "task", name, _TASKS)
     return _TASKS[name]
 
 

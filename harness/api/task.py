@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from harness.api.decoding import continue_state, has_chunks, stream_token_losses
 from harness.api.errors import ConfigError, unknown_message
 from harness.api.interface import LCModel
-from harness.api.options import check_positive, convert_value, describe_options, function_hints, option, parse_options
+from harness.api.options import check_positive, convert_options, describe_options, function_hints, option, parse_options
 
 # A task author finds the whole task contract here: options and the decoding helpers are
 # re-exported from their modules (this also keeps ``from harness.api.task import ...`` working).
@@ -127,6 +127,5 @@ def check_function_options(fn: Callable, raw: Mapping[str, Any] | None, task: st
         for key in raw:
             if key not in valid:
                 raise ConfigError(unknown_message(f"option of task {task!r}", key, valid))
-    hints = function_hints(fn)
-    return {key: convert_value(value, hints[key], key) if key in hints and key in valid else value
-            for key, value in raw.items()}
+    hints = {key: hint for key, hint in function_hints(fn).items() if key in valid}
+    return convert_options(raw, hints, task)

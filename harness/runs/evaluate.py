@@ -28,7 +28,8 @@ import torch
 
 from harness.api import registry, results
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
-from harness.api.errors import ConfigError, close_match
+from harness.api.contract import check_outputs
+from harness.api.errors import ConfigError, LcbenchError, close_match
 from harness.api.interface import LCModel
 from harness.api.failures import failure_rows, require_finite_weights
 from harness.api.options import describe_options, parse_options
@@ -96,7 +97,8 @@ def resolve_model(
                 msg = (f"model {spec!r} is neither a checkpoint folder nor a registered architecture; "
                        f"valid architectures: {', '.join(choices)}")
                 hint = close_match(arch, choices)
-                raise ConfigError(msg + (f". Did you mean {hint!r}?" if hint else ""))
+                note = registry.broken_plugin(registry.MODEL_GROUP, arch)
+                raise ConfigError(msg + (f". Did you mean {hint!r}?" if hint else "") + (f"; {note}" if note else ""))
             if spec.endswith(":") and not spec_preset:
                 raise ConfigError(f"model {spec!r} names no preset after ':'; valid presets of {arch}: "
                                   f"{', '.join(registry.preset_names(arch))}")
@@ -146,6 +148,33 @@ def check_task_options(task_name: str, options: Mapping[str, Any] | None) -> Non
         check_function_options(task, options, task_name)
 
 
+def needs_contract_check(model: LCModel) -> bool:
+    """Whether the runner checks the model's outputs before a task: for a registered plugin
+    architecture, built by the harness or in Python. The built-ins are proven by
+    tests/test_invariants.py (and on a GPU a check's new shape could cost them a compile); a class
+    nobody registered (a test's partial double) is its author's to check with
+    ``harness.api.contract.check_model``."""
+    try:
+        registered = registry.get_model_class(getattr(model.config, "arch", ""))
+    except LcbenchError:
+        return False
+    return registered is type(model) and type(model).__module__.partition(".")[0] != "baselines"
+
+
+def check_rows_returned(rows: Any, task_name: str) -> None:
+    """A task returns a list of rows (mappings, e.g. ``make_row``'s), or nothing: anything else is
+    named here rather than failing on the runner's first look inside a row."""
+    if rows is None:
+        return
+    if not isinstance(rows, (list, tuple)):
+        raise results.SchemaError(f"task {task_name!r} must return a list of rows (harness.api.results.make_row), "
+                                  f"got a {type(rows).__name__}: {str(rows)[:80]!r}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise results.SchemaError(f"task {task_name!r} must return a list of rows (harness.api.results.make_row), "
+                                      f"got a list whose item {i} is a {type(row).__name__}: {str(row)[:80]!r}")
+
+
 def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[str, Any] | None = None, *,
              device: torch.device, dtype: torch.dtype, seed: int = 0, run: str = "run",
              progress: bool = True) -> tuple[pd.DataFrame, list[dict[str, Any]], Any]:
@@ -164,15 +193,18 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
     # meets non-finite outputs, gives ``nan`` status rows instead of scores that look valid.
     try:
         require_finite_weights(model)
+        if needs_contract_check(model):
+            check_outputs(model)  # a model breaking the contract's shapes fails here, not deep inside the task
         with torch.no_grad():
             rows = task().run(model, parsed, ctx) if is_class else function_task(task, model, parsed, ctx, task_name)
     except FloatingPointError as exc:
         rows = failure_rows(exc, [NONFINITE_METRIC], f"in task {task_name!r}")
+    check_rows_returned(rows, task_name)
     if not rows:  # nothing measured must not read as a clean run (e.g. an empty list of contexts)
         rows = results.status_rows([NO_ROWS_METRIC], "error",
                                    f"task {task_name!r} returned no rows for options {dict(options or {})}")
     identity = identity_columns(info, task_name, run, model, device, dtype, seed)
-    filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows or []]
+    filled = [{**identity, **{k: v for k, v in row.items() if v is not None}} for row in rows]
     try:
         table = results.validate(filled)
     except results.SchemaError as exc:
