@@ -191,6 +191,9 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline = torch.cuda.memory_allocated(self.device)
         else:
+            # garbage of earlier work, collected inside the block, would lower the resident set
+            # by as much as the block raises it: collect it before the baseline
+            gc.collect()
             self.baseline = current_rss_bytes()
             if not _reset_peak_rss():
                 self._sampled = self.baseline
