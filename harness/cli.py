@@ -442,11 +442,13 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
 @click.option("--model", "models", multiple=True, help="Only this model of the gate (repeatable).")
 @click.option("--task", "tasks", multiple=True, help="Only this task of the gate (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads (0: leave as set).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Models run at once, each in a worker process with --threads threads (the scores do not change).")
 @click.option("--update", is_flag=True, help="Remake every reference, checkpoints included, from this code (on purpose only).")
 @click.option("--all", "show_all", is_flag=True, help="Show every score, not only those that moved.")
 @friendly_errors
 def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tuple[str, ...], threads: int,
-         update: bool, show_all: bool) -> None:
+         workers: int, update: bool, show_all: bool) -> None:
     """CI's score gate: committed checkpoints evaluated by four tasks (tight, two-sided tolerances) and
     models retrained with several seeds (seed-aggregated scores within a multiple of their spread).
 
@@ -459,7 +461,7 @@ def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tupl
         click.echo(f"references remade in {gates.GATE_DIR}: {made['scores']} scores, data {made['data_fingerprint']}")
         return
     layer_results = gates.run_gate(out, tuple(layers) or gates.LAYERS, list(models) or None, list(tasks) or None,
-                                   threads=threads)
+                                   threads=threads, workers=workers)
     click.echo(gates.format_gate(layer_results, show_all))
     sys.exit(gates.exit_code(layer_results))
 

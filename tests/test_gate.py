@@ -51,6 +51,15 @@ def test_unchanged_code_passes_on_another_floating_point_path(tmp_path):
     assert "PASS: 76 reference scores" in done.stdout and "FAIL" not in done.stdout
 
 
+def test_the_gate_in_two_workers_leaves_every_score_the_same(tmp_path):
+    """CI runs the gate's models two at a time (`--workers 2`), each worker with the gate's one
+    thread: every score equals its reference exactly, as in one process."""
+    [result] = gate.run_gate(tmp_path / "gate", layers=("eval",), models=["ttt_e2e", "gated_deltanet"],
+                             tasks=["loss_scaling"], progress=False, workers=2)
+    assert result.passed and len(result.result.table) == 76
+    assert set(result.result.table["verdict"]) == {"same"}
+
+
 # --- injected regressions fail ------------------------------------------------------------------
 
 def test_rope_query_positions_off_by_one_fail(tmp_path, monkeypatch):

@@ -3,6 +3,8 @@ medians and carry a flag when unstable (in rows, tables and figures), CPU peak m
 work added, rate intervals stay in [0, 1], and undecodable corpus bytes are counted aloud."""
 from __future__ import annotations
 
+import gc
+
 import math
 
 import pytest
@@ -147,6 +149,21 @@ def test_cpu_peak_memory_counts_work_that_reuses_what_a_warm_up_freed():
             model.prefill(tokens)
             kept = torch.ones(2**20)  # 4 MiB still alive when the block ends
     assert pm.added >= kept.nbytes, pm.added
+
+
+def test_garbage_of_earlier_work_does_not_hide_what_a_block_added():
+    """Cyclic garbage left by earlier work, collected inside the block (the collector runs when
+    the block allocates), lowered the resident set as much as the block raised it: added read 0
+    (seen under pytest-xdist, after another module's tests)."""
+    cycle: dict = {"tensor": torch.ones(128 * 2**20 // 4)}  # 128 MiB
+    cycle["self"] = cycle
+    del cycle
+    with PeakMemory("cpu") as pm:
+        gc.collect()  # what an automatic collection at the block's first allocation does
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        block += 1
+    assert pm.added >= 48 * 2**20
+    del block
 
 
 def test_peak_memory_blocks_do_not_nest():

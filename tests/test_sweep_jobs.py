@@ -1,5 +1,6 @@
 """Sweeps as submitit jobs: concurrent workers give the serial run's table; dead jobs are
-recorded with their log; cluster settings are checked. (Concurrent writers of the store itself:
+recorded with their log; cluster settings are checked. A pool of local worker processes (the
+gate's) gives the serial table too. (Concurrent writers of the store itself:
 tests/test_store.py.)"""
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("submitit")
 
 from harness.api import results  # noqa: E402
 from harness.api.errors import ConfigError  # noqa: E402
+from harness.api.timing import torch_threads  # noqa: E402
 from harness.runs import jobs  # noqa: E402
+from harness.runs.pool import ModelPool  # noqa: E402
 from harness.runs.store import ResultStore  # noqa: E402
 from harness.runs.sweep import describe_failures, load_spec, plan, run_sweep  # noqa: E402
 
@@ -161,3 +165,28 @@ def test_one_job_per_cell_runs_no_cell_whose_model_failed_to_train(spec_path, tm
     result = jobs.run_sweep_jobs(spec, str(tmp_path / "out"), "local", progress=False, jobs="cell")
     assert cell_jobs == [] and result.failed == len(plan(spec))
     assert all("died (training node lost)" in r["message"] for r in ResultStore(tmp_path / "out").finished().values())
+
+
+# --- a pool of worker processes on this machine (harness.runs.pool, what the gate runs) ----------
+
+def test_a_pool_of_two_workers_gives_the_inline_table_exactly(spec_path, serial, tmp_path):
+    spec = load_spec(spec_path)  # 2 models, trained and measured in 2 workers at once
+    with ModelPool(2) as pool:
+        result = pool.submit(spec, tmp_path / "pool").result(progress=False)
+    assert result.failed == 0 and result.ran == len(plan(spec))
+    pd.testing.assert_frame_equal(sorted_table(result.table), sorted_table(serial.table), check_exact=True)
+    with ModelPool(2) as pool:
+        rerun = pool.submit(spec, tmp_path / "pool").result(progress=False)
+    assert rerun.ran == 0 and rerun.skipped == len(plan(spec))
+
+
+def test_pool_workers_take_this_process_thread_count():
+    """A cell's floats depend on its thread count: a worker uses the pool maker's, not its own default."""
+    with torch_threads(3), ModelPool(2) as pool:
+        assert pool._executor.submit(torch.get_num_threads).result() == 3
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_a_pool_needs_a_positive_number_of_workers(workers):
+    with pytest.raises(ConfigError, match=f"workers must be an integer >= 1, got {workers!r}"):
+        ModelPool(workers)

@@ -31,6 +31,7 @@ from harness.api.errors import ConfigError, unknown_message
 from harness.api.timing import torch_threads
 from harness.data import hash_files, load_tokenizer
 from harness.runs import check
+from harness.runs.pool import ModelPool, PendingSweep
 from harness.runs.provenance import device_info, git_commit, package_versions
 from harness.runs.sweep import SPEC_FILE, SeededModel, SweepSpec, load_spec, run_sweep
 from harness.train import checkpoint
@@ -136,15 +137,30 @@ def _filtered(reference: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
 
 def run_layer(layer: str, out_dir: str | Path, models: list[str] | None = None, tasks: list[str] | None = None,
               progress: bool = True) -> LayerResult:
-    """Run one layer's sweep (optionally only some models and tasks) into ``out_dir`` and compare
-    it with the matching part of its committed reference."""
+    """Run one layer's sweep (optionally only some models and tasks) into ``out_dir``, in this
+    process, and compare it with the matching part of its committed reference."""
+    with ModelPool() as inline:
+        return _judge(_start_layer(layer, Path(out_dir), models, tasks, inline), progress)
+
+
+def _start_layer(layer: str, out_dir: Path, models: list[str] | None, tasks: list[str] | None,
+                 pool: ModelPool) -> LayerResult | tuple[str, SweepSpec, PendingSweep]:
+    """The layer's sweep handed to ``pool``, or, when its references cannot judge this data, the
+    unjudged result."""
     made_on = read_provenance().get("data_fingerprint")
     reading = data_fingerprint()
     if made_on != reading:
         return LayerResult(layer, None, f"cannot judge the {layer} gate: its references were made on data {made_on}, "
                                         f"this checkout reads {reading}; remake them with `lcbench gate --update`")
     spec = gate_spec(layer, models, tasks)
-    run = run_sweep(spec, _fresh(Path(out_dir), spec.name), progress=progress).table
+    return layer, spec, pool.submit(spec, _fresh(out_dir, spec.name))
+
+
+def _judge(started: LayerResult | tuple[str, SweepSpec, PendingSweep], progress: bool) -> LayerResult:
+    if isinstance(started, LayerResult):
+        return started
+    layer, spec, sweep = started
+    run = sweep.result(progress).table
     failures = run[run["status"] != "ok"]
     if layer == "eval":
         reference = _filtered(check.read_reference(EVAL_REFERENCE), spec)
@@ -167,11 +183,18 @@ def _fresh(out_dir: Path, name: str) -> Path:
 
 
 def run_gate(out_dir: str | Path = "runs/gate", layers: tuple[str, ...] = LAYERS, models: list[str] | None = None,
-             tasks: list[str] | None = None, progress: bool = True, threads: int = 1) -> list[LayerResult]:
+             tasks: list[str] | None = None, progress: bool = True, threads: int = 1,
+             workers: int = 1) -> list[LayerResult]:
     """Both layers (or some), with ``threads`` torch threads: tiny models gain nothing from more,
-    and on a busy 2-core machine two spinning threads run training 30x slower than one."""
-    with torch_threads(threads):
-        return [run_layer(layer, Path(out_dir) / layer, models, tasks, progress) for layer in layers]
+    and on a busy 2-core machine two spinning threads run training 30x slower than one. With
+    ``workers`` > 1, that many models run at once in worker processes (each with ``threads``),
+    the layers' models side by side, the training layer's (the longest) first: every cell is
+    independent, so the scores are those of one process."""
+    with torch_threads(threads), ModelPool(workers) as pool:
+        started = [_start_layer(layer, Path(out_dir) / layer, models, tasks, pool)
+                   for layer in sorted(dict.fromkeys(layers), key=lambda name: name != "train")]
+        judged = {result.layer: result for result in (_judge(s, progress) for s in started)}
+    return [judged[layer] for layer in layers]
 
 
 def exit_code(layer_results: list[LayerResult]) -> int:
