@@ -400,6 +400,11 @@ def test_latency_claims_name_the_timings_flagged_unstable_and_the_spread_of_few_
         assert "as few as 3 timing repeats are spreads, not 95% intervals" in claim.why and "75%" in claim.why
     steady = claims.speed_claim(_latency({"full_attention": quadratic, "ttt_e2e": linear}, repeats=6))
     assert "unstable" not in steady.why and "spreads" not in steady.why
+    # the evidence tables head their column "95% interval": a spread's row says it is one
+    few, enough = claims.render_markdown([speed, constant]), claims.render_markdown([steady])
+    timing_rows = [line for line in few.splitlines() if line.startswith("| prefill at") or "per token, context" in line]
+    assert timing_rows and all("(spread: too few repeats for 95%)" in line for line in timing_rows), few
+    assert "spread:" not in enough
 
 
 def test_load_run_takes_each_latency_cell_s_machine_from_the_sweep_s_records(tmp_path):

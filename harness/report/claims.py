@@ -212,6 +212,11 @@ def _row(what: str, est: stats.Estimate, **extra: Any) -> dict[str, Any]:
     return {"comparison": what, "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n, **extra}
 
 
+def _timing_row(what: str, est: stats.Estimate) -> dict[str, Any]:
+    """A row of medians over timing repeats: too few of them make its interval a spread."""
+    return _row(what, est, spread=stats.median_max_coverage(est.n) < stats.DEFAULT_LEVEL)
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. loss against context
 
@@ -518,7 +523,7 @@ def speed_claim(run: RunData) -> Claim:
         if ctx in theirs and ctx in mine:
             ests[ctx] = est = stats.bootstrap_median_ratio(theirs[ctx], mine[ctx], RESAMPLES, seed=[8, ctx])
             faster[ctx] = _side(est, 1.0, 1.0)
-            evidence.append(_row(f"prefill at {ctx}: {full} time / {ttt} time (batch {batch})", est))
+            evidence.append(_timing_row(f"prefill at {ctx}: {full} time / {ttt} time (batch {batch})", est))
         elif (ctx in mine and ctx in full_oom) or (ctx in theirs and ctx in ttt_oom):
             failed, ran = (full, ttt) if ctx in mine else (ttt, full)
             faster[ctx] = 1 if failed == full else -1
@@ -610,7 +615,7 @@ def constant_latency_claim(run: RunData) -> Claim:
         judged[phase] = {"flat": "holds", "grows": "contradicted"}.get(shape, "undecided")
         ests.append(est)
         cells += [(ttt, phase, short), (ttt, phase, long)]
-        evidence.append(_row(f"{ttt}: {phase} time per token, context {long} / {short} (batch {batch})", est))
+        evidence.append(_timing_row(f"{ttt}: {phase} time per token, context {long} / {short} (batch {batch})", est))
         text = (f"{phase}: TTT-E2E's time per token at {long} over at {short} is {est.value:.2f} {_interval(est)}, "
                 f"{shape} (flat: inside [{1 / tolerance:.3f}, {tolerance:.2f}], issue 17)")
         oom = _out_of_memory(run, ttt, phase, batch)
@@ -622,7 +627,7 @@ def constant_latency_claim(run: RunData) -> Claim:
             other, a, b = theirs
             ests.append(other)
             cells += [(full, phase, a), (full, phase, b)]
-            evidence.append(_row(f"{full}: {phase} time per token, context {b} / {a} (batch {batch})", other))
+            evidence.append(_timing_row(f"{full}: {phase} time per token, context {b} / {a} (batch {batch})", other))
             contrast = _shape(other, tolerance)
             text += f"; full attention's ({b} over {a}) {other.value:.2f} {_interval(other)}, {contrast}"
             if contrast == "flat":
@@ -653,6 +658,7 @@ def render_markdown(claims: list[Claim], note: str = "") -> str:
             lines += ["", f"`{c.name}`:", "", "| comparison | value | 95% interval | n |", "|---|---|---|---|"]
             for e in c.evidence:
                 ci = "" if not np.isfinite(e["ci_low"]) else f"[{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
+                ci += " (spread: too few repeats for 95%)" if ci and e.get("spread") else ""
                 value = f"{e['value']:+.4f}" if np.isfinite(e["value"]) else "-"  # e.g. an out-of-memory cell
                 lines.append(f"| {e['comparison']} | {value} | {ci} | {e['n']} |")
     return "\n".join(lines) + "\n"
