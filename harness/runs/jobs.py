@@ -27,7 +27,7 @@ from harness.api.errors import ConfigError, check_choice
 from harness.runs.cluster import ClusterOptions
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
-from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cell_record, failure_rows_of,
+from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cell_record, cells_by_model, failure_rows_of,
                                 finish_sweep, pending_cells, plan, run_model_cells, start_sweep)
 
 EXECUTORS = ("local", "slurm")
@@ -79,7 +79,7 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     cells, pending = pending_cells(spec, out, retry_failed)
     runner = make_executor(executor, options, out / JOBS_DIR)
     git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
-    groups = _by_model(pending)
+    groups = cells_by_model(pending)
     if options.jobs == "cell":
         to_train = [g for g in groups if g[0].model.needs_training(out)]
         _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress, git)
@@ -89,13 +89,6 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     _collect(submitted, out, progress, git)
     return finish_sweep(spec, out, cells, len(pending), started, git, device=spec.device, executor=executor,
                         cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in submitted])
-
-
-def _by_model(cells: list[Cell]) -> list[list[Cell]]:
-    groups: dict[int, list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault(id(cell.model), []).append(cell)
-    return list(groups.values())
 
 
 def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, groups: list[list[Cell]],

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from harness.api.device import resolve_device, resolve_dtype
 from harness.api.errors import ConfigError
 from harness.runs.provenance import git_commit
-from harness.runs.sweep import (Cell, SweepResult, SweepSpec, finish_sweep, pending_cells, run_model_cells,
-                                run_sweep, start_sweep)
+from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, pending_cells,
+                                run_model_cells, run_sweep, start_sweep)
 
 
 @dataclass
@@ -80,9 +80,6 @@ class ModelPool:
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
         git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
-        groups: dict[int, list[Cell]] = {}
-        for cell in pending:
-            groups.setdefault(id(cell.model), []).append(cell)
         futures = {self._executor.submit(run_model_cells, group, out, device, dtype): len(group)
-                   for group in groups.values()}
+                   for group in cells_by_model(pending)}
         return PendingSweep(spec, out, retry_failed, cells, len(pending), started, git, str(device), futures)

@@ -401,6 +401,15 @@ def pending_cells(spec: SweepSpec, out_dir: str | os.PathLike,
     return cells, [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
 
 
+def cells_by_model(cells: list[Cell]) -> list[list[Cell]]:
+    """``cells`` grouped by the model (one :class:`SeededModel`) they share, in order: what
+    :func:`run_model_cells` takes, one group per job."""
+    groups: dict[int, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(id(cell.model), []).append(cell)
+    return list(groups.values())
+
+
 def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch.device, dtype: torch.dtype,
                     progress: bool = False, on_cell: Callable[[Cell], None] | None = None) -> int:
     """Train or load the model that ``cells`` share (one :class:`SeededModel`) once, run each cell
@@ -450,8 +459,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
     git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
                disable=not progress)
-    for _, group in itertools.groupby(pending, key=lambda c: id(c.model)):
-        group = list(group)
+    for group in cells_by_model(pending):
         bar.set_postfix_str(f"{group[0].model.label} seed {group[0].seed}")
         run_model_cells(group, out_dir, device, dtype, progress, on_cell=lambda _: bar.update(1))
     bar.close()
