@@ -165,8 +165,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def release_freed_memory() -> bool:
-    """Return to the system the memory the C allocator keeps after frees; False where it cannot.
+def release_freed_memory() -> None:
+    """Return to the system the memory the C allocator keeps after frees (where it can: glibc).
 
     glibc keeps freed blocks for reuse (in every thread's arena, not only at the top of the
     heap), so a block measured after a warm-up that freed the same sizes reuses them and the
@@ -174,7 +174,8 @@ def release_freed_memory() -> bool:
     fault in fresh pages again and the peak resident set counts them."""
     gc.collect()  # tensors held only by reference cycles are freed memory too
     trim = _malloc_trim()
-    return bool(trim is not None and trim(0) >= 0)
+    if trim is not None:
+        trim(0)
 
 
 class PeakMemory:

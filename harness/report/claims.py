@@ -212,9 +212,14 @@ def _row(what: str, est: stats.Estimate, **extra: Any) -> dict[str, Any]:
     return {"comparison": what, "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n, **extra}
 
 
+def _is_spread(n: int) -> bool:
+    """Whether an interval of medians over ``n`` repeats cannot reach the level asked for."""
+    return stats.median_max_coverage(n) < stats.DEFAULT_LEVEL
+
+
 def _timing_row(what: str, est: stats.Estimate) -> dict[str, Any]:
     """A row of medians over timing repeats: too few of them make its interval a spread."""
-    return _row(what, est, spread=stats.median_max_coverage(est.n) < stats.DEFAULT_LEVEL)
+    return _row(what, est, spread=_is_spread(est.n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,7 +496,7 @@ def _unstable(run: RunData, cells: Iterable[tuple[str, str, int]], batch: int) -
 def _few_repeats(ests: Iterable[stats.Estimate]) -> str:
     """A sentence saying that intervals over few repeats are spreads ("" when there are none)."""
     n = min((e.n for e in ests if np.isfinite(e.ci_low)), default=None)
-    if n is None or stats.median_max_coverage(n) >= stats.DEFAULT_LEVEL:
+    if n is None or not _is_spread(n):
         return ""
     return (f" Intervals over as few as {n} timing repeats are spreads, not 95% intervals (a median's interval over "
             f"{n} values covers it at most {stats.median_max_coverage(n):.0%} of the time).")
