@@ -32,6 +32,7 @@ from harness.api.registry import register_model
 
 ATTENTION_BACKENDS = ("auto", "torch", "sdpa", "flex")
 QUERY_CHUNK = 1024  # query block of the chunked sdpa path for sliding windows
+CACHED_MASK_ELEMENTS = 1 << 24  # sdpa masks up to 16 MiB (bool) are built once and kept
 
 
 @dataclass
@@ -113,14 +114,33 @@ def attention_reference(q, k, v, q_start: int, k_start: int, window: int) -> tor
     return (scores.softmax(-1) @ v.to(dtype)).to(q.dtype)
 
 
+def _relative_mask(q_len: int, k_len: int, offset: int, window: int, device: torch.device) -> torch.Tensor:
+    """``visible`` for queries at ``offset``.. and keys at 0..: it depends on positions' differences only."""
+    return visible(torch.arange(offset, offset + q_len, device=device), torch.arange(k_len, device=device), window)
+
+
+_cached_relative_mask = lru_cache(maxsize=8)(_relative_mask)
+
+
+def sdpa_mask(q_len: int, k_len: int, offset: int, window: int, device: torch.device) -> torch.Tensor:
+    """The [q_len, k_len] bool mask of queries ``offset`` positions after the first key.
+
+    Every query chunk of a long sliding-window prefill (and every full TTT-E2E mini-batch) asks
+    for the same mask: building it each time took a quarter of SWA's CPU prefill (int64
+    differences over [1024, 3072]), a cost full attention's causal path never pays. Masks up to
+    :data:`CACHED_MASK_ELEMENTS` are kept; a larger one (a long full-attention continuation) is
+    built each time rather than held."""
+    if q_len * k_len <= CACHED_MASK_ELEMENTS:
+        return _cached_relative_mask(q_len, k_len, offset, window, device)
+    return _relative_mask(q_len, k_len, offset, window, device)
+
+
 def attention_sdpa(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
     Tq, Tk = q.size(-2), k.size(-2)
     if not window and q_start == k_start and Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if not window or Tq <= QUERY_CHUNK:
-        q_pos = torch.arange(q_start, q_start + Tq, device=q.device)
-        k_pos = torch.arange(k_start, k_start + Tk, device=q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible(q_pos, k_pos, window))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(Tq, Tk, q_start - k_start, window, q.device))
     outputs = []
     for qs in range(0, Tq, QUERY_CHUNK):
         qe = min(qs + QUERY_CHUNK, Tq)

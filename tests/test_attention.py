@@ -146,6 +146,21 @@ def test_long_flex_masks_are_never_built_dense(monkeypatch):
     assert same_blocks(long, create_block_mask(band_mask(0, 64), None, None, 301, 300, device="cpu"))
 
 
+@pytest.mark.parametrize("window", [0, 7])
+def test_sdpa_masks_are_the_visibility_of_absolute_positions(window, monkeypatch):
+    """Cached (small) and built-each-time (large) masks both equal ``visible`` over the absolute
+    positions, and a steady chunk's mask is built once."""
+    attention._cached_relative_mask.cache_clear()
+    for q_start, k_start, Tq, Tk in [(0, 0, 6, 6), (10, 3, 4, 11), (105, 100, 1, 6)]:
+        expected = attention.visible(torch.arange(q_start, q_start + Tq), torch.arange(k_start, k_start + Tk), window)
+        assert torch.equal(attention.sdpa_mask(Tq, Tk, q_start - k_start, window, torch.device("cpu")), expected)
+        monkeypatch.setattr(attention, "CACHED_MASK_ELEMENTS", 0)
+        assert torch.equal(attention.sdpa_mask(Tq, Tk, q_start - k_start, window, torch.device("cpu")), expected)
+        monkeypatch.undo()
+    first = attention.sdpa_mask(4, 11, 7, window, torch.device("cpu"))
+    assert attention.sdpa_mask(4, 11, 7, window, torch.device("cpu")) is first  # a later chunk: no new mask
+
+
 @pytest.mark.parametrize("window", [0, 5])
 def test_reference_computes_in_fp32_under_autocast(window):
     """The reference's score and value matmuls stay fp32 under bf16 autocast (its promise), so
