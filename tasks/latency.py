@@ -18,8 +18,8 @@ sequences:
 
 Each timing runs ``warmup`` untimed calls, then ``repeats`` timed ones: the value is the
 median, the interval a bootstrap interval of the median over repeats (``n`` = repeats), and
-``samples.jsonl`` keeps every single time. A timing whose repeats spread too far, or that was
-taken on a CPU machine busier than its cores, carries an ``unstable: ...`` flag (see
+``samples.jsonl`` keeps every single time. A timing whose repeats spread too far, or during which
+other processes took a share of a CPU machine's cores, carries an ``unstable: ...`` flag (see
 :func:`harness.api.timing.timing_flag`), shown in tables and figures. CUDA events with synchronisation time GPU work;
 ``time.perf_counter`` times CPU work. An out-of-memory error at one T becomes ``oom`` rows
 for what that T could not measure, memory is freed, and the sweep goes on with the next T
@@ -38,7 +38,8 @@ from harness.api.interface import clone_state
 from harness.api.registry import register_task
 from harness.api.results import make_row
 from harness.api.task import Task, check_positive, option
-from harness.api.timing import PeakMemory, free_memory, machine_load, measure, timing_flag, torch_threads
+from harness.api.timing import (OtherProcessesCPU, PeakMemory, free_memory, measure, timing_flag,
+                                torch_threads)
 
 PHASES = ("prefill", "decode")
 METRICS = {
@@ -115,16 +116,16 @@ class Latency(Task):
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + T)
         tokens = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
         if "prefill" in options.phases:
-            load = machine_load()
             # warm-up outside the peak: what compiles and autotunes once (Triton's benchmark
             # buffers) is no prefill's memory
             measure(lambda: model.prefill(tokens), device, repeats=0, warmup=options.warmup)
-            with PeakMemory(device) as peak:
+            with OtherProcessesCPU() as others, PeakMemory(device) as peak:
                 times = measure(lambda: model.prefill(tokens), device, options.repeats, warmup=0)
-            rows += self._timing_rows("prefill", times, B * T, options, ctx, timing_flag(times, device, load), **where)
+            rows += self._timing_rows("prefill", times, B * T, options, ctx, timing_flag(times, device, others.share),
+                                      **where)
             rows.append(make_row("prefill_peak_bytes", _peak(peak), n=1, **where))
             ctx.record(kind="timing", phase="prefill", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
-                       seconds=times, peak_bytes=peak.peak, memory=peak.kind)
+                       seconds=times, peak_bytes=peak.peak, memory=peak.kind, others_cpu=others.share)
         logits, state = model.prefill(tokens)
         rows.append(make_row("state_bytes", model.state_bytes(state), n=1, **where))
         if "decode" in options.phases:
@@ -141,16 +142,17 @@ class Latency(Task):
                     token = out.argmax(-1)
                 return s
 
-            load = machine_load()
-            times = measure(decode, device, options.repeats, options.warmup, setup=lambda: clone_state(state))
+            with OtherProcessesCPU() as others:
+                times = measure(decode, device, options.repeats, options.warmup, setup=lambda: clone_state(state))
             per_token = [t / steps for t in times]
-            rows += self._timing_rows("decode", per_token, B, options, ctx, timing_flag(per_token, device, load),
-                                      **where)
+            rows += self._timing_rows("decode", per_token, B, options, ctx,
+                                      timing_flag(per_token, device, others.share), **where)
             with PeakMemory(device) as peak:
                 decode(state)  # the last use of this state: no copy inflates the peak
             rows.append(make_row("decode_peak_bytes", _peak(peak), n=1, **where))
             ctx.record(kind="timing", phase="decode", eval_ctx=T, batch_size=B, threads=torch.get_num_threads(),
-                       seconds_per_token=per_token, decode_tokens=steps, peak_bytes=peak.peak, memory=peak.kind)
+                       seconds_per_token=per_token, decode_tokens=steps, peak_bytes=peak.peak, memory=peak.kind,
+                       others_cpu=others.share)
 
     @staticmethod
     def _timing_rows(phase: str, times: list[float], tokens: int, options: LatencyOptions, ctx, flag: str, **where):

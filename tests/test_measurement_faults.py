@@ -6,12 +6,14 @@ from __future__ import annotations
 import gc
 
 import math
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from harness.adapters.lm_eval import Z95, _metric_rows
-from harness.api import results, stats
+from harness.api import results, stats, timing
 from harness.api.timing import PeakMemory, UNSTABLE_SPREAD, relative_spread, timing_flag
 from harness.data.corpora import CorpusWarning, load_corpus
 from harness.report.plots import make_figures
@@ -81,11 +83,49 @@ class _Ctx:
 
 def test_unstable_timings_are_flagged_with_the_reason():
     steady = [1.00, 1.01, 0.99, 1.00, 1.02]
-    assert relative_spread(steady) < UNSTABLE_SPREAD and timing_flag(steady, "cpu", load=0.5) == ""
+    assert relative_spread(steady) < UNSTABLE_SPREAD and timing_flag(steady, "cpu", others=0.05) == ""
     noisy = [1.0, 1.5, 2.0, 2.5, 3.0]
-    assert "repeats spread 25%" in timing_flag(noisy, "cpu", load=0.5)
-    assert "machine busy (load 3.00" in timing_flag(steady, "cpu", load=3.0)
-    assert timing_flag(steady, "cuda", load=3.0) == ""  # host load does not time GPU kernels
+    assert "repeats spread 25%" in timing_flag(noisy, "cpu", others=0.05)
+    assert "machine busy (other processes took 50% of the CPUs" in timing_flag(steady, "cpu", others=0.5)
+    assert timing_flag(steady, "cuda", others=0.5) == ""  # host load does not time GPU kernels
+
+
+def _fake_ticks(monkeypatch, readings: list[tuple[int, int]], seconds: float) -> None:
+    """/proc read as ``readings`` (machine busy ticks, own ticks), the block lasting ``seconds``."""
+    clock = iter([0.0, seconds])
+    monkeypatch.setattr(timing, "cpu_ticks", iter(readings).__next__)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(timing.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(timing.os, "sysconf", lambda name: 100)
+
+
+def test_a_timing_that_keeps_every_core_busy_is_not_a_busy_machine(monkeypatch):
+    """The 1-minute load average counted the timed process's own threads: on the 2-core machine a
+    2-thread prefill of a few seconds read 'machine busy (load 1.01 per core)' with nothing else
+    running (latency_cpu: every TTT-E2E prefill). Only other processes' CPU time counts now."""
+    _fake_ticks(monkeypatch, [(1000, 50), (1400, 450)], seconds=2.0)  # all 400 ticks were ours
+    with timing.OtherProcessesCPU() as alone:
+        pass
+    assert alone.share == 0.0
+    _fake_ticks(monkeypatch, [(1000, 50), (1400, 250)], seconds=2.0)  # another process took one core
+    with timing.OtherProcessesCPU() as shared:
+        pass
+    assert shared.share == pytest.approx(0.5)
+    assert "machine busy" in timing_flag([1.0, 1.0, 1.0], "cpu", others=shared.share)
+    _fake_ticks(monkeypatch, [(1000, 50), (1010, 55)], seconds=0.1)  # 20 ticks: too few to tell
+    with timing.OtherProcessesCPU() as short:
+        pass
+    assert short.share is None
+
+
+def test_other_processes_share_is_read_from_this_machine():
+    with timing.OtherProcessesCPU() as block:
+        deadline = time.perf_counter() + 0.4
+        while time.perf_counter() < deadline:
+            pass
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc here: no share is measured")
+    assert block.share is not None and 0.0 <= block.share <= 1.0
 
 
 def _latency_table(flag: str, flagged_arch: str = "swa"):

@@ -7,7 +7,8 @@
   (Linux ``/proc/self/clear_refs``) or, where that is not allowed, sampled by a thread, after
   the C allocator has handed back the memory it kept from earlier frees (glibc ``malloc_trim``).
 - :func:`timing_flag` says when timings cannot be trusted as they are: repeats that spread
-  beyond :data:`UNSTABLE_SPREAD`, or (on CPU) a machine already busier than its cores;
+  beyond :data:`UNSTABLE_SPREAD`, or (on CPU) other processes taking a share of the CPUs while
+  timing (:class:`OtherProcessesCPU`);
 - :func:`is_oom` recognises out-of-memory errors of either device; :func:`free_memory`
   releases what can be released so that a sweep can go on to its next cell.
 """
@@ -71,8 +72,12 @@ def measure(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: 
 # a quiet machine the latency task's repeats stay within a few percent, so 10% means interference
 # (other processes, frequency scaling), not the model.
 UNSTABLE_SPREAD = 0.10
-# A 1-minute load average above this many runnable processes per core flags CPU timings.
-BUSY_LOAD_PER_CORE = 1.0
+# CPU timings during which other processes (or the hypervisor, as steal) took more than this
+# share of the machine's CPU time are flagged: on a quiet machine they take about 1%.
+BUSY_SHARE = 0.25
+# A block shorter than this many clock ticks of all cores together (10 ms each, usually) is too
+# short to tell who used the CPUs: no share is reported for it.
+MIN_OBSERVED_TICKS = 50
 
 
 def relative_spread(times: list[float]) -> float:
@@ -89,24 +94,51 @@ def _median(ordered: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def machine_load() -> float | None:
-    """The 1-minute load average per CPU core (None where the OS does not tell)."""
+def cpu_ticks() -> tuple[int, int] | None:
+    """(clock ticks all CPUs spent busy, ticks this process spent, all its threads) since boot,
+    from Linux's /proc; None where it does not tell. Busy includes steal: time a hypervisor gave
+    this machine's CPUs to another."""
     try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
-    except (AttributeError, OSError):
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()  # fields after the command name, which may hold spaces
+    except (OSError, ValueError, IndexError):
         return None
+    return sum(ticks) - ticks[3] - ticks[4], int(own[11]) + int(own[12])  # busy; utime + stime
 
 
-def timing_flag(times: list[float], device: torch.device | str, load: float | None = None) -> str:
+class OtherProcessesCPU:
+    """The share of the machine's CPU time that other processes took while the block ran: what
+    disturbs a CPU timing. (The load average cannot tell: it counts this process's own threads,
+    so a timing that keeps every core busy reads as a busy machine.) ``share`` is None where
+    /proc does not tell or the block is shorter than :data:`MIN_OBSERVED_TICKS`."""
+
+    share: float | None = None
+
+    def __enter__(self) -> "OtherProcessesCPU":
+        self._start, self._t0 = cpu_ticks(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        end, elapsed = cpu_ticks(), time.perf_counter() - self._t0
+        available = elapsed * (os.cpu_count() or 1) * os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0
+        if self._start is None or end is None or available < MIN_OBSERVED_TICKS:
+            return
+        others = (end[0] - self._start[0]) - (end[1] - self._start[1])
+        self.share = min(1.0, max(0.0, others / available))
+
+
+def timing_flag(times: list[float], device: torch.device | str, others: float | None = None) -> str:
     """``""`` for timings that can be trusted, else ``"unstable: ..."`` naming why: the repeats'
-    relative spread above :data:`UNSTABLE_SPREAD`, or (CPU) ``load`` (per core, measured before
-    timing) above :data:`BUSY_LOAD_PER_CORE`."""
+    relative spread above :data:`UNSTABLE_SPREAD`, or (CPU) other processes' share of the CPUs
+    while timing (:class:`OtherProcessesCPU`) above :data:`BUSY_SHARE`."""
     reasons = []
     spread = relative_spread(times)
     if spread > UNSTABLE_SPREAD:
         reasons.append(f"repeats spread {spread:.0%} (median absolute deviation / median > {UNSTABLE_SPREAD:.0%})")
-    if torch.device(device).type == "cpu" and load is not None and load > BUSY_LOAD_PER_CORE:
-        reasons.append(f"machine busy (load {load:.2f} per core > {BUSY_LOAD_PER_CORE:g})")
+    if torch.device(device).type == "cpu" and others is not None and others > BUSY_SHARE:
+        reasons.append(f"machine busy (other processes took {others:.0%} of the CPUs while timing > {BUSY_SHARE:.0%})")
     return "unstable: " + "; ".join(reasons) if reasons else ""
 
 
