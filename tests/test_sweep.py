@@ -1,6 +1,8 @@
 """Sweeps: specs parse with clear errors, cells resume after a crash, failures are recorded."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -183,3 +185,20 @@ def test_untrained_models_are_evaluated_without_training(tmp_path):
     second = run_sweep(load_spec(path), tmp_path / "b", progress=False).table
     assert not (tmp_path / "a" / "checkpoints").exists()
     assert first["value"].equals(second["value"])  # seeded: the same weights every time
+
+
+COMMITTED_SPECS = sorted((Path(__file__).parent.parent / "results" / "specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", COMMITTED_SPECS, ids=lambda p: p.name)
+def test_committed_specs_plan_and_their_options_parse(path):
+    """Every spec under results/specs loads, plans its cells, builds each model's config and
+    parses each cell's task options: a spec broken by a renamed option or config field fails
+    here, not hours into a sweep (or minutes into a GPU slot)."""
+    from harness.runs.evaluate import check_task_options
+
+    cells = plan(load_spec(path))
+    assert cells, f"{path.name} plans no cells"
+    for cell in cells:
+        assert cell.model.model_config().arch == cell.model.entry.arch
+        check_task_options(cell.task, cell.options)
