@@ -156,3 +156,28 @@ def test_a_save_leaves_folders_beside_the_checkpoint_alone(tmp_path):
     checkpoint.save_checkpoint(tmp_path / "c", small_model("swa", seed=2))
     assert (neighbour / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".c.old", "c"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_what_a_killed_sharded_save_left_goes_with_the_next_save(tmp_path, monkeypatch):
+    # a rank killed mid-save left its temporary folder (a whole sharded checkpoint's size) under a
+    # name no later save recognised, so it stayed forever
+    from harness.api import staging
+    from harness.train import sharded
+    from harness.train.trainer import TrainConfig, make_optimizer
+
+    model = small_model("swa").train()
+    optimizer = make_optimizer(model, TrainConfig())
+
+    def killed(*args, **kwargs):  # SIGKILL: no clean-up runs
+        monkeypatch.setattr(sharded.shutil, "rmtree", lambda *a, **k: None)
+        raise KeyboardInterrupt("killed while writing the shards")
+
+    monkeypatch.setattr(sharded.dcp, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sharded.save(tmp_path / "c", model, optimizer, {"step": 1})
+    monkeypatch.undo()
+    assert len(list(tmp_path.iterdir())) == 1  # the killed save's folder
+    monkeypatch.setattr(staging, "_alive", lambda pid: False)  # its process is gone
+    sharded.save(tmp_path / "c", model, optimizer, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

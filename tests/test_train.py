@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -272,3 +273,41 @@ def test_resume_from_a_damaged_trainer_json_is_clear(tmp_path, fast_data, edit, 
     file.write_text(json.dumps(edit(json.loads(file.read_text()))))
     with pytest.raises(checkpoint.CheckpointError, match=match):
         train(small_config("swa"), cfg, out_dir=tmp_path / "c", resume=True, progress=False, training_data=fast_data)
+
+
+def test_tokens_per_s_counts_training_time_only(tmp_path, fast_data, monkeypatch):
+    # the clock ran from the start through validation and checkpoint writes: a run validating or
+    # saving often reported a fraction of its training throughput
+    clock = [0.0]
+
+    def costing(seconds, real):
+        def timed(*args, **kwargs):
+            clock[0] += seconds
+            return real(*args, **kwargs)
+        return timed
+
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(train_mod, "training_step", costing(1.0, train_mod.training_step))
+    monkeypatch.setattr(train_mod, "validation_loss", costing(50.0, train_mod.validation_loss))
+    monkeypatch.setattr(train_mod, "_save", costing(50.0, train_mod._save))
+    cfg = TrainConfig(steps=4, **{**FAST, "eval_every": 1}, save_every=2)
+    result = train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+    assert [h["tokens_per_s"] for h in result.history] == [cfg.tokens_per_step] * cfg.steps  # one step a second
+    assert result.tokens_per_s == cfg.tokens_per_step
+
+
+def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(tmp_path, fast_data, monkeypatch):
+    # optimizer.pt kept its tensors' CUDA device: without a GPU torch.load refused it, reported as
+    # "the checkpoint is corrupted", though the device is a setting a resumed run may change
+    cfg = TrainConfig(steps=1, **FAST)
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+    optimizer_file = tmp_path / "c" / checkpoint.OPTIMIZER_FILE
+    state = torch.load(optimizer_file, weights_only=True)
+    monkeypatch.setattr(torch.serialization, "_package_registry", list(torch.serialization._package_registry))
+    torch.serialization.register_package(0, lambda storage: "cuda:0", lambda storage, location: None)
+    torch.save(state, optimizer_file)  # as a CUDA run writes it: every storage tagged cuda:0
+    monkeypatch.undo()
+    checkpoint.write_checksums(tmp_path / "c", [checkpoint.WEIGHTS_FILE, checkpoint.OPTIMIZER_FILE])
+    resumed = train(small_config("swa"), TrainConfig(steps=2, **FAST), out_dir=tmp_path / "c", resume=True,
+                    progress=False, training_data=fast_data)
+    assert resumed.step == 2

@@ -245,7 +245,9 @@ def load_trainer_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     verify(path, OPTIMIZER_FILE)
     try:
         state = json.loads((path / TRAINER_FILE).read_text())
-        optim = torch.load(path / OPTIMIZER_FILE, weights_only=True) if (path / OPTIMIZER_FILE).is_file() else None
+        # onto the CPU: a GPU run's state resumes on any device (load_state_dict moves it to the parameters')
+        optim = (torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+                 if (path / OPTIMIZER_FILE).is_file() else None)
     except Exception as exc:
         raise CheckpointError(f"training state in {str(path)!r} cannot be read ({exc}); the checkpoint is corrupted") from exc
     if not isinstance(state, dict):  # hand-edited: readers would fail on .get with a bare error

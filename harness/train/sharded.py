@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from harness.api.errors import CheckpointError
 from harness.api.interface import LCModel
+from harness.api.staging import clear_stale, temp_prefix
 from harness.train import checkpoint
 
 
@@ -41,11 +42,13 @@ def _is_main() -> bool:
 
 
 def _shared_temp_folder(path: Path) -> Path:
-    """A fresh sibling of ``path`` made by rank 0 under a unique name every rank receives."""
+    """A fresh sibling of ``path`` made by rank 0 under a unique name every rank receives; the
+    name carries rank 0's process, so once that is gone a later save clears what it left."""
     name = [None]
     if _is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
-        name[0] = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        clear_stale(path.parent)  # what a save killed earlier left beside this one
+        name[0] = tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent)
     if dist.is_initialized():
         dist.broadcast_object_list(name, src=0)
     return Path(name[0])

@@ -99,7 +99,7 @@ class TrainResult:
     model: LCModel
     step: int
     val_loss: float
-    tokens_per_s: float
+    tokens_per_s: float  # over the training steps' time, without validation and checkpoint writes
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -247,9 +247,10 @@ def train(
     model.train()
     bar = tqdm(range(start_step, total), desc=f"train {model_config.arch}", disable=not (progress and replicas.is_main),
                unit="step")
-    t0, tokens_done, val_loss = time.perf_counter(), 0, float("nan")
+    train_s, tokens_done, val_loss = 0.0, 0, float("nan")
     saved_step = start_step
     for step in bar:
+        t0 = time.perf_counter()
         if on_step is not None:
             on_step(step, total)
         for group in optimizer.param_groups:
@@ -263,8 +264,9 @@ def train(
                                      f"(lr {lr_at(step, cfg):g}); try a lower --lr") from None
         except torch.distributed.DistError as exc:
             raise lost_rank_error(exc, replicas, step, out_dir, saved_step) from exc
+        train_s += time.perf_counter() - t0
         tokens_done += cfg.tokens_per_step
-        tok_s = tokens_done / (time.perf_counter() - t0)
+        tok_s = tokens_done / train_s
         record = {"step": step + 1, "loss": loss_sum, "lr": lr_at(step, cfg), "tokens_per_s": tok_s}
         last = step + 1 == total
         if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
@@ -277,9 +279,8 @@ def train(
             saved_step = step + 1
     if start_step >= total:  # nothing left to train: report the checkpoint as it is
         val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
-    elapsed = time.perf_counter() - t0
     # a checkpoint resumed with a smaller budget stays at its own step: report that one
-    return TrainResult(model, max(total, start_step), val_loss, tokens_done / elapsed if tokens_done else 0.0, history)
+    return TrainResult(model, max(total, start_step), val_loss, tokens_done / train_s if tokens_done else 0.0, history)
 
 
 # Settings a run may change when it resumes: they do not alter the trajectory of the steps
