@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.api.errors import ConfigError, close_match
-from harness.data.local import missing_package, missing_path_error
+from harness.data.local import hash_file, missing_package, missing_path_error
 
 
 @dataclass(frozen=True)
@@ -242,14 +242,7 @@ def hash_files(root: Path, digest: Any) -> None:
     """Feed every file under ``root`` (its relative name, a NUL, its bytes), in sorted path
     order, into ``digest`` (a :mod:`hashlib` object)."""
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        _hash_file(digest, str(file.relative_to(root)), file)
-
-
-def _hash_file(digest: Any, name: str, file: Path) -> None:
-    digest.update(name.encode() + b"\0")
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 22):  # large corpora are hashed without being held in memory
-            digest.update(chunk)
+        hash_file(digest, str(file.relative_to(root)), file)
 
 
 def corpus_fingerprint(source: str | None) -> str:
@@ -266,7 +259,7 @@ def corpus_fingerprint(source: str | None) -> str:
     if path.is_dir():
         hash_files(path, digest)
     else:
-        _hash_file(digest, path.name, path)
+        hash_file(digest, path.name, path)
     return digest.hexdigest()[:16]
 
 

@@ -238,9 +238,9 @@ def train(
     loss_of = replicas.wrap(model)  # FSDP2 shards the parameters: the optimizer comes after
     optimizer = make_optimizer(model, cfg)
     start_step, history = 0, []
-    corpus = data.corpus_fingerprint(cfg.corpus)  # what the files hold: a checkpoint resumes on the same text
+    fingerprints = data_fingerprints(cfg)
     if resume and out_dir is not None:
-        start_step, history = _restore(out_dir, model, optimizer, cfg, replicas, corpus)
+        start_step, history = _restore(out_dir, model, optimizer, cfg, replicas, fingerprints)
     amp_dtype = autocast_dtype(cfg.dtype, device)
     total = cfg.total_steps
     on_step = getattr(model, "on_train_step", None)
@@ -273,7 +273,7 @@ def train(
         history.append(record)
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{val_loss:.3f}")
         if out_dir is not None and (last or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
-            _save(out_dir, model, optimizer, cfg, step + 1, history, replicas, corpus)
+            _save(out_dir, model, optimizer, cfg, step + 1, history, replicas, fingerprints)
             saved_step = step + 1
     if start_step >= total:  # nothing left to train: report the checkpoint as it is
         val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
@@ -337,10 +337,17 @@ def lost_rank_error(exc: torch.distributed.DistError, replicas: Replicas, step: 
     return DistributedError(f"rank {replicas.rank}: lost another process at step {step + 1} ({first}); {where}")
 
 
+def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
+    """What the corpus's and the tokenizer's files hold (saved beside the run's settings, which name
+    them by path only): a checkpoint resumes on the same text and the same token ids."""
+    return {"corpus_fingerprint": data.corpus_fingerprint(cfg.corpus),
+            "tokenizer_fingerprint": data.tokenizer_fingerprint(cfg.tokenizer)}
+
+
 def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list, replicas: Replicas,
-          corpus: str) -> None:
+          fingerprints: dict[str, str]) -> None:
     state = {"step": step, "train_config": cfg.to_dict(), "history": history, "rng": torch.get_rng_state().tolist(),
-             "corpus_fingerprint": corpus}
+             **fingerprints}
     if replicas.in_process_group:
         sharded.save(out_dir, model, optimizer, {**state, "world_size": replicas.world_size})
     else:
@@ -348,7 +355,7 @@ def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list,
 
 
 def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Replicas,
-             corpus: str) -> tuple[int, list]:
+             fingerprints: dict[str, str]) -> tuple[int, list]:
     saved_config = checkpoint.read_config(out_dir)
     if saved_config != model.config:
         raise checkpoint.CheckpointError(
@@ -368,11 +375,13 @@ def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Rep
             f"cannot resume {str(out_dir)!r} with other training settings than it was started with: "
             + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
             + "; keep them, or start a new run in another folder")
-    if state.get("corpus_fingerprint", corpus) != corpus:  # the same path, other files
-        raise checkpoint.CheckpointError(
-            f"cannot resume {str(out_dir)!r}: the corpus {cfg.corpus or 'stdlib'!r} holds other text than when the "
-            f"checkpoint was saved (fingerprint {state['corpus_fingerprint']} -> {corpus}); the rest of the run "
-            "would train on other data: restore the corpus, or start a new run in another folder")
+    for key, what in (("corpus_fingerprint", f"the corpus {cfg.corpus or 'stdlib'!r} holds other text"),
+                      ("tokenizer_fingerprint", f"the tokenizer {cfg.tokenizer or 'byte'!r} holds other tokens")):
+        if state.get(key, fingerprints[key]) != fingerprints[key]:  # the same path, other files
+            raise checkpoint.CheckpointError(
+                f"cannot resume {str(out_dir)!r}: {what} than when the checkpoint was saved (fingerprint "
+                f"{state[key]} -> {fingerprints[key]}); the rest of the run would train on other data: restore "
+                "the files, or start a new run in another folder")
     if checkpoint.is_sharded(out_dir):  # written by N processes: DCP reshards it for this run
         sharded.load(out_dir, model, optimizer)
     elif replicas.in_process_group:

@@ -1,0 +1,109 @@
+"""A researcher's own corpus and tokenizer, from local paths: what README's "point --corpus at your
+own text ... and --tokenizer at a local Hugging Face tokenizer" promises, end to end."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness import data
+from harness.api.errors import ConfigError
+from harness.api.interface import LCModel, ModelConfig
+from harness.data import Document
+from harness.runs.evaluate import run_eval
+from harness.train import checkpoint
+from harness.train.trainer import TrainConfig, prepare_data, train
+from tests.conftest import small_config
+
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven magic numbers hide in quiet harbor text".split()
+DIGITS = "0123456789"
+
+
+def _texts(seed: int, n: int = 40) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(WORDS), (n, 30), generator=g).tolist()
+    return [" ".join(WORDS[i] for i in row) + f" {DIGITS[seed % 10]}{DIGITS}.\n" for row in pick]
+
+
+def write_bpe(path, seed: int = 0, vocab_size: int = 300, whitespace: bool = False):
+    """A BPE tokenizer.json trained here on our own text. ``whitespace``: the `tokenizers`
+    quickstart's (a Whitespace pre-tokenizer, which drops spaces and newlines; no decoder)."""
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if whitespace:
+        tk = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+        tk.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[UNK]", "[CLS]", "[SEP]"])
+    else:
+        tk = tokenizers.Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_texts(seed), trainer=trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tk.save(str(path))
+    return tk
+
+
+def write_corpus(folder, n: int = 6, words: int = 600) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        g = torch.Generator().manual_seed(100 + i)
+        body = " ".join(WORDS[j] for j in torch.randint(len(WORDS), (words,), generator=g).tolist())
+        (folder / f"book{i}.txt").write_text(f"Book {i}, café Zürich.\n{body}\n", encoding="utf-8")
+    return str(folder)
+
+
+# -- a tokenizer rewritten at the same path -------------------------------------------------------
+
+
+def test_a_tokenizer_rewritten_at_the_same_path_is_not_served_from_the_token_cache(tmp_path):
+    # the cache was keyed by the tokenizer's path: a retrained tokenizer.json got the old ids back
+    # (ids past its vocabulary, or silently other tokens)
+    file = tmp_path / "tokenizer.json"
+    doc = Document("d", "the quick brown fox jumps 0123456789.\n")
+    write_bpe(file, seed=0)
+    first = data.tokenize_documents([doc], data.load_tokenizer(str(file)))[0].tolist()
+    write_bpe(file, seed=3, whitespace=True)
+    tok = data.load_tokenizer(str(file))
+    assert tok.encode(doc.text) != first  # another tokenizer now
+    assert data.tokenize_documents([doc], tok)[0].tolist() == tok.encode(doc.text)
+
+
+def test_resume_with_a_tokenizer_whose_file_changed_is_refused(tmp_path):
+    # only the corpus's content was checked: the rest of the run trained on other token ids
+    file = tmp_path / "tok" / "tokenizer.json"
+    write_bpe(file, seed=0)
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, val_fraction=0.5,
+                      corpus=write_corpus(tmp_path / "books"), tokenizer=str(file))
+    model_config = small_config("swa", vocab_size=512)
+    train(model_config, cfg, out_dir=tmp_path / "c", progress=False)
+    resumed = TrainConfig(**{**cfg.to_dict(), "steps": 2})
+    saved = file.read_bytes()
+    write_bpe(file, seed=3)
+    with pytest.raises(checkpoint.CheckpointError, match="tokenizer .* other tokens than when the checkpoint"):
+        train(model_config, resumed, out_dir=tmp_path / "c", resume=True, progress=False)
+    file.write_bytes(saved)  # restored: it resumes
+    assert train(model_config, resumed, out_dir=tmp_path / "c", resume=True, progress=False).step == 2
+
+
+def test_a_sweep_whose_tokenizer_file_changed_trains_a_new_model(tmp_path):
+    # a model's identity held the tokenizer's path only: the sweep kept the checkpoint trained
+    # with the old tokenizer and scored it with the new one
+    from harness.runs import sweep
+
+    file = tmp_path / "tok" / "tokenizer.json"
+    write_bpe(file, seed=0)
+    spec = sweep.SweepSpec.from_dict({
+        "name": "own", "train": {"steps": 1, "corpus": write_corpus(tmp_path / "books"), "tokenizer": str(file)},
+        "models": [{"arch": "swa"}], "tasks": [{"task": "loss_scaling"}]})
+    before = sweep.plan(spec)[0]
+    config, folder = before.model.model_config(), before.model.checkpoint_dir(tmp_path)
+    write_bpe(file, seed=3)
+    after = sweep.plan(spec)[0]
+    assert after.model.model_config() == config  # the same vocabulary size
+    assert after.key != before.key and after.model.checkpoint_dir(tmp_path) != folder
