@@ -107,3 +107,16 @@ def test_a_sweep_whose_tokenizer_file_changed_trains_a_new_model(tmp_path):
     after = sweep.plan(spec)[0]
     assert after.model.model_config() == config  # the same vocabulary size
     assert after.key != before.key and after.model.checkpoint_dir(tmp_path) != folder
+
+
+# -- a tokenizer folder ------------------------------------------------------------------------------
+
+
+def test_a_folder_with_a_tokenizer_json_finds_its_end_token_as_the_file_does(tmp_path):
+    # through transformers (a folder) the end token was None, through `tokenizers` (the file) it
+    # was <|endoftext|>: the same tokenizer packed documents with or without separators
+    pytest.importorskip("transformers")
+    write_bpe(tmp_path / "tokenizer.json")
+    as_file, as_folder = data.load_tokenizer(str(tmp_path / "tokenizer.json")), data.load_tokenizer(str(tmp_path))
+    assert as_file.eos_id is not None
+    assert (as_folder.eos_id, as_folder.vocab_size) == (as_file.eos_id, as_file.vocab_size)

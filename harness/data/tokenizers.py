@@ -122,7 +122,8 @@ class HFTokenizer:
       loaded with ``tokenizers`` instead (``eos_token`` then comes from ``tokenizer_config.json``).
 
     Text is encoded without special tokens (no BOS/EOS added); ``eos_id`` is the tokenizer's end
-    token, if it has one, for use as a document separator; ``bos_id`` is the start token
+    token, if it has one, for use as a document separator (the tokenizer's own, else the first of
+    ``_EOS_CANDIDATES`` in its vocabulary, either way it is loaded); ``bos_id`` is the start token
     the tokenizer adds by default (as a Llama tokenizer adds ``<s>``), else None. ``name`` is
     ``hf:PATH@HASH``, the hash of its files (:func:`tokenizer_fingerprint`).
     """
@@ -165,7 +166,8 @@ class HFTokenizer:
         if self._hf is not None:
             self.vocab_size = int(len(self._hf))
             eos = getattr(self._hf, "eos_token_id", None)
-            self.eos_id = None if eos is None else int(eos)
+            # a folder holding only a tokenizer.json names no eos_token: look for one as for the file
+            self.eos_id = int(eos) if eos is not None else _first_in_vocab(_EOS_CANDIDATES, self._hf.get_vocab().get)
             self.bos_id = self._added_start(self._hf.encode("a", add_special_tokens=True), self.encode("a"))
         else:
             self.vocab_size = int(self._tk.get_vocab_size(with_added_tokens=True))
