@@ -120,3 +120,27 @@ def test_a_folder_with_a_tokenizer_json_finds_its_end_token_as_the_file_does(tmp
     as_file, as_folder = data.load_tokenizer(str(tmp_path / "tokenizer.json")), data.load_tokenizer(str(tmp_path))
     assert as_file.eos_id is not None
     assert (as_folder.eos_id, as_folder.vocab_size) == (as_file.eos_id, as_file.vocab_size)
+
+
+# -- records whose text is in another field ----------------------------------------------------------
+
+
+def test_records_with_their_text_in_another_field_are_named_after_the_corpus_path(tmp_path):
+    # load_corpus's text_field reached no command, spec or task option: a JSONL or Parquet corpus
+    # without a "text" field could not be used, and the error suggested a field nothing could pass
+    file = tmp_path / "notes.jsonl"
+    texts = [f"note {i}: the quick brown fox " * 20 for i in range(4)]
+    file.write_text("".join(json.dumps({"id": i, "content": t}) + "\n" for i, t in enumerate(texts)))
+    with pytest.raises(ConfigError, match=f"Did you mean text field 'content'\\? Name it after the corpus: "
+                                          f"'{file}#content'"):
+        data.load_corpus(str(file))
+    assert [d.text for d in data.load_corpus(f"{file}#content")] == texts
+    assert data.corpus_fingerprint(f"{file}#content") != data.corpus_fingerprint(f"{file}#id")
+    assert data.corpus_fingerprint(str(file)) == data.corpus_fingerprint(str(file))  # no field: as before
+    prepared = prepare_data(TrainConfig(corpus=f"{file}#content", seq_len=32, val_fraction=0.5))
+    assert prepared.train.numel() + prepared.val.numel() > 0
+    with pytest.raises(ConfigError, match="text field 'nope' not found .* fields there: id, content"):
+        data.load_corpus(f"{file}#nope")
+    (tmp_path / "book.txt").write_text("plain text")
+    with pytest.raises(ConfigError, match="'book.txt' is a text file: a text field .*'content'.* records"):
+        data.load_corpus(f"{tmp_path / 'book.txt'}#content")
