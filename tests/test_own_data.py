@@ -144,3 +144,45 @@ def test_records_with_their_text_in_another_field_are_named_after_the_corpus_pat
     (tmp_path / "book.txt").write_text("plain text")
     with pytest.raises(ConfigError, match="'book.txt' is a text file: a text field .*'content'.* records"):
         data.load_corpus(f"{tmp_path / 'book.txt'}#content")
+
+
+# -- NIAH with a BPE tokenizer -------------------------------------------------------------------------
+
+
+class InductionOracle(LCModel):
+    """Predicts the token that followed the longest earlier match of what it read last: it copies a
+    needle's value after the answer start, whatever the tokenizer."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__(ModelConfig(arch="induction", vocab_size=vocab_size))
+
+    def _logits(self, seq: list[int]) -> torch.Tensor:
+        logits = torch.full((1, self.config.vocab_size), -30.0)
+        for k in range(min(16, len(seq) - 1), 0, -1):
+            match = next((p for p in range(len(seq) - 1, k - 1, -1) if seq[p - k : p] == seq[-k:]), None)
+            if match is not None:
+                logits[0, seq[match]] = 0.0
+                break
+        return logits
+
+    def prefill(self, tokens):
+        seq = tokens[0].tolist()
+        return self._logits(seq), {"seq": seq}
+
+    def decode_step(self, state, token):
+        seq = state["seq"] + [int(token[0])]
+        return self._logits(seq), {"seq": seq}
+
+
+@pytest.mark.parametrize("whitespace", [False, True], ids=["byte_level", "whitespace"])
+def test_niah_generation_is_matched_through_the_tokenizer(tmp_path, whitespace):
+    # a tokenizer that does not give text back as it was (the `tokenizers` quickstart's drops spaces:
+    # '4821937' decodes as '4 8 2 1 9 3 7') scored gen_match 0 for a model that copied every value
+    file = tmp_path / "tok" / "tokenizer.json"
+    tok = write_bpe(file, whitespace=whitespace)
+    options = {"corpus": write_corpus(tmp_path / "books"), "tokenizer": str(file), "val_fraction": 0.5,
+               "contexts": "400", "depths": "0,1", "samples": 2, "variants": "single,multikey",
+               "haystacks": "text", "rank": False}
+    table = run_eval("niah", InductionOracle(tok.get_vocab_size()), None, options, progress=False).table
+    assert (table["status"] == "ok").all()
+    assert (table.loc[table["metric"] == "gen_match", "value"] == 1.0).all()
