@@ -10,8 +10,11 @@ import torch
 from harness import data
 from harness.api.errors import ConfigError
 from harness.api.interface import LCModel, ModelConfig
+from harness.api.task import DataOptions
 from harness.data import Document
-from harness.runs.evaluate import run_eval
+from harness.data.corpora import CorpusWarning
+from harness.data.heldout import heldout_documents, training_documents
+from harness.runs.evaluate import resolve_model, run_eval
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, prepare_data, train
 from tests.conftest import small_config
@@ -49,10 +52,10 @@ def write_bpe(path, seed: int = 0, vocab_size: int = 300, whitespace: bool = Fal
     return tk
 
 
-def write_corpus(folder, n: int = 6, words: int = 600) -> str:
+def write_corpus(folder, n: int = 6, words: int = 600, seed: int = 100) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        g = torch.Generator().manual_seed(100 + i)
+        g = torch.Generator().manual_seed(seed + i)
         body = " ".join(WORDS[j] for j in torch.randint(len(WORDS), (words,), generator=g).tolist())
         (folder / f"book{i}.txt").write_text(f"Book {i}, café Zürich.\n{body}\n", encoding="utf-8")
     return str(folder)
@@ -186,3 +189,32 @@ def test_niah_generation_is_matched_through_the_tokenizer(tmp_path, whitespace):
     table = run_eval("niah", InductionOracle(tok.get_vocab_size()), None, options, progress=False).table
     assert (table["status"] == "ok").all()
     assert (table.loc[table["metric"] == "gen_match", "value"] == 1.0).all()
+
+
+# -- evaluating on a corpus of one's own -----------------------------------------------------------
+
+
+def test_a_checkpoint_evaluated_on_another_corpus_reads_all_of_it_and_none_of_its_training_text(tmp_path):
+    # a PG-19-like layout: trained on train/, evaluated on test/. The test books were split again by
+    # the checkpoint's val_fraction, so most were silently dropped; and the folder above train/ was
+    # split by its own names, so books the checkpoint trained on were scored as held-out
+    books = tmp_path / "pg19"
+    train_dir, test_dir = write_corpus(books / "train", n=4), write_corpus(books / "test", n=5, seed=200)
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, val_fraction=0.5,
+                      corpus=train_dir)
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False)
+    info = resolve_model(str(tmp_path / "c"))[1]
+    _, held = heldout_documents(DataOptions(corpus=test_dir), info)
+    assert sorted(d.name for d in held) == sorted(d.name for d in data.load_corpus(test_dir))
+    trained_on = {d.text for d in data.split_documents(data.load_corpus(train_dir), 0.5, 0)[0]}
+    assert trained_on
+    with pytest.warns(CorpusWarning, match=f"{len(trained_on)} of the 9 documents of corpus .*pg19' are text the "
+                                           r"checkpoint trained on \(e.g. 'train/book"):
+        _, held = heldout_documents(DataOptions(corpus=str(books)), info)
+    assert len(held) == 9 - len(trained_on) and not {d.text for d in held} & trained_on
+    # a split asked for explicitly is still that split; test-time training's neighbours come from
+    # the checkpoint's own training text
+    _, held = heldout_documents(DataOptions(corpus=test_dir, val_fraction=0.4), info)
+    assert len(held) < 5
+    pool = training_documents(DataOptions(corpus=test_dir), info, heldout_documents(DataOptions(corpus=test_dir), info)[1])
+    assert {d.text for d in pool} == trained_on

@@ -2,10 +2,13 @@
 
 Runners hand :func:`heldout_documents` to tasks as ``RunContext.heldout``. Unset data options
 take the checkpoint's training settings (corpus, tokenizer, validation fraction, split seed), so a
-checkpoint is evaluated on its own validation documents.
+checkpoint is evaluated on its own validation documents. A checkpoint given another corpus (a test
+set beside its training set) is evaluated on all of it, less any text it trained on, unless a
+split is asked for.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 from harness.api.errors import ConfigError
 from harness.api.interface import LCModel
 from harness.api.task import DataOptions, ModelInfo
-from harness.data.corpora import Document, corpus_fingerprint, load_corpus
+from harness.data.corpora import CorpusWarning, Document, corpus_fingerprint, load_corpus
 from harness.data.packing import split_documents
 from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer
 
@@ -50,10 +53,47 @@ def trained_split(train_config: Mapping[str, Any]) -> tuple[float, int]:
     return train_config.get("val_fraction", 0.1), seed
 
 
+def _reads_another_corpus(options: DataOptions, info: ModelInfo) -> bool:
+    """Whether a checkpoint is evaluated on a whole corpus it did not train on: another corpus given,
+    and no split asked for. Every document of it is then held out (a test set beside the training
+    set, as PG-19's test/ beside train/), less any the checkpoint trained on."""
+    return (info.train_config is not None and options.val_fraction is None and options.split_seed is None
+            and not _same_corpus(options.corpus, info.train_config.get("corpus")))
+
+
+def _trained_on(train_config: Mapping[str, Any]) -> list[Document]:
+    """The training split of a checkpoint's own corpus."""
+    return split_documents(load_corpus(train_config.get("corpus")), *trained_split(train_config))[0]
+
+
+def _without_training_text(docs: list[Document], source: str, train_config: Mapping[str, Any]) -> list[Document]:
+    """``docs`` less those whose text the checkpoint trained on (``source`` holds its training
+    corpus: the folder above it, a copy)."""
+    try:
+        seen = {d.text for d in _trained_on(train_config)}
+    except ConfigError as exc:  # moved or deleted since it trained: nothing to compare with
+        warnings.warn(f"corpus {source!r}: could not check it for the checkpoint's training text ({exc})",
+                      CorpusWarning, stacklevel=3)
+        return docs
+    kept = [d for d in docs if d.text not in seen]
+    if len(kept) < len(docs):
+        first = next(d.name for d in docs if d.text in seen)
+        if not kept:
+            raise ConfigError(f"every document of corpus {source!r} is text the checkpoint trained on, e.g. "
+                              f"{first!r}; evaluate on documents it did not see")
+        warnings.warn(f"{len(docs) - len(kept)} of the {len(docs)} documents of corpus {source!r} are text the "
+                      f"checkpoint trained on (e.g. {first!r}); they are left out of the held-out documents",
+                      CorpusWarning, stacklevel=3)
+    return kept
+
+
 def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[Document]) -> list[Document]:
     """The documents outside ``heldout`` that count as training text: on the checkpoint's own
-    corpus, only its training split (a narrowed held-out split leaves documents it never saw)."""
+    corpus, only its training split (a narrowed held-out split leaves documents it never saw);
+    when another corpus is held out whole, the checkpoint's own training split."""
     train = info.train_config or {}
+    if _reads_another_corpus(options, info):
+        return _trained_on(train)
     docs = load_corpus(options.corpus if options.corpus is not None else train.get("corpus"))
     if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
         docs, _ = split_documents(docs, *trained_split(train))
@@ -77,6 +117,8 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
             f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
         )
     docs = load_corpus(pick("corpus", "corpus", None))
+    if _reads_another_corpus(options, info):
+        return tokenizer, _without_training_text(docs, options.corpus, train)
     trained_fraction, trained_seed = trained_split(train)
     split_seed = options.split_seed if options.split_seed is not None else trained_seed
     val_fraction = pick("val_fraction", "val_fraction", 0.1)
