@@ -574,7 +574,7 @@ def data_report(corpus: str | None, tokenizer: str | None, as_json: bool) -> Non
     """Documents, tokens and how many documents reach 4K/16K/64K/128K tokens."""
     from harness import data
 
-    report = data.corpus_report(data.load_corpus(corpus), data.load_tokenizer(tokenizer), source=corpus)
+    report = data.corpus_report(data.load_corpus(corpus), data.load_tokenizer(tokenizer), source=corpus, progress=True)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
 
 

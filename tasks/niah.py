@@ -353,7 +353,7 @@ class NIAH(Task):
         tokenizer, docs = ctx.heldout(options, model)
         sep = torch.tensor(tokenizer.encode("\n\n"), dtype=torch.int64)
         parts = []
-        for ids in tokenize_documents(docs, tokenizer):
+        for ids in tokenize_documents(docs, tokenizer, ctx.progress):
             parts += [ids, sep]
         builder = PromptBuilder(tokenizer, torch.cat(parts), options, ctx.seed)
         cells = [(v, h, L) for v in options.variants for h in options.haystacks for L in options.contexts]

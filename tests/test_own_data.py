@@ -218,3 +218,34 @@ def test_a_checkpoint_evaluated_on_another_corpus_reads_all_of_it_and_none_of_it
     assert len(held) < 5
     pool = training_documents(DataOptions(corpus=test_dir), info, heldout_documents(DataOptions(corpus=test_dir), info)[1])
     assert {d.text for d in pool} == trained_on
+
+
+# -- long steps show progress ----------------------------------------------------------------------
+
+
+def test_tokenizing_a_corpus_shows_progress(tmp_path, monkeypatch):
+    # a BPE tokenizes about 1 MB/s here: a PG-19-sized corpus kept `lcbench train` silent for hours
+    from harness.data import packing
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, disable=False, **kwargs):
+            self.total, self.disable, self.n, self.kwargs = total, disable, 0, kwargs
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(packing, "tqdm", Bar)
+    file = tmp_path / "tok" / "tokenizer.json"
+    write_bpe(file)
+    corpus = write_corpus(tmp_path / "books")
+    prepare_data(TrainConfig(corpus=corpus, tokenizer=str(file), seq_len=32, val_fraction=0.5), progress=True)
+    chars = sum(len(d.text) for d in data.load_corpus(corpus))
+    shown = [b for b in bars if not b.disable]
+    assert sum(b.total for b in shown) == sum(b.n for b in shown) == chars
+    assert all(b.kwargs.get("delay", 0) > 0 for b in shown)  # a corpus tokenized at once shows none

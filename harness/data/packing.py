@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
+from tqdm.auto import tqdm
 
 from harness.api.errors import ConfigError
 from harness.data.corpora import Document
@@ -67,8 +68,11 @@ def _cache_put(key: tuple[str, Document], ids: torch.Tensor) -> None:
         _token_cache_size -= old.numel()
 
 
-def tokenize_documents(docs: Sequence[Document], tokenizer: Tokenizer) -> list[torch.Tensor]:
-    """One 1-D int64 tensor per document (no special tokens added); cached per process."""
+def tokenize_documents(docs: Sequence[Document], tokenizer: Tokenizer, progress: bool = False,
+                       desc: str = "tokenize") -> list[torch.Tensor]:
+    """One 1-D int64 tensor per document (no special tokens added); cached per process.
+    ``progress``: a bar over the characters to tokenize, shown once it has taken a second (a BPE
+    reads about a megabyte a second: a large corpus takes minutes)."""
     out: list[torch.Tensor | None] = []
     todo: list[int] = []
     for i, doc in enumerate(docs):
@@ -80,6 +84,8 @@ def tokenize_documents(docs: Sequence[Document], tokenizer: Tokenizer) -> list[t
         out.append(ids)
     encode_tensor = getattr(tokenizer, "encode_tensor", None)
     encode_batch = getattr(tokenizer, "encode_batch", None)
+    bar = tqdm(total=sum(len(docs[i].text) for i in todo), disable=not (progress and todo), desc=desc, unit="char",
+               unit_scale=True, delay=1.0, leave=False)
     for start in range(0, len(todo), 64):
         chunk = todo[start : start + 64]
         texts = [docs[i].text for i in chunk]
@@ -92,6 +98,8 @@ def tokenize_documents(docs: Sequence[Document], tokenizer: Tokenizer) -> list[t
         for i, ids in zip(chunk, encoded):
             out[i] = ids
             _cache_put((tokenizer.name, docs[i]), ids)
+        bar.update(sum(len(t) for t in texts))
+    bar.close()
     return out  # type: ignore[return-value]
 
 

@@ -134,7 +134,7 @@ class TrainingData:
     vocab_size: int
 
 
-def prepare_data(cfg: TrainConfig) -> TrainingData:
+def prepare_data(cfg: TrainConfig, progress: bool = False) -> TrainingData:
     tokenizer = data.load_tokenizer(cfg.tokenizer)
     docs = data.load_corpus(cfg.corpus)
     train_docs, val_docs = data.split_documents(docs, cfg.val_fraction, cfg.data_split_seed)
@@ -144,16 +144,18 @@ def prepare_data(cfg: TrainConfig) -> TrainingData:
                 f"the train/val split of the corpus's {len(docs)} document(s) (val_fraction={cfg.val_fraction}) "
                 f"leaves no {side} documents; it splits whole documents: use a val_fraction above 0 and a corpus "
                 "of at least two documents")
-    train = _pack("training", train_docs, tokenizer, cfg.seq_len)
-    val = _pack("validation", val_docs, tokenizer, cfg.seq_len)
+    train = _pack("training", train_docs, tokenizer, cfg.seq_len, progress)
+    val = _pack("validation", val_docs, tokenizer, cfg.seq_len, progress)
     return TrainingData(train, val, tokenizer.vocab_size)
 
 
-def _pack(side: str, docs: list[data.Document], tokenizer: data.Tokenizer, seq_len: int) -> torch.Tensor:
+def _pack(side: str, docs: list[data.Document], tokenizer: data.Tokenizer, seq_len: int,
+          progress: bool) -> torch.Tensor:
     """Rows of ``docs`` laid end to end, each followed by the tokenizer's end token if it has one
     (bytes have none): a row crossing into the next document shows where it starts."""
     try:
-        return data.pack_sequences(data.tokenize_documents(docs, tokenizer), seq_len, separator=tokenizer.eos_id)
+        token_docs = data.tokenize_documents(docs, tokenizer, progress, desc=f"tokenize {side} split")
+        return data.pack_sequences(token_docs, seq_len, separator=tokenizer.eos_id)
     except ConfigError as exc:  # name the side that is too short
         raise ConfigError(f"the {side} split ({len(docs)} documents): {exc}") from None
 
@@ -228,7 +230,7 @@ def train(
         raise ConfigError("resuming needs the folder of the checkpoint to continue (--out); none was given")
     replicas = start(parallel, cfg.device)
     device = replicas.device
-    training_data = training_data or prepare_data(cfg)
+    training_data = training_data or prepare_data(cfg, progress and replicas.is_main)
     if model_config.vocab_size < training_data.vocab_size:
         raise ConfigError(
             f"model vocab_size={model_config.vocab_size} is smaller than the tokenizer's {training_data.vocab_size}"
