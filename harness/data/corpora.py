@@ -331,9 +331,9 @@ def load_corpus(source: str | None = None, text_field: str = "text") -> list[Doc
     try:
         docs = _load_path(path, field or text_field, field is not None)
     except TextFieldError as exc:  # say how to name the field: load_corpus's argument reaches no command
-        raise TextFieldError(f"{exc} Name it after the corpus: {f'{path}{FIELD_MARK}{exc.suggestion}'!r}"
-                             if exc.suggestion else f"{exc}. Name it after the corpus: "
-                             f"{f'{path}{FIELD_MARK}FIELD'!r}", exc.suggestion) from None
+        named = f"{path}{FIELD_MARK}{exc.suggestion or 'FIELD'}"
+        end = "" if exc.suggestion else "."  # after "Did you mean ...?", or after the list of fields
+        raise TextFieldError(f"{exc}{end} Name it after the corpus: {named!r}", exc.suggestion) from None
     docs = [d for d in docs if d.text]
     if not docs:
         raise ConfigError(f"corpus {str(path)!r} holds no non-empty text documents")

@@ -95,8 +95,6 @@ def tokenizer_fingerprint(spec: str | os.PathLike[str] | None) -> str:
     return digest.hexdigest()[:16]
 
 
-
-
 def auto_tokenizer(folder: str | os.PathLike[str]) -> Any:
     """``transformers.AutoTokenizer`` on a local folder, offline. AutoTokenizer also reads the
     folder's config.json, whose ``auto_map`` (an lcbench export's modeling_lcbench.py) made
