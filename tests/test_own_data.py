@@ -103,13 +103,15 @@ def test_a_sweep_whose_tokenizer_file_changed_trains_a_new_model(tmp_path):
     write_bpe(file, seed=0)
     spec = sweep.SweepSpec.from_dict({
         "name": "own", "train": {"steps": 1, "corpus": write_corpus(tmp_path / "books"), "tokenizer": str(file)},
-        "models": [{"arch": "swa"}], "tasks": [{"task": "loss_scaling"}]})
-    before = sweep.plan(spec)[0]
-    config, folder = before.model.model_config(), before.model.checkpoint_dir(tmp_path)
+        "models": [{"arch": "swa"}, {"arch": "swa", "untrained": True, "name": "random"}],
+        "tasks": [{"task": "loss_scaling", "options": {"tokenizer": str(file)}}]})
+    before = sweep.plan(spec)
+    config, folder = before[0].model.model_config(), before[0].model.checkpoint_dir(tmp_path)
     write_bpe(file, seed=3)
-    after = sweep.plan(spec)[0]
-    assert after.model.model_config() == config  # the same vocabulary size
-    assert after.key != before.key and after.model.checkpoint_dir(tmp_path) != folder
+    after = sweep.plan(spec)
+    assert after[0].model.model_config() == config  # the same vocabulary size
+    assert after[0].key != before[0].key and after[0].model.checkpoint_dir(tmp_path) != folder
+    assert after[1].key != before[1].key  # a task's own tokenizer too
 
 
 # -- a tokenizer folder ------------------------------------------------------------------------------

@@ -375,9 +375,11 @@ def plan(spec: SweepSpec) -> list[Cell]:
         for task in spec.tasks:
             for options in task.option_sets(length):
                 data = model.corpus_fingerprint(options.get("corpus") or trained_on)
-                key = config_hash({"run": spec.name, "model": model_id, "task": task.task, "options": options,
-                                   "data": data, "device": spec.device, "dtype": spec.dtype})
-                cells.append(Cell(key, model, task.task, options))
+                fields = {"run": spec.name, "model": model_id, "task": task.task, "options": options,
+                          "data": data, "device": spec.device, "dtype": spec.dtype}
+                if options.get("tokenizer") is not None:  # its files (none given: keys as before)
+                    fields["tokenizer"] = tokenizer_fingerprint(options["tokenizer"])
+                cells.append(Cell(config_hash(fields), model, task.task, options))
     return cells
 
 
