@@ -251,3 +251,34 @@ def test_tokenizing_a_corpus_shows_progress(tmp_path, monkeypatch):
     shown = [b for b in bars if not b.disable]
     assert sum(b.total for b in shown) == sum(b.n for b in shown) == chars
     assert all(b.kwargs.get("delay", 0) > 0 for b in shown)  # a corpus tokenized at once shows none
+
+
+@pytest.mark.parametrize("kind", ["corpus", "tokenizer"])
+def test_a_checkpoints_relative_data_path_read_from_elsewhere_says_whose_it_is(tmp_path, monkeypatch, kind):
+    # `lcbench train --corpus books/` keeps the path as given; evaluated from another folder, the
+    # error read "corpus 'books' does not exist", a corpus the user never gave to `lcbench eval`
+    from harness.train.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "books")
+    write_bpe(tmp_path / "tok" / "tokenizer.json")
+    save_checkpoint(tmp_path / "ck", small_model_for_vocab(512), trainer_state={"train_config": {
+        "seq_len": 32, "corpus": "books", "tokenizer": "tok/tokenizer.json", "val_fraction": 0.5, "seed": 0}})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / kind).mkdir()  # not what the checkpoint means either
+    monkeypatch.chdir(elsewhere)
+    relative = {"corpus": "books", "tokenizer": "tok/tokenizer.json"}[kind]
+    other = {"tokenizer": str(tmp_path / "tok" / "tokenizer.json")} if kind == "corpus" else {
+        "corpus": str(tmp_path / "books")}
+    with pytest.raises(ConfigError, match=f"the checkpoint's {kind}, '{relative}' \\(a relative path, "
+                                          f"read from where it trained\\), cannot be read from .*elsewhere.*"
+                                          f"give the task's '{kind}' option"):
+        run_eval("loss_scaling", tmp_path / "ck", None, {"contexts": "16", **other}, progress=False)
+
+
+def small_model_for_vocab(vocab_size: int):
+    from harness.api.registry import build_model
+
+    torch.manual_seed(0)
+    return build_model(small_config("swa", vocab_size=vocab_size)).eval()

@@ -9,7 +9,7 @@ split is asked for.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,23 @@ def _reads_another_corpus(options: DataOptions, info: ModelInfo) -> bool:
             and not _same_corpus(options.corpus, info.train_config.get("corpus")))
 
 
+def _load_trained(kind: str, value: Any, load: Callable[[Any], Any]) -> Any:
+    """``load(value)``, a corpus or tokenizer that the checkpoint's training settings name: a failure
+    says whose it is (a relative path is read from here, not from where the checkpoint trained)."""
+    try:
+        return load(value)
+    except ConfigError as exc:
+        relative = isinstance(value, str) and not Path(value).expanduser().is_absolute()
+        raise ConfigError(
+            f"the checkpoint's {kind}, {value!r}"
+            + (" (a relative path, read from where it trained)" if relative else "")
+            + f", cannot be read from {str(Path.cwd())!r}: {exc}; give the task's {kind!r} option") from None
+
+
 def _trained_on(train_config: Mapping[str, Any]) -> list[Document]:
     """The training split of a checkpoint's own corpus."""
-    return split_documents(load_corpus(train_config.get("corpus")), *trained_split(train_config))[0]
+    docs = _load_trained("corpus", train_config.get("corpus"), load_corpus)
+    return split_documents(docs, *trained_split(train_config))[0]
 
 
 def _without_training_text(docs: list[Document], source: str, train_config: Mapping[str, Any]) -> list[Document]:
@@ -94,7 +108,8 @@ def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[
     train = info.train_config or {}
     if _reads_another_corpus(options, info):
         return _trained_on(train)
-    docs = load_corpus(options.corpus if options.corpus is not None else train.get("corpus"))
+    docs = (load_corpus(options.corpus) if options.corpus is not None
+            else _load_trained("corpus", train.get("corpus"), load_corpus))
     if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
         docs, _ = split_documents(docs, *trained_split(train))
     held = {d.name for d in heldout}
@@ -106,22 +121,23 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
     """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
     train = {**(info.train_config or {}), "tokenizer": checkpoint_tokenizer(info)}
 
-    def pick(name: str, key: str, default: Any) -> Any:
-        value = getattr(options, name)
-        return value if value is not None else train.get(key, default)
+    def load(name: str, loader: Callable[[Any], Any]) -> Any:
+        """The data option ``name`` loaded: the given one, else the checkpoint's."""
+        given = getattr(options, name)
+        return loader(given) if given is not None else _load_trained(name, train.get(name), loader)
 
-    tokenizer = load_tokenizer(pick("tokenizer", "tokenizer", None))
+    tokenizer = load("tokenizer", load_tokenizer)
     if model is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigError(
             f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
             f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
         )
-    docs = load_corpus(pick("corpus", "corpus", None))
+    docs = load("corpus", load_corpus)
     if _reads_another_corpus(options, info):
         return tokenizer, _without_training_text(docs, options.corpus, train)
     trained_fraction, trained_seed = trained_split(train)
     split_seed = options.split_seed if options.split_seed is not None else trained_seed
-    val_fraction = pick("val_fraction", "val_fraction", 0.1)
+    val_fraction = options.val_fraction if options.val_fraction is not None else trained_fraction
     _, val = split_documents(docs, val_fraction, split_seed)
     if not val:
         raise ConfigError("the held-out split is empty; raise val_fraction or use a corpus with more documents")
