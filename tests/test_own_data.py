@@ -218,7 +218,8 @@ def test_a_checkpoint_evaluated_on_another_corpus_reads_all_of_it_and_none_of_it
     # the checkpoint's own training text
     _, held = heldout_documents(DataOptions(corpus=test_dir, val_fraction=0.4), info)
     assert len(held) < 5
-    pool = training_documents(DataOptions(corpus=test_dir), info, heldout_documents(DataOptions(corpus=test_dir), info)[1])
+    _, held = heldout_documents(DataOptions(corpus=test_dir), info)
+    pool = training_documents(DataOptions(corpus=test_dir), info, held)
     assert {d.text for d in pool} == trained_on
 
 
@@ -282,3 +283,21 @@ def small_model_for_vocab(vocab_size: int):
 
     torch.manual_seed(0)
     return build_model(small_config("swa", vocab_size=vocab_size)).eval()
+
+
+def test_evaluating_a_checkpoint_whose_tokenizer_file_changed_is_refused(tmp_path):
+    # a tokenizer retrained at the same path read the held-out text into other ids than the model
+    # learnt: the numbers came out, wrong
+    file = tmp_path / "tok" / "tokenizer.json"
+    write_bpe(file, seed=0)
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, val_fraction=0.5,
+                      corpus=write_corpus(tmp_path / "books"), tokenizer=str(file))
+    train(small_config("swa", vocab_size=512), cfg, out_dir=tmp_path / "c", progress=False)
+    options = {"contexts": "16", "tokens_per_context": 64}
+    saved = file.read_bytes()
+    write_bpe(file, seed=3)
+    with pytest.raises(ConfigError, match="the checkpoint's tokenizer .*tokenizer.json' holds other files than when "
+                                          "it trained"):
+        run_eval("loss_scaling", tmp_path / "c", None, options, progress=False)
+    file.write_bytes(saved)
+    assert run_eval("loss_scaling", tmp_path / "c", None, options, progress=False).table["status"].eq("ok").all()

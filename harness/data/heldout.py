@@ -18,7 +18,7 @@ from harness.api.interface import LCModel
 from harness.api.task import DataOptions, ModelInfo
 from harness.data.corpora import CorpusWarning, Document, corpus_fingerprint, load_corpus
 from harness.data.packing import split_documents
-from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer
+from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer, tokenizer_fingerprint
 
 # Either file marks a folder AutoTokenizer loads (tokenizer.json alone loads as a fast tokenizer).
 HF_TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")
@@ -116,6 +116,20 @@ def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[
     return [d for d in docs if d.name not in held]
 
 
+def _check_trained_tokenizer(options: DataOptions, info: ModelInfo) -> None:
+    """Raise if the tokenizer the checkpoint trained with is read from files changed since: the
+    held-out text would become other ids than the model learnt."""
+    trained = (info.train_config or {}).get("tokenizer")
+    recorded = info.trained_data.get("tokenizer_fingerprint")
+    if recorded is None or options.tokenizer not in (None, trained):
+        return
+    now = tokenizer_fingerprint(trained)
+    if now != recorded:
+        raise ConfigError(
+            f"the checkpoint's tokenizer {trained!r} holds other files than when it trained (fingerprint {recorded} -> "
+            f"{now}): its token ids are not the ones the model learnt; restore the tokenizer's files")
+
+
 def heldout_documents(options: DataOptions, info: ModelInfo,
                       model: LCModel | None = None) -> tuple[Tokenizer, list[Document]]:
     """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
@@ -127,6 +141,7 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
         return loader(given) if given is not None else _load_trained(name, train.get(name), loader)
 
     tokenizer = load("tokenizer", load_tokenizer)
+    _check_trained_tokenizer(options, info)
     if model is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigError(
             f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
