@@ -301,3 +301,14 @@ def test_evaluating_a_checkpoint_whose_tokenizer_file_changed_is_refused(tmp_pat
         run_eval("loss_scaling", tmp_path / "c", None, options, progress=False)
     file.write_bytes(saved)
     assert run_eval("loss_scaling", tmp_path / "c", None, options, progress=False).table["status"].eq("ok").all()
+
+
+def test_copies_of_a_document_fall_on_one_side_of_the_split():
+    # a code tree holds the same LICENSE or __init__.py in many folders, a book corpus the same book
+    # twice: split by name, one copy trained and another was scored as held-out
+    docs = [Document(f"pkg{i}/LICENSE", "the same licence text\n") for i in range(4)]
+    docs += [Document(f"pkg{i}/main.py", f"print({i})\n") for i in range(8)]
+    for seed in range(20):
+        train_docs, val_docs = data.split_documents(docs, 0.3, seed)
+        assert not {d.text for d in train_docs} & {d.text for d in val_docs}, seed
+        assert train_docs and val_docs

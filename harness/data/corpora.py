@@ -242,7 +242,7 @@ def _load_folder(root: Path, field: str) -> list[Document]:
             docs.append(Document(name, _read_text(file)))
     if binary:
         warnings.warn(f"corpus {str(root)!r}: skipped {len(binary)} binary file(s) (a NUL byte in the first "
-                      f"8 KiB), e.g. {binary[0]!r}", CorpusWarning, stacklevel=3)
+                      f"8 KiB), e.g. {binary[0]!r}", CorpusWarning, stacklevel=4)
     return docs
 
 
