@@ -53,12 +53,17 @@ def trained_split(train_config: Mapping[str, Any]) -> tuple[float, int]:
     return train_config.get("val_fraction", 0.1), seed
 
 
-def _reads_another_corpus(options: DataOptions, info: ModelInfo) -> bool:
-    """Whether a checkpoint is evaluated on a whole corpus it did not train on: another corpus given,
-    and no split asked for. Every document of it is then held out (a test set beside the training
-    set, as PG-19's test/ beside train/), less any the checkpoint trained on."""
-    return (info.train_config is not None and options.val_fraction is None and options.split_seed is None
-            and not _same_corpus(options.corpus, info.train_config.get("corpus")))
+def _on_own_corpus(options: DataOptions, info: ModelInfo) -> bool:
+    """Whether a checkpoint is evaluated on the corpus it trained on."""
+    return info.train_config is not None and _same_corpus(options.corpus, info.train_config.get("corpus"))
+
+
+def _reads_another_corpus(options: DataOptions, info: ModelInfo, own: bool) -> bool:
+    """Whether a checkpoint is evaluated on a whole corpus it did not train on (``own``: whether it
+    is its own corpus): another corpus given, and no split asked for. Every document of it is then
+    held out (a test set beside the training set, as PG-19's test/ beside train/), less any the
+    checkpoint trained on."""
+    return info.train_config is not None and not own and options.val_fraction is None and options.split_seed is None
 
 
 def _load_trained(kind: str, value: Any, load: Callable[[Any], Any]) -> Any:
@@ -106,11 +111,12 @@ def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[
     corpus, only its training split (a narrowed held-out split leaves documents it never saw);
     when another corpus is held out whole, the checkpoint's own training split."""
     train = info.train_config or {}
-    if _reads_another_corpus(options, info):
+    own = _on_own_corpus(options, info)
+    if _reads_another_corpus(options, info, own):
         return _trained_on(train)
     docs = (load_corpus(options.corpus) if options.corpus is not None
             else _load_trained("corpus", train.get("corpus"), load_corpus))
-    if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
+    if own:
         docs, _ = split_documents(docs, *trained_split(train))
     held = {d.name for d in heldout}
     return [d for d in docs if d.name not in held]
@@ -148,7 +154,8 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
             f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
         )
     docs = load("corpus", load_corpus)
-    if _reads_another_corpus(options, info):
+    own = _on_own_corpus(options, info)  # hashes a given corpus's files: once
+    if _reads_another_corpus(options, info, own):
         return tokenizer, _without_training_text(docs, options.corpus, train)
     trained_fraction, trained_seed = trained_split(train)
     split_seed = options.split_seed if options.split_seed is not None else trained_seed
@@ -156,7 +163,7 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
     _, val = split_documents(docs, val_fraction, split_seed)
     if not val:
         raise ConfigError("the held-out split is empty; raise val_fraction or use a corpus with more documents")
-    if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
+    if own:
         trained_on, _ = split_documents(docs, trained_fraction, trained_seed)
         seen = {d.name for d in trained_on} & {d.name for d in val}
         if seen:  # an overridden split can hand the model its own training text as held-out
