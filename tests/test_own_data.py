@@ -312,3 +312,19 @@ def test_copies_of_a_document_fall_on_one_side_of_the_split():
         train_docs, val_docs = data.split_documents(docs, 0.3, seed)
         assert not {d.text for d in train_docs} & {d.text for d in val_docs}, seed
         assert train_docs and val_docs
+
+
+def test_a_model_trained_in_python_is_evaluated_on_its_own_held_out_documents(tmp_path):
+    # run_eval on result.model knew nothing of its training: the split took seed 0 and val_fraction
+    # 0.1, so a model trained with another seed was scored on documents it trained on
+    corpus = write_corpus(tmp_path / "books", n=10, words=300)
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, seed=3, val_fraction=0.3,
+                      corpus=corpus)
+    result = train(small_config("swa"), cfg, progress=False)
+    trained_on = {d.name for d in data.split_documents(data.load_corpus(corpus), 0.3, 3)[0]}
+    documents = {d.name for d in data.load_corpus(corpus)}
+    for given in ({"corpus": corpus}, {}):  # its own corpus, given or found
+        samples = run_eval("loss_scaling", result.model, None, {"contexts": "16", "tokens_per_context": 640, **given},
+                           progress=False).samples
+        scored = {s["doc"] for s in samples if s["kind"] == "document"}
+        assert scored and scored <= documents and not scored & trained_on, given

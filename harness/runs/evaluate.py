@@ -38,6 +38,7 @@ from harness.api.staging import made_for_results
 from harness.data.heldout import heldout_documents
 from harness.runs.provenance import git_commit, run_metadata, write_run_json
 from harness.train import checkpoint
+from harness.train.trainer import TRAINED_ON_ATTR
 
 
 NONFINITE_METRIC = "task_failed"  # the metric of the status row a non-finite model or output gives
@@ -79,6 +80,8 @@ def resolve_model(
         model = spec
         label = name or f"{model.config.arch}:custom"
         source = "object"
+        trained = dict(getattr(model, TRAINED_ON_ATTR, None) or {})  # one train() returned: what it trained on
+        train_config, trained_data = trained.pop("train_config", None), trained
     else:
         spec = str(spec)
         arch, _, spec_preset = spec.partition(":")

@@ -94,6 +94,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# An attribute of the model train() returns: its training settings and data fingerprints, as a
+# checkpoint's trainer.json holds them, so that run_eval on the object reads its own held-out text.
+TRAINED_ON_ATTR = "lcbench_trained_on"
+
+
 @dataclass
 class TrainResult:
     model: LCModel
@@ -223,7 +228,9 @@ def train(
     parallel: str = "auto",
 ) -> TrainResult:
     """Train a fresh model (or resume the checkpoint in ``out_dir``) for ``cfg.total_steps``.
-    ``parallel``: none, fsdp or ddp (the last two under torchrun); auto picks fsdp there."""
+    ``parallel``: none, fsdp or ddp (the last two under torchrun); auto picks fsdp there. The
+    returned model carries what it trained on (``TRAINED_ON_ATTR``): ``run_eval`` on it evaluates
+    its own held-out documents, as on its checkpoint."""
     if out_dir is not None:  # before any work: a bad folder would otherwise fail only at the first save
         check_out_dir(Path(out_dir), resume)
     elif resume:
@@ -280,6 +287,7 @@ def train(
     if start_step >= total:  # nothing left to train: report the checkpoint as it is
         val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
     elapsed = time.perf_counter() - t0
+    setattr(model, TRAINED_ON_ATTR, {"train_config": cfg.to_dict(), **fingerprints})
     # a checkpoint resumed with a smaller budget stays at its own step: report that one
     return TrainResult(model, max(total, start_step), val_loss, tokens_done / elapsed if tokens_done else 0.0, history)
 
