@@ -328,3 +328,15 @@ def test_a_model_trained_in_python_is_evaluated_on_its_own_held_out_documents(tm
                            progress=False).samples
         scored = {s["doc"] for s in samples if s["kind"] == "document"}
         assert scored and scored <= documents and not scored & trained_on, given
+
+
+def test_a_model_smaller_than_its_tokenizer_is_refused_before_the_corpus_is_tokenized(tmp_path, monkeypatch):
+    # the check came after tokenizing the whole corpus (hours for PG-19 with a BPE); the preset's
+    # vocab_size of 256 is what a Python user gets who forgets to size it to the tokenizer
+    file = tmp_path / "tok" / "tokenizer.json"
+    write_bpe(file)
+    cfg = TrainConfig(steps=1, seq_len=32, corpus=write_corpus(tmp_path / "books"), tokenizer=str(file))
+    monkeypatch.setattr(data, "tokenize_documents", lambda *a, **k: pytest.fail("tokenized before the check"))
+    with pytest.raises(ConfigError, match=r"model vocab_size=256 is smaller than the tokenizer's 300 \(.*tokenizer"
+                                          r"\.json'\): make vocab_size at least 300"):
+        train(small_config("swa", vocab_size=256), cfg, progress=False)

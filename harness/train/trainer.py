@@ -139,8 +139,20 @@ class TrainingData:
     vocab_size: int
 
 
-def prepare_data(cfg: TrainConfig, progress: bool = False) -> TrainingData:
+def check_vocab(model_vocab: int, tokenizer_vocab: int, tokenizer: str | None) -> None:
+    """A model must have an embedding for every id its tokenizer (``tokenizer``: its spec) gives."""
+    if model_vocab < tokenizer_vocab:
+        raise ConfigError(f"model vocab_size={model_vocab} is smaller than the tokenizer's {tokenizer_vocab} "
+                          f"({tokenizer or 'byte'!r}): make vocab_size at least {tokenizer_vocab} (lcbench train and "
+                          "sweeps take it from the tokenizer unless it is set)")
+
+
+def prepare_data(cfg: TrainConfig, progress: bool = False, model_vocab: int | None = None) -> TrainingData:
+    """The packed training and validation rows of ``cfg``'s corpus; ``model_vocab``: checked against
+    the tokenizer before the corpus is tokenized (a large one takes minutes)."""
     tokenizer = data.load_tokenizer(cfg.tokenizer)
+    if model_vocab is not None:
+        check_vocab(model_vocab, tokenizer.vocab_size, cfg.tokenizer)
     docs = data.load_corpus(cfg.corpus)
     train_docs, val_docs = data.split_documents(docs, cfg.val_fraction, cfg.data_split_seed)
     for side, side_docs in (("training", train_docs), ("validation", val_docs)):
@@ -237,11 +249,8 @@ def train(
         raise ConfigError("resuming needs the folder of the checkpoint to continue (--out); none was given")
     replicas = start(parallel, cfg.device)
     device = replicas.device
-    training_data = training_data or prepare_data(cfg, progress and replicas.is_main)
-    if model_config.vocab_size < training_data.vocab_size:
-        raise ConfigError(
-            f"model vocab_size={model_config.vocab_size} is smaller than the tokenizer's {training_data.vocab_size}"
-        )
+    training_data = training_data or prepare_data(cfg, progress and replicas.is_main, model_config.vocab_size)
+    check_vocab(model_config.vocab_size, training_data.vocab_size, cfg.tokenizer)
     torch.manual_seed(cfg.seed)
     model = build_model(model_config).to(device)
     loss_of = replicas.wrap(model)  # FSDP2 shards the parameters: the optimizer comes after
