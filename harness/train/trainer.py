@@ -160,7 +160,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = False, model_vocab: int | No
             raise ConfigError(
                 f"the train/val split of the corpus's {len(docs)} document(s) (val_fraction={cfg.val_fraction}) "
                 f"leaves no {side} documents; it splits whole documents: use a val_fraction above 0 and a corpus "
-                "of at least two documents")
+                "of at least two distinct documents (copies of one text go to one side)")
     train = _pack("training", train_docs, tokenizer, cfg.seq_len, progress)
     val = _pack("validation", val_docs, tokenizer, cfg.seq_len, progress)
     return TrainingData(train, val, tokenizer.vocab_size)
