@@ -151,7 +151,8 @@ def _parse_overrides(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
               help="Validation loss every N steps; 0: only at the end (default 50).")
 @click.option("--save-every", type=int, default=None,
               help="Checkpoint every N steps into --out, so a killed run resumes (default: only at the end).")
-@click.option("--corpus", default=None, help="Local text file, folder, .jsonl or .parquet (default: embedded stdlib corpus).")
+@click.option("--corpus", default=None, help="Local text file, folder, .jsonl or .parquet (default: embedded stdlib "
+              "corpus); records' text is read from field 'text', PATH#FIELD reads another.")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")
 @click.option("--device", default=None, help="auto | cpu | cuda")
 @click.option("--set", "model_set", multiple=True, help="Model config override key=value (repeatable).")
@@ -564,7 +565,8 @@ def import_ttt_e2e_cmd(source: str, out: str, config_path: str | None, tokenizer
 
 
 @main.command("data-report")
-@click.option("--corpus", default=None, help="Local corpus (default: embedded stdlib corpus).")
+@click.option("--corpus", default=None, help="Local corpus (default: embedded stdlib corpus); PATH#FIELD reads "
+              "records' text from FIELD instead of 'text'.")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @friendly_errors
@@ -572,7 +574,7 @@ def data_report(corpus: str | None, tokenizer: str | None, as_json: bool) -> Non
     """Documents, tokens and how many documents reach 4K/16K/64K/128K tokens."""
     from harness import data
 
-    report = data.corpus_report(data.load_corpus(corpus), data.load_tokenizer(tokenizer), source=corpus)
+    report = data.corpus_report(data.load_corpus(corpus), data.load_tokenizer(tokenizer), source=corpus, progress=True)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
 
 

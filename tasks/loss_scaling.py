@@ -129,7 +129,7 @@ class LossScaling(Task):
 
     def run(self, model, options: LossScalingOptions, ctx):
         tokenizer, docs = ctx.heldout(options, model)
-        token_docs = tokenize_documents(docs, tokenizer)
+        token_docs = tokenize_documents(docs, tokenizer, ctx.progress)
         lengths = [t.numel() for t in token_docs]
         plan = options.plan(lengths)
         rows = []

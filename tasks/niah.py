@@ -27,7 +27,7 @@ Two scorings, so that small models that cannot yet generate are still measured:
 
 - ``gen_match``: greedy generation (``prefill`` + ``decode_step``) after the answer start;
   the fraction of expected values found in the generated text (RULER's string_match_all; for
-  one value, whether it was generated);
+  one value, whether it was generated), each as written or as the tokenizer decodes it;
 - ``cand_acc`` and ``value_logprob``: for each expected (key, value), the answer start for that
   key is followed by each of ``candidates`` continuations: the value and distractors (values of
   other keys in the same haystack first, then random values of the same kind; never another
@@ -262,6 +262,14 @@ class PromptBuilder:
             answer = ANSWER_ALL.format(kinds=kinds, keys=keys)
         return header, needle_texts, question, answer
 
+    def found(self, values: list[str], text: str) -> list[bool]:
+        """Whether each value is in the generated ``text``, as written or as the tokenizer gives it
+        back: one that does not decode text as it was (the `tokenizers` quickstart's Whitespace
+        pre-tokenizer decodes '4821937' as '4 8 2 1 9 3 7') changes a copied value so too."""
+        text = text.lower()
+        decoded = [self.tok.decode(self.encode(v)).strip().lower() for v in values]
+        return [v.lower() in text or bool(d) and d in text for v, d in zip(values, decoded)]
+
     def probe_answer(self, key: str) -> list[int]:
         return self.encode(ANSWER_ONE.format(kind=self.opts.value_kind, key=key))
 
@@ -345,7 +353,7 @@ class NIAH(Task):
         tokenizer, docs = ctx.heldout(options, model)
         sep = torch.tensor(tokenizer.encode("\n\n"), dtype=torch.int64)
         parts = []
-        for ids in tokenize_documents(docs, tokenizer):
+        for ids in tokenize_documents(docs, tokenizer, ctx.progress):
             parts += [ids, sep]
         builder = PromptBuilder(tokenizer, torch.cat(parts), options, ctx.seed)
         cells = [(v, h, L) for v in options.variants for h in options.haystacks for L in options.contexts]
@@ -426,7 +434,7 @@ class NIAH(Task):
             generated = greedy_decode(model, logits, s, budget, stop=lambda ids: ids[-1] in builder.newline
                                       and bool(builder.tok.decode(ids).strip()))
             text = builder.tok.decode(generated)
-            found = [v.lower() in text.lower() for _, v in expected]
+            found = builder.found([v for _, v in expected], text)
             scores["gen_match"] = sum(found) / len(found)
             record.update(generated=text, gen_found=found, gen_match=scores["gen_match"])
         if options.rank:

@@ -96,7 +96,7 @@ class Repeat(Task):
 
     def run(self, model, options: RepeatOptions, ctx):
         tokenizer, docs = ctx.heldout(options, model)
-        token_docs = tokenize_documents(docs, tokenizer)
+        token_docs = tokenize_documents(docs, tokenizer, ctx.progress)
         lengths = [t.numel() for t in token_docs]
         longest = options.contexts[-1]
         ends = window_ends(lengths, longest, options.windows * longest)

@@ -220,8 +220,9 @@ class TTTNeighbors(Task):
         o = options
         tokenizer, test_docs = ctx.heldout(o, model)
         train_docs = training_documents(o, ctx.model_info, test_docs)
-        tests, test_where = cut_windows(tokenize_documents(test_docs, tokenizer), o.context, o.test_windows)
-        pool, pool_where = cut_windows(tokenize_documents(train_docs, tokenizer), o.context, o.train_windows)
+        test_ids, train_ids = (tokenize_documents(docs, tokenizer, ctx.progress) for docs in (test_docs, train_docs))
+        tests, test_where = cut_windows(test_ids, o.context, o.test_windows)
+        pool, pool_where = cut_windows(train_ids, o.context, o.train_windows)
         if not len(tests):
             raise ConfigError(f"no held-out document has {o.context} tokens; lower 'context'")
         if len(pool) < o.k:

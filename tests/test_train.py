@@ -236,8 +236,8 @@ def test_a_split_with_an_empty_side_is_clear(tmp_path, change, match):
 
 
 def test_a_split_side_too_short_for_one_row_is_named(tmp_path):
-    for i in range(20):
-        (tmp_path / f"doc{i}.txt").write_text("x" * 100)
+    for i in range(20):  # distinct texts: copies of one text fall on one side of the split
+        (tmp_path / f"doc{i}.txt").write_text(f"{i:02d}" + "x" * 98)
     seq_len = 100 * len(data.split_documents(data.load_corpus(str(tmp_path)), 0.1, 0)[0])  # the training side's size
     with pytest.raises(ConfigError, match=r"the validation split \(\d+ documents\): the documents hold \d+ tokens"):
         prepare_data(TrainConfig(**{**FAST, "seq_len": seq_len, "corpus": str(tmp_path)}))

@@ -53,7 +53,8 @@ class DataOptions:
 
     corpus: str | None = option(None, "corpus (default: the checkpoint's training corpus, else the embedded stdlib)")
     tokenizer: str | None = option(None, "tokenizer (default: the checkpoint's, else bytes)")
-    val_fraction: float | None = option(None, "held-out fraction of documents (default: the checkpoint's, else 0.1)")
+    val_fraction: float | None = option(None, "held-out fraction of documents (default: the checkpoint's on its own "
+                                              "corpus; all of another corpus, less its training text; else 0.1)")
     split_seed: int | None = option(None, "seed of the train/val split (default: the checkpoint's split seed or training seed, else 0)")
 
 
@@ -66,6 +67,8 @@ class ModelInfo:
     params: int
     train_ctx: int | None = None
     train_config: dict[str, Any] | None = None  # the checkpoint's TrainConfig, when it has one
+    # what its corpus's and tokenizer's files held when it trained ("corpus_fingerprint", "tokenizer_fingerprint")
+    trained_data: dict[str, str] = field(default_factory=dict)
     source: str = "preset"  # "checkpoint", "preset" (untrained weights) or "object" (a model built in Python)
     path: str | None = None
 

@@ -21,13 +21,14 @@ from harness.data.packing import (
     tokenize_documents,
 )
 from harness.data.report import CorpusReport, corpus_report
-from harness.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from harness.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer, tokenizer_fingerprint
 
 __all__ = [
     "Tokenizer",
     "ByteTokenizer",
     "HFTokenizer",
     "load_tokenizer",
+    "tokenizer_fingerprint",
     "Document",
     "embedded_corpus",
     "load_corpus",

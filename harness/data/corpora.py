@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.api.errors import ConfigError, close_match
-from harness.data.local import missing_package, missing_path_error
+from harness.data.local import hash_file, missing_package, missing_path_error
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,34 @@ _CORPUS_VALID = (
 )
 
 
-def _field_error(field: str, where: str, present: Sequence[str]) -> ConfigError:
+FIELD_MARK = "#"  # a corpus source PATH#FIELD: its records' text is in FIELD (default "text")
+
+
+class TextFieldError(ConfigError):
+    """Records without the text field; ``suggestion`` is the close match among their fields."""
+
+    def __init__(self, message: str, suggestion: str | None = None):
+        super().__init__(message)
+        self.suggestion = suggestion
+
+
+def _field_error(field: str, where: str, present: Sequence[str]) -> TextFieldError:
     msg = f"text field {field!r} not found in {where}; fields there: {', '.join(map(str, present)) or '(none)'}"
     suggestion = close_match(field, [str(p) for p in present])
     if suggestion is not None:
         msg += f". Did you mean text field {suggestion!r}?"
-    return ConfigError(msg)
+    return TextFieldError(msg, suggestion)
+
+
+def source_path(source: str) -> tuple[Path, str | None]:
+    """(path, text field or None) of a corpus source: ``PATH#FIELD`` names the field that holds the
+    text of JSONL, Parquet and ``datasets`` records. A path that exists as given (a file whose name
+    holds ``#``) is read as it is."""
+    path = Path(source).expanduser()
+    base, mark, field = source.rpartition(FIELD_MARK)
+    if mark and base and field and not path.exists():
+        return Path(base).expanduser(), field
+    return path, None
 
 
 def _documents(prefix: str, texts: Sequence[Any], where: str, field: str) -> list[Document]:
@@ -220,7 +242,7 @@ def _load_folder(root: Path, field: str) -> list[Document]:
             docs.append(Document(name, _read_text(file)))
     if binary:
         warnings.warn(f"corpus {str(root)!r}: skipped {len(binary)} binary file(s) (a NUL byte in the first "
-                      f"8 KiB), e.g. {binary[0]!r}", CorpusWarning, stacklevel=3)
+                      f"8 KiB), e.g. {binary[0]!r}", CorpusWarning, stacklevel=4)
     return docs
 
 
@@ -242,14 +264,7 @@ def hash_files(root: Path, digest: Any) -> None:
     """Feed every file under ``root`` (its relative name, a NUL, its bytes), in sorted path
     order, into ``digest`` (a :mod:`hashlib` object)."""
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        _hash_file(digest, str(file.relative_to(root)), file)
-
-
-def _hash_file(digest: Any, name: str, file: Path) -> None:
-    digest.update(name.encode() + b"\0")
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 22):  # large corpora are hashed without being held in memory
-            digest.update(chunk)
+        hash_file(digest, str(file.relative_to(root)), file)
 
 
 def corpus_fingerprint(source: str | None) -> str:
@@ -259,19 +274,42 @@ def corpus_fingerprint(source: str | None) -> str:
     then fails with its own clear error)."""
     if source is None or source == STDLIB_SOURCE:
         return _stdlib_description()
-    path = Path(source).expanduser()
+    path, field = source_path(source)
     if not path.exists():
         return f"absent:{path}"
     digest = hashlib.sha256()
     if path.is_dir():
         hash_files(path, digest)
     else:
-        _hash_file(digest, path.name, path)
+        hash_file(digest, path.name, path)
+    if field is not None:  # other records' text (no field: the hash stays what it was)
+        digest.update(f"{FIELD_MARK}{field}".encode())
     return digest.hexdigest()[:16]
+
+
+def _load_path(path: Path, field: str, field_given: bool) -> list[Document]:
+    if path.is_dir():
+        return _load_datasets_folder(path, field) if _is_datasets_folder(path) else _load_folder(path, field)
+    if path.suffix == ".jsonl":
+        return _load_jsonl(path, field, path.name)
+    if path.suffix == ".parquet":
+        return _load_parquet(path, field, path.name)
+    if path.suffix in _TEXT_SUFFIXES:
+        if field_given:
+            raise ConfigError(f"corpus {path.name!r} is a text file: a text field ({field!r}) applies to the "
+                              "records of .jsonl and .parquet files and `datasets` folders only")
+        return [Document(path.name, _read_text(path))]
+    raise ConfigError(
+        f"corpus file {str(path)!r} has an unsupported extension {path.suffix!r}; valid: "
+        f"{', '.join(_TEXT_SUFFIXES + _RECORD_SUFFIXES)} files, or a folder"
+    )
 
 
 def load_corpus(source: str | None = None, text_field: str = "text") -> list[Document]:
     """Documents from ``source``; ``None`` or ``"stdlib"`` is :func:`embedded_corpus`.
+
+    ``PATH#FIELD`` reads the text of records (JSONL, Parquet, ``datasets``) from FIELD instead of
+    ``text_field``; this is how a command, a spec or a task option names it.
 
     - a ``.txt`` or ``.md`` file: one document, named after the file;
     - a ``.jsonl`` file: one document per line, from its ``text_field`` (``file:LINE``);
@@ -287,22 +325,15 @@ def load_corpus(source: str | None = None, text_field: str = "text") -> list[Doc
     """
     if source is None or source == STDLIB_SOURCE:
         return embedded_corpus()
-    path = Path(source).expanduser()
+    path, field = source_path(source)
     if not path.exists():
         raise missing_path_error("corpus", path, _CORPUS_VALID, names=(STDLIB_SOURCE,))
-    if path.is_dir():
-        docs = _load_datasets_folder(path, text_field) if _is_datasets_folder(path) else _load_folder(path, text_field)
-    elif path.suffix == ".jsonl":
-        docs = _load_jsonl(path, text_field, path.name)
-    elif path.suffix == ".parquet":
-        docs = _load_parquet(path, text_field, path.name)
-    elif path.suffix in _TEXT_SUFFIXES:
-        docs = [Document(path.name, _read_text(path))]
-    else:
-        raise ConfigError(
-            f"corpus file {str(path)!r} has an unsupported extension {path.suffix!r}; valid: "
-            f"{', '.join(_TEXT_SUFFIXES + _RECORD_SUFFIXES)} files, or a folder"
-        )
+    try:
+        docs = _load_path(path, field or text_field, field is not None)
+    except TextFieldError as exc:  # say how to name the field: load_corpus's argument reaches no command
+        named = f"{path}{FIELD_MARK}{exc.suggestion or 'FIELD'}"
+        end = "" if exc.suggestion else "."  # after "Did you mean ...?", or after the list of fields
+        raise TextFieldError(f"{exc}{end} Name it after the corpus: {named!r}", exc.suggestion) from None
     docs = [d for d in docs if d.text]
     if not docs:
         raise ConfigError(f"corpus {str(path)!r} holds no non-empty text documents")

@@ -2,20 +2,23 @@
 
 Runners hand :func:`heldout_documents` to tasks as ``RunContext.heldout``. Unset data options
 take the checkpoint's training settings (corpus, tokenizer, validation fraction, split seed), so a
-checkpoint is evaluated on its own validation documents.
+checkpoint is evaluated on its own validation documents. A checkpoint given another corpus (a test
+set beside its training set) is evaluated on all of it, less any text it trained on, unless a
+split is asked for.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness.api.errors import ConfigError
 from harness.api.interface import LCModel
 from harness.api.task import DataOptions, ModelInfo
-from harness.data.corpora import Document, corpus_fingerprint, load_corpus
+from harness.data.corpora import CorpusWarning, Document, corpus_fingerprint, load_corpus
 from harness.data.packing import split_documents
-from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer
+from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer, tokenizer_fingerprint
 
 # Either file marks a folder AutoTokenizer loads (tokenizer.json alone loads as a fast tokenizer).
 HF_TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")
@@ -50,15 +53,87 @@ def trained_split(train_config: Mapping[str, Any]) -> tuple[float, int]:
     return train_config.get("val_fraction", 0.1), seed
 
 
+def _on_own_corpus(options: DataOptions, info: ModelInfo) -> bool:
+    """Whether a checkpoint is evaluated on the corpus it trained on."""
+    return info.train_config is not None and _same_corpus(options.corpus, info.train_config.get("corpus"))
+
+
+def _reads_another_corpus(options: DataOptions, info: ModelInfo, own: bool) -> bool:
+    """Whether a checkpoint is evaluated on a whole corpus it did not train on (``own``: whether it
+    is its own corpus): another corpus given, and no split asked for. Every document of it is then
+    held out (a test set beside the training set, as PG-19's test/ beside train/), less any the
+    checkpoint trained on."""
+    return info.train_config is not None and not own and options.val_fraction is None and options.split_seed is None
+
+
+def _load_trained(kind: str, value: Any, load: Callable[[Any], Any]) -> Any:
+    """``load(value)``, a corpus or tokenizer that the checkpoint's training settings name: a failure
+    says whose it is (a relative path is read from here, not from where the checkpoint trained)."""
+    try:
+        return load(value)
+    except ConfigError as exc:
+        relative = isinstance(value, str) and not Path(value).expanduser().is_absolute()
+        raise ConfigError(
+            f"the checkpoint's {kind}, {value!r}"
+            + (" (a relative path, read from where it trained)" if relative else "")
+            + f", cannot be read from {str(Path.cwd())!r}: {exc}; give the task's {kind!r} option") from None
+
+
+def _trained_on(train_config: Mapping[str, Any]) -> list[Document]:
+    """The training split of a checkpoint's own corpus."""
+    docs = _load_trained("corpus", train_config.get("corpus"), load_corpus)
+    return split_documents(docs, *trained_split(train_config))[0]
+
+
+def _without_training_text(docs: list[Document], source: str, train_config: Mapping[str, Any]) -> list[Document]:
+    """``docs`` less those whose text the checkpoint trained on (``source`` holds its training
+    corpus: the folder above it, a copy)."""
+    try:
+        seen = {d.text for d in _trained_on(train_config)}
+    except ConfigError as exc:  # moved or deleted since it trained: nothing to compare with
+        warnings.warn(f"corpus {source!r}: could not check it for the checkpoint's training text ({exc})",
+                      CorpusWarning, stacklevel=3)
+        return docs
+    kept = [d for d in docs if d.text not in seen]
+    if len(kept) < len(docs):
+        first = next(d.name for d in docs if d.text in seen)
+        if not kept:
+            raise ConfigError(f"every document of corpus {source!r} is text the checkpoint trained on, e.g. "
+                              f"{first!r}; evaluate on documents it did not see")
+        warnings.warn(f"{len(docs) - len(kept)} of the {len(docs)} documents of corpus {source!r} are text the "
+                      f"checkpoint trained on (e.g. {first!r}); they are left out of the held-out documents",
+                      CorpusWarning, stacklevel=3)
+    return kept
+
+
 def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[Document]) -> list[Document]:
     """The documents outside ``heldout`` that count as training text: on the checkpoint's own
-    corpus, only its training split (a narrowed held-out split leaves documents it never saw)."""
+    corpus, only its training split (a narrowed held-out split leaves documents it never saw);
+    when another corpus is held out whole, the checkpoint's own training split."""
     train = info.train_config or {}
-    docs = load_corpus(options.corpus if options.corpus is not None else train.get("corpus"))
-    if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
+    own = _on_own_corpus(options, info)
+    if _reads_another_corpus(options, info, own):
+        return _trained_on(train)
+    docs = (load_corpus(options.corpus) if options.corpus is not None
+            else _load_trained("corpus", train.get("corpus"), load_corpus))
+    if own:
         docs, _ = split_documents(docs, *trained_split(train))
     held = {d.name for d in heldout}
     return [d for d in docs if d.name not in held]
+
+
+def _check_trained_tokenizer(options: DataOptions, info: ModelInfo) -> None:
+    """Raise if the tokenizer the checkpoint trained with is read from files changed since: the
+    held-out text would become other ids than the model learnt."""
+    trained = (info.train_config or {}).get("tokenizer")
+    recorded = info.trained_data.get("tokenizer_fingerprint")
+    if recorded is None or options.tokenizer not in (None, trained):
+        return
+    now = tokenizer_fingerprint(trained)
+    if now != recorded:
+        raise ConfigError(
+            f"the checkpoint's tokenizer {trained!r} holds other files than when it trained (fingerprint {recorded} -> "
+            f"{now}): its token ids are not the ones the model learnt; restore the tokenizer's files")
 
 
 def heldout_documents(options: DataOptions, info: ModelInfo,
@@ -66,24 +141,29 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
     """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
     train = {**(info.train_config or {}), "tokenizer": checkpoint_tokenizer(info)}
 
-    def pick(name: str, key: str, default: Any) -> Any:
-        value = getattr(options, name)
-        return value if value is not None else train.get(key, default)
+    def load(name: str, loader: Callable[[Any], Any]) -> Any:
+        """The data option ``name`` loaded: the given one, else the checkpoint's."""
+        given = getattr(options, name)
+        return loader(given) if given is not None else _load_trained(name, train.get(name), loader)
 
-    tokenizer = load_tokenizer(pick("tokenizer", "tokenizer", None))
+    tokenizer = load("tokenizer", load_tokenizer)
+    _check_trained_tokenizer(options, info)
     if model is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigError(
             f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
             f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
         )
-    docs = load_corpus(pick("corpus", "corpus", None))
+    docs = load("corpus", load_corpus)
+    own = _on_own_corpus(options, info)  # hashes a given corpus's files: once
+    if _reads_another_corpus(options, info, own):
+        return tokenizer, _without_training_text(docs, options.corpus, train)
     trained_fraction, trained_seed = trained_split(train)
     split_seed = options.split_seed if options.split_seed is not None else trained_seed
-    val_fraction = pick("val_fraction", "val_fraction", 0.1)
+    val_fraction = options.val_fraction if options.val_fraction is not None else trained_fraction
     _, val = split_documents(docs, val_fraction, split_seed)
     if not val:
         raise ConfigError("the held-out split is empty; raise val_fraction or use a corpus with more documents")
-    if info.train_config is not None and _same_corpus(options.corpus, train.get("corpus")):
+    if own:
         trained_on, _ = split_documents(docs, trained_fraction, trained_seed)
         seen = {d.name for d in trained_on} & {d.name for d in val}
         if seen:  # an overridden split can hand the model its own training text as held-out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.api.errors import ConfigError, close_match
 
@@ -43,3 +44,11 @@ def missing_path_error(kind: str, path: Path, valid: str, names: Sequence[str] =
     if suggestion is not None:
         msg += f". Did you mean {str(parent / suggestion)!r}?"
     return ConfigError(msg)
+
+
+def hash_file(digest: Any, name: str, file: Path) -> None:
+    """Feed ``name``, a NUL and the bytes of ``file`` into ``digest`` (a :mod:`hashlib` object)."""
+    digest.update(name.encode() + b"\0")
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 22):  # large corpora are hashed without being held in memory
+            digest.update(chunk)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
+from tqdm.auto import tqdm
 
 from harness.api.errors import ConfigError
 from harness.data.corpora import Document
@@ -29,20 +30,25 @@ def split_documents(
 ) -> tuple[list[Document], list[Document]]:
     """(train, val), split by document: a document goes to val when the hash of (seed, name) is
     below ``val_fraction``, so its side does not depend on the other documents (the same stdlib
-    package lands on the same side on every Python version). With ``val_fraction > 0`` and at
-    least two documents, each side gets at least one (the lowest-hash document moves to val,
-    or the highest to train). Order within each side is the input order.
+    package lands on the same side on every Python version). Copies (documents of the same text:
+    a LICENSE in every folder of a code tree, a book twice) go where the first of them goes, so
+    none is trained on while another is held out. With ``val_fraction > 0`` and at least two
+    distinct documents, each side gets at least one (the lowest-hash document moves to val, or the
+    highest to train). Order within each side is the input order.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     docs = list(docs)
-    keys = [_unit_hash("split", seed, d.name) for d in docs]
+    first_copy: dict[str, int] = {}
+    keys = [_unit_hash("split", seed, docs[first_copy.setdefault(d.text, i)].name) for i, d in enumerate(docs)]
     is_val = [val_fraction > 0 and k < val_fraction for k in keys]
-    if val_fraction > 0 and len(docs) >= 2:
+    if val_fraction > 0 and len(set(keys)) >= 2:
         if not any(is_val):
-            is_val[min(range(len(docs)), key=keys.__getitem__)] = True
+            lowest = min(keys)
+            is_val = [k == lowest for k in keys]
         elif all(is_val):
-            is_val[max(range(len(docs)), key=keys.__getitem__)] = False
+            highest = max(keys)
+            is_val = [k != highest for k in keys]
     train = [d for d, v in zip(docs, is_val) if not v]
     val = [d for d, v in zip(docs, is_val) if v]
     return train, val
@@ -67,8 +73,11 @@ def _cache_put(key: tuple[str, Document], ids: torch.Tensor) -> None:
         _token_cache_size -= old.numel()
 
 
-def tokenize_documents(docs: Sequence[Document], tokenizer: Tokenizer) -> list[torch.Tensor]:
-    """One 1-D int64 tensor per document (no special tokens added); cached per process."""
+def tokenize_documents(docs: Sequence[Document], tokenizer: Tokenizer, progress: bool = False,
+                       desc: str = "tokenize") -> list[torch.Tensor]:
+    """One 1-D int64 tensor per document (no special tokens added); cached per process.
+    ``progress``: a bar over the characters to tokenize, shown once it has taken a second (a BPE
+    reads about a megabyte a second: a large corpus takes minutes)."""
     out: list[torch.Tensor | None] = []
     todo: list[int] = []
     for i, doc in enumerate(docs):
@@ -80,6 +89,8 @@ def tokenize_documents(docs: Sequence[Document], tokenizer: Tokenizer) -> list[t
         out.append(ids)
     encode_tensor = getattr(tokenizer, "encode_tensor", None)
     encode_batch = getattr(tokenizer, "encode_batch", None)
+    bar = tqdm(total=sum(len(docs[i].text) for i in todo), disable=not (progress and todo), desc=desc, unit="char",
+               unit_scale=True, delay=1.0, leave=False)
     for start in range(0, len(todo), 64):
         chunk = todo[start : start + 64]
         texts = [docs[i].text for i in chunk]
@@ -92,6 +103,8 @@ def tokenize_documents(docs: Sequence[Document], tokenizer: Tokenizer) -> list[t
         for i, ids in zip(chunk, encoded):
             out[i] = ids
             _cache_put((tokenizer.name, docs[i]), ids)
+        bar.update(sum(len(t) for t in texts))
+    bar.close()
     return out  # type: ignore[return-value]
 
 

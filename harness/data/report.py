@@ -65,17 +65,18 @@ def corpus_report(
     val_fraction: float = 0.1,
     seed: int = 0,
     source: str | None = None,
+    progress: bool = False,
 ) -> CorpusReport:
     """Sizes of ``docs`` under ``tokenizer``: documents, tokens, how many documents reach each
     length threshold (overall and in the validation split), the longest and the median.
     ``source`` describes where the documents came from (defaults to the stdlib's description
-    when ``docs`` is the embedded corpus)."""
+    when ``docs`` is the embedded corpus); ``progress``: a bar while a large corpus is tokenized."""
     docs = list(docs)
     if not docs:
         raise ConfigError("the corpus has no documents")
     if source is None:
         source = describe_documents(docs)
-    lengths = [ids.numel() for ids in tokenize_documents(docs, tokenizer)]
+    lengths = [ids.numel() for ids in tokenize_documents(docs, tokenizer, progress)]
     length_of = {id(d): n for d, n in zip(docs, lengths)}
     train, val = split_documents(docs, val_fraction, seed)
     val_lengths = [length_of[id(d)] for d in val]

@@ -6,10 +6,12 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 from collections.abc import Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from harness.api.errors import ConfigError
-from harness.data.local import listing, missing_package, missing_path_error
+from harness.data.local import hash_file, listing, missing_package, missing_path_error
 
 
 TOKENIZER_DIR = "tokenizer"  # a checkpoint's own tokenizer folder (an import copies the source's there)
@@ -71,7 +73,26 @@ class ByteTokenizer:
 
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eos|>", "[SEP]")
 
+# The files a tokenizer folder is read from (not a checkpoint's weights beside them).
+_TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges*", "*.model",
+                    "*.tiktoken", "chat_template*")
 
+
+def tokenizer_fingerprint(spec: str | os.PathLike[str] | None) -> str:
+    """What tokenizer ``spec`` holds: ``byte``, or a short hash of its file (a folder: of its tokenizer
+    files), so that what is keyed on it (token caches, a resumed run, a sweep's models) changes when
+    a tokenizer is retrained at the same path. A path that does not exist is ``absent:PATH``."""
+    if spec is None or spec == ByteTokenizer.name:
+        return ByteTokenizer.name
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return f"absent:{path}"
+    files = [path] if path.is_file() else sorted(
+        f for f in path.iterdir() if f.is_file() and any(fnmatch(f.name, pattern) for pattern in _TOKENIZER_FILES))
+    digest = hashlib.sha256()
+    for file in files:
+        hash_file(digest, file.name, file)
+    return digest.hexdigest()[:16]
 
 
 def auto_tokenizer(folder: str | os.PathLike[str]) -> Any:
@@ -99,8 +120,10 @@ class HFTokenizer:
       loaded with ``tokenizers`` instead (``eos_token`` then comes from ``tokenizer_config.json``).
 
     Text is encoded without special tokens (no BOS/EOS added); ``eos_id`` is the tokenizer's end
-    token, if it has one, for use as a document separator; ``bos_id`` is the start token the
-    tokenizer adds by default (as a Llama tokenizer adds ``<s>``), else None.
+    token, if it has one, for use as a document separator (the tokenizer's own, else the first of
+    ``_EOS_CANDIDATES`` in its vocabulary, either way it is loaded); ``bos_id`` is the start token
+    the tokenizer adds by default (as a Llama tokenizer adds ``<s>``), else None. ``name`` is
+    ``hf:PATH@HASH``, the hash of its files (:func:`tokenizer_fingerprint`).
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -111,7 +134,8 @@ class HFTokenizer:
                 names=(ByteTokenizer.name,),
             )
         self.path = p.resolve()
-        self.name = f"hf:{self.path}"
+        # the files' content too: a tokenizer retrained at the same path must not reuse cached ids
+        self.name = f"hf:{self.path}@{tokenizer_fingerprint(self.path)}"
         self._hf: Any = None  # transformers tokenizer
         self._tk: Any = None  # tokenizers.Tokenizer
         if p.is_dir():
@@ -140,7 +164,8 @@ class HFTokenizer:
         if self._hf is not None:
             self.vocab_size = int(len(self._hf))
             eos = getattr(self._hf, "eos_token_id", None)
-            self.eos_id = None if eos is None else int(eos)
+            # a folder holding only a tokenizer.json names no eos_token: look for one as for the file
+            self.eos_id = int(eos) if eos is not None else _first_in_vocab(_EOS_CANDIDATES, self._hf.get_vocab().get)
             self.bos_id = self._added_start(self._hf.encode("a", add_special_tokens=True), self.encode("a"))
         else:
             self.vocab_size = int(self._tk.get_vocab_size(with_added_tokens=True))
@@ -175,11 +200,7 @@ class HFTokenizer:
                 token = token.get("content")
             if isinstance(token, str):
                 names.insert(0, token)
-        for token in names:
-            tid = self._tk.token_to_id(token)
-            if tid is not None:
-                return int(tid)
-        return None
+        return _first_in_vocab(names, self._tk.token_to_id)
 
     def encode(self, text: str) -> list[int]:
         if self._hf is not None:
@@ -200,6 +221,15 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r})"
+
+
+def _first_in_vocab(tokens: Sequence[str], token_id: Any) -> int | None:
+    """The id of the first of ``tokens`` that ``token_id`` (token -> id or None) knows, else None."""
+    for token in tokens:
+        tid = token_id(token)
+        if tid is not None:
+            return int(tid)
+    return None
 
 
 def load_tokenizer(spec: str | None = None) -> Tokenizer:

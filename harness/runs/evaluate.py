@@ -38,6 +38,7 @@ from harness.api.staging import made_for_results
 from harness.data.heldout import heldout_documents
 from harness.runs.provenance import git_commit, run_metadata, write_run_json
 from harness.train import checkpoint
+from harness.train.trainer import TRAINED_ON_ATTR
 
 
 NONFINITE_METRIC = "task_failed"  # the metric of the status row a non-finite model or output gives
@@ -70,7 +71,7 @@ def resolve_model(
     backend (the model is rebuilt from its config with the same weights)."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    train_config, path, source = None, None, "preset"
+    train_config, trained_data, path, source = None, {}, None, "preset"
     if preset is not None and (isinstance(spec, LCModel) or checkpoint.is_checkpoint(str(spec))):
         what = "a checkpoint folder" if not isinstance(spec, LCModel) else "a built model"
         raise ConfigError(f"preset {preset!r} cannot apply to {what}: it has its own config; give a preset only "
@@ -79,6 +80,8 @@ def resolve_model(
         model = spec
         label = name or f"{model.config.arch}:custom"
         source = "object"
+        trained = dict(getattr(model, TRAINED_ON_ATTR, None) or {})  # one train() returned: what it trained on
+        train_config, trained_data = trained.pop("train_config", None), trained
     else:
         spec = str(spec)
         arch, _, spec_preset = spec.partition(":")
@@ -89,6 +92,7 @@ def resolve_model(
             try:
                 state, _ = checkpoint.load_trainer_state(spec)
                 train_config = state.get("train_config")
+                trained_data = {k: state[k] for k in ("corpus_fingerprint", "tokenizer_fingerprint") if k in state}
             except Exception:  # noqa: BLE001 - a weights-only checkpoint has no training state
                 train_config = None
         else:
@@ -117,6 +121,7 @@ def resolve_model(
     train_ctx = (train_config or {}).get("seq_len")
     info = ModelInfo(name=label, arch=model.config.arch, params=int(model.num_params(non_embedding=True)),
                      train_ctx=int(train_ctx) if train_ctx else None, train_config=train_config,
+                     trained_data=trained_data,
                      source=source, path=path)
     return model, info
 

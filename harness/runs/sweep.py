@@ -67,7 +67,7 @@ from harness.api.task import ModelInfo
 from harness.api.staging import prepare_output
 from harness.api.timing import free_memory
 from harness.data.corpora import corpus_fingerprint
-from harness.data.tokenizers import load_tokenizer
+from harness.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
 from harness.runs.provenance import (config_hash, device_record, git_commit, read_run_json, run_metadata,
@@ -287,8 +287,11 @@ class SeededModel:
         if self.entry.untrained:
             return {"config": config.to_dict(), "untrained": True, "seed": self.seed}
         train_config = self.train_config()
-        return {"config": config.to_dict(), "train": train_config.to_dict(),
-                "corpus": self.corpus_fingerprint(train_config.corpus)}
+        identity = {"config": config.to_dict(), "train": train_config.to_dict(),
+                    "corpus": self.corpus_fingerprint(train_config.corpus)}
+        if train_config.tokenizer is not None:  # its files, not its path (bytes: no entry, keys as before)
+            identity["tokenizer"] = tokenizer_fingerprint(train_config.tokenizer)
+        return identity
 
     def corpus_fingerprint(self, source: str | None) -> str:
         if source not in self.fingerprints:
@@ -372,9 +375,11 @@ def plan(spec: SweepSpec) -> list[Cell]:
         for task in spec.tasks:
             for options in task.option_sets(length):
                 data = model.corpus_fingerprint(options.get("corpus") or trained_on)
-                key = config_hash({"run": spec.name, "model": model_id, "task": task.task, "options": options,
-                                   "data": data, "device": spec.device, "dtype": spec.dtype})
-                cells.append(Cell(key, model, task.task, options))
+                fields = {"run": spec.name, "model": model_id, "task": task.task, "options": options,
+                          "data": data, "device": spec.device, "dtype": spec.dtype}
+                if options.get("tokenizer") is not None:  # its files (none given: keys as before)
+                    fields["tokenizer"] = tokenizer_fingerprint(options["tokenizer"])
+                cells.append(Cell(config_hash(fields), model, task.task, options))
     return cells
 
 

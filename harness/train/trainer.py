@@ -94,6 +94,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# An attribute of the model train() returns: its training settings and data fingerprints, as a
+# checkpoint's trainer.json holds them, so that run_eval on the object reads its own held-out text.
+TRAINED_ON_ATTR = "lcbench_trained_on"
+
+
 @dataclass
 class TrainResult:
     model: LCModel
@@ -134,8 +139,20 @@ class TrainingData:
     vocab_size: int
 
 
-def prepare_data(cfg: TrainConfig) -> TrainingData:
+def check_vocab(model_vocab: int, tokenizer_vocab: int, tokenizer: str | None) -> None:
+    """A model must have an embedding for every id its tokenizer (``tokenizer``: its spec) gives."""
+    if model_vocab < tokenizer_vocab:
+        raise ConfigError(f"model vocab_size={model_vocab} is smaller than the tokenizer's {tokenizer_vocab} "
+                          f"({tokenizer or 'byte'!r}): make vocab_size at least {tokenizer_vocab} (lcbench train and "
+                          "sweeps take it from the tokenizer unless it is set)")
+
+
+def prepare_data(cfg: TrainConfig, progress: bool = False, model_vocab: int | None = None) -> TrainingData:
+    """The packed training and validation rows of ``cfg``'s corpus; ``model_vocab``: checked against
+    the tokenizer before the corpus is tokenized (a large one takes minutes)."""
     tokenizer = data.load_tokenizer(cfg.tokenizer)
+    if model_vocab is not None:
+        check_vocab(model_vocab, tokenizer.vocab_size, cfg.tokenizer)
     docs = data.load_corpus(cfg.corpus)
     train_docs, val_docs = data.split_documents(docs, cfg.val_fraction, cfg.data_split_seed)
     for side, side_docs in (("training", train_docs), ("validation", val_docs)):
@@ -143,17 +160,19 @@ def prepare_data(cfg: TrainConfig) -> TrainingData:
             raise ConfigError(
                 f"the train/val split of the corpus's {len(docs)} document(s) (val_fraction={cfg.val_fraction}) "
                 f"leaves no {side} documents; it splits whole documents: use a val_fraction above 0 and a corpus "
-                "of at least two documents")
-    train = _pack("training", train_docs, tokenizer, cfg.seq_len)
-    val = _pack("validation", val_docs, tokenizer, cfg.seq_len)
+                "of at least two distinct documents (copies of one text go to one side)")
+    train = _pack("training", train_docs, tokenizer, cfg.seq_len, progress)
+    val = _pack("validation", val_docs, tokenizer, cfg.seq_len, progress)
     return TrainingData(train, val, tokenizer.vocab_size)
 
 
-def _pack(side: str, docs: list[data.Document], tokenizer: data.Tokenizer, seq_len: int) -> torch.Tensor:
+def _pack(side: str, docs: list[data.Document], tokenizer: data.Tokenizer, seq_len: int,
+          progress: bool) -> torch.Tensor:
     """Rows of ``docs`` laid end to end, each followed by the tokenizer's end token if it has one
     (bytes have none): a row crossing into the next document shows where it starts."""
     try:
-        return data.pack_sequences(data.tokenize_documents(docs, tokenizer), seq_len, separator=tokenizer.eos_id)
+        token_docs = data.tokenize_documents(docs, tokenizer, progress, desc=f"tokenize {side} split")
+        return data.pack_sequences(token_docs, seq_len, separator=tokenizer.eos_id)
     except ConfigError as exc:  # name the side that is too short
         raise ConfigError(f"the {side} split ({len(docs)} documents): {exc}") from None
 
@@ -221,26 +240,25 @@ def train(
     parallel: str = "auto",
 ) -> TrainResult:
     """Train a fresh model (or resume the checkpoint in ``out_dir``) for ``cfg.total_steps``.
-    ``parallel``: none, fsdp or ddp (the last two under torchrun); auto picks fsdp there."""
+    ``parallel``: none, fsdp or ddp (the last two under torchrun); auto picks fsdp there. The
+    returned model carries what it trained on (``TRAINED_ON_ATTR``): ``run_eval`` on it evaluates
+    its own held-out documents, as on its checkpoint."""
     if out_dir is not None:  # before any work: a bad folder would otherwise fail only at the first save
         check_out_dir(Path(out_dir), resume)
     elif resume:
         raise ConfigError("resuming needs the folder of the checkpoint to continue (--out); none was given")
     replicas = start(parallel, cfg.device)
     device = replicas.device
-    training_data = training_data or prepare_data(cfg)
-    if model_config.vocab_size < training_data.vocab_size:
-        raise ConfigError(
-            f"model vocab_size={model_config.vocab_size} is smaller than the tokenizer's {training_data.vocab_size}"
-        )
+    training_data = training_data or prepare_data(cfg, progress and replicas.is_main, model_config.vocab_size)
+    check_vocab(model_config.vocab_size, training_data.vocab_size, cfg.tokenizer)
     torch.manual_seed(cfg.seed)
     model = build_model(model_config).to(device)
     loss_of = replicas.wrap(model)  # FSDP2 shards the parameters: the optimizer comes after
     optimizer = make_optimizer(model, cfg)
     start_step, history = 0, []
-    corpus = data.corpus_fingerprint(cfg.corpus)  # what the files hold: a checkpoint resumes on the same text
+    fingerprints = data_fingerprints(cfg)
     if resume and out_dir is not None:
-        start_step, history = _restore(out_dir, model, optimizer, cfg, replicas, corpus)
+        start_step, history = _restore(out_dir, model, optimizer, cfg, replicas, fingerprints)
     amp_dtype = autocast_dtype(cfg.dtype, device)
     total = cfg.total_steps
     on_step = getattr(model, "on_train_step", None)
@@ -275,10 +293,11 @@ def train(
         history.append(record)
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{val_loss:.3f}")
         if out_dir is not None and (last or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
-            _save(out_dir, model, optimizer, cfg, step + 1, history, replicas, corpus)
+            _save(out_dir, model, optimizer, cfg, step + 1, history, replicas, fingerprints)
             saved_step = step + 1
     if start_step >= total:  # nothing left to train: report the checkpoint as it is
         val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
+    setattr(model, TRAINED_ON_ATTR, {"train_config": cfg.to_dict(), **fingerprints})
     # a checkpoint resumed with a smaller budget stays at its own step: report that one
     return TrainResult(model, max(total, start_step), val_loss, tokens_done / train_s if tokens_done else 0.0, history)
 
@@ -338,10 +357,17 @@ def lost_rank_error(exc: torch.distributed.DistError, replicas: Replicas, step: 
     return DistributedError(f"rank {replicas.rank}: lost another process at step {step + 1} ({first}); {where}")
 
 
+def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
+    """What the corpus's and the tokenizer's files hold (saved beside the run's settings, which name
+    them by path only): a checkpoint resumes on the same text and the same token ids."""
+    return {"corpus_fingerprint": data.corpus_fingerprint(cfg.corpus),
+            "tokenizer_fingerprint": data.tokenizer_fingerprint(cfg.tokenizer)}
+
+
 def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list, replicas: Replicas,
-          corpus: str) -> None:
+          fingerprints: dict[str, str]) -> None:
     state = {"step": step, "train_config": cfg.to_dict(), "history": history, "rng": torch.get_rng_state().tolist(),
-             "corpus_fingerprint": corpus}
+             **fingerprints}
     if replicas.in_process_group:
         sharded.save(out_dir, model, optimizer, {**state, "world_size": replicas.world_size})
     else:
@@ -349,7 +375,7 @@ def _save(out_dir, model, optimizer, cfg: TrainConfig, step: int, history: list,
 
 
 def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Replicas,
-             corpus: str) -> tuple[int, list]:
+             fingerprints: dict[str, str]) -> tuple[int, list]:
     saved_config = checkpoint.read_config(out_dir)
     if saved_config != model.config:
         raise checkpoint.CheckpointError(
@@ -369,11 +395,13 @@ def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Rep
             f"cannot resume {str(out_dir)!r} with other training settings than it was started with: "
             + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
             + "; keep them, or start a new run in another folder")
-    if state.get("corpus_fingerprint", corpus) != corpus:  # the same path, other files
-        raise checkpoint.CheckpointError(
-            f"cannot resume {str(out_dir)!r}: the corpus {cfg.corpus or 'stdlib'!r} holds other text than when the "
-            f"checkpoint was saved (fingerprint {state['corpus_fingerprint']} -> {corpus}); the rest of the run "
-            "would train on other data: restore the corpus, or start a new run in another folder")
+    for key, what in (("corpus_fingerprint", f"the corpus {cfg.corpus or 'stdlib'!r} holds other text"),
+                      ("tokenizer_fingerprint", f"the tokenizer {cfg.tokenizer or 'byte'!r} holds other tokens")):
+        if state.get(key, fingerprints[key]) != fingerprints[key]:  # the same path, other files
+            raise checkpoint.CheckpointError(
+                f"cannot resume {str(out_dir)!r}: {what} than when the checkpoint was saved (fingerprint "
+                f"{state[key]} -> {fingerprints[key]}); the rest of the run would train on other data: restore "
+                "the files, or start a new run in another folder")
     if checkpoint.is_sharded(out_dir):  # written by N processes: DCP reshards it for this run
         sharded.load(out_dir, model, optimizer)
     elif replicas.in_process_group:
