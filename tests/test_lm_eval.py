@@ -199,6 +199,16 @@ def test_a_context_cut_to_max_length_is_warned_about():
         lm.generate_until(requests(("a" * 20, {"until": [], "max_gen_toks": 2})), True)
 
 
+def test_a_context_of_spaces_alone_reads_from_the_prefix_token(tmp_path):
+    """lm-eval moves a context's trailing spaces into the continuation, so a context of spaces
+    alone (" ", "\\n") reached the model as no tokens: a bare RuntimeError from gather. It is an
+    empty context: read from the prefix token, as lm-eval reads one."""
+    lm = LcbenchLM(checkpoint=str(saved(tmp_path, "swa")), device="cpu", batch_size=2)
+    got = lm.loglikelihood(requests((" ", "ab"), ("\n\n", "c"), ("import", " os")), True)
+    for (ll, _), ids, n in zip(got, ([10, 32, 97, 98], [10, 10, 10, 99], list(b"import os")), (3, 3, 3)):
+        assert ll == pytest.approx(reference_logprob(lm.model, ids, n), abs=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Real lm-eval runs, offline
 

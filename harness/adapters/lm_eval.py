@@ -253,7 +253,9 @@ class LcbenchLM(TemplateLM):
         for _, context_enc, continuation_enc in requests:
             if not continuation_enc:
                 raise ConfigError("lm-eval asked for the log-likelihood of an empty continuation")
-            whole = list(context_enc) + list(continuation_enc)
+            # lm-eval moves a context's trailing spaces to the continuation, so a context of spaces
+            # alone arrives as no tokens: it is an empty context, read from the prefix token
+            whole = (list(context_enc) or [self.prefix_token_id]) + list(continuation_enc)
             if self.max_length is not None:
                 if len(continuation_enc) > self.max_length:
                     raise ConfigError(
