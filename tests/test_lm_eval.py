@@ -199,6 +199,17 @@ def test_a_context_cut_to_max_length_is_warned_about():
         lm.generate_until(requests(("a" * 20, {"until": [], "max_gen_toks": 2})), True)
 
 
+def test_max_new_tokens_caps_a_generation_as_max_gen_toks_does():
+    """A task's or --gen_kwargs' max_new_tokens (transformers' name, which lm-eval's hf model
+    takes as max_gen_toks) was ignored: lcbench generated up to its own 256 tokens."""
+    lm = LcbenchLM(checkpoint="swa:tiny", device="cpu")
+    asked = []  # the number of new tokens each generation may make, as the decoder is given it
+    lm.greedy_generate = lambda ids, max_new, stop: asked.append(max_new) or ""
+    lm.generate_until(requests(*[("def f(x):", {"until": [], key: 3})
+                                 for key in ("max_gen_toks", "max_new_tokens", "max_tokens")], ("a", {})), True)
+    assert asked == [3, 3, 3, 256]
+
+
 def test_a_context_of_spaces_alone_reads_from_the_prefix_token(tmp_path):
     """lm-eval moves a context's trailing spaces into the continuation, so a context of spaces
     alone (" ", "\\n") reached the model as no tokens: a bare RuntimeError from gather. It is an
