@@ -469,6 +469,25 @@ def test_official_train_mode_says_whether_the_import_learns_at_test_time(tmp_pat
                        config={**meta, "training": {**meta["training"], "spec_inner": OFFICIAL["training"]["spec_inner"]}})
 
 
+def test_a_flattened_tree_with_bfloat16_arrays_imports_without_ml_dtypes(tmp_path):
+    """The official SWA's KV-cache init is bfloat16 (compute dtype), and a tree may be converted in
+    bfloat16 to save space. Flattened where JAX is installed, numpy alone reads such arrays as raw
+    2-byte voids (.npz) or not at all (.safetensors): the import failed with "setting an array
+    element with a sequence" or "data type 'bfloat16' not understood"."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    tree = {k: torch.from_numpy(v).bfloat16() for k, v in official_tree(seed=6).items()}
+    rounded = {k: v.float().numpy() for k, v in tree.items()}  # the values the import must give
+    safetensors.torch.save_file(tree, str(tmp_path / "bf16.safetensors"))
+    # what np.savez writes for ml_dtypes' bfloat16: the raw 2-byte values, dtype V2
+    np.savez(tmp_path / "bf16.npz", **{k: v.view(torch.int16).numpy().view("V2") for k, v in tree.items()})
+    reference = hand_mapped(rounded)
+    for source in ("bf16.safetensors", "bf16.npz"):
+        model = import_ttt_e2e(tmp_path / source, config=OFFICIAL)
+        for name, value in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value), (source, name)
+
+
 def test_ttt_e2e_orbax_checkpoint_imports(tmp_path):
     """The official trainer's own format: an orbax CheckpointManager folder <step>/model_weights."""
     ocp = pytest.importorskip("orbax.checkpoint")

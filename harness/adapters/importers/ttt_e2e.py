@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.numpy
+import safetensors.torch
 import torch
 import yaml
 
@@ -142,7 +142,10 @@ def read_tree(source: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path) as npz:
             tree = {k.replace("/", "."): npz[k] for k in npz.files}
     elif path.suffix == ".safetensors":
-        tree = safetensors.numpy.load_file(str(path))
+        # through torch, which reads bfloat16 (numpy alone cannot, and the official tree holds
+        # some: the SWA's KV-cache init is in the compute dtype)
+        tree = {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+                for k, v in safetensors.torch.load_file(str(path)).items()}
     else:
         raise CheckpointError(f"{path}: expected an orbax checkpoint folder, a .npz or a .safetensors file")
     # Paths relative to the CausalLM (``language_model.``), whatever the root the tree was saved from.
@@ -287,8 +290,14 @@ def rope_permutation(head_dim: int) -> torch.Tensor:
 
 def _to_torch(array: Any) -> torch.Tensor:
     array = np.asarray(array)
-    if array.dtype.kind == "V" or array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
+    if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (JAX installed)
         array = array.astype(np.float32)
+    elif array.dtype.kind == "V" and array.dtype.itemsize == 2:
+        # ml_dtypes' bfloat16 saved to .npz and read without ml_dtypes: raw 2-byte values, the
+        # upper half of a float32's bits
+        array = (np.ascontiguousarray(array).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    elif array.dtype.kind not in "fiu":
+        raise CheckpointError(f"an array of dtype {array.dtype} is not a float tensor lcbench can read")
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
