@@ -432,6 +432,62 @@ def test_official_full_attention_twin_imports(tmp_path):
         torch.testing.assert_close(model(x)[0].double(), official_static_forward(tree, x[0], W=10**9), atol=2e-4, rtol=2e-4)
 
 
+def test_official_train_mode_says_whether_the_import_learns_at_test_time(tmp_path):
+    """The official code's train_mode decides the inner loop, not the prime MLPs: a meta run over
+    suffix_len blocks without prime MLPs (TTT on the blocks' own MLPs) was imported as a static
+    SWA model, and a pretrain run with prime MLPs as a TTT-E2E model that learned at test time."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    plain = {k: v for k, v in official_tree(seed=4).items() if "prime_storage" not in k}
+    safetensors.numpy.save_file(plain, str(tmp_path / "plain.safetensors"))
+    meta = {"model": {**OFFICIAL["model"], "suffix_len": 2, "seq_modeling_block": "SWA"},
+            "training": {**OFFICIAL["training"], "train_mode": "meta",
+                         "spec_inner": ["language_model.**.suffix_blocks.feed_forward.**"]}}
+    model = import_ttt_e2e(tmp_path / "plain.safetensors", config=meta)
+    c = model.config
+    assert (c.arch, c.prime_mlp, c.fast_weights, c.n_suffix, c.inner_lr) == ("ttt_e2e", False, "mlp", 2, 1.0)
+    static = import_ttt_e2e(tmp_path / "plain.safetensors",
+                            config={**meta, "training": {**meta["training"], "train_mode": "pretrain"}})
+    assert static.config.arch == "swa"
+    y = tokens(V, 150)
+    with torch.no_grad():
+        learned, fixed = model(y), static(y)
+    torch.testing.assert_close(learned[:, :64], fixed[:, :64], atol=1e-5, rtol=1e-5)  # before the first step
+    assert (learned[:, 64:] - fixed[:, 64:]).abs().max() > 1e-3  # after it: the MLPs learned
+
+    primed = official_tree(seed=5)
+    np.savez(tmp_path / "primed.npz", **primed)
+    pretrain = {"model": OFFICIAL["model"], "training": {**OFFICIAL["training"], "train_mode": "pretrain"}}
+    model = import_ttt_e2e(tmp_path / "primed.npz", config=pretrain)
+    assert (model.config.arch, model.config.inner_lr) == ("ttt_e2e", 0.0)
+    with torch.no_grad():  # no inner loop: the official static math over every mini-batch
+        torch.testing.assert_close(model(y[:1])[0].double(), official_static_forward(primed, y[0]), atol=2e-4, rtol=2e-4)
+    with pytest.raises(ImportMismatchError, match="config suffix_len=3 but the weights hold 1 prime MLPs"):
+        import_ttt_e2e(tmp_path / "primed.npz", config={**pretrain, "model": {**OFFICIAL["model"], "suffix_len": 3}})
+    with pytest.raises(ImportMismatchError, match="name prime MLPs, which the weights do not hold"):
+        import_ttt_e2e(tmp_path / "plain.safetensors",
+                       config={**meta, "training": {**meta["training"], "spec_inner": OFFICIAL["training"]["spec_inner"]}})
+
+
+def test_a_flattened_tree_with_bfloat16_arrays_imports_without_ml_dtypes(tmp_path):
+    """The official SWA's KV-cache init is bfloat16 (compute dtype), and a tree may be converted in
+    bfloat16 to save space. Flattened where JAX is installed, numpy alone reads such arrays as raw
+    2-byte voids (.npz) or not at all (.safetensors): the import failed with "setting an array
+    element with a sequence" or "data type 'bfloat16' not understood"."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    tree = {k: torch.from_numpy(v).bfloat16() for k, v in official_tree(seed=6).items()}
+    rounded = {k: v.float().numpy() for k, v in tree.items()}  # the values the import must give
+    safetensors.torch.save_file(tree, str(tmp_path / "bf16.safetensors"))
+    # what np.savez writes for ml_dtypes' bfloat16: the raw 2-byte values, dtype V2
+    np.savez(tmp_path / "bf16.npz", **{k: v.view(torch.int16).numpy().view("V2") for k, v in tree.items()})
+    reference = hand_mapped(rounded)
+    for source in ("bf16.safetensors", "bf16.npz"):
+        model = import_ttt_e2e(tmp_path / source, config=OFFICIAL)
+        for name, value in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value), (source, name)
+
+
 def test_ttt_e2e_orbax_checkpoint_imports(tmp_path):
     """The official trainer's own format: an orbax CheckpointManager folder <step>/model_weights."""
     ocp = pytest.importorskip("orbax.checkpoint")

@@ -199,6 +199,27 @@ def test_a_context_cut_to_max_length_is_warned_about():
         lm.generate_until(requests(("a" * 20, {"until": [], "max_gen_toks": 2})), True)
 
 
+def test_max_new_tokens_caps_a_generation_as_max_gen_toks_does():
+    """A task's or --gen_kwargs' max_new_tokens (transformers' name, which lm-eval's hf model
+    takes as max_gen_toks) was ignored: lcbench generated up to its own 256 tokens."""
+    lm = LcbenchLM(checkpoint="swa:tiny", device="cpu")
+    asked = []  # the number of new tokens each generation may make, as the decoder is given it
+    lm.greedy_generate = lambda ids, max_new, stop: asked.append(max_new) or ""
+    lm.generate_until(requests(*[("def f(x):", {"until": [], key: 3})
+                                 for key in ("max_gen_toks", "max_new_tokens", "max_tokens")], ("a", {})), True)
+    assert asked == [3, 3, 3, 256]
+
+
+def test_a_context_of_spaces_alone_reads_from_the_prefix_token(tmp_path):
+    """lm-eval moves a context's trailing spaces into the continuation, so a context of spaces
+    alone (" ", "\\n") reached the model as no tokens: a bare RuntimeError from gather. It is an
+    empty context: read from the prefix token, as lm-eval reads one."""
+    lm = LcbenchLM(checkpoint=str(saved(tmp_path, "swa")), device="cpu", batch_size=2)
+    got = lm.loglikelihood(requests((" ", "ab"), ("\n\n", "c"), ("import", " os")), True)
+    for (ll, _), ids, n in zip(got, ([10, 32, 97, 98], [10, 10, 10, 99], list(b"import os")), (3, 3, 3)):
+        assert ll == pytest.approx(reference_logprob(lm.model, ids, n), abs=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Real lm-eval runs, offline
 

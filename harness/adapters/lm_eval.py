@@ -8,7 +8,7 @@ implements lm-eval's three requests through our model interface:
 - ``loglikelihood_rolling``: the document scored in windows of ``max_length`` tokens (one window
   when ``max_length`` is unset: our models have no position limit);
 - ``generate_until``: greedy decoding with ``prefill`` + ``decode_step``, stopping at any ``until``
-  string, the tokenizer's end token or ``max_gen_toks``.
+  string, the tokenizer's end token or ``max_gen_toks`` (or its aliases, ``max_new_tokens`` ...).
 
 lm-eval 0.4 finds models only in its own registry (no entry points), so its console script does not
 see ``lcbench``. Run lm-eval's own command line through this module instead, with the same options::
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import handle_stop_sequences
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm.auto import tqdm
 
 from harness.adapters.hf_tokenizer import export_tokenizer
@@ -253,7 +253,9 @@ class LcbenchLM(TemplateLM):
         for _, context_enc, continuation_enc in requests:
             if not continuation_enc:
                 raise ConfigError("lm-eval asked for the log-likelihood of an empty continuation")
-            whole = list(context_enc) + list(continuation_enc)
+            # lm-eval moves a context's trailing spaces to the continuation, so a context of spaces
+            # alone arrives as no tokens: it is an empty context, read from the prefix token
+            whole = (list(context_enc) or [self.prefix_token_id]) + list(continuation_enc)
             if self.max_length is not None:
                 if len(continuation_enc) > self.max_length:
                     raise ConfigError(
@@ -316,10 +318,11 @@ class LcbenchLM(TemplateLM):
         out, cut = [], []
         for context, gen_kwargs in tqdm([r.args for r in requests], disable=disable_tqdm,
                                         desc="lcbench generate", leave=False):
-            kwargs = copy.deepcopy(gen_kwargs or {})
-            # as lm-eval's hf model: the end-of-text token's text also stops generation
+            # as lm-eval's hf model: max_new_tokens (and the other aliases) cap generation like
+            # max_gen_toks, and the end-of-text token's text also stops it
+            kwargs = normalize_gen_kwargs(gen_kwargs or {}, self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), self.tok_decode([self.eot_token_id]))
-            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            max_new = int(kwargs.pop("max_gen_toks"))
             if kwargs.get("do_sample") and not self._warned_sampling:
                 warnings.warn("lcbench decodes greedily; do_sample/temperature are ignored", stacklevel=2)
                 self._warned_sampling = True

@@ -28,6 +28,9 @@ The weights do not say everything: RoPE theta, window, mini-batch size, norm eps
 optimiser live in the run's Hydra config. Give it (``config=``: the run's ``.hydra/config.yaml``,
 an experiment YAML, or a dict with ``model`` / ``training`` sections); what it leaves out takes
 the official experiments' values (:data:`OFFICIAL_DEFAULTS`), and ``import.json`` lists which.
+Whether the model learns at test time is the config's too: ``train_mode: meta`` with
+``suffix_len`` blocks is ``ttt_e2e`` even without prime MLPs (the inner loop then trains the
+blocks' own MLPs, as ``spec_inner`` says), and ``train_mode: pretrain`` runs no inner loop.
 
 Reading orbax needs ``orbax-checkpoint`` (and so JAX). A tree flattened to ``.npz`` or
 ``.safetensors`` (keys as above, dot-joined, with or without the ``language_model.`` prefix) needs
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.numpy
+import safetensors.torch
 import torch
 import yaml
 
@@ -139,7 +142,10 @@ def read_tree(source: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path) as npz:
             tree = {k.replace("/", "."): npz[k] for k in npz.files}
     elif path.suffix == ".safetensors":
-        tree = safetensors.numpy.load_file(str(path))
+        # through torch, which reads bfloat16 (numpy alone cannot, and the official tree holds
+        # some: the SWA's KV-cache init is in the compute dtype)
+        tree = {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+                for k, v in safetensors.torch.load_file(str(path)).items()}
     else:
         raise CheckpointError(f"{path}: expected an orbax checkpoint folder, a .npz or a .safetensors file")
     # Paths relative to the CausalLM (``language_model.``), whatever the root the tree was saved from.
@@ -235,24 +241,37 @@ def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: 
     check(bool(model["pre_norm"]), where, "pre_norm=False is not implemented (our blocks always pre-normalise)")
     prime = P + "feed_forward_prime.w1.weight" in tree
     block = model["seq_modeling_block"]
+    # train_mode: "meta" runs the inner loop over the suffix blocks' inner parameters (prime MLPs or
+    # the blocks' own MLPs), "pretrain" none; absent: as the weights say (prime MLPs: meta)
+    mode = training.get("train_mode")
+    check(mode in (None, "meta", "pretrain"), where, f"train_mode={mode!r} is not one of the official meta, pretrain")
+    n_suffix = _number(official, "model.suffix_len", int, 0)
+    if prime:
+        stored = int(tree[P + "feed_forward_prime.w1.weight"].shape[0])
+        check(model.get("suffix_len") is None or n_suffix == stored, where,
+              f"config suffix_len={n_suffix} but the weights hold {stored} prime MLPs")
+        n_suffix = stored
     fields = dict(vocab_size=int(vocab), d_model=int(d), n_layers=int(layers), n_heads=int(heads),
                   mlp_hidden=int(mlp_hidden), norm_eps=_number(official, "model.rms_norm_eps"),
                   rope_theta=_number(official, "model.rope_theta"), qk_norm=bool(model["qk_norm"]),
                   sandwich_norm=bool(model["post_norm"]), tie_embeddings="lm_head.weight" not in tree)
-    if prime:
-        check(block == "SWA", where, f"prime MLPs with seq_modeling_block={block!r}: our ttt_e2e is SWA-based")
+    if prime or (mode == "meta" and n_suffix > 0):
+        check(block == "SWA", where, f"test-time training with seq_modeling_block={block!r}: our ttt_e2e is SWA-based")
         opt = training["optimizer_inner"]
         check(opt.get("optimizer_type", "sgd") == "sgd", where,
               f"inner optimizer {opt.get('optimizer_type')!r}: our inner loop is SGD")
+        fast = "prime" if mode == "pretrain" else _fast_weights(list(training["spec_inner"]), where)
+        check(prime or "prime" not in fast, where, f"inner parameters {list(training['spec_inner'])} name prime MLPs, "
+                                                   "which the weights do not hold")
         warmup = _number(official, "training.ilr_warmup_steps", int, 0)
         total = _number(official, "training.total_steps", int, 1)
-        lr = _number(official, "training.optimizer_inner.lr", float, 1.0)
+        # pretrain mode trains the prime MLPs as ordinary weights: no inner step, so none here either
+        lr = 0.0 if mode == "pretrain" else _number(official, "training.optimizer_inner.lr", float, 1.0)
         return dict(arch="ttt_e2e", **fields, window=_number(official, "model.sliding_window_size", int),
-                    suffix_blocks=int(tree[P + "feed_forward_prime.w1.weight"].shape[0]),
-                    mini_batch_size=_number(official, "model.mini_batch_size", int), prime_mlp=True,
-                    fast_weights=_fast_weights(list(training["spec_inner"]), where),
-                    inner_lr=lr, inner_clip=_number(official, "training.optimizer_inner.clip_gradient", float, 0.0),
-                    inner_lr_init=_number(official, "training.ilr_init", float, lr),
+                    suffix_blocks=n_suffix, mini_batch_size=_number(official, "model.mini_batch_size", int),
+                    prime_mlp=prime, fast_weights=fast, inner_lr=lr,
+                    inner_clip=_number(official, "training.optimizer_inner.clip_gradient", float, 0.0),
+                    inner_lr_init=lr if mode == "pretrain" else _number(official, "training.ilr_init", float, lr),
                     inner_lr_warmup=min(1.0, warmup / max(total, 1)),
                     bos_token_id=_number(official, "model.bos_token_id", int, -1))  # its targets leave the losses
     if block == "self_attention":
@@ -271,8 +290,14 @@ def rope_permutation(head_dim: int) -> torch.Tensor:
 
 def _to_torch(array: Any) -> torch.Tensor:
     array = np.asarray(array)
-    if array.dtype.kind == "V" or array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
+    if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (JAX installed)
         array = array.astype(np.float32)
+    elif array.dtype.kind == "V" and array.dtype.itemsize == 2:
+        # ml_dtypes' bfloat16 saved to .npz and read without ml_dtypes: raw 2-byte values, the
+        # upper half of a float32's bits
+        array = (np.ascontiguousarray(array).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    elif array.dtype.kind not in "fiu":
+        raise CheckpointError(f"an array of dtype {array.dtype} is not a float tensor lcbench can read")
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
