@@ -1,12 +1,20 @@
-"""Shared fixtures: small configs of every registered architecture."""
+"""Shared fixtures: small configs of every registered architecture, and the devices kernel tests run on."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
 
-from harness.api import registry
+if not torch.cuda.is_available():
+    # Triton kernels run on this machine only through Triton's interpreter, which is chosen when
+    # Triton is first imported (tests/triton_interpreter.py): before any test imports it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from harness.api import registry  # noqa: E402
+from tests import triton_interpreter  # noqa: E402
 
 # Tiny models gain nothing from intra-op threads, and threads spin badly when cores are shared.
 torch.set_num_threads(1)
@@ -43,3 +51,46 @@ def close_ratio(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol:
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel tests: each runs on CUDA (marked gpu: the GPU kit's `pytest -m gpu`) and, smaller, on the
+# CPU through Triton's interpreter (FlexAttention through Inductor's CPU code), so every CI run
+# compares the kernel backends with the references, not only a GPU slot.
+
+GPU_ONLY = (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+# the interpreter computes masked-off lanes too (overflows there are never stored), and fla warns
+# that it found no GPU
+INTERPRETER_NOISE = (pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
+                     pytest.mark.filterwarnings("ignore:Triton is not supported on current platform:UserWarning"))
+
+
+def kernel_cases(names: str, cuda: Sequence, cpu: Sequence) -> pytest.MarkDecorator:
+    """Parametrize ``kernel_device`` and ``names`` with the ``cuda`` cases on a GPU and the
+    ``cpu`` ones (smaller: the interpreter runs a kernel program by program) on the CPU."""
+    as_tuple = (lambda case: case if isinstance(case, tuple) else (case,)) if names else (lambda case: ())
+    cases = ([pytest.param("cuda", *as_tuple(c), marks=GPU_ONLY) for c in cuda]
+             + [pytest.param("cpu", *as_tuple(c), marks=INTERPRETER_NOISE) for c in cpu])
+    return pytest.mark.parametrize(",".join(["kernel_device", *filter(None, [names])]), cases, indirect=["kernel_device"])
+
+
+@pytest.fixture
+def kernel_device(request, monkeypatch) -> Iterator[torch.device]:
+    """The device of a ``kernel_cases`` case. On the CPU, the kernel backends are let run there
+    (each ``Kernel`` otherwise refuses a CPU input), through Triton's interpreter."""
+    if request.param == "cuda":
+        yield torch.device("cuda")
+        return
+    reason = triton_interpreter.enable()
+    if reason is not None:
+        pytest.skip(f"Triton kernels cannot run on this CPU: {reason}")
+    from baselines import attention, gated_deltanet, linear_cross_entropy, mamba2
+
+    for kernel in (attention.FLEX, gated_deltanet.FLA, *mamba2.KERNELS):
+        monkeypatch.setattr(kernel, "needs_cuda", False)
+        kernel.imported()
+    if linear_cross_entropy.liger_installed():
+        monkeypatch.setattr(linear_cross_entropy, "liger_unavailable_reason", lambda device: "")
+        linear_cross_entropy.liger_function()
+    triton_interpreter.adapt_loaded_modules()
+    yield torch.device("cpu")

@@ -7,7 +7,7 @@ import torch
 from baselines import attention
 from harness.api.errors import BackendUnavailableError, ConfigError
 from harness.api.interface import next_token_nll
-from tests.conftest import small_model
+from tests.conftest import kernel_cases, small_model
 
 x = torch.randint(0, 256, (2, 80), generator=torch.Generator().manual_seed(0))
 
@@ -189,15 +189,38 @@ def test_flex_gets_the_autocast_dtype_under_autocast(monkeypatch):
     assert set(seen) == {(torch.float32,) * 3}
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_flex_block_mask_equals_the_dense_one():
+@kernel_cases("", cuda=[()], cpu=[()])
+def test_compiled_flex_block_mask_equals_the_dense_one(kernel_device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     q_len, k_len, offset, window = 4500, 8300, 3800, 1000  # not block multiples, queries after keys
     assert q_len * k_len > attention.DENSE_MASK_LIMIT
-    ours = attention._flex_block_mask(q_len, k_len, offset, window, "cuda")
-    assert same_blocks(ours, create_block_mask(band_mask(offset, window), None, None, q_len, k_len, device="cuda"))
+    device = str(kernel_device)
+    ours = attention._flex_block_mask(q_len, k_len, offset, window, device)
+    assert same_blocks(ours, create_block_mask(band_mask(offset, window), None, None, q_len, k_len, device=device))
+
+
+# FlexAttention on the CPU (Inductor's C++ kernels) has no backward: the GPU test below checks
+# gradients; this one checks every forward path a model takes through flex (whole sequences with
+# the window's band, a prefill, decode steps past the window) on both devices (full attention's
+# only on a GPU: each decode step's longer cache is a new compiled shape). TTT-E2E's suffix
+# differentiates its attention in the inner loop: flex on a GPU, sdpa (with a flex prefix) on the CPU.
+FLEX, TTT_FLEX = {"backend": "flex"}, {"backend": "flex", "prefix_backend": "flex"}
+
+
+@kernel_cases("arch, fields, T", cuda=[("swa", FLEX, 1100), ("full_attention", FLEX, 1100), ("ttt_e2e", TTT_FLEX, 1100)],
+              cpu=[("swa", FLEX, 300), ("ttt_e2e", {**TTT_FLEX, "backend": "sdpa"}, 100)])
+@torch.no_grad()
+def test_flex_forward_prefill_and_decode_equal_reference(kernel_device, arch, fields, T):
+    exact = small_model(arch, dtype=torch.float64, backend="torch").to(kernel_device)
+    flex = small_model(arch, **fields).to(kernel_device)
+    tokens = torch.randint(0, 256, (2, T), device=kernel_device)
+    expected = exact(tokens)
+    torch.testing.assert_close(flex(tokens).double(), expected, rtol=1e-4, atol=1e-4)
+    logits, state = flex.prefill(tokens[:, :T - 4])
+    for t in range(T - 4, T):
+        logits, state = flex.decode_step(state, tokens[:, t])
+        torch.testing.assert_close(logits.double(), expected[:, t], rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from baselines import gated_deltanet as gdn
 from baselines.attention import FullAttentionLM
 from harness.api import registry
 from harness.api.errors import BackendUnavailableError, ConfigError
-from tests.conftest import close_ratio, small_model
+from tests.conftest import close_ratio, kernel_cases, small_model
 
 x = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(0))
 
@@ -272,28 +272,26 @@ def test_gate_and_output_norm_equal_fla_references():
 # ---------------------------------------------------------------------------------------------
 # GPU: fla's kernels against the reference
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def require_fla():
-    reason = gdn.FLA.unavailable_reason(torch.device("cuda"))
+def require_fla(device: torch.device) -> None:
+    reason = gdn.FLA.unavailable_reason(device)
     if reason is not None:
         pytest.skip(f"fla kernels unavailable: {reason}")
 
 
-# fp32 kernels use TF32 matmuls; bf16 inputs are rounded to 8 bits of mantissa
+# fp32 kernels use TF32 matmuls on a GPU (exact fp32 in Triton's interpreter); bf16 inputs are
+# rounded to 8 bits of mantissa
 TOLERANCES = {torch.float32: 5e-3, torch.bfloat16: 5e-2}
+GPU_SHAPES = [(2, 300, 2, 2, 64, 128), (1, 1000, 2, 4, 128, 128), (2, 130, 3, 3, 32, 64)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B, T, H, HV, K, V", [(2, 300, 2, 2, 64, 128), (1, 1000, 2, 4, 128, 128), (2, 130, 3, 3, 32, 64)])
-@pytest.mark.gpu
-@needs_cuda
-def test_fla_equals_reference_forward_and_backward(dtype, B, T, H, HV, K, V, record_property):
-    require_fla()
-    q, k, v, g, beta, s0 = inputs(B, T, H, HV, K, V, dtype=dtype, device="cuda")
+@kernel_cases("dtype, B, T, H, HV, K, V",
+              cuda=[(dtype, *shape) for dtype in (torch.float32, torch.bfloat16) for shape in GPU_SHAPES],
+              cpu=[(torch.float32, 2, 130, 2, 4, 32, 64)])  # grouped value heads, three chunks, the last short
+def test_fla_equals_reference_forward_and_backward(kernel_device, dtype, B, T, H, HV, K, V, record_property):
+    require_fla(kernel_device)
+    q, k, v, g, beta, s0 = inputs(B, T, H, HV, K, V, dtype=dtype, device=kernel_device)
     leaves = [t.requires_grad_() for t in (q, k, v, g, beta, s0)]
-    weight = torch.randn(B, T, HV, V, device="cuda")
+    weight = torch.randn(B, T, HV, V, device=kernel_device)
     results = []
     for op in (gdn.fla_gated_delta_rule, gdn.torch_gated_delta_rule):
         o, state = op(*leaves, 64)
@@ -308,35 +306,35 @@ def test_fla_equals_reference_forward_and_backward(dtype, B, T, H, HV, K, V, rec
         torch.testing.assert_close(fast.float(), ref.float(), rtol=tol, atol=tol * scale, msg=f"{name} ({dtype})")
 
 
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("T", [1, 37])  # one decode step; a short chunk (a prompt, a streamed piece)
+# one decode step; a short chunk (a prompt, a streamed piece)
+@kernel_cases("T, K, V", cuda=[(1, 64, 128), (37, 64, 128)], cpu=[(1, 16, 32), (37, 16, 32)])
 @torch.no_grad()
-def test_fla_decode_equals_reference(T):
-    require_fla()
-    q, k, v, g, beta, s0 = inputs(2, T, 2, 4, 64, 128, dtype=torch.float32, device="cuda")
+def test_fla_decode_equals_reference(kernel_device, T, K, V):
+    require_fla(kernel_device)
+    q, k, v, g, beta, s0 = inputs(2, T, 2, 4, K, V, dtype=torch.float32, device=kernel_device)
     o_fast, s_fast = gdn.fla_gated_delta_rule(q, k, v, g, beta, s0, 64)  # fused_recurrent: no grad, T <= 64
     o_ref, s_ref = gdn.torch_gated_delta_rule(q, k, v, g, beta, s0, 64)
     torch.testing.assert_close(o_fast, o_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(s_fast, s_ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_fla_backend_in_the_model():
-    require_fla()
-    ref = small_model("gated_deltanet", backend="torch").cuda()
-    fast = small_model("gated_deltanet", backend="auto").cuda()
-    assert gdn.resolve_backend("auto", torch.device("cuda")) == "fla"
-    xs = torch.randint(0, 256, (2, 300), device="cuda")
+# tokens, decode steps at their end, blocks (one on the CPU: the interpreter takes 2.5 s a block)
+@kernel_cases("T, steps, n_layers", cuda=[(300, 10, 4)], cpu=[(70, 3, 1)])
+def test_fla_backend_in_the_model(kernel_device, T, steps, n_layers):
+    require_fla(kernel_device)
+    ref = small_model("gated_deltanet", backend="torch", n_layers=n_layers).to(kernel_device)
+    fast = small_model("gated_deltanet", backend="auto", n_layers=n_layers).to(kernel_device)
+    assert gdn.resolve_backend("auto", kernel_device) == "fla"
+    xs = torch.randint(0, 256, (2, T), device=kernel_device)
     with torch.no_grad():
         full = ref(xs)
         torch.testing.assert_close(fast(xs), full, rtol=5e-3, atol=5e-3)
-        logits, state = fast.prefill(xs[:, :200])
-        for t in range(200, 210):
+        logits, state = fast.prefill(xs[:, :T - steps])
+        for t in range(T - steps, T):
             logits, state = fast.decode_step(state, xs[:, t])
             torch.testing.assert_close(logits, full[:, t], rtol=5e-3, atol=5e-3)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            torch.testing.assert_close(fast(xs).float(), full, rtol=5e-2, atol=5e-2)
+        if kernel_device.type == "cuda":  # Triton's interpreter gets bf16 dots wrong (numpy has no bf16)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                torch.testing.assert_close(fast(xs).float(), full, rtol=5e-2, atol=5e-2)
     fast.token_losses(xs).mean().backward()  # the chunk kernel's backward runs inside the model
     assert all(p.grad is not None for p in fast.parameters())

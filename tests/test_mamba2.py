@@ -13,6 +13,7 @@ from baselines import mamba2
 from baselines.ssd_reference import ssd_chunked, ssd_step
 from harness.api import registry
 from harness.api.errors import BackendUnavailableError, ConfigError
+from tests.conftest import kernel_cases
 
 KERNELS = {kernel.name: kernel for kernel in mamba2.KERNELS}
 
@@ -289,7 +290,6 @@ def test_gla_mapping_equals_fla_naive_reference():
 # the reference being the chunked SSD in float64 on the same (rounded) inputs. fp32: the Triton
 # matmuls run in TF32 (about 1e-3 measured). bf16: inputs, outputs and intra-chunk matmuls in bf16.
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 3e-2}  # forward; gradients get twice as much
 
 
@@ -297,31 +297,34 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def require(backend: str) -> None:
-    reason = KERNELS[backend].unavailable_reason(torch.device("cuda"))
+def require(backend: str, device: torch.device) -> None:
+    reason = KERNELS[backend].unavailable_reason(device)
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
 
 
-def kernel_inputs(dtype, b=2, T=300, H=8, P=32, G=2, N=64):
-    """Raw dt and dt_bias as the mixer hands them to a backend (T = 300 is not a multiple of any chunk)."""
+# (T, H, P, G, N): on a GPU T = 300 is no multiple of any chunk; on the CPU (Triton's interpreter,
+# a kernel program at a time) T = 100 crosses one chunk boundary of 64, with grouped B/C
+GPU_SIZES, CPU_SIZES = (300, 8, 32, 2, 64), (100, 4, 16, 2, 16)
+
+
+def kernel_inputs(dtype, device, b=2, T=300, H=8, P=32, G=2, N=64):
+    """Raw dt and dt_bias as the mixer hands them to a backend."""
     torch.manual_seed(0)
-    x, B, C = (torch.randn(b, T, *shape, device="cuda") for shape in ((H, P), (G, N), (G, N)))
-    dt = torch.randn(b, T, H, device="cuda") * 0.5
-    A = -torch.empty(H, device="cuda").uniform_(1, 16)
-    dt_bias = torch.log(torch.expm1(torch.empty(H, device="cuda").uniform_(1e-3, 0.1)))
-    D = torch.randn(H, device="cuda")
-    s0 = torch.randn(b, H, P, N, device="cuda") * 0.3
+    x, B, C = (torch.randn(b, T, *shape, device=device) for shape in ((H, P), (G, N), (G, N)))
+    dt = torch.randn(b, T, H, device=device) * 0.5
+    A = -torch.empty(H, device=device).uniform_(1, 16)
+    dt_bias = torch.log(torch.expm1(torch.empty(H, device=device).uniform_(1e-3, 0.1)))
+    D = torch.randn(H, device=device)
+    s0 = torch.randn(b, H, P, N, device=device) * 0.3
     return x.to(dtype), dt.to(dtype), A, B.to(dtype) / N**0.5, C.to(dtype), D, dt_bias, s0
 
 
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("backend", KERNELS)
-def test_kernel_equals_reference_forward_and_backward(backend, dtype, record_property):
-    require(backend)
-    x, dt, A, B, C, D, dt_bias, s0 = kernel_inputs(dtype)
+@kernel_cases("backend, dtype, sizes", cuda=[(b, d, GPU_SIZES) for b in KERNELS for d in (torch.float32, torch.bfloat16)],
+              cpu=[(b, torch.float32, CPU_SIZES) for b in KERNELS])  # the interpreter's bf16 dots are wrong
+def test_kernel_equals_reference_forward_and_backward(kernel_device, backend, dtype, sizes, record_property):
+    require(backend, kernel_device)
+    x, dt, A, B, C, D, dt_bias, s0 = kernel_inputs(dtype, kernel_device, 2, *sizes)
     tol = TOLERANCE[dtype]
     leaves = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, dt_bias)]
     y, s = mamba2.SSD_OPS[backend](*leaves[:5], leaves[5], leaves[6], 64, s0, True)
@@ -339,31 +342,30 @@ def test_kernel_equals_reference_forward_and_backward(backend, dtype, record_pro
         assert err < bound, f"{name}: {err:.2e}"
 
 
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("backend", KERNELS)
-@pytest.mark.parametrize("grad", [False, True])  # mamba_ssm's decode kernel has no backward: with grad it falls back
-def test_kernel_step_equals_reference_step(backend, grad):
-    require(backend)
-    x, dt, A, B, C, D, dt_bias, s0 = kernel_inputs(torch.float32, T=1)
+# mamba_ssm's decode kernel has no backward: with grad it falls back
+@kernel_cases("backend, grad, sizes", cuda=[(b, g, GPU_SIZES) for b in KERNELS for g in (False, True)],
+              cpu=[(b, g, CPU_SIZES) for b in KERNELS for g in (False, True)])
+def test_kernel_step_equals_reference_step(kernel_device, backend, grad, sizes):
+    require(backend, kernel_device)
+    x, dt, A, B, C, D, dt_bias, s0 = kernel_inputs(torch.float32, kernel_device, 2, 1, *sizes[1:])
     with torch.set_grad_enabled(grad):
         y, s = mamba2.STEP_OPS[backend](s0.clone(), x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias)
     y_ref, s_ref = mamba2.step_torch(s0.double(), *(t.double() for t in (x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias)))
     assert rel_err(y, y_ref) < (5e-3 if grad else 1e-4) and rel_err(s, s_ref) < (5e-3 if grad else 1e-5)
 
 
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("backend", KERNELS)
-def test_kernel_backend_in_the_model(backend):
+# tokens, where decoding starts, and the model (on the CPU's interpreter: one narrow block)
+@kernel_cases("backend, T, start, fields", cuda=[(b, 200, 150, dict(d_state=64)) for b in KERNELS],
+              cpu=[(b, 72, 68, dict(d_state=16, n_layers=1, d_model=64, mlp_hidden=128)) for b in KERNELS])
+def test_kernel_backend_in_the_model(kernel_device, backend, T, start, fields):
     """Forward, gradients and prefill + decode of a whole model against the torch backend."""
-    require(backend)
+    require(backend, kernel_device)
     torch.manual_seed(0)
-    config = registry.make_config("mamba2", "tiny", headdim=32, d_state=64, ngroups=2, backend=backend)
-    model = registry.build_model(config).cuda()
-    ref = registry.build_model(config.replace(backend="torch")).cuda()
+    config = registry.make_config("mamba2", "tiny", headdim=32, ngroups=2, backend=backend, **fields)
+    model = registry.build_model(config).to(kernel_device)
+    ref = registry.build_model(config.replace(backend="torch")).to(kernel_device)
     ref.load_state_dict(model.state_dict())
-    tokens = torch.randint(0, 256, (2, 200), device="cuda")
+    tokens = torch.randint(0, 256, (2, T), device=kernel_device)
     logits, logits_ref = model(tokens), ref(tokens)
     assert rel_err(logits, logits_ref) < 5e-3
     model.token_losses(tokens).mean().backward()
@@ -371,12 +373,12 @@ def test_kernel_backend_in_the_model(backend):
     for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
         assert rel_err(p.grad, p_ref.grad) < 1e-2, name
     with torch.no_grad():
-        last, state = model.prefill(tokens[:, :150])
+        last, state = model.prefill(tokens[:, :start])
         steps = [last]
-        for t in range(150, 199):
+        for t in range(start, T - 1):
             last, state = model.decode_step(state, tokens[:, t])
             steps.append(last)
-        assert rel_err(torch.stack(steps, 1), logits_ref[:, 149:199]) < 5e-3
-    assert mamba2.resolve_backend("auto", torch.device("cuda")) == next(
-        k.name for k in mamba2.KERNELS if k.available(torch.device("cuda"))
+        assert rel_err(torch.stack(steps, 1), logits_ref[:, start - 1:T - 1]) < 5e-3
+    assert mamba2.resolve_backend("auto", kernel_device) == next(
+        k.name for k in mamba2.KERNELS if k.available(kernel_device)
     )
