@@ -76,17 +76,19 @@ def kernel_cases(names: str, cuda: Sequence, cpu: Sequence) -> pytest.MarkDecora
 
 @pytest.fixture
 def kernel_device(request, monkeypatch) -> Iterator[torch.device]:
-    """The device of a ``kernel_cases`` case. On the CPU, the kernel backends are let run there
-    (each ``Kernel`` otherwise refuses a CPU input), through Triton's interpreter."""
+    """The device of a ``kernel_cases`` case. On the CPU, the Triton kernel backends are let run
+    there (each ``Kernel`` otherwise refuses a CPU input), through Triton's interpreter, and
+    ``auto`` picks them as on a GPU. FlexAttention is not (``auto`` would pick it for every
+    windowed model): its tests let it run themselves."""
     if request.param == "cuda":
         yield torch.device("cuda")
         return
     reason = triton_interpreter.enable()
     if reason is not None:
         pytest.skip(f"Triton kernels cannot run on this CPU: {reason}")
-    from baselines import attention, gated_deltanet, linear_cross_entropy, mamba2
+    from baselines import gated_deltanet, linear_cross_entropy, mamba2
 
-    for kernel in (attention.FLEX, gated_deltanet.FLA, *mamba2.KERNELS):
+    for kernel in (gated_deltanet.FLA, *mamba2.KERNELS):
         monkeypatch.setattr(kernel, "needs_cuda", False)
         kernel.imported()
     if linear_cross_entropy.liger_installed():

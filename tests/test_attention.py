@@ -190,9 +190,10 @@ def test_flex_gets_the_autocast_dtype_under_autocast(monkeypatch):
 
 
 @kernel_cases("", cuda=[()], cpu=[()])
-def test_compiled_flex_block_mask_equals_the_dense_one(kernel_device):
+def test_compiled_flex_block_mask_equals_the_dense_one(kernel_device, monkeypatch):
     from torch.nn.attention.flex_attention import create_block_mask
 
+    monkeypatch.setattr(attention.FLEX, "needs_cuda", False)  # Inductor's CPU code runs it
     q_len, k_len, offset, window = 4500, 8300, 3800, 1000  # not block multiples, queries after keys
     assert q_len * k_len > attention.DENSE_MASK_LIMIT
     device = str(kernel_device)
@@ -211,7 +212,8 @@ FLEX, TTT_FLEX = {"backend": "flex"}, {"backend": "flex", "prefix_backend": "fle
 @kernel_cases("arch, fields, T", cuda=[("swa", FLEX, 1100), ("full_attention", FLEX, 1100), ("ttt_e2e", TTT_FLEX, 1100)],
               cpu=[("swa", FLEX, 300), ("ttt_e2e", {**TTT_FLEX, "backend": "sdpa"}, 100)])
 @torch.no_grad()
-def test_flex_forward_prefill_and_decode_equal_reference(kernel_device, arch, fields, T):
+def test_flex_forward_prefill_and_decode_equal_reference(kernel_device, arch, fields, T, monkeypatch):
+    monkeypatch.setattr(attention.FLEX, "needs_cuda", False)  # Inductor's CPU code runs it
     exact = small_model(arch, dtype=torch.float64, backend="torch").to(kernel_device)
     flex = small_model(arch, **fields).to(kernel_device)
     tokens = torch.randint(0, 256, (2, T), device=kernel_device)

@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from baselines.ttt_e2e import TTTE2ELM, clip_per_sequence
 from harness.api import registry
-from tests.conftest import close_ratio, small_model
+from tests.conftest import close_ratio, kernel_cases, small_model
 
 B = 3
 T = 70  # 4 full mini-batches of 16 and a partial one; crosses the window (16) too
@@ -575,6 +575,22 @@ GPU_LEVERS = {
     "all_captured": dict(inner_loss="chunked", inner_step="compile+cudagraph", fast_weight_dtype="float32",
                          prefix_backend="flex"),
 }
+
+
+@kernel_cases("length", cuda=[150], cpu=[T])
+def test_liger_inner_loss_reads_like_the_reference(kernel_device, length, record_property):
+    """Liger's fused linear cross-entropy as the inner loss, fp32 (without TF32 on a GPU; through
+    Triton's interpreter on the CPU), against the float64 reference, as tight as the GPU levers."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref = model64(suffix_blocks=2)
+    fast = small_model("ttt_e2e", dtype=torch.float32, **INNER, suffix_blocks=2, inner_loss="liger", backend="sdpa")
+    fast = fast.to(kernel_device)
+    fast.load_state_dict(ref.state_dict())
+    x = tokens(length=length)
+    pairs = [(ours.cpu().double(), theirs) for ours, theirs in zip(reads(fast, x.to(kernel_device)), reads(ref, x))]
+    record_property("worst error / allowance", max(close_ratio(ours, theirs, 2e-4, 2e-4) for ours, theirs in pairs))
+    for ours, theirs in pairs:
+        torch.testing.assert_close(ours, theirs, rtol=2e-4, atol=2e-4)
 
 
 @pytest.mark.gpu
