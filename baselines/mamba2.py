@@ -173,6 +173,7 @@ STEP_OPS: dict[str, Callable] = {"torch": step_torch, "mamba_ssm": step_mamba_ss
 
 
 def _import_mamba_ssm() -> Any:
+    import mamba_ssm  # noqa: F401 - the package's __init__ first, even beside submodules another import left
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
@@ -212,6 +213,10 @@ def _import_mamba_ssm_with_placeholder() -> Any:
     except ModuleNotFoundError as exc:
         if exc.name != "selective_scan_cuda" or "selective_scan_cuda" in sys.modules:
             raise
+    # the failed __init__ left submodules loaded without their package: the retry would import
+    # beside them and never run the package's __init__, leaving `import mamba_ssm.models` to fail
+    for name in [n for n in sys.modules if n.split(".")[0] == "mamba_ssm"]:
+        del sys.modules[name]
     sys.modules["selective_scan_cuda"] = _selective_scan_placeholder()
     try:
         return _import_mamba_ssm()

@@ -258,6 +258,22 @@ def test_mamba_ssm_without_its_cuda_extension_still_imports(fake_mamba_ssm):
         sys.modules["selective_scan_cuda"].fwd
 
 
+@pytest.mark.parametrize("tried_before", [False, True])
+def test_mamba_ssm_is_whole_after_the_placeholder_import(fake_mamba_ssm, tried_before):
+    """The real __init__ loads submodules before it reaches the extension: the retry must run the
+    package's __init__ again, or ``mamba_ssm`` stays missing beside its loaded submodules (and a
+    later ``from mamba_ssm.models ...`` fails on the extension). ``tried_before``: another
+    package (fla does) tried to import mamba-ssm first and left such submodules behind."""
+    fake_mamba_ssm("from mamba_ssm.ops.triton import ssd_combined\nimport selective_scan_cuda\nWHOLE = True\n")
+    if tried_before:
+        with pytest.raises(ModuleNotFoundError):
+            import mamba_ssm.ops.triton.selective_state_update  # noqa: F401
+        assert "mamba_ssm.ops.triton.ssd_combined" in sys.modules and "mamba_ssm" not in sys.modules
+    ops, error = mamba2.MAMBA_SSM.imported()
+    assert error is None
+    assert sys.modules["mamba_ssm"].WHOLE and "selective_scan_cuda" in sys.modules
+
+
 def test_a_broken_kernel_package_means_unavailable(fake_mamba_ssm):
     fake_mamba_ssm("raise RuntimeError('CUDA driver too old')\n")
     ops, error = mamba2.MAMBA_SSM.imported()
