@@ -297,6 +297,7 @@ class GatedDeltaNetLM(BackboneLM):
     """The shared backbone with a Gated DeltaNet mixer in every block."""
 
     config_class = GatedDeltaNetConfig
+    kernels = (FLA,)
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
         return GatedDeltaNet(self.config)

@@ -19,7 +19,6 @@ Liger Kernel's fused linear cross-entropy (Triton, GPU) serves the same purpose 
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Callable
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.api.errors import BackendUnavailableError
+from harness.api.kernels import Kernel
 
 CHUNK_ELEMENTS = 1 << 25  # logits per chunk (128 MiB in fp32): 256 rows of Llama-3's 128256 vocabulary
 IGNORE = -100  # Liger's ignore_index: targets that leave the loss
@@ -76,21 +76,21 @@ def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-@functools.cache
-def liger_function() -> Callable[..., torch.Tensor]:
+def _import_liger() -> Callable[..., torch.Tensor]:
     """Liger Kernel's fused linear cross-entropy, imported on first use: the import takes seconds
     (measured 5.7 s, liger-kernel 0.8.5), which every user of TTT-E2E would pay otherwise."""
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     return liger_fused_linear_cross_entropy
 
 
+LIGER = Kernel("ttt_e2e inner_loss", "liger", _import_liger, install="pip install liger-kernel", fallback="chunked")
+
+
 def liger_unavailable_reason(device: torch.device) -> str:
     """Why Liger's kernel cannot run here ("" when it can)."""
     if not liger_installed():
         return "liger-kernel is not installed (pip install liger-kernel)"
-    if device.type != "cuda":
-        return f"liger-kernel's Triton kernels need CUDA (device: {device})"
-    return ""
+    return LIGER.unavailable_reason(device) or ""
 
 
 def liger_grad(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -107,7 +107,7 @@ def liger_grad(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     with torch.enable_grad():
         leaf = h.detach().requires_grad_()
         # the weight detached: Liger then computes no weight gradient
-        loss = sum(liger_function()(leaf[b], weight.detach(), counted[b], ignore_index=IGNORE,
+        loss = sum(LIGER.imported()[0](leaf[b], weight.detach(), counted[b], ignore_index=IGNORE,
                                     reduction="sum") / per_sequence[b].clamp(min=1)
                    for b in range(h.size(0)))
         (grad,) = torch.autograd.grad(loss, leaf)

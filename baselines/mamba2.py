@@ -330,6 +330,7 @@ class Mamba2LM(BackboneLM):
     """The shared backbone with Mamba 2 (SSD) mixers in place of attention."""
 
     config_class = Mamba2Config
+    kernels = KERNELS
     presets = {
         "tiny": TINY,
         **{

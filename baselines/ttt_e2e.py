@@ -63,6 +63,7 @@ from torch.utils.checkpoint import checkpoint
 
 from baselines.attention import (
     ATTENTION_BACKENDS,
+    FLEX,
     PAPER_SIZES,
     TINY,
     Attention,
@@ -74,7 +75,7 @@ from baselines.attention import (
 )
 from baselines.backbone import Block, SwiGLU, make_norm
 from baselines.cuda_graph import CapturedFunction
-from baselines.linear_cross_entropy import linear_cross_entropy, liger_grad
+from baselines.linear_cross_entropy import LIGER, liger_grad, linear_cross_entropy
 from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import check_tokens, next_token_nll
 from harness.api.registry import register_model
@@ -277,6 +278,7 @@ class TTTE2ELM(AttentionLM):
 
     config_class = TTTConfig
     presets = _presets()
+    kernels = (FLEX, LIGER)  # the prefix's attention; the inner loss
 
     def __init__(self, config: TTTConfig):
         if not isinstance(config, TTTConfig):

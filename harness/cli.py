@@ -107,8 +107,9 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 @main.command("list")
 @click.option("--presets/--no-presets", default=True, help="Show every preset's parameter counts.")
+@click.option("--kernels", is_flag=True, help="Also say which optional kernel backends run on this machine, and why not.")
 @friendly_errors
-def list_cmd(presets: bool) -> None:
+def list_cmd(presets: bool, kernels: bool) -> None:
     """Registered architectures (with presets and parameter counts) and tasks."""
     from harness.report.presets import preset_table
 
@@ -118,6 +119,17 @@ def list_cmd(presets: bool) -> None:
     else:
         click.echo("  " + ", ".join(registry.model_names()))
     click.echo("\ntasks: " + (", ".join(registry.task_names()) or "(none)"))
+    if kernels:
+        import pandas as pd
+        import torch
+
+        from harness.api.kernels import kernel_report
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        rows = kernel_report({arch: registry.get_model_class(arch).kernels for arch in registry.model_names()}, device)
+        click.echo(f"\nkernel backends here ({device.type}; every architecture also has its torch reference, which runs "
+                   "anywhere, and attention sdpa):")
+        click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "  (none declared)")
 
 
 def _parse_overrides(pairs: tuple[str, ...], option: str) -> dict[str, Any]:

@@ -88,11 +88,8 @@ def kernel_device(request, monkeypatch) -> Iterator[torch.device]:
         pytest.skip(f"Triton kernels cannot run on this CPU: {reason}")
     from baselines import gated_deltanet, linear_cross_entropy, mamba2
 
-    for kernel in (gated_deltanet.FLA, *mamba2.KERNELS):
+    for kernel in (gated_deltanet.FLA, *mamba2.KERNELS, linear_cross_entropy.LIGER):
         monkeypatch.setattr(kernel, "needs_cuda", False)
         kernel.imported()
-    if linear_cross_entropy.liger_installed():
-        monkeypatch.setattr(linear_cross_entropy, "liger_unavailable_reason", lambda device: "")
-        linear_cross_entropy.liger_function()
     triton_interpreter.adapt_loaded_modules()
     yield torch.device("cpu")

@@ -10,7 +10,7 @@ import torch
 from harness.api.decoding import greedy_decode
 from harness.api.errors import BackendUnavailableError
 from harness.api.failures import MESSAGE_LIMIT, FailureGuard, failure_rows, failure_status
-from harness.api.kernels import Kernel, pick_backend
+from harness.api.kernels import Kernel, kernel_report, pick_backend
 from harness.api.results import validate
 from tests.conftest import small_model
 
@@ -117,6 +117,18 @@ def test_pick_backend():
     assert pick_backend("auto", [broken, works], CPU, fallback="torch") == "works"
     assert pick_backend("auto", [broken], CPU, fallback="torch") == "torch"
     assert pick_backend("broken", [broken, works], CPU, fallback="torch") == "broken"  # its call raises, saying why
+
+
+def test_kernel_report_lists_each_kernel_once_with_its_users_and_why_not():
+    shared = Kernel("attention", "fast", lambda: "ops", install="-", fallback="torch")
+    broken = Kernel("ssm", "broken", lambda: 1 / 0, install="pip install broken", fallback="torch", needs_cuda=False)
+    rows = kernel_report({"a": (shared,), "b": (shared, broken), "c": ()}, CPU)
+    assert rows == [
+        {"mixer": "attention", "backend": "fast", "used by": "a, b", "runs here": "no: it needs a CUDA device (the input is on cpu)"},
+        {"mixer": "ssm", "backend": "broken", "used by": "b",
+         "runs here": "no: importing it failed (ZeroDivisionError: division by zero); install it with `pip install broken`"},
+    ]
+    assert kernel_report({"a": (shared,)}, CUDA)[0]["runs here"] == "yes"
 
 
 # ---------------------------------------------------------------------------------------------

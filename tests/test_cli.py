@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -32,6 +33,18 @@ def test_list_shows_architectures_presets_and_counts():
     for name in ("full_attention", "swa", "tiny", "125m", "1.3b"):
         assert name in result.output
     assert re.search(r"full_attention\s+125m\s+12\s+768\s+128256\s+84\.97M", result.output)
+
+
+def test_list_kernels_says_which_backends_run_here():
+    result = run("list", "--no-presets", "--kernels")
+    assert result.exit_code == 0, result.output
+    report = result.output.split("kernel backends here")[1]
+    for mixer, backend, users in (("attention", "flex", "full_attention, swa, ttt_e2e"), ("gated_deltanet", "fla", "gated_deltanet"),
+                                  ("mamba2", "mamba_ssm", "mamba2"), ("mamba2", "fla", "mamba2"),
+                                  ("ttt_e2e inner_loss", "liger", "ttt_e2e")):
+        assert re.search(rf"{mixer}\s+{backend}\s+{users}\s+(yes|no: )", report), (mixer, backend)
+    if not torch.cuda.is_available():
+        assert report.count("no: it needs a CUDA device") == 5
 
 
 def test_data_report_counts_long_documents():

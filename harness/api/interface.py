@@ -26,6 +26,7 @@ from torch import nn
 
 from harness.api.errors import ConfigError, unknown_message
 from harness.api.fieldtypes import check_fields
+from harness.api.kernels import Kernel
 
 
 @dataclass
@@ -150,6 +151,9 @@ class LCModel(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     # Presets: name -> field overrides of config_class's defaults. "tiny" must exist.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The optional kernel backends (harness.api.kernels.Kernel) the architecture can use beside its
+    # torch reference: `lcbench list --kernels` says whether each runs on this machine, and why not.
+    kernels: ClassVar[tuple[Kernel, ...]] = ()
 
     def __init__(self, config: ModelConfig):
         super().__init__()

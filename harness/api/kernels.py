@@ -4,11 +4,12 @@ A mixer may call kernels from an optional package (flash-linear-attention, mamba
 FlexAttention). :class:`Kernel` imports them once, on first need; any failure to import (package
 missing, Triton without a driver, a release too old) makes the backend unavailable, never a
 crash. :meth:`Kernel.unavailable_reason` is the one answer every mixer gives (``None``: it can
-run), :meth:`Kernel.ops` the one error, and :func:`pick_backend` resolves ``backend="auto"``.
+run), :meth:`Kernel.ops` the one error, :func:`pick_backend` resolves ``backend="auto"``, and
+:func:`kernel_report` lists the kernels architectures declare (``lcbench list --kernels``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -68,3 +69,19 @@ def pick_backend(requested: str, kernels: Sequence[Kernel], device: torch.device
     if requested != "auto":
         return requested
     return next((k.name for k in kernels if k.available(device)), fallback)
+
+
+def kernel_report(kernels_by_arch: Mapping[str, Sequence[Kernel]], device: torch.device) -> list[dict[str, str]]:
+    """One row per kernel backend the architectures declare (``LCModel.kernels``; one shared by
+    several, FlexAttention say, once with all of them): whether it runs on ``device``, and if not,
+    why. Asking imports each package that can run there (seconds for Triton packages on a GPU)."""
+    users: dict[int, tuple[Kernel, list[str]]] = {}
+    for arch, kernels in kernels_by_arch.items():
+        for kernel in kernels:
+            users.setdefault(id(kernel), (kernel, []))[1].append(arch)
+    rows = []
+    for kernel, archs in users.values():
+        why = kernel.unavailable_reason(device)
+        rows.append({"mixer": kernel.mixer, "backend": kernel.name, "used by": ", ".join(archs),
+                     "runs here": "yes" if why is None else f"no: {why}"})
+    return rows
