@@ -54,17 +54,20 @@ def versions() -> str:
 
 
 def backends(device: torch.device) -> str:
+    """Which backend ``auto`` picks for each architecture here, then every declared kernel backend
+    and whether it runs (``lcbench list --kernels``'s table)."""
     from baselines import attention, gated_deltanet, mamba2  # torch-only imports; kernels load lazily
+    from harness.api import registry
+    from harness.api.kernels import kernel_report
 
-    mamba_kernels = "; ".join(f"{kernel.name}: {kernel.unavailable_reason(device) or 'runs'}"
-                              for kernel in mamba2.KERNELS)
+    kernels = kernel_report({arch: registry.get_model_class(arch).kernels for arch in registry.model_names()}, device)
     return "\n".join([
         f"device {device}",
         f"full_attention: auto -> {attention.resolve_backend('auto', 0, device)}",
         f"swa, ttt_e2e (window): auto -> {attention.resolve_backend('auto', 8192, device)}",
-        f"gated_deltanet: auto -> {gated_deltanet.resolve_backend('auto', device)} "
-        f"(fla: {gated_deltanet.FLA.unavailable_reason(device) or 'runs'})",
-        f"mamba2: auto -> {mamba2.resolve_backend('auto', device)} ({mamba_kernels})",
+        f"gated_deltanet: auto -> {gated_deltanet.resolve_backend('auto', device)}",
+        f"mamba2: auto -> {mamba2.resolve_backend('auto', device)}",
+        *(f"{row['mixer']} backend {row['backend']} (used by {row['used by']}): {row['runs here']}" for row in kernels),
     ])
 
 
