@@ -12,6 +12,7 @@ from harness.api.errors import BackendUnavailableError
 from harness.api.failures import MESSAGE_LIMIT, FailureGuard, failure_rows, failure_status
 from harness.api.kernels import Kernel, kernel_report, pick_backend
 from harness.api.results import validate
+from tests import triton_interpreter
 from tests.conftest import small_model
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -117,6 +118,13 @@ def test_pick_backend():
     assert pick_backend("auto", [broken, works], CPU, fallback="torch") == "works"
     assert pick_backend("auto", [broken], CPU, fallback="torch") == "torch"
     assert pick_backend("broken", [broken, works], CPU, fallback="torch") == "broken"  # its call raises, saying why
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or not triton_interpreter.triton_installed(),
+                    reason="checks a machine without CUDA that has Triton")
+def test_triton_kernels_are_interpreted_where_cuda_is_absent():
+    """The kernel tests' CPU cases skip when the interpreter cannot run: here it must."""
+    assert triton_interpreter.enable() is None
 
 
 def test_kernel_report_lists_each_kernel_once_with_its_users_and_why_not():
