@@ -126,7 +126,7 @@ def list_cmd(presets: bool, kernels: bool) -> None:
         from harness.api.kernels import kernel_report
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        rows = kernel_report({arch: registry.get_model_class(arch).kernels for arch in registry.model_names()}, device)
+        rows = kernel_report(registry.model_kernels(), device)
         click.echo(f"\nkernel backends here ({device.type}; every architecture also has its torch reference, which runs "
                    "anywhere, and attention sdpa):")
         click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "  (none declared)")

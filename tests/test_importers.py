@@ -223,8 +223,9 @@ def test_real_mamba_ssm_model_imports_and_agrees(kernel_device, tol, tmp_path):
     the fused path needs the causal-conv1d CUDA package, which neither machine has."""
     from baselines import mamba2
 
-    if mamba2.MAMBA_SSM.unavailable_reason(kernel_device) is not None:
-        pytest.skip(f"mamba_ssm: {mamba2.MAMBA_SSM.unavailable_reason(kernel_device)}")
+    reason = mamba2.MAMBA_SSM.unavailable_reason(kernel_device)
+    if reason is not None:
+        pytest.skip(f"mamba_ssm: {reason}")
     from mamba_ssm.models.config_mamba import MambaConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 

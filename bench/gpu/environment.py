@@ -60,7 +60,7 @@ def backends(device: torch.device) -> str:
     from harness.api import registry
     from harness.api.kernels import kernel_report
 
-    kernels = kernel_report({arch: registry.get_model_class(arch).kernels for arch in registry.model_names()}, device)
+    kernels = kernel_report(registry.model_kernels(), device)
     return "\n".join([
         f"device {device}",
         f"full_attention: auto -> {attention.resolve_backend('auto', 0, device)}",

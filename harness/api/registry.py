@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 
 from harness.api.errors import ConfigError, UnknownNameError
 from harness.api.interface import LCModel, ModelConfig
+from harness.api.kernels import Kernel
 
 MODEL_GROUP = "lcbench.models"
 TASK_GROUP = "lcbench.tasks"
@@ -118,6 +119,11 @@ def get_task(name: str) -> Any:
 
 def preset_names(arch: str) -> list[str]:
     return list(get_model_class(arch).presets)
+
+
+def model_kernels() -> dict[str, tuple[Kernel, ...]]:
+    """Each registered architecture's optional kernel backends (``LCModel.kernels``)."""
+    return {arch: get_model_class(arch).kernels for arch in model_names()}
 
 
 def make_config(arch: str, preset: str = "tiny", **overrides: Any) -> ModelConfig:
