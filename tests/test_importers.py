@@ -407,7 +407,8 @@ def hand_mapped(tree: dict[str, np.ndarray]):
 
     model = create_model("ttt_e2e", "tiny", d_model=D, n_heads=H, n_layers=L, mlp_hidden=F, suffix_blocks=S,
                          window=16, mini_batch_size=64, rope_theta=10000.0, norm_eps=1e-6, inner_lr_init=1.0,
-                         tie_embeddings="lm_head.weight" not in tree)
+                         tie_embeddings="lm_head.weight" not in tree,
+                         bos_token_id=1)  # the official ModelConfig's default: OFFICIAL does not set it
     Dh = D // H
     order = torch.cat([torch.arange(0, Dh, 2), torch.arange(1, Dh, 2)])
     a, f, p = "model.h.blocks.seq_modeling_block.", "model.h.blocks.feed_forward.", "model.h.prime_storage."
@@ -628,4 +629,5 @@ def test_ttt_e2e_config_value_that_is_not_a_number_is_named(tmp_path, section, k
     with pytest.raises(ConfigError, match=rf"official config {section}\.{key}={re.escape(repr(value))} is not a number"):
         import_ttt_e2e(tmp_path / "official.npz", config=config)
     config[section][key] = None if key == "bos_token_id" else OFFICIAL_DEFAULTS[section].get(key, 0)
-    assert import_ttt_e2e(tmp_path / "official.npz", config=config).config.bos_token_id == -1
+    assert import_ttt_e2e(tmp_path / "official.npz", config=config).config.bos_token_id == (
+        -1 if key == "bos_token_id" else 1)  # null: none; absent: the official ModelConfig's default

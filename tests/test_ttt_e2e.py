@@ -200,7 +200,31 @@ def test_bos_token_id_is_checked_and_imported(tmp_path):
     np.savez(tmp_path / "official.npz", **official_tree())
     config = {**OFFICIAL, "model": {**OFFICIAL["model"], "bos_token_id": BOS}}
     assert import_ttt_e2e(tmp_path / "official.npz", tmp_path / "a", config=config).config.bos_token_id == BOS
-    assert import_ttt_e2e(tmp_path / "official.npz", tmp_path / "b", config=OFFICIAL).config.bos_token_id == -1
+    null = {**OFFICIAL, "model": {**OFFICIAL["model"], "bos_token_id": None}}
+    assert import_ttt_e2e(tmp_path / "official.npz", tmp_path / "b", config=null).config.bos_token_id == -1
+
+
+def test_bos_token_id_absent_from_the_official_config_is_the_official_codes(tmp_path):
+    """It was read as none (-1), so an imported model trained its inner loop on the BOS targets the
+    official loader masks: absent, the official code used ModelConfig's default (1), or 128000 in
+    every official model config (Llama 3's vocabulary). The guess is warned of and recorded."""
+    import json
+
+    import numpy as np
+
+    from harness.adapters.importers.common import ImportedCheckpointWarning
+    from harness.adapters.importers.ttt_e2e import official_bos_token_id
+    from harness.importers import import_ttt_e2e
+    from tests.test_importers import OFFICIAL, official_tree
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    with pytest.warns(ImportedCheckpointWarning, match=r"model\.bos_token_id \(took 1\)"):
+        model = import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=OFFICIAL)
+    assert model.config.bos_token_id == 1
+    assert "model.bos_token_id (took 1)" in json.loads((tmp_path / "ours" / "import.json").read_text())[
+        "config_defaults_used"]
+    assert official_bos_token_id({}, 128256) == 128000
+    assert official_bos_token_id({"bos_token_id": 7}, 128256) == 7
 
 
 @pytest.mark.parametrize("order", ["second", "first"])

@@ -27,7 +27,9 @@ scores.
 The weights do not say everything: RoPE theta, window, mini-batch size, norm eps and the inner
 optimiser live in the run's Hydra config. Give it (``config=``: the run's ``.hydra/config.yaml``,
 an experiment YAML, or a dict with ``model`` / ``training`` sections); what it leaves out takes
-the official experiments' values (:data:`OFFICIAL_DEFAULTS`), and ``import.json`` lists which.
+the official experiments' values (:data:`OFFICIAL_DEFAULTS`; ``bos_token_id``, whose targets leave
+the losses, what the official code would use: see :func:`official_bos_token_id`), and
+``import.json`` lists which.
 Whether the model learns at test time is the config's too: ``train_mode: meta`` with
 ``suffix_len`` blocks is ``ttt_e2e`` even without prime MLPs (the inner loop then trains the
 blocks' own MLPs, as ``spec_inner`` says), and ``train_mode: pretrain`` runs no inner loop.
@@ -72,6 +74,9 @@ OFFICIAL_DEFAULTS: dict[str, dict[str, Any]] = {
                  "ilr_warmup_steps": 0, "total_steps": 1,
                  "optimizer_inner": {"optimizer_type": "sgd", "lr": 1.0, "clip_gradient": 1.0}},
 }
+
+# bos_token_id when the config lacks it: the official model configs' (Llama 3) and ttt/config.py's default
+LLAMA3_VOCAB, LLAMA3_BOS, CONFIG_DEFAULT_BOS = 128256, 128000, 1
 
 ROOT = "language_model."
 B = "model.h.blocks."
@@ -211,6 +216,16 @@ def _number(official: Mapping[str, Any], name: str, kind: type = float, default:
         raise ConfigError(f"official config {name}={value!r} is not a number{hint}") from None
 
 
+def official_bos_token_id(model: Mapping[str, Any], vocab_size: int) -> int:
+    """The token whose targets the official loader masks (``tokens[1:] != bos_token_id``).
+    Absent from the config: what the official code would have used, Llama 3's ``<|begin_of_text|>``
+    for its vocabulary (every configs/model/*.yaml) and ``ModelConfig``'s default otherwise;
+    null: none (-1)."""
+    if "bos_token_id" not in model:
+        return LLAMA3_BOS if vocab_size == LLAMA3_VOCAB else CONFIG_DEFAULT_BOS
+    return _number({"model": model}, "model.bos_token_id", int, -1)
+
+
 def _fast_weights(spec_inner: list[str], where: str) -> str:
     names = set()
     for spec in spec_inner:
@@ -273,7 +288,7 @@ def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: 
                     inner_clip=_number(official, "training.optimizer_inner.clip_gradient", float, 0.0),
                     inner_lr_init=lr if mode == "pretrain" else _number(official, "training.ilr_init", float, lr),
                     inner_lr_warmup=min(1.0, warmup / max(total, 1)),
-                    bos_token_id=_number(official, "model.bos_token_id", int, -1))  # its targets leave the losses
+                    bos_token_id=official_bos_token_id(model, int(vocab)))  # its targets leave the losses
     if block == "self_attention":
         return dict(arch="full_attention", **fields)
     return dict(arch="swa", **fields, window=_number(official, "model.sliding_window_size", int))
@@ -393,13 +408,15 @@ def import_ttt_e2e(
         check_tokenizer_folder(tokenizer)
     tree = read_tree(source)
     official, defaulted = load_official_config(config)
+    where = f"{source} (official TTT-E2E)"
+    fields = our_config(tree, official, where)
+    if fields["arch"] == "ttt_e2e" and "bos_token_id" not in official["model"]:
+        defaulted.append(f"model.bos_token_id (took {fields['bos_token_id']})")
     if defaulted:
         given = "no official config given" if config is None else (
             "the given config lacks them" if isinstance(config, Mapping) else f"{str(config)!r} lacks them")
         warnings.warn(f"{given}: took the official experiments' values for {', '.join(defaulted)}; a run that "
                       "changed them needs its .hydra/config.yaml (--config)", ImportedCheckpointWarning, stacklevel=2)
-    where = f"{source} (official TTT-E2E)"
-    fields = our_config(tree, official, where)
     if backend is not None:
         fields["backend"] = backend
     model = build_model(config_from_dict(fields))
