@@ -38,14 +38,14 @@ from tests.test_lm_eval import local_tasks  # noqa: E402,F401  (fixture)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def llama_style_tokenizer(folder: Path) -> Path:
+def llama_style_tokenizer(folder: Path, **options) -> Path:
     """Bytes plus <s> (256) and </s> (257); like Llama's, it puts <s> before every text it encodes."""
     from tokenizers import processors
 
     tok = byte_level_tokenizer()
     tok.add_special_tokens(["<s>", "</s>"])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", **options)
     fast.save_pretrained(str(folder))
     return folder
 
@@ -83,6 +83,34 @@ def test_a_tokenizer_that_adds_bos_scores_as_lm_eval_hf(bos_model, local_tasks, 
     assert ours.keys() == theirs.keys() and len(ours) == 9
     for key, resps in ours.items():
         assert resps == pytest.approx(theirs[key], rel=1e-6), key
+
+
+def test_generated_text_reads_as_lm_eval_hf_decodes_it(bos_model, tmp_path, monkeypatch):
+    """lm-eval's hf model answers with ``tokenizer.decode(ids, skip_special_tokens=True)``: special
+    tokens dropped, and the tokenizer's clean_up_tokenization_spaces as transformers applies it
+    (transformers 5 ignores it for BPE tokenizers, Llama 3's included). lcbench kept the special
+    tokens and never cleaned up, so its answers could read differently and score apart."""
+    from types import SimpleNamespace
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    import harness.adapters.lm_eval as adapter
+
+    ckpt, _, _ = bos_model
+    folder = llama_style_tokenizer(tmp_path / "tok", clean_up_tokenization_spaces=True)
+    lm = LcbenchLM(checkpoint=str(ckpt), tokenizer=str(folder), device="cpu")
+    generated = [*lm.tok.encode("4 , 2"), 256, *lm.tok.encode(" is it ?"), 257]
+    theirs = HFLM.tok_decode(SimpleNamespace(tokenizer=transformers.AutoTokenizer.from_pretrained(folder)),
+                             generated)
+    assert lm.tok_decode(generated) == theirs and theirs.startswith("4") and "<s>" not in theirs
+    assert lm.tok_decode([257], skip_special_tokens=False) == "</s>"  # the end-of-text stop string
+    # and so the answer generate_until returns, whatever the model: its ids fixed here
+    monkeypatch.setattr(adapter, "greedy_decode", lambda *args, **kwargs: generated)
+    request = Instance("generate_until", None, ("The answer:", {"until": ["\n"], "max_gen_toks": 4}), 0)
+    assert lm.generate_until([request], disable_tqdm=True) == [theirs]
+    plain = LcbenchLM(checkpoint=str(ckpt), tokenizer=str(llama_style_tokenizer(tmp_path / "plain")), device="cpu")
+    assert plain.tok_decode(generated) == "4 , 2 is it ?"
 
 
 def test_model_args_win_over_lm_eval_options_and_cuda0_is_no_warning(tmp_path):

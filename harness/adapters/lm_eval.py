@@ -220,7 +220,11 @@ class LcbenchLM(TemplateLM):
             add = not (bos_text and string.startswith(bos_text))
         return [self.tok.bos_id, *ids] if add and self.tok.bos_id is not None else ids
 
-    def tok_decode(self, ids: Sequence[int]) -> str:
+    def tok_decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """As lm-eval's hf model: by default the text a reader sees (special tokens dropped, the
+        tokenizer's clean-up of spaces), which its metrics compare with the answers."""
+        if skip_special_tokens:
+            return getattr(self.tok, "decode_text", self.tok.decode)(list(ids))
         return self.tok.decode(list(ids))
 
     def get_model_info(self) -> dict[str, Any]:
@@ -321,7 +325,8 @@ class LcbenchLM(TemplateLM):
             # as lm-eval's hf model: max_new_tokens (and the other aliases) cap generation like
             # max_gen_toks, and the end-of-text token's text also stops it
             kwargs = normalize_gen_kwargs(gen_kwargs or {}, self.max_gen_toks)
-            until = handle_stop_sequences(kwargs.pop("until", None), self.tok_decode([self.eot_token_id]))
+            until = handle_stop_sequences(kwargs.pop("until", None),
+                                          self.tok_decode([self.eot_token_id], skip_special_tokens=False))
             max_new = int(kwargs.pop("max_gen_toks"))
             if kwargs.get("do_sample") and not self._warned_sampling:
                 warnings.warn("lcbench decodes greedily; do_sample/temperature are ignored", stacklevel=2)

@@ -41,6 +41,8 @@ class Tokenizer(Protocol):
 
 # Optional fast paths that tokenize_documents uses when a tokenizer has them:
 # ``encode_tensor(text) -> 1-D int64 tensor`` and ``encode_batch(texts) -> list[list[int]]``.
+# Optional ``decode_text(ids) -> str``: generated text as its library shows it to a reader (the
+# lm-eval adapter's answers); without it, ``decode``.
 
 
 def _as_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
@@ -218,6 +220,15 @@ class HFTokenizer:
         if self._hf is not None:
             return self._hf.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         return self._tk.decode(ids, skip_special_tokens=False)
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        """As transformers' ``decode`` with its defaults, what lm-eval's hf model answers with:
+        special tokens dropped and the tokenizer's own ``clean_up_tokenization_spaces`` (Llama 3's
+        turns " ," into ","). :meth:`decode` keeps every token's text as it is."""
+        ids = _as_list(ids)
+        if self._hf is not None:
+            return self._hf.decode(ids, skip_special_tokens=True)
+        return self._tk.decode(ids, skip_special_tokens=True)
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r})"
