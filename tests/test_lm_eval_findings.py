@@ -184,3 +184,26 @@ def test_tasks_pick_up_an_exported_or_imported_checkpoint_tokenizer(tmp_path):
             f.unlink()
     assert checkpoint_tokenizer(info) == str(ckpt / "tokenizer")
     assert heldout_documents(DataOptions(), info, model)[0].vocab_size == 258
+
+
+def test_lm_eval_refuses_a_checkpoint_whose_tokenizer_changed(tmp_path):
+    """Tasks refused a checkpoint whose tokenizer files changed since it trained (other ids than the
+    model learnt); the lm-eval adapter read the text with them and scored it."""
+    from harness.api.errors import ConfigError
+    from harness.train.trainer import TrainConfig, train
+    from tests.conftest import small_config
+    from tests.test_own_data import write_bpe, write_corpus
+
+    file = tmp_path / "tok" / "tokenizer.json"
+    write_bpe(file, seed=0)
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, val_fraction=0.5,
+                      corpus=write_corpus(tmp_path / "books"), tokenizer=str(file))
+    train(small_config("swa", vocab_size=512), cfg, out_dir=tmp_path / "c", progress=False)
+    saved = file.read_bytes()
+    write_bpe(file, seed=3)
+    with pytest.raises(ConfigError, match="the checkpoint's tokenizer .*tokenizer.json' holds other files than when "
+                                          "it trained"):
+        LcbenchLM(checkpoint=str(tmp_path / "c"), device="cpu")
+    file.write_bytes(saved)
+    assert LcbenchLM(checkpoint=str(tmp_path / "c"), device="cpu").tok_encode("a b") == \
+        LcbenchLM(checkpoint=str(tmp_path / "c"), tokenizer=str(file), device="cpu").tok_encode("a b")

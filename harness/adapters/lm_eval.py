@@ -67,8 +67,7 @@ from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, close_match
 from harness.api.failures import FailureGuard
 from harness.api.staging import prepare_output
-from harness.data.heldout import checkpoint_tokenizer
-from harness.data.tokenizers import load_tokenizer
+from harness.data.heldout import model_tokenizer
 from harness.runs.evaluate import identity_columns, resolve_model
 from harness.runs.provenance import git_commit, run_metadata, write_run_json
 
@@ -154,13 +153,7 @@ class LcbenchLM(TemplateLM):
         self._device = resolve_device(device or "auto")
         self._dtype = resolve_dtype(dtype, self._device)
         self.model, self.info = resolve_model(spec, device=self._device, dtype=self._dtype, backend=backend)
-        self.tokenizer_spec = tokenizer if tokenizer is not None else checkpoint_tokenizer(self.info)
-        self.tok = load_tokenizer(self.tokenizer_spec)
-        if self.tok.vocab_size > self.model.config.vocab_size:
-            raise ConfigError(
-                f"tokenizer {self.tok.name!r} has {self.tok.vocab_size} tokens but the model's vocab_size is "
-                f"{self.model.config.vocab_size}; pass the tokenizer the model was trained with (tokenizer=...)"
-            )
+        self.tok = model_tokenizer(tokenizer, self.info, self.model)  # checked as a task's is
         self.batch_size = 1 if batch_size is None or str(batch_size).startswith("auto") else \
             _int_or_none(batch_size, "batch_size")
         self.max_length = _int_or_none(max_length, "max_length")

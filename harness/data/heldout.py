@@ -122,12 +122,12 @@ def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[
     return [d for d in docs if d.name not in held]
 
 
-def _check_trained_tokenizer(options: DataOptions, info: ModelInfo) -> None:
+def _check_trained_tokenizer(given: str | None, info: ModelInfo) -> None:
     """Raise if the tokenizer the checkpoint trained with is read from files changed since: the
-    held-out text would become other ids than the model learnt."""
+    text would become other ids than the model learnt."""
     trained = (info.train_config or {}).get("tokenizer")
     recorded = info.trained_data.get("tokenizer_fingerprint")
-    if recorded is None or options.tokenizer not in (None, trained):
+    if recorded is None or given not in (None, trained):
         return
     now = tokenizer_fingerprint(trained)
     if now != recorded:
@@ -136,24 +136,28 @@ def _check_trained_tokenizer(options: DataOptions, info: ModelInfo) -> None:
             f"{now}): its token ids are not the ones the model learnt; restore the tokenizer's files")
 
 
-def heldout_documents(options: DataOptions, info: ModelInfo,
-                      model: LCModel | None = None) -> tuple[Tokenizer, list[Document]]:
-    """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
-    train = {**(info.train_config or {}), "tokenizer": checkpoint_tokenizer(info)}
-
-    def load(name: str, loader: Callable[[Any], Any]) -> Any:
-        """The data option ``name`` loaded: the given one, else the checkpoint's."""
-        given = getattr(options, name)
-        return loader(given) if given is not None else _load_trained(name, train.get(name), loader)
-
-    tokenizer = load("tokenizer", load_tokenizer)
-    _check_trained_tokenizer(options, info)
+def model_tokenizer(given: str | None, info: ModelInfo, model: LCModel | None = None) -> Tokenizer:
+    """The tokenizer to read text for a model with: ``given``, else the checkpoint's
+    (:func:`checkpoint_tokenizer`); refused if the checkpoint's has changed since it trained, or if
+    it has more tokens than the model's vocabulary."""
+    tokenizer = (load_tokenizer(given) if given is not None
+                 else _load_trained("tokenizer", checkpoint_tokenizer(info), load_tokenizer))
+    _check_trained_tokenizer(given, info)
     if model is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigError(
             f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-            f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with"
+            f"{model.config.vocab_size}; read the text with the tokenizer the model was trained with"
         )
-    docs = load("corpus", load_corpus)
+    return tokenizer
+
+
+def heldout_documents(options: DataOptions, info: ModelInfo,
+                      model: LCModel | None = None) -> tuple[Tokenizer, list[Document]]:
+    """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
+    train = info.train_config or {}
+    tokenizer = model_tokenizer(options.tokenizer, info, model)
+    docs = (load_corpus(options.corpus) if options.corpus is not None
+            else _load_trained("corpus", train.get("corpus"), load_corpus))
     own = _on_own_corpus(options, info)  # hashes a given corpus's files: once
     if _reads_another_corpus(options, info, own):
         return tokenizer, _without_training_text(docs, options.corpus, train)
