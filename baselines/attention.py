@@ -157,7 +157,8 @@ def _import_flex() -> Any:
     return types.SimpleNamespace(create_block_mask=create_block_mask, flex_attention=flex_attention)
 
 
-FLEX = Kernel("attention", "flex", _import_flex, install="PyTorch >= 2.5 with CUDA", fallback="sdpa")
+FLEX = Kernel("attention", "flex", _import_flex, install="PyTorch >= 2.5 with CUDA", fallback="sdpa",
+              packages=("torch", "triton"))
 
 
 # Query x key positions above which the block mask is built by a compiled create_block_mask: the

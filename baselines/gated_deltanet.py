@@ -191,7 +191,8 @@ def _import_fla() -> Any:
     return types.SimpleNamespace(chunk=chunk_gated_delta_rule, recurrent=fused_recurrent_gated_delta_rule)
 
 
-FLA = Kernel("gated_deltanet", "fla", _import_fla, install="pip install fla-core triton", fallback="torch")
+FLA = Kernel("gated_deltanet", "fla", _import_fla, install="pip install fla-core triton", fallback="torch",
+             packages=("fla-core", "triton"))
 
 
 def fla_gated_delta_rule(q, k, v, g, beta, state, chunk_size: int):

@@ -83,7 +83,8 @@ def _import_liger() -> Callable[..., torch.Tensor]:
     return liger_fused_linear_cross_entropy
 
 
-LIGER = Kernel("ttt_e2e inner_loss", "liger", _import_liger, install="pip install liger-kernel", fallback="chunked")
+LIGER = Kernel("ttt_e2e inner_loss", "liger", _import_liger, install="pip install liger-kernel", fallback="chunked",
+               packages=("liger-kernel", "triton"))
 
 
 def liger_unavailable_reason(device: torch.device) -> str:

@@ -228,8 +228,10 @@ def _import_mamba_ssm_with_placeholder() -> Any:
 MAMBA_SSM = Kernel(
     "mamba2", "mamba_ssm", _import_mamba_ssm_with_placeholder, fallback="torch",
     install="MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm",
+    packages=("mamba-ssm", "triton"),
 )
-FLA = Kernel("mamba2", "fla", _import_fla, install="pip install fla-core triton", fallback="torch")
+FLA = Kernel("mamba2", "fla", _import_fla, install="pip install fla-core triton", fallback="torch",
+             packages=("fla-core", "triton"))
 KERNELS = (MAMBA_SSM, FLA)  # in the order "auto" prefers them
 
 

@@ -128,12 +128,16 @@ def test_triton_kernels_are_interpreted_where_cuda_is_absent():
 
 
 def test_kernel_report_lists_each_kernel_once_with_its_users_and_why_not():
-    shared = Kernel("attention", "fast", lambda: "ops", install="-", fallback="torch")
-    broken = Kernel("ssm", "broken", lambda: 1 / 0, install="pip install broken", fallback="torch", needs_cuda=False)
+    from importlib import metadata
+
+    shared = Kernel("attention", "fast", lambda: "ops", install="-", fallback="torch", packages=("torch",))
+    broken = Kernel("ssm", "broken", lambda: 1 / 0, install="pip install broken", fallback="torch", needs_cuda=False,
+                    packages=("lcbench-no-such-package",))
     rows = kernel_report({"a": (shared,), "b": (shared, broken), "c": ()}, CPU)
     assert rows == [
-        {"mixer": "attention", "backend": "fast", "used by": "a, b", "runs here": "no: it needs a CUDA device (the input is on cpu)"},
-        {"mixer": "ssm", "backend": "broken", "used by": "b",
+        {"mixer": "attention", "backend": "fast", "used by": "a, b", "installed": f"torch {metadata.version('torch')}",
+         "runs here": "no: it needs a CUDA device (the input is on cpu)"},
+        {"mixer": "ssm", "backend": "broken", "used by": "b", "installed": "lcbench-no-such-package not installed",
          "runs here": "no: importing it failed (ZeroDivisionError: division by zero); install it with `pip install broken`"},
     ]
     assert kernel_report({"a": (shared,)}, CUDA)[0]["runs here"] == "yes"

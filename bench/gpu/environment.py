@@ -67,7 +67,8 @@ def backends(device: torch.device) -> str:
         f"swa, ttt_e2e (window): auto -> {attention.resolve_backend('auto', 8192, device)}",
         f"gated_deltanet: auto -> {gated_deltanet.resolve_backend('auto', device)}",
         f"mamba2: auto -> {mamba2.resolve_backend('auto', device)}",
-        *(f"{row['mixer']} backend {row['backend']} (used by {row['used by']}): {row['runs here']}" for row in kernels),
+        *(f"{row['mixer']} backend {row['backend']} (used by {row['used by']}; {row['installed']}): {row['runs here']}"
+          for row in kernels),
     ])
 
 

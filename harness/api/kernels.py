@@ -10,6 +10,7 @@ run), :meth:`Kernel.ops` the one error, :func:`pick_backend` resolves ``backend=
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -20,13 +21,24 @@ from harness.api.errors import BackendUnavailableError
 class Kernel:
     """Backend ``name`` of mixer ``mixer``: ``load()`` imports its ops (raising on any failure),
     ``install`` says how to get them, ``fallback`` names the mixer's backend that runs anywhere;
-    ``needs_cuda``: it runs on CUDA devices only."""
+    ``needs_cuda``: it runs on CUDA devices only; ``packages``: the distributions it comes from,
+    whose installed versions :func:`kernel_report` shows without importing them."""
 
     def __init__(self, mixer: str, name: str, load: Callable[[], Any], install: str, fallback: str,
-                 needs_cuda: bool = True):
+                 needs_cuda: bool = True, packages: Sequence[str] = ()):
         self.mixer, self.name, self.load, self.install = mixer, name, load, install
-        self.fallback, self.needs_cuda = fallback, needs_cuda
+        self.fallback, self.needs_cuda, self.packages = fallback, needs_cuda, tuple(packages)
         self._imported: tuple[Any, str | None] | None = None
+
+    def installed(self) -> str:
+        """Each of :attr:`packages` with its installed version, or "not installed"."""
+        found = []
+        for package in self.packages:
+            try:
+                found.append(f"{package} {metadata.version(package)}")
+            except metadata.PackageNotFoundError:
+                found.append(f"{package} not installed")
+        return ", ".join(found) or "-"
 
     def imported(self) -> tuple[Any, str | None]:
         """(ops, None), or (None, why the import failed). Imported once; :meth:`forget` retries."""
@@ -73,8 +85,8 @@ def pick_backend(requested: str, kernels: Sequence[Kernel], device: torch.device
 
 def kernel_report(kernels_by_arch: Mapping[str, Sequence[Kernel]], device: torch.device) -> list[dict[str, str]]:
     """One row per kernel backend the architectures declare (``LCModel.kernels``; one shared by
-    several, FlexAttention say, once with all of them): whether it runs on ``device``, and if not,
-    why. Asking imports each package that can run there (seconds for Triton packages on a GPU)."""
+    several, FlexAttention say, once with all of them): its packages' installed versions, whether
+    it runs on ``device``, and if not, why. Asking imports each package that can run there (seconds for Triton packages on a GPU)."""
     users: dict[int, tuple[Kernel, list[str]]] = {}
     for arch, kernels in kernels_by_arch.items():
         for kernel in kernels:
@@ -83,5 +95,5 @@ def kernel_report(kernels_by_arch: Mapping[str, Sequence[Kernel]], device: torch
     for kernel, archs in users.values():
         why = kernel.unavailable_reason(device)
         rows.append({"mixer": kernel.mixer, "backend": kernel.name, "used by": ", ".join(archs),
-                     "runs here": "yes" if why is None else f"no: {why}"})
+                     "installed": kernel.installed(), "runs here": "yes" if why is None else f"no: {why}"})
     return rows
