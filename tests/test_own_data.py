@@ -340,3 +340,28 @@ def test_a_model_smaller_than_its_tokenizer_is_refused_before_the_corpus_is_toke
     with pytest.raises(ConfigError, match=r"model vocab_size=256 is smaller than the tokenizer's 300 \(.*tokenizer"
                                           r"\.json'\): make vocab_size at least 300"):
         train(small_config("swa", vocab_size=256), cfg, progress=False)
+
+
+def test_a_corpus_changed_since_training_is_warned_of_at_evaluation(tmp_path):
+    """Records are named by line: a line inserted above moves every later record's name, so each
+    is held out or not afresh, and text the checkpoint trained on was scored as held-out without a
+    word. The changed corpus is now said (the tokenizer's change is refused: other ids)."""
+    import warnings
+
+    file = tmp_path / "notes.jsonl"
+    texts = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(120)) + f" {i}" for i in range(12)]
+    file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, val_fraction=0.3,
+                      corpus=str(file))
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False)
+    options = {"contexts": "16", "tokens_per_context": 64}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CorpusWarning)  # unchanged: nothing to say
+        run_eval("loss_scaling", tmp_path / "c", None, options, progress=False)
+    _, info = resolve_model(str(tmp_path / "c"))
+    trained_on = {d.text for d in training_documents(DataOptions(), info, heldout_documents(DataOptions(), info)[1])}
+    file.write_text(json.dumps({"text": "a note put first"}) + "\n" + file.read_text())
+    with pytest.warns(CorpusWarning, match=r"the checkpoint's corpus .*notes.jsonl' holds other files than when it "
+                                           r"trained \(fingerprint \w+ -> \w+\)"):
+        _, held = heldout_documents(DataOptions(), info)
+    assert trained_on & {d.text for d in held}  # what it warns of: training text now held out

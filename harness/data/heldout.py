@@ -136,6 +136,24 @@ def _check_trained_tokenizer(given: str | None, info: ModelInfo) -> None:
             f"{now}): its token ids are not the ones the model learnt; restore the tokenizer's files")
 
 
+def _warn_changed_corpus(options: DataOptions, info: ModelInfo) -> None:
+    """Warn when the checkpoint's own corpus, read from where it trained, holds other files than
+    then: its held-out documents are split from the text as it is now, and a document whose name
+    moved (a record named by its line or row when lines are inserted, a renamed file) is held out
+    or not afresh, so text it trained on can be scored as held-out."""
+    trained = (info.train_config or {}).get("corpus")
+    recorded = info.trained_data.get("corpus_fingerprint")
+    if recorded is None or options.corpus not in (None, trained):
+        return
+    now = corpus_fingerprint(trained)
+    if now != recorded and not now.startswith("absent:"):  # a missing corpus fails with its own error
+        warnings.warn(
+            f"the checkpoint's corpus {trained or 'stdlib'!r} holds other files than when it trained (fingerprint "
+            f"{recorded} -> {now}): its held-out split is drawn from the text as it is now, and documents whose "
+            "names moved (records named by line or row after an insertion, renamed files) may be text it trained "
+            "on; evaluate on the corpus as it trained, or on a separate test corpus", CorpusWarning, stacklevel=3)
+
+
 def model_tokenizer(given: str | None, info: ModelInfo, model: LCModel | None = None) -> Tokenizer:
     """The tokenizer to read text for a model with: ``given``, else the checkpoint's
     (:func:`checkpoint_tokenizer`); refused if the checkpoint's has changed since it trained, or if
@@ -156,6 +174,7 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
     """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
     train = info.train_config or {}
     tokenizer = model_tokenizer(options.tokenizer, info, model)
+    _warn_changed_corpus(options, info)
     docs = (load_corpus(options.corpus) if options.corpus is not None
             else _load_trained("corpus", train.get("corpus"), load_corpus))
     own = _on_own_corpus(options, info)  # hashes a given corpus's files: once
