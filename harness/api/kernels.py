@@ -86,7 +86,8 @@ def pick_backend(requested: str, kernels: Sequence[Kernel], device: torch.device
 def kernel_report(kernels_by_arch: Mapping[str, Sequence[Kernel]], device: torch.device) -> list[dict[str, str]]:
     """One row per kernel backend the architectures declare (``LCModel.kernels``; one shared by
     several, FlexAttention say, once with all of them): its packages' installed versions, whether
-    it runs on ``device``, and if not, why. Asking imports each package that can run there (seconds for Triton packages on a GPU)."""
+    it runs on ``device``, and if not, why. Asking imports each package that can run there
+    (seconds for Triton packages on a GPU)."""
     users: dict[int, tuple[Kernel, list[str]]] = {}
     for arch, kernels in kernels_by_arch.items():
         for kernel in kernels:

@@ -223,8 +223,9 @@ class HFTokenizer:
 
     def decode_text(self, ids: Sequence[int]) -> str:
         """As transformers' ``decode`` with its defaults, what lm-eval's hf model answers with:
-        special tokens dropped and the tokenizer's own ``clean_up_tokenization_spaces`` (Llama 3's
-        turns " ," into ","). :meth:`decode` keeps every token's text as it is."""
+        special tokens dropped and the tokenizer's own ``clean_up_tokenization_spaces`` as
+        transformers applies it (" ," -> ","; transformers 5 skips it for BPE tokenizers).
+        :meth:`decode` keeps every token's text as it is."""
         ids = _as_list(ids)
         if self._hf is not None:
             return self._hf.decode(ids, skip_special_tokens=True)
