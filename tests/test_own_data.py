@@ -342,14 +342,17 @@ def test_a_model_smaller_than_its_tokenizer_is_refused_before_the_corpus_is_toke
         train(small_config("swa", vocab_size=256), cfg, progress=False)
 
 
-def test_a_corpus_changed_since_training_is_warned_of_at_evaluation(tmp_path):
-    """Records are named by line: a line inserted above moves every later record's name, so each
-    is held out or not afresh, and text the checkpoint trained on was scored as held-out without a
-    word. The changed corpus is now said (the tokenizer's change is refused: other ids)."""
+def test_text_trained_on_stays_out_of_the_held_out_split_after_the_corpus_changed(tmp_path):
+    """Records are named by line: a line inserted above moved every later record's name, so each
+    was held out or not afresh, and text the checkpoint trained on was scored as held-out without
+    a word. A checkpoint now records digests of the texts it trained on, and evaluation leaves
+    them out, saying so; one without that record (older) is warned of."""
     import warnings
 
+    from harness.train import checkpoint
+
     file = tmp_path / "notes.jsonl"
-    texts = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(120)) + f" {i}" for i in range(12)]
+    texts = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(120)) + f" {i}" for i in range(40)]
     file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, val_fraction=0.3,
                       corpus=str(file))
@@ -359,9 +362,22 @@ def test_a_corpus_changed_since_training_is_warned_of_at_evaluation(tmp_path):
         warnings.simplefilter("error", CorpusWarning)  # unchanged: nothing to say
         run_eval("loss_scaling", tmp_path / "c", None, options, progress=False)
     _, info = resolve_model(str(tmp_path / "c"))
-    trained_on = {d.text for d in training_documents(DataOptions(), info, heldout_documents(DataOptions(), info)[1])}
+    before = heldout_documents(DataOptions(), info)[1]
+    trained_on = {d.text for d in training_documents(DataOptions(), info, before)}
+    assert len(info.trained_data["train_text_digests"]) == len(trained_on)
+
     file.write_text(json.dumps({"text": "a note put first"}) + "\n" + file.read_text())
     with pytest.warns(CorpusWarning, match=r"the checkpoint's corpus .*notes.jsonl' holds other files than when it "
-                                           r"trained \(fingerprint \w+ -> \w+\)"):
+                                           r"trained \(fingerprint \w+ -> \w+\): \d+ of the \d+ documents of its "
+                                           r"held-out split are text it trained on .*; they are left out"):
         _, held = heldout_documents(DataOptions(), info)
-    assert trained_on & {d.text for d in held}  # what it warns of: training text now held out
+    assert held and not trained_on & {d.text for d in held}
+
+    # a checkpoint from before the record: the change is said, the held-out split is as drawn now
+    state = json.loads((tmp_path / "c" / checkpoint.TRAINER_FILE).read_text())
+    del state["train_text_digests"]
+    (tmp_path / "c" / checkpoint.TRAINER_FILE).write_text(json.dumps(state))
+    _, older = resolve_model(str(tmp_path / "c"))
+    with pytest.warns(CorpusWarning, match=r"holds other files than when it trained .* may be text it trained on"):
+        _, held = heldout_documents(DataOptions(), older)
+    assert trained_on & {d.text for d in held}  # what it warns of

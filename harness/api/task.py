@@ -67,8 +67,9 @@ class ModelInfo:
     params: int
     train_ctx: int | None = None
     train_config: dict[str, Any] | None = None  # the checkpoint's TrainConfig, when it has one
-    # what its corpus's and tokenizer's files held when it trained ("corpus_fingerprint", "tokenizer_fingerprint")
-    trained_data: dict[str, str] = field(default_factory=dict)
+    # what its corpus's and tokenizer's files held when it trained ("corpus_fingerprint", "tokenizer_fingerprint"),
+    # and the digests of the documents it trained on ("train_text_digests")
+    trained_data: dict[str, Any] = field(default_factory=dict)
     source: str = "preset"  # "checkpoint", "preset" (untrained weights) or "object" (a model built in Python)
     path: str | None = None
 

@@ -18,6 +18,7 @@ from harness.data.packing import (
     sample_batch,
     select_windows,
     split_documents,
+    text_digest,
     tokenize_documents,
 )
 from harness.data.report import CorpusReport, corpus_report
@@ -35,6 +36,7 @@ __all__ = [
     "corpus_fingerprint",
     "hash_files",
     "split_documents",
+    "text_digest",
     "tokenize_documents",
     "pack_sequences",
     "sample_batch",

@@ -17,7 +17,7 @@ from harness.api.errors import ConfigError
 from harness.api.interface import LCModel
 from harness.api.task import DataOptions, ModelInfo
 from harness.data.corpora import CorpusWarning, Document, corpus_fingerprint, load_corpus
-from harness.data.packing import split_documents
+from harness.data.packing import split_documents, text_digest
 from harness.data.tokenizers import TOKENIZER_DIR, Tokenizer, load_tokenizer, tokenizer_fingerprint
 
 # Either file marks a folder AutoTokenizer loads (tokenizer.json alone loads as a fast tokenizer).
@@ -136,22 +136,41 @@ def _check_trained_tokenizer(given: str | None, info: ModelInfo) -> None:
             f"{now}): its token ids are not the ones the model learnt; restore the tokenizer's files")
 
 
-def _warn_changed_corpus(options: DataOptions, info: ModelInfo) -> None:
-    """Warn when the checkpoint's own corpus, read from where it trained, holds other files than
-    then: its held-out documents are split from the text as it is now, and a document whose name
-    moved (a record named by its line or row when lines are inserted, a renamed file) is held out
-    or not afresh, so text it trained on can be scored as held-out."""
+def _changed_corpus(options: DataOptions, info: ModelInfo) -> str | None:
+    """How the checkpoint's own corpus, read from where it trained, changed since it trained
+    ("fingerprint A -> B"), or None: its held-out documents are then split from the text as it is
+    now, and a document whose name moved (a record named by its line or row when lines are
+    inserted, a renamed file) is held out or not afresh."""
     trained = (info.train_config or {}).get("corpus")
     recorded = info.trained_data.get("corpus_fingerprint")
     if recorded is None or options.corpus not in (None, trained):
-        return
+        return None
     now = corpus_fingerprint(trained)
-    if now != recorded and not now.startswith("absent:"):  # a missing corpus fails with its own error
-        warnings.warn(
-            f"the checkpoint's corpus {trained or 'stdlib'!r} holds other files than when it trained (fingerprint "
-            f"{recorded} -> {now}): its held-out split is drawn from the text as it is now, and documents whose "
-            "names moved (records named by line or row after an insertion, renamed files) may be text it trained "
-            "on; evaluate on the corpus as it trained, or on a separate test corpus", CorpusWarning, stacklevel=3)
+    if now == recorded or now.startswith("absent:"):  # a missing corpus fails with its own error
+        return None
+    return f"fingerprint {recorded} -> {now}"
+
+
+def _without_recorded_training_text(val: list[Document], info: ModelInfo, corpus: str, change: str) -> list[Document]:
+    """``val`` less the documents whose text the checkpoint recorded training on; when its corpus
+    changed (``change``) and no record exists, a warning that some may be."""
+    digests = set(info.trained_data.get("train_text_digests") or ())
+    where = f"the checkpoint's corpus {corpus!r} holds other files than when it trained ({change})"
+    if not digests:
+        warnings.warn(f"{where}: its held-out split is drawn from the text as it is now, and documents whose names "
+                      "moved (records named by line or row after an insertion, renamed files) may be text it "
+                      "trained on; evaluate on the corpus as it trained, or on a separate test corpus",
+                      CorpusWarning, stacklevel=4)
+        return val
+    kept = [d for d in val if text_digest(d.text) not in digests]
+    if len(kept) < len(val):
+        first = next(d.name for d in val if text_digest(d.text) in digests)
+        if not kept:
+            raise ConfigError(f"{where}: every document of its held-out split is text it trained on, e.g. {first!r}; "
+                              "evaluate on the corpus as it trained, or on a separate test corpus")
+        warnings.warn(f"{where}: {len(val) - len(kept)} of the {len(val)} documents of its held-out split are text it "
+                      f"trained on (e.g. {first!r}); they are left out", CorpusWarning, stacklevel=4)
+    return kept
 
 
 def model_tokenizer(given: str | None, info: ModelInfo, model: LCModel | None = None) -> Tokenizer:
@@ -174,7 +193,7 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
     """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
     train = info.train_config or {}
     tokenizer = model_tokenizer(options.tokenizer, info, model)
-    _warn_changed_corpus(options, info)
+    change = _changed_corpus(options, info)
     docs = (load_corpus(options.corpus) if options.corpus is not None
             else _load_trained("corpus", train.get("corpus"), load_corpus))
     own = _on_own_corpus(options, info)  # hashes a given corpus's files: once
@@ -195,4 +214,6 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
                 f"its {len(val)} documents that the checkpoint trained on (its split: val_fraction="
                 f"{trained_fraction}, split_seed={trained_seed}), e.g. {sorted(seen)[0]!r}; leave "
                 "val_fraction and split_seed unset to evaluate on the checkpoint's own held-out documents")
+    if change is not None:
+        val = _without_recorded_training_text(val, info, train.get("corpus") or "stdlib", change)
     return tokenizer, val

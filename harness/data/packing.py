@@ -25,6 +25,12 @@ def _unit_hash(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
+def text_digest(text: str) -> str:
+    """A short stable hash of a document's text: a checkpoint records those it trained on, so its
+    held-out documents stay held out after its corpus changes (names can move; text cannot)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
 def split_documents(
     docs: Sequence[Document], val_fraction: float = 0.1, seed: int = 0
 ) -> tuple[list[Document], list[Document]]:

@@ -38,7 +38,7 @@ from harness.api.staging import made_for_results
 from harness.data.heldout import heldout_documents
 from harness.runs.provenance import git_commit, run_metadata, write_run_json
 from harness.train import checkpoint
-from harness.train.trainer import TRAINED_ON_ATTR
+from harness.train.trainer import TRAINED_DATA_KEYS, TRAINED_ON_ATTR
 
 
 NONFINITE_METRIC = "task_failed"  # the metric of the status row a non-finite model or output gives
@@ -92,7 +92,7 @@ def resolve_model(
             try:
                 state, _ = checkpoint.load_trainer_state(spec)
                 train_config = state.get("train_config")
-                trained_data = {k: state[k] for k in ("corpus_fingerprint", "tokenizer_fingerprint") if k in state}
+                trained_data = {k: state[k] for k in TRAINED_DATA_KEYS if k in state}
             except Exception:  # noqa: BLE001 - a weights-only checkpoint has no training state
                 train_config = None
         else:

@@ -97,6 +97,8 @@ class TrainConfig:
 # An attribute of the model train() returns: its training settings and data fingerprints, as a
 # checkpoint's trainer.json holds them, so that run_eval on the object reads its own held-out text.
 TRAINED_ON_ATTR = "lcbench_trained_on"
+# What a checkpoint's training state records of its data: evaluation reads them back.
+TRAINED_DATA_KEYS = ("corpus_fingerprint", "tokenizer_fingerprint", "train_text_digests")
 
 
 @dataclass
@@ -137,6 +139,7 @@ class TrainingData:
     train: torch.Tensor  # [N, seq_len] packed rows
     val: torch.Tensor
     vocab_size: int
+    train_text_digests: tuple[str, ...] = ()  # data.text_digest of every training document
 
 
 def check_vocab(model_vocab: int, tokenizer_vocab: int, tokenizer: str | None) -> None:
@@ -163,7 +166,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = False, model_vocab: int | No
                 "of at least two distinct documents (copies of one text go to one side)")
     train = _pack("training", train_docs, tokenizer, cfg.seq_len, progress)
     val = _pack("validation", val_docs, tokenizer, cfg.seq_len, progress)
-    return TrainingData(train, val, tokenizer.vocab_size)
+    return TrainingData(train, val, tokenizer.vocab_size, tuple(sorted({data.text_digest(d.text) for d in train_docs})))
 
 
 def _pack(side: str, docs: list[data.Document], tokenizer: data.Tokenizer, seq_len: int,
@@ -259,6 +262,8 @@ def train(
     fingerprints = data_fingerprints(cfg)
     if resume and out_dir is not None:
         start_step, history = _restore(out_dir, model, optimizer, cfg, replicas, fingerprints)
+    if training_data.train_text_digests:  # evaluation keeps these texts out of the held-out documents
+        fingerprints["train_text_digests"] = list(training_data.train_text_digests)
     amp_dtype = autocast_dtype(cfg.dtype, device)
     total = cfg.total_steps
     on_step = getattr(model, "on_train_step", None)
