@@ -221,6 +221,16 @@ def test_a_checkpoint_evaluated_on_another_corpus_reads_all_of_it_and_none_of_it
     _, held = heldout_documents(DataOptions(corpus=test_dir), info)
     pool = training_documents(DataOptions(corpus=test_dir), info, held)
     assert {d.text for d in pool} == trained_on
+    # its training corpus moved away: the texts it trained on are still known (recorded digests),
+    # where reading the training split again could only warn that it could not check
+    import shutil
+
+    shutil.copytree(train_dir, tmp_path / "copy")
+    shutil.rmtree(train_dir)
+    with pytest.warns(CorpusWarning, match=f"{len(trained_on)} of the 4 documents of corpus .*copy' are text the "
+                                           "checkpoint trained on"):
+        _, held = heldout_documents(DataOptions(corpus=str(tmp_path / "copy")), info)
+    assert len(held) == 4 - len(trained_on) and not {d.text for d in held} & trained_on
 
 
 # -- long steps show progress ----------------------------------------------------------------------
@@ -367,9 +377,10 @@ def test_text_trained_on_stays_out_of_the_held_out_split_after_the_corpus_change
     assert len(info.trained_data["train_text_digests"]) == len(trained_on)
 
     file.write_text(json.dumps({"text": "a note put first"}) + "\n" + file.read_text())
-    with pytest.warns(CorpusWarning, match=r"the checkpoint's corpus .*notes.jsonl' holds other files than when it "
-                                           r"trained \(fingerprint \w+ -> \w+\): \d+ of the \d+ documents of its "
-                                           r"held-out split are text it trained on .*; they are left out"):
+    with pytest.warns(CorpusWarning, match=r"\d+ of the \d+ documents of the held-out split of the checkpoint's "
+                                           r"corpus .*notes.jsonl', which holds other files than when it trained "
+                                           r"\(fingerprint \w+ -> \w+\) are text the checkpoint trained on .*; they "
+                                           r"are left out"):
         _, held = heldout_documents(DataOptions(), info)
     assert held and not trained_on & {d.text for d in held}
 

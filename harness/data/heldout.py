@@ -85,25 +85,42 @@ def _trained_on(train_config: Mapping[str, Any]) -> list[Document]:
     return split_documents(docs, *trained_split(train_config))[0]
 
 
-def _without_training_text(docs: list[Document], source: str, train_config: Mapping[str, Any]) -> list[Document]:
-    """``docs`` less those whose text the checkpoint trained on (``source`` holds its training
-    corpus: the folder above it, a copy)."""
-    try:
-        seen = {d.text for d in _trained_on(train_config)}
-    except ConfigError as exc:  # moved or deleted since it trained: nothing to compare with
-        warnings.warn(f"corpus {source!r}: could not check it for the checkpoint's training text ({exc})",
-                      CorpusWarning, stacklevel=3)
-        return docs
-    kept = [d for d in docs if d.text not in seen]
+def _drop_trained_text(docs: list[Document], trained: Callable[[Document], bool], where: str) -> list[Document]:
+    """``docs`` less those ``trained`` says the checkpoint trained on, counted in a warning
+    (``where``: the documents' description); none left is an error."""
+    kept = [d for d in docs if not trained(d)]
     if len(kept) < len(docs):
-        first = next(d.name for d in docs if d.text in seen)
+        first = next(d.name for d in docs if trained(d))
         if not kept:
-            raise ConfigError(f"every document of corpus {source!r} is text the checkpoint trained on, e.g. "
-                              f"{first!r}; evaluate on documents it did not see")
-        warnings.warn(f"{len(docs) - len(kept)} of the {len(docs)} documents of corpus {source!r} are text the "
-                      f"checkpoint trained on (e.g. {first!r}); they are left out of the held-out documents",
-                      CorpusWarning, stacklevel=3)
+            raise ConfigError(f"every document of {where} is text the checkpoint trained on, e.g. {first!r}; "
+                              "evaluate on documents it did not see")
+        warnings.warn(f"{len(docs) - len(kept)} of the {len(docs)} documents of {where} are text the checkpoint "
+                      f"trained on (e.g. {first!r}); they are left out of the held-out documents",
+                      CorpusWarning, stacklevel=4)
     return kept
+
+
+def _recorded_training_text(info: ModelInfo) -> Callable[[Document], bool] | None:
+    """Whether a document is text the checkpoint trained on, from the digests its training state
+    records (None: it records none)."""
+    digests = frozenset(info.trained_data.get("train_text_digests") or ())
+    return (lambda d: text_digest(d.text) in digests) if digests else None
+
+
+def _without_training_text(docs: list[Document], source: str, info: ModelInfo) -> list[Document]:
+    """``docs`` less those whose text the checkpoint trained on (``source`` holds its training
+    corpus: the folder above it, a copy): by the digests it records, else by reading its training
+    split again."""
+    trained = _recorded_training_text(info)
+    if trained is None:
+        try:
+            seen = {d.text for d in _trained_on(info.train_config or {})}
+        except ConfigError as exc:  # moved or deleted since it trained: nothing to compare with
+            warnings.warn(f"corpus {source!r}: could not check it for the checkpoint's training text ({exc})",
+                          CorpusWarning, stacklevel=3)
+            return docs
+        trained = lambda d: d.text in seen  # noqa: E731
+    return _drop_trained_text(docs, trained, f"corpus {source!r}")
 
 
 def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[Document]) -> list[Document]:
@@ -152,25 +169,17 @@ def _changed_corpus(options: DataOptions, info: ModelInfo) -> str | None:
 
 
 def _without_recorded_training_text(val: list[Document], info: ModelInfo, corpus: str, change: str) -> list[Document]:
-    """``val`` less the documents whose text the checkpoint recorded training on; when its corpus
-    changed (``change``) and no record exists, a warning that some may be."""
-    digests = set(info.trained_data.get("train_text_digests") or ())
-    where = f"the checkpoint's corpus {corpus!r} holds other files than when it trained ({change})"
-    if not digests:
+    """``val``, drawn from the checkpoint's own corpus changed since it trained (``change``), less
+    the documents whose text it records training on; without that record, a warning that some may be."""
+    where = f"the checkpoint's corpus {corpus!r}, which holds other files than when it trained ({change})"
+    trained = _recorded_training_text(info)
+    if trained is None:
         warnings.warn(f"{where}: its held-out split is drawn from the text as it is now, and documents whose names "
                       "moved (records named by line or row after an insertion, renamed files) may be text it "
                       "trained on; evaluate on the corpus as it trained, or on a separate test corpus",
                       CorpusWarning, stacklevel=4)
         return val
-    kept = [d for d in val if text_digest(d.text) not in digests]
-    if len(kept) < len(val):
-        first = next(d.name for d in val if text_digest(d.text) in digests)
-        if not kept:
-            raise ConfigError(f"{where}: every document of its held-out split is text it trained on, e.g. {first!r}; "
-                              "evaluate on the corpus as it trained, or on a separate test corpus")
-        warnings.warn(f"{where}: {len(val) - len(kept)} of the {len(val)} documents of its held-out split are text it "
-                      f"trained on (e.g. {first!r}); they are left out", CorpusWarning, stacklevel=4)
-    return kept
+    return _drop_trained_text(val, trained, f"the held-out split of {where}")
 
 
 def model_tokenizer(given: str | None, info: ModelInfo, model: LCModel | None = None) -> Tokenizer:
@@ -198,7 +207,7 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
             else _load_trained("corpus", train.get("corpus"), load_corpus))
     own = _on_own_corpus(options, info)  # hashes a given corpus's files: once
     if _reads_another_corpus(options, info, own):
-        return tokenizer, _without_training_text(docs, options.corpus, train)
+        return tokenizer, _without_training_text(docs, options.corpus, info)
     trained_fraction, trained_seed = trained_split(train)
     split_seed = options.split_seed if options.split_seed is not None else trained_seed
     val_fraction = options.val_fraction if options.val_fraction is not None else trained_fraction
