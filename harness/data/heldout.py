@@ -139,33 +139,29 @@ def training_documents(options: DataOptions, info: ModelInfo, heldout: Sequence[
     return [d for d in docs if d.name not in held]
 
 
+def _changed_since_training(kind: str, given: str | None, info: ModelInfo,
+                            fingerprint: Callable[[str | None], str]) -> str | None:
+    """How the checkpoint's own ``kind`` ("corpus" or "tokenizer"), read from where it trained,
+    changed since it trained ("fingerprint A -> B"), or None: unchanged, another one ``given``, no
+    fingerprint recorded, or the files gone (loading them fails with its own error)."""
+    trained = (info.train_config or {}).get(kind)
+    recorded = info.trained_data.get(f"{kind}_fingerprint")
+    if recorded is None or given not in (None, trained):
+        return None
+    now = fingerprint(trained)
+    if now == recorded or now.startswith("absent:"):
+        return None
+    return f"fingerprint {recorded} -> {now}"
+
+
 def _check_trained_tokenizer(given: str | None, info: ModelInfo) -> None:
     """Raise if the tokenizer the checkpoint trained with is read from files changed since: the
     text would become other ids than the model learnt."""
-    trained = (info.train_config or {}).get("tokenizer")
-    recorded = info.trained_data.get("tokenizer_fingerprint")
-    if recorded is None or given not in (None, trained):
-        return
-    now = tokenizer_fingerprint(trained)
-    if now != recorded:
+    change = _changed_since_training("tokenizer", given, info, tokenizer_fingerprint)
+    if change is not None:
         raise ConfigError(
-            f"the checkpoint's tokenizer {trained!r} holds other files than when it trained (fingerprint {recorded} -> "
-            f"{now}): its token ids are not the ones the model learnt; restore the tokenizer's files")
-
-
-def _changed_corpus(options: DataOptions, info: ModelInfo) -> str | None:
-    """How the checkpoint's own corpus, read from where it trained, changed since it trained
-    ("fingerprint A -> B"), or None: its held-out documents are then split from the text as it is
-    now, and a document whose name moved (a record named by its line or row when lines are
-    inserted, a renamed file) is held out or not afresh."""
-    trained = (info.train_config or {}).get("corpus")
-    recorded = info.trained_data.get("corpus_fingerprint")
-    if recorded is None or options.corpus not in (None, trained):
-        return None
-    now = corpus_fingerprint(trained)
-    if now == recorded or now.startswith("absent:"):  # a missing corpus fails with its own error
-        return None
-    return f"fingerprint {recorded} -> {now}"
+            f"the checkpoint's tokenizer {(info.train_config or {}).get('tokenizer')!r} holds other files than when "
+            f"it trained ({change}): its token ids are not the ones the model learnt; restore the tokenizer's files")
 
 
 def _without_recorded_training_text(val: list[Document], info: ModelInfo, corpus: str, change: str) -> list[Document]:
@@ -202,7 +198,10 @@ def heldout_documents(options: DataOptions, info: ModelInfo,
     """(tokenizer, held-out documents) for ``options``, checked against the model's vocabulary."""
     train = info.train_config or {}
     tokenizer = model_tokenizer(options.tokenizer, info, model)
-    change = _changed_corpus(options, info)
+    # its own corpus changed since it trained: its held-out documents are split from the text as it
+    # is now, and a document whose name moved (a record named by its line or row when lines are
+    # inserted, a renamed file) is held out or not afresh
+    change = _changed_since_training("corpus", options.corpus, info, corpus_fingerprint)
     docs = (load_corpus(options.corpus) if options.corpus is not None
             else _load_trained("corpus", train.get("corpus"), load_corpus))
     own = _on_own_corpus(options, info)  # hashes a given corpus's files: once
