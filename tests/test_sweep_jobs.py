@@ -105,6 +105,17 @@ def test_a_dead_job_leaves_status_rows_with_its_log(spec_path, tmp_path):
     assert len(describe_failures(out)) == 2
 
 
+def test_a_job_whose_cells_plan_otherwise_where_it_runs_fails_and_says_why(spec_path, tmp_path):
+    """A job plans the spec again where it runs. Where its cells got other keys there (a corpus
+    edited while the job queued, another Python's library on a cluster node), it ran none of them
+    and returned as done: the sweep counted them failed with no record and no reason."""
+    spec = load_spec(spec_path)
+    keys = [c.key for c in plan(spec)[:2]]
+    (Path(spec.train["corpus"]) / "json.txt").write_text("edited while the job queued\n" * 50)
+    with pytest.raises(ConfigError, match="2 of this job's 2 cell\\(s\\) are not cells of the spec as planned where it runs"):
+        jobs.SweepJob()(spec.to_dict(), str(tmp_path / "out"), keys)
+
+
 def test_cluster_settings_are_checked_and_mapped_to_submitit(spec_path):
     spec = load_spec(spec_path)
     with pytest.raises(ConfigError, match="Did you mean 'partition'"):

@@ -41,9 +41,14 @@ class SweepJob(submitit.helpers.Checkpointable):
 
     def __call__(self, spec: dict[str, Any], out_dir: str, keys: list[str], train_only: bool = False) -> int:
         spec_obj = SweepSpec.from_dict(spec)
+        planned, wanted = plan(spec_obj), set(keys)
+        unplanned = wanted - {c.key for c in planned}
+        if unplanned:  # else those cells would be neither run nor recorded, and the job would end as done
+            raise ConfigError(f"{len(unplanned)} of this job's {len(keys)} cell(s) are not cells of the spec as planned "
+                              "where it runs: a corpus, tokenizer or checkpoint it reads differs from when the sweep "
+                              "submitted it (changed since, or another path or Python there); rerun the sweep")
         done = ResultStore(out_dir).finished()
-        wanted = set(keys)
-        cells = [c for c in plan(spec_obj) if c.key in wanted and done.get(c.key, {}).get("status") != "ok"]
+        cells = [c for c in planned if c.key in wanted and done.get(c.key, {}).get("status") != "ok"]
         if train_only:  # train (or resume) each model once; its cells are other jobs
             for model in {id(c.model): c.model for c in cells}.values():
                 model.train_once(Path(out_dir))
