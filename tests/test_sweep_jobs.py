@@ -116,6 +116,24 @@ def test_a_job_whose_cells_plan_otherwise_where_it_runs_fails_and_says_why(spec_
         jobs.SweepJob()(spec.to_dict(), str(tmp_path / "out"), keys)
 
 
+def test_a_dead_jobs_rows_name_the_error_its_trace_ends_with(spec_path, tmp_path):
+    """submitit reports a job that raised as a FailedJobError whose first line is only 'Job (task=0)
+    failed during processing with trace:': every dead job's rows said that and nothing more."""
+    from submitit.core.utils import FailedJobError
+
+    log = tmp_path / "7_0_log.err"
+    trace = ("Traceback (most recent call last):\n  File \"jobs.py\", line 1, in __call__\n"
+             "harness.api.errors.ConfigError: unknown task 'niha'\n")
+    # submitit's own text for a job that raised (submitit/core/core.py, Job.exception)
+    exc = FailedJobError(f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
+                         f"----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'"
+                         f"or at paths:\n  - {log}\n  - {tmp_path / '7_0_log.out'}")
+    job = SimpleNamespace(job_id="7", paths=SimpleNamespace(stderr=log))
+    jobs.record_dead_job(tmp_path / "out", jobs.Submitted(job, plan(load_spec(spec_path))[:1]), exc, NO_GIT)
+    (message,) = results.read_table(tmp_path / "out")["message"]
+    assert "job 7 died (harness.api.errors.ConfigError: unknown task 'niha'); log: " in message
+
+
 def test_cluster_settings_are_checked_and_mapped_to_submitit(spec_path):
     spec = load_spec(spec_path)
     with pytest.raises(ConfigError, match="Did you mean 'partition'"):

@@ -131,10 +131,21 @@ def record_dead_job(out: Path, item: Submitted, exc: BaseException, git: dict[st
     store = ResultStore(out)
     done = store.finished()
     log = item.job.paths.stderr
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = death_reason(exc)
     for cell in item.cells:
         if cell.key in done:
             continue
         lost = RuntimeError(f"job {item.job.job_id} died ({reason}); log: {log}")
         table = results.to_frame(failure_rows_of(cell, lost, cell.model.label))
         store.record_cell(cell.key, table, cell_record(cell, table, 0.0, git, None))
+
+
+def death_reason(exc: BaseException) -> str:
+    """One line on why a job died: the error its traceback ends with where submitit gives one
+    (a job that raised: its message opens with 'Job (task=0) failed during processing with
+    trace:' and holds the trace between two rules of dashes), else the message's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    rules = [i for i, line in enumerate(lines) if set(line) == {"-"}]
+    if len(rules) >= 2 and rules[1] > rules[0] + 1:
+        return lines[rules[1] - 1]
+    return lines[0] if lines else type(exc).__name__
