@@ -40,3 +40,10 @@ def corpus_probe_task(model, corpus: str = "stdlib"):
     from harness.data import load_corpus
 
     return [results.make_row("chars", float(sum(len(d.text) for d in load_corpus(corpus))))]
+
+
+@registry.register_task("test_bad_sample")
+def bad_sample_task(model, ctx):
+    """Records a sample that JSON cannot hold (a set), then a good row."""
+    ctx.record(pairs={1, 2})
+    return [results.make_row("loss", 1.0)]

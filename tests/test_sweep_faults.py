@@ -127,6 +127,18 @@ def test_a_partly_failed_cell_reports_why(tmp_path):
     assert "the second part broke" in record["message"] and "1 error" in record["message"]
 
 
+def test_a_cell_whose_samples_cannot_be_written_fails_and_the_sweep_goes_on(tmp_path):
+    """A task (a plugin's) that records a sample JSON cannot hold raised out of the sample file's
+    write after its cell: the sweep stopped there, every later cell unrun and this one unrecorded."""
+    spec = untrained_spec("j", [8])
+    spec["tasks"].insert(0, {"task": "test_bad_sample"})
+    result = run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "out", progress=False)
+    assert (result.ran, result.failed) == (2, 1)
+    bad = result.table[result.table["task"] == "test_bad_sample"]
+    assert bad["status"].tolist() == ["error"] and "not JSON serialisable" in bad["message"].iloc[0]
+    assert result.table.loc[result.table["task"] == "test_sweep_probe", "status"].tolist() == ["ok"]
+
+
 def _checkpoint_step(out: Path) -> int:
     for trainer in (out / "checkpoints").glob("[!.]*/trainer.json"):  # not a killed save's temporary folder
         try:

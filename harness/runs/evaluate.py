@@ -15,6 +15,7 @@ It imports no task and no architecture: both are found through the registry.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -216,6 +217,10 @@ def run_task(task_name: str, model: LCModel, info: ModelInfo, options: Mapping[s
         raise results.SchemaError(f"task {task_name!r} returned rows that break the schema: {exc}") from exc
     # the seed too: a sweep over seeds writes one record per seed of each window, sequence or point
     samples = [{"run": run, "model": info.name, "task": task_name, "seed": seed, **s} for s in ctx.samples]
+    try:  # here, not when the file is written after the run: a sweep records the cell failed and goes on
+        json.dumps(samples, default=results.json_default)
+    except (TypeError, ValueError) as exc:
+        raise results.SchemaError(f"task {task_name!r} recorded a sample that samples.jsonl cannot hold: {exc}") from exc
     return table, samples, parsed
 
 
