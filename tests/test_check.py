@@ -109,3 +109,17 @@ def test_a_reference_row_that_is_not_ok_is_bad_input(tmp_path):
     edited.to_csv(path, index=False)
     with pytest.raises(ConfigError, match=r"1 row\(s\) are not ok, e.g. swa:tiny / niah / cand_acc \(oom\)"):
         check.read_reference(path)
+
+
+def test_a_folder_of_several_runs_is_compared_run_for_run(tmp_path):
+    """The run's name is no match column, so in a folder that two specs wrote into each reference
+    score was compared with whichever run's row came last: a regressed run passed beside a good one."""
+    reference = check.read_reference(check.write_reference(run_table(), tmp_path / "ref.csv"))  # of run "r"
+    regressed_beside_good = pd.concat([run_table(loss_2k=3.0), run_table().assign(run="other")], ignore_index=True)
+    assert check.compare(regressed_beside_good, reference).regressions == 1
+    good_beside_regressed = pd.concat([run_table(), run_table(loss_2k=3.0).assign(run="other")], ignore_index=True)
+    assert check.compare(good_beside_regressed, reference).passed
+    neither = pd.concat([run_table().assign(run="a"), run_table(loss_2k=3.0).assign(run="b")], ignore_index=True)
+    with pytest.raises(ConfigError, match=r"2 rows of runs 'a', 'b' match the reference score swa:tiny / loss_scaling / "
+                                          r"loss .* none of them of its run 'r'"):
+        check.compare(neither, reference)

@@ -122,11 +122,13 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
     widens the allowed move (scores of a retrained model); without it only the tolerance does
     (fixed weights, where only rounding moves a score). ``two_sided``: a move beyond the allowance
     in the good direction fails too ("changed"), since it can come from a bug such as a future-token leak."""
-    by_key = {key: row for key, row in zip(_key(run), run.to_dict("records"))}
+    by_key: dict[tuple, list[dict]] = {}
+    for key, row in zip(_key(run), run.to_dict("records")):
+        by_key.setdefault(key, []).append(row)
     rows = []
     for key, ref in zip(_key(reference), reference.itertuples(index=False)):
         direction, _ = SCORES.get(ref.metric, ("exact", 0.0))
-        got = by_key.get(key)
+        got = _row_of_run(by_key.get(key, []), ref)
         value = float(got["value"]) if got is not None and got["status"] == "ok" else math.nan
         verdict, allowed = _verdict(direction, ref, value, use_ci)
         if two_sided and verdict == "improved":
@@ -135,6 +137,20 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
                      "reference": ref.value, "run": value, "delta": value - ref.value, "allowed": allowed,
                      "verdict": "missing" if got is None else ("failed" if math.isnan(value) else verdict)})
     return _result(pd.DataFrame(rows))
+
+
+def _row_of_run(matches: list[dict], ref) -> dict | None:
+    """The run's row for reference score ``ref``. The run's name is no match column (a reference
+    outlives the folder it came from), but a folder that several specs wrote into holds one row per
+    run: then the row of the reference's own run, and without one, no guess."""
+    if len(matches) > 1:
+        matches = [row for row in matches if row["run"] == ref.run] or matches
+    if len(matches) > 1:
+        runs = ", ".join(repr(str(row["run"])) for row in sorted(matches, key=lambda row: str(row["run"])))
+        raise ConfigError(f"{len(matches)} rows of runs {runs} match the reference score {ref.model} / {ref.task} / "
+                          f"{ref.metric} (a folder that several specs wrote into), none of them of its run {ref.run!r}; "
+                          "compare a folder of one run, or make the reference from this one")
+    return matches[0] if matches else None
 
 
 def _result(table: pd.DataFrame) -> CheckResult:
