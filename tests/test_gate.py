@@ -131,6 +131,20 @@ def test_a_failure_no_reference_score_covers_fails(tmp_path, monkeypatch):
     assert "decode step broke" in gate.format_gate([result])
 
 
+def test_scores_the_references_lack_fail_the_eval_gate(tmp_path, monkeypatch):
+    """References older than the gate's spec (a model or task added, or a model renamed, without
+    `lcbench gate --update`): the new scores were compared with nothing and the gate passed, and
+    with no reference score at all its report raised KeyError."""
+    stale = tmp_path / "eval.csv"
+    reference = pd.read_csv(gate.EVAL_REFERENCE)
+    reference[reference["model"] != "swa"].to_csv(stale, index=False)
+    monkeypatch.setattr(gate, "EVAL_REFERENCE", stale)
+    result = _eval_gate(tmp_path, "swa", "latency")
+    assert not result.passed and gate.exit_code([result]) == gate.EXIT_FAILED
+    assert result.result.table["verdict"].tolist() == ["unreferenced"] * 2  # latency's state_bytes at 2 contexts
+    assert "FAIL: 0 reference scores; 2 scores of the run have none" in gate.format_gate([result])
+
+
 @pytest.mark.slow
 def test_training_regression_fails_the_training_gate(tmp_path, monkeypatch):
     """A learning-rate schedule stuck at its floor: every seed learns less, beyond the band."""
@@ -200,6 +214,15 @@ def test_a_run_whose_every_cell_failed_fails_the_training_gate():
     run = _seed_table(values).assign(value=np.nan, status="nan", message="training diverged")
     result = check.compare_aggregates(run, reference)
     assert not result.passed and set(result.table["verdict"]) == {"missing"}
+
+
+def test_a_model_the_training_references_lack_fails_the_training_gate():
+    values = {(seed, ctx): 2.0 + 0.01 * seed for seed in range(3) for ctx in (128, 256)}
+    reference = check.aggregate_reference(_seed_table(values))
+    run = pd.concat([_seed_table(values), _seed_table(values).assign(model="m2")], ignore_index=True)
+    result = check.compare_aggregates(run, reference)
+    assert not result.passed
+    assert result.table.groupby("model")["verdict"].agg(set).to_dict() == {"m": {"same"}, "m2": {"unreferenced"}}
 
 
 def test_scores_no_seed_moved_are_left_out_of_the_training_gate():

@@ -3,7 +3,7 @@
 The reference is a result table (CSV) with one extra column, ``tolerance``. A score regresses
 when it moves in its bad direction by more than the reference's confidence half-width on that
 side plus the tolerance; a reference cell missing from the run (or failed in it) is a failure
-too. Metrics marked exact (deterministic sizes) must match to the bit. Timings are not scores:
+too, and so, for the gate, is a score of the run that the reference lacks. Metrics marked exact (deterministic sizes) must match to the bit. Timings are not scores:
 they depend on the machine and are never checked.
 """
 from __future__ import annotations
@@ -49,7 +49,9 @@ class CheckResult:
         return self.regressions == 0 and self.missing == 0
 
 
-FAILING = ("regressed", "changed")  # verdicts that fail a check (besides missing and failed)
+# verdicts that fail a check (besides missing and failed); "unreferenced": a score of the run that no
+# reference score matches, in the comparisons that want every score referenced (the gate's)
+FAILING = ("regressed", "changed", "unreferenced")
 
 
 def read_reference(path: str | os.PathLike) -> pd.DataFrame:
@@ -117,11 +119,14 @@ def _key(frame: pd.DataFrame) -> pd.Series:
     return parts.apply(lambda row: tuple(row), axis=1)
 
 
-def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two_sided: bool = False) -> CheckResult:
+def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two_sided: bool = False,
+            complete: bool = False) -> CheckResult:
     """Each reference score against the run's. ``use_ci``: the reference's confidence half-width
     widens the allowed move (scores of a retrained model); without it only the tolerance does
     (fixed weights, where only rounding moves a score). ``two_sided``: a move beyond the allowance
-    in the good direction fails too ("changed"), since it can come from a bug such as a future-token leak."""
+    in the good direction fails too ("changed"), since it can come from a bug such as a future-token leak.
+    ``complete``: every ok score of the run must have a reference score; one without fails
+    ("unreferenced"): references older than the spec would leave what it added unchecked."""
     by_key: dict[tuple, list[dict]] = {}
     for key, row in zip(_key(run), run.to_dict("records")):
         by_key.setdefault(key, []).append(row)
@@ -136,7 +141,17 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
         rows.append({**{c: getattr(ref, c) for c in MATCH_COLUMNS if not _is_na(getattr(ref, c))},
                      "reference": ref.value, "run": value, "delta": value - ref.value, "allowed": allowed,
                      "verdict": "missing" if got is None else ("failed" if math.isnan(value) else verdict)})
+    if complete:
+        referenced = set(_key(reference))
+        scores = run[run["metric"].isin(list(SCORES)) & (run["status"] == "ok")]
+        rows += [_unreferenced({c: row[c] for c in MATCH_COLUMNS if not _is_na(row[c])}, row["value"])
+                 for key, row in zip(_key(scores), scores.to_dict("records")) if key not in referenced]
     return _result(pd.DataFrame(rows))
+
+
+def _unreferenced(columns: dict, value: float) -> dict:
+    return {**columns, "reference": math.nan, "run": value, "delta": math.nan, "allowed": math.nan,
+            "verdict": "unreferenced"}
 
 
 def _row_of_run(matches: list[dict], ref) -> dict | None:
@@ -186,10 +201,16 @@ def check_run(run_dir: str | os.PathLike, reference_path: str | os.PathLike) -> 
 
 def format_report(result: CheckResult, show_all: bool = False) -> str:
     table = result.table
-    moved = table if show_all else table[table["verdict"] != "same"]
-    summary = table["verdict"].value_counts().to_dict() if len(table) else {}
-    head = (f"{'PASS' if result.passed else 'FAIL'}: {len(table)} reference scores; "
-            + ", ".join(f"{n} {v}" for v, n in sorted(summary.items())))
+    verdicts = table["verdict"] if len(table) else pd.Series(dtype=str)
+    unreferenced = int((verdicts == "unreferenced").sum())
+    summary = verdicts[verdicts != "unreferenced"].value_counts().to_dict()
+    parts = [f"{len(table) - unreferenced} reference scores"]
+    if summary:
+        parts.append(", ".join(f"{n} {v}" for v, n in sorted(summary.items())))
+    if unreferenced:
+        parts.append(f"{unreferenced} scores of the run have none (references older than the spec: remake them)")
+    head = f"{'PASS' if result.passed else 'FAIL'}: " + "; ".join(parts)
+    moved = table[verdicts != "same"] if len(table) and not show_all else table
     if moved.empty:
         return head + "\nno score moved."
     cols = [c for c in ("model", "task", "variant", "haystack", "eval_ctx", "depth", "pos_start", "metric",
@@ -277,4 +298,9 @@ def compare_aggregates(run: pd.DataFrame, reference: pd.DataFrame) -> CheckResul
             verdict = "regressed" if worse > 0 else "changed"
         rows.append({**{k: ref[k] for k in AGGREGATE_KEYS}, "reference": ref["value"], "run": value, "delta": delta,
                      "allowed": ref["band"], "verdict": verdict})
+    # a model's task with no reference aggregate at all: references older than the spec (a reference
+    # leaves out single scores that no seed moved, never all of a task's)
+    referenced = set(zip(reference["model"], reference["task"]))
+    rows += [_unreferenced({k: hit[k] for k in AGGREGATE_KEYS}, hit["value"]) for hit in got.to_dict("records")
+             if (hit["model"], hit["task"]) not in referenced]
     return _result(pd.DataFrame(rows))

@@ -164,7 +164,8 @@ def _judge(started: LayerResult | tuple[str, SweepSpec, PendingSweep], progress:
     failures = run[run["status"] != "ok"]
     if layer == "eval":
         reference = _filtered(check.read_reference(EVAL_REFERENCE), spec)
-        return LayerResult(layer, check.compare(run, reference, use_ci=False, two_sided=True), failures=failures)
+        return LayerResult(layer, check.compare(run, reference, use_ci=False, two_sided=True, complete=True),
+                           failures=failures)
     reference = _filtered(check.read_aggregate_reference(TRAIN_REFERENCE), spec)
     return LayerResult(layer, check.compare_aggregates(run, reference), failures=failures)
 
