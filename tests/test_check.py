@@ -123,3 +123,11 @@ def test_a_folder_of_several_runs_is_compared_run_for_run(tmp_path):
     with pytest.raises(ConfigError, match=r"2 rows of runs 'a', 'b' match the reference score swa:tiny / loss_scaling / "
                                           r"loss .* none of them of its run 'r'"):
         check.compare(neither, reference)
+
+
+def test_a_reference_with_no_scores_is_bad_input(tmp_path):
+    """A reference cut to its header passed every run, a regressed one too: nothing was compared."""
+    path = check.write_reference(run_table(), tmp_path / "ref.csv")
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ConfigError, match=r"ref\.csv holds no scores; .*--update"):
+        check.read_reference(path)

@@ -67,6 +67,8 @@ def read_reference(path: str | os.PathLike) -> pd.DataFrame:
     if TOLERANCE not in raw.columns:
         raise ConfigError(f"{path} has no {TOLERANCE!r} column; is it a reference written by `lcbench check --update`?")
     table = results.validate(raw.drop(columns=[TOLERANCE]))
+    if table.empty:  # every run would pass it
+        raise ConfigError(f"{path} holds no scores; make it from a run with `lcbench check RUN --reference {path} --update`")
     try:
         table[TOLERANCE] = raw[TOLERANCE].astype(float).to_numpy()
     except ValueError as exc:
