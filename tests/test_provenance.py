@@ -39,7 +39,24 @@ def test_git_commit_of_a_tracked_file_and_its_folder(repo: Path) -> None:
     head = git(repo, "rev-parse", "HEAD")
     assert provenance.git_commit(repo / "code.py") == {"commit": head, "dirty": False}
     (repo / "code.py").write_text("x = 2\n")
-    assert provenance.git_commit(repo) == {"commit": head, "dirty": True}
+    dirty = provenance.git_commit(repo)
+    assert (dirty["commit"], dirty["dirty"]) == (head, True) and re.fullmatch("[0-9a-f]{12}", dirty["diff"])
+
+
+@needs_git
+def test_uncommitted_edits_are_told_apart(repo: Path) -> None:
+    """'dirty' alone named every uncommitted state of a commit alike: cells made before and after an
+    uncommitted edit counted as one code, and a sweep's warning of mixed code stayed silent."""
+    (repo / "code.py").write_text("x = 2\n")
+    first = provenance.git_commit(repo)
+    assert first["dirty"] and provenance.git_commit(repo) == first
+    (repo / "code.py").write_text("x = 3\n")
+    second = provenance.git_commit(repo)
+    assert second["commit"] == first["commit"] and second["diff"] != first["diff"]
+    from harness.runs.sweep import cell_commits
+
+    counted = cell_commits([{"git": first}, {"git": second}, {"git": second}])
+    assert sorted(counted.values()) == [1, 2] and all(name.startswith(first["commit"] + "+dirty:") for name in counted)
 
 
 @needs_git

@@ -23,7 +23,9 @@ from harness.api.results import RUN_JSON, atomic_write, json_default
 def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """{'commit': sha or None, 'dirty': bool or None} of the repository holding ``path`` (a folder,
     or a file that must be tracked there); by default this module's own file, so a copy installed
-    into an ignored folder of a checkout (its .venv) is not credited with that checkout's HEAD."""
+    into an ignored folder of a checkout (its .venv) is not credited with that checkout's HEAD.
+    A dirty checkout adds 'diff': a hash of its uncommitted changes to tracked files, so that two
+    uncommitted states of one commit are told apart."""
     target = Path(path if path is not None else __file__).resolve()
     cwd = target if target.is_dir() else target.parent
     unknown: dict[str, Any] = {"commit": None, "dirty": None}
@@ -38,7 +40,13 @@ def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
                 return unknown
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                 capture_output=True, text=True, timeout=10)
-        return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+        found = {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+        if found["dirty"]:
+            diff = subprocess.run(["git", "diff", "HEAD", "--binary", "--no-ext-diff", "--no-color"], cwd=cwd,
+                                  capture_output=True, timeout=60)
+            if diff.returncode == 0:
+                found["diff"] = hashlib.sha256(diff.stdout).hexdigest()[:12]
+        return found
     except (OSError, subprocess.SubprocessError):
         return unknown
 

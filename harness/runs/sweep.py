@@ -496,7 +496,8 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     keys = [c.key for c in cells]
     commits = cell_commits(done.get(k) for k in keys)
     if len(commits) > 1:
-        made = ", ".join(f"{n} by {name[:12]}{'+dirty' * name.endswith('+dirty')}" for name, n in commits.items())
+        made = ", ".join(f"{n} by {sha[:12]}{'+' * bool(edits)}{edits}"
+                         for (sha, _, edits), n in ((name.partition("+"), n) for name, n in commits.items()))
         warnings.warn(f"the cells of {spec.name} in {out_dir} were made by different code ({made}): a commit during "
                       "the sweep, or cells that earlier runs finished (a rerun does not redo them); a new folder "
                       "at one commit gives results of one code", stacklevel=2)
@@ -554,11 +555,13 @@ def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, 
 
 def cell_commits(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
     """How many of ``records`` (``cells.jsonl`` records; None for a cell not run) each commit made:
-    ``sha`` or ``sha+dirty`` (uncommitted edits), ``unknown`` where no commit was read, as for
-    records written before cells named theirs."""
+    ``sha``, or ``sha+dirty:DIFF`` (uncommitted edits, told apart by their hash; ``sha+dirty`` in
+    records that name none), ``unknown`` where no commit was read, as for records written before
+    cells named theirs."""
     def commit(record: dict[str, Any]) -> str:
         git = record.get("git") or {}
-        return (git.get("commit") or "unknown") + ("+dirty" if git.get("dirty") else "")
+        dirty = "+dirty" + (f":{git['diff']}" if git.get("diff") else "") if git.get("dirty") else ""
+        return (git.get("commit") or "unknown") + dirty
     return _count(records, commit)
 
 
