@@ -118,6 +118,21 @@ def test_retry_failed_leaves_no_old_failure_rows(tmp_path):
     assert results.read_table(tmp_path / "out")["metric"].tolist() == ["loss"]
 
 
+def test_a_retried_cell_that_records_no_samples_leaves_none_of_its_earlier_attempt(tmp_path):
+    """Samples were written only when a cell recorded some: a failed cell retried and failing with
+    none kept its earlier attempt's file, which `lcbench claims` reads (timings, windows) beside a
+    table whose rows are the new attempt's."""
+    path = write_spec(tmp_path / "s.yaml", {"name": "f", "models": [{"arch": "swa", "untrained": True, "set": TINY}],
+                                            "tasks": [{"task": "test_flaky"}]})
+    FLAKY["fail"] = True
+    out = tmp_path / "out"
+    run_sweep(load_spec(path), out, progress=False)
+    (key,) = ResultStore(out).finished()
+    results.write_jsonl(out / "samples" / f"{key}.jsonl", [{"attempt": 1}])  # as a partly failed attempt leaves
+    assert run_sweep(load_spec(path), out, progress=False, retry_failed=True).failed == 1
+    assert not (out / "samples" / f"{key}.jsonl").exists()
+
+
 def test_a_partly_failed_cell_reports_why(tmp_path):
     path = write_spec(tmp_path / "s.yaml", {"name": "h", "models": [{"arch": "swa", "untrained": True, "set": TINY}],
                                             "tasks": [{"task": "test_half_fails"}]})

@@ -444,8 +444,11 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
             if running.failed:
                 table, samples = results.to_frame(failure_rows_of(cell, running.error, info.name)), []
         failed += bool((table["status"] != "ok").any())
+        sample_file = out_dir / SAMPLES_DIR / f"{cell.key}.jsonl"
         if samples:
-            results.write_jsonl(out_dir / SAMPLES_DIR / f"{cell.key}.jsonl", samples)
+            results.write_jsonl(sample_file, samples)
+        else:  # an earlier attempt's samples (a retried cell's) would stand beside this attempt's rows
+            sample_file.unlink(missing_ok=True)
         store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git, machine))
         if on_cell is not None:
             on_cell(cell)
