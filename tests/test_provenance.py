@@ -159,3 +159,26 @@ def test_a_sweep_records_the_commit_it_started_from_and_each_cell_its_own(monkey
     assert meta["cell_commits"] == {"a" * 40: 1, "b" * 40 + "+dirty": 1}
     records = [r["git"]["commit"] for r in sweep.ResultStore(tmp_path / "out").finished().values()]
     assert sorted(records) == ["a" * 40, "b" * 40]
+
+
+def test_a_sweep_whose_cells_ran_on_different_machines_says_so(monkeypatch, tmp_path) -> None:
+    """run.json counted the machines, but a sweep resumed elsewhere (a CPU run continued on a GPU
+    node, another GPU model) put their timings side by side without a word, where mixed code is
+    warned of."""
+    import yaml
+    from harness.runs import sweep
+    from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
+
+    machine = {"name": "cuda", "gpu": "NVIDIA A100"}
+    monkeypatch.setattr(sweep, "device_record", lambda device: dict(machine))
+    spec = {"name": "m", "models": [{"arch": "swa", "untrained": True, "set": {"window": 8, "d_model": 32, "n_heads": 2,
+                                                                               "mlp_hidden": 64}}],
+            "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [4]}}]}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)
+    machine["gpu"] = "NVIDIA H100"
+    spec["tasks"][0]["grid"]["contexts"] = [4, 8]
+    spec_file.write_text(yaml.safe_dump(spec))
+    with pytest.warns(UserWarning, match=r"ran on different machines \(1 on cuda: NVIDIA A100, 1 on cuda: NVIDIA H100\)"):
+        sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)

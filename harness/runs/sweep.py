@@ -489,7 +489,8 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     counts every cell of the spec not ok in the folder, the ones skipped as done included: a
     rerun that does not retry them has not produced the spec's results either. ``git``: read
     when the sweep started; ``cell_commits`` lists the commits its cells' records name, which are
-    several when earlier runs in the folder ran other code."""
+    several when earlier runs in the folder ran other code (a warning says so), ``cell_machines``
+    the machines (likewise)."""
     store = ResultStore(out_dir)
     table = store.show_cells(c.key for c in cells)  # cells finished earlier show their own rows
     done = store.finished()
@@ -504,7 +505,14 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
         warnings.warn(f"the cells of {spec.name} in {out_dir} were made by different code ({made}): a commit during "
                       "the sweep, or cells that earlier runs finished (a rerun does not redo them); a new folder "
                       "at one commit gives results of one code", stacklevel=2)
-    meta.update(cell_commits=commits, cell_machines=cell_machines(done.get(k) for k in keys))
+    machines = cell_machines(done.get(k) for k in keys)
+    known = {name: n for name, n in machines.items() if name != "unknown"}  # a dead job's cells name none
+    if len(known) > 1:
+        ran_on = ", ".join(f"{n} on {name}" for name, n in known.items())
+        warnings.warn(f"the cells of {spec.name} in {out_dir} ran on different machines ({ran_on}): timings and "
+                      "memory compare only between cells of one machine, and a rerun does not redo finished cells",
+                      stacklevel=2)
+    meta.update(cell_commits=commits, cell_machines=machines)
     meta.update(cells=len(cells), cell_keys=keys, ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
