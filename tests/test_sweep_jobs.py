@@ -175,6 +175,25 @@ def test_retry_failed_runs_the_cells_of_a_dead_job_again(spec_path, tmp_path, mo
     assert set(result.table["status"]) == {"ok"}
 
 
+def test_a_retry_job_that_dies_records_its_death_over_the_old_failure(spec_path, tmp_path, monkeypatch):
+    """A dead job's cells that had a record were taken as recorded by the job: a --retry-failed job
+    that died (OOM-killed) left the cells' first failure, an old reason and log, as if the retry had
+    failed that way."""
+    spec = load_spec(spec_path)
+    out = tmp_path / "out"
+    lost = plan(spec)[:2]
+    first = SimpleNamespace(job_id="1", paths=SimpleNamespace(stderr=tmp_path / "1.err"))
+    jobs.record_dead_job(out, jobs.Submitted(first, lost), RuntimeError("node lost"), NO_GIT)
+    retry = SimpleNamespace(job_id="2", paths=SimpleNamespace(stderr=tmp_path / "2.err"), done=lambda: True,
+                            result=lambda: (_ for _ in ()).throw(RuntimeError("Job 2 was OOM-killed")))
+    monkeypatch.setattr(jobs, "make_executor", lambda kind, options, log_dir: None)
+    monkeypatch.setattr(jobs, "_submit", lambda runner, kind, spec, out, groups, workers, train_only=False:
+                        [jobs.Submitted(retry, group) for group in groups])
+    jobs.run_sweep_jobs(spec, str(out), "local", retry_failed=True, progress=False)
+    messages = [ResultStore(out).finished()[c.key]["message"] for c in lost]
+    assert all("job 2 died (Job 2 was OOM-killed)" in m for m in messages), messages
+
+
 def test_one_job_per_cell_runs_no_cell_whose_model_failed_to_train(spec_path, tmp_path, monkeypatch):
     """The dead training jobs' cells are recorded failed; a cell job for each would train the
     model again, all of them at once into one checkpoint folder."""

@@ -84,14 +84,16 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     cells, pending = pending_cells(spec, out, retry_failed)
     runner = make_executor(executor, options, out / JOBS_DIR)
     git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
+    before = ResultStore(out).finished()  # a dead job's cells whose records are as here: unfinished by it
     groups = cells_by_model(pending)
     if options.jobs == "cell":
         to_train = [g for g in groups if g[0].model.needs_training(out)]
-        _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress, git)
+        _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress, git,
+                 before)
         # a model whose training job died has its cells recorded failed: a job each would train it again, at once
         groups = [[c] for c in pending if not c.model.needs_training(out)]
     submitted = _submit(runner, executor, spec, out, groups, options.workers)
-    _collect(submitted, out, progress, git)
+    _collect(submitted, out, progress, git, before)
     return finish_sweep(spec, out, cells, len(pending), started, git, device=spec.device, executor=executor,
                         cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in submitted])
 
@@ -113,27 +115,32 @@ def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, gr
     return submitted
 
 
-def _collect(submitted: list[Submitted], out: Path, progress: bool, git: dict[str, Any]) -> None:
+def _collect(submitted: list[Submitted], out: Path, progress: bool, git: dict[str, Any],
+             before: dict[str, dict[str, Any]]) -> None:
     """Wait for every job; a job that died leaves status rows for its unfinished cells, recorded
-    as made by ``git`` (the code the jobs were submitted with)."""
+    as made by ``git`` (the code the jobs were submitted with); ``before``: the folder's records
+    when they were submitted (see :func:`record_dead_job`)."""
     bar = tqdm(total=len(submitted), desc="jobs", unit="job", disable=not progress)
     for item in submitted:
         try:
             item.job.result()
         except Exception as exc:  # noqa: BLE001 - submitit reports a dead job as any of several errors
-            record_dead_job(out, item, exc, git)
+            record_dead_job(out, item, exc, git, before)
         bar.update(1)
     bar.close()
 
 
-def record_dead_job(out: Path, item: Submitted, exc: BaseException, git: dict[str, Any]) -> None:
-    """Status rows (and failed ``cells.jsonl`` records) for the cells a dead job left unfinished."""
+def record_dead_job(out: Path, item: Submitted, exc: BaseException, git: dict[str, Any],
+                    before: dict[str, dict[str, Any]] | None = None) -> None:
+    """Status rows (and failed ``cells.jsonl`` records) for the cells a dead job left unfinished:
+    those with no record, or with the record they had in ``before`` (the records when the job was
+    submitted: a --retry-failed job's old failures), so the death is not hidden by an old reason."""
     store = ResultStore(out)
     done = store.finished()
     log = item.job.paths.stderr
     reason = death_reason(exc)
     for cell in item.cells:
-        if cell.key in done:
+        if cell.key in done and (before is None or done[cell.key] != before.get(cell.key)):
             continue
         lost = RuntimeError(f"job {item.job.job_id} died ({reason}); log: {log}")
         table = results.to_frame(failure_rows_of(cell, lost, cell.model.label))
