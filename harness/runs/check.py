@@ -3,8 +3,9 @@
 The reference is a result table (CSV) with one extra column, ``tolerance``. A score regresses
 when it moves in its bad direction by more than the reference's confidence half-width on that
 side plus the tolerance; a reference cell missing from the run (or failed in it) is a failure
-too, and so, for the gate, is a score of the run that the reference lacks. Metrics marked exact (deterministic sizes) must match to the bit. Timings are not scores:
-they depend on the machine and are never checked.
+too, and so, for the gate, is a score of the run that the reference lacks. Metrics marked exact
+(deterministic sizes) must match to the bit. Timings are not scores: they depend on the machine
+and are never checked.
 """
 from __future__ import annotations
 
