@@ -443,3 +443,20 @@ def test_latency_claims_judge_the_smallest_batch_size_both_models_were_timed_at(
     ttt_at_2 = fast.table[fast.table["model"] == "ttt_e2e"].assign(batch_size=2)
     run.table = pd.concat([alone.table, ttt_at_2], ignore_index=True)
     assert claims.speed_claim(run).why == "full attention and TTT-E2E were timed at no common batch size ([1] vs [2])"
+
+
+def test_a_gain_over_swa_that_grows_but_stays_a_loss_does_not_uphold_the_position_claim():
+    """TTT-E2E worse than SWA at every position, less so late: the gap narrows (growth > 0), and
+    the verdict was "holds" with no word that SWA is still better late in the window."""
+    run = _run(PAPER, np.linspace(-0.3, -0.05, len(BINS)), {})
+    claim = claims.position_claim(run)
+    assert claim.verdict == "partly" and "SWA is still better late in the window" in claim.why, claim.why
+    # late in the window as good as SWA on average: 0.01 better on half the documents, worse on the others
+    level = _run(PAPER, np.linspace(-0.3, 0.0, len(BINS)), {})
+    swa = {(w["eval_ctx"], w["doc"], w["start"]): w["bin_loss"] for w in level.windows("swa")}
+    for w in level.windows("ttt_e2e"):
+        w["bin_loss"][-1] = swa[w["eval_ctx"], w["doc"], w["start"]][-1] + (0.01 if int(w["doc"][1:]) % 2 else -0.01)
+    claim = claims.position_claim(level)
+    assert claim.verdict == "partly" and "holds 0" in claim.why, claim.why
+    assert claims.position_claim(_run(PAPER, GROWING, {})).verdict == "holds"
+

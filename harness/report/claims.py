@@ -13,7 +13,8 @@ on the same windows, or over timing repeats (claims 4 and 5):
    alongside: whether it copies from that far back at all.
 2. ``position``: TTT-E2E's gain over SWA grows with token position. At the longest context, the
    gain (SWA's loss minus TTT-E2E's, paired by window) in the last position bin
-   (the second half of the window) minus the gain before position L/8.
+   (the second half of the window) minus the gain before position L/8; only ``partly`` when the
+   late gain itself is not above 0 (SWA still better there: a loss that narrows).
 3. ``recall``: TTT-E2E is far worse than full attention at recall. Read from ``mqar`` accuracy
    (paired by test sequence, over every point of the grid) and, alongside, NIAH ``cand_acc``.
 4. ``speed``: TTT-E2E's prefill is faster than full attention's at long context (the paper: 2.7x
@@ -356,7 +357,14 @@ def position_claim(run: RunData) -> Claim:
                 _row(f"gain over SWA, positions {lo}-{hi}", late_gain),
                 _row("growth (late - early)", growth)]
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(growth)]
+    late = _sign(late_gain)
+    if verdict == "holds" and late <= 0:  # a loss that narrows is no gain that grows
+        verdict = "partly"
     why = {"holds": "the gain is larger late in the window than early",
+           "partly": "the difference grows with position, but " + (
+               f"SWA is still better late in the window (TTT-E2E's gain there: {late_gain.value:+.4f} "
+               f"[{late_gain.ci_low:+.4f}, {late_gain.ci_high:+.4f}])" if late < 0 else
+               f"TTT-E2E's gain late in the window is not resolved from 0 ({_unresolved(late_gain, 'document', 0)})"),
            "contradicted": "the gain shrinks with position",
            "undecided": f"the growth is not resolved ({_unresolved(growth, 'document', 0)})"}[verdict]
     return Claim("position", statement, verdict, why, evidence)
