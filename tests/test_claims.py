@@ -460,3 +460,30 @@ def test_a_gain_over_swa_that_grows_but_stays_a_loss_does_not_uphold_the_positio
     assert claim.verdict == "partly" and "holds 0" in claim.why, claim.why
     assert claims.position_claim(_run(PAPER, GROWING, {})).verdict == "holds"
 
+
+
+def _niah_prompts(accuracy: dict[str, float], rng: np.random.Generator, prompts: int = 40) -> list[dict]:
+    """NIAH prompt records (cand_acc per prompt), the same prompts for every model."""
+    return [{"model": arch, "task": "niah", "kind": "prompt", "seed": 0, "prompt_id": f"single/text/512/0.5/{i}",
+             "cand_acc": float(rng.random() < acc)} for arch, acc in accuracy.items() for i in range(prompts)]
+
+
+def test_niah_recall_that_contradicts_mqar_keeps_the_recall_claim_from_holding():
+    """MQAR says full attention recalls far better; NIAH says TTT-E2E does (the committed
+    paper_small run: cand_acc 0.11 vs 0.86). The verdict was "holds" and the why named MQAR alone."""
+    run = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
+    run.samples += _niah_prompts({"full_attention": 0.1, "ttt_e2e": 0.9}, np.random.default_rng(3))
+    claim = claims.recall_claim(run)
+    assert claim.verdict == "partly" and "NIAH" in claim.why and "TTT-E2E ranks" in claim.why, claim.why
+    niah = {e["comparison"]: e for e in claim.evidence if "NIAH" in e["comparison"]}
+    gap = niah["full attention - TTT-E2E (NIAH cand_acc, paired by prompt)"]
+    assert gap["n"] == 40 and gap["ci_high"] < 0 and gap["value"] == pytest.approx(
+        niah["full_attention: NIAH cand_acc"]["value"] - niah["ttt_e2e: NIAH cand_acc"]["value"])
+    agree = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
+    agree.samples += _niah_prompts({"full_attention": 0.9, "ttt_e2e": 0.1}, np.random.default_rng(3))
+    claim = claims.recall_claim(agree)
+    assert claim.verdict == "holds" and "NIAH agrees" in claim.why, claim.why
+    unlearned = _run(PAPER, GROWING, {"full_attention": 0.2, "ttt_e2e": 0.1})
+    unlearned.samples += _niah_prompts({"full_attention": 0.1, "ttt_e2e": 0.9}, np.random.default_rng(3))
+    claim = claims.recall_claim(unlearned)
+    assert claim.verdict == "undecided" and "; NIAH: TTT-E2E ranks" in claim.why, claim.why
