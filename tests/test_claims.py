@@ -487,3 +487,14 @@ def test_niah_recall_that_contradicts_mqar_keeps_the_recall_claim_from_holding()
     unlearned.samples += _niah_prompts({"full_attention": 0.1, "ttt_e2e": 0.9}, np.random.default_rng(3))
     claim = claims.recall_claim(unlearned)
     assert claim.verdict == "undecided" and "; NIAH: TTT-E2E ranks" in claim.why, claim.why
+
+
+def test_a_ttt_e2e_gain_far_below_full_attention_s_is_named_beside_the_context_verdict():
+    """Full attention gains 0.3 nats/token from the last doubling, TTT-E2E 0.012: "keeps falling like
+    full attention's" read "holds" with no word that its gap to full attention widens by 0.29."""
+    claim = claims.context_claim(_run({**PAPER, "full_attention": 0.3, "ttt_e2e": 0.012}, GROWING, {}))
+    widening = next(e for e in claim.evidence if e["comparison"].startswith("full attention's gain - TTT-E2E's"))
+    assert widening["value"] == pytest.approx(0.288, abs=0.003) and widening["ci_low"] > 0.28 and widening["n"] == 6
+    assert "TTT-E2E gains less than full attention: its gap to full attention widens by +0.289" in claim.why, claim.why
+    close = claims.context_claim(_run({**PAPER, "ttt_e2e": 0.048}, GROWING, {}))  # within MIN_CONTEXT_GAIN
+    assert close.verdict == "holds" and "gains less" not in close.why
