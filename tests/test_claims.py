@@ -498,3 +498,17 @@ def test_a_ttt_e2e_gain_far_below_full_attention_s_is_named_beside_the_context_v
     assert "TTT-E2E gains less than full attention: its gap to full attention widens by +0.289" in claim.why, claim.why
     close = claims.context_claim(_run({**PAPER, "ttt_e2e": 0.048}, GROWING, {}))  # within MIN_CONTEXT_GAIN
     assert close.verdict == "holds" and "gains less" not in close.why
+
+
+def test_the_early_positions_named_are_those_averaged():
+    """At a context that is no power of 2 (1536: bins ... [64, 128), [128, 256) ...) the early gain
+    averages positions below 128, the last bin edge at or below 1536 / 8 = 192; it was labelled
+    "positions < 192"."""
+    run = _run(PAPER, GROWING, {})
+    for w in run.windows("ttt_e2e") + run.windows("swa"):
+        if w["eval_ctx"] == 1024:
+            w["eval_ctx"], w["start"] = 1536, w["start"] + 1024 - 1536
+            w["bins"] = [*w["bins"][:-1], [512, 1024], [1024, 1536]]
+            w["bin_loss"] = [*w["bin_loss"], w["bin_loss"][-1]]
+    early = claims.position_claim(run).evidence[0]["comparison"]
+    assert early == "gain over SWA, positions < 128", early

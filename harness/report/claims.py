@@ -384,7 +384,7 @@ def position_claim(run: RunData) -> Claim:
     late_gain = _paired(((k[1], gain(k, last), 1.0) for k in keys), seed=3)
     growth = _paired(((k[1], gain(k, last) - gain(k, early), 1.0) for k in keys), seed=4)
     lo, hi = bins[last[0]]
-    evidence = [_row(f"gain over SWA, positions < {longest // 8}", early_gain),
+    evidence = [_row(f"gain over SWA, positions < {bins[early[-1]][1]}", early_gain),  # L/8 when L is a power of 2
                 _row(f"gain over SWA, positions {lo}-{hi}", late_gain),
                 _row("growth (late - early)", growth)]
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(growth)]
