@@ -512,3 +512,11 @@ def test_the_early_positions_named_are_those_averaged():
             w["bin_loss"] = [*w["bin_loss"], w["bin_loss"][-1]]
     early = claims.position_claim(run).evidence[0]["comparison"]
     assert early == "gain over SWA, positions < 128", early
+
+
+def test_a_fixed_state_model_that_still_gains_is_named_when_ttt_e2e_s_gain_is_unresolved():
+    """Mamba 2 gains 0.2 nats/token from the last doubling ("levels off" is contradicted); the why
+    named only TTT-E2E's unresolved gain."""
+    claim = claims.context_claim(_run({**PAPER, "ttt_e2e": 0.005, "mamba2": 0.2}, GROWING, {}))
+    assert claim.verdict == "undecided" and "ttt_e2e: its interval" in claim.why, claim.why
+    assert "mamba2 still gain(s), against the claim" in claim.why, claim.why

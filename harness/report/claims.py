@@ -308,10 +308,11 @@ def context_claim(run: RunData) -> Claim:
     trend = {arch: _trend(est) for arch, est in gains.items()}
     fixed = [a for a in FIXED_STATE if a in trend]
     still_falling = [a for a in fixed if trend[a] == "gains"]
+    against = f"; {', '.join(still_falling)} still gain(s), against the claim" if still_falling else ""
     if trend["full_attention"] == "unclear":
         return Claim("context", statement, "undecided", "whether full attention gains from the last doubling of "
-                     f"context is not resolved ({_unresolved(gains['full_attention'], 'document', MIN_CONTEXT_GAIN)})",
-                     evidence)
+                     f"context is not resolved ({_unresolved(gains['full_attention'], 'document', MIN_CONTEXT_GAIN)})"
+                     + against, evidence)
     if trend["full_attention"] == "levels":
         others = ", ".join((["ttt_e2e"] if trend["ttt_e2e"] == "gains" else []) + still_falling) or "none of the others"
         full_copy = copying.get("full_attention")
@@ -343,7 +344,8 @@ def context_claim(run: RunData) -> Claim:
     if unclear:
         return Claim("context", statement, "undecided", "whether " + ", ".join(unclear) + " still gain(s) from the "
                      "last doubling is not resolved: " + "; ".join(
-                         f"{a}: {_unresolved(gains[a], 'document', MIN_CONTEXT_GAIN)}" for a in unclear), evidence)
+                         f"{a}: {_unresolved(gains[a], 'document', MIN_CONTEXT_GAIN)}" for a in unclear) + against,
+                     evidence)
     return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
                  "the fixed-state models do not" + lag, evidence)
 
