@@ -520,3 +520,14 @@ def test_a_fixed_state_model_that_still_gains_is_named_when_ttt_e2e_s_gain_is_un
     claim = claims.context_claim(_run({**PAPER, "ttt_e2e": 0.005, "mamba2": 0.2}, GROWING, {}))
     assert claim.verdict == "undecided" and "ttt_e2e: its interval" in claim.why, claim.why
     assert "mamba2 still gain(s), against the claim" in claim.why, claim.why
+
+
+def test_scores_that_are_not_numbers_are_named_not_called_too_few_units():
+    """A TTT-E2E whose losses diverged to NaN left every comparison with it undecided "(6 documents,
+    too few for an interval)": six documents are plenty; its scores are NaN."""
+    run = _run(PAPER, GROWING, {})
+    for w in run.windows("ttt_e2e"):
+        w["scored_loss"], w["bin_loss"] = float("nan"), [float("nan")] * len(w["bin_loss"])
+    for claim in (claims.context_claim(run), claims.position_claim(run)):
+        assert claim.verdict == "undecided" and "too few" not in claim.why, claim.why
+        assert "no value: the scores of its 6 documents hold NaN or infinity" in claim.why, claim.why

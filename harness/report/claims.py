@@ -206,7 +206,10 @@ def _trend(est: stats.Estimate) -> str:
 
 
 def _unresolved(est: stats.Estimate, units: str, holds: str) -> str:
-    """Why an interval decides nothing: too few units for one, or it holds ``holds``."""
+    """Why an interval decides nothing: scores that are not numbers (a diverged model), too few
+    units for one, or it holds ``holds``."""
+    if not np.isfinite(est.value) and est.n:
+        return f"no value: the scores of its {est.n} {units}{'' if est.n == 1 else 's'} hold NaN or infinity"
     if not np.isfinite(est.ci_low):
         return f"{est.n} {units}{'' if est.n == 1 else 's'}, too few for an interval"
     return f"its interval [{est.ci_low:+.4f}, {est.ci_high:+.4f}] holds {holds}"
