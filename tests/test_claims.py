@@ -82,18 +82,39 @@ def test_undecided_when_the_reference_shows_no_effect():
     assert recall.verdict == "undecided" and "not learned recall" in recall.why
 
 
+def _repeat_windows(model: str, gains: dict[int, float], seed: int = 0) -> list[dict]:
+    """The repeat task's window records: 6 documents x 2 ends, copy gain ``gains[L]`` at length L."""
+    rng = np.random.default_rng(seed)
+    return [{"model": model, "task": "repeat", "kind": "window", "seed": seed, "eval_ctx": L, "doc": f"d{d}",
+             "end": 4096 + 512 * e, "control_loss": (c := 2.0 + 0.1 * d + rng.normal(0, 0.01)),
+             "repeat_loss": c - gain + rng.normal(0, 0.001)}
+            for L, gain in gains.items() for d in range(6) for e in range(2)]
+
+
 def test_the_repeat_task_shows_whether_each_model_copies_from_that_far_back():
     run = _run({**PAPER, "full_attention": 0.0}, GROWING, {})
-    rows = [results.make_row("copy_gain", gain, ci_low=gain - 0.01, ci_high=gain + 0.01, n=6, run="t", model=arch,
-                             arch=arch, task="repeat", eval_ctx=L)
-            for arch, gain in (("full_attention", 0.002), ("ttt_e2e", 0.3)) for L in (512, 1024)]
-    rows[0]["value"] = 0.5  # a shorter distance: not the one shown
-    run.table = pd.concat([run.table, results.to_frame(rows)], ignore_index=True)
+    # at a shorter distance full attention copies (0.5): not the one shown
+    run.samples += _repeat_windows("full_attention", {512: 0.5, 1024: 0.002}) + _repeat_windows("ttt_e2e", {512: 0.3, 1024: 0.3})
     claim = claims.context_claim(run)
     assert claim.verdict == "undecided" and "its copy gain at that length is +0.002" in claim.why
-    shown = {e["comparison"]: e["value"] for e in claim.evidence if "copy gain" in e["comparison"]}
-    assert shown == {"full_attention: copy gain at context 1024 (repeat task)": 0.002,
-                     "ttt_e2e: copy gain at context 1024 (repeat task)": 0.3}
+    shown = {e["comparison"]: e for e in claim.evidence if "copy gain" in e["comparison"]}
+    assert set(shown) == {"full_attention: copy gain at context 1024 (repeat task)",
+                          "ttt_e2e: copy gain at context 1024 (repeat task)"}
+    full, ttt = shown.values()
+    assert full["value"] == pytest.approx(0.002, abs=0.001) and ttt["value"] == pytest.approx(0.3, abs=0.001)
+    assert full["n"] == 6 and full["ci_low"] < full["value"] < full["ci_high"]
+
+
+def test_the_copy_gain_shown_pools_every_seed():
+    """Two seeds' repeat rows at the longest length: the evidence showed the first row's (one
+    seed's) gain as the model's."""
+    run = _run(PAPER, GROWING, {})
+    run.samples += _repeat_windows("ttt_e2e", {1024: 0.1}, seed=0) + _repeat_windows("ttt_e2e", {1024: 0.3}, seed=1)
+    rows = [results.make_row("copy_gain", gain, ci_low=gain - 0.01, ci_high=gain + 0.01, n=6, run="t", model="ttt_e2e",
+                             arch="ttt_e2e", task="repeat", eval_ctx=1024, seed=seed) for seed, gain in ((0, 0.1), (1, 0.3))]
+    run.table = pd.concat([run.table, results.to_frame(rows)], ignore_index=True)  # as the run's table has them
+    row = next(e for e in claims.context_claim(run).evidence if e["comparison"].startswith("ttt_e2e: copy gain"))
+    assert row["value"] == pytest.approx(0.2, abs=0.001) and row["n"] == 6
 
 
 def test_per_length_windows_are_never_paired_across_lengths():

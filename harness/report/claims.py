@@ -9,10 +9,11 @@ on the same windows, or over timing repeats (claims 4 and 5):
    (the same targets at every length): a model *keeps falling* when its loss at the longest
    context is lower than at half of it (paired by window, interval above ``MIN_CONTEXT_GAIN``),
    and *levels off* when that interval lies below it (one that holds it decides neither).
-   Where the run has the ``repeat`` task, each model's copy gain at its longest length is shown
-   alongside: whether it copies from that far back at all. Where TTT-E2E gains, so does the gap
-   between its gain and full attention's (paired by window); the why names one above
-   ``MIN_CONTEXT_GAIN``: its loss keeps falling, but not like full attention's.
+   Where the run has the ``repeat`` task, each model's copy gain at its longest length (paired by
+   window, over every seed) is shown alongside: whether it copies from that far back at all.
+   Where TTT-E2E gains, full attention's gain minus TTT-E2E's (paired by window) is shown too,
+   and the why names it when above ``MIN_CONTEXT_GAIN``: its loss keeps falling, but not like
+   full attention's. Fixed-state models that still gain are named whatever the verdict.
 2. ``position``: TTT-E2E's gain over SWA grows with token position. At the longest context, the
    gain (SWA's loss minus TTT-E2E's, paired by window) in the last position bin
    (the second half of the window) minus the gain before position L/8; only ``partly`` when the
@@ -273,15 +274,15 @@ def _widening(run: RunData, full: str, ttt: str, longest: int) -> stats.Estimate
 
 
 def copy_gain(run: RunData, model: str) -> dict[str, Any] | None:
-    """The ``repeat`` task's copy gain of ``model`` at its longest length, as an evidence row."""
-    t = run.table
-    rows = t[(t["model"] == model) & (t["task"] == "repeat") & (t["metric"] == "copy_gain") & (t["status"] == "ok")]
-    if rows.empty:
+    """The ``repeat`` task's copy gain of ``model`` at its longest length (control loss - repeat
+    loss, paired by window, resampled by document, over every seed), as an evidence row."""
+    windows = [s for s in run.samples if s.get("model") == model and s.get("task") == "repeat" and s.get("kind") == "window"]
+    if not windows:
         return None
-    row = rows.loc[rows["eval_ctx"].idxmax()]
-    return {"comparison": f"{model}: copy gain at context {int(row['eval_ctx'])} (repeat task)",
-            "value": float(row["value"]), "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
-            "n": int(row["n"])}
+    longest = max(int(w["eval_ctx"]) for w in windows)
+    est = _paired(((w["doc"], float(w["control_loss"]) - float(w["repeat_loss"]), 1.0)
+                   for w in windows if int(w["eval_ctx"]) == longest), seed=14)
+    return _row(f"{model}: copy gain at context {longest} (repeat task)", est)
 
 
 def context_claim(run: RunData) -> Claim:
