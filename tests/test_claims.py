@@ -500,6 +500,7 @@ def test_niah_recall_that_contradicts_mqar_keeps_the_recall_claim_from_holding()
     gap = niah["full attention - TTT-E2E (NIAH cand_acc, paired by prompt)"]
     assert gap["n"] == 40 and gap["ci_high"] < 0 and gap["value"] == pytest.approx(
         niah["full_attention: NIAH cand_acc"]["value"] - niah["ttt_e2e: NIAH cand_acc"]["value"])
+    assert claim.why.startswith("full attention answers more MQAR queries than TTT-E2E (0.99 vs 0.21 of the queries)")
     agree = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
     agree.samples += _niah_prompts({"full_attention": 0.9, "ttt_e2e": 0.1}, np.random.default_rng(3))
     claim = claims.recall_claim(agree)
