@@ -442,12 +442,13 @@ def _niah_note(gap: stats.Estimate | None, mqar: int) -> str:
     if gap is None:
         return ""
     said = f"gap {gap.value:+.2f}" + (f" [{gap.ci_low:+.2f}, {gap.ci_high:+.2f}]" if np.isfinite(gap.ci_low) else "")
+    said += f" over {gap.n} prompt{'' if gap.n == 1 else 's'}"
     side = _sign(gap)
     if side == 0:
-        return f"; NIAH candidate ranking does not resolve a gap ({said} over {gap.n} prompts)"
+        return f"; NIAH candidate ranking does not resolve a gap ({said})"
     who = "full attention" if side > 0 else "TTT-E2E"
     verb = "" if mqar == 0 else " agrees" if side == mqar else " disagrees"
-    return f"; NIAH{verb}: {who} ranks the needle's value first more often ({said} over {gap.n} prompts)"
+    return f"; NIAH{verb}: {who} ranks the needle's value first more often ({said})"
 
 
 def recall_claim(run: RunData) -> Claim:
