@@ -12,9 +12,10 @@ A prompt is a header, a haystack with needles in it, a question and the start of
 The answer starts exactly like the needle, so a model that can copy from its context (an
 induction head) can answer without following instructions. Haystacks: ``text`` (held-out
 documents of the corpus, from a random offset) and ``noise`` (one repeated line). Needles go
-at the start of a haystack line, at a grid of depths (0 = right after the header, 1 = right
-before the question) for a grid of context lengths (the whole prompt, question and answer
-start included, is ``eval_ctx`` tokens). Variants, as in RULER:
+at the start of a haystack line (at their token position when the tokenizer has no line-ending
+token), at a grid of depths (0 = right after the header, 1 = right before the question) for a
+grid of context lengths (the whole prompt, question and answer start included, is ``eval_ctx``
+tokens). Variants, as in RULER:
 
 - ``single``: one needle;
 - ``multikey``: the needle plus ``distractors`` needles of other keys;
@@ -287,7 +288,9 @@ class PromptBuilder:
         hay = self._haystack(haystack, budget, rng)
         if hay and hay[-1] not in self.newline and self.line_end is not None:
             hay[-1] = self.line_end  # end on a whole line: a needle at depth 1 starts its own line
-        starts = [0] + [i + 1 for i, t in enumerate(hay) if t in self.newline]
+        # needles start a line; a tokenizer with no line-ending token (a Whitespace pre-tokenizer
+        # drops "\n") gives the haystack no lines, and then every token boundary is one
+        starts = [0] + [i + 1 for i, t in enumerate(hay) if t in self.newline or not self.newline]
         if starts[-1] != len(hay):
             starts.append(len(hay))
         starts = np.array(starts)

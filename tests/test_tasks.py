@@ -418,6 +418,39 @@ def test_niah_prompts_are_exact_length_deterministic_and_placed_by_depth(corpus)
         build.build("multiquery", "text", 200, 0.5, 0)
 
 
+class WordTokenizer:
+    """Words as tokens, text decoded with spaces between them: like a Whitespace pre-tokenizer's,
+    no token ends a line."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids.setdefault(w, len(self.ids)) for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        words = {i: w for w, i in self.ids.items()}
+        return " ".join(words[i] for i in ids)
+
+
+def test_niah_needles_sit_at_their_depth_with_a_tokenizer_that_has_no_line_ends(corpus):
+    """No token decodes to a line end, so the haystack had one line: every needle snapped to its
+    start, and the depth 0.25, 0.5 and 0.75 cells all measured depth 0."""
+    from harness.data import load_corpus
+
+    tok = WordTokenizer()
+    ids = torch.tensor([i for doc in load_corpus(corpus) for i in tok.encode(doc.text)])
+    build = niah_task.PromptBuilder(tok, ids, niah_task.NIAHOptions(), seed=0)
+    header = len(tok.encode(niah_task.HEADER.format(kinds="numbers")))
+    for haystack in niah_task.HAYSTACKS:
+        for depth in (0.0, 0.25, 0.5, 0.75, 1.0):
+            prompt = build.build("single", haystack, 600, depth, 0)
+            needle = len(tok.encode(niah_task.NEEDLE.format(kind="number", key="k", value="1")))
+            hay = len(prompt.shared) - header - needle - len(tok.encode(niah_task.QUESTION_ONE.format(
+                kind="number", key=prompt.needles[0].key)))
+            assert prompt.needles[0].position == header + round(depth * hay), (haystack, depth)
+
+
 def test_a_niah_context_too_long_for_host_memory_is_an_oom_row_and_the_others_run(corpus, monkeypatch):
     from harness.api import failures
 

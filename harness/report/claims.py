@@ -9,13 +9,18 @@ on the same windows, or over timing repeats (claims 4 and 5):
    (the same targets at every length): a model *keeps falling* when its loss at the longest
    context is lower than at half of it (paired by window, interval above ``MIN_CONTEXT_GAIN``),
    and *levels off* when that interval lies below it (one that holds it decides neither).
-   Where the run has the ``repeat`` task, each model's copy gain at its longest length is shown
-   alongside: whether it copies from that far back at all.
+   Where the run has the ``repeat`` task, each model's copy gain at its longest length (paired by
+   window, over every seed) is shown alongside: whether it copies from that far back at all.
+   Where TTT-E2E gains, full attention's gain minus TTT-E2E's (paired by window) is shown too,
+   and the why names it when above ``MIN_CONTEXT_GAIN``: its loss keeps falling, but not like
+   full attention's. Fixed-state models that still gain are named whatever the verdict.
 2. ``position``: TTT-E2E's gain over SWA grows with token position. At the longest context, the
    gain (SWA's loss minus TTT-E2E's, paired by window) in the last position bin
-   (the second half of the window) minus the gain before position L/8.
+   (the second half of the window) minus the gain before position L/8; only ``partly`` when the
+   late gain itself is not above 0 (SWA still better there: a loss that narrows).
 3. ``recall``: TTT-E2E is far worse than full attention at recall. Read from ``mqar`` accuracy
-   (paired by test sequence, over every point of the grid) and, alongside, NIAH ``cand_acc``.
+   (paired by test sequence, over every point of the grid) and, alongside, NIAH ``cand_acc``
+   (paired by prompt): ``partly`` when the two resolve opposite ways.
 4. ``speed``: TTT-E2E's prefill is faster than full attention's at long context (the paper: 2.7x
    at 128K on an H100). From the ``latency`` task's timing repeats (samples), at the smallest
    batch size both were timed at: full attention's median prefill time over TTT-E2E's at each
@@ -202,7 +207,10 @@ def _trend(est: stats.Estimate) -> str:
 
 
 def _unresolved(est: stats.Estimate, units: str, holds: str) -> str:
-    """Why an interval decides nothing: too few units for one, or it holds ``holds``."""
+    """Why an interval decides nothing: scores that are not numbers (a diverged model), too few
+    units for one, or it holds ``holds``."""
+    if not np.isfinite(est.value) and est.n:
+        return f"no value: the scores of its {est.n} {units}{'' if est.n == 1 else 's'} hold NaN or infinity"
     if not np.isfinite(est.ci_low):
         return f"{est.n} {units}{'' if est.n == 1 else 's'}, too few for an interval"
     return f"its interval [{est.ci_low:+.4f}, {est.ci_high:+.4f}] holds {holds}"
@@ -231,32 +239,50 @@ def _same_target_lengths(run: RunData, model: str) -> list[int]:
     return [int(w["eval_ctx"]) for w in run.windows(model) if w.get("targets") == "same"]
 
 
-def last_doubling_gain(run: RunData, model: str, longest: int | None = None) -> tuple[stats.Estimate, int] | None:
-    """Loss at half of context ``longest`` (default: the model's longest) minus loss at
-    ``longest``, paired by window end; None without same-target windows at both lengths."""
-    by_length: dict[int, dict[tuple[str, int], float]] = defaultdict(dict)
+def doubling_gains(run: RunData, model: str, longest: int | None = None) -> tuple[dict[tuple, float], int]:
+    """(window (seed, doc, end) -> loss at half of context ``longest`` minus loss at ``longest``,
+    ``longest``), over the same-target windows read at both lengths; ``longest`` defaults to the
+    model's longest."""
+    by_length: dict[int, dict[tuple[Any, str, int], float]] = defaultdict(dict)
     for w in run.windows(model):
         if w.get("targets") == "same":
             end = int(w["start"]) + int(w["eval_ctx"])
             by_length[int(w["eval_ctx"])][(w.get("seed"), w["doc"], end)] = float(w["scored_loss"])
     longest = max(by_length, default=0) if longest is None else longest
-    half = by_length.get(longest // 2, {})
-    shared = sorted(set(half) & set(by_length.get(longest, {})), key=str)  # a seed may be None
-    if not shared:
-        return None
-    return _paired(((k[1], half[k] - by_length[longest][k], 1.0) for k in shared), seed=1), longest
+    half, full = by_length.get(longest // 2, {}), by_length.get(longest, {})
+    return {k: half[k] - full[k] for k in set(half) & set(full)}, longest
+
+
+def _by_window(diffs: dict[tuple, float], seed: int) -> stats.Estimate:
+    """The mean of per-window differences, resampled by document (a key's second item)."""
+    return _paired(((k[1], diffs[k], 1.0) for k in sorted(diffs, key=str)), seed=seed)  # a seed may be None
+
+
+def last_doubling_gain(run: RunData, model: str, longest: int | None = None) -> tuple[stats.Estimate, int] | None:
+    """Loss at half of context ``longest`` (default: the model's longest) minus loss at
+    ``longest``, paired by window end; None without same-target windows at both lengths."""
+    diffs, longest = doubling_gains(run, model, longest)
+    return (_by_window(diffs, seed=1), longest) if diffs else None
+
+
+def _widening(run: RunData, full: str, ttt: str, longest: int) -> stats.Estimate | None:
+    """Full attention's gain from the last doubling minus TTT-E2E's, paired by window: how much the
+    gap between them widens over the doubling (the paper's claim: it does not)."""
+    a, b = doubling_gains(run, full, longest)[0], doubling_gains(run, ttt, longest)[0]
+    shared = set(a) & set(b)
+    return _by_window({k: a[k] - b[k] for k in shared}, seed=13) if shared else None
 
 
 def copy_gain(run: RunData, model: str) -> dict[str, Any] | None:
-    """The ``repeat`` task's copy gain of ``model`` at its longest length, as an evidence row."""
-    t = run.table
-    rows = t[(t["model"] == model) & (t["task"] == "repeat") & (t["metric"] == "copy_gain") & (t["status"] == "ok")]
-    if rows.empty:
+    """The ``repeat`` task's copy gain of ``model`` at its longest length (control loss - repeat
+    loss, paired by window, resampled by document, over every seed), as an evidence row."""
+    windows = [s for s in run.samples if s.get("model") == model and s.get("task") == "repeat" and s.get("kind") == "window"]
+    if not windows:
         return None
-    row = rows.loc[rows["eval_ctx"].idxmax()]
-    return {"comparison": f"{model}: copy gain at context {int(row['eval_ctx'])} (repeat task)",
-            "value": float(row["value"]), "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
-            "n": int(row["n"])}
+    longest = max(int(w["eval_ctx"]) for w in windows)
+    est = _paired(((w["doc"], float(w["control_loss"]) - float(w["repeat_loss"]), 1.0)
+                   for w in windows if int(w["eval_ctx"]) == longest), seed=14)
+    return _row(f"{model}: copy gain at context {longest} (repeat task)", est)
 
 
 def context_claim(run: RunData) -> Claim:
@@ -286,10 +312,11 @@ def context_claim(run: RunData) -> Claim:
     trend = {arch: _trend(est) for arch, est in gains.items()}
     fixed = [a for a in FIXED_STATE if a in trend]
     still_falling = [a for a in fixed if trend[a] == "gains"]
+    against = f"; {', '.join(still_falling)} still gain(s), against the claim" if still_falling else ""
     if trend["full_attention"] == "unclear":
         return Claim("context", statement, "undecided", "whether full attention gains from the last doubling of "
-                     f"context is not resolved ({_unresolved(gains['full_attention'], 'document', MIN_CONTEXT_GAIN)})",
-                     evidence)
+                     f"context is not resolved ({_unresolved(gains['full_attention'], 'document', MIN_CONTEXT_GAIN)})"
+                     + against, evidence)
     if trend["full_attention"] == "levels":
         others = ", ".join((["ttt_e2e"] if trend["ttt_e2e"] == "gains" else []) + still_falling) or "none of the others"
         full_copy = copying.get("full_attention")
@@ -304,16 +331,27 @@ def context_claim(run: RunData) -> Claim:
                          "still gains", evidence)
         return Claim("context", statement, "contradicted", "TTT-E2E does not gain from the last doubling of "
                      "context, full attention does", evidence)
+    lag = ""
+    if trend["ttt_e2e"] == "gains":
+        widening = _widening(run, models["full_attention"], models["ttt_e2e"], longest)
+        if widening is not None:
+            evidence.append(_row(f"full attention's gain - TTT-E2E's, loss({longest // 2}) - loss({longest}), "
+                                 "paired by window", widening))
+            if _sign(widening, MIN_CONTEXT_GAIN) > 0:  # a trace of a lag is no lag (MIN_CONTEXT_GAIN)
+                lag = (f"; TTT-E2E gains less than full attention: its gap to full attention widens by "
+                       f"{widening.value:+.3f} [{widening.ci_low:+.3f}, {widening.ci_high:+.3f}] nats/token "
+                       "over the doubling")
     if trend["ttt_e2e"] == "gains" and still_falling:
-        return Claim("context", statement, "partly", "TTT-E2E still gains like full attention, but so does "
-                     + ", ".join(still_falling), evidence)
+        return Claim("context", statement, "partly", f"TTT-E2E still gains{'' if lag else ' like full attention'}, "
+                     "but so does " + ", ".join(still_falling) + lag, evidence)
     unclear = [a for a in ("ttt_e2e", *fixed) if trend[a] == "unclear"]
     if unclear:
         return Claim("context", statement, "undecided", "whether " + ", ".join(unclear) + " still gain(s) from the "
                      "last doubling is not resolved: " + "; ".join(
-                         f"{a}: {_unresolved(gains[a], 'document', MIN_CONTEXT_GAIN)}" for a in unclear), evidence)
+                         f"{a}: {_unresolved(gains[a], 'document', MIN_CONTEXT_GAIN)}" for a in unclear) + against,
+                     evidence)
     return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
-                 "the fixed-state models do not", evidence)
+                 "the fixed-state models do not" + lag, evidence)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,11 +390,18 @@ def position_claim(run: RunData) -> Claim:
     late_gain = _paired(((k[1], gain(k, last), 1.0) for k in keys), seed=3)
     growth = _paired(((k[1], gain(k, last) - gain(k, early), 1.0) for k in keys), seed=4)
     lo, hi = bins[last[0]]
-    evidence = [_row(f"gain over SWA, positions < {longest // 8}", early_gain),
+    evidence = [_row(f"gain over SWA, positions < {bins[early[-1]][1]}", early_gain),  # L/8 when L is a power of 2
                 _row(f"gain over SWA, positions {lo}-{hi}", late_gain),
                 _row("growth (late - early)", growth)]
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(growth)]
+    late = _sign(late_gain)
+    if verdict == "holds" and late <= 0:  # a loss that narrows is no gain that grows
+        verdict = "partly"
     why = {"holds": "the gain is larger late in the window than early",
+           "partly": "the difference grows with position, but " + (
+               f"SWA is still better late in the window (TTT-E2E's gain there: {late_gain.value:+.4f} "
+               f"[{late_gain.ci_low:+.4f}, {late_gain.ci_high:+.4f}])" if late < 0 else
+               f"TTT-E2E's gain late in the window is not resolved from 0 ({_unresolved(late_gain, 'document', 0)})"),
            "contradicted": "the gain shrinks with position",
            "undecided": f"the growth is not resolved ({_unresolved(growth, 'document', 0)})"}[verdict]
     return Claim("position", statement, verdict, why, evidence)
@@ -372,24 +417,53 @@ def _mqar_points(run: RunData, model: str) -> dict[tuple[int, int, Any], list[fl
             if s.get("model") == model and s.get("task") == "mqar" and s.get("kind") == "point"}
 
 
+def _niah_prompts(run: RunData, model: str) -> dict[tuple[Any, str], float]:
+    """(seed, prompt) -> the prompt's NIAH ``cand_acc`` (prompts are a function of the seed and
+    the cell, so two models of a run read the same ones)."""
+    return {(s.get("seed"), str(s["prompt_id"])): float(s["cand_acc"]) for s in run.samples
+            if s.get("model") == model and s.get("task") == "niah" and s.get("kind") == "prompt"
+            and np.isfinite(s.get("cand_acc", np.nan))}
+
+
+def _niah_evidence(run: RunData, full: str, ttt: str) -> tuple[list[dict[str, Any]], stats.Estimate | None]:
+    """Both models' NIAH candidate accuracy on the prompts both read, and its gap paired by prompt."""
+    a, b = _niah_prompts(run, full), _niah_prompts(run, ttt)
+    shared = sorted(set(a) & set(b), key=str)  # a seed may be None
+    if not shared:
+        return [], None
+    ests = [_paired(((str(k), x[k], 1.0) for k in shared), seed=seed) for x, seed in ((a, 10), (b, 11))]
+    gap = _paired(((str(k), a[k] - b[k], 1.0) for k in shared), seed=12)
+    return [_row(f"{full}: NIAH cand_acc", ests[0]), _row(f"{ttt}: NIAH cand_acc", ests[1]),
+            _row("full attention - TTT-E2E (NIAH cand_acc, paired by prompt)", gap)], gap
+
+
+def _niah_note(gap: stats.Estimate | None, mqar: int) -> str:
+    """What NIAH's paired gap says beside MQAR's verdict (``mqar``: +1 full attention recalls more)."""
+    if gap is None:
+        return ""
+    said = f"gap {gap.value:+.2f}" + (f" [{gap.ci_low:+.2f}, {gap.ci_high:+.2f}]" if np.isfinite(gap.ci_low) else "")
+    said += f" over {gap.n} prompt{'' if gap.n == 1 else 's'}"
+    side = _sign(gap)
+    if side == 0:
+        return f"; NIAH candidate ranking does not resolve a gap ({said})"
+    who = "full attention" if side > 0 else "TTT-E2E"
+    verb = "" if mqar == 0 else " agrees" if side == mqar else " disagrees"
+    return f"; NIAH{verb}: {who} ranks the needle's value first more often ({said})"
+
+
 def recall_claim(run: RunData) -> Claim:
+    """MQAR accuracy (paired by test sequence) decides; NIAH candidate ranking (paired by prompt)
+    is shown beside it, and where it resolves the other way the claim is only ``partly``."""
     statement = "TTT-E2E is far worse than full attention at recall"
     full, ttt = run.model_of("full_attention"), run.model_of("ttt_e2e")
-    evidence = []
-    t = run.table
-    pooled = t["depth"].isna() if "depth" in t else True  # rows pooled over needle depths, not the per-depth ones
-    niah = t[(t["task"] == "niah") & (t["metric"] == "cand_acc") & (t["status"] == "ok") & pooled]
-    for model in (full, ttt):
-        mine = niah[niah["model"] == model]["value"]
-        if model and len(mine):
-            evidence.append({"comparison": f"{model}: NIAH cand_acc, mean of {len(mine)} cells pooled over depths",
-                             "value": float(mine.mean()), "ci_low": np.nan, "ci_high": np.nan, "n": len(mine)})
     if full is None or ttt is None:
-        return Claim("recall", statement, "undecided", "needs both full attention and TTT-E2E", evidence)
+        return Claim("recall", statement, "undecided", "needs both full attention and TTT-E2E")
+    evidence, niah_gap = _niah_evidence(run, full, ttt)
     a, b = _mqar_points(run, full), _mqar_points(run, ttt)
     points = sorted(set(a) & set(b), key=str)
     if not points:
-        return Claim("recall", statement, "undecided", "no mqar points shared by full attention and TTT-E2E", evidence)
+        return Claim("recall", statement, "undecided", "no mqar points shared by full attention and TTT-E2E"
+                     + _niah_note(niah_gap, 0), evidence)
     # units: test sequences (the same sequences for both models), pooled over the grid's points;
     # a sequence weighs its queries (pairs), so the pooled accuracy is a share of queries as mqar's rows are
     units = [(f"{p}/{i}", x, y, float(p[1])) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
@@ -401,12 +475,17 @@ def recall_claim(run: RunData) -> Claim:
     if full_acc.value < RECALL_FLOOR:
         return Claim("recall", statement, "undecided",
                      f"full attention answers {full_acc.value:.2f} of MQAR queries (below {RECALL_FLOOR}): it has "
-                     "not learned recall, so recall cannot separate the models", evidence)
-    verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(gap)]
-    why = {"holds": "full attention answers more MQAR queries than TTT-E2E",
-           "contradicted": "TTT-E2E answers more MQAR queries than full attention",
-           "undecided": f"the accuracy gap is not resolved ({_unresolved(gap, 'test sequence', 0)})"}[verdict]
-    return Claim("recall", statement, verdict, why, evidence)
+                     "not learned recall, so recall cannot separate the models" + _niah_note(niah_gap, 0), evidence)
+    mqar = _sign(gap)
+    verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[mqar]
+    if niah_gap is not None and _sign(niah_gap) == -mqar != 0:  # the two recall tasks resolve opposite ways
+        verdict = "partly"
+    # the shares themselves: "far worse" is the claim, and a resolved gap can be a few points
+    shares = f" ({full_acc.value:.2f} vs {ttt_acc.value:.2f} of the queries)"
+    why = {1: "full attention answers more MQAR queries than TTT-E2E" + shares,
+           -1: "TTT-E2E answers more MQAR queries than full attention" + shares,
+           0: f"the accuracy gap is not resolved ({_unresolved(gap, 'test sequence', 0)})"}[mqar]
+    return Claim("recall", statement, verdict, why + _niah_note(niah_gap, mqar), evidence)
 
 
 # ---------------------------------------------------------------------------------------------
