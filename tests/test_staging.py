@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -41,6 +42,16 @@ HANGING_SAVE = textwrap.dedent("""
         real = safetensors.torch.save_model
         safetensors.torch.save_model = lambda *a, **k: (real(*a, **k), hang())
         checkpoint.save_checkpoint(target, small_model("swa"))
+    elif sys.argv[1] == "between_renames":  # replacing a checkpoint: the old one moved aside, the new not yet in
+        import os
+        checkpoint.save_checkpoint(target, small_model("swa", seed=0))
+        real_replace = os.replace
+        def replace(src, dst):
+            real_replace(src, dst)
+            if str(src) == target:
+                hang()
+        os.replace = replace
+        checkpoint.save_checkpoint(target, small_model("swa", seed=1))
     else:
         results.atomic_write(target, lambda f: (f.write("half"), f.flush(), hang()))
 """)
@@ -71,6 +82,20 @@ def test_a_checkpoint_save_killed_mid_way_is_cleared_by_the_next_save(tmp_path):
     assert len(left) == 1 and left[0].startswith(f".ck.tmp-{proc.pid}@")  # the fault: a half-written folder
     checkpoint.save_checkpoint(tmp_path / "other", small_model("swa"))  # any save in the folder clears it
     assert staged(tmp_path) == [] and checkpoint.is_checkpoint(tmp_path / "other") and not target.exists()
+
+
+def test_a_checkpoint_replace_killed_between_its_renames_is_put_back_by_the_next_save(tmp_path):
+    """Replacing a checkpoint renames the old folder aside, then the complete new one into place: a
+    kill between the two left no checkpoint, and the next save cleared both copies as stale."""
+    target = tmp_path / "ck"
+    [proc] = start_hanging_saves("between_renames", target)
+    kill_9(proc)
+    assert not target.exists() and len(staged(tmp_path)) == 2  # the new folder and the old one aside
+    checkpoint.save_checkpoint(tmp_path / "other", small_model("swa"))
+    assert staged(tmp_path) == [] and checkpoint.is_checkpoint(target)
+    assert checkpoint.load_model(target).state_dict().keys() == small_model("swa").state_dict().keys()
+    new = small_model("swa", seed=1).state_dict()
+    assert all(torch.equal(t, new[k]) for k, t in checkpoint.load_model(target).state_dict().items())
 
 
 def test_a_live_processs_save_is_never_cleared(tmp_path):

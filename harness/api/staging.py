@@ -2,7 +2,8 @@
 
 Every atomic save (a checkpoint folder, a table, a JSON file) writes a temporary sibling named
 ``.NAME.tmp-PID@HOST-XXXXXXXX`` and renames it into place. A kill -9 leaves that sibling behind;
-:func:`clear_stale` removes the ones whose owner process is gone. Only this host's are judged (a
+:func:`clear_stale` removes the ones whose owner process is gone, and puts back a replaced
+folder whose replace was killed between its two renames. Only this host's are judged (a
 process on another machine sharing the folder cannot be checked) and never one of a live process.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from harness.api.errors import ConfigError
 
 _HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 # mkdtemp/mkstemp add 8 characters of [a-z0-9_]; a replaced checkpoint is first renamed to NAME.old
-_STAGED = re.compile(r"^\..*\.tmp-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]{8}(\.old)?$")
+_STAGED = re.compile(r"^\.(?P<target>.*)\.tmp-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]{8}(?P<old>\.old)?$")
 
 
 def temp_prefix(target: Path) -> str:
@@ -45,9 +46,11 @@ def clear_stale(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return []
     removed = []
-    for entry in folder.iterdir():
+    for entry in sorted(folder.iterdir(), key=lambda p: not p.name.endswith(".old")):  # .old first: see _put_back
         found = _STAGED.match(entry.name)
-        if not found or found["host"] != _HOST or _alive(int(found["pid"])):
+        if not found or found["host"] != _HOST or not os.path.lexists(entry) or _alive(int(found["pid"])):
+            continue
+        if found["old"] and _put_back(entry, folder / found["target"]):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -55,6 +58,21 @@ def clear_stale(folder: str | os.PathLike) -> list[Path]:
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+def _put_back(old: Path, target: Path) -> bool:
+    """A folder replace killed between its two renames (``target`` -> ``STAGED.old``, then
+    ``STAGED`` -> ``target``) left no ``target``: move the new folder in (it is renamed only once
+    complete), else the old one back. False when ``target`` is in place (nothing to put back)."""
+    if target.exists():
+        return False
+    new = old.with_name(old.name.removesuffix(".old"))
+    if new.is_dir():
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, target)
+    return True
 
 
 def ensure_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
