@@ -20,6 +20,7 @@ from harness.api.staging import clear_stale, ensure_writable, prepare_output
 from harness.cli import EXIT_USER_ERROR, main
 from harness.runs.sweep import load_spec, run_sweep
 from harness.train import checkpoint
+from harness.train.trainer import check_out_dir
 from tests.conftest import small_model
 from tests.test_cli_errors import TRAIN, one_line_error
 
@@ -84,14 +85,19 @@ def test_a_checkpoint_save_killed_mid_way_is_cleared_by_the_next_save(tmp_path):
     assert staged(tmp_path) == [] and checkpoint.is_checkpoint(tmp_path / "other") and not target.exists()
 
 
-def test_a_checkpoint_replace_killed_between_its_renames_is_put_back_by_the_next_save(tmp_path):
+@pytest.mark.parametrize("then", ["save", "resume"])
+def test_a_checkpoint_replace_killed_between_its_renames_is_put_back(tmp_path, then):
     """Replacing a checkpoint renames the old folder aside, then the complete new one into place: a
-    kill between the two left no checkpoint, and the next save cleared both copies as stale."""
+    kill between the two left no checkpoint (nothing to --resume), and the next save cleared both
+    copies as stale."""
     target = tmp_path / "ck"
     [proc] = start_hanging_saves("between_renames", target)
     kill_9(proc)
     assert not target.exists() and len(staged(tmp_path)) == 2  # the new folder and the old one aside
-    checkpoint.save_checkpoint(tmp_path / "other", small_model("swa"))
+    if then == "save":
+        checkpoint.save_checkpoint(tmp_path / "other", small_model("swa"))
+    else:
+        check_out_dir(target, resume=True)  # what train(..., resume=True) checks first
     assert staged(tmp_path) == [] and checkpoint.is_checkpoint(target)
     assert checkpoint.load_model(target).state_dict().keys() == small_model("swa").state_dict().keys()
     new = small_model("swa", seed=1).state_dict()

@@ -67,11 +67,14 @@ def _put_back(old: Path, target: Path) -> bool:
     if target.exists():
         return False
     new = old.with_name(old.name.removesuffix(".old"))
-    if new.is_dir():
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(old, target)
+    try:
+        if new.is_dir():
+            os.replace(new, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
+    except FileNotFoundError:  # another process (a rank of the same run) put it back first
+        pass
     return True
 
 

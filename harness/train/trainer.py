@@ -28,7 +28,7 @@ from harness.api.errors import ConfigError, DistributedError, check_choice
 from harness.api.fieldtypes import check_fields
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.registry import build_model
-from harness.api.staging import ensure_writable
+from harness.api.staging import clear_stale, ensure_writable
 from harness.train import checkpoint, sharded
 from harness.train.distributed import Replicas, share_of, start
 
@@ -333,6 +333,7 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
     """Raise unless ``out_dir`` can take this run: ``resume`` needs a checkpoint there; a fresh
     run needs an absent or empty folder (never someone's files, nor a checkpoint it would
     silently overwrite) whose parent is writable."""
+    clear_stale(out_dir.parent)  # a checkpoint whose save was killed mid-replace is put back first
     if resume:
         if not checkpoint.is_checkpoint(out_dir):
             found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else "no such folder"
