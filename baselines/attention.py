@@ -26,7 +26,7 @@ from torch import nn
 
 from baselines.backbone import BackboneLM, RMSNorm, without_autocast
 from harness.api.errors import ConfigError, check_choice
-from harness.api.interface import ModelConfig
+from harness.api.interface import ModelConfig, check_continues
 from harness.api.kernels import Kernel, pick_backend
 from harness.api.registry import register_model
 
@@ -219,6 +219,11 @@ class KVCache:
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         self.k, self.v, self.length = k, v, k.size(-2)
 
+    @property
+    def end_pos(self) -> int:
+        """The position after the last cached one (the cache starts at position 0)."""
+        return self.length
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         need = self.length + k.size(-2)
         if need > self.k.size(-2):
@@ -309,6 +314,7 @@ class Attention(nn.Module):
             if need_cache:
                 cache = RingKVCache(c.window, k, v, start_pos + x.size(1)) if c.window else KVCache(k, v)
         else:
+            check_continues(cache.end_pos, start_pos)
             past_k, past_v = cache.keys_values()
             keys, values = torch.cat([past_k, k], -2), torch.cat([past_v, v], -2)
             k_start = start_pos - past_k.size(-2)

@@ -77,7 +77,7 @@ from baselines.backbone import Block, SwiGLU, make_norm
 from baselines.cuda_graph import CapturedFunction
 from baselines.linear_cross_entropy import LIGER, liger_grad, linear_cross_entropy
 from harness.api.errors import ConfigError, check_choice
-from harness.api.interface import check_tokens, next_token_nll
+from harness.api.interface import check_continues, check_tokens, next_token_nll
 from harness.api.registry import register_model
 
 INNER_MODES = ("second_order", "first_order", "off_in_training")
@@ -408,6 +408,8 @@ class TTTE2ELM(AttentionLM):
         "logits" [B, T, V], "last" [B, V], or "nll" [B, T - 1], for which the last token serves
         only as the last target (the first ``n_in`` = T - 1 tokens are read)."""
         check_tokens(tokens, None if state is None else state.pending_tokens.size(0))
+        for ring in [] if state is None else state.suffix:  # they grow in place, as the prefix's caches
+            check_continues(ring.end_pos, state.pos)
         c, b = self.config, self.config.mini_batch_size
         B, n_in = tokens.size(0), tokens.size(1) - (out == "nll")
         read_start = 0 if state is None else state.pos  # position of tokens[:, 0]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from harness.api import registry
 from harness.api.errors import ConfigError
-from harness.api.interface import LCModel, state_tensors
+from harness.api.interface import LCModel, clone_state, state_tensors
 from harness.train import checkpoint
 from tests.conftest import small_config, small_model
 
@@ -100,6 +100,35 @@ def test_a_continuation_of_another_batch_is_named(arch):
     with pytest.raises(ConfigError, match="tokens hold 3 sequence.* the state they continue holds 2"):
         model.decode_step(state, torch.zeros(3, dtype=torch.long))
     assert model.decode_step(state, torch.zeros(2, dtype=torch.long))[0].shape[0] == 2
+
+
+@pytest.mark.parametrize("how", ["decode_step", "forward_chunk"])
+@torch.no_grad()
+def test_a_state_continued_twice_is_never_silently_wrong(arch, how):
+    """Attention caches grow in place, so a state continued once has moved on: continuing it again
+    must read like the first time (a state nothing changed) or say so and how to branch, never
+    attend to keys of the other continuation's tokens. A copy made first continues exactly."""
+    model = small_model(arch, dtype=torch.float64)
+    if how == "forward_chunk" and not hasattr(model, "forward_chunk"):
+        pytest.skip(f"{arch} has no forward_chunk (streaming is optional)")
+    x = tokens()
+    full, prompt = model(x), 21
+    _, state = model.prefill(x[:, :prompt])
+    copy = clone_state(state)
+
+    def step(s):
+        if how == "decode_step":
+            return model.decode_step(s, x[:, prompt])[0]
+        return model.forward_chunk(x[:, prompt : prompt + 5], s)[0][:, 0]
+
+    step(state)
+    try:
+        again = step(state)
+    except ConfigError as exc:
+        assert "clone_state" in str(exc) and f"from position {prompt}" in str(exc)
+    else:
+        torch.testing.assert_close(again, full[:, prompt], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(step(copy), full[:, prompt], rtol=1e-9, atol=1e-9)
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@ An architecture is a ``torch.nn.Module`` subclassing :class:`LCModel`:
   inference; the output at position t depends only on tokens <= t.
 - ``token_losses(tokens) -> [B, T-1]`` per-token negative log-likelihood.
 - ``prefill(tokens) -> (logits_last, state)`` and ``decode_step(state, token) -> (logits, state)``
-  generate without re-reading the prefix; ``state_bytes(state)`` is the state's size.
+  generate without re-reading the prefix; ``state_bytes(state)`` is the state's size. A state
+  continues once (caches may grow in place): ``clone_state`` it to continue it twice.
 - ``config`` rebuilds the model (``type(model)(config)``) and serialises to JSON.
 
 Tasks reach models only through this contract, so a plugin is measured like a built-in.
@@ -136,6 +137,17 @@ def check_tokens(tokens: torch.Tensor, state_batch: int | None = None) -> None:
         raise ConfigError(f"tokens must hold at least one token per sequence, got shape {tuple(tokens.shape)}")
     if state_batch is not None and tokens.size(0) != state_batch:
         raise ConfigError(f"tokens hold {tokens.size(0)} sequence(s) but the state they continue holds {state_batch}")
+
+
+def check_continues(cached_to: int, start_pos: int) -> None:
+    """A cache that grows in place (attention's keys and values) holds positions up to
+    ``cached_to``; the state continued from ``start_pos`` must end there. A state continued a
+    second time has moved on and would attend to the first continuation's tokens: say so."""
+    if cached_to != start_pos:
+        raise ConfigError(
+            f"this decoding state was continued before: its caches hold {cached_to} positions, but it "
+            f"continues from position {start_pos}. decode_step and forward_chunk advance caches in place, so a "
+            "state continues once; copy it first (harness.api.interface.clone_state) to continue it twice")
 
 
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
