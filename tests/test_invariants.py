@@ -131,6 +131,18 @@ def test_a_state_continued_twice_is_never_silently_wrong(arch, how):
     torch.testing.assert_close(step(copy), full[:, prompt], rtol=1e-9, atol=1e-9)
 
 
+def test_a_state_read_with_gradients_on_can_be_copied(arch):
+    """A prefill outside ``torch.no_grad`` holds tensors of an autograd graph, which deepcopy
+    refuses; the copy of such a state continues as the state itself does."""
+    model = small_model(arch)
+    x = tokens()
+    _, state = model.prefill(x[:, :21])
+    copy = clone_state(state)
+    logits, _ = model.decode_step(copy, x[:, 21])
+    torch.testing.assert_close(logits, model.decode_step(state, x[:, 21])[0], rtol=0, atol=0)
+    assert logits.requires_grad
+
+
 @torch.no_grad()
 def test_token_losses_match_forward(arch):
     model = small_model(arch, dtype=torch.float64)

@@ -122,7 +122,10 @@ def clone_state(state: Any) -> Any:
     """A copy of a decoding state to advance without touching the original: ``decode_step``
     may update caches in place, so branching generations (several queries after one prefix,
     repeated timings) clone first."""
-    return copy.deepcopy(state)
+    # deepcopy refuses tensors an autograd graph made (a state read with gradients on): those
+    # are cloned, which keeps the copy in the graph
+    made = {id(t): t.clone() for t in state_tensors(state) if t.grad_fn is not None}
+    return copy.deepcopy(state, made)
 
 
 def check_tokens(tokens: torch.Tensor, state_batch: int | None = None) -> None:
