@@ -1,6 +1,7 @@
 """The model contract as a plugin author and the runner check it: harness.api.contract."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -76,7 +77,19 @@ class PeeksAhead(RunningMean):
         return self.head(self.mixed(tokens.roll(-1, dims=1)))
 
 
-TOYS = {"toy_mean": RunningMean, "toy_one_short": OneShort, "toy_remembers": Remembers, "toy_peeks": PeeksAhead}
+@dataclass
+class TupleConfig(ModelConfig):
+    widths: tuple[int, ...] = (16, 32)
+
+
+class TupleMean(RunningMean):
+    """A plugin whose config has a tuple field (JSON reads it back as a list)."""
+
+    config_class = TupleConfig
+
+
+TOYS = {"toy_mean": RunningMean, "toy_one_short": OneShort, "toy_remembers": Remembers, "toy_peeks": PeeksAhead,
+        "toy_tuple": TupleMean}
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +107,15 @@ def test_every_registered_architecture_keeps_the_contract(arch):
 
 def test_a_plugin_that_keeps_the_contract_passes():
     check_model("toy_mean")
+
+
+def test_a_config_with_a_tuple_field_reads_back_equal():
+    """JSON and YAML have lists only: a tuple field read back as a list made the config differ from
+    the one that wrote it, so check_model failed the plugin and its checkpoints refused to resume."""
+    config = registry.make_config("toy_tuple", "tiny", widths=(8, 4))
+    assert registry.config_from_dict(json.loads(config.to_json())) == config
+    assert registry.make_config("toy_tuple", "tiny", widths=[8, 4]) == config  # as a spec or --set gives it
+    check_model("toy_tuple")
 
 
 @pytest.mark.parametrize("arch, rule", [

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api.errors import ConfigError, unknown_message
-from harness.api.fieldtypes import check_fields
+from harness.api.fieldtypes import as_annotated, check_fields, field_hints
 from harness.api.kernels import Kernel
 
 
@@ -54,6 +54,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, type(self).__name__)
+        hints = field_hints(type(self))
+        for f in dataclasses.fields(self):  # a plugin's tuple field, given as a list by JSON, YAML or --set
+            setattr(self, f.name, as_annotated(getattr(self, f.name), hints.get(f.name)))
         self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
         for name in ("norm_eps", "init_std"):  # a negative eps gives NaN; a negative std no init
             if getattr(self, name) < 0:
