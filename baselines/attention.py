@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.backbone import BackboneLM, RMSNorm, without_autocast
-from harness.api.errors import ConfigError, check_choice
+from harness.api.errors import ConfigError, check_choice, divisors
 from harness.api.interface import ModelConfig, check_continues
 from harness.api.kernels import Kernel, pick_backend
 from harness.api.registry import register_model
@@ -47,12 +47,13 @@ class AttentionConfig(ModelConfig):
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                f"choose n_heads among {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0]}"
+                f"choose n_heads among {divisors(self.d_model)}"
             )
         check_choice("attention backend", self.backend, ATTENTION_BACKENDS)
         kv = self.kv_heads
         if kv <= 0 or self.n_heads % kv:
-            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}; choose among "
+                              f"{[0, *divisors(self.n_heads)]} (0: as many as n_heads)")
         if self.window < 0:
             raise ConfigError(f"window={self.window} must be >= 0 (0 means full attention)")
         if self.head_dim % 2:

@@ -47,7 +47,7 @@ from baselines.attention import LLAMA3_VOCAB, PAPER_SIZES
 from baselines.backbone import BackboneLM
 from baselines.short_conv import ShortConv
 from baselines.ssd_reference import ssd_chunked, ssd_step, upcast
-from harness.api.errors import ConfigError, check_choice
+from harness.api.errors import ConfigError, check_choice, divisors
 from harness.api.interface import ModelConfig, check_continues
 from harness.api.kernels import Kernel, pick_backend
 from harness.api.registry import register_model
@@ -79,9 +79,11 @@ class Mamba2Config(ModelConfig):
         check_choice("mamba2 backend", self.backend, MAMBA2_BACKENDS)
         self.check_positive_ints("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
         if self.d_inner % self.headdim:
-            raise ConfigError(f"expand * d_model = {self.d_inner} is not divisible by headdim={self.headdim}")
+            raise ConfigError(f"expand * d_model = {self.d_inner} is not divisible by headdim={self.headdim}; "
+                              f"choose headdim among {divisors(self.d_inner)}")
         if self.nheads % self.ngroups:
-            raise ConfigError(f"ngroups={self.ngroups} must divide the number of heads ({self.nheads})")
+            raise ConfigError(f"ngroups={self.ngroups} must divide the number of heads ({self.nheads}); "
+                              f"choose among {divisors(self.nheads)}")
         if not 0 < self.A_init_min <= self.A_init_max:
             raise ConfigError(f"need 0 < A_init_min <= A_init_max, got {self.A_init_min}, {self.A_init_max}")
         if not 0 < self.dt_min <= self.dt_max:

@@ -134,8 +134,9 @@ class TTTConfig(AttentionConfig):
             raise ConfigError(f"suffix_blocks={self.suffix_blocks} must be in [0, n_layers={self.n_layers}]")
         if "prime" in FAST_WEIGHTS[self.fast_weights] and not self.prime_mlp:
             raise ConfigError(f"fast_weights={self.fast_weights!r} needs prime_mlp=True")
-        if self.inner_lr < 0 or self.inner_lr_init < 0 or self.inner_clip < 0:
-            raise ConfigError("inner_lr, inner_lr_init and inner_clip must be >= 0")
+        for name in ("inner_lr", "inner_lr_init", "inner_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if not 0 <= self.inner_lr_warmup <= 1:
             raise ConfigError(f"inner_lr_warmup is a fraction of the outer steps, got {self.inner_lr_warmup}")
         if not -1 <= self.bos_token_id < self.vocab_size:

@@ -90,8 +90,10 @@ def test_bad_attention_configs_are_clear():
         small_model("full_attention", window=8)
     with pytest.raises(ConfigError, match="window > 0"):
         small_model("swa", window=0)
-    with pytest.raises(ConfigError, match="n_kv_heads=3 must divide n_heads=4"):
+    with pytest.raises(ConfigError, match=r"n_kv_heads=3 must divide n_heads=4; choose among \[0, 1, 2, 4\]"):
         small_model("full_attention", n_kv_heads=3)
+    with pytest.raises(ConfigError, match=r"n_kv_heads=-2 must divide"):
+        small_model("full_attention", n_kv_heads=-2)
     with pytest.raises(ConfigError, match="Did you mean 'sdpa'"):
         small_model("swa", backend="sdp")
     with pytest.raises(ConfigError, match="rope_theta=0.0 must be > 0"):  # inf frequencies: NaN logits

@@ -557,8 +557,13 @@ def test_gpu_only_levers_say_why_on_cpu(levers, message):
         model64(**levers)(tokens())
 
 
-def test_lever_choices_are_checked():
+@pytest.mark.parametrize("field", ["inner_lr", "inner_lr_init", "inner_clip"])
+def test_a_negative_inner_setting_is_named(field):
+    with pytest.raises(ConfigError, match=rf"{field}=-0.5 must be >= 0"):
+        small_model("ttt_e2e", **{field: -0.5})
 
+
+def test_lever_choices_are_checked():
     with pytest.raises(ConfigError, match="unknown inner_step 'compiled'.*Did you mean 'compile'"):
         registry.make_config("ttt_e2e", "tiny", inner_step="compiled")
     with pytest.raises(ConfigError, match="unknown inner_loss 'chunk'.*Did you mean 'chunked'"):
