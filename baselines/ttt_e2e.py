@@ -44,9 +44,10 @@ alone and all together; every one is tested against the reference step (``_step`
 - ``prefix_backend``: the prefix blocks' attention kernel (``flex``: one FlexAttention call per
   block over the whole sequence), apart from the suffix's.
 
-With ``inner_loss`` or ``inner_step`` off the reference, inference runs every step through one
-function of tensors (``_inference_step``, its suffix attention on sdpa); training always runs the
-reference step, which the outer loss differentiates through.
+With ``inner_loss`` or ``inner_step`` off the reference (or under ``torch.inference_mode``, which
+has no autograd), inference runs every step through one function of tensors (``_inference_step``,
+its suffix attention on sdpa); training always runs the reference step, which the outer loss
+differentiates through.
 """
 from __future__ import annotations
 
@@ -498,10 +499,13 @@ class TTTE2ELM(AttentionLM):
     def _step_function(self, out: str, device: torch.device):
         """What ``_read`` calls per mini-batch: the reference step (recomputed in the backward
         pass if an outer backward is coming and checkpoint_inner), or, at inference with any fast
-        path on, ``_fast_step``."""
+        path on or under ``torch.inference_mode``, ``_fast_step``."""
         c = self.config
         if not torch.is_grad_enabled():
-            if self.inner_loss_method(device) != "reference" or c.inner_step != "eager":
+            # inference mode has no autograd for the reference step's torch.autograd.grad to
+            # enable; torch.func's vjp, which _fast_step uses, runs there
+            fast = self.inner_loss_method(device) != "reference" or c.inner_step != "eager"
+            if fast or torch.is_inference_mode_enabled():
                 return partial(self._fast_step, want_nll=out == "nll", last_only=out == "last")
             return partial(self._step, create_graph=False)
         create_graph = c.inner_mode == "second_order"

@@ -143,6 +143,22 @@ def test_a_state_read_with_gradients_on_can_be_copied(arch):
     assert logits.requires_grad
 
 
+def test_inference_mode_reads_as_no_grad_does(arch):
+    """torch.inference_mode, PyTorch's recommended context for inference, has no autograd at all:
+    an architecture that differentiates while reading (TTT-E2E's inner step) must still read."""
+    model = small_model(arch, dtype=torch.float64)
+    x = tokens()
+    with torch.no_grad():
+        full, losses = model(x), model.token_losses(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), full, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(model.token_losses(x), losses, rtol=1e-9, atol=1e-9)
+        logits, state = model.prefill(x[:, :21])
+        for t in range(21, 40):
+            logits, state = model.decode_step(state, x[:, t])
+        torch.testing.assert_close(logits, full[:, 39], rtol=1e-9, atol=1e-9)
+
+
 @torch.no_grad()
 def test_token_losses_match_forward(arch):
     model = small_model(arch, dtype=torch.float64)
