@@ -412,6 +412,7 @@ class TTTE2ELM(AttentionLM):
         check_tokens(tokens, None if state is None else state.pending_tokens.size(0))
         for ring in [] if state is None else state.suffix:  # they grow in place, as the prefix's caches
             check_continues(ring.end_pos, state.pos)
+        tokens = tokens.long()  # int32 ids too: the inner losses' targets index the logits
         c, b = self.config, self.config.mini_batch_size
         B, n_in = tokens.size(0), tokens.size(1) - (out == "nll")
         read_start = 0 if state is None else state.pos  # position of tokens[:, 0]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import registry
+from harness.api.decoding import stream_token_losses
 from harness.api.errors import ConfigError
 from harness.api.interface import LCModel, clone_state, state_tensors
 from harness.train import checkpoint
@@ -157,6 +158,23 @@ def test_inference_mode_reads_as_no_grad_does(arch):
         for t in range(21, 40):
             logits, state = model.decode_step(state, x[:, t])
         torch.testing.assert_close(logits, full[:, 39], rtol=1e-9, atol=1e-9)
+
+
+@torch.no_grad()
+def test_int32_token_ids_read_as_int64_ones_do(arch):
+    """check_tokens admits int32 ids (what an embedding looks up, and what token files often hold);
+    the losses' cross-entropy wants int64 targets and failed deep inside on them."""
+    model = small_model(arch)
+    x = tokens()
+    wide, narrow = x, x.to(torch.int32)
+    torch.testing.assert_close(model(narrow), model(wide), rtol=0, atol=0)
+    torch.testing.assert_close(model.token_losses(narrow), model.token_losses(wide), rtol=0, atol=0)
+    torch.testing.assert_close(model.training_loss(narrow), model.training_loss(wide), rtol=0, atol=0)
+    torch.testing.assert_close(stream_token_losses(model, narrow, chunk=16), stream_token_losses(model, wide, chunk=16),
+                               rtol=0, atol=0)
+    _, state = model.prefill(narrow[:, :21])
+    torch.testing.assert_close(model.decode_step(state, narrow[:, 21])[0],
+                               model.decode_step(model.prefill(wide[:, :21])[1], wide[:, 21])[0], rtol=0, atol=0)
 
 
 @torch.no_grad()

@@ -157,9 +157,10 @@ def check_continues(cached_to: int, start_pos: int) -> None:
 
 
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy ``[B, T]`` of ``logits [B, T, V]``, computed in fp32 (fp64 stays)."""
+    """Per-token cross-entropy ``[B, T]`` of ``logits [B, T, V]``, computed in fp32 (fp64 stays);
+    ``targets`` int64 or int32 (cross-entropy takes int64 only), as :func:`check_tokens` admits."""
     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(wide.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+    return F.cross_entropy(wide.flatten(0, 1), targets.flatten().long(), reduction="none").view(targets.shape)
 
 
 class LCModel(nn.Module):
