@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -10,6 +10,7 @@ from torch import nn
 
 from harness.api import registry
 from harness.api.contract import ContractError, check_model, check_outputs
+from harness.api.errors import ConfigError
 from harness.api.interface import LCModel, ModelConfig, check_tokens
 from harness.api.results import SchemaError, make_row
 from harness.runs.evaluate import run_eval
@@ -88,8 +89,23 @@ class TupleMean(RunningMean):
     config_class = TupleConfig
 
 
+@dataclass
+class DerivedConfig(ModelConfig):
+    head_width: int = field(init=False, default=0)  # derived, not given
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.head_width = self.d_model // self.n_heads
+
+
+class DerivedMean(RunningMean):
+    """A plugin whose config has a derived field (``init=False``): its JSON holds it too."""
+
+    config_class = DerivedConfig
+
+
 TOYS = {"toy_mean": RunningMean, "toy_one_short": OneShort, "toy_remembers": Remembers, "toy_peeks": PeeksAhead,
-        "toy_tuple": TupleMean}
+        "toy_tuple": TupleMean, "toy_derived": DerivedMean}
 
 
 @pytest.fixture(autouse=True)
@@ -116,6 +132,17 @@ def test_a_config_with_a_tuple_field_reads_back_equal():
     assert registry.config_from_dict(json.loads(config.to_json())) == config
     assert registry.make_config("toy_tuple", "tiny", widths=[8, 4]) == config  # as a spec or --set gives it
     check_model("toy_tuple")
+
+
+def test_a_config_with_a_derived_field_reads_back():
+    """to_json writes an ``init=False`` field with the others; reading it back passed it to the
+    constructor, a TypeError, so no checkpoint of such a plugin loaded."""
+    config = registry.make_config("toy_derived", "tiny")
+    assert registry.config_from_dict(json.loads(config.to_json())) == config
+    check_model("toy_derived")
+    with pytest.raises(ConfigError, match=r"DerivedConfig.head_width is derived from the other fields \(4 here\), "
+                                          r"not set; got 8"):
+        registry.make_config("toy_derived", "tiny", head_width=8)
 
 
 @pytest.mark.parametrize("arch, rule", [

@@ -87,7 +87,15 @@ class ModelConfig:
         for key in data:
             if key not in known:
                 raise ConfigError(unknown_message(f"{cls.__name__} field", key, known))
-        return cls(**data)
+        # fields __post_init__ derives (init=False) are saved with the others: read back, they must agree
+        derived = {f.name for f in dataclasses.fields(cls) if not f.init} & data.keys()
+        config = cls(**{key: value for key, value in data.items() if key not in derived})
+        hints = field_hints(cls)
+        for key in derived:
+            if as_annotated(data[key], hints.get(key)) != getattr(config, key):
+                raise ConfigError(f"{cls.__name__}.{key} is derived from the other fields ({getattr(config, key)!r} "
+                                  f"here), not set; got {data[key]!r}")
+        return config
 
     def replace(self, **changes: Any) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(self)}
