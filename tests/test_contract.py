@@ -78,6 +78,14 @@ class PeeksAhead(RunningMean):
         return self.head(self.mixed(tokens.roll(-1, dims=1)))
 
 
+class MixesRows(RunningMean):
+    """Centres each position over the batch: a sequence's scores depend on its batch-mates."""
+
+    def forward(self, tokens):
+        mixed = self.mixed(tokens)
+        return self.head(mixed - mixed.mean(0, keepdim=True))
+
+
 @dataclass
 class TupleConfig(ModelConfig):
     widths: tuple[int, ...] = (16, 32)
@@ -105,7 +113,7 @@ class DerivedMean(RunningMean):
 
 
 TOYS = {"toy_mean": RunningMean, "toy_one_short": OneShort, "toy_remembers": Remembers, "toy_peeks": PeeksAhead,
-        "toy_tuple": TupleMean, "toy_derived": DerivedMean}
+        "toy_tuple": TupleMean, "toy_derived": DerivedMean, "toy_mixes_rows": MixesRows}
 
 
 @pytest.fixture(autouse=True)
@@ -149,6 +157,7 @@ def test_a_config_with_a_derived_field_reads_back():
     ("toy_one_short", r"forward\(tokens \[2, 12\]\) returned shape \(2, 11, 256\), expected \(2, 12, 256\)"),
     ("toy_remembers", r"other logits for the same tokens on a later call: the model carries memory between calls"),
     ("toy_peeks", r"outputs are not causal"),
+    ("toy_mixes_rows", r"sequence 1 read alone gives other logits than in a batch of 2"),
 ])
 def test_a_broken_rule_is_named(arch, rule):
     with pytest.raises(ContractError, match=rf"(?s)architecture '{arch}' breaks the model contract:\n- .*{rule}"):

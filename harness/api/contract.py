@@ -99,8 +99,9 @@ def check_outputs(model: LCModel) -> None:
 @torch.no_grad()
 def contract_problems(model: LCModel, length: int = 40, prompt: int = 13) -> list[str]:
     """Every broken rule: :func:`output_problems`, then, on a float64 copy on the CPU, prefill +
-    decode_step reproduce forward, outputs are causal, ``state_bytes`` counts the state, and the config rebuilds the same model (JSON
-    round trip and ``load_state_dict``: what a checkpoint does)."""
+    decode_step reproduce forward, outputs are causal, each sequence of a batch is read on its own,
+    ``state_bytes`` counts the state, and the config rebuilds the same model (JSON round trip and
+    ``load_state_dict``: what a checkpoint does)."""
     problems = output_problems(model)
     if problems:
         return problems
@@ -122,6 +123,9 @@ def contract_problems(model: LCModel, length: int = 40, prompt: int = 13) -> lis
     changed[:, t] = (changed[:, t] + 1) % min(m.config.vocab_size, 256)
     if not _close(m(changed)[:, :t], full[:, :t], exact=True):
         problems.append(f"changing token {t} changed outputs before it: outputs are not causal")
+    if not _close(m(x[1:]), full[1:], exact=True):  # tasks batch windows: a score must not depend on batch-mates
+        problems.append(f"sequence 1 read alone gives other logits than in a batch of {x.size(0)}: "
+                        "each sequence of a batch must be read on its own")
     problems += _rebuild_problems(m, x, full)
     return problems
 
