@@ -78,6 +78,13 @@ class PeeksAhead(RunningMean):
         return self.head(self.mixed(tokens.roll(-1, dims=1)))
 
 
+class ForgetsBetweenChunks(RunningMean):
+    """Has the optional forward_chunk, which streamed scoring uses, but starts afresh each chunk."""
+
+    def forward_chunk(self, tokens, state):
+        return self.forward(tokens), state
+
+
 class MixesRows(RunningMean):
     """Centres each position over the batch: a sequence's scores depend on its batch-mates."""
 
@@ -113,7 +120,8 @@ class DerivedMean(RunningMean):
 
 
 TOYS = {"toy_mean": RunningMean, "toy_one_short": OneShort, "toy_remembers": Remembers, "toy_peeks": PeeksAhead,
-        "toy_tuple": TupleMean, "toy_derived": DerivedMean, "toy_mixes_rows": MixesRows}
+        "toy_tuple": TupleMean, "toy_derived": DerivedMean, "toy_mixes_rows": MixesRows,
+        "toy_forgets": ForgetsBetweenChunks}
 
 
 @pytest.fixture(autouse=True)
@@ -158,6 +166,7 @@ def test_a_config_with_a_derived_field_reads_back():
     ("toy_remembers", r"other logits for the same tokens on a later call: the model carries memory between calls"),
     ("toy_peeks", r"outputs are not causal"),
     ("toy_mixes_rows", r"sequence 1 read alone gives other logits than in a batch of 2"),
+    ("toy_forgets", r"forward_chunk over pieces of \[13, 27\] tokens differs from forward at position 13"),
 ])
 def test_a_broken_rule_is_named(arch, rule):
     with pytest.raises(ContractError, match=rf"(?s)architecture '{arch}' breaks the model contract:\n- .*{rule}"):
