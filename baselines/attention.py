@@ -33,6 +33,7 @@ from harness.api.registry import register_model
 ATTENTION_BACKENDS = ("auto", "torch", "sdpa", "flex")
 QUERY_CHUNK = 1024  # query block of the chunked sdpa path for sliding windows
 CACHED_MASK_ELEMENTS = 1 << 24  # sdpa masks up to 16 MiB (bool) are built once and kept
+KV_GROWTH_MIN = 16  # positions a full KV cache grows by at least (a short prompt's cache grows rarely)
 
 
 @dataclass
@@ -215,7 +216,9 @@ def resolve_backend(backend: str, window: int, device: torch.device) -> str:
 
 
 class KVCache:
-    """Full attention: keys/values of every past position, in a buffer that doubles when full."""
+    """Full attention: keys/values of every past position, in a buffer that grows by an eighth
+    (at least :data:`KV_GROWTH_MIN` positions) when full: amortised O(1) appends, and a long
+    prompt's cache never holds much more than its keys (doubling held twice a 128K prompt's)."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         self.k, self.v, self.length = k, v, k.size(-2)
@@ -228,7 +231,7 @@ class KVCache:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         need = self.length + k.size(-2)
         if need > self.k.size(-2):
-            capacity = max(need, 2 * self.k.size(-2))
+            capacity = need + max(need // 8, KV_GROWTH_MIN)
             self.k, self.v = (self._grow(t, capacity) for t in (self.k, self.v))
         self.k[..., self.length : need, :] = k
         self.v[..., self.length : need, :] = v
