@@ -100,9 +100,9 @@ def check_outputs(model: LCModel) -> None:
 @torch.no_grad()
 def contract_problems(model: LCModel, length: int = 40, prompt: int = 13) -> list[str]:
     """Every broken rule: :func:`output_problems`, then, on a float64 copy on the CPU, prefill +
-    decode_step (and forward_chunk, if the model has it) reproduce forward, outputs are causal, each sequence of a batch is read on its own,
-    ``state_bytes`` counts the state, and the config rebuilds the same model (JSON round trip and
-    ``load_state_dict``: what a checkpoint does)."""
+    decode_step (and forward_chunk, if the model has it) reproduce forward, outputs are causal,
+    each sequence of a batch is read on its own, ``state_bytes`` counts the state, and the config
+    rebuilds the same model (JSON round trip and ``load_state_dict``: what a checkpoint does)."""
     problems = output_problems(model)
     if problems:
         return problems
