@@ -25,14 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.backbone import BackboneLM, RMSNorm, without_autocast
-from harness.api.errors import ConfigError, check_choice
-from harness.api.interface import ModelConfig
+from harness.api.errors import ConfigError, check_choice, divisors
+from harness.api.interface import ModelConfig, check_continues
 from harness.api.kernels import Kernel, pick_backend
 from harness.api.registry import register_model
 
 ATTENTION_BACKENDS = ("auto", "torch", "sdpa", "flex")
 QUERY_CHUNK = 1024  # query block of the chunked sdpa path for sliding windows
 CACHED_MASK_ELEMENTS = 1 << 24  # sdpa masks up to 16 MiB (bool) are built once and kept
+KV_GROWTH_MIN = 16  # positions a full KV cache grows by at least (a short prompt's cache grows rarely)
 
 
 @dataclass
@@ -47,12 +48,13 @@ class AttentionConfig(ModelConfig):
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                f"choose n_heads among {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0]}"
+                f"choose n_heads among {divisors(self.d_model)}"
             )
         check_choice("attention backend", self.backend, ATTENTION_BACKENDS)
         kv = self.kv_heads
         if kv <= 0 or self.n_heads % kv:
-            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}; choose among "
+                              f"{[0, *divisors(self.n_heads)]} (0: as many as n_heads)")
         if self.window < 0:
             raise ConfigError(f"window={self.window} must be >= 0 (0 means full attention)")
         if self.head_dim % 2:
@@ -214,15 +216,22 @@ def resolve_backend(backend: str, window: int, device: torch.device) -> str:
 
 
 class KVCache:
-    """Full attention: keys/values of every past position, in a buffer that doubles when full."""
+    """Full attention: keys/values of every past position, in a buffer that grows by an eighth
+    (at least :data:`KV_GROWTH_MIN` positions) when full: amortised O(1) appends, and a long
+    prompt's cache never holds much more than its keys (doubling held twice a 128K prompt's)."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         self.k, self.v, self.length = k, v, k.size(-2)
 
+    @property
+    def end_pos(self) -> int:
+        """The position after the last cached one (the cache starts at position 0)."""
+        return self.length
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         need = self.length + k.size(-2)
         if need > self.k.size(-2):
-            capacity = max(need, 2 * self.k.size(-2))
+            capacity = need + max(need // 8, KV_GROWTH_MIN)
             self.k, self.v = (self._grow(t, capacity) for t in (self.k, self.v))
         self.k[..., self.length : need, :] = k
         self.v[..., self.length : need, :] = v
@@ -309,6 +318,7 @@ class Attention(nn.Module):
             if need_cache:
                 cache = RingKVCache(c.window, k, v, start_pos + x.size(1)) if c.window else KVCache(k, v)
         else:
+            check_continues(cache.end_pos, start_pos)
             past_k, past_v = cache.keys_values()
             keys, values = torch.cat([past_k, k], -2), torch.cat([past_v, v], -2)
             k_start = start_pos - past_k.size(-2)

@@ -47,8 +47,8 @@ from baselines.attention import LLAMA3_VOCAB, PAPER_SIZES
 from baselines.backbone import BackboneLM
 from baselines.short_conv import ShortConv
 from baselines.ssd_reference import ssd_chunked, ssd_step, upcast
-from harness.api.errors import ConfigError, check_choice
-from harness.api.interface import ModelConfig
+from harness.api.errors import ConfigError, check_choice, divisors
+from harness.api.interface import ModelConfig, check_continues
 from harness.api.kernels import Kernel, pick_backend
 from harness.api.registry import register_model
 
@@ -79,9 +79,11 @@ class Mamba2Config(ModelConfig):
         check_choice("mamba2 backend", self.backend, MAMBA2_BACKENDS)
         self.check_positive_ints("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
         if self.d_inner % self.headdim:
-            raise ConfigError(f"expand * d_model = {self.d_inner} is not divisible by headdim={self.headdim}")
+            raise ConfigError(f"expand * d_model = {self.d_inner} is not divisible by headdim={self.headdim}; "
+                              f"choose headdim among {divisors(self.d_inner)}")
         if self.nheads % self.ngroups:
-            raise ConfigError(f"ngroups={self.ngroups} must divide the number of heads ({self.nheads})")
+            raise ConfigError(f"ngroups={self.ngroups} must divide the number of heads ({self.nheads}); "
+                              f"choose among {divisors(self.nheads)}")
         if not 0 < self.A_init_min <= self.A_init_max:
             raise ConfigError(f"need 0 < A_init_min <= A_init_max, got {self.A_init_min}, {self.A_init_max}")
         if not 0 < self.dt_min <= self.dt_max:
@@ -246,12 +248,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 @dataclass
 class Mamba2Cache:
-    """Decode state of one layer: ``ssm [B, H, P, N]`` (fp32) and ``conv [B, d_conv - 1, C]``,
-    the conv's last inputs. The mamba_ssm backend updates ``ssm`` in place while decoding (as a
-    KV cache grows in place); copy the state (``clone_state``) to branch a generation."""
+    """Decode state of one layer after position ``end_pos - 1``: ``ssm [B, H, P, N]`` (fp32) and
+    ``conv [B, d_conv - 1, C]``, the conv's last inputs. The mamba_ssm backend updates ``ssm`` in
+    place while decoding (as a KV cache grows in place), and this cache's ``end_pos`` with it;
+    copy the state (``clone_state``) to branch a generation."""
 
     conv: torch.Tensor
     ssm: torch.Tensor
+    end_pos: int
 
 
 class GatedRMSNorm(nn.Module):
@@ -309,6 +313,8 @@ class Mamba2Mixer(nn.Module):
         xs, B, C = xs.unflatten(-1, (H, P)), B.unflatten(-1, (G, N)), C.unflatten(-1, (G, N))
         A = -torch.exp(upcast(self.A_log))  # fp32 even in a bf16 model
         backend = resolve_backend(c.backend, x.device)
+        if cache is not None:
+            check_continues(cache.end_pos, start_pos)
         if T == 1 and cache is not None:
             y, state = STEP_OPS[backend](cache.ssm, xs[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, self.dt_bias)
             y = y[:, None]
@@ -316,7 +322,9 @@ class Mamba2Mixer(nn.Module):
             initial = None if cache is None else cache.ssm
             y, state = SSD_OPS[backend](xs, dt, A, B, C, self.D, self.dt_bias, c.chunk_size, initial, need_cache)
         y = self.out_proj(self.norm(y.reshape(b, T, c.d_inner), z))
-        return y, (Mamba2Cache(conv_tail, state) if need_cache else None)
+        if cache is not None and state is cache.ssm:  # updated in place: the old cache has moved on too
+            cache.end_pos = start_pos + T
+        return y, (Mamba2Cache(conv_tail, state, start_pos + T) if need_cache else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,9 +44,10 @@ alone and all together; every one is tested against the reference step (``_step`
 - ``prefix_backend``: the prefix blocks' attention kernel (``flex``: one FlexAttention call per
   block over the whole sequence), apart from the suffix's.
 
-With ``inner_loss`` or ``inner_step`` off the reference, inference runs every step through one
-function of tensors (``_inference_step``, its suffix attention on sdpa); training always runs the
-reference step, which the outer loss differentiates through.
+With ``inner_loss`` or ``inner_step`` off the reference (or under ``torch.inference_mode``, which
+has no autograd), inference runs every step through one function of tensors (``_inference_step``,
+its suffix attention on sdpa); training always runs the reference step, which the outer loss
+differentiates through.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ from baselines.backbone import Block, SwiGLU, make_norm
 from baselines.cuda_graph import CapturedFunction
 from baselines.linear_cross_entropy import LIGER, liger_grad, linear_cross_entropy
 from harness.api.errors import ConfigError, check_choice
-from harness.api.interface import check_tokens, next_token_nll
+from harness.api.interface import check_continues, check_tokens, next_token_nll
 from harness.api.registry import register_model
 
 INNER_MODES = ("second_order", "first_order", "off_in_training")
@@ -134,8 +135,9 @@ class TTTConfig(AttentionConfig):
             raise ConfigError(f"suffix_blocks={self.suffix_blocks} must be in [0, n_layers={self.n_layers}]")
         if "prime" in FAST_WEIGHTS[self.fast_weights] and not self.prime_mlp:
             raise ConfigError(f"fast_weights={self.fast_weights!r} needs prime_mlp=True")
-        if self.inner_lr < 0 or self.inner_lr_init < 0 or self.inner_clip < 0:
-            raise ConfigError("inner_lr, inner_lr_init and inner_clip must be >= 0")
+        for name in ("inner_lr", "inner_lr_init", "inner_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if not 0 <= self.inner_lr_warmup <= 1:
             raise ConfigError(f"inner_lr_warmup is a fraction of the outer steps, got {self.inner_lr_warmup}")
         if not -1 <= self.bos_token_id < self.vocab_size:
@@ -408,6 +410,9 @@ class TTTE2ELM(AttentionLM):
         "logits" [B, T, V], "last" [B, V], or "nll" [B, T - 1], for which the last token serves
         only as the last target (the first ``n_in`` = T - 1 tokens are read)."""
         check_tokens(tokens, None if state is None else state.pending_tokens.size(0))
+        for ring in [] if state is None else state.suffix:  # they grow in place, as the prefix's caches
+            check_continues(ring.end_pos, state.pos)
+        tokens = tokens.long()  # int32 ids too: the inner losses' targets index the logits
         c, b = self.config, self.config.mini_batch_size
         B, n_in = tokens.size(0), tokens.size(1) - (out == "nll")
         read_start = 0 if state is None else state.pos  # position of tokens[:, 0]
@@ -495,10 +500,13 @@ class TTTE2ELM(AttentionLM):
     def _step_function(self, out: str, device: torch.device):
         """What ``_read`` calls per mini-batch: the reference step (recomputed in the backward
         pass if an outer backward is coming and checkpoint_inner), or, at inference with any fast
-        path on, ``_fast_step``."""
+        path on or under ``torch.inference_mode``, ``_fast_step``."""
         c = self.config
         if not torch.is_grad_enabled():
-            if self.inner_loss_method(device) != "reference" or c.inner_step != "eager":
+            # inference mode has no autograd for the reference step's torch.autograd.grad to
+            # enable; torch.func's vjp, which _fast_step uses, runs there
+            fast = self.inner_loss_method(device) != "reference" or c.inner_step != "eager"
+            if fast or torch.is_inference_mode_enabled():
                 return partial(self._fast_step, want_nll=out == "nll", last_only=out == "last")
             return partial(self._step, create_graph=False)
         create_graph = c.inner_mode == "second_order"

@@ -132,7 +132,7 @@ class Latency(Task):
         logits, state = model.prefill(tokens)
         rows.append(make_row("state_bytes", model.state_bytes(state), n=1, **where))
         if "decode" in options.phases:
-            # One untimed step first: a cache that grows by doubling (full attention's)
+            # One untimed step first: a cache that grows (full attention's)
             # grows on the first step after prefill; timing the steady state leaves that out.
             logits, state = model.decode_step(state, logits.argmax(-1))
             first = logits.argmax(-1)

@@ -85,13 +85,32 @@ def test_swa_state_is_bounded_and_full_attention_grows():
     assert sizes["swa"][0] == per_token * window * x.size(0)
 
 
+@torch.no_grad()
+def test_a_growing_full_attention_cache_holds_little_more_than_its_keys():
+    """The cache grows when a decode step finds it full: doubling it held twice the keys and
+    values of a long prompt from the first step on (decode_peak_bytes reported full attention's
+    cache at twice its size); it keeps at most an eighth more, and decoding still reads exactly."""
+    model = small_model("full_attention", dtype=torch.float64)
+    c = model.config
+    tokens = torch.randint(0, 256, (2, 260), generator=torch.Generator().manual_seed(0))
+    per_position = 2 * c.n_layers * c.kv_heads * c.head_dim * 8 * tokens.size(0)  # k and v, fp64
+    full = model(tokens)
+    logits, state = model.prefill(tokens[:, :256])
+    for t in range(256, 260):
+        logits, state = model.decode_step(state, tokens[:, t])
+        assert model.state_bytes(state) <= per_position * (t + 1) * 9 / 8
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-9, atol=1e-9)
+
+
 def test_bad_attention_configs_are_clear():
     with pytest.raises(ConfigError, match="use arch 'swa'"):
         small_model("full_attention", window=8)
     with pytest.raises(ConfigError, match="window > 0"):
         small_model("swa", window=0)
-    with pytest.raises(ConfigError, match="n_kv_heads=3 must divide n_heads=4"):
+    with pytest.raises(ConfigError, match=r"n_kv_heads=3 must divide n_heads=4; choose among \[0, 1, 2, 4\]"):
         small_model("full_attention", n_kv_heads=3)
+    with pytest.raises(ConfigError, match=r"n_kv_heads=-2 must divide"):
+        small_model("full_attention", n_kv_heads=-2)
     with pytest.raises(ConfigError, match="Did you mean 'sdpa'"):
         small_model("swa", backend="sdp")
     with pytest.raises(ConfigError, match="rope_theta=0.0 must be > 0"):  # inf frequencies: NaN logits

@@ -1,7 +1,8 @@
 """The model contract as a plugin author and the runner check it: harness.api.contract."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from harness.api import registry
 from harness.api.contract import ContractError, check_model, check_outputs
+from harness.api.errors import ConfigError
 from harness.api.interface import LCModel, ModelConfig, check_tokens
 from harness.api.results import SchemaError, make_row
 from harness.runs.evaluate import run_eval
@@ -76,7 +78,50 @@ class PeeksAhead(RunningMean):
         return self.head(self.mixed(tokens.roll(-1, dims=1)))
 
 
-TOYS = {"toy_mean": RunningMean, "toy_one_short": OneShort, "toy_remembers": Remembers, "toy_peeks": PeeksAhead}
+class ForgetsBetweenChunks(RunningMean):
+    """Has the optional forward_chunk, which streamed scoring uses, but starts afresh each chunk."""
+
+    def forward_chunk(self, tokens, state):
+        return self.forward(tokens), state
+
+
+class MixesRows(RunningMean):
+    """Centres each position over the batch: a sequence's scores depend on its batch-mates."""
+
+    def forward(self, tokens):
+        mixed = self.mixed(tokens)
+        return self.head(mixed - mixed.mean(0, keepdim=True))
+
+
+@dataclass
+class TupleConfig(ModelConfig):
+    widths: tuple[int, ...] = (16, 32)
+
+
+class TupleMean(RunningMean):
+    """A plugin whose config has a tuple field (JSON reads it back as a list)."""
+
+    config_class = TupleConfig
+
+
+@dataclass
+class DerivedConfig(ModelConfig):
+    head_width: int = field(init=False, default=0)  # derived, not given
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.head_width = self.d_model // self.n_heads
+
+
+class DerivedMean(RunningMean):
+    """A plugin whose config has a derived field (``init=False``): its JSON holds it too."""
+
+    config_class = DerivedConfig
+
+
+TOYS = {"toy_mean": RunningMean, "toy_one_short": OneShort, "toy_remembers": Remembers, "toy_peeks": PeeksAhead,
+        "toy_tuple": TupleMean, "toy_derived": DerivedMean, "toy_mixes_rows": MixesRows,
+        "toy_forgets": ForgetsBetweenChunks}
 
 
 @pytest.fixture(autouse=True)
@@ -96,10 +141,32 @@ def test_a_plugin_that_keeps_the_contract_passes():
     check_model("toy_mean")
 
 
+def test_a_config_with_a_tuple_field_reads_back_equal():
+    """JSON and YAML have lists only: a tuple field read back as a list made the config differ from
+    the one that wrote it, so check_model failed the plugin and its checkpoints refused to resume."""
+    config = registry.make_config("toy_tuple", "tiny", widths=(8, 4))
+    assert registry.config_from_dict(json.loads(config.to_json())) == config
+    assert registry.make_config("toy_tuple", "tiny", widths=[8, 4]) == config  # as a spec or --set gives it
+    check_model("toy_tuple")
+
+
+def test_a_config_with_a_derived_field_reads_back():
+    """to_json writes an ``init=False`` field with the others; reading it back passed it to the
+    constructor, a TypeError, so no checkpoint of such a plugin loaded."""
+    config = registry.make_config("toy_derived", "tiny")
+    assert registry.config_from_dict(json.loads(config.to_json())) == config
+    check_model("toy_derived")
+    with pytest.raises(ConfigError, match=r"DerivedConfig.head_width is derived from the other fields \(4 here\), "
+                                          r"not set; got 8"):
+        registry.make_config("toy_derived", "tiny", head_width=8)
+
+
 @pytest.mark.parametrize("arch, rule", [
     ("toy_one_short", r"forward\(tokens \[2, 12\]\) returned shape \(2, 11, 256\), expected \(2, 12, 256\)"),
     ("toy_remembers", r"other logits for the same tokens on a later call: the model carries memory between calls"),
     ("toy_peeks", r"outputs are not causal"),
+    ("toy_mixes_rows", r"sequence 1 read alone gives other logits than in a batch of 2"),
+    ("toy_forgets", r"forward_chunk over pieces of \[13, 27\] tokens differs from forward at position 13"),
 ])
 def test_a_broken_rule_is_named(arch, rule):
     with pytest.raises(ContractError, match=rf"(?s)architecture '{arch}' breaks the model contract:\n- .*{rule}"):

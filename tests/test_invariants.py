@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import registry
+from harness.api.decoding import stream_token_losses
 from harness.api.errors import ConfigError
-from harness.api.interface import LCModel, state_tensors
+from harness.api.interface import LCModel, clone_state, state_tensors
 from harness.train import checkpoint
 from tests.conftest import small_config, small_model
 
@@ -100,6 +101,80 @@ def test_a_continuation_of_another_batch_is_named(arch):
     with pytest.raises(ConfigError, match="tokens hold 3 sequence.* the state they continue holds 2"):
         model.decode_step(state, torch.zeros(3, dtype=torch.long))
     assert model.decode_step(state, torch.zeros(2, dtype=torch.long))[0].shape[0] == 2
+
+
+@pytest.mark.parametrize("how", ["decode_step", "forward_chunk"])
+@torch.no_grad()
+def test_a_state_continued_twice_is_never_silently_wrong(arch, how):
+    """Attention caches grow in place, so a state continued once has moved on: continuing it again
+    must read like the first time (a state nothing changed) or say so and how to branch, never
+    attend to keys of the other continuation's tokens. A copy made first continues exactly."""
+    model = small_model(arch, dtype=torch.float64)
+    if how == "forward_chunk" and not hasattr(model, "forward_chunk"):
+        pytest.skip(f"{arch} has no forward_chunk (streaming is optional)")
+    x = tokens()
+    full, prompt = model(x), 21
+    _, state = model.prefill(x[:, :prompt])
+    copy = clone_state(state)
+
+    def step(s):
+        if how == "decode_step":
+            return model.decode_step(s, x[:, prompt])[0]
+        return model.forward_chunk(x[:, prompt : prompt + 5], s)[0][:, 0]
+
+    step(state)
+    try:
+        again = step(state)
+    except ConfigError as exc:
+        assert "clone_state" in str(exc) and f"from position {prompt}" in str(exc)
+    else:
+        torch.testing.assert_close(again, full[:, prompt], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(step(copy), full[:, prompt], rtol=1e-9, atol=1e-9)
+
+
+def test_a_state_read_with_gradients_on_can_be_copied(arch):
+    """A prefill outside ``torch.no_grad`` holds tensors of an autograd graph, which deepcopy
+    refuses; the copy of such a state continues as the state itself does."""
+    model = small_model(arch)
+    x = tokens()
+    _, state = model.prefill(x[:, :21])
+    copy = clone_state(state)
+    logits, _ = model.decode_step(copy, x[:, 21])
+    torch.testing.assert_close(logits, model.decode_step(state, x[:, 21])[0], rtol=0, atol=0)
+    assert logits.requires_grad
+
+
+def test_inference_mode_reads_as_no_grad_does(arch):
+    """torch.inference_mode, PyTorch's recommended context for inference, has no autograd at all:
+    an architecture that differentiates while reading (TTT-E2E's inner step) must still read."""
+    model = small_model(arch, dtype=torch.float64)
+    x = tokens()
+    with torch.no_grad():
+        full, losses = model(x), model.token_losses(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), full, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(model.token_losses(x), losses, rtol=1e-9, atol=1e-9)
+        logits, state = model.prefill(x[:, :21])
+        for t in range(21, 40):
+            logits, state = model.decode_step(state, x[:, t])
+        torch.testing.assert_close(logits, full[:, 39], rtol=1e-9, atol=1e-9)
+
+
+@torch.no_grad()
+def test_int32_token_ids_read_as_int64_ones_do(arch):
+    """check_tokens admits int32 ids (what an embedding looks up, and what token files often hold);
+    the losses' cross-entropy wants int64 targets and failed deep inside on them."""
+    model = small_model(arch)
+    x = tokens()
+    wide, narrow = x, x.to(torch.int32)
+    torch.testing.assert_close(model(narrow), model(wide), rtol=0, atol=0)
+    torch.testing.assert_close(model.token_losses(narrow), model.token_losses(wide), rtol=0, atol=0)
+    torch.testing.assert_close(model.training_loss(narrow), model.training_loss(wide), rtol=0, atol=0)
+    torch.testing.assert_close(stream_token_losses(model, narrow, chunk=16), stream_token_losses(model, wide, chunk=16),
+                               rtol=0, atol=0)
+    _, state = model.prefill(narrow[:, :21])
+    torch.testing.assert_close(model.decode_step(state, narrow[:, 21])[0],
+                               model.decode_step(model.prefill(wide[:, :21])[1], wide[:, 21])[0], rtol=0, atol=0)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from baselines import mamba2
 from baselines.ssd_reference import ssd_chunked, ssd_step
 from harness.api import registry
 from harness.api.errors import BackendUnavailableError, ConfigError
+from harness.api.interface import clone_state
 from tests.conftest import kernel_cases
 
 KERNELS = {kernel.name: kernel for kernel in mamba2.KERNELS}
@@ -205,9 +206,9 @@ def test_presets_match_full_attention_parameters():
 
 
 def test_bad_configs_are_clear():
-    with pytest.raises(ConfigError, match="headdim"):
+    with pytest.raises(ConfigError, match=r"headdim=7; choose headdim among \[1, 2, 4, 8, 16, 32, 64\]"):
         small_config(headdim=7)
-    with pytest.raises(ConfigError, match="ngroups"):
+    with pytest.raises(ConfigError, match=r"ngroups=3 must divide the number of heads \(8\); choose among \[1, 2, 4, 8\]"):
         small_config(ngroups=3)
     with pytest.raises(ConfigError, match="Did you mean 'mamba_ssm'"):
         small_config(backend="mamba-ssm")
@@ -406,3 +407,22 @@ def test_kernel_backend_in_the_model(kernel_device, backend, T, start, fields):
     assert mamba2.resolve_backend("auto", kernel_device) == next(
         k.name for k in mamba2.KERNELS if k.available(kernel_device)
     )
+
+
+@kernel_cases("", cuda=[()], cpu=[()])
+@torch.no_grad()
+def test_a_state_the_decode_kernel_advanced_in_place_says_so(kernel_device):
+    """mamba-ssm's decode kernel updates the SSM state in place: decoding again from a state it
+    advanced must be refused (it would read the other token's update), and a copy made first
+    decodes as the first time."""
+    require("mamba_ssm", kernel_device)
+    torch.manual_seed(0)
+    model = registry.create_model("mamba2", "tiny", backend="mamba_ssm", d_state=16, n_layers=1, d_model=64,
+                                  mlp_hidden=128, headdim=32).to(kernel_device).eval()
+    tokens = torch.randint(0, 256, (2, 9), device=kernel_device)
+    _, state = model.prefill(tokens[:, :8])
+    copy = clone_state(state)
+    first, _ = model.decode_step(state, tokens[:, 8])
+    with pytest.raises(ConfigError, match="continues from position 8.*clone_state"):
+        model.decode_step(state, tokens[:, 8])
+    torch.testing.assert_close(model.decode_step(copy, tokens[:, 8])[0], first)

@@ -168,6 +168,20 @@ def test_settings_a_given_checkpoint_would_ignore_are_refused(spec_file):
             load_spec(spec_file)
 
 
+@pytest.mark.parametrize("other, match", [
+    ({"arch": "swa"}, "names arch 'swa' but its checkpoint holds a 'full_attention' model"),
+    ({"preset": "125m"}, r"names preset '125m' but its checkpoint.*d_model=64 \(the preset's 768\)"),
+])
+def test_a_given_checkpoint_of_another_arch_or_preset_is_refused(spec_file, other, match):
+    """The rows of a given checkpoint carry its entry's label: a tiny full_attention checkpoint
+    listed as swa:125m was evaluated and reported as 'swa:125m' without a word."""
+    original = yaml.safe_load(spec_file.read_text())
+    spec = {**original, "models": [{**original["models"][0], **other}]}
+    spec_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=match):
+        load_spec(spec_file)
+
+
 def test_toml_specs_load(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('name = "t"\n[[models]]\narch = "swa"\n[[tasks]]\ntask = "test_sweep_probe"\n')

@@ -15,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from baselines.ttt_e2e import TTTE2ELM, clip_per_sequence
 from harness.api import registry
+from harness.api.errors import ConfigError
 from tests.conftest import close_ratio, kernel_cases, small_model
 
 B = 3
@@ -191,7 +192,6 @@ def test_without_bos_the_outer_loss_is_the_plain_mean():
 def test_bos_token_id_is_checked_and_imported(tmp_path):
     import numpy as np
 
-    from harness.api.errors import ConfigError
     from harness.importers import import_ttt_e2e
     from tests.test_importers import OFFICIAL, official_tree
 
@@ -326,6 +326,18 @@ def test_prefill_decode_across_mini_batch_boundaries(prompt):
     c = model.config
     assert state.suffix[0].k.size(-2) == c.window - 1 + c.mini_batch_size
     assert state.fast[0].shape[0] == B and state.pending_x.size(1) == (T - 1) % c.mini_batch_size + 1
+
+
+@torch.no_grad()
+def test_a_state_of_suffix_blocks_only_continued_twice_says_so():
+    """With every block in the suffix no prefix attention cache checks the state: the suffix's
+    own window caches, which grow in place, must say a state continued before has moved on."""
+    model = model64(suffix_blocks=4)
+    x = tokens()
+    _, state = model.prefill(x[:, :21])
+    model.decode_step(state, x[:, 21])
+    with pytest.raises(ConfigError, match="continues from position 21.*clone_state"):
+        model.decode_step(state, x[:, 21])
 
 
 @torch.no_grad()
@@ -545,9 +557,13 @@ def test_gpu_only_levers_say_why_on_cpu(levers, message):
         model64(**levers)(tokens())
 
 
-def test_lever_choices_are_checked():
-    from harness.api.errors import ConfigError
+@pytest.mark.parametrize("field", ["inner_lr", "inner_lr_init", "inner_clip"])
+def test_a_negative_inner_setting_is_named(field):
+    with pytest.raises(ConfigError, match=rf"{field}=-0.5 must be >= 0"):
+        small_model("ttt_e2e", **{field: -0.5})
 
+
+def test_lever_choices_are_checked():
     with pytest.raises(ConfigError, match="unknown inner_step 'compiled'.*Did you mean 'compile'"):
         registry.make_config("ttt_e2e", "tiny", inner_step="compiled")
     with pytest.raises(ConfigError, match="unknown inner_loss 'chunk'.*Did you mean 'chunked'"):

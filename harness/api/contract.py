@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from harness.api import registry
+from harness.api.decoding import has_chunks
 from harness.api.errors import LcbenchError
 from harness.api.interface import LCModel
 
@@ -99,8 +100,9 @@ def check_outputs(model: LCModel) -> None:
 @torch.no_grad()
 def contract_problems(model: LCModel, length: int = 40, prompt: int = 13) -> list[str]:
     """Every broken rule: :func:`output_problems`, then, on a float64 copy on the CPU, prefill +
-    decode_step reproduce forward, outputs are causal, ``state_bytes`` counts the state, and the config rebuilds the same model (JSON
-    round trip and ``load_state_dict``: what a checkpoint does)."""
+    decode_step (and forward_chunk, if the model has it) reproduce forward, outputs are causal,
+    each sequence of a batch is read on its own, ``state_bytes`` counts the state, and the config
+    rebuilds the same model (JSON round trip and ``load_state_dict``: what a checkpoint does)."""
     problems = output_problems(model)
     if problems:
         return problems
@@ -115,6 +117,7 @@ def contract_problems(model: LCModel, length: int = 40, prompt: int = 13) -> lis
         if not _close(logits, full[:, t], exact=True):
             problems.append(f"prefill + decode_step differ from forward at position {t}")
             break
+    problems += _chunk_problems(m, x, full, prompt)
     if m.state_bytes(state) <= 0:
         problems.append(f"state_bytes(state) is {m.state_bytes(state)}; it must count the state's bytes")
     t = length // 2
@@ -122,8 +125,32 @@ def contract_problems(model: LCModel, length: int = 40, prompt: int = 13) -> lis
     changed[:, t] = (changed[:, t] + 1) % min(m.config.vocab_size, 256)
     if not _close(m(changed)[:, :t], full[:, :t], exact=True):
         problems.append(f"changing token {t} changed outputs before it: outputs are not causal")
+    if not _close(m(x[1:]), full[1:], exact=True):  # tasks batch windows: a score must not depend on batch-mates
+        problems.append(f"sequence 1 read alone gives other logits than in a batch of {x.size(0)}: "
+                        "each sequence of a batch must be read on its own")
     problems += _rebuild_problems(m, x, full)
     return problems
+
+
+def _chunk_problems(model: LCModel, x: torch.Tensor, full: torch.Tensor, split: int) -> list[str]:
+    """The optional ``forward_chunk``, which streamed scoring uses, must continue its state as
+    forward reads the whole sequence."""
+    if not has_chunks(model):
+        return []
+    what = f"forward_chunk over pieces of {[split, x.size(1) - split]} tokens"
+    try:
+        first, state = model.forward_chunk(x[:, :split], None)
+        rest, _ = model.forward_chunk(x[:, split:], state)
+        got = torch.cat([first, rest], 1)
+    except Exception as exc:  # a method that cannot even run is a broken rule too
+        return [f"{what} raised {type(exc).__name__}: {exc}"]
+    problem = _shape(what, got, tuple(full.shape), "[batch, length, vocab_size]")
+    if problem:
+        return [problem]
+    for t in range(x.size(1)):
+        if not _close(got[:, t], full[:, t], exact=True):
+            return [f"{what} differs from forward at position {t}"]
+    return []
 
 
 def _float64_copy(model: LCModel) -> LCModel:

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from harness.api.interface import LCModel
+from harness.api.interface import LCModel, next_token_nll
 
 
 def has_chunks(model: LCModel) -> bool:
@@ -50,11 +49,9 @@ def stream_token_losses(model: LCModel, tokens: torch.Tensor, chunk: int = 0) ->
         piece = tokens[:, start : start + chunk]
         logits, state = model.forward_chunk(piece, state)
         if carry is not None:
-            losses.append(F.cross_entropy(carry.float(), piece[:, 0], reduction="none")[:, None])
+            losses.append(next_token_nll(carry[:, None], piece[:, :1]).float())
         if piece.size(1) > 1:
-            inner = logits[:, :-1].float()
-            losses.append(F.cross_entropy(inner.reshape(-1, inner.size(-1)), piece[:, 1:].reshape(-1),
-                                          reduction="none").view(B, -1))
+            losses.append(next_token_nll(logits[:, :-1], piece[:, 1:]).float())
         carry = logits[:, -1]
         del logits
     return torch.cat(losses, 1)

@@ -49,6 +49,11 @@ def unknown_message(kind: str, name: str, choices: Iterable[str]) -> str:
     return msg
 
 
+def divisors(n: int) -> list[int]:
+    """The valid choices when a value must divide ``n`` (heads of a width, groups of heads)."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def check_choice(kind: str, value: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:

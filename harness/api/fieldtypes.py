@@ -54,6 +54,16 @@ def type_problem(value: Any, hint: Any) -> str | None:
     return None
 
 
+def as_annotated(value: Any, hint: Any) -> Any:
+    """``value`` with a list made a tuple where ``hint`` is a tuple (or a union holding one): JSON
+    and YAML have lists only, and a config read back from its file must equal the one that wrote it."""
+    origin = typing.get_origin(hint)
+    tuple_hint = hint is tuple or origin is tuple or (
+        origin in (typing.Union, types.UnionType) and any(a is tuple or typing.get_origin(a) is tuple
+                                                          for a in typing.get_args(hint)))
+    return tuple(value) if tuple_hint and isinstance(value, list) else value
+
+
 def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 

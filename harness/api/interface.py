@@ -6,7 +6,8 @@ An architecture is a ``torch.nn.Module`` subclassing :class:`LCModel`:
   inference; the output at position t depends only on tokens <= t.
 - ``token_losses(tokens) -> [B, T-1]`` per-token negative log-likelihood.
 - ``prefill(tokens) -> (logits_last, state)`` and ``decode_step(state, token) -> (logits, state)``
-  generate without re-reading the prefix; ``state_bytes(state)`` is the state's size.
+  generate without re-reading the prefix; ``state_bytes(state)`` is the state's size. A state
+  continues once (caches may grow in place): ``clone_state`` it to continue it twice.
 - ``config`` rebuilds the model (``type(model)(config)``) and serialises to JSON.
 
 Tasks reach models only through this contract, so a plugin is measured like a built-in.
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api.errors import ConfigError, unknown_message
-from harness.api.fieldtypes import check_fields
+from harness.api.fieldtypes import as_annotated, check_fields, field_hints
 from harness.api.kernels import Kernel
 
 
@@ -53,6 +54,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, type(self).__name__)
+        hints = field_hints(type(self))
+        for f in dataclasses.fields(self):  # a plugin's tuple field, given as a list by JSON, YAML or --set
+            setattr(self, f.name, as_annotated(getattr(self, f.name), hints.get(f.name)))
         self.check_positive_ints("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden")
         for name in ("norm_eps", "init_std"):  # a negative eps gives NaN; a negative std no init
             if getattr(self, name) < 0:
@@ -83,7 +87,15 @@ class ModelConfig:
         for key in data:
             if key not in known:
                 raise ConfigError(unknown_message(f"{cls.__name__} field", key, known))
-        return cls(**data)
+        # fields __post_init__ derives (init=False) are saved with the others: read back, they must agree
+        derived = {f.name for f in dataclasses.fields(cls) if not f.init} & data.keys()
+        config = cls(**{key: value for key, value in data.items() if key not in derived})
+        hints = field_hints(cls)
+        for key in derived:
+            if as_annotated(data[key], hints.get(key)) != getattr(config, key):
+                raise ConfigError(f"{cls.__name__}.{key} is derived from the other fields ({getattr(config, key)!r} "
+                                  f"here), not set; got {data[key]!r}")
+        return config
 
     def replace(self, **changes: Any) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(self)}
@@ -121,7 +133,10 @@ def clone_state(state: Any) -> Any:
     """A copy of a decoding state to advance without touching the original: ``decode_step``
     may update caches in place, so branching generations (several queries after one prefix,
     repeated timings) clone first."""
-    return copy.deepcopy(state)
+    # deepcopy refuses tensors an autograd graph made (a state read with gradients on): those
+    # are cloned, which keeps the copy in the graph
+    made = {id(t): t.clone() for t in state_tensors(state) if t.grad_fn is not None}
+    return copy.deepcopy(state, made)
 
 
 def check_tokens(tokens: torch.Tensor, state_batch: int | None = None) -> None:
@@ -138,10 +153,22 @@ def check_tokens(tokens: torch.Tensor, state_batch: int | None = None) -> None:
         raise ConfigError(f"tokens hold {tokens.size(0)} sequence(s) but the state they continue holds {state_batch}")
 
 
+def check_continues(cached_to: int, start_pos: int) -> None:
+    """A cache that grows in place (attention's keys and values) holds positions up to
+    ``cached_to``; the state continued from ``start_pos`` must end there. A state continued a
+    second time has moved on and would attend to the first continuation's tokens: say so."""
+    if cached_to != start_pos:
+        raise ConfigError(
+            f"this decoding state was continued before: its caches hold {cached_to} positions, but it "
+            f"continues from position {start_pos}. decode_step and forward_chunk advance caches in place, so a "
+            "state continues once; copy it first (harness.api.interface.clone_state) to continue it twice")
+
+
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy ``[B, T]`` of ``logits [B, T, V]``, computed in fp32 (fp64 stays)."""
+    """Per-token cross-entropy ``[B, T]`` of ``logits [B, T, V]``, computed in fp32 (fp64 stays);
+    ``targets`` int64 or int32 (cross-entropy takes int64 only), as :func:`check_tokens` admits."""
     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(wide.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+    return F.cross_entropy(wide.flatten(0, 1), targets.flatten().long(), reduction="none").view(targets.shape)
 
 
 class LCModel(nn.Module):

@@ -182,6 +182,8 @@ class SweepSpec:
                                   f"{getattr(entry, ignored[0])} would not apply to it; remove them")
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
+            elif checkpoint.is_checkpoint(entry.checkpoint):
+                check_given_checkpoint(entry)
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
             raise ConfigError(f"train_lengths must be integers >= 2, got {self.train_lengths}")
@@ -234,6 +236,24 @@ class SweepSpec:
                 out.append((dataclasses.replace(entry, train={**entry.train, "seq_len": length},
                                                 name=f"{entry.label}@{length}"), length))
         return out
+
+
+def check_given_checkpoint(entry: ModelEntry) -> None:
+    """Raise unless a given checkpoint is the entry's arch (and its preset, when one other than the
+    default is named): its rows carry the entry's label, which must not name another model."""
+    config = checkpoint.read_config(entry.checkpoint)
+    if config.arch != entry.arch:
+        raise ConfigError(f"model {entry.label!r} names arch {entry.arch!r} but its checkpoint holds a "
+                          f"{config.arch!r} model; write arch: {config.arch}")
+    if entry.preset == ModelEntry.preset:  # the default: no preset was named
+        return
+    preset = registry.make_config(entry.arch, entry.preset, vocab_size=config.vocab_size)
+    fields = registry.get_model_class(entry.arch).presets[entry.preset]
+    differ = [f"{k}={getattr(config, k)} (the preset's {getattr(preset, k)})"
+              for k in fields if getattr(config, k) != getattr(preset, k)]
+    if differ:
+        raise ConfigError(f"model {entry.label!r} names preset {entry.preset!r} but its checkpoint differs from "
+                          f"it: {', '.join(differ)}; name its own preset, or give the entry a 'name' instead")
 
 
 def load_spec(path: str | os.PathLike) -> SweepSpec:
