@@ -168,6 +168,17 @@ def test_settings_a_given_checkpoint_would_ignore_are_refused(spec_file):
             load_spec(spec_file)
 
 
+@pytest.mark.parametrize("arch", ["mamba2", "sw"])
+def test_a_given_checkpoints_arch_must_be_the_one_it_holds(spec_file, arch):
+    """A checkpoint entry's arch was never read: a wrong or misspelt one ran the checkpoint's model
+    under a label naming another architecture (model 'sw:tiny', arch swa)."""
+    original = yaml.safe_load(spec_file.read_text())
+    swa = original["models"][1]
+    spec_file.write_text(yaml.safe_dump({**original, "models": [{**swa, "arch": arch}]}))
+    with pytest.raises(ConfigError, match=f"'{arch}'.*{swa['checkpoint']}.*'swa' model; set arch: swa"):
+        load_spec(spec_file)
+
+
 def test_toml_specs_load(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('name = "t"\n[[models]]\narch = "swa"\n[[tasks]]\ntask = "test_sweep_probe"\n')

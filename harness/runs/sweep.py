@@ -182,6 +182,9 @@ class SweepSpec:
                                   f"{getattr(entry, ignored[0])} would not apply to it; remove them")
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
+            elif (saved := checkpoint.read_config(entry.checkpoint).arch) != entry.arch:  # it labels the rows
+                raise ConfigError(f"model {entry.label!r} names arch {entry.arch!r}, but its checkpoint "
+                                  f"{entry.checkpoint!r} holds a {saved!r} model; set arch: {saved}")
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
             raise ConfigError(f"train_lengths must be integers >= 2, got {self.train_lengths}")
