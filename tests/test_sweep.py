@@ -183,8 +183,16 @@ def test_toml_specs_load(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('name = "t"\n[[models]]\narch = "swa"\n[[tasks]]\ntask = "test_sweep_probe"\n')
     assert load_spec(path).models[0].arch == "swa"
-    with pytest.raises(ConfigError, match="no sweep spec"):
+    with pytest.raises(ConfigError, match="sweep spec .*missing.yaml' does not exist"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_a_misspelt_spec_path_names_what_its_folder_holds_and_the_close_match(tmp_path):
+    """`lcbench sweep results/specs/quik.yaml` said only "no sweep spec at ...", unlike a misspelt
+    corpus or tokenizer path."""
+    (tmp_path / "quick.yaml").write_text("name: q\n")
+    with pytest.raises(ConfigError, match=f"holds: quick.yaml. Did you mean '{tmp_path / 'quick.yaml'}'"):
+        load_spec(tmp_path / "quik.yaml")
 
 
 def test_untrained_models_are_evaluated_without_training(tmp_path):

@@ -67,6 +67,7 @@ from harness.api.task import ModelInfo
 from harness.api.staging import prepare_output
 from harness.api.timing import free_memory
 from harness.data.corpora import corpus_fingerprint
+from harness.data.local import missing_path_error
 from harness.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
@@ -242,7 +243,7 @@ class SweepSpec:
 def load_spec(path: str | os.PathLike) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no sweep spec at {str(path)!r}")
+        raise missing_path_error("sweep spec", path, "a YAML or TOML file such as results/specs/quick.yaml")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
