@@ -176,7 +176,7 @@ def test_a_given_checkpoints_arch_must_be_the_one_it_holds(spec_file, arch):
     swa = original["models"][1]
     spec_file.write_text(yaml.safe_dump({**original, "models": [{**swa, "arch": arch}]}))
     with pytest.raises(ConfigError, match=f"'{arch}'.*{swa['checkpoint']}.*'swa' model; set arch: swa"):
-        load_spec(spec_file)
+        plan(load_spec(spec_file))  # before any work: a sweep plans every cell first
 
 
 def test_toml_specs_load(tmp_path):

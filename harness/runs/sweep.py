@@ -183,9 +183,6 @@ class SweepSpec:
                                   f"{getattr(entry, ignored[0])} would not apply to it; remove them")
             if entry.checkpoint is None:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
-            elif (saved := checkpoint.read_config(entry.checkpoint).arch) != entry.arch:  # it labels the rows
-                raise ConfigError(f"model {entry.label!r} names arch {entry.arch!r}, but its checkpoint "
-                                  f"{entry.checkpoint!r} holds a {saved!r} model; set arch: {saved}")
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
             raise ConfigError(f"train_lengths must be integers >= 2, got {self.train_lengths}")
@@ -286,6 +283,9 @@ class SeededModel:
     def identity(self) -> dict[str, Any]:
         """Everything that determines the model's weights (hashed into cell keys and checkpoint names)."""
         if self.entry.checkpoint is not None:  # its content, not its path: a replaced checkpoint is a new model
+            if (saved := checkpoint.read_config(self.entry.checkpoint).arch) != self.entry.arch:  # it labels rows
+                raise ConfigError(f"model {self.label!r} names arch {self.entry.arch!r}, but its checkpoint "
+                                  f"{self.entry.checkpoint!r} holds a {saved!r} model; set arch: {saved}")
             return {"checkpoint": checkpoint.content_hash(self.entry.checkpoint), "seed": self.seed}
         config = self.model_config()
         if self.entry.untrained:
