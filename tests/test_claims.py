@@ -117,6 +117,18 @@ def test_the_copy_gain_shown_pools_every_seed():
     assert row["value"] == pytest.approx(0.2, abs=0.001) and row["n"] == 6
 
 
+def test_a_context_claim_short_of_a_model_says_which_model_the_run_lacks():
+    """`lcbench quick --arch full_attention --arch swa` then `lcbench claims`: the context claim told
+    the user to run loss_scaling with same targets, which the run had done; TTT-E2E was missing."""
+    full = _run(PAPER, GROWING, {})
+    for drop, why in ((["ttt_e2e"], "the run has no ttt_e2e model"),
+                      (claims.FIXED_STATE, "the run has none of " + ", ".join(claims.FIXED_STATE))):
+        run = claims.RunData(full.table[~full.table["arch"].isin(drop)],
+                             [s for s in full.samples if s["model"] not in drop])
+        claim = claims.context_claim(run)
+        assert claim.verdict == "undecided" and claim.why == why, claim.why
+
+
 def test_per_length_windows_are_never_paired_across_lengths():
     run = _run(PAPER, GROWING, {})
     for s in run.samples:

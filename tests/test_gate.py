@@ -264,6 +264,17 @@ def test_bad_gate_names_get_close_matches():
         gate.gate_spec("eval", tasks=["nia"])
 
 
+def test_a_task_of_one_layer_runs_that_layer_alone():
+    """`lcbench gate --task latency` (both layers) failed: "unknown task of the train gate 'latency'",
+    though latency is an eval gate task; a layer holding none of the named tasks is left out."""
+    assert list(gate.gate_specs(gate.LAYERS, tasks=["latency"])) == ["eval"]
+    both = gate.gate_specs(gate.LAYERS, tasks=["latency", "niah"])
+    assert {layer: [t.task for t in spec.tasks] for layer, spec in both.items()} == {
+        "eval": ["niah", "latency"], "train": ["niah"]}
+    with pytest.raises(check.ConfigError, match="task of the gate 'nia'.*latency.*Did you mean 'niah'"):
+        gate.gate_specs(gate.LAYERS, tasks=["nia"])
+
+
 def test_an_update_records_the_commit_it_started_from(monkeypatch, tmp_path):
     # gate.json read git after writing the references into the checkout: always dirty, and a
     # commit made during the update was credited with them

@@ -169,7 +169,7 @@ def test_settings_a_given_checkpoint_would_ignore_are_refused(spec_file):
 
 
 @pytest.mark.parametrize("other, match", [
-    ({"arch": "swa"}, "names arch 'swa' but its checkpoint holds a 'full_attention' model"),
+    ({"arch": "swa"}, "names arch 'swa', but its checkpoint .* holds a 'full_attention' model"),
     ({"preset": "125m"}, r"names preset '125m' but its checkpoint.*d_model=64 \(the preset's 768\)"),
 ])
 def test_a_given_checkpoint_of_another_arch_or_preset_is_refused(spec_file, other, match):
@@ -182,12 +182,31 @@ def test_a_given_checkpoint_of_another_arch_or_preset_is_refused(spec_file, othe
         load_spec(spec_file)
 
 
+@pytest.mark.parametrize("arch", ["mamba2", "sw"])
+def test_a_given_checkpoints_arch_must_be_the_one_it_holds(spec_file, arch):
+    """A checkpoint entry's arch was never read: a wrong or misspelt one ran the checkpoint's model
+    under a label naming another architecture (model 'sw:tiny', arch swa)."""
+    original = yaml.safe_load(spec_file.read_text())
+    swa = original["models"][1]
+    spec_file.write_text(yaml.safe_dump({**original, "models": [{**swa, "arch": arch}]}))
+    with pytest.raises(ConfigError, match=f"'{arch}'.*{swa['checkpoint']}.*'swa' model; set arch: swa"):
+        plan(load_spec(spec_file))  # before any work: a sweep plans every cell first
+
+
 def test_toml_specs_load(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('name = "t"\n[[models]]\narch = "swa"\n[[tasks]]\ntask = "test_sweep_probe"\n')
     assert load_spec(path).models[0].arch == "swa"
-    with pytest.raises(ConfigError, match="no sweep spec"):
+    with pytest.raises(ConfigError, match="sweep spec .*missing.yaml' does not exist"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_a_misspelt_spec_path_names_what_its_folder_holds_and_the_close_match(tmp_path):
+    """`lcbench sweep results/specs/quik.yaml` said only "no sweep spec at ...", unlike a misspelt
+    corpus or tokenizer path."""
+    (tmp_path / "quick.yaml").write_text("name: q\n")
+    with pytest.raises(ConfigError, match=f"holds: quick.yaml. Did you mean '{tmp_path / 'quick.yaml'}'"):
+        load_spec(tmp_path / "quik.yaml")
 
 
 def test_untrained_models_are_evaluated_without_training(tmp_path):

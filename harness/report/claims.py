@@ -303,6 +303,10 @@ def context_claim(run: RunData) -> Claim:
     copying = {arch: copy_gain(run, m) for arch, m in models.items()}
     evidence += [row for row in copying.values() if row is not None]
     missing = [a for a in ("full_attention", "ttt_e2e") if a not in gains]
+    absent = [a for a in ("full_attention", "ttt_e2e") if a not in models]
+    if absent or not any(a in models for a in FIXED_STATE):  # no windows would help: say what the run lacks
+        why = f"the run has no {' or '.join(absent)} model" if absent else "the run has none of " + ", ".join(FIXED_STATE)
+        return Claim("context", statement, "undecided", why, evidence)
     if missing or not any(a in gains for a in FIXED_STATE):
         need = missing or ["one of " + ", ".join(FIXED_STATE)]
         at = f" at contexts {longest // 2} and {longest}" if longest else ""

@@ -103,6 +103,28 @@ def gate_spec(layer: str, models: list[str] | None = None, tasks: list[str] | No
     return spec
 
 
+def gate_specs(layers: tuple[str, ...], models: list[str] | None = None,
+               tasks: list[str] | None = None) -> dict[str, SweepSpec]:
+    """The specs of ``layers``, each narrowed to the named models and tasks it holds; a layer that
+    holds none of them is left out (``--task latency``: the eval layer alone), and a name that no
+    layer holds is an error."""
+    full = {layer: gate_spec(layer) for layer in layers}
+    held = {layer: ([m.label for m in spec.models], [t.task for t in spec.tasks]) for layer, spec in full.items()}
+    for i, (kind, names) in enumerate((("model", models), ("task", tasks))):
+        known = {name for both in held.values() for name in both[i]}
+        for name in names or ():
+            if name not in known:
+                raise ConfigError(unknown_message(f"{kind} of the gate", name, known))
+    picked = {}
+    for layer, (labels, task_names) in held.items():
+        own_models = [n for n in models or () if n in labels]
+        own_tasks = [n for n in tasks or () if n in task_names]
+        if (models and not own_models) or (tasks and not own_tasks):
+            continue
+        picked[layer] = gate_spec(layer, own_models or None, own_tasks or None)
+    return picked
+
+
 def _select(items: list, names: list[str] | None, name_of, what: str) -> list:
     if not names:
         return items
@@ -140,10 +162,10 @@ def run_layer(layer: str, out_dir: str | Path, models: list[str] | None = None, 
     """Run one layer's sweep (optionally only some models and tasks) into ``out_dir``, in this
     process, and compare it with the matching part of its committed reference."""
     with ModelPool() as inline:
-        return _judge(_start_layer(layer, Path(out_dir), models, tasks, inline), progress)
+        return _judge(_start_layer(layer, Path(out_dir), gate_spec(layer, models, tasks), inline), progress)
 
 
-def _start_layer(layer: str, out_dir: Path, models: list[str] | None, tasks: list[str] | None,
+def _start_layer(layer: str, out_dir: Path, spec: SweepSpec,
                  pool: ModelPool) -> LayerResult | tuple[str, SweepSpec, PendingSweep]:
     """The layer's sweep handed to ``pool``, or, when its references cannot judge this data, the
     unjudged result."""
@@ -152,7 +174,6 @@ def _start_layer(layer: str, out_dir: Path, models: list[str] | None, tasks: lis
     if made_on != reading:
         return LayerResult(layer, None, f"cannot judge the {layer} gate: its references were made on data {made_on}, "
                                         f"this checkout reads {reading}; remake them with `lcbench gate --update`")
-    spec = gate_spec(layer, models, tasks)
     return layer, spec, pool.submit(spec, _fresh(out_dir, spec.name))
 
 
@@ -192,10 +213,11 @@ def run_gate(out_dir: str | Path = "runs/gate", layers: tuple[str, ...] = LAYERS
     the layers' models side by side, the training layer's (the longest) first: every cell is
     independent, so the scores are those of one process."""
     with torch_threads(threads), ModelPool(workers) as pool:
-        started = [_start_layer(layer, Path(out_dir) / layer, models, tasks, pool)
-                   for layer in sorted(dict.fromkeys(layers), key=lambda name: name != "train")]
+        specs = gate_specs(tuple(dict.fromkeys(layers)), models, tasks)
+        started = [_start_layer(layer, Path(out_dir) / layer, specs[layer], pool)
+                   for layer in sorted(specs, key=lambda name: name != "train")]
         judged = {result.layer: result for result in (_judge(s, progress) for s in started)}
-    return [judged[layer] for layer in layers]
+    return [judged[layer] for layer in dict.fromkeys(layers) if layer in judged]
 
 
 def exit_code(layer_results: list[LayerResult]) -> int:

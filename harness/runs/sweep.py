@@ -67,6 +67,7 @@ from harness.api.task import ModelInfo
 from harness.api.staging import prepare_output
 from harness.api.timing import free_memory
 from harness.data.corpora import corpus_fingerprint
+from harness.data.local import missing_path_error
 from harness.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
@@ -243,8 +244,8 @@ def check_given_checkpoint(entry: ModelEntry) -> None:
     default is named): its rows carry the entry's label, which must not name another model."""
     config = checkpoint.read_config(entry.checkpoint)
     if config.arch != entry.arch:
-        raise ConfigError(f"model {entry.label!r} names arch {entry.arch!r} but its checkpoint holds a "
-                          f"{config.arch!r} model; write arch: {config.arch}")
+        raise ConfigError(f"model {entry.label!r} names arch {entry.arch!r}, but its checkpoint "
+                          f"{str(entry.checkpoint)!r} holds a {config.arch!r} model; set arch: {config.arch}")
     if entry.preset == ModelEntry.preset:  # the default: no preset was named
         return
     preset = registry.make_config(entry.arch, entry.preset, vocab_size=config.vocab_size)
@@ -259,7 +260,7 @@ def check_given_checkpoint(entry: ModelEntry) -> None:
 def load_spec(path: str | os.PathLike) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no sweep spec at {str(path)!r}")
+        raise missing_path_error("sweep spec", path, "a YAML or TOML file such as results/specs/quick.yaml")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -302,6 +303,7 @@ class SeededModel:
     def identity(self) -> dict[str, Any]:
         """Everything that determines the model's weights (hashed into cell keys and checkpoint names)."""
         if self.entry.checkpoint is not None:  # its content, not its path: a replaced checkpoint is a new model
+            check_given_checkpoint(self.entry)  # it labels rows; a path relative to another folder is read here
             return {"checkpoint": checkpoint.content_hash(self.entry.checkpoint), "seed": self.seed}
         config = self.model_config()
         if self.entry.untrained:
