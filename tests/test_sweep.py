@@ -179,7 +179,7 @@ def test_a_given_checkpoint_of_another_arch_or_preset_is_refused(spec_file, othe
     spec = {**original, "models": [{**original["models"][0], **other}]}
     spec_file.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=match):
-        load_spec(spec_file)
+        plan(load_spec(spec_file))  # before any work: a sweep plans every cell first
 
 
 @pytest.mark.parametrize("arch", ["mamba2", "sw"])

@@ -133,8 +133,8 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
     by_key: dict[tuple, list[dict]] = {}
     for key, row in zip(_key(run), run.to_dict("records")):
         by_key.setdefault(key, []).append(row)
-    rows = []
-    for key, ref in zip(_key(reference), reference.itertuples(index=False)):
+    rows, ref_keys = [], _key(reference)
+    for key, ref in zip(ref_keys, reference.itertuples(index=False)):
         direction, _ = SCORES.get(ref.metric, ("exact", 0.0))
         got = _row_of_run(by_key.get(key, []), ref)
         value = float(got["value"]) if got is not None and got["status"] == "ok" else math.nan
@@ -145,7 +145,7 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
                      "reference": ref.value, "run": value, "delta": value - ref.value, "allowed": allowed,
                      "verdict": "missing" if got is None else ("failed" if math.isnan(value) else verdict)})
     if complete:
-        referenced = set(_key(reference))
+        referenced = set(ref_keys)
         scores = run[run["metric"].isin(list(SCORES)) & (run["status"] == "ok")]
         rows += [_unreferenced({c: row[c] for c in MATCH_COLUMNS if not _is_na(row[c])}, row["value"])
                  for key, row in zip(_key(scores), scores.to_dict("records")) if key not in referenced]

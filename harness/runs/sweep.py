@@ -181,10 +181,8 @@ class SweepSpec:
             if ignored:  # a checkpoint is evaluated as saved: these would only relabel it
                 raise ConfigError(f"model {entry.label!r} is a given checkpoint; its {ignored[0]!r} settings "
                                   f"{getattr(entry, ignored[0])} would not apply to it; remove them")
-            if entry.checkpoint is None:
+            if entry.checkpoint is None:  # a given checkpoint is checked when planned (check_given_checkpoint)
                 registry.make_config(entry.arch, entry.preset, **entry.set)
-            elif checkpoint.is_checkpoint(entry.checkpoint):
-                check_given_checkpoint(entry)
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
             raise ConfigError(f"train_lengths must be integers >= 2, got {self.train_lengths}")
@@ -303,7 +301,7 @@ class SeededModel:
     def identity(self) -> dict[str, Any]:
         """Everything that determines the model's weights (hashed into cell keys and checkpoint names)."""
         if self.entry.checkpoint is not None:  # its content, not its path: a replaced checkpoint is a new model
-            check_given_checkpoint(self.entry)  # it labels rows; a path relative to another folder is read here
+            check_given_checkpoint(self.entry)  # it labels rows; here, after the gate anchors relative paths
             return {"checkpoint": checkpoint.content_hash(self.entry.checkpoint), "seed": self.seed}
         config = self.model_config()
         if self.entry.untrained:
