@@ -23,8 +23,13 @@ def test_a_cuda_index_past_the_last_gpu_is_named(one_gpu):
 
 
 def test_unknown_devices_and_dtypes_are_named():
-    with pytest.raises(UnknownNameError, match="unknown device 'gpu'"):
+    # 'gpu' suggested 'cpu' (the closest spelling), the opposite of what was meant
+    with pytest.raises(UnknownNameError, match="unknown device 'gpu'.*Did you mean 'cuda'"):
         resolve_device("gpu")
+    with pytest.raises(UnknownNameError, match="Did you mean 'cuda:1'"):
+        resolve_device("GPU:1")
+    with pytest.raises(UnknownNameError, match="unknown device 'cdua'.*Did you mean 'cuda'"):
+        resolve_device("cdua")
     with pytest.raises(ConfigError, match="unsupported device 'meta'"):
         resolve_device("meta")
     with pytest.raises(UnknownNameError, match="Did you mean 'bf16'"):

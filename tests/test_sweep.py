@@ -182,6 +182,22 @@ def test_a_given_checkpoint_of_another_arch_or_preset_is_refused(spec_file, othe
         plan(load_spec(spec_file))  # before any work: a sweep plans every cell first
 
 
+def test_a_sweep_whose_planning_fails_leaves_no_trace(spec_file, tmp_path, monkeypatch):
+    """A spec refused while its cells were planned (here: a given checkpoint of another arch; also a
+    device this machine lacks) had already been recorded as the folder's ``spec.json`` and under
+    ``specs/``, as if it had run there."""
+    original = yaml.safe_load(spec_file.read_text())
+    spec_file.write_text(yaml.safe_dump({**original, "models": [{**original["models"][0], "arch": "swa"}]}))
+    with pytest.raises(ConfigError, match="holds a 'full_attention' model"):
+        run_sweep(load_spec(spec_file), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    spec_file.write_text(yaml.safe_dump({**original, "device": "cuda"}))
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        run_sweep(load_spec(spec_file), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("arch", ["mamba2", "sw"])
 def test_a_given_checkpoints_arch_must_be_the_one_it_holds(spec_file, arch):
     """A checkpoint entry's arch was never read: a wrong or misspelt one ran the checkpoint's model

@@ -5,6 +5,8 @@ import torch
 
 from harness.api.errors import ConfigError, UnknownNameError
 
+# names people type for a device that torch calls otherwise; difflib would suggest 'cpu' for 'gpu'
+DEVICE_ALIASES = {"gpu": "cuda"}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -15,7 +17,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:  # torch's own message is a multi-line list of every backend it knows
-        raise UnknownNameError("device", str(name), ["auto", "cpu", "cuda"]) from None
+        base, colon, index = str(name).partition(":")
+        alias = DEVICE_ALIASES.get(base.lower())
+        raise UnknownNameError("device", str(name), ["auto", "cpu", "cuda"],
+                               alias and alias + colon + index) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use 'cpu' or 'auto'")
     if device.type not in ("cpu", "cuda"):

@@ -10,9 +10,9 @@ class LcbenchError(Exception):
 
 
 class UnknownNameError(LcbenchError, KeyError):
-    def __init__(self, kind: str, name: str, choices: Iterable[str]):
+    def __init__(self, kind: str, name: str, choices: Iterable[str], suggestion: str | None = None):
         self.kind, self.name, self.choices = kind, name, sorted(choices)
-        super().__init__(unknown_message(kind, name, self.choices))
+        super().__init__(unknown_message(kind, name, self.choices, suggestion))
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]
@@ -40,10 +40,11 @@ def close_match(name: str, choices: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def unknown_message(kind: str, name: str, choices: Iterable[str]) -> str:
+def unknown_message(kind: str, name: str, choices: Iterable[str], suggestion: str | None = None) -> str:
+    """``suggestion``: the caller's own guess (an alias such as 'gpu' for 'cuda'), else the closest spelling."""
     choices = sorted(choices)
     msg = f"unknown {kind} {name!r}; valid: {', '.join(choices) if choices else '(none registered)'}"
-    suggestion = close_match(name, choices)
+    suggestion = suggestion or close_match(name, choices)
     if suggestion is not None:
         msg += f". Did you mean {suggestion!r}?"
     return msg

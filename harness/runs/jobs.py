@@ -28,7 +28,7 @@ from harness.runs.cluster import ClusterOptions
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
 from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cell_record, cells_by_model, failure_rows_of,
-                                finish_sweep, pending_cells, plan, run_model_cells, start_sweep)
+                                finish_sweep, plan, run_model_cells, start_sweep)
 
 EXECUTORS = ("local", "slurm")
 JOBS_DIR = "jobs"
@@ -80,8 +80,7 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     """Run the pending cells of ``spec`` as submitit jobs and wait for them. ``overrides``:
     :class:`~harness.runs.cluster.ClusterOptions` fields on top of the spec's ``cluster:``."""
     options = spec.cluster_options(**overrides)
-    out = start_sweep(spec, out_dir)
-    cells, pending = pending_cells(spec, out, retry_failed)
+    out, cells, pending = start_sweep(spec, out_dir, retry_failed)
     runner = make_executor(executor, options, out / JOBS_DIR)
     git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
     before = ResultStore(out).finished()  # a dead job's cells whose records are as here: unfinished by it

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from harness.api.device import resolve_device, resolve_dtype
 from harness.api.errors import ConfigError
 from harness.runs.provenance import git_commit
-from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, pending_cells,
+from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep,
                                 run_model_cells, run_sweep, start_sweep)
 
 
@@ -75,10 +75,9 @@ class ModelPool:
         them), one job per model."""
         if self._executor is None:
             return PendingSweep(spec, Path(out_dir), retry_failed)
-        out = start_sweep(spec, out_dir)
-        cells, pending = pending_cells(spec, out, retry_failed)
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
+        out, cells, pending = start_sweep(spec, out_dir, retry_failed)
         git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
         futures = {self._executor.submit(run_model_cells, group, out, device, dtype): len(group)
                    for group in cells_by_model(pending)}

@@ -35,7 +35,7 @@ model's first cell: its checkpoint lives under ``checkpoints/``, is saved period
 resumes; it counts as trained only at its last step.
 
 Executors that run cells elsewhere (submitit jobs, :mod:`harness.runs.jobs`, set by the spec's
-``cluster:`` mapping) call :func:`pending_cells` and :func:`run_model_cells`; every job may write
+``cluster:`` mapping) call :func:`start_sweep` and :func:`run_model_cells`; every job may write
 into the same folder.
 """
 from __future__ import annotations
@@ -417,13 +417,11 @@ def failure_rows_of(cell: Cell, exc: BaseException, label: str) -> list[dict[str
                         arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
 
 
-def pending_cells(spec: SweepSpec, out_dir: str | os.PathLike,
-                  retry_failed: bool = False) -> tuple[list[Cell], list[Cell]]:
-    """(every cell of ``spec``, those not finished in ``out_dir`` yet — with ``retry_failed``,
-    also those that failed), each list in run order."""
-    cells = plan(spec)
+def unfinished(cells: list[Cell], out_dir: str | os.PathLike, retry_failed: bool = False) -> list[Cell]:
+    """The ``cells`` not finished in ``out_dir`` yet (with ``retry_failed``, also those that
+    failed), in run order."""
     done = ResultStore(out_dir).finished()
-    return cells, [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+    return [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
 
 
 def cells_by_model(cells: list[Cell]) -> list[list[Cell]]:
@@ -480,10 +478,9 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
               retry_failed: bool = False) -> SweepResult:
     """Run every cell of ``spec`` not yet finished in ``out_dir`` (and, with ``retry_failed``,
     the ones that failed before), one model at a time, in this process."""
-    out_dir = start_sweep(spec, out_dir)
-    cells, pending = pending_cells(spec, out_dir, retry_failed)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    out_dir, cells, pending = start_sweep(spec, out_dir, retry_failed)
     git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {spec.name}", unit="cell",
                disable=not progress)
@@ -494,13 +491,17 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
     return finish_sweep(spec, out_dir, cells, len(pending), started, git, device=str(device))
 
 
-def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike) -> Path:
-    """Create the sweep folder (clearing stale staged writes) and record the spec in it: kept
-    under ``specs/`` with every spec that wrote there, and as ``spec.json``, the last to run."""
+def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike,
+                retry_failed: bool = False) -> tuple[Path, list[Cell], list[Cell]]:
+    """Plan the cells of ``spec`` (bad input fails here, before the folder is touched), create the
+    sweep folder (clearing stale staged writes) and record the spec in it: kept under ``specs/``
+    with every spec that wrote there, and as ``spec.json``, the last to run. Returns the folder,
+    every cell of the spec and the :func:`unfinished` ones."""
+    cells = plan(spec)
     out_dir = prepare_output(out_dir, "sweep folder")
     record_spec(spec, out_dir)
     results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
-    return out_dir
+    return out_dir, cells, unfinished(cells, out_dir, retry_failed)
 
 
 def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, started: float,
