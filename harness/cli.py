@@ -17,6 +17,7 @@ import click
 
 from harness.api import registry
 from harness.api.errors import DistributedError, LcbenchError
+from harness.api.options import whole_number
 from harness.api.timing import is_oom
 
 
@@ -32,6 +33,20 @@ class UserError(click.ClickException):
 
 class FailedWork(click.ClickException):
     exit_code = EXIT_FAILED_WORK
+
+
+class TokenCount(click.ParamType):
+    """A number of tokens, spelt as task options and specs spell them: 8192 or 8K (K is 1024, M 1024²)."""
+    name = "tokens"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return whole_number(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of tokens (e.g. 8192 or 8K)", param, ctx)
+
+
+TOKENS = TokenCount()
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -151,10 +166,10 @@ def _parse_overrides(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
 @click.argument("arch")
 @click.option("--preset", default="tiny", show_default=True, help="Model size (`lcbench list` shows each ARCH's).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
-@click.option("--tokens", type=int, default=None, help="Token budget; overrides --steps.")
+@click.option("--tokens", type=TOKENS, default=None, help="Token budget; overrides --steps.")
 @click.option("--batch-size", type=int, default=None,
               help="Sequences per micro-batch, over all processes; a step reads --grad-accum of them (default 8).")
-@click.option("--seq-len", type=int, default=None, help="Tokens per training sequence (default 256).")
+@click.option("--seq-len", type=TOKENS, default=None, help="Tokens per training sequence (default 256).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate, warm-up then cosine decay (default 0.003).")
 @click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step (default 1).")
 @click.option("--seed", type=int, default=None,
@@ -483,17 +498,17 @@ def _csv_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def _int_list(value: str | None, option: str) -> list[int] | None:
+def _token_counts(value: str | None, option: str) -> list[int] | None:
     try:
-        return [int(v) for v in _csv_list(value) or []] or None
+        return [whole_number(v) for v in _csv_list(value) or []] or None
     except ValueError:
-        raise UserError(f"{option} takes comma-separated integers, got {value!r}") from None
+        raise UserError(f"{option} takes comma-separated numbers of tokens (e.g. 4096,8K), got {value!r}") from None
 
 
 @main.command("lm-eval")
 @click.argument("model_spec")
 @click.option("--tasks", required=True, help="Comma-separated lm-eval task names.")
-@click.option("--lengths", default=None, help="RULER max_seq_lengths, comma-separated (e.g. 4096,8192).")
+@click.option("--lengths", default=None, help="RULER max_seq_lengths, comma-separated (e.g. 4096,8K).")
 @click.option("--limit", type=float, default=None, help="Examples per task (or per RULER length).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/lm_eval/MODEL).")
 @click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
@@ -503,7 +518,7 @@ def _int_list(value: str | None, option: str) -> list[int] | None:
 @click.option("--dtype", default="auto", show_default=True,
               help="auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16 (or fp32, bf16, fp16)")
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Requests scored per forward pass.")
-@click.option("--max-length", type=int, default=None,
+@click.option("--max-length", type=TOKENS, default=None,
               help="Context cap in tokens (default: none; lm-eval's hf model uses 2048 without max_position_embeddings).")
 @click.option("--add-bos/--no-add-bos", default=None,
               help="Start every text with the tokenizer's BOS (default: when the tokenizer adds one, as lm-eval's hf).")
@@ -520,7 +535,7 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
 
     out = out or f"runs/lm_eval/{Path(model_spec).name.replace(':', '-')}"
     table = run_lm_eval(model_spec, _csv_list(tasks), limit=limit, out_dir=out,
-                        max_seq_lengths=_int_list(lengths, "--lengths"), tokenizer=tokenizer,
+                        max_seq_lengths=_token_counts(lengths, "--lengths"), tokenizer=tokenizer,
                         include_path=list(include_path) or None, num_fewshot=num_fewshot, device=device, dtype=dtype,
                         batch_size=batch_size, max_length=max_length, add_bos_token=add_bos, prefix_token=prefix_token,
                         seed=seed, command=sys.argv)

@@ -130,12 +130,23 @@ def test_table_on_a_corrupt_parquet_exits_2(tmp_path):
     (["eval", "test_sweep_probe", "--model", "swa", "--device", "tpu"], ["unknown device 'tpu'"]),  # traceback
     (["gate", "--layer", "eval", "--threads", "-1"], ["threads must be an integer >= 0"]),  # traceback
     (["lm-eval", "swa", "--tasks", ""], ["no lm-eval task given"]),  # traceback
-    (["lm-eval", "swa", "--tasks", "x", "--lengths", "4k"], ["--lengths takes comma-separated integers"]),
+    (["lm-eval", "swa", "--tasks", "x", "--lengths", "4x"], ["--lengths takes comma-separated numbers of tokens"]),
+    ([*TRAIN[:-4], "--seq-len", "1x"], ["'1x' is not a number of tokens"]),
     (["lm-eval", "swa", "--tasks", "x", "--limit", "nan"], ["limit must be a positive number"]),
     (["lm-eval", "swa", "--tasks", "x", "--batch-size", "0"], ["batch_size must be an integer >= 1"]),
 ])
 def test_campaign_bad_values_exit_2_in_one_line(args, fragments):
     one_line_error(run(*args), EXIT_USER_ERROR, *fragments)
+
+
+def test_token_counts_are_spelt_as_in_task_options(monkeypatch):
+    """`-o contexts=8K` was accepted but `--seq-len 8K`, `lm-eval --lengths 4K` and `--max-length 2K`
+    were refused, though each counts tokens."""
+    import harness.adapters.lm_eval as lm_eval
+    seen = {}
+    monkeypatch.setattr(lm_eval, "run_lm_eval", lambda *a, **kw: seen.update(kw) or results.to_frame([]))
+    run("lm-eval", "swa", "--tasks", "x", "--lengths", "4K, 8192", "--max-length", "2k")
+    assert seen["max_seq_lengths"] == [4096, 8192] and seen["max_length"] == 2048
 
 
 def test_an_eval_that_measures_nothing_is_not_ok(tmp_path):

@@ -209,6 +209,17 @@ def test_a_given_checkpoints_arch_must_be_the_one_it_holds(spec_file, arch):
         plan(load_spec(spec_file))  # before any work: a sweep plans every cell first
 
 
+def test_train_lengths_are_spelt_as_task_options_are(tmp_path):
+    """``contexts: [8K]`` was accepted in a task's grid, ``train_lengths: [8K]`` refused."""
+    path = tmp_path / "s.yaml"
+    base = {"name": "t", "models": [{"arch": "swa"}], "tasks": [{"task": "test_sweep_probe"}]}
+    path.write_text(yaml.safe_dump({**base, "train_lengths": ["1K", 2048]}))
+    assert load_spec(path).train_lengths == [1024, 2048]
+    path.write_text(yaml.safe_dump({**base, "train_lengths": ["1K", "2x"]}))
+    with pytest.raises(ConfigError, match=r"train_lengths must be a list of int, got \[1024, '2x'\]"):
+        load_spec(path)
+
+
 def test_toml_specs_load(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('name = "t"\n[[models]]\narch = "swa"\n[[tasks]]\ntask = "test_sweep_probe"\n')

@@ -65,7 +65,7 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"option {name!r} must be a number, got {value!r}")
         try:
-            number = float(value) if hint is float else _to_int(value)
+            number = float(value) if hint is float else whole_number(value)
         except (TypeError, ValueError):
             raise ConfigError(f"option {name!r} must be {'an integer' if hint is int else 'a number'}, got {value!r}") from None
         if not math.isfinite(number):  # as for config fields: NaN or infinity is never a setting
@@ -82,8 +82,8 @@ def _literal(value: Any, choices: tuple[Any, ...], name: str) -> Any:
     return spelled[check_choice(f"value of option {name!r}", str(value).strip(), spelled)]
 
 
-def _to_int(value: Any) -> int:
-    """``value`` as a whole number (``"2K"``: 2048), else ValueError. Whole numbers are taken
+def whole_number(value: Any) -> int:
+    """``value`` as a whole number (``"2K"``: 2048, ``"1M"``: 1024²), else ValueError. Whole numbers are taken
     exactly: through a float, a large seed came back as another number."""
     if isinstance(value, numbers.Integral):
         return int(value)

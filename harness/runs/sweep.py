@@ -63,6 +63,7 @@ from harness.api.errors import CheckpointError, ConfigError, unknown_message
 from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
+from harness.api.options import whole_number
 from harness.api.task import ModelInfo
 from harness.api.staging import prepare_output
 from harness.api.timing import free_memory
@@ -185,7 +186,7 @@ class SweepSpec:
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
-            raise ConfigError(f"train_lengths must be integers >= 2, got {self.train_lengths}")
+            raise ConfigError(f"train_lengths must be whole numbers >= 2 (e.g. 512, 8K), got {self.train_lengths}")
         for entry in self.tasks:  # every task's options, so no model is trained for a spec that cannot finish
             if entry.tie and not self.train_lengths:
                 raise ConfigError(f"task {entry.task!r} ties {entry.tie} to the training length, but the spec "
@@ -207,7 +208,11 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "sweep spec") -> SweepSpec:
-        """The spec :meth:`to_dict` gave (how a job receives it), checked as a spec file is."""
+        """The spec :meth:`to_dict` gave (how a job receives it), checked as a spec file is.
+        ``train_lengths`` are spelt as task options are: ``8K`` is 8192."""
+        lengths = data.get("train_lengths") if isinstance(data, dict) else None
+        if isinstance(lengths, list):
+            data = {**data, "train_lengths": [_token_count(n) for n in lengths]}
         return _from_dict(cls, data, where)
 
     def cluster_options(self, **overrides: Any) -> ClusterOptions:
@@ -271,7 +276,15 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
         raise ConfigError(f"{path} must hold a mapping (name, models, tasks, ...) at the top, "
                           f"got {'nothing' if data is None else type(data).__name__}")
     data.setdefault("name", path.stem)
-    return _from_dict(SweepSpec, data, str(path))
+    return SweepSpec.from_dict(data, str(path))
+
+
+def _token_count(value: Any) -> Any:
+    """``"8K"`` as 8192; anything else as given (so that an error names it as the user wrote it)."""
+    try:
+        return whole_number(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 @dataclass(eq=False)
