@@ -160,7 +160,7 @@ class BackboneLM(LCModel):
         self, tokens: torch.Tensor, state: BackboneState | None = None, need_state: bool = False
     ) -> tuple[torch.Tensor, BackboneState | None]:
         """Final-normed hidden states ``[B, T, D]`` of ``tokens``, continuing from ``state``."""
-        check_tokens(tokens, None if state is None else state.batch)
+        check_tokens(tokens, None if state is None else state.batch, self.embed.num_embeddings)
         start = 0 if state is None else state.pos
         caches = [None] * len(self.blocks) if state is None else state.layers
         x, conv_tail = self.embed_tokens(tokens, None if state is None else state.conv_tail)

@@ -409,7 +409,7 @@ class TTTE2ELM(AttentionLM):
         """Read ``tokens`` (continuing ``state``), updating the fast weights as it goes. ``out``:
         "logits" [B, T, V], "last" [B, V], or "nll" [B, T - 1], for which the last token serves
         only as the last target (the first ``n_in`` = T - 1 tokens are read)."""
-        check_tokens(tokens, None if state is None else state.pending_tokens.size(0))
+        check_tokens(tokens, None if state is None else state.pending_tokens.size(0), self.config.vocab_size)
         for ring in [] if state is None else state.suffix:  # they grow in place, as the prefix's caches
             check_continues(ring.end_pos, state.pos)
         tokens = tokens.long()  # int32 ids too: the inner losses' targets index the logits

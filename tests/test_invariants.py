@@ -178,6 +178,23 @@ def test_int32_token_ids_read_as_int64_ones_do(arch):
 
 
 @torch.no_grad()
+def test_token_ids_outside_the_vocabulary_are_named(arch):
+    """An id at or past the vocabulary (text of another tokenizer) failed as an IndexError from
+    inside the embedding ("index out of range in self"), naming neither the id nor the vocabulary."""
+    model = small_model(arch)
+    vocab = model.config.vocab_size
+    x = tokens()
+    for bad, where in ((vocab, (0, 5)), (-1, (1, 0))):
+        y = x.clone()
+        y[where] = bad
+        with pytest.raises(ConfigError, match=f"token id {bad} is outside the model's vocabulary of {vocab} "
+                                              rf"\(valid ids: 0..{vocab - 1}\)"):
+            model(y)
+        with pytest.raises(ConfigError, match=f"token id {bad} "):
+            model.decode_step(model.prefill(x[:, :9])[1], y[:, 5] if bad == vocab else y[:, 0])
+
+
+@torch.no_grad()
 def test_token_losses_match_forward(arch):
     model = small_model(arch, dtype=torch.float64)
     x = tokens()

@@ -139,10 +139,11 @@ def clone_state(state: Any) -> Any:
     return copy.deepcopy(state, made)
 
 
-def check_tokens(tokens: torch.Tensor, state_batch: int | None = None) -> None:
+def check_tokens(tokens: torch.Tensor, state_batch: int | None = None, vocab_size: int | None = None) -> None:
     """Token ids ``[batch, length]`` with at least one token, as many sequences as the state being
-    continued holds (``state_batch``): anything else is named here rather than failing as a shape
-    or dtype error deep inside a mixer (metadata only, no device sync)."""
+    continued holds (``state_batch``), each id below ``vocab_size``: anything else is named here
+    rather than failing as a shape, dtype or index error deep inside a mixer or the embedding. The
+    ids are checked on the CPU only: on a GPU it would cost a device sync per call."""
     if tokens.dim() != 2:
         raise ConfigError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
     if tokens.dtype not in (torch.int64, torch.int32):  # what an embedding looks up
@@ -151,6 +152,11 @@ def check_tokens(tokens: torch.Tensor, state_batch: int | None = None) -> None:
         raise ConfigError(f"tokens must hold at least one token per sequence, got shape {tuple(tokens.shape)}")
     if state_batch is not None and tokens.size(0) != state_batch:
         raise ConfigError(f"tokens hold {tokens.size(0)} sequence(s) but the state they continue holds {state_batch}")
+    if vocab_size is not None and tokens.device.type == "cpu":
+        low, high = (int(v) for v in torch.aminmax(tokens))
+        if low < 0 or high >= vocab_size:
+            raise ConfigError(f"token id {low if low < 0 else high} is outside the model's vocabulary of {vocab_size} (valid ids: "
+                              f"0..{vocab_size - 1}); was the text tokenized with another tokenizer?")
 
 
 def check_continues(cached_to: int, start_pos: int) -> None:
