@@ -35,6 +35,15 @@ def test_plan_has_one_cell_per_model_and_grid_point(spec_file):
     assert len(cells) == 6 and len({c.key for c in cells}) == 6
 
 
+def test_a_given_checkpoint_without_a_preset_is_labelled_by_its_folder(spec_file, tmp_path):
+    """An entry ``{arch: ttt_e2e, checkpoint: runs/ttt-760m}`` was labelled 'ttt_e2e:tiny' (the default
+    preset, never checked against the checkpoint) in every row and figure."""
+    spec = load_spec(spec_file)
+    assert [m.label for m in spec.models] == ["full_attention:full_attention", "swa:swa"]
+    table = run_sweep(spec, tmp_path / "out", progress=False).table
+    assert sorted(set(table["model"])) == ["full_attention:full_attention", "swa:swa"]
+
+
 def test_rerun_skips_finished_cells_and_never_duplicates(spec_file, tmp_path):
     first = run_sweep(load_spec(spec_file), tmp_path / "out", progress=False)
     assert (first.ran, first.skipped, first.failed) == (6, 0, 0)

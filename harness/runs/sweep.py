@@ -113,12 +113,17 @@ class ModelEntry:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
     checkpoint: str | None = None  # evaluate this checkpoint instead of training
     untrained: bool = False  # evaluate seeded random weights (latency and memory need no training)
-    name: str | None = None  # label in the table (default arch:preset, plus overrides)
+    name: str | None = None  # label in the table (default arch:preset, plus overrides; see label)
 
     @property
     def label(self) -> str:
+        """``name``, else ``arch:preset[overrides]``. A given checkpoint with the default preset is
+        ``arch:FOLDER``: its size is the checkpoint's, which the default preset would misname
+        (a named preset is checked against it, :func:`check_given_checkpoint`)."""
         if self.name:
             return self.name
+        if self.checkpoint is not None and self.preset == ModelEntry.preset:
+            return f"{self.arch}:{Path(self.checkpoint).name}"
         extra = ",".join(f"{k}={v}" for k, v in sorted(self.set.items()) if k != "vocab_size")
         return f"{self.arch}:{self.preset}" + (f"[{extra}]" if extra else "")
 
