@@ -19,6 +19,7 @@ from harness.api.errors import ConfigError  # noqa: E402
 from harness.api.timing import torch_threads  # noqa: E402
 from harness.runs import jobs  # noqa: E402
 from harness.runs.pool import ModelPool  # noqa: E402
+from harness.runs.provenance import read_run_json  # noqa: E402
 from harness.runs.store import ResultStore  # noqa: E402
 from harness.runs.sweep import describe_failures, load_spec, plan, run_sweep  # noqa: E402
 
@@ -90,6 +91,8 @@ def test_one_job_per_cell_trains_each_model_once_first(spec_path, serial, tmp_pa
     train_jobs = [a for a in submitted if a[3]]
     assert len(train_jobs) == 2 and len(submitted) == 2 + len(plan(spec))
     assert all(len(a[2]) == 1 for a in submitted if not a[3])
+    # run.json listed the cell jobs only: the training jobs' logs were not named anywhere
+    assert len(read_run_json(tmp_path / "cells")["jobs"]) == len(submitted)
 
 
 def test_a_dead_job_leaves_status_rows_with_its_log(spec_path, tmp_path):

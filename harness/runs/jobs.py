@@ -85,16 +85,17 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
     before = ResultStore(out).finished()  # a dead job's cells whose records are as here: unfinished by it
     groups = cells_by_model(pending)
+    trained: list[Submitted] = []  # training jobs, which jobs: cell runs first
     if options.jobs == "cell":
         to_train = [g for g in groups if g[0].model.needs_training(out)]
-        _collect(_submit(runner, executor, spec, out, to_train, options.workers, train_only=True), out, progress, git,
-                 before)
+        trained = _submit(runner, executor, spec, out, to_train, options.workers, train_only=True)
+        _collect(trained, out, progress, git, before)
         # a model whose training job died has its cells recorded failed: a job each would train it again, at once
         groups = [[c] for c in pending if not c.model.needs_training(out)]
     submitted = _submit(runner, executor, spec, out, groups, options.workers)
     _collect(submitted, out, progress, git, before)
     return finish_sweep(spec, out, cells, len(pending), started, git, device=spec.device, executor=executor,
-                        cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in submitted])
+                        cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in trained + submitted])
 
 
 def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, groups: list[list[Cell]],
