@@ -392,3 +392,31 @@ def test_text_trained_on_stays_out_of_the_held_out_split_after_the_corpus_change
     with pytest.warns(CorpusWarning, match=r"holds other files than when it trained .* may be text it trained on"):
         _, held = heldout_documents(DataOptions(), older)
     assert trained_on & {d.text for d in held}  # what it warns of
+
+
+# -- what a corpus folder's fingerprint reads ------------------------------------------------------
+
+
+def test_a_corpus_folders_git_metadata_and_bytecode_leave_its_fingerprint_alone(tmp_path):
+    # the fingerprint hashed every file under the folder, also the ones loading skips: in a code
+    # corpus that is a git checkout, `git status` (its index) or running the code (__pycache__)
+    # made `train --resume` refuse "the corpus holds other text", and reran a sweep's cells
+    corpus = tmp_path / "repo"
+    write_corpus(corpus, n=4, words=200)
+    before, docs = data.corpus_fingerprint(str(corpus)), data.load_corpus(str(corpus))
+    digest = __import__("hashlib").sha256()
+    data.hash_files(corpus, digest)
+    assert before == digest.hexdigest()[:16]  # a folder with nothing skipped: the fingerprint it always had
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, val_fraction=0.5,
+                      corpus=str(corpus))
+    train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False)
+    for name, content in ((".git/index", b"DIRC\0"), (".DS_Store", b"\0\1"), ("__pycache__/book0.cpython-312.pyc", b"\0"),
+                          ("sub/.book.txt.swp", b"b0nano")):
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_bytes(content)
+    assert data.load_corpus(str(corpus)) == docs
+    assert data.corpus_fingerprint(str(corpus)) == before
+    resumed = TrainConfig(**{**cfg.to_dict(), "steps": 2})
+    assert train(small_config("swa"), resumed, out_dir=tmp_path / "c", resume=True, progress=False).step == 2
+    (corpus / "book0.txt").write_text("other text\n")  # what loading reads still counts
+    assert data.corpus_fingerprint(str(corpus)) != before

@@ -10,7 +10,7 @@ import json
 import sys
 import warnings
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -221,17 +221,20 @@ def _looks_binary(path: Path) -> bool:
         return b"\0" in f.read(8192)
 
 
+def _skipped(rel: Path) -> bool:
+    """Whether a folder corpus leaves out the file at ``rel`` (relative to the folder): hidden files
+    and folders (``.git``, editor swap files) and ``__pycache__`` are never its text."""
+    return any(part.startswith(".") or part == "__pycache__" for part in rel.parts)
+
+
 def _load_folder(root: Path, field: str) -> list[Document]:
     files = sorted(
-        (p for p in root.rglob("*") if p.is_file()),
+        (p for p in root.rglob("*") if p.is_file() and not _skipped(p.relative_to(root))),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     docs, binary = [], []
     for file in files:
-        rel = file.relative_to(root)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            continue
-        name = rel.as_posix()
+        name = file.relative_to(root).as_posix()
         if file.suffix == ".jsonl":
             docs += _load_jsonl(file, field, name)
         elif file.suffix == ".parquet":
@@ -260,16 +263,18 @@ def warn_undecodable(docs: Sequence[Document], source: str) -> None:
                       "or leave them out", CorpusWarning, stacklevel=3)
 
 
-def hash_files(root: Path, digest: Any) -> None:
+def hash_files(root: Path, digest: Any, skip: Callable[[Path], bool] | None = None) -> None:
     """Feed every file under ``root`` (its relative name, a NUL, its bytes), in sorted path
-    order, into ``digest`` (a :mod:`hashlib` object)."""
+    order, into ``digest`` (a :mod:`hashlib` object); ``skip(relative path)``: files left out."""
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        hash_file(digest, str(file.relative_to(root)), file)
+        rel = file.relative_to(root)
+        if skip is None or not skip(rel):
+            hash_file(digest, str(rel), file)
 
 
 def corpus_fingerprint(source: str | None) -> str:
-    """A short hash of what corpus ``source`` holds (file names and bytes), so results keyed on it
-    change when its files change at the same path. The embedded corpus is named by its
+    """A short hash of what corpus ``source`` holds (the names and bytes of the files loading
+    reads), so results keyed on it change when its files change at the same path. The embedded corpus is named by its
     interpreter's version and folder; a path that does not exist is ``absent:PATH`` (loading it
     then fails with its own clear error)."""
     if source is None or source == STDLIB_SOURCE:
@@ -278,8 +283,8 @@ def corpus_fingerprint(source: str | None) -> str:
     if not path.exists():
         return f"absent:{path}"
     digest = hashlib.sha256()
-    if path.is_dir():
-        hash_files(path, digest)
+    if path.is_dir():  # the files loading reads: git metadata or bytecode written beside them is no change
+        hash_files(path, digest, skip=_skipped)
     else:
         hash_file(digest, path.name, path)
     if field is not None:  # other records' text (no field: the hash stays what it was)
