@@ -105,6 +105,27 @@ def test_unknown_tokenizer_path_is_a_clear_error(tmp_path):
     assert "tokeniser.json" in msg and "byte" in msg and "tokenizer.json" in msg  # lists what is there
 
 
+
+def test_a_tokenizer_folder_without_tokenizer_files_says_so_and_where_they_are(tmp_path):
+    # a checkpoint folder, or the folder above the tokenizer's, failed inside transformers with a
+    # six-line message that said to install sentencepiece or tiktoken
+    pytest.importorskip("transformers")
+    from harness.adapters.hf_tokenizer import export_tokenizer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"arch": "swa"}')
+    (run / "model.safetensors").write_bytes(b"\0")
+    export_tokenizer("byte", tmp_path / "tokenizer")
+    for folder, hint in ((run, ""), (tmp_path, f". Did you mean {str(tmp_path / 'tokenizer')!r}?")):
+        with pytest.raises(ConfigError) as err:
+            data.load_tokenizer(str(folder))
+        msg = str(err.value)
+        assert "\n" not in msg and "sentencepiece" not in msg
+        assert msg.startswith(f"tokenizer folder {str(folder)!r} holds no tokenizer files (tokenizer.json, "
+                              "tokenizer_config.json, tokenizer.model, vocab.json, ...); it holds: ")
+        assert msg.endswith(hint) and ("model.safetensors" in msg if folder == run else "tokenizer/" in msg)
+
 # -- corpora --------------------------------------------------------------------------------------
 
 

@@ -80,6 +80,10 @@ _TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json"
                     "*.tiktoken", "chat_template*")
 
 
+def _tokenizer_files(folder: Path) -> list[Path]:
+    return [f for f in folder.iterdir() if f.is_file() and any(fnmatch(f.name, pattern) for pattern in _TOKENIZER_FILES)]
+
+
 def tokenizer_fingerprint(spec: str | os.PathLike[str] | None) -> str:
     """What tokenizer ``spec`` holds: ``byte``, or a short hash of its file (a folder: of its tokenizer
     files), so that what is keyed on it (token caches, a resumed run, a sweep's models) changes when
@@ -89,8 +93,7 @@ def tokenizer_fingerprint(spec: str | os.PathLike[str] | None) -> str:
     path = Path(spec).expanduser()
     if not path.exists():
         return f"absent:{path}"
-    files = [path] if path.is_file() else sorted(
-        f for f in path.iterdir() if f.is_file() and any(fnmatch(f.name, pattern) for pattern in _TOKENIZER_FILES))
+    files = [path] if path.is_file() else sorted(_tokenizer_files(path))
     digest = hashlib.sha256()
     for file in files:
         hash_file(digest, file.name, file)
@@ -151,14 +154,14 @@ class HFTokenizer:
                     # Whole documents are encoded at once; the limit only matters to the model.
                     self._hf.model_max_length = sys.maxsize
                 except Exception as exc:  # noqa: BLE001 - any load failure becomes a user error
-                    raise ConfigError(
-                        f"could not load a tokenizer from folder {str(p)!r} with transformers: {exc}; "
-                        f"the folder holds: {listing(p)}"
+                    raise _no_tokenizer_files(p) or ConfigError(
+                        f"could not load a tokenizer from folder {str(p)!r} with transformers: "
+                        f"{' '.join(str(exc).split())}; the folder holds: {listing(p)}"
                     ) from exc
             elif (p / "tokenizer.json").is_file():
                 self._load_json(p / "tokenizer.json")
             else:
-                raise missing_package(
+                raise _no_tokenizer_files(p) or missing_package(
                     "transformers", f"tokenizer folder {str(p)!r} (it has no tokenizer.json: {listing(p)})"
                 )
         else:
@@ -233,6 +236,21 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r})"
+
+
+def _no_tokenizer_files(folder: Path) -> ConfigError | None:
+    """The error for a tokenizer folder that holds no tokenizer file at all (a checkpoint's folder,
+    the one above the tokenizer's), naming a subfolder that holds them; None when it holds some
+    (transformers' own error then says what is wrong with them)."""
+    try:
+        if _tokenizer_files(folder):
+            return None
+        inside = sorted(d for d in folder.iterdir() if d.is_dir() and _tokenizer_files(d))
+    except OSError:
+        return None
+    hint = f". Did you mean {str(inside[0])!r}?" if inside else ""
+    return ConfigError(f"tokenizer folder {str(folder)!r} holds no tokenizer files (tokenizer.json, "
+                       f"tokenizer_config.json, tokenizer.model, vocab.json, ...); it holds: {listing(folder)}{hint}")
 
 
 def _first_in_vocab(tokens: Sequence[str], token_id: Any) -> int | None:
