@@ -220,6 +220,29 @@ def test_a_context_of_spaces_alone_reads_from_the_prefix_token(tmp_path):
         assert ll == pytest.approx(reference_logprob(lm.model, ids, n), abs=1e-4)
 
 
+
+def test_long_sequences_are_read_in_pieces_and_score_as_whole(arch, tmp_path):
+    """A rolling document (one window without max_length) or a long context went through one
+    forward pass: logits for every position (16K tokens at a 32K vocabulary: 4 GB more memory than
+    reading it in pieces; 128K tokens of Llama 3's vocabulary do not fit an H200). Sequences longer
+    than ``chunk`` are now read through forward_chunk, as loss_scaling reads long windows."""
+    path = str(saved(tmp_path, arch))
+    whole, pieces = (LcbenchLM(checkpoint=path, device="cpu", batch_size=2, chunk=c) for c in (0, 24))
+    widths = []  # of every read of the model: none longer than a piece
+    for method in ("forward", "forward_chunk"):
+        real = getattr(pieces.model, method)
+        setattr(pieces.model, method, lambda tokens, *state, real=real: widths.append(tokens.size(1)) or real(tokens, *state))
+    pairs = [("def f(x):\n" * 6, " return x\n" * 5), ("import os", " sys"), ("a" * 30, "b")]
+    text = "a document of many more tokens than one piece holds, scored in a single window\n" * 2
+    for lm in (whole, pieces):
+        lm.scores = lm.loglikelihood(requests(*pairs), True), lm.loglikelihood_rolling(requests((text,)), True)
+    assert widths and max(widths) <= 24
+    (lls, rolled), (lls_whole, rolled_whole) = pieces.scores, whole.scores
+    for (ll, greedy), (ll_whole, greedy_whole) in zip(lls, lls_whole):
+        assert ll == pytest.approx(ll_whole, abs=1e-4) and greedy == greedy_whole
+    assert rolled[0] == pytest.approx(rolled_whole[0], abs=1e-3)
+    assert rolled[0] == pytest.approx(reference_logprob(whole.model, [10] + list(text.encode()), len(text)), abs=1e-3)
+
 # ---------------------------------------------------------------------------------------------
 # Real lm-eval runs, offline
 

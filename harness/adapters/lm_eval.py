@@ -4,7 +4,9 @@ Importing this module registers the lm-eval model ``lcbench`` (:class:`LcbenchLM
 implements lm-eval's three requests through our model interface:
 
 - ``loglikelihood``: one forward pass over context + continuation (batched, right-padded: every
-  architecture is causal, so padding after a sequence does not change its logits);
+  architecture is causal, so padding after a sequence does not change its logits); a sequence
+  longer than ``chunk`` tokens is read alone in pieces through ``forward_chunk`` where the model has
+  it, so memory stays bounded by the piece's logits, as ``loss_scaling`` reads long windows;
 - ``loglikelihood_rolling``: the document scored in windows of ``max_length`` tokens (one window
   when ``max_length`` is unset: our models have no position limit);
 - ``generate_until``: greedy decoding with ``prefill`` + ``decode_step``, stopping at any ``until``
@@ -22,7 +24,8 @@ Model args (``batch_size`` and ``device`` here win over lm-eval's own options): 
 ``tokenizer`` (``byte`` or a local Hugging Face tokenizer folder/file; default: the checkpoint's
 own, see :func:`harness.data.heldout.checkpoint_tokenizer`), ``device``, ``dtype`` (``auto``: bf16
 on CUDA, fp32 on CPU), ``backend`` (mixer backend override), ``batch_size``, ``max_length``
-(context cap in tokens; unset: no cap), ``max_gen_toks`` (default 256), and lm-eval's hf model's
+(context cap in tokens; unset: no cap), ``max_gen_toks`` (default 256), ``chunk`` (sequences longer
+than this many tokens are read in pieces; default 2048, 0: whole), and lm-eval's hf model's
 conventions: ``add_bos_token`` (default: when the tokenizer adds a start token by default, as
 Llama's adds ``<s>``, it starts every text), ``prefix_token`` (the token an empty context or a
 rolling document starts from; default: the tokenizer's BOS, else its end token, else the id of
@@ -62,7 +65,7 @@ from tqdm.auto import tqdm
 
 from harness.adapters.hf_tokenizer import export_tokenizer
 from harness.api import results, stats
-from harness.api.decoding import greedy_decode
+from harness.api.decoding import greedy_decode, has_chunks
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, close_match
 from harness.api.failures import FailureGuard
@@ -89,15 +92,15 @@ def _bool(value: Any, name: str) -> bool:
     raise ConfigError(f"lcbench model arg {name}={value!r} must be true or false")
 
 
-def _int_or_none(value: Any, name: str) -> int | None:
+def _int_or_none(value: Any, name: str, least: int = 1) -> int | None:
     if value is None or value == "" or value == "None":
         return None
     try:
         out = int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"lcbench model arg {name}={value!r} must be an integer") from None
-    if out <= 0:
-        raise ConfigError(f"lcbench model arg {name}={value!r} must be positive")
+    if out < least:
+        raise ConfigError(f"lcbench model arg {name}={value!r} must be " + ("positive" if least == 1 else f">= {least}"))
     return out
 
 
@@ -132,6 +135,7 @@ class LcbenchLM(TemplateLM):
         batch_size: int | str | None = 1,
         max_length: int | str | None = None,
         max_gen_toks: int | str = 256,
+        chunk: int | str = 2048,
         prefix_token: int | str | None = None,
         add_bos_token: bool | str | None = None,
         pretrained: str | os.PathLike | None = None,
@@ -158,6 +162,7 @@ class LcbenchLM(TemplateLM):
             _int_or_none(batch_size, "batch_size")
         self.max_length = _int_or_none(max_length, "max_length")
         self.max_gen_toks = _int_or_none(max_gen_toks, "max_gen_toks")
+        self.chunk = _int_or_none(chunk, "chunk", least=0) or 0
         # lm-eval's hf model: the tokenizer's default start token (BOS) before every text, and BOS,
         # else the end token, as the prefix of an empty context or a rolling document
         self.add_bos = self.tok.bos_id is not None if add_bos_token in (None, "") else _bool(add_bos_token,
@@ -231,6 +236,8 @@ class LcbenchLM(TemplateLM):
         """For each token sequence, (sum of log-probs of its last ``n`` tokens, all of them greedy)."""
         lengths = [len(s) - 1 for s in seqs]
         width = max(lengths)
+        if 0 < self.chunk < width and has_chunks(self.model):
+            return [self._score_in_pieces(s, n) for s, n in zip(seqs, n_targets)]
         inp = torch.zeros(len(seqs), width, dtype=torch.long)
         for i, s in enumerate(seqs):
             inp[i, : lengths[i]] = torch.tensor(s[:-1], dtype=torch.long)
@@ -244,6 +251,23 @@ class LcbenchLM(TemplateLM):
             greedy = bool((logp.argmax(-1) == target).all().item())
             out.append((total, greedy))
         return out
+
+    def _score_in_pieces(self, seq: list[int], n: int) -> tuple[float, bool]:
+        """:meth:`_score` of one sequence read in pieces of ``chunk`` tokens through ``forward_chunk``
+        (the state carried), so that only one piece's logits are held at a time."""
+        tokens = torch.tensor([seq], dtype=torch.long, device=self.device)
+        first = len(seq) - 1 - n  # the input position whose logits predict the first target
+        total, greedy, state = 0.0, True, None
+        for start in range(0, len(seq) - 1, self.chunk):
+            end = min(start + self.chunk, len(seq) - 1)
+            logits, state = self.model.forward_chunk(tokens[:, start:end], state)
+            if end > first:
+                logp = F.log_softmax(logits[0, max(first - start, 0) :].float(), dim=-1)
+                target = tokens[0, max(first, start) + 1 : end + 1]
+                total += logp.gather(-1, target[:, None]).sum().item()
+                greedy = greedy and bool((logp.argmax(-1) == target).all().item())
+            del logits
+        return total, greedy
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         seqs, n_targets, cut = [], [], []
