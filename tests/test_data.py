@@ -183,6 +183,19 @@ def test_loaders(tmp_path):
         data.load_corpus(str(parquet), text_field="id")
 
 
+def test_a_jsonl_record_with_half_a_surrogate_pair_reads_as_a_replacement_character(tmp_path):
+    # JSON may escape half of a UTF-16 surrogate pair ("\ud83d", an emoji cut in two by a scraper);
+    # Python reads it as a lone surrogate, which no UTF-8 tokenizer encodes: `data-report` and
+    # `train` died with a UnicodeEncodeError traceback that named neither the file nor the line
+    from harness.data.corpora import CorpusWarning
+
+    jsonl = tmp_path / "scraped.jsonl"
+    jsonl.write_text('{"text": "half \\ud83d an emoji"}\n{"text": "whole \\ud83d\\ude00 one"}\n')
+    with pytest.warns(CorpusWarning, match=r"1 of 2 document\(s\) hold 1 character\(s\) that were not valid UTF-8"):
+        docs = data.load_corpus(str(jsonl))
+    assert [d.text for d in docs] == ["half \ufffd an emoji", "whole \U0001f600 one"]
+    assert data.tokenize_documents(docs, data.ByteTokenizer())[0].tolist() == list("half \ufffd an emoji".encode())
+
 def test_corpus_errors(tmp_path):
     (tmp_path / "books.jsonl").write_text(json.dumps({"content": "x", "title": "t"}) + "\n")
     with pytest.raises(LcbenchError) as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import warnings
 import sysconfig
@@ -46,6 +47,7 @@ def _stdlib_description() -> str:
 
 
 _REPLACEMENT = "\ufffd"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str: half a pair (a whole pair is one code point)
 
 
 def _read_text(path: Path) -> str:
@@ -177,6 +179,8 @@ def _load_jsonl(path: Path, field: str, prefix: str) -> list[Document]:
                 raise ConfigError(
                     f"{str(path)!r} line {lineno}: field {field!r} is not a string but {type(text).__name__}"
                 )
+            if "\\ud" in line or "\\uD" in line:  # JSON can escape half a surrogate pair (an emoji cut in two),
+                text = _LONE_SURROGATE.sub(_REPLACEMENT, text)  # which no UTF-8 tokenizer encodes
             docs.append(Document(f"{prefix}:{lineno}", text))
     return docs
 
