@@ -243,6 +243,16 @@ def test_long_sequences_are_read_in_pieces_and_score_as_whole(arch, tmp_path):
     assert rolled[0] == pytest.approx(rolled_whole[0], abs=1e-3)
     assert rolled[0] == pytest.approx(reference_logprob(whole.model, [10] + list(text.encode()), len(text)), abs=1e-3)
 
+
+def test_a_misspelt_model_arg_is_named_with_the_arg_meant():
+    """lm-eval hands every --model_args entry to the model, and task settings may ride along, so
+    unknown ones are a warning, not an error; but `max_lenght=64` was ignored with a warning that
+    did not say which arg was meant, and every context ran uncapped."""
+    with pytest.warns(UserWarning, match=r"ignores args \['max_lenght', 'tokenizer_backend'\] \(they still "
+                                         r"reach tasks as metadata\); did you mean 'max_length' for 'max_lenght'\?$"):
+        LcbenchLM(checkpoint="full_attention:tiny", device="cpu", max_lenght=64, tokenizer_backend="huggingface")
+
+
 # ---------------------------------------------------------------------------------------------
 # Real lm-eval runs, offline
 

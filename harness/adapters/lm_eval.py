@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import logging
 import math
@@ -144,9 +145,13 @@ class LcbenchLM(TemplateLM):
     ):
         super().__init__()
         if unknown:
-            # lm-eval also hands model args to tasks as metadata, so task settings may arrive here.
-            warnings.warn(f"lcbench model ignores args {sorted(unknown)} (they still reach tasks as metadata)",
-                          stacklevel=2)
+            # lm-eval also hands model args to tasks as metadata, so task settings may arrive here;
+            # one that nearly spells an arg of ours is named with it (a high cutoff: only typos)
+            known = [name for name in inspect.signature(LcbenchLM).parameters if name != "unknown"]
+            meant = [f"{close!r} for {name!r}" for name in sorted(unknown)
+                     if (close := close_match(name, known, cutoff=0.8)) is not None]
+            warnings.warn(f"lcbench model ignores args {sorted(unknown)} (they still reach tasks as metadata)"
+                          + (f"; did you mean {', '.join(meant)}?" if meant else ""), stacklevel=2)
         spec = checkpoint if checkpoint is not None else pretrained
         if spec is None:
             raise ConfigError("lcbench model needs checkpoint=<checkpoint folder or arch[:preset]>")

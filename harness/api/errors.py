@@ -34,9 +34,9 @@ class DistributedError(RuntimeError):
     """A run on many processes cannot go on: another rank died (failed work, not bad input)."""
 
 
-def close_match(name: str, choices: Iterable[str]) -> str | None:
+def close_match(name: str, choices: Iterable[str], cutoff: float = 0.5) -> str | None:
     # str(): a name from Python or a parsed file may be a number, which difflib cannot compare
-    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
+    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
     return matches[0] if matches else None
 
 
