@@ -221,6 +221,17 @@ def test_a_misspelt_source_name_suggests_it(tmp_path, monkeypatch, load, typo, n
         load(typo)
 
 
+
+def test_a_hub_name_is_not_taken_for_a_hidden_file(tmp_path, monkeypatch):
+    # `--tokenizer gpt2` in a git checkout ended "Did you mean '.git'?"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".cache").mkdir()
+    with pytest.raises(ConfigError, match=r"hub names are not downloaded\)\. '\.' holds: \.cache/, \.git/$"):
+        data.load_tokenizer("gpt2")
+    with pytest.raises(ConfigError, match=r"Did you mean '\.git'\?$"):  # a hidden name asked for: it is meant
+        data.load_corpus(".gti")
+
 def test_datasets_folder(tmp_path):
     try:
         import datasets

@@ -37,8 +37,9 @@ def missing_path_error(kind: str, path: Path, valid: str, names: Sequence[str] =
     named = close_match(str(path), names) if len(path.parts) == 1 else None
     if named is not None:
         return ConfigError(f"{msg}. Did you mean {named!r}?")
-    try:
-        suggestion = close_match(path.name, [e.name for e in parent.iterdir()])
+    try:  # a hidden entry (.git) only when a hidden name was asked for: "gpt2" is no typo of ".git"
+        suggestion = close_match(path.name, [e.name for e in parent.iterdir()
+                                             if path.name.startswith(".") or not e.name.startswith(".")])
     except OSError:
         suggestion = None
     if suggestion is not None:
