@@ -4,9 +4,9 @@ Importing this module registers the lm-eval model ``lcbench`` (:class:`LcbenchLM
 implements lm-eval's three requests through our model interface:
 
 - ``loglikelihood``: one forward pass over context + continuation (batched, right-padded: every
-  architecture is causal, so padding after a sequence does not change its logits); a sequence
-  longer than ``chunk`` tokens is read alone in pieces through ``forward_chunk`` where the model has
-  it, so memory stays bounded by the piece's logits, as ``loss_scaling`` reads long windows;
+  architecture is causal, so padding after a sequence does not change its logits); a batch
+  wider than ``chunk`` tokens is read in pieces through ``forward_chunk`` where the model has it,
+  so memory stays bounded by a piece's logits, as ``loss_scaling`` reads long windows;
 - ``loglikelihood_rolling``: the document scored in windows of ``max_length`` tokens (one window
   when ``max_length`` is unset: our models have no position limit);
 - ``generate_until``: greedy decoding with ``prefill`` + ``decode_step``, stopping at any ``until``
@@ -238,41 +238,33 @@ class LcbenchLM(TemplateLM):
 
     @torch.no_grad()
     def _score(self, seqs: list[list[int]], n_targets: list[int]) -> list[tuple[float, bool]]:
-        """For each token sequence, (sum of log-probs of its last ``n`` tokens, all of them greedy)."""
+        """For each token sequence, (sum of log-probs of its last ``n`` tokens, all of them greedy).
+        A batch wider than ``chunk`` is read in pieces of it through ``forward_chunk`` (the state
+        carried), so that one piece's logits are held at a time, not the whole width's."""
         lengths = [len(s) - 1 for s in seqs]
         width = max(lengths)
-        if 0 < self.chunk < width and has_chunks(self.model):
-            return [self._score_in_pieces(s, n) for s, n in zip(seqs, n_targets)]
         inp = torch.zeros(len(seqs), width, dtype=torch.long)
         for i, s in enumerate(seqs):
             inp[i, : lengths[i]] = torch.tensor(s[:-1], dtype=torch.long)
-        logits = self.model(inp.to(self.device))
-        out = []
-        for i, (s, n) in enumerate(zip(seqs, n_targets)):
-            L = lengths[i]
-            logp = F.log_softmax(logits[i, L - n : L].float(), dim=-1)
-            target = torch.tensor(s[-n:], dtype=torch.long, device=logp.device)
-            total = logp.gather(-1, target[:, None]).sum().item()
-            greedy = bool((logp.argmax(-1) == target).all().item())
-            out.append((total, greedy))
-        return out
-
-    def _score_in_pieces(self, seq: list[int], n: int) -> tuple[float, bool]:
-        """:meth:`_score` of one sequence read in pieces of ``chunk`` tokens through ``forward_chunk``
-        (the state carried), so that only one piece's logits are held at a time."""
-        tokens = torch.tensor([seq], dtype=torch.long, device=self.device)
-        first = len(seq) - 1 - n  # the input position whose logits predict the first target
-        total, greedy, state = 0.0, True, None
-        for start in range(0, len(seq) - 1, self.chunk):
-            end = min(start + self.chunk, len(seq) - 1)
-            logits, state = self.model.forward_chunk(tokens[:, start:end], state)
-            if end > first:
-                logp = F.log_softmax(logits[0, max(first - start, 0) :].float(), dim=-1)
-                target = tokens[0, max(first, start) + 1 : end + 1]
-                total += logp.gather(-1, target[:, None]).sum().item()
-                greedy = greedy and bool((logp.argmax(-1) == target).all().item())
+        inp = inp.to(self.device)
+        piece = self.chunk if 0 < self.chunk < width and has_chunks(self.model) else width
+        totals, greedy, state = [0.0] * len(seqs), [True] * len(seqs), None
+        for start in range(0, width, piece):
+            if piece == width:
+                logits = self.model(inp)
+            else:
+                logits, state = self.model.forward_chunk(inp[:, start : start + piece], state)
+            for i, (s, n) in enumerate(zip(seqs, n_targets)):
+                # input positions L - n .. L - 1 predict the last n tokens; those in this piece
+                lo, hi = max(lengths[i] - n, start), min(lengths[i], start + piece)
+                if lo >= hi:
+                    continue
+                logp = F.log_softmax(logits[i, lo - start : hi - start].float(), dim=-1)
+                target = torch.tensor(s[lo + 1 : hi + 1], dtype=torch.long, device=logp.device)
+                totals[i] += logp.gather(-1, target[:, None]).sum().item()
+                greedy[i] = greedy[i] and bool((logp.argmax(-1) == target).all().item())
             del logits
-        return total, greedy
+        return list(zip(totals, greedy))
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         seqs, n_targets, cut = [], [], []
