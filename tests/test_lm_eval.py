@@ -231,7 +231,8 @@ def test_long_sequences_are_read_in_pieces_and_score_as_whole(arch, tmp_path):
     widths = []  # of every read of the model: none longer than a piece
     for method in ("forward", "forward_chunk"):
         real = getattr(pieces.model, method)
-        setattr(pieces.model, method, lambda tokens, *state, real=real: widths.append(tokens.size(1)) or real(tokens, *state))
+        setattr(pieces.model, method,
+                lambda tokens, *state, real=real: widths.append(tokens.size(1)) or real(tokens, *state))
     pairs = [("def f(x):\n" * 6, " return x\n" * 5), ("import os", " sys"), ("a" * 30, "b")]
     text = "a document of many more tokens than one piece holds, scored in a single window\n" * 2
     for lm in (whole, pieces):

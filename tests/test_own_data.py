@@ -410,8 +410,8 @@ def test_a_corpus_folders_git_metadata_and_bytecode_leave_its_fingerprint_alone(
     cfg = TrainConfig(steps=1, batch_size=2, seq_len=32, eval_every=0, eval_batches=1, val_fraction=0.5,
                       corpus=str(corpus))
     train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False)
-    for name, content in ((".git/index", b"DIRC\0"), (".DS_Store", b"\0\1"), ("__pycache__/book0.cpython-312.pyc", b"\0"),
-                          ("sub/.book.txt.swp", b"b0nano")):
+    for name, content in ((".git/index", b"DIRC\0"), (".DS_Store", b"\0\1"),
+                          ("__pycache__/book0.cpython-312.pyc", b"\0"), ("sub/.book.txt.swp", b"b0nano")):
         (corpus / name).parent.mkdir(parents=True, exist_ok=True)
         (corpus / name).write_bytes(content)
     assert data.load_corpus(str(corpus)) == docs

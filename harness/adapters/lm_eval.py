@@ -24,8 +24,8 @@ Model args (``batch_size`` and ``device`` here win over lm-eval's own options): 
 ``tokenizer`` (``byte`` or a local Hugging Face tokenizer folder/file; default: the checkpoint's
 own, see :func:`harness.data.heldout.checkpoint_tokenizer`), ``device``, ``dtype`` (``auto``: bf16
 on CUDA, fp32 on CPU), ``backend`` (mixer backend override), ``batch_size``, ``max_length``
-(context cap in tokens; unset: no cap), ``max_gen_toks`` (default 256), ``chunk`` (sequences longer
-than this many tokens are read in pieces; default 2048, 0: whole), and lm-eval's hf model's
+(context cap in tokens; unset: no cap), ``max_gen_toks`` (default 256), ``chunk`` (batches wider than
+this many tokens are read in pieces; default 2048, 0: whole), and lm-eval's hf model's
 conventions: ``add_bos_token`` (default: when the tokenizer adds a start token by default, as
 Llama's adds ``<s>``, it starts every text), ``prefix_token`` (the token an empty context or a
 rolling document starts from; default: the tokenizer's BOS, else its end token, else the id of
@@ -101,7 +101,8 @@ def _int_or_none(value: Any, name: str, least: int = 1) -> int | None:
     except (TypeError, ValueError):
         raise ConfigError(f"lcbench model arg {name}={value!r} must be an integer") from None
     if out < least:
-        raise ConfigError(f"lcbench model arg {name}={value!r} must be " + ("positive" if least == 1 else f">= {least}"))
+        raise ConfigError(f"lcbench model arg {name}={value!r} must be "
+                          + ("positive" if least == 1 else f">= {least}"))
     return out
 
 

@@ -278,9 +278,9 @@ def hash_files(root: Path, digest: Any, skip: Callable[[Path], bool] | None = No
 
 def corpus_fingerprint(source: str | None) -> str:
     """A short hash of what corpus ``source`` holds (the names and bytes of the files loading
-    reads), so results keyed on it change when its files change at the same path. The embedded corpus is named by its
-    interpreter's version and folder; a path that does not exist is ``absent:PATH`` (loading it
-    then fails with its own clear error)."""
+    reads), so results keyed on it change when its files change at the same path. The embedded
+    corpus is named by its interpreter's version and folder; a path that does not exist is
+    ``absent:PATH`` (loading it then fails with its own clear error)."""
     if source is None or source == STDLIB_SOURCE:
         return _stdlib_description()
     path, field = source_path(source)

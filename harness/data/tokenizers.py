@@ -81,7 +81,8 @@ _TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json"
 
 
 def _tokenizer_files(folder: Path) -> list[Path]:
-    return [f for f in folder.iterdir() if f.is_file() and any(fnmatch(f.name, pattern) for pattern in _TOKENIZER_FILES)]
+    return [f for f in folder.iterdir()
+            if f.is_file() and any(fnmatch(f.name, pattern) for pattern in _TOKENIZER_FILES)]
 
 
 def tokenizer_fingerprint(spec: str | os.PathLike[str] | None) -> str:
