@@ -358,14 +358,19 @@ def official_tree(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
     return tree
 
 
-def official_static_forward(tree: dict[str, np.ndarray], tokens: torch.Tensor, W: int = 16) -> torch.Tensor:
+def official_static_forward(tree: dict[str, np.ndarray], tokens: torch.Tensor, W: int = 16, *, qk_norm: bool = True,
+                            post_norm: bool = True) -> torch.Tensor:
     """The official model's outputs for one sequence read before any inner update, written from
     ttt/model/transformer.py and attention.py (interleaved-pair RoPE, QK-norm, sandwich norms,
-    prime MLP after attention in suffix blocks, sliding window of W keys including itself)."""
+    prime MLP after attention in suffix blocks, sliding window of W keys including itself).
+    ``qk_norm`` / ``post_norm`` False: the config switches those norms off (their gains stay in the
+    tree, unused, as the official modules always hold them)."""
     t = {k: torch.from_numpy(v).double() for k, v in tree.items()}
     eps, theta, Dh = 1e-6, 10000.0, D // H
     n_suffix = len(t.get("model.h.prime_storage.ffn_prime_norm.weight", ()))
     rms = lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w  # noqa: E731
+    post = rms if post_norm else (lambda x, w: x)  # noqa: E731
+    qk = rms if qk_norm else (lambda x, w: x)  # noqa: E731
     swiglu = lambda x, w1, w3, w2: (torch.nn.functional.silu(x @ w1) * (x @ w3)) @ w2  # noqa: E731
 
     def rope(x):  # apply_rotary_emb: pairs (x[2i], x[2i+1]) as complex numbers, times e^{i pos freq_i}
@@ -383,19 +388,19 @@ def official_static_forward(tree: dict[str, np.ndarray], tokens: torch.Tensor, W
     for i in range(L):
         x = rms(h, t["model.h.blocks.seq_norm.weight"][i])
         q, k, v = (x @ t[a + f"{w}.weight"][i] for w in ("wq", "wk", "wv"))
-        q = rope(rms(q.view(T, H, Dh), t[a + "q_norm.weight"][i]))
-        k = rope(rms(k.view(T, H, Dh), t[a + "k_norm.weight"][i]))
+        q = rope(qk(q.view(T, H, Dh), t[a + "q_norm.weight"][i]))
+        k = rope(qk(k.view(T, H, Dh), t[a + "k_norm.weight"][i]))
         scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(Dh)
         attn = scores.masked_fill(~visible, float("-inf")).softmax(-1)
         out = torch.einsum("hts,shd->thd", attn, v.view(T, H, Dh)).reshape(T, D) @ t[a + "wo.weight"][i]
-        h = h + rms(out, t["model.h.blocks.seq_post_norm.weight"][i])
+        h = h + post(out, t["model.h.blocks.seq_post_norm.weight"][i])
         if i >= L - n_suffix:
             s = i - (L - n_suffix)
             y = swiglu(rms(h, t[p + "ffn_prime_norm.weight"][s]), *(t[p + f"feed_forward_prime.{w}.weight"][s]
                                                                      for w in ("w1", "w3", "w2")))
-            h = h + rms(y, t[p + "ffn_prime_post_norm.weight"][s])
+            h = h + post(y, t[p + "ffn_prime_post_norm.weight"][s])
         y = swiglu(rms(h, t["model.h.blocks.ffn_norm.weight"][i]), *(t[f + f"{w}.weight"][i] for w in ("w1", "w3", "w2")))
-        h = h + rms(y, t["model.h.blocks.ffn_post_norm.weight"][i])
+        h = h + post(y, t["model.h.blocks.ffn_post_norm.weight"][i])
     h = rms(h, t["model.ln_f.weight"])
     return h @ (t["lm_head.weight"] if "lm_head.weight" in t else t["model.wte.weight"].T)
 
@@ -484,6 +489,29 @@ def test_official_full_attention_twin_imports(tmp_path):
     x = tokens(V, 40)[:1]
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0].double(), official_static_forward(tree, x[0], W=10**9), atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("switched_off", ["post_norm", "qk_norm"])
+@pytest.mark.parametrize("block", ["SWA", "self_attention"])
+def test_an_official_run_without_post_or_qk_norms_imports(tmp_path, switched_off, block):
+    """The official blocks hold their post-norm (and QK-norm) gains whatever the config says, and
+    use them only when post_norm (qk_norm) is on: a run with post_norm: false failed to import,
+    its unused gains listed as "tensors this import does not recognise"."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    tree = official_tree(seed=6)
+    if block == "self_attention":  # the full-attention twin: no prime MLPs
+        tree = {k: v for k, v in tree.items() if "prime_storage" not in k and "kv_cache" not in k}
+    np.savez(tmp_path / "official.npz", **tree)
+    config = {"model": {**OFFICIAL["model"], "seq_modeling_block": block, switched_off: False},
+              "training": OFFICIAL["training"]}
+    model = import_ttt_e2e(tmp_path / "official.npz", config=config)
+    assert (model.config.sandwich_norm, model.config.qk_norm) == (switched_off != "post_norm", switched_off != "qk_norm")
+    x = tokens(V, 40)[:1]  # under one mini-batch: the official static math
+    expected = official_static_forward(tree, x[0], W=16 if block == "SWA" else 10**9,
+                                       **{switched_off: False})
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0].double(), expected, atol=2e-4, rtol=2e-4)
 
 
 def test_official_train_mode_says_whether_the_import_learns_at_test_time(tmp_path):

@@ -82,6 +82,7 @@ ROOT = "language_model."
 B = "model.h.blocks."
 P = "model.h.prime_storage."
 IGNORED = re.compile(r"(.*\.)?(kv_cache_index|chunk_index|step_index)\.init(\.\d+)?")
+POST_NORMS = ("seq_post_norm.weight", "ffn_post_norm.weight", "ffn_prime_post_norm.weight")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,12 +384,13 @@ def assign_official(model: LCModel, tree: Mapping[str, Any], where: str) -> dict
                 return make(m)
         return None
 
-    if not model.config.qk_norm:  # the official blocks always hold QK-norm gains, used or not
-        def ignore(n: str) -> bool:
-            return bool(IGNORED.fullmatch(n)) or n.endswith(("q_norm.weight", "k_norm.weight"))
-    else:
-        def ignore(n: str) -> bool:
-            return bool(IGNORED.fullmatch(n))
+    # the official modules always hold their QK-norm and post-norm gains, used only when the config says so
+    unused_gains = (*(() if model.config.qk_norm else ("q_norm.weight", "k_norm.weight")),
+                    *(() if model.config.sandwich_norm else POST_NORMS))
+
+    def ignore(n: str) -> bool:
+        return bool(IGNORED.fullmatch(n)) or n.endswith(unused_gains)
+
     return assign_weights(model, tree, source_of, where, ignore)
 
 
