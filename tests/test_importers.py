@@ -514,6 +514,24 @@ def test_an_official_run_without_post_or_qk_norms_imports(tmp_path, switched_off
         torch.testing.assert_close(model(x)[0].double(), expected, atol=2e-4, rtol=2e-4)
 
 
+def test_an_official_config_of_another_size_is_refused(tmp_path):
+    """The sizes came from the weights and everything else from --config, with the sizes the
+    config states unread: another run's config (or a tree flattened without its untied LM head,
+    then read as tied) imported without a word."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    np.savez(tmp_path / "official.npz", **official_tree(tied=True))
+    own = {"vocab_size": V, "hidden_size": D, "num_hidden_layers": L, "num_attention_heads": H,
+           "intermediate_size": F, "tie_word_embeddings": True}
+    config = {"model": {**OFFICIAL["model"], **own}, "training": OFFICIAL["training"]}
+    assert import_ttt_e2e(tmp_path / "official.npz", config=config).config.n_layers == L  # its own: fine
+    other = {**config, "model": {**config["model"], "num_hidden_layers": 2 * L, "tie_word_embeddings": False}}
+    with pytest.raises(ImportMismatchError) as err:
+        import_ttt_e2e(tmp_path / "official.npz", config=other)
+    assert f"num_hidden_layers={2 * L} (the weights: {L})" in str(err.value)
+    assert "tie_word_embeddings=False (the weights: True, no lm_head.weight)" in str(err.value)
+
+
 def test_official_train_mode_says_whether_the_import_learns_at_test_time(tmp_path):
     """The official code's train_mode decides the inner loop, not the prime MLPs: a meta run over
     suffix_len blocks without prime MLPs (TTT on the blocks' own MLPs) was imported as a static

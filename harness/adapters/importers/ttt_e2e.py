@@ -240,6 +240,16 @@ def _fast_weights(spec_inner: list[str], where: str) -> str:
     return "prime+mlp" if names == {"prime", "mlp"} else names.pop()
 
 
+def _check_stated_sizes(model: Mapping[str, Any], from_weights: Mapping[str, Any], where: str) -> None:
+    """The sizes come from the weights, everything else from the config: a config that states other
+    sizes is another run's (or the tree lost its LM head), and its settings would be misapplied."""
+    bad = [f"{key}={model[key]!r} (the weights: {value!r}"
+           + (", no lm_head.weight" if key == "tie_word_embeddings" and value else "") + ")"
+           for key, value in from_weights.items() if model.get(key) is not None and model[key] != value]
+    check(not bad, where, f"the config states other sizes than the weights hold: {', '.join(bad)}; "
+                          "give the run's own .hydra/config.yaml")
+
+
 def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: str) -> dict[str, Any]:
     model, training = official["model"], official["training"]
     for key in ("model.wte.weight", B + "seq_modeling_block.wq.weight", B + "seq_modeling_block.q_norm.weight",
@@ -254,6 +264,9 @@ def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: 
     if model.get("num_attention_heads") is not None:
         check(model["num_attention_heads"] == heads, where,
               f"config num_attention_heads={model['num_attention_heads']} but the QK-norm weights give {heads} heads")
+    tied = "lm_head.weight" not in tree
+    _check_stated_sizes(model, {"vocab_size": vocab, "hidden_size": d, "num_hidden_layers": layers,
+                                "intermediate_size": mlp_hidden, "tie_word_embeddings": tied}, where)
     check(bool(model["pre_norm"]), where, "pre_norm=False is not implemented (our blocks always pre-normalise)")
     prime = P + "feed_forward_prime.w1.weight" in tree
     block = model["seq_modeling_block"]
@@ -270,7 +283,7 @@ def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: 
     fields = dict(vocab_size=int(vocab), d_model=int(d), n_layers=int(layers), n_heads=int(heads),
                   mlp_hidden=int(mlp_hidden), norm_eps=_number(official, "model.rms_norm_eps"),
                   rope_theta=_number(official, "model.rope_theta"), qk_norm=bool(model["qk_norm"]),
-                  sandwich_norm=bool(model["post_norm"]), tie_embeddings="lm_head.weight" not in tree)
+                  sandwich_norm=bool(model["post_norm"]), tie_embeddings=tied)
     if prime or (mode == "meta" and n_suffix > 0):
         check(block == "SWA", where, f"test-time training with seq_modeling_block={block!r}: our ttt_e2e is SWA-based")
         opt = training["optimizer_inner"]
