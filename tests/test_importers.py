@@ -532,6 +532,24 @@ def test_an_official_config_of_another_size_is_refused(tmp_path):
     assert "tie_word_embeddings=False (the weights: True, no lm_head.weight)" in str(err.value)
 
 
+def test_an_inner_optimiser_setting_the_config_leaves_out_is_said(tmp_path):
+    """A config whose optimizer_inner gave lr but not clip_gradient took the experiments' clip of
+    1.0 without a word (the official code's SGD default is no clipping): only whole sections and
+    top-level settings were listed as filled in."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    config = {"model": OFFICIAL["model"],
+              "training": {**OFFICIAL["training"], "optimizer_inner": {"optimizer_type": "sgd", "lr": 1.0}}}
+    with pytest.warns(ImportedCheckpointWarning) as caught:
+        model = import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=config)
+    assert model.config.inner_clip == 1.0
+    said = " ".join(str(w.message) for w in caught)
+    assert "training.optimizer_inner.clip_gradient" in said and "training.optimizer_inner.lr" not in said
+    record = json.loads((tmp_path / "ours" / IMPORT_FILE).read_text())["config_defaults_used"]
+    assert "training.optimizer_inner.clip_gradient" in record and "training.optimizer_inner" not in record
+
+
 def test_official_train_mode_says_whether_the_import_learns_at_test_time(tmp_path):
     """The official code's train_mode decides the inner loop, not the prime MLPs: a meta run over
     suffix_len blocks without prime MLPs (TTT on the blocks' own MLPs) was imported as a static

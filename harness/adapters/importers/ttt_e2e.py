@@ -173,6 +173,18 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def _absent(defaults: Mapping[str, Any], given: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of ``defaults`` that ``given`` lacks, down to the leaves of the sections it
+    has (an optimizer_inner without clip_gradient lacks training.optimizer_inner.clip_gradient)."""
+    out = []
+    for key, value in defaults.items():
+        if key not in given:
+            out.append(f"{prefix}{key}")
+        elif isinstance(value, Mapping) and isinstance(given[key], Mapping):
+            out += _absent(value, given[key], f"{prefix}{key}.")
+    return out
+
+
 def load_official_config(config: str | os.PathLike | Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """(official config with ``model`` and ``training`` sections, the settings taken from
     :data:`OFFICIAL_DEFAULTS` because ``config`` lacks them)."""
@@ -194,8 +206,7 @@ def load_official_config(config: str | os.PathLike | Mapping[str, Any] | None) -
         if not isinstance(given.get(section) or {}, Mapping):
             raise ConfigError(f"the official config {str(config)!r}: its {section} section is a "
                               f"{type(given[section]).__name__}, not a mapping of settings")
-    defaulted = [f"{section}.{key}" for section, values in OFFICIAL_DEFAULTS.items() for key in values
-                 if key not in (given.get(section) or {})]
+    defaulted = _absent(OFFICIAL_DEFAULTS, {s: given.get(s) or {} for s in OFFICIAL_DEFAULTS})
     merged = {s: _deep_merge(OFFICIAL_DEFAULTS[s], given.get(s) or {}) for s in OFFICIAL_DEFAULTS}
     return merged, defaulted
 
