@@ -84,6 +84,31 @@ def test_llama_import_reproduces_transformers_logits(tmp_path, tied):
     assert "ours/tokenizer@" in LcbenchLM(checkpoint=str(tmp_path / "ours"), device="cpu").tok.name
 
 
+def test_llama_saved_as_sharded_pytorch_bins_imports(tmp_path):
+    """transformers' save_pretrained(safe_serialization=False) of a large model writes
+    pytorch_model-0000k-of-0000n.bin shards and their index: the import said the folder "has no
+    weights"."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, rms_norm_eps=1e-5)
+    hf = perturb_(transformers.LlamaForCausalLM(config))
+    state = hf.state_dict()
+    names = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :]}
+    (tmp_path / "hf").mkdir()
+    config.save_pretrained(tmp_path / "hf")
+    for file, keys in shards.items():
+        torch.save({k: state[k] for k in keys}, tmp_path / "hf" / file)
+    (tmp_path / "hf" / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: file for file, keys in shards.items() for k in keys}}))
+    model = import_pretrained(tmp_path / "hf")
+    x = tokens(300)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_mamba2_import_reproduces_transformers_logits(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
