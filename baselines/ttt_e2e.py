@@ -51,6 +51,7 @@ differentiates through.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -89,6 +90,10 @@ INNER_STEPS = ("eager", "compile", "cudagraph", "compile+cudagraph")
 FAST_WEIGHT_DTYPES = ("auto", "model", "float32")
 PREFIX_BACKENDS = ("same", *ATTENTION_BACKENDS)
 COMPILE_OPTIONS: dict[str, Any] = {"dynamic": False}  # torch.compile's, for the steady-state inner step
+
+
+class NoInnerStepWarning(UserWarning):
+    """Training sequences that fit in one mini-batch: the inner loop never steps, nothing is meta-learned."""
 
 
 @dataclass
@@ -386,6 +391,7 @@ class TTTE2ELM(AttentionLM):
     def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """The official outer loss: the mean over sequences and mini-batches of each mini-batch's
         masked mean (the plain mean when nothing is masked)."""
+        self._warn_if_no_inner_step(tokens.size(-1))
         valid = self.loss_mask(tokens[:, 1:])
         if valid is None:
             return super().training_loss(tokens)
@@ -393,6 +399,17 @@ class TTTE2ELM(AttentionLM):
         nll = nll.to(torch.promote_types(nll.dtype, torch.float32))
         b = self.config.mini_batch_size
         return torch.stack([masked_mean(n, v) for n, v in zip(nll.split(b, 1), valid.split(b, 1))], 1).mean()
+
+    def _warn_if_no_inner_step(self, length: int) -> None:
+        """Training on sequences whose inputs (all but the last token) fit in one mini-batch runs no
+        inner step: the outer loss is the static model's, and no initialisation is meta-learned."""
+        b = self.config.mini_batch_size
+        if self.training and torch.is_grad_enabled() and not self._static() and length - 1 <= b:
+            warnings.warn(f"ttt_e2e trains on sequences of {length} tokens, whose {length - 1} inputs fit in one "
+                          f"mini-batch of mini_batch_size={b}: the inner loop takes no step, so training meta-learns "
+                          f"nothing (it trains the static model); use a seq_len of at least {b + 2}, a smaller "
+                          "mini_batch_size, or inner_mode=off_in_training to train the static model on purpose",
+                          NoInnerStepWarning, stacklevel=3)
 
     def forward_chunk(self, tokens: torch.Tensor, state: TTTState | None) -> tuple[torch.Tensor, TTTState]:
         return self._read(tokens, "logits", state, need_state=True)

@@ -84,6 +84,31 @@ def test_llama_import_reproduces_transformers_logits(tmp_path, tied):
     assert "ours/tokenizer@" in LcbenchLM(checkpoint=str(tmp_path / "ours"), device="cpu").tok.name
 
 
+def test_llama_saved_as_sharded_pytorch_bins_imports(tmp_path):
+    """transformers' save_pretrained(safe_serialization=False) of a large model writes
+    pytorch_model-0000k-of-0000n.bin shards and their index: the import said the folder "has no
+    weights"."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, rms_norm_eps=1e-5)
+    hf = perturb_(transformers.LlamaForCausalLM(config))
+    state = hf.state_dict()
+    names = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :]}
+    (tmp_path / "hf").mkdir()
+    config.save_pretrained(tmp_path / "hf")
+    for file, keys in shards.items():
+        torch.save({k: state[k] for k in keys}, tmp_path / "hf" / file)
+    (tmp_path / "hf" / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: file for file, keys in shards.items() for k in keys}}))
+    model = import_pretrained(tmp_path / "hf")
+    x = tokens(300)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_mamba2_import_reproduces_transformers_logits(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -358,14 +383,19 @@ def official_tree(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
     return tree
 
 
-def official_static_forward(tree: dict[str, np.ndarray], tokens: torch.Tensor, W: int = 16) -> torch.Tensor:
+def official_static_forward(tree: dict[str, np.ndarray], tokens: torch.Tensor, W: int = 16, *, qk_norm: bool = True,
+                            post_norm: bool = True) -> torch.Tensor:
     """The official model's outputs for one sequence read before any inner update, written from
     ttt/model/transformer.py and attention.py (interleaved-pair RoPE, QK-norm, sandwich norms,
-    prime MLP after attention in suffix blocks, sliding window of W keys including itself)."""
+    prime MLP after attention in suffix blocks, sliding window of W keys including itself).
+    ``qk_norm`` / ``post_norm`` False: the config switches those norms off (their gains stay in the
+    tree, unused, as the official modules always hold them)."""
     t = {k: torch.from_numpy(v).double() for k, v in tree.items()}
     eps, theta, Dh = 1e-6, 10000.0, D // H
     n_suffix = len(t.get("model.h.prime_storage.ffn_prime_norm.weight", ()))
     rms = lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w  # noqa: E731
+    post = rms if post_norm else (lambda x, w: x)  # noqa: E731
+    qk = rms if qk_norm else (lambda x, w: x)  # noqa: E731
     swiglu = lambda x, w1, w3, w2: (torch.nn.functional.silu(x @ w1) * (x @ w3)) @ w2  # noqa: E731
 
     def rope(x):  # apply_rotary_emb: pairs (x[2i], x[2i+1]) as complex numbers, times e^{i pos freq_i}
@@ -383,19 +413,19 @@ def official_static_forward(tree: dict[str, np.ndarray], tokens: torch.Tensor, W
     for i in range(L):
         x = rms(h, t["model.h.blocks.seq_norm.weight"][i])
         q, k, v = (x @ t[a + f"{w}.weight"][i] for w in ("wq", "wk", "wv"))
-        q = rope(rms(q.view(T, H, Dh), t[a + "q_norm.weight"][i]))
-        k = rope(rms(k.view(T, H, Dh), t[a + "k_norm.weight"][i]))
+        q = rope(qk(q.view(T, H, Dh), t[a + "q_norm.weight"][i]))
+        k = rope(qk(k.view(T, H, Dh), t[a + "k_norm.weight"][i]))
         scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(Dh)
         attn = scores.masked_fill(~visible, float("-inf")).softmax(-1)
         out = torch.einsum("hts,shd->thd", attn, v.view(T, H, Dh)).reshape(T, D) @ t[a + "wo.weight"][i]
-        h = h + rms(out, t["model.h.blocks.seq_post_norm.weight"][i])
+        h = h + post(out, t["model.h.blocks.seq_post_norm.weight"][i])
         if i >= L - n_suffix:
             s = i - (L - n_suffix)
             y = swiglu(rms(h, t[p + "ffn_prime_norm.weight"][s]), *(t[p + f"feed_forward_prime.{w}.weight"][s]
                                                                      for w in ("w1", "w3", "w2")))
-            h = h + rms(y, t[p + "ffn_prime_post_norm.weight"][s])
+            h = h + post(y, t[p + "ffn_prime_post_norm.weight"][s])
         y = swiglu(rms(h, t["model.h.blocks.ffn_norm.weight"][i]), *(t[f + f"{w}.weight"][i] for w in ("w1", "w3", "w2")))
-        h = h + rms(y, t["model.h.blocks.ffn_post_norm.weight"][i])
+        h = h + post(y, t["model.h.blocks.ffn_post_norm.weight"][i])
     h = rms(h, t["model.ln_f.weight"])
     return h @ (t["lm_head.weight"] if "lm_head.weight" in t else t["model.wte.weight"].T)
 
@@ -484,6 +514,65 @@ def test_official_full_attention_twin_imports(tmp_path):
     x = tokens(V, 40)[:1]
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0].double(), official_static_forward(tree, x[0], W=10**9), atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("switched_off", ["post_norm", "qk_norm"])
+@pytest.mark.parametrize("block", ["SWA", "self_attention"])
+def test_an_official_run_without_post_or_qk_norms_imports(tmp_path, switched_off, block):
+    """The official blocks hold their post-norm (and QK-norm) gains whatever the config says, and
+    use them only when post_norm (qk_norm) is on: a run with post_norm: false failed to import,
+    its unused gains listed as "tensors this import does not recognise"."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    tree = official_tree(seed=6)
+    if block == "self_attention":  # the full-attention twin: no prime MLPs
+        tree = {k: v for k, v in tree.items() if "prime_storage" not in k and "kv_cache" not in k}
+    np.savez(tmp_path / "official.npz", **tree)
+    config = {"model": {**OFFICIAL["model"], "seq_modeling_block": block, switched_off: False},
+              "training": OFFICIAL["training"]}
+    model = import_ttt_e2e(tmp_path / "official.npz", config=config)
+    assert (model.config.sandwich_norm, model.config.qk_norm) == (switched_off != "post_norm", switched_off != "qk_norm")
+    x = tokens(V, 40)[:1]  # under one mini-batch: the official static math
+    expected = official_static_forward(tree, x[0], W=16 if block == "SWA" else 10**9,
+                                       **{switched_off: False})
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0].double(), expected, atol=2e-4, rtol=2e-4)
+
+
+def test_an_official_config_of_another_size_is_refused(tmp_path):
+    """The sizes came from the weights and everything else from --config, with the sizes the
+    config states unread: another run's config (or a tree flattened without its untied LM head,
+    then read as tied) imported without a word."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    np.savez(tmp_path / "official.npz", **official_tree(tied=True))
+    own = {"vocab_size": V, "hidden_size": D, "num_hidden_layers": L, "num_attention_heads": H,
+           "intermediate_size": F, "tie_word_embeddings": True}
+    config = {"model": {**OFFICIAL["model"], **own}, "training": OFFICIAL["training"]}
+    assert import_ttt_e2e(tmp_path / "official.npz", config=config).config.n_layers == L  # its own: fine
+    other = {**config, "model": {**config["model"], "num_hidden_layers": 2 * L, "tie_word_embeddings": False}}
+    with pytest.raises(ImportMismatchError) as err:
+        import_ttt_e2e(tmp_path / "official.npz", config=other)
+    assert f"num_hidden_layers={2 * L} (the weights: {L})" in str(err.value)
+    assert "tie_word_embeddings=False (the weights: True, no lm_head.weight)" in str(err.value)
+
+
+def test_an_inner_optimiser_setting_the_config_leaves_out_is_said(tmp_path):
+    """A config whose optimizer_inner gave lr but not clip_gradient took the experiments' clip of
+    1.0 without a word (the official code's SGD default is no clipping): only whole sections and
+    top-level settings were listed as filled in."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    config = {"model": OFFICIAL["model"],
+              "training": {**OFFICIAL["training"], "optimizer_inner": {"optimizer_type": "sgd", "lr": 1.0}}}
+    with pytest.warns(ImportedCheckpointWarning) as caught:
+        model = import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=config)
+    assert model.config.inner_clip == 1.0
+    said = " ".join(str(w.message) for w in caught)
+    assert "training.optimizer_inner.clip_gradient" in said and "training.optimizer_inner.lr" not in said
+    record = json.loads((tmp_path / "ours" / IMPORT_FILE).read_text())["config_defaults_used"]
+    assert "training.optimizer_inner.clip_gradient" in record and "training.optimizer_inner" not in record
 
 
 def test_official_train_mode_says_whether_the_import_learns_at_test_time(tmp_path):

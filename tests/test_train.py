@@ -12,7 +12,7 @@ from harness.api.errors import ConfigError
 from harness.train import checkpoint
 import harness.train.trainer as train_mod
 from harness.train.trainer import TrainConfig, lr_at, prepare_data, train, validation_loss
-from tests.conftest import small_config
+from tests.conftest import small_config, small_model
 
 FAST = dict(batch_size=4, seq_len=64, eval_every=0, eval_batches=4, lr=3e-3)
 
@@ -28,6 +28,16 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert lr_at(9, cfg) == pytest.approx(1e-2)
     assert lr_at(99, cfg) == pytest.approx(1e-4, rel=0.05)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
+
+
+def test_the_training_loss_of_a_float64_model_stays_float64(arch):
+    """The trainer's loss was cast to float32 for every model, fp64 too: a finite-difference or
+    fp64 resume check on it saw float32 rounding (1e-7 relative), not the model's numbers."""
+    model = small_model(arch, dtype=torch.float64).train()
+    x = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    loss = model.training_loss(x)
+    assert loss.dtype == torch.float64
+    assert loss.item() == model.token_losses(x).mean().item()
 
 
 def test_token_budget_sets_steps():

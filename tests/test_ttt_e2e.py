@@ -183,10 +183,28 @@ def test_the_state_holds_only_the_current_mini_batch_not_the_whole_prefill():
         assert pending.untyped_storage().nbytes() == pending.numel() * pending.element_size()
 
 
+def test_training_on_sequences_within_one_mini_batch_says_it_learns_nothing_at_test_time():
+    """``lcbench train ttt_e2e --preset 125m`` (mini-batches of 1024) at the default --seq-len 256
+    read every sequence in one mini-batch: no inner step, so no meta-learning, without a word."""
+    import warnings
+
+    from baselines.ttt_e2e import NoInnerStepWarning
+
+    model = model64().train()  # mini-batches of 16
+    with pytest.warns(NoInnerStepWarning, match=r"17 tokens, .* mini_batch_size=16: .* seq_len of at least 18"):
+        model.training_loss(tokens(length=17))  # 16 inputs: one mini-batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoInnerStepWarning)
+        model.training_loss(tokens(length=18))  # a second mini-batch: one inner step
+        with torch.no_grad():
+            model.eval().training_loss(tokens(length=17))  # validation: not training
+        model64(inner_mode="off_in_training").train().training_loss(tokens(length=17))  # static on purpose
+
+
 def test_without_bos_the_outer_loss_is_the_plain_mean():
     x = with_documents(tokens())
     model = model64().train()
-    assert torch.equal(model.training_loss(x), model.token_losses(x).float().mean())  # as every architecture's
+    assert torch.equal(model.training_loss(x), model.token_losses(x).mean())  # as every architecture's
 
 
 def test_bos_token_id_is_checked_and_imported(tmp_path):

@@ -207,8 +207,9 @@ class LCModel(nn.Module):
 
     def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """The scalar the trainer minimises: the mean next-token loss (an architecture whose
-        reference code weights or masks targets differently overrides this)."""
-        return self.token_losses(tokens).float().mean()
+        reference code weights or masks targets differently overrides this); in fp32 at least (fp64 stays)."""
+        nll = self.token_losses(tokens)
+        return nll.to(torch.promote_types(nll.dtype, torch.float32)).mean()
 
     def state_bytes(self, state: Any) -> int:
         return state_bytes(state)

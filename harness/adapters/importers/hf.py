@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,29 +52,32 @@ from harness.api.registry import build_model, config_from_dict
 
 def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face folder: ``model.safetensors``, sharded safetensors (with
-    their index), or ``pytorch_model.bin`` (loaded with ``weights_only=True``)."""
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.is_file():
-        return safetensors.torch.load_file(str(single))
-    if index.is_file():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
-        out: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            out.update(safetensors.torch.load_file(str(folder / shard)))
-        return out
-    shards = sorted(folder.glob("*.safetensors"))
-    if shards:
-        out = {}
-        for shard in shards:
-            out.update(safetensors.torch.load_file(str(shard)))
-        return out
-    binary = folder / "pytorch_model.bin"
-    if binary.is_file():
-        return torch.load(binary, map_location="cpu", weights_only=True)
+    their index), ``pytorch_model.bin`` or its shards with their index (pickles loaded with
+    ``weights_only=True``)."""
+    for single, index, shards in (("model.safetensors", "model.safetensors.index.json", "*.safetensors"),
+                                  ("pytorch_model.bin", "pytorch_model.bin.index.json", None)):
+        if (folder / single).is_file():
+            return _read_file(folder / single)
+        if (folder / index).is_file():
+            return _read_files(folder / shard for shard in sorted(set(read_json(folder / index)["weight_map"].values())))
+        if shards and (files := sorted(folder.glob(shards))):
+            return _read_files(files)
     present = sorted(p.name for p in folder.iterdir())
-    raise CheckpointError(f"{folder} has no weights (model.safetensors, sharded safetensors or pytorch_model.bin); "
+    raise CheckpointError(f"{folder} has no weights (model.safetensors, pytorch_model.bin, or either's shards); "
                           f"it holds {present}")
+
+
+def _read_file(file: Path) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        return safetensors.torch.load_file(str(file))
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _read_files(files: Iterable[Path]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for file in files:
+        out.update(_read_file(file))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

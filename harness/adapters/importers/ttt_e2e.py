@@ -82,6 +82,7 @@ ROOT = "language_model."
 B = "model.h.blocks."
 P = "model.h.prime_storage."
 IGNORED = re.compile(r"(.*\.)?(kv_cache_index|chunk_index|step_index)\.init(\.\d+)?")
+POST_NORMS = ("seq_post_norm.weight", "ffn_post_norm.weight", "ffn_prime_post_norm.weight")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +173,18 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def _absent(defaults: Mapping[str, Any], given: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of ``defaults`` that ``given`` lacks, down to the leaves of the sections it
+    has (an optimizer_inner without clip_gradient lacks training.optimizer_inner.clip_gradient)."""
+    out = []
+    for key, value in defaults.items():
+        if key not in given:
+            out.append(f"{prefix}{key}")
+        elif isinstance(value, Mapping) and isinstance(given[key], Mapping):
+            out += _absent(value, given[key], f"{prefix}{key}.")
+    return out
+
+
 def load_official_config(config: str | os.PathLike | Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """(official config with ``model`` and ``training`` sections, the settings taken from
     :data:`OFFICIAL_DEFAULTS` because ``config`` lacks them)."""
@@ -193,8 +206,7 @@ def load_official_config(config: str | os.PathLike | Mapping[str, Any] | None) -
         if not isinstance(given.get(section) or {}, Mapping):
             raise ConfigError(f"the official config {str(config)!r}: its {section} section is a "
                               f"{type(given[section]).__name__}, not a mapping of settings")
-    defaulted = [f"{section}.{key}" for section, values in OFFICIAL_DEFAULTS.items() for key in values
-                 if key not in (given.get(section) or {})]
+    defaulted = _absent(OFFICIAL_DEFAULTS, {s: given.get(s) or {} for s in OFFICIAL_DEFAULTS})
     merged = {s: _deep_merge(OFFICIAL_DEFAULTS[s], given.get(s) or {}) for s in OFFICIAL_DEFAULTS}
     return merged, defaulted
 
@@ -239,6 +251,16 @@ def _fast_weights(spec_inner: list[str], where: str) -> str:
     return "prime+mlp" if names == {"prime", "mlp"} else names.pop()
 
 
+def _check_stated_sizes(model: Mapping[str, Any], from_weights: Mapping[str, Any], where: str) -> None:
+    """The sizes come from the weights, everything else from the config: a config that states other
+    sizes is another run's (or the tree lost its LM head), and its settings would be misapplied."""
+    bad = [f"{key}={model[key]!r} (the weights: {value!r}"
+           + (", no lm_head.weight" if key == "tie_word_embeddings" and value else "") + ")"
+           for key, value in from_weights.items() if model.get(key) is not None and model[key] != value]
+    check(not bad, where, f"the config states other sizes than the weights hold: {', '.join(bad)}; "
+                          "give the run's own .hydra/config.yaml")
+
+
 def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: str) -> dict[str, Any]:
     model, training = official["model"], official["training"]
     for key in ("model.wte.weight", B + "seq_modeling_block.wq.weight", B + "seq_modeling_block.q_norm.weight",
@@ -253,6 +275,9 @@ def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: 
     if model.get("num_attention_heads") is not None:
         check(model["num_attention_heads"] == heads, where,
               f"config num_attention_heads={model['num_attention_heads']} but the QK-norm weights give {heads} heads")
+    tied = "lm_head.weight" not in tree
+    _check_stated_sizes(model, {"vocab_size": vocab, "hidden_size": d, "num_hidden_layers": layers,
+                                "intermediate_size": mlp_hidden, "tie_word_embeddings": tied}, where)
     check(bool(model["pre_norm"]), where, "pre_norm=False is not implemented (our blocks always pre-normalise)")
     prime = P + "feed_forward_prime.w1.weight" in tree
     block = model["seq_modeling_block"]
@@ -269,7 +294,7 @@ def our_config(tree: Mapping[str, np.ndarray], official: dict[str, Any], where: 
     fields = dict(vocab_size=int(vocab), d_model=int(d), n_layers=int(layers), n_heads=int(heads),
                   mlp_hidden=int(mlp_hidden), norm_eps=_number(official, "model.rms_norm_eps"),
                   rope_theta=_number(official, "model.rope_theta"), qk_norm=bool(model["qk_norm"]),
-                  sandwich_norm=bool(model["post_norm"]), tie_embeddings="lm_head.weight" not in tree)
+                  sandwich_norm=bool(model["post_norm"]), tie_embeddings=tied)
     if prime or (mode == "meta" and n_suffix > 0):
         check(block == "SWA", where, f"test-time training with seq_modeling_block={block!r}: our ttt_e2e is SWA-based")
         opt = training["optimizer_inner"]
@@ -383,12 +408,13 @@ def assign_official(model: LCModel, tree: Mapping[str, Any], where: str) -> dict
                 return make(m)
         return None
 
-    if not model.config.qk_norm:  # the official blocks always hold QK-norm gains, used or not
-        def ignore(n: str) -> bool:
-            return bool(IGNORED.fullmatch(n)) or n.endswith(("q_norm.weight", "k_norm.weight"))
-    else:
-        def ignore(n: str) -> bool:
-            return bool(IGNORED.fullmatch(n))
+    # the official modules always hold their QK-norm and post-norm gains, used only when the config says so
+    unused_gains = (*(() if model.config.qk_norm else ("q_norm.weight", "k_norm.weight")),
+                    *(() if model.config.sandwich_norm else POST_NORMS))
+
+    def ignore(n: str) -> bool:
+        return bool(IGNORED.fullmatch(n)) or n.endswith(unused_gains)
+
     return assign_weights(model, tree, source_of, where, ignore)
 
 
