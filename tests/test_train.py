@@ -40,6 +40,14 @@ def test_the_training_loss_of_a_float64_model_stays_float64(arch):
     assert loss.item() == model.token_losses(x).mean().item()
 
 
+def test_the_progress_bar_shows_no_validation_loss_before_the_first(fast_data, capsys):
+    """With validation only at the end, every step before it showed ``val=nan``, which reads as a
+    diverged run."""
+    train(small_config("swa"), TrainConfig(steps=3, **FAST), training_data=fast_data)
+    shown = capsys.readouterr().err
+    assert "val=nan" not in shown and "loss=" in shown and "val=" in shown  # the last step's
+
+
 def test_token_budget_sets_steps():
     assert TrainConfig(tokens=10 * 4 * 64, batch_size=4, seq_len=64).total_steps == 10
 

@@ -296,7 +296,8 @@ def train(
             val_loss = validation_loss(model, training_data.val, cfg, device, replicas)
             record["val_loss"] = val_loss
         history.append(record)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{val_loss:.3f}")
+        bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}",  # no val before the first: "nan" read as diverged
+                        **({} if math.isnan(val_loss) else {"val": f"{val_loss:.3f}"}))
         if out_dir is not None and (last or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
             _save(out_dir, model, optimizer, cfg, step + 1, history, replicas, fingerprints)
             saved_step = step + 1
