@@ -521,7 +521,8 @@ def _token_counts(value: str | None, option: str) -> list[int] | None:
 @click.option("--max-length", type=TOKENS, default=None,
               help="Context cap in tokens (default: none; lm-eval's hf model uses 2048 without max_position_embeddings).")
 @click.option("--add-bos/--no-add-bos", default=None,
-              help="Start every text with the tokenizer's BOS (default: when the tokenizer adds one, as lm-eval's hf).")
+              help="Start every text with the tokenizer's BOS (default: when the tokenizer adds one, as lm-eval's hf; "
+                   "not for a checkpoint lcbench trained, which never saw BOS).")
 @click.option("--prefix-token", type=int, default=None,
               help="Token id an empty context or a rolling document starts from (default: BOS, else EOS, else '\\n').")
 @click.option("--seed", type=int, default=0, show_default=True, help="lm-eval's random, numpy, torch and few-shot seed.")

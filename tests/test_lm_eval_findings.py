@@ -85,6 +85,19 @@ def test_a_tokenizer_that_adds_bos_scores_as_lm_eval_hf(bos_model, local_tasks, 
         assert resps == pytest.approx(theirs[key], rel=1e-6), key
 
 
+def test_a_model_lcbench_trained_reads_texts_as_it_trained_without_bos(bos_model, tmp_path):
+    """``lcbench train`` packs documents without a start token, each after the end token; the
+    adapter put <s> (an embedding it never trained) before every text it scored."""
+    _, tok, _ = bos_model
+    ckpt = checkpoint.save_checkpoint(tmp_path / "trained", small_model("full_attention", seed=2, vocab_size=258),
+                                      trainer_state={"train_config": {"tokenizer": str(tok), "seq_len": 64}})
+    lm = LcbenchLM(checkpoint=str(ckpt), device="cpu")
+    assert (lm.tok.bos_id, lm.add_bos, lm.prefix_token_id) == (256, False, 257)
+    assert lm.tok_encode("ab") == [97, 98]
+    asked = LcbenchLM(checkpoint=str(ckpt), device="cpu", add_bos_token="true", prefix_token=256)
+    assert (asked.tok_encode("ab"), asked.prefix_token_id) == ([256, 97, 98], 256)
+
+
 def test_generated_text_reads_as_lm_eval_hf_decodes_it(bos_model, tmp_path, monkeypatch):
     """lm-eval's hf model answers with ``tokenizer.decode(ids, skip_special_tokens=True)``: special
     tokens dropped, and the tokenizer's clean_up_tokenization_spaces as transformers applies it

@@ -29,7 +29,10 @@ this many tokens are read in pieces; default 2048, 0: whole), and lm-eval's hf m
 conventions: ``add_bos_token`` (default: when the tokenizer adds a start token by default, as
 Llama's adds ``<s>``, it starts every text), ``prefix_token`` (the token an empty context or a
 rolling document starts from; default: the tokenizer's BOS, else its end token, else the id of
-``"\\n"``, the byte tokenizer's). The end-of-text token's text also stops generation.
+``"\\n"``, the byte tokenizer's). A checkpoint that ``lcbench train`` made never saw a BOS (its
+documents are packed without one, each after the end token), so by default its texts get none and
+start from the end token; lm-eval's hf model on its export needs ``add_bos_token=False`` to score
+the same. The end-of-text token's text also stops generation.
 
 RULER's synthetic tasks size their prompts with ``AutoTokenizer.from_pretrained(tokenizer)``, where
 ``tokenizer`` comes from the model args (lm-eval hands them to tasks), so on lm-eval's own command
@@ -170,15 +173,17 @@ class LcbenchLM(TemplateLM):
         self.max_gen_toks = _int_or_none(max_gen_toks, "max_gen_toks")
         self.chunk = _int_or_none(chunk, "chunk", least=0) or 0
         # lm-eval's hf model: the tokenizer's default start token (BOS) before every text, and BOS,
-        # else the end token, as the prefix of an empty context or a rolling document
-        self.add_bos = self.tok.bos_id is not None if add_bos_token in (None, "") else _bool(add_bos_token,
-                                                                                             "add_bos_token")
+        # else the end token, as the prefix of an empty context or a rolling document. A model
+        # lcbench trained never saw BOS (documents are packed without it, each after the end
+        # token): its texts start bare, and from the end token
+        start = self.tok.bos_id if self.info.train_config is None else None
+        self.add_bos = start is not None if add_bos_token in (None, "") else _bool(add_bos_token, "add_bos_token")
         # the end of text: the tokenizer's, else "\n" (the byte tokenizer's, also its BOS/EOS in an export)
         self._eot = int(self.tok.eos_id) if self.tok.eos_id is not None else self.tok.encode("\n")[-1]
         if prefix_token is not None and prefix_token != "":
             self._prefix = _token_id(prefix_token, "prefix_token", self.model.config.vocab_size)
         else:
-            self._prefix = int(self.tok.bos_id) if self.tok.bos_id is not None else self._eot
+            self._prefix = int(start) if start is not None else self._eot
         self._warned_sampling = False
 
     @property
