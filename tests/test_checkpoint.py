@@ -15,6 +15,11 @@ from tests.conftest import small_model
 def test_missing_and_non_checkpoint_folders(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.load_model(tmp_path / "nowhere")
+    # a misspelt checkpoint folder: the one meant is named, as for a corpus or a tokenizer
+    checkpoint.save_checkpoint(tmp_path / "run", small_model("swa"))
+    with pytest.raises(CheckpointError, match=f"checkpoint '{tmp_path / 'rn'}' does not exist.*holds: run.*"
+                                              f"Did you mean '{tmp_path / 'run'}'"):
+        checkpoint.load_model(tmp_path / "rn")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not an lcbench checkpoint"):
         checkpoint.load_model(tmp_path / "empty")

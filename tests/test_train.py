@@ -50,6 +50,9 @@ def test_the_progress_bar_shows_no_validation_loss_before_the_first(fast_data, c
 
 def test_token_budget_sets_steps():
     assert TrainConfig(tokens=10 * 4 * 64, batch_size=4, seq_len=64).total_steps == 10
+    # a budget under one step trained one step without a word
+    with pytest.raises(ConfigError, match=r"tokens=255 is less than one step's 256 tokens \(batch_size 4 x seq_len 64"):
+        TrainConfig(tokens=255, batch_size=4, seq_len=64)
 
 
 def test_training_loss_goes_down(arch, fast_data):

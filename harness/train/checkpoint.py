@@ -33,6 +33,7 @@ from harness.api.errors import CheckpointError, LcbenchError
 from harness.api.interface import LCModel
 from harness.api.registry import build_model, config_from_dict
 from harness.api.staging import clear_stale, temp_prefix
+from harness.data.local import missing_path_error
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -179,8 +180,9 @@ def replace_dir(new: Path, target: Path) -> None:
 
 def read_config(path: str | os.PathLike):
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}: the folder does not exist")
+    if not path.exists():  # what its folder holds and the close match, as for a corpus or tokenizer
+        raise CheckpointError(str(missing_path_error("checkpoint", path,
+                                                     f"a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")))
     if not path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a file; a checkpoint is a folder holding {CONFIG_FILE} and "
                               f"{WEIGHTS_FILE} (or {SHARDED_DIR}/)")

@@ -75,6 +75,10 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_choice("dtype", self.dtype, ("auto", "fp32", "bf16"))
+        if self.tokens and self.tokens < self.tokens_per_step:  # it trained one step, silently
+            raise ConfigError(f"TrainConfig.tokens={self.tokens} is less than one step's "
+                              f"{self.tokens_per_step} tokens (batch_size {self.batch_size} x seq_len {self.seq_len} "
+                              f"x grad_accum {self.grad_accum}); give at least {self.tokens_per_step}, or steps")
 
     @property
     def data_split_seed(self) -> int:
@@ -83,7 +87,7 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         if self.tokens:
-            return max(1, self.tokens // (self.batch_size * self.seq_len * self.grad_accum))
+            return self.tokens // self.tokens_per_step
         return self.steps
 
     @property
