@@ -149,6 +149,15 @@ def test_records_with_their_text_in_another_field_are_named_after_the_corpus_pat
     (tmp_path / "book.txt").write_text("plain text")
     with pytest.raises(ConfigError, match="'book.txt' is a text file: a text field .*'content'.* records"):
         data.load_corpus(f"{tmp_path / 'book.txt'}#content")
+    # a folder of text files took the field and ignored it (a single text file is refused, above)
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text("plain text")
+    with pytest.raises(ConfigError, match="folder .*books' holds no .jsonl or .parquet records: a text field "
+                                          r"\('content'\)"):
+        data.load_corpus(f"{books}#content")
+    (books / "b.jsonl").write_text('{"content": "a record"}\n')
+    assert [d.text for d in data.load_corpus(f"{books}#content")] == ["plain text", "a record"]
 
 
 # -- NIAH with a BPE tokenizer -------------------------------------------------------------------------

@@ -298,7 +298,15 @@ def corpus_fingerprint(source: str | None) -> str:
 
 def _load_path(path: Path, field: str, field_given: bool) -> list[Document]:
     if path.is_dir():
-        return _load_datasets_folder(path, field) if _is_datasets_folder(path) else _load_folder(path, field)
+        if _is_datasets_folder(path):
+            return _load_datasets_folder(path, field)
+        docs = _load_folder(path, field)
+        if field_given and not any(p.suffix in _RECORD_SUFFIXES and not _skipped(p.relative_to(path))
+                                   for p in path.rglob("*")):
+            raise ConfigError(f"corpus folder {str(path)!r} holds no .jsonl or .parquet records: a text field "
+                              f"({field!r}) applies to the records of .jsonl and .parquet files and `datasets` "
+                              "folders only")
+        return docs
     if path.suffix == ".jsonl":
         return _load_jsonl(path, field, path.name)
     if path.suffix == ".parquet":
