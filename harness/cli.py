@@ -596,13 +596,16 @@ def import_ttt_e2e_cmd(source: str, out: str, config_path: str | None, tokenizer
 @click.option("--corpus", default=None, help="Local corpus (default: embedded stdlib corpus); PATH#FIELD reads "
               "records' text from FIELD instead of 'text'.")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the train/validation split: that of `lcbench train --seed N` (or its split_seed).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @friendly_errors
-def data_report(corpus: str | None, tokenizer: str | None, as_json: bool) -> None:
+def data_report(corpus: str | None, tokenizer: str | None, seed: int, as_json: bool) -> None:
     """Documents, tokens and how many documents reach 4K/16K/64K/128K tokens."""
     from harness import data
 
-    report = data.corpus_report(data.load_corpus(corpus), data.load_tokenizer(tokenizer), source=corpus, progress=True)
+    report = data.corpus_report(data.load_corpus(corpus), data.load_tokenizer(tokenizer), seed=seed, source=corpus,
+                                progress=True)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
 
 

@@ -52,6 +52,9 @@ def test_data_report_counts_long_documents():
     result = run("data-report")
     assert result.exit_code == 0, result.output
     assert "documents" in result.output and ">=  128K tokens" in result.output
+    # the split of `train --seed 3`: the report always split with seed 0
+    other = run("data-report", "--seed", "3")
+    assert other.exit_code == 0 and "seed 3)" in other.output and "seed 0)" in result.output
 
 
 def test_library_warnings_print_as_one_line(tmp_path):
