@@ -159,6 +159,7 @@ def test_recurrent_mixers_have_no_attention_term():
 def test_peak_flops_by_gpu_name():
     assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert flops.peak_flops("NVIDIA H200") == 989e12
+    assert flops.peak_flops("NVIDIA H200 NVL") == 835e12  # the PCIe card: H100 NVL's clocks and power, not the SXM's
     assert flops.peak_flops("NVIDIA H100 PCIe") == 756e12
     assert flops.peak_flops("cpu") is None
 
