@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -168,9 +169,24 @@ FLEX = Kernel("attention", "flex", _import_flex, install="PyTorch >= 2.5 with CU
 DENSE_MASK_LIMIT = 1 << 24
 
 
+# flex and its mask builder are compiled for static shapes: every (query length, key length, mask)
+# is one more compilation of the same function. A latency run passes more of those than dynamo's
+# default limit of 8 (swa and ttt_e2e at 8K/32K/128K, TTT-E2E's window filling mini-batch by
+# mini-batch, decode), past which dynamo runs flex unfused: the whole score matrix, an
+# out-of-memory at 128K. The limit is per process; raised, never lowered.
+FLEX_RECOMPILE_LIMIT = 256
+
+
+def _compile_static(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import torch._dynamo  # torch.compile imports it too; here for its config
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, FLEX_RECOMPILE_LIMIT)
+    return torch.compile(fn, dynamic=False)
+
+
 @lru_cache(maxsize=1)
 def _compiled_create_block_mask():
-    return torch.compile(FLEX.imported()[0].create_block_mask, dynamic=False)  # static, as flex_attention's
+    return _compile_static(FLEX.imported()[0].create_block_mask)  # static, as flex_attention's
 
 
 @lru_cache(maxsize=64)
@@ -188,7 +204,7 @@ def _flex_block_mask(q_len: int, k_len: int, offset: int, window: int, device: s
 
 @lru_cache(maxsize=1)
 def _compiled_flex():
-    return torch.compile(FLEX.imported()[0].flex_attention, dynamic=False)
+    return _compile_static(FLEX.imported()[0].flex_attention)
 
 
 def attention_flex(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
