@@ -169,18 +169,24 @@ FLEX = Kernel("attention", "flex", _import_flex, install="PyTorch >= 2.5 with CU
 DENSE_MASK_LIMIT = 1 << 24
 
 
-# flex and its mask builder are compiled for static shapes: every (query length, key length, mask)
-# is one more compilation of the same function. A latency run passes more of those than dynamo's
-# default limit of 8 (swa and ttt_e2e at 8K/32K/128K, TTT-E2E's window filling mini-batch by
-# mini-batch, decode), past which dynamo runs flex unfused: the whole score matrix, an
-# out-of-memory at 128K. The limit is per process; raised, never lowered.
-FLEX_RECOMPILE_LIMIT = 256
+# flex, its mask builder and TTT-E2E's steady inner step are compiled for static shapes: every
+# (query length, key length, mask), and every kind of model, is one more compilation of the same
+# function. A GPU run passes more of those than dynamo's default limit of 8 (swa and ttt_e2e at
+# 8K/32K/128K, TTT-E2E's window filling mini-batch by mini-batch, decode; the GPU tests' models),
+# past which dynamo silently runs the function eagerly: flex unfused, the whole score matrix (an
+# out-of-memory at 128K); a "compiled" inner step that is not.
+STATIC_RECOMPILE_LIMIT = 256
+
+
+def allow_static_recompiles() -> None:
+    """Room for :data:`STATIC_RECOMPILE_LIMIT` compilations per function (per process; raised, never lowered)."""
+    import torch._dynamo  # torch.compile imports it too; here for its config
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, STATIC_RECOMPILE_LIMIT)
 
 
 def _compile_static(fn: Callable[..., Any]) -> Callable[..., Any]:
-    import torch._dynamo  # torch.compile imports it too; here for its config
-
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, FLEX_RECOMPILE_LIMIT)
+    allow_static_recompiles()
     return torch.compile(fn, dynamic=False)
 
 

@@ -268,9 +268,6 @@ def run(out_dir: Path, budget_s: float, dry_run: bool = False) -> pd.DataFrame:
         raise ConfigError("bench.gpu.ttt_speed measures on CUDA, and none is available here; use dry_run=True")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # every compiling model compiles the same method (dynamo counts them together) once per kind
-    # of output: room beyond dynamo's default of 8, so none silently falls back to eager
-    torch._dynamo.config.recompile_limit = 64
     budget, models, rows = Budget(budget_s, s), Models(s), []
     failed: dict[tuple[str, str], str] = {}  # (model, variant) -> why
     for cell in plan(s):
