@@ -348,6 +348,12 @@ def summary(table: pd.DataFrame, dry_run: bool) -> str:
     if len(decode):
         grid = decode.pivot_table(index="variant", columns="eval_ctx", values="value", aggfunc="first")
         lines += ["## Decode seconds per token, 125m, v128k", "", markdown(grid), ""]
+        for variant in ("reference", "all"):
+            times = grid.loc[variant].dropna() if variant in grid.index else ()
+            if len(times) >= 2:
+                lines.append(f"- {variant} decode time per token at {times.index[-1]}: "
+                             f"{times.iloc[-1] / times.iloc[0]:.2f}x its time at {times.index[0]} (flat within 5% wanted)")
+        lines.append("")
     train = values(table, "train_s_per_token", task="train")
     if len(train):
         per_token = dict(zip(train["arch"], train["value"]))
