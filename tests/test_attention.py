@@ -192,6 +192,7 @@ def test_reference_computes_in_fp32_under_autocast(window):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_flex_keeps_compiling_past_dynamos_default_recompile_limit(monkeypatch):
     """flex is compiled for static shapes: each (query length, key length, mask) is one more
@@ -208,11 +209,11 @@ def test_flex_keeps_compiling_past_dynamos_default_recompile_limit(monkeypatch):
     for cached in (attention._compiled_flex, attention._flex_block_mask):
         cached.cache_clear()
     torch._dynamo.reset()
-    model = small_model("swa", backend="flex")
+    model = small_model("swa", backend="flex", n_layers=1)
     try:  # dynamo's default limit, as a fresh process has it
         with torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True):
-            for T in range(8, 8 + 12):  # 12 shapes
-                model(x[:, :T])
+            for T in range(8, 8 + 9):  # one shape more than the default allows
+                model(x[:1, :T])
     finally:
         for cached in (attention._compiled_flex, attention._flex_block_mask):
             cached.cache_clear()
