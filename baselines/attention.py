@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -168,9 +169,30 @@ FLEX = Kernel("attention", "flex", _import_flex, install="PyTorch >= 2.5 with CU
 DENSE_MASK_LIMIT = 1 << 24
 
 
+# flex, its mask builder and TTT-E2E's steady inner step are compiled for static shapes: every
+# (query length, key length, mask), and every kind of model, is one more compilation of the same
+# function. A GPU run passes more of those than dynamo's default limit of 8 (swa and ttt_e2e at
+# 8K/32K/128K, TTT-E2E's window filling mini-batch by mini-batch, decode; the GPU tests' models),
+# past which dynamo silently runs the function eagerly: flex unfused, the whole score matrix (an
+# out-of-memory at 128K); a "compiled" inner step that is not.
+STATIC_RECOMPILE_LIMIT = 256
+
+
+def allow_static_recompiles() -> None:
+    """Room for :data:`STATIC_RECOMPILE_LIMIT` compilations per function (per process; raised, never lowered)."""
+    import torch._dynamo  # torch.compile imports it too; here for its config
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, STATIC_RECOMPILE_LIMIT)
+
+
+def _compile_static(fn: Callable[..., Any]) -> Callable[..., Any]:
+    allow_static_recompiles()
+    return torch.compile(fn, dynamic=False)
+
+
 @lru_cache(maxsize=1)
 def _compiled_create_block_mask():
-    return torch.compile(FLEX.imported()[0].create_block_mask, dynamic=False)  # static, as flex_attention's
+    return _compile_static(FLEX.imported()[0].create_block_mask)  # static, as flex_attention's
 
 
 @lru_cache(maxsize=64)
@@ -188,7 +210,7 @@ def _flex_block_mask(q_len: int, k_len: int, offset: int, window: int, device: s
 
 @lru_cache(maxsize=1)
 def _compiled_flex():
-    return torch.compile(FLEX.imported()[0].flex_attention, dynamic=False)
+    return _compile_static(FLEX.imported()[0].flex_attention)
 
 
 def attention_flex(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:

@@ -72,6 +72,7 @@ from baselines.attention import (
     AttentionConfig,
     AttentionLM,
     RingKVCache,
+    allow_static_recompiles,
     paper_presets,
     resolve_backend,
 )
@@ -592,6 +593,7 @@ class TTTE2ELM(AttentionLM):
         if mode not in self._steady_steps:
             step = self._inference_step
             if "compile" in mode:
+                allow_static_recompiles()  # every model and kind of output compiles this one method
                 step = torch.compile(step, **COMPILE_OPTIONS)
             if "cudagraph" in mode:
                 step = CapturedFunction(step)

@@ -192,6 +192,34 @@ def test_reference_computes_in_fp32_under_autocast(window):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
+@torch.no_grad()
+def test_flex_keeps_compiling_past_dynamos_default_recompile_limit(monkeypatch):
+    """flex is compiled for static shapes: each (query length, key length, mask) is one more
+    compilation of the same function. A GPU latency run passes 14 of those (swa and ttt_e2e at
+    8K/32K/128K, TTT-E2E's window filling mini-batch by mini-batch, decode); past dynamo's default
+    limit of 8 it ran flex unfused, the whole score matrix (an out-of-memory at 128K). Dynamo's
+    eager backend here: its guards and limits, without Inductor's minutes of C++ compilation."""
+    import functools
+
+    import torch._dynamo
+
+    monkeypatch.setattr(attention.FLEX, "needs_cuda", False)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    for cached in (attention._compiled_flex, attention._flex_block_mask):
+        cached.cache_clear()
+    torch._dynamo.reset()
+    model = small_model("swa", backend="flex", n_layers=1)
+    try:  # dynamo's default limit, as a fresh process has it
+        with torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True):
+            for T in range(8, 8 + 9):  # one shape more than the default allows
+                model(x[:1, :T])
+    finally:
+        for cached in (attention._compiled_flex, attention._flex_block_mask):
+            cached.cache_clear()
+        torch._dynamo.reset()
+
+
 def test_flex_gets_the_autocast_dtype_under_autocast(monkeypatch):
     """fp32 parameters under bf16 autocast: QK-norm's fp32 weights promote q and k to fp32 while v
     stays bf16; flex_attention (unlike sdpa) is no autocast op in every release and rejects the mix."""

@@ -546,6 +546,20 @@ def test_steady_step_is_compiled_once(compile_counter):
         assert compile_counter.frame_count == 2
 
 
+def test_compiled_steps_have_room_past_dynamos_default_recompile_limit(compile_counter):
+    """Every TTT-E2E model compiles the same method, once per lever, dtype and kind of output: ten
+    fast-path models in one process (the GPU tests') passed dynamo's default limit of 8 (measured
+    on CPU), past which the later "compiled" steps silently ran eagerly."""
+    from baselines.attention import STATIC_RECOMPILE_LIMIT
+
+    with torch._dynamo.config.patch(recompile_limit=8):  # dynamo's default, as a fresh process has it
+        model = model64(inner_loss="chunked", inner_step="compile")
+        with torch.no_grad():
+            model(tokens())
+        assert compile_counter.frame_count == 1
+        assert torch._dynamo.config.recompile_limit >= STATIC_RECOMPILE_LIMIT
+
+
 @pytest.mark.parametrize("fast_weight_dtype", ["float32", "model"])
 @torch.no_grad()
 def test_fp32_fast_weights_keep_updates_bf16_would_round_away(fast_weight_dtype):

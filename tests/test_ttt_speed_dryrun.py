@@ -54,3 +54,16 @@ def test_gpu_run_needs_cuda(tmp_path, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ttt_speed.ConfigError, match="dry_run=True"):
         ttt_speed.run(tmp_path, budget_s=10)
+
+
+def test_summary_judges_decode_against_the_flatness_goal():
+    """Issue 17 wants TTT-E2E's decode time per token flat within 5% from 8K to 128K: the summary
+    says how far each variant is from that, as it does for prefill tokens/s."""
+    rows = [dict(task="decode", model=f"{arch}:125m:v128k", arch=arch, variant=variant, size="125m", eval_ctx=ctx,
+                 metric="decode_s", value=seconds, status="ok")
+            for ctx, grow in ((8192, 1.0), (32768, 1.02), (131072, 1.3))
+            for arch, variant, seconds in (("swa", "swa", 1e-3 * grow), ("ttt_e2e", "reference", 2e-3 * grow),
+                                           ("ttt_e2e", "all", 1e-3))]
+    text = ttt_speed.summary(pd.DataFrame(rows, columns=ttt_speed.COLUMNS), dry_run=False)
+    assert "- reference decode time per token at 131072: 1.30x its time at 8192 (flat within 5% wanted)" in text
+    assert "- all decode time per token at 131072: 1.00x its time at 8192 (flat within 5% wanted)" in text

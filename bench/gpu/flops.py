@@ -15,8 +15,10 @@ Not counted, so the MFU of these is a lower bound on how busy the GPU is: Mamba 
 DeltaNet's state updates and short convolutions (well under 1% of 6 N at 125M), and TTT-E2E's
 inner-loop gradient steps on its prime MLPs (its second-order outer backward included).
 
-Peaks are NVIDIA's dense bf16 Tensor Core figures (no sparsity): H100 SXM 989 TFLOP/s, H200
-the same chip and clocks (989), H100 NVL 835, H100 PCIe 756.
+Peaks are NVIDIA's dense bf16 Tensor Core figures (no sparsity; the data sheets print twice
+these, with sparsity): H100 SXM 989 TFLOP/s, H200 SXM the same chip and clocks (989), H100 NVL and
+H200 NVL (PCIe cards at a lower power) 835, H100 PCIe 756. Both H200s have 141 GB: only the name
+tells them apart.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from baselines.attention import AttentionConfig
 from harness.api.interface import LCModel, ModelConfig
 
 # (substring of torch.cuda.get_device_name(), dense bf16 FLOP/s); first match wins.
-PEAK_BF16_FLOPS = (("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12))
+PEAK_BF16_FLOPS = (("H200 NVL", 835e12), ("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12),
+                   ("H100", 989e12))
 
 
 def peak_flops(device_name: str) -> float | None:

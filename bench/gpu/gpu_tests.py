@@ -29,12 +29,14 @@ def has_pytest_timeout() -> bool:
     return True
 
 
-GPU_MARK = re.compile(r"^\s*@pytest\.mark\.gpu\b", re.MULTILINE)  # a decorator line, not a mention
+# a decorator line, not a mention: the mark itself, or conftest's kernel_cases, whose CUDA cases carry it
+GPU_MARK = re.compile(r"^\s*@(pytest\.mark\.gpu|kernel_cases)\b", re.MULTILINE)
 # GPU test files in the order they run: the step's time may end before the last, so the kernel
-# equivalence tests (seconds each) come first, then TTT-E2E's fast paths, then what compiles flex
-# attention, then the torchrun tests (slowest); files not named here follow, in name order.
+# equivalence tests (seconds each) come first, then the imported fla / mamba-ssm models beside
+# ours, TTT-E2E's fast paths, what compiles flex attention, then the torchrun tests (slowest);
+# files not named here follow, in name order.
 TEST_FILE_ORDER = ("test_timing.py", "test_gated_deltanet.py", "test_mamba2.py", "test_linear_cross_entropy.py",
-                   "test_ttt_e2e.py", "test_attention.py", "test_distributed.py")
+                   "test_importers.py", "test_ttt_e2e.py", "test_attention.py", "test_distributed.py")
 
 
 def gpu_test_files(tests: Path = ROOT / "tests") -> list[str]:

@@ -143,11 +143,16 @@ def throughput_section(work: Path) -> str | None:
     return head + _text_table(pd.DataFrame(rows).set_index("arch").fillna("")) + note
 
 
-def ttt_section(work: Path, steps: pd.DataFrame) -> str | None:
+def ttt_section(work: Path, steps: pd.DataFrame, dry_run: bool) -> str | None:
+    """TTT-E2E's speed as bench.gpu.ttt_speed lays it out (grids of variants by context, the issue's
+    goals), made from its table: the step writes that after every cell, its own summary only at
+    the end. Its headings one level down, under the kit's."""
     path = work / "ttt_speed" / ttt_speed_step.TABLE
     if path.is_file():
-        table = pd.read_csv(path)
-        return "## TTT-E2E speed (bench.gpu.ttt_speed)\n\n" + _text_table(table.head(20).set_index(table.columns[0]))
+        from bench.gpu import ttt_speed  # there, since its table is (the step runs it only where present)
+
+        text = ttt_speed.summary(pd.read_csv(path), dry_run)
+        return "\n".join(f"#{line}" if line.startswith("#") else line for line in text.splitlines())
     mine = steps[(steps["step"] == "ttt_speed") & (steps["item"] == ttt_speed_step.MODULE)]
     return f"## TTT-E2E speed\n\n{mine['status'].iloc[0]}: {mine['message'].iloc[0]}" if len(mine) else None
 
@@ -168,7 +173,7 @@ def render(work: Path, cfg: KitConfig, elapsed_s: float, final: bool = True) -> 
     if final:
         parts += [latency_section(work / "latency", latency_heading(cfg, cfg.size)),
                   latency_section(work / "latency_large", latency_heading(cfg, cfg.large_size)),
-                  throughput_section(work), ttt_section(work, steps)]
+                  throughput_section(work), ttt_section(work, steps, cfg.dry_run)]
     else:
         parts.append("*Interim summary: the run had not finished. The tables so far are in latency.csv and "
                      "throughput.csv.*")

@@ -268,9 +268,6 @@ def run(out_dir: Path, budget_s: float, dry_run: bool = False) -> pd.DataFrame:
         raise ConfigError("bench.gpu.ttt_speed measures on CUDA, and none is available here; use dry_run=True")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # every compiling model compiles the same method (dynamo counts them together) once per kind
-    # of output: room beyond dynamo's default of 8, so none silently falls back to eager
-    torch._dynamo.config.recompile_limit = 64
     budget, models, rows = Budget(budget_s, s), Models(s), []
     failed: dict[tuple[str, str], str] = {}  # (model, variant) -> why
     for cell in plan(s):
@@ -351,6 +348,12 @@ def summary(table: pd.DataFrame, dry_run: bool) -> str:
     if len(decode):
         grid = decode.pivot_table(index="variant", columns="eval_ctx", values="value", aggfunc="first")
         lines += ["## Decode seconds per token, 125m, v128k", "", markdown(grid), ""]
+        for variant in ("reference", "all"):
+            times = grid.loc[variant].dropna() if variant in grid.index else ()
+            if len(times) >= 2:
+                lines.append(f"- {variant} decode time per token at {times.index[-1]}: "
+                             f"{times.iloc[-1] / times.iloc[0]:.2f}x its time at {times.index[0]} (flat within 5% wanted)")
+        lines.append("")
     train = values(table, "train_s_per_token", task="train")
     if len(train):
         per_token = dict(zip(train["arch"], train["value"]))
