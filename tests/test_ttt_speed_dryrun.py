@@ -28,6 +28,14 @@ def test_dry_run_measures_every_cell(tmp_path):
     assert "Dry run on CPU" in summary and "faster than full attention" in summary and "TTT-E2E / SWA" in summary
 
 
+def test_the_goal_cells_come_first():
+    """Within the kit's share (about a minute) the first cells were 8K prefills of every lever: no
+    128K number, the one issue 17's goal names."""
+    first = [(c.task, c.variant, c.context) for c in ttt_speed.plan(ttt_speed.GPU)][:4]
+    assert first == [("prefill", "full_attention", 131072), ("prefill", "swa", 131072),
+                     ("prefill", "reference", 131072), ("prefill", "all", 131072)]
+
+
 def test_no_budget_records_every_cell_as_skipped(tmp_path):
     result = CliRunner().invoke(ttt_speed.main, ["--out", str(tmp_path), "--dry-run", "--budget-s", "0"])
     assert result.exit_code == 0, result.output
