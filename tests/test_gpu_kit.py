@@ -173,6 +173,9 @@ def test_wheel_folder_check(tmp_path):
     assert any("mamba-ssm==2.3.2.post1 is missing" in p for p in fill_wheels.check_folder(tmp_path, fill_wheels.PINS, 1))
     touch("mamba_ssm-2.3.2.post1-py3-none-any.whl")
     touch("liger_kernel-0.8.5-py3-none-any.whl")
+    # the GPU machine has no pytest-timeout: a hung GPU test held the step to its end
+    assert any("pytest-timeout==2.4.0 is missing" in p for p in fill_wheels.check_folder(tmp_path, fill_wheels.PINS, 1))
+    touch("pytest_timeout-2.4.0-py3-none-any.whl")
     assert fill_wheels.check_folder(tmp_path, fill_wheels.PINS, 1) == []
     touch("fla_core-0.5.0-py3-none-any.whl")
     touch("einops-0.8.0-cp311-cp311-manylinux_2_17_aarch64.whl", 2 * 2**20)

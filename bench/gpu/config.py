@@ -58,7 +58,7 @@ class KitConfig:
     train_steps: int = 5
     peak_tflops: float | None = None  # None: from the GPU's name (see bench.gpu.flops)
     torch_threads: int = 0  # torch's CPU threads in every step (OMP_NUM_THREADS; 0: leave as set)
-    test_timeout_s: int = 180  # per GPU test, where pytest-timeout is installed
+    test_timeout_s: int = 90  # per GPU test (pytest-timeout travels with the wheels): under the step's share
     min_test_s: float = 20.0  # a GPU test starts only with this much of the step's time left
     min_item_s: float = 5.0  # a measurement starts only with this much left (before any estimate)
 

@@ -30,7 +30,9 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from bench.gpu.config import ROOT
 
-PINS = {"fla-core": "0.6.0", "flash-linear-attention": "0.6.0", "mamba-ssm": "2.3.2.post1", "liger-kernel": "0.8.5"}
+# pytest-timeout: without it a hung GPU test holds the gpu_tests step until the step's own limit
+PINS = {"fla-core": "0.6.0", "flash-linear-attention": "0.6.0", "mamba-ssm": "2.3.2.post1", "liger-kernel": "0.8.5",
+        "pytest-timeout": "2.4.0"}
 BUILT_HERE = ("mamba-ssm",)  # the rest are downloaded as they are
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 INTERPRETERS, ABIS = {"py3", "py312", "cp312"}, {"none", "abi3", "cp312"}
