@@ -2,11 +2,10 @@
 cell's interval misstated, context lengths that print alike, an interval the figure left out."""
 from __future__ import annotations
 
-import pandas as pd
-import pytest
+import matplotlib
 
 from harness.api import results
-from harness.report import tables
+from harness.report import plots, tables
 
 
 def _row(arch: str, metric: str, value: float, **columns) -> dict:
@@ -32,3 +31,20 @@ def test_a_table_cell_states_the_interval_the_figure_draws():
     _, [prefill] = tables.text_rows(t["prefill_ms"])
     assert prefill[-1] == "18.2 [17.0, 22.7]"
     assert r"0.00 [0.00, 0.30]" in tables.render_latex(t["niah_gen_match"])
+
+
+def test_context_lengths_that_differ_print_differently():
+    """Labels had three significant digits: 131000 and 131072 tokens both printed "128K" (two
+    columns of one name; the second pareto_128K file overwrote the first), 3000 "2.93K", and
+    1024000 "1e+03K". A length is shortened only where the short form is exact."""
+    assert [tables.context_label(n) for n in (131000, 131072, 3000, 1024000, 1280, 2**20 + 2**19)] == \
+        ["131000", "128K", "3000", "1000K", "1.25K", "1.5M"]
+    rows = [_row(arch, metric, value * T / 1e5, task=task, eval_ctx=T, **({"batch_size": 1} if task == "latency" else {}))
+            for arch in ("full_attention", "swa") for T in (131000, 131072)
+            for task, metric, value in (("loss_scaling", "loss", 2.0), ("latency", "prefill_s", 0.1))]
+    prep = tables.prepare(results.validate(rows))
+    header, _ = tables.text_rows(tables.summary_tables(prep)["loss"])
+    assert header[-2:] == ["131000", "128K"]
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    with matplotlib.rc_context(plots.PAPER_RC):
+        assert [stem for stem, _ in plots.FIGURES["pareto"](ctx)] == ["pareto_131000", "pareto_128K"]

@@ -68,11 +68,13 @@ MIB = 2**20
 
 
 def context_label(n: float) -> str:
-    """1024 -> '1K', 131072 -> '128K', 1536 -> '1.5K', 1048576 -> '1M', 500 -> '500'."""
+    """1024 -> '1K', 131072 -> '128K', 1536 -> '1.5K', 1048576 -> '1M', 500 -> '500'; shortened
+    only where exact (at most two decimals): 3000 -> '3000', not '2.93K', and 131000 -> '131000',
+    not a second '128K' (a column, a tick, a file name each)."""
     n = int(n)
     for size, suffix in ((2**20, "M"), (2**10, "K")):
-        if n >= size:
-            return f"{n / size:.3g}{suffix}"
+        if n >= size and n * 100 % size == 0:
+            return f"{n / size:g}{suffix}"
     return str(n)
 
 
