@@ -3,6 +3,10 @@ cell's interval misstated, context lengths that print alike, an interval the fig
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_hex
 
 from harness.api import results
 from harness.report import plots, tables
@@ -48,3 +52,42 @@ def test_context_lengths_that_differ_print_differently():
     ctx = plots.Context(prep, plots.series_styles(prep), [])
     with matplotlib.rc_context(plots.PAPER_RC):
         assert [stem for stem, _ in plots.FIGURES["pareto"](ctx)] == ["pareto_131000", "pareto_128K"]
+
+
+def drawn_intervals(ax, xs) -> dict[tuple[str, float], tuple[float, float]]:
+    """(colour, x) -> (low, high) that the intervals drawn in ``ax`` span at each of ``xs``: where
+    a vertical line there crosses a band of some width, or an error bar."""
+    out = {}
+    for artist in ax.collections:
+        band = isinstance(artist, PolyCollection)
+        color = to_hex((artist.get_facecolor() if band else artist.get_color())[0], keep_alpha=False)
+        for path in artist.get_paths():
+            verts = path.vertices
+            if band and np.ptp(verts[:, 0]) == 0:
+                continue  # a band of one point: no width, nothing seen
+            for x in xs:
+                ys = [y for (x0, y0), (x1, y1) in zip(verts[:-1], verts[1:]) if min(x0, x1) <= x <= max(x0, x1)
+                      for y in ((y0, y1) if x0 == x1 else (y0 + (y1 - y0) * (x - x0) / (x1 - x0),))]
+                if ys:
+                    out[color, float(x)] = (round(min(ys), 9), round(max(ys), 9))
+    return out
+
+
+def test_a_figure_draws_each_interval_of_the_table_and_no_other():
+    """A band spans its series' points with an interval: one alone (a single context length, or
+    between cells without one) was drawn as nothing, and a point without an interval (the mean
+    of two seeds) got one from the band joining its neighbours."""
+    rows = [_row("full_attention", "loss", 3.0, task="loss_scaling", eval_ctx=1024, ci_low=2.9, ci_high=3.2)]
+    for T, seeds, lo, hi in ((512, (0,), 2.4, 2.7), (1024, (0, 1), 0, 0), (2048, (0,), 2.2, 2.45),
+                             (4096, (0, 1), 0, 0), (8192, (0,), 2.0, 2.3), (16384, (0,), 1.9, 2.1)):
+        rows += [_row("swa", "loss", (lo + hi) / 2 + 0.01 * s, task="loss_scaling", eval_ctx=T, seed=s,
+                      ci_low=lo - 0.01 * s, ci_high=hi + 0.01 * s) for s in seeds]
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    with matplotlib.rc_context(plots.PAPER_RC):
+        [(_, fig)] = plots.FIGURES["loss_vs_context"](ctx)
+    pts = prep.points("loss_scaling", "loss", pos_start=None)
+    expected = {(ctx.styles[r.series].color, float(r.eval_ctx)): (round(r.ci_low, 9), round(r.ci_high, 9))
+                for r in pts.dropna(subset=["ci_low"]).itertuples()}
+    assert len(expected) == 5
+    assert drawn_intervals(fig.axes[0], pts["eval_ctx"].astype(float).unique()) == expected

@@ -16,7 +16,8 @@ compares with), one fixed colour and marker per architecture throughout:
 - ``pareto_<ctx>``: quality (loss, NIAH accuracy) against cost (prefill time, decode time, peak
   memory) at one context length, with the Pareto front.
 
-Lines join ``ok`` points, with bands (error bars in the Pareto view) from ``ci_low``/``ci_high``;
+Lines join ``ok`` points, with bands from ``ci_low``/``ci_high`` over neighbours that have one (an
+error bar at a point alone, and in the Pareto view);
 a failed cell (``oom``, ``error``, ``nan``) is drawn as a cross labelled with its status where
 the line would have gone on. A figure whose data the table lacks is skipped with a logged
 reason. Figures are built on :class:`matplotlib.figure.Figure` directly: no pyplot, no display,
@@ -237,12 +238,27 @@ def _lines(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True)
         if ok.empty:
             continue
         ax.plot(ok[x].astype(float), ok["value"], **style.line())
-        has_ci = ok["ci_low"].notna() & ok["ci_high"].notna()
-        if band and has_ci.any():
-            ax.fill_between(ok.loc[has_ci, x].astype(float), ok.loc[has_ci, "ci_low"], ok.loc[has_ci, "ci_high"],
-                            color=style.color, alpha=0.15, linewidth=0)
+        if band:
+            _band(ax, ok, x, style.color)
         _unstable(ax, ok, x, style.color)
     _failures(ax, pts, x, ctx)
+
+
+def _band(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
+    """The intervals of a series' points (sorted by ``x``): a band over each run of neighbours
+    that have one, broken at a point without (a mean of seeds: the band would give it its
+    neighbours'), and an error bar at a point alone (a band of one point has no width)."""
+    xs = ok[x].astype(float).to_numpy()
+    low, high = ok["ci_low"].astype(float).to_numpy(), ok["ci_high"].astype(float).to_numpy()
+    has = ~(np.isnan(low) | np.isnan(high))
+    if not has.any():
+        return
+    ax.fill_between(xs, low, high, where=has, interpolate=False, color=color, alpha=0.15, linewidth=0)
+    alone = has & ~np.r_[False, has[:-1]] & ~np.r_[has[1:], False]
+    if alone.any():
+        values = ok["value"].astype(float).to_numpy()[alone]
+        ax.errorbar(xs[alone], values, yerr=[values - low[alone], high[alone] - values], fmt="none",
+                    ecolor=color, alpha=0.5, elinewidth=1.2, capsize=3)
 
 
 def _unstable(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
