@@ -91,3 +91,13 @@ def test_a_figure_draws_each_interval_of_the_table_and_no_other():
                 for r in pts.dropna(subset=["ci_low"]).itertuples()}
     assert len(expected) == 5
     assert drawn_intervals(fig.axes[0], pts["eval_ctx"].astype(float).unique()) == expected
+
+
+def test_a_batch_size_facet_prints_as_a_whole_number():
+    """Latency at two batch sizes, one model without: the batch column read "1.0", "2.0"."""
+    rows = [_row(arch, "prefill_s", 0.1 * T / 1024, task="latency", eval_ctx=T, **extra)
+            for arch, extra in (("full_attention", {"batch_size": 1}), ("swa", {}), ("swa", {"batch_size": 2}))
+            for T in (1024, 4096)]
+    header, cells = tables.text_rows(tables.summary_tables(results.validate(rows))["prefill_ms"])
+    assert header[:3] == ["model", "arch", "batch_size"]
+    assert [c[2] for c in cells] == ["1", "", "2"]

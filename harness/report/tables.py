@@ -236,8 +236,8 @@ def _pivot(points: pd.DataFrame, facets: Sequence[str], title: str, fmt: str,
     wide = pts.assign(cell=cells, lo=pts["ci_low"] / scale, hi=pts["ci_high"] / scale,
                       fl=flags.fillna("")).set_index([*index, "eval_ctx"])
     table = wide["cell"].unstack("eval_ctx")
-    order = list(dict.fromkeys(pts[index].itertuples(index=False, name=None)))
-    table = table.reindex(pd.MultiIndex.from_tuples(order, names=index))
+    # the rows in the points' order, each level in its own dtype (tuples holding an NA make floats of Int64)
+    table = table.reindex(pd.MultiIndex.from_frame(pts[index].drop_duplicates()))
     # Context lengths in order, then 'all' (a score without one)
     columns = sorted(table.columns, key=lambda c: (isinstance(c, str), 0 if isinstance(c, str) else c))
     table = table.reindex(columns=columns)
