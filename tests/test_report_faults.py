@@ -101,3 +101,20 @@ def test_a_batch_size_facet_prints_as_a_whole_number():
     header, cells = tables.text_rows(tables.summary_tables(results.validate(rows))["prefill_ms"])
     assert header[:3] == ["model", "arch", "batch_size"]
     assert [c[2] for c in cells] == ["1", "", "2"]
+
+
+def test_the_pareto_view_names_a_model_it_leaves_out_for_want_of_a_measurement():
+    """A model with a loss but no latency row at that length was left out of the view without a
+    word (the note listed only failed cells)."""
+    rows = []
+    for arch in ("full_attention", "swa", "mamba2"):
+        rows.append(_row(arch, "loss", 2.0, task="loss_scaling", eval_ctx=1024))
+        if arch != "mamba2":
+            rows.append(_row(arch, "prefill_s", 0.1, task="latency", eval_ctx=1024, batch_size=1))
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    with matplotlib.rc_context(plots.PAPER_RC):
+        [(stem, fig)] = plots.FIGURES["pareto"](ctx)
+    assert stem == "pareto_1K"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Full attention", "SWA"]
+    assert fig._supxlabel is not None and "Mamba 2 (not measured)" in fig._supxlabel.get_text()

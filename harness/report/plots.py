@@ -677,11 +677,13 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
         for r, (name, (q, q_label, better)) in enumerate(here.items()):
             for c, m in enumerate(costs):
                 ax = axes[r, c]
+                # outer: a model measured on one side only is named below, not left out unsaid
                 joined = q[q["eval_ctx"] == L].merge(cost_pts[m][cost_pts[m]["eval_ctx"] == L], on="series",
-                                                     suffixes=("_q", "_c"))
+                                                     how="outer", suffixes=("_q", "_c"))
                 good = (joined["status_q"] == "ok") & (joined["status_c"] == "ok")
                 for row in joined[~good].itertuples(index=False):
-                    failed[row.series] = row.status_q if row.status_q != "ok" else row.status_c
+                    failed[row.series] = ("not measured" if pd.isna(row.status_q) or pd.isna(row.status_c)
+                                          else row.status_q if row.status_q != "ok" else row.status_c)
                 _pareto_panel(ax, joined[good], better, ctx)
                 if name != "loss":  # an accuracy: its whole range, however close the models are
                     ax.set_ylim(*ACCURACY_LIMITS)
@@ -696,8 +698,8 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
             log.info("pareto at %s: no model has both a quality and a cost there", context_label(L))
             continue
         if failed:
-            text = "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({FAILURE_LABELS.get(st, st)})"
-                                             for s, st in failed.items())
+            text = "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({FAILURE_LABELS.get(failed[s], failed[s])})"
+                                             for s in ctx.prep.order if s in failed)
             fig.supxlabel(text, fontsize=7.5, color="0.3", wrap=True)  # laid out below the axes, unlike fig.text
         fig.suptitle(f"Quality vs. cost at context {context_label(L)} ({ctx.setting(batch=batch)}); "
                      "dashed: Pareto front", wrap=True)
