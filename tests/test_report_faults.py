@@ -2,12 +2,16 @@
 cell's interval misstated, context lengths that print alike, an interval the figure left out."""
 from __future__ import annotations
 
+import logging
+
 import matplotlib
 import numpy as np
 import pytest
 from matplotlib.collections import PolyCollection
+from click.testing import CliRunner
 from matplotlib.colors import to_hex
 
+from harness import cli
 from harness.api import results
 from harness.report import plots, tables
 
@@ -118,3 +122,22 @@ def test_the_pareto_view_names_a_model_it_leaves_out_for_want_of_a_measurement()
     assert stem == "pareto_1K"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Full attention", "SWA"]
     assert fig._supxlabel is not None and "Mamba 2 (not measured)" in fig._supxlabel.get_text()
+
+
+@pytest.fixture
+def fresh_loggers(monkeypatch):
+    """The loggers as in a fresh process: no handlers (pytest's own restored afterwards)."""
+    for logger in (logging.getLogger(), logging.getLogger("harness")):
+        monkeypatch.setattr(logger, "handlers", [])
+        monkeypatch.setattr(logger, "level", logger.level)
+
+
+def test_quick_and_report_say_why_a_figure_was_not_drawn(tmp_path, capsys, fresh_loggers):
+    """`lcbench plot` printed why it skipped a figure; `lcbench quick` (its figures after the
+    sweep) and `lcbench report` left a figure out without a word."""
+    results.write_table(tmp_path, results.validate([_row("swa", "loss", 2.0, task="loss_scaling", eval_ctx=1024)]))
+    cli._figures_and_tables(str(tmp_path))
+    assert "skipped figure loss_gap: no full_attention model" in capsys.readouterr().err
+    result = CliRunner().invoke(cli.main, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "skipped figure loss_gap: no full_attention model" in result.output
