@@ -13,7 +13,7 @@ from matplotlib.colors import to_hex
 
 from harness import cli
 from harness.api import results
-from harness.report import plots, tables
+from harness.report import figures, plots, tables
 
 
 def _row(arch: str, metric: str, value: float, **columns) -> dict:
@@ -141,3 +141,16 @@ def test_quick_and_report_say_why_a_figure_was_not_drawn(tmp_path, capsys, fresh
     result = CliRunner().invoke(cli.main, ["report", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "skipped figure loss_gap: no full_attention model" in result.output
+
+
+def test_the_mqar_legend_names_every_model_drawn():
+    """The legend was the first panel's: a model measured only at the longer sequence length
+    (or failed at the shorter one) was drawn without a legend entry."""
+    rows = [_row(arch, "accuracy", 0.9, task="mqar", variant=f"pairs={p}", eval_ctx=L, ci_low=0.8, ci_high=0.95)
+            for arch, lengths in (("full_attention", (64, 128)), ("mamba2", (128,))) for L in lengths for p in (4, 8)]
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    assert "mqar" in figures.figure_names()  # the task's module registers it
+    with matplotlib.rc_context(plots.PAPER_RC):
+        [(_, fig)] = figures.FIGURES["mqar"](ctx)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Full attention", "Mamba 2"]
