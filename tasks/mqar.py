@@ -48,6 +48,7 @@ from harness.api.registry import register_task
 from harness.api.results import make_row
 from harness.api.task import Task, check_positive, option
 from harness.report.figures import SkipFigure, register_figure
+from harness.report.tables import FAILURE_LABELS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -210,8 +211,8 @@ def mqar_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     """Accuracy against pairs, one panel per sequence length, one line per series (Zoology's figure)."""
     from matplotlib.figure import Figure  # matplotlib loads only to draw a figure
 
-    pts = ctx.prep.points("mqar", "accuracy", by=("eval_ctx", "variant"))
-    pts = pts[pts["status"] == "ok"]
+    cells = ctx.prep.points("mqar", "accuracy", by=("eval_ctx", "variant"))
+    pts = cells[cells["status"] == "ok"]
     if pts.empty:
         raise SkipFigure("the table has no ok 'accuracy' rows of task mqar")
     pts = pts.assign(pairs=pts["variant"].str.removeprefix("pairs=").astype(int))
@@ -237,5 +238,10 @@ def mqar_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     series = [s for s in ctx.prep.order if s in drawn]
     fig.legend([drawn[s] for s in series], [ctx.styles[s].label for s in series], loc="outside right center",
                frameon=False)
+    failed = cells[cells["status"] != "ok"].drop_duplicates(["series", "eval_ctx", "status"])
+    if len(failed):  # no point to draw, but not to pass over
+        fig.supxlabel("Not drawn: " + "; ".join(
+            f"{ctx.styles[r.series].label} at length {int(r.eval_ctx)} ({FAILURE_LABELS.get(r.status, r.status)})"
+            for r in failed.itertuples()), fontsize=7.5, color="0.3", wrap=True)
     fig.suptitle("Multi-query associative recall (trained from scratch)", wrap=True)
     yield "mqar", fig

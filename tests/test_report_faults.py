@@ -154,3 +154,19 @@ def test_the_mqar_legend_names_every_model_drawn():
     with matplotlib.rc_context(plots.PAPER_RC):
         [(_, fig)] = figures.FIGURES["mqar"](ctx)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Full attention", "Mamba 2"]
+
+
+def test_the_mqar_figure_names_the_cells_that_failed():
+    """A failed cell was filtered out before drawing: full attention out of memory at the longer
+    length simply had no line there, as if never run."""
+    rows = [_row("mamba2", "accuracy", 0.5, task="mqar", variant=f"pairs={p}", eval_ctx=L)
+            for L in (64, 128) for p in (4, 8)]
+    rows += [_row("full_attention", "accuracy", 1.0, task="mqar", variant=f"pairs={p}", eval_ctx=64) for p in (4, 8)]
+    rows += [_row("full_attention", "accuracy", None, status="oom", message="out of memory", task="mqar",
+                  variant=f"pairs={p}", eval_ctx=128) for p in (4, 8)]
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    figures.figure_names()
+    with matplotlib.rc_context(plots.PAPER_RC):
+        [(_, fig)] = figures.FIGURES["mqar"](ctx)
+    assert fig._supxlabel is not None and fig._supxlabel.get_text() == "Not drawn: Full attention at length 128 (OOM)"
