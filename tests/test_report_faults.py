@@ -170,3 +170,19 @@ def test_the_mqar_figure_names_the_cells_that_failed():
     with matplotlib.rc_context(plots.PAPER_RC):
         [(_, fig)] = figures.FIGURES["mqar"](ctx)
     assert fig._supxlabel is not None and fig._supxlabel.get_text() == "Not drawn: Full attention at length 128 (OOM)"
+
+
+def test_a_context_where_every_quality_cell_failed_does_not_crash_the_pareto_view(tmp_path, caplog):
+    """One model, its loss out of memory at the longest length and its latency measured there:
+    the empty memory panel's axis read the null data limits (inf) and `lcbench plot` died with
+    OverflowError, every other figure unwritten."""
+    where = dict(device="cuda", dtype="bfloat16")
+    rows = [_row("full_attention", "loss", 2.0, task="loss_scaling", eval_ctx=1024, **where),
+            _row("full_attention", "loss", None, status="oom", message="out of memory", task="loss_scaling",
+                 eval_ctx=4096, **where)]
+    rows += [_row("full_attention", metric, value * T, task="latency", eval_ctx=T, batch_size=1, **where)
+             for T in (1024, 4096) for metric, value in (("prefill_s", 1e-5), ("prefill_peak_bytes", 1e6))]
+    with caplog.at_level(logging.INFO, logger="harness.report.plots"):
+        paths = plots.make_figures(results.validate(rows), tmp_path, formats=("png",), only=["pareto"])
+    assert [p.name for p in paths] == ["pareto_1K.png"]
+    assert "pareto at 4K: no model has both a quality and a cost there" in caplog.text
