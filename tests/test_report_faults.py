@@ -172,6 +172,19 @@ def test_the_mqar_figure_names_the_cells_that_failed():
     assert fig._supxlabel is not None and fig._supxlabel.get_text() == "Not drawn: Full attention at length 128 (OOM)"
 
 
+def test_a_memory_axis_over_cpu_and_gpu_rows_names_both_measures():
+    """Rows from a GPU and a CPU (a sweep folder resumed on another machine) shared an axis
+    labelled "Peak GPU memory": the CPU rows measure how far the resident set rose."""
+    rows = [_row(arch, "prefill_peak_bytes", 2.0**20 * T / 1024, task="latency", eval_ctx=T, batch_size=1, device=device)
+            for arch, device in (("full_attention", "cuda"), ("swa", "cpu")) for T in (1024, 4096)]
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    with matplotlib.rc_context(plots.PAPER_RC):
+        [(_, fig)] = plots.FIGURES["memory"](ctx)
+    label = fig.axes[0].get_ylabel()
+    assert "GPU" in label and "CPU" in label and "resident" in label.lower(), label
+
+
 def test_a_context_where_every_quality_cell_failed_does_not_crash_the_pareto_view(tmp_path, caplog):
     """One model, its loss out of memory at the longest length and its latency measured there:
     the empty memory panel's axis read the null data limits (inf) and `lcbench plot` died with

@@ -137,7 +137,9 @@ class Context:
         """What a peak-memory row measured: on a GPU the allocator's peak, weights included; on a
         CPU how far the resident set rose above its size before the work (the latency task)."""
         devices = set(self.prep.rows.loc[self.prep.rows["task"] == LATENCY_TASK, "device"].dropna())
-        return "Resident memory added" if devices == {"cpu"} else "Peak GPU memory"
+        if devices == {"cpu"}:
+            return "Resident memory added"
+        return "Peak memory: GPU allocated,\nCPU resident added" if "cpu" in devices else "Peak GPU memory"
 
 
 # ---------------------------------------------------------------------------------------------
