@@ -199,3 +199,19 @@ def test_a_context_where_every_quality_cell_failed_does_not_crash_the_pareto_vie
         paths = plots.make_figures(results.validate(rows), tmp_path, formats=("png",), only=["pareto"])
     assert [p.name for p in paths] == ["pareto_1K.png"]
     assert "pareto at 4K: no model has both a quality and a cost there" in caplog.text
+
+
+def test_a_batch_size_whose_every_memory_cell_failed_is_drawn_as_failures():
+    """Latency at batch 8 out of memory at every length: its memory panel, only failure marks,
+    died on the same null data limits (OverflowError), the batch-1 figure lost with it."""
+    rows = []
+    for T in (1024, 4096):
+        rows.append(_row("full_attention", "prefill_peak_bytes", 1e6 * T, task="latency", eval_ctx=T, batch_size=1))
+        rows.append(_row("full_attention", "prefill_peak_bytes", None, status="oom", message="out of memory",
+                         task="latency", eval_ctx=T, batch_size=8))
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    with matplotlib.rc_context(plots.PAPER_RC):
+        drawn = dict(plots.FIGURES["memory"](ctx))
+    assert list(drawn) == ["memory_bs1", "memory_bs8"]
+    assert [t.get_text() for t in drawn["memory_bs8"].axes[0].texts] == ["OOM", "OOM"]

@@ -281,16 +281,15 @@ def _failures(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context) -> None:
         style = ctx.styles[row.series]
         xv = float(getattr(row, x))
         ok = pts[(pts["series"] == row.series) & (pts["status"] == "ok") & pts["value"].notna()]
-        if ok.empty:
-            ax.plot(xv, 0.03, marker=FAIL_MARKER, color=style.color, markersize=7, linestyle="none",
-                    transform=ax.get_xaxis_transform(), clip_on=False)
-            continue
-        nearest = ok.iloc[int(np.argmin(np.abs(np.log(ok[x].astype(float).to_numpy() / xv))))]
-        y = float(nearest["value"])
-        ax.plot([float(nearest[x]), xv], [y, y], color=style.color, linestyle=":", linewidth=1)
-        ax.plot(xv, y, marker=FAIL_MARKER, color=style.color, markersize=7, linestyle="none")
-        ax.annotate(FAILURE_LABELS.get(row.status, row.status), (xv, y), xytext=(0, 5), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=7, color=style.color)
+        if ok.empty:  # at the bottom of the axes (x in data, y in axes units)
+            y, where = 0.03, dict(transform=ax.get_xaxis_transform(), clip_on=False)
+        else:
+            nearest = ok.iloc[int(np.argmin(np.abs(np.log(ok[x].astype(float).to_numpy() / xv))))]
+            y, where = float(nearest["value"]), {}
+            ax.plot([float(nearest[x]), xv], [y, y], color=style.color, linestyle=":", linewidth=1)
+        ax.plot(xv, y, marker=FAIL_MARKER, color=style.color, markersize=7, linestyle="none", **where)
+        ax.annotate(FAILURE_LABELS.get(row.status, row.status), (xv, y), xycoords=where.get("transform", "data"),
+                    xytext=(0, 5), textcoords="offset points", ha="center", va="bottom", fontsize=7, color=style.color)
 
 
 def _legend(fig: Figure, series: Iterable[str], ctx: Context, failures: bool = False, side: bool = False) -> None:
