@@ -3,6 +3,7 @@ cell's interval misstated, context lengths that print alike, an interval the fig
 from __future__ import annotations
 
 import logging
+import warnings
 
 import matplotlib
 import numpy as np
@@ -215,3 +216,28 @@ def test_a_batch_size_whose_every_memory_cell_failed_is_drawn_as_failures():
         drawn = dict(plots.FIGURES["memory"](ctx))
     assert list(drawn) == ["memory_bs1", "memory_bs8"]
     assert [t.get_text() for t in drawn["memory_bs8"].axes[0].texts] == ["OOM", "OOM"]
+
+
+def test_a_position_panel_with_nothing_to_draw_keeps_its_token_axis():
+    """The gap by position at a length where full attention ran out of memory has no point to
+    draw: its log axis of token positions (set by the figure) must keep its ticks, not be reset
+    to the linear one-tick axis of an empty memory panel (matplotlib warned and dropped them)."""
+    rows = []
+    for arch in ("full_attention", "swa"):
+        for L in (256, 1024):
+            where = dict(task="loss_scaling", eval_ctx=L)
+            if arch == "full_attention" and L == 1024:
+                rows.append(_row(arch, "loss", None, status="oom", message="out of memory", **where))
+                continue
+            rows.append(_row(arch, "loss", 3.0, **where))
+            rows += [_row(arch, "loss", 3.0 - 0.1 * k, pos_start=2**k, pos_end=2 ** (k + 1), **where)
+                     for k in range(L.bit_length() - 1)]
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    with warnings.catch_warnings(), matplotlib.rc_context(plots.PAPER_RC):
+        warnings.simplefilter("error")
+        [(_, fig)] = plots.FIGURES["loss_gap_by_position"](ctx)
+        fig.draw_without_rendering()
+    empty = fig.axes[1]
+    assert empty.get_title() == "Context 1K" and empty.get_xscale() == "log"
+    assert [t.get_text() for t in empty.get_xticklabels()][-1] == "1K"

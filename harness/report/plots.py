@@ -200,10 +200,11 @@ def _log_axis(ax: Axes, which: str, unit: str) -> bool:
     from zero, where a log axis would leave those points off without a trace."""
     axis = ax.xaxis if which == "x" else ax.yaxis
     data = ax.dataLim.intervalx if which == "x" else ax.dataLim.intervaly
-    if not min(data) > 0:
-        # nothing drawn at all (only failure marks, an empty Pareto panel): the null interval
-        # (inf, -inf), whose top is no data
-        _linear_axis(ax, which, unit, max(data) if np.isfinite(data).all() else 0.0)
+    drawn = np.isfinite(data).all()  # nothing drawn (only failure marks, an empty panel): (inf, -inf)
+    if not drawn and axis.get_scale() == "log":
+        data = axis.get_view_interval()  # the limits the caller set (token positions 1 to L)
+    elif not min(data) > 0:
+        _linear_axis(ax, which, unit, max(data) if drawn else 0.0)
         return False
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     ax.autoscale_view()
