@@ -241,3 +241,17 @@ def test_a_position_panel_with_nothing_to_draw_keeps_its_token_axis():
     empty = fig.axes[1]
     assert empty.get_title() == "Context 1K" and empty.get_xscale() == "log"
     assert [t.get_text() for t in empty.get_xticklabels()][-1] == "1K"
+
+
+def test_a_thinned_context_axis_keeps_the_longest_length():
+    """Past ten lengths every other tick is dropped, counting from the shortest: with twelve the
+    longest context, the one a long-context figure is read for, lost its label."""
+    lengths = [2**k for k in range(7, 19)]
+    rows = [_row("swa", "loss", 3.0 - 0.01 * i, task="loss_scaling", eval_ctx=L) for i, L in enumerate(lengths)]
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    with matplotlib.rc_context(plots.PAPER_RC):
+        [(_, fig)] = plots.FIGURES["loss_vs_context"](ctx)
+        fig.draw_without_rendering()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[-1] == "256K" and len(labels) <= 10

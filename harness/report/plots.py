@@ -147,10 +147,11 @@ class Context:
 
 
 def _context_axis(ax: Axes, values: Sequence[float], label: str = "Context length (tokens)") -> None:
-    """Log2 x axis with a tick at every context length (thinned past 10), labelled 1K, 4K, 128K."""
+    """Log2 x axis with a tick at every context length (thinned past 10, counting from the
+    longest, which keeps its label), labelled 1K, 4K, 128K."""
     ticks = sorted(set(int(v) for v in values))
     if len(ticks) > 10:
-        ticks = ticks[:: math.ceil(len(ticks) / 10)]
+        ticks = ticks[::-1][:: math.ceil(len(ticks) / 10)][::-1]
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: context_label(v)))
