@@ -255,3 +255,22 @@ def test_a_thinned_context_axis_keeps_the_longest_length():
         fig.draw_without_rendering()
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels[-1] == "256K" and len(labels) <= 10
+
+
+def test_the_repeat_figure_draws_each_gain_interval_and_names_a_failed_length():
+    """The copy-gain panel drew its own band: nothing seen at a single length, and a length that
+    failed (out of memory) left out without a mark."""
+    rows = [_row(arch, metric, value, task="repeat", eval_ctx=256, ci_low=value - 0.1, ci_high=value + 0.2)
+            for arch, gain in (("full_attention", 0.5), ("ttt_e2e", 0.8))
+            for metric, value in (("copy_gain", gain), ("repeat_loss", 2.0 - gain), ("control_loss", 2.0))]
+    rows += [_row("full_attention", metric, None, status="oom", message="out of memory", task="repeat", eval_ctx=1024)
+             for metric in ("copy_gain", "repeat_loss", "control_loss")]
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), [])
+    assert "repeat" in figures.figure_names()
+    with matplotlib.rc_context(plots.PAPER_RC):
+        [(_, fig)] = figures.FIGURES["repeat"](ctx)
+    gain = fig.axes[0]
+    assert drawn_intervals(gain, [256.0]) == {(ctx.styles[s].color, 256.0): (round(v - 0.1, 9), round(v + 0.2, 9))
+                                              for s, v in (("full_attention", 0.5), ("ttt_e2e", 0.8))}
+    assert [t.get_text() for t in gain.texts] == ["OOM"]

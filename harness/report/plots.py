@@ -22,8 +22,8 @@ a failed cell (``oom``, ``error``, ``nan``) is drawn as a cross labelled with it
 the line would have gone on. A figure whose data the table lacks is skipped with a logged
 reason. Figures are built on :class:`matplotlib.figure.Figure` directly: no pyplot, no display,
 no global state (PNG is drawn by Agg). Each is registered by name (:mod:`harness.report.figures`),
-as tasks register theirs; tasks draw in the same style with :data:`PAPER_RC`, :func:`arch_style`
-and :func:`save_figure`.
+as tasks register theirs; tasks draw in the same style with :data:`PAPER_RC`, :func:`arch_style`,
+:func:`draw_series` and :func:`save_figure`.
 """
 from __future__ import annotations
 
@@ -236,8 +236,10 @@ def _scale_label(label: str, log: bool) -> str:
     return f"{label} (log scale)" if log else label
 
 
-def _lines(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True) -> None:
-    """One line per series through its ok points, a band from its interval, crosses at failures."""
+def draw_series(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True) -> None:
+    """One line per series through its ok points (``pts``: :meth:`Prepared.points`, failures
+    included), its intervals (:func:`_band`), rings at flagged points, labelled crosses at
+    failures: how every figure draws a series, a task's too."""
     for series, g in pts.groupby("series", sort=False):
         style = ctx.styles[series]
         ok = g[(g["status"] == "ok") & g["value"].notna()].sort_values(x)
@@ -357,7 +359,7 @@ def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str
     ax = axes[0, 0]
     if zero is not None:
         ax.axhline(zero, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8, zorder=1)
-    _lines(ax, pts, "eval_ctx", ctx, band=band)
+    draw_series(ax, pts, "eval_ctx", ctx, band=band)
     _context_axis(ax, pts["eval_ctx"])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=PAPER_RC["figure.titlesize"])
@@ -420,7 +422,7 @@ def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title
     for ax, L in zip(axes.flat, contexts):
         if zero is not None:
             ax.axhline(zero, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8, zorder=1)
-        _lines(ax, pts[pts["eval_ctx"] == L], "position", ctx, band=band)
+        draw_series(ax, pts[pts["eval_ctx"] == L], "position", ctx, band=band)
         ax.set_xscale("log", base=2)
         ax.set_xlim(1, L)
         _log_axis(ax, "x", "tokens")
@@ -527,7 +529,7 @@ def fig_niah_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
             fig, axes = _figure(*_grid(len(variants), 4), panel=(3.0, 2.5), sharey=True)
             _hide_unused(axes, len(variants))
             for ax, variant in zip(axes.flat, variants):
-                _lines(ax, here[here["variant"] == variant], "eval_ctx", ctx)
+                draw_series(ax, here[here["variant"] == variant], "eval_ctx", ctx)
                 _context_axis(ax, here["eval_ctx"])
                 ax.set_ylim(*ACCURACY_LIMITS)
                 ax.set_title(variant)
@@ -567,7 +569,7 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
         end_labels: list[Annotation] = []
         for c, m in enumerate(metrics):
             ax = axes[0, c]
-            _lines(ax, pts[m], "eval_ctx", ctx)
+            draw_series(ax, pts[m], "eval_ctx", ctx)
             _context_axis(ax, pts[m]["eval_ctx"], label="" if with_ratio else "Context length (tokens)")
             ax.set_ylabel(_scale_label(COST_NAMES[m], _log_axis(ax, "y", "seconds")))
             ax.set_title("Prefill" if m == "prefill_s" else "Decode (per token)")
@@ -584,7 +586,7 @@ def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> list[Annotati
     those labels (for :func:`_spread_labels`)."""
     others = ratio[(ratio["arch"] != REFERENCE_ARCH) & (ratio["status"] == "ok")]
     ax.axhline(1, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8)
-    _lines(ax, others, "eval_ctx", ctx, band=False)
+    draw_series(ax, others, "eval_ctx", ctx, band=False)
     labels = []
     for series, g in others[others["value"].notna()].groupby("series", sort=False):
         last = g.sort_values("eval_ctx").iloc[-1]
@@ -647,7 +649,7 @@ def fig_memory(ctx: Context) -> Iterator[tuple[str, Figure]]:
         pts = {m: ctx.prep.points(LATENCY_TASK, m, **_batch_filter(batch)) for m in metrics}
         fig, axes = _figure(len(metrics), panel=(3.4, 3.0))
         for ax, m in zip(axes[0], metrics):
-            _lines(ax, pts[m], "eval_ctx", ctx)
+            draw_series(ax, pts[m], "eval_ctx", ctx)
             _context_axis(ax, pts[m]["eval_ctx"])
             log_scale = _log_axis(ax, "y", "bytes")
             ax.set_title(MEMORY_NAMES[m])
