@@ -261,7 +261,7 @@ def _band(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
     has = ~(np.isnan(low) | np.isnan(high))
     if not has.any():
         return
-    ax.fill_between(xs, low, high, where=has, interpolate=False, color=color, alpha=0.15, linewidth=0)
+    ax.fill_between(xs, low, high, where=has, color=color, alpha=0.15, linewidth=0)
     alone = has & ~np.r_[False, has[:-1]] & ~np.r_[has[1:], False]
     if alone.any():
         values = ok["value"].astype(float).to_numpy()[alone]
@@ -677,6 +677,7 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                       & {int(L) for p in cost_pts.values() for L in p["eval_ctx"].dropna()})
     if not contexts:
         raise SkipFigure(f"the quality tasks and the {LATENCY_TASK} task share no context length")
+    rank = {s: i for i, s in enumerate(prep.order)}
     for L in contexts:
         here = {name: v for name, v in quality.items() if (v[0]["eval_ctx"] == L).any()}
         fig, axes = _figure(len(costs), len(here), panel=(3.0, 2.6))
@@ -687,6 +688,7 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                 # outer: a model measured on one side only is named below, not left out unsaid
                 joined = q[q["eval_ctx"] == L].merge(cost_pts[m][cost_pts[m]["eval_ctx"] == L], on="series",
                                                      how="outer", suffixes=("_q", "_c"))
+                joined = joined.sort_values("series", key=lambda s: s.map(rank))  # drawn in paper order
                 good = (joined["status_q"] == "ok") & (joined["status_c"] == "ok")
                 for row in joined[~good].itertuples(index=False):
                     failed[row.series] = ("not measured" if pd.isna(row.status_q) or pd.isna(row.status_c)
