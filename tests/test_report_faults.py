@@ -274,3 +274,14 @@ def test_the_repeat_figure_draws_each_gain_interval_and_names_a_failed_length():
     assert drawn_intervals(gain, [256.0]) == {(ctx.styles[s].color, 256.0): (round(v - 0.1, 9), round(v + 0.2, 9))
                                               for s, v in (("full_attention", 0.5), ("ttt_e2e", 0.8))}
     assert [t.get_text() for t in gain.texts] == ["OOM"]
+
+
+def test_table_rows_keep_the_order_the_task_wrote_its_variants_in():
+    """Rows of a text facet were sorted as strings: MQAR's pairs=16 came before pairs=4 and
+    pairs=8, and NIAH's multikey before single, unlike the figures (which keep the task's order)."""
+    rows = [_row("swa", "accuracy", 0.5, task="mqar", variant=f"pairs={p}", eval_ctx=64) for p in (4, 8, 16)]
+    rows += [_row("swa", "gen_match", 0.5, task="niah", variant=v, haystack="text", eval_ctx=512)
+             for v in ("single", "multikey")]
+    t = tables.summary_tables(results.validate(rows))
+    assert list(t["mqar_accuracy"].index.get_level_values("variant")) == ["pairs=4", "pairs=8", "pairs=16"]
+    assert list(t["niah_gen_match"].index.get_level_values("variant")) == ["single", "multikey"]

@@ -168,10 +168,18 @@ class Prepared:
         return out
 
     def _sorted(self, df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+        """Paper order of series, then ``by``: numbers by value, text in the order the table first
+        lists it (the task's: pairs=4, 8, 16, not 16, 4, 8 as strings; NIAH's single first)."""
         rank = {s: i for i, s in enumerate(self.order)}
-        df = df.assign(_rank=df["series"].map(rank))
-        df = df.sort_values(["_rank", *by], na_position="first", kind="stable")
-        return df.drop(columns="_rank").reset_index(drop=True)
+        keys = {"_rank": df["series"].map(rank)}
+        for col in by:
+            if pd.api.types.is_numeric_dtype(df[col]):
+                keys[f"_{col}"] = df[col]
+            else:
+                first = {v: i for i, v in enumerate(dict.fromkeys(self.rows[col].dropna()))}
+                keys[f"_{col}"] = df[col].map(first)
+        df = df.assign(**keys).sort_values(list(keys), na_position="first", kind="stable")
+        return df.drop(columns=list(keys)).reset_index(drop=True)
 
 
 def prepare(table: pd.DataFrame) -> Prepared:
