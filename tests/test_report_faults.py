@@ -1,5 +1,7 @@
-"""Faults a reader met in the report's figures and tables, each on a small table made for it: a
-cell's interval misstated, context lengths that print alike, an interval the figure left out."""
+"""Faults a reader met in the report's figures and tables, each on a small table made for it
+(with the harness's own row writers): an interval misstated or left out, context lengths that
+print alike, a model or a failed cell left out unsaid, a panel with nothing to draw, rows out
+of the task's order."""
 from __future__ import annotations
 
 import logging
@@ -8,8 +10,8 @@ import warnings
 import matplotlib
 import numpy as np
 import pytest
-from matplotlib.collections import PolyCollection
 from click.testing import CliRunner
+from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_hex
 
 from harness import cli
@@ -17,7 +19,7 @@ from harness.api import results
 from harness.report import figures, plots, tables
 
 
-def _row(arch: str, metric: str, value: float, **columns) -> dict:
+def _row(arch: str, metric: str, value: float | None, **columns) -> dict:
     base = dict(run="r", model=arch, arch=arch, params=1000, train_ctx=1024, device="cpu", dtype="float32", seed=0)
     return results.make_row(metric, value, **{**base, **columns})
 
@@ -285,3 +287,19 @@ def test_table_rows_keep_the_order_the_task_wrote_its_variants_in():
     t = tables.summary_tables(results.validate(rows))
     assert list(t["mqar_accuracy"].index.get_level_values("variant")) == ["pairs=4", "pairs=8", "pairs=16"]
     assert list(t["niah_gen_match"].index.get_level_values("variant")) == ["single", "multikey"]
+
+
+def test_the_pareto_note_says_which_quality_a_model_lacks():
+    """A model with a loss but no NIAH row at that length is drawn in the loss row; the note
+    named it "Not shown" without saying it was the NIAH row it is missing from."""
+    rows = []
+    for arch in ("full_attention", "swa"):
+        rows.append(_row(arch, "loss", 2.0, task="loss_scaling", eval_ctx=1024))
+        rows.append(_row(arch, "prefill_s", 0.1, task="latency", eval_ctx=1024, batch_size=1))
+    rows += [_row("swa", "cand_acc", v, task="niah", variant="single", haystack="text", eval_ctx=1024, **depth)
+             for v, depth in ((0.5, {}), (0.5, {"depth": 0.5}))]
+    prep = tables.prepare(results.validate(rows))
+    ctx = plots.Context(prep, plots.series_styles(prep), ["cand_acc"])
+    with matplotlib.rc_context(plots.PAPER_RC):
+        [(_, fig)] = plots.FIGURES["pareto"](ctx)
+    assert fig._supxlabel.get_text() == "Not shown: Full attention (NIAH: not measured)"

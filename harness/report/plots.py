@@ -681,7 +681,8 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
     for L in contexts:
         here = {name: v for name, v in quality.items() if (v[0]["eval_ctx"] == L).any()}
         fig, axes = _figure(len(costs), len(here), panel=(3.0, 2.6))
-        shown, failed = set(), {}
+        shown: set[str] = set()
+        failed: dict[str, dict[str, str]] = {}  # series -> quality row -> why a panel of it lacks the model
         for r, (name, (q, q_label, better)) in enumerate(here.items()):
             for c, m in enumerate(costs):
                 ax = axes[r, c]
@@ -691,8 +692,9 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                 joined = joined.sort_values("series", key=lambda s: s.map(rank))  # drawn in paper order
                 good = (joined["status_q"] == "ok") & (joined["status_c"] == "ok")
                 for row in joined[~good].itertuples(index=False):
-                    failed[row.series] = ("not measured" if pd.isna(row.status_q) or pd.isna(row.status_c)
-                                          else row.status_q if row.status_q != "ok" else row.status_c)
+                    why = ("not measured" if pd.isna(row.status_q) or pd.isna(row.status_c)
+                           else row.status_q if row.status_q != "ok" else row.status_c)
+                    failed.setdefault(row.series, {}).setdefault("loss" if name == "loss" else "NIAH", why)
                 _pareto_panel(ax, joined[good], better, ctx)
                 if name != "loss":  # an accuracy: its whole range, however close the models are
                     ax.set_ylim(*ACCURACY_LIMITS)
@@ -706,14 +708,22 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
         if not shown:
             log.info("pareto at %s: no model has both a quality and a cost there", context_label(L))
             continue
-        if failed:
-            text = "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({FAILURE_LABELS.get(failed[s], failed[s])})"
-                                             for s in ctx.prep.order if s in failed)
-            fig.supxlabel(text, fontsize=7.5, color="0.3", wrap=True)  # laid out below the axes, unlike fig.text
+        if failed:  # laid out below the axes, unlike fig.text
+            fig.supxlabel(_not_shown(ctx, failed, len(here) > 1), fontsize=7.5, color="0.3", wrap=True)
         fig.suptitle(f"Quality vs. cost at context {context_label(L)} ({ctx.setting(batch=batch)}); "
                      "dashed: Pareto front", wrap=True)
         _legend(fig, shown, ctx, side=True)
         yield f"pareto_{context_label(L)}", fig
+
+
+def _not_shown(ctx: Context, failed: dict[str, dict[str, str]], rows: bool) -> str:
+    """'Not shown: Mamba 2 (OOM); SWA (NIAH: not measured)': each model a panel lacks, and why;
+    with ``rows`` (loss and NIAH) which row lacks it, for it may be drawn in the other."""
+    def why(reasons: dict[str, str]) -> str:
+        return ", ".join(f"{row}: {FAILURE_LABELS.get(w, w)}" if rows else FAILURE_LABELS.get(w, w)
+                         for row, w in reasons.items())
+
+    return "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({why(failed[s])})" for s in ctx.prep.order if s in failed)
 
 
 def _telling_niah_metric(prep: Prepared, metrics: Sequence[str]) -> str:
