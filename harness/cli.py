@@ -253,6 +253,7 @@ def _figures_and_tables(run_dir: str) -> None:
     tables = summary_tables(read_table(run_dir))
     click.echo(format_tables(tables, "md"))
     write_tables(tables, Path(run_dir) / "tables")
+    _show_notes()  # why a figure was not drawn
     figures = make_figures(run_dir)
     click.echo(f"{len(figures)} figure files in {run_dir}/figures/, tables in {run_dir}/tables/")
 
@@ -346,6 +347,7 @@ def report(run_dir: str, out: str | None) -> None:
     """One self-contained HTML page of a run or sweep: figures, tables, failures, spec, metadata."""
     from harness.report.html import write_report
 
+    _show_notes()
     click.echo(str(write_report(run_dir, out)))
 
 

@@ -48,6 +48,7 @@ from harness.api.registry import register_task
 from harness.api.results import make_row
 from harness.api.task import Task, check_positive, option
 from harness.report.figures import SkipFigure, register_figure
+from harness.report.tables import FAILURE_LABELS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -210,14 +211,15 @@ def mqar_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     """Accuracy against pairs, one panel per sequence length, one line per series (Zoology's figure)."""
     from matplotlib.figure import Figure  # matplotlib loads only to draw a figure
 
-    pts = ctx.prep.points("mqar", "accuracy", by=("eval_ctx", "variant"))
-    pts = pts[pts["status"] == "ok"]
+    cells = ctx.prep.points("mqar", "accuracy", by=("eval_ctx", "variant"))
+    pts = cells[cells["status"] == "ok"]
     if pts.empty:
         raise SkipFigure("the table has no ok 'accuracy' rows of task mqar")
     pts = pts.assign(pairs=pts["variant"].str.removeprefix("pairs=").astype(int))
     lengths = sorted(int(L) for L in pts["eval_ctx"].unique())
     fig = Figure(figsize=(3.2 * len(lengths) + 1.6, 2.8), layout="constrained")
     axes = fig.subplots(1, len(lengths), squeeze=False, sharey=True)[0]
+    drawn = {}  # series -> its first line: the legend names every series, not the first panel's
     for ax, length in zip(axes, lengths):
         here = pts[pts["eval_ctx"] == length]
         for series in ctx.prep.order:
@@ -225,14 +227,21 @@ def mqar_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
             if line.empty:
                 continue
             err = np.vstack([line["value"] - line["ci_low"], line["ci_high"] - line["value"]]).clip(0)
-            ax.errorbar(line["pairs"], line["value"], yerr=err, capsize=2, **ctx.styles[series].line())
+            handle = ax.errorbar(line["pairs"], line["value"], yerr=err, capsize=2, **ctx.styles[series].line())
+            drawn.setdefault(series, handle)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(here["pairs"].unique()), [str(p) for p in sorted(here["pairs"].unique())])
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("Key-value pairs")
         ax.set_title(f"Sequence length {length}")
     axes[0].set_ylabel("MQAR accuracy")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", frameon=False)
+    series = [s for s in ctx.prep.order if s in drawn]
+    fig.legend([drawn[s] for s in series], [ctx.styles[s].label for s in series], loc="outside right center",
+               frameon=False)
+    failed = cells[cells["status"] != "ok"].drop_duplicates(["series", "eval_ctx", "status"])
+    if len(failed):  # no point to draw, but not to pass over
+        fig.supxlabel("Not drawn: " + "; ".join(
+            f"{ctx.styles[r.series].label} at length {int(r.eval_ctx)} ({FAILURE_LABELS.get(r.status, r.status)})"
+            for r in failed.itertuples()), fontsize=7.5, color="0.3", wrap=True)
     fig.suptitle("Multi-query associative recall (trained from scratch)", wrap=True)
     yield "mqar", fig

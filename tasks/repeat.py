@@ -150,22 +150,20 @@ class Repeat(Task):
 def repeat_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     """Copy gain against context length (left) and the two losses it is the difference of (right)."""
     from matplotlib.figure import Figure  # matplotlib loads only to draw a figure
+    from matplotlib.lines import Line2D
+
+    from harness.report.plots import draw_series
 
     gain = ctx.prep.points("repeat", "copy_gain")
-    gain = gain[gain["status"] == "ok"]
-    if gain.empty:
+    if not (gain["status"] == "ok").any():
         raise SkipFigure("the table has no ok 'copy_gain' rows of task repeat")
     losses = {m: ctx.prep.points("repeat", m) for m in ("control_loss", "repeat_loss")}
     fig = Figure(figsize=(9.0, 3.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     left.axhline(0.0, color="0.5", linewidth=0.8)
+    draw_series(left, gain, "eval_ctx", ctx)  # its intervals and its failures (OOM) as every figure draws them
     for series in ctx.prep.order:
         style = ctx.styles[series]
-        line = gain[gain["series"] == series].sort_values("eval_ctx")
-        if line.empty:
-            continue
-        left.plot(line["eval_ctx"], line["value"], **style.line())
-        left.fill_between(line["eval_ctx"], line["ci_low"], line["ci_high"], color=style.color, alpha=0.15, linewidth=0)
         for metric, dash in (("control_loss", ":"), ("repeat_loss", "-")):
             pts = losses[metric]
             pts = pts[(pts["series"] == series) & (pts["status"] == "ok")].sort_values("eval_ctx")
@@ -181,7 +179,8 @@ def repeat_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     left.set_title("Control loss - repeat loss")
     right.set_ylabel("Loss on the span (nats/token)")
     right.set_title("Repeat (solid) and control (dotted)")
-    handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", frameon=False)
+    shown = [s for s in ctx.prep.order if s in set(gain["series"])]  # a model that failed everywhere too
+    fig.legend(handles=[Line2D([], [], **ctx.styles[s].line()) for s in shown], loc="outside right center",
+               frameon=False)
     fig.suptitle("Copying from far back: loss on a span seen before", wrap=True)
     yield "repeat", fig

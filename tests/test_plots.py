@@ -245,7 +245,8 @@ def test_summary_tables_compute_gap_and_speedup():
     assert speed.loc[("swa", "swa"), 1024] == pytest.approx(4.0)
     assert speed.loc[("swa", "swa"), 4096] == "OOM"
     assert t["loss"].loc[("swa", "swa"), 4096] == "OOM"
-    assert t["loss"].attrs["halfwidth"].loc[("fa", "full_attention"), 1024] == pytest.approx(0.02)
+    assert t["loss"].attrs["ci_low"].loc[("fa", "full_attention"), 1024] == pytest.approx(2.99)
+    assert t["loss"].attrs["ci_high"].loc[("fa", "full_attention"), 1024] == pytest.approx(3.03)
 
 
 def test_summary_tables_of_the_synthetic_run(table):
@@ -328,7 +329,7 @@ def test_rendering_markdown_latex_csv(tmp_path):
     md = tables.render_markdown(t["loss"])
     assert md.splitlines()[0] == "**Loss (nats/token) by evaluation context length**"
     assert "| model | arch | 1K | 4K |" in md
-    assert "| fa | Full attention | 3.000 ± 0.020 | 2.900 ± 0.020 |" in md
+    assert "| fa | Full attention | 3.000 [2.990, 3.030] | 2.900 [2.890, 2.930] |" in md  # -0.01/+0.03
     assert "| OOM |" in md
     tex = tables.render_latex(t["loss_gap"])
     assert r"\toprule" in tex and r"full\_attention" not in tex and "Full attention" in tex

@@ -16,13 +16,14 @@ compares with), one fixed colour and marker per architecture throughout:
 - ``pareto_<ctx>``: quality (loss, NIAH accuracy) against cost (prefill time, decode time, peak
   memory) at one context length, with the Pareto front.
 
-Lines join ``ok`` points, with bands (error bars in the Pareto view) from ``ci_low``/``ci_high``;
+Lines join ``ok`` points, with bands from ``ci_low``/``ci_high`` over neighbours that have one (an
+error bar at a point alone, and in the Pareto view);
 a failed cell (``oom``, ``error``, ``nan``) is drawn as a cross labelled with its status where
 the line would have gone on. A figure whose data the table lacks is skipped with a logged
 reason. Figures are built on :class:`matplotlib.figure.Figure` directly: no pyplot, no display,
 no global state (PNG is drawn by Agg). Each is registered by name (:mod:`harness.report.figures`),
-as tasks register theirs; tasks draw in the same style with :data:`PAPER_RC`, :func:`arch_style`
-and :func:`save_figure`.
+as tasks register theirs; tasks draw in the same style with :data:`PAPER_RC`, :func:`arch_style`,
+:func:`draw_series` and :func:`save_figure`.
 """
 from __future__ import annotations
 
@@ -136,7 +137,9 @@ class Context:
         """What a peak-memory row measured: on a GPU the allocator's peak, weights included; on a
         CPU how far the resident set rose above its size before the work (the latency task)."""
         devices = set(self.prep.rows.loc[self.prep.rows["task"] == LATENCY_TASK, "device"].dropna())
-        return "Resident memory added" if devices == {"cpu"} else "Peak GPU memory"
+        if devices == {"cpu"}:
+            return "Resident memory added"
+        return "Peak memory: GPU allocated,\nCPU resident added" if "cpu" in devices else "Peak GPU memory"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,10 +147,11 @@ class Context:
 
 
 def _context_axis(ax: Axes, values: Sequence[float], label: str = "Context length (tokens)") -> None:
-    """Log2 x axis with a tick at every context length (thinned past 10), labelled 1K, 4K, 128K."""
+    """Log2 x axis with a tick at every context length (thinned past 10, counting from the
+    longest, which keeps its label), labelled 1K, 4K, 128K."""
     ticks = sorted(set(int(v) for v in values))
     if len(ticks) > 10:
-        ticks = ticks[:: math.ceil(len(ticks) / 10)]
+        ticks = ticks[::-1][:: math.ceil(len(ticks) / 10)][::-1]
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: context_label(v)))
@@ -197,8 +201,11 @@ def _log_axis(ax: Axes, which: str, unit: str) -> bool:
     from zero, where a log axis would leave those points off without a trace."""
     axis = ax.xaxis if which == "x" else ax.yaxis
     data = ax.dataLim.intervalx if which == "x" else ax.dataLim.intervaly
-    if not min(data) > 0:  # also nothing drawn at all (only failure marks): a null interval
-        _linear_axis(ax, which, unit, max(data))
+    drawn = np.isfinite(data).all()  # nothing drawn (only failure marks, an empty panel): (inf, -inf)
+    if not drawn and axis.get_scale() == "log":
+        data = axis.get_view_interval()  # the limits the caller set (token positions 1 to L)
+    elif not min(data) > 0:
+        _linear_axis(ax, which, unit, max(data) if drawn else 0.0)
         return False
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     ax.autoscale_view()
@@ -229,20 +236,37 @@ def _scale_label(label: str, log: bool) -> str:
     return f"{label} (log scale)" if log else label
 
 
-def _lines(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True) -> None:
-    """One line per series through its ok points, a band from its interval, crosses at failures."""
+def draw_series(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True) -> None:
+    """One line per series through its ok points (``pts``: :meth:`Prepared.points`, failures
+    included), its intervals (:func:`_band`), rings at flagged points, labelled crosses at
+    failures: how every figure draws a series, a task's too."""
     for series, g in pts.groupby("series", sort=False):
         style = ctx.styles[series]
         ok = g[(g["status"] == "ok") & g["value"].notna()].sort_values(x)
         if ok.empty:
             continue
         ax.plot(ok[x].astype(float), ok["value"], **style.line())
-        has_ci = ok["ci_low"].notna() & ok["ci_high"].notna()
-        if band and has_ci.any():
-            ax.fill_between(ok.loc[has_ci, x].astype(float), ok.loc[has_ci, "ci_low"], ok.loc[has_ci, "ci_high"],
-                            color=style.color, alpha=0.15, linewidth=0)
+        if band:
+            _band(ax, ok, x, style.color)
         _unstable(ax, ok, x, style.color)
     _failures(ax, pts, x, ctx)
+
+
+def _band(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
+    """The intervals of a series' points (sorted by ``x``): a band over each run of neighbours
+    that have one, broken at a point without (a mean of seeds: the band would give it its
+    neighbours'), and an error bar at a point alone (a band of one point has no width)."""
+    xs = ok[x].astype(float).to_numpy()
+    low, high = ok["ci_low"].astype(float).to_numpy(), ok["ci_high"].astype(float).to_numpy()
+    has = ~(np.isnan(low) | np.isnan(high))
+    if not has.any():
+        return
+    ax.fill_between(xs, low, high, where=has, color=color, alpha=0.15, linewidth=0)
+    alone = has & ~np.r_[False, has[:-1]] & ~np.r_[has[1:], False]
+    if alone.any():
+        values = ok["value"].astype(float).to_numpy()[alone]
+        ax.errorbar(xs[alone], values, yerr=[values - low[alone], high[alone] - values], fmt="none",
+                    ecolor=color, alpha=0.5, elinewidth=1.2, capsize=3)
 
 
 def _unstable(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
@@ -261,16 +285,15 @@ def _failures(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context) -> None:
         style = ctx.styles[row.series]
         xv = float(getattr(row, x))
         ok = pts[(pts["series"] == row.series) & (pts["status"] == "ok") & pts["value"].notna()]
-        if ok.empty:
-            ax.plot(xv, 0.03, marker=FAIL_MARKER, color=style.color, markersize=7, linestyle="none",
-                    transform=ax.get_xaxis_transform(), clip_on=False)
-            continue
-        nearest = ok.iloc[int(np.argmin(np.abs(np.log(ok[x].astype(float).to_numpy() / xv))))]
-        y = float(nearest["value"])
-        ax.plot([float(nearest[x]), xv], [y, y], color=style.color, linestyle=":", linewidth=1)
-        ax.plot(xv, y, marker=FAIL_MARKER, color=style.color, markersize=7, linestyle="none")
-        ax.annotate(FAILURE_LABELS.get(row.status, row.status), (xv, y), xytext=(0, 5), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=7, color=style.color)
+        if ok.empty:  # at the bottom of the axes (x in data, y in axes units)
+            y, where = 0.03, dict(transform=ax.get_xaxis_transform(), clip_on=False)
+        else:
+            nearest = ok.iloc[int(np.argmin(np.abs(np.log(ok[x].astype(float).to_numpy() / xv))))]
+            y, where = float(nearest["value"]), {}
+            ax.plot([float(nearest[x]), xv], [y, y], color=style.color, linestyle=":", linewidth=1)
+        ax.plot(xv, y, marker=FAIL_MARKER, color=style.color, markersize=7, linestyle="none", **where)
+        ax.annotate(FAILURE_LABELS.get(row.status, row.status), (xv, y), xycoords=where.get("transform", "data"),
+                    xytext=(0, 5), textcoords="offset points", ha="center", va="bottom", fontsize=7, color=style.color)
 
 
 def _legend(fig: Figure, series: Iterable[str], ctx: Context, failures: bool = False, side: bool = False) -> None:
@@ -336,7 +359,7 @@ def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str
     ax = axes[0, 0]
     if zero is not None:
         ax.axhline(zero, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8, zorder=1)
-    _lines(ax, pts, "eval_ctx", ctx, band=band)
+    draw_series(ax, pts, "eval_ctx", ctx, band=band)
     _context_axis(ax, pts["eval_ctx"])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=PAPER_RC["figure.titlesize"])
@@ -399,7 +422,7 @@ def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title
     for ax, L in zip(axes.flat, contexts):
         if zero is not None:
             ax.axhline(zero, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8, zorder=1)
-        _lines(ax, pts[pts["eval_ctx"] == L], "position", ctx, band=band)
+        draw_series(ax, pts[pts["eval_ctx"] == L], "position", ctx, band=band)
         ax.set_xscale("log", base=2)
         ax.set_xlim(1, L)
         _log_axis(ax, "x", "tokens")
@@ -506,7 +529,7 @@ def fig_niah_vs_context(ctx: Context) -> Iterator[tuple[str, Figure]]:
             fig, axes = _figure(*_grid(len(variants), 4), panel=(3.0, 2.5), sharey=True)
             _hide_unused(axes, len(variants))
             for ax, variant in zip(axes.flat, variants):
-                _lines(ax, here[here["variant"] == variant], "eval_ctx", ctx)
+                draw_series(ax, here[here["variant"] == variant], "eval_ctx", ctx)
                 _context_axis(ax, here["eval_ctx"])
                 ax.set_ylim(*ACCURACY_LIMITS)
                 ax.set_title(variant)
@@ -546,7 +569,7 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
         end_labels: list[Annotation] = []
         for c, m in enumerate(metrics):
             ax = axes[0, c]
-            _lines(ax, pts[m], "eval_ctx", ctx)
+            draw_series(ax, pts[m], "eval_ctx", ctx)
             _context_axis(ax, pts[m]["eval_ctx"], label="" if with_ratio else "Context length (tokens)")
             ax.set_ylabel(_scale_label(COST_NAMES[m], _log_axis(ax, "y", "seconds")))
             ax.set_title("Prefill" if m == "prefill_s" else "Decode (per token)")
@@ -563,7 +586,7 @@ def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> list[Annotati
     those labels (for :func:`_spread_labels`)."""
     others = ratio[(ratio["arch"] != REFERENCE_ARCH) & (ratio["status"] == "ok")]
     ax.axhline(1, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8)
-    _lines(ax, others, "eval_ctx", ctx, band=False)
+    draw_series(ax, others, "eval_ctx", ctx, band=False)
     labels = []
     for series, g in others[others["value"].notna()].groupby("series", sort=False):
         last = g.sort_values("eval_ctx").iloc[-1]
@@ -626,7 +649,7 @@ def fig_memory(ctx: Context) -> Iterator[tuple[str, Figure]]:
         pts = {m: ctx.prep.points(LATENCY_TASK, m, **_batch_filter(batch)) for m in metrics}
         fig, axes = _figure(len(metrics), panel=(3.4, 3.0))
         for ax, m in zip(axes[0], metrics):
-            _lines(ax, pts[m], "eval_ctx", ctx)
+            draw_series(ax, pts[m], "eval_ctx", ctx)
             _context_axis(ax, pts[m]["eval_ctx"])
             log_scale = _log_axis(ax, "y", "bytes")
             ax.set_title(MEMORY_NAMES[m])
@@ -654,18 +677,24 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
                       & {int(L) for p in cost_pts.values() for L in p["eval_ctx"].dropna()})
     if not contexts:
         raise SkipFigure(f"the quality tasks and the {LATENCY_TASK} task share no context length")
+    rank = {s: i for i, s in enumerate(prep.order)}
     for L in contexts:
         here = {name: v for name, v in quality.items() if (v[0]["eval_ctx"] == L).any()}
         fig, axes = _figure(len(costs), len(here), panel=(3.0, 2.6))
-        shown, failed = set(), {}
+        shown: set[str] = set()
+        failed: dict[str, dict[str, str]] = {}  # series -> quality row -> why a panel of it lacks the model
         for r, (name, (q, q_label, better)) in enumerate(here.items()):
             for c, m in enumerate(costs):
                 ax = axes[r, c]
+                # outer: a model measured on one side only is named below, not left out unsaid
                 joined = q[q["eval_ctx"] == L].merge(cost_pts[m][cost_pts[m]["eval_ctx"] == L], on="series",
-                                                     suffixes=("_q", "_c"))
+                                                     how="outer", suffixes=("_q", "_c"))
+                joined = joined.sort_values("series", key=lambda s: s.map(rank))  # drawn in paper order
                 good = (joined["status_q"] == "ok") & (joined["status_c"] == "ok")
                 for row in joined[~good].itertuples(index=False):
-                    failed[row.series] = row.status_q if row.status_q != "ok" else row.status_c
+                    why = ("not measured" if pd.isna(row.status_q) or pd.isna(row.status_c)
+                           else row.status_q if row.status_q != "ok" else row.status_c)
+                    failed.setdefault(row.series, {}).setdefault("loss" if name == "loss" else "NIAH", why)
                 _pareto_panel(ax, joined[good], better, ctx)
                 if name != "loss":  # an accuracy: its whole range, however close the models are
                     ax.set_ylim(*ACCURACY_LIMITS)
@@ -679,14 +708,22 @@ def fig_pareto(ctx: Context) -> Iterator[tuple[str, Figure]]:
         if not shown:
             log.info("pareto at %s: no model has both a quality and a cost there", context_label(L))
             continue
-        if failed:
-            text = "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({FAILURE_LABELS.get(st, st)})"
-                                             for s, st in failed.items())
-            fig.supxlabel(text, fontsize=7.5, color="0.3", wrap=True)  # laid out below the axes, unlike fig.text
+        if failed:  # laid out below the axes, unlike fig.text
+            fig.supxlabel(_not_shown(ctx, failed, len(here) > 1), fontsize=7.5, color="0.3", wrap=True)
         fig.suptitle(f"Quality vs. cost at context {context_label(L)} ({ctx.setting(batch=batch)}); "
                      "dashed: Pareto front", wrap=True)
         _legend(fig, shown, ctx, side=True)
         yield f"pareto_{context_label(L)}", fig
+
+
+def _not_shown(ctx: Context, failed: dict[str, dict[str, str]], rows: bool) -> str:
+    """'Not shown: Mamba 2 (OOM); SWA (NIAH: not measured)': each model a panel lacks, and why;
+    with ``rows`` (loss and NIAH) which row lacks it, for it may be drawn in the other."""
+    def why(reasons: dict[str, str]) -> str:
+        return ", ".join(f"{row}: {FAILURE_LABELS.get(w, w)}" if rows else FAILURE_LABELS.get(w, w)
+                         for row, w in reasons.items())
+
+    return "Not shown: " + "; ".join(f"{ctx.styles[s].label} ({why(failed[s])})" for s in ctx.prep.order if s in failed)
 
 
 def _telling_niah_metric(prep: Prepared, metrics: Sequence[str]) -> str:

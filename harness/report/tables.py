@@ -15,7 +15,7 @@ print it (``OOM``), figures mark it. Derived values (gap, speed-up) carry no int
 
 :func:`summary_tables` gives the paper's tables as DataFrames (index: model, arch and the facets
 that vary; columns: ``eval_ctx``; cells: a float, or the failure's label), with a title, a
-number format and the interval half-widths in ``DataFrame.attrs``; :func:`render_markdown`,
+number format and the intervals' ends in ``DataFrame.attrs``; :func:`render_markdown`,
 :func:`render_latex`, :func:`format_tables` and :func:`write_tables` print and save them.
 """
 from __future__ import annotations
@@ -68,11 +68,13 @@ MIB = 2**20
 
 
 def context_label(n: float) -> str:
-    """1024 -> '1K', 131072 -> '128K', 1536 -> '1.5K', 1048576 -> '1M', 500 -> '500'."""
+    """1024 -> '1K', 131072 -> '128K', 1536 -> '1.5K', 1048576 -> '1M', 500 -> '500'; shortened
+    only where exact (at most two decimals): 3000 -> '3000', not '2.93K', and 131000 -> '131000',
+    not a second '128K' (a column, a tick, a file name each)."""
     n = int(n)
     for size, suffix in ((2**20, "M"), (2**10, "K")):
-        if n >= size:
-            return f"{n / size:.3g}{suffix}"
+        if n >= size and n * 100 % size == 0:
+            return f"{n / size:g}{suffix}"
     return str(n)
 
 
@@ -166,10 +168,18 @@ class Prepared:
         return out
 
     def _sorted(self, df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+        """Paper order of series, then ``by``: numbers by value, text in the order the table first
+        lists it (the task's: pairs=4, 8, 16, not 16, 4, 8 as strings; NIAH's single first)."""
         rank = {s: i for i, s in enumerate(self.order)}
-        df = df.assign(_rank=df["series"].map(rank))
-        df = df.sort_values(["_rank", *by], na_position="first", kind="stable")
-        return df.drop(columns="_rank").reset_index(drop=True)
+        keys = {"_rank": df["series"].map(rank)}
+        for col in by:
+            if pd.api.types.is_numeric_dtype(df[col]):
+                keys[f"_{col}"] = df[col]
+            else:
+                first = {v: i for i, v in enumerate(dict.fromkeys(self.rows[col].dropna()))}
+                keys[f"_{col}"] = df[col].map(first)
+        df = df.assign(**keys).sort_values(list(keys), na_position="first", kind="stable")
+        return df.drop(columns=list(keys)).reset_index(drop=True)
 
 
 def prepare(table: pd.DataFrame) -> Prepared:
@@ -225,24 +235,24 @@ def _same(a: Any, b: Any) -> bool:
 
 def _pivot(points: pd.DataFrame, facets: Sequence[str], title: str, fmt: str,
            scale: float = 1.0) -> pd.DataFrame:
-    """A wide table: index (model, arch, *facets), columns eval_ctx; attrs: title, fmt, halfwidth."""
+    """A wide table: index (model, arch, *facets), columns eval_ctx; attrs: title, fmt, ci_low, ci_high."""
     pts = points.assign(model=points["series"])  # the series name: the model, and its split if any
     index = ["model", "arch", *facets]
     cells = pts["value"].astype(object) / scale
     cells[pts["status"] != "ok"] = pts.loc[pts["status"] != "ok", "status"].map(lambda s: FAILURE_LABELS.get(s, s))
-    halfwidth = (pts["ci_high"] - pts["ci_low"]) / 2 / scale
     flags = pts["flag"] if "flag" in pts else pd.Series("", index=pts.index)
-    wide = pts.assign(cell=cells, hw=halfwidth, fl=flags.fillna("")).set_index([*index, "eval_ctx"])
+    wide = pts.assign(cell=cells, lo=pts["ci_low"] / scale, hi=pts["ci_high"] / scale,
+                      fl=flags.fillna("")).set_index([*index, "eval_ctx"])
     table = wide["cell"].unstack("eval_ctx")
-    order = list(dict.fromkeys(pts[index].itertuples(index=False, name=None)))
-    table = table.reindex(pd.MultiIndex.from_tuples(order, names=index))
+    # the rows in the points' order, each level in its own dtype (tuples holding an NA make floats of Int64)
+    table = table.reindex(pd.MultiIndex.from_frame(pts[index].drop_duplicates()))
     # Context lengths in order, then 'all' (a score without one)
     columns = sorted(table.columns, key=lambda c: (isinstance(c, str), 0 if isinstance(c, str) else c))
     table = table.reindex(columns=columns)
     table.columns.name = "eval_ctx"
-    table.attrs.update(title=title, fmt=fmt,
-                       halfwidth=wide["hw"].unstack("eval_ctx").reindex(index=table.index, columns=table.columns),
-                       flags=wide["fl"].unstack("eval_ctx").reindex(index=table.index, columns=table.columns))
+    table.attrs.update(title=title, fmt=fmt, **{
+        name: wide[col].unstack("eval_ctx").reindex(index=table.index, columns=table.columns)
+        for name, col in (("ci_low", "lo"), ("ci_high", "hi"), ("flags", "fl"))})
     return table
 
 
@@ -345,10 +355,11 @@ def _has_reference(prep: Prepared, points: pd.DataFrame) -> bool:
 # Rendering
 
 
-def _cell_text(value: Any, halfwidth: Any, fmt: str) -> str:
+def _cell_text(value: Any, low: Any, high: Any, fmt: str) -> str:
     """A cell as text: a failure's label as is; a number in ``fmt`` (a format spec, or ``"sig"``:
-    three significant digits without exponent), with ± its interval's half-width in as many
-    decimals."""
+    three significant digits without exponent) with its interval in as many decimals: ``± h``
+    when both sides print alike, else its ends ``[low, high]`` (a bootstrap or Wilson interval
+    is seldom symmetric, and ± its half-width would state another one: 0.00 ± 0.15 for [0, 0.30])."""
     if isinstance(value, str):
         return value
     if value is None or pd.isna(value):
@@ -358,16 +369,20 @@ def _cell_text(value: Any, halfwidth: Any, fmt: str) -> str:
         decimals = max(0, 2 - math.floor(math.log10(abs(value)))) if value else 0
         fmt = f".{decimals}f"
     text = format(value, fmt)
-    if halfwidth is not None and pd.notna(halfwidth) and halfwidth > 0:
-        text += " ± " + format(float(halfwidth), fmt.lstrip("+"))
-    return text
+    if low is None or high is None or pd.isna(low) or pd.isna(high) or not high > low:
+        return text
+    plain = fmt.lstrip("+")
+    above, below = format(float(high) - value, plain), format(value - float(low), plain)
+    if above == below:
+        return f"{text} ± {above}"
+    return f"{text} [{format(float(low), plain)}, {format(float(high), plain)}]"
 
 
 def text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of a summary table as text: index columns, then one per context length (what
     every renderer shows, the HTML report included)."""
     fmt = df.attrs.get("fmt", ".4g")
-    hw = df.attrs.get("halfwidth")
+    lows, highs = df.attrs.get("ci_low"), df.attrs.get("ci_high")
     flags = df.attrs.get("flags")
     header = [*df.index.names, *(context_label(c) if isinstance(c, (int, np.integer)) else str(c) for c in df.columns)]
     rows = []
@@ -375,7 +390,7 @@ def text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         key = key if isinstance(key, tuple) else (key,)
         index_text = [arch_name(k) if name == "arch" else ("" if pd.isna(k) else str(k))
                       for name, k in zip(df.index.names, key)]
-        cells = [_cell_text(v, hw.iat[i, j] if hw is not None else None, fmt)
+        cells = [_cell_text(v, *(None if ci is None else ci.iat[i, j] for ci in (lows, highs)), fmt)
                  + (UNSTABLE_MARK if flags is not None and isinstance(flags.iat[i, j], str) and flags.iat[i, j] else "")
                  for j, v in enumerate(values)]
         rows.append(index_text + cells)
