@@ -299,33 +299,47 @@ def gain_vs_size_figure(table: pd.DataFrame | str | os.PathLike, out_path: str |
 
 
 def _gain_vs_size(table: pd.DataFrame) -> Figure:
+    """One panel per context length; a model measured several times at one length (seeds, runs)
+    is drawn at the mean of its gains, without an interval (one run's interval is not the mean's)."""
     from matplotlib.figure import Figure  # matplotlib loads only to draw a figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     from harness.report.plots import arch_style
+    from harness.report.tables import context_label
 
     df = table[(table["task"] == "ttt_neighbors") & (table["metric"] == "gain") & (table["status"] == "ok")]
     if df.empty:
         raise SkipFigure("the table has no ok 'gain' rows of task ttt_neighbors")
+    df = df.assign(eval_ctx=df["eval_ctx"] if "eval_ctx" in df else pd.NA)
     styles = {"neighbors": ("-", "TTT on neighbours"), "random": ("--", "TTT on random windows"),
               "in_context": (":", "TTT-E2E in-context")}
-    fig = Figure(figsize=(6.0, 4.4), layout="constrained")
-    ax = fig.subplots()
-    for (arch, variant), pts in df.groupby(["arch", "variant"], sort=True):
-        pts = pts.sort_values("params")
-        color, marker = arch_style(arch)
-        line, what = styles.get(variant, ("-.", variant))
-        ax.errorbar(pts["params"], pts["value"], yerr=[pts["value"] - pts["ci_low"], pts["ci_high"] - pts["value"]],
-                    color=color, marker=marker, linestyle=line, capsize=2, label=f"{arch}: {what}")
-    ax.axhline(0.0, color="0.5", linewidth=0.8)
-    ax.set_xscale("log")
+    contexts = sorted(df["eval_ctx"].dropna().unique()) or [None]
+    fig = Figure(figsize=(6.0 if len(contexts) == 1 else 3.6 * len(contexts), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(contexts), sharey=True, squeeze=False)[0]
     label = lambda v, _=None: f"{v / 1e6:.2g}M"  # noqa: E731
-    ticks = {label(v): v for v in sorted(df["params"].unique(), reverse=True)}  # matched sizes: one tick
-    ax.xaxis.set_major_locator(FixedLocator(sorted(ticks.values())))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(FuncFormatter(label))
-    ax.set_xlabel("Non-embedding parameters")
-    ax.set_ylabel("Loss gain (nats/token)")
-    ax.set_title("Test-time training gain vs model size")
+    for ax, context in zip(axes, contexts):
+        # rows at several lengths were joined into one zig-zag line
+        at = df[df["eval_ctx"] == context] if context is not None else df
+        for (arch, variant), pts in at.groupby(["arch", "variant"], sort=True):
+            pts = pts.groupby("params", sort=True).agg(value=("value", "mean"), ci_low=("ci_low", "first"),
+                                                       ci_high=("ci_high", "first"), rows=("value", "size"))
+            pooled = pts["rows"] > 1
+            pts.loc[pooled, ["ci_low", "ci_high"]] = float("nan")
+            color, marker = arch_style(arch)
+            line, what = styles.get(variant, ("-.", variant))
+            ax.errorbar(pts.index, pts["value"], yerr=[pts["value"] - pts["ci_low"], pts["ci_high"] - pts["value"]],
+                        color=color, marker=marker, linestyle=line, capsize=2,
+                        label=f"{arch}: {what}" if ax is axes[0] else None)
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        ax.set_xscale("log")
+        ticks = {label(v): v for v in sorted(at["params"].unique(), reverse=True)}  # matched sizes: one tick
+        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks.values())))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(label))
+        ax.set_xlabel("Non-embedding parameters")
+        if context is not None and len(contexts) > 1:
+            ax.set_title(f"context {context_label(context)}", fontsize=9)
+    axes[0].set_ylabel("Loss gain (nats/token)")
+    fig.suptitle("Test-time training gain vs model size")
     fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=7)
     return fig

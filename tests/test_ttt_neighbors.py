@@ -175,6 +175,22 @@ def test_gain_vs_size_figure(tmp_path):
     assert "gain_vs_size" not in {p.stem for p in plots.make_figures(loss_only, tmp_path / "none", formats=("png",))}
 
 
+def test_gain_vs_size_draws_one_panel_per_context_and_seeds_at_their_mean():
+    """Rows at two lengths were joined into one zig-zag line per (arch, variant), and two seeds at one
+    size drew a vertical segment, each with its own interval."""
+    rows = [dict(run="r", model=f"ttt_e2e:{p}", arch="ttt_e2e", params=p, task="ttt_neighbors", metric="gain",
+                 variant="neighbors", eval_ctx=ctx, seed=seed, value=g + seed, ci_low=g - 0.01, ci_high=g + 0.01,
+                 status="ok")
+            for ctx, g0 in ((256, 0.1), (1024, 0.3)) for p, g in ((1e5, g0), (4e5, g0 + 0.1)) for seed in (0, 1)]
+    fig = ttt._gain_vs_size(pd.DataFrame(rows))
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["context 256", "context 1K"]
+    for ax, g0 in zip(axes, (0.1, 0.3)):
+        (line,) = ax.get_lines()[:1]
+        assert list(line.get_xdata()) == [1e5, 4e5]
+        assert list(line.get_ydata()) == pytest.approx([g0 + 0.5, g0 + 0.6])  # the mean of seeds 0 and 1
+
+
 def test_candidates_are_the_checkpoint_training_documents_when_the_held_out_split_is_narrowed(
         clustered_corpus, tmp_path):
     """A smaller val_fraction than the checkpoint's holds out fewer documents; the rest of the
