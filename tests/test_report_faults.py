@@ -303,3 +303,16 @@ def test_the_pareto_note_says_which_quality_a_model_lacks():
     with matplotlib.rc_context(plots.PAPER_RC):
         [(_, fig)] = plots.FIGURES["pareto"](ctx)
     assert fig._supxlabel.get_text() == "Not shown: Full attention (NIAH: not measured)"
+
+
+def test_a_gap_whose_reference_failed_says_so():
+    """Where full attention ran out of memory, the loss-gap table showed blank cells without a word."""
+    rows = [_row(arch, "loss", value, task="loss_scaling", eval_ctx=ctx, **extra)
+            for arch, ctx, value, extra in (("full_attention", 256, 2.0, {}), ("swa", 256, 2.1, {}),
+                                            ("full_attention", 1024, None, {"status": "oom", "message": "OOM"}),
+                                            ("swa", 1024, 1.9, {}))]
+    gap = tables.summary_tables(results.validate(rows))["loss_gap"]
+    _, text = tables.text_rows(gap)
+    swa = next(r for r in text if r[0] == "swa")
+    assert swa[-2:] == ["+0.100", tables.UNSTABLE_MARK]
+    assert "no full_attention reference at eval_ctx=1024 (oom)" in tables.render_markdown(gap)

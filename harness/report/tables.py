@@ -139,13 +139,15 @@ class Prepared:
     def relative(self, points: pd.DataFrame, by: Sequence[str], kind: str) -> pd.DataFrame:
         """Each point against its series' reference at the same ``by`` cell: ``kind`` is
         ``"gap"`` (value - reference) or ``"speedup"`` (reference / value). A failed point keeps
-        its status; a point whose reference is missing or failed gets NaN. A point is flagged (an
-        unstable timing) when it or its reference is."""
+        its status; a point whose reference is missing or failed gets NaN, flagged with why (the
+        cell was blank without a word). A point is flagged (an unstable timing) when it or its
+        reference is."""
         check_choice("relative kind", kind, ("gap", "speedup"))
         ok = points[points["status"] == "ok"]
         ok_keys = [tuple(k) for k in ok[["series", *by]].itertuples(index=False)]
         ref_values = dict(zip(ok_keys, ok["value"]))
         ref_flags = dict(zip(ok_keys, ok["flag"].fillna("")))
+        statuses = {tuple(k): status for *k, status in points[["series", *by, "status"]].itertuples(index=False)}
         out = points.copy()
         values, flags = [], []
         for row in points.itertuples(index=False):
@@ -155,6 +157,9 @@ class Prepared:
             # a ratio is as unstable as either side: the point's own flag, else its reference's
             ref_flag = ref_flags.get((ref, *cell), "") if ref is not None else ""
             own = row.flag if isinstance(row.flag, str) else ""
+            if ref is not None and row.status == "ok" and math.isnan(ref_value):
+                where = ", ".join(f"{c}={v}" for c, v in zip(by, cell))
+                own = own or f"no {ref} reference at {where} ({statuses.get((ref, *cell), 'not measured')})"
             flags.append(own or (f"reference {ref}: {ref_flag}" if ref_flag and row.status == "ok" else ""))
             if row.status != "ok":
                 values.append(math.nan)
