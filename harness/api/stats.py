@@ -1,8 +1,9 @@
 """Uncertainty of a score: percentile bootstrap confidence intervals over independent units.
 
 Means and ratios take the expanded percentile interval (:func:`expanded_level`), which keeps its
-level over the few units a small run has (9 documents, 4 cells); medians (and ratios of two
-medians) the plain one.
+level over the few units a small run has (9 documents, 4 cells), widened to Student's t interval
+where that is wider (2 to 5 units, where no resampled mean can leave the units' range); medians
+(and ratios of two medians) the plain percentile one.
 
 The unit is whatever was sampled independently: a document for losses (its tokens are not
 independent of each other), a prompt for NIAH, a repeat for timings. A rate over a few units
@@ -42,6 +43,7 @@ def _rng(seed: int | Sequence[int]) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+@functools.lru_cache(maxsize=None)
 def t_quantile(q: float, df: int) -> float:
     """Student's t quantile (0.5 < q < 1) with ``df`` degrees of freedom: its CDF integrated
     numerically and inverted by bisection (numpy only; accurate to about 1e-7)."""
@@ -106,7 +108,11 @@ def bootstrap_ratio(
     with np.errstate(invalid="ignore", divide="ignore"):
         stats = num[idx].sum(1) / den[idx].sum(1)
     low, high = _interval(stats, value, expanded_level(level, n))
-    return Estimate(value, low, high, n)
+    # A resampled mean never leaves the units' range, which holds the true mean with chance at most
+    # 1 - 2 / 2^n (:func:`median_max_coverage`): 50% at 2 units, 75% at 3, 88% at 4, whatever the
+    # level. Student's t interval (the ratio's linearised standard error) has no such ceiling.
+    half = t_quantile(0.5 + level / 2, n - 1) * math.sqrt(n / (n - 1) * float(((num - value * den) ** 2).sum())) / abs(total)
+    return Estimate(value, min(low, value - half), max(high, value + half), n)
 
 
 def bootstrap_mean(
