@@ -11,9 +11,10 @@ A prompt is a header, a haystack with needles in it, a question and the start of
 
 The answer starts exactly like the needle, so a model that can copy from its context (an
 induction head) can answer without following instructions. Haystacks: ``text`` (held-out
-documents of the corpus, from a random offset) and ``noise`` (one repeated line). Needles go
-at the start of a haystack line (at their token position when the tokenizer has no line-ending
-token), at a grid of depths (0 = right after the header, 1 = right before the question) for a
+documents of the corpus, from a random offset) and ``noise`` (RULER's five sentences, one a
+line, repeated). Needles go at the haystack line start nearest their depth (at their token
+position when the tokenizer has no line-ending token; ``samples.jsonl`` gives the depth each
+went to), at a grid of depths (0 = right after the header, 1 = right before the question) for a
 grid of context lengths (the whole prompt, question and answer start included, is ``eval_ctx``
 tokens). Variants, as in RULER:
 
@@ -70,6 +71,7 @@ RATES = ("gen_match", "cand_acc")
 # Host memory a prompt takes per token before the model sees it: the haystack and prompt token
 # lists (8-byte pointers each, with growth slack) and the int64 tensor made from them.
 PROMPT_BYTES_PER_TOKEN = 48
+DEPTH_SLACK = 0.05  # a fifth of the default depth grid's spacing
 
 HEADER = "Magic {kinds} are hidden in the text below. Remember them for a question after the text.\n"
 NEEDLE = "One magic {kind} for {key} is: {value}.\n"
@@ -77,7 +79,9 @@ QUESTION_ONE = "\nWhat is the magic {kind} for {key}?\n"
 QUESTION_ALL = "\nWhat are all the magic {kinds} for {keys}?\n"
 ANSWER_ONE = "One magic {kind} for {key} is:"
 ANSWER_ALL = "The magic {kinds} for {keys} are:"
-NOISE_LINE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+# RULER's noise, one sentence a line: a needle goes at a line start, and RULER's one long line
+# (89 bytes) would leave a short prompt of byte tokens only two or three places to put it
+NOISE_LINES = "The grass is green.\nThe sky is blue.\nThe sun is yellow.\nHere we go.\nThere and back again.\n"
 
 ADJECTIVES = (
     "amber brave calm dusty eager faint gentle hollow icy jolly keen lucky misty noble odd pale quiet rapid "
@@ -175,6 +179,7 @@ class Needle:
     value: str
     depth: float
     position: int = -1  # token offset of the needle in the prompt
+    placed: float = math.nan  # the depth it went to: the haystack's share before it
 
 
 @dataclass
@@ -202,7 +207,7 @@ class PromptBuilder:
         self.opts = options
         self.seed = seed
         self.text_ids = haystack_text_ids.tolist()
-        self.noise_ids = tokenizer.encode(NOISE_LINE)
+        self.noise_ids = tokenizer.encode(NOISE_LINES)
         self.newline = {t for t in set(self.text_ids) | set(self.noise_ids) if tokenizer.decode([t]).endswith("\n")}
         line_end = tokenizer.encode("\n")
         self.line_end = line_end[0] if len(line_end) == 1 else None
@@ -294,16 +299,16 @@ class PromptBuilder:
         if starts[-1] != len(hay):
             starts.append(len(hay))
         starts = np.array(starts)
-        cut = []
-        for n in needles:  # snap each needle to the start of the line that holds its depth
-            target = round(n.depth * len(hay))
-            cut.append(int(starts[np.searchsorted(starts, target, side="right") - 1]))
+        # each needle goes to the line start nearest its depth: the start of the line that holds
+        # the depth would place every needle early, by half a line on average
+        cut = [int(starts[np.argmin(np.abs(starts - n.depth * len(hay)))]) for n in needles]
         order = sorted(range(len(needles)), key=lambda i: (cut[i], i))
         ids = list(header_ids)
         prev = 0
         for i in order:
             ids += hay[prev:cut[i]]
             needles[i].position = len(ids)
+            needles[i].placed = cut[i] / len(hay) if hay else needles[i].depth
             ids += needle_ids[i]
             prev = cut[i]
         ids += hay[prev:]
@@ -327,6 +332,15 @@ class PromptBuilder:
 
 class PromptTooLong(ConfigError):
     pass
+
+
+def depth_flag(depth: float, placed: list[float]) -> str:
+    """A warning for a cell whose asked needles sit on average more than :data:`DEPTH_SLACK` from
+    its depth: a short haystack has few line starts to put them at."""
+    off = float(np.mean(np.abs(np.asarray(placed) - depth)))
+    if off <= DEPTH_SLACK:
+        return ""
+    return f"depth: needles sit {off:.2f} from depth {depth:g} on average (few line starts at this length)"
 
 
 def join_keys(keys: list[str]) -> str:
@@ -367,15 +381,17 @@ class NIAH(Task):
             metrics = self._metrics(options)
             bar.set_postfix(variant=variant, haystack=haystack, ctx=L)
             scores: dict[float, list[dict[str, float]]] = {}
+            placed: dict[float, list[float]] = {}  # the depth each cell's asked needle went to
             # One cell running out of memory must not lose the others.
             try:
                 with FailureGuard(metrics, ctx.device, where=f"at {L} tokens", only_oom=True, **where) as guard:
                     require_host_memory(L * PROMPT_BYTES_PER_TOKEN, f"a {L}-token prompt (its token lists alone)")
                     for d in options.depths:
-                        scores[d] = []
+                        scores[d], placed[d] = [], []
                         for i in range(options.samples):
                             prompt = builder.build(variant, haystack, L, d, i)
                             scores[d].append(self._score(model, prompt, builder, options, ctx))
+                            placed[d].append(prompt.needles[0].placed)
                             bar.update(1)
             except PromptTooLong as exc:
                 rows += status_rows(metrics, "error", str(exc), **where)
@@ -385,7 +401,8 @@ class NIAH(Task):
                 continue
             for metric in metrics:
                 for d, sample_scores in scores.items():
-                    rows.append(self._row(metric, [s[metric] for s in sample_scores], options, ctx, depth=d, **where))
+                    rows.append(self._row(metric, [s[metric] for s in sample_scores], options, ctx, depth=d,
+                                          flag=depth_flag(d, placed[d]), **where))
                 pooled = [s[metric] for sample_scores in scores.values() for s in sample_scores]
                 rows.append(self._row(metric, pooled, options, ctx, **where))
         bar.close()
@@ -396,13 +413,13 @@ class NIAH(Task):
         return [m for m in METRICS if (m == "gen_match" and options.generate) or (m != "gen_match" and options.rank)]
 
     @staticmethod
-    def _row(metric: str, values: list[float], options: NIAHOptions, ctx, **where) -> dict[str, Any]:
+    def _row(metric: str, values: list[float], options: NIAHOptions, ctx, flag: str = "", **where) -> dict[str, Any]:
         if metric in RATES:  # a few prompts, each scored in [0, 1]: a bootstrap claims certainty when all agree
             est = stats.rate(values)
         else:
             seed = [ctx.seed, zlib.crc32(repr(sorted(where.items())).encode()), METRICS.index(metric)]
             est = stats.bootstrap_mean(values, options.resamples, seed=seed)
-        return make_row(metric, **est.as_columns(), **where)
+        return make_row(metric, **est.as_columns(), flag=flag, **where)
 
     def _score(self, model, prompt: Prompt, builder: PromptBuilder, options: NIAHOptions, ctx) -> dict[str, float]:
         device = ctx.device
@@ -412,7 +429,8 @@ class NIAH(Task):
         record: dict[str, Any] = {
             "kind": "prompt", "prompt_id": prompt.prompt_id, "variant": prompt.variant, "haystack": prompt.haystack,
             "eval_ctx": prompt.eval_ctx, "depth": prompt.depth,
-            "needles": [{"key": n.key, "value": n.value, "depth": n.depth, "position": n.position} for n in prompt.needles],
+            "needles": [{"key": n.key, "value": n.value, "depth": n.depth, "placed": round(n.placed, 4),
+                         "position": n.position} for n in prompt.needles],
             "asked": prompt.asked, "expected": [v for _, v in expected],
             "question_and_answer": builder.tok.decode(prompt.shared[-64:] + prompt.answer)[-200:],
         }

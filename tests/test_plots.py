@@ -345,3 +345,8 @@ def test_rendering_markdown_latex_csv(tmp_path):
     (tmp_path / "notes.md").write_text("mine")
     tables.write_tables({"loss": t["loss"]}, tmp_path, formats=("md",))
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["loss.md", "notes.md"]
+
+
+def test_heatmap_cells_print_shares_in_three_characters():
+    """A zero printed as '.00'."""
+    assert [plots._share_label(v) for v in (0.0, 0.004, 0.42, 0.05, 0.996, 1.0)] == ["0", "0", ".42", ".05", "1", "1"]

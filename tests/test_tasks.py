@@ -418,6 +418,50 @@ def test_niah_prompts_are_exact_length_deterministic_and_placed_by_depth(corpus)
         build.build("multiquery", "text", 200, 0.5, 0)
 
 
+def test_niah_needles_sit_at_the_line_start_nearest_their_depth(corpus):
+    """Needles went to the start of the line holding their depth, and the noise haystack was one
+    89-byte line: at 512 byte tokens depth 0.25 of the noise haystack went to 0, and text needles
+    sat 0.08 early on average."""
+    from harness.data import load_corpus, tokenize_documents
+
+    tok = ByteTokenizer()
+    ids = torch.cat(tokenize_documents(load_corpus(corpus), tok))
+    build = niah_task.PromptBuilder(tok, ids, niah_task.NIAHOptions(), seed=0)
+    header = len(tok.encode(niah_task.HEADER.format(kinds="numbers")))
+    for haystack in niah_task.HAYSTACKS:
+        for depth in (0.25, 0.5, 0.75):
+            for i in range(10):
+                p = build.build("single", haystack, 512, depth, i)
+                n = p.needles[0]
+                needle = len(tok.encode(niah_task.NEEDLE.format(kind="number", key=n.key, value=n.value)))
+                question = len(tok.encode(niah_task.QUESTION_ONE.format(kind="number", key=n.key)))
+                hay = p.shared[header:n.position] + p.shared[n.position + needle:len(p.shared) - question]
+                starts = [0] + [j + 1 for j, t in enumerate(hay) if tok.decode([t]) == "\n"]
+                cut = n.position - header
+                assert cut in starts and n.placed == cut / len(hay)
+                nearest = min(abs(s - depth * len(hay)) for s in starts)
+                assert abs(cut - depth * len(hay)) == nearest, (haystack, depth, i)
+                if haystack == "noise":  # short lines: every needle within a line's length of its depth
+                    assert abs(n.placed - depth) * len(hay) <= max(map(len, niah_task.NOISE_LINES.splitlines()))
+    assert niah_task.depth_flag(0.5, [0.46, 0.55]) == ""
+
+
+def test_niah_cells_whose_needles_sit_far_from_their_depth_are_flagged(corpus):
+    """At 280 byte tokens the haystack is a few lines long: the cells say where needles went."""
+    result = run_eval("niah", CopierLM(), None, {**data_options(corpus), **NIAH_SMALL, "contexts": "280",
+                                                  "depths": "0,0.25,0.5", "variants": "single", "haystacks": "text",
+                                                  "rank": False}, progress=False)
+    rows = result.table
+    assert (rows["status"] == "ok").all()
+    flags = dict(zip(rows["depth"], rows["flag"]))
+    assert flags[0.0] == ""  # a haystack line always starts right after the header
+    assert any(f.startswith("depth: needles sit") for d, f in flags.items() if d in (0.25, 0.5)), flags
+    pooled = rows[rows["depth"].isna()]
+    assert (pooled["flag"] == "").all()
+    placed = {s["depth"]: s["needles"][0]["placed"] for s in result.samples if s.get("kind") == "prompt"}
+    assert placed[0.0] == 0.0 and all(0.0 <= p <= 1.0 for p in placed.values())
+
+
 class WordTokenizer:
     """Words as tokens, text decoded with spaces between them: like a Whitespace pre-tokenizer's,
     no token ends a line."""

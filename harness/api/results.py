@@ -33,7 +33,8 @@ status   str       ok | oom | nan | error
 message  str       why a row is not ok (empty when it is)
 flag     str       a warning on an ok value (empty when none): ``unstable: ...`` for a timing
                    whose repeats spread beyond :data:`harness.api.timing.UNSTABLE_SPREAD` or
-                   that was taken on a busy machine (see :func:`harness.api.timing.timing_flag`)
+                   that was taken on a busy machine (see :func:`harness.api.timing.timing_flag`);
+                   ``depth: ...`` for a NIAH cell whose needles sit far from its depth
 ======== ========= ==========================================================================
 
 Peak-memory metrics (``*_peak_bytes``) mean, per device: on a GPU,

@@ -473,6 +473,12 @@ def fig_niah_heatmaps(ctx: Context) -> Iterator[tuple[str, Figure]]:
             yield f"niah_heatmap_{metric}_{haystack}", _heatmap_figure(ctx, here, metric, haystack)
 
 
+def _share_label(v: float) -> str:
+    """A share in [0, 1] in three characters: '1', '0', or '.42'."""
+    text = f"{v:.2f}"
+    return {"1.00": "1", "0.00": "0"}.get(text, text.removeprefix("0"))
+
+
 def _heatmap_figure(ctx: Context, cells: pd.DataFrame, metric: str, haystack: str) -> Figure:
     """Rows: variants; columns: series; each panel depth (y) x context (x), failed lengths hatched."""
     variants = _order(ctx.prep, "variant", cells["variant"])
@@ -486,14 +492,17 @@ def _heatmap_figure(ctx: Context, cells: pd.DataFrame, metric: str, haystack: st
             ax = axes[r, c]
             mine = cells[(cells["variant"] == variant) & (cells["series"] == s)]
             grid = np.full((len(depths), len(contexts)), np.nan)
+            flagged = np.zeros(grid.shape, dtype=bool)  # needles far from their depth: a dagger, as in tables
             for row in mine[mine["depth"].notna() & (mine["status"] == "ok")].itertuples():
-                grid[depths.index(row.depth), contexts.index(int(row.eval_ctx))] = row.value
+                at = depths.index(row.depth), contexts.index(int(row.eval_ctx))
+                grid[at] = row.value
+                flagged[at] = isinstance(row.flag, str) and bool(row.flag)
             image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
             if grid.size <= 120:
                 for (i, j), v in np.ndenumerate(grid):
                     if np.isfinite(v):
-                        ax.text(j, i, "1" if v >= 0.995 else f"{v:.2f}".removeprefix("0"), ha="center", va="center",
-                                fontsize=6.5, color="black" if 0.25 < v < 0.8 else "white")
+                        ax.text(j, i, _share_label(v) + (UNSTABLE_MARK if flagged[i, j] else ""), ha="center",
+                                va="center", fontsize=6.5, color="black" if 0.25 < v < 0.8 else "white")
             for row in mine[mine["status"] != "ok"].drop_duplicates("eval_ctx").itertuples():
                 j = contexts.index(int(row.eval_ctx))
                 ax.axvspan(j - 0.5, j + 0.5, facecolor="0.93", edgecolor="0.6", hatch="///", linewidth=0)
