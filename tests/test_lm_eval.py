@@ -316,14 +316,21 @@ def test_loglikelihood_tasks_end_to_end(trained, local_tasks, tmp_path):
     assert broken.status == "error" and "missing.jsonl" in broken.message
 
 
-def test_a_misspelt_task_is_bad_input_naming_the_close_match(local_tasks):
+def test_a_misspelt_task_is_bad_input_naming_the_close_match(local_tasks, tmp_path, monkeypatch):
     """--tasks lcbench_test_mx became an error row (KeyError "Spec ... is not a registered
-    task/group/tag name") after the model loaded: work that failed, exit 1, no suggestion."""
+    task/group/tag name") after the model loaded: work that failed, exit 1, no suggestion. And the
+    byte tokenizer's export to a temporary folder (a run without an output folder) was left behind."""
+    import gc
+    import tempfile
+
     from harness.api.errors import ConfigError
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(ConfigError, match=r"unknown lm-eval task 'lcbench_test_mx'; did you mean 'lcbench_test_mc'\?"):
         run_lm_eval("full_attention:tiny", ["lcbench_test_mc", "lcbench_test_mx"], include_path=local_tasks,
                     device="cpu")
+    gc.collect()
+    assert not list(tmp_path.glob("lcbench-tok-*"))
 
 
 def test_lm_eval_command_line_finds_lcbench(trained, local_tasks, tmp_path, monkeypatch):

@@ -49,10 +49,12 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -374,13 +376,16 @@ if __name__ != "__main__":  # under ``python -m`` the module registers once, whe
 
 def tokenizer_folder(lm: LcbenchLM, out_dir: str | os.PathLike | None) -> str:
     """A folder ``AutoTokenizer`` loads for ``lm``'s tokenizer: the tokenizer's own folder, else an
-    export under ``out_dir/tokenizer`` (or a temporary folder)."""
+    export under ``out_dir/tokenizer`` (or a temporary folder, removed with ``lm``)."""
     tok = lm.tok
     path = getattr(tok, "path", None)
     if path is not None and Path(path).is_dir():
         return str(path)
-    target = Path(out_dir) / "tokenizer" if out_dir is not None else Path(tempfile.mkdtemp(prefix="lcbench-tok-"))
-    return str(export_tokenizer(tok, target))
+    if out_dir is not None:
+        return str(export_tokenizer(tok, Path(out_dir) / "tokenizer"))
+    target = tempfile.mkdtemp(prefix="lcbench-tok-")
+    weakref.finalize(lm, shutil.rmtree, target, True)  # every run left one behind
+    return str(export_tokenizer(tok, Path(target)))
 
 
 PROPORTION_METRICS = ("acc", "acc_norm", "exact_match", "em", "f1", "contains", "mc1", "mc2")
