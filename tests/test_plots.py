@@ -204,6 +204,24 @@ def test_styles_are_fixed_per_architecture_and_stable_for_others(table):
     assert plots.arch_style("my_arch")[0] in plots.EXTRA_COLORS
 
 
+def test_plugin_architectures_whose_names_hash_alike_get_different_styles(table):
+    """Two plugin architectures could share a colour and marker (42 pairs), and a plugin's marker
+    could be the X that marks a failed cell."""
+    first: dict[tuple[str, str], str] = {}
+    for i in range(100):
+        name = f"plugin_{i}"
+        if plots.arch_style(name) in first:
+            pair = (first[plots.arch_style(name)], name)
+            break
+        first[plots.arch_style(name)] = name
+    plugins = table[table["arch"] == "mamba2"].copy()
+    both = pd.concat([table] + [plugins.assign(arch=a, model=a) for a in pair], ignore_index=True)
+    styles = plots.series_styles(tables.prepare(both))
+    assert (styles[pair[0]].color, styles[pair[0]].marker) != (styles[pair[1]].color, styles[pair[1]].marker)
+    assert any((styles[a].color, styles[a].marker) == plots.arch_style(a) for a in pair)  # one keeps its own
+    assert plots.FAIL_MARKER not in plots.EXTRA_MARKERS
+
+
 def test_context_labels():
     assert [tables.context_label(n) for n in (256, 1024, 4096, 131072, 1536, 2**20)] == \
         ["256", "1K", "4K", "128K", "1.5K", "1M"]

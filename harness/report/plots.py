@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +67,7 @@ ARCH_STYLES = {
     "ttt_e2e": ("#d62728", "*"),
 }
 EXTRA_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
-EXTRA_MARKERS = ("v", "P", "X", "h", "<", ">", "p")
+EXTRA_MARKERS = ("v", "P", "h", "<", ">", "p", "8")  # not FAIL_MARKER's X: a failed cell's mark
 LINESTYLES = ("-", "--", ":", "-.")  # several series of one architecture (sizes, backends)
 PAPER_RC = {
     "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8.5, "xtick.labelsize": 8,
@@ -96,12 +96,15 @@ class Style:
                     markerfacecolor=self.face)
 
 
-def arch_style(arch: str) -> tuple[str, str]:
-    """(colour, marker) of an architecture: fixed for the built-in ones, stable by name otherwise."""
+def arch_style(arch: str, taken: Collection[tuple[str, str]] = ()) -> tuple[str, str]:
+    """(colour, marker) of an architecture: fixed for the built-in ones, stable by name otherwise,
+    and the next free one where that is ``taken`` (two plugins whose names hash alike)."""
     if arch in ARCH_STYLES:
         return ARCH_STYLES[arch]
+    styles = [(c, m) for m in EXTRA_MARKERS for c in EXTRA_COLORS]
     h = zlib.crc32(arch.encode())
-    return EXTRA_COLORS[h % len(EXTRA_COLORS)], EXTRA_MARKERS[h // len(EXTRA_COLORS) % len(EXTRA_MARKERS)]
+    free = [styles[(h + i) % len(styles)] for i in range(len(styles))]
+    return next((s for s in free if s not in taken), free[0])
 
 
 def series_styles(prep: Prepared) -> dict[str, Style]:
@@ -109,8 +112,10 @@ def series_styles(prep: Prepared) -> dict[str, Style]:
     architecture, in paper order (smallest first), and every other one's markers hollow (a
     scatter, the Pareto view, has no line to tell them apart)."""
     styles = {}
+    taken: set[tuple[str, str]] = set()
     for arch, group in prep.series.groupby("arch", sort=False):
-        color, marker = arch_style(arch)
+        color, marker = arch_style(arch, taken)
+        taken.add((color, marker))
         for i, row in enumerate(group.itertuples(index=False)):
             styles[row.series] = Style(color, marker, LINESTYLES[i % len(LINESTYLES)], row.label,
                                        color if i % 2 == 0 else "white")
