@@ -216,6 +216,21 @@ def test_bad_configs_are_clear():
         small_config(chunk_size=0)
 
 
+def test_n_heads_is_the_mixers_head_count_and_a_disagreeing_one_is_refused():
+    """n_heads was accepted and ignored: ``--set n_heads=16`` built a model of expand * d_model //
+    headdim heads and saved n_heads=16 (or the base default 4) in its config and reports."""
+    c = small_config()  # d_model 32, expand 2, headdim 8: 8 heads
+    assert c.n_heads == c.nheads == 8
+    assert small_config(d_model=64).n_heads == 16 and small_config(n_heads=8) == c  # derived; an agreeing value is fine
+    with pytest.raises(ConfigError, match=r"Mamba2Config.n_heads is derived from the other fields \(8 here\), not set; "
+                                          r"got 4 \(n_heads = expand \* d_model // headdim: change headdim"):
+        small_config(n_heads=4)
+    with pytest.raises(ConfigError, match=r"n_heads is derived from the other fields \(8 here\), not set; got 2"):
+        c.replace(n_heads=2)
+    assert c.replace(d_model=64).n_heads == 16
+    assert registry.config_from_dict(c.to_dict()) == c
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
 @pytest.mark.parametrize("backend", KERNELS)
 def test_forcing_a_kernel_without_cuda_is_a_clear_error(backend):
