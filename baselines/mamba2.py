@@ -63,7 +63,8 @@ class Mamba2Config(ModelConfig):
     that disagrees is refused (it was once accepted and ignored)."""
 
     n_heads: int = field(default=1, init=False, metadata={
-        "derived": "n_heads = expand * d_model // headdim: change headdim for another head count"})
+        "derived": "n_heads = expand * d_model // headdim: change headdim for another head count; a "
+                   "config.json saved before n_heads was derived may hold an ignored value: delete it there"})
     d_state: int = 128
     d_conv: int = 4
     expand: int = 2
