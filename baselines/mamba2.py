@@ -62,6 +62,7 @@ class Mamba2Config(ModelConfig):
     mixer has ``expand * d_model // headdim`` heads (mamba-ssm's ``nheads``), and a given value
     that disagrees is refused (it was once accepted and ignored)."""
 
+    # 1 only until __post_init__ derives it (the base class first checks it is a positive int)
     n_heads: int = field(default=1, init=False, metadata={
         "derived": "n_heads = expand * d_model // headdim: change headdim for another head count; a "
                    "config.json saved before n_heads was derived may hold an ignored value: delete it there"})
