@@ -110,6 +110,25 @@ def test_bf16_inputs_are_computed_in_fp32():
     assert (y.double() - y_ref).norm() / y_ref.norm() < 1e-2
 
 
+@pytest.mark.parametrize("form", ["chunked", "step"])
+def test_ssd_computes_in_fp32_under_autocast(form):
+    """Autocast must not turn the reference's einsums (the state read and written every chunk or
+    token) into bf16 ones: as the GDN reference, it computes in fp32 whatever the autocast."""
+    x, dt, A, B, C, D, s0 = inputs(2, 40, 4, 4, 2, 8, dtype=torch.float32)
+    if form == "chunked":
+        def op():
+            return ssd_chunked(x, dt, A, B, C, 16, D=D, initial_state=s0)
+    else:
+        def op():
+            return ssd_step(s0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D)
+    expected = op()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = op()
+    for ours, theirs in zip(got, expected):
+        assert ours.dtype == theirs.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
 def small_config(**overrides):
     fields = dict(d_model=32, expand=2, headdim=8, d_state=4, ngroups=2, chunk_size=8)
     return registry.make_config("mamba2", "tiny", **{**fields, **overrides})
