@@ -36,7 +36,7 @@ import inspect
 import math
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -58,9 +58,14 @@ GATED_NORM_EPS = 1e-5  # mamba-ssm's RMSNormGated
 
 @dataclass
 class Mamba2Config(ModelConfig):
-    """Mixer fields use mamba-ssm's names and defaults. The base ``n_heads`` is unused: the
-    mixer has ``nheads = expand * d_model // headdim`` heads."""
+    """Mixer fields use mamba-ssm's names and defaults. ``n_heads`` is derived, not set: the
+    mixer has ``expand * d_model // headdim`` heads (mamba-ssm's ``nheads``), and a given value
+    that disagrees is refused (it was once accepted and ignored)."""
 
+    # 1 only until __post_init__ derives it (the base class first checks it is a positive int)
+    n_heads: int = field(default=1, init=False, metadata={
+        "derived": "n_heads = expand * d_model // headdim: change headdim for another head count; a "
+                   "config.json saved before n_heads was derived may hold an ignored value: delete it there"})
     d_state: int = 128
     d_conv: int = 4
     expand: int = 2
@@ -88,6 +93,7 @@ class Mamba2Config(ModelConfig):
             raise ConfigError(f"need 0 < A_init_min <= A_init_max, got {self.A_init_min}, {self.A_init_max}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ConfigError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        self.n_heads = self.nheads
 
     @property
     def d_inner(self) -> int:

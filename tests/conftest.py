@@ -26,7 +26,7 @@ ARCH_FIELDS = dict(window=16, mini_batch_size=16, chunk_size=16)
 
 
 def small_config(arch: str, **overrides):
-    fields = {f.name for f in dataclasses.fields(registry.get_model_class(arch).config_class)}
+    fields = {f.name for f in dataclasses.fields(registry.get_model_class(arch).config_class) if f.init}  # not derived ones
     small = {k: v for k, v in {**SMALL, **ARCH_FIELDS}.items() if k in fields}
     if arch == "full_attention":
         small.pop("window", None)

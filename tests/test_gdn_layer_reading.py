@@ -61,11 +61,11 @@ def read_layer(layer: gdn.GatedDeltaNet, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("num_v_heads, chunk", [(0, 4), (4, 16)])
-def test_layer_equals_a_token_by_token_reading_of_the_paper(num_v_heads, chunk):
+@pytest.mark.parametrize("num_v_heads, chunk, expand_v, conv_size", [(0, 4, 2.0, 4), (4, 16, 2.0, 4), (4, 3, 1.5, 3)])
+def test_layer_equals_a_token_by_token_reading_of_the_paper(num_v_heads, chunk, expand_v, conv_size):
     torch.manual_seed(0)
     config = registry.make_config("gated_deltanet", "tiny", d_model=16, n_heads=2, head_dim=4, chunk_size=chunk,
-                                  num_v_heads=num_v_heads, backend="torch")
+                                  num_v_heads=num_v_heads, expand_v=expand_v, conv_size=conv_size, backend="torch")
     layer = gdn.GatedDeltaNet(config).double()
     for p in layer.parameters():  # weights large enough that every part matters (init_std is 0.02)
         p.add_(torch.randn_like(p) * 0.5)

@@ -110,6 +110,25 @@ def test_bf16_inputs_are_computed_in_fp32():
     assert (y.double() - y_ref).norm() / y_ref.norm() < 1e-2
 
 
+@pytest.mark.parametrize("form", ["chunked", "step"])
+def test_ssd_computes_in_fp32_under_autocast(form):
+    """Autocast must not turn the reference's einsums (the state read and written every chunk or
+    token) into bf16 ones: as the GDN reference, it computes in fp32 whatever the autocast."""
+    x, dt, A, B, C, D, s0 = inputs(2, 40, 4, 4, 2, 8, dtype=torch.float32)
+    if form == "chunked":
+        def op():
+            return ssd_chunked(x, dt, A, B, C, 16, D=D, initial_state=s0)
+    else:
+        def op():
+            return ssd_step(s0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D)
+    expected = op()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = op()
+    for ours, theirs in zip(got, expected):
+        assert ours.dtype == theirs.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
 def small_config(**overrides):
     fields = dict(d_model=32, expand=2, headdim=8, d_state=4, ngroups=2, chunk_size=8)
     return registry.make_config("mamba2", "tiny", **{**fields, **overrides})
@@ -139,11 +158,12 @@ def test_mixer_in_pieces_equals_one_call(ngroups):
 
 @torch.no_grad()
 def test_decode_state_is_constant_and_counted():
+    """In a bf16 model the SSM state stays fp32 (as mamba-ssm's kernels keep it); the conv tail is bf16."""
     torch.manual_seed(0)
-    model = registry.create_model("mamba2", "tiny", d_model=32, headdim=8, d_state=4, n_layers=2)
+    model = registry.create_model("mamba2", "tiny", d_model=32, headdim=8, d_state=4, n_layers=2).to(torch.bfloat16)
     c = model.config
     _, state = model.prefill(torch.randint(0, 256, (3, 20)))
-    per_layer = 3 * (c.nheads * c.headdim * c.d_state + (c.d_conv - 1) * (c.d_inner + 2 * c.ngroups * c.d_state)) * 4
+    per_layer = 3 * (c.nheads * c.headdim * c.d_state * 4 + (c.d_conv - 1) * (c.d_inner + 2 * c.ngroups * c.d_state) * 2)
     assert model.state_bytes(state) == c.n_layers * per_layer
     assert state.layers[0].ssm.dtype == torch.float32
     for t in range(5):
@@ -214,6 +234,21 @@ def test_bad_configs_are_clear():
         small_config(backend="mamba-ssm")
     with pytest.raises(ConfigError, match="chunk_size"):
         small_config(chunk_size=0)
+
+
+def test_n_heads_is_the_mixers_head_count_and_a_disagreeing_one_is_refused():
+    """n_heads was accepted and ignored: ``--set n_heads=16`` built a model of expand * d_model //
+    headdim heads and saved n_heads=16 (or the base default 4) in its config and reports."""
+    c = small_config()  # d_model 32, expand 2, headdim 8: 8 heads
+    assert c.n_heads == c.nheads == 8
+    assert small_config(d_model=64).n_heads == 16 and small_config(n_heads=8) == c  # derived; an agreeing value is fine
+    with pytest.raises(ConfigError, match=r"Mamba2Config.n_heads is derived from the other fields \(8 here\), not set; "
+                                          r"got 4 \(n_heads = expand \* d_model // headdim: change headdim"):
+        small_config(n_heads=4)
+    with pytest.raises(ConfigError, match=r"n_heads is derived from the other fields \(8 here\), not set; got 2"):
+        c.replace(n_heads=2)
+    assert c.replace(d_model=64).n_heads == 16
+    assert registry.config_from_dict(c.to_dict()) == c
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")

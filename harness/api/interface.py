@@ -90,19 +90,28 @@ class ModelConfig:
         # fields __post_init__ derives (init=False) are saved with the others: read back, they must agree
         derived = {f.name for f in dataclasses.fields(cls) if not f.init} & data.keys()
         config = cls(**{key: value for key, value in data.items() if key not in derived})
-        hints = field_hints(cls)
-        for key in derived:
-            if as_annotated(data[key], hints.get(key)) != getattr(config, key):
-                raise ConfigError(f"{cls.__name__}.{key} is derived from the other fields ({getattr(config, key)!r} "
-                                  f"here), not set; got {data[key]!r}")
-        return config
+        return config._check_derived({key: data[key] for key in derived})
 
     def replace(self, **changes: Any) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(self)}
+        fields = {f.name: f for f in dataclasses.fields(self)}
         for key in changes:
-            if key not in known:
-                raise ConfigError(unknown_message(f"{type(self).__name__} field", key, known))
-        return dataclasses.replace(self, **changes)
+            if key not in fields:
+                raise ConfigError(unknown_message(f"{type(self).__name__} field", key, fields))
+        derived = {key: value for key, value in changes.items() if not fields[key].init}
+        config = dataclasses.replace(self, **{key: value for key, value in changes.items() if key not in derived})
+        return config._check_derived(derived)
+
+    def _check_derived(self, given: dict[str, Any]) -> "ModelConfig":
+        """``self``, if each given value of a derived (init=False) field equals the derived one.
+        A field's ``metadata["derived"]`` says how it is derived (and how to change it)."""
+        hints = field_hints(type(self))
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for key, value in given.items():
+            if as_annotated(value, hints.get(key)) != getattr(self, key):
+                how = fields[key].metadata.get("derived")
+                raise ConfigError(f"{type(self).__name__}.{key} is derived from the other fields ({getattr(self, key)!r} "
+                                  f"here), not set; got {value!r}" + (f" ({how})" if how else ""))
+        return self
 
 
 def state_tensors(state: Any) -> Iterator[torch.Tensor]:

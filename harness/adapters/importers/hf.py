@@ -203,7 +203,7 @@ def _mamba2_fields(where: str, *, d_model: int, n_layers: int, vocab: int, d_sta
     check(float(expand).is_integer(), where, f"expand={expand} must be an integer for our Mamba 2")
     check(math.isclose(eps, GATED_NORM_EPS), where,
           f"norm eps {eps} differs from our Mamba 2 gated norm's fixed eps {GATED_NORM_EPS}")
-    return dict(arch="mamba2", vocab_size=vocab, d_model=d_model, n_layers=n_layers, n_heads=1, d_state=d_state,
+    return dict(arch="mamba2", vocab_size=vocab, d_model=d_model, n_layers=n_layers, d_state=d_state,
                 d_conv=d_conv, expand=int(expand), headdim=headdim, ngroups=ngroups, conv_bias=conv_bias,
                 norm_eps=eps, tie_embeddings=tied, chunk_size=chunk, mlp_hidden=1, sandwich_norm=False)
 
