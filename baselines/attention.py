@@ -365,6 +365,9 @@ class AttentionLM(BackboneLM):
     def make_mixer(self, layer_idx: int) -> nn.Module:
         return Attention(self.config)
 
+    def backend_on(self, device: torch.device) -> str:
+        return resolve_backend(self.config.backend, self.config.window, device)
+
 
 # Sizes follow the official TTT-E2E configs (layers / hidden / heads / MLP width); vocab is the
 # Llama-3 tokenizer's at paper scale and bytes at tiny scale.
