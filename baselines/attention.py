@@ -341,12 +341,16 @@ class Attention(nn.Module):
                 cache = RingKVCache(c.window, k, v, start_pos + x.size(1)) if c.window else KVCache(k, v)
         else:
             check_continues(cache.end_pos, start_pos)
-            if isinstance(cache, KVCache) and not torch.is_grad_enabled():
-                # append, then attend to a view of the buffer: concatenating copied the layer's whole
-                # cache at every decode step (full attention's decode 2x slower on CPU at 32K)
+            # Append, then attend to the buffer itself: gathering and concatenating copied the layer's
+            # whole cache at every decode step (full attention's decode 2x slower on CPU at 32K, SWA's
+            # 1.5x at a 2K window). A full ring after one new token holds exactly the window its query
+            # sees, out of order, which softmax attention does not mind. Not under autograd: a view
+            # saved for backward would be written in place by the next append.
+            ring_step = isinstance(cache, RingKVCache) and x.size(1) == 1 and cache.end_pos >= c.window
+            if not torch.is_grad_enabled() and (isinstance(cache, KVCache) or ring_step):
                 cache.append(k, v)
-                keys, values = cache.keys_values()
-            else:  # a ring's slots are out of order; under autograd a view would be written in place later
+                keys, values = (cache.k, cache.v) if ring_step else cache.keys_values()
+            else:
                 past_k, past_v = cache.keys_values()
                 keys, values = torch.cat([past_k, k], -2), torch.cat([past_v, v], -2)
                 cache.append(k, v)
