@@ -303,6 +303,9 @@ class GatedDeltaNetLM(BackboneLM):
     def make_mixer(self, layer_idx: int) -> nn.Module:
         return GatedDeltaNet(self.config)
 
+    def backend_on(self, device: torch.device) -> str:
+        return resolve_backend(self.config.backend, device)
+
     presets = {
         "tiny": dict(n_layers=4, d_model=128, n_heads=2, head_dim=32, mlp_hidden=384, vocab_size=256),
         **{

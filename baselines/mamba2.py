@@ -357,3 +357,6 @@ class Mamba2LM(BackboneLM):
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
         return Mamba2Mixer(self.config)
+
+    def backend_on(self, device: torch.device) -> str:
+        return resolve_backend(self.config.backend, device)

@@ -344,6 +344,21 @@ class TTTE2ELM(AttentionLM):
             choice = "float32" if param.device.type == "cuda" else "model"
         return torch.promote_types(param.dtype, torch.float32) if choice == "float32" else param.dtype
 
+    def _fast_inference(self, device: torch.device) -> bool:
+        """Whether inference (without gradients) takes ``_fast_step``: a fast path is on."""
+        return self.inner_loss_method(device) != "reference" or self.config.inner_step != "eager"
+
+    def backend_on(self, device: torch.device) -> str:
+        """The prefix blocks' attention backend, and after a ``+`` the suffix blocks' at inference
+        where it differs (``_inference_step`` runs sdpa: flex has no torch.func rules)."""
+        c = self.config
+        prefix = resolve_backend(c.backend if c.prefix_backend == "same" else c.prefix_backend, c.window, device)
+        if self._fast_inference(device):
+            suffix = "torch" if c.backend == "torch" else "sdpa"
+        else:
+            suffix = resolve_backend(c.backend, c.window, device)
+        return prefix if prefix == suffix else f"{prefix}+{suffix}"
+
     def inner_loss_method(self, device: torch.device) -> str:
         if self.config.inner_loss == "auto":
             return "chunked" if device.type == "cuda" else "reference"
@@ -523,8 +538,7 @@ class TTTE2ELM(AttentionLM):
         if not torch.is_grad_enabled():
             # inference mode has no autograd for the reference step's torch.autograd.grad to
             # enable; torch.func's vjp, which _fast_step uses, runs there
-            fast = self.inner_loss_method(device) != "reference" or c.inner_step != "eager"
-            if fast or torch.is_inference_mode_enabled():
+            if self._fast_inference(device) or torch.is_inference_mode_enabled():
                 return partial(self._fast_step, want_nll=out == "nll", last_only=out == "last")
             return partial(self._step, create_graph=False)
         create_graph = c.inner_mode == "second_order"

@@ -11,8 +11,8 @@ from harness.cli import main
 from harness.runs import check
 
 
-def run_table(loss_2k: float = 2.0, acc: float = 1.0, with_niah: bool = True) -> pd.DataFrame:
-    ident = dict(run="r", model="swa:tiny", arch="swa", device="cpu", dtype="float32", seed=0)
+def run_table(loss_2k: float = 2.0, acc: float = 1.0, with_niah: bool = True, backend: str | None = None) -> pd.DataFrame:
+    ident = dict(run="r", model="swa:tiny", arch="swa", device="cpu", dtype="float32", seed=0, backend=backend)
     rows = [
         results.make_row("loss", 2.5, task="loss_scaling", eval_ctx=1024, ci_low=2.4, ci_high=2.6, n=4, **ident),
         results.make_row("loss", loss_2k, task="loss_scaling", eval_ctx=2048, ci_low=loss_2k - 0.1,
@@ -32,6 +32,19 @@ def test_identical_scores_pass_and_timings_are_not_scores(tmp_path):
     assert "prefill_s" not in set(reference["metric"]) and "state_bytes" in set(reference["metric"])
     result = check.compare(run_table(), reference)
     assert result.passed and set(result.table["verdict"]) == {"same"}
+
+
+def test_a_reference_whose_rows_say_auto_matches_the_backend_auto_picked(tmp_path):
+    """References made before rows named the backend that ran say ``auto`` (the gate's do): they
+    still judge a run whose rows name it; a reference naming a backend judges that backend only."""
+    old = check.read_reference(check.write_reference(run_table(backend="auto"), tmp_path / "old.csv"))
+    result = check.compare(run_table(backend="sdpa"), old, complete=True)
+    assert result.passed and set(result.table["verdict"]) == {"same"}
+    worse = check.compare(run_table(loss_2k=2.5, backend="sdpa"), old, complete=True)
+    assert worse.regressions == 1
+    named = check.read_reference(check.write_reference(run_table(backend="flex"), tmp_path / "named.csv"))
+    other = check.compare(run_table(backend="sdpa"), named, complete=True)
+    assert not other.passed and {"missing", "unreferenced"} <= set(other.table["verdict"])
 
 
 def test_a_degraded_score_fails_and_noise_within_the_interval_passes(tmp_path):

@@ -378,6 +378,23 @@ def test_a_growing_time_per_token_contradicts_the_constant_latency_claim_in_that
     assert unclear.verdict == "partly" and "unclear (flat: inside [0.952, 1.05], issue 17)" in unclear.why, unclear.why
 
 
+def test_a_flat_time_per_token_where_full_attention_s_is_flat_too_decides_nothing():
+    """Contexts too short for attention's cost to show (full attention's time per token flat as
+    well) cannot tell a constant time per token from a growing one: the claim read "holds"."""
+    flat = {"full_attention": linear, "ttt_e2e": linear}
+    claim = claims.constant_latency_claim(_latency(flat, {"full_attention": lambda T: 1e-3, "ttt_e2e": lambda T: 1e-3}))
+    assert claim.verdict == "undecided", claim.why
+    assert "without full attention's time per token growing here, these contexts cannot tell" in claim.why
+    # full attention's decode grows, its prefill does not: only decode counts for the claim
+    partly = claims.constant_latency_claim(_latency(flat, FLAT_DECODE))
+    assert partly.verdict == "partly", partly.why
+    # full attention timed at one context only: no contrast either
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear})
+    run.samples = [s for s in run.samples if s["model"] != "full_attention" or s["eval_ctx"] == CONTEXTS[0]]
+    one = claims.constant_latency_claim(run)
+    assert one.verdict == "undecided" and "full attention timed at fewer than two contexts" in one.why, one.why
+
+
 def test_noisy_timings_leave_the_constant_latency_claim_undecided():
     claim = claims.constant_latency_claim(_latency({"full_attention": quadratic, "ttt_e2e": linear}, noise=0.2))
     assert claim.verdict == "undecided" and "unclear" in claim.why

@@ -344,6 +344,13 @@ def test_throughput_keeps_the_architectures_finished_before_the_step_is_stopped(
     assert set(table["arch"]) == {"swa"} and (table["status"] == "ok").all()
 
 
+def test_throughput_rows_name_the_backend_auto_picked():
+    """They said ``auto`` (the config's) where the kit leaves the backend to each model."""
+    rows = throughput.measure_arch("gated_deltanet", KitConfig.dry(backend=None, train_seq_len=16, train_steps=1),
+                                   torch.device("cpu"), None)
+    assert {r["backend"] for r in rows} == {"torch"} and {r["status"] for r in rows} == {"ok"}
+
+
 def test_a_step_past_its_limit_is_stopped_and_reported(tmp_path):
     cfg = KitConfig.dry(steps=["gpu_tests"], budget_s=KitConfig.reserve_s + 2)
     started = time.time()

@@ -4,6 +4,7 @@ work added, rate intervals stay in [0, 1], and undecodable corpus bytes are coun
 from __future__ import annotations
 
 import gc
+import io
 
 import math
 import time
@@ -92,10 +93,10 @@ def test_unstable_timings_are_flagged_with_the_reason():
 
 def _fake_ticks(monkeypatch, readings: list[tuple[int, int]], seconds: float) -> None:
     """/proc read as ``readings`` (machine busy ticks, own ticks), the block lasting ``seconds``."""
-    clock = iter([0.0, seconds])
-    monkeypatch.setattr(timing, "cpu_ticks", iter(readings).__next__)
+    clock, ticks = iter([0.0, seconds]), iter(readings)
+    monkeypatch.setattr(timing, "cpu_ticks", lambda cpus=None: next(ticks))
     monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
-    monkeypatch.setattr(timing.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(timing.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(timing.os, "sysconf", lambda name: 100)
 
 
@@ -116,6 +117,38 @@ def test_a_timing_that_keeps_every_core_busy_is_not_a_busy_machine(monkeypatch):
     with timing.OtherProcessesCPU() as short:
         pass
     assert short.share is None
+
+
+def _fake_proc(monkeypatch, busy: list[tuple[list[int], int]], own_cpus: set[int], seconds: float) -> None:
+    """/proc read twice, before and after a block of ``seconds``: each reading (busy ticks of
+    cpu0, cpu1, ..., this process's ticks); the process may run on ``own_cpus``."""
+    texts = []
+    for per_cpu, own in busy:
+        lines = [f"cpu{i} {b} 0 0 1000 0 0 0 0 0 0" for i, b in enumerate(per_cpu)]
+        texts += [f"cpu  {sum(per_cpu)} 0 0 {1000 * len(per_cpu)} 0 0 0 0 0 0\n" + "\n".join(lines) + "\nintr 1 2\n",
+                  f"42 (py thon) R {' '.join(['0'] * 10)} {own} 0 0 0"]
+    monkeypatch.setattr(timing, "open", lambda path, *a: io.StringIO(texts.pop(0)), raising=False)
+    clock = iter([0.0, seconds])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(timing.os, "sched_getaffinity", lambda pid: own_cpus)
+    monkeypatch.setattr(timing.os, "sysconf", lambda name: 100)
+
+
+def test_only_the_cpus_a_timing_may_run_on_count(monkeypatch):
+    """On a 4-core node where this job is pinned to cores 0-1 (a container's cpuset, a cluster
+    job), the share was of all 4 cores: other jobs busy on cores 2-3 read 'machine busy' (50%),
+    and another process on the job's own core read 25%, under the flag's bound."""
+    # 2 s: each core has 200 ticks. This process busy on cores 0-1; other jobs on cores 2-3.
+    _fake_proc(monkeypatch, [([0, 0, 0, 0], 0), ([200, 200, 200, 200], 400)], {0, 1}, seconds=2.0)
+    with timing.OtherProcessesCPU() as pinned:
+        pass
+    assert pinned.share == 0.0
+    # this process on core 0; another on core 1 (its own cores); cores 2-3 idle
+    _fake_proc(monkeypatch, [([0, 0, 0, 0], 0), ([200, 200, 0, 0], 200)], {0, 1}, seconds=2.0)
+    with timing.OtherProcessesCPU() as crowded:
+        pass
+    assert crowded.share == pytest.approx(0.5)
+    assert "machine busy" in timing_flag([1.0, 1.0, 1.0], "cpu", others=crowded.share)
 
 
 def test_other_processes_share_is_read_from_this_machine():

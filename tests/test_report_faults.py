@@ -188,6 +188,23 @@ def test_a_memory_axis_over_cpu_and_gpu_rows_names_both_measures():
     assert "GPU" in label and "CPU" in label and "resident" in label.lower(), label
 
 
+def test_memory_tables_name_what_each_device_measured():
+    """The tables read "Peak memory while decoding" over CPU rows that count only what the work
+    added to the resident set (not the weights, nor the state decoded from): full attention's
+    decode "peak" (2.4 MiB at 2K in latency_cpu) sat below its own state size (9 MiB)."""
+    def titles(devices: dict[str, str]) -> list[str]:
+        rows = [_row(arch, metric, 2.0**20, task="latency", eval_ctx=1024, batch_size=1, device=device)
+                for arch, device in devices.items() for metric in ("prefill_peak_bytes", "decode_peak_bytes")]
+        out = tables.summary_tables(results.validate(rows))
+        return [out[name].attrs["title"] for name in ("prefill_peak_mib", "decode_peak_mib")]
+
+    assert titles({"swa": "cpu"}) == ["Resident memory added while prefilling (MiB) by context length",
+                                      "Resident memory added while decoding (MiB) by context length"]
+    assert titles({"swa": "cuda"})[1] == "Peak GPU memory while decoding (MiB) by context length"
+    assert titles({"swa": "cpu", "full_attention": "cuda"})[0] == (
+        "Peak memory (GPU allocated, CPU resident added) while prefilling (MiB) by context length")
+
+
 def test_a_context_where_every_quality_cell_failed_does_not_crash_the_pareto_view(tmp_path, caplog):
     """One model, its loss out of memory at the longest length and its latency measured there:
     the empty memory panel's axis read the null data limits (inf) and `lcbench plot` died with

@@ -570,6 +570,40 @@ def test_latency_rows_for_every_grid_point(arch):
         assert prefill["prefill_tok_s"] == pytest.approx(2 * T / prefill["prefill_s"])
 
 
+LATENCY_ONCE = {"contexts": "8", "repeats": 1, "warmup": 0, "decode_tokens": 1}
+
+
+def test_latency_rows_name_the_backend_that_ran_not_auto(monkeypatch):
+    """Every row said ``auto`` (the config's backend), not which kernel was timed."""
+    from baselines import attention
+
+    ran = []
+    table = run_eval("latency", small_model("swa"), None, LATENCY_ONCE, progress=False).table
+    assert set(table["backend"]) == {"sdpa"}  # flex needs CUDA
+    monkeypatch.setattr(attention.FLEX, "unavailable_reason", lambda device: None)  # as on a GPU
+    monkeypatch.setitem(attention.ATTENTION_OPS, "flex", lambda *a: ran.append(1) or attention.attention_sdpa(*a))
+    table = run_eval("latency", small_model("ttt_e2e"), None, LATENCY_ONCE, progress=False).table
+    assert set(table["backend"]) == {"flex"} and ran
+
+
+def test_each_architecture_names_the_backend_auto_picks(monkeypatch):
+    from harness.api.kernels import Kernel
+
+    models = {arch: small_model(arch) for arch in ARCHS}
+    assert {m.config.backend for m in models.values()} == {"auto"}
+    assert {arch: m.backend_on(torch.device("cpu")) for arch, m in models.items()} == {
+        "full_attention": "sdpa", "swa": "sdpa", "ttt_e2e": "sdpa", "mamba2": "torch", "gated_deltanet": "torch"}
+    # where every kernel runs (a GPU): flex for windows only; TTT-E2E's suffix takes the fast
+    # inference step there, which runs sdpa
+    monkeypatch.setattr(Kernel, "unavailable_reason", lambda self, device: None)
+    cuda = torch.device("cuda")
+    assert {arch: m.backend_on(cuda) for arch, m in models.items()} == {
+        "full_attention": "sdpa", "swa": "flex", "ttt_e2e": "flex+sdpa", "mamba2": "mamba_ssm",
+        "gated_deltanet": "fla"}
+    assert small_model("ttt_e2e", backend="torch").backend_on(cuda) == "torch"
+    assert small_model("ttt_e2e", prefix_backend="flex", backend="sdpa").backend_on(torch.device("cpu")) == "flex+sdpa"
+
+
 def test_latency_state_of_swa_stays_flat_while_full_attention_grows():
     def state(arch, **kw):
         r = run_eval("latency", small_model(arch, **kw), None, {"contexts": "32,128", "repeats": 1, "warmup": 0,

@@ -52,7 +52,7 @@ def measure_arch(arch: str, cfg: KitConfig, device: torch.device, peak: float | 
             model = registry.create_model(arch, preset, **({"backend": cfg.backend} if cfg.backend else {}))
         train_cfg = TrainConfig(batch_size=cfg.train_batch_size, seq_len=cfg.train_seq_len, dtype=cfg.dtype)
         amp_dtype = autocast_dtype(cfg.dtype, device)
-        where.update(params=model.num_params(non_embedding=True), backend=model.config.backend,
+        where.update(params=model.num_params(non_embedding=True), backend=model.backend_on(device),
                      variant="bf16_autocast" if amp_dtype else "fp32")
         optimizer = make_optimizer(model, train_cfg)
         model.train()

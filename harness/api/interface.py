@@ -223,6 +223,12 @@ class LCModel(nn.Module):
     def state_bytes(self, state: Any) -> int:
         return state_bytes(state)
 
+    def backend_on(self, device: torch.device) -> str:
+        """The mixer backend that runs on ``device``: the config's, with ``auto`` resolved (what the
+        result table's ``backend`` column records). An architecture without kernel backends of its
+        own says what its config says."""
+        return self.config.backend
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters that count as 'embedding' (token embedding and an untied LM head)."""
         return []

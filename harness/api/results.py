@@ -19,7 +19,9 @@ depth    float     NIAH needle depth in [0, 1]; NA = pooled over the task's dept
 pos_start int      first target position of a position bin (inclusive); NA = all positions
 pos_end  int       end of a position bin (exclusive)
 batch_size int     sequences per forward pass where it matters (latency)
-backend  str       the model config's mixer backend (``auto`` = picked at run time)
+backend  str       the mixer backend that ran (``LCModel.backend_on``: the config's, ``auto``
+                   resolved: sdpa, flex, torch, fla, mamba_ssm; TTT-E2E's ``prefix+suffix``
+                   where its blocks differ); tables written before it say ``auto``
 device   str       ``cpu`` or ``cuda`` (the device's name is in run.json)
 dtype    str       parameter dtype: float32, bfloat16, float16
 seed     int       evaluation seed

@@ -94,35 +94,59 @@ def _median(ordered: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def cpu_ticks() -> tuple[int, int] | None:
-    """(clock ticks all CPUs spent busy, ticks this process spent, all its threads) since boot,
-    from Linux's /proc; None where it does not tell. Busy includes steal: time a hypervisor gave
-    this machine's CPUs to another."""
+def own_cpus() -> frozenset[int] | None:
+    """The CPUs this process may run on (a container's cpuset, ``taskset``, a cluster job's
+    cores), or None where the OS does not say (then every CPU is its)."""
     try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-        with open("/proc/self/stat") as f:
-            own = f.read().rsplit(")", 1)[1].split()  # fields after the command name, which may hold spaces
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return None
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def cpu_ticks(cpus: frozenset[int] | None = None) -> tuple[int, int] | None:
+    """(clock ticks ``cpus`` (None: all CPUs) spent busy, ticks this process spent, all its
+    threads) since boot, from Linux's /proc; None where it does not tell. Busy includes steal:
+    time a hypervisor gave these CPUs to another machine."""
+    try:
+        busy = 0
+        for line in _read("/proc/stat").splitlines():
+            name, _, rest = line.partition(" ")
+            index = name.removeprefix("cpu")
+            wanted = name == "cpu" if cpus is None else name.startswith("cpu") and index.isdigit() and int(index) in cpus
+            if wanted:
+                ticks = [int(x) for x in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+                busy += sum(ticks) - ticks[3] - ticks[4]
+        own = _read("/proc/self/stat").rsplit(")", 1)[1].split()  # fields after the command name, which may hold spaces
+        return busy, int(own[11]) + int(own[12])  # utime + stime
     except (OSError, ValueError, IndexError):
         return None
-    return sum(ticks) - ticks[3] - ticks[4], int(own[11]) + int(own[12])  # busy; utime + stime
 
 
 class OtherProcessesCPU:
-    """The share of the machine's CPU time that other processes took while the block ran: what
-    disturbs a CPU timing. (The load average cannot tell: it counts this process's own threads,
-    so a timing that keeps every core busy reads as a busy machine.) ``share`` is None where
-    /proc does not tell or the block is shorter than :data:`MIN_OBSERVED_TICKS`."""
+    """The share of this process's CPUs' time that other processes took while the block ran:
+    what disturbs a CPU timing. Only the CPUs it may run on count (:func:`own_cpus`): on a node
+    shared by jobs pinned to their own cores, the other jobs' work is no disturbance, and work on
+    its own cores is not diluted by the rest. (The load average cannot tell: it counts this
+    process's own threads, so a timing that keeps every core busy reads as a busy machine.)
+    ``share`` is None where /proc does not tell or the block is shorter than
+    :data:`MIN_OBSERVED_TICKS`."""
 
     share: float | None = None
 
     def __enter__(self) -> "OtherProcessesCPU":
-        self._start, self._t0 = cpu_ticks(), time.perf_counter()
+        self._cpus = own_cpus()
+        self._start, self._t0 = cpu_ticks(self._cpus), time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        end, elapsed = cpu_ticks(), time.perf_counter() - self._t0
-        available = elapsed * (os.cpu_count() or 1) * os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0
+        end, elapsed = cpu_ticks(self._cpus), time.perf_counter() - self._t0
+        count = len(self._cpus) if self._cpus else (os.cpu_count() or 1)
+        available = elapsed * count * os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0
         if self._start is None or end is None or available < MIN_OBSERVED_TICKS:
             return
         others = (end[0] - self._start[0]) - (end[1] - self._start[1])

@@ -31,9 +31,9 @@ on the same windows, or over timing repeats (claims 4 and 5):
 5. ``constant_latency``: TTT-E2E's time per token stays constant with context. Its prefill time
    per token (and decode time per token, where timed) at its longest context over at its
    shortest: flat inside [1 / tolerance, tolerance] (``PREFILL_FLAT``, ``DECODE_FLAT``: issue
-   17's), grows above it; full attention's ratio alongside as the contrast. ``holds`` when
-   every phase timed is flat, ``partly`` when some are, ``contradicted`` when none is and one
-   grows.
+   17's), grows above it; full attention's ratio alongside as the contrast: a flat phase counts
+   only where full attention's grows (else those contexts cannot tell). ``holds`` when every
+   phase timed is flat, ``partly`` when some are, ``contradicted`` when none is and one grows.
 
 Claims 4 and 5 name the machine the timings ran on (a sweep's cell records, else run.json), and
 on a CPU say that the paper timed an H100, so that CPU timings test only the claim's shape;
@@ -677,8 +677,10 @@ def _shape(est: stats.Estimate, tolerance: float) -> str:
 def constant_latency_claim(run: RunData) -> Claim:
     """TTT-E2E's time per token at its longest context over its shortest, for prefill and decode
     (where timed), each within its tolerance (:data:`FLAT`), with full attention's alongside.
-    Each phase is ``holds`` when flat, ``contradicted`` when it grows, else ``undecided`` (a time
-    per token that falls, fixed costs spread over more tokens, is no constant either); together:
+    Each phase is ``holds`` when flat while full attention's grows (where it does not, or was not
+    timed at two contexts, the contexts cannot tell a constant cost from a growing one),
+    ``contradicted`` when it grows, else ``undecided`` (a time per token that falls, fixed costs
+    spread over more tokens, is no constant either); together:
     ``holds`` when every phase timed holds, ``partly`` when some do, ``contradicted`` when none
     does and one grows, else ``undecided``."""
     statement = "TTT-E2E's time per token stays constant with context"
@@ -709,6 +711,7 @@ def constant_latency_claim(run: RunData) -> Claim:
         oom = _out_of_memory(run, ttt, phase, batch)
         text += f" (out of memory at {', '.join(map(str, sorted(oom)))})" if oom else ""
         theirs = per_token_growth(run, full, phase, batch)
+        contrast = None
         if theirs is None:
             text += "; full attention timed at fewer than two contexts"
         else:
@@ -718,8 +721,10 @@ def constant_latency_claim(run: RunData) -> Claim:
             evidence.append(_timing_row(f"{full}: {phase} time per token, context {b} / {a} (batch {batch})", other))
             contrast = _shape(other, tolerance)
             text += f"; full attention's ({b} over {a}) {other.value:.2f} {_interval(other)}, {contrast}"
-            if contrast == "flat":
-                text += " too: at these contexts its quadratic cost does not show, so the contrast is not seen"
+        if shape == "flat" and contrast != "grows":
+            judged[phase] = "undecided"
+            text += (": without full attention's time per token growing here, these contexts cannot tell a "
+                     "constant one from a growing one")
         oom = _out_of_memory(run, full, phase, batch)
         text += f" (full attention out of memory at {', '.join(map(str, sorted(oom)))})" if oom else ""
         parts.append(text)

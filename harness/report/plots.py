@@ -50,7 +50,7 @@ from harness.api.staging import prepare_output
 from harness.report.figures import FIGURE_TASKS, FIGURES, SkipFigure, figure_names, register_figure
 from harness.report.tables import (
     FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, UNSTABLE_MARK, Prepared,
-    context_label, niah_metric_names, prepare,
+    context_label, niah_metric_names, peak_memory_name, prepare,
 )
 from harness.report.written import replace_written
 
@@ -141,10 +141,8 @@ class Context:
     def peak_memory(self) -> str:
         """What a peak-memory row measured: on a GPU the allocator's peak, weights included; on a
         CPU how far the resident set rose above its size before the work (the latency task)."""
-        devices = set(self.prep.rows.loc[self.prep.rows["task"] == LATENCY_TASK, "device"].dropna())
-        if devices == {"cpu"}:
-            return "Resident memory added"
-        return "Peak memory: GPU allocated,\nCPU resident added" if "cpu" in devices else "Peak GPU memory"
+        return peak_memory_name(set(self.prep.rows.loc[self.prep.rows["task"] == LATENCY_TASK, "device"].dropna()),
+                                sep="\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -298,8 +298,10 @@ def summary_tables(table: pd.DataFrame | Prepared,
         if _has_reference(prep, pts):
             out[f"{phase}_speedup"] = _pivot(prep.relative(pts, ["batch_size", "eval_ctx"], "speedup"), facets,
                                              f"{phase.capitalize()} speed-up over full attention (×)", ".2f")
-    for metric, name, what in (("prefill_peak_bytes", "prefill_peak_mib", "Peak memory while prefilling"),
-                               ("decode_peak_bytes", "decode_peak_mib", "Peak memory while decoding"),
+    latency = prep.rows[prep.rows["task"] == LATENCY_TASK]
+    peak = peak_memory_name(set(latency["device"].dropna()))
+    for metric, name, what in (("prefill_peak_bytes", "prefill_peak_mib", f"{peak} while prefilling"),
+                               ("decode_peak_bytes", "decode_peak_mib", f"{peak} while decoding"),
                                ("state_bytes", "state_mib", "State size after the prefix")):
         if prep.has(LATENCY_TASK, metric):
             pts = prep.points(LATENCY_TASK, metric, by=("batch_size", "eval_ctx"))
@@ -313,6 +315,15 @@ def summary_tables(table: pd.DataFrame | Prepared,
             name = f"{base}_{n}"
         out[name] = _pivot(pts, facets, f"{task}: {metric}", shared_decimals(pts["value"]))
     return out
+
+
+def peak_memory_name(devices: set[str], sep: str = " ") -> str:
+    """What the latency task's peak-memory rows of ``devices`` measured (harness.api.results):
+    on a GPU the allocator's peak, weights included; on a CPU how far the resident set rose above
+    its size before the work (weights, and a decode's state, excluded)."""
+    if devices == {"cpu"}:
+        return "Resident memory added"
+    return f"Peak memory (GPU allocated,{sep}CPU resident added)" if "cpu" in devices else "Peak GPU memory"
 
 
 def shared_decimals(values: pd.Series, digits: int = 4) -> str:

@@ -117,8 +117,15 @@ def write_reference(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     return results.atomic_write(path, lambda f: reference.to_csv(f, index=False))
 
 
-def _key(frame: pd.DataFrame) -> pd.Series:
+# Rows once named the config's backend, ``auto`` wherever it was left to pick, not the one that
+# ran: a reference row that says ``auto`` matches the run's row whatever backend auto picked.
+ANY_BACKEND = "auto"
+
+
+def _key(frame: pd.DataFrame, any_backend: bool = False) -> pd.Series:
     parts = frame[MATCH_COLUMNS].astype("object").where(frame[MATCH_COLUMNS].notna(), None)
+    if any_backend:
+        parts = parts.assign(backend=ANY_BACKEND)
     return parts.apply(lambda row: tuple(row), axis=1)
 
 
@@ -131,8 +138,10 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
     ``complete``: every ok score of the run must have a reference score; one without fails
     ("unreferenced"): references older than the spec would leave what it added unchecked."""
     by_key: dict[tuple, list[dict]] = {}
-    for key, row in zip(_key(run), run.to_dict("records")):
+    for key, loose, row in zip(_key(run), _key(run, any_backend=True), run.to_dict("records")):
         by_key.setdefault(key, []).append(row)
+        if loose != key:
+            by_key.setdefault(loose, []).append(row)
     rows, ref_keys = [], _key(reference)
     for key, ref in zip(ref_keys, reference.itertuples(index=False)):
         direction, _ = SCORES.get(ref.metric, ("exact", 0.0))
@@ -148,7 +157,8 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
         referenced = set(ref_keys)
         scores = run[run["metric"].isin(list(SCORES)) & (run["status"] == "ok")]
         rows += [_unreferenced({c: row[c] for c in MATCH_COLUMNS if not _is_na(row[c])}, row["value"])
-                 for key, row in zip(_key(scores), scores.to_dict("records")) if key not in referenced]
+                 for key, loose, row in zip(_key(scores), _key(scores, any_backend=True), scores.to_dict("records"))
+                 if key not in referenced and loose not in referenced]
     return _result(pd.DataFrame(rows))
 
 

@@ -138,7 +138,7 @@ def identity_columns(info: ModelInfo, task: str, run: str, model: LCModel, devic
                      dtype: torch.dtype, seed: int) -> dict[str, Any]:
     """The columns that identify the model and the run in every row of a table."""
     return {"run": run, "model": info.name, "arch": info.arch, "params": info.params, "train_ctx": info.train_ctx,
-            "task": task, "backend": model.config.backend, "device": device.type, "dtype": dtype_name(dtype),
+            "task": task, "backend": model.backend_on(device), "device": device.type, "dtype": dtype_name(dtype),
             "seed": seed}
 
 
