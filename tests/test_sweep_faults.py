@@ -94,6 +94,19 @@ def test_an_edit_whose_cell_fails_shows_no_stale_numbers(tmp_path):
     assert len(describe_failures(tmp_path / "out")) == 1
 
 
+def test_a_renamed_model_is_shown_under_its_new_name(tmp_path):
+    """The label is in every row but not in the cell's key: the renamed model's cell was reused,
+    and the table went on naming the model by its old label."""
+    spec = untrained_spec("n", [4])
+    path = write_spec(tmp_path / "s.yaml", spec)
+    run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    spec["models"][0]["name"] = "renamed"
+    renamed = run_sweep(load_spec(write_spec(path, spec)), tmp_path / "out", progress=False)
+    assert renamed.ran == 1
+    assert results.read_table(tmp_path / "out")["model"].tolist() == ["renamed"]
+    assert run_sweep(load_spec(path), tmp_path / "out", progress=False).ran == 0
+
+
 def test_a_checkpoint_replaced_at_the_same_path_is_scored_again(tmp_path):
     ckpt = tmp_path / "ck"
     checkpoint.save_checkpoint(ckpt, small_model("swa", seed=1))

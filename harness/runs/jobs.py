@@ -28,7 +28,7 @@ from harness.runs.cluster import ClusterOptions
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
 from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cell_record, cells_by_model, failure_rows_of,
-                                finish_sweep, plan, run_model_cells, start_sweep)
+                                finish_sweep, is_finished, plan, run_model_cells, start_sweep)
 
 EXECUTORS = ("local", "slurm")
 JOBS_DIR = "jobs"
@@ -48,7 +48,7 @@ class SweepJob(submitit.helpers.Checkpointable):
                               "where it runs: a corpus, tokenizer or checkpoint it reads differs from when the sweep "
                               "submitted it (changed since, or another path or Python there); rerun the sweep")
         done = ResultStore(out_dir).finished()
-        cells = [c for c in planned if c.key in wanted and done.get(c.key, {}).get("status") != "ok"]
+        cells = [c for c in planned if c.key in wanted and not is_finished(c, done.get(c.key), retry_failed=True)]
         if train_only:  # train (or resume) each model once; its cells are other jobs
             for model in {id(c.model): c.model for c in cells}.values():
                 model.train_once(Path(out_dir))

@@ -439,7 +439,15 @@ def unfinished(cells: list[Cell], out_dir: str | os.PathLike, retry_failed: bool
     """The ``cells`` not finished in ``out_dir`` yet (with ``retry_failed``, also those that
     failed), in run order."""
     done = ResultStore(out_dir).finished()
-    return [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+    return [c for c in cells if not is_finished(c, done.get(c.key), retry_failed)]
+
+
+def is_finished(cell: Cell, record: dict[str, Any] | None, retry_failed: bool = False) -> bool:
+    """Whether ``record`` (the latest of ``cell``'s key in ``cells.jsonl``) finishes ``cell``: made
+    under the label the spec gives its model now (the rows carry the label, which the key does not
+    hash: a renamed model's rows would show its old name), and ok where failures are retried."""
+    return (record is not None and record.get("model") == cell.model.label
+            and not (retry_failed and record.get("status") != "ok"))
 
 
 def cells_by_model(cells: list[Cell]) -> list[list[Cell]]:
