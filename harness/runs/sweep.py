@@ -413,7 +413,8 @@ def plan(spec: SweepSpec) -> list[Cell]:
         for task in spec.tasks:
             for options in task.option_sets(length):
                 data = model.corpus_fingerprint(options.get("corpus") or trained_on)
-                fields = {"run": spec.name, "model": model_id, "task": task.task, "options": options,
+                fields = {"run": spec.name, "model": model_id, "task": task.task,
+                          "options": check_task_options(task.task, options),  # '1K' and 1024 are one cell
                           "data": data, "device": spec.device, "dtype": spec.dtype}
                 if options.get("tokenizer") is not None:  # its files (none given: keys as before)
                     fields["tokenizer"] = tokenizer_fingerprint(options["tokenizer"])
