@@ -540,7 +540,8 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     several when earlier runs in the folder ran other code (a warning says so), ``cell_machines``
     the machines (likewise)."""
     store = ResultStore(out_dir)
-    table = store.show_cells(c.key for c in cells)  # cells finished earlier show their own rows
+    # cells finished earlier show their own rows; cells of earlier edits of the spec, none
+    table = store.show_cells((c.key for c in cells), run=spec.name)
     done = store.finished()
     failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
     clashes = clashing_cells(store, cells)
