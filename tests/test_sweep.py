@@ -286,3 +286,12 @@ def test_one_setting_spelt_two_ways_is_one_cell():
     assert [c.key for c in respelt] == [c.key for c in canonical]
     assert respelt[0].model.checkpoint_dir(Path("out")) == canonical[0].model.checkpoint_dir(Path("out"))
     assert [c.key for c in cells([2048], 1.0)] != [c.key for c in canonical]  # a real change still counts
+
+
+def test_the_quick_benchmark_can_retry_its_failed_cells(monkeypatch, tmp_path):
+    """`lcbench quick` had no --retry-failed: a cell that failed once stayed failed in its folder."""
+    from harness.runs import quick
+    asked = {}
+    monkeypatch.setattr(quick, "run_sweep", lambda spec, out, progress, retry_failed: asked.update(retry=retry_failed))
+    quick.run_quick(tmp_path / "q", archs="swa", retry_failed=True)
+    assert asked == {"retry": True}
