@@ -436,6 +436,21 @@ def failure_rows_of(cell: Cell, exc: BaseException, label: str) -> list[dict[str
                         arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
 
 
+def record_lost_cells(out_dir: str | os.PathLike, cells: list[Cell], reason: str, git: dict[str, Any],
+                      before: dict[str, dict[str, Any]] | None = None) -> None:
+    """Status rows (and failed ``cells.jsonl`` records) saying ``reason`` for the ``cells`` that a
+    dead worker or job left unfinished: those with no record, or with the record they had in
+    ``before`` (the records when the work was handed out: a retry's old failures), so that the
+    death is not hidden by an old reason. ``git``: the code the work was handed out with."""
+    store = ResultStore(out_dir)
+    done = store.finished()
+    for cell in cells:
+        if cell.key in done and (before is None or done[cell.key] != before.get(cell.key)):
+            continue
+        table = results.to_frame(failure_rows_of(cell, RuntimeError(reason), cell.model.label))
+        store.record_cell(cell.key, table, cell_record(cell, table, 0.0, git, None))
+
+
 def unfinished(cells: list[Cell], out_dir: str | os.PathLike, retry_failed: bool = False) -> list[Cell]:
     """The ``cells`` not finished in ``out_dir`` yet (with ``retry_failed``, also those that
     failed), in run order."""
