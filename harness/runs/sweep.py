@@ -22,8 +22,9 @@ was trained at. Entries with a checkpoint or ``untrained: true`` are not expande
 Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
 its numbers: the spec's name, the model's config and training settings (or a given checkpoint's
 content, not its path), the content of the corpora it is trained and evaluated on (file names
-and bytes, hashed once per sweep), the task, its options, device and dtype. The whole spec, task
-options included, is checked when it loads, before any model trains. A finished cell is recorded
+and bytes, hashed once per sweep), the task, its options (as the task reads them: ``1K`` is 1024),
+device and dtype; a record finishes a cell only under the model's current label, which its rows
+carry. The whole spec, task options included, is checked when it loads, before any model trains. A finished cell is recorded
 in the folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record
 into ``cells.jsonl``, under a lock). Every spec that writes into a folder is kept there as
 ``specs/NAME-HASH.json`` and named by its cells' records (``spec.json`` is the one that ran
@@ -72,8 +73,8 @@ from harness.data.local import missing_path_error
 from harness.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
-from harness.runs.provenance import (config_hash, device_record, git_commit, read_run_json, run_metadata,
-                                     write_run_json)
+from harness.runs.provenance import (config_hash, device_record, git_commit, package_versions, read_run_json,
+                                     run_metadata, write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
@@ -488,7 +489,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
     record_spec(seeded.spec, out_dir)
     # each record names the code and the machine that made it: a resumed sweep may mix commits, and
     # a cluster's cells run on other machines than the one that writes run.json
-    git, machine = git_commit(), device_record(str(device))
+    git, machine, packages = git_commit(), device_record(str(device)), package_versions()
     failed = 0
     # a model that cannot be trained or loaded fails all its cells
     with FailureGuard([], device) as preparing:
@@ -509,7 +510,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
             results.write_jsonl(sample_file, samples)
         else:  # an earlier attempt's samples (a retried cell's) would stand beside this attempt's rows
             sample_file.unlink(missing_ok=True)
-        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git, machine))
+        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git, machine, packages))
         if on_cell is not None:
             on_cell(cell)
     free_memory(device)
@@ -576,7 +577,14 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
         warnings.warn(f"the cells of {spec.name} in {out_dir} ran on different machines ({ran_on}): timings and "
                       "memory compare only between cells of one machine, and a rerun does not redo finished cells",
                       stacklevel=2)
-    meta.update(cell_commits=commits, cell_machines=machines)
+    packages = cell_packages(done.get(k) for k in keys)
+    if packages:
+        versions = "; ".join(f"{name} " + ", ".join(f"{v} ({n} cells)" for v, n in seen.items())
+                             for name, seen in packages.items())
+        warnings.warn(f"the cells of {spec.name} in {out_dir} were made with different package versions ({versions}): "
+                      "a kernel or library change moves numbers, and a rerun does not redo finished cells",
+                      stacklevel=2)
+    meta.update(cell_commits=commits, cell_machines=machines, cell_packages=packages)
     meta.update(cells=len(cells), cell_keys=keys, ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
@@ -617,15 +625,16 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
 
 
 def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, Any],
-                machine: dict[str, Any] | None) -> dict[str, Any]:
+                machine: dict[str, Any] | None, packages: dict[str, str] | None = None) -> dict[str, Any]:
     """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``, made by the code
-    of ``git`` (:func:`~harness.runs.provenance.git_commit`) on ``machine`` (the
+    of ``git`` (:func:`~harness.runs.provenance.git_commit`) with ``packages``
+    (:func:`~harness.runs.provenance.package_versions`) on ``machine`` (the
     :func:`~harness.runs.provenance.device_record` of the device used; None for a cell whose job died unseen)."""
     not_ok = table[table["status"] != "ok"]
     return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
             "seed": cell.seed, "task": cell.task, "options": cell.options,
             "status": "failed" if len(not_ok) else "ok", "rows": len(table), "seconds": round(seconds, 2),
-            "message": failure_summary(not_ok), "git": git, "machine": machine}
+            "message": failure_summary(not_ok), "git": git, "machine": machine, "packages": packages}
 
 
 def cell_commits(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
@@ -638,6 +647,15 @@ def cell_commits(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
         dirty = "+dirty" + (f":{git['diff']}" if git.get("diff") else "") if git.get("dirty") else ""
         return (git.get("commit") or "unknown") + dirty
     return _count(records, commit)
+
+
+def cell_packages(records: Iterable[dict[str, Any] | None]) -> dict[str, dict[str, int]]:
+    """package -> {version: how many of ``records`` were made with it}, for the packages whose
+    versions differ between records (``absent`` where a record lacks one); records that name no
+    packages (a dead job's, or written before records named them) are left out."""
+    named = [r["packages"] for r in records if r is not None and r.get("packages")]
+    differ = sorted({name for p in named for name in p if len({q.get(name) for q in named}) > 1})
+    return {name: _count(named, lambda p, name=name: p.get(name, "absent")) for name in differ}
 
 
 def cell_machines(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
