@@ -223,13 +223,14 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
               help="Sweep folder: table, checkpoints, figures/ and tables/.")
 @click.option("--arch", "archs", multiple=True, help="Only these architectures (repeatable; default: all).")
 @click.option("--steps", type=int, default=None, help="Training steps per model (default: the spec's).")
+@click.option("--retry-failed", is_flag=True, help="Run again the cells that failed before.")
 @friendly_errors
 @resumes
-def quick(out: str, archs: tuple[str, ...], steps: int | None) -> None:
+def quick(out: str, archs: tuple[str, ...], steps: int | None, retry_failed: bool) -> None:
     """The quick benchmark on the embedded corpus: results/specs/quick.yaml, then its figures."""
     from harness.runs.quick import run_quick
 
-    result = run_quick(out, list(archs) or None, steps)
+    result = run_quick(out, list(archs) or None, steps, retry_failed=retry_failed)
     _summarise(result, out)
     _figures_and_tables(out)
     exit_if_sweep_failed(result)
@@ -241,6 +242,8 @@ def _summarise(result, out: str) -> None:
     click.echo(f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed; table in {out}/")
     for line in describe_failures(out, result.keys):
         click.echo(f"  failed: {line}")
+    if result.failed:  # a rerun skips them: they are recorded, as failed
+        click.echo("  --retry-failed runs the failed cells again")
     for line in result.clashes:
         click.echo(f"  clash: {line}", err=True)
 

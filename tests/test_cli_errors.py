@@ -214,6 +214,7 @@ def test_a_rerun_that_skips_failed_cells_still_exits_1(tmp_path):
     again = run("sweep", str(spec), "--out", str(tmp_path / "out"))
     assert again.exit_code == EXIT_FAILED_WORK, again.output
     assert "0 cells run, 2 already done, 1 failed" in again.output
+    assert "--retry-failed runs the failed cells again" in again.output  # it did not say how
 
 
 def test_ctrl_c_during_a_sweep_says_how_to_go_on(tmp_path, monkeypatch):

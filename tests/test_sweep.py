@@ -271,3 +271,27 @@ def test_committed_specs_plan_and_their_options_parse(path):
     for cell in cells:
         assert cell.model.model_config().arch == cell.model.entry.arch
         check_task_options(cell.task, cell.options)
+
+
+def test_one_setting_spelt_two_ways_is_one_cell():
+    """'1K' and 1024, or 1 and 1.0 of a float field, give the same numbers: they were keyed as
+    different cells (and checkpoints), so respelling a spec reran and retrained all of it."""
+    def cells(contexts, lr):
+        return plan(sweep_mod.SweepSpec.from_dict({
+            "name": "k", "train": {"steps": 1, "batch_size": 1, "seq_len": 8, "lr": lr, "min_lr": 0},
+            "models": [{"arch": "swa", "set": {"window": 4, "d_model": 16, "n_heads": 2}}],
+            "tasks": [{"task": "test_sweep_probe", "options": {"contexts": contexts}}, {"task": "repeat",
+                       "options": {"contexts": contexts, "prefix": 2}}]}))
+    canonical, respelt = cells([1024], 1.0), cells("1K", 1)
+    assert [c.key for c in respelt] == [c.key for c in canonical]
+    assert respelt[0].model.checkpoint_dir(Path("out")) == canonical[0].model.checkpoint_dir(Path("out"))
+    assert [c.key for c in cells([2048], 1.0)] != [c.key for c in canonical]  # a real change still counts
+
+
+def test_the_quick_benchmark_can_retry_its_failed_cells(monkeypatch, tmp_path):
+    """`lcbench quick` had no --retry-failed: a cell that failed once stayed failed in its folder."""
+    from harness.runs import quick
+    asked = {}
+    monkeypatch.setattr(quick, "run_sweep", lambda spec, out, progress, retry_failed: asked.update(retry=retry_failed))
+    quick.run_quick(tmp_path / "q", archs="swa", retry_failed=True)
+    assert asked == {"retry": True}

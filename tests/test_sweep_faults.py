@@ -94,6 +94,38 @@ def test_an_edit_whose_cell_fails_shows_no_stale_numbers(tmp_path):
     assert len(describe_failures(tmp_path / "out")) == 1
 
 
+def test_a_renamed_model_is_shown_under_its_new_name(tmp_path):
+    """The label is in every row but not in the cell's key: the renamed model's cell was reused,
+    and the table went on naming the model by its old label."""
+    spec = untrained_spec("n", [4])
+    path = write_spec(tmp_path / "s.yaml", spec)
+    run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    spec["models"][0]["name"] = "renamed"
+    renamed = run_sweep(load_spec(write_spec(path, spec)), tmp_path / "out", progress=False)
+    assert renamed.ran == 1
+    assert results.read_table(tmp_path / "out")["model"].tolist() == ["renamed"]
+    assert run_sweep(load_spec(path), tmp_path / "out", progress=False).ran == 0
+
+
+def test_cells_an_edit_of_the_spec_dropped_leave_the_table(tmp_path):
+    """An edit that changes a model's label (here its window) or drops a grid point left the old
+    cells' rows in the table, beside the spec's own, as ok numbers of a model it no longer has;
+    another spec's rows in the folder stay, and a revert shows the old rows again without rerunning."""
+    def spec(name, window, contexts):
+        return {"name": name, "models": [{"arch": "swa", "untrained": True, "set": {**TINY, "window": window}}],
+                "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": contexts}}]}
+    path, out = tmp_path / "s.yaml", tmp_path / "out"
+    run_sweep(load_spec(write_spec(tmp_path / "o.yaml", spec("other", 8, [8]))), out, progress=False)
+    first = run_sweep(load_spec(write_spec(path, spec("s", 8, [8, 16]))), out, progress=False).table
+    edited = run_sweep(load_spec(write_spec(path, spec("s", 4, [8]))), out, progress=False)
+    table = results.read_table(out)
+    assert table[table["run"] == "s"]["value"].tolist() == edited.table[edited.table["run"] == "s"]["value"].tolist()
+    assert len(table[table["run"] == "s"]) == 1 and (table["run"] == "other").sum() == 1
+    reverted = run_sweep(load_spec(write_spec(path, spec("s", 8, [8, 16]))), out, progress=False)
+    assert reverted.ran == 0
+    assert sorted(results.read_table(out).query("run == 's'")["value"]) == sorted(first.query("run == 's'")["value"])
+
+
 def test_a_checkpoint_replaced_at_the_same_path_is_scored_again(tmp_path):
     ckpt = tmp_path / "ck"
     checkpoint.save_checkpoint(ckpt, small_model("swa", seed=1))

@@ -4,6 +4,8 @@ gate's) gives the serial table too. (Concurrent writers of the store itself:
 tests/test_store.py.)"""
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -241,3 +243,19 @@ def test_pool_workers_take_this_process_thread_count():
 def test_a_pool_needs_a_positive_number_of_workers(workers):
     with pytest.raises(ConfigError, match=f"workers must be an integer >= 1, got {workers!r}"):
         ModelPool(workers)
+
+
+def test_a_pool_worker_that_dies_leaves_status_rows_and_a_retry_finishes(spec_path, serial, tmp_path):
+    """A worker killed (say by the kernel's out-of-memory killer) broke the pool: result() raised,
+    no cell said why, and run.json was not written."""
+    spec, out = load_spec(spec_path), tmp_path / "pool"
+    with ModelPool(2) as pool:
+        pending = pool.submit(spec, out)
+        os.kill(next(iter(pool._executor._processes)), signal.SIGKILL)  # before it can have finished a model
+        result = pending.result(progress=False)
+    assert result.failed > 0 and read_run_json(out)["failed"] == result.failed
+    assert all("worker process died" in line for line in describe_failures(out, result.keys))
+    with ModelPool(2) as pool:
+        retried = pool.submit(spec, out, retry_failed=True).result(progress=False)
+    assert retried.failed == 0
+    pd.testing.assert_frame_equal(sorted_table(retried.table), sorted_table(serial.table), check_exact=True)

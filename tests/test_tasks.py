@@ -162,7 +162,7 @@ def test_inputs_that_would_be_ignored_are_refused(tmp_path, monkeypatch):
         run_eval("latency", "swa", None, {"contexts": "16"}, seed=True)
     from harness.runs import quick
     asked = []
-    monkeypatch.setattr(quick, "run_sweep", lambda spec, out, progress: asked.extend(m.arch for m in spec.models))
+    monkeypatch.setattr(quick, "run_sweep", lambda spec, out, progress, **_: asked.extend(m.arch for m in spec.models))
     quick.run_quick(tmp_path / "q", archs="swa")  # one name, not the letters s, w, a
     assert asked == ["swa"]
 

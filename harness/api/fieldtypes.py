@@ -56,8 +56,14 @@ def type_problem(value: Any, hint: Any) -> str | None:
 
 def as_annotated(value: Any, hint: Any) -> Any:
     """``value`` with a list made a tuple where ``hint`` is a tuple (or a union holding one): JSON
-    and YAML have lists only, and a config read back from its file must equal the one that wrote it."""
+    and YAML have lists only, and a config read back from its file must equal the one that wrote it;
+    and an integer made a float where ``hint`` is a float (or ``float | None``): ``lr: 1`` is
+    ``lr: 1.0``, and the two must hash as one setting (sweep cells, checkpoint folders)."""
     origin = typing.get_origin(hint)
+    floats = hint is float or (origin in (typing.Union, types.UnionType)
+                               and [a for a in typing.get_args(hint) if a is not type(None)] == [float])
+    if floats and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     tuple_hint = hint is tuple or origin is tuple or (
         origin in (typing.Union, types.UnionType) and any(a is tuple or typing.get_origin(a) is tuple
                                                           for a in typing.get_args(hint)))

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import time
+import typing
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from harness.api.contract import check_outputs
 from harness.api.errors import ConfigError, LcbenchError, close_match
 from harness.api.interface import LCModel
 from harness.api.failures import failure_rows, require_finite_weights
-from harness.api.options import describe_options, parse_options
+from harness.api.options import convert_options, describe_options, parse_options
 from harness.api.task import ModelInfo, RunContext, Task, check_function_options, function_task
 from harness.api.staging import made_for_results
 from harness.data.heldout import heldout_documents
@@ -145,13 +146,17 @@ def identity_columns(info: ModelInfo, task: str, run: str, model: LCModel, devic
 NO_ROWS_METRIC = "no_rows"
 
 
-def check_task_options(task_name: str, options: Mapping[str, Any] | None) -> None:
-    """Raise :class:`ConfigError` if ``options`` are not valid for the task (before any work)."""
+def check_task_options(task_name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Raise :class:`ConfigError` if ``options`` are not valid for the task (before any work).
+    Returns the options given, each as the task reads it (``"1K"`` as 1024, ``2`` of a float
+    option as 2.0): one spelling per setting, what a sweep cell's key hashes."""
     task = registry.get_task(task_name)
     if isinstance(task, type) and issubclass(task, Task):
         parse_options(task.Options, options, task_name)
-    elif callable(task):
-        check_function_options(task, options, task_name)
+        return convert_options(options or {}, typing.get_type_hints(task.Options), task_name)
+    if callable(task):
+        return check_function_options(task, options, task_name)
+    return dict(options or {})
 
 
 def needs_contract_check(model: LCModel) -> bool:

@@ -21,14 +21,13 @@ from typing import Any
 import submitit
 from tqdm.auto import tqdm
 
-from harness.api import results
 from harness.api.device import resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, check_choice
 from harness.runs.cluster import ClusterOptions
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
-from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cell_record, cells_by_model, failure_rows_of,
-                                finish_sweep, plan, run_model_cells, start_sweep)
+from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, is_finished, plan,
+                                record_lost_cells, run_model_cells, start_sweep)
 
 EXECUTORS = ("local", "slurm")
 JOBS_DIR = "jobs"
@@ -48,7 +47,7 @@ class SweepJob(submitit.helpers.Checkpointable):
                               "where it runs: a corpus, tokenizer or checkpoint it reads differs from when the sweep "
                               "submitted it (changed since, or another path or Python there); rerun the sweep")
         done = ResultStore(out_dir).finished()
-        cells = [c for c in planned if c.key in wanted and done.get(c.key, {}).get("status") != "ok"]
+        cells = [c for c in planned if c.key in wanted and not is_finished(c, done.get(c.key), retry_failed=True)]
         if train_only:  # train (or resume) each model once; its cells are other jobs
             for model in {id(c.model): c.model for c in cells}.values():
                 model.train_once(Path(out_dir))
@@ -135,16 +134,8 @@ def record_dead_job(out: Path, item: Submitted, exc: BaseException, git: dict[st
     """Status rows (and failed ``cells.jsonl`` records) for the cells a dead job left unfinished:
     those with no record, or with the record they had in ``before`` (the records when the job was
     submitted: a --retry-failed job's old failures), so the death is not hidden by an old reason."""
-    store = ResultStore(out)
-    done = store.finished()
-    log = item.job.paths.stderr
-    reason = death_reason(exc)
-    for cell in item.cells:
-        if cell.key in done and (before is None or done[cell.key] != before.get(cell.key)):
-            continue
-        lost = RuntimeError(f"job {item.job.job_id} died ({reason}); log: {log}")
-        table = results.to_frame(failure_rows_of(cell, lost, cell.model.label))
-        store.record_cell(cell.key, table, cell_record(cell, table, 0.0, git, None))
+    reason = f"job {item.job.job_id} died ({death_reason(exc)}); log: {item.job.paths.stderr}"
+    record_lost_cells(out, item.cells, reason, git, before)
 
 
 def death_reason(exc: BaseException) -> str:

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from harness.api.device import resolve_device, resolve_dtype
 from harness.api.errors import ConfigError
 from harness.runs.provenance import git_commit
-from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep,
+from harness.runs.store import ResultStore
+from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, record_lost_cells,
                                 run_model_cells, run_sweep, start_sweep)
 
 
@@ -38,7 +39,8 @@ class PendingSweep:
     started: float = 0.0
     git: dict[str, Any] | None = None
     device: str = ""
-    futures: dict[Future, int] | None = None  # each model's job -> its number of cells
+    futures: dict[Future, list[Cell]] | None = None  # each model's job -> its cells
+    before: dict[str, dict[str, Any]] | None = None  # the folder's records when the jobs were handed out
 
     def result(self, progress: bool = True) -> SweepResult:
         if self.futures is None:
@@ -46,8 +48,13 @@ class PendingSweep:
         bar = tqdm(total=len(self.cells), initial=len(self.cells) - self.ran, desc=f"sweep {self.spec.name}",
                    unit="cell", disable=not progress)
         for future in as_completed(self.futures):
-            future.result()  # a cell's own failure is a status row; this raises only if a worker died
-            bar.update(self.futures[future])
+            cells = self.futures[future]
+            try:  # a cell's own failure is a status row; this raises if its worker died (killed, out of memory)
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, or an error outside the cells' guards
+                reason = f"worker process died ({type(exc).__name__}: {exc})"
+                record_lost_cells(self.out_dir, cells, reason, self.git or {}, self.before)
+            bar.update(len(cells))
         bar.close()
         return finish_sweep(self.spec, self.out_dir, self.cells, self.ran, self.started, self.git, device=self.device)
 
@@ -79,6 +86,7 @@ class ModelPool:
         dtype = resolve_dtype(spec.dtype, device)
         out, cells, pending = start_sweep(spec, out_dir, retry_failed)
         git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
-        futures = {self._executor.submit(run_model_cells, group, out, device, dtype): len(group)
+        before = ResultStore(out).finished()
+        futures = {self._executor.submit(run_model_cells, group, out, device, dtype): group
                    for group in cells_by_model(pending)}
-        return PendingSweep(spec, out, retry_failed, cells, len(pending), started, git, str(device), futures)
+        return PendingSweep(spec, out, retry_failed, cells, len(pending), started, git, str(device), futures, before)

@@ -10,8 +10,9 @@ QUICK_SPEC = Path(__file__).resolve().parents[2] / "results" / "specs" / "quick.
 
 
 def run_quick(out_dir: str | Path = "runs/quick", archs: str | list[str] | None = None, steps: int | None = None,
-              progress: bool = True) -> SweepResult:
-    """Run the quick spec (optionally only some architectures, or another training budget)."""
+              progress: bool = True, retry_failed: bool = False) -> SweepResult:
+    """Run the quick spec (optionally only some architectures, or another training budget; with
+    ``retry_failed``, the cells that failed before run again)."""
     if isinstance(archs, str):  # one name, not its letters
         archs = [archs]
     if not QUICK_SPEC.is_file():
@@ -25,4 +26,4 @@ def run_quick(out_dir: str | Path = "runs/quick", archs: str | list[str] | None 
         spec.models = [m for m in spec.models if m.arch in archs]
     if steps is not None:
         spec.train = {**spec.train, "steps": steps}
-    return run_sweep(spec, out_dir, progress=progress)
+    return run_sweep(spec, out_dir, progress=progress, retry_failed=retry_failed)

@@ -92,19 +92,23 @@ class ResultStore:
             self._append_record({**record, "key": key})
         return table
 
-    def show_cells(self, keys: Iterable[str]) -> pd.DataFrame:
+    def show_cells(self, keys: Iterable[str], run: str | None = None) -> pd.DataFrame:
         """Make the table show the stored rows of the finished cells ``keys`` (rows of other
-        cells that clash with them are replaced). Cells recorded before rows were kept per cell
-        are left as the table has them. Returns the table."""
+        cells that clash with them are replaced). With ``run`` (the spec's name), the rows of that
+        run's other recorded cells leave the table: cells an edit of the spec dropped (a model
+        changed or removed, a grid point gone), which it would show beside the spec's own as if
+        current; they stay in ``cells/`` and show again when a spec that has them runs. Cells
+        recorded before rows were kept per cell are left as the table has them. Returns the table."""
         keys = list(keys)
         with self.locked():
             stored = [rows for rows in (self.cell_rows(k) for k in keys) if rows is not None and len(rows)]
             table = self._read_table()
-            if not stored:
-                return table
             records = self.finished()
-            for old in self._superseded({k: records[k] for k in keys if k in records}):
+            dropped = [k for k, r in records.items() if run is not None and r.get("run") == run and k not in keys]
+            for old in [*self._superseded({k: records[k] for k in keys if k in records}), *dropped]:
                 table = self._without_rows_of(table, old)
+            if not stored:
+                return results.write_table(self.root, table) if dropped else table
             wanted = pd.concat(stored, ignore_index=True)
             wanted = wanted[~wanted.duplicated(results.KEY_COLUMNS, keep="last")]
             kept = _drop_keys(table, wanted)

@@ -22,8 +22,9 @@ was trained at. Entries with a checkpoint or ``untrained: true`` are not expande
 Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
 its numbers: the spec's name, the model's config and training settings (or a given checkpoint's
 content, not its path), the content of the corpora it is trained and evaluated on (file names
-and bytes, hashed once per sweep), the task, its options, device and dtype. The whole spec, task
-options included, is checked when it loads, before any model trains. A finished cell is recorded
+and bytes, hashed once per sweep), the task, its options (as the task reads them: ``1K`` is 1024),
+device and dtype; a record finishes a cell only under the model's current label, which its rows
+carry. The whole spec, task options included, is checked when it loads, before any model trains. A finished cell is recorded
 in the folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record
 into ``cells.jsonl``, under a lock). Every spec that writes into a folder is kept there as
 ``specs/NAME-HASH.json`` and named by its cells' records (``spec.json`` is the one that ran
@@ -72,8 +73,8 @@ from harness.data.local import missing_path_error
 from harness.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
-from harness.runs.provenance import (config_hash, device_record, git_commit, read_run_json, run_metadata,
-                                     write_run_json)
+from harness.runs.provenance import (config_hash, device_record, git_commit, package_versions, read_run_json,
+                                     run_metadata, write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, train
@@ -413,7 +414,8 @@ def plan(spec: SweepSpec) -> list[Cell]:
         for task in spec.tasks:
             for options in task.option_sets(length):
                 data = model.corpus_fingerprint(options.get("corpus") or trained_on)
-                fields = {"run": spec.name, "model": model_id, "task": task.task, "options": options,
+                fields = {"run": spec.name, "model": model_id, "task": task.task,
+                          "options": check_task_options(task.task, options),  # '1K' and 1024 are one cell
                           "data": data, "device": spec.device, "dtype": spec.dtype}
                 if options.get("tokenizer") is not None:  # its files (none given: keys as before)
                     fields["tokenizer"] = tokenizer_fingerprint(options["tokenizer"])
@@ -435,11 +437,34 @@ def failure_rows_of(cell: Cell, exc: BaseException, label: str) -> list[dict[str
                         arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
 
 
+def record_lost_cells(out_dir: str | os.PathLike, cells: list[Cell], reason: str, git: dict[str, Any],
+                      before: dict[str, dict[str, Any]] | None = None) -> None:
+    """Status rows (and failed ``cells.jsonl`` records) saying ``reason`` for the ``cells`` that a
+    dead worker or job left unfinished: those with no record, or with the record they had in
+    ``before`` (the records when the work was handed out: a retry's old failures), so that the
+    death is not hidden by an old reason. ``git``: the code the work was handed out with."""
+    store = ResultStore(out_dir)
+    done = store.finished()
+    for cell in cells:
+        if cell.key in done and (before is None or done[cell.key] != before.get(cell.key)):
+            continue
+        table = results.to_frame(failure_rows_of(cell, RuntimeError(reason), cell.model.label))
+        store.record_cell(cell.key, table, cell_record(cell, table, 0.0, git, None))
+
+
 def unfinished(cells: list[Cell], out_dir: str | os.PathLike, retry_failed: bool = False) -> list[Cell]:
     """The ``cells`` not finished in ``out_dir`` yet (with ``retry_failed``, also those that
     failed), in run order."""
     done = ResultStore(out_dir).finished()
-    return [c for c in cells if c.key not in done or (retry_failed and done[c.key]["status"] != "ok")]
+    return [c for c in cells if not is_finished(c, done.get(c.key), retry_failed)]
+
+
+def is_finished(cell: Cell, record: dict[str, Any] | None, retry_failed: bool = False) -> bool:
+    """Whether ``record`` (the latest of ``cell``'s key in ``cells.jsonl``) finishes ``cell``: made
+    under the label the spec gives its model now (the rows carry the label, which the key does not
+    hash: a renamed model's rows would show its old name), and ok where failures are retried."""
+    return (record is not None and record.get("model") == cell.model.label
+            and not (retry_failed and record.get("status") != "ok"))
 
 
 def cells_by_model(cells: list[Cell]) -> list[list[Cell]]:
@@ -464,7 +489,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
     record_spec(seeded.spec, out_dir)
     # each record names the code and the machine that made it: a resumed sweep may mix commits, and
     # a cluster's cells run on other machines than the one that writes run.json
-    git, machine = git_commit(), device_record(str(device))
+    git, machine, packages = git_commit(), device_record(str(device)), package_versions()
     failed = 0
     # a model that cannot be trained or loaded fails all its cells
     with FailureGuard([], device) as preparing:
@@ -485,7 +510,7 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
             results.write_jsonl(sample_file, samples)
         else:  # an earlier attempt's samples (a retried cell's) would stand beside this attempt's rows
             sample_file.unlink(missing_ok=True)
-        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git, machine))
+        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git, machine, packages))
         if on_cell is not None:
             on_cell(cell)
     free_memory(device)
@@ -531,7 +556,8 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     several when earlier runs in the folder ran other code (a warning says so), ``cell_machines``
     the machines (likewise)."""
     store = ResultStore(out_dir)
-    table = store.show_cells(c.key for c in cells)  # cells finished earlier show their own rows
+    # cells finished earlier show their own rows; cells of earlier edits of the spec, none
+    table = store.show_cells((c.key for c in cells), run=spec.name)
     done = store.finished()
     failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
     clashes = clashing_cells(store, cells)
@@ -551,7 +577,14 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
         warnings.warn(f"the cells of {spec.name} in {out_dir} ran on different machines ({ran_on}): timings and "
                       "memory compare only between cells of one machine, and a rerun does not redo finished cells",
                       stacklevel=2)
-    meta.update(cell_commits=commits, cell_machines=machines)
+    packages = cell_packages(done.get(k) for k in keys)
+    if packages:
+        versions = "; ".join(f"{name} " + ", ".join(f"{v} ({n} cells)" for v, n in seen.items())
+                             for name, seen in packages.items())
+        warnings.warn(f"the cells of {spec.name} in {out_dir} were made with different package versions ({versions}): "
+                      "a kernel or library change moves numbers, and a rerun does not redo finished cells",
+                      stacklevel=2)
+    meta.update(cell_commits=commits, cell_machines=machines, cell_packages=packages)
     meta.update(cells=len(cells), cell_keys=keys, ran=ran, skipped=len(cells) - ran, failed=failed,
                 elapsed_s=round(time.time() - started, 3), **extra, **({"clashes": clashes} if clashes else {}))
     write_run_json(out_dir, meta)
@@ -592,15 +625,16 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
 
 
 def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, Any],
-                machine: dict[str, Any] | None) -> dict[str, Any]:
+                machine: dict[str, Any] | None, packages: dict[str, str] | None = None) -> dict[str, Any]:
     """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``, made by the code
-    of ``git`` (:func:`~harness.runs.provenance.git_commit`) on ``machine`` (the
+    of ``git`` (:func:`~harness.runs.provenance.git_commit`) with ``packages``
+    (:func:`~harness.runs.provenance.package_versions`) on ``machine`` (the
     :func:`~harness.runs.provenance.device_record` of the device used; None for a cell whose job died unseen)."""
     not_ok = table[table["status"] != "ok"]
     return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
             "seed": cell.seed, "task": cell.task, "options": cell.options,
             "status": "failed" if len(not_ok) else "ok", "rows": len(table), "seconds": round(seconds, 2),
-            "message": failure_summary(not_ok), "git": git, "machine": machine}
+            "message": failure_summary(not_ok), "git": git, "machine": machine, "packages": packages}
 
 
 def cell_commits(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
@@ -613,6 +647,15 @@ def cell_commits(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
         dirty = "+dirty" + (f":{git['diff']}" if git.get("diff") else "") if git.get("dirty") else ""
         return (git.get("commit") or "unknown") + dirty
     return _count(records, commit)
+
+
+def cell_packages(records: Iterable[dict[str, Any] | None]) -> dict[str, dict[str, int]]:
+    """package -> {version: how many of ``records`` were made with it}, for the packages whose
+    versions differ between records (``absent`` where a record lacks one); records that name no
+    packages (a dead job's, or written before records named them) are left out."""
+    named = [r["packages"] for r in records if r is not None and r.get("packages")]
+    differ = sorted({name for p in named for name in p if len({q.get(name) for q in named}) > 1})
+    return {name: _count(named, lambda p, name=name: p.get(name, "absent")) for name in differ}
 
 
 def cell_machines(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from harness import data
 from harness.api.errors import ConfigError, DistributedError, check_choice
-from harness.api.fieldtypes import check_fields
+from harness.api.fieldtypes import as_annotated, check_fields, field_hints
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.registry import build_model
 from harness.api.staging import clear_stale, ensure_writable
@@ -60,6 +60,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(TrainConfig, self.to_dict(), "TrainConfig")
+        hints = field_hints(TrainConfig)
+        for f in dataclasses.fields(self):  # one form per setting: lr=1 is lr=1.0
+            setattr(self, f.name, as_annotated(getattr(self, f.name), hints.get(f.name)))
         if self.seq_len < 2:
             raise ConfigError(f"TrainConfig.seq_len must be at least 2 (a token and its successor), got {self.seq_len}")
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
