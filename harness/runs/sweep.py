@@ -556,6 +556,13 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     several when earlier runs in the folder ran other code (a warning says so), ``cell_machines``
     the machines (likewise)."""
     store = ResultStore(out_dir)
+    shown = set(results.read_table(out_dir)["model"]) if (out_dir / results.TABLE_CSV).is_file() else set()
+    hidden = {store.finished()[k].get("model") for k in store.dropped_cells(spec.name, (c.key for c in cells))}
+    hidden &= shown - {c.model.label for c in cells}
+    if hidden:  # said, since `quick --arch A` after `quick --arch B` shows A alone
+        warnings.warn(f"the table of {out_dir} no longer shows {', '.join(sorted(hidden))}: earlier runs of spec "
+                      f"{spec.name!r} measured them, this one does not; their cells stay in {out_dir / 'cells'} and "
+                      "show again when a spec that has them runs", stacklevel=2)
     # cells finished earlier show their own rows; cells of earlier edits of the spec, none
     table = store.show_cells((c.key for c in cells), run=spec.name)
     done = store.finished()
