@@ -165,44 +165,40 @@ def test_a_sweep_whose_cells_ran_on_different_machines_says_so(monkeypatch, tmp_
     """run.json counted the machines, but a sweep resumed elsewhere (a CPU run continued on a GPU
     node, another GPU model) put their timings side by side without a word, where mixed code is
     warned of."""
-    import yaml
     from harness.runs import sweep
-    from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
 
     machine = {"name": "cuda", "gpu": "NVIDIA A100"}
     monkeypatch.setattr(sweep, "device_record", lambda device: dict(machine))
-    spec = {"name": "m", "models": [{"arch": "swa", "untrained": True, "set": {"window": 8, "d_model": 32, "n_heads": 2,
-                                                                               "mlp_hidden": 64}}],
-            "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [4]}}]}
+    sweep.run_sweep(sweep.load_spec(_probe_spec(tmp_path, "m", [4])), tmp_path / "out", progress=False)
+    machine["gpu"] = "NVIDIA H100"
+    with pytest.warns(UserWarning, match=r"ran on different machines \(1 on cuda: NVIDIA A100, 1 on cuda: NVIDIA H100\)"):
+        sweep.run_sweep(sweep.load_spec(_probe_spec(tmp_path, "m", [4, 8])), tmp_path / "out", progress=False)
+
+
+def _probe_spec(tmp_path, name: str, contexts: list[int]):
+    """A spec file: one untrained tiny SWA model measured by the probe task at ``contexts``."""
+    import yaml
+    from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
+
+    spec = {"name": name, "models": [{"arch": "swa", "untrained": True, "set": {"window": 8, "d_model": 32, "n_heads": 2,
+                                                                                "mlp_hidden": 64}}],
+            "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": contexts}}]}
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
-    sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)
-    machine["gpu"] = "NVIDIA H100"
-    spec["tasks"][0]["grid"]["contexts"] = [4, 8]
-    spec_file.write_text(yaml.safe_dump(spec))
-    with pytest.warns(UserWarning, match=r"ran on different machines \(1 on cuda: NVIDIA A100, 1 on cuda: NVIDIA H100\)"):
-        sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)
+    return spec_file
 
 
 def test_a_sweep_whose_cells_were_made_with_other_packages_says_so(monkeypatch, tmp_path) -> None:
     """run.json named the packages of the last run only: cells finished earlier with another torch
     (or kernel package) were shown beside new ones as if made alike."""
-    import yaml
     from harness.runs import sweep
-    from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
 
     packages = {"python": "3.11.7", "torch": "2.12.0"}
     monkeypatch.setattr(sweep, "package_versions", lambda: dict(packages))
-    spec = {"name": "k", "models": [{"arch": "swa", "untrained": True, "set": {"window": 8, "d_model": 32, "n_heads": 2,
-                                                                               "mlp_hidden": 64}}],
-            "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [4]}}]}
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)
+    sweep.run_sweep(sweep.load_spec(_probe_spec(tmp_path, "k", [4])), tmp_path / "out", progress=False)
     assert provenance.read_run_json(tmp_path / "out")["cell_packages"] == {}
     packages.update(torch="2.13.0", triton="3.9.0")
-    spec["tasks"][0]["grid"]["contexts"] = [4, 8]
-    spec_file.write_text(yaml.safe_dump(spec))
+    spec_file = _probe_spec(tmp_path, "k", [4, 8])
     with pytest.warns(UserWarning, match=r"different package versions \(torch 2\.12\.0 \(1 cells\), 2\.13\.0 \(1 cells\); "
                                          r"triton 3\.9\.0 \(1 cells\), absent \(1 cells\)\)"):
         sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)
