@@ -115,7 +115,7 @@ def parse_options(options_class: type, raw: Mapping[str, Any] | None, task: str 
     hints = typing.get_type_hints(options_class)
     for key in raw:
         if key not in fields:
-            raise ConfigError(unknown_message(f"option of task {task!r}", key, fields))
+            raise ConfigError(unknown_message("option", key, fields, of=f"task {task!r}"))
     values = convert_options(raw, hints, task)
     try:
         return options_class(**values)
