@@ -17,7 +17,7 @@ import click
 
 from harness.api import registry
 from harness.api.errors import DistributedError, LcbenchError
-from harness.api.options import whole_number
+from harness.api.options import parse_assignments, whole_number
 from harness.api.timing import is_oom
 
 
@@ -147,21 +147,6 @@ def list_cmd(presets: bool, kernels: bool) -> None:
         click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "  (none declared)")
 
 
-def _parse_overrides(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
-    """key=value pairs given to ``option`` (--set, -o, --slurm-opt); values are parsed as JSON when
-    they can be (numbers, booleans)."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint=option)
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except ValueError:  # not JSON (nor NaN or Infinity): a string
-            out[key] = value
-    return out
-
-
 @main.command()
 @click.argument("arch")
 @click.option("--preset", default="tiny", show_default=True, help="Model size (`lcbench list` shows each ARCH's).")
@@ -202,7 +187,7 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 
     given = {k: v for k, v in train_opts.items() if v is not None}
     cfg = resume_config(out, given) if resume and out else TrainConfig(**given)
-    overrides = _parse_overrides(model_set, "--set")
+    overrides = parse_assignments(model_set, "--set")
     overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
     model_config = registry.make_config(arch, preset, **overrides)
     try:
@@ -376,7 +361,7 @@ def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[
         raise click.UsageError("--model is required (a checkpoint folder, or ARCH[:PRESET])")
     if out is None:
         out = f"runs/eval/{task}-{Path(model_spec).name.replace(':', '-')}"
-    result = run_eval(task, model_spec, out, _parse_overrides(options, "--option"), device=device, dtype=dtype, backend=backend,
+    result = run_eval(task, model_spec, out, parse_assignments(options, "--option"), device=device, dtype=dtype, backend=backend,
                       seed=seed, command=sys.argv)
     _echo_table(result.table)
     click.echo(f"{len(result.table)} rows in {out}/")
@@ -437,7 +422,7 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
         from harness.runs.jobs import run_sweep_jobs  # imports submitit (the cluster extra)
 
         if slurm_opts:
-            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **_parse_overrides(slurm_opts, "--slurm-opt")}
+            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **parse_assignments(slurm_opts, "--slurm-opt")}
         result = run_sweep_jobs(parsed, out, executor, retry_failed=retry_failed, **cluster)
     _summarise(result, out)
     exit_if_sweep_failed(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import json
 import math
 import numbers
 import types
@@ -103,6 +104,24 @@ def whole_number(value: Any) -> int:
     if not math.isfinite(number) or number != int(number):
         raise ValueError(value)
     return int(number)
+
+
+def parse_assignments(pairs: Iterable[str], option: str) -> dict[str, Any]:
+    """``key=value`` pairs as a command line gives them to ``option`` (``--set``, ``-o``); a value
+    is parsed as JSON when it can be (numbers, booleans, lists), else kept as text. A key given
+    twice is refused: the last value silently replaced the first."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"{option} takes key=value, got {pair!r}")
+        if key in out:
+            raise ConfigError(f"{option} gives {key!r} twice ({key}={out[key]!r} and {pair!r}); give it once")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:  # not JSON (nor NaN or Infinity): a string
+            out[key] = value
+    return out
 
 
 def parse_options(options_class: type, raw: Mapping[str, Any] | None, task: str = "task") -> Any:
