@@ -71,6 +71,8 @@ def corpus_report(
     length threshold (overall and in the validation split), the longest and the median.
     ``source`` describes where the documents came from (defaults to the stdlib's description
     when ``docs`` is the embedded corpus); ``progress``: a bar while a large corpus is tokenized."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # no training run splits with it
+        raise ConfigError(f"seed must be a non-negative integer (that of `lcbench train --seed`), got {seed!r}")
     docs = list(docs)
     if not docs:
         raise ConfigError("the corpus has no documents")
