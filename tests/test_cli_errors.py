@@ -301,6 +301,9 @@ def test_audit_a_spec_that_is_not_yaml_is_one_line(tmp_path):
     (["import", ".", "out", "--dtype", "fp17"], ["unknown dtype 'fp17'"]),
     # a split no training run can make (train refuses seed -1)
     (["data-report", "--seed", "-1"], ["seed", "-1"]),
+    # a task's split seed likewise: it measured on that split, exit 0
+    (["eval", "loss_scaling", "--model", "swa", "--device", "cpu", "--out", "out", "-o", "contexts=32",
+      "-o", "tokens_per_context=64", "-o", "split_seed=-1"], ["split seed must be a non-negative integer, got -1"]),
 ])
 def test_audit_bad_command_line_values_exit_2(tmp_path, monkeypatch, args, fragments):
     monkeypatch.chdir(tmp_path)

@@ -71,16 +71,14 @@ def corpus_report(
     length threshold (overall and in the validation split), the longest and the median.
     ``source`` describes where the documents came from (defaults to the stdlib's description
     when ``docs`` is the embedded corpus); ``progress``: a bar while a large corpus is tokenized."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # no training run splits with it
-        raise ConfigError(f"seed must be a non-negative integer (that of `lcbench train --seed`), got {seed!r}")
     docs = list(docs)
     if not docs:
         raise ConfigError("the corpus has no documents")
     if source is None:
         source = describe_documents(docs)
+    train, val = split_documents(docs, val_fraction, seed)  # before tokenizing: a bad seed fails at once
     lengths = [ids.numel() for ids in tokenize_documents(docs, tokenizer, progress)]
     length_of = {id(d): n for d, n in zip(docs, lengths)}
-    train, val = split_documents(docs, val_fraction, seed)
     val_lengths = [length_of[id(d)] for d in val]
     longest = max(range(len(docs)), key=lengths.__getitem__)
     return CorpusReport(
