@@ -317,3 +317,20 @@ def test_audit_unknown_option_names_the_option_then_its_task():
                    "unknown option 'contxts' of task 'niah'", "Did you mean 'contexts'")
     one_line_error(run("train", "swa", "--preset", "tinyy"), EXIT_USER_ERROR,
                    "unknown preset 'tinyy' of 'swa'", "Did you mean 'tiny'")
+
+
+@pytest.mark.parametrize("text, fragments", [
+    # YAML keeps the last of a repeated key: the sweep ran as 'other', the first name dropped unseen
+    ("name: s\nmodels: [{arch: swa, untrained: true}]\ntasks: [{task: test_sweep_probe}]\nname: other\n",
+     ["'name' twice", "line 4"]),
+    ("name: s\nmodels: [{arch: swa, untrained: true}]\n"
+     "tasks: [{task: test_sweep_probe, options: {contexts: [8], contexts: [16]}}]\n", ["'contexts' twice"]),
+    # an untrained model's own train settings were dropped unread (a checkpoint's are refused)
+    ("name: s\nmodels: [{arch: swa, untrained: true, train: {steps: 5}}]\ntasks: [{task: test_sweep_probe}]\n",
+     ["untrained", "'train' settings"]),
+])
+def test_audit_spec_values_that_were_dropped_unseen(tmp_path, text, fragments):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, *fragments)
+    assert not (tmp_path / "out").exists()

@@ -48,6 +48,7 @@ import os
 import time
 import tomllib
 import warnings
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -201,6 +202,9 @@ class SweepSpec:
             if ignored:  # a checkpoint is evaluated as saved: these would only relabel it
                 raise ConfigError(f"model {entry.label!r} is a given checkpoint; its {ignored[0]!r} settings "
                                   f"{getattr(entry, ignored[0])} would not apply to it; remove them")
+            if entry.untrained and entry.train:  # nothing trains it: they would be dropped unread
+                raise ConfigError(f"model {entry.label!r} is untrained: true; its 'train' settings {entry.train} "
+                                  "would not apply to it; remove them")
             if entry.checkpoint is None:  # a given checkpoint is checked when planned (check_given_checkpoint)
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
@@ -296,7 +300,7 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not a text file ({exc})") from exc
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.load(text, Loader=_UniqueKeyLoader)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
                           f"{_parse_problem(exc)}") from exc
@@ -305,6 +309,23 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
                           f"got {'nothing' if data is None else type(data).__name__}")
     data.setdefault("name", path.stem)
     return SweepSpec.from_dict(data, str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently; TOML refuses it too)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # the base loader names an unhashable key
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _parse_problem(exc: Exception) -> str:
