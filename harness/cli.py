@@ -151,7 +151,8 @@ def list_cmd(presets: bool, kernels: bool) -> None:
 @click.argument("arch")
 @click.option("--preset", default="tiny", show_default=True, help="Model size (`lcbench list` shows each ARCH's).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
-@click.option("--tokens", type=TOKENS, default=None, help="Token budget; overrides --steps.")
+@click.option("--tokens", type=TOKENS, default=None, help="Token budget (8192 or 8K; K is 1024, M 1024²): steps = tokens / (batch-size x seq-len x grad-accum), "
+              "replacing --steps (default: none, --steps counts).")
 @click.option("--batch-size", type=int, default=None,
               help="Sequences per micro-batch, over all processes; a step reads --grad-accum of them (default 8).")
 @click.option("--seq-len", type=TOKENS, default=None, help="Tokens per training sequence (default 256).")
@@ -496,7 +497,7 @@ def _token_counts(value: str | None, option: str) -> list[int] | None:
 @click.argument("model_spec")
 @click.option("--tasks", required=True, help="Comma-separated lm-eval task names.")
 @click.option("--lengths", default=None, help="RULER max_seq_lengths, comma-separated (e.g. 4096,8K).")
-@click.option("--limit", type=float, default=None, help="Examples per task (or per RULER length).")
+@click.option("--limit", type=float, default=None, help="Examples per task (or per RULER length); below 1, a fraction of each task (default: all).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/lm_eval/MODEL).")
 @click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
 @click.option("--include-path", multiple=True, help="Folders of extra task YAMLs (repeatable).")
