@@ -315,11 +315,9 @@ def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
     from harness.runs.store import ResultStore
     from harness.runs.sweep import current_sample_files
 
-    bad = [p for p in picks if "=" not in p]
-    if bad:
-        raise UserError(f"--model takes ARCH=NAME, got {bad[0]!r}")
+    chosen = parse_assignments(picks, "--model", form="ARCH=NAME", as_json=False)
     run = load_run(run_dir, current_sample_files(run_dir), ResultStore(run_dir).finished().values())
-    run.pick(dict(p.split("=", 1) for p in picks))
+    run.pick(chosen)
     text = render_markdown(judge(run), run.judged_note())
     click.echo(text, nl=False)
     atomic_write(Path(out or Path(run_dir) / "claims.md"), lambda f: f.write(text))

@@ -296,6 +296,7 @@ def test_audit_a_spec_that_is_not_yaml_is_one_line(tmp_path):
     (["eval", "test_sweep_probe", "--model", "swa", "-o", "contexts=8", "-o", "contexts=16"],
      ["--option", "'contexts'", "twice"]),
     ([*TRAIN, "--set", "window=16"], ["--set", "'window'", "twice"]),
+    (["claims", ".", "--model", "swa=a", "--model", "swa=b"], ["--model", "'swa'", "twice"]),
     # the unknown format or dtype was named only after reading the folder (here: no config.json)
     (["import", ".", "out", "--format", "lama"], ["unknown import format 'lama'", "Did you mean 'llama'"]),
     (["import", ".", "out", "--dtype", "fp17"], ["unknown dtype 'fp17'"]),

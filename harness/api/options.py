@@ -106,19 +106,19 @@ def whole_number(value: Any) -> int:
     return int(number)
 
 
-def parse_assignments(pairs: Iterable[str], option: str) -> dict[str, Any]:
-    """``key=value`` pairs as a command line gives them to ``option`` (``--set``, ``-o``); a value
-    is parsed as JSON when it can be (numbers, booleans, lists), else kept as text. A key given
-    twice is refused: the last value silently replaced the first."""
+def parse_assignments(pairs: Iterable[str], option: str, form: str = "key=value", as_json: bool = True) -> dict[str, Any]:
+    """``key=value`` pairs as a command line gives them to ``option`` (``--set``, ``-o``); with
+    ``as_json`` a value is parsed as JSON when it can be (numbers, booleans, lists), else kept as
+    text. A key given twice is refused: the last value silently replaced the first."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, equals, value = pair.partition("=")
         if not equals or not key:
-            raise ConfigError(f"{option} takes key=value, got {pair!r}")
+            raise ConfigError(f"{option} takes {form}, got {pair!r}")
         if key in out:
             raise ConfigError(f"{option} gives {key!r} twice ({key}={out[key]!r} and {pair!r}); give it once")
         try:
-            out[key] = json.loads(value)
+            out[key] = json.loads(value) if as_json else value
         except ValueError:  # not JSON (nor NaN or Infinity): a string
             out[key] = value
     return out
