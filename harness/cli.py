@@ -17,7 +17,7 @@ import click
 
 from harness.api import registry
 from harness.api.errors import DistributedError, LcbenchError
-from harness.api.options import whole_number
+from harness.api.options import parse_assignments, whole_number
 from harness.api.timing import is_oom
 
 
@@ -147,26 +147,12 @@ def list_cmd(presets: bool, kernels: bool) -> None:
         click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "  (none declared)")
 
 
-def _parse_overrides(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
-    """key=value pairs given to ``option`` (--set, -o, --slurm-opt); values are parsed as JSON when
-    they can be (numbers, booleans)."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint=option)
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except ValueError:  # not JSON (nor NaN or Infinity): a string
-            out[key] = value
-    return out
-
-
 @main.command()
 @click.argument("arch")
 @click.option("--preset", default="tiny", show_default=True, help="Model size (`lcbench list` shows each ARCH's).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
-@click.option("--tokens", type=TOKENS, default=None, help="Token budget; overrides --steps.")
+@click.option("--tokens", type=TOKENS, default=None, help="Token budget (8192 or 8K; K is 1024, M 1024²): steps = tokens / (batch-size x seq-len x grad-accum), "
+              "replacing --steps (default: none, --steps counts).")
 @click.option("--batch-size", type=int, default=None,
               help="Sequences per micro-batch, over all processes; a step reads --grad-accum of them (default 8).")
 @click.option("--seq-len", type=TOKENS, default=None, help="Tokens per training sequence (default 256).")
@@ -202,7 +188,7 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 
     given = {k: v for k, v in train_opts.items() if v is not None}
     cfg = resume_config(out, given) if resume and out else TrainConfig(**given)
-    overrides = _parse_overrides(model_set, "--set")
+    overrides = parse_assignments(model_set, "--set")
     overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
     model_config = registry.make_config(arch, preset, **overrides)
     try:
@@ -332,11 +318,9 @@ def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
     from harness.runs.store import ResultStore
     from harness.runs.sweep import current_sample_files
 
-    bad = [p for p in picks if "=" not in p]
-    if bad:
-        raise UserError(f"--model takes ARCH=NAME, got {bad[0]!r}")
+    chosen = parse_assignments(picks, "--model", form="ARCH=NAME", as_json=False)
     run = load_run(run_dir, current_sample_files(run_dir), ResultStore(run_dir).finished().values())
-    run.pick(dict(p.split("=", 1) for p in picks))
+    run.pick(chosen)
     text = render_markdown(judge(run), run.judged_note())
     click.echo(text, nl=False)
     atomic_write(Path(out or Path(run_dir) / "claims.md"), lambda f: f.write(text))
@@ -379,7 +363,7 @@ def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[
         raise click.UsageError("--model is required (a checkpoint folder, or ARCH[:PRESET])")
     if out is None:
         out = f"runs/eval/{task}-{Path(model_spec).name.replace(':', '-')}"
-    result = run_eval(task, model_spec, out, _parse_overrides(options, "--option"), device=device, dtype=dtype, backend=backend,
+    result = run_eval(task, model_spec, out, parse_assignments(options, "--option"), device=device, dtype=dtype, backend=backend,
                       seed=seed, command=sys.argv)
     _echo_table(result.table)
     click.echo(f"{len(result.table)} rows in {out}/")
@@ -440,7 +424,7 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
         from harness.runs.jobs import run_sweep_jobs  # imports submitit (the cluster extra)
 
         if slurm_opts:
-            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **_parse_overrides(slurm_opts, "--slurm-opt")}
+            cluster["slurm"] = {**parsed.cluster.get("slurm", {}), **parse_assignments(slurm_opts, "--slurm-opt")}
         result = run_sweep_jobs(parsed, out, executor, retry_failed=retry_failed, **cluster)
     _summarise(result, out)
     exit_if_sweep_failed(result)
@@ -514,7 +498,7 @@ def _token_counts(value: str | None, option: str) -> list[int] | None:
 @click.argument("model_spec")
 @click.option("--tasks", required=True, help="Comma-separated lm-eval task names.")
 @click.option("--lengths", default=None, help="RULER max_seq_lengths, comma-separated (e.g. 4096,8K).")
-@click.option("--limit", type=float, default=None, help="Examples per task (or per RULER length).")
+@click.option("--limit", type=float, default=None, help="Examples per task (or per RULER length); below 1, a fraction of each task (default: all).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/lm_eval/MODEL).")
 @click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
 @click.option("--include-path", multiple=True, help="Folders of extra task YAMLs (repeatable).")

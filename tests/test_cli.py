@@ -174,7 +174,7 @@ def test_a_pair_without_equals_names_the_option_it_was_given_to():
                          (["sweep", "results/specs/quick.yaml", "--executor", "local", "--slurm-opt", "exclusive"],
                           "--slurm-opt")):
         result = run(*args)
-        assert result.exit_code == 2 and f"Invalid value for {option}: " in result.output, result.output
+        assert result.exit_code == 2 and f"Error: {option} takes key=value, got " in result.output, result.output
 
 
 def test_import_commands(tmp_path):

@@ -38,8 +38,8 @@ def test_help_documents_the_exit_codes():
 
 @pytest.mark.parametrize("args, fragments", [
     (["train", "swaa"], ["Did you mean 'swa'"]),
-    ([*TRAIN, "--set", "window=abc"], ["window must be an integer, got 'abc'"]),
-    ([*TRAIN, "--set", "window=1.5"], ["window must be an integer, got 1.5"]),
+    ([*TRAIN[:-2], "--set", "window=abc"], ["window must be an integer, got 'abc'"]),
+    ([*TRAIN[:-2], "--set", "window=1.5"], ["window must be an integer, got 1.5"]),
     ([*TRAIN, "--lr", "nan"], ["lr must be a finite number"]),
     ([*TRAIN, "--lr", "inf"], ["lr must be a finite number"]),
     ([*TRAIN, "--seq-len", "1"], ["seq_len must be at least 2"]),
@@ -247,3 +247,92 @@ def test_a_bad_model_leaves_no_empty_run_folder_and_keeps_an_existing_one(tmp_pa
     empty.mkdir()
     one_line_error(run("eval", "latency", "--model", "nosuch", "--out", str(empty)), EXIT_USER_ERROR, "'nosuch'")
     assert empty.is_dir()
+
+
+# -- the CLI audit (house rule 6): bad input that was run, repeated or accepted -----------------
+
+PROBE = {"task": "test_sweep_probe", "options": {"contexts": [8]}}
+
+
+@pytest.mark.parametrize("change, fragments", [
+    # each ran both cells (the second after the model's work), then exit 1 with a "clash"
+    ({"tasks": [PROBE, PROBE]}, ["tasks[0] and tasks[1]", "the same cell"]),
+    ({"tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [[8], [8]]}}]}, ["grid.contexts", "[8] twice"]),
+    ({"train_lengths": [32, 32]}, ["train_lengths", "32 twice"]),
+    # the grid silently replaced the option (and tie replaced both)
+    ({"tasks": [{"task": "test_sweep_probe", "options": {"contexts": [16]}, "grid": {"contexts": [[8]]}}]},
+     ["'contexts'", "both options and grid"]),
+    ({"train_lengths": [32], "tasks": [{"task": "test_sweep_probe", "tie": ["contexts"], "grid": {"contexts": [[8]]}}]},
+     ["'contexts'", "tie", "grid"]),
+    # checked only when the cell ran, after its model trained: exit 1 and a half-made folder
+    ({"tasks": [{"task": "test_corpus_probe", "options": {"corpus": "no_such_corpus"}}]},
+     ["corpus 'no_such_corpus' does not exist"]),
+    ({"models": [{"arch": "swa", "set": {"window": 8, "d_model": 32, "n_heads": 2}}],
+      "train": {"steps": 1, "batch_size": 1, "seq_len": 16, "corpus": "no_such_corpus"}},
+     ["corpus 'no_such_corpus' does not exist"]),
+    # cluster settings that no executor can use were accepted
+    ({"cluster": {"cpus_per_job": -2}}, ["cluster.cpus_per_job", "-2"]),
+    ({"cluster": {"mem_gb": 0}}, ["cluster.mem_gb", "0"]),
+])
+def test_audit_conflicting_or_missing_spec_input_fails_before_any_work(tmp_path, monkeypatch, change, fragments):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "models": [{"arch": "swa", "untrained": True}],
+                                    "tasks": [PROBE], **change}))
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_audit_a_spec_that_is_not_yaml_is_one_line(tmp_path):
+    """PyYAML's message spans lines (problem, position, a caret under the source line)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nmodels: [\n")
+    result = run("sweep", str(spec), "--out", str(tmp_path / "out"))
+    one_line_error(result, EXIT_USER_ERROR, "is not valid YAML", "line 3")
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("args, fragments", [
+    # the last value silently replaced the first
+    (["eval", "test_sweep_probe", "--model", "swa", "-o", "contexts=8", "-o", "contexts=16"],
+     ["--option", "'contexts'", "twice"]),
+    ([*TRAIN, "--set", "window=16"], ["--set", "'window'", "twice"]),
+    (["claims", ".", "--model", "swa=a", "--model", "swa=b"], ["--model", "'swa'", "twice"]),
+    # the unknown format or dtype was named only after reading the folder (here: no config.json)
+    (["import", ".", "out", "--format", "lama"], ["unknown import format 'lama'", "Did you mean 'llama'"]),
+    (["import", ".", "out", "--dtype", "fp17"], ["unknown dtype 'fp17'"]),
+    # a split no training run can make (train refuses seed -1)
+    (["data-report", "--seed", "-1"], ["seed", "-1"]),
+    # a task's split seed likewise: it measured on that split, exit 0
+    (["eval", "loss_scaling", "--model", "swa", "--device", "cpu", "--out", "out", "-o", "contexts=32",
+      "-o", "tokens_per_context=64", "-o", "split_seed=-1"], ["split seed must be a non-negative integer, got -1"]),
+])
+def test_audit_bad_command_line_values_exit_2(tmp_path, monkeypatch, args, fragments):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(run(*args), EXIT_USER_ERROR, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_audit_unknown_option_names_the_option_then_its_task():
+    """It read "unknown option of task 'niah' 'contxts'": two quoted names, the bad one last."""
+    one_line_error(run("eval", "niah", "--model", "swa", "-o", "contxts=8"), EXIT_USER_ERROR,
+                   "unknown option 'contxts' of task 'niah'", "Did you mean 'contexts'")
+    one_line_error(run("train", "swa", "--preset", "tinyy"), EXIT_USER_ERROR,
+                   "unknown preset 'tinyy' of 'swa'", "Did you mean 'tiny'")
+
+
+@pytest.mark.parametrize("text, fragments", [
+    # YAML keeps the last of a repeated key: the sweep ran as 'other', the first name dropped unseen
+    ("name: s\nmodels: [{arch: swa, untrained: true}]\ntasks: [{task: test_sweep_probe}]\nname: other\n",
+     ["'name' twice", "line 4"]),
+    ("name: s\nmodels: [{arch: swa, untrained: true}]\n"
+     "tasks: [{task: test_sweep_probe, options: {contexts: [8], contexts: [16]}}]\n", ["'contexts' twice"]),
+    # an untrained model's own train settings were dropped unread (a checkpoint's are refused)
+    ("name: s\nmodels: [{arch: swa, untrained: true, train: {steps: 5}}]\ntasks: [{task: test_sweep_probe}]\n",
+     ["untrained", "'train' settings"]),
+])
+def test_audit_spec_values_that_were_dropped_unseen(tmp_path, text, fragments):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, *fragments)
+    assert not (tmp_path / "out").exists()

@@ -271,7 +271,7 @@ def test_a_task_of_one_layer_runs_that_layer_alone():
     both = gate.gate_specs(gate.LAYERS, tasks=["latency", "niah"])
     assert {layer: [t.task for t in spec.tasks] for layer, spec in both.items()} == {
         "eval": ["niah", "latency"], "train": ["niah"]}
-    with pytest.raises(check.ConfigError, match="task of the gate 'nia'.*latency.*Did you mean 'niah'"):
+    with pytest.raises(check.ConfigError, match="task 'nia' of the gate.*latency.*Did you mean 'niah'"):
         gate.gate_specs(gate.LAYERS, tasks=["nia"])
 
 

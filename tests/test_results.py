@@ -176,7 +176,7 @@ def test_parse_options_converts_strings_and_names_bad_keys():
     o = parse_options(Opts, {"contexts": "1K, 2k,4096", "depth": "0.25", "flag": "no", "name": "none"})
     assert o == Opts([1024, 2048, 4096], 0.25, False, None)
     assert parse_options(Opts, {"contexts": [8, "16"]}).contexts == [8, 16]
-    with pytest.raises(ConfigError, match=r"unknown option of task 't' 'context'.*Did you mean 'contexts'"):
+    with pytest.raises(ConfigError, match=r"unknown option 'context' of task 't'.*Did you mean 'contexts'"):
         parse_options(Opts, {"context": "1"}, "t")
     with pytest.raises(ConfigError, match="must be an integer"):
         parse_options(Opts, {"contexts": "1.5K3"})

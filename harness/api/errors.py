@@ -10,9 +10,10 @@ class LcbenchError(Exception):
 
 
 class UnknownNameError(LcbenchError, KeyError):
-    def __init__(self, kind: str, name: str, choices: Iterable[str], suggestion: str | None = None):
+    def __init__(self, kind: str, name: str, choices: Iterable[str], suggestion: str | None = None,
+                 of: str | None = None):
         self.kind, self.name, self.choices = kind, name, sorted(choices)
-        super().__init__(unknown_message(kind, name, self.choices, suggestion))
+        super().__init__(unknown_message(kind, name, self.choices, suggestion, of))
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]
@@ -40,10 +41,13 @@ def close_match(name: str, choices: Iterable[str], cutoff: float = 0.5) -> str |
     return matches[0] if matches else None
 
 
-def unknown_message(kind: str, name: str, choices: Iterable[str], suggestion: str | None = None) -> str:
-    """``suggestion``: the caller's own guess (an alias such as 'gpu' for 'cuda'), else the closest spelling."""
+def unknown_message(kind: str, name: str, choices: Iterable[str], suggestion: str | None = None,
+                    of: str | None = None) -> str:
+    """``suggestion``: the caller's own guess (an alias such as 'gpu' for 'cuda'), else the closest spelling.
+    ``of``: what the name belongs to ("task 'niah'"), said after the bad name so that it stays the first quoted."""
     choices = sorted(choices)
-    msg = f"unknown {kind} {name!r}; valid: {', '.join(choices) if choices else '(none registered)'}"
+    owner = f" of {of}" if of else ""
+    msg = f"unknown {kind} {name!r}{owner}; valid: {', '.join(choices) if choices else '(none registered)'}"
     suggestion = suggestion or close_match(name, choices)
     if suggestion is not None:
         msg += f". Did you mean {suggestion!r}?"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import json
 import math
 import numbers
 import types
@@ -105,6 +106,24 @@ def whole_number(value: Any) -> int:
     return int(number)
 
 
+def parse_assignments(pairs: Iterable[str], option: str, form: str = "key=value", as_json: bool = True) -> dict[str, Any]:
+    """``key=value`` pairs as a command line gives them to ``option`` (``--set``, ``-o``); with
+    ``as_json`` a value is parsed as JSON when it can be (numbers, booleans, lists), else kept as
+    text. A key given twice is refused: the last value silently replaced the first."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"{option} takes {form}, got {pair!r}")
+        if key in out:
+            raise ConfigError(f"{option} gives {key!r} twice ({key}={out[key]!r} and {pair!r}); give it once")
+        try:
+            out[key] = json.loads(value) if as_json else value
+        except ValueError:  # not JSON (nor NaN or Infinity): a string
+            out[key] = value
+    return out
+
+
 def parse_options(options_class: type, raw: Mapping[str, Any] | None, task: str = "task") -> Any:
     """An ``options_class`` instance from ``raw`` (CLI strings or Python values).
 
@@ -115,7 +134,7 @@ def parse_options(options_class: type, raw: Mapping[str, Any] | None, task: str 
     hints = typing.get_type_hints(options_class)
     for key in raw:
         if key not in fields:
-            raise ConfigError(unknown_message(f"option of task {task!r}", key, fields))
+            raise ConfigError(unknown_message("option", key, fields, of=f"task {task!r}"))
     values = convert_options(raw, hints, task)
     try:
         return options_class(**values)

@@ -129,7 +129,7 @@ def model_kernels() -> dict[str, tuple[Kernel, ...]]:
 def make_config(arch: str, preset: str = "tiny", **overrides: Any) -> ModelConfig:
     cls = get_model_class(arch)
     if preset not in cls.presets:
-        raise UnknownNameError(f"preset of {arch!r}", preset, cls.presets)
+        raise UnknownNameError("preset", preset, cls.presets, of=repr(arch))
     fields = {**cls.presets[preset], **overrides, "arch": arch}
     return cls.config_class.from_dict(fields)
 

@@ -130,6 +130,6 @@ def check_function_options(fn: Callable, raw: Mapping[str, Any] | None, task: st
     if not accepts_any:
         for key in raw:
             if key not in valid:
-                raise ConfigError(unknown_message(f"option of task {task!r}", key, valid))
+                raise ConfigError(unknown_message("option", key, valid, of=f"task {task!r}"))
     hints = {key: hint for key, hint in function_hints(fn).items() if key in valid}
     return convert_options(raw, hints, task)

@@ -322,6 +322,16 @@ def _load_path(path: Path, field: str, field_given: bool) -> list[Document]:
     )
 
 
+def require_corpus(source: str | None) -> None:
+    """Raise :func:`load_corpus`'s error when ``source`` names no file or folder; reads nothing
+    (a sweep checks its corpora before any model trains)."""
+    if source is None or source == STDLIB_SOURCE:
+        return
+    path, _ = source_path(source)
+    if not path.exists():
+        raise missing_path_error("corpus", path, _CORPUS_VALID, names=(STDLIB_SOURCE,))
+
+
 def load_corpus(source: str | None = None, text_field: str = "text") -> list[Document]:
     """Documents from ``source``; ``None`` or ``"stdlib"`` is :func:`embedded_corpus`.
 
@@ -342,9 +352,8 @@ def load_corpus(source: str | None = None, text_field: str = "text") -> list[Doc
     """
     if source is None or source == STDLIB_SOURCE:
         return embedded_corpus()
+    require_corpus(source)
     path, field = source_path(source)
-    if not path.exists():
-        raise missing_path_error("corpus", path, _CORPUS_VALID, names=(STDLIB_SOURCE,))
     try:
         docs = _load_path(path, field or text_field, field is not None)
     except TextFieldError as exc:  # say how to name the field: load_corpus's argument reaches no command

@@ -7,6 +7,7 @@ callers: treat them as read-only, ``clone()`` before writing into one.
 from __future__ import annotations
 
 import hashlib
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
@@ -44,6 +45,8 @@ def split_documents(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # as TrainConfig's: no run splits with it
+        raise ConfigError(f"split seed must be a non-negative integer, got {seed!r}")
     docs = list(docs)
     first_copy: dict[str, int] = {}
     keys = [_unit_hash("split", seed, docs[first_copy.setdefault(d.text, i)].name) for i, d in enumerate(docs)]

@@ -76,9 +76,9 @@ def corpus_report(
         raise ConfigError("the corpus has no documents")
     if source is None:
         source = describe_documents(docs)
+    train, val = split_documents(docs, val_fraction, seed)  # before tokenizing: a bad seed fails at once
     lengths = [ids.numel() for ids in tokenize_documents(docs, tokenizer, progress)]
     length_of = {id(d): n for d, n in zip(docs, lengths)}
-    train, val = split_documents(docs, val_fraction, seed)
     val_lengths = [length_of[id(d)] for d in val]
     longest = max(range(len(docs)), key=lengths.__getitem__)
     return CorpusReport(

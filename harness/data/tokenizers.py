@@ -133,12 +133,8 @@ class HFTokenizer:
     """
 
     def __init__(self, path: str | os.PathLike[str]):
+        require_tokenizer(path)
         p = Path(path).expanduser()
-        if not p.exists():
-            raise missing_path_error(
-                "tokenizer path", p, "'byte', or a local folder or tokenizer.json (hub names are not downloaded)",
-                names=(ByteTokenizer.name,),
-            )
         self.path = p.resolve()
         # the files' content too: a tokenizer retrained at the same path must not reuse cached ids
         self.name = f"hf:{self.path}@{tokenizer_fingerprint(self.path)}"
@@ -261,6 +257,17 @@ def _first_in_vocab(tokens: Sequence[str], token_id: Any) -> int | None:
         if tid is not None:
             return int(tid)
     return None
+
+
+def require_tokenizer(spec: str | os.PathLike[str] | None) -> None:
+    """Raise :func:`load_tokenizer`'s error when ``spec`` names no file or folder; reads nothing."""
+    if spec is None or spec == ByteTokenizer.name:
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise missing_path_error("tokenizer path", path,
+                                 "'byte', or a local folder or tokenizer.json (hub names are not downloaded)",
+                                 names=(ByteTokenizer.name,))
 
 
 def load_tokenizer(spec: str | None = None) -> Tokenizer:

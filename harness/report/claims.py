@@ -105,9 +105,9 @@ class RunData:
             names = self.models(arch)
             if not names:
                 present = sorted(self.table["arch"].dropna().unique())
-                raise ConfigError(unknown_message("architecture of the run", arch, present))
+                raise ConfigError(unknown_message("architecture", arch, present, of="the run"))
             if model not in names:
-                raise ConfigError(unknown_message(f"{arch} model of the run", model, names))
+                raise ConfigError(unknown_message(f"{arch} model", model, names, of="the run"))
         self.picks = dict(picks)
 
     def judged_note(self) -> str:

@@ -32,6 +32,10 @@ class ClusterOptions:
                 raise ConfigError(f"cluster.{name} must be positive, got {getattr(self, name)}")
         if self.gpus_per_job < 0:
             raise ConfigError(f"cluster.gpus_per_job must be >= 0, got {self.gpus_per_job}")
+        for name in ("cpus_per_job", "mem_gb"):  # None: the executor's default
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"cluster.{name} must be positive (or left out: the executor's default), "
+                                  f"got {getattr(self, name)}")
 
     def executor_parameters(self, kind: str) -> dict[str, Any]:
         """submitit's parameters (its AutoExecutor names) for ``kind`` of executor."""

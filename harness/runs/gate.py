@@ -114,7 +114,7 @@ def gate_specs(layers: tuple[str, ...], models: list[str] | None = None,
         known = {name for both in held.values() for name in both[i]}
         for name in names or ():
             if name not in known:
-                raise ConfigError(unknown_message(f"{kind} of the gate", name, known))
+                raise ConfigError(unknown_message(kind, name, known, of="the gate"))
     picked = {}
     for layer, (labels, task_names) in held.items():
         own_models = [n for n in models or () if n in labels]

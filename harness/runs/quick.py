@@ -22,7 +22,7 @@ def run_quick(out_dir: str | Path = "runs/quick", archs: str | list[str] | None 
         known = [m.arch for m in spec.models]
         for arch in archs:
             if arch not in known:
-                raise ConfigError(unknown_message("architecture of the quick spec", arch, known))
+                raise ConfigError(unknown_message("architecture", arch, known, of="the quick spec"))
         spec.models = [m for m in spec.models if m.arch in archs]
     if steps is not None:
         spec.train = {**spec.train, "steps": steps}

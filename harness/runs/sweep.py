@@ -49,6 +49,7 @@ import os
 import time
 import tomllib
 import warnings
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -68,9 +69,9 @@ from harness.api.options import whole_number
 from harness.api.task import ModelInfo
 from harness.api.staging import prepare_output
 from harness.api.timing import free_memory
-from harness.data.corpora import corpus_fingerprint
+from harness.data.corpora import corpus_fingerprint, require_corpus
 from harness.data.local import missing_path_error
-from harness.data.tokenizers import load_tokenizer, tokenizer_fingerprint
+from harness.data.tokenizers import load_tokenizer, require_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
 from harness.runs.provenance import (config_hash, device_record, git_commit, package_versions, read_run_json,
@@ -136,11 +137,25 @@ class TaskEntry:
     grid: dict[str, list[Any]] = field(default_factory=dict)  # one cell per combination
     tie: list[str] = field(default_factory=list)  # options set to the model's training length
 
+    def __post_init__(self) -> None:
+        """One source per option, one cell per grid value: a grid or a tie silently replaced an
+        option's value, and a repeated value ran its cell twice."""
+        for name, values in self.grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"task {self.task!r}: grid.{name} must be a non-empty list, got {values!r}")
+            repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+            if repeated is not None:
+                raise ConfigError(f"task {self.task!r}: grid.{name} holds {repeated!r} twice; each value is one cell")
+        both = [name for name in self.grid if name in self.options]
+        if both:
+            raise ConfigError(f"task {self.task!r} sets {both[0]!r} in both options and grid; keep one")
+        for name in self.tie:
+            if name in self.options or name in self.grid:
+                raise ConfigError(f"task {self.task!r}: tie sets {name!r} to the training length, and its "
+                                  f"{'grid' if name in self.grid else 'options'} set it too; keep one")
+
     def option_sets(self, train_length: int | None = None) -> list[dict[str, Any]]:
         names = list(self.grid)
-        for name in names:
-            if not isinstance(self.grid[name], list) or not self.grid[name]:
-                raise ConfigError(f"task {self.task!r}: grid.{name} must be a non-empty list, got {self.grid[name]!r}")
         tied = {} if train_length is None else {name: self._tied_value(name, train_length) for name in self.tie}
         return [{**self.options, **dict(zip(names, combo)), **tied} for combo in itertools.product(*self.grid.values())]
 
@@ -188,17 +203,28 @@ class SweepSpec:
             if ignored:  # a checkpoint is evaluated as saved: these would only relabel it
                 raise ConfigError(f"model {entry.label!r} is a given checkpoint; its {ignored[0]!r} settings "
                                   f"{getattr(entry, ignored[0])} would not apply to it; remove them")
+            if entry.untrained and entry.train:  # nothing trains it: they would be dropped unread
+                raise ConfigError(f"model {entry.label!r} is untrained: true; its 'train' settings {entry.train} "
+                                  "would not apply to it; remove them")
             if entry.checkpoint is None:  # a given checkpoint is checked when planned (check_given_checkpoint)
                 registry.make_config(entry.arch, entry.preset, **entry.set)
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
             raise ConfigError(f"train_lengths must be whole numbers >= 2 (e.g. 512, 8K), got {self.train_lengths}")
-        for entry in self.tasks:  # every task's options, so no model is trained for a spec that cannot finish
+        repeated = next((n for i, n in enumerate(self.train_lengths) if n in self.train_lengths[:i]), None)
+        if repeated is not None:
+            raise ConfigError(f"train_lengths holds {repeated} twice; each length trains its own models")
+        cells: dict[str, int] = {}  # a task and its options -> the first entry that gives that cell
+        for i, entry in enumerate(self.tasks):  # every task's options, so no model is trained for a spec that cannot finish
             if entry.tie and not self.train_lengths:
                 raise ConfigError(f"task {entry.task!r} ties {entry.tie} to the training length, but the spec "
                                   "has no train_lengths")
             for options in entry.option_sets(self.train_lengths[0] if self.train_lengths else None):
                 check_task_options(entry.task, options)
+                first = cells.setdefault(json.dumps([entry.task, options], sort_keys=True, default=str), i)
+                if first != i:
+                    raise ConfigError(f"tasks[{first}] and tasks[{i}] give the same cell, task {entry.task!r} with "
+                                      f"options {options}; remove one")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ConfigError(f"seeds must be distinct non-negative integers, got {self.seeds}")
         labels = [m.label for m in self.models]
@@ -275,14 +301,41 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not a text file ({exc})") from exc
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.load(text, Loader=_UniqueKeyLoader)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+                          f"{_parse_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping (name, models, tasks, ...) at the top, "
                           f"got {'nothing' if data is None else type(data).__name__}")
     data.setdefault("name", path.stem)
     return SweepSpec.from_dict(data, str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently; TOML refuses it too)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # the base loader names an unhashable key
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _parse_problem(exc: Exception) -> str:
+    """A parser's error in one line: PyYAML's spans several (context, problem, a caret under the
+    source line), which the CLI's one-line errors would show cut."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def _token_count(value: Any) -> Any:
@@ -326,6 +379,7 @@ class SeededModel:
         if self.entry.untrained:
             return {"config": config.to_dict(), "untrained": True, "seed": self.seed}
         train_config = self.train_config()
+        require_corpus(train_config.corpus)  # named now, not when the model's first cell trains
         identity = {"config": config.to_dict(), "train": train_config.to_dict(),
                     "corpus": self.corpus_fingerprint(train_config.corpus)}
         if train_config.tokenizer is not None:  # its files, not its path (bytes: no entry, keys as before)
@@ -413,6 +467,9 @@ def plan(spec: SweepSpec) -> list[Cell]:
         model_id, trained_on = model.identity(), model.training_corpus()
         for task in spec.tasks:
             for options in task.option_sets(length):
+                for name, require in (("corpus", require_corpus), ("tokenizer", require_tokenizer)):
+                    if isinstance(options.get(name), str):  # a path a spec names is checked before any work
+                        require(options[name])
                 data = model.corpus_fingerprint(options.get("corpus") or trained_on)
                 fields = {"run": spec.name, "model": model_id, "task": task.task,
                           "options": check_task_options(task.task, options),  # '1K' and 1024 are one cell

@@ -329,13 +329,14 @@ def import_pretrained(
     With ``out_dir``, writes an lcbench checkpoint there (see :func:`save_imported`).
     Raises :class:`ImportMismatchError` naming each missing, mismatched or unrecognised tensor.
     """
+    if format != "auto" and format not in FORMATS:  # named before the folder is read
+        raise ConfigError(unknown_message("import format", format, ["auto", *FORMATS]))
+    param_dtype = resolve_dtype(dtype) if dtype is not None else None
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise CheckpointError(f"{str(folder)!r} is not a folder; give a local Hugging Face-format model folder")
     hf = read_json(folder / "config.json")
     name = detect_format(hf) if format == "auto" else format
-    if name not in FORMATS:
-        raise ConfigError(unknown_message("import format", name, ["auto", *FORMATS]))
     fmt = FORMATS[name]
     where = f"{folder} ({fmt.describe})"
     refuse_sliding_window(hf, where)
@@ -348,8 +349,8 @@ def import_pretrained(
     if backend is not None:
         fields["backend"] = backend
     model = build_model(config_from_dict(fields))
-    if dtype is not None:
-        model = model.to(resolve_dtype(dtype))
+    if param_dtype is not None:
+        model = model.to(param_dtype)
     tied = bool(fields.get("tie_embeddings"))
     ignore = llama_ignore(tied) if name == "llama" else (lambda n: tied and n == "lm_head.weight")
     origin = assign_weights(model, tensors, _source_finder(fmt.rules(fields)), where, ignore)
