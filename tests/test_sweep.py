@@ -9,7 +9,7 @@ import yaml
 from harness.api import results
 from harness.api.errors import ConfigError
 import harness.runs.sweep as sweep_mod
-from harness.runs.sweep import load_spec, plan, run_sweep
+from harness.runs.sweep import SweepSpec, load_spec, plan, run_sweep
 from harness.train import checkpoint
 from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
 from tests.conftest import small_model
@@ -226,6 +226,22 @@ def test_train_lengths_are_spelt_as_task_options_are(tmp_path):
     assert load_spec(path).train_lengths == [1024, 2048]
     path.write_text(yaml.safe_dump({**base, "train_lengths": ["1K", "2x"]}))
     with pytest.raises(ConfigError, match=r"train_lengths must be a list of int, got \[1024, '2x'\]"):
+        load_spec(path)
+    # and so are the train settings that count tokens (`train: {seq_len: 1K}` was refused)
+    path.write_text(yaml.safe_dump({**base, "train": {"seq_len": "1K", "tokens": "64K", "steps": 10}}))
+    spec = load_spec(path)
+    config = spec.train_config(spec.models[0])
+    assert (config.seq_len, config.tokens) == (1024, 65536)
+    assert plan(spec)[0].key == plan(SweepSpec.from_dict({**spec.to_dict(), "train": {
+        "seq_len": 1024, "tokens": 65536, "steps": 10}}))[0].key  # one setting spelt two ways, one cell
+
+
+def test_a_blank_model_name_is_refused(tmp_path):
+    """``name: ""`` fell back to the arch:preset label without a word."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "models": [{"arch": "swa", "name": " "}],
+                                    "tasks": [{"task": "test_sweep_probe"}]}))
+    with pytest.raises(ConfigError, match="model 'swa': name ' ' is blank; give a label or leave name out"):
         load_spec(path)
 
 

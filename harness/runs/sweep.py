@@ -117,6 +117,10 @@ class ModelEntry:
     untrained: bool = False  # evaluate seeded random weights (latency and memory need no training)
     name: str | None = None  # label in the table (default arch:preset, plus overrides; see label)
 
+    def __post_init__(self) -> None:
+        if self.name is not None and not str(self.name).strip():  # it fell back to the default label unsaid
+            raise ConfigError(f"model {self.arch!r}: name {self.name!r} is blank; give a label or leave name out")
+
     @property
     def label(self) -> str:
         """``name``, else ``arch:preset[overrides]``. A given checkpoint with the default preset is
@@ -234,6 +238,7 @@ class SweepSpec:
 
     def train_config(self, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
         fields = {**self.train, **entry.train}
+        fields.update({k: _token_count(fields[k]) for k in TOKEN_SETTINGS if k in fields})  # 8K as --seq-len takes it
         if seed is not None:
             fields["seed"] = seed
         return _from_dict(TrainConfig, fields, f"train settings of {entry.label}")
@@ -336,6 +341,9 @@ def _parse_problem(exc: Exception) -> str:
     if mark is not None and problem:
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     return " ".join(str(exc).split())
+
+
+TOKEN_SETTINGS = ("seq_len", "tokens")  # training settings that count tokens
 
 
 def _token_count(value: Any) -> Any:
