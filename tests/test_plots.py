@@ -171,6 +171,24 @@ def test_a_metric_whose_every_cell_failed_is_skipped_but_tabled(table, tmp_path,
     assert tables.summary_tables(failed)["prefill_ms"].loc[("full_attention:small", "full_attention"), 32768] == "OOM"
 
 
+def test_a_model_whose_training_failed_is_named_under_the_loss_figures(table, tmp_path, monkeypatch):
+    """Its rows carry no context: the context axis crashed on them (int of NA), and no figure was
+    drawn; past that, the model would be a legend entry without a line and no word why."""
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, stem, formats: drawn.setdefault(stem.name, fig) and [])
+    loss = table[(table["task"] == "loss_scaling") & (table["arch"] != "mamba2")]
+    mamba = table[(table["task"] == "loss_scaling") & (table["arch"] == "mamba2")].head(1)
+    diverged = results.status_rows(["loss"], "nan", "training diverged at step 3", **{
+        k: mamba.iloc[0][k] for k in ("run", "model", "arch", "params", "task", "device", "dtype", "seed")})
+    plots.make_figures(pd.concat([loss, results.to_frame(diverged)], ignore_index=True), tmp_path,
+                       only=["loss_vs_context", "loss_gap"])
+    assert drawn["loss_vs_context"]._supxlabel.get_text() == "Not shown: Mamba 2 (NaN)"
+    assert drawn["loss_gap"]._supxlabel.get_text() == "Not shown: Mamba 2 (NaN)"
+    drawn.clear()
+    plots.make_figures(loss, tmp_path, only=["loss_vs_context"])
+    assert drawn["loss_vs_context"]._supxlabel is None  # every model drawn: nothing to say
+
+
 def test_pareto_does_not_score_a_model_on_the_variants_that_did_not_fail(table, tmp_path, monkeypatch):
     # mamba2's multikey cell at 4K errors: its NIAH point was the mean of 'single' alone, set beside
     # the others' mean over single and multikey (harder), and drawn as if complete

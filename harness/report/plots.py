@@ -152,7 +152,7 @@ class Context:
 def _context_axis(ax: Axes, values: Sequence[float], label: str = "Context length (tokens)") -> None:
     """Log2 x axis with a tick at every context length (thinned past 10, counting from the
     longest, which keeps its label), labelled 1K, 4K, 128K."""
-    ticks = sorted(set(int(v) for v in values))
+    ticks = sorted(set(int(v) for v in values if pd.notna(v)))  # a cell that failed before any context has none
     if len(ticks) > 10:
         ticks = ticks[::-1][:: math.ceil(len(ticks) / 10)][::-1]
     ax.set_xscale("log", base=2)
@@ -367,6 +367,12 @@ def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=PAPER_RC["figure.titlesize"])
     _legend(fig, pts["series"], ctx, _any_failed(pts), side=True)
+    # a series with nothing to draw (its training failed: rows without a context) was a legend entry alone
+    drawn = set(pts.loc[pts["eval_ctx"].notna() & ((pts["status"] != "ok") | pts["value"].notna()), "series"])
+    missing = {s: {"": str(g["status"].iloc[0]) if (g["status"] != "ok").any() else "not measured"}
+               for s, g in pts.groupby("series", sort=False) if s not in drawn}
+    if missing:
+        fig.supxlabel(_not_shown(ctx, missing, rows=False), fontsize=7.5, color="0.3", wrap=True)
     return fig
 
 
