@@ -172,18 +172,21 @@ def test_a_metric_whose_every_cell_failed_is_skipped_but_tabled(table, tmp_path,
 
 
 def test_a_model_whose_training_failed_is_named_under_the_loss_figures(table, tmp_path, monkeypatch):
-    """Its rows carry no context: the context axis crashed on them (int of NA), and no figure was
-    drawn; past that, the model would be a legend entry without a line and no word why."""
+    """A sweep cell whose training diverged leaves one cell_failed row: the model vanished from
+    the loss figures without a word. A loss row without a context crashed the context axis."""
     drawn = {}
     monkeypatch.setattr(plots, "save_figure", lambda fig, stem, formats: drawn.setdefault(stem.name, fig) and [])
-    loss = table[(table["task"] == "loss_scaling") & (table["arch"] != "mamba2")]
-    mamba = table[(table["task"] == "loss_scaling") & (table["arch"] == "mamba2")].head(1)
-    diverged = results.status_rows(["loss"], "nan", "training diverged at step 3", **{
-        k: mamba.iloc[0][k] for k in ("run", "model", "arch", "params", "task", "device", "dtype", "seed")})
-    plots.make_figures(pd.concat([loss, results.to_frame(diverged)], ignore_index=True), tmp_path,
-                       only=["loss_vs_context", "loss_gap"])
-    assert drawn["loss_vs_context"]._supxlabel.get_text() == "Not shown: Mamba 2 (NaN)"
-    assert drawn["loss_gap"]._supxlabel.get_text() == "Not shown: Mamba 2 (NaN)"
+    loss = table[(table["task"] == "loss_scaling") & ~table["arch"].isin(["mamba2", "gated_deltanet"])]
+
+    def failed(arch: str, metric: str) -> list[dict]:
+        first = table[table["arch"] == arch].iloc[0]
+        return results.status_rows([metric], "nan", "training diverged at step 3", task="loss_scaling", **{
+            k: first[k] for k in ("run", "model", "arch", "params", "device", "dtype", "seed")})
+
+    both = results.to_frame(failed("mamba2", results.CELL_FAILED) + failed("gated_deltanet", "loss"))
+    plots.make_figures(pd.concat([loss, both], ignore_index=True), tmp_path, only=["loss_vs_context", "loss_gap"])
+    for name in ("loss_vs_context", "loss_gap"):
+        assert drawn[name]._supxlabel.get_text() == "Not shown: Mamba 2 (NaN); Gated DeltaNet (NaN)"
     drawn.clear()
     plots.make_figures(loss, tmp_path, only=["loss_vs_context"])
     assert drawn["loss_vs_context"]._supxlabel is None  # every model drawn: nothing to say

@@ -108,6 +108,7 @@ TEXT_COLUMNS = ("message", "flag")  # free text where "" means none, not a missi
 
 TABLE_PARQUET = "results.parquet"
 TABLE_CSV = "results.csv"
+CELL_FAILED = "cell_failed"  # the metric of the status row a sweep cell that failed as a whole leaves
 RUN_JSON = "run.json"
 SAMPLES_JSONL = "samples.jsonl"
 

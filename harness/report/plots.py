@@ -357,7 +357,7 @@ def _order(prep: Prepared, column: str, values: Iterable) -> list:
 
 
 def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str, band: bool = True,
-                        zero: float | None = None) -> Figure:
+                        zero: float | None = None, task: str = LOSS[0]) -> Figure:
     fig, axes = _figure(panel=(4.8, 3.4))
     ax = axes[0, 0]
     if zero is not None:
@@ -367,10 +367,13 @@ def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=PAPER_RC["figure.titlesize"])
     _legend(fig, pts["series"], ctx, _any_failed(pts), side=True)
-    # a series with nothing to draw (its training failed: rows without a context) was a legend entry alone
+    # a model with nothing drawn vanished without a word: a failed cell of ``task`` (its training
+    # diverged: one cell_failed row, none of the metric) or rows without a context
     drawn = set(pts.loc[pts["eval_ctx"].notna() & ((pts["status"] != "ok") | pts["value"].notna()), "series"])
+    rows = ctx.prep.rows
+    cells = rows[(rows["task"] == task) & (rows["metric"] == results.CELL_FAILED) & (rows["status"] != "ok")]
     missing = {s: {"": str(g["status"].iloc[0]) if (g["status"] != "ok").any() else "not measured"}
-               for s, g in pts.groupby("series", sort=False) if s not in drawn}
+               for s, g in pd.concat([pts, cells]).groupby("series", sort=False) if s not in drawn}
     if missing:
         fig.supxlabel(_not_shown(ctx, missing, rows=False), fontsize=7.5, color="0.3", wrap=True)
     return fig

@@ -498,7 +498,7 @@ def _trained(ckpt: Path, total_steps: int) -> bool:
 
 
 def failure_rows_of(cell: Cell, exc: BaseException, label: str) -> list[dict[str, Any]]:
-    return failure_rows(exc, ["cell_failed"], f"(options {cell.options})", run=cell.model.spec.name, model=label,
+    return failure_rows(exc, [results.CELL_FAILED], f"(options {cell.options})", run=cell.model.spec.name, model=label,
                         arch=cell.model.entry.arch, task=cell.task, variant=cell.key, seed=cell.seed)
 
 
