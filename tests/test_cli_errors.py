@@ -132,7 +132,8 @@ def test_table_on_a_corrupt_parquet_exits_2(tmp_path):
     (["lm-eval", "swa", "--tasks", ""], ["no lm-eval task given"]),  # traceback
     (["lm-eval", "swa", "--tasks", "x", "--lengths", "4x"], ["--lengths takes comma-separated numbers of tokens"]),
     ([*TRAIN[:-4], "--seq-len", "1x"], ["'1x' is not a number of tokens"]),
-    (["lm-eval", "swa", "--tasks", "x", "--limit", "nan"], ["limit must be a positive number"]),
+    (["lm-eval", "swa", "--tasks", "x", "--limit", "nan"], ["limit must be a whole count", "got nan"]),
+    (["lm-eval", "swa", "--tasks", "x", "--limit", "1.5"], ["limit must be a whole count", "got 1.5"]),
     (["lm-eval", "swa", "--tasks", "x", "--batch-size", "0"], ["batch_size must be an integer >= 1"]),
 ])
 def test_campaign_bad_values_exit_2_in_one_line(args, fragments):
@@ -257,6 +258,7 @@ PROBE = {"task": "test_sweep_probe", "options": {"contexts": [8]}}
 @pytest.mark.parametrize("change, fragments", [
     # each ran both cells (the second after the model's work), then exit 1 with a "clash"
     ({"tasks": [PROBE, PROBE]}, ["tasks[0] and tasks[1]", "the same cell"]),
+    ({"tasks": [PROBE, {"task": "test_sweep_probe", "options": {"contexts": 8}}]}, ["tasks[0] and tasks[1]", "the same cell"]),
     ({"tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [[8], [8]]}}]}, ["grid.contexts", "[8] twice"]),
     ({"train_lengths": [32, 32]}, ["train_lengths", "32 twice"]),
     # the grid silently replaced the option (and tie replaced both)

@@ -446,8 +446,9 @@ def _check_counts(limit: float | None, max_seq_lengths: Sequence[Any] | None, **
     for name, value in counts.items():
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < _COUNT_MINIMA[name]):
             raise ConfigError(f"{name} must be an integer >= {_COUNT_MINIMA[name]}, got {value!r}")
-    if limit is not None and not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
-        raise ConfigError(f"limit must be a positive number (a count, or a fraction below 1), got {limit!r}")
+    if limit is not None and not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0
+                                  and (limit < 1 or float(limit).is_integer())):  # lm-eval cuts 1.5 to 1 unsaid
+        raise ConfigError(f"limit must be a whole count of examples, or a fraction below 1, got {limit!r}")
     for length in max_seq_lengths or []:
         if not isinstance(length, int) or isinstance(length, bool) or length < 1:
             raise ConfigError(f"RULER lengths must be positive integers, got {length!r} in {list(max_seq_lengths)}")

@@ -224,8 +224,8 @@ class SweepSpec:
                 raise ConfigError(f"task {entry.task!r} ties {entry.tie} to the training length, but the spec "
                                   "has no train_lengths")
             for options in entry.option_sets(self.train_lengths[0] if self.train_lengths else None):
-                check_task_options(entry.task, options)
-                first = cells.setdefault(json.dumps([entry.task, options], sort_keys=True, default=str), i)
+                read = check_task_options(entry.task, options)  # `contexts: 32` and `[32]` are one cell
+                first = cells.setdefault(json.dumps([entry.task, read], sort_keys=True, default=str), i)
                 if first != i:
                     raise ConfigError(f"tasks[{first}] and tasks[{i}] give the same cell, task {entry.task!r} with "
                                       f"options {options}; remove one")
