@@ -104,7 +104,7 @@ class ResultStore:
             stored = [rows for rows in (self.cell_rows(k) for k in keys) if rows is not None and len(rows)]
             table = self._read_table()
             records = self.finished()
-            dropped = self.dropped_cells(run, keys) if run is not None else []
+            dropped = [k for k, r in records.items() if run is not None and r.get("run") == run and k not in keys]
             for old in [*self._superseded({k: records[k] for k in keys if k in records}), *dropped]:
                 table = self._without_rows_of(table, old)
             if not stored:
@@ -113,11 +113,6 @@ class ResultStore:
             wanted = wanted[~wanted.duplicated(results.KEY_COLUMNS, keep="last")]
             kept = _drop_keys(table, wanted)
             return results.write_table(self.root, pd.concat([f for f in (kept, wanted) if len(f)], ignore_index=True))
-
-    def dropped_cells(self, run: str, keys: Iterable[str]) -> list[str]:
-        """The recorded cells of ``run`` other than ``keys``: what earlier edits of the spec ran."""
-        keys = set(keys)
-        return [k for k, r in self.finished().items() if r.get("run") == run and k not in keys]
 
     def _superseded(self, cells: dict[str, dict[str, Any]]) -> list[str]:
         """The keys of the recorded cells that ``cells`` (key -> record) supersede: the same slot

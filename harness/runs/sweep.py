@@ -621,15 +621,17 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     several when earlier runs in the folder ran other code (a warning says so), ``cell_machines``
     the machines (likewise)."""
     store = ResultStore(out_dir)
-    shown = set(results.read_table(out_dir)["model"]) if (out_dir / results.TABLE_CSV).is_file() else set()
-    hidden = {store.finished()[k].get("model") for k in store.dropped_cells(spec.name, (c.key for c in cells))}
-    hidden &= shown - {c.model.label for c in cells}
+    def models(table: pd.DataFrame) -> set[str]:
+        return set(table.loc[table["run"] == spec.name, "model"])
+
+    shown = models(results.read_table(out_dir)) if (out_dir / results.TABLE_CSV).is_file() else set()
+    # cells finished earlier show their own rows; cells of earlier edits of the spec, none
+    table = store.show_cells((c.key for c in cells), run=spec.name)
+    hidden = shown - models(table)
     if hidden:  # said, since `quick --arch A` after `quick --arch B` shows A alone
         warnings.warn(f"the table of {out_dir} no longer shows {', '.join(sorted(hidden))}: earlier runs of spec "
                       f"{spec.name!r} measured them, this one does not; their cells stay in {out_dir / 'cells'} and "
                       "show again when a spec that has them runs", stacklevel=2)
-    # cells finished earlier show their own rows; cells of earlier edits of the spec, none
-    table = store.show_cells((c.key for c in cells), run=spec.name)
     done = store.finished()
     failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
     clashes = clashing_cells(store, cells)
