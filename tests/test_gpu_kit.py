@@ -275,7 +275,8 @@ def test_dry_run_installs_the_wheels_for_the_later_steps(dry_run):
     assert (work / "site" / "kit_probe" / "__init__.py").is_file()
     environment = (out / "environment.txt").read_text()
     assert "kit-probe==0.1" in environment.replace("_", "-")  # pip list in a later step sees the wheel
-    assert "mamba2: auto -> torch" in environment  # no CUDA: the reference
+    assert "mamba2 (125m): auto -> torch" in environment  # no CUDA: the reference
+    assert "ttt_e2e (125m): auto -> sdpa" in environment  # what its rows say, not the window resolver's flex
     assert re.search(r"ttt_e2e inner_loss backend liger \(used by ttt_e2e; liger-kernel (\S+|not installed), "
                      r"triton (\S+|not installed)\): no: it needs a CUDA device", environment)
 
@@ -384,3 +385,18 @@ def test_summary_lays_out_ttt_speed_against_the_issues_goals(tmp_path):
     assert "Prefill seconds, 760m, v128k" in text
     assert "- all at 131072: 0.44x faster than full attention (at least 2.2x wanted)" in text
     assert "Dry run" not in text
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_environment_names_the_backend_each_architectures_rows_will_say(device):
+    """The environment page said "swa, ttt_e2e (window): auto -> flex" on a GPU while TTT-E2E's
+    rows say flex+sdpa (its inner loop runs sdpa): each architecture's line is now what its
+    ``backend`` column records. A CUDA device is only named here, never used."""
+    from bench.gpu.environment import PRESET, backends
+    from harness.api import registry
+
+    text = backends(torch.device(device))
+    for arch in registry.model_names():
+        with torch.device("meta"):
+            expected = registry.create_model(arch, PRESET).backend_on(torch.device(device))
+        assert f"{arch} ({PRESET}): auto -> {expected}\n" in text

@@ -204,3 +204,12 @@ def test_a_sweep_whose_cells_were_made_with_other_packages_says_so(monkeypatch, 
         sweep.run_sweep(sweep.load_spec(spec_file), tmp_path / "out", progress=False)
     assert provenance.read_run_json(tmp_path / "out")["cell_packages"] == {
         "torch": {"2.12.0": 1, "2.13.0": 1}, "triton": {"3.9.0": 1, "absent": 1}}
+
+
+def test_cpu_count_is_the_cpus_the_run_may_use_not_the_hosts(monkeypatch) -> None:
+    """A cluster job pinned to 2 of a host's 64 cores recorded "64 cores" under its claims."""
+    monkeypatch.setattr(provenance.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(provenance, "own_cpus", lambda: frozenset({3, 7}))
+    assert provenance.device_info("cpu")["cpu_count"] == 2
+    monkeypatch.setattr(provenance, "own_cpus", lambda: None)  # the OS does not say (macOS)
+    assert provenance.device_info("cpu")["cpu_count"] == 64

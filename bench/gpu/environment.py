@@ -17,6 +17,8 @@ from bench.gpu.config import CONFIG_FILE, KitConfig
 from bench.gpu.ledger import Ledger
 from harness.runs.provenance import git_commit
 
+PRESET = "125m"  # the size the kit measures first; the backend a config picks does not depend on it
+
 FILE = "environment.txt"
 FACTS_FILE = "environment.json"  # the few facts the summary's title needs
 PACKAGES = ("lcbench", "torch", "triton", "fla-core", "flash-linear-attention", "mamba-ssm", "liger-kernel",
@@ -54,19 +56,20 @@ def versions() -> str:
 
 
 def backends(device: torch.device) -> str:
-    """Which backend ``auto`` picks for each architecture here, then every declared kernel backend
-    and whether it runs (``lcbench list --kernels``'s table)."""
-    from baselines import attention, gated_deltanet, mamba2  # torch-only imports; kernels load lazily
+    """Which backend ``auto`` picks for each architecture here (what its result rows' ``backend``
+    column will say), then every declared kernel backend and whether it runs (``lcbench list
+    --kernels``'s table)."""
     from harness.api import registry
     from harness.api.kernels import kernel_report
+
+    def picked(arch: str) -> str:
+        with torch.device("meta"):  # the config decides; no weights are made
+            return registry.create_model(arch, PRESET).backend_on(device)
 
     kernels = kernel_report(registry.model_kernels(), device)
     return "\n".join([
         f"device {device}",
-        f"full_attention: auto -> {attention.resolve_backend('auto', 0, device)}",
-        f"swa, ttt_e2e (window): auto -> {attention.resolve_backend('auto', 8192, device)}",
-        f"gated_deltanet: auto -> {gated_deltanet.resolve_backend('auto', device)}",
-        f"mamba2: auto -> {mamba2.resolve_backend('auto', device)}",
+        *(f"{arch} ({PRESET}): auto -> {picked(arch)}" for arch in registry.model_names()),
         *(f"{row['mixer']} backend {row['backend']} (used by {row['used by']}; {row['installed']}): {row['runs here']}"
           for row in kernels),
     ])

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from harness.api.results import RUN_JSON, atomic_write, json_default
+from harness.api.timing import own_cpus
 
 
 def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -85,7 +86,8 @@ def device_info(device: str | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
+        # the CPUs the run could use (a job pinned to 8 of a host's 128 cores ran on 8)
+        "cpu_count": len(cpus) if (cpus := own_cpus()) else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
     cuda = device is not None and str(device).startswith("cuda")
