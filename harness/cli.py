@@ -167,7 +167,7 @@ def list_cmd(presets: bool, kernels: bool) -> None:
 @click.option("--corpus", default=None, help="Local text file, folder, .jsonl or .parquet (default: embedded stdlib "
               "corpus); records' text is read from field 'text', PATH#FIELD reads another.")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")
-@click.option("--device", default=None, help="auto | cpu | cuda")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: cuda, each rank its own GPU)")
 @click.option("--set", "model_set", multiple=True, help="Model config override key=value (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Checkpoint folder.")
 @click.option("--parallel", type=click.Choice(["auto", "none", "fsdp", "ddp"]), default="auto", show_default=True,

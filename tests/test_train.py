@@ -105,12 +105,27 @@ def test_resume_with_a_different_model_is_refused(tmp_path, fast_data):
         (dict(warmup_frac=1.5), "warmup_frac"),
         (dict(lr=1e-5, min_lr=1e-3), "min_lr <= lr"),
         (dict(device="tpu"), "Did you mean 'cpu'"),
+        (dict(device="cpu:1"), "unsupported device 'cpu:1'"),
         (dict(dtype="fp16"), "unknown dtype 'fp16'"),
     ],
 )
 def test_bad_train_configs_are_clear(bad, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**bad)
+
+
+def test_a_train_config_may_name_one_gpu_and_torchrun_ranks_may_not(monkeypatch):
+    """``train --device cuda:1`` was refused ("valid: auto, cpu, cuda") though ``eval`` takes it;
+    under torchrun each rank uses its LOCAL_RANK GPU, so there a named GPU is refused."""
+    from harness.train.distributed import DataParallel
+
+    assert TrainConfig(device="cuda:1").device == "cuda:1"  # checked for spelling, not for a GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="under torchrun each rank uses cuda:LOCAL_RANK; give device 'cuda'"):
+        DataParallel("ddp", "cuda:1")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")

@@ -104,7 +104,11 @@ class DataParallel(Replicas):
         self.strategy = strategy
         self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        device_type = resolve_device(device).type
+        requested = resolve_device(device)
+        if requested.index is not None:  # torchrun gave each rank its own GPU
+            raise ConfigError(f"device {device!r} names one GPU, but under torchrun each rank uses "
+                              f"cuda:LOCAL_RANK; give device 'cuda' (or 'auto')")
+        device_type = requested.type
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
             self.device = torch.device("cuda", local_rank)

@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import data
-from harness.api.errors import ConfigError, DistributedError, check_choice
+from harness.api.device import parse_device
+from harness.api.errors import ConfigError, DistributedError, UnknownNameError, check_choice
 from harness.api.fieldtypes import as_annotated, check_fields, field_hints
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.registry import build_model
@@ -55,7 +56,7 @@ class TrainConfig:
     tokenizer: str | None = None  # None: bytes
     val_fraction: float = 0.1
     split_seed: int | None = None  # seed of the train/val document split; None: the training seed
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun each rank takes its LOCAL_RANK GPU)
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
 
     def __post_init__(self) -> None:
@@ -76,7 +77,10 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
-        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        try:  # spelling only: a GPU is looked for when the run starts
+            parse_device(self.device)
+        except UnknownNameError as exc:
+            raise ConfigError(str(exc)) from None
         check_choice("dtype", self.dtype, ("auto", "fp32", "bf16"))
         if self.tokens and self.tokens < self.tokens_per_step:  # it trained one step, silently
             raise ConfigError(f"TrainConfig.tokens={self.tokens} is less than one step's "
