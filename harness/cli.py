@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ import click
 from harness.api import registry
 from harness.api.errors import DistributedError, LcbenchError
 from harness.api.options import parse_assignments, whole_number
+from harness.api.staging import made_for_results
 from harness.api.timing import is_oom
 
 
@@ -297,11 +299,13 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
     from harness.api.results import read_table
     from harness.report.tables import format_tables, summary_tables, write_tables
 
-    tables = summary_tables(read_table(run_dir), list(niah_metrics) or None)
-    click.echo(format_tables(tables, fmt))
-    if save:  # on stderr, so that stdout (`lcbench table RUN > tables.md`) holds the tables alone
-        folder = out or Path(run_dir) / "tables"
-        click.echo(f"wrote {len(write_tables(tables, folder))} files to {folder}", err=True)
+    # an unwritable folder is refused before anything is printed
+    target = made_for_results(out or Path(run_dir) / "tables", "tables folder") if save else nullcontext()
+    with target as folder:
+        tables = summary_tables(read_table(run_dir), list(niah_metrics) or None)
+        click.echo(format_tables(tables, fmt))
+        if folder is not None:  # on stderr, so that stdout (`lcbench table RUN > tables.md`) holds the tables alone
+            click.echo(f"wrote {len(write_tables(tables, folder))} files to {folder}", err=True)
 
 
 @main.command()
@@ -319,11 +323,13 @@ def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
     from harness.runs.sweep import current_sample_files
 
     chosen = parse_assignments(picks, "--model", form="ARCH=NAME", as_json=False)
-    run = load_run(run_dir, current_sample_files(run_dir), ResultStore(run_dir).finished().values())
-    run.pick(chosen)
-    text = render_markdown(judge(run), run.judged_note())
-    click.echo(text, nl=False)
-    atomic_write(Path(out or Path(run_dir) / "claims.md"), lambda f: f.write(text))
+    target = Path(out or Path(run_dir) / "claims.md")
+    with made_for_results(target.parent, "claims folder"):  # refused before the verdicts are printed
+        run = load_run(run_dir, current_sample_files(run_dir), ResultStore(run_dir).finished().values())
+        run.pick(chosen)
+        text = render_markdown(judge(run), run.judged_note())
+        click.echo(text, nl=False)
+        atomic_write(target, lambda f: f.write(text))
 
 
 @main.command()

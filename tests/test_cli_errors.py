@@ -120,6 +120,24 @@ def test_table_on_a_corrupt_parquet_exits_2(tmp_path):
     one_line_error(run("table", str(tmp_path), "--no-save"), EXIT_USER_ERROR, "cannot be read as a result table")
 
 
+@pytest.mark.parametrize("command, out", [("table", "blocker/tables"), ("claims", "blocker/claims.md")])
+def test_table_and_claims_refuse_an_unwritable_out_before_printing(tmp_path, command, out):
+    """They printed every table or verdict, then failed to save them: stdout held results the
+    command said it failed to make."""
+    run_dir = tmp_path / "run"
+    results.write_table(run_dir, [results.make_row("loss", 1.0, run="r", model="m", arch="swa", task="t")])
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    result = run(command, str(run_dir), "--out", str(tmp_path / out))
+    one_line_error(result, EXIT_USER_ERROR, "is a file, not a folder")
+    assert result.output.startswith("Error"), result.output
+
+
+def test_table_that_fails_leaves_no_empty_tables_folder(tmp_path):
+    (tmp_path / results.TABLE_PARQUET).write_bytes(b"PAR1 this is not parquet")
+    one_line_error(run("table", str(tmp_path)), EXIT_USER_ERROR, "cannot be read as a result table")
+    assert not (tmp_path / "tables").exists()
+
+
 # -- the bad-input campaign of issue 15's second round: one case per class of input --------------
 
 @pytest.mark.parametrize("args, fragments", [
