@@ -90,6 +90,7 @@ INNER_LOSSES = ("auto", "reference", "chunked", "liger")
 INNER_STEPS = ("eager", "compile", "cudagraph", "compile+cudagraph")
 FAST_WEIGHT_DTYPES = ("auto", "model", "float32")
 PREFIX_BACKENDS = ("same", *ATTENTION_BACKENDS)
+DEFAULT_SUFFIX_FRACTION = 0.25  # the paper: the last quarter of the blocks
 COMPILE_OPTIONS: dict[str, Any] = {"dynamic": False}  # torch.compile's, for the steady-state inner step
 
 
@@ -100,8 +101,8 @@ class NoInnerStepWarning(UserWarning):
 @dataclass
 class TTTConfig(AttentionConfig):
     window: int = 256
-    suffix_fraction: float = 0.25  # the last quarter of the blocks carry fast weights
-    suffix_blocks: int = 0  # > 0: exactly this many last blocks (overrides suffix_fraction)
+    suffix_fraction: float = DEFAULT_SUFFIX_FRACTION  # the last quarter of the blocks carry fast weights
+    suffix_blocks: int = 0  # > 0: exactly this many last blocks (a suffix_fraction that disagrees is refused)
     prime_mlp: bool = True  # the extra SwiGLU MLP in every suffix block
     fast_weights: str = "prime"  # which suffix MLPs learn at test time: prime | mlp | prime+mlp
     mini_batch_size: int = 1024
@@ -139,6 +140,11 @@ class TTTConfig(AttentionConfig):
             raise ConfigError(f"suffix_fraction must be in (0, 1], got {self.suffix_fraction}")
         if not 0 <= self.suffix_blocks <= self.n_layers:
             raise ConfigError(f"suffix_blocks={self.suffix_blocks} must be in [0, n_layers={self.n_layers}]")
+        by_fraction = max(1, round(self.n_layers * self.suffix_fraction))
+        if self.suffix_blocks and self.suffix_fraction != DEFAULT_SUFFIX_FRACTION and self.suffix_blocks != by_fraction:
+            # both were set and the count would silently win
+            raise ConfigError(f"suffix_blocks={self.suffix_blocks} and suffix_fraction={self.suffix_fraction} "
+                              f"({by_fraction} of {self.n_layers} blocks) disagree; set one of them")
         if "prime" in FAST_WEIGHTS[self.fast_weights] and not self.prime_mlp:
             raise ConfigError(f"fast_weights={self.fast_weights!r} needs prime_mlp=True")
         for name in ("inner_lr", "inner_lr_init", "inner_clip"):

@@ -595,6 +595,15 @@ def test_a_negative_inner_setting_is_named(field):
         small_model("ttt_e2e", **{field: -0.5})
 
 
+def test_a_suffix_fraction_that_disagrees_with_suffix_blocks_is_refused():
+    """``suffix_blocks=2, suffix_fraction=0.5`` on 12 layers built 2 suffix blocks without a word."""
+    with pytest.raises(ConfigError, match=r"suffix_blocks=2 and suffix_fraction=0.5 \(6 of 12 blocks\) disagree"):
+        registry.make_config("ttt_e2e", "125m", suffix_blocks=2, suffix_fraction=0.5)
+    agreeing = registry.make_config("ttt_e2e", "125m", suffix_blocks=6, suffix_fraction=0.5)
+    assert agreeing.n_suffix == 6
+    assert registry.make_config("ttt_e2e", "125m", suffix_blocks=2).n_suffix == 2  # the default fraction yields
+
+
 def test_lever_choices_are_checked():
     with pytest.raises(ConfigError, match="unknown inner_step 'compiled'.*Did you mean 'compile'"):
         registry.make_config("ttt_e2e", "tiny", inner_step="compiled")
