@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.api import results
+from harness.api import results, stats
 from harness.report import plots, tables
 
 # Few grid points: every figure is drawn twice (PNG, PDF) and drawing dominates the test's time.
@@ -389,3 +389,19 @@ def test_rendering_markdown_latex_csv(tmp_path):
 def test_heatmap_cells_print_shares_in_three_characters():
     """A zero printed as '.00'."""
     assert [plots._share_label(v) for v in (0.0, 0.004, 0.42, 0.05, 0.996, 1.0)] == ["0", "0", ".42", ".05", "1", "1"]
+
+
+@pytest.mark.parametrize("repeats, says", [(5, True), (8, False)])
+def test_timing_tables_say_when_their_intervals_are_spreads(repeats, says):
+    """Over 5 repeats no interval of a median reaches 95% (the timings' range covers it 94% of the
+    time): claims said so, tables printed "± h" as if it were a confidence interval."""
+    times = np.linspace(0.010, 0.014, repeats)
+    est = stats.bootstrap_median(times)
+    rows = [results.make_row("prefill_s", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=repeats, run="r",
+                             model="fa", arch="full_attention", task="latency", eval_ctx=1024, batch_size=1)]
+    table = tables.summary_tables(results.validate(rows))["prefill_ms"]
+    text, latex = tables.render_markdown(table), tables.render_latex(table)
+    note = f"a bootstrap spread of the median over as few as {repeats} timings, not a 95% interval"
+    assert (note in text) == says and (note.replace("%", r"\%") in latex) == says
+    if says:
+        assert "covers the median at most 94% of the time" in text

@@ -20,7 +20,7 @@ import pandas as pd
 from harness.api import results
 from harness.api.staging import prepare_output
 from harness.report.plots import make_figures
-from harness.report.tables import flag_note, summary_tables, text_rows
+from harness.report.tables import footnotes, summary_tables, text_rows
 
 REPORT_FILE = "report.html"
 SPEC_FILE = "spec.json"  # what a sweep folder keeps of its spec (harness.runs.sweep writes it)
@@ -116,8 +116,7 @@ def _summary_table(df: pd.DataFrame) -> str:
     body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
     title = df.attrs.get("title")
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
-    flags = flag_note(df)
-    note = f"<p>{html.escape(flags)}</p>" if flags else ""
+    note = "".join(f"<p>{html.escape(line)}</p>" for line in footnotes(df))
     return f"<table>{caption}<thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.api import results
+from harness.api import results, stats
 from harness.api.errors import check_choice
 from harness.api.staging import prepare_output
 from harness.report.written import replace_written
@@ -295,6 +295,7 @@ def summary_tables(table: pd.DataFrame | Prepared,
         phase = metric.removesuffix("_s")
         what = "decode time per token" if phase == "decode" else "prefill time"
         out[f"{phase}_ms"] = _pivot(pts, facets, f"{what.capitalize()} (ms) by context length", "sig", scale=1e-3)
+        out[f"{phase}_ms"].attrs["note"] = repeats_note(prep.rows, metric)
         if _has_reference(prep, pts):
             out[f"{phase}_speedup"] = _pivot(prep.relative(pts, ["batch_size", "eval_ctx"], "speedup"), facets,
                                              f"{phase.capitalize()} speed-up over full attention (×)", ".2f")
@@ -413,13 +414,32 @@ def text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def flag_note(df: pd.DataFrame) -> str:
-    """The footnote of a table with flagged cells ("" without): the mark and the first reason."""
-    flags = df.attrs.get("flags")
-    if flags is None:
+def repeats_note(rows: pd.DataFrame, metric: str) -> str:
+    """What a timing table's intervals are when its fewest repeats cannot give a confidence
+    interval of a median ("" when every cell has enough): read them as spreads."""
+    timed = rows[(rows["task"] == LATENCY_TASK) & (rows["metric"] == metric) & (rows["status"] == "ok")
+                 & rows["ci_low"].notna() & rows["n"].notna()]
+    if timed.empty:
         return ""
-    found = [f for f in flags.to_numpy().ravel() if isinstance(f, str) and f]
-    return f"{UNSTABLE_MARK} {len(found)} value(s) flagged, e.g. {found[0]}" if found else ""
+    n = int(timed["n"].min())
+    coverage = stats.median_max_coverage(n)
+    if coverage >= stats.DEFAULT_LEVEL:
+        return ""
+    return (f"± and [low, high]: a bootstrap spread of the median over as few as {n} timings, not a "
+            f"{stats.DEFAULT_LEVEL:.0%} interval (their range covers the median at most {coverage:.0%} of the time)")
+
+
+def footnotes(df: pd.DataFrame) -> list[str]:
+    """The footnotes of a table: how many cells are flagged (the mark and the first reason), and
+    what its intervals are where that needs saying."""
+    notes = []
+    flags = df.attrs.get("flags")
+    found = [] if flags is None else [f for f in flags.to_numpy().ravel() if isinstance(f, str) and f]
+    if found:
+        notes.append(f"{UNSTABLE_MARK} {len(found)} value(s) flagged, e.g. {found[0]}")
+    if df.attrs.get("note"):
+        notes.append(df.attrs["note"])
+    return notes
 
 
 def render_markdown(df: pd.DataFrame, title: bool = True) -> str:
@@ -432,8 +452,8 @@ def render_markdown(df: pd.DataFrame, title: bool = True) -> str:
 
     lines = [line(header), "|" + "|".join(":---" if i < n_index else "---:" for i in range(len(header))) + "|"]
     lines += [line(r) for r in rows]
-    if flag_note(df):
-        lines += ["", flag_note(df)]
+    for note in footnotes(df):
+        lines += ["", note]
     if title and df.attrs.get("title"):
         lines = [f"**{df.attrs['title']}**", ""] + lines
     return "\n".join(lines)
@@ -461,8 +481,7 @@ def render_latex(df: pd.DataFrame) -> str:
         body.append(rf"\caption{{{_latex_escape(df.attrs['title'])}}}")
     body += [r"\begin{tabular}{" + "l" * n_index + "r" * (len(header) - n_index) + "}", r"\toprule", line(header),
              r"\midrule", *(line(r) for r in rows), r"\bottomrule", r"\end{tabular}"]
-    if flag_note(df):
-        body.append(r"\par\footnotesize " + _latex_escape(flag_note(df)))
+    body += [r"\par\footnotesize " + _latex_escape(note) for note in footnotes(df)]
     body.append(r"\end{table}")
     return "\n".join(body)
 
