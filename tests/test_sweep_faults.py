@@ -345,3 +345,28 @@ def test_readers_take_the_samples_of_the_last_specs_cells_only(tmp_path):
     shared = {c.key for c in plan(first)} & {c.key for c in plan(edited)}
     assert len(shared) == 1  # context 4; context 5's cell was replaced by context 6's (no samples)
     assert {p.stem for p in current_sample_files(out)} == shared
+
+
+def test_a_model_another_process_is_training_into_the_same_folder_is_waited_for(tmp_path, monkeypatch):
+    """Two sweeps (or pool workers) that train one model into one checkpoint folder at once both
+    wrote its files; the second now waits for the first, then takes its checkpoint untrained."""
+    import threading
+
+    import harness.runs.sweep as sweep_mod
+    from harness.api.staging import exclusive
+
+    spec = {"name": "race", "train": {"steps": 2, **TRAIN}, "models": [{"arch": "swa", "set": TINY}],
+            "tasks": [{"task": "test_sweep_probe"}]}
+    model = sweep_mod.plan(load_spec(write_spec(tmp_path / "s.yaml", spec)))[0].model
+    out = tmp_path / "out"
+    trained, waiting = [], threading.Event()
+    monkeypatch.setattr(sweep_mod, "train", lambda *a, **k: trained.append(k["out_dir"]))
+    monkeypatch.setattr(sweep_mod.warnings, "warn", lambda message, **k: waiting.set())
+    with exclusive(model.training_lock(out)):  # the other process trains
+        second = threading.Thread(target=model.train_once, args=(out,))
+        second.start()
+        assert waiting.wait(timeout=60), "the second trainer did not wait"
+        assert trained == []
+        monkeypatch.setattr(type(model), "needs_training", lambda self, out_dir: False)  # the first finished
+    second.join(timeout=60)
+    assert not second.is_alive() and trained == []  # it took the first one's checkpoint

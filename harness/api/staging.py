@@ -8,12 +8,13 @@ process on another machine sharing the folder cannot be checked) and never one o
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,3 +128,22 @@ def prepare_output(folder: str | os.PathLike, what: str = "output folder") -> Pa
     for sub in (folder, *(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))):
         clear_stale(sub)
     return folder
+
+
+@contextmanager
+def exclusive(lock_file: str | os.PathLike, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (made if missing) for the block, blocking while
+    another process holds it; ``waiting`` is called once first when it must wait. The kernel
+    drops the lock of a process that dies, so a kill leaves nothing to clean up."""
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -21,16 +21,16 @@ redone), and the next append starts on a fresh line so that it is not glued to t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from harness.api import results
+from harness.api.staging import exclusive
 
 CELLS_FILE = "cells.jsonl"
 CELL_ROWS_DIR = "cells"
@@ -43,16 +43,9 @@ class ResultStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the folder's exclusive lock (blocks while another process holds it)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return exclusive(self.root / LOCK_FILE)
 
     def finished(self) -> dict[str, dict[str, Any]]:
         """key -> the latest record of every cell in ``cells.jsonl`` (torn lines skipped)."""

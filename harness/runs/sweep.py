@@ -67,7 +67,7 @@ from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.options import whole_number
 from harness.api.task import ModelInfo
-from harness.api.staging import prepare_output
+from harness.api.staging import exclusive, prepare_output
 from harness.api.timing import free_memory
 from harness.data.corpora import corpus_fingerprint, require_corpus
 from harness.data.local import missing_path_error
@@ -84,6 +84,7 @@ SPEC_FILE = "spec.json"  # the spec that ran last
 SPECS_DIR = "specs"  # every spec that wrote into the folder, as NAME-HASH.json
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
+TRAINING_LOCKS_DIR = ".locks"  # a sweep folder's lock per checkpoint, held while a process trains into it
 
 
 def _safe_name(text: str) -> str:
@@ -415,6 +416,9 @@ class SeededModel:
             return Path(self.entry.checkpoint)
         return out_dir / CHECKPOINTS_DIR / f"{_safe_name(self.label)}-s{self.seed}-{config_hash(self.identity())[:8]}"
 
+    def training_lock(self, out_dir: Path) -> Path:
+        return out_dir / TRAINING_LOCKS_DIR / f"{self.checkpoint_dir(out_dir).name}.lock"
+
     def prepare(self, out_dir: Path, device: torch.device, dtype: torch.dtype,
                 progress: bool) -> tuple[LCModel, ModelInfo]:
         """The model on ``device``: seeded random weights, a given checkpoint, or trained (resuming
@@ -439,8 +443,15 @@ class SeededModel:
         if cfg.save_every == 0:  # so a killed sweep resumes training part-way
             cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
         ckpt = self.checkpoint_dir(out_dir)
-        train(self.model_config(), cfg, out_dir=ckpt, resume=checkpoint.is_checkpoint(ckpt), progress=progress,
-              parallel="none")
+        # another sweep (or pool worker) training this model into this folder: wait for it, then
+        # take its checkpoint, instead of both writing the folder's files at once
+        with exclusive(self.training_lock(out_dir),
+                       waiting=lambda: warnings.warn(f"waiting for another process that trains {self.label} "
+                                                     f"into {ckpt}", stacklevel=2)):
+            if not self.needs_training(out_dir):  # it finished while this one waited
+                return
+            train(self.model_config(), cfg, out_dir=ckpt, resume=checkpoint.is_checkpoint(ckpt), progress=progress,
+                  parallel="none")
 
 
 @dataclass
