@@ -114,6 +114,21 @@ def test_a_sweep_whose_tokenizer_file_changed_trains_a_new_model(tmp_path):
     assert after[1].key != before[1].key  # a task's own tokenizer too
 
 
+def test_a_tokenizer_json_files_fingerprint_covers_the_config_beside_it(tmp_path):
+    """A tokenizer.json file takes its end token from the tokenizer_config.json beside it, so an
+    edited config packs documents with another separator; the fingerprint ignored it, so caches
+    and sweep keys reused the other separator's ids."""
+    file = tmp_path / "tok" / "tokenizer.json"
+    write_bpe(file)
+    config = file.with_name("tokenizer_config.json")
+    alone = data.tokenizer_fingerprint(file)
+    config.write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    with_config = data.tokenizer_fingerprint(file)
+    config.write_text(json.dumps({"eos_token": "</s>"}))
+    assert len({alone, with_config, data.tokenizer_fingerprint(file)}) == 3
+    assert data.load_tokenizer(str(file)).name.endswith(data.tokenizer_fingerprint(file))
+
+
 # -- a tokenizer folder ------------------------------------------------------------------------------
 
 

@@ -80,6 +80,9 @@ _TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json"
                     "*.tiktoken", "chat_template*")
 
 
+CONFIG_FILE = "tokenizer_config.json"
+
+
 def _tokenizer_files(folder: Path) -> list[Path]:
     return [f for f in folder.iterdir()
             if f.is_file() and any(fnmatch(f.name, pattern) for pattern in _TOKENIZER_FILES)]
@@ -94,7 +97,10 @@ def tokenizer_fingerprint(spec: str | os.PathLike[str] | None) -> str:
     path = Path(spec).expanduser()
     if not path.exists():
         return f"absent:{path}"
-    files = [path] if path.is_file() else sorted(_tokenizer_files(path))
+    if path.is_file():  # a tokenizer.json file is read with the tokenizer_config.json beside it (its end token)
+        files = [path, *(f for f in [path.with_name(CONFIG_FILE)] if f.is_file() and f != path)]
+    else:
+        files = sorted(_tokenizer_files(path))
     digest = hashlib.sha256()
     for file in files:
         hash_file(digest, file.name, file)
@@ -108,7 +114,7 @@ def auto_tokenizer(folder: str | os.PathLike[str]) -> Any:
     none of it. A tokenizer that is itself custom code (its own ``auto_map``) is still asked about."""
     import transformers  # optional: callers say what is missing without it
 
-    config = Path(folder) / "tokenizer_config.json"
+    config = Path(folder) / CONFIG_FILE
     try:
         custom = "auto_map" in json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
@@ -189,7 +195,7 @@ class HFTokenizer:
             self._tk = tokenizers.Tokenizer.from_file(str(file))
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"{str(file)!r} is not a Hugging Face tokenizer.json: {exc}") from exc
-        self._config_file = file.with_name("tokenizer_config.json")
+        self._config_file = file.with_name(CONFIG_FILE)
 
     def _find_eos(self) -> int | None:
         names = list(_EOS_CANDIDATES)
