@@ -107,14 +107,23 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tens
 
 
 @without_autocast
+def masked_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the keys ``mask [Tq, Tk]`` allows, in fp32 (fp64 stays fp64). Grouped query
+    heads are queries of their key head (q ``[B, H, Tq, Dh]``, k and v ``[B, KV, Tk, Dh]``):
+    no copy of the keys per query head."""
+    B, H, Tq, Dh = q.shape
+    KV, Tk = k.size(1), k.size(-2)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(dtype).reshape(B, KV, H // KV * Tq, Dh) @ k.to(dtype).transpose(-1, -2)) / math.sqrt(Dh)
+    scores = scores.view(B, KV, H // KV, Tq, Tk).masked_fill(~mask, float("-inf")).view(B, KV, -1, Tk)
+    return (scores.softmax(-1) @ v.to(dtype)).view(B, H, Tq, Dh).to(q.dtype)
+
+
 def attention_reference(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
-    """Masked softmax over the whole score matrix, computed in fp32 (fp64 stays fp64)."""
+    """Masked softmax over the whole score matrix."""
     q_pos = torch.arange(q_start, q_start + q.size(-2), device=q.device)
     k_pos = torch.arange(k_start, k_start + k.size(-2), device=q.device)
-    dtype = torch.promote_types(q.dtype, torch.float32)
-    scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) / math.sqrt(q.size(-1))
-    scores = scores.masked_fill(~visible(q_pos, k_pos, window), float("-inf"))
-    return (scores.softmax(-1) @ v.to(dtype)).to(q.dtype)
+    return masked_attention(q, k, v, visible(q_pos, k_pos, window))
 
 
 def _relative_mask(q_len: int, k_len: int, offset: int, window: int, device: torch.device) -> torch.Tensor:
@@ -138,7 +147,28 @@ def sdpa_mask(q_len: int, k_len: int, offset: int, window: int, device: torch.de
     return _relative_mask(q_len, k_len, offset, window, device)
 
 
+def sdpa_one_query(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    """sdpa for one query per head (a decode step), ``mask [1, Tk]`` or None (every key). Grouped
+    query heads become queries of their key head: repeating keys and values copied the layer's
+    whole cache at every step. Any kernel runs this (enable_gqa only some), and on the CPU it beat
+    enable_gqa (32K keys, 4 query heads a key head: 1.6 vs 14.7 ms at best, torch 2.13)."""
+    B, H, _, Dh = q.shape
+    return F.scaled_dot_product_attention(q.reshape(B, k.size(1), -1, Dh), k, v, attn_mask=mask).view(B, H, 1, Dh)
+
+
 def attention_sdpa(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
+    Tq, Tk = q.size(-2), k.size(-2)
+    if Tq == 1:  # a decode step; one that sees every key (a full cache, a full ring) needs no mask
+        every_key = q_start - k_start == Tk - 1 and (not window or Tk <= window)
+        return sdpa_one_query(q, k, v, None if every_key else sdpa_mask(1, Tk, q_start - k_start, window, q.device))
+    if k.size(1) != q.size(1):
+        # grouped heads, once for all query chunks: not enable_gqa, which CUDA's memory-efficient
+        # kernel (fp32) lacks, so sdpa would fall back to its math kernel and a whole score matrix
+        k, v = (t.repeat_interleave(q.size(1) // k.size(1), 1) for t in (k, v))
+    return _attention_sdpa(q, k, v, q_start, k_start, window)
+
+
+def _attention_sdpa(q, k, v, q_start: int, k_start: int, window: int) -> torch.Tensor:
     Tq, Tk = q.size(-2), k.size(-2)
     if not window and q_start == k_start and Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -150,7 +180,7 @@ def attention_sdpa(q, k, v, q_start: int, k_start: int, window: int) -> torch.Te
         # keys this chunk can see: positions [q_start+qs-window+1, q_start+qe)
         ks = max(0, q_start + qs - window + 1 - k_start)
         ke = q_start + qe - k_start
-        outputs.append(attention_sdpa(q[..., qs:qe, :], k[..., ks:ke, :], v[..., ks:ke, :], q_start + qs, k_start + ks, window))
+        outputs.append(_attention_sdpa(q[..., qs:qe, :], k[..., ks:ke, :], v[..., ks:ke, :], q_start + qs, k_start + ks, window))
     return torch.cat(outputs, dim=-2)
 
 
@@ -223,10 +253,18 @@ def attention_flex(q, k, v, q_start: int, k_start: int, window: int) -> torch.Te
         dtype = torch.get_autocast_dtype(device_type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     mask = _flex_block_mask(q.size(-2), k.size(-2), q_start - k_start, window, str(q.device))
-    return _compiled_flex()(q, k, v, block_mask=mask)
+    return _compiled_flex()(q, k, v, block_mask=mask, enable_gqa=k.size(1) != q.size(1))  # grouped heads in place
 
 
 ATTENTION_OPS = {"torch": attention_reference, "sdpa": attention_sdpa, "flex": attention_flex}
+
+
+def attention_slots(q, k, v, visible_slots: torch.Tensor, backend: str) -> torch.Tensor:
+    """A decode step's one query per head against keys in any order (a ring buffer's slots),
+    those where ``visible_slots [Tk]``. flex runs it on sdpa: its block mask would change, and
+    compile again, at every step, and one query has no blocks for flex to skip."""
+    mask = visible_slots[None]
+    return masked_attention(q, k, v, mask) if backend == "torch" else sdpa_one_query(q, k, v, mask)
 
 
 def resolve_backend(backend: str, window: int, device: torch.device) -> str:
@@ -291,6 +329,16 @@ class RingKVCache:
         self.v[..., slots, :] = v
         self.end_pos += T
 
+    def visible_slots(self, window: int) -> torch.Tensor | None:
+        """[slots] bool: the slots whose keys the newest position sees through a ``window``
+        (itself included), or None for all of them (a full ring of exactly ``window`` slots).
+        Slot s holds the key ``(end_pos - 1 - s) % slots`` positions back; slots never written
+        (a ring not yet full) are more positions back than there are."""
+        if window == self.window <= self.end_pos:
+            return None
+        back = (self.end_pos - 1 - torch.arange(self.window, device=self.k.device)) % self.window
+        return back < min(window, self.end_pos)
+
     def keys_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached keys in position order (the oldest first)."""
         n = min(self.end_pos, self.window)
@@ -343,13 +391,16 @@ class Attention(nn.Module):
             check_continues(cache.end_pos, start_pos)
             # Append, then attend to the buffer itself: gathering and concatenating copied the layer's
             # whole cache at every decode step (on CPU, width 144: full attention's decode 2x slower at
-            # 32K, SWA's 1.8x with a 2K window). A full ring after one new token holds exactly the window its query
-            # sees, out of order, which softmax attention does not mind. Not under autograd: a view
-            # saved for backward would be written in place by the next append.
-            ring_step = isinstance(cache, RingKVCache) and x.size(1) == 1 and cache.end_pos >= c.window
+            # 32K, SWA's 1.8x with a 2K window). A ring holds its keys out of position order, which
+            # softmax attention does not mind; the slots the query does not see are masked (a ring
+            # not yet full, or TTT-E2E's suffix ring, longer than the window). Not under autograd: a
+            # view saved for backward would be written in place by the next append.
+            ring_step = isinstance(cache, RingKVCache) and x.size(1) == 1
             if not torch.is_grad_enabled() and (isinstance(cache, KVCache) or ring_step):
                 cache.append(k, v)
-                keys, values = (cache.k, cache.v) if ring_step else cache.keys_values()
+                if ring_step:
+                    return self.attend_ring(q, cache, start_pos), (cache if need_cache else None)
+                keys, values = cache.keys_values()
             else:
                 past_k, past_v = cache.keys_values()
                 keys, values = torch.cat([past_k, k], -2), torch.cat([past_v, v], -2)
@@ -358,14 +409,21 @@ class Attention(nn.Module):
         backend = resolve_backend(c.backend, c.window, x.device)
         return self.mix(q, keys, values, start_pos, k_start, backend), (cache if need_cache else None)
 
+    def attend_ring(self, q: torch.Tensor, ring: RingKVCache, start_pos: int) -> torch.Tensor:
+        """The query of the position just appended to ``ring`` against the ring's own buffers."""
+        backend = resolve_backend(self.config.backend, self.config.window, q.device)
+        visible = ring.visible_slots(self.config.window)
+        if visible is None:  # every slot: any backend, positions as if in order
+            return self.mix(q, ring.k, ring.v, start_pos, start_pos + 1 - ring.window, backend)
+        return self.project_out(attention_slots(q, ring.k, ring.v, visible, backend))
+
     def mix(self, q, keys, values, start_pos: int, k_start: int, backend: str) -> torch.Tensor:
         """Attend queries (positions start_pos..) to keys/values (k_start..); project out."""
-        c = self.config
-        if c.kv_heads != c.n_heads:
-            rep = c.n_heads // c.kv_heads
-            keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
-        out = ATTENTION_OPS[backend](q, keys, values, start_pos, k_start, c.window)
-        return self.o_proj(out.transpose(1, 2).reshape(q.size(0), q.size(2), -1))
+        return self.project_out(ATTENTION_OPS[backend](q, keys, values, start_pos, k_start, self.config.window))
+
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        """[B, H, T, Dh] attention outputs -> [B, T, D]."""
+        return self.o_proj(out.transpose(1, 2).reshape(out.size(0), out.size(2), -1))
 
 
 class AttentionLM(BackboneLM):

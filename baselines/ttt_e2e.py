@@ -244,9 +244,9 @@ class PrimeBlock(Block):
             x = x + post(swiglu(norm(x), *weights) if weights else mlp(norm(x)))
         return x
 
-    def forward(self, x, cache, start_pos: int, need_cache: bool):
+    def forward(self, x, cache, start_pos: int, need_cache: bool, fast: dict[str, list[torch.Tensor]] | None = None):
         h, cache = self.mixer(self.mixer_norm(x), cache, start_pos, need_cache)
-        return self.mlps(x + self.mixer_post_norm(h)), cache
+        return self.mlps(x + self.mixer_post_norm(h), fast), cache
 
     def forward_chunk(self, x, past_k, past_v, start_pos: int | torch.Tensor, fast: dict[str, list[torch.Tensor]],
                       backend: str):
@@ -465,6 +465,9 @@ class TTTE2ELM(AttentionLM):
             x, cache = block(x, cache, read_start, need_state)
             new_prefix.append(cache)
 
+        if state is not None and n_in == 1 and out != "nll" and state.pending_x.size(1) < b and not torch.is_grad_enabled():
+            return self._decode_in_place(x, tokens, state, new_prefix, conv_tail, out)
+
         # 2. the suffix, mini-batch by mini-batch. The timeline starts at the current mini-batch
         # (position timeline_start): its tokens read earlier (pending, from the state), then the new ones.
         if state is None:
@@ -535,6 +538,20 @@ class TTTE2ELM(AttentionLM):
         pending_x = all_x[:, last_mb_start - timeline_start : read_end - timeline_start].clone()
         pending_tokens = all_tokens[:, last_mb_start - timeline_start : read_end - timeline_start].clone()
         return result, TTTState(read_end, new_prefix, rings, fast, pending_x, pending_tokens, conv_tail)
+
+    def _decode_in_place(self, x, tokens, state: TTTState, prefix: list[Any], conv_tail, out: str):
+        """A decode step inside the current mini-batch (no inner step due), without gradients:
+        each suffix block appends its key to its ring and attends to the ring's own buffers, as
+        the prefix's blocks do. Gathering the ring in position order and concatenating the new
+        key copied each suffix block's window twice per token (``_read``'s general path, which
+        the steps that end a mini-batch still take: once per mini-batch)."""
+        h = x
+        for block, ring, fast in zip(self.suffix_blocks, state.suffix, self._by_block(state.fast)):
+            h, _ = block(h, ring, state.pos, True, fast)
+        logits = self.lm_head(self.norm(h))
+        pending_x, pending_tokens = torch.cat([state.pending_x, x], 1), torch.cat([state.pending_tokens, tokens], 1)
+        new_state = TTTState(state.pos + 1, prefix, state.suffix, state.fast, pending_x, pending_tokens, conv_tail)
+        return (logits[:, -1] if out == "last" else logits), new_state
 
     def _step_function(self, out: str, device: torch.device):
         """What ``_read`` calls per mini-batch: the reference step (recomputed in the backward

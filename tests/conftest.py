@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 if not torch.cuda.is_available():
     # Triton kernels run on this machine only through Triton's interpreter, which is chosen when
@@ -39,6 +41,21 @@ def small_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, **
 
 
 ARCHS = registry.model_names()
+
+
+class NewMemory(TorchDispatchMode):
+    """Bytes of the fresh tensors the ops run under it make (views and in-place results excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        self.bytes += sum(t.untyped_storage().nbytes() for t in tree_leaves(out)
+                          if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given)
+        return out
 
 
 def close_ratio(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> float:

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from baselines import attention
 from harness.api.errors import BackendUnavailableError, ConfigError
 from harness.api.interface import next_token_nll
-from tests.conftest import kernel_cases, small_model
+from tests.conftest import NewMemory, kernel_cases, small_model
 
 x = torch.randint(0, 256, (2, 80), generator=torch.Generator().manual_seed(0))
 
@@ -66,14 +64,25 @@ def test_backends_agree_in_the_model(arch):
 
 
 @torch.no_grad()
-def test_grouped_query_attention_decodes_like_forward():
-    model = small_model("full_attention", dtype=torch.float64, n_kv_heads=2)
-    assert model.blocks[0].mixer.k_proj.out_features == 2 * model.config.head_dim
-    full = model(x)
-    logits, state = model.prefill(x[:, :10])
-    for t in range(10, 20):
-        logits, state = model.decode_step(state, x[:, t])
-        torch.testing.assert_close(logits, full[:, t])
+@pytest.mark.parametrize("backend", ["torch", "sdpa"])
+@pytest.mark.parametrize("arch", ["full_attention", "swa"])
+def test_grouped_query_attention_reads_as_repeated_heads_and_decodes_like_forward(arch, backend):
+    """Grouped query heads read their key head in place: the model equals the one whose every query
+    head has its own copy of its group's key and value weights, forward and decoding (for swa
+    past a ring filling up, window 16, and full)."""
+    grouped = small_model(arch, dtype=torch.float64, backend=backend, n_kv_heads=2)
+    assert grouped.blocks[0].mixer.k_proj.out_features == 2 * grouped.config.head_dim
+    rep = grouped.config.n_heads // 2
+    plain = small_model(arch, dtype=torch.float64, backend=backend)
+    plain.load_state_dict({name: w.view(2, -1, w.size(-1)).repeat_interleave(rep, 0).flatten(0, 1)
+                           if name.endswith(("k_proj.weight", "v_proj.weight")) else w
+                           for name, w in grouped.state_dict().items()})
+    full = grouped(x)
+    torch.testing.assert_close(full, plain(x), rtol=1e-12, atol=1e-12)
+    logits, state = grouped.prefill(x[:, :10])
+    for t in range(10, 30):
+        logits, state = grouped.decode_step(state, x[:, t])
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-10, atol=1e-10)
 
 
 @torch.no_grad()
@@ -104,30 +113,21 @@ def test_a_growing_full_attention_cache_holds_little_more_than_its_keys():
         torch.testing.assert_close(logits, full[:, t], rtol=1e-9, atol=1e-9)
 
 
-class NewMemory(TorchDispatchMode):
-    """Bytes of the fresh tensors the ops run under it make (views and in-place results excluded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        self.bytes += sum(t.untyped_storage().nbytes() for t in tree_leaves(out)
-                          if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given)
-        return out
-
-
-@pytest.mark.parametrize("arch", ["full_attention", "swa"])
+@pytest.mark.parametrize("arch, fields", [
+    ("full_attention", {}), ("swa", {"window": 256}),
+    ("swa", {"window": 4096}),  # a ring not yet full: its unwritten slots are masked, not cut out
+    ("full_attention", {"n_kv_heads": 2}), ("swa", {"window": 1024, "n_kv_heads": 2}),  # grouped heads
+], ids=["full", "swa", "swa_filling", "full_gqa", "swa_gqa"])
 @torch.no_grad()
-def test_a_decode_step_does_not_copy_its_cache(arch):
+def test_a_decode_step_does_not_copy_its_cache(arch, fields):
     """Each decode step gathered (ring) and concatenated the layer's cached keys and values with
     the new ones: a copy of the whole cache per step, which made full attention's decode time (2x
     on CPU at 32K) and its decode_peak_bytes (a layer's keys and values more) grow with context
-    beyond attention's own cost, and SWA's decode 1.5x slower at a 2K window."""
-    model = small_model(arch, window=256) if arch == "swa" else small_model(arch)
-    logits, state = model.prefill(torch.randint(0, 256, (2, 512), generator=torch.Generator().manual_seed(0)))
+    beyond attention's own cost, and SWA's decode 1.5x slower at a 2K window. A ring not yet full
+    still took that path, and grouped query heads repeated the whole cache for each query head at
+    every step (full attention with one key head of four: 4x slower decode at 32K)."""
+    model = small_model(arch, **fields)
+    logits, state = model.prefill(torch.randint(0, 256, (2, 2048), generator=torch.Generator().manual_seed(0)))
     _, state = model.decode_step(state, logits.argmax(-1))  # the full-attention cache grows once, by an eighth
     with NewMemory() as made:
         model.decode_step(state, logits.argmax(-1))
@@ -257,7 +257,7 @@ def test_flex_gets_the_autocast_dtype_under_autocast(monkeypatch):
     stays bf16; flex_attention (unlike sdpa) is no autocast op in every release and rejects the mix."""
     seen = []
     monkeypatch.setattr(attention.FLEX, "needs_cuda", False)
-    monkeypatch.setattr(attention, "_compiled_flex", lambda: lambda q, k, v, block_mask: seen.append(
+    monkeypatch.setattr(attention, "_compiled_flex", lambda: lambda q, k, v, block_mask, enable_gqa: seen.append(
         (q.dtype, k.dtype, v.dtype)) or v)
     model = small_model("swa", backend="flex")
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -286,15 +286,16 @@ def test_compiled_flex_block_mask_equals_the_dense_one(kernel_device, monkeypatc
 # models, which `auto` gives flex (full attention's growing cache would be a new compiled shape at
 # every decode step: 4 compilations of a GPU slot's minutes). TTT-E2E's suffix
 # differentiates its attention in the inner loop: flex on a GPU, sdpa (with a flex prefix) on the CPU.
+# The CPU's swa has grouped query heads (flex's enable_gqa); TTT-E2E's flex prefix there has none.
 FLEX, TTT_FLEX = {"backend": "flex"}, {"backend": "flex", "prefix_backend": "flex"}
 
 
 @kernel_cases("arch, fields, T", cuda=[("swa", FLEX, 1100), ("ttt_e2e", TTT_FLEX, 1100)],
-              cpu=[("swa", FLEX, 300), ("ttt_e2e", {**TTT_FLEX, "backend": "sdpa"}, 100)])
+              cpu=[("swa", {**FLEX, "n_kv_heads": 2}, 300), ("ttt_e2e", {**TTT_FLEX, "backend": "sdpa"}, 100)])
 @torch.no_grad()
 def test_flex_forward_prefill_and_decode_equal_reference(kernel_device, arch, fields, T, monkeypatch):
     monkeypatch.setattr(attention.FLEX, "needs_cuda", False)  # Inductor's CPU code runs it
-    exact = small_model(arch, dtype=torch.float64, backend="torch").to(kernel_device)
+    exact = small_model(arch, dtype=torch.float64, backend="torch", n_kv_heads=fields.get("n_kv_heads", 0)).to(kernel_device)
     flex = small_model(arch, **fields).to(kernel_device)
     tokens = torch.randint(0, 256, (2, T), device=kernel_device)
     expected = exact(tokens)

@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from baselines.ttt_e2e import TTTE2ELM, clip_per_sequence
 from harness.api import registry
 from harness.api.errors import ConfigError
-from tests.conftest import close_ratio, kernel_cases, small_model
+from tests.conftest import NewMemory, close_ratio, kernel_cases, small_model
 
 B = 3
 T = 70  # 4 full mini-batches of 16 and a partial one; crosses the window (16) too
@@ -344,6 +344,34 @@ def test_prefill_decode_across_mini_batch_boundaries(prompt):
     c = model.config
     assert state.suffix[0].k.size(-2) == c.window - 1 + c.mini_batch_size
     assert state.fast[0].shape[0] == B and state.pending_x.size(1) == (T - 1) % c.mini_batch_size + 1
+
+
+@pytest.mark.parametrize("fields", [{"backend": "torch"}, {"n_kv_heads": 2}], ids=["torch_backend", "grouped_heads"])
+@torch.no_grad()
+def test_decoding_reads_like_forward_on_each_backend_and_with_grouped_heads(fields):
+    """Decode steps inside a mini-batch attend to each suffix ring in place, its slots outside
+    the window masked (the torch reference and sdpa each), grouped heads reading their key head."""
+    model = model64(suffix_blocks=2, **fields)
+    x = tokens()
+    full = model(x)
+    logits, state = model.prefill(x[:, :5])  # the rings fill up, then wrap
+    for t in range(5, 40):  # past two mini-batch ends; the rings (31 slots) wrap
+        logits, state = model.decode_step(state, x[:, t])
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-10, atol=1e-10, msg=f"position {t}")
+
+
+@torch.no_grad()
+def test_a_decode_step_inside_a_mini_batch_does_not_copy_the_suffix_windows():
+    """Each decode step gathered every suffix block's ring in position order and concatenated the
+    new key and value: two copies of the window per block and token. Only the step that ends a
+    mini-batch (its inner step re-reads the mini-batch) still reads the ring in order."""
+    model = small_model("ttt_e2e", window=256, mini_batch_size=32, suffix_blocks=2)
+    logits, state = model.prefill(tokens(2, 300))  # the last mini-batch has 12 tokens
+    _, state = model.decode_step(state, logits.argmax(-1))
+    ring_bytes = sum(ring.k.nbytes + ring.v.nbytes for ring in state.suffix)
+    with NewMemory() as made:
+        model.decode_step(state, logits.argmax(-1))
+    assert made.bytes < ring_bytes / 4, (made.bytes, ring_bytes)
 
 
 @torch.no_grad()
