@@ -89,6 +89,9 @@ def test_unstable_timings_are_flagged_with_the_reason():
     assert "repeats spread 25%" in timing_flag(noisy, "cpu", others=0.05)
     assert "machine busy (other processes took 50% of the CPUs" in timing_flag(steady, "cpu", others=0.5)
     assert timing_flag(steady, "cuda", others=0.5) == ""  # host load does not time GPU kernels
+    # an even number of repeats: the median is the mean of the middle two (1.5), and so is the
+    # median of the deviations (0.5, 0.5, 0.5, 0.5)
+    assert relative_spread([1.0, 1.0, 2.0, 2.0]) == pytest.approx(0.5 / 1.5)
 
 
 def _fake_ticks(monkeypatch, readings: list[tuple[int, int]], seconds: float) -> None:
