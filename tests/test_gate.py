@@ -197,6 +197,18 @@ def test_seed_aggregates_band_and_verdicts():
     assert set(better.table["verdict"]) == {"changed"} and not better.passed
 
 
+def test_a_seed_s_score_pools_its_cells_weighted_by_their_units():
+    # one NIAH cell's two haystacks: 1 prompt at 0.0 and 3 at 1.0 pool to 0.75, not 0.5
+    rows = [dict(run="r", model="m", arch="swa", task="niah", eval_ctx=512, variant="single", haystack=haystack,
+                 seed=0, metric="cand_acc", value=value, n=n, status="ok")
+            for haystack, value, n in (("text", 0.0, 1), ("noise", 1.0, 3))]
+    assert check.seed_aggregates(check.results.validate(rows))["value"].tolist() == [0.75]
+    # a length's loss is its overall row's: the position bins' rows (a partition of it) stay out
+    loss = [dict(run="r", model="m", arch="swa", task="loss_scaling", eval_ctx=512, seed=0, metric="loss", value=value,
+                 n=4, status="ok", **bin) for value, bin in ((2.0, {}), (5.0, dict(pos_start=1, pos_end=2)))]
+    assert check.seed_aggregates(check.results.validate(loss))["value"].tolist() == [2.0]
+
+
 def test_a_failed_seed_fails_its_aggregates():
     values = {(seed, ctx): 2.0 + 0.01 * seed for seed in range(3) for ctx in (128, 256)}
     reference = check.aggregate_reference(_seed_table(values))
