@@ -131,6 +131,19 @@ def test_a_failure_no_reference_score_covers_fails(tmp_path, monkeypatch):
     assert "decode step broke" in gate.format_gate([result])
 
 
+def test_an_out_of_memory_or_nan_row_fails_the_gate_as_an_error_does():
+    from types import SimpleNamespace
+
+    spec = gate.gate_spec("eval", models=["swa"], tasks=["latency"])
+    clean = gate._filtered(check.read_reference(gate.EVAL_REFERENCE), spec).drop(columns=[check.TOLERANCE])
+    for status in ("oom", "nan"):
+        lost = clean.iloc[[0]].assign(metric="decode_s", value=np.nan, status=status, message="lost")
+        run = check.results.validate(pd.concat([clean, lost], ignore_index=True))
+        sweep = SimpleNamespace(result=lambda progress, run=run: SimpleNamespace(table=run))
+        result = gate._judge(("eval", spec, sweep), progress=False)
+        assert set(result.result.table["verdict"]) == {"same"} and not result.passed, status
+
+
 def test_scores_the_references_lack_fail_the_eval_gate(tmp_path, monkeypatch):
     """References older than the gate's spec (a model or task added, or a model renamed, without
     `lcbench gate --update`): the new scores were compared with nothing and the gate passed, and
