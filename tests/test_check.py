@@ -144,3 +144,25 @@ def test_a_reference_with_no_scores_is_bad_input(tmp_path):
     path.write_text(path.read_text().splitlines()[0] + "\n")
     with pytest.raises(ConfigError, match=r"ref\.csv holds no scores; .*--update"):
         check.read_reference(path)
+
+
+def test_a_score_may_move_by_its_reference_interval_s_half_width_on_its_bad_side():
+    """A bootstrap interval of a skewed score is asymmetric: a loss may rise by the distance to its
+    interval's upper end, an accuracy-like score fall by the distance to its lower end (and only a
+    move beyond that same allowance the other way reads as improved)."""
+    def table(metric: str, value: float, low: float, high: float) -> pd.DataFrame:
+        return results.validate([results.make_row(metric, value, ci_low=low, ci_high=high, n=4, run="r", model="m",
+                                                  arch="swa", task="niah", eval_ctx=512, seed=0)])
+
+    def verdicts(reference: pd.DataFrame, *values: float) -> list[str]:
+        metric = reference["metric"].iloc[0]
+        return [check.compare(table(metric, v, v, v), reference).table["verdict"].iloc[0] for v in values]
+
+    loss = table("loss", 2.0, 1.9, 2.5).assign(tolerance=0.0)
+    assert verdicts(loss, 2.4, 2.6, 1.85, 1.4) == ["within", "regressed", "within", "improved"]
+    logprob = table("value_logprob", -2.0, -2.5, -1.9).assign(tolerance=0.0)
+    assert verdicts(logprob, -2.4, -2.6, -1.85, -1.4) == ["within", "regressed", "within", "improved"]
+    # no allowance at all (the eval gate's rates: tolerance 0, intervals ignored): an unmoved score is the same
+    rate = table("gen_match", 0.5, 0.25, 0.75)
+    unmoved = check.compare(rate, rate.assign(tolerance=0.0), use_ci=False, two_sided=True)
+    assert unmoved.passed and unmoved.table["verdict"].tolist() == ["same"]

@@ -270,6 +270,20 @@ def test_every_seed_of_a_multi_seed_run_is_judged_not_only_the_last():
     recall = claims.recall_claim(run)
     ttt_row = next(r for r in recall.evidence if r["comparison"] == "ttt_e2e: MQAR accuracy")
     assert ttt_row["n"] == 2 * 2 * 40 and ttt_row["value"] == pytest.approx(0.05, abs=0.03)
+    # NIAH prompts too: the same prompt ids in both seeds are different prompts
+    for seed in (0, 1):
+        run.samples += [{**p, "seed": seed} for p in _niah_prompts({"full_attention": 0.9, "ttt_e2e": 0.1}, rng)]
+    gap = next(r for r in claims.recall_claim(run).evidence if "NIAH cand_acc, paired by prompt" in r["comparison"])
+    assert gap["n"] == 2 * 40
+
+
+def test_the_context_gain_is_that_of_the_last_doubling():
+    # losses 3.0, 2.5 and 2.5 at 256, 512 and 1024: the model gained early and levels off at the end
+    samples = [{"model": "m", "task": "loss_scaling", "kind": "window", "eval_ctx": L, "doc": f"d{d}", "start": 4096 - L,
+                "targets": "same", "scored_loss": loss + 0.01 * d}
+               for d in range(4) for L, loss in ((256, 3.0), (512, 2.5), (1024, 2.5))]
+    est, longest = claims.last_doubling_gain(claims.RunData(pd.DataFrame(), samples), "m")
+    assert longest == 1024 and est.value == pytest.approx(0.0, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,6 +548,13 @@ def test_niah_recall_that_contradicts_mqar_keeps_the_recall_claim_from_holding()
     agree.samples += _niah_prompts({"full_attention": 0.9, "ttt_e2e": 0.1}, np.random.default_rng(3))
     claim = claims.recall_claim(agree)
     assert claim.verdict == "holds" and "NIAH agrees" in claim.why, claim.why
+    # NIAH resolving no gap either way takes nothing from MQAR's verdict
+    tied = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
+    prompts = _niah_prompts({"full_attention": 1.0, "ttt_e2e": 1.0}, np.random.default_rng(0))
+    tied.samples += [{**p, "cand_acc": float((i + (p["model"] == "ttt_e2e")) % 2)}  # each wins half the prompts
+                     for i, p in enumerate(prompts)]
+    claim = claims.recall_claim(tied)
+    assert claim.verdict == "holds" and "NIAH candidate ranking does not resolve a gap" in claim.why, claim.why
     unlearned = _run(PAPER, GROWING, {"full_attention": 0.2, "ttt_e2e": 0.1})
     unlearned.samples += _niah_prompts({"full_attention": 0.1, "ttt_e2e": 0.9}, np.random.default_rng(3))
     claim = claims.recall_claim(unlearned)

@@ -131,6 +131,19 @@ def test_a_failure_no_reference_score_covers_fails(tmp_path, monkeypatch):
     assert "decode step broke" in gate.format_gate([result])
 
 
+def test_an_out_of_memory_or_nan_row_fails_the_gate_as_an_error_does():
+    from types import SimpleNamespace
+
+    spec = gate.gate_spec("eval", models=["swa"], tasks=["latency"])
+    clean = gate._filtered(check.read_reference(gate.EVAL_REFERENCE), spec).drop(columns=[check.TOLERANCE])
+    for status in ("oom", "nan"):
+        lost = clean.iloc[[0]].assign(metric="decode_s", value=np.nan, status=status, message="lost")
+        run = check.results.validate(pd.concat([clean, lost], ignore_index=True))
+        sweep = SimpleNamespace(result=lambda progress, run=run: SimpleNamespace(table=run))
+        result = gate._judge(("eval", spec, sweep), progress=False)
+        assert set(result.result.table["verdict"]) == {"same"} and not result.passed, status
+
+
 def test_scores_the_references_lack_fail_the_eval_gate(tmp_path, monkeypatch):
     """References older than the gate's spec (a model or task added, or a model renamed, without
     `lcbench gate --update`): the new scores were compared with nothing and the gate passed, and
@@ -195,6 +208,18 @@ def test_seed_aggregates_band_and_verdicts():
     assert set(worse.table["verdict"]) == {"regressed"} and not worse.passed
     better = check.compare_aggregates(_seed_table({k: v - 2 * reference["band"].max() for k, v in values.items()}), reference)
     assert set(better.table["verdict"]) == {"changed"} and not better.passed
+
+
+def test_a_seed_s_score_pools_its_cells_weighted_by_their_units():
+    # one NIAH cell's two haystacks: 1 prompt at 0.0 and 3 at 1.0 pool to 0.75, not 0.5
+    rows = [dict(run="r", model="m", arch="swa", task="niah", eval_ctx=512, variant="single", haystack=haystack,
+                 seed=0, metric="cand_acc", value=value, n=n, status="ok")
+            for haystack, value, n in (("text", 0.0, 1), ("noise", 1.0, 3))]
+    assert check.seed_aggregates(check.results.validate(rows))["value"].tolist() == [0.75]
+    # a length's loss is its overall row's: the position bins' rows (a partition of it) stay out
+    loss = [dict(run="r", model="m", arch="swa", task="loss_scaling", eval_ctx=512, seed=0, metric="loss", value=value,
+                 n=4, status="ok", **bin) for value, bin in ((2.0, {}), (5.0, dict(pos_start=1, pos_end=2)))]
+    assert check.seed_aggregates(check.results.validate(loss))["value"].tolist() == [2.0]
 
 
 def test_a_failed_seed_fails_its_aggregates():

@@ -89,6 +89,9 @@ def test_unstable_timings_are_flagged_with_the_reason():
     assert "repeats spread 25%" in timing_flag(noisy, "cpu", others=0.05)
     assert "machine busy (other processes took 50% of the CPUs" in timing_flag(steady, "cpu", others=0.5)
     assert timing_flag(steady, "cuda", others=0.5) == ""  # host load does not time GPU kernels
+    # an even number of repeats: the median is the mean of the middle two (1.5), and so is the
+    # median of the deviations (0.5, 0.5, 0.5, 0.5)
+    assert relative_spread([1.0, 1.0, 2.0, 2.0]) == pytest.approx(0.5 / 1.5)
 
 
 def _fake_ticks(monkeypatch, readings: list[tuple[int, int]], seconds: float) -> None:
@@ -199,6 +202,7 @@ def test_a_mean_over_the_seeds_that_worked_is_flagged_partial():
     text = render_markdown(summary_tables(results.to_frame(rows))["loss"])
     swa_row = next(line for line in text.splitlines() if line.startswith("| swa "))
     assert swa_row.count(UNSTABLE_MARK) == 1 and f"2{UNSTABLE_MARK}" in swa_row.replace(".000", ""), text
+    assert "| 2.450 |" in swa_row, text  # at 32 both seeds worked: their mean, not the first seed's 2.5
     assert "1 value(s) flagged, e.g. partial: 1 of 2 rows ok, the others oom" in text
 
 

@@ -351,3 +351,34 @@ def test_a_ratio_of_medians_resamples_the_two_samples_independently():
     covered = [(e := stats.bootstrap_median_ratio(2 * rng.lognormal(0, 0.2, 15), rng.lognormal(0, 0.2, 15), 500,
                                                   seed=i)).ci_low <= 2.0 <= e.ci_high for i in range(300)]
     assert 0.88 <= np.mean(covered) <= 0.99
+
+
+def test_a_median_s_interval_is_the_95_percent_one_of_its_resampled_medians():
+    # 5 zeros and 12 ones: a resampled median is 0 when at most 8 of 17 draws are ones, with
+    # chance P(Binomial(17, 12/17) <= 8) = 0.036 (binomial sum): inside the 2.5% tail's reach, so
+    # the 95% interval reaches 0, where a 90% one (or a 95% one built from 5% tails) stops at 1
+    values = [0.0] * 5 + [1.0] * 12
+    chance = sum(math.comb(17, k) * (12 / 17) ** k * (5 / 17) ** (17 - k) for k in range(9))
+    assert 0.025 < chance < 0.05
+    est = stats.bootstrap_median(values)
+    assert (est.value, est.ci_low, est.ci_high) == (1.0, 0.0, 1.0)
+    assert stats.bootstrap_median(values, level=0.90).ci_low == 1.0
+
+
+def test_a_mean_of_skewed_units_reaches_past_the_t_interval_on_its_long_side():
+    # one outlier among 9 units: the resampled means pile up at 1 with a long tail towards 10, so
+    # the expanded percentile interval's upper end lies above the symmetric t interval's; taking
+    # the t interval alone (the percentile one too narrow to matter) would cut that tail short
+    values = np.array([1.0] * 8 + [10.0])
+    t_high = values.mean() + stats.t_quantile(0.975, 8) * values.std(ddof=1) / math.sqrt(9)
+    est = stats.bootstrap_mean(values)
+    assert est.ci_high > t_high + 0.3
+
+
+def test_a_clustered_rate_counts_answers_over_kish_s_design_effect():
+    # 4 sequences of 4 answers at 1, 1/2, 1, 1/2: rate 3/4, units' sample variance (n - 1 in the
+    # denominator) 1/12 against the binomial 3/16 / 4 = 3/64: design effect 16/9, so the 16
+    # answers count as 9 independent ones
+    est = stats.clustered_rate([1.0, 0.5, 1.0, 0.5], 4)
+    nine = stats.wilson(0.75, 9)
+    assert est.n == 4 and (est.value, est.ci_low, est.ci_high) == pytest.approx((0.75, nine.ci_low, nine.ci_high))

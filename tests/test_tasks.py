@@ -69,10 +69,11 @@ class CopierLM(LCModel):
     The state is the text read so far. After the question's answer start, the next byte is the
     next byte of an answer consistent with what was read: one value of the key ("One magic
     number for K is:") or the list of the asked keys' values ("The magic numbers for K1 and K2
-    are:"). Elsewhere it predicts a newline."""
+    are:"). Elsewhere it predicts a newline. With ``recalls``, a list stops after that many values."""
 
-    def __init__(self):
+    def __init__(self, recalls: int | None = None):
         super().__init__(ModelConfig(arch="copier", vocab_size=256))
+        self.recalls = recalls
 
     def _logits(self, text: str) -> torch.Tensor:
         logits = torch.full((1, 256), -30.0)
@@ -87,7 +88,7 @@ class CopierLM(LCModel):
                 answers = [f" {v}." for v in values.get(match.group(1), [])]
             else:
                 keys = re.split(r", | and ", match.group(2))
-                answers = [" " + ", ".join(v for k in keys for v in values.get(k, [])) + "."]
+                answers = [" " + ", ".join([v for k in keys for v in values.get(k, [])][: self.recalls]) + "."]
             so_far = text[match.end():]
             consistent = {a[len(so_far)] for a in answers if a.startswith(so_far) and len(a) > len(so_far)}
             nexts = {ord(c) for c in consistent} or nexts
@@ -256,6 +257,10 @@ def test_loss_scaling_rows_are_valid_and_bins_add_up(arch, corpus):
         assert overall["n_tokens"] == len(windows) * (L - 1)
         assert overall["n"] == len({w["doc"] for w in windows})
         assert overall["ci_low"] <= overall["value"] <= overall["ci_high"]
+        # a document's record: the mean loss of its own windows (they are all L - 1 targets long)
+        for doc in (s for s in result.samples if s["kind"] == "document" and s["eval_ctx"] == L):
+            mine = [w["loss"] for w in windows if w["doc"] == doc["doc"]]
+            assert doc["windows"] == len(mine) and doc["loss"] == pytest.approx(np.mean(mine), rel=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -291,6 +296,11 @@ def test_same_targets_mode_scores_the_same_tokens_at_every_length(corpus):
     ends = {L: [(w["doc"], w["start"] + L) for w in windows if w["eval_ctx"] == L] for L in (16, 48, 96)}
     assert ends[16] == ends[48] == ends[96] and len(ends[96]) == 6
     assert overall.loc[16, "n_tokens"] == 6 * 8
+    # a window's scored_loss (what the claims pair across lengths) is the loss of the targets the
+    # overall row averages: with as many of them in every window, its mean is the row's value
+    for L in (16, 48, 96):
+        scored = [w["scored_loss"] for w in windows if w["eval_ctx"] == L]
+        assert np.mean(scored) == pytest.approx(overall.loc[L, "value"], rel=1e-12)
     # the position bins still cover every target of each window
     bins = result.table[result.table["pos_start"].notna() & (result.table["eval_ctx"] == 96)]
     assert bins["n_tokens"].sum() == 6 * 95
@@ -324,6 +334,10 @@ def test_uniform_model_loss_is_log_vocab(corpus):
     result = run_eval("loss_scaling", UniformLM(), None, {**data_options(corpus), "contexts": "16,48"},
                       progress=False, model_name="uniform")
     assert np.allclose(result.table["value"], math.log(256))
+    # targets: same scores, by default, the last half of the shortest length's targets
+    windows = sum(1 for s in result.samples if s["kind"] == "window" and s["eval_ctx"] == 16)
+    overall = result.table[result.table["pos_start"].isna()]
+    assert windows > 0 and (overall["n_tokens"] == windows * 8).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +356,10 @@ def test_niah_copier_scores_one_everywhere(corpus):
         assert (table.loc[table["metric"] == metric, "value"] == 1.0).all(), metric
         # 2 (or 6) prompts all answered do not make a rate certain: the interval used to be [1, 1]
         assert (table.loc[table["metric"] == metric, "ci_low"] < 0.7).all(), metric
+    # the copier puts all its mass on each next byte of a key's only value: log-probability 0 per
+    # token (multivalue's share it among the key's values)
+    one_value = table[(table["metric"] == "value_logprob") & (table["variant"] != "multivalue")]
+    assert len(one_value) and np.allclose(one_value["value"], 0.0, atol=1e-6), one_value["value"].tolist()
     pooled = table[table["depth"].isna()]
     assert (pooled["n"] == 6).all() and (table[table["depth"].notna()]["n"] == 2).all()
     sample = next(s for s in result.samples if s["variant"] == "multivalue")
@@ -356,6 +374,12 @@ def test_niah_uniform_model_scores_chance(corpus):
     assert np.allclose(table.loc[table["metric"] == "cand_acc", "value"], 1 / 5)
     assert (table.loc[table["metric"] == "gen_match", "value"] == 0.0).all()
     assert np.allclose(table.loc[table["metric"] == "value_logprob", "value"], -math.log(256))
+    # 3 other keys' values in the haystack, 3 candidates: the value and 2 of them, chance 1/3
+    few = run_eval("niah", UniformLM(), None, {**data_options(corpus), **NIAH_SMALL, "variants": "multikey",
+                                                "haystacks": "noise", "candidates": 3, "generate": False},
+                   progress=False, model_name="uniform")
+    assert np.allclose(few.table.loc[few.table["metric"] == "cand_acc", "value"], 1 / 3)
+    assert all(len(p["candidates"]) == 3 for s in few.samples if s["kind"] == "prompt" for p in s["probes"])
 
 
 @pytest.mark.parametrize("option, match", [
@@ -460,6 +484,40 @@ def test_niah_cells_whose_needles_sit_far_from_their_depth_are_flagged(corpus):
     assert (pooled["flag"] == "").all()
     placed = {s["depth"]: s["needles"][0]["placed"] for s in result.samples if s.get("kind") == "prompt"}
     assert placed[0.0] == 0.0 and all(0.0 <= p <= 1.0 for p in placed.values())
+
+
+def test_niah_generation_scores_the_share_of_values_found_and_flags_by_the_asked_needle(corpus):
+    """A model that lists one of the four values asked for scores 1/4 (RULER's string_match_all),
+    not 0; and a cell's depth flag is about the asked needle, which sits at depth 0 here, not the
+    others at random depths."""
+    result = run_eval("niah", CopierLM(recalls=1), None,
+                      {**data_options(corpus), **NIAH_SMALL, "depths": "0", "variants": "multikey,multivalue,multiquery",
+                       "haystacks": "noise", "rank": False}, progress=False)
+    table = result.table
+    assert (table["status"] == "ok").all() and (table["flag"] == "").all()
+    for variant, share in (("multikey", 1.0), ("multivalue", 0.25), ("multiquery", 0.25)):
+        assert (table.loc[table["variant"] == variant, "value"] == share).all(), variant
+
+
+class SpacedTokenizer:
+    """One token per character, decoded with spaces between them, as the `tokenizers` quickstart's
+    Whitespace pre-tokenizer gives digits back."""
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(chr(i) for i in ids)
+
+
+def test_niah_finds_a_value_as_the_tokenizer_decodes_it():
+    build = niah_task.PromptBuilder(SpacedTokenizer(), torch.tensor([ord("a")]), niah_task.NIAHOptions(), seed=0)
+    assert build.found(["4821937", "1234567"], " 4 8 2 1 9 3 7 .") == [True, False]
+
+
+def test_a_log_probability_rounding_apart_from_the_correct_one_is_a_tie():
+    assert niah_task.tie_aware_top1(-5.0, [-5.0 + 1e-9, -6.0]) == 0.5
+    assert niah_task.tie_aware_top1(-5.0, [-4.9, -6.0]) == 0.0
 
 
 class WordTokenizer:
@@ -568,6 +626,35 @@ def test_latency_rows_for_every_grid_point(arch):
         assert (cell.loc[peaks, "value"] >= 0).all()  # on CPU, what the work added: may be nothing new
         prefill = cell.set_index("metric")["value"]
         assert prefill["prefill_tok_s"] == pytest.approx(2 * T / prefill["prefill_s"])
+
+
+def test_latency_decode_time_is_per_token_and_rates_count_every_sequence(monkeypatch):
+    import tasks.latency as latency_task
+
+    # every timed call takes 80 ms: a prefill of 2 x 16 tokens, or 4 decode steps of 2 sequences
+    monkeypatch.setattr(latency_task, "measure", lambda fn, device, repeats, warmup, setup=None: [0.08] * repeats)
+    options = {"contexts": "16", "repeats": 3, "decode_tokens": 4, "batch_size": 2}
+    value = run_eval("latency", UniformLM(), None, options, progress=False).table.set_index("metric")["value"]
+    assert value["prefill_s"] == pytest.approx(0.08) and value["prefill_tok_s"] == pytest.approx(2 * 16 / 0.08)
+    assert value["decode_s"] == pytest.approx(0.02) and value["decode_tok_s"] == pytest.approx(2 / 0.02)
+    # on CPU a peak is what the work added to the resident set, not the process's whole size
+    from harness.api.timing import current_rss_bytes
+    assert max(value["prefill_peak_bytes"], value["decode_peak_bytes"]) < current_rss_bytes() / 2
+
+
+def test_latency_times_decode_steps_after_one_untimed_step():
+    seen = []
+
+    class Recording(UniformLM):
+        def decode_step(self, state, token):
+            seen.append(state["pos"])
+            return super().decode_step(state, token)
+
+    options = {"contexts": "16", "repeats": 2, "warmup": 1, "decode_tokens": 3, "phases": "decode"}
+    run_eval("latency", Recording(), None, options, progress=False)
+    # the untimed step after the 16-token prefix, then the warm-up, the 2 timed calls and the
+    # peak's call, each of 3 steps from the state after it
+    assert seen == [16] + [17, 18, 19] * 4
 
 
 LATENCY_ONCE = {"contexts": "8", "repeats": 1, "warmup": 0, "decode_tokens": 1}
