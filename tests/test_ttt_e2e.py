@@ -367,9 +367,12 @@ def test_a_state_of_suffix_blocks_only_continued_twice_says_so():
         model.decode_step(state, x[:, 21])
 
 
+@pytest.mark.parametrize("fields", [{}, {"window": 40, "mini_batch_size": 8}], ids=["window_is_mini_batch", "wide_window"])
 @torch.no_grad()
-def test_streamed_chunks_at_any_alignment():
-    model = model64()
+def test_streamed_chunks_at_any_alignment(fields):
+    # a wide window: a chunk's first step re-reads tokens an earlier chunk read, whose keys a
+    # later step of the same chunk sees again in its window
+    model = model64(**fields)
     x = tokens()
     full = model(x)
     state, outs = None, []
@@ -405,6 +408,9 @@ def test_off_in_training_trains_the_static_model():
     x = tokens()
     model.train()
     torch.testing.assert_close(model(x), model.forward_static(x), rtol=0, atol=0)
+    # and the loss the trainer minimises, which reads token_losses, not forward
+    static_nll = F.cross_entropy(model.forward_static(x)[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+    torch.testing.assert_close(model.training_loss(x), static_nll.mean(), rtol=1e-12, atol=1e-12)
     model.eval()
     with torch.no_grad():
         assert (model(x) - model.forward_static(x)).abs().max() > 1e-3  # TTT at test time
