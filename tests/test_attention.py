@@ -134,6 +134,24 @@ def test_a_decode_step_does_not_copy_its_cache(arch, fields):
     assert made.bytes < model.state_bytes(state) / 8, (made.bytes, model.state_bytes(state))
 
 
+@pytest.mark.parametrize("arch", ["full_attention", "swa"])
+def test_gradients_through_decode_steps_equal_the_forwards(arch):
+    """Under autograd a decode step attends to a copy, not the cache it appends to in place: a
+    view saved for backward, written by the next step's append, fails the backward pass."""
+    model = small_model(arch, dtype=torch.float64)
+    seq = x[:, :24]  # the swa prompt fills its window of 16: decode steps take the ring path
+    logits, state = model.prefill(seq[:, :20])
+    decoded = [logits]
+    for t in range(20, 23):
+        logits, state = model.decode_step(state, seq[:, t])
+        decoded.append(logits)
+    ours = torch.autograd.grad(torch.stack(decoded).pow(2).sum(), list(model.parameters()))
+    forward = model(seq[:, :23])[:, 19:].transpose(0, 1)
+    theirs = torch.autograd.grad(forward.pow(2).sum(), list(model.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_bad_attention_configs_are_clear():
     with pytest.raises(ConfigError, match="use arch 'swa'"):
         small_model("full_attention", window=8)

@@ -230,6 +230,27 @@ def test_a_failed_fla_import_means_unavailable(monkeypatch):
         gdn.FLA.forget()
 
 
+def test_fla_decodes_with_its_recurrent_kernel_and_trains_with_its_chunked_one(monkeypatch):
+    """Both kernels compute the same numbers, so a dispatch that always took one would pass every
+    comparison: fused_recurrent has no backward, and the chunked kernel is the slow one per token."""
+    from types import SimpleNamespace
+
+    ran = []
+
+    def kernel(name):
+        def run(q, k, v, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel):
+            ran.append(name)
+            return gdn.torch_gated_delta_rule(q, k, v, g, beta, initial_state, 16)
+        return run
+
+    monkeypatch.setattr(gdn.FLA, "ops", lambda device: SimpleNamespace(chunk=kernel("chunk"), recurrent=kernel("recurrent")))
+    for T, grad, expected in ((1, False, "recurrent"), (200, False, "chunk"), (1, True, "chunk")):
+        q, k, v, g, beta, s0 = inputs(1, T, 1, 1, 4, 4)
+        with torch.set_grad_enabled(grad):
+            gdn.fla_gated_delta_rule(q.requires_grad_(grad), k, v, g, beta, s0, 64)
+        assert ran.pop() == expected, (T, grad)
+
+
 # ---------------------------------------------------------------------------------------------
 # flash-linear-attention's own references (CPU; need the `triton` and `fla-core` packages)
 

@@ -171,6 +171,21 @@ def test_decode_state_is_constant_and_counted():
     assert model.state_bytes(state) == c.n_layers * per_layer
 
 
+@torch.no_grad()
+def test_a_decode_step_runs_the_step_op_and_a_sequence_the_chunked_one(monkeypatch):
+    """Both compute the same numbers, so a decode that took the sequence op (mamba_chunk_scan_combined
+    on one token instead of selective_state_update) would pass every comparison: record which runs."""
+    ran = []
+    monkeypatch.setitem(mamba2.STEP_OPS, "torch", lambda *a: ran.append("step") or mamba2.step_torch(*a))
+    monkeypatch.setitem(mamba2.SSD_OPS, "torch", lambda *a: ran.append("sequence") or mamba2.ssd_torch(*a))
+    model = registry.create_model("mamba2", "tiny", d_model=32, headdim=8, d_state=4, n_layers=2, backend="torch")
+    _, state = model.prefill(torch.randint(0, 256, (2, 1)))  # a one-token prompt is a sequence too
+    assert ran == ["sequence"] * 2
+    ran.clear()
+    model.decode_step(state, torch.zeros(2, dtype=torch.long))
+    assert ran == ["step"] * 2
+
+
 def test_parameter_names_and_shapes_follow_mamba_ssm():
     """mamba-ssm's Mamba2(d_model, d_state, d_conv, expand, headdim, ngroups) holds exactly these."""
     c = small_config()

@@ -207,6 +207,15 @@ def test_without_bos_the_outer_loss_is_the_plain_mean():
     assert torch.equal(model.training_loss(x), model.token_losses(x).mean())  # as every architecture's
 
 
+@torch.no_grad()
+def test_a_mini_batch_of_bos_targets_only_counts_zero_in_the_outer_loss():
+    """The official loss gives such a mini-batch 0, not 0/0 = NaN (the inner step never sees it:
+    the masked NLLs pass it no gradient)."""
+    x = with_documents(tokens())  # sequence 0's first mini-batch: BOS targets only
+    model = model64(bos_token_id=BOS)
+    torch.testing.assert_close(model.training_loss(x), naive_outer_loss(model, x), rtol=1e-12, atol=1e-12)
+
+
 def test_bos_token_id_is_checked_and_imported(tmp_path):
     import numpy as np
 
@@ -386,9 +395,12 @@ def test_a_state_of_suffix_blocks_only_continued_twice_says_so():
         model.decode_step(state, x[:, 21])
 
 
+@pytest.mark.parametrize("fields", [{}, {"window": 40, "mini_batch_size": 8}], ids=["window_is_mini_batch", "wide_window"])
 @torch.no_grad()
-def test_streamed_chunks_at_any_alignment():
-    model = model64()
+def test_streamed_chunks_at_any_alignment(fields):
+    # a wide window: a chunk's first step re-reads tokens an earlier chunk read, whose keys a
+    # later step of the same chunk sees again in its window
+    model = model64(**fields)
     x = tokens()
     full = model(x)
     state, outs = None, []
@@ -424,6 +436,9 @@ def test_off_in_training_trains_the_static_model():
     x = tokens()
     model.train()
     torch.testing.assert_close(model(x), model.forward_static(x), rtol=0, atol=0)
+    # and the loss the trainer minimises, which reads token_losses, not forward
+    static_nll = F.cross_entropy(model.forward_static(x)[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+    torch.testing.assert_close(model.training_loss(x), static_nll.mean(), rtol=1e-12, atol=1e-12)
     model.eval()
     with torch.no_grad():
         assert (model(x) - model.forward_static(x)).abs().max() > 1e-3  # TTT at test time
@@ -563,6 +578,17 @@ def test_fast_paths_read_like_the_reference(levers, compile_counter):
         assert {block.mixer.config.backend for block in fast.suffix_blocks} == {"auto"}
 
 
+@torch.no_grad()
+def test_the_chunked_inner_loss_is_the_one_that_runs(monkeypatch):
+    """A fast path that fell back to the reference step would read the same numbers: count calls."""
+    import baselines.ttt_e2e as ttt
+
+    real, targets = ttt.linear_cross_entropy, []
+    monkeypatch.setattr(ttt, "linear_cross_entropy", lambda h, w, t, *a, **kw: targets.append(t.shape) or real(h, w, t, *a, **kw))
+    model64(inner_loss="chunked")(tokens())
+    assert targets == [(B, 16)] * 4  # one per inner step: the 4 full mini-batches before the last
+
+
 def test_steady_step_is_compiled_once(compile_counter):
     model = model64(inner_loss="chunked", inner_step="compile")
     with torch.no_grad():
@@ -604,6 +630,15 @@ def test_fp32_fast_weights_keep_updates_bf16_would_round_away(fast_weight_dtype)
         assert {w.dtype for w in state.fast} == {torch.bfloat16} and max(moved) < 0.05
     assert registry.make_config("ttt_e2e", "tiny").fast_weight_dtype == "auto"
     assert model64().initial_fast_weights(1)[0].dtype == torch.float64  # auto on CPU: the model's dtype
+
+
+def test_auto_fast_weights_are_fp32_on_cuda_and_the_models_dtype_elsewhere():
+    """The official fp32 state on a GPU; the CPU test above sees only the other branch."""
+    from types import SimpleNamespace
+
+    model = small_model("ttt_e2e")
+    for device, expected in (("cuda", torch.float32), ("cpu", torch.bfloat16)):
+        assert model.fast_dtype(SimpleNamespace(device=torch.device(device), dtype=torch.bfloat16)) == expected
 
 
 @pytest.mark.parametrize("levers, message", [
