@@ -59,7 +59,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
         logits = F.linear(flat_h[start:end], weight)
         if keep_logits:
             logits_out[start:end] = logits
-        z = logits.to(wide, copy=keep_logits)  # worked on in place below
+        z = logits.to(wide)  # worked on in place below (logits_out holds its own copy)
         lse = torch.logsumexp(z, -1, keepdim=True)
         target = flat_targets[start:end]
         nll[start:end] = (lse - z.gather(1, target)).squeeze(1)
