@@ -354,6 +354,21 @@ def test_throughput_rows_name_the_backend_auto_picked():
     assert {r["backend"] for r in rows} == {"torch"} and {r["status"] for r in rows} == {"ok"}
 
 
+def test_an_item_cut_off_by_its_limit_is_listed_with_the_failed_and_skipped():
+    steps = pd.DataFrame([{"step": "latency", "item": "swa", "status": "timeout", "message": "stopped at its limit"},
+                          {"step": "latency", "item": "mamba2", "status": "ok", "message": ""}])
+    section = summary.not_done_section(steps)
+    assert "- latency / swa: TIMEOUT stopped at its limit" in section and "mamba2" not in section
+
+
+def test_the_summary_says_which_steps_were_never_reached_and_which_gpu_tests_ran_out_of_time():
+    row = dict(step="gpu_tests", item="tests/test_x.py::test_slow", status="timeout", message="no result in 300 s")
+    steps = pd.DataFrame([{**row, "item": ledger.STEP_ITEM, "status": "ok", "seconds": 1.0, "message": ""}, row])
+    table = summary.steps_section(steps, KitConfig.dry(steps=["gpu_tests", "latency"]))
+    assert re.search(r"\| latency\s*\| not reached", table), table
+    assert "- TIMEOUT `tests/test_x.py::test_slow`: no result in 300 s" in summary.tests_section(steps)
+
+
 def test_a_step_past_its_limit_is_stopped_and_reported(tmp_path):
     cfg = KitConfig.dry(steps=["gpu_tests"], budget_s=KitConfig.reserve_s + 2)
     started = time.time()
