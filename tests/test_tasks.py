@@ -203,9 +203,9 @@ def test_an_overridden_split_that_holds_training_documents_is_refused(tmp_path, 
         run_eval("loss_scaling", tmp_path / "ck", None, {**options, "split_seed": 1}, progress=False)
     with pytest.raises(ConfigError, match="trained on"):
         run_eval("loss_scaling", tmp_path / "ck", None, {**options, "val_fraction": 0.9}, progress=False)
-    # split_seed 0 asked of a checkpoint split by seed 1 is seed 0 (a falsy seed is not "unset")
+    # split_seed 0 asked of a checkpoint split by seed 2 is seed 0 (a falsy seed is not "unset")
     save_checkpoint(tmp_path / "ck1", small_model("swa"), trainer_state={"train_config": {
-        "seq_len": 64, "corpus": corpus, "val_fraction": 0.5, "seed": 1}})
+        "seq_len": 64, "corpus": corpus, "val_fraction": 0.5, "seed": 2}})
     with pytest.raises(ConfigError, match=r"split_seed=0\) holds \d+ of its \d+ documents that the checkpoint trained on"):
         run_eval("loss_scaling", tmp_path / "ck1", None, {**options, "split_seed": 0}, progress=False)
     # the training corpus named another way is still the training corpus
