@@ -151,6 +151,9 @@ def test_content_hash_follows_content_not_path(tmp_path):
     assert before == checkpoint.content_hash(b)
     checkpoint.save_checkpoint(a, small_model("swa", seed=2))
     assert checkpoint.content_hash(a) != before
+    # a setting without weights (the window) makes the same tensors another model: a sweep must score it anew
+    c = checkpoint.save_checkpoint(tmp_path / "c", small_model("swa", seed=1, window=32))
+    assert checkpoint.content_hash(c) != checkpoint.content_hash(b)
 
 
 def test_a_save_leaves_folders_beside_the_checkpoint_alone(tmp_path):

@@ -261,6 +261,9 @@ def test_split_is_deterministic_disjoint_and_by_name():
     for fraction in (0.001, 0.999):
         t, v = data.split_documents(two, fraction)
         assert len(t) == len(v) == 1
+    # of many documents, however few land on a side by their hash, one (not always the first) moves there
+    assert [len(side) for side in data.split_documents(docs, 1e-9)] == [49, 1]
+    assert [len(side) for side in data.split_documents(docs, 1 - 1e-9)] == [1, 49]
     assert data.split_documents(docs, 0.0) == (docs, [])
     with pytest.raises(ConfigError):
         data.split_documents(docs, 1.0)
@@ -288,6 +291,9 @@ def test_sample_batch_is_a_function_of_seed_and_step():
     # Steps 0-4 of batch 2 cover one epoch: every row exactly once.
     epoch = torch.cat([data.sample_batch(packed, 2, step=s, seed=3) for s in range(5)])
     assert sorted(epoch[:, 0].tolist()) == list(range(0, 30, 3))
+    # the next epoch visits them again in another order (each epoch draws its own permutation)
+    following = torch.cat([data.sample_batch(packed, 2, step=s, seed=3) for s in range(5, 10)])
+    assert sorted(following[:, 0].tolist()) == list(range(0, 30, 3)) and not torch.equal(following, epoch)
     # Batches may straddle epochs; a "resumed" call order gives the same batches.
     forward = [data.sample_batch(packed, 4, s, 5) for s in range(6)]
     assert all(torch.equal(forward[s], data.sample_batch(packed, 4, s, 5)) for s in reversed(range(6)))

@@ -132,13 +132,13 @@ def test_mean_keys_is_the_mean_number_of_visible_keys():
         assert flops.mean_keys(T, W) == pytest.approx(sum(visible) / T)
 
 
-@pytest.mark.parametrize("arch", ["full_attention", "swa"])
-def test_flop_formula_matches_counted_matmuls(arch):
+@pytest.mark.parametrize("arch, window", [("full_attention", 0), ("swa", 32)])
+def test_flop_formula_matches_counted_matmuls(arch, window):
     """6 N + 12 L d k against torch's FLOP counter over a training forward and backward. The torch
     reference computes the whole (masked) score matrix, so it does T keys per query, not the causal
     mean; vector parameters (norm gains) are in N but do no matmul: those are the only differences."""
     torch.manual_seed(0)
-    model = registry.create_model(arch, "tiny", backend="torch")
+    model = registry.create_model(arch, "tiny", backend="torch", window=window)
     T = 96
     with FlopCounterMode(display=False) as counter:
         model.token_losses(torch.randint(0, 256, (1, T))).mean().backward()
@@ -146,8 +146,11 @@ def test_flop_formula_matches_counted_matmuls(arch):
     vectors = sum(p.numel() for p in model.parameters() if p.dim() < 2)
     dense = 6 * T * (flops.matmul_params(model) - vectors) + 12 * layers * model.config.d_model * T * T
     assert counter.get_total_flops() == dense
-    causal = flops.train_flops_per_token(model, T) * T
-    assert causal < dense + 6 * T * vectors  # the formula counts causal keys only
+    # the attention term is the counted one (T keys per query) scaled to the keys each query sees
+    counted_attention = counter.get_total_flops() - 6 * T * (flops.matmul_params(model) - vectors)
+    visible = sum(min(t, window) if window else t for t in range(1, T + 1))
+    formula_attention = flops.train_flops_per_token(model, T) * T - 6 * T * flops.matmul_params(model)
+    assert formula_attention == pytest.approx(counted_attention * visible / T**2, rel=1e-12)
 
 
 def test_recurrent_mixers_have_no_attention_term():
@@ -350,6 +353,21 @@ def test_throughput_rows_name_the_backend_auto_picked():
     rows = throughput.measure_arch("gated_deltanet", KitConfig.dry(backend=None, train_seq_len=16, train_steps=1),
                                    torch.device("cpu"), None)
     assert {r["backend"] for r in rows} == {"torch"} and {r["status"] for r in rows} == {"ok"}
+
+
+def test_an_item_cut_off_by_its_limit_is_listed_with_the_failed_and_skipped():
+    steps = pd.DataFrame([{"step": "latency", "item": "swa", "status": "timeout", "message": "stopped at its limit"},
+                          {"step": "latency", "item": "mamba2", "status": "ok", "message": ""}])
+    section = summary.not_done_section(steps)
+    assert "- latency / swa: TIMEOUT stopped at its limit" in section and "mamba2" not in section
+
+
+def test_the_summary_says_which_steps_were_never_reached_and_which_gpu_tests_ran_out_of_time():
+    row = dict(step="gpu_tests", item="tests/test_x.py::test_slow", status="timeout", message="no result in 300 s")
+    steps = pd.DataFrame([{**row, "item": ledger.STEP_ITEM, "status": "ok", "seconds": 1.0, "message": ""}, row])
+    table = summary.steps_section(steps, KitConfig.dry(steps=["gpu_tests", "latency"]))
+    assert re.search(r"\| latency\s*\| not reached", table), table
+    assert "- TIMEOUT `tests/test_x.py::test_slow`: no result in 300 s" in summary.tests_section(steps)
 
 
 def test_a_step_past_its_limit_is_stopped_and_reported(tmp_path):

@@ -357,7 +357,7 @@ OFFICIAL = {"model": {"rope_theta": 10000.0, "sliding_window_size": 16, "mini_ba
                          "optimizer_inner": {"optimizer_type": "sgd", "lr": 1.0, "clip_gradient": 1.0}}}
 
 
-def official_tree(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
+def official_tree(seed: int = 0, tied: bool = True, suffix: int = S) -> dict[str, np.ndarray]:
     """What ``MetaModel.weights()`` holds under ``language_model``, flattened (ttt/model/*.py):
     NormalLinear weights are [in, out]; blocks are stacked on axis 0; prime MLPs live in
     ``prime_storage``; the SWA KV-cache's initial state is an (all-zero) array too."""
@@ -375,9 +375,9 @@ def official_tree(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
     tree[f + "w1.weight"], tree[f + "w3.weight"], tree[f + "w2.weight"] = n(L, D, F), n(L, D, F), n(L, F, D)
     for norm in ("seq_norm", "ffn_norm", "seq_post_norm", "ffn_post_norm"):
         tree[f"model.h.blocks.{norm}.weight"] = g(L, D)
-    for w, shape in (("w1", (S, D, F)), ("w3", (S, D, F)), ("w2", (S, F, D))):
+    for w, shape in (("w1", (suffix, D, F)), ("w3", (suffix, D, F)), ("w2", (suffix, F, D))):
         tree[p + f"feed_forward_prime.{w}.weight"] = n(*shape)
-    tree[p + "ffn_prime_norm.weight"], tree[p + "ffn_prime_post_norm.weight"] = g(S, D), g(S, D)
+    tree[p + "ffn_prime_norm.weight"], tree[p + "ffn_prime_post_norm.weight"] = g(suffix, D), g(suffix, D)
     if not tied:
         tree["lm_head.weight"] = n(D, V)
     return tree
@@ -435,6 +435,7 @@ def hand_mapped(tree: dict[str, np.ndarray]):
     gains reordered from interleaved to half-split RoPE pairs)."""
     from harness.api.registry import create_model
 
+    S = len(tree["model.h.prime_storage.ffn_prime_norm.weight"])  # noqa: N806 - the tree's suffix blocks
     model = create_model("ttt_e2e", "tiny", d_model=D, n_heads=H, n_layers=L, mlp_hidden=F, suffix_blocks=S,
                          window=16, mini_batch_size=64, rope_theta=10000.0, norm_eps=1e-6, inner_lr_init=1.0,
                          tie_embeddings="lm_head.weight" not in tree,
@@ -500,6 +501,20 @@ def test_ttt_e2e_official_tree_imports(tmp_path, tied):
     assert "model.qk_norm" in record["config_defaults_used"]  # not given: the official default (True)
     assert torch.equal(checkpoint.load_model(tmp_path / "ours").state_dict()["blocks.3.prime.up_proj.weight"],
                        model.state_dict()["blocks.3.prime.up_proj.weight"])
+
+
+def test_each_suffix_blocks_prime_mlp_comes_from_its_own_slot_of_the_storage(tmp_path):
+    # prime_storage stacks the suffix blocks' prime MLPs in block order: with one suffix block (the
+    # test above) an index off by one still read the only slot
+    from harness.adapters.importers import import_ttt_e2e
+
+    tree = official_tree(suffix=2)
+    np.savez(tmp_path / "official.npz", **tree)
+    with pytest.warns(ImportedCheckpointWarning):
+        model = import_ttt_e2e(tmp_path / "official.npz", tmp_path / "ours", config=OFFICIAL)
+    assert model.config.n_suffix == 2
+    for name, value in hand_mapped(tree).state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
 
 
 def test_official_full_attention_twin_imports(tmp_path):

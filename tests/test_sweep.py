@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -311,3 +312,11 @@ def test_the_quick_benchmark_can_retry_its_failed_cells(monkeypatch, tmp_path):
     monkeypatch.setattr(quick, "run_sweep", lambda spec, out, progress, retry_failed: asked.update(retry=retry_failed))
     quick.run_quick(tmp_path / "q", archs="swa", retry_failed=True)
     assert asked == {"retry": True}
+
+
+def test_a_failed_cell_is_finished_unless_failures_are_retried():
+    # a rerun without retry_failed redid every failed cell (a diverging model trained again each time)
+    cell = SimpleNamespace(model=SimpleNamespace(label="m"))
+    failed, ok = {"model": "m", "status": "failed"}, {"model": "m", "status": "ok"}
+    assert sweep_mod.is_finished(cell, failed) and not sweep_mod.is_finished(cell, failed, retry_failed=True)
+    assert sweep_mod.is_finished(cell, ok, retry_failed=True) and not sweep_mod.is_finished(cell, None)

@@ -204,6 +204,11 @@ def test_an_overridden_split_that_holds_training_documents_is_refused(tmp_path, 
         run_eval("loss_scaling", tmp_path / "ck", None, {**options, "split_seed": 1}, progress=False)
     with pytest.raises(ConfigError, match="trained on"):
         run_eval("loss_scaling", tmp_path / "ck", None, {**options, "val_fraction": 0.9}, progress=False)
+    # split_seed 0 asked of a checkpoint split by seed 2 is seed 0 (a falsy seed is not "unset")
+    save_checkpoint(tmp_path / "ck1", small_model("swa"), trainer_state={"train_config": {
+        "seq_len": 64, "corpus": corpus, "val_fraction": 0.5, "seed": 2}})
+    with pytest.raises(ConfigError, match=r"split_seed=0\) holds \d+ of its \d+ documents that the checkpoint trained on"):
+        run_eval("loss_scaling", tmp_path / "ck1", None, {**options, "split_seed": 0}, progress=False)
     # the training corpus named another way is still the training corpus
     for same in (f"{corpus}/.", f"{corpus}/../{Path(corpus).name}"):
         with pytest.raises(ConfigError, match="trained on"):
@@ -232,7 +237,9 @@ def test_window_selection_is_even_and_never_pads():
     per_doc = {i: [s for d, s in windows if d == i] for i in range(3)}
     assert per_doc[2] == [] and len(per_doc[0]) == 1 and len(per_doc[1]) == 7  # 1000 // 64 = 15 slots
     assert all(s + 64 <= (100, 1000)[d] for d, s in windows)
+    assert per_doc[1] == [0, 128, 256, 384, 512, 640, 768]  # every other of its 15 slots: spread, not the first 7
     assert select_windows([10], 64, 1000) == []
+    assert select_windows([64], 64, 1000) == [(0, 0)]  # a document of exactly one window holds it
 
 
 @pytest.mark.parametrize("arch", ARCHS)

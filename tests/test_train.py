@@ -1,6 +1,7 @@
 """The trainer: learns on the embedded corpus, resumes bit-for-bit, rejects bad settings."""
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -207,12 +208,14 @@ def test_resume_on_a_corpus_whose_files_changed_is_refused(tmp_path):
     assert train(small_config("swa"), resumed, out_dir=tmp_path / "c", resume=True, progress=False).step == 2
 
 
-@pytest.mark.parametrize("change", [dict(batch_size=2), dict(seq_len=32), dict(lr=1e-3)])
+@pytest.mark.parametrize("change", [dict(batch_size=2), dict(seq_len=32), dict(lr=1e-3), dict(seed=1)])
 def test_resume_with_other_training_settings_is_refused(tmp_path, fast_data, change):
+    # the seed orders the batches: resumed with another, the run would see other rows than it would have
     train(small_config("swa"), TrainConfig(steps=1, **FAST), out_dir=tmp_path / "c", progress=False,
           training_data=fast_data)
     name = next(iter(change))
-    with pytest.raises(checkpoint.CheckpointError, match=f"{name} {FAST[name]!r} -> {change[name]!r}"):
+    saved = TrainConfig(**FAST).to_dict()[name]
+    with pytest.raises(checkpoint.CheckpointError, match=f"{name} {saved!r} -> {change[name]!r}"):
         train(small_config("swa"), TrainConfig(steps=2, **{**FAST, **change}), out_dir=tmp_path / "c", resume=True,
               progress=False, training_data=fast_data)
 
@@ -347,3 +350,92 @@ def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(tmp_path, fast_data, mon
     resumed = train(small_config("swa"), TrainConfig(steps=2, **FAST), out_dir=tmp_path / "c", resume=True,
                     progress=False, training_data=fast_data)
     assert resumed.step == 2
+
+
+def test_the_cosine_decay_starts_at_the_peak_and_halves_midway():
+    # the decay counted from step 0, not from the end of warm-up: it started below the peak
+    cfg = TrainConfig(steps=100, lr=1e-2, min_lr=1e-4, warmup_frac=0.1)  # 10 warm-up steps, 90 decay steps
+    assert lr_at(10, cfg) == pytest.approx(cfg.lr)
+    assert lr_at(10 + 45, cfg) == pytest.approx((cfg.lr + cfg.min_lr) / 2)
+
+
+def test_a_token_budget_counts_every_micro_batch():
+    # grad_accum micro-batches make one step: a budget ignoring them trained grad_accum times the tokens
+    cfg = TrainConfig(tokens=10 * 4 * 64 * 3, batch_size=4, seq_len=64, grad_accum=3)
+    assert cfg.tokens_per_step == 4 * 64 * 3 and cfg.total_steps == 10
+
+
+def test_micro_batches_walk_through_the_rows_once_per_epoch(monkeypatch):
+    # each micro-batch must be the next batch of the epoch: indexing them by step + micro fed step
+    # s's second micro-batch again as step s + 1's first, and left rows unseen
+    rows = torch.arange(12 * 8).view(12, 8)  # 12 rows: 3 steps x 2 micro-batches x 2 rows is one epoch
+    seen = []
+
+    def record(model, optimizer, batches, *args, **kwargs):
+        seen.extend(batch[:, 0].tolist() for batch in batches)
+        return 1.0
+
+    monkeypatch.setattr(train_mod, "training_step", record)
+    monkeypatch.setattr(train_mod, "validation_loss", lambda *args, **kwargs: 1.0)
+    cfg = TrainConfig(steps=3, batch_size=2, seq_len=8, grad_accum=2, eval_every=0)
+    train(small_config("swa"), cfg, progress=False, training_data=train_mod.TrainingData(rows, rows, 256))
+    assert len(seen) == 6 and sorted(sum(seen, [])) == rows[:, 0].tolist()
+
+
+def test_validation_loss_is_the_mean_over_the_rows_it_reads():
+    # each batch's mean loss is weighted by its rows: a short last batch counts as its rows, not as a batch
+    model = small_model("swa", dtype=torch.float64)
+    val = torch.randint(0, 256, (5, 32), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(batch_size=2, seq_len=32, eval_batches=4)  # reads all 5 rows: batches of 2, 2 and 1
+    expected = model.token_losses(val).mean().item()
+    assert validation_loss(model, val, cfg, torch.device("cpu")) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_step_over_micro_batches_follows_their_mean_loss():
+    # each micro-batch's loss is divided by their number: the step is the mean's (SGD shows the scale
+    # that AdamW hides), and the loss reported is the mean
+    torch.manual_seed(0)
+    model = small_model("swa", dtype=torch.float64).train()
+    batches = [torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    mean = sum(model.training_loss(b) for b in batches) / 2
+    grads = torch.autograd.grad(mean, list(model.parameters()))
+    expected = [(p - 0.5 * g).detach() for p, g in zip(model.parameters(), grads)]
+    loss = train_mod.training_step(model, torch.optim.SGD(model.parameters(), lr=0.5), batches, 0.0, None)
+    assert loss == pytest.approx(mean.item(), rel=1e-12)
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
+
+
+def test_gradients_are_clipped_to_the_max_norm():
+    model = small_model("swa", dtype=torch.float64).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    train_mod.training_step(model, torch.optim.SGD(model.parameters(), lr=1.0), [batch], 1e-3, None)
+    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert update.norm().item() == pytest.approx(1e-3, rel=1e-5)  # SGD at lr 1: the step is the clipped gradient
+
+
+def test_a_step_budget_given_on_resume_replaces_a_saved_token_budget(tmp_path):
+    # the saved token budget outranked the --steps given: the resumed run stopped where it had been going to
+    saved = TrainConfig(tokens=8 * 4 * 64, **FAST)
+    (tmp_path / checkpoint.TRAINER_FILE).write_text(json.dumps({"train_config": saved.to_dict()}))
+    assert train_mod.resume_config(tmp_path, {}).total_steps == 8
+    assert train_mod.resume_config(tmp_path, {"steps": 12}).total_steps == 12
+
+
+def test_a_resumed_run_tells_the_model_its_step_in_the_whole_run(tmp_path, monkeypatch, fast_data):
+    # TTT-E2E's inner-lr warm-up reads it: counted from the resumed step, the warm-up would start over
+    calls = []
+    real_build = train_mod.build_model
+
+    def build(config):
+        model = real_build(config)
+        model.on_train_step = lambda step, total: calls.append((step, total))
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+    config = small_config("swa")
+    train(config, TrainConfig(steps=2, **FAST), out_dir=tmp_path / "c", progress=False, training_data=fast_data)
+    train(config, TrainConfig(steps=4, **FAST), out_dir=tmp_path / "c", resume=True, progress=False,
+          training_data=fast_data)
+    assert calls == [(0, 2), (1, 2), (2, 4), (3, 4)]

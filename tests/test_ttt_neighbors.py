@@ -113,6 +113,8 @@ def test_embedding_cache(tmp_path):
     assert retrieval.cache_key(model, windows, counting) != retrieval.cache_key(other, windows, counting)
     assert retrieval.cache_key(model, windows, bag) == retrieval.cache_key(other, windows, bag)  # ignores the model
     assert retrieval.cache_key(model, windows, bag) != retrieval.cache_key(model, windows[:, :8], bag)
+    # other windows of the same shape (another document, split or tokenizer) are other embeddings
+    assert retrieval.cache_key(model, windows, counting) != retrieval.cache_key(model, (windows + 1) % 256, counting)
 
 
 def test_bag_of_tokens_cache_is_kept_apart_by_vocabulary_size(tmp_path):
