@@ -199,6 +199,18 @@ def test_a_context_cut_to_max_length_is_warned_about():
         lm.generate_until(requests(("a" * 20, {"until": [], "max_gen_toks": 2})), True)
 
 
+def test_a_generation_keeps_the_last_context_tokens_that_leave_room_for_its_new_ones():
+    """With max_length 8 and 3 new tokens, a 20-byte context is cut to its last 5 tokens (the
+    mutation audit: cutting it to 8 left no room, cutting from the right read the wrong end)."""
+    lm = LcbenchLM(checkpoint="swa:tiny", device="cpu", max_length=8)
+    given = []
+    lm.greedy_generate = lambda ids, max_new, stop: given.append(list(ids)) or ""
+    context = "abcdefghijklmnopqrst"
+    with pytest.warns(UserWarning, match="do not fit max_length=8"):
+        lm.generate_until(requests((context, {"until": [], "max_gen_toks": 3})), True)
+    assert given == [lm.tok_encode(context)[-5:]]
+
+
 def test_max_new_tokens_caps_a_generation_as_max_gen_toks_does():
     """A task's or --gen_kwargs' max_new_tokens (transformers' name, which lm-eval's hf model
     takes as max_gen_toks) was ignored: lcbench generated up to its own 256 tokens."""
