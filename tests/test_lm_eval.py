@@ -183,6 +183,23 @@ def test_a_prefix_token_outside_the_vocabulary_is_one_clear_error(value):
     assert LcbenchLM(checkpoint="full_attention:tiny", device="cpu", prefix_token="255").prefix_token_id == 255
 
 
+def test_a_start_token_is_added_for_models_lcbench_did_not_train_and_not_for_ones_it_did(trained, monkeypatch):
+    """A tokenizer with a start token (BPE, Llama's <s>): lm-eval's hf model puts it before every
+    text, and so does the adapter for an imported or untrained model; a model lcbench trained
+    never saw it (its documents are packed bare, each after the end token), so it reads none and
+    an empty context starts from the end token (the mutation audit: with the byte tokenizer,
+    which has no start token, adding it for every model changed nothing the tests saw)."""
+    import harness.adapters.lm_eval as adapter
+
+    class WithStart(ByteTokenizer):
+        bos_id = 7
+
+    monkeypatch.setattr(adapter, "model_tokenizer", lambda *args: WithStart())
+    untrained, own = LcbenchLM(checkpoint="swa:tiny", device="cpu"), LcbenchLM(checkpoint=str(trained), device="cpu")
+    assert (untrained.add_bos, untrained.prefix_token_id) == (True, 7)
+    assert (own.add_bos, own.prefix_token_id) == (False, own.eot_token_id)
+
+
 def test_a_context_cut_to_max_length_is_warned_about():
     """A context longer than max_length was cut from the left and scored, or generated from,
     without a word (lm-eval's hf model warns when it cuts a generation's context)."""
