@@ -200,6 +200,27 @@ def test_a_start_token_is_added_for_models_lcbench_did_not_train_and_not_for_one
     assert (own.add_bos, own.prefix_token_id) == (False, own.eot_token_id)
 
 
+def test_a_continuation_read_in_pieces_is_greedy_only_if_every_piece_is():
+    """A batch read in pieces of ``chunk`` tokens: a continuation whose first token is not the
+    model's argmax but whose later tokens (in a later piece) are must not count as greedy (the
+    mutation audit: keeping only the last piece's verdict survived every test)."""
+    lm = LcbenchLM(checkpoint="full_attention:tiny", device="cpu", chunk=8)
+    context = lm.tok_encode("hello w")  # 7 byte tokens: the continuation's first target is read in piece one
+
+    def greedy_after(tokens: list[int], n: int) -> list[int]:
+        for _ in range(n):
+            tokens = tokens + [int(lm.model(torch.tensor([tokens]))[0, -1].argmax())]
+        return tokens
+
+    with torch.no_grad():
+        best = greedy_after(context, 1)[-1]
+        first = (best + 1) % lm.model.config.vocab_size  # not the argmax
+        off_then_greedy = greedy_after(context + [first], 5)[len(context):]
+        greedy = greedy_after(context, 6)[len(context):]
+    answers = lm._loglikelihood_tokens([(None, context, off_then_greedy), (None, context, greedy)])
+    assert [is_greedy for _, is_greedy in answers] == [False, True]
+
+
 def test_a_context_cut_to_max_length_is_warned_about():
     """A context longer than max_length was cut from the left and scored, or generated from,
     without a word (lm-eval's hf model warns when it cuts a generation's context)."""
