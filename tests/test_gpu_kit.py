@@ -418,3 +418,21 @@ def test_environment_names_the_backend_each_architectures_rows_will_say(device):
         with torch.device("meta"):
             expected = registry.create_model(arch, PRESET).backend_on(torch.device(device))
         assert f"{arch} ({PRESET}): auto -> {expected}\n" in text
+
+
+def test_the_throughput_section_states_model_tflops_and_mfu_from_the_rows(tmp_path):
+    """tokens/s x FLOPs per token is the model's FLOP rate, and MFU is it over the device's peak:
+    the summary's TFLOP/s column was shown a thousandfold off without a test noticing (the
+    mutation audit)."""
+    from bench.gpu.throughput import PEAK_FILE, throughput_rows
+
+    where = dict(run="kit", model="swa:125m", arch="swa", task="throughput", batch_size=2, train_ctx=8192,
+                 variant="bf16")
+    rows = throughput_rows([0.5, 0.5, 0.5], tokens=16384, flops=1e9, peak=1e14, peak_bytes=2**30, where=where)
+    folder = tmp_path / "throughput"
+    results.write_table(folder, results.validate(rows))
+    (folder / PEAK_FILE).write_text('{"device": "H200", "peak_flops": 1e14}')
+    line = next(row for row in summary.throughput_section(tmp_path).splitlines() if row.startswith("| SWA"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    # 16384 tokens in 0.5 s = 32,768 tokens/s; x 1e9 FLOPs = 32.8 TFLOP/s; over 100 TFLOP/s: 32.8%
+    assert cells[1:] == ["32,768", "500.0", "32.8", "32.8%", "1.00"]
