@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -319,3 +320,19 @@ def test_an_update_records_the_commit_it_started_from(monkeypatch, tmp_path):
     monkeypatch.setattr(gate, "write_references", lambda trained, evaluated, git: written.update(git))
     gate._update(tmp_path, progress=False)
     assert written == {"commit": "a" * 40, "dirty": False}
+
+
+def test_an_update_writes_back_the_references_it_was_given_with_each_metrics_tolerance(tmp_path, monkeypatch):
+    """The eval reference an update writes: the run's scores, each with its metric's tolerance.
+    The committed references, read as a run, come back unchanged (the mutation audit: tolerances
+    taken from another source than EVAL_TOLERANCES passed every test)."""
+    committed = pd.read_csv(gate.EVAL_REFERENCE)
+    run = check.results.validate(committed.drop(columns=[check.TOLERANCE]))
+    for name in ("EVAL_REFERENCE", "TRAIN_REFERENCE", "PROVENANCE"):
+        monkeypatch.setattr(gate, name, tmp_path / Path(getattr(gate, name)).name)
+    monkeypatch.setattr(gate.check, "aggregate_reference", lambda trained: pd.DataFrame({"band": [0.1]}))
+    provenance = gate.write_references(run, run, {"commit": "a" * 40, "dirty": False})
+    written = pd.read_csv(gate.EVAL_REFERENCE)
+    assert written[check.TOLERANCE].tolist() == [gate.EVAL_TOLERANCES[m] for m in written["metric"]]
+    pd.testing.assert_frame_equal(written, committed, check_dtype=False)
+    assert provenance["eval_tolerances"] == gate.EVAL_TOLERANCES and provenance["scores"]["eval"] == len(committed)

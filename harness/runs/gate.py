@@ -285,8 +285,6 @@ def write_references(trained: pd.DataFrame, evaluated: pd.DataFrame, git: dict) 
     return provenance
 
 
-
-
 def _keep_reference_checkpoints(train_spec: SweepSpec, train_dir: Path) -> None:
     """Seed 0's trained models, weights and config only, become the eval gate's checkpoints."""
     for entry in train_spec.models:
