@@ -140,7 +140,7 @@ class TTTConfig(AttentionConfig):
             raise ConfigError(f"suffix_fraction must be in (0, 1], got {self.suffix_fraction}")
         if not 0 <= self.suffix_blocks <= self.n_layers:
             raise ConfigError(f"suffix_blocks={self.suffix_blocks} must be in [0, n_layers={self.n_layers}]")
-        by_fraction = max(1, round(self.n_layers * self.suffix_fraction))
+        by_fraction = self.suffix_blocks_by_fraction
         if self.suffix_blocks and self.suffix_fraction != DEFAULT_SUFFIX_FRACTION and self.suffix_blocks != by_fraction:
             # both were set and the count would silently win
             raise ConfigError(f"suffix_blocks={self.suffix_blocks} and suffix_fraction={self.suffix_fraction} "
@@ -157,8 +157,12 @@ class TTTConfig(AttentionConfig):
                               f"vocab_size={self.vocab_size}, or -1 for none")
 
     @property
+    def suffix_blocks_by_fraction(self) -> int:
+        return max(1, round(self.n_layers * self.suffix_fraction))
+
+    @property
     def n_suffix(self) -> int:
-        return self.suffix_blocks or max(1, round(self.n_layers * self.suffix_fraction))
+        return self.suffix_blocks or self.suffix_blocks_by_fraction
 
     def inner_lr_at(self, step: int, total_steps: int) -> float:
         """The official warm-up: linear from inner_lr_init to inner_lr over the first steps."""

@@ -103,6 +103,12 @@ def own_cpus() -> frozenset[int] | None:
         return None
 
 
+def cpu_count(cpus: frozenset[int] | None) -> int:
+    """How many CPUs ``cpus`` (from :func:`own_cpus`) are: every one of the host's where the OS
+    does not say."""
+    return len(cpus) if cpus else (os.cpu_count() or 1)
+
+
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read()
@@ -145,7 +151,7 @@ class OtherProcessesCPU:
 
     def __exit__(self, *exc: Any) -> None:
         end, elapsed = cpu_ticks(self._cpus), time.perf_counter() - self._t0
-        count = len(self._cpus) if self._cpus else (os.cpu_count() or 1)
+        count = cpu_count(self._cpus)
         available = elapsed * count * os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0
         if self._start is None or end is None or available < MIN_OBSERVED_TICKS:
             return

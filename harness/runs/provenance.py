@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from harness.api.results import RUN_JSON, atomic_write, json_default
-from harness.api.timing import own_cpus
+from harness.api.timing import cpu_count, own_cpus
 
 
 def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def device_info(device: str | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu_name(),
         # the CPUs the run could use (a job pinned to 8 of a host's 128 cores ran on 8)
-        "cpu_count": len(cpus) if (cpus := own_cpus()) else os.cpu_count(),
+        "cpu_count": cpu_count(own_cpus()),
         "torch_threads": torch.get_num_threads(),
     }
     cuda = device is not None and str(device).startswith("cuda")
