@@ -10,7 +10,8 @@ independent of each other), a prompt for NIAH, a repeat for timings. A rate over
 (NIAH's prompts) takes a Wilson score interval instead (:func:`rate`). A ratio statistic
 (``sum(numerators) / sum(denominators)``) covers token-weighted means: resampling documents and
 dividing their summed losses by their summed token counts is the cluster bootstrap of the
-per-token mean loss.
+per-token mean loss. Where models of several training seeds were scored, the seeds are resampled
+too (:func:`bootstrap_seeded_ratio`): an interval over units alone covers those trained models only.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -113,6 +115,105 @@ def bootstrap_ratio(
     # level. Student's t interval (the ratio's linearised standard error) has no such ceiling.
     half = t_quantile(0.5 + level / 2, n - 1) * math.sqrt(n / (n - 1) * float(((num - value * den) ** 2).sum())) / abs(total)
     return Estimate(value, min(low, value - half), max(high, value + half), n)
+
+
+@dataclass(frozen=True)
+class SeededEstimate(Estimate):
+    """An :class:`Estimate` over models trained with several seeds, with each seed's own point
+    estimate (``per_seed``: (seed, value) pairs, in seed order)."""
+
+    per_seed: tuple[tuple[Any, float], ...] = ()
+
+
+def bootstrap_seeded_ratio(
+    seeds: Sequence[Any],
+    units: Sequence[Any],
+    numerators: Sequence[float] | np.ndarray,
+    denominators: Sequence[float] | np.ndarray,
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int | Sequence[int] = 0,
+) -> SeededEstimate:
+    """``sum(numerators) / sum(denominators)`` over cells (one training seed's model scored on
+    one unit: a document, test sequence or prompt), with an interval that covers seed-to-seed
+    variance (another init or data order gives another model), not only the units these models
+    happened to be scored on. ``n``: the distinct units; ``per_seed``: each seed's own ratio.
+
+    One seed: :func:`bootstrap_ratio` over the units, as before (there is no seed to resample).
+    Several: a two-stage cluster bootstrap. Each resample draws the seeds with replacement, then
+    the units: a unit scored by one seed alone (an MQAR test sequence, a document of that seed's
+    own held-out split) comes with its seed, whose mean already holds its noise (resampling the
+    top level of a nested design, as Davison & Hinkley advise); units scored by several seeds
+    (the same held-out document) are drawn with replacement once for all of those seeds, within
+    strata of the seeds that scored them (Owen's pigeonhole bootstrap for a crossed design: the
+    seeds share a document's effect, which the seed draw alone cannot see). A cell weighs its
+    seed's count times its unit's, and its score is formed before any resampling, so what is
+    paired (two models of one seed on one window) stays paired. Over few seeds the percentile
+    interval is too narrow (3 seeds give 10 distinct draws), so as in :func:`bootstrap_ratio` it
+    takes the expanded level and at least Student's t interval, with the two stages' linearised
+    variances added and Satterthwaite's degrees of freedom: about seeds - 1 where the seeds
+    disagree, units - 1 where identical seeds share their units (then the interval is the one
+    seed's). Simulated at 3 seeds x 9 documents, it covered the mean 94-97% of the time (99%
+    when crossed and the seeds agree: the pigeonhole counts the cells' noise twice), the one-stage
+    bootstrap over units 15-96%."""
+    num = np.asarray(numerators, dtype=np.float64).reshape(-1)
+    den = np.asarray(denominators, dtype=np.float64).reshape(-1)
+    if not len(seeds) == len(units) == num.size == den.size:
+        raise ValueError(f"seeds, units, numerators and denominators differ in length: "
+                         f"{len(seeds)}, {len(units)}, {num.size}, {den.size}")
+    seed_names = sorted(set(seeds), key=str)  # a seed may be None (records from before seeds were written)
+    unit_names = sorted(set(units), key=str)
+    s_index = np.array([seed_names.index(s) for s in seeds], dtype=np.int64)
+    u_of = {u: i for i, u in enumerate(unit_names)}
+    u_index = np.array([u_of[u] for u in units], dtype=np.int64)
+    n_seeds, n_units = len(seed_names), len(unit_names)
+    top, bottom = np.zeros((n_seeds, n_units)), np.zeros((n_seeds, n_units))
+    np.add.at(top, (s_index, u_index), num)
+    np.add.at(bottom, (s_index, u_index), den)
+    seed_top, seed_bottom = top.sum(1), bottom.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_seed = tuple(zip(seed_names, (seed_top / seed_bottom).tolist()))
+    if n_seeds < 2:
+        est = bootstrap_ratio(top.sum(0), bottom.sum(0), resamples, level, seed)
+        return SeededEstimate(est.value, est.ci_low, est.ci_high, est.n, per_seed)
+    total = seed_bottom.sum()
+    value = float(seed_top.sum() / total) if total != 0 else math.nan
+    if not math.isfinite(value):
+        return SeededEstimate(value, math.nan, math.nan, n_units, per_seed)
+    scored = np.zeros((n_seeds, n_units), dtype=bool)
+    scored[s_index, u_index] = True
+    strata: dict[bytes, list[int]] = {}  # units shared by two seeds or more, by the seeds that scored them
+    for u in range(n_units):
+        if scored[:, u].sum() > 1:
+            strata.setdefault(scored[:, u].tobytes(), []).append(u)
+    rng = _rng(seed)
+    seed_counts = _counts(rng.integers(0, n_seeds, size=(resamples, n_seeds)), n_seeds)
+    unit_counts = np.ones((resamples, n_units))  # a unit of one seed alone comes with its seed
+    for members in strata.values():
+        unit_counts[:, members] = 0.0
+        drawn = np.asarray(members)[rng.integers(0, len(members), size=(resamples, len(members)))]
+        unit_counts += _counts(drawn, n_units)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = ((seed_counts @ top) * unit_counts).sum(1) / ((seed_counts @ bottom) * unit_counts).sum(1)
+    # linearised variances of the two stages (as bootstrap_ratio's), each with its degrees of freedom
+    resid = top - value * bottom
+    parts = [(n_seeds / (n_seeds - 1) * float(((seed_top - value * seed_bottom) ** 2).sum()), n_seeds - 1)]
+    for members in strata.values():
+        if len(members) > 1:
+            z = resid[:, members].sum(0)
+            parts.append((len(members) / (len(members) - 1) * float(((z - z.mean()) ** 2).sum()), len(members) - 1))
+    variance = sum(v for v, _ in parts)
+    spread = sum(v * v / df for v, df in parts)
+    df = variance * variance / spread if spread > 0 else n_seeds - 1
+    low, high = _interval(stats, value, expanded_level(level, df + 1))
+    half = t_quantile(0.5 + level / 2, df) * math.sqrt(variance) / abs(total)
+    return SeededEstimate(value, min(low, value - half), max(high, value + half), n_units, per_seed)
+
+
+def _counts(drawn: np.ndarray, size: int) -> np.ndarray:
+    """(resamples, size) counts of each index among each row of ``drawn`` (resamples, k)."""
+    offsets = drawn + size * np.arange(drawn.shape[0])[:, None]
+    return np.bincount(offsets.ravel(), minlength=size * drawn.shape[0]).reshape(drawn.shape[0], size).astype(np.float64)
 
 
 def bootstrap_mean(

@@ -2,7 +2,11 @@
 
 Each claim gets a verdict from the folder's own numbers, with the comparison behind it and a
 bootstrap interval over documents (or test sequences), paired wherever the models were scored
-on the same windows, or over timing repeats (claims 4 and 5):
+on the same windows, or over timing repeats (claims 4 and 5). Where claims 1-3 read models of
+several training seeds, the interval resamples the seeds as well (:func:`stats.bootstrap_seeded_ratio`:
+models of one seed stay paired), the evidence shows each seed's value, and the why names the
+comparisons whose seeds fall on both sides of the verdict's line; with one seed, ``claims.md``
+says that its intervals cover the units scored, not seed-to-seed variance.
 
 1. ``context``: TTT-E2E's loss keeps falling with context like full attention's, while SWA,
    Mamba 2 and Gated DeltaNet level off. Read from ``loss_scaling`` run with ``targets: same``
@@ -48,10 +52,11 @@ interval is a 95% bootstrap percentile interval.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,16 +178,18 @@ def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None,
     return RunData(table, samples, machines=dict(machines), run_device=run_device)
 
 
-def _paired(pairs: Iterable[tuple[str, float, float]], seed: int) -> stats.Estimate:
-    """Weighted mean of (unit, difference, weight) triples (a weight: the tokens or queries behind
-    a difference), with an interval that resamples whole units (documents, test sequences)."""
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, float] = defaultdict(float)
-    for doc, diff, weight in pairs:
-        sums[doc] += diff * weight
-        counts[doc] += weight
-    keys = sorted(sums)
-    return stats.bootstrap_ratio([sums[k] for k in keys], [counts[k] for k in keys], RESAMPLES, seed=seed)
+def _paired(cells: Iterable[tuple[Any, str, float, float]], seed: int) -> stats.SeededEstimate:
+    """Weighted mean of (training seed, unit, difference, weight) cells (a weight: the tokens or
+    queries behind a difference), with an interval that resamples whole units (documents, test
+    sequences, prompts) and, where models of several seeds were scored, the seeds too
+    (:func:`stats.bootstrap_seeded_ratio`)."""
+    seeds, units, numerators, denominators = [], [], [], []
+    for trained, unit, diff, weight in cells:
+        seeds.append(trained)
+        units.append(unit)
+        numerators.append(diff * weight)
+        denominators.append(weight)
+    return stats.bootstrap_seeded_ratio(seeds, units, numerators, denominators, RESAMPLES, seed=seed)
 
 
 def _side(est: stats.Estimate, low: float, high: float) -> int:
@@ -216,8 +223,37 @@ def _unresolved(est: stats.Estimate, units: str, holds: str) -> str:
     return f"its interval [{est.ci_low:+.4f}, {est.ci_high:+.4f}] holds {holds}"
 
 
-def _row(what: str, est: stats.Estimate, **extra: Any) -> dict[str, Any]:
+def _row(what: str, est: stats.Estimate, line: float | None = None, **extra: Any) -> dict[str, Any]:
+    """An evidence row; an estimate over trained seeds brings each seed's value (``per_seed``), and
+    ``line`` is where the verdict reads it (seeds on both sides of it disagree)."""
+    if isinstance(est, stats.SeededEstimate):
+        extra.update(per_seed=est.per_seed, line=line)
     return {"comparison": what, "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n, **extra}
+
+
+def _per_seed_text(row: dict[str, Any]) -> str:
+    """``seed 0 +0.1200, seed 1 -0.0300``: each seed's own value of an evidence row."""
+    return ", ".join(f"seed {s} {v:+.4f}" for s, v in row["per_seed"])
+
+
+def _seeds_disagree(row: dict[str, Any]) -> bool:
+    """Whether the seeds' own values of a deciding row lie on both sides of its line."""
+    values = [v for _, v in row.get("per_seed", ()) if np.isfinite(v)]
+    line = row.get("line")
+    return line is not None and any(v > line for v in values) and any(v < line for v in values)
+
+
+def _noting_seeds(judge_claim: Callable[[RunData], Claim]) -> Callable[[RunData], Claim]:
+    """``judge_claim`` whose why adds the comparisons whose seeds disagree: an interval over
+    seeds that holds its line can come from seeds that each resolve it, opposite ways."""
+    @functools.wraps(judge_claim)
+    def judged(run: RunData) -> Claim:
+        claim = judge_claim(run)
+        for row in filter(_seeds_disagree, claim.evidence):
+            side = "in sign" if row["line"] == 0 else f"(either side of {row['line']:+g})"
+            claim.why += f"; the seeds disagree {side} on {row['comparison']}: {_per_seed_text(row)}"
+        return claim
+    return judged
 
 
 def _is_spread(n: int) -> bool:
@@ -254,8 +290,9 @@ def doubling_gains(run: RunData, model: str, longest: int | None = None) -> tupl
 
 
 def _by_window(diffs: dict[tuple, float], seed: int) -> stats.Estimate:
-    """The mean of per-window differences, resampled by document (a key's second item)."""
-    return _paired(((k[1], diffs[k], 1.0) for k in sorted(diffs, key=str)), seed=seed)  # a seed may be None
+    """The mean of per-window differences (keys: (training seed, doc, end)), resampled by
+    document and training seed."""
+    return _paired(((k[0], k[1], diffs[k], 1.0) for k in sorted(diffs, key=str)), seed=seed)  # a seed may be None
 
 
 def last_doubling_gain(run: RunData, model: str, longest: int | None = None) -> tuple[stats.Estimate, int] | None:
@@ -280,11 +317,12 @@ def copy_gain(run: RunData, model: str) -> dict[str, Any] | None:
     if not windows:
         return None
     longest = max(int(w["eval_ctx"]) for w in windows)
-    est = _paired(((w["doc"], float(w["control_loss"]) - float(w["repeat_loss"]), 1.0)
+    est = _paired(((w.get("seed"), w["doc"], float(w["control_loss"]) - float(w["repeat_loss"]), 1.0)
                    for w in windows if int(w["eval_ctx"]) == longest), seed=14)
     return _row(f"{model}: copy gain at context {longest} (repeat task)", est)
 
 
+@_noting_seeds
 def context_claim(run: RunData) -> Claim:
     statement = ("TTT-E2E's loss keeps falling with context like full attention's, while SWA, Mamba 2 and "
                  "Gated DeltaNet level off")
@@ -299,7 +337,7 @@ def context_claim(run: RunData) -> Claim:
         if found is not None:
             gains[arch] = found[0]
             evidence.append(_row(f"{model}: loss({found[1] // 2}) - loss({found[1]}), same targets", found[0],
-                                 arch=arch))
+                                 line=MIN_CONTEXT_GAIN, arch=arch))
     copying = {arch: copy_gain(run, m) for arch, m in models.items()}
     evidence += [row for row in copying.values() if row is not None]
     missing = [a for a in ("full_attention", "ttt_e2e") if a not in gains]
@@ -340,7 +378,7 @@ def context_claim(run: RunData) -> Claim:
         widening = _widening(run, models["full_attention"], models["ttt_e2e"], longest)
         if widening is not None:
             evidence.append(_row(f"full attention's gain - TTT-E2E's, loss({longest // 2}) - loss({longest}), "
-                                 "paired by window", widening))
+                                 "paired by window", widening, line=MIN_CONTEXT_GAIN))
             if _sign(widening, MIN_CONTEXT_GAIN) > 0:  # a trace of a lag is no lag (MIN_CONTEXT_GAIN)
                 lag = (f"; TTT-E2E gains less than full attention: its gap to full attention widens by "
                        f"{widening.value:+.3f} [{widening.ci_low:+.3f}, {widening.ci_high:+.3f}] nats/token "
@@ -363,10 +401,11 @@ def context_claim(run: RunData) -> Claim:
 
 
 def _window_key(w: dict[str, Any]) -> tuple:
-    """(eval_ctx, doc, start, seed): the seed last, so a key's second item is the resampled unit."""
+    """(eval_ctx, doc, start, seed): a window scored by one model of each architecture and seed."""
     return w["eval_ctx"], w["doc"], w["start"], w.get("seed")
 
 
+@_noting_seeds
 def position_claim(run: RunData) -> Claim:
     statement = "TTT-E2E's gain over SWA grows with token position"
     ttt, swa = run.model_of("ttt_e2e"), run.model_of("swa")
@@ -390,13 +429,13 @@ def position_claim(run: RunData) -> Claim:
         return float(np.average(diff[which], weights=weights[which]))
 
     last = [len(bins) - 1]
-    early_gain = _paired(((k[1], gain(k, early), 1.0) for k in keys), seed=2)
-    late_gain = _paired(((k[1], gain(k, last), 1.0) for k in keys), seed=3)
-    growth = _paired(((k[1], gain(k, last) - gain(k, early), 1.0) for k in keys), seed=4)
+    early_gain = _paired(((k[3], k[1], gain(k, early), 1.0) for k in keys), seed=2)
+    late_gain = _paired(((k[3], k[1], gain(k, last), 1.0) for k in keys), seed=3)
+    growth = _paired(((k[3], k[1], gain(k, last) - gain(k, early), 1.0) for k in keys), seed=4)
     lo, hi = bins[last[0]]
     evidence = [_row(f"gain over SWA, positions < {bins[early[-1]][1]}", early_gain),  # L/8 when L is a power of 2
-                _row(f"gain over SWA, positions {lo}-{hi}", late_gain),
-                _row("growth (late - early)", growth)]
+                _row(f"gain over SWA, positions {lo}-{hi}", late_gain, line=0),
+                _row("growth (late - early)", growth, line=0)]
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(growth)]
     late = _sign(late_gain)
     if verdict == "holds" and late <= 0:  # a loss that narrows is no gain that grows
@@ -435,10 +474,10 @@ def _niah_evidence(run: RunData, full: str, ttt: str) -> tuple[list[dict[str, An
     shared = sorted(set(a) & set(b), key=str)  # a seed may be None
     if not shared:
         return [], None
-    ests = [_paired(((str(k), x[k], 1.0) for k in shared), seed=seed) for x, seed in ((a, 10), (b, 11))]
-    gap = _paired(((str(k), a[k] - b[k], 1.0) for k in shared), seed=12)
+    ests = [_paired(((k[0], str(k), x[k], 1.0) for k in shared), seed=seed) for x, seed in ((a, 10), (b, 11))]
+    gap = _paired(((k[0], str(k), a[k] - b[k], 1.0) for k in shared), seed=12)
     return [_row(f"{full}: NIAH cand_acc", ests[0]), _row(f"{ttt}: NIAH cand_acc", ests[1]),
-            _row("full attention - TTT-E2E (NIAH cand_acc, paired by prompt)", gap)], gap
+            _row("full attention - TTT-E2E (NIAH cand_acc, paired by prompt)", gap, line=0)], gap
 
 
 def _niah_note(gap: stats.Estimate | None, mqar: int) -> str:
@@ -455,6 +494,7 @@ def _niah_note(gap: stats.Estimate | None, mqar: int) -> str:
     return f"; NIAH{verb}: {who} ranks the needle's value first more often ({said})"
 
 
+@_noting_seeds
 def recall_claim(run: RunData) -> Claim:
     """MQAR accuracy (paired by test sequence) decides; NIAH candidate ranking (paired by prompt)
     is shown beside it, and where it resolves the other way the claim is only ``partly``."""
@@ -470,12 +510,12 @@ def recall_claim(run: RunData) -> Claim:
                      + _niah_note(niah_gap, 0), evidence)
     # units: test sequences (the same sequences for both models), pooled over the grid's points;
     # a sequence weighs its queries (pairs), so the pooled accuracy is a share of queries as mqar's rows are
-    units = [(f"{p}/{i}", x, y, float(p[1])) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
-    full_acc = _paired(((u, x, w) for u, x, _, w in units), seed=5)
-    ttt_acc = _paired(((u, y, w) for u, _, y, w in units), seed=6)
-    gap = _paired(((u, x - y, w) for u, x, y, w in units), seed=7)
+    units = [(p[2], f"{p}/{i}", x, y, float(p[1])) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
+    full_acc = _paired(((s, u, x, w) for s, u, x, _, w in units), seed=5)
+    ttt_acc = _paired(((s, u, y, w) for s, u, _, y, w in units), seed=6)
+    gap = _paired(((s, u, x - y, w) for s, u, x, y, w in units), seed=7)
     evidence = [_row(f"{full}: MQAR accuracy", full_acc), _row(f"{ttt}: MQAR accuracy", ttt_acc),
-                _row("full attention - TTT-E2E (MQAR)", gap), *evidence]
+                _row("full attention - TTT-E2E (MQAR)", gap, line=0), *evidence]
     if full_acc.value < RECALL_FLOOR:
         return Claim("recall", statement, "undecided",
                      f"full attention answers {full_acc.value:.2f} of MQAR queries (below {RECALL_FLOOR}): it has "
@@ -746,6 +786,11 @@ def render_markdown(claims: list[Claim], note: str = "") -> str:
     """The verdicts as Markdown, after ``note`` (e.g. :meth:`RunData.judged_note`)."""
     lines = [note + "| claim | verdict | why |", "|---|---|---|"]
     lines += [f"| {c.statement} | **{c.verdict}** | {c.why} |" for c in claims]
+    one_seed = [f"`{c.name}`" for c in claims if any(len(e.get("per_seed", ())) == 1 for e in c.evidence)]
+    if one_seed:
+        names = ", ".join(one_seed[:-1]) + " and " + one_seed[-1] if len(one_seed) > 1 else one_seed[0]
+        lines += ["", f"The intervals of {names} cover the documents, test sequences and prompts that these models "
+                      "(one training seed) were scored on, not seed-to-seed variance."]
     for c in claims:
         if c.evidence:
             lines += ["", f"`{c.name}`:", "", "| comparison | value | 95% interval | n |", "|---|---|---|---|"]
@@ -753,5 +798,6 @@ def render_markdown(claims: list[Claim], note: str = "") -> str:
                 ci = "" if not np.isfinite(e["ci_low"]) else f"[{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
                 ci += " (spread: too few repeats for 95%)" if ci and e.get("spread") else ""
                 value = f"{e['value']:+.4f}" if np.isfinite(e["value"]) else "-"  # e.g. an out-of-memory cell
+                value += f" ({_per_seed_text(e)})" if len(e.get("per_seed", ())) > 1 else ""
                 lines.append(f"| {e['comparison']} | {value} | {ci} | {e['n']} |")
     return "\n".join(lines) + "\n"
