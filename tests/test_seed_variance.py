@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.api import stats
-from harness.report import claims
+from harness.api import results, stats
+from harness.report import claims, tables
 from tests.test_claims import ARCHS, BINS, GROWING, PAPER, _mqar, _run, _windows
 
 
@@ -108,3 +108,20 @@ def test_identical_seeds_give_the_one_seed_interval():
                                            np.tile(den, 3), 20_000, seed=2)
     assert [round(v - one.value, 6) for _, v in shifted.per_seed] == [0.3, 0.0, -0.3]
     assert shifted.ci_low < one.value - 0.3 and shifted.ci_high > one.value + 0.3
+
+
+def test_a_table_of_values_averaged_over_seeds_says_so():
+    """A loss cell over three seeds showed their mean, its interval dropped without a word."""
+    def rows(seeds: list[int]) -> pd.DataFrame:
+        return results.validate([results.make_row("loss", 2.0 + 0.1 * s, ci_low=1.9, ci_high=2.4, n=9, run="r", model=a,
+                                                  arch=a, task="loss_scaling", eval_ctx=1024, seed=s)
+                                 for a in ("full_attention", "ttt_e2e") for s in seeds])
+
+    three = tables.summary_tables(rows([0, 1, 2]))
+    for name in ("loss", "loss_gap"):
+        assert tables.footnotes(three[name]) == [
+            "A value over several training seeds (up to 3) is their mean, without an interval: each seed's covers its "
+            "own model only; `lcbench claims` resamples the seeds too"]
+    assert "2.100 |" in tables.render_markdown(three["loss"])  # the mean, no interval
+    one = tables.summary_tables(rows([0]))["loss"]
+    assert tables.footnotes(one) == [] and "2.000 [1.900, 2.400]" in tables.render_markdown(one)

@@ -8,7 +8,8 @@ with its full-attention reference (for the loss gap and the speed-up).
 
 How several rows of one cell become one point: the mean of the ``ok`` values (seeds, runs,
 NIAH variants when pooled); the confidence interval is kept only when the point rests on a
-single row (an average of intervals is not an interval). A point that some of its rows failed
+single row (an average of intervals is not an interval, nor would it cover seed-to-seed variance:
+a table whose values average several training seeds says so below it). A point that some of its rows failed
 (one seed out of memory) is flagged ``partial``, as an unstable timing is: shown, marked. A cell
 with no ``ok`` row is a failure point carrying its status (``oom``, ``error``, ``nan``): tables
 print it (``OOM``), figures mark it. Derived values (gap, speed-up) carry no interval.
@@ -61,7 +62,7 @@ FAILURE_LABELS = {"oom": "OOM", "error": "error", "nan": "NaN"}
 OTHER_FACETS = ("variant", "haystack", "depth", "pos_start", "pos_end", "batch_size")
 # Columns that split one model into several series when they vary within it.
 SERIES_SPLIT = ("train_ctx", "backend", "dtype", "device")
-POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message", "flag")
+POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message", "flag", "seeds")
 UNSTABLE_MARK = "†"  # after a table cell whose value carries a flag (an unstable timing, a partial mean)
 TABLE_FORMATS = ("md", "csv", "tex")
 MIB = 2**20
@@ -118,11 +119,11 @@ class Prepared:
         # Ok rows give the value (their mean) and, alone, the interval; without any, the first failure.
         work = df.assign(v=df["value"].where(ok), lo=df["ci_low"].where(ok), hi=df["ci_high"].where(ok),
                          n_ok=ok.astype(int), failed=df["status"].where(~ok), why=df["message"].where(~ok),
-                         fl=df["flag"].where(ok & (df["flag"] != "")))
+                         fl=df["flag"].where(ok & (df["flag"] != "")), sd=df["seed"].where(ok))
         out = work.groupby(keys, dropna=False, sort=False).agg(
             arch=("arch", "first"), value=("v", "mean"), ci_low=("lo", "first"), ci_high=("hi", "first"),
             n_ok=("n_ok", "sum"), n_rows=("n_ok", "size"), failed=("failed", "first"), why=("why", "first"),
-            flag=("fl", "first")).reset_index()
+            flag=("fl", "first"), seeds=("sd", "nunique")).reset_index()
         out["flag"] = out["flag"].fillna("").astype(object)
         # a mean over the seeds (or runs) that worked is not the cell's result: flag what failed
         partial = (out["n_ok"] > 0) & (out["n_ok"] < out["n_rows"])
@@ -255,7 +256,7 @@ def _pivot(points: pd.DataFrame, facets: Sequence[str], title: str, fmt: str,
     columns = sorted(table.columns, key=lambda c: (isinstance(c, str), 0 if isinstance(c, str) else c))
     table = table.reindex(columns=columns)
     table.columns.name = "eval_ctx"
-    table.attrs.update(title=title, fmt=fmt, **{
+    table.attrs.update(title=title, fmt=fmt, seeds=int(pts["seeds"].max()) if len(pts) else 0, **{
         name: wide[col].unstack("eval_ctx").reindex(index=table.index, columns=table.columns)
         for name, col in (("ci_low", "lo"), ("ci_high", "hi"), ("flags", "fl"))})
     return table
@@ -439,6 +440,9 @@ def footnotes(df: pd.DataFrame) -> list[str]:
         notes.append(f"{UNSTABLE_MARK} {len(found)} value(s) flagged, e.g. {found[0]}")
     if df.attrs.get("note"):
         notes.append(df.attrs["note"])
+    if df.attrs.get("seeds", 0) > 1:
+        notes.append(f"A value over several training seeds (up to {df.attrs['seeds']}) is their mean, without an "
+                     "interval: each seed's covers its own model only; `lcbench claims` resamples the seeds too")
     return notes
 
 
