@@ -3,6 +3,8 @@ documents, test sequences and prompts (seeds that disagree made a tight interval
 "holds"), the evidence shows each seed's value, and with one seed the numbers are as before."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -125,3 +127,17 @@ def test_a_table_of_values_averaged_over_seeds_says_so():
     assert "2.100 |" in tables.render_markdown(three["loss"])  # the mean, no interval
     one = tables.summary_tables(rows([0]))["loss"]
     assert tables.footnotes(one) == [] and "2.000 [1.900, 2.400]" in tables.render_markdown(one)
+
+
+def test_documents_shared_by_different_seeds_are_resampled_as_documents():
+    """Ten documents, each read by its own pair of five seeds whose models score alike: the
+    spread is the documents'. Drawn within strata of the seeds that read them (one document
+    each), no document was ever resampled, and the interval was half as wide as the documents'."""
+    values = np.random.default_rng(0).normal(0, 1, 10)
+    pairs = list(itertools.combinations(range(5), 2))
+    seeds = [s for pair in pairs for s in pair]
+    units = [f"d{d}" for d, pair in enumerate(pairs) for _ in pair]
+    est = stats.bootstrap_seeded_ratio(seeds, units, np.repeat(values, 2), np.ones(20))
+    direct = stats.bootstrap_mean(values)
+    assert est.value == pytest.approx(direct.value) and est.n == 10
+    assert est.ci_low <= direct.ci_low and est.ci_high >= direct.ci_high

@@ -143,19 +143,21 @@ def bootstrap_seeded_ratio(
     Several: a two-stage cluster bootstrap. Each resample draws the seeds with replacement, then
     the units: a unit scored by one seed alone (an MQAR test sequence, a document of that seed's
     own held-out split) comes with its seed, whose mean already holds its noise (resampling the
-    top level of a nested design, as Davison & Hinkley advise); units scored by several seeds
-    (the same held-out document) are drawn with replacement once for all of those seeds, within
-    strata of the seeds that scored them (Owen's pigeonhole bootstrap for a crossed design: the
-    seeds share a document's effect, which the seed draw alone cannot see). A cell weighs its
-    seed's count times its unit's, and its score is formed before any resampling, so what is
-    paired (two models of one seed on one window) stays paired. Over few seeds the percentile
-    interval is too narrow (3 seeds give 10 distinct draws), so as in :func:`bootstrap_ratio` it
-    takes the expanded level and at least Student's t interval, with the two stages' linearised
-    variances added and Satterthwaite's degrees of freedom: about seeds - 1 where the seeds
-    disagree, units - 1 where identical seeds share their units (then the interval is the one
-    seed's). Simulated at 3 seeds x 9 documents, it covered the mean 94-97% of the time (99%
-    when crossed and the seeds agree: the pigeonhole counts the cells' noise twice), the one-stage
-    bootstrap over units 15-96%."""
+    top level of a nested design, as Davison & Hinkley advise); the units scored by several seeds
+    (the same held-out document) are drawn with replacement, each draw counting for every seed
+    that scored it (Owen's pigeonhole bootstrap for a crossed design: the seeds share a
+    document's effect, which the seed draw alone cannot see). A cell weighs its seed's count
+    times its unit's, and its score is formed before any resampling, so what is paired (two
+    models of one seed on one window) stays paired. Over few seeds the percentile interval is
+    too narrow (3 seeds give 10 distinct draws), so as in :func:`bootstrap_ratio` it takes the
+    expanded level and at least Student's t interval, with the two stages' linearised variances
+    added and Satterthwaite's degrees of freedom: near seeds - 1 where the seeds disagree, near
+    shared units - 1 where they agree (identical seeds give the one-seed interval).
+
+    Simulated (seed, document and cell effects, 300 runs per case), it covered the mean in
+    94-98% of runs at 3 and 5 seeds x 9 documents, nested, crossed or partly shared (99% when
+    crossed cells hold noise alone: the pigeonhole counts it twice), and 90-97% at 2 seeds, which
+    can hardly estimate their own spread; the bootstrap over units alone covered 15-97%."""
     num = np.asarray(numerators, dtype=np.float64).reshape(-1)
     den = np.asarray(denominators, dtype=np.float64).reshape(-1)
     if not len(seeds) == len(units) == num.size == den.size:
@@ -163,8 +165,8 @@ def bootstrap_seeded_ratio(
                          f"{len(seeds)}, {len(units)}, {num.size}, {den.size}")
     seed_names = sorted(set(seeds), key=str)  # a seed may be None (records from before seeds were written)
     unit_names = sorted(set(units), key=str)
-    s_index = np.array([seed_names.index(s) for s in seeds], dtype=np.int64)
-    u_of = {u: i for i, u in enumerate(unit_names)}
+    s_of, u_of = {s: i for i, s in enumerate(seed_names)}, {u: i for i, u in enumerate(unit_names)}
+    s_index = np.array([s_of[s] for s in seeds], dtype=np.int64)
     u_index = np.array([u_of[u] for u in units], dtype=np.int64)
     n_seeds, n_units = len(seed_names), len(unit_names)
     top, bottom = np.zeros((n_seeds, n_units)), np.zeros((n_seeds, n_units))
@@ -182,26 +184,22 @@ def bootstrap_seeded_ratio(
         return SeededEstimate(value, math.nan, math.nan, n_units, per_seed)
     scored = np.zeros((n_seeds, n_units), dtype=bool)
     scored[s_index, u_index] = True
-    strata: dict[bytes, list[int]] = {}  # units shared by two seeds or more, by the seeds that scored them
-    for u in range(n_units):
-        if scored[:, u].sum() > 1:
-            strata.setdefault(scored[:, u].tobytes(), []).append(u)
+    shared = scored.sum(0) > 1  # units scored by two seeds or more; one seed's alone come with their seed
     rng = _rng(seed)
     seed_counts = _counts(rng.integers(0, n_seeds, size=(resamples, n_seeds)), n_seeds)
-    unit_counts = np.ones((resamples, n_units))  # a unit of one seed alone comes with its seed
-    for members in strata.values():
-        unit_counts[:, members] = 0.0
-        drawn = np.asarray(members)[rng.integers(0, len(members), size=(resamples, len(members)))]
-        unit_counts += _counts(drawn, n_units)
+    n_shared = int(shared.sum())
+    unit_counts = _counts(rng.integers(0, n_shared, size=(resamples, n_shared)), n_shared)
+
+    def resampled(scores: np.ndarray) -> np.ndarray:
+        return seed_counts @ scores[:, ~shared].sum(1) + ((seed_counts @ scores[:, shared]) * unit_counts).sum(1)
+
     with np.errstate(invalid="ignore", divide="ignore"):
-        stats = ((seed_counts @ top) * unit_counts).sum(1) / ((seed_counts @ bottom) * unit_counts).sum(1)
+        stats = resampled(top) / resampled(bottom)
     # linearised variances of the two stages (as bootstrap_ratio's), each with its degrees of freedom
-    resid = top - value * bottom
     parts = [(n_seeds / (n_seeds - 1) * float(((seed_top - value * seed_bottom) ** 2).sum()), n_seeds - 1)]
-    for members in strata.values():
-        if len(members) > 1:
-            z = resid[:, members].sum(0)
-            parts.append((len(members) / (len(members) - 1) * float(((z - z.mean()) ** 2).sum()), len(members) - 1))
+    if n_shared > 1:
+        z = (top - value * bottom)[:, shared].sum(0)
+        parts.append((n_shared / (n_shared - 1) * float(((z - z.mean()) ** 2).sum()), n_shared - 1))
     variance = sum(v for v, _ in parts)
     spread = sum(v * v / df for v, df in parts)
     df = variance * variance / spread if spread > 0 else n_seeds - 1
