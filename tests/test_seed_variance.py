@@ -50,6 +50,14 @@ def test_seeds_that_disagree_leave_claims_1_to_3_undecided_and_say_so():
     assert "not seed-to-seed variance" not in text
 
 
+def test_a_share_s_interval_over_seeds_that_disagree_stays_inside_what_a_share_can_be():
+    """Student's t over 3 seeds whose accuracies are 0.12, 1.0 and 1.0 reached [-0.54, 1.96]."""
+    recall = claims.recall_claim(_seeded_run([(0.0, 0.0, 0.1), (0.0, 0.0, 1.0), (0.0, 0.0, 1.0)]))
+    full, ttt, gap = recall.evidence[:3]
+    assert ttt["ci_low"] == 0.0 and ttt["ci_high"] == 1.0 and gap["ci_low"] == -1.0
+    assert 0.0 <= full["ci_low"] < full["value"] < full["ci_high"] <= 1.0 and gap["ci_high"] <= 1.0
+
+
 def test_seeds_that_agree_uphold_claims_1_to_3():
     run = _seeded_run([(0.04, 1.0, 0.2)] * 3)
     judged = [claims.context_claim(run), claims.position_claim(run), claims.recall_claim(run)]

@@ -52,6 +52,7 @@ interval is a 95% bootstrap percentile interval.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -75,6 +76,7 @@ RECALL_FLOOR = 0.5  # full attention must answer at least half the queries befor
 # interval lies above this many nats per token (0.2-0.5% of a small model's loss).
 MIN_CONTEXT_GAIN = 0.005
 RESAMPLES = 2000
+SHARE, SHARE_GAP = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a gap between two accuracies
 
 
 @dataclass
@@ -178,18 +180,23 @@ def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None,
     return RunData(table, samples, machines=dict(machines), run_device=run_device)
 
 
-def _paired(cells: Iterable[tuple[Any, str, float, float]], seed: int) -> stats.SeededEstimate:
+def _paired(cells: Iterable[tuple[Any, str, float, float]], seed: int,
+            within: tuple[float, float] | None = None) -> stats.SeededEstimate:
     """Weighted mean of (training seed, unit, difference, weight) cells (a weight: the tokens or
     queries behind a difference), with an interval that resamples whole units (documents, test
     sequences, prompts) and, where models of several seeds were scored, the seeds too
-    (:func:`stats.bootstrap_seeded_ratio`)."""
+    (:func:`stats.bootstrap_seeded_ratio`), cut to ``within``, the range the mean cannot leave
+    (a share of answers: [0, 1]; Student's t over 3 seeds that disagree reaches far past it)."""
     seeds, units, numerators, denominators = [], [], [], []
     for trained, unit, diff, weight in cells:
         seeds.append(trained)
         units.append(unit)
         numerators.append(diff * weight)
         denominators.append(weight)
-    return stats.bootstrap_seeded_ratio(seeds, units, numerators, denominators, RESAMPLES, seed=seed)
+    est = stats.bootstrap_seeded_ratio(seeds, units, numerators, denominators, RESAMPLES, seed=seed)
+    if within is None or not np.isfinite(est.ci_low):
+        return est
+    return dataclasses.replace(est, ci_low=max(est.ci_low, within[0]), ci_high=min(est.ci_high, within[1]))
 
 
 def _side(est: stats.Estimate, low: float, high: float) -> int:
@@ -474,8 +481,9 @@ def _niah_evidence(run: RunData, full: str, ttt: str) -> tuple[list[dict[str, An
     shared = sorted(set(a) & set(b), key=str)  # a seed may be None
     if not shared:
         return [], None
-    ests = [_paired(((k[0], str(k), x[k], 1.0) for k in shared), seed=seed) for x, seed in ((a, 10), (b, 11))]
-    gap = _paired(((k[0], str(k), a[k] - b[k], 1.0) for k in shared), seed=12)
+    ests = [_paired(((k[0], str(k), x[k], 1.0) for k in shared), seed=seed, within=SHARE)
+            for x, seed in ((a, 10), (b, 11))]
+    gap = _paired(((k[0], str(k), a[k] - b[k], 1.0) for k in shared), seed=12, within=SHARE_GAP)
     return [_row(f"{full}: NIAH cand_acc", ests[0]), _row(f"{ttt}: NIAH cand_acc", ests[1]),
             _row("full attention - TTT-E2E (NIAH cand_acc, paired by prompt)", gap, line=0)], gap
 
@@ -511,9 +519,9 @@ def recall_claim(run: RunData) -> Claim:
     # units: test sequences (the same sequences for both models), pooled over the grid's points;
     # a sequence weighs its queries (pairs), so the pooled accuracy is a share of queries as mqar's rows are
     units = [(p[2], f"{p}/{i}", x, y, float(p[1])) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
-    full_acc = _paired(((s, u, x, w) for s, u, x, _, w in units), seed=5)
-    ttt_acc = _paired(((s, u, y, w) for s, u, _, y, w in units), seed=6)
-    gap = _paired(((s, u, x - y, w) for s, u, x, y, w in units), seed=7)
+    full_acc = _paired(((s, u, x, w) for s, u, x, _, w in units), seed=5, within=SHARE)
+    ttt_acc = _paired(((s, u, y, w) for s, u, _, y, w in units), seed=6, within=SHARE)
+    gap = _paired(((s, u, x - y, w) for s, u, x, y, w in units), seed=7, within=SHARE_GAP)
     evidence = [_row(f"{full}: MQAR accuracy", full_acc), _row(f"{ttt}: MQAR accuracy", ttt_acc),
                 _row("full attention - TTT-E2E (MQAR)", gap, line=0), *evidence]
     if full_acc.value < RECALL_FLOOR:
