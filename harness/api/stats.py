@@ -163,7 +163,8 @@ def bootstrap_seeded_ratio(
     if not len(seeds) == len(units) == num.size == den.size:
         raise ValueError(f"seeds, units, numerators and denominators differ in length: "
                          f"{len(seeds)}, {len(units)}, {num.size}, {den.size}")
-    seed_names = sorted(set(seeds), key=str)  # a seed may be None (records from before seeds were written)
+    # in numeric order (2 before 10); a seed may be None (records from before seeds were written)
+    seed_names = sorted(set(seeds), key=lambda s: (0, s, "") if isinstance(s, (int, np.integer)) else (1, 0, str(s)))
     unit_names = sorted(set(units), key=str)
     s_of, u_of = {s: i for i, s in enumerate(seed_names)}, {u: i for i, u in enumerate(unit_names)}
     s_index = np.array([s_of[s] for s in seeds], dtype=np.int64)
