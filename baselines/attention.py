@@ -72,6 +72,12 @@ class AttentionConfig(ModelConfig):
         return self.n_kv_heads or self.n_heads
 
 
+def _cache_outside_compile(cached: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``cached`` (an ``lru_cache``) in eager code, its plain function while torch.compile traces:
+    Dynamo skips the cache anyway (the tensor is built inside the graph) and warns that it does."""
+    return cached.__wrapped__ if torch.compiler.is_compiling() else cached
+
+
 # ---------------------------------------------------------------------------------------------
 # RoPE
 
@@ -86,7 +92,7 @@ def apply_rope(x: torch.Tensor, start_pos: int | torch.Tensor, theta: float) -> 
     tensor ``start_pos`` keeps the position on the device (a compiled or captured step)."""
     T, Dh = x.size(-2), x.size(-1)
     pos = torch.arange(T, device=x.device, dtype=torch.float64) + start_pos
-    angles = torch.outer(pos, _inv_freq(Dh, theta, x.device))
+    angles = torch.outer(pos, _cache_outside_compile(_inv_freq)(Dh, theta, x.device))
     cos = torch.cat([angles.cos(), angles.cos()], -1).to(x.dtype)
     sin = torch.cat([angles.sin(), angles.sin()], -1).to(x.dtype)
     x1, x2 = x[..., : Dh // 2], x[..., Dh // 2 :]
@@ -143,7 +149,7 @@ def sdpa_mask(q_len: int, k_len: int, offset: int, window: int, device: torch.de
     :data:`CACHED_MASK_ELEMENTS` are kept; a larger one (a long full-attention continuation) is
     built each time rather than held."""
     if q_len * k_len <= CACHED_MASK_ELEMENTS:
-        return _cached_relative_mask(q_len, k_len, offset, window, device)
+        return _cache_outside_compile(_cached_relative_mask)(q_len, k_len, offset, window, device)
     return _relative_mask(q_len, k_len, offset, window, device)
 
 

@@ -371,3 +371,23 @@ def test_gpu_backends_equal_reference_forward_and_backward(arch, backend, dtype,
     record_property("worst error / bound", max(err / bound for _, err, bound in checks))
     for name, err, bound in checks:
         assert err <= bound, f"{name} ({dtype}): {err:.2e} > {bound:.2e}"
+
+
+def test_compiled_code_builds_rope_and_masks_without_tracing_their_caches():
+    """Dynamo ignores an lru_cache it traces into, and warns so (TTT-E2E's compiled step calls
+    both): inside torch.compile the plain functions run, with the same values."""
+    import warnings
+
+    import torch._dynamo.utils as dynamo_utils
+
+    def rope_and_mask(x):
+        return attention.apply_rope(x, 3, 10000.0) + attention.sdpa_mask(4, 4, 0, 2, x.device).float().sum()
+
+    getattr(dynamo_utils, "warn_once_cache", set()).clear()  # a warning given once per process
+    torch._dynamo.reset()
+    x = torch.randn(1, 2, 4, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = torch.compile(rope_and_mask, backend="eager")(x)
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+    torch.testing.assert_close(compiled, rope_and_mask(x), rtol=0, atol=0)

@@ -219,7 +219,7 @@ def test_a_mini_batch_of_bos_targets_only_counts_zero_in_the_outer_loss():
 def test_bos_token_id_is_checked_and_imported(tmp_path):
     import numpy as np
 
-    from harness.importers import import_ttt_e2e
+    from harness.adapters.importers import import_ttt_e2e
     from tests.test_importers import OFFICIAL, official_tree
 
     with pytest.raises(ConfigError, match="bos_token_id=256"):
@@ -241,7 +241,7 @@ def test_bos_token_id_absent_from_the_official_config_is_the_official_codes(tmp_
 
     from harness.adapters.importers.common import ImportedCheckpointWarning
     from harness.adapters.importers.ttt_e2e import official_bos_token_id
-    from harness.importers import import_ttt_e2e
+    from harness.adapters.importers import import_ttt_e2e
     from tests.test_importers import OFFICIAL, official_tree
 
     np.savez(tmp_path / "official.npz", **official_tree())
