@@ -91,6 +91,24 @@ def test_resume_after_crash_is_bit_for_bit(tmp_path, monkeypatch, fast_data):
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
 
 
+def test_evaluation_and_saving_settings_leave_the_weights_bit_identical(arch, tmp_path, fast_data):
+    """What a sweep leaves out of a model's identity (``BOOKKEEPING_SETTINGS``) must not touch the
+    trajectory: validating (eval mode, other batches) and saving after every step consume no
+    random numbers and change no weights, so the same model comes out bit for bit."""
+    quiet = TrainConfig(steps=3, **{**FAST, "eval_every": 0, "eval_batches": 4, "save_every": 0})
+    busy = TrainConfig(steps=3, **{**FAST, "eval_every": 1, "eval_batches": 2, "save_every": 1})
+    assert {k for k, v in quiet.to_dict().items() if busy.to_dict()[k] != v} == train_mod.BOOKKEEPING_SETTINGS
+    config = small_config(arch)
+    a = train(config, quiet, progress=False, training_data=fast_data)
+    b = train(config, busy, out_dir=tmp_path / "saved", progress=False, training_data=fast_data)
+    assert len([h for h in b.history if "val_loss" in h]) == 3  # it did validate and save every step
+    assert checkpoint.load_trainer_state(tmp_path / "saved")[0]["step"] == 3
+    assert a.model.state_dict().keys() == b.model.state_dict().keys()
+    for name, weight in a.model.state_dict().items():
+        assert torch.equal(weight, b.model.state_dict()[name]), name
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+
+
 def test_resume_with_a_different_model_is_refused(tmp_path, fast_data):
     cfg = TrainConfig(steps=1, **FAST)
     train(small_config("swa"), cfg, out_dir=tmp_path / "c", progress=False, training_data=fast_data)

@@ -319,9 +319,15 @@ def train(
     return TrainResult(model, max(total, start_step), val_loss, tokens_done / train_s if tokens_done else 0.0, history)
 
 
+# Settings that say only when a run validates and saves: validation runs in eval mode without
+# gradients and draws no random numbers, saving reads the state, and the batches are a function of
+# (seed, step), so the weights come out bit-identical whatever they are (tests/test_train.py trains
+# every architecture both ways). A sweep leaves them out of a model's identity: editing them does
+# not retrain it.
+BOOKKEEPING_SETTINGS = frozenset({"eval_every", "eval_batches", "save_every"})
 # Settings a run may change when it resumes: they do not alter the trajectory of the steps
 # already taken (the step budget may grow; evaluation, saving and the device are bookkeeping).
-RESUMABLE_CHANGES = frozenset({"steps", "tokens", "eval_every", "eval_batches", "save_every", "device"})
+RESUMABLE_CHANGES = BOOKKEEPING_SETTINGS | {"steps", "tokens", "device"}
 
 
 def resume_config(out_dir: str | os.PathLike, given: Mapping[str, Any]) -> TrainConfig:
