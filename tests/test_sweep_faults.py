@@ -299,6 +299,38 @@ def test_a_changed_training_corpus_is_a_new_model_and_each_corpus_is_hashed_once
     assert before[0].model.checkpoint_dir(tmp_path) != sweep.plan(spec)[0].model.checkpoint_dir(tmp_path)
 
 
+def _planned(tmp_path: Path, auto_device: str = "cpu", evaluate_on: str = "auto", **train) -> tuple[set[str], Path]:
+    """The cell keys and the checkpoint folder of a one-model spec trained with ``train`` settings
+    and evaluated on ``evaluate_on``, planned where ``auto`` is ``auto_device``."""
+    from harness.runs import sweep
+
+    spec = load_spec(write_spec(tmp_path / "s.yaml", {
+        "name": "t", "device": evaluate_on, "train": {"steps": 8, **TRAIN, **train}, "models": [{"arch": "swa", "set": TINY}],
+        "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [4, 8]}}]}))
+    cells = sweep.plan(spec, auto_device)
+    return {c.key for c in cells}, cells[0].model.checkpoint_dir(tmp_path)
+
+
+def test_when_training_validates_and_saves_is_not_part_of_a_models_identity(tmp_path):
+    """A spec edited in eval_every, eval_batches or save_every (which leave the weights
+    bit-identical: tests/test_train.py) retrained every model and recomputed every cell."""
+    keys, folder = _planned(tmp_path)
+    assert _planned(tmp_path, eval_every=2, eval_batches=3, save_every=4) == (keys, folder)
+    lr_keys, lr_folder = _planned(tmp_path, lr=1e-3)  # what the weights depend on still counts
+    assert not lr_keys & keys and lr_folder != folder
+
+
+def test_a_models_identity_names_the_kind_of_device_auto_is_where_it_runs(tmp_path):
+    """``device`` was hashed as written: auto and cpu on a CPU trained and evaluated the same model
+    twice, while auto on a CPU and on a GPU (other rounding) shared one checkpoint and cells."""
+    on_cpu = _planned(tmp_path)
+    assert _planned(tmp_path, evaluate_on="cpu", device="cpu") == on_cpu
+    on_gpu = _planned(tmp_path, auto_device="cuda")
+    assert not on_gpu[0] & on_cpu[0] and on_gpu[1] != on_cpu[1]
+    # a GPU's index is not its rounding; it is checked for spelling only (no GPU is looked for)
+    assert _planned(tmp_path, auto_device="cpu", evaluate_on="cuda:1", device="cuda:1") == on_gpu
+
+
 def test_every_spec_that_wrote_into_a_folder_is_kept_and_named_by_its_cells(tmp_path):
     out = tmp_path / "out"
     specs = [load_spec(write_spec(tmp_path / f"{n}.yaml", untrained_spec(n, contexts))) for n, contexts in

@@ -20,6 +20,7 @@ from harness.api import results  # noqa: E402
 from harness.api.errors import ConfigError  # noqa: E402
 from harness.api.timing import torch_threads  # noqa: E402
 from harness.runs import jobs  # noqa: E402
+from harness.runs.cluster import ClusterOptions  # noqa: E402
 from harness.runs.pool import ModelPool  # noqa: E402
 from harness.runs.provenance import read_run_json  # noqa: E402
 from harness.runs.store import ResultStore  # noqa: E402
@@ -93,8 +94,21 @@ def test_one_job_per_cell_trains_each_model_once_first(spec_path, serial, tmp_pa
     train_jobs = [a for a in submitted if a[3]]
     assert len(train_jobs) == 2 and len(submitted) == 2 + len(plan(spec))
     assert all(len(a[2]) == 1 for a in submitted if not a[3])
+    assert {a[4] for a in submitted} == {"cpu"}  # what auto is in a job that asks for no GPU
     # run.json listed the cell jobs only: the training jobs' logs were not named anywhere
     assert len(read_run_json(tmp_path / "cells")["jobs"]) == len(submitted)
+
+
+def test_jobs_plan_auto_as_the_device_their_resources_give(monkeypatch):
+    """Cell keys name the kind of device that ``auto`` is where a cell runs. A job plans the spec
+    again where it runs, with the kind the submitter gives it, which the submitter cannot read off
+    its own machine: a login node has no GPU, and local jobs see only the GPUs they ask for."""
+    auto = jobs.jobs_auto_device
+    monkeypatch.setattr(jobs, "local_device_kind", lambda: "cuda")  # a GPU machine submits
+    assert auto("local", ClusterOptions()) == "cpu" and auto("local", ClusterOptions(gpus_per_job=1)) == "cuda"
+    monkeypatch.setattr(jobs, "local_device_kind", lambda: "cpu")  # a login node without a GPU submits
+    assert auto("slurm", ClusterOptions(gpus_per_job=1)) == "cuda" and auto("slurm", ClusterOptions()) == "cpu"
+    assert auto("local", ClusterOptions(gpus_per_job=1)) == "cpu"  # none here to give
 
 
 def test_a_dead_job_leaves_status_rows_with_its_log(spec_path, tmp_path):
@@ -192,7 +206,7 @@ def test_a_retry_job_that_dies_records_its_death_over_the_old_failure(spec_path,
     retry = SimpleNamespace(job_id="2", paths=SimpleNamespace(stderr=tmp_path / "2.err"), done=lambda: True,
                             result=lambda: (_ for _ in ()).throw(RuntimeError("Job 2 was OOM-killed")))
     monkeypatch.setattr(jobs, "make_executor", lambda kind, options, log_dir: None)
-    monkeypatch.setattr(jobs, "_submit", lambda runner, kind, spec, out, groups, workers, train_only=False:
+    monkeypatch.setattr(jobs, "_submit", lambda runner, kind, spec, out, groups, workers, auto_device, train_only=False:
                         [jobs.Submitted(retry, group) for group in groups])
     jobs.run_sweep_jobs(spec, str(out), "local", retry_failed=True, progress=False)
     messages = [ResultStore(out).finished()[c.key]["message"] for c in lost]
@@ -206,7 +220,7 @@ def test_one_job_per_cell_runs_no_cell_whose_model_failed_to_train(spec_path, tm
                            result=lambda: (_ for _ in ()).throw(RuntimeError("training node lost")))
     cell_jobs = []
 
-    def submit(runner, kind, spec, out, groups, workers, train_only=False):
+    def submit(runner, kind, spec, out, groups, workers, auto_device, train_only=False):
         if train_only:
             return [jobs.Submitted(dead, group) for group in groups]
         cell_jobs.extend(groups)

@@ -26,8 +26,8 @@ from harness.api.errors import ConfigError, check_choice
 from harness.runs.cluster import ClusterOptions
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
-from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, is_finished, plan,
-                                record_lost_cells, run_model_cells, start_sweep)
+from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, is_finished,
+                                local_device_kind, plan, record_lost_cells, run_model_cells, start_sweep)
 
 EXECUTORS = ("local", "slurm")
 JOBS_DIR = "jobs"
@@ -38,9 +38,13 @@ class SweepJob(submitit.helpers.Checkpointable):
     Everything lives in the sweep folder, so a requeued job (pre-empted, timed out) just runs
     again. A failed cell among ``keys`` is one that ``--retry-failed`` submitted: it runs again."""
 
-    def __call__(self, spec: dict[str, Any], out_dir: str, keys: list[str], train_only: bool = False) -> int:
+    def __call__(self, spec: dict[str, Any], out_dir: str, keys: list[str], train_only: bool = False,
+                 auto_device: str | None = None) -> int:
+        """``auto_device``: what the submitter planned ``auto`` as (:func:`jobs_auto_device`); None:
+        this machine's kind."""
         spec_obj = SweepSpec.from_dict(spec)
-        planned, wanted = plan(spec_obj), set(keys)
+        auto_device = auto_device or local_device_kind()
+        planned, wanted = plan(spec_obj, auto_device), set(keys)
         unplanned = wanted - {c.key for c in planned}
         if unplanned:  # else those cells would be neither run nor recorded, and the job would end as done
             raise ConfigError(f"{len(unplanned)} of this job's {len(keys)} cell(s) are not cells of the spec as planned "
@@ -52,7 +56,7 @@ class SweepJob(submitit.helpers.Checkpointable):
             for model in {id(c.model): c.model for c in cells}.values():
                 model.train_once(Path(out_dir))
             return 0
-        device = resolve_device(spec_obj.device)
+        device = resolve_device(auto_device if spec_obj.device == "auto" else spec_obj.device)
         dtype = resolve_dtype(spec_obj.dtype, device)
         return sum(run_model_cells(list(group), out_dir, device, dtype)
                    for _, group in itertools.groupby(cells, key=lambda c: id(c.model)))
@@ -79,7 +83,8 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     """Run the pending cells of ``spec`` as submitit jobs and wait for them. ``overrides``:
     :class:`~harness.runs.cluster.ClusterOptions` fields on top of the spec's ``cluster:``."""
     options = spec.cluster_options(**overrides)
-    out, cells, pending = start_sweep(spec, out_dir, retry_failed)
+    auto_device = jobs_auto_device(executor, options)
+    out, cells, pending = start_sweep(spec, out_dir, retry_failed, auto_device)
     runner = make_executor(executor, options, out / JOBS_DIR)
     git, started = git_commit(), time.time()  # before the work: a commit during a long sweep is not what ran
     before = ResultStore(out).finished()  # a dead job's cells whose records are as here: unfinished by it
@@ -87,21 +92,31 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     trained: list[Submitted] = []  # training jobs, which jobs: cell runs first
     if options.jobs == "cell":
         to_train = [g for g in groups if g[0].model.needs_training(out)]
-        trained = _submit(runner, executor, spec, out, to_train, options.workers, train_only=True)
+        trained = _submit(runner, executor, spec, out, to_train, options.workers, auto_device, train_only=True)
         _collect(trained, out, progress, git, before)
         # a model whose training job died has its cells recorded failed: a job each would train it again, at once
         groups = [[c] for c in pending if not c.model.needs_training(out)]
-    submitted = _submit(runner, executor, spec, out, groups, options.workers)
+    submitted = _submit(runner, executor, spec, out, groups, options.workers, auto_device)
     _collect(submitted, out, progress, git, before)
     return finish_sweep(spec, out, cells, len(pending), started, git, device=spec.device, executor=executor,
                         cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in trained + submitted])
 
 
+def jobs_auto_device(kind: str, options: ClusterOptions) -> str:
+    """What ``auto`` is in a job, not on the machine that submits it (a cluster's login node may
+    have no GPU; local jobs see only the GPUs they ask for, by CUDA_VISIBLE_DEVICES): cuda when a
+    job asks for GPUs and they exist, else cpu. The jobs plan and run with it, so their cells' keys
+    are the submitter's and name the kind they run on."""
+    if not options.gpus_per_job:
+        return "cpu"
+    return "cuda" if kind == "slurm" else local_device_kind()
+
+
 def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, groups: list[list[Cell]],
-            workers: int, train_only: bool = False) -> list[Submitted]:
+            workers: int, auto_device: str, train_only: bool = False) -> list[Submitted]:
     """One job per group. Slurm runs them as one array, at most ``workers`` at once; locally at
     most ``workers`` processes run at once (submitit's local executor starts every job)."""
-    args = [(spec.to_dict(), str(out), [c.key for c in group], train_only) for group in groups]
+    args = [(spec.to_dict(), str(out), [c.key for c in group], train_only, auto_device) for group in groups]
     if kind == "slurm":
         with runner.batch():
             jobs = [runner.submit(SweepJob(), *a) for a in args]

@@ -21,10 +21,11 @@ was trained at. Entries with a checkpoint or ``untrained: true`` are not expande
 
 Every (model, seed, task, grid point) is a cell keyed by a hash of everything that determines
 its numbers: the spec's name, the model's config and training settings (or a given checkpoint's
-content, not its path), the content of the corpora it is trained and evaluated on (file names
-and bytes, hashed once per sweep), the task, its options (as the task reads them: ``1K`` is 1024),
-device and dtype; a record finishes a cell only under the model's current label, which its rows
-carry. The whole spec, task options included, is checked when it loads, before any model trains. A finished cell is recorded
+content, not its path; not the settings that only say when training validates and saves), the
+content of the corpora it is trained and evaluated on (file names and bytes, hashed once per
+sweep), the task, its options (as the task reads them: ``1K`` is 1024), the kind of device (cpu or
+cuda: what ``auto`` resolves to where the work runs) and dtype; a record finishes a cell only under
+the model's current label, which its rows carry. The whole spec, task options included, is checked when it loads, before any model trains. A finished cell is recorded
 in the folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record
 into ``cells.jsonl``, under a lock). Every spec that writes into a folder is kept there as
 ``specs/NAME-HASH.json`` and named by its cells' records (``spec.json`` is the one that ran
@@ -60,7 +61,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from harness.api import registry, results
-from harness.api.device import resolve_device, resolve_dtype
+from harness.api.device import parse_device, resolve_device, resolve_dtype
 from harness.api.errors import CheckpointError, ConfigError, unknown_message
 from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
@@ -78,7 +79,7 @@ from harness.runs.provenance import (config_hash, device_record, git_commit, pac
                                      run_metadata, write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
-from harness.train.trainer import TrainConfig, train
+from harness.train.trainer import BOOKKEEPING_SETTINGS, TrainConfig, train
 
 SPEC_FILE = "spec.json"  # the spec that ran last
 SPECS_DIR = "specs"  # every spec that wrote into the folder, as NAME-HASH.json
@@ -355,6 +356,21 @@ def _token_count(value: Any) -> Any:
         return value
 
 
+def local_device_kind() -> str:
+    """What ``auto`` resolves to on this machine: cuda or cpu."""
+    return resolve_device("auto").type
+
+
+def device_kind(name: str, auto: str) -> str:
+    """The kind of device (cpu or cuda) that the setting ``name`` runs on, ``auto`` being what
+    ``auto`` resolves to where the work runs. Keys hash the kind, not the spelling: the kind sets the
+    rounding (auto and cpu on a CPU machine compute the same; auto on a CPU and on a GPU do not), the
+    GPU's index does not (cuda:1 computes what cuda:0 does; the records name each machine's GPU).
+    Only the spelling is checked: a cluster's login node may plan work for GPUs it lacks."""
+    parsed = parse_device(name)
+    return auto if parsed is None else parsed.type
+
+
 @dataclass(eq=False)
 class SeededModel:
     """One model entry of a spec with one seed: what is trained (or loaded) once and then
@@ -365,6 +381,7 @@ class SeededModel:
     seed: int
     # corpus source -> content fingerprint, shared by a plan's models: each corpus is read once per sweep
     fingerprints: dict[str | None, str] = field(default_factory=dict)
+    auto_device: str = field(default_factory=local_device_kind)  # what device auto trains on (see device_kind)
 
     @property
     def label(self) -> str:
@@ -389,7 +406,10 @@ class SeededModel:
             return {"config": config.to_dict(), "untrained": True, "seed": self.seed}
         train_config = self.train_config()
         require_corpus(train_config.corpus)  # named now, not when the model's first cell trains
-        identity = {"config": config.to_dict(), "train": train_config.to_dict(),
+        # when it validates and saves leaves the weights bit-identical: editing it retrains nothing
+        settings = {k: v for k, v in train_config.to_dict().items() if k not in BOOKKEEPING_SETTINGS}
+        settings["device"] = device_kind(train_config.device, self.auto_device)
+        identity = {"config": config.to_dict(), "train": settings,
                     "corpus": self.corpus_fingerprint(train_config.corpus)}
         if train_config.tokenizer is not None:  # its files, not its path (bytes: no entry, keys as before)
             identity["tokenizer"] = tokenizer_fingerprint(train_config.tokenizer)
@@ -442,6 +462,8 @@ class SeededModel:
         cfg = self.train_config()
         if cfg.save_every == 0:  # so a killed sweep resumes training part-way
             cfg = dataclasses.replace(cfg, save_every=max(1, cfg.total_steps // 4))
+        if cfg.device == "auto":  # the kind its identity names (a job's: the kind its resources give)
+            cfg = dataclasses.replace(cfg, device=self.auto_device)
         ckpt = self.checkpoint_dir(out_dir)
         # another sweep (or pool worker) training this model into this folder: wait for it, then
         # take its checkpoint, instead of both writing the folder's files at once
@@ -477,12 +499,15 @@ class SweepResult:
     keys: list[str] = field(default_factory=list)  # the spec's cells
 
 
-def plan(spec: SweepSpec) -> list[Cell]:
-    """Every evaluation cell of the spec, in run order (grouped by model, so each trains once)."""
+def plan(spec: SweepSpec, auto_device: str | None = None) -> list[Cell]:
+    """Every evaluation cell of the spec, in run order (grouped by model, so each trains once).
+    ``auto_device``: the kind of device (cpu, cuda) that ``auto`` is where the cells run; None:
+    this machine's."""
     cells = []
     fingerprints: dict[str | None, str] = {}
+    auto_device = auto_device or local_device_kind()
     for (entry, length), seed in itertools.product(spec.expanded_models(), spec.seeds):
-        model = SeededModel(spec, entry, seed, fingerprints)
+        model = SeededModel(spec, entry, seed, fingerprints, auto_device)
         model_id, trained_on = model.identity(), model.training_corpus()
         for task in spec.tasks:
             for options in task.option_sets(length):
@@ -492,7 +517,7 @@ def plan(spec: SweepSpec) -> list[Cell]:
                 data = model.corpus_fingerprint(options.get("corpus") or trained_on)
                 fields = {"run": spec.name, "model": model_id, "task": task.task,
                           "options": check_task_options(task.task, options),  # '1K' and 1024 are one cell
-                          "data": data, "device": spec.device, "dtype": spec.dtype}
+                          "data": data, "device": device_kind(spec.device, auto_device), "dtype": spec.dtype}
                 if options.get("tokenizer") is not None:  # its files (none given: keys as before)
                     fields["tokenizer"] = tokenizer_fingerprint(options["tokenizer"])
                 cells.append(Cell(config_hash(fields), model, task.task, options))
@@ -610,13 +635,13 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
     return finish_sweep(spec, out_dir, cells, len(pending), started, git, device=str(device))
 
 
-def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike,
-                retry_failed: bool = False) -> tuple[Path, list[Cell], list[Cell]]:
+def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike, retry_failed: bool = False,
+                auto_device: str | None = None) -> tuple[Path, list[Cell], list[Cell]]:
     """Plan the cells of ``spec`` (bad input fails here, before the folder is touched), create the
     sweep folder (clearing stale staged writes) and record the spec in it: kept under ``specs/``
     with every spec that wrote there, and as ``spec.json``, the last to run. Returns the folder,
-    every cell of the spec and the :func:`unfinished` ones."""
-    cells = plan(spec)
+    every cell of the spec and the :func:`unfinished` ones. ``auto_device``: as :func:`plan` takes it."""
+    cells = plan(spec, auto_device)
     out_dir = prepare_output(out_dir, "sweep folder")
     record_spec(spec, out_dir)
     results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
