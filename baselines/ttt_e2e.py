@@ -261,15 +261,23 @@ class PrimeBlock(Block):
 @dataclass
 class TTTState:
     """Generation state. The current mini-batch (the one holding position ``pos - 1``) has read
-    ``pending_x.size(1)`` tokens; its suffix inputs and tokens are kept for its inner step."""
+    ``n_pending`` tokens; its suffix inputs and tokens are kept for its inner step, in buffers of
+    one mini-batch that a decode step writes in place (a concatenation per token copied all of
+    them). ``state_bytes`` counts the buffers whole: the memory holds them whole, so the state's
+    size stays flat across a mini-batch, as the ring caches' does."""
 
     pos: int
     prefix: list[Any]  # the prefix blocks' window caches
     suffix: list[RingKVCache]  # per suffix block: keys/values of the last window-1+mini_batch positions
     fast: list[torch.Tensor]  # the current mini-batch's fast weights, [B, ...] each
-    pending_x: torch.Tensor  # [B, L, D] suffix inputs of the current mini-batch so far
-    pending_tokens: torch.Tensor  # [B, L]
+    pending_x: torch.Tensor  # [B, mini_batch, D]: the first n_pending hold the mini-batch's suffix inputs
+    pending_tokens: torch.Tensor  # [B, mini_batch], likewise its tokens
     conv_tail: torch.Tensor | None = None  # the input convolution's last inputs (None without one)
+
+    @property
+    def n_pending(self) -> int:
+        """Tokens of the current mini-batch read so far (mini-batches start at multiples of its size)."""
+        return (self.pos - 1) % self.pending_x.size(1) + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,7 +477,7 @@ class TTTE2ELM(AttentionLM):
             x, cache = block(x, cache, read_start, need_state)
             new_prefix.append(cache)
 
-        if state is not None and n_in == 1 and out != "nll" and state.pending_x.size(1) < b and not torch.is_grad_enabled():
+        if state is not None and n_in == 1 and out != "nll" and state.n_pending < b and not torch.is_grad_enabled():
             return self._decode_in_place(x, tokens, state, new_prefix, conv_tail, out)
 
         # 2. the suffix, mini-batch by mini-batch. The timeline starts at the current mini-batch
@@ -480,11 +488,11 @@ class TTTE2ELM(AttentionLM):
             hist_v: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
             all_x, all_tokens = x, tokens
         else:
-            timeline_start, fast = read_start - state.pending_x.size(1), state.fast
+            timeline_start, fast = read_start - state.n_pending, state.fast
             kv = [ring.keys_values() for ring in state.suffix]
             hist_k, hist_v = [[k] for k, _ in kv], [[v] for _, v in kv]
-            all_x = torch.cat([state.pending_x, x], 1)
-            all_tokens = torch.cat([state.pending_tokens, tokens], 1)
+            all_x = torch.cat([state.pending_x[:, : state.n_pending], x], 1)
+            all_tokens = torch.cat([state.pending_tokens[:, : state.n_pending], tokens], 1)
         new_k: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
         new_v: list[list[torch.Tensor]] = [[] for _ in self.suffix_blocks]
         keep = c.window - 1 + b  # keys a later re-read of the current mini-batch may need
@@ -537,10 +545,12 @@ class TTTE2ELM(AttentionLM):
             rings = state.suffix
             for ring, nk, nv in zip(rings, new_k, new_v):
                 ring.append(torch.cat(nk, -2), torch.cat(nv, -2))
-        # copies, not views: a view keeps the whole prefill's [B, T, D] alive in the state (192 MiB
-        # at 125M/128K), which state_bytes does not see and clone_state copies whole
-        pending_x = all_x[:, last_mb_start - timeline_start : read_end - timeline_start].clone()
-        pending_tokens = all_tokens[:, last_mb_start - timeline_start : read_end - timeline_start].clone()
+        # copies into buffers of their own, not views: a view keeps the whole prefill's [B, T, D]
+        # alive in the state (192 MiB at 125M/128K), which state_bytes does not see and clone_state copies whole
+        pending = slice(last_mb_start - timeline_start, read_end - timeline_start)
+        pending_x, pending_tokens = all_x.new_zeros(B, b, all_x.size(-1)), all_tokens.new_zeros(B, b)
+        pending_x[:, : read_end - last_mb_start] = all_x[:, pending]
+        pending_tokens[:, : read_end - last_mb_start] = all_tokens[:, pending]
         return result, TTTState(read_end, new_prefix, rings, fast, pending_x, pending_tokens, conv_tail)
 
     def _decode_in_place(self, x, tokens, state: TTTState, prefix: list[Any], conv_tail, out: str):
@@ -553,8 +563,10 @@ class TTTE2ELM(AttentionLM):
         for block, ring, fast in zip(self.suffix_blocks, state.suffix, self._by_block(state.fast)):
             h, _ = block(h, ring, state.pos, True, fast)
         logits = self.lm_head(self.norm(h))
-        pending_x, pending_tokens = torch.cat([state.pending_x, x], 1), torch.cat([state.pending_tokens, tokens], 1)
-        new_state = TTTState(state.pos + 1, prefix, state.suffix, state.fast, pending_x, pending_tokens, conv_tail)
+        state.pending_x[:, state.n_pending] = x[:, 0]  # in place, as the rings: the state continues once
+        state.pending_tokens[:, state.n_pending] = tokens[:, 0]
+        new_state = TTTState(state.pos + 1, prefix, state.suffix, state.fast, state.pending_x, state.pending_tokens,
+                             conv_tail)
         return (logits[:, -1] if out == "last" else logits), new_state
 
     def _step_function(self, out: str, device: torch.device):

@@ -177,8 +177,9 @@ def test_validation_loss_leaves_bos_targets_out_as_training_does():
 def test_the_state_holds_only_the_current_mini_batch_not_the_whole_prefill():
     model = small_model("ttt_e2e")
     _, state = model.prefill(tokens(length=16 * 4 + 5))  # 4 full mini-batches of 16 and 5 tokens
+    assert state.n_pending == 5
     for pending in (state.pending_x, state.pending_tokens):
-        assert pending.size(1) == 5
+        assert pending.size(1) == 16  # a buffer of one mini-batch, which decode steps fill
         # a view of the prefill kept all of it alive, unseen by state_bytes
         assert pending.untyped_storage().nbytes() == pending.numel() * pending.element_size()
 
@@ -352,7 +353,7 @@ def test_prefill_decode_across_mini_batch_boundaries(prompt):
     # state: window-1+mini_batch keys per suffix block, the fast weights, one mini-batch of inputs
     c = model.config
     assert state.suffix[0].k.size(-2) == c.window - 1 + c.mini_batch_size
-    assert state.fast[0].shape[0] == B and state.pending_x.size(1) == (T - 1) % c.mini_batch_size + 1
+    assert state.fast[0].shape[0] == B and state.n_pending == (T - 1) % c.mini_batch_size + 1
 
 
 @pytest.mark.parametrize("fields", [{"backend": "torch"}, {"n_kv_heads": 2}], ids=["torch_backend", "grouped_heads"])
@@ -381,6 +382,23 @@ def test_a_decode_step_inside_a_mini_batch_does_not_copy_the_suffix_windows():
     with NewMemory() as made:
         model.decode_step(state, logits.argmax(-1))
     assert made.bytes < ring_bytes / 4, (made.bytes, ring_bytes)
+
+
+@torch.no_grad()
+def test_a_decode_step_inside_a_mini_batch_does_not_copy_the_suffix_inputs():
+    """Each decode step concatenated the current mini-batch's suffix inputs (kept for the inner
+    step at its end) with the new one: a copy of up to a mini-batch of [B, D] inputs per token,
+    a sawtooth in decode time per token. A step now writes its input into the state's buffer, so
+    a step late in a mini-batch makes what an early one makes."""
+    model = small_model("ttt_e2e", window=8, mini_batch_size=256)
+    made = []
+    for read in (8, 200):  # tokens of the current mini-batch read before the step
+        logits, state = model.prefill(tokens(2, 256 + read))
+        with NewMemory() as new:
+            _, state = model.decode_step(state, logits.argmax(-1))
+        made.append(new.bytes)
+    assert made[1] == made[0], made
+    assert state.n_pending == 201 and state.pending_x.size(1) == 256  # a buffer of one mini-batch
 
 
 @torch.no_grad()
