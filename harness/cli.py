@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 
 from harness.api import registry
 from harness.api.errors import DistributedError, LcbenchError
@@ -88,6 +89,20 @@ def resumes(fn: Callable) -> Callable:
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
+
+
+def typed_options(*names: str) -> list[str]:
+    """Which of the current command's parameters ``names`` the command line set, as spelt there
+    (``--model``): for refusing options that another one would leave unread."""
+    ctx = click.get_current_context()
+    spelt = {p.name: p.opts[0] for p in ctx.command.params}
+    return [spelt[n] for n in names if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
+
+
+def refuse_unread(names: list[str], reason: str) -> None:
+    """Bad input: options given that the command would not read (their values silently dropped)."""
+    if names:
+        raise UserError(f"{', '.join(names)} {reason}")
 
 
 def exit_if_failed(failed: int, what: str) -> None:
@@ -418,10 +433,9 @@ def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_o
     come from the spec's `cluster:` mapping; the options here override them."""
     from harness.runs.sweep import load_spec, run_sweep
 
-    given = [f"--{name.replace('_', '-')}" for name, value in cluster.items() if value is not None]
-    if executor == "inline" and (given or slurm_opts):  # the inline executor would drop them unread
-        raise UserError(f"{', '.join(given + ['--slurm-opt'] * bool(slurm_opts))} set how jobs run; they need "
-                        "--executor local or slurm (the default, inline, runs every cell in this process)")
+    if executor == "inline":  # it runs every cell here and would drop them unread
+        refuse_unread(typed_options(*cluster, "slurm_opts"), "set how jobs run; they need --executor local or slurm "
+                      "(the default, inline, runs every cell in this process)")
     parsed = load_spec(spec)
     out = out or f"runs/{parsed.name}"
     if executor == "inline":
@@ -448,6 +462,7 @@ def check(run_dir: str, reference: str, update: bool, show_all: bool) -> None:
     from harness.api.results import read_table
 
     if update:
+        refuse_unread(typed_options("show_all"), "cannot go with --update: --update writes the reference and compares nothing")
         path = checks.write_reference(read_table(run_dir), reference)
         click.echo(f"reference written: {path}")
         return
@@ -480,6 +495,9 @@ def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tupl
     from harness.runs import gate as gates
 
     if update:
+        refuse_unread(typed_options("layers", "models", "tasks", "workers", "show_all"),
+                      "cannot go with --update: --update remakes every reference, of both layers, in this process "
+                      "(results/reference/gate/README.md says how to update them honestly)")
         made = gates.update_gate(out, threads=threads)
         click.echo(f"references remade in {gates.GATE_DIR}: {made['scores']} scores, data {made['data_fingerprint']}")
         return

@@ -356,3 +356,22 @@ def test_audit_spec_values_that_were_dropped_unseen(tmp_path, text, fragments):
     spec.write_text(text)
     one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+# -- a newcomer's session: options accepted, then ignored or read as something else -------------
+
+@pytest.mark.parametrize("args, fragments", [
+    # --update remade every reference, checkpoints included, and the selection went unread
+    (["gate", "--update", "--model", "swa"], ["--model", "--update remakes every reference"]),
+    (["gate", "--update", "--layer", "eval", "--task", "niah"], ["--layer, --task", "--update"]),
+    (["gate", "--update", "--workers", "2"], ["--workers", "--update"]),
+    (["check", "run", "--reference", "r.csv", "--update", "--all"], ["--all", "--update"]),
+])
+def test_options_that_update_would_leave_unread_are_refused(tmp_path, monkeypatch, args, fragments):
+    import harness.runs.gate as gates
+
+    monkeypatch.chdir(tmp_path)
+    results.write_table(tmp_path / "run", [results.make_row("loss", 1.0, run="r", model="m", arch="swa", task="t")])
+    monkeypatch.setattr(gates, "update_gate", lambda *a, **kw: pytest.fail("the gate's references were remade"))
+    one_line_error(run(*args), EXIT_USER_ERROR, *fragments)
+    assert not (tmp_path / "r.csv").exists()
