@@ -375,3 +375,12 @@ def test_options_that_update_would_leave_unread_are_refused(tmp_path, monkeypatc
     monkeypatch.setattr(gates, "update_gate", lambda *a, **kw: pytest.fail("the gate's references were remade"))
     one_line_error(run(*args), EXIT_USER_ERROR, *fragments)
     assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize("value", ["8,,16", "8,16,", ",8"])
+def test_an_empty_item_in_a_list_option_is_refused(tmp_path, value):
+    """`-o contexts=8K,,16K` ran two lengths: the empty item (a value deleted, or a stray comma)
+    was dropped without a word."""
+    result = run("eval", "test_sweep_probe", "--model", "swa", "--out", str(tmp_path / "e"), "-o", f"contexts={value}")
+    one_line_error(result, EXIT_USER_ERROR, "'contexts'", "empty item", repr(value))
+    assert not (tmp_path / "e").exists()
