@@ -735,3 +735,16 @@ def test_ttt_e2e_config_value_that_is_not_a_number_is_named(tmp_path, section, k
     config[section][key] = None if key == "bos_token_id" else OFFICIAL_DEFAULTS[section].get(key, 0)
     assert import_ttt_e2e(tmp_path / "official.npz", config=config).config.bos_token_id == (
         -1 if key == "bos_token_id" else 1)  # null: none; absent: the official ModelConfig's default
+
+
+def test_ttt_e2e_folder_that_is_not_orbax_is_named_before_orbax_is_needed(tmp_path):
+    """An empty folder or an lcbench checkpoint given as the official checkpoint was told to
+    install orbax-checkpoint (and JAX), which would only have led to the real error."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.api.errors import CheckpointError
+
+    (tmp_path / "empty").mkdir()
+    ours = checkpoint.save_checkpoint(tmp_path / "ours", small_model("swa"))
+    for folder in (tmp_path / "empty", ours):
+        with pytest.raises(CheckpointError, match="is not an orbax checkpoint of the official TTT-E2E code"):
+            import_ttt_e2e(folder, config=OFFICIAL)

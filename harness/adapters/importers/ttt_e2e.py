@@ -121,13 +121,13 @@ def _orbax_item_dir(path: Path) -> Path:
 
 
 def read_orbax(path: Path) -> dict[str, np.ndarray]:
+    item = _orbax_item_dir(path)  # a folder that is no orbax checkpoint is named first, orbax or not
     try:
         import jax
         import orbax.checkpoint as ocp
     except ImportError:
         raise ConfigError("reading an orbax checkpoint needs the 'orbax-checkpoint' package (it brings JAX); "
                           "pip install orbax-checkpoint, or convert the tree to .npz where JAX is installed") from None
-    item = _orbax_item_dir(path)
     checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(item)
     meta = getattr(meta, "item_metadata", meta)
