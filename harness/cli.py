@@ -169,7 +169,7 @@ def list_cmd(presets: bool, kernels: bool) -> None:
 @click.option("--preset", default="tiny", show_default=True, help="Model size (`lcbench list` shows each ARCH's).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
 @click.option("--tokens", type=TOKENS, default=None, help="Token budget (8192 or 8K; K is 1024, M 1024²): steps = tokens / (batch-size x seq-len x grad-accum), "
-              "replacing --steps (default: none, --steps counts).")
+              "instead of --steps (give one; default: none, --steps counts).")
 @click.option("--batch-size", type=int, default=None,
               help="Sequences per micro-batch, over all processes; a step reads --grad-accum of them (default 8).")
 @click.option("--seq-len", type=TOKENS, default=None, help="Tokens per training sequence (default 256).")
@@ -201,9 +201,10 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
     On several GPUs: torchrun --nproc_per_node=N --no-python lcbench train ARCH ..."""
     from harness import data
     from harness.train.distributed import is_main_process, shutdown
-    from harness.train.trainer import TrainConfig, resume_config, train as run_training
+    from harness.train.trainer import TrainConfig, check_one_budget, resume_config, train as run_training
 
     given = {k: v for k, v in train_opts.items() if v is not None}
+    check_one_budget(given, "lcbench train")
     cfg = resume_config(out, given) if resume and out else TrainConfig(**given)
     overrides = parse_assignments(model_set, "--set")
     overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)

@@ -384,3 +384,16 @@ def test_an_empty_item_in_a_list_option_is_refused(tmp_path, value):
     result = run("eval", "test_sweep_probe", "--model", "swa", "--out", str(tmp_path / "e"), "-o", f"contexts={value}")
     one_line_error(result, EXIT_USER_ERROR, "'contexts'", "empty item", repr(value))
     assert not (tmp_path / "e").exists()
+
+
+def test_a_step_and_a_token_budget_together_are_refused(tmp_path):
+    """`--tokens 8K --steps 5` trained 8K tokens' worth of steps: --steps was dropped unread (and
+    so was a spec's `steps` beside its `tokens` in one `train:` mapping)."""
+    one_line_error(run(*TRAIN, "--tokens", "1K", "--out", str(tmp_path / "c")), EXIT_USER_ERROR,
+                   "steps=1", "tokens=1024", "give one")
+    assert not (tmp_path / "c").exists()
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "models": [{"arch": "swa", "train": {"steps": 2, "tokens": "1K"}}],
+                                    "tasks": [PROBE]}))
+    one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, "steps=2", "tokens=1024")
+    assert not (tmp_path / "out").exists()

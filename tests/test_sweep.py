@@ -229,12 +229,25 @@ def test_train_lengths_are_spelt_as_task_options_are(tmp_path):
     with pytest.raises(ConfigError, match=r"train_lengths must be a list of int, got \[1024, '2x'\]"):
         load_spec(path)
     # and so are the train settings that count tokens (`train: {seq_len: 1K}` was refused)
-    path.write_text(yaml.safe_dump({**base, "train": {"seq_len": "1K", "tokens": "64K", "steps": 10}}))
+    path.write_text(yaml.safe_dump({**base, "train": {"seq_len": "1K", "tokens": "64K"}}))
     spec = load_spec(path)
     config = spec.train_config(spec.models[0])
     assert (config.seq_len, config.tokens) == (1024, 65536)
     assert plan(spec)[0].key == plan(SweepSpec.from_dict({**spec.to_dict(), "train": {
-        "seq_len": 1024, "tokens": 65536, "steps": 10}}))[0].key  # one setting spelt two ways, one cell
+        "seq_len": 1024, "tokens": 65536}}))[0].key  # one setting spelt two ways, one cell
+
+
+def test_a_models_own_budget_replaces_the_specs():
+    """A model's `train: {steps: 5}` under the spec's `train: {tokens: 64K}` trained 64K tokens'
+    worth: the spec's token budget won over the model's own setting."""
+    base = {"name": "t", "tasks": [{"task": "test_sweep_probe"}]}
+    spec = SweepSpec.from_dict({**base, "train": {"tokens": "64K"},
+                                "models": [{"arch": "swa", "train": {"steps": 5}}, {"arch": "swa", "name": "b"}]})
+    own, shared = (spec.train_config(m) for m in spec.models)
+    assert (own.total_steps, own.tokens) == (5, 0)
+    assert shared.tokens == 65536
+    spec = SweepSpec.from_dict({**base, "train": {"steps": 5}, "models": [{"arch": "swa", "train": {"tokens": "8K"}}]})
+    assert spec.train_config(spec.models[0]).tokens == 8192
 
 
 def test_a_blank_model_name_is_refused(tmp_path):

@@ -79,7 +79,7 @@ from harness.runs.provenance import (config_hash, device_record, git_commit, pac
                                      run_metadata, write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
-from harness.train.trainer import BOOKKEEPING_SETTINGS, TrainConfig, train
+from harness.train.trainer import BOOKKEEPING_SETTINGS, TrainConfig, check_one_budget, train
 
 SPEC_FILE = "spec.json"  # the spec that ran last
 SPECS_DIR = "specs"  # every spec that wrote into the folder, as NAME-HASH.json
@@ -239,8 +239,11 @@ class SweepSpec:
         self.cluster_options()
 
     def train_config(self, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
-        fields = {**self.train, **entry.train}
-        fields.update({k: _token_count(fields[k]) for k in TOKEN_SETTINGS if k in fields})  # 8K as --seq-len takes it
+        for given, where in ((self.train, "the spec's train settings"), (entry.train, f"train settings of {entry.label}")):
+            check_one_budget(_token_counts(given), where)  # a model's own budget may replace the spec's
+        fields = _token_counts({**self.train, **entry.train})
+        if "steps" in entry.train and "tokens" not in entry.train:  # the model's step budget replaces the spec's tokens
+            fields.pop("tokens", None)
         if seed is not None:
             fields["seed"] = seed
         return _from_dict(TrainConfig, fields, f"train settings of {entry.label}")
@@ -346,6 +349,11 @@ def _parse_problem(exc: Exception) -> str:
 
 
 TOKEN_SETTINGS = ("seq_len", "tokens")  # training settings that count tokens
+
+
+def _token_counts(settings: dict[str, Any]) -> dict[str, Any]:
+    """Train ``settings`` with their token counts read as --seq-len reads them (8K: 8192)."""
+    return {k: _token_count(v) if k in TOKEN_SETTINGS else v for k, v in settings.items()}
 
 
 def _token_count(value: Any) -> Any:

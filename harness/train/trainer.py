@@ -330,6 +330,14 @@ BOOKKEEPING_SETTINGS = frozenset({"eval_every", "eval_batches", "save_every"})
 RESUMABLE_CHANGES = BOOKKEEPING_SETTINGS | {"steps", "tokens", "device"}
 
 
+def check_one_budget(given: Mapping[str, Any], where: str = "training settings") -> None:
+    """Refuse ``steps`` and a (non-zero) ``tokens`` given together: the token budget would set the
+    number of steps and the given ``steps`` go unread."""
+    if given.get("steps") is not None and given.get("tokens"):
+        raise ConfigError(f"{where}: steps={given['steps']} and tokens={given['tokens']} both set how long to train "
+                          "(tokens replaces steps); give one")
+
+
 def resume_config(out_dir: str | os.PathLike, given: Mapping[str, Any]) -> TrainConfig:
     """The settings a resumed run continues with: the checkpoint's, with the ``given`` ones on top.
     One left out keeps its saved value, not the default: a 5000-step run resumed without its
