@@ -397,3 +397,12 @@ def test_a_step_and_a_token_budget_together_are_refused(tmp_path):
                                     "tasks": [PROBE]}))
     one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, "steps=2", "tokens=1024")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_folder_given_as_a_model_names_the_checkpoints_in_it(tmp_path):
+    """`lcbench eval niah --model runs/quick` listed the sweep folder's files (cells.jsonl,
+    results.csv, ...) but not where its models are."""
+    ckpt = checkpoint.save_checkpoint(tmp_path / "sweep" / "checkpoints" / "swa_tiny-s0-1234", small_model("swa"))
+    (tmp_path / "sweep" / "cells.jsonl").write_text("")
+    one_line_error(run("eval", "test_sweep_probe", "--model", str(tmp_path / "sweep"), "--out", str(tmp_path / "e")),
+                   EXIT_USER_ERROR, "is not an lcbench checkpoint", f"checkpoints in it: {str(ckpt)!r}")

@@ -53,6 +53,9 @@ def is_sharded(path: str | os.PathLike) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / SHARDED_DIR / ".metadata").is_file()
 
 
+MAX_NAMED = 4  # checkpoints below a folder that an error names (a sweep folder given as a checkpoint)
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
     path = Path(path)
     return ((path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()) or is_sharded(path)
@@ -188,9 +191,11 @@ def read_config(path: str | os.PathLike):
                               f"{WEIGHTS_FILE} (or {SHARDED_DIR}/)")
     if not is_checkpoint(path):
         present = sorted(p.name for p in path.iterdir())
+        below = [str(p) for p in sorted(path.glob("*")) + sorted(path.glob("*/*")) if p.is_dir() and is_checkpoint(p)]
+        hint = f"; the checkpoints in it: {', '.join(map(repr, below[:MAX_NAMED]))}" if below else ""
         raise CheckpointError(
             f"{str(path)!r} is not an lcbench checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE} "
-            f"(or {SHARDED_DIR}/), found {present}"
+            f"(or {SHARDED_DIR}/), found {present}{hint}{', ...' if len(below) > MAX_NAMED else ''}"
         )
     try:
         data = json.loads((path / CONFIG_FILE).read_text())
