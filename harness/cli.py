@@ -581,7 +581,8 @@ def import_cmd(source: str, out: str, fmt: str, dtype: str | None, backend: str 
 @click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
 @friendly_errors
 def export_hf_cmd(checkpoint: str, out: str, tokenizer: str | None) -> None:
-    """Write CHECKPOINT as a Hugging Face model folder OUT (AutoModelForCausalLM, trust_remote_code=True)."""
+    """Write CHECKPOINT (a checkpoint folder, or ARCH[:PRESET]: random weights) as a Hugging Face model folder
+    OUT (AutoModelForCausalLM, trust_remote_code=True)."""
     from harness.adapters.hf_export import export_hf
 
     click.echo(f"{export_hf(checkpoint, out, tokenizer=tokenizer)}: load it with AutoModelForCausalLM.from_pretrained"

@@ -193,3 +193,12 @@ def test_import_commands(tmp_path):
     np.savez(bad, nonsense=np.zeros(3))
     result = run("import-ttt-e2e", str(bad), str(tmp_path / "x"))
     assert result.exit_code != 0 and "Traceback" not in result.output and "nonsense" in result.output
+
+
+def test_export_hf_help_says_it_takes_an_architecture_too(tmp_path):
+    """`export-hf swa OUT` exports random weights, as run_eval's ARCH[:PRESET] does, but the help
+    named only a checkpoint."""
+    assert "ARCH[:PRESET]" in run("export-hf", "--help").output
+    result = run("export-hf", "swa", str(tmp_path / "hf"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "hf" / "lcbench_export.json").read_text())["arch"] == "swa"
