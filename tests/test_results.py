@@ -48,8 +48,10 @@ def test_validate_returns_schema_columns_and_dtypes():
         (dict(metric=None), "no 'metric'"),
         (dict(status="oom", message=""), "have no message"),
         (dict(ci_low=5.0, ci_high=6.0), "outside"),
+        (dict(ci_low=0.0, ci_high=0.5), "outside"),  # value 1.0 above its interval (the mutation audit)
         (dict(n=-1), "negative 'n'"),
         (dict(pos_start=8, pos_end=4), "position bin"),
+        (dict(pos_start=4, pos_end=4), "position bin"),  # an empty bin (end exclusive; the mutation audit)
         (dict(depth=1.5), "depth outside"),
         (dict(status="oom", message="out of memory"), "not ok have a value"),
         (dict(ci_low=0.5, ci_high=None), "only one end of their interval"),
@@ -196,6 +198,18 @@ def test_check_positive_refuses_non_finite_values(value):
     check_positive("lr", [1e-3])
 
 
+def test_check_positive_refuses_zero_unless_zero_is_allowed():
+    # a zero count or rate is no setting unless the option says so (the mutation audit: accepting
+    # 0 without allow_zero survived every test)
+    from harness.api.options import check_positive
+
+    with pytest.raises(ConfigError, match="'steps' must hold finite positive values, got 0"):
+        check_positive("steps", [4, 0])
+    check_positive("steps", [4, 0], allow_zero=True)
+    with pytest.raises(ConfigError, match="'steps' must hold finite non-negative values, got -1"):
+        check_positive("steps", [-1], allow_zero=True)
+
+
 def test_a_median_that_is_nan_has_no_interval():
     # The resamples that happen to miss the NaN unit gave a finite interval around a NaN value
     est = stats.bootstrap_median([1.0, 2.0, math.nan, 3.0, 4.0])
@@ -235,6 +249,18 @@ def test_integer_options_that_are_not_whole_are_refused(raw):
 
     with pytest.raises(ConfigError, match="'seed' must be an integer"):
         convert_value(raw, int, "seed")
+
+
+@pytest.mark.parametrize("hint", [int, float])
+def test_true_and_false_are_not_numbers_for_a_number_option(hint):
+    # a spec's boolean (JSON/YAML `true`) reaches an option as a bool, which Python counts as 1
+    # (the mutation audit: dropping the bool guard survived every test)
+    from harness.api.options import convert_value
+
+    with pytest.raises(ConfigError, match="'seed' must be a number, got True"):
+        convert_value(True, hint, "seed")
+    with pytest.raises(ConfigError, match="'contexts' must be a number, got False"):
+        parse_options(Opts, {"contexts": [8, False]})
 
 
 @pytest.mark.parametrize("raw", ["nan", "inf", "-inf", math.nan])
