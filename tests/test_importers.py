@@ -312,6 +312,31 @@ def test_unsupported_settings_are_refused_by_name(tmp_path):
         import_pretrained(tmp_path / "biased")
 
 
+def test_llama_settings_a_config_leaves_out_take_transformers_defaults():
+    """A hand-written Llama config.json without rms_norm_eps, rope_theta, tie_word_embeddings or
+    num_key_value_heads is read as LlamaConfig reads it (the mutation audit: another default eps
+    survived every test, since saved configs always state it)."""
+    transformers = pytest.importorskip("transformers")
+    from harness.adapters.importers.hf import llama_config
+
+    defaults = transformers.LlamaConfig()
+    theta = (getattr(defaults, "rope_parameters", None) or {}).get("rope_theta", getattr(defaults, "rope_theta", None))
+    ours = llama_config({"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 100,
+                         "intermediate_size": 48}, {}, "here")
+    assert (ours["norm_eps"], ours["rope_theta"], ours["tie_embeddings"], ours["n_kv_heads"]) == \
+        (defaults.rms_norm_eps, theta, defaults.tie_word_embeddings, 2)
+
+
+@pytest.mark.parametrize("limit", [[0.0, 0.1], [0.001, {"__float__": "Infinity"}], [0.001, 0.1]])
+def test_a_mamba2_dt_limit_is_refused_unless_it_is_none(limit):
+    """Either end of a dt limit clamps dt, which our Mamba 2 does not (the mutation audit: refusing
+    only limits with both ends set survived every test)."""
+    from harness.adapters.importers.hf import mamba2_config
+
+    with pytest.raises(ImportMismatchError, match=r"dt limit .* is not implemented"):
+        mamba2_config({"time_step_limit": limit}, {}, "here")
+
+
 @pytest.mark.parametrize("fmt, key", [("llama", "num_attention_heads"), ("gated_deltanet", "num_heads"),
                                       ("mamba2", "head_dim")])
 def test_a_format_whose_fields_the_config_lacks_is_named(tmp_path, fmt, key):
@@ -588,6 +613,22 @@ def test_an_inner_optimiser_setting_the_config_leaves_out_is_said(tmp_path):
     assert "training.optimizer_inner.clip_gradient" in said and "training.optimizer_inner.lr" not in said
     record = json.loads((tmp_path / "ours" / IMPORT_FILE).read_text())["config_defaults_used"]
     assert "training.optimizer_inner.clip_gradient" in record and "training.optimizer_inner" not in record
+
+
+@pytest.mark.parametrize("warmup, total, fraction", [(0, 1000, 0.0), (100, 1000, 0.1), (5000, 1000, 1.0)])
+def test_the_official_inner_lr_warm_up_becomes_a_fraction_of_the_outer_steps(warmup, total, fraction):
+    """The inner lr warms up from ilr_init to optimizer_inner.lr over ilr_warmup_steps of
+    total_steps; a warm-up longer than the run spans all of it (the mutation audit: without the
+    cap, a fraction of 5 failed the import with a config error; taking inner_lr_init from lr
+    survived too, as every test gave both 1.0)."""
+    from harness.adapters.importers.ttt_e2e import load_official_config, our_config
+    from harness.api.registry import config_from_dict
+
+    official, _ = load_official_config({"model": OFFICIAL["model"], "training": {
+        **OFFICIAL["training"], "ilr_init": 0.25, "ilr_warmup_steps": warmup, "total_steps": total}})
+    config = config_from_dict(our_config(official_tree(), official, "here"))
+    assert (config.inner_lr_init, config.inner_lr) == (0.25, 1.0)
+    assert config.inner_lr_warmup == pytest.approx(fraction)
 
 
 def test_official_train_mode_says_whether_the_import_learns_at_test_time(tmp_path):
