@@ -93,6 +93,21 @@ class MixesRows(RunningMean):
         return self.head(mixed - mixed.mean(0, keepdim=True))
 
 
+class LeaksDownTheBatch(RunningMean):
+    """Each sequence reads the ones before it in the batch (a cumsum over the batch axis):
+    sequence 0 reads alone as in the batch, sequence 1 does not."""
+
+    def forward(self, tokens):
+        return self.head(self.mixed(tokens).cumsum(0))
+
+
+class StateUncounted(RunningMean):
+    """A state_bytes that counts nothing: the memory column of every decode row would read 0."""
+
+    def state_bytes(self, state) -> int:
+        return 0
+
+
 @dataclass
 class TupleConfig(ModelConfig):
     widths: tuple[int, ...] = (16, 32)
@@ -121,7 +136,7 @@ class DerivedMean(RunningMean):
 
 TOYS = {"toy_mean": RunningMean, "toy_one_short": OneShort, "toy_remembers": Remembers, "toy_peeks": PeeksAhead,
         "toy_tuple": TupleMean, "toy_derived": DerivedMean, "toy_mixes_rows": MixesRows,
-        "toy_forgets": ForgetsBetweenChunks}
+        "toy_forgets": ForgetsBetweenChunks, "toy_leaks_down": LeaksDownTheBatch, "toy_uncounted": StateUncounted}
 
 
 @pytest.fixture(autouse=True)
@@ -167,6 +182,9 @@ def test_a_config_with_a_derived_field_reads_back():
     ("toy_peeks", r"outputs are not causal"),
     ("toy_mixes_rows", r"sequence 1 read alone gives other logits than in a batch of 2"),
     ("toy_forgets", r"forward_chunk over pieces of \[13, 27\] tokens differs from forward at position 13"),
+    # the mutation audit: reading sequence 0 alone, or accepting a state of 0 bytes, survived
+    ("toy_leaks_down", r"sequence 1 read alone gives other logits than in a batch of 2"),
+    ("toy_uncounted", r"state_bytes\(state\) is 0; it must count the state's bytes"),
 ])
 def test_a_broken_rule_is_named(arch, rule):
     with pytest.raises(ContractError, match=rf"(?s)architecture '{arch}' breaks the model contract:\n- .*{rule}"):
