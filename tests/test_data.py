@@ -307,6 +307,9 @@ def test_corpus_report_counts():
     report = data.corpus_report(docs, data.ByteTokenizer(), val_fraction=0.2, seed=0, source="unit")
     assert (report.documents, report.tokens) == (5, 95110)
     assert report.docs_at_least == {4096: 3, 16384: 2, 65536: 1, 131072: 0}
+    edge = data.corpus_report([Document("at", "a" * 4096), Document("below", "b" * 4095)], data.ByteTokenizer(),
+                              thresholds=(4096,))
+    assert edge.docs_at_least == {4096: 1}  # at least: a document of exactly 4096 tokens counts (the mutation audit)
     assert (report.longest_doc, report.longest_tokens, report.median_tokens) == ("d4", 70000, 5000.0)
     train, val = data.split_documents(docs, 0.2, 0)
     assert (report.train_documents, report.val_documents) == (len(train), len(val))

@@ -117,6 +117,18 @@ def test_embedding_cache(tmp_path):
     assert retrieval.cache_key(model, windows, counting) != retrieval.cache_key(model, (windows + 1) % 256, counting)
 
 
+def test_model_embedders_average_every_position():
+    """``hidden`` and ``logprobs`` are mean-pooled over a window's positions (the mutation audit:
+    pooling the last position alone survived every test)."""
+    model, windows = small_model("swa"), torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden, logits = model.hidden_states(windows)[0], model(windows)
+        expected = {"hidden": sum(hidden[:, t] for t in range(10)) / 10,
+                    "logprobs": sum(torch.log_softmax(logits[:, t], -1) for t in range(10)) / 10}
+        for name, want in expected.items():
+            torch.testing.assert_close(retrieval.get_embedder(name, model).embed(model, windows), want)
+
+
 def test_bag_of_tokens_cache_is_kept_apart_by_vocabulary_size(tmp_path):
     # the bag's width is the model's vocab_size: a cached bag of another width came back stale,
     # and nearest() then failed on a shape mismatch against fresh embeddings
@@ -134,6 +146,7 @@ def test_exact_nearest_neighbours():
     assert sims[0, 0] == pytest.approx(3.0 / np.hypot(3.0, 0.1))
     with pytest.raises(ConfigError, match="k=4"):
         retrieval.nearest(keys, keys, 4)
+    assert retrieval.nearest(keys, keys, 3)[1][:, 0].tolist() == [0, 1, 2]  # every key may be asked for (the mutation audit)
 
 
 def test_faiss_index():
