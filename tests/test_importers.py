@@ -188,11 +188,17 @@ def test_mamba2_round_trip_through_mamba_ssm_layout(tmp_path):
         for block in original.blocks:  # a Mamba 2 block has no MLP: ours adds zero
             for p in block.mlp.parameters():
                 p.zero_()
-    model = import_pretrained(mamba_ssm_folder(original, tmp_path / "mamba_ssm"))
+    folder = mamba_ssm_folder(original, tmp_path / "mamba_ssm")
+    model = import_pretrained(folder)
     assert model.config.ngroups == 2 and model.config.mlp_hidden == 1 and model.config.tie_embeddings
     x = tokens(original.config.vocab_size)
     with torch.no_grad():
         torch.testing.assert_close(model(x), original(x), atol=1e-6, rtol=1e-6)
+    # a config without tie_embeddings takes MambaConfig's default, tied (the mutation audit)
+    config = json.loads((folder / "config.json").read_text())
+    del config["tie_embeddings"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert import_pretrained(folder).config.tie_embeddings
 
 
 def mixers_matter_(model: torch.nn.Module) -> torch.nn.Module:
