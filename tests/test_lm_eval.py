@@ -230,6 +230,9 @@ def test_a_context_cut_to_max_length_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # what fits is not warned about
         lm.loglikelihood(requests(("abc", "de")), True)
+        # nor what fits exactly: max_length inputs predict the max_length tokens after the first
+        # (the mutation audit: warning about, or refusing, this one survived every test)
+        lm.loglikelihood(requests(("a", "bcdefghi")), True)
         lm.generate_until(requests(("abc", {"until": [], "max_gen_toks": 2})), True)
     with pytest.warns(UserWarning, match=r"1 of 2 loglikelihood requests do not fit max_length=8: the longest has 21 tokens"):
         lm.loglikelihood(requests(("a" * 20, "b"), ("abc", "de")), True)
@@ -247,6 +250,28 @@ def test_a_generation_keeps_the_last_context_tokens_that_leave_room_for_its_new_
     with pytest.warns(UserWarning, match="do not fit max_length=8"):
         lm.generate_until(requests((context, {"until": [], "max_gen_toks": 3})), True)
     assert given == [lm.tok_encode(context)[-5:]]
+
+
+def test_a_generation_from_an_empty_context_starts_from_the_prefix_token():
+    """As a log-likelihood's empty context: the model reads the prefix token, not nothing (the
+    mutation audit: dropping the prefix survived every test)."""
+    lm = LcbenchLM(checkpoint="swa:tiny", device="cpu")
+    given = []
+    lm.greedy_generate = lambda ids, max_new, stop: given.append(list(ids)) or ""
+    lm.generate_until(requests(("", {"until": [], "max_gen_toks": 3})), True)
+    assert given == [[lm.prefix_token_id]]
+
+
+def test_a_generation_ends_before_the_first_stop_string_in_it(monkeypatch):
+    """Two stop strings that one token completes ("b" and "ab"): the text ends before the one that
+    starts first, as lm-eval's hf model cuts it (the mutation audit: cutting at the other one
+    survived every test, which used one stop string)."""
+    import harness.adapters.lm_eval as adapter
+
+    lm = LcbenchLM(checkpoint="swa:tiny", device="cpu")
+    monkeypatch.setattr(adapter, "greedy_decode", lambda *args, **kwargs: list(b"xab"))
+    assert lm.greedy_generate(lm.tok_encode("def"), 8, ["b", "ab"]) == "x"
+    assert lm.greedy_generate(lm.tok_encode("def"), 8, ["ab", "b"]) == "x"
 
 
 def test_max_new_tokens_caps_a_generation_as_max_gen_toks_does():

@@ -279,6 +279,11 @@ def test_rate_intervals_stay_in_0_1_and_others_are_left_as_computed():
     # RULER's per-length score is a rate too (a share of the expected answers found)
     (ruler,) = _metric_rows("ruler", {"4096,none": 0.95, "4096_stderr,none": 0.1}, 10, {4096: 10})
     assert ruler["eval_ctx"] == 4096 and 0 < ruler["ci_low"] < 0.95 < ruler["ci_high"] <= 1
+    # lengths run together (metadata naming several): each rests on its own samples; -1 marks a
+    # length without any (the mutation audit: every length given all the samples survived)
+    lengths = _metric_rows("ruler", {"1024,none": 0.5, "2048,none": 1.0, "4096,none": -1}, 8, {1024: 3, 2048: 5})
+    assert [(r["eval_ctx"], r["n"]) for r in lengths] == [(1024, 3), (2048, 5)]
+    assert lengths[0]["ci_low"] == stats.wilson(0.5, 3).ci_low
     # every answer right: lm-eval's stderr is 0, and +- 1.96 x 0 read as a certain [1, 1]
     (perfect,) = _metric_rows("t", {"acc,none": 1.0, "acc_stderr,none": 0.0}, 4, {})
     assert perfect["ci_high"] == 1.0 and perfect["ci_low"] < 0.6
