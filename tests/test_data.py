@@ -31,7 +31,7 @@ def test_byte_tokenizer_round_trip():
     assert tok.decode([104, 300, 105]) == "h\ufffdi"  # ids past 255 too
 
 
-def _write_tokenizer_json(path):
+def _write_tokenizer_json(path, special=("<|endoftext|>",)):
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -40,7 +40,7 @@ def _write_tokenizer_json(path):
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300,
-        special_tokens=["<|endoftext|>"],
+        special_tokens=list(special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tk.train_from_iterator(["hello world, the quick brown fox"] * 20, trainer=trainer)
@@ -146,9 +146,21 @@ def test_embedded_corpus():
     assert sum(n >= 131072 for n in lengths) >= 5
 
 
+def test_the_end_token_a_tokenizer_config_names_wins_over_the_usual_names(tmp_path):
+    """A chat tokenizer that also holds <|endoftext|> but ends documents with <|im_end|> (the
+    mutation audit: trying the usual names first survived every test)."""
+    file = tmp_path / "tokenizer.json"
+    reference = _write_tokenizer_json(file, special=("<|endoftext|>", "<|im_end|>"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    assert data.load_tokenizer(str(file)).eos_id == reference.token_to_id("<|im_end|>")
+
+
 def test_loaders(tmp_path):
     (tmp_path / "one.txt").write_text("héllo\nworld\n", encoding="utf-8")
     assert data.load_corpus(str(tmp_path / "one.txt")) == [Document("one.txt", "héllo\nworld\n")]
+    # a file whose name holds the field mark is read as it is (the mutation audit)
+    (tmp_path / "notes#1.txt").write_text("hash")
+    assert data.load_corpus(str(tmp_path / "notes#1.txt")) == [Document("notes#1.txt", "hash")]
 
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)
