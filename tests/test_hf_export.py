@@ -138,6 +138,12 @@ def test_a_tokenizer_json_file_keeps_its_start_and_end_tokens(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert (tok.bos_token_id, tok.eos_token_id) == (256, 257) == (config["bos_token_id"], config["eos_token_id"])
     assert tok("ab").input_ids == [256, *ours.encode("ab")]  # the start token once, as lcbench's tokenizer adds it
+    # an export of another tokenizer into that folder replaces it; only the same one's is reused
+    # (the mutation audit: reusing whatever export was there survived every test)
+    from harness.adapters.hf_tokenizer import export_tokenizer
+
+    export_tokenizer("byte", folder)
+    assert len(transformers.AutoTokenizer.from_pretrained(str(folder))) == 256
 
 
 def test_loading_an_exports_tokenizer_never_asks_to_run_its_model_code(tmp_path, monkeypatch):
