@@ -444,3 +444,13 @@ def test_a_corpus_folders_git_metadata_and_bytecode_leave_its_fingerprint_alone(
     assert train(small_config("swa"), resumed, out_dir=tmp_path / "c", resume=True, progress=False).step == 2
     (corpus / "book0.txt").write_text("other text\n")  # what loading reads still counts
     assert data.corpus_fingerprint(str(corpus)) != before
+
+
+def test_renaming_a_corpus_file_changes_its_fingerprint(tmp_path):
+    """A file's name is its document's name, which decides the split: the same bytes under another
+    name are another corpus (the mutation audit: hashing the bytes without the names survived)."""
+    corpus = tmp_path / "books"
+    write_corpus(corpus, n=3, words=50)
+    before = data.corpus_fingerprint(str(corpus))
+    (corpus / "book2.txt").rename(corpus / "book9.txt")  # still read last: the same bytes in the same order
+    assert data.corpus_fingerprint(str(corpus)) != before
