@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import io
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -19,7 +21,8 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.gpu import bundle, fill_wheels, flops, latency, ledger, pytest_plugin, summary, throughput
+from bench.gpu import bundle, fill_wheels, flops, latency, ledger, pytest_plugin, summary, throughput, worker
+from bench.gpu import clock as clock_module
 from bench.gpu.clock import Clock, step_seconds
 from bench.gpu.config import LEDGER_FILE, ROOT, STEPS, KitConfig
 from bench.gpu.run import Kit, main
@@ -436,3 +439,146 @@ def test_the_throughput_section_states_model_tflops_and_mfu_from_the_rows(tmp_pa
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     # 16384 tokens in 0.5 s = 32,768 tokens/s; x 1e9 FLOPs = 32.8 TFLOP/s; over 100 TFLOP/s: 32.8%
     assert cells[1:] == ["32,768", "500.0", "32.8", "32.8%", "1.00"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the steps decide and record (the second mutation audit's survivors)
+
+
+class FakeTime:
+    """``time.time()`` for the kit's clock and steps: it moves only when a fake item takes its seconds."""
+
+    def __init__(self, monkeypatch):
+        self.now = 1000.0
+        for module in (clock_module, latency, throughput):
+            monkeypatch.setattr(module, "time", self)
+
+    def time(self) -> float:
+        return self.now
+
+
+def fake_latency_cells(monkeypatch, now: FakeTime, seconds: dict[str, float], statuses: dict[str, str]) -> list[str]:
+    """latency.run_sweep replaced: cell ``arch@ctx`` takes ``seconds`` and gives one row of ``statuses``."""
+    ran = []
+
+    def run_sweep(spec, folder, progress):
+        name = f"{spec.models[0].arch}@{spec.tasks[0].options['contexts'][0]}"
+        ran.append(name)
+        now.now += seconds[name]
+        status = statuses.get(name, "ok")
+        return SimpleNamespace(table=pd.DataFrame([{"status": status, "message": "" if status == "ok" else "out of memory"}]))
+
+    monkeypatch.setattr(latency, "run_sweep", run_sweep)
+    return ran
+
+
+def test_a_latency_cell_starts_only_if_the_slowest_shorter_cell_scaled_up_fits(tmp_path, monkeypatch):
+    """A cell at a longer context is expected to take the slowest cell of the shorter one, scaled by
+    the length ratio (2 x 10 s, with 11 s left): it is skipped, not started to be killed; one that
+    ran out of memory is recorded failed with its status."""
+    now = FakeTime(monkeypatch)
+    ran = fake_latency_cells(monkeypatch, now, {"swa@64": 10.0, "mamba2@64": 4.0}, {"mamba2@64": "oom"})
+    cfg = KitConfig.dry(archs=["swa", "mamba2"], contexts=[64, 128], min_item_s=1.0)
+    latency.run(cfg, tmp_path, Clock(now.now + 25), ledger.Ledger(tmp_path / LEDGER_FILE, "latency"))
+    assert ran == ["swa@64", "mamba2@64"]
+    steps = ledger.read(tmp_path / LEDGER_FILE).set_index("item")
+    assert list(steps["status"]) == ["ok", "failed", "skipped", "skipped"]
+    assert steps.loc["mamba2:125m@64", "message"] == "oom: out of memory"
+    assert steps.loc["swa:125m@128", "message"] == "expected to take 20 s; 11 s left"
+
+
+def test_no_latency_cell_starts_with_less_than_the_least_time_an_item_is_given(tmp_path, monkeypatch):
+    now = FakeTime(monkeypatch)
+    ran = fake_latency_cells(monkeypatch, now, {}, {})
+    cfg = KitConfig.dry(archs=["swa"], contexts=[64], min_item_s=100.0)
+    latency.run(cfg, tmp_path, Clock(now.now + 50), ledger.Ledger(tmp_path / LEDGER_FILE, "latency"))
+    assert ran == [] and list(ledger.read(tmp_path / LEDGER_FILE)["status"]) == ["skipped"]
+
+
+def test_throughput_starts_an_architecture_only_if_the_slowest_so_far_fits(tmp_path, monkeypatch):
+    """Each architecture is expected to take as long as the slowest before it (10 s, with 6 s left:
+    skipped); one that ran out of memory is recorded failed."""
+    now, ran = FakeTime(monkeypatch), []
+
+    def measure_arch(arch, cfg, device, peak):
+        ran.append(arch)
+        now.now += {"mamba2": 4.0, "swa": 10.0}[arch]
+        where = dict(run="kit", model=f"{arch}:tiny", arch=arch, task=throughput.TASK)
+        if arch == "mamba2":
+            return results.status_rows(["train_tok_s"], "oom", "out of memory", **where)
+        return [results.make_row("train_tok_s", 1.0, **where)]
+
+    monkeypatch.setattr(throughput, "measure_arch", measure_arch)
+    cfg = KitConfig.dry(archs=["mamba2", "swa", "ttt_e2e"], min_item_s=1.0)
+    throughput.run(cfg, tmp_path, Clock(now.now + 20), ledger.Ledger(tmp_path / LEDGER_FILE, "throughput"))
+    assert ran == ["mamba2", "swa"]
+    steps = ledger.read(tmp_path / LEDGER_FILE).set_index("item")
+    assert list(steps["status"]) == ["failed", "ok", "skipped"]
+    assert steps.loc["mamba2", "message"] == "oom: out of memory"
+
+
+@pytest.mark.parametrize("code, status", [(3, "failed"), (worker.TIMEOUT_EXIT, "timeout")])
+def test_a_step_that_exits_early_records_its_unfinished_items_as_it_ended(tmp_path, monkeypatch, code, status):
+    """A step that crashed leaves its unfinished items failed, with the exit status and its last
+    output line; one that stopped itself at its deadline (exit 124) leaves them timed out."""
+    kit = Kit(KitConfig.dry(steps=["latency"]), tmp_path / "out", tmp_path / "work")
+    real = subprocess.Popen
+    script = ("import sys\nfrom bench.gpu.ledger import Ledger\nbook = Ledger(sys.argv[1], 'latency')\n"
+              f"book.plan(['a', 'b'])\nbook.record('a', 'ok')\nprint('the last words')\nsys.exit({code})\n")
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: real(
+        [sys.executable, "-c", script, str(kit.work / LEDGER_FILE)], **kw))
+    kit.run_step("latency", 60.0)
+    steps = ledger.read(kit.work / LEDGER_FILE).set_index("item")
+    assert list(steps["status"]) == ["ok", status, status]
+    if status == "failed":
+        assert steps.loc[ledger.STEP_ITEM, "message"].startswith(f"exit status {code}: the last words")
+    assert steps.loc["b", "message"].startswith("unfinished when the step ended")
+
+
+def test_the_logs_share_the_size_limit_so_every_steps_end_comes_back(tmp_path, monkeypatch):
+    """One chatty step must not crowd the others out: each log keeps its head and tail within its share."""
+    monkeypatch.setattr(bundle, "MAX_BYTES", 4000)
+    for name in (bundle.KIT_LOG, "latency", "throughput"):
+        bundle.log_path(tmp_path, name).parent.mkdir(exist_ok=True)
+        bundle.log_path(tmp_path, name).write_text(f"{name} starts\n" + "x" * 5000 + f"\n{name} ends")
+    text = bundle.logs_text(tmp_path)
+    assert len(text.encode()) <= 4000
+    for name in (bundle.KIT_LOG, "latency", "throughput"):
+        assert f"===== {name} =====\n{name} starts" in text and f"{name} ends" in text
+
+
+def test_latency_csv_holds_the_large_models_cells_too(tmp_path):
+    for step, arch in (("latency", "swa"), ("latency_large", "mamba2")):
+        results.write_table(tmp_path / step, results.validate([results.make_row(
+            "prefill_s", 1.0, run="kit", model=f"{arch}:760m", arch=arch, task="latency", eval_ctx=128)]))
+    latency_csv = pd.read_csv(io.StringIO(bundle.collect(tmp_path)["latency.csv"]))
+    assert list(latency_csv["arch"]) == ["swa", "mamba2"]
+
+
+def test_a_gpu_test_is_skipped_when_less_than_its_minimum_is_left(tmp_path):
+    """With 10 s of the step left and 100 s the least a test is given, the test does not start."""
+    (tmp_path / "test_fake_gpu.py").write_text("def test_long():\n    pass\n")
+    path = tmp_path / "ledger.jsonl"
+    env = {**os.environ, pytest_plugin.LEDGER_ENV: str(path), pytest_plugin.DEADLINE_ENV: repr(time.time() + 10),
+           pytest_plugin.MIN_TEST_ENV: "100"}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", pytest_plugin.__name__, "-p", "no:cacheprovider",
+                    str(tmp_path / "test_fake_gpu.py")], cwd=ROOT, env=env, capture_output=True, check=False)
+    test = ledger.read(path).iloc[0]
+    assert test["status"] == "skipped" and "a test is given 100 s" in test["message"]
+
+
+def test_ttt_speed_is_given_the_steps_time_less_a_margin_to_write_its_table(tmp_path, monkeypatch):
+    from bench.gpu import ttt_speed, ttt_speed_step
+
+    budgets = []
+    monkeypatch.setattr(ttt_speed, "run", lambda out, budget, dry_run: budgets.append(budget) or pd.DataFrame())
+    clock = Clock.after(100)
+    ttt_speed_step.run(KitConfig.dry(), tmp_path, clock, ledger.Ledger(tmp_path / LEDGER_FILE, "ttt_speed"))
+    assert 0 <= budgets[0] - (clock.left() - ttt_speed_step.MARGIN_S) < 1  # measured a moment before
+
+
+def test_training_tokens_per_second_count_every_sequence_of_the_batch():
+    cfg = KitConfig.dry(backend=None, train_batch_size=2, train_seq_len=16, train_steps=2, train_warmup_steps=0)
+    rows = {r["metric"]: r for r in throughput.measure_arch("swa", cfg, torch.device("cpu"), None)}
+    assert rows["train_tok_s"]["n_tokens"] == 2 * 16
+    assert rows["train_tok_s"]["value"] == pytest.approx(2 * 16 / rows["train_step_s"]["value"], rel=1e-12)

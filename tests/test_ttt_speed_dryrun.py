@@ -1,7 +1,9 @@
 """bench.gpu.ttt_speed on CPU: the GPU script's own code path, shrunk (tiny models, no kernels)."""
 from __future__ import annotations
 
+import dataclasses
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -75,3 +77,60 @@ def test_summary_judges_decode_against_the_flatness_goal():
     text = ttt_speed.summary(pd.DataFrame(rows, columns=ttt_speed.COLUMNS), dry_run=False)
     assert "- reference decode time per token at 131072: 1.30x its time at 8192 (flat within 5% wanted)" in text
     assert "- all decode time per token at 131072: 1.00x its time at 8192 (flat within 5% wanted)" in text
+
+
+def test_a_cells_numbers_come_from_the_median_of_the_calls_after_the_first(monkeypatch):
+    """The first call (compilation, capture) is kept apart; the median of the others is per call,
+    made per token for decode (over its decode_tokens) and meta-training (over the context)."""
+    monkeypatch.setattr(ttt_speed, "measure", lambda fn, device, repeats, warmup, setup=None: [9.0, 4.0, 1.0, 2.0][:repeats])
+    model = SimpleNamespace(prefill=lambda tokens: (None, {}))
+    s = dataclasses.replace(ttt_speed.DRY_RUN, repeats=3, decode_tokens=4)
+    cell = ttt_speed.Cell("prefill", "swa", "swa", "125m", "v128k", 128)
+    assert ttt_speed.measure_cell(cell, model, s) == {"first_call_s": 9.0, "prefill_s": 2.0, "prefill_tok_s": 64.0}
+    decode = ttt_speed.measure_cell(dataclasses.replace(cell, task="decode"), model, s)
+    assert decode == {"first_call_s": 9.0, "decode_s": 0.5}
+    train = ttt_speed.measure_cell(dataclasses.replace(cell, task="train"), model, s)
+    assert train == {"first_call_s": 9.0, "train_s": 2.0, "train_s_per_token": 2.0 / 128}
+
+
+def test_a_cells_expected_time_scales_from_the_cells_measured_before_it():
+    """(1 + repeats) calls of the nearest measured cell's time, scaled linearly in length
+    (quadratically for full attention's prefill) and by size; a compiling variant's first call
+    adds compile_s until it has run once."""
+    s = dataclasses.replace(ttt_speed.DRY_RUN, repeats=3, compile_s=100.0, contexts=(1000, 4000))
+    budget = ttt_speed.Budget(600, s)
+
+    def cell(arch, variant, ctx, size="125m"):
+        return ttt_speed.Cell("prefill", arch, variant, size, "v128k", ctx)
+
+    assert budget.expected(cell("swa", "swa", 1000), compiled=False) == pytest.approx(4 * s.rate_s_per_token * 1000)
+    budget.record(cell("full_attention", "full_attention", 1000), 1.0)
+    budget.record(cell("ttt_e2e", "reference", 1000), 2.0)
+    assert budget.expected(cell("full_attention", "full_attention", 4000), compiled=False) == pytest.approx(4 * 16.0)
+    assert budget.expected(cell("ttt_e2e", "all", 4000), compiled=False) == pytest.approx(4 * 8.0)  # from the reference
+    assert budget.expected(cell("ttt_e2e", "compile", 4000), compiled=False) == pytest.approx(100.0 + 4 * 8.0)
+    assert budget.expected(cell("ttt_e2e", "compile", 4000), compiled=True) == pytest.approx(4 * 8.0)
+    assert budget.expected(cell("ttt_e2e", "reference", 4000, "760m"), compiled=False) == pytest.approx(4 * 8.0 * 5.0)
+    budget.record(cell("ttt_e2e", "reference", 4000, "760m"), 40.0)
+    assert budget.expected(cell("ttt_e2e", "reference", 1000, "760m"), compiled=False) == pytest.approx(4 * 10.0)
+
+
+def test_summary_judges_prefill_flatness_and_meta_training_cost_against_the_goals():
+    """Issue 17 wants tokens/s flat within 10% from the shortest to the longest context, and
+    meta-training at most twice SWA's time per token: the summary gives each as a ratio, this way up."""
+    rows = [dict(task="prefill", model="ttt_e2e:125m:v128k", arch="ttt_e2e", variant="reference", size="125m",
+                 eval_ctx=ctx, metric="prefill_s", value=seconds, status="ok")
+            for ctx, seconds in ((8192, 1.0), (131072, 20.0))]  # 8192 tok/s, then 6553.6 tok/s
+    rows += [dict(task="train", model=f"{arch}:125m:v128k", arch=arch, variant=arch, size="125m", eval_ctx=8192,
+                  metric="train_s_per_token", value=value, status="ok") for arch, value in (("swa", 2e-5), ("ttt_e2e", 5e-5))]
+    text = ttt_speed.summary(pd.DataFrame(rows, columns=ttt_speed.COLUMNS), dry_run=False)
+    assert "- reference tokens/s from 8192 to 131072: 0.80x of the first (flat within 10% wanted)" in text
+    assert "TTT-E2E / SWA: 2.50x (goal: at most 2x)" in text
+
+
+def test_the_dry_runs_window_override_leaves_full_attention_full():
+    """DRY_RUN's overrides set a 64-token window for SWA and TTT-E2E; full attention with it would be SWA."""
+    def fields(arch):
+        return ttt_speed.model_fields(ttt_speed.Cell("prefill", arch, arch, "125m", "v128k", 128), ttt_speed.DRY_RUN)
+
+    assert "window" not in fields("full_attention") and fields("swa")["window"] == 64
