@@ -213,3 +213,12 @@ def test_cpu_count_is_the_cpus_the_run_may_use_not_the_hosts(monkeypatch) -> Non
     assert provenance.device_info("cpu")["cpu_count"] == 2
     monkeypatch.setattr(provenance, "own_cpus", lambda: None)  # the OS does not say (macOS)
     assert provenance.device_info("cpu")["cpu_count"] == 64
+
+
+def test_the_config_hash_tells_seeds_and_settings_apart():
+    def config_hash(seed, **settings):
+        return provenance.run_metadata(seed=seed, command="x", git={}, **settings)["config_hash"]
+
+    assert config_hash(0, task="latency") == config_hash(0, task="latency")
+    assert config_hash(0, task="latency") != config_hash(1, task="latency")
+    assert config_hash(0, task="latency") != config_hash(0, task="niah")

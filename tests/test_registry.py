@@ -162,3 +162,33 @@ def test_a_name_whose_plugin_failed_to_load_says_why(tmp_path, monkeypatch):
                 resolve_model("broken")
     finally:
         registry.reload_plugins()
+
+
+def _random_task(model):
+    """A function task whose score is a draw from torch's global generator."""
+    import torch
+    from harness.api import results
+
+    return [results.make_row("draw", float(torch.rand(())))]
+
+
+def test_a_tasks_torch_draws_follow_its_seed_and_untrained_weights_do_not():
+    """run_eval seeds torch with the run's seed before the task (a plugin's draws repeat, and differ
+    between seeds), and an architecture named without a checkpoint gets the same untrained weights
+    whatever the generator's state before."""
+    import torch
+    from harness.runs.evaluate import run_eval
+
+    registry.register_task("test_random_function_task")(_random_task)
+    try:
+        def draw(seed: int) -> float:
+            return run_eval("test_random_function_task", "swa", None, seed=seed, device="cpu", progress=False).table["value"].iloc[0]
+
+        assert draw(0) == draw(0) != draw(1)
+    finally:
+        registry._TASKS.pop("test_random_function_task", None)
+    weights = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        weights.append(resolve_model("swa", device="cpu")[0].state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -90,3 +90,17 @@ def test_a_damaged_table_is_a_clear_error(tmp_path, garbage):
     (tmp_path / results.TABLE_PARQUET).write_bytes(garbage)
     with pytest.raises(results.SchemaError, match="cannot be read as a result table"):
         results.read_table(tmp_path)
+
+
+def test_an_edited_cell_displaces_the_rows_of_the_cell_it_edits_and_no_other(tmp_path):
+    """A cell recorded under a new key (an edit of the spec: same run, model, seed, task and
+    options) takes the old key's rows out of the table even where its own rows differ (here it
+    failed); a cell with other options is another cell, and its rows stay."""
+    store = ResultStore(tmp_path)
+    slot = {"run": "r", "model": "m", "seed": 0, "task": "t"}
+    store.record_cell("old", cell_rows("r", 0), {**slot, "options": {"contexts": [1]}, "status": "ok"})
+    store.record_cell("other", cell_rows("r", 1), {**slot, "options": {"contexts": [2]}, "status": "ok"})
+    failed = results.to_frame(results.status_rows(["cell_failed"], "error", "boom", run="r", model="m", arch="swa",
+                                                  task="t"))
+    table = store.record_cell("edited", failed, {**slot, "options": {"contexts": [1]}, "status": "failed"})
+    assert sorted(zip(table["metric"], table["eval_ctx"].fillna(0))) == [("cell_failed", 0), ("loss", 2)]

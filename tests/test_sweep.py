@@ -333,3 +333,11 @@ def test_a_failed_cell_is_finished_unless_failures_are_retried():
     failed, ok = {"model": "m", "status": "failed"}, {"model": "m", "status": "ok"}
     assert sweep_mod.is_finished(cell, failed) and not sweep_mod.is_finished(cell, failed, retry_failed=True)
     assert sweep_mod.is_finished(cell, ok, retry_failed=True) and not sweep_mod.is_finished(cell, None)
+
+
+def test_the_quick_benchmark_runs_the_architectures_and_steps_it_is_given(monkeypatch, tmp_path):
+    from harness.runs import quick
+    asked = {}
+    monkeypatch.setattr(quick, "run_sweep", lambda spec, out, progress, retry_failed: asked.update(spec=spec))
+    quick.run_quick(tmp_path / "q", archs="swa", steps=7)
+    assert [m.arch for m in asked["spec"].models] == ["swa"] and asked["spec"].train["steps"] == 7
