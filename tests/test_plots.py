@@ -405,3 +405,21 @@ def test_timing_tables_say_when_their_intervals_are_spreads(repeats, says):
     assert (note in text) == says and (note.replace("%", r"\%") in latex) == says
     if says:
         assert "covers the median at most 94% of the time" in text
+
+
+@pytest.mark.parametrize("better, quality", [("higher", (0.2, 0.5, 0.6, 0.4, 0.9)), ("lower", (3.0, 2.6, 2.5, 2.8, 2.0))])
+def test_the_pareto_front_joins_the_points_no_cheaper_point_beats(better, quality):
+    """Cost 1, 2, 2, 3, 4: the front runs through the first point, the better of the two at cost 2
+    and the last; the one at cost 3 is beaten by a cheaper one, as is the worse at cost 2."""
+    from matplotlib.figure import Figure
+
+    series = list("abcde")
+    ok = pd.DataFrame({"series": series, "value_c": [1.0, 2.0, 2.0, 3.0, 4.0], "value_q": quality,
+                       **{c: math.nan for c in ("ci_low_c", "ci_high_c", "ci_low_q", "ci_high_q")}})
+    ctx = plots.Context(None, {s: plots.Style("k", "o", "-", s, "k") for s in series}, [])
+    ax = Figure().subplots()
+    plots._pareto_panel(ax, ok, better, ctx)
+    front = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(front) == 1
+    assert list(front[0].get_xdata()) == [1.0, 2.0, 4.0]
+    assert list(front[0].get_ydata()) == [quality[0], quality[2], quality[4]]
