@@ -189,3 +189,16 @@ def test_what_a_killed_sharded_save_left_goes_with_the_next_save(tmp_path, monke
     monkeypatch.setattr(staging, "_alive", lambda pid: False)  # its process is gone
     sharded.save(tmp_path / "c", model, optimizer, {"step": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_a_save_keeps_a_users_files_beside_a_checkpoint_without_checksums(tmp_path):
+    """A checkpoint assembled by hand (no checksums.json) in a folder of the user's own files is not
+    lcbench's to replace; one holding only checkpoint files is."""
+    path = checkpoint.save_checkpoint(tmp_path / "c", small_model("swa"))
+    (path / checkpoint.CHECKSUMS_FILE).unlink()
+    checkpoint.save_checkpoint(path, small_model("swa"))  # only checkpoint files: replaced
+    (path / checkpoint.CHECKSUMS_FILE).unlink()
+    (path / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointError, match="files lcbench did not write"):
+        checkpoint.save_checkpoint(path, small_model("swa"))
+    assert (path / "notes.txt").read_text() == "precious"

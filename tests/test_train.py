@@ -457,3 +457,18 @@ def test_a_resumed_run_tells_the_model_its_step_in_the_whole_run(tmp_path, monke
     train(config, TrainConfig(steps=4, **FAST), out_dir=tmp_path / "c", resume=True, progress=False,
           training_data=fast_data)
     assert calls == [(0, 2), (1, 2), (2, 4), (3, 4)]
+
+
+def test_each_rank_weighs_its_share_of_a_batch_and_an_empty_share_weighs_nothing():
+    """Validation on 3 ranks of a 2-row batch: ranks 0 and 1 score a row each; rank 2 still runs one
+    row (every rank takes part in every collective) but it must weigh nothing in the mean."""
+    from harness.train.distributed import Replicas, share_of
+
+    batch = torch.arange(2).reshape(2, 1)
+    shares = []
+    for rank in range(3):
+        replicas = Replicas()
+        replicas.rank, replicas.world_size = rank, 3
+        shares.append(share_of(replicas, batch))
+    assert [s.weight for s in shares] == [1, 1, 0] and len(shares[2].rows) == 1
+    assert [s.rows.tolist() for s in shares[:2]] == [[[0]], [[1]]]
