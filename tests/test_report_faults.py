@@ -333,3 +333,12 @@ def test_a_gap_whose_reference_failed_says_so():
     swa = next(r for r in text if r[0] == "swa")
     assert swa[-2:] == ["+0.100", tables.UNSTABLE_MARK]
     assert "no full_attention reference at eval_ctx=1024 (oom)" in tables.render_markdown(gap)
+
+
+def test_loss_by_position_shows_the_longest_context_lengths_when_there_are_too_many():
+    """Past MAX_POSITION_PANELS lengths the figure drops the shortest: the long ones are the point."""
+    lengths = [2**k for k in range(8, 8 + plots.MAX_POSITION_PANELS + 2)]
+    rows = [_row("swa", "loss", 2.0, task="loss_scaling", eval_ctx=L, pos_start=1, pos_end=L) for L in lengths]
+    prep = tables.prepare(results.validate(rows))
+    _, shown = plots._position_points(plots.Context(prep, plots.series_styles(prep), []))
+    assert shown == lengths[-plots.MAX_POSITION_PANELS:]
