@@ -229,3 +229,16 @@ def test_fsdp2_on_one_gpu_with_bf16_autocast_trains_like_the_plain_trainer(arch,
     assert all(torch.isfinite(t.float()).all() for t in loaded.values())
     noise = max(loss_distance(reordered(arch, corpus, **gpu).history, plain.history), FLOAT32_FLOOR)
     assert loss_distance(fsdp_history, plain.history) <= NOISE_FACTOR * noise
+
+
+def test_auto_shards_only_over_more_than_one_process(monkeypatch):
+    """torchrun with one process is a plain run: FSDP2 over one rank would only add its overhead."""
+    from harness.train.distributed import resolve_parallel
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_parallel("auto") == "none"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_parallel("auto") == "fsdp" and resolve_parallel("ddp") == "ddp"
+    monkeypatch.delenv("WORLD_SIZE")
+    assert resolve_parallel("auto") == "none"

@@ -342,3 +342,12 @@ def test_loss_by_position_shows_the_longest_context_lengths_when_there_are_too_m
     prep = tables.prepare(results.validate(rows))
     _, shown = plots._position_points(plots.Context(prep, plots.series_styles(prep), []))
     assert shown == lengths[-plots.MAX_POSITION_PANELS:]
+
+
+def test_a_niah_heatmap_colours_accuracy_on_the_whole_0_to_1_scale():
+    """Coloured on their own range, accuracies of 0.5 to 1 would paint a coin flip's score as the worst (red)."""
+    rows = [_row("swa", "gen_match", value, task="niah", variant="single", haystack="text", eval_ctx=L, depth=depth)
+            for L, depth, value in ((512, 0.0, 0.5), (512, 1.0, 1.0), (1024, 0.0, 0.75), (1024, 1.0, 1.0))]
+    prep = tables.prepare(results.validate(rows))
+    [(_, fig)] = plots.fig_niah_heatmaps(plots.Context(prep, plots.series_styles(prep), ["gen_match"]))
+    assert fig.axes[0].images[0].get_clim() == (0, 1)
