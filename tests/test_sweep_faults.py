@@ -299,13 +299,15 @@ def test_a_changed_training_corpus_is_a_new_model_and_each_corpus_is_hashed_once
     assert before[0].model.checkpoint_dir(tmp_path) != sweep.plan(spec)[0].model.checkpoint_dir(tmp_path)
 
 
-def _planned(tmp_path: Path, auto_device: str = "cpu", evaluate_on: str = "auto", **train) -> tuple[set[str], Path]:
+def _planned(tmp_path: Path, auto_device: str = "cpu", evaluate_on: str = "auto", evaluate_in: str = "auto",
+             **train) -> tuple[set[str], Path]:
     """The cell keys and the checkpoint folder of a one-model spec trained with ``train`` settings
-    and evaluated on ``evaluate_on``, planned where ``auto`` is ``auto_device``."""
+    and evaluated on ``evaluate_on`` in ``evaluate_in``, planned where ``auto`` is ``auto_device``."""
     from harness.runs import sweep
 
     spec = load_spec(write_spec(tmp_path / "s.yaml", {
-        "name": "t", "device": evaluate_on, "train": {"steps": 8, **TRAIN, **train}, "models": [{"arch": "swa", "set": TINY}],
+        "name": "t", "device": evaluate_on, "dtype": evaluate_in, "train": {"steps": 8, **TRAIN, **train},
+        "models": [{"arch": "swa", "set": TINY}],
         "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [4, 8]}}]}))
     cells = sweep.plan(spec, auto_device)
     return {c.key for c in cells}, cells[0].model.checkpoint_dir(tmp_path)
@@ -329,6 +331,18 @@ def test_a_models_identity_names_the_kind_of_device_auto_is_where_it_runs(tmp_pa
     assert not on_gpu[0] & on_cpu[0] and on_gpu[1] != on_cpu[1]
     # a GPU's index is not its rounding; it is checked for spelling only (no GPU is looked for)
     assert _planned(tmp_path, auto_device="cpu", evaluate_on="cuda:1", device="cuda:1") == on_gpu
+
+
+def test_a_models_identity_names_the_dtype_it_computes_in(tmp_path):
+    """dtype was hashed as written: auto and fp32 on a CPU trained and evaluated the same model twice."""
+    on_cpu = _planned(tmp_path)
+    assert _planned(tmp_path, evaluate_in="fp32", dtype="fp32") == on_cpu
+    trained_in_bf16 = _planned(tmp_path, dtype="bf16")
+    assert not trained_in_bf16[0] & on_cpu[0] and trained_in_bf16[1] != on_cpu[1]
+    evaluated_in_bf16 = _planned(tmp_path, evaluate_in="bf16")
+    assert not evaluated_in_bf16[0] & on_cpu[0] and evaluated_in_bf16[1] == on_cpu[1]  # one model, other cells
+    # auto is bf16 on a GPU: a GPU's explicit bf16 is its auto
+    assert _planned(tmp_path, auto_device="cuda", evaluate_in="bf16", dtype="bf16") == _planned(tmp_path, auto_device="cuda")
 
 
 def test_every_spec_that_wrote_into_a_folder_is_kept_and_named_by_its_cells(tmp_path):

@@ -24,7 +24,7 @@ its numbers: the spec's name, the model's config and training settings (or a giv
 content, not its path; not the settings that only say when training validates and saves), the
 content of the corpora it is trained and evaluated on (file names and bytes, hashed once per
 sweep), the task, its options (as the task reads them: ``1K`` is 1024), the kind of device (cpu or
-cuda: what ``auto`` resolves to where the work runs) and dtype; a record finishes a cell only under
+cuda: what ``auto`` resolves to where the work runs) and the dtype that kind gives; a record finishes a cell only under
 the model's current label, which its rows carry. The whole spec, task options included, is checked when it loads, before any model trains. A finished cell is recorded
 in the folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record
 into ``cells.jsonl``, under a lock). Every spec that writes into a folder is kept there as
@@ -61,7 +61,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from harness.api import registry, results
-from harness.api.device import parse_device, resolve_device, resolve_dtype
+from harness.api.device import dtype_name, parse_device, resolve_device, resolve_dtype
 from harness.api.errors import CheckpointError, ConfigError, unknown_message
 from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
@@ -79,7 +79,7 @@ from harness.runs.provenance import (config_hash, device_record, git_commit, pac
                                      run_metadata, write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
-from harness.train.trainer import BOOKKEEPING_SETTINGS, TrainConfig, check_one_budget, train
+from harness.train.trainer import BOOKKEEPING_SETTINGS, TrainConfig, autocast_dtype, check_one_budget, train
 
 SPEC_FILE = "spec.json"  # the spec that ran last
 SPECS_DIR = "specs"  # every spec that wrote into the folder, as NAME-HASH.json
@@ -379,6 +379,13 @@ def device_kind(name: str, auto: str) -> str:
     return auto if parsed is None else parsed.type
 
 
+def compute_kind(device: str, dtype: str, auto: str) -> dict[str, str]:
+    """The kind of device and the dtype that evaluation settings resolve to (``auto`` as in
+    :func:`device_kind`): auto and fp32 on a CPU evaluate alike, auto on a CPU and a GPU do not."""
+    kind = device_kind(device, auto)
+    return {"device": kind, "dtype": dtype_name(resolve_dtype(dtype, torch.device(kind)))}
+
+
 @dataclass(eq=False)
 class SeededModel:
     """One model entry of a spec with one seed: what is trained (or loaded) once and then
@@ -417,6 +424,8 @@ class SeededModel:
         # when it validates and saves leaves the weights bit-identical: editing it retrains nothing
         settings = {k: v for k, v in train_config.to_dict().items() if k not in BOOKKEEPING_SETTINGS}
         settings["device"] = device_kind(train_config.device, self.auto_device)
+        # what it computes in, not the spelling: auto trains in fp32 on a CPU, as fp32 does
+        settings["dtype"] = "bf16" if autocast_dtype(train_config.dtype, torch.device(settings["device"])) else "fp32"
         identity = {"config": config.to_dict(), "train": settings,
                     "corpus": self.corpus_fingerprint(train_config.corpus)}
         if train_config.tokenizer is not None:  # its files, not its path (bytes: no entry, keys as before)
@@ -525,7 +534,7 @@ def plan(spec: SweepSpec, auto_device: str | None = None) -> list[Cell]:
                 data = model.corpus_fingerprint(options.get("corpus") or trained_on)
                 fields = {"run": spec.name, "model": model_id, "task": task.task,
                           "options": check_task_options(task.task, options),  # '1K' and 1024 are one cell
-                          "data": data, "device": device_kind(spec.device, auto_device), "dtype": spec.dtype}
+                          "data": data, **compute_kind(spec.device, spec.dtype, auto_device)}
                 if options.get("tokenizer") is not None:  # its files (none given: keys as before)
                     fields["tokenizer"] = tokenizer_fingerprint(options["tokenizer"])
                 cells.append(Cell(config_hash(fields), model, task.task, options))
