@@ -79,7 +79,7 @@ from harness.runs.provenance import (config_hash, device_record, git_commit, pac
                                      run_metadata, write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
-from harness.train.trainer import BOOKKEEPING_SETTINGS, TrainConfig, autocast_dtype, check_one_budget, train
+from harness.train.trainer import BOOKKEEPING_SETTINGS, TrainConfig, check_one_budget, train
 
 SPEC_FILE = "spec.json"  # the spec that ran last
 SPECS_DIR = "specs"  # every spec that wrote into the folder, as NAME-HASH.json
@@ -380,8 +380,8 @@ def device_kind(name: str, auto: str) -> str:
 
 
 def compute_kind(device: str, dtype: str, auto: str) -> dict[str, str]:
-    """The kind of device and the dtype that evaluation settings resolve to (``auto`` as in
-    :func:`device_kind`): auto and fp32 on a CPU evaluate alike, auto on a CPU and a GPU do not."""
+    """The kind of device and the dtype that settings resolve to (``auto`` as in :func:`device_kind`):
+    auto and fp32 on a CPU compute alike, auto on a CPU and a GPU do not."""
     kind = device_kind(device, auto)
     return {"device": kind, "dtype": dtype_name(resolve_dtype(dtype, torch.device(kind)))}
 
@@ -423,9 +423,8 @@ class SeededModel:
         require_corpus(train_config.corpus)  # named now, not when the model's first cell trains
         # when it validates and saves leaves the weights bit-identical: editing it retrains nothing
         settings = {k: v for k, v in train_config.to_dict().items() if k not in BOOKKEEPING_SETTINGS}
-        settings["device"] = device_kind(train_config.device, self.auto_device)
-        # what it computes in, not the spelling: auto trains in fp32 on a CPU, as fp32 does
-        settings["dtype"] = "bf16" if autocast_dtype(train_config.dtype, torch.device(settings["device"])) else "fp32"
+        # where and in what it computes, not the spelling (training's auto autocasts as evaluation's resolves)
+        settings.update(compute_kind(train_config.device, train_config.dtype, self.auto_device))
         identity = {"config": config.to_dict(), "train": settings,
                     "corpus": self.corpus_fingerprint(train_config.corpus)}
         if train_config.tokenizer is not None:  # its files, not its path (bytes: no entry, keys as before)
