@@ -54,11 +54,14 @@ def test_unchanged_code_passes_on_another_floating_point_path(tmp_path):
 
 def test_the_gate_in_two_workers_leaves_every_score_the_same(tmp_path):
     """CI runs the gate's models two at a time (`--workers 2`), each worker with the gate's one
-    thread: every score equals its reference exactly, as in one process."""
-    [result] = gate.run_gate(tmp_path / "gate", layers=("eval",), models=["ttt_e2e", "gated_deltanet"],
-                             tasks=["loss_scaling"], progress=False, workers=2)
-    assert result.passed and len(result.result.table) == 76
-    assert set(result.result.table["verdict"]) == {"same"}
+    thread: every score equals, to the bit, the one-process run's on this machine. (Not the
+    committed reference's: it was written on another CPU, whose rounding the gate's allowance
+    covers; an AVX-512 CPU moves these losses by up to 2e-7.)"""
+    runs = {workers: gate.run_gate(tmp_path / f"gate{workers}", layers=("eval",), models=["ttt_e2e", "gated_deltanet"],
+                                   tasks=["loss_scaling"], progress=False, workers=workers)[0].result
+            for workers in (1, 2)}
+    assert all(r.passed and len(r.table) == 76 for r in runs.values())
+    assert runs[2].table["run"].tolist() == runs[1].table["run"].tolist()
 
 
 # --- injected regressions fail ------------------------------------------------------------------
