@@ -19,7 +19,7 @@ from click.core import ParameterSource
 
 from harness.api import registry
 from harness.api.errors import DistributedError, LcbenchError
-from harness.api.options import parse_assignments, whole_number
+from harness.api.options import parse_assignments, split_items, whole_number
 from harness.api.staging import made_for_results
 from harness.api.timing import is_oom
 
@@ -508,13 +508,10 @@ def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tupl
     sys.exit(gates.exit_code(layer_results))
 
 
-def _csv_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 def _token_counts(value: str | None, option: str) -> list[int] | None:
+    items = split_items(value or "", option, "4096,8K")  # outside the try: its error is a ValueError too
     try:
-        return [whole_number(v) for v in _csv_list(value) or []] or None
+        return [whole_number(v) for v in items] or None
     except ValueError:
         raise UserError(f"{option} takes comma-separated numbers of tokens (e.g. 4096,8K), got {value!r}") from None
 
@@ -549,7 +546,7 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
     from harness.adapters.lm_eval import run_lm_eval
 
     out = out or f"runs/lm_eval/{Path(model_spec).name.replace(':', '-')}"
-    table = run_lm_eval(model_spec, _csv_list(tasks), limit=limit, out_dir=out,
+    table = run_lm_eval(model_spec, split_items(tasks, "--tasks", "hellaswag,ruler"), limit=limit, out_dir=out,
                         max_seq_lengths=_token_counts(lengths, "--lengths"), tokenizer=tokenizer,
                         include_path=list(include_path) or None, num_fewshot=num_fewshot, device=device, dtype=dtype,
                         batch_size=batch_size, max_length=max_length, add_bos_token=add_bos, prefix_token=prefix_token,

@@ -386,6 +386,19 @@ def test_an_empty_item_in_a_list_option_is_refused(tmp_path, value):
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize("option, value", [("--tasks", "hellaswag,,ruler"), ("--tasks", "hellaswag,"),
+                                           ("--lengths", "8K,,16K"), ("--lengths", ",8K")])
+def test_an_empty_item_in_an_lm_eval_list_is_refused_as_in_task_options(monkeypatch, option, value):
+    """`lm-eval --tasks a,,b` ran a and b, `--lengths 8K,,16K` two lengths: the empty item was
+    dropped without a word, where every other list option refuses it."""
+    import harness.adapters.lm_eval as lm_eval
+
+    monkeypatch.setattr(lm_eval, "run_lm_eval", lambda *a, **kw: pytest.fail(f"ran with {a}, {kw}"))
+    given = {"--tasks": "hellaswag", "--lengths": "4K", option: value}
+    result = run("lm-eval", "swa", *(part for pair in given.items() for part in pair))
+    one_line_error(result, EXIT_USER_ERROR, f"option {option!r}", "empty item", repr(value), "comma-separated values")
+
+
 def test_a_step_and_a_token_budget_together_are_refused(tmp_path):
     """`--tokens 8K --steps 5` trained 8K tokens' worth of steps: --steps was dropped unread (and
     so was a spec's `steps` beside its `tokens` in one `train:` mapping)."""

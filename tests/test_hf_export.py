@@ -159,3 +159,46 @@ def test_loading_an_exports_tokenizer_never_asks_to_run_its_model_code(tmp_path,
     export_hf(tmp_path / "ckpt", folder)  # again, over the earlier export and its config.json
     export_hf(folder, tmp_path / "hf2")  # the export as a checkpoint, with its tokenizer
     assert asked == []
+
+
+def chat_tokenizer(folder: Path) -> Path:
+    """A byte-level tokenizer folder with a chat template (its save writes chat_template.jinja)."""
+    from harness.adapters.hf_tokenizer import _fast_tokenizer, byte_level_tokenizer
+
+    fast = _fast_tokenizer(byte_level_tokenizer(), model_max_length=1024, bos_token="\n", eos_token="\n")
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def test_an_export_over_an_earlier_one_replaces_its_files_and_keeps_the_users(tmp_path):
+    """An export with a chat template, then one with the byte tokenizer into the same folder: the
+    first one's chat_template.jinja stayed, and the byte tokenizer loaded with its chat template."""
+    from harness.data.tokenizers import auto_tokenizer
+
+    ckpt = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa", vocab_size=264))
+    folder = export_hf(ckpt, tmp_path / "hf", tokenizer=str(chat_tokenizer(tmp_path / "chat")))
+    assert auto_tokenizer(folder).chat_template is not None
+    (folder / "NOTES.md").write_text("mine")
+    export_hf(ckpt, folder)
+    assert auto_tokenizer(folder).chat_template is None and not (folder / "chat_template.jinja").exists()
+    assert (folder / "NOTES.md").read_text() == "mine"  # a file no export wrote stays
+    listed = json.loads((folder / "lcbench_export.json").read_text())["files"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*listed, "NOTES.md"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat", "ckpt", "hf"]  # no staging folder left
+
+
+def test_an_export_never_replaces_a_file_that_no_export_wrote(tmp_path):
+    from harness.api.errors import ConfigError
+
+    ckpt = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa", vocab_size=264))
+    folder = export_hf(ckpt, tmp_path / "hf")
+    (folder / "chat_template.jinja").write_text("mine")  # a name the next export writes
+    with pytest.raises(ConfigError, match=r"would replace chat_template.jinja, which no earlier export there wrote"):
+        export_hf(ckpt, folder, tokenizer=str(chat_tokenizer(tmp_path / "chat")))
+    assert (folder / "chat_template.jinja").read_text() == "mine" and (folder / "model.safetensors").is_file()
+    record = json.loads((folder / "lcbench_export.json").read_text())
+    del record["files"]  # as lcbench wrote it before exports listed their files
+    (folder / "lcbench_export.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"does not list the files it wrote"):
+        export_hf(ckpt, folder)

@@ -408,6 +408,67 @@ def test_a_misspelt_task_is_bad_input_naming_the_close_match(local_tasks, tmp_pa
     assert not list(tmp_path.glob("lcbench-tok-*"))
 
 
+def test_a_misspelt_task_fails_before_the_model_loads_or_lm_eval_indexes_its_tasks(monkeypatch):
+    """--tasks hellaswg failed only after the model had loaded and lm-eval's TaskManager had parsed
+    its ~14,000 task files (35 s on 2 busy cores, about 2 minutes seen): names are read from the
+    files' text first."""
+    import lm_eval.tasks
+
+    import harness.adapters.lm_eval as adapter
+    from harness.api.errors import ConfigError
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda *a, **kw: pytest.fail("lm-eval indexed its tasks"))
+    monkeypatch.setattr(adapter, "LcbenchLM", lambda *a, **kw: pytest.fail("the model loaded"))
+    with pytest.raises(ConfigError, match=r"unknown lm-eval task 'hellaswg'; did you mean 'hellaswag'\?"):
+        run_lm_eval("full_attention:tiny", "hellaswag,hellaswg", device="cpu")
+
+
+def test_task_names_read_from_yaml_text_are_the_names_lm_eval_indexes(tmp_path, monkeypatch):
+    """Every shape a name takes in lm-eval's own files: quoted keys, tags in an included file that
+    is not a .yaml, flow and block lists, a group (whose inline tasks are no names to ask for)."""
+    from lm_eval.tasks import TaskManager
+
+    from harness.adapters import lm_eval_tasks
+
+    files = {
+        "quoted.yaml": '"task": "quoted_task"\n"tag": "quoted_tag"\n',
+        "_base_yaml": "tag:\n  - base_tag_1\n  - base_tag_2  # a comment\noutput_type: generate_until\n",
+        "sub/included.yaml": "include: ../_base_yaml\ntask: included_task\n",
+        "flow.yaml": "task: flow_task\ntag: [flow_a, flow_b]\n",
+        "group.yaml": "group: my_group\ntask:\n  - flow_task\n  - task: inline_task\n    dataset_path: x\n",
+        "__pycache__/skipped.yaml": "task: skipped\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    index = set(TaskManager(include_path=str(tmp_path), include_defaults=False).all_tasks)
+    assert index == {"quoted_task", "quoted_tag", "base_tag_1", "base_tag_2", "included_task", "flow_task", "flow_a",
+                     "flow_b", "my_group"}
+    assert lm_eval_tasks.task_names([tmp_path]) == index
+    # the user's own folders first: when they hold every task, lm-eval's ~14,000 files are not read
+    monkeypatch.setattr(lm_eval_tasks, "builtin_tasks_folder", lambda: pytest.fail("lm-eval's tasks were read"))
+    assert lm_eval_tasks.known_task_names(["my_group", "flow_a"], [str(tmp_path)]) == index
+
+
+@pytest.mark.slow
+def test_every_name_lm_eval_indexes_is_found_in_its_yaml_text():
+    """The quick check refuses no name lm-eval knows (its index parses every file: about 30 s)."""
+    from lm_eval.tasks import TaskManager
+
+    from harness.adapters.lm_eval_tasks import builtin_tasks_folder, task_names
+
+    missing = set(TaskManager().all_tasks) - task_names([builtin_tasks_folder()])
+    assert not missing, sorted(missing)[:20]
+
+
+def test_an_empty_task_name_in_a_list_is_refused_as_other_list_options_refuse_it():
+    """`tasks="a,,b"` ran a and b: the empty item was dropped without a word."""
+    from harness.api.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"option 'tasks' has an empty item in 'hellaswag,,ruler'"):
+        run_lm_eval("full_attention:tiny", "hellaswag,,ruler", device="cpu")
+
+
 def test_lm_eval_command_line_finds_lcbench(trained, local_tasks, tmp_path, monkeypatch):
     """lm-eval's own command line (all its tasks indexed), with --model lcbench."""
     out = tmp_path / "cli"

@@ -96,7 +96,12 @@ def test_one_job_per_cell_trains_each_model_once_first(spec_path, serial, tmp_pa
     assert all(len(a[2]) == 1 for a in submitted if not a[3])
     assert {a[4] for a in submitted} == {"cpu"}  # what auto is in a job that asks for no GPU
     # run.json listed the cell jobs only: the training jobs' logs were not named anywhere
-    assert len(read_run_json(tmp_path / "cells")["jobs"]) == len(submitted)
+    meta = read_run_json(tmp_path / "cells")
+    assert len(meta["jobs"]) == len(submitted)
+    # and named the spec's spelling of the device (auto), not what the cells computed on, as a serial run does
+    assert meta["device"]["name"] == "cpu" and meta["spec"]["device"] == "auto" and meta["dtype"] == "float32"
+    serial_meta = read_run_json(serial.out_dir)
+    assert (serial_meta["device"]["name"], serial_meta["dtype"]) == (meta["device"]["name"], meta["dtype"])
 
 
 def test_jobs_plan_auto_as_the_device_their_resources_give(monkeypatch):

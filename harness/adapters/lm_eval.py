@@ -70,11 +70,13 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm.auto import tqdm
 
 from harness.adapters.hf_tokenizer import export_tokenizer
+from harness.adapters.lm_eval_tasks import check_task_names, known_task_names
 from harness.api import results, stats
 from harness.api.decoding import greedy_decode, has_chunks
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, close_match
 from harness.api.failures import FailureGuard
+from harness.api.options import split_items
 from harness.api.staging import prepare_output
 from harness.data.heldout import model_tokenizer
 from harness.runs.evaluate import identity_columns, resolve_model
@@ -488,26 +490,28 @@ def run_lm_eval(
     length is still run at the others. ``out_dir`` also receives lm-eval's raw
     results (``lm_eval_results.json``), per-sample records and the exported tokenizer.
     """
-    from lm_eval import simple_evaluate  # lm-eval's evaluator takes seconds to import; only running tasks needs it
-
-    task_list = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks or []) if t.strip()]
+    task_list = (split_items(tasks, "tasks", "hellaswag,ruler") if isinstance(tasks, str)
+                 else [str(t).strip() for t in tasks or []])
     if not task_list:
         raise ConfigError("no lm-eval task given; name one or more, e.g. --tasks hellaswag,ruler")
     _check_counts(limit=limit, batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks,
                   num_fewshot=num_fewshot, prefix_token=prefix_token, seed=seed, bootstrap_iters=bootstrap_iters,
                   max_seq_lengths=max_seq_lengths)
-    for folder in [include_path] if isinstance(include_path, (str, os.PathLike)) else include_path or []:
+    include = [str(p) for p in ([include_path] if isinstance(include_path, (str, os.PathLike))
+                                else include_path or [])] or None
+    for folder in include or []:
         if not Path(folder).is_dir():
-            raise ConfigError(f"include path {str(folder)!r} is not a folder of task YAMLs")
+            raise ConfigError(f"include path {folder!r} is not a folder of task YAMLs")
+    # a misspelt name fails here, in seconds, not after the model loads and lm-eval indexes its tasks
+    check_task_names(task_list, known_task_names(task_list, include))
+    from lm_eval import simple_evaluate  # lm-eval's evaluator takes seconds to import; only running tasks needs it
+
     if out_dir is not None:
         prepare_output(out_dir, "run folder")
     lm = LcbenchLM(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, backend=backend,
                    batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks,
                    add_bos_token=add_bos_token, prefix_token=prefix_token)
     tok_dir = tokenizer_folder(lm, out_dir)
-    if isinstance(include_path, (str, os.PathLike)):
-        include_path = [include_path]
-    include = [str(p) for p in include_path] if include_path else None
     run = run_name or (Path(out_dir).name if out_dir is not None else "run")
     identity = identity_columns(lm.info, "lm_eval", run, lm.model, lm.device, lm.dtype, seed)  # rows set their task
 
@@ -523,8 +527,8 @@ def run_lm_eval(
         if length is not None:
             meta["max_seq_lengths"] = [int(length)]
         manager = task_manager(pending, include, meta, manager)
-        if li == 0:
-            check_task_names(pending, manager)
+        if li == 0:  # the index's word on names the text of the YAMLs gave (a file it cannot parse, it drops)
+            check_task_names(pending, manager.all_tasks)
         length_aware = []
         for task in pending:
             label = task if length is None else f"{task}@{length}"
@@ -613,17 +617,6 @@ def task_manager(tasks: Sequence[str], include: list[str] | None, meta: dict[str
         if all(t in manager.all_tasks for t in tasks):
             return manager
     return TaskManager(include_path=include, metadata=meta)
-
-
-def check_task_names(tasks: Sequence[str], manager: Any) -> None:
-    """A task name lm-eval does not know is bad input, not a task that failed."""
-    known = manager.all_tasks
-    for task in tasks:
-        if task not in known and not Path(task).is_file():  # lm-eval also takes a YAML file's path
-            hint = close_match(task, known)
-            raise ConfigError(f"unknown lm-eval task {task!r}" + (f"; did you mean {hint!r}?" if hint else "")
-                              + f" (`lm-eval ls tasks` lists the {len(known)} known; --include-path adds "
-                              "folders of task YAMLs)")
 
 
 def _sample_record(run: str, model: str, task: str, sample: Mapping[str, Any]) -> dict[str, Any]:

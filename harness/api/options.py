@@ -49,7 +49,7 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         item = args[0] if args else str
         if isinstance(value, str):
-            value = _items(value, name)
+            value = split_items(value, name)
         elif not isinstance(value, (list, tuple)):
             value = [value]
         return [convert_value(v, item, name) for v in value]
@@ -77,12 +77,12 @@ def convert_value(value: Any, hint: Any, name: str) -> Any:
     return value
 
 
-def _items(text: str, name: str) -> list[str]:
-    """The comma-separated items of ``text`` (none for an empty text). An empty item is refused:
-    ``8K,,16K`` is more likely a value deleted by mistake than a list of two."""
+def split_items(text: str, name: str, example: str = "1K,4K") -> list[str]:
+    """The comma-separated items of ``text`` (none for an empty text), for option ``name``. An empty
+    item is refused: ``8K,,16K`` is more likely a value deleted by mistake than a list of two."""
     items = [p.strip() for p in text.split(",")] if text.strip() else []
     if "" in items:
-        raise ConfigError(f"option {name!r} has an empty item in {text!r}; give comma-separated values, e.g. 1K,4K")
+        raise ConfigError(f"option {name!r} has an empty item in {text!r}; give comma-separated values, e.g. {example}")
     return items
 
 

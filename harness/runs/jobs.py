@@ -26,8 +26,8 @@ from harness.api.errors import ConfigError, check_choice
 from harness.runs.cluster import ClusterOptions
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
-from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, is_finished,
-                                local_device_kind, plan, record_lost_cells, run_model_cells, start_sweep)
+from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, compute_kind, finish_sweep,
+                                is_finished, local_device_kind, plan, record_lost_cells, run_model_cells, start_sweep)
 
 EXECUTORS = ("local", "slurm")
 JOBS_DIR = "jobs"
@@ -98,8 +98,11 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
         groups = [[c] for c in pending if not c.model.needs_training(out)]
     submitted = _submit(runner, executor, spec, out, groups, options.workers, auto_device)
     _collect(submitted, out, progress, git, before)
-    return finish_sweep(spec, out, cells, len(pending), started, git, device=spec.device, executor=executor,
-                        cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in trained + submitted])
+    # what the jobs' cells computed on (a kind: each cell's record names its machine), not the spec's spelling
+    ran_on = compute_kind(spec.device, spec.dtype, auto_device)
+    return finish_sweep(spec, out, cells, len(pending), started, git, device=ran_on["device"], dtype=ran_on["dtype"],
+                        executor=executor, cluster=dataclasses.asdict(options),
+                        jobs=[s.job.job_id for s in trained + submitted])
 
 
 def jobs_auto_device(kind: str, options: ClusterOptions) -> str:

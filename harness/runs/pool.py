@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.api.device import resolve_device, resolve_dtype
+from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
@@ -39,6 +39,7 @@ class PendingSweep:
     started: float = 0.0
     git: dict[str, Any] | None = None
     device: str = ""
+    dtype: str = ""
     futures: dict[Future, list[Cell]] | None = None  # each model's job -> its cells
     before: dict[str, dict[str, Any]] | None = None  # the folder's records when the jobs were handed out
 
@@ -56,7 +57,8 @@ class PendingSweep:
                 record_lost_cells(self.out_dir, cells, reason, self.git or {}, self.before)
             bar.update(len(cells))
         bar.close()
-        return finish_sweep(self.spec, self.out_dir, self.cells, self.ran, self.started, self.git, device=self.device)
+        return finish_sweep(self.spec, self.out_dir, self.cells, self.ran, self.started, self.git, device=self.device,
+                            dtype=self.dtype)
 
 
 class ModelPool:
@@ -89,4 +91,5 @@ class ModelPool:
         before = ResultStore(out).finished()
         futures = {self._executor.submit(run_model_cells, group, out, device, dtype): group
                    for group in cells_by_model(pending)}
-        return PendingSweep(spec, out, retry_failed, cells, len(pending), started, git, str(device), futures, before)
+        return PendingSweep(spec, out, retry_failed, cells, len(pending), started, git, str(device), dtype_name(dtype),
+                            futures, before)

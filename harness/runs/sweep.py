@@ -648,7 +648,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
         bar.set_postfix_str(f"{group[0].model.label} seed {group[0].seed}")
         run_model_cells(group, out_dir, device, dtype, progress, on_cell=lambda _: bar.update(1))
     bar.close()
-    return finish_sweep(spec, out_dir, cells, len(pending), started, git, device=str(device))
+    return finish_sweep(spec, out_dir, cells, len(pending), started, git, device=str(device), dtype=dtype_name(dtype))
 
 
 def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike, retry_failed: bool = False,
@@ -671,7 +671,8 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     rerun that does not retry them has not produced the spec's results either. ``git``: read
     when the sweep started; ``cell_commits`` lists the commits its cells' records name, which are
     several when earlier runs in the folder ran other code (a warning says so), ``cell_machines``
-    the machines (likewise)."""
+    the machines (likewise). ``device`` (and ``extra``'s ``dtype``): what the cells computed on and
+    in, not the spec's spelling of it (``auto``), which run.json keeps under ``spec``."""
     store = ResultStore(out_dir)
     def models(table: pd.DataFrame) -> set[str]:
         return set(table.loc[table["run"] == spec.name, "model"])
