@@ -1,7 +1,8 @@
 """Claims over models trained with several seeds: the intervals resample the seeds as well as the
 documents, test sequences and prompts (seeds that disagree made a tight interval that said
 "holds"), the evidence shows each seed's value, and with one seed the numbers are as before.
-Tables and figures give a point over several seeds an interval over seeds, and say what it is."""
+Tables and figures give a point over several seeds an interval over seeds, and say what it is;
+the latency claims pool timing repeats over seeds, and compare no machines."""
 from __future__ import annotations
 
 import itertools
@@ -13,7 +14,8 @@ import pytest
 
 from harness.api import results, stats
 from harness.report import claims, figures, plots, tables
-from tests.test_claims import ARCHS, BINS, GROWING, PAPER, _mqar, _run, _windows
+from tests.test_claims import (ARCHS, BINS, CPU, FLAT_DECODE, GROWING, H100, PAPER, _latency, _mqar, _run, _windows,
+                               linear, quadratic)
 from tests.test_report_faults import drawn_intervals
 
 
@@ -225,6 +227,39 @@ def test_the_mqar_figure_draws_the_interval_over_seeds_and_names_it():
     bars = [seg for c in fig.axes[0].collections for seg in c.get_segments()]
     assert len(bars) == 4 and all(seg[:, 1] == pytest.approx([max(0.6 - half, 0), min(0.6 + half, 1)]) for seg in bars)
     assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds; shaded or bars:\n95% interval over seeds"
+
+
+def _two_seeds(run: claims.RunData, scale: float = 1.0) -> claims.RunData:
+    """``run``'s latency rows and timings again as seed 1's, its times ``scale`` times seed 0's."""
+    again = [{**s, "seed": 1, **{k: [t * scale for t in s[k]] for k in ("seconds", "seconds_per_token") if k in s}}
+             for s in run.samples]
+    return claims.RunData(pd.concat([run.table, run.table.assign(seed=1)], ignore_index=True), run.samples + again,
+                          run_device=run.run_device)
+
+
+def test_latency_claims_pool_each_model_s_timing_repeats_over_seeds():
+    """A seed's weights do not enter the time: every seed's repeats time one computation and are
+    pooled, one model's against the other's (kept on purpose; RunData.timings)."""
+    run = _two_seeds(_latency({"full_attention": quadratic, "ttt_e2e": linear}), scale=1.02)
+    assert {s["seed"] for s in run.samples} == {0, 1}
+    full, ttt = run.timings("full_attention", "prefill", 1), run.timings("ttt_e2e", "prefill", 1)
+    assert len(full[16384]) == len(ttt[16384]) == 16  # 8 repeats of each seed
+    [longest] = [e for e in claims.speed_claim(run).evidence if e["comparison"].startswith("prefill at 16384")]
+    pooled = stats.bootstrap_median_ratio(full[16384], ttt[16384], claims.RESAMPLES, seed=[8, 16384])
+    assert {k: longest[k] for k in ("value", "ci_low", "ci_high", "n")} == pooled.as_columns()
+
+
+def test_full_attention_timed_on_two_machines_gives_the_constant_latency_claim_no_contrast():
+    """Full attention's seeds (or contexts) timed on a CPU and a GPU: its time per token "grew"
+    between machines, and TTT-E2E's flat one was judged "holds" against it."""
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear}, FLAT_DECODE)
+    run.machines = {"full_attention": [CPU, H100], "ttt_e2e": [CPU]}
+    claim = claims.constant_latency_claim(run)
+    assert claim.verdict == "undecided", claim.why
+    assert "full attention's timings come from different machines and do not compare" in claim.why
+    assert "full_attention on cpu (AMD EPYC, 2 cores), cuda (NVIDIA H100 80GB HBM3)" in claim.why
+    run.machines = {"full_attention": [CPU], "ttt_e2e": [CPU]}
+    assert claims.constant_latency_claim(run).verdict == "holds"
 
 
 def test_documents_shared_by_different_seeds_are_resampled_as_documents():
