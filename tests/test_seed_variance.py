@@ -192,6 +192,10 @@ def test_an_accuracy_s_interval_over_seeds_stays_inside_zero_to_one():
     prep = tables.prepare(results.validate(rows))
     [acc] = prep.points("niah", "cand_acc", by=("variant", "haystack", "eval_ctx"), depth=None).itertuples()
     assert acc.value == pytest.approx(2.2 / 3) and (acc.ci_low, acc.ci_high) == (0.0, 1.0)
+    # a share above 1 (a task's bug) keeps its value inside its interval: a bar below 0 failed to draw
+    over = [dict(r, value=r["value"] + 0.1, ci_low=r["ci_low"] + 0.1, ci_high=r["ci_high"] + 0.1) for r in rows[1:3]]
+    [high] = tables.prepare(results.validate(over)).points("niah", "cand_acc", depth=None).itertuples()
+    assert high.ci_low < high.value == pytest.approx(1.1) == high.ci_high
     [loss] = prep.points("loss_scaling", "loss").itertuples()  # a loss has no such bound
     assert loss.ci_low == pytest.approx(2.9 - stats.t_quantile(0.975, 2) * 0.9 / np.sqrt(3))
 
@@ -208,7 +212,7 @@ def test_a_figure_draws_the_interval_over_seeds_as_its_band_and_its_legend_says_
                 for r in pts.itertuples()}
     assert drawn_intervals(fig.axes[0], [512.0, 1024.0]) == expected
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["Full attention", "TTT-E2E", "mean of 3 seeds; shaded or bars:\n95% interval over seeds"]
+    assert legend == ["Full attention", "TTT-E2E", "mean of 3 seeds;\n95% interval\nover seeds"]
     one = tables.prepare(_loss_rows([0]))
     with matplotlib.rc_context(plots.PAPER_RC):
         [(_, fig)] = plots.FIGURES["loss_vs_context"](plots.Context(one, plots.series_styles(one), []))
@@ -226,7 +230,7 @@ def test_the_mqar_figure_draws_the_interval_over_seeds_and_names_it():
     half = stats.t_quantile(0.975, 1) * 0.1 / np.sqrt(2)
     bars = [seg for c in fig.axes[0].collections for seg in c.get_segments()]
     assert len(bars) == 4 and all(seg[:, 1] == pytest.approx([max(0.6 - half, 0), min(0.6 + half, 1)]) for seg in bars)
-    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds; shaded or bars:\n95% interval over seeds"
+    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds;\n95% interval\nover seeds"
 
 
 def _two_seeds(run: claims.RunData, scale: float = 1.0) -> claims.RunData:
@@ -293,7 +297,7 @@ def test_the_pareto_view_and_the_gain_by_size_draw_intervals_over_seeds():
     ys = {tuple(np.round(seg[:, 1], 9)) for c in fig.axes[0].collections for seg in c.get_segments()
           if np.ptp(seg[:, 1]) > 0}
     assert ys == {(round(loss.ci_low, 9), round(loss.ci_high, 9))}
-    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 3 seeds; shaded or bars:\n95% interval over seeds"
+    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 3 seeds;\n95% interval\nover seeds"
 
     gains = [dict(run="r", model="ttt_e2e:s", arch="ttt_e2e", params=1e5, task="ttt_neighbors", metric="gain",
                   variant="neighbors", eval_ctx=256, seed=s, value=g, ci_low=g - 0.01, ci_high=g + 0.01, status="ok")
@@ -302,7 +306,7 @@ def test_the_pareto_view_and_the_gain_by_size_draw_intervals_over_seeds():
     gain = stats.across_seeds([0.1, 0.3], [0.09, 0.29], [0.11, 0.31])
     [bar] = [seg for c in fig.axes[0].collections for seg in c.get_segments()]
     assert bar[:, 1] == pytest.approx([gain.ci_low, gain.ci_high])
-    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds; shaded or bars:\n95% interval over seeds"
+    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds;\n95% interval\nover seeds"
 
 
 def test_the_repeat_figure_names_its_band_over_seeds():
@@ -315,4 +319,4 @@ def test_the_repeat_figure_names_its_band_over_seeds():
     with matplotlib.rc_context(plots.PAPER_RC):
         [(_, fig)] = plots.FIGURES["repeat"](plots.Context(prep, plots.series_styles(prep), []))
     assert drawn_intervals(fig.axes[0], [256.0, 512.0])  # a band over seeds
-    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds; shaded or bars:\n95% interval over seeds"
+    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds;\n95% interval\nover seeds"

@@ -295,7 +295,7 @@ def seeds_legend(fig: Figure) -> list[Patch]:
         return []
     most = f"{'up to ' if counts[0] < counts[-1] else ''}{counts[-1]}"
     return [Patch(facecolor="0.5", alpha=0.3, linewidth=0,
-                  label=f"mean of {most} seeds; shaded or bars:\n{stats.DEFAULT_LEVEL:.0%} interval over seeds")]
+                  label=f"mean of {most} seeds;\n{stats.DEFAULT_LEVEL:.0%} interval\nover seeds")]
 
 
 def _unstable(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:

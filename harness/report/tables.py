@@ -212,8 +212,9 @@ def over_seeds(points: pd.DataFrame, rows: pd.DataFrame, group: pd.Series,
         cell = by_seed.loc[g]
         own = cell["rows"] == 1
         est = stats.across_seeds(cell["v"], cell["lo"].where(own), cell["hi"].where(own))
-        points.loc[g, ["value", "ci_low", "ci_high"]] = [est.value, max(est.ci_low, bounds[0]),
-                                                         min(est.ci_high, bounds[1])]
+        # never cut past the value itself (a share above 1: a task's bug, drawn as it is, not a negative bar)
+        points.loc[g, ["value", "ci_low", "ci_high"]] = [est.value, min(max(est.ci_low, bounds[0]), est.value),
+                                                         max(min(est.ci_high, bounds[1]), est.value)]
 
 
 def prepare(table: pd.DataFrame) -> Prepared:
