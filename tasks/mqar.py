@@ -211,6 +211,8 @@ def mqar_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     """Accuracy against pairs, one panel per sequence length, one line per series (Zoology's figure)."""
     from matplotlib.figure import Figure  # matplotlib loads only to draw a figure
 
+    from harness.report.plots import seeds_gid, seeds_legend
+
     cells = ctx.prep.points("mqar", "accuracy", by=("eval_ctx", "variant"))
     pts = cells[cells["status"] == "ok"]
     if pts.empty:
@@ -227,7 +229,8 @@ def mqar_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
             if line.empty:
                 continue
             err = np.vstack([line["value"] - line["ci_low"], line["ci_high"] - line["value"]]).clip(0)
-            handle = ax.errorbar(line["pairs"], line["value"], yerr=err, capsize=2, **ctx.styles[series].line())
+            handle = ax.errorbar(line["pairs"], line["value"], yerr=err, capsize=2, gid=seeds_gid(line),
+                                 **ctx.styles[series].line())
             drawn.setdefault(series, handle)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(here["pairs"].unique()), [str(p) for p in sorted(here["pairs"].unique())])
@@ -236,8 +239,9 @@ def mqar_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
         ax.set_title(f"Sequence length {length}")
     axes[0].set_ylabel("MQAR accuracy")
     series = [s for s in ctx.prep.order if s in drawn]
-    fig.legend([drawn[s] for s in series], [ctx.styles[s].label for s in series], loc="outside right center",
-               frameon=False)
+    bands = seeds_legend(fig)  # what a bar over several seeds is
+    fig.legend([drawn[s] for s in series] + bands, [ctx.styles[s].label for s in series] + [b.get_label() for b in bands],
+               loc="outside right center", frameon=False)
     failed = cells[cells["status"] != "ok"].drop_duplicates(["series", "eval_ctx", "status"])
     if len(failed):  # no point to draw, but not to pass over
         fig.supxlabel("Not drawn: " + "; ".join(

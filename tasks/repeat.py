@@ -152,7 +152,7 @@ def repeat_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     from matplotlib.figure import Figure  # matplotlib loads only to draw a figure
     from matplotlib.lines import Line2D
 
-    from harness.report.plots import draw_series
+    from harness.report.plots import draw_series, seeds_legend
 
     gain = ctx.prep.points("repeat", "copy_gain")
     if not (gain["status"] == "ok").any():
@@ -180,7 +180,7 @@ def repeat_figure(ctx: Context) -> Iterator[tuple[str, Figure]]:
     right.set_ylabel("Loss on the span (nats/token)")
     right.set_title("Repeat (solid) and control (dotted)")
     shown = [s for s in ctx.prep.order if s in set(gain["series"])]  # a model that failed everywhere too
-    fig.legend(handles=[Line2D([], [], **ctx.styles[s].line()) for s in shown], loc="outside right center",
-               frameon=False)
+    fig.legend(handles=[Line2D([], [], **ctx.styles[s].line()) for s in shown] + seeds_legend(fig),
+               loc="outside right center", frameon=False)
     fig.suptitle("Copying from far back: loss on a span seen before", wrap=True)
     yield "repeat", fig

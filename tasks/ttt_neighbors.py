@@ -299,13 +299,14 @@ def gain_vs_size_figure(table: pd.DataFrame | str | os.PathLike, out_path: str |
 
 
 def _gain_vs_size(table: pd.DataFrame) -> Figure:
-    """One panel per context length; a model measured several times at one length (seeds, runs)
-    is drawn at the mean of its gains, without an interval (one run's interval is not the mean's)."""
+    """One panel per context length; a model measured several times at one length is drawn at the
+    mean of its gains: over runs of one seed without an interval (one run's interval is not the
+    mean's), over several seeds with their interval over seeds (:func:`tables.over_seeds`)."""
     from matplotlib.figure import Figure  # matplotlib loads only to draw a figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    from harness.report.plots import arch_style
-    from harness.report.tables import context_label
+    from harness.report.plots import arch_style, seeds_gid, seeds_legend
+    from harness.report.tables import context_label, over_seeds
 
     df = table[(table["task"] == "ttt_neighbors") & (table["metric"] == "gain") & (table["status"] == "ok")]
     if df.empty:
@@ -320,15 +321,17 @@ def _gain_vs_size(table: pd.DataFrame) -> Figure:
     for ax, context in zip(axes, contexts):
         # rows at several lengths were joined into one zig-zag line
         at = df[df["eval_ctx"] == context] if context is not None else df
-        for (arch, variant), pts in at.groupby(["arch", "variant"], sort=True):
-            pts = pts.groupby("params", sort=True).agg(value=("value", "mean"), ci_low=("ci_low", "first"),
-                                                       ci_high=("ci_high", "first"), rows=("value", "size"))
+        for (arch, variant), measured in at.groupby(["arch", "variant"], sort=True):
+            pts = measured.groupby("params", sort=True).agg(
+                value=("value", "mean"), ci_low=("ci_low", "first"), ci_high=("ci_high", "first"),
+                rows=("value", "size"), seeds=("seed", "nunique")).reset_index()
             pooled = pts["rows"] > 1
             pts.loc[pooled, ["ci_low", "ci_high"]] = float("nan")
+            over_seeds(pts, measured, measured["params"].map({p: i for i, p in enumerate(pts["params"])}))
             color, marker = arch_style(arch)
             line, what = styles.get(variant, ("-.", variant))
-            ax.errorbar(pts.index, pts["value"], yerr=[pts["value"] - pts["ci_low"], pts["ci_high"] - pts["value"]],
-                        color=color, marker=marker, linestyle=line, capsize=2,
+            ax.errorbar(pts["params"], pts["value"], yerr=[pts["value"] - pts["ci_low"], pts["ci_high"] - pts["value"]],
+                        color=color, marker=marker, linestyle=line, capsize=2, gid=seeds_gid(pts),
                         label=f"{arch}: {what}" if ax is axes[0] else None)
         ax.axhline(0.0, color="0.5", linewidth=0.8)
         ax.set_xscale("log")
@@ -341,5 +344,6 @@ def _gain_vs_size(table: pd.DataFrame) -> Figure:
             ax.set_title(f"context {context_label(context)}", fontsize=9)
     axes[0].set_ylabel("Loss gain (nats/token)")
     fig.suptitle("Test-time training gain vs model size")
-    fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=7)
+    handles, _ = axes[0].get_legend_handles_labels()
+    fig.legend(handles=handles + seeds_legend(fig), loc="outside lower center", ncols=2, frameon=False, fontsize=7)
     return fig

@@ -415,7 +415,7 @@ def test_the_pareto_front_joins_the_points_no_cheaper_point_beats(better, qualit
 
     series = list("abcde")
     ok = pd.DataFrame({"series": series, "value_c": [1.0, 2.0, 2.0, 3.0, 4.0], "value_q": quality,
-                       **{c: math.nan for c in ("ci_low_c", "ci_high_c", "ci_low_q", "ci_high_q")}})
+                       **{c: math.nan for c in ("ci_low_c", "ci_high_c", "ci_low_q", "ci_high_q")}, "seeds_c": 1, "seeds_q": 1})
     ctx = plots.Context(None, {s: plots.Style("k", "o", "-", s, "k") for s in series}, [])
     ax = Figure().subplots()
     plots._pareto_panel(ax, ok, better, ctx)

@@ -83,12 +83,14 @@ def drawn_intervals(ax, xs) -> dict[tuple[str, float], tuple[float, float]]:
 def test_a_figure_draws_each_interval_of_the_table_and_no_other():
     """A band spans its series' points with an interval: one alone (a single context length, or
     between cells without one) was drawn as nothing, and a point without an interval (the mean
-    of two seeds) got one from the band joining its neighbours."""
+    of two runs of one seed) got one from the band joining its neighbours; the mean of two seeds
+    has its own, over seeds."""
     rows = [_row("full_attention", "loss", 3.0, task="loss_scaling", eval_ctx=1024, ci_low=2.9, ci_high=3.2)]
-    for T, seeds, lo, hi in ((512, (0,), 2.4, 2.7), (1024, (0, 1), 0, 0), (2048, (0,), 2.2, 2.45),
-                             (4096, (0, 1), 0, 0), (8192, (0,), 2.0, 2.3), (16384, (0,), 1.9, 2.1)):
-        rows += [_row("swa", "loss", (lo + hi) / 2 + 0.01 * s, task="loss_scaling", eval_ctx=T, seed=s,
-                      ci_low=lo - 0.01 * s, ci_high=hi + 0.01 * s) for s in seeds]
+    for T, runs, lo, hi in ((512, ((0, "r"),), 2.4, 2.7), (1024, ((0, "r"), (0, "again")), 0, 0),
+                            (2048, ((0, "r"),), 2.2, 2.45), (4096, ((0, "r"), (1, "r")), 2.1, 2.4),
+                            (8192, ((0, "r"),), 2.0, 2.3), (16384, ((0, "r"),), 1.9, 2.1)):
+        rows += [_row("swa", "loss", (lo + hi) / 2 + 0.01 * i, task="loss_scaling", eval_ctx=T, seed=s, run=run,
+                      ci_low=lo - 0.01 * i, ci_high=hi + 0.01 * i) for i, (s, run) in enumerate(runs)]
     prep = tables.prepare(results.validate(rows))
     ctx = plots.Context(prep, plots.series_styles(prep), [])
     with matplotlib.rc_context(plots.PAPER_RC):
@@ -96,7 +98,7 @@ def test_a_figure_draws_each_interval_of_the_table_and_no_other():
     pts = prep.points("loss_scaling", "loss", pos_start=None)
     expected = {(ctx.styles[r.series].color, float(r.eval_ctx)): (round(r.ci_low, 9), round(r.ci_high, 9))
                 for r in pts.dropna(subset=["ci_low"]).itertuples()}
-    assert len(expected) == 5
+    assert len(expected) == 6
     assert drawn_intervals(fig.axes[0], pts["eval_ctx"].astype(float).unique()) == expected
 
 

@@ -39,8 +39,10 @@ says that its intervals cover the units scored, not seed-to-seed variance.
    only where full attention's grows (else those contexts cannot tell). ``holds`` when every
    phase timed is flat, ``partly`` when some are, ``contradicted`` when none is and one grows.
 
-Claims 4 and 5 name the machine the timings ran on (a sweep's cell records, else run.json), and
-on a CPU say that the paper timed an H100, so that CPU timings test only the claim's shape;
+Claims 4 and 5 pool each model's timing repeats over training seeds (:meth:`RunData.timings` says
+why) and name the machines the timings ran on (a sweep's cell records, else run.json): timings of
+different machines are not compared (full attention's from two machines give claim 5 no
+contrast); on a CPU they say that the paper timed an H100, so that CPU timings test only the claim's shape;
 they name timings the latency task flagged ``unstable``, and say when an interval rests on so
 few repeats that it is a spread rather than a 95% interval (:func:`stats.median_max_coverage`).
 
@@ -134,7 +136,11 @@ class RunData:
 
     def timings(self, model: str, phase: str, batch_size: int) -> dict[int, list[float]]:
         """Context -> every timed repeat of ``phase`` (prefill: seconds per call; decode: seconds
-        per token), pooled over seeds, from the latency task's timing records."""
+        per token), pooled over seeds, from the latency task's timing records. Pooled: the
+        weights a seed gives do not enter the time (the same shapes, the same kernels), so every
+        seed's repeats time one computation, each seed's in a process of its own; seeds timed on
+        other machines show in :meth:`timing_machines` (every seed's cells), which leaves both
+        latency claims undecided."""
         key = "seconds" if phase == "prefill" else "seconds_per_token"
         out: dict[int, list[float]] = defaultdict(list)
         for s in self.samples:
@@ -762,6 +768,8 @@ def constant_latency_claim(run: RunData) -> Claim:
         contrast = None
         if theirs is None:
             text += "; full attention timed at fewer than two contexts"
+        elif len(machines[full]) > 1:  # its growth would be the machines' difference: no contrast
+            text += "; full attention's timings come from different machines and do not compare"
         else:
             other, a, b = theirs
             ests.append(other)

@@ -17,7 +17,9 @@ compares with), one fixed colour and marker per architecture throughout:
   memory) at one context length, with the Pareto front.
 
 Lines join ``ok`` points, with bands from ``ci_low``/``ci_high`` over neighbours that have one (an
-error bar at a point alone, and in the Pareto view);
+error bar at a point alone, and in the Pareto view); a point over several training seeds is their
+mean, its band their interval over seeds (:func:`harness.api.stats.across_seeds`), which the legend
+names (:func:`seeds_legend`);
 a failed cell (``oom``, ``error``, ``nan``) is drawn as a cross labelled with its status where
 the line would have gone on. A figure whose data the table lacks is skipped with a logged
 reason. Figures are built on :class:`matplotlib.figure.Figure` directly: no pyplot, no display,
@@ -41,10 +43,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.text import Annotation
 from matplotlib.ticker import FixedLocator, FuncFormatter, MultipleLocator, NullLocator
 
-from harness.api import results
+from harness.api import results, stats
 from harness.api.errors import check_choice
 from harness.api.staging import prepare_output
 from harness.report.figures import FIGURE_TASKS, FIGURES, SkipFigure, figure_names, register_figure
@@ -76,6 +79,7 @@ PAPER_RC = {
     "savefig.dpi": 200, "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs: editable text
 }
 FAIL_MARKER = "X"
+SEEDS_GID = "interval over seeds: "  # + the seeds: what seeds_legend finds
 ACCURACY_LIMITS = (-0.04, 1.06)  # the whole 0-1 range, markers at 0 and 1 clear of the frame
 COST_NAMES = {"prefill_s": "Prefill time", "decode_s": "Decode time per token",
               "prefill_peak_bytes": "Peak memory (prefill)"}
@@ -250,26 +254,48 @@ def draw_series(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = 
             continue
         ax.plot(ok[x].astype(float), ok["value"], **style.line())
         if band:
-            _band(ax, ok, x, style.color)
+            _band(ax, ok, x, style.color, seeds_gid(ok))
         _unstable(ax, ok, x, style.color)
     _failures(ax, pts, x, ctx)
 
 
-def _band(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
+def _band(ax: Axes, ok: pd.DataFrame, x: str, color: str, gid: str | None = None) -> None:
     """The intervals of a series' points (sorted by ``x``): a band over each run of neighbours
-    that have one, broken at a point without (a mean of seeds: the band would give it its
-    neighbours'), and an error bar at a point alone (a band of one point has no width)."""
+    that have one, broken at a point without (a mean of a seed's rows, NIAH variants pooled: the
+    band would give it its neighbours'), and an error bar at a point alone (a band of one point
+    has no width). ``gid`` (:func:`seeds_gid`) marks intervals over seeds for the legend."""
     xs = ok[x].astype(float).to_numpy()
     low, high = ok["ci_low"].astype(float).to_numpy(), ok["ci_high"].astype(float).to_numpy()
     has = ~(np.isnan(low) | np.isnan(high))
     if not has.any():
         return
-    ax.fill_between(xs, low, high, where=has, color=color, alpha=0.15, linewidth=0)
+    ax.fill_between(xs, low, high, where=has, color=color, alpha=0.15, linewidth=0, gid=gid)
     alone = has & ~np.r_[False, has[:-1]] & ~np.r_[has[1:], False]
     if alone.any():
         values = ok["value"].astype(float).to_numpy()[alone]
         ax.errorbar(xs[alone], values, yerr=[values - low[alone], high[alone] - values], fmt="none",
-                    ecolor=color, alpha=0.5, elinewidth=1.2, capsize=3)
+                    ecolor=color, alpha=0.5, elinewidth=1.2, capsize=3, gid=gid)
+
+
+def seeds_gid(points: pd.DataFrame) -> str | None:
+    """The ``gid`` of artists that draw the intervals of ``points`` (:meth:`Prepared.points`) where
+    some are over several training seeds, naming the most seeds (None where none is): the legend
+    (:func:`seeds_legend`) finds them by it."""
+    seeds = points.loc[points["ci_low"].notna() & (points["seeds"] > 1), "seeds"]
+    return f"{SEEDS_GID}{int(seeds.max())}" if len(seeds) else None
+
+
+def seeds_legend(fig: Figure) -> list[Patch]:
+    """A legend entry saying what the bands and error bars of ``fig`` over several training seeds
+    are (none where it draws none): one seed's interval covers its own model only, and a band
+    over seeds is another statistic (:func:`stats.across_seeds`)."""
+    counts = sorted(int(str(a.get_gid()).removeprefix(SEEDS_GID)) for a in fig.findobj()
+                    if str(a.get_gid()).startswith(SEEDS_GID))
+    if not counts:
+        return []
+    most = f"{'up to ' if counts[0] < counts[-1] else ''}{counts[-1]}"
+    return [Patch(facecolor="0.5", alpha=0.3, linewidth=0,
+                  label=f"mean of {most} seeds;\n{stats.DEFAULT_LEVEL:.0%} interval\nover seeds")]
 
 
 def _unstable(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
@@ -306,6 +332,7 @@ def _legend(fig: Figure, series: Iterable[str], ctx: Context, failures: bool = F
     handles = [Line2D([], [], **ctx.styles[s].line()) for s in ctx.prep.order if s in wanted]
     if failures:
         handles.append(Line2D([], [], color="0.3", marker=FAIL_MARKER, linestyle="none", label="failed (OOM, error)"))
+    handles += seeds_legend(fig)
     if not handles:
         return
     if side:
@@ -775,10 +802,11 @@ def _pareto_panel(ax: Axes, ok: pd.DataFrame, better: str, ctx: Context) -> None
     """Points with error bars both ways, and the Pareto front (no point is cheaper and better)."""
     for row in ok.itertuples(index=False):
         style = ctx.styles[row.series]
+        gid = seeds_gid(pd.DataFrame({"ci_low": [row.ci_low_q, row.ci_low_c], "seeds": [row.seeds_q, row.seeds_c]}))
         ax.errorbar(row.value_c, row.value_q, xerr=_err(row.value_c, row.ci_low_c, row.ci_high_c),
                     yerr=_err(row.value_q, row.ci_low_q, row.ci_high_q), color=style.color, marker=style.marker,
                     markerfacecolor=style.face, markersize=8 if style.marker == "*" else 6, linestyle="none",
-                    elinewidth=0.8, zorder=3)
+                    elinewidth=0.8, zorder=3, gid=gid)
     sign = 1 if better == "lower" else -1
     best, xs, ys = math.inf, [], []
     for row in ok.sort_values(["value_c", "value_q"], ascending=[True, better == "lower"]).itertuples(index=False):

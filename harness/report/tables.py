@@ -6,10 +6,12 @@ figure draws as one line: a model, split further by train_ctx, backend, dtype or
 those vary within it) and *points* (one value per series and grid cell), and pairs every series
 with its full-attention reference (for the loss gap and the speed-up).
 
-How several rows of one cell become one point: the mean of the ``ok`` values (seeds, runs,
-NIAH variants when pooled); the confidence interval is kept only when the point rests on a
-single row (an average of intervals is not an interval, nor would it cover seed-to-seed variance:
-a table whose values average several training seeds says so below it). A point that some of its rows failed
+How several rows of one cell become one point: the mean of the ``ok`` values (runs, NIAH
+variants when pooled); the confidence interval is kept only when the point rests on a single row
+(an average of intervals is not an interval). Rows of several training seeds give the mean of the
+seeds' values and an interval over seeds (:func:`stats.across_seeds`: it covers seed-to-seed
+variance, which no seed's own interval does), which figures draw as bands and tables print, a
+footnote saying what it is. A point that some of its rows failed
 (one seed out of memory) is flagged ``partial``, as an unstable timing is: shown, marked. A cell
 with no ``ok`` row is a failure point carrying its status (``oom``, ``error``, ``nan``): tables
 print it (``OOM``), figures mark it. Derived values (gap, speed-up) carry no interval.
@@ -56,6 +58,8 @@ NIAH_NAMES = {"gen_match": "NIAH accuracy (generation)", "cand_acc": "NIAH accur
 LATENCY_TASK = "latency"
 TIMES = ("prefill_s", "decode_s")
 MEMORY = ("prefill_peak_bytes", "decode_peak_bytes", "state_bytes")
+# Scores that are shares of answers, whose intervals stay inside [0, 1].
+SHARES = {**{(NIAH_TASK, m): (0.0, 1.0) for m in NIAH_ACCURACY}, ("mqar", "accuracy"): (0.0, 1.0)}
 FAILURE_LABELS = {"oom": "OOM", "error": "error", "nan": "NaN"}
 # Key columns that split another task's score into rows of its table when they vary (the rest
 # name the series, or are pooled: run, seed).
@@ -63,6 +67,9 @@ OTHER_FACETS = ("variant", "haystack", "depth", "pos_start", "pos_end", "batch_s
 # Columns that split one model into several series when they vary within it.
 SERIES_SPLIT = ("train_ctx", "backend", "dtype", "device")
 POINT_COLUMNS = ("series", "arch", "value", "ci_low", "ci_high", "status", "message", "flag", "seeds")
+# What a point's interval over several training seeds is (:func:`stats.across_seeds`), for a footnote
+SEEDS_INTERVAL = (f"the wider, at each end, of Student's t {stats.DEFAULT_LEVEL:.0%} interval over the seeds' values "
+                  "and the seeds' own intervals averaged, so that it covers seed-to-seed variance")
 UNSTABLE_MARK = "†"  # after a table cell whose value carries a flag (an unstable timing, a partial mean)
 TABLE_FORMATS = ("md", "csv", "tex")
 MIB = 2**20
@@ -116,7 +123,8 @@ class Prepared:
             df = df[df[col].isna()] if value is None else df[(df[col] == value).fillna(False)]
         keys = ["series", *by]
         ok = df["status"] == "ok"
-        # Ok rows give the value (their mean) and, alone, the interval; without any, the first failure.
+        # Ok rows give the value (their mean) and, alone, the interval (several seeds': over_seeds); without
+        # any, the first failure.
         work = df.assign(v=df["value"].where(ok), lo=df["ci_low"].where(ok), hi=df["ci_high"].where(ok),
                          n_ok=ok.astype(int), failed=df["status"].where(~ok), why=df["message"].where(~ok),
                          fl=df["flag"].where(ok & (df["flag"] != "")), sd=df["seed"].where(ok))
@@ -133,6 +141,8 @@ class Prepared:
         single = out["n_ok"] == 1
         out["ci_low"] = out["ci_low"].where(single)
         out["ci_high"] = out["ci_high"].where(single)
+        over_seeds(out, df[ok], work.groupby(keys, dropna=False, sort=False).ngroup()[ok],
+                   SHARES.get((task, metric), (-math.inf, math.inf)))
         out["status"] = out["failed"].where(out["n_ok"] == 0, "ok").astype(object)
         out["message"] = out["why"].where(out["n_ok"] == 0, "").fillna("").astype(object)
         return self._sorted(out[[*keys, *POINT_COLUMNS[1:]]], list(by))
@@ -186,6 +196,25 @@ class Prepared:
                 keys[f"_{col}"] = df[col].map(first)
         df = df.assign(**keys).sort_values(list(keys), na_position="first", kind="stable")
         return df.drop(columns=list(keys)).reset_index(drop=True)
+
+
+def over_seeds(points: pd.DataFrame, rows: pd.DataFrame, group: pd.Series,
+               bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+    """Give each point (``points``' row labelled i: the ``ok`` result ``rows`` whose ``group`` is i)
+    whose rows come from several training seeds the seeds' mean and its interval over seeds
+    (:func:`stats.across_seeds`): each seed's value the mean of its rows, its own interval kept
+    where it rests on one row; the interval cut to ``bounds`` (an accuracy's [0, 1], which
+    Student's t over seeds that disagree leaves)."""
+    by_seed = rows.assign(g=np.asarray(group)).groupby(["g", "seed"], dropna=False, sort=False).agg(
+        v=("value", "mean"), lo=("ci_low", "first"), hi=("ci_high", "first"), rows=("value", "size"))
+    seeds = by_seed.groupby(level="g").size()
+    for g in seeds.index[seeds > 1]:
+        cell = by_seed.loc[g]
+        own = cell["rows"] == 1
+        est = stats.across_seeds(cell["v"], cell["lo"].where(own), cell["hi"].where(own))
+        # never cut past the value itself (a share above 1: a task's bug, drawn as it is, not a negative bar)
+        points.loc[g, ["value", "ci_low", "ci_high"]] = [est.value, min(max(est.ci_low, bounds[0]), est.value),
+                                                         max(min(est.ci_high, bounds[1]), est.value)]
 
 
 def prepare(table: pd.DataFrame) -> Prepared:
@@ -441,8 +470,10 @@ def footnotes(df: pd.DataFrame) -> list[str]:
     if df.attrs.get("note"):
         notes.append(df.attrs["note"])
     if df.attrs.get("seeds", 0) > 1:
-        notes.append(f"A value over several training seeds (up to {df.attrs['seeds']}) is their mean, without an "
-                     "interval: each seed's covers its own model only; `lcbench claims` resamples the seeds too")
+        lows = df.attrs.get("ci_low")
+        with_interval = lows is not None and bool(lows.notna().to_numpy().any())  # a gap or speed-up has none
+        notes.append(f"A value over several training seeds (up to {df.attrs['seeds']}) is their mean"
+                     + (f"; its interval is over seeds: {SEEDS_INTERVAL}" if with_interval else ""))
     return notes
 
 
