@@ -23,7 +23,8 @@ Backends of the same math (``GatedDeltaNetConfig.backend``):
   (decode) runs the recurrence directly. Runs anywhere, fp32 (fp64 stays fp64).
 - ``fla``: flash-linear-attention's Triton kernels, ``chunk_gated_delta_rule`` for sequences and
   ``fused_recurrent_gated_delta_rule`` for decode (it has no backward, so it is used only when
-  no gradient is needed). Needs CUDA, ``triton`` and ``fla-core``.
+  no gradient is needed). Needs CUDA, ``triton`` and ``fla-core``. Its chunked kernel takes
+  ``chunk_size`` 16, 32 or 64; for another it runs 64, says so once, and the run records it.
 
 ``auto`` picks ``fla`` on CUDA when it imports, otherwise ``torch``.
 
@@ -54,7 +55,7 @@ from baselines.backbone import BackboneLM, RMSNorm, without_autocast
 from baselines.short_conv import ShortConv
 from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import ModelConfig
-from harness.api.kernels import Kernel, pick_backend
+from harness.api.kernels import Kernel, chunk_settings, pick_backend
 from harness.api.registry import register_model
 
 GDN_BACKENDS = ("auto", "torch", "fla")
@@ -68,7 +69,7 @@ class GatedDeltaNetConfig(ModelConfig):
     expand_v: float = 2.0  # value head size = head_dim * expand_v
     num_v_heads: int = 0  # 0 = n_heads; a multiple of n_heads gives grouped value heads
     conv_size: int = 4
-    chunk_size: int = 64  # the torch backend's chunk (fastest of 32/64/128 on CPU); fla uses its own, 64
+    chunk_size: int = 64  # fastest of 32/64/128 for the torch backend on CPU; fla takes 16/32/64 (module docstring)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -192,18 +193,18 @@ def _import_fla() -> Any:
 
 
 FLA = Kernel("gated_deltanet", "fla", _import_fla, install="pip install fla-core triton", fallback="torch",
-             packages=("fla-core", "triton"))
+             packages=("fla-core", "triton"), chunk_sizes=(16, 32, 64))  # fla's chunk_gated_delta_rule's check
 
 
 def fla_gated_delta_rule(q, k, v, g, beta, state, chunk_size: int):
     ops = FLA.ops(q.device)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, beta, state) if t is not None)
-    op = ops.chunk if needs_grad or q.size(1) > 64 else ops.recurrent  # fused_recurrent has no backward
+    chunked = needs_grad or q.size(1) > 64  # fused_recurrent has no backward
     if state is not None:
         state = state.float().contiguous()
-    o, state = op(
+    o, state = (ops.chunk if chunked else ops.recurrent)(
         q=q, k=k, v=v, g=g.float(), beta=beta.to(q.dtype), initial_state=state,
-        output_final_state=True, use_qk_l2norm_in_kernel=True,
+        output_final_state=True, use_qk_l2norm_in_kernel=True, **(FLA.chunk_kwargs(chunk_size) if chunked else {}),
     )  # keywords: fused_recurrent's 5th positional parameter is gk, not beta
     return o, state
 
@@ -305,6 +306,9 @@ class GatedDeltaNetLM(BackboneLM):
 
     def backend_on(self, device: torch.device) -> str:
         return resolve_backend(self.config.backend, device)
+
+    def kernel_settings(self, device: torch.device) -> dict[str, Any]:
+        return chunk_settings(self.kernels, self.backend_on(device), self.config.chunk_size)
 
     presets = {
         "tiny": dict(n_layers=4, d_model=128, n_heads=2, head_dim=32, mlp_hidden=384, vocab_size=256),

@@ -14,7 +14,9 @@ Backends of the same math (``Mamba2Config.backend``):
   ``selective_state_update`` for decode (CUDA).
 - ``fla``: flash-linear-attention's ``chunk_simple_gla`` / ``fused_recurrent_simple_gla``:
   SSD is scalar-gated linear attention with q = C, k = B, v = x * dt, log gate A * dt, scale 1
-  (CUDA).
+  (CUDA). It runs ``chunk_size`` 16, 32 or 64: fla takes any power of 2, but its kernels hold a
+  chunk-by-chunk tile per program and were checked here at 64, their default, only. For another
+  chunk_size (the default 256, mamba-ssm's) it runs 64, says so once, and the run records it.
 
 ``auto`` picks mamba_ssm, then fla, on CUDA when they import, otherwise torch. Decode carries
 ``Mamba2Cache``: the SSM state ``[B, H, P, N]`` in fp32 and the conv's last ``d_conv - 1``
@@ -49,7 +51,7 @@ from baselines.short_conv import ShortConv
 from baselines.ssd_reference import ssd_chunked, ssd_step, upcast
 from harness.api.errors import ConfigError, check_choice, divisors
 from harness.api.interface import ModelConfig, check_continues
-from harness.api.kernels import Kernel, pick_backend
+from harness.api.kernels import Kernel, chunk_settings, pick_backend
 from harness.api.registry import register_model
 
 MAMBA2_BACKENDS = ("auto", "torch", "mamba_ssm", "fla")
@@ -71,7 +73,7 @@ class Mamba2Config(ModelConfig):
     expand: int = 2
     headdim: int = 64
     ngroups: int = 1
-    chunk_size: int = 256  # SSD chunk of the torch and mamba_ssm backends (fla uses its own, 64)
+    chunk_size: int = 256  # SSD chunk (mamba-ssm's default); fla takes 16/32/64 (module docstring)
     conv_bias: bool = True
     A_init_min: float = 1.0  # A = -U(A_init_min, A_init_max) per head
     A_init_max: float = 16.0
@@ -158,7 +160,8 @@ def _as_gla(x, dt, A, B, C, dt_bias):
 def ssd_fla(x, dt, A, B, C, D, dt_bias, chunk_size, initial_state, need_state):
     q, k, v, g = _as_gla(x, dt, A, B, C, dt_bias)
     y, state = FLA.ops(x.device).chunk_simple_gla(
-        q, k, v, g=g, scale=1.0, initial_state=initial_state, output_final_state=need_state, state_v_first=True
+        q, k, v, g=g, scale=1.0, initial_state=initial_state, output_final_state=need_state, state_v_first=True,
+        **FLA.chunk_kwargs(chunk_size),
     )
     return _add_skip(y, x, D), state
 
@@ -239,7 +242,7 @@ MAMBA_SSM = Kernel(
     packages=("mamba-ssm", "triton"),
 )
 FLA = Kernel("mamba2", "fla", _import_fla, install="pip install fla-core triton", fallback="torch",
-             packages=("fla-core", "triton"))
+             packages=("fla-core", "triton"), chunk_sizes=(16, 32, 64))
 KERNELS = (MAMBA_SSM, FLA)  # in the order "auto" prefers them
 
 
@@ -360,3 +363,6 @@ class Mamba2LM(BackboneLM):
 
     def backend_on(self, device: torch.device) -> str:
         return resolve_backend(self.config.backend, device)
+
+    def kernel_settings(self, device: torch.device) -> dict[str, Any]:
+        return chunk_settings(self.kernels, self.backend_on(device), self.config.chunk_size)

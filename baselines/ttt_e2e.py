@@ -169,7 +169,9 @@ class TTTConfig(AttentionConfig):
         warmup = round(self.inner_lr_warmup * total_steps)
         if warmup <= 0:
             return self.inner_lr
-        progress = min(1.0, (step + 1) / warmup)
+        progress = (step + 1) / warmup
+        if progress >= 1:  # inner_lr itself: init + (lr - init) can round off it (0.03 + 0.27 != 0.3)
+            return self.inner_lr
         return self.inner_lr_init + (self.inner_lr - self.inner_lr_init) * progress
 
 

@@ -19,6 +19,10 @@ wasted text training) or reuse the text-trained entry of a comparison.
 Rows: ``accuracy`` per (``eval_ctx`` = sequence length, ``variant`` = ``pairs=N``), the fraction
 of queries whose value is the argmax over the whole vocabulary, with a bootstrap interval over
 sequences; and the final training loss (``train_loss``, mean of the last tenth of the steps).
+Each point's sample record holds every test sequence's accuracy and a digest of the sequences
+(``sequences``): the test sequences are a function of the seed and of every option that shapes
+them (the grid too: one generator draws every point in turn), so two models' answers pair
+sequence by sequence only where the digests agree (the recall claim checks).
 Attention can look a value up at any distance; a fixed-size state must hold every binding, so
 accuracy falls as pairs grow against its state (the Zoology finding).
 
@@ -31,6 +35,7 @@ architecture cannot recall.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,6 +122,14 @@ def mqar_batch(batch: int, length: int, pairs: int, vocab_size: int, generator: 
     return inputs, labels
 
 
+def sequences_digest(inputs: torch.Tensor, labels: torch.Tensor) -> str:
+    """A short digest of a batch of MQAR sequences (tokens and labels, as little-endian int64)."""
+    digest = hashlib.sha256()
+    for t in (inputs, labels):
+        digest.update(t.numpy().astype("<i8").tobytes())
+    return digest.hexdigest()[:16]
+
+
 def mixed_precision(ctx) -> torch.autocast:
     """The run's dtype for the fresh model's compute, its parameters in fp32, as the trainer runs
     (bf16 autocast): its rows carry the run's dtype, which is then what it computed in."""
@@ -157,7 +170,7 @@ class MQAR(Task):
             rows.append(make_row("accuracy", **est.as_columns(), eval_ctx=length, variant=f"pairs={pairs}",
                                  n_tokens=int(correct.size)))
             ctx.record(kind="point", eval_ctx=length, pairs=pairs, accuracy=float(correct.mean()),
-                       per_sequence=[float(x) for x in correct.mean(1)])
+                       per_sequence=[float(x) for x in correct.mean(1)], sequences=sequences_digest(inputs, labels))
         return rows
 
     def _train(self, model: LCModel, options: MQAROptions, generator: torch.Generator, ctx) -> list[float]:

@@ -253,6 +253,36 @@ def test_pooled_mqar_accuracy_counts_queries_like_the_mqar_rows():
     assert gap["value"] == pytest.approx(0.2) and full["n"] == 20
 
 
+def test_mqar_answers_pair_only_where_both_models_read_the_same_sequences():
+    """The recall claim paired per-sequence answers by (length, pairs, seed) and position alone:
+    runs with other mqar options (another grid, test_sequences) read other sequences there, and
+    their answers were paired all the same (zip cut the longer list short)."""
+    run = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
+    assert claims.recall_claim(run).verdict == "holds"  # no digests (recorded before them): paired as before
+    for s in run.samples:
+        if s.get("task") == "mqar":
+            s["sequences"] = f"seqs-{s['pairs']}"
+    next(s for s in run.samples if s.get("task") == "mqar" and s["model"] == "ttt_e2e" and s["pairs"] == 8)[
+        "sequences"] = "other"
+    claim = claims.recall_claim(run)
+    assert claim.verdict == "holds" and claim.evidence[0]["n"] == 40  # the 4-pair point alone
+    assert "left out MQAR points where the two were tested on different sequences (length 64, 8 pairs)" in claim.why
+    for s in run.samples:
+        if s.get("task") == "mqar" and s["model"] == "ttt_e2e":
+            s["sequences"] = "other"
+    claim = claims.recall_claim(run)
+    assert claim.verdict == "undecided" and claim.evidence[:1] == []
+    assert claim.why.startswith("full attention and TTT-E2E were tested on different MQAR sequences at every point "
+                                "both ran (length 64, 4 pairs; length 64, 8 pairs)")
+    # without digests, a different count of sequences still tells
+    for s in run.samples:
+        if s.get("task") == "mqar":
+            del s["sequences"]
+            if s["model"] == "ttt_e2e" and s["pairs"] == 4:
+                s["per_sequence"] = s["per_sequence"][:30]
+    claim = claims.recall_claim(run)
+    assert claim.evidence[0]["n"] == 40 and "(length 64, 4 pairs)" in claim.why
+
 def test_every_seed_of_a_multi_seed_run_is_judged_not_only_the_last():
     # sample records had no seed, so each window or point kept only the last seed's record
     rng = np.random.default_rng(1)

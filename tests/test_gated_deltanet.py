@@ -251,6 +251,46 @@ def test_fla_decodes_with_its_recurrent_kernel_and_trains_with_its_chunked_one(m
         assert ran.pop() == expected, (T, grad)
 
 
+def test_fla_runs_the_configs_chunk_size_or_says_which_it_runs(monkeypatch):
+    """fla's chunked kernel takes chunk_size 16, 32 or 64, and the fla backend passed it none: a
+    config's chunk_size=32 ran chunks of 64, silently, and a run recorded 32."""
+    from types import SimpleNamespace
+
+    from harness.api.kernels import ChunkSizeWarning
+
+    calls = []
+
+    def kernel(name):
+        def run(**kwargs):
+            calls.append((name, kwargs.get("chunk_size")))
+            return gdn.torch_gated_delta_rule(kwargs["q"], kwargs["k"], kwargs["v"], kwargs["g"], kwargs["beta"],
+                                              kwargs["initial_state"], 16)
+        return run
+
+    monkeypatch.setattr(gdn.FLA, "ops", lambda device: SimpleNamespace(chunk=kernel("chunk"), recurrent=kernel("recurrent")))
+    monkeypatch.setattr(gdn.FLA, "_chunk_sizes_told", set())
+    q, k, v, g, beta, s0 = inputs(1, 100, 1, 1, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a chunk size fla takes runs as asked, without a word
+        for chunk in (16, 32, 64):
+            gdn.fla_gated_delta_rule(q, k, v, g, beta, s0, chunk)
+        gdn.fla_gated_delta_rule(q[:, :1], k[:, :1], v[:, :1], g[:, :1], beta[:, :1], s0, 128)  # decode: no chunks
+    # 64 is fla's default, left unsaid: the call checked on GPUs
+    assert calls == [("chunk", 16), ("chunk", 32), ("chunk", None), ("recurrent", None)]
+    with pytest.warns(ChunkSizeWarning, match=r"gated_deltanet chunk_size=128: backend 'fla' runs chunks of 64 "
+                                              r"\(it takes 16, 32, 64\).*backend='torch' to run 128"):
+        gdn.fla_gated_delta_rule(q, k, v, g, beta, s0, 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        gdn.fla_gated_delta_rule(q, k, v, g, beta, s0, 128)
+    assert calls[-2:] == [("chunk", None), ("chunk", None)]
+    # what a run records beside the config (run.json): the chunk fla ran, where it is not the config's
+    cuda = torch.device("cuda")
+    assert small_model("gated_deltanet", backend="fla", chunk_size=128).kernel_settings(cuda) == {"chunk_size": 64}
+    assert small_model("gated_deltanet", backend="fla", chunk_size=32).kernel_settings(cuda) == {}
+    assert small_model("gated_deltanet", backend="torch", chunk_size=128).kernel_settings(cuda) == {}
+
+
 # ---------------------------------------------------------------------------------------------
 # flash-linear-attention's own references (CPU; need the `triton` and `fla-core` packages)
 
@@ -328,6 +368,20 @@ def test_fla_equals_reference_forward_and_backward(kernel_device, dtype, B, T, H
     for name, fast, ref, scale in zip(names, *results, scales):
         torch.testing.assert_close(fast.float(), ref.float(), rtol=tol, atol=tol * scale, msg=f"{name} ({dtype})")
 
+
+# on the CPU: 3 chunks of 16 or 2 of 32 (the last short), with gradients (the chunked kernel)
+@kernel_cases("chunk", cuda=[16, 32], cpu=[16, 32])
+def test_fla_at_each_chunk_size_it_takes_equals_reference(kernel_device, chunk):
+    require_fla(kernel_device)
+    q, k, v, g, beta, s0 = inputs(1, 40, 1, 2, 16, 16, dtype=torch.float32, device=kernel_device)
+    leaves = [t.requires_grad_() for t in (q, k, v, g, beta, s0)]
+    results = []
+    for op in (gdn.fla_gated_delta_rule, gdn.torch_gated_delta_rule):
+        o, state = op(*leaves, chunk)
+        results.append([o, state, *torch.autograd.grad(o.sum() + state.sum(), leaves)])
+    tol = TOLERANCES[kernel_device.type, torch.float32]
+    for fast, ref in zip(*results):
+        torch.testing.assert_close(fast, ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 # one decode step; a short chunk (a prompt, a streamed piece). CPU tolerance: 4x the largest
 # difference measured there (9.5e-7)

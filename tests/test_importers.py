@@ -637,6 +637,45 @@ def test_the_official_inner_lr_warm_up_becomes_a_fraction_of_the_outer_steps(war
     assert config.inner_lr_warmup == pytest.approx(fraction)
 
 
+
+def official_inner_lr(training: dict, step: int) -> np.float32:
+    """The official inner SGD's lr at outer step ``step`` (github test-time-training/e2e):
+    optimizer_inner.lr times a float32 multiplier, 1 without a warm-up, else (ilr_init + (lr -
+    ilr_init) * min(1, (step + 1) / ilr_warmup_steps)) / lr (ttt/model/transformer.py
+    get_ilr_multiplier, ttt/optimizers.py make_sgd_optimizer). Training passes the outer step;
+    evaluation (eval_mode, ttt/train.py) passes int32 max - 100, past any warm-up."""
+    lr, init, warmup = (np.float32(training[k]) for k in ("lr", "ilr_init", "ilr_warmup_steps"))
+    if warmup == 0:
+        return lr
+    progress = np.minimum(np.float32(1), np.float32(step + 1) / warmup)
+    return lr * ((init + (lr - init) * progress) / lr)
+
+
+OFFICIAL_EVAL_STEP = np.iinfo(np.int32).max - 100
+
+
+@pytest.mark.parametrize("ilr_init, warmup, total, lr", [
+    (0.1, 480, 4800, 1.0),  # configs/training/125m/pretrain-8K.yaml with pretrain-125m-e2e.yaml
+    (1.0, 0, 120, 1.0),  # configs/training/125m/ext.yaml with ext-125m-e2e-32K.yaml
+    (0.03, 100, 1000, 0.3)])  # an lr whose warm-up end rounds off it in float64
+def test_an_imported_model_evaluates_with_the_official_eval_time_inner_lr(tmp_path, ilr_init, warmup, total, lr):
+    """Evaluating an imported checkpoint runs the inner loop with the lr the official eval_mode
+    uses (the whole optimizer_inner.lr: the warm-up is over), and a trainer that goes on with its
+    config warms up as the official run did."""
+    from harness.adapters.importers import import_ttt_e2e
+
+    np.savez(tmp_path / "official.npz", **official_tree())
+    training = {**OFFICIAL["training"], "ilr_init": ilr_init, "ilr_warmup_steps": warmup, "total_steps": total,
+                "optimizer_inner": {**OFFICIAL["training"]["optimizer_inner"], "lr": lr}}
+    model = import_ttt_e2e(tmp_path / "official.npz", config={"model": OFFICIAL["model"], "training": training})
+    schedule = {**training, "lr": lr}
+    assert np.float32(model.inner_lr_now) == official_inner_lr(schedule, OFFICIAL_EVAL_STEP)
+    assert model.inner_lr_now == lr  # not just to float32's precision
+    for step in (0, 1, warmup // 2, max(warmup - 1, 0), warmup, total - 1):
+        model.on_train_step(step, total)
+        assert model.inner_lr_now == pytest.approx(official_inner_lr(schedule, step), rel=1e-6), step
+    assert model.inner_lr_now == lr  # the last outer step: the official end-of-training evaluation's lr
+
 def test_official_train_mode_says_whether_the_import_learns_at_test_time(tmp_path):
     """The official code's train_mode decides the inner loop, not the prime MLPs: a meta run over
     suffix_len blocks without prime MLPs (TTT on the blocks' own MLPs) was imported as a static

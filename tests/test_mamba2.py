@@ -1,6 +1,7 @@
 """mamba2 specifics: chunked SSD equals the recurrence, chunks continue exactly, kernels agree."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 import warnings
@@ -185,6 +186,43 @@ def test_a_decode_step_runs_the_step_op_and_a_sequence_the_chunked_one(monkeypat
     model.decode_step(state, torch.zeros(2, dtype=torch.long))
     assert ran == ["step"] * 2
 
+
+def test_fla_runs_the_configs_chunk_size_or_says_which_it_runs(monkeypatch, tmp_path):
+    """fla's chunk_simple_gla was given no chunk_size: every config ran fla's 64 (the default
+    chunk_size 256 too), silently, and its run recorded the config's."""
+    from types import SimpleNamespace
+
+    from harness.api.kernels import ChunkSizeWarning
+    from harness.runs.evaluate import run_eval
+
+    passed = []
+
+    def chunk_simple_gla(q, k, v, **kwargs):
+        passed.append(kwargs.get("chunk_size"))
+        return torch.zeros_like(v), None
+
+    monkeypatch.setattr(mamba2.FLA, "ops", lambda device: SimpleNamespace(chunk_simple_gla=chunk_simple_gla))
+    monkeypatch.setattr(mamba2.FLA, "_chunk_sizes_told", set())
+    x, dt, A, B, C, D, _ = inputs(1, 20, 2, 4, 1, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for chunk in (16, 32, 64):
+            mamba2.ssd_fla(x, dt, A, B, C, D, torch.zeros(2), chunk, None, False)
+    assert passed == [16, 32, None]  # 64, fla's default, left unsaid: the call checked on GPUs
+    with pytest.warns(ChunkSizeWarning, match=r"mamba2 chunk_size=256: backend 'fla' runs chunks of 64"):
+        mamba2.ssd_fla(x, dt, A, B, C, D, torch.zeros(2), 256, None, False)
+    assert passed[-1] is None
+    cuda = torch.device("cuda")
+    assert registry.create_model("mamba2", "tiny", backend="fla", chunk_size=256).kernel_settings(cuda) == {"chunk_size": 64}
+    assert registry.create_model("mamba2", "tiny", backend="fla", chunk_size=32).kernel_settings(cuda) == {}
+    assert registry.create_model("mamba2", "tiny", backend="mamba_ssm", chunk_size=256).kernel_settings(cuda) == {}
+    # a run's run.json records them beside the config
+    model = registry.create_model("mamba2", "tiny", d_model=32, headdim=8, d_state=4, n_layers=1, backend="torch",
+                                  chunk_size=256)
+    monkeypatch.setattr(model, "kernel_settings", lambda device: {"chunk_size": 64})
+    run_eval("loss_scaling", model, tmp_path / "run", {"contexts": [16], "tokens_per_context": 64}, progress=False)
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["model"]
+    assert (recorded["config"]["chunk_size"], recorded["kernel_settings"]) == (256, {"chunk_size": 64})
 
 def test_parameter_names_and_shapes_follow_mamba_ssm():
     """mamba-ssm's Mamba2(d_model, d_state, d_conv, expand, headdim, ngroups) holds exactly these."""
@@ -414,6 +452,22 @@ def test_kernel_equals_reference_forward_and_backward(kernel_device, backend, dt
     for name, err, bound in checks:
         assert err < bound, f"{name}: {err:.2e}"
 
+
+# fla at the other chunk lengths it takes (16 and 32; 64 above), forward and backward
+@kernel_cases("chunk", cuda=[16, 32], cpu=[16, 32])
+def test_fla_at_each_chunk_size_it_takes_equals_reference(kernel_device, chunk):
+    require("fla", kernel_device)
+    x, dt, A, B, C, D, dt_bias, s0 = kernel_inputs(torch.float32, kernel_device, 1, 40, 2, 8, 1, 16)
+    leaves = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, dt_bias)]
+    y, s = mamba2.ssd_fla(*leaves, chunk, s0, True)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref, s_ref = mamba2.ssd_torch(*ref_leaves, chunk, s0.double(), True)
+    (y * y_ref.detach().float()).sum().backward()
+    (y_ref * y_ref.detach()).sum().backward()
+    tol = TOLERANCE[kernel_device.type, torch.float32]
+    assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < tol
+    for name, a, ref in zip("x dt A B C D dt_bias".split(), leaves, ref_leaves):
+        assert rel_err(a.grad, ref.grad) < 2 * tol, name
 
 # mamba_ssm's decode kernel has no backward: with grad it falls back
 @kernel_cases("backend, grad, sizes", cuda=[(b, g, GPU_SIZES) for b in KERNELS for g in (False, True)],

@@ -100,6 +100,23 @@ def test_task_trains_a_fresh_model_and_scores_each_point():
     assert again["value"].tolist() == table["value"].tolist()  # seeded: the same fresh model and data
 
 
+def test_each_point_records_a_digest_of_its_test_sequences_that_the_options_change():
+    """Two models' per-sequence answers pair (the recall claim) only if both read the same test
+    sequences: the same seed does not ensure it, as one generator draws every point of the grid
+    in turn and test_sequences sizes every draw. Each point says which sequences it read."""
+    def digests(model, **changes):
+        options = {"contexts": "32,64", "pairs": "4", "vocab_size": V, "steps": 1, "batch_size": 2,
+                   "test_sequences": 4, **changes}
+        samples = run_eval("mqar", model, None, options, progress=False, model_name="m").samples
+        return {(s["eval_ctx"], s["pairs"]): s["sequences"] for s in samples if s.get("kind") == "point"}
+
+    reference = digests(small_model("full_attention"))
+    assert digests(small_model("ttt_e2e")) == reference  # another architecture, the same sequences
+    assert all(isinstance(d, str) and len(d) == 16 for d in reference.values())
+    # (64, 4) is drawn after (32, 4): a grid without length 32 reads other sequences at (64, 4)
+    assert digests(small_model("full_attention"), contexts="64")[64, 4] != reference[64, 4]
+    assert digests(small_model("full_attention"), test_sequences=5)[32, 4] != reference[32, 4]
+
 def test_a_perfect_score_is_not_reported_as_certain(monkeypatch):
     # every query answered: the bootstrap over sequences gave [1, 1] (the committed paper_small
     # table shows SWA's "1.000" with no interval), certainty no finite sample gives

@@ -286,6 +286,23 @@ def test_untrained_models_are_evaluated_without_training(tmp_path):
     assert first["value"].equals(second["value"])  # seeded: the same weights every time
 
 
+
+def test_a_cell_records_the_settings_its_backend_ran_in_place_of_the_configs(tmp_path, monkeypatch):
+    """A mamba2 model with chunk_size 256 on the fla backend runs chunks of 64: a single run's
+    run.json says so (tests/test_mamba2.py), and a sweep's cells.jsonl, which holds no config, too."""
+    from baselines.mamba2 import Mamba2LM
+    from harness.runs.store import ResultStore
+
+    monkeypatch.setattr(Mamba2LM, "kernel_settings", lambda self, device: {"chunk_size": 64})
+    spec = {"name": "k", "tasks": [{"task": "test_sweep_probe"}],
+            "models": [{"arch": "mamba2", "untrained": True, "set": {"d_model": 32, "headdim": 8, "n_layers": 1}},
+                       {"arch": "swa", "untrained": True, "set": {"window": 8, "d_model": 32, "n_heads": 2}}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    recorded = {r["model"].split(":")[0]: r["kernel_settings"] for r in ResultStore(tmp_path / "out").finished().values()}
+    assert recorded == {"mamba2": {"chunk_size": 64}, "swa": {}}
+
 COMMITTED_SPECS = sorted((Path(__file__).parent.parent / "results" / "specs").glob("*.yaml"))
 
 

@@ -477,6 +477,17 @@ def test_inner_lr_warm_up_follows_the_outer_step():
     assert extension.inner_lr_now == 1.0
 
 
+
+def test_a_finished_warm_up_is_the_inner_lr_itself():
+    """After the warm-up the model in memory stepped with init + (lr - init), which rounds off lr
+    (0.03 + 0.27 = 0.30000000000000004): trained-then-evaluated and reloaded-then-evaluated (no
+    hook: inner_lr) computed with inner lrs one ulp apart."""
+    trained = registry.create_model("ttt_e2e", "tiny", inner_lr=0.3, inner_lr_init=0.03)
+    trained.on_train_step(99, 100)  # the trainer's last step
+    assert trained.inner_lr_now == registry.create_model("ttt_e2e", "tiny", inner_lr=0.3).inner_lr_now == 0.3
+    trained.on_train_step(4, 100)  # still warming up: the official line
+    assert trained.inner_lr_now == pytest.approx(0.03 + 0.27 * 5 / 10, rel=1e-15)
+
 def test_checkpointing_bounds_saved_activations():
     def saved_bytes(checkpointed: bool) -> int:
         model = model64(checkpoint_inner=checkpointed).train()

@@ -229,6 +229,12 @@ class LCModel(nn.Module):
         own says what its config says."""
         return self.config.backend
 
+    def kernel_settings(self, device: torch.device) -> dict[str, Any]:
+        """Settings the backend that runs on ``device`` applies in place of the config's (a kernel
+        that takes only some chunk lengths: ``{"chunk_size": 64}``); empty when it runs the config
+        as written. A run's ``run.json`` records them beside the config."""
+        return {}
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters that count as 'embedding' (token embedding and an untied LM head)."""
         return []

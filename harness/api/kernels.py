@@ -6,9 +6,12 @@ missing, Triton without a driver, a release too old) makes the backend unavailab
 crash. :meth:`Kernel.unavailable_reason` is the one answer every mixer gives (``None``: it can
 run), :meth:`Kernel.ops` the one error, :func:`pick_backend` resolves ``backend="auto"``, and
 :func:`kernel_report` lists the kernels architectures declare (``lcbench list --kernels``).
+A chunked kernel that takes only some chunk lengths runs another for a config's that it cannot
+(:meth:`Kernel.chunk_kwargs`): it says so once, and :func:`chunk_settings` is what a run records.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
@@ -18,17 +21,24 @@ import torch
 from harness.api.errors import BackendUnavailableError
 
 
+class ChunkSizeWarning(UserWarning):
+    """A kernel runs another chunk length than the config's: the same math, other rounding and speed."""
+
+
 class Kernel:
     """Backend ``name`` of mixer ``mixer``: ``load()`` imports its ops (raising on any failure),
     ``install`` says how to get them, ``fallback`` names the mixer's backend that runs anywhere;
     ``needs_cuda``: it runs on CUDA devices only; ``packages``: the distributions it comes from,
-    whose installed versions :func:`kernel_report` shows without importing them."""
+    whose installed versions :func:`kernel_report` shows without importing them; ``chunk_sizes``:
+    the chunk lengths its chunked ops take, the largest its default (empty: any, or not chunked)."""
 
     def __init__(self, mixer: str, name: str, load: Callable[[], Any], install: str, fallback: str,
-                 needs_cuda: bool = True, packages: Sequence[str] = ()):
+                 needs_cuda: bool = True, packages: Sequence[str] = (), chunk_sizes: Sequence[int] = ()):
         self.mixer, self.name, self.load, self.install = mixer, name, load, install
         self.fallback, self.needs_cuda, self.packages = fallback, needs_cuda, tuple(packages)
+        self.chunk_sizes = tuple(chunk_sizes)
         self._imported: tuple[Any, str | None] | None = None
+        self._chunk_sizes_told: set[int] = set()
 
     def installed(self) -> str:
         """Each of :attr:`packages` with its installed version, or "not installed"."""
@@ -63,6 +73,27 @@ class Kernel:
     def available(self, device: torch.device) -> bool:
         return self.unavailable_reason(device) is None
 
+    def chunk_size_run(self, requested: int) -> int:
+        """The chunk length it runs for a config's ``requested`` one: that one where it takes it,
+        else its default."""
+        if not self.chunk_sizes or requested in self.chunk_sizes:
+            return requested
+        return max(self.chunk_sizes)
+
+    def chunk_kwargs(self, requested: int) -> dict[str, int]:
+        """The keywords that make its chunked op run :meth:`chunk_size_run` for ``requested``
+        (none for its default, which it runs unasked), warning once per ``requested`` length
+        where that is another: ``chunk_size`` is a config field, and a run that silently used
+        another misreports itself."""
+        run = self.chunk_size_run(requested)
+        if run != requested and requested not in self._chunk_sizes_told:
+            self._chunk_sizes_told.add(requested)
+            warnings.warn(f"{self.mixer} chunk_size={requested}: backend {self.name!r} runs chunks of {run} (it takes "
+                          f"{', '.join(map(str, self.chunk_sizes))}); the math is the same, rounding and speed "
+                          f"differ. Set chunk_size to one of those, or backend={self.fallback!r} to run {requested}",
+                          ChunkSizeWarning, stacklevel=3)
+        return {} if not self.chunk_sizes or run == max(self.chunk_sizes) else {"chunk_size": run}
+
     def ops(self, device: torch.device) -> Any:
         """The imported ops, or :class:`BackendUnavailableError` saying why not and what to use instead."""
         reason = self.unavailable_reason(device)
@@ -81,6 +112,14 @@ def pick_backend(requested: str, kernels: Sequence[Kernel], device: torch.device
     if requested != "auto":
         return requested
     return next((k.name for k in kernels if k.available(device)), fallback)
+
+
+def chunk_settings(kernels: Sequence[Kernel], backend: str, chunk_size: int) -> dict[str, int]:
+    """``{"chunk_size": n}`` where backend ``backend`` (one of ``kernels``, or a reference that
+    runs any) runs another chunk length than the config's ``chunk_size``; else empty."""
+    kernel = next((k for k in kernels if k.name == backend), None)
+    run = chunk_size if kernel is None else kernel.chunk_size_run(chunk_size)
+    return {} if run == chunk_size else {"chunk_size": run}
 
 
 def kernel_report(kernels_by_arch: Mapping[str, Sequence[Kernel]], device: torch.device) -> list[dict[str, str]]:

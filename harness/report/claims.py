@@ -23,8 +23,9 @@ says that its intervals cover the units scored, not seed-to-seed variance.
    (the second half of the window) minus the gain before position L/8; only ``partly`` when the
    late gain itself is not above 0 (SWA still better there: a loss that narrows).
 3. ``recall``: TTT-E2E is far worse than full attention at recall. Read from ``mqar`` accuracy
-   (paired by test sequence, over every point of the grid) and, alongside, NIAH ``cand_acc``
-   (paired by prompt): ``partly`` when the two resolve opposite ways.
+   (paired by test sequence, over every point of the grid both were tested on the same
+   sequences at: a point whose sequence digests or counts differ is left out, and named) and,
+   alongside, NIAH ``cand_acc`` (paired by prompt): ``partly`` when the two resolve opposite ways.
 4. ``speed``: TTT-E2E's prefill is faster than full attention's at long context (the paper: 2.7x
    at 128K on an H100). From the ``latency`` task's timing repeats (samples), at the smallest
    batch size both were timed at: full attention's median prefill time over TTT-E2E's at each
@@ -467,10 +468,31 @@ def position_claim(run: RunData) -> Claim:
 # 3. recall
 
 
-def _mqar_points(run: RunData, model: str) -> dict[tuple[int, int, Any], list[float]]:
-    """(length, pairs, seed) -> each test sequence's accuracy: every seed's point, not the last."""
-    return {(int(s["eval_ctx"]), int(s["pairs"]), s.get("seed")): list(s["per_sequence"]) for s in run.samples
-            if s.get("model") == model and s.get("task") == "mqar" and s.get("kind") == "point"}
+@dataclass
+class MQARPoint:
+    per_sequence: list[float]  # each test sequence's accuracy
+    sequences: str | None  # the digest of the test sequences (None: recorded before digests were)
+
+
+def _mqar_points(run: RunData, model: str) -> dict[tuple[int, int, Any], MQARPoint]:
+    """(length, pairs, seed) -> the point's test sequences: every seed's point, not the last."""
+    return {(int(s["eval_ctx"]), int(s["pairs"]), s.get("seed")): MQARPoint(list(s["per_sequence"]), s.get("sequences"))
+            for s in run.samples if s.get("model") == model and s.get("task") == "mqar" and s.get("kind") == "point"}
+
+
+def _same_sequences(a: MQARPoint, b: MQARPoint) -> bool:
+    """Whether two models' answers at a point pair sequence by sequence. The same seed draws the
+    same sequences only under the same options (test_sequences, vocab_size, power_a, the grid...);
+    the digest says so where both points have one, a different count of sequences everywhere."""
+    if len(a.per_sequence) != len(b.per_sequence):
+        return False
+    return a.sequences is None or b.sequences is None or a.sequences == b.sequences
+
+
+def _point_names(points: list[tuple[int, int, Any]]) -> str:
+    named = [f"length {length}, {pairs} pairs" + (f", seed {seed}" if seed is not None else "")
+             for length, pairs, seed in points[:3]]
+    return "; ".join(named) + (f" and {len(points) - 3} more" if len(points) > 3 else "")
 
 
 def _niah_prompts(run: RunData, model: str) -> dict[tuple[Any, str], float]:
@@ -518,13 +540,20 @@ def recall_claim(run: RunData) -> Claim:
         return Claim("recall", statement, "undecided", "needs both full attention and TTT-E2E")
     evidence, niah_gap = _niah_evidence(run, full, ttt)
     a, b = _mqar_points(run, full), _mqar_points(run, ttt)
-    points = sorted(set(a) & set(b), key=str)
+    shared = sorted(set(a) & set(b), key=str)
+    points = [p for p in shared if _same_sequences(a[p], b[p])]
+    apart = [p for p in shared if p not in points]
+    left_out = (f"; left out MQAR points where the two were tested on different sequences ({_point_names(apart)}): "
+                "their mqar options differ; rerun both with the same options" if apart else "")
     if not points:
-        return Claim("recall", statement, "undecided", "no mqar points shared by full attention and TTT-E2E"
-                     + _niah_note(niah_gap, 0), evidence)
+        why = ("no mqar points shared by full attention and TTT-E2E" if not apart else
+               f"full attention and TTT-E2E were tested on different MQAR sequences at every point both ran "
+               f"({_point_names(apart)}): their mqar options differ; rerun both with the same options and seed")
+        return Claim("recall", statement, "undecided", why + _niah_note(niah_gap, 0), evidence)
     # units: test sequences (the same sequences for both models), pooled over the grid's points;
     # a sequence weighs its queries (pairs), so the pooled accuracy is a share of queries as mqar's rows are
-    units = [(p[2], f"{p}/{i}", x, y, float(p[1])) for p in points for i, (x, y) in enumerate(zip(a[p], b[p]))]
+    units = [(p[2], f"{p}/{i}", x, y, float(p[1])) for p in points
+             for i, (x, y) in enumerate(zip(a[p].per_sequence, b[p].per_sequence))]
     full_acc = _paired(((s, u, x, w) for s, u, x, _, w in units), seed=5, within=SHARE)
     ttt_acc = _paired(((s, u, y, w) for s, u, _, y, w in units), seed=6, within=SHARE)
     gap = _paired(((s, u, x - y, w) for s, u, x, y, w in units), seed=7, within=SHARE_GAP)
@@ -533,7 +562,8 @@ def recall_claim(run: RunData) -> Claim:
     if full_acc.value < RECALL_FLOOR:
         return Claim("recall", statement, "undecided",
                      f"full attention answers {full_acc.value:.2f} of MQAR queries (below {RECALL_FLOOR}): it has "
-                     "not learned recall, so recall cannot separate the models" + _niah_note(niah_gap, 0), evidence)
+                     "not learned recall, so recall cannot separate the models" + left_out + _niah_note(niah_gap, 0),
+                     evidence)
     mqar = _sign(gap)
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[mqar]
     if niah_gap is not None and _sign(niah_gap) == -mqar != 0:  # the two recall tasks resolve opposite ways
@@ -543,7 +573,7 @@ def recall_claim(run: RunData) -> Claim:
     why = {1: "full attention answers more MQAR queries than TTT-E2E" + shares,
            -1: "TTT-E2E answers more MQAR queries than full attention" + shares,
            0: f"the accuracy gap is not resolved ({_unresolved(gap, 'test sequence', 0)})"}[mqar]
-    return Claim("recall", statement, verdict, why + _niah_note(niah_gap, mqar), evidence)
+    return Claim("recall", statement, verdict, why + left_out + _niah_note(niah_gap, mqar), evidence)
 
 
 # ---------------------------------------------------------------------------------------------

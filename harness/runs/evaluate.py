@@ -264,6 +264,7 @@ def run_eval(
             seed=seed, command=command, device=str(device_t), task=task_name, options=options_dict,
             model={"spec": str(model_spec) if not isinstance(model_spec, LCModel) else info.name, "name": info.name,
                    "source": info.source, "path": info.path, "config": model.config.to_dict(),
+                   "kernel_settings": model.kernel_settings(device_t),
                    "params_non_embedding": info.params, "params_total": int(model.num_params(non_embedding=False)),
                    "train_config": info.train_config},
             dtype=dtype_name(dtype_t), run=run, git=git,

@@ -627,7 +627,9 @@ def run_model_cells(cells: list[Cell], out_dir: str | os.PathLike, device: torch
             results.write_jsonl(sample_file, samples)
         else:  # an earlier attempt's samples (a retried cell's) would stand beside this attempt's rows
             sample_file.unlink(missing_ok=True)
-        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git, machine, packages))
+        settings = None if preparing.failed else model.kernel_settings(device)
+        store.record_cell(cell.key, table, cell_record(cell, table, time.time() - cell_started, git, machine, packages,
+                                                       settings))
         if on_cell is not None:
             on_cell(cell)
     free_memory(device)
@@ -752,16 +754,20 @@ def record_spec(spec: SweepSpec, out_dir: Path) -> Path:
 
 
 def cell_record(cell: Cell, table: pd.DataFrame, seconds: float, git: dict[str, Any],
-                machine: dict[str, Any] | None, packages: dict[str, str] | None = None) -> dict[str, Any]:
+                machine: dict[str, Any] | None, packages: dict[str, str] | None = None,
+                kernel_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``cells.jsonl`` keeps of a finished cell whose rows are ``table``, made by the code
     of ``git`` (:func:`~harness.runs.provenance.git_commit`) with ``packages``
     (:func:`~harness.runs.provenance.package_versions`) on ``machine`` (the
-    :func:`~harness.runs.provenance.device_record` of the device used; None for a cell whose job died unseen)."""
+    :func:`~harness.runs.provenance.device_record` of the device used; None for a cell whose job died unseen),
+    its model's backend running ``kernel_settings`` in place of its config's (``LCModel.kernel_settings``;
+    None where no model was made)."""
     not_ok = table[table["status"] != "ok"]
     return {"spec": cell.model.spec.spec_id, "run": cell.model.spec.name, "model": cell.model.label,
             "seed": cell.seed, "task": cell.task, "options": cell.options,
             "status": "failed" if len(not_ok) else "ok", "rows": len(table), "seconds": round(seconds, 2),
-            "message": failure_summary(not_ok), "git": git, "machine": machine, "packages": packages}
+            "message": failure_summary(not_ok), "git": git, "machine": machine, "packages": packages,
+            "kernel_settings": kernel_settings}
 
 
 def cell_commits(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:

@@ -29,7 +29,9 @@ optimiser live in the run's Hydra config. Give it (``config=``: the run's ``.hyd
 an experiment YAML, or a dict with ``model`` / ``training`` sections); what it leaves out takes
 the official experiments' values (:data:`OFFICIAL_DEFAULTS`; ``bos_token_id``, whose targets leave
 the losses, what the official code would use: see :func:`official_bos_token_id`), and
-``import.json`` lists which.
+``import.json`` lists which. The inner-lr warm-up (``ilr_init`` over ``ilr_warmup_steps``) matters
+only to further training: the official evaluation (``eval_mode``) sets the step past any warm-up
+and so steps with the whole ``optimizer_inner.lr``, as our model does when no trainer drives it.
 Whether the model learns at test time is the config's too: ``train_mode: meta`` with
 ``suffix_len`` blocks is ``ttt_e2e`` even without prime MLPs (the inner loop then trains the
 blocks' own MLPs, as ``spec_inner`` says), and ``train_mode: pretrain`` runs no inner loop.
