@@ -129,3 +129,42 @@ def test_failed_rows_name_the_cell_that_failed(tmp_path):
     failed = text[text.index("<h2>Failed (2 rows)</h2>"):]
     assert "<th class=\"text\">variant</th>" in failed
     assert failed.count("prompt too long") == 2 and "multikey" in failed and "single" in failed
+
+
+def test_overview_and_failed_rows_say_what_failed_and_where(tmp_path):
+    """Every row not ok counts as failed (out of memory too), the models are the table's labels,
+    and each failed cell is one line with the task's columns some failed row has, blank where a
+    row has none, numbers as measured (a depth of 0.125) and right-aligned."""
+    base = {"run": "r", "model": "m2", "arch": "mamba2"}
+    rows = [results.make_row("loss", 2.0, task="custom", eval_ctx=1024, run="r", model="fa", arch="full_attention")]
+    for seed in (0, 1):  # two seeds of one cell failing alike: one line
+        rows += results.status_rows(["loss"], "oom", "out of memory", task="custom", eval_ctx=4096, depth=0.125,
+                                    seed=seed, **base)
+    rows += results.status_rows(["prefill_s"], "error", "boom", task="latency", eval_ctx=1024, batch_size=2, **base)
+    results.write_table(tmp_path, results.validate(rows))
+    text = html.unescape(render_report(tmp_path))
+    for fact, value in (("models", "fa, m2"), ("tasks", "custom, latency"), ("failed rows", "3")):
+        assert f'<tr><th class="text">{fact}</th><td class="text">{value}</td></tr>' in text, fact
+    failed = text[text.index("<h2>Failed (3 rows)</h2>"):]
+    text_cell, number = '<{0} class="text">{1}</{0}>', "<{0}>{1}</{0}>"
+    header = [("model", 1), ("task", 1), ("metric", 1), ("eval_ctx", 0), ("depth", 0), ("batch_size", 0),
+              ("status", 1), ("message", 1)]
+    assert "".join((text_cell if t else number).format("th", c) for c, t in header) in failed
+    for line in (["m2", "custom", "loss", "4096", "0.125", "", "oom", "out of memory"],
+                 ["m2", "latency", "prefill_s", "1024", "", "2", "error", "boom"]):
+        cells = "".join((text_cell if t else number).format("td", v) for v, (_, t) in zip(line, header))
+        assert failed.count(cells) == 1, line
+
+
+def test_one_failed_row_an_unreadable_run_json_and_a_page_written_elsewhere(tmp_path):
+    run = tmp_path / "run"
+    rows = [results.make_row("loss", 2.0, task="custom", run="r", model="fa", arch="full_attention"),
+            *results.status_rows(["loss"], "error", "boom", task="custom", eval_ctx=8, run="r", model="fa",
+                                 arch="full_attention")]
+    results.write_table(run, results.validate(rows))
+    (run / results.RUN_JSON).write_text("{not json")
+    path = write_report(run, tmp_path / "pages" / "page.html")
+    assert path == tmp_path / "pages" / "page.html" and not (run / REPORT_FILE).exists()
+    text = html.unescape(path.read_text())
+    assert "<h2>Failed (1 rows)</h2>" in text and "Every row is ok" not in text and "boom" in text
+    assert f'"unreadable": "{run / results.RUN_JSON}"' in text  # said, not passed over as if there were none

@@ -104,3 +104,14 @@ def test_an_edited_cell_displaces_the_rows_of_the_cell_it_edits_and_no_other(tmp
                                                   task="t"))
     table = store.record_cell("edited", failed, {**slot, "options": {"contexts": [1]}, "status": "failed"})
     assert sorted(zip(table["metric"], table["eval_ctx"].fillna(0))) == [("cell_failed", 0), ("loss", 2)]
+
+
+def test_show_cells_shows_the_last_of_two_clashing_cells_whatever_order_they_finished(tmp_path):
+    """Two cells whose rows no column tells apart (a grid over corpus): the table shows the last
+    one's, as the sweep's clash line says, also when the pool's workers finished it first."""
+    store = ResultStore(tmp_path)
+    store.record_cell("second", cell_rows("r", 0, value=5.0), {"status": "ok"})
+    store.record_cell("first", cell_rows("r", 0, value=1.0), {"status": "ok"})  # finished last: shown now
+    assert results.read_table(tmp_path)["value"].tolist() == [1.0]
+    assert store.show_cells(["first", "second"])["value"].tolist() == [5.0]
+    assert results.read_table(tmp_path)["value"].tolist() == [5.0]

@@ -10,6 +10,7 @@ import yaml
 from harness.api import results
 from harness.api.errors import ConfigError
 import harness.runs.sweep as sweep_mod
+from harness.runs.store import ResultStore
 from harness.runs.sweep import SweepSpec, load_spec, plan, run_sweep
 from harness.train import checkpoint
 from tests import probe_tasks  # noqa: F401 - registers test_sweep_probe
@@ -106,6 +107,8 @@ def test_grid_points_the_table_cannot_tell_apart_are_reported_and_fail_the_sweep
     out = tmp_path / "out"
     result = run_sweep(load_spec(spec_file), out, progress=False)
     assert result.failed == 0 and len(result.table) == 1  # one row shown of the two measured
+    last = ResultStore(out).cell_rows(plan(load_spec(spec_file))[-1].key)
+    assert result.table["value"].tolist() == last["value"].tolist() == [68.0]  # the last one's, as the clash says
     assert len(result.clashes) == 1 and "differ in corpus='stdlib' vs" in result.clashes[0]
     assert len(list((out / "cells").glob("*.parquet"))) == 2  # nothing lost
     cli = CliRunner().invoke(main, ["sweep", str(spec_file), "--out", str(out)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +24,7 @@ from harness.runs import jobs  # noqa: E402
 from harness.runs.cluster import ClusterOptions  # noqa: E402
 from harness.runs.pool import ModelPool  # noqa: E402
 from harness.runs.provenance import read_run_json  # noqa: E402
-from harness.runs.store import ResultStore  # noqa: E402
+from harness.runs.store import CELLS_FILE, ResultStore  # noqa: E402
 from harness.runs.sweep import describe_failures, load_spec, plan, run_sweep  # noqa: E402
 
 SMALL = {"d_model": 32, "n_heads": 2, "mlp_hidden": 64, "n_layers": 2}
@@ -247,9 +248,11 @@ def test_a_pool_of_two_workers_gives_the_inline_table_exactly(spec_path, serial,
         result = pool.submit(spec, tmp_path / "pool").result(progress=False)
     assert result.failed == 0 and result.ran == len(plan(spec))
     pd.testing.assert_frame_equal(sorted_table(result.table), sorted_table(serial.table), check_exact=True)
+    records = (tmp_path / "pool" / CELLS_FILE).read_text()
     with ModelPool(2) as pool:
         rerun = pool.submit(spec, tmp_path / "pool").result(progress=False)
     assert rerun.ran == 0 and rerun.skipped == len(plan(spec))
+    assert (tmp_path / "pool" / CELLS_FILE).read_text() == records  # no finished cell run again
 
 
 def test_pool_workers_take_this_process_thread_count():
@@ -278,3 +281,37 @@ def test_a_pool_worker_that_dies_leaves_status_rows_and_a_retry_finishes(spec_pa
         retried = pool.submit(spec, out, retry_failed=True).result(progress=False)
     assert retried.failed == 0
     pd.testing.assert_frame_equal(sorted_table(retried.table), sorted_table(serial.table), check_exact=True)
+
+
+def test_a_pool_retry_whose_worker_dies_records_its_death_over_the_old_failure(spec_path, tmp_path):
+    """The cells a dead worker left kept their old failure (an earlier job's), as if the retry had
+    failed that way; run.json names the device the cells ran on, not the spec's 'auto'."""
+    spec, out = load_spec(spec_path), tmp_path / "pool"
+    lost = plan(spec)
+    job = SimpleNamespace(job_id="1", paths=SimpleNamespace(stderr=tmp_path / "1.err"))
+    jobs.record_dead_job(out, jobs.Submitted(job, lost), RuntimeError("node lost"), NO_GIT)
+    with ModelPool(2) as pool:
+        pending = pool.submit(spec, out, retry_failed=True)
+        os.kill(next(iter(pool._executor._processes)), signal.SIGKILL)  # before it can have finished a model
+        pending.result(progress=False)
+    messages = [ResultStore(out).finished()[c.key]["message"] for c in lost]
+    assert all("worker process died" in m and "node lost" not in m for m in messages), messages
+    assert spec.device == "auto" and read_run_json(out)["device"]["name"] == "cpu"
+
+
+def test_an_inline_pool_retries_failed_cells_when_asked(spec_path, tmp_path):
+    spec, out = load_spec(spec_path), tmp_path / "inline"
+    job = SimpleNamespace(job_id="1", paths=SimpleNamespace(stderr=tmp_path / "1.err"))
+    jobs.record_dead_job(out, jobs.Submitted(job, plan(spec)), RuntimeError("node lost"), NO_GIT)
+    with ModelPool() as pool:
+        result = pool.submit(spec, out, retry_failed=True).result(progress=False)
+    assert result.failed == 0 and result.ran == len(plan(spec))
+
+
+def test_a_pool_left_by_an_error_runs_no_more_of_its_queued_jobs():
+    """An error (or Ctrl-C) in the gate waited for every model still queued to be run first."""
+    futures = []
+    with pytest.raises(RuntimeError, match="stop"), ModelPool(2) as pool:
+        futures = [pool._executor.submit(time.sleep, 0.5) for _ in range(8)]
+        raise RuntimeError("stop")
+    assert any(f.cancelled() for f in futures)

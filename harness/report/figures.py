@@ -29,9 +29,10 @@ def register_figure(name: str, task: str | None = None) -> Callable[[FigureBuild
     of that task (asked for by name, it is tried anyway and its skip is logged)."""
 
     def decorator(build: FigureBuilder) -> FigureBuilder:
-        if task is not None:
+        registered = registry.register_in(FIGURES, "figure", name)(build)
+        if task is not None:  # once registered: a refused name must not tie the figure holding it to a task
             FIGURE_TASKS[name] = task
-        return registry.register_in(FIGURES, "figure", name)(build)
+        return registered
 
     return decorator
 
