@@ -202,3 +202,17 @@ def test_an_export_never_replaces_a_file_that_no_export_wrote(tmp_path):
     (folder / "lcbench_export.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"does not list the files it wrote"):
         export_hf(ckpt, folder)
+
+
+def test_an_export_record_edited_to_name_outside_files_removes_none_of_them(tmp_path):
+    """The next export removes the files the record lists: a record edited to list ``../x`` or an
+    absolute path must not reach outside the export folder."""
+    ckpt = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa", vocab_size=264))
+    folder = export_hf(ckpt, tmp_path / "hf")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    record_file = folder / "lcbench_export.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({**record, "files": [*record["files"], "../victim.txt", str(victim)]}))
+    export_hf(ckpt, folder)
+    assert victim.read_text() == "mine"

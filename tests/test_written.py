@@ -53,3 +53,15 @@ def test_a_damaged_record_removes_nothing_and_is_replaced(tmp_path):
         assert replace_written(tmp_path, {"a": [a1], "b": []}) == []
         assert x.is_file() and y.is_file()
         assert json.loads((tmp_path / MANIFEST).read_text()) == {"a": ["a1.png"], "b": []}
+
+
+def test_a_hand_edited_record_never_reaches_outside_the_folder(tmp_path):
+    """The record lists bare names; one edited to ``../x``, an absolute path or a folder removed
+    nothing outside, and no folder, before ``own_files`` filtered removals."""
+    (outside,) = touch(tmp_path, "outside.png")
+    (a1,) = touch(tmp_path / "figs", "a1.png")
+    (tmp_path / "figs" / "sub").mkdir()
+    names = ["a1.png", "../outside.png", str(outside), "sub", "."]
+    (tmp_path / "figs" / MANIFEST).write_text(json.dumps({"a": names}))
+    assert replace_written(tmp_path / "figs", {"a": []}) == [a1]
+    assert outside.is_file() and (tmp_path / "figs" / "sub").is_dir()

@@ -25,7 +25,7 @@ import safetensors.torch
 from harness.adapters.hf_model import LcbenchConfig
 from harness.adapters.hf_tokenizer import export_tokenizer
 from harness.api.errors import ConfigError
-from harness.api.staging import clear_stale, prepare_output, temp_prefix
+from harness.api.staging import clear_stale, own_files, prepare_output, temp_prefix
 from harness.data.heldout import checkpoint_tokenizer
 from harness.data.tokenizers import auto_tokenizer, load_tokenizer
 from harness.runs.evaluate import resolve_model
@@ -112,8 +112,8 @@ def _replace_export(stage: Path, out: Path, earlier: list[str], record: dict[str
         os.replace(stage / EXPORT_FILE, out / EXPORT_FILE)
 
     write_record(list(set(earlier) | set(new)))
-    for name in set(earlier) - set(new):
-        (out / name).unlink(missing_ok=True)
+    for path in own_files(out, sorted(set(earlier) - set(new))):
+        path.unlink()
     for name in new[:-1]:
         os.replace(stage / name, out / name)
     write_record(new)

@@ -30,6 +30,14 @@ def temp_prefix(target: Path) -> str:
     return f".{target.name}.tmp-{os.getpid()}@{_HOST}-"
 
 
+def own_files(folder: Path, names: list[str]) -> list[Path]:
+    """The files a record in ``folder`` lists by ``names`` that a removal may touch: plain files
+    directly in ``folder``. A hand-edited record's ``../x``, absolute path, folder or link is
+    left out, so removing "what lcbench wrote" never reaches outside the folder."""
+    plain = [folder / n for n in names if n and n not in (".", "..") and Path(n).name == n]
+    return [p for p in plain if p.is_file() and not p.is_symlink()]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness.api import results
+from harness.api.staging import own_files
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,9 @@ def replace_written(folder: str | Path, written: Mapping[str, Sequence[Path]]) -
     now = {group: sorted(Path(p).name for p in paths) for group, paths in written.items()}
     removed = []
     for group, names in now.items():
-        for name in sorted(set(before.get(group, ())) - set(names)):
-            path = folder / name
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
-                removed.append(path)
+        for path in own_files(folder, sorted(set(before.get(group, ())) - set(names))):
+            path.unlink()
+            removed.append(path)
     if removed:
         log.info("removed %d file(s) an earlier run wrote and this one did not: %s", len(removed),
                  ", ".join(p.name for p in removed))
