@@ -18,7 +18,7 @@ pytest.importorskip("wonderwords")
 
 from harness.adapters.hf_export import export_hf  # noqa: E402
 from harness.api import results  # noqa: E402
-from harness.adapters.lm_eval import quiet_git_hash, run_lm_eval, task_manager  # noqa: E402
+from harness.adapters.lm_eval import offline_nltk, quiet_git_hash, run_lm_eval, task_manager  # noqa: E402
 from tests.test_lm_eval import RULER_DIR, local_tasks, trained  # noqa: E402,F401  (fixtures)
 
 
@@ -27,7 +27,7 @@ def hf_scores(folder, tasks: list[str], include: str, limit: int | None = None, 
     from lm_eval import simple_evaluate
 
     model_args = {"pretrained": str(folder), "trust_remote_code": True}
-    with quiet_git_hash():
+    with quiet_git_hash(), offline_nltk():  # as run_lm_eval runs lm-eval: nothing downloaded
         res = simple_evaluate(model="hf", model_args=model_args, device="cpu", tasks=tasks,
                               task_manager=task_manager(tasks, [str(include)], {**model_args, **meta}), limit=limit,
                               log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,

@@ -10,6 +10,9 @@ import json
 import math
 import os
 import random
+import re
+import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -350,6 +353,70 @@ def test_ruler_niah_end_to_end(trained, tmp_path):
     assert sorted(s["eval_ctx"] for s in samples) == [512, 512, 768, 768]
     assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
     assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "run.json").is_file()
+
+
+def test_ruler_downloads_no_nltk_resource_and_says_how_to_install_it(trained, monkeypatch):
+    """Loading RULER's prepare_niah called ``nltk.download("punkt_tab")`` whenever punkt_tab was
+    missing, so a run (and this suite) fetched it from the network, or printed nltk's error where
+    there is none, even for niah_single_1, which never splits sentences."""
+    import nltk
+    from nltk import downloader
+
+    # lm-eval loads YAML `!function` files by path but caches them in sys.modules under these names,
+    # and niah_utils imports prepare_niah by name: without them RULER's modules load afresh
+    for name in ("lm_eval.tasks.ruler.prepare_niah", "lm_eval.tasks.ruler.niah_utils",
+                 "lm_eval.tasks.ruler.common_utils"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    fetched = []
+
+    def download(*args, **kwargs):
+        fetched.append(args)
+        return True
+
+    # every way in: the module's name, its alias, and the class (``nltk.download`` was bound at import)
+    monkeypatch.setattr(nltk, "download", download)
+    monkeypatch.setattr(downloader, "download", download)
+    monkeypatch.setattr(downloader.Downloader, "download", download)
+    real_find = nltk.data.find
+
+    def find(resource, *args, **kwargs):  # punkt_tab missing on any machine
+        if "punkt" in str(resource):
+            raise LookupError(f"Resource {resource!r} not found (the test hides it)")
+        return real_find(resource, *args, **kwargs)
+
+    monkeypatch.setattr(nltk.data, "find", find)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = run_lm_eval(trained, ["niah_single_1"], limit=1, max_seq_lengths=[512], include_path=RULER_DIR)
+    assert fetched == []
+    told = [str(w.message) for w in caught if "punkt_tab" in str(w.message)]
+    assert len(told) == 1, told  # once
+    assert re.search(r"download 'punkt_tab'.*downloads nothing at run time.*RULER's essay haystacks"
+                     r".*`python -m nltk\.downloader punkt_tab`", told[0]), told[0]
+    assert "lm_eval.tasks.ruler.prepare_niah" in sys.modules  # it really loaded again
+    scores = table[table.metric == "score"]
+    assert scores.status.tolist() == ["ok"] and scores.value.between(0, 1).all()
+    assert nltk.download is download  # given back after the run
+
+
+def test_a_task_missing_an_nltk_resource_fails_with_the_command_that_installs_it(tmp_path, monkeypatch):
+    """An essay task then failed inside nltk with its advice to download from Python (row message
+    cut at 500 characters of nltk's banner) instead of lcbench's install command."""
+    import lm_eval
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])  # no nltk data on any machine
+
+    def split_sentences(**kwargs):  # what nltk's sent_tokenize looks up as RULER's essay haystack is built
+        return nltk.data.find("tokenizers/punkt_tab/english/")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", split_sentences)
+    table = run_lm_eval("full_attention:tiny", ["niah_single_2"], limit=1, max_seq_lengths=[256],
+                        include_path=RULER_DIR, device="cpu")
+    (row,) = table[table.metric == "score"].itertuples()
+    assert row.status == "error"
+    assert row.message.startswith("LookupError: nltk resource 'punkt_tab' is not installed: lcbench downloads nothing")
+    assert "`python -m nltk.downloader punkt_tab`" in row.message
 
 
 def test_a_task_that_fails_at_the_first_length_still_runs_at_the_others(tmp_path, monkeypatch):

@@ -49,6 +49,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -534,7 +535,8 @@ def run_lm_eval(
             label = task if length is None else f"{task}@{length}"
             # One failed task is recorded (oom, error) and the others go on.
             with FailureGuard(["score"], lm.device, **{**identity, "task": TABLE_TASK_PREFIX + task,
-                                                       "eval_ctx": length}) as guard, quiet_git_hash():
+                                                       "eval_ctx": length}) as guard, quiet_git_hash(), \
+                    offline_nltk():
                 res = simple_evaluate(
                     model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                     log_samples=True, bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
@@ -595,6 +597,49 @@ def quiet_git_hash() -> Iterator[None]:
         yield
 
 
+# RULER's tasks whose haystack is essays, split into sentences with nltk's punkt_tab
+ESSAY_TASKS = ("niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery")
+
+
+def _nltk_hint(resource: str) -> str:
+    return (f"lcbench downloads nothing at run time; tasks that split text into sentences need it (RULER's essay "
+            f"haystacks: {', '.join(ESSAY_TASKS)}), others run without it. Install it once with "
+            f"`python -m nltk.downloader {resource}`")
+
+
+@contextlib.contextmanager
+def offline_nltk() -> Iterator[None]:
+    """lm-eval's task modules call ``nltk.download`` as they load (RULER's ``prepare_niah`` asks for
+    punkt_tab whenever it is missing, even for tasks that never split sentences). While lm-eval runs,
+    that call fetches nothing and warns once per resource; a task that then misses the resource fails
+    with the command that installs it instead of nltk's own advice to download it from Python."""
+    try:
+        import nltk
+        from nltk import downloader
+    except ImportError:  # without nltk nothing downloads through it
+        yield
+        return
+    warned: set[str] = set()
+
+    def refuse(info_or_id: Any = None, *args: Any, **kwargs: Any) -> bool:
+        resource = str(info_or_id)
+        if resource not in warned:
+            warned.add(resource)
+            warnings.warn(f"lm-eval asked nltk to download {resource!r}; it was not fetched: " + _nltk_hint(resource),
+                          stacklevel=2)
+        return False  # as nltk's download says when it fetched nothing
+
+    # both names callers use (``nltk.download`` is a method bound at import: patching the class misses it)
+    with mock.patch.object(nltk, "download", refuse), mock.patch.object(downloader, "download", refuse):
+        try:
+            yield
+        except LookupError as exc:  # nltk's "Resource 'punkt_tab' not found ... nltk.download('punkt_tab')"
+            missing = re.search(r"nltk\.download\('([^']+)'\)", str(exc))
+            if missing is None:
+                raise
+            raise LookupError(f"nltk resource {missing[1]!r} is not installed: " + _nltk_hint(missing[1])) from exc
+
+
 def task_manager(tasks: Sequence[str], include: list[str] | None, meta: dict[str, Any], base: Any = None) -> Any:
     """An lm-eval TaskManager whose tasks get ``meta`` as metadata.
 
@@ -635,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    with quiet_git_hash():
+    with quiet_git_hash(), offline_nltk():
         cli_evaluate()
 
 
