@@ -61,6 +61,14 @@ def test_guard_only_oom_lets_other_errors_through():
     assert guard.rows[0]["status"] == "oom"
 
 
+def test_guard_lets_ctrl_c_through():
+    """KeyboardInterrupt (and SystemExit) are no failed measurement: the user stops the run."""
+    with pytest.raises(KeyboardInterrupt):
+        with FailureGuard(["loss"], CPU) as guard:
+            raise KeyboardInterrupt
+    assert not guard.failed and guard.rows == []
+
+
 def test_guard_drops_the_failed_frames_so_their_memory_is_freed():
     """A kept traceback keeps the failed call's frames, and their tensors, alive."""
     ref = None

@@ -192,6 +192,115 @@ def test_wheel_folder_check(tmp_path):
     assert fill_wheels.runs_on_gpu_machine("x-1.0-cp312-cp312-manylinux_2_28_x86_64.whl")
 
 
+def test_only_cpython_312_x86_64_linux_wheels_pass():
+    ok = fill_wheels.runs_on_gpu_machine
+    assert ok("x-1.0-cp312-abi3-manylinux_2_28_x86_64.whl") and ok("x-1.0-py3-none-any.whl")
+    assert not ok("x-1.0-cp312-cp312-manylinux_2_28_aarch64.whl")  # another machine
+    assert not ok("x-1.0-cp312-cp312-macosx_11_0_x86_64.whl") and not ok("x-1.0-cp311-cp311-manylinux_2_28_x86_64.whl")
+
+
+def test_filling_replaces_only_the_pinned_wheels_downloads_the_rest_and_builds_mamba_without_cuda(tmp_path, monkeypatch):
+    """What ``fill`` asks pip for, with pip stubbed (nothing is downloaded or built here)."""
+    calls = []
+    monkeypatch.setattr(fill_wheels, "pip", lambda *args, env=None: calls.append((args, env)))
+    (tmp_path / "fla_core-0.5.0-py3-none-any.whl").write_bytes(b"old pin")
+    (tmp_path / "kit_probe-0.1-py3-none-any.whl").write_bytes(b"not ours")
+    fill_wheels.fill(tmp_path, fill_wheels.PINS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kit_probe-0.1-py3-none-any.whl"]
+    (download, _), (build, env) = calls
+    assert download[0] == "download" and "--only-binary=:all:" in download
+    assert download[download.index("--python-version") + 1] == "3.12"
+    assert [a for a in download if "==" in a] == [f"{n}=={v}" for n, v in fill_wheels.PINS.items() if n != "mamba-ssm"]
+    assert build[0] == "wheel" and build[-1] == "mamba-ssm==2.3.2.post1"
+    assert env["MAMBA_FORCE_BUILD"] == env["MAMBA_SKIP_CUDA_BUILD"] == "TRUE"
+
+
+def test_check_only_neither_downloads_nor_passes_a_folder_over_what_a_call_carries(tmp_path, monkeypatch):
+    def no_fill(*args):
+        raise AssertionError("--check-only downloaded")
+
+    monkeypatch.setattr(fill_wheels, "fill", no_fill)
+    for name, version in fill_wheels.PINS.items():
+        (tmp_path / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"0" * 1024)
+    monkeypatch.setattr(fill_wheels, "checkout_mib", lambda: 10.0)
+    done = CliRunner().invoke(fill_wheels.main, ["--dest", str(tmp_path), "--check-only"])
+    assert done.exit_code == 0 and "ready" in done.output, done.output
+    monkeypatch.setattr(fill_wheels, "checkout_mib", lambda: fill_wheels.CARRY_LIMIT_MIB - 0.001)
+    done = CliRunner().invoke(fill_wheels.main, ["--dest", str(tmp_path), "--check-only"])
+    assert done.exit_code == 1 and f"together exceed {fill_wheels.CARRY_LIMIT_MIB} MiB" in done.output
+
+
+def test_the_checkout_size_counts_untracked_files_a_call_carries_and_not_ignored_ones(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("ignored.bin\n")
+    (tmp_path / "new.bin").write_bytes(b"0" * 2**20)  # untracked, not ignored: it travels
+    (tmp_path / "ignored.bin").write_bytes(b"0" * 4 * 2**20)
+    assert fill_wheels.checkout_mib(tmp_path) == pytest.approx(1.0, abs=0.01)
+
+
+def test_install_takes_the_wheels_offline_into_the_kits_own_folder(tmp_path, monkeypatch):
+    from bench.gpu import install
+
+    commands = []
+    monkeypatch.setattr(install.subprocess, "run", lambda command, **kwargs: commands.append((command, kwargs)))
+    (tmp_path / "wheels").mkdir()
+    for name in ("b-1.0-py3-none-any.whl", "a-1.0-py3-none-any.whl"):
+        (tmp_path / "wheels" / name).write_bytes(b"")
+    book = ledger.Ledger(tmp_path / LEDGER_FILE, "install")
+    install.run(KitConfig.dry(wheels=str(tmp_path / "wheels")), tmp_path, Clock.after(-5), book)
+    (wheels, options), (checkout, _) = commands
+    for command in (wheels, checkout):  # never the network, never the machine's own packages
+        assert {"--no-index", "--no-deps", "--upgrade"} <= set(command)
+        assert command[command.index("--target") + 1] == str(tmp_path / "site")
+    assert wheels[-2:] == [str(tmp_path / "wheels" / n) for n in ("a-1.0-py3-none-any.whl", "b-1.0-py3-none-any.whl")]
+    assert checkout[-1] == str(ROOT) and options["timeout"] == 1.0  # past the deadline: a second, not none
+
+
+@pytest.mark.parametrize("wheels, status", [(None, "skipped"), ("empty", "failed")])
+def test_install_says_why_no_wheels_were_installed(tmp_path, monkeypatch, wheels, status):
+    from bench.gpu import install
+
+    monkeypatch.setattr(install.subprocess, "run", lambda command, **kwargs: None)
+    (tmp_path / "empty").mkdir()
+    cfg = KitConfig.dry(wheels=None if wheels is None else str(tmp_path / wheels))
+    install.run(cfg, tmp_path, Clock.after(60), ledger.Ledger(tmp_path / LEDGER_FILE, "install"))
+    assert ledger.read(tmp_path / LEDGER_FILE).set_index("item").loc["wheels", "status"] == status
+
+
+def test_steps_after_install_import_the_checkout_first_then_the_installed_extras_then_the_callers_path(tmp_path, monkeypatch):
+    from bench.gpu import install
+
+    monkeypatch.setenv("PYTHONPATH", "/callers")
+    assert install.python_path(tmp_path).split(os.pathsep) == [str(ROOT), "/callers"]
+    (tmp_path / "site").mkdir()
+    assert install.python_path(tmp_path).split(os.pathsep) == [str(ROOT), str(tmp_path / "site"), "/callers"]
+
+
+@pytest.mark.parametrize("error, timed_out", [(subprocess.TimeoutExpired("pytest", 1.0), True),
+                                              (ValueError("a bug"), False)])
+def test_a_step_stopped_at_its_deadline_exits_as_timed_out_and_a_broken_step_does_not(tmp_path, monkeypatch,
+                                                                                     error, timed_out):
+    """The orchestrator tells the two apart by the exit code: a failing step read as "timeout" hid its bug."""
+    import bench.gpu.install as install
+
+    def stopped(*args):
+        raise error
+
+    monkeypatch.setattr(install, "run", stopped)
+    KitConfig.dry().save(tmp_path / "kit.json")
+    done = CliRunner().invoke(worker.main, ["install", "--work", str(tmp_path), "--deadline", "0"])
+    assert done.exit_code != 0 and (done.exit_code == worker.TIMEOUT_EXIT) == timed_out
+
+
+def test_kit_config_refuses_a_budget_that_leaves_no_time_and_an_unknown_architecture():
+    with pytest.raises(ConfigError, match="budget_s=15.0 must exceed"):
+        KitConfig(budget_s=15.0, reserve_s=15.0)
+    with pytest.raises(ConfigError, match="unknown architecture 'mamba'.*Did you mean 'mamba2'"):
+        KitConfig(archs=["mamba"])
+    assert KitConfig.dry(contexts=[256], device="cuda").contexts == [256]  # a change wins over the dry defaults
+    assert KitConfig.dry(device="cuda").device == "cuda"
+
+
 def test_the_gpu_run_measures_what_the_issue_asks_from_the_latency_spec():
     cfg = KitConfig.gpu()
     spec = load_spec(ROOT / cfg.latency_spec)

@@ -165,3 +165,65 @@ def test_every_command_refuses_an_unwritable_out_before_work(tmp_path, unwritabl
                      ["table", str(run_dir), "--out", out], ["plot", str(run_dir), "--out", out],
                      ["report", str(run_dir), "--out", f"{out}/r.html"]):
             one_line_error(CliRunner().invoke(main, args), EXIT_USER_ERROR, "cannot write")
+
+
+def test_a_folder_that_exists_but_takes_no_file_is_refused():
+    """The write is real, not a permission check: sysfs exists and is a folder, yet takes no file
+    even from root (a read-only or full file system fails the same way)."""
+    with pytest.raises(ConfigError, match="cannot write the output folder '/sys': "):
+        ensure_writable("/sys")
+
+
+def staged_name(target: str, pid: int, old: bool = False) -> str:
+    from harness.api.staging import _HOST
+
+    return f".{target}.tmp-{pid}@{_HOST}-abcd_123" + (".old" if old else "")
+
+
+def test_a_live_process_of_another_user_is_alive(tmp_path, monkeypatch):
+    """``kill(pid, 0)`` on another user's live process raises PermissionError: that save is live."""
+    from harness.api import staging
+
+    def not_permitted(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(staging.os, "kill", not_permitted)
+    (tmp_path / staged_name("ck", 4242)).mkdir()
+    assert clear_stale(tmp_path) == [] and (tmp_path / staged_name("ck", 4242)).is_dir()
+
+
+def test_a_stale_old_copy_beside_a_folder_in_place_is_removed(tmp_path, monkeypatch):
+    """A replace killed after its second rename left only the old copy aside: the folder is in
+    place, so nothing is put back and the old copy goes."""
+    from harness.api import staging
+
+    monkeypatch.setattr(staging, "_alive", lambda pid: False)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "new.txt").write_text("new")
+    old = tmp_path / staged_name("ck", 4242, old=True)
+    old.mkdir()
+    (old / "old.txt").write_text("old")
+    assert clear_stale(tmp_path) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"] and (tmp_path / "ck" / "new.txt").is_file()
+
+
+def test_folders_made_for_results_go_again_when_the_work_is_interrupted(tmp_path):
+    """Ctrl-C (KeyboardInterrupt, not an Exception) during the work left the empty folders made for it."""
+    from harness.api.staging import made_for_results
+
+    with pytest.raises(KeyboardInterrupt), made_for_results(tmp_path / "runs" / "r"):
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_link_goes_and_what_it_points_to_stays(tmp_path, monkeypatch):
+    from harness.api import staging
+
+    monkeypatch.setattr(staging, "_alive", lambda pid: False)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep.txt").write_text("mine")
+    link = tmp_path / "out" / staged_name("ck", 4242)
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert clear_stale(tmp_path / "out") == [link]
+    assert not os.path.lexists(link) and (tmp_path / "elsewhere" / "keep.txt").read_text() == "mine"

@@ -472,3 +472,17 @@ def test_each_rank_weighs_its_share_of_a_batch_and_an_empty_share_weighs_nothing
         shares.append(share_of(replicas, batch))
     assert [s.weight for s in shares] == [1, 1, 0] and len(shares[2].rows) == 1
     assert [s.rows.tolist() for s in shares[:2]] == [[[0]], [[1]]]
+
+
+def test_each_rank_trains_on_its_own_block_of_rows_and_an_uneven_batch_is_refused():
+    """Rank r of n takes rows [r*b/n, (r+1)*b/n) of the one-process batch; a batch that does not
+    split evenly would leave rows untrained on every step, so it is refused by name."""
+    from harness.train.distributed import DataParallel, SingleProcess
+
+    assert SingleProcess("cpu").is_main  # the one process reports (progress bars, logs)
+    rank = object.__new__(DataParallel)  # a rank's arithmetic, without a process group
+    rank.rank, rank.world_size = 1, 2
+    assert not rank.is_main
+    assert rank.shard(torch.arange(4).reshape(4, 1)).flatten().tolist() == [2, 3]
+    with pytest.raises(ConfigError, match="a batch of 3 rows does not split evenly over 2 processes"):
+        rank.shard(torch.arange(3).reshape(3, 1))

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from harness.api.errors import CheckpointError
@@ -84,13 +85,41 @@ def load(path: str | os.PathLike, model: LCModel, optimizer: torch.optim.Optimiz
     shards = Path(path) / checkpoint.SHARDED_DIR
     if optimizer is None:
         state = {"model": model.state_dict()}
+        _check_tensors(shards, state["model"], model.config.arch)
         _read(shards, state)
         model.load_state_dict(state["model"])
         return
     model_state, optim_state = get_state_dict(model, optimizer)
+    _check_tensors(shards, model_state, model.config.arch)
     state = {"model": model_state, "optim": optim_state}
     _read(shards, state)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _check_tensors(shards: Path, model_state: dict[str, Any], arch: str) -> None:
+    """Name every missing, unexpected or misshapen tensor, as a one-process load does: DCP reads
+    only the tensors asked for, so a saved one the model lacks (a config of fewer layers) went unsaid."""
+    try:
+        saved = {key.removeprefix("model."): meta
+                 for key, meta in dcp.FileSystemReader(str(shards)).read_metadata().state_dict_metadata.items()
+                 if key.startswith("model.")}
+    except Exception as exc:  # no or a damaged .metadata (a checkpoint without checksums)
+        raise CheckpointError(f"sharded checkpoint {str(shards)!r} cannot be read: {_first_line(exc)}") from exc
+    missing, unexpected = sorted(set(model_state) - set(saved)), sorted(set(saved) - set(model_state))
+    if missing or unexpected:
+        raise CheckpointError(f"sharded checkpoint {str(shards)!r} does not match the {arch} model: "
+                              f"missing tensors {missing}, unexpected tensors {unexpected}")
+    misfits = [f"{key} saved {tuple(saved[key].size)}, model {tuple(value.shape)}" for key, value in model_state.items()
+               if hasattr(saved[key], "size") and tuple(saved[key].size) != tuple(value.shape)]
+    if misfits:
+        raise CheckpointError(f"sharded checkpoint {str(shards)!r} does not fit a {arch} model with this config: "
+                              + "; ".join(misfits[:3]) + ("; ..." if len(misfits) > 3 else ""))
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, CheckpointException) and exc.failures:  # the first failed rank's own error
+        exc = next(iter(exc.failures.values()))[0]
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _read(shards: Path, state: dict[str, Any]) -> None:
@@ -98,6 +127,8 @@ def _read(shards: Path, state: dict[str, Any]) -> None:
         with warnings.catch_warnings():  # a load in one process is what we ask for, not a fallback
             warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
             dcp.load(state, checkpoint_id=str(shards), no_dist=not dist.is_initialized())
-    except Exception as exc:  # DCP wraps reader errors of every rank in its own types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"sharded checkpoint {str(shards)!r} cannot be loaded into this model: {first}") from exc
+    # DCP wraps every rank's reader errors in CheckpointException, a BaseException: `except Exception`
+    # let a checkpoint that does not fit the model out as a page of DCP traceback
+    except (Exception, CheckpointException) as exc:
+        raise CheckpointError(
+            f"sharded checkpoint {str(shards)!r} cannot be loaded into this model: {_first_line(exc)}") from exc
