@@ -41,3 +41,22 @@ def test_a_name_that_is_not_a_string_is_named_too():
     # difflib's close-match search raised a bare TypeError ("'int' object is not iterable")
     with pytest.raises(UnknownNameError, match="unknown dtype 16; valid: auto, bf16"):
         resolve_dtype(16)
+
+
+def test_the_first_index_past_the_gpus_is_refused_and_auto_takes_the_gpu(one_gpu):
+    """The boundary: on one GPU, cuda:1 is already past it (third audit's device survivors)."""
+    with pytest.raises(ConfigError, match=r"'cuda:1' is not here: this machine has 1 GPU"):
+        resolve_device("cuda:1")
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device() == torch.device("cuda")
+
+
+def test_every_dtype_spelling_and_auto_resolve_to_what_they_name():
+    from harness.api.device import dtype_name
+
+    assert [resolve_dtype(n) for n in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")] == [
+        torch.float32, torch.float32, torch.bfloat16, torch.bfloat16, torch.float16, torch.float16]
+    assert resolve_dtype("auto") == torch.float32  # no device said: the CPU's
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype(torch.float16, torch.device("cuda")) == torch.float16  # a dtype given stays
+    assert [dtype_name(d) for d in (torch.float32, torch.bfloat16)] == ["float32", "bfloat16"]
