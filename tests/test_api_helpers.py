@@ -200,3 +200,38 @@ def test_greedy_decode_stops_before_eos_and_after_stop(greedy_case):
         logits, state = model.prefill(prompt)  # decode_step may update a cache in place: a fresh state
         assert greedy_decode(model, logits, state, 12, stop=lambda ids: len(ids) == 3) == expected[:3]
         assert greedy_decode(model, logits, state, 0) == []
+
+
+def test_host_memory_is_memavailable_in_bytes_and_a_need_beyond_it_is_an_oom(monkeypatch):
+    """MemAvailable (what the host can still give, page cache included), not MemFree, read in kB
+    (third audit's failures survivors)."""
+    import builtins
+    import io
+
+    from harness.api import failures
+
+    meminfo = "MemTotal:       8000000 kB\nMemFree:         100000 kB\nMemAvailable:   2000000 kB\n"
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(meminfo) if path == "/proc/meminfo"
+                        else real_open(path, *a, **k))
+    assert failures.available_host_bytes() == 2_000_000 * 1024
+    failures.require_host_memory(2_000_000 * 1024, "this")
+    with pytest.raises(MemoryError, match=r"this needs about 1.9 GiB of host memory, 1.9 GiB is available"):
+        failures.require_host_memory(2_000_000 * 1024 + 1, "this")
+
+
+def test_weights_or_a_tensor_holding_nan_or_infinity_are_named():
+    from harness.api.failures import require_finite, require_finite_weights
+
+    model = small_model("swa")
+    require_finite_weights(model)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"1 weight tensor\(s\) hold NaN or infinity, e.g. '"):
+        require_finite_weights(model)
+    model.register_buffer("scale", torch.tensor([1.0, float("nan")]))
+    with pytest.raises(FloatingPointError, match=r"2 weight tensor\(s\)"):
+        require_finite_weights(model)
+    require_finite(torch.tensor([1, 2]), "ints")  # integers hold neither
+    with pytest.raises(FloatingPointError, match="logits hold NaN or infinity"):
+        require_finite(torch.tensor([0.0, float("nan")]), "logits")
