@@ -192,3 +192,32 @@ def test_a_tasks_torch_draws_follow_its_seed_and_untrained_weights_do_not():
         torch.manual_seed(seed)
         weights.append(resolve_model("swa", device="cpu")[0].state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_taken_name_refuses_another_object_and_takes_the_same_again():
+    """Re-registering the same class (a module imported twice) is fine; another class under a
+    taken name is refused, naming who holds it; an architecture needs a tiny preset and learns its
+    name (third audit's registry survivors)."""
+    from baselines.attention import AttentionLM
+
+    table: dict = {}
+
+    class First:
+        pass
+
+    class Second:
+        pass
+
+    Second.__qualname__ = "Second"
+    assert registry.register_in(table, "model", "m")(First) is First
+    assert registry.register_in(table, "model", "m")(First) is First and table == {"m": First}
+    with pytest.raises(ValueError, match=r"model 'm' is already registered by .*First"):
+        registry.register_in(table, "model", "m")(Second)
+    assert table == {"m": First}
+    with pytest.raises(ValueError, match=r"architecture 'no_tiny' must define a 'tiny' preset"):
+        registry.register_model("no_tiny")(type("NoTiny", (AttentionLM,), {"presets": {"small": {}}}))
+    assert "no_tiny" not in registry.model_names()
+    assert registry.get_model_class("swa").arch_name == "swa"
+    assert registry.model_names() == sorted(registry.model_names())
+    with pytest.raises(UnknownNameError, match=r"unknown preset '125M' of 'swa'"):
+        registry.make_config("swa", "125M")
