@@ -28,3 +28,26 @@ def test_ints_are_numbers_but_bools_are_not():
     assert type_problem([1, "x"], list[int]) == "a list of int"
     assert type_problem(None, int | None) is None
     assert type_problem("x", int | None) == "an integer or None"
+
+
+def test_tuples_literals_and_mappings_are_checked_and_json_lists_read_back_as_annotated():
+    """Third audit's fieldtypes survivors: a homogeneous tuple's items, a fixed tuple's (left to
+    the dataclass), Literal choices, mappings; a JSON list read back as a tuple, an int as a float."""
+    from typing import Literal
+
+    from harness.api.fieldtypes import as_annotated
+
+    assert type_problem((1, 2), tuple[int, ...]) is None
+    assert type_problem([1, "x"], tuple[int, ...]) == "a list of int"
+    assert type_problem((1, "x"), tuple[int, str]) is None  # fixed-shape tuples: items not checked
+    assert type_problem("ab", tuple[int, ...]) == "a list of int"
+    assert type_problem("b", Literal["a", "b"]) is None
+    assert type_problem("c", Literal["a", "b"]) == "'a' | 'b'"
+    assert type_problem({"k": 1}, dict[str, int]) is None
+    assert type_problem([("k", 1)], dict[str, int]) == "a mapping"
+    assert as_annotated([1, 2], tuple[int, ...]) == (1, 2) and isinstance(as_annotated([1], tuple[int, ...] | None), tuple)
+    assert as_annotated([1, 2], list[int]) == [1, 2] and isinstance(as_annotated([1, 2], list[int]), list)
+    lr = as_annotated(1, float | None)
+    assert lr == 1.0 and isinstance(lr, float)
+    assert isinstance(as_annotated(1, int | float), int)  # not float alone: left as given
+    assert as_annotated(True, float) is True  # a bool is refused by the check, never made 1.0
