@@ -221,3 +221,19 @@ def test_a_taken_name_refuses_another_object_and_takes_the_same_again():
     assert registry.model_names() == sorted(registry.model_names())
     with pytest.raises(UnknownNameError, match=r"unknown preset '125M' of 'swa'"):
         registry.make_config("swa", "125M")
+
+
+def test_an_unknown_name_message_names_value_owner_sorted_choices_and_the_close_match():
+    """errors.py, which the third audit did not reach: the message every bad name gets."""
+    from harness.api.errors import LcbenchError, check_choice, close_match, divisors, unknown_message
+
+    error = UnknownNameError("task", "nah", ["niah", "mqar", "latency"], of="'suite'")
+    assert str(error) == "unknown task 'nah' of 'suite'; valid: latency, mqar, niah. Did you mean 'niah'?"
+    assert isinstance(error, KeyError) and isinstance(error, LcbenchError) and error.choices == ["latency", "mqar", "niah"]
+    assert unknown_message("device", "gpu", ["cpu", "cuda"], suggestion="cuda").endswith("Did you mean 'cuda'?")
+    assert unknown_message("x", "zzz", []) == "unknown x 'zzz'; valid: (none registered)"
+    assert close_match(16, ["16", "32"]) == "16" and close_match("xqzz", ["mqar"]) is None
+    assert divisors(12) == [1, 2, 3, 4, 6, 12]
+    assert check_choice("mode", "a", ["a", "b"]) == "a"
+    with pytest.raises(ConfigError, match=r"unknown mode 'c'; valid: a, b"):
+        check_choice("mode", "c", ["b", "a"])
