@@ -235,3 +235,36 @@ def test_weights_or_a_tensor_holding_nan_or_infinity_are_named():
     require_finite(torch.tensor([1, 2]), "ints")  # integers hold neither
     with pytest.raises(FloatingPointError, match="logits hold NaN or infinity"):
         require_finite(torch.tensor([0.0, float("nan")]), "logits")
+
+
+def test_dropping_tracebacks_walks_explicit_and_implicit_chains_and_stops_at_a_cycle():
+    """The failed frames (and their tensors) hang on every exception of the chain: ``raise ... from``
+    (cause) and an error inside ``except`` (context) alike (third audit's failures survivor)."""
+    from harness.api.failures import drop_tracebacks
+
+    def chained() -> BaseException:
+        try:
+            raise KeyError("first")
+        except KeyError as caught:
+            first = caught
+        try:
+            try:
+                raise IndexError("handled")
+            except IndexError:
+                raise ValueError("second") from first  # cause: first; context: the IndexError
+        except ValueError:
+            try:
+                raise RuntimeError("third")  # implicit: its context is the ValueError
+            except RuntimeError as third:
+                return third
+
+    exc = chained()
+    chain = [exc, exc.__context__, exc.__context__.__cause__]
+    assert isinstance(chain[2], KeyError)
+    assert all(e.__traceback__ is not None for e in chain)
+    drop_tracebacks(exc)
+    assert all(e.__traceback__ is None for e in chain)
+    looped = RuntimeError("a")
+    looped.__context__ = RuntimeError("b")
+    looped.__context__.__context__ = looped
+    drop_tracebacks(looped)  # returns: a cycle is walked once

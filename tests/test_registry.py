@@ -237,3 +237,28 @@ def test_an_unknown_name_message_names_value_owner_sorted_choices_and_the_close_
     assert check_choice("mode", "a", ["a", "b"]) == "a"
     with pytest.raises(ConfigError, match=r"unknown mode 'c'; valid: a, b"):
         check_choice("mode", "c", ["b", "a"])
+
+
+def test_plugins_of_a_group_load_once_per_process(monkeypatch):
+    """Every lookup asks for the plugins; their modules are imported at the first only (third
+    audit's registry survivor), and a broken one warns once."""
+    from types import SimpleNamespace
+
+    loads = []
+
+    def load():
+        loads.append(1)
+        raise ImportError("broken on purpose")
+
+    fake = SimpleNamespace(name="counted", value="counted_module", load=load)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [fake] if group == registry.MODEL_GROUP else [])
+    registry.reload_plugins()
+    try:
+        with pytest.warns(UserWarning, match="could not load lcbench.models plugin 'counted'"):
+            registry.model_names()
+        registry.model_names()
+        with pytest.raises(ConfigError, match="architecture 'counted' comes from plugin counted_module, which failed"):
+            registry.get_model_class("counted")
+        assert loads == [1]
+    finally:
+        registry.reload_plugins()
