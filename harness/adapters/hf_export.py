@@ -101,7 +101,8 @@ def _replace_export(stage: Path, out: Path, earlier: list[str], record: dict[str
     """Move the export written in ``stage`` into ``out`` in place of the ``earlier`` one's files.
     The record lists both exports' files while they are swapped, so an export killed midway
     leaves a folder whose next export still removes every file of either."""
-    new = sorted(p.name for p in stage.iterdir()) + [EXPORT_FILE]
+    staged = sorted(p.name for p in stage.iterdir())  # the record is written last, below
+    new = [*staged, EXPORT_FILE]
     theirs = sorted(name for name in new if (out / name).exists() and name not in earlier)
     if theirs:  # a file the user put beside the earlier export, under a name this one writes
         raise ConfigError(f"cannot export to {str(out)!r}: the export would replace {', '.join(theirs)}, which "
@@ -114,7 +115,7 @@ def _replace_export(stage: Path, out: Path, earlier: list[str], record: dict[str
     write_record(list(set(earlier) | set(new)))
     for path in own_files(out, sorted(set(earlier) - set(new))):
         path.unlink()
-    for name in new[:-1]:
+    for name in staged:
         os.replace(stage / name, out / name)
     write_record(new)
 
