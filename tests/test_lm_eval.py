@@ -419,6 +419,32 @@ def test_a_task_missing_an_nltk_resource_fails_with_the_command_that_installs_it
     assert "`python -m nltk.downloader punkt_tab`" in row.message
 
 
+def test_lm_evals_own_command_line_downloads_no_nltk_resource_either(monkeypatch):
+    """``python -m harness.adapters.lm_eval`` runs lm-eval's command line; a task module it loads
+    that calls ``nltk.download`` must fetch nothing there as well, and say how to install it."""
+    import lm_eval.__main__
+    import nltk
+
+    fetched, seen = [], []
+
+    def download(*args, **kwargs):
+        fetched.append(args)
+        return True
+
+    def cli_evaluate():  # as a RULER module loads under lm-eval's command line
+        seen.append(list(sys.argv[1:]))
+        return nltk.download("punkt_tab")
+
+    monkeypatch.setattr(nltk, "download", download)
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", cli_evaluate)
+    monkeypatch.setattr(sys, "argv", ["lcbench-lm-eval"])
+    with pytest.warns(UserWarning, match=r"download 'punkt_tab'.*`python -m nltk\.downloader punkt_tab`"):
+        main(["--model", "lcbench", "--tasks", "niah_single_1"])
+    assert seen == [["--model", "lcbench", "--tasks", "niah_single_1"]]
+    assert fetched == []
+    assert nltk.download is download  # given back after the run
+
+
 def test_a_task_that_fails_at_the_first_length_still_runs_at_the_others(tmp_path, monkeypatch):
     """--lengths 768,512 where 768 ran out of memory: 512 never ran (only tasks that gave per-length
     metrics at the first length went on), so the table lacked it without a row saying so."""
