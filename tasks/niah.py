@@ -38,15 +38,21 @@ Two scorings, so that small models that cannot yet generate are still measured:
   mean log-probability per token.
 
 Prompts are a deterministic function of (seed, variant, haystack, length, depth, sample
-index). Rows give each metric per (variant, haystack, eval_ctx, depth) cell and pooled over
-depths (depth NA), with an interval over prompts (the rates a Wilson score interval, see
-:func:`harness.api.stats.rate`; ``value_logprob`` a bootstrap one); ``samples.jsonl`` keeps every
-prompt's needles, expected values, generated text and candidate log-probabilities.
+index), given the tokenizer, the held-out text and the options: each prompt's sample record
+holds a digest of every token id the model read for it (``read_digest``: the prompt, its answer
+starts and the ranked candidates), and two models' answers to a prompt pair (the recall claim)
+only where the digests agree. Rows give each metric per (variant, haystack, eval_ctx, depth)
+cell and pooled over depths (depth NA), with an interval over prompts (the rates a Wilson score
+interval, see :func:`harness.api.stats.rate`; ``value_logprob`` a bootstrap one);
+``samples.jsonl`` keeps every prompt's needles, expected values, generated text and candidate
+log-probabilities.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,6 +349,15 @@ def depth_flag(depth: float, placed: list[float]) -> str:
     return f"depth: needles sit {off:.2f} from depth {depth:g} on average (few line starts at this length)"
 
 
+def read_digest(parts: Iterable[Sequence[int]]) -> str:
+    """A short digest of the token ids a model read for a prompt, part by part: each part's length,
+    then its ids (little-endian int64), so that the same ids cut into other parts digest apart."""
+    digest = hashlib.sha256()
+    for ids in parts:
+        digest.update(np.asarray([len(ids), *ids], dtype="<i8").tobytes())
+    return digest.hexdigest()[:16]
+
+
 def join_keys(keys: list[str]) -> str:
     return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
 
@@ -435,6 +450,7 @@ class NIAH(Task):
             "question_and_answer": builder.tok.decode(prompt.shared[-64:] + prompt.answer)[-200:],
         }
         scores: dict[str, float] = {}
+        read = [prompt.shared, prompt.answer]  # every token id fed to the model, except its own generation
         answer_states: dict[tuple[int, ...], tuple[torch.Tensor, Any]] = {}
 
         def after(answer: list[int]) -> tuple[torch.Tensor, Any]:
@@ -467,8 +483,10 @@ class NIAH(Task):
                 others = list(dict.fromkeys(others))[: options.candidates - 1]
                 others += builder.random_values(rng, options.candidates - 1 - len(others), correct | set(others))
                 candidates = [value] + others
-                logits, s = after(builder.probe_answer(key))
-                scored = [self._logprob(model, logits, s, builder.encode(" " + c), device) for c in candidates]
+                probe, continuations = builder.probe_answer(key), [builder.encode(" " + c) for c in candidates]
+                read += [probe, *continuations]
+                logits, s = after(probe)
+                scored = [self._logprob(model, logits, s, ids, device) for ids in continuations]
                 lp = [total for total, _ in scored]
                 acc = tie_aware_top1(lp[0], lp[1:])
                 rank = sum(x > lp[0] for x in lp[1:])
@@ -479,7 +497,7 @@ class NIAH(Task):
             scores["cand_acc"] = float(np.mean(accs))
             scores["value_logprob"] = float(np.mean(logprobs))
             record.update(probes=probes, cand_acc=scores["cand_acc"], value_logprob=scores["value_logprob"])
-        ctx.record(**record)
+        ctx.record(**record, read_digest=read_digest(read))
         return scores
 
     @staticmethod

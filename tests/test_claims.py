@@ -591,6 +591,42 @@ def test_niah_recall_that_contradicts_mqar_keeps_the_recall_claim_from_holding()
     assert claim.verdict == "undecided" and "; NIAH: TTT-E2E ranks" in claim.why, claim.why
 
 
+def test_niah_answers_pair_only_where_both_models_read_the_same_prompt():
+    """NIAH prompts are seeded by prompt id, but the tokenizer, the held-out text and the niah
+    options shape them too: answers of models that read other tokens under the same id were
+    paired all the same (here NIAH, contradicting MQAR, made the verdict "partly")."""
+    run = _run(PAPER, GROWING, {"full_attention": 0.95, "ttt_e2e": 0.2})
+    run.samples += _niah_prompts({"full_attention": 0.1, "ttt_e2e": 0.9}, np.random.default_rng(3))
+    niah = [s for s in run.samples if s.get("task") == "niah"]
+    for s in niah:
+        s["read_digest"] = f"read-{s['prompt_id']}"
+    claim = claims.recall_claim(run)  # the same prompts: paired as without digests
+    assert claim.verdict == "partly" and "left out" not in claim.why and claim.evidence[-1]["n"] == 40
+    for s in niah:
+        if s["model"] == "ttt_e2e" and int(s["prompt_id"].rsplit("/", 1)[1]) < 10:
+            s["read_digest"] = "another tokenizer"
+    claim = claims.recall_claim(run)
+    gap = claim.evidence[-1]
+    assert gap["comparison"] == "full attention - TTT-E2E (NIAH cand_acc, paired by prompt)" and gap["n"] == 30
+    assert claim.why.endswith("; left out 10 NIAH prompts that full attention and TTT-E2E read as different tokens "
+                              "(single/text/512/0.5/0 (seed 0); single/text/512/0.5/1 (seed 0); "
+                              "single/text/512/0.5/2 (seed 0) and 7 more): their tokenizers, held-out text or niah "
+                              "options differ; rerun both with the same ones"), claim.why
+    for s in niah:
+        if s["model"] == "ttt_e2e":
+            s["read_digest"] = "other needle options"
+    claim = claims.recall_claim(run)  # MQAR alone decides
+    assert claim.verdict == "holds" and not any("NIAH" in e["comparison"] for e in claim.evidence)
+    assert "; NIAH not compared: full attention and TTT-E2E read every prompt both scored as different tokens " \
+           "(40 prompts: single/text/512/0.5/0 (seed 0);" in claim.why, claim.why
+    # one model's records from before digests: paired by id, as they were
+    for s in niah:
+        if s["model"] == "full_attention":
+            del s["read_digest"]
+    claim = claims.recall_claim(run)
+    assert claim.verdict == "partly" and claim.evidence[-1]["n"] == 40 and "left out" not in claim.why
+
+
 def test_a_ttt_e2e_gain_far_below_full_attention_s_is_named_beside_the_context_verdict():
     """Full attention gains 0.3 nats/token from the last doubling, TTT-E2E 0.012: "keeps falling like
     full attention's" read "holds" with no word that its gap to full attention widens by 0.29."""

@@ -389,6 +389,32 @@ def test_niah_uniform_model_scores_chance(corpus):
     assert all(len(p["candidates"]) == 3 for s in few.samples if s["kind"] == "prompt" for p in s["probes"])
 
 
+def test_each_niah_prompt_records_a_digest_of_what_the_model_read(corpus, tmp_path):
+    """Two models' answers to a prompt pair (the recall claim) only if both read the same tokens.
+    Prompts are seeded by prompt id, but the tokenizer, the held-out text and the needle and
+    candidate options shape them too: each prompt's record says what the model read."""
+    from tests.test_data import _write_tokenizer_json
+
+    _write_tokenizer_json(tmp_path / "tokenizer.json")
+
+    def digests(model: LCModel | None = None, **changes) -> dict[str, str]:
+        options = {**data_options(corpus), "contexts": "512", "depths": "0.5", "samples": 2, "candidates": 3,
+                   "variants": "single,multikey", "haystacks": "text", "distractors": 3, "generate": False, **changes}
+        samples = run_eval("niah", model or UniformLM(512), None, options, progress=False, model_name="m").samples
+        return {s["prompt_id"]: s["read_digest"] for s in samples if s.get("kind") == "prompt"}
+
+    reference = digests()
+    assert len(set(reference.values())) == 4 and all(len(d) == 16 for d in reference.values())
+    # another model, scored by generation too: the same prompts and candidates
+    assert digests(CopierLM(), generate=True) == reference
+    for changes in ({"tokenizer": str(tmp_path / "tokenizer.json")}, {"candidates": 4}, {"value_kind": "word"},
+                    {"val_fraction": 0.3}):
+        other = digests(**changes)
+        assert other.keys() == reference.keys() and all(other[p] != reference[p] for p in reference), changes
+    other = digests(distractors=2)  # only multikey prompts hold distractors
+    assert {p for p in reference if other[p] != reference[p]} == {p for p in reference if p.startswith("multikey/")}
+
+
 @pytest.mark.parametrize("option, match", [
     ("depths", "'depths' must hold at least one depth in \\[0, 1\\]"),  # was: status nan rows, "gen_match is nan"
     ("variants", "'variants' must name at least one of single, multikey, multivalue, multiquery"),
