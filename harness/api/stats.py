@@ -78,6 +78,23 @@ def expanded_level(level: float, n: int) -> float:
     return 2 * NormalDist().cdf(z) - 1
 
 
+def family_level(level: float, k: int) -> float:
+    """Bonferroni's level for each of ``k`` intervals that are to cover together with ``level``
+    (family-wise): ``1 - (1 - level) / k``.
+
+    A verdict that ANY one of k intervals can reach (union-intersection: "some fixed-state model
+    still gains") errs when one of k true nulls is resolved by chance, up to k times as often as one
+    interval errs: 23% for five independent 95% intervals; at this level, at most 5%. A verdict
+    that needs ALL k to agree (intersection-union) errs only when the one false among them is
+    resolved, at most as often as one interval errs: it needs no correction. Holm's first step is
+    this Bonferroni test, so for an any-of-k verdict Holm decides the same."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+    if k < 1:
+        raise ValueError(f"k (the intervals in the family) must be at least 1, got {k}")
+    return 1.0 - (1.0 - level) / k
+
+
 def _interval(stats: np.ndarray, value: float, level: float) -> tuple[float, float]:
     stats = stats[np.isfinite(stats)]
     if stats.size == 0:

@@ -53,7 +53,12 @@ Verdicts: ``holds``, ``contradicted``, ``partly`` (some of the claim's compariso
 ``undecided``, which also says why: a model the claim needs is missing, or the reference itself
 does not show the effect (full attention does not gain from context, or does not recall), so the
 run cannot tell the architectures apart (or the timings do not compare: different machines). An
-interval is a 95% bootstrap percentile interval.
+interval is a 95% bootstrap percentile interval. A verdict that needs ALL of its intervals to agree
+(intersection-union: every ``holds``, claim 1's and 3's ``contradicted``) reads each at 95%: it errs
+only when the one false among them is resolved. One that ANY of k intervals can reach
+(union-intersection: claim 1's ``partly``, a fixed-state model that still gains; claim 5's
+``partly`` and ``contradicted``, over the phases timed) reads them at 1 - 0.05 / k
+(:func:`stats.family_level`, Bonferroni: 95% family-wise), and its why says so.
 """
 from __future__ import annotations
 
@@ -190,7 +195,7 @@ def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None,
 
 
 def _paired(cells: Iterable[tuple[Any, str, float, float]], seed: int,
-            within: tuple[float, float] | None = None) -> stats.SeededEstimate:
+            within: tuple[float, float] | None = None, level: float = stats.DEFAULT_LEVEL) -> stats.SeededEstimate:
     """Weighted mean of (training seed, unit, difference, weight) cells (a weight: the tokens or
     queries behind a difference), with an interval that resamples whole units (documents, test
     sequences, prompts) and, where models of several seeds were scored, the seeds too
@@ -202,7 +207,7 @@ def _paired(cells: Iterable[tuple[Any, str, float, float]], seed: int,
         units.append(unit)
         numerators.append(diff * weight)
         denominators.append(weight)
-    est = stats.bootstrap_seeded_ratio(seeds, units, numerators, denominators, RESAMPLES, seed=seed)
+    est = stats.bootstrap_seeded_ratio(seeds, units, numerators, denominators, RESAMPLES, level, seed=seed)
     if within is None or not np.isfinite(est.ci_low):
         return est
     return dataclasses.replace(est, ci_low=max(est.ci_low, within[0]), ci_high=min(est.ci_high, within[1]))
@@ -272,6 +277,12 @@ def _noting_seeds(judge_claim: Callable[[RunData], Claim]) -> Callable[[RunData]
     return judged
 
 
+def _family_note(k: int, what: str) -> str:
+    """How an any-of-k verdict read its intervals: `` (95% family-wise over 3 fixed-state models,
+    Bonferroni)``; "" for one interval, which needs no correction."""
+    return f" ({stats.DEFAULT_LEVEL:.0%} family-wise over {k} {what}, Bonferroni)" if k > 1 else ""
+
+
 def _is_spread(n: int) -> bool:
     """Whether an interval of medians over ``n`` repeats cannot reach the level asked for."""
     return stats.median_max_coverage(n) < stats.DEFAULT_LEVEL
@@ -305,17 +316,19 @@ def doubling_gains(run: RunData, model: str, longest: int | None = None) -> tupl
     return {k: half[k] - full[k] for k in set(half) & set(full)}, longest
 
 
-def _by_window(diffs: dict[tuple, float], seed: int) -> stats.Estimate:
+def _by_window(diffs: dict[tuple, float], seed: int, level: float = stats.DEFAULT_LEVEL) -> stats.Estimate:
     """The mean of per-window differences (keys: (training seed, doc, end)), resampled by
     document and training seed."""
-    return _paired(((k[0], k[1], diffs[k], 1.0) for k in sorted(diffs, key=str)), seed=seed)  # a seed may be None
+    return _paired(((k[0], k[1], diffs[k], 1.0) for k in sorted(diffs, key=str)), seed=seed, level=level)  # a seed may be None
 
 
-def last_doubling_gain(run: RunData, model: str, longest: int | None = None) -> tuple[stats.Estimate, int] | None:
+def last_doubling_gain(run: RunData, model: str, longest: int | None = None,
+                       level: float = stats.DEFAULT_LEVEL) -> tuple[stats.Estimate, int] | None:
     """Loss at half of context ``longest`` (default: the model's longest) minus loss at
-    ``longest``, paired by window end; None without same-target windows at both lengths."""
+    ``longest``, paired by window end, its interval at ``level``; None without same-target windows
+    at both lengths."""
     diffs, longest = doubling_gains(run, model, longest)
-    return (_by_window(diffs, seed=1), longest) if diffs else None
+    return (_by_window(diffs, seed=1, level=level), longest) if diffs else None
 
 
 def _widening(run: RunData, full: str, ttt: str, longest: int) -> stats.Estimate | None:
@@ -369,14 +382,25 @@ def context_claim(run: RunData) -> Claim:
                      "targets: same and two lengths a doubling apart)", evidence)
     trend = {arch: _trend(est) for arch, est in gains.items()}
     fixed = [a for a in FIXED_STATE if a in trend]
+    # "holds" needs ALL fixed-state models to level off (intersection-union: each 95% interval
+    # suffices); "partly" and the "against the claim" notes need ANY one to gain (union-intersection
+    # over the k judged), so a fixed-state gain is read at Bonferroni's level: 95% family-wise
+    shown = dict(gains)  # the interval a why quotes for each model
+    if len(fixed) > 1:
+        level = stats.family_level(stats.DEFAULT_LEVEL, len(fixed))
+        for a in (a for a in fixed if trend[a] == "gains"):
+            shown[a] = last_doubling_gain(run, models[a], longest, level)[0]
+            trend[a] = _trend(shown[a])  # "gains" or "unclear": a wider interval cannot level off
+    family = _family_note(len(fixed), "fixed-state models")
     still_falling = [a for a in fixed if trend[a] == "gains"]
-    against = f"; {', '.join(still_falling)} still gain(s), against the claim" if still_falling else ""
+    against = f"; {', '.join(still_falling)} still gain(s), against the claim{family}" if still_falling else ""
     if trend["full_attention"] == "unclear":
         return Claim("context", statement, "undecided", "whether full attention gains from the last doubling of "
                      f"context is not resolved ({_unresolved(gains['full_attention'], 'document', MIN_CONTEXT_GAIN)})"
                      + against, evidence)
     if trend["full_attention"] == "levels":
         others = ", ".join((["ttt_e2e"] if trend["ttt_e2e"] == "gains" else []) + still_falling) or "none of the others"
+        others += family if still_falling else ""
         full_copy = copying.get("full_attention")
         copies = "" if full_copy is None else (
             f"; its copy gain at that length is {full_copy['value']:+.3f} nats/token (repeat task)")
@@ -401,12 +425,13 @@ def context_claim(run: RunData) -> Claim:
                        "over the doubling")
     if trend["ttt_e2e"] == "gains" and still_falling:
         return Claim("context", statement, "partly", f"TTT-E2E still gains{'' if lag else ' like full attention'}, "
-                     "but so does " + ", ".join(still_falling) + lag, evidence)
+                     "but so does " + ", ".join(still_falling) + family + lag, evidence)
     unclear = [a for a in ("ttt_e2e", *fixed) if trend[a] == "unclear"]
     if unclear:
         return Claim("context", statement, "undecided", "whether " + ", ".join(unclear) + " still gain(s) from the "
                      "last doubling is not resolved: " + "; ".join(
-                         f"{a}: {_unresolved(gains[a], 'document', MIN_CONTEXT_GAIN)}" for a in unclear) + against,
+                         f"{a}: {_unresolved(shown[a], 'document', MIN_CONTEXT_GAIN)}"
+                         + (family if shown[a] is not gains[a] else "") for a in unclear) + against,
                      evidence)
     return Claim("context", statement, "holds", "full attention and TTT-E2E still gain from the last doubling; "
                  "the fixed-state models do not" + lag, evidence)
@@ -452,6 +477,8 @@ def position_claim(run: RunData) -> Claim:
     evidence = [_row(f"gain over SWA, positions < {bins[early[-1]][1]}", early_gain),  # L/8 when L is a power of 2
                 _row(f"gain over SWA, positions {lo}-{hi}", late_gain, line=0),
                 _row("growth (late - early)", growth, line=0)]
+    # one interval decides (growth), and "holds" needs the late gain's too (both must agree:
+    # intersection-union), so each 95% interval keeps the verdict's level: no correction
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[_sign(growth)]
     late = _sign(late_gain)
     if verdict == "holds" and late <= 0:  # a loss that narrows is no gain that grows
@@ -593,6 +620,8 @@ def recall_claim(run: RunData) -> Claim:
                      f"full attention answers {full_acc.value:.2f} of MQAR queries (below {RECALL_FLOOR}): it has "
                      "not learned recall, so recall cannot separate the models" + left_out + _niah_note(niah, 0),
                      evidence)
+    # one interval decides: MQAR pooled over the grid's points, not one interval per point; "partly"
+    # needs NIAH's to resolve the other way as well (both agree: intersection-union), so no correction
     mqar = _sign(gap)
     verdict = {1: "holds", -1: "contradicted", 0: "undecided"}[mqar]
     if niah.gap is not None and _sign(niah.gap) == -mqar != 0:  # the two recall tasks resolve opposite ways
@@ -746,6 +775,11 @@ def speed_claim(run: RunData) -> Claim:
         head = f"{at}, full attention ran out of memory where TTT-E2E ran, which counts for the claim"
     else:
         head = f"{at}, TTT-E2E ran out of memory where full attention ran, which counts against the claim"
+    # The verdict is one interval's (the longest context's). The crossover is a fixed-sequence test,
+    # from the longest context down, stopping at the first not resolved: it names a context only
+    # when every longer one is resolved, so it is wrong only if the longest truly-not-faster context
+    # was resolved by chance, at most one interval's error; no correction. The contexts listed
+    # where there is no crossover are each at 95%, beside the verdict, not a verdict.
     crossover = None
     for ctx in sorted(faster, reverse=True):  # the shortest context from which TTT-E2E is faster at every one
         if faster[ctx] != 1:
@@ -765,9 +799,11 @@ def speed_claim(run: RunData) -> Claim:
                  f"{_unstable(run, cells, batch)}", evidence)
 
 
-def per_token_growth(run: RunData, model: str, phase: str, batch: int) -> tuple[stats.Estimate, int, int] | None:
+def per_token_growth(run: RunData, model: str, phase: str, batch: int,
+                     level: float = stats.DEFAULT_LEVEL) -> tuple[stats.Estimate, int, int] | None:
     """``model``'s time per token of ``phase`` at its longest timed context over that at its
-    shortest, with the two contexts; None when it was timed at fewer than two."""
+    shortest (its interval at ``level``), with the two contexts; None when it was timed at fewer
+    than two."""
     timed = run.timings(model, phase, batch)
     if len(timed) < 2:
         return None
@@ -775,7 +811,7 @@ def per_token_growth(run: RunData, model: str, phase: str, batch: int) -> tuple[
     # prefill times a whole prefix, decode one step: per token, prefill divides by the prefix
     tokens = (lambda ctx: batch * ctx) if phase == "prefill" else (lambda ctx: batch)
     est = stats.bootstrap_median_ratio([t / tokens(long) for t in timed[long]], [t / tokens(short) for t in timed[short]],
-                                       RESAMPLES, seed=[9, list(FLAT).index(phase), short, long])
+                                       RESAMPLES, level, seed=[9, list(FLAT).index(phase), short, long])
     return est, short, long
 
 
@@ -785,6 +821,35 @@ def _shape(est: stats.Estimate, tolerance: float) -> str:
     if np.isfinite(est.ci_low) and 1 / tolerance <= est.ci_low and est.ci_high <= tolerance:
         return "flat"
     return {1: "grows", -1: "falls", 0: "unclear"}[_side(est, 1 / tolerance, tolerance)]
+
+
+def _phase_verdict(mine: stats.Estimate, theirs: stats.Estimate | None, tolerance: float) -> str:
+    """One phase's verdict from TTT-E2E's ratio (``mine``) and full attention's (``theirs``; None
+    where it gives no contrast): ``holds`` when TTT-E2E's is flat while full attention's grows,
+    ``contradicted`` when TTT-E2E's grows, else ``undecided``."""
+    shape = _shape(mine, tolerance)
+    if shape == "grows":
+        return "contradicted"
+    return "holds" if shape == "flat" and theirs is not None and _shape(theirs, tolerance) == "grows" else "undecided"
+
+
+def _phases_family(run: RunData, ttt: str, full: str, batch: int,
+                   contrast: dict[str, bool]) -> tuple[dict[str, str], str]:
+    """Each phase's verdict (the phases: ``contrast``'s keys) with every interval at Bonferroni's
+    level over the phases (full attention's only where ``contrast`` says it gives one), and a
+    sentence that says so."""
+    level = stats.family_level(stats.DEFAULT_LEVEL, len(contrast))
+    verdicts, texts = {}, []
+    for phase, contrasted in contrast.items():
+        tolerance = FLAT[phase]
+        mine = per_token_growth(run, ttt, phase, batch, level)[0]
+        found = per_token_growth(run, full, phase, batch, level) if contrasted else None
+        theirs = found[0] if found else None
+        verdicts[phase] = _phase_verdict(mine, theirs, tolerance)
+        texts.append(f"{phase} {verdicts[phase]} (TTT-E2E {_interval(mine)} {_shape(mine, tolerance)}"
+                     + (f", full attention {_interval(theirs)} {_shape(theirs, tolerance)})" if theirs else ")"))
+    return verdicts, (f" Read at {level:.1%} each{_family_note(len(contrast), 'phases')}, as one phase alone "
+                      "decides partly or contradicted: " + "; ".join(texts) + ".")
 
 
 def constant_latency_claim(run: RunData) -> Claim:
@@ -807,6 +872,7 @@ def constant_latency_claim(run: RunData) -> Claim:
                      f"different machines and do not compare. {note}")
     evidence, parts, ests = [], [], []
     judged: dict[str, str] = {}
+    contrast_ok: dict[str, bool] = {}  # phase -> whether full attention's ratio gives a contrast
     cells: list[tuple[str, str, int]] = []
     for phase, tolerance in FLAT.items():
         mine = per_token_growth(run, ttt, phase, batch)
@@ -815,7 +881,6 @@ def constant_latency_claim(run: RunData) -> Claim:
             continue
         est, short, long = mine
         shape = _shape(est, tolerance)
-        judged[phase] = {"flat": "holds", "grows": "contradicted"}.get(shape, "undecided")
         ests.append(est)
         cells += [(ttt, phase, short), (ttt, phase, long)]
         evidence.append(_timing_row(f"{ttt}: {phase} time per token, context {long} / {short} (batch {batch})", est))
@@ -824,7 +889,7 @@ def constant_latency_claim(run: RunData) -> Claim:
         oom = _out_of_memory(run, ttt, phase, batch)
         text += f" (out of memory at {', '.join(map(str, sorted(oom)))})" if oom else ""
         theirs = per_token_growth(run, full, phase, batch)
-        contrast = None
+        contrast, contrast_est = None, None
         if theirs is None:
             text += "; full attention timed at fewer than two contexts"
         elif len(machines[full]) > 1:  # its growth would be the machines' difference: no contrast
@@ -834,10 +899,11 @@ def constant_latency_claim(run: RunData) -> Claim:
             ests.append(other)
             cells += [(full, phase, a), (full, phase, b)]
             evidence.append(_timing_row(f"{full}: {phase} time per token, context {b} / {a} (batch {batch})", other))
-            contrast = _shape(other, tolerance)
+            contrast, contrast_est = _shape(other, tolerance), other
             text += f"; full attention's ({b} over {a}) {other.value:.2f} {_interval(other)}, {contrast}"
+        contrast_ok[phase] = contrast_est is not None
+        judged[phase] = _phase_verdict(est, contrast_est, tolerance)
         if shape == "flat" and contrast != "grows":
-            judged[phase] = "undecided"
             text += (": without full attention's time per token growing here, these contexts cannot tell a "
                      "constant one from a growing one")
         oom = _out_of_memory(run, full, phase, batch)
@@ -847,9 +913,16 @@ def constant_latency_claim(run: RunData) -> Claim:
         return Claim("constant_latency", statement, "undecided", f"TTT-E2E was timed at fewer than two contexts "
                      f"(batch {batch}): {'; '.join(parts)}. {note}", evidence)
     got = set(judged.values())
+    family = ""
+    # "holds" needs ALL phases to hold (intersection-union: each 95% interval suffices); "partly"
+    # (ANY phase holds) and "contradicted" (ANY phase grows) are union-intersection verdicts over
+    # the phases judged, so they read the intervals at Bonferroni's level, 95% family-wise
+    if got != {"holds"} and len(judged) > 1 and got & {"holds", "contradicted"}:
+        by_phase, family = _phases_family(run, ttt, full, batch, contrast_ok)
+        got = set(by_phase.values())
     verdict = ("holds" if got == {"holds"} else "partly" if "holds" in got
                else "contradicted" if "contradicted" in got else "undecided")
-    return Claim("constant_latency", statement, verdict, f"{'; '.join(parts)}. {note}{_few_repeats(ests)}"
+    return Claim("constant_latency", statement, verdict, f"{'; '.join(parts)}. {note}{family}{_few_repeats(ests)}"
                  f"{_unstable(run, cells, batch)}", evidence)
 
 
