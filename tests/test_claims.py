@@ -483,6 +483,37 @@ def test_times_from_different_machines_are_not_compared():
     assert claims.constant_latency_claim(run).verdict == "undecided"
 
 
+def test_a_sweep_whose_older_cells_predate_the_cpu_capability_field_is_one_machine():
+    """ATen's CPU capability (AVX2 or AVX-512 kernels) changes speed, so cells that name different
+    ones, or different CPUs, are timings of different machines; a cell written before records named
+    it is one machine with the newer cells of the same CPU (a sweep resumed by a newer lcbench)."""
+    avx2, avx512 = {**CPU, "cpu_capability": "AVX2"}, {**CPU, "cpu_capability": "AVX512"}
+    other_cpu = {**avx2, "cpu": "Intel Xeon"}
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear}, FLAT_DECODE)
+    for older in ([CPU, avx2], [avx2, CPU]):  # either order in the records
+        run.machines = {"full_attention": [avx2], "ttt_e2e": older}
+        speed, constant = claims.speed_claim(run), claims.constant_latency_claim(run)
+        assert speed.verdict == "holds" and constant.verdict == "holds", (speed.why, constant.why)
+        assert "Timed on cpu (AMD EPYC, 2 cores, ATen AVX2)." in speed.why
+    for second in (avx512, other_cpu):
+        run.machines = {"full_attention": [avx2], "ttt_e2e": [avx2, second]}
+        speed, constant = claims.speed_claim(run), claims.constant_latency_claim(run)
+        assert speed.verdict == constant.verdict == "undecided", (speed.why, constant.why)
+        assert "different machines do not compare" in speed.why
+        assert "TTT-E2E's timings at different contexts come from different machines" in constant.why
+        run.machines = {"full_attention": [avx2], "ttt_e2e": [second]}
+        assert claims.speed_claim(run).verdict == "undecided"
+    run.machines = {"full_attention": [avx2], "ttt_e2e": [avx512]}
+    assert ("full_attention on cpu (AMD EPYC, 2 cores, ATen AVX2); ttt_e2e on cpu (AMD EPYC, 2 cores, ATen AVX512)"
+            in claims.speed_claim(run).why)
+    # a record without the field, beside records of two capabilities, could be either: it stays unnamed
+    run.machines = {"full_attention": [avx2], "ttt_e2e": [CPU, avx512]}
+    assert "ttt_e2e on cpu (AMD EPYC, 2 cores), cpu (AMD EPYC, 2 cores, ATen AVX512)" in claims.speed_claim(run).why
+    gpu = {**H100, "cpu_capability": "AVX512"}  # a GPU's timings are named by the GPU, as before
+    run.machines = {"full_attention": [H100], "ttt_e2e": [gpu]}
+    assert "Timed on cuda (NVIDIA H100 80GB HBM3)." in claims.speed_claim(run).why
+
+
 def test_latency_claims_name_the_timings_flagged_unstable_and_the_spread_of_few_repeats():
     flag = "unstable: repeats spread 14% (median absolute deviation / median > 10%)"
     run = _latency({"full_attention": quadratic, "ttt_e2e": linear}, FLAT_DECODE, repeats=3,
@@ -501,13 +532,17 @@ def test_latency_claims_name_the_timings_flagged_unstable_and_the_spread_of_few_
     assert "spread:" not in enough
 
 
-def test_load_run_takes_each_latency_cell_s_machine_from_the_sweep_s_records(tmp_path):
-    run = _latency({"full_attention": quadratic, "ttt_e2e": linear})
+def _sweep_folder(tmp_path, run: claims.RunData) -> None:
+    """``run``'s table and samples as a sweep writes them, one sample file (cell) per model."""
     results.write_table(tmp_path, results.validate(run.table))
     (tmp_path / "samples").mkdir()
     for model in ("full_attention", "ttt_e2e"):
         (tmp_path / "samples" / f"key-{model}.jsonl").write_text(
             "".join(json.dumps(s) + "\n" for s in run.samples if s["model"] == model))
+
+
+def test_load_run_takes_each_latency_cell_s_machine_from_the_sweep_s_records(tmp_path):
+    _sweep_folder(tmp_path, _latency({"full_attention": quadratic, "ttt_e2e": linear}))
     (tmp_path / "run.json").write_text(json.dumps({"device": CPU}))  # the machine the sweep command last ran on
     records = [{"key": f"key-{m}", "model": m, "task": "latency", "machine": H100} for m in ("full_attention", "ttt_e2e")]
     records.append({"key": "replaced", "model": "ttt_e2e", "task": "latency", "machine": CPU})  # not a current cell
@@ -520,6 +555,17 @@ def test_load_run_takes_each_latency_cell_s_machine_from_the_sweep_s_records(tmp
     out = CliRunner().invoke(main, ["claims", str(tmp_path), "--out", str(tmp_path / "elsewhere.md")])
     assert out.exit_code == 0, out.output
     assert out.output.count("Timed on cuda (NVIDIA H100 80GB HBM3).") == 2 and "**holds**" in out.output
+
+
+def test_cells_recorded_before_and_after_the_cpu_capability_field_are_one_machine(tmp_path):
+    _sweep_folder(tmp_path, _latency({"full_attention": quadratic, "ttt_e2e": linear}))
+    files = sorted((tmp_path / "samples").glob("*.jsonl"))
+    for ttt_machine, verdict in ((CPU, "holds"), ({**CPU, "cpu_capability": "AVX512"}, "undecided")):
+        records = [{"key": "key-full_attention", "model": "full_attention", "task": "latency",
+                    "machine": {**CPU, "cpu_capability": "AVX2"}},
+                   {"key": "key-ttt_e2e", "model": "ttt_e2e", "task": "latency", "machine": ttt_machine}]
+        claim = claims.speed_claim(claims.load_run(tmp_path, files, records))
+        assert claim.verdict == verdict, claim.why
 
 
 def test_latency_claims_judge_the_smallest_batch_size_both_models_were_timed_at():

@@ -6,6 +6,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from harness.api import registry, results
+from harness.api.machine import machine_name
 from harness.runs import evaluate, provenance
 from tests.conftest import small_model
 
@@ -109,6 +111,17 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_does_not_record_the_gpu(monkeypatch) 
     assert provenance.device_info("cuda")["gpu"] == provenance.device_info(None)["gpu"] == "GPU0"
 
 
+def test_the_machine_record_names_what_picks_the_cpu_kernels(monkeypatch) -> None:
+    """AVX2 and AVX-512 kernels (torch's CPU capability) round and run differently, yet run.json
+    named only the CPU model, core count and threads."""
+    record = provenance.run_metadata(command="x", device="cpu")["device"]
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+    assert record["mkl"] is torch.backends.mkl.is_available()
+    assert record["onednn"] is torch.backends.mkldnn.is_available()
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # switched off, oneDNN serves nothing
+    assert provenance.device_info("cpu")["onednn"] is False
+
+
 def test_run_eval_records_the_commit_the_run_started_from(monkeypatch) -> None:
     # a commit or an edit made while a long evaluation runs must not be credited with its numbers
     head = {"commit": "a" * 40, "dirty": False}
@@ -148,7 +161,10 @@ def test_a_sweep_records_the_commit_it_started_from_and_each_cell_its_own(monkey
     meta = provenance.read_run_json(first.out_dir)
     assert meta["git"] == {"commit": "a" * 40, "dirty": False}  # read before the work
     assert meta["cell_commits"] == {"a" * 40: 1}
-    assert meta["cell_machines"] == {f"cpu: {provenance.cpu_name()}": 1}  # where the cell ran
+    [record] = sweep.ResultStore(first.out_dir).finished().values()  # where the cell ran
+    assert record["machine"] == provenance.device_record("cpu")
+    assert meta["cell_machines"] == {machine_name(record["machine"]): 1}
+    assert f"cpu ({provenance.cpu_name()}, " in machine_name(record["machine"])
 
     spec["tasks"][0]["grid"]["n"] = [1, 2]  # the resumed sweep runs one more cell, under commit b
     spec_file.write_text(yaml.safe_dump(spec))
@@ -171,8 +187,30 @@ def test_a_sweep_whose_cells_ran_on_different_machines_says_so(monkeypatch, tmp_
     monkeypatch.setattr(sweep, "device_record", lambda device: dict(machine))
     sweep.run_sweep(sweep.load_spec(_probe_spec(tmp_path, "m", [4])), tmp_path / "out", progress=False)
     machine["gpu"] = "NVIDIA H100"
-    with pytest.warns(UserWarning, match=r"ran on different machines \(1 on cuda: NVIDIA A100, 1 on cuda: NVIDIA H100\)"):
+    with pytest.warns(UserWarning, match=r"ran on different machines \(1 on cuda \(NVIDIA A100\), 1 on cuda \(NVIDIA H100\)\)"):
         sweep.run_sweep(sweep.load_spec(_probe_spec(tmp_path, "m", [4, 8])), tmp_path / "out", progress=False)
+
+
+def test_a_sweep_whose_cells_ran_on_other_cpu_kernels_says_so_and_older_records_are_not_another_machine(
+        monkeypatch, tmp_path) -> None:
+    """AVX2 and AVX-512 kernels (torch's CPU capability) time differently: cells of both are two
+    machines. A cell recorded before records named the capability is one machine with the newer
+    cells of its CPU, not a second one (a sweep resumed by a newer lcbench would warn wrongly)."""
+    from harness.runs import sweep
+
+    older = {"name": "cpu", "cpu": "AMD EPYC", "cpu_count": 2}
+    machine = dict(older)
+    monkeypatch.setattr(sweep, "device_record", lambda device: dict(machine))
+    sweep.run_sweep(sweep.load_spec(_probe_spec(tmp_path, "c", [4])), tmp_path / "out", progress=False)
+    machine["cpu_capability"] = "AVX2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sweep.run_sweep(sweep.load_spec(_probe_spec(tmp_path, "c", [4, 8])), tmp_path / "out", progress=False)
+    assert provenance.read_run_json(tmp_path / "out")["cell_machines"] == {"cpu (AMD EPYC, 2 cores, ATen AVX2)": 2}
+    machine["cpu_capability"] = "AVX512"
+    with pytest.warns(UserWarning, match=r"ran on different machines \(1 on cpu \(AMD EPYC, 2 cores\), 1 on cpu "
+                                         r"\(AMD EPYC, 2 cores, ATen AVX2\), 1 on cpu \(AMD EPYC, 2 cores, ATen AVX512\)\)"):
+        sweep.run_sweep(sweep.load_spec(_probe_spec(tmp_path, "c", [4, 8, 16])), tmp_path / "out", progress=False)
 
 
 def _probe_spec(tmp_path, name: str, contexts: list[int]):

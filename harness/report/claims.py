@@ -77,6 +77,7 @@ import pandas as pd
 
 from harness.api import stats
 from harness.api.errors import ConfigError, unknown_message
+from harness.api.machine import machine_names
 from harness.api.results import RUN_JSON, SAMPLES_JSONL, read_jsonl, read_table
 
 FIXED_STATE = ("swa", "mamba2", "gated_deltanet")
@@ -672,18 +673,12 @@ def _out_of_memory(run: RunData, model: str, phase: str, batch: int) -> set[int]
     return {int(c) for c in rows.loc[(rows["status"] == "oom") & (rows["batch_size"] == batch), "eval_ctx"].dropna()}
 
 
-def _machine_name(machine: dict[str, Any]) -> str:
-    """``cuda (NVIDIA H100 80GB HBM3)``, ``cpu (AMD EPYC, 2 cores)``: a device record in words."""
-    cores = f"{machine['cpu_count']} cores" if machine.get("cpu_count") else ""
-    what = machine.get("gpu") or ", ".join(x for x in (machine.get("cpu"), cores) if x)
-    name = machine.get("name") or "an unnamed device"
-    return f"{name} ({what})" if what else str(name)
-
-
 def _device_note(run: RunData, models: list[str]) -> tuple[str, dict[str, set[str]]]:
     """A sentence naming the machines ``models`` were timed on (a CPU: what its timings can
     test), and each model's machines by name."""
-    names = {m: {_machine_name(x) for x in run.timing_machines(m)} for m in models}
+    # named together: a record that predates a field is named by the records that have it
+    named = iter(machine_names([x for m in models for x in run.timing_machines(m)]))
+    names = {m: {next(named) for _ in run.timing_machines(m)} for m in models}
     t = run.table
     devices = set(t.loc[(t["task"] == "latency") & t["model"].isin(models), "device"].dropna())
     on_cpu = "cpu" in devices or any(x.get("name") == "cpu" for m in models for x in run.timing_machines(m))

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from harness.api.machine import CPU_CAPABILITY
 from harness.api.results import RUN_JSON, atomic_write, json_default
 from harness.api.timing import cpu_count, own_cpus
 
@@ -89,6 +90,12 @@ def device_info(device: str | None = None) -> dict[str, Any]:
         # the CPUs the run could use (a job pinned to 8 of a host's 128 cores ran on 8)
         "cpu_count": cpu_count(own_cpus()),
         "torch_threads": torch.get_num_threads(),
+        # what picks the CPU kernels, so their speed and rounding: the SIMD level ATen dispatches to
+        # (AVX2, AVX512; ATEN_CPU_CAPABILITY may lower it), and whether MKL and oneDNN are there to
+        # serve matmuls and convolutions
+        CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(),
+        "mkl": torch.backends.mkl.is_available(),
+        "onednn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
     }
     cuda = device is not None and str(device).startswith("cuda")
     # the GPU the run used ("auto" or None: the one it would pick); none for a CPU run, even on a

@@ -66,6 +66,7 @@ from harness.api.errors import CheckpointError, ConfigError, unknown_message
 from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
+from harness.api.machine import machine_names
 from harness.api.options import whole_number
 from harness.api.task import ModelInfo
 from harness.api.staging import exclusive, prepare_output
@@ -792,16 +793,19 @@ def cell_packages(records: Iterable[dict[str, Any] | None]) -> dict[str, dict[st
 
 
 def cell_machines(records: Iterable[dict[str, Any] | None]) -> dict[str, int]:
-    """How many of ``records`` ran on each machine, named ``device: GPU or CPU model``
-    (``unknown`` where the record names none)."""
-    def machine(record: dict[str, Any]) -> str:
-        m = record.get("machine")
-        return f"{m['name']}: {m.get('gpu') or m.get('cpu')}" if m else "unknown"
-    return _count(records, machine)
+    """How many of ``records`` ran on each machine, named as the latency claims name it
+    (:func:`~harness.api.machine.machine_names`: device and GPU, or CPU model, cores and ATen's
+    CPU capability; ``unknown`` where the record names none)."""
+    kept = [r for r in records if r is not None]
+    named = machine_names([r["machine"] for r in kept if r.get("machine")])
+    return _tally(named + ["unknown"] * (len(kept) - len(named)))
 
 
 def _count(records: Iterable[dict[str, Any] | None], name: Callable[[dict[str, Any]], str]) -> dict[str, int]:
-    names = [name(r) for r in records if r is not None]
+    return _tally([name(r) for r in records if r is not None])
+
+
+def _tally(names: list[str]) -> dict[str, int]:
     return {n: names.count(n) for n in sorted(set(names))}
 
 
