@@ -6,6 +6,7 @@ regression at a time, so each injection costs seconds. CI itself runs the whole 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -50,6 +51,7 @@ def test_unchanged_code_passes_on_another_floating_point_path(tmp_path):
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == gate.EXIT_PASSED, done.stdout + done.stderr
     assert "PASS: 76 reference scores" in done.stdout and "FAIL" not in done.stdout
+    assert "within" in done.stdout and "; this run on" in done.stdout and "ATen DEFAULT." in done.stdout
 
 
 def test_the_gate_in_two_workers_leaves_every_score_the_same(tmp_path):
@@ -146,6 +148,32 @@ def test_an_out_of_memory_or_nan_row_fails_the_gate_as_an_error_does():
         sweep = SimpleNamespace(result=lambda progress, run=run: SimpleNamespace(table=run))
         result = gate._judge(("eval", spec, sweep), progress=False)
         assert set(result.result.table["verdict"]) == {"same"} and not result.passed, status
+
+
+def test_scores_that_moved_within_name_the_cpu_kernels_of_the_reference_and_of_this_machine(tmp_path, monkeypatch):
+    """Scores that moved within their tolerance move with the floating-point path (AVX2 or AVX-512
+    kernels); the report did not say on which kernels the references were made and this run ran."""
+    from types import SimpleNamespace
+
+    spec = gate.gate_spec("eval", models=["swa"], tasks=["latency", "loss_scaling"])
+    clean = gate._filtered(check.read_reference(gate.EVAL_REFERENCE), spec).drop(columns=[check.TOLERANCE])
+    loss = clean.index[clean["metric"] == "loss"][0]
+
+    def judged(run: pd.DataFrame) -> gate.LayerResult:
+        sweep = SimpleNamespace(result=lambda progress: SimpleNamespace(table=check.results.validate(run)))
+        return gate._judge(("eval", spec, sweep), progress=False)
+
+    moved = judged(clean.assign(value=clean["value"].where(clean.index != loss, clean["value"] + 1e-6)))
+    assert moved.passed and (moved.result.table["verdict"] == "within").sum() == 1
+    here = torch.backends.cpu.get_cpu_capability()
+    # the committed references predate the field
+    assert (f"the references were made on {gate.read_provenance()['machine']['cpu']}, ATen CPU capability not "
+            f"recorded; this run on {gate.device_info('cpu')['cpu']}, ATen {here}") in gate.format_gate([moved])
+    made = {**gate.read_provenance(), "machine": {"cpu": "Intel Xeon", "cpu_capability": "AVX2"}}
+    monkeypatch.setattr(gate, "PROVENANCE", tmp_path / "gate.json")
+    gate.PROVENANCE.write_text(json.dumps(made))
+    assert "the references were made on Intel Xeon, ATen AVX2; this run on" in gate.format_gate([moved])
+    assert "ATen" not in gate.format_gate([judged(clean)])  # nothing moved: nothing to explain
 
 
 def test_scores_the_references_lack_fail_the_eval_gate(tmp_path, monkeypatch):

@@ -156,6 +156,25 @@ def test_overview_and_failed_rows_say_what_failed_and_where(tmp_path):
         assert failed.count(cells) == 1, line
 
 
+def test_the_overview_names_the_machine_with_its_cpu_capability(tmp_path):
+    """The machine (AVX2 or AVX-512 kernels time and round differently) showed only deep in the
+    metadata's JSON; a sweep's cells name their machines, the command's run.json only its own."""
+    results.write_table(tmp_path, results.validate([results.make_row("loss", 2.0, task="custom", run="r", model="m", arch="swa")]))
+    device = {"name": "cpu", "cpu": "AMD EPYC", "cpu_count": 2, "cpu_capability": "AVX512"}
+    meta = {"git": {"commit": None}, "command": "lcbench eval", "device": device}
+
+    def machine() -> str:
+        (tmp_path / results.RUN_JSON).write_text(json.dumps(meta))
+        text = html.unescape(render_report(tmp_path))
+        return text.split('<th class="text">machine</th><td class="text">')[1].split("</td>")[0]
+
+    assert machine() == "cpu (AMD EPYC, 2 cores, ATen AVX512)"
+    meta["cell_machines"] = {"cpu (AMD EPYC, 2 cores, ATen AVX2)": 3, "cpu (AMD EPYC, 2 cores, ATen AVX512)": 1}
+    assert machine() == "cpu (AMD EPYC, 2 cores, ATen AVX2): 3 cells; cpu (AMD EPYC, 2 cores, ATen AVX512): 1 cell"
+    del meta["cell_machines"], meta["device"]
+    assert machine() == "not recorded"
+
+
 def test_one_failed_row_an_unreadable_run_json_and_a_page_written_elsewhere(tmp_path):
     run = tmp_path / "run"
     rows = [results.make_row("loss", 2.0, task="custom", run="r", model="fa", arch="full_attention"),

@@ -43,7 +43,8 @@ says that its intervals cover the units scored, not seed-to-seed variance.
    phase timed is flat, ``partly`` when some are, ``contradicted`` when none is and one grows.
 
 Claims 4 and 5 pool each model's timing repeats over training seeds (:meth:`RunData.timings` says
-why) and name the machines the timings ran on (a sweep's cell records, else run.json): timings of
+why) and name the machines the timings ran on (a sweep's cell records, else run.json; a machine is
+its GPU, or its CPU model, cores and ATen CPU capability: :mod:`harness.api.machine`): timings of
 different machines are not compared (full attention's from two machines give claim 5 no
 contrast); on a CPU they say that the paper timed an H100, so that CPU timings test only the claim's shape;
 they name timings the latency task flagged ``unstable``, and say when an interval rests on so

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from harness.api import results
+from harness.api.machine import machine_name
 from harness.api.staging import prepare_output
 from harness.report.plots import make_figures
 from harness.report.tables import footnotes, summary_tables, text_rows
@@ -91,10 +92,20 @@ def _overview(table: pd.DataFrame, meta: Mapping[str, Any] | None) -> str:
         git = meta.get("git") or {}
         facts.update({"commit": git.get("commit") or "unknown", "created": meta.get("created", ""),
                       "command": " ".join(meta["command"]) if isinstance(meta.get("command"), list)
-                      else meta.get("command", "")})
+                      else meta.get("command", ""), "machine": _machines(meta)})
     rows = "".join(f'<tr><th class="text">{html.escape(k)}</th><td class="text">{html.escape(str(v))}</td></tr>'
                    for k, v in facts.items())
     return f"<table>{rows}</table>"
+
+
+def _machines(meta: Mapping[str, Any]) -> str:
+    """Where the run ran: a sweep's machines with their cells (each cell's record names its own),
+    else run.json's device, by name (its CPU capability too)."""
+    cells = meta.get("cell_machines")
+    if isinstance(cells, dict) and cells:
+        return "; ".join(f"{name}: {n} cell{'' if n == 1 else 's'}" for name, n in cells.items())
+    device = meta.get("device")
+    return machine_name(device) if isinstance(device, dict) else "not recorded"
 
 
 def _failures(failed: pd.DataFrame) -> pd.DataFrame:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from harness.api import results
 from harness.api.errors import ConfigError, unknown_message
+from harness.api.machine import CPU_CAPABILITY
 from harness.api.timing import torch_threads
 from harness.data import hash_files, load_tokenizer
 from harness.runs import check
@@ -232,7 +233,19 @@ def format_gate(layer_results: list[LayerResult], show_all: bool = False) -> str
         parts.append(f"== {r.layer} gate ==\n" + (r.unjudged if r.result is None else check.format_report(r.result, show_all)))
         if r.result is not None and r.failures is not None and len(r.failures):
             parts.append(_format_failures(r.failures))
+    if any(r.result is not None and "within" in set(r.result.table.get("verdict", ())) for r in layer_results):
+        parts.append(_kernels_note(read_provenance().get("machine") or {}, device_info("cpu")))
     return "\n".join(parts)
+
+
+def _kernels_note(made: dict, here: dict) -> str:
+    """The CPUs and ATen CPU capabilities (AVX2, AVX512: other rounding) of the references' machine
+    (gate.json; references made before it named the capability say so) and of this one."""
+    def machine(m: dict) -> str:
+        kernels = f"ATen {m[CPU_CAPABILITY]}" if m.get(CPU_CAPABILITY) else "ATen CPU capability not recorded"
+        return f"{m.get('cpu') or 'an unrecorded CPU'}, {kernels}"
+    return (f"Scores 'within' moved inside their allowance (float rounding differs between CPU kernels): the "
+            f"references were made on {machine(made)}; this run on {machine(here)}.")
 
 
 def _format_failures(failures: pd.DataFrame) -> str:
