@@ -219,3 +219,17 @@ def test_a_checkpoint_from_before_the_recipe_resumes_as_lcbench_s_only(tmp_path,
               progress=False, training_data=fast_data)
     assert train(small_config("swa"), resume_config(out, {"steps": 2}), out_dir=out, resume=True, progress=False,
                  training_data=fast_data).step == 2
+
+
+def test_lcbench_train_takes_the_recipe(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    out = tmp_path / "c"
+    args = ["train", "swa", "--steps", "1", "--batch-size", "2", "--seq-len", "32", "--set", "window=8", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--recipe", "official"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / checkpoint.TRAINER_FILE).read_text())["train_config"]["recipe"] == "official"
+    bad = CliRunner().invoke(main, [*args[:-2], "--out", str(tmp_path / "d"), "--recipe", "oficial"])
+    assert bad.exit_code != 0 and "unknown recipe 'oficial'; valid: lcbench, official. Did you mean 'official'?" in bad.output
