@@ -62,7 +62,7 @@ class TrainConfig:
     split_seed: int | None = None  # seed of the train/val document split; None: the training seed
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun each rank takes its LOCAL_RANK GPU)
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    recipe: str = DEFAULT_RECIPE  # lcbench | official: schedule, weight-decay groups, warm-up rounding (harness.api.recipe)
+    recipe: str = DEFAULT_RECIPE  # lcbench | official: schedule, decay groups, warm-up rounding (harness.api.recipe)
 
     def __post_init__(self) -> None:
         check_fields(TrainConfig, self.to_dict(), "TrainConfig")
