@@ -81,6 +81,7 @@ from baselines.cuda_graph import CapturedFunction
 from baselines.linear_cross_entropy import LIGER, liger_grad, linear_cross_entropy
 from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import check_continues, check_tokens, next_token_nll
+from harness.api.recipe import DEFAULT_RECIPE, RECIPES, official_warmup_steps
 from harness.api.registry import register_model
 
 INNER_MODES = ("second_order", "first_order", "off_in_training")
@@ -164,9 +165,13 @@ class TTTConfig(AttentionConfig):
     def n_suffix(self) -> int:
         return self.suffix_blocks or self.suffix_blocks_by_fraction
 
-    def inner_lr_at(self, step: int, total_steps: int) -> float:
-        """The official warm-up: linear from inner_lr_init to inner_lr over the first steps."""
-        warmup = round(self.inner_lr_warmup * total_steps)
+    def inner_lr_at(self, step: int, total_steps: int, recipe: str = DEFAULT_RECIPE) -> float:
+        """The official warm-up: linear from inner_lr_init to inner_lr over the first steps, as many
+        as the training ``recipe`` rounds the fraction to (official: down, like the outer warm-up)."""
+        if check_choice("recipe", recipe, RECIPES) == "official":
+            warmup = official_warmup_steps(self.inner_lr_warmup, total_steps)
+        else:
+            warmup = round(self.inner_lr_warmup * total_steps)
         if warmup <= 0:
             return self.inner_lr
         progress = (step + 1) / warmup
@@ -401,9 +406,9 @@ class TTTE2ELM(AttentionLM):
             return torch.full(targets.shape, 1 / targets.size(1), dtype=dtype, device=targets.device)
         return valid.to(dtype) / valid.sum(1, keepdim=True).clamp(min=1)
 
-    def on_train_step(self, step: int, total_steps: int) -> None:
+    def on_train_step(self, step: int, total_steps: int, recipe: str = DEFAULT_RECIPE) -> None:
         """Called by the trainer before each outer step: the inner-lr warm-up (derived, not saved)."""
-        self.inner_lr_now = self.config.inner_lr_at(step, total_steps)
+        self.inner_lr_now = self.config.inner_lr_at(step, total_steps, recipe)
 
     # -- the interface -----------------------------------------------------------------------
 

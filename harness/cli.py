@@ -185,6 +185,9 @@ def list_cmd(presets: bool, kernels: bool) -> None:
               "corpus); records' text is read from field 'text', PATH#FIELD reads another.")
 @click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer path (default: bytes).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: cuda, each rank its own GPU)")
+@click.option("--recipe", default=None, help="lcbench | official: the training recipe; official trains as the official "
+              "TTT-E2E code does (lr 0 at the first update, weight decay on every parameter, warm-ups rounded down) "
+              "(default lcbench).")
 @click.option("--set", "model_set", multiple=True, help="Model config override key=value (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Checkpoint folder.")
 @click.option("--parallel", type=click.Choice(["auto", "none", "fsdp", "ddp"]), default="auto", show_default=True,

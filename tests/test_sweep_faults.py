@@ -322,6 +322,24 @@ def test_when_training_validates_and_saves_is_not_part_of_a_models_identity(tmp_
     assert not lr_keys & keys and lr_folder != folder
 
 
+def test_a_spec_trains_with_the_recipe_it_names_and_the_default_keeps_the_keys_it_had(tmp_path):
+    """The recipe (added after sweeps were first run) at its default, the one every model trained with
+    before it, is left out of a model's identity: a folder's models and cells keep their keys."""
+    from harness.runs import sweep
+
+    default = _planned(tmp_path)
+    assert _planned(tmp_path, recipe="lcbench") == default
+    official = _planned(tmp_path, recipe="official")
+    assert not official[0] & default[0] and official[1] != default[1]
+    for recipe in ("official", "lcbench"):
+        spec = load_spec(write_spec(tmp_path / f"{recipe}.yaml", {
+            "name": "t", "train": {"steps": 8, **TRAIN, "recipe": recipe}, "models": [{"arch": "swa", "set": TINY}],
+            "tasks": [{"task": "test_sweep_probe", "grid": {"contexts": [4]}}]}))
+        model = sweep.plan(spec, "cpu")[0].model
+        assert model.train_config().recipe == recipe
+        assert model.identity()["train"].get("recipe") == ("official" if recipe == "official" else None)
+
+
 def test_a_models_identity_names_the_kind_of_device_auto_is_where_it_runs(tmp_path):
     """``device`` was hashed as written: auto and cpu on a CPU trained and evaluated the same model
     twice, while auto on a CPU and on a GPU (other rounding) shared one checkpoint and cells."""

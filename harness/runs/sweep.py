@@ -80,7 +80,7 @@ from harness.runs.provenance import (config_hash, device_record, git_commit, pac
                                      run_metadata, write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
-from harness.train.trainer import BOOKKEEPING_SETTINGS, TrainConfig, check_one_budget, train
+from harness.train.trainer import BOOKKEEPING_SETTINGS, PREDATING_SETTINGS, TrainConfig, check_one_budget, train
 
 SPEC_FILE = "spec.json"  # the spec that ran last
 SPECS_DIR = "specs"  # every spec that wrote into the folder, as NAME-HASH.json
@@ -424,6 +424,9 @@ class SeededModel:
         require_corpus(train_config.corpus)  # named now, not when the model's first cell trains
         # when it validates and saves leaves the weights bit-identical: editing it retrains nothing
         settings = {k: v for k, v in train_config.to_dict().items() if k not in BOOKKEEPING_SETTINGS}
+        for k, before in PREDATING_SETTINGS.items():  # at the value models trained with before it: their keys as before
+            if settings[k] == before:
+                del settings[k]
         # where and in what it computes, not the spelling (training's auto autocasts as evaluation's resolves)
         settings.update(compute_kind(train_config.device, train_config.dtype, self.auto_device))
         identity = {"config": config.to_dict(), "train": settings,

@@ -6,11 +6,14 @@ bit-for-bit on CPU: batches are a pure function of (seed, step) and the optimize
 Under torchrun the same loop runs data-parallel (FSDP2 or DDP, :mod:`harness.train.distributed`)
 with the same global batch, rank 0 logging, and sharded checkpoints.
 Models that need to know training progress (TTT-E2E's inner-lr warm-up) define
-``on_train_step(step, total_steps)``.
+``on_train_step(step, total_steps)``, with a ``recipe`` argument if their schedule follows the
+run's recipe (:mod:`harness.api.recipe`).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import math
 import os
@@ -28,6 +31,7 @@ from harness.api.device import parse_device
 from harness.api.errors import ConfigError, DistributedError, UnknownNameError, check_choice
 from harness.api.fieldtypes import as_annotated, check_fields, field_hints
 from harness.api.interface import LCModel, ModelConfig
+from harness.api.recipe import DEFAULT_RECIPE, RECIPES, official_warmup_steps
 from harness.api.registry import build_model
 from harness.api.staging import clear_stale, ensure_writable
 from harness.train import checkpoint, sharded
@@ -58,6 +62,7 @@ class TrainConfig:
     split_seed: int | None = None  # seed of the train/val document split; None: the training seed
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun each rank takes its LOCAL_RANK GPU)
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    recipe: str = DEFAULT_RECIPE  # lcbench | official: schedule, decay groups, warm-up rounding (harness.api.recipe)
 
     def __post_init__(self) -> None:
         check_fields(TrainConfig, self.to_dict(), "TrainConfig")
@@ -82,6 +87,7 @@ class TrainConfig:
         except UnknownNameError as exc:
             raise ConfigError(str(exc)) from None
         check_choice("dtype", self.dtype, ("auto", "fp32", "bf16"))
+        check_choice("recipe", self.recipe, RECIPES)
         if self.tokens and self.tokens < self.tokens_per_step:  # it trained one step, silently
             raise ConfigError(f"TrainConfig.tokens={self.tokens} is less than one step's "
                               f"{self.tokens_per_step} tokens (batch_size {self.batch_size} x seq_len {self.seq_len} "
@@ -96,6 +102,12 @@ class TrainConfig:
         if self.tokens:
             return self.tokens // self.tokens_per_step
         return self.steps
+
+    @property
+    def warmup_steps(self) -> int:
+        if self.recipe == "official":
+            return official_warmup_steps(self.warmup_frac, self.total_steps)
+        return int(self.warmup_frac * self.total_steps)
 
     @property
     def tokens_per_step(self) -> int:
@@ -122,13 +134,25 @@ class TrainResult:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to lr, then cosine decay to min_lr (step counts from 0)."""
+    """Linear warm-up to lr, then cosine decay to min_lr (step counts from 0). The official recipe's
+    warm-up is one step behind: optax's schedule reads the count of updates already made, 0 at the
+    first, and warms up from init_lr 0."""
     total = cfg.total_steps
-    warmup = int(cfg.warmup_frac * total)
+    warmup = cfg.warmup_steps
     if step < warmup:
-        return cfg.lr * (step + 1) / warmup
+        updates_made = step if cfg.recipe == "official" else step + 1
+        return cfg.lr * updates_made / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def progress_hook(model: LCModel, recipe: str) -> Callable[[int, int], None] | None:
+    """The model's ``on_train_step``, given the run's recipe if it takes one (TTT-E2E rounds its
+    inner warm-up as the recipe does); a hook of ``(step, total_steps)`` alone is called as it is."""
+    hook = getattr(model, "on_train_step", None)
+    if hook is not None and "recipe" in inspect.signature(hook).parameters:
+        return functools.partial(hook, recipe=recipe)
+    return hook
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -138,6 +162,10 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def make_optimizer(model: LCModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    if cfg.recipe == "official":  # optax.adamw with mask=None decays every parameter
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW([{"params": trainable, "weight_decay": cfg.weight_decay}], lr=cfg.lr,
+                                 betas=(cfg.beta1, cfg.beta2))
     # Decay matrices only; norms' gains and biases (vectors) are not decayed.
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -277,7 +305,7 @@ def train(
         fingerprints["train_text_digests"] = list(training_data.train_text_digests)
     amp_dtype = autocast_dtype(cfg.dtype, device)
     total = cfg.total_steps
-    on_step = getattr(model, "on_train_step", None)
+    on_step = progress_hook(model, cfg.recipe)
     model.train()
     bar = tqdm(range(start_step, total), desc=f"train {model_config.arch}", disable=not (progress and replicas.is_main),
                unit="step")
@@ -325,6 +353,9 @@ def train(
 # every architecture both ways). A sweep leaves them out of a model's identity: editing them does
 # not retrain it.
 BOOKKEEPING_SETTINGS = frozenset({"eval_every", "eval_batches", "save_every"})
+# Settings added after checkpoints were first written, with the value those checkpoints trained
+# with: a resume that changes them is refused as for any other setting.
+PREDATING_SETTINGS = {"recipe": DEFAULT_RECIPE}
 # Settings a run may change when it resumes: they do not alter the trajectory of the steps
 # already taken (the step budget may grow; evaluation, saving and the device are bookkeeping).
 RESUMABLE_CHANGES = BOOKKEEPING_SETTINGS | {"steps", "tokens", "device"}
@@ -419,7 +450,7 @@ def _restore(out_dir, model: LCModel, optimizer, cfg: TrainConfig, replicas: Rep
     if missing:  # trainer.json is not checksummed: people edit it
         raise checkpoint.CheckpointError(f"{Path(out_dir) / checkpoint.TRAINER_FILE} is damaged: it lacks "
                                          f"{', '.join(map(repr, missing))}; the run cannot resume from it")
-    saved = state.get("train_config") or {}
+    saved = {**PREDATING_SETTINGS, **(state.get("train_config") or {})}
     changed = {k: (saved[k], v) for k, v in cfg.to_dict().items()
                if k in saved and k not in RESUMABLE_CHANGES and saved[k] != v}
     if changed:
