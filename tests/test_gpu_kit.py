@@ -856,8 +856,9 @@ def test_steps_share_the_budget_less_the_reserve_and_a_step_left_no_time_is_skip
 
 
 def test_a_step_killed_by_a_signal_is_reported_failed_with_its_last_output_line(tmp_path, monkeypatch):
-    """A worker that dies of a signal (a segfault in a CUDA extension, the OOM killer) exits with a
-    negative status: that is a failure, with the last line it printed, and its time as measured."""
+    """A worker that dies of a signal (the OOM killer's SIGKILL here; a segfault in a CUDA extension
+    alike) exits with a negative status: that is a failure, with the last line it printed, and its
+    time as measured."""
     from bench.gpu import run as kit_run
 
     now = FakeTime(monkeypatch)
@@ -866,14 +867,14 @@ def test_a_step_killed_by_a_signal_is_reported_failed_with_its_last_output_line(
     real = subprocess.Popen
     script = ("import os, signal, sys\nfrom bench.gpu.ledger import Ledger\nbook = Ledger(sys.argv[1], 'latency')\n"
               "book.plan(['a', 's'])\nbook.record('s', 'skipped', message='no time')\nprint('a line before', flush=True)\nprint('the last words', flush=True)\n"
-              "os.kill(os.getpid(), signal.SIGSEGV)\n")
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
     monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: real(
         [sys.executable, "-c", script, str(kit.work / LEDGER_FILE)], **kw))
     kit.run_step("latency", 60.0)
     steps = ledger.read(kit.work / LEDGER_FILE).set_index("item")
     assert list(steps["status"]) == ["failed", "skipped", "failed"]  # what had an outcome keeps it
     whole = steps.loc[ledger.STEP_ITEM]
-    assert whole["message"] == f"exit status {-signal.SIGSEGV}: the last words; 1 item(s) unfinished"
+    assert whole["message"] == f"exit status {-signal.SIGKILL}: the last words; 1 item(s) unfinished"
     assert whole["seconds"] == 0.0  # the fake clock did not move: the step's time, not its limit
 
 
