@@ -6,8 +6,11 @@ import base64
 import hashlib
 import importlib.util
 import io
+import json
+import platform
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +24,7 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.gpu import bundle, fill_wheels, flops, latency, ledger, pytest_plugin, summary, throughput, worker
+from bench.gpu import bundle, fill_wheels, flops, latency, ledger, pytest_plugin, summary, throughput, ttt_speed_step, worker
 from bench.gpu import clock as clock_module
 from bench.gpu.clock import Clock, step_seconds
 from bench.gpu.config import LEDGER_FILE, ROOT, STEPS, KitConfig
@@ -541,13 +544,20 @@ def test_the_throughput_section_states_model_tflops_and_mfu_from_the_rows(tmp_pa
     where = dict(run="kit", model="swa:125m", arch="swa", task="throughput", batch_size=2, train_ctx=8192,
                  variant="bf16")
     rows = throughput_rows([0.5, 0.5, 0.5], tokens=16384, flops=1e9, peak=1e14, peak_bytes=2**30, where=where)
+    # an architecture that ran out of memory: its status and why, never a number
+    rows.append(results.make_row("train_tok_s", float("nan"), status="oom", message="CUDA out of memory",
+                                 **{**where, "model": "mamba2:125m", "arch": "mamba2"}))
     folder = tmp_path / "throughput"
     results.write_table(folder, results.validate(rows))
     (folder / PEAK_FILE).write_text('{"device": "H200", "peak_flops": 1e14}')
-    line = next(row for row in summary.throughput_section(tmp_path).splitlines() if row.startswith("| SWA"))
+    text = summary.throughput_section(tmp_path)
+    assert text.startswith("## Training throughput (125m, 2 x 8192 tokens per step, bf16)")
+    line = next(row for row in text.splitlines() if row.startswith("| SWA"))
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     # 16384 tokens in 0.5 s = 32,768 tokens/s; x 1e9 FLOPs = 32.8 TFLOP/s; over 100 TFLOP/s: 32.8%
-    assert cells[1:] == ["32,768", "500.0", "32.8", "32.8%", "1.00"]
+    assert cells[1:] == ["32,768", "500.0", "32.8", "32.8%", "1.00", ""]
+    line = next(row for row in text.splitlines() if row.startswith("| Mamba"))
+    assert [cell.strip() for cell in line.strip("|").split("|")][1:] == ["OOM", "", "", "", "", "CUDA out of memory"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,10 +636,13 @@ def test_throughput_starts_an_architecture_only_if_the_slowest_so_far_fits(tmp_p
     assert steps.loc["mamba2", "message"] == "oom: out of memory"
 
 
-@pytest.mark.parametrize("code, status", [(3, "failed"), (worker.TIMEOUT_EXIT, "timeout")])
-def test_a_step_that_exits_early_records_its_unfinished_items_as_it_ended(tmp_path, monkeypatch, code, status):
+@pytest.mark.parametrize("code, status, unfinished", [(3, "failed", "failed"), (worker.TIMEOUT_EXIT, "timeout", "timeout"),
+                                                     (0, "ok", "timeout")])
+def test_a_step_that_exits_early_records_its_unfinished_items_as_it_ended(tmp_path, monkeypatch, code, status,
+                                                                          unfinished):
     """A step that crashed leaves its unfinished items failed, with the exit status and its last
-    output line; one that stopped itself at its deadline (exit 124) leaves them timed out."""
+    output line; one that stopped itself at its deadline (exit 124) leaves them timed out; one that
+    ended well with an item never done leaves it timed out too, and says its limit."""
     kit = Kit(KitConfig.dry(steps=["latency"]), tmp_path / "out", tmp_path / "work")
     real = subprocess.Popen
     script = ("import sys\nfrom bench.gpu.ledger import Ledger\nbook = Ledger(sys.argv[1], 'latency')\n"
@@ -638,9 +651,11 @@ def test_a_step_that_exits_early_records_its_unfinished_items_as_it_ended(tmp_pa
         [sys.executable, "-c", script, str(kit.work / LEDGER_FILE)], **kw))
     kit.run_step("latency", 60.0)
     steps = ledger.read(kit.work / LEDGER_FILE).set_index("item")
-    assert list(steps["status"]) == ["ok", status, status]
+    assert list(steps["status"]) == ["ok", unfinished, status]
     if status == "failed":
         assert steps.loc[ledger.STEP_ITEM, "message"].startswith(f"exit status {code}: the last words")
+    if status == "ok":
+        assert steps.loc[ledger.STEP_ITEM, "message"] == "limit 60 s; 1 item(s) unfinished"
     assert steps.loc["b", "message"].startswith("unfinished when the step ended")
 
 
@@ -691,3 +706,284 @@ def test_training_tokens_per_second_count_every_sequence_of_the_batch():
     rows = {r["metric"]: r for r in throughput.measure_arch("swa", cfg, torch.device("cpu"), None)}
     assert rows["train_tok_s"]["n_tokens"] == 2 * 16
     assert rows["train_tok_s"]["value"] == pytest.approx(2 * 16 / rows["train_step_s"]["value"], rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the environment step reports (the fourth mutation audit)
+
+
+def test_environment_lists_every_package_with_its_installed_version_or_says_it_is_missing(monkeypatch):
+    """environment.txt is where a GPU run's numbers get their package versions: each listed package
+    once, with the version its metadata gives, or "(not installed)", never left out."""
+    from importlib import metadata
+
+    from bench.gpu import environment
+
+    lines = environment.versions().splitlines()
+    for name in environment.PACKAGES:
+        assert sum(line.startswith(f"{name} ") for line in lines) == 1, name
+    assert lines[0].startswith(f"python {platform.python_version()} (")
+    monkeypatch.setattr(environment, "PACKAGES", ("torch", "no-such-package-here"))
+    assert environment.versions().splitlines()[-2:] == [
+        f"torch {metadata.version('torch')} ({metadata.distribution('torch').locate_file('')})",
+        "no-such-package-here (not installed)"]
+
+
+def test_environment_describes_the_gpu_and_its_summary_facts(monkeypatch):
+    """On a GPU (faked here; no CUDA call is made): its name, memory in GiB, compute capability and
+    SMs; the summary's title facts: the device's name, CUDA version and commit (marked when the
+    checkout has uncommitted changes; said to be unknown, whole, when there is no git)."""
+    from bench.gpu import environment
+
+    props = SimpleNamespace(name="NVIDIA H200", total_memory=140 * 2**30 + 2**29, major=9, minor=0,
+                            multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200 NVL")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert "\ngpu NVIDIA H200, 140.5 GiB, compute capability 9.0, 132 SMs\n" in environment.versions()
+    for commit, git in ((dict(commit="0123456789abcdef", dirty=False), "0123456789ab"),
+                        (dict(commit="0123456789abcdef", dirty=True), "0123456789ab (uncommitted changes)"),
+                        (dict(commit=None, dirty=None), "unknown (no git here)")):
+        monkeypatch.setattr(environment, "git_commit", lambda commit=commit: commit)
+        facts = environment.facts(torch.device("cuda"))
+        assert facts == {"device": "NVIDIA H200 NVL", "torch": torch.__version__, "cuda": "12.8", "git": git}
+
+
+def test_nvidia_smi_section_holds_the_full_report_and_the_queried_limits(monkeypatch):
+    from bench.gpu import environment
+
+    def fake_run(command, **kwargs):
+        out = "QUERY name, memory.total" if any(a.startswith("--query-gpu=") for a in command) else "FULL report"
+        return subprocess.CompletedProcess(command, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(environment.subprocess, "run", fake_run)
+    text = environment.nvidia_smi()
+    assert "FULL report" in text and "QUERY name, memory.total" in text
+
+
+def environment_step(tmp_path, monkeypatch, cfg: KitConfig, **sections) -> pd.DataFrame:
+    """environment.run with its sections replaced (each a function giving its text or raising)."""
+    from bench.gpu import environment
+
+    for name in ("nvidia_smi", "versions", "pip_list"):
+        monkeypatch.setattr(environment, name, sections.get(name, lambda name=name: f"{name} text"))
+    monkeypatch.setattr(environment, "backends", sections.get("backends", lambda device: f"backends on {device}"))
+    cfg.save(tmp_path / "kit.json")
+    environment.run(cfg, tmp_path, Clock.after(60), ledger.Ledger(tmp_path / LEDGER_FILE, "environment"))
+    return ledger.read(tmp_path / LEDGER_FILE).set_index("item")
+
+
+def test_environment_step_says_which_section_failed_and_falls_back_to_the_cpu_without_cuda(tmp_path, monkeypatch):
+    """A GPU run's config on a machine where CUDA is not available (a broken driver): the step
+    still writes its page, on the CPU, and the summary's title names the CPU, not a GPU; a section
+    that fails is marked failed in the ledger and on the page, the others still written."""
+    from bench.gpu import environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def broken():
+        raise OSError("pip is broken")
+
+    steps = environment_step(tmp_path, monkeypatch, KitConfig.gpu(), pip_list=broken)
+    assert steps.loc["pip list", "status"] == "failed" and "OSError: pip is broken" in steps.loc["pip list", "message"]
+    assert (steps.drop(index="pip list")["status"] == "ok").all()
+    text = (tmp_path / environment.FILE).read_text()
+    assert "## pip list\n\n(failed: see logs.txt)\n" in text and "## backends\n\nbackends on cpu\n" in text
+    assert json.loads((tmp_path / environment.FACTS_FILE).read_text())["device"].startswith("cpu (")
+    facts = json.loads((tmp_path / environment.FACTS_FILE).read_text())
+    cfg = KitConfig.gpu()
+    assert summary.title(tmp_path, cfg, 12.4) == (
+        f"# lcbench GPU kit: {facts['device']}\n\n{cfg.dtype}, device cuda. Commit {facts['git']}, torch "
+        f"{torch.__version__} (CUDA {torch.version.cuda}). Budget {cfg.budget_s:.0f} s, took 12 s.")
+
+
+def test_environment_sections_not_reached_stay_planned_for_the_kit_to_report(tmp_path, monkeypatch):
+    """A step stopped part-way (here: in its second section) leaves the sections it did not reach
+    planned, so the kit records them as timed out instead of leaving them out."""
+    def stopped():
+        raise Stopped
+
+    with pytest.raises(Stopped):
+        environment_step(tmp_path, monkeypatch, KitConfig.dry(), versions=stopped)
+    steps = ledger.read(tmp_path / LEDGER_FILE).set_index("item")["status"]
+    assert steps.to_dict() == {"nvidia-smi": "ok", "versions": "planned", "backends": "planned", "pip list": "planned",
+                               "kit config": "planned"}
+
+
+# ---------------------------------------------------------------------------------------------
+# What the orchestrator records and writes (the fourth mutation audit)
+
+
+def fake_steps(monkeypatch, kit: Kit, now: FakeTime, seconds: dict[str, float]) -> list[tuple[str, float, str]]:
+    """Kit.run_step replaced: step ``s`` takes ``seconds[s]`` of fake time and ends ok; each call
+    notes (step, its limit, the summary.md on disk when it started)."""
+    calls = []
+
+    def run_step(step, limit):
+        summary_md = kit.out / bundle.SUMMARY
+        calls.append((step, limit, summary_md.read_text() if summary_md.is_file() else ""))
+        now.now += seconds[step]
+        ledger.Ledger(kit.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "ok", seconds[step])
+
+    monkeypatch.setattr(kit, "run_step", run_step)
+    return calls
+
+
+def test_steps_share_the_budget_less_the_reserve_and_a_step_left_no_time_is_skipped(tmp_path, monkeypatch):
+    """Each step's limit is its weight's share of what is left of the budget less the reserve for
+    writing the output; a step left less than MIN_STEP_S is skipped, and says so in steps.csv, in
+    the Steps table and among what did not run; between steps an interim summary is on disk."""
+    from bench.gpu import run as kit_run
+    from bench.gpu.config import STEP_WEIGHTS
+
+    now = FakeTime(monkeypatch)
+    monkeypatch.setattr(kit_run, "time", now)
+    cfg = KitConfig.dry(steps=["environment", "latency", "throughput"], budget_s=KitConfig.reserve_s + 100)
+    kit = Kit(cfg, tmp_path / "out", tmp_path / "work")
+    weights = [STEP_WEIGHTS[s] for s in cfg.steps]
+    calls = fake_steps(monkeypatch, kit, now, {"environment": 10.0, "latency": 90.0 - kit_run.MIN_STEP_S / 2})
+    kit.run()
+    assert [(step, round(limit, 6)) for step, limit, _ in calls] == [
+        ("environment", round(100 * weights[0] / sum(weights), 6)),
+        ("latency", round(90 * weights[1] / (weights[1] + weights[2]), 6))]
+    assert "*Interim summary" in calls[1][2] and re.search(r"\| environment\s*\| ok", calls[1][2])
+    steps = pd.read_csv(tmp_path / "out" / "steps.csv", keep_default_na=False).set_index("step")
+    assert (steps.loc["throughput", "status"], steps.loc["throughput", "message"]) == ("skipped", "no time left in the budget")
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "Interim" not in text and re.search(r"\| throughput\s*\| skipped", text)
+    assert "- throughput / (step): SKIPPED no time left in the budget" in text
+
+
+def test_a_step_killed_by_a_signal_is_reported_failed_with_its_last_output_line(tmp_path, monkeypatch):
+    """A worker that dies of a signal (the OOM killer's SIGKILL here; a segfault in a CUDA extension
+    alike) exits with a negative status: that is a failure, with the last line it printed, and its
+    time as measured."""
+    from bench.gpu import run as kit_run
+
+    now = FakeTime(monkeypatch)
+    monkeypatch.setattr(kit_run, "time", now)
+    kit = Kit(KitConfig.dry(steps=["latency"]), tmp_path / "out", tmp_path / "work")
+    real = subprocess.Popen
+    script = ("import os, signal, sys\nfrom bench.gpu.ledger import Ledger\nbook = Ledger(sys.argv[1], 'latency')\n"
+              "book.plan(['a', 's'])\nbook.record('s', 'skipped', message='no time')\nprint('a line before', flush=True)\nprint('the last words', flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: real(
+        [sys.executable, "-c", script, str(kit.work / LEDGER_FILE)], **kw))
+    kit.run_step("latency", 60.0)
+    steps = ledger.read(kit.work / LEDGER_FILE).set_index("item")
+    assert list(steps["status"]) == ["failed", "skipped", "failed"]  # what had an outcome keeps it
+    whole = steps.loc[ledger.STEP_ITEM]
+    assert whole["message"] == f"exit status {-signal.SIGKILL}: the last words; 1 item(s) unfinished"
+    assert whole["seconds"] == 0.0  # the fake clock did not move: the step's time, not its limit
+
+
+def test_a_failed_gpu_tests_step_is_listed_with_what_failed_but_not_each_test_again():
+    """The list of what failed, was skipped or cut off left out every gpu_tests record, the step's
+    own among them: pytest that crashed (a collection error) was missing there. Its tests stay out
+    (the GPU tests section lists them)."""
+    steps = pd.DataFrame([
+        {"step": "gpu_tests", "item": ledger.STEP_ITEM, "status": "failed", "message": "exit status 1: pytest exited"},
+        {"step": "gpu_tests", "item": "tests/test_x.py::test_a", "status": "skipped", "message": "needs CUDA"}])
+    section = summary.not_done_section(steps)
+    assert section == "## Failed, skipped or cut off\n\n- gpu_tests / (step): FAILED exit status 1: pytest exited"
+
+
+def test_only_runs_the_install_first_then_the_steps_asked_in_run_order(tmp_path, monkeypatch):
+    """``--only latency --only environment`` on a fresh machine: nothing is installed there, so
+    the install runs first, then the steps asked, in run order."""
+    from bench.gpu import run as kit_run
+
+    ran = []
+    monkeypatch.setattr(kit_run.Kit, "run", lambda kit: ran.append(kit.cfg))
+    result = CliRunner().invoke(main, ["--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                                       "--only", "latency", "--only", "environment"])
+    assert result.exit_code == 0, result.output
+    assert ran[0].steps == ["install", "environment", "latency"] and ran[0].dry_run
+
+
+def test_the_output_folder_is_written_when_the_summary_or_collecting_fails(tmp_path, monkeypatch):
+    """One GPU slot: a broken summary or bundle must not lose the rest; the page says what broke."""
+    kit = Kit(KitConfig.dry(steps=["environment"]), tmp_path / "out", tmp_path / "work")
+    ledger.Ledger(kit.work / LEDGER_FILE, "environment").record(ledger.STEP_ITEM, "ok", 1.0)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the summary broke")
+
+    monkeypatch.setattr(summary, "render", broken)
+    kit.write_output(final=True)
+    text = (kit.out / bundle.SUMMARY).read_text()
+    assert text.startswith("# lcbench GPU kit: the summary failed") and "RuntimeError: the summary broke" in text
+    assert "environment" in (kit.out / bundle.STEPS_CSV).read_text()
+    monkeypatch.setattr(bundle, "collect", broken)
+    kit.write_output(final=True)
+    assert "collecting the output failed" in (kit.out / bundle.LOGS).read_text()
+
+
+def test_the_steps_table_and_the_gpu_tests_section_count_every_outcome():
+    """The Steps row: the step's status, time (to 0.1 s), its items' outcomes (not its own record)
+    and its note; the GPU tests section: each outcome counted, every skip reason with its count,
+    and measurements only from passing tests."""
+    rows = [("(step)", "ok", 12.34, "limit 100 s"), ("t::a", "ok", 1, ""), ("t::b", "ok", 1, "worst error / bound 0.25"),
+            ("t::c", "failed", 1, "assert 2 <= 1 | worst error / bound 2"), ("t::d", "skipped", 0, "needs CUDA"),
+            ("t::e", "skipped", 0, "needs CUDA"), ("t::f", "timeout", 0, "unfinished")]
+    steps = pd.DataFrame([dict(step="gpu_tests", item=i, status=s, seconds=t, message=m) for i, s, t, m in rows])
+    table = summary.steps_section(steps, KitConfig.dry(steps=["gpu_tests"]))
+    row = [cell.strip() for cell in next(line for line in table.splitlines() if "gpu_tests" in line).strip("|").split("|")]
+    assert row[:3] == ["gpu_tests", "ok", "12.3"] and row[4] == "limit 100 s"
+    assert sorted(row[3].split(", ")) == ["1 failed", "1 timeout", "2 ok", "2 skipped"]
+    text = summary.tests_section(steps)
+    assert "2 passed, 1 failed, 2 skipped, 1 not finished, of 6 selected." in text
+    assert "- skipped (2): needs CUDA" in text and "- FAILED `t::c`: assert 2 <= 1" in text
+    measured = text.split("Measured by the passing tests")[1]
+    assert "`t::b`: worst error / bound 0.25" in measured and "t::c" not in measured
+
+
+def process_ended(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie: killed, not yet reaped by its new parent
+
+
+def test_what_a_step_started_is_stopped_when_the_step_ends_well(tmp_path, monkeypatch):
+    """A step that exits 0 but leaves a child running (a compile worker, a stuck torchrun rank) would
+    hold the GPU through the next steps: its process group is stopped whatever its exit status."""
+    kit = Kit(KitConfig.dry(steps=["latency"]), tmp_path / "out", tmp_path / "work")
+    real, pid_file = subprocess.Popen, tmp_path / "child.pid"
+    script = ("import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n")
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: real([sys.executable, "-c", script], **kw))
+    kit.run_step("latency", 60.0)
+    pid = int(pid_file.read_text())
+    for _ in range(100):  # SIGKILL is delivered asynchronously: wait for it, up to 10 s
+        if process_ended(pid):
+            break
+        time.sleep(0.1)
+    ended = process_ended(pid)
+    if not ended:
+        os.kill(pid, signal.SIGKILL)
+    assert ended
+
+
+def test_the_ttt_section_says_why_ttt_speed_did_not_run():
+    steps = pd.DataFrame([{"step": "ttt_speed", "item": ttt_speed_step.MODULE, "status": "skipped",
+                           "message": "module absent"}])
+    assert summary.ttt_section(Path("/nonexistent"), steps, dry_run=True) == "## TTT-E2E speed\n\nskipped: module absent"
+
+
+def test_latency_headings_state_the_sizes_and_the_timing_options_measured(tmp_path):
+    """Each latency table's heading says which models (the large step's: the 760M ones) and how
+    they were timed, from the latency spec's options as the kit ran them."""
+    cfg = KitConfig.dry()
+    options = latency.task_options(load_spec(ROOT / cfg.latency_spec), cfg)
+    assert options["warmup"] != options["repeats"]  # else a swap would not show
+    assert summary.latency_heading(cfg, cfg.size) == (
+        f"Latency, tiny models (fp32, batch {options.get('batch_size', 1)}; {options['warmup']} warm-up and "
+        f"{options['repeats']} timed calls, {options['decode_tokens']} decode steps per call)")
+    gpu = KitConfig.gpu()
+    results.write_table(tmp_path / "latency_large", results.validate([results.make_row(
+        "prefill_s", 1.0, run="kit", model="swa:760m", arch="swa", task="latency", eval_ctx=131072)]))
+    text = summary.render(tmp_path, gpu, 1.0)
+    assert f"## Latency, {gpu.large_size} models ({gpu.dtype}" in text and f"## Latency, {gpu.size} models" not in text

@@ -84,8 +84,9 @@ def pip_list() -> str:
 def facts(device: torch.device) -> dict[str, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
     commit = git_commit()
+    sha = commit["commit"][:12] if commit["commit"] else "unknown (no git here)"  # cut the sha, not the words
     return {"device": name, "torch": torch.__version__, "cuda": str(torch.version.cuda),
-            "git": (commit["commit"] or "unknown (no git here)")[:12] + (" (uncommitted changes)" if commit["dirty"] else "")}
+            "git": sha + (" (uncommitted changes)" if commit["dirty"] else "")}
 
 
 def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
