@@ -3,6 +3,8 @@ where the reference itself shows no effect."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from click.testing import CliRunner
 from harness.api import results, stats
 from harness.cli import main
 from harness.report import claims
+from harness.runs.store import ResultStore
 
 ARCHS = ("full_attention", "ttt_e2e", "swa", "mamba2", "gated_deltanet")
 BINS = [[1, 2], [2, 4], [4, 8], [8, 16], [16, 32], [32, 64], [64, 128], [128, 256], [256, 512], [512, 1024]]
@@ -813,3 +816,21 @@ def test_one_phase_resolved_only_at_95_percent_decides_neither_partly_nor_contra
     _scale_ttt_prefill_between_levels(alone, 0)
     claim = claims.constant_latency_claim(alone)
     assert claim.verdict == "contradicted" and "family-wise" not in claim.why, claim.why
+
+
+PAPER_SMALL = Path(__file__).resolve().parents[1] / "results" / "reference" / "paper_small"
+NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+
+
+def test_the_committed_paper_small_claims_are_judged_again_from_its_committed_samples():
+    """results/reference/paper_small commits its sweep's samples and cell records, so its claims.md
+    is judged again from the files beside it by the code as it is: the same verdicts and reasons, and
+    every number within one unit of its last printed digit (float sums may round otherwise on
+    another CPU). A change to the claims' code that moves a committed verdict or number fails here."""
+    run = claims.load_run(PAPER_SMALL, None, ResultStore(PAPER_SMALL).finished().values())
+    text = claims.render_markdown(claims.judge(run), run.judged_note())
+    committed = (PAPER_SMALL / "claims.md").read_text(encoding="utf-8")
+    assert NUMBER.sub("#", text) == NUMBER.sub("#", committed)
+    for new, old in zip(NUMBER.findall(text), NUMBER.findall(committed), strict=True):
+        last_digit = 10.0 ** -len(old.partition(".")[2])
+        assert abs(float(new) - float(old)) <= last_digit * 1.0001, (new, old)
