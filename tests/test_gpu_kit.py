@@ -31,6 +31,7 @@ from bench.gpu.config import LEDGER_FILE, ROOT, STEPS, KitConfig
 from bench.gpu.run import Kit, main
 from harness.api import registry, results
 from harness.api.errors import ConfigError
+from harness.runs.provenance import git_commit
 from harness.runs.sweep import load_spec
 
 TRANSFER_LIMIT = 16 * 2**20  # what the device tool brings back per file (at most 8 files)
@@ -748,6 +749,34 @@ def test_environment_describes_the_gpu_and_its_summary_facts(monkeypatch):
         monkeypatch.setattr(environment, "git_commit", lambda commit=commit: commit)
         facts = environment.facts(torch.device("cuda"))
         assert facts == {"device": "NVIDIA H200 NVL", "torch": torch.__version__, "cuda": "12.8", "git": git}
+
+
+def test_without_git_the_summary_names_the_commit_the_wheels_were_filled_for(tmp_path, monkeypatch):
+    """The device machine gets the checkout without .git: the summary's commit read 'unknown'.
+    fill_wheels records the checkout's commit in the wheel folder, and the title names it from there,
+    saying where it came from; a folder without that record leaves it unknown."""
+    from bench.gpu import environment
+
+    monkeypatch.setattr(fill_wheels, "git_commit", lambda path=None: dict(commit="fedcba9876543210", dirty=True))
+    fill_wheels.write_source(tmp_path)
+    monkeypatch.setattr(environment, "git_commit", lambda: dict(commit=None, dirty=None))
+    git = environment.facts(torch.device("cpu"), str(tmp_path))["git"]
+    assert re.fullmatch(r"fedcba987654 \(uncommitted changes\) \(no git here: the checkout's when the wheels were "
+                        r"filled, \d{4}-\d\d-\d\d \d\d:\d\d UTC\)", git), git
+    assert environment.facts(torch.device("cpu"), str(tmp_path / "elsewhere"))["git"] == "unknown (no git here)"
+    monkeypatch.setattr(environment, "git_commit", lambda: dict(commit="0123456789abcdef", dirty=False))
+    assert environment.facts(torch.device("cpu"), str(tmp_path))["git"] == "0123456789ab"  # git, where there is one
+
+
+def test_fill_wheels_records_the_commit_only_when_the_folder_is_ready(tmp_path):
+    """``--check-only`` on a folder missing its wheels fails and records nothing; the record is the
+    checkout's own commit when it is written."""
+    result = CliRunner().invoke(fill_wheels.main, ["--dest", str(tmp_path), "--check-only"])
+    assert result.exit_code != 0 and "is missing" in result.output
+    assert not (tmp_path / "source.json").exists()
+    fill_wheels.write_source(tmp_path)
+    recorded = json.loads((tmp_path / "source.json").read_text())
+    assert recorded["commit"] == git_commit(fill_wheels.ROOT)["commit"]
 
 
 def test_nvidia_smi_section_holds_the_full_report_and_the_queried_limits(monkeypatch):

@@ -17,6 +17,9 @@ from harness.api.errors import ConfigError, unknown_message
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: steps run here, relative paths start here
 CONFIG_FILE = "kit.json"
+# in the wheel folder: the checkout's commit when bench.gpu.fill_wheels declared it ready. The device
+# machine gets a copy of the tree without .git, so the summary names the commit from there.
+SOURCE_FILE = "source.json"
 LEDGER_FILE = "ledger.jsonl"
 ARCHS = ("full_attention", "swa", "mamba2", "gated_deltanet", "ttt_e2e")
 # Run order. A step's time limit is its weight's share of the time still left when it starts,

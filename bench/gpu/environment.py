@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from bench.gpu.clock import Clock
-from bench.gpu.config import CONFIG_FILE, KitConfig
+from bench.gpu.config import CONFIG_FILE, SOURCE_FILE, KitConfig
 from bench.gpu.ledger import Ledger
 from harness.runs.provenance import git_commit
 
@@ -81,12 +81,21 @@ def pip_list() -> str:
     return done.stdout
 
 
-def facts(device: torch.device) -> dict[str, str]:
+def facts(device: torch.device, wheels: str | None = None) -> dict[str, str]:
+    """The summary title's facts. Without git (the device machine gets the tree without .git) the
+    commit is the one ``bench.gpu.fill_wheels`` recorded in the wheel folder, said to be that."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
-    commit = git_commit()
+    commit, told = git_commit(), ""
+    if not commit["commit"] and wheels is not None:
+        try:
+            recorded = json.loads((Path(wheels) / SOURCE_FILE).read_text())
+            commit = {"commit": str(recorded["commit"]), "dirty": bool(recorded.get("dirty"))}
+            told = f" (no git here: the checkout's when the wheels were filled, {recorded.get('at', 'at an unrecorded time')})"
+        except (OSError, ValueError, KeyError, TypeError):  # no record, or not one fill_wheels wrote
+            pass
     sha = commit["commit"][:12] if commit["commit"] else "unknown (no git here)"  # cut the sha, not the words
     return {"device": name, "torch": torch.__version__, "cuda": str(torch.version.cuda),
-            "git": sha + (" (uncommitted changes)" if commit["dirty"] else "")}
+            "git": sha + (" (uncommitted changes)" if commit["dirty"] else "") + told}
 
 
 def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
@@ -101,4 +110,4 @@ def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
         text = ledger.run(name, describe)
         parts.append(f"## {name}\n\n{text if text is not None else '(failed: see logs.txt)'}\n")
     (work / FILE).write_text("\n".join(parts))
-    (work / FACTS_FILE).write_text(json.dumps(facts(device)))
+    (work / FACTS_FILE).write_text(json.dumps(facts(device, cfg.wheels)))

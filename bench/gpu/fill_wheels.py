@@ -20,15 +20,18 @@ is) and name it in the device call's ``carry``.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from bench.gpu.config import ROOT
+from bench.gpu.config import ROOT, SOURCE_FILE
+from harness.runs.provenance import git_commit
 
 # pytest-timeout: without it a hung GPU test holds the gpu_tests step until the step's own limit
 PINS = {"fla-core": "0.6.0", "flash-linear-attention": "0.6.0", "mamba-ssm": "2.3.2.post1", "liger-kernel": "0.8.5",
@@ -118,7 +121,16 @@ def main(dest: Path, limit_mib: float, check_only: bool) -> None:
         problems.append(f"wheels and checkout together exceed {CARRY_LIMIT_MIB} MiB")
     if problems:
         raise click.ClickException("; ".join(problems))
+    write_source(dest)
     print("ready")
+
+
+def write_source(dest: Path) -> None:
+    """Record in ``dest`` the commit (and whether the tree had uncommitted edits) it was filled for."""
+    commit = git_commit(ROOT)
+    record = {"commit": commit["commit"], "dirty": commit["dirty"],
+              "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (dest / SOURCE_FILE).write_text(json.dumps(record))
 
 
 if __name__ == "__main__":
