@@ -12,7 +12,7 @@ import sys
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 from click.core import ParameterSource
@@ -22,6 +22,9 @@ from harness.api.errors import DistributedError, LcbenchError
 from harness.api.options import parse_assignments, split_items, whole_number
 from harness.api.staging import made_for_results
 from harness.api.timing import is_oom
+
+if TYPE_CHECKING:
+    from harness.report.claims import RunData
 
 
 EXIT_OK = 0
@@ -257,10 +260,10 @@ def _summarise(result, out: str) -> None:
 
 def _figures_and_tables(run_dir: str) -> None:
     from harness.report.plots import make_figures
-    from harness.api.results import read_table
     from harness.report.tables import format_tables, summary_tables, write_tables
 
-    tables = summary_tables(read_table(run_dir))
+    run = _with_samples(run_dir)
+    tables = summary_tables(run.table, samples=run)
     click.echo(format_tables(tables, "md"))
     write_tables(tables, Path(run_dir) / "tables")
     _show_notes()  # why a figure was not drawn
@@ -314,17 +317,26 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
               help="NIAH accuracy to show (repeatable): generation (gen_match) or candidate ranking (cand_acc); default both.")
 @friendly_errors
 def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tuple[str, ...]) -> None:
-    """Summary tables (loss, gaps, NIAH, latency, speed-ups, memory) of a run folder."""
-    from harness.api.results import read_table
+    """Summary tables (loss, gaps, NIAH, latency, speed-ups, memory) of a run folder; with its samples,
+    the gaps to full attention and the speed-ups get intervals."""
     from harness.report.tables import format_tables, summary_tables, write_tables
 
     # an unwritable folder is refused before anything is printed
     target = made_for_results(out or Path(run_dir) / "tables", "tables folder") if save else nullcontext()
     with target as folder:
-        tables = summary_tables(read_table(run_dir), list(niah_metrics) or None)
+        run = _with_samples(run_dir)
+        tables = summary_tables(run.table, list(niah_metrics) or None, samples=run)
         click.echo(format_tables(tables, fmt))
         if folder is not None:  # on stderr, so that stdout (`lcbench table RUN > tables.md`) holds the tables alone
             click.echo(f"wrote {len(write_tables(tables, folder))} files to {folder}", err=True)
+
+
+def _with_samples(run_dir: str) -> RunData:
+    """The folder's table and its current cells' samples (none when it kept none), read as the claims read them."""
+    from harness.report.claims import load_run
+    from harness.runs.sweep import current_sample_files
+
+    return load_run(run_dir, current_sample_files(run_dir), required=False)
 
 
 @main.command()

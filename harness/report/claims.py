@@ -169,17 +169,18 @@ class RunData:
 
 
 def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None,
-             cell_records: Iterable[dict[str, Any]] = ()) -> RunData:
+             cell_records: Iterable[dict[str, Any]] = (), required: bool = True) -> RunData:
     """A run folder's table and its sample records: ``sample_files`` (a sweep's current cells,
     from harness.runs.sweep.current_sample_files) or else every file (samples.jsonl, samples/).
     ``cell_records`` (a sweep's, harness.runs.store.ResultStore.finished) name the machine each
-    latency cell ran on; without them, run.json's device stands for every timing."""
+    latency cell ran on; without them, run.json's device stands for every timing. A folder without
+    samples is refused unless not ``required`` (the tables, which print without them)."""
     run_dir = Path(run_dir)
     files = sample_files if sample_files is not None else (
         sorted((run_dir / "samples").glob("*.jsonl")) + [p for p in [run_dir / SAMPLES_JSONL] if p.exists()])
     samples = [record for path in files for record in read_jsonl(path)]
     table = read_table(run_dir)
-    if not samples:  # e.g. a table committed without them: every verdict would be undecided, wrongly reasoned
+    if not samples and required:  # e.g. a table committed without them: every verdict would be undecided, wrongly reasoned
         raise ConfigError(f"{str(run_dir)!r} holds no samples (samples/*.jsonl or {SAMPLES_JSONL}), and every claim "
                           "pairs scores by window, document or test sequence; judge the folder the run wrote")
     current = None if sample_files is None else {p.stem for p in files}  # a sweep's sample files are named by cell key
@@ -285,14 +286,14 @@ def _family_note(k: int, what: str) -> str:
     return f" ({stats.DEFAULT_LEVEL:.0%} family-wise over {k} {what}, Bonferroni)" if k > 1 else ""
 
 
-def _is_spread(n: int) -> bool:
+def is_spread(n: int) -> bool:
     """Whether an interval of medians over ``n`` repeats cannot reach the level asked for."""
     return stats.median_max_coverage(n) < stats.DEFAULT_LEVEL
 
 
 def _timing_row(what: str, est: stats.Estimate) -> dict[str, Any]:
     """A row of medians over timing repeats: too few of them make its interval a spread."""
-    return _row(what, est, spread=_is_spread(est.n))
+    return _row(what, est, spread=is_spread(est.n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +323,30 @@ def _by_window(diffs: dict[tuple, float], seed: int, level: float = stats.DEFAUL
     """The mean of per-window differences (keys: (training seed, doc, end)), resampled by
     document and training seed."""
     return _paired(((k[0], k[1], diffs[k], 1.0) for k in sorted(diffs, key=str)), seed=seed, level=level)  # a seed may be None
+
+
+def loss_gap(run: RunData, model: str, reference: str, eval_ctx: int) -> stats.Estimate | None:
+    """``model``'s loss minus ``reference``'s at context ``eval_ctx`` (the tables' gap to full
+    attention), paired by target window: the mean over windows (the same document, start and
+    training seed) of the difference of their scored losses, resampled by document (and seed).
+    None unless both were scored on the same windows, each once: a mean over some is not the gap."""
+    mine, theirs = _scored_windows(run, model, eval_ctx), _scored_windows(run, reference, eval_ctx)
+    if not mine or mine.keys() != (theirs or {}).keys():
+        return None
+    return _by_window({k: mine[k] - theirs[k] for k in mine}, seed=eval_ctx)
+
+
+def _scored_windows(run: RunData, model: str, eval_ctx: int) -> dict[tuple, float] | None:
+    """(seed, doc, start) -> the scored loss of ``model``'s windows at ``eval_ctx``; None when a
+    window was scored twice (two runs of one model: which pairs with which is unknown)."""
+    out: dict[tuple, float] = {}
+    for w in run.windows(model):
+        if int(w["eval_ctx"]) == eval_ctx:
+            key = (w.get("seed"), w["doc"], int(w["start"]))
+            if key in out:
+                return None
+            out[key] = float(w["scored_loss"])
+    return out
 
 
 def last_doubling_gain(run: RunData, model: str, longest: int | None = None,
@@ -717,7 +742,7 @@ def _unstable(run: RunData, cells: Iterable[tuple[str, str, int]], batch: int) -
 def _few_repeats(ests: Iterable[stats.Estimate]) -> str:
     """A sentence saying that intervals over few repeats are spreads ("" when there are none)."""
     n = min((e.n for e in ests if np.isfinite(e.ci_low)), default=None)
-    if n is None or not _is_spread(n):
+    if n is None or not is_spread(n):
         return ""
     return (f" Intervals over as few as {n} timing repeats are spreads, not 95% intervals (a median's interval over "
             f"{n} values covers it at most {stats.median_max_coverage(n):.0%} of the time).")
@@ -727,6 +752,12 @@ def _interval(est: stats.Estimate) -> str:
     if not np.isfinite(est.ci_low):
         return f"(no interval: {est.n} repeat{'' if est.n == 1 else 's'})"
     return f"[{est.ci_low:.2f}, {est.ci_high:.2f}]"
+
+
+def speedup(theirs: Iterable[float], mine: Iterable[float], ctx: int) -> stats.Estimate:
+    """Full attention's median time over a model's at context ``ctx`` (``theirs``, ``mine``: their
+    timing repeats), each model's repeats resampled on their own: they are not paired."""
+    return stats.bootstrap_median_ratio(list(theirs), list(mine), RESAMPLES, seed=[8, ctx])
 
 
 def speed_claim(run: RunData) -> Claim:
@@ -747,7 +778,7 @@ def speed_claim(run: RunData) -> Claim:
     evidence = []
     for ctx in sorted(set(theirs) | set(mine) | full_oom | ttt_oom):
         if ctx in theirs and ctx in mine:
-            ests[ctx] = est = stats.bootstrap_median_ratio(theirs[ctx], mine[ctx], RESAMPLES, seed=[8, ctx])
+            ests[ctx] = est = speedup(theirs[ctx], mine[ctx], ctx)
             faster[ctx] = _side(est, 1.0, 1.0)
             evidence.append(_timing_row(f"prefill at {ctx}: {full} time / {ttt} time (batch {batch})", est))
         elif (ctx in mine and ctx in full_oom) or (ctx in theirs and ctx in ttt_oom):

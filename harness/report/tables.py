@@ -14,7 +14,10 @@ variance, which no seed's own interval does), which figures draw as bands and ta
 footnote saying what it is. A point that some of its rows failed
 (one seed out of memory) is flagged ``partial``, as an unstable timing is: shown, marked. A cell
 with no ``ok`` row is a failure point carrying its status (``oom``, ``error``, ``nan``): tables
-print it (``OOM``), figures mark it. Derived values (gap, speed-up) carry no interval.
+print it (``OOM``), figures mark it. Derived values (gap, speed-up) carry no interval, except in
+the tables where the run's samples are given (:func:`summary_tables`): the loss gap's paired by
+target window over documents (:func:`claims.loss_gap`), the speed-up's over timing repeats
+(:func:`claims.speedup`), each only where the samples reproduce the cell's value.
 
 :func:`summary_tables` gives the paper's tables as DataFrames (index: model, arch and the facets
 that vary; columns: ``eval_ctx``; cells: a float, or the failure's label), with a title, a
@@ -27,7 +30,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ import pandas as pd
 from harness.api import results, stats
 from harness.api.errors import check_choice
 from harness.api.staging import prepare_output
+from harness.report import claims
 from harness.report.written import replace_written
 
 REFERENCE_ARCH = "full_attention"
@@ -296,23 +300,27 @@ def _facets(points: pd.DataFrame, candidates: Sequence[str]) -> list[str]:
     return [c for c in candidates if points[c].nunique(dropna=False) > 1]
 
 
-def summary_tables(table: pd.DataFrame | Prepared,
-                   niah_metrics: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+def summary_tables(table: pd.DataFrame | Prepared, niah_metrics: Sequence[str] | None = None,
+                   samples: claims.RunData | None = None) -> dict[str, pd.DataFrame]:
     """The summary tables the table's data allows, by name:
 
     ``loss`` and ``loss_gap`` (to full attention), ``niah_<metric>`` (pooled over depths, per
     variant and haystack), ``prefill_ms`` / ``decode_ms`` with ``prefill_speedup`` /
     ``decode_speedup`` (full attention's time / the model's), ``prefill_peak_mib``,
     ``decode_peak_mib``, ``state_mib``; and ``<task>_<metric>`` for every other score (a plugin
-    task's, lm-eval's). Tables whose data is absent are left out."""
+    task's, lm-eval's). Tables whose data is absent are left out. With the run's ``samples``
+    (:func:`claims.load_run`), the gaps and speed-ups get intervals (:func:`_from_samples`)."""
     prep = table if isinstance(table, Prepared) else prepare(table)
+    run = samples if samples is not None and samples.samples else None
     out: dict[str, pd.DataFrame] = {}
     if prep.has(*LOSS):
         loss = prep.points(*LOSS, pos_start=None)
         out["loss"] = _pivot(loss, [], "Loss (nats/token) by evaluation context length", ".3f")
         if _has_reference(prep, loss):
-            out["loss_gap"] = _pivot(prep.relative(loss, ["eval_ctx"], "gap"), [],
-                                     "Loss gap to full attention (nats/token; negative: better)", "+.3f")
+            gap = prep.relative(loss, ["eval_ctx"], "gap")
+            note = _gap_note(prep, gap, run) if run else ""
+            out["loss_gap"] = _pivot(gap, [], "Loss gap to full attention (nats/token; negative: better)", "+.3f")
+            out["loss_gap"].attrs.update(note=note, own_interval=bool(note))
     for metric in niah_metric_names(prep, niah_metrics):
         pts = prep.points(NIAH_TASK, metric, by=("variant", "haystack", "eval_ctx"), depth=None)
         out[f"niah_{metric}"] = _pivot(pts, ["variant", "haystack"],
@@ -327,8 +335,11 @@ def summary_tables(table: pd.DataFrame | Prepared,
         out[f"{phase}_ms"] = _pivot(pts, facets, f"{what.capitalize()} (ms) by context length", "sig", scale=1e-3)
         out[f"{phase}_ms"].attrs["note"] = repeats_note(prep.rows, metric)
         if _has_reference(prep, pts):
-            out[f"{phase}_speedup"] = _pivot(prep.relative(pts, ["batch_size", "eval_ctx"], "speedup"), facets,
-                                             f"{phase.capitalize()} speed-up over full attention (×)", ".2f")
+            ratio = prep.relative(pts, ["batch_size", "eval_ctx"], "speedup")
+            note = _speedup_note(prep, ratio, run, phase) if run else ""
+            out[f"{phase}_speedup"] = _pivot(ratio, facets, f"{phase.capitalize()} speed-up over full attention (×)",
+                                             ".2f")
+            out[f"{phase}_speedup"].attrs.update(note=note, own_interval=bool(note))
     latency = prep.rows[prep.rows["task"] == LATENCY_TASK]
     peak = peak_memory_name(set(latency["device"].dropna()))
     for metric, name, what in (("prefill_peak_bytes", "prefill_peak_mib", f"{peak} while prefilling"),
@@ -346,6 +357,62 @@ def summary_tables(table: pd.DataFrame | Prepared,
             name = f"{base}_{n}"
         out[name] = _pivot(pts, facets, f"{task}: {metric}", shared_decimals(pts["value"]))
     return out
+
+
+def _from_samples(prep: Prepared, rel: pd.DataFrame, by: Sequence[str],
+                  estimate: Callable[[str, str, tuple], stats.Estimate | None]) -> tuple[list[stats.Estimate], int]:
+    """Give each point of ``rel`` (a gap or speed-up against its series' reference, in place) the
+    interval of ``estimate(model, reference model, its by-cell)`` where that reproduces its value:
+    the samples know models, not series (a model split by backend or train_ctx is left bare), and
+    a value they do not give (a mean over seeds' medians) is not theirs to bound. Returns the
+    estimates given and how many points (not the reference's own) went without."""
+    models = dict(zip(prep.series["series"], prep.series["model"].astype(str)))
+    split = {m for m, n in prep.series["model"].astype(str).value_counts().items() if n > 1}
+    given, bare = [], 0
+    for i, row in rel.iterrows():
+        ref = prep.reference.get(row["series"])
+        if ref is None or ref == row["series"] or row["status"] != "ok" or not np.isfinite(row["value"]):
+            continue
+        model, theirs = models[row["series"]], models[ref]
+        est = None if split & {model, theirs} else estimate(model, theirs, tuple(row[c] for c in by))
+        if (est is None or not np.isfinite(est.ci_low)
+                or not math.isclose(est.value, row["value"], rel_tol=1e-9, abs_tol=1e-12)):
+            bare += 1
+            continue
+        rel.loc[i, ["ci_low", "ci_high"]] = [est.ci_low, est.ci_high]
+        given.append(est)
+    return given, bare
+
+
+def _gap_note(prep: Prepared, gap: pd.DataFrame, run: claims.RunData) -> str:
+    """Give the loss gaps their paired intervals; the footnote that says what they are ("" without any)."""
+    given, bare = _from_samples(prep, gap, ["eval_ctx"], lambda m, ref, cell: claims.loss_gap(run, m, ref, int(cell[0])))
+    if not given:
+        return ""
+    seeds = " and training seeds" if any(len(getattr(e, "per_seed", ())) > 1 for e in given) else ""
+    return (f"± and [low, high]: a {stats.DEFAULT_LEVEL:.0%} bootstrap interval of the gap paired by target "
+            f"window over documents (each window's loss minus full attention's on it; documents{seeds} "
+            "resampled)" + (f"; {bare} gap(s) without one: not scored on the same windows" if bare else ""))
+
+
+def _speedup_note(prep: Prepared, ratio: pd.DataFrame, run: claims.RunData, phase: str) -> str:
+    """Give the speed-ups intervals over timing repeats; the footnote that says what they are ("" without any)."""
+    timings: dict[tuple[str, int], dict[int, list[float]]] = {}
+
+    def estimate(model: str, ref: str, cell: tuple) -> stats.Estimate | None:
+        batch, ctx = int(cell[0]), int(cell[1])
+        mine, theirs = (timings.setdefault((m, batch), run.timings(m, phase, batch)).get(ctx) for m in (model, ref))
+        return claims.speedup(theirs, mine, ctx) if mine and theirs else None
+
+    given, bare = _from_samples(prep, ratio, ["batch_size", "eval_ctx"], estimate)
+    if not given:
+        return ""
+    what = "the ratio of medians (each model's timings resampled on their own)"
+    n = min(e.n for e in given)
+    note = (_spread_note(n, what) if claims.is_spread(n) else
+            f"± and [low, high]: a {stats.DEFAULT_LEVEL:.0%} bootstrap interval of {what} over timing repeats")
+    return note + (f"; {bare} speed-up(s) without one: the samples do not give its value (no repeats, a mean over seeds)"
+                   if bare else "")
 
 
 def peak_memory_name(devices: set[str], sep: str = " ") -> str:
@@ -452,11 +519,14 @@ def repeats_note(rows: pd.DataFrame, metric: str) -> str:
     if timed.empty:
         return ""
     n = int(timed["n"].min())
-    coverage = stats.median_max_coverage(n)
-    if coverage >= stats.DEFAULT_LEVEL:
-        return ""
-    return (f"± and [low, high]: a bootstrap spread of the median over as few as {n} timings, not a "
-            f"{stats.DEFAULT_LEVEL:.0%} interval (their range covers the median at most {coverage:.0%} of the time)")
+    return _spread_note(n, "the median") if claims.is_spread(n) else ""
+
+
+def _spread_note(n: int, what: str) -> str:
+    """That intervals of ``what`` over as few as ``n`` timings are spreads, not confidence intervals."""
+    return (f"± and [low, high]: a bootstrap spread of {what} over as few as {n} timings, not a "
+            f"{stats.DEFAULT_LEVEL:.0%} interval (their range covers the median at most "
+            f"{stats.median_max_coverage(n):.0%} of the time)")
 
 
 def footnotes(df: pd.DataFrame) -> list[str]:
@@ -471,7 +541,8 @@ def footnotes(df: pd.DataFrame) -> list[str]:
         notes.append(df.attrs["note"])
     if df.attrs.get("seeds", 0) > 1:
         lows = df.attrs.get("ci_low")
-        with_interval = lows is not None and bool(lows.notna().to_numpy().any())  # a gap or speed-up has none
+        # a gap or speed-up has none, or its own (its note says what)
+        with_interval = lows is not None and bool(lows.notna().to_numpy().any()) and not df.attrs.get("own_interval")
         notes.append(f"A value over several training seeds (up to {df.attrs['seeds']}) is their mean"
                      + (f"; its interval is over seeds: {SEEDS_INTERVAL}" if with_interval else ""))
     return notes

@@ -1,0 +1,153 @@
+"""The loss-gap and speed-up tables' intervals from a run's samples: paired by target window over
+documents, and over timing repeats; without samples the tables print as they did."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from harness.api import results, stats
+from harness.cli import main
+from harness.report import claims, tables
+
+PAPER_SMALL = Path(__file__).resolve().parents[1] / "results" / "reference" / "paper_small"
+DOCS = [f"doc{i}" for i in range(9)]
+CONTEXTS = (256, 1024)
+
+
+def _loss_run(gap: float = -0.04) -> tuple[list[dict], list[dict]]:
+    """(table rows, window samples) of full attention and TTT-E2E scored on the same windows:
+    documents differ by far more than the gap (each loss's interval is wide), the gap per window
+    is nearly constant (the paired one is narrow)."""
+    rng = np.random.default_rng(0)
+    difficulty = dict(zip(DOCS, rng.normal(2.0, 0.3, len(DOCS))))
+    rows, samples = [], []
+    for model, shift in (("full_attention", 0.0), ("ttt_e2e", gap)):
+        noise = np.random.default_rng(1 if shift else 2)
+        for L in CONTEXTS:
+            windows = [(doc, start, difficulty[doc] + shift + noise.normal(0, 0.005))
+                       for doc in DOCS for start in (0, 512)]
+            est = stats.bootstrap_ratio([sum(w[2] for w in windows if w[0] == d) for d in DOCS], [2.0] * len(DOCS))
+            rows.append(results.make_row("loss", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=len(DOCS),
+                                         run="r", model=model, arch=model, task="loss_scaling", eval_ctx=L, seed=0))
+            samples += [{"run": "r", "model": model, "task": "loss_scaling", "seed": 0, "kind": "window",
+                         "eval_ctx": L, "doc": doc, "start": start, "targets": "same", "scored_loss": loss}
+                        for doc, start, loss in windows]
+    return rows, samples
+
+
+def _latency_run(repeats: int) -> tuple[list[dict], list[dict]]:
+    """(table rows, timing samples): TTT-E2E's prefill twice as fast as full attention's."""
+    rng = np.random.default_rng(3)
+    rows, samples = [], []
+    for model, seconds in (("full_attention", 0.02), ("ttt_e2e", 0.01)):
+        for L in CONTEXTS:
+            reps = list(seconds * L / 1024 * (1 + rng.normal(0, 0.02, repeats)))
+            est = stats.bootstrap_median(reps)
+            rows.append(results.make_row("prefill_s", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=repeats,
+                                         run="r", model=model, arch=model, task="latency", eval_ctx=L,
+                                         batch_size=1, seed=0))
+            samples.append({"run": "r", "model": model, "task": "latency", "seed": 0, "kind": "timing",
+                            "phase": "prefill", "eval_ctx": L, "batch_size": 1, "seconds": reps})
+    return rows, samples
+
+
+def _cell(table, model: str, L: int) -> tuple[float, float, float]:
+    key = (model, model)
+    return table.loc[key, L], table.attrs["ci_low"].loc[key, L], table.attrs["ci_high"].loc[key, L]
+
+
+def test_the_loss_gap_gets_a_paired_interval_that_resolves_what_the_losses_own_do_not():
+    """The gap of two losses whose intervals over documents overlap, paired by window, lies below 0:
+    the table printed it bare, as if nothing were known of it."""
+    rows, samples = _loss_run()
+    table = results.validate(rows)
+    t = tables.summary_tables(table, samples=claims.RunData(table, samples))
+    for L in CONTEXTS:
+        _, full_low, full_high = _cell(t["loss"], "full_attention", L)
+        _, ttt_low, ttt_high = _cell(t["loss"], "ttt_e2e", L)
+        assert max(full_low, ttt_low) < min(full_high, ttt_high)  # the losses' own intervals overlap
+        value, low, high = _cell(t["loss_gap"], "ttt_e2e", L)
+        assert value == pytest.approx(-0.04, abs=0.005) and low < value < high < 0  # the paired one excludes 0
+        assert np.isnan(_cell(t["loss_gap"], "full_attention", L)[1])  # the reference's own gap is exactly 0
+    text = tables.render_markdown(t["loss_gap"])
+    assert "a 95% bootstrap interval of the gap paired by target window over documents" in text
+    assert re.search(r"\| -0\.0\d\d (± 0\.00\d|\[-0\.0\d\d, -0\.0\d\d\]) \|", text)
+    assert tables.summary_tables(table, samples=None)["loss_gap"].attrs["ci_low"].isna().all().all()
+
+
+def test_a_gap_whose_windows_do_not_pair_stays_bare_and_the_footnote_counts_it():
+    rows, samples = _loss_run()
+    table = results.validate(rows)
+    moved = [{**s, "start": s["start"] + 1} if s["model"] == "ttt_e2e" and s["eval_ctx"] == 1024 else s
+             for s in samples]
+    gap = tables.summary_tables(table, samples=claims.RunData(table, moved))["loss_gap"]
+    assert _cell(gap, "ttt_e2e", 256)[1] < 0 and np.isnan(_cell(gap, "ttt_e2e", 1024)[1])
+    assert "1 gap(s) without one: not scored on the same windows" in tables.render_markdown(gap)
+
+
+@pytest.mark.parametrize("repeats, spread", [(3, True), (8, False)])
+def test_speedups_get_the_claims_interval_over_timing_repeats(repeats, spread):
+    rows, samples = _latency_run(repeats)
+    table = results.validate(rows)
+    run = claims.RunData(table, samples)
+    speed = tables.summary_tables(table, samples=run)["prefill_speedup"]
+    for L in CONTEXTS:
+        theirs, mine = run.timings("full_attention", "prefill", 1)[L], run.timings("ttt_e2e", "prefill", 1)[L]
+        est = claims.speedup(theirs, mine, L)
+        assert _cell(speed, "ttt_e2e", L) == pytest.approx((est.value, est.ci_low, est.ci_high))
+        assert est.ci_low < est.value < est.ci_high
+    text = tables.render_markdown(speed)
+    assert ("a bootstrap spread of the ratio of medians (each model's timings resampled on their own) over as few "
+            f"as {repeats} timings, not a 95% interval" in text) == spread
+    assert ("a 95% bootstrap interval of the ratio of medians (each model's timings resampled on their own) over "
+            "timing repeats" in text) == (not spread)
+
+
+def _write_run(folder: Path, rows: list[dict], samples: list[dict]) -> None:
+    results.write_table(folder, rows)
+    (folder / "samples").mkdir()
+    (folder / "samples" / "cell.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+
+
+def test_lcbench_table_reads_the_folders_samples(tmp_path):
+    rows, samples = _loss_run()
+    more_rows, more_samples = _latency_run(3)
+    _write_run(tmp_path, rows + more_rows, samples + more_samples)
+    out = CliRunner().invoke(main, ["table", str(tmp_path), "--no-save"])
+    assert out.exit_code == 0, out.output
+    assert "paired by target window over documents" in out.output
+    assert "a bootstrap spread of the ratio of medians" in out.output
+
+
+def _without_new_intervals(text: str) -> str:
+    """The tables' text less the loss gap's and speed-ups' intervals and footnotes."""
+    blocks = text.split("\n\n")
+    out = []
+    for i, block in enumerate(blocks):
+        title = next((b for b in reversed(blocks[:i]) if b.startswith("**")), "")
+        derived = "Loss gap to full attention" in title or "speed-up over full attention" in title
+        if derived and ("bootstrap interval of the gap paired" in block or "spread of the ratio of medians" in block):
+            continue
+        out.append(re.sub(r" (± [\d.]+|\[[-\d.]+, [-\d.]+\])", "", block) if derived else block)
+    return "\n\n".join(out)
+
+
+def test_paper_small_prints_as_before_without_its_samples_and_only_gains_the_new_intervals_with_them(tmp_path):
+    """The committed tables.md is `lcbench table` with the folder's samples; hiding them gives the
+    tables as they were (byte for byte), which differ from it in the new intervals alone."""
+    bare = tmp_path / "paper_small"
+    shutil.copytree(PAPER_SMALL, bare, ignore=shutil.ignore_patterns("samples", "figures"))
+    out = CliRunner().invoke(main, ["table", str(bare), "--no-save"])
+    assert out.exit_code == 0, out.output
+    committed = (PAPER_SMALL / "tables.md").read_text()
+    assert "paired by target window over documents" in committed and "± and [low, high]: a bootstrap spread of the " \
+        "ratio of medians" in committed
+    assert "paired by target window" not in out.output and "ratio of medians" not in out.output
+    assert out.output == _without_new_intervals(committed)
+    assert out.output != committed
