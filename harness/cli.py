@@ -372,7 +372,7 @@ def report(run_dir: str, out: str | None) -> None:
     from harness.report.html import write_report
 
     _show_notes()
-    click.echo(str(write_report(run_dir, out)))
+    click.echo(str(write_report(run_dir, out, _with_samples(run_dir))))
 
 
 @main.command("eval")

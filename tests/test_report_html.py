@@ -187,3 +187,20 @@ def test_one_failed_row_an_unreadable_run_json_and_a_page_written_elsewhere(tmp_
     text = html.unescape(path.read_text())
     assert "<h2>Failed (1 rows)</h2>" in text and "Every row is ok" not in text and "boom" in text
     assert f'"unreadable": "{run / results.RUN_JSON}"' in text  # said, not passed over as if there were none
+
+
+def test_lcbench_report_gives_the_tables_the_intervals_lcbench_table_gives(tmp_path):
+    """With the run's samples, `lcbench table` gives the loss gap a paired interval; the report's
+    tables showed the bare gap, so the page and the tables disagreed."""
+    from tests.test_tables_intervals import _loss_run, _write_run
+
+    rows, samples = _loss_run()
+    _write_run(tmp_path, rows, samples)
+    out = CliRunner().invoke(main, ["report", str(tmp_path), "--out", str(tmp_path / "page.html")])
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")
+    table = CliRunner().invoke(main, ["table", str(tmp_path), "--no-save"]).output
+    assert "paired by target window over documents" in page and "paired by target window over documents" in table
+    gap = re.search(r"\| ttt_e2e \| TTT-E2E \| ([^|]+) \|", table.split("Loss gap")[1])[1].strip()
+    assert "±" in gap or "[" in gap, gap
+    assert html.escape(gap) in page  # the same cell, interval and all

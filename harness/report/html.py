@@ -20,6 +20,7 @@ import pandas as pd
 from harness.api import results
 from harness.api.machine import machine_name
 from harness.api.staging import prepare_output
+from harness.report.claims import RunData
 from harness.report.plots import make_figures
 from harness.report.tables import footnotes, summary_tables, text_rows
 
@@ -42,18 +43,21 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: .85em; }
 """
 
 
-def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the page for ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); return its path."""
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                 samples: RunData | None = None) -> Path:
+    """Write the page for ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); return its path.
+    With the run's ``samples`` (:func:`harness.report.claims.load_run`), its tables carry the
+    intervals ``lcbench table`` gives them (loss gaps, speed-ups)."""
     run_dir = Path(run_dir)
-    page = render_report(run_dir)
+    page = render_report(run_dir, samples)
     path = Path(out) if out is not None else run_dir / REPORT_FILE
     prepare_output(path.parent, "report's folder")
     results.atomic_write(path, lambda f: f.write(page))
     return path
 
 
-def render_report(run_dir: str | os.PathLike) -> str:
-    """The page for a run or sweep folder, as one HTML string."""
+def render_report(run_dir: str | os.PathLike, samples: RunData | None = None) -> str:
+    """The page for a run or sweep folder, as one HTML string (``samples``: as :func:`write_report`)."""
     run_dir = Path(run_dir)
     table = results.read_table(run_dir)
     with tempfile.TemporaryDirectory(prefix="lcbench-report-") as tmp:
@@ -67,7 +71,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
         "<h2>Figures</h2>" + ("".join(_figure(stem, uri) for stem, uri in figures) or "<p>No figure: the table "
                                                                                    "has no data any figure draws.</p>"),
         "<h2>Summary tables</h2>" + ("".join(f"<h3>{html.escape(name)}</h3>{_summary_table(df)}"
-                                             for name, df in summary_tables(table).items())
+                                             for name, df in summary_tables(table, samples=samples).items())
                                      or "<p>No summary table for this run's tasks.</p>"),
         f"<h2>Failed ({len(failed)} rows)</h2>" + (_table(_failures(failed), css="failed") if len(failed)
                                                    else "<p>Every row is ok.</p>"),
