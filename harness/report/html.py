@@ -59,7 +59,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 def render_report(run_dir: str | os.PathLike, samples: RunData | None = None) -> str:
     """The page for a run or sweep folder, as one HTML string (``samples``: as :func:`write_report`)."""
     run_dir = Path(run_dir)
-    table = results.read_table(run_dir)
+    table = samples.table if samples is not None else results.read_table(run_dir)  # read once
     with tempfile.TemporaryDirectory(prefix="lcbench-report-") as tmp:
         figures = [(path.stem, _data_uri(path)) for path in make_figures(table, tmp, formats=("png",))]
     meta = _read_json(run_dir / results.RUN_JSON)

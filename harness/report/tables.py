@@ -26,6 +26,7 @@ number format and the intervals' ends in ``DataFrame.attrs``; :func:`render_mark
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -397,11 +398,13 @@ def _gap_note(prep: Prepared, gap: pd.DataFrame, run: claims.RunData) -> str:
 
 def _speedup_note(prep: Prepared, ratio: pd.DataFrame, run: claims.RunData, phase: str) -> str:
     """Give the speed-ups intervals over timing repeats; the footnote that says what they are ("" without any)."""
-    timings: dict[tuple[str, int], dict[int, list[float]]] = {}
+    @functools.cache  # each (model, batch) scans every sample once, not once per cell
+    def timed(model: str, batch: int) -> dict[int, list[float]]:
+        return run.timings(model, phase, batch)
 
     def estimate(model: str, ref: str, cell: tuple) -> stats.Estimate | None:
         batch, ctx = int(cell[0]), int(cell[1])
-        mine, theirs = (timings.setdefault((m, batch), run.timings(m, phase, batch)).get(ctx) for m in (model, ref))
+        mine, theirs = (timed(m, batch).get(ctx) for m in (model, ref))
         return claims.speedup(theirs, mine, ctx) if mine and theirs else None
 
     given, bare = _from_samples(prep, ratio, ["batch_size", "eval_ctx"], estimate)
