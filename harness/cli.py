@@ -267,7 +267,7 @@ def _figures_and_tables(run_dir: str) -> None:
     click.echo(format_tables(tables, "md"))
     write_tables(tables, Path(run_dir) / "tables")
     _show_notes()  # why a figure was not drawn
-    figures = make_figures(run_dir)
+    figures = make_figures(run_dir, samples=run)
     click.echo(f"{len(figures)} figure files in {run_dir}/figures/, tables in {run_dir}/tables/")
 
 
@@ -299,11 +299,13 @@ def _show_notes() -> None:
 @friendly_errors
 def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[str, ...],
          niah_metrics: tuple[str, ...]) -> None:
-    """Paper figures (PNG + PDF) from a run or sweep folder."""
+    """Paper figures (PNG + PDF) from a run or sweep folder; with its samples, the gaps to full attention
+    and the speed-ups get the tables' intervals as bands."""
     from harness.report.plots import make_figures
 
     _show_notes()
-    for path in make_figures(run_dir, out, formats, only=list(only) or None, niah_metrics=list(niah_metrics) or None):
+    for path in make_figures(run_dir, out, formats, only=list(only) or None, niah_metrics=list(niah_metrics) or None,
+                             samples=_with_samples(run_dir)):
         click.echo(str(path))
 
 

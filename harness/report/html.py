@@ -47,7 +47,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                  samples: RunData | None = None) -> Path:
     """Write the page for ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); return its path.
     With the run's ``samples`` (:func:`harness.report.claims.load_run`), its tables carry the
-    intervals ``lcbench table`` gives them (loss gaps, speed-ups)."""
+    intervals ``lcbench table`` gives them (loss gaps, speed-ups), and its figures draw them."""
     run_dir = Path(run_dir)
     page = render_report(run_dir, samples)
     path = Path(out) if out is not None else run_dir / REPORT_FILE
@@ -61,7 +61,7 @@ def render_report(run_dir: str | os.PathLike, samples: RunData | None = None) ->
     run_dir = Path(run_dir)
     table = samples.table if samples is not None else results.read_table(run_dir)  # read once
     with tempfile.TemporaryDirectory(prefix="lcbench-report-") as tmp:
-        figures = [(path.stem, _data_uri(path)) for path in make_figures(table, tmp, formats=("png",))]
+        figures = [(path.stem, _data_uri(path)) for path in make_figures(table, tmp, formats=("png",), samples=samples)]
     meta = _read_json(run_dir / results.RUN_JSON)
     spec = _read_json(run_dir / SPEC_FILE)
     failed = table[table["status"] != "ok"]

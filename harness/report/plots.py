@@ -19,7 +19,14 @@ compares with), one fixed colour and marker per architecture throughout:
 Lines join ``ok`` points, with bands from ``ci_low``/``ci_high`` over neighbours that have one (an
 error bar at a point alone, and in the Pareto view); a point over several training seeds is their
 mean, its band their interval over seeds (:func:`harness.api.stats.across_seeds`), which the legend
-names (:func:`seeds_legend`);
+names (:func:`seeds_legend`).
+The loss gap to full attention and the speed-ups over it get, where the run's samples are given
+(:func:`make_figures`), the intervals the tables print (:func:`harness.report.tables.gap_intervals`,
+:func:`~harness.report.tables.speedup_intervals`: paired by target window over documents; over
+timing repeats) as their bands, the legend naming them (:func:`derived_legend`) and a footnote
+counting the points the samples do not bound; without samples they are drawn bare, as before.
+A gap over several seeds gets that one band, which resamples the seeds with the documents, and
+no band over seeds beside it;
 a failed cell (``oom``, ``error``, ``nan``) is drawn as a cross labelled with its status where
 the line would have gone on. A figure whose data the table lacks is skipped with a logged
 reason. Figures are built on :class:`matplotlib.figure.Figure` directly: no pyplot, no display,
@@ -32,6 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import textwrap
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,10 +58,12 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MultipleLocator, Null
 from harness.api import results, stats
 from harness.api.errors import check_choice
 from harness.api.staging import prepare_output
+from harness.report.claims import RunData
 from harness.report.figures import FIGURE_TASKS, FIGURES, SkipFigure, figure_names, register_figure
 from harness.report.tables import (
-    FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, UNSTABLE_MARK, Prepared,
-    context_label, niah_metric_names, peak_memory_name, prepare,
+    FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, UNSTABLE_MARK,
+    DerivedIntervals, Prepared, context_label, gap_intervals, niah_metric_names, peak_memory_name, prepare,
+    speedup_intervals,
 )
 from harness.report.written import replace_written
 
@@ -80,6 +90,7 @@ PAPER_RC = {
 }
 FAIL_MARKER = "X"
 SEEDS_GID = "interval over seeds: "  # + the seeds: what seeds_legend finds
+DERIVED_GID = "derived interval: "  # + what a gap's or speed-up's band is (DerivedIntervals.short): what _legend names
 ACCURACY_LIMITS = (-0.04, 1.06)  # the whole 0-1 range, markers at 0 and 1 clear of the frame
 COST_NAMES = {"prefill_s": "Prefill time", "decode_s": "Decode time per token",
               "prefill_peak_bytes": "Peak memory (prefill)"}
@@ -128,11 +139,14 @@ def series_styles(prep: Prepared) -> dict[str, Style]:
 
 @dataclass
 class Context:
-    """What every figure builder reads: the prepared table, the styles, the NIAH metrics to show."""
+    """What every figure builder reads: the prepared table, the styles, the NIAH metrics to show,
+    and the run's samples where it kept them (the loss gaps' and speed-ups' intervals, as the
+    tables print them)."""
 
     prep: Prepared
     styles: dict[str, Style]
     niah_metrics: list[str]
+    samples: RunData | None = None
 
     def setting(self, batch: object = None) -> str:
         """'cuda, bfloat16, batch 1': what the latency measurements ran on, for a title."""
@@ -243,10 +257,12 @@ def _scale_label(label: str, log: bool) -> str:
     return f"{label} (log scale)" if log else label
 
 
-def draw_series(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True) -> None:
+def draw_series(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = True,
+                band_gid: str | None = None) -> None:
     """One line per series through its ok points (``pts``: :meth:`Prepared.points`, failures
     included), its intervals (:func:`_band`), rings at flagged points, labelled crosses at
-    failures: how every figure draws a series, a task's too."""
+    failures: how every figure draws a series, a task's too. ``band_gid`` says what the bands
+    are where that is not the points' own intervals (by default: over seeds where they are)."""
     for series, g in pts.groupby("series", sort=False):
         style = ctx.styles[series]
         ok = g[(g["status"] == "ok") & g["value"].notna()].sort_values(x)
@@ -254,7 +270,7 @@ def draw_series(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context, band: bool = 
             continue
         ax.plot(ok[x].astype(float), ok["value"], **style.line())
         if band:
-            _band(ax, ok, x, style.color, seeds_gid(ok))
+            _band(ax, ok, x, style.color, band_gid or seeds_gid(ok))
         _unstable(ax, ok, x, style.color)
     _failures(ax, pts, x, ctx)
 
@@ -298,6 +314,18 @@ def seeds_legend(fig: Figure) -> list[Patch]:
                   label=f"mean of {most} seeds;\n{stats.DEFAULT_LEVEL:.0%} interval\nover seeds")]
 
 
+def derived_gid(intervals: DerivedIntervals | None) -> str | None:
+    """The ``gid`` of the bands of gaps or speed-ups that got ``intervals`` from the run's samples."""
+    return None if intervals is None else DERIVED_GID + intervals.short
+
+
+def derived_legend(fig: Figure) -> list[Patch]:
+    """A legend entry for each kind of gap or speed-up band ``fig`` draws (:func:`derived_gid`)."""
+    found = dict.fromkeys(str(a.get_gid()).removeprefix(DERIVED_GID) for a in fig.findobj()
+                          if str(a.get_gid()).startswith(DERIVED_GID))
+    return [Patch(facecolor="0.5", alpha=0.3, linewidth=0, label=label) for label in found]
+
+
 def _unstable(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
     """A ring and a dagger at each flagged point (an unstable timing): seen, not trusted."""
     flagged = ok[ok["flag"].fillna("") != ""] if "flag" in ok else ok.iloc[:0]
@@ -325,14 +353,16 @@ def _failures(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context) -> None:
                     xytext=(0, 5), textcoords="offset points", ha="center", va="bottom", fontsize=7, color=style.color)
 
 
-def _legend(fig: Figure, series: Iterable[str], ctx: Context, failures: bool = False, side: bool = False) -> None:
+def _legend(fig: Figure, series: Iterable[str], ctx: Context, failures: bool = False, side: bool = False,
+            note: str = "") -> None:
     """One legend for the figure, outside the axes (so it never covers data): below them in
-    balanced rows, or at the right (``side``)."""
+    balanced rows, or at the right (``side``); a ``note`` below them goes above its entries (a
+    figure's own footnote, ``supxlabel``, would be laid over a legend below the axes)."""
     wanted = set(series)
     handles = [Line2D([], [], **ctx.styles[s].line()) for s in ctx.prep.order if s in wanted]
     if failures:
         handles.append(Line2D([], [], color="0.3", marker=FAIL_MARKER, linestyle="none", label="failed (OOM, error)"))
-    handles += seeds_legend(fig)
+    handles += seeds_legend(fig) + derived_legend(fig)
     if not handles:
         return
     if side:
@@ -340,7 +370,13 @@ def _legend(fig: Figure, series: Iterable[str], ctx: Context, failures: bool = F
         return
     per_row = max(1, int(fig.get_figwidth() / 1.9))
     rows = math.ceil(len(handles) / per_row)
-    fig.legend(handles=handles, loc="outside lower center", ncols=math.ceil(len(handles) / rows), frameon=False)
+    legend = fig.legend(handles=handles, loc="outside lower center", ncols=math.ceil(len(handles) / rows),
+                        frameon=False)
+    if note:  # wrapped to the figure's width: about 17 characters an inch at 7.5 points
+        width = int(fig.get_figwidth() * 17)
+        legend.set_title("\n".join(textwrap.fill(line, width) for line in note.splitlines()),
+                         prop={"size": 7.5})
+        legend.get_title().set_color("0.3")
 
 
 def _grid(n: int, most: int) -> tuple[int, int]:
@@ -384,12 +420,13 @@ def _order(prep: Prepared, column: str, values: Iterable) -> list:
 
 
 def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str, band: bool = True,
-                        zero: float | None = None, task: str = LOSS[0]) -> Figure:
+                        zero: float | None = None, task: str = LOSS[0],
+                        intervals: DerivedIntervals | None = None) -> Figure:
     fig, axes = _figure(panel=(4.8, 3.4))
     ax = axes[0, 0]
     if zero is not None:
         ax.axhline(zero, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8, zorder=1)
-    draw_series(ax, pts, "eval_ctx", ctx, band=band)
+    draw_series(ax, pts, "eval_ctx", ctx, band=band, band_gid=derived_gid(intervals))
     _context_axis(ax, pts["eval_ctx"])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=PAPER_RC["figure.titlesize"])
@@ -401,8 +438,11 @@ def _single_line_figure(ctx: Context, pts: pd.DataFrame, title: str, ylabel: str
     cells = rows[(rows["task"] == task) & (rows["metric"] == results.CELL_FAILED) & (rows["status"] != "ok")]
     missing = {s: {"": str(g["status"].iloc[0]) if (g["status"] != "ok").any() else "not measured"}
                for s, g in pd.concat([pts, cells]).groupby("series", sort=False) if s not in drawn}
-    if missing:
-        fig.supxlabel(_not_shown(ctx, missing, rows=False), fontsize=7.5, color="0.3", wrap=True)
+    notes = [_not_shown(ctx, missing, rows=False)] if missing else []
+    if intervals is not None and intervals.bare:
+        notes.append(intervals.bare_note)
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=7.5, color="0.3", wrap=True)
     return fig
 
 
@@ -429,8 +469,11 @@ def _gap(ctx: Context, pts: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 def fig_loss_gap(ctx: Context) -> Iterator[tuple[str, Figure]]:
     _need(ctx.prep, *LOSS, "run the loss_scaling task")
     gap = _gap(ctx, ctx.prep.points(*LOSS, pos_start=None), ["eval_ctx"])
+    # the table's interval of each gap (none without the run's samples: drawn bare, as the table prints it)
+    intervals = gap_intervals(ctx.prep, gap, ctx.samples) if ctx.samples else None
     yield "loss_gap", _single_line_figure(ctx, gap, "Loss gap to full attention (below 0: better)",
-                                          "Loss − full-attention loss (nats/token)", band=False, zero=0.0)
+                                          "Loss − full-attention loss (nats/token)", band=intervals is not None,
+                                          zero=0.0, intervals=intervals)
 
 
 MAX_POSITION_PANELS = 6
@@ -611,6 +654,7 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
     for batch in batches:
         pts = {m: ctx.prep.points(LATENCY_TASK, m, **_batch_filter(batch)) for m in metrics}
         ratios = {m: ctx.prep.relative(p, ["eval_ctx"], "speedup") for m, p in pts.items()}
+        intervals = {m: _speedup_intervals(ctx, ratios[m], batch, m) for m in metrics}
         with_ratio = any(((r["arch"] != REFERENCE_ARCH) & r["value"].notna()).any() for r in ratios.values())
         fig, axes = _figure(len(metrics), 2 if with_ratio else 1, panel=(3.8, 2.5 if with_ratio else 3.2),
                             sharex="col", height_ratios=[1.5, 1] if with_ratio else None)
@@ -622,19 +666,34 @@ def fig_latency(ctx: Context) -> Iterator[tuple[str, Figure]]:
             ax.set_ylabel(_scale_label(COST_NAMES[m], _log_axis(ax, "y", "seconds")))
             ax.set_title("Prefill" if m == "prefill_s" else "Decode (per token)")
             if with_ratio:
-                end_labels += _speedup_panel(axes[1, c], ratios[m], ctx)
+                end_labels += _speedup_panel(axes[1, c], ratios[m], ctx, intervals[m])
         fig.suptitle(f"Latency vs. context length ({ctx.setting(batch=batch)})", wrap=True)
-        _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()))
+        bare = [f"{'Prefill' if m == 'prefill_s' else 'Decode'}: {i.bare_note}"
+                for m, i in intervals.items() if with_ratio and i is not None and i.bare]
+        _legend(fig, pd.concat(pts.values())["series"], ctx, _any_failed(*pts.values()), note="\n".join(bare))
         _spread_labels(fig, end_labels)
         yield _stem("latency", batch, len(batches) > 1), fig
 
 
-def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context) -> list[Annotation]:
-    """Speed-up over full attention (its time / the model's), the last ratio written out; return
-    those labels (for :func:`_spread_labels`)."""
+def _speedup_intervals(ctx: Context, ratio: pd.DataFrame, batch: object, metric: str) -> DerivedIntervals | None:
+    """Give the speed-ups ``ratio`` (of ``metric`` at ``batch``) the table's intervals over timing
+    repeats (in place); None without the run's samples (drawn bare, as the table prints them)."""
+    if ctx.samples is None or pd.isna(batch):
+        return None
+    keyed = ratio.assign(batch_size=batch)  # the tables' cells: by batch size and context
+    intervals = speedup_intervals(ctx.prep, keyed, ctx.samples, metric.removesuffix("_s"))
+    ratio[["ci_low", "ci_high"]] = keyed[["ci_low", "ci_high"]]
+    return intervals
+
+
+def _speedup_panel(ax: Axes, ratio: pd.DataFrame, ctx: Context,
+                   intervals: DerivedIntervals | None = None) -> list[Annotation]:
+    """Speed-up over full attention (its time / the model's), with the table's ``intervals`` as
+    bands where it has them, the last ratio written out; return those labels (for
+    :func:`_spread_labels`)."""
     others = ratio[(ratio["arch"] != REFERENCE_ARCH) & (ratio["status"] == "ok")]
     ax.axhline(1, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8)
-    draw_series(ax, others, "eval_ctx", ctx, band=False)
+    draw_series(ax, others, "eval_ctx", ctx, band=intervals is not None, band_gid=derived_gid(intervals))
     labels = []
     for series, g in others[others["value"].notna()].groupby("series", sort=False):
         last = g.sort_values("eval_ctx").iloc[-1]
@@ -838,12 +897,14 @@ def load(source: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
 
 def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  formats: Sequence[str] = ("png", "pdf"), only: Sequence[str] | None = None,
-                 niah_metrics: Sequence[str] | None = None) -> list[Path]:
+                 niah_metrics: Sequence[str] | None = None, samples: RunData | None = None) -> list[Path]:
     """Write the paper figures of a result table (a DataFrame, a run folder or a results file)
     to ``out_dir`` (default: ``<run folder>/figures``), one file per figure and format; return
     the paths written. ``only`` picks figures by name (the paper figures above and those tasks
     register, see :mod:`harness.report.figures`); ``niah_metrics`` the NIAH accuracies shown
-    (default: those in the table). Figures the table has no data for are skipped and logged."""
+    (default: those in the table); ``samples`` the run's (:func:`harness.report.claims.load_run`),
+    which give the loss gaps and speed-ups the bands of the intervals the tables print. Figures
+    the table has no data for are skipped and logged."""
     for fmt in formats:
         check_choice("figure format", fmt, FIGURE_FORMATS)
     names = figure_names()
@@ -857,7 +918,7 @@ def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
     prep = prepare(load(source))
     out_dir = prepare_output(out_dir, "figures folder")
     niah = [m for m in niah_metric_names(prep, niah_metrics) if prep.has(NIAH_TASK, m, ok=True)]
-    ctx = Context(prep, series_styles(prep), niah)
+    ctx = Context(prep, series_styles(prep), niah, samples if samples is not None and samples.samples else None)
     written: dict[str, list[Path]] = {}  # by figure name, the files of a skipped figure being none
     with matplotlib.rc_context(PAPER_RC):
         for name in only or names:

@@ -319,7 +319,8 @@ def summary_tables(table: pd.DataFrame | Prepared, niah_metrics: Sequence[str] |
         out["loss"] = _pivot(loss, [], "Loss (nats/token) by evaluation context length", ".3f")
         if _has_reference(prep, loss):
             gap = prep.relative(loss, ["eval_ctx"], "gap")
-            note = _gap_note(prep, gap, run) if run else ""
+            intervals = gap_intervals(prep, gap, run) if run else None
+            note = intervals.note if intervals else ""
             out["loss_gap"] = _pivot(gap, [], "Loss gap to full attention (nats/token; negative: better)", "+.3f")
             out["loss_gap"].attrs.update(note=note, own_interval=bool(note))
     for metric in niah_metric_names(prep, niah_metrics):
@@ -337,7 +338,8 @@ def summary_tables(table: pd.DataFrame | Prepared, niah_metrics: Sequence[str] |
         out[f"{phase}_ms"].attrs["note"] = repeats_note(prep.rows, metric)
         if _has_reference(prep, pts):
             ratio = prep.relative(pts, ["batch_size", "eval_ctx"], "speedup")
-            note = _speedup_note(prep, ratio, run, phase) if run else ""
+            intervals = speedup_intervals(prep, ratio, run, phase) if run else None
+            note = intervals.note if intervals else ""
             out[f"{phase}_speedup"] = _pivot(ratio, facets, f"{phase.capitalize()} speed-up over full attention (×)",
                                              ".2f")
             out[f"{phase}_speedup"].attrs.update(note=note, own_interval=bool(note))
@@ -385,19 +387,48 @@ def _from_samples(prep: Prepared, rel: pd.DataFrame, by: Sequence[str],
     return given, bare
 
 
-def _gap_note(prep: Prepared, gap: pd.DataFrame, run: claims.RunData) -> str:
-    """Give the loss gaps their paired intervals; the footnote that says what they are ("" without any)."""
+@dataclass(frozen=True)
+class DerivedIntervals:
+    """What the intervals that :func:`gap_intervals` or :func:`speedup_intervals` gave are, for a
+    table's footnote (:attr:`note`) and a figure's legend (``short``) alike: ``what`` (in full),
+    ``bare`` points left without one (not the reference's own), of ``noun``, ``why``."""
+
+    what: str
+    short: str
+    noun: str
+    bare: int
+    why: str
+
+    @property
+    def note(self) -> str:
+        return f"± and [low, high]: {self.what}" + (f"; {self.bare} {self.noun}(s) without one: {self.why}"
+                                                   if self.bare else "")
+
+    @property
+    def bare_note(self) -> str:
+        """'2 speed-up(s) drawn without a band: ...' ("" when every point has one): a figure's footnote."""
+        return f"{self.bare} {self.noun}(s) drawn without a band: {self.why}" if self.bare else ""
+
+
+def gap_intervals(prep: Prepared, gap: pd.DataFrame, run: claims.RunData) -> DerivedIntervals | None:
+    """Give the loss gaps by ``eval_ctx`` (:meth:`Prepared.relative`, in place) their interval
+    paired by target window over documents (:func:`claims.loss_gap`); say what they are (None:
+    none got one). The tables print them, the figures draw them."""
     given, bare = _from_samples(prep, gap, ["eval_ctx"], lambda m, ref, cell: claims.loss_gap(run, m, ref, int(cell[0])))
     if not given:
-        return ""
-    seeds = " and training seeds" if any(len(getattr(e, "per_seed", ())) > 1 for e in given) else ""
-    return (f"± and [low, high]: a {stats.DEFAULT_LEVEL:.0%} bootstrap interval of the gap paired by target "
-            f"window over documents (each window's loss minus full attention's on it; documents{seeds} "
-            "resampled)" + (f"; {bare} gap(s) without one: not scored on the same windows" if bare else ""))
+        return None
+    seeds = any(len(getattr(e, "per_seed", ())) > 1 for e in given)
+    return DerivedIntervals(
+        f"a {stats.DEFAULT_LEVEL:.0%} bootstrap interval of the gap paired by target window over documents (each "
+        f"window's loss minus full attention's on it; documents{' and training seeds' if seeds else ''} resampled)",
+        f"{stats.DEFAULT_LEVEL:.0%} interval of the gap,\npaired over documents" + ("\nand seeds" if seeds else ""),
+        "gap", bare, "not scored on the same windows")
 
 
-def _speedup_note(prep: Prepared, ratio: pd.DataFrame, run: claims.RunData, phase: str) -> str:
-    """Give the speed-ups intervals over timing repeats; the footnote that says what they are ("" without any)."""
+def speedup_intervals(prep: Prepared, ratio: pd.DataFrame, run: claims.RunData, phase: str) -> DerivedIntervals | None:
+    """Give the speed-ups by ``batch_size`` and ``eval_ctx`` (:meth:`Prepared.relative`, in place)
+    an interval over timing repeats (:func:`claims.speedup`, a spread over few); say what they are
+    (None: none got one). The tables print them, the figures draw them."""
     @functools.cache  # each (model, batch) scans every sample once, not once per cell
     def timed(model: str, batch: int) -> dict[int, list[float]]:
         return run.timings(model, phase, batch)
@@ -409,13 +440,15 @@ def _speedup_note(prep: Prepared, ratio: pd.DataFrame, run: claims.RunData, phas
 
     given, bare = _from_samples(prep, ratio, ["batch_size", "eval_ctx"], estimate)
     if not given:
-        return ""
+        return None
     what = "the ratio of medians (each model's timings resampled on their own)"
     n = min(e.n for e in given)
-    note = (_spread_note(n, what) if claims.is_spread(n) else
-            f"± and [low, high]: a {stats.DEFAULT_LEVEL:.0%} bootstrap interval of {what} over timing repeats")
-    return note + (f"; {bare} speed-up(s) without one: the samples do not give its value (no repeats, a mean over seeds)"
-                   if bare else "")
+    if claims.is_spread(n):
+        full, short = _spread_note(n, what), f"spread over {n}\ntiming repeats"
+    else:
+        full, short = (f"a {stats.DEFAULT_LEVEL:.0%} bootstrap interval of {what} over timing repeats",
+                       f"{stats.DEFAULT_LEVEL:.0%} interval over\ntiming repeats")
+    return DerivedIntervals(full, short, "speed-up", bare, "the samples do not give its value (no repeats, a mean over seeds)")
 
 
 def peak_memory_name(devices: set[str], sep: str = " ") -> str:
@@ -522,12 +555,12 @@ def repeats_note(rows: pd.DataFrame, metric: str) -> str:
     if timed.empty:
         return ""
     n = int(timed["n"].min())
-    return _spread_note(n, "the median") if claims.is_spread(n) else ""
+    return f"± and [low, high]: {_spread_note(n, 'the median')}" if claims.is_spread(n) else ""
 
 
 def _spread_note(n: int, what: str) -> str:
     """That intervals of ``what`` over as few as ``n`` timings are spreads, not confidence intervals."""
-    return (f"± and [low, high]: a bootstrap spread of {what} over as few as {n} timings, not a "
+    return (f"a bootstrap spread of {what} over as few as {n} timings, not a "
             f"{stats.DEFAULT_LEVEL:.0%} interval (their range covers the median at most "
             f"{stats.median_max_coverage(n):.0%} of the time)")
 
