@@ -104,7 +104,30 @@ def _drawn(fig) -> list:
     return out
 
 
-@pytest.mark.parametrize("name", ["loss_gap", "latency"])
+def test_paper_small_gap_by_position_bands_are_the_paired_gaps_of_each_bin(paper_small):
+    """The gap by token position gets the same paired interval, over each window's loss on the
+    bin's targets (:func:`claims.loss_gap` with ``positions``), where it reproduces the line."""
+    run, _, _ = paper_small
+    [fig] = _figures("loss_gap_by_position", run, run.table)
+    panel = next(ax for ax in fig.axes if ax.get_title() == "Context 1K")
+    pts = tables.prepare(run.table).points("loss_scaling", "loss", by=("eval_ctx", "pos_start", "pos_end"))
+    bins = sorted({(int(r.pos_start), int(r.pos_end)) for r in pts[pts["eval_ctx"] == 1024].itertuples()
+                   if pd.notna(r.pos_start)})
+    centres = [math.sqrt(lo * hi) for lo, hi in bins]
+    expected = {}
+    for arch in ("swa", "mamba2", "gated_deltanet", "ttt_e2e"):
+        for (lo, hi), x in zip(bins, centres):
+            est = claims.loss_gap(run, arch, "full_attention", 1024, (lo, hi))
+            line = pts[(pts["series"] == arch) & (pts["eval_ctx"] == 1024) & (pts["pos_start"] == lo)]["value"].item()
+            ref = pts[(pts["series"] == "full_attention") & (pts["eval_ctx"] == 1024)
+                      & (pts["pos_start"] == lo)]["value"].item()
+            assert est.value == pytest.approx(line - ref, rel=1e-9)
+            expected[plots.ARCH_STYLES[arch][0], x] = (round(est.ci_low, 9), round(est.ci_high, 9))
+    assert len(bins) == 10 and drawn_intervals(panel, centres) == expected
+    assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == GAP_LEGEND
+
+
+@pytest.mark.parametrize("name", ["loss_gap", "latency", "loss_gap_by_position"])
 def test_without_samples_the_figures_draw_what_they_drew_and_with_them_only_add_the_bands(paper_small, name):
     run, _, _ = paper_small
     [bare] = _figures(name, None, run.table)
@@ -112,7 +135,7 @@ def test_without_samples_the_figures_draw_what_they_drew_and_with_them_only_add_
     [banded] = _figures(name, run, run.table)
     assert _drawn(bare) == _drawn(empty)
     # the gap and speed-up axes hold no band or bar without samples (the timings' own bands stay)
-    derived = [bare.axes[0]] if name == "loss_gap" else bare.axes[2:]
+    derived = {"loss_gap": bare.axes, "latency": bare.axes[2:], "loss_gap_by_position": bare.axes}[name]
     assert all(not ax.collections for ax in derived)
     added = [d for d in _drawn(banded) if d not in _drawn(bare)]
     assert added and {d[0] for d in added} == {"band", "legend"}
@@ -123,12 +146,12 @@ def test_lcbench_plot_without_samples_writes_the_figures_byte_for_byte_as_the_ba
     """A run folder without samples gets exactly the figures Context without samples draws."""
     bare = tmp_path / "paper_small"
     shutil.copytree(PAPER_SMALL, bare, ignore=shutil.ignore_patterns("samples", "figures"))
-    out = CliRunner().invoke(cli.main, ["plot", str(bare), "--format", "png", "--only", "loss_gap",
-                                        "--only", "latency"])
+    derived = ["loss_gap", "latency", "loss_gap_by_position"]
+    out = CliRunner().invoke(cli.main, ["plot", str(bare), "--format", "png", *(f"--only={n}" for n in derived)])
     assert out.exit_code == 0, out.output
     again = tmp_path / "again"
-    plots.make_figures(bare, again, formats=("png",), only=["loss_gap", "latency"])
-    for stem in ("loss_gap", "latency"):
+    plots.make_figures(bare, again, formats=("png",), only=derived)
+    for stem in derived:
         assert (bare / "figures" / f"{stem}.png").read_bytes() == (again / f"{stem}.png").read_bytes()
 
 

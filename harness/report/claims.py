@@ -325,27 +325,33 @@ def _by_window(diffs: dict[tuple, float], seed: int, level: float = stats.DEFAUL
     return _paired(((k[0], k[1], diffs[k], 1.0) for k in sorted(diffs, key=str)), seed=seed, level=level)  # a seed may be None
 
 
-def loss_gap(run: RunData, model: str, reference: str, eval_ctx: int) -> stats.Estimate | None:
+def loss_gap(run: RunData, model: str, reference: str, eval_ctx: int,
+             positions: tuple[int, int] | None = None) -> stats.Estimate | None:
     """``model``'s loss minus ``reference``'s at context ``eval_ctx`` (the tables' gap to full
     attention), paired by target window: the mean over windows (the same document, start and
-    training seed) of the difference of their scored losses, resampled by document (and seed).
-    None unless both were scored on the same windows, each once: a mean over some is not the gap."""
-    mine, theirs = _scored_windows(run, model, eval_ctx), _scored_windows(run, reference, eval_ctx)
+    training seed) of the difference of their scored losses, resampled by document (and seed);
+    with ``positions`` (a bin ``(pos_start, pos_end)``), of their losses on that bin's targets
+    (the gap by token position). None unless both were scored on the same windows, each once: a
+    mean over some is not the gap."""
+    mine, theirs = (_scored_windows(run, m, eval_ctx, positions) for m in (model, reference))
     if not mine or mine.keys() != (theirs or {}).keys():
         return None
     return _by_window({k: mine[k] - theirs[k] for k in mine}, seed=eval_ctx)
 
 
-def _scored_windows(run: RunData, model: str, eval_ctx: int) -> dict[tuple, float] | None:
-    """(seed, doc, start) -> the scored loss of ``model``'s windows at ``eval_ctx``; None when a
-    window was scored twice (two runs of one model: which pairs with which is unknown)."""
+def _scored_windows(run: RunData, model: str, eval_ctx: int,
+                    positions: tuple[int, int] | None = None) -> dict[tuple, float] | None:
+    """(seed, doc, start) -> the scored loss of ``model``'s windows at ``eval_ctx`` (with
+    ``positions``, the loss on that position bin); None when a window was scored twice (two runs of
+    one model: which pairs with which is unknown) or lacks the bin."""
     out: dict[tuple, float] = {}
     for w in run.windows(model):
         if int(w["eval_ctx"]) == eval_ctx:
             key = (w.get("seed"), w["doc"], int(w["start"]))
-            if key in out:
+            bins = [tuple(b) for b in w.get("bins", ())]
+            if key in out or (positions is not None and positions not in bins):
                 return None
-            out[key] = float(w["scored_loss"])
+            out[key] = float(w["scored_loss"] if positions is None else w["bin_loss"][bins.index(positions)])
     return out
 
 

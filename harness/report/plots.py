@@ -23,7 +23,7 @@ names (:func:`seeds_legend`).
 The loss gap to full attention and the speed-ups over it get, where the run's samples are given
 (:func:`make_figures`), the intervals the tables print (:func:`harness.report.tables.gap_intervals`,
 :func:`~harness.report.tables.speedup_intervals`: paired by target window over documents; over
-timing repeats) as their bands, the legend naming them (:func:`derived_legend`) and a footnote
+timing repeats) as their bands (the gap by token position: each bin's gap paired alike), the legend naming them (:func:`derived_legend`) and a footnote
 counting the points the samples do not bound; without samples they are drawn bare, as before.
 A gap over several seeds gets that one band, which resamples the seeds with the documents, and
 no band over seeds beside it;
@@ -495,16 +495,17 @@ def _position_points(ctx: Context) -> tuple[pd.DataFrame, list[int]]:
 
 
 def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title: str, ylabel: str,
-                     band: bool = True, zero: float | None = None) -> Figure:
+                     band: bool = True, zero: float | None = None,
+                     intervals: DerivedIntervals | None = None) -> Figure:
     """One panel per context length: ``pts`` against token position, failures of the whole
-    length listed in the panel."""
+    length listed in the panel; ``intervals``: what the bands of gaps are (:func:`_single_line_figure`)."""
     overall = ctx.prep.points(*LOSS, pos_start=None)
     fig, axes = _figure(*_grid(len(contexts), 3), panel=(3.3, 2.6), sharey=True)
     _hide_unused(axes, len(contexts))
     for ax, L in zip(axes.flat, contexts):
         if zero is not None:
             ax.axhline(zero, color=ARCH_STYLES[REFERENCE_ARCH][0], linewidth=0.8, zorder=1)
-        draw_series(ax, pts[pts["eval_ctx"] == L], "position", ctx, band=band)
+        draw_series(ax, pts[pts["eval_ctx"] == L], "position", ctx, band=band, band_gid=derived_gid(intervals))
         ax.set_xscale("log", base=2)
         ax.set_xlim(1, L)
         _log_axis(ax, "x", "tokens")
@@ -518,7 +519,7 @@ def _position_figure(ctx: Context, pts: pd.DataFrame, contexts: list[int], title
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     fig.suptitle(title, wrap=True)
-    _legend(fig, pts["series"], ctx)
+    _legend(fig, pts["series"], ctx, note=intervals.bare_note if intervals is not None else "")
     return fig
 
 
@@ -531,10 +532,12 @@ def fig_loss_by_position(ctx: Context) -> Iterator[tuple[str, Figure]]:
 @register_figure("loss_gap_by_position")
 def fig_loss_gap_by_position(ctx: Context) -> Iterator[tuple[str, Figure]]:
     pts, contexts = _position_points(ctx)
-    gap = _gap(ctx, pts, ["eval_ctx", "pos_start", "pos_end"])
+    by = ["eval_ctx", "pos_start", "pos_end"]
+    gap = _gap(ctx, pts, by)
+    intervals = gap_intervals(ctx.prep, gap, ctx.samples, by) if ctx.samples else None
     yield "loss_gap_by_position", _position_figure(
         ctx, gap, contexts, "Loss gap to full attention by token position (below 0: better)",
-        "Loss − full attn. (nats/token)", band=False, zero=0.0)
+        "Loss − full attn. (nats/token)", band=intervals is not None, zero=0.0, intervals=intervals)
 
 
 def _niah_needed(ctx: Context) -> None:

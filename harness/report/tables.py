@@ -410,11 +410,17 @@ class DerivedIntervals:
         return f"{self.bare} {self.noun}(s) drawn without a band: {self.why}" if self.bare else ""
 
 
-def gap_intervals(prep: Prepared, gap: pd.DataFrame, run: claims.RunData) -> DerivedIntervals | None:
-    """Give the loss gaps by ``eval_ctx`` (:meth:`Prepared.relative`, in place) their interval
-    paired by target window over documents (:func:`claims.loss_gap`); say what they are (None:
-    none got one). The tables print them, the figures draw them."""
-    given, bare = _from_samples(prep, gap, ["eval_ctx"], lambda m, ref, cell: claims.loss_gap(run, m, ref, int(cell[0])))
+def gap_intervals(prep: Prepared, gap: pd.DataFrame, run: claims.RunData,
+                  by: Sequence[str] = ("eval_ctx",)) -> DerivedIntervals | None:
+    """Give the loss gaps by ``eval_ctx`` (and position bin: ``by`` ending in ``pos_start``,
+    ``pos_end``) (:meth:`Prepared.relative`, in place) their interval paired by target window
+    over documents (:func:`claims.loss_gap`); say what they are (None: none got one). The tables
+    print them, the figures draw them."""
+    def estimate(model: str, ref: str, cell: tuple) -> stats.Estimate | None:
+        positions = (int(cell[1]), int(cell[2])) if len(cell) == 3 else None
+        return claims.loss_gap(run, model, ref, int(cell[0]), positions)
+
+    given, bare = _from_samples(prep, gap, list(by), estimate)
     if not given:
         return None
     seeds = any(len(getattr(e, "per_seed", ())) > 1 for e in given)
