@@ -37,6 +37,19 @@ def test_plan_has_one_cell_per_model_and_grid_point(spec_file):
     assert len(cells) == 6 and len({c.key for c in cells}) == 6
 
 
+
+def test_plan_reads_each_task_option_set_once_for_every_model_and_seed(spec_file, monkeypatch):
+    """The options are the same for every model and seed of a training length: plan() parsed
+    them again for each (2 models x 2 seeds x 3 grid points); now once per grid point."""
+    spec = load_spec(spec_file)
+    spec.seeds = [0, 1]
+    read = []
+    real = sweep_mod.check_task_options
+    monkeypatch.setattr(sweep_mod, "check_task_options", lambda task, options: read.append(options) or real(task, options))
+    cells = plan(spec)
+    assert len(cells) == 12 and len({c.key for c in cells}) == 12
+    assert sorted(o["contexts"] for o in read) == [8, 16, 32]
+
 def test_a_given_checkpoint_without_a_preset_is_labelled_by_its_folder(spec_file, tmp_path):
     """An entry ``{arch: ttt_e2e, checkpoint: runs/ttt-760m}`` was labelled 'ttt_e2e:tiny' (the default
     preset, never checked against the checkpoint) in every row and figure."""

@@ -519,6 +519,9 @@ class SweepResult:
     keys: list[str] = field(default_factory=list)  # the spec's cells
 
 
+_TaskCell = tuple[str, dict[str, Any], dict[str, Any]]  # see _task_cells
+
+
 def plan(spec: SweepSpec, auto_device: str | None = None) -> list[Cell]:
     """Every evaluation cell of the spec, in run order (grouped by model, so each trains once).
     ``auto_device``: the kind of device (cpu, cuda) that ``auto`` is where the cells run; None:
@@ -526,22 +529,34 @@ def plan(spec: SweepSpec, auto_device: str | None = None) -> list[Cell]:
     cells = []
     fingerprints: dict[str | None, str] = {}
     auto_device = auto_device or local_device_kind()
+    by_length: dict[int | None, list[_TaskCell]] = {}  # read once, for every model and seed of a length
     for (entry, length), seed in itertools.product(spec.expanded_models(), spec.seeds):
         model = SeededModel(spec, entry, seed, fingerprints, auto_device)
         model_id, trained_on = model.identity(), model.training_corpus()
-        for task in spec.tasks:
-            for options in task.option_sets(length):
-                for name, require in (("corpus", require_corpus), ("tokenizer", require_tokenizer)):
-                    if isinstance(options.get(name), str):  # a path a spec names is checked before any work
-                        require(options[name])
-                data = model.corpus_fingerprint(options.get("corpus") or trained_on)
-                fields = {"run": spec.name, "model": model_id, "task": task.task,
-                          "options": check_task_options(task.task, options),  # '1K' and 1024 are one cell
-                          "data": data, **compute_kind(spec.device, spec.dtype, auto_device)}
-                if options.get("tokenizer") is not None:  # its files (none given: keys as before)
-                    fields["tokenizer"] = tokenizer_fingerprint(options["tokenizer"])
-                cells.append(Cell(config_hash(fields), model, task.task, options))
+        if length not in by_length:
+            by_length[length] = _task_cells(spec, length)
+        for task, options, fields in by_length[length]:
+            data = model.corpus_fingerprint(options.get("corpus") or trained_on)
+            fields = {"run": spec.name, "model": model_id, "task": task, **fields, "data": data,
+                      **compute_kind(spec.device, spec.dtype, auto_device)}
+            cells.append(Cell(config_hash(fields), model, task, options))
     return cells
+
+
+def _task_cells(spec: SweepSpec, length: int | None) -> list[_TaskCell]:
+    """(task, options as given, the options' part of a cell key) of every task cell of a model
+    trained at ``length``, in the spec's order; a path an option names is checked first."""
+    out = []
+    for task in spec.tasks:
+        for options in task.option_sets(length):
+            for name, require in (("corpus", require_corpus), ("tokenizer", require_tokenizer)):
+                if isinstance(options.get(name), str):  # a path a spec names is checked before any work
+                    require(options[name])
+            fields = {"options": check_task_options(task.task, options)}  # '1K' and 1024 are one cell
+            if options.get("tokenizer") is not None:  # its files (none given: keys as before)
+                fields["tokenizer"] = tokenizer_fingerprint(options["tokenizer"])
+            out.append((task.task, options, fields))
+    return out
 
 
 def _trained(ckpt: Path, total_steps: int) -> bool:
