@@ -327,6 +327,7 @@ def summary_tables(table: pd.DataFrame | Prepared, niah_metrics: Sequence[str] |
         pts = prep.points(NIAH_TASK, metric, by=("variant", "haystack", "eval_ctx"), depth=None)
         out[f"niah_{metric}"] = _pivot(pts, ["variant", "haystack"],
                                        f"{NIAH_NAMES.get(metric, metric)}, pooled over needle depths", ".2f")
+    latency = prep.rows[prep.rows["task"] == LATENCY_TASK]  # read once: the timing notes and the memory tables
     for metric in TIMES:
         if not prep.has(LATENCY_TASK, metric):
             continue
@@ -335,7 +336,7 @@ def summary_tables(table: pd.DataFrame | Prepared, niah_metrics: Sequence[str] |
         phase = metric.removesuffix("_s")
         what = "decode time per token" if phase == "decode" else "prefill time"
         out[f"{phase}_ms"] = _pivot(pts, facets, f"{what.capitalize()} (ms) by context length", "sig", scale=1e-3)
-        out[f"{phase}_ms"].attrs["note"] = repeats_note(prep.rows, metric)
+        out[f"{phase}_ms"].attrs["note"] = repeats_note(latency, metric)
         if _has_reference(prep, pts):
             ratio = prep.relative(pts, ["batch_size", "eval_ctx"], "speedup")
             intervals = speedup_intervals(prep, ratio, run, phase) if run else None
@@ -343,7 +344,6 @@ def summary_tables(table: pd.DataFrame | Prepared, niah_metrics: Sequence[str] |
             out[f"{phase}_speedup"] = _pivot(ratio, facets, f"{phase.capitalize()} speed-up over full attention (×)",
                                              ".2f")
             out[f"{phase}_speedup"].attrs.update(note=note, own_interval=bool(note))
-    latency = prep.rows[prep.rows["task"] == LATENCY_TASK]
     peak = peak_memory_name(set(latency["device"].dropna()))
     for metric, name, what in (("prefill_peak_bytes", "prefill_peak_mib", f"{peak} while prefilling"),
                                ("decode_peak_bytes", "decode_peak_mib", f"{peak} while decoding"),
@@ -553,11 +553,12 @@ def text_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def repeats_note(rows: pd.DataFrame, metric: str) -> str:
+def repeats_note(latency: pd.DataFrame, metric: str) -> str:
     """What a timing table's intervals are when its fewest repeats cannot give a confidence
-    interval of a median ("" when every cell has enough): read them as spreads."""
-    timed = rows[(rows["task"] == LATENCY_TASK) & (rows["metric"] == metric) & (rows["status"] == "ok")
-                 & rows["ci_low"].notna() & rows["n"].notna()]
+    interval of a median ("" when every cell has enough): read them as spreads. ``latency``: the
+    latency task's rows."""
+    timed = latency[(latency["metric"] == metric) & (latency["status"] == "ok") & latency["ci_low"].notna()
+                    & latency["n"].notna()]
     if timed.empty:
         return ""
     n = int(timed["n"].min())
