@@ -319,6 +319,23 @@ def test_the_context_gain_is_that_of_the_last_doubling():
     assert longest == 1024 and est.value == pytest.approx(0.0, abs=1e-12)
 
 
+
+def test_a_window_scored_twice_at_a_length_gives_no_doubling_gain():
+    """Two loss_scaling cells of one model (say target_tokens 256 at 512 and 1024, and 128 at 1024
+    alone) score windows with the same end: the gain paired the first cell's loss at 512 with the
+    second's at 1024, other targets, as if one run had scored both. The loss gap already refused
+    a window scored twice; the doubling now does too."""
+    samples = [{"model": "m", "task": "loss_scaling", "kind": "window", "eval_ctx": L, "doc": f"d{d}", "start": 4096 - L,
+                "targets": "same", "scored_loss": loss + 0.01 * d}
+               for d in range(4) for L, loss in ((512, 3.0), (1024, 2.9), (1024, 2.0))]
+    run = claims.RunData(pd.DataFrame(), samples)
+    assert claims.doubling_gains(run, "m") == ({}, 1024) and claims.last_doubling_gain(run, "m") is None
+    assert claims.loss_gap(run, "m", "m", 1024) is None
+    ttt = [{**w, "model": "ttt"} for w in samples]
+    table = pd.DataFrame({"model": ["m", "ttt", "swa"], "arch": ["full_attention", "ttt_e2e", "swa"]})
+    claim = claims.context_claim(claims.RunData(table, samples + ttt + _windows("swa", 0.0, GROWING, np.random.default_rng(0))))
+    assert claim.verdict == "undecided" and "each scored once, for full_attention, ttt_e2e" in claim.why
+
 # ---------------------------------------------------------------------------------------------
 # 4-5. latency: synthetic timings whose answer is known
 

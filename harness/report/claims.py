@@ -307,16 +307,12 @@ def _same_target_lengths(run: RunData, model: str) -> list[int]:
 
 def doubling_gains(run: RunData, model: str, longest: int | None = None) -> tuple[dict[tuple, float], int]:
     """(window (seed, doc, end) -> loss at half of context ``longest`` minus loss at ``longest``,
-    ``longest``), over the same-target windows read at both lengths; ``longest`` defaults to the
-    model's longest."""
-    by_length: dict[int, dict[tuple[Any, str, int], float]] = defaultdict(dict)
-    for w in run.windows(model):
-        if w.get("targets") == "same":
-            end = int(w["start"]) + int(w["eval_ctx"])
-            by_length[int(w["eval_ctx"])][(w.get("seed"), w["doc"], end)] = float(w["scored_loss"])
-    longest = max(by_length, default=0) if longest is None else longest
-    half, full = by_length.get(longest // 2, {}), by_length.get(longest, {})
-    return {k: half[k] - full[k] for k in set(half) & set(full)}, longest
+    ``longest``), over the same-target windows read at both lengths, each scored once (else none);
+    ``longest`` defaults to the model's longest."""
+    same = [w for w in run.windows(model) if w.get("targets") == "same"]
+    longest = max((int(w["eval_ctx"]) for w in same), default=0) if longest is None else longest
+    half, full = (_window_losses(same, length, by_end=True) or {} for length in (longest // 2, longest))
+    return {k: half[k] - full[k] for k in half.keys() & full.keys()}, longest
 
 
 def _by_window(diffs: dict[tuple, float], seed: int, level: float = stats.DEFAULT_LEVEL) -> stats.Estimate:
@@ -333,21 +329,22 @@ def loss_gap(run: RunData, model: str, reference: str, eval_ctx: int,
     with ``positions`` (a bin ``(pos_start, pos_end)``), of their losses on that bin's targets
     (the gap by token position). None unless both were scored on the same windows, each once: a
     mean over some is not the gap."""
-    mine, theirs = (_scored_windows(run, m, eval_ctx, positions) for m in (model, reference))
+    mine, theirs = (_window_losses(run.windows(m), eval_ctx, positions=positions) for m in (model, reference))
     if not mine or mine.keys() != (theirs or {}).keys():
         return None
     return _by_window({k: mine[k] - theirs[k] for k in mine}, seed=eval_ctx)
 
 
-def _scored_windows(run: RunData, model: str, eval_ctx: int,
-                    positions: tuple[int, int] | None = None) -> dict[tuple, float] | None:
-    """(seed, doc, start) -> the scored loss of ``model``'s windows at ``eval_ctx`` (with
-    ``positions``, the loss on that position bin); None when a window was scored twice (two runs of
-    one model: which pairs with which is unknown) or lacks the bin."""
+def _window_losses(windows: Iterable[dict[str, Any]], eval_ctx: int, by_end: bool = False,
+                   positions: tuple[int, int] | None = None) -> dict[tuple, float] | None:
+    """(seed, doc, start) -> the scored loss of the ``windows`` at ``eval_ctx`` (``by_end``: keyed
+    by their end, where windows of two lengths with the same targets meet; with ``positions``, the
+    loss on that position bin); None when a window was scored twice (two cells of one model: which
+    pairs with which is unknown) or lacks the bin."""
     out: dict[tuple, float] = {}
-    for w in run.windows(model):
+    for w in windows:
         if int(w["eval_ctx"]) == eval_ctx:
-            key = (w.get("seed"), w["doc"], int(w["start"]))
+            key = (w.get("seed"), w["doc"], int(w["start"]) + (eval_ctx if by_end else 0))
             bins = [tuple(b) for b in w.get("bins", ())]
             if key in out or (positions is not None and positions not in bins):
                 return None
@@ -411,8 +408,9 @@ def context_claim(run: RunData) -> Claim:
         need = missing or ["one of " + ", ".join(FIXED_STATE)]
         at = f" at contexts {longest // 2} and {longest}" if longest else ""
         return Claim("context", statement, "undecided",
-                     f"no same-target loss_scaling windows{at} for {', '.join(need)} (run loss_scaling with "
-                     "targets: same and two lengths a doubling apart)", evidence)
+                     f"no same-target loss_scaling windows{at}, each scored once, for {', '.join(need)} (run "
+                     "loss_scaling with targets: same and two lengths a doubling apart, in one cell of each model)",
+                     evidence)
     trend = {arch: _trend(est) for arch, est in gains.items()}
     fixed = [a for a in FIXED_STATE if a in trend]
     # "holds" needs ALL fixed-state models to level off (intersection-union: each 95% interval
