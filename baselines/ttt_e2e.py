@@ -81,7 +81,7 @@ from baselines.cuda_graph import CapturedFunction
 from baselines.linear_cross_entropy import LIGER, liger_grad, linear_cross_entropy
 from harness.api.errors import ConfigError, check_choice
 from harness.api.interface import check_continues, check_tokens, next_token_nll
-from harness.api.recipe import DEFAULT_RECIPE, RECIPES, official_warmup_steps
+from harness.api.recipe import DEFAULT_RECIPE, warmup_length
 from harness.api.registry import register_model
 
 INNER_MODES = ("second_order", "first_order", "off_in_training")
@@ -167,11 +167,8 @@ class TTTConfig(AttentionConfig):
 
     def inner_lr_at(self, step: int, total_steps: int, recipe: str = DEFAULT_RECIPE) -> float:
         """The official warm-up: linear from inner_lr_init to inner_lr over the first steps, as many
-        as the training ``recipe`` rounds the fraction to (official: down, like the outer warm-up)."""
-        if check_choice("recipe", recipe, RECIPES) == "official":
-            warmup = official_warmup_steps(self.inner_lr_warmup, total_steps)
-        else:
-            warmup = round(self.inner_lr_warmup * total_steps)
+        as the training ``recipe`` rounds the fraction to (:func:`harness.api.recipe.warmup_length`)."""
+        warmup = warmup_length(recipe, self.inner_lr_warmup, total_steps, inner=True)
         if warmup <= 0:
             return self.inner_lr
         progress = (step + 1) / warmup

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.api.errors import ConfigError
-from harness.api.recipe import official_warmup_steps
+from harness.api.recipe import RECIPES, official_warmup_steps, warmup_length
 from harness.train import checkpoint
 from harness.train.trainer import TrainConfig, lr_at, make_optimizer, prepare_data, resume_config, train
 from tests.conftest import small_config, small_model
@@ -90,6 +90,18 @@ def test_the_official_warm_up_is_rounded_down_on_the_decimal_as_written():
     assert int(0.29 * 100) == 28  # the float product falls short
     assert official_warmup_steps(0.29, 100) == 29
     assert TrainConfig(steps=100, warmup_frac=0.29).warmup_steps == 28  # lcbench's, as it always was
+
+
+def test_one_function_gives_both_warm_up_lengths_of_each_recipe():
+    # 15% of 10 steps: lcbench's outer warm-up 1 (int), its inner one 2 (round(1.5)); official's both 1
+    assert [warmup_length(r, 0.15, 10, inner) for r in RECIPES for inner in (False, True)] == [1, 2, 1, 1]
+    config = small_config("ttt_e2e", inner_lr=1.0, inner_lr_init=0.1, inner_lr_warmup=0.15)
+    for recipe in RECIPES:
+        assert TrainConfig(steps=10, warmup_frac=0.15, recipe=recipe).warmup_steps == warmup_length(recipe, 0.15, 10)
+        inner = warmup_length(recipe, 0.15, 10, inner=True)
+        assert config.inner_lr_at(inner - 1, 10, recipe) == 1.0 and config.inner_lr_at(inner - 2, 10, recipe) < 1.0
+    with pytest.raises(ConfigError, match="unknown recipe 'lcbenc'.*lcbench"):
+        warmup_length("lcbenc", 0.1, 10)
 
 
 def test_every_parameter_is_decayed_under_official_and_matrices_only_under_lcbench():

@@ -31,7 +31,7 @@ from harness.api.device import parse_device
 from harness.api.errors import ConfigError, DistributedError, UnknownNameError, check_choice
 from harness.api.fieldtypes import as_annotated, check_fields, field_hints
 from harness.api.interface import LCModel, ModelConfig
-from harness.api.recipe import DEFAULT_RECIPE, RECIPES, official_warmup_steps
+from harness.api.recipe import DEFAULT_RECIPE, RECIPES, warmup_length
 from harness.api.registry import build_model
 from harness.api.staging import clear_stale, ensure_writable
 from harness.train import checkpoint, sharded
@@ -105,9 +105,7 @@ class TrainConfig:
 
     @property
     def warmup_steps(self) -> int:
-        if self.recipe == "official":
-            return official_warmup_steps(self.warmup_frac, self.total_steps)
-        return int(self.warmup_frac * self.total_steps)
+        return warmup_length(self.recipe, self.warmup_frac, self.total_steps)
 
     @property
     def tokens_per_step(self) -> int:
