@@ -6,7 +6,6 @@ regression at a time, so each injection costs seconds. CI itself runs the whole 
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -146,7 +145,7 @@ def test_an_out_of_memory_or_nan_row_fails_the_gate_as_an_error_does():
         lost = clean.iloc[[0]].assign(metric="decode_s", value=np.nan, status=status, message="lost")
         run = check.results.validate(pd.concat([clean, lost], ignore_index=True))
         sweep = SimpleNamespace(result=lambda progress, run=run: SimpleNamespace(table=run))
-        result = gate._judge(("eval", spec, sweep), progress=False)
+        result = gate._judge(("eval", spec, sweep, {}), progress=False)
         assert set(result.result.table["verdict"]) == {"same"} and not result.passed, status
 
 
@@ -159,24 +158,24 @@ def test_scores_that_moved_within_name_the_cpu_kernels_of_the_reference_and_of_t
     clean = gate._filtered(check.read_reference(gate.EVAL_REFERENCE), spec).drop(columns=[check.TOLERANCE])
     loss = clean.index[clean["metric"] == "loss"][0]
 
-    def judged(run: pd.DataFrame) -> gate.LayerResult:
+    def judged(run: pd.DataFrame, machine: dict) -> gate.LayerResult:
         sweep = SimpleNamespace(result=lambda progress: SimpleNamespace(table=check.results.validate(run)))
-        return gate._judge(("eval", spec, sweep), progress=False)
+        return gate._judge(("eval", spec, sweep, machine), progress=False)
 
-    moved = judged(clean.assign(value=clean["value"].where(clean.index != loss, clean["value"] + 1e-6)))
+    moved_run = clean.assign(value=clean["value"].where(clean.index != loss, clean["value"] + 1e-6))
+    committed = gate.read_provenance()  # remade with ATEN_CPU_CAPABILITY=avx2 (the gate's README)
+    moved = judged(moved_run, committed["machine"])
     assert moved.passed and (moved.result.table["verdict"] == "within").sum() == 1
     here = torch.backends.cpu.get_cpu_capability()
-    committed = gate.read_provenance()  # remade with ATEN_CPU_CAPABILITY=avx2 (the gate's README)
     assert (f"the references were made on {committed['machine']['cpu']}, ATen AVX2; this run on "
             f"{gate.device_info('cpu')['cpu']}, ATen {here}") in gate.format_gate([moved])
-    monkeypatch.setattr(gate, "PROVENANCE", tmp_path / "gate.json")
+    monkeypatch.setattr(gate, "PROVENANCE", tmp_path / "absent.json")  # the machine line reads no file
     before_the_field = {k: v for k, v in committed["machine"].items() if k != "cpu_capability"}
-    gate.PROVENANCE.write_text(json.dumps({**committed, "machine": before_the_field}))
     assert (f"the references were made on {committed['machine']['cpu']}, ATen CPU capability not recorded; "
-            "this run on") in gate.format_gate([moved])
-    gate.PROVENANCE.write_text(json.dumps({**committed, "machine": {"cpu": "Intel Xeon", "cpu_capability": "AVX2"}}))
-    assert "the references were made on Intel Xeon, ATen AVX2; this run on" in gate.format_gate([moved])
-    assert "ATen" not in gate.format_gate([judged(clean)])  # nothing moved: nothing to explain
+            "this run on") in gate.format_gate([judged(moved_run, before_the_field)])
+    xeon = judged(moved_run, {"cpu": "Intel Xeon", "cpu_capability": "AVX2"})
+    assert "the references were made on Intel Xeon, ATen AVX2; this run on" in gate.format_gate([xeon])
+    assert "ATen" not in gate.format_gate([judged(clean, committed["machine"])])  # nothing moved: nothing to explain
 
 
 def test_scores_the_references_lack_fail_the_eval_gate(tmp_path, monkeypatch):
@@ -216,6 +215,20 @@ def test_references_made_on_other_data_are_not_judged(tmp_path, monkeypatch):
     assert result.result is None and "cannot judge" in result.unjudged
     assert gate.exit_code([result]) == gate.EXIT_UNJUDGED
     assert not (tmp_path / "eval").exists()  # nothing was run
+
+
+def test_a_gate_run_reads_gate_json_once(tmp_path, monkeypatch):
+    """Both layers judge against one reading of gate.json, which also names the references'
+    machine when a score moved within its allowance (it was read once per layer and again for that)."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(gate.CORPUS, corpus)
+    (corpus / "extra.py").write_text("x = 1\n")  # other data: neither layer runs
+    monkeypatch.setattr(gate, "CORPUS", corpus)
+    reads, real = [], gate.read_provenance
+    monkeypatch.setattr(gate, "read_provenance", lambda: reads.append(1) or real())
+    results = gate.run_gate(tmp_path / "gate", progress=False)
+    assert [r.layer for r in results] == ["eval", "train"] and all("cannot judge" in r.unjudged for r in results)
+    assert len(reads) == 1
 
 
 def test_references_record_the_data_they_were_made_on():

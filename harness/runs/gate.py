@@ -21,8 +21,9 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -76,6 +77,7 @@ class LayerResult:
     # the run's rows that are not ok: references come from clean runs only, so any failure fails
     # the gate, also one no reference score covers (a broken decode step leaves state_bytes intact)
     failures: pd.DataFrame | None = None
+    references_machine: dict[str, Any] = field(default_factory=dict)  # gate.json's: where the references were made
 
     @property
     def passed(self) -> bool:
@@ -163,33 +165,42 @@ def run_layer(layer: str, out_dir: str | Path, models: list[str] | None = None, 
     """Run one layer's sweep (optionally only some models and tasks) into ``out_dir``, in this
     process, and compare it with the matching part of its committed reference."""
     with ModelPool() as inline:
-        return _judge(_start_layer(layer, Path(out_dir), gate_spec(layer, models, tasks), inline), progress)
+        return _judge(_start_layer(layer, Path(out_dir), gate_spec(layer, models, tasks), inline, _data_check()),
+                      progress)
 
 
-def _start_layer(layer: str, out_dir: Path, spec: SweepSpec,
-                 pool: ModelPool) -> LayerResult | tuple[str, SweepSpec, PendingSweep]:
+def _data_check() -> tuple[dict, str]:
+    """gate.json, read once for a gate run, and the fingerprint of the data this checkout reads."""
+    return read_provenance(), data_fingerprint()
+
+
+_Started = tuple[str, SweepSpec, PendingSweep, dict]  # layer, spec, its sweep, the references' machine
+
+
+def _start_layer(layer: str, out_dir: Path, spec: SweepSpec, pool: ModelPool,
+                 data: tuple[dict, str]) -> LayerResult | _Started:
     """The layer's sweep handed to ``pool``, or, when its references cannot judge this data, the
-    unjudged result."""
-    made_on = read_provenance().get("data_fingerprint")
-    reading = data_fingerprint()
+    unjudged result. ``data``: :func:`_data_check`'s."""
+    provenance, reading = data
+    made_on = provenance.get("data_fingerprint")
     if made_on != reading:
         return LayerResult(layer, None, f"cannot judge the {layer} gate: its references were made on data {made_on}, "
                                         f"this checkout reads {reading}; remake them with `lcbench gate --update`")
-    return layer, spec, pool.submit(spec, _fresh(out_dir, spec.name))
+    return layer, spec, pool.submit(spec, _fresh(out_dir, spec.name)), provenance.get("machine") or {}
 
 
-def _judge(started: LayerResult | tuple[str, SweepSpec, PendingSweep], progress: bool) -> LayerResult:
+def _judge(started: LayerResult | _Started, progress: bool) -> LayerResult:
     if isinstance(started, LayerResult):
         return started
-    layer, spec, sweep = started
+    layer, spec, sweep, machine = started
     run = sweep.result(progress).table
     failures = run[run["status"] != "ok"]
     if layer == "eval":
         reference = _filtered(check.read_reference(EVAL_REFERENCE), spec)
         return LayerResult(layer, check.compare(run, reference, use_ci=False, two_sided=True, complete=True),
-                           failures=failures)
+                           failures=failures, references_machine=machine)
     reference = _filtered(check.read_aggregate_reference(TRAIN_REFERENCE), spec)
-    return LayerResult(layer, check.compare_aggregates(run, reference), failures=failures)
+    return LayerResult(layer, check.compare_aggregates(run, reference), failures=failures, references_machine=machine)
 
 
 def _fresh(out_dir: Path, name: str) -> Path:
@@ -215,7 +226,8 @@ def run_gate(out_dir: str | Path = "runs/gate", layers: tuple[str, ...] = LAYERS
     independent, so the scores are those of one process."""
     with torch_threads(threads), ModelPool(workers) as pool:
         specs = gate_specs(tuple(dict.fromkeys(layers)), models, tasks)
-        started = [_start_layer(layer, Path(out_dir) / layer, specs[layer], pool)
+        data = _data_check()
+        started = [_start_layer(layer, Path(out_dir) / layer, specs[layer], pool, data)
                    for layer in sorted(specs, key=lambda name: name != "train")]
         judged = {result.layer: result for result in (_judge(s, progress) for s in started)}
     return [judged[layer] for layer in dict.fromkeys(layers) if layer in judged]
@@ -233,8 +245,9 @@ def format_gate(layer_results: list[LayerResult], show_all: bool = False) -> str
         parts.append(f"== {r.layer} gate ==\n" + (r.unjudged if r.result is None else check.format_report(r.result, show_all)))
         if r.result is not None and r.failures is not None and len(r.failures):
             parts.append(_format_failures(r.failures))
-    if any(r.result is not None and "within" in set(r.result.table.get("verdict", ())) for r in layer_results):
-        parts.append(_kernels_note(read_provenance().get("machine") or {}, device_info("cpu")))
+    moved = [r for r in layer_results if r.result is not None and "within" in set(r.result.table.get("verdict", ()))]
+    if moved:
+        parts.append(_kernels_note(moved[0].references_machine, device_info("cpu")))
     return "\n".join(parts)
 
 
