@@ -403,7 +403,7 @@ def eval_cmd(task: str, model_spec: str | None, out: str | None, options: tuple[
     if out is None:
         out = f"runs/eval/{task}-{Path(model_spec).name.replace(':', '-')}"
     result = run_eval(task, model_spec, out, parse_assignments(options, "--option"), device=device, dtype=dtype, backend=backend,
-                      seed=seed, command=sys.argv)
+                      seed=seed)
     _echo_table(result.table)
     click.echo(f"{len(result.table)} rows in {out}/")
     _exit_if_rows_failed(result.table)
@@ -567,7 +567,7 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
                         max_seq_lengths=_token_counts(lengths, "--lengths"), tokenizer=tokenizer,
                         include_path=list(include_path) or None, num_fewshot=num_fewshot, device=device, dtype=dtype,
                         batch_size=batch_size, max_length=max_length, add_bos_token=add_bos, prefix_token=prefix_token,
-                        seed=seed, command=sys.argv)
+                        seed=seed)
     _echo_table(table)
     click.echo(f"{len(table)} rows in {out}/")
     _exit_if_rows_failed(table)

@@ -93,6 +93,14 @@ def test_every_kernel_and_evaluation_package_is_recorded() -> None:
     assert wanted - set(provenance.PACKAGES) == set()
 
 
+
+def test_lcbench_s_own_entry_points_are_recorded_as_lcbench_and_other_programs_as_run() -> None:
+    assert provenance.invocation(["/x/.venv/bin/lcbench", "eval", "niah", "--out", "runs/a"]) == [
+        "lcbench", "eval", "niah", "--out", "runs/a"]
+    assert provenance.invocation(["/work/ps38/harness/cli.py", "table", "r"]) == ["lcbench", "table", "r"]
+    assert provenance.invocation(["my_sweep.py", "--fast"]) == ["my_sweep.py", "--fast"]  # a script of one's own
+    assert provenance.invocation(["-c", "x"]) == ["-c", "x"] and provenance.invocation([]) == []
+
 def test_command_line_is_recorded_so_that_it_splits_back_into_the_same_arguments() -> None:
     argv = ["lcbench", "eval", "repeat", "my runs/swa", "-o", "contexts=128,256", ""]
     command = provenance.run_metadata(command=argv)["command"]

@@ -132,6 +132,24 @@ def test_grid_points_the_table_cannot_tell_apart_are_reported_and_fail_the_sweep
     assert run_sweep(load_spec(spec_file), tmp_path / "told_apart", progress=False).clashes == []
 
 
+
+def test_a_sweep_records_a_command_a_reader_can_rerun_from_any_checkout(spec_file, tmp_path, monkeypatch):
+    """``python -m harness.cli`` sets argv[0] to the module's absolute path: paper_small's run.json
+    said ``/work/ps38/harness/cli.py sweep ...``, a path only that clone had. The arguments stay as
+    given (the spec and --out relative to the folder the sweep ran in)."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from harness.cli import main
+    from harness.runs.provenance import read_run_json
+
+    monkeypatch.chdir(spec_file.parent)
+    for first in ("/work/ps38/harness/cli.py", "/opt/venv/bin/lcbench"):
+        monkeypatch.setattr(sys, "argv", [first, "sweep", spec_file.name, "--out", "runs/probe"])
+        assert CliRunner().invoke(main, sys.argv[1:]).exit_code == 0
+        assert read_run_json(Path("runs/probe"))["command"] == f"lcbench sweep {spec_file.name} --out runs/probe"
+
 def test_sweep_trains_models_it_is_not_given(tmp_path):
     spec = {"name": "t", "train": {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_batches": 1},
             "models": [{"arch": "swa", "set": {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64}}],

@@ -121,14 +121,26 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def invocation(argv: Sequence[str] | None = None) -> list[str]:
+    """``argv`` (default: this process's) as a reader reruns it from any checkout: lcbench's own
+    entry points, whose ``argv[0]`` is an absolute path (the console script's install path, and
+    ``harness/cli.py`` under ``python -m harness.cli``), become ``lcbench``; the arguments stay as
+    given (a path relative to the folder it ran in stays relative)."""
+    argv = [str(a) for a in (sys.argv if argv is None else argv)]
+    first = Path(argv[0]) if argv else Path()
+    if first.name == "lcbench" or first.parts[-2:] == ("harness", "cli.py"):
+        return ["lcbench", *argv[1:]]
+    return argv
+
+
 def run_metadata(seed: int | None = None, command: Sequence[str] | str | None = None, device: str | None = None,
                  git: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """Provenance for ``run.json``: git commit, package versions, device, command line, seed,
-    time, and whatever else is given (task, options, model config); ``config_hash`` hashes
-    the seed and the extra settings. ``git``: :func:`git_commit` read when the run started
-    (default: now)."""
+    """Provenance for ``run.json``: git commit, package versions, device, command line (default:
+    this process's, :func:`invocation`), seed, time, and whatever else is given (task, options,
+    model config); ``config_hash`` hashes the seed and the extra settings. ``git``:
+    :func:`git_commit` read when the run started (default: now)."""
     if command is None:
-        command = sys.argv
+        command = invocation()
     settings = {"seed": seed, **extra}
     return {
         **settings,
