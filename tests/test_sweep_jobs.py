@@ -283,6 +283,25 @@ def test_a_pool_worker_that_dies_leaves_status_rows_and_a_retry_finishes(spec_pa
     pd.testing.assert_frame_equal(sorted_table(retried.table), sorted_table(serial.table), check_exact=True)
 
 
+
+def test_a_slurm_sweep_s_run_json_names_the_machine_that_submitted_it_as_such(spec_path, tmp_path, monkeypatch):
+    """A cluster's nodes run the cells (each cell's record names its own: cell_machines); run.json's
+    top-level device described the login node that submitted them, as if the cells had run there."""
+    import submitit
+
+    from harness.report.html import render_report
+    from harness.runs.provenance import device_info
+
+    monkeypatch.setattr(jobs, "make_executor",  # in process, as the test above; submitted as to Slurm
+                        lambda kind, options, log_dir: submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="debug"))
+    spec, out = load_spec(spec_path), tmp_path / "slurm"
+    assert jobs.run_sweep_jobs(spec, str(out), "slurm", progress=False).failed == 0
+    meta = read_run_json(out)
+    assert meta["executor"] == "slurm" and meta["device"] == {"name": "cpu"}  # the kind the cells computed on
+    assert meta["submitted_from"]["cpu"] == device_info("cpu")["cpu"] and "name" not in meta["submitted_from"]
+    assert sum(meta["cell_machines"].values()) == len(plan(spec))
+    assert "machine</th><td class=\"text\">cpu (" in render_report(out)  # the report names the cells' machines
+
 def test_a_pool_retry_whose_worker_dies_records_its_death_over_the_old_failure(spec_path, tmp_path):
     """The cells a dead worker left kept their old failure (an earlier job's), as if the retry had
     failed that way; run.json names the device the cells ran on, not the spec's 'auto'."""

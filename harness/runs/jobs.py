@@ -100,9 +100,9 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     _collect(submitted, out, progress, git, before)
     # what the jobs' cells computed on (a kind: each cell's record names its machine), not the spec's spelling
     ran_on = compute_kind(spec.device, spec.dtype, auto_device)
-    return finish_sweep(spec, out, cells, len(pending), started, git, device=ran_on["device"], dtype=ran_on["dtype"],
-                        executor=executor, cluster=dataclasses.asdict(options),
-                        jobs=[s.job.job_id for s in trained + submitted])
+    return finish_sweep(spec, out, cells, len(pending), started, git, device=ran_on["device"],
+                        on_cluster=executor == "slurm", dtype=ran_on["dtype"], executor=executor,
+                        cluster=dataclasses.asdict(options), jobs=[s.job.job_id for s in trained + submitted])
 
 
 def jobs_auto_device(kind: str, options: ClusterOptions) -> str:

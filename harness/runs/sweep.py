@@ -76,7 +76,7 @@ from harness.data.local import missing_path_error
 from harness.data.tokenizers import load_tokenizer, require_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task
-from harness.runs.provenance import (config_hash, device_record, git_commit, package_versions, read_run_json,
+from harness.runs.provenance import (config_hash, device_info, device_record, git_commit, package_versions, read_run_json,
                                      run_metadata, write_run_json)
 from harness.runs.store import ResultStore
 from harness.train import checkpoint
@@ -686,14 +686,16 @@ def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike, retry_failed: bool 
 
 
 def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, started: float,
-                 git: dict[str, Any], device: str, **extra: Any) -> SweepResult:
+                 git: dict[str, Any], device: str, on_cluster: bool = False, **extra: Any) -> SweepResult:
     """Write run.json (``extra`` added to it) and return the table of ``cells``. ``failed``
     counts every cell of the spec not ok in the folder, the ones skipped as done included: a
     rerun that does not retry them has not produced the spec's results either. ``git``: read
     when the sweep started; ``cell_commits`` lists the commits its cells' records name, which are
     several when earlier runs in the folder ran other code (a warning says so), ``cell_machines``
     the machines (likewise). ``device`` (and ``extra``'s ``dtype``): what the cells computed on and
-    in, not the spec's spelling of it (``auto``), which run.json keeps under ``spec``."""
+    in, not the spec's spelling of it (``auto``), which run.json keeps under ``spec``. ``on_cluster``:
+    the cells ran on a cluster's nodes, which ``cell_machines`` names: run.json's ``device`` gives
+    only its kind, and this machine, which submitted them, is ``submitted_from``."""
     store = ResultStore(out_dir)
     def models(table: pd.DataFrame) -> set[str]:
         return set(table.loc[table["run"] == spec.name, "model"])
@@ -710,6 +712,8 @@ def finish_sweep(spec: SweepSpec, out_dir: Path, cells: list[Cell], ran: int, st
     failed = sum(done.get(c.key, {}).get("status") != "ok" for c in cells)
     clashes = clashing_cells(store, cells)
     meta = run_metadata(seed=None, device=device, git=git, spec=spec.to_dict(), run=spec.name)
+    if on_cluster:  # else a login node's CPU (and no GPU) would read as where the cells ran
+        meta.update(device={"name": device}, submitted_from=device_info("cpu"))
     keys = [c.key for c in cells]
     commits = cell_commits(done.get(k) for k in keys)
     if len(commits) > 1:
