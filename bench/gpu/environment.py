@@ -28,8 +28,8 @@ PACKAGES = ("lcbench", "torch", "triton", "fla-core", "flash-linear-attention", 
 def nvidia_smi() -> str:
     try:
         full = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30)
-        query = subprocess.run(["nvidia-smi", "--format=csv", "--query-gpu=name,memory.total,driver_version,"
-                                "clocks.max.sm,clocks.max.mem,power.limit,pstate,temperature.gpu"],
+        query = subprocess.run(["nvidia-smi", "--format=csv", ("--query-gpu=name,memory.total,driver_version,"
+                                "clocks.max.sm,clocks.max.mem,power.limit,pstate,temperature.gpu")],
                                capture_output=True, text=True, timeout=30)
     except FileNotFoundError:
         return "nvidia-smi not found: no NVIDIA driver on this machine"

@@ -57,8 +57,8 @@ def tests_section(steps: pd.DataFrame) -> str | None:
     if tests.empty:
         return None
     counts = tests["status"].value_counts()
-    lines = [f"## GPU tests (`pytest -m gpu`)\n\n{counts.get('ok', 0)} passed, {counts.get('failed', 0)} failed, "
-             f"{counts.get('skipped', 0)} skipped, {counts.get('timeout', 0)} not finished, of {len(tests)} selected."]
+    lines = [(f"## GPU tests (`pytest -m gpu`)\n\n{counts.get('ok', 0)} passed, {counts.get('failed', 0)} failed, "
+             f"{counts.get('skipped', 0)} skipped, {counts.get('timeout', 0)} not finished, of {len(tests)} selected.")]
     for row in tests[tests["status"].isin(["failed", "timeout"])].itertuples():
         lines.append(f"- {row.status.upper()} `{row.item}`: {row.message}")
     skipped = tests[tests["status"] == "skipped"]["message"].value_counts()

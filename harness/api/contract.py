@@ -172,8 +172,8 @@ def _rebuild_problems(model: LCModel, x: torch.Tensor, full: torch.Tensor) -> li
     except Exception as exc:
         return [f"a model built from the config does not load the weights ({type(exc).__name__}: {exc})"]
     if not _close(rebuilt.to(torch.float64).eval()(x), full, exact=True):
-        return ["a model rebuilt from the config and weights computes other logits (a checkpoint would not "
-                "round-trip): keep every tensor that matters in parameters or buffers"]
+        return [("a model rebuilt from the config and weights computes other logits (a checkpoint would not "
+                "round-trip): keep every tensor that matters in parameters or buffers")]
     return []
 
 

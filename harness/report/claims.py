@@ -968,8 +968,8 @@ def render_markdown(claims: list[Claim], note: str = "") -> str:
     one_seed = [f"`{c.name}`" for c in claims if any(len(e.get("per_seed", ())) == 1 for e in c.evidence)]
     if one_seed:
         names = ", ".join(one_seed[:-1]) + " and " + one_seed[-1] if len(one_seed) > 1 else one_seed[0]
-        lines += ["", f"The intervals of {names} cover the documents, test sequences and prompts that these models "
-                      "(one training seed) were scored on, not seed-to-seed variance."]
+        lines += ["", (f"The intervals of {names} cover the documents, test sequences and prompts that these models "
+                      "(one training seed) were scored on, not seed-to-seed variance.")]
     for c in claims:
         if c.evidence:
             lines += ["", f"`{c.name}`:", "", "| comparison | value | 95% interval | n |", "|---|---|---|---|"]
