@@ -268,6 +268,15 @@ def test_a_bad_model_leaves_no_empty_run_folder_and_keeps_an_existing_one(tmp_pa
     assert empty.is_dir()
 
 
+def test_a_missing_checkpoint_is_named_without_the_run_folder_made_for_it(tmp_path, monkeypatch):
+    """`lcbench eval niah --model runs/nope` with no runs/ said "'runs' holds: eval/": the default
+    run folder runs/eval/... was made before the model was looked for, listed, then removed."""
+    monkeypatch.chdir(tmp_path)
+    result = run("eval", "latency", "--model", "runs/nope")
+    one_line_error(result, EXIT_USER_ERROR, "'runs/nope' does not exist", "Its folder does not exist either")
+    assert "eval/" not in result.output and not (tmp_path / "runs").exists()
+
+
 # -- the CLI audit (house rule 6): bad input that was run, repeated or accepted -----------------
 
 PROBE = {"task": "test_sweep_probe", "options": {"contexts": [8]}}
