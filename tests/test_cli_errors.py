@@ -142,6 +142,7 @@ def test_table_that_fails_leaves_no_empty_tables_folder(tmp_path):
 
 @pytest.mark.parametrize("args, fragments", [
     ([*TRAIN, "--resume"], ["resuming needs the folder"]),  # trained from scratch without a word
+    ([*TRAIN, "--save-every", "1"], ["save_every=1 saves checkpoints", "(--out); none was given"]),  # saved nothing
     ([*TRAIN, "--seed", "-1"], ["seed must be >= 0, got -1"]),
     ([*TRAIN, "--save-every", "-1"], ["save_every must be >= 0"]),
     ([*TRAIN, "--eval-every", "-1"], ["eval_every must be >= 0"]),

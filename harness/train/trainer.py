@@ -289,6 +289,9 @@ def train(
         check_out_dir(Path(out_dir), resume)
     elif resume:
         raise ConfigError("resuming needs the folder of the checkpoint to continue (--out); none was given")
+    elif cfg.save_every:  # it trained to the end and saved nothing: a killed run had nothing to resume
+        raise ConfigError(f"save_every={cfg.save_every} saves checkpoints into the output folder (--out); "
+                          "none was given")
     replicas = start(parallel, cfg.device)
     device = replicas.device
     training_data = training_data or prepare_data(cfg, progress and replicas.is_main, model_config.vocab_size)
