@@ -196,8 +196,8 @@ def list_cmd(presets: bool, kernels: bool) -> None:
 @click.option("--parallel", type=click.Choice(["auto", "none", "fsdp", "ddp"]), default="auto", show_default=True,
               help="auto: FSDP2 under torchrun with several processes, else one process; fsdp or ddp: that "
                    "strategy (needs torchrun); none: one process. --batch-size stays the global batch.")
-@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings (options given "
-              "here replace them: more --steps, another --save-every). "
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings and model "
+              "(options given here replace them: more --steps, another --save-every). "
               "Without it, --out must be new or empty.")
 @friendly_errors
 def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, parallel: str,
@@ -207,14 +207,18 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
     On several GPUs: torchrun --nproc_per_node=N --no-python lcbench train ARCH ..."""
     from harness import data
     from harness.train.distributed import is_main_process, shutdown
-    from harness.train.trainer import TrainConfig, check_one_budget, resume_config, train as run_training
+    from harness.train.trainer import (TrainConfig, check_one_budget, resume_config, resume_model_config,
+                                       train as run_training)
 
     given = {k: v for k, v in train_opts.items() if v is not None}
     check_one_budget(given, "lcbench train")
     cfg = resume_config(out, given) if resume and out else TrainConfig(**given)
     overrides = parse_assignments(model_set, "--set")
-    overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
-    model_config = registry.make_config(arch, preset, **overrides)
+    # a resume continues the checkpoint's model unless --preset is given again
+    model_config = resume_model_config(out, arch, overrides) if resume and out and not typed_options("preset") else None
+    if model_config is None:
+        overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
+        model_config = registry.make_config(arch, preset, **overrides)
     try:
         result = run_training(model_config, cfg, out_dir=out, resume=resume, parallel=parallel)
     finally:
