@@ -293,7 +293,7 @@ def _show_notes() -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/figures.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]), default=("png", "pdf"),
               show_default=True, help="File format of every figure (repeatable).")
@@ -304,6 +304,7 @@ def _show_notes() -> None:
 def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[str, ...],
          niah_metrics: tuple[str, ...]) -> None:
     """Paper figures (PNG + PDF) from a run or sweep folder."""
+    _require_table(run_dir)
     from harness.report.plots import make_figures
 
     _show_notes()
@@ -312,7 +313,7 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/tables.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "tex"]), default="md", show_default=True,
               help="Format printed on stdout.")
@@ -323,6 +324,7 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
 def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tuple[str, ...]) -> None:
     """Summary tables (loss, gaps, NIAH, latency, speed-ups, memory) of a run folder; with its samples,
     the gaps to full attention and the speed-ups get intervals."""
+    _require_table(run_dir)
     from harness.report.tables import format_tables, summary_tables, write_tables
 
     # an unwritable folder is refused before anything is printed
@@ -335,6 +337,14 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
             click.echo(f"wrote {len(write_tables(tables, folder))} files to {folder}", err=True)
 
 
+def _require_table(run_dir: str) -> None:
+    """Before any folder is made in it: a misspelt run folder is named with its close match (click's
+    own check named neither), and one that holds runs, with those."""
+    from harness.api.results import check_table
+
+    check_table(run_dir)
+
+
 def _with_samples(run_dir: str) -> RunData:
     """The folder's table and its current cells' samples (none when it kept none), read as the claims read them."""
     from harness.report.claims import load_run
@@ -344,7 +354,7 @@ def _with_samples(run_dir: str) -> RunData:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default RUN_DIR/claims.md.")
 @click.option("--model", "picks", multiple=True, metavar="ARCH=NAME",
               help="The model judged for an architecture that has several in the run (default: the first).")
@@ -358,6 +368,7 @@ def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
     from harness.runs.sweep import current_sample_files
 
     chosen = parse_assignments(picks, "--model", form="ARCH=NAME", as_json=False)
+    _require_table(run_dir)
     target = Path(out or Path(run_dir) / "claims.md")
     with made_for_results(target.parent, "claims folder"):  # refused before the verdicts are printed
         run = load_run(run_dir, current_sample_files(run_dir), ResultStore(run_dir).finished().values())
@@ -368,11 +379,12 @@ def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default RUN_DIR/report.html.")
 @friendly_errors
 def report(run_dir: str, out: str | None) -> None:
     """One self-contained HTML page of a run or sweep: figures, tables, failures, spec, metadata."""
+    _require_table(run_dir)
     from harness.report.html import write_report
 
     _show_notes()

@@ -278,6 +278,19 @@ def test_a_missing_checkpoint_is_named_without_the_run_folder_made_for_it(tmp_pa
     assert "eval/" not in result.output and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command", ["plot", "table", "report", "claims", "check"])
+def test_a_misspelt_run_folder_is_named_with_its_close_match(tmp_path, monkeypatch, command):
+    """plot, table, report and claims left the check to click ("Directory 'runs/tny' does not
+    exist."), which named no close match; check said "no result table at 'runs/tny'"."""
+    monkeypatch.chdir(tmp_path)
+    results.write_table(tmp_path / "runs" / "tiny", [{"run": "r", "model": "m", "arch": "swa", "task": "t",
+                                                      "metric": "loss", "value": 1.0, "status": "ok"}])
+    extra = ["--reference", "ref.csv"] if command == "check" else []
+    one_line_error(run(command, "runs/tny", *extra), EXIT_USER_ERROR, "run folder 'runs/tny' does not exist",
+                   "Did you mean 'runs/tiny'?")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny"]  # no folder made for it
+
+
 # -- the CLI audit (house rule 6): bad input that was run, repeated or accepted -----------------
 
 PROBE = {"task": "test_sweep_probe", "options": {"contexts": [8]}}
