@@ -78,20 +78,27 @@ def friendly_errors(fn: Callable) -> Callable:
 EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 
 
-def resumes(fn: Callable) -> Callable:
-    """For a command whose rerun goes on where it stopped (sweep, quick): Ctrl-C says so, in
-    one line, instead of a traceback from wherever the work was."""
+def resumes(how: str) -> Callable[[Callable], Callable]:
+    """For a command whose rerun goes on where it stopped (sweep, quick, train): Ctrl-C says
+    ``how``, in one line, instead of a traceback from wherever the work was (or click's bare
+    "Aborted!", exit 1, as for work that failed)."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("interrupted: the cells that finished are kept, and a model in training resumes from its "
-                       "last save; rerun the same command to go on", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                click.echo(f"\ninterrupted: {how}", err=True)  # on a line of its own, not after the progress bar
+                sys.exit(EXIT_INTERRUPTED)
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+SWEEP_RESUMES = ("the cells that finished are kept, and a model in training resumes from its last save; rerun the "
+                 "same command to go on")
 
 
 def typed_options(*names: str) -> list[str]:
@@ -199,6 +206,8 @@ def list_cmd(presets: bool, kernels: bool) -> None:
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings and model "
               "(options given here replace them: more --steps, another --save-every). "
               "Without it, --out must be new or empty.")
+@resumes("the checkpoint last saved into --out (--save-every N saves every N steps) is kept; rerun with --resume "
+         "to go on from it")
 @friendly_errors
 def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, parallel: str,
           **train_opts: Any) -> None:
@@ -239,7 +248,7 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 @click.option("--steps", type=int, default=None, help="Training steps per model (default: the spec's).")
 @click.option("--retry-failed", is_flag=True, help="Run again the cells that failed before.")
 @friendly_errors
-@resumes
+@resumes(SWEEP_RESUMES)
 def quick(out: str, archs: tuple[str, ...], steps: int | None, retry_failed: bool) -> None:
     """The quick benchmark on the embedded corpus: results/specs/quick.yaml, then its figures."""
     from harness.runs.quick import run_quick
@@ -458,7 +467,7 @@ def _echo_table(table) -> None:
 @click.option("--constraint", default=None, help="Slurm constraint (node features).")
 @click.option("--slurm-opt", "slurm_opts", multiple=True, help="Any other sbatch option key=value (repeatable).")
 @friendly_errors
-@resumes
+@resumes(SWEEP_RESUMES)
 def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_opts: tuple[str, ...],
           **cluster: Any) -> None:
     """Run every cell of a sweep SPEC (YAML/TOML); reruns skip finished cells. Cluster settings

@@ -254,6 +254,21 @@ def test_ctrl_c_during_a_sweep_says_how_to_go_on(tmp_path, monkeypatch):
     assert "rerun the same command to go on" in result.output
 
 
+def test_ctrl_c_during_training_says_how_to_go_on(tmp_path, monkeypatch):
+    """Ctrl-C in `lcbench train` printed click's bare "Aborted!" and exited 1, as failed work does,
+    though the run resumes from its last save with --resume."""
+    import harness.train.trainer as trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    result = run(*TRAIN, "--out", str(tmp_path / "ckpt"))
+    assert result.exit_code == 130 and "Aborted" not in result.output, result.output
+    assert "interrupted: the checkpoint last saved into --out" in result.output
+    assert "rerun with --resume" in result.output
+
+
 def test_a_bad_model_leaves_no_empty_run_folder_and_keeps_an_existing_one(tmp_path):
     new = tmp_path / "runs" / "bad"  # neither folder existed: both are made, then removed again
     one_line_error(run("eval", "latency", "--model", "nosuch", "--out", str(new)), EXIT_USER_ERROR, "'nosuch'")
