@@ -133,7 +133,7 @@ def exit_if_sweep_failed(result) -> None:
 @click.group(epilog="Exit codes: 0 everything worked; 1 work failed (a sweep cell or an eval row is not ok, "
                     "a check found a regression, training diverged, a file could not be written); "
                     "2 bad input (an unknown name, a bad value, config, spec, folder or file), "
-                    "reported in one line.")
+                    "reported in one line; 130 interrupted (Ctrl-C: train, sweep and quick say how to go on).")
 @click.version_option(package_name="lcbench")
 def main() -> None:
     """lcbench: compare long-context LM architectures on one interface."""
