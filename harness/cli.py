@@ -55,9 +55,12 @@ class TokenCount(click.ParamType):
 TOKENS = TokenCount()
 
 
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """One clear line instead of a traceback: lcbench's own errors (bad input) exit 2; a run that
-    diverged, ran out of memory or could not write its files exits 1."""
+    diverged, ran out of memory or could not write its files exits 1; Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -71,11 +74,11 @@ def friendly_errors(fn: Callable) -> Callable:
             if not is_oom(exc):  # anything else is a bug: its traceback is what helps
                 raise
             raise FailedWork(f"out of memory: {str(exc).splitlines()[0]}; try a shorter context or batch") from exc
+        except KeyboardInterrupt:  # click's own "Aborted!" exits 1, as work that failed does
+            click.echo("\ninterrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
-
-
-EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 
 
 def resumes(how: str) -> Callable[[Callable], Callable]:
@@ -133,7 +136,7 @@ def exit_if_sweep_failed(result) -> None:
 @click.group(epilog="Exit codes: 0 everything worked; 1 work failed (a sweep cell or an eval row is not ok, "
                     "a check found a regression, training diverged, a file could not be written); "
                     "2 bad input (an unknown name, a bad value, config, spec, folder or file), "
-                    "reported in one line; 130 interrupted (Ctrl-C: train, sweep and quick say how to go on).")
+                    "reported in one line; 130 interrupted (Ctrl-C; train, sweep and quick say how to go on).")
 @click.version_option(package_name="lcbench")
 def main() -> None:
     """lcbench: compare long-context LM architectures on one interface."""
@@ -206,9 +209,9 @@ def list_cmd(presets: bool, kernels: bool) -> None:
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings and model "
               "(options given here replace them: more --steps, another --save-every). "
               "Without it, --out must be new or empty.")
+@friendly_errors
 @resumes("the checkpoint last saved into --out (--save-every N saves every N steps) is kept; rerun with --resume "
          "to go on from it")
-@friendly_errors
 def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, parallel: str,
           **train_opts: Any) -> None:
     """Train ARCH on a corpus and print its validation loss.

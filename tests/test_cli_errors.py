@@ -269,6 +269,18 @@ def test_ctrl_c_during_training_says_how_to_go_on(tmp_path, monkeypatch):
     assert "rerun with --resume" in result.output
 
 
+def test_ctrl_c_in_any_command_exits_130_not_as_failed_work(tmp_path, monkeypatch):
+    """Ctrl-C in `lcbench eval` printed click's "Aborted!" and exited 1, the code of work that failed."""
+    import harness.runs.evaluate as evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "run_eval", interrupted)
+    result = run("eval", "latency", "--model", "swa", "--out", str(tmp_path / "e"))
+    assert result.exit_code == 130 and "Aborted" not in result.output and "interrupted" in result.output
+
+
 def test_a_bad_model_leaves_no_empty_run_folder_and_keeps_an_existing_one(tmp_path):
     new = tmp_path / "runs" / "bad"  # neither folder existed: both are made, then removed again
     one_line_error(run("eval", "latency", "--model", "nosuch", "--out", str(new)), EXIT_USER_ERROR, "'nosuch'")
