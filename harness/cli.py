@@ -55,9 +55,12 @@ class TokenCount(click.ParamType):
 TOKENS = TokenCount()
 
 
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """One clear line instead of a traceback: lcbench's own errors (bad input) exit 2; a run that
-    diverged, ran out of memory or could not write its files exits 1."""
+    diverged, ran out of memory or could not write its files exits 1; Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -71,27 +74,34 @@ def friendly_errors(fn: Callable) -> Callable:
             if not is_oom(exc):  # anything else is a bug: its traceback is what helps
                 raise
             raise FailedWork(f"out of memory: {str(exc).splitlines()[0]}; try a shorter context or batch") from exc
-
-    return wrapper
-
-
-EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
-
-
-def resumes(fn: Callable) -> Callable:
-    """For a command whose rerun goes on where it stopped (sweep, quick): Ctrl-C says so, in
-    one line, instead of a traceback from wherever the work was."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("interrupted: the cells that finished are kept, and a model in training resumes from its "
-                       "last save; rerun the same command to go on", err=True)
+        except KeyboardInterrupt:  # click's own "Aborted!" exits 1, as work that failed does
+            click.echo("\ninterrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
+
+
+def resumes(how: str) -> Callable[[Callable], Callable]:
+    """For a command whose rerun goes on where it stopped (sweep, quick, train): Ctrl-C says
+    ``how``, in one line, instead of a traceback from wherever the work was (or click's bare
+    "Aborted!", exit 1, as for work that failed)."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                click.echo(f"\ninterrupted: {how}", err=True)  # on a line of its own, not after the progress bar
+                sys.exit(EXIT_INTERRUPTED)
+
+        return wrapper
+
+    return decorate
+
+
+SWEEP_RESUMES = ("the cells that finished are kept, and a model in training resumes from its last save; rerun the "
+                 "same command to go on")
 
 
 def typed_options(*names: str) -> list[str]:
@@ -126,7 +136,7 @@ def exit_if_sweep_failed(result) -> None:
 @click.group(epilog="Exit codes: 0 everything worked; 1 work failed (a sweep cell or an eval row is not ok, "
                     "a check found a regression, training diverged, a file could not be written); "
                     "2 bad input (an unknown name, a bad value, config, spec, folder or file), "
-                    "reported in one line.")
+                    "reported in one line; 130 interrupted (Ctrl-C; train, sweep and quick say how to go on).")
 @click.version_option(package_name="lcbench")
 def main() -> None:
     """lcbench: compare long-context LM architectures on one interface."""
@@ -196,10 +206,12 @@ def list_cmd(presets: bool, kernels: bool) -> None:
 @click.option("--parallel", type=click.Choice(["auto", "none", "fsdp", "ddp"]), default="auto", show_default=True,
               help="auto: FSDP2 under torchrun with several processes, else one process; fsdp or ddp: that "
                    "strategy (needs torchrun); none: one process. --batch-size stays the global batch.")
-@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings (options given "
-              "here replace them: more --steps, another --save-every). "
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out with its saved settings and model "
+              "(options given here replace them: more --steps, another --save-every). "
               "Without it, --out must be new or empty.")
 @friendly_errors
+@resumes("the checkpoint last saved into --out (--save-every N saves every N steps) is kept; rerun with --resume "
+         "to go on from it")
 def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, resume: bool, parallel: str,
           **train_opts: Any) -> None:
     """Train ARCH on a corpus and print its validation loss.
@@ -207,14 +219,18 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
     On several GPUs: torchrun --nproc_per_node=N --no-python lcbench train ARCH ..."""
     from harness import data
     from harness.train.distributed import is_main_process, shutdown
-    from harness.train.trainer import TrainConfig, check_one_budget, resume_config, train as run_training
+    from harness.train.trainer import (TrainConfig, check_one_budget, resume_config, resume_model_config,
+                                       train as run_training)
 
     given = {k: v for k, v in train_opts.items() if v is not None}
     check_one_budget(given, "lcbench train")
     cfg = resume_config(out, given) if resume and out else TrainConfig(**given)
     overrides = parse_assignments(model_set, "--set")
-    overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
-    model_config = registry.make_config(arch, preset, **overrides)
+    # a resume continues the checkpoint's model unless --preset is given again
+    model_config = resume_model_config(out, arch, overrides) if resume and out and not typed_options("preset") else None
+    if model_config is None:
+        overrides.setdefault("vocab_size", data.load_tokenizer(cfg.tokenizer).vocab_size)
+        model_config = registry.make_config(arch, preset, **overrides)
     try:
         result = run_training(model_config, cfg, out_dir=out, resume=resume, parallel=parallel)
     finally:
@@ -235,7 +251,7 @@ def train(arch: str, preset: str, model_set: tuple[str, ...], out: str | None, r
 @click.option("--steps", type=int, default=None, help="Training steps per model (default: the spec's).")
 @click.option("--retry-failed", is_flag=True, help="Run again the cells that failed before.")
 @friendly_errors
-@resumes
+@resumes(SWEEP_RESUMES)
 def quick(out: str, archs: tuple[str, ...], steps: int | None, retry_failed: bool) -> None:
     """The quick benchmark on the embedded corpus: results/specs/quick.yaml, then its figures."""
     from harness.runs.quick import run_quick
@@ -289,7 +305,7 @@ def _show_notes() -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/figures.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]), default=("png", "pdf"),
               show_default=True, help="File format of every figure (repeatable).")
@@ -301,6 +317,7 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
          niah_metrics: tuple[str, ...]) -> None:
     """Paper figures (PNG + PDF) from a run or sweep folder; with its samples, the gaps to full attention
     and the speed-ups get the tables' intervals as bands."""
+    _require_table(run_dir)
     from harness.report.plots import make_figures
 
     _show_notes()
@@ -310,7 +327,7 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default RUN_DIR/tables.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "tex"]), default="md", show_default=True,
               help="Format printed on stdout.")
@@ -321,6 +338,7 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
 def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tuple[str, ...]) -> None:
     """Summary tables (loss, gaps, NIAH, latency, speed-ups, memory) of a run folder; with its samples,
     the gaps to full attention and the speed-ups get intervals."""
+    _require_table(run_dir)
     from harness.report.tables import format_tables, summary_tables, write_tables
 
     # an unwritable folder is refused before anything is printed
@@ -333,6 +351,14 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
             click.echo(f"wrote {len(write_tables(tables, folder))} files to {folder}", err=True)
 
 
+def _require_table(run_dir: str) -> None:
+    """Before any folder is made in it: a misspelt run folder is named with its close match (click's
+    own check named neither), and one that holds runs, with those."""
+    from harness.api.results import check_table
+
+    check_table(run_dir)
+
+
 def _with_samples(run_dir: str) -> RunData:
     """The folder's table and its current cells' samples (none when it kept none), read as the claims read them."""
     from harness.report.claims import load_run
@@ -342,7 +368,7 @@ def _with_samples(run_dir: str) -> RunData:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default RUN_DIR/claims.md.")
 @click.option("--model", "picks", multiple=True, metavar="ARCH=NAME",
               help="The model judged for an architecture that has several in the run (default: the first).")
@@ -356,6 +382,7 @@ def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
     from harness.runs.sweep import current_sample_files
 
     chosen = parse_assignments(picks, "--model", form="ARCH=NAME", as_json=False)
+    _require_table(run_dir)
     target = Path(out or Path(run_dir) / "claims.md")
     with made_for_results(target.parent, "claims folder"):  # refused before the verdicts are printed
         run = load_run(run_dir, current_sample_files(run_dir), ResultStore(run_dir).finished().values())
@@ -366,11 +393,12 @@ def claims(run_dir: str, out: str | None, picks: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default RUN_DIR/report.html.")
 @friendly_errors
 def report(run_dir: str, out: str | None) -> None:
     """One self-contained HTML page of a run or sweep: figures, tables, failures, spec, metadata."""
+    _require_table(run_dir)
     from harness.report.html import write_report
 
     _show_notes()
@@ -444,7 +472,7 @@ def _echo_table(table) -> None:
 @click.option("--constraint", default=None, help="Slurm constraint (node features).")
 @click.option("--slurm-opt", "slurm_opts", multiple=True, help="Any other sbatch option key=value (repeatable).")
 @friendly_errors
-@resumes
+@resumes(SWEEP_RESUMES)
 def sweep(spec: str, out: str | None, retry_failed: bool, executor: str, slurm_opts: tuple[str, ...],
           **cluster: Any) -> None:
     """Run every cell of a sweep SPEC (YAML/TOML); reruns skip finished cells. Cluster settings

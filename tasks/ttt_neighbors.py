@@ -231,8 +231,8 @@ class TTTNeighbors(Task):
             ensure_writable(o.cache_path.expanduser(), "embedding cache folder")
 
         embedder = retrieval.get_embedder(o.embedder, model)
-        keys = retrieval.embed_windows(model, pool, embedder, cache_dir=o.cache_path)
-        queries = retrieval.embed_windows(model, tests, embedder, cache_dir=o.cache_path)
+        keys, queries = (retrieval.embed_windows(model, windows, embedder, cache_dir=o.cache_path, progress=ctx.progress)
+                         for windows in (pool, tests))
         sims, neighbours = retrieval.nearest(queries, keys, o.k, o.index)
 
         tuner = FineTuner(model, o)

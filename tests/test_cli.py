@@ -112,6 +112,23 @@ def test_resume_keeps_the_saved_settings_it_is_not_given(tmp_path):
     assert "other training settings" in run(*args, "--lr", "2e-3", "--resume").output  # a real change still is refused
 
 
+def test_resume_keeps_the_saved_model_it_is_not_given(tmp_path):
+    """`lcbench train swa --out runs/swa --resume --steps 600` (the README's line) was refused for a run
+    started with --set: the model was rebuilt from the preset, "its model config differs (window: 8 vs 256)"."""
+    out = tmp_path / "ckpt"
+    started = run("train", "swa", "--steps", "1", "--batch-size", "2", "--seq-len", "32", "--set", "window=8",
+                  "--set", "d_model=32", "--out", str(out))
+    assert started.exit_code == 0, started.output
+    resumed = run("train", "swa", "--steps", "2", "--out", str(out), "--resume")
+    assert resumed.exit_code == 0 and "after 2 steps" in resumed.output, resumed.output
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["window"], saved["d_model"]) == (8, 32)
+    changed = run("train", "swa", "--steps", "3", "--out", str(out), "--resume", "--set", "window=16")
+    assert changed.exit_code == 2 and "window: 8 vs 16" in changed.output  # a real change still is refused
+    other = run("train", "mamba2", "--steps", "3", "--out", str(out), "--resume")
+    assert other.exit_code == 2 and "it holds a swa model" in other.output, other.output
+
+
 def test_bad_names_give_one_clear_line():
     result = run("train", "swaa")
     assert result.exit_code != 0

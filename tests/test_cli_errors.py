@@ -142,6 +142,7 @@ def test_table_that_fails_leaves_no_empty_tables_folder(tmp_path):
 
 @pytest.mark.parametrize("args, fragments", [
     ([*TRAIN, "--resume"], ["resuming needs the folder"]),  # trained from scratch without a word
+    ([*TRAIN, "--save-every", "1"], ["save_every=1 saves checkpoints", "(--out); none was given"]),  # saved nothing
     ([*TRAIN, "--seed", "-1"], ["seed must be >= 0, got -1"]),
     ([*TRAIN, "--save-every", "-1"], ["save_every must be >= 0"]),
     ([*TRAIN, "--eval-every", "-1"], ["eval_every must be >= 0"]),
@@ -253,6 +254,33 @@ def test_ctrl_c_during_a_sweep_says_how_to_go_on(tmp_path, monkeypatch):
     assert "rerun the same command to go on" in result.output
 
 
+def test_ctrl_c_during_training_says_how_to_go_on(tmp_path, monkeypatch):
+    """Ctrl-C in `lcbench train` printed click's bare "Aborted!" and exited 1, as failed work does,
+    though the run resumes from its last save with --resume."""
+    import harness.train.trainer as trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    result = run(*TRAIN, "--out", str(tmp_path / "ckpt"))
+    assert result.exit_code == 130 and "Aborted" not in result.output, result.output
+    assert "interrupted: the checkpoint last saved into --out" in result.output
+    assert "rerun with --resume" in result.output
+
+
+def test_ctrl_c_in_any_command_exits_130_not_as_failed_work(tmp_path, monkeypatch):
+    """Ctrl-C in `lcbench eval` printed click's "Aborted!" and exited 1, the code of work that failed."""
+    import harness.runs.evaluate as evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "run_eval", interrupted)
+    result = run("eval", "latency", "--model", "swa", "--out", str(tmp_path / "e"))
+    assert result.exit_code == 130 and "Aborted" not in result.output and "interrupted" in result.output
+
+
 def test_a_bad_model_leaves_no_empty_run_folder_and_keeps_an_existing_one(tmp_path):
     new = tmp_path / "runs" / "bad"  # neither folder existed: both are made, then removed again
     one_line_error(run("eval", "latency", "--model", "nosuch", "--out", str(new)), EXIT_USER_ERROR, "'nosuch'")
@@ -266,6 +294,28 @@ def test_a_bad_model_leaves_no_empty_run_folder_and_keeps_an_existing_one(tmp_pa
     empty.mkdir()
     one_line_error(run("eval", "latency", "--model", "nosuch", "--out", str(empty)), EXIT_USER_ERROR, "'nosuch'")
     assert empty.is_dir()
+
+
+def test_a_missing_checkpoint_is_named_without_the_run_folder_made_for_it(tmp_path, monkeypatch):
+    """`lcbench eval niah --model runs/nope` with no runs/ said "'runs' holds: eval/": the default
+    run folder runs/eval/... was made before the model was looked for, listed, then removed."""
+    monkeypatch.chdir(tmp_path)
+    result = run("eval", "latency", "--model", "runs/nope")
+    one_line_error(result, EXIT_USER_ERROR, "'runs/nope' does not exist", "Its folder does not exist either")
+    assert "eval/" not in result.output and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["plot", "table", "report", "claims", "check"])
+def test_a_misspelt_run_folder_is_named_with_its_close_match(tmp_path, monkeypatch, command):
+    """plot, table, report and claims left the check to click ("Directory 'runs/tny' does not
+    exist."), which named no close match; check said "no result table at 'runs/tny'"."""
+    monkeypatch.chdir(tmp_path)
+    results.write_table(tmp_path / "runs" / "tiny", [{"run": "r", "model": "m", "arch": "swa", "task": "t",
+                                                      "metric": "loss", "value": 1.0, "status": "ok"}])
+    extra = ["--reference", "ref.csv"] if command == "check" else []
+    one_line_error(run(command, "runs/tny", *extra), EXIT_USER_ERROR, "run folder 'runs/tny' does not exist",
+                   "Did you mean 'runs/tiny'?")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny"]  # no folder made for it
 
 
 # -- the CLI audit (house rule 6): bad input that was run, repeated or accepted -----------------

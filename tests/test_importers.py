@@ -376,6 +376,17 @@ def test_a_misspelt_format_suggests_the_close_match(tmp_path):
         import_pretrained(folder, format="lama")
 
 
+def test_an_lcbench_checkpoint_is_named_as_one_needing_no_import(tmp_path):
+    """`lcbench import runs/swa-tiny OUT` said "cannot import model_type None; supported: ..."."""
+    from harness.api.errors import ConfigError
+    from harness.api.registry import create_model
+    from harness.train import checkpoint
+
+    checkpoint.save_checkpoint(tmp_path / "swa-tiny", create_model("swa", "tiny", d_model=32, n_heads=2))
+    with pytest.raises(ConfigError, match=r"already an lcbench checkpoint \(arch 'swa'\).*nothing to import"):
+        import_pretrained(tmp_path / "swa-tiny", tmp_path / "out")
+
+
 @pytest.mark.parametrize("fmt", ["llama", "gated_deltanet", "mamba2", "mamba_ssm"])
 def test_a_sliding_window_is_refused_under_every_format(tmp_path, fmt):
     """A Mistral folder (sliding_window 16) imported as Llama was read as full attention, silently."""

@@ -501,6 +501,18 @@ def test_a_misspelt_task_is_bad_input_naming_the_close_match(local_tasks, tmp_pa
     assert not list(tmp_path.glob("lcbench-tok-*"))
 
 
+def test_a_missing_checkpoint_leaves_no_run_folder(local_tasks, tmp_path):
+    """`lcbench lm-eval runs/swa-tny ...` made its run folder runs/lm_eval/swa-tny before the model
+    was looked for: the failed run left it empty, and the next error's listing of runs/ showed it."""
+    from harness.api.errors import CheckpointError
+
+    out = tmp_path / "runs" / "lm_eval" / "swa-tny"
+    with pytest.raises(CheckpointError, match=r"'.*swa-tny' does not exist"):
+        run_lm_eval(str(tmp_path / "swa-tny"), ["lcbench_test_mc"], include_path=local_tasks, out_dir=out,
+                    device="cpu")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_misspelt_task_fails_before_the_model_loads_or_lm_eval_indexes_its_tasks(monkeypatch):
     """--tasks hellaswg failed only after the model had loaded and lm-eval's TaskManager had parsed
     its ~14,000 task files (35 s on 2 busy cores, about 2 minutes seen): names are read from the

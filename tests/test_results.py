@@ -408,3 +408,15 @@ def test_a_clustered_rate_counts_answers_over_kish_s_design_effect():
     est = stats.clustered_rate([1.0, 0.5, 1.0, 0.5], 4)
     nine = stats.wilson(0.75, 9)
     assert est.n == 4 and (est.value, est.ci_low, est.ci_high) == pytest.approx((0.75, nine.ci_low, nine.ci_high))
+
+
+def test_a_missing_or_empty_run_folder_names_what_is_there(tmp_path):
+    """`lcbench check runs/tny` said only "no result table at 'runs/tny'", and `lcbench check runs`
+    the same: neither named runs/tiny nor the run folders inside runs/."""
+    for name in ("tiny", "eval/niah-swa"):
+        results.write_table(tmp_path / "runs" / name, [{"run": "r", "model": "m", "arch": "swa", "task": "t",
+                                                        "metric": "loss", "value": 1.0, "status": "ok"}])
+    with pytest.raises(ConfigError, match=r"run folder '.*tny' does not exist.*Did you mean '.*runs/tiny'\?"):
+        results.read_table(tmp_path / "runs" / "tny")
+    with pytest.raises(ConfigError, match=r"no result table at .*; the run folders in it: '.*eval/niah-swa', '.*tiny'$"):
+        results.read_table(tmp_path / "runs")

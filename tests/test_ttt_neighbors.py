@@ -99,6 +99,18 @@ def test_neighbour_fine_tuning_beats_random(clustered_corpus, tmp_path):
     assert value(table, "gain_over_random")["ci_low"] > 0
 
 
+def test_embedding_the_windows_shows_a_bar(clustered_corpus, tmp_path, capsys):
+    """`lcbench eval ttt_neighbors` printed nothing for minutes while it embedded its 4096 training
+    windows: a CPU user could not tell it from a hang. The bar counts them, and only with progress on."""
+    model, info = resolve_model(small_model("full_attention"), device="cpu", dtype="float32")
+    options = {"corpus": clustered_corpus, "val_fraction": 0.25, "context": CONTEXT, "test_windows": 2,
+               "train_windows": 0, "k": 2, "steps": 1, "batch_size": 2, "resamples": 20, "cache_dir": "off"}
+    for progress in (False, True):
+        run_task("ttt_neighbors", model, info, options, device=torch.device("cpu"), dtype=torch.float32,
+                 progress=progress)
+        assert ("embed (hidden)" in capsys.readouterr().err) is progress
+
+
 def test_embedding_cache(tmp_path):
     model = small_model("full_attention")
     windows = torch.randint(0, 256, (5, 16))

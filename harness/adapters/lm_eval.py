@@ -507,11 +507,12 @@ def run_lm_eval(
     check_task_names(task_list, known_task_names(task_list, include))
     from lm_eval import simple_evaluate  # lm-eval's evaluator takes seconds to import; only running tasks needs it
 
-    if out_dir is not None:
-        prepare_output(out_dir, "run folder")
+    # the model first: a bad one left an empty run folder behind, which later errors listed as a run
     lm = LcbenchLM(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, backend=backend,
                    batch_size=batch_size, max_length=max_length, max_gen_toks=max_gen_toks,
                    add_bos_token=add_bos_token, prefix_token=prefix_token)
+    if out_dir is not None:
+        prepare_output(out_dir, "run folder")
     tok_dir = tokenizer_folder(lm, out_dir)
     run = run_name or (Path(out_dir).name if out_dir is not None else "run")
     identity = identity_columns(lm.info, "lm_eval", run, lm.model, lm.device, lm.dtype, seed)  # rows set their task

@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.api.errors import ConfigError, LcbenchError, close_match
+from harness.api.errors import ConfigError, LcbenchError, close_match, missing_path_error
 from harness.api.staging import check_not_under_file, temp_prefix
 
 # name -> pandas dtype. Nullable dtypes, so a missing integer stays an integer column.
@@ -297,11 +297,25 @@ def write_table(location: str | os.PathLike, table: Iterable[Mapping[str, Any]] 
     return df
 
 
+def check_table(location: str | os.PathLike) -> None:
+    """Raise unless ``location`` holds a result table, saying what is there instead: a missing
+    folder's close match (``runs/tny``: ``runs/tiny``), or the run folders inside a folder of runs."""
+    parquet, csv = _table_paths(location)
+    if parquet.is_file() or csv.is_file():
+        return
+    path = Path(location)
+    if not path.exists():
+        raise missing_path_error("run folder", path, f"a run or sweep folder holding {TABLE_PARQUET} or {TABLE_CSV}")
+    runs = (sorted(str(p.parent) for pattern in (f"*/{TABLE_CSV}", f"*/*/{TABLE_CSV}") for p in path.glob(pattern))
+            if path.is_dir() else [])  # two levels: lcbench eval's runs/eval/TASK-MODEL
+    inside = f"; the run folders in it: {', '.join(map(repr, runs[:10]))}{', ...' if len(runs) > 10 else ''}" if runs else ""
+    raise ConfigError(f"no result table at {str(location)!r}: expected {parquet.name} or {csv.name} there{inside}")
+
+
 def read_table(location: str | os.PathLike, validate_schema: bool = True) -> pd.DataFrame:
     """The table of a run folder (or a ``.parquet``/``.csv`` file), in schema form."""
+    check_table(location)
     parquet, csv = _table_paths(location)
-    if not parquet.is_file() and not csv.is_file():
-        raise ConfigError(f"no result table at {str(location)!r}: expected {parquet.name} or {csv.name} there")
     path = parquet if parquet.is_file() else csv
     try:
         if path is parquet:

@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from harness.api.errors import ConfigError, close_match
-from harness.data.local import hash_file, missing_package, missing_path_error
+from harness.api.errors import ConfigError, close_match, missing_path_error
+from harness.data.local import hash_file, missing_package
 
 
 @dataclass(frozen=True)

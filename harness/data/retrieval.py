@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from harness.api.errors import BackendUnavailableError, ConfigError, check_choice
 from harness.api.interface import LCModel
@@ -98,18 +99,24 @@ def cache_key(model: LCModel, windows: torch.Tensor, embedder: Embedder) -> str:
 
 
 def embed_windows(model: LCModel, windows: torch.Tensor, embedder: Embedder, batch_size: int = 16,
-                  cache_dir: str | os.PathLike | None = DEFAULT_CACHE) -> torch.Tensor:
+                  cache_dir: str | os.PathLike | None = DEFAULT_CACHE, progress: bool = False) -> torch.Tensor:
     """Embeddings ``[N, D]`` (float32, CPU) of ``windows [N, L]``, read from or written to
-    ``cache_dir`` (``None``: no cache). The model is run in batches on its own device."""
+    ``cache_dir`` (``None``: no cache). The model is run in batches on its own device;
+    ``progress``: a bar over the windows (ttt_neighbors' 4096 take minutes on a CPU, which
+    showed nothing)."""
     path = None
     if cache_dir is not None:
         path = Path(cache_dir).expanduser() / f"{cache_key(model, windows, embedder)}.pt"
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
     device = next(model.parameters()).device
-    with torch.no_grad():
-        out = torch.cat([embedder.embed(model, windows[i : i + batch_size].to(device)).float().cpu()
-                         for i in range(0, len(windows), batch_size)])
+    bar = tqdm(total=len(windows), desc=f"embed ({embedder.name})", unit="window", leave=False, disable=not progress)
+    parts = []
+    with torch.no_grad(), bar:
+        for i in range(0, len(windows), batch_size):
+            parts.append(embedder.embed(model, windows[i : i + batch_size].to(device)).float().cpu())
+            bar.update(len(parts[-1]))
+    out = torch.cat(parts)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -18,8 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from harness.api.errors import ConfigError
-from harness.data.local import hash_file, listing, missing_package, missing_path_error
+from harness.api.errors import ConfigError, listing, missing_path_error
+from harness.data.local import hash_file, missing_package
 
 
 TOKENIZER_DIR = "tokenizer"  # a checkpoint's own tokenizer folder (an import copies the source's there)

@@ -250,10 +250,12 @@ def run_eval(
     check_task_options(task_name, options)  # a bad task name or option fails before any model is loaded
     device_t = resolve_device(device)  # so do a bad device and dtype, before the run folder is made
     dtype_t = resolve_dtype(dtype, device_t)
+    # a bad model fails before the run folder is made: a missing checkpoint's error lists its
+    # folder, which must not show the run folder that was made and is removed again
+    model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
+                                name=model_name)
     # an unwritable folder fails before the work, too; a failed run leaves no empty folder behind
     with made_for_results(out_dir, "run folder") if out_dir is not None else nullcontext():
-        model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
-                                    name=model_name)
         run = run_name or (Path(out_dir).name if out_dir is not None else "run")
         git = git_commit()  # before the work: a commit or an edit during a long run is not what ran
         started = time.time()

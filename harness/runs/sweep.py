@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from harness.api import registry, results
 from harness.api.device import dtype_name, parse_device, resolve_device, resolve_dtype
-from harness.api.errors import CheckpointError, ConfigError, unknown_message
+from harness.api.errors import CheckpointError, ConfigError, missing_path_error, unknown_message
 from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
@@ -72,7 +72,6 @@ from harness.api.task import ModelInfo
 from harness.api.staging import exclusive, prepare_output
 from harness.api.timing import free_memory
 from harness.data.corpora import corpus_fingerprint, require_corpus
-from harness.data.local import missing_path_error
 from harness.data.tokenizers import load_tokenizer, require_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
 from harness.runs.evaluate import check_task_options, resolve_model, run_task

@@ -29,11 +29,10 @@ import safetensors
 import safetensors.torch
 import torch
 
-from harness.api.errors import CheckpointError, LcbenchError
+from harness.api.errors import CheckpointError, LcbenchError, missing_path_error
 from harness.api.interface import LCModel
 from harness.api.registry import build_model, config_from_dict
 from harness.api.staging import clear_stale, temp_prefix
-from harness.data.local import missing_path_error
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -32,7 +32,7 @@ from harness.api.errors import ConfigError, DistributedError, UnknownNameError, 
 from harness.api.fieldtypes import as_annotated, check_fields, field_hints
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.recipe import DEFAULT_RECIPE, RECIPES, warmup_length
-from harness.api.registry import build_model
+from harness.api.registry import build_model, config_from_dict
 from harness.api.staging import clear_stale, ensure_writable
 from harness.train import checkpoint, sharded
 from harness.train.distributed import Replicas, share_of, start
@@ -287,6 +287,9 @@ def train(
         check_out_dir(Path(out_dir), resume)
     elif resume:
         raise ConfigError("resuming needs the folder of the checkpoint to continue (--out); none was given")
+    elif cfg.save_every:  # it trained to the end and saved nothing: a killed run had nothing to resume
+        raise ConfigError(f"save_every={cfg.save_every} saves checkpoints into the output folder (--out); "
+                          "none was given")
     replicas = start(parallel, cfg.device)
     device = replicas.device
     training_data = training_data or prepare_data(cfg, progress and replicas.is_main, model_config.vocab_size)
@@ -382,6 +385,19 @@ def resume_config(out_dir: str | os.PathLike, given: Mapping[str, Any]) -> Train
     if "steps" in given and "tokens" not in given:  # a step budget replaces a saved token budget
         settings["tokens"] = 0
     return TrainConfig(**{**settings, **given})
+
+
+def resume_model_config(out_dir: str | os.PathLike, arch: str, overrides: Mapping[str, Any]) -> ModelConfig | None:
+    """The model a resumed run continues: the checkpoint's own config with ``overrides`` on top
+    (a changed field is then refused by :func:`train`, naming it), so a resume needs no repeat of
+    the ``--set`` the run started with; those left out had turned into the preset's values and
+    the resume was refused. None when ``out_dir`` holds no checkpoint (:func:`train` says so)."""
+    if not checkpoint.is_checkpoint(out_dir):
+        return None
+    saved = checkpoint.read_config(out_dir)
+    if saved.arch != arch:
+        raise ConfigError(f"cannot resume {str(out_dir)!r} as {arch}: it holds a {saved.arch} model")
+    return config_from_dict({**saved.to_dict(), **overrides})
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:

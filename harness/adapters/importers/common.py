@@ -13,9 +13,8 @@ from typing import Any, Union
 
 import torch
 
-from harness.api.errors import CheckpointError, ConfigError
+from harness.api.errors import CheckpointError, ConfigError, listing
 from harness.api.interface import LCModel
-from harness.data.local import listing
 from harness.data.tokenizers import TOKENIZER_DIR
 from harness.train.checkpoint import save_checkpoint
 

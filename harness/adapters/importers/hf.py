@@ -308,6 +308,9 @@ def detect_format(config: Mapping[str, Any]) -> str:
         return model_type
     if model_type is None and "ssm_cfg" in config and "n_layer" in config:
         return "mamba_ssm"
+    if model_type is None and "arch" in config:  # said "cannot import model_type None"
+        raise ConfigError(f"the folder is already an lcbench checkpoint (arch {config['arch']!r}): lcbench eval, "
+                          "train --resume and export-hf read it as it is; nothing to import")
     known = ", ".join(f"{n} ({f.describe} -> {f.arch})" for n, f in FORMATS.items())
     hint = close_match(str(model_type), FORMATS) if model_type else None
     raise ConfigError(f"cannot import model_type {model_type!r}; supported: {known}"
