@@ -232,3 +232,19 @@ def test_panel_grids_fill_their_rows_evenly():
     assert plots._grid(4, 3) == (2, 2)
     assert [plots._grid(n, 3) for n in (1, 2, 3, 5, 6, 7)] == [(1, 1), (2, 1), (3, 1), (3, 2), (3, 2), (3, 3)]
     assert plots._grid(5, 4) == (3, 2) and plots._grid(8, 4) == (4, 2)
+
+
+def test_pareto_rings_the_points_whose_timing_is_unstable_as_the_latency_figure_does():
+    # the README: an unstable timing carries "a ring in figures"; the Pareto views drew none
+    prefill = {arch: [0.02, 0.07 * (i + 1), 0.4] for i, arch in enumerate(ARCHS)}
+    loss = dict(zip(ARCHS, (2.29, 2.21, 1.61, 1.75, 1.33)))
+    stable = [r for r in latency_rows(prefill, flag="") if r["model"] != "mamba2"]
+    unstable = [r for r in latency_rows(prefill) if r["model"] == "mamba2"]
+    fig = draw(stable + unstable + loss_rows(loss), "pareto")["pareto_1K"]
+    prefill_ax, decode_ax = fig.axes[:2]
+    for ax, seconds in ((prefill_ax, 0.21), (decode_ax, 0.0021)):  # Mamba 2 at 1K; loss 1.61
+        rings = [line for line in ax.lines if line.get_marker() == "o" and line.get_markerfacecolor() == "none"]
+        assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in rings] == [pytest.approx((seconds, 1.61))]
+        assert to_hex(rings[0].get_markeredgecolor()) == to_hex(plots.series_styles(
+            tables.prepare(results.validate(stable + unstable)))["mamba2"].color)
+        assert [t.get_text() for t in ax.texts] == [tables.UNSTABLE_MARK]

@@ -331,8 +331,11 @@ def _unstable(ax: Axes, ok: pd.DataFrame, x: str, color: str) -> None:
     flagged = ok[ok["flag"].fillna("") != ""] if "flag" in ok else ok.iloc[:0]
     for row in flagged.itertuples(index=False):
         xv, y = float(getattr(row, x)), float(row.value)
-        ax.plot(xv, y, marker="o", markersize=10, markerfacecolor="none", markeredgecolor=color, linestyle="none")
-        ax.annotate(UNSTABLE_MARK, (xv, y), xytext=(6, 4), textcoords="offset points", fontsize=8, color=color)
+        # above the points and error bars (zorder 3), which hid the dagger where points crowd
+        ax.plot(xv, y, marker="o", markersize=10, markerfacecolor="none", markeredgecolor=color, linestyle="none",
+                zorder=4)
+        ax.annotate(UNSTABLE_MARK, (xv, y), xytext=(6, 4), textcoords="offset points", fontsize=8, color=color,
+                    zorder=4)
 
 
 def _failures(ax: Axes, pts: pd.DataFrame, x: str, ctx: Context) -> None:
@@ -861,7 +864,8 @@ def _niah_quality(prep: Prepared, metric: str) -> pd.DataFrame:
 
 
 def _pareto_panel(ax: Axes, ok: pd.DataFrame, better: str, ctx: Context) -> None:
-    """Points with error bars both ways, and the Pareto front (no point is cheaper and better)."""
+    """Points with error bars both ways, rings at unstable costs, and the Pareto front (no point
+    is cheaper and better)."""
     for row in ok.itertuples(index=False):
         style = ctx.styles[row.series]
         gid = seeds_gid(pd.DataFrame({"ci_low": [row.ci_low_q, row.ci_low_c], "seeds": [row.seeds_q, row.seeds_c]}))
@@ -869,6 +873,9 @@ def _pareto_panel(ax: Axes, ok: pd.DataFrame, better: str, ctx: Context) -> None
                     yerr=_err(row.value_q, row.ci_low_q, row.ci_high_q), color=style.color, marker=style.marker,
                     markerfacecolor=style.face, markersize=8 if style.marker == "*" else 6, linestyle="none",
                     elinewidth=0.8, zorder=3, gid=gid)
+    if "flag_c" in ok:  # an unstable timing is ringed here as in the latency figure: seen, not trusted
+        for series, g in ok.groupby("series", sort=False):
+            _unstable(ax, g.assign(value=g["value_q"], flag=g["flag_c"]), "value_c", ctx.styles[series].color)
     sign = 1 if better == "lower" else -1
     best, xs, ys = math.inf, [], []
     for row in ok.sort_values(["value_c", "value_q"], ascending=[True, better == "lower"]).itertuples(index=False):
