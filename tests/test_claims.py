@@ -758,6 +758,9 @@ def test_family_level_is_bonferroni_and_names_a_bad_argument():
         stats.family_level(0.95, 0)
     with pytest.raises(ValueError, match="strictly between 0 and 1, got 95"):
         stats.family_level(95, 3)
+    for level in (0.0, 1.0):  # no interval has either level: each is refused, not a level of 1
+        with pytest.raises(ValueError, match=f"strictly between 0 and 1, got {level}"):
+            stats.family_level(level, 3)
 
 
 def _set_swa_gain_between_levels(run: claims.RunData, k: int = 3, end: int = 0) -> None:
@@ -844,6 +847,8 @@ def test_one_phase_resolved_only_at_95_percent_decides_neither_partly_nor_contra
     assert "prefill: TTT-E2E's time per token" in claim.why and ", flat (flat: inside" in claim.why
     assert "Read at 97.5% each (95% family-wise over 2 phases, Bonferroni), as one phase alone decides partly or " \
            "contradicted: prefill undecided (TTT-E2E [" in claim.why
+    theirs = claims.per_token_growth(flat, "full_attention", "prefill", 1, 0.975)[0]  # the contrast, read alike
+    assert f" unclear, full attention {claims._interval(theirs)} grows); decode undecided" in claim.why, claim.why
     grows = _latency({"full_attention": quadratic, "ttt_e2e": lambda T: 1.1 * linear(T)}, UNCLEAR_DECODE, noise=0.02)
     _scale_ttt_prefill_between_levels(grows, 0)  # grows at 95%, not at 97.5%
     claim = claims.constant_latency_claim(grows)

@@ -120,6 +120,10 @@ def test_the_machine_record_names_what_picks_the_cpu_kernels(monkeypatch) -> Non
     assert record["onednn"] is torch.backends.mkldnn.is_available()
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # switched off, oneDNN serves nothing
     assert provenance.device_info("cpu")["onednn"] is False
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)  # a build without MKL, oneDNN on
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    assert provenance.device_info("cpu")["mkl"] is False
+    assert provenance.device_info("cpu")["onednn"] is torch.backends.mkldnn.is_available()
 
 
 def test_run_eval_records_the_commit_the_run_started_from(monkeypatch) -> None:
