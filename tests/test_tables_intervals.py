@@ -186,6 +186,18 @@ def test_lcbench_table_reads_the_folders_samples(tmp_path):
     assert "a bootstrap spread of the ratio of medians" in out.output
 
 
+def test_lcbench_quick_s_tables_carry_the_intervals_lcbench_table_gives(tmp_path, capsys):
+    """`lcbench quick` prints and writes its sweep's tables as `lcbench table` does: from the samples."""
+    from harness import cli
+
+    rows, samples = _loss_run()
+    _write_run(tmp_path, rows, samples)
+    cli._figures_and_tables(str(tmp_path))
+    assert "paired by target window over documents" in capsys.readouterr().out
+    written = "".join(p.read_text() for p in (tmp_path / "tables").glob("*.md"))
+    assert "paired by target window over documents" in written
+
+
 def _without_new_intervals(text: str) -> str:
     """The tables' text less the loss gap's and speed-ups' intervals and footnotes."""
     blocks = text.split("\n\n")
