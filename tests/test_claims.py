@@ -2,6 +2,7 @@
 where the reference itself shows no effect."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -233,6 +234,7 @@ def test_a_fixed_state_model_whose_gain_is_unresolved_does_not_level_off():
     assert swa.ci_low < claims.MIN_CONTEXT_GAIN < swa.ci_high  # the premise
     claim = claims.context_claim(run)
     assert claim.verdict == "undecided" and "swa" in claim.why and "interval" in claim.why
+    assert "family-wise" not in claim.why, claim.why  # its own 95% interval, unresolved: read once
 
 
 def test_one_document_gives_no_interval_and_the_verdicts_say_so():
@@ -277,6 +279,11 @@ def test_mqar_answers_pair_only_where_both_models_read_the_same_sequences():
     assert claim.verdict == "undecided" and claim.evidence[:1] == []
     assert claim.why.startswith("full attention and TTT-E2E were tested on different MQAR sequences at every point "
                                 "both ran (length 64, 4 pairs; length 64, 8 pairs)")
+    for s in run.samples:  # one model's points recorded before digests: paired as before, whichever model
+        if s.get("task") == "mqar":
+            s["sequences"] = None if s["model"] == "ttt_e2e" else "x"
+    claim = claims.recall_claim(run)
+    assert claim.verdict == "holds" and claim.evidence[0]["n"] == 80 and "left out" not in claim.why, claim.why
     # without digests, a different count of sequences still tells
     for s in run.samples:
         if s.get("task") == "mqar":
@@ -691,6 +698,10 @@ def test_niah_answers_pair_only_where_both_models_read_the_same_prompt():
             del s["read_digest"]
     claim = claims.recall_claim(run)
     assert claim.verdict == "partly" and claim.evidence[-1]["n"] == 40 and "left out" not in claim.why
+    for s in niah:  # the other model's records from before digests: the same
+        s["read_digest"] = "x" if s["model"] == "full_attention" else None
+    claim = claims.recall_claim(run)
+    assert claim.verdict == "partly" and claim.evidence[-1]["n"] == 40 and "left out" not in claim.why
 
 
 def test_a_ttt_e2e_gain_far_below_full_attention_s_is_named_beside_the_context_verdict():
@@ -723,7 +734,8 @@ def test_a_fixed_state_model_that_still_gains_is_named_when_ttt_e2e_s_gain_is_un
     named only TTT-E2E's unresolved gain."""
     claim = claims.context_claim(_run({**PAPER, "ttt_e2e": 0.005, "mamba2": 0.2}, GROWING, {}))
     assert claim.verdict == "undecided" and "ttt_e2e: its interval" in claim.why, claim.why
-    assert "mamba2 still gain(s), against the claim" in claim.why, claim.why
+    assert "mamba2 still gain(s), against the claim (95% family-wise over 3 fixed-state models, Bonferroni)" \
+        in claim.why, claim.why
 
 
 def test_scores_that_are_not_numbers_are_named_not_called_too_few_units():
@@ -763,19 +775,24 @@ def test_family_level_is_bonferroni_and_names_a_bad_argument():
         stats.family_level(0.95, 0)
     with pytest.raises(ValueError, match="strictly between 0 and 1, got 95"):
         stats.family_level(95, 3)
+    for level in (0.0, 1.0):  # no interval has either level: each is refused, not a level of 1
+        with pytest.raises(ValueError, match=f"strictly between 0 and 1, got {level}"):
+            stats.family_level(level, 3)
 
 
-def _set_swa_gain_between_levels(run: claims.RunData) -> None:
-    """Shift SWA's noisy gain so that its 95% interval lies above MIN_CONTEXT_GAIN while its
-    interval at Bonferroni's level over 3 holds it (a shift moves every interval by itself)."""
+def _set_swa_gain_between_levels(run: claims.RunData, k: int = 3, end: int = 0) -> None:
+    """Shift SWA's noisy gain so that MIN_CONTEXT_GAIN lies between the ``end`` (0: low, 1: high)
+    of its 95% interval and that of its interval at Bonferroni's level over ``k`` (0: the 95% one
+    lies above it, the family's holds it; 1: the 95% one lies below it) (a shift moves every
+    interval by itself)."""
     rng = np.random.default_rng(1)
     longs = [s for s in run.windows("swa") if s["eval_ctx"] == 1024]
     for s in longs:
         s["scored_loss"] -= rng.normal(0, 0.04)
     single = claims.last_doubling_gain(run, "swa")[0]
-    family = claims.last_doubling_gain(run, "swa", level=stats.family_level(0.95, 3))[0]
-    assert family.ci_low < single.ci_low  # the premise: the wider interval reaches lower
-    shift = claims.MIN_CONTEXT_GAIN - (single.ci_low + family.ci_low) / 2
+    family = claims.last_doubling_gain(run, "swa", level=stats.family_level(0.95, k))[0]
+    assert family.ci_low < single.ci_low and family.ci_high > single.ci_high  # the premise: the wider interval
+    shift = claims.MIN_CONTEXT_GAIN - ((single.ci_low, single.ci_high)[end] + (family.ci_low, family.ci_high)[end]) / 2
     for s in longs:
         s["scored_loss"] -= shift
 
@@ -797,6 +814,29 @@ def test_a_fixed_state_gain_resolved_only_at_95_percent_each_does_not_make_the_c
     # a gain resolved at the family's level is named, and the why says how it was read
     clear = claims.context_claim(_run({**PAPER, "mamba2": 0.05}, GROWING, {}))
     assert clear.verdict == "partly" and "but so does mamba2 (95% family-wise over 3 fixed-state models" in clear.why
+
+
+@pytest.mark.parametrize("fixed", [("swa", "mamba2", "gated_deltanet"), ("swa", "mamba2")])
+def test_the_gain_a_why_quotes_is_read_at_bonferroni_s_level_over_the_fixed_state_models_judged(fixed):
+    """k is the fixed-state models the run judged: SWA's interval in the why is the one at
+    1 - 0.05 / k, and two models are a family as three are."""
+    run = _run(PAPER, GROWING, {})
+    run.table = run.table[~run.table["arch"].isin(set(claims.FIXED_STATE) - set(fixed))]
+    _set_swa_gain_between_levels(run, k=len(fixed))
+    family = claims.last_doubling_gain(run, "swa", level=stats.family_level(0.95, len(fixed)))[0]
+    claim = claims.context_claim(run)
+    assert claim.verdict == "undecided", claim.why
+    assert (f"swa: its interval [{family.ci_low:+.4f}, {family.ci_high:+.4f}] holds {claims.MIN_CONTEXT_GAIN} "
+            f"(95% family-wise over {len(fixed)} fixed-state models, Bonferroni)") in claim.why, claim.why
+
+
+def test_a_fixed_state_model_that_levels_off_at_95_percent_keeps_the_context_claim():
+    """"holds" needs every fixed-state model to level off: each 95% interval suffices (an all-of-k
+    verdict needs no correction), so a gain below MIN_CONTEXT_GAIN at 95% is not read again wider."""
+    run = _run(PAPER, GROWING, {})
+    _set_swa_gain_between_levels(run, end=1)  # levels at 95%, not at 98.3%
+    claim = claims.context_claim(run)
+    assert claim.verdict == "holds" and "family-wise" not in claim.why, claim.why
 
 
 def _scale_ttt_prefill_between_levels(run: claims.RunData, end: int) -> None:
@@ -824,6 +864,8 @@ def test_one_phase_resolved_only_at_95_percent_decides_neither_partly_nor_contra
     assert "prefill: TTT-E2E's time per token" in claim.why and ", flat (flat: inside" in claim.why
     assert "Read at 97.5% each (95% family-wise over 2 phases, Bonferroni), as one phase alone decides partly or " \
            "contradicted: prefill undecided (TTT-E2E [" in claim.why
+    theirs = claims.per_token_growth(flat, "full_attention", "prefill", 1, 0.975)[0]  # the contrast, read alike
+    assert f" unclear, full attention {claims._interval(theirs)} grows); decode undecided" in claim.why, claim.why
     grows = _latency({"full_attention": quadratic, "ttt_e2e": lambda T: 1.1 * linear(T)}, UNCLEAR_DECODE, noise=0.02)
     _scale_ttt_prefill_between_levels(grows, 0)  # grows at 95%, not at 97.5%
     claim = claims.constant_latency_claim(grows)
@@ -832,7 +874,39 @@ def test_one_phase_resolved_only_at_95_percent_decides_neither_partly_nor_contra
     alone = _latency({"full_attention": quadratic, "ttt_e2e": lambda T: 1.1 * linear(T)}, noise=0.02)
     _scale_ttt_prefill_between_levels(alone, 0)
     claim = claims.constant_latency_claim(alone)
-    assert claim.verdict == "contradicted" and "family-wise" not in claim.why, claim.why
+    assert claim.verdict == "contradicted" and "family-wise" not in claim.why and "Read at" not in claim.why, claim.why
+
+
+def test_every_phase_flat_at_95_percent_upholds_the_constant_latency_claim_without_correction():
+    """"holds" needs both phases flat (an all-of-k verdict): each 95% interval suffices, and no
+    wider reading is made or said."""
+    run = _latency({"full_attention": quadratic, "ttt_e2e": linear}, FLAT_DECODE, noise=0.02)
+    _scale_ttt_prefill_between_levels(run, 1)  # flat at 95%, not at 97.5%
+    claim = claims.constant_latency_claim(run)
+    assert claim.verdict == "holds" and "Read at" not in claim.why and "family-wise" not in claim.why, claim.why
+
+
+def test_full_attention_timed_on_two_machines_gives_no_phase_a_contrast_even_read_family_wise():
+    """Full attention's growth between contexts timed on two machines is the machines' difference:
+    no phase holds on it, at 95% or at the family's level (TTT-E2E's prefill growth, resolved only at
+    95%, sends the verdict to the family reading)."""
+    run = _latency({"full_attention": quadratic, "ttt_e2e": lambda T: 1.1 * linear(T)}, FLAT_DECODE, noise=0.02)
+    _scale_ttt_prefill_between_levels(run, 0)  # grows at 95%, not at 97.5%
+    run.machines = {"full_attention": [CPU, H100], "ttt_e2e": [CPU]}
+    claim = claims.constant_latency_claim(run)
+    assert claim.verdict == "undecided", claim.why
+    assert "; full attention's timings come from different machines and do not compare" in claim.why
+    assert "decode undecided (TTT-E2E [" in claim.why and "full attention [" not in claim.why, claim.why
+
+
+def test_one_niah_prompt_left_out_is_one_prompt():
+    one = claims.NIAHEvidence([], None, [(0, "single/text/512/0.5/3")])
+    assert claims._niah_note(one, 0) == ("; NIAH not compared: full attention and TTT-E2E read every prompt both "
+                                         "scored as different tokens (1 prompt: single/text/512/0.5/3 (seed 0)): their "
+                                         "tokenizers, held-out text or niah options differ; rerun both with the same ones")
+    gap = stats.Estimate(0.0, -0.1, 0.1, 30)
+    assert "; left out 1 NIAH prompt that full attention and TTT-E2E read as different tokens (single/text/512/0.5/3 " \
+           "(seed 0))" in claims._niah_note(dataclasses.replace(one, gap=gap), 1)
 
 
 PAPER_SMALL = Path(__file__).resolve().parents[1] / "results" / "reference" / "paper_small"

@@ -460,6 +460,9 @@ def test_a_step_and_a_token_budget_together_are_refused(tmp_path):
                                     "tasks": [PROBE]}))
     one_line_error(run("sweep", str(spec), "--out", str(tmp_path / "out")), EXIT_USER_ERROR, "steps=2", "tokens=1024")
     assert not (tmp_path / "out").exists()
+    from harness.train.trainer import check_one_budget
+
+    check_one_budget({"steps": 5, "tokens": 0})  # a token budget of 0 is none (TrainConfig's default): steps count
 
 
 def test_a_sweep_folder_given_as_a_model_names_the_checkpoints_in_it(tmp_path):

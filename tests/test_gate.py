@@ -178,6 +178,13 @@ def test_scores_that_moved_within_name_the_cpu_kernels_of_the_reference_and_of_t
     assert "ATen" not in gate.format_gate([judged(clean, committed["machine"])])  # nothing moved: nothing to explain
 
 
+def test_a_layer_the_gate_could_not_judge_is_reported_beside_one_judged():
+    """An unjudged layer has no result to read verdicts from: the report says why it was not judged."""
+    unjudged = gate.LayerResult("eval", None, "cannot judge: the references were made on other data")
+    assert gate.format_gate([unjudged]) == "== eval gate ==\ncannot judge: the references were made on other data"
+    assert gate.format_gate([gate.LayerResult("train", None, "cannot judge"), unjudged]).count("cannot judge") == 2
+
+
 def test_scores_the_references_lack_fail_the_eval_gate(tmp_path, monkeypatch):
     """References older than the gate's spec (a model or task added, or a model renamed, without
     `lcbench gate --update`): the new scores were compared with nothing and the gate passed, and

@@ -229,6 +229,7 @@ def test_check_only_neither_downloads_nor_passes_a_folder_over_what_a_call_carri
     monkeypatch.setattr(fill_wheels, "checkout_mib", lambda: 10.0)
     done = CliRunner().invoke(fill_wheels.main, ["--dest", str(tmp_path), "--check-only"])
     assert done.exit_code == 0 and "ready" in done.output, done.output
+    assert json.loads((tmp_path / "source.json").read_text())["commit"] == git_commit(fill_wheels.ROOT)["commit"]
     monkeypatch.setattr(fill_wheels, "checkout_mib", lambda: fill_wheels.CARRY_LIMIT_MIB - 0.001)
     done = CliRunner().invoke(fill_wheels.main, ["--dest", str(tmp_path), "--check-only"])
     assert done.exit_code == 1 and f"together exceed {fill_wheels.CARRY_LIMIT_MIB} MiB" in done.output
@@ -764,6 +765,10 @@ def test_without_git_the_summary_names_the_commit_the_wheels_were_filled_for(tmp
     assert re.fullmatch(r"fedcba987654 \(uncommitted changes\) \(no git here: the checkout's when the wheels were "
                         r"filled, \d{4}-\d\d-\d\d \d\d:\d\d UTC\)", git), git
     assert environment.facts(torch.device("cpu"), str(tmp_path / "elsewhere"))["git"] == "unknown (no git here)"
+    for other in ('{"at": "2026-01-01 00:00 UTC"}', "[1, 2]", "{"):  # not a record fill_wheels wrote: unknown
+        (tmp_path / "other").mkdir(exist_ok=True)
+        (tmp_path / "other" / "source.json").write_text(other)
+        assert environment.facts(torch.device("cpu"), str(tmp_path / "other"))["git"] == "unknown (no git here)", other
     monkeypatch.setattr(environment, "git_commit", lambda: dict(commit="0123456789abcdef", dirty=False))
     assert environment.facts(torch.device("cpu"), str(tmp_path))["git"] == "0123456789ab"  # git, where there is one
 

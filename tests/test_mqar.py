@@ -117,6 +117,18 @@ def test_each_point_records_a_digest_of_its_test_sequences_that_the_options_chan
     assert digests(small_model("full_attention"), contexts="64")[64, 4] != reference[64, 4]
     assert digests(small_model("full_attention"), test_sequences=5)[32, 4] != reference[32, 4]
 
+def test_a_sequences_digest_is_the_tokens_then_the_labels_as_little_endian_int64_hashed():
+    """Digests are kept in sample records and compared with those of runs made earlier (a resumed
+    sweep, another model's committed cells): the bytes hashed are part of the format."""
+    import hashlib
+
+    from tasks.mqar import sequences_digest
+
+    inputs, labels = torch.tensor([[1, 2, 2**40]]), torch.tensor([[-100, 7, 3]])
+    data = b"".join(int(x).to_bytes(8, "little", signed=True) for t in (inputs, labels) for x in t.flatten().tolist())
+    assert sequences_digest(inputs, labels) == hashlib.sha256(data).hexdigest()[:16]
+
+
 def test_a_perfect_score_is_not_reported_as_certain(monkeypatch):
     # every query answered: the bootstrap over sequences gave [1, 1] (the committed paper_small
     # table shows SWA's "1.000" with no interval), certainty no finite sample gives

@@ -128,6 +128,10 @@ def test_the_machine_record_names_what_picks_the_cpu_kernels(monkeypatch) -> Non
     assert record["onednn"] is torch.backends.mkldnn.is_available()
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # switched off, oneDNN serves nothing
     assert provenance.device_info("cpu")["onednn"] is False
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)  # a build without MKL, oneDNN on
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    assert provenance.device_info("cpu")["mkl"] is False
+    assert provenance.device_info("cpu")["onednn"] is torch.backends.mkldnn.is_available()
 
 
 def test_run_eval_records_the_commit_the_run_started_from(monkeypatch) -> None:
@@ -268,3 +272,18 @@ def test_the_config_hash_tells_seeds_and_settings_apart():
     assert config_hash(0, task="latency") == config_hash(0, task="latency")
     assert config_hash(0, task="latency") != config_hash(1, task="latency")
     assert config_hash(0, task="latency") != config_hash(0, task="niah")
+
+
+def test_a_record_without_a_cpu_capability_takes_it_only_from_records_of_the_same_cpu_and_cores() -> None:
+    """An older record (no capability) is named as the newer records of its machine name it, but
+    a record of another CPU model or another core count is another machine: its capability says
+    nothing of the older record's (named so, cells of two machines would read as one)."""
+    from harness.api.machine import machine_names
+
+    older = {"name": "cpu", "cpu": "AMD EPYC", "cpu_count": 2}
+    other_cores = {**older, "cpu_count": 4, "cpu_capability": "AVX2"}
+    other_cpu = {**older, "cpu": "Intel Xeon", "cpu_capability": "AVX512"}
+    assert machine_names([older, other_cores, other_cpu]) == [
+        "cpu (AMD EPYC, 2 cores)", "cpu (AMD EPYC, 4 cores, ATen AVX2)", "cpu (Intel Xeon, 2 cores, ATen AVX512)"]
+    same = {**older, "cpu_capability": "AVX512"}
+    assert machine_names([older, other_cores, other_cpu, same])[0] == "cpu (AMD EPYC, 2 cores, ATen AVX512)"

@@ -117,6 +117,20 @@ def test_every_parameter_is_decayed_under_official_and_matrices_only_under_lcben
     assert decay_of["lcbench"] == {i: 0.1 if p.dim() >= 2 else 0.0 for i, p in params.items()}
 
 
+def test_the_official_optimizer_takes_the_run_s_lr_and_betas():
+    """The official recipe builds its one parameter group itself: the run's lr and betas, in order."""
+    cfg = TrainConfig(lr=1e-3, beta1=0.8, beta2=0.99, weight_decay=0.1, recipe="official")
+    [group] = make_optimizer(small_model("swa"), cfg).param_groups
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (1e-3, (0.8, 0.99), 0.1)
+
+
+def test_the_official_warm_up_counts_the_steps_a_token_budget_gives():
+    """A token budget sets the steps (total_steps), not the steps setting, which it leaves unread."""
+    cfg = TrainConfig(tokens=4 * 64 * 300, batch_size=4, seq_len=64, recipe="official")
+    assert cfg.total_steps == 300 != cfg.steps
+    assert cfg.warmup_steps == 30 == TrainConfig(steps=300, recipe="official").warmup_steps
+
+
 def test_an_official_step_decays_the_norm_gains():
     """With zero gradients AdamW's update is only the decay, p * (1 - lr * wd): the official recipe
     moves the norms' gains (optax.adamw's mask=None), lcbench's leaves them at 1."""
@@ -154,6 +168,32 @@ def test_the_inner_warm_up_is_rounded_as_the_recipe_says(total, lcbench_warmup, 
     assert config.inner_lr_at(0, total) == config.inner_lr_at(0, total, "lcbench")  # the default
     with pytest.raises(ConfigError, match="'oficial'.*official"):
         config.inner_lr_at(0, total, "oficial")
+
+
+def test_the_inner_lr_at_the_end_of_its_warm_up_is_inner_lr_itself():
+    """0.03 + (0.3 - 0.03) * 1.0 is 0.30000000000000004: the warm-up's last step trains at inner_lr
+    exactly, as every later step does, under both recipes."""
+    config = small_config("ttt_e2e", inner_lr=0.3, inner_lr_init=0.03, inner_lr_warmup=0.1)
+    for recipe in ("lcbench", "official"):
+        assert [config.inner_lr_at(step, 100, recipe) for step in (9, 10, 99)] == [0.3, 0.3, 0.3], recipe
+
+
+def test_a_model_whose_progress_hook_takes_no_recipe_is_called_as_it_is(fast_data, monkeypatch):
+    """An architecture's ``on_train_step(step, total_steps)`` (a plugin's, written before recipes)
+    is called without the recipe, under either recipe; it was handed one it does not take."""
+    import harness.train.trainer as train_mod
+
+    calls, real_build = [], train_mod.build_model
+
+    def build(config):
+        model = real_build(config)
+        model.on_train_step = lambda step, total_steps: calls.append((step, total_steps))
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+    for recipe in ("official", "lcbench"):
+        train(small_config("swa"), TrainConfig(steps=1, recipe=recipe, **FAST), progress=False, training_data=fast_data)
+    assert calls == [(0, 1), (0, 1)]
 
 
 def test_the_trainer_tells_the_model_its_recipe(fast_data, monkeypatch):

@@ -171,6 +171,8 @@ def test_the_overview_names_the_machine_with_its_cpu_capability(tmp_path):
     assert machine() == "cpu (AMD EPYC, 2 cores, ATen AVX512)"
     meta["cell_machines"] = {"cpu (AMD EPYC, 2 cores, ATen AVX2)": 3, "cpu (AMD EPYC, 2 cores, ATen AVX512)": 1}
     assert machine() == "cpu (AMD EPYC, 2 cores, ATen AVX2): 3 cells; cpu (AMD EPYC, 2 cores, ATen AVX512): 1 cell"
+    meta["cell_machines"] = {}  # a sweep none of whose cells named a machine: run.json's device
+    assert machine() == "cpu (AMD EPYC, 2 cores, ATen AVX512)"
     del meta["cell_machines"], meta["device"]
     assert machine() == "not recorded"
 

@@ -181,6 +181,18 @@ def test_a_point_over_seeds_is_the_mean_of_each_seed_s_mean():
     assert point.ci_low == 0.0 and point.ci_high == 1.0
 
 
+def test_a_seed_whose_every_row_failed_is_not_counted_among_the_seeds_of_a_mean():
+    """Seed 1 ran out of memory everywhere: each cell is seed 0's value (flagged partial), not a
+    mean over two seeds, and no footnote says it is."""
+    rows = _loss_rows([0])
+    rows = results.validate(list(rows.to_dict("records")) + [
+        results.make_row("loss", None, status="oom", message="out of memory", run="r", model=a, arch=a,
+                         task="loss_scaling", eval_ctx=1024, seed=1) for a in ("full_attention", "ttt_e2e")])
+    loss = tables.summary_tables(rows)["loss"]
+    assert loss.attrs["seeds"] == 1
+    assert not any("training seeds" in note for note in tables.footnotes(loss)), tables.footnotes(loss)
+
+
 def test_an_accuracy_s_interval_over_seeds_stays_inside_zero_to_one():
     """Student's t over three seeds that scored 0.2, 1.0 and 1.0 reached [-0.39, 1.86]."""
     rows = [results.make_row("cand_acc", v, ci_low=lo, ci_high=hi, n=8, run="r", model="ttt_e2e", arch="ttt_e2e",
@@ -196,6 +208,9 @@ def test_an_accuracy_s_interval_over_seeds_stays_inside_zero_to_one():
     over = [dict(r, value=r["value"] + 0.1, ci_low=r["ci_low"] + 0.1, ci_high=r["ci_high"] + 0.1) for r in rows[1:3]]
     [high] = tables.prepare(results.validate(over)).points("niah", "cand_acc", depth=None).itertuples()
     assert high.ci_low < high.value == pytest.approx(1.1) == high.ci_high
+    under = [dict(r, value=r["value"] - 1.1, ci_low=r["ci_low"] - 1.1, ci_high=r["ci_high"] - 1.1) for r in rows[1:3]]
+    [low] = tables.prepare(results.validate(under)).points("niah", "cand_acc", depth=None).itertuples()
+    assert low.ci_low <= low.value <= low.ci_high and low.value == pytest.approx(-0.1)  # one below 0 likewise
     [loss] = prep.points("loss_scaling", "loss").itertuples()  # a loss has no such bound
     assert loss.ci_low == pytest.approx(2.9 - stats.t_quantile(0.975, 2) * 0.9 / np.sqrt(3))
 

@@ -20,40 +20,47 @@ DOCS = [f"doc{i}" for i in range(9)]
 CONTEXTS = (256, 1024)
 
 
-def _loss_run(gap: float = -0.04) -> tuple[list[dict], list[dict]]:
+def _loss_run(gap: float = -0.04, seeds: tuple[int, ...] = (0,)) -> tuple[list[dict], list[dict]]:
     """(table rows, window samples) of full attention and TTT-E2E scored on the same windows:
     documents differ by far more than the gap (each loss's interval is wide), the gap per window
-    is nearly constant (the paired one is narrow)."""
+    is nearly constant (the paired one is narrow). Each training seed's models score the same
+    documents (a fixed split), seed s's a little worse."""
     rng = np.random.default_rng(0)
     difficulty = dict(zip(DOCS, rng.normal(2.0, 0.3, len(DOCS))))
     rows, samples = [], []
-    for model, shift in (("full_attention", 0.0), ("ttt_e2e", gap)):
-        noise = np.random.default_rng(1 if shift else 2)
-        for L in CONTEXTS:
-            windows = [(doc, start, difficulty[doc] + shift + noise.normal(0, 0.005))
-                       for doc in DOCS for start in (0, 512)]
-            est = stats.bootstrap_ratio([sum(w[2] for w in windows if w[0] == d) for d in DOCS], [2.0] * len(DOCS))
-            rows.append(results.make_row("loss", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=len(DOCS),
-                                         run="r", model=model, arch=model, task="loss_scaling", eval_ctx=L, seed=0))
-            samples += [{"run": "r", "model": model, "task": "loss_scaling", "seed": 0, "kind": "window",
-                         "eval_ctx": L, "doc": doc, "start": start, "targets": "same", "scored_loss": loss}
-                        for doc, start, loss in windows]
+    for seed in seeds:
+        for model, shift in (("full_attention", 0.0), ("ttt_e2e", gap)):
+            noise = np.random.default_rng((1 if shift else 2) + 10 * seed)
+            for L in CONTEXTS:
+                windows = [(doc, start, difficulty[doc] + shift + 0.01 * seed + noise.normal(0, 0.005))
+                           for doc in DOCS for start in (0, 512)]
+                est = stats.bootstrap_ratio([sum(w[2] for w in windows if w[0] == d) for d in DOCS], [2.0] * len(DOCS))
+                rows.append(results.make_row("loss", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=len(DOCS),
+                                             run="r", model=model, arch=model, task="loss_scaling", eval_ctx=L,
+                                             seed=seed))
+                samples += [{"run": "r", "model": model, "task": "loss_scaling", "seed": seed, "kind": "window",
+                             "eval_ctx": L, "doc": doc, "start": start, "targets": "same", "scored_loss": loss}
+                            for doc, start, loss in windows]
     return rows, samples
 
 
-def _latency_run(repeats: int) -> tuple[list[dict], list[dict]]:
-    """(table rows, timing samples): TTT-E2E's prefill twice as fast as full attention's."""
+def _latency_run(repeats: int | dict[int, int], seeds: tuple[int, ...] = (0,)) -> tuple[list[dict], list[dict]]:
+    """(table rows, timing samples): TTT-E2E's prefill twice as fast as full attention's, timed
+    ``repeats`` times (or as many as it gives each context); seed s's timings (1 + 0.3 s) times
+    slower (another process, another load)."""
     rng = np.random.default_rng(3)
     rows, samples = [], []
-    for model, seconds in (("full_attention", 0.02), ("ttt_e2e", 0.01)):
-        for L in CONTEXTS:
-            reps = list(seconds * L / 1024 * (1 + rng.normal(0, 0.02, repeats)))
-            est = stats.bootstrap_median(reps)
-            rows.append(results.make_row("prefill_s", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=repeats,
-                                         run="r", model=model, arch=model, task="latency", eval_ctx=L,
-                                         batch_size=1, seed=0))
-            samples.append({"run": "r", "model": model, "task": "latency", "seed": 0, "kind": "timing",
-                            "phase": "prefill", "eval_ctx": L, "batch_size": 1, "seconds": reps})
+    for seed in seeds:
+        for model, seconds in (("full_attention", 0.02), ("ttt_e2e", 0.01)):
+            for L in CONTEXTS:
+                n = repeats[L] if isinstance(repeats, dict) else repeats
+                reps = list(seconds * (1 + 0.3 * seed) * L / 1024 * (1 + rng.normal(0, 0.02, n)))
+                est = stats.bootstrap_median(reps)
+                rows.append(results.make_row("prefill_s", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=n,
+                                             run="r", model=model, arch=model, task="latency", eval_ctx=L,
+                                             batch_size=1, seed=seed))
+                samples.append({"run": "r", "model": model, "task": "latency", "seed": seed, "kind": "timing",
+                                "phase": "prefill", "eval_ctx": L, "batch_size": 1, "seconds": reps})
     return rows, samples
 
 
@@ -77,8 +84,42 @@ def test_the_loss_gap_gets_a_paired_interval_that_resolves_what_the_losses_own_d
         assert np.isnan(_cell(t["loss_gap"], "full_attention", L)[1])  # the reference's own gap is exactly 0
     text = tables.render_markdown(t["loss_gap"])
     assert "a 95% bootstrap interval of the gap paired by target window over documents" in text
+    assert "(each window's loss minus full attention's on it; documents resampled)" in text
     assert re.search(r"\| -0\.0\d\d (± 0\.00\d|\[-0\.0\d\d, -0\.0\d\d\]) \|", text)
     assert tables.summary_tables(table, samples=None)["loss_gap"].attrs["ci_low"].isna().all().all()
+
+
+def test_a_gap_over_training_seeds_pairs_each_seed_s_windows_and_resamples_seeds_too():
+    """Two seeds' models scored the same windows: each window pairs with its own seed's reference
+    (the seed is part of the key), the interval resamples seeds as well as documents, and the
+    footnote says the gap's interval is its own, not one over seeds."""
+    rows, samples = _loss_run(seeds=(0, 1))
+    table = results.validate(rows)
+    gap = tables.summary_tables(table, samples=claims.RunData(table, samples))["loss_gap"]
+    for L in CONTEXTS:
+        value, low, high = _cell(gap, "ttt_e2e", L)
+        est = claims.loss_gap(claims.RunData(table, samples), "ttt_e2e", "full_attention", L)
+        assert (value, low, high) == pytest.approx((est.value, est.ci_low, est.ci_high)) and low < value < high < 0
+        assert [s for s, _ in est.per_seed] == [0, 1]
+    assert tables.footnotes(gap) == [
+        "± and [low, high]: a 95% bootstrap interval of the gap paired by target window over documents (each window's "
+        "loss minus full attention's on it; documents and training seeds resampled)",
+        "A value over several training seeds (up to 2) is their mean"]
+
+
+def test_models_named_otherwise_than_their_architecture_get_their_intervals():
+    """The samples name models, not architectures: a run's models named ``fa-small`` and
+    ``ttt-small`` are found by their names."""
+    rows, samples = _loss_run()
+    names = {"full_attention": "fa-small", "ttt_e2e": "ttt-small"}
+    rows = [{**r, "model": names[r["model"]]} for r in rows]
+    samples = [{**s, "model": names[s["model"]]} for s in samples]
+    table = results.validate(rows)
+    gap = tables.summary_tables(table, samples=claims.RunData(table, samples))["loss_gap"]
+    for L in CONTEXTS:
+        value, low, high = gap.loc[("ttt-small", "ttt_e2e"), L], *(gap.attrs[e].loc[("ttt-small", "ttt_e2e"), L]
+                                                                   for e in ("ci_low", "ci_high"))
+        assert low < value < high < 0
 
 
 def test_a_gap_whose_windows_do_not_pair_stays_bare_and_the_footnote_counts_it():
@@ -91,7 +132,7 @@ def test_a_gap_whose_windows_do_not_pair_stays_bare_and_the_footnote_counts_it()
     assert "1 gap(s) without one: not scored on the same windows" in tables.render_markdown(gap)
 
 
-@pytest.mark.parametrize("repeats, spread", [(3, True), (8, False)])
+@pytest.mark.parametrize("repeats, spread", [(3, True), (8, False), ({256: 8, 1024: 3}, True)])
 def test_speedups_get_the_claims_interval_over_timing_repeats(repeats, spread):
     rows, samples = _latency_run(repeats)
     table = results.validate(rows)
@@ -103,10 +144,30 @@ def test_speedups_get_the_claims_interval_over_timing_repeats(repeats, spread):
         assert _cell(speed, "ttt_e2e", L) == pytest.approx((est.value, est.ci_low, est.ci_high))
         assert est.ci_low < est.value < est.ci_high
     text = tables.render_markdown(speed)
+    fewest = min(repeats.values()) if isinstance(repeats, dict) else repeats
     assert ("a bootstrap spread of the ratio of medians (each model's timings resampled on their own) over as few "
-            f"as {repeats} timings, not a 95% interval" in text) == spread
+            f"as {fewest} timings, not a 95% interval" in text) == spread
     assert ("a 95% bootstrap interval of the ratio of medians (each model's timings resampled on their own) over "
             "timing repeats" in text) == (not spread)
+
+
+def test_a_speedup_over_seeds_that_the_pooled_repeats_do_not_give_stays_bare_and_is_counted():
+    """Over two seeds a speed-up is the ratio of the seeds' mean medians; the repeats pooled over
+    seeds give another value, so their interval is not this value's: the cell stays bare and the
+    footnote counts it. Where one seed alone was timed (1K here) the repeats give the value."""
+    rows, samples = _latency_run(8, seeds=(0, 1))
+    rows = [r for r in rows if r["seed"] == 0 or r["eval_ctx"] == 256]
+    samples = [s for s in samples if s["seed"] == 0 or s["eval_ctx"] == 256]
+    table = results.validate(rows)
+    run = claims.RunData(table, samples)
+    speed = tables.summary_tables(table, samples=run)["prefill_speedup"]
+    pooled = {L: claims.speedup(run.timings("full_attention", "prefill", 1)[L], run.timings("ttt_e2e", "prefill", 1)[L], L)
+              for L in CONTEXTS}
+    value, low, _ = _cell(speed, "ttt_e2e", 256)
+    assert abs(pooled[256].value - value) > 1e-6 and np.isnan(low)  # the premise, and no interval
+    assert _cell(speed, "ttt_e2e", 1024) == pytest.approx((pooled[1024].value, pooled[1024].ci_low, pooled[1024].ci_high))
+    assert speed.attrs["note"].endswith("; 1 speed-up(s) without one: the samples do not give its value (no repeats, "
+                                        "a mean over seeds)"), speed.attrs["note"]
 
 
 def _write_run(folder: Path, rows: list[dict], samples: list[dict]) -> None:
@@ -123,6 +184,18 @@ def test_lcbench_table_reads_the_folders_samples(tmp_path):
     assert out.exit_code == 0, out.output
     assert "paired by target window over documents" in out.output
     assert "a bootstrap spread of the ratio of medians" in out.output
+
+
+def test_lcbench_quick_s_tables_carry_the_intervals_lcbench_table_gives(tmp_path, capsys):
+    """`lcbench quick` prints and writes its sweep's tables as `lcbench table` does: from the samples."""
+    from harness import cli
+
+    rows, samples = _loss_run()
+    _write_run(tmp_path, rows, samples)
+    cli._figures_and_tables(str(tmp_path))
+    assert "paired by target window over documents" in capsys.readouterr().out
+    written = "".join(p.read_text() for p in (tmp_path / "tables").glob("*.md"))
+    assert "paired by target window over documents" in written
 
 
 def _without_new_intervals(text: str) -> str:
@@ -151,3 +224,19 @@ def test_paper_small_prints_as_before_without_its_samples_and_only_gains_the_new
     assert "paired by target window" not in out.output and "ratio of medians" not in out.output
     assert out.output == _without_new_intervals(committed)
     assert out.output != committed
+
+
+NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+
+
+def test_paper_small_s_committed_tables_are_made_again_from_its_committed_samples():
+    """The committed tables.md is `lcbench table` of the folder with its samples: its gap and
+    speed-up intervals (and which cells have one) come out again from the files beside it, every
+    number within one unit of its last printed digit (float sums may round otherwise on another CPU)."""
+    out = CliRunner().invoke(main, ["table", str(PAPER_SMALL), "--no-save"])
+    assert out.exit_code == 0, out.output
+    committed = (PAPER_SMALL / "tables.md").read_text()
+    assert NUMBER.sub("#", out.output) == NUMBER.sub("#", committed)
+    for new, old in zip(NUMBER.findall(out.output), NUMBER.findall(committed), strict=True):
+        last_digit = 10.0 ** -len(old.partition(".")[2])
+        assert abs(float(new) - float(old)) <= last_digit * 1.0001, (new, old)

@@ -415,6 +415,20 @@ def test_each_niah_prompt_records_a_digest_of_what_the_model_read(corpus, tmp_pa
     assert {p for p in reference if other[p] != reference[p]} == {p for p in reference if p.startswith("multikey/")}
 
 
+def test_a_read_digest_is_each_part_s_length_and_ids_as_little_endian_int64_hashed():
+    """Digests are kept in sample records and compared with those of runs made earlier (a resumed
+    sweep, another model's committed cells): the bytes hashed are part of the format. The same ids
+    cut into other parts digest apart."""
+    import hashlib
+
+    from tasks.niah import read_digest
+
+    parts = [[1, 2], [3, 2**40]]
+    data = b"".join(int(x).to_bytes(8, "little", signed=True) for ids in parts for x in (len(ids), *ids))
+    assert read_digest(parts) == hashlib.sha256(data).hexdigest()[:16]
+    assert len({read_digest([[1, 2], [3]]), read_digest([[1], [2, 3]]), read_digest([[1, 2, 3]])}) == 3
+
+
 @pytest.mark.parametrize("option, match", [
     ("depths", "'depths' must hold at least one depth in \\[0, 1\\]"),  # was: status nan rows, "gen_match is nan"
     ("variants", "'variants' must name at least one of single, multikey, multivalue, multiquery"),
