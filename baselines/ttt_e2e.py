@@ -320,6 +320,10 @@ class TTTE2ELM(AttentionLM):
         self.inner_lr_now = config.inner_lr  # set from the outer step by on_train_step
         self._steady_steps: dict[str, Any] = {}  # inner_step -> the compiled or captured step
 
+    @classmethod
+    def kernel_choices(cls, config: TTTConfig) -> dict[str, str]:
+        return {"backend": config.backend, "prefix_backend": config.prefix_backend, "inner_loss": config.inner_loss}
+
     def make_mixer(self, layer_idx: int) -> nn.Module:
         c = self.config
         if layer_idx >= self.n_prefix:

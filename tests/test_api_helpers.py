@@ -94,7 +94,7 @@ def test_guard_drops_the_failed_frames_so_their_memory_is_freed():
 
 def test_a_kernel_needs_cuda_and_says_so():
     kernel = Kernel("mixer", "fast", lambda: "ops", install="pip install fast", fallback="torch")
-    assert kernel.unavailable_reason(CPU) == "it needs a CUDA device (the input is on cpu)"
+    assert kernel.unavailable_reason(CPU) == "it needs a CUDA device (the device is cpu)"
     assert not kernel.available(CPU) and kernel.available(CUDA)  # the import works; only the device is wrong
     with pytest.raises(BackendUnavailableError, match="mixer backend 'fast' is unavailable: it needs a CUDA device.*"
                                                       "backend='torch'"):
@@ -144,7 +144,7 @@ def test_kernel_report_lists_each_kernel_once_with_its_users_and_why_not():
     rows = kernel_report({"a": (shared,), "b": (shared, broken), "c": ()}, CPU)
     assert rows == [
         {"mixer": "attention", "backend": "fast", "used by": "a, b", "installed": f"torch {metadata.version('torch')}",
-         "runs here": "no: it needs a CUDA device (the input is on cpu)"},
+         "runs here": "no: it needs a CUDA device (the device is cpu)"},
         {"mixer": "ssm", "backend": "broken", "used by": "b", "installed": "lcbench-no-such-package not installed",
          "runs here": "no: importing it failed (ZeroDivisionError: division by zero); install it with `pip install broken`"},
     ]

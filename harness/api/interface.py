@@ -229,6 +229,13 @@ class LCModel(nn.Module):
         own says what its config says."""
         return self.config.backend
 
+    @classmethod
+    def kernel_choices(cls, config: ModelConfig) -> dict[str, str]:
+        """The config's settings that pick one of :attr:`kernels`, with their values: a run refuses
+        one naming a kernel that cannot run on its device before any work
+        (:func:`harness.api.kernels.refusals`). An architecture whose other fields pick kernels adds them."""
+        return {"backend": config.backend}
+
     def kernel_settings(self, device: torch.device) -> dict[str, Any]:
         """Settings the backend that runs on ``device`` applies in place of the config's (a kernel
         that takes only some chunk lengths: ``{"chunk_size": 64}``); empty when it runs the config

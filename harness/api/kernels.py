@@ -4,8 +4,9 @@ A mixer may call kernels from an optional package (flash-linear-attention, mamba
 FlexAttention). :class:`Kernel` imports them once, on first need; any failure to import (package
 missing, Triton without a driver, a release too old) makes the backend unavailable, never a
 crash. :meth:`Kernel.unavailable_reason` is the one answer every mixer gives (``None``: it can
-run), :meth:`Kernel.ops` the one error, :func:`pick_backend` resolves ``backend="auto"``, and
-:func:`kernel_report` lists the kernels architectures declare (``lcbench list --kernels``).
+run), :meth:`Kernel.ops` the one error (:func:`refusals` the same, said before a run),
+:func:`pick_backend` resolves ``backend="auto"``, and :func:`kernel_report` lists the kernels
+architectures declare (``lcbench list --kernels``).
 A chunked kernel that takes only some chunk lengths runs another for a config's that it cannot
 (:meth:`Kernel.chunk_kwargs`): it says so once, and :func:`chunk_settings` is what a run records.
 """
@@ -63,12 +64,29 @@ class Kernel:
         """Drop the cached import (after installing a package, or in tests)."""
         self._imported = None
 
+    def device_reason(self, device: torch.device) -> str | None:
+        """Why the backend cannot run on a device of ``device``'s kind, whatever is installed."""
+        if self.needs_cuda and device.type != "cuda":
+            return f"it needs a CUDA device (the device is {device.type})"
+        return None
+
     def unavailable_reason(self, device: torch.device) -> str | None:
         """Why the backend cannot run on ``device``, or None when it can."""
-        if self.needs_cuda and device.type != "cuda":
-            return f"it needs a CUDA device (the input is on {device.type})"
+        reason = self.device_reason(device)
+        if reason is not None:
+            return reason
         error = self.imported()[1]
         return None if error is None else f"importing it failed ({error}); install it with `{self.install}`"
+
+    def refusal(self, device: torch.device, setting: str = "backend", imports: bool = True) -> str | None:
+        """Why the config setting ``setting`` naming this backend cannot run on ``device``, and what
+        runs instead; None when it can run. ``imports=False``: only what the device's kind tells (a
+        plan for other machines, whose packages this one may lack)."""
+        reason = self.unavailable_reason(device) if imports else self.device_reason(device)
+        if reason is None:
+            return None
+        return (f"{self.mixer} backend {self.name!r} is unavailable: {reason}. Use {setting}={self.fallback!r} "
+                "(runs anywhere) or 'auto' (the fastest backend that runs here)")
 
     def available(self, device: torch.device) -> bool:
         return self.unavailable_reason(device) is None
@@ -96,12 +114,9 @@ class Kernel:
 
     def ops(self, device: torch.device) -> Any:
         """The imported ops, or :class:`BackendUnavailableError` saying why not and what to use instead."""
-        reason = self.unavailable_reason(device)
-        if reason is not None:
-            raise BackendUnavailableError(
-                f"{self.mixer} backend {self.name!r} is unavailable: {reason}. Use backend={self.fallback!r} "
-                "(runs anywhere) or 'auto' (the fastest backend that runs here)"
-            )
+        refusal = self.refusal(device)
+        if refusal is not None:
+            raise BackendUnavailableError(refusal)
         return self.imported()[0]
 
 
@@ -112,6 +127,16 @@ def pick_backend(requested: str, kernels: Sequence[Kernel], device: torch.device
     if requested != "auto":
         return requested
     return next((k.name for k in kernels if k.available(device)), fallback)
+
+
+def refusals(choices: Mapping[str, str], kernels: Sequence[Kernel], device: torch.device,
+             imports: bool = True) -> list[str]:
+    """One line per setting of ``choices`` (config field -> the backend it names, as
+    ``LCModel.kernel_choices`` gives them) that names one of ``kernels`` unable to run on
+    ``device``: what a run refuses before any work (``imports`` as :meth:`Kernel.refusal` takes it)."""
+    by_name = {kernel.name: kernel for kernel in kernels}
+    found = (by_name[value].refusal(device, setting, imports) for setting, value in choices.items() if value in by_name)
+    return [line for line in found if line is not None]
 
 
 def chunk_settings(kernels: Sequence[Kernel], backend: str, chunk_size: int) -> dict[str, int]:
