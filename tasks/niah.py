@@ -50,6 +50,7 @@ log-probabilities.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -285,14 +286,32 @@ class PromptBuilder:
     def probe_answer(self, key: str) -> list[int]:
         return self.encode(ANSWER_ONE.format(kind=self.opts.value_kind, key=key))
 
-    def build(self, variant: str, haystack: str, length: int, depth: float, index: int) -> Prompt:
+    def draw(self, variant: str, haystack: str, length: int, depth: float,
+             index: int) -> tuple[np.random.Generator, list[Needle], list[str], list[list[int]], list[list[int]]]:
+        """Everything of a prompt but its haystack: (its generator, needles, asked keys, the ids
+        of its header, question and answer start, each needle's ids)."""
         rng = np.random.default_rng([self.seed, VARIANTS.index(variant), HAYSTACKS.index(haystack), length,
                                      int(round(depth * 10_000)), index])
         needles, asked = self.needles(variant, depth, rng)
         header, needle_texts, question, answer = self.texts(needles, asked)
-        header_ids, question_ids, answer_ids = self.encode(header), self.encode(question), self.encode(answer)
-        needle_ids = [self.encode(t) for t in needle_texts]
-        budget = length - len(header_ids) - len(question_ids) - len(answer_ids) - sum(map(len, needle_ids))
+        return rng, needles, asked, [self.encode(t) for t in (header, question, answer)], list(map(self.encode, needle_texts))
+
+    def need(self, length: int) -> tuple[int, str]:
+        """(the most tokens a prompt of ``length`` of the options takes before its haystack, the
+        variant of that prompt)."""
+        o = self.opts
+        return max((self.fixed_tokens(v, h, length, d, i), v)
+                   for v, h, d, i in itertools.product(o.variants, o.haystacks, o.depths, range(o.samples)))
+
+    def fixed_tokens(self, variant: str, haystack: str, length: int, depth: float, index: int) -> int:
+        """The tokens of a prompt that are not its haystack."""
+        *_, fixed, needles = self.draw(variant, haystack, length, depth, index)
+        return sum(map(len, fixed + needles))
+
+    def build(self, variant: str, haystack: str, length: int, depth: float, index: int) -> Prompt:
+        rng, needles, asked, (header_ids, question_ids, answer_ids), needle_ids = self.draw(variant, haystack, length,
+                                                                                             depth, index)
+        budget = length - sum(map(len, [header_ids, question_ids, answer_ids, *needle_ids]))
         if budget < 0:
             raise PromptTooLong(f"{length} tokens is too short for a {variant} prompt: it needs "
                                 f"{length - budget} tokens without any haystack")
@@ -422,6 +441,23 @@ class NIAH(Task):
                 rows.append(self._row(metric, pooled, options, ctx, **where))
         bar.close()
         return rows
+
+    def check_context(self, options: NIAHOptions, tokenizer, seed: int) -> list[str]:
+        """A context shorter than a prompt's header, needles, question and answer start (which the
+        run would give error rows for, after the model trained), with a length that fits."""
+        builder = PromptBuilder(tokenizer, torch.zeros(0, dtype=torch.int64), options, seed)
+        problems = []
+        for length in options.contexts:
+            need, variant = builder.need(length)
+            if need <= length:
+                continue
+            fits = need
+            while (more := builder.need(fits)[0]) > fits:  # prompts are drawn anew at each length
+                fits = more
+            problems.append(f"niah context {length} is too short: a {variant} prompt takes {need} tokens before any "
+                            f"haystack (header, needles, question, answer start); a context of {fits} fits every prompt of "
+                            "these options")
+        return problems
 
     @staticmethod
     def _metrics(options: NIAHOptions) -> list[str]:

@@ -111,6 +111,14 @@ class Task:
     def run(self, model: LCModel, options: Any, ctx: RunContext) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def check_context(self, options: Any, tokenizer: Any, seed: int) -> list[str]:
+        """What in ``options`` is bound to fail before any model runs, one line each (the value,
+        why, what would work): a context too short for the task's prompts, say. ``tokenizer``: the
+        one the run reads text with (None where the options are no :class:`DataOptions`); ``seed``:
+        the run's. A sweep asks for every cell before any model trains, ``lcbench eval`` before
+        the task runs; the base class finds nothing."""
+        return []
+
 
 def function_task(fn: Callable, model: LCModel, raw: Mapping[str, Any] | None, ctx: RunContext, task: str) -> Any:
     """Run a task registered as a plain function ``fn(model, [ctx,] **options)``."""
