@@ -19,7 +19,7 @@ import json
 import os
 import time
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +32,13 @@ from harness.api import registry, results
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.contract import check_outputs
 from harness.api.errors import ConfigError, LcbenchError, close_match
-from harness.api.interface import LCModel
+from harness.api.interface import LCModel, ModelConfig
 from harness.api.failures import failure_rows, require_finite_weights
+from harness.api.kernels import refusals
 from harness.api.options import convert_options, describe_options, parse_options
-from harness.api.task import ModelInfo, RunContext, Task, check_function_options, function_task
+from harness.api.task import DataOptions, ModelInfo, RunContext, Task, check_function_options, function_task
 from harness.api.staging import made_for_results
-from harness.data.heldout import heldout_documents
+from harness.data.heldout import heldout_documents, model_tokenizer
 from harness.runs.provenance import git_commit, run_metadata, write_run_json
 from harness.train import checkpoint
 from harness.train.trainer import TRAINED_DATA_KEYS, TRAINED_ON_ATTR
@@ -159,6 +160,36 @@ def check_task_options(task_name: str, options: Mapping[str, Any] | None) -> dic
     return dict(options or {})
 
 
+def context_problems(task_name: str, options: Mapping[str, Any] | None, tokenizer: Callable[[DataOptions], Any],
+                     seed: int) -> list[str]:
+    """What the task's ``check_context`` finds bound to fail in ``options``, one line each (a
+    function task checks nothing); ``tokenizer(parsed options)`` gives the tokenizer the run reads
+    text with, asked only of a task that checks and reads text."""
+    task = registry.get_task(task_name)
+    if not (isinstance(task, type) and issubclass(task, Task)) or task.check_context is Task.check_context:
+        return []
+    parsed = parse_options(task.Options, options, task_name)
+    return task().check_context(parsed, tokenizer(parsed) if isinstance(parsed, DataOptions) else None, seed)
+
+
+def kernel_problems(arch: type[LCModel], config: ModelConfig, devices: Iterable[torch.device],
+                    imports: bool = True) -> list[str]:
+    """One line per setting of ``config`` (of architecture class ``arch``) that names a kernel
+    backend unable to run on one of ``devices`` (:func:`harness.api.kernels.refusals`; ``imports``
+    as it takes it)."""
+    lines = (line for device in devices for line in refusals(arch.kernel_choices(config), arch.kernels, device, imports))
+    return list(dict.fromkeys(lines))
+
+
+def refuse(problems: Sequence[str], what: str) -> None:
+    """Raise :class:`ConfigError` saying ``problems`` (one a line) unless there are none: ``what``
+    would fail for them, after its work."""
+    if len(problems) == 1:
+        raise ConfigError(f"{what} would fail, so nothing ran: {problems[0]}")
+    if problems:
+        raise ConfigError(f"{what} would fail, so nothing ran:\n" + "\n".join(f"  {line}" for line in problems))
+
+
 def needs_contract_check(model: LCModel) -> bool:
     """Whether the runner checks the model's outputs before a task: for a registered plugin
     architecture, built by the harness or in Python. The built-ins are proven by
@@ -254,6 +285,8 @@ def run_eval(
     # folder, which must not show the run folder that was made and is removed again
     model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
                                 name=model_name)
+    refuse(kernel_problems(type(model), model.config, [device_t]) + context_problems(
+        task_name, options, lambda parsed: model_tokenizer(parsed.tokenizer, info, model), seed), f"task {task_name!r}")
     # an unwritable folder fails before the work, too; a failed run leaves no empty folder behind
     with made_for_results(out_dir, "run folder") if out_dir is not None else nullcontext():
         run = run_name or (Path(out_dir).name if out_dir is not None else "run")

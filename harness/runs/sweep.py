@@ -25,7 +25,9 @@ content, not its path; not the settings that only say when training validates an
 content of the corpora it is trained and evaluated on (file names and bytes, hashed once per
 sweep), the task, its options (as the task reads them: ``1K`` is 1024), the kind of device (cpu or
 cuda: what ``auto`` resolves to where the work runs) and the dtype that kind gives; a record finishes a cell only under
-the model's current label, which its rows carry. The whole spec, task options included, is checked when it loads, before any model trains. A finished cell is recorded
+the model's current label, which its rows carry. The whole spec, task options included, is checked when it loads, before any model trains;
+cells that its values show are bound to fail (a kernel that cannot run on the device, a context a
+task's ``check_context`` finds too short) are refused when the sweep starts, each in a line. A finished cell is recorded
 in the folder's :class:`~harness.runs.store.ResultStore` (its rows into the table, its record
 into ``cells.jsonl``, under a lock). Every spec that writes into a folder is kept there as
 ``specs/NAME-HASH.json`` and named by its cells' records (``spec.json`` is the one that ran
@@ -72,9 +74,10 @@ from harness.api.task import ModelInfo
 from harness.api.staging import exclusive, prepare_output
 from harness.api.timing import free_memory
 from harness.data.corpora import corpus_fingerprint, require_corpus
+from harness.data.heldout import checkpoint_tokenizer
 from harness.data.tokenizers import load_tokenizer, require_tokenizer, tokenizer_fingerprint
 from harness.runs.cluster import ClusterOptions
-from harness.runs.evaluate import check_task_options, resolve_model, run_task
+from harness.runs.evaluate import check_task_options, context_problems, kernel_problems, refuse, resolve_model, run_task
 from harness.runs.provenance import (config_hash, device_info, device_record, git_commit, package_versions, read_run_json,
                                      run_metadata, write_run_json)
 from harness.runs.store import ResultStore
@@ -86,6 +89,7 @@ SPECS_DIR = "specs"  # every spec that wrote into the folder, as NAME-HASH.json
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 TRAINING_LOCKS_DIR = ".locks"  # a sweep folder's lock per checkpoint, held while a process trains into it
+MAX_PROBLEMS_SHOWN = 20  # lines of a refused sweep's error (one per problem found before any work)
 
 
 def _safe_name(text: str) -> str:
@@ -439,16 +443,38 @@ class SeededModel:
             self.fingerprints[source] = corpus_fingerprint(source)
         return self.fingerprints[source]
 
+    def trained_settings(self) -> dict[str, Any]:
+        """The training settings of the model: {} untrained, or for a weights-only checkpoint."""
+        if self.entry.untrained:
+            return {}
+        if self.entry.checkpoint is None:
+            return self.train_config().to_dict()
+        try:
+            return checkpoint.load_trainer_state(self.entry.checkpoint)[0].get("train_config") or {}
+        except checkpoint.CheckpointError:
+            return {}
+
     def training_corpus(self) -> str | None:
         """The corpus the model was trained on (a task's default corpus); None: the embedded one."""
-        if self.entry.untrained:
-            return None
-        if self.entry.checkpoint is None:
-            return self.train_config().corpus
-        try:
-            return (checkpoint.load_trainer_state(self.entry.checkpoint)[0].get("train_config") or {}).get("corpus")
-        except checkpoint.CheckpointError:  # weights only: tasks read the embedded corpus
-            return None
+        return self.trained_settings().get("corpus")
+
+    def tokenizer(self) -> str | None:
+        """The tokenizer its tasks read text with unless they name one (None: bytes)."""
+        return checkpoint_tokenizer(ModelInfo(self.label, self.entry.arch, 0, train_config=self.trained_settings(),
+                                              path=self.entry.checkpoint))
+
+    def kernel_problems(self, imports: bool = True) -> list[str]:
+        """Settings of its config naming a kernel backend that cannot run where it trains or is
+        evaluated (:func:`~harness.runs.evaluate.kernel_problems`)."""
+        if self.entry.checkpoint is not None:
+            config = checkpoint.read_config(self.entry.checkpoint)
+        else:
+            config = self.model_config()
+        kinds = [device_kind(self.spec.device, self.auto_device)]
+        if self.entry.checkpoint is None and not self.entry.untrained:
+            kinds.append(device_kind(self.train_config().device, self.auto_device))
+        return kernel_problems(registry.get_model_class(self.entry.arch), config,
+                               [torch.device(kind) for kind in dict.fromkeys(kinds)], imports)
 
     def checkpoint_dir(self, out_dir: Path) -> Path:
         if self.entry.checkpoint is not None:
@@ -540,6 +566,42 @@ def plan(spec: SweepSpec, auto_device: str | None = None) -> list[Cell]:
                       **compute_kind(spec.device, spec.dtype, auto_device)}
             cells.append(Cell(config_hash(fields), model, task, options))
     return cells
+
+
+def check_cells(cells: list[Cell], imports: bool = True) -> None:
+    """Refuse (:class:`ConfigError`, one line per problem) ``cells`` bound to fail for what their
+    spec shows, before any model trains: a kernel backend that cannot run where a model trains or is
+    evaluated, options a task's ``check_context`` refuses (a context too short for its prompts).
+    ``imports=False``: only what the devices' kinds tell (cells planned for other machines)."""
+    problems: dict[str, None] = {}  # in order, each once
+    tokenizers: dict[str | None, Any] = {}
+    checked: set[tuple[str, int]] = set()  # a task cell read with a tokenizer, and a seed: asked once for all models
+    told: set[str] = set()  # a task cell read with a tokenizer: told once, for the first seed it fails for
+
+    def tokenizer(name: str | None) -> Any:
+        if name not in tokenizers:
+            tokenizers[name] = load_tokenizer(name)
+        return tokenizers[name]
+
+    for group in cells_by_model(cells):
+        model = group[0].model
+        problems.update((f"model {model.label!r}: {line}", None) for line in model.kernel_problems(imports))
+        own = model.tokenizer()
+        for cell in group:
+            where = json.dumps([cell.task, cell.options, own], sort_keys=True, default=str)
+            if where in told or (where, cell.seed) in checked:
+                continue
+            checked.add((where, cell.seed))
+            found = context_problems(cell.task, cell.options, lambda parsed: tokenizer(parsed.tokenizer or own),
+                                     cell.seed)
+            if found:
+                told.add(where)
+                read_by = f" (tokenizer {own!r})" if own is not None else ""
+                problems.update((f"{cell.task} {cell.options}{read_by}: {line}", None) for line in found)
+    lines = list(problems)
+    if len(lines) > MAX_PROBLEMS_SHOWN:
+        lines[MAX_PROBLEMS_SHOWN:] = [f"... and {len(lines) - MAX_PROBLEMS_SHOWN} more"]
+    refuse(lines, "this sweep")
 
 
 def _task_cells(spec: SweepSpec, length: int | None) -> list[_TaskCell]:
@@ -673,11 +735,13 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, progress: bool = True
 
 def start_sweep(spec: SweepSpec, out_dir: str | os.PathLike, retry_failed: bool = False,
                 auto_device: str | None = None) -> tuple[Path, list[Cell], list[Cell]]:
-    """Plan the cells of ``spec`` (bad input fails here, before the folder is touched), create the
-    sweep folder (clearing stale staged writes) and record the spec in it: kept under ``specs/``
-    with every spec that wrote there, and as ``spec.json``, the last to run. Returns the folder,
-    every cell of the spec and the :func:`unfinished` ones. ``auto_device``: as :func:`plan` takes it."""
+    """Plan the cells of ``spec`` (bad input and cells bound to fail, :func:`check_cells`, fail
+    here, before the folder is touched), create the sweep folder (clearing stale staged writes)
+    and record the spec in it: kept under ``specs/`` with every spec that wrote there, and as
+    ``spec.json``, the last to run. Returns the folder, every cell of the spec and the
+    :func:`unfinished` ones. ``auto_device``: as :func:`plan` takes it."""
     cells = plan(spec, auto_device)
+    check_cells(cells, imports=auto_device is None)  # a cluster's machines may have packages this one lacks
     out_dir = prepare_output(out_dir, "sweep folder")
     record_spec(spec, out_dir)
     results.atomic_write(out_dir / SPEC_FILE, lambda f: f.write(json.dumps(spec.to_dict(), indent=2)))
