@@ -65,7 +65,11 @@ def friendly_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except BaseException:
+                close_progress_bars()
+                raise
         except LcbenchError as exc:
             raise UserError(str(exc)) from exc
         except (FloatingPointError, MemoryError, OSError, DistributedError) as exc:
@@ -79,6 +83,15 @@ def friendly_errors(fn: Callable) -> Callable:
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
+
+
+def close_progress_bars() -> None:
+    """Close the progress bars an error left drawn: a bar's line ends without a newline, and the
+    error's line would be printed on the end of it."""
+    from tqdm.std import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def resumes(how: str) -> Callable[[Callable], Callable]:
