@@ -47,3 +47,13 @@ def bad_sample_task(model, ctx):
     """Records a sample that JSON cannot hold (a set), then a good row."""
     ctx.record(pairs={1, 2})
     return [results.make_row("loss", 1.0)]
+
+
+@registry.register_task("test_refused_mid_bar")
+def refused_mid_bar_task(model, ctx):
+    """Bad input found while its progress bar is drawn (a plugin's, or a late check's)."""
+    from harness.api.errors import ConfigError
+
+    bar = ctx.bar(total=2, desc="probe")
+    bar.update(1)
+    raise ConfigError("the second step is refused")
