@@ -608,6 +608,25 @@ def test_a_latency_cell_starts_only_if_the_slowest_shorter_cell_scaled_up_fits(t
     assert steps.loc["swa:125m@128", "message"] == "expected to take 20 s; 11 s left"
 
 
+def test_a_latency_cell_its_sweep_refuses_is_recorded_failed_and_the_next_cells_run(tmp_path, monkeypatch):
+    """A sweep refuses a kernel that cannot run here before any work (ConfigError); the latency
+    step stopped there and lost every cell after it, where a failed cell had been recorded."""
+    ran = []
+
+    def run_sweep(spec, folder, progress):
+        ran.append(spec.models[0].arch)
+        if len(ran) == 1:
+            raise ConfigError("this sweep would fail, so nothing ran: attention backend 'flex' is unavailable")
+        return SimpleNamespace(table=pd.DataFrame([{"status": "ok", "message": ""}]))
+
+    monkeypatch.setattr(latency, "run_sweep", run_sweep)
+    cfg = KitConfig.dry(archs=["swa", "mamba2"], contexts=[64])
+    latency.run(cfg, tmp_path, Clock.after(600), ledger.Ledger(tmp_path / LEDGER_FILE, "latency"))
+    steps = ledger.read(tmp_path / LEDGER_FILE)
+    assert ran == ["swa", "mamba2"] and list(steps["status"]) == ["failed", "ok"]
+    assert "backend 'flex' is unavailable" in steps["message"].iloc[0]
+
+
 def test_no_latency_cell_starts_with_less_than_the_least_time_an_item_is_given(tmp_path, monkeypatch):
     now = FakeTime(monkeypatch)
     ran = fake_latency_cells(monkeypatch, now, {}, {})

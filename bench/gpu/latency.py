@@ -69,7 +69,11 @@ def run_cells(cfg: KitConfig, size: str, contexts: list[int], out: Path, clock: 
             continue
         folder = out / "cells" / "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
         started = time.time()
-        result = run_sweep(cell_spec(spec, entry, ctx, cfg), folder, progress=False)
+        try:
+            result = run_sweep(cell_spec(spec, entry, ctx, cfg), folder, progress=False)
+        except ConfigError as error:  # refused before any work (a kernel that cannot run here): the next cells go on
+            ledger.record(name, "failed", time.time() - started, str(error))
+            continue
         seconds = time.time() - started
         slowest[ctx] = max(slowest.get(ctx, 0.0), seconds)
         folders.append(folder)
