@@ -330,9 +330,10 @@ def test_the_gain_by_size_counts_seeds_not_runs_and_gives_runs_of_one_seed_no_in
     from tasks import ttt_neighbors
 
     def gains(measured):
-        return pd.DataFrame([dict(run=f"r{i}", model="ttt_e2e:s", arch="ttt_e2e", params=1e5, task="ttt_neighbors",
-                                  metric="gain", variant="neighbors", eval_ctx=256, seed=s, value=g, ci_low=g - 0.01,
-                                  ci_high=g + 0.01, status="ok") for i, (s, g) in enumerate(measured)])
+        return pd.DataFrame([{"run": f"r{i}", "model": "ttt_e2e:s", "arch": "ttt_e2e", "params": 1e5,
+                              "task": "ttt_neighbors", "metric": "gain", "variant": "neighbors", "eval_ctx": 256,
+                              "seed": s, "value": g, "ci_low": g - 0.01, "ci_high": g + 0.01, "status": "ok"}
+                             for i, (s, g) in enumerate(measured)])
 
     fig = ttt_neighbors._gain_vs_size(gains([(0, 0.1), (0, 0.3)]))
     bars = [seg for c in fig.axes[0].collections for seg in c.get_segments() if len(seg) and np.isfinite(seg).all()]
