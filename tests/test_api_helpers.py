@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.api.decoding import greedy_decode
-from harness.api.errors import BackendUnavailableError
+from harness.api.errors import BackendUnavailableError, missing_path_error
 from harness.api.failures import MESSAGE_LIMIT, FailureGuard, failure_rows, failure_status
 from harness.api.kernels import Kernel, kernel_report, pick_backend
 from harness.api.results import validate
@@ -268,3 +268,16 @@ def test_dropping_tracebacks_walks_explicit_and_implicit_chains_and_stops_at_a_c
     looped.__context__ = RuntimeError("b")
     looped.__context__.__context__ = looped
     drop_tracebacks(looped)  # returns: a cycle is walked once
+
+
+def test_a_missing_path_names_what_its_folder_holds_or_the_nearest_folder_that_exists(tmp_path):
+    """The folder's listing stops at 20 names and counts the rest; an empty folder says so; a
+    path whose folder is missing too names the nearest folder that exists."""
+    for i in range(22):
+        (tmp_path / f"f{i:02d}").touch()
+    msg = str(missing_path_error("checkpoint", tmp_path / "zz", "a folder"))
+    assert msg.endswith("f19, ... (2 more)") and "f20" not in msg
+    (tmp_path / "empty").mkdir()
+    assert str(missing_path_error("checkpoint", tmp_path / "empty" / "x", "a folder")).endswith("holds: (empty)")
+    msg = str(missing_path_error("checkpoint", tmp_path / "no" / "such" / "x", "a folder"))
+    assert msg.endswith(f"Its folder does not exist either; the nearest that does is {str(tmp_path)!r}")

@@ -269,3 +269,14 @@ def test_a_sharded_save_never_replaces_a_folder_lcbench_did_not_write(tmp_path):
     with pytest.raises(CheckpointError, match="holds files lcbench did not write"):
         sharded.save(mine, model, make_optimizer(model, TrainConfig()), {"step": 1})
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_of_many_checkpoints_names_four_and_says_there_are_more(tmp_path):
+    for i in range(checkpoint.MAX_NAMED + 1):
+        (tmp_path / f"m{i}").mkdir()
+        (tmp_path / f"m{i}" / checkpoint.CONFIG_FILE).write_text("{}")
+        (tmp_path / f"m{i}" / checkpoint.WEIGHTS_FILE).write_bytes(b"")
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.read_config(tmp_path)
+    named = str(err.value).split("; the checkpoints in it: ")[1]
+    assert checkpoint.MAX_NAMED == 4 and named.endswith("m3', ...") and "m4" not in named

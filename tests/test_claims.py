@@ -343,6 +343,16 @@ def test_a_window_scored_twice_at_a_length_gives_no_doubling_gain():
     claim = claims.context_claim(claims.RunData(table, samples + ttt + _windows("swa", 0.0, GROWING, np.random.default_rng(0))))
     assert claim.verdict == "undecided" and "each scored once, for full_attention, ttt_e2e" in claim.why
 
+
+def test_the_doubling_is_read_at_the_longest_same_target_length_not_a_longer_next_token_one():
+    """A model also scored with next-token targets at 2048 (the default loss_scaling windows):
+    its doubling gain is still 512 -> 1024, the longest length read with the same targets."""
+    windows = _windows("m", 0.05, GROWING, np.random.default_rng(0))
+    longer = [{**w, "eval_ctx": 2048, "start": 0, "targets": "next"} for w in windows if w["eval_ctx"] == 1024]
+    gains, longest = claims.doubling_gains(claims.RunData(pd.DataFrame(), windows + longer), "m")
+    assert longest == 1024 and len(gains) == 24
+    assert np.mean(list(gains.values())) == pytest.approx(0.05, abs=0.005)
+
 # ---------------------------------------------------------------------------------------------
 # 4-5. latency: synthetic timings whose answer is known
 

@@ -127,6 +127,12 @@ def test_resume_keeps_the_saved_model_it_is_not_given(tmp_path):
     assert changed.exit_code == 2 and "window: 8 vs 16" in changed.output  # a real change still is refused
     other = run("train", "mamba2", "--steps", "3", "--out", str(out), "--resume")
     assert other.exit_code == 2 and "it holds a swa model" in other.output, other.output
+    # --preset typed again rebuilds the model from it (the README's way to change it), which differs
+    rebuilt = run("train", "swa", "--steps", "3", "--out", str(out), "--resume", "--preset", "tiny")
+    assert rebuilt.exit_code == 2 and "window: 8 vs " in rebuilt.output, rebuilt.output
+    # a folder without a checkpoint: the trainer's own line, not a missing config.json's
+    empty = run("train", "swa", "--steps", "3", "--out", str(tmp_path / "none"), "--resume")
+    assert empty.exit_code == 2 and "nothing to resume in" in empty.output, empty.output
 
 
 def test_bad_names_give_one_clear_line():

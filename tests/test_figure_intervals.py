@@ -225,3 +225,18 @@ def test_a_speedup_the_samples_do_not_give_stays_bare_and_the_legend_says_so_cle
     fig.draw_without_rendering()
     texts = frame_texts(fig) + [t for ax in fig.axes for t in ax.texts] + fig.legends[0].get_texts()
     assert overlapping([fig.legends[0].get_title(), *texts]) == []
+
+
+def test_a_gap_by_position_the_samples_do_not_bound_stays_bare_and_the_legend_counts_it(paper_small):
+    """One window of TTT-E2E's at 1K lacks its first bin: that bin's gap is drawn without a band,
+    and the figure says so above its legend (the gap figure's footnote, one line per figure)."""
+    run, _, _ = paper_small
+    samples, cut = [], False
+    for s in run.samples:
+        if not cut and s.get("bins") and s["model"] == "ttt_e2e" and s["eval_ctx"] == 1024:
+            s, cut = {**s, "bins": s["bins"][1:], "bin_loss": s["bin_loss"][1:]}, True
+        samples.append(s)
+    assert cut
+    [fig] = _figures("loss_gap_by_position", claims.RunData(run.table, samples), run.table)
+    title = fig.legends[0].get_title().get_text().replace("\n", " ")
+    assert title == "1 gap(s) drawn without a band: not scored on the same windows"

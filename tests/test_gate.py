@@ -178,6 +178,23 @@ def test_scores_that_moved_within_name_the_cpu_kernels_of_the_reference_and_of_t
     assert "ATen" not in gate.format_gate([judged(clean, committed["machine"])])  # nothing moved: nothing to explain
 
 
+def test_a_started_layer_carries_the_machine_of_the_gate_json_read_for_the_run(tmp_path):
+    """The machine line names the references' machine from the gate.json the run read once
+    (:func:`gate._data_check`): each started layer carries it to its verdicts."""
+    from types import SimpleNamespace
+
+    pool = SimpleNamespace(submit=lambda spec, out: "sweep")
+    machine = {"cpu": "Intel Xeon", "cpu_capability": "AVX2"}
+    for layer in gate.LAYERS:
+        started = gate._start_layer(layer, tmp_path / layer, gate.gate_spec(layer), pool,
+                                    ({"data_fingerprint": "d", "machine": machine}, "d"))
+        assert started[0] == layer and started[2:] == ("sweep", machine)
+    assert gate._start_layer("eval", tmp_path / "x", gate.gate_spec("eval"), pool, ({"data_fingerprint": "d"}, "d"))[3] == {}
+    empty = SimpleNamespace(result=lambda progress: SimpleNamespace(table=check.results.validate([])))
+    for layer in gate.LAYERS:  # and each layer's verdicts keep it
+        assert gate._judge((layer, gate.gate_spec(layer), empty, machine), progress=False).references_machine == machine
+
+
 def test_a_layer_the_gate_could_not_judge_is_reported_beside_one_judged():
     """An unjudged layer has no result to read verdicts from: the report says why it was not judged."""
     unjudged = gate.LayerResult("eval", None, "cannot judge: the references were made on other data")

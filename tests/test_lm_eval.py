@@ -513,6 +513,20 @@ def test_a_missing_checkpoint_leaves_no_run_folder(local_tasks, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_run_folder_that_cannot_be_written_is_refused_before_lm_eval_runs(local_tasks, tmp_path, monkeypatch):
+    """The run folder is still checked once the model has loaded: one below a file is bad input
+    naming it, before any task is evaluated (not an OSError from the writes at the end)."""
+    import lm_eval
+
+    from harness.api.errors import ConfigError
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: pytest.fail("evaluated"))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"run folder .*notes\.txt"):
+        run_lm_eval("full_attention:tiny", ["lcbench_test_mc"], include_path=local_tasks,
+                    out_dir=tmp_path / "notes.txt" / "run", device="cpu")
+
+
 def test_a_misspelt_task_fails_before_the_model_loads_or_lm_eval_indexes_its_tasks(monkeypatch):
     """--tasks hellaswg failed only after the model had loaded and lm-eval's TaskManager had parsed
     its ~14,000 task files (35 s on 2 busy cores, about 2 minutes seen): names are read from the

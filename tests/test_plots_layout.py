@@ -9,6 +9,7 @@ import itertools
 import matplotlib
 import pandas as pd
 import pytest
+from matplotlib.collections import LineCollection
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.text import Text
@@ -248,3 +249,7 @@ def test_pareto_rings_the_points_whose_timing_is_unstable_as_the_latency_figure_
         assert to_hex(rings[0].get_markeredgecolor()) == to_hex(plots.series_styles(
             tables.prepare(results.validate(stable + unstable)))["mamba2"].color)
         assert [t.get_text() for t in ax.texts] == [tables.UNSTABLE_MARK]
+        # ring and dagger above every point and error bar, which hid the dagger where points crowd
+        below = max(c.get_zorder() for c in ax.get_children() if str(c.get_gid()).startswith(plots.SEEDS_GID)
+                    or isinstance(c, LineCollection) or (c not in rings and c in ax.lines))
+        assert min(rings[0].get_zorder(), ax.texts[0].get_zorder()) > below

@@ -100,6 +100,9 @@ def test_lcbench_s_own_entry_points_are_recorded_as_lcbench_and_other_programs_a
     assert provenance.invocation(["/work/ps38/harness/cli.py", "table", "r"]) == ["lcbench", "table", "r"]
     assert provenance.invocation(["my_sweep.py", "--fast"]) == ["my_sweep.py", "--fast"]  # a script of one's own
     assert provenance.invocation(["-c", "x"]) == ["-c", "x"] and provenance.invocation([]) == []
+    # a cli.py of one's own is no lcbench entry point: only harness/cli.py is
+    assert provenance.invocation(["/home/u/tools/cli.py", "go"]) == ["/home/u/tools/cli.py", "go"]
+
 
 def test_command_line_is_recorded_so_that_it_splits_back_into_the_same_arguments() -> None:
     argv = ["lcbench", "eval", "repeat", "my runs/swa", "-o", "contexts=128,256", ""]

@@ -353,3 +353,14 @@ def test_a_niah_heatmap_colours_accuracy_on_the_whole_0_to_1_scale():
     prep = tables.prepare(results.validate(rows))
     [(_, fig)] = plots.fig_niah_heatmaps(plots.Context(prep, plots.series_styles(prep), ["gen_match"]))
     assert fig.axes[0].images[0].get_clim() == (0, 1)
+
+
+def test_the_memory_tables_are_named_by_the_devices_the_latency_task_ran_on_alone():
+    """A table merging a GPU's loss run with a CPU's latency run: its memory is the CPU's
+    resident memory added, not a GPU's allocator peak (the loss rows measured no memory)."""
+    rows = [results.make_row("loss", 2.0, run="gpu", model="full_attention", arch="full_attention",
+                         task="loss_scaling", eval_ctx=256, device="cuda"),
+            results.make_row("prefill_peak_bytes", 2.0**20, run="cpu", model="full_attention", arch="full_attention",
+                         task="latency", eval_ctx=256, batch_size=1, device="cpu")]
+    out = tables.summary_tables(results.validate(rows))
+    assert out["prefill_peak_mib"].attrs["title"] == "Resident memory added while prefilling (MiB) by context length"

@@ -420,3 +420,13 @@ def test_a_missing_or_empty_run_folder_names_what_is_there(tmp_path):
         results.read_table(tmp_path / "runs" / "tny")
     with pytest.raises(ConfigError, match=r"no result table at .*; the run folders in it: '.*eval/niah-swa', '.*tiny'$"):
         results.read_table(tmp_path / "runs")
+
+
+def test_a_folder_of_many_runs_names_ten_and_says_there_are_more(tmp_path):
+    for i in range(11):  # one more than are named
+        results.write_table(tmp_path / "runs" / f"r{i:02d}", [{"run": "r", "model": "m", "arch": "swa", "task": "t",
+                                                                "metric": "loss", "value": 1.0, "status": "ok"}])
+    with pytest.raises(ConfigError) as err:
+        results.read_table(tmp_path / "runs")
+    listed = str(err.value).split("; the run folders in it: ")[1]
+    assert listed.endswith("r09', ...") and listed.count("'") == 20 and "r10" not in listed

@@ -324,6 +324,24 @@ def test_the_pareto_view_and_the_gain_by_size_draw_intervals_over_seeds():
     assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds;\n95% interval\nover seeds"
 
 
+def test_the_gain_by_size_counts_seeds_not_runs_and_gives_runs_of_one_seed_no_interval():
+    """Two runs of one seed: their mean is drawn without one run's interval; beside a second
+    seed, the interval is over 2 seeds (not over 3 rows)."""
+    from tasks import ttt_neighbors
+
+    def gains(measured):
+        return pd.DataFrame([{"run": f"r{i}", "model": "ttt_e2e:s", "arch": "ttt_e2e", "params": 1e5,
+                              "task": "ttt_neighbors", "metric": "gain", "variant": "neighbors", "eval_ctx": 256,
+                              "seed": s, "value": g, "ci_low": g - 0.01, "ci_high": g + 0.01, "status": "ok"}
+                             for i, (s, g) in enumerate(measured)])
+
+    fig = ttt_neighbors._gain_vs_size(gains([(0, 0.1), (0, 0.3)]))
+    bars = [seg for c in fig.axes[0].collections for seg in c.get_segments() if len(seg) and np.isfinite(seg).all()]
+    assert bars == [] and [t.get_text() for t in fig.legends[0].get_texts()] == ["ttt_e2e: TTT on neighbours"]
+    fig = ttt_neighbors._gain_vs_size(gains([(0, 0.1), (0, 0.3), (1, 0.5)]))
+    assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds;\n95% interval\nover seeds"
+
+
 def test_the_repeat_figure_names_its_band_over_seeds():
     rows = [results.make_row(metric, v + 0.1 * s, ci_low=v + 0.1 * s - 0.05, ci_high=v + 0.1 * s + 0.05, n=8, run="r",
                              model=a, arch=a, task="repeat", eval_ctx=L, seed=s)

@@ -240,3 +240,25 @@ def test_a_cache_dir_that_is_a_file_is_a_clear_error(clustered_corpus, tmp_path)
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match="embedding cache folder .* is a file"):
         run(small_model("full_attention"), clustered_corpus, tmp_path, cache_dir=str(blocker / "embeddings"))
+
+
+
+def test_the_embedding_bar_counts_windows_not_batches(monkeypatch):
+    from tqdm.auto import tqdm
+
+    counted = []
+
+    class Recording(tqdm):
+        def __init__(self, *args, **kwargs):
+            counted.append(kwargs["total"])
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            counted.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(retrieval, "tqdm", Recording)
+    model = small_model("full_attention")
+    retrieval.embed_windows(model, torch.randint(0, 256, (5, 16)), retrieval.get_embedder("hidden", model),
+                            batch_size=2, cache_dir=None, progress=True)
+    assert counted == [5, 2, 2, 1]  # the bar's total, then each batch's windows
