@@ -288,7 +288,7 @@ def _summarise(result, out: str) -> None:
 
 
 def _figures_and_tables(run_dir: str) -> None:
-    from harness.report.plots import make_figures
+    from harness.report.plots import FIGURES_DIR, make_figures
     from harness.report.tables import format_tables, summary_tables, write_tables
 
     run = _with_samples(run_dir)
@@ -296,7 +296,7 @@ def _figures_and_tables(run_dir: str) -> None:
     click.echo(format_tables(tables, "md"))
     write_tables(tables, Path(run_dir) / "tables")
     _show_notes()  # why a figure was not drawn
-    figures = make_figures(run_dir, samples=run)
+    figures = make_figures(run.table, Path(run_dir) / FIGURES_DIR, samples=run)  # the table read once
     click.echo(f"{len(figures)} figure files in {run_dir}/figures/, tables in {run_dir}/tables/")
 
 
@@ -331,11 +331,12 @@ def plot(run_dir: str, out: str | None, formats: tuple[str, ...], only: tuple[st
     """Paper figures (PNG + PDF) from a run or sweep folder; with its samples, the gaps to full attention
     and the speed-ups get the tables' intervals as bands."""
     _require_table(run_dir)
-    from harness.report.plots import make_figures
+    from harness.report.plots import FIGURES_DIR, make_figures
 
     _show_notes()
-    for path in make_figures(run_dir, out, formats, only=list(only) or None, niah_metrics=list(niah_metrics) or None,
-                             samples=_with_samples(run_dir)):
+    run = _with_samples(run_dir)
+    for path in make_figures(run.table, out or Path(run_dir) / FIGURES_DIR, formats, only=list(only) or None,
+                             niah_metrics=list(niah_metrics) or None, samples=run):  # the table read once
         click.echo(str(path))
 
 
