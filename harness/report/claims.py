@@ -168,6 +168,12 @@ class RunData:
         return self.machines.get(model) or ([self.run_device] if self.run_device else [])
 
 
+def with_samples(run: RunData | None) -> RunData | None:
+    """``run`` where it holds sample records, else None: the tables and figures give intervals
+    only from samples, and a folder that kept none prints and draws as it did without them."""
+    return run if run is not None and run.samples else None
+
+
 def load_run(run_dir: str | os.PathLike, sample_files: list[Path] | None = None,
              cell_records: Iterable[dict[str, Any]] = (), required: bool = True) -> RunData:
     """A run folder's table and its sample records: ``sample_files`` (a sweep's current cells,

@@ -58,7 +58,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MultipleLocator, Null
 from harness.api import results, stats
 from harness.api.errors import check_choice
 from harness.api.staging import prepare_output
-from harness.report.claims import RunData
+from harness.report.claims import RunData, with_samples
 from harness.report.figures import FIGURE_TASKS, FIGURES, SkipFigure, figure_names, register_figure
 from harness.report.tables import (
     FAILURE_LABELS, LATENCY_TASK, LOSS, MEMORY, NIAH_NAMES, NIAH_TASK, REFERENCE_ARCH, TIMES, UNSTABLE_MARK,
@@ -928,7 +928,7 @@ def make_figures(source: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
     prep = prepare(load(source))
     out_dir = prepare_output(out_dir, "figures folder")
     niah = [m for m in niah_metric_names(prep, niah_metrics) if prep.has(NIAH_TASK, m, ok=True)]
-    ctx = Context(prep, series_styles(prep), niah, samples if samples is not None and samples.samples else None)
+    ctx = Context(prep, series_styles(prep), niah, with_samples(samples))
     written: dict[str, list[Path]] = {}  # by figure name, the files of a skipped figure being none
     with matplotlib.rc_context(PAPER_RC):
         for name in only or names:

@@ -312,7 +312,7 @@ def summary_tables(table: pd.DataFrame | Prepared, niah_metrics: Sequence[str] |
     task's, lm-eval's). Tables whose data is absent are left out. With the run's ``samples``
     (:func:`claims.load_run`), the gaps and speed-ups get intervals (:func:`_from_samples`)."""
     prep = table if isinstance(table, Prepared) else prepare(table)
-    run = samples if samples is not None and samples.samples else None
+    run = claims.with_samples(samples)
     out: dict[str, pd.DataFrame] = {}
     if prep.has(*LOSS):
         loss = prep.points(*LOSS, pos_start=None)
