@@ -560,9 +560,9 @@ def plan(spec: SweepSpec, auto_device: str | None = None) -> list[Cell]:
         model_id, trained_on = model.identity(), model.training_corpus()
         if length not in by_length:
             by_length[length] = _task_cells(spec, length)
-        for task, options, fields in by_length[length]:
+        for task, options, option_fields in by_length[length]:
             data = model.corpus_fingerprint(options.get("corpus") or trained_on)
-            fields = {"run": spec.name, "model": model_id, "task": task, **fields, "data": data,
+            fields = {"run": spec.name, "model": model_id, "task": task, **option_fields, "data": data,
                       **compute_kind(spec.device, spec.dtype, auto_device)}
             cells.append(Cell(config_hash(fields), model, task, options))
     return cells
