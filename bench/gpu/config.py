@@ -40,6 +40,7 @@ STEPS = tuple(STEP_WEIGHTS)
 class KitConfig:
     budget_s: float = 480.0  # the whole run, bundling included
     reserve_s: float = 15.0  # kept back for the summary and the output folder
+    write_every_s: float = 30.0  # the output folder is rewritten this often while a step runs
     dry_run: bool = False
     wheels: str | None = None  # folder of .whl files to install offline (None: install none)
     steps: list[str] = field(default_factory=lambda: list(STEPS))

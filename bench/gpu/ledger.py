@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 STATUSES = ("planned", "ok", "failed", "skipped", "timeout")
 COLUMNS = ("step", "item", "status", "seconds", "message")
 STEP_ITEM = "(step)"  # the record of a step as a whole
+RUNNING = "running"  # the message of a planned item (a step, a GPU test) that has started
 T = TypeVar("T")
 
 
@@ -77,9 +78,10 @@ def read(path: Path) -> "pd.DataFrame":
 
 
 def close_unfinished(path: Path, step: str, status: str, message: str) -> int:
-    """Record every item of ``step`` still ``planned`` as ``status``; how many there were."""
+    """Record every item of ``step`` still ``planned`` as ``status`` (the step's own record aside:
+    the orchestrator writes it); how many there were."""
     table = read(path)
-    open_items = table[(table["step"] == step) & (table["status"] == "planned")]["item"]
+    open_items = table[(table["step"] == step) & (table["status"] == "planned") & (table["item"] != STEP_ITEM)]["item"]
     ledger = Ledger(path, step)
     for item in open_items:
         ledger.record(item, status, message=message)

@@ -34,12 +34,16 @@ import time
 import traceback
 from pathlib import Path
 
+# before the imports below: the budget counts them too (seconds on a fresh machine's cold disk)
+PROCESS_STARTED = time.time()
+
 import click
 
 from bench.gpu import bundle, ledger, summary
 from bench.gpu.clock import step_seconds
 from bench.gpu.config import CONFIG_FILE, LEDGER_FILE, ROOT, STEP_WEIGHTS, STEPS, KitConfig
 from bench.gpu.install import python_path
+from bench.gpu.ledger import RUNNING
 from bench.gpu.worker import TIMEOUT_EXIT
 from harness.cli import friendly_errors
 from harness.api.errors import ConfigError
@@ -48,12 +52,24 @@ GRACE_S = 5.0  # after its limit, a step gets this long to end by itself before 
 MIN_STEP_S = 1.0  # a step given less than this is skipped
 
 
+class Stopped(BaseException):
+    """The kit was told to stop (SIGTERM: the device tool at its time limit). Not an Exception, so
+    that no ``except Exception`` on the way swallows it."""
+
+
+def raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+STOPPED_EXIT = 128 + signal.SIGTERM  # as a process ended by SIGTERM exits
+
+
 class Kit:
     """One run: its settings, its work folder (everything) and its output folder (the bundle)."""
 
-    def __init__(self, cfg: KitConfig, out: Path, work: Path):
+    def __init__(self, cfg: KitConfig, out: Path, work: Path, started: float | None = None):
         self.cfg, self.out, self.work = cfg, out, work
-        self.started = time.time()
+        self.started = time.time() if started is None else started
         self.end = self.started + cfg.budget_s - cfg.reserve_s  # the steps end here; bundling after
         (work / bundle.LOG_DIR).mkdir(parents=True, exist_ok=True)
         cfg.save(work / CONFIG_FILE)
@@ -65,17 +81,34 @@ class Kit:
             f.write(line + "\n")
 
     def run(self) -> Path:
+        """Every step, then the output folder. Stopped (SIGTERM, Ctrl-C) part-way, it stops the step
+        running, records it and the steps not started, writes the output folder and exits with
+        :data:`STOPPED_EXIT`."""
         steps = self.cfg.steps
-        for i, step in enumerate(steps):
-            limit = step_seconds(self.end - time.time(), STEP_WEIGHTS[step], [STEP_WEIGHTS[s] for s in steps[i + 1:]])
-            if limit < MIN_STEP_S:
-                ledger.Ledger(self.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "skipped",
-                                                                    message="no time left in the budget")
-                self.say(f"{step}: skipped, no time left")
-            else:
-                self.run_step(step, limit)
-            if i + 1 < len(steps):
-                self.write_output(final=False)
+        previous = signal.signal(signal.SIGTERM, raise_stopped)
+        begun = 0  # steps started (or skipped)
+        try:
+            for i, step in enumerate(steps):
+                begun = i + 1
+                limit = step_seconds(self.end - time.time(), STEP_WEIGHTS[step], [STEP_WEIGHTS[s] for s in steps[i + 1:]])
+                if limit < MIN_STEP_S:
+                    ledger.Ledger(self.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "skipped",
+                                                                        message="no time left in the budget")
+                    self.say(f"{step}: skipped, no time left")
+                else:
+                    self.run_step(step, limit)
+                if begun < len(steps):
+                    self.write_output(final=False)
+        except (Stopped, KeyboardInterrupt) as stop:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this write short
+            why = f"the kit was stopped ({stop_name(stop)})"
+            for step in steps[begun:]:
+                ledger.Ledger(self.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "skipped", message=f"{why} before it")
+            self.write_output(final=False)
+            self.say(f"{why}: {self.out} holds what was done")
+            raise SystemExit(STOPPED_EXIT) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         text = self.write_output(final=True)
         self.say(f"done: {self.out}")
         print(text, flush=True)
@@ -89,18 +122,25 @@ class Kit:
         if self.cfg.torch_threads:
             env["OMP_NUM_THREADS"] = str(self.cfg.torch_threads)  # torch's CPU threads, from its start
         self.say(f"{step}: started, limit {limit:.0f} s")
-        started = time.time()
+        record.record(ledger.STEP_ITEM, "planned", message=f"{RUNNING}, limit {limit:.0f} s")  # for interim summaries
+        started, stopped = time.time(), None
         with open(bundle.log_path(self.work, step), "w", encoding="utf-8") as log:
-            # a session of its own, so that stopping the step stops its children (pytest, pip, compilers)
+            # a process group of its own, so that stopping the step stops its children (pytest, pip,
+            # compilers); in the kit's session, so that whatever ends that session ends the step too:
+            # in a session of its own, a step outlived a kit stopped at the device call's time limit
+            # and held the GPU into the next call
             proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    preexec_fn=os.setpgrp)
             try:
-                code = proc.wait(timeout=limit + GRACE_S)
-            except subprocess.TimeoutExpired:
-                code = None
-            stop_group(proc)
+                code = self.wait(proc, deadline + GRACE_S)
+            except (Stopped, KeyboardInterrupt) as stop:
+                code, stopped = None, stop
+            finally:
+                stop_group(proc)
         seconds = time.time() - started
-        if code is None or code == TIMEOUT_EXIT:
+        if stopped is not None:
+            status, why = "timeout", f"the kit was stopped ({stop_name(stopped)}) {seconds:.0f} s into the step"
+        elif code is None or code == TIMEOUT_EXIT:
             status, why = "timeout", f"stopped at its limit of {limit:.0f} s"
         elif code != 0:
             status, why = "failed", f"exit status {code}: {last_line(bundle.log_path(self.work, step))}"
@@ -110,6 +150,19 @@ class Kit:
                                       f"unfinished when the step ended ({why})")
         record.record(ledger.STEP_ITEM, status, seconds, why + (f"; {cut} item(s) unfinished" if cut else ""))
         self.say(f"{step}: {status} in {seconds:.1f} s ({why})")
+        if stopped is not None:
+            raise stopped
+
+    def wait(self, proc: subprocess.Popen, deadline: float) -> int | None:
+        """The step's exit status, or None at ``deadline``. Meanwhile the output folder is rewritten
+        every ``write_every_s``: a kit killed mid-step (SIGKILL at the device call's time limit)
+        still leaves what the step had done."""
+        while (left := deadline - time.time()) > 0:
+            try:
+                return proc.wait(timeout=min(left, self.cfg.write_every_s))
+            except subprocess.TimeoutExpired:
+                self.write_output(final=False)
+        return None
 
     def write_output(self, final: bool) -> str:
         # whatever fails here, what can be written is: the results must reach the output folder
@@ -123,6 +176,10 @@ class Kit:
             text = f"# lcbench GPU kit: the summary failed\n\n```\n{traceback.format_exc()}```\n"
         bundle.write(self.out, {**files, bundle.SUMMARY: text})
         return text
+
+
+def stop_name(stop: BaseException) -> str:
+    return str(stop) if isinstance(stop, Stopped) else "SIGINT"
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -162,7 +219,7 @@ def main(out: Path, budget_s: float, wheels: Path | None, dry_run: bool, only: t
                     **({"steps": ["install", *only]} if only else {}))  # a fresh machine has nothing installed
     cfg = KitConfig.dry(**settings) if dry_run else KitConfig.gpu(**settings)
     work = (work or Path(tempfile.mkdtemp(prefix="lcbench-gpu-kit-"))).resolve()
-    Kit(cfg, out.resolve(), work).run()
+    Kit(cfg, out.resolve(), work, started=PROCESS_STARTED).run()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def steps_section(steps: pd.DataFrame, cfg: KitConfig) -> str:
         mine = steps[steps["step"] == step]
         whole = mine[mine["item"] == STEP_ITEM]
         items = mine[mine["item"] != STEP_ITEM]["status"].value_counts()
-        rows.append({"step": step, "status": whole["status"].iloc[0] if len(whole) else "not reached",
+        status = whole["status"].iloc[0] if len(whole) else "not reached"
+        rows.append({"step": step, "status": "running" if status == "planned" else status,
                      "seconds": f"{whole['seconds'].iloc[0]:.1f}" if len(whole) else "",
                      "items": ", ".join(f"{n} {s}" for s, n in items.items()),
                      "note": whole["message"].iloc[0] if len(whole) else ""})
@@ -176,7 +177,7 @@ def render(work: Path, cfg: KitConfig, elapsed_s: float, final: bool = True) -> 
                   latency_section(work / "latency_large", latency_heading(cfg, cfg.large_size)),
                   throughput_section(work), ttt_section(work, steps, cfg.dry_run)]
     else:
-        parts.append("*Interim summary: the run had not finished. The tables so far are in latency.csv and "
-                     "throughput.csv.*")
+        parts.append("*Interim summary: the run had not finished. The tables so far are in latency.csv, "
+                     "throughput.csv and ttt_speed.csv.*")
     parts.append(not_done_section(steps))
     return "\n\n".join(p for p in parts if p) + "\n"
