@@ -1040,3 +1040,140 @@ def test_latency_headings_state_the_sizes_and_the_timing_options_measured(tmp_pa
         "prefill_s", 1.0, run="kit", model="swa:760m", arch="swa", task="latency", eval_ctx=131072)]))
     text = summary.render(tmp_path, gpu, 1.0)
     assert f"## Latency, {gpu.large_size} models ({gpu.dtype}" in text and f"## Latency, {gpu.size} models" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault rehearsal: what one GPU slot must survive and still bring back
+
+
+def fake_step(monkeypatch, kit: Kit, script: str, *args: str) -> None:
+    """The step's worker replaced by ``script`` (run with the ledger's path, then ``args``)."""
+    real = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: real(
+        [sys.executable, "-c", script, str(kit.work / LEDGER_FILE), *args], **kw))
+
+
+def test_a_step_runs_in_the_kits_session_so_what_ends_the_kit_ends_the_step(tmp_path, monkeypatch):
+    """The device tool ends what a command left running unless it started a session of its own: a
+    step did (to be stopped with its children as a group), so a kit stopped at the call's time limit
+    left its step running on the GPU into the next call. A group of its own, in the kit's session."""
+    kit = Kit(KitConfig.dry(steps=["latency"]), tmp_path / "out", tmp_path / "work")
+    ids = tmp_path / "ids.json"
+    fake_step(monkeypatch, kit, "import json, os, sys\njson.dump([os.getsid(0), os.getpgid(0), os.getpid()], "
+                                "open(sys.argv[2], 'w'))\n", str(ids))
+    kit.run_step("latency", 60.0)
+    sid, pgid, pid = json.loads(ids.read_text())
+    assert sid == os.getsid(0) and pgid == pid != os.getpgid(0)
+
+
+@pytest.fixture
+def sigterm_fails_the_test():
+    """SIGTERM, unless the kit handles it, fails the test (instead of ending pytest)."""
+    def caller(signum, frame):
+        raise AssertionError("SIGTERM reached the kit's caller: the kit left it unhandled")
+
+    previous = signal.signal(signal.SIGTERM, caller)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_kit_stopped_mid_step_stops_the_step_and_writes_what_was_done(tmp_path, monkeypatch, sigterm_fails_the_test):
+    """SIGTERM (the device tool at its time limit) while a step runs: the kit stopped at once and
+    $OUT held only what earlier steps had done, the running step's results lost, its process left
+    running. Now the step is stopped and recorded, the steps after it are recorded skipped, the
+    output folder is written, and the kit exits as a process ended by SIGTERM does."""
+    kit = Kit(KitConfig.dry(steps=["latency", "throughput"]), tmp_path / "out", tmp_path / "work")
+    pid_file = tmp_path / "step.pid"
+    fake_step(monkeypatch, kit, "import os, signal, sys, time\nfrom bench.gpu.ledger import Ledger\n"
+                                "book = Ledger(sys.argv[1], 'latency')\nbook.plan(['a', 'b'])\nbook.record('a', 'ok')\n"
+                                "open(sys.argv[2], 'w').write(str(os.getpid()))\nos.kill(os.getppid(), signal.SIGTERM)\n"
+                                "time.sleep(60)\n", str(pid_file))
+    with pytest.raises(SystemExit) as stopped:
+        kit.run()
+    assert stopped.value.code == kit_run_module().STOPPED_EXIT
+    steps = pd.read_csv(kit.out / bundle.STEPS_CSV, keep_default_na=False).set_index(["step", "item"])
+    assert steps.loc[("latency", "a"), "status"] == "ok" and steps.loc[("latency", "b"), "status"] == "timeout"
+    assert steps.loc[("latency", ledger.STEP_ITEM), "status"] == "timeout"
+    assert steps.loc[("latency", ledger.STEP_ITEM), "message"].startswith("the kit was stopped (SIGTERM)")
+    assert steps.loc[("throughput", ledger.STEP_ITEM), "message"] == "the kit was stopped (SIGTERM) before it"
+    assert process_ended(int(pid_file.read_text()))
+
+
+def kit_run_module():
+    from bench.gpu import run as kit_run
+
+    return kit_run
+
+
+def test_the_output_folder_is_rewritten_while_a_step_runs(tmp_path, monkeypatch):
+    """A kit killed outright (SIGKILL) mid-step kept only what the steps before had done: the output
+    folder was written between steps only. Now also every ``write_every_s`` while a step runs,
+    naming the step running."""
+    kit = Kit(KitConfig.dry(steps=["ttt_speed"], write_every_s=0.1), tmp_path / "out", tmp_path / "work")
+    seen = tmp_path / "seen.txt"
+    fake_step(monkeypatch, kit, "import sys, time\nfrom pathlib import Path\nfrom bench.gpu.ledger import Ledger\n"
+                                "Ledger(sys.argv[1], 'ttt_speed').record('cell 1', 'ok')\nout = Path(sys.argv[2])\n"
+                                "for _ in range(200):  # up to 20 s\n"
+                                "    if 'cell 1' in (out / 'steps.csv').read_text() if (out / 'steps.csv').is_file() else '':\n"
+                                "        break\n"
+                                "    time.sleep(0.1)\n"
+                                "Path(sys.argv[3]).write_text((out / 'summary.md').read_text() if (out / 'summary.md').is_file() else '')\n",
+              str(kit.out), str(seen))
+    kit.run_step("ttt_speed", 60.0)
+    assert re.search(r"\| ttt_speed\s*\| running\s*\|", seen.read_text()), seen.read_text()
+    assert "1 item(s) unfinished" not in (kit.work / LEDGER_FILE).read_text()  # its own record is no item
+
+
+def test_the_budget_counts_from_the_start_of_the_process(tmp_path, monkeypatch):
+    """The kit's clock started after its imports (seconds on a cold machine), past the budget asked."""
+    kit_run = kit_run_module()
+    kits = []
+    monkeypatch.setattr(kit_run.Kit, "run", lambda kit: kits.append(kit))
+    monkeypatch.setattr(kit_run, "PROCESS_STARTED", time.time() - 30.0)
+    result = CliRunner().invoke(main, ["--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    assert kits[0].started == kit_run.PROCESS_STARTED
+
+
+def run_gpu_tests(tmp_path, monkeypatch, files: dict[str, str]) -> pd.DataFrame:
+    """The gpu_tests step on these test files (name -> source); the ledger's records by item name."""
+    from bench.gpu import gpu_tests
+
+    for name, source in files.items():
+        (tmp_path / name).write_text("import os, signal\nimport pytest\n" + source)
+    monkeypatch.setattr(gpu_tests, "gpu_test_files", lambda: [str(tmp_path / name) for name in files])
+    monkeypatch.setattr(gpu_tests, "ROOT", tmp_path)  # pytest runs there, as in the checkout: test ids from there
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the kit's own code, as the kit gives its steps
+    gpu_tests.run(KitConfig.dry(), tmp_path, Clock.after(120), ledger.Ledger(tmp_path / LEDGER_FILE, "gpu_tests"))
+    table = ledger.read(tmp_path / LEDGER_FILE)
+    return table.set_index(table["item"].str.rsplit("/", n=1).str[-1])
+
+
+GPU_TEST = "@pytest.mark.gpu\ndef test_{}():\n    {}\n"
+
+
+def test_a_file_that_fails_to_collect_is_a_failed_item_and_the_other_files_still_run(tmp_path, monkeypatch):
+    """One GPU test file that failed to import (a kernel package broken on the GPU machine's torch)
+    stopped pytest before any test ran: every GPU test was reported failed, the import error nowhere."""
+    steps = run_gpu_tests(tmp_path, monkeypatch, {
+        "test_a_broken.py": "import not_a_module_xyz\n" + GPU_TEST.format("never", "pass"),
+        "test_b_fine.py": GPU_TEST.format("fine", "pass")})
+    assert steps.loc["test_b_fine.py::test_fine", "status"] == "ok"
+    broken = steps.loc["test_a_broken.py"]
+    assert broken["status"] == "failed" and "No module named 'not_a_module_xyz'" in broken["message"]
+
+
+def test_a_test_that_kills_pytest_is_failed_and_the_tests_after_it_still_run(tmp_path, monkeypatch):
+    """A test that took pytest down (a segfault, the OOM killer) left every later test unrun and
+    reported failed. The test it died in is failed, saying so; pytest runs again on the rest."""
+    steps = run_gpu_tests(tmp_path, monkeypatch, {"test_c.py": GPU_TEST.format("first", "pass")
+                                                  + GPU_TEST.format("killer", "os.kill(os.getpid(), signal.SIGKILL)")
+                                                  + GPU_TEST.format("last", "pass")})
+    assert steps.loc["test_c.py::test_first", "status"] == steps.loc["test_c.py::test_last", "status"] == "ok"
+    killer = steps.loc["test_c.py::test_killer"]
+    assert (killer["status"], killer["message"]) == ("failed", "pytest died in this test: exit status -9 (SIGKILL)")
+
+
+def test_gpu_tests_selecting_nothing_says_so(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match=r"pytest selected no GPU test \(exit status 5 \(NO_TESTS_COLLECTED\)"):
+        run_gpu_tests(tmp_path, monkeypatch, {"test_d.py": "def test_cpu():\n    pass\n"})

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
+import pytest
+
 from bench.gpu import pytest_plugin
 from bench.gpu.clock import Clock
 from bench.gpu.config import ROOT, KitConfig
-from bench.gpu.ledger import Ledger
+from bench.gpu.ledger import RUNNING, STEP_ITEM, Ledger, read
 
 JUNIT = "gpu_tests.xml"
-PYTEST_ALL_PASSED, PYTEST_SOME_FAILED = 0, 1
 
 
 def has_pytest_timeout() -> bool:
@@ -48,19 +51,53 @@ def gpu_test_files(tests: Path = ROOT / "tests") -> list[str]:
     return [str(f) for f in sorted(files, key=lambda f: rank.get(f.name, len(rank)))]
 
 
-def command(cfg: KitConfig, work: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider",
-           "-p", pytest_plugin.__name__, f"--junitxml={work / JUNIT}", *gpu_test_files()]
+def command(cfg: KitConfig, junit: Path, targets: list[str]) -> list[str]:
+    # a file that fails to collect must not stop the others (pytest stopped the whole run there);
+    # test ids relative to the checkout, where pytest runs, so a run after a crash can name them
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
+           "--continue-on-collection-errors", "-p", pytest_plugin.__name__, f"--junitxml={junit}", *targets]
     if has_pytest_timeout():
         cmd.append(f"--timeout={cfg.test_timeout_s}")
     return cmd
 
 
+def exit_status(code: int) -> str:
+    """pytest's exit status in words: a signal's name, or pytest's own name for it."""
+    if code < 0:
+        return f"exit status {code} ({signal.Signals(-code).name})"
+    try:
+        return f"exit status {code} ({pytest.ExitCode(code).name})"
+    except ValueError:
+        return f"exit status {code}"
+
+
+def unfinished(ledger: Ledger) -> pd.DataFrame:
+    table = read(ledger.path)
+    return table[(table["step"] == ledger.step) & (table["status"] == "planned") & (table["item"] != STEP_ITEM)]
+
+
 def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
+    """``pytest -m gpu``; if pytest dies part-way (a segfault, the OOM killer, a hung test's
+    thread timeout), the test it died in is recorded failed and pytest runs again on the tests not
+    yet run, while a test's minimum time is left: one crash no longer takes every later test with it."""
     env = {**os.environ, pytest_plugin.LEDGER_ENV: str(ledger.path), pytest_plugin.DEADLINE_ENV: repr(clock.deadline),
            pytest_plugin.MIN_TEST_ENV: str(cfg.min_test_s)}
-    cmd = command(cfg, work)
-    print("$", " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=max(1.0, clock.left()))
-    if done.returncode not in (PYTEST_ALL_PASSED, PYTEST_SOME_FAILED):  # interrupted, usage error, nothing collected
-        raise RuntimeError(f"pytest exited with status {done.returncode} (see the gpu_tests log)")
+    targets = gpu_test_files()
+    while True:
+        cmd = command(cfg, work / JUNIT, targets)  # a pytest that died wrote none: the report is the last run's
+        print("$", " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=max(1.0, clock.left()))
+        left = unfinished(ledger)
+        if done.returncode == pytest.ExitCode.NO_TESTS_COLLECTED:
+            raise RuntimeError(f"pytest selected no GPU test ({exit_status(done.returncode)}; see the gpu_tests log)")
+        if left.empty and done.returncode in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            return
+        running = left[left["message"] == RUNNING]["item"].tolist()
+        if left.empty or not running:  # died outside any test: nothing to skip past
+            raise RuntimeError(f"pytest ended with {exit_status(done.returncode)} (see the gpu_tests log)")
+        ledger.record(running[0], "failed", message=f"pytest died in this test: {exit_status(done.returncode)}")
+        targets = [item for item in left["item"] if item != running[0]]
+        print(f"pytest died in {running[0]} ({exit_status(done.returncode)}); "
+              f"{len(targets)} test(s) not yet run", flush=True)
+        if not targets or not clock.fits(max(cfg.min_test_s, 1.0)):
+            return  # what is left stays planned: the kit records it as unfinished

@@ -1,7 +1,9 @@
 """pytest plugin of the GPU kit (``-p bench.gpu.pytest_plugin``, loaded by the ``gpu_tests`` step).
 
-Every selected test is planned in the kit's ledger and its outcome recorded as soon as it is
-known, so a run stopped part-way still says which tests passed, failed or never ran. What a test
+Every selected test is planned in the kit's ledger, marked running when it starts, and its outcome
+recorded as soon as it is known, so a run stopped part-way still says which tests passed, failed or
+never ran, and a pytest that died names the test it died in. A file that fails to collect is a
+failed item. What a test
 measured (``record_property``, e.g. an error beside its tolerance) is that record's message. A test that
 would start with less than the kit's per-test minimum left before the step's deadline is skipped
 with that reason. Outside the kit (no ledger in the environment) it does nothing.
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.gpu.ledger import Ledger
+from bench.gpu.ledger import RUNNING, Ledger
 
 LEDGER_ENV = "LCBENCH_KIT_LEDGER"
 DEADLINE_ENV = "LCBENCH_KIT_DEADLINE"
@@ -33,6 +35,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         ledger.plan(item.nodeid for item in session.items)
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A file that fails to collect (an import error) is a failed item: its tests are not selected,
+    and nothing else would say they are missing."""
+    ledger = _ledger()
+    if ledger is not None and report.failed:
+        ledger.record(report.nodeid or "(collection)", "failed", message=f"collection error: {_reason(report)}")
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
+    ledger = _ledger()
+    if ledger is not None:  # still planned, now running: if pytest dies here, this test is why
+        ledger.record(nodeid, "planned", message=RUNNING)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     left = float(os.environ.get(DEADLINE_ENV, "inf")) - time.time()
     need = float(os.environ.get(MIN_TEST_ENV, "0"))
@@ -40,7 +56,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"GPU kit: {max(left, 0):.0f} s left of this step's time, a test is given {need:.0f} s")
 
 
-def _reason(report: pytest.TestReport) -> str:
+def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     if report.skipped and isinstance(report.longrepr, tuple):
         return str(report.longrepr[2]).removeprefix("Skipped: ")
     lines = report.longreprtext.splitlines()
