@@ -1177,3 +1177,19 @@ def test_a_test_that_kills_pytest_is_failed_and_the_tests_after_it_still_run(tmp
 def test_gpu_tests_selecting_nothing_says_so(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"pytest selected no GPU test \(exit status 5 \(NO_TESTS_COLLECTED\)"):
         run_gpu_tests(tmp_path, monkeypatch, {"test_d.py": "def test_cpu():\n    pass\n"})
+
+
+def test_one_wheel_that_fails_to_install_costs_only_itself(tmp_path):
+    """pip installs none of the wheels when one of them is bad (a broken file, another platform's):
+    one bad wheel left the GPU run without any kernel package."""
+    from bench.gpu import install
+
+    (tmp_path / "wheels").mkdir()
+    probe_wheel(tmp_path / "wheels")
+    (tmp_path / "wheels" / "broken-1.0-py3-none-any.whl").write_bytes(b"not a wheel")
+    install.run(KitConfig.dry(wheels=str(tmp_path / "wheels")), tmp_path, Clock.after(120),
+                ledger.Ledger(tmp_path / LEDGER_FILE, "install"))
+    assert (tmp_path / "site" / "kit_probe" / "__init__.py").is_file()
+    wheels = ledger.read(tmp_path / LEDGER_FILE).set_index("item").loc["wheels"]
+    assert wheels["status"] == "failed"
+    assert "1 of 2 wheels failed to install (see the install log): broken-1.0-py3-none-any.whl" in wheels["message"]

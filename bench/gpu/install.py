@@ -40,6 +40,25 @@ def pip_install(args: list[str], target: Path, clock: Clock) -> None:
     subprocess.run(command, check=True, timeout=max(1.0, clock.left()))
 
 
+def install_wheels(wheels: list[Path], site: Path, clock: Clock) -> None:
+    """All at once; if that fails, one by one: pip installs none of them when one is bad (another
+    platform's, a broken file), and one bad wheel must not cost the GPU run every kernel."""
+    try:
+        pip_install(["--no-compile", *map(str, wheels)], site, clock)
+        return
+    except subprocess.CalledProcessError:
+        print("installing the wheels together failed: now one by one", flush=True)
+    failed = []
+    for wheel in wheels:
+        try:
+            pip_install(["--no-compile", str(wheel)], site, clock)
+        except subprocess.CalledProcessError:
+            failed.append(wheel.name)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(wheels)} wheels failed to install (see the install log): "
+                           f"{', '.join(failed)}; the others are installed")
+
+
 def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
     site = site_dir(work)
     ledger.plan(["wheels", "lcbench"])
@@ -48,7 +67,7 @@ def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
     else:
         wheels = sorted(Path(cfg.wheels).glob("*.whl"))
         if wheels:
-            ledger.run("wheels", lambda: pip_install(["--no-compile", *map(str, wheels)], site, clock))
+            ledger.run("wheels", lambda: install_wheels(wheels, site, clock))
         else:
             ledger.record("wheels", "failed", message=f"no .whl files in {cfg.wheels}")
     ledger.run("lcbench", lambda: pip_install(["--no-build-isolation", str(ROOT)], site, clock))
