@@ -1193,3 +1193,17 @@ def test_one_wheel_that_fails_to_install_costs_only_itself(tmp_path):
     wheels = ledger.read(tmp_path / LEDGER_FILE).set_index("item").loc["wheels"]
     assert wheels["status"] == "failed"
     assert "1 of 2 wheels failed to install (see the install log): broken-1.0-py3-none-any.whl" in wheels["message"]
+
+
+def test_the_output_folder_stays_under_what_the_device_tool_brings_back_in_all(tmp_path, monkeypatch):
+    """Each file was cut to 15 MiB, but 8 of them make 120 MiB, and the tool brings back 64 MiB in
+    all (what is over is left out, the summary perhaps). The small files stay whole, the large share
+    the rest."""
+    monkeypatch.setattr(bundle, "MAX_BYTES", 4000)
+    monkeypatch.setattr(bundle, "MAX_TOTAL", 10_000)
+    big = "head\n" + "x" * 9000 + "\ntail"
+    bundle.write(tmp_path, {bundle.SUMMARY: "# summary\n", bundle.LOGS: big, "environment.txt": big, "gpu_tests.xml": big})
+    sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
+    assert sum(sizes.values()) <= 10_000 and max(sizes.values()) <= 4000
+    assert (tmp_path / bundle.SUMMARY).read_text() == "# summary\n"
+    assert (tmp_path / bundle.LOGS).read_text().endswith("tail")

@@ -1,5 +1,6 @@
 """The kit's output folder: every result of a run in at most 8 flat files of at most 15 MiB each
-(the device tool brings back 8 files of 16 MiB, no more than two folders down).
+and 60 MiB together (the device tool brings back 8 files of 16 MiB, 64 MiB in all, no more than
+two folders down).
 
 The names are fixed (:data:`FILES`), so the count cannot grow; a text over the size limit keeps
 its head and tail with a note of what was left out, and the logs share the limit step by step so
@@ -17,6 +18,7 @@ from bench.gpu.config import LEDGER_FILE, STEPS
 from harness.api import results
 
 MAX_BYTES = 15 * 2**20
+MAX_TOTAL = 60 * 2**20  # the device tool brings back 64 MiB in all
 SUMMARY, STEPS_CSV, LOGS = "summary.md", "steps.csv", "logs.txt"
 FILES = (SUMMARY, STEPS_CSV, environment.FILE, gpu_tests.JUNIT, "latency.csv", "throughput.csv",
          ttt_speed_step.TABLE, LOGS)
@@ -69,4 +71,17 @@ def write(out: Path, files: Mapping[str, str]) -> list[Path]:
     unknown = [name for name in files if name not in FILES]
     if unknown:
         raise ValueError(f"not an output file of the kit: {unknown}; the folder holds only {', '.join(FILES)}")
-    return [results.atomic_write(out / name, lambda f, t=fit(text): f.write(t)) for name, text in files.items()]
+    limits = shares({name: len(text.encode("utf-8")) for name, text in files.items()})
+    return [results.atomic_write(out / name, lambda f, t=fit(text, limits[name]): f.write(t))
+            for name, text in files.items()]
+
+
+def shares(sizes: Mapping[str, int]) -> dict[str, int]:
+    """Each file's byte limit: at most :data:`MAX_BYTES` each and :data:`MAX_TOTAL` together, the
+    smaller files whole and the larger sharing what they leave: 8 files of 15 MiB would be 120 MiB,
+    and past 64 MiB the device tool leaves files out, whichever they are."""
+    limits, left = {}, MAX_TOTAL
+    for i, (name, size) in enumerate(sorted(sizes.items(), key=lambda item: item[1])):
+        limits[name] = min(size, MAX_BYTES, left // (len(sizes) - i))
+        left -= limits[name]
+    return limits
