@@ -1207,3 +1207,21 @@ def test_the_output_folder_stays_under_what_the_device_tool_brings_back_in_all(t
     assert sum(sizes.values()) <= 10_000 and max(sizes.values()) <= 4000
     assert (tmp_path / bundle.SUMMARY).read_text() == "# summary\n"
     assert (tmp_path / bundle.LOGS).read_text().endswith("tail")
+
+
+def test_without_git_a_checkout_changed_since_the_wheels_were_filled_names_no_commit(tmp_path, monkeypatch):
+    """The summary named the commit recorded when the wheels were filled even when the checkout had
+    moved on since (the wheels not refilled): results credited to the wrong commit. fill_wheels
+    records a digest of every file a device call sends; one that differs there leaves the commit unknown."""
+    from bench.gpu import environment
+
+    monkeypatch.setattr(fill_wheels, "git_commit", lambda path=None: dict(commit="fedcba9876543210", dirty=False))
+    fill_wheels.write_source(tmp_path)
+    recorded = json.loads((tmp_path / "source.json").read_text())
+    assert set(recorded["files"]) == set(fill_wheels.travelling_files())
+    readme = hashlib.sha256((ROOT / "README.md").read_bytes()).hexdigest()[:16]
+    (tmp_path / "source.json").write_text(json.dumps({"commit": "fedcba9876543210", "dirty": False, "files": {
+        "README.md": readme, "bench/gpu/run.py": "0" * 16}}))
+    monkeypatch.setattr(environment, "git_commit", lambda: dict(commit=None, dirty=None))
+    assert environment.facts(torch.device("cpu"), str(tmp_path))["git"] == (
+        "unknown (no git here): 1 file(s) differ from commit fedcba987654, the wheels', e.g. bench/gpu/run.py")

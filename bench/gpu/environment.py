@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from bench.gpu.clock import Clock
-from bench.gpu.config import CONFIG_FILE, SOURCE_FILE, KitConfig
+from bench.gpu.config import CONFIG_FILE, ROOT, SOURCE_FILE, KitConfig
+from bench.gpu.fill_wheels import file_digest
 from bench.gpu.ledger import Ledger
 from harness.runs.provenance import git_commit
 
@@ -85,17 +86,28 @@ def facts(device: torch.device, wheels: str | None = None) -> dict[str, str]:
     """The summary title's facts. Without git (the device machine gets the tree without .git) the
     commit is the one ``bench.gpu.fill_wheels`` recorded in the wheel folder, said to be that."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    found = {"device": name, "torch": torch.__version__, "cuda": str(torch.version.cuda)}
     commit, told = git_commit(), ""
     if not commit["commit"] and wheels is not None:
         try:
             recorded = json.loads((Path(wheels) / SOURCE_FILE).read_text())
-            commit = {"commit": str(recorded["commit"]), "dirty": bool(recorded.get("dirty"))}
+            filled = {"commit": str(recorded["commit"]), "dirty": bool(recorded.get("dirty"))}
+            changed = changed_files(recorded.get("files", {}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no record, or not one fill_wheels wrote
+            filled = None
+        if filled and changed:  # the checkout moved on since the wheels were filled: that commit is not this tree
+            return {**found, "git": f"unknown (no git here): {len(changed)} file(s) differ from commit "
+                                    f"{filled['commit'][:12]}, the wheels', e.g. {', '.join(changed[:3])}"}
+        if filled:
+            commit = filled
             told = f" (no git here: the checkout's when the wheels were filled, {recorded.get('at', 'at an unrecorded time')})"
-        except (OSError, ValueError, KeyError, TypeError):  # no record, or not one fill_wheels wrote
-            pass
     sha = commit["commit"][:12] if commit["commit"] else "unknown (no git here)"  # cut the sha, not the words
-    return {"device": name, "torch": torch.__version__, "cuda": str(torch.version.cuda),
-            "git": sha + (" (uncommitted changes)" if commit["dirty"] else "") + told}
+    return {**found, "git": sha + (" (uncommitted changes)" if commit["dirty"] else "") + told}
+
+
+def changed_files(recorded: dict[str, str], root: Path = ROOT) -> list[str]:
+    """The files ``bench.gpu.fill_wheels`` recorded whose content here differs, or that are gone."""
+    return [f for f, digest in recorded.items() if not (root / f).is_file() or file_digest(root / f) != digest]
 
 
 def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:

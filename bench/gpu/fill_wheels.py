@@ -20,6 +20,7 @@ is) and name it in the device call's ``carry``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -74,11 +75,19 @@ def check_folder(dest: Path, pins: dict[str, str], limit_mib: float) -> list[str
     return problems
 
 
-def checkout_mib(root: Path = ROOT) -> float:
-    """Size of what a device call sends besides carried folders: tracked and untracked-not-ignored files."""
+def travelling_files(root: Path = ROOT) -> list[str]:
+    """What a device call sends besides carried folders: tracked and untracked-not-ignored files."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
                             capture_output=True, text=True, check=True).stdout.split("\0")
-    return sum((root / f).stat().st_size for f in listed if f and (root / f).is_file()) / MIB
+    return [f for f in listed if f and (root / f).is_file()]
+
+
+def checkout_mib(root: Path = ROOT) -> float:
+    return sum((root / f).stat().st_size for f in travelling_files(root)) / MIB
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def pip(*args: str, env: dict[str, str] | None = None) -> None:
@@ -126,10 +135,13 @@ def main(dest: Path, limit_mib: float, check_only: bool) -> None:
 
 
 def write_source(dest: Path) -> None:
-    """Record in ``dest`` the commit (and whether the tree had uncommitted edits) it was filled for."""
+    """Record in ``dest`` the commit (and whether the tree had uncommitted edits) it was filled for,
+    and a digest of every file a device call sends, so that the GPU machine (no git there) can tell
+    whether its checkout is still that commit's."""
     commit = git_commit(ROOT)
     record = {"commit": commit["commit"], "dirty": commit["dirty"],
-              "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+              "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "files": {f: file_digest(ROOT / f) for f in travelling_files(ROOT)}}
     (dest / SOURCE_FILE).write_text(json.dumps(record))
 
 
