@@ -1225,3 +1225,16 @@ def test_without_git_a_checkout_changed_since_the_wheels_were_filled_names_no_co
     monkeypatch.setattr(environment, "git_commit", lambda: dict(commit=None, dirty=None))
     assert environment.facts(torch.device("cpu"), str(tmp_path))["git"] == (
         "unknown (no git here): 1 file(s) differ from commit fedcba987654, the wheels', e.g. bench/gpu/run.py")
+
+
+def test_tests_after_one_that_breaks_the_cuda_context_run_in_a_new_process(tmp_path, monkeypatch):
+    """After an illegal memory access every later CUDA call of the process fails: one broken kernel
+    failed every GPU test after it. pytest stops there and the kit runs the rest in a new process."""
+    pid = tmp_path / "first.pid"
+    steps = run_gpu_tests(tmp_path, monkeypatch, {"test_e.py": (
+        GPU_TEST.format("first", f"open({str(pid)!r}, 'w').write(str(os.getpid()))")
+        + GPU_TEST.format("broken", "raise RuntimeError('CUDA error: an illegal memory access was encountered')")
+        + GPU_TEST.format("after", f"assert os.getpid() != int(open({str(pid)!r}).read()), 'same process'"))})
+    assert list(steps.loc[["test_e.py::test_first", "test_e.py::test_broken", "test_e.py::test_after"], "status"]) == [
+        "ok", "failed", "ok"]
+    assert "illegal memory access" in steps.loc["test_e.py::test_broken", "message"]

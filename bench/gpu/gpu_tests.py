@@ -76,28 +76,34 @@ def unfinished(ledger: Ledger) -> pd.DataFrame:
     return table[(table["step"] == ledger.step) & (table["status"] == "planned") & (table["item"] != STEP_ITEM)]
 
 
+def finished(ledger: Ledger) -> int:
+    table = read(ledger.path)
+    return int(((table["step"] == ledger.step) & ~table["status"].isin(["planned"])).sum())
+
+
 def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
-    """``pytest -m gpu``; if pytest dies part-way (a segfault, the OOM killer, a hung test's
-    thread timeout), the test it died in is recorded failed and pytest runs again on the tests not
-    yet run, while a test's minimum time is left: one crash no longer takes every later test with it."""
+    """``pytest -m gpu``. If pytest ends with tests not yet run (it died: a segfault, the OOM
+    killer, a hung test's thread timeout; or it stopped after a CUDA error that breaks its CUDA
+    context), the test it died in is recorded failed and pytest runs again on the rest, while a
+    test's minimum time is left: one crash no longer takes every later test with it."""
     env = {**os.environ, pytest_plugin.LEDGER_ENV: str(ledger.path), pytest_plugin.DEADLINE_ENV: repr(clock.deadline),
            pytest_plugin.MIN_TEST_ENV: str(cfg.min_test_s)}
     targets = gpu_test_files()
     while True:
+        before = finished(ledger)
         cmd = command(cfg, work / JUNIT, targets)  # a pytest that died wrote none: the report is the last run's
         print("$", " ".join(cmd), flush=True)
         done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=max(1.0, clock.left()))
-        left = unfinished(ledger)
         if done.returncode == pytest.ExitCode.NO_TESTS_COLLECTED:
             raise RuntimeError(f"pytest selected no GPU test ({exit_status(done.returncode)}; see the gpu_tests log)")
+        left = unfinished(ledger)
         if left.empty and done.returncode in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
             return
-        running = left[left["message"] == RUNNING]["item"].tolist()
-        if left.empty or not running:  # died outside any test: nothing to skip past
+        for item in left[left["message"] == RUNNING]["item"]:
+            ledger.record(item, "failed", message=f"pytest died in this test: {exit_status(done.returncode)}")
+        if finished(ledger) == before:  # no test ended: running again would end the same way
             raise RuntimeError(f"pytest ended with {exit_status(done.returncode)} (see the gpu_tests log)")
-        ledger.record(running[0], "failed", message=f"pytest died in this test: {exit_status(done.returncode)}")
-        targets = [item for item in left["item"] if item != running[0]]
-        print(f"pytest died in {running[0]} ({exit_status(done.returncode)}); "
-              f"{len(targets)} test(s) not yet run", flush=True)
+        targets = unfinished(ledger)["item"].tolist()
+        print(f"pytest ended with {exit_status(done.returncode)}; {len(targets)} test(s) not yet run", flush=True)
         if not targets or not clock.fits(max(cfg.min_test_s, 1.0)):
             return  # what is left stays planned: the kit records it as unfinished

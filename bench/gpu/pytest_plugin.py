@@ -3,7 +3,8 @@
 Every selected test is planned in the kit's ledger, marked running when it starts, and its outcome
 recorded as soon as it is known, so a run stopped part-way still says which tests passed, failed or
 never ran, and a pytest that died names the test it died in. A file that fails to collect is a
-failed item. What a test
+failed item. A test that fails with a CUDA error that breaks the process's CUDA context (an
+illegal memory access) stops the run, so that the tests after it run in a new process. What a test
 measured (``record_property``, e.g. an error beside its tolerance) is that record's message. A test that
 would start with less than the kit's per-test minimum left before the step's deadline is skipped
 with that reason. Outside the kit (no ledger in the environment) it does nothing.
@@ -11,6 +12,7 @@ with that reason. Outside the kit (no ledger in the environment) it does nothing
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -22,6 +24,10 @@ LEDGER_ENV = "LCBENCH_KIT_LEDGER"
 DEADLINE_ENV = "LCBENCH_KIT_DEADLINE"
 MIN_TEST_ENV = "LCBENCH_KIT_MIN_TEST_S"
 STEP = "gpu_tests"
+# CUDA errors that leave the process's CUDA context broken: every later GPU test in it would fail too
+STICKY_CUDA_ERROR = re.compile(r"illegal memory access|device-side assert|unspecified launch failure|misaligned address"
+                               r"|illegal instruction")
+_session: list[pytest.Session] = []  # this run's, for stopping it
 
 
 def _ledger() -> Ledger | None:
@@ -33,6 +39,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     ledger = _ledger()
     if ledger is not None:
         ledger.plan(item.nodeid for item in session.items)
+        _session[:] = [session]
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
@@ -76,3 +83,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     status = "ok" if report.passed else "skipped" if report.skipped else "failed"
     message = _measured(report) if report.passed else " | ".join(filter(None, [_reason(report), _measured(report)]))
     ledger.record(report.nodeid, status, report.duration, message)
+    if report.failed and STICKY_CUDA_ERROR.search(report.longreprtext) and _session:
+        # stop here: the kit runs the tests not yet run in a new process (bench.gpu.gpu_tests)
+        _session[0].shouldstop = f"a CUDA error that breaks this process's CUDA context, in {report.nodeid}"
