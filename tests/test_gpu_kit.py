@@ -1238,3 +1238,20 @@ def test_tests_after_one_that_breaks_the_cuda_context_run_in_a_new_process(tmp_p
     assert list(steps.loc[["test_e.py::test_first", "test_e.py::test_broken", "test_e.py::test_after"], "status"]) == [
         "ok", "failed", "ok"]
     assert "illegal memory access" in steps.loc["test_e.py::test_broken", "message"]
+
+
+def test_a_missing_wheel_folder_is_reported_and_the_run_goes_on(tmp_path, monkeypatch):
+    """``--wheels .whl`` without the folder (not carried) stopped the kit before any step, with an
+    empty output folder: one GPU slot lost. The install step reports it; the other steps run."""
+    from bench.gpu import install
+    from bench.gpu import run as kit_run
+
+    kits = []
+    monkeypatch.setattr(kit_run.Kit, "run", lambda kit: kits.append(kit))
+    result = CliRunner().invoke(main, ["--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                                       "--wheels", str(tmp_path / "absent")])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(install.subprocess, "run", lambda command, **kwargs: None)
+    install.run(kits[0].cfg, tmp_path, Clock.after(60), ledger.Ledger(tmp_path / LEDGER_FILE, "install"))
+    wheels = ledger.read(tmp_path / LEDGER_FILE).set_index("item").loc["wheels"]
+    assert wheels["status"] == "failed" and wheels["message"].startswith(f"no folder {tmp_path / 'absent'} ")

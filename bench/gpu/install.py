@@ -64,6 +64,9 @@ def run(cfg: KitConfig, work: Path, clock: Clock, ledger: Ledger) -> None:
     ledger.plan(["wheels", "lcbench"])
     if cfg.wheels is None:
         ledger.record("wheels", "skipped", message="no wheel folder given (--wheels): kernels only if already installed")
+    elif not Path(cfg.wheels).is_dir():  # one GPU slot: the run goes on, with what the machine has
+        ledger.record("wheels", "failed", message=f"no folder {cfg.wheels} (not carried to this machine?): the GPU "
+                                                  "extras are not installed; kernels only if the machine has them")
     else:
         wheels = sorted(Path(cfg.wheels).glob("*.whl"))
         if wheels:
