@@ -1255,3 +1255,36 @@ def test_a_missing_wheel_folder_is_reported_and_the_run_goes_on(tmp_path, monkey
     install.run(kits[0].cfg, tmp_path, Clock.after(60), ledger.Ledger(tmp_path / LEDGER_FILE, "install"))
     wheels = ledger.read(tmp_path / LEDGER_FILE).set_index("item").loc["wheels"]
     assert wheels["status"] == "failed" and wheels["message"].startswith(f"no folder {tmp_path / 'absent'} ")
+
+
+def test_a_step_that_will_not_end_after_sigkill_does_not_hold_the_kit(tmp_path, monkeypatch):
+    """A process stuck in the GPU driver ends only when the driver lets it; the kit waited for it
+    without a limit and so never wrote its output folder."""
+    from bench.gpu import run as kit_run
+
+    class Stuck:
+        pid = 2**22 + 12345  # no such process: killpg finds none
+
+        def wait(self, timeout=None):
+            if timeout is None:
+                raise AssertionError("waited for the step without a limit")
+            raise subprocess.TimeoutExpired("worker", timeout)
+
+    kit_run.stop_group(Stuck())  # returns
+
+
+def test_a_huge_log_is_read_only_at_its_ends(tmp_path, monkeypatch):
+    """A step that printed gigabytes: its log was read whole every time the output was written."""
+    monkeypatch.setattr(bundle, "MAX_BYTES", 4000)
+    path = bundle.log_path(tmp_path, "latency")
+    path.parent.mkdir()
+    path.write_text("latency starts\n" + "x" * 50_000 + "\nlatency ends")
+    real_read_text = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        assert self != path, "the whole log was read"
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    text = bundle.logs_text(tmp_path)
+    assert "latency starts" in text and "latency ends" in text and len(text.encode()) <= 4000

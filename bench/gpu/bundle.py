@@ -40,11 +40,25 @@ def log_path(work: Path, name: str) -> Path:
     return work / LOG_DIR / f"{name}.log"
 
 
+def read_ends(path: Path, limit: int) -> str:
+    """``path``'s text, or its head and tail when it is over ``limit`` bytes, without reading the
+    rest: a step that printed gigabytes must not stall the kit, which rewrites this every 30 s."""
+    size = path.stat().st_size
+    if size <= limit:
+        return path.read_text(errors="replace")
+    keep = max(0, limit - 200) // 2
+    with open(path, "rb") as f:
+        head = f.read(keep)
+        f.seek(size - keep)
+        tail = f.read(keep)
+    note = f"\n\n[... {size - 2 * keep:,} bytes left out to stay under the size limit ...]\n\n"
+    return head.decode(errors="replace") + note + tail.decode(errors="replace")
+
+
 def logs_text(work: Path) -> str:
     names = [n for n in (KIT_LOG, *STEPS) if log_path(work, n).is_file()]
     share = MAX_BYTES // max(1, len(names)) - 200
-    return "".join(f"===== {name} =====\n{fit(log_path(work, name).read_text(errors='replace'), share)}\n"
-                   for name in names)
+    return "".join(f"===== {name} =====\n{fit(read_ends(log_path(work, name), share), share)}\n" for name in names)
 
 
 def tables_csv(folders: list[Path]) -> str | None:

@@ -16,9 +16,12 @@ Steps, in order (weights in :data:`bench.gpu.config.STEP_WEIGHTS`):
 Each step runs in its own process (:mod:`bench.gpu.worker`) under a time limit: its weight's
 share of the budget still left (:func:`bench.gpu.clock.step_seconds`). The step itself starts an
 item only when the item is expected to fit, and records the rest as ``skipped``; a step still
-running at its limit is stopped and its unfinished items recorded as ``timeout``. After every
-step the output folder is rewritten, so a run cut short still leaves everything done so far:
-at most 8 flat files (:mod:`bench.gpu.bundle`), ``summary.md`` the one to read first.
+running at its limit is stopped and its unfinished items recorded as ``timeout``. The output
+folder is rewritten after every step and every ``write_every_s`` while one runs, and on SIGTERM
+(the device call's time limit) the kit stops the step and writes it at once, so a run cut short
+still leaves everything done so far: at most 8 flat files (:mod:`bench.gpu.bundle`),
+``summary.md`` the one to read first. Steps run in the kit's session, so whatever ends the kit's
+session ends them too.
 
 ``--dry-run`` runs the same steps on a CPU in about a minute (tiny models, fp32, torch
 reference kernels, short contexts); CI runs it (tests/test_gpu_kit.py).
@@ -49,6 +52,7 @@ from harness.cli import friendly_errors
 
 GRACE_S = 5.0  # after its limit, a step gets this long to end by itself before it is stopped
 MIN_STEP_S = 1.0  # a step given less than this is skipped
+STOP_WAIT_S = 20.0  # how long a stopped step may take to end
 
 
 class Stopped(BaseException):
@@ -182,12 +186,17 @@ def stop_name(stop: BaseException) -> str:
 
 
 def stop_group(proc: subprocess.Popen) -> None:
-    """Stop the step and whatever it started that is still running (its process group)."""
+    """Stop the step and whatever it started that is still running (its process group). A process
+    stuck in the GPU driver ends only when the driver lets it: the kit waits for that a while, not
+    for ever, so that the output folder is still written."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:  # all ended already
         pass
-    proc.wait()
+    try:
+        proc.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        print(f"step process {proc.pid} still there {STOP_WAIT_S:.0f} s after SIGKILL: going on without it", flush=True)
 
 
 def last_line(path: Path) -> str:
