@@ -925,7 +925,8 @@ def test_a_step_killed_by_a_signal_is_reported_failed_with_its_last_output_line(
         [sys.executable, "-c", script, str(kit.work / LEDGER_FILE)], **kw))
     kit.run_step("latency", 60.0)
     steps = ledger.read(kit.work / LEDGER_FILE).set_index("item")
-    assert list(steps.loc[["a", "s", ledger.STEP_ITEM], "status"]) == ["failed", "skipped", "failed"]  # what had an outcome keeps it
+    # what had an outcome keeps it
+    assert list(steps.loc[["a", "s", ledger.STEP_ITEM], "status"]) == ["failed", "skipped", "failed"]
     whole = steps.loc[ledger.STEP_ITEM]
     assert whole["message"] == f"exit status {-signal.SIGKILL}: the last words; 1 item(s) unfinished"
     assert whole["seconds"] == 0.0  # the fake clock did not move: the step's time, not its limit
@@ -1111,14 +1112,20 @@ def test_the_output_folder_is_rewritten_while_a_step_runs(tmp_path, monkeypatch)
     naming the step running."""
     kit = Kit(KitConfig.dry(steps=["ttt_speed"], write_every_s=0.1), tmp_path / "out", tmp_path / "work")
     seen = tmp_path / "seen.txt"
-    fake_step(monkeypatch, kit, "import sys, time\nfrom pathlib import Path\nfrom bench.gpu.ledger import Ledger\n"
-                                "Ledger(sys.argv[1], 'ttt_speed').record('cell 1', 'ok')\nout = Path(sys.argv[2])\n"
-                                "for _ in range(200):  # up to 20 s\n"
-                                "    if 'cell 1' in (out / 'steps.csv').read_text() if (out / 'steps.csv').is_file() else '':\n"
-                                "        break\n"
-                                "    time.sleep(0.1)\n"
-                                "Path(sys.argv[3]).write_text((out / 'summary.md').read_text() if (out / 'summary.md').is_file() else '')\n",
-              str(kit.out), str(seen))
+    script = """import sys, time
+from pathlib import Path
+from bench.gpu.ledger import Ledger
+Ledger(sys.argv[1], 'ttt_speed').record('cell 1', 'ok')
+steps, summary_md = Path(sys.argv[2]) / 'steps.csv', Path(sys.argv[2]) / 'summary.md'
+def text(path):
+    return path.read_text() if path.is_file() else ''
+for _ in range(200):  # up to 20 s: the output folder written with the step running and cell 1 done
+    if 'cell 1' in text(steps) and 'running' in text(summary_md):
+        break
+    time.sleep(0.1)
+Path(sys.argv[3]).write_text(text(summary_md))
+"""
+    fake_step(monkeypatch, kit, script, str(kit.out), str(seen))
     kit.run_step("ttt_speed", 60.0)
     assert re.search(r"\| ttt_speed\s*\| running\s*\|", seen.read_text()), seen.read_text()
     assert "1 item(s) unfinished" not in (kit.work / LEDGER_FILE).read_text()  # its own record is no item
@@ -1202,7 +1209,8 @@ def test_the_output_folder_stays_under_what_the_device_tool_brings_back_in_all(t
     monkeypatch.setattr(bundle, "MAX_BYTES", 4000)
     monkeypatch.setattr(bundle, "MAX_TOTAL", 10_000)
     big = "head\n" + "x" * 9000 + "\ntail"
-    bundle.write(tmp_path, {bundle.SUMMARY: "# summary\n", bundle.LOGS: big, "environment.txt": big, "gpu_tests.xml": big})
+    bundle.write(tmp_path, {bundle.SUMMARY: "# summary\n", bundle.LOGS: big, "environment.txt": big,
+                            "gpu_tests.xml": big})
     sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
     assert sum(sizes.values()) <= 10_000 and max(sizes.values()) <= 4000
     assert (tmp_path / bundle.SUMMARY).read_text() == "# summary\n"
@@ -1288,3 +1296,39 @@ def test_a_huge_log_is_read_only_at_its_ends(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", read_text)
     text = bundle.logs_text(tmp_path)
     assert "latency starts" in text and "latency ends" in text and len(text.encode()) <= 4000
+
+
+def test_latency_cells_after_one_that_breaks_the_cuda_context_run_in_a_new_process(tmp_path, monkeypatch):
+    """After an illegal memory access every later CUDA call of the process fails: one broken kernel
+    at 128K failed every latency cell after it. The step ends there; run again (a new process) it
+    leaves the cells already decided and runs the rest."""
+    ran = []
+
+    def run_sweep(spec, folder, progress):
+        name = f"{spec.models[0].arch}@{spec.tasks[0].options['contexts'][0]}"
+        ran.append(name)
+        broken = name == "mamba2@64"
+        message = "RuntimeError: CUDA error: an illegal memory access was encountered" if broken else ""
+        return SimpleNamespace(table=pd.DataFrame([{"status": "error" if broken else "ok", "message": message}]))
+
+    monkeypatch.setattr(latency, "run_sweep", run_sweep)
+    cfg = KitConfig.dry(archs=["swa", "mamba2", "gated_deltanet"], contexts=[64])
+    book = ledger.Ledger(tmp_path / LEDGER_FILE, "latency")
+    with pytest.raises(ledger.BrokenCudaContext, match="mamba2:125m@64: RuntimeError: CUDA error: an illegal memory"):
+        latency.run(cfg, tmp_path, Clock.after(600), book)
+    latency.run(cfg, tmp_path, Clock.after(600), book)
+    assert ran == ["swa@64", "mamba2@64", "gated_deltanet@64"]
+    statuses = ledger.read(tmp_path / LEDGER_FILE).set_index("item")["status"]
+    assert [statuses[n] for n in ("swa:125m@64", "mamba2:125m@64", "gated_deltanet:125m@64")] == ["ok", "failed", "ok"]
+
+
+def test_a_step_whose_cuda_context_broke_goes_on_in_a_new_process(tmp_path, monkeypatch):
+    kit = Kit(KitConfig.dry(steps=["latency"]), tmp_path / "out", tmp_path / "work")
+    marker = tmp_path / "first.done"
+    fake_step(monkeypatch, kit, "import sys\nfrom pathlib import Path\nfrom bench.gpu.ledger import Ledger\n"
+                                "book, marker = Ledger(sys.argv[1], 'latency'), Path(sys.argv[2])\n"
+                                "if not marker.exists():\n    marker.touch()\n    book.plan(['a', 'b'])\n"
+                                "    book.record('a', 'ok')\n    sys.exit(75)\nbook.record('b', 'ok')\n", str(marker))
+    kit.run_step("latency", 60.0)
+    steps = ledger.read(kit.work / LEDGER_FILE).set_index("item")["status"]
+    assert (steps[ledger.STEP_ITEM], steps["a"], steps["b"]) == ("ok", "ok", "ok")

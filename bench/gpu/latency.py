@@ -5,7 +5,9 @@ The step takes the spec's models of one size (its Llama-3-vocabulary entries: th
 config overrides) and runs each (context, model) as a one-cell sweep (:func:`harness.sweep.run_sweep`)
 in its own folder, shortest contexts first, so what does not fit is the longest. A cell starts
 only when the time it is expected to take is left: the slowest cell at that context so far, or
-else the slowest at the longest shorter context scaled by the length ratio.
+else the slowest at the longest shorter context scaled by the length ratio. A cell that fails
+with a CUDA error that breaks the process ends the step (:class:`bench.gpu.ledger.BrokenCudaContext`);
+the kit runs it again in a new process, which leaves the cells already decided as they are.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pandas as pd
 
 from bench.gpu.clock import Clock
 from bench.gpu.config import ROOT, KitConfig
-from bench.gpu.ledger import Ledger
+from bench.gpu.ledger import BROKEN_CUDA_CONTEXT, BrokenCudaContext, Ledger, decided
 from harness.api import results
 from harness.api.errors import ConfigError
 from harness.runs.sweep import ModelEntry, SweepSpec, TaskEntry, load_spec, run_sweep
@@ -58,16 +60,19 @@ def run_cells(cfg: KitConfig, size: str, contexts: list[int], out: Path, clock: 
     spec = load_spec(ROOT / cfg.latency_spec)
     cells = spec_cells(spec, size, contexts, cfg.archs)
     names = [f"{entry.label}@{ctx}" for ctx, entry in cells]
-    ledger.plan(names)
+    done = decided(ledger.path, ledger.step)  # run again after a broken CUDA context: those stay as they are
+    ledger.plan(n for n in names if n not in done)
     slowest: dict[int, float] = {}
-    folders: list[Path] = []
+    folders = [f for f in (cell_folder(out, n) for n in names if n in done) if (f / results.TABLE_PARQUET).is_file()]
     write_cells(out, folders)
     for name, (ctx, entry) in zip(names, cells):
+        if name in done:
+            continue
         need = max(expected_seconds(slowest, ctx), cfg.min_item_s)
         if not clock.fits(need):
             ledger.record(name, "skipped", message=f"expected to take {need:.0f} s; {clock.left():.0f} s left")
             continue
-        folder = out / "cells" / "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
+        folder = cell_folder(out, name)
         started = time.time()
         try:
             result = run_sweep(cell_spec(spec, entry, ctx, cfg), folder, progress=False)
@@ -81,6 +86,13 @@ def run_cells(cfg: KitConfig, size: str, contexts: list[int], out: Path, clock: 
         bad = result.table[result.table["status"] != "ok"]
         ledger.record(name, "failed" if len(bad) else "ok", seconds,
                       f"{bad['status'].iloc[0]}: {bad['message'].iloc[0]}" if len(bad) else "")
+        broken = [m for m in bad["message"].astype(str) if BROKEN_CUDA_CONTEXT.search(m)]
+        if broken:  # every later cell in this process would fail alike
+            raise BrokenCudaContext(f"{name}: {broken[0]}")
+
+
+def cell_folder(out: Path, name: str) -> Path:
+    return out / "cells" / "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
 
 
 def write_cells(out: Path, folders: list[Path]) -> None:

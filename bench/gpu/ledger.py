@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 STATUSES = ("planned", "ok", "failed", "skipped", "timeout")
 COLUMNS = ("step", "item", "status", "seconds", "message")
 STEP_ITEM = "(step)"  # the record of a step as a whole
+# CUDA errors that leave a process's CUDA context broken: every later CUDA call in it fails too
+BROKEN_CUDA_CONTEXT = re.compile(r"illegal memory access|device-side assert|unspecified launch failure"
+                                 r"|misaligned address|illegal instruction")
 RUNNING = "running"  # the message of a planned item (a step, a GPU test) that has started
 T = TypeVar("T")
 
@@ -61,6 +65,11 @@ class Ledger:
         return result
 
 
+class BrokenCudaContext(RuntimeError):
+    """An item failed with a CUDA error that breaks the process: the step ends, and the kit runs it
+    again in a new process for the items not yet decided."""
+
+
 def read(path: Path) -> "pd.DataFrame":
     """The last record of every (step, item), in the order items were first seen."""
     import pandas as pd  # here, not above: a worker only writes, and starts faster without pandas
@@ -86,3 +95,10 @@ def close_unfinished(path: Path, step: str, status: str, message: str) -> int:
     for item in open_items:
         ledger.record(item, status, message=message)
     return len(open_items)
+
+
+def decided(path: Path, step: str) -> set[str]:
+    """The items of ``step`` with an outcome: what a step run again (a new process) leaves alone."""
+    table = read(path)
+    mine = table[(table["step"] == step) & (table["status"] != "planned") & (table["item"] != STEP_ITEM)]
+    return set(mine["item"])

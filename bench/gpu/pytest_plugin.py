@@ -12,21 +12,17 @@ with that reason. Outside the kit (no ledger in the environment) it does nothing
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
 import pytest
 
-from bench.gpu.ledger import RUNNING, Ledger
+from bench.gpu.ledger import BROKEN_CUDA_CONTEXT, RUNNING, Ledger
 
 LEDGER_ENV = "LCBENCH_KIT_LEDGER"
 DEADLINE_ENV = "LCBENCH_KIT_DEADLINE"
 MIN_TEST_ENV = "LCBENCH_KIT_MIN_TEST_S"
 STEP = "gpu_tests"
-# CUDA errors that leave the process's CUDA context broken: every later GPU test in it would fail too
-STICKY_CUDA_ERROR = re.compile(r"illegal memory access|device-side assert|unspecified launch failure|misaligned address"
-                               r"|illegal instruction")
 _session: list[pytest.Session] = []  # this run's, for stopping it
 
 
@@ -83,6 +79,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     status = "ok" if report.passed else "skipped" if report.skipped else "failed"
     message = _measured(report) if report.passed else " | ".join(filter(None, [_reason(report), _measured(report)]))
     ledger.record(report.nodeid, status, report.duration, message)
-    if report.failed and STICKY_CUDA_ERROR.search(report.longreprtext) and _session:
+    if report.failed and BROKEN_CUDA_CONTEXT.search(report.longreprtext) and _session:
         # stop here: the kit runs the tests not yet run in a new process (bench.gpu.gpu_tests)
         _session[0].shouldstop = f"a CUDA error that breaks this process's CUDA context, in {report.nodeid}"

@@ -47,7 +47,7 @@ from bench.gpu.clock import step_seconds
 from bench.gpu.config import CONFIG_FILE, LEDGER_FILE, ROOT, STEP_WEIGHTS, STEPS, KitConfig
 from bench.gpu.install import python_path
 from bench.gpu.ledger import RUNNING
-from bench.gpu.worker import TIMEOUT_EXIT
+from bench.gpu.worker import RESTART_EXIT, TIMEOUT_EXIT
 from harness.cli import friendly_errors
 
 GRACE_S = 5.0  # after its limit, a step gets this long to end by itself before it is stopped
@@ -106,7 +106,8 @@ class Kit:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this write short
             why = f"the kit was stopped ({stop_name(stop)})"
             for step in steps[begun:]:
-                ledger.Ledger(self.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "skipped", message=f"{why} before it")
+                ledger.Ledger(self.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "skipped",
+                                                                    message=f"{why} before it")
             self.write_output(final=False)
             self.say(f"{why}: {self.out} holds what was done")
             raise SystemExit(STOPPED_EXIT) from None
@@ -128,18 +129,22 @@ class Kit:
         record.record(ledger.STEP_ITEM, "planned", message=f"{RUNNING}, limit {limit:.0f} s")  # for interim summaries
         started, stopped = time.time(), None
         with open(bundle.log_path(self.work, step), "w", encoding="utf-8") as log:
-            # a process group of its own, so that stopping the step stops its children (pytest, pip,
-            # compilers); in the kit's session, so that whatever ends that session ends the step too:
-            # in a session of its own, a step outlived a kit stopped at the device call's time limit
-            # and held the GPU into the next call
-            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    preexec_fn=os.setpgrp)
-            try:
-                code = self.wait(proc, deadline + GRACE_S)
-            except (Stopped, KeyboardInterrupt) as stop:
-                code, stopped = None, stop
-            finally:
-                stop_group(proc)
+            while True:
+                # a process group of its own, so that stopping the step stops its children (pytest, pip,
+                # compilers); in the kit's session, so that whatever ends that session ends the step too:
+                # in a session of its own, a step outlived a kit stopped at the device call's time limit
+                # and held the GPU into the next call
+                proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        preexec_fn=os.setpgrp)
+                try:
+                    code = self.wait(proc, deadline + GRACE_S)
+                except (Stopped, KeyboardInterrupt) as stop:
+                    code, stopped = None, stop
+                finally:
+                    stop_group(proc)
+                if code != RESTART_EXIT or deadline - time.time() < MIN_STEP_S:
+                    break
+                self.say(f"{step}: a CUDA error broke its process; the items not yet done go on in a new one")
         seconds = time.time() - started
         if stopped is not None:
             status, why = "timeout", f"the kit was stopped ({stop_name(stopped)}) {seconds:.0f} s into the step"

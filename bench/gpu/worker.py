@@ -17,7 +17,7 @@ import click
 
 from bench.gpu.clock import Clock
 from bench.gpu.config import CONFIG_FILE, LEDGER_FILE, STEPS, KitConfig
-from bench.gpu.ledger import Ledger
+from bench.gpu.ledger import BrokenCudaContext, Ledger
 
 # step -> "module:function"; imported on use, so that installing the wheels needs no torch
 RUNNERS = {
@@ -31,6 +31,7 @@ RUNNERS = {
 }
 assert set(RUNNERS) == set(STEPS)
 TIMEOUT_EXIT = 124  # the step ran out of its time (as timeout(1) exits)
+RESTART_EXIT = 75  # the step's CUDA context broke: run it again in a new process (EX_TEMPFAIL)
 
 
 @click.command()
@@ -46,6 +47,9 @@ def main(step: str, work: Path, deadline: float) -> None:
     except subprocess.TimeoutExpired as exc:  # a tool the step ran (pytest, pip) was stopped at the deadline
         print(f"time is up: {exc}", flush=True)
         sys.exit(TIMEOUT_EXIT)
+    except BrokenCudaContext as exc:
+        print(f"a CUDA error broke this process's CUDA context ({exc}): the step goes on in a new process", flush=True)
+        sys.exit(RESTART_EXIT)
 
 
 if __name__ == "__main__":
