@@ -42,8 +42,9 @@ says that its intervals cover the units scored, not seed-to-seed variance.
    only where full attention's grows (else those contexts cannot tell). ``holds`` when every
    phase timed is flat, ``partly`` when some are, ``contradicted`` when none is and one grows.
 
-Claims 4 and 5 pool each model's timing repeats over training seeds (:meth:`RunData.timings` says
-why) and name the machines the timings ran on (a sweep's cell records, else run.json; a machine is
+Claims 4 and 5 read a model timed with several training seeds as the tables do, by the mean of
+the seeds' medians, with an interval over each seed's repeats and over the seeds
+(:meth:`RunData.timings`, :func:`stats.bootstrap_seeded_median_ratio`), and name the machines the timings ran on (a sweep's cell records, else run.json; a machine is
 its GPU, or its CPU model, cores and ATen CPU capability: :mod:`harness.api.machine`): timings of
 different machines are not compared (full attention's from two machines give claim 5 no
 contrast); on a CPU they say that the paper timed an H100, so that CPU timings test only the claim's shape;
@@ -144,20 +145,21 @@ class RunData:
         return [s for s in self.samples
                 if s.get("model") == model and s.get("task") == "loss_scaling" and s.get("kind") == "window"]
 
-    def timings(self, model: str, phase: str, batch_size: int) -> dict[int, list[float]]:
-        """Context -> every timed repeat of ``phase`` (prefill: seconds per call; decode: seconds
-        per token), pooled over seeds, from the latency task's timing records. Pooled: the
-        weights a seed gives do not enter the time (the same shapes, the same kernels), so every
-        seed's repeats time one computation, each seed's in a process of its own; seeds timed on
-        other machines show in :meth:`timing_machines` (every seed's cells), which leaves both
-        latency claims undecided."""
+    def timings(self, model: str, phase: str, batch_size: int) -> dict[int, list[list[float]]]:
+        """Context -> each training seed's timed repeats of ``phase`` (prefill: seconds per call;
+        decode: seconds per token), in seed order, from the latency task's timing records: the
+        tables average the seeds' medians, and :func:`speedup` and :func:`per_token_growth` give
+        that value's interval (:func:`stats.bootstrap_seeded_median_ratio`). A seed's weights do
+        not enter the time (the same shapes, the same kernels), but each seed's repeats ran in a
+        process of its own, under its own load; seeds timed on other machines show in
+        :meth:`timing_machines` (every seed's cells), which leaves both latency claims undecided."""
         key = "seconds" if phase == "prefill" else "seconds_per_token"
-        out: dict[int, list[float]] = defaultdict(list)
+        out: dict[int, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
         for s in self.samples:
             if (s.get("model") == model and s.get("task") == "latency" and s.get("kind") == "timing"
                     and s.get("phase") == phase and s.get("batch_size") == batch_size):
-                out[int(s["eval_ctx"])] += [float(t) for t in s[key]]
-        return dict(out)
+                out[int(s["eval_ctx"])][s.get("seed")] += [float(t) for t in s[key]]
+        return {ctx: [by_seed[k] for k in sorted(by_seed, key=stats.seed_order)] for ctx, by_seed in out.items()}
 
     def latency_rows(self, model: str, phase: str) -> pd.DataFrame:
         """The table's ``{phase}_s`` rows of ``model`` (every status)."""
@@ -298,8 +300,17 @@ def is_spread(n: int) -> bool:
 
 
 def _timing_row(what: str, est: stats.Estimate) -> dict[str, Any]:
-    """A row of medians over timing repeats: too few of them make its interval a spread."""
+    """A row of medians over timing repeats: too few of them make its interval a spread; over
+    several seeds, it says how many (``n``: the fewest repeats of a seed)."""
+    seeds = getattr(est, "seeds", (1, 1))
+    if seeds != (1, 1):
+        what += f", {_seeds_text(seeds)}"
     return _row(what, est, spread=is_spread(est.n))
+
+
+def _seeds_text(seeds: tuple[int, int]) -> str:
+    """'2 seeds each', '3 and 1 seed(s)': how many training seeds the two sides of a ratio average."""
+    return f"{seeds[0]} seeds each" if seeds[0] == seeds[1] else f"{seeds[0]} and {seeds[1]} seed(s)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,10 +775,12 @@ def _interval(est: stats.Estimate) -> str:
     return f"[{est.ci_low:.2f}, {est.ci_high:.2f}]"
 
 
-def speedup(theirs: Iterable[float], mine: Iterable[float], ctx: int) -> stats.Estimate:
-    """Full attention's median time over a model's at context ``ctx`` (``theirs``, ``mine``: their
-    timing repeats), each model's repeats resampled on their own: they are not paired."""
-    return stats.bootstrap_median_ratio(list(theirs), list(mine), RESAMPLES, seed=[8, ctx])
+def speedup(theirs: list[list[float]], mine: list[list[float]], ctx: int) -> stats.Estimate:
+    """Full attention's median time over a model's at context ``ctx`` (``theirs``, ``mine``: each
+    seed's timing repeats, :meth:`RunData.timings`; over several seeds, the mean of the seeds'
+    medians, as the tables show it), each model's repeats resampled on their own: they are not
+    paired (:func:`stats.bootstrap_seeded_median_ratio`)."""
+    return stats.bootstrap_seeded_median_ratio(theirs, mine, RESAMPLES, seed=[8, ctx])
 
 
 def speed_claim(run: RunData) -> Claim:
@@ -839,16 +852,17 @@ def speed_claim(run: RunData) -> Claim:
 def per_token_growth(run: RunData, model: str, phase: str, batch: int,
                      level: float = stats.DEFAULT_LEVEL) -> tuple[stats.Estimate, int, int] | None:
     """``model``'s time per token of ``phase`` at its longest timed context over that at its
-    shortest (its interval at ``level``), with the two contexts; None when it was timed at fewer
-    than two."""
+    shortest (over several seeds, of the seeds' mean medians; its interval at ``level``), with the
+    two contexts; None when it was timed at fewer than two."""
     timed = run.timings(model, phase, batch)
     if len(timed) < 2:
         return None
     short, long = min(timed), max(timed)
     # prefill times a whole prefix, decode one step: per token, prefill divides by the prefix
     tokens = (lambda ctx: batch * ctx) if phase == "prefill" else (lambda ctx: batch)
-    est = stats.bootstrap_median_ratio([t / tokens(long) for t in timed[long]], [t / tokens(short) for t in timed[short]],
-                                       RESAMPLES, level, seed=[9, list(FLAT).index(phase), short, long])
+    est = stats.bootstrap_seeded_median_ratio([[t / tokens(long) for t in seed] for seed in timed[long]],
+                                              [[t / tokens(short) for t in seed] for seed in timed[short]],
+                                              RESAMPLES, level, seed=[9, list(FLAT).index(phase), short, long])
     return est, short, long
 
 

@@ -23,7 +23,7 @@ names (:func:`seeds_legend`).
 The loss gap to full attention and the speed-ups over it get, where the run's samples are given
 (:func:`make_figures`), the intervals the tables print (:func:`harness.report.tables.gap_intervals`,
 :func:`~harness.report.tables.speedup_intervals`: paired by target window over documents; over
-timing repeats) as their bands (the gap by token position: each bin's gap paired alike), the legend naming them (:func:`derived_legend`) and a footnote
+timing repeats, and seeds) as their bands (the gap by token position: each bin's gap paired alike), the legend naming them (:func:`derived_legend`) and a footnote
 counting the points the samples do not bound; without samples they are drawn bare, as before.
 A gap over several seeds gets that one band, which resamples the seeds with the documents, and
 no band over seeds beside it;
