@@ -107,6 +107,25 @@ def test_a_gap_over_training_seeds_pairs_each_seed_s_windows_and_resamples_seeds
         "A value over several training seeds (up to 2) is their mean"]
 
 
+def test_a_gap_over_seeds_that_scored_different_windows_gets_its_interval():
+    """Each seed reads its own held-out split: seed 1 scored one document fewer. The table's gap is
+    the mean of the seeds' gaps; the samples gave the mean over all windows, another value, so the
+    gap was printed bare, without a word. Each seed now weighs alike."""
+    rows, samples = _loss_run(seeds=(0, 1))
+    samples = [s for s in samples if not (s["seed"] == 1 and s["doc"] == DOCS[-1])]
+    rows = [{**r, "value": float(np.mean([s["scored_loss"] for s in samples if (s["model"], s["eval_ctx"], s["seed"])
+                                          == (r["model"], r["eval_ctx"], r["seed"])]))} for r in rows]
+    table = results.validate(rows)
+    run = claims.RunData(table, samples)
+    gap = tables.summary_tables(table, samples=run)["loss_gap"]
+    for L in CONTEXTS:
+        value, low, high = _cell(gap, "ttt_e2e", L)
+        est = claims.loss_gap(run, "ttt_e2e", "full_attention", L)
+        assert value == pytest.approx(np.mean([v for _, v in est.per_seed]), rel=1e-9)
+        assert (value, low, high) == pytest.approx((est.value, est.ci_low, est.ci_high)) and low < value < high < 0
+    assert "documents and training seeds resampled" in tables.render_markdown(gap)
+
+
 def test_models_named_otherwise_than_their_architecture_get_their_intervals():
     """The samples name models, not architectures: a run's models named ``fa-small`` and
     ``ttt-small`` are found by their names."""

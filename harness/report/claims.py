@@ -68,7 +68,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,13 +343,18 @@ def loss_gap(run: RunData, model: str, reference: str, eval_ctx: int,
     """``model``'s loss minus ``reference``'s at context ``eval_ctx`` (the tables' gap to full
     attention), paired by target window: the mean over windows (the same document, start and
     training seed) of the difference of their scored losses, resampled by document (and seed);
-    with ``positions`` (a bin ``(pos_start, pos_end)``), of their losses on that bin's targets
-    (the gap by token position). None unless both were scored on the same windows, each once: a
-    mean over some is not the gap."""
+    over several seeds, the mean of each seed's mean, as the tables average seeds (a seed that
+    scored fewer windows, its own held-out split, weighs as much); with ``positions`` (a bin
+    ``(pos_start, pos_end)``), of their losses on that bin's targets (the gap by token position).
+    None unless both were scored on the same windows, each once: a mean over some is not the gap."""
     mine, theirs = (_window_losses(run.windows(m), eval_ctx, positions=positions) for m in (model, reference))
     if not mine or mine.keys() != (theirs or {}).keys():
         return None
-    return _by_window({k: mine[k] - theirs[k] for k in mine}, seed=eval_ctx)
+    diffs = {k: mine[k] - theirs[k] for k in mine}
+    windows = Counter(k[0] for k in diffs)
+    if len(windows) == 1:
+        return _by_window(diffs, seed=eval_ctx)
+    return _paired(((k[0], k[1], diffs[k], 1.0 / windows[k[0]]) for k in sorted(diffs, key=str)), seed=eval_ctx)
 
 
 def _window_losses(windows: Iterable[dict[str, Any]], eval_ctx: int, by_end: bool = False,
