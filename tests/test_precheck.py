@@ -13,12 +13,14 @@ from click.testing import CliRunner
 
 import harness.runs.evaluate as evaluate
 import harness.runs.sweep as sweep_mod
-from harness.api import kernels
+from harness.api import kernels, registry
 from harness.api.errors import ConfigError
 from harness.cli import EXIT_USER_ERROR, main
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.sweep import load_spec, plan, run_sweep, start_sweep
+from harness.train import checkpoint
 from tasks import niah
+from tests.conftest import ARCHS, small_model
 from tests import probe_tasks  # noqa: F401 - registers test_refused_mid_bar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,15 +127,61 @@ def test_a_sweep_refuses_kernel_backends_that_cannot_run_on_its_device(tmp_path,
     assert "backend 'liger' is unavailable" in lines[2] and "Use inner_loss='chunked'" in lines[2]
 
 
+TTT_TINY = {**TINY, "mini_batch_size": 16}
+
+
+def test_a_cuda_graph_inner_step_on_a_cpu_is_refused_before_any_training(tmp_path, trainings):
+    """TTT-E2E's inner_step 'cudagraph' on a CPU failed each cell at its first steady inner step,
+    after the model had trained: it was no declared kernel, so the sweep's check passed it."""
+    models = [{"arch": "ttt_e2e", "name": "graph", "set": {**TTT_TINY, "inner_step": "cudagraph"}},
+              {"arch": "ttt_e2e", "name": "compiled_graph", "set": {**TTT_TINY, "inner_step": "compile+cudagraph"}}]
+    spec = load_spec(spec_file(tmp_path, models, [{"task": "test_sweep_probe"}], device="cpu"))
+    with pytest.raises(ConfigError) as refused:
+        run_sweep(spec, tmp_path / "out", progress=False)
+    assert trainings == [] and not (tmp_path / "out").exists()
+    lines = refused_lines(refused)
+    assert len(lines) == 2, lines
+    assert "'graph'" in lines[0] and "inner_step backend 'cudagraph' is unavailable: it needs a CUDA device" in lines[0]
+    assert "Use inner_step='eager' (runs anywhere); on cpu, inner_step takes eager, compile" in lines[0]
+    assert "'compiled_graph'" in lines[1] and "Use inner_step='compile'" in lines[1]
+
+
+def test_eval_refuses_a_checkpoint_with_a_cuda_graph_inner_step_on_a_cpu(tmp_path, monkeypatch):
+    """`lcbench eval` of a TTT-E2E checkpoint saved with inner_step 'cudagraph' (as a GPU run
+    saves it) on a CPU: refused before the task runs, exit 2."""
+    ran = []
+    monkeypatch.setattr(niah.NIAH, "run", lambda self, model, options, ctx: ran.append(1) or [])
+    folder = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("ttt_e2e", inner_step="cudagraph"))
+    result = CliRunner().invoke(main, ["eval", "niah", "--model", str(folder), "--device", "cpu", "-o", "contexts=1024",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == EXIT_USER_ERROR, result.output
+    assert "inner_step backend 'cudagraph' is unavailable: it needs a CUDA device" in result.output
+    assert "Use inner_step='eager'" in result.output and ran == [] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_kernel_an_architecture_declares_is_a_value_of_a_setting_it_checks(arch):
+    """A kernel no checked setting can name is never refused up front (TTT-E2E's CUDA-graph inner
+    steps were no declared kernel); every checked setting says the values it takes."""
+    model_class = registry.get_model_class(arch)
+    choices = model_class.kernel_choices(registry.make_config(arch))
+    assert all(choice.takes and choice.value in choice.takes for choice in choices.values()), choices
+    named = {value for choice in choices.values() for value in choice.takes}
+    assert {kernel.name for kernel in model_class.kernels} <= named
+
+
 def test_a_sweep_planned_for_other_machines_checks_only_what_their_device_kind_tells(monkeypatch):
     """A cluster's login node plans GPU jobs: kernels it cannot import may run on the nodes."""
     refusals = kernels.refusals
     broken = kernels.Kernel("mixer", "fast", lambda: 1 / 0, install="pip install fast", fallback="torch")
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert refusals({"backend": "fast"}, [broken], cuda, imports=False) == []
-    assert "importing it failed (ZeroDivisionError" in refusals({"backend": "fast"}, [broken], cuda)[0]
-    assert "needs a CUDA device" in refusals({"backend": "fast"}, [broken], cpu, imports=False)[0]
-    assert refusals({"backend": "auto", "other": "torch"}, [broken], cpu) == []
+    fast = {"backend": kernels.KernelChoice("fast", ("auto", "torch", "fast"))}
+    assert refusals(fast, [broken], cuda, imports=False) == []
+    assert "importing it failed (ZeroDivisionError" in refusals(fast, [broken], cuda)[0]
+    assert "on cuda, backend takes auto, torch" in refusals(fast, [broken], cuda)[0]
+    assert "needs a CUDA device" in refusals(fast, [broken], cpu, imports=False)[0]
+    others = {"backend": kernels.KernelChoice("auto"), "other": kernels.KernelChoice("torch")}
+    assert refusals(others, [broken], cpu) == []
 
 
 def test_every_committed_spec_plans_as_before_and_passes_the_checks(tmp_path, monkeypatch):
