@@ -41,6 +41,14 @@ def refused_lines(error: pytest.ExceptionInfo) -> list[str]:
     return [line.strip() for line in problems.strip().splitlines()]
 
 
+def refused_sweep(tmp_path: Path, trainings: list, models: list[dict], tasks: list[dict], **extra) -> list[str]:
+    """The problems a sweep of ``models`` and ``tasks`` is refused for, having trained nothing."""
+    with pytest.raises(ConfigError) as refused:
+        run_sweep(load_spec(spec_file(tmp_path, models, tasks, **extra)), tmp_path / "out", progress=False)
+    assert trainings == [] and not (tmp_path / "out").exists()
+    return refused_lines(refused)
+
+
 @pytest.fixture
 def trainings(monkeypatch) -> list:
     """Every model training the sweep starts (none is run)."""
@@ -52,13 +60,9 @@ def trainings(monkeypatch) -> list:
 def test_a_sweep_refuses_a_niah_context_too_short_before_training(tmp_path, trainings):
     """A NIAH context shorter than its prompts' header, needles, question and answer start gave
     error cells after the model had trained; now the sweep names it and a length that fits."""
-    spec = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": TINY}],
-                               [{"task": "niah", "options": {**NIAH_SMALL, "variants": ["multikey"]},
-                                 "grid": {"contexts": [[64], [1024]]}}], seeds=[0, 1]))
-    with pytest.raises(ConfigError) as refused:
-        run_sweep(spec, tmp_path / "out", progress=False)
-    assert trainings == [] and not (tmp_path / "out").exists()
-    lines = refused_lines(refused)
+    lines = refused_sweep(tmp_path, trainings, [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": TINY}],
+                          [{"task": "niah", "options": {**NIAH_SMALL, "variants": ["multikey"]},
+                            "grid": {"contexts": [[64], [1024]]}}], seeds=[0, 1])
     assert len(lines) == 1, lines  # told once for both models and seeds; the 1024 cells are fine
     assert "'contexts': [64]" in lines[0] and "niah context 64 is too short: a multikey prompt takes" in lines[0]
     options = niah.NIAHOptions(**NIAH_SMALL, variants=["multikey"], contexts=[suggested(lines[0])])
@@ -115,11 +119,7 @@ def test_a_sweep_refuses_kernel_backends_that_cannot_run_on_its_device(tmp_path,
               {"arch": "ttt_e2e", "set": {**TINY, "mini_batch_size": 16, "prefix_backend": "flex",
                                           "inner_loss": "liger"}},
               {"arch": "full_attention", "set": TINY}]
-    spec = load_spec(spec_file(tmp_path, models, [{"task": "test_sweep_probe"}], device="cpu"))
-    with pytest.raises(ConfigError) as refused:
-        run_sweep(spec, tmp_path / "out", progress=False)
-    assert trainings == [] and not (tmp_path / "out").exists()
-    lines = refused_lines(refused)
+    lines = refused_sweep(tmp_path, trainings, models, [{"task": "test_sweep_probe"}], device="cpu")
     assert len(lines) == 3, lines
     assert "'swa:" in lines[0] and "backend 'flex' is unavailable: it needs a CUDA device" in lines[0]
     assert "Use backend='sdpa'" in lines[0]
@@ -135,11 +135,7 @@ def test_a_cuda_graph_inner_step_on_a_cpu_is_refused_before_any_training(tmp_pat
     after the model had trained: it was no declared kernel, so the sweep's check passed it."""
     models = [{"arch": "ttt_e2e", "name": "graph", "set": {**TTT_TINY, "inner_step": "cudagraph"}},
               {"arch": "ttt_e2e", "name": "compiled_graph", "set": {**TTT_TINY, "inner_step": "compile+cudagraph"}}]
-    spec = load_spec(spec_file(tmp_path, models, [{"task": "test_sweep_probe"}], device="cpu"))
-    with pytest.raises(ConfigError) as refused:
-        run_sweep(spec, tmp_path / "out", progress=False)
-    assert trainings == [] and not (tmp_path / "out").exists()
-    lines = refused_lines(refused)
+    lines = refused_sweep(tmp_path, trainings, models, [{"task": "test_sweep_probe"}], device="cpu")
     assert len(lines) == 2, lines
     assert "'graph'" in lines[0] and "inner_step backend 'cudagraph' is unavailable: it needs a CUDA device" in lines[0]
     assert "Use inner_step='eager' (runs anywhere); on cpu, inner_step takes eager, compile" in lines[0]
