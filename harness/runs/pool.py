@@ -11,10 +11,12 @@ in this process when its result is asked for, so monkeypatched code (tests) is w
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError
+from harness.api.interrupts import EXIT_TERMINATED
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
 from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, record_lost_cells,
@@ -52,7 +55,8 @@ class PendingSweep:
             cells = self.futures[future]
             try:  # a cell's own failure is a status row; this raises if its worker died (killed, out of memory)
                 future.result()
-            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, or an error outside the cells' guards
+            # BrokenProcessPool, an error outside the cells' guards, or the SystemExit of a worker sent SIGTERM
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
                 reason = f"worker process died ({type(exc).__name__}: {exc})"
                 record_lost_cells(self.out_dir, cells, reason, self.git or {}, self.before)
             bar.update(len(cells))
@@ -70,14 +74,20 @@ class ModelPool:
             raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         self._executor = None if workers == 1 else ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
+            initializer=_start_worker, initargs=(torch.get_num_threads(),))
 
     def __enter__(self) -> ModelPool:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=exc_info[0] is not None)
+        if self._executor is None:
+            return
+        if isinstance(exc_info[1], KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop now, not after the running models
+            # (a SIGTERM sent to this process alone reaches no worker); their finished cells are recorded
+            # and their training resumes from its last save, as after Ctrl-C
+            for process in list(self._executor._processes.values()):  # no public way before Python 3.14
+                process.terminate()
+        self._executor.shutdown(cancel_futures=exc_info[0] is not None)
 
     def submit(self, spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False) -> PendingSweep:
         """Queue the cells of ``spec`` not finished in ``out_dir`` (as :func:`run_sweep` would run
@@ -93,3 +103,16 @@ class ModelPool:
                    for group in cells_by_model(pending)}
         return PendingSweep(spec, out, retry_failed, cells, len(pending), started, git, str(device), dtype_name(dtype),
                             futures, before)
+
+
+def _start_worker(threads: int) -> None:
+    """A worker takes the pool maker's thread count, and SIGTERM (its pool stopping it, or a time
+    limit that signals every process) ends it quietly: it unwinds, as at a normal end, instead of
+    dying where it stands, which left multiprocessing's resource tracker warning of the semaphores
+    it had made (tqdm's lock)."""
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(EXIT_TERMINATED)  # multiprocessing ends a process on SystemExit without a traceback
