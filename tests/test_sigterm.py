@@ -30,31 +30,35 @@ ROOT = Path(__file__).resolve().parent.parent
 HANG_GUARD_S = 600
 TINY = {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64, "n_layers": 2}
 # the CLI with the probe tasks registered (as a plugin's entry point would)
-LCBENCH = [sys.executable, "-c", "import sys, tests.probe_tasks; from harness.cli import main; "
-                                 "sys.exit(main(prog_name='lcbench'))"]
+LCBENCH = [sys.executable, "-c", ("import sys, tests.probe_tasks; from harness.cli import main; "
+                                  "sys.exit(main(prog_name='lcbench'))")]
 
 
-def lcbench(*args: str) -> subprocess.Popen:
-    """The command in a session of its own, so that what it leaves running can be found."""
-    return subprocess.Popen([*LCBENCH, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def lcbench(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """The command in a session of its own, so that what it leaves running can be found, its
+    stderr in a file (a pipe would stay open while a process it left runs on)."""
+    with open(tmp_path / "stderr.txt", "w") as err:
+        return subprocess.Popen([*LCBENCH, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
 
 
 def wait_for(ready: Callable[[], bool], proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + HANG_GUARD_S
     while not ready():
-        assert proc.poll() is None, f"the command ended first: {proc.communicate()}"
+        assert proc.poll() is None, f"the command ended first, exit status {proc.returncode}"
         assert time.monotonic() < deadline, "hang guard"
         time.sleep(0.05)
 
 
-def terminate(proc: subprocess.Popen) -> tuple[str, str]:
+def terminate(proc: subprocess.Popen, tmp_path: Path) -> str:
+    """SIGTERM to the command alone (as ``kill PID``); its stderr once it has ended."""
     proc.send_signal(signal.SIGTERM)
     try:
-        return proc.communicate(timeout=HANG_GUARD_S)
+        proc.wait(timeout=HANG_GUARD_S)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return (tmp_path / "stderr.txt").read_text()
 
 
 def left_running(session: int) -> list[str]:
@@ -72,10 +76,13 @@ def left_running(session: int) -> list[str]:
 
 
 def none_left(session: int) -> list[str]:
-    """The live processes of ``session`` once any that are exiting have gone (a hang guard bounds the wait)."""
+    """The live processes of ``session`` once any that are exiting have gone (a bound guards the
+    wait); those still there are killed, so that a failing test leaves none running."""
     deadline = time.monotonic() + 30
     while (found := left_running(session)) and time.monotonic() < deadline:
         time.sleep(0.1)
+    if found:
+        os.killpg(session, signal.SIGKILL)  # the session's one process group: the command's
     return found
 
 
@@ -88,10 +95,11 @@ def checkpoint_step(folder: Path) -> int | None:
 
 def test_sigterm_ends_training_with_143_and_its_resume_goes_on(tmp_path):
     out = tmp_path / "ckpt"
-    proc = lcbench("train", "swa", "--steps", "100000", "--save-every", "2", "--eval-every", "0", "--batch-size", "2",
-                   "--seq-len", "32", "--out", str(out), *[f"--set={k}={v}" for k, v in TINY.items()])
+    proc = lcbench(tmp_path, "train", "swa", "--steps", "100000", "--save-every", "2", "--eval-every", "0",
+                   "--batch-size", "2", "--seq-len", "32", "--out", str(out),
+                   *[f"--set={k}={v}" for k, v in TINY.items()])
     wait_for(lambda: checkpoint_step(out) is not None, proc)
-    _, err = terminate(proc)
+    err = terminate(proc, tmp_path)
     assert proc.returncode == EXIT_TERMINATED, err
     assert "terminated (SIGTERM): the checkpoint last saved into --out" in err and "--resume" in err
     assert "Traceback" not in err
@@ -122,9 +130,9 @@ def started(until: Path, count: int) -> Callable[[], bool]:
 def test_sigterm_stops_an_inline_sweep_keeping_its_finished_cell(tmp_path):
     spec, until = waits_spec(tmp_path, 1)
     out = tmp_path / "out"
-    proc = lcbench("sweep", str(spec), "--out", str(out))
+    proc = lcbench(tmp_path, "sweep", str(spec), "--out", str(out))
     wait_for(started(until, 1), proc)  # the first cell is recorded before the second starts
-    _, err = terminate(proc)
+    err = terminate(proc, tmp_path)
     assert proc.returncode == EXIT_TERMINATED, err
     assert "terminated (SIGTERM): the cells that finished are kept" in err and "Traceback" not in err
     kept = ResultStore(out).finished()
@@ -142,12 +150,13 @@ def test_sigterm_stops_a_local_jobs_sweep_and_its_jobs(tmp_path):
     spec = tmp_path / "spec.yaml"  # two models training (long) at once, a job each
     spec.write_text(yaml.safe_dump({
         "name": "stop", "train": {"steps": 100000, "batch_size": 2, "seq_len": 32, "eval_every": 0},
-        "models": [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": {k: v for k, v in TINY.items() if k != "window"}}],
+        "models": [{"arch": "swa", "set": TINY},
+                   {"arch": "full_attention", "set": {k: v for k, v in TINY.items() if k != "window"}}],
         "tasks": [{"task": "loss_scaling"}]}))
     out = tmp_path / "out"
-    proc = lcbench("sweep", str(spec), "--out", str(out), "--executor", "local", "--workers", "2")
+    proc = lcbench(tmp_path, "sweep", str(spec), "--out", str(out), "--executor", "local", "--workers", "2")
     wait_for(lambda: len(list((out / ".locks").glob("*.lock"))) >= 2, proc)  # one per model a job trains
-    _, err = terminate(proc)
+    err = terminate(proc, tmp_path)
     assert proc.returncode == EXIT_TERMINATED, err
     assert "terminated (SIGTERM): the cells that finished are kept" in err and "Traceback" not in err
     assert none_left(proc.pid) == []
@@ -156,9 +165,9 @@ def test_sigterm_stops_a_local_jobs_sweep_and_its_jobs(tmp_path):
 def test_sigterm_stops_the_gate_and_its_pool_workers(tmp_path):
     """The gate's worker processes (--workers 2) ran on after the command was killed, orphaned."""
     locks = tmp_path / "gate" / "train" / ".locks"  # one per model a worker trains
-    proc = lcbench("gate", "--layer", "train", "--workers", "2", "--out", str(tmp_path / "gate"))
+    proc = lcbench(tmp_path, "gate", "--layer", "train", "--workers", "2", "--out", str(tmp_path / "gate"))
     wait_for(lambda: len(list(locks.glob("*.lock"))) >= 2, proc)
-    _, err = terminate(proc)
+    err = terminate(proc, tmp_path)
     assert proc.returncode == EXIT_TERMINATED, err
     assert err.rstrip().endswith("terminated (SIGTERM)") and "Traceback" not in err  # the workers say nothing
     assert none_left(proc.pid) == []

@@ -11,20 +11,19 @@ in this process when its result is asked for, so monkeypatched code (tests) is w
 from __future__ import annotations
 
 import multiprocessing
-import signal
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
+from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError
-from harness.api.interrupts import EXIT_TERMINATED
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore
 from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, finish_sweep, record_lost_cells,
@@ -55,8 +54,7 @@ class PendingSweep:
             cells = self.futures[future]
             try:  # a cell's own failure is a status row; this raises if its worker died (killed, out of memory)
                 future.result()
-            # BrokenProcessPool, an error outside the cells' guards, or the SystemExit of a worker sent SIGTERM
-            except (Exception, SystemExit) as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, or an error outside the cells' guards
                 reason = f"worker process died ({type(exc).__name__}: {exc})"
                 record_lost_cells(self.out_dir, cells, reason, self.git or {}, self.before)
             bar.update(len(cells))
@@ -83,8 +81,8 @@ class ModelPool:
         if self._executor is None:
             return
         if isinstance(exc_info[1], KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop now, not after the running models
-            # (a SIGTERM sent to this process alone reaches no worker); their finished cells are recorded
-            # and their training resumes from its last save, as after Ctrl-C
+            # (a SIGTERM sent to this process alone reaches no worker); they die without a word, their
+            # finished cells recorded and their training resumable from its last save, as after Ctrl-C
             for process in list(self._executor._processes.values()):  # no public way before Python 3.14
                 process.terminate()
         self._executor.shutdown(cancel_futures=exc_info[0] is not None)
@@ -106,13 +104,9 @@ class ModelPool:
 
 
 def _start_worker(threads: int) -> None:
-    """A worker takes the pool maker's thread count, and SIGTERM (its pool stopping it, or a time
-    limit that signals every process) ends it quietly: it unwinds, as at a normal end, instead of
-    dying where it stands, which left multiprocessing's resource tracker warning of the semaphores
-    it had made (tqdm's lock)."""
+    """A worker takes the pool maker's thread count, and its bars (drawn on its own stderr, if at
+    all) a thread lock, not tqdm's default multiprocessing one: a worker that dies by a signal (its
+    pool stopping it, a time limit) never removes that lock's semaphore, and multiprocessing then
+    warns of it as leaked when the command ends."""
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, _exit_quietly)
-
-
-def _exit_quietly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(EXIT_TERMINATED)  # multiprocessing ends a process on SystemExit without a traceback
+    tqdm_std.tqdm.set_lock(threading.RLock())  # on the base class: every kind of bar takes it
