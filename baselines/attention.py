@@ -435,6 +435,7 @@ class Attention(nn.Module):
 class AttentionLM(BackboneLM):
     config_class = AttentionConfig
     kernels = (FLEX,)
+    backends = ATTENTION_BACKENDS
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
         return Attention(self.config)

@@ -300,6 +300,7 @@ class GatedDeltaNetLM(BackboneLM):
 
     config_class = GatedDeltaNetConfig
     kernels = (FLA,)
+    backends = GDN_BACKENDS
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
         return GatedDeltaNet(self.config)

@@ -350,6 +350,7 @@ class Mamba2LM(BackboneLM):
 
     config_class = Mamba2Config
     kernels = KERNELS
+    backends = MAMBA2_BACKENDS
     presets = {
         "tiny": TINY,
         **{

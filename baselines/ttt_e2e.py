@@ -80,6 +80,7 @@ from baselines.backbone import Block, SwiGLU, make_norm
 from baselines.cuda_graph import CapturedFunction
 from baselines.linear_cross_entropy import LIGER, liger_grad, linear_cross_entropy
 from harness.api.errors import ConfigError, check_choice
+from harness.api.kernels import Kernel, KernelChoice
 from harness.api.interface import check_continues, check_tokens, next_token_nll
 from harness.api.recipe import DEFAULT_RECIPE, warmup_length
 from harness.api.registry import register_model
@@ -93,6 +94,16 @@ FAST_WEIGHT_DTYPES = ("auto", "model", "float32")
 PREFIX_BACKENDS = ("same", *ATTENTION_BACKENDS)
 DEFAULT_SUFFIX_FRACTION = 0.25  # the paper: the last quarter of the blocks
 COMPILE_OPTIONS: dict[str, Any] = {"dynamic": False}  # torch.compile's, for the steady-state inner step
+
+
+def _cuda_graph_step(name: str, fallback: str) -> Kernel:
+    return Kernel("ttt_e2e inner_step", name, lambda: CapturedFunction, install="PyTorch with CUDA", fallback=fallback,
+                  packages=("torch",))
+
+
+# The inner steps replayed as CUDA graphs, declared as kernels: a run on another device refuses
+# them before any work (they failed at its first steady inner step, after the model had trained).
+CUDA_GRAPH_STEPS = (_cuda_graph_step("cudagraph", "eager"), _cuda_graph_step("compile+cudagraph", "compile"))
 
 
 class NoInnerStepWarning(UserWarning):
@@ -308,7 +319,7 @@ class TTTE2ELM(AttentionLM):
 
     config_class = TTTConfig
     presets = _presets()
-    kernels = (FLEX, LIGER)  # the prefix's attention; the inner loss
+    kernels = (FLEX, LIGER, *CUDA_GRAPH_STEPS)  # the prefix's attention; the inner loss; the inner step
 
     def __init__(self, config: TTTConfig):
         if not isinstance(config, TTTConfig):
@@ -321,8 +332,10 @@ class TTTE2ELM(AttentionLM):
         self._steady_steps: dict[str, Any] = {}  # inner_step -> the compiled or captured step
 
     @classmethod
-    def kernel_choices(cls, config: TTTConfig) -> dict[str, str]:
-        return {"backend": config.backend, "prefix_backend": config.prefix_backend, "inner_loss": config.inner_loss}
+    def kernel_choices(cls, config: TTTConfig) -> dict[str, KernelChoice]:
+        return {**super().kernel_choices(config), "prefix_backend": KernelChoice(config.prefix_backend, PREFIX_BACKENDS),
+                "inner_loss": KernelChoice(config.inner_loss, INNER_LOSSES),
+                "inner_step": KernelChoice(config.inner_step, INNER_STEPS)}
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
         c = self.config

@@ -19,6 +19,7 @@ from click.core import ParameterSource
 
 from harness.api import registry
 from harness.api.errors import DistributedError, LcbenchError
+from harness.api.interrupts import sigterm_raises, stop_words
 from harness.api.options import parse_assignments, split_items, whole_number
 from harness.api.staging import made_for_results
 from harness.api.timing import is_oom
@@ -55,18 +56,17 @@ class TokenCount(click.ParamType):
 TOKENS = TokenCount()
 
 
-EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
-
-
 def friendly_errors(fn: Callable) -> Callable:
     """One clear line instead of a traceback: lcbench's own errors (bad input) exit 2; a run that
-    diverged, ran out of memory or could not write its files exits 1; Ctrl-C exits 130."""
+    diverged, ran out of memory or could not write its files exits 1; Ctrl-C exits 130 and SIGTERM
+    (kill, Slurm's time limit, a container's stop) 143, both saying so."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             try:
-                return fn(*args, **kwargs)
+                with sigterm_raises():
+                    return fn(*args, **kwargs)
             except BaseException:
                 close_progress_bars()
                 raise
@@ -78,9 +78,10 @@ def friendly_errors(fn: Callable) -> Callable:
             if not is_oom(exc):  # anything else is a bug: its traceback is what helps
                 raise
             raise FailedWork(f"out of memory: {str(exc).splitlines()[0]}; try a shorter context or batch") from exc
-        except KeyboardInterrupt:  # click's own "Aborted!" exits 1, as work that failed does
-            click.echo("\ninterrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:  # click's own "Aborted!" exits 1, as work that failed does
+            words, status = stop_words(exc)
+            click.echo(f"\n{words}", err=True)
+            sys.exit(status)
 
     return wrapper
 
@@ -95,8 +96,8 @@ def close_progress_bars() -> None:
 
 
 def resumes(how: str) -> Callable[[Callable], Callable]:
-    """For a command whose rerun goes on where it stopped (sweep, quick, train): Ctrl-C says
-    ``how``, in one line, instead of a traceback from wherever the work was (or click's bare
+    """For a command whose rerun goes on where it stopped (sweep, quick, train): Ctrl-C or SIGTERM
+    says ``how``, in one line, instead of a traceback from wherever the work was (or click's bare
     "Aborted!", exit 1, as for work that failed)."""
 
     def decorate(fn: Callable) -> Callable:
@@ -104,9 +105,10 @@ def resumes(how: str) -> Callable[[Callable], Callable]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except KeyboardInterrupt:
-                click.echo(f"\ninterrupted: {how}", err=True)  # on a line of its own, not after the progress bar
-                sys.exit(EXIT_INTERRUPTED)
+            except KeyboardInterrupt as exc:
+                words, status = stop_words(exc)
+                click.echo(f"\n{words}: {how}", err=True)  # on a line of its own, not after the progress bar
+                sys.exit(status)
 
         return wrapper
 
@@ -149,7 +151,8 @@ def exit_if_sweep_failed(result) -> None:
 @click.group(epilog="Exit codes: 0 everything worked; 1 work failed (a sweep cell or an eval row is not ok, "
                     "a check found a regression, training diverged, a file could not be written); "
                     "2 bad input (an unknown name, a bad value, config, spec, folder or file), "
-                    "reported in one line; 130 interrupted (Ctrl-C; train, sweep and quick say how to go on).")
+                    "reported in one line; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: kill, a time "
+                    "limit, a container's stop), train, sweep and quick saying how to go on.")
 @click.version_option(package_name="lcbench")
 def main() -> None:
     """lcbench: compare long-context LM architectures on one interface."""
@@ -160,7 +163,19 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
                   file: Any = None, line: str | None = None) -> None:
     """A library warning (a skipped corpus file, a checkpoint read as bytes) as one line, without
     the file, line number and source line of lcbench's code that Python's own format adds."""
-    click.echo(f"warning: {message}", err=True)
+    _echo_err(f"warning: {message}")
+
+
+def _echo_err(line: str) -> None:
+    """``line`` on stderr, on a line of its own: while progress bars are drawn (a sweep's, a
+    training's), through tqdm, which clears them, writes it and draws them again below; else it
+    would be written on the end of a bar's line."""
+    from tqdm.std import tqdm
+
+    if getattr(tqdm, "_instances", None):
+        tqdm.write(line, file=sys.stderr)
+    else:
+        click.echo(line, err=True)
 
 
 @main.command("list")
@@ -304,7 +319,7 @@ class _NoteHandler(logging.Handler):
     """Writes a record as an indented line on the current stderr (looked up at each record)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"  {record.getMessage()}", err=True)
+        _echo_err(f"  {record.getMessage()}")
 
 
 def _show_notes() -> None:
@@ -551,7 +566,7 @@ def gate(out: str, layers: tuple[str, ...], models: tuple[str, ...], tasks: tupl
     models retrained with several seeds (seed-aggregated scores within a multiple of their spread).
 
     Exit codes: 0 passed, 1 a score moved beyond its allowance or a cell failed, 2 bad input,
-    3 the references were made on other data and cannot judge this run."""
+    3 the references were made on other data and cannot judge this run, 130 Ctrl-C, 143 SIGTERM."""
     from harness.runs import gate as gates
 
     if update:

@@ -112,6 +112,16 @@ def _plural(kind: str) -> str:
     return kind + "s"
 
 
+def pick(words: list[str], rng: np.random.Generator) -> str:
+    """``rng.choice(words)``, the same draw, without turning the list into an array at every call
+    (most of a prompt's draw, which the check before a sweep repeats for every length it tries)."""
+    return words[int(rng.integers(len(words)))]
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
 @dataclass
 class NIAHOptions(DataOptions):
     contexts: list[int] = option([512, 1024, 2048], "prompt lengths in tokens")
@@ -227,14 +237,14 @@ class PromptBuilder:
         if kind == "number":
             return str(int(rng.integers(1_000_000, 10_000_000)))
         if kind == "word":
-            return str(rng.choice(NOUNS)) + "-" + str(rng.choice(NOUNS))
-        h = "".join(f"{b:02x}" for b in rng.integers(0, 256, 16))
+            return pick(NOUNS, rng) + "-" + pick(NOUNS, rng)
+        h = rng.integers(0, 256, 16).astype(np.uint8).tobytes().hex()
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def _keys(self, rng: np.random.Generator, n: int) -> list[str]:
         keys: list[str] = []
         while len(keys) < n:
-            key = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+            key = f"{pick(ADJECTIVES, rng)}-{pick(NOUNS, rng)}"
             if key not in keys:
                 keys.append(key)
         return keys
@@ -296,12 +306,15 @@ class PromptBuilder:
         header, needle_texts, question, answer = self.texts(needles, asked)
         return rng, needles, asked, [self.encode(t) for t in (header, question, answer)], list(map(self.encode, needle_texts))
 
+    def prompts(self) -> list[tuple[str, str, float, int]]:
+        """(variant, haystack, depth, sample index) of every prompt of the options at one length."""
+        o = self.opts
+        return list(itertools.product(o.variants, o.haystacks, o.depths, range(o.samples)))
+
     def need(self, length: int) -> tuple[int, str]:
         """(the most tokens a prompt of ``length`` of the options takes before its haystack, the
         variant of that prompt)."""
-        o = self.opts
-        return max((self.fixed_tokens(v, h, length, d, i), v)
-                   for v, h, d, i in itertools.product(o.variants, o.haystacks, o.depths, range(o.samples)))
+        return max((self.fixed_tokens(v, h, length, d, i), v) for v, h, d, i in self.prompts())
 
     def fixed_tokens(self, variant: str, haystack: str, length: int, depth: float, index: int) -> int:
         """The tokens of a prompt that are not its haystack."""
@@ -357,6 +370,26 @@ class PromptBuilder:
 
 class PromptTooLong(ConfigError):
     pass
+
+
+def shortest_context(builders: Sequence[PromptBuilder]) -> int:
+    """The shortest context that every prompt drawn at it fits, for each of ``builders`` (one per
+    seed): prompts are drawn anew for each length and seed, so a length fits or not by its own
+    draws, and a longer one may not fit where a shorter does. Lengths are tried from 1 up; the
+    first prompt too long for one ends its try, and is tried first at the next (it is likely long)."""
+    prompts = [(builder, prompt) for builder in builders for prompt in builder.prompts()]
+
+    def too_long(k: int, length: int) -> bool:
+        builder, (variant, haystack, depth, index) = prompts[k]
+        return builder.fixed_tokens(variant, haystack, length, depth, index) > length
+
+    length, first = 1, 0
+    while True:  # ends: a prompt's fixed tokens are bounded (finite key and value pools)
+        order = [first, *(k for k in range(len(prompts)) if k != first)]
+        failed = next((k for k in order if too_long(k, length)), None)
+        if failed is None:
+            return length
+        length, first = length + 1, failed
 
 
 def depth_flag(depth: float, placed: list[float]) -> str:
@@ -442,21 +475,22 @@ class NIAH(Task):
         bar.close()
         return rows
 
-    def check_context(self, options: NIAHOptions, tokenizer, seed: int) -> list[str]:
-        """A context shorter than a prompt's header, needles, question and answer start (which the
-        run would give error rows for, after the model trained), with a length that fits."""
-        builder = PromptBuilder(tokenizer, torch.zeros(0, dtype=torch.int64), options, seed)
+    def check_context(self, options: NIAHOptions, tokenizer, seeds: Sequence[int]) -> list[str]:
+        """A context shorter than a prompt's header, needles, question and answer start for one of
+        ``seeds`` (which the run would give error rows for, after the model trained), with the
+        shortest context that fits them all."""
+        builders = [PromptBuilder(tokenizer, torch.zeros(0, dtype=torch.int64), options, seed) for seed in seeds]
         problems = []
+        fits = None  # the same for every context: searched once, where one is too short
         for length in options.contexts:
-            need, variant = builder.need(length)
+            need, variant = max(builder.need(length) for builder in builders)
             if need <= length:
                 continue
-            fits = need
-            while (more := builder.need(fits)[0]) > fits:  # prompts are drawn anew at each length
-                fits = more
+            fits = fits or shortest_context(builders)
             problems.append(f"niah context {length} is too short: a {variant} prompt takes {need} tokens before any "
-                            f"haystack (header, needles, question, answer start); a context of {fits} fits every prompt of "
-                            "these options")
+                            f"haystack (header, needles, question, answer start); the shortest context that fits every "
+                            f"prompt drawn at it is {fits} (prompts are drawn anew for each length and seed; "
+                            f"{_seeds(seeds)})")
         return problems
 
     @staticmethod

@@ -2,11 +2,16 @@
 one name (``tests.probe_tasks``), as do the subprocesses that tests start."""
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import torch
 
 from harness.api import registry, results
 
 FLAKY = {"fail": True}  # test_flaky fails while this is set
+WAIT_GUARD_S = 600  # test_waits gives up after this: a hang guard, not a timing
 
 
 @registry.register_task("test_sweep_probe")
@@ -57,3 +62,16 @@ def refused_mid_bar_task(model, ctx):
     bar = ctx.bar(total=2, desc="probe")
     bar.update(1)
     raise ConfigError("the second step is refused")
+
+
+@registry.register_task("test_waits")
+def waits_task(model, until: str):
+    """Says it started (a file ``{until}.{pid}.started``), then waits until the file ``until``
+    exists: a cell surely running when a test stops its sweep, which a rerun finishes at once."""
+    Path(f"{until}.{os.getpid()}.started").touch()
+    deadline = time.monotonic() + WAIT_GUARD_S
+    while not Path(until).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{until} did not appear within {WAIT_GUARD_S} s")
+        time.sleep(0.05)
+    return [results.make_row("loss", 1.0)]

@@ -16,6 +16,10 @@ from click.testing import CliRunner
 from harness.api import results, stats
 from harness.cli import main
 from harness.report import claims
+from harness.report.claims import context as claims_context
+from harness.report.claims import evidence as claims_evidence
+from harness.report.claims import latency as claims_latency
+from harness.report.claims import recall as claims_recall
 from harness.runs.store import ResultStore
 
 ARCHS = ("full_attention", "ttt_e2e", "swa", "mamba2", "gated_deltanet")
@@ -190,9 +194,9 @@ def test_a_trace_of_context_too_small_to_matter_is_not_a_gain():
     """Recurrent states keep 1e-6-sized traces that paired intervals call significant."""
     from harness.api.stats import Estimate
 
-    assert claims._trend(Estimate(1e-4, 0.9e-4, 1.1e-4, 9)) == "levels"
-    assert claims._trend(Estimate(0.05, 0.04, 0.06, 9)) == "gains"
-    assert claims._trend(Estimate(0.01, 0.001, 0.02, 9)) == "unclear"
+    assert claims_context._trend(Estimate(1e-4, 0.9e-4, 1.1e-4, 9)) == "levels"
+    assert claims_context._trend(Estimate(0.05, 0.04, 0.06, 9)) == "gains"
+    assert claims_context._trend(Estimate(0.01, 0.001, 0.02, 9)) == "unclear"
 
 
 def test_a_run_with_several_models_of_an_architecture_says_which_is_judged_and_takes_a_pick(tmp_path):
@@ -764,7 +768,7 @@ def test_scores_that_are_not_numbers_are_named_not_called_too_few_units():
 
 
 def test_any_of_k_null_intervals_trips_a_verdict_far_more_often_than_5_percent_unless_bonferroni():
-    """Five comparisons with no effect (9 documents each, as claims' _paired makes them): "some
+    """Five comparisons with no effect (9 documents each, as claims' paired_mean makes them): "some
     interval resolves" happened in 19% of 400 runs at 95% each, 4% at stats.family_level's 99%."""
     k, runs = 5, 400
     rng = np.random.default_rng(0)
@@ -772,9 +776,9 @@ def test_any_of_k_null_intervals_trips_a_verdict_far_more_often_than_5_percent_u
     for r in range(runs):
         data = rng.normal(0.0, 1.0, (k, 9))
         for level in tripped:
-            ests = [claims._paired(((0, f"d{i}", x, 1.0) for i, x in enumerate(row)), seed=r * k + j, level=level)
-                    for j, row in enumerate(data)]
-            tripped[level] += any(claims._sign(e) != 0 for e in ests)
+            ests = [claims_evidence.paired_mean(((0, f"d{i}", x, 1.0) for i, x in enumerate(row)), seed=r * k + j,
+                                                level=level) for j, row in enumerate(data)]
+            tripped[level] += any(claims_evidence.interval_sign(e) != 0 for e in ests)
     assert list(tripped) == [0.95, 0.99]
     assert tripped[0.95] / runs > 0.10 and tripped[0.99] / runs <= 0.05, tripped
 
@@ -875,7 +879,8 @@ def test_one_phase_resolved_only_at_95_percent_decides_neither_partly_nor_contra
     assert "Read at 97.5% each (95% family-wise over 2 phases, Bonferroni), as one phase alone decides partly or " \
            "contradicted: prefill undecided (TTT-E2E [" in claim.why
     theirs = claims.per_token_growth(flat, "full_attention", "prefill", 1, 0.975)[0]  # the contrast, read alike
-    assert f" unclear, full attention {claims._interval(theirs)} grows); decode undecided" in claim.why, claim.why
+    contrast = f" unclear, full attention {claims_latency._interval(theirs)} grows); decode undecided"
+    assert contrast in claim.why, claim.why
     grows = _latency({"full_attention": quadratic, "ttt_e2e": lambda T: 1.1 * linear(T)}, UNCLEAR_DECODE, noise=0.02)
     _scale_ttt_prefill_between_levels(grows, 0)  # grows at 95%, not at 97.5%
     claim = claims.constant_latency_claim(grows)
@@ -910,13 +915,14 @@ def test_full_attention_timed_on_two_machines_gives_no_phase_a_contrast_even_rea
 
 
 def test_one_niah_prompt_left_out_is_one_prompt():
-    one = claims.NIAHEvidence([], None, [(0, "single/text/512/0.5/3")])
-    assert claims._niah_note(one, 0) == ("; NIAH not compared: full attention and TTT-E2E read every prompt both "
-                                         "scored as different tokens (1 prompt: single/text/512/0.5/3 (seed 0)): their "
-                                         "tokenizers, held-out text or niah options differ; rerun both with the same ones")
+    one = claims_recall.NIAHEvidence([], None, [(0, "single/text/512/0.5/3")])
+    assert claims_recall._niah_note(one, 0) == (
+        "; NIAH not compared: full attention and TTT-E2E read every prompt both scored as different tokens (1 prompt: "
+        "single/text/512/0.5/3 (seed 0)): their tokenizers, held-out text or niah options differ; rerun both with the "
+        "same ones")
     gap = stats.Estimate(0.0, -0.1, 0.1, 30)
     assert "; left out 1 NIAH prompt that full attention and TTT-E2E read as different tokens (single/text/512/0.5/3 " \
-           "(seed 0))" in claims._niah_note(dataclasses.replace(one, gap=gap), 1)
+           "(seed 0))" in claims_recall._niah_note(dataclasses.replace(one, gap=gap), 1)
 
 
 PAPER_SMALL = Path(__file__).resolve().parents[1] / "results" / "reference" / "paper_small"

@@ -41,11 +41,12 @@ def test_list_kernels_says_which_backends_run_here():
     report = result.output.split("kernel backends here")[1]
     for mixer, backend, users in (("attention", "flex", "full_attention, swa, ttt_e2e"), ("gated_deltanet", "fla", "gated_deltanet"),
                                   ("mamba2", "mamba_ssm", "mamba2"), ("mamba2", "fla", "mamba2"),
-                                  ("ttt_e2e inner_loss", "liger", "ttt_e2e")):
+                                  ("ttt_e2e inner_loss", "liger", "ttt_e2e"), ("ttt_e2e inner_step", "cudagraph", "ttt_e2e"),
+                                  ("ttt_e2e inner_step", r"compile\+cudagraph", "ttt_e2e")):
         # the packages' versions, installed or not, then whether it runs
         assert re.search(rf"{mixer}\s+{backend}\s+{users}\s+\S+ (\d|not installed).*\s(yes|no: )", report), (mixer, backend)
     if not torch.cuda.is_available():
-        assert report.count("no: it needs a CUDA device") == 5
+        assert report.count("no: it needs a CUDA device") == 7
 
 
 def test_data_report_counts_long_documents():

@@ -34,6 +34,7 @@ def one_line_error(result, code: int, *fragments: str) -> None:
 def test_help_documents_the_exit_codes():
     result = run("--help")
     assert "Exit codes: 0" in result.output and "1 work failed" in result.output and "2 bad input" in result.output
+    assert "130 interrupted" in result.output and "143 terminated" in result.output
 
 
 @pytest.mark.parametrize("args, fragments", [

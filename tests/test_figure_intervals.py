@@ -181,6 +181,26 @@ def test_speedups_over_enough_repeats_are_labelled_a_95_percent_interval():
     assert fig.legends[0].get_texts()[-1].get_text() == "95% interval over\ntiming repeats"
 
 
+@pytest.mark.parametrize("repeats, legend", [(8, "95% interval over\ntiming repeats and seeds"),
+                                             (3, "spread over 3\ntiming repeats a seed")])
+def test_speedups_over_seeds_are_drawn_with_the_table_s_interval_and_the_legend_names_the_seeds(repeats, legend):
+    """Over two seeds the speed-up panel drew no band and counted every speed-up as one the
+    samples do not give; it draws the table's interval over repeats and seeds, and says so."""
+    rows, samples = _latency_run(repeats, seeds=(0, 1))
+    table = results.validate(rows)
+    run = claims.RunData(table, samples)
+    [fig] = _figures("latency", run, table)
+    speed = tables.summary_tables(table, samples=run)["prefill_speedup"]
+    expected = {(plots.ARCH_STYLES["ttt_e2e"][0], float(L)): tuple(
+        round(float(speed.attrs[end].loc[("ttt_e2e", "ttt_e2e"), L]), 9) for end in ("ci_low", "ci_high"))
+        for L in CONTEXTS}
+    assert drawn_intervals(fig.axes[1], [float(L) for L in CONTEXTS]) == expected
+    assert all(low < speed.loc[("ttt_e2e", "ttt_e2e"), L] < high
+               for (_, L), (low, high) in expected.items())
+    assert fig.legends[0].get_texts()[-1].get_text() == legend
+    assert fig.legends[0].get_title().get_text() == ""  # no speed-up drawn without a band
+
+
 def test_over_several_seeds_the_gap_figure_draws_one_band_the_paired_one_and_names_the_seeds():
     """With two training seeds the loss figure draws an interval over seeds; the gap figure draws
     only the table's gap interval, which resamples the seeds with the documents (so it covers what
@@ -221,7 +241,7 @@ def test_a_speedup_the_samples_do_not_give_stays_bare_and_the_legend_says_so_cle
         (plots.ARCH_STYLES["ttt_e2e"][0], 256.0): (round(low, 9), round(high, 9))}
     title = fig.legends[0].get_title().get_text()
     assert title.replace("\n", " ") == ("Prefill: 1 speed-up(s) drawn without a band: the samples do not give its "
-                                        "value (no repeats, a mean over seeds)")
+                                        "value (no repeats, a mean over runs)")
     fig.draw_without_rendering()
     texts = frame_texts(fig) + [t for ax in fig.axes for t in ax.texts] + fig.legends[0].get_texts()
     assert overlapping([fig.legends[0].get_title(), *texts]) == []

@@ -26,7 +26,7 @@ def test_a_figure_refused_for_a_taken_name_leaves_the_registered_one_as_it_was()
     tasks, builders = dict(FIGURE_TASKS), dict(FIGURES)
     try:
         with pytest.raises(ValueError, match=r"figure 'latency' is already registered by harness\.report\.plots\."
-                                             r"fig_latency"):
+                                             r"latency\.fig_latency"):
             register_figure("latency", task="my_task")(lambda ctx: iter(()))
         assert FIGURE_TASKS == tasks and FIGURES == builders
     finally:

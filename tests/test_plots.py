@@ -78,7 +78,7 @@ def synthetic_table() -> pd.DataFrame:
         for T in LAT_CTX:
             where = dict(base, task="latency", eval_ctx=T, batch_size=1)
             if fa and T == 32768:
-                rows += results.status_rows(plots.MEMORY + plots.TIMES, "oom", "CUDA out of memory", **where)
+                rows += results.status_rows(tables.MEMORY + tables.TIMES, "oom", "CUDA out of memory", **where)
                 continue
             scale = params / 125e6
             prefill = scale * (2e-6 * T + (4e-10 * T**2 if fa else 0) + (3e-7 * T if arch == "ttt_e2e" else 0))
@@ -175,7 +175,7 @@ def test_a_model_whose_training_failed_is_named_under_the_loss_figures(table, tm
     """A sweep cell whose training diverged leaves one cell_failed row: the model vanished from
     the loss figures without a word. A loss row without a context crashed the context axis."""
     drawn = {}
-    monkeypatch.setattr(plots, "save_figure", lambda fig, stem, formats: drawn.setdefault(stem.name, fig) and [])
+    monkeypatch.setattr(plots.make, "save_figure", lambda fig, stem, formats: drawn.setdefault(stem.name, fig) and [])
     loss = table[(table["task"] == "loss_scaling") & ~table["arch"].isin(["mamba2", "gated_deltanet"])]
 
     def failed(arch: str, metric: str) -> list[dict]:
@@ -196,7 +196,7 @@ def test_pareto_does_not_score_a_model_on_the_variants_that_did_not_fail(table, 
     # mamba2's multikey cell at 4K errors: its NIAH point was the mean of 'single' alone, set beside
     # the others' mean over single and multikey (harder), and drawn as if complete
     drawn = {}
-    monkeypatch.setattr(plots, "save_figure", lambda fig, stem, formats: drawn.setdefault(stem.name, fig) and [])
+    monkeypatch.setattr(plots.make, "save_figure", lambda fig, stem, formats: drawn.setdefault(stem.name, fig) and [])
     niah_and_latency = table[table["task"].isin(["niah", "latency"])]
     plots.make_figures(niah_and_latency, tmp_path, only=["pareto"], niah_metrics=["gen_match"])
     assert set(drawn) == {"pareto_1K", "pareto_4K"}
@@ -388,7 +388,8 @@ def test_rendering_markdown_latex_csv(tmp_path):
 
 def test_heatmap_cells_print_shares_in_three_characters():
     """A zero printed as '.00'."""
-    assert [plots._share_label(v) for v in (0.0, 0.004, 0.42, 0.05, 0.996, 1.0)] == ["0", "0", ".42", ".05", "1", "1"]
+    shares = (0.0, 0.004, 0.42, 0.05, 0.996, 1.0)
+    assert [plots.niah._share_label(v) for v in shares] == ["0", "0", ".42", ".05", "1", "1"]
 
 
 @pytest.mark.parametrize("repeats, says", [(5, True), (8, False)])
@@ -418,7 +419,7 @@ def test_the_pareto_front_joins_the_points_no_cheaper_point_beats(better, qualit
                        **{c: math.nan for c in ("ci_low_c", "ci_high_c", "ci_low_q", "ci_high_q")}, "seeds_c": 1, "seeds_q": 1})
     ctx = plots.Context(None, {s: plots.Style("k", "o", "-", s, "k") for s in series}, [])
     ax = Figure().subplots()
-    plots._pareto_panel(ax, ok, better, ctx)
+    plots.pareto._pareto_panel(ax, ok, better, ctx)
     front = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(front) == 1
     assert list(front[0].get_xdata()) == [1.0, 2.0, 4.0]

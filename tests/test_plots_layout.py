@@ -230,9 +230,9 @@ def test_two_sizes_of_one_architecture_are_told_apart_in_the_pareto_scatter():
 
 def test_panel_grids_fill_their_rows_evenly():
     # 4 context lengths drew a row of 3 over a row of 1, beside two empty places
-    assert plots._grid(4, 3) == (2, 2)
-    assert [plots._grid(n, 3) for n in (1, 2, 3, 5, 6, 7)] == [(1, 1), (2, 1), (3, 1), (3, 2), (3, 2), (3, 3)]
-    assert plots._grid(5, 4) == (3, 2) and plots._grid(8, 4) == (4, 2)
+    assert plots.draw.panel_grid(4, 3) == (2, 2)
+    assert [plots.draw.panel_grid(n, 3) for n in (1, 2, 3, 5, 6, 7)] == [(1, 1), (2, 1), (3, 1), (3, 2), (3, 2), (3, 3)]
+    assert plots.draw.panel_grid(5, 4) == (3, 2) and plots.draw.panel_grid(8, 4) == (4, 2)
 
 
 def test_pareto_rings_the_points_whose_timing_is_unstable_as_the_latency_figure_does():

@@ -13,12 +13,14 @@ from click.testing import CliRunner
 
 import harness.runs.evaluate as evaluate
 import harness.runs.sweep as sweep_mod
-from harness.api import kernels
+from harness.api import kernels, registry
 from harness.api.errors import ConfigError
 from harness.cli import EXIT_USER_ERROR, main
 from harness.data.tokenizers import load_tokenizer
 from harness.runs.sweep import load_spec, plan, run_sweep, start_sweep
+from harness.train import checkpoint
 from tasks import niah
+from tests.conftest import ARCHS, small_model
 from tests import probe_tasks  # noqa: F401 - registers test_refused_mid_bar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +41,14 @@ def refused_lines(error: pytest.ExceptionInfo) -> list[str]:
     return [line.strip() for line in problems.strip().splitlines()]
 
 
+def refused_sweep(tmp_path: Path, trainings: list, models: list[dict], tasks: list[dict], **extra) -> list[str]:
+    """The problems a sweep of ``models`` and ``tasks`` is refused for, having trained nothing."""
+    with pytest.raises(ConfigError) as refused:
+        run_sweep(load_spec(spec_file(tmp_path, models, tasks, **extra)), tmp_path / "out", progress=False)
+    assert trainings == [] and not (tmp_path / "out").exists()
+    return refused_lines(refused)
+
+
 @pytest.fixture
 def trainings(monkeypatch) -> list:
     """Every model training the sweep starts (none is run)."""
@@ -50,18 +60,39 @@ def trainings(monkeypatch) -> list:
 def test_a_sweep_refuses_a_niah_context_too_short_before_training(tmp_path, trainings):
     """A NIAH context shorter than its prompts' header, needles, question and answer start gave
     error cells after the model had trained; now the sweep names it and a length that fits."""
-    spec = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": TINY}],
-                               [{"task": "niah", "options": {**NIAH_SMALL, "variants": ["multikey"]},
-                                 "grid": {"contexts": [[64], [1024]]}}], seeds=[0, 1]))
-    with pytest.raises(ConfigError) as refused:
-        run_sweep(spec, tmp_path / "out", progress=False)
-    assert trainings == [] and not (tmp_path / "out").exists()
-    lines = refused_lines(refused)
+    lines = refused_sweep(tmp_path, trainings, [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": TINY}],
+                          [{"task": "niah", "options": {**NIAH_SMALL, "variants": ["multikey"]},
+                            "grid": {"contexts": [[64], [1024]]}}], seeds=[0, 1])
     assert len(lines) == 1, lines  # told once for both models and seeds; the 1024 cells are fine
     assert "'contexts': [64]" in lines[0] and "niah context 64 is too short: a multikey prompt takes" in lines[0]
-    fits = int(lines[0].split("a context of ")[1].split()[0])
-    options = niah.NIAHOptions(**NIAH_SMALL, variants=["multikey"], contexts=[fits])
-    assert niah.NIAH().check_context(options, load_tokenizer(None), 0) == []
+    options = niah.NIAHOptions(**NIAH_SMALL, variants=["multikey"], contexts=[suggested(lines[0])])
+    assert niah.NIAH().check_context(options, load_tokenizer(None), [0, 1]) == []  # both seeds' prompts fit
+
+
+def suggested(line: str) -> int:
+    """The context a niah refusal suggests."""
+    return int(line.split("the shortest context that fits every prompt drawn at it is ")[1].split()[0])
+
+
+@pytest.mark.parametrize("options", [
+    {**NIAH_SMALL, "variants": ["multikey"]},
+    {"samples": 2, "depths": [0.0, 1.0], "variants": ["multiquery"]},
+    {"samples": 2, "depths": [0.0, 0.5, 1.0], "variants": ["single", "multivalue"]},
+    {"samples": 1, "depths": [0.5], "variants": ["multikey"], "value_kind": "word"},
+])
+def test_the_niah_refusal_suggests_the_shortest_context_that_fits_every_seed(options):
+    """Prompts are drawn anew for each length and seed, so the context the refusal suggested (the
+    first fixed point of "the longest need at this length") could be longer than needed (360 where
+    348 fits, multikey) or fail for the sweep's other seeds (357 for seed 1 was too short for seeds
+    0 and 2). It is the shortest context whose prompts fit, for every seed: every length below fails."""
+    tok, seeds = load_tokenizer(None), [0, 1, 2]
+    check = niah.NIAH().check_context
+    fits = suggested(check(niah.NIAHOptions(**options, contexts=[64]), tok, seeds)[0])
+    assert check(niah.NIAHOptions(**options, contexts=[fits]), tok, seeds) == []
+    assert check(niah.NIAHOptions(**options, contexts=[fits - 1]), tok, seeds)
+    builders = [niah.PromptBuilder(tok, torch.zeros(0, dtype=torch.int64), niah.NIAHOptions(**options), s) for s in seeds]
+    assert all(any(b.fixed_tokens(v, h, length, d, i) > length for b in builders for v, h, d, i in b.prompts())
+               for length in range(1, fits))
 
 
 def test_the_niah_check_agrees_with_the_prompts_it_builds():
@@ -71,14 +102,14 @@ def test_the_niah_check_agrees_with_the_prompts_it_builds():
     options = niah.NIAHOptions(samples=2, depths=[0.0, 1.0], contexts=[256])
     builder = niah.PromptBuilder(tok, torch.zeros(0, dtype=torch.int64), options, seed=3)
     need, variant = builder.need(256)
-    assert need > 256 and niah.NIAH().check_context(options, tok, 3)
+    assert need > 256 and niah.NIAH().check_context(options, tok, [3])
     with pytest.raises(niah.PromptTooLong):
         for depth in options.depths:
             for index in range(options.samples):
                 for haystack in options.haystacks:
                     builder.build(variant, haystack, 256, depth, index)
     fine = niah.NIAHOptions(samples=2, depths=[0.0, 1.0], contexts=[need + 200])
-    assert niah.NIAH().check_context(fine, tok, 3) == []
+    assert niah.NIAH().check_context(fine, tok, [3]) == []
 
 
 def test_a_sweep_refuses_kernel_backends_that_cannot_run_on_its_device(tmp_path, trainings):
@@ -88,11 +119,7 @@ def test_a_sweep_refuses_kernel_backends_that_cannot_run_on_its_device(tmp_path,
               {"arch": "ttt_e2e", "set": {**TINY, "mini_batch_size": 16, "prefix_backend": "flex",
                                           "inner_loss": "liger"}},
               {"arch": "full_attention", "set": TINY}]
-    spec = load_spec(spec_file(tmp_path, models, [{"task": "test_sweep_probe"}], device="cpu"))
-    with pytest.raises(ConfigError) as refused:
-        run_sweep(spec, tmp_path / "out", progress=False)
-    assert trainings == [] and not (tmp_path / "out").exists()
-    lines = refused_lines(refused)
+    lines = refused_sweep(tmp_path, trainings, models, [{"task": "test_sweep_probe"}], device="cpu")
     assert len(lines) == 3, lines
     assert "'swa:" in lines[0] and "backend 'flex' is unavailable: it needs a CUDA device" in lines[0]
     assert "Use backend='sdpa'" in lines[0]
@@ -100,15 +127,57 @@ def test_a_sweep_refuses_kernel_backends_that_cannot_run_on_its_device(tmp_path,
     assert "backend 'liger' is unavailable" in lines[2] and "Use inner_loss='chunked'" in lines[2]
 
 
+TTT_TINY = {**TINY, "mini_batch_size": 16}
+
+
+def test_a_cuda_graph_inner_step_on_a_cpu_is_refused_before_any_training(tmp_path, trainings):
+    """TTT-E2E's inner_step 'cudagraph' on a CPU failed each cell at its first steady inner step,
+    after the model had trained: it was no declared kernel, so the sweep's check passed it."""
+    models = [{"arch": "ttt_e2e", "name": "graph", "set": {**TTT_TINY, "inner_step": "cudagraph"}},
+              {"arch": "ttt_e2e", "name": "compiled_graph", "set": {**TTT_TINY, "inner_step": "compile+cudagraph"}}]
+    lines = refused_sweep(tmp_path, trainings, models, [{"task": "test_sweep_probe"}], device="cpu")
+    assert len(lines) == 2, lines
+    assert "'graph'" in lines[0] and "inner_step backend 'cudagraph' is unavailable: it needs a CUDA device" in lines[0]
+    assert "Use inner_step='eager' (runs anywhere); on cpu, inner_step takes eager, compile" in lines[0]
+    assert "'compiled_graph'" in lines[1] and "Use inner_step='compile'" in lines[1]
+
+
+def test_eval_refuses_a_checkpoint_with_a_cuda_graph_inner_step_on_a_cpu(tmp_path, monkeypatch):
+    """`lcbench eval` of a TTT-E2E checkpoint saved with inner_step 'cudagraph' (as a GPU run
+    saves it) on a CPU: refused before the task runs, exit 2."""
+    ran = []
+    monkeypatch.setattr(niah.NIAH, "run", lambda self, model, options, ctx: ran.append(1) or [])
+    folder = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("ttt_e2e", inner_step="cudagraph"))
+    result = CliRunner().invoke(main, ["eval", "niah", "--model", str(folder), "--device", "cpu", "-o", "contexts=1024",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == EXIT_USER_ERROR, result.output
+    assert "inner_step backend 'cudagraph' is unavailable: it needs a CUDA device" in result.output
+    assert "Use inner_step='eager'" in result.output and ran == [] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_kernel_an_architecture_declares_is_a_value_of_a_setting_it_checks(arch):
+    """A kernel no checked setting can name is never refused up front (TTT-E2E's CUDA-graph inner
+    steps were no declared kernel); every checked setting says the values it takes."""
+    model_class = registry.get_model_class(arch)
+    choices = model_class.kernel_choices(registry.make_config(arch))
+    assert all(choice.takes and choice.value in choice.takes for choice in choices.values()), choices
+    named = {value for choice in choices.values() for value in choice.takes}
+    assert {kernel.name for kernel in model_class.kernels} <= named
+
+
 def test_a_sweep_planned_for_other_machines_checks_only_what_their_device_kind_tells(monkeypatch):
     """A cluster's login node plans GPU jobs: kernels it cannot import may run on the nodes."""
     refusals = kernels.refusals
     broken = kernels.Kernel("mixer", "fast", lambda: 1 / 0, install="pip install fast", fallback="torch")
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert refusals({"backend": "fast"}, [broken], cuda, imports=False) == []
-    assert "importing it failed (ZeroDivisionError" in refusals({"backend": "fast"}, [broken], cuda)[0]
-    assert "needs a CUDA device" in refusals({"backend": "fast"}, [broken], cpu, imports=False)[0]
-    assert refusals({"backend": "auto", "other": "torch"}, [broken], cpu) == []
+    fast = {"backend": kernels.KernelChoice("fast", ("auto", "torch", "fast"))}
+    assert refusals(fast, [broken], cuda, imports=False) == []
+    assert "importing it failed (ZeroDivisionError" in refusals(fast, [broken], cuda)[0]
+    assert "on cuda, backend takes auto, torch" in refusals(fast, [broken], cuda)[0]
+    assert "needs a CUDA device" in refusals(fast, [broken], cpu, imports=False)[0]
+    others = {"backend": kernels.KernelChoice("auto"), "other": kernels.KernelChoice("torch")}
+    assert refusals(others, [broken], cpu) == []
 
 
 def test_every_committed_spec_plans_as_before_and_passes_the_checks(tmp_path, monkeypatch):

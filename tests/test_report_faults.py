@@ -342,7 +342,7 @@ def test_loss_by_position_shows_the_longest_context_lengths_when_there_are_too_m
     lengths = [2**k for k in range(8, 8 + plots.MAX_POSITION_PANELS + 2)]
     rows = [_row("swa", "loss", 2.0, task="loss_scaling", eval_ctx=L, pos_start=1, pos_end=L) for L in lengths]
     prep = tables.prepare(results.validate(rows))
-    _, shown = plots._position_points(plots.Context(prep, plots.series_styles(prep), []))
+    _, shown = plots.loss._position_points(plots.Context(prep, plots.series_styles(prep), []))
     assert shown == lengths[-plots.MAX_POSITION_PANELS:]
 
 

@@ -379,6 +379,28 @@ def test_a_ratio_of_medians_resamples_the_two_samples_independently():
     assert 0.88 <= np.mean(covered) <= 0.99
 
 
+def test_a_ratio_of_medians_over_seeds_averages_each_seed_s_median_and_widens_over_seeds_that_disagree():
+    slow, fast = [2.0, 2.2, 1.8, 2.1, 1.9, 2.05, 1.95], [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98]
+    one = stats.bootstrap_seeded_median_ratio([slow], [fast], seed=3)
+    assert one == stats.bootstrap_median_ratio(slow, fast, seed=3)  # one seed each: as before, to the last digit
+    agree = stats.bootstrap_seeded_median_ratio([slow, slow], [fast, fast], seed=3)
+    assert (agree.value, agree.n, agree.seeds) == (2.0, 7, (2, 2)) and agree.ci_low < 2.0 < agree.ci_high
+    # seed 1 ran 1.3x slower for both models: the medians' means give 4.6 / 2.3, and their spread
+    # (unknown from one seed's repeats) widens the interval to Student's t over the seeds
+    later = stats.bootstrap_seeded_median_ratio([slow, [1.3 * t for t in slow]], [fast, [1.3 * t for t in fast]], seed=3)
+    assert later.value == pytest.approx(2.0)
+    part = [np.var([m, 1.3 * m], ddof=1) / 2 * g * g for m, g in ((2.0, 1 / 1.15), (1.0, 2.3 / 1.15 ** 2))]
+    df = sum(part) ** 2 / sum(v * v for v in part)
+    half = stats.t_quantile(0.975, df) * math.sqrt(sum(part))
+    assert (later.ci_low, later.ci_high) == pytest.approx((2.0 - half, 2.0 + half))
+    assert later.ci_high - later.ci_low > 5 * (agree.ci_high - agree.ci_low)
+    uneven = stats.bootstrap_seeded_median_ratio([slow, slow[:4], slow], [fast], seed=3)
+    assert uneven.seeds == (3, 1) and uneven.n == 4
+    assert uneven.value == pytest.approx((2 * np.median(slow) + np.median(slow[:4])) / 3 / np.median(fast))
+    few = stats.bootstrap_seeded_median_ratio([slow, [2.0]], [fast, fast])
+    assert few.n == 1 and math.isnan(few.ci_low) and math.isnan(few.ci_high)
+
+
 def test_a_median_s_interval_is_the_95_percent_one_of_its_resampled_medians():
     # 5 zeros and 12 ones: a resampled median is 0 when at most 8 of 17 draws are ones, with
     # chance P(Binomial(17, 12/17) <= 8) = 0.036 (binomial sum): inside the 2.5% tail's reach, so

@@ -2,7 +2,7 @@
 documents, test sequences and prompts (seeds that disagree made a tight interval that said
 "holds"), the evidence shows each seed's value, and with one seed the numbers are as before.
 Tables and figures give a point over several seeds an interval over seeds, and say what it is;
-the latency claims pool timing repeats over seeds, and compare no machines."""
+the latency claims read a model over seeds as the tables do, and compare no machines."""
 from __future__ import annotations
 
 import itertools
@@ -249,23 +249,40 @@ def test_the_mqar_figure_draws_the_interval_over_seeds_and_names_it():
 
 
 def _two_seeds(run: claims.RunData, scale: float = 1.0) -> claims.RunData:
-    """``run``'s latency rows and timings again as seed 1's, its times ``scale`` times seed 0's."""
+    """``run``'s latency rows and timings again as seed 1's, its times ``scale`` times seed 0's
+    (another process, another load)."""
     again = [{**s, "seed": 1, **{k: [t * scale for t in s[k]] for k in ("seconds", "seconds_per_token") if k in s}}
              for s in run.samples]
-    return claims.RunData(pd.concat([run.table, run.table.assign(seed=1)], ignore_index=True), run.samples + again,
+    table = run.table.assign(seed=1)
+    times = table["metric"].isin(["prefill_s", "decode_s"])
+    table.loc[times, "value"] = table.loc[times, "value"] * scale
+    return claims.RunData(pd.concat([run.table, table], ignore_index=True), run.samples + again,
                           run_device=run.run_device)
 
 
-def test_latency_claims_pool_each_model_s_timing_repeats_over_seeds():
-    """A seed's weights do not enter the time: every seed's repeats time one computation and are
-    pooled, one model's against the other's (kept on purpose; RunData.timings)."""
+def test_latency_claims_read_a_model_over_seeds_as_the_tables_do():
+    """Over two seeds the speed claim pooled each model's repeats: its speed-up at 16K was neither
+    the table's value (full attention's mean over seeds of each seed's median over TTT-E2E's) nor
+    its interval. It gives the table's, says how many seeds each side averages, and the
+    constant-latency ratio is the table's times' ratio per token."""
     run = _two_seeds(_latency({"full_attention": quadratic, "ttt_e2e": linear}), scale=1.02)
-    assert {s["seed"] for s in run.samples} == {0, 1}
-    full, ttt = run.timings("full_attention", "prefill", 1), run.timings("ttt_e2e", "prefill", 1)
-    assert len(full[16384]) == len(ttt[16384]) == 16  # 8 repeats of each seed
+    pooled = stats.bootstrap_median_ratio(*([t for s in run.samples if s["model"] == m and s["phase"] == "prefill"
+                                             and s["eval_ctx"] == 16384 for t in s["seconds"]]
+                                            for m in ("full_attention", "ttt_e2e")))
+    t = tables.summary_tables(run.table, samples=run)
+    key = ("ttt_e2e", "ttt_e2e")
+    value, low, high = (x.loc[key, 16384] for x in (t["prefill_speedup"], *(t["prefill_speedup"].attrs[e]
+                                                                             for e in ("ci_low", "ci_high"))))
+    assert abs(pooled.value - value) > 1e-6  # the premise: the pooled repeats give another value
     [longest] = [e for e in claims.speed_claim(run).evidence if e["comparison"].startswith("prefill at 16384")]
-    pooled = stats.bootstrap_median_ratio(full[16384], ttt[16384], claims.RESAMPLES, seed=[8, 16384])
-    assert {k: longest[k] for k in ("value", "ci_low", "ci_high", "n")} == pooled.as_columns()
+    assert (longest["value"], longest["ci_low"], longest["ci_high"]) == pytest.approx((value, low, high), rel=1e-12)
+    assert low < value < high and longest["n"] == 8
+    assert [len(seed) for m in ("full_attention", "ttt_e2e") for seed in run.timings(m, "prefill", 1)[16384]] == [8] * 4
+    assert longest["comparison"] == "prefill at 16384: full_attention time / ttt_e2e time (batch 1), 2 seeds each"
+    [growth] = [e for e in claims.constant_latency_claim(run).evidence if e["comparison"].startswith("ttt_e2e: prefill")]
+    prefill = t["prefill_ms"]
+    assert growth["value"] == pytest.approx(prefill.loc[key, 16384] / prefill.loc[key, 1024] / 16, rel=1e-12)
+    assert growth["ci_low"] < growth["value"] < growth["ci_high"]
 
 
 def test_full_attention_timed_on_two_machines_gives_the_constant_latency_claim_no_contrast():

@@ -226,7 +226,7 @@ def test_one_job_per_cell_runs_no_cell_whose_model_failed_to_train(spec_path, tm
                            result=lambda: (_ for _ in ()).throw(RuntimeError("training node lost")))
     cell_jobs = []
 
-    def submit(runner, kind, spec, out, groups, workers, auto_device, train_only=False):
+    def submit(runner, kind, spec, out, groups, workers, auto_device, running, train_only=False):
         if train_only:
             return [jobs.Submitted(dead, group) for group in groups]
         cell_jobs.extend(groups)

@@ -107,6 +107,25 @@ def test_a_gap_over_training_seeds_pairs_each_seed_s_windows_and_resamples_seeds
         "A value over several training seeds (up to 2) is their mean"]
 
 
+def test_a_gap_over_seeds_that_scored_different_windows_gets_its_interval():
+    """Each seed reads its own held-out split: seed 1 scored one document fewer. The table's gap is
+    the mean of the seeds' gaps; the samples gave the mean over all windows, another value, so the
+    gap was printed bare, without a word. Each seed now weighs alike."""
+    rows, samples = _loss_run(seeds=(0, 1))
+    samples = [s for s in samples if not (s["seed"] == 1 and s["doc"] == DOCS[-1])]
+    rows = [{**r, "value": float(np.mean([s["scored_loss"] for s in samples if (s["model"], s["eval_ctx"], s["seed"])
+                                          == (r["model"], r["eval_ctx"], r["seed"])]))} for r in rows]
+    table = results.validate(rows)
+    run = claims.RunData(table, samples)
+    gap = tables.summary_tables(table, samples=run)["loss_gap"]
+    for L in CONTEXTS:
+        value, low, high = _cell(gap, "ttt_e2e", L)
+        est = claims.loss_gap(run, "ttt_e2e", "full_attention", L)
+        assert value == pytest.approx(np.mean([v for _, v in est.per_seed]), rel=1e-9)
+        assert (value, low, high) == pytest.approx((est.value, est.ci_low, est.ci_high)) and low < value < high < 0
+    assert "documents and training seeds resampled" in tables.render_markdown(gap)
+
+
 def test_models_named_otherwise_than_their_architecture_get_their_intervals():
     """The samples name models, not architectures: a run's models named ``fa-small`` and
     ``ttt-small`` are found by their names."""
@@ -151,23 +170,45 @@ def test_speedups_get_the_claims_interval_over_timing_repeats(repeats, spread):
             "timing repeats" in text) == (not spread)
 
 
-def test_a_speedup_over_seeds_that_the_pooled_repeats_do_not_give_stays_bare_and_is_counted():
-    """Over two seeds a speed-up is the ratio of the seeds' mean medians; the repeats pooled over
-    seeds give another value, so their interval is not this value's: the cell stays bare and the
-    footnote counts it. Where one seed alone was timed (1K here) the repeats give the value."""
-    rows, samples = _latency_run(8, seeds=(0, 1))
+def _seed_medians(samples: list[dict], model: str, L: int) -> list[float]:
+    return [float(np.median(s["seconds"])) for s in samples if s["model"] == model and s["eval_ctx"] == L]
+
+
+@pytest.mark.parametrize("repeats, spread", [(8, False), (3, True)])
+def test_a_speedup_over_seeds_gets_an_interval_of_the_value_shown(repeats, spread):
+    """Over two seeds a speed-up is full attention's mean over seeds of each seed's median over the
+    model's; the repeats pooled over seeds give another value, and the cell was left bare. Its
+    interval resamples each seed's repeats and, the seeds disagreeing (seed 1 timed 1.3x slower),
+    widens over them: it brackets the value shown. Where one seed alone was timed (1K here) the
+    interval is the one-seed one, to the last digit; the footnote counts seeds and repeats."""
+    rows, samples = _latency_run(repeats, seeds=(0, 1))
     rows = [r for r in rows if r["seed"] == 0 or r["eval_ctx"] == 256]
     samples = [s for s in samples if s["seed"] == 0 or s["eval_ctx"] == 256]
     table = results.validate(rows)
     run = claims.RunData(table, samples)
     speed = tables.summary_tables(table, samples=run)["prefill_speedup"]
-    pooled = {L: claims.speedup(run.timings("full_attention", "prefill", 1)[L], run.timings("ttt_e2e", "prefill", 1)[L], L)
-              for L in CONTEXTS}
-    value, low, _ = _cell(speed, "ttt_e2e", 256)
-    assert abs(pooled[256].value - value) > 1e-6 and np.isnan(low)  # the premise, and no interval
-    assert _cell(speed, "ttt_e2e", 1024) == pytest.approx((pooled[1024].value, pooled[1024].ci_low, pooled[1024].ci_high))
-    assert speed.attrs["note"].endswith("; 1 speed-up(s) without one: the samples do not give its value (no repeats, "
-                                        "a mean over seeds)"), speed.attrs["note"]
+    value, low, high = _cell(speed, "ttt_e2e", 256)
+    assert value == pytest.approx(np.mean(_seed_medians(samples, "full_attention", 256))
+                                  / np.mean(_seed_medians(samples, "ttt_e2e", 256)), rel=1e-12)
+    pooled = [[t for s in samples if s["model"] == m and s["eval_ctx"] == 256 for t in s["seconds"]]
+              for m in ("full_attention", "ttt_e2e")]
+    assert abs(stats.bootstrap_median_ratio(*pooled).value - value) > 1e-6  # the premise: pooling gives another value
+    assert low < value < high
+    timed = [run.timings(m, "prefill", 1) for m in ("full_attention", "ttt_e2e")]
+    assert [len(t[256]) for t in timed] == [2, 2] and [len(t[1024]) for t in timed] == [1, 1]
+    est = claims.speedup(timed[0][256], timed[1][256], 256)
+    assert (value, low, high) == pytest.approx((est.value, est.ci_low, est.ci_high))
+    assert est.n == repeats and est.seeds == (2, 2)
+    one = stats.bootstrap_median_ratio(timed[0][1024][0], timed[1][1024][0], claims.RESAMPLES, seed=[8, 1024])
+    assert _cell(speed, "ttt_e2e", 1024) == pytest.approx((one.value, one.ci_low, one.ci_high))
+    what = ("the ratio of the two models' means over training seeds (up to 2) of each seed's median (each seed's "
+            "timings resampled on their own, widened to Student's t interval over the seeds' medians where a model "
+            "has several)")
+    interval = (f"a bootstrap spread of {what} over as few as 3 timings a seed, not a 95% interval (their range covers "
+                "the median at most 75% of the time)" if spread
+                else f"a 95% bootstrap interval of {what} over timing repeats")
+    assert tables.footnotes(speed) == [f"± and [low, high]: {interval}", "A value over several training seeds (up to 2) "
+                                       "is full attention's mean time over the model's"]
 
 
 def _write_run(folder: Path, rows: list[dict], samples: list[dict]) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from harness.api.errors import ConfigError, unknown_message
 from harness.api.fieldtypes import as_annotated, check_fields, field_hints
-from harness.api.kernels import Kernel
+from harness.api.kernels import Kernel, KernelChoice
 
 
 @dataclass
@@ -196,6 +196,8 @@ class LCModel(nn.Module):
     # The optional kernel backends (harness.api.kernels.Kernel) the architecture can use beside its
     # torch reference: `lcbench list --kernels` says whether each runs on this machine, and why not.
     kernels: ClassVar[tuple[Kernel, ...]] = ()
+    # The values config.backend takes, which a refusal of one that cannot run names (empty: not said).
+    backends: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -230,11 +232,12 @@ class LCModel(nn.Module):
         return self.config.backend
 
     @classmethod
-    def kernel_choices(cls, config: ModelConfig) -> dict[str, str]:
-        """The config's settings that pick one of :attr:`kernels`, with their values: a run refuses
-        one naming a kernel that cannot run on its device before any work
-        (:func:`harness.api.kernels.refusals`). An architecture whose other fields pick kernels adds them."""
-        return {"backend": config.backend}
+    def kernel_choices(cls, config: ModelConfig) -> dict[str, KernelChoice]:
+        """The config's settings that may pick one of :attr:`kernels`, each with its value and
+        the values it takes: a run refuses one naming a kernel that cannot run on its device
+        before any work, with the values that run there (:func:`harness.api.kernels.refusals`).
+        An architecture whose other fields pick kernels adds them."""
+        return {"backend": KernelChoice(config.backend, cls.backends)}
 
     def kernel_settings(self, device: torch.device) -> dict[str, Any]:
         """Settings the backend that runs on ``device`` applies in place of the config's (a kernel

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -78,15 +78,23 @@ class Kernel:
         error = self.imported()[1]
         return None if error is None else f"importing it failed ({error}); install it with `{self.install}`"
 
-    def refusal(self, device: torch.device, setting: str = "backend", imports: bool = True) -> str | None:
+    def reason(self, device: torch.device, imports: bool = True) -> str | None:
+        """:meth:`unavailable_reason`; ``imports=False``: only what the device's kind tells (a plan
+        for other machines, whose packages this one may lack)."""
+        return self.unavailable_reason(device) if imports else self.device_reason(device)
+
+    def refusal(self, device: torch.device, setting: str = "backend", imports: bool = True,
+                runs: Sequence[str] = ()) -> str | None:
         """Why the config setting ``setting`` naming this backend cannot run on ``device``, and what
-        runs instead; None when it can run. ``imports=False``: only what the device's kind tells (a
-        plan for other machines, whose packages this one may lack)."""
-        reason = self.unavailable_reason(device) if imports else self.device_reason(device)
+        runs instead; None when it can run. ``imports`` as :meth:`reason` takes it; ``runs``: the
+        values of ``setting`` that run there (:func:`refusals` finds them; empty: not known)."""
+        reason = self.reason(device, imports)
         if reason is None:
             return None
+        auto = " or 'auto' (the fastest backend that runs here)" if not runs or "auto" in runs else ""
+        valid = f"; on {device.type}, {setting} takes {', '.join(runs)}" if runs else ""
         return (f"{self.mixer} backend {self.name!r} is unavailable: {reason}. Use {setting}={self.fallback!r} "
-                "(runs anywhere) or 'auto' (the fastest backend that runs here)")
+                f"(runs anywhere){auto}{valid}")
 
     def available(self, device: torch.device) -> bool:
         return self.unavailable_reason(device) is None
@@ -129,14 +137,29 @@ def pick_backend(requested: str, kernels: Sequence[Kernel], device: torch.device
     return next((k.name for k in kernels if k.available(device)), fallback)
 
 
-def refusals(choices: Mapping[str, str], kernels: Sequence[Kernel], device: torch.device,
+class KernelChoice(NamedTuple):
+    """A config setting's value that may name a kernel backend, and every value the setting takes
+    (empty: not said; a refusal then names none)."""
+
+    value: str
+    takes: tuple[str, ...] = ()
+
+
+def refusals(choices: Mapping[str, KernelChoice], kernels: Sequence[Kernel], device: torch.device,
              imports: bool = True) -> list[str]:
-    """One line per setting of ``choices`` (config field -> the backend it names, as
+    """One line per setting of ``choices`` (config field -> its value and choices, as
     ``LCModel.kernel_choices`` gives them) that names one of ``kernels`` unable to run on
-    ``device``: what a run refuses before any work (``imports`` as :meth:`Kernel.refusal` takes it)."""
+    ``device``, with the setting's values that run there: what a run refuses before any work
+    (``imports`` as :meth:`Kernel.reason` takes it)."""
     by_name = {kernel.name: kernel for kernel in kernels}
-    found = (by_name[value].refusal(device, setting, imports) for setting, value in choices.items() if value in by_name)
-    return [line for line in found if line is not None]
+    lines = []
+    for setting, (value, takes) in choices.items():
+        if value in by_name:
+            runs = [v for v in takes if v not in by_name or by_name[v].reason(device, imports) is None]
+            line = by_name[value].refusal(device, setting, imports, runs)
+            if line is not None:
+                lines.append(line)
+    return lines
 
 
 def chunk_settings(kernels: Sequence[Kernel], backend: str, chunk_size: int) -> dict[str, int]:

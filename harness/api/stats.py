@@ -144,6 +144,12 @@ class SeededEstimate(Estimate):
     per_seed: tuple[tuple[Any, float], ...] = ()
 
 
+def seed_order(seed: Any) -> tuple:
+    """A sort key of training seeds: in numeric order (2 before 10); a seed may be None (records
+    from before seeds were written), after the numbered ones."""
+    return (0, seed, "") if isinstance(seed, (int, np.integer)) else (1, 0, str(seed))
+
+
 def bootstrap_seeded_ratio(
     seeds: Sequence[Any],
     units: Sequence[Any],
@@ -182,8 +188,7 @@ def bootstrap_seeded_ratio(
     if not len(seeds) == len(units) == num.size == den.size:
         raise ValueError(f"seeds, units, numerators and denominators differ in length: "
                          f"{len(seeds)}, {len(units)}, {num.size}, {den.size}")
-    # in numeric order (2 before 10); a seed may be None (records from before seeds were written)
-    seed_names = sorted(set(seeds), key=lambda s: (0, s, "") if isinstance(s, (int, np.integer)) else (1, 0, str(s)))
+    seed_names = sorted(set(seeds), key=seed_order)
     unit_names = sorted(set(units), key=str)
     s_of, u_of = {s: i for i, s in enumerate(seed_names)}, {u: i for i, u in enumerate(unit_names)}
     s_index = np.array([s_of[s] for s in seeds], dtype=np.int64)
@@ -339,6 +344,60 @@ def bootstrap_median_ratio(
     with np.errstate(invalid="ignore", divide="ignore"):
         low, high = _interval(top / bottom, value, level)
     return Estimate(value, low, high, n)
+
+
+@dataclass(frozen=True)
+class StratifiedEstimate(Estimate):
+    """An :class:`Estimate` of a ratio of two means over seeds (:func:`bootstrap_seeded_median_ratio`),
+    with how many seeds each side has (``seeds``: numerator's, denominator's)."""
+
+    seeds: tuple[int, int] = (1, 1)
+
+
+def bootstrap_seeded_median_ratio(
+    numerators: Sequence[Sequence[float]],
+    denominators: Sequence[Sequence[float]],
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int | Sequence[int] = 0,
+) -> Estimate:
+    """The mean over seeds of each seed's median of ``numerators`` over the same of
+    ``denominators`` (each: one list of timing repeats per training seed, as a table's point
+    over seeds averages their medians), with an interval over the repeats and, where a side has
+    several seeds, over its seeds.
+
+    One seed each: :func:`bootstrap_median_ratio`, to the last digit. Several: a stratified
+    bootstrap, each seed's repeats resampled on their own (the seeds held fixed), widened at
+    each end to Student's t interval of the ratio over the seeds of the sides that have two or
+    more (their medians' spread, linearised as :func:`bootstrap_ratio`'s, Welch-Satterthwaite's
+    degrees of freedom): each seed's repeats ran in a process of its own, whose load no repeat
+    of another shows, as :func:`across_seeds` widens a time's own interval. ``n``: the fewest
+    repeats of any seed, which bounds the interval as :func:`bootstrap_median` says."""
+    if len(numerators) == 1 and len(denominators) == 1:
+        return bootstrap_median_ratio(numerators[0], denominators[0], resamples, level, seed)
+    sides = [[np.asarray(s, dtype=np.float64).reshape(-1) for s in side] for side in (numerators, denominators)]
+    counts = (len(sides[0]), len(sides[1]))
+    n = min((s.size for side in sides for s in side), default=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        medians = [np.array([np.median(s) if s.size else math.nan for s in side]) for side in sides]
+        means = [float(m.mean()) if m.size else math.nan for m in medians]
+        value = means[0] / means[1] if n else math.nan
+    if n < 2 or not math.isfinite(value):
+        return StratifiedEstimate(value, math.nan, math.nan, n, counts)
+    rng = _rng(seed)
+    drawn = [np.mean([np.median(s[rng.integers(0, s.size, size=(resamples, s.size))], axis=1) for s in side], axis=0)
+             for side in sides]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low, high = _interval(drawn[0] / drawn[1], value, level)
+    # d(a / b) = da / b - a db / b^2: each side's seeds' variance of its mean, with its degrees of freedom
+    scale = (1.0 / means[1], means[0] / means[1] ** 2)
+    parts = [(float(m.var(ddof=1)) / m.size * g * g, m.size - 1) for m, g in zip(medians, scale) if m.size > 1]
+    variance = sum(v for v, _ in parts)
+    if variance > 0:
+        df = variance * variance / sum(v * v / d for v, d in parts)
+        half = t_quantile(0.5 + level / 2, df) * math.sqrt(variance)
+        low, high = min(low, value - half), max(high, value + half)
+    return StratifiedEstimate(value, low, high, n, counts)
 
 
 def rate(values: Sequence[float] | np.ndarray, level: float = DEFAULT_LEVEL) -> Estimate:

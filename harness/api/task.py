@@ -23,7 +23,7 @@ helpers of :mod:`harness.api.decoding`; options are declared with :func:`harness
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -111,12 +111,13 @@ class Task:
     def run(self, model: LCModel, options: Any, ctx: RunContext) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def check_context(self, options: Any, tokenizer: Any, seed: int) -> list[str]:
+    def check_context(self, options: Any, tokenizer: Any, seeds: Sequence[int]) -> list[str]:
         """What in ``options`` is bound to fail before any model runs, one line each (the value,
         why, what would work): a context too short for the task's prompts, say. ``tokenizer``: the
-        one the run reads text with (None where the options are no :class:`DataOptions`); ``seed``:
-        the run's. A sweep asks for every cell before any model trains, ``lcbench eval`` before
-        the task runs; the base class finds nothing."""
+        one the run reads text with (None where the options are no :class:`DataOptions`);
+        ``seeds``: every seed the options run with (one run's; a sweep's cells', so that what would
+        work works for all of them). A sweep asks once per task cell before any model trains,
+        ``lcbench eval`` before the task runs; the base class finds nothing."""
         return []
 
 

@@ -16,8 +16,9 @@ footnote saying what it is. A point that some of its rows failed
 with no ``ok`` row is a failure point carrying its status (``oom``, ``error``, ``nan``): tables
 print it (``OOM``), figures mark it. Derived values (gap, speed-up) carry no interval, except in
 the tables where the run's samples are given (:func:`summary_tables`): the loss gap's paired by
-target window over documents (:func:`claims.loss_gap`), the speed-up's over timing repeats
-(:func:`claims.speedup`), each only where the samples reproduce the cell's value.
+target window over documents (:func:`claims.loss_gap`), the speed-up's over timing repeats, and
+over seeds where a model has several (:func:`claims.speedup`), each only where the samples
+reproduce the cell's value.
 
 :func:`summary_tables` gives the paper's tables as DataFrames (index: model, arch and the facets
 that vary; columns: ``eval_ctx``; cells: a float, or the failure's label), with a title, a
@@ -343,7 +344,8 @@ def summary_tables(table: pd.DataFrame | Prepared, niah_metrics: Sequence[str] |
             note = intervals.note if intervals else ""
             out[f"{phase}_speedup"] = _pivot(ratio, facets, f"{phase.capitalize()} speed-up over full attention (×)",
                                              ".2f")
-            out[f"{phase}_speedup"].attrs.update(note=note, own_interval=bool(note))
+            out[f"{phase}_speedup"].attrs.update(note=note, own_interval=bool(note),
+                                                 seeds_value="full attention's mean time over the model's")
     peak = peak_memory_name(set(latency["device"].dropna()))
     for metric, name, what in (("prefill_peak_bytes", "prefill_peak_mib", f"{peak} while prefilling"),
                                ("decode_peak_bytes", "decode_peak_mib", f"{peak} while decoding"),
@@ -367,7 +369,7 @@ def _from_samples(prep: Prepared, rel: pd.DataFrame, by: Sequence[str],
     """Give each point of ``rel`` (a gap or speed-up against its series' reference, in place) the
     interval of ``estimate(model, reference model, its by-cell)`` where that reproduces its value:
     the samples know models, not series (a model split by backend or train_ctx is left bare), and
-    a value they do not give (a mean over seeds' medians) is not theirs to bound. Returns the
+    a value they do not give (a mean over runs' medians) is not theirs to bound. Returns the
     estimates given and how many points (not the reference's own) went without."""
     models = dict(zip(prep.series["series"], prep.series["model"].astype(str)))
     split = {m for m, n in prep.series["model"].astype(str).value_counts().items() if n > 1}
@@ -433,10 +435,11 @@ def gap_intervals(prep: Prepared, gap: pd.DataFrame, run: claims.RunData,
 
 def speedup_intervals(prep: Prepared, ratio: pd.DataFrame, run: claims.RunData, phase: str) -> DerivedIntervals | None:
     """Give the speed-ups by ``batch_size`` and ``eval_ctx`` (:meth:`Prepared.relative`, in place)
-    an interval over timing repeats (:func:`claims.speedup`, a spread over few); say what they are
-    (None: none got one). The tables print them, the figures draw them."""
+    an interval over timing repeats, and over seeds where a model has several (:func:`claims.speedup`,
+    a spread over few); say what they are (None: none got one). The tables print them, the figures
+    draw them."""
     @functools.cache  # each (model, batch) scans every sample once, not once per cell
-    def timed(model: str, batch: int) -> dict[int, list[float]]:
+    def timed(model: str, batch: int) -> dict[int, list[list[float]]]:
         return run.timings(model, phase, batch)
 
     def estimate(model: str, ref: str, cell: tuple) -> stats.Estimate | None:
@@ -447,14 +450,23 @@ def speedup_intervals(prep: Prepared, ratio: pd.DataFrame, run: claims.RunData, 
     given, bare = _from_samples(prep, ratio, ["batch_size", "eval_ctx"], estimate)
     if not given:
         return None
-    what = "the ratio of medians (each model's timings resampled on their own)"
     n = min(e.n for e in given)
+    seeds = max(max(getattr(e, "seeds", (1, 1))) for e in given)
+    if seeds > 1:  # the seeds held fixed in the bootstrap; their spread widens it where a model has several
+        what = (f"the ratio of the two models' means over training seeds (up to {seeds}) of each seed's median (each "
+                "seed's timings resampled on their own, widened to Student's t interval over the seeds' medians "
+                "where a model has several)")
+        spread, interval = f"spread over {n}\ntiming repeats a seed", "interval over\ntiming repeats and seeds"
+    else:
+        what = "the ratio of medians (each model's timings resampled on their own)"
+        spread, interval = f"spread over {n}\ntiming repeats", "interval over\ntiming repeats"
     if claims.is_spread(n):
-        full, short = _spread_note(n, what), f"spread over {n}\ntiming repeats"
+        full, short = _spread_note(n, what, " a seed" if seeds > 1 else ""), spread
     else:
         full, short = (f"a {stats.DEFAULT_LEVEL:.0%} bootstrap interval of {what} over timing repeats",
-                       f"{stats.DEFAULT_LEVEL:.0%} interval over\ntiming repeats")
-    return DerivedIntervals(full, short, "speed-up", bare, "the samples do not give its value (no repeats, a mean over seeds)")
+                       f"{stats.DEFAULT_LEVEL:.0%} {interval}")
+    return DerivedIntervals(full, short, "speed-up", bare, "the samples do not give its value (no repeats, a mean "
+                            "over runs)")
 
 
 def peak_memory_name(devices: set[str], sep: str = " ") -> str:
@@ -565,9 +577,10 @@ def repeats_note(latency: pd.DataFrame, metric: str) -> str:
     return f"± and [low, high]: {_spread_note(n, 'the median')}" if claims.is_spread(n) else ""
 
 
-def _spread_note(n: int, what: str) -> str:
-    """That intervals of ``what`` over as few as ``n`` timings are spreads, not confidence intervals."""
-    return (f"a bootstrap spread of {what} over as few as {n} timings, not a "
+def _spread_note(n: int, what: str, per: str = "") -> str:
+    """That intervals of ``what`` over as few as ``n`` timings (``per``: ' a seed') are spreads,
+    not confidence intervals."""
+    return (f"a bootstrap spread of {what} over as few as {n} timings{per}, not a "
             f"{stats.DEFAULT_LEVEL:.0%} interval (their range covers the median at most "
             f"{stats.median_max_coverage(n):.0%} of the time)")
 
@@ -586,7 +599,8 @@ def footnotes(df: pd.DataFrame) -> list[str]:
         lows = df.attrs.get("ci_low")
         # a gap or speed-up has none, or its own (its note says what)
         with_interval = lows is not None and bool(lows.notna().to_numpy().any()) and not df.attrs.get("own_interval")
-        notes.append(f"A value over several training seeds (up to {df.attrs['seeds']}) is their mean"
+        notes.append(f"A value over several training seeds (up to {df.attrs['seeds']}) is "
+                     f"{df.attrs.get('seeds_value', 'their mean')}"
                      + (f"; its interval is over seeds: {SEEDS_INTERVAL}" if with_interval else ""))
     return notes
 

@@ -161,15 +161,15 @@ def check_task_options(task_name: str, options: Mapping[str, Any] | None) -> dic
 
 
 def context_problems(task_name: str, options: Mapping[str, Any] | None, tokenizer: Callable[[DataOptions], Any],
-                     seed: int) -> list[str]:
-    """What the task's ``check_context`` finds bound to fail in ``options``, one line each (a
-    function task checks nothing); ``tokenizer(parsed options)`` gives the tokenizer the run reads
-    text with, asked only of a task that checks and reads text."""
+                     seeds: Sequence[int]) -> list[str]:
+    """What the task's ``check_context`` finds bound to fail in ``options`` run with ``seeds``, one
+    line each (a function task checks nothing); ``tokenizer(parsed options)`` gives the tokenizer
+    the run reads text with, asked only of a task that checks and reads text."""
     task = registry.get_task(task_name)
     if not (isinstance(task, type) and issubclass(task, Task)) or task.check_context is Task.check_context:
         return []
     parsed = parse_options(task.Options, options, task_name)
-    return task().check_context(parsed, tokenizer(parsed) if isinstance(parsed, DataOptions) else None, seed)
+    return task().check_context(parsed, tokenizer(parsed) if isinstance(parsed, DataOptions) else None, seeds)
 
 
 def kernel_problems(arch: type[LCModel], config: ModelConfig, devices: Iterable[torch.device],
@@ -286,7 +286,7 @@ def run_eval(
     model, info = resolve_model(model_spec, preset=preset, device=device_t, dtype=dtype_t, backend=backend,
                                 name=model_name)
     refuse(kernel_problems(type(model), model.config, [device_t]) + context_problems(
-        task_name, options, lambda parsed: model_tokenizer(parsed.tokenizer, info, model), seed), f"task {task_name!r}")
+        task_name, options, lambda parsed: model_tokenizer(parsed.tokenizer, info, model), [seed]), f"task {task_name!r}")
     # an unwritable folder fails before the work, too; a failed run leaves no empty folder behind
     with made_for_results(out_dir, "run folder") if out_dir is not None else nullcontext():
         run = run_name or (Path(out_dir).name if out_dir is not None else "run")

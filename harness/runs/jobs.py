@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import shutil
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from harness.runs.sweep import (Cell, SweepResult, SweepSpec, cells_by_model, co
 
 EXECUTORS = ("local", "slurm")
 JOBS_DIR = "jobs"
+LOCAL_STOP_S = 10.0  # a stopped local job's controller kills its process within about 1 s; past this, give up waiting
 
 
 class SweepJob(submitit.helpers.Checkpointable):
@@ -90,14 +95,16 @@ def run_sweep_jobs(spec: SweepSpec, out_dir: str, executor: str = "local", retry
     before = ResultStore(out).finished()  # a dead job's cells whose records are as here: unfinished by it
     groups = cells_by_model(pending)
     trained: list[Submitted] = []  # training jobs, which jobs: cell runs first
-    if options.jobs == "cell":
-        to_train = [g for g in groups if g[0].model.needs_training(out)]
-        trained = _submit(runner, executor, spec, out, to_train, options.workers, auto_device, train_only=True)
-        _collect(trained, out, progress, git, before)
-        # a model whose training job died has its cells recorded failed: a job each would train it again, at once
-        groups = [[c] for c in pending if not c.model.needs_training(out)]
-    submitted = _submit(runner, executor, spec, out, groups, options.workers, auto_device)
-    _collect(submitted, out, progress, git, before)
+    with _local_jobs_stopped(executor) as running:
+        if options.jobs == "cell":
+            to_train = [g for g in groups if g[0].model.needs_training(out)]
+            trained = _submit(runner, executor, spec, out, to_train, options.workers, auto_device, running,
+                              train_only=True)
+            _collect(trained, out, progress, git, before)
+            # a model whose training job died has its cells recorded failed: a job each would train it again, at once
+            groups = [[c] for c in pending if not c.model.needs_training(out)]
+        submitted = _submit(runner, executor, spec, out, groups, options.workers, auto_device, running)
+        _collect(submitted, out, progress, git, before)
     # what the jobs' cells computed on (a kind: each cell's record names its machine), not the spec's spelling
     ran_on = compute_kind(spec.device, spec.dtype, auto_device)
     return finish_sweep(spec, out, cells, len(pending), started, git, device=ran_on["device"],
@@ -116,9 +123,10 @@ def jobs_auto_device(kind: str, options: ClusterOptions) -> str:
 
 
 def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, groups: list[list[Cell]],
-            workers: int, auto_device: str, train_only: bool = False) -> list[Submitted]:
+            workers: int, auto_device: str, running: list[Any], train_only: bool = False) -> list[Submitted]:
     """One job per group. Slurm runs them as one array, at most ``workers`` at once; locally at
-    most ``workers`` processes run at once (submitit's local executor starts every job)."""
+    most ``workers`` processes run at once (submitit's local executor starts every job), each
+    added to ``running`` as it starts."""
     args = [(spec.to_dict(), str(out), [c.key for c in group], train_only, auto_device) for group in groups]
     if kind == "slurm":
         with runner.batch():
@@ -129,7 +137,47 @@ def _submit(runner: submitit.Executor, kind: str, spec: SweepSpec, out: Path, gr
         while sum(not s.job.done() for s in submitted) >= workers:
             time.sleep(0.2)
         submitted.append(Submitted(runner.submit(SweepJob(), *a), group))
+        running.append(submitted[-1].job)
     return submitted
+
+
+@contextmanager
+def _local_jobs_stopped(kind: str) -> Iterator[list[Any]]:
+    """On Ctrl-C or SIGTERM, stop the local jobs started in the block (the list it yields) and wait
+    for them, so that none runs on orphaned: a terminal's Ctrl-C reaches them too, but a SIGTERM
+    sent to this process alone (kill, a time limit) would not. Their finished cells are kept, a
+    model in training resumes from its last save. Slurm's jobs run on, as they do after Ctrl-C,
+    recording their cells into the folder."""
+    running: list[Any] = []
+    try:
+        yield running
+    except KeyboardInterrupt:
+        if kind == "local":
+            for job in running:
+                _stop_local_job(job)
+            deadline = time.time() + LOCAL_STOP_S
+            while not all(job.done() for job in running) and time.time() < deadline:
+                time.sleep(0.1)
+        raise
+
+
+def _stop_local_job(job: Any) -> None:
+    """Ctrl-C for a local job: SIGINT to the processes its submitit controller started (its job id
+    is the controller's pid), which write their traceback into the job's log and whose end ends
+    the controller. Sent to the controller itself (submitit's ``cancel``), it would print the
+    controller's traceback here; that is the fallback while the controller has started none."""
+    if job.done():
+        return
+    controller = int(job.job_id)
+    try:
+        tasks = [int(pid) for pid in Path(f"/proc/{controller}/task/{controller}/children").read_text().split()]
+    except OSError:  # not Linux, or the controller has just ended
+        tasks = []
+    for pid in tasks:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+    if not tasks:
+        job.cancel()
 
 
 def _collect(submitted: list[Submitted], out: Path, progress: bool, git: dict[str, Any],

@@ -11,6 +11,7 @@ in this process when its result is asked for, so monkeypatched code (tests) is w
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 
 from harness.api.device import dtype_name, resolve_device, resolve_dtype
@@ -70,14 +72,20 @@ class ModelPool:
             raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         self._executor = None if workers == 1 else ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
+            initializer=_start_worker, initargs=(torch.get_num_threads(),))
 
     def __enter__(self) -> ModelPool:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=exc_info[0] is not None)
+        if self._executor is None:
+            return
+        if isinstance(exc_info[1], KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop now, not after the running models
+            # (a SIGTERM sent to this process alone reaches no worker); they die without a word, their
+            # finished cells recorded and their training resumable from its last save, as after Ctrl-C
+            for process in list(self._executor._processes.values()):  # no public way before Python 3.14
+                process.terminate()
+        self._executor.shutdown(cancel_futures=exc_info[0] is not None)
 
     def submit(self, spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False) -> PendingSweep:
         """Queue the cells of ``spec`` not finished in ``out_dir`` (as :func:`run_sweep` would run
@@ -93,3 +101,12 @@ class ModelPool:
                    for group in cells_by_model(pending)}
         return PendingSweep(spec, out, retry_failed, cells, len(pending), started, git, str(device), dtype_name(dtype),
                             futures, before)
+
+
+def _start_worker(threads: int) -> None:
+    """A worker takes the pool maker's thread count, and its bars (drawn on its own stderr, if at
+    all) a thread lock, not tqdm's default multiprocessing one: a worker that dies by a signal (its
+    pool stopping it, a time limit) never removes that lock's semaphore, and multiprocessing then
+    warns of it as leaked when the command ends."""
+    torch.set_num_threads(threads)
+    tqdm_std.tqdm.set_lock(threading.RLock())  # on the base class: every kind of bar takes it

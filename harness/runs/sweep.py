@@ -575,8 +575,9 @@ def check_cells(cells: list[Cell], imports: bool = True) -> None:
     ``imports=False``: only what the devices' kinds tell (cells planned for other machines)."""
     problems: dict[str, None] = {}  # in order, each once
     tokenizers: dict[str | None, Any] = {}
-    checked: set[tuple[str, int]] = set()  # a task cell read with a tokenizer, and a seed: asked once for all models
-    told: set[str] = set()  # a task cell read with a tokenizer: told once, for the first seed it fails for
+    # a task cell read with a tokenizer -> (a cell of it, the tokenizer, its seeds): asked once for
+    # all models and seeds, so that a context the task suggests fits the prompts of every seed
+    asked: dict[str, tuple[Cell, str | None, list[int]]] = {}
 
     def tokenizer(name: str | None) -> Any:
         if name not in tokenizers:
@@ -588,16 +589,15 @@ def check_cells(cells: list[Cell], imports: bool = True) -> None:
         problems.update((f"model {model.label!r}: {line}", None) for line in model.kernel_problems(imports))
         own = model.tokenizer()
         for cell in group:
-            where = json.dumps([cell.task, cell.options, own], sort_keys=True, default=str)
-            if where in told or (where, cell.seed) in checked:
-                continue
-            checked.add((where, cell.seed))
-            found = context_problems(cell.task, cell.options, lambda parsed: tokenizer(parsed.tokenizer or own),
-                                     cell.seed)
-            if found:
-                told.add(where)
-                read_by = f" (tokenizer {own!r})" if own is not None else ""
-                problems.update((f"{cell.task} {cell.options}{read_by}: {line}", None) for line in found)
+            seeds = asked.setdefault(json.dumps([cell.task, cell.options, own], sort_keys=True, default=str),
+                                     (cell, own, []))[2]
+            if cell.seed not in seeds:
+                seeds.append(cell.seed)
+    for cell, own, seeds in asked.values():
+        found = context_problems(cell.task, cell.options, lambda parsed, own=own: tokenizer(parsed.tokenizer or own),
+                                 seeds)
+        read_by = f" (tokenizer {own!r})" if own is not None else ""
+        problems.update((f"{cell.task} {cell.options}{read_by}: {line}", None) for line in found)
     lines = list(problems)
     if len(lines) > MAX_PROBLEMS_SHOWN:
         lines[MAX_PROBLEMS_SHOWN:] = [f"... and {len(lines) - MAX_PROBLEMS_SHOWN} more"]
