@@ -31,6 +31,7 @@ from bench.gpu.config import LEDGER_FILE, ROOT, STEPS, KitConfig
 from bench.gpu.run import Kit, main
 from harness.api import registry, results
 from harness.api.errors import ConfigError
+from harness.api.interrupts import Terminated
 from harness.runs.provenance import git_commit
 from harness.runs.sweep import load_spec
 
@@ -1082,28 +1083,21 @@ def test_a_kit_stopped_mid_step_stops_the_step_and_writes_what_was_done(tmp_path
     """SIGTERM (the device tool at its time limit) while a step runs: the kit stopped at once and
     $OUT held only what earlier steps had done, the running step's results lost, its process left
     running. Now the step is stopped and recorded, the steps after it are recorded skipped, the
-    output folder is written, and the kit exits as a process ended by SIGTERM does."""
+    output folder is written, and the kit ends as every command does on SIGTERM."""
     kit = Kit(KitConfig.dry(steps=["latency", "throughput"]), tmp_path / "out", tmp_path / "work")
     pid_file = tmp_path / "step.pid"
     fake_step(monkeypatch, kit, "import os, signal, sys, time\nfrom bench.gpu.ledger import Ledger\n"
                                 "book = Ledger(sys.argv[1], 'latency')\nbook.plan(['a', 'b'])\nbook.record('a', 'ok')\n"
                                 "open(sys.argv[2], 'w').write(str(os.getpid()))\nos.kill(os.getppid(), signal.SIGTERM)\n"
                                 "time.sleep(60)\n", str(pid_file))
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(Terminated):  # the CLI says so and exits 143
         kit.run()
-    assert stopped.value.code == kit_run_module().STOPPED_EXIT
     steps = pd.read_csv(kit.out / bundle.STEPS_CSV, keep_default_na=False).set_index(["step", "item"])
     assert steps.loc[("latency", "a"), "status"] == "ok" and steps.loc[("latency", "b"), "status"] == "timeout"
     assert steps.loc[("latency", ledger.STEP_ITEM), "status"] == "timeout"
-    assert steps.loc[("latency", ledger.STEP_ITEM), "message"].startswith("the kit was stopped (SIGTERM)")
-    assert steps.loc[("throughput", ledger.STEP_ITEM), "message"] == "the kit was stopped (SIGTERM) before it"
+    assert steps.loc[("latency", ledger.STEP_ITEM), "message"].startswith("the kit was terminated (SIGTERM) ")
+    assert steps.loc[("throughput", ledger.STEP_ITEM), "message"] == "the kit was terminated (SIGTERM) before it"
     assert process_ended(int(pid_file.read_text()))
-
-
-def kit_run_module():
-    from bench.gpu import run as kit_run
-
-    return kit_run
 
 
 def test_the_output_folder_is_rewritten_while_a_step_runs(tmp_path, monkeypatch):
@@ -1133,7 +1127,8 @@ Path(sys.argv[3]).write_text(text(summary_md))
 
 def test_the_budget_counts_from_the_start_of_the_process(tmp_path, monkeypatch):
     """The kit's clock started after its imports (seconds on a cold machine), past the budget asked."""
-    kit_run = kit_run_module()
+    from bench.gpu import run as kit_run
+
     kits = []
     monkeypatch.setattr(kit_run.Kit, "run", lambda kit: kits.append(kit))
     monkeypatch.setattr(kit_run, "PROCESS_STARTED", time.time() - 30.0)

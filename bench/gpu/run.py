@@ -48,23 +48,12 @@ from bench.gpu.config import CONFIG_FILE, LEDGER_FILE, ROOT, STEP_WEIGHTS, STEPS
 from bench.gpu.install import python_path
 from bench.gpu.ledger import RUNNING
 from bench.gpu.worker import RESTART_EXIT, TIMEOUT_EXIT
+from harness.api.interrupts import sigterm_raises, stop_words
 from harness.cli import friendly_errors
 
 GRACE_S = 5.0  # after its limit, a step gets this long to end by itself before it is stopped
 MIN_STEP_S = 1.0  # a step given less than this is skipped
 STOP_WAIT_S = 20.0  # how long a stopped step may take to end
-
-
-class Stopped(BaseException):
-    """The kit was told to stop (SIGTERM: the device tool at its time limit). Not an Exception, so
-    that no ``except Exception`` on the way swallows it."""
-
-
-def raise_stopped(signum: int, frame: object) -> None:
-    raise Stopped(signal.Signals(signum).name)
-
-
-STOPPED_EXIT = 128 + signal.SIGTERM  # as a process ended by SIGTERM exits
 
 
 class Kit:
@@ -85,34 +74,33 @@ class Kit:
 
     def run(self) -> Path:
         """Every step, then the output folder. Stopped (SIGTERM, Ctrl-C) part-way, it stops the step
-        running, records it and the steps not started, writes the output folder and exits with
-        :data:`STOPPED_EXIT`."""
+        running, records it and the steps not started, writes the output folder and re-raises."""
         steps = self.cfg.steps
-        previous = signal.signal(signal.SIGTERM, raise_stopped)
         begun = 0  # steps started (or skipped)
         try:
-            for i, step in enumerate(steps):
-                begun = i + 1
-                limit = step_seconds(self.end - time.time(), STEP_WEIGHTS[step], [STEP_WEIGHTS[s] for s in steps[i + 1:]])
-                if limit < MIN_STEP_S:
-                    ledger.Ledger(self.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "skipped",
-                                                                        message="no time left in the budget")
-                    self.say(f"{step}: skipped, no time left")
-                else:
-                    self.run_step(step, limit)
-                if begun < len(steps):
-                    self.write_output(final=False)
-        except (Stopped, KeyboardInterrupt) as stop:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this write short
-            why = f"the kit was stopped ({stop_name(stop)})"
+            with sigterm_raises():
+                for i, step in enumerate(steps):
+                    begun = i + 1
+                    limit = step_seconds(self.end - time.time(), STEP_WEIGHTS[step],
+                                         [STEP_WEIGHTS[s] for s in steps[i + 1:]])
+                    if limit < MIN_STEP_S:
+                        ledger.Ledger(self.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "skipped",
+                                                                            message="no time left in the budget")
+                        self.say(f"{step}: skipped, no time left")
+                    else:
+                        self.run_step(step, limit)
+                    if begun < len(steps):
+                        self.write_output(final=False)
+        except KeyboardInterrupt as stop:  # Terminated (SIGTERM: the device call's time limit) among them
+            previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this write short
+            why = f"the kit was {stop_words(stop)[0]}"
             for step in steps[begun:]:
                 ledger.Ledger(self.work / LEDGER_FILE, step).record(ledger.STEP_ITEM, "skipped",
                                                                     message=f"{why} before it")
             self.write_output(final=False)
             self.say(f"{why}: {self.out} holds what was done")
-            raise SystemExit(STOPPED_EXIT) from None
-        finally:
             signal.signal(signal.SIGTERM, previous)
+            raise
         text = self.write_output(final=True)
         self.say(f"done: {self.out}")
         print(text, flush=True)
@@ -138,7 +126,7 @@ class Kit:
                                         preexec_fn=os.setpgrp)
                 try:
                     code = self.wait(proc, deadline + GRACE_S)
-                except (Stopped, KeyboardInterrupt) as stop:
+                except KeyboardInterrupt as stop:
                     code, stopped = None, stop
                 finally:
                     stop_group(proc)
@@ -147,7 +135,7 @@ class Kit:
                 self.say(f"{step}: a CUDA error broke its process; the items not yet done go on in a new one")
         seconds = time.time() - started
         if stopped is not None:
-            status, why = "timeout", f"the kit was stopped ({stop_name(stopped)}) {seconds:.0f} s into the step"
+            status, why = "timeout", f"the kit was {stop_words(stopped)[0]} {seconds:.0f} s into the step"
         elif code is None or code == TIMEOUT_EXIT:
             status, why = "timeout", f"stopped at its limit of {limit:.0f} s"
         elif code != 0:
@@ -184,10 +172,6 @@ class Kit:
             text = f"# lcbench GPU kit: the summary failed\n\n```\n{traceback.format_exc()}```\n"
         bundle.write(self.out, {**files, bundle.SUMMARY: text})
         return text
-
-
-def stop_name(stop: BaseException) -> str:
-    return str(stop) if isinstance(stop, Stopped) else "SIGINT"
 
 
 def stop_group(proc: subprocess.Popen) -> None:
