@@ -452,3 +452,25 @@ def test_a_folder_of_many_runs_names_ten_and_says_there_are_more(tmp_path):
         results.read_table(tmp_path / "runs")
     listed = str(err.value).split("; the run folders in it: ")[1]
     assert listed.endswith("r09', ...") and listed.count("'") == 20 and "r10" not in listed
+
+
+def test_a_ratio_of_medians_over_seeds_resamples_the_mean_of_the_seeds_medians():
+    """Each resample is the mean over seeds of each seed's resampled median (the value is a mean):
+    two steady seeds and one noisy one move it by a third of the noisy seed's spread; a median
+    over seeds would hold it at the steady seeds' value."""
+    steady, noisy = [2.0] * 7, [1.6, 2.4, 1.7, 2.0, 2.3, 1.8, 2.2]
+    est = stats.bootstrap_seeded_median_ratio([steady, steady, noisy], [[1.0] * 7], seed=3)
+    alone = stats.bootstrap_median_ratio(noisy, [1.0] * 7, seed=3)
+    assert est.value == 2.0 and est.ci_low < 2.0 < est.ci_high
+    assert est.ci_high - est.ci_low < 0.5 * (alone.ci_high - alone.ci_low)
+
+
+def test_a_ratio_of_medians_over_seeds_on_one_side_widens_over_that_side_s_seeds():
+    """Three seeds of the model, one of full attention: the seeds' spread widens the interval
+    (Student's t over the three medians), as where both sides have several."""
+    slow, fast = [2.0, 2.2, 1.8, 2.1, 1.9, 2.05, 1.95], [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98]
+    est = stats.bootstrap_seeded_median_ratio([slow, [1.3 * t for t in slow], [1.1 * t for t in slow]], [fast], seed=3)
+    medians = [2.0, 2.6, 2.2]
+    assert est.seeds == (3, 1) and est.value == pytest.approx(np.mean(medians))
+    half = stats.t_quantile(0.975, 2) * math.sqrt(np.var(medians, ddof=1) / 3)
+    assert (est.ci_low, est.ci_high) == pytest.approx((est.value - half, est.value + half))

@@ -370,3 +370,15 @@ def test_the_repeat_figure_names_its_band_over_seeds():
         [(_, fig)] = plots.FIGURES["repeat"](plots.Context(prep, plots.series_styles(prep), []))
     assert drawn_intervals(fig.axes[0], [256.0, 512.0])  # a band over seeds
     assert fig.legends[0].get_texts()[-1].get_text() == "mean of 2 seeds;\n95% interval\nover seeds"
+
+
+@pytest.mark.parametrize("both, words", [("full_attention", "2 and 1 seed(s)"), ("ttt_e2e", "1 and 2 seed(s)")])
+def test_a_speedup_over_seeds_on_one_side_says_how_many_each_side_averages(both, words):
+    """One model timed with two seeds, the other with one: the evidence says how many each side
+    averages (full attention's first), not "2 seeds each", nor nothing."""
+    run = _two_seeds(_latency({"full_attention": quadratic, "ttt_e2e": linear}), scale=1.02)
+    keep = [s for s in run.samples if s["seed"] == 0 or s["model"] == both]
+    run = claims.RunData(run.table[(run.table["seed"] == 0) | (run.table["model"] == both)], keep,
+                         run_device=run.run_device)
+    [longest] = [e for e in claims.speed_claim(run).evidence if e["comparison"].startswith("prefill at 16384")]
+    assert longest["comparison"] == f"prefill at 16384: full_attention time / ttt_e2e time (batch 1), {words}"
