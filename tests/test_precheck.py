@@ -3,7 +3,9 @@ or runs (``lcbench eval``): a kernel backend that cannot run on the device, a NI
 short for its prompts. They failed as error cells only after training."""
 from __future__ import annotations
 
+import dataclasses
 import glob
+import itertools
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,68 @@ def test_an_error_starts_its_own_line_not_the_end_of_a_progress_bar(tmp_path):
     assert "probe" in result.output  # the bar was drawn
     before = result.output[:result.output.index("Error: the second step is refused")]
     assert before.endswith(("\n", "\r")), repr(before[-80:])
+
+
+def test_a_refusal_names_the_setting_s_values_that_run_there():
+    """The values listed are those that run on the device: a kernel that runs there is one (so it
+    is listed), one that cannot is not; where the setting's values are not said, a refusal offers
+    'auto' and lists none; where they lack 'auto', it offers none. imports=False lists a kernel
+    this machine cannot import (another machine may)."""
+    cpu = torch.device("cpu")
+    gpu = kernels.Kernel("mixer", "gpu", lambda: 1, install="pip install gpu", fallback="torch")
+    here = kernels.Kernel("mixer", "here", lambda: 1, install="pip install here", fallback="torch", needs_cuda=False)
+    broken = kernels.Kernel("mixer", "broken", lambda: 1 / 0, install="pip install broken", fallback="torch",
+                            needs_cuda=False)
+    every = [gpu, here, broken]
+    [line] = kernels.refusals({"backend": kernels.KernelChoice("gpu", ("auto", "torch", "here", "broken", "gpu"))},
+                              every, cpu)
+    assert line.endswith("Use backend='torch' (runs anywhere) or 'auto' (the fastest backend that runs here); "
+                         "on cpu, backend takes auto, torch, here"), line
+    [planned] = kernels.refusals({"backend": kernels.KernelChoice("gpu", ("auto", "torch", "here", "broken", "gpu"))},
+                                 every, cpu, imports=False)
+    assert planned.endswith("on cpu, backend takes auto, torch, here, broken"), planned
+    [unsaid] = kernels.refusals({"backend": kernels.KernelChoice("gpu")}, every, cpu)
+    assert unsaid.endswith("Use backend='torch' (runs anywhere) or 'auto' (the fastest backend that runs here)"), unsaid
+    [no_auto] = kernels.refusals({"step": kernels.KernelChoice("gpu", ("torch", "gpu"))}, every, cpu)
+    assert no_auto.endswith("Use step='torch' (runs anywhere); on cpu, step takes torch"), no_auto
+
+
+def test_the_niah_refusal_names_the_seeds_it_drew_prompts_for():
+    tok, options = load_tokenizer(None), niah.NIAHOptions(**NIAH_SMALL, variants=["multikey"], contexts=[64])
+    [one] = niah.NIAH().check_context(options, tok, [3])
+    [two] = niah.NIAH().check_context(options, tok, [0, 2])
+    assert one.endswith("(prompts are drawn anew for each length and seed; seed 3)"), one
+    assert two.endswith("(prompts are drawn anew for each length and seed; seeds 0, 2)"), two
+
+
+def test_a_niah_context_is_checked_for_each_tokenizer_its_models_read_with(tmp_path):
+    """Two models trained with different tokenizers read one NIAH cell's prompts in different
+    token counts: each is checked with its own and named, the bytes' one without a name."""
+    from tests.test_own_data import write_bpe, write_corpus
+
+    file = tmp_path / "tok" / "tokenizer.json"
+    write_bpe(file)
+    corpus = write_corpus(tmp_path / "books")
+    spec = sweep_mod.SweepSpec.from_dict({
+        "name": "tok", "train": {**TRAIN, "corpus": corpus},
+        "models": [{"arch": "swa", "set": TINY}, {"arch": "swa", "name": "bpe", "set": TINY, "train": {"tokenizer": str(file)}}],
+        "tasks": [{"task": "niah", "options": {**NIAH_SMALL, "variants": ["multikey"], "contexts": [64]}}]})
+    with pytest.raises(ConfigError) as refused:
+        sweep_mod.check_cells(plan(spec))
+    lines = refused_lines(refused)
+    assert len(lines) == 2, lines
+    assert ": niah context 64 is too short" in lines[0]
+    assert f" (tokenizer {str(file)!r}): niah context 64 is too short" in lines[1]
+    assert suggested(lines[0]) != suggested(lines[1])
+
+
+def test_every_prompt_of_every_seed_builds_at_the_context_the_niah_refusal_suggests():
+    """Every sample of every depth and seed, built as the run builds it, fits the context
+    suggested (not only the first sample's prompts)."""
+    tok, seeds = load_tokenizer(None), [0, 1]
+    options = niah.NIAHOptions(samples=4, depths=[0.0, 1.0], haystacks=["noise"], variants=["multikey", "single"])
+    fits = suggested(niah.NIAH().check_context(dataclasses.replace(options, contexts=[64]), tok, seeds)[0])
+    for seed in seeds:
+        builder = niah.PromptBuilder(tok, torch.zeros(0, dtype=torch.int64), options, seed)
+        for variant, depth, index in itertools.product(options.variants, options.depths, range(options.samples)):
+            builder.build(variant, "noise", fits, depth, index)

@@ -768,3 +768,20 @@ def test_latency_threads_option_is_restored():
                                                             "decode_tokens": 1, "threads": before + 1}, progress=False)
     assert torch.get_num_threads() == before
     assert {s["threads"] for s in result.samples if s["kind"] == "timing"} == {before + 1}
+
+
+@pytest.mark.parametrize("kind, before", [
+    ("word", lambda rng: str(rng.choice(niah_task.NOUNS)) + "-" + str(rng.choice(niah_task.NOUNS))),
+    ("uuid", lambda rng: (lambda h: f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")(
+        "".join(f"{b:02x}" for b in rng.integers(0, 256, 16)))),
+])
+def test_niah_values_and_keys_are_drawn_as_before_the_faster_draw(kind, before):
+    """``pick`` and the uuid's hex replaced rng.choice and a join of each byte's hex to make the
+    check before a sweep faster: the same seed must still draw the same prompts (the committed
+    NIAH results and gate references were scored on them)."""
+    builder = niah_task.PromptBuilder(ByteTokenizer(), torch.zeros(0, dtype=torch.int64),
+                                      niah_task.NIAHOptions(value_kind=kind), 0)
+    mine, theirs = np.random.default_rng(7), np.random.default_rng(7)
+    assert [builder._value(mine) for _ in range(30)] == [before(theirs) for _ in range(30)]
+    keys = builder._keys(mine, 5)
+    assert keys == [f"{theirs.choice(niah_task.ADJECTIVES)}-{theirs.choice(niah_task.NOUNS)}" for _ in range(5)]
