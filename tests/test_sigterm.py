@@ -6,24 +6,30 @@ Each test waits for a file to appear (a checkpoint, a started cell), with a long
 guards against a hang, then sends SIGTERM to the command alone, as ``kill PID`` does."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from tqdm.std import tqdm
 
 from harness import cli
 from harness.api.interrupts import EXIT_TERMINATED, Terminated, sigterm_raises
+from harness.runs import jobs, pool
+from harness.runs.pool import ModelPool
 from harness.runs.store import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,6 +202,9 @@ def test_sigterm_raises_only_while_asked_and_then_once(unhandled_sigterm):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(HANG_GUARD_S)
     assert signal.getsignal(signal.SIGTERM) is unhandled_sigterm
+    with sigterm_raises():  # a block that no SIGTERM reached restores the handler too
+        pass
+    assert signal.getsignal(signal.SIGTERM) is unhandled_sigterm
 
 
 def visible_lines(written: str) -> list[str]:
@@ -243,6 +252,126 @@ def test_sigterm_in_a_command_says_terminated_and_exits_143(module, function, ar
 
     monkeypatch.setattr(sys.modules[module], function, work)
     result = CliRunner().invoke(cli.main, [*args, "--out", str(tmp_path / "out")])
-    assert result.exit_code == EXIT_TERMINATED and "terminated (SIGTERM)" in result.output, result.output
+    assert result.exit_code == EXIT_TERMINATED == 143 and "terminated (SIGTERM)" in result.output, result.output
     assert ("rerun the same command to go on" in result.output) == (args[0] == "quick")
     assert signal.getsignal(signal.SIGTERM) is unhandled_sigterm  # restored for whatever runs next in this process
+
+
+def test_sigterm_raises_does_nothing_outside_the_main_thread(unhandled_sigterm):
+    """Python sets signal handlers only in the main thread: a command run in another thread (a
+    notebook's worker, a test runner's) failed with ValueError before any work."""
+    failed: list[BaseException] = []
+
+    def command() -> None:
+        try:
+            with sigterm_raises():
+                pass
+        except BaseException as exc:  # noqa: BLE001 - the test reports any
+            failed.append(exc)
+
+    thread = threading.Thread(target=command)
+    thread.start()
+    thread.join()
+    assert failed == [] and signal.getsignal(signal.SIGTERM) is unhandled_sigterm
+
+
+def test_a_note_under_a_progress_bar_starts_on_its_own_line(monkeypatch):
+    """lcbench's info lines (a figure skipped) are written through tqdm too, not after the bar."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    log = logging.getLogger("harness")
+    level, handlers = log.level, list(log.handlers)
+    try:
+        cli._show_notes()  # as `lcbench plot` sets it
+        bar = tqdm(total=4, desc="figures", file=sys.stderr, mininterval=0)
+        bar.update(1)
+        logging.getLogger("harness.report").info("a figure was skipped")
+        bar.close()
+    finally:
+        log.handlers[:], log.level = handlers, level
+    noted = [line for line in visible_lines(err.getvalue()) if "a figure was skipped" in line]
+    assert noted == ["  a figure was skipped"], repr(err.getvalue())
+
+
+class _Job:
+    """A local job as submitit gives it, whose controller has ended (its pid is past any pid)."""
+
+    def __init__(self, done: bool) -> None:
+        self.job_id, self.finished, self.cancelled = str(2 ** 31 - 1), done, False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _SlowJob(_Job):
+    """One whose processes end on the third look after it was cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__(done=False)
+        self.looks = 0
+
+    def done(self) -> bool:
+        self.looks += self.cancelled
+        return self.looks >= 3
+
+
+@pytest.mark.parametrize("kind", ["local", "slurm"])
+def test_ctrl_c_or_sigterm_cancels_the_local_jobs_still_running_and_leaves_slurm_s(kind):
+    """A local job still running is stopped (its controller's processes, else the controller) and
+    waited for; a finished one is left alone; Slurm's jobs run on, recording their cells."""
+    running, finished = _SlowJob(), _Job(done=True)
+    with pytest.raises(Terminated):
+        with jobs._local_jobs_stopped(kind) as started:
+            started += [running, finished]
+            raise Terminated
+    assert (running.cancelled, finished.cancelled) == (kind == "local", False)
+    # locally, the command ends once they have (nothing of theirs runs on); Slurm's are not waited for
+    assert running.looks == (3 if kind == "local" else 0)
+
+
+class _Process:
+    def __init__(self) -> None:
+        self.terminated = False
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+class _Executor:
+    def __init__(self) -> None:
+        self._processes = {1: _Process(), 2: _Process()}
+        self.cancelled: bool | None = None
+
+    def shutdown(self, cancel_futures: bool = False) -> None:
+        self.cancelled = cancel_futures
+
+
+@pytest.mark.parametrize("error, stopped, cancelled", [(Terminated, True, True), (KeyboardInterrupt, True, True),
+                                                      (RuntimeError, False, True), (None, False, False)])
+def test_a_pool_stops_its_workers_at_once_only_when_interrupted(error, stopped, cancelled):
+    """Ctrl-C or SIGTERM stops the workers now; an error leaves the running models to finish (their
+    cells recorded), the queued ones cancelled; a pool that ends well waits for them all."""
+    with pytest.raises(error) if error else contextlib.nullcontext():
+        with ModelPool(workers=1) as models:
+            models._executor = executor = _Executor()
+            if error:
+                raise error
+    assert [p.terminated for p in executor._processes.values()] == [stopped] * 2
+    assert executor.cancelled is cancelled
+
+
+def test_a_pool_worker_s_bars_take_a_thread_lock():
+    """tqdm's default lock holds a multiprocessing semaphore, which a worker stopped by a signal
+    never removes: multiprocessing then warned of a leaked semaphore when the command ended."""
+    before = tqdm.__dict__.get("_lock")
+    try:
+        pool._start_worker(torch.get_num_threads())
+        assert isinstance(tqdm.get_lock(), type(threading.RLock()))
+    finally:
+        if before is None:
+            del tqdm._lock
+        else:
+            tqdm._lock = before
