@@ -23,6 +23,7 @@ from tests import probe_tasks  # noqa: F401 - registers test_refused_mid_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64}
+TINY_FULL = {k: v for k, v in TINY.items() if k != "window"}  # full_attention has no window
 TRAIN = {"steps": 1, "batch_size": 2, "seq_len": 32, "eval_batches": 1, "eval_every": 0}
 NIAH_SMALL = {"samples": 1, "depths": [0.5], "haystacks": ["noise"]}
 
@@ -50,7 +51,7 @@ def trainings(monkeypatch) -> list:
 def test_a_sweep_refuses_a_niah_context_too_short_before_training(tmp_path, trainings):
     """A NIAH context shorter than its prompts' header, needles, question and answer start gave
     error cells after the model had trained; now the sweep names it and a length that fits."""
-    spec = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": TINY}],
+    spec = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": TINY_FULL}],
                                [{"task": "niah", "options": {**NIAH_SMALL, "variants": ["multikey"]},
                                  "grid": {"contexts": [[64], [1024]]}}], seeds=[0, 1]))
     with pytest.raises(ConfigError) as refused:
@@ -87,7 +88,7 @@ def test_a_sweep_refuses_kernel_backends_that_cannot_run_on_its_device(tmp_path,
     models = [{"arch": "swa", "set": {**TINY, "backend": "flex"}},
               {"arch": "ttt_e2e", "set": {**TINY, "mini_batch_size": 16, "prefix_backend": "flex",
                                           "inner_loss": "liger"}},
-              {"arch": "full_attention", "set": TINY}]
+              {"arch": "full_attention", "set": TINY_FULL}]
     spec = load_spec(spec_file(tmp_path, models, [{"task": "test_sweep_probe"}], device="cpu"))
     with pytest.raises(ConfigError) as refused:
         run_sweep(spec, tmp_path / "out", progress=False)

@@ -434,3 +434,27 @@ def test_a_model_another_process_is_training_into_the_same_folder_is_waited_for(
         monkeypatch.setattr(type(model), "needs_training", lambda self, out_dir: False)  # the first finished
     second.join(timeout=60)
     assert not second.is_alive() and trained == []  # it took the first one's checkpoint
+
+
+def test_a_model_setting_its_arch_refuses_fails_the_spec_before_anything_trains(tmp_path):
+    """`set: {window: 32}` on full_attention passed the spec's checks: the other models trained,
+    then its cells failed (exit 1) with "full_attention has no window"."""
+    from harness.runs.sweep import SweepSpec
+
+    spec = {"name": "s", "models": [{"arch": "swa"}, {"arch": "full_attention", "set": {"window": 32}}],
+            "tasks": [{"task": "loss_scaling"}]}
+    with pytest.raises(ConfigError, match=r"model 'full_attention:tiny\[window=32\]': full_attention has no window"):
+        SweepSpec.from_dict(spec)
+
+
+def test_a_misspelt_key_of_the_specs_train_is_named_as_the_specs(tmp_path):
+    """A bad key in the spec's own `train:` was named as the first model's ("train settings of swa-64")."""
+    from harness.runs.sweep import SweepSpec
+
+    spec = {"name": "s", "train": {"warmup": 2}, "models": [{"arch": "swa", "name": "swa-64"}],
+            "tasks": [{"task": "loss_scaling"}]}
+    with pytest.raises(ConfigError, match=r"^the spec's train settings: unknown key 'warmup'.*'warmup_frac'"):
+        SweepSpec.from_dict(spec)
+    spec = {**spec, "train": {}, "models": [{"arch": "swa", "name": "swa-64", "train": {"warmup": 2}}]}
+    with pytest.raises(ConfigError, match=r"^train settings of swa-64: unknown key 'warmup'"):
+        SweepSpec.from_dict(spec)

@@ -217,7 +217,10 @@ class SweepSpec:
                 raise ConfigError(f"model {entry.label!r} is untrained: true; its 'train' settings {entry.train} "
                                   "would not apply to it; remove them")
             if entry.checkpoint is None:  # a given checkpoint is checked when planned (check_given_checkpoint)
-                registry.make_config(entry.arch, entry.preset, **entry.set)
+                try:  # the model built too: full_attention's window passed here, then failed its cells
+                    registry.check_buildable(registry.make_config(entry.arch, entry.preset, **entry.set))
+                except ConfigError as exc:  # which of the spec's models (several share a config class)
+                    raise ConfigError(f"model {entry.label!r}: {exc}") from None
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
             raise ConfigError(f"train_lengths must be whole numbers >= 2 (e.g. 512, 8K), got {self.train_lengths}")
@@ -243,7 +246,11 @@ class SweepSpec:
         self.cluster_options()
 
     def train_config(self, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
         for given, where in ((self.train, "the spec's train settings"), (entry.train, f"train settings of {entry.label}")):
+            unknown = next((key for key in given if key not in known), None)
+            if unknown is not None:  # a key of the spec's own train: was named as the first model's
+                raise ConfigError(f"{where}: " + unknown_message("key", unknown, known))
             check_one_budget(_token_counts(given), where)  # a model's own budget may replace the spec's
         fields = _token_counts({**self.train, **entry.train})
         if "steps" in entry.train and "tokens" not in entry.train:  # the model's step budget replaces the spec's tokens
