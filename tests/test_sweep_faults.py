@@ -458,3 +458,14 @@ def test_a_misspelt_key_of_the_specs_train_is_named_as_the_specs(tmp_path):
     spec = {**spec, "train": {}, "models": [{"arch": "swa", "name": "swa-64", "train": {"warmup": 2}}]}
     with pytest.raises(ConfigError, match=r"^train settings of swa-64: unknown key 'warmup'"):
         SweepSpec.from_dict(spec)
+
+
+def test_each_failed_cell_of_several_seeds_is_told_with_its_seed(tmp_path, monkeypatch):
+    """With `seeds: [0, 1]` the summary printed two identical "failed:" lines, not saying which
+    seed's cell each was."""
+    spec = {"name": "s", "seeds": [0, 1], "models": [{"arch": "swa", "name": "m", "untrained": True, "set": TINY}],
+            "tasks": [{"task": "test_flaky"}]}
+    monkeypatch.setitem(FLAKY, "fail", True)
+    result = run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "out", progress=False)
+    lines = describe_failures(tmp_path / "out", result.keys)
+    assert sorted(line.split(" / ")[0] for line in lines) == ["m seed 0", "m seed 1"]

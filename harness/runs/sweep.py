@@ -942,5 +942,7 @@ def describe_failures(out_dir: str | os.PathLike, keys: Iterable[str] | None = N
     (superseded edits of a spec included)."""
     records = ResultStore(out_dir).finished()
     wanted = records if keys is None else {k: records[k] for k in keys if k in records}
-    return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}" for r in wanted.values() if r["status"] != "ok"]
+    # the seed too: a spec's seeds gave identical lines
+    return [f"{r['model']} seed {r.get('seed')} / {r['task']} {r['options']}: {r['message']}"
+            for r in wanted.values() if r["status"] != "ok"]
 
