@@ -414,9 +414,14 @@ def report(run_dir: str, out: str | None) -> None:
     """One self-contained HTML page of a run or sweep: figures, tables, failures, spec, metadata."""
     _require_table(run_dir)
     from harness.report.html import write_report
+    from harness.runs.sweep import unfinished_cells
 
     _show_notes()
-    click.echo(str(write_report(run_dir, out, _with_samples(run_dir))))
+    unfinished = unfinished_cells(run_dir)
+    if unfinished:
+        click.echo(f"warning: {len(unfinished)} cell(s) of the sweep's spec have no result yet (interrupted or still "
+                   "running); the report lists them", err=True)
+    click.echo(str(write_report(run_dir, out, _with_samples(run_dir), unfinished)))
 
 
 @main.command("eval")

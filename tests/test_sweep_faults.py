@@ -469,3 +469,22 @@ def test_each_failed_cell_of_several_seeds_is_told_with_its_seed(tmp_path, monke
     result = run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "out", progress=False)
     lines = describe_failures(tmp_path / "out", result.keys)
     assert sorted(line.split(" / ")[0] for line in lines) == ["m seed 0", "m seed 1"]
+
+
+def test_the_report_of_an_interrupted_sweep_lists_the_cells_not_run(tmp_path):
+    """A sweep stopped after its first cell gave a report of that cell alone, "Every row is ok",
+    with nothing saying that the spec's other cells had not run."""
+    from harness.report.html import render_report
+    from harness.runs.sweep import start_sweep, unfinished_cells
+
+    one = untrained_spec("i", [4])
+    run_sweep(load_spec(write_spec(tmp_path / "one.yaml", one)), tmp_path / "out", progress=False)
+    assert unfinished_cells(tmp_path / "out") == []
+    both = {**one, "models": [*one["models"], {"arch": "swa", "name": "second", "untrained": True,
+                                             "set": {**TINY, "window": 4}}]}
+    start_sweep(load_spec(write_spec(tmp_path / "both.yaml", both)), tmp_path / "out")  # then Ctrl-C: no cell ran
+    lines = unfinished_cells(tmp_path / "out")
+    assert lines == ["second seed 0 / test_sweep_probe {'contexts': 4}"]
+    page = render_report(tmp_path / "out", unfinished=lines)
+    assert "<h2>Not run (1 cells)</h2>" in page and "<li>second seed 0 / test_sweep_probe" in page
+    assert "cells not run" in page and "Not run" not in render_report(tmp_path / "out")

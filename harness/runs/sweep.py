@@ -928,6 +928,25 @@ def current_sample_files(out_dir: str | os.PathLike) -> list[Path] | None:
     return [path for key in keys for path in [out_dir / SAMPLES_DIR / f"{key}.jsonl"] if path.is_file()]
 
 
+def unfinished_cells(out_dir: str | os.PathLike) -> list[str]:
+    """One line per cell of the folder's last spec (``spec.json``) that has no record yet: a sweep
+    interrupted, or still running, left them. Empty for a folder that is no sweep, or whose spec
+    no longer plans (a given checkpoint moved away): nothing to tell them by."""
+    out_dir = Path(out_dir)
+    if not (out_dir / SPEC_FILE).is_file():
+        return []
+    done = ResultStore(out_dir).finished()
+    try:
+        raw = json.loads((out_dir / SPEC_FILE).read_text())
+        keys = finished_spec_keys(out_dir, raw)
+        if keys is not None and all(key in done for key in keys):  # its last run finished every cell
+            return []
+        cells = plan(SweepSpec.from_dict(raw, str(out_dir / SPEC_FILE)))
+    except (ConfigError, CheckpointError, ValueError):
+        return []
+    return [f"{cell.model.label} seed {cell.seed} / {cell.task} {cell.options}" for cell in cells if cell.key not in done]
+
+
 def finished_spec_keys(out_dir: Path, spec: dict[str, Any]) -> list[str] | None:
     """The cell keys ``run.json`` lists when the sweep that wrote it ran ``spec`` (else None)."""
     try:
