@@ -530,7 +530,7 @@ def run_lm_eval(
             meta["max_seq_lengths"] = [int(length)]
         manager = task_manager(pending, include, meta, manager)
         if li == 0:  # the index's word on names the text of the YAMLs gave (a file it cannot parse, it drops)
-            check_task_names(pending, manager.all_tasks)
+            check_task_names(pending, manager.all_tasks, include)
         length_aware = []
         for task in pending:
             label = task if length is None else f"{task}@{length}"
