@@ -242,3 +242,22 @@ def test_a_task_whose_yaml_lm_eval_cannot_parse_is_named_with_its_file(tmp_path)
         check_task_names(["broken_yaml"], index, [tmp_path])
     with pytest.raises(ConfigError, match=r"unknown lm-eval task 'good_tsk'; did you mean 'good_task'"):
         check_task_names(["good_tsk"], index, [tmp_path])
+
+
+def test_the_default_run_folder_is_one_per_list_of_tasks(tmp_path, monkeypatch):
+    """`lcbench lm-eval M --tasks a` then `--tasks b` both wrote runs/lm_eval/M: the second run
+    replaced the first's table, raw results and samples (`lcbench eval` keeps runs/eval/TASK-MODEL)."""
+    import harness.adapters.lm_eval as adapter
+    from harness.api import results
+    from harness.cli import main
+
+    folders = []
+    monkeypatch.setattr(adapter, "run_lm_eval", lambda model, tasks, out_dir, **kw: folders.append(out_dir)
+                        or results.to_frame([]))
+    monkeypatch.chdir(tmp_path)
+    for tasks in ("my_mc", "my_ppl", "my_mc", "a,b", "dir/t.yaml", ",".join(f"task_number_{i}" for i in range(9))):
+        assert CliRunner().invoke(main, ["lm-eval", "runs/swa-tiny", "--tasks", tasks]).exit_code == 0
+    assert folders[:5] == ["runs/lm_eval/my_mc-swa-tiny", "runs/lm_eval/my_ppl-swa-tiny", "runs/lm_eval/my_mc-swa-tiny",
+                           "runs/lm_eval/a+b-swa-tiny", "runs/lm_eval/dir_t.yaml-swa-tiny"]
+    assert re.fullmatch(r"runs/lm_eval/task_number_0\+task_number_1\+task_number_2\+task_n-[0-9a-f]{8}-swa-tiny",
+                        folders[5])
