@@ -488,3 +488,16 @@ def test_the_report_of_an_interrupted_sweep_lists_the_cells_not_run(tmp_path):
     page = render_report(tmp_path / "out", unfinished=lines)
     assert "<h2>Not run (1 cells)</h2>" in page and "<li>second seed 0 / test_sweep_probe" in page
     assert "cells not run" in page and "Not run" not in render_report(tmp_path / "out")
+
+
+def test_two_names_for_one_model_are_refused_before_anything_runs(tmp_path):
+    """Two entries differing only in `name` gave one cell key: both "ran", the table showed the
+    second name alone, and a "clash" of cells "that differ in nothing" was reported (exit 1)."""
+    model = {"arch": "swa", "untrained": True, "set": TINY}
+    spec = {"name": "d", "models": [{**model, "name": "a"}, {**model, "name": "b"}],
+            "tasks": [{"task": "test_sweep_probe", "options": {"contexts": 4}}]}
+    with pytest.raises(ConfigError, match=r"models 'a' and 'b' are one model"):
+        run_sweep(load_spec(write_spec(tmp_path / "d.yaml", spec)), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    spec["models"][1]["set"] = {**TINY, "window": 4}
+    assert run_sweep(load_spec(write_spec(tmp_path / "d.yaml", spec)), tmp_path / "out", progress=False).ran == 2

@@ -590,6 +590,12 @@ def check_cells(cells: list[Cell], imports: bool = True) -> None:
             tokenizers[name] = load_tokenizer(name)
         return tokenizers[name]
 
+    labels: dict[str, str] = {}  # cell key -> the label of the model that first gave it
+    for cell in cells:  # a key leaves the label out: two names for one model gave one cell, and a "clash"
+        first = labels.setdefault(cell.key, cell.model.label)
+        if first != cell.model.label:
+            problems[f"models {first!r} and {cell.model.label!r} are one model (arch, settings, training, seed): "
+                     "their cells would be one, shown under one name; make them differ, or keep one"] = None
     for group in cells_by_model(cells):
         model = group[0].model
         problems.update((f"model {model.label!r}: {line}", None) for line in model.kernel_problems(imports))
