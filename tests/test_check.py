@@ -200,3 +200,14 @@ def test_a_run_of_other_models_and_tasks_is_said_to_be_unrelated(tmp_path):
     assert "the run measured none of the reference's models' tasks" in report
     assert "tasks latency, loss_scaling, niah, the run models swa:tiny and tasks lm_eval:my_mc" in report
     assert "none of the reference's" not in check.format_report(check.compare(run_table(with_niah=False), reference))
+
+
+def test_scores_the_reference_lacks_are_said_to_be_unchecked(tmp_path):
+    """A model added to the spec after the reference was made passed `lcbench check` with "PASS: N
+    reference scores; N same": nothing said that its scores were not checked."""
+    reference = check.read_reference(check.write_reference(run_table(with_niah=False), tmp_path / "ref.csv"))
+    result = check.compare(run_table(), reference)
+    assert result.passed and result.unchecked == 1
+    assert "1 scores of the run have no reference score and were not checked" in check.format_report(result)
+    assert check.compare(run_table(with_niah=False), reference).unchecked == 0
+    assert check.compare(run_table(), reference, complete=True).unchecked == 0  # the gate fails them instead

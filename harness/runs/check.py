@@ -45,6 +45,7 @@ class CheckResult:
     regressions: int
     missing: int
     note: str = ""  # why every score is missing, where the run measured none of the reference's models' tasks
+    unchecked: int = 0  # scores of the run that no reference score matches, where that does not fail
 
     @property
     def passed(self) -> bool:
@@ -158,13 +159,17 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
         rows.append({**{c: getattr(ref, c) for c in MATCH_COLUMNS if not _is_na(getattr(ref, c))},
                      "reference": ref.value, "run": value, "delta": value - ref.value, "allowed": allowed,
                      "verdict": "missing" if got is None else ("failed" if math.isnan(value) else verdict)})
+    referenced = set(ref_keys)
+    scores = run[run["metric"].isin(list(SCORES)) & (run["status"] == "ok")]
+    unreferenced = [_unreferenced({c: row[c] for c in MATCH_COLUMNS if not _is_na(row[c])}, row["value"])
+                    for key, loose, row in zip(_key(scores), _key(scores, any_backend=True), scores.to_dict("records"))
+                    if key not in referenced and loose not in referenced]
     if complete:
-        referenced = set(ref_keys)
-        scores = run[run["metric"].isin(list(SCORES)) & (run["status"] == "ok")]
-        rows += [_unreferenced({c: row[c] for c in MATCH_COLUMNS if not _is_na(row[c])}, row["value"])
-                 for key, loose, row in zip(_key(scores), _key(scores, any_backend=True), scores.to_dict("records"))
-                 if key not in referenced and loose not in referenced]
-    return _result(pd.DataFrame(rows), _unrelated(run, reference))
+        rows += unreferenced
+    result = _result(pd.DataFrame(rows), _unrelated(run, reference))
+    # said, not failed: a model added since the reference passed the check unsaid, its scores unchecked
+    result.unchecked = 0 if complete else len(unreferenced)
+    return result
 
 
 def _unrelated(run: pd.DataFrame, reference: pd.DataFrame) -> str:
@@ -243,6 +248,9 @@ def format_report(result: CheckResult, show_all: bool = False) -> str:
         parts.append(", ".join(f"{n} {v}" for v, n in sorted(summary.items())))
     if unreferenced:
         parts.append(f"{unreferenced} scores of the run have none (references older than the spec: remake them)")
+    if result.unchecked:
+        parts.append(f"{result.unchecked} scores of the run have no reference score and were not checked "
+                     "(remake the reference with --update to check them)")
     head = f"{'PASS' if result.passed else 'FAIL'}: " + "; ".join(parts) + (f"\n{result.note}" if result.note else "")
     moved = table[verdicts != "same"] if len(table) and not show_all else table
     if moved.empty:
