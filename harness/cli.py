@@ -429,9 +429,14 @@ def report(run_dir: str, out: str | None) -> None:
     """One self-contained HTML page of a run or sweep: figures, tables, failures, spec, metadata."""
     _require_table(run_dir)
     from harness.report.html import write_report
+    from harness.runs.sweep import unfinished_cells
 
     _show_notes()
-    click.echo(str(write_report(run_dir, out, _with_samples(run_dir))))
+    unfinished = unfinished_cells(run_dir)
+    if unfinished:
+        click.echo(f"warning: {len(unfinished)} cell(s) of the sweep's spec have no result yet (interrupted or still "
+                   "running); the report lists them", err=True)
+    click.echo(str(write_report(run_dir, out, _with_samples(run_dir), unfinished)))
 
 
 @main.command("eval")
@@ -595,7 +600,7 @@ def _token_counts(value: str | None, option: str) -> list[int] | None:
 @click.option("--tasks", required=True, help="Comma-separated lm-eval task names.")
 @click.option("--lengths", default=None, help="RULER max_seq_lengths, comma-separated (e.g. 4096,8K).")
 @click.option("--limit", type=float, default=None, help="Examples per task (or per RULER length); below 1, a fraction of each task (default: all).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/lm_eval/MODEL).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/lm_eval/TASKS-MODEL).")
 @click.option("--tokenizer", default=None, help="Tokenizer (default: the checkpoint's).")
 @click.option("--include-path", multiple=True, help="Folders of extra task YAMLs (repeatable).")
 @click.option("--num-fewshot", type=int, default=None, help="Few-shot examples per prompt (default: each task's own).")
@@ -617,10 +622,11 @@ def lm_eval_cmd(model_spec: str, tasks: str, lengths: str | None, limit: float |
                 dtype: str, batch_size: int, max_length: int | None, add_bos: bool | None, prefix_token: int | None,
                 seed: int) -> None:
     """Run lm-evaluation-harness tasks on MODEL_SPEC (checkpoint or ARCH[:PRESET]) into a tidy table."""
-    from harness.adapters.lm_eval import run_lm_eval
+    from harness.adapters.lm_eval import default_out_dir, run_lm_eval
 
-    out = out or f"runs/lm_eval/{Path(model_spec).name.replace(':', '-')}"
-    table = run_lm_eval(model_spec, split_items(tasks, "--tasks", "hellaswag,ruler"), limit=limit, out_dir=out,
+    task_list = split_items(tasks, "--tasks", "hellaswag,ruler")
+    out = out or str(default_out_dir(model_spec, task_list))
+    table = run_lm_eval(model_spec, task_list, limit=limit, out_dir=out,
                         max_seq_lengths=_token_counts(lengths, "--lengths"), tokenizer=tokenizer,
                         include_path=list(include_path) or None, num_fewshot=num_fewshot, device=device, dtype=dtype,
                         batch_size=batch_size, max_length=max_length, add_bos_token=add_bos, prefix_token=prefix_token,

@@ -166,3 +166,48 @@ def test_a_score_may_move_by_its_reference_interval_s_half_width_on_its_bad_side
     rate = table("gen_match", 0.5, 0.25, 0.75)
     unmoved = check.compare(rate, rate.assign(tolerance=0.0), use_ci=False, two_sided=True)
     assert unmoved.passed and unmoved.table["verdict"].tolist() == ["same"]
+
+
+def test_a_hand_edited_reference_is_named_as_the_bad_table(tmp_path):
+    """A reference whose value left its interval said "result table is invalid", not that the
+    reference was the bad one, nor how to remake it."""
+    path = check.write_reference(run_table(), tmp_path / "ref.csv")
+    edited = pd.read_csv(path)
+    edited.loc[0, "value"] += 1.0
+    edited.to_csv(path, index=False)
+    with pytest.raises(results.SchemaError, match=r"^reference '.*ref\.csv': result table is invalid: 1 row\(s\) have a value "
+                                          r"outside \[ci_low, ci_high\].*--update"):
+        check.read_reference(path)
+
+
+def test_a_moved_score_of_several_seeds_names_its_seed(tmp_path):
+    """With seeds [0, 1] the report showed a moved score without its seed: its two rows read alike."""
+    two = pd.concat([run_table(), run_table().assign(seed=1)], ignore_index=True)
+    reference = check.read_reference(check.write_reference(two, tmp_path / "ref.csv"))
+    moved = pd.concat([run_table(), run_table(loss_2k=3.0).assign(seed=1)], ignore_index=True)
+    report = check.format_report(check.compare(moved, reference))
+    header, row = report.splitlines()[1:3]
+    assert header.split()[:2] == ["model", "seed"] and row.split()[:2] == ["swa:tiny", "1"]
+    assert "seed" not in check.format_report(check.compare(run_table(loss_2k=3.0), check.read_reference(
+        check.write_reference(run_table(), tmp_path / "one.csv")))).splitlines()[1]
+
+
+def test_a_run_of_other_models_and_tasks_is_said_to_be_unrelated(tmp_path):
+    """Checking an lm-eval run against a loss_scaling reference said only "N missing"."""
+    reference = check.read_reference(check.write_reference(run_table(), tmp_path / "ref.csv"))
+    other = run_table().assign(task="lm_eval:my_mc")
+    report = check.format_report(check.compare(other, reference))
+    assert "the run measured none of the reference's models' tasks" in report
+    assert "tasks latency, loss_scaling, niah, the run models swa:tiny and tasks lm_eval:my_mc" in report
+    assert "none of the reference's" not in check.format_report(check.compare(run_table(with_niah=False), reference))
+
+
+def test_scores_the_reference_lacks_are_said_to_be_unchecked(tmp_path):
+    """A model added to the spec after the reference was made passed `lcbench check` with "PASS: N
+    reference scores; N same": nothing said that its scores were not checked."""
+    reference = check.read_reference(check.write_reference(run_table(with_niah=False), tmp_path / "ref.csv"))
+    result = check.compare(run_table(), reference)
+    assert result.passed and result.unchecked == 1
+    assert "1 scores of the run have no reference score and were not checked" in check.format_report(result)
+    assert check.compare(run_table(with_niah=False), reference).unchecked == 0
+    assert check.compare(run_table(), reference, complete=True).unchecked == 0  # the gate fails them instead

@@ -33,3 +33,15 @@ def test_every_setting_reaches_submitit_under_its_own_name():
     assert default.jobs == "model"
     assert default.executor_parameters("local") == {"timeout_min": 60, "gpus_per_node": 0, "tasks_per_node": 1,
                                                     "nodes": 1}
+
+
+def test_a_job_executor_without_submitit_is_one_clear_error(monkeypatch):
+    """`lcbench sweep --executor local` without the cluster extra gave a traceback ending in
+    "No module named 'submitit'"."""
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # what an environment without it gives
+    monkeypatch.delitem(sys.modules, "harness.runs.jobs", raising=False)
+    with pytest.raises(ConfigError, match=r"submitit, which is not installed: pip install -e \"\.\[cluster\]\""):
+        importlib.import_module("harness.runs.jobs")

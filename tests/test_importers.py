@@ -859,3 +859,64 @@ def test_ttt_e2e_folder_that_is_not_orbax_is_named_before_orbax_is_needed(tmp_pa
     for folder in (tmp_path / "empty", ours):
         with pytest.raises(CheckpointError, match="is not an orbax checkpoint of the official TTT-E2E code"):
             import_ttt_e2e(folder, config=OFFICIAL)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a user gives by mistake (walkthrough, session 40)
+
+
+def tiny_llama_folder(path: Path) -> Path:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def test_an_import_never_replaces_a_trained_checkpoint(tmp_path):
+    """`lcbench import hf-llama runs/swa-tiny` replaced the trained checkpoint there, its optimizer
+    state and trainer.json with it, silently; an earlier import there is still replaced."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.api.errors import ConfigError
+
+    source = tiny_llama_folder(tmp_path / "hf")
+    trained = checkpoint.save_checkpoint(tmp_path / "trained", small_model("swa"), trainer_state={"step": 3})
+    before = sorted(p.name for p in trained.iterdir())
+    with pytest.raises(ConfigError, match="already holds a checkpoint that was not imported"):
+        import_pretrained(source, trained)
+    np.savez(tmp_path / "official.npz", x=np.zeros(2))
+    with pytest.raises(ConfigError, match="already holds a checkpoint that was not imported"):
+        import_ttt_e2e(tmp_path / "official.npz", trained, config=OFFICIAL)
+    assert sorted(p.name for p in trained.iterdir()) == before
+    import_pretrained(source, tmp_path / "ours")
+    import_pretrained(source, tmp_path / "ours")  # rerunning an import replaces it
+    assert (tmp_path / "ours" / IMPORT_FILE).is_file()
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_an_unreadable_weight_file_is_named_not_a_traceback(tmp_path, name):
+    """A cut-off or mislabelled weight file raised safetensors' or torch's own error (a traceback
+    with exit 1) from `lcbench import` and `lcbench import-ttt-e2e`."""
+    from harness.adapters.importers import import_ttt_e2e
+    from harness.api.errors import CheckpointError
+
+    folder = tiny_llama_folder(tmp_path / "hf")
+    (folder / "model.safetensors").unlink()
+    (folder / name).write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(CheckpointError, match=f"{name} cannot be read as weights"):
+        import_pretrained(folder, tmp_path / "ours")
+    for official in ("official.npz", "official.safetensors"):
+        (tmp_path / official).write_bytes(b"garbage\n")
+        with pytest.raises(CheckpointError, match=f"{official} cannot be read as weights"):
+            import_ttt_e2e(tmp_path / official, config=OFFICIAL)
+
+
+def test_an_lcbench_export_is_named_as_one_needing_no_import(tmp_path):
+    """`lcbench import runs/swa-tiny-hf OUT` (an export-hf folder) said "cannot import model_type 'lcbench'"."""
+    from harness.adapters.hf_export import export_hf
+    from harness.api.errors import ConfigError
+
+    ours = checkpoint.save_checkpoint(tmp_path / "ours", small_model("swa"))
+    export_hf(ours, tmp_path / "hf")
+    with pytest.raises(ConfigError, match=r"is an lcbench export \(arch 'swa'\).*nothing to import"):
+        import_pretrained(tmp_path / "hf", tmp_path / "out")

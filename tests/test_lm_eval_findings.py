@@ -220,3 +220,44 @@ def test_lm_eval_refuses_a_checkpoint_whose_tokenizer_changed(tmp_path):
     file.write_bytes(saved)
     assert LcbenchLM(checkpoint=str(tmp_path / "c"), device="cpu").tok_encode("a b") == \
         LcbenchLM(checkpoint=str(tmp_path / "c"), tokenizer=str(file), device="cpu").tok_encode("a b")
+
+
+def test_a_task_whose_yaml_lm_eval_cannot_parse_is_named_with_its_file(tmp_path):
+    """A task YAML with a syntax error said "unknown lm-eval task 'broken_yaml'; did you mean
+    'openai_mmlu'?": lm-eval's index drops a file it cannot parse, and the name went with it."""
+    from lm_eval.tasks import TaskManager
+
+    from harness.adapters.lm_eval_tasks import check_task_names, known_task_names
+    from harness.api.errors import ConfigError
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "broken.yaml").write_text("task: broken_yaml\n  dataset_path: [json\n")
+    (tmp_path / "good.yaml").write_text("task: good_task\ndataset_path: json\noutput_type: loglikelihood\n"
+                                        "doc_to_text: !function utils.f\n")
+    assert "broken_yaml" in known_task_names(["broken_yaml"], [tmp_path])  # the text names it: checked again below
+    index = TaskManager(include_path=str(tmp_path), include_defaults=False).all_tasks
+    assert "broken_yaml" not in index
+    with pytest.raises(ConfigError, match=r"lm-eval task 'broken_yaml' is named in '.*sub/broken\.yaml', which lm-eval "
+                                          r"could not read: mapping values are not allowed here.*line 2"):
+        check_task_names(["broken_yaml"], index, [tmp_path])
+    with pytest.raises(ConfigError, match=r"unknown lm-eval task 'good_tsk'; did you mean 'good_task'"):
+        check_task_names(["good_tsk"], index, [tmp_path])
+
+
+def test_the_default_run_folder_is_one_per_list_of_tasks(tmp_path, monkeypatch):
+    """`lcbench lm-eval M --tasks a` then `--tasks b` both wrote runs/lm_eval/M: the second run
+    replaced the first's table, raw results and samples (`lcbench eval` keeps runs/eval/TASK-MODEL)."""
+    import harness.adapters.lm_eval as adapter
+    from harness.api import results
+    from harness.cli import main
+
+    folders = []
+    monkeypatch.setattr(adapter, "run_lm_eval", lambda model, tasks, out_dir, **kw: folders.append(out_dir)
+                        or results.to_frame([]))
+    monkeypatch.chdir(tmp_path)
+    for tasks in ("my_mc", "my_ppl", "my_mc", "a,b", "dir/t.yaml", ",".join(f"task_number_{i}" for i in range(9))):
+        assert CliRunner().invoke(main, ["lm-eval", "runs/swa-tiny", "--tasks", tasks]).exit_code == 0
+    assert folders[:5] == ["runs/lm_eval/my_mc-swa-tiny", "runs/lm_eval/my_ppl-swa-tiny", "runs/lm_eval/my_mc-swa-tiny",
+                           "runs/lm_eval/a+b-swa-tiny", "runs/lm_eval/dir_t.yaml-swa-tiny"]
+    assert re.fullmatch(r"runs/lm_eval/task_number_0\+task_number_1\+task_number_2\+task_n-[0-9a-f]{8}-swa-tiny",
+                        folders[5])

@@ -27,6 +27,7 @@ from tests import probe_tasks  # noqa: F401 - registers test_refused_mid_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"window": 8, "d_model": 32, "n_heads": 2, "mlp_hidden": 64}
+TINY_FULL = {k: v for k, v in TINY.items() if k != "window"}  # full_attention has no window
 TRAIN = {"steps": 1, "batch_size": 2, "seq_len": 32, "eval_batches": 1, "eval_every": 0}
 NIAH_SMALL = {"samples": 1, "depths": [0.5], "haystacks": ["noise"]}
 
@@ -62,7 +63,7 @@ def trainings(monkeypatch) -> list:
 def test_a_sweep_refuses_a_niah_context_too_short_before_training(tmp_path, trainings):
     """A NIAH context shorter than its prompts' header, needles, question and answer start gave
     error cells after the model had trained; now the sweep names it and a length that fits."""
-    lines = refused_sweep(tmp_path, trainings, [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": TINY}],
+    lines = refused_sweep(tmp_path, trainings, [{"arch": "swa", "set": TINY}, {"arch": "full_attention", "set": TINY_FULL}],
                           [{"task": "niah", "options": {**NIAH_SMALL, "variants": ["multikey"]},
                             "grid": {"contexts": [[64], [1024]]}}], seeds=[0, 1])
     assert len(lines) == 1, lines  # told once for both models and seeds; the 1024 cells are fine
@@ -120,7 +121,7 @@ def test_a_sweep_refuses_kernel_backends_that_cannot_run_on_its_device(tmp_path,
     models = [{"arch": "swa", "set": {**TINY, "backend": "flex"}},
               {"arch": "ttt_e2e", "set": {**TINY, "mini_batch_size": 16, "prefix_backend": "flex",
                                           "inner_loss": "liger"}},
-              {"arch": "full_attention", "set": TINY}]
+              {"arch": "full_attention", "set": TINY_FULL}]
     lines = refused_sweep(tmp_path, trainings, models, [{"task": "test_sweep_probe"}], device="cpu")
     assert len(lines) == 3, lines
     assert "'swa:" in lines[0] and "backend 'flex' is unavailable: it needs a CUDA device" in lines[0]

@@ -434,3 +434,70 @@ def test_a_model_another_process_is_training_into_the_same_folder_is_waited_for(
         monkeypatch.setattr(type(model), "needs_training", lambda self, out_dir: False)  # the first finished
     second.join(timeout=60)
     assert not second.is_alive() and trained == []  # it took the first one's checkpoint
+
+
+def test_a_model_setting_its_arch_refuses_fails_the_spec_before_anything_trains(tmp_path):
+    """`set: {window: 32}` on full_attention passed the spec's checks: the other models trained,
+    then its cells failed (exit 1) with "full_attention has no window"."""
+    from harness.runs.sweep import SweepSpec
+
+    spec = {"name": "s", "models": [{"arch": "swa"}, {"arch": "full_attention", "set": {"window": 32}}],
+            "tasks": [{"task": "loss_scaling"}]}
+    with pytest.raises(ConfigError, match=r"model 'full_attention:tiny\[window=32\]': full_attention has no window"):
+        SweepSpec.from_dict(spec)
+
+
+def test_a_misspelt_key_of_the_specs_train_is_named_as_the_specs(tmp_path):
+    """A bad key in the spec's own `train:` was named as the first model's ("train settings of swa-64")."""
+    from harness.runs.sweep import SweepSpec
+
+    spec = {"name": "s", "train": {"warmup": 2}, "models": [{"arch": "swa", "name": "swa-64"}],
+            "tasks": [{"task": "loss_scaling"}]}
+    with pytest.raises(ConfigError, match=r"^the spec's train settings: unknown key 'warmup'.*'warmup_frac'"):
+        SweepSpec.from_dict(spec)
+    spec = {**spec, "train": {}, "models": [{"arch": "swa", "name": "swa-64", "train": {"warmup": 2}}]}
+    with pytest.raises(ConfigError, match=r"^train settings of swa-64: unknown key 'warmup'"):
+        SweepSpec.from_dict(spec)
+
+
+def test_each_failed_cell_of_several_seeds_is_told_with_its_seed(tmp_path, monkeypatch):
+    """With `seeds: [0, 1]` the summary printed two identical "failed:" lines, not saying which
+    seed's cell each was."""
+    spec = {"name": "s", "seeds": [0, 1], "models": [{"arch": "swa", "name": "m", "untrained": True, "set": TINY}],
+            "tasks": [{"task": "test_flaky"}]}
+    monkeypatch.setitem(FLAKY, "fail", True)
+    result = run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "out", progress=False)
+    lines = describe_failures(tmp_path / "out", result.keys)
+    assert sorted(line.split(" / ")[0] for line in lines) == ["m seed 0", "m seed 1"]
+
+
+def test_the_report_of_an_interrupted_sweep_lists_the_cells_not_run(tmp_path):
+    """A sweep stopped after its first cell gave a report of that cell alone, "Every row is ok",
+    with nothing saying that the spec's other cells had not run."""
+    from harness.report.html import render_report
+    from harness.runs.sweep import start_sweep, unfinished_cells
+
+    one = untrained_spec("i", [4])
+    run_sweep(load_spec(write_spec(tmp_path / "one.yaml", one)), tmp_path / "out", progress=False)
+    assert unfinished_cells(tmp_path / "out") == []
+    both = {**one, "models": [*one["models"], {"arch": "swa", "name": "second", "untrained": True,
+                                             "set": {**TINY, "window": 4}}]}
+    start_sweep(load_spec(write_spec(tmp_path / "both.yaml", both)), tmp_path / "out")  # then Ctrl-C: no cell ran
+    lines = unfinished_cells(tmp_path / "out")
+    assert lines == ["second seed 0 / test_sweep_probe {'contexts': 4}"]
+    page = render_report(tmp_path / "out", unfinished=lines)
+    assert "<h2>Not run (1 cells)</h2>" in page and "<li>second seed 0 / test_sweep_probe" in page
+    assert "cells not run" in page and "Not run" not in render_report(tmp_path / "out")
+
+
+def test_two_names_for_one_model_are_refused_before_anything_runs(tmp_path):
+    """Two entries differing only in `name` gave one cell key: both "ran", the table showed the
+    second name alone, and a "clash" of cells "that differ in nothing" was reported (exit 1)."""
+    model = {"arch": "swa", "untrained": True, "set": TINY}
+    spec = {"name": "d", "models": [{**model, "name": "a"}, {**model, "name": "b"}],
+            "tasks": [{"task": "test_sweep_probe", "options": {"contexts": 4}}]}
+    with pytest.raises(ConfigError, match=r"models 'a' and 'b' are one model"):
+        run_sweep(load_spec(write_spec(tmp_path / "d.yaml", spec)), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    spec["models"][1]["set"] = {**TINY, "window": 4}
+    assert run_sweep(load_spec(write_spec(tmp_path / "d.yaml", spec)), tmp_path / "out", progress=False).ran == 2

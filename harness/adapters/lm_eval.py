@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import inspect
 import json
 import logging
@@ -457,6 +458,16 @@ def _check_counts(limit: float | None, max_seq_lengths: Sequence[Any] | None, **
             raise ConfigError(f"RULER lengths must be positive integers, got {length!r} in {list(max_seq_lengths)}")
 
 
+def default_out_dir(model_spec: str, tasks: Sequence[str]) -> Path:
+    """``runs/lm_eval/TASKS-MODEL``, as ``lcbench eval`` makes ``runs/eval/TASK-MODEL``: a folder per
+    list of tasks (``runs/lm_eval/MODEL`` was replaced by the model's next run on another task, and
+    the first task's scores went with it). A long list is cut, with a hash of the whole."""
+    joined = "+".join("".join(c if c.isalnum() or c in "-_." else "_" for c in task) for task in tasks)
+    if len(joined) > 60:
+        joined = f"{joined[:48]}-{hashlib.sha256(joined.encode()).hexdigest()[:8]}"
+    return Path("runs", "lm_eval", f"{joined}-{Path(model_spec).name.replace(':', '-')}")
+
+
 def run_lm_eval(
     checkpoint: str | os.PathLike,
     tasks: Sequence[str] | str,
@@ -530,7 +541,7 @@ def run_lm_eval(
             meta["max_seq_lengths"] = [int(length)]
         manager = task_manager(pending, include, meta, manager)
         if li == 0:  # the index's word on names the text of the YAMLs gave (a file it cannot parse, it drops)
-            check_task_names(pending, manager.all_tasks)
+            check_task_names(pending, manager.all_tasks, include)
         length_aware = []
         for task in pending:
             label = task if length is None else f"{task}@{length}"

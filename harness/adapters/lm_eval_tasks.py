@@ -16,6 +16,8 @@ import re
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
+import yaml
+
 from harness.api.errors import ConfigError, close_match
 
 # a top-level key, quoted or not, with its value: a scalar or flow list on its line, or a block list below it
@@ -81,11 +83,39 @@ def known_task_names(tasks: Sequence[str], include: Sequence[str | os.PathLike] 
     return names | task_names([builtin_tasks_folder()])
 
 
-def check_task_names(tasks: Sequence[str], known: Collection[str]) -> None:
+def _yaml_error(path: Path) -> str:
+    """Why ``path`` is not YAML (empty when it parses); lm-eval's own tags (``!function``) read as null."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        yaml.load(path.read_bytes(), Loader=Loader)
+    except yaml.YAMLError as exc:
+        return " ".join(str(exc).split())
+    return ""
+
+
+def files_naming(task: str, folders: Iterable[str | os.PathLike]) -> list[Path]:
+    """The task YAMLs under ``folders`` whose text (or a file they include) names ``task``."""
+    return sorted(Path(root, name) for folder in folders for root, dirs, files in os.walk(folder, followlinks=True)
+                  if not any(part in _IGNORED_DIRS for part in Path(root).parts)
+                  for name in files if name.endswith(".yaml") and task in _names_in(Path(root, name), set()))
+
+
+def check_task_names(tasks: Sequence[str], known: Collection[str],
+                     include: Sequence[str | os.PathLike] | None = None) -> None:
     """A task name lm-eval does not know (nor a task YAML's path, which lm-eval also takes) is bad
-    input, not a task that failed: one error naming it and the close match."""
+    input, not a task that failed: one error naming it and the close match. ``known`` from lm-eval's
+    index: a name that a file in ``include`` gives but the index dropped (a file lm-eval could not
+    parse) is named with that file and its YAML error."""
     for task in tasks:
         if task not in known and not Path(task).is_file():
+            named_in = files_naming(task, include or [])
+            if named_in:  # said "unknown lm-eval task" with a close match from another file
+                error = _yaml_error(named_in[0])
+                raise ConfigError(f"lm-eval task {task!r} is named in {str(named_in[0])!r}, which lm-eval could not read"
+                                  + (f": {error}" if error else " (a key or value its task config refuses)"))
             hint = close_match(task, known)
             raise ConfigError(f"unknown lm-eval task {task!r}" + (f"; did you mean {hint!r}?" if hint else "")
                               + " (`lm-eval ls tasks` lists the known ones; --include-path adds folders of task YAMLs)")

@@ -12,6 +12,8 @@ import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
 
+import torch
+
 from harness.api.errors import ConfigError, UnknownNameError
 from harness.api.interface import LCModel, ModelConfig
 from harness.api.kernels import Kernel
@@ -142,6 +144,18 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 def build_model(config: ModelConfig) -> LCModel:
     return get_model_class(config.arch)(config)
+
+
+def check_buildable(config: ModelConfig) -> None:
+    """Build the model of ``config`` on the meta device (no memory, no initialisation), so that
+    what only its constructor refuses (``full_attention`` given a window) fails before any work.
+    A constructor that the meta device cannot run (one reading a tensor's values) is left to the
+    real build."""
+    try:
+        with torch.device("meta"):
+            build_model(config)
+    except (RuntimeError, NotImplementedError):
+        pass
 
 
 def create_model(arch: str, preset: str = "tiny", **overrides: Any) -> LCModel:

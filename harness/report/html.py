@@ -11,7 +11,7 @@ import html
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +44,23 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: .85em; }
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
-                 samples: RunData | None = None) -> Path:
+                 samples: RunData | None = None, unfinished: Sequence[str] = ()) -> Path:
     """Write the page for ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); return its path.
     With the run's ``samples`` (:func:`harness.report.claims.load_run`), its tables carry the
-    intervals ``lcbench table`` gives them (loss gaps, speed-ups), and its figures draw them."""
+    intervals ``lcbench table`` gives them (loss gaps, speed-ups), and its figures draw them.
+    ``unfinished``: a line per cell of the sweep's spec that has no result yet
+    (:func:`harness.runs.sweep.unfinished_cells`), which the page lists."""
     run_dir = Path(run_dir)
-    page = render_report(run_dir, samples)
+    page = render_report(run_dir, samples, unfinished)
     path = Path(out) if out is not None else run_dir / REPORT_FILE
     prepare_output(path.parent, "report's folder")
     results.atomic_write(path, lambda f: f.write(page))
     return path
 
 
-def render_report(run_dir: str | os.PathLike, samples: RunData | None = None) -> str:
-    """The page for a run or sweep folder, as one HTML string (``samples``: as :func:`write_report`)."""
+def render_report(run_dir: str | os.PathLike, samples: RunData | None = None, unfinished: Sequence[str] = ()) -> str:
+    """The page for a run or sweep folder, as one HTML string (``samples``, ``unfinished``: as
+    :func:`write_report`)."""
     run_dir = Path(run_dir)
     table = samples.table if samples is not None else results.read_table(run_dir)  # read once
     with tempfile.TemporaryDirectory(prefix="lcbench-report-") as tmp:
@@ -67,7 +70,8 @@ def render_report(run_dir: str | os.PathLike, samples: RunData | None = None) ->
     failed = table[table["status"] != "ok"]
     sections = [
         f"<h1>lcbench report: {html.escape(run_dir.resolve().name)}</h1>",
-        _overview(table, meta),
+        _overview(table, meta, len(unfinished)),
+        *([_unfinished(unfinished)] if unfinished else []),
         "<h2>Figures</h2>" + ("".join(_figure(stem, uri) for stem, uri in figures) or "<p>No figure: the table "
                                                                                    "has no data any figure draws.</p>"),
         "<h2>Summary tables</h2>" + ("".join(f"<h3>{html.escape(name)}</h3>{_summary_table(df)}"
@@ -85,12 +89,13 @@ def render_report(run_dir: str | os.PathLike, samples: RunData | None = None) ->
             f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(sections) + "\n</body></html>\n")
 
 
-def _overview(table: pd.DataFrame, meta: Mapping[str, Any] | None) -> str:
+def _overview(table: pd.DataFrame, meta: Mapping[str, Any] | None, unfinished: int = 0) -> str:
     facts = {
         "rows": len(table),
         "models": ", ".join(sorted(table["model"].dropna().unique())),
         "tasks": ", ".join(sorted(table["task"].dropna().unique())),
         "failed rows": int((table["status"] != "ok").sum()),
+        **({"cells not run": unfinished} if unfinished else {}),
     }
     if meta:
         git = meta.get("git") or {}
@@ -100,6 +105,14 @@ def _overview(table: pd.DataFrame, meta: Mapping[str, Any] | None) -> str:
     rows = "".join(f'<tr><th class="text">{html.escape(k)}</th><td class="text">{html.escape(str(v))}</td></tr>'
                    for k, v in facts.items())
     return f"<table>{rows}</table>"
+
+
+def _unfinished(lines: Sequence[str]) -> str:
+    """The spec's cells with no result: an interrupted sweep's page read as complete, every row ok."""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return (f"<h2>Not run ({len(lines)} cells)</h2><p>The sweep's spec has {len(lines)} cells with no result yet "
+            "(the sweep was interrupted, or is still running): the figures and tables leave them out. Rerun the "
+            f"same <code>lcbench sweep</code> command to finish them.</p><ul>{items}</ul>")
 
 
 def _machines(meta: Mapping[str, Any]) -> str:

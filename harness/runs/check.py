@@ -44,6 +44,8 @@ class CheckResult:
     table: pd.DataFrame  # one row per reference score: reference, run, delta, allowed, verdict
     regressions: int
     missing: int
+    note: str = ""  # why every score is missing, where the run measured none of the reference's models' tasks
+    unchecked: int = 0  # scores of the run that no reference score matches, where that does not fail
 
     @property
     def passed(self) -> bool:
@@ -67,7 +69,11 @@ def read_reference(path: str | os.PathLike) -> pd.DataFrame:
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if TOLERANCE not in raw.columns:
         raise ConfigError(f"{path} has no {TOLERANCE!r} column; is it a reference written by `lcbench check --update`?")
-    table = results.validate(raw.drop(columns=[TOLERANCE]))
+    try:
+        table = results.validate(raw.drop(columns=[TOLERANCE]))
+    except results.SchemaError as exc:  # said "result table is invalid", not which: the run's or this one
+        raise results.SchemaError(f"reference {str(path)!r}: {exc}; a reference holds a run's rows as `lcbench check RUN "
+                          f"--reference {path} --update` wrote them (remake it so)") from None
     if table.empty:  # every run would pass it
         raise ConfigError(f"{path} holds no scores; make it from a run with `lcbench check RUN --reference {path} --update`")
     try:
@@ -153,13 +159,33 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, use_ci: bool = True, two
         rows.append({**{c: getattr(ref, c) for c in MATCH_COLUMNS if not _is_na(getattr(ref, c))},
                      "reference": ref.value, "run": value, "delta": value - ref.value, "allowed": allowed,
                      "verdict": "missing" if got is None else ("failed" if math.isnan(value) else verdict)})
+    referenced = set(ref_keys)
+    scores = run[run["metric"].isin(list(SCORES)) & (run["status"] == "ok")]
+    unreferenced = [_unreferenced({c: row[c] for c in MATCH_COLUMNS if not _is_na(row[c])}, row["value"])
+                    for key, loose, row in zip(_key(scores), _key(scores, any_backend=True), scores.to_dict("records"))
+                    if key not in referenced and loose not in referenced]
     if complete:
-        referenced = set(ref_keys)
-        scores = run[run["metric"].isin(list(SCORES)) & (run["status"] == "ok")]
-        rows += [_unreferenced({c: row[c] for c in MATCH_COLUMNS if not _is_na(row[c])}, row["value"])
-                 for key, loose, row in zip(_key(scores), _key(scores, any_backend=True), scores.to_dict("records"))
-                 if key not in referenced and loose not in referenced]
-    return _result(pd.DataFrame(rows))
+        rows += unreferenced
+    result = _result(pd.DataFrame(rows), _unrelated(run, reference))
+    # said, not failed: a model added since the reference passed the check unsaid, its scores unchecked
+    result.unchecked = 0 if complete else len(unreferenced)
+    return result
+
+
+def _unrelated(run: pd.DataFrame, reference: pd.DataFrame) -> str:
+    """A line naming both sides' models and tasks when the run holds no (model, task) of the
+    reference: a run of another spec or task read as N missing scores and nothing more."""
+    def pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
+        return set(zip(frame["model"].astype(str), frame["task"].astype(str)))
+
+    def names(frame: pd.DataFrame, column: str) -> str:
+        return ", ".join(sorted(frame[column].dropna().astype(str).unique())) or "none"
+
+    if pairs(run) & pairs(reference):
+        return ""
+    return (f"the run measured none of the reference's models' tasks: the reference has models {names(reference, 'model')} "
+            f"and tasks {names(reference, 'task')}, the run models {names(run, 'model')} and tasks {names(run, 'task')}; "
+            "is this the reference of this run?")
 
 
 def _unreferenced(columns: dict, value: float) -> dict:
@@ -181,9 +207,9 @@ def _row_of_run(matches: list[dict], ref) -> dict | None:
     return matches[0] if matches else None
 
 
-def _result(table: pd.DataFrame) -> CheckResult:
+def _result(table: pd.DataFrame, note: str = "") -> CheckResult:
     verdicts = table["verdict"] if len(table) else pd.Series(dtype=str)
-    return CheckResult(table, int(verdicts.isin(FAILING).sum()), int(verdicts.isin(["missing", "failed"]).sum()))
+    return CheckResult(table, int(verdicts.isin(FAILING).sum()), int(verdicts.isin(["missing", "failed"]).sum()), note)
 
 
 def _is_na(value) -> bool:
@@ -222,11 +248,16 @@ def format_report(result: CheckResult, show_all: bool = False) -> str:
         parts.append(", ".join(f"{n} {v}" for v, n in sorted(summary.items())))
     if unreferenced:
         parts.append(f"{unreferenced} scores of the run have none (references older than the spec: remake them)")
-    head = f"{'PASS' if result.passed else 'FAIL'}: " + "; ".join(parts)
+    if result.unchecked:
+        parts.append(f"{result.unchecked} scores of the run have no reference score and were not checked "
+                     "(remake the reference with --update to check them)")
+    head = f"{'PASS' if result.passed else 'FAIL'}: " + "; ".join(parts) + (f"\n{result.note}" if result.note else "")
     moved = table[verdicts != "same"] if len(table) and not show_all else table
     if moved.empty:
         return head + "\nno score moved."
-    cols = [c for c in ("model", "task", "variant", "haystack", "eval_ctx", "depth", "pos_start", "metric",
+    # the seed where there are several: a run of seeds [0, 1] showed each score's two rows alike
+    seeds = ("seed",) if "seed" in table.columns and table["seed"].nunique() > 1 else ()
+    cols = [c for c in ("model", *seeds, "task", "variant", "haystack", "eval_ctx", "depth", "pos_start", "metric",
                         "reference", "run", "delta", "allowed", "verdict") if c in moved.columns]
     return head + "\n" + moved[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
 

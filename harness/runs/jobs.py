@@ -22,11 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import submitit
 from tqdm.auto import tqdm
 
 from harness.api.device import resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, check_choice
+
+try:
+    import submitit
+except ImportError as exc:  # the cluster extra; a traceback said only "No module named 'submitit'"
+    raise ConfigError("--executor local and slurm run jobs through submitit, which is not installed: "
+                      "pip install -e \".[cluster]\" (or leave --executor out: inline runs every cell here)") from exc
 from harness.runs.cluster import ClusterOptions
 from harness.runs.provenance import git_commit
 from harness.runs.store import ResultStore

@@ -217,7 +217,10 @@ class SweepSpec:
                 raise ConfigError(f"model {entry.label!r} is untrained: true; its 'train' settings {entry.train} "
                                   "would not apply to it; remove them")
             if entry.checkpoint is None:  # a given checkpoint is checked when planned (check_given_checkpoint)
-                registry.make_config(entry.arch, entry.preset, **entry.set)
+                try:  # the model built too: full_attention's window passed here, then failed its cells
+                    registry.check_buildable(registry.make_config(entry.arch, entry.preset, **entry.set))
+                except ConfigError as exc:  # which of the spec's models (several share a config class)
+                    raise ConfigError(f"model {entry.label!r}: {exc}") from None
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
             raise ConfigError(f"train_lengths must be whole numbers >= 2 (e.g. 512, 8K), got {self.train_lengths}")
@@ -243,7 +246,11 @@ class SweepSpec:
         self.cluster_options()
 
     def train_config(self, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
         for given, where in ((self.train, "the spec's train settings"), (entry.train, f"train settings of {entry.label}")):
+            unknown = next((key for key in given if key not in known), None)
+            if unknown is not None:  # a key of the spec's own train: was named as the first model's
+                raise ConfigError(f"{where}: " + unknown_message("key", unknown, known))
             check_one_budget(_token_counts(given), where)  # a model's own budget may replace the spec's
         fields = _token_counts({**self.train, **entry.train})
         if "steps" in entry.train and "tokens" not in entry.train:  # the model's step budget replaces the spec's tokens
@@ -584,6 +591,12 @@ def check_cells(cells: list[Cell], imports: bool = True) -> None:
             tokenizers[name] = load_tokenizer(name)
         return tokenizers[name]
 
+    labels: dict[str, str] = {}  # cell key -> the label of the model that first gave it
+    for cell in cells:  # a key leaves the label out: two names for one model gave one cell, and a "clash"
+        first = labels.setdefault(cell.key, cell.model.label)
+        if first != cell.model.label:
+            problems[f"models {first!r} and {cell.model.label!r} are one model (arch, settings, training, seed): "
+                     "their cells would be one, shown under one name; make them differ, or keep one"] = None
     for group in cells_by_model(cells):
         model = group[0].model
         problems.update((f"model {model.label!r}: {line}", None) for line in model.kernel_problems(imports))
@@ -921,6 +934,25 @@ def current_sample_files(out_dir: str | os.PathLike) -> list[Path] | None:
     return [path for key in keys for path in [out_dir / SAMPLES_DIR / f"{key}.jsonl"] if path.is_file()]
 
 
+def unfinished_cells(out_dir: str | os.PathLike) -> list[str]:
+    """One line per cell of the folder's last spec (``spec.json``) that has no record yet: a sweep
+    interrupted, or still running, left them. Empty for a folder that is no sweep, or whose spec
+    no longer plans (a given checkpoint moved away): nothing to tell them by."""
+    out_dir = Path(out_dir)
+    if not (out_dir / SPEC_FILE).is_file():
+        return []
+    done = ResultStore(out_dir).finished()
+    try:
+        raw = json.loads((out_dir / SPEC_FILE).read_text())
+        keys = finished_spec_keys(out_dir, raw)
+        if keys is not None and all(key in done for key in keys):  # its last run finished every cell
+            return []
+        cells = plan(SweepSpec.from_dict(raw, str(out_dir / SPEC_FILE)))
+    except (ConfigError, CheckpointError, ValueError):
+        return []
+    return [f"{cell.model.label} seed {cell.seed} / {cell.task} {cell.options}" for cell in cells if cell.key not in done]
+
+
 def finished_spec_keys(out_dir: Path, spec: dict[str, Any]) -> list[str] | None:
     """The cell keys ``run.json`` lists when the sweep that wrote it ran ``spec`` (else None)."""
     try:
@@ -935,5 +967,7 @@ def describe_failures(out_dir: str | os.PathLike, keys: Iterable[str] | None = N
     (superseded edits of a spec included)."""
     records = ResultStore(out_dir).finished()
     wanted = records if keys is None else {k: records[k] for k in keys if k in records}
-    return [f"{r['model']} / {r['task']} {r['options']}: {r['message']}" for r in wanted.values() if r["status"] != "ok"]
+    # the seed too: a spec's seeds gave identical lines
+    return [f"{r['model']} seed {r.get('seed')} / {r['task']} {r['options']}: {r['message']}"
+            for r in wanted.values() if r["status"] != "ok"]
 

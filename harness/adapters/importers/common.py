@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import torch
+from safetensors import SafetensorError
 
 from harness.api.errors import CheckpointError, ConfigError, listing
 from harness.api.interface import LCModel
 from harness.data.tokenizers import TOKENIZER_DIR
-from harness.train.checkpoint import save_checkpoint
+from harness.train.checkpoint import is_checkpoint, save_checkpoint
+
+T = TypeVar("T")
 
 IMPORT_FILE = "import.json"
 # Files that make up a Hugging Face tokenizer (copied next to an imported checkpoint).
@@ -136,6 +141,28 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def read_weight_file(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``; a file its reader cannot parse (truncated, another format under the name, a
+    Git LFS pointer) is bad input naming the file, not the reader's traceback."""
+    try:
+        return read(path)
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
+            SafetensorError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path} cannot be read as weights ({type(exc).__name__}: {first}); is the file complete "
+                              "(not a Git LFS pointer or a cut-off download)?") from exc
+
+
+def check_import_out(out_dir: str | os.PathLike) -> None:
+    """Refuse an output folder holding a checkpoint that no import wrote: saving replaces the whole
+    folder, and a trained checkpoint's optimizer state and training record would go with it (an
+    earlier import there is replaced, as rerunning an import means)."""
+    out = Path(out_dir)
+    if is_checkpoint(out) and not (out / IMPORT_FILE).is_file():
+        raise ConfigError(f"output folder {str(out)!r} already holds a checkpoint that was not imported (one "
+                          "`lcbench train` wrote, say), which the import would replace; choose another folder")
 
 
 def check_tokenizer_folder(folder: str | os.PathLike) -> None:

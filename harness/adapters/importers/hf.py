@@ -37,7 +37,9 @@ from harness.adapters.importers.common import (
     Source,
     assign_weights,
     check,
+    check_import_out,
     read_json,
+    read_weight_file,
     require_values,
     save_imported,
 )
@@ -45,6 +47,7 @@ from harness.api.device import resolve_dtype
 from harness.api.errors import CheckpointError, ConfigError, close_match, unknown_message
 from harness.api.interface import LCModel
 from harness.api.registry import build_model, config_from_dict
+from harness.train.checkpoint import HF_MODEL_TYPE
 
 # ---------------------------------------------------------------------------------------------
 # Reading a folder
@@ -69,8 +72,8 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def _read_file(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
-        return safetensors.torch.load_file(str(file))
-    return torch.load(file, map_location="cpu", weights_only=True)
+        return read_weight_file(file, lambda f: safetensors.torch.load_file(str(f)))
+    return read_weight_file(file, lambda f: torch.load(f, map_location="cpu", weights_only=True))
 
 
 def _read_files(files: Iterable[Path]) -> dict[str, torch.Tensor]:
@@ -311,6 +314,9 @@ def detect_format(config: Mapping[str, Any]) -> str:
     if model_type is None and "arch" in config:  # said "cannot import model_type None"
         raise ConfigError(f"the folder is already an lcbench checkpoint (arch {config['arch']!r}): lcbench eval, "
                           "train --resume and export-hf read it as it is; nothing to import")
+    if model_type == HF_MODEL_TYPE:  # an export-hf folder: said "cannot import model_type 'lcbench'"
+        raise ConfigError(f"the folder is an lcbench export (arch {config.get(HF_MODEL_TYPE, {}).get('arch')!r}), "
+                          "which lcbench eval and lm-eval read as a checkpoint as it is; nothing to import")
     known = ", ".join(f"{n} ({f.describe} -> {f.arch})" for n, f in FORMATS.items())
     hint = close_match(str(model_type), FORMATS) if model_type else None
     raise ConfigError(f"cannot import model_type {model_type!r}; supported: {known}"
@@ -334,6 +340,8 @@ def import_pretrained(
     """
     if format != "auto" and format not in FORMATS:  # named before the folder is read
         raise ConfigError(unknown_message("import format", format, ["auto", *FORMATS]))
+    if out_dir is not None:
+        check_import_out(out_dir)
     param_dtype = resolve_dtype(dtype) if dtype is not None else None
     folder = Path(source).expanduser()
     if not folder.is_dir():

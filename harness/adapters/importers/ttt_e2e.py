@@ -61,7 +61,9 @@ from harness.adapters.importers.common import (
     Source,
     assign_weights,
     check,
+    check_import_out,
     check_tokenizer_folder,
+    read_weight_file,
     save_imported,
 )
 from harness.api.errors import CheckpointError, ConfigError
@@ -139,6 +141,11 @@ def read_orbax(path: Path) -> dict[str, np.ndarray]:
     return flatten(checkpointer.restore(item, restore_args=restore_args))
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k.replace("/", "."): npz[k] for k in npz.files}
+
+
 def read_tree(source: str | os.PathLike) -> dict[str, np.ndarray]:
     """The official parameter tree, flattened: from an orbax folder, ``.npz`` or ``.safetensors``."""
     path = Path(source).expanduser()
@@ -147,13 +154,12 @@ def read_tree(source: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.is_dir():
         tree = read_orbax(path)
     elif path.suffix == ".npz":
-        with np.load(path) as npz:
-            tree = {k.replace("/", "."): npz[k] for k in npz.files}
+        tree = read_weight_file(path, _read_npz)
     elif path.suffix == ".safetensors":
         # through torch, which reads bfloat16 (numpy alone cannot, and the official tree holds
         # some: the SWA's KV-cache init is in the compute dtype)
         tree = {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
-                for k, v in safetensors.torch.load_file(str(path)).items()}
+                for k, v in read_weight_file(path, lambda f: safetensors.torch.load_file(str(f))).items()}
     else:
         raise CheckpointError(f"{path}: expected an orbax checkpoint folder, a .npz or a .safetensors file")
     # Paths relative to the CausalLM (``language_model.``), whatever the root the tree was saved from.
@@ -434,6 +440,8 @@ def import_ttt_e2e(
     beside the checkpoint. Raises :class:`ImportMismatchError` naming every tensor that does not fit."""
     if tokenizer is not None:
         check_tokenizer_folder(tokenizer)
+    if out_dir is not None:
+        check_import_out(out_dir)
     tree = read_tree(source)
     official, defaulted = load_official_config(config)
     where = f"{source} (official TTT-E2E)"
