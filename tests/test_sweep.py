@@ -226,6 +226,26 @@ def test_a_given_checkpoint_of_another_arch_or_preset_is_refused(spec_file, othe
         plan(load_spec(spec_file))  # before any work: a sweep plans every cell first
 
 
+@pytest.mark.parametrize("model, match", [
+    ({"arch": "full_atention"}, r"model 'full_atention:tiny': unknown architecture .*Did you mean 'full_attention'"),
+    ({"arch": "swa", "preset": "tinyy"}, r"model 'swa:tinyy': unknown preset 'tinyy' .*Did you mean 'tiny'"),
+    ({"arch": "swa", "preset": "tinyy", "name": "b"}, r"model 'b': unknown preset 'tinyy' .*Did you mean 'tiny'"),
+])
+def test_an_unknown_arch_or_preset_names_its_model(model, match):
+    """An unknown arch or preset was refused without naming which of the spec's models gave it,
+    as config errors are named."""
+    with pytest.raises(ConfigError, match=match):
+        SweepSpec.from_dict({"name": "t", "models": [{"arch": "swa", "name": "a"}, model],
+                             "tasks": [{"task": "test_sweep_probe"}]})
+
+
+def test_a_given_checkpoints_unknown_preset_names_its_model(spec_file):
+    original = yaml.safe_load(spec_file.read_text())
+    spec_file.write_text(yaml.safe_dump({**original, "models": [{**original["models"][1], "preset": "tinyy"}]}))
+    with pytest.raises(ConfigError, match=r"model 'swa:tinyy': unknown preset 'tinyy' .*Did you mean 'tiny'"):
+        plan(load_spec(spec_file))
+
+
 def test_a_sweep_whose_planning_fails_leaves_no_trace(spec_file, tmp_path, monkeypatch):
     """A spec refused while its cells were planned (here: a given checkpoint of another arch; also a
     device this machine lacks) had already been recorded as the folder's ``spec.json`` and under

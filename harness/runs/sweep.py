@@ -52,7 +52,8 @@ import os
 import time
 import tomllib
 import warnings
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -64,7 +65,7 @@ from tqdm.auto import tqdm
 
 from harness.api import registry, results
 from harness.api.device import dtype_name, parse_device, resolve_device, resolve_dtype
-from harness.api.errors import CheckpointError, ConfigError, missing_path_error, unknown_message
+from harness.api.errors import CheckpointError, ConfigError, UnknownNameError, missing_path_error, unknown_message
 from harness.api.fieldtypes import check_fields
 from harness.api.failures import FailureGuard, failure_rows
 from harness.api.interface import LCModel, ModelConfig
@@ -217,10 +218,8 @@ class SweepSpec:
                 raise ConfigError(f"model {entry.label!r} is untrained: true; its 'train' settings {entry.train} "
                                   "would not apply to it; remove them")
             if entry.checkpoint is None:  # a given checkpoint is checked when planned (check_given_checkpoint)
-                try:  # the model built too: full_attention's window passed here, then failed its cells
+                with naming(entry):  # the model built too: full_attention's window passed here, then failed its cells
                     registry.check_buildable(registry.make_config(entry.arch, entry.preset, **entry.set))
-                except ConfigError as exc:  # which of the spec's models (several share a config class)
-                    raise ConfigError(f"model {entry.label!r}: {exc}") from None
             self.train_config(entry)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in self.train_lengths):
             raise ConfigError(f"train_lengths must be whole numbers >= 2 (e.g. 512, 8K), got {self.train_lengths}")
@@ -295,6 +294,16 @@ class SweepSpec:
         return out
 
 
+@contextmanager
+def naming(entry: ModelEntry) -> Iterator[None]:
+    """Prefix a config error, or an unknown arch or preset, with the label of the spec's model it
+    comes from: several models may share a config class, an arch or a typo."""
+    try:
+        yield
+    except (ConfigError, UnknownNameError) as exc:
+        raise ConfigError(f"model {entry.label!r}: {exc}") from None
+
+
 def check_given_checkpoint(entry: ModelEntry) -> None:
     """Raise unless a given checkpoint is the entry's arch (and its preset, when one other than the
     default is named): its rows carry the entry's label, which must not name another model."""
@@ -304,7 +313,8 @@ def check_given_checkpoint(entry: ModelEntry) -> None:
                           f"{str(entry.checkpoint)!r} holds a {config.arch!r} model; set arch: {config.arch}")
     if entry.preset == ModelEntry.preset:  # the default: no preset was named
         return
-    preset = registry.make_config(entry.arch, entry.preset, vocab_size=config.vocab_size)
+    with naming(entry):
+        preset = registry.make_config(entry.arch, entry.preset, vocab_size=config.vocab_size)
     fields = registry.get_model_class(entry.arch).presets[entry.preset]
     differ = [f"{k}={getattr(config, k)} (the preset's {getattr(preset, k)})"
               for k in fields if getattr(config, k) != getattr(preset, k)]
