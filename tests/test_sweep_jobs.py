@@ -177,6 +177,17 @@ def test_cluster_settings_are_checked_and_mapped_to_submitit(spec_path):
         load_spec(spec_path)
 
 
+def test_local_jobs_warn_once_of_the_slurm_only_settings_they_ignore(tmp_path, recwarn):
+    """`--executor local` dropped a spec's partition, mem_gb, account, qos, constraint and slurm
+    settings without a word."""
+    jobs.make_executor("local", ClusterOptions(workers=2, time_min=5, cpus_per_job=2), tmp_path)
+    assert not recwarn.list  # settings local jobs read
+    jobs.make_executor("local", ClusterOptions(partition="gpu", mem_gb=64, slurm={"exclusive": True}), tmp_path)
+    said = [str(w.message) for w in recwarn.list]
+    assert said == ["--executor local ignores the Slurm-only cluster settings partition='gpu', mem_gb=64, "
+                    "slurm={'exclusive': True}; they apply to --executor slurm only"]
+
+
 def test_slurm_without_sbatch_is_a_clear_error(spec_path, tmp_path, monkeypatch):
     monkeypatch.setattr(jobs.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="sbatch"):

@@ -9,6 +9,7 @@ from typing import Any
 from harness.api.errors import ConfigError, check_choice
 
 JOB_UNITS = ("model", "cell")
+SLURM_ONLY = ("partition", "mem_gb", "account", "qos", "constraint", "slurm")  # what local jobs leave unread
 
 
 @dataclass
@@ -36,6 +37,11 @@ class ClusterOptions:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"cluster.{name} must be positive (or left out: the executor's default), "
                                   f"got {getattr(self, name)}")
+
+    def slurm_only_settings(self) -> dict[str, Any]:
+        """The Slurm-only settings given (those not at their defaults): ``--executor local`` drops them."""
+        defaults = ClusterOptions()
+        return {name: getattr(self, name) for name in SLURM_ONLY if getattr(self, name) != getattr(defaults, name)}
 
     def executor_parameters(self, kind: str) -> dict[str, Any]:
         """submitit's parameters (its AutoExecutor names) for ``kind`` of executor."""

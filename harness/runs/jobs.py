@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -83,6 +84,10 @@ def make_executor(kind: str, options: ClusterOptions, log_dir: Path) -> submitit
     if kind == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError("--executor slurm needs Slurm's sbatch on PATH: run the sweep on the cluster's login node "
                           "(or use --executor local)")
+    ignored = options.slurm_only_settings() if kind == "local" else {}
+    if ignored:  # a spec written for a cluster, tried locally: its sbatch settings were dropped without a word
+        warnings.warn("--executor local ignores the Slurm-only cluster settings "
+                      + ", ".join(f"{k}={v!r}" for k, v in ignored.items()) + "; they apply to --executor slurm only")
     executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster=kind)
     executor.update_parameters(name="lcbench-sweep", **options.executor_parameters(kind))
     return executor
