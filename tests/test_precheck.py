@@ -286,3 +286,140 @@ def test_every_prompt_of_every_seed_builds_at_the_context_the_niah_refusal_sugge
         builder = niah.PromptBuilder(tok, torch.zeros(0, dtype=torch.int64), options, seed)
         for variant, depth, index in itertools.product(options.variants, options.depths, range(options.samples)):
             builder.build(variant, "noise", fits, depth, index)
+# Seventh mutation audit: what the checks read (tokenizer, seed, devices, checkpoint config) and how they say it.
+
+SINGLE = {**NIAH_SMALL, "variants": ["single"]}
+
+
+def niah_bpe(path: Path) -> str:
+    """A BPE tokenizer trained on NIAH's own prompt texts: a single prompt takes ~72 of its tokens
+    before any haystack where it takes ~220 bytes, so a context of 128 fits it and not bytes."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    byte = load_tokenizer(None)
+    options = niah.NIAHOptions(samples=4, depths=[0.0, 0.5, 1.0], haystacks=["noise"], variants=["single", "multikey"])
+    texts = []
+    for seed in range(3):
+        builder = niah.PromptBuilder(byte, torch.zeros(0, dtype=torch.int64), options, seed)
+        for variant in options.variants:
+            for depth in options.depths:
+                for index in range(options.samples):
+                    *_, fixed, needles = builder.draw(variant, "noise", 1024, depth, index)
+                    texts += [byte.decode(ids) for ids in fixed + needles]
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(texts * 5, trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.save(str(path))
+    bpe = load_tokenizer(str(path))
+    one = niah.NIAHOptions(**SINGLE)
+    assert niah.PromptBuilder(bpe, torch.zeros(0, dtype=torch.int64), one, 0).need(128)[0] <= 128
+    assert niah.PromptBuilder(byte, torch.zeros(0, dtype=torch.int64), one, 0).need(128)[0] > 128
+    return str(path)
+
+
+def test_a_sweep_checks_niah_contexts_with_the_tokenizer_its_cells_read_with(tmp_path):
+    """The model's training tokenizer, or the task's own tokenizer option, reads the prompts: a
+    context that fits them is not refused for what bytes would take, and a refusal names the
+    tokenizer it counted with."""
+    bpe = niah_bpe(tmp_path / "tok.json")
+    trained = {"arch": "swa", "set": TINY, "train": {"tokenizer": bpe}}
+    fits = load_spec(spec_file(tmp_path, [trained], [{"task": "niah", "options": {**SINGLE, "contexts": [128]}}]))
+    sweep_mod.check_cells(plan(fits))  # bytes need ~220 tokens at 128
+    short = load_spec(spec_file(tmp_path, [trained], [{"task": "niah", "options": {**SINGLE, "contexts": [40]}}]))
+    with pytest.raises(ConfigError) as refused:
+        sweep_mod.check_cells(plan(short))
+    assert f"(tokenizer {bpe!r}): niah context 40 is too short" in refused_lines(refused)[0]
+    own = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": TINY}],
+                              [{"task": "niah", "options": {**SINGLE, "contexts": [128], "tokenizer": bpe}}]))
+    sweep_mod.check_cells(plan(own))
+
+
+def test_eval_checks_niah_contexts_with_its_tokenizer_option(tmp_path, monkeypatch):
+    bpe = niah_bpe(tmp_path / "tok.json")
+    ran = []
+    monkeypatch.setattr(niah.NIAH, "run", lambda self, model, options, ctx: ran.append(1) or [])
+    from tests.conftest import small_model
+    evaluate.run_eval("niah", small_model("swa", vocab_size=512), None, {**SINGLE, "contexts": [128], "tokenizer": bpe},
+                      device="cpu", progress=False)
+    assert ran == [1]
+
+
+def test_the_niah_check_draws_the_prompts_of_the_runs_seed(tmp_path, monkeypatch):
+    """Prompts are drawn from the run's seed: at 348 tokens every multikey prompt of seed 0 fits
+    and one of seed 1 does not, so eval and a sweep refuse seed 1 only."""
+    ran = []
+    monkeypatch.setattr(niah.NIAH, "run", lambda self, model, options, ctx: ran.append(1) or [])
+    options = {**NIAH_SMALL, "variants": ["multikey"], "contexts": [348]}
+    evaluate.run_eval("niah", "swa", None, options, device="cpu", seed=0, progress=False)
+    assert ran == [1]
+    with pytest.raises(ConfigError, match="niah context 348 is too short"):
+        evaluate.run_eval("niah", "swa", None, options, device="cpu", seed=1, progress=False)
+    for seeds, refused in (([0], False), ([1], True)):
+        spec = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": TINY}], [{"task": "niah", "options": options}],
+                                   seeds=seeds))
+        if refused:
+            with pytest.raises(ConfigError, match="niah context 348 is too short"):
+                sweep_mod.check_cells(plan(spec))
+        else:
+            sweep_mod.check_cells(plan(spec))
+
+
+def test_eval_names_every_problem_it_found_one_a_line():
+    with pytest.raises(ConfigError) as refused:
+        evaluate.run_eval("niah", "swa", None, {**SINGLE, "contexts": [100]}, device="cpu", backend="flex",
+                          progress=False)
+    lines = refused_lines(refused)
+    assert len(lines) == 2, lines
+    assert "backend 'flex' is unavailable" in lines[0] and "niah context 100 is too short" in lines[1]
+
+
+def test_a_checkpoints_own_config_is_checked_for_its_kernels(tmp_path):
+    from harness.train import checkpoint
+    from tests.conftest import small_model
+    path = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa", backend="flex"))
+    spec = load_spec(spec_file(tmp_path, [{"arch": "swa", "checkpoint": str(path)}], [{"task": "test_sweep_probe"}],
+                               device="cpu"))
+    with pytest.raises(ConfigError, match="backend 'flex' is unavailable: it needs a CUDA device"):
+        sweep_mod.check_cells(plan(spec))
+
+
+def test_kernels_are_checked_on_the_training_device_of_a_model_that_trains(tmp_path):
+    """Evaluated on a GPU and trained on the CPU: flex cannot train; an untrained model only runs
+    where it is evaluated."""
+    flex = {**TINY, "backend": "flex"}
+    tasks = [{"task": "test_sweep_probe"}]
+    trained = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": flex}], tasks,
+                                  train={**TRAIN, "device": "cpu"}))
+    with pytest.raises(ConfigError, match="backend 'flex' is unavailable: it needs a CUDA device .the device is cpu"):
+        sweep_mod.check_cells(plan(trained, auto_device="cuda"))
+    untrained = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": flex, "untrained": True}], tasks,
+                                    train={**TRAIN, "device": "cpu"}))
+    sweep_mod.check_cells(plan(untrained, auto_device="cuda"))
+
+
+def test_start_sweep_checks_imports_only_for_this_machines_own_sweep(tmp_path, monkeypatch):
+    """A kernel that fails to import here is refused for a sweep run here, not for one planned for
+    a cluster's machines (auto_device given)."""
+    from baselines.attention import FLEX
+    monkeypatch.setattr(FLEX, "_imported", (None, "ImportError: no triton"))
+    monkeypatch.setattr(FLEX, "needs_cuda", False)
+    spec = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": {**TINY, "backend": "flex"}}],
+                               [{"task": "test_sweep_probe"}]))
+    start_sweep(spec, tmp_path / "cluster", auto_device="cuda")
+    with pytest.raises(ConfigError, match="importing it failed .ImportError: no triton"):
+        start_sweep(spec, tmp_path / "here")
+
+
+def test_a_long_refusal_shows_twenty_problems_and_counts_the_rest(tmp_path):
+    """Cells are checked whatever order their options come in (a context that fits first)."""
+    grid = [[1024]] + [[n] for n in range(100, 122)]
+    spec = load_spec(spec_file(tmp_path, [{"arch": "swa", "set": TINY}],
+                               [{"task": "niah", "options": SINGLE, "grid": {"contexts": grid}}]))
+    with pytest.raises(ConfigError) as refused:
+        sweep_mod.check_cells(plan(spec))
+    lines = refused_lines(refused)
+    assert len(lines) == sweep_mod.MAX_PROBLEMS_SHOWN + 1 == 21, lines
+    assert "niah context 100 is too short" in lines[0] and lines[-1] == "... and 2 more"
