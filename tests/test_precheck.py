@@ -423,3 +423,42 @@ def test_a_long_refusal_shows_twenty_problems_and_counts_the_rest(tmp_path):
     lines = refused_lines(refused)
     assert len(lines) == sweep_mod.MAX_PROBLEMS_SHOWN + 1 == 21, lines
     assert "niah context 100 is too short" in lines[0] and lines[-1] == "... and 2 more"
+
+
+def niah_builder(seed: int = 0, **options) -> tuple[niah.NIAHOptions, niah.PromptBuilder]:
+    parsed = niah.NIAHOptions(**{**NIAH_SMALL, **options})
+    return parsed, niah.PromptBuilder(load_tokenizer(None), torch.zeros(0, dtype=torch.int64), parsed, seed)
+
+
+def test_the_niah_check_counts_every_sample_and_names_what_the_longest_prompt_takes():
+    """At 348 tokens the first multikey sample fits and the second does not."""
+    one, _ = niah_builder(samples=1, variants=["multikey"], contexts=[348])
+    assert niah.NIAH().check_context(one, load_tokenizer(None), 0) == []
+    two, builder = niah_builder(samples=2, variants=["multikey"], contexts=[348])
+    [line] = niah.NIAH().check_context(two, load_tokenizer(None), 0)
+    assert f"a multikey prompt takes {builder.need(348)[0]} tokens before any haystack" in line
+
+
+def test_the_length_a_niah_refusal_suggests_fits_though_prompts_are_drawn_anew_there():
+    """At 60 tokens the need, drawn again at the length that need suggests, grows twice."""
+    options, _ = niah_builder(variants=["multikey"], contexts=[60])
+    [line] = niah.NIAH().check_context(options, load_tokenizer(None), 0)
+    fits = int(line.split("a context of ")[1].split()[0])
+    again, _ = niah_builder(variants=["multikey"], contexts=[fits])
+    assert niah.NIAH().check_context(again, load_tokenizer(None), 0) == []
+
+
+def test_a_niah_context_its_prompts_fill_exactly_passes_and_builds():
+    """Two single prompts at 217 tokens: the longer takes all 217 before any haystack."""
+    options, builder = niah_builder(samples=2, variants=["single"], contexts=[217])
+    assert builder.need(217)[0] == 217
+    assert niah.NIAH().check_context(options, load_tokenizer(None), 0) == []
+    for index in range(2):
+        builder.build("single", "noise", 217, 0.5, index)
+
+
+def test_a_prompt_too_long_names_what_it_takes_without_haystack():
+    _, builder = niah_builder(variants=["single"])
+    need = builder.fixed_tokens("single", "noise", 100, 0.5, 0)
+    with pytest.raises(niah.PromptTooLong, match=f"100 tokens is too short for a single prompt: it needs {need} tokens"):
+        builder.build("single", "noise", 100, 0.5, 0)
