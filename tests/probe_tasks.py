@@ -75,3 +75,15 @@ def waits_task(model, until: str):
             raise TimeoutError(f"{until} did not appear within {WAIT_GUARD_S} s")
         time.sleep(0.05)
     return [results.make_row("loss", 1.0)]
+
+
+@registry.register_task("test_refused_under_two_bars")
+def refused_under_two_bars_task(model, ctx):
+    """Bad input found while an outer and an inner progress bar are drawn (a sweep's and a cell's)."""
+    from harness.api.errors import ConfigError
+
+    outer = ctx.bar(total=2, desc="outer")
+    outer.update(1)
+    inner = ctx.bar(total=3, desc="inner")
+    inner.update(1)
+    raise ConfigError("the inner step is refused")

@@ -462,3 +462,15 @@ def test_a_prompt_too_long_names_what_it_takes_without_haystack():
     need = builder.fixed_tokens("single", "noise", 100, 0.5, 0)
     with pytest.raises(niah.PromptTooLong, match=f"100 tokens is too short for a single prompt: it needs {need} tokens"):
         builder.build("single", "noise", 100, 0.5, 0)
+
+
+def test_an_error_closes_every_progress_bar_it_left_drawn(tmp_path):
+    """Closing only one of two nested bars left the other's stale line on the screen below the error."""
+    from tqdm.std import tqdm
+
+    before = set(tqdm._instances)  # bars another test left open
+    result = CliRunner().invoke(main, ["eval", "test_refused_under_two_bars", "--model", "swa", "--device", "cpu",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == EXIT_USER_ERROR, result.output
+    assert "outer" in result.output and "inner" in result.output and "Error: the inner step is refused" in result.output
+    assert set(tqdm._instances) <= before  # each bar closed (cleared), though the error's traceback still holds them
