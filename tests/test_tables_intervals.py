@@ -281,3 +281,27 @@ def test_paper_small_s_committed_tables_are_made_again_from_its_committed_sample
     for new, old in zip(NUMBER.findall(out.output), NUMBER.findall(committed), strict=True):
         last_digit = 10.0 ** -len(old.partition(".")[2])
         assert abs(float(new) - float(old)) <= last_digit * 1.0001, (new, old)
+
+
+def test_speedups_timed_once_get_no_interval_and_no_footnote():
+    """One timing a model gives a speed-up no interval: the cells stay bare and the table claims
+    none (seventh mutation audit)."""
+    rows, samples = _latency_run(1)
+    table = results.validate(rows)
+    speed = tables.summary_tables(table, samples=claims.RunData(table, samples))["prefill_speedup"]
+    assert all(np.isnan(_cell(speed, "ttt_e2e", L)[1]) for L in CONTEXTS)
+    assert speed.attrs["note"] == "" and not speed.attrs["own_interval"]
+
+
+def test_a_model_timed_on_two_backends_gets_no_interval_from_its_pooled_timings():
+    """The samples name the model, not its backend: its two series' timings pool, and even where
+    the pooled median is each series' value, the interval over both is neither's (seventh audit)."""
+    rows, samples = _latency_run(8)
+    ttt = [r for r in rows if r["model"] == "ttt_e2e"]
+    rows = [r for r in rows if r["model"] != "ttt_e2e"] + [{**r, "backend": b} for r in ttt for b in ("sdpa", "flex")]
+    samples = samples + [s for s in samples if s["model"] == "ttt_e2e"]  # each backend timed alike
+    table = results.validate(rows)
+    speed = tables.summary_tables(table, samples=claims.RunData(table, samples))["prefill_speedup"]
+    split = [("ttt_e2e [flex]", "ttt_e2e"), ("ttt_e2e [sdpa]", "ttt_e2e")]
+    assert speed.loc[split].notna().all().all() and speed.attrs["ci_low"].loc[split].isna().all().all()
+    assert speed.attrs["note"] == ""
