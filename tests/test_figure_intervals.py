@@ -8,13 +8,14 @@ import math
 import shutil
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from matplotlib.collections import LineCollection, PolyCollection
 
 from harness import cli
-from harness.api import results
+from harness.api import results, stats
 from harness.report import claims, plots, tables
 from tests.test_plots_layout import frame_texts, overlapping
 from tests.test_report_faults import drawn_intervals
@@ -260,3 +261,37 @@ def test_a_gap_by_position_the_samples_do_not_bound_stays_bare_and_the_legend_co
     [fig] = _figures("loss_gap_by_position", claims.RunData(run.table, samples), run.table)
     title = fig.legends[0].get_title().get_text().replace("\n", " ")
     assert title == "1 gap(s) drawn without a band: not scored on the same windows"
+
+
+def test_each_kind_of_band_is_named_once_in_the_legend(paper_small):
+    """Four models' gap bands are one kind of band: one legend entry (seventh mutation audit)."""
+    run, _, _ = paper_small
+    [fig] = _figures("loss_gap", run, run.table)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend.count(GAP_LEGEND) == 1, legend
+
+
+def test_the_speedup_bands_of_each_batch_size_are_that_batch_sizes_intervals():
+    """Timed at batch sizes 1 and 2 (TTT-E2E 1.5x slower at 2), each batch's figure draws the
+    intervals of its own timings (seventh mutation audit)."""
+    rows, samples = _latency_run(8)
+    rng = np.random.default_rng(5)
+    for s in list(samples):
+        reps = [x * (1.5 if s["model"] == "ttt_e2e" else 1.0) * (1 + rng.normal(0, 0.02)) for x in s["seconds"]]
+        est = stats.bootstrap_median(reps)
+        samples.append({**s, "batch_size": 2, "seconds": reps})
+        rows.append(results.make_row("prefill_s", est.value, ci_low=est.ci_low, ci_high=est.ci_high, n=len(reps),
+                                     run="r", model=s["model"], arch=s["model"], task="latency",
+                                     eval_ctx=s["eval_ctx"], batch_size=2, seed=0))
+    table = results.validate(rows)
+    run = claims.RunData(table, samples)
+    figs = _figures("latency", run, table)
+    assert len(figs) == 2
+    color = plots.arch_style("ttt_e2e")[0]
+    for batch, fig in zip((1, 2), figs):
+        expected = {}
+        for L in CONTEXTS:
+            est = claims.speedup(run.timings("full_attention", "prefill", batch)[L],
+                                 run.timings("ttt_e2e", "prefill", batch)[L], L)
+            expected[color, float(L)] = (round(est.ci_low, 9), round(est.ci_high, 9))
+        assert drawn_intervals(fig.axes[1], [float(L) for L in CONTEXTS]) == expected, batch
