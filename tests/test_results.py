@@ -474,3 +474,14 @@ def test_a_ratio_of_medians_over_seeds_on_one_side_widens_over_that_side_s_seeds
     assert est.seeds == (3, 1) and est.value == pytest.approx(np.mean(medians))
     half = stats.t_quantile(0.975, 2) * math.sqrt(np.var(medians, ddof=1) / 3)
     assert (est.ci_low, est.ci_high) == pytest.approx((est.value - half, est.value + half))
+
+
+def test_a_folder_of_exactly_ten_runs_names_them_all_without_dots(tmp_path):
+    """Seventh mutation audit: ', ...' says there are more than the ten named, not that ten are."""
+    for i in range(10):
+        results.write_table(tmp_path / "runs" / f"r{i:02d}", [{"run": "r", "model": "m", "arch": "swa", "task": "t",
+                                                                "metric": "loss", "value": 1.0, "status": "ok"}])
+    with pytest.raises(ConfigError) as err:
+        results.read_table(tmp_path / "runs")
+    assert str(err.value).endswith("; the run folders in it: " + ", ".join(
+        repr(str(tmp_path / "runs" / f"r{i:02d}")) for i in range(10)))
