@@ -290,3 +290,9 @@ def test_a_record_without_a_cpu_capability_takes_it_only_from_records_of_the_sam
         "cpu (AMD EPYC, 2 cores)", "cpu (AMD EPYC, 4 cores, ATen AVX2)", "cpu (Intel Xeon, 2 cores, ATen AVX512)"]
     same = {**older, "cpu_capability": "AVX512"}
     assert machine_names([older, other_cores, other_cpu, same])[0] == "cpu (AMD EPYC, 2 cores, ATen AVX512)"
+
+
+def test_run_json_records_this_process_s_command_as_lcbench(monkeypatch) -> None:
+    """Seventh mutation audit: run_metadata's default command is the invocation, not the raw argv."""
+    monkeypatch.setattr(provenance.sys, "argv", ["/work/ps38/harness/cli.py", "eval", "my dir/x"])
+    assert provenance.run_metadata(seed=0)["command"] == "lcbench eval 'my dir/x'"
