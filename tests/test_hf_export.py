@@ -216,3 +216,32 @@ def test_an_export_record_edited_to_name_outside_files_removes_none_of_them(tmp_
     record_file.write_text(json.dumps({**record, "files": [*record["files"], "../victim.txt", str(victim)]}))
     export_hf(ckpt, folder)
     assert victim.read_text() == "mine"
+
+
+def test_an_export_killed_while_swapping_files_is_cleaned_up_by_the_next(tmp_path, monkeypatch):
+    """Seventh mutation audit: while the files are swapped the record lists both exports' files,
+    so the earlier one's chat_template.jinja goes with the next export after a kill; a staging
+    folder a killed export left beside is cleared; a record whose files are no list is refused."""
+    import harness.adapters.hf_export as hf_export
+    from harness.api import staging
+    from harness.api.errors import ConfigError
+
+    ckpt = checkpoint.save_checkpoint(tmp_path / "ckpt", small_model("swa", vocab_size=264))
+    folder = export_hf(ckpt, tmp_path / "hf", tokenizer=str(chat_tokenizer(tmp_path / "chat")))
+    with monkeypatch.context() as patched:
+        def killed(*_):
+            raise KeyboardInterrupt
+        patched.setattr(hf_export, "own_files", killed)
+        with pytest.raises(KeyboardInterrupt):
+            export_hf(ckpt, folder)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".hf.tmp-{int(gone.stdout)}@{staging._HOST}-abcd1234"  # as a killed export's staging folder
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half")
+    export_hf(ckpt, folder)
+    assert not (folder / "chat_template.jinja").exists() and not stale.exists()
+    listed = json.loads((folder / "lcbench_export.json").read_text())["files"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(listed)
+    (folder / "lcbench_export.json").write_text(json.dumps({"source": "x", "files": "config.json"}))
+    with pytest.raises(ConfigError, match=r"does not list the files it wrote"):
+        export_hf(ckpt, folder)
