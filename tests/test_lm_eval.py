@@ -597,3 +597,26 @@ def test_lm_eval_command_line_finds_lcbench(trained, local_tasks, tmp_path, monk
     (written,) = out.rglob("results_*.json")
     res = json.loads(written.read_text())["results"]["lcbench_test_mc"]
     assert 0.5 <= res["acc,none"] <= 1
+
+
+def test_task_names_skip_comments_and_yml_files_and_follow_an_include_cycle_once(tmp_path, monkeypatch):
+    """Seventh mutation audit: a value line's comment names nothing, a .yml file is no task file
+    (as lm-eval's index has it), files that include each other are read once each; a task given
+    as a YAML file's path is known without reading lm-eval's own tasks."""
+    from lm_eval.tasks import TaskManager
+
+    from harness.adapters import lm_eval_tasks
+
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "commented.yaml").write_text("task: commented_task # not_a_task\n")
+    (tmp_path / "own" / "other.yml").write_text("task: yml_task\n")
+    index = set(TaskManager(include_path=str(tmp_path / "own"), include_defaults=False).all_tasks)
+    assert index == {"commented_task"} and lm_eval_tasks.task_names([tmp_path / "own"]) == index
+    (tmp_path / "cycle").mkdir()
+    (tmp_path / "cycle" / "a.yaml").write_text("include: b.yaml\ntask: task_a\n")
+    (tmp_path / "cycle" / "b.yaml").write_text("include: a.yaml\ntag: tag_b\n")
+    assert lm_eval_tasks.task_names([tmp_path / "cycle"]) == {"task_a", "tag_b"}
+    monkeypatch.setattr(lm_eval_tasks, "builtin_tasks_folder", lambda: pytest.fail("lm-eval's tasks were read"))
+    path = str(tmp_path / "own" / "commented.yaml")
+    known = lm_eval_tasks.known_task_names([path], [str(tmp_path / "own")])
+    lm_eval_tasks.check_task_names([path], known)
