@@ -327,6 +327,7 @@ def test_a_pool_retry_whose_worker_dies_records_its_death_over_the_old_failure(s
     messages = [ResultStore(out).finished()[c.key]["message"] for c in lost]
     assert all("worker process died" in m and "node lost" not in m for m in messages), messages
     assert spec.device == "auto" and read_run_json(out)["device"]["name"] == "cpu"
+    assert read_run_json(out)["dtype"] == "float32"  # and the dtype they computed in (seventh mutation audit)
 
 
 def test_an_inline_pool_retries_failed_cells_when_asked(spec_path, tmp_path):
