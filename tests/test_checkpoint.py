@@ -280,3 +280,23 @@ def test_a_folder_of_many_checkpoints_names_four_and_says_there_are_more(tmp_pat
         checkpoint.read_config(tmp_path)
     named = str(err.value).split("; the checkpoints in it: ")[1]
     assert checkpoint.MAX_NAMED == 4 and named.endswith("m3', ...") and "m4" not in named
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_sharded_resume_into_a_model_that_does_not_fit_names_the_tensors(tmp_path):
+    """Seventh mutation audit: resuming (weights and optimizer) checks the tensors as loading the
+    weights does (a saved layer the model lacks loaded without a word), and a misfit of many
+    tensors names three and says there are more."""
+    from harness.train import sharded
+    from harness.train.trainer import TrainConfig, make_optimizer
+
+    model = small_model("full_attention").train()
+    path = sharded.save(tmp_path / "c", model, make_optimizer(model, TrainConfig()), {"step": 1})
+    config = json.loads((path / checkpoint.CONFIG_FILE).read_text())
+    fewer = small_model("full_attention", n_layers=config["n_layers"] - 1).train()
+    with pytest.raises(CheckpointError, match=r"missing tensors \[\], unexpected tensors \['blocks\.3\."):
+        sharded.load(path, fewer, make_optimizer(fewer, TrainConfig()))
+    wider = small_model("full_attention", mlp_hidden=2 * config["mlp_hidden"]).train()
+    with pytest.raises(CheckpointError, match="does not fit a full_attention model") as misfit:
+        sharded.load(path, wider)
+    assert str(misfit.value).count(" saved (") == 3 and str(misfit.value).endswith("; ...")
