@@ -305,3 +305,16 @@ def test_a_model_timed_on_two_backends_gets_no_interval_from_its_pooled_timings(
     split = [("ttt_e2e [flex]", "ttt_e2e"), ("ttt_e2e [sdpa]", "ttt_e2e")]
     assert speed.loc[split].notna().all().all() and speed.attrs["ci_low"].loc[split].isna().all().all()
     assert speed.attrs["note"] == ""
+
+
+def test_lcbench_quick_s_figures_draw_the_bands_lcbench_plot_draws(tmp_path, capsys):
+    """Seventh mutation audit: the figures `lcbench quick` and a sweep draw get the samples' bands too."""
+    from harness import cli
+
+    rows, samples = _loss_run()
+    _write_run(tmp_path, rows, samples)
+    cli._figures_and_tables(str(tmp_path))
+    drawn = (tmp_path / "figures" / "loss_gap.png").read_bytes()
+    out = CliRunner().invoke(main, ["plot", str(tmp_path), "--only", "loss_gap", "--format", "png"])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "figures" / "loss_gap.png").read_bytes() == drawn
