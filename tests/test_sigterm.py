@@ -40,11 +40,16 @@ LCBENCH = [sys.executable, "-c", ("import sys, tests.probe_tasks; from harness.c
                                   "sys.exit(main(prog_name='lcbench'))")]
 
 
-def lcbench(tmp_path: Path, *args: str) -> subprocess.Popen:
+def lcbench(tmp_path: Path, *args: str, sigint_ignored: bool = False) -> subprocess.Popen:
     """The command in a session of its own, so that what it leaves running can be found, its
-    stderr in a file (a pipe would stay open while a process it left runs on)."""
+    stderr in a file (a pipe would stay open while a process it left runs on). ``sigint_ignored``:
+    started as a shell starts a background command (``lcbench ... &``), SIGINT ignored, which every
+    process it starts inherits."""
+    command = list(LCBENCH)
+    if sigint_ignored:
+        command[-1] = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); " + command[-1]
     with open(tmp_path / "stderr.txt", "w") as err:
-        return subprocess.Popen([*LCBENCH, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+        return subprocess.Popen([*command, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
 
 
@@ -151,7 +156,9 @@ def test_sigterm_stops_an_inline_sweep_keeping_its_finished_cell(tmp_path):
 
 
 def test_sigterm_stops_a_local_jobs_sweep_and_its_jobs(tmp_path):
-    """The submitit jobs (--executor local) ran on after the command was killed, orphaned."""
+    """The submitit jobs (--executor local) ran on after the command was killed, orphaned. Started
+    with SIGINT ignored, as from a shell's background: the SIGINT that stops a job reached jobs
+    that ignored it, which ran on."""
     pytest.importorskip("submitit")
     spec = tmp_path / "spec.yaml"  # two models training (long) at once, a job each
     spec.write_text(yaml.safe_dump({
@@ -160,7 +167,8 @@ def test_sigterm_stops_a_local_jobs_sweep_and_its_jobs(tmp_path):
                    {"arch": "full_attention", "set": {k: v for k, v in TINY.items() if k != "window"}}],
         "tasks": [{"task": "loss_scaling"}]}))
     out = tmp_path / "out"
-    proc = lcbench(tmp_path, "sweep", str(spec), "--out", str(out), "--executor", "local", "--workers", "2")
+    proc = lcbench(tmp_path, "sweep", str(spec), "--out", str(out), "--executor", "local", "--workers", "2",
+                   sigint_ignored=True)
     wait_for(lambda: len(list((out / ".locks").glob("*.lock"))) >= 2, proc)  # one per model a job trains
     err = terminate(proc, tmp_path)
     assert proc.returncode == EXIT_TERMINATED, err

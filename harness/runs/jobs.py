@@ -15,6 +15,7 @@ import itertools
 import os
 import shutil
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -53,6 +54,10 @@ class SweepJob(submitit.helpers.Checkpointable):
                  auto_device: str | None = None) -> int:
         """``auto_device``: what the submitter planned ``auto`` as (:func:`jobs_auto_device`); None:
         this machine's kind."""
+        if threading.current_thread() is threading.main_thread():
+            # the submitter stops a local job with SIGINT (:func:`_stop_local_job`); one started
+            # from a shell's background (``lcbench sweep ... &``) inherited SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         spec_obj = SweepSpec.from_dict(spec)
         auto_device = auto_device or local_device_kind()
         planned, wanted = plan(spec_obj, auto_device), set(keys)
@@ -163,19 +168,23 @@ def _local_jobs_stopped(kind: str) -> Iterator[list[Any]]:
         yield running
     except KeyboardInterrupt:
         if kind == "local":
-            for job in running:
-                _stop_local_job(job)
+            stopped: set[int] = set()
             deadline = time.time() + LOCAL_STOP_S
-            while not all(job.done() for job in running) and time.time() < deadline:
+            while True:  # again and again: a controller starts its job's process a moment after it starts
+                for job in running:
+                    _stop_local_job(job, stopped)
+                if all(job.done() for job in running) or time.time() >= deadline:
+                    break
                 time.sleep(0.1)
         raise
 
 
-def _stop_local_job(job: Any) -> None:
+def _stop_local_job(job: Any, stopped: set[int]) -> None:
     """Ctrl-C for a local job: SIGINT to the processes its submitit controller started (its job id
     is the controller's pid), which write their traceback into the job's log and whose end ends
     the controller. Sent to the controller itself (submitit's ``cancel``), it would print the
-    controller's traceback here; that is the fallback while the controller has started none."""
+    controller's traceback here; that is the fallback while the controller has started none.
+    ``stopped``: the pids signalled so far, each once (a second SIGINT would cut its clean-up)."""
     if job.done():
         return
     controller = int(job.job_id)
@@ -183,11 +192,13 @@ def _stop_local_job(job: Any) -> None:
         tasks = [int(pid) for pid in Path(f"/proc/{controller}/task/{controller}/children").read_text().split()]
     except OSError:  # not Linux, or the controller has just ended
         tasks = []
-    for pid in tasks:
+    for pid in set(tasks) - stopped:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
-    if not tasks:
+        stopped.add(pid)
+    if not tasks and controller not in stopped:
         job.cancel()
+        stopped.add(controller)
 
 
 def _collect(submitted: list[Submitted], out: Path, progress: bool, git: dict[str, Any],
