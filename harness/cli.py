@@ -382,10 +382,10 @@ def table(run_dir: str, out: str | None, fmt: str, save: bool, niah_metrics: tup
 
 def _require_table(run_dir: str) -> None:
     """Before any folder is made in it: a misspelt run folder is named with its close match (click's
-    own check named neither), and one that holds runs, with those."""
-    from harness.api.results import check_table
+    own check named neither), one that holds runs, with those, and a sweep with no cell finished, so."""
+    from harness.runs.sweep import require_table
 
-    check_table(run_dir)
+    require_table(run_dir)
 
 
 def _with_samples(run_dir: str) -> RunData:

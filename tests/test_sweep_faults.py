@@ -490,6 +490,25 @@ def test_the_report_of_an_interrupted_sweep_lists_the_cells_not_run(tmp_path):
     assert "cells not run" in page and "Not run" not in render_report(tmp_path / "out")
 
 
+def test_report_of_a_sweep_stopped_before_any_cell_says_so(tmp_path):
+    """`lcbench report` (table, plot) of a sweep interrupted before its first cell finished said only
+    "no result table", as for a folder that is no sweep."""
+    from click.testing import CliRunner
+
+    from harness.cli import main
+    from harness.runs.sweep import start_sweep
+
+    spec = untrained_spec("s", [4, 8])
+    start_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "out")  # then Ctrl-C: no cell ran
+    for command in ("report", "table", "plot"):
+        out = CliRunner().invoke(main, [command, str(tmp_path / "out")])
+        assert out.exit_code != 0 and "no cell of the sweep" in out.output, out.output
+        assert "plans 2 cell(s)" in out.output and "rerun the same sweep command" in out.output
+    (tmp_path / "plain").mkdir()
+    out = CliRunner().invoke(main, ["report", str(tmp_path / "plain")])
+    assert "no result table" in out.output and "no cell" not in out.output
+
+
 def test_two_names_for_one_model_are_refused_before_anything_runs(tmp_path):
     """Two entries differing only in `name` gave one cell key: both "ran", the table showed the
     second name alone, and a "clash" of cells "that differ in nothing" was reported (exit 1)."""

@@ -963,6 +963,20 @@ def unfinished_cells(out_dir: str | os.PathLike) -> list[str]:
     return [f"{cell.model.label} seed {cell.seed} / {cell.task} {cell.options}" for cell in cells if cell.key not in done]
 
 
+def require_table(out_dir: str | os.PathLike) -> None:
+    """:func:`results.check_table`, except that a sweep folder stopped before any cell finished says
+    so, with the cells its spec plans and how to go on, rather than only that it has no table."""
+    try:
+        results.check_table(out_dir)
+    except ConfigError:
+        planned = unfinished_cells(out_dir)  # every cell of its spec when the folder has no record
+        if not planned or ResultStore(out_dir).finished():  # not a sweep, or its table went missing
+            raise
+        raise ConfigError(f"no cell of the sweep in {str(out_dir)!r} has finished yet: its {SPEC_FILE} plans "
+                          f"{len(planned)} cell(s), none with a result (interrupted or still running); rerun "
+                          "the same sweep command to go on") from None
+
+
 def finished_spec_keys(out_dir: Path, spec: dict[str, Any]) -> list[str] | None:
     """The cell keys ``run.json`` lists when the sweep that wrote it ran ``spec`` (else None)."""
     try:
