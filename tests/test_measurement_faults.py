@@ -3,6 +3,7 @@ medians and carry a flag when unstable (in rows, tables and figures), CPU peak m
 work added, rate intervals stay in [0, 1], and undecodable corpus bytes are counted aloud."""
 from __future__ import annotations
 
+import codecs
 import gc
 import io
 
@@ -16,7 +17,7 @@ import torch
 from harness.adapters.lm_eval import Z95, _metric_rows
 from harness.api import results, stats, timing
 from harness.api.timing import PeakMemory, UNSTABLE_SPREAD, relative_spread, timing_flag
-from harness.data.corpora import CorpusWarning, load_corpus
+from harness.data.corpora import CorpusWarning, Document, load_corpus
 from harness.report.plots import make_figures
 from harness.report.tables import UNSTABLE_MARK, render_markdown, summary_tables
 from harness.runs.evaluate import run_eval
@@ -303,3 +304,19 @@ def test_undecodable_and_binary_corpus_files_are_counted(tmp_path):
     assert "skipped 1 binary file(s)" in messages and "'blob.bin'" in messages
     assert "1 of 2 document(s) hold 20 character(s) that were not valid UTF-8" in messages
     assert sorted(d.name for d in docs) == ["good.txt", "latin1.txt"]
+
+
+def test_utf16_and_utf32_corpus_files_with_a_mark_are_read_as_text(tmp_path):
+    """A .txt saved as UTF-16 ("Unicode" in Windows editors) has NUL bytes: a folder corpus skipped
+    it as binary, and a corpus naming the file read it as UTF-8, NULs and U+FFFD."""
+    text = "caf\xe9 \u2713 \U0001f600 line\n" * 5
+    for name, encoding in [("le16.txt", "utf-16-le"), ("be16.txt", "utf-16-be"), ("le32.txt", "utf-32-le"),
+                           ("be32.txt", "utf-32-be")]:
+        (tmp_path / name).write_bytes("\ufeff".encode(encoding) + text.encode(encoding))
+    (tmp_path / "nul.bin").write_bytes(codecs.BOM_UTF16_BE + b"\x01\x02\x00\x00" * 50)  # a mark, then NULs
+    (tmp_path / "odd.bin").write_bytes(codecs.BOM_UTF32_LE + b"\x00\x00\x01\x02" * 50)  # no code point
+    with pytest.warns(CorpusWarning, match="skipped 2 binary file") as caught:
+        docs = load_corpus(str(tmp_path))
+    assert len(caught) == 1 and "'nul.bin'" in str(caught[0].message)
+    assert {d.name: d.text for d in docs} == {name: text for name in ["be16.txt", "be32.txt", "le16.txt", "le32.txt"]}
+    assert load_corpus(str(tmp_path / "le16.txt")) == [Document("le16.txt", text)]

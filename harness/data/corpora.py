@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -50,8 +51,19 @@ _REPLACEMENT = "\ufffd"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str: half a pair (a whole pair is one code point)
 
 
+# UTF-32 first: its little-endian mark starts with UTF-16's. A UTF-8 mark is left as UTF-8 reads it.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _encoding(head: bytes) -> str:
+    """UTF-16/UTF-32 by a file's byte-order mark (Windows editors save "Unicode" text so), else UTF-8."""
+    return next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+
+
 def _read_text(path: Path) -> str:
-    return path.read_bytes().decode("utf-8", errors="replace")
+    data = path.read_bytes()
+    return data.decode(_encoding(data), errors="replace")  # the utf-16/utf-32 codecs drop the mark
 
 
 def _concat_files(root: Path, files: list[Path]) -> str:
@@ -221,8 +233,18 @@ def _load_datasets_folder(path: Path, field: str) -> list[Document]:
 
 
 def _looks_binary(path: Path) -> bool:
+    """A NUL byte in the first 8 KiB; for a file with a UTF-16/UTF-32 mark (whose text has NUL bytes),
+    a NUL character there or bytes that do not decode, as a binary that starts like a mark has."""
     with path.open("rb") as f:
-        return b"\0" in f.read(8192)
+        head = f.read(8192)
+    encoding = _encoding(head)
+    if encoding == "utf-8":
+        return b"\0" in head
+    try:
+        # not final: a character that the 8 KiB cut in two is no fault
+        return "\0" in codecs.getincrementaldecoder(encoding)().decode(head)
+    except UnicodeDecodeError:
+        return True
 
 
 def _skipped(rel: Path) -> bool:
@@ -347,7 +369,8 @@ def load_corpus(source: str | None = None, text_field: str = "text") -> list[Doc
       hidden files and folders, ``__pycache__`` and binary files (a NUL byte in the first 8 KiB)
       are skipped.
 
-    Text is read as UTF-8; bad bytes become U+FFFD and a :class:`CorpusWarning` counts them (as
+    Text files are read as UTF-8, or as UTF-16/UTF-32 where they start with that byte-order mark
+    (not then binary for their NUL bytes); bad bytes become U+FFFD and a :class:`CorpusWarning` counts them (as
     it counts skipped binary files); empty and null texts are dropped.
     """
     if source is None or source == STDLIB_SOURCE:
