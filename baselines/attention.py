@@ -363,9 +363,10 @@ class RingKVCache:
 class Attention(nn.Module):
     """Llama-style attention (q/k/v/o_proj), optional QK-norm, RoPE, optional sliding window."""
 
-    def __init__(self, config: AttentionConfig):
+    def __init__(self, config: AttentionConfig, backend_setting: str = "backend"):
         super().__init__()
         self.config = config
+        self.backend_setting = backend_setting  # the config field that chose ``config.backend``, for refusals
         D, H, KV, Dh = config.d_model, config.n_heads, config.kv_heads, config.head_dim
         self.q_proj = nn.Linear(D, H * Dh, bias=False)
         self.k_proj = nn.Linear(D, KV * Dh, bias=False)
@@ -425,6 +426,8 @@ class Attention(nn.Module):
 
     def mix(self, q, keys, values, start_pos: int, k_start: int, backend: str) -> torch.Tensor:
         """Attend queries (positions start_pos..) to keys/values (k_start..); project out."""
+        if backend == FLEX.name:
+            FLEX.ops(q.device, self.backend_setting)  # a refusal names the field that chose flex
         return self.project_out(ATTENTION_OPS[backend](q, keys, values, start_pos, k_start, self.config.window))
 
     def project_out(self, out: torch.Tensor) -> torch.Tensor:

@@ -341,7 +341,9 @@ class TTTE2ELM(AttentionLM):
         c = self.config
         if layer_idx >= self.n_prefix:
             return SuffixAttention(c)
-        return Attention(c if c.prefix_backend == "same" else c.replace(backend=c.prefix_backend))
+        if c.prefix_backend == "same":
+            return Attention(c)
+        return Attention(c.replace(backend=c.prefix_backend), backend_setting="prefix_backend")
 
     def make_block(self, layer_idx: int) -> nn.Module:
         if layer_idx >= self.n_prefix:

@@ -673,6 +673,9 @@ def test_auto_fast_weights_are_fp32_on_cuda_and_the_models_dtype_elsewhere():
 @pytest.mark.parametrize("levers, message", [
     (dict(inner_step="cudagraph"), "CUDA graph needs CUDA tensors; use inner_step='eager' or 'compile'"),
     (dict(inner_loss="liger"), "inner_loss 'liger'"),
+    # the prefix blocks' refusal said "Use backend='sdpa'", a field that left them on flex
+    (dict(prefix_backend="flex"), r"'flex' is unavailable: it needs a CUDA device.*Use prefix_backend='sdpa'"),
+    (dict(backend="flex"), r"'flex' is unavailable: it needs a CUDA device.*Use backend='sdpa'"),
 ])
 def test_gpu_only_levers_say_why_on_cpu(levers, message):
     from harness.api.errors import BackendUnavailableError

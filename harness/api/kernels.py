@@ -120,9 +120,10 @@ class Kernel:
                           ChunkSizeWarning, stacklevel=3)
         return {} if not self.chunk_sizes or run == max(self.chunk_sizes) else {"chunk_size": run}
 
-    def ops(self, device: torch.device) -> Any:
-        """The imported ops, or :class:`BackendUnavailableError` saying why not and what to use instead."""
-        refusal = self.refusal(device)
+    def ops(self, device: torch.device, setting: str = "backend") -> Any:
+        """The imported ops, or :class:`BackendUnavailableError` saying why not and what to set
+        ``setting`` (the config field that chose this backend) to instead."""
+        refusal = self.refusal(device, setting)
         if refusal is not None:
             raise BackendUnavailableError(refusal)
         return self.imported()[0]
