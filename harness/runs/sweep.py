@@ -101,17 +101,22 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build a spec dataclass, naming unknown or missing keys and values of the wrong type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {str(data)[:80]!r}")
+    _check_keys(cls, data, where)
     fields = dataclasses.fields(cls)
-    known = {f.name for f in fields}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{where}: " + unknown_message("key", key, known))
     missing = [f.name for f in fields if f.name not in data
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{where} has no {', '.join(repr(m) for m in missing)}; it needs {', '.join(missing)}")
     check_fields(cls, data, where)
     return cls(**data)
+
+
+def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+    """Raise :class:`ConfigError` naming the first key of ``data`` that is no field of dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}: " + unknown_message("key", key, known))
 
 
 @dataclass
@@ -245,11 +250,8 @@ class SweepSpec:
         self.cluster_options()
 
     def train_config(self, entry: ModelEntry, seed: int | None = None) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
         for given, where in ((self.train, "the spec's train settings"), (entry.train, f"train settings of {entry.label}")):
-            unknown = next((key for key in given if key not in known), None)
-            if unknown is not None:  # a key of the spec's own train: was named as the first model's
-                raise ConfigError(f"{where}: " + unknown_message("key", unknown, known))
+            _check_keys(TrainConfig, given, where)  # a key of the spec's own train: was named as the first model's
             check_one_budget(_token_counts(given), where)  # a model's own budget may replace the spec's
         fields = _token_counts({**self.train, **entry.train})
         if "steps" in entry.train and "tokens" not in entry.train:  # the model's step budget replaces the spec's tokens
