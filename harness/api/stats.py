@@ -43,6 +43,14 @@ class Estimate:
         return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
 
 
+def _satterthwaite(parts: Sequence[tuple[float, float]]) -> tuple[float, float | None]:
+    """The sum of independent variances, each given with its degrees of freedom, and the
+    Welch-Satterthwaite degrees of freedom of that sum (None where every variance is 0)."""
+    variance = sum(v for v, _ in parts)
+    spread = sum(v * v / df for v, df in parts)
+    return variance, (variance * variance / spread if spread > 0 else None)
+
+
 def _rng(seed: int | Sequence[int]) -> np.random.Generator:
     return np.random.default_rng(seed)
 
@@ -225,9 +233,9 @@ def bootstrap_seeded_ratio(
     if n_shared > 1:
         z = (top - value * bottom)[:, shared].sum(0)
         parts.append((n_shared / (n_shared - 1) * float(((z - z.mean()) ** 2).sum()), n_shared - 1))
-    variance = sum(v for v, _ in parts)
-    spread = sum(v * v / df for v, df in parts)
-    df = variance * variance / spread if spread > 0 else n_seeds - 1
+    variance, df = _satterthwaite(parts)
+    if df is None:
+        df = n_seeds - 1
     low, high = _interval(stats, value, expanded_level(level, df + 1))
     half = t_quantile(0.5 + level / 2, df) * math.sqrt(variance) / abs(total)
     return SeededEstimate(value, min(low, value - half), max(high, value + half), n_units, per_seed)
@@ -392,9 +400,8 @@ def bootstrap_seeded_median_ratio(
     # d(a / b) = da / b - a db / b^2: each side's seeds' variance of its mean, with its degrees of freedom
     scale = (1.0 / means[1], means[0] / means[1] ** 2)
     parts = [(float(m.var(ddof=1)) / m.size * g * g, m.size - 1) for m, g in zip(medians, scale) if m.size > 1]
-    variance = sum(v for v, _ in parts)
-    if variance > 0:
-        df = variance * variance / sum(v * v / d for v, d in parts)
+    variance, df = _satterthwaite(parts)
+    if df is not None:
         half = t_quantile(0.5 + level / 2, df) * math.sqrt(variance)
         low, high = min(low, value - half), max(high, value + half)
     return StratifiedEstimate(value, low, high, n, counts)
