@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.backbone import BackboneLM, RMSNorm, without_autocast
-from harness.api.errors import ConfigError, check_choice, divisors
+from harness.api.errors import BackendUnavailableError, ConfigError, check_choice, divisors
 from harness.api.interface import ModelConfig, check_continues
 from harness.api.kernels import Kernel, pick_backend
 from harness.api.registry import register_model
@@ -426,9 +426,11 @@ class Attention(nn.Module):
 
     def mix(self, q, keys, values, start_pos: int, k_start: int, backend: str) -> torch.Tensor:
         """Attend queries (positions start_pos..) to keys/values (k_start..); project out."""
-        if backend == FLEX.name:
-            FLEX.ops(q.device, self.backend_setting)  # a refusal names the field that chose flex
-        return self.project_out(ATTENTION_OPS[backend](q, keys, values, start_pos, k_start, self.config.window))
+        try:
+            out = ATTENTION_OPS[backend](q, keys, values, start_pos, k_start, self.config.window)
+        except BackendUnavailableError:  # flex's own check names `backend`: name the field that chose flex here
+            raise BackendUnavailableError(FLEX.refusal(q.device, self.backend_setting)) from None
+        return self.project_out(out)
 
     def project_out(self, out: torch.Tensor) -> torch.Tensor:
         """[B, H, T, Dh] attention outputs -> [B, T, D]."""
