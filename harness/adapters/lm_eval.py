@@ -79,7 +79,7 @@ from harness.api.device import dtype_name, resolve_device, resolve_dtype
 from harness.api.errors import ConfigError, close_match
 from harness.api.failures import FailureGuard
 from harness.api.options import split_items
-from harness.api.staging import prepare_output
+from harness.api.staging import prepare_output, safe_name
 from harness.data.heldout import model_tokenizer
 from harness.runs.evaluate import identity_columns, resolve_model
 from harness.runs.provenance import git_commit, run_metadata, write_run_json
@@ -462,7 +462,7 @@ def default_out_dir(model_spec: str, tasks: Sequence[str]) -> Path:
     """``runs/lm_eval/TASKS-MODEL``, as ``lcbench eval`` makes ``runs/eval/TASK-MODEL``: a folder per
     list of tasks (``runs/lm_eval/MODEL`` was replaced by the model's next run on another task, and
     the first task's scores went with it). A long list is cut, with a hash of the whole."""
-    joined = "+".join("".join(c if c.isalnum() or c in "-_." else "_" for c in task) for task in tasks)
+    joined = "+".join(map(safe_name, tasks))
     if len(joined) > 60:
         joined = f"{joined[:48]}-{hashlib.sha256(joined.encode()).hexdigest()[:8]}"
     return Path("runs", "lm_eval", f"{joined}-{Path(model_spec).name.replace(':', '-')}")

@@ -25,6 +25,11 @@ _HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 _STAGED = re.compile(r"^\.(?P<target>.*)\.tmp-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]{8}(?P<old>\.old)?$")
 
 
+def safe_name(text: str) -> str:
+    """``text`` as a file or folder name: every character but letters, digits, ``-``, ``_`` and ``.`` as ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def temp_prefix(target: Path) -> str:
     """The prefix of a temporary sibling of ``target``: it names its owner (process and host)."""
     return f".{target.name}.tmp-{os.getpid()}@{_HOST}-"

@@ -72,7 +72,7 @@ from harness.api.interface import LCModel, ModelConfig
 from harness.api.machine import machine_names
 from harness.api.options import whole_number
 from harness.api.task import ModelInfo
-from harness.api.staging import exclusive, prepare_output
+from harness.api.staging import exclusive, prepare_output, safe_name
 from harness.api.timing import free_memory
 from harness.data.corpora import corpus_fingerprint, require_corpus
 from harness.data.heldout import checkpoint_tokenizer
@@ -91,10 +91,6 @@ SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 TRAINING_LOCKS_DIR = ".locks"  # a sweep folder's lock per checkpoint, held while a process trains into it
 MAX_PROBLEMS_SHOWN = 20  # lines of a refused sweep's error (one per problem found before any work)
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -209,7 +205,7 @@ class SweepSpec:
         if not self.name.strip() or self.name.strip(".") == "" or any(c in self.name for c in "/\\\0"):
             raise ConfigError(f"sweep name {self.name!r} must be a non-empty name without '/' or '\\' (it names "
                               f"the default folder runs/NAME and every result row), e.g. "
-                              f"{_safe_name(self.name).strip('._') or 'my_sweep'!r}")
+                              f"{safe_name(self.name).strip('._') or 'my_sweep'!r}")
         if not self.models or not self.tasks:
             raise ConfigError(f"sweep {self.name!r} needs at least one model and one task")
         for entry in self.models:  # fail on bad names before anything runs
@@ -280,7 +276,7 @@ class SweepSpec:
     @property
     def spec_id(self) -> str:
         """``NAME-HASH``: names this spec's file under ``specs/`` and its cells' records."""
-        return f"{_safe_name(self.name)}-{config_hash(self.to_dict())[:8]}"
+        return f"{safe_name(self.name)}-{config_hash(self.to_dict())[:8]}"
 
     def expanded_models(self) -> list[tuple[ModelEntry, int | None]]:
         """(model entry, training length it is tied to): with ``train_lengths``, each trained
@@ -498,7 +494,7 @@ class SeededModel:
     def checkpoint_dir(self, out_dir: Path) -> Path:
         if self.entry.checkpoint is not None:
             return Path(self.entry.checkpoint)
-        return out_dir / CHECKPOINTS_DIR / f"{_safe_name(self.label)}-s{self.seed}-{config_hash(self.identity())[:8]}"
+        return out_dir / CHECKPOINTS_DIR / f"{safe_name(self.label)}-s{self.seed}-{config_hash(self.identity())[:8]}"
 
     def training_lock(self, out_dir: Path) -> Path:
         return out_dir / TRAINING_LOCKS_DIR / f"{self.checkpoint_dir(out_dir).name}.lock"
